@@ -1,0 +1,15 @@
+"""User-facing errors: one line that names the file and says how to fix it."""
+
+from __future__ import annotations
+
+
+class CtsegError(Exception):
+    """An error caused by the user's input, shown as one line (no traceback) by the CLI and pages."""
+
+
+class DataError(CtsegError):
+    """A dataset, subject, image or mask that cannot be used as it is."""
+
+
+class ConfigError(CtsegError):
+    """Settings that are refused before any work starts."""

@@ -1,0 +1,63 @@
+"""Atomic writes: a file appears whole under its final name or not at all.
+
+Every writer goes to a temporary file in the same folder, flushes and fsyncs it, then renames it
+over the target (``os.replace`` is atomic on POSIX and Windows within one file system). An
+interrupted write leaves at most a ``.tmp-*`` file behind, never a half file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it to ``target``.
+
+    The caller writes the file at the yielded path (with any library). ``suffix`` keeps an
+    extension that a writer inspects (nibabel needs ``.nii.gz``). On an exception the temporary
+    file is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``target`` atomically."""
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``target`` atomically (NaN written as null is the caller's job)."""
+    atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_nifti(img: Any, target: str | os.PathLike) -> None:
+    """Save a nibabel image atomically, keeping the ``.nii`` / ``.nii.gz`` extension for the writer."""
+    name = Path(target).name
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    with atomic_path(target, suffix=suffix) as tmp:
+        img.to_filename(str(tmp))

@@ -1,0 +1,124 @@
+"""The 117 TotalSegmentator v2 structures: label values, anatomical groups, colours, left/right pairs.
+
+Label value k (1..117) is the channel k - 1 of a one-output-per-structure model and the voxel value
+k of a multilabel volume; 0 is background. The order is TotalSegmentator's ("total" task, v2).
+"""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+
+STRUCTURES: tuple[str, ...] = (
+    "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas",
+    "adrenal_gland_right", "adrenal_gland_left", "lung_upper_lobe_left", "lung_lower_lobe_left",
+    "lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right", "esophagus",
+    "trachea", "thyroid_gland", "small_bowel", "duodenum", "colon", "urinary_bladder", "prostate",
+    "kidney_cyst_left", "kidney_cyst_right", "sacrum", "vertebrae_S1", "vertebrae_L5",
+    "vertebrae_L4", "vertebrae_L3", "vertebrae_L2", "vertebrae_L1", "vertebrae_T12",
+    "vertebrae_T11", "vertebrae_T10", "vertebrae_T9", "vertebrae_T8", "vertebrae_T7",
+    "vertebrae_T6", "vertebrae_T5", "vertebrae_T4", "vertebrae_T3", "vertebrae_T2", "vertebrae_T1",
+    "vertebrae_C7", "vertebrae_C6", "vertebrae_C5", "vertebrae_C4", "vertebrae_C3", "vertebrae_C2",
+    "vertebrae_C1", "heart", "aorta", "pulmonary_vein", "brachiocephalic_trunk",
+    "subclavian_artery_right", "subclavian_artery_left", "common_carotid_artery_right",
+    "common_carotid_artery_left", "brachiocephalic_vein_left", "brachiocephalic_vein_right",
+    "atrial_appendage_left", "superior_vena_cava", "inferior_vena_cava",
+    "portal_vein_and_splenic_vein", "iliac_artery_left", "iliac_artery_right", "iliac_vena_left",
+    "iliac_vena_right", "humerus_left", "humerus_right", "scapula_left", "scapula_right",
+    "clavicula_left", "clavicula_right", "femur_left", "femur_right", "hip_left", "hip_right",
+    "spinal_cord", "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left",
+    "gluteus_medius_right", "gluteus_minimus_left", "gluteus_minimus_right", "autochthon_left",
+    "autochthon_right", "iliopsoas_left", "iliopsoas_right", "brain", "skull",
+    *(f"rib_left_{i}" for i in range(1, 13)),
+    *(f"rib_right_{i}" for i in range(1, 13)),
+    "sternum", "costal_cartilages",
+)  # fmt: skip
+NUM_STRUCTURES = len(STRUCTURES)
+assert NUM_STRUCTURES == 117
+
+#: structure name -> label value (1..117)
+LABEL_OF: dict[str, int] = {name: value for value, name in enumerate(STRUCTURES, start=1)}
+#: label value (1..117) -> structure name; 0 is "background"
+NAME_OF: dict[int, str] = {0: "background", **{v: n for n, v in LABEL_OF.items()}}
+
+# TotalSegmentator's own class-map split of the "total" task (class_map_5_parts): label value ranges.
+_GROUP_RANGES: dict[str, tuple[int, int]] = {
+    "organs": (1, 24),
+    "vertebrae": (25, 50),
+    "cardiac": (51, 68),
+    "muscles": (69, 91),  # bones of the limbs and girdles, spinal cord, muscles, brain, skull
+    "ribs": (92, 117),  # ribs, sternum, costal cartilages
+}
+GROUPS: dict[str, tuple[str, ...]] = {
+    group: STRUCTURES[lo - 1 : hi] for group, (lo, hi) in _GROUP_RANGES.items()
+}
+GROUP_OF: dict[str, str] = {name: g for g, names in GROUPS.items() for name in names}
+
+
+def _swap_side(name: str) -> str:
+    tokens = name.split("_")
+    swapped = ["right" if t == "left" else "left" if t == "right" else t for t in tokens]
+    return "_".join(swapped)
+
+
+#: left/right pairs as (left name, right name), in label order of the left structure
+LR_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (name, _swap_side(name))
+    for name in STRUCTURES
+    if "left" in name.split("_") and _swap_side(name) in LABEL_OF
+)
+#: lateral structures without a partner (a left/right mirror cannot keep them anatomically true)
+UNPAIRED_LATERAL: tuple[str, ...] = tuple(
+    name
+    for name in STRUCTURES
+    if {"left", "right"} & set(name.split("_")) and _swap_side(name) not in LABEL_OF
+)
+
+
+def lr_swap_lut() -> np.ndarray:
+    """Lookup table (118,) uint8 mapping each label value to its mirror partner (itself if none).
+
+    Apply it to a label slice after flipping the patient's left/right axis:
+    ``labels_mirrored = lut[np.flip(labels, axis=x_axis)]``.
+    """
+    lut = np.arange(NUM_STRUCTURES + 1, dtype=np.uint8)
+    for left, right in LR_PAIRS:
+        lut[LABEL_OF[left]], lut[LABEL_OF[right]] = LABEL_OF[right], LABEL_OF[left]
+    return lut
+
+
+def _make_colours() -> dict[str, tuple[int, int, int]]:
+    """A fixed, distinct RGB colour per structure (golden-ratio hue walk, 3 brightness tiers)."""
+    colours: dict[str, tuple[int, int, int]] = {}
+    for i, name in enumerate(STRUCTURES):
+        hue = (i * 0.618033988749895) % 1.0
+        saturation = (0.85, 0.6, 0.95)[i % 3]
+        value = (0.95, 0.8, 0.65)[(i // 3) % 3]
+        r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
+        colours[name] = (round(r * 255), round(g * 255), round(b * 255))
+    # A few conventional anatomy colours, so the common organs look as users expect.
+    colours.update(
+        liver=(221, 130, 101), spleen=(157, 108, 162), kidney_left=(185, 102, 83),
+        kidney_right=(185, 102, 83), heart=(206, 110, 84), aorta=(224, 97, 76),
+        inferior_vena_cava=(0, 151, 206), urinary_bladder=(222, 198, 101),
+        stomach=(216, 132, 105), gallbladder=(139, 150, 98),
+    )  # fmt: skip
+    colours["kidney_right"] = (200, 120, 70)  # keep the pair distinguishable side by side
+    return colours
+
+
+COLOURS: dict[str, tuple[int, int, int]] = _make_colours()
+
+
+def colour_lut() -> np.ndarray:
+    """RGB lookup table (118, 3) uint8 indexed by label value; row 0 (background) is black."""
+    lut = np.zeros((NUM_STRUCTURES + 1, 3), dtype=np.uint8)
+    for name, value in LABEL_OF.items():
+        lut[value] = COLOURS[name]
+    return lut
+
+
+def label_map() -> dict[str, str]:
+    """Channel index -> structure name, as the seed notebooks wrote ``label_map.json``."""
+    return {str(channel): name for channel, name in enumerate(STRUCTURES)}
