@@ -1,0 +1,286 @@
+"""The preprocessing cache: each subject once into int16 CT + uint8 labels, memory-mappable.
+
+Layout: ``<cache>/<dataset tag>/<subject id>/<key>/{ct.npy, labels.npy, meta.json}``.
+Arrays are stored slice-major, shape (Z, X, Y) of the canonical (X, Y, Z) volume, so one axial
+slice ``[z]`` is one contiguous read. The key hashes the source files' names, sizes and mtimes
+and the preprocessing settings: a changed source gets a new key (rebuilt), an unchanged one is
+reused. A build goes into a temporary folder renamed into place when complete, so an
+interrupted ``prepare`` never leaves a half entry that is later trusted. The dataset folder is
+only read (datasets are often read-only); the cache lives in ``$CTSEG_CACHE`` or the user cache dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CtsegError, DataError
+from ..labels import NAME_OF, NUM_STRUCTURES
+from .dataset_root import DatasetIndex, find_ct, open_dataset
+from .subject import load_subject, mask_files
+
+log = logging.getLogger(__name__)
+
+#: bump when the stored form changes, so old entries are rebuilt
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    """``$CTSEG_CACHE`` if set, else the platform's user cache dir (e.g. ~/.cache/ctseg)."""
+    env = os.environ.get("CTSEG_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ctseg"))
+
+
+def dataset_tag(root: Path) -> str:
+    """Folder name of a dataset inside the cache: its name plus a hash of its absolute path."""
+    resolved = str(Path(root).expanduser().resolve())
+    return f"{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}"
+
+
+def source_key(subject_dir: Path, settings: dict | None = None) -> str:
+    """Hash of the subject's source files (name, size, mtime) and the preprocessing settings."""
+    digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **(settings or {})}).encode())
+    ct = find_ct(subject_dir)
+    files = [ct] if ct else []
+    files += list(mask_files(subject_dir)[0].values())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class CachedSubject:
+    """A prepared subject, memory-mapped.
+
+    ct: (Z, X, Y) int16 HU; labels: (Z, X, Y) uint8; axial slice z is ``ct[z]`` (X, Y) in RAS+.
+    """
+
+    subject_id: str
+    folder: Path
+    meta: dict = field(repr=False)
+
+    @cached_property
+    def ct(self) -> np.ndarray:
+        return np.load(self.folder / "ct.npy", mmap_mode="r")
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return np.load(self.folder / "labels.npy", mmap_mode="r")
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.meta["shape_xyz"][2])
+
+    @property
+    def shape_xyz(self) -> tuple[int, int, int]:
+        return tuple(self.meta["shape_xyz"])
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size along canonical x, y, z (mm)."""
+        return tuple(self.meta["spacing_mm"])
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(4, 4) voxel -> world of the canonical (X, Y, Z) volume."""
+        return np.array(self.meta["affine"])
+
+    @property
+    def original_affine(self) -> np.ndarray:
+        return np.array(self.meta["original_affine"])
+
+    @property
+    def original_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["original_shape"])
+
+    @property
+    def annotated(self) -> np.ndarray:
+        """(118,) bool: structure k has a mask file (index 0, background, is always true)."""
+        return np.array(self.meta["annotated"], dtype=bool)
+
+    @property
+    def voxel_counts(self) -> np.ndarray:
+        """(118,) int64 voxels per label value in the combined label volume."""
+        return np.array(self.meta["voxel_counts"], dtype=np.int64)
+
+    @property
+    def present(self) -> list[str]:
+        counts = self.voxel_counts
+        return [NAME_OF[k] for k in range(1, NUM_STRUCTURES + 1) if counts[k] > 0]
+
+    def ct_xyz(self) -> np.ndarray:
+        """The CT as a canonical (X, Y, Z) view (no copy)."""
+        return self.ct.transpose(1, 2, 0)
+
+    def labels_xyz(self) -> np.ndarray:
+        """The labels as a canonical (X, Y, Z) view (no copy)."""
+        return self.labels.transpose(1, 2, 0)
+
+
+def _entry_dir(cache_dir: Path, root: Path, subject_id: str) -> Path:
+    return cache_dir / dataset_tag(root) / subject_id
+
+
+def _read_entry(folder: Path, subject_id: str) -> CachedSubject | None:
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return CachedSubject(subject_id, folder, meta)
+
+
+def build_entry(subject_dir: Path, target: Path, settings: dict | None = None) -> CachedSubject:
+    """Load a subject from its NIfTI files and store it at ``target`` (atomically, as a folder)."""
+    subject = load_subject(subject_dir, **(settings or {}))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        np.save(tmp / "ct.npy", np.ascontiguousarray(subject.ct.array.transpose(2, 0, 1)))
+        labels_zxy = np.ascontiguousarray(subject.labels.transpose(2, 0, 1))
+        np.save(tmp / "labels.npy", labels_zxy)
+        counts = np.bincount(labels_zxy.ravel(), minlength=NUM_STRUCTURES + 1)
+        meta = {
+            "format": CACHE_FORMAT,
+            "subject_id": subject.subject_id,
+            "source": str(subject_dir.resolve()),
+            "shape_xyz": list(subject.ct.array.shape),
+            "spacing_mm": list(subject.ct.spacing_mm),
+            "affine": subject.ct.affine.tolist(),
+            "original_affine": subject.ct.original_affine.tolist(),
+            "original_shape": list(subject.ct.original_shape),
+            "orientation": subject.ct.orientation,
+            "annotated": subject.annotated.tolist(),
+            "mask_voxels": subject.mask_voxels.tolist(),
+            "voxel_counts": counts.tolist(),
+            "overlap_voxels": subject.overlap_voxels,
+            "problems": subject.problems,
+            "hu_range": [int(subject.ct.array.min()), int(subject.ct.array.max())],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        for path in tmp.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished the same entry first: theirs is as good as ours.
+            if not (target / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # Old keys of this subject are stale now.
+    for old in target.parent.iterdir():
+        if old != target and not old.name.startswith(".tmp-"):
+            shutil.rmtree(old, ignore_errors=True)
+    return CachedSubject(subject.subject_id, target, meta)
+
+
+def open_cached(
+    root: str | Path,
+    subject_id: str,
+    cache_dir: str | Path | None = None,
+    *,
+    build: bool = True,
+    settings: dict | None = None,
+) -> CachedSubject:
+    """The cached form of ``root/subject_id``, built first when missing or stale (if ``build``)."""
+    root = Path(root).expanduser()
+    subject_dir = root / subject_id
+    if not subject_dir.is_dir():
+        raise DataError(
+            f"subject {subject_id} not found in {root}; check the id or the dataset path"
+        )
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = _entry_dir(cache_dir, root, subject_id) / source_key(subject_dir, settings)
+    entry = _read_entry(target, subject_id)
+    if entry is not None:
+        return entry
+    if not build:
+        raise DataError(f"{subject_id} is not prepared; run `ctseg prepare --data {root}`")
+    return build_entry(subject_dir, target, settings)
+
+
+def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, bool, str | None]:
+    """Worker: (subject id, built now?, error message or None)."""
+    try:
+        subject_dir = root / subject_id
+        target = _entry_dir(cache_dir, root, subject_id) / source_key(subject_dir)
+        if _read_entry(target, subject_id) is not None:
+            return subject_id, False, None
+        build_entry(subject_dir, target)
+        return subject_id, True, None
+    except CtsegError as exc:
+        return subject_id, False, str(exc)
+    except Exception as exc:  # a worker must report, never kill the whole prepare
+        return subject_id, False, f"{subject_id}: {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class PrepareReport:
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def prepare_dataset(
+    root: str | Path | DatasetIndex,
+    cache_dir: str | Path | None = None,
+    *,
+    subjects: list[str] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> PrepareReport:
+    """Prepare every subject (or ``subjects``) of a dataset; failures are reported, not raised.
+
+    ``workers`` defaults to the usable cores (each worker holds one subject in memory);
+    ``progress(done, total, subject_id)`` is called after each subject.
+    """
+    index = root if isinstance(root, DatasetIndex) else open_dataset(root)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    ids = subjects if subjects is not None else index.subjects
+    workers = workers or min(
+        len(ids),
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+    )
+    report = PrepareReport()
+
+    def record(result: tuple[str, bool, str | None], done: int) -> None:
+        sid, built, error = result
+        if error:
+            report.failed[sid] = error
+            log.warning(error)
+        else:
+            (report.built if built else report.reused).append(sid)
+        if progress:
+            progress(done, len(ids), sid)
+
+    if workers <= 1 or len(ids) <= 1:
+        for done, sid in enumerate(ids, start=1):
+            record(_prepare_one(index.root, sid, cache_dir), done)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_prepare_one, index.root, sid, cache_dir) for sid in ids]
+            for done, future in enumerate(as_completed(futures), start=1):
+                record(future.result(), done)
+    return report

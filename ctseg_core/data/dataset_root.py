@@ -1,0 +1,165 @@
+"""A dataset root in the TotalSegmentator layout: its subjects and their train/val/test split.
+
+Layout: ``root/<id>/ct.nii.gz`` + ``root/<id>/segmentations/<structure>.nii.gz``, optionally
+``root/meta.csv`` (';'-separated, UTF-8 with or without BOM, columns ``image_id`` and ``split``).
+Nothing here writes into the dataset folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CT_NAMES = ("ct.nii.gz", "ct.nii")
+
+
+def find_ct(subject_dir: Path) -> Path | None:
+    """The subject's CT file (ct.nii.gz or ct.nii), or None."""
+    for name in CT_NAMES:
+        if (subject_dir / name).is_file():
+            return subject_dir / name
+    return None
+
+
+def read_meta_csv(path: Path) -> dict[str, str]:
+    """Map image_id -> split from a meta.csv (';' separator, BOM tolerated, split lower-cased).
+
+    Raises DataError when the columns are missing or a split value is not train/val/test.
+    """
+    text = path.read_bytes().decode("utf-8-sig")
+    sample = text.splitlines()[0] if text else ""
+    delimiter = ";" if ";" in sample else ","
+    rows = list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+    if not rows or "image_id" not in rows[0] or "split" not in rows[0]:
+        raise DataError(
+            f"{path} has no 'image_id' and 'split' columns (found {list(rows[0]) if rows else []}); "
+            "write a ';'-separated meta.csv with those columns or remove it"
+        )
+    splits: dict[str, str] = {}
+    for row in rows:
+        image_id, split = (row["image_id"] or "").strip(), (row["split"] or "").strip().lower()
+        if not image_id:
+            continue
+        if split not in SPLITS:
+            raise DataError(
+                f"{path}: subject {image_id} has split {split!r}; use one of train, val, test"
+            )
+        splits[image_id] = split
+    return splits
+
+
+def seeded_split(
+    subject_ids: list[str], seed: int = 0, fractions: tuple[float, float] = (0.7, 0.15)
+) -> dict[str, str]:
+    """Assign whole subjects to train/val/test by a stable hash of (seed, id).
+
+    The assignment of one subject does not depend on which other subjects exist, so adding
+    subjects never moves old ones between splits. With 3+ subjects, val and test get at least one.
+    """
+
+    def rank(sid: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{sid}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    ordered = sorted(subject_ids, key=rank)
+    n = len(ordered)
+    n_train = round(n * fractions[0])
+    n_val = round(n * fractions[1])
+    if n >= 3:
+        n_val = max(1, n_val)
+        n_train = min(n_train, n - n_val - 1)
+    splits = {}
+    for i, sid in enumerate(ordered):
+        splits[sid] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    return splits
+
+
+@dataclass
+class DatasetIndex:
+    """The subjects of a dataset root and their splits.
+
+    ``problems`` holds one-line messages about things that were skipped (never raised), so a
+    dataset with a few bad subjects stays usable.
+    """
+
+    root: Path
+    subjects: list[str]
+    splits: dict[str, str]
+    split_source: str  # "meta.csv" or "seeded"
+    problems: list[str] = field(default_factory=list)
+
+    def subject_dir(self, subject_id: str) -> Path:
+        return self.root / subject_id
+
+    def subjects_in(self, split: str) -> list[str]:
+        """Subject ids of one split ('train', 'val', 'test' or 'all'), sorted."""
+        if split == "all":
+            return list(self.subjects)
+        return [s for s in self.subjects if self.splits.get(s) == split]
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(self.subjects_in(split)) for split in SPLITS}
+
+
+def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
+    """Index a dataset root: find subjects (folders holding ct.nii.gz) and their splits.
+
+    Raises DataError when the root does not exist or holds no subject. Subjects missing from
+    meta.csv fall back to the seeded split; meta.csv ids without a folder are reported.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {root} does not exist; give a folder of subjects "
+            "(<id>/ct.nii.gz + <id>/segmentations/) or run `ctseg demo-data`"
+        )
+    problems: list[str] = []
+    subjects = []
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        if find_ct(child) is None:
+            if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
+                problems.append(f"{child.name}: no ct.nii.gz; add the CT or remove the folder")
+            continue
+        if not (child / "segmentations").is_dir():
+            problems.append(
+                f"{child.name}: no segmentations/ folder; usable for prediction only, "
+                "add <id>/segmentations/<structure>.nii.gz to train or evaluate"
+            )
+        subjects.append(child.name)
+    if not subjects:
+        raise DataError(
+            f"{root} holds no subject folder with a ct.nii.gz; expected the TotalSegmentator "
+            "layout <id>/ct.nii.gz + <id>/segmentations/, or run `ctseg demo-data`"
+        )
+    meta = root / "meta.csv"
+    split_source = "seeded"
+    splits = seeded_split(subjects, seed)
+    if meta.is_file():
+        from_meta = read_meta_csv(meta)
+        unknown = sorted(set(from_meta) - set(subjects))
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            problems.append(
+                f"meta.csv lists {len(unknown)} ids without a subject folder ({shown}); they are ignored"
+            )
+        missing = [s for s in subjects if s not in from_meta]
+        if missing:
+            problems.append(
+                f"meta.csv has no split for {len(missing)} subjects; they get a seeded split"
+            )
+        splits.update({s: from_meta[s] for s in subjects if s in from_meta})
+        split_source = "meta.csv"
+    for problem in problems:
+        log.warning("%s: %s", root, problem)
+    return DatasetIndex(root, subjects, splits, split_source, problems)

@@ -1,0 +1,123 @@
+"""One subject: its CT and all structure masks combined into a single uint8 label volume.
+
+Mask files: ``<id>/segmentations/<structure>.nii.gz`` named as in ``ctseg_core.labels``.
+A missing file means "not annotated" (excluded from metrics), an empty one "absent".
+Where masks overlap, the structure with the higher label value wins (TotalSegmentator's own
+multilabel export does the same by writing labels in order); the overlapping voxel count is
+reported so that a user sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..labels import LABEL_OF, NAME_OF, NUM_STRUCTURES
+from .dataset_root import find_ct
+from .volume import Volume, load_ct, load_mask
+
+log = logging.getLogger(__name__)
+
+MASK_SUFFIXES = (".nii.gz", ".nii")
+
+
+def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
+    """Structure name -> mask path for known names, and the list of unknown file names."""
+    seg_dir = subject_dir / "segmentations"
+    known: dict[str, Path] = {}
+    unknown: list[str] = []
+    if not seg_dir.is_dir():
+        return known, unknown
+    for path in sorted(seg_dir.iterdir()):
+        name = next((path.name[: -len(s)] for s in MASK_SUFFIXES if path.name.endswith(s)), None)
+        if name is None or path.name.startswith("."):
+            continue
+        if name in LABEL_OF:
+            known[name] = path
+        else:
+            unknown.append(path.name)
+    return known, unknown
+
+
+@dataclass
+class SubjectData:
+    """A subject loaded in canonical orientation.
+
+    labels: (X, Y, Z) uint8, 0 = background, k = structure k (on the CT's grid).
+    annotated: (118,) bool, index k true when structure k has a mask file (index 0 always true).
+    mask_voxels: (118,) int64 voxel count of each mask file as read (before overlap resolution).
+    """
+
+    subject_id: str
+    ct: Volume
+    labels: np.ndarray
+    annotated: np.ndarray
+    mask_voxels: np.ndarray
+    overlap_voxels: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def not_annotated(self) -> list[str]:
+        return [NAME_OF[k] for k in range(1, NUM_STRUCTURES + 1) if not self.annotated[k]]
+
+    @property
+    def absent(self) -> list[str]:
+        """Annotated structures whose mask is empty."""
+        return [
+            NAME_OF[k]
+            for k in range(1, NUM_STRUCTURES + 1)
+            if self.annotated[k] and self.mask_voxels[k] == 0
+        ]
+
+    @property
+    def present(self) -> list[str]:
+        return [NAME_OF[k] for k in range(1, NUM_STRUCTURES + 1) if self.mask_voxels[k] > 0]
+
+
+def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> SubjectData:
+    """Load a subject folder: CT (int16 HU) and the combined uint8 label volume, canonical.
+
+    Raises DataError (one line naming the file) for an unreadable CT or mask, a mask on another
+    grid, or a subject without CT. Unknown mask file names are reported in ``problems``.
+    """
+    subject_dir = Path(subject_dir)
+    ct_path = find_ct(subject_dir)
+    if ct_path is None:
+        raise DataError(f"{subject_dir.name}: no ct.nii.gz in {subject_dir}; add the CT file")
+    ct = load_ct(ct_path, allow_nan=allow_nan_ct)
+    labels = np.zeros(ct.array.shape, dtype=np.uint8)
+    annotated = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+    annotated[0] = True
+    mask_voxels = np.zeros(NUM_STRUCTURES + 1, dtype=np.int64)
+    problems: list[str] = []
+    files, unknown = mask_files(subject_dir)
+    if not (subject_dir / "segmentations").is_dir():
+        problems.append(f"{subject_dir.name}: no segmentations/ folder (nothing annotated)")
+    if unknown:
+        shown = ", ".join(unknown[:4]) + (" ..." if len(unknown) > 4 else "")
+        problems.append(
+            f"{subject_dir.name}/segmentations: {len(unknown)} unknown structure file names "
+            f"({shown}) ignored; use TotalSegmentator v2 names"
+        )
+    overlap = 0
+    for name in sorted(files, key=LABEL_OF.__getitem__):
+        value = LABEL_OF[name]
+        mask = load_mask(files[name], ct)
+        annotated[value] = True
+        count = int(np.count_nonzero(mask))
+        mask_voxels[value] = count
+        if count:
+            overlap += int(np.count_nonzero(labels[mask]))
+            labels[mask] = value
+    if overlap:
+        problems.append(
+            f"{subject_dir.name}: {overlap} voxels belong to more than one mask; "
+            "the higher label value was kept"
+        )
+    for problem in problems:
+        log.info(problem)
+    return SubjectData(subject_dir.name, ct, labels, annotated, mask_voxels, overlap, problems)
