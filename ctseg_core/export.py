@@ -1,0 +1,169 @@
+"""Label files that make a multilabel NIfTI open named and coloured in 3D Slicer and ITK-SNAP.
+
+- 3D Slicer colour table (``.ctbl``): ``# comment`` lines, then one ``index name R G B A`` line
+  per label (R, G, B, A integers 0..255; names without spaces).
+- ITK-SNAP label description (``.txt``): ``IDX R G B A VIS MSH "LABEL"`` per label, with A the
+  opacity 0..1 (float), VIS and MSH 0/1, the label quoted.
+
+Both are written atomically and both have readers that parse them back, so a round trip can be
+checked (and files edited by hand can be read).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError
+from .fileio import atomic_write_text
+from .labels import COLOURS, NAME_OF, NUM_STRUCTURES
+
+SLICER_SUFFIX = ".ctbl"
+ITKSNAP_SUFFIX = "_itksnap_labels.txt"
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    """One label of a colour table: value, name, RGB 0..255, opacity 0..1, visible."""
+
+    value: int
+    name: str
+    rgb: tuple[int, int, int]
+    opacity: float = 1.0
+    visible: bool = True
+
+
+def label_entries(values: Iterable[int] | None = None) -> list[LabelEntry]:
+    """Entries for label values (default all 1..117) plus background 0 (transparent black).
+
+    Raises DataError for a value outside 0..117.
+    """
+    wanted = range(1, NUM_STRUCTURES + 1) if values is None else sorted({int(v) for v in values})
+    entries = [LabelEntry(0, "background", (0, 0, 0), 0.0, False)]
+    for value in wanted:
+        if value == 0:
+            continue
+        if not 1 <= value <= NUM_STRUCTURES:
+            raise DataError(f"label value {value} is outside 1..{NUM_STRUCTURES}")
+        name = NAME_OF[value]
+        entries.append(LabelEntry(value, name, tuple(int(c) for c in COLOURS[name])))
+    return entries
+
+
+def slicer_ctbl_text(entries: list[LabelEntry]) -> str:
+    """Text of a 3D Slicer colour table for ``entries``."""
+    lines = [
+        "# Color table file written by ctseg (TotalSegmentator v2 label values)",
+        f"# {len(entries)} values",
+    ]
+    for e in entries:
+        alpha = round(255 * e.opacity)
+        lines.append(f"{e.value} {e.name} {e.rgb[0]} {e.rgb[1]} {e.rgb[2]} {alpha}")
+    return "\n".join(lines) + "\n"
+
+
+def itksnap_text(entries: list[LabelEntry]) -> str:
+    """Text of an ITK-SNAP label description file for ``entries``."""
+    lines = [
+        "################################################",
+        "# ITK-SnAP Label Description File (written by ctseg)",
+        "# File format:",
+        "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
+        "# Fields:",
+        "#    IDX:   Zero-based index",
+        "#    -R-:   Red color component (0..255)",
+        "#    -G-:   Green color component (0..255)",
+        "#    -B-:   Blue color component (0..255)",
+        "#    -A-:   Label transparency (0.00 .. 1.00)",
+        "#    VIS:   Label visibility (0 or 1)",
+        "#    MSH:   Label mesh visibility (0 or 1)",
+        "#  LABEL:   Label description",
+        "################################################",
+    ]
+    for e in entries:
+        vis = int(e.visible)
+        label = "Clear Label" if e.value == 0 else e.name
+        lines.append(
+            f"{e.value:5d} {e.rgb[0]:5d} {e.rgb[1]:4d} {e.rgb[2]:4d} {e.opacity:8.2f} "
+            f'{vis:2d} {vis:2d}    "{label}"'
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _content_lines(path: Path) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; write it with `ctseg export`")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def read_slicer_ctbl(path: str | Path) -> list[LabelEntry]:
+    """Parse a 3D Slicer colour table; raises DataError naming the line that is malformed."""
+    path = Path(path)
+    entries = []
+    for number, line in _content_lines(path):
+        parts = line.split()
+        try:
+            value, name = int(parts[0]), parts[1]
+            r, g, b, a = (int(p) for p in parts[2:6])
+        except (ValueError, IndexError):
+            raise DataError(
+                f"{path.name} line {number}: expected 'index name R G B A', got {line!r}"
+            ) from None
+        entries.append(LabelEntry(value, name, (r, g, b), a / 255, a > 0))
+    return entries
+
+
+_ITK_LINE = re.compile(
+    r'^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([0-9.eE+-]+)\s+(\d)\s+(\d)\s+(".*")\s*$'
+)
+
+
+def read_itksnap_labels(path: str | Path) -> list[LabelEntry]:
+    """Parse an ITK-SNAP label description; raises DataError naming the line that is malformed."""
+    path = Path(path)
+    entries = []
+    for number, line in _content_lines(path):
+        match = _ITK_LINE.match(line)
+        if not match:
+            raise DataError(
+                f"{path.name} line {number}: expected 'IDX R G B A VIS MSH \"LABEL\"', got {line!r}"
+            )
+        value, r, g, b = (int(match.group(i)) for i in range(1, 5))
+        label = shlex.split(match.group(8))[0]
+        name = "background" if value == 0 and label == "Clear Label" else label
+        entries.append(
+            LabelEntry(value, name, (r, g, b), float(match.group(5)), match.group(6) == "1")
+        )
+    return entries
+
+
+def label_file_paths(stem: str | Path) -> tuple[Path, Path]:
+    """(Slicer .ctbl, ITK-SNAP .txt) paths beside ``stem``; a ``.nii``/``.nii.gz`` suffix is dropped."""
+    stem = Path(stem)
+    base = stem.name
+    for suffix in (".nii.gz", ".nii"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return stem.with_name(base + SLICER_SUFFIX), stem.with_name(base + ITKSNAP_SUFFIX)
+
+
+def write_label_files(stem: str | Path, values: Iterable[int] | None = None) -> tuple[Path, Path]:
+    """Write ``<stem>.ctbl`` (3D Slicer) and ``<stem>_itksnap_labels.txt`` (ITK-SNAP), atomically.
+
+    ``values``: label values to list (default all 117 structures); background is always listed.
+    Returns the two paths.
+    """
+    entries = label_entries(values)
+    slicer_path, itk_path = label_file_paths(stem)
+    atomic_write_text(slicer_path, slicer_ctbl_text(entries))
+    atomic_write_text(itk_path, itksnap_text(entries))
+    return slicer_path, itk_path
