@@ -1,0 +1,211 @@
+"""Bad input gets one clear line naming the file and the fix; the dataset folder is never written."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ctseg_core.cli import main as cli_main
+from ctseg_core.data import load_ct, load_subject, open_cached, open_dataset, prepare_dataset
+from ctseg_core.data.volume import load_label_volume
+from ctseg_core.errors import DataError
+from ctseg_core.labels import LABEL_OF
+
+AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def _subject(root: Path, sid: str = "s0001", shape=(16, 12, 8)) -> Path:
+    ct = np.full(shape, -1000, dtype=np.int16)
+    ct[4:12, 3:9, 2:6] = 50
+    _save(root / sid / "ct.nii.gz", ct)
+    liver = np.zeros(shape, dtype=np.uint8)
+    liver[4:8, 3:9, 2:6] = 1
+    _save(root / sid / "segmentations" / "liver.nii.gz", liver)
+    _save(root / sid / "segmentations" / "spleen.nii.gz", np.zeros(shape, np.uint8))
+    return root / sid
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_truncated_gzip_names_file_and_fix(tmp_path):
+    sdir = _subject(tmp_path)
+    blob = (sdir / "ct.nii.gz").read_bytes()
+    (sdir / "ct.nii.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError) as exc:
+        load_ct(sdir / "ct.nii.gz")
+    assert "s0001/ct.nii.gz" in _one_line(exc) and "re-export" in str(exc.value)
+
+
+def test_garbage_file_is_refused(tmp_path):
+    path = tmp_path / "s0001" / "ct.nii.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(b"not a nifti at all" * 10))
+    with pytest.raises(DataError) as exc:
+        load_ct(path)
+    assert "cannot be read as NIfTI" in _one_line(exc)
+
+
+def test_mask_shape_mismatch(tmp_path):
+    sdir = _subject(tmp_path)
+    _save(sdir / "segmentations" / "liver.nii.gz", np.zeros((16, 12, 9), np.uint8))
+    with pytest.raises(DataError) as exc:
+        load_subject(sdir)
+    assert _one_line(exc) == (
+        "mask shape (16, 12, 9) does not match CT shape (16, 12, 8) in "
+        "s0001/segmentations/liver.nii.gz; resample the mask onto the CT grid"
+    )
+
+
+def test_mask_affine_mismatch(tmp_path):
+    sdir = _subject(tmp_path)
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 4.0
+    _save(sdir / "segmentations" / "liver.nii.gz", np.zeros((16, 12, 8), np.uint8), shifted)
+    with pytest.raises(DataError) as exc:
+        load_subject(sdir)
+    assert "affine of s0001/segmentations/liver.nii.gz differs" in _one_line(exc)
+    assert "4 mm" in str(exc.value)
+
+
+def test_2d_image_refused_and_4d_singleton_squeezed(tmp_path):
+    with pytest.raises(DataError) as exc:
+        load_ct(_save(tmp_path / "flat" / "ct.nii.gz", np.zeros((16, 12), np.int16), AFFINE))
+    assert "(2D); a 3D volume is expected" in _one_line(exc)
+    with pytest.raises(DataError) as exc:
+        load_ct(_save(tmp_path / "series" / "ct.nii.gz", np.zeros((4, 4, 4, 3), np.int16)))
+    assert "(4D)" in _one_line(exc)
+    ct = load_ct(_save(tmp_path / "single" / "ct.nii.gz", np.ones((4, 5, 6, 1), np.int16)))
+    assert ct.array.shape == (4, 5, 6)
+
+
+def test_nan_ct_refused_or_filled_on_request(tmp_path):
+    data = np.zeros((6, 6, 4), np.float32)
+    data[1, 2, 3] = np.nan
+    data[0, 0, 0] = np.inf
+    path = _save(tmp_path / "s9" / "ct.nii.gz", data)
+    with pytest.raises(DataError) as exc:
+        load_ct(path)
+    assert "holds 2 NaN/inf voxels" in _one_line(exc)
+    filled = load_ct(path, allow_nan=True)
+    assert filled.array.dtype == np.int16 and int((filled.array == -1024).sum()) == 2
+
+
+@pytest.mark.parametrize(
+    "mask_values,dtype", [((0, 255), np.uint8), ((0.0, 1.0), np.float32), ((0, 1), np.int16)]
+)
+def test_masks_stored_as_0_255_or_float_are_binarised(tmp_path, mask_values, dtype):
+    sdir = _subject(tmp_path)
+    mask = np.full((16, 12, 8), mask_values[0], dtype=dtype)
+    mask[0:2, 0:3, 0:4] = mask_values[1]
+    _save(sdir / "segmentations" / "kidney_left.nii.gz", mask)
+    subject = load_subject(sdir)
+    assert subject.mask_voxels[LABEL_OF["kidney_left"]] == 2 * 3 * 4
+    assert int((subject.labels == LABEL_OF["kidney_left"]).sum()) == 24
+
+
+def test_empty_folder_and_missing_folder(tmp_path):
+    with pytest.raises(DataError) as exc:
+        open_dataset(tmp_path)
+    assert "holds no subject folder" in _one_line(exc) and "demo-data" in str(exc.value)
+    with pytest.raises(DataError) as exc:
+        open_dataset(tmp_path / "nope")
+    assert "does not exist" in _one_line(exc)
+
+
+def test_subject_without_segmentations_is_reported_not_fatal(tmp_path):
+    _subject(tmp_path, "s0001")
+    sdir = _subject(tmp_path, "s0002")
+    shutil.rmtree(sdir / "segmentations")
+    index = open_dataset(tmp_path)
+    assert index.subjects == ["s0001", "s0002"]
+    assert any("s0002: no segmentations/" in p for p in index.problems)
+    subject = load_subject(sdir)
+    assert subject.annotated[1:].sum() == 0 and subject.labels.max() == 0
+
+
+def test_unknown_structure_names_reported(tmp_path):
+    sdir = _subject(tmp_path)
+    _save(sdir / "segmentations" / "liver_tumour.nii.gz", np.zeros((16, 12, 8), np.uint8))
+    subject = load_subject(sdir)
+    assert any("liver_tumour.nii.gz" in p and "unknown" in p for p in subject.problems)
+    assert subject.present == ["liver"]
+
+
+def test_meta_csv_with_bom_unknown_ids_and_bad_split(tmp_path):
+    _subject(tmp_path, "s0001")
+    _subject(tmp_path, "s0002")
+    (tmp_path / "meta.csv").write_bytes(
+        "image_id;age;split\ns0001;50;train\ns0002;60;test\ns0999;70;val\n".encode("utf-8-sig")
+    )
+    index = open_dataset(tmp_path)
+    assert index.splits == {"s0001": "train", "s0002": "test"}
+    assert any("s0999" in p for p in index.problems)
+    (tmp_path / "meta.csv").write_text("image_id;split\ns0001;training\n")
+    with pytest.raises(DataError) as exc:
+        open_dataset(tmp_path)
+    assert "split 'training'; use one of train, val, test" in _one_line(exc)
+
+
+def test_label_volume_values_above_117_refused(tmp_path):
+    data = np.zeros((4, 4, 4), np.int16)
+    data[0, 0, 0] = 130
+    with pytest.raises(DataError) as exc:
+        load_label_volume(_save(tmp_path / "pred.nii.gz", data))
+    assert "label values 0..130; expected 0..117" in _one_line(exc)
+
+
+def test_info_lists_problem_subjects_and_carries_on(tmp_path, capsys):
+    data = tmp_path / "data"
+    _subject(data, "s0001")
+    bad = _subject(data, "s0002")
+    _save(bad / "segmentations" / "liver.nii.gz", np.zeros((3, 3, 3), np.uint8))
+    before = sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*"))
+    status = cli_main(
+        ["info", "--data", str(data), "--cache", str(tmp_path / "c"), "--workers", "1"]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "s0001" in out and "mask shape (3, 3, 3) does not match" in out
+    # nothing in the dataset folder was written
+    assert sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*")) == before
+
+
+def test_cli_missing_dataset_exits_2_with_one_line(tmp_path, capsys):
+    assert cli_main(["info", "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: dataset folder") and "\n" not in err
+
+
+def test_changed_source_is_rebuilt_and_interrupted_build_not_trusted(tmp_path):
+    data = tmp_path / "data"
+    sdir = _subject(data)
+    cache = tmp_path / "cache"
+    first = open_cached(data, "s0001", cache)
+    assert first.voxel_counts[LABEL_OF["liver"]] == 4 * 6 * 4
+    # a half-written entry (no meta.json) is ignored and replaced
+    leftovers = first.folder.parent / ".tmp-crashed"
+    leftovers.mkdir()
+    (leftovers / "ct.npy").write_bytes(b"partial")
+    mask = np.zeros((16, 12, 8), np.uint8)
+    mask[4:6, 3:9, 2:6] = 1
+    _save(sdir / "segmentations" / "liver.nii.gz", mask)
+    second = open_cached(data, "s0001", cache)
+    assert second.folder != first.folder and not first.folder.exists()
+    assert second.voxel_counts[LABEL_OF["liver"]] == 2 * 6 * 4
+    report = prepare_dataset(data, cache, workers=1)
+    assert report.reused == ["s0001"]

@@ -1,0 +1,135 @@
+"""The data layer on the real TotalSegmentator sample, read in place."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ctseg_core.data import load_ct, load_subject, open_cached, open_dataset, prepare_dataset
+from ctseg_core.data.dicom import read_dicom_series
+from ctseg_core.data.volume import to_canonical
+from ctseg_core.labels import LABEL_OF, NUM_STRUCTURES
+
+
+def test_sample_index_reads_meta_csv_splits(sample_root):
+    index = open_dataset(sample_root)
+    assert index.subjects == ["s0000", "s0001", "s0002", "s0003"]
+    assert index.split_source == "meta.csv"
+    assert index.splits == {"s0000": "train", "s0001": "train", "s0002": "val", "s0003": "test"}
+    assert index.problems == []
+
+
+@pytest.mark.parametrize("subject_id", ["s0000", "s0001", "s0002", "s0003"])
+def test_structure_voxel_counts_match_mask_files(sample_root, subject_id):
+    subject = load_subject(sample_root / subject_id)
+    seg = sample_root / subject_id / "segmentations"
+    checked = 0
+    for path in sorted(seg.glob("*.nii.gz")):
+        name = path.name[: -len(".nii.gz")]
+        if name not in LABEL_OF:
+            continue
+        expected = int(np.count_nonzero(np.asanyarray(nib.load(path).dataobj)))
+        assert subject.mask_voxels[LABEL_OF[name]] == expected, name
+        assert int((subject.labels == LABEL_OF[name]).sum()) == expected, name
+        checked += 1
+    assert checked == int(subject.annotated[1:].sum())
+    assert subject.overlap_voxels == 0
+
+
+def test_incomplete_subject_reports_not_annotated(sample_root):
+    subject = load_subject(sample_root / "s0002")
+    # s0002 has two files: heart (a v2 structure) and pulmonary_artery, which TotalSegmentator v2
+    # moved out of the "total" task; so 116 of the 117 v2 structures are not annotated.
+    assert subject.present == ["heart"]
+    assert len(subject.not_annotated) == NUM_STRUCTURES - 1
+    assert any("pulmonary_artery.nii.gz" in p for p in subject.problems)
+
+
+def test_empty_mask_is_absent_not_missing(sample_root):
+    subject = load_subject(sample_root / "s0003")
+    assert "iliac_artery_left" in subject.absent
+    assert "iliac_artery_left" not in subject.not_annotated
+    assert len(subject.present) == 5
+
+
+def _world_centroid(volume_affine: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    ijk = np.argwhere(mask).mean(axis=0)
+    return volume_affine[:3, :3] @ ijk + volume_affine[:3, 3]
+
+
+def test_las_lps_ras_subjects_come_out_canonical_ras(sample_root):
+    orientations = {}
+    for sid in ["s0000", "s0001", "s0002"]:
+        ct = load_ct(sample_root / sid / "ct.nii.gz")
+        orientations[sid] = ct.orientation
+        assert nib.aff2axcodes(ct.affine) == ("R", "A", "S")
+        assert np.all(np.diag(ct.affine)[:3] > 0)
+        # the canonical affine maps voxels to the same world points as the file's
+        img = nib.load(sample_root / sid / "ct.nii.gz")
+        corner = np.array(img.shape) - 1
+        world = set()
+        for ijk in [(0, 0, 0), tuple(corner)]:
+            world.add(tuple(np.round(img.affine[:3, :3] @ ijk + img.affine[:3, 3], 3)))
+        canon_corners = set()
+        for ijk in [(0, 0, 0), tuple(np.array(ct.array.shape) - 1)]:
+            canon_corners.add(tuple(np.round(ct.affine[:3, :3] @ ijk + ct.affine[:3, 3], 3)))
+        lo = np.minimum(*[np.array(c) for c in world])
+        hi = np.maximum(*[np.array(c) for c in world])
+        clo = np.minimum(*[np.array(c) for c in canon_corners])
+        chi = np.maximum(*[np.array(c) for c in canon_corners])
+        np.testing.assert_allclose(lo, clo, atol=1e-3)
+        np.testing.assert_allclose(hi, chi, atol=1e-3)
+    assert orientations == {"s0000": "RAS", "s0001": "LAS", "s0002": "LPS"}
+
+
+def test_kidney_left_lies_on_patient_left(sample_root):
+    subject = load_subject(sample_root / "s0000")
+    left = _world_centroid(subject.ct.affine, subject.labels == LABEL_OF["kidney_left"])
+    right = _world_centroid(subject.ct.affine, subject.labels == LABEL_OF["kidney_right"])
+    # RAS+ world: +x points to the patient's right, so the left kidney has the smaller x.
+    assert left[0] < right[0] - 50, (left, right)
+    # and in the canonical array the x index grows with world x
+    lx = np.argwhere(subject.labels == LABEL_OF["kidney_left"])[:, 0].mean()
+    rx = np.argwhere(subject.labels == LABEL_OF["kidney_right"])[:, 0].mean()
+    assert lx < rx
+
+
+def test_dicom_series_matches_nifti_conversion(sample_root, extra_dir):
+    img = read_dicom_series(extra_dir / "dicom_s0001")
+    dicom = load_ct(extra_dir / "dicom_s0001")
+    nifti = load_ct(sample_root / "s0001" / "ct.nii.gz")
+    assert img.shape == (512, 512, 20)
+    np.testing.assert_array_equal(dicom.array, nifti.array)
+    np.testing.assert_allclose(dicom.affine, nifti.affine, atol=1e-3)
+    np.testing.assert_allclose(dicom.spacing_mm, (0.9765625, 0.9765625, 2.0), atol=1e-5)
+
+
+def test_cache_is_slice_major_and_equals_loaded_subject(sample_root, tmp_path):
+    report = prepare_dataset(sample_root, tmp_path, workers=1)
+    assert sorted(report.built) == ["s0000", "s0001", "s0002", "s0003"]
+    assert report.failed == {}
+    entry = open_cached(sample_root, "s0001", tmp_path, build=False)
+    subject = load_subject(sample_root / "s0001")
+    assert entry.ct.shape == (20, 512, 512) and entry.ct.dtype == np.int16
+    assert entry.labels.dtype == np.uint8 and entry.ct[7].flags["C_CONTIGUOUS"]
+    assert isinstance(entry.ct, np.memmap)
+    np.testing.assert_array_equal(entry.ct[7], subject.ct.array[:, :, 7])
+    np.testing.assert_array_equal(entry.labels_xyz(), subject.labels)
+    assert entry.meta["orientation"] == "LAS"
+    # unchanged sources are reused, not rebuilt
+    again = prepare_dataset(sample_root, tmp_path, workers=1)
+    assert again.built == [] and sorted(again.reused) == report.built
+
+
+def test_canonical_transform_roundtrip_is_exact():
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 100, (5, 6, 7)).astype(np.int16)
+    for codes in [("L", "P", "S"), ("R", "A", "S"), ("L", "A", "I"), ("A", "R", "S")]:
+        ornt = nib.orientations.axcodes2ornt(codes)
+        affine = nib.orientations.inv_ornt_aff(ornt, data.shape)
+        from ctseg_core.data.volume import from_canonical
+
+        canon, canon_affine = to_canonical(data, affine)
+        assert nib.aff2axcodes(canon_affine) == ("R", "A", "S")
+        np.testing.assert_array_equal(from_canonical(canon, affine), data)
