@@ -1,0 +1,266 @@
+"""One dataclass configuration for a training run, saved in every checkpoint and run folder.
+
+``RunConfig(data, model, train, run_name)`` round-trips through JSON (``to_dict`` /
+``from_dict``) and is checked by ``validate()`` before anything starts.
+
+Output convention (``RunConfig.output_mode``):
+
+- loss ``"dice_ce"`` (the default; softmax over mutually exclusive labels): ``"softmax"``,
+  ``out_channels = 1 + len(structures)``, channel 0 = background, channel i = ``structures[i-1]``;
+- loss ``"bce"`` / ``"dice"`` / ``"focal"`` (one sigmoid per structure, as the seed notebooks
+  trained): ``"sigmoid"``, ``out_channels = len(structures)``, channel i = ``structures[i]``.
+
+``ModelConfig.in_channels`` / ``out_channels`` left as None are filled from the data settings
+(``context_slices`` and ``structures``), so a config made from defaults is always consistent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .labels import LABEL_OF, STRUCTURES
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "poly", "none")
+LOSSES = ("dice_ce", "bce", "dice", "focal")
+SOFTMAX_LOSSES = ("dice_ce",)
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class DataConfig:
+    """Where the slices come from and how they are prepared and augmented.
+
+    Intensities: CT HU clipped to ``hu_window`` and scaled linearly to [-1, 1]
+    (see ``ctseg_core.data.slices.normalize_hu``). ``target_size`` is (H, W) = (X, Y) of the
+    canonical axial slice after resizing. ``context_slices`` > 1 (odd) feeds the neighbouring
+    slices as channels (2.5D). ``foreground_fraction`` of the training samples are drawn by first
+    picking a structure uniformly among those present, then a slice holding it (rare structures
+    are seen); the rest are uniform over all slices.
+    """
+
+    data_root: str = ""
+    cache_dir: str | None = None
+    target_size: tuple[int, int] = (128, 128)
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    context_slices: int = 1
+    structures: list[str] = field(default_factory=lambda: list(STRUCTURES))
+    batch_size: int = 8
+    foreground_fraction: float = 0.5
+    samples_per_epoch: int | None = None  # None: one pass worth of training slices
+    val_slices_per_subject: int | None = None  # None: every slice of each validation subject
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: bool = True
+    mirror: bool = False  # left/right flip with label swap; off by default (anatomy is lateral)
+    rotation_deg: float = 15.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    elastic_alpha_px: float = 4.0  # peak displacement of the elastic field, 0 = off
+    elastic_prob: float = 0.2
+    spatial_prob: float = 0.5
+    intensity_prob: float = 0.5
+    noise_std: float = 0.03
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The network: a name in the model registry and its widths (see ctseg_core.models)."""
+
+    name: str = "unet"
+    in_channels: int | None = None  # None: DataConfig.context_slices
+    out_channels: int | None = None  # None: from the loss and the structures (see module doc)
+    features: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    bottleneck: int = 512
+    attention: bool = False  # attention gates on the skips (also implied by "attention_unet")
+    norm: str = "batch"  # "batch" or "instance"
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``amp``/``channels_last``/``device`` "auto" pick what the hardware has."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.99  # SGD only (nnU-Net's value, with nesterov)
+    scheduler: str = "plateau"
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    poly_power: float = 0.9
+    loss: str = "dice_ce"
+    early_stopping_patience: int = 0  # epochs without a better val Dice; 0 = off
+    grad_clip: float | None = 12.0  # max gradient norm; None = off
+    amp: str = "auto"
+    channels_last: bool | str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    steps_per_epoch: int | None = None  # None: samples_per_epoch / batch_size
+    checkpoint_every: int = 1  # epochs between checkpoint_epoch<N>.pth files; 0 = none
+    sample_figure: bool = True  # samples/epoch_<N>.png each epoch
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _build(cls: type, values: dict[str, Any] | None, where: str):
+    values = dict(values or {})
+    unknown = sorted(set(values) - _fields(cls))
+    if unknown:
+        raise ConfigError(
+            f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_fields(cls)))}"
+        )
+    for name, value in values.items():
+        if isinstance(value, list) and name in ("target_size", "hu_window", "scale_range"):
+            values[name] = tuple(value)
+    return cls(**values)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; ``to_dict()`` is what config.json and checkpoints hold."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model.in_channels is None:
+            self.model.in_channels = self.data.context_slices
+        if self.model.out_channels is None:
+            self.model.out_channels = self.expected_out_channels
+
+    @property
+    def output_mode(self) -> str:
+        """ "softmax" (channel 0 background) or "sigmoid" (one channel per structure)."""
+        return "softmax" if self.train.loss in SOFTMAX_LOSSES else "sigmoid"
+
+    @property
+    def expected_out_channels(self) -> int:
+        return len(self.data.structures) + (1 if self.output_mode == "softmax" else 0)
+
+    def channel_names(self) -> list[str]:
+        """Structure name of each output channel ("background" first for softmax)."""
+        names = list(self.data.structures)
+        return ["background", *names] if self.output_mode == "softmax" else names
+
+    def label_map(self) -> dict[str, str]:
+        """Channel index (as a string) -> structure name, written as label_map.json."""
+        return {str(i): name for i, name in enumerate(self.channel_names())}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["output_mode"] = self.output_mode  # informative; ignored by from_dict
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Rebuild from ``to_dict()`` output (or a partial dict; missing keys take defaults)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run configuration must be a JSON object, got {type(d).__name__}")
+        extra = sorted(set(d) - {"data", "model", "train", "run_name", "output_mode"})
+        if extra:
+            raise ConfigError(f"unknown configuration section(s) {', '.join(extra)}")
+        return cls(
+            data=_build(DataConfig, d.get("data"), "data"),
+            model=_build(ModelConfig, d.get("model"), "model"),
+            train=_build(TrainConfig, d.get("train"), "train"),
+            run_name=str(d.get("run_name") or ""),
+        )
+
+    def validate(self, check_data: bool = False) -> RunConfig:
+        """Raise ConfigError on settings that cannot work; return self.
+
+        With ``check_data`` the dataset is opened and the train and validation splits must
+        hold at least one subject each.
+        """
+        _validate_static(self)
+        if check_data:
+            _validate_splits(self)
+        return self
+
+
+def _validate_static(cfg: RunConfig) -> None:
+    d, m, t = cfg.data, cfg.model, cfg.train
+    problems: list[str] = []
+    if not (isinstance(t.lr, (int, float)) and t.lr > 0):
+        problems.append(f"learning rate must be > 0 (got {t.lr})")
+    if t.epochs < 1:
+        problems.append(f"epochs must be >= 1 (got {t.epochs})")
+    if d.batch_size < 1:
+        problems.append(f"batch size must be >= 1 (got {d.batch_size})")
+    depth = 2 ** len(m.features)
+    if len(d.target_size) != 2 or any(s < depth or s % depth for s in d.target_size):
+        problems.append(
+            f"target size {tuple(d.target_size)} must be two multiples of {depth} "
+            f"(the U-Net halves it {len(m.features)} times), e.g. (128, 128)"
+        )
+    if d.context_slices < 1 or d.context_slices % 2 == 0:
+        problems.append(f"context slices must be odd and >= 1 (got {d.context_slices})")
+    if not d.hu_window[0] < d.hu_window[1]:
+        problems.append(f"HU window {tuple(d.hu_window)} must be (low, high) with low < high")
+    if not 0.0 <= d.foreground_fraction <= 1.0:
+        problems.append(f"foreground fraction must be in [0, 1] (got {d.foreground_fraction})")
+    if not d.structures:
+        problems.append("structures is empty; list at least one structure to segment")
+    unknown = [s for s in d.structures if s not in LABEL_OF]
+    if unknown:
+        problems.append(f"unknown structure(s) {', '.join(unknown[:5])} (see ctseg_core.labels)")
+    if len(set(d.structures)) != len(d.structures):
+        problems.append("structures lists a name twice")
+    for name, value, allowed in (
+        ("optimizer", t.optimizer, OPTIMIZERS),
+        ("scheduler", t.scheduler, SCHEDULERS),
+        ("loss", t.loss, LOSSES),
+        ("amp", t.amp, AMP_MODES),
+    ):
+        if value not in allowed:
+            problems.append(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    if not m.features or any(f < 1 for f in m.features) or m.bottleneck < 1:
+        problems.append(
+            f"model widths must be positive (features {m.features}, bottleneck {m.bottleneck})"
+        )
+    if m.in_channels != d.context_slices:
+        problems.append(
+            f"model in_channels {m.in_channels} != context_slices {d.context_slices}; "
+            "leave in_channels unset to derive it"
+        )
+    if t.loss in LOSSES and m.out_channels != cfg.expected_out_channels:
+        problems.append(
+            f"model out_channels {m.out_channels} does not fit loss {t.loss!r} with "
+            f"{len(d.structures)} structures (expected {cfg.expected_out_channels}); "
+            "leave out_channels unset to derive it"
+        )
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        problems.append(f"grad_clip must be > 0 or None (got {t.grad_clip})")
+    from .models import MODELS  # late: models imports config
+
+    if m.name not in MODELS:
+        problems.append(f"model {m.name!r} is not one of {', '.join(sorted(MODELS))}")
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+
+
+def _validate_splits(cfg: RunConfig) -> None:
+    from .data.dataset_root import open_dataset
+
+    if not cfg.data.data_root:
+        raise ConfigError(
+            "no dataset given; set data_root (--data) to a TotalSegmentator-layout folder"
+        )
+    index = open_dataset(Path(cfg.data.data_root), seed=cfg.data.seed)
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        if not index.subjects_in(split):
+            raise ConfigError(
+                f"split {split!r} of {index.root} holds no subject (splits: {index.counts()}); "
+                "fix the split column of meta.csv or add subjects"
+            )

@@ -1,0 +1,239 @@
+"""2D slices from the preprocessing cache: preprocessing shared with inference, dataset, sampler.
+
+Axes: a cached axial slice is (X, Y) in canonical RAS+; a batch is (B, C, H, W) with H = X
+(patient right -> left) and W = Y (posterior -> anterior); C holds the ``context_slices``
+neighbouring slices (2.5D), the centre slice in the middle.
+
+Intensities: ``normalize_hu`` clips HU to the window and maps it linearly onto [-1, 1]
+(low -> -1, high -> 1). Training and inference must both use these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..errors import DataError
+from ..labels import LABEL_OF, NUM_STRUCTURES
+from .cache import CachedSubject, open_cached, prepare_dataset
+from .dataset_root import open_dataset
+
+log = logging.getLogger(__name__)
+
+NUM_LABELS = NUM_STRUCTURES + 1  # label values 0..117
+
+
+def normalize_hu(ct_hu: torch.Tensor, hu_window: tuple[float, float]) -> torch.Tensor:
+    """Clip HU to ``hu_window`` = (low, high) and scale linearly to [-1, 1]; returns float32.
+
+    Works on any shape and dtype (int16 from the cache, float from a NIfTI).
+    """
+    low, high = float(hu_window[0]), float(hu_window[1])
+    x = ct_hu.to(torch.float32).clamp_(low, high)
+    return x.sub_((low + high) / 2).mul_(2.0 / (high - low))
+
+
+def resize_batch(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize (B, C, H, W) to (B, C, *size): "bilinear" for images (antialiased when shrinking),
+    "nearest" for label values (exact values kept, dtype kept). Same size: returned unchanged."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest-exact")
+    shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+    return F.interpolate(
+        x.float(), size=size, mode="bilinear", align_corners=False, antialias=shrink
+    )
+
+
+def context_indices(z: int, num_slices: int, context_slices: int) -> list[int]:
+    """Slice indices z - k .. z + k (k = context_slices // 2), clamped to 0..num_slices-1."""
+    half = context_slices // 2
+    return [min(max(z + offset, 0), num_slices - 1) for offset in range(-half, half + 1)]
+
+
+def class_lut(config: RunConfig) -> torch.Tensor:
+    """(118,) int64: label value -> class index (0 background, i for ``structures[i-1]``).
+
+    Label values of structures not in the config map to 0 (background).
+    """
+    lut = torch.zeros(NUM_LABELS, dtype=torch.int64)
+    for i, name in enumerate(config.data.structures, start=1):
+        lut[LABEL_OF[name]] = i
+    return lut
+
+
+def channel_label_values(config: RunConfig) -> torch.Tensor:
+    """(K,) int64: the label value each output channel stands for (0 = background channel)."""
+    values = [LABEL_OF[name] for name in config.data.structures]
+    if config.output_mode == "softmax":
+        values = [0, *values]
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def label_scores(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """(B, K, H, W) logits -> (B, 118, H, W) float32 scores indexed by label value.
+
+    softmax: the class probabilities placed at their label values (channel 0 background);
+    sigmoid: each structure's sigmoid at its label value and a constant 0.5 in channel 0, so
+    argmax gives background where no structure passes 0.5. Label values not in the config
+    score 0. Average these over TTA or an ensemble, then argmax -> label values 0..117.
+    """
+    logits = logits.float()
+    b, k, h, w = logits.shape
+    values = channel_label_values(config).to(logits.device)
+    if k != len(values):
+        raise DataError(
+            f"model output has {k} channels but the config expects {len(values)}; "
+            "use the config stored with the checkpoint"
+        )
+    scores = logits.new_zeros((b, NUM_LABELS, h, w))
+    if config.output_mode == "softmax":
+        scores[:, values] = torch.softmax(logits, dim=1)
+    else:
+        scores[:, values] = torch.sigmoid(logits)
+        scores[:, 0] = 0.5
+    return scores
+
+
+def _slice_presence(subject: CachedSubject) -> np.ndarray:
+    """(Z, 118) bool: which label values occur in each axial slice (one bincount per slice)."""
+    labels = subject.labels
+    presence = np.zeros((labels.shape[0], NUM_LABELS), dtype=bool)
+    for z in range(labels.shape[0]):
+        presence[z] = np.bincount(labels[z].ravel(), minlength=NUM_LABELS)[:NUM_LABELS] > 0
+    return presence
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """The axial slices of one split, read from the cache; item i -> (image, labels, subject).
+
+    image: (C, H, W) float32 normalised HU at ``target_size``; labels: (H, W) uint8 label values
+    (nearest resize); subject: int index into ``subject_ids``. Peak memory is one slice stack.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        split: str,
+        progress: Callable[[int, int, str], None] | None = None,
+        build: bool = True,
+    ):
+        data = config.data
+        self.config = config
+        index = open_dataset(Path(data.data_root), seed=data.seed)
+        ids = [
+            s for s in index.subjects_in(split) if (index.subject_dir(s) / "segmentations").is_dir()
+        ]
+        if not ids:
+            raise DataError(
+                f"split {split!r} of {index.root} has no subject with segmentations/; "
+                "fix meta.csv or add labelled subjects"
+            )
+        cache_dir = data.cache_dir or None
+        if build:
+            report = prepare_dataset(index, cache_dir, subjects=ids, progress=progress, workers=1)
+            for sid, error in report.failed.items():
+                log.warning("skipping %s: %s", sid, error)
+            ids = [s for s in ids if s not in report.failed]
+        self.subjects = [open_cached(index.root, s, cache_dir, build=False) for s in ids]
+        if not self.subjects:
+            raise DataError(f"no subject of split {split!r} in {index.root} could be prepared")
+        self.subject_ids = ids
+        counts = [s.labels.shape[0] for s in self.subjects]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.presence = np.concatenate([_slice_presence(s) for s in self.subjects])
+        self.annotated = np.stack([s.annotated for s in self.subjects])  # (S, 118)
+        self.lut = class_lut(config).numpy().astype(np.uint8)
+        keep = np.zeros(NUM_LABELS, dtype=bool)
+        keep[[LABEL_OF[n] for n in data.structures]] = True
+        self.presence &= keep  # only the structures this run learns
+        self.presence[:, 0] = False
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Global slice index -> (subject index, z)."""
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return s, int(i - self.offsets[s])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        s, z = self.locate(int(i))
+        subject = self.subjects[s]
+        zs = context_indices(z, subject.labels.shape[0], self.config.data.context_slices)
+        ct = torch.from_numpy(np.ascontiguousarray(subject.ct[zs]))  # (C, X, Y) int16
+        labels = torch.from_numpy(np.ascontiguousarray(subject.labels[z]))  # (X, Y) uint8
+        size = self.config.data.target_size
+        image = resize_batch(normalize_hu(ct[None], self.config.data.hu_window), size)[0]
+        labels = resize_batch(labels[None, None], size, mode="nearest")[0, 0]
+        return image, labels, s
+
+
+class ForegroundSampler(torch.utils.data.Sampler[int]):
+    """Slice indices for one epoch: a share drawn structure-first (rare ones get seen), the rest
+    uniform. Seeded by (seed, epoch): the same epoch yields the same draw, resumed or not.
+
+    With ``world_size`` > 1 each rank gets every world_size-th index of the common draw, as
+    ``DistributedSampler`` shards, so the ranks together see the whole epoch once.
+    """
+
+    def __init__(
+        self,
+        dataset: SliceDataset,
+        num_samples: int,
+        foreground_fraction: float,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.num_samples = int(num_samples)
+        self.fraction = float(foreground_fraction)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.total = len(dataset)
+        self.epoch = 0
+        self.by_structure = [
+            np.flatnonzero(dataset.presence[:, k])
+            for k in range(NUM_LABELS)
+            if dataset.presence[:, k].any()
+        ]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draw(self) -> np.ndarray:
+        """The whole epoch's (num_samples,) slice indices, before sharding."""
+        rng = np.random.default_rng([self.seed, self.epoch, 7])
+        picks = rng.integers(0, self.total, self.num_samples)
+        if self.by_structure and self.fraction > 0:
+            fg = rng.random(self.num_samples) < self.fraction
+            which = rng.integers(0, len(self.by_structure), int(fg.sum()))
+            picks[fg] = [
+                self.by_structure[k][rng.integers(len(self.by_structure[k]))] for k in which
+            ]
+        return picks
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.draw()[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+def validation_indices(dataset: SliceDataset, per_subject: int | None) -> list[int]:
+    """Every slice of each subject, or ``per_subject`` evenly spaced ones (always the same)."""
+    out: list[int] = []
+    for s in range(len(dataset.subjects)):
+        lo, hi = int(dataset.offsets[s]), int(dataset.offsets[s + 1])
+        if per_subject is None or hi - lo <= per_subject:
+            out.extend(range(lo, hi))
+        else:
+            out.extend(np.linspace(lo, hi - 1, per_subject).round().astype(int).tolist())
+    return out
