@@ -1,0 +1,337 @@
+"""Evaluation of a dataset split: subject x structure tables, summaries, detection, reports.
+
+Predictions come from a folder of ``<id>.nii.gz`` multilabel files written by any tool
+(TotalSegmentator ``--ml``, nnU-Net; values 0..117 in TotalSegmentator v2 order) or from
+checkpoints of our own models. A prediction on another grid than its reference is resampled onto
+the reference's grid by affine (nearest neighbour), so a file stored in another orientation or
+with a different field of view is scored on the same voxels as the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .data.cache import CachedSubject, open_cached
+from .data.dataset_root import open_dataset
+from .data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
+from .errors import ConfigError, DataError
+from .fileio import atomic_write_text
+from .labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
+from .metrics import (
+    compute_confusion,
+    compute_dice_iou,
+    compute_surface_metrics,
+    compute_volume_stats,
+    overlap_counts,
+)
+
+log = logging.getLogger(__name__)
+
+DICE_THRESHOLDS = (0.5, 0.7, 0.9)
+METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
+RESULT_COLUMNS = (
+    "subject", "structure", "group", *METRICS, "ref_volume_ml", "pred_volume_ml", "status",
+)  # fmt: skip
+
+
+def _has_usable_affine(path: Path) -> bool:
+    """True when the NIfTI header carries a coded sform/qform with a finite, invertible matrix."""
+    header = nib.load(str(path)).header
+    coded = [header.get_sform(coded=True), header.get_qform(coded=True)]
+    for affine, code in coded:
+        usable = code and affine is not None and np.all(np.isfinite(affine))
+        if usable and abs(np.linalg.det(affine[:3, :3])) > 1e-12:
+            return True
+    return False
+
+
+def prediction_on_reference_grid(
+    path: str | Path,
+    shape_xyz: Sequence[int],
+    affine: np.ndarray,
+    original_shape: Sequence[int],
+    original_affine: np.ndarray,
+) -> np.ndarray:
+    """Load a multilabel prediction as a canonical (X, Y, Z) uint8 array on the reference's grid.
+
+    ``shape_xyz``/``affine``: the reference's canonical grid; ``original_*``: its grid on disk.
+    Same grid (after canonical reorientation): returned as is. Other grid: resampled by the
+    voxel-to-voxel affine, nearest neighbour, outside the prediction's field of view = 0.
+    A file without a usable affine (sform and qform codes 0) is taken to be on the reference's
+    original grid when its shape matches, else DataError. Label values above 117 or an
+    unreadable/empty file raise DataError.
+    """
+    path = Path(path)
+    pred = load_label_volume(path, num_labels=NUM_STRUCTURES)
+    if pred.array.size == 0:
+        raise DataError(f"{path.name} holds no voxels; write the prediction again")
+    shape_xyz = tuple(int(s) for s in shape_xyz)
+    if not _has_usable_affine(path):
+        if tuple(pred.original_shape) == tuple(original_shape):
+            log.warning("%s has no affine; assuming it lies on the reference's grid", path.name)
+            raw = from_canonical(pred.array, pred.original_affine)
+            return to_canonical(raw, np.asarray(original_affine))[0]
+        raise DataError(
+            f"{path.name} has shape {tuple(pred.original_shape)} (reference "
+            f"{tuple(original_shape)}) and no usable affine (sform/qform codes 0); "
+            "save it with the CT's affine or on the CT's grid"
+        )
+    if pred.array.shape == shape_xyz and np.allclose(pred.affine, affine, atol=AFFINE_TOLERANCE):
+        return pred.array
+    # Reference voxel -> world -> prediction voxel.
+    voxel_to_voxel = np.linalg.inv(pred.affine) @ np.asarray(affine, dtype=np.float64)
+    resampled = ndimage.affine_transform(
+        pred.array, voxel_to_voxel, output_shape=shape_xyz, order=0, mode="constant", cval=0
+    )
+    if pred.array.any() and not resampled.any():
+        raise DataError(
+            f"{path.name} does not overlap its reference in world coordinates; check that it "
+            "belongs to this subject and that its affine is right"
+        )
+    log.info("%s resampled onto the reference grid %s", path.name, shape_xyz)
+    return resampled
+
+
+def find_prediction(folder: Path, subject_id: str) -> Path | None:
+    """``folder/<id>.nii.gz`` or ``folder/<id>.nii``, or None."""
+    for name in (f"{subject_id}.nii.gz", f"{subject_id}.nii"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def subject_rows(
+    subject_id: str,
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing_mm: Sequence[float],
+    annotated: np.ndarray,
+    tolerance_mm: float = 3.0,
+) -> list[dict]:
+    """Rows (one per annotated structure) of one subject's metrics.
+
+    reference, prediction: (X, Y, Z) integer labels on one grid; spacing_mm: (x, y, z) mm;
+    annotated: (118,) bool, False for structures excluded entirely (mask file missing).
+    """
+    confusion = compute_confusion(reference, prediction)
+    dice, iou = compute_dice_iou(confusion, annotated)
+    counts = overlap_counts(confusion, annotated)
+    scored = [
+        k for k in range(1, NUM_STRUCTURES + 1) if annotated[k] and counts.reference_voxels[k]
+    ]
+    surface = compute_surface_metrics(
+        reference, prediction, spacing_mm, labels=scored, tolerance_mm=tolerance_mm,
+        annotated=annotated,
+    )  # fmt: skip
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    rows = []
+    for k in range(1, NUM_STRUCTURES + 1):
+        if not annotated[k]:
+            continue
+        status = (
+            "detected" if counts.detected[k]
+            else "missed" if counts.missed[k]
+            else "false_positive" if counts.false_positive[k]
+            else "true_negative"
+        )  # fmt: skip
+        rows.append(
+            {
+                "subject": subject_id,
+                "structure": NAME_OF[k],
+                "group": GROUP_OF[NAME_OF[k]],
+                "dice": dice[k],
+                "iou": iou[k],
+                "hd95_mm": surface.hd95_mm[k],
+                "surface_dice": surface.surface_dice[k],
+                "ref_volume_ml": counts.reference_voxels[k] * voxel_ml,
+                "pred_volume_ml": counts.prediction_voxels[k] * voxel_ml,
+                "status": status,
+            }
+        )
+    return rows
+
+
+def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
+    """Per structure: mean/median/std and n of each metric, success rates at Dice thresholds.
+
+    NaN (reference absent) is left out of every statistic; HD95 inf (missed) is left out of the
+    HD95 mean/median/std and counted in ``missed``. ``success_dice_<t>`` is the fraction of
+    scored subjects with Dice >= t.
+    """
+    out = []
+    for structure, rows in results.groupby("structure", sort=False):
+        record: dict = {"structure": structure, "group": rows["group"].iloc[0]}
+        for metric in METRICS:
+            values = rows[metric].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            record[f"{metric}_mean"] = values.mean() if values.size else np.nan
+            record[f"{metric}_median"] = np.median(values) if values.size else np.nan
+            record[f"{metric}_std"] = values.std() if values.size else np.nan
+            record[f"{metric}_n"] = values.size
+        dice = rows["dice"].dropna().to_numpy(dtype=float)
+        for t in DICE_THRESHOLDS:
+            record[f"success_dice_{t}"] = (dice >= t).mean() if dice.size else np.nan
+        for status in ("detected", "missed", "false_positive", "true_negative"):
+            record[status] = int((rows["status"] == status).sum())
+        out.append(record)
+    summary = pd.DataFrame(out)
+    if not summary.empty:
+        summary["label"] = summary["structure"].map(LABEL_OF)
+        summary = summary.sort_values("label").drop(columns="label").reset_index(drop=True)
+    return summary
+
+
+def detection_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per subject: counts and names of detected, missed and false-positive structures."""
+    out = []
+    for subject, rows in results.groupby("subject", sort=False):
+        record: dict = {"subject": subject}
+        for status in ("detected", "missed", "false_positive", "true_negative"):
+            names = rows.loc[rows["status"] == status, "structure"].tolist()
+            record[f"n_{status}"] = len(names)
+            if status != "true_negative":
+                record[status] = ";".join(names)
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def volume_statistics(
+    labels: np.ndarray, ct_hu: np.ndarray, spacing_mm: Sequence[float]
+) -> pd.DataFrame:
+    """Volume (ml) and mean/std HU of every structure present (TotalSegmentator ``--statistics``).
+
+    labels: (X, Y, Z) integer 0..117; ct_hu: same shape, HU; spacing_mm: (x, y, z).
+    Returns one row per present structure: structure, label, group, voxels, volume_ml,
+    mean_hu, std_hu.
+    """
+    stats = compute_volume_stats(labels, ct_hu, spacing_mm)
+    rows = [
+        {
+            "structure": NAME_OF[k],
+            "label": k,
+            "group": GROUP_OF[NAME_OF[k]],
+            "voxels": int(stats.voxels[k]),
+            "volume_ml": float(stats.volume_ml[k]),
+            "mean_hu": float(stats.mean_hu[k]),
+            "std_hu": float(stats.std_hu[k]),
+        }
+        for k in range(1, NUM_STRUCTURES + 1)
+        if stats.voxels[k] > 0
+    ]
+    columns = ["structure", "label", "group", "voxels", "volume_ml", "mean_hu", "std_hu"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _cached_ct_volume(cached: CachedSubject) -> Volume:
+    return Volume(
+        np.ascontiguousarray(cached.ct_xyz()),
+        cached.affine,
+        cached.spacing_mm,
+        cached.original_affine,
+        cached.original_shape,
+    )
+
+
+def evaluate_predictions(
+    dataset_root: str | Path,
+    split: str,
+    predictions: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    tolerance_mm: float = 3.0,
+    progress: Callable[[int, int, str], None] | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    subjects: Sequence[str] | None = None,
+    report: bool = True,
+    mesh_subjects: int = 3,
+    device: str = "cpu",
+    tta: bool = False,
+) -> pd.DataFrame:
+    """Score predictions of a dataset split against its references; write tables and figures.
+
+    predictions: a folder of ``<id>.nii.gz`` multilabel files, or a list of checkpoint paths
+    (an ensemble, predicted here). subjects: restrict to these ids of the split. Returns the
+    subject x structure table (columns ``RESULT_COLUMNS``; annotated structures only; for
+    checkpoints only the structures the model predicts). Writes into ``out_dir`` atomically:
+    ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv`` and,
+    with ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
+    """
+    index = open_dataset(dataset_root)
+    ids = index.subjects_in(split)
+    if subjects is not None:
+        unknown = sorted(set(subjects) - set(ids))
+        if unknown:
+            raise DataError(f"subjects {unknown} are not in split {split!r} of {index.root}")
+        ids = [s for s in ids if s in set(subjects)]
+    if not ids:
+        raise DataError(
+            f"split {split!r} of {index.root} holds no subjects; splits: {index.counts()}"
+        )
+
+    predictor, folder, model_labels = None, None, None
+    if isinstance(predictions, str | Path) and Path(predictions).is_dir():
+        folder = Path(predictions)
+        missing = [s for s in ids if find_prediction(folder, s) is None]
+        if missing:
+            raise DataError(
+                f"{folder} has no prediction for {len(missing)} subjects ({', '.join(missing[:5])}); "
+                "expected <id>.nii.gz files, or pass subjects= to evaluate fewer"
+            )
+    else:
+        checkpoints = [predictions] if isinstance(predictions, str | Path) else list(predictions)
+        from .inference import Predictor
+
+        predictor = Predictor(checkpoints, device=device, tta=tta)
+        model_labels = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+        model_labels[[LABEL_OF[s] for s in predictor.structures]] = True
+
+    out_dir = Path(out_dir)
+    rows: list[dict] = []
+    from .evaluation_report import ReportCollector
+
+    collector = ReportCollector(out_dir, split, mesh_subjects=mesh_subjects) if report else None
+    for done, sid in enumerate(ids, start=1):
+        cached = open_cached(index.root, sid, cache_dir)
+        annotated = cached.annotated.copy()
+        if model_labels is not None:
+            annotated &= model_labels
+            annotated[0] = True
+            if not annotated[1:].any():
+                raise ConfigError(
+                    f"the checkpoint's structures are not annotated in {sid}; evaluate it on a "
+                    "dataset with masks for the structures it was trained on"
+                )
+        reference = np.ascontiguousarray(cached.labels_xyz())
+        if folder is not None:
+            prediction = prediction_on_reference_grid(
+                find_prediction(folder, sid), reference.shape, cached.affine,
+                cached.original_shape, cached.original_affine,
+            )  # fmt: skip
+        else:
+            prediction = predictor.predict(_cached_ct_volume(cached))
+        subject = subject_rows(
+            sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm
+        )
+        rows.extend(subject)
+        if collector is not None:
+            collector.add_subject(sid, cached, reference, prediction, subject)
+        if progress:
+            progress(done, len(ids), sid)
+
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    atomic_write_text(out_dir / f"evaluation_results_{split}.csv", results.to_csv(index=False))
+    summary = summarize_results(results)
+    atomic_write_text(out_dir / f"summary_{split}.csv", summary.to_csv(index=False))
+    atomic_write_text(
+        out_dir / f"detection_{split}.csv", detection_table(results).to_csv(index=False)
+    )
+    if collector is not None:
+        collector.finish(results, summary)
+    return results

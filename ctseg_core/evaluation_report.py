@@ -1,0 +1,299 @@
+"""Figures and interactive 3D pages of an evaluation, as the seed notebooks named them.
+
+- ``metrics_distribution_<split>.png``: distribution of Dice, IoU, HD95 and surface Dice;
+- ``structure_ranking_<split>.png``: structures ranked by mean Dice;
+- ``segmentation_visualization_<split>.png``: CT with reference vs prediction overlays on the
+  slices where the worst structures disagree most, worst first;
+- ``3d_<subject>.html``: plotly meshes (marching cubes, decimated) of reference and prediction.
+
+Everything is drawn on matplotlib ``Figure`` objects (no pyplot, no global backend) and written
+atomically. Memory stays bounded: only a few 2D slices per subject are kept between subjects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+from .fileio import atomic_path, atomic_write_text
+from .labels import COLOURS, LABEL_OF, NAME_OF, NUM_STRUCTURES, colour_lut
+
+log = logging.getLogger(__name__)
+
+#: CT display window (HU): soft tissue and bone both readable under a colour overlay
+DISPLAY_WINDOW_HU = (-400.0, 600.0)
+#: triangles per 3D page (both panels); the marching-cubes step grows to stay near it (~1 MB)
+MESH_FACE_BUDGET = 60_000
+
+
+@dataclass
+class SliceCase:
+    """One axial slice where a structure disagrees: CT, reference and prediction (X, Y)."""
+
+    subject: str
+    structure: str
+    dice: float
+    z: int
+    ct_hu: np.ndarray
+    reference: np.ndarray
+    prediction: np.ndarray
+    aspect: float  # y spacing / x spacing, for display
+
+
+def _save_figure(fig: Figure, target: Path) -> None:
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def worst_slice(reference: np.ndarray, prediction: np.ndarray, label: int) -> int:
+    """Axial index z of (X, Y, Z) volumes where ``label`` disagrees most (else: largest reference)."""
+    ref_k, pred_k = reference == label, prediction == label
+    disagreement = np.count_nonzero(ref_k ^ pred_k, axis=(0, 1))
+    if disagreement.max() > 0:
+        return int(disagreement.argmax())
+    return int(np.count_nonzero(ref_k, axis=(0, 1)).argmax())
+
+
+class ReportCollector:
+    """Gathers what the report needs subject by subject, then draws it in :meth:`finish`."""
+
+    def __init__(self, out_dir: Path, split: str, mesh_subjects: int = 3, cases_per_subject: int = 2,
+                 max_cases: int = 6) -> None:  # fmt: skip
+        self.out_dir, self.split = Path(out_dir), split
+        self.mesh_subjects, self.cases_per_subject, self.max_cases = (
+            mesh_subjects, cases_per_subject, max_cases,
+        )  # fmt: skip
+        self.cases: list[SliceCase] = []
+        self.meshes_written: list[Path] = []
+
+    def add_subject(self, subject_id, cached, reference, prediction, rows: list[dict]) -> None:
+        """Keep the worst slices of one subject and write its 3D page if still within the quota.
+
+        reference, prediction: canonical (X, Y, Z) labels; ``cached``: the CachedSubject (CT).
+        """
+        scored = [r for r in rows if not math.isnan(r["dice"])]
+        scored.sort(key=lambda r: (r["dice"], -r["ref_volume_ml"]))
+        spacing = cached.spacing_mm
+        for row in scored[: self.cases_per_subject]:
+            label = LABEL_OF[row["structure"]]
+            z = worst_slice(reference, prediction, label)
+            self.cases.append(
+                SliceCase(
+                    subject_id,
+                    row["structure"],
+                    float(row["dice"]),
+                    z,
+                    np.array(cached.ct[z]),
+                    reference[:, :, z].copy(),
+                    prediction[:, :, z].copy(),
+                    spacing[1] / spacing[0],
+                )
+            )
+        self.cases.sort(key=lambda c: c.dice)
+        del self.cases[self.max_cases :]
+        if len(self.meshes_written) < self.mesh_subjects:
+            target = self.out_dir / f"3d_{subject_id}.html"
+            write_mesh_html(reference, prediction, spacing, target, title=subject_id)
+            self.meshes_written.append(target)
+
+    def finish(self, results: pd.DataFrame, summary: pd.DataFrame) -> list[Path]:
+        """Draw the three figures; return every file written by the report."""
+        split = self.split
+        paths = [
+            self.out_dir / f"metrics_distribution_{split}.png",
+            self.out_dir / f"structure_ranking_{split}.png",
+            self.out_dir / f"segmentation_visualization_{split}.png",
+        ]
+        plot_metric_distribution(results, paths[0])
+        plot_structure_ranking(summary, paths[1])
+        plot_slice_cases(self.cases, paths[2])
+        return paths + self.meshes_written
+
+
+def plot_metric_distribution(results: pd.DataFrame, target: Path) -> None:
+    """Histograms of Dice, IoU, surface Dice and finite HD95 over all subject x structure rows."""
+    fig = Figure(figsize=(12, 3.2))
+    panels = (
+        ("dice", "Dice"),
+        ("iou", "IoU"),
+        ("surface_dice", "surface Dice"),
+        ("hd95_mm", "HD95 (mm)"),
+    )
+    for i, (column, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 4, i + 1)
+        values = results[column].to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            bins = np.linspace(0, 1, 21) if column != "hd95_mm" else 20
+            ax.hist(finite, bins=bins, color="#4c78a8", edgecolor="white")
+            ax.axvline(
+                np.median(finite), color="#e45756", lw=1.5, label=f"median {np.median(finite):.3g}"
+            )
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        n_inf = int(np.isinf(values).sum())
+        ax.set_title(title + (f" ({n_inf} missed: inf)" if n_inf else ""), fontsize=9)
+        ax.set_ylabel("subject x structure" if i == 0 else "")
+    fig.suptitle(
+        f"Metric distributions ({results['subject'].nunique()} subjects)", fontsize=10, y=1.03
+    )
+    _save_figure(fig, target)
+
+
+def plot_structure_ranking(summary: pd.DataFrame, target: Path) -> None:
+    """Horizontal bars: mean Dice (+- std) per structure, best at the top."""
+    ranked = summary.dropna(subset=["dice_mean"]).sort_values("dice_mean")
+    height = max(2.5, 0.18 * len(ranked) + 1)
+    fig = Figure(figsize=(7, height))
+    ax = fig.add_subplot(1, 1, 1)
+    if ranked.empty:
+        ax.text(0.5, 0.5, "no structure present in the references", ha="center", va="center")
+    else:
+        colours = [np.array(COLOURS[s]) / 255 for s in ranked["structure"]]
+        y = np.arange(len(ranked))
+        ax.barh(y, ranked["dice_mean"], xerr=ranked["dice_std"].fillna(0), color=colours,
+                error_kw={"lw": 0.6})  # fmt: skip
+        ax.set_yticks(y, [f"{s} (n={n})" for s, n in zip(ranked["structure"], ranked["dice_n"], strict=True)],
+                      fontsize=6)  # fmt: skip
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("mean Dice")
+        for threshold in (0.5, 0.7, 0.9):
+            ax.axvline(threshold, color="grey", lw=0.5, ls="--")
+    ax.set_title("Structures ranked by mean Dice", fontsize=10)
+    _save_figure(fig, target)
+
+
+def _display(slice_xy: np.ndarray) -> np.ndarray:
+    """(X, Y) RAS slice -> image rows/cols in radiological view (patient right on the left, anterior up)."""
+    return np.swapaxes(slice_xy, 0, 1)[::-1, ::-1]
+
+
+def _overlay(ax, case: SliceCase, labels: np.ndarray, title: str) -> None:
+    lo, hi = DISPLAY_WINDOW_HU
+    ax.imshow(_display(case.ct_hu), cmap="gray", vmin=lo, vmax=hi, aspect=case.aspect,
+              interpolation="nearest")  # fmt: skip
+    rgba = np.zeros((*labels.shape, 4), dtype=np.float32)
+    rgba[..., :3] = colour_lut()[labels] / 255.0
+    rgba[..., 3] = np.where(labels > 0, 0.45, 0.0)
+    ax.imshow(_display(rgba), aspect=case.aspect, interpolation="nearest")
+    # Contours of the structure in question: white = reference, yellow = this panel's labels,
+    # so a missed or misplaced structure shows where it should have been.
+    label = LABEL_OF[case.structure]
+    for mask, colour in ((case.reference == label, "white"), (labels == label, "yellow")):
+        if mask.any():
+            ax.contour(_display(mask.astype(np.uint8)), levels=[0.5], colors=colour, linewidths=0.9)
+    ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def plot_slice_cases(cases: list[SliceCase], target: Path) -> None:
+    """One row per case (worst Dice first): CT + reference overlay, CT + prediction overlay."""
+    n = max(1, len(cases))
+    fig = Figure(figsize=(8, 4 * n))
+    if not cases:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no structure present in the references", ha="center", va="center")
+        ax.set_axis_off()
+    for i, case in enumerate(cases):
+        head = f"{case.subject} {case.structure} z={case.z}"
+        _overlay(fig.add_subplot(n, 2, 2 * i + 1), case, case.reference, f"{head}: reference")
+        _overlay(fig.add_subplot(n, 2, 2 * i + 2), case, case.prediction,
+                 f"prediction (Dice {case.dice:.3f})")  # fmt: skip
+    _save_figure(fig, target)
+
+
+def boundary_voxels(labels: np.ndarray) -> int:
+    """Number of voxels with a face neighbour of another label (the size of all surfaces)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    for axis in range(labels.ndim):
+        ahead = [slice(None)] * labels.ndim
+        behind = [slice(None)] * labels.ndim
+        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+        differs = labels[tuple(ahead)] != labels[tuple(behind)]
+        edge[tuple(ahead)] |= differs
+        edge[tuple(behind)] |= differs
+    return int(np.count_nonzero(edge & (labels > 0)))
+
+
+def mesh_step(reference: np.ndarray, prediction: np.ndarray, budget: int = MESH_FACE_BUDGET) -> int:
+    """Marching-cubes step (voxels) that keeps both panels' triangles near ``budget``.
+
+    A surface of S voxels gives about 2 S triangles at step 1 and 2 S / step**2 at a larger step.
+    """
+    faces = 2 * (boundary_voxels(reference) + boundary_voxels(prediction))
+    return max(1, math.ceil(math.sqrt(faces / budget)))
+
+
+def structure_mesh(mask: np.ndarray, spacing_mm, step: int = 1):
+    """Marching-cubes mesh of a binary (X, Y, Z) mask: (vertices mm (V, 3), faces (F, 3)) or None.
+
+    The mask is cropped to its box (1 voxel margin) and sampled every ``step`` voxels (a structure
+    thinner than the step is meshed at step 1, so it does not vanish).
+    """
+    from skimage.measure import marching_cubes
+
+    box = ndimage.find_objects(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8))
+    if not box or box[0] is None:
+        return None
+    box = box[0]
+    crop = np.pad(mask[box].astype(np.uint8), 1)
+    if min(crop.shape) <= 2 * step:
+        step = 1
+    try:
+        verts, faces, _, _ = marching_cubes(
+            crop, level=0.5, spacing=tuple(spacing_mm), step_size=step
+        )
+    except (ValueError, RuntimeError):
+        return None
+    offset = np.array([s.start - 1 for s in box], dtype=np.float64) * np.asarray(spacing_mm)
+    faces_dtype = np.uint16 if len(verts) < 1 << 16 else np.int32  # smaller pages
+    return (verts + offset).astype(np.float32), faces.astype(faces_dtype)
+
+
+def write_mesh_html(reference: np.ndarray, prediction: np.ndarray, spacing_mm, target: Path,
+                    title: str = "", include_plotlyjs: str | bool = "cdn") -> None:  # fmt: skip
+    """Interactive page: reference (left) and prediction (right) meshes of every present structure.
+
+    reference, prediction: canonical (X, Y, Z) labels; spacing_mm: (x, y, z). ``include_plotlyjs``
+    is passed to plotly ("cdn" keeps the file small; True embeds plotly.js for offline use).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "scene"}]],
+                        subplot_titles=("reference", "prediction"))  # fmt: skip
+    step = mesh_step(reference, prediction)
+    for col, labels in ((1, reference), (2, prediction)):
+        boxes = ndimage.find_objects(labels, max_label=NUM_STRUCTURES)
+        for k, box in enumerate(boxes, start=1):
+            if box is None:
+                continue
+            mask = np.zeros(labels.shape, dtype=bool)
+            mask[box] = labels[box] == k
+            mesh = structure_mesh(mask, spacing_mm, step)
+            if mesh is None:
+                continue
+            verts, faces = mesh
+            r, g, b = COLOURS[NAME_OF[k]]
+            fig.add_trace(
+                go.Mesh3d(
+                    x=verts[:, 0].round(1), y=verts[:, 1].round(1), z=verts[:, 2].round(1),
+                    i=faces[:, 0], j=faces[:, 1], k=faces[:, 2], color=f"rgb({r},{g},{b})",
+                    opacity=1.0, name=NAME_OF[k], legendgroup=NAME_OF[k], showlegend=col == 1,
+                    hoverinfo="name", flatshading=True,
+                ),
+                row=1, col=col,
+            )  # fmt: skip
+    scene = {"aspectmode": "data", "xaxis_title": "x (mm, R)", "yaxis_title": "y (mm, A)",
+             "zaxis_title": "z (mm, S)"}  # fmt: skip
+    fig.update_layout(title=f"{title} (surfaces sampled every {step} voxels)", scene=scene, scene2=scene, height=700,
+                      margin={"l": 0, "r": 0, "t": 40, "b": 0})  # fmt: skip
+    atomic_write_text(target, fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True))
