@@ -1,0 +1,1 @@
+"""The ctseg Streamlit dashboard (entry: `streamlit run dashboard/Home.py`)."""

@@ -1,0 +1,74 @@
+"""Explore: a subject's CT with reference and (optionally) predicted labels, slices and 3D."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import state
+from dashboard.helpers.viewer import Layer, volume_viewer
+from dashboard.pages_index import PAGE_FILES
+
+NO_CHECKPOINT = "(none)"
+
+st.title("Explore")
+
+
+def main() -> None:
+    root = state.dataset_root()
+    if not root:
+        st.info("Choose a dataset on Home first.")
+        st.page_link(PAGE_FILES["home"], label="Home", icon=":material/home:")
+        return
+    index = state.dataset_index(root)
+    if not index.subjects:
+        st.error(f"{root} holds no subjects; choose another dataset on Home.")
+        return
+    if st.session_state.get(state.EXPLORE_SUBJECT) not in index.subjects:
+        st.session_state[state.EXPLORE_SUBJECT] = index.subjects[0]
+    checkpoints = state.all_checkpoints()
+    options = [NO_CHECKPOINT, *checkpoints]
+    if st.session_state.get(state.EXPLORE_CHECKPOINT) not in options:
+        st.session_state[state.EXPLORE_CHECKPOINT] = NO_CHECKPOINT
+    cols = st.columns([1, 2])
+    subject = cols[0].selectbox(
+        "Subject",
+        index.subjects,
+        key=state.EXPLORE_SUBJECT,
+        format_func=lambda s: f"{s} ({index.splits.get(s) or 'no split'})",
+    )
+    choice = cols[1].selectbox(
+        "Prediction from checkpoint",
+        options,
+        key=state.EXPLORE_CHECKPOINT,
+        help="Runs under the checkpoints folder; the prediction is computed once per subject "
+        "and checkpoint, then cached.",
+    )
+    with st.spinner(f"Opening {subject} …"):
+        entry = state.cached_subject(root, subject)
+    layers = [
+        Layer("reference", entry.labels, f"ref:{root}:{subject}", entry.voxel_counts),
+    ]
+    if choice != NO_CHECKPOINT:
+        checkpoint = checkpoints[choice]
+        bar = st.progress(0.0, text=f"Predicting {subject} with {choice} …")
+
+        def progress(done: int, total: int, info: str = "") -> None:
+            bar.progress(min(1.0, done / max(total, 1)), text=f"Predicting {subject}: {info}")
+
+        try:
+            pred = state.predicted_labels_zxy(root, subject, checkpoint, progress)
+            source = f"pred:{checkpoint}:{root}:{subject}"
+            layers.append(Layer("prediction", pred, source, state.label_counts(source, pred)))
+        except Exception as exc:
+            state.show_error(exc, f"prediction with {choice}")
+        finally:
+            bar.empty()
+    sx, sy, sz = entry.spacing_mm
+    st.caption(
+        f"{subject}: {' x '.join(map(str, entry.shape_xyz))} voxels, spacing "
+        f"{sx:.2f} x {sy:.2f} x {sz:.2f} mm, {len(entry.present)} structures present"
+    )
+    volume_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.spacing_mm, entry.affine)
+
+
+state.guarded(main, "explore")

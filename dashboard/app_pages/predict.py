@@ -1,0 +1,5 @@
+"""predict page (being written)."""
+
+import streamlit as st
+
+st.title("Predict")

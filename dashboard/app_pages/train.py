@@ -1,0 +1,5 @@
+"""train page (being written)."""
+
+import streamlit as st
+
+st.title("Train")

@@ -1,0 +1,250 @@
+"""The slice viewer shared by Explore and Predict: controls, a slice fragment, legend, stats, 3D.
+
+Volumes are (Z, X, Y) arrays as the cache stores them (memmaps are fine: only the shown plane is
+read). Moving the slice slider reruns only the fragment, not the page.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from ctseg_core.labels import COLOURS, GROUP_OF, GROUPS, LABEL_OF, NUM_STRUCTURES
+from ctseg_core.viz.slices import (
+    PLANES,
+    WINDOW_PRESETS,
+    num_planes,
+    overlay_rgb,
+    plane_aspect,
+    render_slice,
+    side_by_side,
+    stretch_to_aspect,
+    to_png_bytes,
+)
+from dashboard import state
+
+CUSTOM = "custom"
+MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
+
+
+@dataclass
+class Layer:
+    """A label volume to show: a name ("reference", "prediction") and (Z, X, Y) uint8 labels."""
+
+    name: str
+    labels_zxy: np.ndarray
+    source: str  # a unique key of this volume, for caches
+    counts: np.ndarray  # (118,) voxels per label value (from the cache meta or state.label_counts)
+
+
+@dataclass
+class ViewSettings:
+    plane: str
+    level: float
+    width: float
+    style: str  # "fill" or "contour"
+    layout: str  # "side by side" or "combined"
+    alpha: float
+    visible: np.ndarray  # (118,) bool
+
+
+def _controls(
+    keys: state.ViewerKeys, two_layers: bool
+) -> tuple[str, float, float, str, str, float]:
+    plane = st.segmented_control("Plane", PLANES, default="axial", key=keys.plane, required=True)
+    presets = [*WINDOW_PRESETS, CUSTOM]
+    preset = st.selectbox("Window", presets, index=0, key=keys.preset)
+    if preset == CUSTOM:
+        cols = st.columns(2)
+        level = cols[0].number_input("Level (HU)", -1500, 3000, 40, step=10, key=keys.level)
+        width = cols[1].number_input("Width (HU)", 1, 5000, 400, step=10, key=keys.width)
+    else:
+        level, width = WINDOW_PRESETS[preset]
+    style = st.segmented_control(
+        "Overlay", ["fill", "contour"], default="fill", key=keys.style, required=True
+    )
+    layout = "combined"
+    if two_layers:
+        layout = st.segmented_control(
+            "Reference and prediction",
+            ["side by side", "combined"],
+            default="side by side",
+            key=keys.layout,
+            required=True,
+            help="combined: the reference as chosen, the prediction as contours on top",
+        )
+    alpha = st.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key=keys.alpha)
+    return plane, float(level), float(width), style, layout, alpha
+
+
+def structure_picker(keys: state.ViewerKeys, present: list[str]) -> list[str]:
+    """Groups (pills) and a searchable structure list; returns the structures to show."""
+    groups_present = [g for g in GROUPS if any(GROUP_OF[s] == g for s in present)]
+    groups = st.pills(
+        "Groups", groups_present, selection_mode="multi", default=groups_present, key=keys.groups
+    )
+    in_groups = [s for s in present if GROUP_OF[s] in (groups or [])]
+    if keys.structures in st.session_state:  # a preset from another page may name absent ones
+        st.session_state[keys.structures] = [
+            s for s in st.session_state[keys.structures] if s in present
+        ]
+    picked = st.multiselect(
+        "Structures (type to search; empty = every structure of the chosen groups)",
+        present,
+        key=keys.structures,
+    )
+    return picked or in_groups
+
+
+def legend(structures: list[str]) -> None:
+    chips = []
+    for name in structures:
+        r, g, b = COLOURS[name]
+        chips.append(
+            f'<span style="display:inline-block;margin:2px 8px 2px 0;white-space:nowrap">'
+            f'<span style="display:inline-block;width:0.9em;height:0.9em;border-radius:2px;'
+            f'background:rgb({r},{g},{b});vertical-align:middle;margin-right:4px"></span>'
+            f"{name}</span>"
+        )
+    if chips:
+        st.html('<div style="font-size:0.85em;line-height:1.6">' + "".join(chips) + "</div>")
+
+
+def _upscale(rgb: np.ndarray) -> np.ndarray:
+    factor = max(1, int(np.ceil(MIN_DISPLAY_PX / max(rgb.shape[:2]))))
+    if factor == 1:
+        return rgb
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+
+
+def compose_slice(
+    ct_zxy: np.ndarray, layers: list[Layer], index: int, view: ViewSettings, spacing_mm
+) -> np.ndarray:
+    """The displayed (H, W, 3) uint8 image of one slice: CT plus layers as the settings say."""
+    common = dict(level=view.level, width=view.width, alpha=view.alpha, visible=view.visible)
+    if not layers:
+        return render_slice(ct_zxy, view.plane, index, spacing_mm=spacing_mm, **common)
+    first = render_slice(
+        ct_zxy, view.plane, index, labels_zxy=layers[0].labels_zxy, mode=view.style, **common
+    )
+    if len(layers) > 1:
+        from ctseg_core.viz.slices import extract_plane
+
+        if view.layout == "side by side":
+            second = render_slice(
+                ct_zxy,
+                view.plane,
+                index,
+                labels_zxy=layers[1].labels_zxy,
+                mode=view.style,
+                **common,
+            )
+            first = side_by_side(first, second)
+        else:
+            pred = extract_plane(layers[1].labels_zxy, view.plane, index)
+            first = overlay_rgb(first, pred, None, 1.0, view.visible, "contour")
+    return stretch_to_aspect(first, plane_aspect(spacing_mm, view.plane))
+
+
+@st.fragment
+def slice_fragment(
+    keys: state.ViewerKeys, ct_zxy, layers: list[Layer], view: ViewSettings, spacing_mm
+) -> None:
+    """The slice slider and image: moving the slider reruns only this function."""
+    count = num_planes(ct_zxy.shape, view.plane)
+    slice_key = state.slice_key(keys, view.plane)
+    if slice_key not in st.session_state or not 0 <= st.session_state[slice_key] < count:
+        st.session_state[slice_key] = count // 2
+    index = st.slider(f"{view.plane.capitalize()} slice", 0, count - 1, key=slice_key)
+    started = time.perf_counter()
+    rgb = _upscale(compose_slice(ct_zxy, layers, index, view, spacing_mm))
+    png = to_png_bytes(rgb)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if len(layers) > 1 and view.layout == "side by side":
+        names = " | ".join(layer.name for layer in layers)
+    elif len(layers) > 1:
+        names = f"{layers[0].name} ({view.style}), {layers[1].name} (contours)"
+    else:
+        names = ", ".join(layer.name for layer in layers) or "CT"
+    st.image(
+        png,
+        width="stretch",
+        output_format="PNG",
+        caption=f"{names} · slice {index + 1} of {count} · rendered in {elapsed_ms:.0f} ms",
+    )
+
+
+def stats_table(ct_zxy, layers: list[Layer], structures: list[str], spacing_mm) -> pd.DataFrame:
+    """Volume (ml) and mean HU of each shown structure, per layer."""
+    rows = {s: {"structure": s, "group": GROUP_OF[s]} for s in structures}
+    for layer in layers:
+        stats = state.volume_stats(layer.source, layer.labels_zxy, ct_zxy, spacing_mm)
+        for s in structures:
+            k = LABEL_OF[s]
+            rows[s][f"{layer.name} ml"] = round(float(stats.volume_ml[k]), 2)
+            mean = stats.mean_hu[k]
+            rows[s][f"{layer.name} mean HU"] = None if np.isnan(mean) else round(float(mean), 1)
+    return pd.DataFrame(list(rows.values()))
+
+
+def mesh_view(keys: state.ViewerKeys, layers: list[Layer], structures, spacing_mm, affine) -> None:
+    """A plotly 3D view of chosen structures (decimated meshes, reference and prediction)."""
+    from ctseg_core.viz.mesh import meshes_figure
+
+    if not st.toggle("3D view", key=keys.show3d):
+        return
+    default = structures[:6]
+    if keys.mesh_structures in st.session_state:
+        st.session_state[keys.mesh_structures] = [
+            s for s in st.session_state[keys.mesh_structures] if s in structures
+        ]
+    else:
+        st.session_state[keys.mesh_structures] = default
+    chosen = st.multiselect("Structures in 3D", structures, key=keys.mesh_structures)
+    if not chosen:
+        st.caption("Pick structures to see their surfaces.")
+        return
+    values = [LABEL_OF[s] for s in chosen]
+    started = time.perf_counter()
+    items = []
+    with st.spinner("Building surfaces …"):
+        for layer in layers:
+            kind = "prediction" if layer.name == "prediction" else "reference"
+            items += state.meshes_cached(
+                layer.source, layer.labels_zxy, values, spacing_mm, affine, kind
+            )
+    fig = meshes_figure(items)
+    fig.update_layout(height=560, margin={"l": 0, "r": 0, "t": 30, "b": 0})
+    st.plotly_chart(fig, key=f"{keys.prefix}_mesh_chart")
+    faces = sum(len(i["faces"]) for i in items)
+    st.caption(
+        f"{len(items)} surfaces, {faces} triangles, built in {time.perf_counter() - started:.2f} s"
+    )
+
+
+def volume_viewer(keys: state.ViewerKeys, ct_zxy, layers: list[Layer], spacing_mm, affine) -> None:
+    """Everything of a volume view: controls, slice fragment, legend, stats and the 3D view."""
+    counts = np.zeros(NUM_STRUCTURES + 1, dtype=np.int64)
+    for layer in layers:
+        counts += np.asarray(layer.counts, dtype=np.int64)
+    present = [s for s in LABEL_OF if counts[LABEL_OF[s]] > 0]
+    image_col, control_col = st.columns([3, 1])
+    with control_col:
+        plane, level, width, style, layout, alpha = _controls(keys, len(layers) > 1)
+        shown = structure_picker(keys, present) if present else []
+    visible = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+    visible[[LABEL_OF[s] for s in shown]] = True
+    view = ViewSettings(plane, level, width, style, layout, alpha, visible)
+    with image_col:
+        slice_fragment(keys, ct_zxy, layers, view, spacing_mm)
+        legend(shown)
+    if not present:
+        st.caption("No labelled structure in this volume.")
+        return
+    with st.expander("Volumes and mean HU of the shown structures", expanded=False):
+        st.dataframe(stats_table(ct_zxy, layers, shown, spacing_mm), hide_index=True)
+    mesh_view(keys, layers, shown, spacing_mm, affine)

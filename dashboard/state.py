@@ -1,0 +1,333 @@
+"""The dashboard's shared state: session-state keys and every st.cache_* wrapper, in one place.
+
+Pages never call st.cache_* or invent session keys; they call these functions. Heavy objects are
+cached by small keys (paths, ids, mtimes), never by hashing whole volumes: a CachedSubject holds
+memmaps, so caching it costs nothing and each slice read is a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from ctseg_core.access import check_allowed_path
+from ctseg_core.errors import CtsegError
+
+log = logging.getLogger("ctseg.dashboard")
+
+
+@dataclass(frozen=True)
+class ViewerKeys:
+    """Widget keys of one slice viewer (Explore and Predict each have their own)."""
+
+    prefix: str
+
+    def __getattr__(self, name: str) -> str:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return f"{self.prefix}_{name}"
+
+
+EXPLORE_VIEW = ViewerKeys("ctseg_explore")
+PREDICT_VIEW = ViewerKeys("ctseg_predict")
+
+# Session-state keys (one namespace, so pages cannot collide).
+DATASET = "ctseg_dataset_root"  # str: the chosen dataset root, shared by every page
+EXPLORE_SUBJECT = "ctseg_explore_subject"  # str: subject id shown on Explore
+EXPLORE_CHECKPOINT = "ctseg_explore_checkpoint"  # str: checkpoint label or "(none)"
+EXPLORE_PLANE = EXPLORE_VIEW.plane  # str: axial / coronal / sagittal
+EXPLORE_STRUCTURES = EXPLORE_VIEW.structures  # list[str]: structures picked on Explore
+EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
+PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
+
+#: widget states that must survive visits to other pages (Streamlit drops unrendered widgets)
+PERSISTENT = (
+    DATASET,
+    EXPLORE_SUBJECT,
+    EXPLORE_CHECKPOINT,
+    *(f"{EXPLORE_VIEW.slice}_{plane}" for plane in ("axial", "coronal", "sagittal")),
+    EXPLORE_PLANE,
+    EXPLORE_STRUCTURES,
+)
+
+
+def slice_key(keys: ViewerKeys, plane: str) -> str:
+    """Widget key of a viewer's slice slider in one plane (each plane keeps its own position)."""
+    return f"{keys.slice}_{plane}"
+
+
+def keep_widget_state() -> None:
+    """Called by the router each run: re-owning the keys stops Streamlit dropping them."""
+    for key in PERSISTENT:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def show_error(exc: BaseException, what: str = "") -> None:
+    """One st.error line: the user's mistake with its fix, or an unexpected failure (logged)."""
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, CtsegError):
+        st.error(f"{prefix}{exc}", icon=":material/error:")
+        return
+    log.error("unexpected error%s\n%s", f" in {what}" if what else "", traceback.format_exc())
+    st.error(
+        f"{prefix}{type(exc).__name__}: {exc} (an unexpected failure; the server log has the "
+        "details — please report it)",
+        icon=":material/bug_report:",
+    )
+
+
+def guarded(body: Callable[[], None], what: str = "") -> None:
+    """Run a page body; an error becomes one st.error line and the rest of the app keeps working.
+
+    Streamlit's own control flow (st.stop, st.rerun, st.switch_page) derives from BaseException,
+    so it passes through untouched.
+    """
+    try:
+        body()
+    except Exception as exc:
+        show_error(exc, what)
+
+
+# ---------------------------------------------------------------- paths and datasets
+
+
+def cache_dir() -> Path:
+    """The preprocessing cache folder ($CTSEG_CACHE or the user cache)."""
+    from ctseg_core.data.cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+def checkpoints_root() -> Path:
+    """The root of run folders ($CTSEG_CHECKPOINTS or ./checkpoints)."""
+    from ctseg_core.training.run_folder import default_checkpoints_root
+
+    return Path(default_checkpoints_root())
+
+
+def demo_dir() -> Path:
+    """Where the phantom demo dataset lives: $CTSEG_DEMO_DIR or <user data dir>/phantom."""
+    env = os.environ.get("CTSEG_DEMO_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("ctseg")) / "phantom"
+
+
+@st.cache_resource(show_spinner=False)
+def ensure_demo_dataset(root: str) -> str:
+    """Generate the phantom demo dataset once (skipped when it is already there)."""
+    from ctseg_core.data.phantom import make_phantom_dataset
+
+    path = Path(root)
+    if not (path / "meta.csv").is_file():
+        make_phantom_dataset(path)
+    return str(path)
+
+
+def default_dataset() -> tuple[str, bool]:
+    """(dataset root, is it the demo?): $CTSEG_DATA when set, else the phantom demo dataset."""
+    env = os.environ.get("CTSEG_DATA")
+    if env:
+        return env, False
+    return str(demo_dir()), True
+
+
+def dataset_root() -> str | None:
+    """The dataset chosen on Home (shared by every page), or the default when none was chosen."""
+    if DATASET not in st.session_state:
+        root, is_demo = default_dataset()
+        if is_demo and not (Path(root) / "meta.csv").is_file():
+            return None  # Home generates it (with a spinner) on first start
+        st.session_state[DATASET] = root
+    return st.session_state[DATASET]
+
+
+def checked_dataset_path(path: str) -> Path:
+    """A user-given dataset path, resolved and checked against $CTSEG_DATA_ROOTS."""
+    from ctseg_core.errors import DataError
+
+    resolved = check_allowed_path(path)
+    if not resolved.is_dir():
+        raise DataError(f"{path} is not a folder; give the dataset root (subject folders inside)")
+    return resolved
+
+
+def _tree_stamp(root: str) -> float:
+    """A cheap change marker of a dataset: the newest mtime among the root and its subjects."""
+    path = Path(root)
+    stamps = [path.stat().st_mtime]
+    stamps += [p.stat().st_mtime for p in path.iterdir() if p.is_dir()]
+    return max(stamps)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _summary(root: str, cache: str, stamp: float) -> dict:
+    from ctseg_core.data.summary import summarize_dataset
+
+    return summarize_dataset(root, cache)
+
+
+def dataset_summary(root: str) -> dict:
+    """summarize_dataset (prepares the cache on first call), cached per root and change stamp."""
+    return _summary(str(root), str(cache_dir()), _tree_stamp(root))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _index(root: str, stamp: float):
+    from ctseg_core.data.dataset_root import open_dataset
+
+    return open_dataset(root)
+
+
+def dataset_index(root: str):
+    """The DatasetIndex of a root (subjects, splits), cached per change stamp."""
+    return _index(str(root), _tree_stamp(root))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _cached_subject(root: str, subject_id: str, cache: str):
+    from ctseg_core.data.cache import open_cached
+
+    return open_cached(root, subject_id, cache)
+
+
+def cached_subject(root: str, subject_id: str):
+    """The CachedSubject (memmapped (Z, X, Y) CT and labels), opened once per (root, subject)."""
+    return _cached_subject(str(root), subject_id, str(cache_dir()))
+
+
+# ---------------------------------------------------------------- training and runs
+
+
+@st.cache_resource(show_spinner=False)
+def training_job():
+    """The one TrainingJob of this server: every browser tab sees (and stops) the same job."""
+    from ctseg_core.training.job import TrainingJob
+
+    return TrainingJob()
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, best and last first, then per-epoch ones by epoch."""
+    run_dir = Path(run_dir)
+    named = [run_dir / n for n in ("best.pth", "last.pth") if (run_dir / n).is_file()]
+
+    def epoch_of(p: Path) -> int:
+        digits = "".join(c for c in p.stem if c.isdigit())
+        return int(digits) if digits else -1
+
+    per_epoch = sorted(run_dir.glob("checkpoint_epoch*.pth"), key=epoch_of)
+    return named + per_epoch
+
+
+def all_checkpoints() -> dict[str, str]:
+    """label -> checkpoint path, over every run folder under the checkpoints root."""
+    from ctseg_core.training.run_folder import list_runs
+
+    out: dict[str, str] = {}
+    root = checkpoints_root()
+    if not root.is_dir():
+        return out
+    for run_dir in list_runs(root):
+        for ckpt in checkpoint_files(run_dir):
+            out[f"{Path(run_dir).name} / {ckpt.name}"] = str(ckpt)
+    return out
+
+
+# ---------------------------------------------------------------- predictions and meshes
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _predicted_labels_zxy(
+    root: str, subject_id: str, checkpoint: str, mtime: float, _progress=None
+) -> np.ndarray:
+    from ctseg_core.inference import predict_volume
+
+    entry = cached_subject(root, subject_id)
+    labels_xyz = predict_volume(_volume_of(entry), [checkpoint], progress=_progress)
+    return np.ascontiguousarray(np.asarray(labels_xyz, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def _volume_of(entry):
+    """A Volume of a cached subject's canonical CT, as predict_volume expects it."""
+    from ctseg_core.data.volume import Volume
+
+    return Volume(
+        array=np.asarray(entry.ct_xyz()),
+        affine=entry.affine,
+        spacing_mm=tuple(entry.spacing_mm),
+        original_affine=entry.original_affine,
+        original_shape=tuple(entry.original_shape),
+    )
+
+
+def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=None) -> np.ndarray:
+    """Prediction of a checkpoint on a cached subject, (Z, X, Y) uint8; computed once, cached.
+
+    ``progress(done, total, info)`` is called only when the prediction is computed.
+    """
+    path = Path(checkpoint).expanduser().resolve()
+    if not path.is_file():
+        from ctseg_core.errors import DataError
+
+        raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
+    return _predicted_labels_zxy(
+        str(root), subject_id, str(path), path.stat().st_mtime, _progress=progress
+    )
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _meshes(source: str, values: tuple, spacing_mm: tuple, kind: str, _labels_zxy, _affine):
+    from ctseg_core.viz.mesh import structure_meshes
+
+    return structure_meshes(
+        _labels_zxy, list(values), spacing_mm, _affine, max_faces_total=120000, kind=kind
+    )
+
+
+def meshes_cached(source: str, labels_zxy, values, spacing_mm, affine, kind: str) -> list[dict]:
+    """structure_meshes items of some structures, cached by a source key (volume never hashed).
+
+    ``source`` names the label volume uniquely (e.g. "ref:<root>:<subject>").
+    """
+    values = tuple(sorted(int(v) for v in values))
+    spacing = tuple(float(s) for s in spacing_mm)
+    return _meshes(source, values, spacing, kind, labels_zxy, affine)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _volume_stats(source: str, _labels_zxy, _ct_zxy, spacing_zxy: tuple):
+    from ctseg_core.metrics.stats import compute_volume_stats
+
+    return compute_volume_stats(_labels_zxy, _ct_zxy, spacing_zxy)
+
+
+def volume_stats(source: str, labels_zxy, ct_zxy, spacing_mm):
+    """VolumeStats (ml, mean HU per label) of a (Z, X, Y) label volume, cached by source key."""
+    sx, sy, sz = (float(s) for s in spacing_mm)
+    return _volume_stats(source, labels_zxy, ct_zxy, (sz, sx, sy))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _label_counts(source: str, _labels_zxy) -> np.ndarray:
+    from ctseg_core.labels import NUM_STRUCTURES
+
+    return np.bincount(np.asarray(_labels_zxy).ravel(), minlength=NUM_STRUCTURES + 1)
+
+
+def label_counts(source: str, labels_zxy) -> np.ndarray:
+    """(118,) voxels per label value of a label volume, counted once per source key."""
+    return _label_counts(source, labels_zxy)
