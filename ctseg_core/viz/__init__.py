@@ -1,6 +1,13 @@
 """Views of CT and labels: windowed slices with overlays (``slices``), 3D meshes (``mesh``)."""
 
-from .mesh import bounding_boxes, mesh_area, meshes_figure, structure_mesh, structure_meshes
+from .mesh import (
+    bounding_boxes,
+    mesh_area,
+    meshes_figure,
+    structure_mesh,
+    structure_meshes,
+    taubin_smooth,
+)
 from .slices import (
     PLANES,
     WINDOW_PRESETS,
@@ -32,6 +39,7 @@ __all__ = [
     "stretch_to_aspect",
     "structure_mesh",
     "structure_meshes",
+    "taubin_smooth",
     "to_png_bytes",
     "window_to_uint8",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from ..errors import ConfigError
 
@@ -90,6 +90,33 @@ def _block_mean(mask: np.ndarray, factors: np.ndarray) -> np.ndarray:
     return padded.reshape(b0, f0, b1, f1, b2, f2).mean(axis=(1, 3, 5), dtype=np.float32)
 
 
+def taubin_smooth(
+    verts: np.ndarray, faces: np.ndarray, iterations: int = 10, lam: float = 0.5, mu: float = -0.53
+) -> np.ndarray:
+    """Taubin (lambda|mu) smoothing of a triangle mesh: removes voxel staircases, keeps volume.
+
+    Unlike blurring the mask it never deletes thin structures (topology is unchanged).
+    verts: (N, 3), faces: (M, 3) int; returns new (N, 3) float32 vertices.
+    """
+    if iterations <= 0 or len(faces) == 0:
+        return verts
+    n = len(verts)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.concatenate([edges, edges[:, ::-1]])
+    adjacency = sparse.csr_matrix(
+        (np.ones(len(edges), dtype=np.float32), (edges[:, 0], edges[:, 1])), shape=(n, n)
+    )
+    adjacency.data[:] = 1.0  # an edge shared by two faces was summed twice
+    degree = np.asarray(adjacency.sum(axis=1)).ravel()
+    inverse_degree = np.where(degree > 0, 1.0 / np.maximum(degree, 1), 0.0)[:, None]
+    smoothed = verts.astype(np.float64)
+    for _ in range(iterations):
+        for weight in (lam, mu):
+            neighbour_mean = (adjacency @ smoothed) * inverse_degree
+            smoothed += weight * np.where(degree[:, None] > 0, neighbour_mean - smoothed, 0.0)
+    return smoothed.astype(np.float32)
+
+
 def structure_mesh(
     labels: np.ndarray,
     value: int,
@@ -98,6 +125,7 @@ def structure_mesh(
     max_faces: int | None = 20000,
     box: Box | None = None,
     layout: str = "zxy",
+    smooth_iterations: int = 10,
     smooth_sigma: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Triangle surface of ``labels == value`` (or of a bool mask; any value > 0 then).
@@ -106,8 +134,11 @@ def structure_mesh(
     (``layout="xyz"``); spacing_mm: voxel size along x, y, z; affine: (4, 4) voxel (x, y, z) ->
     world mm of the canonical volume (``CachedSubject.affine``), or None for index * spacing;
     max_faces: face budget (None = full resolution); box: the structure's bounding box from
-    ``bounding_boxes`` (computed here when None); smooth_sigma: Gaussian sigma in coarse voxels
-    applied before meshing (0 = none). Returns verts (N, 3) float32 in mm as (x, y, z) and faces
+    ``bounding_boxes`` (computed here when None); smooth_iterations: Taubin passes on the mesh
+    (0 = raw marching cubes; 10 removes most of the voxel staircase, moves extents < 2%);
+    smooth_sigma: Gaussian sigma in coarse voxels on the mask before meshing (0 = none; 1 gives
+    areas within ~1% on smooth shapes, but erases structures thinner than ~2 voxels, in which
+    case the unblurred mask is meshed). Returns verts (N, 3) float32 in mm as (x, y, z) and faces
     (M, 3) int32. An absent structure returns empty (0, 3) arrays; a closed surface is produced
     even where the structure touches the volume's edge.
     """
@@ -133,7 +164,9 @@ def structure_mesh(
     factors = choose_factors(mask, spacing, max_faces)
     fraction = _block_mean(mask, factors)
     if smooth_sigma > 0:
-        fraction = ndimage.gaussian_filter(fraction, smooth_sigma)
+        blurred = ndimage.gaussian_filter(fraction, smooth_sigma)
+        if blurred.max() > 0.5:
+            fraction = blurred
     # a zero border so surfaces close at the crop (and volume) edges
     fraction = np.pad(fraction, 1)
     from skimage.measure import marching_cubes
@@ -149,6 +182,7 @@ def structure_mesh(
     else:
         affine = np.asarray(affine, dtype=np.float64)
         verts_mm = index_xyz @ affine[:3, :3].T + affine[:3, 3]
+    verts_mm = taubin_smooth(verts_mm, faces, smooth_iterations)
     # (z, x, y) -> (x, y, z) is a cyclic (even) permutation, so only a mirroring affine flips
     # the triangles' winding; keep it consistent for renderers that light one side
     if affine is not None and np.linalg.det(affine[:3, :3]) < 0:
@@ -169,6 +203,7 @@ def structure_meshes(
     colours: np.ndarray | None = None,
     layout: str = "zxy",
     kind: str = "reference",
+    smooth_iterations: int = 10,
 ) -> list[dict]:
     """Meshes of several structures as ``meshes_figure`` items, sharing one face budget.
 
@@ -189,7 +224,7 @@ def structure_meshes(
         if max_faces_total is not None:
             budget = max(2000, int(max_faces_total * sizes[value] / total))
         verts, faces = structure_mesh(
-            labels, value, spacing_mm, affine, budget, boxes[value], layout
+            labels, value, spacing_mm, affine, budget, boxes[value], layout, smooth_iterations
         )
         if len(faces):
             items.append(
