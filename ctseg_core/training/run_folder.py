@@ -1,0 +1,210 @@
+"""Run folders ``checkpoints/<run>/``: the one interface between a training run and its watchers.
+
+Files (all written atomically, see ../shared/DESIGN.md):
+
+- ``config.json``: ``RunConfig.to_dict()``
+- ``label_map.json``: output channel -> structure name; softmax runs:
+  ``{"0": "background", "1": structures[0], ...}``; sigmoid runs: ``{"0": structures[0], ...}``
+- ``status.json``: ``state`` (queued/running/stopping/finished/failed/stopped), ``epoch``
+  (completed), ``epochs``, ``step`` (in the current epoch), ``steps_per_epoch``, ``eta_s``
+  (seconds to the end of the run, or null), ``loss``, ``lr``, ``error`` (text or null),
+  ``message``, ``pid``, ``host``, ``updated_at`` (ISO 8601 UTC)
+- ``history.jsonl``: one line per epoch: epoch, train_loss, val_loss, val_dice_mean,
+  val_dice {structure: dice or null (absent from the validation references)}, lr, seconds
+- ``training_history.json`` (columns: epoch, train_loss, val_loss, val_dice_mean, lr) and
+  ``training_history.png``; ``checkpoint_epoch<N>.pth``, ``best.pth``, ``last.pth``;
+  ``samples/epoch_<N>.png``
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CtsegError
+from ..fileio import atomic_write_json, atomic_write_text
+
+STATES = ("queued", "running", "stopping", "finished", "failed", "stopped")
+ACTIVE_STATES = ("queued", "running", "stopping")
+
+
+def default_checkpoints_root() -> Path:
+    """``$CTSEG_CHECKPOINTS`` if set, else ``<cwd>/checkpoints``."""
+    env = os.environ.get("CTSEG_CHECKPOINTS")
+    return Path(env).expanduser() if env else Path.cwd() / "checkpoints"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf floats -> None, recursively, so the JSON is strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def new_run_dir(root: str | Path, run_name: str = "") -> Path:
+    """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run."""
+    root = Path(root).expanduser()
+    name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    if any(c in name for c in "/\\") or name in (".", ".."):
+        raise CtsegError(f"run name {name!r} must be a plain folder name (no slashes)")
+    run_dir = root / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if run_name:
+            raise CtsegError(
+                f"run folder {run_dir} already exists; choose another --run name or resume it"
+            )
+        for i in range(2, 1000):
+            if not (root / f"{name}-{i}").exists():
+                run_dir = root / f"{name}-{i}"
+                break
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CtsegError(
+            f"cannot write the run folder {run_dir} ({exc.strerror or exc}); "
+            "choose a writable checkpoints folder (CTSEG_CHECKPOINTS) with free space"
+        ) from None
+    return run_dir
+
+
+def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:
+    """Rewrite status.json atomically, stamping ``updated_at``."""
+    atomic_write_json(Path(run_dir) / "status.json", json_safe({**status, "updated_at": utc_now()}))
+
+
+def write_history(run_dir: str | Path, history: list[dict]) -> None:
+    """Rewrite history.jsonl and training_history.json from the full history (atomically)."""
+    run_dir = Path(run_dir)
+    lines = "".join(json.dumps(json_safe(rec)) + "\n" for rec in history)
+    atomic_write_text(run_dir / "history.jsonl", lines)
+    columns = ("epoch", "train_loss", "val_loss", "val_dice_mean", "lr", "seconds")
+    atomic_write_json(
+        run_dir / "training_history.json",
+        json_safe({c: [rec.get(c) for rec in history] for c in columns}),
+    )
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """status.json as a dict; ``{"state": "unknown"}`` when it is missing or unreadable.
+
+    A run marked active whose process (``pid`` on ``host``, this machine) is gone reads as ``failed``
+    with an explanatory error, so a killed run is not shown as running forever.
+    """
+    status = read_json(Path(run_dir) / "status.json")
+    if not isinstance(status, dict):
+        return {"state": "unknown", "error": None}
+    pid = status.get("pid")
+    same_host = status.get("host") == socket.gethostname()
+    if (
+        status.get("state") in ACTIVE_STATES
+        and same_host
+        and isinstance(pid, int)
+        and not _alive(pid)
+    ):
+        status = {
+            **status,
+            "state": "failed",
+            "error": status.get("error")
+            or f"the training process (pid {pid}) ended without finishing; resume from last.pth",
+        }
+    return status
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists but not ours
+    return True
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The epoch records of history.jsonl (unparsable lines skipped); [] when absent."""
+    path = Path(run_dir) / "history.jsonl"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+@dataclass
+class RunInfo:
+    """One run folder as the dashboard lists it."""
+
+    name: str
+    run_dir: Path
+    state: str
+    epoch: int
+    epochs: int | None
+    best_val_dice: float | None
+    updated_at: str | None
+    error: str | None
+    has_best: bool
+    has_last: bool
+
+
+def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
+    """Run folders (holding config.json) under the root, most recently updated first."""
+    root = Path(checkpoints_root) if checkpoints_root else default_checkpoints_root()
+    if not root.is_dir():
+        return []
+    runs = []
+    for run_dir in root.iterdir():
+        if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
+            continue
+        status = read_status(run_dir)
+        dices = [r.get("val_dice_mean") for r in read_history(run_dir)]
+        dices = [d for d in dices if isinstance(d, (int, float))]
+        runs.append(
+            RunInfo(
+                name=run_dir.name,
+                run_dir=run_dir,
+                state=str(status.get("state", "unknown")),
+                epoch=int(status.get("epoch") or 0),
+                epochs=status.get("epochs"),
+                best_val_dice=max(dices) if dices else None,
+                updated_at=status.get("updated_at"),
+                error=status.get("error"),
+                has_best=(run_dir / "best.pth").is_file(),
+                has_last=(run_dir / "last.pth").is_file(),
+            )
+        )
+    runs.sort(key=lambda r: (r.updated_at or "", r.name), reverse=True)
+    return runs
