@@ -25,7 +25,7 @@ log = logging.getLogger("ctseg.dashboard")
 
 @dataclass(frozen=True)
 class ViewerKeys:
-    """Widget keys of one slice viewer (Explore and Predict each have their own)."""
+    """Widget keys under one prefix: ``keys.plane`` -> "<prefix>_plane" (one namespace per use)."""
 
     prefix: str
 
@@ -37,6 +37,8 @@ class ViewerKeys:
 
 EXPLORE_VIEW = ViewerKeys("ctseg_explore")
 PREDICT_VIEW = ViewerKeys("ctseg_predict")
+TRAIN_FORM = ViewerKeys("ctseg_train")
+EVAL_FORM = ViewerKeys("ctseg_eval")
 
 # Session-state keys (one namespace, so pages cannot collide).
 DATASET = "ctseg_dataset_root"  # str: the chosen dataset root, shared by every page
@@ -44,6 +46,7 @@ EXPLORE_SUBJECT = "ctseg_explore_subject"  # str: subject id shown on Explore
 EXPLORE_CHECKPOINT = "ctseg_explore_checkpoint"  # str: checkpoint label or "(none)"
 EXPLORE_PLANE = EXPLORE_VIEW.plane  # str: axial / coronal / sagittal
 EXPLORE_STRUCTURES = EXPLORE_VIEW.structures  # list[str]: structures picked on Explore
+TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
 
@@ -55,6 +58,7 @@ PERSISTENT = (
     *(f"{EXPLORE_VIEW.slice}_{plane}" for plane in ("axial", "coronal", "sagittal")),
     EXPLORE_PLANE,
     EXPLORE_STRUCTURES,
+    TRAIN_RUN,
 )
 
 
@@ -241,9 +245,9 @@ def all_checkpoints() -> dict[str, str]:
     root = checkpoints_root()
     if not root.is_dir():
         return out
-    for run_dir in list_runs(root):
-        for ckpt in checkpoint_files(run_dir):
-            out[f"{Path(run_dir).name} / {ckpt.name}"] = str(ckpt)
+    for run in list_runs(root):
+        for ckpt in checkpoint_files(run.run_dir):
+            out[f"{run.name} / {ckpt.name}"] = str(ckpt)
     return out
 
 

@@ -1,5 +1,184 @@
-"""evaluate page (being written)."""
+"""Evaluate: score a run's checkpoint (or a predictions folder) on a split; rank, inspect, download."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import streamlit as st
 
+from ctseg_core.access import check_allowed_path
+from ctseg_core.errors import DataError
+from dashboard import state
+from dashboard.helpers import evalcharts
+from dashboard.pages_index import PAGE_FILES
+
+FROM_RUN = "a run's checkpoint"
+FROM_FOLDER = "a predictions folder (<id>.nii.gz)"
+
 st.title("Evaluate")
+
+
+def choose_source() -> tuple[list[str] | str, Path, str] | None:
+    """(predictions argument, output folder, checkpoint label or "") from the source widgets."""
+    kind = st.segmented_control(
+        "Predictions from", [FROM_RUN, FROM_FOLDER], default=FROM_RUN, key=state.EVAL_FORM.kind,
+        required=True,
+    )  # fmt: skip
+    if kind == FROM_RUN:
+        checkpoints = state.all_checkpoints()
+        if not checkpoints:
+            st.info("No checkpoints yet: train a run on the Train page, or evaluate a folder.")
+            return None
+        label = st.selectbox("Run / checkpoint", list(checkpoints), key=state.EVAL_FORM.checkpoint)
+        path = Path(checkpoints[label])
+        return [str(path)], path.parent / "evaluation", label
+    folder = st.text_input(
+        "Predictions folder (multilabel <subject id>.nii.gz files, TotalSegmentator v2 values)",
+        key=state.EVAL_FORM.folder,
+    )
+    if not folder:
+        return None
+    resolved = check_allowed_path(folder)
+    if not resolved.is_dir():
+        raise DataError(f"{folder} is not a folder; give the folder holding <id>.nii.gz files")
+    out = state.checkpoints_root() / "evaluations" / resolved.name
+    return str(resolved), out, ""
+
+
+def run_evaluation(root: str) -> None:
+    index = state.dataset_index(root)
+    source = choose_source()
+    splits = [s for s in ("test", "val", "train") if index.subjects_in(s)]
+    cols = st.columns([1, 1, 2], vertical_alignment="bottom")
+    split = cols[0].selectbox("Split", splits, key=state.EVAL_FORM.split)
+    report = cols[1].toggle(
+        "Write figures", False, key=state.EVAL_FORM.report,
+        help="Also write the report figures and 3D pages into the evaluation folder (slower).",
+    )  # fmt: skip
+    go = cols[2].button(
+        "Evaluate", type="primary", disabled=source is None or not split, key=state.EVAL_FORM.go
+    )
+    if not go or source is None:
+        return
+    predictions, out_dir, label = source
+    from ctseg_core.evaluation import evaluate_predictions
+
+    bar = st.progress(0.0, text=f"Evaluating the {split} split …")
+
+    def progress(done: int, total: int, subject: str) -> None:
+        bar.progress(done / max(total, 1), text=f"{done} / {total} subjects ({subject})")
+
+    try:
+        results = evaluate_predictions(
+            root, split, predictions, out_dir, progress=progress,
+            cache_dir=state.cache_dir(), report=report,
+        )  # fmt: skip
+    finally:
+        bar.empty()
+    st.session_state[state.EVAL_RESULT] = {
+        "results": results,
+        "split": split,
+        "out_dir": str(out_dir),
+        "checkpoint": label,
+        "root": root,
+    }
+
+
+def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) -> None:
+    st.subheader("Open a worst case in Explore")
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    structure = cols[0].selectbox(
+        "Structure (worst first)",
+        list(ranking["structure"][::-1]) or sorted(results["structure"].unique()),
+        key=state.EVAL_FORM.worst,
+    )
+    case = evalcharts.worst_case(results, structure) if structure else None
+    if case is None:
+        cols[0].caption("No scored subject for this structure.")
+        return
+    subject, dice = case
+    cols[0].caption(
+        f"Worst: {subject}" + ("" if np.isnan(dice) else f" (Dice {dice:.3f})")
+        + " — opens at the axial slice with the most reference voxels of it"
+    )  # fmt: skip
+    if cols[1].button("Open in Explore", icon=":material/open_in_new:", key=state.EVAL_FORM.open):
+        from ctseg_core.labels import LABEL_OF
+
+        entry = state.cached_subject(info["root"], subject)
+        per_slice = (np.asarray(entry.labels) == LABEL_OF[structure]).sum(axis=(1, 2))
+        z = int(per_slice.argmax()) if per_slice.any() else entry.num_slices // 2
+        st.session_state[state.EXPLORE_SUBJECT] = subject
+        st.session_state[state.slice_key(state.EXPLORE_VIEW, "axial")] = z
+        st.session_state[state.EXPLORE_PLANE] = "axial"
+        st.session_state[state.EXPLORE_STRUCTURES] = [structure]
+        st.session_state[state.EXPLORE_CHECKPOINT] = info["checkpoint"] or "(none)"
+        st.switch_page(PAGE_FILES["explore"])
+
+
+def show_results(info: dict) -> None:
+    from ctseg_core.evaluation import detection_table, summarize_results
+
+    results: pd.DataFrame = info["results"]
+    st.divider()
+    st.subheader(f"Results on the {info['split']} split ({results['subject'].nunique()} subjects)")
+    st.caption(f"{info['checkpoint'] or 'predictions folder'} · files in {info['out_dir']}")
+    if results.empty:
+        st.warning("No structure was scored: none of the evaluated structures is annotated.")
+        return
+    summary = summarize_results(results)
+    metric = st.segmented_control(
+        "Metric", list(evalcharts.METRIC_TITLES), default="dice", key=state.EVAL_FORM.metric,
+        format_func=evalcharts.METRIC_TITLES.get, required=True,
+    )  # fmt: skip
+    ranking = evalcharts.ranking(results, metric)
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown("**Structure ranking** (best first)")
+        st.altair_chart(evalcharts.ranking_chart(ranking, metric), width="stretch")
+    with right:
+        st.markdown("**Per group**")
+        st.dataframe(evalcharts.group_summary(results), hide_index=True)
+        st.markdown("**Distribution**")
+        st.altair_chart(evalcharts.distribution_chart(results, metric), width="stretch")
+    st.markdown("**Success rates** (share of scored subjects at or above each Dice threshold)")
+    st.altair_chart(evalcharts.success_chart(summary))
+    with st.expander("Success rates per structure"):
+        st.dataframe(evalcharts.success_rates(summary), hide_index=True)
+    st.markdown("**Detection** (subject x structure)")
+    st.altair_chart(evalcharts.detection_chart(results), width="stretch")
+    worst_case_link(results, evalcharts.ranking(results, "dice"), info)
+    st.subheader("Downloads")
+    split = info["split"]
+    cols = st.columns(3)
+    for col, (name, table) in zip(
+        cols,
+        (
+            (f"evaluation_results_{split}.csv", results),
+            (f"summary_{split}.csv", summary),
+            (f"detection_{split}.csv", detection_table(results)),
+        ),
+        strict=True,
+    ):
+        col.download_button(
+            name, table.to_csv(index=False), file_name=name, mime="text/csv",
+            icon=":material/download:", key=f"{state.EVAL_FORM.download}_{name}",
+        )  # fmt: skip
+    with st.expander("All rows"):
+        st.dataframe(results, hide_index=True)
+
+
+def main() -> None:
+    root = state.dataset_root()
+    if not root:
+        st.info("Choose a dataset on Home first.")
+        return
+    st.caption(f"Dataset: {root}")
+    state.guarded(lambda: run_evaluation(root), "evaluation")
+    info = st.session_state.get(state.EVAL_RESULT)
+    if info and info.get("root") == root:
+        state.guarded(lambda: show_results(info), "results")
+
+
+state.guarded(main, "evaluate")

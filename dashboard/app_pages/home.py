@@ -73,7 +73,9 @@ def show_summary(root: str) -> None:
         hi = [max(sp[i] for sp in spacing) for i in range(3)]
         st.caption(
             "Spacing range (mm, x / y / z): "
-            + " / ".join(f"{a:.2f}–{b:.2f}" if a != b else f"{a:.2f}" for a, b in zip(lo, hi))
+            + " / ".join(
+                f"{a:.2f}–{b:.2f}" if a != b else f"{a:.2f}" for a, b in zip(lo, hi, strict=True)
+            )
             + f" · split from {summary['split_source']}"
         )
     if summary["problems"]:

@@ -1,5 +1,130 @@
-"""predict page (being written)."""
+"""Predict: upload a CT, label it with a checkpoint, explore the result, download it."""
 
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import streamlit as st
 
+from ctseg_core.labels import NUM_STRUCTURES
+from dashboard import state
+from dashboard.helpers import uploads
+from dashboard.helpers.viewer import Layer, volume_viewer
+
+UPLOADED = "(upload a checkpoint)"
+
 st.title("Predict")
+st.caption(
+    "Upload a CT as .nii / .nii.gz or a .zip of one DICOM series; it is labelled on this server "
+    "and offered back as a multilabel NIfTI on the CT's own grid, with 3D Slicer and ITK-SNAP "
+    "label files."
+)
+
+
+def choose_checkpoint(workdir: Path) -> str | None:
+    checkpoints = state.all_checkpoints()
+    options = [*checkpoints, UPLOADED]
+    choice = st.selectbox("Checkpoint", options, key=state.PREDICT_VIEW.checkpoint)
+    if choice != UPLOADED:
+        return checkpoints[choice]
+    upload = st.file_uploader(
+        "Checkpoint (.pth written by ctseg; read with torch.load(weights_only=True), never "
+        "unpickled)",
+        key=state.PREDICT_VIEW.checkpoint_upload,
+    )
+    if upload is None:
+        return None
+    return str(uploads.save_checkpoint_upload(upload.name, upload.getvalue(), workdir))
+
+
+def run_prediction() -> None:
+    from ctseg_core.data.volume import load_ct
+    from ctseg_core.inference import predict_volume
+
+    upload = st.file_uploader(
+        "CT image", type=["nii", "gz", "zip"], key=state.PREDICT_VIEW.ct_upload
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="ctseg-predict-"))
+    try:
+        checkpoint = choose_checkpoint(workdir)
+        go = st.button(
+            "Predict",
+            type="primary",
+            disabled=upload is None or checkpoint is None,
+            key=state.PREDICT_VIEW.go,
+        )
+        if not go:
+            return
+        uploads.ct_kind(upload.name)
+        with st.spinner(f"Reading {upload.name} …"):
+            source = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
+            ct = load_ct(source)
+        bar = st.progress(0.0, text="Predicting …")
+
+        def progress(done: int, total: int, info: str = "") -> None:
+            bar.progress(min(1.0, done / max(total, 1)), text=f"Predicting: {info}")
+
+        labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
+        bar.empty()
+        stem = upload.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".zip")
+        out = workdir / f"{stem}_labels.nii.gz"
+        from ctseg_core.data.volume import save_on_original_grid
+
+        save_on_original_grid(labels_xyz, ct, out)
+        st.session_state[state.PREDICT_RESULT] = {
+            "name": stem,
+            "ct_zxy": np.ascontiguousarray(ct.array.transpose(2, 0, 1)),
+            "labels_zxy": np.ascontiguousarray(labels_xyz.transpose(2, 0, 1)),
+            "spacing_mm": tuple(ct.spacing_mm),
+            "affine": ct.affine,
+            "nifti": out.read_bytes(),
+            "checkpoint": Path(checkpoint).name,
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def show_result(result: dict) -> None:
+    from ctseg_core.export import itksnap_text, label_entries, slicer_ctbl_text
+
+    st.divider()
+    labels = result["labels_zxy"]
+    counts = np.bincount(labels.ravel(), minlength=NUM_STRUCTURES + 1)
+    values = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
+    st.subheader(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
+    entries = label_entries(values)
+    cols = st.columns(3)
+    cols[0].download_button(
+        "Multilabel NIfTI", result["nifti"], file_name=f"{result['name']}_labels.nii.gz",
+        mime="application/gzip", icon=":material/download:", key=state.PREDICT_VIEW.dl_nifti,
+    )  # fmt: skip
+    cols[1].download_button(
+        "3D Slicer colour table (.ctbl)", slicer_ctbl_text(entries),
+        file_name=f"{result['name']}_labels.ctbl", icon=":material/download:",
+        key=state.PREDICT_VIEW.dl_ctbl,
+    )  # fmt: skip
+    cols[2].download_button(
+        "ITK-SNAP label file", itksnap_text(entries),
+        file_name=f"{result['name']}_labels_itksnap_labels.txt", icon=":material/download:",
+        key=state.PREDICT_VIEW.dl_itk,
+    )  # fmt: skip
+    digest = hashlib.sha1(counts.tobytes()).hexdigest()[:12]
+    source = f"predict:{result['name']}:{result['checkpoint']}:{digest}"
+    layer = Layer("prediction", labels, source, counts)
+    volume_viewer(
+        state.PREDICT_VIEW, result["ct_zxy"], [layer], result["spacing_mm"], result["affine"]
+    )
+
+
+def main() -> None:
+    state.guarded(run_prediction, "prediction")
+    result = st.session_state.get(state.PREDICT_RESULT)
+    if result:
+        state.guarded(lambda: show_result(result), "result")
+
+
+state.guarded(main, "predict")

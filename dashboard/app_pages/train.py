@@ -1,5 +1,246 @@
-"""train page (being written)."""
+"""Train: a form that starts, stops and resumes the shared training job; a live view of run folders.
+
+The live view reads status.json and history.jsonl, so runs started from the CLI or torchrun show
+up and update exactly like runs started here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
 
 import streamlit as st
 
+from ctseg_core.config import LOSSES, SCHEDULERS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from dashboard import state
+from dashboard.helpers import runs
+
+LR_OPTIONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+WIDTHS = {"tiny (8)": 8, "small (16)": 16, "base (32)": 32, "wide (64)": 64}
+REFRESH_S = 1.5
+
 st.title("Train")
+
+
+def build_config(root: str, present: list[str]) -> RunConfig | None:
+    """The training form; returns the config when Start was pressed."""
+    with st.form("train_form"):
+        c1, c2, c3 = st.columns(3)
+        epochs = c1.slider("Epochs", 1, 200, 20, key=state.TRAIN_FORM.epochs)
+        lr = c1.select_slider(
+            "Learning rate (log scale)",
+            LR_OPTIONS,
+            value=1e-3,
+            format_func=lambda v: f"{v:.0e}",
+            key=state.TRAIN_FORM.lr,
+        )
+        batch = c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], 8, key=state.TRAIN_FORM.batch)
+        size = c2.select_slider(
+            "Target size (px)", [64, 96, 128, 192, 256, 384, 512], 128, key=state.TRAIN_FORM.size
+        )
+        width = c2.selectbox("Model width", list(WIDTHS), index=2, key=state.TRAIN_FORM.width)
+        loss = c2.selectbox("Loss", LOSSES, key=state.TRAIN_FORM.loss)
+        scheduler = c3.selectbox("Scheduler", SCHEDULERS, key=state.TRAIN_FORM.scheduler)
+        augment = c3.toggle("Augmentation", True, key=state.TRAIN_FORM.augment)
+        only_present = c3.toggle(
+            f"Only the {len(present)} structures present in this dataset",
+            True,
+            key=state.TRAIN_FORM.only_present,
+            help="Off: all 117 TotalSegmentator structures (absent ones still get an output).",
+        )
+        with st.expander("Advanced"):
+            a1, a2 = st.columns(2)
+            steps = a1.number_input(
+                "Steps per epoch (0 = one pass over the training slices)",
+                0,
+                100000,
+                0,
+                key=state.TRAIN_FORM.steps,
+            )
+            val_slices = a2.number_input(
+                "Validation slices per subject (0 = all)", 0, 10000, 0, key=state.TRAIN_FORM.val
+            )
+        run_name = st.text_input(
+            "Run name (empty = timestamp)",
+            placeholder=dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"),
+            key=state.TRAIN_FORM.run_name,
+        )
+        start = st.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
+    if not start:
+        return None
+    w = WIDTHS[width]
+    structures = present if only_present and present else None
+    data = DataConfig(
+        data_root=root,
+        cache_dir=str(state.cache_dir()),
+        target_size=(size, size),
+        batch_size=batch,
+        augment=augment,
+        val_slices_per_subject=val_slices or None,
+        **({"structures": structures} if structures else {}),
+    )
+    model = ModelConfig(features=[w, 2 * w, 4 * w, 8 * w], bottleneck=16 * w)
+    train = TrainConfig(
+        epochs=epochs, lr=lr, loss=loss, scheduler=scheduler, steps_per_epoch=steps or None
+    )
+    return RunConfig(data=data, model=model, train=train, run_name=run_name.strip())
+
+
+def controls(root: str) -> None:
+    summary = state.dataset_summary(root)
+    present = [s for s, n in summary["coverage"].items() if n > 0]
+    config = build_config(root, present)
+    job = state.training_job()
+    if config is not None:
+        try:
+            run_dir = job.start(config.validate(check_data=True))
+            st.session_state[state.TRAIN_RUN] = Path(run_dir).name
+            st.toast(f"Started {Path(run_dir).name}", icon=":material/play_arrow:")
+        except Exception as exc:
+            state.show_error(exc, "cannot start")
+    cols = st.columns([1, 3, 1])
+    if cols[0].button(
+        "Stop", icon=":material/stop:", disabled=not job.is_running, key=state.TRAIN_FORM.stop
+    ):
+        job.stop()
+        st.toast("Stopping after the current step …")
+    resumable = [
+        r.name for r in _list_runs() if r.has_last and r.state in ("stopped", "failed", "finished")
+    ]
+    pick = cols[1].selectbox(
+        "Run to resume",
+        resumable,
+        index=None,
+        placeholder="a stopped or failed run",
+        key=state.TRAIN_FORM.resume_pick,
+        label_visibility="collapsed",
+    )
+    if cols[2].button(
+        "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
+    ):
+        try:
+            run_dir = job.resume(state.checkpoints_root() / pick)
+            st.session_state[state.TRAIN_RUN] = Path(run_dir).name
+        except Exception as exc:
+            state.show_error(exc, "cannot resume")
+
+
+def _list_runs():
+    from ctseg_core.training.run_folder import list_runs
+
+    return list_runs(state.checkpoints_root())
+
+
+def _latest_sample(run_dir: Path) -> Path | None:
+    samples = list((run_dir / "samples").glob("epoch_*.png"))
+
+    def epoch(p: Path) -> int:
+        digits = p.stem.split("_")[-1]
+        return int(digits) if digits.isdigit() else -1
+
+    return max(samples, key=epoch) if samples else None
+
+
+def _eta(seconds) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@st.fragment(run_every=REFRESH_S)
+def live_view(run_name: str, smoothing: float, log_y: bool) -> None:
+    """State, progress and curves of one run, re-read from its folder every REFRESH_S seconds."""
+    from ctseg_core.training.run_folder import read_history, read_status
+
+    run_dir = state.checkpoints_root() / run_name
+    status = read_status(run_dir)
+    history = read_history(run_dir)
+    epochs = status.get("epochs") or 0
+    epoch = int(status.get("epoch") or 0)
+    steps = status.get("steps_per_epoch") or 0
+    step = int(status.get("step") or 0)
+    cols = st.columns(5)
+    cols[0].metric("State", status.get("state", "unknown"))
+    cols[1].metric("Epoch", f"{epoch} / {epochs or '?'}")
+    cols[2].metric("Step", f"{step} / {steps or '?'}")
+    cols[3].metric("ETA", _eta(status.get("eta_s")))
+    loss = status.get("loss")
+    cols[4].metric("Loss", "—" if loss is None else f"{loss:.4f}")
+    done = (epoch + (step / steps if steps else 0)) / epochs if epochs else 0.0
+    st.progress(min(max(done, 0.0), 1.0), text=status.get("message") or "")
+    if status.get("error"):
+        st.error(f"{run_name}: {status['error']}")
+    if not history:
+        st.caption("No finished epoch yet; curves appear after the first one.")
+        return
+    df = runs.history_frame(history)
+    left, right = st.columns(2)
+    left.altair_chart(runs.loss_chart(df, smoothing, log_y), width="stretch")
+    dice = runs.dice_chart(df)
+    if dice is not None:
+        right.altair_chart(dice, width="stretch")
+    heat_col, sample_col = st.columns(2)
+    heat = runs.dice_heatmap(history)
+    if heat is not None:
+        heat_col.altair_chart(heat, width="stretch")
+    sample = _latest_sample(run_dir)
+    if sample is not None:
+        sample_col.image(str(sample), caption=f"Sample predictions: {sample.stem}")
+
+
+def watch() -> None:
+    st.subheader("Live view")
+    all_runs = _list_runs()
+    if not all_runs:
+        st.caption(f"No run folders under {state.checkpoints_root()} yet.")
+        return
+    names = [r.name for r in all_runs]
+    if st.session_state.get(state.TRAIN_RUN) not in names:
+        st.session_state[state.TRAIN_RUN] = names[0]  # the most recently updated
+    cols = st.columns([2, 2, 1])
+    run_name = cols[0].selectbox(
+        "Run",
+        names,
+        key=state.TRAIN_RUN,
+        format_func=lambda n: f"{n} ({next(r.state for r in all_runs if r.name == n)})",
+    )
+    smoothing = cols[1].slider("Smoothing", 0.0, 0.95, 0.6, 0.05, key=state.TRAIN_FORM.smoothing)
+    log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.log_y)
+    live_view(run_name, smoothing, log_y)
+
+
+def compare() -> None:
+    from ctseg_core.training.run_folder import read_history
+
+    all_runs = _list_runs()
+    if len(all_runs) < 2:
+        return
+    st.subheader("Compare runs")
+    names = [r.name for r in all_runs]
+    cols = st.columns([3, 1, 1])
+    chosen = cols[0].multiselect("Runs", names, default=names[:2], key=state.TRAIN_FORM.compare)
+    metric = cols[1].selectbox(
+        "Curve", ["val_dice_mean", "val_loss", "train_loss", "lr"], key=state.TRAIN_FORM.metric
+    )
+    log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.compare_log)
+    histories = {n: read_history(state.checkpoints_root() / n) for n in chosen}
+    chart = runs.compare_chart(histories, metric, log_y)
+    if chart is None:
+        st.caption("The chosen runs have no finished epoch yet.")
+    else:
+        st.altair_chart(chart, width="stretch")
+
+
+def main() -> None:
+    root = state.dataset_root()
+    if not root:
+        st.info("Choose a dataset on Home first.")
+        return
+    st.caption(f"Dataset: {root} · runs are written to {state.checkpoints_root()}")
+    state.guarded(lambda: controls(root), "training controls")
+    state.guarded(watch, "live view")
+    state.guarded(compare, "compare runs")
+
+
+state.guarded(main, "train")

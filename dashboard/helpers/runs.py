@@ -1,51 +1,156 @@
-"""Reading run folders for the pages: a table of runs, histories as DataFrames, curve charts."""
+"""Run folders for the pages: a table of runs, histories as DataFrames, and their Altair charts."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+import altair as alt
+import numpy as np
 import pandas as pd
 
-
-def _best_dice(history: list[dict]) -> tuple[float | None, int | None]:
-    scored = [(h.get("val_dice_mean"), h.get("epoch")) for h in history]
-    scored = [(d, e) for d, e in scored if d is not None]
-    if not scored:
-        return None, None
-    return max(scored, key=lambda t: t[0])
+from ctseg_core.labels import GROUP_OF
 
 
 def runs_table(root: Path) -> pd.DataFrame:
     """One row per run folder under ``root``: name, state, epoch, best val Dice, last update."""
-    from ctseg_core.training.run_folder import list_runs, read_history, read_status
+    from ctseg_core.training.run_folder import list_runs
 
-    rows = []
-    root = Path(root)
-    if not root.is_dir():
-        return pd.DataFrame()
-    for run_dir in list_runs(root):
-        run_dir = Path(run_dir)
-        status = read_status(run_dir) or {}
-        history = read_history(run_dir) or []
-        best, best_epoch = _best_dice(history)
-        updated = status.get("updated") or status.get("time")
-        if not isinstance(updated, str):
-            mtime = (
-                (run_dir / "status.json").stat().st_mtime
-                if (run_dir / "status.json").exists()
-                else run_dir.stat().st_mtime
-            )
-            updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
-        rows.append(
-            {
-                "run": run_dir.name,
-                "state": status.get("state", "unknown"),
-                "epoch": f"{status.get('epoch', len(history))} / {status.get('epochs', '?')}",
-                "best val Dice": None if best is None else round(float(best), 4),
-                "best epoch": best_epoch,
-                "updated": updated,
-                "error": status.get("error") or "",
-            }
-        )
+    rows = [
+        {
+            "run": r.name,
+            "state": r.state,
+            "epoch": f"{r.epoch} / {r.epochs if r.epochs is not None else '?'}",
+            "best val Dice": None if r.best_val_dice is None else round(r.best_val_dice, 4),
+            "checkpoints": ", ".join(
+                n for n, ok in (("best", r.has_best), ("last", r.has_last)) if ok
+            ),
+            "updated (UTC)": (r.updated_at or "").replace("T", " ").split("+")[0],
+            "error": r.error or "",
+        }
+        for r in list_runs(root)
+    ]
     return pd.DataFrame(rows)
+
+
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    """Epoch records -> a DataFrame with epoch, train_loss, val_loss, val_dice_mean, lr."""
+    columns = ["epoch", "train_loss", "val_loss", "val_dice_mean", "lr", "seconds"]
+    df = pd.DataFrame([{c: rec.get(c) for c in columns} for rec in history], columns=columns)
+    return df.apply(pd.to_numeric, errors="coerce")
+
+
+def smooth(values: pd.Series, weight: float) -> pd.Series:
+    """TensorBoard-style exponential moving average, bias-corrected; weight 0 = raw."""
+    if weight <= 0:
+        return values
+    out, last, norm = [], 0.0, 0.0
+    for v in values:
+        if v is None or not np.isfinite(v):
+            out.append(np.nan)
+            continue
+        last = last * weight + (1 - weight) * v
+        norm = norm * weight + (1 - weight)
+        out.append(last / norm)
+    return pd.Series(out, index=values.index)
+
+
+def loss_chart(df: pd.DataFrame, smoothing: float, log_y: bool, run: str = "") -> alt.Chart:
+    """Train and validation loss over epochs: smoothed lines over the raw curves drawn faint."""
+    long = df.melt("epoch", ["train_loss", "val_loss"], "curve", "loss").dropna()
+    long["smoothed"] = np.nan
+    for curve in ("train_loss", "val_loss"):
+        sel = long["curve"] == curve
+        long.loc[sel, "smoothed"] = smooth(long.loc[sel, "loss"], smoothing).to_numpy()
+    scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    base = alt.Chart(long).encode(
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+        color=alt.Color("curve:N", legend=alt.Legend(orient="top", title=None)),
+    )
+    raw = base.mark_line(opacity=0.25, point=alt.OverlayMarkDef(opacity=0.25)).encode(
+        y=alt.Y("loss:Q", scale=scale, title="loss")
+    )
+    smoothed = base.mark_line(strokeWidth=2.5).encode(
+        y=alt.Y("smoothed:Q", scale=scale), tooltip=["epoch", "curve", "loss", "smoothed"]
+    )
+    return (raw + smoothed).properties(height=260, title=f"Loss {run}".strip())
+
+
+def dice_chart(df: pd.DataFrame) -> alt.Chart | None:
+    """Mean validation Dice over epochs with the best epoch marked."""
+    d = df[["epoch", "val_dice_mean"]].dropna()
+    if d.empty:
+        return None
+    best = d.loc[[d["val_dice_mean"].idxmax()]]
+    line = (
+        alt.Chart(d)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+            y=alt.Y("val_dice_mean:Q", title="val Dice (mean)", scale=alt.Scale(domain=[0, 1])),
+            tooltip=["epoch", "val_dice_mean"],
+        )
+    )
+    star = (
+        alt.Chart(best)
+        .mark_point(shape="diamond", size=220, filled=True, color="#f3a712")
+        .encode(x="epoch:Q", y="val_dice_mean:Q", tooltip=["epoch", "val_dice_mean"])
+    )
+    label = (
+        alt.Chart(best)
+        .mark_text(dy=-14, color="#f3a712")
+        .encode(x="epoch:Q", y="val_dice_mean:Q", text=alt.Text("val_dice_mean:Q", format=".3f"))
+    )
+    return (line + star + label).properties(height=260, title="Validation Dice (best marked)")
+
+
+def dice_heatmap(history: list[dict]) -> alt.Chart | None:
+    """Per-structure validation Dice over epochs (structures absent from validation left out)."""
+    rows = [
+        {"epoch": rec.get("epoch"), "structure": name, "dice": value}
+        for rec in history
+        for name, value in (rec.get("val_dice") or {}).items()
+        if value is not None
+    ]
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    df["group"] = df["structure"].map(GROUP_OF)
+    order = df.groupby("structure")["dice"].last().sort_values(ascending=False).index.tolist()
+    height = max(120, min(900, 14 * len(order)))
+    return (
+        alt.Chart(df)
+        .mark_rect()
+        .encode(
+            x=alt.X("epoch:O"),
+            y=alt.Y("structure:N", sort=order, title=None),
+            color=alt.Color(
+                "dice:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="Dice"
+            ),
+            tooltip=["structure", "group", "epoch", alt.Tooltip("dice:Q", format=".3f")],
+        )
+        .properties(height=height, title="Per-structure validation Dice")
+    )
+
+
+def compare_chart(histories: dict[str, list[dict]], metric: str, log_y: bool) -> alt.Chart | None:
+    """One metric of several runs overlaid, one colour per run."""
+    frames = []
+    for name, history in histories.items():
+        df = history_frame(history)[["epoch", metric]].dropna()
+        df["run"] = name
+        frames.append(df)
+    if not frames or all(f.empty for f in frames):
+        return None
+    data = pd.concat(frames)
+    scale = alt.Scale(type="log") if log_y and metric != "val_dice_mean" else alt.Scale(zero=False)
+    return (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+            y=alt.Y(f"{metric}:Q", scale=scale),
+            color=alt.Color("run:N", legend=alt.Legend(orient="top")),
+            tooltip=["run", "epoch", metric],
+        )
+        .properties(height=300)
+    )

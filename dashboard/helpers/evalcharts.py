@@ -1,0 +1,158 @@
+"""Charts of an evaluation table (columns of ctseg_core.evaluation.RESULT_COLUMNS)."""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from ctseg_core.labels import GROUPS
+from dashboard.helpers.charts import group_scale
+
+STATUS_COLOURS = {
+    "detected": "#2a9d8f",
+    "missed": "#e76f51",
+    "false_positive": "#f4a261",
+    "true_negative": "#3a3f4b",
+}
+METRIC_TITLES = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "hd95_mm": "HD95 (mm)",
+    "surface_dice": "surface Dice",
+}
+
+
+def ranking(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Per structure: mean, std and n of a metric over scored subjects, best first."""
+    scored = results[np.isfinite(results[metric].astype(float))]
+    table = (
+        scored.groupby(["structure", "group"], sort=False)[metric]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
+    ascending = metric == "hd95_mm"  # lower is better for a distance
+    return table.sort_values("mean", ascending=ascending).reset_index(drop=True)
+
+
+def ranking_chart(table: pd.DataFrame, metric: str = "dice") -> alt.Chart:
+    """Horizontal bars of the per-structure mean, best at the top, coloured by group."""
+    height = max(120, min(1800, 16 * len(table)))
+    bars = (
+        alt.Chart(table)
+        .mark_bar()
+        .encode(
+            y=alt.Y("structure:N", sort=list(table["structure"]), title=None),
+            x=alt.X("mean:Q", title=f"mean {METRIC_TITLES.get(metric, metric)}"),
+            color=alt.Color("group:N", scale=group_scale(), legend=alt.Legend(orient="top")),
+            tooltip=["structure", "group", alt.Tooltip("mean:Q", format=".3f"), "count"],
+        )
+    )
+    return bars.properties(height=height)
+
+
+def distribution_chart(results: pd.DataFrame, metric: str = "dice") -> alt.Chart:
+    """Box plots of a metric per group (every scored subject x structure pair)."""
+    data = results[np.isfinite(results[metric].astype(float))][["group", "structure", metric]]
+    return (
+        alt.Chart(data)
+        .mark_boxplot(extent="min-max", size=40)
+        .encode(
+            x=alt.X("group:N", sort=list(GROUPS), title=None),
+            y=alt.Y(f"{metric}:Q", title=METRIC_TITLES.get(metric, metric)),
+            color=alt.Color("group:N", scale=group_scale(), legend=None),
+        )
+        .properties(height=280)
+    )
+
+
+def success_rates(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per structure: fraction of scored subjects reaching each Dice threshold."""
+    columns = [c for c in summary.columns if c.startswith("success_dice_")]
+    table = summary[["structure", "group", *columns]].copy()
+    return table.rename(columns={c: f"Dice ≥ {c.rsplit('_', 1)[-1]}" for c in columns})
+
+
+def success_chart(summary: pd.DataFrame) -> alt.Chart:
+    """Share of subject x structure pairs reaching each Dice threshold, per group."""
+    columns = [c for c in summary.columns if c.startswith("success_dice_")]
+    long = summary.melt(["structure", "group"], columns, "threshold", "rate").dropna()
+    long["threshold"] = "Dice ≥ " + long["threshold"].str.rsplit("_", n=1).str[-1]
+    return (
+        alt.Chart(long)
+        .mark_bar()
+        .encode(
+            x=alt.X("threshold:N", title=None),
+            y=alt.Y("mean(rate):Q", title="success rate", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("group:N", scale=group_scale(), legend=None),
+            column=alt.Column("group:N", sort=list(GROUPS), title=None),
+            tooltip=["group", "threshold", alt.Tooltip("mean(rate):Q", format=".2f")],
+        )
+        .properties(width=90, height=220)
+    )
+
+
+def detection_chart(results: pd.DataFrame) -> alt.Chart:
+    """Subject x structure matrix of detected / missed / false positive (true negatives dim)."""
+    data = results[["subject", "structure", "group", "status", "dice"]]
+    height = max(100, min(900, 22 * data["subject"].nunique()))
+    return (
+        alt.Chart(data)
+        .mark_rect(stroke="#0e1117", strokeWidth=0.5)
+        .encode(
+            x=alt.X("structure:N", title=None, sort=None),
+            y=alt.Y("subject:N", title=None),
+            color=alt.Color(
+                "status:N",
+                scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())),
+                legend=alt.Legend(orient="top", title=None),
+            ),
+            tooltip=[
+                "subject",
+                "structure",
+                "group",
+                "status",
+                alt.Tooltip("dice:Q", format=".3f"),
+            ],
+        )
+        .properties(height=height)
+    )
+
+
+def group_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Per group: structures scored, mean and median Dice, HD95, detection counts."""
+    rows = []
+    for group in GROUPS:
+        part = results[results["group"] == group]
+        if part.empty:
+            continue
+        dice = part["dice"].astype(float)
+        hd = part["hd95_mm"].astype(float)
+        rows.append(
+            {
+                "group": group,
+                "structures": part["structure"].nunique(),
+                "mean Dice": round(float(np.nanmean(dice)), 4) if dice.notna().any() else None,
+                "median Dice": round(float(np.nanmedian(dice)), 4) if dice.notna().any() else None,
+                "median HD95 mm": round(float(np.median(hd[np.isfinite(hd)])), 2)
+                if np.isfinite(hd).any()
+                else None,
+                "detected": int((part["status"] == "detected").sum()),
+                "missed": int((part["status"] == "missed").sum()),
+                "false positive": int((part["status"] == "false_positive").sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def worst_case(results: pd.DataFrame, structure: str) -> tuple[str, float] | None:
+    """(subject, dice) of a structure's lowest-Dice scored subject; a false positive if none."""
+    rows = results[results["structure"] == structure]
+    scored = rows[rows["dice"].notna()]
+    if not scored.empty:
+        worst = scored.loc[scored["dice"].astype(float).idxmin()]
+        return str(worst["subject"]), float(worst["dice"])
+    fp = rows[rows["status"] == "false_positive"]
+    if not fp.empty:
+        return str(fp.iloc[0]["subject"]), float("nan")
+    return None

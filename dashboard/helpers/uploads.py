@@ -1,0 +1,75 @@
+"""Uploaded files to disk: a CT (.nii, .nii.gz, or a .zip of one DICOM series) or a checkpoint."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from ctseg_core.errors import DataError
+
+CT_SUFFIXES = (".nii.gz", ".nii", ".zip")
+MAX_UNZIPPED_BYTES = 4 << 30  # a DICOM series larger than 4 GB uncompressed is refused (zip bombs)
+
+
+def ct_kind(name: str) -> str:
+    """ "nifti" or "dicom-zip" from an upload's file name; DataError for anything else."""
+    lower = name.lower()
+    if lower.endswith((".nii.gz", ".nii")):
+        return "nifti"
+    if lower.endswith(".zip"):
+        return "dicom-zip"
+    raise DataError(
+        f"{name} is not a CT this page reads; upload a .nii or .nii.gz file, or a .zip of one "
+        "DICOM series"
+    )
+
+
+def save_ct_upload(name: str, data: bytes, folder: Path) -> Path:
+    """Write an uploaded CT under ``folder``; returns the NIfTI file or the DICOM folder to load.
+
+    A zip is unpacked flat (member paths are dropped, so nothing lands outside ``folder``).
+    """
+    kind = ct_kind(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "nifti":
+        target = folder / ("upload.nii.gz" if name.lower().endswith(".gz") else "upload.nii")
+        target.write_bytes(data)
+        return target
+    target = folder / "dicom"
+    target.mkdir(exist_ok=True)
+    zip_path = folder / "upload.zip"
+    zip_path.write_bytes(data)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            total = sum(m.file_size for m in members)
+            if total > MAX_UNZIPPED_BYTES:
+                raise DataError(
+                    f"{name} unpacks to {total / 2**30:.1f} GB (limit "
+                    f"{MAX_UNZIPPED_BYTES / 2**30:.0f} GB); zip one DICOM series only"
+                )
+            for number, member in enumerate(members):
+                base = Path(member.filename).name
+                if not base or base.startswith("."):
+                    continue
+                with archive.open(member) as src:
+                    (target / f"{number:05d}_{base}").write_bytes(src.read())
+    except zipfile.BadZipFile:
+        raise DataError(
+            f"{name} is not a readable zip file; zip the DICOM series folder again"
+        ) from None
+    finally:
+        zip_path.unlink(missing_ok=True)
+    if not any(target.iterdir()):
+        raise DataError(f"{name} holds no files; zip the folder of one DICOM series")
+    return target
+
+
+def save_checkpoint_upload(name: str, data: bytes, folder: Path) -> Path:
+    """Write an uploaded checkpoint (.pth/.pt) under ``folder``; it is loaded weights-only later."""
+    if not name.lower().endswith((".pth", ".pt")):
+        raise DataError(f"{name} is not a checkpoint; upload a .pth file written by ctseg")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "uploaded_checkpoint.pth"
+    target.write_bytes(data)
+    return target
