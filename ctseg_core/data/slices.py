@@ -169,8 +169,8 @@ class SliceDataset(torch.utils.data.Dataset):
         s, z = self.locate(int(i))
         subject = self.subjects[s]
         zs = context_indices(z, subject.labels.shape[0], self.config.data.context_slices)
-        ct = torch.from_numpy(np.ascontiguousarray(subject.ct[zs]))  # (C, X, Y) int16
-        labels = torch.from_numpy(np.ascontiguousarray(subject.labels[z]))  # (X, Y) uint8
+        ct = torch.from_numpy(np.array(subject.ct[zs]))  # (C, X, Y) int16
+        labels = torch.from_numpy(np.array(subject.labels[z]))  # (X, Y) uint8
         size = self.config.data.target_size
         image = resize_batch(normalize_hu(ct[None], self.config.data.hu_window), size)[0]
         labels = resize_batch(labels[None, None], size, mode="nearest")[0, 0]

@@ -1,0 +1,62 @@
+"""torch.distributed helpers: a no-op on one process, DDP under ``torchrun``.
+
+Launch: ``torchrun --nproc_per_node N -m ctseg_core train ...``. torchrun sets RANK,
+WORLD_SIZE, LOCAL_RANK; ``init_from_env`` starts the process group (NCCL on GPUs, gloo on CPU).
+Only rank 0 writes the run folder; every rank trains on its shard of each epoch's draw.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Start the process group when launched by torchrun; True when this call started it."""
+    if not launched_by_torchrun() or is_distributed():
+        return False
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return True
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (in place when distributed); returns it."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

@@ -1,0 +1,158 @@
+"""A training run in a background thread: what the dashboard's Train page starts and watches.
+
+One ``TrainingJob`` per process (``get_job()``): ``start(config)`` validates the settings and
+creates the run folder in the caller's thread (so bad settings or an unwritable folder fail
+there, with a message), then trains in a daemon thread. ``stop()`` asks the loop to end before
+its next batch. ``snapshot()`` returns a frozen copy of the progress, safe to read from any
+thread. A crash in the thread is recorded as state "failed" with the error text in
+``snapshot().error`` and in status.json; it never leaves a silent dead thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import CtsegError
+from .run_folder import read_status, write_status
+from .trainer import Progress, Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A read-only copy of the job's progress. ``state`` is "idle" before the first start."""
+
+    state: str = "idle"
+    run_dir: Path | None = None
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    eta_s: float | None = None
+    error: str | None = None
+    message: str = ""
+    last_record: dict | None = None
+    updated: float = field(default_factory=time.time)  # epoch seconds of this snapshot
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ("queued", "running", "stopping")
+
+
+class TrainingJob:
+    """At most one training thread at a time; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._snapshot = JobSnapshot()
+
+    @property
+    def is_running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            return self._snapshot
+
+    def start(self, config: RunConfig, checkpoints_root: str | Path | None = None) -> Path:
+        """Start training ``config`` in the background; returns the new run folder."""
+        return self._launch(lambda kw: Trainer(config, checkpoints_root=checkpoints_root, **kw))
+
+    def resume(self, run_dir: str | Path, epochs: int | None = None) -> Path:
+        """Continue ``run_dir`` from its last.pth in the background (optionally to more epochs)."""
+        return self._launch(lambda kw: Trainer.resume(run_dir, epochs=epochs, **kw))
+
+    def stop(self) -> None:
+        """Ask the running loop to stop before its next batch (returns at once)."""
+        self._stop.set()
+        with self._lock:
+            snap = self._snapshot
+            if not snap.is_active:
+                return
+            self._snapshot = dataclasses.replace(snap, state="stopping", updated=time.time())
+        if snap.run_dir is not None:
+            try:
+                status = read_status(snap.run_dir)
+                if status.get("state") in ("queued", "running"):
+                    write_status(snap.run_dir, {**status, "state": "stopping"})
+            except OSError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the thread ends (or ``timeout`` s); True when no thread is running."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.is_running
+
+    def _launch(self, make_trainer) -> Path:
+        with self._lock:
+            if self.is_running:
+                raise CtsegError(
+                    f"a training run is already running ({self._snapshot.run_dir}); "
+                    "stop it or wait for it to finish before starting another"
+                )
+            self._stop = threading.Event()
+            trainer = make_trainer({"callbacks": [self._on_progress], "stop_event": self._stop})
+            run_dir = trainer.open_run()
+            self._snapshot = JobSnapshot(
+                state="queued", run_dir=run_dir, epochs=trainer.config.train.epochs,
+                epoch=int(trainer.resume_ckpt["epoch"]) if trainer.resume_ckpt else 0,
+            )  # fmt: skip
+            self._thread = threading.Thread(
+                target=self._run, args=(trainer,), name="ctseg-training", daemon=True
+            )
+            self._thread.start()
+        return run_dir
+
+    def _run(self, trainer: Trainer) -> None:
+        try:
+            trainer.run()
+        except BaseException as exc:  # recorded for the page; status.json already says failed
+            text = str(exc) if isinstance(exc, CtsegError) else f"{type(exc).__name__}: {exc}"
+            log.warning("training run %s failed: %s", trainer.run_dir, text)
+            with self._lock:
+                self._snapshot = dataclasses.replace(
+                    self._snapshot, state="failed", error=text, message=text, updated=time.time()
+                )
+
+    def _on_progress(self, p: Progress) -> None:
+        with self._lock:
+            old = self._snapshot
+            state = p.state
+            if self._stop.is_set() and state == "running":
+                state = "stopping"
+            self._snapshot = JobSnapshot(
+                state=state, run_dir=p.run_dir, epoch=p.epoch, epochs=p.epochs,
+                step=p.step if p.kind != "end" else old.step,
+                steps_per_epoch=p.steps_per_epoch or old.steps_per_epoch,
+                loss=p.loss if p.loss is not None else old.loss,
+                lr=p.lr if p.lr is not None else old.lr, eta_s=p.eta_s, error=p.error,
+                message=p.message or old.message,
+                last_record=dict(p.record) if p.record else old.last_record,
+            )  # fmt: skip
+
+
+_JOB: TrainingJob | None = None
+_JOB_LOCK = threading.Lock()
+
+
+def get_job() -> TrainingJob:
+    """The process-wide training job (created on first use)."""
+    global _JOB
+    with _JOB_LOCK:
+        if _JOB is None:
+            _JOB = TrainingJob()
+        return _JOB

@@ -1,0 +1,108 @@
+"""Losses over logits (B, K, H, W) and class-index targets (B, H, W) made on the fly.
+
+Targets: ``classes = lut[labels]`` with ``lut = slices.class_lut(config)`` maps the uint8 label
+slice to class indices (0 background, i for ``structures[i-1]``); nothing stores 117 channels.
+Sigmoid losses compare channel i - 1 with ``classes == i`` (an implicit one-hot built per batch).
+
+- ``dice_ce`` (softmax, default; nnU-Net's): cross-entropy + (1 - soft Dice) over the
+  foreground classes present in the batch (batch Dice: sums over the whole batch);
+- ``bce``: binary cross-entropy with logits per structure channel (the seed notebooks' loss);
+- ``dice``: 1 - soft Dice of the per-structure sigmoids, over structures present in the batch;
+- ``focal``: sigmoid focal loss (gamma 2, alpha 0.25), mean over all elements.
+
+Everything is computed in float32 whatever the autocast dtype of the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+SMOOTH = 1e-5
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _soft_dice_terms(
+    probs: torch.Tensor, classes: torch.Tensor, channel_class: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class (intersection, predicted sum, reference sum), each (num_classes,).
+
+    ``probs`` (B, K, H, W) is the probability of class ``c + channel_class`` in channel c
+    (0 for softmax, 1 for sigmoid channels). Uses a gather + bincount instead of a one-hot.
+    """
+    k = probs.shape[1]
+    num_classes = k + channel_class
+    flat_classes = classes.reshape(-1)
+    ref_sum = torch.bincount(flat_classes, minlength=num_classes)[:num_classes].to(probs.dtype)
+    channel = (classes - channel_class).clamp(min=0).unsqueeze(1)  # (B, 1, H, W)
+    p_true = probs.gather(1, channel).reshape(-1)
+    valid = flat_classes >= channel_class
+    intersection = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
+    intersection.index_add_(0, flat_classes[valid], p_true[valid])
+    pred_sum = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
+    pred_sum[channel_class:] = probs.sum(dim=(0, 2, 3))
+    return intersection, pred_sum, ref_sum
+
+
+def _dice_loss(intersection, pred_sum, ref_sum, first_class: int) -> torch.Tensor:
+    inter, pred, ref = intersection[first_class:], pred_sum[first_class:], ref_sum[first_class:]
+    present = ref > 0
+    if not bool(present.any()):
+        return inter.sum() * 0.0
+    dice = (2 * inter + SMOOTH) / (pred + ref + SMOOTH).clamp(min=1e-8)
+    return 1.0 - dice[present].mean()
+
+
+def dice_ce_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    ce = F.cross_entropy(logits, classes)
+    probs = torch.softmax(logits, dim=1)
+    return ce + _dice_loss(*_soft_dice_terms(probs, classes, 0), first_class=1)
+
+
+def _sigmoid_targets(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    k = logits.shape[1]
+    channels = torch.arange(1, k + 1, device=classes.device).view(1, k, 1, 1)
+    return (classes.unsqueeze(1) == channels).float()
+
+
+def bce_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, _sigmoid_targets(logits, classes))
+
+
+def sigmoid_dice_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    probs = torch.sigmoid(logits.float())
+    return _dice_loss(*_soft_dice_terms(probs, classes, 1), first_class=1)
+
+
+def focal_loss(
+    logits: torch.Tensor, classes: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25
+) -> torch.Tensor:
+    logits = logits.float()
+    targets = _sigmoid_targets(logits, classes)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * (1 - p_t) ** gamma * ce).mean()
+
+
+LOSS_FUNCTIONS: dict[str, LossFn] = {
+    "dice_ce": dice_ce_loss,
+    "bce": bce_loss,
+    "dice": sigmoid_dice_loss,
+    "focal": focal_loss,
+}
+
+
+def build_loss(name: str) -> LossFn:
+    """The loss ``fn(logits (B, K, H, W), classes (B, H, W) int64) -> scalar`` named ``name``."""
+    try:
+        return LOSS_FUNCTIONS[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; known: {', '.join(LOSS_FUNCTIONS)}") from None

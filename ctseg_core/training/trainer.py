@@ -1,0 +1,365 @@
+"""The training loop: one trainer for the dashboard thread, the CLI and torchrun.
+
+``Trainer(config).open_run()`` validates the settings and creates the run folder (failing fast
+on bad settings or an unwritable folder); ``run()`` then trains, validates after every epoch,
+writes checkpoints and the run folder files, and reports ``Progress`` to callbacks.
+``Trainer.resume(run_dir)`` continues from ``last.pth`` with model, optimizer, scheduler,
+epoch, history and RNG state restored: every epoch's sampling and augmentation is seeded by
+(seed, epoch, rank), so a resumed run repeats the history of an uninterrupted one.
+A set ``stop_event`` ends the run before the next batch (state "stopped"; the current epoch is
+lost, last.pth keeps the last completed one). A NaN/inf loss ends it with state "failed" and
+keeps the checkpoints of the last good epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..data.augment import augment_batch
+from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
+from ..errors import CtsegError
+from ..fileio import atomic_write_json
+from . import distributed as ddp
+from .checkpoint import config_of, load_checkpoint, restore_rng_state, save_checkpoint
+from .figures import save_history_plot
+from .hardware import autocast_context, resolve_amp, resolve_channels_last, resolve_device
+from .losses import build_loss
+from .run_folder import default_checkpoints_root, new_run_dir, write_history, write_status
+from .samples import SampleFigure
+from .setup import build_optimizer, build_scheduler, step_scheduler
+from .validation import validate
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(CtsegError):
+    """Training cannot go on (NaN loss, ...); the message says what to change."""
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when the stop event is set."""
+
+
+@dataclass
+class Progress:
+    """What callbacks receive. ``epoch`` is the epoch in progress (1-based) or last completed."""
+
+    kind: str  # "start", "step", "epoch", "end"
+    state: str
+    run_dir: Path | None
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    eta_s: float | None = None
+    record: dict | None = None
+    message: str = ""
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+Callback = Callable[[Progress], None]
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        checkpoints_root: str | Path | None = None,
+        callbacks: Sequence[Callback] = (),
+        stop_event: threading.Event | None = None,
+    ):
+        self.config = config
+        self.checkpoints_root = Path(checkpoints_root) if checkpoints_root else None
+        self.callbacks = list(callbacks)
+        self.stop_event = stop_event or threading.Event()
+        self.run_dir: Path | None = None
+        self.resume_ckpt: dict | None = None
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        self._status: dict = {}
+        self._last_status_write = 0.0
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
+        """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs)."""
+        run_dir = Path(run_dir)
+        ckpt = load_checkpoint(run_dir / "last.pth")
+        config = config_of(ckpt)
+        if epochs is not None:
+            config.train.epochs = int(epochs)
+        trainer = cls(config, **kwargs)
+        trainer.run_dir, trainer.resume_ckpt = run_dir, ckpt
+        return trainer
+
+    # -- the run folder -------------------------------------------------------------------
+    def open_run(self) -> Path:
+        """Validate the settings and create (or reopen) the run folder; returns its path."""
+        self.config.validate(check_data=True)
+        if self.run_dir is None:
+            if self.rank == 0:
+                root = self.checkpoints_root or default_checkpoints_root()
+                try:
+                    result = ("ok", str(new_run_dir(root, self.config.run_name)))
+                except CtsegError as exc:
+                    result = ("error", str(exc))
+            else:
+                result = None
+            kind, value = ddp.broadcast_object(result)
+            if kind == "error":
+                raise CtsegError(value)
+            self.run_dir = Path(value)
+        if self.rank == 0:
+            self.config.run_name = self.run_dir.name
+            try:
+                atomic_write_json(self.run_dir / "config.json", self.config.to_dict())
+                atomic_write_json(self.run_dir / "label_map.json", self.config.label_map())
+            except OSError as exc:
+                raise CtsegError(
+                    f"cannot write the run folder {self.run_dir} ({exc.strerror or exc}); "
+                    "free disk space or choose a writable checkpoints folder"
+                ) from None
+            done = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
+            self._write_status(
+                Progress("start", "queued", self.run_dir, done, self.config.train.epochs),
+                force=True,
+            )
+        return self.run_dir
+
+    def _write_status(self, p: Progress, force: bool = False) -> None:
+        if self.rank != 0 or self.run_dir is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_status_write < 1.0:
+            return
+        self._last_status_write = now
+        status = {
+            "state": p.state, "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
+            "steps_per_epoch": p.steps_per_epoch, "eta_s": p.eta_s, "loss": p.loss, "lr": p.lr,
+            "error": p.error, "message": p.message, "pid": os.getpid(),
+            "host": socket.gethostname(), "run_name": self.run_dir.name,
+        }  # fmt: skip
+        try:
+            write_status(self.run_dir, status)
+        except OSError as exc:  # a full disk must not kill the run before a checkpoint does
+            log.warning("could not write status.json: %s", exc)
+
+    def _emit(self, p: Progress, force: bool = False) -> None:
+        self._write_status(p, force=force or p.kind != "step")
+        for callback in self.callbacks:
+            callback(p)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> str:
+        """Train to the end; returns the final state ("finished" or "stopped"); raises on failure
+        after recording state "failed" with the error text in status.json."""
+        if self.run_dir is None:
+            self.open_run()
+        state = Progress("start", "running", self.run_dir, epochs=self.config.train.epochs)
+        self._state = state
+        try:
+            final = self._train()
+        except StopRequested:
+            msg = f"stopped by request during epoch {state.epoch}; last.pth holds the last completed epoch"
+            self._emit(Progress("end", "stopped", self.run_dir, max(0, state.epoch - 1),
+                                state.epochs, message=msg))  # fmt: skip
+            return "stopped"
+        except BaseException as exc:
+            text = str(exc) if isinstance(exc, CtsegError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, CtsegError):
+                log.error("training failed:\n%s", traceback.format_exc())
+            self._emit(Progress("end", "failed", self.run_dir, max(0, state.epoch - 1),
+                                state.epochs, error=text, message=text))  # fmt: skip
+            raise
+        return final
+
+    def _check_stop(self) -> None:
+        if self.stop_event.is_set():
+            raise StopRequested
+
+    def _train(self) -> str:
+        cfg, p = self.config, self._state
+        t, d = cfg.train, cfg.data
+        torch.manual_seed(t.seed)
+        self._emit(
+            Progress("start", "running", self.run_dir, epochs=t.epochs, message="preparing data")
+        )
+        train_set = SliceDataset(cfg, d.train_split)
+        val_set = SliceDataset(cfg, d.val_split)
+        device = resolve_device(t.device)
+        amp = resolve_amp(t.amp, device)
+        channels_last = resolve_channels_last(t.channels_last, device, amp)
+        from ..models import build_model
+
+        model = build_model(cfg.model).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, t)
+        scheduler = build_scheduler(optimizer, t)
+        history: list[dict] = []
+        start_epoch = 0
+        if self.resume_ckpt is not None:
+            model.load_state_dict(self.resume_ckpt["model"])
+            optimizer.load_state_dict(self.resume_ckpt["optimizer"])
+            if scheduler is not None and self.resume_ckpt.get("scheduler") is not None:
+                scheduler.load_state_dict(self.resume_ckpt["scheduler"])
+            history = list(self.resume_ckpt.get("history") or [])
+            start_epoch = int(self.resume_ckpt["epoch"])
+            restore_rng_state(self.resume_ckpt.get("rng"))
+        net = model
+        if ddp.is_distributed():
+            ids = [device.index] if device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        loss_fn = build_loss(t.loss)
+        lut = torch.from_numpy(train_set.lut).long().to(device)
+        samples = d.samples_per_epoch or len(train_set)
+        steps = t.steps_per_epoch or max(1, math.ceil(samples / (d.batch_size * self.world)))
+        sampler = ForegroundSampler(
+            train_set, steps * d.batch_size * self.world, d.foreground_fraction,
+            seed=d.seed, rank=self.rank, world_size=self.world,
+        )  # fmt: skip
+        loader_kw = {"num_workers": d.num_workers, "pin_memory": device.type == "cuda"}
+        if d.num_workers > 0:
+            loader_kw |= {"persistent_workers": True, "prefetch_factor": 4}
+        train_loader = torch.utils.data.DataLoader(
+            train_set, batch_size=d.batch_size, sampler=sampler, drop_last=False, **loader_kw
+        )
+        val_ids = validation_indices(val_set, d.val_slices_per_subject)[self.rank :: self.world]
+        val_loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(val_set, val_ids), batch_size=d.batch_size * 2, **loader_kw
+        )
+        figure = SampleFigure(val_set, cfg) if (t.sample_figure and self.rank == 0) else None
+        scores = [_score(r) for r in history]
+        best = max(scores) if scores else -math.inf
+        since_best = _epochs_since_best(scores)
+        step_seconds: list[float] = []
+        val_seconds = 0.0
+        p.steps_per_epoch, p.epochs = steps, t.epochs
+        log.info("training %s: %d train / %d val slices, %d steps/epoch, device %s, amp %s",
+                 self.run_dir, len(train_set), len(val_ids), steps, device, amp)  # fmt: skip
+        for epoch in range(start_epoch + 1, t.epochs + 1):
+            p.epoch, p.step = epoch, 0
+            started = time.monotonic()
+            sampler.set_epoch(epoch)
+            torch.manual_seed(t.seed * 100_003 + epoch)
+            gen = torch.Generator().manual_seed(d.seed * 1_000_003 + epoch * 101 + self.rank)
+            net.train()
+            lr = optimizer.param_groups[0]["lr"]
+            loss_sum, seen = 0.0, 0
+            for step, (image, labels, _) in enumerate(train_loader, start=1):
+                self._check_stop()
+                t0 = time.monotonic()
+                image, labels = image.to(device, non_blocking=True), labels.to(device)
+                if d.augment:
+                    image, labels = augment_batch(image, labels, d, gen)
+                if channels_last:
+                    image = image.contiguous(memory_format=torch.channels_last)
+                with autocast_context(device, amp):
+                    logits = net(image)
+                loss = loss_fn(logits, lut[labels.long()])
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if t.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                value = float(ddp.all_reduce_sum(loss.detach().double().clone())) / self.world
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"loss became {value} at epoch {epoch}, step {step}; training stopped and "
+                        f"the checkpoints of epoch {epoch - 1} are kept: lower the learning rate "
+                        f"(now {lr:g}), enable grad clipping or check the data"
+                    )
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum, seen = loss_sum + value * len(image), seen + len(image)
+                step_seconds.append(time.monotonic() - t0)
+                step_seconds = step_seconds[-50:]
+                per_step = sum(step_seconds) / len(step_seconds)
+                left = (steps - step) + (t.epochs - epoch) * steps
+                p.step, p.loss, p.lr = step, value, lr
+                p.eta_s = left * per_step + val_seconds * (t.epochs - epoch + 1)
+                self._emit(Progress("step", "running", self.run_dir, epoch, t.epochs, step,
+                                    steps, value, lr, p.eta_s))  # fmt: skip
+            t_val = time.monotonic()
+            metrics = validate(net, val_loader, val_set, cfg, loss_fn, device,
+                               autocast_context(device, amp), channels_last,
+                               stop_check=self._check_stop)  # fmt: skip
+            val_seconds = time.monotonic() - t_val
+            record = {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen if seen else None,
+                **metrics,
+                "lr": lr,
+                "seconds": round(time.monotonic() - started, 3),
+                "train_slices": seen * self.world,
+            }
+            history.append(record)
+            step_scheduler(scheduler, record)
+            score = _score(record)
+            improved = score > best
+            best, since_best = (score, 0) if improved else (best, since_best + 1)
+            if self.rank == 0:
+                self._save_epoch(model, optimizer, scheduler, epoch, history, improved)
+                if figure is not None:
+                    figure.save(model, device, amp, channels_last, self.run_dir, epoch)
+            log.info("epoch %d/%d: train loss %.4f, val loss %s, val Dice %s", epoch, t.epochs,
+                     record["train_loss"] or float("nan"), record["val_loss"], record["val_dice_mean"])  # fmt: skip
+            p.eta_s = (
+                (t.epochs - epoch) * (steps * per_step + val_seconds) if step_seconds else None
+            )
+            self._emit(Progress("epoch", "running", self.run_dir, epoch, t.epochs, steps, steps,
+                                record["train_loss"], lr, p.eta_s, record=record))  # fmt: skip
+            if t.early_stopping_patience and since_best >= t.early_stopping_patience:
+                msg = f"early stopping: no better validation score for {since_best} epochs"
+                self._emit(Progress("end", "finished", self.run_dir, epoch, t.epochs, message=msg))
+                return "finished"
+        done = history[-1]["epoch"] if history else start_epoch
+        self._emit(Progress("end", "finished", self.run_dir, done, t.epochs, eta_s=0.0,
+                            message=f"finished {done} epochs"))  # fmt: skip
+        return "finished"
+
+    def _save_epoch(self, model, optimizer, scheduler, epoch, history, improved) -> None:
+        run_dir, t = self.run_dir, self.config.train
+        args = (model, optimizer, scheduler, epoch, self.config, history)
+        try:
+            if t.checkpoint_every and epoch % t.checkpoint_every == 0:
+                save_checkpoint(run_dir / f"checkpoint_epoch{epoch}.pth", *args)
+            if improved:
+                save_checkpoint(run_dir / "best.pth", *args)
+            save_checkpoint(run_dir / "last.pth", *args)
+            write_history(run_dir, history)
+            save_history_plot(history, run_dir / "training_history.png")
+        except OSError as exc:
+            raise TrainingError(
+                f"cannot write checkpoints to {run_dir} ({exc.strerror or exc}); free disk space "
+                "and resume the run from last.pth"
+            ) from None
+
+
+def _score(record: dict) -> float:
+    """Higher is better: mean val Dice, or minus the val loss when no Dice could be measured."""
+    if record.get("val_dice_mean") is not None:
+        return float(record["val_dice_mean"])
+    return -float(record["val_loss"]) if record.get("val_loss") is not None else -math.inf
+
+
+def _epochs_since_best(scores: list[float]) -> int:
+    if not scores:
+        return 0
+    best_at = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return len(scores) - 1 - best_at

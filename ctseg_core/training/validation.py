@@ -1,0 +1,112 @@
+"""Validation after each epoch: loss and per-structure Dice from one confusion pass.
+
+Dice is measured at the training resolution (``target_size``), pooled over all validation
+slices of all subjects: per label, TP/FP/FN are summed over the subjects where the structure is
+annotated (a missing mask file is "not annotated" and excluded). A structure absent from every
+validation reference gets None (NaN), and ``val_dice_mean`` is the mean over the rest.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data.slices import NUM_LABELS, SliceDataset, label_scores
+from . import distributed as ddp
+from .losses import LossFn
+
+try:  # the metrics module's definitions (Dice 0 when missed, NaN when reference absent)
+    from ..metrics.overlap import overlap_counts
+except ImportError:  # pragma: no cover - the metrics module is part of the package
+    overlap_counts = None
+
+
+def _pooled_counts(confusions: np.ndarray, annotated: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(S, L, L) per-subject confusions + (S, L) annotated -> pooled (tp, fp, fn), each (L,)."""
+    tp = np.zeros(NUM_LABELS, np.int64)
+    fp, fn = tp.copy(), tp.copy()
+    for conf, ann in zip(confusions, annotated, strict=True):
+        if overlap_counts is not None:
+            c = overlap_counts(conf, ann)
+            s_tp, s_fp, s_fn = c.tp, c.fp, c.fn
+        else:
+            s_tp = np.diagonal(conf).copy()
+            s_fp, s_fn = conf.sum(0) - s_tp, conf.sum(1) - s_tp
+        tp += np.where(ann, s_tp, 0)
+        fp += np.where(ann, s_fp, 0)
+        fn += np.where(ann, s_fn, 0)
+    return tp, fp, fn
+
+
+def dice_from_confusions(confusions: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """(L,) float64 Dice per label value, NaN where no annotated reference voxel exists."""
+    tp, fp, fn = _pooled_counts(confusions, annotated)
+    ref = tp + fn
+    dice = np.full(NUM_LABELS, np.nan)
+    scored = ref > 0
+    dice[scored] = 2 * tp[scored] / (2 * tp[scored] + fp[scored] + fn[scored])
+    return dice
+
+
+@torch.no_grad()
+def validate(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    dataset: SliceDataset,
+    config: RunConfig,
+    loss_fn: LossFn,
+    device: torch.device,
+    autocast: AbstractContextManager,
+    channels_last: bool,
+    stop_check=None,
+) -> dict:
+    """Run the validation slices; returns {"val_loss", "val_dice_mean", "val_dice": {name: dice}}."""
+    model.eval()
+    n_subjects = len(dataset.subjects)
+    counts = torch.zeros(n_subjects * NUM_LABELS * NUM_LABELS, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum, slices)
+    lut = torch.from_numpy(dataset.lut).long().to(device)
+    values = torch.from_numpy(_values(config)).to(device)
+    keep = torch.zeros(NUM_LABELS, dtype=torch.int64, device=device)
+    keep[values] = values  # label values outside the run's structures count as background
+    for image, labels, subject in loader:
+        if stop_check is not None:
+            stop_check()
+        image, labels = image.to(device), labels.to(device).long()
+        if channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(image)
+        loss = loss_fn(logits.float(), lut[labels])
+        loss_sum += torch.stack(
+            [loss.double() * len(image), torch.tensor(len(image), device=device)]
+        )
+        predicted = label_scores(logits, config).argmax(dim=1)  # (B, H, W) label values
+        ref = keep[labels]
+        pair = (subject.to(device).view(-1, 1, 1) * NUM_LABELS + ref) * NUM_LABELS + predicted
+        counts += torch.bincount(pair.reshape(-1), minlength=counts.numel())
+    ddp.all_reduce_sum(counts)
+    ddp.all_reduce_sum(loss_sum)
+    model.train()
+    confusions = counts.view(n_subjects, NUM_LABELS, NUM_LABELS).cpu().numpy()
+    dice = dice_from_confusions(confusions, dataset.annotated)
+    per_structure = {}
+    for name, value in zip(config.data.structures, _values(config), strict=True):
+        d = dice[value]
+        per_structure[name] = None if np.isnan(d) else float(d)
+    scored = [d for d in per_structure.values() if d is not None]
+    slices = float(loss_sum[1])
+    return {
+        "val_loss": float(loss_sum[0]) / slices if slices else None,
+        "val_dice_mean": float(np.mean(scored)) if scored else None,
+        "val_dice": per_structure,
+    }
+
+
+def _values(config: RunConfig) -> np.ndarray:
+    from ..labels import LABEL_OF
+
+    return np.array([LABEL_OF[n] for n in config.data.structures], dtype=np.int64)
