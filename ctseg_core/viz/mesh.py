@@ -107,13 +107,17 @@ def taubin_smooth(
         (np.ones(len(edges), dtype=np.float32), (edges[:, 0], edges[:, 1])), shape=(n, n)
     )
     adjacency.data[:] = 1.0  # an edge shared by two faces was summed twice
-    degree = np.asarray(adjacency.sum(axis=1)).ravel()
-    inverse_degree = np.where(degree > 0, 1.0 / np.maximum(degree, 1), 0.0)[:, None]
-    smoothed = verts.astype(np.float64)
+    degree = np.diff(adjacency.indptr)
+    # rows scaled by 1 / degree: one product gives each vertex the mean of its neighbours;
+    # a vertex in no face (degree 0) gets a zero row and is pinned below
+    adjacency.data /= np.repeat(np.maximum(degree, 1), degree).astype(np.float32)
+    pinned = degree == 0
+    smoothed = np.array(verts, dtype=np.float32)
     for _ in range(iterations):
         for weight in (lam, mu):
-            neighbour_mean = (adjacency @ smoothed) * inverse_degree
-            smoothed += weight * np.where(degree[:, None] > 0, neighbour_mean - smoothed, 0.0)
+            step = adjacency @ smoothed - smoothed
+            step[pinned] = 0.0
+            smoothed += np.float32(weight) * step
     return smoothed.astype(np.float32)
 
 
