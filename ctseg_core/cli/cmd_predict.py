@@ -1,0 +1,190 @@
+"""Prediction commands: predict, evaluate, export, stats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .progress import tqdm_callback
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="label a CT (NIfTI file or DICOM folder) with one or more checkpoints"
+    )
+    p.add_argument("--ct", required=True, type=Path, help="CT .nii.gz or a DICOM series folder")
+    p.add_argument(
+        "--checkpoint", required=True, type=Path, action="append",
+        help="model checkpoint (.pth); repeat for an ensemble (scores are averaged)",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, type=Path, help="output multilabel OUT.nii.gz")
+    p.add_argument(
+        "--split-masks", action="store_true",
+        help="also write OUT/segmentations/<structure>.nii.gz (the dataset layout)",
+    )  # fmt: skip
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (left/right safe)")
+    p.add_argument("--batch-slices", type=int, default=8, help="axial slices per batch (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (atomically)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_predict)
+
+    p = subparsers.add_parser(
+        "evaluate", help="score predictions of a dataset split: CSV tables, figures, 3D pages"
+    )
+    p.add_argument(
+        "--data", required=True, type=Path, help="dataset root (TotalSegmentator layout)"
+    )
+    p.add_argument("--split", default="test", help="train, val, test or all (default test)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--predictions", type=Path, help="folder of <id>.nii.gz multilabel files (any tool)"
+    )
+    source.add_argument(
+        "--checkpoint", type=Path, action="append", help="checkpoint(s) to predict with"
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder for the tables and figures")
+    p.add_argument("--tolerance-mm", type=float, default=3.0, help="surface Dice tolerance (mm)")
+    p.add_argument("--subjects", nargs="+", default=None, help="only these subject ids")
+    p.add_argument("--meshes", type=int, default=3, help="3D pages for the first N subjects")
+    p.add_argument("--no-report", action="store_true", help="tables only, no figures or 3D pages")
+    p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder")
+    p.add_argument("--device", default="cpu", help="device for --checkpoint (default cpu)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation for --checkpoint")
+    p.add_argument("--json", action="store_true", help="print the per-structure summary as JSON")
+    p.set_defaults(func=run_evaluate)
+
+    p = subparsers.add_parser(
+        "export", help="write 3D Slicer (.ctbl) and ITK-SNAP label files for a multilabel NIfTI"
+    )
+    p.add_argument("--labels", required=True, type=Path, help="multilabel .nii.gz (0..117)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write the label files into")
+    p.add_argument(
+        "--all", action="store_true", help="list all 117 structures, not only those present"
+    )
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser(
+        "stats", help="volume (ml) and mean/std HU per structure of a segmentation"
+    )
+    p.add_argument("--ct", required=True, type=Path, help="CT .nii.gz or DICOM folder")
+    p.add_argument("--labels", required=True, type=Path, help="multilabel .nii.gz on the CT")
+    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=run_stats)
+
+
+def run_predict(args) -> int:
+    from ..inference_io import predict_file
+
+    progress, bar = tqdm_callback("predict", unit="slice")
+    try:
+        summary = predict_file(
+            args.ct, args.checkpoint, args.out, split_masks=args.split_masks, tta=args.tta,
+            batch_slices=args.batch_slices, device=args.device, progress=progress,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for warning in summary["warnings"]:
+        print(f"note: {warning}")
+    shape = " x ".join(str(s) for s in summary["shape"])
+    print(f"wrote {summary['out']} ({shape}, {summary['orientation']}, {summary['seconds']} s)")
+    print(f"label files: {', '.join(summary['label_files'])}")
+    if summary["masks_dir"]:
+        print(f"masks: {summary['masks_dir']}/segmentations/")
+    found = summary["structures_found"]
+    print(f"structures found: {len(found)}")
+    for name, info in sorted(found.items(), key=lambda kv: -kv[1]["volume_ml"]):
+        print(f"  {name:<32}{info['volume_ml']:>12.1f} ml")
+    return 0
+
+
+def _json_safe(records: list[dict]) -> list[dict]:
+    """NaN -> null and inf -> "inf", so the output is strict JSON."""
+
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, float) and math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+
+    return [{k: clean(v) for k, v in r.items()} for r in records]
+
+
+def run_evaluate(args) -> int:
+    from ..evaluation import evaluate_predictions, summarize_results
+
+    progress, bar = tqdm_callback("evaluate")
+    try:
+        results = evaluate_predictions(
+            args.data, args.split, args.predictions or args.checkpoint, args.out,
+            tolerance_mm=args.tolerance_mm, progress=progress, cache_dir=args.cache,
+            subjects=args.subjects, report=not args.no_report, mesh_subjects=args.meshes,
+            device=args.device, tta=args.tta,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    summary = summarize_results(results)
+    if args.json:
+        print(json.dumps(_json_safe(summary.to_dict(orient="records")), indent=2))
+        return 0
+    scored = summary.dropna(subset=["dice_mean"])
+    n_subjects = results["subject"].nunique()
+    print(
+        f"evaluated {n_subjects} subjects, {len(scored)} structures present; tables in {args.out}"
+    )
+    if len(scored):
+        print(f"mean Dice over structures {scored['dice_mean'].mean():.4f}")
+        print(f"{'structure':<32}{'n':>4}{'Dice':>8}{'HD95 mm':>10}{'NSD':>7}{'missed':>8}")
+        for row in scored.sort_values("dice_mean").itertuples():
+            print(
+                f"{row.structure:<32}{row.dice_n:>4}{row.dice_mean:>8.3f}"
+                f"{row.hd95_mm_mean:>10.2f}{row.surface_dice_mean:>7.3f}{row.missed:>8}"
+            )
+    return 0
+
+
+def run_export(args) -> int:
+    import numpy as np
+
+    from ..data.volume import load_label_volume
+    from ..export import write_label_files
+
+    values = None
+    if not args.all:
+        labels = load_label_volume(args.labels)
+        values = [int(v) for v in np.flatnonzero(np.bincount(labels.array.ravel())) if v > 0]
+    paths = write_label_files(args.out / args.labels.name, values)
+    if args.json:
+        print(json.dumps({"label_files": [str(p) for p in paths], "labels": values}))
+    else:
+        listed = "all 117 structures" if values is None else f"{len(values)} structures"
+        print(f"wrote {paths[0]} and {paths[1]} ({listed})")
+    return 0
+
+
+def run_stats(args) -> int:
+    from ..data.volume import load_ct
+    from ..evaluation import prediction_on_reference_grid, volume_statistics
+
+    ct = load_ct(args.ct)
+    labels = prediction_on_reference_grid(
+        args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine
+    )
+    table = volume_statistics(labels, ct.array, ct.spacing_mm)
+    if args.out:
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(args.out, table.to_csv(index=False))
+    if args.json:
+        print(json.dumps(_json_safe(table.to_dict(orient="records")), indent=2))
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    return 0

@@ -1,0 +1,167 @@
+"""Prediction from a file to files: a CT (NIfTI or DICOM folder) in, labels on its own grid out.
+
+Writes, all atomically and only after the whole prediction succeeded:
+
+- ``OUT.nii.gz``: multilabel uint8 (0..117) on the CT's original grid and affine;
+- ``OUT.ctbl`` and ``OUT_itksnap_labels.txt``: names and colours for 3D Slicer and ITK-SNAP;
+- with ``split_masks``: ``OUT/segmentations/<structure>.nii.gz``, one 0/1 mask per structure the
+  model predicts (empty files for absent ones: the dataset layout, where a missing file would
+  mean "not annotated").
+
+Existing outputs are refused unless ``overwrite``; then they are replaced whole, never halfway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .data.volume import load_ct, save_on_original_grid
+from .errors import ConfigError, CtsegError
+from .export import label_file_paths, write_label_files
+from .labels import LABEL_OF, NAME_OF
+
+log = logging.getLogger(__name__)
+
+
+class _Collect(logging.Handler):
+    """Keeps the warnings logged while a CT is read (e.g. which DICOM series was chosen)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _stem(out_path: Path) -> str:
+    name = out_path.name
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
+
+
+def output_paths(out_path: str | Path, split_masks: bool = False) -> list[Path]:
+    """Every path :func:`predict_file` writes for ``out_path`` (the masks folder last)."""
+    out_path = Path(out_path)
+    paths = [out_path, *label_file_paths(out_path)]
+    if split_masks:
+        paths.append(out_path.with_name(_stem(out_path)))
+    return paths
+
+
+def _write_masks(
+    labels: np.ndarray, ct, structures: Sequence[str], folder: Path, overwrite: bool
+) -> None:
+    """One 0/1 uint8 mask per structure into ``folder/segmentations``, swapped in as a whole."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        seg = tmp / "segmentations"
+        seg.mkdir()
+        for name in structures:
+            mask = (labels == LABEL_OF[name]).astype(np.uint8)
+            save_on_original_grid(mask, ct, seg / f"{name}.nii.gz")
+        old = None
+        if folder.exists():
+            if not overwrite:
+                raise CtsegError(f"{folder} exists; pass overwrite (--overwrite) or another --out")
+            old = folder.with_name(f".old-{folder.name}-{time.time_ns()}")
+            folder.rename(old)
+        tmp.rename(folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def predict_file(
+    ct_path: str | Path,
+    checkpoints: Sequence[str | Path],
+    out_path: str | Path,
+    split_masks: bool = False,
+    batch_slices: int = 8,
+    tta: bool = False,
+    device: str = "cpu",
+    progress: Callable[[int, int, str], None] | None = None,
+    overwrite: bool = False,
+    memory_limit_bytes: int | None = None,
+) -> dict:
+    """Predict a CT file or DICOM series folder and write the results beside ``out_path``.
+
+    Returns a JSON-ready summary: paths written, grid (shape, spacing, orientation), the
+    structures found with voxel counts and ml, warnings met while reading (e.g. a DICOM folder
+    with several series: the largest is read), seconds. Raises ConfigError for an ``out_path``
+    that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT too large
+    for memory (before reading it when its header tells the size).
+    """
+    from .inference import Predictor
+
+    ct_path, out_path = Path(ct_path), Path(out_path)
+    if not out_path.name.endswith((".nii.gz", ".nii")):
+        raise ConfigError(f"--out {out_path} must end with .nii.gz or .nii")
+    existing = [p for p in output_paths(out_path, split_masks) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out"
+        )
+    start = time.perf_counter()
+    predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta)
+    if ct_path.is_file():
+        try:
+            header_shape = nib.load(str(ct_path)).shape[:3]
+        except Exception:  # unreadable files get their one-line error from load_ct below
+            header_shape = None
+        if header_shape and len(header_shape) == 3:
+            predictor.check_memory(header_shape, memory_limit_bytes)
+    collect = _Collect()
+    data_log = logging.getLogger("ctseg_core.data")
+    data_log.addHandler(collect)
+    try:
+        ct = load_ct(ct_path)
+    finally:
+        data_log.removeHandler(collect)
+    labels = predictor.predict(ct, progress=progress, memory_limit_bytes=memory_limit_bytes)
+
+    values = [LABEL_OF[s] for s in predictor.structures]
+    if split_masks:
+        _write_masks(
+            labels, ct, predictor.structures, out_path.with_name(_stem(out_path)), overwrite
+        )
+    save_on_original_grid(labels, ct, out_path)
+    slicer, itk = write_label_files(out_path, values)
+
+    counts = np.bincount(labels.ravel(), minlength=119)
+    voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
+    found = {
+        NAME_OF[k]: {"voxels": int(counts[k]), "volume_ml": round(counts[k] * voxel_ml, 3)}
+        for k in values
+        if counts[k]
+    }
+    return {
+        "ct": str(ct_path),
+        "out": str(out_path),
+        "label_files": [str(slicer), str(itk)],
+        "masks_dir": str(out_path.with_name(_stem(out_path))) if split_masks else None,
+        "shape": [int(s) for s in ct.original_shape],
+        "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
+        "orientation": ct.orientation,
+        "checkpoints": [
+            str(p) for p in ([checkpoints] if isinstance(checkpoints, str | Path) else checkpoints)
+        ],
+        "tta": bool(tta),
+        "structures_found": found,
+        "warnings": collect.messages,
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -1,0 +1,242 @@
+"""Whole-CT prediction: grids and affines, batching, 2.5D context, TTA left/right safety, ensembles,
+memory refusal, atomic outputs. Quality is not tested here (the models are untrained or rules)."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.data.volume import load_ct
+from ctseg_core.errors import ConfigError, CtsegError
+from ctseg_core.export import read_slicer_ctbl
+from ctseg_core.inference import Predictor, predict_file, predict_volume
+from ctseg_core.labels import LABEL_OF
+from ctseg_core.models import register
+from ctseg_core.training.checkpoint import save_checkpoint
+
+torch.set_num_threads(1)
+
+THRESHOLD_HU = 150.5  # never equal to an integer HU, so no ties
+
+
+class ThresholdNet(nn.Module):
+    """A rule, not a learned model: the single structure wherever the centre slice > 150.5 HU.
+
+    Input (B, C, H, W) normalised with the (-1000, 1000) window (HU / 1000); softmax output
+    (B, 2, H, W): background 0, structure (centre - 0.1505) * 50.
+    """
+
+    def __init__(self, threshold_hu: float = THRESHOLD_HU):
+        super().__init__()
+        self.threshold = threshold_hu / 1000
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]
+        return torch.cat([torch.zeros_like(centre), (centre - self.threshold) * 50], dim=1)
+
+
+class SideNet(nn.Module):
+    """Labels by image position only: kidney_left in the first half of H, kidney_right after.
+
+    Output channels (softmax): background, kidney_right, kidney_left (the config's order).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        first_half = (torch.arange(h) < h // 2).float().view(1, h, 1).expand(b, h, w)
+        left = 10 * first_half - 5
+        return torch.stack([torch.zeros_like(left), -left, left], dim=1)
+
+
+register("test_threshold")(lambda cfg: ThresholdNet())
+register("test_threshold_300")(lambda cfg: ThresholdNet(300.5))
+register("test_side")(lambda cfg: SideNet())
+
+
+def make_checkpoint(path, structures, name="unet", target=(64, 64), context=1, mirror=False):
+    cfg = RunConfig(
+        data=DataConfig(
+            target_size=target, context_slices=context, structures=list(structures), mirror=mirror
+        ),
+        model=ModelConfig(name=name, features=[8, 16], bottleneck=16),
+    )
+    torch.manual_seed(0)
+    from ctseg_core.models import build_model
+
+    save_checkpoint(path, build_model(cfg.model), config=cfg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unlabeled_ct(extra_dir):
+    return extra_dir / "unlabeled_ct_3mm.nii.gz"
+
+
+def test_fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, unlabeled_ct):
+    ckpt = make_checkpoint(tmp_path / "m.pth", ["liver", "spleen", "kidney_left", "aorta"])
+    out = tmp_path / "out" / "pred.nii.gz"
+    summary = predict_file(unlabeled_ct, [ckpt], out, split_masks=True)
+    src, img = nib.load(str(unlabeled_ct)), nib.load(str(out))
+    assert np.asarray(src.dataobj).dtype == np.int32  # the input is int32 voxels
+    assert img.shape == src.shape == (122, 101, 112)
+    np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
+    data = np.asarray(img.dataobj)
+    assert data.dtype == np.uint8 and data.max() <= 117
+    assert set(np.unique(data)) <= {0, LABEL_OF["liver"], LABEL_OF["spleen"],
+                                    LABEL_OF["kidney_left"], LABEL_OF["aorta"]}  # fmt: skip
+    names = {e.name for e in read_slicer_ctbl(tmp_path / "out" / "pred.ctbl")}
+    assert names == {"background", "liver", "spleen", "kidney_left", "aorta"}
+    masks = sorted(p.name for p in (tmp_path / "out" / "pred" / "segmentations").iterdir())
+    assert masks == ["aorta.nii.gz", "kidney_left.nii.gz", "liver.nii.gz", "spleen.nii.gz"]
+    liver = nib.load(str(tmp_path / "out" / "pred" / "segmentations" / "liver.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(liver.dataobj), data == LABEL_OF["liver"])
+    assert summary["shape"] == [122, 101, 112] and summary["orientation"] == "RAS"
+
+
+def test_threshold_rule_lands_on_the_right_voxels_of_a_flipped_axis_ct(tmp_path, sample_root):
+    # s0001 is stored LAS (x flipped): the labels must come back on the file's own voxel order.
+    ct_path = sample_root / "s0001" / "ct.nii.gz"
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["vertebrae_T8"], "test_threshold", (512, 512), 3)
+    out = tmp_path / "t.nii.gz"
+    predict_file(ct_path, [ckpt], out, batch_slices=7)
+    hu = np.asarray(nib.load(str(ct_path)).dataobj)
+    expected = np.where(hu > THRESHOLD_HU, LABEL_OF["vertebrae_T8"], 0)
+    got = np.asarray(nib.load(str(out)).dataobj)
+    assert (expected > 0).sum() > 10_000
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_batches_and_resizing_give_the_same_labels_whatever_the_batch_size(tmp_path, unlabeled_ct):
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64), 3)
+    ct = load_ct(unlabeled_ct)
+    one = predict_volume(ct, [ckpt], batch_slices=1)
+    many = predict_volume(ct, [ckpt], batch_slices=5)
+    np.testing.assert_array_equal(one, many)
+    # Resized to 64 x 64 and back, the rule still agrees with the CT on most voxels.
+    direct = ct.array > THRESHOLD_HU
+    agree = np.mean((one == LABEL_OF["liver"]) == direct)
+    assert 0.97 < agree < 1.0
+
+
+def test_context_slices_feed_the_centre_slice(tmp_path, unlabeled_ct):
+    ct = load_ct(unlabeled_ct)
+    single = make_checkpoint(tmp_path / "c1.pth", ["liver"], "test_threshold", (122, 101), 1)
+    stacked = make_checkpoint(tmp_path / "c5.pth", ["liver"], "test_threshold", (122, 101), 5)
+    np.testing.assert_array_equal(
+        predict_volume(ct, [single], batch_slices=3), predict_volume(ct, [stacked], batch_slices=3)
+    )
+
+
+def test_mirror_tta_swaps_left_and_right_labels(tmp_path, unlabeled_ct):
+    ct = load_ct(unlabeled_ct)
+    ckpt = make_checkpoint(tmp_path / "s.pth", ["kidney_right", "kidney_left"], "test_side",
+                           (122, 101), mirror=True)  # fmt: skip
+    predictor = Predictor([ckpt], tta=True)
+    assert predictor._augmentations(predictor.members[0]) == ["identity", "mirror"]
+    plain = predict_volume(ct, [ckpt])
+    with_tta = predictor.predict(ct)
+    np.testing.assert_array_equal(with_tta, plain)
+    assert (plain[:61] == LABEL_OF["kidney_left"]).all()
+    assert (plain[61:] == LABEL_OF["kidney_right"]).all()
+
+
+def test_models_trained_without_mirroring_get_shift_tta(tmp_path, unlabeled_ct):
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (122, 101))
+    predictor = Predictor([ckpt], tta=True)
+    assert "mirror" not in predictor._augmentations(predictor.members[0])
+    ct = load_ct(unlabeled_ct)
+    np.testing.assert_array_equal(predictor.predict(ct), predict_volume(ct, [ckpt]))
+
+
+def test_ensemble_averages_probabilities(tmp_path, unlabeled_ct):
+    # Two rules at 150.5 and 300.5 HU: the mean of their two sigmoids passes 0.5 exactly at the
+    # midpoint, 225.5 HU (sigmoid(a) + sigmoid(b) > 1 <=> a + b > 0).
+    ct = load_ct(unlabeled_ct)
+    a = make_checkpoint(tmp_path / "a.pth", ["liver"], "test_threshold", (122, 101))
+    b = make_checkpoint(tmp_path / "b.pth", ["liver"], "test_threshold_300", (122, 101))
+    both = predict_volume(ct, [a, b], batch_slices=16)
+    expected = np.where(ct.array > 225.5, LABEL_OF["liver"], 0)
+    np.testing.assert_array_equal(both, expected)
+
+
+def test_ensemble_members_of_different_sizes_agree_where_the_members_agree(tmp_path, unlabeled_ct):
+    ct = load_ct(unlabeled_ct)
+    a = make_checkpoint(tmp_path / "a.pth", ["liver"], "test_threshold", (122, 101))
+    b = make_checkpoint(tmp_path / "b.pth", ["liver"], "test_threshold", (64, 64), 3)
+    both = predict_volume(ct, [a, b])
+    only_a, only_b = predict_volume(ct, [a]), predict_volume(ct, [b])
+    same = only_a == only_b
+    assert same.mean() > 0.97
+    # b's scores pass through the 122 x 101 working size first: a few boundary voxels may move.
+    assert np.mean(both[same] == only_a[same]) > 0.9999
+
+
+def test_ensemble_of_different_structures_is_refused(tmp_path):
+    a = make_checkpoint(tmp_path / "a.pth", ["liver"])
+    b = make_checkpoint(tmp_path / "b.pth", ["spleen"])
+    with pytest.raises(ConfigError, match="same structures"):
+        Predictor([a, b])
+
+
+def test_ct_too_large_for_memory_is_refused_with_size_and_limit(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.pth", ["liver"])
+    huge = np.broadcast_to(np.int16(0), (4096, 4096, 3000))  # 100 GB of voxels, no memory used
+    with pytest.raises(
+        CtsegError, match=r"4096 x 4096 x 3000 voxels needs about [\d.]+ GB.* GB memory limit"
+    ):
+        predict_volume(huge, [ckpt])  # type: ignore[arg-type]
+
+
+def test_predict_file_refuses_before_reading_when_over_the_limit(tmp_path, unlabeled_ct):
+    ckpt = make_checkpoint(tmp_path / "m.pth", ["liver"])
+    out = tmp_path / "p.nii.gz"
+    with pytest.raises(CtsegError, match=r"122 x 101 x 112 voxels.*0\.0 GB memory limit"):
+        predict_file(unlabeled_ct, [ckpt], out, memory_limit_bytes=1 << 20)
+    assert not any(tmp_path.glob("p*"))
+
+
+def test_batch_is_lowered_before_refusing(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "m.pth", ["liver"], target=(256, 256))
+    predictor = Predictor([ckpt], batch_slices=16)
+    shape = (512, 512, 300)
+    limit = predictor.estimate_bytes(shape, 4) + 1
+    assert predictor.check_memory(shape, limit) == 4
+
+
+def test_existing_outputs_are_kept_unless_overwrite_and_never_half_written(tmp_path, unlabeled_ct):
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
+    out = tmp_path / "p.nii.gz"
+    out.write_bytes(b"user data")
+    with pytest.raises(ConfigError, match="exists; pass --overwrite"):
+        predict_file(unlabeled_ct, [ckpt], out)
+    assert out.read_bytes() == b"user data"
+
+    def interrupt(done, total, info):
+        if done > 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_file(unlabeled_ct, [ckpt], out, overwrite=True, progress=interrupt, batch_slices=4)
+    assert out.read_bytes() == b"user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.nii.gz", "t.pth"]
+    predict_file(unlabeled_ct, [ckpt], out, overwrite=True)
+    assert nib.load(str(out)).shape == (122, 101, 112)
+
+
+def test_dicom_folder_gives_the_grid_of_the_converted_nifti(tmp_path, sample_root, extra_dir):
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (128, 128))
+    out = tmp_path / "d.nii.gz"
+    summary = predict_file(extra_dir / "dicom_s0001", [ckpt], out)
+    reference = load_ct(sample_root / "s0001" / "ct.nii.gz")
+    written = nib.load(str(out))
+    assert written.shape == reference.original_shape == (512, 512, 20)
+    from ctseg_core.data.volume import to_canonical
+
+    labels, affine = to_canonical(np.asarray(written.dataobj), written.affine)
+    np.testing.assert_allclose(affine, reference.affine, atol=1e-4)  # same voxels in space
+    assert labels.shape == reference.array.shape
+    assert summary["spacing_mm"] == pytest.approx([0.9766, 0.9766, 2.0], abs=1e-4)
