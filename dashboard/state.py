@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,9 +221,9 @@ def cached_subject(root: str, subject_id: str):
 @st.cache_resource(show_spinner=False)
 def training_job():
     """The one TrainingJob of this server: every browser tab sees (and stops) the same job."""
-    from ctseg_core.training.job import TrainingJob
+    from ctseg_core.training.job import get_job
 
-    return TrainingJob()
+    return get_job()
 
 
 def checkpoint_files(run_dir: Path) -> list[Path]:
@@ -254,15 +256,17 @@ def all_checkpoints() -> dict[str, str]:
 # ---------------------------------------------------------------- predictions and meshes
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _predicted_labels_zxy(
-    root: str, subject_id: str, checkpoint: str, mtime: float, _progress=None
-) -> np.ndarray:
-    from ctseg_core.inference import predict_volume
+@st.cache_resource(show_spinner=False)
+def _prediction_store() -> dict:
+    """Server-wide store of predicted label volumes: {(root, subject, checkpoint, mtime): array}.
 
-    entry = cached_subject(root, subject_id)
-    labels_xyz = predict_volume(_volume_of(entry), [checkpoint], progress=_progress)
-    return np.ascontiguousarray(np.asarray(labels_xyz, dtype=np.uint8).transpose(2, 0, 1))
+    A plain dict rather than a cached function, so the progress bar shown while predicting is not
+    recorded into (and replayed from) a Streamlit cache.
+    """
+    return {"lock": threading.Lock(), "items": OrderedDict()}
+
+
+PREDICTIONS_KEPT = 4  # label volumes are ~1 byte/voxel: 4 full-size CTs are well under 1 GB
 
 
 def _volume_of(entry):
@@ -279,18 +283,31 @@ def _volume_of(entry):
 
 
 def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=None) -> np.ndarray:
-    """Prediction of a checkpoint on a cached subject, (Z, X, Y) uint8; computed once, cached.
+    """Prediction of a checkpoint on a cached subject, (Z, X, Y) uint8; computed once, kept.
 
     ``progress(done, total, info)`` is called only when the prediction is computed.
     """
+    from ctseg_core.errors import DataError
+    from ctseg_core.inference import predict_volume
+
     path = Path(checkpoint).expanduser().resolve()
     if not path.is_file():
-        from ctseg_core.errors import DataError
-
         raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
-    return _predicted_labels_zxy(
-        str(root), subject_id, str(path), path.stat().st_mtime, _progress=progress
-    )
+    key = (str(root), subject_id, str(path), path.stat().st_mtime)
+    store = _prediction_store()
+    with store["lock"]:
+        if key in store["items"]:
+            store["items"].move_to_end(key)
+            return store["items"][key]
+    entry = cached_subject(root, subject_id)
+    labels_xyz = predict_volume(_volume_of(entry), [str(path)], progress=progress)
+    labels_zxy = np.ascontiguousarray(np.asarray(labels_xyz, dtype=np.uint8).transpose(2, 0, 1))
+    labels_zxy.flags.writeable = False
+    with store["lock"]:
+        store["items"][key] = labels_zxy
+        while len(store["items"]) > PREDICTIONS_KEPT:
+            store["items"].popitem(last=False)
+    return labels_zxy
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

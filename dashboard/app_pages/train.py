@@ -93,7 +93,7 @@ def controls(root: str) -> None:
     job = state.training_job()
     if config is not None:
         try:
-            run_dir = job.start(config.validate(check_data=True))
+            run_dir = job.start(config.validate(check_data=True), state.checkpoints_root())
             st.session_state[state.TRAIN_RUN] = Path(run_dir).name
             st.toast(f"Started {Path(run_dir).name}", icon=":material/play_arrow:")
         except Exception as exc:

@@ -52,10 +52,17 @@ class ViewSettings:
     visible: np.ndarray  # (118,) bool
 
 
+def _default(key: str, value):
+    """A widget default, or None when session state already holds the key (no double setting)."""
+    return None if key in st.session_state else value
+
+
 def _controls(
     keys: state.ViewerKeys, two_layers: bool
 ) -> tuple[str, float, float, str, str, float]:
-    plane = st.segmented_control("Plane", PLANES, default="axial", key=keys.plane, required=True)
+    plane = st.segmented_control(
+        "Plane", PLANES, default=_default(keys.plane, "axial"), key=keys.plane, required=True
+    )
     presets = [*WINDOW_PRESETS, CUSTOM]
     preset = st.selectbox("Window", presets, index=0, key=keys.preset)
     if preset == CUSTOM:
