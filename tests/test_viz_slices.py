@@ -13,14 +13,17 @@ from ctseg_core.viz.slices import (
     WINDOW_PRESETS,
     extract_plane,
     label_borders,
+    largest_section,
     num_planes,
     overlay_rgb,
     plane_aspect,
+    render_comparison,
     render_slice,
     side_by_side,
     stretch_to_aspect,
     to_png_bytes,
     window_to_uint8,
+    worst_slices,
 )
 
 
@@ -203,6 +206,29 @@ def test_render_slice_chains_window_overlay_and_aspect():
     both = side_by_side(rgb, rgb)
     assert both.shape == (5, 16, 3) and not both[:, 6:10].any()
     assert to_png_bytes(rgb)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_largest_section_and_worst_slices():
+    ct = np.full((6, 8, 10), -1000, dtype=np.int16)  # black in the soft-tissue window
+    reference = np.zeros((6, 8, 10), dtype=np.uint8)
+    reference[1:5, 2:6, 3:7] = 1
+    reference[3, 1:7, 2:9] = 1  # slice 3 holds the largest axial section
+    prediction = reference.copy()
+    prediction[4] = 0  # 16 voxels missed on slice 4
+    prediction[1, 0, 0] = 2  # 1 false positive on slice 1
+    assert largest_section(reference, 1, "axial") == 3
+    assert largest_section(reference, 1, "coronal") == 3  # y 3..6 tie at 18 pixels: first wins
+    assert largest_section(reference, 1, "sagittal") == 2  # x 2..5 tie at 19 pixels
+    box = (slice(1, 5), slice(1, 7), slice(2, 9))
+    assert largest_section(reference, 1, "axial", box) == 3
+    assert largest_section(reference, 9) is None
+    assert worst_slices(reference, prediction, count=3) == [4, 1]
+    assert worst_slices(reference, reference) == []
+    with pytest.raises(ConfigError, match="resample"):
+        worst_slices(reference, prediction[:5])
+    both = render_comparison(ct, reference, prediction, "axial", 4, alpha=1.0)
+    assert both.shape == (10, 2 * 8 + 4, 3)
+    assert both[:, :8].any(axis=2).sum() == 16 and not both[:, 12:].any()
 
 
 def test_real_subject_displays_liver_on_image_left_and_aorta_before_spine(sample_root, cache_dir):

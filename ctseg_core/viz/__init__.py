@@ -13,14 +13,17 @@ from .slices import (
     WINDOW_PRESETS,
     extract_plane,
     label_borders,
+    largest_section,
     num_planes,
     overlay_rgb,
     plane_aspect,
+    render_comparison,
     render_slice,
     side_by_side,
     stretch_to_aspect,
     to_png_bytes,
     window_to_uint8,
+    worst_slices,
 )
 
 __all__ = [
@@ -29,11 +32,13 @@ __all__ = [
     "bounding_boxes",
     "extract_plane",
     "label_borders",
+    "largest_section",
     "mesh_area",
     "meshes_figure",
     "num_planes",
     "overlay_rgb",
     "plane_aspect",
+    "render_comparison",
     "render_slice",
     "side_by_side",
     "stretch_to_aspect",
@@ -42,4 +47,5 @@ __all__ = [
     "taubin_smooth",
     "to_png_bytes",
     "window_to_uint8",
+    "worst_slices",
 ]

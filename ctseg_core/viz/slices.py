@@ -238,3 +238,66 @@ def to_png_bytes(rgb: np.ndarray, compress_level: int = 1) -> bytes:
         buffer, format="PNG", compress_level=compress_level
     )
     return buffer.getvalue()
+
+
+def render_comparison(
+    ct_zxy: np.ndarray,
+    reference_zxy: np.ndarray,
+    prediction_zxy: np.ndarray,
+    plane: str,
+    index: int,
+    level: float = 40.0,
+    width: float = 400.0,
+    **overlay,
+) -> np.ndarray:
+    """Reference overlay (left) and prediction overlay (right) of one plane, side by side.
+
+    ``overlay`` takes ``render_slice``'s keywords (colours, alpha, visible, mode, spacing_mm).
+    Returns (H, 2 * W + 4, 3) uint8.
+    """
+    left = render_slice(ct_zxy, plane, index, level, width, reference_zxy, **overlay)
+    right = render_slice(ct_zxy, plane, index, level, width, prediction_zxy, **overlay)
+    return side_by_side(left, right)
+
+
+def largest_section(
+    labels_zxy: np.ndarray, value: int, plane: str = "axial", box: tuple | None = None
+) -> int | None:
+    """Index of the ``plane`` slice where structure ``value`` covers the most pixels (None if absent).
+
+    ``box``: the structure's (Z, X, Y) bounding box from ``viz.mesh.bounding_boxes``, so only the
+    box is read; without it the whole volume is scanned once.
+    """
+    _check_plane(plane)
+    if box is None:
+        from scipy import ndimage
+
+        found = ndimage.find_objects((np.asarray(labels_zxy) == value).view(np.uint8))
+        if not found:
+            return None
+        box = found[0]
+    start = [s.start or 0 for s in box]
+    mask = np.asarray(labels_zxy[box]) == value
+    if not mask.any():
+        return None
+    axis, sum_axes = {"axial": (0, (1, 2)), "coronal": (2, (0, 1)), "sagittal": (1, (0, 2))}[plane]
+    return int(start[axis] + np.argmax(mask.sum(axis=sum_axes)))
+
+
+def worst_slices(
+    reference_zxy: np.ndarray, prediction_zxy: np.ndarray, count: int = 3
+) -> list[int]:
+    """Axial indices with the most voxels where reference and prediction differ, worst first.
+
+    Slices with no disagreement are left out, so a perfect prediction gives []. (Z, X, Y) inputs.
+    """
+    if reference_zxy.shape != prediction_zxy.shape:
+        raise ConfigError(
+            f"prediction shape {prediction_zxy.shape} does not match reference shape "
+            f"{reference_zxy.shape}; resample the prediction onto the reference grid first"
+        )
+    wrong = np.array(
+        [np.count_nonzero(reference_zxy[z] != prediction_zxy[z]) for z in range(len(reference_zxy))]
+    )
+    order = np.argsort(-wrong, kind="stable")[:count]
+    return [int(z) for z in order if wrong[z] > 0]
