@@ -132,7 +132,7 @@ def structure_mesh(
     smooth_iterations: int = 10,
     smooth_sigma: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Triangle surface of ``labels == value`` (or of a bool mask; any value > 0 then).
+    """Triangle surface of ``labels == value``, or of a bool mask (``value`` is then ignored).
 
     labels: (Z, X, Y) as the cache stores it (``layout="zxy"``) or canonical (X, Y, Z)
     (``layout="xyz"``); spacing_mm: voxel size along x, y, z; affine: (4, 4) voxel (x, y, z) ->
