@@ -1,0 +1,290 @@
+"""Evaluation on real files: Dice equal to an independent computation, grids resampled by affine,
+not-annotated structures excluded, bad predictions refused, outputs written whole."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from ctseg_core.cli import main
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.errors import ConfigError, DataError
+from ctseg_core.evaluation import evaluate_predictions, volume_statistics
+from ctseg_core.labels import LABEL_OF, STRUCTURES
+from ctseg_core.models import build_model, register
+from ctseg_core.training.checkpoint import save_checkpoint
+
+torch.set_num_threads(1)
+
+
+class BoneRule(nn.Module):
+    """Not a learned model: its one structure wherever the centre slice is above 150.5 HU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]
+        return torch.cat([torch.zeros_like(centre), (centre - 0.1505) * 50], dim=1)
+
+
+register("test_eval_bone_rule")(lambda cfg: BoneRule())
+
+
+def rule_checkpoint(path, structures, target=(64, 64)):
+    cfg = RunConfig(
+        data=DataConfig(target_size=target, structures=list(structures)),
+        model=ModelConfig(name="test_eval_bone_rule"),
+    )
+    save_checkpoint(path, build_model(cfg.model), config=cfg)
+    return path
+
+
+def independent_dice(reference_mask: np.ndarray, predicted_mask: np.ndarray) -> float:
+    a, b = reference_mask.astype(bool), predicted_mask.astype(bool)
+    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def one_prediction(folder, subject, source):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{subject}.nii.gz").write_bytes(source.read_bytes())
+    return folder
+
+
+def test_totalsegmentator_fast_prediction_dice_equals_independent_computation(
+    tmp_path, sample_root, extra_dir
+):
+    pred_file = extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
+    folder = one_prediction(tmp_path / "pred", "s0000", pred_file)
+    results = evaluate_predictions(
+        sample_root, "train", folder, tmp_path / "out", subjects=["s0000"]
+    )
+    assert len(results) == 117  # every structure annotated in s0000, one row each
+    predicted = np.asarray(nib.load(str(pred_file)).dataobj)
+    checked = 0
+    for name in STRUCTURES:
+        mask = np.asarray(
+            nib.load(str(sample_root / "s0000" / "segmentations" / f"{name}.nii.gz")).dataobj
+        )
+        row = results.loc[results["structure"] == name].iloc[0]
+        if not mask.any():
+            assert np.isnan(row["dice"])
+            continue
+        expected = independent_dice(mask, predicted == LABEL_OF[name])
+        assert row["dice"] == pytest.approx(expected, abs=1e-12), name
+        assert row["ref_volume_ml"] == pytest.approx(np.count_nonzero(mask) * 0.027)
+        checked += 1
+    assert checked == 41
+    scored = results.dropna(subset=["dice"])
+    assert 0.85 < scored["dice"].mean() < 0.95  # a real second opinion, not a copy
+    missed = results.loc[results["status"] == "missed", "structure"].tolist()
+    assert missed == ["lung_middle_lobe_right"]
+    assert np.isinf(results.set_index("structure").loc["lung_middle_lobe_right", "hd95_mm"])
+
+
+def test_outputs_are_written_and_consistent(tmp_path, sample_root, extra_dir):
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
+    )
+    out = tmp_path / "out"
+    results = evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([
+        "evaluation_results_train.csv", "summary_train.csv", "detection_train.csv",
+        "metrics_distribution_train.png", "structure_ranking_train.png",
+        "segmentation_visualization_train.png", "3d_s0000.html",
+    ])  # fmt: skip
+    table = pd.read_csv(out / "evaluation_results_train.csv")
+    assert list(table.columns) == [
+        "subject", "structure", "group", "dice", "iou", "hd95_mm", "surface_dice",
+        "ref_volume_ml", "pred_volume_ml", "status",
+    ]  # fmt: skip
+    np.testing.assert_allclose(table["dice"], results["dice"], equal_nan=True)
+    summary = pd.read_csv(out / "summary_train.csv").set_index("structure")
+    assert summary.loc["liver", "dice_mean"] == pytest.approx(
+        results.set_index("structure").loc["liver", "dice"]
+    )
+    assert summary.loc["pancreas", "success_dice_0.7"] == 1.0
+    assert summary.loc["pancreas", "success_dice_0.9"] == 0.0
+    assert summary.loc["lung_middle_lobe_right", "missed"] == 1
+    detection = pd.read_csv(out / "detection_train.csv")
+    assert (
+        detection.loc[0, "n_detected"] == 40
+        and detection.loc[0, "missed"] == "lung_middle_lobe_right"
+    )
+    html = (out / "3d_s0000.html").read_text()
+    assert html.count('"type":"mesh3d"') >= 70  # ~40 structures, reference and prediction
+    assert (out / "3d_s0000.html").stat().st_size < 2_000_000
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_exact_copy_scores_one_and_another_orientation_scores_one(tmp_path, sample_root, extra_dir):
+    exact = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    img = nib.load(str(exact))
+    lps = img.as_reoriented(nib.orientations.axcodes2ornt(("L", "P", "S")))
+    assert nib.aff2axcodes(lps.affine) == ("L", "P", "S")
+    folder = tmp_path / "lps"
+    folder.mkdir()
+    nib.save(lps, str(folder / "s0000.nii.gz"))
+    for source in (one_prediction(tmp_path / "copy", "s0000", exact), folder):
+        results = evaluate_predictions(
+            sample_root, "train", source, tmp_path / "o", subjects=["s0000"], report=False
+        )
+        present = results.dropna(subset=["dice"])
+        assert len(present) == 41
+        assert (present["dice"] == 1.0).all() and (present["surface_dice"] == 1.0).all()
+        assert (present["hd95_mm"] == 0.0).all()
+        assert set(results["status"]) == {"detected", "true_negative"}
+
+
+def test_prediction_on_a_larger_grid_is_resampled_by_affine(tmp_path, sample_root, extra_dir):
+    img = nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"))
+    data = np.asarray(img.dataobj)
+    padded = np.pad(data, ((3, 5), (0, 2), (4, 1)))
+    affine = img.affine.copy()
+    affine[:3, 3] -= img.affine[:3, :3] @ np.array([3, 0, 4])  # the same world positions
+    folder = tmp_path / "pad"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(padded, affine), str(folder / "s0000.nii.gz"))
+    results = evaluate_predictions(
+        sample_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
+    )
+    assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
+
+
+def test_not_annotated_structures_are_excluded_entirely(tmp_path, sample_root):
+    # s0002 has masks for heart only (plus an unknown name): liver is not annotated there.
+    heart_img = nib.load(str(sample_root / "s0002" / "segmentations" / "heart.nii.gz"))
+    heart = np.asarray(heart_img.dataobj) > 0
+    labels = np.where(heart, LABEL_OF["heart"], 0).astype(np.uint8)
+    labels[:10, :10, :10] = LABEL_OF["liver"]
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(labels, heart_img.affine), str(folder / "s0002.nii.gz"))
+    results = evaluate_predictions(sample_root, "val", folder, tmp_path / "o", report=False)
+    assert results["structure"].tolist() == ["heart"]
+    assert results.loc[0, "dice"] == 1.0
+
+
+def test_bad_predictions_are_refused_with_one_line(tmp_path, sample_root, extra_dir):
+    ref = nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"))
+    cases = {}
+    high = np.asarray(ref.dataobj).astype(np.int16)
+    high[0, 0, 0] = 200
+    cases["label values 0..200"] = nib.Nifti1Image(high, ref.affine)
+    no_affine = nib.Nifti1Image(np.zeros((50, 50, 20), np.uint8), None)
+    no_affine.header.set_sform(None, code=0)
+    no_affine.header.set_qform(None, code=0)
+    cases["no usable affine"] = no_affine
+    for message, image in cases.items():
+        folder = tmp_path / message.replace(" ", "_")
+        folder.mkdir()
+        nib.save(image, str(folder / "s0000.nii.gz"))
+        with pytest.raises(DataError, match=message):
+            evaluate_predictions(sample_root, "train", folder, tmp_path / "o", subjects=["s0000"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "s0000.nii.gz").write_bytes(b"")
+    with pytest.raises(DataError, match="cannot be read"):
+        evaluate_predictions(sample_root, "train", empty, tmp_path / "o", subjects=["s0000"])
+    with pytest.raises(DataError, match="no prediction for 1 subjects"):
+        evaluate_predictions(sample_root, "train", empty, tmp_path / "o", subjects=None)
+    assert not (tmp_path / "o").exists()
+
+
+def test_prediction_without_affine_on_the_reference_shape_is_taken_as_on_its_grid(
+    tmp_path, sample_root, extra_dir
+):
+    data = np.asarray(nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz")).dataobj)
+    image = nib.Nifti1Image(data, None)
+    image.header.set_sform(None, code=0)
+    image.header.set_qform(None, code=0)
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    nib.save(image, str(folder / "s0000.nii.gz"))
+    results = evaluate_predictions(
+        sample_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
+    )
+    assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
+
+
+def test_failed_run_leaves_the_previous_results_whole(tmp_path, sample_root, extra_dir):
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    out = tmp_path / "out"
+    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], report=False)
+    before = (out / "evaluation_results_train.csv").read_bytes()
+    bad = np.zeros((10, 10, 10), np.uint8)
+    bad[0, 0, 0] = 250
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), str(folder / "s0001.nii.gz"))
+    with pytest.raises(DataError, match=r"s0001\.nii\.gz holds label values 0\.\.250"):
+        evaluate_predictions(sample_root, "train", folder, out, report=False)
+    assert (out / "evaluation_results_train.csv").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, sample_root):
+    ckpt = rule_checkpoint(tmp_path / "m.pth", ["liver", "spleen"])
+    with pytest.raises(ConfigError, match="not annotated in s0002"):
+        evaluate_predictions(sample_root, "val", [ckpt], tmp_path / "o")
+
+
+def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, sample_root):
+    ckpt = rule_checkpoint(tmp_path / "m.pth", ["vertebrae_L1"], target=(122, 101))
+    results = evaluate_predictions(
+        sample_root, "train", [ckpt], tmp_path / "o", subjects=["s0000"], report=False
+    )
+    assert results["structure"].tolist() == ["vertebrae_L1"]
+    seg = sample_root / "s0000" / "segmentations" / "vertebrae_L1.nii.gz"
+    hu = np.asarray(nib.load(str(sample_root / "s0000" / "ct.nii.gz")).dataobj)
+    expected = independent_dice(np.asarray(nib.load(str(seg)).dataobj), hu > 150.5)
+    assert results.loc[0, "dice"] == pytest.approx(expected, abs=1e-12)
+    assert 0 < expected < 0.5
+
+
+def test_volume_statistics_match_numpy(sample_root, extra_dir):
+    labels = np.asarray(
+        nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz")).dataobj
+    )
+    hu = np.asarray(nib.load(str(sample_root / "s0000" / "ct.nii.gz")).dataobj)
+    table = volume_statistics(labels, hu, (3.0, 3.0, 3.0)).set_index("structure")
+    assert len(table) == 41
+    liver = hu[labels == LABEL_OF["liver"]].astype(float)
+    assert table.loc["liver", "volume_ml"] == pytest.approx(liver.size * 0.027)
+    assert table.loc["liver", "mean_hu"] == pytest.approx(liver.mean())
+    assert table.loc["liver", "std_hu"] == pytest.approx(liver.std())
+
+
+def test_cli_evaluate_json_and_one_line_errors(tmp_path, sample_root, extra_dir, capsys):
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    argv = ["evaluate", "--data", str(sample_root), "--split", "train", "--subjects", "s0000",
+            "--predictions", str(folder), "--out", str(tmp_path / "o"), "--no-report", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    liver = next(r for r in summary if r["structure"] == "liver")
+    assert liver["dice_mean"] == 1.0 and liver["hd95_mm_mean"] == 0.0
+    absent = next(r for r in summary if r["structure"] == "brain")
+    assert absent["dice_mean"] is None
+    assert main(["evaluate", "--data", str(sample_root), "--split", "train", "--predictions",
+                 str(folder), "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "s0001" in err and err.count("\n") == 1
+
+
+def test_cli_stats_and_export(tmp_path, sample_root, extra_dir, capsys):
+    labels = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    assert main(["stats", "--ct", str(sample_root / "s0000" / "ct.nii.gz"), "--labels",
+                 str(labels), "--json", "--out", str(tmp_path / "stats.csv")]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 41 and pd.read_csv(tmp_path / "stats.csv").shape[0] == 41
+    assert main(["export", "--labels", str(labels), "--out", str(tmp_path / "x"), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert len(written["labels"]) == 41
+    assert (tmp_path / "x" / "s0000_totalsegmentator_multilabel.ctbl").is_file()
