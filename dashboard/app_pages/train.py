@@ -98,6 +98,14 @@ def controls(root: str) -> None:
             st.toast(f"Started {Path(run_dir).name}", icon=":material/play_arrow:")
         except Exception as exc:
             state.show_error(exc, "cannot start")
+    if job.is_running:
+        snap = job.snapshot()
+        name = snap.run_dir.name if snap.run_dir else "a run"
+        st.info(
+            f"This server is training {name} ({snap.state}); Start is refused until it ends or "
+            "is stopped. Every browser tab sees this same job.",
+            icon=":material/directions_run:",
+        )
     cols = st.columns([1, 3, 1])
     if cols[0].button(
         "Stop", icon=":material/stop:", disabled=not job.is_running, key=state.TRAIN_FORM.stop

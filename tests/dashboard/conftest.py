@@ -1,0 +1,96 @@
+"""Fixtures of the dashboard tests: a small phantom, its cache, a tiny trained run, page env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HOME = str(REPO / "dashboard" / "Home.py")
+
+
+@pytest.fixture(scope="session")
+def dash_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A 6-subject 64 x 64 x 24 phantom (the shared one when conftest provides it) and tmp dirs."""
+    from ctseg_core.data.phantom import make_phantom_dataset
+
+    base = tmp_path_factory.mktemp("dashboard")
+    data = base / "phantom"
+    make_phantom_dataset(data, n_subjects=6, seed=0, shape=(64, 64, 24), workers=1)
+    dirs = {"data": data, "cache": base / "cache", "checkpoints": base / "checkpoints"}
+    dirs["checkpoints"].mkdir()
+    from ctseg_core.data.cache import prepare_dataset
+
+    prepare_dataset(data, dirs["cache"], workers=1)
+    return dirs
+
+
+def tiny_config(dirs: dict[str, Path], run_name: str, epochs: int = 1, steps: int = 2):
+    """A RunConfig that trains in a second or two on the phantom (tiny U-Net, 64 px)."""
+    from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from ctseg_core.data.summary import summarize_dataset
+
+    coverage = summarize_dataset(dirs["data"], dirs["cache"], workers=1)["coverage"]
+    data = DataConfig(
+        data_root=str(dirs["data"]),
+        cache_dir=str(dirs["cache"]),
+        target_size=(64, 64),
+        batch_size=4,
+        structures=[s for s, n in coverage.items() if n > 0],
+        val_slices_per_subject=4,
+    )
+    model = ModelConfig(features=[4, 8, 16, 32], bottleneck=64)
+    train = TrainConfig(epochs=epochs, steps_per_epoch=steps)
+    return RunConfig(data=data, model=model, train=train, run_name=run_name)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(dash_dirs) -> Path:
+    """A finished 1-epoch run folder under the test checkpoints root (trained by the library)."""
+    import torch
+
+    from ctseg_core.training.job import TrainingJob
+
+    torch.set_num_threads(1)
+    job = TrainingJob()
+    run_dir = job.start(tiny_config(dash_dirs, "tiny").validate(), dash_dirs["checkpoints"])
+    assert job.wait(120)
+    assert job.snapshot().state == "finished", job.snapshot().error
+    return Path(run_dir)
+
+
+@pytest.fixture
+def app_env(monkeypatch, dash_dirs) -> dict[str, Path]:
+    """Environment of a dashboard started on the phantom (no data-root restriction)."""
+    monkeypatch.setenv("CTSEG_DATA", str(dash_dirs["data"]))
+    monkeypatch.setenv("CTSEG_CACHE", str(dash_dirs["cache"]))
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(dash_dirs["checkpoints"]))
+    monkeypatch.delenv("CTSEG_DATA_ROOTS", raising=False)
+    return dash_dirs
+
+
+def _new_app(page: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(HOME, default_timeout=60)
+    if page:
+        at.switch_page(f"app_pages/{page}.py")
+    return at
+
+
+def _no_problems(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.fixture
+def new_app():
+    """new_app(page=None): an AppTest of the dashboard entry, switched to app_pages/<page>.py."""
+    return _new_app
+
+
+@pytest.fixture
+def no_problems():
+    """no_problems(at): assert no exception element and no st.error on the page."""
+    return _no_problems

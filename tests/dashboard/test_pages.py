@@ -1,0 +1,240 @@
+"""Every dashboard page in Streamlit's AppTest on a small phantom: real values, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ctseg_core.data.cache import open_cached
+from ctseg_core.data.dataset_root import open_dataset
+from ctseg_core.labels import LABEL_OF, NAME_OF
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def charts(at, kind="vega_lite_chart"):
+    return at.get(kind)
+
+
+def image_url(at) -> str:
+    images = at.get("image")
+    assert images, "no image on the page"
+    return images[0].proto.imgs[0].url
+
+
+def test_home_shows_the_subject_counts_coverage_and_runs(app_env, tiny_run, new_app, no_problems):
+    at = new_app()
+    at.run()
+    no_problems(at)
+    index = open_dataset(app_env["data"])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Subjects"] == str(len(index.subjects)) == "6"
+    for split in ("train", "val", "test"):
+        assert metrics[split.capitalize()] == str(len(index.subjects_in(split)))
+    slices = sum(open_cached(index.root, s, app_env["cache"]).num_slices for s in index.subjects)
+    assert metrics["Axial slices"] == str(slices)
+    spec = json.loads(charts(at)[0].proto.spec)
+    assert spec["encoding"]["color"]["field"] == "group"
+    present = set()
+    for sid in index.subjects:
+        present |= set(open_cached(index.root, sid, app_env["cache"]).present)
+    assert set(spec["encoding"]["x"]["sort"]) == present  # one bar per structure found
+    runs = at.dataframe[-1].value
+    row = runs[runs["run"] == "tiny"].iloc[0]
+    assert row["state"] == "finished" and row["epoch"] == "1 / 1"
+    assert at.session_state["ctseg_dataset_root"] == str(app_env["data"])
+
+
+def test_home_refuses_a_dataset_outside_the_data_roots(app_env, monkeypatch, tmp_path, new_app):
+    monkeypatch.setenv("CTSEG_DATA_ROOTS", str(app_env["data"].parent))
+    at = new_app()
+    at.run()
+    at.text_input(key="home_dataset_path").set_value(str(tmp_path))
+    at.button[0].click()  # the form's Open button
+    at.run()
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "outside the allowed data roots" in errors[0]
+    assert str(tmp_path) in errors[0] and str(app_env["data"].parent) in errors[0]
+    assert at.session_state["ctseg_dataset_root"] == str(app_env["data"])  # unchanged
+    assert {m.label: m.value for m in at.metric}["Subjects"] == "6"  # the page keeps working
+
+
+def test_home_explains_a_folder_that_is_not_a_dataset(app_env, tmp_path, new_app):
+    at = new_app()
+    at.run()
+    at.text_input(key="home_dataset_path").set_value(str(tmp_path / "missing"))
+    at.button[0].click()
+    at.run()
+    assert "is not a folder" in at.error[0].value
+    assert not at.exception
+
+
+def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
+    app_env, new_app, no_problems
+):
+    at = new_app("explore")
+    at.run()
+    no_problems(at)
+    index = open_dataset(app_env["data"])
+    assert at.selectbox(key="ctseg_explore_subject").options == [
+        f"{s} ({index.splits[s]})" for s in index.subjects
+    ]
+    at.selectbox(key="ctseg_explore_subject").set_value("s0002")
+    at.run()
+    entry = open_cached(app_env["data"], "s0002", app_env["cache"])
+    slider = at.slider(key="ctseg_explore_slice_axial")
+    assert slider.max == entry.num_slices - 1
+    caption = at.get("image")[0].proto.imgs[0].caption
+    assert f"of {entry.num_slices}" in caption
+    before = image_url(at)
+    slider.set_value(3)
+    at.run()
+    assert image_url(at) != before
+    assert f"slice 4 of {entry.num_slices}" in at.get("image")[0].proto.imgs[0].caption
+    # volumes shown are the cache's voxel counts times the voxel volume
+    table = at.dataframe[0].value.set_index("structure")
+    voxel_ml = float(np.prod(entry.spacing_mm)) / 1000
+    for name in table.index:
+        expected = entry.voxel_counts[LABEL_OF[name]] * voxel_ml
+        assert table.loc[name, "reference ml"] == pytest.approx(expected, abs=0.01)
+    assert set(table.index) == set(entry.present)
+    at.segmented_control(key="ctseg_explore_plane").set_value("coronal")
+    at.run()
+    no_problems(at)
+    assert at.slider(key="ctseg_explore_slice_coronal").max == entry.shape_xyz[1] - 1
+
+
+def test_explore_shows_a_checkpoints_prediction_and_the_3d_view(
+    app_env, tiny_run, new_app, no_problems
+):
+    at = new_app("explore")
+    at.run()
+    at.selectbox(key="ctseg_explore_checkpoint").set_value("tiny / best.pth")
+    at.run()
+    no_problems(at)
+    assert at.get("image")[0].proto.imgs[0].caption.startswith("reference | prediction")
+    at.toggle(key="ctseg_explore_show3d").set_value(True)
+    at.run()
+    no_problems(at)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    traces = figure["data"]
+    assert traces and all(t["type"] == "mesh3d" for t in traces)
+    chosen = at.multiselect(key="ctseg_explore_mesh_structures").value
+    assert {t["name"] for t in traces if t["legendgroup"] == "reference"} == set(chosen)
+
+
+def _write_reference_predictions(dirs, folder, subjects):
+    folder.mkdir(parents=True, exist_ok=True)
+    for sid in subjects:
+        entry = open_cached(dirs["data"], sid, dirs["cache"])
+        image = nib.Nifti1Image(np.asarray(entry.labels_xyz()), entry.affine)
+        nib.save(image, folder / f"{sid}.nii.gz")
+
+
+def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
+    app_env, tmp_path, new_app, no_problems
+):
+    index = open_dataset(app_env["data"])
+    test_ids = index.subjects_in("test")
+    _write_reference_predictions(app_env, tmp_path / "preds", test_ids)
+    expected = set()
+    for sid in test_ids:
+        entry = open_cached(app_env["data"], sid, app_env["cache"])
+        expected |= {NAME_OF[k] for k in np.flatnonzero(entry.voxel_counts[1:]) + 1}
+    at = new_app("evaluate")
+    at.run()
+    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
+    at.run()
+    at.text_input(key="ctseg_eval_folder").set_value(str(tmp_path / "preds"))
+    at.run()
+    at.selectbox(key="ctseg_eval_split").set_value("test")
+    at.button(key="ctseg_eval_go").click()
+    at.run()
+    no_problems(at)
+    ranking = json.loads(charts(at)[0].proto.spec)
+    results = at.session_state["ctseg_eval_result"]["results"]
+    scored = set(results.loc[results["dice"].notna(), "structure"])
+    assert scored == expected
+    assert np.allclose(results["dice"].dropna(), 1.0)
+    groups = at.dataframe[0].value
+    assert (groups["mean Dice"] == 1.0).all() and groups["missed"].sum() == 0
+    assert ranking["encoding"]["color"]["field"] == "group"
+    assert set(ranking["encoding"]["y"]["sort"]) == expected  # the ranking holds the split's
+    assert len(at.get("download_button")) == 3
+    # worst case of a structure -> Explore at that subject, with only that structure shown
+    structure = at.selectbox(key="ctseg_eval_worst").value
+    at.button(key="ctseg_eval_open").click()
+    at.run()
+    no_problems(at)
+    subject = at.session_state["ctseg_explore_subject"]
+    assert subject in test_ids
+    assert at.multiselect(key="ctseg_explore_structures").value == [structure]
+    entry = open_cached(app_env["data"], subject, app_env["cache"])
+    z = at.slider(key="ctseg_explore_slice_axial").value
+    assert (np.asarray(entry.labels[z]) == LABEL_OF[structure]).any()
+
+
+def test_evaluate_refuses_a_predictions_folder_outside_the_roots(
+    app_env, monkeypatch, tmp_path, new_app
+):
+    monkeypatch.setenv("CTSEG_DATA_ROOTS", str(app_env["data"]))
+    at = new_app("evaluate")
+    at.run()
+    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
+    at.run()
+    at.text_input(key="ctseg_eval_folder").set_value(str(tmp_path))
+    at.run()
+    assert "outside the allowed data roots" in at.error[0].value
+    assert not at.exception
+
+
+def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_problems):
+    from ctseg_core.training.job import get_job
+    from ctseg_core.training.run_folder import read_status
+
+    at = new_app("train")
+    at.run()
+    no_problems(at)
+    at.slider(key="ctseg_train_epochs").set_value(30)
+    at.select_slider(key="ctseg_train_size").set_value(64)
+    at.selectbox(key="ctseg_train_width").set_value("tiny (8)")
+    at.number_input(key="ctseg_train_steps").set_value(2)
+    at.number_input(key="ctseg_train_val").set_value(2)
+    at.text_input(key="ctseg_train_run_name").set_value("from-page")
+    at.button(key="FormSubmitter:train_form-Start").click()
+    at.run()
+    no_problems(at)
+    job = get_job()
+    run_dir = app_env["checkpoints"] / "from-page"
+    assert job.snapshot().run_dir == run_dir and (run_dir / "config.json").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["epochs"] == 30 and config["data"]["target_size"] == [64, 64]
+    assert config["model"]["features"] == [8, 16, 32, 64]
+    # a second Start while it runs is refused with one line
+    at.text_input(key="ctseg_train_run_name").set_value("second")
+    at.button(key="FormSubmitter:train_form-Start").click()
+    at.run()
+    assert "already running" in at.error[0].value
+    assert not (app_env["checkpoints"] / "second").exists()
+    at.button(key="ctseg_train_stop").click()
+    at.run()
+    assert job.wait(60)
+    at.run()
+    assert read_status(run_dir)["state"] == "stopped"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["State"] == "stopped"
+    assert int(metrics["Epoch"].split(" / ")[0]) < 30
+
+
+def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
+    app_env, tiny_run, new_app, no_problems
+):
+    at = new_app("predict")
+    at.run()
+    no_problems(at)
+    options = at.selectbox(key="ctseg_predict_checkpoint").options
+    assert "tiny / best.pth" in options and options[-1] == "(upload a checkpoint)"
+    assert at.button(key="ctseg_predict_go").disabled

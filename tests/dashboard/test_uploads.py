@@ -1,0 +1,54 @@
+"""Uploaded CTs and checkpoints: accepted kinds, flat zip extraction, clear refusals."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from ctseg_core.errors import DataError
+from dashboard.helpers.uploads import ct_kind, save_checkpoint_upload, save_ct_upload
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("ct.nii.gz", "nifti"), ("CT.NII", "nifti"), ("series.zip", "dicom-zip")],
+)
+def test_ct_kinds_by_name(name, kind):
+    assert ct_kind(name) == kind
+
+
+@pytest.mark.parametrize("name", ["ct.mha", "notes.txt", "ct.gz", "model.pth"])
+def test_other_files_are_refused_with_the_accepted_kinds(name):
+    with pytest.raises(DataError, match=r"\.nii or \.nii\.gz.*\.zip"):
+        ct_kind(name)
+
+
+def test_zip_is_unpacked_flat_inside_the_folder(tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("series/IM0001.dcm", b"a")
+        archive.writestr("../../escape.dcm", b"b")
+        archive.writestr("series/.DS_Store", b"c")
+    folder = save_ct_upload("series.zip", buffer.getvalue(), tmp_path / "up")
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == ["00000_IM0001.dcm", "00001_escape.dcm"]
+    assert not (tmp_path / "escape.dcm").exists()
+    assert not (tmp_path / "up" / "upload.zip").exists()
+
+
+def test_broken_zip_and_empty_zip_are_refused(tmp_path):
+    with pytest.raises(DataError, match="not a readable zip"):
+        save_ct_upload("x.zip", b"not a zip", tmp_path / "a")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w"):
+        pass
+    with pytest.raises(DataError, match="holds no files"):
+        save_ct_upload("y.zip", buffer.getvalue(), tmp_path / "b")
+
+
+def test_checkpoint_upload_needs_a_pth_name(tmp_path):
+    assert save_checkpoint_upload("m.pth", b"x", tmp_path).read_bytes() == b"x"
+    with pytest.raises(DataError, match=r"\.pth"):
+        save_checkpoint_upload("m.pkl", b"x", tmp_path)
