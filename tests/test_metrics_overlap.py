@@ -20,6 +20,15 @@ from ctseg_core.metrics import (
 EXTRA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "extra"
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """MONAI's torch ops oversubscribe the shared 2-core machine (5x slower under load)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def smooth_labels(rng: np.random.Generator, shape: tuple[int, ...], num_labels: int) -> np.ndarray:
     """Blobby multilabel volume 0..num_labels-1: the argmax of smoothed noise channels."""
     noise = ndimage.gaussian_filter(rng.normal(size=(num_labels, *shape)), (0, *[2] * len(shape)))
@@ -59,6 +68,16 @@ def test_confusion_equals_naive_count_for_any_memory_layout(layout):
     elif layout == "int64":
         reference, prediction = reference.astype(np.int64), prediction.astype(np.int64)
     np.testing.assert_array_equal(compute_confusion(reference, prediction), expected)
+
+
+def test_confusion_with_more_than_256_label_values_uses_wide_pair_indices():
+    rng = np.random.default_rng(4)
+    reference = rng.integers(0, 300, (20, 20, 20), dtype=np.uint16)
+    prediction = rng.integers(0, 300, (20, 20, 20), dtype=np.uint16)
+    confusion = compute_confusion(reference, prediction, num_labels=300)
+    assert confusion[299, 299] == np.count_nonzero((reference == 299) & (prediction == 299))
+    np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(reference.ravel(), None, 300))
+    np.testing.assert_array_equal(confusion.sum(axis=0), np.bincount(prediction.ravel(), None, 300))
 
 
 def test_dice_and_iou_of_two_offset_boxes_are_hand_computed():

@@ -13,12 +13,15 @@ Definitions follow MONAI 1.6 (``compute_hausdorff_distance``, ``compute_surface_
 - surface Dice = (#{pred->ref <= tol} + #{ref->pred <= tol}) / (#surface(pred) + #surface(ref)).
 
 Empty-mask convention (TotalSegmentator's), per label: reference present and prediction empty ->
-HD inf, surface Dice 0 ("missed"); reference empty -> NaN for both, whatever the prediction
-(MONAI would give surface Dice 0 when only the prediction is present); not annotated -> NaN.
+HD inf, surface Dice 0 ("missed"; MONAI 1.6 gives HD95 NaN there, from a quantile of infs);
+reference empty -> NaN for both, whatever the prediction (MONAI gives surface Dice 0 when only the
+prediction is present); not annotated -> NaN.
 
 Each structure is processed in the union bounding box of its reference and prediction (one
-``find_objects`` pass per volume finds every box), which holds both surfaces, so every distance is
-the same as on the full volume.
+``find_objects`` pass per volume finds every box). The box holds both masks whole, and outside
+voxels count as background, so the surfaces are those of the full volume; distances come from a
+k-d tree over surface coordinates in mm (exact, independent of the box), not from a distance
+transform of the box, which measured 10x slower for organ-sized structures.
 """
 
 from __future__ import annotations
@@ -70,18 +73,28 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def _nearest_mm(
-    from_surface: np.ndarray, to_surface: np.ndarray, spacing: np.ndarray
-) -> np.ndarray:
-    """float32 distances (mm) from each voxel of `from_surface` to the nearest of `to_surface`."""
+def _directed_mm(surf_ref: np.ndarray, surf_pred: np.ndarray, spacing: np.ndarray):
+    """float32 (pred->ref, ref->pred) nearest-surface distances in mm, argwhere order."""
+    coords_ref, coords_pred = np.argwhere(surf_ref), np.argwhere(surf_pred)
     # Voxels on both surfaces are at distance 0; only the others need a tree query.
-    distances = np.zeros(int(np.count_nonzero(from_surface)), dtype=np.float32)
-    off_target = from_surface & ~to_surface
+    pred_on_ref = surf_ref[tuple(coords_pred.T)]
+    ref_on_pred = surf_pred[tuple(coords_ref.T)]
+    return (
+        _nearest_mm(coords_pred, pred_on_ref, coords_ref, spacing),
+        _nearest_mm(coords_ref, ref_on_pred, coords_pred, spacing),
+    )
+
+
+def _nearest_mm(
+    query_vox: np.ndarray, on_target: np.ndarray, target_vox: np.ndarray, spacing: np.ndarray
+) -> np.ndarray:
+    distances = np.zeros(len(query_vox), dtype=np.float32)
+    off_target = ~on_target
     if off_target.any():
-        targets = np.argwhere(to_surface) * spacing
-        queries = np.argwhere(off_target) * spacing
-        # argwhere lists voxels in C order, so the queried ones keep their place in `distances`.
-        distances[~to_surface[from_surface]] = KDTree(targets, leafsize=32).query(queries, k=1)[0]
+        # An exact k-d tree over the target surface (MONAI's CPU path): much faster than a dense
+        # distance transform of the box once a structure is larger than a few cm.
+        tree = KDTree(target_vox * spacing, leafsize=32)
+        distances[off_target] = tree.query(query_vox[off_target] * spacing, k=1)[0]
     return distances
 
 
@@ -112,8 +125,7 @@ def surface_distances(
     if not reference_mask.any() or not prediction_mask.any():
         raise DataError("surface_distances needs two non-empty masks: check for empty masks first")
     spacing = spacing_vector(spacing_mm, reference_mask.ndim)
-    surf_ref, surf_pred = surface_voxels(reference_mask), surface_voxels(prediction_mask)
-    return _nearest_mm(surf_pred, surf_ref, spacing), _nearest_mm(surf_ref, surf_pred, spacing)
+    return _directed_mm(surface_voxels(reference_mask), surface_voxels(prediction_mask), spacing)
 
 
 def _as_int(labels: np.ndarray) -> np.ndarray:
@@ -193,8 +205,7 @@ def compute_surface_metrics(
         box = _union_box(ref_box, pred_box)
         surf_ref = surface_voxels(reference[box] == label)
         surf_pred = surface_voxels(prediction[box] == label)
-        pred_to_ref = _nearest_mm(surf_pred, surf_ref, spacing)
-        ref_to_pred = _nearest_mm(surf_ref, surf_pred, spacing)
+        pred_to_ref, ref_to_pred = _directed_mm(surf_ref, surf_pred, spacing)
         hd_mm[label] = max(
             np.percentile(pred_to_ref, percentile), np.percentile(ref_to_pred, percentile)
         )
