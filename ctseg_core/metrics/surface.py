@@ -185,6 +185,9 @@ def compute_surface_metrics(
         raise DataError(f"percentile must be within 0..100, got {percentile}")
     is_annotated = annotated_mask(annotated, num_labels)
     wanted = range(1, num_labels) if labels is None else [int(k) for k in labels]
+    outside = [k for k in wanted if not 1 <= k < num_labels]
+    if outside:
+        raise DataError(f"label {outside[0]} is outside 1..{num_labels - 1}: pick structure values")
 
     hd_mm = np.full(num_labels, np.nan)
     surface_dice = np.full(num_labels, np.nan)
@@ -194,8 +197,6 @@ def compute_surface_metrics(
     pred_boxes = ndimage.find_objects(_as_int(prediction), max_label=max_label)
     tolerance = np.float32(tolerance_mm)  # compared in float32, as MONAI does
     for label in wanted:
-        if not 1 <= label <= max_label:
-            raise DataError(f"label {label} is outside 1..{max_label}")
         ref_box, pred_box = ref_boxes[label - 1], pred_boxes[label - 1]
         if not is_annotated[label] or ref_box is None:
             continue  # not annotated or reference absent: NaN
