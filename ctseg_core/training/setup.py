@@ -52,3 +52,29 @@ def step_scheduler(scheduler, record: dict) -> None:
         scheduler.step(metric if metric is not None else record.get("train_loss"))
     else:
         scheduler.step()
+
+
+def init_output_bias(model: torch.nn.Module, voxel_counts, class_lut, output_mode: str) -> None:
+    """Start the output layer at the training set's class frequencies (a prior).
+
+    voxel_counts: (118,) voxels per label value over the training subjects; class_lut: (118,)
+    label value -> class index. With zero biases every class starts at 1/K, and Adam needs
+    hundreds of steps just to learn that most voxels are background; with the prior the first
+    steps already learn shapes. Absent classes get a frequency of 1e-6.
+    """
+    head = getattr(model, "head", None)
+    if not isinstance(head, torch.nn.Conv2d) or head.bias is None:
+        return
+    lut = torch.as_tensor(class_lut, dtype=torch.int64)
+    counts = torch.zeros(int(lut.max()) + 1, dtype=torch.float64)
+    counts.index_add_(0, lut, torch.as_tensor(voxel_counts, dtype=torch.float64))
+    freq = (counts / counts.sum().clamp(min=1)).clamp(min=1e-6, max=1 - 1e-6)
+    if output_mode == "softmax":
+        bias = freq.log()
+    else:
+        freq = freq[1:]
+        bias = (freq / (1 - freq)).log()
+    if bias.numel() != head.bias.numel():
+        return
+    with torch.no_grad():
+        head.bias.copy_(bias.to(head.bias.dtype))

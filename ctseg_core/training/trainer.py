@@ -38,7 +38,7 @@ from .hardware import autocast_context, resolve_amp, resolve_channels_last, reso
 from .losses import build_loss
 from .run_folder import default_checkpoints_root, new_run_dir, write_history, write_status
 from .samples import SampleFigure
-from .setup import build_optimizer, build_scheduler, step_scheduler
+from .setup import build_optimizer, build_scheduler, init_output_bias, step_scheduler
 from .validation import validate
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,11 @@ class Trainer:
         channels_last = resolve_channels_last(t.channels_last, device, amp)
         from ..models import build_model
 
-        model = build_model(cfg.model).to(device)
+        model = build_model(cfg.model)
+        if self.resume_ckpt is None:
+            counts = sum(s.voxel_counts for s in train_set.subjects)
+            init_output_bias(model, counts, train_set.lut, cfg.output_mode)
+        model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, t)

@@ -1,0 +1,182 @@
+"""`ctseg train`: train a 2D U-Net (also under `torchrun --nproc_per_node N -m ctseg_core train`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .progress import tqdm_callback
+
+_FLAGS = {  # argparse dest -> (section, config field)
+    "data": ("data", "data_root"),
+    "cache": ("data", "cache_dir"),
+    "size": ("data", "target_size"),
+    "window": ("data", "hu_window"),
+    "context": ("data", "context_slices"),
+    "batch_size": ("data", "batch_size"),
+    "foreground": ("data", "foreground_fraction"),
+    "samples_per_epoch": ("data", "samples_per_epoch"),
+    "val_slices": ("data", "val_slices_per_subject"),
+    "workers": ("data", "num_workers"),
+    "mirror": ("data", "mirror"),
+    "model": ("model", "name"),
+    "features": ("model", "features"),
+    "bottleneck": ("model", "bottleneck"),
+    "epochs": ("train", "epochs"),
+    "lr": ("train", "lr"),
+    "optimizer": ("train", "optimizer"),
+    "scheduler": ("train", "scheduler"),
+    "loss": ("train", "loss"),
+    "patience": ("train", "early_stopping_patience"),
+    "grad_clip": ("train", "grad_clip"),
+    "amp": ("train", "amp"),
+    "device": ("train", "device"),
+    "seed": ("train", "seed"),
+    "steps_per_epoch": ("train", "steps_per_epoch"),
+}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a 2D U-Net on a TotalSegmentator-layout dataset (torchrun for several GPUs)",
+        description="Train, validating after each epoch; writes the run folder "
+        "checkpoints/<run>/ (config, status, history, checkpoints, sample figures).",
+    )
+    a = p.add_argument
+    a("--data", type=Path, help="dataset root (required unless --resume or --config gives it)")
+    a("--config", type=Path, help="a run config.json to start from (flags override it)")
+    a("--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its last.pth")
+    a("--run", default=None, help="run name (folder under the checkpoints root)")
+    a("--checkpoints", type=Path, default=None, help="root of run folders ($CTSEG_CHECKPOINTS)")
+    a("--cache", type=str, default=None, help="preprocessing cache folder ($CTSEG_CACHE)")
+    a("--epochs", type=int, help="epochs (default 20)")
+    a("--lr", type=float, help="learning rate (default 1e-3)")
+    a("--batch-size", type=int, help="slices per batch (default 8)")
+    a("--size", type=int, nargs=2, metavar=("H", "W"), help="slice size (default 128 128)")
+    a("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (-1000 1000)")
+    a("--context", type=int, help="slices per input (odd; 3 or 5 = 2.5D; default 1)")
+    a("--structures", help="comma-separated structure names (default: all 117)")
+    a("--model", choices=["unet", "attention_unet"], help="network (default unet)")
+    a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
+    a("--bottleneck", type=int, help="bottleneck width (default 512)")
+    a("--loss", choices=["dice_ce", "bce", "dice", "focal"], help="loss (default dice_ce)")
+    a("--optimizer", choices=["adam", "adamw", "sgd"], help="optimizer (default adam)")
+    a("--scheduler", choices=["plateau", "cosine", "poly", "none"], help="(default plateau)")
+    a("--patience", type=int, help="early stopping patience in epochs (0 = off)")
+    a("--grad-clip", type=float, help="max gradient norm (default 12)")
+    a("--foreground", type=float, help="share of structure-first samples (default 0.5)")
+    a("--samples-per-epoch", type=int, help="training slices per epoch (default: all)")
+    a("--steps-per-epoch", type=int, help="batches per epoch (overrides samples)")
+    a("--val-slices", type=int, help="validation slices per subject (default: all)")
+    a("--no-augment", action="store_true", help="switch augmentation off")
+    a("--mirror", action="store_true", default=None, help="left/right mirroring with label swap")
+    a("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
+    a("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    a("--seed", type=int, help="random seed (default 0)")
+    a("--workers", type=int, help="data loader worker processes (default 0)")
+    a("--json", action="store_true", help="print the final status and last epoch as JSON")
+    p.set_defaults(func=run_train)
+
+
+def build_config(args):
+    """The RunConfig from --config and the flags (flags win)."""
+    from ..config import RunConfig
+    from ..errors import ConfigError
+
+    base = {}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read the config {args.config} ({exc})") from None
+    base = {k: dict(base.get(k) or {}) for k in ("data", "model", "train")} | {
+        "run_name": base.get("run_name", "")
+    }
+    for dest, (section, name) in _FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            base[section][name] = str(value) if isinstance(value, Path) else value
+    if args.structures:
+        base["data"]["structures"] = [s.strip() for s in args.structures.split(",") if s.strip()]
+    if args.no_augment:
+        base["data"]["augment"] = False
+    base["model"].pop("in_channels", None)  # derived again from the (possibly new) data settings
+    base["model"].pop("out_channels", None)
+    if args.run:
+        base["run_name"] = args.run
+    return RunConfig.from_dict(base)
+
+
+def run_train(args) -> int:
+    from ..training import distributed as ddp
+    from ..training.trainer import Trainer
+
+    started = ddp.init_from_env(args.device or "auto")
+    try:
+        callbacks, bar = [], None
+        if ddp.rank() == 0:
+            progress, bar = tqdm_callback("training", unit="step")
+            callbacks.append(_bar_callback(progress, bar))
+        if args.resume:
+            trainer = Trainer.resume(args.resume, epochs=args.epochs, callbacks=callbacks)
+        else:
+            if not args.data and not args.config:
+                from ..errors import ConfigError
+
+                raise ConfigError("give the dataset with --data (or a --config, or --resume)")
+            trainer = Trainer(
+                build_config(args), checkpoints_root=args.checkpoints, callbacks=callbacks
+            )
+        try:
+            run_dir = trainer.open_run()
+            state = trainer.run()
+        finally:
+            if bar is not None:
+                bar.close()
+        if ddp.rank() == 0:
+            _report(run_dir, state, args.json)
+        return 0 if state == "finished" else 1
+    finally:
+        if started:
+            ddp.shutdown()
+
+
+def _bar_callback(progress, bar):
+    def on_progress(p) -> None:
+        if p.kind == "step":
+            total = p.steps_per_epoch * p.epochs
+            done = (p.epoch - 1) * p.steps_per_epoch + p.step
+            progress(done, total, f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}")
+        elif p.kind == "epoch" and p.record:
+            r = p.record
+            bar.write(
+                f"epoch {p.epoch}/{p.epochs}: train loss {_fmt(r.get('train_loss'))}  "
+                f"val loss {_fmt(r.get('val_loss'))}  val Dice {_fmt(r.get('val_dice_mean'), 3)}"
+                f"  ({r['seconds']:.0f} s)"
+            )
+        elif p.kind == "start" and p.message:
+            bar.set_postfix_str(p.message)
+
+    return on_progress
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _report(run_dir: Path, state: str, as_json: bool) -> None:
+    from ..training.run_folder import read_history, read_status
+
+    status, history = read_status(run_dir), read_history(run_dir)
+    if as_json:
+        last = history[-1] if history else None
+        print(json.dumps({"run_dir": str(run_dir), "status": status, "last_epoch": last}))
+        return
+    best = max(
+        (r["val_dice_mean"] for r in history if r.get("val_dice_mean") is not None), default=None
+    )
+    print(f"run {run_dir}: {state} after {status.get('epoch', 0)} epochs", file=sys.stderr)
+    if best is not None:
+        print(f"best mean validation Dice {best:.3f} (best.pth)", file=sys.stderr)

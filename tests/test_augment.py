@@ -1,0 +1,103 @@
+"""Batched augmentation: left/right mirroring with label swap, spatial and intensity changes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ctseg_core.config import DataConfig
+from ctseg_core.data.augment import augment_batch, mirror_lr
+from ctseg_core.data.cache import open_cached
+from ctseg_core.labels import LABEL_OF, lr_swap_lut
+
+KL, KR = LABEL_OF["kidney_left"], LABEL_OF["kidney_right"]
+
+
+def _x_centre(labels: torch.Tensor, value: int) -> float:
+    return float(torch.nonzero(labels == value)[:, 0].float().mean())
+
+
+def test_mirror_flips_x_and_swaps_left_right_labels():
+    labels = torch.zeros(1, 8, 6, dtype=torch.uint8)
+    labels[0, 1, 2] = KL
+    labels[0, 6, 3] = LABEL_OF["liver"]
+    image = torch.arange(48, dtype=torch.float32).view(1, 1, 8, 6)
+    out_image, out_labels = mirror_lr(image, labels)
+    assert out_labels[0, 8 - 1 - 1, 2] == KR  # moved to the mirrored x and renamed
+    assert out_labels[0, 8 - 1 - 6, 3] == LABEL_OF["liver"]  # unpaired midline/one-sided: kept
+    assert torch.equal(out_image[0, 0], image[0, 0].flip(0))
+    assert labels[0, 1, 2] == KL  # the input is not modified
+
+
+def test_mirrored_real_slice_keeps_right_structures_on_the_patients_right(sample_root, tmp_path):
+    # canonical RAS+: x (axis 0 of an (X, Y) slice) grows towards the patient's right
+    subject = open_cached(sample_root, "s0000", tmp_path)
+    assert subject.affine[0, 0] > 0
+    labels = torch.from_numpy(np.array(subject.labels[9]))[None]  # both kidneys in this slice
+    assert _x_centre(labels[0], KR) > _x_centre(labels[0], KL)
+    image = torch.zeros(1, 1, *labels.shape[1:])
+    _, mirrored = mirror_lr(image, labels)
+    assert _x_centre(mirrored[0], KR) > _x_centre(mirrored[0], KL)  # still anatomically true
+    lut = torch.from_numpy(lr_swap_lut()).long()
+    assert torch.equal(mirrored[0], lut[labels[0].flip(0).long()].to(torch.uint8))
+    counts = torch.bincount(labels.flatten().long(), minlength=118)
+    swapped = torch.bincount(mirrored.flatten().long(), minlength=118)
+    assert swapped[KR] == counts[KL] and swapped[KL] == counts[KR]
+
+
+def test_slices_with_an_unpaired_lateral_structure_are_not_mirrored(sample_root, tmp_path):
+    subject = open_cached(sample_root, "s0000", tmp_path)
+    z = 29  # holds lung_middle_lobe_right, which has no left partner
+    labels = torch.from_numpy(np.array(subject.labels[[9, z]]))
+    assert (labels[1] == LABEL_OF["lung_middle_lobe_right"]).any()
+    image = torch.randn(2, 1, *labels.shape[1:])
+    out_image, out_labels = mirror_lr(image, labels)
+    assert torch.equal(out_labels[1], labels[1]) and torch.equal(out_image[1], image[1])
+    assert not torch.equal(out_labels[0], labels[0])
+
+
+def _batch(b: int = 6, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = torch.zeros(b, size, size, dtype=torch.uint8)
+    labels[:, 16:40, 20:44] = LABEL_OF["liver"]
+    labels[:, 44:54, 10:20] = KL
+    image = torch.where(labels > 0, 0.3, -0.5)[:, None].float()
+    return image, labels
+
+
+def test_augmentation_is_seeded_and_keeps_label_values():
+    cfg = DataConfig(mirror=True, spatial_prob=1.0, elastic_prob=1.0, intensity_prob=1.0)
+    image, labels = _batch()
+    a = augment_batch(image, labels, cfg, torch.Generator().manual_seed(5))
+    b = augment_batch(image, labels, cfg, torch.Generator().manual_seed(5))
+    c = augment_batch(image, labels, cfg, torch.Generator().manual_seed(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+    out_image, out_labels = a
+    assert out_image.shape == image.shape and out_labels.dtype == torch.uint8
+    assert set(out_labels.unique().tolist()) <= {0, LABEL_OF["liver"], KL, KR}
+    assert not torch.equal(out_labels, labels)  # every sample was moved
+    # label area roughly preserved by rotation +-15 deg and scaling 0.85-1.15
+    ratio = (out_labels == LABEL_OF["liver"]).sum((1, 2)).float() / (24 * 24)
+    assert bool(((ratio > 0.6) & (ratio < 1.5)).all())
+
+
+def test_spatial_transform_moves_image_and_labels_together():
+    cfg = DataConfig(spatial_prob=1.0, elastic_prob=0.0, intensity_prob=0.0, noise_std=0.0)
+    image, labels = _batch()
+    out_image, out_labels = augment_batch(image, labels, cfg, torch.Generator().manual_seed(1))
+    inside = out_labels == LABEL_OF["liver"]
+    # image pixels under the moved liver label keep the liver intensity (bilinear edges aside)
+    assert float((out_image[:, 0][inside] - 0.3).abs().median()) < 1e-5
+    # padding brought in from outside the slice is the low end of the window (-1)
+    assert float(out_image.min()) >= -1.0 - 1e-5
+
+
+def test_probabilities_zero_leave_the_batch_unchanged():
+    cfg = dataclasses.replace(
+        DataConfig(), spatial_prob=0.0, elastic_prob=0.0, intensity_prob=0.0, mirror=False
+    )
+    image, labels = _batch()
+    out_image, out_labels = augment_batch(image, labels, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out_labels, labels) and torch.allclose(out_image, image)

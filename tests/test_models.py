@@ -1,0 +1,134 @@
+"""The U-Net registry, the run configuration and safe checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.errors import ConfigError, CtsegError
+from ctseg_core.models import build_model
+from ctseg_core.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
+
+
+def tiny_config(**train) -> RunConfig:
+    return RunConfig(
+        DataConfig(target_size=(64, 64)), ModelConfig(**TINY), TrainConfig(**train), run_name="t"
+    )
+
+
+def test_seed_unet_has_the_notebook_shape_and_size():
+    config = RunConfig()
+    model = build_model(config.model)
+    assert config.model.features == [32, 64, 128, 256] and config.model.bottleneck == 512
+    out = model(torch.zeros(2, 1, 128, 128))
+    assert out.shape == (2, 118, 128, 128)  # background + 117 structures (softmax default)
+    # 4 encoder double-convs + bottleneck + 4 decoder double-convs + transposed convs + head
+    assert sum(p.numel() for p in model.parameters()) == 7_766_326
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet"])
+def test_variants_map_2p5d_input_to_per_structure_logits(name):
+    config = RunConfig(
+        DataConfig(context_slices=3, structures=["liver", "spleen"]),
+        ModelConfig(name=name, **TINY),
+        TrainConfig(loss="bce"),
+    ).validate()
+    assert (config.model.in_channels, config.model.out_channels) == (3, 2)
+    model = build_model(config.model)
+    assert model(torch.randn(1, 3, 32, 48)).shape == (1, 2, 32, 48)
+    has_gates = any("gates" in k for k in model.state_dict())
+    assert has_gates == (name == "attention_unet")
+
+
+def test_output_mode_and_label_map_follow_the_loss():
+    soft = RunConfig(DataConfig(structures=["spleen", "liver"]))
+    assert soft.output_mode == "softmax" and soft.model.out_channels == 3
+    assert soft.label_map() == {"0": "background", "1": "spleen", "2": "liver"}
+    sig = RunConfig(DataConfig(structures=["spleen", "liver"]), train=TrainConfig(loss="focal"))
+    assert sig.output_mode == "sigmoid" and sig.model.out_channels == 2
+    assert sig.label_map() == {"0": "spleen", "1": "liver"}
+
+
+def test_config_round_trips_through_json():
+    config = tiny_config(lr=3e-4, scheduler="cosine")
+    config.data.hu_window = (-200.0, 400.0)
+    again = RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert again.data.hu_window == (-200.0, 400.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda c: setattr(c.train, "lr", 0.0), "learning rate must be > 0"),
+        (lambda c: setattr(c.data, "target_size", (100, 128)), "multiples of 16"),
+        (lambda c: setattr(c.data, "context_slices", 2), "must be odd"),
+        (lambda c: setattr(c.data, "structures", ["livre"]), "unknown structure"),
+        (lambda c: setattr(c.train, "loss", "mse"), "loss 'mse'"),
+        (lambda c: setattr(c.model, "out_channels", 5), "does not fit loss"),
+    ],
+)
+def test_invalid_settings_are_refused(change, fragment):
+    config = RunConfig()
+    change(config)
+    with pytest.raises(ConfigError, match=fragment):
+        config.validate()
+
+
+def test_unknown_keys_and_models_are_refused():
+    with pytest.raises(ConfigError, match="unknown train setting"):
+        RunConfig.from_dict({"train": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match="unknown model"):
+        build_model(ModelConfig(name="transformer", in_channels=1, out_channels=2))
+
+
+def test_empty_split_is_refused_before_anything_starts(tmp_path):
+    root = tmp_path / "data"
+    for sid in ("a", "b"):
+        (root / sid / "segmentations").mkdir(parents=True)
+        (root / sid / "ct.nii.gz").write_bytes(b"")
+    (root / "meta.csv").write_text("image_id;split\na;train\nb;train\n")
+    config = tiny_config()
+    config.data.data_root = str(root)
+    with pytest.raises(ConfigError, match="split 'val'"):
+        config.validate(check_data=True)
+
+
+def test_checkpoint_loads_weights_only_and_rebuilds_the_model_alone(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = build_model(config.model).eval()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 1, 64, 64)).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path / "best.pth", model, optimizer, None, 3, config, [{"epoch": 1}])
+    raw = torch.load(path, weights_only=True)  # plain data only: no code runs on load
+    assert raw["epoch"] == 3 and raw["config"]["model"]["features"] == TINY["features"]
+    assert isinstance(raw["rng"]["torch"], torch.Tensor)
+    rebuilt, rebuilt_config = load_model(path)
+    assert rebuilt_config == config and not rebuilt.training
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    assert not list(tmp_path.glob(".tmp-*"))  # the atomic write left no temporary file
+
+
+def test_corrupt_and_foreign_checkpoints_get_a_clear_error(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CtsegError, match=r"junk\.pth cannot be loaded safely"):
+        load_checkpoint(tmp_path / "junk.pth")
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(CtsegError, match="not a ctseg checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+    torch.save(
+        {"format": "ctseg-checkpoint", "model": {}, "x": CtsegError("code")}, tmp_path / "evil.pth"
+    )
+    with pytest.raises(CtsegError, match="objects other than tensors"):
+        load_checkpoint(tmp_path / "evil.pth")
+    with pytest.raises(CtsegError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pth")
