@@ -286,6 +286,12 @@ def evaluate_predictions(
             )
     else:
         checkpoints = [predictions] if isinstance(predictions, str | Path) else list(predictions)
+        missing = [p for p in checkpoints if not Path(p).is_file()]
+        if missing:
+            raise DataError(
+                f"{missing[0]} is neither a folder of <id>.nii.gz predictions nor a checkpoint "
+                "file; check the path"
+            )
         from .inference import Predictor
 
         predictor = Predictor(checkpoints, device=device, tta=tta)

@@ -240,3 +240,37 @@ def test_dicom_folder_gives_the_grid_of_the_converted_nifti(tmp_path, sample_roo
     np.testing.assert_allclose(affine, reference.affine, atol=1e-4)  # same voxels in space
     assert labels.shape == reference.array.shape
     assert summary["spacing_mm"] == pytest.approx([0.9766, 0.9766, 2.0], abs=1e-4)
+
+
+def test_dicom_folder_with_two_series_reads_the_largest_and_says_so(tmp_path, extra_dir, capsys):
+    import pydicom
+
+    from ctseg_core.cli import main
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    files = sorted((extra_dir / "dicom_s0001").iterdir())
+    for path in files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    for i, path in enumerate(files[:3]):  # a second, 3-slice series (e.g. a scout)
+        ds = pydicom.dcmread(str(path))
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{i}"
+        ds.save_as(str(folder / f"other_{i}.dcm"))
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (128, 128))
+    summary = predict_file(folder, [ckpt], tmp_path / "m.nii.gz")
+    assert nib.load(str(tmp_path / "m.nii.gz")).shape == (512, 512, 20)
+    assert len(summary["warnings"]) == 1
+    assert "holds 2 series; reading the largest" in summary["warnings"][0]
+    assert "(20 files)" in summary["warnings"][0] and "(3 files)" in summary["warnings"][0]
+    argv = [
+        "predict",
+        "--ct",
+        str(folder),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "c.nii.gz"),
+    ]
+    assert main(argv) == 0
+    assert "note: " in capsys.readouterr().out
