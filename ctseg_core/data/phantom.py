@@ -37,7 +37,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..labels import STRUCTURES
-from .phantom_body import Z_RANGE_MM, Body, body_half_axes, paint_body_wall
+from .phantom_body import Z_RANGE_MM, Body, body_half_axes, paint_body_wall, paint_table
 from .phantom_paint import PHASES, Painter, tissue_table
 from .phantom_shapes import BodyGrid, displacement, smooth_noise
 from .phantom_skeleton import paint_muscles, paint_pelvic_bones, paint_ribs, paint_spine
@@ -193,6 +193,7 @@ def render_subject(spec: SubjectSpec) -> tuple[np.ndarray, np.ndarray, np.ndarra
         paint_ribs,
     ):
         paint(body)
+    paint_table(body, rng)
     ct = _scan(body.painter.hu, rng)
     affine = np.eye(4)
     affine[:3, :3] = np.diag(spacing)

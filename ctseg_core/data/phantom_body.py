@@ -154,3 +154,26 @@ def bone(body: Body, q_shell: float = 0.88, cancellous_scale: float = 1.0) -> Ma
     """Cancellous bone inside, cortical bone in the outer shell (q >= q_shell), trabecular grain."""
     hu = body.hu
     return Mat(hu["cancellous"] * cancellous_scale, hu["cortical"], q_shell, tex_hu=15, fine_hu=35)
+
+
+def paint_table(body: Body, rng: np.random.Generator) -> None:
+    """The scanner table under the supine patient: carbon-fibre skins around a foam core.
+
+    Unlabelled, as in real scans, where a model must learn to ignore it. Skipped when the
+    field of view ends at the patient's back.
+    """
+    p = body.painter
+    in_body = (p.hu > -500).any(axis=(0, 2))  # (ny,): rows of the image the body reaches
+    if not in_body.any():
+        return
+    spacing = body.grid.spacing_mm[1]
+    top = int(np.argmax(in_body)) - max(1, round(rng.uniform(2, 12) / spacing))
+    skin, core = max(1, round(2.0 / spacing)), max(1, round(10.0 / spacing))
+    bottom = top - 2 * skin - core
+    if bottom < 0:
+        return
+    nx = p.hu.shape[0]
+    half = int(nx * rng.uniform(0.3, 0.45))
+    xs = slice(max(0, nx // 2 - half), min(nx, nx // 2 + half))
+    p.hu[xs, bottom:top, :] = 250.0
+    p.hu[xs, bottom + skin : top - skin, :] = -800.0

@@ -56,13 +56,20 @@ def paint_muscles(body: Body) -> None:
             where=body.muscle_in,
             over=BOWEL,
         )
+        thigh = capsule(g, (s * 48, 5, -85), (s * 52, 6, -230), 24, 34)  # unlabelled thigh muscles
+        body.paint(thigh, "", m, where=body.muscle_in, over=[""])
         c, r = body.at(f"gluteus_medius_{side}", (s * 70, -22, -8), (13, 26, 30))
+        medius = f"gluteus_medius_{side}"
+        body.paint(
+            ellipsoid(g, c, r, rotation(s * -30)), medius, m, where=body.muscle_in, over=BOWEL
+        )
+        c, r = body.at(f"gluteus_minimus_{side}", (s * 62, -12, -16), (8, 18, 20))
         body.paint(
             ellipsoid(g, c, r, rotation(s * -30)),
-            f"gluteus_medius_{side}",
+            f"gluteus_minimus_{side}",
             m,
             where=body.muscle_in,
-            over=BOWEL,
+            over=[*BOWEL, medius],
         )
 
 
@@ -97,7 +104,7 @@ def paint_spine(body: Body) -> None:
     for lv in LEVELS:
         _vertebra(body, lv)
     sacrum = [
-        ellipsoid(g, (0, spine_y(-12) - 2, -16), (38, 12, 17), rotation(0, -20)),
+        ellipsoid(g, (0, spine_y(-12) - 2, -16), (31, 12, 17), rotation(0, -20)),
         ellipsoid(g, (0, spine_y(-50) - 4, -50), (22, 10, 22), rotation(0, -30)),
     ]
     body.paint(sacrum, "sacrum", bone(body, 0.88))

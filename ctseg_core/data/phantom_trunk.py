@@ -105,6 +105,9 @@ def paint_thorax(body: Body) -> None:
             [6.0, 5.0, 3.5],
         )
         body.paint(bronchus, "", wall, over=["", *ALL_LOBES])
+    svc = [(24, 12, 330), (22, 13, 270), (18, 16, 228)]  # right of the ascending aorta
+    body.paint(chain(g, svc, [9, 9, 9]), "", Mat(hu["cavity_fat"]), over=["", *ALL_LOBES])
+    body.paint(chain(g, svc, [6, 6, 6]), "superior_vena_cava", Mat(hu["vein"], tex_hu=2))
     centre, radii = body.at("heart", (-10, 22, 200), (40, 30, 36))
     heart_rot = rotation(-30.0, 10.0)
     body.paint(
@@ -153,6 +156,13 @@ def paint_upper_abdomen(body: Body) -> None:
     body.paint(stomach, "stomach", GasFluid(hu["wall"], hu["bowel_fluid"], level), where=below)
     centre, radii = body.at("spleen", (-52, -22, 132), (13, 30, 24), size=0.15)
     body.paint(ellipsoid(g, centre, radii, rotation(35)), "spleen", Mat(hu["spleen"]), where=below)
+    duodenum = [(20, 24, 94), (31, 14, 88), (31, 10, 70), (12, 6, 63), (-12, 8, 67), (-14, 12, 82)]
+    body.paint(
+        union(chain(g, duodenum, [7, 8, 8, 8, 7, 7])),
+        "duodenum",
+        Mat(hu["bowel_fluid"], hu["wall"], 0.75, tex_hu=4),
+        where=body.cavity,
+    )
     off, f = body.jitter("pancreas")
     pancreas = chain(
         g,
@@ -160,6 +170,13 @@ def paint_upper_abdomen(body: Body) -> None:
         np.multiply([10, 7, 7, 6], f),
     )
     body.paint(pancreas, "pancreas", Mat(hu["pancreas"], tex_hu=6, fine_hu=8), over=BOWEL)
+    portal = np.add([(-45, -12, 118), (-25, 0, 101), (2, 6, 93), (14, 8, 110), (22, 8, 118)], off)
+    body.paint(
+        chain(g, portal, [4, 4.5, 6, 6, 5]),
+        "portal_vein_and_splenic_vein",
+        Mat(hu["vein"], tex_hu=2),
+        over=["", *BOWEL, "pancreas", "liver"],
+    )
     for s, side in SIDES:
         y_k = float(spine_y(60)) + 2
         centre, radii = body.at(f"kidney_{side}", (s * 40, y_k, 58 if s > 0 else 68), (14, 11, 28))
@@ -169,7 +186,11 @@ def paint_upper_abdomen(body: Body) -> None:
         hilum = centre + rot @ np.array([-s * 11, 4, 0])
         body.paint(
             ellipsoid(g, hilum, (7, 6, 11), rot), "", Mat(hu["cavity_fat"]), over=[f"kidney_{side}"]
-        )  # renal sinus fat
+        )
+    for s, side in SIDES:  # thin glands capping the upper kidney poles, medial to them
+        centre, radii = body.at(f"adrenal_gland_{side}", (s * 23, -8, 98), (3.5, 9, 10), size=0.2)
+        body.paint(ellipsoid(g, centre, radii, rotation(s * -35)), f"adrenal_gland_{side}",
+                   Mat(hu["wall"] - 5, tex_hu=3), over=["", *BOWEL])  # fmt: skip  # renal sinus fat
 
 
 def paint_pelvis(body: Body) -> None:
