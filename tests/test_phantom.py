@@ -232,3 +232,9 @@ def test_interrupted_run_leaves_whole_subjects_and_a_rerun_completes(tmp_path):
     assert make_phantom_dataset(root, n_subjects=1, shape=SHAPE, workers=1) == ["s0000"]
     assert (root / "meta.csv").read_text().count("\n") == 2
     assert (root / MARKER).is_file() and not list(root.glob(".tmp-*"))
+    # ... but a subject folder the phantom did not write is never replaced
+    (root / "s0001").mkdir()
+    (root / "s0001" / "ct.nii.gz").write_bytes(b"user data")
+    with pytest.raises(DataError, match="s0001 was not written by the phantom"):
+        make_phantom_dataset(root, n_subjects=2, shape=SHAPE, workers=1)
+    assert (root / "s0001" / "ct.nii.gz").read_bytes() == b"user data"

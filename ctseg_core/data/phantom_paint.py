@@ -47,7 +47,7 @@ class Mat:
 
 @dataclass(frozen=True)
 class GasFluid:
-    """A hollow organ lying supine: gas above (anterior to) a fluid level at body y = ``level_y``."""
+    """A hollow organ of a supine patient: gas anterior to a fluid level at body y = ``level_y``."""
 
     wall: float
     fluid: float
@@ -105,8 +105,9 @@ class Painter:
 
         ``name`` is a structure name, "" for unlabelled tissue (label 0), or None to change HU
         only; ``material`` None changes the label only. ``where``: a boolean volume, a predicate
-        on body coordinates (x, y, z), or a list of them that must all hold. ``over`` lists the structure names ("" = unlabelled) this paint may replace;
-        None replaces anything. Voxels with q < q_max are painted.
+        on body coordinates (x, y, z), or a list of them that must all hold. ``over`` lists the
+        structure names ("" = unlabelled) this paint may replace; None replaces anything.
+        Voxels with q < q_max are painted.
         """
         if isinstance(shapes, tuple):
             shapes = [shapes]

@@ -97,7 +97,7 @@ def ellipsoid(grid: BodyGrid, centre: Vec3, radii: Vec3, rot: np.ndarray | None 
 
 
 def rounded_cylinder(grid: BodyGrid, centre: Vec3, radii: Vec3, power: float = 4.0):
-    """Cylinder along z with elliptic section ``radii[:2]``, half-height ``radii[2]``, soft edges."""
+    """Cylinder along z, elliptic section ``radii[:2]``, half-height ``radii[2]``, soft edges."""
     centre = np.asarray(centre, float)
     box = grid.box(centre - np.asarray(radii), centre + np.asarray(radii))
     if box is None:
@@ -156,7 +156,7 @@ def union(parts):
 def smooth_noise(
     rng: np.random.Generator, shape: tuple[int, int, int], cell_vox: Vec3
 ) -> np.ndarray:
-    """Zero-mean, unit-variance smooth noise (float32, ``shape``) with features ~``cell_vox`` voxels.
+    """Zero-mean, unit-variance smooth noise (float32, ``shape``), features ~``cell_vox`` voxels.
 
     Coarse white noise, upsampled trilinearly one axis at a time (three small matrix products,
     much cheaper than a 3D interpolation).

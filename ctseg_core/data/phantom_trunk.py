@@ -207,7 +207,7 @@ def paint_pelvis(body: Body) -> None:
 
 
 def paint_vessels(body: Body) -> None:
-    """Inferior vena cava (right of midline) and iliac veins, then aorta (left) and iliac arteries."""
+    """Inferior vena cava (right of midline), iliac veins, aorta (left), iliac arteries."""
     hu, g = body.hu, body.grid
     vein = Mat(hu["vein"], tex_hu=2)
     artery = Mat(hu["artery"], tex_hu=2)
