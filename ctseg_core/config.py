@@ -134,9 +134,18 @@ class RunConfig:
     run_name: str = ""
 
     def __post_init__(self) -> None:
-        if self.model.in_channels is None:
+        # channel counts left unset are derived, and derived again by validate() after the
+        # data settings or the loss change (e.g. a page that edits structures in place)
+        self._derived = {
+            name for name in ("in_channels", "out_channels") if getattr(self.model, name) is None
+        }
+        self.sync_channels()
+
+    def sync_channels(self) -> None:
+        """Fill the derived model channel counts from the data settings and the loss."""
+        if self.model.in_channels is None or "in_channels" in self._derived:
             self.model.in_channels = self.data.context_slices
-        if self.model.out_channels is None:
+        if self.model.out_channels is None or "out_channels" in self._derived:
             self.model.out_channels = self.expected_out_channels
 
     @property
@@ -181,8 +190,9 @@ class RunConfig:
         """Raise ConfigError on settings that cannot work; return self.
 
         With ``check_data`` the dataset is opened and the train and validation splits must
-        hold at least one subject each.
+        hold at least one subject each. Derived channel counts are brought up to date first.
         """
+        self.sync_channels()
         _validate_static(self)
         if check_data:
             _validate_splits(self)

@@ -48,7 +48,14 @@ def register(subparsers) -> None:
     a("--data", type=Path, help="dataset root (required unless --resume or --config gives it)")
     a("--config", type=Path, help="a run config.json to start from (flags override it)")
     a("--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its last.pth")
-    a("--run", default=None, help="run name (folder under the checkpoints root)")
+    a(
+        "--run",
+        "--run-name",
+        dest="run",
+        default=None,
+        help="run name (folder under the checkpoints root); under torchrun write --run-name, "
+        "since torchrun takes --run as its own --run-path",
+    )
     a("--checkpoints", type=Path, default=None, help="root of run folders ($CTSEG_CHECKPOINTS)")
     a("--cache", type=str, default=None, help="preprocessing cache folder ($CTSEG_CACHE)")
     a("--epochs", type=int, help="epochs (default 20)")
@@ -154,7 +161,8 @@ def _bar_callback(progress, bar):
             bar.write(
                 f"epoch {p.epoch}/{p.epochs}: train loss {_fmt(r.get('train_loss'))}  "
                 f"val loss {_fmt(r.get('val_loss'))}  val Dice {_fmt(r.get('val_dice_mean'), 3)}"
-                f"  ({r['seconds']:.0f} s)"
+                f"  ({r['seconds']:.0f} s)",
+                file=sys.stderr,
             )
         elif p.kind == "start" and p.message:
             bar.set_postfix_str(p.message)

@@ -171,21 +171,25 @@ class Trainer:
             self.open_run()
         state = Progress("start", "running", self.run_dir, epochs=self.config.train.epochs)
         self._state = state
+        self._completed = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
         try:
             final = self._train()
         except StopRequested:
             msg = f"stopped by request during epoch {state.epoch}; last.pth holds the last completed epoch"
-            self._emit(Progress("end", "stopped", self.run_dir, max(0, state.epoch - 1),
-                                state.epochs, message=msg))  # fmt: skip
+            self._end("stopped", message=msg)
             return "stopped"
         except BaseException as exc:
             text = str(exc) if isinstance(exc, CtsegError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, CtsegError):
                 log.error("training failed:\n%s", traceback.format_exc())
-            self._emit(Progress("end", "failed", self.run_dir, max(0, state.epoch - 1),
-                                state.epochs, error=text, message=text))  # fmt: skip
+            self._end("failed", message=text, error=text)
             raise
         return final
+
+    def _end(self, state: str, message: str, error: str | None = None, eta_s=None) -> None:
+        p = self._state
+        self._emit(Progress("end", state, self.run_dir, self._completed, p.epochs, p.step,
+                            p.steps_per_epoch, p.loss, p.lr, eta_s, message=message, error=error))  # fmt: skip
 
     def _check_stop(self) -> None:
         if self.stop_event.is_set():
@@ -321,6 +325,7 @@ class Trainer:
                 self._save_epoch(model, optimizer, scheduler, epoch, history, improved)
                 if figure is not None:
                     figure.save(model, device, amp, channels_last, self.run_dir, epoch)
+            self._completed = epoch
             log.info("epoch %d/%d: train loss %.4f, val loss %s, val Dice %s", epoch, t.epochs,
                      record["train_loss"] or float("nan"), record["val_loss"], record["val_dice_mean"])  # fmt: skip
             p.eta_s = (
@@ -330,11 +335,9 @@ class Trainer:
                                 record["train_loss"], lr, p.eta_s, record=record))  # fmt: skip
             if t.early_stopping_patience and since_best >= t.early_stopping_patience:
                 msg = f"early stopping: no better validation score for {since_best} epochs"
-                self._emit(Progress("end", "finished", self.run_dir, epoch, t.epochs, message=msg))
+                self._end("finished", message=msg)
                 return "finished"
-        done = history[-1]["epoch"] if history else start_epoch
-        self._emit(Progress("end", "finished", self.run_dir, done, t.epochs, eta_s=0.0,
-                            message=f"finished {done} epochs"))  # fmt: skip
+        self._end("finished", message=f"finished {self._completed} epochs", eta_s=0.0)
         return "finished"
 
     def _save_epoch(self, model, optimizer, scheduler, epoch, history, improved) -> None:

@@ -1,0 +1,158 @@
+"""The trainer end to end on tiny models: the run folder, resume, NaN losses, bad folders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.errors import CtsegError
+from ctseg_core.training.checkpoint import load_checkpoint, load_model
+from ctseg_core.training.losses import LOSS_FUNCTIONS
+from ctseg_core.training.run_folder import list_runs, read_history, read_status
+from ctseg_core.training.trainer import Trainer, TrainingError
+
+TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
+FEW = ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "heart", "urinary_bladder"]
+
+
+def tiny_config(root, run_name="", **train) -> RunConfig:
+    settings = {"epochs": 2, "steps_per_epoch": 3, "amp": "off", "sample_figure": False} | train
+    return RunConfig(
+        DataConfig(
+            data_root=str(root), target_size=(64, 64), batch_size=4, val_slices_per_subject=6
+        ),
+        ModelConfig(**TINY),
+        TrainConfig(**settings),
+        run_name=run_name,
+    )
+
+
+def test_training_on_the_phantom_writes_the_whole_run_folder(phantom_root, tmp_path):
+    config = tiny_config(phantom_root, "ph", epochs=3, steps_per_epoch=6, sample_figure=True)
+    config.data.structures = FEW
+    events = []
+    trainer = Trainer(config, checkpoints_root=tmp_path, callbacks=[events.append])
+    run_dir = trainer.open_run()
+    assert run_dir == tmp_path / "ph" and read_status(run_dir)["state"] == "queued"
+    assert trainer.run() == "finished"
+    for name in ("config.json", "label_map.json", "status.json", "history.jsonl", "best.pth",
+                 "last.pth", "checkpoint_epoch3.pth", "training_history.json",
+                 "training_history.png", "samples/epoch_3.png"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "label_map.json").read_text())["1"] == "liver"
+    status = read_status(run_dir)
+    assert status["state"] == "finished" and status["epoch"] == 3 and status["error"] is None
+    history = read_history(run_dir)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert set(history[0]["val_dice"]) == set(FEW)
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]  # it learns
+    steps = [e for e in events if e.kind == "step"]
+    assert len(steps) == 18 and steps[-1].eta_s == pytest.approx(0, abs=5)
+    assert [e.kind for e in events if e.kind != "step"] == [
+        "start",
+        "epoch",
+        "epoch",
+        "epoch",
+        "end",
+    ]
+    best = max(range(3), key=lambda i: (history[i]["val_dice_mean"], -i))
+    assert load_checkpoint(run_dir / "best.pth")["epoch"] == best + 1
+    model, loaded = load_model(run_dir / "last.pth")
+    assert loaded.data.structures == FEW and model(torch.zeros(1, 1, 64, 64)).shape == (
+        1,
+        8,
+        64,
+        64,
+    )
+    assert [r.name for r in list_runs(tmp_path)] == ["ph"]
+
+
+def test_resume_gives_the_same_history_as_an_uninterrupted_run(phantom_root, tmp_path):
+    whole = Trainer(tiny_config(phantom_root, "whole", epochs=3), checkpoints_root=tmp_path)
+    whole.run()
+    part = Trainer(tiny_config(phantom_root, "part", epochs=1), checkpoints_root=tmp_path)
+    part.run()
+    assert len(read_history(tmp_path / "part")) == 1
+    resumed = Trainer.resume(tmp_path / "part", epochs=3)
+    assert resumed.run() == "finished"
+    a, b = read_history(tmp_path / "whole"), read_history(tmp_path / "part")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "val_loss", "val_dice_mean", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
+    wa = load_checkpoint(tmp_path / "whole" / "last.pth")["model"]
+    wb = load_checkpoint(tmp_path / "part" / "last.pth")["model"]
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+def test_a_nan_loss_stops_with_a_message_and_keeps_the_good_checkpoint(phantom_root, tmp_path):
+    # SGD at lr 1e30 without clipping: the weights overflow within a few steps
+    config = tiny_config(
+        phantom_root, "nan", epochs=6, steps_per_epoch=1, optimizer="sgd", momentum=0.0,
+        lr=1e30, grad_clip=None, scheduler="none",
+    )  # fmt: skip
+    trainer = Trainer(config, checkpoints_root=tmp_path)
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at epoch (\d+)"):
+        trainer.run()
+    status = read_status(tmp_path / "nan")
+    assert status["state"] == "failed" and "lower the learning rate" in status["error"]
+    failed_epoch = int(status["error"].split("at epoch ")[1].split(",")[0])
+    assert failed_epoch >= 2
+    last = load_checkpoint(tmp_path / "nan" / "last.pth")
+    assert last["epoch"] == failed_epoch - 1 == len(read_history(tmp_path / "nan"))
+    assert all(math.isfinite(r["train_loss"]) for r in last["history"])
+
+
+def test_an_unwritable_checkpoints_folder_fails_the_start(phantom_root, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the checkpoints root should be")
+    trainer = Trainer(tiny_config(phantom_root, "x"), checkpoints_root=blocker)
+    with pytest.raises(CtsegError, match="cannot write the run folder"):
+        trainer.open_run()
+
+
+def test_an_existing_run_name_is_never_overwritten(phantom_root, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CtsegError, match="already exists"):
+        Trainer(tiny_config(phantom_root, "mine"), checkpoints_root=tmp_path).open_run()
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_training_on_the_real_sample_with_sigmoid_outputs(sample_root, tmp_path):
+    config = tiny_config(sample_root, "real", epochs=1, steps_per_epoch=2, loss="bce", amp="auto")
+    config.data.context_slices = 3
+    config.model.in_channels = 3
+    config.model.out_channels = 117
+    trainer = Trainer(config, checkpoints_root=tmp_path)
+    assert trainer.run() == "finished"
+    (record,) = read_history(tmp_path / "real")
+    assert math.isfinite(record["train_loss"]) and record["train_slices"] == 8
+    # the validation subject s0002 annotates only the heart: every other structure is None
+    scored = {k: v for k, v in record["val_dice"].items() if v is not None}
+    assert set(scored) == {"heart"}
+    assert record["val_dice_mean"] == pytest.approx(scored["heart"])
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_FUNCTIONS))
+def test_losses_are_low_for_the_right_answer_and_high_for_a_wrong_one(name):
+    classes = torch.zeros(2, 8, 8, dtype=torch.long)
+    classes[:, 2:6, 2:6] = 1
+    classes[1, 0, 0] = 2
+    k = 3 if name == "dice_ce" else 2
+    first = 0 if name == "dice_ce" else 1
+    right = torch.full((2, k, 8, 8), -8.0)
+    for c in range(first, 3):
+        right[:, c - first][classes == c] = 8.0
+    wrong = right.roll(1, dims=1)
+    loss = LOSS_FUNCTIONS[name]
+    assert float(loss(right, classes)) < 0.05
+    assert float(loss(wrong, classes)) > 0.1
+    logits = right.clone().requires_grad_()
+    loss(logits * 0.1, classes).backward()
+    assert torch.isfinite(logits.grad).all()

@@ -1,0 +1,128 @@
+"""The three launchers of the trainer: the background job, the CLI, and torchrun (DDP on CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from ctseg_core.cli import main
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.errors import CtsegError
+from ctseg_core.training.job import TrainingJob, get_job
+from ctseg_core.training.run_folder import read_history, read_status
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ARGS = ["--size", "64", "64", "--features", "8", "16", "32", "64", "--bottleneck", "64"]
+
+
+def job_config(root, run_name, epochs=1, steps=3) -> RunConfig:
+    return RunConfig(
+        DataConfig(
+            data_root=str(root), target_size=(64, 64), batch_size=2, val_slices_per_subject=4
+        ),
+        ModelConfig(features=[8, 16, 32, 64], bottleneck=64),
+        TrainConfig(epochs=epochs, steps_per_epoch=steps, amp="off", sample_figure=False),
+        run_name=run_name,
+    )
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def test_background_job_stops_within_one_batch_and_refuses_a_second_start(phantom_root, tmp_path):
+    job = TrainingJob()
+    assert job.snapshot().state == "idle"
+    run_dir = job.start(job_config(phantom_root, "bg", epochs=50, steps=100), tmp_path)
+    with pytest.raises(CtsegError, match="already running"):
+        job.start(job_config(phantom_root, "second"), tmp_path)
+    assert not (tmp_path / "second").exists()
+    _wait_for(lambda: job.snapshot().step >= 2)
+    job.stop()
+    at_stop = job.snapshot()
+    assert at_stop.state == "stopping"
+    assert job.wait(timeout=60)
+    final = job.snapshot()
+    assert final.state == "stopped" and final.epoch == 0
+    assert final.step - at_stop.step <= 1  # at most the batch in flight when stop was asked
+    status = read_status(run_dir)
+    assert status["state"] == "stopped" and "stopped by request" in status["message"]
+    assert not (run_dir / "last.pth").exists()  # no epoch completed, nothing half written
+    assert get_job() is get_job()
+
+
+def test_background_job_runs_to_the_end_and_resumes(phantom_root, tmp_path):
+    job = TrainingJob()
+    run_dir = job.start(job_config(phantom_root, "bg2", epochs=1), tmp_path)
+    assert job.wait(timeout=120)
+    snap = job.snapshot()
+    assert snap.state == "finished" and snap.epoch == 1 and snap.last_record["epoch"] == 1
+    assert job.resume(run_dir, epochs=2) == run_dir
+    assert job.wait(timeout=120)
+    assert job.snapshot().state == "finished"
+    assert [r["epoch"] for r in read_history(run_dir)] == [1, 2]
+
+
+def test_a_crash_in_the_thread_becomes_status_failed(tmp_path):
+    root = tmp_path / "broken"
+    for sid in ("s1", "s2", "s3"):
+        (root / sid / "segmentations").mkdir(parents=True)
+        (root / sid / "ct.nii.gz").write_bytes(b"this is not a NIfTI file")
+        (root / sid / "segmentations" / "liver.nii.gz").write_bytes(b"nor this")
+    (root / "meta.csv").write_text("image_id;split\ns1;train\ns2;val\ns3;test\n")
+    job = TrainingJob()
+    run_dir = job.start(job_config(root, "crash"), tmp_path / "ckpt")
+    assert job.wait(timeout=60)
+    snap = job.snapshot()
+    assert snap.state == "failed" and "could be prepared" in snap.error
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and status["error"] == snap.error
+
+
+def test_cli_trains_and_refuses_bad_settings(phantom_root, tmp_path, capsys):
+    args = ["train", "--data", str(phantom_root), "--checkpoints", str(tmp_path), *TINY_ARGS]
+    code = main([*args, "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
+                 "--val-slices", "2", "--amp", "off", "--run", "cli", "--json"])  # fmt: skip
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"]["state"] == "finished" and out["last_epoch"]["epoch"] == 1
+    assert main([*args, "--lr", "0"]) == 2
+    assert "learning rate must be > 0" in capsys.readouterr().err
+    assert main([*args, "--size", "72", "72"]) == 2
+    assert "multiples of 16" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch.distributed.run") is None or not dist.is_available(),
+    reason="torch.distributed (torchrun) is not available",
+)
+def test_two_process_torchrun_writes_one_run_folder(phantom_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ctseg_core",
+        "train", "--data", str(phantom_root), "--checkpoints", str(tmp_path), *TINY_ARGS,
+        "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2", "--val-slices", "3",
+        "--amp", "off", "--run-name", "ddp",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    history = read_history(tmp_path / "ddp")
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[0]["train_slices"] == 2 * 2 * 2  # two ranks x two steps x batch 2
+    assert read_status(tmp_path / "ddp")["state"] == "finished"
