@@ -168,12 +168,16 @@ def live_view(run_name: str, smoothing: float, log_y: bool) -> None:
     epoch = int(status.get("epoch") or 0)
     steps = status.get("steps_per_epoch") or 0
     step = int(status.get("step") or 0)
-    cols = st.columns(5)
-    cols[0].metric("State", status.get("state", "unknown"))
-    cols[1].metric("Epoch", f"{epoch} / {epochs or '?'}")
-    cols[2].metric("Step", f"{step} / {steps or '?'}")
-    cols[3].metric("ETA", _eta(status.get("eta_s")))
+    run_state = status.get("state", "unknown")
+    active = run_state in ("queued", "running", "stopping")
     loss = status.get("loss")
+    if loss is None and history:
+        loss = history[-1].get("train_loss")
+    cols = st.columns(5)
+    cols[0].metric("State", run_state)
+    cols[1].metric("Epoch", f"{epoch} / {epochs or '?'}")
+    cols[2].metric("Step", f"{step} / {steps or '?'}" if active else "—")
+    cols[3].metric("ETA", _eta(status.get("eta_s")) if active else "—")
     cols[4].metric("Loss", "—" if loss is None else f"{loss:.4f}")
     done = (epoch + (step / steps if steps else 0)) / epochs if epochs else 0.0
     st.progress(min(max(done, 0.0), 1.0), text=status.get("message") or "")
@@ -207,12 +211,7 @@ def watch() -> None:
     if st.session_state.get(state.TRAIN_RUN) not in names:
         st.session_state[state.TRAIN_RUN] = names[0]  # the most recently updated
     cols = st.columns([2, 2, 1])
-    run_name = cols[0].selectbox(
-        "Run",
-        names,
-        key=state.TRAIN_RUN,
-        format_func=lambda n: f"{n} ({next(r.state for r in all_runs if r.name == n)})",
-    )
+    run_name = cols[0].selectbox("Run", names, key=state.TRAIN_RUN)
     smoothing = cols[1].slider("Smoothing", 0.0, 0.95, 0.6, 0.05, key=state.TRAIN_FORM.smoothing)
     log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.log_y)
     live_view(run_name, smoothing, log_y)

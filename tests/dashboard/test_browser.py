@@ -1,0 +1,233 @@
+"""The dashboard in headless Chromium against a real `streamlit run` server on a small phantom.
+
+Writes docs/screenshots/<page>.png (referenced from the README), so they stay current.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / "docs" / "screenshots"
+VIEWPORT = {"width": 1440, "height": 1000}
+SHOT_HEIGHT = 1500
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(dash_dirs, tiny_run):
+    """`streamlit run dashboard/Home.py` on a free localhost port, with the phantom as data."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CTSEG_DATA": str(dash_dirs["data"]),
+        "CTSEG_CACHE": str(dash_dirs["cache"]),
+        "CTSEG_CHECKPOINTS": str(dash_dirs["checkpoints"]),
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("CTSEG_DATA_ROOTS", None)
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "dashboard/Home.py",
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.headless", "true",
+    ]  # fmt: skip
+    log = dash_dirs["checkpoints"].parent / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> None:
+    """Save docs/screenshots/<name>.png with a tall viewport (the app scrolls inside itself)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": SHOT_HEIGHT})
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+    page.set_viewport_size(VIEWPORT)
+
+
+def wait_idle(page) -> None:
+    """Until Streamlit is not running the script (the status widget disappears)."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
+
+
+def go_to(page, title: str) -> None:
+    page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
+    page.get_by_role("heading", name=title, exact=True).wait_for()
+    wait_idle(page)
+
+
+def metric_value(page, label: str) -> str:
+    metric = page.locator('[data-testid="stMetric"]', has_text=label).first
+    return metric.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def test_home_then_explore_slider_changes_the_image_and_3d_view(server, page, dash_dirs):
+    page.goto(server)
+    page.get_by_text("Structure coverage").wait_for()
+    assert metric_value(page, "Subjects") == "6"
+    page.locator('[data-testid="stVegaLiteChart"]').first.wait_for()
+    wait_idle(page)
+    screenshot(page, "home")
+
+    go_to(page, "Explore")
+    image = page.locator('[data-testid="stImage"] img').first
+    image.wait_for()
+    before = image.get_attribute("src")
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "old => { const i = document.querySelector('[data-testid=\"stImage\"] img');"
+        " return i && i.getAttribute('src') !== old; }",
+        arg=before,
+    )
+    after = image.get_attribute("src")
+    assert after != before
+    assert page.request.get(after).body() != page.request.get(before).body()
+    wait_idle(page)
+    screenshot(page, "explore")
+
+    page.get_by_text("3D view", exact=True).click()
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.locator(".js-plotly-plot .gl-container canvas, .js-plotly-plot canvas").first.wait_for()
+    wait_idle(page)
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    screenshot(page, "explore_3d")
+
+
+def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, dash_dirs):
+    page.goto(f"{server}/train")
+    page.get_by_role("heading", name="Train", exact=True).wait_for()
+    wait_idle(page)
+    page.evaluate("window.__no_reload_marker = 42")
+    epochs = page.get_by_role("slider", name="Epochs")
+    epochs.focus()
+    page.keyboard.press("Home")
+    for _ in range(5):  # 1 -> 6 epochs
+        page.keyboard.press("ArrowRight")
+    size = page.get_by_role("slider", name="Target size (px)")
+    size.focus()
+    page.keyboard.press("Home")  # 64 px
+    page.get_by_role("combobox", name="Model width").click()
+    page.get_by_role("option", name="tiny (8)").click()
+    assert page.get_by_role("combobox", name="Model width").input_value() == "tiny (8)"
+    page.get_by_text("Advanced", exact=True).click()
+    page.get_by_label("Steps per epoch (0 = one pass over the training slices)").fill("12")
+    page.get_by_label("Validation slices per subject (0 = all)").fill("2")
+    page.get_by_label("Run name (empty = timestamp)").fill("browser-run")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("This server is training browser-run").wait_for()
+
+    seen_epochs, chart_shots = set(), []
+    deadline = time.time() + 150
+    state = ""
+    while time.time() < deadline:
+        state = metric_value(page, "State")
+        epoch = int(metric_value(page, "Epoch").split(" / ")[0])
+        seen_epochs.add(epoch)
+        charts = page.locator('[data-testid="stVegaLiteChart"]')
+        if epoch >= 1 and charts.count():
+            shot = charts.first.screenshot()
+            if not chart_shots or chart_shots[-1][0] != epoch:
+                chart_shots.append((epoch, shot))
+        if state in ("finished", "failed", "stopped"):
+            break
+        page.wait_for_timeout(400)
+    assert state == "finished", state
+    assert metric_value(page, "Epoch") == "6 / 6"
+    advancing = sorted(e for e in seen_epochs if e < 6)
+    assert len(advancing) >= 2, f"epoch counter seen only at {sorted(seen_epochs)}"
+    assert len(chart_shots) >= 2 and chart_shots[0][1] != chart_shots[-1][1]
+    assert page.evaluate("window.__no_reload_marker") == 42  # same document: no reload
+    wait_idle(page)
+    screenshot(page, "train")
+
+
+def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs):
+    page.goto(f"{server}/evaluate")
+    page.get_by_role("heading", name="Evaluate", exact=True).wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Evaluate").click()
+    page.get_by_text("Results on the test split").wait_for(timeout=120_000)
+    page.get_by_text("Structure ranking").wait_for()
+    wait_idle(page)
+    screenshot(page, "evaluate")
+
+    go_to(page, "Predict")
+    ct = dash_dirs["data"] / "s0003" / "ct.nii.gz"
+    page.locator('input[type="file"]').first.set_input_files(str(ct))
+    page.get_by_text("ct.nii.gz").first.wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Predict").click()
+    page.get_by_text("structures found").wait_for(timeout=120_000)
+    page.locator('[data-testid="stImage"] img').first.wait_for()
+    assert page.get_by_role("button", name="Multilabel NIfTI").is_visible()
+    wait_idle(page)
+    screenshot(page, "predict")
