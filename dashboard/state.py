@@ -179,15 +179,41 @@ def _tree_stamp(root: str) -> float:
     return max(stamps)
 
 
+#: The dashboard prepares in one process: forking a server that holds torch and Streamlit threads
+#: is not safe. `ctseg prepare --data <root>` prepares a large dataset in parallel beforehand.
+PREPARE_WORKERS = 1
+
+
+@st.cache_resource(show_spinner=False)
+def _prepared() -> set:
+    return set()
+
+
+def ensure_prepared(root: str, progress=None) -> bool:
+    """Prepare every subject into the cache once per (root, cache, change stamp).
+
+    ``progress(done, total, subject)`` follows the work; returns True when work was done.
+    Subjects that fail are listed by the summary's problems, not raised.
+    """
+    from ctseg_core.data.cache import prepare_dataset
+
+    key = (str(root), str(cache_dir()), _tree_stamp(root))
+    if key in _prepared():
+        return False
+    prepare_dataset(root, cache_dir(), workers=PREPARE_WORKERS, progress=progress)
+    _prepared().add(key)
+    return True
+
+
 @st.cache_data(show_spinner=False, max_entries=4)
 def _summary(root: str, cache: str, stamp: float) -> dict:
     from ctseg_core.data.summary import summarize_dataset
 
-    return summarize_dataset(root, cache)
+    return summarize_dataset(root, cache, workers=PREPARE_WORKERS)
 
 
 def dataset_summary(root: str) -> dict:
-    """summarize_dataset (prepares the cache on first call), cached per root and change stamp."""
+    """summarize_dataset, cached per root and change stamp (call ensure_prepared first)."""
     return _summary(str(root), str(cache_dir()), _tree_stamp(root))
 
 

@@ -57,7 +57,18 @@ def choose_dataset() -> str | None:
 
 
 def show_summary(root: str) -> None:
-    with st.spinner("Reading the dataset (each subject is prepared once into the cache) …"):
+    bar = st.empty()
+
+    def progress(done: int, total: int, subject: str) -> None:
+        bar.progress(
+            done / max(total, 1),
+            text=f"Preparing {subject} ({done} / {total}) into the cache — once per subject; "
+            f"`ctseg prepare --data {root}` does this in parallel for a large dataset",
+        )
+
+    state.ensure_prepared(root, progress)
+    bar.empty()
+    with st.spinner("Summarizing the dataset …"):
         summary = state.dataset_summary(root)
     subjects = summary["subjects"]
     splits = summary["splits"]

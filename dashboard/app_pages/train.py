@@ -87,7 +87,8 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
 
 
 def controls(root: str) -> None:
-    summary = state.dataset_summary(root)
+    with st.spinner("Reading the dataset …"):
+        summary = state.dataset_summary(root)
     present = [s for s, n in summary["coverage"].items() if n > 0]
     config = build_config(root, present)
     job = state.training_job()

@@ -92,7 +92,12 @@ def structure_picker(keys: state.ViewerKeys, present: list[str]) -> list[str]:
     """Groups (pills) and a searchable structure list; returns the structures to show."""
     groups_present = [g for g in GROUPS if any(GROUP_OF[s] == g for s in present)]
     groups = st.pills(
-        "Groups", groups_present, selection_mode="multi", default=groups_present, key=keys.groups
+        "Groups",
+        groups_present,
+        selection_mode="multi",
+        default=_default(keys.groups, groups_present),
+        key=keys.groups,
+        width="stretch",
     )
     in_groups = [s for s in present if GROUP_OF[s] in (groups or [])]
     if keys.structures in st.session_state:  # a preset from another page may name absent ones

@@ -48,6 +48,23 @@ def test_home_shows_the_subject_counts_coverage_and_runs(app_env, tiny_run, new_
     assert at.session_state["ctseg_dataset_root"] == str(app_env["data"])
 
 
+def test_home_generates_the_demo_phantom_on_first_start(monkeypatch, tmp_path, new_app):
+    monkeypatch.delenv("CTSEG_DATA", raising=False)
+    monkeypatch.delenv("CTSEG_DATA_ROOTS", raising=False)
+    monkeypatch.setenv("CTSEG_DEMO_DIR", str(tmp_path / "demo"))
+    monkeypatch.setenv("CTSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    at = new_app()
+    at.run(timeout=120)
+    assert not at.exception and not at.error
+    index = open_dataset(tmp_path / "demo")
+    assert len(index.subjects) == 12
+    assert {m.label: m.value for m in at.metric}["Subjects"] == "12"
+    note = at.info[0].value
+    assert "synthetic phantom" in note and "CTSEG_DATA" in note
+    assert at.session_state["ctseg_dataset_root"] == str(tmp_path / "demo")
+
+
 def test_home_refuses_a_dataset_outside_the_data_roots(app_env, monkeypatch, tmp_path, new_app):
     monkeypatch.setenv("CTSEG_DATA_ROOTS", str(app_env["data"].parent))
     at = new_app()
@@ -228,6 +245,34 @@ def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_prob
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["State"] == "stopped"
     assert int(metrics["Epoch"].split(" / ")[0]) < 30
+
+
+def test_train_shows_a_failed_run_from_the_cli_with_its_error(
+    app_env, tiny_run, new_app, no_problems
+):
+    """A run folder written by another process (CLI, torchrun) is read like one started here."""
+    import shutil
+
+    from ctseg_core.training.run_folder import read_status, write_status
+
+    run_dir = app_env["checkpoints"] / "cli-failed"
+    shutil.copytree(tiny_run, run_dir)
+    error = "CUDA out of memory on rank 1; lower the batch size or the target size"
+    write_status(run_dir, {**read_status(tiny_run), "state": "failed", "error": error})
+    at = new_app("train")
+    at.session_state["ctseg_train_run"] = "cli-failed"
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"cli-failed: {error}"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["State"] == "failed" and metrics["Epoch"] == "1 / 1"
+    last_loss = read_status(tiny_run).get("loss")  # the latest step's loss, else the epoch's
+    if last_loss is None:
+        history = (tiny_run / "history.jsonl").read_text().splitlines()
+        last_loss = json.loads(history[-1])["train_loss"]
+    assert metrics["Loss"] == f"{last_loss:.4f}"
+    assert len(charts(at)) >= 2  # loss curves and validation Dice
+    assert at.selectbox(key="ctseg_train_run").value == "cli-failed"
 
 
 def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
