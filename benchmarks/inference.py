@@ -69,22 +69,31 @@ def _current_mb() -> float:
     return float("nan")
 
 
-def run_ctseg(ckpt, shape, threads, batch, queue) -> None:
+def run_ctseg(ckpt, shape, threads, batch, queue, device="cpu") -> None:
+    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
     from ctseg_core.inference import Predictor
 
     ct = synthetic_ct(shape)
-    predictor = Predictor([ckpt], batch_slices=batch)
+    predictor = Predictor([ckpt], batch_slices=batch, device=device)
     before = _current_mb()
-    predictor.predict(ct[:, :, :batch])  # warm-up (allocator, kernels), not timed
+    warm = predictor.predict(ct[:, :, :batch])  # warm-up (allocator, kernels), not timed
+    result = {}
+    if device != "cpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        on_cpu = Predictor([ckpt], batch_slices=batch).predict(ct[:, :, :batch])
+        result["cpu_agreement"] = float(np.mean(on_cpu == warm))
     start = time.perf_counter()
     labels = predictor.predict(ct)
+    if device != "cpu":
+        torch.cuda.synchronize()
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     seconds = time.perf_counter() - start
-    queue.put(
-        {"seconds": seconds, "peak_mb": _rss_mb(), "before_mb": before, "labels": int(labels.max())}
-    )
+    result.update(seconds=seconds, peak_mb=_rss_mb(), before_mb=before, labels=int(labels.max()))
+    queue.put(result)
 
 
 def run_naive(ckpt, shape, threads, batch, queue) -> None:
@@ -122,9 +131,22 @@ def measure(fn, *args) -> dict:
     args = (*args[:4], queue, *args[4:])  # (ckpt, shape, threads, batch, queue[, device])
     proc = ctx.Process(target=fn, args=args)
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Exception:  # queue.Empty: the child may have died
+            if not proc.is_alive():
+                raise RuntimeError(f"{fn.__name__} failed (exit code {proc.exitcode})") from None
     proc.join()
     return result
+
+
+def line(name, shape, r) -> None:
+    per100 = r["seconds"] / shape[2] * 100
+    print(f"{name:<28}{' x '.join(map(str, shape)):<18}{per100:>10.2f} s/100 slices"
+          f"{r['peak_mb']:>10.0f} MB peak ({r['peak_mb'] - r['before_mb']:.0f} MB above "
+          f"the loaded CT + model)")  # fmt: skip
 
 
 def main() -> None:
@@ -136,6 +158,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="slices per batch (both)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu", help="also time ctseg on this device (cuda)")
+    parser.add_argument("--device-only", action="store_true", help="only the --device run")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,18 +167,18 @@ def main() -> None:
         slab = (args.size, args.size, args.slab)
         print(f"seed U-Net [32,64,128,256]+512, 118 outputs, target {args.target}, "
               f"{args.threads} thread(s), batch {args.batch}")  # fmt: skip
+        if args.device_only:
+            r = measure(run_ctseg, ckpt, full, args.threads, args.batch, args.device)
+            line(f"ctseg Predictor ({args.device})", full, r)
+            print(f"  peak allocated on {args.device}: {r['gpu_peak_mb']:.0f} MB; labels equal "
+                  f"to CPU on {100 * r['cpu_agreement']:.3f} % of the first batch's voxels")  # fmt: skip
+            return
         ours_full = measure(run_ctseg, ckpt, full, args.threads, args.batch)
         ours_slab = measure(run_ctseg, ckpt, slab, args.threads, args.batch)
         naive_slab = measure(run_naive, ckpt, slab, args.threads, args.batch)
         on_device = None
         if args.device != "cpu":
             on_device = measure(run_ctseg, ckpt, full, args.threads, args.batch, args.device)
-
-    def line(name, shape, r):
-        per100 = r["seconds"] / shape[2] * 100
-        print(f"{name:<28}{' x '.join(map(str, shape)):<18}{per100:>10.1f} s/100 slices"
-              f"{r['peak_mb']:>10.0f} MB peak ({r['peak_mb'] - r['before_mb']:.0f} MB above "
-              f"the loaded CT + model)")  # fmt: skip
 
     line("ctseg Predictor", full, ours_full)
     line("ctseg Predictor", slab, ours_slab)
