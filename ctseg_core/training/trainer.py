@@ -38,7 +38,7 @@ from .hardware import autocast_context, resolve_amp, resolve_channels_last, reso
 from .losses import build_loss
 from .run_folder import default_checkpoints_root, new_run_dir, write_history, write_status
 from .samples import SampleFigure
-from .setup import build_optimizer, build_scheduler, init_output_bias, step_scheduler
+from .setup import backward_step, build_optimizer, build_scheduler, init_output_bias, step_scheduler
 from .validation import validate
 
 log = logging.getLogger(__name__)
@@ -277,15 +277,9 @@ class Trainer:
                     image, labels = augment_batch(image, labels, d, gen)
                 if channels_last:
                     image = image.contiguous(memory_format=torch.channels_last)
-                with autocast_context(device, amp):
-                    logits = net(image)
-                loss = loss_fn(logits, lut[labels.long()])
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if t.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                value = float(ddp.all_reduce_sum(loss.detach().double().clone())) / self.world
+                loss = backward_step(net, image, lut[labels.long()], loss_fn, optimizer, scaler,
+                                     autocast_context(device, amp), t.grad_clip)  # fmt: skip
+                value = float(ddp.all_reduce_sum(loss.double().clone())) / self.world
                 if not math.isfinite(value):
                     raise TrainingError(
                         f"loss became {value} at epoch {epoch}, step {step}; training stopped and "

@@ -1,0 +1,91 @@
+"""Phantom demo quality: time per epoch and the validation Dice reached within a time budget.
+
+Trains the ``phantom_demo`` preset (ctseg_core.training.presets: 12 phantom subjects,
+128 x 128, features [16, 32, 64, 128]) through the real trainer for ``--minutes`` of wall time
+(default 10) and prints, per epoch, the seconds and the mean validation Dice over the
+structures present in the validation references; then the best Dice within the budget.
+Goals (issue 3): an epoch in under a minute, best mean Dice >= 0.80 within 10 minutes on 2 CPU
+cores. ``--amp off`` runs the same in fp32 (to check that bf16 reaches the same Dice).
+
+    python benchmarks/phantom_quality.py [--data ROOT] [--minutes 10] [--amp auto|off]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ctseg_core.training.presets import phantom_demo
+from ctseg_core.training.run_folder import read_history
+from ctseg_core.training.trainer import Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None, help="dataset (default: a new phantom)")
+    parser.add_argument("--subjects", type=int, default=12)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--amp", default="auto")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="write the run folder here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.data
+        if root is None:
+            from ctseg_core.data.phantom import make_phantom_dataset
+
+            root = Path(tmp) / "phantom"
+            t0 = time.perf_counter()
+            make_phantom_dataset(root, n_subjects=args.subjects, seed=0)
+            print(f"phantom: {args.subjects} subjects in {time.perf_counter() - t0:.0f} s")
+        config = phantom_demo(str(root))
+        config.data.cache_dir = str(Path(tmp) / "cache")
+        config.train.amp = args.amp
+        config.run_name = "phantom-quality"
+        if args.lr:
+            config.train.lr = args.lr
+        if args.epochs:
+            config.train.epochs = args.epochs
+        stop = threading.Event()
+        budget_s = args.minutes * 60
+        started: list[float] = []
+
+        def on_progress(p) -> None:
+            if p.kind == "step" and not started:
+                started.append(time.perf_counter())  # the clock starts at the first step
+            if started and time.perf_counter() - started[0] > budget_s:
+                stop.set()
+            if p.kind == "epoch" and p.record:
+                r = p.record
+                elapsed = time.perf_counter() - started[0]
+                print(f"epoch {r['epoch']:>3}  {r['seconds']:6.1f} s  train loss "
+                      f"{r['train_loss']:.3f}  val Dice {r['val_dice_mean'] or 0:.3f}  "
+                      f"({elapsed / 60:.1f} min)", flush=True)  # fmt: skip
+
+        trainer = Trainer(
+            config, checkpoints_root=args.keep or Path(tmp) / "runs",
+            callbacks=[on_progress], stop_event=stop,
+        )  # fmt: skip
+        run_dir = trainer.open_run()
+        state = trainer.run()
+        history = read_history(run_dir)
+        dices = [r["val_dice_mean"] or 0.0 for r in history]
+        per_epoch = sum(r["seconds"] for r in history) / max(1, len(history))
+        best = max(dices, default=0.0)
+        print(f"\n{state}: {len(history)} epochs in {args.minutes:g} min budget, "
+              f"{per_epoch:.1f} s per epoch (goal < 60 s)")  # fmt: skip
+        print(f"best mean validation Dice (present structures): {best:.3f} (goal >= 0.80)")
+        if history:
+            last = history[-1]["val_dice"]
+            scored = sorted((v, k) for k, v in last.items() if v is not None)
+            print(
+                "weakest structures at the end: " + ", ".join(f"{k} {v:.2f}" for v, k in scored[:8])
+            )
+
+
+if __name__ == "__main__":
+    main()

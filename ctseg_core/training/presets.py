@@ -1,0 +1,60 @@
+"""Named starting configurations (the dashboard's presets and the benchmarks use the same ones).
+
+- ``phantom_demo``: the laptop demo on the synthetic phantom (12 subjects): 128 x 128 slices,
+  features [16, 32, 64, 128] with a 256 bottleneck, Dice + CE, Adam; tuned in
+  benchmarks/phantom_quality.py to reach a high validation Dice within 10 CPU minutes.
+- ``cpu``: the seed model at 128 x 128 for real data on a CPU.
+- ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..errors import ConfigError
+
+
+def phantom_demo(data_root: str = "") -> RunConfig:
+    return RunConfig(
+        DataConfig(
+            data_root=str(data_root),
+            target_size=(128, 128),
+            batch_size=8,
+            foreground_fraction=0.5,
+            val_slices_per_subject=32,
+        ),
+        ModelConfig(features=[16, 32, 64, 128], bottleneck=256),
+        TrainConfig(epochs=30, lr=2e-3, scheduler="cosine", early_stopping_patience=0),
+    )
+
+
+def cpu(data_root: str = "") -> RunConfig:
+    return RunConfig(
+        DataConfig(data_root=str(data_root), target_size=(128, 128), val_slices_per_subject=64),
+        ModelConfig(),
+        TrainConfig(epochs=50, early_stopping_patience=10),
+    )
+
+
+def gpu(data_root: str = "") -> RunConfig:
+    return RunConfig(
+        DataConfig(data_root=str(data_root), target_size=(256, 256), batch_size=16, num_workers=4),
+        ModelConfig(),
+        TrainConfig(epochs=100, early_stopping_patience=15, scheduler="poly"),
+    )
+
+
+PRESETS: dict[str, Callable[[str], RunConfig]] = {
+    "phantom_demo": phantom_demo,
+    "cpu": cpu,
+    "gpu": gpu,
+}
+
+
+def preset(name: str, data_root: str = "") -> RunConfig:
+    """A fresh RunConfig of the named preset."""
+    try:
+        return PRESETS[name](data_root)
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
