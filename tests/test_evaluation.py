@@ -288,3 +288,24 @@ def test_cli_stats_and_export(tmp_path, sample_root, extra_dir, capsys):
     written = json.loads(capsys.readouterr().out)
     assert len(written["labels"]) == 41
     assert (tmp_path / "x" / "s0000_totalsegmentator_multilabel.ctbl").is_file()
+
+
+def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, sample_root, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = rule_checkpoint(run / "best.pth", ["heart"])
+    argv = ["evaluate", "--data", str(sample_root), "--split", "val", "--checkpoint", str(ckpt),
+            "--meshes", "0"]  # fmt: skip
+    assert main(argv) == 0
+    assert "evaluated 1 subjects, 1 structures present" in capsys.readouterr().out
+    table = pd.read_csv(run / "evaluation" / "evaluation_results_val.csv")
+    assert table["structure"].tolist() == ["heart"] and table["subject"].tolist() == ["s0002"]
+    hu = np.asarray(nib.load(str(sample_root / "s0002" / "ct.nii.gz")).dataobj)
+    heart = np.asarray(
+        nib.load(str(sample_root / "s0002" / "segmentations" / "heart.nii.gz")).dataobj
+    )
+    # 64 x 64 model input resized back to 122 x 102: close to, not equal to, the plain threshold.
+    assert table.loc[0, "dice"] == pytest.approx(independent_dice(heart, hu > 150.5), abs=0.03)
+    assert not list((run / "evaluation").glob("3d_*.html"))
+    assert main(["evaluate", "--data", str(sample_root), "--predictions", str(tmp_path)]) == 2
+    assert "--out is required" in capsys.readouterr().err

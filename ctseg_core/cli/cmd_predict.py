@@ -44,7 +44,10 @@ def register(subparsers) -> None:
     source.add_argument(
         "--checkpoint", type=Path, action="append", help="checkpoint(s) to predict with"
     )
-    p.add_argument("--out", required=True, type=Path, help="folder for the tables and figures")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="folder for the tables and figures (default with --checkpoint: <run>/evaluation)",
+    )  # fmt: skip
     p.add_argument("--tolerance-mm", type=float, default=3.0, help="surface Dice tolerance (mm)")
     p.add_argument("--subjects", nargs="+", default=None, help="only these subject ids")
     p.add_argument("--meshes", type=int, default=3, help="3D pages for the first N subjects")
@@ -119,8 +122,13 @@ def _json_safe(records: list[dict]) -> list[dict]:
 
 
 def run_evaluate(args) -> int:
+    from ..errors import ConfigError
     from ..evaluation import evaluate_predictions, summarize_results
 
+    if args.out is None:
+        if not args.checkpoint:
+            raise ConfigError("--out is required with --predictions; name a folder for the results")
+        args.out = args.checkpoint[0].parent / "evaluation"
     progress, bar = tqdm_callback("evaluate")
     try:
         results = evaluate_predictions(
@@ -144,9 +152,11 @@ def run_evaluate(args) -> int:
         print(f"mean Dice over structures {scored['dice_mean'].mean():.4f}")
         print(f"{'structure':<32}{'n':>4}{'Dice':>8}{'HD95 mm':>10}{'NSD':>7}{'missed':>8}")
         for row in scored.sort_values("dice_mean").itertuples():
+            # HD95 is inf where a structure was missed; the mean is over finite values only.
+            hd95 = "inf" if math.isnan(row.hd95_mm_mean) else f"{row.hd95_mm_mean:.2f}"
             print(
                 f"{row.structure:<32}{row.dice_n:>4}{row.dice_mean:>8.3f}"
-                f"{row.hd95_mm_mean:>10.2f}{row.surface_dice_mean:>7.3f}{row.missed:>8}"
+                f"{hd95:>10}{row.surface_dice_mean:>7.3f}{row.missed:>8}"
             )
     return 0
 
