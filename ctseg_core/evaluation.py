@@ -239,6 +239,27 @@ def _cached_ct_volume(cached: CachedSubject) -> Volume:
     )
 
 
+def _check_model_structures(structures, root: Path, ids, cache_dir, split: str) -> None:
+    """ConfigError when no subject of the split annotates any structure the model predicts."""
+    annotated = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+    for sid in ids:
+        annotated |= open_cached(root, sid, cache_dir).annotated
+    wanted = [LABEL_OF[s] for s in structures]
+    covered = [NAME_OF[k] for k in wanted if annotated[k]]
+    if not covered:
+        shown = ", ".join(structures[:5]) + (" ..." if len(structures) > 5 else "")
+        raise ConfigError(
+            f"the checkpoint predicts {len(structures)} structures ({shown}), none of them "
+            f"annotated in split {split!r} of {root} ({int(annotated[1:].sum())} other structures "
+            "are); evaluate it on a dataset with masks for the structures it was trained on"
+        )
+    if len(covered) < len(wanted):
+        log.warning(
+            "%d of the checkpoint's %d structures are not annotated in split %r; they are not scored",
+            len(wanted) - len(covered), len(wanted), split,
+        )  # fmt: skip
+
+
 def evaluate_predictions(
     dataset_root: str | Path,
     split: str,
@@ -297,6 +318,7 @@ def evaluate_predictions(
         predictor = Predictor(checkpoints, device=device, tta=tta)
         model_labels = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
         model_labels[[LABEL_OF[s] for s in predictor.structures]] = True
+        _check_model_structures(predictor.structures, index.root, ids, cache_dir, split)
 
     out_dir = Path(out_dir)
     rows: list[dict] = []
@@ -309,11 +331,6 @@ def evaluate_predictions(
         if model_labels is not None:
             annotated &= model_labels
             annotated[0] = True
-            if not annotated[1:].any():
-                raise ConfigError(
-                    f"the checkpoint's structures are not annotated in {sid}; evaluate it on a "
-                    "dataset with masks for the structures it was trained on"
-                )
         reference = np.ascontiguousarray(cached.labels_xyz())
         if folder is not None:
             prediction = prediction_on_reference_grid(

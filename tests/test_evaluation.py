@@ -230,7 +230,10 @@ def test_failed_run_leaves_the_previous_results_whole(tmp_path, sample_root, ext
 
 def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, sample_root):
     ckpt = rule_checkpoint(tmp_path / "m.pth", ["liver", "spleen"])
-    with pytest.raises(ConfigError, match="not annotated in s0002"):
+    with pytest.raises(
+        ConfigError,
+        match=r"predicts 2 structures \(liver, spleen\), none of them annotated in split 'val'",
+    ):
         evaluate_predictions(sample_root, "val", [ckpt], tmp_path / "o")
 
 
