@@ -232,28 +232,27 @@ def mesh_step(reference: np.ndarray, prediction: np.ndarray, budget: int = MESH_
     return max(1, math.ceil(math.sqrt(faces / budget)))
 
 
-def structure_mesh(mask: np.ndarray, spacing_mm, step: int = 1):
-    """Marching-cubes mesh of a binary (X, Y, Z) mask: (vertices mm (V, 3), faces (F, 3)) or None.
+def structure_mesh(crop: np.ndarray, spacing_mm, step: int = 1, origin_voxel=(0, 0, 0)):
+    """Marching-cubes mesh of a binary (X, Y, Z) crop: (vertices mm (V, 3), faces (F, 3)) or None.
 
-    The mask is cropped to its box (1 voxel margin) and sampled every ``step`` voxels (a structure
-    thinner than the step is meshed at step 1, so it does not vanish).
+    ``origin_voxel``: index of the crop's first voxel in the whole volume (vertices are placed at
+    voxel index x spacing of the whole volume). Sampled every ``step`` voxels; a crop thinner
+    than two steps is meshed at step 1, so thin structures do not vanish.
     """
     from skimage.measure import marching_cubes
 
-    box = ndimage.find_objects(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8))
-    if not box or box[0] is None:
+    if not crop.any():
         return None
-    box = box[0]
-    crop = np.pad(mask[box].astype(np.uint8), 1)
-    if min(crop.shape) <= 2 * step:
+    padded = np.pad(crop.astype(np.uint8), 1)
+    if min(padded.shape) <= 2 * step:
         step = 1
     try:
         verts, faces, _, _ = marching_cubes(
-            crop, level=0.5, spacing=tuple(spacing_mm), step_size=step
+            padded, level=0.5, spacing=tuple(float(s) for s in spacing_mm), step_size=step
         )
     except (ValueError, RuntimeError):
         return None
-    offset = np.array([s.start - 1 for s in box], dtype=np.float64) * np.asarray(spacing_mm)
+    offset = (np.asarray(origin_voxel, dtype=np.float64) - 1) * np.asarray(spacing_mm)
     faces_dtype = np.uint16 if len(verts) < 1 << 16 else np.int32  # smaller pages
     return (verts + offset).astype(np.float32), faces.astype(faces_dtype)
 
@@ -276,9 +275,8 @@ def write_mesh_html(reference: np.ndarray, prediction: np.ndarray, spacing_mm, t
         for k, box in enumerate(boxes, start=1):
             if box is None:
                 continue
-            mask = np.zeros(labels.shape, dtype=bool)
-            mask[box] = labels[box] == k
-            mesh = structure_mesh(mask, spacing_mm, step)
+            origin = [sl.start for sl in box]
+            mesh = structure_mesh(labels[box] == k, spacing_mm, step, origin)
             if mesh is None:
                 continue
             verts, faces = mesh
@@ -292,8 +290,8 @@ def write_mesh_html(reference: np.ndarray, prediction: np.ndarray, spacing_mm, t
                 ),
                 row=1, col=col,
             )  # fmt: skip
-    scene = {"aspectmode": "data", "xaxis_title": "x (mm, R)", "yaxis_title": "y (mm, A)",
-             "zaxis_title": "z (mm, S)"}  # fmt: skip
-    fig.update_layout(title=f"{title} (surfaces sampled every {step} voxels)", scene=scene, scene2=scene, height=700,
-                      margin={"l": 0, "r": 0, "t": 40, "b": 0})  # fmt: skip
+    scene = {"aspectmode": "data", "xaxis_title": "x (mm, to R)", "yaxis_title": "y (mm, to A)",
+             "zaxis_title": "z (mm, to S)"}  # fmt: skip
+    fig.update_layout(title=f"{title} (surfaces sampled every {step} voxels)", scene=scene,
+                      scene2=scene, height=700, margin={"l": 0, "r": 0, "t": 40, "b": 0})  # fmt: skip
     atomic_write_text(target, fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True))

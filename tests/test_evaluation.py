@@ -312,3 +312,16 @@ def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, sample_roo
     assert not list((run / "evaluation").glob("3d_*.html"))
     assert main(["evaluate", "--data", str(sample_root), "--predictions", str(tmp_path)]) == 2
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_mesh_of_a_box_sits_at_its_place_in_mm():
+    from ctseg_core.evaluation_report import structure_mesh
+
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[5:10, 3:13, 2:6] = 5
+    box = (slice(5, 10), slice(3, 13), slice(2, 6))
+    verts, faces = structure_mesh(labels[box] == 5, (1.0, 2.0, 3.0), 1, (5, 3, 2))
+    # The 0.5 iso-surface lies half a voxel outside the box's voxel centres.
+    np.testing.assert_allclose(verts.min(axis=0), [4.5, 5.0, 4.5])
+    np.testing.assert_allclose(verts.max(axis=0), [9.5, 25.0, 16.5])
+    assert faces.max() < len(verts)
