@@ -156,3 +156,22 @@ def test_losses_are_low_for_the_right_answer_and_high_for_a_wrong_one(name):
     logits = right.clone().requires_grad_()
     loss(logits * 0.1, classes).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_fused_dice_ce_gradient_equals_autograd_of_its_definition():
+    from ctseg_core.training.losses import dice_ce_loss, dice_ce_reference
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 5, 7) * 3
+    classes = torch.randint(0, 6, (3, 5, 7))
+    classes[classes == 4] = 0  # one class absent from the batch
+    fused, reference = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss_fused, loss_reference = dice_ce_loss(fused, classes), dice_ce_reference(reference, classes)
+    loss_fused.backward()
+    loss_reference.backward()
+    assert float(loss_fused) == pytest.approx(float(loss_reference), rel=1e-6)
+    assert torch.allclose(fused.grad, reference.grad, atol=1e-7)
+    half = logits.bfloat16().requires_grad_()  # autocast hands the loss bf16 logits
+    dice_ce_loss(half, classes).backward()
+    assert half.grad.dtype == torch.bfloat16
+    assert torch.allclose(half.grad.float(), reference.grad, atol=2e-3)
