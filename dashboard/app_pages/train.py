@@ -129,9 +129,11 @@ def controls(root: str) -> None:
     ):
         try:
             run_dir = job.resume(state.checkpoints_root() / pick)
-            st.session_state[state.TRAIN_RUN] = Path(run_dir).name
         except Exception as exc:
             state.show_error(exc, "cannot resume")
+        else:
+            st.session_state[state.TRAIN_RUN] = Path(run_dir).name
+            st.rerun()  # redraw Stop (enabled) and the watched run
 
 
 def _list_runs():

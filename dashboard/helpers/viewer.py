@@ -91,6 +91,10 @@ def _controls(
 def structure_picker(keys: state.ViewerKeys, present: list[str]) -> list[str]:
     """Groups (pills) and a searchable structure list; returns the structures to show."""
     groups_present = [g for g in GROUPS if any(GROUP_OF[s] == g for s in present)]
+    if keys.groups in st.session_state:  # another subject may lack some groups
+        st.session_state[keys.groups] = [
+            g for g in st.session_state[keys.groups] or [] if g in groups_present
+        ]
     groups = st.pills(
         "Groups",
         groups_present,
@@ -98,6 +102,7 @@ def structure_picker(keys: state.ViewerKeys, present: list[str]) -> list[str]:
         default=_default(keys.groups, groups_present),
         key=keys.groups,
         width="stretch",
+        wrap=True,
     )
     in_groups = [s for s in present if GROUP_OF[s] in (groups or [])]
     if keys.structures in st.session_state:  # a preset from another page may name absent ones

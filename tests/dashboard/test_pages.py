@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import nibabel as nib
 import numpy as np
@@ -237,6 +238,9 @@ def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_prob
     at.run()
     assert "already running" in at.error[0].value
     assert not (app_env["checkpoints"] / "second").exists()
+    deadline = time.time() + 60  # one finished epoch, so last.pth exists to resume from
+    while not (run_dir / "last.pth").is_file() and time.time() < deadline:
+        time.sleep(0.2)
     at.button(key="ctseg_train_stop").click()
     at.run()
     assert job.wait(60)
@@ -244,7 +248,20 @@ def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_prob
     assert read_status(run_dir)["state"] == "stopped"
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["State"] == "stopped"
-    assert int(metrics["Epoch"].split(" / ")[0]) < 30
+    stopped_at = int(metrics["Epoch"].split(" / ")[0])
+    assert stopped_at < 30
+    # Resume continues the same run folder from its last.pth
+    at.selectbox(key="ctseg_train_resume_pick").set_value("from-page")
+    at.run()
+    at.button(key="ctseg_train_resume").click()
+    at.run()
+    no_problems(at)
+    assert job.is_running and job.snapshot().run_dir == run_dir
+    at.button(key="ctseg_train_stop").click()
+    at.run()
+    assert job.wait(60)
+    assert read_status(run_dir)["state"] == "stopped"
+    assert read_status(run_dir)["epoch"] >= stopped_at
 
 
 def test_train_shows_a_failed_run_from_the_cli_with_its_error(
