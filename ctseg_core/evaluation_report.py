@@ -176,8 +176,29 @@ def _display(slice_xy: np.ndarray) -> np.ndarray:
     return np.swapaxes(slice_xy, 0, 1)[::-1, ::-1]
 
 
-def _overlay(ax, case: SliceCase, labels: np.ndarray, title: str) -> None:
+def zoom_window(case: SliceCase, min_fraction: float = 0.4) -> tuple[slice, slice]:
+    """(X, Y) slices around the structure in question: twice its extent, at least 40 % of the
+    image side, so small structures are visible and their surroundings still recognisable."""
+    label = LABEL_OF[case.structure]
+    focus = (case.reference == label) | (case.prediction == label)
+    if not focus.any():
+        return slice(None), slice(None)
+    window = []
+    for axis, size in enumerate(focus.shape):
+        idx = np.flatnonzero(focus.any(axis=1 - axis))
+        centre = (idx[0] + idx[-1] + 1) / 2
+        half = max(idx[-1] + 1 - idx[0], min_fraction * size / 2)
+        lo = int(max(0, min(round(centre - half), size - 2 * half)))
+        window.append(slice(lo, int(min(size, lo + round(2 * half)))))
+    return window[0], window[1]
+
+
+def _overlay(ax, case: SliceCase, labels: np.ndarray, title: str, reference: bool) -> None:
     lo, hi = DISPLAY_WINDOW_HU
+    wx, wy = zoom_window(case)
+    case = SliceCase(case.subject, case.structure, case.dice, case.z, case.ct_hu[wx, wy],
+                     case.reference[wx, wy], case.prediction[wx, wy], case.aspect)  # fmt: skip
+    labels = labels[wx, wy]
     ax.imshow(_display(case.ct_hu), cmap="gray", vmin=lo, vmax=hi, aspect=case.aspect,
               interpolation="nearest")  # fmt: skip
     rgba = np.zeros((*labels.shape, 4), dtype=np.float32)
@@ -187,7 +208,10 @@ def _overlay(ax, case: SliceCase, labels: np.ndarray, title: str) -> None:
     # Contours of the structure in question: white = reference, yellow = this panel's labels,
     # so a missed or misplaced structure shows where it should have been.
     label = LABEL_OF[case.structure]
-    for mask, colour in ((case.reference == label, "white"), (labels == label, "yellow")):
+    contours = [(case.reference == label, "white")]
+    if not reference:
+        contours.append((labels == label, "yellow"))
+    for mask, colour in contours:
         if mask.any():
             ax.contour(_display(mask.astype(np.uint8)), levels=[0.5], colors=colour, linewidths=0.9)
     ax.set_title(title, fontsize=8)
@@ -204,9 +228,10 @@ def plot_slice_cases(cases: list[SliceCase], target: Path) -> None:
         ax.set_axis_off()
     for i, case in enumerate(cases):
         head = f"{case.subject} {case.structure} z={case.z}"
-        _overlay(fig.add_subplot(n, 2, 2 * i + 1), case, case.reference, f"{head}: reference")
+        ax = fig.add_subplot(n, 2, 2 * i + 1)
+        _overlay(ax, case, case.reference, f"{head}: reference (white)", True)
         _overlay(fig.add_subplot(n, 2, 2 * i + 2), case, case.prediction,
-                 f"prediction (Dice {case.dice:.3f})")  # fmt: skip
+                 f"prediction (yellow), Dice {case.dice:.3f}", False)  # fmt: skip
     _save_figure(fig, target)
 
 

@@ -325,3 +325,16 @@ def test_mesh_of_a_box_sits_at_its_place_in_mm():
     np.testing.assert_allclose(verts.min(axis=0), [4.5, 5.0, 4.5])
     np.testing.assert_allclose(verts.max(axis=0), [9.5, 25.0, 16.5])
     assert faces.max() < len(verts)
+
+
+def test_slice_figure_zooms_on_the_structure_in_question():
+    from ctseg_core.evaluation_report import SliceCase, zoom_window
+
+    reference = np.zeros((512, 400), np.uint8)
+    reference[500:505, 10:14] = LABEL_OF["adrenal_gland_left"]  # small, near an edge
+    case = SliceCase("s", "adrenal_gland_left", 0.0, 3, np.zeros((512, 400), np.int16),
+                     reference, np.zeros_like(reference), 1.0)  # fmt: skip
+    wx, wy = zoom_window(case)
+    assert wx.start <= 500 and wx.stop >= 505 and wy.start <= 10 and wy.stop >= 14
+    assert wx.stop - wx.start >= 0.4 * 512 - 1 and wy.stop - wy.start >= 0.4 * 400 - 1
+    assert wx.stop <= 512 and wy.start >= 0
