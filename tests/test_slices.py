@@ -113,6 +113,7 @@ def test_dataset_reads_resized_2p5d_slices_of_the_real_sample(sample_dataset):
     # slice presence agrees with the cache's voxel counts
     liver = LABEL_OF["liver"]
     assert ds.subjects[0].voxel_counts[liver] > 0 and ds.presence[:30, liver].any()
+    assert (ds.subjects[0].folder / "slice_presence.npy").is_file()  # scanned once, stored
     assert ds.presence[:30, liver].sum() == sum(
         bool((np.asarray(ds.subjects[0].labels[z]) == liver).any()) for z in range(30)
     )

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..errors import DataError
+from ..fileio import atomic_path
 from ..labels import LABEL_OF, NUM_STRUCTURES
 from .cache import CachedSubject, open_cached, prepare_dataset
 from .dataset_root import open_dataset
@@ -103,12 +104,31 @@ def label_scores(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
     return scores
 
 
+PRESENCE_FILE = "slice_presence.npy"
+
+
 def _slice_presence(subject: CachedSubject) -> np.ndarray:
-    """(Z, 118) bool: which label values occur in each axial slice (one bincount per slice)."""
+    """(Z, 118) bool: which label values occur in each axial slice (one bincount per slice).
+
+    Stored beside the cache entry (which is keyed by the source files, so it cannot go stale)
+    when the cache is writable: a large dataset is scanned once, not at every start.
+    """
     labels = subject.labels
+    stored = subject.folder / PRESENCE_FILE
+    try:
+        presence = np.load(stored)
+        if presence.shape == (labels.shape[0], NUM_LABELS) and presence.dtype == bool:
+            return presence
+    except (OSError, ValueError):
+        pass
     presence = np.zeros((labels.shape[0], NUM_LABELS), dtype=bool)
     for z in range(labels.shape[0]):
         presence[z] = np.bincount(labels[z].ravel(), minlength=NUM_LABELS)[:NUM_LABELS] > 0
+    try:
+        with atomic_path(stored, suffix=".npy") as tmp:
+            np.save(tmp, presence)
+    except OSError as exc:  # a read-only cache still trains, it only rescans next time
+        log.debug("could not store %s: %s", stored, exc)
     return presence
 
 
