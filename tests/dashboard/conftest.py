@@ -1,4 +1,4 @@
-"""Fixtures of the dashboard tests: a small phantom, its cache, a tiny trained run, page env."""
+"""Fixtures of the dashboard tests: the shared phantom and cache, a tiny trained run, page env."""
 
 from __future__ import annotations
 
@@ -11,18 +11,14 @@ HOME = str(REPO / "dashboard" / "Home.py")
 
 
 @pytest.fixture(scope="session")
-def dash_dirs(tmp_path_factory) -> dict[str, Path]:
-    """A 6-subject 64 x 64 x 24 phantom (the shared one when conftest provides it) and tmp dirs."""
-    from ctseg_core.data.phantom import make_phantom_dataset
-
-    base = tmp_path_factory.mktemp("dashboard")
-    data = base / "phantom"
-    make_phantom_dataset(data, n_subjects=6, seed=0, shape=(64, 64, 24), workers=1)
-    dirs = {"data": data, "cache": base / "cache", "checkpoints": base / "checkpoints"}
-    dirs["checkpoints"].mkdir()
+def dash_dirs(tmp_path_factory, phantom_root, session_cache) -> dict[str, Path]:
+    """The shared small phantom (6 subjects of ~64 x 64 x 24), its cache, a checkpoints root."""
     from ctseg_core.data.cache import prepare_dataset
 
-    prepare_dataset(data, dirs["cache"], workers=1)
+    base = tmp_path_factory.mktemp("dashboard")
+    dirs = {"data": phantom_root, "cache": session_cache, "checkpoints": base / "checkpoints"}
+    dirs["checkpoints"].mkdir()
+    prepare_dataset(phantom_root, session_cache, workers=1)
     return dirs
 
 
