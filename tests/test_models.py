@@ -70,7 +70,6 @@ def test_config_round_trips_through_json():
         (lambda c: setattr(c.data, "context_slices", 2), "must be odd"),
         (lambda c: setattr(c.data, "structures", ["livre"]), "unknown structure"),
         (lambda c: setattr(c.train, "loss", "mse"), "loss 'mse'"),
-        (lambda c: setattr(c.model, "out_channels", 5), "does not fit loss"),
     ],
 )
 def test_invalid_settings_are_refused(change, fragment):
@@ -78,6 +77,16 @@ def test_invalid_settings_are_refused(change, fragment):
     change(config)
     with pytest.raises(ConfigError, match=fragment):
         config.validate()
+
+
+def test_explicit_channel_counts_must_fit_and_derived_ones_follow_the_data():
+    with pytest.raises(ConfigError, match="does not fit loss"):
+        RunConfig(model=ModelConfig(out_channels=5)).validate()
+    config = RunConfig()  # channel counts derived ...
+    config.data.structures = ["liver", "spleen"]
+    config.data.context_slices = 5
+    config.validate()  # ... and derived again after the data settings changed
+    assert (config.model.in_channels, config.model.out_channels) == (5, 3)
 
 
 def test_unknown_keys_and_models_are_refused():

@@ -169,7 +169,7 @@ def test_fused_dice_ce_gradient_equals_autograd_of_its_definition():
     loss_fused, loss_reference = dice_ce_loss(fused, classes), dice_ce_reference(reference, classes)
     loss_fused.backward()
     loss_reference.backward()
-    assert float(loss_fused) == pytest.approx(float(loss_reference), rel=1e-6)
+    assert loss_fused.item() == pytest.approx(loss_reference.item(), rel=1e-6)
     assert torch.allclose(fused.grad, reference.grad, atol=1e-7)
     half = logits.bfloat16().requires_grad_()  # autocast hands the loss bf16 logits
     dice_ce_loss(half, classes).backward()

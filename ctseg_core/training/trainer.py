@@ -269,9 +269,9 @@ class Trainer:
             net.train()
             lr = optimizer.param_groups[0]["lr"]
             loss_sum, seen = 0.0, 0
+            t0 = time.monotonic()  # step times include loading, so the ETA does too
             for step, (image, labels, _) in enumerate(train_loader, start=1):
                 self._check_stop()
-                t0 = time.monotonic()
                 image, labels = image.to(device, non_blocking=True), labels.to(device)
                 if d.augment:
                     image, labels = augment_batch(image, labels, d, gen)
@@ -290,6 +290,7 @@ class Trainer:
                 scaler.update()
                 loss_sum, seen = loss_sum + value * len(image), seen + len(image)
                 step_seconds.append(time.monotonic() - t0)
+                t0 = time.monotonic()
                 step_seconds = step_seconds[-50:]
                 per_step = sum(step_seconds) / len(step_seconds)
                 left = (steps - step) + (t.epochs - epoch) * steps
