@@ -6,7 +6,9 @@ Writes, all atomically and only after the whole prediction succeeded:
 - ``OUT.ctbl`` and ``OUT_itksnap_labels.txt``: names and colours for 3D Slicer and ITK-SNAP;
 - with ``split_masks``: ``OUT/segmentations/<structure>.nii.gz``, one 0/1 mask per structure the
   model predicts (empty files for absent ones: the dataset layout, where a missing file would
-  mean "not annotated").
+  mean "not annotated");
+- with ``statistics``: ``OUT_statistics.csv``, volume (ml) and mean/std HU per structure found
+  (TotalSegmentator's ``--statistics``).
 
 Existing outputs are refused unless ``overwrite``; then they are replaced whole, never halfway.
 """
@@ -48,10 +50,14 @@ def _stem(out_path: Path) -> str:
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
 
 
-def output_paths(out_path: str | Path, split_masks: bool = False) -> list[Path]:
+def output_paths(
+    out_path: str | Path, split_masks: bool = False, statistics: bool = False
+) -> list[Path]:
     """Every path :func:`predict_file` writes for ``out_path`` (the masks folder last)."""
     out_path = Path(out_path)
     paths = [out_path, *label_file_paths(out_path)]
+    if statistics:
+        paths.append(out_path.with_name(_stem(out_path) + "_statistics.csv"))
     if split_masks:
         paths.append(out_path.with_name(_stem(out_path)))
     return paths
@@ -97,6 +103,7 @@ def predict_file(
     progress: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
     memory_limit_bytes: int | None = None,
+    statistics: bool = False,
 ) -> dict:
     """Predict a CT file or DICOM series folder and write the results beside ``out_path``.
 
@@ -111,7 +118,8 @@ def predict_file(
     ct_path, out_path = Path(ct_path), Path(out_path)
     if not out_path.name.endswith((".nii.gz", ".nii")):
         raise ConfigError(f"--out {out_path} must end with .nii.gz or .nii")
-    existing = [p for p in output_paths(out_path, split_masks) if p.exists()]
+    written = output_paths(out_path, split_masks, statistics)
+    existing = [p for p in written if p.exists()]
     if existing and not overwrite:
         raise ConfigError(
             f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out"
@@ -141,6 +149,14 @@ def predict_file(
         )
     save_on_original_grid(labels, ct, out_path)
     slicer, itk = write_label_files(out_path, values)
+    stats_path = None
+    if statistics:
+        from .evaluation import volume_statistics
+        from .fileio import atomic_write_text
+
+        stats_path = out_path.with_name(_stem(out_path) + "_statistics.csv")
+        table = volume_statistics(labels, ct.array, ct.spacing_mm)
+        atomic_write_text(stats_path, table.to_csv(index=False))
 
     counts = np.bincount(labels.ravel(), minlength=119)
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
@@ -154,6 +170,7 @@ def predict_file(
         "out": str(out_path),
         "label_files": [str(slicer), str(itk)],
         "masks_dir": str(out_path.with_name(_stem(out_path))) if split_masks else None,
+        "statistics": str(stats_path) if stats_path else None,
         "shape": [int(s) for s in ct.original_shape],
         "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
         "orientation": ct.orientation,

@@ -102,12 +102,20 @@ def test_threshold_rule_lands_on_the_right_voxels_of_a_flipped_axis_ct(tmp_path,
     ct_path = sample_root / "s0001" / "ct.nii.gz"
     ckpt = make_checkpoint(tmp_path / "t.pth", ["vertebrae_T8"], "test_threshold", (512, 512), 3)
     out = tmp_path / "t.nii.gz"
-    predict_file(ct_path, [ckpt], out, batch_slices=7)
+    summary = predict_file(ct_path, [ckpt], out, batch_slices=7, statistics=True)
     hu = np.asarray(nib.load(str(ct_path)).dataobj)
     expected = np.where(hu > THRESHOLD_HU, LABEL_OF["vertebrae_T8"], 0)
     got = np.asarray(nib.load(str(out)).dataobj)
     assert (expected > 0).sum() > 10_000
     np.testing.assert_array_equal(got, expected)
+    import pandas as pd
+
+    stats = pd.read_csv(tmp_path / "t_statistics.csv")
+    assert summary["statistics"] == str(tmp_path / "t_statistics.csv")
+    assert stats["structure"].tolist() == ["vertebrae_T8"]
+    above = hu[hu > THRESHOLD_HU].astype(float)
+    assert stats.loc[0, "volume_ml"] == pytest.approx(above.size * 0.9765625**2 * 2 / 1000)
+    assert stats.loc[0, "mean_hu"] == pytest.approx(above.mean())
 
 
 def test_batches_and_resizing_give_the_same_labels_whatever_the_batch_size(tmp_path, unlabeled_ct):

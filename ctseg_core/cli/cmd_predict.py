@@ -23,6 +23,10 @@ def register(subparsers) -> None:
         "--split-masks", action="store_true",
         help="also write OUT/segmentations/<structure>.nii.gz (the dataset layout)",
     )  # fmt: skip
+    p.add_argument(
+        "--statistics", action="store_true",
+        help="also write OUT_statistics.csv: volume (ml) and mean/std HU per structure",
+    )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="test-time augmentation (left/right safe)")
     p.add_argument("--batch-slices", type=int, default=8, help="axial slices per batch (default 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
@@ -87,7 +91,7 @@ def run_predict(args) -> int:
         summary = predict_file(
             args.ct, args.checkpoint, args.out, split_masks=args.split_masks, tta=args.tta,
             batch_slices=args.batch_slices, device=args.device, progress=progress,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, statistics=args.statistics,
         )  # fmt: skip
     finally:
         bar.close()
@@ -101,6 +105,8 @@ def run_predict(args) -> int:
     print(f"label files: {', '.join(summary['label_files'])}")
     if summary["masks_dir"]:
         print(f"masks: {summary['masks_dir']}/segmentations/")
+    if summary["statistics"]:
+        print(f"statistics: {summary['statistics']}")
     found = summary["structures_found"]
     print(f"structures found: {len(found)}")
     for name, info in sorted(found.items(), key=lambda kv: -kv[1]["volume_ml"]):
