@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy import ndimage
 
 from .fileio import atomic_path, atomic_write_text
-from .labels import COLOURS, LABEL_OF, NAME_OF, NUM_STRUCTURES, colour_lut
+from .labels import COLOURS, LABEL_OF, colour_lut
+from .viz.mesh import bounding_boxes, structure_meshes
 
 log = logging.getLogger(__name__)
 
 #: CT display window (HU): soft tissue and bone both readable under a colour overlay
 DISPLAY_WINDOW_HU = (-400.0, 600.0)
-#: triangles per 3D page (both panels); the marching-cubes step grows to stay near it (~1 MB)
+#: triangles per 3D page (both panels together), about 1 MB of page
 MESH_FACE_BUDGET = 60_000
 
 
@@ -100,7 +100,9 @@ class ReportCollector:
         del self.cases[self.max_cases :]
         if len(self.meshes_written) < self.mesh_subjects:
             target = self.out_dir / f"3d_{subject_id}.html"
-            write_mesh_html(reference, prediction, spacing, target, title=subject_id)
+            write_mesh_html(
+                reference, prediction, spacing, target, title=subject_id, affine=cached.affine
+            )
             self.meshes_written.append(target)
 
     def finish(self, results: pd.DataFrame, summary: pd.DataFrame) -> list[Path]:
@@ -235,88 +237,54 @@ def plot_slice_cases(cases: list[SliceCase], target: Path) -> None:
     _save_figure(fig, target)
 
 
-def boundary_voxels(labels: np.ndarray) -> int:
-    """Number of voxels with a face neighbour of another label (the size of all surfaces)."""
-    edge = np.zeros(labels.shape, dtype=bool)
-    for axis in range(labels.ndim):
-        ahead = [slice(None)] * labels.ndim
-        behind = [slice(None)] * labels.ndim
-        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
-        differs = labels[tuple(ahead)] != labels[tuple(behind)]
-        edge[tuple(ahead)] |= differs
-        edge[tuple(behind)] |= differs
-    return int(np.count_nonzero(edge & (labels > 0)))
-
-
-def mesh_step(reference: np.ndarray, prediction: np.ndarray, budget: int = MESH_FACE_BUDGET) -> int:
-    """Marching-cubes step (voxels) that keeps both panels' triangles near ``budget``.
-
-    A surface of S voxels gives about 2 S triangles at step 1 and 2 S / step**2 at a larger step.
-    """
-    faces = 2 * (boundary_voxels(reference) + boundary_voxels(prediction))
-    return max(1, math.ceil(math.sqrt(faces / budget)))
-
-
-def structure_mesh(crop: np.ndarray, spacing_mm, step: int = 1, origin_voxel=(0, 0, 0)):
-    """Marching-cubes mesh of a binary (X, Y, Z) crop: (vertices mm (V, 3), faces (F, 3)) or None.
-
-    ``origin_voxel``: index of the crop's first voxel in the whole volume (vertices are placed at
-    voxel index x spacing of the whole volume). Sampled every ``step`` voxels; a crop thinner
-    than two steps is meshed at step 1, so thin structures do not vanish.
-    """
-    from skimage.measure import marching_cubes
-
-    if not crop.any():
-        return None
-    padded = np.pad(crop.astype(np.uint8), 1)
-    if min(padded.shape) <= 2 * step:
-        step = 1
-    try:
-        verts, faces, _, _ = marching_cubes(
-            padded, level=0.5, spacing=tuple(float(s) for s in spacing_mm), step_size=step
-        )
-    except (ValueError, RuntimeError):
-        return None
-    offset = (np.asarray(origin_voxel, dtype=np.float64) - 1) * np.asarray(spacing_mm)
-    faces_dtype = np.uint16 if len(verts) < 1 << 16 else np.int32  # smaller pages
-    return (verts + offset).astype(np.float32), faces.astype(faces_dtype)
-
-
-def write_mesh_html(reference: np.ndarray, prediction: np.ndarray, spacing_mm, target: Path,
-                    title: str = "", include_plotlyjs: str | bool = "cdn") -> None:  # fmt: skip
+def write_mesh_html(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing_mm,
+    target: Path,
+    title: str = "",
+    affine: np.ndarray | None = None,
+    max_faces_total: int = MESH_FACE_BUDGET,
+) -> None:
     """Interactive page: reference (left) and prediction (right) meshes of every present structure.
 
-    reference, prediction: canonical (X, Y, Z) labels; spacing_mm: (x, y, z). ``include_plotlyjs``
-    is passed to plotly ("cdn" keeps the file small; True embeds plotly.js for offline use).
+    reference, prediction: canonical (X, Y, Z) labels; spacing_mm: (x, y, z); with ``affine``
+    (canonical voxel -> world) the vertices are world mm, else mm on the voxel grid. Meshes come
+    from ``viz.mesh`` (cropped marching cubes, one shared face budget per panel, so a page stays
+    near 1 MB). plotly.js is written once beside the page (``plotly.min.js``) so the page opens
+    offline, as the rest of the evaluation folder does.
     """
     import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "scene"}]],
                         subplot_titles=("reference", "prediction"))  # fmt: skip
-    step = mesh_step(reference, prediction)
     for col, labels in ((1, reference), (2, prediction)):
-        boxes = ndimage.find_objects(labels, max_label=NUM_STRUCTURES)
-        for k, box in enumerate(boxes, start=1):
-            if box is None:
-                continue
-            origin = [sl.start for sl in box]
-            mesh = structure_mesh(labels[box] == k, spacing_mm, step, origin)
-            if mesh is None:
-                continue
-            verts, faces = mesh
-            r, g, b = COLOURS[NAME_OF[k]]
+        boxes = bounding_boxes(labels)
+        items = structure_meshes(
+            labels, sorted(boxes), spacing_mm, affine, max_faces_total // 2, boxes, layout="xyz"
+        )
+        for item in items:
+            # plotly ships numpy arrays as typed base64: float32 vertices and uint16 indices
+            # keep a page near 1 MB
+            verts = item["verts"].astype(np.float32)
+            faces = item["faces"].astype(np.uint16 if len(verts) < 1 << 16 else np.int32)
+            r, g, b = item["colour"]
             fig.add_trace(
                 go.Mesh3d(
-                    x=verts[:, 0].round(1), y=verts[:, 1].round(1), z=verts[:, 2].round(1),
+                    x=verts[:, 0], y=verts[:, 1], z=verts[:, 2],
                     i=faces[:, 0], j=faces[:, 1], k=faces[:, 2], color=f"rgb({r},{g},{b})",
-                    opacity=1.0, name=NAME_OF[k], legendgroup=NAME_OF[k], showlegend=col == 1,
-                    hoverinfo="name", flatshading=True,
+                    opacity=1.0, name=item["name"], legendgroup=item["name"],
+                    showlegend=col == 1, hoverinfo="name", flatshading=True,
                 ),
                 row=1, col=col,
             )  # fmt: skip
     scene = {"aspectmode": "data", "xaxis_title": "x (mm, to R)", "yaxis_title": "y (mm, to A)",
              "zaxis_title": "z (mm, to S)"}  # fmt: skip
-    fig.update_layout(title=f"{title} (surfaces sampled every {step} voxels)", scene=scene,
-                      scene2=scene, height=700, margin={"l": 0, "r": 0, "t": 40, "b": 0})  # fmt: skip
-    atomic_write_text(target, fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True))
+    fig.update_layout(title=title, scene=scene, scene2=scene, height=700,
+                      margin={"l": 0, "r": 0, "t": 40, "b": 0})  # fmt: skip
+    bundle = Path(target).parent / "plotly.min.js"
+    if not bundle.is_file():
+        atomic_write_text(bundle, get_plotlyjs())
+    atomic_write_text(target, fig.to_html(include_plotlyjs="directory", full_html=True))

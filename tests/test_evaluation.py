@@ -95,7 +95,7 @@ def test_outputs_are_written_and_consistent(tmp_path, sample_root, extra_dir):
     assert names == sorted([
         "evaluation_results_train.csv", "summary_train.csv", "detection_train.csv",
         "metrics_distribution_train.png", "structure_ranking_train.png",
-        "segmentation_visualization_train.png", "3d_s0000.html",
+        "segmentation_visualization_train.png", "3d_s0000.html", "plotly.min.js",
     ])  # fmt: skip
     table = pd.read_csv(out / "evaluation_results_train.csv")
     assert list(table.columns) == [
@@ -118,6 +118,8 @@ def test_outputs_are_written_and_consistent(tmp_path, sample_root, extra_dir):
     html = (out / "3d_s0000.html").read_text()
     assert html.count('"type":"mesh3d"') >= 70  # ~40 structures, reference and prediction
     assert (out / "3d_s0000.html").stat().st_size < 2_000_000
+    # the page opens offline: plotly.js sits beside it, no CDN
+    assert '<script charset="utf-8" src="plotly.min.js">' in html and "cdn.plot.ly" not in html
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -312,19 +314,6 @@ def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, sample_roo
     assert not list((run / "evaluation").glob("3d_*.html"))
     assert main(["evaluate", "--data", str(sample_root), "--predictions", str(tmp_path)]) == 2
     assert "--out is required" in capsys.readouterr().err
-
-
-def test_mesh_of_a_box_sits_at_its_place_in_mm():
-    from ctseg_core.evaluation_report import structure_mesh
-
-    labels = np.zeros((20, 20, 20), np.uint8)
-    labels[5:10, 3:13, 2:6] = 5
-    box = (slice(5, 10), slice(3, 13), slice(2, 6))
-    verts, faces = structure_mesh(labels[box] == 5, (1.0, 2.0, 3.0), 1, (5, 3, 2))
-    # The 0.5 iso-surface lies half a voxel outside the box's voxel centres.
-    np.testing.assert_allclose(verts.min(axis=0), [4.5, 5.0, 4.5])
-    np.testing.assert_allclose(verts.max(axis=0), [9.5, 25.0, 16.5])
-    assert faces.max() < len(verts)
 
 
 def test_slice_figure_zooms_on_the_structure_in_question():
