@@ -19,7 +19,13 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_written_files_get_the_umask_mode_not_0600(tmp_path):
     atomic_write_json(tmp_path / "a" / "status.json", {"state": "running"})
     mode = os.stat(tmp_path / "a" / "status.json").st_mode & 0o777
-    assert mode == FILE_MODE and mode & 0o044  # readable by group/others under umask 022
+    assert mode == FILE_MODE == 0o666 & ~current_umask()
