@@ -17,7 +17,9 @@ from dashboard.helpers import runs
 
 LR_OPTIONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 WIDTHS = {"tiny (8)": 8, "small (16)": 16, "base (32)": 32, "wide (64)": 64}
-REFRESH_S = 1.5
+REFRESH_S = 1.5  # the view of an active run
+WATCH_S = 3.0  # new runs and state changes
+ACTIVE_STATES = ("queued", "running", "stopping")
 
 st.title("Train")
 
@@ -161,7 +163,25 @@ def _eta(seconds) -> str:
 
 @st.fragment(run_every=REFRESH_S)
 def live_view(run_name: str, smoothing: float, log_y: bool) -> None:
-    """State, progress and curves of one run, re-read from its folder every REFRESH_S seconds."""
+    """The view of an active run, re-read from its folder every REFRESH_S seconds."""
+    run_view(run_name, smoothing, log_y)
+
+
+@st.fragment
+def still_view(run_name: str, smoothing: float, log_y: bool) -> None:
+    """The view of an ended run (no timer: nothing changes until the run list does)."""
+    run_view(run_name, smoothing, log_y)
+
+
+@st.fragment(run_every=WATCH_S)
+def run_list_watcher(shown: tuple) -> None:
+    """Reruns the page when a run appears (e.g. from the CLI) or a run changes state."""
+    if tuple((r.name, r.state) for r in _list_runs()) != shown:
+        st.rerun(scope="app")
+
+
+def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
+    """State, progress and curves of one run, read from its folder."""
     from ctseg_core.training.run_folder import read_history, read_status
 
     run_dir = state.checkpoints_root() / run_name
@@ -207,6 +227,7 @@ def live_view(run_name: str, smoothing: float, log_y: bool) -> None:
 def watch() -> None:
     st.subheader("Live view")
     all_runs = _list_runs()
+    run_list_watcher(tuple((r.name, r.state) for r in all_runs))
     if not all_runs:
         st.caption(f"No run folders under {state.checkpoints_root()} yet.")
         return
@@ -217,7 +238,9 @@ def watch() -> None:
     run_name = cols[0].selectbox("Run", names, key=state.TRAIN_RUN)
     smoothing = cols[1].slider("Smoothing", 0.0, 0.95, 0.6, 0.05, key=state.TRAIN_FORM.smoothing)
     log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.log_y)
-    live_view(run_name, smoothing, log_y)
+    run_state = next(r.state for r in all_runs if r.name == run_name)
+    view = live_view if run_state in ACTIVE_STATES else still_view
+    view(run_name, smoothing, log_y)
 
 
 def compare() -> None:
