@@ -147,7 +147,7 @@ def show_results(info: dict) -> None:
     with st.expander("Success rates per structure"):
         st.dataframe(evalcharts.success_rates(summary), hide_index=True)
     st.markdown("**Detection** (subject x structure)")
-    st.altair_chart(evalcharts.detection_chart(results), width="stretch")
+    st.altair_chart(evalcharts.detection_chart(results), width="content")
     worst_case_link(results, evalcharts.ranking(results, "dice"), info)
     st.subheader("Downloads")
     split = info["split"]

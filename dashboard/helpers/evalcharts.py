@@ -12,7 +12,7 @@ from dashboard.helpers.charts import group_scale
 STATUS_COLOURS = {
     "detected": "#2a9d8f",
     "missed": "#e76f51",
-    "false_positive": "#f4a261",
+    "false_positive": "#9b5de5",
     "true_negative": "#3a3f4b",
 }
 METRIC_TITLES = {
@@ -42,7 +42,12 @@ def ranking_chart(table: pd.DataFrame, metric: str = "dice") -> alt.Chart:
         alt.Chart(table)
         .mark_bar()
         .encode(
-            y=alt.Y("structure:N", sort=list(table["structure"]), title=None),
+            y=alt.Y(
+                "structure:N",
+                sort=list(table["structure"]),
+                title=None,
+                axis=alt.Axis(labelLimit=220),
+            ),
             x=alt.X("mean:Q", title=f"mean {METRIC_TITLES.get(metric, metric)}"),
             color=alt.Color("group:N", scale=group_scale(), legend=alt.Legend(orient="top")),
             tooltip=["structure", "group", alt.Tooltip("mean:Q", format=".3f"), "count"],
@@ -93,14 +98,22 @@ def success_chart(summary: pd.DataFrame) -> alt.Chart:
 
 
 def detection_chart(results: pd.DataFrame) -> alt.Chart:
-    """Subject x structure matrix of detected / missed / false positive (true negatives dim)."""
+    """Subject x structure matrix of detected / missed / false positive (true negatives dim).
+
+    Cells have a fixed size (the chart grows with the data); show it with width="content".
+    """
     data = results[["subject", "structure", "group", "status", "dice"]]
-    height = max(100, min(900, 22 * data["subject"].nunique()))
+    # structures absent from every reference and prediction carry no information: left out
+    shown = data.groupby("structure", sort=False)["status"].apply(
+        lambda s: (s != "true_negative").any()
+    )
+    data = data[data["structure"].isin(shown[shown].index)]
+    order = list(dict.fromkeys(data["structure"]))  # the results' order: by label value
     return (
         alt.Chart(data)
         .mark_rect(stroke="#0e1117", strokeWidth=0.5)
         .encode(
-            x=alt.X("structure:N", title=None, sort=None),
+            x=alt.X("structure:N", title=None, sort=order, axis=alt.Axis(labelAngle=-60)),
             y=alt.Y("subject:N", title=None),
             color=alt.Color(
                 "status:N",
@@ -115,7 +128,7 @@ def detection_chart(results: pd.DataFrame) -> alt.Chart:
                 alt.Tooltip("dice:Q", format=".3f"),
             ],
         )
-        .properties(height=height)
+        .properties(width=alt.Step(12), height=alt.Step(20))
     )
 
 

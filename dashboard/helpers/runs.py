@@ -64,7 +64,11 @@ def loss_chart(df: pd.DataFrame, smoothing: float, log_y: bool, run: str = "") -
     scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
     base = alt.Chart(long).encode(
         x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
-        color=alt.Color("curve:N", legend=alt.Legend(orient="top", title=None)),
+        color=alt.Color(
+            "curve:N",
+            scale=alt.Scale(domain=["train_loss", "val_loss"], range=["#4fb3bf", "#f3a712"]),
+            legend=alt.Legend(orient="top", title=None),
+        ),
     )
     raw = base.mark_line(opacity=0.25, point=alt.OverlayMarkDef(opacity=0.25)).encode(
         y=alt.Y("loss:Q", scale=scale, title="loss")
@@ -148,7 +152,7 @@ def compare_chart(histories: dict[str, list[dict]], metric: str, log_y: bool) ->
         .mark_line(point=True)
         .encode(
             x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
-            y=alt.Y(f"{metric}:Q", scale=scale),
+            y=alt.Y(f"{metric}:Q", scale=scale, axis=alt.Axis(format=".3~g")),
             color=alt.Color("run:N", legend=alt.Legend(orient="top")),
             tooltip=["run", "epoch", metric],
         )
