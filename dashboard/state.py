@@ -1,32 +1,26 @@
-"""The dashboard's shared state: session-state keys and every st.cache_* wrapper, in one place.
+"""The dashboard's session state: every session-state and widget key, and error display.
 
-Pages never call st.cache_* or invent session keys; they call these functions. Heavy objects are
-cached by small keys (paths, ids, mtimes), never by hashing whole volumes: a CachedSubject holds
-memmaps, so caching it costs nothing and each slice read is a few milliseconds.
+Pages never invent session keys; they use these names. Every st.cache_* wrapper lives in
+``dashboard/cached.py``; the two modules are the only places with either.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
-from ctseg_core.access import check_allowed_path
 from ctseg_core.errors import CtsegError
 
 log = logging.getLogger("ctseg.dashboard")
 
 
 @dataclass(frozen=True)
-class ViewerKeys:
+class WidgetKeys:
     """Widget keys under one prefix: ``keys.plane`` -> "<prefix>_plane" (one namespace per use)."""
 
     prefix: str
@@ -37,10 +31,10 @@ class ViewerKeys:
         return f"{self.prefix}_{name}"
 
 
-EXPLORE_VIEW = ViewerKeys("ctseg_explore")
-PREDICT_VIEW = ViewerKeys("ctseg_predict")
-TRAIN_FORM = ViewerKeys("ctseg_train")
-EVAL_FORM = ViewerKeys("ctseg_eval")
+EXPLORE_VIEW = WidgetKeys("ctseg_explore")
+PREDICT_VIEW = WidgetKeys("ctseg_predict")
+TRAIN_FORM = WidgetKeys("ctseg_train")
+EVAL_FORM = WidgetKeys("ctseg_eval")
 
 # Session-state keys (one namespace, so pages cannot collide).
 DATASET = "ctseg_dataset_root"  # str: the chosen dataset root, shared by every page
@@ -64,7 +58,7 @@ PERSISTENT = (
 )
 
 
-def slice_key(keys: ViewerKeys, plane: str) -> str:
+def slice_key(keys: WidgetKeys, plane: str) -> str:
     """Widget key of a viewer's slice slider in one plane (each plane keeps its own position)."""
     return f"{keys.slice}_{plane}"
 
@@ -105,276 +99,13 @@ def guarded(body: Callable[[], None], what: str = "") -> None:
         show_error(exc, what)
 
 
-# ---------------------------------------------------------------- paths and datasets
-
-
-def cache_dir() -> Path:
-    """The preprocessing cache folder ($CTSEG_CACHE or the user cache)."""
-    from ctseg_core.data.cache import default_cache_dir
-
-    return default_cache_dir()
-
-
-def checkpoints_root() -> Path:
-    """The root of run folders ($CTSEG_CHECKPOINTS or ./checkpoints)."""
-    from ctseg_core.training.run_folder import default_checkpoints_root
-
-    return Path(default_checkpoints_root())
-
-
-def demo_dir() -> Path:
-    """Where the phantom demo dataset lives: $CTSEG_DEMO_DIR or <user data dir>/phantom."""
-    env = os.environ.get("CTSEG_DEMO_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("ctseg")) / "phantom"
-
-
-@st.cache_resource(show_spinner=False)
-def ensure_demo_dataset(root: str) -> str:
-    """Generate the phantom demo dataset once (skipped when it is already there)."""
-    from ctseg_core.data.phantom import make_phantom_dataset
-
-    path = Path(root)
-    if not (path / "meta.csv").is_file():
-        make_phantom_dataset(path)
-    return str(path)
-
-
-def default_dataset() -> tuple[str, bool]:
-    """(dataset root, is it the demo?): $CTSEG_DATA when set, else the phantom demo dataset."""
-    env = os.environ.get("CTSEG_DATA")
-    if env:
-        return env, False
-    return str(demo_dir()), True
-
-
 def dataset_root() -> str | None:
     """The dataset chosen on Home (shared by every page), or the default when none was chosen."""
     if DATASET not in st.session_state:
+        from dashboard.cached import default_dataset
+
         root, is_demo = default_dataset()
         if is_demo and not (Path(root) / "meta.csv").is_file():
             return None  # Home generates it (with a spinner) on first start
         st.session_state[DATASET] = root
     return st.session_state[DATASET]
-
-
-def checked_dataset_path(path: str) -> Path:
-    """A user-given dataset path, resolved and checked against $CTSEG_DATA_ROOTS."""
-    from ctseg_core.errors import DataError
-
-    resolved = check_allowed_path(path)
-    if not resolved.is_dir():
-        raise DataError(f"{path} is not a folder; give the dataset root (subject folders inside)")
-    return resolved
-
-
-def _tree_stamp(root: str) -> float:
-    """A cheap change marker of a dataset: the newest mtime among the root and its subjects."""
-    path = Path(root)
-    stamps = [path.stat().st_mtime]
-    stamps += [p.stat().st_mtime for p in path.iterdir() if p.is_dir()]
-    return max(stamps)
-
-
-#: The dashboard prepares in one process: forking a server that holds torch and Streamlit threads
-#: is not safe. `ctseg prepare --data <root>` prepares a large dataset in parallel beforehand.
-PREPARE_WORKERS = 1
-
-
-@st.cache_resource(show_spinner=False)
-def _prepared() -> set:
-    return set()
-
-
-def ensure_prepared(root: str, progress=None) -> bool:
-    """Prepare every subject into the cache once per (root, cache, change stamp).
-
-    ``progress(done, total, subject)`` follows the work; returns True when work was done.
-    Subjects that fail are listed by the summary's problems, not raised.
-    """
-    from ctseg_core.data.cache import prepare_dataset
-
-    key = (str(root), str(cache_dir()), _tree_stamp(root))
-    if key in _prepared():
-        return False
-    prepare_dataset(root, cache_dir(), workers=PREPARE_WORKERS, progress=progress)
-    _prepared().add(key)
-    return True
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def _summary(root: str, cache: str, stamp: float) -> dict:
-    from ctseg_core.data.summary import summarize_dataset
-
-    return summarize_dataset(root, cache, workers=PREPARE_WORKERS)
-
-
-def dataset_summary(root: str) -> dict:
-    """summarize_dataset, cached per root and change stamp (call ensure_prepared first)."""
-    return _summary(str(root), str(cache_dir()), _tree_stamp(root))
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _index(root: str, stamp: float):
-    from ctseg_core.data.dataset_root import open_dataset
-
-    return open_dataset(root)
-
-
-def dataset_index(root: str):
-    """The DatasetIndex of a root (subjects, splits), cached per change stamp."""
-    return _index(str(root), _tree_stamp(root))
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _cached_subject(root: str, subject_id: str, cache: str):
-    from ctseg_core.data.cache import open_cached
-
-    return open_cached(root, subject_id, cache)
-
-
-def cached_subject(root: str, subject_id: str):
-    """The CachedSubject (memmapped (Z, X, Y) CT and labels), opened once per (root, subject)."""
-    return _cached_subject(str(root), subject_id, str(cache_dir()))
-
-
-# ---------------------------------------------------------------- training and runs
-
-
-@st.cache_resource(show_spinner=False)
-def training_job():
-    """The one TrainingJob of this server: every browser tab sees (and stops) the same job."""
-    from ctseg_core.training.job import get_job
-
-    return get_job()
-
-
-def checkpoint_files(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run, best and last first, then per-epoch ones by epoch."""
-    run_dir = Path(run_dir)
-    named = [run_dir / n for n in ("best.pth", "last.pth") if (run_dir / n).is_file()]
-
-    def epoch_of(p: Path) -> int:
-        digits = "".join(c for c in p.stem if c.isdigit())
-        return int(digits) if digits else -1
-
-    per_epoch = sorted(run_dir.glob("checkpoint_epoch*.pth"), key=epoch_of)
-    return named + per_epoch
-
-
-def all_checkpoints() -> dict[str, str]:
-    """label -> checkpoint path, over every run folder under the checkpoints root."""
-    from ctseg_core.training.run_folder import list_runs
-
-    out: dict[str, str] = {}
-    root = checkpoints_root()
-    if not root.is_dir():
-        return out
-    for run in list_runs(root):
-        for ckpt in checkpoint_files(run.run_dir):
-            out[f"{run.name} / {ckpt.name}"] = str(ckpt)
-    return out
-
-
-# ---------------------------------------------------------------- predictions and meshes
-
-
-@st.cache_resource(show_spinner=False)
-def _prediction_store() -> dict:
-    """Server-wide store of predicted label volumes: {(root, subject, checkpoint, mtime): array}.
-
-    A plain dict rather than a cached function, so the progress bar shown while predicting is not
-    recorded into (and replayed from) a Streamlit cache.
-    """
-    return {"lock": threading.Lock(), "items": OrderedDict()}
-
-
-PREDICTIONS_KEPT = 4  # label volumes are ~1 byte/voxel: 4 full-size CTs are well under 1 GB
-
-
-def _volume_of(entry):
-    """A Volume of a cached subject's canonical CT, as predict_volume expects it."""
-    from ctseg_core.data.volume import Volume
-
-    return Volume(
-        array=np.asarray(entry.ct_xyz()),
-        affine=entry.affine,
-        spacing_mm=tuple(entry.spacing_mm),
-        original_affine=entry.original_affine,
-        original_shape=tuple(entry.original_shape),
-    )
-
-
-def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=None) -> np.ndarray:
-    """Prediction of a checkpoint on a cached subject, (Z, X, Y) uint8; computed once, kept.
-
-    ``progress(done, total, info)`` is called only when the prediction is computed.
-    """
-    from ctseg_core.errors import DataError
-    from ctseg_core.inference import predict_volume
-
-    path = Path(checkpoint).expanduser().resolve()
-    if not path.is_file():
-        raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
-    key = (str(root), subject_id, str(path), path.stat().st_mtime)
-    store = _prediction_store()
-    with store["lock"]:
-        if key in store["items"]:
-            store["items"].move_to_end(key)
-            return store["items"][key]
-    entry = cached_subject(root, subject_id)
-    labels_xyz = predict_volume(_volume_of(entry), [str(path)], progress=progress)
-    labels_zxy = np.ascontiguousarray(np.asarray(labels_xyz, dtype=np.uint8).transpose(2, 0, 1))
-    labels_zxy.flags.writeable = False
-    with store["lock"]:
-        store["items"][key] = labels_zxy
-        while len(store["items"]) > PREDICTIONS_KEPT:
-            store["items"].popitem(last=False)
-    return labels_zxy
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _meshes(source: str, values: tuple, spacing_mm: tuple, kind: str, _labels_zxy, _affine):
-    from ctseg_core.viz.mesh import structure_meshes
-
-    return structure_meshes(
-        _labels_zxy, list(values), spacing_mm, _affine, max_faces_total=120000, kind=kind
-    )
-
-
-def meshes_cached(source: str, labels_zxy, values, spacing_mm, affine, kind: str) -> list[dict]:
-    """structure_meshes items of some structures, cached by a source key (volume never hashed).
-
-    ``source`` names the label volume uniquely (e.g. "ref:<root>:<subject>").
-    """
-    values = tuple(sorted(int(v) for v in values))
-    spacing = tuple(float(s) for s in spacing_mm)
-    return _meshes(source, values, spacing, kind, labels_zxy, affine)
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _volume_stats(source: str, _labels_zxy, _ct_zxy, spacing_zxy: tuple):
-    from ctseg_core.metrics.stats import compute_volume_stats
-
-    return compute_volume_stats(_labels_zxy, _ct_zxy, spacing_zxy)
-
-
-def volume_stats(source: str, labels_zxy, ct_zxy, spacing_mm):
-    """VolumeStats (ml, mean HU per label) of a (Z, X, Y) label volume, cached by source key."""
-    sx, sy, sz = (float(s) for s in spacing_mm)
-    return _volume_stats(source, labels_zxy, ct_zxy, (sz, sx, sy))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _label_counts(source: str, _labels_zxy) -> np.ndarray:
-    from ctseg_core.labels import NUM_STRUCTURES
-
-    return np.bincount(np.asarray(_labels_zxy).ravel(), minlength=NUM_STRUCTURES + 1)
-
-
-def label_counts(source: str, labels_zxy) -> np.ndarray:
-    """(118,) voxels per label value of a label volume, counted once per source key."""
-    return _label_counts(source, labels_zxy)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from ctseg_core.access import check_allowed_path
 from ctseg_core.errors import DataError
-from dashboard import state
+from dashboard import cached, state
 from dashboard.helpers import evalcharts
 from dashboard.pages_index import PAGE_FILES
 
@@ -27,7 +27,7 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
         required=True,
     )  # fmt: skip
     if kind == FROM_RUN:
-        checkpoints = state.all_checkpoints()
+        checkpoints = cached.all_checkpoints()
         if not checkpoints:
             st.info("No checkpoints yet: train a run on the Train page, or evaluate a folder.")
             return None
@@ -43,12 +43,12 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
     resolved = check_allowed_path(folder)
     if not resolved.is_dir():
         raise DataError(f"{folder} is not a folder; give the folder holding <id>.nii.gz files")
-    out = state.checkpoints_root() / "evaluations" / resolved.name
+    out = cached.checkpoints_root() / "evaluations" / resolved.name
     return str(resolved), out, ""
 
 
 def run_evaluation(root: str) -> None:
-    index = state.dataset_index(root)
+    index = cached.dataset_index(root)
     source = choose_source()
     splits = [s for s in ("test", "val", "train") if index.subjects_in(s)]
     cols = st.columns([1, 1, 2], vertical_alignment="bottom")
@@ -73,7 +73,7 @@ def run_evaluation(root: str) -> None:
     try:
         results = evaluate_predictions(
             root, split, predictions, out_dir, progress=progress,
-            cache_dir=state.cache_dir(), report=report,
+            cache_dir=cached.cache_dir(), report=report,
         )  # fmt: skip
     finally:
         bar.empty()
@@ -106,7 +106,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
     if cols[1].button("Open in Explore", icon=":material/open_in_new:", key=state.EVAL_FORM.open):
         from ctseg_core.labels import LABEL_OF
 
-        entry = state.cached_subject(info["root"], subject)
+        entry = cached.cached_subject(info["root"], subject)
         per_slice = (np.asarray(entry.labels) == LABEL_OF[structure]).sum(axis=(1, 2))
         z = int(per_slice.argmax()) if per_slice.any() else entry.num_slices // 2
         st.session_state[state.EXPLORE_SUBJECT] = subject

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import state
+from dashboard import cached, state
 from dashboard.helpers.viewer import Layer, volume_viewer
 from dashboard.pages_index import PAGE_FILES
 
@@ -19,13 +19,13 @@ def main() -> None:
         st.info("Choose a dataset on Home first.")
         st.page_link(PAGE_FILES["home"], label="Home", icon=":material/home:")
         return
-    index = state.dataset_index(root)
+    index = cached.dataset_index(root)
     if not index.subjects:
         st.error(f"{root} holds no subjects; choose another dataset on Home.")
         return
     if st.session_state.get(state.EXPLORE_SUBJECT) not in index.subjects:
         st.session_state[state.EXPLORE_SUBJECT] = index.subjects[0]
-    checkpoints = state.all_checkpoints()
+    checkpoints = cached.all_checkpoints()
     options = [NO_CHECKPOINT, *checkpoints]
     if st.session_state.get(state.EXPLORE_CHECKPOINT) not in options:
         st.session_state[state.EXPLORE_CHECKPOINT] = NO_CHECKPOINT
@@ -44,7 +44,7 @@ def main() -> None:
         "and checkpoint, then cached.",
     )
     with st.spinner(f"Opening {subject} …"):
-        entry = state.cached_subject(root, subject)
+        entry = cached.cached_subject(root, subject)
     layers = [
         Layer("reference", entry.labels, f"ref:{root}:{subject}", entry.voxel_counts),
     ]
@@ -56,9 +56,9 @@ def main() -> None:
             bar.progress(min(1.0, done / max(total, 1)), text=f"Predicting {subject}: {info}")
 
         try:
-            pred = state.predicted_labels_zxy(root, subject, checkpoint, progress)
+            pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
             source = f"pred:{checkpoint}:{root}:{subject}"
-            layers.append(Layer("prediction", pred, source, state.label_counts(source, pred)))
+            layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
         except Exception as exc:
             state.show_error(exc, f"prediction with {choice}")
         finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import state
+from dashboard import cached, state
 from dashboard.helpers import charts, runs
 from dashboard.pages_index import PAGE_FILES
 
@@ -16,10 +16,10 @@ st.title("ctseg — multi-organ CT segmentation")
 def choose_dataset() -> str | None:
     """The dataset path box; generates the phantom demo dataset on first start."""
     root = state.dataset_root()
-    default, is_demo = state.default_dataset()
+    default, is_demo = cached.default_dataset()
     if root is None and is_demo:
         with st.spinner(f"First start: generating the phantom demo dataset in {default} …"):
-            state.ensure_demo_dataset(default)
+            cached.ensure_demo_dataset(default)
         st.session_state[state.DATASET] = default
         root = default
     with st.form("dataset_form", border=False):
@@ -32,8 +32,8 @@ def choose_dataset() -> str | None:
         submitted = cols[1].form_submit_button("Open", type="primary", width="stretch")
     if submitted and typed and typed != root:
         try:
-            resolved = state.checked_dataset_path(typed)
-            index = state.dataset_index(str(resolved))
+            resolved = cached.checked_dataset_path(typed)
+            index = cached.dataset_index(str(resolved))
             if not index.subjects:
                 st.error(
                     f"{typed} holds no subject folders (<id>/ct.nii.gz); "
@@ -66,10 +66,10 @@ def show_summary(root: str) -> None:
             f"`ctseg prepare --data {root}` does this in parallel for a large dataset",
         )
 
-    state.ensure_prepared(root, progress)
+    cached.ensure_prepared(root, progress)
     bar.empty()
     with st.spinner("Summarizing the dataset …"):
-        summary = state.dataset_summary(root)
+        summary = cached.dataset_summary(root)
     subjects = summary["subjects"]
     splits = summary["splits"]
     cols = st.columns(5)
@@ -106,7 +106,7 @@ def show_summary(root: str) -> None:
 
 def show_runs() -> None:
     st.subheader("Runs")
-    root = state.checkpoints_root()
+    root = cached.checkpoints_root()
     table = runs.runs_table(root)
     if table.empty:
         st.caption(f"No run folders under {root} yet — start one on the Train page.")

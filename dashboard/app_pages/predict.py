@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 
 from ctseg_core.labels import NUM_STRUCTURES
-from dashboard import state
+from dashboard import cached, state
 from dashboard.helpers import uploads
 from dashboard.helpers.viewer import Layer, volume_viewer
 
@@ -26,7 +26,7 @@ st.caption(
 
 
 def choose_checkpoint(workdir: Path) -> str | None:
-    checkpoints = state.all_checkpoints()
+    checkpoints = cached.all_checkpoints()
     options = [*checkpoints, UPLOADED]
     choice = st.selectbox("Checkpoint", options, key=state.PREDICT_VIEW.checkpoint)
     if choice != UPLOADED:

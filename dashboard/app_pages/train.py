@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from ctseg_core.config import LOSSES, SCHEDULERS, DataConfig, ModelConfig, RunConfig, TrainConfig
-from dashboard import state
+from dashboard import cached, state
 from dashboard.helpers import runs
 
 LR_OPTIONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
@@ -74,7 +74,7 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     structures = present if only_present and present else None
     data = DataConfig(
         data_root=root,
-        cache_dir=str(state.cache_dir()),
+        cache_dir=str(cached.cache_dir()),
         target_size=(size, size),
         batch_size=batch,
         augment=augment,
@@ -90,13 +90,13 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
 
 def controls(root: str) -> None:
     with st.spinner("Reading the dataset …"):
-        summary = state.dataset_summary(root)
+        summary = cached.dataset_summary(root)
     present = [s for s, n in summary["coverage"].items() if n > 0]
     config = build_config(root, present)
-    job = state.training_job()
+    job = cached.training_job()
     if config is not None:
         try:
-            run_dir = job.start(config.validate(check_data=True), state.checkpoints_root())
+            run_dir = job.start(config.validate(check_data=True), cached.checkpoints_root())
             st.session_state[state.TRAIN_RUN] = Path(run_dir).name
             st.toast(f"Started {Path(run_dir).name}", icon=":material/play_arrow:")
         except Exception as exc:
@@ -130,7 +130,7 @@ def controls(root: str) -> None:
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
         try:
-            run_dir = job.resume(state.checkpoints_root() / pick)
+            run_dir = job.resume(cached.checkpoints_root() / pick)
         except Exception as exc:
             state.show_error(exc, "cannot resume")
         else:
@@ -141,7 +141,7 @@ def controls(root: str) -> None:
 def _list_runs():
     from ctseg_core.training.run_folder import list_runs
 
-    return list_runs(state.checkpoints_root())
+    return list_runs(cached.checkpoints_root())
 
 
 def _latest_sample(run_dir: Path) -> Path | None:
@@ -184,7 +184,7 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     """State, progress and curves of one run, read from its folder."""
     from ctseg_core.training.run_folder import read_history, read_status
 
-    run_dir = state.checkpoints_root() / run_name
+    run_dir = cached.checkpoints_root() / run_name
     status = read_status(run_dir)
     history = read_history(run_dir)
     epochs = status.get("epochs") or 0
@@ -229,7 +229,7 @@ def watch() -> None:
     all_runs = _list_runs()
     run_list_watcher(tuple((r.name, r.state) for r in all_runs))
     if not all_runs:
-        st.caption(f"No run folders under {state.checkpoints_root()} yet.")
+        st.caption(f"No run folders under {cached.checkpoints_root()} yet.")
         return
     names = [r.name for r in all_runs]
     if st.session_state.get(state.TRAIN_RUN) not in names:
@@ -257,7 +257,7 @@ def compare() -> None:
         "Curve", ["val_dice_mean", "val_loss", "train_loss", "lr"], key=state.TRAIN_FORM.metric
     )
     log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.compare_log)
-    histories = {n: read_history(state.checkpoints_root() / n) for n in chosen}
+    histories = {n: read_history(cached.checkpoints_root() / n) for n in chosen}
     chart = runs.compare_chart(histories, metric, log_y)
     if chart is None:
         st.caption("The chosen runs have no finished epoch yet.")
@@ -270,7 +270,7 @@ def main() -> None:
     if not root:
         st.info("Choose a dataset on Home first.")
         return
-    st.caption(f"Dataset: {root} · runs are written to {state.checkpoints_root()}")
+    st.caption(f"Dataset: {root} · runs are written to {cached.checkpoints_root()}")
     state.guarded(lambda: controls(root), "training controls")
     state.guarded(watch, "live view")
     state.guarded(compare, "compare runs")

@@ -25,7 +25,7 @@ from ctseg_core.viz.slices import (
     stretch_to_aspect,
     to_png_bytes,
 )
-from dashboard import state
+from dashboard import cached, state
 
 CUSTOM = "custom"
 MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
@@ -38,7 +38,7 @@ class Layer:
     name: str
     labels_zxy: np.ndarray
     source: str  # a unique key of this volume, for caches
-    counts: np.ndarray  # (118,) voxels per label value (from the cache meta or state.label_counts)
+    counts: np.ndarray  # (118,) voxels per label value (from the cache meta or cached.label_counts)
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _default(key: str, value):
 
 
 def _controls(
-    keys: state.ViewerKeys, two_layers: bool
+    keys: state.WidgetKeys, two_layers: bool
 ) -> tuple[str, float, float, str, str, float]:
     plane = st.segmented_control(
         "Plane", PLANES, default=_default(keys.plane, "axial"), key=keys.plane, required=True
@@ -88,7 +88,7 @@ def _controls(
     return plane, float(level), float(width), style, layout, alpha
 
 
-def structure_picker(keys: state.ViewerKeys, present: list[str]) -> list[str]:
+def structure_picker(keys: state.WidgetKeys, present: list[str]) -> list[str]:
     """Groups (pills) and a searchable structure list; returns the structures to show."""
     groups_present = [g for g in GROUPS if any(GROUP_OF[s] == g for s in present)]
     if keys.groups in st.session_state:  # another subject may lack some groups
@@ -169,7 +169,7 @@ def compose_slice(
 
 @st.fragment
 def slice_fragment(
-    keys: state.ViewerKeys, ct_zxy, layers: list[Layer], view: ViewSettings, spacing_mm
+    keys: state.WidgetKeys, ct_zxy, layers: list[Layer], view: ViewSettings, spacing_mm
 ) -> None:
     """The slice slider and image: moving the slider reruns only this function."""
     count = num_planes(ct_zxy.shape, view.plane)
@@ -199,7 +199,7 @@ def stats_table(ct_zxy, layers: list[Layer], structures: list[str], spacing_mm) 
     """Volume (ml) and mean HU of each shown structure, per layer."""
     rows = {s: {"structure": s, "group": GROUP_OF[s]} for s in structures}
     for layer in layers:
-        stats = state.volume_stats(layer.source, layer.labels_zxy, ct_zxy, spacing_mm)
+        stats = cached.volume_stats(layer.source, layer.labels_zxy, ct_zxy, spacing_mm)
         for s in structures:
             k = LABEL_OF[s]
             rows[s][f"{layer.name} ml"] = round(float(stats.volume_ml[k]), 2)
@@ -208,7 +208,7 @@ def stats_table(ct_zxy, layers: list[Layer], structures: list[str], spacing_mm) 
     return pd.DataFrame(list(rows.values()))
 
 
-def mesh_view(keys: state.ViewerKeys, layers: list[Layer], structures, spacing_mm, affine) -> None:
+def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_mm, affine) -> None:
     """A plotly 3D view of chosen structures (decimated meshes, reference and prediction)."""
     from ctseg_core.viz.mesh import meshes_figure
 
@@ -231,7 +231,7 @@ def mesh_view(keys: state.ViewerKeys, layers: list[Layer], structures, spacing_m
     with st.spinner("Building surfaces …"):
         for layer in layers:
             kind = "prediction" if layer.name == "prediction" else "reference"
-            items += state.meshes_cached(
+            items += cached.meshes_cached(
                 layer.source, layer.labels_zxy, values, spacing_mm, affine, kind
             )
     fig = meshes_figure(items)
@@ -243,7 +243,7 @@ def mesh_view(keys: state.ViewerKeys, layers: list[Layer], structures, spacing_m
     )
 
 
-def volume_viewer(keys: state.ViewerKeys, ct_zxy, layers: list[Layer], spacing_mm, affine) -> None:
+def volume_viewer(keys: state.WidgetKeys, ct_zxy, layers: list[Layer], spacing_mm, affine) -> None:
     """Everything of a volume view: controls, slice fragment, legend, stats and the 3D view."""
     counts = np.zeros(NUM_STRUCTURES + 1, dtype=np.int64)
     for layer in layers:
