@@ -17,6 +17,7 @@ from ctseg_core.labels import COLOURS, GROUP_OF, GROUPS, LABEL_OF, NUM_STRUCTURE
 from ctseg_core.viz.slices import (
     PLANES,
     WINDOW_PRESETS,
+    extract_plane,
     num_planes,
     overlay_rgb,
     plane_aspect,
@@ -149,8 +150,6 @@ def compose_slice(
         ct_zxy, view.plane, index, labels_zxy=layers[0].labels_zxy, mode=view.style, **common
     )
     if len(layers) > 1:
-        from ctseg_core.viz.slices import extract_plane
-
         if view.layout == "side by side":
             second = render_slice(
                 ct_zxy,
