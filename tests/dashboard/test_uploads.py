@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,23 @@ def test_checkpoint_upload_needs_a_pth_name(tmp_path):
     assert save_checkpoint_upload("m.pth", b"x", tmp_path).read_bytes() == b"x"
     with pytest.raises(DataError, match=r"\.pth"):
         save_checkpoint_upload("m.pkl", b"x", tmp_path)
+
+
+def test_a_zipped_real_dicom_series_loads_as_the_ct(tmp_path):
+    """The Predict page's path for a .zip: unpack flat, then the library reads the series."""
+    from ctseg_core.data.volume import load_ct
+
+    series = (
+        Path(__file__).resolve().parents[2].parent / "shared" / "data" / "extra" / "dicom_s0001"
+    )
+    if not series.is_dir():
+        pytest.skip("../shared/data/extra/dicom_s0001 is not available")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(series.iterdir()):
+            archive.write(path, f"export/series1/{path.name}")
+    folder = save_ct_upload("s0001_dicom.zip", buffer.getvalue(), tmp_path)
+    ct = load_ct(folder)
+    assert ct.array.shape == (512, 512, 20)
+    assert ct.spacing_mm == pytest.approx((0.977, 0.977, 2.0), abs=0.01)
+    assert ct.array.dtype.kind == "i" and ct.array.min() < -500 < 500 < ct.array.max()
