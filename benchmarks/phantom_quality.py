@@ -23,6 +23,18 @@ from ctseg_core.training.run_folder import read_history
 from ctseg_core.training.trainer import Trainer
 
 
+def present_structures(root: Path, cache_dir: str) -> list[str]:
+    """Structures with voxels in any subject, in label order (prepares the cache)."""
+    from ctseg_core.data.cache import open_cached, prepare_dataset
+    from ctseg_core.data.dataset_root import open_dataset
+    from ctseg_core.labels import STRUCTURES
+
+    index = open_dataset(root)
+    prepare_dataset(index, cache_dir)
+    counts = sum(open_cached(root, s, cache_dir).voxel_counts for s in index.subjects)
+    return [name for value, name in enumerate(STRUCTURES, start=1) if counts[value] > 0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="dataset (default: a new phantom)")
@@ -31,6 +43,7 @@ def main() -> None:
     parser.add_argument("--amp", default="auto")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--all-structures", action="store_true", help="117 outputs, not present")
     parser.add_argument("--keep", type=Path, default=None, help="write the run folder here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,6 +57,9 @@ def main() -> None:
             print(f"phantom: {args.subjects} subjects in {time.perf_counter() - t0:.0f} s")
         config = phantom_demo(str(root))
         config.data.cache_dir = str(Path(tmp) / "cache")
+        if not args.all_structures:  # as the Train page does by default
+            config.data.structures = present_structures(root, config.data.cache_dir)
+            print(f"{len(config.data.structures)} structures present in the dataset")
         config.train.amp = args.amp
         config.run_name = "phantom-quality"
         if args.lr:

@@ -202,8 +202,16 @@ class Trainer:
         self._emit(
             Progress("start", "running", self.run_dir, epochs=t.epochs, message="preparing data")
         )
-        train_set = SliceDataset(cfg, d.train_split)
-        val_set = SliceDataset(cfg, d.val_split)
+
+        def preparing(split: str):
+            def report(done: int, total: int, subject_id: str) -> None:
+                msg = f"preparing the {split} subjects: {done}/{total} ({subject_id})"
+                self._emit(Progress("start", "running", self.run_dir, epochs=t.epochs, message=msg))
+
+            return report
+
+        train_set = SliceDataset(cfg, d.train_split, progress=preparing(d.train_split))
+        val_set = SliceDataset(cfg, d.val_split, progress=preparing(d.val_split))
         device = resolve_device(t.device)
         amp = resolve_amp(t.amp, device)
         channels_last = resolve_channels_last(t.channels_last, device, amp)
