@@ -235,7 +235,15 @@ def watch() -> None:
     if st.session_state.get(state.TRAIN_RUN) not in names:
         st.session_state[state.TRAIN_RUN] = names[0]  # the most recently updated
     cols = st.columns([2, 2, 1])
-    run_name = cols[0].selectbox("Run", names, key=state.TRAIN_RUN)
+
+    def picked() -> None:
+        st.session_state[state.TRAIN_RUN] = st.session_state[state.TRAIN_FORM.run_pick]
+
+    # The watched run lives in its own key: the run list changes under the widget (new runs,
+    # new order), which must not move the selection.
+    run_name = st.session_state[state.TRAIN_RUN]
+    st.session_state[state.TRAIN_FORM.run_pick] = run_name
+    cols[0].selectbox("Run", names, key=state.TRAIN_FORM.run_pick, on_change=picked)
     smoothing = cols[1].slider("Smoothing", 0.0, 0.95, 0.6, 0.05, key=state.TRAIN_FORM.smoothing)
     log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.log_y)
     run_state = next(r.state for r in all_runs if r.name == run_name)

@@ -122,8 +122,16 @@ def go_to(page, title: str) -> None:
     wait_idle(page)
 
 
+FRESH = '[data-testid="stElementContainer"][data-stale="false"]'
+
+
+def fresh(page, selector: str):
+    """Elements of the current script run (a rerun keeps the previous ones, marked stale)."""
+    return page.locator(f"{FRESH} {selector}")
+
+
 def metric_value(page, label: str) -> str:
-    metric = page.locator('[data-testid="stMetric"]', has_text=label).first
+    metric = fresh(page, '[data-testid="stMetric"]').filter(has_text=label).first
     return metric.locator('[data-testid="stMetricValue"]').inner_text()
 
 
@@ -165,6 +173,8 @@ def test_home_then_explore_slider_changes_the_image_and_3d_view(server, page, da
 
 
 def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, dash_dirs):
+    from playwright.sync_api import expect
+
     page.goto(f"{server}/train")
     page.get_by_role("heading", name="Train", exact=True).wait_for()
     wait_idle(page)
@@ -186,6 +196,8 @@ def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, 
     page.get_by_label("Run name (empty = timestamp)").fill("browser-run")
     page.get_by_role("button", name="Start").click()
     page.get_by_text("This server is training browser-run").wait_for()
+    watched = fresh(page, 'input[aria-label="Run"]')
+    expect(watched).to_have_value("browser-run")
 
     seen_epochs, chart_shots = set(), []
     deadline = time.time() + 150
@@ -194,7 +206,7 @@ def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, 
         state = metric_value(page, "State")
         epoch = int(metric_value(page, "Epoch").split(" / ")[0])
         seen_epochs.add(epoch)
-        charts = page.locator('[data-testid="stVegaLiteChart"]')
+        charts = fresh(page, '[data-testid="stVegaLiteChart"]')
         if epoch >= 1 and charts.count():
             shot = charts.first.screenshot()
             if not chart_shots or chart_shots[-1][0] != epoch:

@@ -210,10 +210,14 @@ def test_evaluate_refuses_a_predictions_folder_outside_the_roots(
     assert not at.exception
 
 
-def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_problems):
+def test_train_starts_refuses_a_second_start_and_stops(
+    app_env, monkeypatch, tmp_path, new_app, no_problems
+):
     from ctseg_core.training.job import get_job
     from ctseg_core.training.run_folder import read_status
 
+    checkpoints = tmp_path / "checkpoints"  # only this test's runs
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(checkpoints))
     at = new_app("train")
     at.run()
     no_problems(at)
@@ -227,7 +231,7 @@ def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_prob
     at.run()
     no_problems(at)
     job = get_job()
-    run_dir = app_env["checkpoints"] / "from-page"
+    run_dir = checkpoints / "from-page"
     assert job.snapshot().run_dir == run_dir and (run_dir / "config.json").is_file()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["epochs"] == 30 and config["data"]["target_size"] == [64, 64]
@@ -237,7 +241,7 @@ def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_prob
     at.button(key="FormSubmitter:train_form-Start").click()
     at.run()
     assert "already running" in at.error[0].value
-    assert not (app_env["checkpoints"] / "second").exists()
+    assert not (checkpoints / "second").exists()
     deadline = time.time() + 60  # one finished epoch, so last.pth exists to resume from
     while not (run_dir / "last.pth").is_file() and time.time() < deadline:
         time.sleep(0.2)
@@ -266,14 +270,16 @@ def test_train_starts_refuses_a_second_start_and_stops(app_env, new_app, no_prob
 
 
 def test_train_shows_a_failed_run_from_the_cli_with_its_error(
-    app_env, tiny_run, new_app, no_problems
+    app_env, tiny_run, monkeypatch, tmp_path, new_app, no_problems
 ):
     """A run folder written by another process (CLI, torchrun) is read like one started here."""
     import shutil
 
     from ctseg_core.training.run_folder import read_status, write_status
 
-    run_dir = app_env["checkpoints"] / "cli-failed"
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    shutil.copytree(tiny_run, tmp_path / "tiny")
+    run_dir = tmp_path / "cli-failed"
     shutil.copytree(tiny_run, run_dir)
     error = "CUDA out of memory on rank 1; lower the batch size or the target size"
     write_status(run_dir, {**read_status(tiny_run), "state": "failed", "error": error})
@@ -290,7 +296,7 @@ def test_train_shows_a_failed_run_from_the_cli_with_its_error(
         last_loss = json.loads(history[-1])["train_loss"]
     assert metrics["Loss"] == f"{last_loss:.4f}"
     assert len(charts(at)) >= 2  # loss curves and validation Dice
-    assert at.selectbox(key="ctseg_train_run").value == "cli-failed"
+    assert at.selectbox(key="ctseg_train_run_pick").value == "cli-failed"
 
 
 def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
