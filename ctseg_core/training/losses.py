@@ -112,9 +112,9 @@ class _DiceCE(torch.autograd.Function):
         k = probs.shape[1]
         b_true = b[classes] * p_true  # (B, H, W)
         c = torch.einsum("bkhw,k->bhw", probs, a) + b_true
-        grad = probs * (a.view(1, k, 1, 1) + 1.0 / ctx.n - c.unsqueeze(1))
-        grad.scatter_add_(1, classes.unsqueeze(1), (b_true - 1.0 / ctx.n).unsqueeze(1))
-        grad.mul_(grad_out)
+        scale = grad_out.to(probs.dtype)  # a scalar: folded into the small terms, not a full pass
+        grad = probs * ((a.view(1, k, 1, 1) + 1.0 / ctx.n) * scale - (c * scale).unsqueeze(1))
+        grad.scatter_add_(1, classes.unsqueeze(1), ((b_true - 1.0 / ctx.n) * scale).unsqueeze(1))
         return grad.to(ctx.dtype), None
 
 

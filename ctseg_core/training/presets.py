@@ -2,7 +2,7 @@
 
 - ``phantom_demo``: the laptop demo on the synthetic phantom (12 subjects): 128 x 128 slices,
   features [16, 32, 64, 128] with a 256 bottleneck, Dice + CE, Adam 4e-3 with a cosine decay
-  over 20 epochs, HU window (-400, 600); tuned in benchmarks/phantom_quality.py (see there).
+  over 12 epochs, HU window (-400, 600); tuned in benchmarks/phantom_quality.py (see there).
 - ``cpu``: the seed model at 128 x 128 for real data on a CPU.
 - ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
 """
@@ -26,7 +26,7 @@ def phantom_demo(data_root: str = "") -> RunConfig:
             val_slices_per_subject=32,
         ),
         ModelConfig(features=[16, 32, 64, 128], bottleneck=256),
-        TrainConfig(epochs=20, lr=4e-3, scheduler="cosine", early_stopping_patience=0),
+        TrainConfig(epochs=12, lr=4e-3, scheduler="cosine", early_stopping_patience=0),
     )
 
 
