@@ -126,3 +126,17 @@ def test_two_process_torchrun_writes_one_run_folder(phantom_root, tmp_path):
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[0]["train_slices"] == 2 * 2 * 2  # two ranks x two steps x batch 2
     assert read_status(tmp_path / "ddp")["state"] == "finished"
+
+
+def test_cli_flags_override_a_preset(phantom_root):
+    from ctseg_core.cli import build_parser
+    from ctseg_core.cli.cmd_train import build_config
+
+    args = build_parser().parse_args(
+        ["train", "--preset", "phantom_demo", "--data", str(phantom_root), "--lr", "0.01",
+         "--structures", "liver,spleen", "--context", "3"]
+    )  # fmt: skip
+    config = build_config(args).validate()
+    assert config.model.features == [16, 32, 64, 128] and config.data.hu_window == (-400.0, 600.0)
+    assert config.train.lr == 0.01 and config.data.data_root == str(phantom_root)
+    assert (config.model.in_channels, config.model.out_channels) == (3, 3)

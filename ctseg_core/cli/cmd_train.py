@@ -47,6 +47,11 @@ def register(subparsers) -> None:
     a = p.add_argument
     a("--data", type=Path, help="dataset root (required unless --resume or --config gives it)")
     a("--config", type=Path, help="a run config.json to start from (flags override it)")
+    a(
+        "--preset",
+        choices=["phantom_demo", "cpu", "gpu"],
+        help="start from a named preset (ctseg_core.training.presets; flags override it)",
+    )
     a("--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its last.pth")
     a(
         "--run",
@@ -93,6 +98,10 @@ def build_config(args):
     from ..errors import ConfigError
 
     base = {}
+    if getattr(args, "preset", None):
+        from ..training.presets import preset
+
+        base = preset(args.preset).to_dict()
     if args.config:
         try:
             base = json.loads(Path(args.config).read_text(encoding="utf-8"))
@@ -129,7 +138,7 @@ def run_train(args) -> int:
         if args.resume:
             trainer = Trainer.resume(args.resume, epochs=args.epochs, callbacks=callbacks)
         else:
-            if not args.data and not args.config:
+            if not args.data and not args.config and not args.preset:
                 from ..errors import ConfigError
 
                 raise ConfigError("give the dataset with --data (or a --config, or --resume)")
