@@ -6,16 +6,20 @@ up and update exactly like runs started here.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import math
 from pathlib import Path
 
 import streamlit as st
 
-from ctseg_core.config import LOSSES, SCHEDULERS, DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.config import LOSSES, SCHEDULERS, RunConfig
+from ctseg_core.training.presets import PRESETS, preset
 from dashboard import cached, state
 from dashboard.helpers import runs
 
-LR_OPTIONS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+#: log-spaced (about x2 per step), including the presets' values
+LR_OPTIONS = [1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1e-2, 3e-2]
 WIDTHS = {"tiny (8)": 8, "small (16)": 16, "base (32)": 32, "wide (64)": 64}
 REFRESH_S = 1.5  # the view of an active run
 WATCH_S = 3.0  # new runs and state changes
@@ -24,66 +28,121 @@ ACTIVE_STATES = ("queued", "running", "stopping")
 st.title("Train")
 
 
+def form_values(cfg: RunConfig) -> dict:
+    """The form's widget values (by key) that show a configuration."""
+    k = state.TRAIN_FORM
+    width = cfg.model.features[0]
+    return {
+        k.epochs: cfg.train.epochs,
+        k.lr: min(LR_OPTIONS, key=lambda v: abs(math.log(v / cfg.train.lr))),
+        k.batch: cfg.data.batch_size,
+        k.size: cfg.data.target_size[0],
+        k.width: next((n for n, w in WIDTHS.items() if w == width), "base (32)"),
+        k.loss: cfg.train.loss,
+        k.scheduler: cfg.train.scheduler,
+        k.augment: cfg.data.augment,
+        k.steps: cfg.train.steps_per_epoch or 0,
+        k.val: cfg.data.val_slices_per_subject or 0,
+    }
+
+
+def default_preset(root: str) -> str:
+    """phantom_demo on the demo dataset, else gpu where CUDA is present, else cpu."""
+    _, is_demo = cached.default_dataset()
+    if is_demo and Path(root).resolve() == cached.demo_dir().resolve():
+        return "phantom_demo"
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def preset_picker(root: str) -> RunConfig:
+    """The preset select; choosing one rewrites the form. Returns the preset's configuration."""
+    k = state.TRAIN_FORM
+
+    def apply() -> None:
+        st.session_state.update(form_values(preset(st.session_state[k.preset], root)))
+
+    if k.preset not in st.session_state:
+        st.session_state[k.preset] = default_preset(root)
+    name = st.selectbox(
+        "Start from preset",
+        list(PRESETS),
+        key=k.preset,
+        on_change=apply,
+        help="Fills the form; settings not on the form (HU window, augmentation strengths, "
+        "early stopping) come from the preset too.",
+    )
+    base = preset(name, root)
+    for key, value in form_values(base).items():
+        st.session_state.setdefault(key, value)  # first visit: the form shows the preset
+    return base
+
+
 def build_config(root: str, present: list[str]) -> RunConfig | None:
-    """The training form; returns the config when Start was pressed."""
+    """The training form; returns the config (the preset with the form's values) on Start."""
+    k = state.TRAIN_FORM
+    base = preset_picker(root)
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        epochs = c1.slider("Epochs", 1, 200, 20, key=state.TRAIN_FORM.epochs)
+        epochs = c1.slider("Epochs", 1, 200, key=k.epochs)
         lr = c1.select_slider(
-            "Learning rate (log scale)",
-            LR_OPTIONS,
-            value=1e-3,
-            format_func=lambda v: f"{v:.0e}",
-            key=state.TRAIN_FORM.lr,
+            "Learning rate (log scale)", LR_OPTIONS, format_func=lambda v: f"{v:.0e}", key=k.lr
         )
-        batch = c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], 8, key=state.TRAIN_FORM.batch)
-        size = c2.select_slider(
-            "Target size (px)", [64, 96, 128, 192, 256, 384, 512], 128, key=state.TRAIN_FORM.size
-        )
-        width = c2.selectbox("Model width", list(WIDTHS), index=2, key=state.TRAIN_FORM.width)
-        loss = c2.selectbox("Loss", LOSSES, key=state.TRAIN_FORM.loss)
-        scheduler = c3.selectbox("Scheduler", SCHEDULERS, key=state.TRAIN_FORM.scheduler)
-        augment = c3.toggle("Augmentation", True, key=state.TRAIN_FORM.augment)
+        batch = c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], key=k.batch)
+        size = c2.select_slider("Target size (px)", [64, 96, 128, 192, 256, 384, 512], key=k.size)
+        width = c2.selectbox("Model width", list(WIDTHS), key=k.width)
+        loss = c2.selectbox("Loss", LOSSES, key=k.loss)
+        scheduler = c3.selectbox("Scheduler", SCHEDULERS, key=k.scheduler)
+        augment = c3.toggle("Augmentation", key=k.augment)
         only_present = c3.toggle(
             f"Only the {len(present)} structures present in this dataset",
             True,
-            key=state.TRAIN_FORM.only_present,
+            key=k.only_present,
             help="Off: all 117 TotalSegmentator structures (absent ones still get an output).",
         )
         with st.expander("Advanced"):
             a1, a2 = st.columns(2)
             steps = a1.number_input(
-                "Steps per epoch (0 = one pass over the training slices)",
-                0,
-                100000,
-                0,
-                key=state.TRAIN_FORM.steps,
+                "Steps per epoch (0 = one pass over the training slices)", 0, 100000, key=k.steps
             )
             val_slices = a2.number_input(
-                "Validation slices per subject (0 = all)", 0, 10000, 0, key=state.TRAIN_FORM.val
+                "Validation slices per subject (0 = all)", 0, 10000, key=k.val
             )
         run_name = st.text_input(
             "Run name (empty = timestamp)",
             placeholder=dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"),
-            key=state.TRAIN_FORM.run_name,
+            key=k.run_name,
         )
         start = st.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
     if not start:
         return None
     w = WIDTHS[width]
-    structures = present if only_present and present else None
-    data = DataConfig(
+    data = dataclasses.replace(
+        base.data,
         data_root=root,
         cache_dir=str(cached.cache_dir()),
         target_size=(size, size),
         batch_size=batch,
         augment=augment,
         val_slices_per_subject=val_slices or None,
-        **({"structures": structures} if structures else {}),
     )
-    model = ModelConfig(features=[w, 2 * w, 4 * w, 8 * w], bottleneck=16 * w)
-    train = TrainConfig(
-        epochs=epochs, lr=lr, loss=loss, scheduler=scheduler, steps_per_epoch=steps or None
+    if only_present and present:
+        data.structures = list(present)
+    model = dataclasses.replace(
+        base.model,
+        features=[w, 2 * w, 4 * w, 8 * w],
+        bottleneck=16 * w,
+        in_channels=None,
+        out_channels=None,
+    )
+    train = dataclasses.replace(
+        base.train,
+        epochs=epochs,
+        lr=lr,
+        loss=loss,
+        scheduler=scheduler,
+        steps_per_epoch=steps or None,
     )
     return RunConfig(data=data, model=model, train=train, run_name=run_name.strip())
 

@@ -269,6 +269,40 @@ def test_train_starts_refuses_a_second_start_and_stops(
     assert read_status(run_dir)["epoch"] >= stopped_at
 
 
+def test_train_presets_fill_the_form_and_carry_their_hidden_settings(
+    app_env, monkeypatch, tmp_path, new_app, no_problems
+):
+    from ctseg_core.training.job import get_job
+    from ctseg_core.training.presets import preset
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    at = new_app("train")
+    at.run()
+    no_problems(at)
+    assert at.selectbox(key="ctseg_train_preset").value in ("cpu", "gpu")  # not the demo data
+    at.selectbox(key="ctseg_train_preset").set_value("phantom_demo")
+    at.run()
+    demo = preset("phantom_demo")
+    assert at.slider(key="ctseg_train_epochs").value == demo.train.epochs
+    assert at.select_slider(key="ctseg_train_lr").value == demo.train.lr
+    assert at.select_slider(key="ctseg_train_size").value == demo.data.target_size[0]
+    assert at.selectbox(key="ctseg_train_width").value == "small (16)"
+    assert at.selectbox(key="ctseg_train_scheduler").value == demo.train.scheduler
+    at.slider(key="ctseg_train_epochs").set_value(1)
+    at.number_input(key="ctseg_train_steps").set_value(1)
+    at.number_input(key="ctseg_train_val").set_value(1)
+    at.select_slider(key="ctseg_train_size").set_value(64)
+    at.text_input(key="ctseg_train_run_name").set_value("preset-run")
+    at.button(key="FormSubmitter:train_form-Start").click()
+    at.run()
+    no_problems(at)
+    assert get_job().wait(120)
+    config = json.loads((tmp_path / "preset-run" / "config.json").read_text())
+    assert config["data"]["hu_window"] == list(demo.data.hu_window)  # not on the form
+    assert config["train"]["lr"] == demo.train.lr and config["train"]["epochs"] == 1
+    assert config["model"]["features"] == demo.model.features
+
+
 def test_train_shows_a_failed_run_from_the_cli_with_its_error(
     app_env, tiny_run, monkeypatch, tmp_path, new_app, no_problems
 ):
