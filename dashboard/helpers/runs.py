@@ -63,7 +63,7 @@ def loss_chart(df: pd.DataFrame, smoothing: float, log_y: bool, run: str = "") -
         long.loc[sel, "smoothed"] = smooth(long.loc[sel, "loss"], smoothing).to_numpy()
     scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
     base = alt.Chart(long).encode(
-        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+        x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
         color=alt.Color(
             "curve:N",
             scale=alt.Scale(domain=["train_loss", "val_loss"], range=["#4fb3bf", "#f3a712"]),
@@ -89,7 +89,7 @@ def dice_chart(df: pd.DataFrame) -> alt.Chart | None:
         alt.Chart(d)
         .mark_line(point=True)
         .encode(
-            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y("val_dice_mean:Q", title="val Dice (mean)", scale=alt.Scale(domain=[0, 1])),
             tooltip=["epoch", "val_dice_mean"],
         )
@@ -151,7 +151,7 @@ def compare_chart(histories: dict[str, list[dict]], metric: str, log_y: bool) ->
         alt.Chart(data)
         .mark_line(point=True)
         .encode(
-            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)),
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y(f"{metric}:Q", scale=scale, axis=alt.Axis(format=".3~g")),
             color=alt.Color("run:N", legend=alt.Legend(orient="top")),
             tooltip=["run", "epoch", metric],

@@ -102,9 +102,13 @@ def page(browser):
     context.close()
 
 
-def screenshot(page, name: str) -> None:
+def screenshot(page, name: str, top: bool = True) -> None:
     """Save docs/screenshots/<name>.png with a tall viewport (the app scrolls inside itself)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
+    if top:
+        page.evaluate(
+            "document.querySelectorAll('*').forEach(e => { if (e.scrollTop > 0) e.scrollTop = 0; })"
+        )
     page.set_viewport_size({"width": VIEWPORT["width"], "height": SHOT_HEIGHT})
     page.wait_for_timeout(800)
     page.screenshot(path=str(SHOTS / f"{name}.png"))
@@ -151,17 +155,27 @@ def test_home_then_explore_slider_changes_the_image_and_3d_view(server, page, da
     before_png = page.request.get(before).body()  # now: replaced media files are dropped
     assert before_png.startswith(b"\x89PNG")
     slider = page.get_by_role("slider").first
+    start = int(slider.input_value())
     slider.focus()
     for _ in range(4):
         page.keyboard.press("ArrowRight")
+    assert int(slider.input_value()) == start + 4
     page.wait_for_function(
         "old => { const i = document.querySelector('[data-testid=\"stImage\"] img');"
         " return i && i.getAttribute('src') !== old; }",
         arg=before,
     )
-    after = image.get_attribute("src")
-    after_png = page.request.get(after).body()
+    wait_idle(page)  # each key press reran the fragment; take the image of the last one
+    after_png = b""
+    for _ in range(20):
+        after = image.get_attribute("src")
+        after_png = page.request.get(after).body()
+        if after_png.startswith(b"\x89PNG"):
+            break
+        page.wait_for_timeout(250)  # replaced by a later rerun meanwhile
     assert after != before and after_png.startswith(b"\x89PNG") and after_png != before_png
+    caption = fresh(page, '[data-testid="stImage"]').first.inner_text()
+    assert f"slice {start + 5} of" in caption  # slider values are 0-based, captions 1-based
     wait_idle(page)
     screenshot(page, "explore")
 
@@ -170,7 +184,7 @@ def test_home_then_explore_slider_changes_the_image_and_3d_view(server, page, da
     page.locator(".js-plotly-plot .gl-container canvas, .js-plotly-plot canvas").first.wait_for()
     wait_idle(page)
     page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
-    screenshot(page, "explore_3d")
+    screenshot(page, "explore_3d", top=False)
 
 
 def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, dash_dirs):
