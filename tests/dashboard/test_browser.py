@@ -236,6 +236,9 @@ def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, 
     assert len(advancing) >= 2, f"epoch counter seen only at {sorted(seen_epochs)}"
     assert len(chart_shots) >= 2 and chart_shots[0][1] != chart_shots[-1][1]
     assert page.evaluate("window.__no_reload_marker") == 42  # same document: no reload
+    # the run-list watcher redraws the page once the run has ended: Stop off, banner gone
+    page.get_by_text("This server is training").wait_for(state="detached")
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
     wait_idle(page)
     screenshot(page, "train")
 
