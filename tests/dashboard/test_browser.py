@@ -261,6 +261,17 @@ def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs):
     page.get_by_role("button", name="Predict").click()
     page.get_by_text("structures found").wait_for(timeout=120_000)
     page.locator('[data-testid="stImage"] img').first.wait_for()
-    assert page.get_by_role("button", name="Multilabel NIfTI").is_visible()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Multilabel NIfTI").click()
+    import nibabel as nib
+
+    assert download.value.suggested_filename == "ct_labels.nii.gz"
+    saved = dash_dirs["checkpoints"].parent / download.value.suggested_filename
+    download.value.save_as(saved)
+    labels = nib.load(saved)
+    source = nib.load(ct)
+    assert labels.shape == source.shape  # back on the uploaded CT's own grid
+    assert abs(labels.affine - source.affine).max() < 1e-3
+    assert labels.get_fdata().max() <= 117
     wait_idle(page)
     screenshot(page, "predict")
