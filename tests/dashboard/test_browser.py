@@ -79,6 +79,7 @@ def server(dash_dirs, tiny_run):
 
 @pytest.fixture(scope="module")
 def browser():
+    pytest.importorskip("playwright", reason="needs the playwright package")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
