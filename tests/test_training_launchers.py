@@ -112,20 +112,23 @@ def test_cli_trains_and_refuses_bad_settings(phantom_root, tmp_path, capsys):
     reason="torch.distributed (torchrun) is not available",
 )
 def test_two_process_torchrun_writes_one_run_folder(phantom_root, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # a fresh cache: rank 0 prepares it while rank 1 waits at the barrier
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "CTSEG_CACHE": str(tmp_path / "fresh-cache")}  # fmt: skip
+    runs = tmp_path / "runs"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ctseg_core",
-        "train", "--data", str(phantom_root), "--checkpoints", str(tmp_path), *TINY_ARGS,
+        "train", "--data", str(phantom_root), "--checkpoints", str(runs), *TINY_ARGS,
         "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2", "--val-slices", "3",
         "--amp", "off", "--run-name", "ddp",
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
-    history = read_history(tmp_path / "ddp")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert [p.name for p in runs.iterdir()] == ["ddp"]
+    history = read_history(runs / "ddp")
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[0]["train_slices"] == 2 * 2 * 2  # two ranks x two steps x batch 2
-    assert read_status(tmp_path / "ddp")["state"] == "finished"
+    assert read_status(runs / "ddp")["state"] == "finished"
 
 
 def test_cli_flags_override_a_preset(phantom_root):

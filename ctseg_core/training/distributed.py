@@ -2,7 +2,9 @@
 
 Launch: ``torchrun --nproc_per_node N -m ctseg_core train ...``. torchrun sets RANK,
 WORLD_SIZE, LOCAL_RANK; ``init_from_env`` starts the process group (NCCL on GPUs, gloo on CPU).
-Only rank 0 writes the run folder; every rank trains on its shard of each epoch's draw.
+Only rank 0 writes the run folder and prepares the cache (the others wait at a barrier, whose
+timeout is the process group's, 30 minutes by default: prepare a large dataset beforehand with
+``ctseg prepare``); every rank trains on its shard of each epoch's draw.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def init_from_env(device: str = "auto") -> bool:
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
 
 
 def broadcast_object(obj: Any) -> Any:

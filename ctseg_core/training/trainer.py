@@ -210,8 +210,13 @@ class Trainer:
 
             return report
 
+        # under DDP rank 0 prepares the cache alone; the other ranks then only open it
+        if self.world > 1 and self.rank != 0:
+            ddp.barrier()
         train_set = SliceDataset(cfg, d.train_split, progress=preparing(d.train_split))
         val_set = SliceDataset(cfg, d.val_split, progress=preparing(d.val_split))
+        if self.world > 1 and self.rank == 0:
+            ddp.barrier()
         device = resolve_device(t.device)
         amp = resolve_amp(t.amp, device)
         channels_last = resolve_channels_last(t.channels_last, device, amp)
