@@ -18,8 +18,11 @@ from ctseg_core.training.presets import PRESETS, preset
 from dashboard import cached, state
 from dashboard.helpers import runs
 
-#: log-spaced (about x2 per step), including the presets' values
-LR_OPTIONS = [1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1e-2, 3e-2]
+#: log-spaced (about x2 per step), plus every preset's own value so a preset shows exactly
+LR_OPTIONS = sorted(
+    {1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1e-2, 3e-2}
+    | {make().train.lr for make in PRESETS.values()}
+)
 WIDTHS = {"tiny (8)": 8, "small (16)": 16, "base (32)": 32, "wide (64)": 64}
 REFRESH_S = 1.5  # the view of an active run
 WATCH_S = 3.0  # new runs and state changes
