@@ -50,7 +50,9 @@ def ensure_demo_dataset(root: str) -> str:
 
     path = Path(root)
     if not (path / "meta.csv").is_file():
-        make_phantom_dataset(path)
+        # In-process: a spawned worker would re-import the server's __main__, which Streamlit
+        # points at the page script, and run the page again in every worker.
+        make_phantom_dataset(path, workers=1)
     return str(path)
 
 
