@@ -8,6 +8,8 @@ Goals (issue 3): an epoch in under a minute, best mean Dice >= 0.80 within 10 mi
 cores. ``--amp off`` runs the same in fp32 (to check that bf16 reaches the same Dice).
 
     python benchmarks/phantom_quality.py [--data ROOT] [--minutes 10] [--amp auto|off]
+        [--context 3] [--aug preset|light|default|off] [--batch N] [--fg F] [--samples N]
+        [--lr LR] [--epochs N] [--bottleneck N] [--threads N]   (candidates to compare)
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
+from ctseg_core.config import DataConfig
 from ctseg_core.training.presets import phantom_demo
 from ctseg_core.training.run_folder import read_history
 from ctseg_core.training.trainer import Trainer
@@ -43,6 +48,13 @@ def main() -> None:
     parser.add_argument("--amp", default="auto")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--context", type=int, default=None, help="context slices (2.5D)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--fg", type=float, default=None, help="foreground fraction")
+    parser.add_argument("--samples", type=int, default=None, help="training samples per epoch")
+    parser.add_argument("--bottleneck", type=int, default=None)
+    parser.add_argument("--aug", choices=("preset", "light", "default", "off"), default="preset")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--all-structures", action="store_true", help="117 outputs, not present")
     parser.add_argument("--keep", type=Path, default=None, help="write the run folder here")
     args = parser.parse_args()
@@ -66,6 +78,29 @@ def main() -> None:
             config.train.lr = args.lr
         if args.epochs:
             config.train.epochs = args.epochs
+        if args.context:
+            config.data.context_slices = args.context
+        if args.batch:
+            config.data.batch_size = args.batch
+        if args.fg is not None:
+            config.data.foreground_fraction = args.fg
+        if args.samples:
+            config.data.samples_per_epoch = args.samples
+        if args.bottleneck:
+            config.model.bottleneck = args.bottleneck
+        if args.aug == "off":
+            config.data.augment = False
+        elif args.aug == "light":  # smaller, rarer deformations; no elastic field
+            config.data.rotation_deg, config.data.scale_range = 7.5, (0.93, 1.07)
+            config.data.elastic_prob, config.data.spatial_prob = 0.0, 0.3
+        elif args.aug == "default":  # DataConfig's deformation strengths
+            fresh = DataConfig()
+            for name in ("rotation_deg", "scale_range", "elastic_prob", "spatial_prob"):
+                setattr(config.data, name, getattr(fresh, name))
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        config.validate()
+        print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()), flush=True)
         stop = threading.Event()
         budget_s = args.minutes * 60
         started: list[float] = []
