@@ -52,3 +52,14 @@ def phantom_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("phantom") / "data"
     make_phantom_dataset(root, n_subjects=6, seed=1, shape=(64, 64, 24))
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (MONAI's ops oversubscribe the 2-core machine, 5x slower)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -20,13 +20,7 @@ from ctseg_core.metrics import (
 EXTRA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "extra"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """MONAI's torch ops oversubscribe the shared 2-core machine (5x slower under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth_labels(rng: np.random.Generator, shape: tuple[int, ...], num_labels: int) -> np.ndarray:

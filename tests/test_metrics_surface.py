@@ -18,13 +18,7 @@ EXTRA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "extra"
 SPACING_MM = (3.0, 3.0, 0.5)  # coarse in-plane, fine along z: the z offsets decide the distances
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """MONAI's torch ops oversubscribe the shared 2-core machine (5x slower under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def two_boxes(z_ref: tuple[int, int], z_pred: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

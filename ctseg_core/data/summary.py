@@ -37,7 +37,7 @@ def summarize_dataset(
         entry = open_cached(index.root, sid, cache_dir, build=False)
         counts = entry.voxel_counts
         coverage += counts > 0
-        problems += [p for p in entry.meta.get("problems", [])]
+        problems += entry.meta.get("problems", [])
         subjects.append(
             {
                 "id": sid,

@@ -80,9 +80,7 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
             f"{_short(path)} has shape {data.shape} ({data.ndim}D); a 3D volume is expected: "
             "export one 3D CT (split 4D series, stack 2D slices)"
         )
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        img = nib.Nifti1Image(data, img.affine)
-    return nib.Nifti1Image(data, img.affine, header=img.header)
+    return nib.Nifti1Image(data, img.affine)
 
 
 def _canonical_transform(affine: np.ndarray) -> np.ndarray:
