@@ -1,9 +1,11 @@
 """Training throughput: full steps through the real data pipeline vs the bare model step.
 
-Peer: the bare step (forward, loss, backward, optimizer) on a batch already in memory, measured
+Peer: the bare step (forward, loss, backward, optimizer; ``training.step.StepRunner`` without
+augmentation) on a batch already in memory, measured
 in the same run, interleaved in rounds with the pipeline step so that a busy machine slows both
 alike. The pipeline step adds reading slices from the preprocessing cache (memmap), HU
-normalisation, resizing, foreground-oversampled sampling and the batched augmentation.
+normalisation, resizing, foreground-oversampled sampling and the batched augmentation: the
+trainer's own StepRunner on the trainer's loader.
 Both run in fp32 and with bf16 autocast + channels_last (what amp "auto" picks on a CPU with
 native bf16). Model: the seed U-Net (features 32-256, bottleneck 512, 118 outputs).
 
@@ -25,12 +27,12 @@ from pathlib import Path
 import torch
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from ctseg_core.data.augment import augment_batch
 from ctseg_core.data.slices import ForegroundSampler, SliceDataset
 from ctseg_core.models import build_model
-from ctseg_core.training.hardware import autocast_context, cpu_has_bf16, resolve_device
+from ctseg_core.training.hardware import cpu_has_bf16, resolve_device
 from ctseg_core.training.losses import build_loss
-from ctseg_core.training.setup import backward_step, build_optimizer
+from ctseg_core.training.setup import build_optimizer
+from ctseg_core.training.step import StepRunner
 
 
 def make_data(args, tmp: Path) -> str:
@@ -70,26 +72,25 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     loss_fn = build_loss(config.train.loss)
     lut = torch.from_numpy(dataset.lut).long().to(device)
+    run_step = StepRunner(model, optimizer, scaler, loss_fn, lut, config.data, device, amp,
+                          channels_last, config.train.grad_clip)  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     fixed_image, fixed_labels, _ = next(loader)
     fixed_image, fixed_labels = fixed_image.to(device), fixed_labels.to(device)
+    losses: list[torch.Tensor] = []
 
-    def step(image, labels):
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        backward_step(model, image, lut[labels.long()], loss_fn, optimizer, scaler,
-                      autocast_context(device, amp), config.train.grad_clip)  # fmt: skip
-        scaler.step(optimizer)
-        scaler.update()
+    def read_late(loss: torch.Tensor) -> None:
+        """Read the previous step's loss, as the trainer does (one step behind the device)."""
+        losses.append(loss)
+        if len(losses) > 1:
+            float(losses.pop(0))
 
     def bare():
-        step(fixed_image, fixed_labels)
+        read_late(run_step(fixed_image, fixed_labels, None))
 
     def pipeline():
         image, labels, _ = next(loader)
-        image, labels = image.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        image, labels = augment_batch(image, labels, config.data, gen)
-        step(image, labels)
+        read_late(run_step(image, labels, gen))
 
     for fn in (bare, pipeline, bare):  # warm-up
         fn()

@@ -5,7 +5,10 @@ window, used as the padding value); labels (B, H, W) uint8 label values. H is th
 axis (patient right <-> left), W is y. One ``grid_sample`` per batch applies rotation, scaling
 and elastic deformation together (bilinear for the image, nearest for the labels), then
 intensity scale/shift and Gaussian noise. Every random number comes from ``generator`` (CPU),
-so a seeded run is reproducible on any device.
+so a seeded run is reproducible on a given device: the per-sample parameters and the coarse
+elastic field are drawn on the CPU (a few numbers), the full-size grid is built on the batch's
+device, and the full-size noise is drawn there by a generator seeded from ``generator`` (drawing
+and copying it from the CPU made a GPU wait for the CPU every step).
 
 Mirroring flips x and swaps paired left/right labels (``labels.lr_swap_lut``), so a kidney_left
 stays on the patient's left. Slices holding an unpaired lateral structure
@@ -29,6 +32,14 @@ _UNPAIRED = torch.tensor([LABEL_OF[n] for n in UNPAIRED_LATERAL], dtype=torch.lo
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=g)
+
+
+def _on(device: torch.device, g: torch.Generator) -> torch.Generator:
+    """``g`` itself on the CPU; elsewhere a generator on ``device`` seeded from ``g``."""
+    if device.type == "cpu":
+        return g
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def mirror_lr(
@@ -55,23 +66,25 @@ def mirror_lr(
 
 
 def _spatial_grid(
-    b: int, h: int, w: int, cfg: DataConfig, g: torch.Generator
+    b: int, h: int, w: int, cfg: DataConfig, g: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H, W, 2) sampling grid and the (B,) bool of samples it changes."""
+    """(B, H, W, 2) sampling grid on ``device`` and the (B,) bool (CPU) of samples it changes."""
     spatial = torch.rand(b, generator=g) < cfg.spatial_prob
     angle = _uniform(b, -cfg.rotation_deg, cfg.rotation_deg, g) * (math.pi / 180) * spatial
     scale = torch.where(spatial, _uniform(b, *cfg.scale_range, g), torch.ones(b))
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    grid = F.affine_grid(theta.to(device), [b, 1, h, w], align_corners=False)
     elastic = (torch.rand(b, generator=g) < cfg.elastic_prob) & (cfg.elastic_alpha_px > 0)
     if elastic.any():
         coarse = torch.randn(b, 2, 5, 5, generator=g) * elastic.view(b, 1, 1, 1)
+        coarse = coarse.to(device)
         field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
         field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
         # pixels -> normalised grid units (2 / size), x displacement on W, y on H
-        scale_xy = torch.tensor([2.0 / w, 2.0 / h]).view(1, 2, 1, 1) * cfg.elastic_alpha_px
+        scale_xy = torch.tensor([2.0 / w, 2.0 / h], device=device).view(1, 2, 1, 1)
+        scale_xy = scale_xy * cfg.elastic_alpha_px
         grid = grid + (field * scale_xy).permute(0, 2, 3, 1)
     return grid, spatial | elastic
 
@@ -88,9 +101,8 @@ def augment_batch(
     device = image.device
     if cfg.mirror:
         image, labels = mirror_lr(image, labels, torch.rand(b, generator=g) < 0.5)
-    grid, moved = _spatial_grid(b, h, w, cfg, g)
+    grid, moved = _spatial_grid(b, h, w, cfg, g, device)
     if moved.any():
-        grid = grid.to(device=device, dtype=torch.float32)
         # pad with the window's low end (-1): shift so that it becomes the zero padding
         image = F.grid_sample(image + 1.0, grid, mode="bilinear", align_corners=False) - 1.0
         warped = F.grid_sample(
@@ -104,6 +116,6 @@ def augment_batch(
     if cfg.noise_std > 0:
         noisy = (torch.rand(b, generator=g) < cfg.intensity_prob).float()
         sigma = _uniform(b, 0.0, cfg.noise_std, g) * noisy
-        noise = torch.randn(image.shape, generator=g) * sigma.view(b, 1, 1, 1)
-        image = image + noise.to(device)
+        noise = torch.randn(image.shape, generator=_on(device, g), device=device)
+        image = image + noise * sigma.view(b, 1, 1, 1).to(device)
     return image, labels

@@ -49,12 +49,12 @@ def _soft_dice_terms(
 
 
 def _dice_loss(intersection, pred_sum, ref_sum, first_class: int) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present (0 when none is; no device sync)."""
     inter, pred, ref = intersection[first_class:], pred_sum[first_class:], ref_sum[first_class:]
-    present = ref > 0
-    if not bool(present.any()):
-        return inter.sum() * 0.0
+    present = (ref > 0).to(inter.dtype)
     dice = (2 * inter + SMOOTH) / (pred + ref + SMOOTH).clamp(min=1e-8)
-    return 1.0 - dice[present].mean()
+    count = present.sum()
+    return (count - (dice * present).sum()) / count.clamp(min=1.0)
 
 
 def dice_ce_reference(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -92,16 +92,14 @@ class _DiceCE(torch.autograd.Function):
         pred_sum = probs.sum(dim=(0, 2, 3))
         present = ref_sum > 0
         present[0] = False
-        count = int(present.sum())
+        # the count stays a tensor: reading it would make a GPU wait here every step
+        count = present.sum().to(probs.dtype).clamp(min=1.0)
         denom = (pred_sum + ref_sum + SMOOTH).clamp(min=1e-8)
         dice = (2 * inter + SMOOTH) / denom
         zero = torch.zeros_like(dice)
-        if count:
-            dice_loss = 1.0 - dice[present].mean()
-            a = torch.where(present, (2 * inter + SMOOTH) / denom**2 / count, zero)
-            b = torch.where(present, -2.0 / denom / count, zero)
-        else:
-            dice_loss, a, b = ce * 0.0, zero, zero
+        dice_loss = torch.where(present, 1.0 - dice, zero).sum() / count
+        a = torch.where(present, (2 * inter + SMOOTH) / denom**2 / count, zero)
+        b = torch.where(present, -2.0 / denom / count, zero)
         ctx.save_for_backward(probs, classes, p_true, a, b)
         ctx.n, ctx.dtype = n, logits.dtype
         return ce + dice_loss

@@ -78,30 +78,3 @@ def init_output_bias(model: torch.nn.Module, voxel_counts, class_lut, output_mod
         return
     with torch.no_grad():
         head.bias.copy_(bias.to(head.bias.dtype))
-
-
-def backward_step(
-    net: torch.nn.Module,
-    image: torch.Tensor,
-    classes: torch.Tensor,
-    loss_fn,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    autocast,
-    grad_clip: float | None,
-) -> torch.Tensor:
-    """Forward (under ``autocast``), loss in float32, backward and gradient clipping.
-
-    image (B, C, H, W), classes (B, H, W) int64. Returns the detached loss; the caller checks it
-    is finite and then calls ``scaler.step(optimizer); scaler.update()``.
-    """
-    with autocast:
-        logits = net(image)
-    loss = loss_fn(logits, classes)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip:
-        scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    return loss.detach()

@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..data.augment import augment_batch
 from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..errors import CtsegError
 from ..fileio import atomic_write_json
@@ -38,7 +37,8 @@ from .hardware import autocast_context, resolve_amp, resolve_channels_last, reso
 from .losses import build_loss
 from .run_folder import default_checkpoints_root, new_run_dir, write_history, write_status
 from .samples import SampleFigure
-from .setup import backward_step, build_optimizer, build_scheduler, init_output_bias, step_scheduler
+from .setup import build_optimizer, build_scheduler, init_output_bias, step_scheduler
+from .step import StepRunner
 from .validation import validate
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,10 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-        loss_fn = build_loss(t.loss)
         lut = torch.from_numpy(train_set.lut).long().to(device)
+        loss_fn = build_loss(t.loss)
+        run_step = StepRunner(net, optimizer, scaler, loss_fn, lut, d, device, amp, channels_last,
+                              t.grad_clip)  # fmt: skip
         samples = d.samples_per_epoch or len(train_set)
         steps = t.steps_per_epoch or max(1, math.ceil(samples / (d.batch_size * self.world)))
         sampler = ForegroundSampler(
@@ -268,7 +270,7 @@ class Trainer:
         scores = [_score(r) for r in history]
         best = max(scores) if scores else -math.inf
         since_best = _epochs_since_best(scores)
-        step_seconds: list[float] = []
+        self._step_seconds: list[float] = []
         val_seconds = 0.0
         p.steps_per_epoch, p.epochs = steps, t.epochs
         log.info("training %s: %d train / %d val slices, %d steps/epoch, device %s, amp %s",
@@ -281,36 +283,7 @@ class Trainer:
             gen = torch.Generator().manual_seed(d.seed * 1_000_003 + epoch * 101 + self.rank)
             net.train()
             lr = optimizer.param_groups[0]["lr"]
-            loss_sum, seen = 0.0, 0
-            t0 = time.monotonic()  # step times include loading, so the ETA does too
-            for step, (image, labels, _) in enumerate(train_loader, start=1):
-                self._check_stop()
-                image, labels = image.to(device, non_blocking=True), labels.to(device)
-                if d.augment:
-                    image, labels = augment_batch(image, labels, d, gen)
-                if channels_last:
-                    image = image.contiguous(memory_format=torch.channels_last)
-                loss = backward_step(net, image, lut[labels.long()], loss_fn, optimizer, scaler,
-                                     autocast_context(device, amp), t.grad_clip)  # fmt: skip
-                value = float(ddp.all_reduce_sum(loss.double().clone())) / self.world
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"loss became {value} at epoch {epoch}, step {step}; training stopped and "
-                        f"the checkpoints of epoch {epoch - 1} are kept: lower the learning rate "
-                        f"(now {lr:g}), enable grad clipping or check the data"
-                    )
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum, seen = loss_sum + value * len(image), seen + len(image)
-                step_seconds.append(time.monotonic() - t0)
-                t0 = time.monotonic()
-                step_seconds = step_seconds[-50:]
-                per_step = sum(step_seconds) / len(step_seconds)
-                left = (steps - step) + (t.epochs - epoch) * steps
-                p.step, p.loss, p.lr = step, value, lr
-                p.eta_s = left * per_step + val_seconds * (t.epochs - epoch + 1)
-                self._emit(Progress("step", "running", self.run_dir, epoch, t.epochs, step,
-                                    steps, value, lr, p.eta_s))  # fmt: skip
+            loss_sum, seen = self._train_epoch(train_loader, run_step, gen, lr, val_seconds)
             t_val = time.monotonic()
             metrics = validate(net, val_loader, val_set, cfg, loss_fn, device,
                                autocast_context(device, amp), channels_last,
@@ -336,8 +309,11 @@ class Trainer:
             self._completed = epoch
             log.info("epoch %d/%d: train loss %.4f, val loss %s, val Dice %s", epoch, t.epochs,
                      record["train_loss"] or float("nan"), record["val_loss"], record["val_dice_mean"])  # fmt: skip
+            per_step = sum(self._step_seconds) / max(1, len(self._step_seconds))
             p.eta_s = (
-                (t.epochs - epoch) * (steps * per_step + val_seconds) if step_seconds else None
+                (t.epochs - epoch) * (steps * per_step + val_seconds)
+                if self._step_seconds
+                else None
             )
             self._emit(Progress("epoch", "running", self.run_dir, epoch, t.epochs, steps, steps,
                                 record["train_loss"], lr, p.eta_s, record=record))  # fmt: skip
@@ -347,6 +323,47 @@ class Trainer:
                 return "finished"
         self._end("finished", message=f"finished {self._completed} epochs", eta_s=0.0)
         return "finished"
+
+    def _train_epoch(self, loader, run_step: StepRunner, gen, lr: float, val_seconds: float):
+        """One pass over ``loader``; returns (sum of loss x batch size, slices seen) on this rank.
+
+        A step's loss is read only once the next step is queued, so a GPU never idles waiting
+        for the host; a NaN/inf is caught one step late, before anything is saved.
+        """
+        p, t = self._state, self.config.train
+        epoch, steps = p.epoch, p.steps_per_epoch
+        loss_sum, seen = 0.0, 0
+        t0 = time.monotonic()  # step times include loading, so the ETA does too
+
+        def account(loss: torch.Tensor, step: int, batch: int) -> None:
+            nonlocal loss_sum, seen, t0
+            value = float(ddp.all_reduce_sum(loss.double().clone())) / self.world
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"loss became {value} at epoch {epoch}, step {step}; training stopped and "
+                    f"the checkpoints of epoch {epoch - 1} are kept: lower the learning rate "
+                    f"(now {lr:g}), enable grad clipping or check the data"
+                )
+            loss_sum, seen = loss_sum + value * batch, seen + batch
+            self._step_seconds = [*self._step_seconds[-49:], time.monotonic() - t0]
+            t0 = time.monotonic()
+            per_step = sum(self._step_seconds) / len(self._step_seconds)
+            left = (steps - step) + (t.epochs - epoch) * steps
+            p.step, p.loss, p.lr = step, value, lr
+            p.eta_s = left * per_step + val_seconds * (t.epochs - epoch + 1)
+            self._emit(Progress("step", "running", self.run_dir, epoch, t.epochs, step, steps,
+                                value, lr, p.eta_s))  # fmt: skip
+
+        pending: tuple | None = None
+        for step, (image, labels, _) in enumerate(loader, start=1):
+            self._check_stop()
+            loss = run_step(image, labels, gen)
+            if pending is not None:
+                account(*pending)
+            pending = (loss, step, len(image))
+        if pending is not None:
+            account(*pending)
+        return loss_sum, seen
 
     def _save_epoch(self, model, optimizer, scheduler, epoch, history, improved) -> None:
         run_dir, t = self.run_dir, self.config.train

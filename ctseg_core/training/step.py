@@ -1,0 +1,81 @@
+"""One optimisation step on a batch: shared by the trainer and benchmarks/training_throughput.py.
+
+``StepRunner(...)(image, labels, generator)`` moves a loader batch to the device, augments it
+(``data.augment``), and runs forward, loss, backward, clipping and the optimizer step. It
+returns the loss as a device tensor without reading it: reading a CUDA value waits for the GPU,
+so the trainer reads each step's loss after the next step is queued.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import DataConfig
+from ..data.augment import augment_batch
+from .hardware import autocast_context
+
+
+def backward_step(
+    net: torch.nn.Module,
+    image: torch.Tensor,
+    classes: torch.Tensor,
+    loss_fn,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast,
+    grad_clip: float | None,
+) -> torch.Tensor:
+    """Forward (under ``autocast``), loss in float32, backward and gradient clipping.
+
+    image (B, C, H, W), classes (B, H, W) int64. Returns the detached loss, unread (no device
+    sync); the optimizer step is the caller's (``StepRunner`` does both).
+    """
+    with autocast:
+        logits = net(image)
+    loss = loss_fn(logits, classes)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    return loss.detach()
+
+
+@dataclass
+class StepRunner:
+    """The fixed parts of a training step. ``lut``: (118,) int64 label value -> class, on device."""
+
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: object
+    lut: torch.Tensor
+    data: DataConfig
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    grad_clip: float | None
+
+    def __call__(
+        self, image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """image (B, C, H, W) float32, labels (B, H, W) uint8 from the loader (any device).
+
+        ``generator`` None skips augmentation. Returns the detached float32 loss on the device.
+        """
+        image = image.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.data.augment and generator is not None:
+            image, labels = augment_batch(image, labels, self.data, generator)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        autocast = autocast_context(self.device, self.amp)
+        classes = self.lut[labels.long()]
+        loss = backward_step(self.net, image, classes, self.loss_fn, self.optimizer,
+                             self.scaler, autocast, self.grad_clip)  # fmt: skip
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
