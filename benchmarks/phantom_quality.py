@@ -9,7 +9,8 @@ cores. ``--amp off`` runs the same in fp32 (to check that bf16 reaches the same 
 
     python benchmarks/phantom_quality.py [--data ROOT] [--minutes 10] [--amp auto|off]
         [--context 3] [--aug preset|light|default|off] [--batch N] [--fg F] [--samples N]
-        [--lr LR] [--epochs N] [--bottleneck N] [--threads N]   (candidates to compare)
+        [--lr LR] [--epochs N] [--bottleneck N] [--threads N] [--norm instance] [--wd W] [--curve P]
+        (candidates to compare)
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--fg", type=float, default=None, help="foreground fraction")
     parser.add_argument("--samples", type=int, default=None, help="training samples per epoch")
     parser.add_argument("--bottleneck", type=int, default=None)
+    parser.add_argument("--norm", choices=("batch", "instance"), default=None)
+    parser.add_argument("--curve", type=float, default=None, help="intensity-curve probability")
+    parser.add_argument("--wd", type=float, default=None, help="weight decay (AdamW)")
     parser.add_argument("--aug", choices=("preset", "light", "default", "off"), default="preset")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--all-structures", action="store_true", help="117 outputs, not present")
@@ -88,6 +92,12 @@ def main() -> None:
             config.data.samples_per_epoch = args.samples
         if args.bottleneck:
             config.model.bottleneck = args.bottleneck
+        if args.norm:
+            config.model.norm = args.norm
+        if args.curve is not None:
+            config.data.curve_prob = args.curve
+        if args.wd is not None:
+            config.train.optimizer, config.train.weight_decay = "adamw", args.wd
         if args.aug == "off":
             config.data.augment = False
         elif args.aug == "light":  # smaller, rarer deformations; no elastic field

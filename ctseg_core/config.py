@@ -63,6 +63,9 @@ class DataConfig:
     elastic_prob: float = 0.2
     spatial_prob: float = 0.5
     intensity_prob: float = 0.5
+    # a random monotone intensity curve per sample: tissues change contrast against each other
+    # as between contrast phases (an enhanced artery at 290 HU, a native one at 40 HU)
+    curve_prob: float = 0.0
     noise_std: float = 0.03
     seed: int = 0
     num_workers: int = 0

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ctseg_core.config import DataConfig
-from ctseg_core.data.augment import augment_batch, mirror_lr
+from ctseg_core.data.augment import apply_curve, augment_batch, mirror_lr
 from ctseg_core.data.cache import open_cached
 from ctseg_core.labels import LABEL_OF, lr_swap_lut
 
@@ -101,3 +101,21 @@ def test_probabilities_zero_leave_the_batch_unchanged():
     image, labels = _batch()
     out_image, out_labels = augment_batch(image, labels, cfg, torch.Generator().manual_seed(0))
     assert torch.equal(out_labels, labels) and torch.allclose(out_image, image)
+
+
+def test_intensity_curve_is_monotone_keeps_the_window_ends_and_changes_contrast():
+    ramp = torch.linspace(-1.0, 1.0, 201).view(1, 1, 1, 201).repeat(8, 1, 1, 1)
+    identity = torch.linspace(-1.0, 1.0, 9).expand(8, 9)
+    assert torch.allclose(apply_curve(ramp, identity), ramp, atol=1e-6)
+    cfg = DataConfig(
+        curve_prob=1.0, spatial_prob=0.0, elastic_prob=0.0, intensity_prob=0.0, noise_std=0.0
+    )
+    labels = torch.zeros(8, 1, 201, dtype=torch.uint8)
+    out, out_labels = augment_batch(ramp, labels, cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(out_labels, labels)
+    assert bool((out[..., 1:] - out[..., :-1] >= -1e-6).all())  # no tissue order swaps
+    assert torch.allclose(out[..., 0], torch.full((8, 1, 1), -1.0))  # padding stays -1
+    assert torch.allclose(out[..., -1], torch.ones(8, 1, 1))
+    # two tissues 125 HU apart in a 1000 HU window (0.25 units) change their contrast
+    gap = out[..., 150] - out[..., 125]
+    assert float(gap.min()) < 0.2 and float(gap.max()) > 0.3

@@ -3,12 +3,15 @@
 image (B, C, H, W) float32 normalised (see slices.normalize_hu: -1 is the low end of the HU
 window, used as the padding value); labels (B, H, W) uint8 label values. H is the canonical x
 axis (patient right <-> left), W is y. One ``grid_sample`` per batch applies rotation, scaling
-and elastic deformation together (bilinear for the image, nearest for the labels), then
-intensity scale/shift and Gaussian noise. Every random number comes from ``generator`` (CPU),
-so a seeded run is reproducible on a given device: the per-sample parameters and the coarse
-elastic field are drawn on the CPU (a few numbers), the full-size grid is built on the batch's
-device, and the full-size noise is drawn there by a generator seeded from ``generator`` (drawing
-and copying it from the CPU made a GPU wait for the CPU every step).
+and elastic deformation together (bilinear for the image, nearest for the labels), then a
+random monotone intensity curve (``curve_prob``), intensity scale/shift and Gaussian noise.
+
+Every random number comes from ``generator`` (CPU), so a seeded run is reproducible on a given
+device. The per-sample parameters and the coarse elastic field (a few numbers) are drawn on the
+CPU and cross to the batch's device in one pinned, non-blocking copy; the full-size grid is built
+there and the full-size noise is drawn there by a generator seeded from ``generator``. Nothing
+reads a device value back, so the host queues the next step while the GPU works (blocking
+copies here made an H100 idle at every step).
 
 Mirroring flips x and swaps paired left/right labels (``labels.lr_swap_lut``), so a kidney_left
 stays on the patient's left. Slices holding an unpaired lateral structure
@@ -28,18 +31,22 @@ from ..labels import LABEL_OF, UNPAIRED_LATERAL, lr_swap_lut
 
 _SWAP_LUT = torch.from_numpy(lr_swap_lut()).long()
 _UNPAIRED = torch.tensor([LABEL_OF[n] for n in UNPAIRED_LATERAL], dtype=torch.long)
+_COARSE = 5  # control points per side of the elastic field
+_KNOTS = 9  # knots of the intensity curve over the window [-1, 1] (125 HU apart for 1000 HU)
+# per-sample parameters packed into one (B, 69) tensor for a single host-to-device copy
+_PACKED = ("mirror", "theta", "coarse", "curve", "gain", "offset", "sigma")
+_PACKED_WIDTHS = (1, 6, 2 * _COARSE * _COARSE, _KNOTS, 1, 1, 1)
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=g)
 
 
-def _on(device: torch.device, g: torch.Generator) -> torch.Generator:
-    """``g`` itself on the CPU; elsewhere a generator on ``device`` seeded from ``g``."""
-    if device.type == "cpu":
-        return g
-    seed = int(torch.randint(0, 2**62, (1,), generator=g))
-    return torch.Generator(device=device).manual_seed(seed)
+def _to(device: torch.device, t: torch.Tensor) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without making the host wait for the device."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def mirror_lr(
@@ -47,46 +54,77 @@ def mirror_lr(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip the x axis (dim -2) of the selected samples and swap their left/right labels.
 
-    ``which``: (B,) bool, default all. Samples holding an unpaired lateral label stay as they are.
+    ``which``: (B,) bool on any device, default all. Samples holding an unpaired lateral label
+    stay as they are. Returns new tensors; computed on the labels' device without a sync.
     """
-    b = image.shape[0]
-    which = torch.ones(b, dtype=torch.bool) if which is None else which.cpu().bool()
-    if which.any():
-        flat = labels.reshape(b, -1).long()
-        unpaired = torch.isin(flat, _UNPAIRED.to(labels.device)).any(dim=1).cpu()
-        which = which & ~unpaired
-    if not which.any():
-        return image, labels
-    idx = which.nonzero().squeeze(1).to(image.device)
-    image, labels = image.clone(), labels.clone()
-    image[idx] = image[idx].flip(-2)
-    lut = _SWAP_LUT.to(labels.device)
-    labels[idx] = lut[labels[idx].flip(-2).long()].to(labels.dtype)
+    b, device = image.shape[0], labels.device
+    which = torch.ones(b, dtype=torch.bool, device=device) if which is None else which
+    flat = labels.reshape(b, -1).long()
+    unpaired = torch.isin(flat, _UNPAIRED.to(device)).any(dim=1)
+    which = which.to(device).bool() & ~unpaired
+    swapped = _SWAP_LUT.to(device)[labels.flip(-2).long()].to(labels.dtype)
+    labels = torch.where(which.view(b, 1, 1), swapped, labels)
+    image = torch.where(which.view(b, 1, 1, 1).to(image.device), image.flip(-2), image)
     return image, labels
 
 
-def _spatial_grid(
-    b: int, h: int, w: int, cfg: DataConfig, g: torch.Generator, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H, W, 2) sampling grid on ``device`` and the (B,) bool (CPU) of samples it changes."""
+def _draw(b: int, cfg: DataConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Per-sample parameters on the CPU: mirror (B,), theta (B, 2, 3), coarse (B, 2, 5, 5)
+    elastic control points (0 where off), curve (B, 9) knot values (the identity where off),
+    gain, offset, sigma (B,); flags spatial, elastic, curved (B,) bool."""
+    mirror = (torch.rand(b, generator=g) < 0.5) if cfg.mirror else torch.zeros(b, dtype=torch.bool)
     spatial = torch.rand(b, generator=g) < cfg.spatial_prob
     angle = _uniform(b, -cfg.rotation_deg, cfg.rotation_deg, g) * (math.pi / 180) * spatial
     scale = torch.where(spatial, _uniform(b, *cfg.scale_range, g), torch.ones(b))
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    grid = F.affine_grid(theta.to(device), [b, 1, h, w], align_corners=False)
     elastic = (torch.rand(b, generator=g) < cfg.elastic_prob) & (cfg.elastic_alpha_px > 0)
-    if elastic.any():
-        coarse = torch.randn(b, 2, 5, 5, generator=g) * elastic.view(b, 1, 1, 1)
-        coarse = coarse.to(device)
+    coarse = torch.randn(b, 2, _COARSE, _COARSE, generator=g) * elastic.view(b, 1, 1, 1)
+    knots = torch.linspace(-1.0, 1.0, _KNOTS).expand(b, _KNOTS)
+    curved = torch.rand(b, generator=g) < cfg.curve_prob
+    # interior knots move up to 0.9 of their spacing, then sort: a monotone curve that keeps
+    # the window's ends (padding stays -1) but reorders nothing
+    jitter = (torch.rand(b, _KNOTS, generator=g) * 2 - 1) * (0.9 * 2 / (_KNOTS - 1))
+    jitter[:, [0, -1]] = 0.0
+    curve = torch.where(curved.view(b, 1), (knots + jitter).sort(dim=1).values, knots)
+    intensity = torch.rand(b, generator=g) < cfg.intensity_prob
+    gain = torch.where(intensity, _uniform(b, 0.9, 1.1, g), torch.ones(b))
+    offset = torch.where(intensity, _uniform(b, -0.1, 0.1, g), torch.zeros(b))
+    noisy = (torch.rand(b, generator=g) < cfg.intensity_prob) & (cfg.noise_std > 0)
+    sigma = _uniform(b, 0.0, max(cfg.noise_std, 0.0), g) * noisy
+    return {"mirror": mirror, "theta": theta, "coarse": coarse, "curve": curve, "gain": gain,
+            "offset": offset, "sigma": sigma, "spatial": spatial, "elastic": elastic,
+            "curved": curved}  # fmt: skip
+
+
+def _grid(theta: torch.Tensor, coarse: torch.Tensor, h: int, w: int, alpha_px: float, elastic):
+    """(B, H, W, 2) sampling grid: the affine part plus the elastic field where drawn."""
+    b = theta.shape[0]
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    if elastic:
         field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
         field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
         # pixels -> normalised grid units (2 / size), x displacement on W, y on H
-        scale_xy = torch.tensor([2.0 / w, 2.0 / h], device=device).view(1, 2, 1, 1)
-        scale_xy = scale_xy * cfg.elastic_alpha_px
-        grid = grid + (field * scale_xy).permute(0, 2, 3, 1)
-    return grid, spatial | elastic
+        scale_xy = torch.tensor([2.0 / w, 2.0 / h], device=theta.device).view(1, 2, 1, 1)
+        grid = grid + (field * scale_xy * alpha_px).permute(0, 2, 3, 1)
+    return grid
+
+
+def apply_curve(image: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
+    """Map image values through per-sample piecewise-linear curves.
+
+    image (B, C, H, W) in the window's [-1, 1] (values outside are clipped first); curve (B, K)
+    values at K evenly spaced knots over [-1, 1].
+    """
+    b, k = curve.shape
+    flat = image.reshape(b, -1).clamp(-1.0, 1.0)
+    pos = (flat + 1.0) * (0.5 * (k - 1))
+    left = pos.floor().clamp(max=k - 2)
+    frac = pos - left
+    low = curve.gather(1, left.long())
+    high = curve.gather(1, left.long() + 1)
+    return (low + frac * (high - low)).reshape(image.shape)
 
 
 def augment_batch(
@@ -99,23 +137,29 @@ def augment_batch(
     g = generator
     b, _, h, w = image.shape
     device = image.device
+    drawn = _draw(b, cfg, g)
+    flat = torch.cat([drawn[k].reshape(b, -1).float() for k in _PACKED], dim=1)
+    parts = dict(zip(_PACKED, _to(device, flat).split(_PACKED_WIDTHS, dim=1), strict=True))
     if cfg.mirror:
-        image, labels = mirror_lr(image, labels, torch.rand(b, generator=g) < 0.5)
-    grid, moved = _spatial_grid(b, h, w, cfg, g, device)
-    if moved.any():
+        image, labels = mirror_lr(image, labels, parts["mirror"].squeeze(1) > 0.5)
+    if bool((drawn["spatial"] | drawn["elastic"]).any()):  # CPU flags: no sync
+        theta = parts["theta"].view(b, 2, 3)
+        coarse = parts["coarse"].view(b, 2, _COARSE, _COARSE)
+        grid = _grid(theta, coarse, h, w, cfg.elastic_alpha_px, bool(drawn["elastic"].any()))
         # pad with the window's low end (-1): shift so that it becomes the zero padding
         image = F.grid_sample(image + 1.0, grid, mode="bilinear", align_corners=False) - 1.0
         warped = F.grid_sample(
             labels.unsqueeze(1).float(), grid, mode="nearest", align_corners=False
         )
         labels = warped.squeeze(1).round().to(labels.dtype)
-    intensity = torch.rand(b, generator=g) < cfg.intensity_prob
-    gain = torch.where(intensity, _uniform(b, 0.9, 1.1, g), torch.ones(b))
-    offset = torch.where(intensity, _uniform(b, -0.1, 0.1, g), torch.zeros(b))
-    image = image * gain.view(b, 1, 1, 1).to(device) + offset.view(b, 1, 1, 1).to(device)
-    if cfg.noise_std > 0:
-        noisy = (torch.rand(b, generator=g) < cfg.intensity_prob).float()
-        sigma = _uniform(b, 0.0, cfg.noise_std, g) * noisy
-        noise = torch.randn(image.shape, generator=_on(device, g), device=device)
-        image = image + noise * sigma.view(b, 1, 1, 1).to(device)
+    if bool(drawn["curved"].any()):
+        image = apply_curve(image, parts["curve"])
+    image = image * parts["gain"].view(b, 1, 1, 1) + parts["offset"].view(b, 1, 1, 1)
+    if bool(drawn["sigma"].any()):
+        noise_gen = g
+        if device.type != "cpu":  # full-size noise is drawn where it is used
+            seed = int(torch.randint(0, 2**62, (1,), generator=g))
+            noise_gen = torch.Generator(device=device).manual_seed(seed)
+        noise = torch.randn(image.shape, generator=noise_gen, device=device)
+        image = image + noise * parts["sigma"].view(b, 1, 1, 1)
     return image, labels

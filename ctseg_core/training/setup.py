@@ -9,12 +9,17 @@ from ..errors import ConfigError
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-    """Adam / AdamW (lr, weight decay) or SGD with Nesterov momentum (nnU-Net's choice)."""
+    """Adam / AdamW (lr, weight decay) or SGD with Nesterov momentum (nnU-Net's choice).
+
+    Adam and AdamW use PyTorch's fused kernels (one pass over the parameters instead of a few;
+    CPU and CUDA) when every parameter is on such a device.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     if t.optimizer == "sgd":
         return torch.optim.SGD(
             params,
