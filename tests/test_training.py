@@ -170,3 +170,11 @@ def test_fused_dice_ce_gradient_equals_autograd_of_its_definition():
     dice_ce_loss(half, classes).backward()
     assert half.grad.dtype == torch.bfloat16
     assert torch.allclose(half.grad.float(), reference.grad, atol=2e-3)
+    # a channels_last network hands over channels_last logits: same loss and gradient, and the
+    # gradient keeps that layout (the convolution backward wants it)
+    nhwc = logits.contiguous(memory_format=torch.channels_last).requires_grad_()
+    loss_nhwc = dice_ce_loss(nhwc, classes)
+    loss_nhwc.backward()
+    assert loss_nhwc.item() == pytest.approx(loss_reference.item(), rel=1e-6)
+    assert torch.allclose(nhwc.grad, reference.grad, atol=1e-7)
+    assert nhwc.grad.is_contiguous(memory_format=torch.channels_last)
