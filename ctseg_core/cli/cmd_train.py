@@ -130,6 +130,7 @@ def run_train(args) -> int:
     from ..training.trainer import Trainer
 
     started = ddp.init_from_env(args.device or "auto")
+    ok = False
     try:
         callbacks, bar = [], None
         if ddp.rank() == 0:
@@ -153,10 +154,11 @@ def run_train(args) -> int:
                 bar.close()
         if ddp.rank() == 0:
             _report(run_dir, state, args.json)
+        ok = True
         return 0 if state == "finished" else 1
     finally:
         if started:
-            ddp.shutdown()
+            ddp.shutdown(wait=ok)
 
 
 def _bar_callback(progress, bar):
