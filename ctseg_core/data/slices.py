@@ -180,6 +180,14 @@ class SliceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def annotated_classes(self) -> torch.Tensor | None:
+        """(S, 1 + len(structures)) bool: class c of subject s has a mask file (class 0, the
+        background, is always True); None when every subject annotates every class."""
+        values = [LABEL_OF[n] for n in self.config.data.structures]
+        table = np.ones((len(self.subjects), 1 + len(values)), dtype=bool)
+        table[:, 1:] = self.annotated[:, values]
+        return None if table.all() else torch.from_numpy(table)
+
     def locate(self, i: int) -> tuple[int, int]:
         """Global slice index -> (subject index, z)."""
         s = int(np.searchsorted(self.offsets, i, side="right") - 1)

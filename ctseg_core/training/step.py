@@ -8,6 +8,7 @@ so the trainer reads each step's loss after the next step is queued.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,8 @@ def backward_step(
 
 @dataclass
 class StepRunner:
-    """The fixed parts of a training step. ``lut``: (118,) int64 label value -> class, on device."""
+    """The fixed parts of a training step. ``lut``: (118,) int64 label value -> class, on device;
+    ``annotated``: (S, K) bool on the CPU, ``SliceDataset.annotated_classes()`` (None: all)."""
 
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -58,13 +60,19 @@ class StepRunner:
     amp: torch.dtype | None
     channels_last: bool
     grad_clip: float | None
+    annotated: torch.Tensor | None = None
 
     def __call__(
-        self, image: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
+        self,
+        image: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator | None,
+        subjects: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """image (B, C, H, W) float32, labels (B, H, W) uint8 from the loader (any device).
+        """image (B, C, H, W) float32, labels (B, H, W) uint8, subjects (B,) int64 subject
+        indices (CPU), as the loader yields them. ``generator`` None skips augmentation.
 
-        ``generator`` None skips augmentation. Returns the detached float32 loss on the device.
+        Returns the detached float32 loss on the device.
         """
         image = image.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
@@ -74,7 +82,13 @@ class StepRunner:
             image = image.contiguous(memory_format=torch.channels_last)
         autocast = autocast_context(self.device, self.amp)
         classes = self.lut[labels.long()]
-        loss = backward_step(self.net, image, classes, self.loss_fn, self.optimizer,
+        loss_fn = self.loss_fn
+        if self.annotated is not None and subjects is not None:
+            annotated = self.annotated[subjects.cpu()]
+            if not bool(annotated.all()):  # a CPU table: no device sync
+                annotated = annotated.to(self.device, non_blocking=True)
+                loss_fn = functools.partial(self.loss_fn, annotated=annotated)
+        loss = backward_step(self.net, image, classes, loss_fn, self.optimizer,
                              self.scaler, autocast, self.grad_clip)  # fmt: skip
         self.scaler.step(self.optimizer)
         self.scaler.update()

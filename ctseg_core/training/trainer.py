@@ -249,7 +249,7 @@ class Trainer:
         lut = torch.from_numpy(train_set.lut).long().to(device)
         loss_fn = build_loss(t.loss)
         run_step = StepRunner(net, optimizer, scaler, loss_fn, lut, d, device, amp, channels_last,
-                              t.grad_clip)  # fmt: skip
+                              t.grad_clip, train_set.annotated_classes())  # fmt: skip
         samples = d.samples_per_epoch or len(train_set)
         steps = t.steps_per_epoch or max(1, math.ceil(samples / (d.batch_size * self.world)))
         sampler = ForegroundSampler(
@@ -355,9 +355,9 @@ class Trainer:
                                 value, lr, p.eta_s))  # fmt: skip
 
         pending: tuple | None = None
-        for step, (image, labels, _) in enumerate(loader, start=1):
+        for step, (image, labels, subjects) in enumerate(loader, start=1):
             self._check_stop()
-            loss = run_step(image, labels, gen)
+            loss = run_step(image, labels, gen, subjects)
             if pending is not None:
                 account(*pending)
             pending = (loss, step, len(image))

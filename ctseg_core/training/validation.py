@@ -72,6 +72,7 @@ def validate(
     values = torch.from_numpy(_values(config)).to(device)
     keep = torch.zeros(NUM_LABELS, dtype=torch.int64, device=device)
     keep[values] = values  # label values outside the run's structures count as background
+    annotated = dataset.annotated_classes()
     for image, labels, subject in loader:
         if stop_check is not None:
             stop_check()
@@ -80,7 +81,10 @@ def validate(
             image = image.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(image)
-        loss = loss_fn(logits.float(), lut[labels])
+        if annotated is None:
+            loss = loss_fn(logits.float(), lut[labels])
+        else:  # missing masks are not penalised, as in training
+            loss = loss_fn(logits.float(), lut[labels], annotated[subject].to(device))
         loss_sum += torch.stack(
             [loss.double() * len(image), torch.tensor(len(image), device=device)]
         )
