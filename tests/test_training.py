@@ -178,3 +178,16 @@ def test_fused_dice_ce_gradient_equals_autograd_of_its_definition():
     assert loss_nhwc.item() == pytest.approx(loss_reference.item(), rel=1e-6)
     assert torch.allclose(nhwc.grad, reference.grad, atol=1e-7)
     assert nhwc.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
+    from ctseg_core.training.hardware import resolve_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_channels_last("auto", cpu, torch.bfloat16) is True
+    assert resolve_channels_last("auto", cpu, None) is False  # fp32 CPU convolutions: no gain
+    assert resolve_channels_last("auto", cpu, torch.bfloat16, "instance") is False
+    assert resolve_channels_last("auto", cuda, torch.bfloat16, "instance") is True
+    assert resolve_channels_last(False, cuda, torch.bfloat16) is False
+    with pytest.raises(CtsegError, match="channels_last must be"):
+        resolve_channels_last("yes", cpu, None)

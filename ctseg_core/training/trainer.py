@@ -219,7 +219,7 @@ class Trainer:
             ddp.barrier()
         device = resolve_device(t.device)
         amp = resolve_amp(t.amp, device)
-        channels_last = resolve_channels_last(t.channels_last, device, amp)
+        channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
         from ..models import build_model
 
         model = build_model(cfg.model)
