@@ -301,6 +301,7 @@ def test_train_presets_fill_the_form_and_carry_their_hidden_settings(
     assert config["data"]["hu_window"] == list(demo.data.hu_window)  # not on the form
     assert config["train"]["lr"] == demo.train.lr and config["train"]["epochs"] == 1
     assert config["model"]["features"] == demo.model.features
+    assert config["model"]["norm"] == "instance" and config["data"]["curve_prob"] > 0
 
 
 def test_train_shows_a_failed_run_from_the_cli_with_its_error(
