@@ -1,11 +1,11 @@
 """Training throughput: full steps through the real data pipeline vs the bare model step.
 
-Peer: the bare step (forward, loss, backward, optimizer; ``training.step.StepRunner`` without
-augmentation) on a batch already in memory, measured
-in the same run, interleaved in rounds with the pipeline step so that a busy machine slows both
-alike. The pipeline step adds reading slices from the preprocessing cache (memmap), HU
-normalisation, resizing, foreground-oversampled sampling and the batched augmentation: the
-trainer's own StepRunner on the trainer's loader.
+Peer: the bare step (forward, loss, backward, optimizer: ``training.step.StepRunner`` without
+augmentation) on a batch already in memory, measured in the same run, interleaved in rounds with
+the pipeline step so that a busy machine slows both alike. The pipeline step is the trainer's own
+StepRunner on the trainer's loader: it adds reading slices from the preprocessing cache
+(memmap), HU normalisation, resizing, foreground-oversampled sampling and the batched
+augmentation. Both read each step's loss one step late, as the trainer does.
 Both run in fp32 and with bf16 autocast + channels_last (what amp "auto" picks on a CPU with
 native bf16). Model: the seed U-Net (features 32-256, bottleneck 512, 118 outputs).
 
