@@ -9,8 +9,8 @@ cores. ``--amp off`` runs the same in fp32 (to check that bf16 reaches the same 
 
     python benchmarks/phantom_quality.py [--data ROOT] [--minutes 10] [--amp auto|off]
         [--context 3] [--aug preset|light|default|off] [--batch N] [--fg F] [--samples N]
-        [--lr LR] [--epochs N] [--bottleneck N] [--threads N] [--norm instance] [--wd W] [--curve P]
-        (candidates to compare)
+        [--lr LR] [--epochs N] [--bottleneck N] [--threads N] [--norm batch|instance] [--wd W]
+        [--curve P]   (candidates to compare)
 """
 
 from __future__ import annotations
