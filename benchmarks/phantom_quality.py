@@ -41,6 +41,20 @@ def present_structures(root: Path, cache_dir: str) -> list[str]:
     return [name for value, name in enumerate(STRUCTURES, start=1) if counts[value] > 0]
 
 
+#: command-line flag -> (config section, field) it sets when given
+OVERRIDES = {
+    "lr": ("train", "lr"),
+    "epochs": ("train", "epochs"),
+    "context": ("data", "context_slices"),
+    "batch": ("data", "batch_size"),
+    "fg": ("data", "foreground_fraction"),
+    "samples": ("data", "samples_per_epoch"),
+    "curve": ("data", "curve_prob"),
+    "bottleneck": ("model", "bottleneck"),
+    "norm": ("model", "norm"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="dataset (default: a new phantom)")
@@ -78,24 +92,10 @@ def main() -> None:
             print(f"{len(config.data.structures)} structures present in the dataset")
         config.train.amp = args.amp
         config.run_name = "phantom-quality"
-        if args.lr:
-            config.train.lr = args.lr
-        if args.epochs:
-            config.train.epochs = args.epochs
-        if args.context:
-            config.data.context_slices = args.context
-        if args.batch:
-            config.data.batch_size = args.batch
-        if args.fg is not None:
-            config.data.foreground_fraction = args.fg
-        if args.samples:
-            config.data.samples_per_epoch = args.samples
-        if args.bottleneck:
-            config.model.bottleneck = args.bottleneck
-        if args.norm:
-            config.model.norm = args.norm
-        if args.curve is not None:
-            config.data.curve_prob = args.curve
+        for flag, (section, name) in OVERRIDES.items():
+            value = getattr(args, flag)
+            if value is not None:
+                setattr(getattr(config, section), name, value)
         if args.wd is not None:
             config.train.optimizer, config.train.weight_decay = "adamw", args.wd
         if args.aug == "off":

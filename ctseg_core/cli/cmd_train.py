@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..training.presets import PRESETS
 from .progress import tqdm_callback
 
 _FLAGS = {  # argparse dest -> (section, config field)
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
     a("--config", type=Path, help="a run config.json to start from (flags override it)")
     a(
         "--preset",
-        choices=["phantom_demo", "cpu", "gpu"],
+        choices=list(PRESETS),
         help="start from a named preset (ctseg_core.training.presets; flags override it)",
     )
     a("--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its last.pth")

@@ -53,7 +53,7 @@ def shutdown(wait: bool = True) -> None:
     """
     if is_distributed():
         if wait:
-            dist.barrier()
+            barrier()
         dist.destroy_process_group()
 
 
