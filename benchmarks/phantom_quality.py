@@ -19,7 +19,7 @@ at 35 of 40 epochs); context 3 with neighbours 20 mm apart 0.746; lr 1e-2 0.721;
 0.753; foreground fraction 0.8 0.740; EMA of the weights (0.99 per step) 0.750 (ahead by
 0.03-0.06 until epoch 25, then equal); per-structure random HU offsets (SynthSeg-like, half
 the samples, +-150 HU) 0.738; lumbar vertebrae made to widen caudally in the phantom 0.738.
-Twice the budget (80 epochs in 20 minutes) reaches 0.783, so the goal is not a speed problem.
+Twice the budget (80 epochs in 20 minutes) reaches 0.783: a 2x faster step alone would not do.
 The shortfall sits in ~9 of 32 structures: lumbar levels confused with their neighbours
 (L2/L3, L4/L5: one axial slice shows no level) and native-phase aorta and iliac vessels
 (one native-phase pelvis among the 8 training subjects).

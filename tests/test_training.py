@@ -103,6 +103,23 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_good_checkpoint(phantom_r
     assert all(math.isfinite(r["train_loss"]) for r in last["history"])
 
 
+def test_ctrl_c_records_a_stop_not_a_failure_and_the_run_resumes(phantom_root, tmp_path):
+    config = tiny_config(phantom_root, "int", epochs=3, steps_per_epoch=2)
+
+    def interrupt(p) -> None:  # what SIGINT does: KeyboardInterrupt wherever the run is
+        if p.kind == "step" and p.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, checkpoints_root=tmp_path, callbacks=[interrupt]).run()
+    status = read_status(tmp_path / "int")
+    assert status["state"] == "stopped" and status["error"] is None
+    assert "interrupted during epoch 2" in status["message"]
+    assert load_checkpoint(tmp_path / "int" / "last.pth")["epoch"] == 1
+    assert Trainer.resume(tmp_path / "int").run() == "finished"
+    assert [r["epoch"] for r in read_history(tmp_path / "int")] == [1, 2, 3]
+
+
 def test_an_unwritable_checkpoints_folder_fails_the_start(phantom_root, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the checkpoints root should be")

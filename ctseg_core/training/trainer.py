@@ -178,6 +178,11 @@ class Trainer:
             msg = f"stopped by request during epoch {state.epoch}; last.pth holds the last completed epoch"
             self._end("stopped", message=msg)
             return "stopped"
+        except KeyboardInterrupt:  # Ctrl-C or torchrun's SIGINT: a stop, not a failure
+            msg = (f"interrupted during epoch {state.epoch}; last.pth holds the last completed "
+                   "epoch: resume with --resume")  # fmt: skip
+            self._end("stopped", message=msg)
+            raise
         except BaseException as exc:
             text = str(exc) if isinstance(exc, CtsegError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, CtsegError):
