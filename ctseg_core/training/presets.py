@@ -4,7 +4,8 @@
   features [16, 32, 64, 128] with a 256 bottleneck and instance norm, Dice + CE, batch 4, Adam
   5e-3 with a cosine decay over 40 epochs (~13 s each on 2 quiet cores), HU window (-400, 600),
   random intensity curves on half the samples; tuned with benchmarks/phantom_quality.py (best
-  mean validation Dice 0.754 within 10 minutes, 40 epochs in 9.2; 0.70 with batch norm).
+  mean validation Dice 0.754 within 10 minutes, 40 epochs in 9.2, seed 0; seeds 1 and 2: 0.736
+  and 0.714; 0.70 with batch norm).
 - ``cpu``: the seed model at 128 x 128 for real data on a CPU.
 - ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
 """
