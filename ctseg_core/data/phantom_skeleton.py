@@ -1,8 +1,9 @@
 """Phantom skeleton and skeletal muscles: spine, sacrum, hips, femurs, ribs, sternum, muscles.
 
-Vertebrae T1..T12 and L1..L5 share one shape and differ mainly by height z (and a little in
-size), as real ones do; each has a body (cancellous core, cortical shell), pedicles, laminae,
-a spinous and two transverse processes around the spinal canal (CSF, the spinal cord above L2).
+Vertebrae T1..T12 and L1..L5 share one shape and differ mainly by height z (the thoracic ones a
+little in size; L1..L5 are identical, so only their surroundings tell them apart in 2D); each
+has a body (cancellous core, cortical shell), pedicles, laminae, a spinous and two transverse
+processes around the spinal canal (CSF, the spinal cord above L2).
 Body-frame mm: x = patient's right, y = anterior, z = superior.
 """
 
