@@ -160,6 +160,21 @@ def dice_ce_partial(
     return ce + _dice_loss(*terms, first_class=1)
 
 
+def annotated_rows(
+    table: torch.Tensor | None, subjects: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """The ``annotated`` argument for a batch: the (B, K) rows of an (S, K) CPU table
+    (``SliceDataset.annotated_classes()``) for the (B,) subject indices, on ``device``.
+
+    None (every loss's fast path) when there is no table or the batch annotates every class;
+    decided on the CPU, so a GPU is never waited for.
+    """
+    if table is None or subjects is None:
+        return None
+    rows = table[subjects.cpu()]
+    return None if bool(rows.all()) else rows.to(device, non_blocking=True)
+
+
 def dice_ce_loss(
     logits: torch.Tensor, classes: torch.Tensor, annotated: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from ..config import DataConfig
 from ..data.augment import augment_batch
 from .hardware import autocast_context
+from .losses import annotated_rows
 
 
 def backward_step(
@@ -82,12 +83,8 @@ class StepRunner:
             image = image.contiguous(memory_format=torch.channels_last)
         autocast = autocast_context(self.device, self.amp)
         classes = self.lut[labels.long()]
-        loss_fn = self.loss_fn
-        if self.annotated is not None and subjects is not None:
-            annotated = self.annotated[subjects.cpu()]
-            if not bool(annotated.all()):  # a CPU table: no device sync
-                annotated = annotated.to(self.device, non_blocking=True)
-                loss_fn = functools.partial(self.loss_fn, annotated=annotated)
+        annotated = annotated_rows(self.annotated, subjects, self.device)
+        loss_fn = functools.partial(self.loss_fn, annotated=annotated)
         loss = backward_step(self.net, image, classes, loss_fn, self.optimizer,
                              self.scaler, autocast, self.grad_clip)  # fmt: skip
         self.scaler.step(self.optimizer)

@@ -16,7 +16,7 @@ import torch
 from ..config import RunConfig
 from ..data.slices import NUM_LABELS, SliceDataset, label_scores
 from . import distributed as ddp
-from .losses import LossFn
+from .losses import LossFn, annotated_rows
 
 try:  # the metrics module's definitions (Dice 0 when missed, NaN when reference absent)
     from ..metrics.overlap import overlap_counts
@@ -81,10 +81,8 @@ def validate(
             image = image.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(image)
-        if annotated is None:
-            loss = loss_fn(logits.float(), lut[labels])
-        else:  # missing masks are not penalised, as in training
-            loss = loss_fn(logits.float(), lut[labels], annotated[subject].to(device))
+        # missing masks are not penalised, as in training
+        loss = loss_fn(logits.float(), lut[labels], annotated_rows(annotated, subject, device))
         loss_sum += torch.stack(
             [loss.double() * len(image), torch.tensor(len(image), device=device)]
         )
