@@ -10,7 +10,7 @@ cores. ``--amp off`` runs the same in fp32 (to check that bf16 reaches the same 
     python benchmarks/phantom_quality.py [--data ROOT] [--minutes 10] [--amp auto|off]
         [--context 3] [--aug preset|light|default|off] [--batch N] [--fg F] [--samples N]
         [--lr LR] [--epochs N] [--bottleneck N] [--threads N] [--norm batch|instance] [--wd W]
-        [--curve P] [--seed N]   (candidates to compare)
+        [--curve P] [--seed N] [--deep-supervision N]   (candidates to compare)
 
 Measured on 2 quiet cores, phantom seed 0 (best mean Dice within 10 minutes; a rerun with the
 same settings repeats to the third decimal, but another --seed moves it by up to 0.04 and small
@@ -65,6 +65,7 @@ OVERRIDES = {
     "curve": ("data", "curve_prob"),
     "bottleneck": ("model", "bottleneck"),
     "norm": ("model", "norm"),
+    "deep_supervision": ("model", "deep_supervision"),
 }
 
 
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="training samples per epoch")
     parser.add_argument("--bottleneck", type=int, default=None)
     parser.add_argument("--norm", choices=("batch", "instance"), default=None)
+    parser.add_argument("--deep-supervision", type=int, default=None, help="extra heads")
     parser.add_argument("--curve", type=float, default=None, help="intensity-curve probability")
     parser.add_argument("--wd", type=float, default=None, help="weight decay (AdamW)")
     parser.add_argument("--seed", type=int, default=None, help="data and training seed")

@@ -83,6 +83,7 @@ class ModelConfig:
     attention: bool = False  # attention gates on the skips (also implied by "attention_unet")
     norm: str = "batch"  # "batch" or "instance"
     dropout: float = 0.0
+    deep_supervision: int = 0  # extra output heads at 1/2, 1/4, .. resolution while training
 
 
 @dataclass
@@ -241,6 +242,11 @@ def _validate_static(cfg: RunConfig) -> None:
     if not m.features or any(f < 1 for f in m.features) or m.bottleneck < 1:
         problems.append(
             f"model widths must be positive (features {m.features}, bottleneck {m.bottleneck})"
+        )
+    if not 0 <= m.deep_supervision < max(1, len(m.features)):
+        problems.append(
+            f"deep_supervision must be 0..{len(m.features) - 1} (one head per decoder level "
+            f"below full resolution; got {m.deep_supervision})"
         )
     if m.in_channels != d.context_slices:
         problems.append(

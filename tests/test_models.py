@@ -141,3 +141,24 @@ def test_corrupt_and_foreign_checkpoints_get_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "evil.pth")
     with pytest.raises(CtsegError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_deep_supervision_heads_train_at_lower_resolutions_and_vanish_in_eval(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.model.deep_supervision = 2
+    model = build_model(config.validate().model)
+    outputs = model(torch.randn(2, 1, 64, 64))  # training mode: full, 1/2 and 1/4 resolution
+    assert [tuple(o.shape) for o in outputs] == [
+        (2, 118, 64, 64),
+        (2, 118, 32, 32),
+        (2, 118, 16, 16),
+    ]
+    path = save_checkpoint(tmp_path / "best.pth", model, None, None, 1, config, [])
+    rebuilt, _ = load_model(path)  # eval mode: the plain model's single output
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model.eval()(x))
+    config.model.deep_supervision = 4  # no decoder level below the bottleneck to supervise
+    with pytest.raises(ConfigError, match=r"deep_supervision must be 0\.\.3"):
+        config.validate()

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import CtsegError
@@ -34,6 +35,7 @@ def tiny_config(root, run_name="", **train) -> RunConfig:
 def test_training_on_the_phantom_writes_the_whole_run_folder(phantom_root, tmp_path):
     config = tiny_config(phantom_root, "ph", epochs=3, steps_per_epoch=6, sample_figure=True)
     config.data.structures = FEW
+    config.model.deep_supervision = 2  # as the phantom demo trains; eval and checkpoints: one head
     events = []
     trainer = Trainer(config, checkpoints_root=tmp_path, callbacks=[events.append])
     run_dir = trainer.open_run()
@@ -58,12 +60,8 @@ def test_training_on_the_phantom_writes_the_whole_run_folder(phantom_root, tmp_p
     best = max(range(3), key=lambda i: (history[i]["val_dice_mean"], -i))
     assert load_checkpoint(run_dir / "best.pth")["epoch"] == best + 1
     model, loaded = load_model(run_dir / "last.pth")
-    assert loaded.data.structures == FEW and model(torch.zeros(1, 1, 64, 64)).shape == (
-        1,
-        8,
-        64,
-        64,
-    )
+    assert loaded.data.structures == FEW and loaded.model.deep_supervision == 2
+    assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 8, 64, 64)
     assert [r.name for r in list_runs(tmp_path)] == ["ph"]
 
 
@@ -208,3 +206,24 @@ def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
     assert resolve_channels_last(False, cuda, torch.bfloat16) is False
     with pytest.raises(CtsegError, match="channels_last must be"):
         resolve_channels_last("yes", cpu, None)
+
+
+def test_deep_supervision_loss_weighs_each_level_against_the_labels_sampled_there():
+    from ctseg_core.training.losses import deep_supervision_loss, dice_ce_loss
+
+    torch.manual_seed(0)
+    classes = torch.randint(0, 4, (2, 8, 8))
+    full, half, quarter = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 4, 4), torch.randn(2, 4, 2, 2)
+    assert deep_supervision_loss(dice_ce_loss, full, classes) == dice_ce_loss(full, classes)
+    expected = (
+        dice_ce_loss(full, classes)
+        + 0.5 * dice_ce_loss(half, classes[:, ::2, ::2])
+        + 0.25 * dice_ce_loss(quarter, classes[:, ::4, ::4])
+    ) / 1.75
+    combined = deep_supervision_loss(dice_ce_loss, (full, half, quarter), classes)
+    assert combined.item() == pytest.approx(expected.item(), rel=1e-6)
+    # the right answer at every level scores low; the same answer sampled wrongly would not
+    right = [F.one_hot(classes[:, ::s, ::s], 4).permute(0, 3, 1, 2) * 16.0 - 8 for s in (1, 2, 4)]
+    assert deep_supervision_loss(dice_ce_loss, tuple(right), classes).item() < 0.01
+    shifted = (right[0], right[1].roll(1, dims=-1), right[2])
+    assert deep_supervision_loss(dice_ce_loss, shifted, classes).item() > 0.1

@@ -137,9 +137,10 @@ def test_cli_flags_override_a_preset(phantom_root):
 
     args = build_parser().parse_args(
         ["train", "--preset", "phantom_demo", "--data", str(phantom_root), "--lr", "0.01",
-         "--structures", "liver,spleen", "--context", "3"]
+         "--structures", "liver,spleen", "--context", "3", "--deep-supervision", "1"]
     )  # fmt: skip
     config = build_config(args).validate()
+    assert config.model.deep_supervision == 1
     assert config.model.features == [16, 32, 64, 128] and config.data.hu_window == (-400.0, 600.0)
     assert config.train.lr == 0.01 and config.data.data_root == str(phantom_root)
     assert (config.model.in_channels, config.model.out_channels) == (3, 3)

@@ -24,6 +24,7 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "model": ("model", "name"),
     "features": ("model", "features"),
     "bottleneck": ("model", "bottleneck"),
+    "deep_supervision": ("model", "deep_supervision"),
     "epochs": ("train", "epochs"),
     "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"),
@@ -74,6 +75,12 @@ def register(subparsers) -> None:
     a("--model", choices=["unet", "attention_unet"], help="network (default unet)")
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
     a("--bottleneck", type=int, help="bottleneck width (default 512)")
+    a(
+        "--deep-supervision",
+        type=int,
+        metavar="N",
+        help="N extra output heads at 1/2 .. 1/2**N resolution while training (default 0)",
+    )
     a("--loss", choices=["dice_ce", "bce", "dice", "focal"], help="loss (default dice_ce)")
     a("--optimizer", choices=["adam", "adamw", "sgd"], help="optimizer (default adam)")
     a("--scheduler", choices=["plateau", "cosine", "poly", "none"], help="(default plateau)")

@@ -38,6 +38,7 @@ def _unet(cfg, attention: bool) -> nn.Module:
         attention=attention,
         norm=cfg.norm,
         dropout=cfg.dropout,
+        deep_supervision=cfg.deep_supervision,
     )
 
 

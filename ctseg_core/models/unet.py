@@ -4,6 +4,11 @@ Encoder: one double-conv block per entry of ``features`` (each followed by 2x2 m
 a ``bottleneck`` double-conv, then one transposed-conv upsampling + skip concatenation +
 double-conv per level back up, and a 1x1 convolution to ``out_channels`` logits.
 Input (B, C, H, W) with H and W multiples of 2 ** len(features); output (B, K, H, W) logits.
+
+Deep supervision (nnU-Net's): ``deep_supervision`` = n adds 1x1 heads on the n decoder levels
+below full resolution; in training mode the forward then returns a tuple of logits at H, H/2,
+.. H/2**n (``training.losses.deep_supervision_loss`` weighs them), in eval mode only the first,
+so validation, inference and checkpoints see the plain model.
 """
 
 from __future__ import annotations
@@ -65,8 +70,11 @@ class UNet2D(nn.Module):
         attention: bool = False,
         norm: str = "batch",
         dropout: float = 0.0,
+        deep_supervision: int = 0,
     ):
         super().__init__()
+        if not 0 <= deep_supervision < len(features):
+            raise ValueError(f"deep_supervision must be 0..{len(features) - 1}")
         self.features = list(features)
         self.downs = nn.ModuleList()
         ch = in_channels
@@ -86,6 +94,10 @@ class UNet2D(nn.Module):
             self.up_convs.append(DoubleConv(2 * width, width, norm))
             ch = width
         self.head = nn.Conv2d(ch, out_channels, 1)
+        # decoder widths from the full resolution down: features[1], features[2], ..
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(width, out_channels, 1) for width in self.features[1 : 1 + deep_supervision]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -94,10 +106,16 @@ class UNet2D(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
+        decoded = []
         for level, (up, conv) in enumerate(zip(self.ups, self.up_convs, strict=True)):
             x = up(x)
             skip = skips[-1 - level]
             if self.gates is not None:
                 skip = self.gates[level](skip, x)
             x = conv(torch.cat([skip, x], dim=1))
-        return self.head(x)
+            decoded.append(x)
+        out = self.head(x)
+        if not (self.training and len(self.aux_heads)):
+            return out
+        lower = decoded[-2::-1]  # H/2, H/4, ..
+        return (out, *(head(f) for head, f in zip(self.aux_heads, lower, strict=False)))

@@ -238,6 +238,25 @@ def focal_loss(
     return _weighted_mean(focal, _channel_weight(logits, annotated))
 
 
+def deep_supervision_loss(
+    loss_fn: LossFn, logits: torch.Tensor | tuple[torch.Tensor, ...], classes: torch.Tensor
+) -> torch.Tensor:
+    """``loss_fn`` on a model's output; with deep supervision (a tuple of logits at H, H/2, ..)
+    the sum of each level's loss against the class map sampled at that level, weighted
+    1, 1/2, 1/4, .. and normalised to sum to 1 (nnU-Net's weights, without its zeroed last
+    level: the heads here stop above the bottleneck). classes: (B, H, W) int64.
+    """
+    if isinstance(logits, torch.Tensor):
+        return loss_fn(logits, classes)
+    weights = [0.5**level for level in range(len(logits))]
+    total = 0.0
+    for weight, level_logits in zip(weights, logits, strict=True):
+        step = classes.shape[-1] // level_logits.shape[-1]
+        # nearest sampling (the top-left pixel of each step x step block), as a label map allows
+        total = total + weight * loss_fn(level_logits, classes[:, ::step, ::step])
+    return total / sum(weights)
+
+
 LOSS_FUNCTIONS: dict[str, LossFn] = {
     "dice_ce": dice_ce_loss,
     "bce": bce_loss,

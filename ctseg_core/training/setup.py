@@ -67,8 +67,9 @@ def init_output_bias(model: torch.nn.Module, voxel_counts, class_lut, output_mod
     hundreds of steps just to learn that most voxels are background; with the prior the first
     steps already learn shapes. Absent classes get a frequency of 1e-6.
     """
-    head = getattr(model, "head", None)
-    if not isinstance(head, torch.nn.Conv2d) or head.bias is None:
+    heads = [getattr(model, "head", None), *getattr(model, "aux_heads", [])]
+    heads = [h for h in heads if isinstance(h, torch.nn.Conv2d) and h.bias is not None]
+    if not heads:
         return
     lut = torch.as_tensor(class_lut, dtype=torch.int64)
     counts = torch.zeros(int(lut.max()) + 1, dtype=torch.float64)
@@ -79,7 +80,7 @@ def init_output_bias(model: torch.nn.Module, voxel_counts, class_lut, output_mod
     else:
         freq = freq[1:]
         bias = (freq / (1 - freq)).log()
-    if bias.numel() != head.bias.numel():
-        return
     with torch.no_grad():
-        head.bias.copy_(bias.to(head.bias.dtype))
+        for head in heads:  # the deep-supervision heads predict the same classes
+            if bias.numel() == head.bias.numel():
+                head.bias.copy_(bias.to(head.bias.dtype))

@@ -16,7 +16,7 @@ import torch
 from ..config import DataConfig
 from ..data.augment import augment_batch
 from .hardware import autocast_context
-from .losses import annotated_rows
+from .losses import annotated_rows, deep_supervision_loss
 
 
 def backward_step(
@@ -36,7 +36,7 @@ def backward_step(
     """
     with autocast:
         logits = net(image)
-    loss = loss_fn(logits, classes)
+    loss = deep_supervision_loss(loss_fn, logits, classes)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip:
