@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -227,3 +228,12 @@ def test_deep_supervision_loss_weighs_each_level_against_the_labels_sampled_ther
     assert deep_supervision_loss(dice_ce_loss, tuple(right), classes).item() < 0.01
     shifted = (right[0], right[1].roll(1, dims=-1), right[2])
     assert deep_supervision_loss(dice_ce_loss, shifted, classes).item() > 0.1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_cpu_training_keeps_freed_memory_for_reuse():
+    from ctseg_core.training.hardware import keep_freed_cpu_memory
+
+    # glibc accepts both settings (an mmap threshold above its 32 MiB maximum would be refused);
+    # what they are worth is measured by benchmarks/training_throughput.py
+    assert keep_freed_cpu_memory() is True

@@ -8,12 +8,20 @@ GradScaler; channels_last on. MPS: fp32.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
+import logging
+import sys
 from contextlib import AbstractContextManager
 
 import torch
 
 from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameter numbers
 
 
 @functools.cache
@@ -80,3 +88,29 @@ def autocast_context(device: torch.device, amp: torch.dtype | None) -> AbstractC
     if amp is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp)
+
+
+@functools.cache
+def keep_freed_cpu_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of handing it back to the OS (Linux).
+
+    A CPU training step allocates and frees the same multi-MB activation buffers every time.
+    With glibc's defaults many of them are mmap-ed and unmap-ed at each step, and the kernel
+    zeroes their pages again on first touch: the phantom demo's step with deep supervision
+    took 123 ms instead of 97. Raising the mmap threshold to its 32 MiB maximum and switching
+    heap trimming off keeps them in the heap. Process-wide and once: resident memory then
+    stays at the peak of one step (still bounded by the batch) instead of dropping between
+    steps. Returns False where there is no glibc (macOS, Windows, musl), changing nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    done = (
+        mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    )
+    log.debug("glibc keeps freed memory for reuse: %s", done)
+    return done

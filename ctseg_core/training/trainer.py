@@ -33,7 +33,13 @@ from ..fileio import atomic_write_json
 from . import distributed as ddp
 from .checkpoint import config_of, load_checkpoint, restore_rng_state, save_checkpoint
 from .figures import save_history_plot
-from .hardware import autocast_context, resolve_amp, resolve_channels_last, resolve_device
+from .hardware import (
+    autocast_context,
+    keep_freed_cpu_memory,
+    resolve_amp,
+    resolve_channels_last,
+    resolve_device,
+)
 from .losses import build_loss
 from .run_folder import default_checkpoints_root, new_run_dir, write_history, write_status
 from .samples import SampleFigure
@@ -223,6 +229,8 @@ class Trainer:
         if self.world > 1 and self.rank == 0:
             ddp.barrier()
         device = resolve_device(t.device)
+        if device.type == "cpu":
+            keep_freed_cpu_memory()
         amp = resolve_amp(t.amp, device)
         channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
         from ..models import build_model
