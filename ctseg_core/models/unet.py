@@ -99,7 +99,7 @@ class UNet2D(nn.Module):
             nn.Conv2d(width, out_channels, 1) for width in self.features[1 : 1 + deep_supervision]
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         skips = []
         for down in self.downs:
             x = down(x)

@@ -1,8 +1,9 @@
 """Pick the device, mixed precision and memory format the hardware is good at.
 
 CPU: bf16 autocast only where the CPU has native bf16 (AMX or AVX-512 BF16; ~2.3x faster on
-such a CPU for the seed U-Net), with channels_last. CUDA: bf16 where supported, else fp16 with a
-GradScaler; channels_last on. MPS: fp32.
+such a CPU for the seed U-Net), with channels_last, and glibc told to keep freed memory for the
+next step (``keep_freed_cpu_memory``). CUDA: bf16 where supported, else fp16 with a GradScaler;
+channels_last on. MPS: fp32.
 """
 
 from __future__ import annotations
