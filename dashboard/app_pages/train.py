@@ -135,7 +135,8 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     model = dataclasses.replace(
         base.model,
         features=[w, 2 * w, 4 * w, 8 * w],
-        bottleneck=16 * w,
+        # the preset's bottleneck-to-width ratio (16 for the seed model, 32 for the demo)
+        bottleneck=base.model.bottleneck * w // base.model.features[0],
         in_channels=None,
         out_channels=None,
     )

@@ -301,6 +301,8 @@ def test_train_presets_fill_the_form_and_carry_their_hidden_settings(
     assert config["data"]["hu_window"] == list(demo.data.hu_window)  # not on the form
     assert config["train"]["lr"] == demo.train.lr and config["train"]["epochs"] == 1
     assert config["model"]["features"] == demo.model.features
+    assert config["model"]["bottleneck"] == demo.model.bottleneck  # its own ratio to the width
+    assert config["model"]["deep_supervision"] == demo.model.deep_supervision > 0
     assert config["model"]["norm"] == "instance" and config["data"]["curve_prob"] > 0
 
 
