@@ -240,7 +240,9 @@ def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, 
     # the run-list watcher redraws the page once the run has ended: Stop off, banner gone
     page.get_by_text("This server is training").wait_for(state="detached")
     # the watcher ticks every few seconds; a busy machine needs more than expect's default 5 s
-    expect(page.get_by_role("button", name="Stop")).to_be_disabled(timeout=30_000)
+    # (only the current run's button: a rerun in flight still shows the previous one, stale)
+    stop = page.locator(FRESH).get_by_role("button", name="Stop", exact=True)
+    expect(stop).to_be_disabled(timeout=30_000)
     wait_idle(page)
     screenshot(page, "train")
 
