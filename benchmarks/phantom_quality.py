@@ -12,22 +12,23 @@ cores. ``--amp off`` runs the same in fp32 (to check that bf16 reaches the same 
         [--lr LR] [--epochs N] [--bottleneck N] [--threads N] [--norm batch|instance] [--wd W]
         [--curve P] [--seed N] [--deep-supervision N]   (candidates to compare)
 
-Measured on 2 quiet cores, phantom seed 0 (best mean Dice within 10 minutes; a rerun with the
-same settings repeats to about the third decimal, but another --seed moves it by up to 0.04 and
-small vessels by 0.3, so smaller differences are noise). The preset: 0.802 (--seed 1: 0.812,
---seed 2: 0.782), 38 epochs of ~15 s. What got it there, each against the step before: deep
-supervision at 1/2 and 1/4 (--deep-supervision 2, 33 epochs fit) 0.754 -> 0.777; down to 1/8
-(3) 0.793; bottleneck 512 0.806 (32 epochs of 18 s); glibc keeping freed memory (the step 123 ->
-97 ms) let 38 epochs fit. Before deep supervision the preset (bottleneck 256, 40 epochs) reached
-0.754 (seeds 1, 2: 0.736, 0.714), and nothing else moved it beyond the seed spread: batch norm
-0.70; context 3 0.757 (cut at 35 of 40 epochs); context 3 with neighbours 20 mm apart 0.746; lr
-1e-2 0.721; AdamW wd 0.01 0.753; foreground fraction 0.8 0.740; batch 2 0.722; EMA of the
-weights (0.99 per step) 0.750 (ahead by 0.03-0.06 until epoch 25, then equal); per-structure
-random HU offsets (SynthSeg-like, half the samples, +-150 HU) 0.738; lumbar vertebrae made to
-widen caudally in the phantom 0.738; twice the budget (80 epochs in 20 minutes) 0.783. What is
-still lost sits in ~9 of 32 structures: lumbar levels confused with their neighbours (L4/L5:
-one axial slice shows no level), native-phase aorta and iliac vessels (one native-phase pelvis
-among the 8 training subjects; the aorta's Dice moves most between seeds), the prostate.
+Measured on 2 quiet cores, phantom seed 0 (best mean Dice within 10 minutes; a rerun with the same
+settings repeats to about the third decimal, but another --seed moves it by up to 0.04 and small
+vessels by 0.3, so smaller differences are noise). The preset: 0.802 (--seed 1: 0.812, --seed 2:
+0.782, --seed 3: 0.781; mean 0.794), 38 epochs of ~15 s. What got it there, each against the step
+before: deep supervision at 1/2 and 1/4 (--deep-supervision 2, 33 epochs fit) 0.754 -> 0.777; down
+to 1/8 (3) 0.793; bottleneck 512 0.806 (32 epochs of 18 s); glibc keeping freed memory (the step
+123 -> 97 ms) let 38 epochs fit. Intensity curves on 80 % of the samples: seed 2 0.786 (noise).
+Before deep supervision the preset (bottleneck 256, 40 epochs) reached 0.754 (seeds 1, 2: 0.736,
+0.714), and nothing else moved it beyond the seed spread: batch norm 0.70; context 3 0.757 (cut at
+35 of 40 epochs); context 3 with neighbours 20 mm apart 0.746; lr 1e-2 0.721; AdamW wd 0.01 0.753;
+foreground fraction 0.8 0.740; batch 2 0.722; EMA of the weights (0.99 per step) 0.750 (ahead by
+0.03-0.06 until epoch 25, then equal); per-structure random HU offsets (SynthSeg-like, half the
+samples, +-150 HU) 0.738; lumbar vertebrae made to widen caudally in the phantom 0.738; twice the
+budget (80 epochs in 20 minutes) 0.783. What is still lost sits in ~9 of 32 structures: lumbar
+levels confused with their neighbours (L4/L5: one axial slice shows no level), native-phase aorta
+and iliac vessels (one native-phase pelvis among the 8 training subjects; the aorta's Dice moves
+most between seeds), the prostate.
 """
 
 from __future__ import annotations

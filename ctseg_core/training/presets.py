@@ -5,8 +5,8 @@
   1/4 and 1/8 resolution, Dice + CE, batch 4, Adam 5e-3 with a cosine decay over 38 epochs
   (~15 s each on 2 quiet cores), HU window (-400, 600), random intensity curves on half the
   samples; tuned with benchmarks/phantom_quality.py: best mean validation Dice within 10
-  minutes 0.802 (38 epochs in 9.8 minutes, seed 0), 0.812 and 0.782 with seeds 1 and 2 (before
-  deep supervision: 0.754, 0.736, 0.714).
+  minutes 0.802 (38 epochs in 9.8 minutes, seed 0); 0.812, 0.782 and 0.781 with seeds 1-3
+  (before deep supervision, seeds 0-2: 0.754, 0.736, 0.714).
 - ``cpu``: the seed model at 128 x 128 for real data on a CPU.
 - ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
 """
