@@ -69,6 +69,7 @@ OVERRIDES = {
     "fg": ("data", "foreground_fraction"),
     "samples": ("data", "samples_per_epoch"),
     "curve": ("data", "curve_prob"),
+    "vessel": ("data", "vessel_contrast_prob"),
     "bottleneck": ("model", "bottleneck"),
     "norm": ("model", "norm"),
     "deep_supervision": ("model", "deep_supervision"),
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--norm", choices=("batch", "instance"), default=None)
     parser.add_argument("--deep-supervision", type=int, default=None, help="extra heads")
     parser.add_argument("--curve", type=float, default=None, help="intensity-curve probability")
+    parser.add_argument("--vessel", type=float, default=None, help="vessel contrast probability")
     parser.add_argument("--wd", type=float, default=None, help="weight decay (AdamW)")
     parser.add_argument("--seed", type=int, default=None, help="data and training seed")
     parser.add_argument("--aug", choices=("preset", "light", "default", "off"), default="preset")

@@ -66,6 +66,9 @@ class DataConfig:
     # a random monotone intensity curve per sample: tissues change contrast against each other
     # as between contrast phases (an enhanced artery at 290 HU, a native one at 40 HU)
     curve_prob: float = 0.0
+    # per sample, every vessel (labels.VESSELS) gets its own random mean intensity in
+    # augment.VESSEL_HU: a native-phase aorta learned from contrast-enhanced scans and back
+    vessel_contrast_prob: float = 0.0
     noise_std: float = 0.03
     seed: int = 0
     num_workers: int = 0
@@ -224,6 +227,10 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"HU window {tuple(d.hu_window)} must be (low, high) with low < high")
     if not 0.0 <= d.foreground_fraction <= 1.0:
         problems.append(f"foreground fraction must be in [0, 1] (got {d.foreground_fraction})")
+    for name in ("spatial", "elastic", "intensity", "curve", "vessel_contrast"):
+        value = getattr(d, f"{name}_prob")
+        if not 0.0 <= value <= 1.0:
+            problems.append(f"{name} probability must be in [0, 1] (got {value})")
     if not d.structures:
         problems.append("structures is empty; list at least one structure to segment")
     unknown = [s for s in d.structures if s not in LABEL_OF]

@@ -76,6 +76,17 @@ UNPAIRED_LATERAL: tuple[str, ...] = tuple(
 )
 
 
+#: blood-filled vessels, whose CT intensity depends on the contrast phase (native ~40 HU,
+#: arterial-phase arteries ~300 HU); the heart is left out (its label holds the myocardium)
+VESSELS: tuple[str, ...] = (
+    "aorta", "pulmonary_vein", "brachiocephalic_trunk", "subclavian_artery_right",
+    "subclavian_artery_left", "common_carotid_artery_right", "common_carotid_artery_left",
+    "brachiocephalic_vein_left", "brachiocephalic_vein_right", "superior_vena_cava",
+    "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left",
+    "iliac_artery_right", "iliac_vena_left", "iliac_vena_right",
+)  # fmt: skip
+
+
 def lr_swap_lut() -> np.ndarray:
     """Lookup table (118,) uint8 mapping each label value to its mirror partner (itself if none).
 

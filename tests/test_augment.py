@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from ctseg_core.config import DataConfig
-from ctseg_core.data.augment import apply_curve, augment_batch, mirror_lr
+from ctseg_core.data.augment import apply_curve, augment_batch, mirror_lr, vessel_contrast
 from ctseg_core.data.cache import open_cached
-from ctseg_core.labels import LABEL_OF, lr_swap_lut
+from ctseg_core.labels import LABEL_OF, VESSELS, lr_swap_lut
 
 KL, KR = LABEL_OF["kidney_left"], LABEL_OF["kidney_right"]
 
@@ -119,3 +120,59 @@ def test_intensity_curve_is_monotone_keeps_the_window_ends_and_changes_contrast(
     # two tissues 125 HU apart in a 1000 HU window (0.25 units) change their contrast
     gap = out[..., 150] - out[..., 125]
     assert float(gap.min()) < 0.2 and float(gap.max()) > 0.3
+
+
+def _normalised(hu: float, window=(-400.0, 600.0)) -> float:
+    return (hu - window[0]) * 2.0 / (window[1] - window[0]) - 1.0
+
+
+def test_vessel_contrast_sets_each_vessels_mean_and_keeps_its_texture():
+    aorta, ivc, liver = LABEL_OF["aorta"], LABEL_OF["inferior_vena_cava"], LABEL_OF["liver"]
+    labels = torch.zeros(2, 32, 32, dtype=torch.uint8)
+    labels[:, 2:14, 2:14] = liver
+    labels[:, 18:26, 4:12] = aorta
+    labels[:, 18:26, 20:28] = ivc
+    g = torch.Generator().manual_seed(0)
+    image = torch.full((2, 1, 32, 32), _normalised(40.0)) + 0.05 * torch.randn(
+        2, 1, 32, 32, generator=g
+    )
+    image[:, :, 2:14, 2:14] += _normalised(60.0) - _normalised(40.0)
+    target = torch.full((2, len(VESSELS)), float("nan"))
+    target[0, VESSELS.index("aorta")] = 300.0  # sample 0: an enhanced aorta, IVC as it was
+    out = vessel_contrast(image, labels, target, (-400.0, 600.0))
+    inside = (slice(19, 25), slice(5, 11))  # away from the softened edge
+    shift = out[0, 0][inside] - image[0, 0][inside]
+    assert torch.allclose(shift, shift.mean().expand_as(shift), atol=1e-5)  # texture kept
+    mean_aorta = out[0, 0][labels[0] == aorta].mean()
+    assert float(mean_aorta) == pytest.approx(_normalised(300.0), abs=0.02)
+    ring = out[0, 0, 17, 5:11] - image[0, 0, 17, 5:11]  # outside, next to the aorta: a share
+    assert bool((ring > 0.1 * shift.mean()).all() and (ring < 0.5 * shift.mean()).all())
+    assert torch.equal(out[0, 0, 18:26, 20:28], image[0, 0, 18:26, 20:28])  # NaN: the IVC kept
+    assert torch.equal(out[0, 0, :14, :16], image[0, 0, :14, :16])  # no vessel near: unchanged
+    assert torch.equal(out[1], image[1])  # an all-NaN row: the sample is untouched
+
+
+def test_vessel_contrast_in_augment_batch_changes_only_vessels(sample_root, tmp_path):
+    subject = open_cached(sample_root, "s0000", tmp_path)
+    aorta = LABEL_OF["aorta"]
+    z = int(np.argmax((np.asarray(subject.labels) == aorta).sum(axis=(1, 2))))
+    labels = torch.from_numpy(np.array(subject.labels[z]))[None].repeat(4, 1, 1)
+    hu = torch.from_numpy(np.array(subject.ct[z], dtype=np.float32))
+    image = ((hu.clamp(-400, 600) + 400) / 500 - 1)[None, None].repeat(4, 1, 1, 1)
+    off = dict(spatial_prob=0.0, elastic_prob=0.0, intensity_prob=0.0, noise_std=0.0)
+    cfg = DataConfig(hu_window=(-400.0, 600.0), vessel_contrast_prob=1.0, **off)
+    out, out_labels = augment_batch(image, labels, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out_labels, labels)
+    mask = labels == aorta
+    means = [float(out[i, 0][mask[i]].mean()) for i in range(4)]
+    low, high = _normalised(20.0), _normalised(400.0)
+    assert all(low - 0.05 < m < high + 0.05 for m in means)
+    assert max(means) - min(means) > 0.1  # each sample draws its own intensity
+    far = ~torch.from_numpy(
+        np.isin(subject.labels[z], [LABEL_OF[v] for v in VESSELS])
+    )  # a pixel next to a vessel takes a share of its shift (3 x 3 softening)
+    far = ~torch.nn.functional.max_pool2d((~far).float()[None, None], 3, 1, 1)[0, 0].bool()
+    assert torch.equal(out[:, 0][:, far], image[:, 0][:, far])
+    unchanged = DataConfig(hu_window=(-400.0, 600.0), vessel_contrast_prob=0.0, **off)
+    same, _ = augment_batch(image, labels, unchanged, torch.Generator().manual_seed(0))
+    assert torch.equal(same, image)

@@ -194,6 +194,11 @@ def test_fused_dice_ce_gradient_equals_autograd_of_its_definition():
     assert loss_nhwc.item() == pytest.approx(loss_reference.item(), rel=1e-6)
     assert torch.allclose(nhwc.grad, reference.grad, atol=1e-7)
     assert nhwc.grad.is_contiguous(memory_format=torch.channels_last)
+    # a weighted term (deep supervision) hands the backward an upstream gradient other than 1
+    for layout in (torch.contiguous_format, torch.channels_last):
+        weighted = logits.clone(memory_format=layout).requires_grad_()
+        (0.3 * dice_ce_loss(weighted, classes)).backward()
+        assert torch.allclose(weighted.grad, 0.3 * reference.grad, atol=1e-7)
 
 
 def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():

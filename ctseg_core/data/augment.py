@@ -4,7 +4,8 @@ image (B, C, H, W) float32 normalised (see slices.normalize_hu: -1 is the low en
 window, used as the padding value); labels (B, H, W) uint8 label values. H is the canonical x
 axis (patient right <-> left), W is y. One ``grid_sample`` per batch applies rotation, scaling
 and elastic deformation together (bilinear for the image, nearest for the labels), then a
-random monotone intensity curve (``curve_prob``), intensity scale/shift and Gaussian noise.
+random monotone intensity curve (``curve_prob``), new vessel intensities
+(``vessel_contrast_prob``), intensity scale/shift and Gaussian noise.
 
 Every random number comes from ``generator`` (CPU), so a seeded run is reproducible on a given
 device. The per-sample parameters and the coarse elastic field (a few numbers) are drawn on the
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DataConfig
-from ..labels import LABEL_OF, UNPAIRED_LATERAL, lr_swap_lut
+from ..labels import LABEL_OF, NUM_STRUCTURES, UNPAIRED_LATERAL, VESSELS, lr_swap_lut
 
 _SWAP_LUT = torch.from_numpy(lr_swap_lut()).long()
 _UNPAIRED = torch.tensor([LABEL_OF[n] for n in UNPAIRED_LATERAL], dtype=torch.long)
@@ -36,6 +37,10 @@ _KNOTS = 9  # knots of the intensity curve over the window [-1, 1] (125 HU apart
 # per-sample parameters packed into one (B, 69) tensor for a single host-to-device copy
 _PACKED = ("mirror", "theta", "coarse", "curve", "gain", "offset", "sigma")
 _PACKED_WIDTHS = (1, 6, 2 * _COARSE * _COARSE, _KNOTS, 1, 1, 1)
+_VESSEL_VALUES = torch.tensor([LABEL_OF[n] for n in VESSELS], dtype=torch.long)
+#: mean HU a vessel is given by the vessel contrast augmentation: native blood (~40 HU) to
+#: arterial-phase enhancement (~300-400 HU)
+VESSEL_HU = (20.0, 400.0)
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
@@ -127,6 +132,38 @@ def apply_curve(image: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
     return (low + frac * (high - low)).reshape(image.shape)
 
 
+def vessel_contrast(
+    image: torch.Tensor, labels: torch.Tensor, target_hu: torch.Tensor, hu_window
+) -> torch.Tensor:
+    """Give every vessel (``labels.VESSELS``) of each sample a new mean intensity.
+
+    image (B, C, H, W) normalised with ``hu_window``; labels (B, H, W) uint8; target_hu (B, V)
+    the mean HU for each vessel in ``VESSELS`` order (0 weight where a sample keeps its own:
+    pass the rows of untouched samples as NaN). The shift is the target minus the vessel's mean
+    in the centre channel, applied to all channels (2.5D neighbours hold the same vessel), so
+    noise and texture stay; outside the vessels a 3 x 3 mean of the shift map gives the pixels
+    next to them a share of it, as partial volume would. A vessel absent from a slice changes
+    nothing.
+    """
+    b, c, h, w = image.shape
+    lo, hi = hu_window
+    device = image.device
+    target = (target_hu.to(image.dtype) - lo) * (2.0 / (hi - lo)) - 1.0
+    flat_labels = labels.reshape(b, -1).long()
+    centre = image[:, c // 2].reshape(b, -1)
+    bins = NUM_STRUCTURES + 1
+    sums = torch.zeros(b, bins, dtype=image.dtype, device=device).scatter_add_(
+        1, flat_labels, centre
+    )
+    counts = torch.zeros_like(sums).scatter_add_(1, flat_labels, torch.ones_like(centre))
+    values = _VESSEL_VALUES.to(device)
+    delta = torch.zeros_like(sums)
+    delta[:, values] = torch.nan_to_num(target - sums[:, values] / counts[:, values].clamp(min=1))
+    shift = delta.gather(1, flat_labels).view(b, 1, h, w)
+    fringe = F.avg_pool2d(shift, 3, stride=1, padding=1, count_include_pad=False)
+    return image + torch.where(shift != 0, shift, fringe)
+
+
 def augment_batch(
     image: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +189,11 @@ def augment_batch(
             labels.unsqueeze(1).float(), grid, mode="nearest", align_corners=False
         )
         labels = warped.squeeze(1).round().to(labels.dtype)
+    if cfg.vessel_contrast_prob > 0:  # drawn only when on: other runs keep their random stream
+        chosen = torch.rand(b, 1, generator=g) < cfg.vessel_contrast_prob
+        hu = _uniform(b * len(VESSELS), *VESSEL_HU, g).view(b, len(VESSELS))
+        hu = torch.where(chosen, hu, torch.full_like(hu, float("nan")))
+        image = vessel_contrast(image, labels, _to(device, hu), cfg.hu_window)
     if bool(drawn["curved"].any()):
         image = apply_curve(image, parts["curve"])
     image = image * parts["gain"].view(b, 1, 1, 1) + parts["offset"].view(b, 1, 1, 1)
