@@ -3,9 +3,9 @@
 image (B, C, H, W) float32 normalised (see slices.normalize_hu: -1 is the low end of the HU
 window, used as the padding value); labels (B, H, W) uint8 label values. H is the canonical x
 axis (patient right <-> left), W is y. One ``grid_sample`` per batch applies rotation, scaling
-and elastic deformation together (bilinear for the image, nearest for the labels), then a
-random monotone intensity curve (``curve_prob``), new vessel intensities
-(``vessel_contrast_prob``), intensity scale/shift and Gaussian noise.
+and elastic deformation together (bilinear for the image, nearest for the labels), then new
+vessel intensities (``vessel_contrast_prob``), a random monotone intensity curve
+(``curve_prob``), intensity scale/shift and Gaussian noise.
 
 Every random number comes from ``generator`` (CPU), so a seeded run is reproducible on a given
 device. The per-sample parameters and the coarse elastic field (a few numbers) are drawn on the
@@ -138,8 +138,8 @@ def vessel_contrast(
     """Give every vessel (``labels.VESSELS``) of each sample a new mean intensity.
 
     image (B, C, H, W) normalised with ``hu_window``; labels (B, H, W) uint8; target_hu (B, V)
-    the mean HU for each vessel in ``VESSELS`` order (0 weight where a sample keeps its own:
-    pass the rows of untouched samples as NaN). The shift is the target minus the vessel's mean
+    the mean HU for each vessel in ``VESSELS`` order, NaN where a vessel keeps its intensity
+    (an all-NaN row leaves its sample untouched). The shift is the target minus the vessel's mean
     in the centre channel, applied to all channels (2.5D neighbours hold the same vessel), so
     noise and texture stay; outside the vessels a 3 x 3 mean of the shift map gives the pixels
     next to them a share of it, as partial volume would. A vessel absent from a slice changes
