@@ -15,9 +15,11 @@ from ctseg_core.data.slices import (
     context_indices,
     label_scores,
     normalize_hu,
+    predicted_labels,
     resize_batch,
     validation_indices,
 )
+from ctseg_core.errors import DataError
 from ctseg_core.labels import LABEL_OF
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
@@ -69,6 +71,28 @@ def test_label_scores_put_probabilities_at_label_values():
     scores = label_scores(logits, sig)
     assert torch.all(scores[:, 0] == 0.5)  # background wins where no structure passes 0.5
     assert scores.argmax(1)[0].tolist() == [[LABEL_OF["liver"], 0]]
+
+
+@pytest.mark.parametrize("loss", ["dice_ce", "bce"])
+def test_predicted_labels_equal_the_argmax_of_the_scores(loss):
+    # a structure order other than label order, and bf16 logits as autocast hands them over
+    structures = ["spleen", "aorta", "liver", "kidney_left"]
+    config = RunConfig(DataConfig(structures=structures), train=TrainConfig(loss=loss))
+    k = len(structures) + (config.output_mode == "softmax")
+    g = torch.Generator().manual_seed(1)
+    # distinct values per pixel, exact in bf16 (a tie may break differently: channel vs label
+    # order); every channel negative in the left half, so sigmoid models predict background
+    levels = torch.tensor([-3.0, -1.5, -0.5, 1.0, 2.5])[:k]
+    logits = levels[torch.rand(3, 16, 16, k, generator=g).argsort(dim=-1)].permute(0, 3, 1, 2)
+    logits[..., :8] -= 3.0
+    logits = logits.bfloat16()
+    predicted = predicted_labels(logits, config)
+    assert predicted.shape == (3, 16, 16) and predicted.dtype == torch.int64
+    assert torch.equal(predicted, label_scores(logits, config).argmax(dim=1))
+    if loss == "bce":
+        assert bool((predicted[..., :8] == 0).all()) and bool((predicted[..., 8:] > 0).all())
+    with pytest.raises(DataError, match="channels"):
+        predicted_labels(logits[:, 1:], config)
 
 
 def test_class_lut_maps_unlearned_structures_to_background():

@@ -104,6 +104,27 @@ def label_scores(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
     return scores
 
 
+def predicted_labels(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """(B, K, H, W) logits of one model -> (B, H, W) int64 label values, without scores.
+
+    The same labels as ``label_scores(logits, config).argmax(dim=1)`` (softmax: the channel with
+    the largest logit; sigmoid: the structure with the largest logit where it is above 0, else
+    background), but without the (B, 118, H, W) float32 scores and the softmax: validation had
+    spent more time on those than on the network's forward pass.
+    """
+    values = channel_label_values(config).to(logits.device)
+    if logits.shape[1] != len(values):
+        raise DataError(
+            f"model output has {logits.shape[1]} channels but the config expects {len(values)}; "
+            "use the config stored with the checkpoint"
+        )
+    best, channel = logits.max(dim=1)
+    labels = values[channel]
+    if config.output_mode == "softmax":
+        return labels
+    return torch.where(best > 0, labels, torch.zeros_like(labels))
+
+
 PRESENCE_FILE = "slice_presence.npy"
 
 

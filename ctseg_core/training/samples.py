@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.slices import SliceDataset, label_scores
+from ..data.slices import SliceDataset, predicted_labels
 from .figures import save_sample_figure
 from .hardware import autocast_context
 
@@ -43,7 +43,7 @@ class SampleFigure:
         try:
             with autocast_context(device, amp):
                 logits = model(image)
-            predicted = label_scores(logits, self.config).argmax(dim=1).cpu().numpy()
+            predicted = predicted_labels(logits, self.config).cpu().numpy()
         finally:
             model.train(was_training)
         centre = image.shape[1] // 2

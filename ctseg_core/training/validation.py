@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.slices import NUM_LABELS, SliceDataset, label_scores
+from ..data.slices import NUM_LABELS, SliceDataset, predicted_labels
 from . import distributed as ddp
 from .losses import LossFn, annotated_rows
 
@@ -86,7 +86,7 @@ def validate(
         loss_sum += torch.stack(
             [loss.double() * len(image), torch.tensor(len(image), device=device)]
         )
-        predicted = label_scores(logits, config).argmax(dim=1)  # (B, H, W) label values
+        predicted = predicted_labels(logits, config)  # (B, H, W) label values
         ref = keep[labels]
         pair = (subject.to(device).view(-1, 1, 1) * NUM_LABELS + ref) * NUM_LABELS + predicted
         counts += torch.bincount(pair.reshape(-1), minlength=counts.numel())
