@@ -21,6 +21,7 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "val_slices": ("data", "val_slices_per_subject"),
     "workers": ("data", "num_workers"),
     "mirror": ("data", "mirror"),
+    "vessel_contrast": ("data", "vessel_contrast_prob"),
     "model": ("model", "name"),
     "features": ("model", "features"),
     "bottleneck": ("model", "bottleneck"),
@@ -92,6 +93,13 @@ def register(subparsers) -> None:
     a("--val-slices", type=int, help="validation slices per subject (default: all)")
     a("--no-augment", action="store_true", help="switch augmentation off")
     a("--mirror", action="store_true", default=None, help="left/right mirroring with label swap")
+    a(
+        "--vessel-contrast",
+        type=float,
+        metavar="P",
+        help="share of samples whose vessels get random intensities, as between contrast phases "
+        "(default 0; phantom_demo 0.5)",
+    )
     a("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
     a("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     a("--seed", type=int, help="random seed (default 0)")

@@ -32,7 +32,7 @@ def phantom_demo(data_root: str = "") -> RunConfig:
             curve_prob=0.5,  # contrast phases differ between the few subjects
             # a monotone curve keeps an enhanced artery brighter than muscle; the validation
             # scans are native-phase, 4 of the 8 training scans angiographies: over four seeds
-            # iliac arteries 0.56/0.36 -> 0.61/0.52, duodenum (taken for them) 0.62 -> 0.70
+            # iliac arteries 0.56/0.36 -> 0.61/0.52, duodenum (predicted on them) 0.62 -> 0.70
             vessel_contrast_prob=0.5,
         ),
         # instance norm: best Dice 0.70 -> 0.75 at equal time (8 training subjects in three
