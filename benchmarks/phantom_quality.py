@@ -14,8 +14,8 @@ cores. ``--amp off`` runs the same in fp32 (to check that bf16 reaches the same 
 
 Measured on 2 quiet cores, phantom seed 0 (best mean Dice within 10 minutes; a rerun with the same
 settings repeats to about the third decimal, but another --seed moves it by up to 0.04 and small
-vessels by 0.3, so smaller differences are noise). The preset: 0.831 (--seed 1: 0.801, --seed 2:
-0.808, --seed 3: 0.801; mean 0.810), 42 epochs of ~13.5 s. What got it there, each against the step
+vessels by 0.3, so smaller differences are noise). The preset: 0.831 (--seed 1 to 5: 0.801, 0.808,
+0.801, 0.822, 0.810; mean 0.812), 42 epochs of ~13.5 s. What got it there, each against the step
 before: deep supervision at 1/2 and 1/4 (--deep-supervision 2, 33 epochs fit) 0.754 -> 0.777; down
 to 1/8 (3) 0.793; bottleneck 512 0.806 (32 epochs of 18 s); glibc keeping freed memory (the step
 123 -> 97 ms) let 38 epochs fit: seeds 0-3 0.802, 0.812, 0.782, 0.781 (mean 0.794); a Dice + CE

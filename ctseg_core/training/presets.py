@@ -5,9 +5,9 @@
   1/4 and 1/8 resolution, Dice + CE, batch 4, Adam 5e-3 with a cosine decay over 42 epochs
   (~13.5 s each on 2 quiet cores), HU window (-400, 600), random intensity curves and new
   vessel intensities on half the samples each; tuned with benchmarks/phantom_quality.py: best
-  mean validation Dice within 10 minutes 0.831 (seed 0); 0.801, 0.808 and 0.801 with seeds 1-3
-  (mean 0.810; without the vessel intensities 0.814, 0.800, 0.780, 0.823; before deep
-  supervision, seeds 0-2: 0.754, 0.736, 0.714).
+  mean validation Dice within 10 minutes 0.831 (seed 0); 0.801, 0.808, 0.801, 0.822, 0.810 with
+  seeds 1-5 (mean 0.812; seeds 0-3 without the vessel intensities 0.814, 0.800, 0.780, 0.823;
+  before deep supervision, seeds 0-2: 0.754, 0.736, 0.714).
 - ``cpu``: the seed model at 128 x 128 for real data on a CPU.
 - ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
 """
