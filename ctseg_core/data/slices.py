@@ -79,6 +79,17 @@ def channel_label_values(config: RunConfig) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
 
 
+def _output_label_values(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """``channel_label_values`` on the logits' device, checked against their channel count."""
+    values = channel_label_values(config).to(logits.device)
+    if logits.shape[1] != len(values):
+        raise DataError(
+            f"model output has {logits.shape[1]} channels but the config expects {len(values)}; "
+            "use the config stored with the checkpoint"
+        )
+    return values
+
+
 def label_scores(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
     """(B, K, H, W) logits -> (B, 118, H, W) float32 scores indexed by label value.
 
@@ -88,13 +99,8 @@ def label_scores(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
     score 0. Average these over TTA or an ensemble, then argmax -> label values 0..117.
     """
     logits = logits.float()
-    b, k, h, w = logits.shape
-    values = channel_label_values(config).to(logits.device)
-    if k != len(values):
-        raise DataError(
-            f"model output has {k} channels but the config expects {len(values)}; "
-            "use the config stored with the checkpoint"
-        )
+    b, _, h, w = logits.shape
+    values = _output_label_values(logits, config)
     scores = logits.new_zeros((b, NUM_LABELS, h, w))
     if config.output_mode == "softmax":
         scores[:, values] = torch.softmax(logits, dim=1)
@@ -112,12 +118,7 @@ def predicted_labels(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
     background), but without the (B, 118, H, W) float32 scores and the softmax: validation had
     spent more time on those than on the network's forward pass.
     """
-    values = channel_label_values(config).to(logits.device)
-    if logits.shape[1] != len(values):
-        raise DataError(
-            f"model output has {logits.shape[1]} channels but the config expects {len(values)}; "
-            "use the config stored with the checkpoint"
-        )
+    values = _output_label_values(logits, config)
     best, channel = logits.max(dim=1)
     labels = values[channel]
     if config.output_mode == "softmax":
