@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..config import DataConfig
 from ..labels import LABEL_OF, NUM_STRUCTURES, UNPAIRED_LATERAL, VESSELS, lr_swap_lut
+from ..nosync import to_device
 
 _SWAP_LUT = torch.from_numpy(lr_swap_lut()).long()
 _UNPAIRED = torch.tensor([LABEL_OF[n] for n in UNPAIRED_LATERAL], dtype=torch.long)
@@ -47,13 +48,6 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tenso
     return low + (high - low) * torch.rand(n, generator=g)
 
 
-def _to(device: torch.device, t: torch.Tensor) -> torch.Tensor:
-    """A small CPU tensor on ``device`` without making the host wait for the device."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def mirror_lr(
     image: torch.Tensor, labels: torch.Tensor, which: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,9 +59,9 @@ def mirror_lr(
     b, device = image.shape[0], labels.device
     which = torch.ones(b, dtype=torch.bool, device=device) if which is None else which
     flat = labels.reshape(b, -1).long()
-    unpaired = torch.isin(flat, _UNPAIRED.to(device)).any(dim=1)
+    unpaired = torch.isin(flat, to_device(_UNPAIRED, device)).any(dim=1)
     which = which.to(device).bool() & ~unpaired
-    swapped = _SWAP_LUT.to(device)[labels.flip(-2).long()].to(labels.dtype)
+    swapped = to_device(_SWAP_LUT, device)[labels.flip(-2).long()].to(labels.dtype)
     labels = torch.where(which.view(b, 1, 1), swapped, labels)
     image = torch.where(which.view(b, 1, 1, 1).to(image.device), image.flip(-2), image)
     return image, labels
@@ -110,9 +104,10 @@ def _grid(theta: torch.Tensor, coarse: torch.Tensor, h: int, w: int, alpha_px: f
     if elastic:
         field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
         field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-6)
-        # pixels -> normalised grid units (2 / size), x displacement on W, y on H
-        scale_xy = torch.tensor([2.0 / w, 2.0 / h], device=theta.device).view(1, 2, 1, 1)
-        grid = grid + (field * scale_xy * alpha_px).permute(0, 2, 3, 1)
+        # pixels -> normalised grid units (2 / size), x displacement on W, y on H (Python
+        # scalars: a tensor made with device= would be a blocking copy)
+        shift = torch.stack((field[:, 0] * (2.0 / w), field[:, 1] * (2.0 / h)), dim=-1)
+        grid = grid + shift * alpha_px
     return grid
 
 
@@ -156,7 +151,7 @@ def vessel_contrast(
         1, flat_labels, centre
     )
     counts = torch.zeros_like(sums).scatter_add_(1, flat_labels, torch.ones_like(centre))
-    values = _VESSEL_VALUES.to(device)
+    values = to_device(_VESSEL_VALUES, device)
     delta = torch.zeros_like(sums)
     delta[:, values] = torch.nan_to_num(target - sums[:, values] / counts[:, values].clamp(min=1))
     shift = delta.gather(1, flat_labels).view(b, 1, h, w)
@@ -176,7 +171,7 @@ def augment_batch(
     device = image.device
     drawn = _draw(b, cfg, g)
     flat = torch.cat([drawn[k].reshape(b, -1).float() for k in _PACKED], dim=1)
-    parts = dict(zip(_PACKED, _to(device, flat).split(_PACKED_WIDTHS, dim=1), strict=True))
+    parts = dict(zip(_PACKED, to_device(flat, device).split(_PACKED_WIDTHS, dim=1), strict=True))
     if cfg.mirror:
         image, labels = mirror_lr(image, labels, parts["mirror"].squeeze(1) > 0.5)
     if bool((drawn["spatial"] | drawn["elastic"]).any()):  # CPU flags: no sync
@@ -193,7 +188,7 @@ def augment_batch(
         chosen = torch.rand(b, 1, generator=g) < cfg.vessel_contrast_prob
         hu = _uniform(b * len(VESSELS), *VESSEL_HU, g).view(b, len(VESSELS))
         hu = torch.where(chosen, hu, torch.full_like(hu, float("nan")))
-        image = vessel_contrast(image, labels, _to(device, hu), cfg.hu_window)
+        image = vessel_contrast(image, labels, to_device(hu, device), cfg.hu_window)
     if bool(drawn["curved"].any()):
         image = apply_curve(image, parts["curve"])
     image = image * parts["gain"].view(b, 1, 1, 1) + parts["offset"].view(b, 1, 1, 1)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..nosync import count_values, to_device
 
 SMOOTH = 1e-5
 LossFn = Callable[..., torch.Tensor]  # (logits, classes, annotated=None) -> scalar
@@ -39,18 +40,19 @@ def _soft_dice_terms(
     """Per-class (intersection, predicted sum, reference sum), each (num_classes,).
 
     ``probs`` (B, K, H, W) is the probability of class ``c + channel_class`` in channel c
-    (0 for softmax, 1 for sigmoid channels). Uses a gather + bincount instead of a one-hot.
+    (0 for softmax, 1 for sigmoid channels). Uses a gather + counts instead of a one-hot.
     ``weight`` (B, K) scales each sample's channels in the predicted sums (0 = not counted).
     """
     k = probs.shape[1]
     num_classes = k + channel_class
     flat_classes = classes.reshape(-1)
-    ref_sum = torch.bincount(flat_classes, minlength=num_classes)[:num_classes].to(probs.dtype)
+    ref_sum = count_values(flat_classes, num_classes).to(probs.dtype)
     channel = (classes - channel_class).clamp(min=0).unsqueeze(1)  # (B, 1, H, W)
     p_true = probs.gather(1, channel).reshape(-1)
-    valid = flat_classes >= channel_class
+    # classes without a channel add 0 (a mask would select a data-dependent count: a GPU sync)
+    p_true = p_true * (flat_classes >= channel_class)
     intersection = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
-    intersection.index_add_(0, flat_classes[valid], p_true[valid])
+    intersection.index_add_(0, flat_classes, p_true)
     pred_sum = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
     per_sample = probs.sum(dim=(2, 3))  # (B, K)
     if weight is not None:
@@ -103,7 +105,7 @@ class _DiceCE(torch.autograd.Function):
         probs.exp_()
         p_true = probs.gather(dim, index).squeeze(dim)  # (B, H, W)
         flat = classes.reshape(-1)
-        ref_sum = torch.bincount(flat, minlength=k)[:k].to(probs.dtype)
+        ref_sum = count_values(flat, k).to(probs.dtype)
         inter = torch.zeros(k, dtype=probs.dtype, device=probs.device)
         inter.index_add_(0, flat, p_true.reshape(-1))
         pred_sum = probs.sum(dim=[d for d in range(probs.dim()) if d != dim])
@@ -178,7 +180,7 @@ def annotated_rows(
     if table is None or subjects is None:
         return None
     rows = table[subjects.cpu()]
-    return None if bool(rows.all()) else rows.to(device, non_blocking=True)
+    return None if bool(rows.all()) else to_device(rows, device)
 
 
 def dice_ce_loss(

@@ -15,13 +15,10 @@ import torch
 
 from ..config import RunConfig
 from ..data.slices import NUM_LABELS, SliceDataset, predicted_labels
+from ..metrics.overlap import overlap_counts
+from ..nosync import count_values, to_device
 from . import distributed as ddp
 from .losses import LossFn, annotated_rows
-
-try:  # the metrics module's definitions (Dice 0 when missed, NaN when reference absent)
-    from ..metrics.overlap import overlap_counts
-except ImportError:  # pragma: no cover - the metrics module is part of the package
-    overlap_counts = None
 
 
 def _pooled_counts(confusions: np.ndarray, annotated: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -29,15 +26,10 @@ def _pooled_counts(confusions: np.ndarray, annotated: np.ndarray) -> tuple[np.nd
     tp = np.zeros(NUM_LABELS, np.int64)
     fp, fn = tp.copy(), tp.copy()
     for conf, ann in zip(confusions, annotated, strict=True):
-        if overlap_counts is not None:
-            c = overlap_counts(conf, ann)
-            s_tp, s_fp, s_fn = c.tp, c.fp, c.fn
-        else:
-            s_tp = np.diagonal(conf).copy()
-            s_fp, s_fn = conf.sum(0) - s_tp, conf.sum(1) - s_tp
-        tp += np.where(ann, s_tp, 0)
-        fp += np.where(ann, s_fp, 0)
-        fn += np.where(ann, s_fn, 0)
+        c = overlap_counts(conf, ann)  # the metrics' definitions of TP, FP, FN
+        tp += np.where(ann, c.tp, 0)
+        fp += np.where(ann, c.fp, 0)
+        fn += np.where(ann, c.fn, 0)
     return tp, fp, fn
 
 
@@ -76,20 +68,21 @@ def validate(
     for image, labels, subject in loader:
         if stop_check is not None:
             stop_check()
-        image, labels = image.to(device), labels.to(device).long()
+        # pinned on CUDA: asynchronous copies, so the host queues the next batch meanwhile
+        image = image.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True).long()
         if channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(image)
         # missing masks are not penalised, as in training
         loss = loss_fn(logits.float(), lut[labels], annotated_rows(annotated, subject, device))
-        loss_sum += torch.stack(
-            [loss.double() * len(image), torch.tensor(len(image), device=device)]
-        )
+        loss_sum[0] += loss.double() * len(image)
+        loss_sum[1] += len(image)
         predicted = predicted_labels(logits, config)  # (B, H, W) label values
         ref = keep[labels]
-        pair = (subject.to(device).view(-1, 1, 1) * NUM_LABELS + ref) * NUM_LABELS + predicted
-        counts += torch.bincount(pair.reshape(-1), minlength=counts.numel())
+        subject = to_device(subject, device).view(-1, 1, 1)
+        counts += count_values((subject * NUM_LABELS + ref) * NUM_LABELS + predicted, len(counts))
     ddp.all_reduce_sum(counts)
     ddp.all_reduce_sum(loss_sum)
     model.train()
