@@ -6,7 +6,10 @@ the pipeline step so that a busy machine slows both alike. The pipeline step is 
 StepRunner on the trainer's loader: it adds reading slices from the preprocessing cache
 (memmap), HU normalisation, resizing, foreground-oversampled sampling and the batched
 augmentation. Both read each step's loss one step late, as the trainer does.
-Both run in fp32 and with bf16 autocast + channels_last (what amp "auto" picks on a CPU with
+Two steps in between split the overhead: "+copy" takes a fixed batch from (pinned) host memory,
+so it adds the host-to-device copy (nothing on a CPU); "+augment" also augments it. pipeline
+minus +augment is then what the loader costs the training loop.
+All run in fp32 and with bf16 autocast + channels_last (what amp "auto" picks on a CPU with
 native bf16). Model: the seed U-Net (features 32-256, bottleneck 512, 118 outputs).
 
     python benchmarks/training_throughput.py [--data ROOT] [--size 128] [--batch 8] [--rounds 4]
@@ -75,8 +78,8 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     run_step = StepRunner(model, optimizer, scaler, loss_fn, lut, config.data, device, amp,
                           channels_last, config.train.grad_clip)  # fmt: skip
     gen = torch.Generator().manual_seed(0)
-    fixed_image, fixed_labels, _ = next(loader)
-    fixed_image, fixed_labels = fixed_image.to(device), fixed_labels.to(device)
+    host_image, host_labels, _ = next(loader)  # pinned on CUDA, as the loader hands them out
+    fixed_image, fixed_labels = host_image.to(device), host_labels.to(device)
     losses: list[torch.Tensor] = []
 
     def read_late(loss: torch.Tensor) -> None:
@@ -88,16 +91,21 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     def bare():
         read_late(run_step(fixed_image, fixed_labels, None))
 
+    def copy():
+        read_late(run_step(host_image, host_labels, None))
+
+    def augment():
+        read_late(run_step(host_image, host_labels, gen))
+
     def pipeline():
         image, labels, _ = next(loader)
         read_late(run_step(image, labels, gen))
 
-    for fn in (bare, pipeline, bare):  # warm-up
+    kinds = {"bare": bare, "+copy": copy, "+augment": augment, "pipeline": pipeline}
+    for fn in (bare, *kinds.values()):  # warm-up
         fn()
-    seconds = {"bare": 0.0, "pipeline": 0.0}
-    for _, (name, fn) in itertools.product(
-        range(args.rounds), (("bare", bare), ("pipeline", pipeline))
-    ):
+    seconds = dict.fromkeys(kinds, 0.0)
+    for _, (name, fn) in itertools.product(range(args.rounds), kinds.items()):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -115,11 +123,15 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="steps per round and kind")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per round and kind (default 5; CUDA 25)"
+    )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=0, help="loader processes (GPU: 4-8)")
     args = parser.parse_args()
+    if args.steps is None:  # a GPU step takes milliseconds: more of them for a stable figure
+        args.steps = 25 if resolve_device(args.device).type == "cuda" else 5
     with tempfile.TemporaryDirectory() as tmp:
         data_root = make_data(args, Path(tmp))
         cache = str(Path(tmp) / "cache")
@@ -131,12 +143,13 @@ def main() -> None:
             modes.append(("bf16 + channels_last", torch.bfloat16, True))
         print(f"seed U-Net, {args.size}x{args.size}, batch {args.batch}, 118 outputs, "
               f"device {device}, {torch.get_num_threads()} threads")  # fmt: skip
-        print(f"{'mode':<22}{'bare slices/s':>15}{'pipeline slices/s':>19}{'pipeline/bare':>15}")
+        kinds = ("bare", "+copy", "+augment", "pipeline")
+        print("slices/s:")
+        print(f"{'mode':<22}" + "".join(f"{k:>10}" for k in kinds) + f"{'pipeline/bare':>15}")
         for name, amp, cl in modes:
             r = measure(args, data_root, cache, amp, cl)
-            print(
-                f"{name:<22}{r['bare']:>15.1f}{r['pipeline']:>19.1f}{r['pipeline'] / r['bare']:>15.2f}"
-            )
+            row = "".join(f"{r[k]:>10.1f}" for k in kinds)
+            print(f"{name:<22}{row}{r['pipeline'] / r['bare']:>15.2f}")
 
 
 if __name__ == "__main__":
