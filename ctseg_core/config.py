@@ -213,6 +213,10 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"learning rate must be > 0 (got {t.lr})")
     if t.epochs < 1:
         problems.append(f"epochs must be >= 1 (got {t.epochs})")
+    if t.checkpoint_every < 0:
+        problems.append(
+            f"checkpoint every must be >= 0 epochs, 0 = none (got {t.checkpoint_every})"
+        )
     if d.batch_size < 1:
         problems.append(f"batch size must be >= 1 (got {d.batch_size})")
     depth = 2 ** len(m.features)

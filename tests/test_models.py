@@ -70,6 +70,7 @@ def test_config_round_trips_through_json():
         (lambda c: setattr(c.data, "context_slices", 2), "must be odd"),
         (lambda c: setattr(c.data, "structures", ["livre"]), "unknown structure"),
         (lambda c: setattr(c.train, "loss", "mse"), "loss 'mse'"),
+        (lambda c: setattr(c.train, "checkpoint_every", -1), "checkpoint every must be >= 0"),
     ],
 )
 def test_invalid_settings_are_refused(change, fragment):

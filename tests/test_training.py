@@ -242,3 +242,48 @@ def test_cpu_training_keeps_freed_memory_for_reuse():
     # glibc accepts both settings (an mmap threshold above its 32 MiB maximum would be refused);
     # what they are worth is measured by benchmarks/training_throughput.py
     assert keep_freed_cpu_memory() is True
+
+
+def test_checkpoint_size_estimate_matches_a_written_checkpoint(tmp_path):
+    from ctseg_core.models import build_model
+    from ctseg_core.training.checkpoint import estimated_checkpoint_bytes, save_checkpoint
+    from ctseg_core.training.setup import build_optimizer
+
+    config = RunConfig(
+        DataConfig(structures=FEW), ModelConfig(features=[16, 32, 64, 128], bottleneck=256)
+    )
+    for name in ("adam", "sgd"):
+        config.train.optimizer = name
+        model = build_model(config.model)
+        optimizer = build_optimizer(model, config.train)
+        model(torch.randn(2, 1, 32, 32)).square().mean().backward()
+        optimizer.step()  # creates the moments / momentum buffers that checkpoints hold
+        path = save_checkpoint(tmp_path / f"{name}.pth", model, optimizer, None, 1, config)
+        estimate = estimated_checkpoint_bytes(model, name)
+        assert estimate == pytest.approx(path.stat().st_size, rel=0.02), name
+
+
+def test_a_disk_too_small_for_the_checkpoints_refuses_or_warns(phantom_root, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from ctseg_core.models import build_model
+    from ctseg_core.training.checkpoint import estimated_checkpoint_bytes
+
+    config = tiny_config(phantom_root, "tight", epochs=4, checkpoint_every=1)
+    size = estimated_checkpoint_bytes(build_model(config.model), "adam")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, int(2.5 * size)))
+    with pytest.raises(CtsegError, match="room for 3 at once"):
+        Trainer(config, checkpoints_root=tmp_path).open_run()
+    # room for best.pth, last.pth and 2 of the 4 epoch files: trains, with a lasting warning
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 5 * size))
+    config = tiny_config(phantom_root, "tight2", epochs=4, checkpoint_every=1, steps_per_epoch=1)
+    trainer = Trainer(config, checkpoints_root=tmp_path)
+    run_dir = trainer.open_run()
+    assert "4 checkpoint_epoch<N>.pth files" in read_status(run_dir)["warning"]
+    assert trainer.run() == "finished"
+    assert "4 checkpoint_epoch<N>.pth files" in read_status(run_dir)["warning"]
+    # resumed to 6 epochs: 2 epoch files to come, which fit
+    Trainer.resume(run_dir, epochs=6, checkpoints_root=tmp_path).open_run()
+    assert read_status(run_dir)["warning"] is None

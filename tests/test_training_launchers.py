@@ -138,10 +138,11 @@ def test_cli_flags_override_a_preset(phantom_root):
     args = build_parser().parse_args(
         ["train", "--preset", "phantom_demo", "--data", str(phantom_root), "--lr", "0.01",
          "--structures", "liver,spleen", "--context", "3", "--deep-supervision", "1",
-         "--vessel-contrast", "0.25"]
+         "--vessel-contrast", "0.25", "--checkpoint-every", "0"]
     )  # fmt: skip
     config = build_config(args).validate()
     assert config.model.deep_supervision == 1 and config.data.vessel_contrast_prob == 0.25
+    assert config.train.checkpoint_every == 0  # the preset's 10 overridden, also by a 0
     assert config.data.curve_prob == 0.5  # from the preset
     assert config.model.features == [16, 32, 64, 128] and config.data.hu_window == (-400.0, 600.0)
     assert config.train.lr == 0.01 and config.data.data_root == str(phantom_root)

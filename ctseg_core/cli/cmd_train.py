@@ -37,6 +37,7 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "device": ("train", "device"),
     "seed": ("train", "seed"),
     "steps_per_epoch": ("train", "steps_per_epoch"),
+    "checkpoint_every": ("train", "checkpoint_every"),
 }
 
 
@@ -91,6 +92,13 @@ def register(subparsers) -> None:
     a("--samples-per-epoch", type=int, help="training slices per epoch (default: all)")
     a("--steps-per-epoch", type=int, help="batches per epoch (overrides samples)")
     a("--val-slices", type=int, help="validation slices per subject (default: all)")
+    a(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="keep checkpoint_epoch<N>.pth every N epochs, 0 = none (default 1; presets 10); "
+        "best.pth and last.pth are always written",
+    )
     a("--no-augment", action="store_true", help="switch augmentation off")
     a("--mirror", action="store_true", default=None, help="left/right mirroring with label swap")
     a(

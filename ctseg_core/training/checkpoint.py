@@ -87,6 +87,19 @@ def save_checkpoint(
     return path
 
 
+def estimated_checkpoint_bytes(model: nn.Module, optimizer: str) -> int:
+    """About the size in bytes of one checkpoint of ``model`` trained with ``optimizer``.
+
+    The model's state (weights and buffers) plus the optimizer's per-parameter state: Adam and
+    AdamW keep two moments, SGD one momentum buffer, each the size of the parameters. The rest
+    (config, history, RNG state) is a few hundred kB at most.
+    """
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    moments = {"adam": 2, "adamw": 2}.get(optimizer, 1)
+    return state + moments * params
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; CtsegError if missing, corrupt or foreign."""
     path = Path(path)

@@ -8,7 +8,8 @@ Files (all written atomically, see ../shared/DESIGN.md):
 - ``status.json``: ``state`` (queued/running/stopping/finished/failed/stopped), ``epoch``
   (completed), ``epochs``, ``step`` (in the current epoch), ``steps_per_epoch``, ``eta_s``
   (seconds to the end of the run, or null), ``loss``, ``lr``, ``error`` (text or null),
-  ``message``, ``pid``, ``host``, ``updated_at`` (ISO 8601 UTC)
+  ``message``, ``warning`` (text or null: e.g. the checkpoints may not fit on the disk),
+  ``pid``, ``host``, ``updated_at`` (ISO 8601 UTC)
 - ``history.jsonl``: one line per epoch: epoch, train_loss, val_loss, val_dice_mean,
   val_dice {structure: dice or null (absent from the validation references)}, lr, seconds
 - ``training_history.json`` (columns: epoch, train_loss, val_loss, val_dice_mean, lr) and
@@ -22,6 +23,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,34 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
             "choose a writable checkpoints folder (CTSEG_CHECKPOINTS) with free space"
         ) from None
     return run_dir
+
+
+def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: int) -> str | None:
+    """Refuse a run whose checkpoints cannot be written; warn when they will not all fit.
+
+    ``checkpoint_bytes``: one checkpoint (``checkpoint.estimated_checkpoint_bytes``);
+    ``epoch_files``: the checkpoint_epoch<N>.pth files the run is still to write. best.pth and
+    last.pth are rewritten each epoch, beside the temporary file of the atomic write: three
+    checkpoints at once. Raises CtsegError when those do not fit in the free space; returns a
+    one-line warning when the epoch files would not fit as well, else None.
+    """
+    free = shutil.disk_usage(run_dir).free
+    needed = 3 * checkpoint_bytes
+    mb = 1e6
+    if free < needed:
+        raise CtsegError(
+            f"{run_dir} has {free / mb:.0f} MB free but a checkpoint of this model takes about "
+            f"{checkpoint_bytes / mb:.0f} MB and training needs room for 3 at once; free disk "
+            "space or choose another checkpoints folder (CTSEG_CHECKPOINTS)"
+        )
+    total = needed + epoch_files * checkpoint_bytes
+    if free < total:
+        return (
+            f"{epoch_files} checkpoint_epoch<N>.pth files of about {checkpoint_bytes / mb:.0f} MB "
+            f"each will not fit in the {free / mb:.0f} MB free in {run_dir}: raise checkpoint "
+            "every (0: none) or free disk space before the disk fills"
+        )
+    return None
 
 
 def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:

@@ -30,8 +30,15 @@ from ..config import RunConfig
 from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..errors import CtsegError
 from ..fileio import atomic_write_json
+from ..models import build_model
 from . import distributed as ddp
-from .checkpoint import config_of, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    config_of,
+    estimated_checkpoint_bytes,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .figures import save_history_plot
 from .hardware import (
     autocast_context,
@@ -41,7 +48,13 @@ from .hardware import (
     resolve_device,
 )
 from .losses import build_loss
-from .run_folder import default_checkpoints_root, new_run_dir, write_history, write_status
+from .run_folder import (
+    check_disk_space,
+    default_checkpoints_root,
+    new_run_dir,
+    write_history,
+    write_status,
+)
 from .samples import SampleFigure
 from .setup import build_optimizer, build_scheduler, init_output_bias, step_scheduler
 from .step import StepRunner
@@ -99,6 +112,7 @@ class Trainer:
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self._status: dict = {}
         self._last_status_write = 0.0
+        self._warning: str | None = None  # kept in status.json for the whole run
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -140,11 +154,23 @@ class Trainer:
                     "free disk space or choose a writable checkpoints folder"
                 ) from None
             done = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
+            self._check_disk_space(done)
             self._write_status(
                 Progress("start", "queued", self.run_dir, done, self.config.train.epochs),
                 force=True,
             )
         return self.run_dir
+
+    def _check_disk_space(self, done_epochs: int) -> None:
+        """Refuse a start without room for best.pth and last.pth; keep a warning in status.json
+        when the checkpoint_epoch<N>.pth files still to come will not fit."""
+        t = self.config.train
+        size = estimated_checkpoint_bytes(build_model(self.config.model), t.optimizer)
+        every = t.checkpoint_every
+        files = t.epochs // every - done_epochs // every if every else 0
+        self._warning = check_disk_space(self.run_dir, size, files)
+        if self._warning:
+            log.warning(self._warning)
 
     def _write_status(self, p: Progress, force: bool = False) -> None:
         if self.rank != 0 or self.run_dir is None:
@@ -156,7 +182,7 @@ class Trainer:
         status = {
             "state": p.state, "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
             "steps_per_epoch": p.steps_per_epoch, "eta_s": p.eta_s, "loss": p.loss, "lr": p.lr,
-            "error": p.error, "message": p.message, "pid": os.getpid(),
+            "error": p.error, "message": p.message, "warning": self._warning, "pid": os.getpid(),
             "host": socket.gethostname(), "run_name": self.run_dir.name,
         }  # fmt: skip
         try:
@@ -233,8 +259,6 @@ class Trainer:
             keep_freed_cpu_memory()
         amp = resolve_amp(t.amp, device)
         channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
-        from ..models import build_model
-
         model = build_model(cfg.model)
         if self.resume_ckpt is None:
             counts = sum(s.voxel_counts for s in train_set.subjects)

@@ -46,6 +46,7 @@ def form_values(cfg: RunConfig) -> dict:
         k.augment: cfg.data.augment,
         k.steps: cfg.train.steps_per_epoch or 0,
         k.val: cfg.data.val_slices_per_subject or 0,
+        k.checkpoint_every: cfg.train.checkpoint_every,
     }
 
 
@@ -105,12 +106,20 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
             help="Off: all 117 TotalSegmentator structures (absent ones still get an output).",
         )
         with st.expander("Advanced"):
-            a1, a2 = st.columns(2)
+            a1, a2, a3 = st.columns(3)
             steps = a1.number_input(
                 "Steps per epoch (0 = one pass over the training slices)", 0, 100000, key=k.steps
             )
             val_slices = a2.number_input(
                 "Validation slices per subject (0 = all)", 0, 10000, key=k.val
+            )
+            checkpoint_every = a3.number_input(
+                "Keep checkpoint_epoch<N>.pth every N epochs (0 = none)",
+                0,
+                1000,
+                key=k.checkpoint_every,
+                help="best.pth and last.pth are always written. A checkpoint of the seed model "
+                "with its Adam state takes about 93 MB.",
             )
         run_name = st.text_input(
             "Run name (empty = timestamp)",
@@ -147,6 +156,7 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         loss=loss,
         scheduler=scheduler,
         steps_per_epoch=steps or None,
+        checkpoint_every=checkpoint_every,
     )
     return RunConfig(data=data, model=model, train=train, run_name=run_name.strip())
 
@@ -269,6 +279,8 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     st.progress(min(max(done, 0.0), 1.0), text=status.get("message") or "")
     if status.get("error"):
         st.error(f"{run_name}: {status['error']}")
+    if status.get("warning"):
+        st.warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
     if not history:
         st.caption("No finished epoch yet; curves appear after the first one.")
         return

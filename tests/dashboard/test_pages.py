@@ -226,6 +226,7 @@ def test_train_starts_refuses_a_second_start_and_stops(
     at.selectbox(key="ctseg_train_width").set_value("tiny (8)")
     at.number_input(key="ctseg_train_steps").set_value(2)
     at.number_input(key="ctseg_train_val").set_value(2)
+    at.number_input(key="ctseg_train_checkpoint_every").set_value(0)
     at.text_input(key="ctseg_train_run_name").set_value("from-page")
     at.button(key="FormSubmitter:train_form-Start").click()
     at.run()
@@ -236,6 +237,7 @@ def test_train_starts_refuses_a_second_start_and_stops(
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["epochs"] == 30 and config["data"]["target_size"] == [64, 64]
     assert config["model"]["features"] == [8, 16, 32, 64]
+    assert config["train"]["checkpoint_every"] == 0  # only best.pth and last.pth
     # a second Start while it runs is refused with one line
     at.text_input(key="ctseg_train_run_name").set_value("second")
     at.button(key="FormSubmitter:train_form-Start").click()
@@ -254,6 +256,7 @@ def test_train_starts_refuses_a_second_start_and_stops(
     assert metrics["State"] == "stopped"
     stopped_at = int(metrics["Epoch"].split(" / ")[0])
     assert stopped_at < 30
+    assert not list(run_dir.glob("checkpoint_epoch*.pth"))  # checkpoint every 0 epochs
     # Resume continues the same run folder from its last.pth
     at.selectbox(key="ctseg_train_resume_pick").set_value("from-page")
     at.run()
@@ -288,6 +291,7 @@ def test_train_presets_fill_the_form_and_carry_their_hidden_settings(
     assert at.select_slider(key="ctseg_train_size").value == demo.data.target_size[0]
     assert at.selectbox(key="ctseg_train_width").value == "small (16)"
     assert at.selectbox(key="ctseg_train_scheduler").value == demo.train.scheduler
+    assert at.number_input(key="ctseg_train_checkpoint_every").value == 10
     at.slider(key="ctseg_train_epochs").set_value(1)
     at.number_input(key="ctseg_train_steps").set_value(1)
     at.number_input(key="ctseg_train_val").set_value(1)
