@@ -17,7 +17,7 @@ from ctseg_core.cli import main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import CtsegError
 from ctseg_core.training.job import TrainingJob, get_job
-from ctseg_core.training.run_folder import read_history, read_status
+from ctseg_core.training.run_folder import read_history, read_status, request_stop
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--size", "64", "64", "--features", "8", "16", "32", "64", "--bottleneck", "64"]
@@ -129,6 +129,40 @@ def test_two_process_torchrun_writes_one_run_folder(phantom_root, tmp_path):
     assert [r["epoch"] for r in history] == [1, 2]
     assert history[0]["train_slices"] == 2 * 2 * 2  # two ranks x two steps x batch 2
     assert read_status(runs / "ddp")["state"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_stop_request_in_the_run_folder_stops_a_cli_or_torchrun_run(
+    processes, phantom_root, tmp_path
+):
+    """What the dashboard's Stop does for a run it did not start (another process or host)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = ["-m", "ctseg_core"]
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(processes), *launcher]  # fmt: skip
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable, *launcher, "train", "--data", str(phantom_root), "--checkpoints",
+        str(runs), *TINY_ARGS, "--epochs", "50", "--steps-per-epoch", "1000", "--batch-size",
+        "2", "--amp", "off", "--run-name", "far",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        run_dir = runs / "far"
+        _wait_for(lambda: read_status(run_dir).get("step", 0) >= 2, timeout=120)
+        request_stop(run_dir, by="test")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-3000:]  # the CLI's code for a run that did not finish
+    status = read_status(run_dir)
+    assert status["state"] == "stopped" and "stopped by request" in status["message"]
+    assert status["epoch"] == 0 and status["step"] < 1000  # within the first epoch
+    assert not (run_dir / "stop_request.json").exists()  # answered, so a resume is not stopped
 
 
 def test_cli_flags_override_a_preset(phantom_root):

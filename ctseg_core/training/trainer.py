@@ -7,7 +7,9 @@ writes checkpoints and the run folder files, and reports ``Progress`` to callbac
 epoch, history and RNG state restored: every epoch's sampling and augmentation is seeded by
 (seed, epoch, rank), so a resumed run repeats the history of an uninterrupted one.
 A set ``stop_event`` ends the run before the next batch (state "stopped"; the current epoch is
-lost, last.pth keeps the last completed one). A NaN/inf loss ends it with state "failed" and
+lost, last.pth keeps the last completed one); so does a ``stop_request.json`` in the run folder
+(``run_folder.request_stop``: the dashboard stops CLI and torchrun runs this way), looked for
+once a second, or under torchrun every ``STOP_POLL_STEPS`` steps with one broadcast. A NaN/inf loss ends it with state "failed" and
 keeps the checkpoints of the last good epoch.
 """
 
@@ -49,9 +51,11 @@ from .hardware import (
 )
 from .losses import build_loss
 from .run_folder import (
+    STOP_REQUEST,
     check_disk_space,
     default_checkpoints_root,
     new_run_dir,
+    stop_requested,
     write_history,
     write_status,
 )
@@ -61,6 +65,9 @@ from .step import StepRunner
 from .validation import validate
 
 log = logging.getLogger(__name__)
+
+STOP_POLL_S = 1.0  # one process: seconds between looks for a stop request in the run folder
+STOP_POLL_STEPS = 20  # torchrun: steps between looks (rank 0 looks, a broadcast tells the rest)
 
 
 class TrainingError(CtsegError):
@@ -113,6 +120,7 @@ class Trainer:
         self._status: dict = {}
         self._last_status_write = 0.0
         self._warning: str | None = None  # kept in status.json for the whole run
+        self._last_stop_poll = 0.0
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -155,6 +163,7 @@ class Trainer:
                 ) from None
             done = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
             self._check_disk_space(done)
+            (self.run_dir / STOP_REQUEST).unlink(missing_ok=True)  # the request of a past stop
             self._write_status(
                 Progress("start", "queued", self.run_dir, done, self.config.train.epochs),
                 force=True,
@@ -225,12 +234,34 @@ class Trainer:
 
     def _end(self, state: str, message: str, error: str | None = None, eta_s=None) -> None:
         p = self._state
+        if self.rank == 0 and self.run_dir is not None:
+            (self.run_dir / STOP_REQUEST).unlink(missing_ok=True)  # answered (or moot)
         self._emit(Progress("end", state, self.run_dir, self._completed, p.epochs, p.step,
                             p.steps_per_epoch, p.loss, p.lr, eta_s, message=message, error=error))  # fmt: skip
 
-    def _check_stop(self) -> None:
+    def _check_stop(self, step: int | None = None) -> None:
+        """Raise StopRequested when the stop event is set or the run folder asks for a stop.
+
+        ``step``: the training step (under torchrun the folder is looked at only on steps that
+        every rank reaches, in a broadcast); None in validation (one process only).
+        """
+        if not self.stop_event.is_set() and self._stop_requested_in_folder(step):
+            self.stop_event.set()
         if self.stop_event.is_set():
             raise StopRequested
+
+    def _stop_requested_in_folder(self, step: int | None) -> bool:
+        if self.run_dir is None:
+            return False
+        if self.world > 1:
+            if step is None or step % STOP_POLL_STEPS:
+                return False
+            return bool(ddp.broadcast_object(self.rank == 0 and stop_requested(self.run_dir)))
+        now = time.monotonic()
+        if now - self._last_stop_poll < STOP_POLL_S:
+            return False
+        self._last_stop_poll = now
+        return stop_requested(self.run_dir)
 
     def _train(self) -> str:
         cfg, p = self.config, self._state
@@ -393,7 +424,7 @@ class Trainer:
 
         pending: tuple | None = None
         for step, (image, labels, subjects) in enumerate(loader, start=1):
-            self._check_stop()
+            self._check_stop(step)
             loss = run_step(image, labels, gen, subjects)
             if pending is not None:
                 account(*pending)

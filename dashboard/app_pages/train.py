@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import socket
 from pathlib import Path
 
 import streamlit as st
@@ -253,6 +254,27 @@ def run_list_watcher(shown: tuple) -> None:
         st.rerun(scope="app")
 
 
+def stop_button(run_dir: Path) -> None:
+    """Stop for an active run this server did not start (the CLI, torchrun, another server):
+    a stop request in its folder, which the trainer looks for about once a second."""
+    from ctseg_core.training.run_folder import request_stop, stop_requested
+
+    job = cached.training_job()
+    if job.is_running and job.snapshot().run_dir == run_dir:
+        return  # this server's own run: the Stop above ends it directly
+    if stop_requested(run_dir):
+        st.caption("Stop requested: the run ends before its next batch once it sees the request.")
+    elif st.button(
+        "Stop this run",
+        icon=":material/stop:",
+        key=state.TRAIN_FORM.stop_elsewhere,
+        help="For a run started elsewhere (CLI, torchrun, another server): asks it to stop "
+        "through its run folder; last.pth keeps the last completed epoch.",
+    ):
+        request_stop(run_dir, by=f"dashboard on {socket.gethostname()}")
+        st.toast("Stop requested", icon=":material/stop:")
+
+
 def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     """State, progress and curves of one run, read from its folder."""
     from ctseg_core.training.run_folder import read_history, read_status
@@ -281,6 +303,8 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
         st.error(f"{run_name}: {status['error']}")
     if status.get("warning"):
         st.warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
+    if active:
+        stop_button(run_dir)
     if not history:
         st.caption("No finished epoch yet; curves appear after the first one.")
         return

@@ -41,6 +41,12 @@ def tiny_config(dirs: dict[str, Path], run_name: str, epochs: int = 1, steps: in
     return RunConfig(data=data, model=model, train=train, run_name=run_name)
 
 
+@pytest.fixture
+def make_tiny_config():
+    """``tiny_config`` for tests that train a run of their own."""
+    return tiny_config
+
+
 @pytest.fixture(scope="session")
 def tiny_run(dash_dirs) -> Path:
     """A finished 1-epoch run folder under the test checkpoints root (trained by the library)."""

@@ -238,6 +238,8 @@ def test_train_starts_refuses_a_second_start_and_stops(
     assert config["train"]["epochs"] == 30 and config["data"]["target_size"] == [64, 64]
     assert config["model"]["features"] == [8, 16, 32, 64]
     assert config["train"]["checkpoint_every"] == 0  # only best.pth and last.pth
+    # this server's own run is stopped by the Stop above, not through its folder
+    assert not [b for b in at.button if b.key == "ctseg_train_stop_elsewhere"]
     # a second Start while it runs is refused with one line
     at.text_input(key="ctseg_train_run_name").set_value("second")
     at.button(key="FormSubmitter:train_form-Start").click()
@@ -338,6 +340,39 @@ def test_train_shows_a_failed_run_from_the_cli_with_its_error(
     assert metrics["Loss"] == f"{last_loss:.4f}"
     assert len(charts(at)) >= 2  # loss curves and validation Dice
     assert at.selectbox(key="ctseg_train_run_pick").value == "cli-failed"
+
+
+def test_train_stops_a_run_started_elsewhere_through_its_folder(
+    app_env, make_tiny_config, monkeypatch, tmp_path, new_app, no_problems
+):
+    """A run this server did not start (here a Trainer in a plain thread, as the CLI runs it)
+    gets its own Stop, which asks through the run folder."""
+    import threading
+
+    from ctseg_core.training.run_folder import read_status
+    from ctseg_core.training.trainer import Trainer
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    config = make_tiny_config(app_env, "elsewhere", epochs=50, steps=500)
+    trainer = Trainer(config.validate(), checkpoints_root=tmp_path)
+    run_dir = trainer.open_run()
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(trainer.run()), daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while read_status(run_dir).get("step", 0) < 1 and time.time() < deadline:
+        time.sleep(0.1)
+    at = new_app("train")
+    at.session_state["ctseg_train_run"] = "elsewhere"
+    at.run()
+    no_problems(at)
+    assert {m.label: m.value for m in at.metric}["State"] == "running"
+    at.button(key="ctseg_train_stop_elsewhere").click()
+    at.run()
+    no_problems(at)
+    thread.join(60)
+    assert outcome == ["stopped"] and read_status(run_dir)["state"] == "stopped"
+    assert read_status(run_dir)["epoch"] == 0  # within the first of 50 epochs
 
 
 def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
