@@ -29,27 +29,14 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..errors import CtsegError
 from ..fileio import atomic_write_json
 from ..models import build_model
 from . import distributed as ddp
-from .checkpoint import (
-    config_of,
-    estimated_checkpoint_bytes,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from .checkpoint import config_of, estimated_checkpoint_bytes, load_checkpoint, save_checkpoint
 from .figures import save_history_plot
-from .hardware import (
-    autocast_context,
-    keep_freed_cpu_memory,
-    resolve_amp,
-    resolve_channels_last,
-    resolve_device,
-)
-from .losses import build_loss
+from .hardware import autocast_context
+from .parts import build_parts
 from .run_folder import (
     STOP_REQUEST,
     check_disk_space,
@@ -60,7 +47,7 @@ from .run_folder import (
     write_status,
 )
 from .samples import SampleFigure
-from .setup import build_optimizer, build_scheduler, init_output_bias, step_scheduler
+from .setup import step_scheduler
 from .step import StepRunner
 from .validation import validate
 
@@ -263,6 +250,16 @@ class Trainer:
         self._last_stop_poll = now
         return stop_requested(self.run_dir)
 
+    def _preparing(self, split: str):
+        """A progress callback for preparing the subjects of ``split``."""
+
+        def report(done: int, total: int, subject_id: str) -> None:
+            msg = f"preparing the {split} subjects: {done}/{total} ({subject_id})"
+            self._emit(Progress("start", "running", self.run_dir, epochs=self._state.epochs,
+                                message=msg))  # fmt: skip
+
+        return report
+
     def _train(self) -> str:
         cfg, p = self.config, self._state
         t, d = cfg.train, cfg.data
@@ -270,90 +267,30 @@ class Trainer:
         self._emit(
             Progress("start", "running", self.run_dir, epochs=t.epochs, message="preparing data")
         )
-
-        def preparing(split: str):
-            def report(done: int, total: int, subject_id: str) -> None:
-                msg = f"preparing the {split} subjects: {done}/{total} ({subject_id})"
-                self._emit(Progress("start", "running", self.run_dir, epochs=t.epochs, message=msg))
-
-            return report
-
-        # under DDP rank 0 prepares the cache alone; the other ranks then only open it
-        if self.world > 1 and self.rank != 0:
-            ddp.barrier()
-        train_set = SliceDataset(cfg, d.train_split, progress=preparing(d.train_split))
-        val_set = SliceDataset(cfg, d.val_split, progress=preparing(d.val_split))
-        if self.world > 1 and self.rank == 0:
-            ddp.barrier()
-        device = resolve_device(t.device)
-        if device.type == "cpu":
-            keep_freed_cpu_memory()
-        amp = resolve_amp(t.amp, device)
-        channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
-        model = build_model(cfg.model)
-        if self.resume_ckpt is None:
-            counts = sum(s.voxel_counts for s in train_set.subjects)
-            init_output_bias(model, counts, train_set.lut, cfg.output_mode)
-        model = model.to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, t)
-        scheduler = build_scheduler(optimizer, t)
-        history: list[dict] = []
-        start_epoch = 0
-        if self.resume_ckpt is not None:
-            model.load_state_dict(self.resume_ckpt["model"])
-            optimizer.load_state_dict(self.resume_ckpt["optimizer"])
-            if scheduler is not None and self.resume_ckpt.get("scheduler") is not None:
-                scheduler.load_state_dict(self.resume_ckpt["scheduler"])
-            history = list(self.resume_ckpt.get("history") or [])
-            start_epoch = int(self.resume_ckpt["epoch"])
-            restore_rng_state(self.resume_ckpt.get("rng"))
-        net = model
-        if ddp.is_distributed():
-            ids = [device.index] if device.type == "cuda" else None
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-        lut = torch.from_numpy(train_set.lut).long().to(device)
-        loss_fn = build_loss(t.loss)
-        run_step = StepRunner(net, optimizer, scaler, loss_fn, lut, d, device, amp, channels_last,
-                              t.grad_clip, train_set.annotated_classes())  # fmt: skip
-        samples = d.samples_per_epoch or len(train_set)
-        steps = t.steps_per_epoch or max(1, math.ceil(samples / (d.batch_size * self.world)))
-        sampler = ForegroundSampler(
-            train_set, steps * d.batch_size * self.world, d.foreground_fraction,
-            seed=d.seed, rank=self.rank, world_size=self.world,
-        )  # fmt: skip
-        loader_kw = {"num_workers": d.num_workers, "pin_memory": device.type == "cuda"}
-        if d.num_workers > 0:
-            loader_kw |= {"persistent_workers": True, "prefetch_factor": 4}
-        train_loader = torch.utils.data.DataLoader(
-            train_set, batch_size=d.batch_size, sampler=sampler, drop_last=False, **loader_kw
-        )
-        val_ids = validation_indices(val_set, d.val_slices_per_subject)[self.rank :: self.world]
-        val_loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(val_set, val_ids), batch_size=d.batch_size * 2, **loader_kw
-        )
-        figure = SampleFigure(val_set, cfg) if (t.sample_figure and self.rank == 0) else None
+        parts = build_parts(cfg, self.resume_ckpt, self.rank, self.world, self._preparing)
+        model, net, optimizer, scheduler = parts.model, parts.net, parts.optimizer, parts.scheduler
+        device, amp, channels_last = parts.device, parts.amp, parts.channels_last
+        steps, history = parts.steps, parts.history
+        figure = SampleFigure(parts.val_set, cfg) if (t.sample_figure and self.rank == 0) else None
         scores = [_score(r) for r in history]
         best = max(scores) if scores else -math.inf
         since_best = _epochs_since_best(scores)
         self._step_seconds: list[float] = []
         val_seconds = 0.0
         p.steps_per_epoch, p.epochs = steps, t.epochs
-        log.info("training %s: %d train / %d val slices, %d steps/epoch, device %s, amp %s",
-                 self.run_dir, len(train_set), len(val_ids), steps, device, amp)  # fmt: skip
-        for epoch in range(start_epoch + 1, t.epochs + 1):
+        for epoch in range(parts.start_epoch + 1, t.epochs + 1):
             p.epoch, p.step = epoch, 0
             started = time.monotonic()
-            sampler.set_epoch(epoch)
+            parts.sampler.set_epoch(epoch)
             torch.manual_seed(t.seed * 100_003 + epoch)
             gen = torch.Generator().manual_seed(d.seed * 1_000_003 + epoch * 101 + self.rank)
             net.train()
             lr = optimizer.param_groups[0]["lr"]
-            loss_sum, seen = self._train_epoch(train_loader, run_step, gen, lr, val_seconds)
+            loss_sum, seen = self._train_epoch(
+                parts.train_loader, parts.run_step, gen, lr, val_seconds
+            )
             t_val = time.monotonic()
-            metrics = validate(net, val_loader, val_set, cfg, loss_fn, device,
+            metrics = validate(net, parts.val_loader, parts.val_set, cfg, parts.loss_fn, device,
                                autocast_context(device, amp), channels_last,
                                stop_check=self._check_stop)  # fmt: skip
             val_seconds = time.monotonic() - t_val

@@ -1,0 +1,124 @@
+"""What one training run works with, built from its config and the checkpoint it resumes.
+
+``build_parts`` opens the train and validation splits (under torchrun rank 0 prepares the
+cache while the other ranks wait), picks device, precision and memory format, builds the model
+(output bias from the class frequencies on a fresh start; weights, optimizer, scheduler, history
+and RNG state from the checkpoint on a resume), wraps it in DistributedDataParallel under
+torchrun, and makes the step runner, the foreground sampler and the two loaders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..config import RunConfig
+from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
+from ..models import build_model
+from . import distributed as ddp
+from .checkpoint import restore_rng_state
+from .hardware import keep_freed_cpu_memory, resolve_amp, resolve_channels_last, resolve_device
+from .losses import LossFn, build_loss
+from .setup import build_optimizer, build_scheduler, init_output_bias
+from .step import StepRunner
+
+log = logging.getLogger(__name__)
+
+#: progress of preparing a split: split name -> (done, total, subject id) callback
+Preparing = Callable[[str], Callable[[int, int, str], None]]
+
+
+@dataclass
+class RunParts:
+    """``model`` is the bare network (what checkpoints hold), ``net`` what trains (DDP or not);
+    ``steps``: batches per epoch on each rank; ``history`` and ``start_epoch`` come from the
+    resumed checkpoint (empty and 0 on a fresh start)."""
+
+    train_set: SliceDataset
+    val_set: SliceDataset
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loss_fn: LossFn
+    run_step: StepRunner
+    sampler: ForegroundSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    steps: int
+    history: list[dict]
+    start_epoch: int
+
+
+def build_parts(
+    cfg: RunConfig, resume: dict | None, rank: int, world: int, preparing: Preparing
+) -> RunParts:
+    """The parts of a run on this rank; ``resume``: the loaded last.pth, or None."""
+    t, d = cfg.train, cfg.data
+    if world > 1 and rank != 0:
+        ddp.barrier()  # rank 0 prepares the cache alone; the others then only open it
+    train_set = SliceDataset(cfg, d.train_split, progress=preparing(d.train_split))
+    val_set = SliceDataset(cfg, d.val_split, progress=preparing(d.val_split))
+    if world > 1 and rank == 0:
+        ddp.barrier()
+    device = resolve_device(t.device)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
+    amp = resolve_amp(t.amp, device)
+    channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
+    model = build_model(cfg.model)
+    if resume is None:
+        counts = sum(s.voxel_counts for s in train_set.subjects)
+        init_output_bias(model, counts, train_set.lut, cfg.output_mode)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and resume.get("scheduler") is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        history = list(resume.get("history") or [])
+        start_epoch = int(resume["epoch"])
+        restore_rng_state(resume.get("rng"))
+    net = model
+    if ddp.is_distributed():
+        ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    lut = torch.from_numpy(train_set.lut).long().to(device)
+    loss_fn = build_loss(t.loss)
+    run_step = StepRunner(net, optimizer, scaler, loss_fn, lut, d, device, amp, channels_last,
+                          t.grad_clip, train_set.annotated_classes())  # fmt: skip
+    samples = d.samples_per_epoch or len(train_set)
+    steps = t.steps_per_epoch or max(1, math.ceil(samples / (d.batch_size * world)))
+    sampler = ForegroundSampler(
+        train_set, steps * d.batch_size * world, d.foreground_fraction,
+        seed=d.seed, rank=rank, world_size=world,
+    )  # fmt: skip
+    loader_kw = {"num_workers": d.num_workers, "pin_memory": device.type == "cuda"}
+    if d.num_workers > 0:
+        loader_kw |= {"persistent_workers": True, "prefetch_factor": 4}
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=d.batch_size, sampler=sampler, drop_last=False, **loader_kw
+    )
+    val_ids = validation_indices(val_set, d.val_slices_per_subject)[rank::world]
+    val_loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(val_set, val_ids), batch_size=d.batch_size * 2, **loader_kw
+    )
+    log.info("%d train / %d val slices, %d steps/epoch, device %s, amp %s",
+             len(train_set), len(val_ids), steps, device, amp)  # fmt: skip
+    return RunParts(train_set, val_set, device, amp, channels_last, model, net, optimizer,
+                    scheduler, loss_fn, run_step, sampler, train_loader, val_loader, steps,
+                    history, start_epoch)  # fmt: skip
