@@ -209,3 +209,44 @@ def test_changed_source_is_rebuilt_and_interrupted_build_not_trusted(tmp_path):
     assert second.voxel_counts[LABEL_OF["liver"]] == 2 * 6 * 4
     report = prepare_dataset(data, cache, workers=1)
     assert report.reused == ["s0001"]
+
+
+_OPEN_FILES_SCRIPT = """
+import os, resource, sys
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.data.slices import SliceDataset
+from ctseg_core.errors import DataError
+low = len(os.listdir("/proc/self/fd")) + 6  # fewer than two per subject on top
+hard = low if sys.argv[2] == "hard" else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+config = RunConfig(DataConfig(data_root=sys.argv[1], target_size=(64, 64)),
+                   ModelConfig(features=[4, 8, 16, 32], bottleneck=32))
+try:
+    dataset = SliceDataset(config, "all")
+    for i in range(len(dataset)):  # every subject's two memory maps open at once
+        dataset[i]
+except DataError as exc:
+    print("DataError:", exc)
+else:
+    print("read", len(dataset.subjects), resource.getrlimit(resource.RLIMIT_NOFILE)[0] > low)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+@pytest.mark.parametrize("limit", ["soft", "hard"])
+def test_a_dataset_needing_more_open_files_raises_the_limit_or_says_how(limit, phantom_root):
+    """Every cached subject keeps two memory maps (two open files): the full dataset needs
+    more than the 1,024 many systems allow by default."""
+    import subprocess
+    import sys
+
+    prepare_dataset(phantom_root, workers=1)  # the subprocess only opens the cache
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_FILES_SCRIPT, str(phantom_root), limit],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    if limit == "soft":  # raised up to the hard limit, and every slice was read
+        assert done.stdout.split() == ["read", "6", "True"]
+    else:
+        assert "split 'all'" in done.stdout and "ulimit -n" in done.stdout

@@ -64,6 +64,48 @@ def source_key(subject_dir: Path, settings: dict | None = None) -> str:
     return digest.hexdigest()[:16]
 
 
+def reserve_open_files(n_subjects: int, what: str) -> None:
+    """Make sure this process may keep two memory maps (two open files) per cached subject.
+
+    A memory map holds its file open until it is dropped, and datasets keep theirs: the full
+    TotalSegmentator training split needs ~2,200 open files, past the 1,024 many systems allow
+    by default ("Too many open files" in the first epoch). Raises the soft limit up to the hard
+    one; DataError naming ``what`` when even the hard limit is too low. No-op where the limit
+    cannot be read (Windows).
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    fd_dir = Path("/proc/self/fd") if Path("/proc/self/fd").is_dir() else Path("/dev/fd")
+    try:
+        in_use = len(os.listdir(fd_dir))
+    except OSError:
+        in_use = 64
+    needed = in_use + 2 * n_subjects + 64  # and some for loader pipes, logs, figures
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if soft == infinite or soft >= needed:
+        return
+    advice = (
+        f"{what}: {n_subjects} subjects need about {needed} open files but this process may "
+        f"open {soft if hard == infinite else hard} (ulimit -n); raise the limit "
+        f"(e.g. `ulimit -n {2 * needed}`)"
+    )
+    if hard != infinite and hard < needed:
+        raise DataError(advice)
+    # the hard limit, not just this split's need: the other split and the maps a dataset opens
+    # lazily come later (macOS refuses an unlimited soft limit: then a generous finite one)
+    for target in ([hard] if hard != infinite else []) + [max(4 * needed, 65536), 2 * needed]:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        log.info("open file limit raised from %d to %d for %s", soft, target, what)
+        return
+    raise DataError(advice)
+
+
 @dataclass
 class CachedSubject:
     """A prepared subject, memory-mapped.

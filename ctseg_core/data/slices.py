@@ -22,7 +22,7 @@ from ..config import RunConfig
 from ..errors import DataError
 from ..fileio import atomic_path
 from ..labels import LABEL_OF, NUM_STRUCTURES
-from .cache import CachedSubject, open_cached, prepare_dataset
+from .cache import CachedSubject, open_cached, prepare_dataset, reserve_open_files
 from .dataset_root import open_dataset
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ class SliceDataset(torch.utils.data.Dataset):
                 "fix meta.csv or add labelled subjects"
             )
         cache_dir = data.cache_dir or None
+        reserve_open_files(len(ids), f"split {split!r} of {index.root}")
         if build:
             report = prepare_dataset(index, cache_dir, subjects=ids, progress=progress, workers=1)
             for sid, error in report.failed.items():
