@@ -110,8 +110,8 @@ def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: in
     if free < total:
         return (
             f"{epoch_files} checkpoint_epoch<N>.pth files of about {checkpoint_bytes / mb:.0f} MB "
-            f"each will not fit in the {free / mb:.0f} MB free in {run_dir}: raise checkpoint "
-            "every (0: none) or free disk space before the disk fills"
+            f"each will not fit in the {free / mb:.0f} MB free in {run_dir}: keep fewer "
+            "(--checkpoint-every N, 0 = none; on the Train page under Advanced) or free disk space"
         )
     return None
 
