@@ -11,6 +11,8 @@ so it adds the host-to-device copy (nothing on a CPU); "+augment" also augments 
 minus +augment is then what the loader costs the training loop.
 All run in fp32 and with bf16 autocast + channels_last (what amp "auto" picks on a CPU with
 native bf16). Model: the seed U-Net (features 32-256, bottleneck 512, 118 outputs).
+On CUDA one pipeline step also runs under ``torch.cuda.set_sync_debug_mode("warn")``, and the
+synchronizing operations it caught are printed (there should be none: see ctseg_core.nosync).
 
     python benchmarks/training_throughput.py [--data ROOT] [--size 128] [--batch 8] [--rounds 4]
     python benchmarks/training_throughput.py --device cuda --size 256 --batch 16 --workers 8
@@ -25,6 +27,7 @@ import argparse
 import itertools
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -104,6 +107,7 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     kinds = {"bare": bare, "+copy": copy, "+augment": augment, "pipeline": pipeline}
     for fn in (bare, *kinds.values()):  # warm-up
         fn()
+    syncs = device_syncs(lambda: run_step(*next(loader)[:2], gen)) if device.type == "cuda" else []
     seconds = dict.fromkeys(kinds, 0.0)
     for _, (name, fn) in itertools.product(range(args.rounds), kinds.items()):
         if device.type == "cuda":
@@ -115,7 +119,20 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
             torch.cuda.synchronize()
         seconds[name] += time.perf_counter() - t0
     slices = args.rounds * args.steps * args.batch
-    return {k: slices / v for k, v in seconds.items()}
+    return {k: slices / v for k, v in seconds.items()}, syncs
+
+
+def device_syncs(step) -> list[str]:
+    """The messages of the synchronizing CUDA operations that ``step()`` makes."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
 
 
 def main() -> None:
@@ -147,9 +164,11 @@ def main() -> None:
         print("slices/s:")
         print(f"{'mode':<22}" + "".join(f"{k:>10}" for k in kinds) + f"{'pipeline/bare':>15}")
         for name, amp, cl in modes:
-            r = measure(args, data_root, cache, amp, cl)
+            r, syncs = measure(args, data_root, cache, amp, cl)
             row = "".join(f"{r[k]:>10.1f}" for k in kinds)
             print(f"{name:<22}{row}{r['pipeline'] / r['bare']:>15.2f}")
+            if device.type == "cuda":
+                print(f"  device syncs in one pipeline step: {len(syncs)}", *syncs[:3], sep="\n  ")
 
 
 if __name__ == "__main__":
