@@ -9,8 +9,8 @@ epoch, history and RNG state restored: every epoch's sampling and augmentation i
 A set ``stop_event`` ends the run before the next batch (state "stopped"; the current epoch is
 lost, last.pth keeps the last completed one); so does a ``stop_request.json`` in the run folder
 (``run_folder.request_stop``: the dashboard stops CLI and torchrun runs this way), looked for
-once a second, or under torchrun every ``STOP_POLL_STEPS`` steps with one broadcast. A NaN/inf loss ends it with state "failed" and
-keeps the checkpoints of the last good epoch.
+once a second, or under torchrun every ``STOP_POLL_STEPS`` steps with one broadcast.
+A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last good epoch.
 """
 
 from __future__ import annotations
@@ -161,7 +161,8 @@ class Trainer:
         """Refuse a start without room for best.pth and last.pth; keep a warning in status.json
         when the checkpoint_epoch<N>.pth files still to come will not fit."""
         t = self.config.train
-        size = estimated_checkpoint_bytes(build_model(self.config.model), t.optimizer)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            size = estimated_checkpoint_bytes(build_model(self.config.model), t.optimizer)
         every = t.checkpoint_every
         files = t.epochs // every - done_epochs // every if every else 0
         self._warning = check_disk_space(self.run_dir, size, files)
