@@ -287,3 +287,32 @@ def test_a_disk_too_small_for_the_checkpoints_refuses_or_warns(phantom_root, tmp
     # resumed to 6 epochs: 2 epoch files to come, which fit
     Trainer.resume(run_dir, epochs=6, checkpoints_root=tmp_path).open_run()
     assert read_status(run_dir)["warning"] is None
+
+
+def test_a_run_still_training_elsewhere_is_not_resumed_over(phantom_root, tmp_path):
+    import datetime as dt
+    import os
+
+    from ctseg_core.training.run_folder import write_status
+
+    trainer = Trainer(tiny_config(phantom_root, "busy", epochs=1), checkpoints_root=tmp_path)
+    run_dir = trainer.open_run()
+    assert trainer.run() == "finished"
+    finished = read_status(run_dir)
+    history = (run_dir / "history.jsonl").read_bytes()
+    # this process, alive, says it is training the run: a second writer is refused
+    write_status(run_dir, {**finished, "state": "running", "pid": os.getpid()})
+    with pytest.raises(CtsegError, match="is still running"):
+        Trainer.resume(run_dir, epochs=2)
+    assert (run_dir / "history.jsonl").read_bytes() == history
+    # another host, updated a minute ago: refused; silent for two hours (a dead node): resumed
+    other = {**finished, "state": "running", "host": "node-17", "pid": 1}
+    write_status(run_dir, other)
+    with pytest.raises(CtsegError, match="pid 1 on node-17"):
+        Trainer.resume(run_dir, epochs=2)
+    stale = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
+    text = (run_dir / "status.json").read_text()
+    updated = json.loads(text)["updated_at"]
+    (run_dir / "status.json").write_text(text.replace(updated, stale.isoformat(timespec="seconds")))
+    assert Trainer.resume(run_dir, epochs=2).run() == "finished"
+    assert [r["epoch"] for r in read_history(run_dir)] == [1, 2]

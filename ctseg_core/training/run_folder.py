@@ -182,6 +182,36 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     return status
 
 
+#: a run on another host whose status.json has not changed for this long is taken as ended
+STALE_AFTER_S = 1800.0
+
+
+def refuse_if_active(run_dir: str | Path) -> None:
+    """CtsegError when a process is still training ``run_dir`` (a second writer would overwrite
+    its checkpoints and history).
+
+    Same host: the process ``pid`` is alive (``read_status``). Another host: its status.json
+    was updated within ``STALE_AFTER_S`` (status is rewritten at least once per epoch and per
+    prepared subject; a crashed node stops updating it).
+    """
+    status = read_status(run_dir)
+    if status.get("state") not in ACTIVE_STATES:
+        return
+    if status.get("host") != socket.gethostname():
+        try:
+            updated = dt.datetime.fromisoformat(str(status.get("updated_at")))
+            age_s = (dt.datetime.now(dt.timezone.utc) - updated).total_seconds()
+        except (TypeError, ValueError):
+            age_s = math.inf
+        if age_s > STALE_AFTER_S:
+            return
+    raise CtsegError(
+        f"run {run_dir} is still {status['state']} (pid {status.get('pid')} on "
+        f"{status.get('host')}, status updated {status.get('updated_at')}); stop it first (the "
+        "dashboard's Stop, or a stop_request.json in the run folder) and resume once it has ended"
+    )
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

@@ -42,6 +42,7 @@ from .run_folder import (
     check_disk_space,
     default_checkpoints_root,
     new_run_dir,
+    refuse_if_active,
     stop_requested,
     write_history,
     write_status,
@@ -113,6 +114,7 @@ class Trainer:
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
         """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs)."""
         run_dir = Path(run_dir)
+        refuse_if_active(run_dir)
         ckpt = load_checkpoint(run_dir / "last.pth")
         config = config_of(ckpt)
         if epochs is not None:
