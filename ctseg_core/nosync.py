@@ -32,7 +32,8 @@ def count_values(values: torch.Tensor, length: int) -> torch.Tensor:
 
     Every value must be below ``length`` (unlike ``torch.bincount``, no longer output is made).
     CPU: ``torch.bincount``. Elsewhere an ``index_add_`` of ones, whose output length does not
-    depend on the data, so nothing is read back.
+    depend on the data, so nothing is read back; it adds in int32 (64-bit atomics are missing on
+    some GPUs, e.g. Apple's), exact below 2**31 values per call.
     """
     flat = values.reshape(-1)
     if flat.device.type == "cpu":
@@ -41,5 +42,6 @@ def count_values(values: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def _count_by_index_add(flat: torch.Tensor, length: int) -> torch.Tensor:
-    counts = torch.zeros(length, dtype=torch.int64, device=flat.device)
-    return counts.index_add_(0, flat, torch.ones_like(flat))
+    counts = torch.zeros(length, dtype=torch.int32, device=flat.device)
+    ones = torch.ones(flat.shape, dtype=torch.int32, device=flat.device)
+    return counts.index_add_(0, flat, ones).long()
