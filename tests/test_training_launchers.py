@@ -148,17 +148,18 @@ def test_a_stop_request_in_the_run_folder_stops_a_cli_or_torchrun_run(
         str(runs), *TINY_ARGS, "--epochs", "50", "--steps-per-epoch", "1000", "--batch-size",
         "2", "--amp", "off", "--run-name", "far",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        run_dir = runs / "far"
-        _wait_for(lambda: read_status(run_dir).get("step", 0) >= 2, timeout=120)
-        request_stop(run_dir, by="test")
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 1, err[-3000:]  # the CLI's code for a run that did not finish
+    log = tmp_path / "train.log"  # a file, not a pipe nobody reads while the run goes on
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            run_dir = runs / "far"
+            _wait_for(lambda: read_status(run_dir).get("step", 0) >= 2, timeout=120)
+            request_stop(run_dir, by="test")
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    # 1: the CLI's exit code for a run that did not finish
+    assert proc.returncode == 1, log.read_text()[-3000:]
     status = read_status(run_dir)
     assert status["state"] == "stopped" and "stopped by request" in status["message"]
     assert status["epoch"] == 0 and status["step"] < 1000  # within the first epoch
