@@ -143,6 +143,26 @@ def test_dataset_reads_resized_2p5d_slices_of_the_real_sample(sample_dataset):
     )
 
 
+def test_dataset_pickles_without_its_volumes_for_spawned_loader_workers(sample_dataset):
+    """A spawn or forkserver worker (macOS; Linux from Python 3.14) gets a pickled dataset:
+    the memory maps must stay behind, or every worker receives a copy of every volume."""
+    import pickle
+
+    ds = sample_dataset
+    expected = [ds[i] for i in (3, 37, 41)]  # opens both subjects' CT and label maps
+    volumes = sum(s.ct.nbytes + s.labels.nbytes for s in ds.subjects)
+    size = len(pickle.dumps(ds))
+    assert volumes > 10_000_000 and size < 200_000
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, [3, 37, 41]), batch_size=3, num_workers=1,
+        multiprocessing_context="spawn",
+    )  # fmt: skip
+    image, labels, subjects = next(iter(loader))
+    assert torch.equal(image, torch.stack([e[0] for e in expected]))
+    assert torch.equal(labels, torch.stack([e[1] for e in expected]))
+    assert subjects.tolist() == [0, 1, 1]
+
+
 def test_sampler_oversamples_foreground_and_is_seeded(sample_dataset):
     ds = sample_dataset
     has_fg = ds.presence.any(axis=1)

@@ -117,6 +117,15 @@ class CachedSubject:
     folder: Path
     meta: dict = field(repr=False)
 
+    def __getstate__(self) -> dict:
+        # without the open memory maps: pickled, they would travel as full copies of the
+        # volumes (a spawn/forkserver DataLoader worker pickles the dataset: the default start
+        # method on macOS, and on Linux from Python 3.14); the copy reopens them when used
+        state = dict(self.__dict__)
+        state.pop("ct", None)
+        state.pop("labels", None)
+        return state
+
     @cached_property
     def ct(self) -> np.ndarray:
         return np.load(self.folder / "ct.npy", mmap_mode="r")
