@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +57,15 @@ class RunParts:
     steps: int
     history: list[dict]
     start_epoch: int
+
+
+def _worker_start_method() -> str | None:
+    """ "forkserver" when training in a thread other than the main one (the dashboard's job),
+    where forking the whole multi-threaded server process for loader workers is unsafe (a lock
+    held by another thread at the fork stays locked in the child); None: the default."""
+    if threading.current_thread() is threading.main_thread():
+        return None
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
 
 
 def build_parts(
@@ -110,6 +121,9 @@ def build_parts(
     loader_kw = {"num_workers": d.num_workers, "pin_memory": device.type == "cuda"}
     if d.num_workers > 0:
         loader_kw |= {"persistent_workers": True, "prefetch_factor": 4}
+        context = _worker_start_method()
+        if context:
+            loader_kw["multiprocessing_context"] = context
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=d.batch_size, sampler=sampler, drop_last=False, **loader_kw
     )
