@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,12 +60,17 @@ class RunParts:
 
 
 def _worker_start_method() -> str | None:
-    """ "forkserver" when training in a thread other than the main one (the dashboard's job),
-    where forking the whole multi-threaded server process for loader workers is unsafe (a lock
-    held by another thread at the fork stays locked in the child); None: the default."""
-    if threading.current_thread() is threading.main_thread():
+    """ "fork" for loader workers of a run trained in a thread (the dashboard's job) on Linux,
+    else None (the platform's default).
+
+    Streamlit makes the page script the ``__main__`` module, and spawn or forkserver workers
+    (the default from Python 3.14 on Linux) import ``__main__`` again: each worker would run the
+    dashboard page. Fork copies the process instead, as Linux did by default until 3.14. The CLI
+    and torchrun (main thread, ``python -m ctseg_core``) keep the default.
+    """
+    if threading.current_thread() is threading.main_thread() or sys.platform != "linux":
         return None
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+    return "fork"
 
 
 def build_parts(
