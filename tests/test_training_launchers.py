@@ -76,17 +76,25 @@ def test_background_job_runs_to_the_end_and_resumes(phantom_root, tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the fork start method is chosen on Linux")
-def test_background_job_loader_workers_fork_rather_than_rerun_the_page(phantom_root, tmp_path):
+def test_background_job_loader_workers_fork_rather_than_rerun_the_page(
+    phantom_root, tmp_path, monkeypatch
+):
     """Spawn/forkserver workers import ``__main__`` again, which under Streamlit is the page."""
     import threading
 
-    from ctseg_core.training.parts import _worker_start_method
+    from ctseg_core.training.parts import _loader_workers
 
     in_thread = []
-    thread = threading.Thread(target=lambda: in_thread.append(_worker_start_method()))
+    thread = threading.Thread(target=lambda: in_thread.append(_loader_workers(2)))
     thread.start()
     thread.join()
-    assert in_thread == ["fork"] and _worker_start_method() is None  # main thread: the default
+    assert in_thread == [(2, "fork")] and _loader_workers(2) == (2, None)  # main: the default
+    with monkeypatch.context() as patch:  # macOS and Windows have only spawn: in-process
+        patch.setattr(sys, "platform", "darwin")
+        thread = threading.Thread(target=lambda: in_thread.append(_loader_workers(2)))
+        thread.start()
+        thread.join()
+    assert in_thread[-1] == (0, None)
     config = job_config(phantom_root, "workers", epochs=1, steps=3)
     config.data.num_workers = 1
     job = TrainingJob()

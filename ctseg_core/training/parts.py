@@ -59,18 +59,22 @@ class RunParts:
     start_epoch: int
 
 
-def _worker_start_method() -> str | None:
-    """ "fork" for loader workers of a run trained in a thread (the dashboard's job) on Linux,
-    else None (the platform's default).
+def _loader_workers(requested: int) -> tuple[int, str | None]:
+    """(worker processes, start method or None for the platform's default) for the loaders.
 
     Streamlit makes the page script the ``__main__`` module, and spawn or forkserver workers
-    (the default from Python 3.14 on Linux) import ``__main__`` again: each worker would run the
-    dashboard page. Fork copies the process instead, as Linux did by default until 3.14. The CLI
-    and torchrun (main thread, ``python -m ctseg_core``) keep the default.
+    import ``__main__`` again: each worker would run the dashboard page. So a run trained in a
+    thread (the dashboard's job) forks its workers on Linux (the default there until Python
+    3.14) and loads in-process elsewhere (macOS and Windows spawn). The CLI and torchrun (main
+    thread, ``python -m ctseg_core``) keep the default.
     """
-    if threading.current_thread() is threading.main_thread() or sys.platform != "linux":
-        return None
-    return "fork"
+    if requested <= 0 or threading.current_thread() is threading.main_thread():
+        return requested, None
+    if sys.platform == "linux":
+        return requested, "fork"
+    log.warning("loading in-process: loader workers of a run started in a thread would run the "
+                "dashboard page again on %s; use the CLI for worker processes", sys.platform)  # fmt: skip
+    return 0, None
 
 
 def build_parts(
@@ -123,12 +127,12 @@ def build_parts(
         train_set, steps * d.batch_size * world, d.foreground_fraction,
         seed=d.seed, rank=rank, world_size=world,
     )  # fmt: skip
-    loader_kw = {"num_workers": d.num_workers, "pin_memory": device.type == "cuda"}
-    if d.num_workers > 0:
+    workers, start_method = _loader_workers(d.num_workers)
+    loader_kw = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
         loader_kw |= {"persistent_workers": True, "prefetch_factor": 4}
-        context = _worker_start_method()
-        if context:
-            loader_kw["multiprocessing_context"] = context
+        if start_method:
+            loader_kw["multiprocessing_context"] = start_method
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=d.batch_size, sampler=sampler, drop_last=False, **loader_kw
     )
