@@ -89,7 +89,7 @@ def test_background_job_loader_workers_fork_rather_than_rerun_the_page(
     thread.start()
     thread.join()
     assert in_thread == [(2, "fork")] and _loader_workers(2) == (2, None)  # main: the default
-    with monkeypatch.context() as patch:  # macOS and Windows have only spawn: in-process
+    with monkeypatch.context() as patch:  # macOS and Windows start by spawn: in-process
         patch.setattr(sys, "platform", "darwin")
         thread = threading.Thread(target=lambda: in_thread.append(_loader_workers(2)))
         thread.start()
