@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -162,10 +163,13 @@ def test_two_process_torchrun_writes_one_run_folder(phantom_root, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
-def test_a_stop_request_in_the_run_folder_stops_a_cli_or_torchrun_run(
-    processes, phantom_root, tmp_path
+@pytest.mark.parametrize("how", ["folder", "sigterm"])
+def test_a_stop_request_or_sigterm_stops_a_cli_or_torchrun_run(
+    how, processes, phantom_root, tmp_path
 ):
-    """What the dashboard's Stop does for a run it did not start (another process or host)."""
+    """What the dashboard's Stop does for a run it did not start (a stop request in the run
+    folder), and what a job scheduler does at its time limit (SIGTERM, to torchrun's agent,
+    which passes it on to every rank)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     launcher = ["-m", "ctseg_core"]
     if processes > 1:
@@ -183,14 +187,18 @@ def test_a_stop_request_in_the_run_folder_stops_a_cli_or_torchrun_run(
         try:
             run_dir = runs / "far"
             _wait_for(lambda: read_status(run_dir).get("step", 0) >= 2, timeout=120)
-            request_stop(run_dir, by="test")
+            if how == "folder":
+                request_stop(run_dir, by="test")
+            else:
+                proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
         finally:
             proc.kill()
     # 1: the CLI's exit code for a run that did not finish
     assert proc.returncode == 1, log.read_text()[-3000:]
     status = read_status(run_dir)
-    assert status["state"] == "stopped" and "stopped by request" in status["message"]
+    expected = "stopped by request" if how == "folder" else "stopped by SIGTERM"
+    assert status["state"] == "stopped" and expected in status["message"], status
     assert status["epoch"] == 0 and status["step"] < 1000  # within the first epoch
     assert not (run_dir / "stop_request.json").exists()  # answered, so a resume is not stopped
 

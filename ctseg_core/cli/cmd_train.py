@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..training.presets import PRESETS
@@ -170,10 +172,13 @@ def run_train(args) -> int:
             trainer = Trainer(
                 build_config(args), checkpoints_root=args.checkpoints, callbacks=callbacks
             )
+        previous = _stop_on_sigterm(trainer)
         try:
             run_dir = trainer.open_run()
             state = trainer.run()
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             if bar is not None:
                 bar.close()
         if ddp.rank() == 0:
@@ -183,6 +188,20 @@ def run_train(args) -> int:
     finally:
         if started:
             ddp.shutdown(wait=ok)
+
+
+def _stop_on_sigterm(trainer):
+    """Make SIGTERM (a job scheduler's time limit or preemption, ``kill``) end the run as a stop
+    before the next batch, with status "stopped", instead of killing it mid-write. Returns the
+    previous handler (None where signals cannot be set: not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum, frame) -> None:
+        trainer.stop_reason = "by SIGTERM (a job scheduler's time limit or preemption?)"
+        trainer.stop_event.set()
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _bar_callback(progress, bar):

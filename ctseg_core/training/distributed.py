@@ -71,6 +71,15 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one all-gather)."""
+    if not is_distributed():
+        return bool(flag)
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return any(flags)
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (in place when distributed); returns it."""
     if is_distributed():

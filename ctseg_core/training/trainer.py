@@ -9,7 +9,7 @@ epoch, history and RNG state restored: every epoch's sampling and augmentation i
 A set ``stop_event`` ends the run before the next batch (state "stopped"; the current epoch is
 lost, last.pth keeps the last completed one); so does a ``stop_request.json`` in the run folder
 (``run_folder.request_stop``: the dashboard stops CLI and torchrun runs this way), looked for
-once a second, or under torchrun every ``STOP_POLL_STEPS`` steps with one broadcast.
+once a second, or under torchrun every ``STOP_POLL_STEPS`` steps, when the ranks agree on it.
 A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last good epoch.
 """
 
@@ -55,7 +55,7 @@ from .validation import validate
 log = logging.getLogger(__name__)
 
 STOP_POLL_S = 1.0  # one process: seconds between looks for a stop request in the run folder
-STOP_POLL_STEPS = 20  # torchrun: steps between looks (rank 0 looks, a broadcast tells the rest)
+STOP_POLL_STEPS = 20  # torchrun: steps between looks (rank 0 looks; the ranks agree in one gather)
 
 
 class TrainingError(CtsegError):
@@ -109,6 +109,8 @@ class Trainer:
         self._last_status_write = 0.0
         self._warning: str | None = None  # kept in status.json for the whole run
         self._last_stop_poll = 0.0
+        #: how the stop came, for the status message ("by SIGTERM ...", set by the CLI)
+        self.stop_reason = "by request"
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -206,7 +208,8 @@ class Trainer:
         try:
             final = self._train()
         except StopRequested:
-            msg = f"stopped by request during epoch {state.epoch}; last.pth holds the last completed epoch"
+            msg = (f"stopped {self.stop_reason} during epoch {state.epoch}; last.pth holds the "
+                   "last completed epoch")  # fmt: skip
             self._end("stopped", message=msg)
             return "stopped"
         except KeyboardInterrupt:  # Ctrl-C or torchrun's SIGINT: a stop, not a failure
@@ -232,21 +235,33 @@ class Trainer:
     def _check_stop(self, step: int | None = None) -> None:
         """Raise StopRequested when the stop event is set or the run folder asks for a stop.
 
-        ``step``: the training step (under torchrun the folder is looked at only on steps that
-        every rank reaches, in a broadcast); None in validation (one process only).
+        ``step``: the training step; None in validation. Under torchrun the ranks decide together,
+        on every ``STOP_POLL_STEPS``-th step, which every rank reaches: a rank that stopped alone
+        would leave the others waiting in their next all-reduce. Any rank's stop event (a
+        SIGTERM from the job scheduler) or rank 0's look at the run folder stops them all.
         """
-        if not self.stop_event.is_set() and self._stop_requested_in_folder(step):
+        if self.world > 1:
+            if step is None or step % STOP_POLL_STEPS:
+                return
+            asked = self.stop_event.is_set() or (
+                self.rank == 0 and self.run_dir is not None and stop_requested(self.run_dir)
+            )
+            if ddp.any_rank(asked):
+                if not self.stop_event.is_set():
+                    self.stop_reason = "by request (stop_request.json or another rank)"
+                self.stop_event.set()
+                raise StopRequested
+            return
+        if not self.stop_event.is_set() and self._stop_requested_in_folder():
+            self.stop_reason = "by request (stop_request.json in the run folder)"
             self.stop_event.set()
         if self.stop_event.is_set():
             raise StopRequested
 
-    def _stop_requested_in_folder(self, step: int | None) -> bool:
+    def _stop_requested_in_folder(self) -> bool:
+        """One process: looks for stop_request.json at most every ``STOP_POLL_S`` seconds."""
         if self.run_dir is None:
             return False
-        if self.world > 1:
-            if step is None or step % STOP_POLL_STEPS:
-                return False
-            return bool(ddp.broadcast_object(self.rank == 0 and stop_requested(self.run_dir)))
         now = time.monotonic()
         if now - self._last_stop_poll < STOP_POLL_S:
             return False
