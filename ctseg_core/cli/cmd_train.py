@@ -198,8 +198,7 @@ def _stop_on_sigterm(trainer):
         return None
 
     def on_sigterm(signum, frame) -> None:
-        trainer.stop_reason = "by SIGTERM (a job scheduler's time limit or preemption?)"
-        trainer.stop_event.set()
+        trainer.stopper.request("by SIGTERM (a job scheduler's time limit or preemption?)")
 
     return signal.signal(signal.SIGTERM, on_sigterm)
 

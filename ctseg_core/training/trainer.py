@@ -6,10 +6,9 @@ writes checkpoints and the run folder files, and reports ``Progress`` to callbac
 ``Trainer.resume(run_dir)`` continues from ``last.pth`` with model, optimizer, scheduler,
 epoch, history and RNG state restored: every epoch's sampling and augmentation is seeded by
 (seed, epoch, rank), so a resumed run repeats the history of an uninterrupted one.
-A set ``stop_event`` ends the run before the next batch (state "stopped"; the current epoch is
-lost, last.pth keeps the last completed one); so does a ``stop_request.json`` in the run folder
-(``run_folder.request_stop``: the dashboard stops CLI and torchrun runs this way), looked for
-once a second, or under torchrun every ``STOP_POLL_STEPS`` steps, when the ranks agree on it.
+A set ``stop_event``, a ``stop_request.json`` in the run folder or SIGTERM (``stopping``) ends
+the run before the next batch (state "stopped"; the current epoch is lost, last.pth keeps the
+last completed one).
 A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last good epoch.
 """
 
@@ -43,27 +42,20 @@ from .run_folder import (
     default_checkpoints_root,
     new_run_dir,
     refuse_if_active,
-    stop_requested,
     write_history,
     write_status,
 )
 from .samples import SampleFigure
 from .setup import step_scheduler
 from .step import StepRunner
+from .stopping import StopControl, StopRequested
 from .validation import validate
 
 log = logging.getLogger(__name__)
 
-STOP_POLL_S = 1.0  # one process: seconds between looks for a stop request in the run folder
-STOP_POLL_STEPS = 20  # torchrun: steps between looks (rank 0 looks; the ranks agree in one gather)
-
 
 class TrainingError(CtsegError):
     """Training cannot go on (NaN loss, ...); the message says what to change."""
-
-
-class StopRequested(Exception):
-    """Raised inside the loop when the stop event is set."""
 
 
 @dataclass
@@ -101,16 +93,14 @@ class Trainer:
         self.config = config
         self.checkpoints_root = Path(checkpoints_root) if checkpoints_root else None
         self.callbacks = list(callbacks)
-        self.stop_event = stop_event or threading.Event()
+        self.stopper = StopControl(stop_event, ddp.rank(), ddp.world_size())
+        self.stop_event = self.stopper.event
         self.run_dir: Path | None = None
         self.resume_ckpt: dict | None = None
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self._status: dict = {}
         self._last_status_write = 0.0
         self._warning: str | None = None  # kept in status.json for the whole run
-        self._last_stop_poll = 0.0
-        #: how the stop came, for the status message ("by SIGTERM ...", set by the CLI)
-        self.stop_reason = "by request"
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -202,13 +192,14 @@ class Trainer:
         after recording state "failed" with the error text in status.json."""
         if self.run_dir is None:
             self.open_run()
+        self.stopper.run_dir = self.run_dir
         state = Progress("start", "running", self.run_dir, epochs=self.config.train.epochs)
         self._state = state
         self._completed = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
         try:
             final = self._train()
         except StopRequested:
-            msg = (f"stopped {self.stop_reason} during epoch {state.epoch}; last.pth holds the "
+            msg = (f"stopped {self.stopper.reason} during epoch {state.epoch}; last.pth holds the "
                    "last completed epoch")  # fmt: skip
             self._end("stopped", message=msg)
             return "stopped"
@@ -231,42 +222,6 @@ class Trainer:
             (self.run_dir / STOP_REQUEST).unlink(missing_ok=True)  # answered (or moot)
         self._emit(Progress("end", state, self.run_dir, self._completed, p.epochs, p.step,
                             p.steps_per_epoch, p.loss, p.lr, eta_s, message=message, error=error))  # fmt: skip
-
-    def _check_stop(self, step: int | None = None) -> None:
-        """Raise StopRequested when the stop event is set or the run folder asks for a stop.
-
-        ``step``: the training step; None in validation. Under torchrun the ranks decide together,
-        on every ``STOP_POLL_STEPS``-th step, which every rank reaches: a rank that stopped alone
-        would leave the others waiting in their next all-reduce. Any rank's stop event (a
-        SIGTERM from the job scheduler) or rank 0's look at the run folder stops them all.
-        """
-        if self.world > 1:
-            if step is None or step % STOP_POLL_STEPS:
-                return
-            asked = self.stop_event.is_set() or (
-                self.rank == 0 and self.run_dir is not None and stop_requested(self.run_dir)
-            )
-            if ddp.any_rank(asked):
-                if not self.stop_event.is_set():
-                    self.stop_reason = "by request (stop_request.json or another rank)"
-                self.stop_event.set()
-                raise StopRequested
-            return
-        if not self.stop_event.is_set() and self._stop_requested_in_folder():
-            self.stop_reason = "by request (stop_request.json in the run folder)"
-            self.stop_event.set()
-        if self.stop_event.is_set():
-            raise StopRequested
-
-    def _stop_requested_in_folder(self) -> bool:
-        """One process: looks for stop_request.json at most every ``STOP_POLL_S`` seconds."""
-        if self.run_dir is None:
-            return False
-        now = time.monotonic()
-        if now - self._last_stop_poll < STOP_POLL_S:
-            return False
-        self._last_stop_poll = now
-        return stop_requested(self.run_dir)
 
     def _preparing(self, split: str):
         """A progress callback for preparing the subjects of ``split``."""
@@ -310,7 +265,7 @@ class Trainer:
             t_val = time.monotonic()
             metrics = validate(net, parts.val_loader, parts.val_set, cfg, parts.loss_fn, device,
                                autocast_context(device, amp), channels_last,
-                               stop_check=self._check_stop)  # fmt: skip
+                               stop_check=self.stopper.check)  # fmt: skip
             val_seconds = time.monotonic() - t_val
             record = {
                 "epoch": epoch,
@@ -379,7 +334,7 @@ class Trainer:
 
         pending: tuple | None = None
         for step, (image, labels, subjects) in enumerate(loader, start=1):
-            self._check_stop(step)
+            self.stopper.check(step)
             loss = run_step(image, labels, gen, subjects)
             if pending is not None:
                 account(*pending)

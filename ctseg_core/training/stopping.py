@@ -1,0 +1,71 @@
+"""Stopping a training run early, before its next batch, whoever asks.
+
+Three ways in: the stop event (the dashboard's job, or ``request`` from a signal handler: the
+CLI turns SIGTERM into one), and a ``stop_request.json`` in the run folder
+(``run_folder.request_stop``: the dashboard asks CLI and torchrun runs this way, or a ``touch``
+on a cluster). One process looks at the folder at most once a second. Under torchrun the ranks
+decide together on every ``STOP_POLL_STEPS``-th step, which every rank reaches: a rank that
+stopped alone would leave the others waiting in their next all-reduce; any rank's event or rank
+0's look at the folder stops them all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from . import distributed as ddp
+from .run_folder import stop_requested
+
+STOP_POLL_S = 1.0  # one process: seconds between looks for a stop request in the run folder
+STOP_POLL_STEPS = 20  # torchrun: steps between looks (rank 0 looks; the ranks agree in one gather)
+
+
+class StopRequested(Exception):
+    """Raised inside the training loop when the run is to stop."""
+
+
+class StopControl:
+    """The stop decision of one rank. ``reason`` completes "stopped ..." in the status message."""
+
+    def __init__(self, event: threading.Event | None, rank: int = 0, world: int = 1):
+        self.event = event or threading.Event()
+        self.rank, self.world = rank, world
+        self.run_dir: Path | None = None  # set once the run folder exists
+        self.reason = "by request"
+        self._last_poll = 0.0
+
+    def request(self, reason: str) -> None:
+        """Stop before the next batch (safe from a signal handler or another thread)."""
+        self.reason = reason
+        self.event.set()
+
+    def check(self, step: int | None = None) -> None:
+        """Raise StopRequested when the run is to stop. ``step``: the training step; None in
+        validation, where ranks do not look (their batch counts may differ by one)."""
+        if self.world > 1:
+            if step is None or step % STOP_POLL_STEPS:
+                return
+            asked = self.event.is_set() or (
+                self.rank == 0 and self.run_dir is not None and stop_requested(self.run_dir)
+            )
+            if ddp.any_rank(asked):
+                if not self.event.is_set():
+                    self.reason = "by request (stop_request.json or another rank)"
+                self.event.set()
+                raise StopRequested
+            return
+        if not self.event.is_set() and self._folder_asks():
+            self.request("by request (stop_request.json in the run folder)")
+        if self.event.is_set():
+            raise StopRequested
+
+    def _folder_asks(self) -> bool:
+        if self.run_dir is None:
+            return False
+        now = time.monotonic()
+        if now - self._last_poll < STOP_POLL_S:
+            return False
+        self._last_poll = now
+        return stop_requested(self.run_dir)
