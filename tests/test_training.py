@@ -291,7 +291,7 @@ def test_a_disk_too_small_for_the_checkpoints_refuses_or_warns(phantom_root, tmp
 
 def test_a_run_still_training_elsewhere_is_not_resumed_over(phantom_root, tmp_path):
     import datetime as dt
-    import os
+    import subprocess
 
     from ctseg_core.training.run_folder import write_status
 
@@ -300,10 +300,15 @@ def test_a_run_still_training_elsewhere_is_not_resumed_over(phantom_root, tmp_pa
     assert trainer.run() == "finished"
     finished = read_status(run_dir)
     history = (run_dir / "history.jsonl").read_bytes()
-    # this process, alive, says it is training the run: a second writer is refused
-    write_status(run_dir, {**finished, "state": "running", "pid": os.getpid()})
-    with pytest.raises(CtsegError, match="is still running"):
-        Trainer.resume(run_dir, epochs=2)
+    # another live process on this host says it is training the run: a second writer is refused
+    other_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_status(run_dir, {**finished, "state": "running", "pid": other_process.pid})
+        with pytest.raises(CtsegError, match="is still running"):
+            Trainer.resume(run_dir, epochs=2)
+    finally:
+        other_process.kill()
+        other_process.wait()
     assert (run_dir / "history.jsonl").read_bytes() == history
     # another host, updated a minute ago: refused; silent for two hours (a dead node): resumed
     other = {**finished, "state": "running", "host": "node-17", "pid": 1}

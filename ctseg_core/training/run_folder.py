@@ -190,14 +190,17 @@ def refuse_if_active(run_dir: str | Path) -> None:
     """CtsegError when a process is still training ``run_dir`` (a second writer would overwrite
     its checkpoints and history).
 
-    Same host: the process ``pid`` is alive (``read_status``). Another host: its status.json
-    was updated within ``STALE_AFTER_S`` (status is rewritten at least once per epoch and per
-    prepared subject; a crashed node stops updating it).
+    Same host: the process ``pid`` is alive (``read_status``) and is not this one. Another host:
+    its status.json was updated within ``STALE_AFTER_S`` (status is rewritten at least once per
+    epoch and per prepared subject; a crashed node stops updating it).
     """
     status = read_status(run_dir)
     if status.get("state") not in ACTIVE_STATES:
         return
-    if status.get("host") != socket.gethostname():
+    same_host = status.get("host") == socket.gethostname()
+    if same_host and status.get("pid") == os.getpid():
+        return  # this process: its job runs one training at a time (a stale state of its own)
+    if not same_host:
         try:
             updated = dt.datetime.fromisoformat(str(status.get("updated_at")))
             age_s = (dt.datetime.now(dt.timezone.utc) - updated).total_seconds()
