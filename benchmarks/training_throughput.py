@@ -35,7 +35,7 @@ import torch
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.data.slices import ForegroundSampler, SliceDataset
 from ctseg_core.models import build_model
-from ctseg_core.training.hardware import cpu_has_bf16, keep_freed_cpu_memory, resolve_device
+from ctseg_core.training.hardware import cpu_has_bf16, prepare_device, resolve_device
 from ctseg_core.training.losses import build_loss
 from ctseg_core.training.setup import build_optimizer
 from ctseg_core.training.step import StepRunner
@@ -153,8 +153,7 @@ def main() -> None:
         data_root = make_data(args, Path(tmp))
         cache = str(Path(tmp) / "cache")
         device = resolve_device(args.device)
-        if device.type == "cpu":  # as the trainer does
-            keep_freed_cpu_memory()
+        prepare_device(device)  # as the trainer does
         modes = [("fp32", None, False)]
         if device.type == "cuda" or cpu_has_bf16():
             modes.append(("bf16 + channels_last", torch.bfloat16, True))

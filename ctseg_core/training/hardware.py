@@ -3,7 +3,8 @@
 CPU: bf16 autocast only where the CPU has native bf16 (AMX or AVX-512 BF16; ~2.3x faster on
 such a CPU for the seed U-Net), with channels_last, and glibc told to keep freed memory for the
 next step (``keep_freed_cpu_memory``). CUDA: bf16 where supported, else fp16 with a GradScaler;
-channels_last on. MPS: fp32.
+channels_last on; cuDNN picks its convolution algorithms by timing them (``prepare_device``).
+MPS: fp32.
 """
 
 from __future__ import annotations
@@ -89,6 +90,20 @@ def autocast_context(device: torch.device, amp: torch.dtype | None) -> AbstractC
     if amp is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp)
+
+
+def prepare_device(device: torch.device) -> None:
+    """Process-wide settings for training on ``device``, before the first step.
+
+    CPU: ``keep_freed_cpu_memory``. CUDA: ``cudnn.benchmark``, so cuDNN times its convolution
+    algorithms for each new input shape and keeps the fastest (training slices all have the
+    target size: one search per shape, at the first steps), as nnU-Net trains; its choice may
+    differ between runs, so CUDA runs are not bitwise repeatable (CPU runs are).
+    """
+    if device.type == "cpu":
+        keep_freed_cpu_memory()
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..models import build_model
 from . import distributed as ddp
 from .checkpoint import restore_rng_state
-from .hardware import keep_freed_cpu_memory, resolve_amp, resolve_channels_last, resolve_device
+from .hardware import prepare_device, resolve_amp, resolve_channels_last, resolve_device
 from .losses import LossFn, build_loss
 from .setup import build_optimizer, build_scheduler, init_output_bias
 from .step import StepRunner
@@ -89,8 +89,7 @@ def build_parts(
     if world > 1 and rank == 0:
         ddp.barrier()
     device = resolve_device(t.device)
-    if device.type == "cpu":
-        keep_freed_cpu_memory()
+    prepare_device(device)
     amp = resolve_amp(t.amp, device)
     channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
     model = build_model(cfg.model)
