@@ -298,6 +298,8 @@ def test_a_run_still_training_elsewhere_is_not_resumed_over(phantom_root, tmp_pa
     trainer = Trainer(tiny_config(phantom_root, "busy", epochs=1), checkpoints_root=tmp_path)
     run_dir = trainer.open_run()
     assert trainer.run() == "finished"
+    trainer.mark_stopping()  # a Stop that comes just too late leaves the final state alone
+    assert read_status(run_dir)["state"] == "finished"
     finished = read_status(run_dir)
     history = (run_dir / "history.jsonl").read_bytes()
     # another live process on this host says it is training the run: a second writer is refused

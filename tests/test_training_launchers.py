@@ -54,6 +54,7 @@ def test_background_job_stops_within_one_batch_and_refuses_a_second_start(phanto
     job.stop()
     at_stop = job.snapshot()
     assert at_stop.state == "stopping"
+    assert read_status(run_dir)["state"] in ("stopping", "stopped")  # the folder says so too
     assert job.wait(timeout=60)
     final = job.snapshot()
     assert final.state == "stopped" and final.epoch == 0

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import CtsegError
-from .run_folder import read_status, write_status
 from .trainer import Progress, Trainer
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,7 @@ class TrainingJob:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._snapshot = JobSnapshot()
+        self._trainer: Trainer | None = None
 
     @property
     def is_running(self) -> bool:
@@ -82,13 +82,9 @@ class TrainingJob:
             if not snap.is_active:
                 return
             self._snapshot = dataclasses.replace(snap, state="stopping", updated=time.time())
-        if snap.run_dir is not None:
-            try:
-                status = read_status(snap.run_dir)
-                if status.get("state") in ("queued", "running"):
-                    write_status(snap.run_dir, {**status, "state": "stopping"})
-            except OSError:
-                pass
+            trainer = self._trainer
+        if trainer is not None:
+            trainer.mark_stopping()  # unless it has just ended: its final state stays
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the thread ends (or ``timeout`` s); True when no thread is running."""
@@ -106,6 +102,7 @@ class TrainingJob:
                 )
             self._stop = threading.Event()
             trainer = make_trainer({"callbacks": [self._on_progress], "stop_event": self._stop})
+            self._trainer = trainer
             run_dir = trainer.open_run()
             self._snapshot = JobSnapshot(
                 state="queued", run_dir=run_dir, epochs=trainer.config.train.epochs,

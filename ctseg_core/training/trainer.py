@@ -101,6 +101,9 @@ class Trainer:
         self._status: dict = {}
         self._last_status_write = 0.0
         self._warning: str | None = None  # kept in status.json for the whole run
+        self._status_lock = threading.Lock()  # the loop and mark_stopping write status.json
+        self._last_status: dict | None = None
+        self._ended = False  # the final state is written: nothing may overwrite it
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -170,16 +173,33 @@ class Trainer:
         if not force and now - self._last_status_write < 1.0:
             return
         self._last_status_write = now
+        state = "stopping" if p.state == "running" and self.stop_event.is_set() else p.state
         status = {
-            "state": p.state, "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
+            "state": state, "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
             "steps_per_epoch": p.steps_per_epoch, "eta_s": p.eta_s, "loss": p.loss, "lr": p.lr,
             "error": p.error, "message": p.message, "warning": self._warning, "pid": os.getpid(),
             "host": socket.gethostname(), "run_name": self.run_dir.name,
         }  # fmt: skip
+        with self._status_lock:
+            if self._ended:
+                return
+            self._ended = p.kind == "end"
+            self._last_status = status
+            self._put_status(status)
+
+    def _put_status(self, status: dict) -> None:
         try:
             write_status(self.run_dir, status)
         except OSError as exc:  # a full disk must not kill the run before a checkpoint does
             log.warning("could not write status.json: %s", exc)
+
+    def mark_stopping(self) -> None:
+        """Show state "stopping" in status.json at once (from any thread), unless the run has
+        already ended: its final state is never overwritten."""
+        with self._status_lock:
+            if not self._ended and self._last_status is not None:
+                self._last_status = {**self._last_status, "state": "stopping"}
+                self._put_status(self._last_status)
 
     def _emit(self, p: Progress, force: bool = False) -> None:
         self._write_status(p, force=force or p.kind != "step")
