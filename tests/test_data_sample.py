@@ -105,8 +105,8 @@ def test_dicom_series_matches_nifti_conversion(sample_root, extra_dir):
     np.testing.assert_allclose(dicom.spacing_mm, (0.9765625, 0.9765625, 2.0), atol=1e-5)
 
 
-def test_cache_is_slice_major_and_equals_loaded_subject(sample_root, tmp_path):
-    report = prepare_dataset(sample_root, tmp_path, workers=1)
+def test_cache_is_slice_major_and_equals_loaded_subject(sample_root, tmp_path, monkeypatch):
+    report = prepare_dataset(sample_root, tmp_path, workers=2)  # in a process pool
     assert sorted(report.built) == ["s0000", "s0001", "s0002", "s0003"]
     assert report.failed == {}
     entry = open_cached(sample_root, "s0001", tmp_path, build=False)
@@ -117,9 +117,17 @@ def test_cache_is_slice_major_and_equals_loaded_subject(sample_root, tmp_path):
     np.testing.assert_array_equal(entry.ct[7], subject.ct.array[:, :, 7])
     np.testing.assert_array_equal(entry.labels_xyz(), subject.labels)
     assert entry.meta["orientation"] == "LAS"
-    # unchanged sources are reused, not rebuilt
-    again = prepare_dataset(sample_root, tmp_path, workers=1)
-    assert again.built == [] and sorted(again.reused) == report.built
+    # unchanged sources are reused, not rebuilt, and found without starting a process pool
+    import ctseg_core.data.cache as cache_module
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started with nothing to build")
+
+    monkeypatch.setattr(cache_module, "ProcessPoolExecutor", no_pool)
+    seen = []
+    again = prepare_dataset(sample_root, tmp_path, workers=2, progress=lambda *a: seen.append(a))
+    assert again.built == [] and sorted(again.reused) == sorted(report.built)
+    assert [done for done, total, _ in seen] == [1, 2, 3, 4] and seen[-1][1] == 4
 
 
 def test_canonical_transform_roundtrip_is_exact():

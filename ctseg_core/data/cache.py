@@ -272,6 +272,16 @@ def open_cached(
     return build_entry(subject_dir, target, settings)
 
 
+def _cached_entry(root: Path, subject_id: str, cache_dir: Path) -> CachedSubject | None:
+    """The subject's cache entry when it is there and current, else None (errors included:
+    ``_prepare_one`` reports them)."""
+    try:
+        target = _entry_dir(cache_dir, root, subject_id) / source_key(root / subject_id)
+        return _read_entry(target, subject_id)
+    except (CtsegError, OSError):
+        return None
+
+
 def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, bool, str | None]:
     """Worker: (subject id, built now?, error message or None)."""
     try:
@@ -304,34 +314,44 @@ def prepare_dataset(
 ) -> PrepareReport:
     """Prepare every subject (or ``subjects``) of a dataset; failures are reported, not raised.
 
-    ``workers`` defaults to the usable cores (each worker holds one subject in memory);
-    ``progress(done, total, subject_id)`` is called after each subject.
+    ``workers`` defaults to the usable cores (each worker holds one subject in memory); the
+    subjects already cached are found first, in this process, so a pool starts only for real
+    work. ``progress(done, total, subject_id)`` is called after each subject.
     """
     index = root if isinstance(root, DatasetIndex) else open_dataset(root)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ids = subjects if subjects is not None else index.subjects
-    workers = workers or min(
-        len(ids),
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-    )
     report = PrepareReport()
+    done = 0
 
-    def record(result: tuple[str, bool, str | None], done: int) -> None:
+    def record(result: tuple[str, bool, str | None]) -> None:
+        nonlocal done
         sid, built, error = result
         if error:
             report.failed[sid] = error
             log.warning(error)
         else:
             (report.built if built else report.reused).append(sid)
+        done += 1
         if progress:
             progress(done, len(ids), sid)
 
-    if workers <= 1 or len(ids) <= 1:
-        for done, sid in enumerate(ids, start=1):
-            record(_prepare_one(index.root, sid, cache_dir), done)
+    todo = []
+    for sid in ids:
+        if _cached_entry(index.root, sid, cache_dir) is not None:
+            record((sid, False, None))
+        else:
+            todo.append(sid)
+    workers = workers or min(
+        len(todo),
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+    )
+    if workers <= 1 or len(todo) <= 1:
+        for sid in todo:
+            record(_prepare_one(index.root, sid, cache_dir))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_prepare_one, index.root, sid, cache_dir) for sid in ids]
-            for done, future in enumerate(as_completed(futures), start=1):
-                record(future.result(), done)
+            futures = [pool.submit(_prepare_one, index.root, sid, cache_dir) for sid in todo]
+            for future in as_completed(futures):
+                record(future.result())
     return report

@@ -11,6 +11,7 @@ Intensities: ``normalize_hu`` clips HU to the window and maps it linearly onto [
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -182,7 +183,12 @@ class SliceDataset(torch.utils.data.Dataset):
         cache_dir = data.cache_dir or None
         reserve_open_files(len(ids), f"split {split!r} of {index.root}")
         if build:
-            report = prepare_dataset(index, cache_dir, subjects=ids, progress=progress, workers=1)
+            # all cores from the CLI or torchrun; one in the dashboard's thread, where a process
+            # pool would fork the threaded server (or, spawned, run the page again)
+            in_main = threading.current_thread() is threading.main_thread()
+            report = prepare_dataset(
+                index, cache_dir, subjects=ids, progress=progress, workers=None if in_main else 1
+            )
             for sid, error in report.failed.items():
                 log.warning("skipping %s: %s", sid, error)
             ids = [s for s in ids if s not in report.failed]
