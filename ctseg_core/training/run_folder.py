@@ -208,10 +208,13 @@ def refuse_if_active(run_dir: str | Path) -> None:
             age_s = math.inf
         if age_s > STALE_AFTER_S:
             return
+    minutes = f"{STALE_AFTER_S / 60:.0f} minutes"
+    gone = "" if same_host else f" (or after {minutes} without a status update, when it died)"
     raise CtsegError(
         f"run {run_dir} is still {status['state']} (pid {status.get('pid')} on "
         f"{status.get('host')}, status updated {status.get('updated_at')}); stop it first (the "
-        "dashboard's Stop, or a stop_request.json in the run folder) and resume once it has ended"
+        "dashboard's Stop, or a stop_request.json in the run folder) and resume once it has "
+        f"ended{gone}"
     )
 
 
