@@ -90,7 +90,8 @@ def main() -> None:
         print(f"{n:>9}{r['slices']:>14}{r['peak_anon_mb']:>14.0f}")
     small, large = rows[0][1]["peak_anon_mb"], rows[1][1]["peak_anon_mb"]
     print(
-        f"large / small: {large / small:.2f} for {rows[1][1]['slices'] / rows[0][1]['slices']:.1f}x "
+        f"large / small: {large / small:.2f} for "
+        f"{rows[1][1]['slices'] / rows[0][1]['slices']:.1f}x "
         "the training slices (goal: near 1)"
     )
 

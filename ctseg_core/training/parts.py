@@ -72,8 +72,11 @@ def _loader_workers(requested: int) -> tuple[int, str | None]:
         return requested, None
     if sys.platform == "linux":
         return requested, "fork"
-    log.warning("loading in-process: loader workers of a run started in a thread would run the "
-                "dashboard page again on %s; use the CLI for worker processes", sys.platform)  # fmt: skip
+    log.warning(
+        "loading in-process: loader workers of a run started in a thread would run the "
+        "dashboard page again on %s; use the CLI for worker processes",
+        sys.platform,
+    )
     return 0, None
 
 
