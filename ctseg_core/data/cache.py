@@ -283,13 +283,10 @@ def _cached_entry(root: Path, subject_id: str, cache_dir: Path) -> CachedSubject
 
 
 def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, bool, str | None]:
-    """Worker: (subject id, built now?, error message or None)."""
+    """Worker for a subject ``_cached_entry`` did not find: (subject id, built?, error or None)."""
     try:
         subject_dir = root / subject_id
-        target = _entry_dir(cache_dir, root, subject_id) / source_key(subject_dir)
-        if _read_entry(target, subject_id) is not None:
-            return subject_id, False, None
-        build_entry(subject_dir, target)
+        build_entry(subject_dir, _entry_dir(cache_dir, root, subject_id) / source_key(subject_dir))
         return subject_id, True, None
     except CtsegError as exc:
         return subject_id, False, str(exc)

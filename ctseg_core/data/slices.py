@@ -23,6 +23,7 @@ from ..config import RunConfig
 from ..errors import DataError
 from ..fileio import atomic_path
 from ..labels import LABEL_OF, NUM_STRUCTURES
+from ..nosync import to_device
 from .cache import CachedSubject, open_cached, prepare_dataset, reserve_open_files
 from .dataset_root import open_dataset
 
@@ -82,7 +83,7 @@ def channel_label_values(config: RunConfig) -> torch.Tensor:
 
 def _output_label_values(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
     """``channel_label_values`` on the logits' device, checked against their channel count."""
-    values = channel_label_values(config).to(logits.device)
+    values = to_device(channel_label_values(config), logits.device)
     if logits.shape[1] != len(values):
         raise DataError(
             f"model output has {logits.shape[1]} channels but the config expects {len(values)}; "

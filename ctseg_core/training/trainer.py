@@ -93,11 +93,10 @@ class Trainer:
         self.config = config
         self.checkpoints_root = Path(checkpoints_root) if checkpoints_root else None
         self.callbacks = list(callbacks)
-        self.stopper = StopControl(stop_event, ddp.rank(), ddp.world_size())
-        self.stop_event = self.stopper.event
         self.run_dir: Path | None = None
         self.resume_ckpt: dict | None = None
         self.rank, self.world = ddp.rank(), ddp.world_size()
+        self.stopper = StopControl(stop_event, self.rank, self.world)
         self._status: dict = {}
         self._last_status_write = 0.0
         self._warning: str | None = None  # kept in status.json for the whole run
@@ -173,7 +172,7 @@ class Trainer:
         if not force and now - self._last_status_write < 1.0:
             return
         self._last_status_write = now
-        state = "stopping" if p.state == "running" and self.stop_event.is_set() else p.state
+        state = "stopping" if p.state == "running" and self.stopper.event.is_set() else p.state
         status = {
             "state": state, "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
             "steps_per_epoch": p.steps_per_epoch, "eta_s": p.eta_s, "loss": p.loss, "lr": p.lr,

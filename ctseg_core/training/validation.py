@@ -16,7 +16,7 @@ import torch
 from ..config import RunConfig
 from ..data.slices import NUM_LABELS, SliceDataset, predicted_labels
 from ..metrics.overlap import overlap_counts
-from ..nosync import count_values, to_device
+from ..nosync import count_values
 from . import distributed as ddp
 from .losses import LossFn, annotated_rows
 
@@ -81,7 +81,7 @@ def validate(
         loss_sum[1] += len(image)
         predicted = predicted_labels(logits, config)  # (B, H, W) label values
         ref = keep[labels]
-        subject = to_device(subject, device).view(-1, 1, 1)
+        subject = subject.to(device, non_blocking=True).view(-1, 1, 1)
         counts += count_values((subject * NUM_LABELS + ref) * NUM_LABELS + predicted, len(counts))
     ddp.all_reduce_sum(counts)
     ddp.all_reduce_sum(loss_sum)
