@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import CtsegError
-from .trainer import Progress, Trainer
+from .status import Progress
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 

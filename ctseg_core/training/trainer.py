@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -43,10 +40,10 @@ from .run_folder import (
     new_run_dir,
     refuse_if_active,
     write_history,
-    write_status,
 )
 from .samples import SampleFigure
 from .setup import step_scheduler
+from .status import Callback, Progress, StatusFile
 from .step import StepRunner
 from .stopping import StopControl, StopRequested
 from .validation import validate
@@ -56,29 +53,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(CtsegError):
     """Training cannot go on (NaN loss, ...); the message says what to change."""
-
-
-@dataclass
-class Progress:
-    """What callbacks receive. ``epoch`` is the epoch in progress (1-based) or last completed."""
-
-    kind: str  # "start", "step", "epoch", "end"
-    state: str
-    run_dir: Path | None
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    steps_per_epoch: int = 0
-    loss: float | None = None
-    lr: float | None = None
-    eta_s: float | None = None
-    record: dict | None = None
-    message: str = ""
-    error: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-Callback = Callable[[Progress], None]
 
 
 class Trainer:
@@ -97,12 +71,7 @@ class Trainer:
         self.resume_ckpt: dict | None = None
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.stopper = StopControl(stop_event, self.rank, self.world)
-        self._status: dict = {}
-        self._last_status_write = 0.0
-        self._warning: str | None = None  # kept in status.json for the whole run
-        self._status_lock = threading.Lock()  # the loop and mark_stopping write status.json
-        self._last_status: dict | None = None
-        self._ended = False  # the final state is written: nothing may overwrite it
+        self.status = StatusFile(self.rank, self.stopper.event)
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -134,6 +103,7 @@ class Trainer:
             if kind == "error":
                 raise CtsegError(value)
             self.run_dir = Path(value)
+        self.status.run_dir = self.run_dir
         if self.rank == 0:
             self.config.run_name = self.run_dir.name
             try:
@@ -147,7 +117,7 @@ class Trainer:
             done = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
             self._check_disk_space(done)
             (self.run_dir / STOP_REQUEST).unlink(missing_ok=True)  # the request of a past stop
-            self._write_status(
+            self.status.write(
                 Progress("start", "queued", self.run_dir, done, self.config.train.epochs),
                 force=True,
             )
@@ -161,47 +131,17 @@ class Trainer:
             size = estimated_checkpoint_bytes(build_model(self.config.model), t.optimizer)
         every = t.checkpoint_every
         files = t.epochs // every - done_epochs // every if every else 0
-        self._warning = check_disk_space(self.run_dir, size, files)
-        if self._warning:
-            log.warning(self._warning)
-
-    def _write_status(self, p: Progress, force: bool = False) -> None:
-        if self.rank != 0 or self.run_dir is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_status_write < 1.0:
-            return
-        self._last_status_write = now
-        state = "stopping" if p.state == "running" and self.stopper.event.is_set() else p.state
-        status = {
-            "state": state, "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
-            "steps_per_epoch": p.steps_per_epoch, "eta_s": p.eta_s, "loss": p.loss, "lr": p.lr,
-            "error": p.error, "message": p.message, "warning": self._warning, "pid": os.getpid(),
-            "host": socket.gethostname(), "run_name": self.run_dir.name,
-        }  # fmt: skip
-        with self._status_lock:
-            if self._ended:
-                return
-            self._ended = p.kind == "end"
-            self._last_status = status
-            self._put_status(status)
-
-    def _put_status(self, status: dict) -> None:
-        try:
-            write_status(self.run_dir, status)
-        except OSError as exc:  # a full disk must not kill the run before a checkpoint does
-            log.warning("could not write status.json: %s", exc)
+        self.status.warning = check_disk_space(self.run_dir, size, files)
+        if self.status.warning:
+            log.warning(self.status.warning)
 
     def mark_stopping(self) -> None:
         """Show state "stopping" in status.json at once (from any thread), unless the run has
         already ended: its final state is never overwritten."""
-        with self._status_lock:
-            if not self._ended and self._last_status is not None:
-                self._last_status = {**self._last_status, "state": "stopping"}
-                self._put_status(self._last_status)
+        self.status.mark_stopping()
 
     def _emit(self, p: Progress, force: bool = False) -> None:
-        self._write_status(p, force=force or p.kind != "step")
+        self.status.write(p, force=force or p.kind != "step")
         for callback in self.callbacks:
             callback(p)
 

@@ -1,0 +1,92 @@
+"""What a run reports while it trains: ``Progress`` for callbacks, and its status.json writer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .run_folder import write_status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What callbacks receive. ``epoch`` is the epoch in progress (1-based) or last completed."""
+
+    kind: str  # "start", "step", "epoch", "end"
+    state: str
+    run_dir: Path | None
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    eta_s: float | None = None
+    record: dict | None = None
+    message: str = ""
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+Callback = Callable[[Progress], None]
+
+
+class StatusFile:
+    """The run folder's status.json, written on rank 0 only.
+
+    Step reports are written at most once a second, others always; state "running" shows as
+    "stopping" once ``stop_event`` is set. After the final state (a Progress of kind "end")
+    nothing is written any more: a late stop or step report never overwrites it. ``warning``
+    is kept in every write. Thread-safe (the training loop and a Stop button both write).
+    """
+
+    def __init__(self, rank: int, stop_event: threading.Event):
+        self.rank, self.stop_event = rank, stop_event
+        self.run_dir: Path | None = None
+        self.warning: str | None = None
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._last: dict | None = None
+        self._ended = False
+
+    def write(self, p: Progress, force: bool = False) -> None:
+        if self.rank != 0 or self.run_dir is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_write < 1.0:
+            return
+        self._last_write = now
+        state = "stopping" if p.state == "running" and self.stop_event.is_set() else p.state
+        status = {
+            "state": state, "epoch": p.epoch, "epochs": p.epochs, "step": p.step,
+            "steps_per_epoch": p.steps_per_epoch, "eta_s": p.eta_s, "loss": p.loss, "lr": p.lr,
+            "error": p.error, "message": p.message, "warning": self.warning, "pid": os.getpid(),
+            "host": socket.gethostname(), "run_name": self.run_dir.name,
+        }  # fmt: skip
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = p.kind == "end"
+            self._last = status
+            self._put(status)
+
+    def mark_stopping(self) -> None:
+        """Show state "stopping" at once, unless the run has already ended."""
+        with self._lock:
+            if not self._ended and self._last is not None:
+                self._last = {**self._last, "state": "stopping"}
+                self._put(self._last)
+
+    def _put(self, status: dict) -> None:
+        try:
+            write_status(self.run_dir, status)
+        except OSError as exc:  # a full disk must not kill the run before a checkpoint does
+            log.warning("could not write status.json: %s", exc)
