@@ -1,0 +1,117 @@
+"""The CUDA paths: mixed precision (bf16, fp16 with a GradScaler), channels_last, a training step
+that never waits for the GPU, NCCL under torchrun, GPU inference equal to CPU inference.
+
+Skipped without a CUDA GPU; on a GPU machine: ``pytest tests/test_gpu.py`` (about a minute).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.data.slices import ForegroundSampler, SliceDataset
+from ctseg_core.models import build_model
+from ctseg_core.training.checkpoint import load_model
+from ctseg_core.training.hardware import prepare_device
+from ctseg_core.training.losses import build_loss
+from ctseg_core.training.run_folder import read_history, read_status
+from ctseg_core.training.setup import build_optimizer
+from ctseg_core.training.step import StepRunner
+from ctseg_core.training.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+REPO = Path(__file__).resolve().parents[1]
+CUDA = torch.device("cuda")
+TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
+FEW = ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "heart", "urinary_bladder"]
+
+
+def cuda_config(root, run_name: str, **train) -> RunConfig:
+    settings = {"epochs": 2, "steps_per_epoch": 6, "sample_figure": True, "device": "cuda"}
+    return RunConfig(
+        DataConfig(data_root=str(root), target_size=(64, 64), batch_size=8, structures=FEW,
+                   val_slices_per_subject=6),
+        ModelConfig(**TINY, deep_supervision=2),
+        TrainConfig(**(settings | train)),
+        run_name=run_name,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
+def test_training_on_cuda_learns_and_its_checkpoint_predicts_alike_on_the_cpu(
+    amp, phantom_root, tmp_path
+):
+    config = cuda_config(phantom_root, f"cuda-{amp}", amp=amp, channels_last=True, epochs=3)
+    assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
+    run_dir = tmp_path / f"cuda-{amp}"
+    assert read_status(run_dir)["state"] == "finished"
+    history = read_history(run_dir)
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (run_dir / "samples" / "epoch_3.png").is_file()
+    model, _ = load_model(run_dir / "best.pth")  # weights_only, onto the CPU
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        on_cpu = model.eval()(x)
+        on_gpu = model.to(CUDA)(x.to(CUDA)).cpu()
+    # cuDNN may convolve in TF32 (10-bit mantissa): close, not equal
+    assert (on_gpu - on_cpu).abs().max() < 1e-2 * on_cpu.abs().max()
+
+
+@pytest.mark.parametrize("amp", [torch.bfloat16, None])
+def test_a_pipeline_step_never_synchronizes_with_the_gpu(amp, phantom_root):
+    """What tests/test_nosync.py checks on the meta device, on the real one: a stalled host
+    leaves the GPU idle between steps (the pipeline overhead of issue 3)."""
+    config = cuda_config(phantom_root, "sync")
+    config.data.vessel_contrast_prob = 0.5
+    config.data.curve_prob = 0.5
+    config.train.grad_clip = 1.0
+    prepare_device(CUDA)
+    dataset = SliceDataset(config, "train")
+    sampler = ForegroundSampler(dataset, 64, config.data.foreground_fraction, seed=0)
+    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler,
+                                              pin_memory=True))  # fmt: skip
+    model = build_model(config.model).to(CUDA).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config.train)
+    lut = torch.from_numpy(dataset.lut).long().to(CUDA)
+    run_step = StepRunner(model, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                          build_loss(config.train.loss), lut, config.data, CUDA, amp, True,
+                          config.train.grad_clip)  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):  # warm-up: cuDNN picks its algorithms, Adam makes its state
+        image, labels, subjects = next(loader)
+        run_step(image, labels, gen, subjects)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            image, labels, subjects = next(loader)
+            loss = run_step(image, labels, gen, subjects)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(float(loss))
+
+
+@pytest.mark.slow
+def test_torchrun_with_nccl_trains_on_the_gpu(phantom_root, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CTSEG_CACHE": str(tmp_path / "cache")}
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+        "-m", "ctseg_core", "train", "--data", str(phantom_root), "--checkpoints", str(runs),
+        "--features", "8", "16", "32", "64", "--bottleneck", "64", "--size", "64", "64",
+        "--epochs", "2", "--steps-per-epoch", "3", "--val-slices", "3", "--device", "cuda",
+        "--run-name", "nccl",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert read_status(runs / "nccl")["state"] == "finished"
+    assert [r["epoch"] for r in read_history(runs / "nccl")] == [1, 2]
