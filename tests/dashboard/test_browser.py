@@ -1,26 +1,29 @@
 """The dashboard in headless Chromium against a real `streamlit run` server on a small phantom.
 
-Writes docs/screenshots/<page>.png (referenced from the README), so they stay current.
+Each page is also saved as a screenshot, in $CTSEG_SCREENSHOTS when set, else in the test's
+temporary folder (the README's screenshots come from docs/make_screenshots.py, on a trained model).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-
-CHROMIUM = "/usr/bin/chromium"
-REPO = Path(__file__).resolve().parents[2]
-SHOTS = REPO / "docs" / "screenshots"
-VIEWPORT = {"width": 1440, "height": 1000}
-SHOT_HEIGHT = 1500
+from browser_kit import (
+    CHROMIUM,
+    FRESH,
+    fresh,
+    go_to,
+    launch_chromium,
+    metric_value,
+    new_page,
+    streamlit_server,
+    wait_idle,
+)
+from browser_kit import screenshot as save_screenshot
 
 pytestmark = [
     pytest.mark.browser,
@@ -29,52 +32,20 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(dash_dirs, tiny_run):
     """`streamlit run dashboard/Home.py` on a free localhost port, with the phantom as data."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "CTSEG_DATA": str(dash_dirs["data"]),
-        "CTSEG_CACHE": str(dash_dirs["cache"]),
-        "CTSEG_CHECKPOINTS": str(dash_dirs["checkpoints"]),
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("CTSEG_DATA_ROOTS", None)
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "dashboard/Home.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.headless", "true",
-    ]  # fmt: skip
-    log = dash_dirs["checkpoints"].parent / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with streamlit_server(dash_dirs, dash_dirs["checkpoints"].parent / "server.log") as url:
+            yield url
+    except RuntimeError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="module")
+def shots_dir(tmp_path_factory) -> Path:
+    env = os.environ.get("CTSEG_SCREENSHOTS")
+    return Path(env) if env else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -83,65 +54,31 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
+        chromium = launch_chromium(pw)
         yield chromium
         chromium.close()
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(60_000)
+    page = new_page(browser)
     yield page
-    context.close()
+    page.context.close()
 
 
-def screenshot(page, name: str, top: bool = True) -> None:
-    """Save docs/screenshots/<name>.png with a tall viewport (the app scrolls inside itself)."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    if top:
-        page.evaluate(
-            "document.querySelectorAll('*').forEach(e => { if (e.scrollTop > 0) e.scrollTop = 0; })"
-        )
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": SHOT_HEIGHT})
-    page.wait_for_timeout(800)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
-    page.set_viewport_size(VIEWPORT)
+@pytest.fixture
+def screenshot(shots_dir):
+    """screenshot(page, name, top=True): save <shots_dir>/<name>.png."""
+
+    def take(page, name: str, top: bool = True) -> None:
+        save_screenshot(page, shots_dir / f"{name}.png", top)
+
+    return take
 
 
-def wait_idle(page) -> None:
-    """Until Streamlit is not running the script (the status widget disappears)."""
-    page.wait_for_timeout(300)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
-
-
-def go_to(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
-    page.get_by_role("heading", name=title, exact=True).wait_for()
-    wait_idle(page)
-
-
-FRESH = '[data-testid="stElementContainer"][data-stale="false"]'
-
-
-def fresh(page, selector: str):
-    """Elements of the current script run (a rerun keeps the previous ones, marked stale)."""
-    return page.locator(f"{FRESH} {selector}")
-
-
-def metric_value(page, label: str) -> str:
-    metric = fresh(page, '[data-testid="stMetric"]').filter(has_text=label).first
-    return metric.locator('[data-testid="stMetricValue"]').inner_text()
-
-
-def test_home_then_explore_slider_changes_the_image_and_3d_view(server, page, dash_dirs):
+def test_home_then_explore_slider_changes_the_image_and_3d_view(
+    server, page, dash_dirs, screenshot
+):
     page.goto(server)
     page.get_by_text("Structure coverage").wait_for()
     assert metric_value(page, "Subjects") == "6"
@@ -188,7 +125,9 @@ def test_home_then_explore_slider_changes_the_image_and_3d_view(server, page, da
     screenshot(page, "explore_3d", top=False)
 
 
-def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, dash_dirs):
+def test_train_shows_epochs_and_curves_advancing_without_a_reload(
+    server, page, dash_dirs, screenshot
+):
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect
 
@@ -247,7 +186,7 @@ def test_train_shows_epochs_and_curves_advancing_without_a_reload(server, page, 
     screenshot(page, "train")
 
 
-def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs):
+def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs, screenshot):
     page.goto(f"{server}/evaluate")
     page.get_by_role("heading", name="Evaluate", exact=True).wait_for()
     wait_idle(page)
