@@ -133,13 +133,13 @@ def show_results(info: dict) -> None:
         format_func=evalcharts.METRIC_TITLES.get, required=True,
     )  # fmt: skip
     ranking = evalcharts.ranking(results, metric)
+    st.markdown("**Per group**")
+    st.dataframe(evalcharts.group_summary(results), hide_index=True)
     left, right = st.columns([3, 2])
     with left:
         st.markdown("**Structure ranking** (best first)")
         st.altair_chart(evalcharts.ranking_chart(ranking, metric), width="stretch")
     with right:
-        st.markdown("**Per group**")
-        st.dataframe(evalcharts.group_summary(results), hide_index=True)
         st.markdown("**Distribution**")
         st.altair_chart(evalcharts.distribution_chart(results, metric), width="stretch")
     st.markdown("**Success rates** (share of scored subjects at or above each Dice threshold)")
