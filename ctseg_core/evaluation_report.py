@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from .fileio import atomic_path, atomic_write_text
 from .labels import COLOURS, LABEL_OF, colour_lut
-from .viz.mesh import bounding_boxes, structure_meshes
+from .viz.mesh import bounding_boxes, meshes_figure, structure_meshes
 
 log = logging.getLogger(__name__)
 
@@ -254,36 +254,17 @@ def write_mesh_html(
     near 1 MB). plotly.js is written once beside the page (``plotly.min.js``) so the page opens
     offline, as the rest of the evaluation folder does.
     """
-    import plotly.graph_objects as go
     from plotly.offline import get_plotlyjs
-    from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "scene"}]],
-                        subplot_titles=("reference", "prediction"))  # fmt: skip
-    for col, labels in ((1, reference), (2, prediction)):
+    items = []
+    for kind, labels in (("reference", reference), ("prediction", prediction)):
         boxes = bounding_boxes(labels)
-        items = structure_meshes(
+        meshes = structure_meshes(
             labels, sorted(boxes), spacing_mm, affine, max_faces_total // 2, boxes, layout="xyz"
         )
-        for item in items:
-            # plotly ships numpy arrays as typed base64: float32 vertices and uint16 indices
-            # keep a page near 1 MB
-            verts = item["verts"].astype(np.float32)
-            faces = item["faces"].astype(np.uint16 if len(verts) < 1 << 16 else np.int32)
-            r, g, b = item["colour"]
-            fig.add_trace(
-                go.Mesh3d(
-                    x=verts[:, 0], y=verts[:, 1], z=verts[:, 2],
-                    i=faces[:, 0], j=faces[:, 1], k=faces[:, 2], color=f"rgb({r},{g},{b})",
-                    opacity=1.0, name=item["name"], legendgroup=item["name"],
-                    showlegend=col == 1, hoverinfo="name", flatshading=True,
-                ),
-                row=1, col=col,
-            )  # fmt: skip
-    scene = {"aspectmode": "data", "xaxis_title": "x (mm, to R)", "yaxis_title": "y (mm, to A)",
-             "zaxis_title": "z (mm, to S)"}  # fmt: skip
-    fig.update_layout(title=title, scene=scene, scene2=scene, height=700,
-                      margin={"l": 0, "r": 0, "t": 40, "b": 0})  # fmt: skip
+        items += [{**item, "kind": kind} for item in meshes]
+    fig = meshes_figure(items, title=title)
+    fig.update_layout(height=700)
     bundle = Path(target).parent / "plotly.min.js"
     if not bundle.is_file():
         atomic_write_text(bundle, get_plotlyjs())

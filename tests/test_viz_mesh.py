@@ -143,25 +143,42 @@ def test_structure_meshes_split_a_budget_and_skip_absent():
     assert len(items[0]["faces"]) <= 8000 * 1.1
 
 
-def test_meshes_figure_has_one_trace_per_structure_and_fainter_predictions():
+def test_meshes_figure_puts_reference_and_prediction_side_by_side_with_one_legend():
     labels, _ = _sphere_zxy(radius_mm=10.0)
     verts, faces = structure_mesh(labels, 5, SPACING, max_faces=2000)
     empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))
     items = [
         {"name": "liver", "verts": verts, "faces": faces, "colour": (221, 130, 101)},
-        {"name": "liver", "verts": verts, "faces": faces, "colour": (221, 130, 101),
+        {"name": "liver", "verts": verts + 1.0, "faces": faces, "colour": (221, 130, 101),
          "kind": "prediction"},
         {"name": "spleen", "verts": empty[0], "faces": empty[1], "colour": (1, 2, 3)},
     ]  # fmt: skip
     fig = meshes_figure(items, title="s0001")
-    assert len(fig.data) == 2
+    assert len(fig.data) == 2  # the empty spleen is left out
     reference, prediction = fig.data
-    assert reference.type == "mesh3d" and reference.name == "liver"
-    assert reference.opacity == 1.0 and prediction.opacity < 0.5
-    assert prediction.legendgroup == "prediction" and "pred" in prediction.name
+    assert reference.type == "mesh3d" and reference.name == prediction.name == "liver"
+    # one scene each: a prediction drawn inside its reference would be hidden by it
+    assert (reference.scene, prediction.scene) == ("scene", "scene2")
+    assert [a.text for a in fig.layout.annotations] == ["reference", "prediction"]
+    # one legend entry per structure; its group hides it in both scenes
+    assert (reference.showlegend, prediction.showlegend) == (True, False)
+    assert reference.legendgroup == prediction.legendgroup == "liver"
+    assert reference.opacity == prediction.opacity == 1.0
     assert len(reference.i) == len(faces) and len(reference.x) == len(verts)
-    assert fig.layout.scene.aspectmode == "data"
+    assert np.allclose(np.asarray(prediction.x), verts[:, 0] + 1.0)
+    # both scenes show the same mm box, around the meshes of both, with equal mm on each axis
+    assert fig.layout.scene.aspectratio == fig.layout.scene2.aspectratio
+    for axis, column in (("xaxis", 0), ("zaxis", 2)):
+        box = fig.layout.scene[axis].range
+        assert box == fig.layout.scene2[axis].range
+        assert box[0] < verts[:, column].min() and box[1] > verts[:, column].max() + 1.0
+    box = [fig.layout.scene[a].range for a in ("xaxis", "yaxis", "zaxis")]
+    ratio = fig.layout.scene.aspectratio
+    assert ratio.x / ratio.z == pytest.approx((box[0][1] - box[0][0]) / (box[2][1] - box[2][0]))
     assert fig.layout.title.text == "s0001"
+    single = meshes_figure(items[:1])
+    assert len(single.data) == 1 and not single.layout.annotations
+    assert single.data[0].scene in (None, "scene") and single.layout.scene.aspectmode == "data"
 
 
 def test_real_liver_mesh_lies_inside_its_voxels_world_box(sample_root, cache_dir):

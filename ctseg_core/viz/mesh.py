@@ -254,51 +254,64 @@ def mesh_area(verts: np.ndarray, faces: np.ndarray) -> float:
 
 
 def meshes_figure(items: list[dict], title: str | None = None):
-    """A plotly Figure with one Mesh3d trace per item, equal mm axes, a legend of names.
+    """A plotly Figure of structure surfaces in mm: reference and prediction side by side.
 
     items: dicts with ``name``, ``verts`` (N, 3), ``faces`` (M, 3), ``colour`` (r, g, b) 0..255,
-    optional ``opacity`` and ``kind`` ("reference", default, or "prediction"). Predictions are
-    drawn fainter (opacity 0.35 unless given) and flat-shaded, grouped in the legend under
-    "prediction"; click a legend name to hide it. Items with no faces are left out.
+    optional ``opacity`` (default 1) and ``kind`` ("reference", default, or "prediction").
+    With both kinds the figure has two 3D scenes, reference left and prediction right (a
+    prediction drawn inside its reference would be hidden by it), over the same mm box; with
+    one kind, one scene. Axes are equal mm. The legend lists each structure once: clicking it hides the structure
+    in both scenes. Items with no faces are left out. Vertices are sent as float32 and faces as
+    uint16 where they fit (plotly ships typed arrays: a smaller page).
     """
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    fig = go.Figure()
+    items = [item for item in items if len(item["faces"])]
+    kinds = [k for k in ("reference", "prediction") if any(_kind(i) == k for i in items)]
+    if len(kinds) == 2:
+        fig = make_subplots(rows=1, cols=2, specs=[[{"type": "scene"}, {"type": "scene"}]],
+                            subplot_titles=kinds, horizontal_spacing=0.02)  # fmt: skip
+    else:
+        fig = go.Figure()
+    named: set[str] = set()
     for item in items:
-        verts, faces = np.asarray(item["verts"]), np.asarray(item["faces"])
-        if len(faces) == 0:
-            continue
-        kind = item.get("kind", "reference")
-        predicted = kind == "prediction"
+        verts = np.asarray(item["verts"], dtype=np.float32)
+        faces = np.asarray(item["faces"])
+        faces = faces.astype(np.uint16 if len(verts) < 1 << 16 else np.int32)
+        kind, name = _kind(item), str(item["name"])
         r, g, b = (int(c) for c in item["colour"])
-        fig.add_trace(
-            go.Mesh3d(
-                x=verts[:, 0],
-                y=verts[:, 1],
-                z=verts[:, 2],
-                i=faces[:, 0],
-                j=faces[:, 1],
-                k=faces[:, 2],
-                color=f"rgb({r},{g},{b})",
-                opacity=float(item.get("opacity", 0.35 if predicted else 1.0)),
-                flatshading=predicted,
-                name=f"{item['name']} (pred)" if predicted else str(item["name"]),
-                legendgroup=kind,
-                legendgrouptitle_text=kind,
-                showlegend=True,
-                hovertemplate=f"{item['name']} ({kind})<extra></extra>",
-                lighting={"ambient": 0.5, "diffuse": 0.8, "specular": 0.2, "roughness": 0.6},
-            )
-        )
+        trace = go.Mesh3d(
+            x=verts[:, 0], y=verts[:, 1], z=verts[:, 2],
+            i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
+            color=f"rgb({r},{g},{b})", opacity=float(item.get("opacity", 1.0)),
+            name=name, legendgroup=name, showlegend=name not in named,
+            hovertemplate=f"{name} ({kind})<extra></extra>",
+            lighting={"ambient": 0.5, "diffuse": 0.8, "specular": 0.2, "roughness": 0.6},
+        )  # fmt: skip
+        named.add(name)
+        if len(kinds) == 2:
+            fig.add_trace(trace, row=1, col=kinds.index(kind) + 1)
+        else:
+            fig.add_trace(trace)
+    scene = {"aspectmode": "data", "xaxis_title": "x (mm, R+)", "yaxis_title": "y (mm, A+)",
+             "zaxis_title": "z (mm, S+)"}  # fmt: skip
     fig.update_layout(
-        title=title,
-        scene={
-            "aspectmode": "data",
-            "xaxis_title": "x (mm, R+)",
-            "yaxis_title": "y (mm, A+)",
-            "zaxis_title": "z (mm, S+)",
-        },
-        legend={"groupclick": "toggleitem"},
-        margin={"l": 0, "r": 0, "t": 40 if title else 0, "b": 0},
+        title=title, scene=scene, margin={"l": 0, "r": 0, "t": 40 if title else 0, "b": 0}
     )
+    if len(kinds) == 2:
+        # the same box in both scenes: a false positive far away must not shrink one side
+        points = np.concatenate([np.asarray(i["verts"], dtype=np.float64) for i in items])
+        low, high = points.min(axis=0) - 1.0, points.max(axis=0) + 1.0
+        for axis, lo, hi in zip(("xaxis", "yaxis", "zaxis"), low, high, strict=True):
+            scene[axis] = {"range": [float(lo), float(hi)]}
+        # "data" would size each scene by its own meshes: equal mm from the shared box instead
+        extent = (high - low) / (high - low).max()
+        scene["aspectmode"] = "manual"
+        scene["aspectratio"] = dict(zip("xyz", extent.tolist(), strict=True))
+        fig.update_layout(scene=scene, scene2=scene, margin_t=40)  # margin: the panel titles
     return fig
+
+
+def _kind(item: dict) -> str:
+    return item.get("kind", "reference")
