@@ -141,7 +141,9 @@ def test_explore_shows_a_checkpoints_prediction_and_the_3d_view(
     traces = figure["data"]
     assert traces and all(t["type"] == "mesh3d" for t in traces)
     chosen = at.multiselect(key="ctseg_explore_mesh_structures").value
-    assert {t["name"] for t in traces if t["legendgroup"] == "reference"} == set(chosen)
+    reference = [t for t in traces if t.get("scene", "scene") == "scene"]  # the left one
+    assert {t["name"] for t in reference} == set(chosen)
+    assert all("(reference)" in t["hovertemplate"] for t in reference)
 
 
 def _write_reference_predictions(dirs, folder, subjects):
