@@ -6,6 +6,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -323,3 +324,23 @@ def test_a_run_still_training_elsewhere_is_not_resumed_over(phantom_root, tmp_pa
     (run_dir / "status.json").write_text(text.replace(updated, stale.isoformat(timespec="seconds")))
     assert Trainer.resume(run_dir, epochs=2).run() == "finished"
     assert [r["epoch"] for r in read_history(run_dir)] == [1, 2]
+
+
+def test_sample_slices_together_show_the_most_structures():
+    from ctseg_core.training.samples import choose_sample_slices
+
+    presence = np.zeros((8, 8), dtype=bool)
+    presence[[1, 2], 1:4] = True  # subject 0: two neighbours showing 1-3
+    presence[3, 1:5] = True  # and the richest slice, 1-4
+    presence[6, 5:7] = True  # subject 1: 5-6
+    presence[7, 1] = True
+    offsets = np.array([0, 5, 8])
+    # 1-4, then 5-6 (new), then nothing new is left: the richer of the rest, the first of equals
+    assert choose_sample_slices(presence, offsets, 3) == [3, 6, 1]
+    assert choose_sample_slices(presence, offsets, 20)[:3] == [3, 6, 1]
+    assert sorted(choose_sample_slices(presence, offsets, 20)) == list(range(8))
+    # among slices adding as much, one of a subject not shown yet wins over a richer one
+    presence[4, [1, 5, 6]] = True
+    assert choose_sample_slices(presence, offsets, 2) == [3, 6]
+    presence[6] = False
+    assert choose_sample_slices(presence, offsets, 2) == [3, 4]
