@@ -52,9 +52,11 @@ def form_values(cfg: RunConfig) -> dict:
 
 
 def default_preset(root: str) -> str:
-    """phantom_demo on the demo dataset, else gpu where CUDA is present, else cpu."""
-    _, is_demo = cached.default_dataset()
-    if is_demo and Path(root).resolve() == cached.demo_dir().resolve():
+    """phantom_demo on a phantom dataset (the demo's or one made by ``ctseg demo-data``), else
+    gpu where CUDA is present, else cpu."""
+    from ctseg_core.data.phantom import MARKER
+
+    if (Path(root) / MARKER).is_file():
         return "phantom_demo"
     import torch
 

@@ -286,7 +286,12 @@ def test_train_presets_fill_the_form_and_carry_their_hidden_settings(
     at = new_app("train")
     at.run()
     no_problems(at)
-    assert at.selectbox(key="ctseg_train_preset").value in ("cpu", "gpu")  # not the demo data
+    # a phantom dataset (it holds the phantom marker) starts from the phantom demo
+    assert at.selectbox(key="ctseg_train_preset").value == "phantom_demo"
+    at.selectbox(key="ctseg_train_preset").set_value("cpu")
+    at.run()
+    assert at.slider(key="ctseg_train_epochs").value == preset("cpu").train.epochs
+    assert at.selectbox(key="ctseg_train_width").value == "base (32)"
     at.selectbox(key="ctseg_train_preset").set_value("phantom_demo")
     at.run()
     demo = preset("phantom_demo")
