@@ -35,7 +35,12 @@ import torch
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.data.slices import ForegroundSampler, SliceDataset
 from ctseg_core.models import build_model
-from ctseg_core.training.hardware import cpu_has_bf16, prepare_device, resolve_device
+from ctseg_core.training.hardware import (
+    cpu_has_bf16,
+    loader_workers,
+    prepare_device,
+    resolve_device,
+)
 from ctseg_core.training.losses import build_loss
 from ctseg_core.training.setup import build_optimizer
 from ctseg_core.training.step import StepRunner
@@ -145,8 +150,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=0, help="loader processes (GPU: 4-8)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="loader processes (default: as the trainer picks)"
+    )
     args = parser.parse_args()
+    args.workers = loader_workers(args.workers, resolve_device(args.device))
     if args.steps is None:  # a GPU step takes milliseconds: more of them for a stable figure
         args.steps = 25 if resolve_device(args.device).type == "cuda" else 5
     with tempfile.TemporaryDirectory() as tmp:

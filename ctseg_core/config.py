@@ -71,7 +71,8 @@ class DataConfig:
     vessel_contrast_prob: float = 0.0
     noise_std: float = 0.03
     seed: int = 0
-    num_workers: int = 0
+    # loader processes; None: hardware.loader_workers picks (0 on a CPU, up to 8 on a GPU)
+    num_workers: int | None = None
 
 
 @dataclass
@@ -219,6 +220,8 @@ def _validate_static(cfg: RunConfig) -> None:
         )
     if d.batch_size < 1:
         problems.append(f"batch size must be >= 1 (got {d.batch_size})")
+    if d.num_workers is not None and d.num_workers < 0:
+        problems.append(f"loader workers must be >= 0, or None for automatic (got {d.num_workers})")
     depth = 2 ** len(m.features)
     if len(d.target_size) != 2 or any(s < depth or s % depth for s in d.target_size):
         problems.append(

@@ -215,6 +215,24 @@ def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
         resolve_channels_last("yes", cpu, None)
 
 
+def test_loader_workers_auto_is_none_on_a_cpu_and_a_share_of_the_cores_on_a_gpu(monkeypatch):
+    from ctseg_core.training import hardware
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert hardware.loader_workers(3, cpu) == 3 and hardware.loader_workers(0, cuda) == 0
+    assert hardware.loader_workers(None, cpu) == 0  # the model step uses every core
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert hardware.loader_workers(None, cuda) == 8
+    assert hardware.loader_workers(None, cuda, local_ranks=4) == 3  # 4 cores each, one kept
+    assert hardware.loader_workers(None, cuda, local_ranks=16) == 1  # never in the GPU's process
+    config = tiny_config("/data")
+    assert config.data.num_workers is None
+    assert RunConfig.from_dict(config.to_dict()).data.num_workers is None
+    config.data.num_workers = -1
+    with pytest.raises(CtsegError, match="loader workers must be >= 0"):
+        config.validate()
+
+
 def test_deep_supervision_loss_weighs_each_level_against_the_labels_sampled_there():
     from ctseg_core.training.losses import deep_supervision_loss, dice_ce_loss
 

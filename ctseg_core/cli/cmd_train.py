@@ -113,7 +113,11 @@ def register(subparsers) -> None:
     a("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
     a("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     a("--seed", type=int, help="random seed (default 0)")
-    a("--workers", type=int, help="data loader worker processes (default 0)")
+    a(
+        "--workers",
+        type=int,
+        help="data loader worker processes per process (default: 0 on a CPU, up to 8 on a GPU)",
+    )
     a("--json", action="store_true", help="print the final status and last epoch as JSON")
     p.set_defaults(func=run_train)
 

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import sys
 from contextlib import AbstractContextManager
 
@@ -130,3 +131,20 @@ def keep_freed_cpu_memory() -> bool:
     )
     log.debug("glibc keeps freed memory for reuse: %s", done)
     return done
+
+
+def loader_workers(requested: int | None, device: torch.device, local_ranks: int = 1) -> int:
+    """Loader processes per rank: ``requested``, or when None 0 on a CPU and up to 8 otherwise.
+
+    On a CPU the model step uses every core and a batch is read in ~1 % of its time: worker
+    processes would only compete for the cores. A GPU step is 10-100x faster: loading in the
+    training process would stall it (a 256 x 256 slice of a real CT is read and resized at
+    ~1,500-4,000 slices/s, an H100 trains the seed U-Net on ~800), so each of the
+    ``local_ranks`` processes on this machine takes an equal share of its cores, one kept free.
+    """
+    if requested is not None:
+        return requested
+    if device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(8, (cores or 1) // max(1, local_ranks) - 1))

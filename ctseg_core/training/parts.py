@@ -23,7 +23,13 @@ from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..models import build_model
 from . import distributed as ddp
 from .checkpoint import restore_rng_state
-from .hardware import prepare_device, resolve_amp, resolve_channels_last, resolve_device
+from .hardware import (
+    loader_workers,
+    prepare_device,
+    resolve_amp,
+    resolve_channels_last,
+    resolve_device,
+)
 from .losses import LossFn, build_loss
 from .setup import build_optimizer, build_scheduler, init_output_bias
 from .step import StepRunner
@@ -129,7 +135,9 @@ def build_parts(
         train_set, steps * d.batch_size * world, d.foreground_fraction,
         seed=d.seed, rank=rank, world_size=world,
     )  # fmt: skip
-    workers, start_method = _loader_workers(d.num_workers)
+    workers, start_method = _loader_workers(
+        loader_workers(d.num_workers, device, ddp.local_world_size())
+    )
     loader_kw = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers > 0:
         loader_kw |= {"persistent_workers": True, "prefetch_factor": 4}

@@ -64,7 +64,7 @@ def cpu(data_root: str = "") -> RunConfig:
 
 def gpu(data_root: str = "") -> RunConfig:
     return RunConfig(
-        DataConfig(data_root=str(data_root), target_size=(256, 256), batch_size=16, num_workers=4),
+        DataConfig(data_root=str(data_root), target_size=(256, 256), batch_size=16),
         ModelConfig(),
         TrainConfig(epochs=100, early_stopping_patience=15, scheduler="poly", checkpoint_every=10),
     )
