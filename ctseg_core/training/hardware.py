@@ -138,9 +138,10 @@ def loader_workers(requested: int | None, device: torch.device, local_ranks: int
 
     On a CPU the model step uses every core and a batch is read in ~1 % of its time: worker
     processes would only compete for the cores. A GPU step is 10-100x faster: loading in the
-    training process would stall it (a 256 x 256 slice of a real CT is read and resized at
-    ~1,500-4,000 slices/s, an H100 trains the seed U-Net on ~800), so each of the
-    ``local_ranks`` processes on this machine takes an equal share of its cores, one kept free.
+    training process would stall it (one process reads a 512 x 512 slice of a real CT and
+    resizes it to 256 x 256 at ~1,900 slices/s; an H100 trains the seed U-Net on ~800 a second
+    in bf16), so each of the ``local_ranks`` processes on this machine takes an equal share of
+    its cores, one kept free.
     """
     if requested is not None:
         return requested
