@@ -120,13 +120,18 @@ def dice_heatmap(history: list[dict]) -> alt.Chart | None:
     df = pd.DataFrame(rows)
     df["group"] = df["structure"].map(GROUP_OF)
     order = df.groupby("structure")["dice"].last().sort_values(ascending=False).index.tolist()
-    height = max(120, min(900, 14 * len(order)))
+    height = max(120, 18 * len(order))  # a readable name on every row (none dropped)
     return (
         alt.Chart(df)
         .mark_rect()
         .encode(
             x=alt.X("epoch:O"),
-            y=alt.Y("structure:N", sort=order, title=None),
+            y=alt.Y(
+                "structure:N",
+                sort=order,
+                title=None,
+                axis=alt.Axis(labelOverlap=False, labelLimit=200),
+            ),
             color=alt.Color(
                 "dice:Q", scale=alt.Scale(domain=[0, 1], scheme="viridis"), title="Dice"
             ),
