@@ -111,7 +111,9 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     steps_per_epoch: int | None = None  # None: samples_per_epoch / batch_size
-    checkpoint_every: int = 1  # epochs between checkpoint_epoch<N>.pth files; 0 = none
+    # epochs between checkpoint_epoch<N>.pth files, 0 = none: one of the seed model with its
+    # Adam state is ~93 MB, one per epoch of a 100-epoch run 9 GB
+    checkpoint_every: int = 10
     sample_figure: bool = True  # samples/epoch_<N>.png each epoch
 
 
@@ -220,6 +222,15 @@ def _validate_static(cfg: RunConfig) -> None:
         )
     if d.batch_size < 1:
         problems.append(f"batch size must be >= 1 (got {d.batch_size})")
+    for what, value in (
+        ("samples per epoch", d.samples_per_epoch),
+        ("steps per epoch", t.steps_per_epoch),
+        ("validation slices per subject", d.val_slices_per_subject),
+    ):
+        if value is not None and value < 1:
+            problems.append(f"{what} must be >= 1, or unset for all (got {value})")
+    if t.seed < 0 or d.seed < 0:
+        problems.append(f"seeds must be >= 0 (got {t.seed} and data seed {d.seed})")
     if d.num_workers is not None and d.num_workers < 0:
         problems.append(f"loader workers must be >= 0, or None for automatic (got {d.num_workers})")
     depth = 2 ** len(m.features)
@@ -293,7 +304,13 @@ def _validate_splits(cfg: RunConfig) -> None:
     index = open_dataset(Path(cfg.data.data_root), seed=cfg.data.seed)
     for split in (cfg.data.train_split, cfg.data.val_split):
         if not index.subjects_in(split):
+            fix = (
+                "fix the split column of meta.csv or add subjects"
+                if index.split_source == "meta.csv"
+                else "add subjects (the seeded split needs 3 or more), or a meta.csv with a "
+                "split column"
+            )
             raise ConfigError(
                 f"split {split!r} of {index.root} holds no subject (splits: {index.counts()}); "
-                "fix the split column of meta.csv or add subjects"
+                + fix
             )

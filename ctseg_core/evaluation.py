@@ -284,12 +284,23 @@ def evaluate_predictions(
     ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv`` and,
     with ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
     """
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")
     index = open_dataset(dataset_root)
     ids = index.subjects_in(split)
     if subjects is not None:
         unknown = sorted(set(subjects) - set(ids))
         if unknown:
-            raise DataError(f"subjects {unknown} are not in split {split!r} of {index.root}")
+            where = ", ".join(
+                f"{s} in {index.splits.get(s) or 'no split'}"
+                if s in index.subjects
+                else f"{s} not in the dataset"
+                for s in unknown
+            )
+            raise DataError(
+                f"subjects {unknown} are not in split {split!r} of {index.root} ({where}); "
+                "choose their split, or --split all"
+            )
         ids = [s for s in ids if s in set(subjects)]
     if not ids:
         raise DataError(
@@ -303,10 +314,16 @@ def evaluate_predictions(
         if missing:
             raise DataError(
                 f"{folder} has no prediction for {len(missing)} subjects ({', '.join(missing[:5])}); "
-                "expected <id>.nii.gz files, or pass subjects= to evaluate fewer"
+                "expected <id>.nii.gz files, or pass --subjects to evaluate fewer"
             )
     else:
         checkpoints = [predictions] if isinstance(predictions, str | Path) else list(predictions)
+        nifti = [p for p in checkpoints if str(p).endswith((".nii.gz", ".nii"))]
+        if nifti:
+            raise DataError(
+                f"{nifti[0]} is one prediction; give the folder that holds the <id>.nii.gz "
+                "predictions of the split"
+            )
         missing = [p for p in checkpoints if not Path(p).is_file()]
         if missing:
             raise DataError(

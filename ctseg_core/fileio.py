@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +73,52 @@ def atomic_save_nifti(img: Any, target: str | os.PathLike) -> None:
     suffix = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
     with atomic_path(target, suffix=suffix) as tmp:
         img.to_filename(str(tmp))
+
+
+def _same_or_inside(path: Path, other: Path) -> bool:
+    """True when ``path`` is ``other`` (also through links) or a folder that holds it."""
+    path, other = path.resolve(), other.resolve()
+    return path == other or path in other.parents
+
+
+def refuse_replacing_inputs(
+    targets: Iterable[str | os.PathLike],
+    inputs: Iterable[str | os.PathLike],
+    option: str = "--out",
+) -> None:
+    """ConfigError when an output is one of ``inputs`` or a folder holding one (whatever the
+    overwrite setting: replacing what is being read loses the user's data)."""
+    from .errors import ConfigError
+
+    inputs = [Path(i) for i in inputs]
+    for target in targets:
+        for source in inputs:
+            if _same_or_inside(Path(target), source):
+                raise ConfigError(
+                    f"{option} would replace {target}, which holds the input {source}; "
+                    "write somewhere else"
+                )
+
+
+def check_output(
+    target: str | os.PathLike,
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike] = (),
+    option: str = "--out",
+) -> Path:
+    """Refuse an output path before any work: one that is (or holds) an input, even with
+    ``overwrite``; an existing one without ``overwrite``; a folder where a file goes.
+
+    Returns ``target`` as a Path. Raises ConfigError naming the path and the way out.
+    """
+    from .errors import ConfigError
+
+    target = Path(target)
+    refuse_replacing_inputs([target], inputs, option)
+    if target.is_dir():
+        raise ConfigError(f"{option} {target} is a folder; give a file name")
+    if target.exists() and not overwrite:
+        raise ConfigError(
+            f"{target} exists; pass --overwrite to replace it, or choose another {option}"
+        )
+    return target

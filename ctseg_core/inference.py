@@ -25,6 +25,7 @@ from .data.slices import context_indices, label_scores, normalize_hu, resize_bat
 from .data.volume import Volume
 from .errors import ConfigError, CtsegError
 from .labels import LABEL_OF, lr_swap_lut
+from .training.hardware import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,6 @@ def available_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """ "auto"/None -> CUDA when available, else CPU; anything else as given."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -106,13 +100,13 @@ class Predictor:
             member = _Member(Path(path), model, config)
             if self.members and list(config.data.structures) != self.structures:
                 raise ConfigError(
-                    f"{member.path.name} predicts other structures than "
-                    f"{self.members[0].path.name}; an ensemble needs checkpoints trained on the "
+                    f"{member.path} predicts other structures than "
+                    f"{self.members[0].path}; an ensemble needs checkpoints trained on the "
                     "same structures"
                 )
             unknown = [s for s in config.data.structures if s not in LABEL_OF]
             if unknown:
-                raise ConfigError(f"{member.path.name} predicts unknown structures {unknown[:5]}")
+                raise ConfigError(f"{member.path} predicts unknown structures {unknown[:5]}")
             self.members.append(member)
         # Scores of all members are averaged at the largest target size.
         self.work_size = tuple(max(m.target_size[i] for m in self.members) for i in range(2))

@@ -29,6 +29,7 @@ import numpy as np
 from .data.volume import load_ct, save_on_original_grid
 from .errors import ConfigError, CtsegError
 from .export import label_file_paths, write_label_files
+from .fileio import refuse_replacing_inputs
 from .labels import LABEL_OF, NAME_OF
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,21 @@ def output_paths(
     if split_masks:
         paths.append(out_path.with_name(_stem(out_path)))
     return paths
+
+
+def _refuse_foreign_masks_dir(folder: Path) -> None:
+    """--split-masks replaces its folder whole: refuse one holding anything it did not write
+    (only ``segmentations/*.nii.gz``), e.g. a subject folder of the dataset with its CT."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; --split-masks writes a folder there")
+    for entry in folder.iterdir():
+        inside = list(entry.iterdir()) if entry.is_dir() else []
+        masks_only = all(e.is_file() and e.name.endswith(".nii.gz") for e in inside)
+        if entry.name != "segmentations" or not entry.is_dir() or not masks_only:
+            raise ConfigError(
+                f"{folder} holds {entry.name}, which a --split-masks output does not; it would "
+                "be replaced whole: choose another --out"
+            )
 
 
 def _write_masks(
@@ -119,11 +135,15 @@ def predict_file(
     if not out_path.name.endswith((".nii.gz", ".nii")):
         raise ConfigError(f"--out {out_path} must end with .nii.gz or .nii")
     written = output_paths(out_path, split_masks, statistics)
+    refuse_replacing_inputs(written, [ct_path, *checkpoints])
     existing = [p for p in written if p.exists()]
     if existing and not overwrite:
         raise ConfigError(
             f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out"
         )
+    masks_dir = out_path.with_name(_stem(out_path))
+    if split_masks and masks_dir.exists():
+        _refuse_foreign_masks_dir(masks_dir)
     start = time.perf_counter()
     predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta)
     if ct_path.is_file():

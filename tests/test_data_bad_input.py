@@ -13,7 +13,7 @@ import pytest
 from ctseg_core.cli import main as cli_main
 from ctseg_core.data import load_ct, load_subject, open_cached, open_dataset, prepare_dataset
 from ctseg_core.data.volume import load_label_volume
-from ctseg_core.errors import DataError
+from ctseg_core.errors import CtsegError, DataError
 from ctseg_core.labels import LABEL_OF
 
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
@@ -215,7 +215,7 @@ _OPEN_FILES_SCRIPT = """
 import os, resource, sys
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
 from ctseg_core.data.slices import SliceDataset
-from ctseg_core.errors import DataError
+from ctseg_core.errors import CtsegError, DataError
 low = len(os.listdir("/proc/self/fd")) + 6  # fewer than two per subject on top
 hard = low if sys.argv[2] == "hard" else resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
@@ -250,3 +250,36 @@ def test_a_dataset_needing_more_open_files_raises_the_limit_or_says_how(limit, p
         assert done.stdout.split() == ["read", "6", "True"]
     else:
         assert "split 'all'" in done.stdout and "ulimit -n" in done.stdout
+
+
+def test_a_cache_inside_the_dataset_or_on_a_file_is_refused(phantom_root, tmp_path):
+    from ctseg_core.data.cache import open_cached, prepare_dataset
+    from ctseg_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lies inside the dataset"):
+        prepare_dataset(phantom_root, phantom_root / "cache")
+    with pytest.raises(ConfigError, match="lies inside the dataset"):
+        open_cached(phantom_root, "s0000", phantom_root)
+    assert not (phantom_root / "cache").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file; give a folder"):
+        prepare_dataset(phantom_root, tmp_path / "file")
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        prepare_dataset(phantom_root, tmp_path / "cache", workers=-3)
+
+
+def test_paths_of_the_wrong_kind_get_errors_that_say_so(sample_root, tmp_path):
+    from ctseg_core.data.dataset_root import open_dataset
+    from ctseg_core.data.volume import read_image
+    from ctseg_core.training.checkpoint import load_checkpoint
+
+    with pytest.raises(DataError, match="is a file; give the dataset folder"):
+        open_dataset(sample_root / "s0000" / "ct.nii.gz")
+    with pytest.raises(DataError, match="is one subject; give the dataset folder above it"):
+        open_dataset(sample_root / "s0000")
+    with pytest.raises(DataError, match=r"is a folder; give a \.nii\.gz file"):
+        read_image(sample_root / "s0000")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pth").write_bytes(b"")
+    with pytest.raises(CtsegError, match=r"is a folder; give a checkpoint file: .*best\.pth"):
+        load_checkpoint(tmp_path / "run")

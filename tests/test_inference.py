@@ -235,6 +235,69 @@ def test_existing_outputs_are_kept_unless_overwrite_and_never_half_written(tmp_p
     assert nib.load(str(out)).shape == (122, 101, 112)
 
 
+def test_outputs_never_replace_the_inputs_or_a_folder_of_other_files(tmp_path, unlabeled_ct):
+    """Even with overwrite: an output onto the CT, or --split-masks over a subject folder."""
+    import shutil
+
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
+    ct = tmp_path / "mine.nii.gz"
+    shutil.copy(unlabeled_ct, ct)
+    before = ct.read_bytes()
+    with pytest.raises(ConfigError, match="holds the input"):
+        predict_file(ct, [ckpt], ct, overwrite=True)
+    subject = tmp_path / "s0000"
+    (subject / "segmentations").mkdir(parents=True)
+    shutil.copy(unlabeled_ct, subject / "ct.nii.gz")  # the dataset layout: the CT in the folder
+    with pytest.raises(ConfigError, match="holds the input"):
+        predict_file(subject / "ct.nii.gz", [ckpt], tmp_path / "s0000.nii.gz", split_masks=True,
+                     overwrite=True)  # fmt: skip
+    other = tmp_path / "other"
+    (other / "segmentations").mkdir(parents=True)
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds notes\.txt"):
+        predict_file(ct, [ckpt], tmp_path / "other.nii.gz", split_masks=True, overwrite=True)
+    assert ct.read_bytes() == before and (subject / "ct.nii.gz").is_file()
+    assert (other / "notes.txt").read_text() == "mine"
+    # a folder of masks a --split-masks run wrote is replaced, as asked
+    predict_file(ct, [ckpt], tmp_path / "p.nii.gz", split_masks=True)
+    predict_file(ct, [ckpt], tmp_path / "p.nii.gz", split_masks=True, overwrite=True)
+    assert [f.name for f in (tmp_path / "p" / "segmentations").iterdir()] == ["liver.nii.gz"]
+
+
+def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
+    tmp_path, unlabeled_ct, extra_dir, capsys
+):
+    from ctseg_core.cli import main
+
+    labels = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    ct = extra_dir.parent / "totalseg_sample" / "s0000" / "ct.nii.gz"
+    before = ct.read_bytes()
+    assert main(["stats", "--ct", str(ct), "--labels", str(labels), "--out", str(ct)]) == 2
+    assert "must end with .csv" in capsys.readouterr().err
+    table = tmp_path / "t.csv"
+    table.write_text("mine")
+    assert main(["stats", "--ct", str(ct), "--labels", str(labels), "--out", str(table)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and table.read_text() == "mine"
+    assert ct.read_bytes() == before
+    assert main(["stats", "--ct", str(ct), "--labels", str(labels), "--out", str(table),
+                 "--overwrite"]) == 0  # fmt: skip
+    assert table.read_text().startswith("structure") and "liver" in table.read_text()
+    capsys.readouterr()
+    mask = ct.parent / "segmentations" / "liver.nii.gz"
+    assert main(["stats", "--ct", str(ct), "--labels", str(mask)]) == 0
+    assert "holds only 0 and 1" in capsys.readouterr().err
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
+    if not torch.cuda.is_available():
+        args = ["predict", "--ct", str(unlabeled_ct), "--checkpoint", str(ckpt), "--out",
+                str(tmp_path / "p.nii.gz"), "--device", "cuda"]  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "no CUDA GPU is available" in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", "--labels", str(labels), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+
+
 def test_dicom_folder_gives_the_grid_of_the_converted_nifti(tmp_path, sample_root, extra_dir):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (128, 128))
     out = tmp_path / "d.nii.gz"

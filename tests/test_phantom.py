@@ -211,6 +211,20 @@ def test_refuses_a_folder_that_is_not_a_phantom_and_keeps_its_files(tmp_path):
         make_phantom_dataset(tmp_path / "file", n_subjects=1, shape=SHAPE)
     with pytest.raises(ConfigError):
         make_phantom_dataset(tmp_path / "new", n_subjects=0, shape=SHAPE)
+    with pytest.raises(ConfigError, match="seed >= 0"):
+        make_phantom_dataset(tmp_path / "new", n_subjects=1, seed=-1, shape=SHAPE)
+    with pytest.raises(ConfigError, match="512 x 512 x 512"):  # refused before any memory is taken
+        make_phantom_dataset(tmp_path / "new", n_subjects=1, shape=(2000, 2000, 2000))
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_reports_what_the_machine_refuses_in_one_line(tmp_path, capsys):
+    from ctseg_core.cli import main
+
+    (tmp_path / "file").write_text("x")
+    assert main(["demo-data", "--out", str(tmp_path / "file" / "sub"), "--subjects", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
 
 
 def test_interrupted_run_leaves_whole_subjects_and_a_rerun_completes(tmp_path):

@@ -35,7 +35,9 @@ def tiny_config(root, run_name="", **train) -> RunConfig:
 
 
 def test_training_on_the_phantom_writes_the_whole_run_folder(phantom_root, tmp_path):
-    config = tiny_config(phantom_root, "ph", epochs=3, steps_per_epoch=6, sample_figure=True)
+    config = tiny_config(
+        phantom_root, "ph", epochs=3, steps_per_epoch=6, sample_figure=True, checkpoint_every=3
+    )
     config.data.structures = FEW
     config.model.deep_supervision = 2  # as the phantom demo trains; eval and checkpoints: one head
     events = []

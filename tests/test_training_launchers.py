@@ -137,6 +137,43 @@ def test_cli_trains_and_refuses_bad_settings(phantom_root, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_starts_and_resumes_say_what_they_do(phantom_root, tmp_path, capsys):
+    import torch
+
+    from ctseg_core.training.run_folder import write_status
+
+    args = ["train", "--data", str(phantom_root), "--checkpoints", str(tmp_path), *TINY_ARGS,
+            "--batch-size", "2", "--amp", "off", "--steps-per-epoch", "1"]  # fmt: skip
+    assert main([*args, "--samples-per-epoch", "-1"]) == 2
+    assert "samples per epoch must be >= 1, or unset" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # refused before a run folder is made
+        assert main([*args, "--device", "cuda", "--run", "r"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # 0 validation slices means all of them, as on the Train page
+    assert main([*args, "--epochs", "1", "--val-slices", "0", "--run", "r", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["last_epoch"]["val_dice_mean"] is not None
+    run = tmp_path / "r"
+    assert json.loads((run / "config.json").read_text())["data"]["val_slices_per_subject"] is None
+    assert (run / "best.pth").is_file()
+    assert main([*args, "--epochs", "1", "--run", "r"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "has trained 1 of 1 epochs already; ask for more" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run / "last.pth")]) == 2
+    assert "is a file; resume takes the run folder" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--lr", "0.1"]) == 2
+    assert "--lr would not apply" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--workers", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["last_epoch"]["epoch"] == 2 and out["status"]["state"] == "finished"
+    # a run that failed before its first checkpoint gives its name back
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    write_status(crashed, {"state": "failed", "error": "no GPU"})
+    assert main([*args, "--epochs", "1", "--val-slices", "1", "--run", "crashed"]) == 0
+    assert read_status(crashed)["state"] == "finished"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("torch.distributed.run") is None or not dist.is_available(),

@@ -46,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     except CtsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine's refusal (a full disk, no permission): not a bug
+        if args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (--verbose shows where)", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        if args.verbose:
+            raise
+        print(
+            f"error: out of memory ({exc}); ask for less (smaller sizes, batches)", file=sys.stderr
+        )
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -64,7 +64,8 @@ def run_info(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"dataset {summary['root']}  (splits from {summary['split_source']})")
+    source = {"seeded": "a seeded split by subject"}.get(summary["split_source"], "meta.csv")
+    print(f"dataset {summary['root']}  (splits from {source})")
     print("subjects: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
     print(
         f"{'id':<10}{'split':<7}{'shape (x y z)':<18}{'spacing mm':<22}{'orient':<8}{'present':>8}{'not annot.':>11}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from .progress import tqdm_callback
@@ -78,7 +79,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--ct", required=True, type=Path, help="CT .nii.gz or DICOM folder")
     p.add_argument("--labels", required=True, type=Path, help="multilabel .nii.gz on the CT")
-    p.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--out", type=Path, default=None, help="also write the table as OUT.csv")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=run_stats)
 
@@ -171,8 +173,11 @@ def run_export(args) -> int:
     import numpy as np
 
     from ..data.volume import load_label_volume
+    from ..errors import ConfigError
     from ..export import write_label_files
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder for the label files")
     values = None
     if not args.all:
         labels = load_label_volume(args.labels)
@@ -187,20 +192,36 @@ def run_export(args) -> int:
 
 
 def run_stats(args) -> int:
-    from ..data.volume import load_ct
-    from ..evaluation import prediction_on_reference_grid, volume_statistics
+    import numpy as np
 
+    from ..data.volume import load_ct
+    from ..errors import ConfigError
+    from ..evaluation import prediction_on_reference_grid, volume_statistics
+    from ..fileio import check_output
+
+    if args.out:
+        if args.out.suffix.lower() != ".csv":
+            raise ConfigError(f"--out {args.out} must end with .csv (the table is CSV)")
+        check_output(args.out, args.overwrite, [args.ct, args.labels])
     ct = load_ct(args.ct)
     labels = prediction_on_reference_grid(
         args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine
     )
     table = volume_statistics(labels, ct.array, ct.spacing_mm)
+    if np.isin(labels, (0, 1)).all() and len(table):
+        print(
+            f"note: {args.labels} holds only 0 and 1, which a multilabel file reads as "
+            "spleen (label 1); for one structure's mask use the dataset's multilabel file",
+            file=sys.stderr,
+        )
+    if table.empty:
+        print(f"note: {args.labels} labels no structure on this CT", file=sys.stderr)
     if args.out:
         from ..fileio import atomic_write_text
 
         atomic_write_text(args.out, table.to_csv(index=False))
     if args.json:
         print(json.dumps(_json_safe(table.to_dict(orient="records")), indent=2))
-    else:
+    elif not table.empty:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return 0

@@ -43,6 +43,12 @@ _FLAGS = {  # argparse dest -> (section, config field)
 }
 
 
+#: flags whose 0 means "every slice" (None in the config), as on the Train page
+_ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices")
+#: settings of the machine, not of the experiment: a resumed run may change them
+_HARDWARE = ("device", "amp", "workers", "cache")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
@@ -91,14 +97,14 @@ def register(subparsers) -> None:
     a("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     a("--grad-clip", type=float, help="max gradient norm (default 12)")
     a("--foreground", type=float, help="share of structure-first samples (default 0.5)")
-    a("--samples-per-epoch", type=int, help="training slices per epoch (default: all)")
-    a("--steps-per-epoch", type=int, help="batches per epoch (overrides samples)")
-    a("--val-slices", type=int, help="validation slices per subject (default: all)")
+    a("--samples-per-epoch", type=int, help="training slices per epoch (default, 0: all)")
+    a("--steps-per-epoch", type=int, help="batches per epoch (overrides samples; 0: from them)")
+    a("--val-slices", type=int, help="validation slices per subject (default, 0: all)")
     a(
         "--checkpoint-every",
         type=int,
         metavar="N",
-        help="keep checkpoint_epoch<N>.pth every N epochs, 0 = none (default 1; presets 10); "
+        help="keep checkpoint_epoch<N>.pth every N epochs, 0 = none (default 10); "
         "best.pth and last.pth are always written",
     )
     a("--no-augment", action="store_true", help="switch augmentation off")
@@ -142,6 +148,9 @@ def build_config(args):
     }
     for dest, (section, name) in _FLAGS.items():
         value = getattr(args, dest, None)
+        if dest in _ZERO_MEANS_ALL and value == 0:
+            value = None  # as on the Train page: 0 = every slice
+            base[section][name] = None
         if value is not None:
             base[section][name] = str(value) if isinstance(value, Path) else value
     if args.structures:
@@ -167,7 +176,12 @@ def run_train(args) -> int:
             progress, bar = tqdm_callback("training", unit="step")
             callbacks.append(_bar_callback(progress, bar))
         if args.resume:
+            _refuse_settings_on_resume(args)
             trainer = Trainer.resume(args.resume, epochs=args.epochs, callbacks=callbacks)
+            for dest in _HARDWARE:  # the run may move to another machine
+                if getattr(args, dest) is not None:
+                    section, name = _FLAGS[dest]
+                    setattr(getattr(trainer.config, section), name, getattr(args, dest))
         else:
             if not args.data and not args.config and not args.preset:
                 from ..errors import ConfigError
@@ -192,6 +206,25 @@ def run_train(args) -> int:
     finally:
         if started:
             ddp.shutdown(wait=ok)
+
+
+def _refuse_settings_on_resume(args) -> None:
+    """A resumed run keeps its settings (its checkpoint holds them): refuse flags that would
+    seem to change them, instead of dropping them unseen."""
+    from ..errors import ConfigError
+
+    dests = [*_FLAGS, "preset", "config", "structures", "run", "no_augment"]
+    given = [
+        "--" + dest.replace("_", "-")
+        for dest in dests
+        if dest not in ("epochs", *_HARDWARE) and getattr(args, dest, None) not in (None, False)
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "
+            "would not apply (only --epochs, --device, --amp, --workers and --cache do); to train "
+            f"with other settings start a new run: --config {args.resume}/config.json and the flags"
+        )
 
 
 def _stop_on_sigterm(trainer):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CtsegError, DataError
+from ..errors import ConfigError, CtsegError, DataError
 from ..labels import NAME_OF, NUM_STRUCTURES
 from .dataset_root import DatasetIndex, find_ct, open_dataset
 from .subject import load_subject, mask_files
@@ -44,6 +44,19 @@ def default_cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("ctseg"))
+
+
+def check_cache_dir(cache_dir: Path, root: Path) -> None:
+    """ConfigError for a cache that is a file, or that lies inside the dataset (ctseg never
+    writes into a dataset: it may be read-only, shared, or under version control)."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError(f"cache {cache_dir} is a file; give a folder (--cache or $CTSEG_CACHE)")
+    cache, data = Path(cache_dir).resolve(), Path(root).resolve()
+    if cache == data or data in cache.parents:
+        raise ConfigError(
+            f"cache {cache_dir} lies inside the dataset {root}; ctseg does not write into a "
+            "dataset: give a folder outside it (--cache or $CTSEG_CACHE)"
+        )
 
 
 def dataset_tag(root: Path) -> str:
@@ -269,6 +282,7 @@ def open_cached(
         return entry
     if not build:
         raise DataError(f"{subject_id} is not prepared; run `ctseg prepare --data {root}`")
+    check_cache_dir(cache_dir, root)
     return build_entry(subject_dir, target, settings)
 
 
@@ -317,6 +331,9 @@ def prepare_dataset(
     """
     index = root if isinstance(root, DatasetIndex) else open_dataset(root)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    check_cache_dir(cache_dir, index.root)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1, or unset for one per core (got {workers})")
     ids = subjects if subjects is not None else index.subjects
     report = PrepareReport()
     done = 0

@@ -117,6 +117,12 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
     meta.csv fall back to the seeded split; meta.csv ids without a folder are reported.
     """
     root = Path(root).expanduser()
+    if root.is_file():
+        raise DataError(
+            f"{root} is a file; give the dataset folder, whose subject folders hold ct.nii.gz"
+        )
+    if find_ct(root) is not None:
+        raise DataError(f"{root} is one subject; give the dataset folder above it ({root.parent})")
     if not root.is_dir():
         raise DataError(
             f"dataset folder {root} does not exist; give a folder of subjects "

@@ -26,10 +26,16 @@ def list_series(folder: str | Path) -> dict[str, list[str]]:
 
     folder = str(folder)
     reader = sitk.ImageSeriesReader()
-    return {
-        uid: list(reader.GetGDCMSeriesFileNames(folder, uid))
-        for uid in reader.GetGDCMSeriesIDs(folder)
-    }
+    # ITK prints "No Series were found" itself for a folder without DICOM; the caller says it
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return {
+            uid: list(reader.GetGDCMSeriesFileNames(folder, uid))
+            for uid in reader.GetGDCMSeriesIDs(folder)
+        }
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
@@ -45,7 +51,11 @@ def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
         raise DataError(f"{folder} is not a folder; give a folder of .dcm files of one CT series")
     series = list_series(folder)
     if not series:
-        raise DataError(f"{folder} holds no readable DICOM series; give a folder of CT .dcm files")
+        nifti = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))
+        hint = f"; for a NIfTI CT give the file ({nifti[0]})" if nifti else ""
+        raise DataError(
+            f"{folder} holds no readable DICOM series; give a folder of CT .dcm files{hint}"
+        )
     uid = max(series, key=lambda u: len(series[u]))
     if len(series) > 1:
         others = ", ".join(f"{u} ({len(f)} files)" for u, f in series.items() if u != uid)

@@ -22,6 +22,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -45,6 +46,8 @@ __all__ = ["MARKER", "SubjectSpec", "make_phantom_dataset", "plan_dataset", "ren
 log = logging.getLogger(__name__)
 
 MARKER = ".ctseg-phantom.json"
+#: the largest nominal grid: a subject grows to 1.6x it, rendered in float32 several times over
+MAX_VOXELS = 512**3
 _GZIP_LEVEL = 1  # nibabel's default; level 6 took 2.4x the time for 8% smaller files (measured)
 
 
@@ -185,10 +188,17 @@ def make_phantom_dataset(
     ``progress(done, total)`` is called as subjects finish. Raises ConfigError for bad arguments
     and DataError for a root that holds something else.
     """
-    if n_subjects < 1 or len(shape) != 3 or min(shape) < 8:
+    if (
+        n_subjects < 1
+        or seed < 0
+        or len(shape) != 3
+        or min(shape) < 8
+        or math.prod(shape) > MAX_VOXELS
+    ):
         raise ConfigError(
-            f"phantom needs n_subjects >= 1 and a 3-value shape of at least 8 voxels each, got "
-            f"n_subjects={n_subjects}, shape={tuple(shape)}; e.g. --subjects 12 --size 160 160 64"
+            f"phantom needs n_subjects >= 1, seed >= 0 and a 3-value shape of at least 8 voxels "
+            f"each and {MAX_VOXELS:,} in all (a 512 x 512 x 512 CT), got n_subjects={n_subjects}, "
+            f"seed={seed}, shape={tuple(shape)}; e.g. --subjects 12 --size 160 160 64"
         )
     root = Path(root).expanduser()
     specs = plan_dataset(n_subjects, seed, tuple(shape))

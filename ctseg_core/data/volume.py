@@ -55,8 +55,10 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     Raises DataError for a missing, corrupt or truncated file, a 2D image, or a true 4D series.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a .nii.gz file")
     if not path.is_file():
-        raise DataError(f"{_short(path)} does not exist; check the path or the dataset layout")
+        raise DataError(f"{path} does not exist; check the path or the dataset layout")
     try:
         img = nib.load(str(path))
         # Touch the data now: truncated gzip streams only fail when the voxels are read.

@@ -103,6 +103,9 @@ def estimated_checkpoint_bytes(model: nn.Module, optimizer: str) -> int:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; CtsegError if missing, corrupt or foreign."""
     path = Path(path)
+    if path.is_dir():
+        pick = " or ".join(str(path / n) for n in ("best.pth", "last.pth") if (path / n).is_file())
+        raise CtsegError(f"{path} is a folder; give a checkpoint file: {pick or 'a .pth in it'}")
     if not path.is_file():
         raise CtsegError(f"checkpoint {path} does not exist; give a .pth file from a run folder")
     try:

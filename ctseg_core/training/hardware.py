@@ -41,7 +41,10 @@ def cpu_has_bf16() -> bool:
     return False
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """ "auto"/None: CUDA, else Apple's MPS, else the CPU; a name is checked against what this
+    machine has (ConfigError for an unknown name or a GPU it lacks)."""
+    name = "auto" if name is None else str(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())

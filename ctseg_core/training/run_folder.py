@@ -60,13 +60,14 @@ def json_safe(value: Any) -> Any:
 
 
 def new_run_dir(root: str | Path, run_name: str = "") -> Path:
-    """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run."""
+    """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run,
+    unless it failed before writing a checkpoint (then the new start takes its folder)."""
     root = Path(root).expanduser()
     name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
     if any(c in name for c in "/\\") or name in (".", ".."):
         raise CtsegError(f"run name {name!r} must be a plain folder name (no slashes)")
     run_dir = root / name
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(run_dir.iterdir()) and not _failed_before_training(run_dir):
         if run_name:
             raise CtsegError(
                 f"run folder {run_dir} already exists; choose another --run name or resume it"
@@ -86,6 +87,16 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
             "choose a writable checkpoints folder (CTSEG_CHECKPOINTS) with free space"
         ) from None
     return run_dir
+
+
+def _failed_before_training(run_dir: Path) -> bool:
+    """A run that failed (or died) before its first checkpoint: its name may be used again
+    (it holds only the settings and the error of a start that did not happen)."""
+    return (
+        read_status(run_dir).get("state") == "failed"
+        and not any(run_dir.glob("*.pth"))
+        and not read_history(run_dir)
+    )
 
 
 def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: int) -> str | None:

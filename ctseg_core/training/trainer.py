@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..errors import CtsegError
+from ..errors import ConfigError, CtsegError
 from ..fileio import atomic_write_json
 from ..models import build_model
 from . import distributed as ddp
 from .checkpoint import config_of, estimated_checkpoint_bytes, load_checkpoint, save_checkpoint
 from .figures import save_history_plot
-from .hardware import autocast_context
+from .hardware import autocast_context, resolve_amp, resolve_device
 from .parts import build_parts
 from .run_folder import (
     STOP_REQUEST,
@@ -75,13 +75,28 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
-        """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs)."""
+        """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs).
+
+        ConfigError for a checkpoint file given instead of its run folder, and for a run that
+        has already trained all its epochs (``epochs`` must then ask for more).
+        """
         run_dir = Path(run_dir)
+        if run_dir.is_file():
+            raise ConfigError(
+                f"{run_dir} is a file; resume takes the run folder ({run_dir.parent}), whose "
+                "last.pth it continues"
+            )
         refuse_if_active(run_dir)
         ckpt = load_checkpoint(run_dir / "last.pth")
         config = config_of(ckpt)
         if epochs is not None:
             config.train.epochs = int(epochs)
+        done = int(ckpt["epoch"])
+        if done >= config.train.epochs:
+            raise ConfigError(
+                f"run {run_dir} has trained {done} of {config.train.epochs} epochs already; "
+                f"ask for more to continue (--epochs {done + 10}, say)"
+            )
         trainer = cls(config, **kwargs)
         trainer.run_dir, trainer.resume_ckpt = run_dir, ckpt
         return trainer
@@ -90,6 +105,8 @@ class Trainer:
     def open_run(self) -> Path:
         """Validate the settings and create (or reopen) the run folder; returns its path."""
         self.config.validate(check_data=True)
+        t = self.config.train
+        resolve_amp(t.amp, resolve_device(t.device))  # a GPU asked for but absent: no folder yet
         if self.run_dir is None:
             if self.rank == 0:
                 root = self.checkpoints_root or default_checkpoints_root()
