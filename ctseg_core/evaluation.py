@@ -22,23 +22,16 @@ from .data.cache import CachedSubject, open_cached
 from .data.dataset_root import open_dataset
 from .data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
 from .errors import ConfigError, DataError
+from .evaluation_tables import (
+    RESULT_COLUMNS,
+    detection_table,
+    summarize_results,
+)
 from .fileio import atomic_write_text
 from .labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
-from .metrics import (
-    compute_confusion,
-    compute_dice_iou,
-    compute_surface_metrics,
-    compute_volume_stats,
-    overlap_counts,
-)
+from .metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
 
 log = logging.getLogger(__name__)
-
-DICE_THRESHOLDS = (0.5, 0.7, 0.9)
-METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
-RESULT_COLUMNS = (
-    "subject", "structure", "group", *METRICS, "ref_volume_ml", "pred_volume_ml", "status",
-)  # fmt: skip
 
 
 def _has_usable_affine(path: Path) -> bool:
@@ -156,77 +149,6 @@ def subject_rows(
             }
         )
     return rows
-
-
-def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
-    """Per structure: mean/median/std and n of each metric, success rates at Dice thresholds.
-
-    NaN (reference absent) is left out of every statistic; HD95 inf (missed) is left out of the
-    HD95 mean/median/std and counted in ``missed``. ``success_dice_<t>`` is the fraction of
-    scored subjects with Dice >= t.
-    """
-    out = []
-    for structure, rows in results.groupby("structure", sort=False):
-        record: dict = {"structure": structure, "group": rows["group"].iloc[0]}
-        for metric in METRICS:
-            values = rows[metric].to_numpy(dtype=float)
-            values = values[np.isfinite(values)]
-            record[f"{metric}_mean"] = values.mean() if values.size else np.nan
-            record[f"{metric}_median"] = np.median(values) if values.size else np.nan
-            record[f"{metric}_std"] = values.std() if values.size else np.nan
-            record[f"{metric}_n"] = values.size
-        dice = rows["dice"].dropna().to_numpy(dtype=float)
-        for t in DICE_THRESHOLDS:
-            record[f"success_dice_{t}"] = (dice >= t).mean() if dice.size else np.nan
-        for status in ("detected", "missed", "false_positive", "true_negative"):
-            record[status] = int((rows["status"] == status).sum())
-        out.append(record)
-    summary = pd.DataFrame(out)
-    if not summary.empty:
-        summary["label"] = summary["structure"].map(LABEL_OF)
-        summary = summary.sort_values("label").drop(columns="label").reset_index(drop=True)
-    return summary
-
-
-def detection_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per subject: counts and names of detected, missed and false-positive structures."""
-    out = []
-    for subject, rows in results.groupby("subject", sort=False):
-        record: dict = {"subject": subject}
-        for status in ("detected", "missed", "false_positive", "true_negative"):
-            names = rows.loc[rows["status"] == status, "structure"].tolist()
-            record[f"n_{status}"] = len(names)
-            if status != "true_negative":
-                record[status] = ";".join(names)
-        out.append(record)
-    return pd.DataFrame(out)
-
-
-def volume_statistics(
-    labels: np.ndarray, ct_hu: np.ndarray, spacing_mm: Sequence[float]
-) -> pd.DataFrame:
-    """Volume (ml) and mean/std HU of every structure present (TotalSegmentator ``--statistics``).
-
-    labels: (X, Y, Z) integer 0..117; ct_hu: same shape, HU; spacing_mm: (x, y, z).
-    Returns one row per present structure: structure, label, group, voxels, volume_ml,
-    mean_hu, std_hu.
-    """
-    stats = compute_volume_stats(labels, ct_hu, spacing_mm)
-    rows = [
-        {
-            "structure": NAME_OF[k],
-            "label": k,
-            "group": GROUP_OF[NAME_OF[k]],
-            "voxels": int(stats.voxels[k]),
-            "volume_ml": float(stats.volume_ml[k]),
-            "mean_hu": float(stats.mean_hu[k]),
-            "std_hu": float(stats.std_hu[k]),
-        }
-        for k in range(1, NUM_STRUCTURES + 1)
-        if stats.voxels[k] > 0
-    ]
-    columns = ["structure", "label", "group", "voxels", "volume_ml", "mean_hu", "std_hu"]
-    return pd.DataFrame(rows, columns=columns)
 
 
 def _cached_ct_volume(cached: CachedSubject) -> Volume:

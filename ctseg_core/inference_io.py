@@ -171,7 +171,7 @@ def predict_file(
     slicer, itk = write_label_files(out_path, values)
     stats_path = None
     if statistics:
-        from .evaluation import volume_statistics
+        from .evaluation_tables import volume_statistics
         from .fileio import atomic_write_text
 
         stats_path = out_path.with_name(_stem(out_path) + "_statistics.csv")

@@ -15,7 +15,8 @@ from torch import nn
 from ctseg_core.cli import main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
 from ctseg_core.errors import ConfigError, DataError
-from ctseg_core.evaluation import evaluate_predictions, volume_statistics
+from ctseg_core.evaluation import evaluate_predictions
+from ctseg_core.evaluation_tables import volume_statistics
 from ctseg_core.labels import LABEL_OF, STRUCTURES
 from ctseg_core.models import build_model, register
 from ctseg_core.training.checkpoint import save_checkpoint

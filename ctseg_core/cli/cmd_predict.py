@@ -131,7 +131,8 @@ def _json_safe(records: list[dict]) -> list[dict]:
 
 def run_evaluate(args) -> int:
     from ..errors import ConfigError
-    from ..evaluation import evaluate_predictions, summarize_results
+    from ..evaluation import evaluate_predictions
+    from ..evaluation_tables import summarize_results
 
     if args.out is None:
         if not args.checkpoint:
@@ -196,7 +197,8 @@ def run_stats(args) -> int:
 
     from ..data.volume import load_ct
     from ..errors import ConfigError
-    from ..evaluation import prediction_on_reference_grid, volume_statistics
+    from ..evaluation import prediction_on_reference_grid
+    from ..evaluation_tables import volume_statistics
     from ..fileio import check_output
 
     if args.out:

@@ -118,7 +118,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
 
 
 def show_results(info: dict) -> None:
-    from ctseg_core.evaluation import detection_table, summarize_results
+    from ctseg_core.evaluation_tables import detection_table, summarize_results
 
     results: pd.DataFrame = info["results"]
     st.divider()

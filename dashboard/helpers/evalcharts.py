@@ -1,4 +1,4 @@
-"""Charts of an evaluation table (columns of ctseg_core.evaluation.RESULT_COLUMNS)."""
+"""Charts of an evaluation table (columns of ctseg_core.evaluation_tables.RESULT_COLUMNS)."""
 
 from __future__ import annotations
 
