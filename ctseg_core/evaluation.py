@@ -1,4 +1,4 @@
-"""Evaluation of a dataset split: subject x structure tables, summaries, detection, reports.
+"""Evaluation of a dataset split: subject x structure rows of metrics, written as CSV tables.
 
 Predictions come from a folder of ``<id>.nii.gz`` multilabel files written by any tool
 (TotalSegmentator ``--ml``, nnU-Net; values 0..117 in TotalSegmentator v2 order) or from
