@@ -46,14 +46,23 @@ TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
 
-#: widget states that must survive visits to other pages (Streamlit drops unrendered widgets)
+_VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "style", "layout",
+                 "alpha", "show3d", "mesh_structures")  # fmt: skip
+_TRAIN_WIDGETS = ("preset", "epochs", "lr", "batch", "size", "width", "loss", "scheduler",
+                  "augment", "only_present", "steps", "val", "checkpoint_every", "run_name")  # fmt: skip
+_EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "report", "metric")
+
+#: widget states that must survive visits to other pages (Streamlit drops unrendered widgets;
+#: buttons, uploads and downloads cannot be set and are left out)
 PERSISTENT = (
     DATASET,
     EXPLORE_SUBJECT,
     EXPLORE_CHECKPOINT,
     *(f"{EXPLORE_VIEW.slice}_{plane}" for plane in ("axial", "coronal", "sagittal")),
-    EXPLORE_PLANE,
-    EXPLORE_STRUCTURES,
+    *(getattr(EXPLORE_VIEW, name) for name in _VIEW_WIDGETS),
+    *(getattr(TRAIN_FORM, name) for name in _TRAIN_WIDGETS),
+    *(getattr(EVAL_FORM, name) for name in _EVAL_WIDGETS),
+    PREDICT_VIEW.checkpoint,
     TRAIN_RUN,
 )
 

@@ -11,7 +11,7 @@ import streamlit as st
 from ctseg_core.access import check_allowed_path
 from ctseg_core.errors import DataError
 from dashboard import cached, state
-from dashboard.helpers import evalcharts
+from dashboard.helpers import evalcharts, viewer
 from dashboard.pages_index import PAGE_FILES
 
 FROM_RUN = "a run's checkpoint"
@@ -112,7 +112,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         st.session_state[state.EXPLORE_SUBJECT] = subject
         st.session_state[state.slice_key(state.EXPLORE_VIEW, "axial")] = z
         st.session_state[state.EXPLORE_PLANE] = "axial"
-        st.session_state[state.EXPLORE_STRUCTURES] = [structure]
+        viewer.choose_structures(state.EXPLORE_STRUCTURES, [structure])
         st.session_state[state.EXPLORE_CHECKPOINT] = info["checkpoint"] or "(none)"
         st.switch_page(PAGE_FILES["explore"])
 

@@ -89,27 +89,45 @@ def _controls(
     return plane, float(level), float(width), style, layout, alpha
 
 
+def sticky_choices(key: str, options: list[str], default: list[str]) -> None:
+    """Before a multi-choice widget: keep its choices across option lists.
+
+    The widget can only hold choices among its options, so a subject without ribs drops the
+    ribs group; the choices are kept aside (``<key>__wanted``, with the options last shown) and
+    come back with a subject that has them. A choice the user clears while it is shown is
+    forgotten. ``default``: the choices before the user makes any.
+    """
+    wanted_key, shown_key = f"{key}__wanted", f"{key}__shown"
+    wanted = list(st.session_state.get(wanted_key, default))
+    if key in st.session_state and shown_key in st.session_state:
+        shown, chosen = set(st.session_state[shown_key]), st.session_state[key] or []
+        kept = [w for w in wanted if w not in shown]
+        wanted = kept + [c for c in chosen if c not in kept]
+    st.session_state[wanted_key] = wanted
+    st.session_state[shown_key] = list(options)
+    st.session_state[key] = [o for o in options if o in wanted]
+
+
+def choose_structures(key: str, structures: list[str]) -> None:
+    """Preset the structure picker of ``key`` (e.g. from another page): exactly these."""
+    st.session_state[key] = list(structures)
+    st.session_state[f"{key}__wanted"] = list(structures)
+    st.session_state.pop(f"{key}__shown", None)
+
+
 def structure_picker(keys: state.WidgetKeys, present: list[str]) -> list[str]:
-    """Groups (pills) and a searchable structure list; returns the structures to show."""
+    """Groups (pills) and a searchable structure list; returns the structures to show.
+
+    Choices survive subjects that lack them (``sticky_choices``).
+    """
     groups_present = [g for g in GROUPS if any(GROUP_OF[s] == g for s in present)]
-    if keys.groups in st.session_state:  # another subject may lack some groups
-        st.session_state[keys.groups] = [
-            g for g in st.session_state[keys.groups] or [] if g in groups_present
-        ]
+    sticky_choices(keys.groups, groups_present, default=list(GROUPS))
     groups = st.pills(
-        "Groups",
-        groups_present,
-        selection_mode="multi",
-        default=_default(keys.groups, groups_present),
-        key=keys.groups,
-        width="stretch",
+        "Groups", groups_present, selection_mode="multi", key=keys.groups, width="stretch",
         wrap=True,
-    )
+    )  # fmt: skip
     in_groups = [s for s in present if GROUP_OF[s] in (groups or [])]
-    if keys.structures in st.session_state:  # a preset from another page may name absent ones
-        st.session_state[keys.structures] = [
-            s for s in st.session_state[keys.structures] if s in present
-        ]
+    sticky_choices(keys.structures, present, default=[])
     picked = st.multiselect(
         "Structures (type to search; empty = every structure of the chosen groups)",
         present,

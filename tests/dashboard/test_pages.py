@@ -11,7 +11,7 @@ import pytest
 
 from ctseg_core.data.cache import open_cached
 from ctseg_core.data.dataset_root import open_dataset
-from ctseg_core.labels import LABEL_OF, NAME_OF
+from ctseg_core.labels import GROUP_OF, LABEL_OF, NAME_OF
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -123,6 +123,43 @@ def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
     at.run()
     no_problems(at)
     assert at.slider(key="ctseg_explore_slice_coronal").max == entry.shape_xyz[1] - 1
+
+
+def test_explore_keeps_groups_and_picks_across_subjects_that_lack_them(
+    app_env, new_app, no_problems
+):
+    index = open_dataset(app_env["data"])
+    groups = {
+        s: {GROUP_OF[n] for n in open_cached(app_env["data"], s, app_env["cache"]).present}
+        for s in index.subjects
+    }
+    no_ribs = next(s for s in index.subjects if "ribs" not in groups[s])
+    ribs = next(s for s in index.subjects if "ribs" in groups[s])
+    at = new_app("explore")
+    at.run()
+    at.selectbox(key="ctseg_explore_subject").set_value(no_ribs)
+    at.run()
+    assert "ribs" not in at.pills(key="ctseg_explore_groups").options
+    at.pills(key="ctseg_explore_groups").set_value(
+        [g for g in at.pills(key="ctseg_explore_groups").value if g != "muscles"]
+    )
+    at.run()
+    at.selectbox(key="ctseg_explore_subject").set_value(ribs)
+    at.run()
+    no_problems(at)
+    chosen = at.pills(key="ctseg_explore_groups").value
+    assert "ribs" in chosen and "muscles" not in chosen  # kept aside, and the user's own choice
+    rib = next(n for n in open_cached(app_env["data"], ribs, app_env["cache"]).present
+               if GROUP_OF[n] == "ribs")  # fmt: skip
+    at.multiselect(key="ctseg_explore_structures").set_value([rib])
+    at.run()
+    at.selectbox(key="ctseg_explore_subject").set_value(no_ribs)
+    at.run()
+    assert at.multiselect(key="ctseg_explore_structures").value == []
+    at.selectbox(key="ctseg_explore_subject").set_value(ribs)
+    at.run()
+    no_problems(at)
+    assert at.multiselect(key="ctseg_explore_structures").value == [rib]
 
 
 def test_explore_shows_a_checkpoints_prediction_and_the_3d_view(
@@ -317,6 +354,30 @@ def test_train_presets_fill_the_form_and_carry_their_hidden_settings(
     assert config["model"]["bottleneck"] == demo.model.bottleneck  # its own ratio to the width
     assert config["model"]["deep_supervision"] == demo.model.deep_supervision > 0
     assert config["model"]["norm"] == "instance" and config["data"]["curve_prob"] > 0
+
+
+def test_train_form_and_explore_view_survive_a_visit_to_another_page(app_env, new_app):
+    from ctseg_core.training.presets import preset
+
+    at = new_app("train")
+    at.run()
+    assert at.selectbox(key="ctseg_train_preset").value == "phantom_demo"
+    at.selectbox(key="ctseg_train_preset").set_value("cpu")  # outside the form: kept at once
+    at.run()
+    at.switch_page("app_pages/explore.py")
+    at.run()
+    at.segmented_control(key="ctseg_explore_plane").set_value("sagittal")
+    at.run()
+    at.switch_page("app_pages/home.py")
+    at.run()
+    at.switch_page("app_pages/train.py")
+    at.run()
+    # (values typed into the form count once submitted: st.form keeps them in the browser)
+    assert at.selectbox(key="ctseg_train_preset").value == "cpu"
+    assert at.slider(key="ctseg_train_epochs").value == preset("cpu").train.epochs
+    at.switch_page("app_pages/explore.py")
+    at.run()
+    assert at.segmented_control(key="ctseg_explore_plane").value == "sagittal"
 
 
 def test_train_shows_a_failed_run_from_the_cli_with_its_error(
