@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .data.volume import load_ct, save_on_original_grid
+from .data.volume import hu_problem, load_ct, save_on_original_grid
 from .errors import ConfigError, CtsegError
 from .export import label_file_paths, write_label_files
 from .fileio import refuse_replacing_inputs
@@ -199,6 +199,6 @@ def predict_file(
         ],
         "tta": bool(tta),
         "structures_found": found,
-        "warnings": collect.messages,
+        "warnings": [*collect.messages, *filter(None, [hu_problem(ct.array, str(ct_path))])],
         "seconds": round(time.perf_counter() - start, 2),
     }

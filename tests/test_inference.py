@@ -264,6 +264,17 @@ def test_outputs_never_replace_the_inputs_or_a_folder_of_other_files(tmp_path, u
     assert [f.name for f in (tmp_path / "p" / "segmentations").iterdir()] == ["liver.nii.gz"]
 
 
+def test_a_file_that_is_no_ct_in_hounsfield_units_gets_a_warning(
+    tmp_path, unlabeled_ct, sample_root
+):
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
+    real = predict_file(unlabeled_ct, [ckpt], tmp_path / "ct.nii.gz")
+    assert not any("Hounsfield" in w for w in real["warnings"])
+    mask = sample_root / "s0000" / "segmentations" / "liver.nii.gz"
+    summary = predict_file(mask, [ckpt], tmp_path / "mask.nii.gz")
+    assert any("values 0..1, which do not look like Hounsfield" in w for w in summary["warnings"])
+
+
 def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
     tmp_path, unlabeled_ct, extra_dir, capsys
 ):

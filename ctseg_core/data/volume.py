@@ -146,6 +146,22 @@ def load_ct(path: str | Path, *, allow_nan: bool = False) -> Volume:
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path)
 
 
+def hu_problem(ct_hu: np.ndarray, name: str = "the CT") -> str | None:
+    """A one-line warning when ``ct_hu`` does not look like a CT in Hounsfield units, or None.
+
+    A CT shows air near -1000 HU around or inside the body and bone above +200; a mask (0/1),
+    an MR or PET image or a CT saved without its rescale slope shows neither. A model trained on
+    HU then labels noise, so the caller shows this beside the result.
+    """
+    low, high = float(ct_hu.min()), float(ct_hu.max())
+    if low > -500 or high - low < 500:
+        return (
+            f"{name} holds values {low:g}..{high:g}, which do not look like Hounsfield units "
+            "(air near -1000, bone above +200): is it a CT? The labels below are likely wrong"
+        )
+    return None
+
+
 def _mask_from_data(data: np.ndarray) -> np.ndarray:
     """Binary mask from 0/1, 0/255, bool or float (> 0.5) voxels."""
     if data.dtype == np.bool_:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,7 +43,8 @@ def choose_checkpoint(workdir: Path) -> str | None:
 
 
 def run_prediction() -> None:
-    from ctseg_core.data.volume import load_ct
+    from ctseg_core.data.volume import hu_problem, load_ct
+    from ctseg_core.errors import DataError
     from ctseg_core.inference import predict_volume
 
     upload = st.file_uploader(
@@ -62,7 +64,12 @@ def run_prediction() -> None:
         uploads.ct_kind(upload.name)
         with st.spinner(f"Reading {upload.name} …"):
             source = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
-            ct = load_ct(source)
+            try:
+                ct = load_ct(source)
+            except DataError as exc:  # it names the server's temporary copy: name the upload
+                raise DataError(
+                    re.sub(r"\S*ctseg-predict-[^\s:;,()]*", upload.name, str(exc))
+                ) from None
         bar = st.progress(0.0, text="Predicting …")
 
         def progress(done: int, total: int, info: str = "") -> None:
@@ -83,6 +90,7 @@ def run_prediction() -> None:
             "affine": ct.affine,
             "nifti": out.read_bytes(),
             "checkpoint": Path(checkpoint).name,
+            "warning": hu_problem(ct.array, upload.name),
         }
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -96,6 +104,8 @@ def show_result(result: dict) -> None:
     counts = np.bincount(labels.ravel(), minlength=NUM_STRUCTURES + 1)
     values = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
     st.subheader(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
+    if result.get("warning"):
+        st.warning(result["warning"], icon=":material/warning:")
     entries = label_entries(values)
     cols = st.columns(3)
     cols[0].download_button(

@@ -201,7 +201,7 @@ def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs, screenshot
     page.locator('input[type="file"]').first.set_input_files(str(ct))
     page.get_by_text("ct.nii.gz").first.wait_for()
     wait_idle(page)
-    page.get_by_role("button", name="Predict").click()
+    page.get_by_role("button", name="Predict", exact=True).click()
     page.get_by_text("structures found").wait_for(timeout=120_000)
     page.locator('[data-testid="stImage"] img').first.wait_for()
     with page.expect_download() as download:
@@ -218,3 +218,20 @@ def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs, screenshot
     assert labels.get_fdata().max() <= 117
     wait_idle(page)
     screenshot(page, "predict")
+
+    # a mask is no CT: the labels come with a warning; an unreadable file is named as uploaded
+    mask = dash_dirs["data"] / "s0003" / "segmentations" / "liver.nii.gz"
+    page.locator('input[type="file"]').first.set_input_files(str(mask))
+    page.get_by_text("liver.nii.gz").first.wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Predict", exact=True).click()
+    page.get_by_text("do not look like Hounsfield units").wait_for(timeout=120_000)
+    fake = dash_dirs["checkpoints"].parent / "fake.nii.gz"
+    fake.write_text("not an image")
+    page.locator('input[type="file"]').first.set_input_files(str(fake))
+    page.get_by_text("fake.nii.gz").first.wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Predict", exact=True).click()
+    error = page.locator('[data-testid="stAlert"]').filter(has_text="cannot be read as NIfTI")
+    error.wait_for(timeout=60_000)
+    assert "fake.nii.gz" in error.inner_text() and "ctseg-predict-" not in error.inner_text()
