@@ -169,14 +169,20 @@ def checkpoint_files(run_dir: Path) -> list[Path]:
 
 
 def all_checkpoints() -> dict[str, str]:
-    """label -> checkpoint path, over every run folder under the checkpoints root."""
+    """label -> checkpoint path, over every run folder under the checkpoints root.
+
+    The run with the best validation Dice comes first (then the newest): the pages pick the
+    first one by default, and a 2-epoch test run must not be the model a user predicts with.
+    """
     from ctseg_core.training.run_folder import list_runs
 
     out: dict[str, str] = {}
     root = checkpoints_root()
     if not root.is_dir():
         return out
-    for run in list_runs(root):
+    runs = list_runs(root)  # newest first; sorted() keeps that order among equals
+    runs = sorted(runs, key=lambda r: -r.best_val_dice if r.best_val_dice is not None else 1.0)
+    for run in runs:
         for ckpt in checkpoint_files(run.run_dir):
             out[f"{run.name} / {ckpt.name}"] = str(ckpt)
     return out

@@ -452,3 +452,22 @@ def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
     options = at.selectbox(key="ctseg_predict_checkpoint").options
     assert "tiny / best.pth" in options and options[-1] == "(upload a checkpoint)"
     assert at.button(key="ctseg_predict_go").disabled
+
+
+def test_checkpoint_lists_put_the_best_scoring_run_first(monkeypatch, tmp_path):
+    from ctseg_core.training.run_folder import write_history, write_status
+    from dashboard import cached
+
+    for name, dice in (("good", 0.8), ("fresh", 0.05), ("scoreless", None)):  # newest last
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text("{}")
+        (run / "best.pth").write_bytes(b"")
+        write_history(run, [{"epoch": 1, "val_dice_mean": dice}])
+        write_status(run, {"state": "finished"})
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    assert list(cached.all_checkpoints()) == [
+        "good / best.pth",
+        "fresh / best.pth",
+        "scoreless / best.pth",
+    ]
