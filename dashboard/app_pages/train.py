@@ -185,28 +185,40 @@ def controls(root: str) -> None:
             "is stopped. Every browser tab sees this same job.",
             icon=":material/directions_run:",
         )
-    cols = st.columns([1, 3, 1])
+    cols = st.columns([1, 3, 1, 1], vertical_alignment="bottom")
     if cols[0].button(
         "Stop", icon=":material/stop:", disabled=not job.is_running, key=state.TRAIN_FORM.stop
     ):
         job.stop()
         st.toast("Stopping after the current step …")
-    resumable = [
-        r.name for r in _list_runs() if r.has_last and r.state in ("stopped", "failed", "finished")
-    ]
+    resumable = {
+        r.name: r
+        for r in _list_runs()
+        if r.has_last and r.state in ("stopped", "failed", "finished")
+    }
     pick = cols[1].selectbox(
-        "Run to resume",
-        resumable,
+        "Run to continue",
+        list(resumable),
         index=None,
-        placeholder="a stopped or failed run",
+        placeholder="a stopped, failed or finished run",
         key=state.TRAIN_FORM.resume_pick,
-        label_visibility="collapsed",
+        help="Continues from its last.pth with its own settings, up to the epoch on the right.",
     )
-    if cols[2].button(
+    until = None
+    if pick is not None:
+        run = resumable[pick]
+        done, planned = run.epoch, run.epochs or run.epoch
+        until = cols[2].number_input(
+            "until epoch",
+            min_value=done + 1,
+            value=planned if planned > done else done + 10,  # a finished run: 10 more
+            key=f"{state.TRAIN_FORM.resume_epochs}_{pick}",
+        )
+    if cols[3].button(
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
         try:
-            run_dir = job.resume(cached.checkpoints_root() / pick)
+            run_dir = job.resume(cached.checkpoints_root() / pick, epochs=int(until))
         except Exception as exc:
             state.show_error(exc, "cannot resume")
         else:

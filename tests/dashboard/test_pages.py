@@ -301,6 +301,8 @@ def test_train_starts_refuses_a_second_start_and_stops(
     # Resume continues the same run folder from its last.pth
     at.selectbox(key="ctseg_train_resume_pick").set_value("from-page")
     at.run()
+    until = at.number_input(key="ctseg_train_resume_epochs_from-page")
+    assert until.value == 30 and until.min == stopped_at + 1  # the run's own plan
     at.button(key="ctseg_train_resume").click()
     at.run()
     no_problems(at)
@@ -471,3 +473,16 @@ def test_checkpoint_lists_put_the_best_scoring_run_first(monkeypatch, tmp_path):
         "fresh / best.pth",
         "scoreless / best.pth",
     ]
+
+
+def test_train_offers_to_continue_a_finished_run_for_more_epochs(
+    app_env, tiny_run, new_app, no_problems
+):
+    at = new_app("train")
+    at.run()
+    assert "tiny" in at.selectbox(key="ctseg_train_resume_pick").options
+    at.selectbox(key="ctseg_train_resume_pick").set_value("tiny")
+    at.run()
+    no_problems(at)
+    until = at.number_input(key="ctseg_train_resume_epochs_tiny")
+    assert until.value == 11 and until.min == 2  # trained 1 of 1: ten more by default
