@@ -236,7 +236,7 @@ def evaluate_predictions(
         if missing:
             raise DataError(
                 f"{folder} has no prediction for {len(missing)} subjects ({', '.join(missing[:5])}); "
-                "expected <id>.nii.gz files, or pass --subjects to evaluate fewer"
+                "expected <id>.nii.gz files, or evaluate only the subjects it has (--subjects)"
             )
     else:
         checkpoints = [predictions] if isinstance(predictions, str | Path) else list(predictions)

@@ -70,7 +70,7 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     if run_dir.exists() and any(run_dir.iterdir()) and not _failed_before_training(run_dir):
         if run_name:
             raise CtsegError(
-                f"run folder {run_dir} already exists; choose another --run name or resume it"
+                f"run folder {run_dir} already exists; choose another run name (--run) or resume it"
             )
         for i in range(2, 1000):
             if not (root / f"{name}-{i}").exists():

@@ -83,7 +83,14 @@ def run_evaluation(root: str) -> None:
         "out_dir": str(out_dir),
         "checkpoint": label,
         "root": root,
+        "form": _form_choice(),
     }
+
+
+def _form_choice() -> tuple:
+    """What the form asks to evaluate now: shown results of another choice are marked."""
+    k = state.EVAL_FORM
+    return tuple(st.session_state.get(key) for key in (k.kind, k.checkpoint, k.folder, k.split))
 
 
 def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) -> None:
@@ -178,6 +185,13 @@ def main() -> None:
     state.guarded(lambda: run_evaluation(root), "evaluation")
     info = st.session_state.get(state.EVAL_RESULT)
     if info and info.get("root") == root:
+        if info.get("form") != _form_choice():
+            what = info["checkpoint"] or "the predictions folder"
+            st.info(
+                f"Below: the last results, of {what} on the {info['split']} split; press "
+                "Evaluate for the choice above.",
+                icon=":material/history:",
+            )
         state.guarded(lambda: show_results(info), "results")
 
 

@@ -222,6 +222,13 @@ def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
     assert ranking["encoding"]["color"]["field"] == "group"
     assert set(ranking["encoding"]["y"]["sort"]) == expected  # the ranking holds the split's
     assert len(at.get("download_button")) == 3
+    assert not [i for i in at.info if "the last results" in i.value]
+    other = next(s for s in at.selectbox(key="ctseg_eval_split").options if s != "test")
+    at.selectbox(key="ctseg_eval_split").set_value(other)
+    at.run()
+    assert [i for i in at.info if "on the test split; press Evaluate" in i.value]
+    at.selectbox(key="ctseg_eval_split").set_value("test")
+    at.run()
     # worst case of a structure -> Explore at that subject, with only that structure shown
     structure = at.selectbox(key="ctseg_eval_worst").value
     at.button(key="ctseg_eval_open").click()
