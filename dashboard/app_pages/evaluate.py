@@ -154,7 +154,8 @@ def show_results(info: dict) -> None:
     with st.expander("Success rates per structure"):
         st.dataframe(evalcharts.success_rates(summary), hide_index=True)
     st.markdown("**Detection** (subject x structure)")
-    st.altair_chart(evalcharts.detection_chart(results), width="content")
+    few = results["subject"].nunique() <= evalcharts.DETECTION_FEW_SUBJECTS
+    st.altair_chart(evalcharts.detection_chart(results), width="content" if few else "stretch")
     worst_case_link(results, evalcharts.ranking(results, "dice"), info)
     st.subheader("Downloads")
     split = info["split"]

@@ -103,10 +103,11 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         scheduler = c3.selectbox("Scheduler", SCHEDULERS, key=k.scheduler)
         augment = c3.toggle("Augmentation", key=k.augment)
         only_present = c3.toggle(
-            f"Only the {len(present)} structures present in this dataset",
+            f"Only the {len(present)} present structures",
             True,
             key=k.only_present,
-            help="Off: all 117 TotalSegmentator structures (absent ones still get an output).",
+            help="The structures with voxels somewhere in this dataset. Off: all 117 "
+            "TotalSegmentator structures (absent ones still get an output).",
         )
         with st.expander("Advanced"):
             a1, a2, a3 = st.columns(3)

@@ -34,12 +34,18 @@ def coverage_chart(coverage: dict[str, int]) -> alt.Chart | None:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            x=alt.X("structure:N", sort=list(df["structure"]), title=None),
+            x=alt.X(
+                "structure:N",
+                sort=list(df["structure"]),
+                title=None,
+                axis=alt.Axis(labelAngle=-90, labelLimit=150),
+            ),
             y=alt.Y("subjects:Q", title="subjects containing it", axis=alt.Axis(tickMinStep=1)),
             color=alt.Color("group:N", scale=group_scale(), legend=alt.Legend(orient="top")),
             tooltip=["structure", "group", "subjects"],
         )
-        .properties(height=280)
+        # the height holds the names below the bars too (Streamlit fits the whole chart)
+        .properties(height=440)
     )
 
 

@@ -97,10 +97,16 @@ def success_chart(summary: pd.DataFrame) -> alt.Chart:
     )
 
 
-def detection_chart(results: pd.DataFrame) -> alt.Chart:
-    """Subject x structure matrix of detected / missed / false positive (true negatives dim).
+DETECTION_FEW_SUBJECTS = 24
 
-    Cells have a fixed size (the chart grows with the data); show it with width="content".
+
+def detection_chart(results: pd.DataFrame) -> alt.Chart:
+    """Structure x subject matrix of detected / missed / false positive (true negatives dim).
+
+    A row per structure (16 px, every name shown: the chart grows downwards) and the subjects
+    across: 36 px columns for up to ``DETECTION_FEW_SUBJECTS`` (show it with width="content"),
+    else as wide as the page (width="stretch": a full test split of ~90 subjects gets ~10 px
+    columns; the tooltip names each cell).
     """
     data = results[["subject", "structure", "group", "status", "dice"]]
     # structures absent from every reference and prediction carry no information: left out
@@ -109,12 +115,18 @@ def detection_chart(results: pd.DataFrame) -> alt.Chart:
     )
     data = data[data["structure"].isin(shown[shown].index)]
     order = list(dict.fromkeys(data["structure"]))  # the results' order: by label value
+    few = data["subject"].nunique() <= DETECTION_FEW_SUBJECTS
     return (
         alt.Chart(data)
         .mark_rect(stroke="#0e1117", strokeWidth=0.5)
         .encode(
-            x=alt.X("structure:N", title=None, sort=order, axis=alt.Axis(labelAngle=-60)),
-            y=alt.Y("subject:N", title=None),
+            y=alt.Y(
+                "structure:N",
+                title=None,
+                sort=order,
+                axis=alt.Axis(labelOverlap=False, labelLimit=220),
+            ),
+            x=alt.X("subject:N", title=None, axis=alt.Axis(labelAngle=-45, orient="top")),
             color=alt.Color(
                 "status:N",
                 scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())),
@@ -128,7 +140,7 @@ def detection_chart(results: pd.DataFrame) -> alt.Chart:
                 alt.Tooltip("dice:Q", format=".3f"),
             ],
         )
-        .properties(width=alt.Step(12), height=alt.Step(20))
+        .properties(height=alt.Step(16), **({"width": alt.Step(36)} if few else {}))
     )
 
 

@@ -76,7 +76,7 @@ def loss_chart(df: pd.DataFrame, smoothing: float, log_y: bool, run: str = "") -
     smoothed = base.mark_line(strokeWidth=2.5).encode(
         y=alt.Y("smoothed:Q", scale=scale), tooltip=["epoch", "curve", "loss", "smoothed"]
     )
-    return (raw + smoothed).properties(height=260, title=f"Loss {run}".strip())
+    return (raw + smoothed).properties(height=340, title=f"Loss {run}".strip())
 
 
 def dice_chart(df: pd.DataFrame) -> alt.Chart | None:
@@ -104,7 +104,7 @@ def dice_chart(df: pd.DataFrame) -> alt.Chart | None:
         .mark_text(dy=-14, color="#f3a712")
         .encode(x="epoch:Q", y="val_dice_mean:Q", text=alt.Text("val_dice_mean:Q", format=".3f"))
     )
-    return (line + star + label).properties(height=260, title="Validation Dice (best marked)")
+    return (line + star + label).properties(height=340, title="Validation Dice (best marked)")
 
 
 def dice_heatmap(history: list[dict]) -> alt.Chart | None:
@@ -158,7 +158,10 @@ def compare_chart(histories: dict[str, list[dict]], metric: str, log_y: bool) ->
         .encode(
             x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y(f"{metric}:Q", scale=scale, axis=alt.Axis(format=".3~g")),
-            color=alt.Color("run:N", legend=alt.Legend(orient="top")),
+            # a categorical palette: the theme's default shades one hue per run
+            color=alt.Color(
+                "run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(orient="top")
+            ),
             tooltip=["run", "epoch", metric],
         )
         .properties(height=300)
