@@ -69,7 +69,7 @@ PERSISTENT = (
 
 def slice_key(keys: WidgetKeys, plane: str) -> str:
     """Widget key of a viewer's slice slider in one plane (each plane keeps its own position)."""
-    return f"{keys.slice}_{plane}"
+    return f"{keys.slice}_{plane}"  # its value: the slice number, counted from 1
 
 
 def keep_widget_state() -> None:

@@ -117,7 +117,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         per_slice = (np.asarray(entry.labels) == LABEL_OF[structure]).sum(axis=(1, 2))
         z = int(per_slice.argmax()) if per_slice.any() else entry.num_slices // 2
         st.session_state[state.EXPLORE_SUBJECT] = subject
-        st.session_state[state.slice_key(state.EXPLORE_VIEW, "axial")] = z
+        st.session_state[state.slice_key(state.EXPLORE_VIEW, "axial")] = z + 1  # from 1
         st.session_state[state.EXPLORE_PLANE] = "axial"
         viewer.choose_structures(state.EXPLORE_STRUCTURES, [structure])
         st.session_state[state.EXPLORE_CHECKPOINT] = info["checkpoint"] or "(none)"

@@ -191,9 +191,10 @@ def slice_fragment(
     """The slice slider and image: moving the slider reruns only this function."""
     count = num_planes(ct_zxy.shape, view.plane)
     slice_key = state.slice_key(keys, view.plane)
-    if slice_key not in st.session_state or not 0 <= st.session_state[slice_key] < count:
-        st.session_state[slice_key] = count // 2
-    index = st.slider(f"{view.plane.capitalize()} slice", 0, count - 1, key=slice_key)
+    if slice_key not in st.session_state or not 1 <= st.session_state[slice_key] <= count:
+        st.session_state[slice_key] = count // 2 + 1
+    # numbered from 1, as the caption and other viewers count slices
+    index = st.slider(f"{view.plane.capitalize()} slice", 1, count, key=slice_key) - 1
     started = time.perf_counter()
     rgb = _upscale(compose_slice(ct_zxy, layers, index, view, spacing_mm))
     png = to_png_bytes(rgb)

@@ -104,14 +104,14 @@ def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
     at.run()
     entry = open_cached(app_env["data"], "s0002", app_env["cache"])
     slider = at.slider(key="ctseg_explore_slice_axial")
-    assert slider.max == entry.num_slices - 1
+    assert (slider.min, slider.max) == (1, entry.num_slices)  # numbered as the caption
     caption = at.get("image")[0].proto.imgs[0].caption
     assert f"of {entry.num_slices}" in caption
     before = image_url(at)
     slider.set_value(3)
     at.run()
     assert image_url(at) != before
-    assert f"slice 4 of {entry.num_slices}" in at.get("image")[0].proto.imgs[0].caption
+    assert f"slice 3 of {entry.num_slices}" in at.get("image")[0].proto.imgs[0].caption
     # volumes shown are the cache's voxel counts times the voxel volume
     table = at.dataframe[0].value.set_index("structure")
     voxel_ml = float(np.prod(entry.spacing_mm)) / 1000
@@ -122,7 +122,7 @@ def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
     at.segmented_control(key="ctseg_explore_plane").set_value("coronal")
     at.run()
     no_problems(at)
-    assert at.slider(key="ctseg_explore_slice_coronal").max == entry.shape_xyz[1] - 1
+    assert at.slider(key="ctseg_explore_slice_coronal").max == entry.shape_xyz[1]
 
 
 def test_explore_keeps_groups_and_picks_across_subjects_that_lack_them(
@@ -238,7 +238,7 @@ def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
     assert subject in test_ids
     assert at.multiselect(key="ctseg_explore_structures").value == [structure]
     entry = open_cached(app_env["data"], subject, app_env["cache"])
-    z = at.slider(key="ctseg_explore_slice_axial").value
+    z = at.slider(key="ctseg_explore_slice_axial").value - 1  # slices are numbered from 1
     assert (np.asarray(entry.labels[z]) == LABEL_OF[structure]).any()
 
 
