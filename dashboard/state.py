@@ -67,6 +67,12 @@ PERSISTENT = (
 )
 
 
+def widget_default(key: str, value):
+    """A widget's default, or None once session state holds its key (kept across pages, see
+    PERSISTENT): passing both makes Streamlit warn on the page."""
+    return None if key in st.session_state else value
+
+
 def slice_key(keys: WidgetKeys, plane: str) -> str:
     """Widget key of a viewer's slice slider in one plane (each plane keeps its own position)."""
     return f"{keys.slice}_{plane}"  # its value: the slice number, counted from 1

@@ -23,7 +23,8 @@ st.title("Evaluate")
 def choose_source() -> tuple[list[str] | str, Path, str] | None:
     """(predictions argument, output folder, checkpoint label or "") from the source widgets."""
     kind = st.segmented_control(
-        "Predictions from", [FROM_RUN, FROM_FOLDER], default=FROM_RUN, key=state.EVAL_FORM.kind,
+        "Predictions from", [FROM_RUN, FROM_FOLDER],
+        default=state.widget_default(state.EVAL_FORM.kind, FROM_RUN), key=state.EVAL_FORM.kind,
         required=True,
     )  # fmt: skip
     if kind == FROM_RUN:
@@ -54,7 +55,7 @@ def run_evaluation(root: str) -> None:
     cols = st.columns([1, 1, 2], vertical_alignment="bottom")
     split = cols[0].selectbox("Split", splits, key=state.EVAL_FORM.split)
     report = cols[1].toggle(
-        "Write figures", False, key=state.EVAL_FORM.report,
+        "Write figures", key=state.EVAL_FORM.report,
         help="Also write the report figures and 3D pages into the evaluation folder (slower).",
     )  # fmt: skip
     go = cols[2].button(
@@ -136,7 +137,8 @@ def show_results(info: dict) -> None:
         return
     summary = summarize_results(results)
     metric = st.segmented_control(
-        "Metric", list(evalcharts.METRIC_TITLES), default="dice", key=state.EVAL_FORM.metric,
+        "Metric", list(evalcharts.METRIC_TITLES),
+        default=state.widget_default(state.EVAL_FORM.metric, "dice"), key=state.EVAL_FORM.metric,
         format_func=evalcharts.METRIC_TITLES.get, required=True,
     )  # fmt: skip
     ranking = evalcharts.ranking(results, metric)

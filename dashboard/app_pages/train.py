@@ -102,9 +102,9 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         loss = c2.selectbox("Loss", LOSSES, key=k.loss)
         scheduler = c3.selectbox("Scheduler", SCHEDULERS, key=k.scheduler)
         augment = c3.toggle("Augmentation", key=k.augment)
+        st.session_state.setdefault(k.only_present, True)
         only_present = c3.toggle(
             f"Only the {len(present)} present structures",
-            True,
             key=k.only_present,
             help="The structures with voxels somewhere in this dataset. Off: all 117 "
             "TotalSegmentator structures (absent ones still get an output).",

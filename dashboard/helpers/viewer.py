@@ -30,6 +30,7 @@ from dashboard import cached, state
 
 CUSTOM = "custom"
 MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
+MAX_VIEW_HEIGHT_PX = 720  # the tallest a slice is shown
 
 
 @dataclass
@@ -53,39 +54,47 @@ class ViewSettings:
     visible: np.ndarray  # (118,) bool
 
 
-def _default(key: str, value):
-    """A widget default, or None when session state already holds the key (no double setting)."""
-    return None if key in st.session_state else value
-
-
 def _controls(
     keys: state.WidgetKeys, two_layers: bool
 ) -> tuple[str, float, float, str, str, float]:
     plane = st.segmented_control(
-        "Plane", PLANES, default=_default(keys.plane, "axial"), key=keys.plane, required=True
+        "Plane",
+        PLANES,
+        default=state.widget_default(keys.plane, "axial"),
+        key=keys.plane,
+        required=True,
     )
     presets = [*WINDOW_PRESETS, CUSTOM]
-    preset = st.selectbox("Window", presets, index=0, key=keys.preset)
+    if keys.preset not in st.session_state:
+        st.session_state[keys.preset] = presets[0]
+    preset = st.selectbox("Window", presets, key=keys.preset)
     if preset == CUSTOM:
         cols = st.columns(2)
-        level = cols[0].number_input("Level (HU)", -1500, 3000, 40, step=10, key=keys.level)
-        width = cols[1].number_input("Width (HU)", 1, 5000, 400, step=10, key=keys.width)
+        st.session_state.setdefault(keys.level, 40)
+        st.session_state.setdefault(keys.width, 400)
+        level = cols[0].number_input("Level (HU)", -1500, 3000, step=10, key=keys.level)
+        width = cols[1].number_input("Width (HU)", 1, 5000, step=10, key=keys.width)
     else:
         level, width = WINDOW_PRESETS[preset]
     style = st.segmented_control(
-        "Overlay", ["fill", "contour"], default="fill", key=keys.style, required=True
+        "Overlay",
+        ["fill", "contour"],
+        default=state.widget_default(keys.style, "fill"),
+        key=keys.style,
+        required=True,
     )
     layout = "combined"
     if two_layers:
         layout = st.segmented_control(
             "Reference and prediction",
             ["side by side", "combined"],
-            default="side by side",
+            default=state.widget_default(keys.layout, "side by side"),
             key=keys.layout,
             required=True,
             help="combined: the reference as chosen, the prediction as contours on top",
         )
-    alpha = st.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key=keys.alpha)
+    st.session_state.setdefault(keys.alpha, 0.45)  # set once: kept across pages (state.py)
+    alpha = st.slider("Opacity", 0.0, 1.0, step=0.05, key=keys.alpha)
     return plane, float(level), float(width), style, layout, alpha
 
 
@@ -205,9 +214,11 @@ def slice_fragment(
         names = f"{layers[0].name} ({view.style}), {layers[1].name} (contours)"
     else:
         names = ", ".join(layer.name for layer in layers) or "CT"
+    height, width = rgb.shape[:2]
     st.image(
         png,
-        width="stretch",
+        # a tall view (a coronal plane of a long scan) fits the screen beside its slider
+        width="stretch" if height <= width else max(240, int(MAX_VIEW_HEIGHT_PX * width / height)),
         output_format="PNG",
         caption=f"{names} · slice {index + 1} of {count} · rendered in {elapsed_ms:.0f} ms",
     )

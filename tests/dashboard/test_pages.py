@@ -365,7 +365,7 @@ def test_train_presets_fill_the_form_and_carry_their_hidden_settings(
     assert config["model"]["norm"] == "instance" and config["data"]["curve_prob"] > 0
 
 
-def test_train_form_and_explore_view_survive_a_visit_to_another_page(app_env, new_app):
+def test_train_form_and_explore_view_survive_a_visit_to_another_page(app_env, new_app, capfd):
     from ctseg_core.training.presets import preset
 
     at = new_app("train")
@@ -387,6 +387,11 @@ def test_train_form_and_explore_view_survive_a_visit_to_another_page(app_env, ne
     at.switch_page("app_pages/explore.py")
     at.run()
     assert at.segmented_control(key="ctseg_explore_plane").value == "sagittal"
+    for page in ("evaluate", "predict", "train", "explore"):
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+    # kept widgets get no default too (Streamlit warns about a widget given both)
+    assert "created with a default value" not in capfd.readouterr().err
 
 
 def test_train_shows_a_failed_run_from_the_cli_with_its_error(
