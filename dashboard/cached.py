@@ -245,6 +245,34 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     return labels_zxy
 
 
+def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray:
+    """A subject's prediction from a folder of ``<id>.nii.gz`` files (any tool), on the subject's
+    cached grid as (Z, X, Y) uint8; read once per file version, kept like checkpoint predictions.
+    """
+    from ctseg_core.errors import DataError
+    from ctseg_core.evaluation import find_prediction, prediction_on_reference_grid
+
+    path = find_prediction(Path(folder), subject_id)
+    if path is None:
+        raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
+    key = (str(root), subject_id, str(path.resolve()), path.stat().st_mtime)
+    store = _prediction_store()
+    with store["lock"]:
+        if key in store["items"]:
+            return store["items"][key]
+    entry = cached_subject(root, subject_id)
+    labels_xyz = prediction_on_reference_grid(
+        path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine
+    )
+    labels_zxy = np.ascontiguousarray(np.asarray(labels_xyz, dtype=np.uint8).transpose(2, 0, 1))
+    labels_zxy.flags.writeable = False
+    with store["lock"]:
+        store["items"][key] = labels_zxy
+        while len(store["items"]) > PREDICTIONS_KEPT:
+            store["items"].popitem(last=False)
+    return labels_zxy
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _meshes(source: str, values: tuple, spacing_mm: tuple, kind: str, _labels_zxy, _affine):
     from ctseg_core.viz.mesh import structure_meshes

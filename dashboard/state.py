@@ -45,6 +45,8 @@ EXPLORE_STRUCTURES = EXPLORE_VIEW.structures  # list[str]: structures picked on 
 TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
+EXPLORE_FOLDERS = "ctseg_explore_folders"  # list[str]: prediction folders evaluated here
+FOLDER_PREFIX = "folder: "  # an Explore source that reads a folder of <id>.nii.gz files
 
 _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "style", "layout",
                  "alpha", "show3d", "mesh_structures")  # fmt: skip

@@ -92,7 +92,7 @@ def take_screenshots(url: str, out: Path, data: Path) -> None:
         page.get_by_role("combobox", name="Subject", exact=True).click()
         page.get_by_role("option", name=f"{TEST_SUBJECT} (test)").click()
         wait_idle(page)
-        page.get_by_role("combobox", name="Prediction from checkpoint", exact=True).click()
+        page.get_by_role("combobox", name="Prediction from", exact=True).click()
         page.get_by_role("option", name=checkpoint, exact=True).click()
         page.get_by_text("Reference and prediction").wait_for(timeout=300_000)
         page.locator('[data-testid="stImage"] img').first.wait_for()

@@ -78,11 +78,16 @@ def run_evaluation(root: str) -> None:
         )  # fmt: skip
     finally:
         bar.empty()
+    if not label:  # a folder of predictions: Explore offers it as a source from now on
+        folders = st.session_state.setdefault(state.EXPLORE_FOLDERS, [])
+        if str(predictions) not in folders:
+            folders.append(str(predictions))
     st.session_state[state.EVAL_RESULT] = {
         "results": results,
         "split": split,
         "out_dir": str(out_dir),
         "checkpoint": label,
+        "folder": "" if label else str(predictions),
         "root": root,
         "form": _form_choice(),
     }
@@ -121,7 +126,10 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         st.session_state[state.slice_key(state.EXPLORE_VIEW, "axial")] = z + 1  # from 1
         st.session_state[state.EXPLORE_PLANE] = "axial"
         viewer.choose_structures(state.EXPLORE_STRUCTURES, [structure])
-        st.session_state[state.EXPLORE_CHECKPOINT] = info["checkpoint"] or "(none)"
+        if info.get("folder"):  # Explore reads the folder's prediction of the subject
+            st.session_state[state.EXPLORE_CHECKPOINT] = state.FOLDER_PREFIX + info["folder"]
+        else:
+            st.session_state[state.EXPLORE_CHECKPOINT] = info["checkpoint"] or "(none)"
         st.switch_page(PAGE_FILES["explore"])
 
 

@@ -26,7 +26,8 @@ def main() -> None:
     if st.session_state.get(state.EXPLORE_SUBJECT) not in index.subjects:
         st.session_state[state.EXPLORE_SUBJECT] = index.subjects[0]
     checkpoints = cached.all_checkpoints()
-    options = [NO_CHECKPOINT, *checkpoints]
+    folders = [state.FOLDER_PREFIX + f for f in st.session_state.get(state.EXPLORE_FOLDERS, [])]
+    options = [NO_CHECKPOINT, *checkpoints, *folders]
     if st.session_state.get(state.EXPLORE_CHECKPOINT) not in options:
         st.session_state[state.EXPLORE_CHECKPOINT] = NO_CHECKPOINT
     cols = st.columns([1, 2])
@@ -37,18 +38,26 @@ def main() -> None:
         format_func=lambda s: f"{s} ({index.splits.get(s) or 'no split'})",
     )
     choice = cols[1].selectbox(
-        "Prediction from checkpoint",
+        "Prediction from",
         options,
         key=state.EXPLORE_CHECKPOINT,
-        help="Runs under the checkpoints folder; the prediction is computed once per subject "
-        "and checkpoint, then cached.",
+        help="A run's checkpoint (predicted once per subject, then kept), or a folder of "
+        "<id>.nii.gz predictions evaluated on the Evaluate page (any tool's).",
     )
     with st.spinner(f"Opening {subject} …"):
         entry = cached.cached_subject(root, subject)
     layers = [
         Layer("reference", entry.labels, f"ref:{root}:{subject}", entry.voxel_counts),
     ]
-    if choice != NO_CHECKPOINT:
+    if choice.startswith(state.FOLDER_PREFIX):
+        folder = choice.removeprefix(state.FOLDER_PREFIX)
+        try:
+            pred = cached.folder_prediction_zxy(root, subject, folder)
+            source = f"folder:{folder}:{root}:{subject}"
+            layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
+        except Exception as exc:
+            state.show_error(exc, f"prediction from {folder}")
+    elif choice != NO_CHECKPOINT:
         checkpoint = checkpoints[choice]
         bar = st.progress(0.0, text=f"Predicting {subject} with {choice} …")
 

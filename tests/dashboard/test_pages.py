@@ -237,6 +237,11 @@ def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
     subject = at.session_state["ctseg_explore_subject"]
     assert subject in test_ids
     assert at.multiselect(key="ctseg_explore_structures").value == [structure]
+    # beside the reference, the folder's own prediction of the subject (here: the same labels)
+    assert at.selectbox(key="ctseg_explore_checkpoint").value.startswith("folder: ")
+    assert at.get("image")[0].proto.imgs[0].caption.startswith("reference | prediction")
+    table = at.dataframe[0].value.set_index("structure")
+    assert (table["prediction ml"] == table["reference ml"]).all()
     entry = open_cached(app_env["data"], subject, app_env["cache"])
     z = at.slider(key="ctseg_explore_slice_axial").value - 1  # slices are numbered from 1
     assert (np.asarray(entry.labels[z]) == LABEL_OF[structure]).any()
