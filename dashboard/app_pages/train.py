@@ -6,163 +6,20 @@ up and update exactly like runs started here.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import math
 import socket
 from pathlib import Path
 
 import streamlit as st
 
-from ctseg_core.config import LOSSES, SCHEDULERS, RunConfig
-from ctseg_core.training.presets import PRESETS, preset
 from dashboard import cached, state
 from dashboard.helpers import runs
+from dashboard.helpers.train_form import build_config
 
-#: log-spaced (about x2 per step), plus every preset's own value so a preset shows exactly
-LR_OPTIONS = sorted(
-    {1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1e-2, 3e-2}
-    | {make().train.lr for make in PRESETS.values()}
-)
-WIDTHS = {"tiny (8)": 8, "small (16)": 16, "base (32)": 32, "wide (64)": 64}
 REFRESH_S = 1.5  # the view of an active run
 WATCH_S = 3.0  # new runs and state changes
 ACTIVE_STATES = ("queued", "running", "stopping")
 
 st.title("Train")
-
-
-def form_values(cfg: RunConfig) -> dict:
-    """The form's widget values (by key) that show a configuration."""
-    k = state.TRAIN_FORM
-    width = cfg.model.features[0]
-    return {
-        k.epochs: cfg.train.epochs,
-        k.lr: min(LR_OPTIONS, key=lambda v: abs(math.log(v / cfg.train.lr))),
-        k.batch: cfg.data.batch_size,
-        k.size: cfg.data.target_size[0],
-        k.width: next((n for n, w in WIDTHS.items() if w == width), "base (32)"),
-        k.loss: cfg.train.loss,
-        k.scheduler: cfg.train.scheduler,
-        k.augment: cfg.data.augment,
-        k.steps: cfg.train.steps_per_epoch or 0,
-        k.val: cfg.data.val_slices_per_subject or 0,
-        k.checkpoint_every: cfg.train.checkpoint_every,
-    }
-
-
-def default_preset(root: str) -> str:
-    """phantom_demo on a phantom dataset (the demo's or one made by ``ctseg demo-data``), else
-    gpu where CUDA is present, else cpu."""
-    from ctseg_core.data.phantom import MARKER
-
-    if (Path(root) / MARKER).is_file():
-        return "phantom_demo"
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
-def preset_picker(root: str) -> RunConfig:
-    """The preset select; choosing one rewrites the form. Returns the preset's configuration."""
-    k = state.TRAIN_FORM
-
-    def apply() -> None:
-        st.session_state.update(form_values(preset(st.session_state[k.preset], root)))
-
-    if k.preset not in st.session_state:
-        st.session_state[k.preset] = default_preset(root)
-    name = st.selectbox(
-        "Start from preset",
-        list(PRESETS),
-        key=k.preset,
-        on_change=apply,
-        help="Fills the form; settings not on the form (HU window, augmentation strengths, "
-        "early stopping) come from the preset too.",
-    )
-    base = preset(name, root)
-    for key, value in form_values(base).items():
-        st.session_state.setdefault(key, value)  # first visit: the form shows the preset
-    return base
-
-
-def build_config(root: str, present: list[str]) -> RunConfig | None:
-    """The training form; returns the config (the preset with the form's values) on Start."""
-    k = state.TRAIN_FORM
-    base = preset_picker(root)
-    with st.form("train_form"):
-        c1, c2, c3 = st.columns(3)
-        epochs = c1.slider("Epochs", 1, 200, key=k.epochs)
-        lr = c1.select_slider(
-            "Learning rate (log scale)", LR_OPTIONS, format_func=lambda v: f"{v:.0e}", key=k.lr
-        )
-        batch = c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], key=k.batch)
-        size = c2.select_slider("Target size (px)", [64, 96, 128, 192, 256, 384, 512], key=k.size)
-        width = c2.selectbox("Model width", list(WIDTHS), key=k.width)
-        loss = c2.selectbox("Loss", LOSSES, key=k.loss)
-        scheduler = c3.selectbox("Scheduler", SCHEDULERS, key=k.scheduler)
-        augment = c3.toggle("Augmentation", key=k.augment)
-        st.session_state.setdefault(k.only_present, True)
-        only_present = c3.toggle(
-            f"Only the {len(present)} present structures",
-            key=k.only_present,
-            help="The structures with voxels somewhere in this dataset. Off: all 117 "
-            "TotalSegmentator structures (absent ones still get an output).",
-        )
-        with st.expander("Advanced"):
-            a1, a2, a3 = st.columns(3)
-            steps = a1.number_input(
-                "Steps per epoch (0 = one pass over the training slices)", 0, 100000, key=k.steps
-            )
-            val_slices = a2.number_input(
-                "Validation slices per subject (0 = all)", 0, 10000, key=k.val
-            )
-            checkpoint_every = a3.number_input(
-                "Keep checkpoint_epoch<N>.pth every N epochs (0 = none)",
-                0,
-                1000,
-                key=k.checkpoint_every,
-                help="best.pth and last.pth are always written. A checkpoint of the seed model "
-                "with its Adam state takes about 93 MB.",
-            )
-        run_name = st.text_input(
-            "Run name (empty = timestamp)",
-            placeholder=dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"),
-            key=k.run_name,
-        )
-        start = st.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
-    if not start:
-        return None
-    w = WIDTHS[width]
-    data = dataclasses.replace(
-        base.data,
-        data_root=root,
-        cache_dir=str(cached.cache_dir()),
-        target_size=(size, size),
-        batch_size=batch,
-        augment=augment,
-        val_slices_per_subject=val_slices or None,
-    )
-    if only_present and present:
-        data.structures = list(present)
-    model = dataclasses.replace(
-        base.model,
-        features=[w, 2 * w, 4 * w, 8 * w],
-        # the preset's bottleneck-to-width ratio (16 for the seed model, 32 for the demo)
-        bottleneck=base.model.bottleneck * w // base.model.features[0],
-        in_channels=None,
-        out_channels=None,
-    )
-    train = dataclasses.replace(
-        base.train,
-        epochs=epochs,
-        lr=lr,
-        loss=loss,
-        scheduler=scheduler,
-        steps_per_epoch=steps or None,
-        checkpoint_every=checkpoint_every,
-    )
-    return RunConfig(data=data, model=model, train=train, run_name=run_name.strip())
 
 
 def controls(root: str) -> None:
