@@ -57,8 +57,9 @@ from ctseg_core.training.trainer import Trainer
 
 def present_structures(root: Path, cache_dir: str) -> list[str]:
     """Structures with voxels in any subject, in label order (prepares the cache)."""
-    from ctseg_core.data.cache import open_cached, prepare_dataset
+    from ctseg_core.data.cache import open_cached
     from ctseg_core.data.dataset_root import open_dataset
+    from ctseg_core.data.prepare import prepare_dataset
     from ctseg_core.labels import STRUCTURES
 
     index = open_dataset(root)

@@ -98,7 +98,7 @@ def ensure_prepared(root: str, progress=None) -> bool:
     ``progress(done, total, subject)`` follows the work; returns True when work was done.
     Subjects that fail are listed by the summary's problems, not raised.
     """
-    from ctseg_core.data.cache import prepare_dataset
+    from ctseg_core.data.prepare import prepare_dataset
 
     key = (str(root), str(cache_dir()), _tree_stamp(root))
     if key in _prepared():

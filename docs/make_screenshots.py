@@ -128,8 +128,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="fewer epochs than the preset's 42 (faster)")
     args = parser.parse_args()
 
-    from ctseg_core.data.cache import prepare_dataset
     from ctseg_core.data.phantom import make_phantom_dataset
+    from ctseg_core.data.prepare import prepare_dataset
 
     dirs = {name: args.work / name for name in ("data", "cache", "checkpoints")}
     if not (dirs["data"] / "meta.csv").is_file():

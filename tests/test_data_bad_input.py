@@ -253,7 +253,8 @@ def test_a_dataset_needing_more_open_files_raises_the_limit_or_says_how(limit, p
 
 
 def test_a_cache_inside_the_dataset_or_on_a_file_is_refused(phantom_root, tmp_path):
-    from ctseg_core.data.cache import open_cached, prepare_dataset
+    from ctseg_core.data.cache import open_cached
+    from ctseg_core.data.prepare import prepare_dataset
     from ctseg_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lies inside the dataset"):

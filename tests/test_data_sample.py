@@ -118,12 +118,12 @@ def test_cache_is_slice_major_and_equals_loaded_subject(sample_root, tmp_path, m
     np.testing.assert_array_equal(entry.labels_xyz(), subject.labels)
     assert entry.meta["orientation"] == "LAS"
     # unchanged sources are reused, not rebuilt, and found without starting a process pool
-    import ctseg_core.data.cache as cache_module
+    import ctseg_core.data.prepare as prepare_module
 
     def no_pool(*args, **kwargs):
         raise AssertionError("a process pool was started with nothing to build")
 
-    monkeypatch.setattr(cache_module, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr(prepare_module, "ProcessPoolExecutor", no_pool)
     seen = []
     again = prepare_dataset(sample_root, tmp_path, workers=2, progress=lambda *a: seen.append(a))
     assert again.built == [] and sorted(again.reused) == sorted(report.built)

@@ -109,7 +109,8 @@ def run_demo_data(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from ..data.cache import default_cache_dir, prepare_dataset
+    from ..data.cache import default_cache_dir
+    from ..data.prepare import prepare_dataset
 
     progress, bar = tqdm_callback("prepare")
     try:

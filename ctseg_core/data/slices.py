@@ -24,8 +24,9 @@ from ..errors import DataError
 from ..fileio import atomic_path
 from ..labels import LABEL_OF, NUM_STRUCTURES
 from ..nosync import to_device
-from .cache import CachedSubject, open_cached, prepare_dataset, reserve_open_files
+from .cache import CachedSubject, open_cached, reserve_open_files
 from .dataset_root import open_dataset
+from .prepare import prepare_dataset
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..labels import NUM_STRUCTURES, STRUCTURES
-from .cache import open_cached, prepare_dataset
+from .cache import open_cached
 from .dataset_root import DatasetIndex, open_dataset
+from .prepare import prepare_dataset
 
 
 def summarize_dataset(

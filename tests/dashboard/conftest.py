@@ -13,7 +13,7 @@ HOME = str(REPO / "dashboard" / "Home.py")
 @pytest.fixture(scope="session")
 def dash_dirs(tmp_path_factory, phantom_root, session_cache) -> dict[str, Path]:
     """The shared small phantom (6 subjects of ~64 x 64 x 24), its cache, a checkpoints root."""
-    from ctseg_core.data.cache import prepare_dataset
+    from ctseg_core.data.prepare import prepare_dataset
 
     base = tmp_path_factory.mktemp("dashboard")
     dirs = {"data": phantom_root, "cache": session_cache, "checkpoints": base / "checkpoints"}

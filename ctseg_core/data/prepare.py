@@ -1,0 +1,114 @@
+"""Preparing a dataset into the preprocessing cache: every subject, in parallel processes.
+
+Subjects already cached (and current) are found first, in this process; a process pool starts only
+for the ones left to build. A subject that fails is reported in ``PrepareReport.failed``, not
+raised, so one bad CT does not stop the other 1,227.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, CtsegError
+from .cache import (
+    CachedSubject,
+    build_entry,
+    check_cache_dir,
+    default_cache_dir,
+    entry_dir,
+    read_entry,
+    source_key,
+)
+from .dataset_root import DatasetIndex, open_dataset
+
+log = logging.getLogger(__name__)
+
+
+def _cached_entry(root: Path, subject_id: str, cache_dir: Path) -> CachedSubject | None:
+    """The subject's cache entry when it is there and current, else None (errors included:
+    ``_prepare_one`` reports them)."""
+    try:
+        target = entry_dir(cache_dir, root, subject_id) / source_key(root / subject_id)
+        return read_entry(target, subject_id)
+    except (CtsegError, OSError):
+        return None
+
+
+def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, bool, str | None]:
+    """Worker for a subject ``_cached_entry`` did not find: (subject id, built?, error or None)."""
+    try:
+        subject_dir = root / subject_id
+        build_entry(subject_dir, entry_dir(cache_dir, root, subject_id) / source_key(subject_dir))
+        return subject_id, True, None
+    except CtsegError as exc:
+        return subject_id, False, str(exc)
+    except Exception as exc:  # a worker must report, never kill the whole prepare
+        return subject_id, False, f"{subject_id}: {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class PrepareReport:
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def prepare_dataset(
+    root: str | Path | DatasetIndex,
+    cache_dir: str | Path | None = None,
+    *,
+    subjects: list[str] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> PrepareReport:
+    """Prepare every subject (or ``subjects``) of a dataset; failures are reported, not raised.
+
+    ``workers`` defaults to the usable cores (each worker holds one subject in memory); the
+    subjects already cached are found first, in this process, so a pool starts only for real
+    work. ``progress(done, total, subject_id)`` is called after each subject.
+    """
+    index = root if isinstance(root, DatasetIndex) else open_dataset(root)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    check_cache_dir(cache_dir, index.root)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1, or unset for one per core (got {workers})")
+    ids = subjects if subjects is not None else index.subjects
+    report = PrepareReport()
+    done = 0
+
+    def record(result: tuple[str, bool, str | None]) -> None:
+        nonlocal done
+        sid, built, error = result
+        if error:
+            report.failed[sid] = error
+            log.warning(error)
+        else:
+            (report.built if built else report.reused).append(sid)
+        done += 1
+        if progress:
+            progress(done, len(ids), sid)
+
+    todo = []
+    for sid in ids:
+        if _cached_entry(index.root, sid, cache_dir) is not None:
+            record((sid, False, None))
+        else:
+            todo.append(sid)
+    workers = workers or min(
+        len(todo),
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+    )
+    if workers <= 1 or len(todo) <= 1:
+        for sid in todo:
+            record(_prepare_one(index.root, sid, cache_dir))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_prepare_one, index.root, sid, cache_dir) for sid in todo]
+            for future in as_completed(futures):
+                record(future.result())
+    return report
