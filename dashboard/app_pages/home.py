@@ -39,9 +39,11 @@ def choose_dataset() -> str | None:
                     f"{typed} holds no subject folders (<id>/ct.nii.gz); "
                     "give the folder that contains the subject folders"
                 )
+                _still_showing(root)
                 return root
         except Exception as exc:
             state.show_error(exc)
+            _still_showing(root)
             return root
         st.session_state[state.DATASET] = str(resolved)
         root = str(resolved)
@@ -54,6 +56,11 @@ def choose_dataset() -> str | None:
             icon=":material/info:",
         )
     return root
+
+
+def _still_showing(root: str | None) -> None:
+    if root:
+        st.caption(f"Below: still the dataset {root}.")
 
 
 def show_summary(root: str) -> None:

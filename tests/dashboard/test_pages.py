@@ -88,6 +88,8 @@ def test_home_explains_a_folder_that_is_not_a_dataset(app_env, tmp_path, new_app
     at.run()
     assert "is not a folder" in at.error[0].value
     assert not at.exception
+    # the summary below is still the dataset that was open, and the page says so
+    assert any(f"still the dataset {app_env['data']}" in c.value for c in at.caption)
 
 
 def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
