@@ -19,6 +19,10 @@ synchronizing operations it caught are printed (there should be none: see ctseg_
 
 Without --data a 4-subject phantom (160 x 160 x 48) is generated in a temporary folder.
 Goals (issue 3): pipeline overhead < 10 %; >= 20 slices/s through the pipeline on 2 CPU cores.
+Measured on this project's 2-core CPU (AVX-512 with AMX), defaults, 4 rounds: bf16 +
+channels_last bare 30.5, pipeline 30.3 slices/s (0.99). On an H100 (256 x 256, batch 16, 8
+workers, before the device syncs were removed): bf16 bare 800, pipeline 704 (0.88); fp32 401 /
+379 (0.95).
 """
 
 from __future__ import annotations

@@ -163,6 +163,8 @@ def test_cli_starts_and_resumes_say_what_they_do(phantom_root, tmp_path, capsys)
     assert "is a file; resume takes the run folder" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "2", "--lr", "0.1"]) == 2
     assert "--lr would not apply" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--checkpoints", "x"]) == 2
+    assert "--checkpoints would not apply" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--epochs", "2", "--workers", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["last_epoch"]["epoch"] == 2 and out["status"]["state"] == "finished"

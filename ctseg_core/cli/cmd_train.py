@@ -213,7 +213,7 @@ def _refuse_settings_on_resume(args) -> None:
     seem to change them, instead of dropping them unseen."""
     from ..errors import ConfigError
 
-    dests = [*_FLAGS, "preset", "config", "structures", "run", "no_augment"]
+    dests = [*_FLAGS, "preset", "config", "structures", "run", "checkpoints", "no_augment"]
     given = [
         "--" + dest.replace("_", "-")
         for dest in dests

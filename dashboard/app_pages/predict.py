@@ -33,8 +33,8 @@ def choose_checkpoint(workdir: Path) -> str | None:
     if choice != UPLOADED:
         return checkpoints[choice]
     upload = st.file_uploader(
-        "Checkpoint (.pth written by ctseg; read with torch.load(weights_only=True), never "
-        "unpickled)",
+        "Checkpoint (.pth written by ctseg; loaded with torch.load(weights_only=True): tensors "
+        "and plain data only, so it cannot run code)",
         key=state.PREDICT_VIEW.checkpoint_upload,
     )
     if upload is None:
