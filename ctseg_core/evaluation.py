@@ -194,7 +194,7 @@ def evaluate_predictions(
     subjects: Sequence[str] | None = None,
     report: bool = True,
     mesh_subjects: int = 3,
-    device: str = "cpu",
+    device: str = "auto",
     tta: bool = False,
 ) -> pd.DataFrame:
     """Score predictions of a dataset split against its references; write tables and figures.

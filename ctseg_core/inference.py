@@ -80,9 +80,10 @@ class Predictor:
     trained with left/right mirroring are also run on the mirrored slices (scores flipped back
     and left/right label channels swapped with ``lr_swap_lut``); other models on two slightly
     shifted copies, because mirroring a model that never saw a mirrored body would mislabel sides.
+    ``device`` "auto" runs on a GPU when there is one (the dashboard's server included).
     """
 
-    def __init__(self, checkpoints: Sequence[str | Path], device: str | torch.device = "cpu",
+    def __init__(self, checkpoints: Sequence[str | Path], device: str | torch.device = "auto",
                  batch_slices: int = 8, tta: bool = False) -> None:  # fmt: skip
         from .training.checkpoint import load_model
 
@@ -251,7 +252,7 @@ def predict_volume(
     checkpoints: Sequence[str | Path],
     batch_slices: int = 8,
     tta: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     progress: Callable[[int, int, str], None] | None = None,
     memory_limit_bytes: int | None = None,
 ) -> np.ndarray:

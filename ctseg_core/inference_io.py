@@ -115,7 +115,7 @@ def predict_file(
     split_masks: bool = False,
     batch_slices: int = 8,
     tta: bool = False,
-    device: str = "cpu",
+    device: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
     overwrite: bool = False,
     memory_limit_bytes: int | None = None,

@@ -30,7 +30,9 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="test-time augmentation (left/right safe)")
     p.add_argument("--batch-slices", type=int, default=8, help="axial slices per batch (default 8)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    p.add_argument(
+        "--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (atomically)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_predict)
@@ -58,7 +60,7 @@ def register(subparsers) -> None:
     p.add_argument("--meshes", type=int, default=3, help="3D pages for the first N subjects")
     p.add_argument("--no-report", action="store_true", help="tables only, no figures or 3D pages")
     p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder")
-    p.add_argument("--device", default="cpu", help="device for --checkpoint (default cpu)")
+    p.add_argument("--device", default="auto", help="device for --checkpoint (default auto)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for --checkpoint")
     p.add_argument("--json", action="store_true", help="print the per-structure summary as JSON")
     p.set_defaults(func=run_evaluate)
