@@ -115,3 +115,17 @@ def test_torchrun_with_nccl_trains_on_the_gpu(phantom_root, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert read_status(runs / "nccl")["state"] == "finished"
     assert [r["epoch"] for r in read_history(runs / "nccl")] == [1, 2]
+
+
+def test_prediction_on_the_gpu_labels_as_on_the_cpu(phantom_root, tmp_path):
+    from ctseg_core.data.volume import load_ct
+    from ctseg_core.inference import predict_volume
+
+    config = cuda_config(phantom_root, "infer", amp="bf16", epochs=2)
+    assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
+    ct = load_ct(phantom_root / "s0000" / "ct.nii.gz")
+    best = tmp_path / "infer" / "best.pth"
+    on_gpu = predict_volume(ct, [best], device="auto")  # a GPU when there is one: this one
+    on_cpu = predict_volume(ct, [best], device="cpu")
+    assert on_gpu.shape == on_cpu.shape == ct.array.shape
+    assert (on_gpu == on_cpu).mean() > 0.99  # TF32 convolutions may flip a few border voxels
