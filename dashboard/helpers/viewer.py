@@ -31,6 +31,9 @@ from dashboard import cached, state
 CUSTOM = "custom"
 MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
 MAX_VIEW_HEIGHT_PX = 720  # the tallest a slice is shown
+#: structure pickers: "liv" finds liver, not every name with l, i, v in order, and Enter picks
+#: the first match rather than "Select 4 matches"
+NAME_SEARCH = {"filter_mode": "contains", "select_all": False}
 
 
 @dataclass
@@ -141,6 +144,7 @@ def structure_picker(keys: state.WidgetKeys, present: list[str]) -> list[str]:
         "Structures (type to search; empty = every structure of the chosen groups)",
         present,
         key=keys.structures,
+        **NAME_SEARCH,
     )
     return picked or in_groups
 
@@ -250,7 +254,7 @@ def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_m
         ]
     else:
         st.session_state[keys.mesh_structures] = default
-    chosen = st.multiselect("Structures in 3D", structures, key=keys.mesh_structures)
+    chosen = st.multiselect("Structures in 3D", structures, key=keys.mesh_structures, **NAME_SEARCH)
     if not chosen:
         st.caption("Pick structures to see their surfaces.")
         return
