@@ -229,14 +229,24 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     if not path.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
     key = (str(root), subject_id, str(path), path.stat().st_mtime)
+
+    def compute():
+        entry = cached_subject(root, subject_id)
+        return predict_volume(_volume_of(entry), [str(path)], progress=progress)
+
+    return _kept_prediction(key, compute)
+
+
+def _kept_prediction(key: tuple, compute) -> np.ndarray:
+    """The label volume kept under ``key`` in the server-wide store, else ``compute()``'s (X, Y, Z)
+    labels as a read-only (Z, X, Y) uint8 array, kept (the oldest dropped past PREDICTIONS_KEPT).
+    """
     store = _prediction_store()
     with store["lock"]:
         if key in store["items"]:
             store["items"].move_to_end(key)
             return store["items"][key]
-    entry = cached_subject(root, subject_id)
-    labels_xyz = predict_volume(_volume_of(entry), [str(path)], progress=progress)
-    labels_zxy = np.ascontiguousarray(np.asarray(labels_xyz, dtype=np.uint8).transpose(2, 0, 1))
+    labels_zxy = np.ascontiguousarray(np.asarray(compute(), dtype=np.uint8).transpose(2, 0, 1))
     labels_zxy.flags.writeable = False
     with store["lock"]:
         store["items"][key] = labels_zxy
@@ -256,21 +266,14 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     if path is None:
         raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
     key = (str(root), subject_id, str(path.resolve()), path.stat().st_mtime)
-    store = _prediction_store()
-    with store["lock"]:
-        if key in store["items"]:
-            return store["items"][key]
-    entry = cached_subject(root, subject_id)
-    labels_xyz = prediction_on_reference_grid(
-        path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine
-    )
-    labels_zxy = np.ascontiguousarray(np.asarray(labels_xyz, dtype=np.uint8).transpose(2, 0, 1))
-    labels_zxy.flags.writeable = False
-    with store["lock"]:
-        store["items"][key] = labels_zxy
-        while len(store["items"]) > PREDICTIONS_KEPT:
-            store["items"].popitem(last=False)
-    return labels_zxy
+
+    def compute():
+        entry = cached_subject(root, subject_id)
+        return prediction_on_reference_grid(
+            path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine
+        )
+
+    return _kept_prediction(key, compute)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)

@@ -149,9 +149,8 @@ def build_config(args):
     for dest, (section, name) in _FLAGS.items():
         value = getattr(args, dest, None)
         if dest in _ZERO_MEANS_ALL and value == 0:
-            value = None  # as on the Train page: 0 = every slice
-            base[section][name] = None
-        if value is not None:
+            base[section][name] = None  # as on the Train page: 0 = every slice
+        elif value is not None:
             base[section][name] = str(value) if isinstance(value, Path) else value
     if args.structures:
         base["data"]["structures"] = [s.strip() for s in args.structures.split(",") if s.strip()]
