@@ -51,6 +51,57 @@ def test_truncated_gzip_names_file_and_fix(tmp_path):
     assert "s0001/ct.nii.gz" in _one_line(exc) and "re-export" in str(exc.value)
 
 
+def _header_only(path: Path, shape, dtype=np.int16) -> Path:
+    """A .nii.gz whose header claims ``shape`` but which holds one slice of voxels."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(AFFINE, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offset = int(header.get_data_offset()) or 352
+    header.set_data_offset(offset)
+    body = header.binaryblock + b"\0" * (offset - len(header.binaryblock))
+    path.write_bytes(gzip.compress(body + b"\0" * (shape[0] * shape[1] * 2)))
+    return path
+
+
+def test_a_header_claiming_more_voxels_than_the_limit_is_refused_before_reading(
+    tmp_path, monkeypatch
+):
+    # 1200^3 int16 claimed in ~70 bytes: nibabel would zero-fill 3.5 GB before failing
+    path = _header_only(tmp_path / "s0001" / "ct.nii.gz", (1200, 1200, 1200))
+    with pytest.raises(DataError) as exc:
+        load_ct(path)
+    message = _one_line(exc)
+    assert "s0001/ct.nii.gz claims a 1200 x 1200 x 1200 grid (1,728,000,000 voxels" in message
+    assert "CTSEG_MAX_VOXELS" in message
+    # the limit is the admin's to move: a real image over it is read once it is raised
+    sdir = _subject(tmp_path / "real")
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", str(16 * 12 * 8 - 1))
+    with pytest.raises(DataError, match="over the limit of 1,535 voxels"):
+        load_ct(sdir / "ct.nii.gz")
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", str(16 * 12 * 8))
+    assert load_ct(sdir / "ct.nii.gz").array.shape == (16, 12, 8)
+
+
+def test_payload_check_finds_a_short_file_without_reading_it_into_memory(tmp_path):
+    from ctseg_core.data.volume import check_nifti_payload
+
+    claimed = (400, 400, 300)  # 96 MB claimed, one slice present
+    path = _header_only(tmp_path / "up" / "upload.nii.gz", claimed)
+    with pytest.raises(DataError) as exc:
+        check_nifti_payload(path, shown="ct.nii.gz")
+    message = _one_line(exc)
+    assert message.startswith("ct.nii.gz holds 320,352 bytes of the 96,000,352 its header claims")
+    sdir = _subject(tmp_path / "real")
+    check_nifti_payload(sdir / "ct.nii.gz")  # a whole file passes
+    plain = tmp_path / "plain.nii"
+    nib.save(nib.load(sdir / "ct.nii.gz"), plain)
+    plain.write_bytes(plain.read_bytes()[:-10])
+    with pytest.raises(DataError, match=r"plain\.nii holds .* truncated"):
+        check_nifti_payload(plain, shown="plain.nii")
+
+
 def test_garbage_file_is_refused(tmp_path):
     path = tmp_path / "s0001" / "ct.nii.gz"
     path.parent.mkdir(parents=True)

@@ -8,6 +8,8 @@ grid with :func:`from_canonical`, so they overlay in 3D Slicer and ITK-SNAP.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,10 @@ from ..errors import DataError
 
 #: voxel-to-world matrices closer than this (mm, and unitless for rotations) count as the same grid
 AFFINE_TOLERANCE = 1e-3
+#: the most voxels one image may claim (a 1024 x 1024 x 1024 grid; a 512 x 512 whole-body CT has
+#: ~1500 slices); a damaged or hostile header would otherwise make the reader allocate it
+DEFAULT_MAX_VOXELS = 1 << 30
+MAX_VOXELS_ENV = "CTSEG_MAX_VOXELS"
 
 
 @dataclass
@@ -49,20 +55,89 @@ def _short(path: Path) -> str:
     return "/".join(Path(path).parts[-3:])
 
 
+def max_voxels() -> int:
+    """The voxel limit of one image: ``$CTSEG_MAX_VOXELS`` or ``DEFAULT_MAX_VOXELS``."""
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        return max(1, int(float(raw)))
+    except ValueError:
+        raise DataError(
+            f"{MAX_VOXELS_ENV}={raw!r} is not a number; set it to a voxel count"
+        ) from None
+
+
+def _check_claimed_size(path: Path, header) -> int:
+    """Refuse a header that claims more voxels than ``max_voxels()``; return its data bytes.
+
+    Reading allocates what the header claims before any voxel arrives, so this runs on the
+    header alone.
+    """
+    shape = tuple(int(n) for n in header.get_data_shape())
+    voxels = math.prod(shape)
+    nbytes = voxels * np.dtype(header.get_data_dtype()).itemsize
+    if voxels > max_voxels():
+        raise DataError(
+            f"{_short(path)} claims a {' x '.join(map(str, shape))} grid ({voxels:,} voxels, "
+            f"{nbytes / 2**30:.1f} GB), over the limit of {max_voxels():,} voxels: a damaged "
+            f"header? (a real image this large needs {MAX_VOXELS_ENV} raised)"
+        )
+    return nbytes
+
+
+def check_nifti_payload(path: str | Path, shown: str | None = None) -> None:
+    """Check that a NIfTI file holds as many voxel bytes as its header claims, streaming.
+
+    For files from untrusted hands (an upload): a 72-byte .nii.gz can claim gigabytes, which
+    reading would allocate before failing. Decompresses in 16 MB chunks and keeps none of it.
+    ``shown``: the name used in messages (default the path). Raises DataError.
+    """
+    path = Path(path)
+    shown = shown or _short(path)
+    try:
+        img = nib.load(str(path))
+        needed = int(getattr(img.dataobj, "offset", 0)) + _check_claimed_size(path, img.header)
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        have = 0
+        with opener(path, "rb") as stream:
+            while have < needed and (chunk := stream.read(min(16 << 20, needed - have))):
+                have += len(chunk)
+    except DataError as exc:
+        raise DataError(str(exc).replace(_short(path), shown, 1)) from None
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise DataError(
+            f"{shown} cannot be read as NIfTI ({type(exc).__name__}: {exc}); re-export the file"
+        ) from None
+    if have < needed:
+        raise DataError(
+            f"{shown} holds {have:,} bytes of the {needed:,} its header claims: the file is "
+            "truncated or its header damaged; re-export it"
+        )
+
+
 def read_image(path: str | Path) -> nib.Nifti1Image:
     """Open a NIfTI file with clear errors; squeeze a trailing singleton 4th axis; return 3D image.
 
-    Raises DataError for a missing, corrupt or truncated file, a 2D image, or a true 4D series.
+    Raises DataError for a missing, corrupt or truncated file, a header claiming more than
+    ``max_voxels()`` voxels, a file larger than free memory, a 2D image, or a true 4D series.
     """
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a .nii.gz file")
     if not path.is_file():
         raise DataError(f"{path} does not exist; check the path or the dataset layout")
+    claimed = "?"
     try:
         img = nib.load(str(path))
+        claimed = f"{_check_claimed_size(path, img.header) / 2**30:.1f} GB"
         # Touch the data now: truncated gzip streams only fail when the voxels are read.
         data = np.asanyarray(img.dataobj)
+    except MemoryError:
+        raise DataError(
+            f"{_short(path)} does not fit in this machine's free memory ({claimed} of voxels); "
+            "read it on a machine with more memory"
+        ) from None
     except (
         OSError,
         EOFError,

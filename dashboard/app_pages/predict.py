@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from ctseg_core.errors import CtsegError
 from ctseg_core.labels import NUM_STRUCTURES
 from dashboard import cached, state
 from dashboard.helpers import uploads
@@ -39,61 +40,70 @@ def choose_checkpoint(workdir: Path) -> str | None:
     )
     if upload is None:
         return None
-    return str(uploads.save_checkpoint_upload(upload.name, upload.getvalue(), workdir))
+    saved = uploads.save_checkpoint_upload(upload.name, upload.getvalue(), workdir / "checkpoint")
+    return str(saved)
+
+
+def _name_uploads(exc: CtsegError, ct_label: str) -> CtsegError:
+    """The same error naming the uploads instead of the server's temporary copies of them."""
+
+    def label(match: re.Match) -> str:
+        return ct_label if match.group(1) == "ct" else Path(match.group(0)).name
+
+    text = re.sub(r"\S*ctseg-predict-[^\s/]*/(ct|checkpoint)/[^\s:;,()]*", label, str(exc))
+    return type(exc)(text)
 
 
 def run_prediction() -> None:
-    from ctseg_core.data.volume import hu_problem, load_ct
-    from ctseg_core.errors import DataError
-    from ctseg_core.inference import predict_volume
-
     upload = st.file_uploader(
         "CT image", type=["nii", "gz", "zip"], key=state.PREDICT_VIEW.ct_upload
     )
     workdir = Path(tempfile.mkdtemp(prefix="ctseg-predict-"))
     try:
-        checkpoint = choose_checkpoint(workdir)
-        go = st.button(
-            "Predict",
-            type="primary",
-            disabled=upload is None or checkpoint is None,
-            key=state.PREDICT_VIEW.go,
-        )
-        if not go:
-            return
-        uploads.ct_kind(upload.name)
-        with st.spinner(f"Reading {upload.name} …"):
-            source = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
-            try:
-                ct = load_ct(source)
-            except DataError as exc:  # it names the server's temporary copy: name the upload
-                raise DataError(
-                    re.sub(r"\S*ctseg-predict-[^\s:;,()]*", upload.name, str(exc))
-                ) from None
-        bar = st.progress(0.0, text="Predicting …")
-
-        def progress(done: int, total: int, info: str = "") -> None:
-            bar.progress(min(1.0, done / max(total, 1)), text=f"Predicting: {info}")
-
-        labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
-        bar.empty()
-        stem = upload.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".zip")
-        out = workdir / f"{stem}_labels.nii.gz"
-        from ctseg_core.data.volume import save_on_original_grid
-
-        save_on_original_grid(labels_xyz, ct, out)
-        st.session_state[state.PREDICT_RESULT] = {
-            "name": stem,
-            "ct_zxy": np.ascontiguousarray(ct.array.transpose(2, 0, 1)),
-            "labels_zxy": np.ascontiguousarray(labels_xyz.transpose(2, 0, 1)),
-            "spacing_mm": tuple(ct.spacing_mm),
-            "affine": ct.affine,
-            "nifti": out.read_bytes(),
-            "checkpoint": Path(checkpoint).name,
-            "warning": hu_problem(ct.array, upload.name),
-        }
+        predict_upload(upload, workdir)
+    except CtsegError as exc:
+        raise _name_uploads(exc, uploads.upload_label(upload.name) if upload else "") from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def predict_upload(upload, workdir: Path) -> None:
+    """The checkpoint choice and the Predict button; on a click, label the upload into the state."""
+    from ctseg_core.data.volume import hu_problem, load_ct, save_on_original_grid
+    from ctseg_core.inference import predict_volume
+
+    checkpoint = choose_checkpoint(workdir)
+    go = st.button(
+        "Predict",
+        type="primary",
+        disabled=upload is None or checkpoint is None,
+        key=state.PREDICT_VIEW.go,
+    )
+    if not go:
+        return
+    uploads.ct_kind(upload.name)
+    label = uploads.upload_label(upload.name)
+    with st.spinner(f"Reading {label} …"):
+        ct = load_ct(uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct"))
+    bar = st.progress(0.0, text="Predicting …")
+
+    def progress(done: int, total: int, info: str = "") -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"Predicting: {info}")
+
+    labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
+    bar.empty()
+    out = workdir / "labels.nii.gz"  # a fixed name: the upload's name never makes a path
+    save_on_original_grid(labels_xyz, ct, out)
+    st.session_state[state.PREDICT_RESULT] = {
+        "name": uploads.result_stem(upload.name),
+        "ct_zxy": np.ascontiguousarray(ct.array.transpose(2, 0, 1)),
+        "labels_zxy": np.ascontiguousarray(labels_xyz.transpose(2, 0, 1)),
+        "spacing_mm": tuple(ct.spacing_mm),
+        "affine": ct.affine,
+        "nifti": out.read_bytes(),
+        "checkpoint": Path(checkpoint).name,
+        "warning": hu_problem(ct.array, label),
+    }
 
 
 def show_result(result: dict) -> None:

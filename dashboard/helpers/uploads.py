@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from ctseg_core.data.volume import check_nifti_payload
 from ctseg_core.errors import DataError
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".zip")
@@ -24,6 +26,25 @@ def ct_kind(name: str) -> str:
     )
 
 
+def upload_label(name: str) -> str:
+    """An upload's name as safe to show and to build file names from: 'ct.nii.gz' for '../x/ct.nii.gz'.
+
+    The browser sends the name as it likes (a client may send '/etc/x' or '..\\x'): only its last
+    part is kept, and only letters, digits, '.', '_' and '-' (at most 120 characters).
+    """
+    base = PurePosixPath(PureWindowsPath(name).name).name
+    return re.sub(r"[^\w.-]", "_", base).lstrip(".")[:120] or "upload"
+
+
+def result_stem(name: str) -> str:
+    """The stem for the files made from an upload: 'ct' for 'ct.nii.gz' (see upload_label)."""
+    label = upload_label(name)
+    for suffix in (*CT_SUFFIXES, ".pth", ".pt"):
+        if label.lower().endswith(suffix) and len(label) > len(suffix):
+            return label[: -len(suffix)]
+    return label
+
+
 def save_ct_upload(name: str, data: bytes, folder: Path) -> Path:
     """Write an uploaded CT under ``folder``; returns the NIfTI file or the DICOM folder to load.
 
@@ -34,6 +55,8 @@ def save_ct_upload(name: str, data: bytes, folder: Path) -> Path:
     if kind == "nifti":
         target = folder / ("upload.nii.gz" if name.lower().endswith(".gz") else "upload.nii")
         target.write_bytes(data)
+        # before anything allocates what the header claims (72 bytes can claim gigabytes)
+        check_nifti_payload(target, shown=upload_label(name))
         return target
     target = folder / "dicom"
     target.mkdir(exist_ok=True)
@@ -70,6 +93,6 @@ def save_checkpoint_upload(name: str, data: bytes, folder: Path) -> Path:
     if not name.lower().endswith((".pth", ".pt")):
         raise DataError(f"{name} is not a checkpoint; upload a .pth file written by ctseg")
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "uploaded_checkpoint.pth"
+    target = folder / upload_label(name)  # its own folder: the name is the result's heading
     target.write_bytes(data)
     return target

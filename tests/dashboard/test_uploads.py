@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from ctseg_core.errors import DataError
-from dashboard.helpers.uploads import ct_kind, save_checkpoint_upload, save_ct_upload
+from dashboard.helpers.uploads import (
+    ct_kind,
+    result_stem,
+    save_checkpoint_upload,
+    save_ct_upload,
+    upload_label,
+)
 
 
 @pytest.mark.parametrize(
@@ -73,3 +79,49 @@ def test_a_zipped_real_dicom_series_loads_as_the_ct(tmp_path):
     assert ct.array.shape == (512, 512, 20)
     assert ct.spacing_mm == pytest.approx((0.977, 0.977, 2.0), abs=0.01)
     assert ct.array.dtype.kind == "i" and ct.array.min() < -500 < 500 < ct.array.max()
+
+
+@pytest.mark.parametrize(
+    ("name", "label", "stem"),
+    [
+        ("ct.nii.gz", "ct.nii.gz", "ct"),
+        ("/tmp/outside/pwn.nii.gz", "pwn.nii.gz", "pwn"),
+        ("../rev/victim.nii", "victim.nii", "victim"),
+        ("..\\..\\win.zip", "win.zip", "win"),
+        ("s 01$(rm).nii.gz", "s_01__rm_.nii.gz", "s_01__rm_"),
+        ("..", "upload", "upload"),
+        ("", "upload", "upload"),
+        (".nii.gz", "nii.gz", "nii.gz"),
+        ("best.pth", "best.pth", "best"),
+    ],
+)
+def test_upload_names_never_make_a_path(name, label, stem):
+    # a client sends any name it likes; results are named from its last part only
+    assert upload_label(name) == label
+    assert result_stem(name) == stem
+    assert "/" not in label and "\\" not in label and not label.startswith(".")
+
+
+def test_hostile_names_are_saved_inside_the_folder(tmp_path, sample_root):
+    data = (sample_root / "s0000" / "ct.nii.gz").read_bytes()
+    saved = save_ct_upload("../../escaped.nii.gz", data, tmp_path / "ct")
+    assert saved.parent == tmp_path / "ct"
+    checkpoint = save_checkpoint_upload("/tmp/x/../best.pth", b"x", tmp_path / "checkpoint")
+    assert checkpoint == tmp_path / "checkpoint" / "best.pth"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        "best.pth", "checkpoint", "ct", "upload.nii.gz"
+    ]  # fmt: skip
+
+
+def test_an_upload_claiming_more_than_it_holds_is_refused_with_its_name(tmp_path):
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((512, 512, 400))  # 200 MB claimed in a few hundred bytes
+    header.set_data_dtype(np.int16)
+    data = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 1024)
+    with pytest.raises(DataError, match=r"^ct\.nii\.gz holds 1,376 bytes of the 209,715,200 "):
+        save_ct_upload("dir/ct.nii.gz", data, tmp_path)
