@@ -27,10 +27,13 @@ def cache_dir() -> Path:
 
 
 def checkpoints_root() -> Path:
-    """The root of run folders ($CTSEG_CHECKPOINTS or ./checkpoints)."""
-    from ctseg_core.training.run_folder import default_checkpoints_root
+    """The root of run folders: $CTSEG_CHECKPOINTS, else the checkout's checkpoints/.
 
-    return Path(default_checkpoints_root())
+    Not the server's working folder: a dashboard started from elsewhere (a service manager
+    starts it in /) would write runs where nobody looks, or fail to.
+    """
+    env = os.environ.get("CTSEG_CHECKPOINTS")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 def demo_dir() -> Path:

@@ -29,12 +29,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(dirs: dict[str, Path], log: Path) -> Iterator[str]:
+def streamlit_server(
+    dirs: dict[str, Path], log: Path, cwd: Path = REPO, address: str | None = "127.0.0.1"
+) -> Iterator[str]:
     """`streamlit run dashboard/Home.py` on a free localhost port; yields its URL.
 
     ``dirs`` holds "data", "cache" and "checkpoints" (the dashboard's CTSEG_* folders); the
-    server's output goes to ``log``. Raises RuntimeError with the log's tail if it does not start
-    within a minute.
+    server's output goes to ``log``; it starts in ``cwd``, with ``--server.address`` unless that
+    is None (then the dashboard's own config decides). Raises RuntimeError with the log's tail if
+    it does not start within a minute.
     """
     port = free_port()
     env = {
@@ -46,12 +49,13 @@ def streamlit_server(dirs: dict[str, Path], log: Path) -> Iterator[str]:
     }
     env.pop("CTSEG_DATA_ROOTS", None)
     cmd = [
-        sys.executable, "-m", "streamlit", "run", "dashboard/Home.py",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.headless", "true",
+        sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "Home.py"),
+        "--server.port", str(port), "--server.headless", "true",
     ]  # fmt: skip
+    if address is not None:
+        cmd += ["--server.address", address]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
