@@ -22,11 +22,8 @@ from .data.cache import CachedSubject, open_cached
 from .data.dataset_root import open_dataset
 from .data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
 from .errors import ConfigError, DataError
-from .evaluation_tables import (
-    RESULT_COLUMNS,
-    detection_table,
-    summarize_results,
-)
+from .evaluation_paths import write_source
+from .evaluation_tables import RESULT_COLUMNS, detection_table, summarize_results
 from .fileio import atomic_write_text
 from .labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
 from .metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
@@ -203,8 +200,10 @@ def evaluate_predictions(
     (an ensemble, predicted here). subjects: restrict to these ids of the split. Returns the
     subject x structure table (columns ``RESULT_COLUMNS``; annotated structures only; for
     checkpoints only the structures the model predicts). Writes into ``out_dir`` atomically:
-    ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv`` and,
-    with ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
+    ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv``,
+    ``source_<split>.json`` (what was scored: evaluation_paths.write_source) and, with ``report``, the
+    figures and ``3d_<subject>.html`` for the first ``mesh_subjects``. ``evaluation_paths``
+    names a folder per source.
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")
@@ -294,6 +293,7 @@ def evaluate_predictions(
     atomic_write_text(
         out_dir / f"detection_{split}.csv", detection_table(results).to_csv(index=False)
     )
+    write_source(out_dir, predictions, index.root, split, ids, tolerance_mm, tta)
     if collector is not None:
         collector.finish(results, summary)
     return results

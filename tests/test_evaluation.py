@@ -97,6 +97,7 @@ def test_outputs_are_written_and_consistent(tmp_path, sample_root, extra_dir):
         "evaluation_results_train.csv", "summary_train.csv", "detection_train.csv",
         "metrics_distribution_train.png", "structure_ranking_train.png",
         "segmentation_visualization_train.png", "3d_s0000.html", "plotly.min.js",
+        "source_train.json",
     ])  # fmt: skip
     table = pd.read_csv(out / "evaluation_results_train.csv")
     assert list(table.columns) == [
@@ -315,6 +316,38 @@ def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, sample_roo
     assert not list((run / "evaluation").glob("3d_*.html"))
     assert main(["evaluate", "--data", str(sample_root), "--predictions", str(tmp_path)]) == 2
     assert "--out is required" in capsys.readouterr().err
+
+    # another checkpoint of the run gets its own folder: best's tables stay as they were
+    other = rule_checkpoint(run / "checkpoint_epoch3.pth", ["heart"], target=(32, 32))
+    assert main([*argv[:-4], "--checkpoint", str(other), "--meshes", "0"]) == 0
+    mine = pd.read_csv(run / "evaluation_checkpoint_epoch3" / "evaluation_results_val.csv")
+    assert mine.loc[0, "dice"] != pytest.approx(table.loc[0, "dice"], abs=1e-6)
+    again = pd.read_csv(run / "evaluation" / "evaluation_results_val.csv")
+    assert again.loc[0, "dice"] == table.loc[0, "dice"]
+    for folder, checkpoint in (("evaluation", ckpt), ("evaluation_checkpoint_epoch3", other)):
+        source = json.loads((run / folder / "source_val.json").read_text())
+        assert source["checkpoints"] == [str(checkpoint.resolve())]
+        assert source["split"] == "val" and source["subjects"] == ["s0002"]
+
+
+def test_each_predictions_folder_and_ensemble_gets_its_own_evaluation_folder(tmp_path):
+    from ctseg_core.evaluation_paths import checkpoint_evaluation_dir, folder_evaluation_dir
+
+    root = tmp_path / "evaluations"
+    a, b = tmp_path / "alice" / "preds", tmp_path / "bob" / "preds"
+    assert folder_evaluation_dir(root, a).parent == root
+    assert folder_evaluation_dir(root, a).name.startswith("preds-")
+    assert folder_evaluation_dir(root, a) != folder_evaluation_dir(root, b)
+    assert folder_evaluation_dir(root, a) == folder_evaluation_dir(
+        root, tmp_path / "bob/../alice/preds"
+    )
+    run = tmp_path / "run"
+    assert checkpoint_evaluation_dir([run / "best.pth"]) == run / "evaluation"
+    assert checkpoint_evaluation_dir([run / "last.pth"]) == run / "evaluation_last"
+    pair = checkpoint_evaluation_dir([run / "best.pth", tmp_path / "r2" / "best.pth"])
+    assert pair.parent == run and pair.name.startswith("evaluation_ensemble_")
+    swapped = checkpoint_evaluation_dir([tmp_path / "r2" / "best.pth", run / "best.pth"])
+    assert swapped.name == pair.name and swapped.parent == tmp_path / "r2"
 
 
 def test_slice_figure_zooms_on_the_structure_in_question():

@@ -139,7 +139,9 @@ def run_evaluate(args) -> int:
     if args.out is None:
         if not args.checkpoint:
             raise ConfigError("--out is required with --predictions; name a folder for the results")
-        args.out = args.checkpoint[0].parent / "evaluation"
+        from ..evaluation_paths import checkpoint_evaluation_dir
+
+        args.out = checkpoint_evaluation_dir(args.checkpoint)
     progress, bar = tqdm_callback("evaluate")
     try:
         results = evaluate_predictions(

@@ -10,6 +10,7 @@ import streamlit as st
 
 from ctseg_core.access import check_allowed_path
 from ctseg_core.errors import DataError
+from ctseg_core.evaluation_paths import checkpoint_evaluation_dir, folder_evaluation_dir
 from dashboard import cached, state
 from dashboard.helpers import evalcharts, viewer
 from dashboard.pages_index import PAGE_FILES
@@ -34,7 +35,7 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
             return None
         label = st.selectbox("Run / checkpoint", list(checkpoints), key=state.EVAL_FORM.checkpoint)
         path = Path(checkpoints[label])
-        return [str(path)], path.parent / "evaluation", label
+        return [str(path)], checkpoint_evaluation_dir([path]), label
     folder = st.text_input(
         "Predictions folder (multilabel <subject id>.nii.gz files, TotalSegmentator v2 values)",
         key=state.EVAL_FORM.folder,
@@ -44,7 +45,7 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
     resolved = check_allowed_path(folder)
     if not resolved.is_dir():
         raise DataError(f"{folder} is not a folder; give the folder holding <id>.nii.gz files")
-    out = cached.checkpoints_root() / "evaluations" / resolved.name
+    out = folder_evaluation_dir(cached.checkpoints_root() / "evaluations", resolved)
     return str(resolved), out, ""
 
 

@@ -1,0 +1,68 @@
+"""Where an evaluation's tables go, and the record of what they score (``source_<split>.json``).
+
+Every source gets its own folder, so evaluating one checkpoint or predictions folder never
+replaces the tables of another: ``<run>/evaluation`` for a run's ``best.pth`` (the run folder
+contract), ``<run>/evaluation_<stem>`` for its other checkpoints, ``<run>/evaluation_ensemble_<h>``
+for several, and ``<name>-<h>`` under a chosen root for a predictions folder (two folders of the
+same name in different places do not meet). ``<h>``: 8 hex digits of the resolved paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _digest(paths: Sequence[str | Path]) -> str:
+    text = "\n".join(sorted(str(Path(p).resolve()) for p in paths))
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def checkpoint_evaluation_dir(checkpoints: Sequence[str | Path]) -> Path:
+    """The evaluation folder of one checkpoint (or an ensemble), inside the first one's run."""
+    first = Path(checkpoints[0])
+    if len(checkpoints) > 1:
+        return first.parent / f"evaluation_ensemble_{_digest(checkpoints)}"
+    if first.name == "best.pth":
+        return first.parent / "evaluation"
+    return first.parent / f"evaluation_{first.stem}"
+
+
+def folder_evaluation_dir(root: str | Path, predictions: str | Path) -> Path:
+    """The evaluation folder of a predictions folder, under ``root``: ``<name>-<digest>``."""
+    return Path(root) / f"{Path(predictions).resolve().name}-{_digest([predictions])}"
+
+
+def write_source(
+    out_dir: str | Path,
+    predictions: str | Path | Sequence[str | Path],
+    dataset_root: str | Path,
+    split: str,
+    subjects: Sequence[str],
+    tolerance_mm: float,
+    tta: bool,
+) -> None:
+    """Record in ``out_dir/source_<split>.json`` what the split's tables there score (atomically).
+
+    predictions: a folder, or the checkpoint paths of the ensemble; ``tta`` is recorded for
+    checkpoints only.
+    """
+    from .fileio import atomic_write_json
+    from .training.run_folder import utc_now
+
+    folder = isinstance(predictions, str | Path) and Path(predictions).is_dir()
+    paths = [predictions] if isinstance(predictions, str | Path) else list(predictions)
+    record = {
+        "predictions_folder" if folder else "checkpoints": (
+            str(Path(predictions).resolve()) if folder else [str(Path(p).resolve()) for p in paths]
+        ),
+        "dataset": str(Path(dataset_root).resolve()),
+        "split": split,
+        "subjects": list(subjects),
+        "tolerance_mm": tolerance_mm,
+        "written": utc_now(),
+    }
+    if not folder:
+        record["tta"] = tta
+    atomic_write_json(Path(out_dir) / f"source_{split}.json", record)
