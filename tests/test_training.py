@@ -15,7 +15,13 @@ from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import CtsegError
 from ctseg_core.training.checkpoint import load_checkpoint, load_model
 from ctseg_core.training.losses import LOSS_FUNCTIONS
-from ctseg_core.training.run_folder import list_runs, read_history, read_status
+from ctseg_core.training.run_folder import (
+    list_runs,
+    new_run_dir,
+    read_history,
+    read_status,
+    write_status,
+)
 from ctseg_core.training.trainer import Trainer, TrainingError
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
@@ -136,6 +142,31 @@ def test_an_existing_run_name_is_never_overwritten(phantom_root, tmp_path):
     with pytest.raises(CtsegError, match="already exists"):
         Trainer(tiny_config(phantom_root, "mine"), checkpoints_root=tmp_path).open_run()
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "name", [".hidden", "-rf", "a/b", "..", "x" * 101, "a\0b", " lead", "trail ", "tab\there"]
+)
+def test_run_names_that_are_not_plain_folder_names_are_refused(tmp_path, name):
+    with pytest.raises(CtsegError, match="must be a plain folder name of 1 to 100") as exc:
+        new_run_dir(tmp_path, name)
+    assert "\n" not in str(exc.value) and len(str(exc.value)) < 300
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["a", "run 2", "unet_v1.2-lr1e-3", "x" * 100, "rénal"])
+def test_plain_run_names_are_taken(tmp_path, name):
+    assert new_run_dir(tmp_path, name) == tmp_path / name
+
+
+def test_a_run_stopped_before_its_first_epoch_gives_its_name_back(tmp_path):
+    stopped = tmp_path / "early"
+    stopped.mkdir()
+    write_status(stopped, {"state": "stopped", "message": "stopped by request during epoch 1"})
+    assert new_run_dir(tmp_path, "early") == stopped
+    (stopped / "last.pth").write_bytes(b"a checkpoint")  # one that trained is kept
+    with pytest.raises(CtsegError, match="already exists; choose another run name, or continue"):
+        new_run_dir(tmp_path, "early")
 
 
 def test_training_on_the_real_sample_with_sigmoid_outputs(sample_root, tmp_path):
@@ -313,8 +344,6 @@ def test_a_disk_too_small_for_the_checkpoints_refuses_or_warns(phantom_root, tmp
 def test_a_run_still_training_elsewhere_is_not_resumed_over(phantom_root, tmp_path):
     import datetime as dt
     import subprocess
-
-    from ctseg_core.training.run_folder import write_status
 
     trainer = Trainer(tiny_config(phantom_root, "busy", epochs=1), checkpoints_root=tmp_path)
     run_dir = trainer.open_run()

@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import shutil
 import socket
 from dataclasses import dataclass
@@ -59,18 +60,26 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+#: a run folder's name: no path separators, no hidden or option-like names, no odd characters
+RUN_NAME = re.compile(r"[\w][\w. -]{0,98}[\w.-]|[\w]")
+
+
 def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run,
     unless it failed before writing a checkpoint (then the new start takes its folder)."""
     root = Path(root).expanduser()
     name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
-    if any(c in name for c in "/\\") or name in (".", ".."):
-        raise CtsegError(f"run name {name!r} must be a plain folder name (no slashes)")
+    if not RUN_NAME.fullmatch(name):
+        raise CtsegError(
+            f"run name {name[:120]!r} must be a plain folder name of 1 to 100 letters, digits, "
+            "'.', '_', '-' or spaces, not starting with '.', '-' or a space; choose another"
+        )
     run_dir = root / name
-    if run_dir.exists() and any(run_dir.iterdir()) and not _failed_before_training(run_dir):
+    if run_dir.exists() and any(run_dir.iterdir()) and not _ended_before_training(run_dir):
         if run_name:
             raise CtsegError(
-                f"run folder {run_dir} already exists; choose another run name (--run) or resume it"
+                f"run folder {run_dir} already exists; choose another run name, or continue "
+                "that run"
             )
         for i in range(2, 1000):
             if not (root / f"{name}-{i}").exists():
@@ -89,11 +98,12 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     return run_dir
 
 
-def _failed_before_training(run_dir: Path) -> bool:
-    """A run that failed (or died) before its first checkpoint: its name may be used again
-    (it holds only the settings and the error of a start that did not happen)."""
+def _ended_before_training(run_dir: Path) -> bool:
+    """A run that failed or was stopped before its first checkpoint: its name may be used again
+    (it holds only the settings and the end of a start that trained nothing; it cannot be
+    continued)."""
     return (
-        read_status(run_dir).get("state") == "failed"
+        read_status(run_dir).get("state") in ("failed", "stopped")
         and not any(run_dir.glob("*.pth"))
         and not read_history(run_dir)
     )

@@ -121,6 +121,7 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         run_name = st.text_input(
             "Run name (empty = timestamp)",
             placeholder=dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"),
+            max_chars=100,
             key=k.run_name,
         )
         start = st.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
