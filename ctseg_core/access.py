@@ -44,7 +44,8 @@ def check_allowed_path(path: str | Path, roots: list[Path] | None = None) -> Pat
     if any(resolved == root or resolved.is_relative_to(root) for root in roots):
         return resolved
     shown = os.pathsep.join(str(r) for r in roots)
+    # not where it resolved to: that would tell a user where a symlink leads, outside the roots
     raise ConfigError(
-        f"{path} (resolved to {resolved}) is outside the allowed data roots {shown}; "
+        f"{path} is outside the allowed data roots {shown} (after following links and '..'); "
         f"choose a path inside them or ask the server admin to extend {ENV_ROOTS}"
     )

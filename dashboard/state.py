@@ -43,6 +43,7 @@ EXPLORE_CHECKPOINT = "ctseg_explore_checkpoint"  # str: checkpoint label or "(no
 EXPLORE_PLANE = EXPLORE_VIEW.plane  # str: axial / coronal / sagittal
 EXPLORE_STRUCTURES = EXPLORE_VIEW.structures  # list[str]: structures picked on Explore
 TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
+TRAIN_STARTED = "ctseg_train_started"  # set[str]: runs started or continued from this session
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
 EXPLORE_FOLDERS = "ctseg_explore_folders"  # list[str]: prediction folders evaluated here
@@ -114,6 +115,27 @@ def guarded(body: Callable[[], None], what: str = "") -> None:
         body()
     except Exception as exc:
         show_error(exc, what)
+
+
+#: headers in which an authenticating proxy (oauth2-proxy, Apache, nginx auth_request) names
+#: its user; only a label in status.json, never a permission (without a proxy anyone can send one)
+USER_HEADERS = (
+    "X-Forwarded-User", "X-Forwarded-Preferred-Username", "X-Auth-Request-User",
+    "X-Remote-User", "Remote-User", "X-Forwarded-Email",
+)  # fmt: skip
+
+
+def who() -> str:
+    """Who is at this browser, as a run's status records it: the proxy's user, or a
+    generic label when the dashboard is not behind an authenticating proxy."""
+    try:
+        headers = st.context.headers
+        for name in USER_HEADERS:
+            if headers.get(name):
+                return f"{headers.get(name)[:80]} (dashboard)"
+    except Exception:  # no browser request behind this run (AppTest, a bare script)
+        pass
+    return "a dashboard user"
 
 
 def dataset_root() -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import importlib.util
 import json
 import os
@@ -155,6 +156,7 @@ def test_cli_starts_and_resumes_say_what_they_do(phantom_root, tmp_path, capsys)
     run = tmp_path / "r"
     assert json.loads((run / "config.json").read_text())["data"]["val_slices_per_subject"] is None
     assert (run / "best.pth").is_file()
+    assert read_status(run)["started_by"] == f"{getpass.getuser()} (CLI)"
     assert main([*args, "--epochs", "1", "--run", "r"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["train", "--resume", str(run)]) == 2

@@ -163,6 +163,16 @@ def build_config(args):
     return RunConfig.from_dict(base)
 
 
+def _who() -> str:
+    """The login of whoever runs the command, for the run's status.json ("alice (CLI)")."""
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (CLI)"
+    except (OSError, KeyError):  # a container user without a passwd entry or LOGNAME
+        return "CLI"
+
+
 def run_train(args) -> int:
     from ..training import distributed as ddp
     from ..training.trainer import Trainer
@@ -176,7 +186,9 @@ def run_train(args) -> int:
             callbacks.append(_bar_callback(progress, bar))
         if args.resume:
             _refuse_settings_on_resume(args)
-            trainer = Trainer.resume(args.resume, epochs=args.epochs, callbacks=callbacks)
+            trainer = Trainer.resume(
+                args.resume, epochs=args.epochs, callbacks=callbacks, started_by=_who()
+            )
             for dest in _HARDWARE:  # the run may move to another machine
                 if getattr(args, dest) is not None:
                     section, name = _FLAGS[dest]
@@ -187,8 +199,9 @@ def run_train(args) -> int:
 
                 raise ConfigError("give the dataset with --data (or a --config, or --resume)")
             trainer = Trainer(
-                build_config(args), checkpoints_root=args.checkpoints, callbacks=callbacks
-            )
+                build_config(args), checkpoints_root=args.checkpoints, callbacks=callbacks,
+                started_by=_who(),
+            )  # fmt: skip
         previous = _stop_on_sigterm(trainer)
         try:
             run_dir = trainer.open_run()

@@ -67,16 +67,28 @@ class TrainingJob:
         with self._lock:
             return self._snapshot
 
-    def start(self, config: RunConfig, checkpoints_root: str | Path | None = None) -> Path:
-        """Start training ``config`` in the background; returns the new run folder."""
-        return self._launch(lambda kw: Trainer(config, checkpoints_root=checkpoints_root, **kw))
+    def start(
+        self, config: RunConfig, checkpoints_root: str | Path | None = None, started_by: str = ""
+    ) -> Path:
+        """Start training ``config`` in the background; returns the new run folder.
 
-    def resume(self, run_dir: str | Path, epochs: int | None = None) -> Path:
+        ``started_by``: who asked (kept in status.json, see Trainer)."""
+        return self._launch(
+            lambda kw: Trainer(config, checkpoints_root=checkpoints_root, **kw), started_by
+        )
+
+    def resume(self, run_dir: str | Path, epochs: int | None = None, started_by: str = "") -> Path:
         """Continue ``run_dir`` from its last.pth in the background (optionally to more epochs)."""
-        return self._launch(lambda kw: Trainer.resume(run_dir, epochs=epochs, **kw))
+        return self._launch(lambda kw: Trainer.resume(run_dir, epochs=epochs, **kw), started_by)
 
-    def stop(self) -> None:
-        """Ask the running loop to stop before its next batch (returns at once)."""
+    def stop(self, by: str = "") -> None:
+        """Ask the running loop to stop before its next batch (returns at once).
+
+        ``by``: who asked; the run's final message then says "stopped by request of <by>"."""
+        with self._lock:
+            trainer = self._trainer
+        if by and trainer is not None:
+            trainer.stopper.request(f"by request of {by}")
         self._stop.set()
         with self._lock:
             snap = self._snapshot
@@ -94,7 +106,7 @@ class TrainingJob:
             thread.join(timeout)
         return not self.is_running
 
-    def _launch(self, make_trainer) -> Path:
+    def _launch(self, make_trainer, started_by: str) -> Path:
         with self._lock:
             if self.is_running:
                 raise CtsegError(
@@ -102,7 +114,10 @@ class TrainingJob:
                     "stop it or wait for it to finish before starting another"
                 )
             self._stop = threading.Event()
-            trainer = make_trainer({"callbacks": [self._on_progress], "stop_event": self._stop})
+            trainer = make_trainer(
+                {"callbacks": [self._on_progress], "stop_event": self._stop,
+                 "started_by": started_by}
+            )  # fmt: skip
             self._trainer = trainer
             run_dir = trainer.open_run()
             self._snapshot = JobSnapshot(

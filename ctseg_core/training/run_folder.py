@@ -153,6 +153,15 @@ def stop_requested(run_dir: str | Path) -> bool:
     return (Path(run_dir) / STOP_REQUEST).exists()
 
 
+def stop_requested_by(run_dir: str | Path) -> str:
+    """Who wrote the stop request of ``run_dir`` ("" for a bare ``touch`` or none)."""
+    try:
+        by = json.loads((Path(run_dir) / STOP_REQUEST).read_text()).get("by")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return str(by) if by else ""
+
+
 def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:
     """Rewrite status.json atomically, stamping ``updated_at``."""
     atomic_write_json(Path(run_dir) / "status.json", json_safe({**status, "updated_at": utc_now()}))

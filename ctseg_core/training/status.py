@@ -45,13 +45,14 @@ class StatusFile:
     Step reports are written at most once a second, others always; state "running" shows as
     "stopping" once ``stop_event`` is set. After the final state (a Progress of kind "end")
     nothing is written any more: a late stop or step report never overwrites it. ``warning``
-    is kept in every write. Thread-safe (the training loop and a Stop button both write).
+    and ``started_by`` are kept in every write. Thread-safe (the training loop and a Stop button both write).
     """
 
     def __init__(self, rank: int, stop_event: threading.Event):
         self.rank, self.stop_event = rank, stop_event
         self.run_dir: Path | None = None
         self.warning: str | None = None
+        self.started_by = ""
         self._lock = threading.Lock()
         self._last_write = 0.0
         self._last: dict | None = None
@@ -70,6 +71,7 @@ class StatusFile:
             "steps_per_epoch": p.steps_per_epoch, "eta_s": p.eta_s, "loss": p.loss, "lr": p.lr,
             "error": p.error, "message": p.message, "warning": self.warning, "pid": os.getpid(),
             "host": socket.gethostname(), "run_name": self.run_dir.name,
+            "started_by": self.started_by or None,
         }  # fmt: skip
         with self._lock:
             if self._ended:

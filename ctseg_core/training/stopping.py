@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import distributed as ddp
-from .run_folder import stop_requested
+from .run_folder import stop_requested, stop_requested_by
 
 STOP_POLL_S = 1.0  # one process: seconds between looks for a stop request in the run folder
 STOP_POLL_STEPS = 20  # torchrun: steps between looks (rank 0 looks; the ranks agree in one gather)
@@ -57,7 +57,9 @@ class StopControl:
                 raise StopRequested
             return
         if not self.event.is_set() and self._folder_asks():
-            self.request("by request (stop_request.json in the run folder)")
+            by = stop_requested_by(self.run_dir)
+            of = f" of {by}" if by else ""
+            self.request(f"by request{of} (stop_request.json in the run folder)")
         if self.event.is_set():
             raise StopRequested
 

@@ -63,7 +63,10 @@ class Trainer:
         checkpoints_root: str | Path | None = None,
         callbacks: Sequence[Callback] = (),
         stop_event: threading.Event | None = None,
+        started_by: str = "",
     ):
+        """``started_by``: who launched this training (a user, "alice (CLI)"), kept in
+        status.json so that a team sees whose run it is; empty: not recorded."""
         self.config = config
         self.checkpoints_root = Path(checkpoints_root) if checkpoints_root else None
         self.callbacks = list(callbacks)
@@ -72,6 +75,7 @@ class Trainer:
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.stopper = StopControl(stop_event, self.rank, self.world)
         self.status = StatusFile(self.rank, self.stopper.event)
+        self.status.started_by = started_by
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:

@@ -30,8 +30,10 @@ def controls(root: str) -> None:
     job = cached.training_job()
     if config is not None:
         try:
-            run_dir = job.start(config.validate(check_data=True), cached.checkpoints_root())
-            st.session_state[state.TRAIN_RUN] = Path(run_dir).name
+            run_dir = job.start(
+                config.validate(check_data=True), cached.checkpoints_root(), state.who()
+            )
+            _started_here(run_dir)
             st.toast(f"Started {Path(run_dir).name}", icon=":material/play_arrow:")
         except Exception as exc:
             state.show_error(exc, "cannot start")
@@ -44,11 +46,8 @@ def controls(root: str) -> None:
             icon=":material/directions_run:",
         )
     cols = st.columns([1, 3, 1, 1], vertical_alignment="bottom")
-    if cols[0].button(
-        "Stop", icon=":material/stop:", disabled=not job.is_running, key=state.TRAIN_FORM.stop
-    ):
-        job.stop()
-        st.toast("Stopping after the current step …")
+    with cols[0]:
+        stop_job(job)
     resumable = {
         r.name: r
         for r in _list_runs()
@@ -76,12 +75,43 @@ def controls(root: str) -> None:
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
         try:
-            run_dir = job.resume(cached.checkpoints_root() / pick, epochs=int(until))
+            run_dir = job.resume(
+                cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who()
+            )
         except Exception as exc:
             state.show_error(exc, "cannot resume")
         else:
-            st.session_state[state.TRAIN_RUN] = Path(run_dir).name
+            _started_here(run_dir)
             st.rerun()  # redraw Stop (enabled) and the watched run
+
+
+def _started_here(run_dir: Path) -> None:
+    """Watch ``run_dir``, and remember that this browser session launched it."""
+    name = Path(run_dir).name
+    st.session_state[state.TRAIN_RUN] = name
+    st.session_state.setdefault(state.TRAIN_STARTED, set()).add(name)
+
+
+def stop_job(job) -> None:
+    """Stop for the server's job: at once for a run this session launched; for one another
+    tab or another user launched, after a confirmation that says whose it is."""
+    if not job.is_running:
+        st.button("Stop", icon=":material/stop:", disabled=True, key=state.TRAIN_FORM.stop)
+        return
+    name = job.snapshot().run_dir.name
+    if name in st.session_state.get(state.TRAIN_STARTED, set()):
+        if st.button("Stop", icon=":material/stop:", key=state.TRAIN_FORM.stop):
+            job.stop(by=state.who())
+            st.toast("Stopping after the current step …")
+        return
+    from ctseg_core.training.run_folder import read_status
+
+    owner = read_status(cached.checkpoints_root() / name).get("started_by") or "someone"
+    with st.popover("Stop", icon=":material/stop:"):
+        st.write(f"**{name}** was started by {owner}, not from this browser tab.")
+        if st.button(f"Stop {name}", type="primary", key=state.TRAIN_FORM.stop):
+            job.stop(by=state.who())
+            st.toast(f"Stopping {name} after the current step …")
 
 
 def _list_runs():
@@ -129,22 +159,23 @@ def run_list_watcher(shown: tuple) -> None:
 def stop_button(run_dir: Path) -> None:
     """Stop for an active run this server did not start (the CLI, torchrun, another server):
     a stop request in its folder, which the trainer looks for about once a second."""
-    from ctseg_core.training.run_folder import request_stop, stop_requested
+    from ctseg_core.training.run_folder import read_status, request_stop, stop_requested
 
     job = cached.training_job()
     if job.is_running and job.snapshot().run_dir == run_dir:
         return  # this server's own run: the Stop above ends it directly
     if stop_requested(run_dir):
         st.caption("Stop requested: the run ends before its next batch once it sees the request.")
-    elif st.button(
-        "Stop this run",
-        icon=":material/stop:",
-        key=state.TRAIN_FORM.stop_elsewhere,
-        help="For a run started elsewhere (CLI, torchrun, another server): asks it to stop "
-        "through its run folder; last.pth keeps the last completed epoch.",
-    ):
-        request_stop(run_dir, by=f"dashboard on {socket.gethostname()}")
-        st.toast("Stop requested", icon=":material/stop:")
+        return
+    owner = read_status(run_dir).get("started_by") or "someone"
+    with st.popover("Stop this run", icon=":material/stop:"):
+        st.write(
+            f"**{run_dir.name}** was started by {owner}, elsewhere (the CLI, torchrun or another "
+            "server). It stops before its next batch; last.pth keeps its last completed epoch."
+        )
+        if st.button(f"Stop {run_dir.name}", type="primary", key=state.TRAIN_FORM.stop_elsewhere):
+            request_stop(run_dir, by=f"{state.who()} on {socket.gethostname()}")
+            st.toast("Stop requested", icon=":material/stop:")
 
 
 def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
@@ -171,6 +202,8 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     cols[4].metric("Loss", "—" if loss is None else f"{loss:.4f}")
     done = (epoch + (step / steps if steps else 0)) / epochs if epochs else 0.0
     st.progress(min(max(done, 0.0), 1.0), text=status.get("message") or "")
+    if status.get("started_by"):
+        st.caption(f"Started by {status['started_by']} on {status.get('host') or '?'}")
     if status.get("error"):
         st.error(f"{run_name}: {status['error']}")
     if status.get("warning"):

@@ -443,7 +443,7 @@ def test_train_stops_a_run_started_elsewhere_through_its_folder(
 
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     config = make_tiny_config(app_env, "elsewhere", epochs=50, steps=500)
-    trainer = Trainer(config.validate(), checkpoints_root=tmp_path)
+    trainer = Trainer(config.validate(), checkpoints_root=tmp_path, started_by="alice (CLI)")
     run_dir = trainer.open_run()
     outcome = []
     thread = threading.Thread(target=lambda: outcome.append(trainer.run()), daemon=True)
@@ -456,12 +456,45 @@ def test_train_stops_a_run_started_elsewhere_through_its_folder(
     at.run()
     no_problems(at)
     assert {m.label: m.value for m in at.metric}["State"] == "running"
+    # the Stop asks first, saying whose run it is
+    assert any("was started by alice (CLI)" in m.value for m in at.markdown)
     at.button(key="ctseg_train_stop_elsewhere").click()
     at.run()
     no_problems(at)
     thread.join(60)
     assert outcome == ["stopped"] and read_status(run_dir)["state"] == "stopped"
     assert read_status(run_dir)["epoch"] == 0  # within the first of 50 epochs
+    assert "stopped by request of a dashboard user on " in read_status(run_dir)["message"]
+
+
+def test_stopping_the_servers_run_from_another_session_says_whose_it_is(
+    app_env, make_tiny_config, monkeypatch, tmp_path, new_app, no_problems
+):
+    """Two users of one server: the run bob started is stopped by another session only
+    through a confirmation naming bob, and its status says who stopped it."""
+    from ctseg_core.training.job import get_job
+    from ctseg_core.training.run_folder import read_status
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    job = get_job()
+    config = make_tiny_config(app_env, "bobs-run", epochs=50, steps=500).validate()
+    run_dir = job.start(config, tmp_path, started_by="bob (dashboard)")
+    try:
+        at = new_app("train")
+        at.run()
+        no_problems(at)
+        assert any("**bobs-run** was started by bob (dashboard)" in m.value for m in at.markdown)
+        assert any("Started by bob (dashboard) on " in c.value for c in at.caption)
+        at.button(key="ctseg_train_stop").click()  # the popover's confirmation
+        at.run()
+        no_problems(at)
+        assert job.wait(60)
+    finally:
+        job.stop()
+        job.wait(60)
+    status = read_status(run_dir)
+    assert status["state"] == "stopped" and status["started_by"] == "bob (dashboard)"
+    assert status["message"].startswith("stopped by request of a dashboard user during epoch")
 
 
 def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
