@@ -71,6 +71,7 @@ def controls(root: str) -> None:
             value=planned if planned > done else done + 10,  # a finished run: 10 more
             key=f"{state.TRAIN_FORM.resume_epochs}_{pick}",
         )
+        _resume_note(pick)
     if cols[3].button(
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
@@ -90,6 +91,19 @@ def _started_here(run_dir: Path) -> None:
     name = Path(run_dir).name
     st.session_state[state.TRAIN_RUN] = name
     st.session_state.setdefault(state.TRAIN_STARTED, set()).add(name)
+
+
+def _resume_note(name: str) -> None:
+    """What Resume does to the run's own folder, and whose run it is when not this session's."""
+    from ctseg_core.training.run_folder import read_status
+
+    owner = read_status(cached.checkpoints_root() / name).get("started_by")
+    whose = f" (started by {owner})" if owner else ""
+    if name not in st.session_state.get(state.TRAIN_STARTED, set()):
+        st.caption(
+            f"Resume trains {name}{whose} further in its own folder: its last.pth, best.pth "
+            "(when validation improves), history and status are updated as it trains."
+        )
 
 
 def stop_job(job) -> None:

@@ -538,3 +538,17 @@ def test_train_offers_to_continue_a_finished_run_for_more_epochs(
     no_problems(at)
     until = at.number_input(key="ctseg_train_resume_epochs_tiny")
     assert until.value == 11 and until.min == 2  # trained 1 of 1: ten more by default
+
+
+def test_resume_says_it_trains_the_chosen_run_in_its_own_folder(
+    app_env, tiny_run, new_app, no_problems
+):
+    at = new_app("train")
+    at.run()
+    at.selectbox(key="ctseg_train_resume_pick").set_value(tiny_run.name)
+    at.run()
+    no_problems(at)
+    note = [c.value for c in at.caption if c.value.startswith("Resume trains")]
+    assert note == [f"Resume trains {tiny_run.name} further in its own folder: its last.pth, "
+                    "best.pth (when validation improves), history and status are updated as it "
+                    "trains."]  # fmt: skip
