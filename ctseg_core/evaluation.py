@@ -201,9 +201,9 @@ def evaluate_predictions(
     subject x structure table (columns ``RESULT_COLUMNS``; annotated structures only; for
     checkpoints only the structures the model predicts). Writes into ``out_dir`` atomically:
     ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv``,
-    ``source_<split>.json`` (what was scored: evaluation_paths.write_source) and, with ``report``, the
-    figures and ``3d_<subject>.html`` for the first ``mesh_subjects``. ``evaluation_paths``
-    names a folder per source.
+    ``source_<split>.json`` (what was scored: ``evaluation_paths.write_source``) and, with
+    ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
+    ``evaluation_paths`` names a folder per source.
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")

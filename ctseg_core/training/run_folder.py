@@ -66,7 +66,8 @@ RUN_NAME = re.compile(r"[\w][\w. -]{0,98}[\w.-]|[\w]")
 
 def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run,
-    unless it failed before writing a checkpoint (then the new start takes its folder)."""
+    unless it failed or was stopped before writing a checkpoint (then the new start takes its
+    folder). CtsegError for a name that is not a plain folder name (``RUN_NAME``)."""
     root = Path(root).expanduser()
     name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
     if not RUN_NAME.fullmatch(name):
