@@ -112,7 +112,8 @@ def stop_job(job) -> None:
     if not job.is_running:
         st.button("Stop", icon=":material/stop:", disabled=True, key=state.TRAIN_FORM.stop)
         return
-    name = job.snapshot().run_dir.name
+    run_dir = job.snapshot().run_dir
+    name = run_dir.name
     if name in st.session_state.get(state.TRAIN_STARTED, set()):
         if st.button("Stop", icon=":material/stop:", key=state.TRAIN_FORM.stop):
             job.stop(by=state.who())
@@ -120,7 +121,7 @@ def stop_job(job) -> None:
         return
     from ctseg_core.training.run_folder import read_status
 
-    owner = read_status(cached.checkpoints_root() / name).get("started_by") or "someone"
+    owner = read_status(run_dir).get("started_by") or "someone"
     with st.popover("Stop", icon=":material/stop:"):
         st.write(f"**{name}** was started by {owner}, not from this browser tab.")
         if st.button(f"Stop {name}", type="primary", key=state.TRAIN_FORM.stop):
