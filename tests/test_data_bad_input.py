@@ -303,6 +303,44 @@ def test_a_dataset_needing_more_open_files_raises_the_limit_or_says_how(limit, p
         assert "split 'all'" in done.stdout and "ulimit -n" in done.stdout
 
 
+_BOTH_SPLITS_SCRIPT = """
+import os, resource, sys
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.data.dataset_root import open_dataset
+from ctseg_core.errors import CtsegError
+from ctseg_core.training.trainer import Trainer
+index = open_dataset(sys.argv[1])
+largest = max(len(index.subjects_in("train")), len(index.subjects_in("val")))
+# room for either split's two maps per subject, not for both splits'
+low = len(os.listdir("/proc/self/fd")) + 2 * largest + 64 + 1
+resource.setrlimit(resource.RLIMIT_NOFILE, (low, low))
+config = RunConfig(DataConfig(data_root=sys.argv[1], target_size=(64, 64)),
+                   ModelConfig(features=[4, 8, 16, 32], bottleneck=32),
+                   TrainConfig(epochs=1, steps_per_epoch=1, device="cpu"))
+try:
+    Trainer(config, checkpoints_root=sys.argv[2]).run()
+except CtsegError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+def test_training_reserves_open_files_for_both_splits_before_it_starts(phantom_root, tmp_path):
+    """The training set's CT maps open lazily in the first epoch, after the validation set has
+    taken its files: a limit checked split by split let the full dataset fail at epoch's end."""
+    import subprocess
+    import sys
+
+    prepare_dataset(phantom_root, workers=1)
+    done = subprocess.run(
+        [sys.executable, "-c", _BOTH_SPLITS_SCRIPT, str(phantom_root), str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: the train and val splits of" in done.stdout, done.stdout
+    assert "ulimit -n" in done.stdout
+
+
 def test_a_cache_inside_the_dataset_or_on_a_file_is_refused(phantom_root, tmp_path):
     from ctseg_core.data.cache import open_cached
     from ctseg_core.data.prepare import prepare_dataset

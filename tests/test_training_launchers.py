@@ -178,6 +178,46 @@ def test_cli_starts_and_resumes_say_what_they_do(phantom_root, tmp_path, capsys)
     assert read_status(crashed)["state"] == "finished"
 
 
+def test_a_run_that_fails_while_training_exits_1_with_one_line(phantom_root, tmp_path):
+    """A failure of the machine mid-run (here: no file may grow past 64 kB, so the first
+    checkpoint cannot be written) is an unfinished result, not bad input."""
+    import resource
+    import subprocess
+
+    from ctseg_core.data.prepare import prepare_dataset
+
+    prepare_dataset(phantom_root, workers=1)  # the cache is written before the limit applies
+    cmd = [sys.executable, "-m", "ctseg_core", "train", "--data", str(phantom_root),
+           "--checkpoints", str(tmp_path), *TINY_ARGS, "--batch-size", "2", "--epochs", "1",
+           "--steps-per-epoch", "1", "--val-slices", "1", "--run", "big", "--device", "cpu"]  # fmt: skip
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=180, preexec_fn=small_files,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    # torch.save reports the short write as its own RuntimeError
+    assert line.startswith(f"error: run {tmp_path / 'big'} failed: RuntimeError: ")
+    status = read_status(tmp_path / "big")
+    assert status["state"] == "failed" and line.endswith(status["error"])
+    assert not (tmp_path / "big" / "last.pth").exists()  # no half-written checkpoint left
+
+
+def test_too_many_open_files_says_how_to_raise_the_limit():
+    import errno
+
+    from ctseg_core.training.trainer import failure_text
+
+    text = failure_text(OSError(errno.EMFILE, "Too many open files"))
+    assert text.startswith("too many open files (this process may open ")
+    assert "`ulimit -n " in text and "--resume" in text
+    assert failure_text(ValueError("x")) == "ValueError: x"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("torch.distributed.run") is None or not dist.is_available(),

@@ -174,6 +174,7 @@ def _who() -> str:
 
 
 def run_train(args) -> int:
+    from ..errors import CtsegError
     from ..training import distributed as ddp
     from ..training.trainer import Trainer
 
@@ -205,7 +206,15 @@ def run_train(args) -> int:
         previous = _stop_on_sigterm(trainer)
         try:
             run_dir = trainer.open_run()
-            state = trainer.run()
+            try:
+                state = trainer.run()
+            except Exception as exc:  # recorded as "failed" in status.json
+                if isinstance(exc, CtsegError) or args.verbose:
+                    raise
+                from ..training.trainer import failure_text
+
+                print(f"error: run {run_dir} failed: {failure_text(exc)}", file=sys.stderr)
+                return 1  # an unfinished result, not bad input
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -15,10 +15,13 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
+from ..data.cache import reserve_open_files
+from ..data.dataset_root import open_dataset
 from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..models import build_model
 from . import distributed as ddp
@@ -91,6 +94,11 @@ def build_parts(
 ) -> RunParts:
     """The parts of a run on this rank; ``resume``: the loaded last.pth, or None."""
     t, d = cfg.train, cfg.data
+    # both splits at once: each dataset counts only the files it opens itself, and the CT maps
+    # open lazily during the first epoch, after the validation set has taken its share
+    index = open_dataset(Path(d.data_root), seed=d.seed)
+    n_subjects = len(index.subjects_in(d.train_split)) + len(index.subjects_in(d.val_split))
+    reserve_open_files(n_subjects, f"the {d.train_split} and {d.val_split} splits of {index.root}")
     if world > 1 and rank != 0:
         ddp.barrier()  # rank 0 prepares the cache alone; the others then only open it
     train_set = SliceDataset(cfg, d.train_split, progress=preparing(d.train_split))

@@ -14,6 +14,7 @@ A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import threading
@@ -53,6 +54,25 @@ log = logging.getLogger(__name__)
 
 class TrainingError(CtsegError):
     """Training cannot go on (NaN loss, ...); the message says what to change."""
+
+
+def failure_text(exc: BaseException) -> str:
+    """The one line a failed run records: the message of our own errors, the type and text of
+    others, and what to do about the machine's limits (too many open files)."""
+    if isinstance(exc, CtsegError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):  # Windows
+            soft = 1024
+        return (
+            f"too many open files (this process may open {soft}; ulimit -n): raise the limit, "
+            f"e.g. `ulimit -n {max(4 * soft, 4096)}`, then continue the run (--resume)"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Trainer:
@@ -189,7 +209,7 @@ class Trainer:
             self._end("stopped", message=msg)
             raise
         except BaseException as exc:
-            text = str(exc) if isinstance(exc, CtsegError) else f"{type(exc).__name__}: {exc}"
+            text = failure_text(exc)
             if not isinstance(exc, CtsegError):
                 log.error("training failed:\n%s", traceback.format_exc())
             self._end("failed", message=text, error=text)
