@@ -210,7 +210,7 @@ def test_a_run_that_fails_while_training_exits_1_with_one_line(phantom_root, tmp
 def test_too_many_open_files_says_how_to_raise_the_limit():
     import errno
 
-    from ctseg_core.training.trainer import failure_text
+    from ctseg_core.training.status import failure_text
 
     text = failure_text(OSError(errno.EMFILE, "Too many open files"))
     assert text.startswith("too many open files (this process may open ")

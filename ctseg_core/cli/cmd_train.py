@@ -211,7 +211,7 @@ def run_train(args) -> int:
             except Exception as exc:  # recorded as "failed" in status.json
                 if isinstance(exc, CtsegError) or args.verbose:
                     raise
-                from ..training.trainer import failure_text
+                from ..training.status import failure_text
 
                 print(f"error: run {run_dir} failed: {failure_text(exc)}", file=sys.stderr)
                 return 1  # an unfinished result, not bad input
@@ -266,7 +266,8 @@ def _bar_callback(progress, bar):
         if p.kind == "step":
             total = p.steps_per_epoch * p.epochs
             done = (p.epoch - 1) * p.steps_per_epoch + p.step
-            progress(done, total, f"epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}")
+            info = p.message or f"loss {p.loss:.4f}"  # "validating: k/N batches" after the steps
+            progress(done, total, f"epoch {p.epoch}/{p.epochs} {info}")
         elif p.kind == "epoch" and p.record:
             r = p.record
             bar.write(

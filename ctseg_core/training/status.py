@@ -1,7 +1,9 @@
-"""What a run reports while it trains: ``Progress`` for callbacks, and its status.json writer."""
+"""What a run reports while it trains: ``Progress`` for callbacks, its status.json writer, and
+the one line a failure leaves there."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import CtsegError
 from .run_folder import write_status
 
 log = logging.getLogger(__name__)
@@ -92,3 +95,22 @@ class StatusFile:
             write_status(self.run_dir, status)
         except OSError as exc:  # a full disk must not kill the run before a checkpoint does
             log.warning("could not write status.json: %s", exc)
+
+
+def failure_text(exc: BaseException) -> str:
+    """The one line a failed run records: the message of our own errors, the type and text of
+    others, and what to do about the machine's limits (too many open files)."""
+    if isinstance(exc, CtsegError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):  # Windows
+            soft = 1024
+        return (
+            f"too many open files (this process may open {soft}; ulimit -n): raise the limit, "
+            f"e.g. `ulimit -n {max(4 * soft, 4096)}`, then continue the run (--resume)"
+        )
+    return f"{type(exc).__name__}: {exc}"

@@ -14,7 +14,6 @@ A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import threading
@@ -44,7 +43,7 @@ from .run_folder import (
 )
 from .samples import SampleFigure
 from .setup import step_scheduler
-from .status import Callback, Progress, StatusFile
+from .status import Callback, Progress, StatusFile, failure_text
 from .step import StepRunner
 from .stopping import StopControl, StopRequested
 from .validation import validate
@@ -54,25 +53,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(CtsegError):
     """Training cannot go on (NaN loss, ...); the message says what to change."""
-
-
-def failure_text(exc: BaseException) -> str:
-    """The one line a failed run records: the message of our own errors, the type and text of
-    others, and what to do about the machine's limits (too many open files)."""
-    if isinstance(exc, CtsegError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
-        try:
-            import resource
-
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (ImportError, OSError, ValueError):  # Windows
-            soft = 1024
-        return (
-            f"too many open files (this process may open {soft}; ulimit -n): raise the limit, "
-            f"e.g. `ulimit -n {max(4 * soft, 4096)}`, then continue the run (--resume)"
-        )
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Trainer:
@@ -249,6 +229,7 @@ class Trainer:
         best = max(scores) if scores else -math.inf
         since_best = _epochs_since_best(scores)
         self._step_seconds: list[float] = []
+        self._val_batches = len(parts.val_loader)
         val_seconds = 0.0
         p.steps_per_epoch, p.epochs = steps, t.epochs
         for epoch in range(parts.start_epoch + 1, t.epochs + 1):
@@ -265,7 +246,8 @@ class Trainer:
             t_val = time.monotonic()
             metrics = validate(net, parts.val_loader, parts.val_set, cfg, parts.loss_fn, device,
                                autocast_context(device, amp), channels_last,
-                               stop_check=self.stopper.check)  # fmt: skip
+                               stop_check=self.stopper.check,
+                               progress=self._validating(val_seconds))  # fmt: skip
             val_seconds = time.monotonic() - t_val
             record = {
                 "epoch": epoch,
@@ -302,6 +284,25 @@ class Trainer:
         self._end("finished", message=f"finished {self._completed} epochs", eta_s=0.0)
         return "finished"
 
+    def _validating(self, val_seconds: float):
+        """Progress of the validation pass: "validating k/N batches" in status.json (the last
+        training step is written first), and an ETA with this validation's time extrapolated.
+        ``val_seconds``: the previous validation's duration (0 before the first)."""
+        p, t = self._state, self.config.train
+        started = time.monotonic()
+
+        def report(done: int, total: int) -> None:
+            elapsed = time.monotonic() - started
+            per_step = sum(self._step_seconds) / max(1, len(self._step_seconds))
+            this_val = elapsed / done * total if done else val_seconds or total * per_step / 3
+            later = (t.epochs - p.epoch) * (p.steps_per_epoch * per_step + this_val)
+            p.eta_s = max(this_val - elapsed, 0.0) + later
+            self._emit(Progress("step", "running", self.run_dir, p.epoch, t.epochs, p.step,
+                                p.steps_per_epoch, p.loss, p.lr, p.eta_s,
+                                message=f"validating: {done}/{total} batches"), force=done == 0)  # fmt: skip
+
+        return report
+
     def _train_epoch(self, loader, run_step: StepRunner, gen, lr: float, val_seconds: float):
         """One pass over ``loader``; returns (sum of loss x batch size, slices seen) on this rank.
 
@@ -328,7 +329,9 @@ class Trainer:
             per_step = sum(self._step_seconds) / len(self._step_seconds)
             left = (steps - step) + (t.epochs - epoch) * steps
             p.step, p.loss, p.lr = step, value, lr
-            p.eta_s = left * per_step + val_seconds * (t.epochs - epoch + 1)
+            # before the first validation, guess it: a forward pass is about a third of a step
+            val_s = val_seconds or self._val_batches * per_step / 3
+            p.eta_s = left * per_step + val_s * (t.epochs - epoch + 1)
             self._emit(Progress("step", "running", self.run_dir, epoch, t.epochs, step, steps,
                                 value, lr, p.eta_s))  # fmt: skip
 

@@ -54,8 +54,13 @@ def validate(
     autocast: AbstractContextManager,
     channels_last: bool,
     stop_check=None,
+    progress=None,
 ) -> dict:
-    """Run the validation slices; returns {"val_loss", "val_dice_mean", "val_dice": {name: dice}}."""
+    """Run the validation slices; returns {"val_loss", "val_dice_mean", "val_dice": {name: dice}}.
+
+    ``progress(done, total)``: called with 0 before the first batch and after each batch
+    (``total`` batches on this rank); it reads nothing from the device.
+    """
     model.eval()
     n_subjects = len(dataset.subjects)
     counts = torch.zeros(n_subjects * NUM_LABELS * NUM_LABELS, dtype=torch.int64, device=device)
@@ -65,7 +70,10 @@ def validate(
     keep = torch.zeros(NUM_LABELS, dtype=torch.int64, device=device)
     keep[values] = values  # label values outside the run's structures count as background
     annotated = dataset.annotated_classes()
-    for image, labels, subject in loader:
+    total = len(loader)
+    if progress is not None:
+        progress(0, total)
+    for done, (image, labels, subject) in enumerate(loader, start=1):
         if stop_check is not None:
             stop_check()
         # pinned on CUDA: asynchronous copies, so the host queues the next batch meanwhile
@@ -83,6 +91,8 @@ def validate(
         ref = keep[labels]
         subject = subject.to(device, non_blocking=True).view(-1, 1, 1)
         counts += count_values((subject * NUM_LABELS + ref) * NUM_LABELS + predicted, len(counts))
+        if progress is not None:
+            progress(done, total)
     ddp.all_reduce_sum(counts)
     ddp.all_reduce_sum(loss_sum)
     model.train()
