@@ -123,6 +123,24 @@ def dataset_summary(root: str) -> dict:
     return _summary(str(root), str(cache_dir()), _tree_stamp(root))
 
 
+def prepared_summary(root: str) -> dict:
+    """dataset_summary, after preparing what the cache lacks under a progress bar (any page
+    may be the first one opened: a spinner alone would hide hours of preparing)."""
+    bar = st.empty()
+
+    def progress(done: int, total: int, subject: str) -> None:
+        bar.progress(
+            done / max(total, 1),
+            text=f"Preparing {subject} ({done} / {total}) into the cache — once per subject; "
+            f"`ctseg prepare --data {root}` does this in parallel for a large dataset",
+        )
+
+    ensure_prepared(root, progress)
+    bar.empty()
+    with st.spinner("Summarizing the dataset …"):
+        return dataset_summary(root)
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _index(root: str, stamp: float):
     from ctseg_core.data.dataset_root import open_dataset

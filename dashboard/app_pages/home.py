@@ -64,19 +64,7 @@ def _still_showing(root: str | None) -> None:
 
 
 def show_summary(root: str) -> None:
-    bar = st.empty()
-
-    def progress(done: int, total: int, subject: str) -> None:
-        bar.progress(
-            done / max(total, 1),
-            text=f"Preparing {subject} ({done} / {total}) into the cache — once per subject; "
-            f"`ctseg prepare --data {root}` does this in parallel for a large dataset",
-        )
-
-    cached.ensure_prepared(root, progress)
-    bar.empty()
-    with st.spinner("Summarizing the dataset …"):
-        summary = cached.dataset_summary(root)
+    summary = cached.prepared_summary(root)
     subjects = summary["subjects"]
     splits = summary["splits"]
     cols = st.columns(5)

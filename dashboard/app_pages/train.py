@@ -23,8 +23,7 @@ st.title("Train")
 
 
 def controls(root: str) -> None:
-    with st.spinner("Reading the dataset …"):
-        summary = cached.dataset_summary(root)
+    summary = cached.prepared_summary(root)
     present = [s for s, n in summary["coverage"].items() if n > 0]
     config = build_config(root, present)
     job = cached.training_job()

@@ -235,3 +235,15 @@ def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs, screenshot
     error = page.locator('[data-testid="stAlert"]').filter(has_text="cannot be read as NIfTI")
     error.wait_for(timeout=60_000)
     assert "fake.nii.gz" in error.inner_text() and "ctseg-predict-" not in error.inner_text()
+
+
+def test_train_opened_first_prepares_under_a_progress_bar(dash_dirs, page, tmp_path):
+    """The Train page before Home, on a dataset the cache lacks: it prepares the subjects under
+    Home's progress bar (with the `ctseg prepare` advice), not behind a bare spinner."""
+    dirs = {**dash_dirs, "cache": tmp_path / "cache", "checkpoints": tmp_path / "runs"}
+    dirs["checkpoints"].mkdir()
+    with streamlit_server(dirs, tmp_path / "server.log") as url:
+        page.goto(f"{url}/train")
+        page.get_by_text("into the cache — once per subject").first.wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Live view").wait_for(timeout=60_000)
+    assert len(list((tmp_path / "cache").rglob("meta.json"))) == 6  # every phantom subject
