@@ -91,54 +91,36 @@ PREPARE_WORKERS = 1
 
 
 @st.cache_resource(show_spinner=False)
-def _prepared() -> set:
-    return set()
-
-
-def ensure_prepared(root: str, progress=None) -> bool:
-    """Prepare every subject into the cache once per (root, cache, change stamp).
-
-    ``progress(done, total, subject)`` follows the work; returns True when work was done.
-    Subjects that fail are listed by the summary's problems, not raised.
-    """
-    from ctseg_core.data.prepare import prepare_dataset
-
-    key = (str(root), str(cache_dir()), _tree_stamp(root))
-    if key in _prepared():
-        return False
-    prepare_dataset(root, cache_dir(), workers=PREPARE_WORKERS, progress=progress)
-    _prepared().add(key)
-    return True
-
-
-@st.cache_data(show_spinner=False, max_entries=4)
-def _summary(root: str, cache: str, stamp: float) -> dict:
-    from ctseg_core.data.summary import summarize_dataset
-
-    return summarize_dataset(root, cache, workers=PREPARE_WORKERS)
-
-
-def dataset_summary(root: str) -> dict:
-    """summarize_dataset, cached per root and change stamp (call ensure_prepared first)."""
-    return _summary(str(root), str(cache_dir()), _tree_stamp(root))
+def _summaries() -> dict:
+    """Server-wide {(root, cache, change stamp): summary} (the 4 newest; read-only dicts)."""
+    return {}
 
 
 def prepared_summary(root: str) -> dict:
-    """dataset_summary, after preparing what the cache lacks under a progress bar (any page
-    may be the first one opened: a spinner alone would hide hours of preparing)."""
-    bar = st.empty()
+    """summarize_dataset of ``root``, once per change stamp; on the first call it prepares what
+    the cache lacks under a progress bar (any page may be the first one opened: a spinner
+    alone would hide hours of preparing). The returned dict is shared: do not modify it."""
+    from ctseg_core.data.summary import summarize_dataset
 
-    def progress(done: int, total: int, subject: str) -> None:
-        bar.progress(
-            done / max(total, 1),
-            text=f"Preparing {subject} ({done} / {total}) into the cache — once per subject; "
-            f"`ctseg prepare --data {root}` does this in parallel for a large dataset",
-        )
+    key = (str(root), str(cache_dir()), _tree_stamp(root))
+    store = _summaries()
+    if key not in store:
+        bar = st.empty()
 
-    ensure_prepared(root, progress)
-    bar.empty()
-    with st.spinner("Summarizing the dataset …"):
-        return dataset_summary(root)
+        def progress(done: int, total: int, subject: str) -> None:
+            bar.progress(
+                done / max(total, 1),
+                text=f"Preparing {subject} ({done} / {total}) into the cache — once per "
+                f"subject; `ctseg prepare --data {root}` does this in parallel for a large "
+                "dataset",
+            )
+
+        summary = summarize_dataset(root, cache_dir(), workers=PREPARE_WORKERS, progress=progress)
+        bar.empty()
+        store[key] = summary
+        for old in list(store)[:-4]:
+            del store[old]
+    return store[key]
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)

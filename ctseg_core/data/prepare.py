@@ -39,23 +39,30 @@ def _cached_entry(root: Path, subject_id: str, cache_dir: Path) -> CachedSubject
         return None
 
 
-def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, bool, str | None]:
-    """Worker for a subject ``_cached_entry`` did not find: (subject id, built?, error or None)."""
+def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Path | str]:
+    """Worker for a subject ``_cached_entry`` did not find: (subject id, the entry's folder, or
+    the error's one line)."""
     try:
         subject_dir = root / subject_id
-        build_entry(subject_dir, entry_dir(cache_dir, root, subject_id) / source_key(subject_dir))
-        return subject_id, True, None
+        target = entry_dir(cache_dir, root, subject_id) / source_key(subject_dir)
+        build_entry(subject_dir, target)
+        return subject_id, target
     except CtsegError as exc:
-        return subject_id, False, str(exc)
+        return subject_id, str(exc)
     except Exception as exc:  # a worker must report, never kill the whole prepare
-        return subject_id, False, f"{subject_id}: {type(exc).__name__}: {exc}"
+        return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
 
 
 @dataclass
 class PrepareReport:
+    """What a prepare did. ``entries``: the current cache entry of every subject that did not
+    fail, so that callers need not hash each subject's source files again (151k stat calls on
+    the full dataset)."""
+
     built: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    entries: dict[str, CachedSubject] = field(default_factory=dict)
 
 
 def prepare_dataset(
@@ -81,22 +88,30 @@ def prepare_dataset(
     report = PrepareReport()
     done = 0
 
-    def record(result: tuple[str, bool, str | None]) -> None:
+    def record(sid: str, outcome: CachedSubject | Path | str) -> None:
         nonlocal done
-        sid, built, error = result
-        if error:
-            report.failed[sid] = error
-            log.warning(error)
+        if isinstance(outcome, str):
+            report.failed[sid] = outcome
+            log.warning(outcome)
         else:
-            (report.built if built else report.reused).append(sid)
+            built = isinstance(outcome, Path)
+            entry = read_entry(outcome, sid) if built else outcome
+            if entry is None:  # removed under us (another prepare cleaning up): look again
+                entry = _cached_entry(index.root, sid, cache_dir)
+            if entry is None:
+                report.failed[sid] = f"{sid}: its cache entry vanished; prepare again"
+            else:
+                report.entries[sid] = entry
+                (report.built if built else report.reused).append(sid)
         done += 1
         if progress:
             progress(done, len(ids), sid)
 
     todo = []
     for sid in ids:
-        if _cached_entry(index.root, sid, cache_dir) is not None:
-            record((sid, False, None))
+        entry = _cached_entry(index.root, sid, cache_dir)
+        if entry is not None:
+            record(sid, entry)
         else:
             todo.append(sid)
     workers = workers or min(
@@ -105,10 +120,10 @@ def prepare_dataset(
     )
     if workers <= 1 or len(todo) <= 1:
         for sid in todo:
-            record(_prepare_one(index.root, sid, cache_dir))
+            record(*_prepare_one(index.root, sid, cache_dir))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_prepare_one, index.root, sid, cache_dir) for sid in todo]
             for future in as_completed(futures):
-                record(future.result())
+                record(*future.result())
     return report

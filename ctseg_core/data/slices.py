@@ -194,7 +194,9 @@ class SliceDataset(torch.utils.data.Dataset):
             for sid, error in report.failed.items():
                 log.warning("skipping %s: %s", sid, error)
             ids = [s for s in ids if s not in report.failed]
-        self.subjects = [open_cached(index.root, s, cache_dir, build=False) for s in ids]
+            self.subjects = [report.entries[s] for s in ids]
+        else:
+            self.subjects = [open_cached(index.root, s, cache_dir, build=False) for s in ids]
         if not self.subjects:
             raise DataError(f"no subject of split {split!r} in {index.root} could be prepared")
         self.subject_ids = ids

@@ -32,7 +32,7 @@ def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
     unknown: list[str] = []
     if not seg_dir.is_dir():
         return known, unknown
-    for path in sorted(seg_dir.iterdir()):
+    for path in sorted(seg_dir.iterdir(), key=lambda p: p.name):  # names: Path order is slow
         name = next((path.name[: -len(s)] for s in MASK_SUFFIXES if path.name.endswith(s)), None)
         if name is None or path.name.startswith("."):
             continue

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from ..labels import NUM_STRUCTURES, STRUCTURES
-from .cache import open_cached
 from .dataset_root import DatasetIndex, open_dataset
 from .prepare import prepare_dataset
 
@@ -35,7 +34,7 @@ def summarize_dataset(
     for sid in index.subjects:
         if sid in report.failed:
             continue
-        entry = open_cached(index.root, sid, cache_dir, build=False)
+        entry = report.entries[sid]
         counts = entry.voxel_counts
         coverage += counts > 0
         problems += entry.meta.get("problems", [])
