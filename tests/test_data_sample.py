@@ -110,6 +110,9 @@ def test_cache_is_slice_major_and_equals_loaded_subject(sample_root, tmp_path, m
     assert sorted(report.built) == ["s0000", "s0001", "s0002", "s0003"]
     assert report.failed == {}
     entry = open_cached(sample_root, "s0001", tmp_path, build=False)
+    # the report hands back the entries it built (in other processes), current and complete
+    assert sorted(report.entries) == sorted(report.built)
+    assert report.entries["s0001"].folder == entry.folder
     subject = load_subject(sample_root / "s0001")
     assert entry.ct.shape == (20, 512, 512) and entry.ct.dtype == np.int16
     assert entry.labels.dtype == np.uint8 and entry.ct[7].flags["C_CONTIGUOUS"]
@@ -127,6 +130,9 @@ def test_cache_is_slice_major_and_equals_loaded_subject(sample_root, tmp_path, m
     seen = []
     again = prepare_dataset(sample_root, tmp_path, workers=2, progress=lambda *a: seen.append(a))
     assert again.built == [] and sorted(again.reused) == sorted(report.built)
+    assert {k: e.folder for k, e in again.entries.items()} == {
+        k: e.folder for k, e in report.entries.items()
+    }
     assert [done for done, total, _ in seen] == [1, 2, 3, 4] and seen[-1][1] == 4
 
 
