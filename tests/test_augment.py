@@ -59,6 +59,32 @@ def test_slices_with_an_unpaired_lateral_structure_are_not_mirrored(sample_root,
     assert not torch.equal(out_labels[0], labels[0])
 
 
+def test_subjects_annotating_one_side_of_a_learned_pair_are_never_mirrored(sample_root):
+    """s0003 has subclavian_artery_left but no _right file: mirrored, its artery would sit on
+    the right while its annotations still said "left known, right unknown"."""
+    from ctseg_core.config import ModelConfig, RunConfig
+    from ctseg_core.data.slices import SliceDataset
+
+    pair = ["subclavian_artery_left", "subclavian_artery_right"]
+    data = DataConfig(data_root=str(sample_root), target_size=(32, 32), train_split="all")
+    config = RunConfig(dataclasses.replace(data, structures=["liver", *pair]), ModelConfig())
+    dataset = SliceDataset(config, "all")
+    safe = dict(zip(dataset.subject_ids, dataset.mirror_safe().tolist(), strict=True))
+    # s0000/s0001 have every file, s0002 neither artery, s0003 the left one only
+    assert safe == {"s0000": True, "s0001": True, "s0002": True, "s0003": False}
+    liver_only = RunConfig(dataclasses.replace(data, structures=["liver"]), ModelConfig())
+    assert SliceDataset(liver_only, "all").mirror_safe() is None  # no learned pair: all may
+
+    cfg = DataConfig(mirror=True, spatial_prob=0.0, elastic_prob=0.0, intensity_prob=0.0)
+    image, labels = _batch(b=16)
+    never = torch.zeros(16, dtype=torch.bool)
+    kept = augment_batch(image, labels, cfg, torch.Generator().manual_seed(3), never)
+    assert torch.equal(kept[1], labels) and torch.equal(kept[0], image)
+    allowed = augment_batch(image, labels, cfg, torch.Generator().manual_seed(3), ~never)
+    mirrored = (allowed[1] == KR).any(dim=(1, 2))
+    assert 0 < int(mirrored.sum()) < 16  # about half, as without the mask
+
+
 def _batch(b: int = 6, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.zeros(b, size, size, dtype=torch.uint8)
     labels[:, 16:40, 20:44] = LABEL_OF["liver"]

@@ -160,16 +160,24 @@ def vessel_contrast(
 
 
 def augment_batch(
-    image: torch.Tensor, labels: torch.Tensor, cfg: DataConfig, generator: torch.Generator
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: DataConfig,
+    generator: torch.Generator,
+    mirror_allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly mirror (if ``cfg.mirror``), rotate/scale/deform, and change intensities.
 
+    ``mirror_allowed``: (B,) bool on the CPU, False for samples never to mirror (their subject
+    annotates one side of a left/right pair only: ``SliceDataset.mirror_safe``); None: all.
     Returns new tensors of the same shapes and dtypes; the inputs are not modified.
     """
     g = generator
     b, _, h, w = image.shape
     device = image.device
     drawn = _draw(b, cfg, g)
+    if mirror_allowed is not None:  # after the draw: the random stream stays the same
+        drawn["mirror"] = drawn["mirror"] & mirror_allowed.cpu().bool()
     flat = torch.cat([drawn[k].reshape(b, -1).float() for k in _PACKED], dim=1)
     parts = dict(zip(_PACKED, to_device(flat, device).split(_PACKED_WIDTHS, dim=1), strict=True))
     if cfg.mirror:

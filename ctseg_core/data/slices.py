@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..errors import DataError
 from ..fileio import atomic_path
-from ..labels import LABEL_OF, NUM_STRUCTURES
+from ..labels import LABEL_OF, LR_PAIRS, NUM_STRUCTURES
 from ..nosync import to_device
 from .cache import CachedSubject, open_cached, reserve_open_files
 from .dataset_root import open_dataset
@@ -220,6 +220,21 @@ class SliceDataset(torch.utils.data.Dataset):
         table = np.ones((len(self.subjects), 1 + len(values)), dtype=bool)
         table[:, 1:] = self.annotated[:, values]
         return None if table.all() else torch.from_numpy(table)
+
+    def mirror_safe(self) -> torch.Tensor | None:
+        """(S,) bool: subject s may be mirrored, i.e. it annotates both sides or neither of every
+        left/right pair the run learns (either side among its structures); None when all may.
+
+        Mirroring swaps the labels of a pair but not which of them has a mask file: a subject
+        with only subclavian_artery_left would, mirrored, show its artery on the right while
+        its annotations still say "left, annotated; right, unknown".
+        """
+        learned = set(self.config.data.structures)
+        pairs = [(a, b) for a, b in LR_PAIRS if a in learned or b in learned]
+        left = [LABEL_OF[a] for a, _ in pairs]
+        right = [LABEL_OF[b] for _, b in pairs]
+        safe = (self.annotated[:, left] == self.annotated[:, right]).all(axis=1)
+        return None if safe.all() else torch.from_numpy(safe)
 
     def locate(self, i: int) -> tuple[int, int]:
         """Global slice index -> (subject index, z)."""

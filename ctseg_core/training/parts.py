@@ -136,7 +136,8 @@ def build_parts(
     lut = torch.from_numpy(train_set.lut).long().to(device)
     loss_fn = build_loss(t.loss)
     run_step = StepRunner(net, optimizer, scaler, loss_fn, lut, d, device, amp, channels_last,
-                          t.grad_clip, train_set.annotated_classes())  # fmt: skip
+                          t.grad_clip, train_set.annotated_classes(),
+                          train_set.mirror_safe())  # fmt: skip
     samples = d.samples_per_epoch or len(train_set)
     steps = t.steps_per_epoch or max(1, math.ceil(samples / (d.batch_size * world)))
     sampler = ForegroundSampler(

@@ -49,7 +49,8 @@ def backward_step(
 @dataclass
 class StepRunner:
     """The fixed parts of a training step. ``lut``: (118,) int64 label value -> class, on device;
-    ``annotated``: (S, K) bool on the CPU, ``SliceDataset.annotated_classes()`` (None: all)."""
+    ``annotated``: (S, K) bool on the CPU, ``SliceDataset.annotated_classes()`` (None: all);
+    ``mirror_safe``: (S,) bool on the CPU, ``SliceDataset.mirror_safe()`` (None: all)."""
 
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -62,6 +63,7 @@ class StepRunner:
     channels_last: bool
     grad_clip: float | None
     annotated: torch.Tensor | None = None
+    mirror_safe: torch.Tensor | None = None
 
     def __call__(
         self,
@@ -78,7 +80,10 @@ class StepRunner:
         image = image.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         if self.data.augment and generator is not None:
-            image, labels = augment_batch(image, labels, self.data, generator)
+            allowed = None
+            if self.mirror_safe is not None and subjects is not None:
+                allowed = self.mirror_safe[subjects.cpu()]
+            image, labels = augment_batch(image, labels, self.data, generator, allowed)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         autocast = autocast_context(self.device, self.amp)
