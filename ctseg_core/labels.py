@@ -116,6 +116,10 @@ def _make_colours() -> dict[str, tuple[int, int, int]]:
         stomach=(216, 132, 105), gallbladder=(139, 150, 98),
     )  # fmt: skip
     colours["kidney_right"] = (200, 120, 70)  # keep the pair distinguishable side by side
+    # neighbours that came out nearly equal (RGB distance 7 and 4): stomach against the liver
+    # (3D Slicer's own two colours), the right lower lobe (hue walk) against the heart
+    colours["stomach"] = (240, 176, 64)
+    colours["lung_lower_lobe_right"] = (118, 170, 224)
     return colours
 
 
