@@ -81,6 +81,11 @@ def slice_key(keys: WidgetKeys, plane: str) -> str:
     return f"{keys.slice}_{plane}"  # its value: the slice number, counted from 1
 
 
+def volume_key(keys: WidgetKeys) -> str:
+    """Session key of the volume a viewer's slice positions belong to (see volume_viewer)."""
+    return f"{keys.prefix}_volume"
+
+
 def keep_widget_state() -> None:
     """Called by the router each run: re-owning the keys stops Streamlit dropping them."""
     for key in PERSISTENT:

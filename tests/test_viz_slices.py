@@ -253,3 +253,28 @@ def test_real_subject_displays_liver_on_image_left_and_aorta_before_spine(sample
     assert t11[0] < t12[0]  # superior at the top
     cord_col = ndimage.center_of_mass(sagittal == LABEL_OF["spinal_cord"])[1]
     assert t12[1] < cord_col  # the vertebral body lies anterior (left) of the cord
+
+
+@pytest.mark.parametrize("subject", ["s0000", "s0001", "s0003"])  # RAS, LAS, LPS files
+def test_plane_positions_are_the_files_world_coordinates(sample_root, tmp_path, subject):
+    import nibabel as nib
+
+    from ctseg_core.data.cache import open_cached
+    from ctseg_core.viz.slices import plane_position_mm
+
+    entry = open_cached(sample_root, subject, tmp_path)
+    img = nib.load(sample_root / subject / "ct.nii.gz")
+    codes = nib.aff2axcodes(img.affine)  # the file's own axes, read independently
+    nz, nx, ny = entry.ct.shape
+    for plane, axis, letter, count in (("sagittal", 0, "R", nx), ("coronal", 1, "A", ny),
+                                       ("axial", 2, "S", nz)):  # fmt: skip
+        for index in (0, count - 1):
+            # the canonical index counts towards R/A/S; in a file whose axis runs the other
+            # way (L, P, I) the same plane is at the mirrored voxel index
+            file_axis = next(i for i, c in enumerate(codes) if c in (letter, "LPI"[axis]))
+            flipped = codes[file_axis] != letter
+            voxel = (np.asarray(img.shape, dtype=float) - 1) / 2
+            voxel[file_axis] = count - 1 - index if flipped else index
+            world = img.affine[:3, :3] @ voxel + img.affine[:3, 3]
+            shown = plane_position_mm(entry.affine, entry.ct.shape, plane, index)
+            assert shown == f"{letter} {world[axis]:.1f} mm", (plane, index)

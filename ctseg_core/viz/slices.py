@@ -83,6 +83,31 @@ def extract_plane(volume_zxy: np.ndarray, plane: str, index: int) -> np.ndarray:
     return np.ascontiguousarray(volume_zxy[::-1, index, ::-1])
 
 
+#: what the screen's edges show, per plane (``extract_plane``'s radiological convention)
+SCREEN_SIDES = {
+    "axial": "patient's right on the left, anterior up",
+    "coronal": "patient's right on the left, superior up",
+    "sagittal": "anterior on the left, superior up",
+}
+
+
+def plane_position_mm(affine: np.ndarray, shape_zxy, plane: str, index: int) -> str:
+    """Where a plane lies in world space, as 3D Slicer names it: "S -45.0 mm" for an axial
+    plane (RAS+ z of its centre), "A ..." for a coronal one (y), "R ..." for a sagittal one (x).
+
+    ``affine``: (4, 4) of the canonical (X, Y, Z) array; ``shape_zxy``: the (Z, X, Y) volume's
+    shape; ``index``: 0-based, as ``extract_plane`` counts. File voxel indices differ for
+    flipped files; millimetres do not, so the same plane can be found in any viewer.
+    """
+    _check_plane(plane)
+    nz, nx, ny = shape_zxy[:3]
+    voxel = np.array([(nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2, 1.0])
+    axis = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
+    voxel[axis] = index
+    world = np.asarray(affine, dtype=float) @ voxel
+    return f"{'RAS'[axis]} {world[axis]:.1f} mm"
+
+
 def plane_aspect(spacing_mm: tuple[float, float, float], plane: str) -> float:
     """Height / width of one display pixel in mm for ``plane``; ``spacing_mm`` is (x, y, z)."""
     _check_plane(plane)

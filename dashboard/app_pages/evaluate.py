@@ -124,7 +124,8 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         per_slice = (np.asarray(entry.labels) == LABEL_OF[structure]).sum(axis=(1, 2))
         z = int(per_slice.argmax()) if per_slice.any() else entry.num_slices // 2
         st.session_state[state.EXPLORE_SUBJECT] = subject
-        st.session_state[state.slice_key(state.EXPLORE_VIEW, "axial")] = z + 1  # from 1
+        volume = f"{info['root']}:{subject}"  # as Explore names it
+        viewer.show_volume_at(state.EXPLORE_VIEW, volume, "axial", z + 1)
         st.session_state[state.EXPLORE_PLANE] = "axial"
         viewer.choose_structures(state.EXPLORE_STRUCTURES, [structure])
         if info.get("folder"):  # Explore reads the folder's prediction of the subject

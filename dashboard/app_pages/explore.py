@@ -77,7 +77,8 @@ def main() -> None:
         f"{subject}: {' x '.join(map(str, entry.shape_xyz))} voxels, spacing "
         f"{sx:.2f} x {sy:.2f} x {sz:.2f} mm, {len(entry.present)} structures present"
     )
-    volume_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.spacing_mm, entry.affine)
+    volume_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.spacing_mm, entry.affine,
+                  volume_id=f"{root}:{subject}")  # fmt: skip
 
 
 state.guarded(main, "explore")

@@ -135,9 +135,8 @@ def show_result(result: dict) -> None:
     digest = hashlib.sha1(counts.tobytes()).hexdigest()[:12]
     source = f"predict:{result['name']}:{result['checkpoint']}:{digest}"
     layer = Layer("prediction", labels, source, counts)
-    volume_viewer(
-        state.PREDICT_VIEW, result["ct_zxy"], [layer], result["spacing_mm"], result["affine"]
-    )
+    volume_viewer(state.PREDICT_VIEW, result["ct_zxy"], [layer], result["spacing_mm"],
+                  result["affine"], volume_id=source)  # fmt: skip
 
 
 def main() -> None:

@@ -16,11 +16,13 @@ import streamlit as st
 from ctseg_core.labels import COLOURS, GROUP_OF, GROUPS, LABEL_OF, NUM_STRUCTURES
 from ctseg_core.viz.slices import (
     PLANES,
+    SCREEN_SIDES,
     WINDOW_PRESETS,
     extract_plane,
     num_planes,
     overlay_rgb,
     plane_aspect,
+    plane_position_mm,
     render_slice,
     side_by_side,
     stretch_to_aspect,
@@ -199,7 +201,7 @@ def compose_slice(
 
 @st.fragment
 def slice_fragment(
-    keys: state.WidgetKeys, ct_zxy, layers: list[Layer], view: ViewSettings, spacing_mm
+    keys: state.WidgetKeys, ct_zxy, layers: list[Layer], view: ViewSettings, spacing_mm, affine
 ) -> None:
     """The slice slider and image: moving the slider reruns only this function."""
     count = num_planes(ct_zxy.shape, view.plane)
@@ -224,7 +226,9 @@ def slice_fragment(
         # a tall view (a coronal plane of a long scan) fits the screen beside its slider
         width="stretch" if height <= width else max(240, int(MAX_VIEW_HEIGHT_PX * width / height)),
         output_format="PNG",
-        caption=f"{names} · slice {index + 1} of {count} · rendered in {elapsed_ms:.0f} ms",
+        caption=f"{names} · slice {index + 1} of {count} "
+        f"({plane_position_mm(affine, ct_zxy.shape, view.plane, index)}) · "
+        f"{SCREEN_SIDES[view.plane]} · rendered in {elapsed_ms:.0f} ms",
     )
 
 
@@ -248,12 +252,10 @@ def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_m
     if not st.toggle("3D view", key=keys.show3d):
         return
     default = structures[:6]
-    if keys.mesh_structures in st.session_state:
-        st.session_state[keys.mesh_structures] = [
-            s for s in st.session_state[keys.mesh_structures] if s in structures
-        ]
-    else:
-        st.session_state[keys.mesh_structures] = default
+    kept = [s for s in st.session_state.get(keys.mesh_structures, []) if s in structures]
+    # the choice survives a subject that has its structures; one with none of them (or a
+    # first view) starts from the default rather than from an empty 3D view
+    st.session_state[keys.mesh_structures] = kept or default
     chosen = st.multiselect("Structures in 3D", structures, key=keys.mesh_structures, **NAME_SEARCH)
     if not chosen:
         st.caption("Pick structures to see their surfaces.")
@@ -276,8 +278,24 @@ def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_m
     )
 
 
-def volume_viewer(keys: state.WidgetKeys, ct_zxy, layers: list[Layer], spacing_mm, affine) -> None:
-    """Everything of a volume view: controls, slice fragment, legend, stats and the 3D view."""
+def show_volume_at(keys: state.WidgetKeys, volume_id: str, plane: str, number: int) -> None:
+    """Make the next ``volume_viewer`` of ``volume_id`` open at slice ``number`` (from 1)."""
+    st.session_state[state.volume_key(keys)] = volume_id
+    st.session_state[state.slice_key(keys, plane)] = number
+
+
+def volume_viewer(
+    keys: state.WidgetKeys, ct_zxy, layers: list[Layer], spacing_mm, affine, volume_id: str
+) -> None:
+    """Everything of a volume view: controls, slice fragment, legend, stats and the 3D view.
+
+    ``volume_id`` names the volume (a subject of a dataset, a prediction): another one opens
+    at its middle slices, not at the previous volume's numbers (other anatomy, or an edge).
+    """
+    if st.session_state.get(state.volume_key(keys)) != volume_id:
+        for name in PLANES:
+            st.session_state.pop(state.slice_key(keys, name), None)
+        st.session_state[state.volume_key(keys)] = volume_id
     counts = np.zeros(NUM_STRUCTURES + 1, dtype=np.int64)
     for layer in layers:
         counts += np.asarray(layer.counts, dtype=np.int64)
@@ -290,7 +308,7 @@ def volume_viewer(keys: state.WidgetKeys, ct_zxy, layers: list[Layer], spacing_m
     visible[[LABEL_OF[s] for s in shown]] = True
     view = ViewSettings(plane, level, width, style, layout, alpha, visible)
     with image_col:
-        slice_fragment(keys, ct_zxy, layers, view, spacing_mm)
+        slice_fragment(keys, ct_zxy, layers, view, spacing_mm, affine)
         legend(shown)
     if not present:
         st.caption("No labelled structure in this volume.")

@@ -113,7 +113,20 @@ def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
     slider.set_value(3)
     at.run()
     assert image_url(at) != before
-    assert f"slice 3 of {entry.num_slices}" in at.get("image")[0].proto.imgs[0].caption
+    caption = at.get("image")[0].proto.imgs[0].caption
+    assert f"slice 3 of {entry.num_slices} (S " in caption  # and where it lies, in mm
+    assert "patient's right on the left, anterior up" in caption
+    # another subject opens at its own middle slice, not at slice 3 of the previous one
+    at.selectbox(key="ctseg_explore_subject").set_value("s0003")
+    at.run()
+    other = open_cached(app_env["data"], "s0003", app_env["cache"])
+    assert at.slider(key="ctseg_explore_slice_axial").value == other.num_slices // 2 + 1
+    at.selectbox(key="ctseg_explore_subject").set_value("s0002")
+    at.run()
+    slider = at.slider(key="ctseg_explore_slice_axial")
+    assert slider.value == entry.num_slices // 2 + 1
+    slider.set_value(3)
+    at.run()
     # volumes shown are the cache's voxel counts times the voxel volume
     table = at.dataframe[0].value.set_index("structure")
     voxel_ml = float(np.prod(entry.spacing_mm)) / 1000
@@ -183,6 +196,20 @@ def test_explore_shows_a_checkpoints_prediction_and_the_3d_view(
     reference = [t for t in traces if t.get("scene", "scene") == "scene"]  # the left one
     assert {t["name"] for t in reference} == set(chosen)
     assert all("(reference)" in t["hovertemplate"] for t in reference)
+    # a subject without any of the chosen structures shows its own first ones, not nothing
+    index = open_dataset(app_env["data"])
+    present = {s: set(open_cached(app_env["data"], s, app_env["cache"]).present)
+               for s in index.subjects}  # fmt: skip
+    shown = at.selectbox(key="ctseg_explore_subject").value.split()[0]
+    only_here = sorted(present[shown] - set.intersection(*present.values()))
+    other = next(s for s in index.subjects if only_here[0] not in present[s])
+    at.multiselect(key="ctseg_explore_mesh_structures").set_value([only_here[0]])
+    at.run()
+    at.selectbox(key="ctseg_explore_subject").set_value(other)
+    at.run()
+    no_problems(at)
+    assert at.multiselect(key="ctseg_explore_mesh_structures").value
+    assert at.get("plotly_chart")
 
 
 def _write_reference_predictions(dirs, folder, subjects):
