@@ -22,7 +22,7 @@ from .data.cache import CachedSubject, open_cached
 from .data.dataset_root import open_dataset
 from .data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
 from .errors import ConfigError, DataError
-from .evaluation_paths import write_source
+from .evaluation_paths import remove_stale_report, report_files_of, write_source
 from .evaluation_tables import RESULT_COLUMNS, detection_table, summarize_results
 from .fileio import atomic_write_text
 from .labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
@@ -259,6 +259,7 @@ def evaluate_predictions(
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split)
 
     out_dir = Path(out_dir)
+    previous = report_files_of(out_dir, split)  # an earlier evaluation's figures, if any
     rows: list[dict] = []
     from .evaluation_report import ReportCollector
 
@@ -293,7 +294,7 @@ def evaluate_predictions(
     atomic_write_text(
         out_dir / f"detection_{split}.csv", detection_table(results).to_csv(index=False)
     )
-    write_source(out_dir, predictions, index.root, split, ids, tolerance_mm, tta)
-    if collector is not None:
-        collector.finish(results, summary)
+    written = collector.finish(results, summary) if collector is not None else []
+    write_source(out_dir, predictions, index.root, split, ids, tolerance_mm, tta, written)
+    remove_stale_report(previous, written)
     return results

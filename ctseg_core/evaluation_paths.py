@@ -10,6 +10,7 @@ same name in different places do not meet). ``<h>``: 8 hex digits of the resolve
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,32 @@ def folder_evaluation_dir(root: str | Path, predictions: str | Path) -> Path:
     return Path(root) / f"{Path(predictions).resolve().name}-{_digest([predictions])}"
 
 
+REPORT_FIGURES = ("metrics_distribution", "structure_ranking", "segmentation_visualization")
+
+
+def report_files_of(out_dir: str | Path, split: str) -> list[Path]:
+    """The figures and 3D pages an earlier evaluation of ``split`` left in ``out_dir``: those
+    its ``source_<split>.json`` lists, and the split's figure names (folders from before the
+    list was kept). Only plain file names inside ``out_dir`` are returned."""
+    out_dir = Path(out_dir)
+    names = {f"{figure}_{split}.png" for figure in REPORT_FIGURES}
+    try:
+        listed = json.loads((out_dir / f"source_{split}.json").read_text()).get("report_files")
+        names |= {str(n) for n in listed or []}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return [out_dir / n for n in sorted(names) if n == Path(n).name and (out_dir / n).is_file()]
+
+
+def remove_stale_report(previous: Sequence[Path], written: Sequence[Path]) -> None:
+    """Delete the files of an earlier report that this evaluation did not write again: figures
+    beside new tables would show another source's numbers."""
+    keep = {Path(p).name for p in written}
+    for path in previous:
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
 def write_source(
     out_dir: str | Path,
     predictions: str | Path | Sequence[str | Path],
@@ -42,11 +69,12 @@ def write_source(
     subjects: Sequence[str],
     tolerance_mm: float,
     tta: bool,
+    report_files: Sequence[Path] = (),
 ) -> None:
     """Record in ``out_dir/source_<split>.json`` what the split's tables there score (atomically).
 
     predictions: a folder, or the checkpoint paths of the ensemble; ``tta`` is recorded for
-    checkpoints only.
+    checkpoints only; ``report_files``: the figures and 3D pages written with the tables.
     """
     from .fileio import atomic_write_json
     from .training.run_folder import utc_now
@@ -61,6 +89,7 @@ def write_source(
         "split": split,
         "subjects": list(subjects),
         "tolerance_mm": tolerance_mm,
+        "report_files": [Path(p).name for p in report_files],
         "written": utc_now(),
     }
     if not folder:

@@ -25,8 +25,9 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
     """Per structure: mean/median/std and n of each metric, success rates at Dice thresholds.
 
     NaN (reference absent) is left out of every statistic; HD95 inf (missed) is left out of the
-    HD95 mean/median/std and counted in ``missed``. ``success_dice_<t>`` is the fraction of
-    scored subjects with Dice >= t.
+    HD95 mean/median/std and counted in ``missed``. ``*_std`` is the sample standard deviation
+    (ddof=1; NaN with a single value). ``success_dice_<t>`` is the fraction of scored subjects
+    with Dice >= t (a missed structure scores 0).
     """
     out = []
     for structure, rows in results.groupby("structure", sort=False):
@@ -36,7 +37,8 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
             values = values[np.isfinite(values)]
             record[f"{metric}_mean"] = values.mean() if values.size else np.nan
             record[f"{metric}_median"] = np.median(values) if values.size else np.nan
-            record[f"{metric}_std"] = values.std() if values.size else np.nan
+            # the sample SD (n - 1), as pandas and most papers report it; NaN for one value
+            record[f"{metric}_std"] = values.std(ddof=1) if values.size > 1 else np.nan
             record[f"{metric}_n"] = values.size
         dice = rows["dice"].dropna().to_numpy(dtype=float)
         for t in DICE_THRESHOLDS:

@@ -350,6 +350,45 @@ def test_each_predictions_folder_and_ensemble_gets_its_own_evaluation_folder(tmp
     assert swapped.name == pair.name and swapped.parent == tmp_path / "r2"
 
 
+def test_a_new_evaluation_leaves_no_figures_of_the_previous_one(tmp_path, sample_root, extra_dir):
+    """Tables rewritten without figures (the dashboard's default) must not sit beside the
+    figures and 3D pages of an earlier evaluation of another source."""
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
+    )
+    out = tmp_path / "out"
+    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
+    first = json.loads((out / "source_train.json").read_text())["report_files"]
+    assert sorted(first) == ["3d_s0000.html", "metrics_distribution_train.png",
+                             "segmentation_visualization_train.png", "structure_ranking_train.png"]  # fmt: skip
+    (out / "notes.txt").write_text("mine")  # not the report's: never touched
+    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], report=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "detection_train.csv", "evaluation_results_train.csv", "notes.txt", "plotly.min.js",
+        "source_train.json", "summary_train.csv",
+    ]  # fmt: skip
+    assert json.loads((out / "source_train.json").read_text())["report_files"] == []
+
+
+def test_summary_reports_the_sample_standard_deviation():
+    from ctseg_core.evaluation_tables import RESULT_COLUMNS, summarize_results
+
+    def row(subject, structure, dice, status="detected"):
+        return {"subject": subject, "structure": structure, "group": "organs", "dice": dice,
+                "iou": dice / (2 - dice), "hd95_mm": 2.0, "surface_dice": dice,
+                "ref_volume_ml": 1.0, "pred_volume_ml": 1.0, "status": status}  # fmt: skip
+
+    results = pd.DataFrame(
+        [row("a", "spleen", 1.0), row("b", "spleen", 0.8), row("a", "liver", 0.9)],
+        columns=list(RESULT_COLUMNS),
+    )
+    summary = summarize_results(results).set_index("structure")
+    # n - 1, as pandas and papers: sqrt(0.02) = 0.1414, not the population 0.1
+    assert summary.loc["spleen", "dice_std"] == pytest.approx(0.141421356, abs=1e-9)
+    assert summary.loc["spleen", "dice_std"] == pytest.approx(results["dice"][:2].std())
+    assert np.isnan(summary.loc["liver", "dice_std"])  # one subject: no spread to report
+
+
 def test_slice_figure_zooms_on_the_structure_in_question():
     from ctseg_core.evaluation_report import SliceCase, zoom_window
 
