@@ -161,8 +161,11 @@ def show_results(info: dict) -> None:
     with right:
         st.markdown("**Distribution**")
         st.altair_chart(evalcharts.distribution_chart(results, metric), width="stretch")
-    st.markdown("**Success rates** (share of scored subjects at or above each Dice threshold)")
-    st.altair_chart(evalcharts.success_chart(summary))
+    st.markdown(
+        "**Success rates** (share of the group's scored subject x structure pairs at or above "
+        "each Dice threshold; a missed structure scores 0)"
+    )
+    st.altair_chart(evalcharts.success_chart(results))
     with st.expander("Success rates per structure"):
         st.dataframe(evalcharts.success_rates(summary), hide_index=True)
     st.markdown("**Detection** (subject x structure)")

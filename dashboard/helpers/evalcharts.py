@@ -6,6 +6,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from ctseg_core.evaluation_tables import DICE_THRESHOLDS
 from ctseg_core.labels import GROUPS
 from dashboard.helpers.charts import group_scale
 
@@ -78,20 +79,31 @@ def success_rates(summary: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={c: f"Dice ≥ {c.rsplit('_', 1)[-1]}" for c in columns})
 
 
-def success_chart(summary: pd.DataFrame) -> alt.Chart:
-    """Share of subject x structure pairs reaching each Dice threshold, per group."""
-    columns = [c for c in summary.columns if c.startswith("success_dice_")]
-    long = summary.melt(["structure", "group"], columns, "threshold", "rate").dropna()
-    long["threshold"] = "Dice ≥ " + long["threshold"].str.rsplit("_", n=1).str[-1]
+def group_success_rates(results: pd.DataFrame) -> pd.DataFrame:
+    """Per group and Dice threshold, the share of scored subject x structure pairs at or above
+    it (pooled: a structure scored in more subjects weighs more; a missed one scores 0).
+    Columns: group, threshold ("Dice ≥ 0.5"), rate, pairs."""
+    scored = results.dropna(subset=["dice"])
+    rows = [
+        {"group": group, "threshold": f"Dice ≥ {t}", "rate": float((part["dice"] >= t).mean()),
+         "pairs": len(part)}
+        for group, part in scored.groupby("group", sort=False)
+        for t in DICE_THRESHOLDS
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["group", "threshold", "rate", "pairs"])
+
+
+def success_chart(results: pd.DataFrame) -> alt.Chart:
+    """``group_success_rates`` as bars, one column of thresholds per group."""
     return (
-        alt.Chart(long)
+        alt.Chart(group_success_rates(results))
         .mark_bar()
         .encode(
             x=alt.X("threshold:N", title=None),
-            y=alt.Y("mean(rate):Q", title="success rate", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("rate:Q", title="success rate", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("group:N", scale=group_scale(), legend=None),
             column=alt.Column("group:N", sort=list(GROUPS), title=None),
-            tooltip=["group", "threshold", alt.Tooltip("mean(rate):Q", format=".2f")],
+            tooltip=["group", "threshold", alt.Tooltip("rate:Q", format=".2f"), "pairs"],
         )
         .properties(width=90, height=220)
     )
@@ -156,7 +168,7 @@ def group_summary(results: pd.DataFrame) -> pd.DataFrame:
         rows.append(
             {
                 "group": group,
-                "structures": part["structure"].nunique(),
+                "structures": part.loc[dice.notna(), "structure"].nunique(),
                 "mean Dice": round(float(np.nanmean(dice)), 4) if dice.notna().any() else None,
                 "median Dice": round(float(np.nanmedian(dice)), 4) if dice.notna().any() else None,
                 "median HD95 mm": round(float(np.median(hd[np.isfinite(hd)])), 2)

@@ -1,0 +1,42 @@
+"""The Evaluate page's tables: pooled success rates and per-group counts from the result rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ctseg_core.evaluation_tables import RESULT_COLUMNS
+from dashboard.helpers.evalcharts import group_success_rates, group_summary
+
+
+def _results() -> pd.DataFrame:
+    def row(subject, structure, dice, status):
+        hd = np.inf if status == "missed" else 2.0
+        return {"subject": subject, "structure": structure, "group": "organs", "dice": dice,
+                "iou": dice, "hd95_mm": hd, "surface_dice": dice, "ref_volume_ml": 1.0,
+                "pred_volume_ml": 1.0, "status": status}  # fmt: skip
+
+    rows = [
+        row("a", "liver", 1.0, "detected"),
+        row("b", "liver", 0.6, "detected"),
+        row("a", "spleen", 0.0, "missed"),
+        row("a", "kidney_left", np.nan, "true_negative"),  # absent: not scored
+    ]
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def test_success_rates_are_shares_of_the_groups_scored_pairs():
+    rates = group_success_rates(_results()).set_index("threshold")
+    # 2 of the 3 scored pairs reach 0.5 (the missed spleen scores 0); a mean of the
+    # structures' own rates would say (1 + 0) / 2
+    assert rates.loc["Dice ≥ 0.5", "rate"] == pytest.approx(2 / 3)
+    assert rates.loc["Dice ≥ 0.9", "rate"] == pytest.approx(1 / 3)
+    assert (rates["pairs"] == 3).all() and (rates["group"] == "organs").all()
+
+
+def test_group_summary_counts_the_structures_it_scored():
+    (organs,) = group_summary(_results()).to_dict("records")
+    assert organs["structures"] == 2  # liver and spleen; the absent kidney is not scored
+    assert organs["mean Dice"] == pytest.approx((1.0 + 0.6 + 0.0) / 3, abs=1e-4)
+    assert (organs["detected"], organs["missed"]) == (2, 1)
