@@ -85,6 +85,7 @@ def run_evaluation(root: str) -> None:
             folders.append(str(predictions))
     st.session_state[state.EVAL_RESULT] = {
         "results": results,
+        "figures": _report_figures(out_dir, split),
         "split": split,
         "out_dir": str(out_dir),
         "checkpoint": label,
@@ -92,6 +93,18 @@ def run_evaluation(root: str) -> None:
         "root": root,
         "form": _form_choice(),
     }
+
+
+def _report_figures(out_dir: Path, split: str) -> dict[str, bytes]:
+    """The PNG figures this evaluation wrote, as bytes (a served dashboard's user has no other
+    way to them; read now, before another evaluation into the folder replaces them)."""
+    import json
+
+    try:
+        names = json.loads((out_dir / f"source_{split}.json").read_text())["report_files"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {n: (out_dir / n).read_bytes() for n in names if n.endswith(".png")}
 
 
 def _form_choice() -> tuple:
@@ -190,6 +203,14 @@ def show_results(info: dict) -> None:
         )  # fmt: skip
     with st.expander("All rows"):
         st.dataframe(results, hide_index=True)
+    if info.get("figures"):
+        with st.expander("Report figures (as written to the evaluation folder)"):
+            for name, png in info["figures"].items():
+                st.image(png, caption=name)
+                st.download_button(
+                    name, png, file_name=name, mime="image/png", icon=":material/download:",
+                    key=f"{state.EVAL_FORM.download}_{name}",
+                )  # fmt: skip
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -218,6 +219,29 @@ def _write_reference_predictions(dirs, folder, subjects):
         entry = open_cached(dirs["data"], sid, dirs["cache"])
         image = nib.Nifti1Image(np.asarray(entry.labels_xyz()), entry.affine)
         nib.save(image, folder / f"{sid}.nii.gz")
+
+
+def test_evaluate_offers_the_report_figures_it_wrote(app_env, tmp_path, new_app, no_problems):
+    """A served dashboard's user cannot open the evaluation folder: the figures come to them."""
+    index = open_dataset(app_env["data"])
+    _write_reference_predictions(app_env, tmp_path / "preds", index.subjects_in("test"))
+    at = new_app("evaluate")
+    at.run()
+    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
+    at.run()
+    at.text_input(key="ctseg_eval_folder").set_value(str(tmp_path / "preds"))
+    at.run()
+    at.selectbox(key="ctseg_eval_split").set_value("test")
+    at.toggle(key="ctseg_eval_report").set_value(True)
+    at.button(key="ctseg_eval_go").click()
+    at.run()
+    no_problems(at)
+    out = Path(at.session_state["ctseg_eval_result"]["out_dir"])
+    figures = at.session_state["ctseg_eval_result"]["figures"]
+    assert sorted(figures) == ["metrics_distribution_test.png", "segmentation_visualization_test.png",
+                               "structure_ranking_test.png"]  # fmt: skip
+    assert all(figures[n] == (out / n).read_bytes() for n in figures)
+    assert len(at.get("download_button")) == 3 + 3  # the tables and the figures
 
 
 def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
