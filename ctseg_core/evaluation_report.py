@@ -53,12 +53,19 @@ def _save_figure(fig: Figure, target: Path) -> None:
 
 
 def worst_slice(reference: np.ndarray, prediction: np.ndarray, label: int) -> int:
-    """Axial index z of (X, Y, Z) volumes where ``label`` disagrees most (else: largest reference)."""
+    """Axial index z of (X, Y, Z) volumes where ``label`` disagrees most, among the slices that
+    hold its reference (a figure of "reference | prediction" should show the reference); only a
+    structure predicted right on every reference slice shows its worst false-positive slice.
+    Without any disagreement: the slice with the most reference voxels."""
     ref_k, pred_k = reference == label, prediction == label
+    ref_count = np.count_nonzero(ref_k, axis=(0, 1))
     disagreement = np.count_nonzero(ref_k ^ pred_k, axis=(0, 1))
+    on_reference = np.where(ref_count > 0, disagreement, 0)
+    if on_reference.max() > 0:
+        return int(on_reference.argmax())
     if disagreement.max() > 0:
         return int(disagreement.argmax())
-    return int(np.count_nonzero(ref_k, axis=(0, 1)).argmax())
+    return int(ref_count.argmax())
 
 
 class ReportCollector:
@@ -78,7 +85,8 @@ class ReportCollector:
 
         reference, prediction: canonical (X, Y, Z) labels; ``cached``: the CachedSubject (CT).
         """
-        scored = [r for r in rows if not math.isnan(r["dice"])]
+        # perfect structures have nothing to show; the worst of the rest come first
+        scored = [r for r in rows if not math.isnan(r["dice"]) and r["dice"] < 1.0]
         scored.sort(key=lambda r: (r["dice"], -r["ref_volume_ml"]))
         spacing = cached.spacing_mm
         for row in scored[: self.cases_per_subject]:
@@ -229,7 +237,7 @@ def plot_slice_cases(cases: list[SliceCase], target: Path) -> None:
         ax.text(0.5, 0.5, "no structure present in the references", ha="center", va="center")
         ax.set_axis_off()
     for i, case in enumerate(cases):
-        head = f"{case.subject} {case.structure} z={case.z}"
+        head = f"{case.subject} {case.structure}, axial slice {case.z + 1}"
         ax = fig.add_subplot(n, 2, 2 * i + 1)
         _overlay(ax, case, case.reference, f"{head}: reference (white)", True)
         _overlay(fig.add_subplot(n, 2, 2 * i + 2), case, case.prediction,

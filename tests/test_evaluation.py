@@ -389,6 +389,20 @@ def test_summary_reports_the_sample_standard_deviation():
     assert np.isnan(summary.loc["liver", "dice_std"])  # one subject: no spread to report
 
 
+def test_the_worst_slice_shows_the_reference_when_there_is_one():
+    from ctseg_core.evaluation_report import worst_slice
+
+    reference = np.zeros((8, 8, 12), np.uint8)
+    reference[2:4, 2:4, 2:5] = 5  # 4 voxels on each of z = 2, 3, 4
+    prediction = np.zeros_like(reference)
+    prediction[:, :, 8] = 5  # a misplaced prediction: 64 wrong voxels on z = 8
+    prediction[2:4, 2:3, 3] = 5  # half of z = 3 found
+    assert worst_slice(reference, prediction, 5) in (2, 4)  # all 4 missed there, not z = 8
+    prediction[2:4, 2:4, 2:5] = 5  # right on every reference slice: the false positives remain
+    assert worst_slice(reference, prediction, 5) == 8
+    assert worst_slice(reference, reference, 5) == 2  # no disagreement: the largest reference
+
+
 def test_slice_figure_zooms_on_the_structure_in_question():
     from ctseg_core.evaluation_report import SliceCase, zoom_window
 
