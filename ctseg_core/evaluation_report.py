@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: CT display window (HU): soft tissue and bone both readable under a colour overlay
 DISPLAY_WINDOW_HU = (-400.0, 600.0)
-#: triangles per 3D page (both panels together), about 1 MB of page
+#: triangles per 3D page (both panels together): pages of 2.5-4 MB for phantom subjects
 MESH_FACE_BUDGET = 60_000
 
 
@@ -151,7 +151,8 @@ def plot_metric_distribution(results: pd.DataFrame, target: Path) -> None:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
         n_inf = int(np.isinf(values).sum())
         ax.set_title(title + (f" ({n_inf} missed: inf)" if n_inf else ""), fontsize=9)
-        ax.set_ylabel("subject x structure" if i == 0 else "")
+        ax.set_xlabel(title, fontsize=8)
+        ax.set_ylabel("subject x structure pairs" if i == 0 else "")
     fig.suptitle(
         f"Metric distributions ({results['subject'].nunique()} subjects)", fontsize=10, y=1.03
     )
@@ -259,7 +260,7 @@ def write_mesh_html(
     reference, prediction: canonical (X, Y, Z) labels; spacing_mm: (x, y, z); with ``affine``
     (canonical voxel -> world) the vertices are world mm, else mm on the voxel grid. Meshes come
     from ``viz.mesh`` (cropped marching cubes, one shared face budget per panel, so a page stays
-    near 1 MB). plotly.js is written once beside the page (``plotly.min.js``) so the page opens
+    of a few MB). plotly.js is written once beside the page (``plotly.min.js``) so the page opens
     offline, as the rest of the evaluation folder does.
     """
     from plotly.offline import get_plotlyjs
