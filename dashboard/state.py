@@ -7,6 +7,7 @@ Pages never invent session keys; they use these names. Every st.cache_* wrapper 
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,16 +132,27 @@ USER_HEADERS = (
 
 
 def who() -> str:
-    """Who is at this browser, as a run's status records it: the proxy's user, or a
-    generic label when the dashboard is not behind an authenticating proxy."""
+    """Who is at this browser, as a run's status records it: the proxy's user (letters,
+    digits, '@', '.', '_', '-' only), or a generic label when the dashboard is not behind an
+    authenticating proxy."""
     try:
         headers = st.context.headers
         for name in USER_HEADERS:
-            if headers.get(name):
-                return f"{headers.get(name)[:80]} (dashboard)"
+            user = re.sub(r"[^\w@.\-]", "", headers.get(name) or "")[:80]
+            if user:
+                return f"{user} (dashboard)"
     except Exception:  # no browser request behind this run (AppTest, a bare script)
         pass
     return "a dashboard user"
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def plain(text) -> str:
+    """``text`` from files or other users, shown as it is in Streamlit's Markdown: no links,
+    no formatting, no ``:icon:`` or ``:color[...]`` directives."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
 
 
 def dataset_root() -> str | None:

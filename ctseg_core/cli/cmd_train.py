@@ -166,11 +166,13 @@ def build_config(args):
 def _who() -> str:
     """The login of whoever runs the command, for the run's status.json ("alice (CLI)")."""
     import getpass
+    import re
 
     try:
-        return f"{getpass.getuser()} (CLI)"
+        user = re.sub(r"[^\w@.\-]", "", getpass.getuser())[:80]
     except (OSError, KeyError):  # a container user without a passwd entry or LOGNAME
-        return "CLI"
+        user = ""
+    return f"{user} (CLI)" if user else "CLI"
 
 
 def run_train(args) -> int:

@@ -81,12 +81,17 @@ class TrainingJob:
         """Continue ``run_dir`` from its last.pth in the background (optionally to more epochs)."""
         return self._launch(lambda kw: Trainer.resume(run_dir, epochs=epochs, **kw), started_by)
 
-    def stop(self, by: str = "") -> None:
+    def stop(self, by: str = "", run_dir: str | Path | None = None) -> None:
         """Ask the running loop to stop before its next batch (returns at once).
 
-        ``by``: who asked; the run's final message then says "stopped by request of <by>"."""
+        ``by``: who asked; the run's final message then says "stopped by request of <by>".
+        ``run_dir``: the run the caller means; another run (the job moved on since the caller
+        looked, e.g. a page clicked seconds later) is left running."""
         with self._lock:
             trainer = self._trainer
+            current = self._snapshot.run_dir
+        if run_dir is not None and (current is None or Path(current) != Path(run_dir)):
+            return
         if by and trainer is not None:
             trainer.stopper.request(f"by request of {by}")
         self._stop.set()

@@ -97,7 +97,7 @@ def _resume_note(name: str) -> None:
     from ctseg_core.training.run_folder import read_status
 
     owner = read_status(cached.checkpoints_root() / name).get("started_by")
-    whose = f" (started by {owner})" if owner else ""
+    whose = f" (started by {state.plain(owner)})" if owner else ""
     if name not in st.session_state.get(state.TRAIN_STARTED, set()):
         st.caption(
             f"Resume trains {name}{whose} further in its own folder: its last.pth, best.pth "
@@ -114,17 +114,18 @@ def stop_job(job) -> None:
     run_dir = job.snapshot().run_dir
     name = run_dir.name
     if name in st.session_state.get(state.TRAIN_STARTED, set()):
-        if st.button("Stop", icon=":material/stop:", key=state.TRAIN_FORM.stop):
-            job.stop(by=state.who())
+        # keyed per run: a click from a page drawn for another run must not land on this one
+        if st.button("Stop", icon=":material/stop:", key=f"{state.TRAIN_FORM.stop}_{name}"):
+            job.stop(by=state.who(), run_dir=run_dir)
             st.toast("Stopping after the current step …")
         return
     from ctseg_core.training.run_folder import read_status
 
     owner = read_status(run_dir).get("started_by") or "someone"
     with st.popover("Stop", icon=":material/stop:"):
-        st.write(f"**{name}** was started by {owner}, not from this browser tab.")
-        if st.button(f"Stop {name}", type="primary", key=state.TRAIN_FORM.stop):
-            job.stop(by=state.who())
+        st.write(f"**{name}** was started by {state.plain(owner)}, not from this browser tab.")
+        if st.button(f"Stop {name}", type="primary", key=f"{state.TRAIN_FORM.stop}_ok_{name}"):
+            job.stop(by=state.who(), run_dir=run_dir)
             st.toast(f"Stopping {name} after the current step …")
 
 
@@ -184,7 +185,7 @@ def stop_button(run_dir: Path) -> None:
     owner = read_status(run_dir).get("started_by") or "someone"
     with st.popover("Stop this run", icon=":material/stop:"):
         st.write(
-            f"**{run_dir.name}** was started by {owner}, elsewhere (the CLI, torchrun or another "
+            f"**{run_dir.name}** was started by {state.plain(owner)}, elsewhere (the CLI, torchrun or another "
             "server). It stops before its next batch; last.pth keeps its last completed epoch."
         )
         if st.button(f"Stop {run_dir.name}", type="primary", key=state.TRAIN_FORM.stop_elsewhere):
@@ -215,13 +216,14 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     cols[3].metric("ETA", _eta(status.get("eta_s")) if active else "—")
     cols[4].metric("Loss", "—" if loss is None else f"{loss:.4f}")
     done = (epoch + (step / steps if steps else 0)) / epochs if epochs else 0.0
-    st.progress(min(max(done, 0.0), 1.0), text=status.get("message") or "")
+    st.progress(min(max(done, 0.0), 1.0), text=state.plain(status.get("message") or ""))
     if status.get("started_by"):
-        st.caption(f"Started by {status['started_by']} on {status.get('host') or '?'}")
+        started = f"{status['started_by']} on {status.get('host') or '?'}"
+        st.caption(f"Started by {state.plain(started)}")
     if status.get("error"):
-        st.error(f"{run_name}: {status['error']}")
+        st.error(f"{run_name}: {state.plain(status['error'])}")
     if status.get("warning"):
-        st.warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
+        st.warning(f"{run_name}: {state.plain(status['warning'])}", icon=":material/hard_drive:")
     if active:
         stop_button(run_dir)
     if not history:

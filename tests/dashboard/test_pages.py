@@ -353,7 +353,7 @@ def test_train_starts_refuses_a_second_start_and_stops(
     deadline = time.time() + 60  # one finished epoch, so last.pth exists to resume from
     while not (run_dir / "last.pth").is_file() and time.time() < deadline:
         time.sleep(0.2)
-    at.button(key="ctseg_train_stop").click()
+    at.button(key="ctseg_train_stop_from-page").click()
     at.run()
     assert job.wait(60)
     at.run()
@@ -373,7 +373,7 @@ def test_train_starts_refuses_a_second_start_and_stops(
     no_problems(at)
     assert job.snapshot().run_dir == run_dir, job.snapshot()
     assert job.snapshot().state in ("queued", "running", "stopping", "stopped"), job.snapshot()
-    at.button(key="ctseg_train_stop").click()
+    at.button(key="ctseg_train_stop_from-page").click()
     at.run()
     assert job.wait(60)
     assert read_status(run_dir)["state"] == "stopped", read_status(run_dir)
@@ -508,7 +508,7 @@ def test_train_stops_a_run_started_elsewhere_through_its_folder(
     no_problems(at)
     assert {m.label: m.value for m in at.metric}["State"] == "running"
     # the Stop asks first, saying whose run it is
-    assert any("was started by alice (CLI)" in m.value for m in at.markdown)
+    assert any(r"was started by alice \(CLI\)" in m.value for m in at.markdown)
     at.button(key="ctseg_train_stop_elsewhere").click()
     at.run()
     no_problems(at)
@@ -529,14 +529,21 @@ def test_stopping_the_servers_run_from_another_session_says_whose_it_is(
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     job = get_job()
     config = make_tiny_config(app_env, "bobs-run", epochs=50, steps=500).validate()
-    run_dir = job.start(config, tmp_path, started_by="bob (dashboard)")
+    # a label from a header or a login: shown as text, never as a link
+    bob = "[bob](https://evil.example) (dashboard)"
+    run_dir = job.start(config, tmp_path, started_by=bob)
     try:
         at = new_app("train")
         at.run()
         no_problems(at)
-        assert any("**bobs-run** was started by bob (dashboard)" in m.value for m in at.markdown)
-        assert any("Started by bob (dashboard) on " in c.value for c in at.caption)
-        at.button(key="ctseg_train_stop").click()  # the popover's confirmation
+        shown = r"\[bob\]\(https\://evil\.example\) \(dashboard\)"
+        assert any(f"**bobs-run** was started by {shown}," in m.value for m in at.markdown)
+        assert any(f"Started by {shown} on " in c.value for c in at.caption)
+        assert not [b for b in at.button if b.key == "ctseg_train_stop_bobs-run"]
+        job.stop(by="a stale page", run_dir=tmp_path / "another-run")  # meant another run
+        time.sleep(0.5)
+        assert job.is_running and read_status(run_dir)["state"] == "running"
+        at.button(key="ctseg_train_stop_ok_bobs-run").click()  # the popover's confirmation
         at.run()
         no_problems(at)
         assert job.wait(60)
@@ -544,7 +551,7 @@ def test_stopping_the_servers_run_from_another_session_says_whose_it_is(
         job.stop()
         job.wait(60)
     status = read_status(run_dir)
-    assert status["state"] == "stopped" and status["started_by"] == "bob (dashboard)"
+    assert status["state"] == "stopped" and status["started_by"] == bob
     assert status["message"].startswith("stopped by request of a dashboard user during epoch")
 
 
