@@ -199,12 +199,22 @@ def test_a_run_that_fails_while_training_exits_1_with_one_line(phantom_root, tmp
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
-    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    (line,) = done.stderr.strip().splitlines()  # one line: the traceback went to error.log
     # torch.save reports the short write as its own RuntimeError
     assert line.startswith(f"error: run {tmp_path / 'big'} failed: RuntimeError: ")
+    assert line.endswith(f"(traceback in {tmp_path / 'big'}/error.log)")
+    assert "Traceback (most recent call last)" in (tmp_path / "big" / "error.log").read_text()
     status = read_status(tmp_path / "big")
-    assert status["state"] == "failed" and line.endswith(status["error"])
+    assert status["state"] == "failed" and status["error"] in line
     assert not (tmp_path / "big" / "last.pth").exists()  # no half-written checkpoint left
+    # a loss that diverges is a run that failed too (1), not bad input (2)
+    nan = subprocess.run(
+        [*cmd[:-4], "--run", "nan", "--lr", "1e30", "--steps-per-epoch", "4", "--device", "cpu"],
+        capture_output=True, text=True, timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert nan.returncode == 1, nan.stderr[-2000:]
+    assert "failed: loss became" in nan.stderr and "lower the learning rate" in nan.stderr
 
 
 def test_too_many_open_files_says_how_to_raise_the_limit():
@@ -214,8 +224,16 @@ def test_too_many_open_files_says_how_to_raise_the_limit():
 
     text = failure_text(OSError(errno.EMFILE, "Too many open files"))
     assert text.startswith("too many open files (this process may open ")
-    assert "`ulimit -n " in text and "--resume" in text
+    assert "`ulimit -n " in text and text.endswith("then continue the run")
     assert failure_text(ValueError("x")) == "ValueError: x"
+    # a loader worker's error carries the worker's traceback and no errno
+    worker = OSError(
+        "Caught OSError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        "last):\n  File \"x.py\", line 1\nOSError: [Errno 24] Too many open files: 'ct.npy'\n"
+    )
+    assert failure_text(worker).startswith("too many open files")
+    other = RuntimeError("Caught ValueError in DataLoader worker\nTraceback:\nValueError: bad\n")
+    assert failure_text(other) == "ValueError: bad"
 
 
 @pytest.mark.slow

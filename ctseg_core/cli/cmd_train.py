@@ -178,7 +178,7 @@ def _who() -> str:
 def run_train(args) -> int:
     from ..errors import CtsegError
     from ..training import distributed as ddp
-    from ..training.trainer import Trainer
+    from ..training.trainer import Trainer, TrainingError
 
     started = ddp.init_from_env(args.device or "auto")
     ok = False
@@ -211,12 +211,19 @@ def run_train(args) -> int:
             try:
                 state = trainer.run()
             except Exception as exc:  # recorded as "failed" in status.json
-                if isinstance(exc, CtsegError) or args.verbose:
+                # bad settings or data found before the first step stay exit 2; a run that
+                # failed while training (a NaN loss, the machine) is an unfinished result
+                if (isinstance(exc, CtsegError) and not isinstance(exc, TrainingError)) or (
+                    args.verbose and not isinstance(exc, CtsegError)
+                ):
                     raise
                 from ..training.status import failure_text
 
-                print(f"error: run {run_dir} failed: {failure_text(exc)}", file=sys.stderr)
-                return 1  # an unfinished result, not bad input
+                where = (
+                    "" if isinstance(exc, CtsegError) else f" (traceback in {run_dir}/error.log)"
+                )
+                print(f"error: run {run_dir} failed: {failure_text(exc)}{where}", file=sys.stderr)
+                return 1
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -102,7 +102,11 @@ def failure_text(exc: BaseException) -> str:
     others, and what to do about the machine's limits (too many open files)."""
     if isinstance(exc, CtsegError):
         return str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.EMFILE:
+    # a loader worker's error arrives as the worker's whole traceback: its last line says it
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    emfile = isinstance(exc, OSError) and exc.errno == errno.EMFILE
+    if emfile or "[Errno 24]" in last or "Too many open files" in last:
         try:
             import resource
 
@@ -111,6 +115,8 @@ def failure_text(exc: BaseException) -> str:
             soft = 1024
         return (
             f"too many open files (this process may open {soft}; ulimit -n): raise the limit, "
-            f"e.g. `ulimit -n {max(4 * soft, 4096)}`, then continue the run (--resume)"
+            f"e.g. `ulimit -n {max(4 * soft, 4096)}`, then continue the run"
         )
-    return f"{type(exc).__name__}: {exc}"
+    if len(lines) > 1 and ":" in last:  # "OSError: ..." as the worker raised it
+        return last
+    return f"{type(exc).__name__}: {last}"

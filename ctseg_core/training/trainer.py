@@ -26,7 +26,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError, CtsegError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, atomic_write_text
 from ..models import build_model
 from . import distributed as ddp
 from .checkpoint import config_of, estimated_checkpoint_bytes, load_checkpoint, save_checkpoint
@@ -191,10 +191,21 @@ class Trainer:
         except BaseException as exc:
             text = failure_text(exc)
             if not isinstance(exc, CtsegError):
-                log.error("training failed:\n%s", traceback.format_exc())
+                self._keep_traceback(traceback.format_exc())
             self._end("failed", message=text, error=text)
             raise
         return final
+
+    def _keep_traceback(self, text: str) -> None:
+        """An unexpected failure's traceback: into ``error.log`` of the run folder (status.json
+        and the CLI keep one line), and the log at DEBUG; at ERROR when it cannot be written."""
+        log.debug("training failed:\n%s", text)
+        if self.rank != 0 or self.run_dir is None:
+            return
+        try:
+            atomic_write_text(self.run_dir / "error.log", text)
+        except OSError:
+            log.error("training failed:\n%s", text)
 
     def _end(self, state: str, message: str, error: str | None = None, eta_s=None) -> None:
         p = self._state
