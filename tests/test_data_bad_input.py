@@ -82,6 +82,11 @@ def test_a_header_claiming_more_voxels_than_the_limit_is_refused_before_reading(
         load_ct(sdir / "ct.nii.gz")
     monkeypatch.setenv("CTSEG_MAX_VOXELS", str(16 * 12 * 8))
     assert load_ct(sdir / "ct.nii.gz").array.shape == (16, 12, 8)
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", "inf")  # no limit
+    assert load_ct(sdir / "ct.nii.gz").array.shape == (16, 12, 8)
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", "lots")
+    with pytest.raises(DataError, match="CTSEG_MAX_VOXELS='lots' is not a number"):
+        load_ct(sdir / "ct.nii.gz")
 
 
 def test_payload_check_finds_a_short_file_without_reading_it_into_memory(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,15 @@ def _short(path: Path) -> str:
 
 
 def max_voxels() -> int:
-    """The voxel limit of one image: ``$CTSEG_MAX_VOXELS`` or ``DEFAULT_MAX_VOXELS``."""
+    """The voxel limit of one image: ``$CTSEG_MAX_VOXELS`` ("inf": none) or
+    ``DEFAULT_MAX_VOXELS``."""
     raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
     if not raw:
         return DEFAULT_MAX_VOXELS
     try:
-        return max(1, int(float(raw)))
-    except ValueError:
+        value = float(raw)
+        return sys.maxsize if value == math.inf else max(1, int(value))
+    except (ValueError, OverflowError):
         raise DataError(
             f"{MAX_VOXELS_ENV}={raw!r} is not a number; set it to a voxel count"
         ) from None

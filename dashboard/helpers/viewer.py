@@ -252,10 +252,14 @@ def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_m
     if not st.toggle("3D view", key=keys.show3d):
         return
     default = structures[:6]
-    kept = [s for s in st.session_state.get(keys.mesh_structures, []) if s in structures]
+    before = st.session_state.get(keys.mesh_structures)
+    kept = [s for s in before or [] if s in structures]
     # the choice survives a subject that has its structures; one with none of them (or a
-    # first view) starts from the default rather than from an empty 3D view
-    st.session_state[keys.mesh_structures] = kept or default
+    # first view) starts from the default rather than from an empty 3D view; a choice the
+    # user emptied stays empty
+    st.session_state[keys.mesh_structures] = (
+        default if before is None or (before and not kept) else kept
+    )
     chosen = st.multiselect("Structures in 3D", structures, key=keys.mesh_structures, **NAME_SEARCH)
     if not chosen:
         st.caption("Pick structures to see their surfaces.")

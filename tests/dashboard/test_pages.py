@@ -211,6 +211,10 @@ def test_explore_shows_a_checkpoints_prediction_and_the_3d_view(
     no_problems(at)
     assert at.multiselect(key="ctseg_explore_mesh_structures").value
     assert at.get("plotly_chart")
+    at.multiselect(key="ctseg_explore_mesh_structures").set_value([])  # emptied by the user
+    at.run()
+    assert at.multiselect(key="ctseg_explore_mesh_structures").value == []
+    assert any(c.value == "Pick structures to see their surfaces." for c in at.caption)
 
 
 def _write_reference_predictions(dirs, folder, subjects):
