@@ -53,7 +53,9 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--out", type=Path, default=None,
-        help="folder for the tables and figures (default with --checkpoint: <run>/evaluation)",
+        help="folder for the tables and figures (default with --checkpoint: <run>/evaluation for "
+        "best.pth, <run>/evaluation_<stem> for another, <run>/evaluation_ensemble_<hash> for "
+        "several)",
     )  # fmt: skip
     p.add_argument("--tolerance-mm", type=float, default=3.0, help="surface Dice tolerance (mm)")
     p.add_argument("--subjects", nargs="+", default=None, help="only these subject ids")

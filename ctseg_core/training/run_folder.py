@@ -73,7 +73,8 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     if not RUN_NAME.fullmatch(name):
         raise CtsegError(
             f"run name {name[:120]!r} must be a plain folder name of 1 to 100 letters, digits, "
-            "'.', '_', '-' or spaces, not starting with '.', '-' or a space; choose another"
+            "'.', '_', '-' or spaces, not starting with '.', '-' or a space, nor ending with a "
+            "space; choose another"
         )
     run_dir = root / name
     if run_dir.exists() and any(run_dir.iterdir()) and not _ended_before_training(run_dir):
