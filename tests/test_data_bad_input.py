@@ -90,7 +90,7 @@ def test_a_header_claiming_more_voxels_than_the_limit_is_refused_before_reading(
 
 
 def test_payload_check_finds_a_short_file_without_reading_it_into_memory(tmp_path):
-    from ctseg_core.data.volume import check_nifti_payload
+    from ctseg_core.data.image_limits import check_nifti_payload
 
     claimed = (400, 400, 300)  # 96 MB claimed, one slice present
     path = _header_only(tmp_path / "up" / "upload.nii.gz", claimed)

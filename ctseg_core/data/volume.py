@@ -8,9 +8,6 @@ grid with :func:`from_canonical`, so they overlay in 3D Slicer and ITK-SNAP.
 from __future__ import annotations
 
 import gzip
-import math
-import os
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +16,11 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from .image_limits import check_claimed_size
+from .image_limits import short_path as _short
 
 #: voxel-to-world matrices closer than this (mm, and unitless for rotations) count as the same grid
 AFFINE_TOLERANCE = 1e-3
-#: the most voxels one image may claim (a 1024 x 1024 x 1024 grid; a 512 x 512 whole-body CT has
-#: ~1500 slices); a damaged or hostile header would otherwise make the reader allocate it
-DEFAULT_MAX_VOXELS = 1 << 30
-MAX_VOXELS_ENV = "CTSEG_MAX_VOXELS"
 
 
 @dataclass
@@ -51,74 +46,6 @@ class Volume:
         return "".join(nib.aff2axcodes(self.original_affine))
 
 
-def _short(path: Path) -> str:
-    """Path as users know it: the last three parts (subject/segmentations/file)."""
-    return "/".join(Path(path).parts[-3:])
-
-
-def max_voxels() -> int:
-    """The voxel limit of one image: ``$CTSEG_MAX_VOXELS`` ("inf": none) or
-    ``DEFAULT_MAX_VOXELS``."""
-    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_VOXELS
-    try:
-        value = float(raw)
-        return sys.maxsize if value == math.inf else max(1, int(value))
-    except (ValueError, OverflowError):
-        raise DataError(
-            f"{MAX_VOXELS_ENV}={raw!r} is not a number; set it to a voxel count"
-        ) from None
-
-
-def _check_claimed_size(path: Path, header) -> int:
-    """Refuse a header that claims more voxels than ``max_voxels()``; return its data bytes.
-
-    Reading allocates what the header claims before any voxel arrives, so this runs on the
-    header alone.
-    """
-    shape = tuple(int(n) for n in header.get_data_shape())
-    voxels = math.prod(shape)
-    nbytes = voxels * np.dtype(header.get_data_dtype()).itemsize
-    if voxels > max_voxels():
-        raise DataError(
-            f"{_short(path)} claims a {' x '.join(map(str, shape))} grid ({voxels:,} voxels, "
-            f"{nbytes / 2**30:.1f} GB), over the limit of {max_voxels():,} voxels: a damaged "
-            f"header? (a real image this large needs {MAX_VOXELS_ENV} raised)"
-        )
-    return nbytes
-
-
-def check_nifti_payload(path: str | Path, shown: str | None = None) -> None:
-    """Check that a NIfTI file holds as many voxel bytes as its header claims, streaming.
-
-    For files from untrusted hands (an upload): a 72-byte .nii.gz can claim gigabytes, which
-    reading would allocate before failing. Decompresses in 16 MB chunks and keeps none of it.
-    ``shown``: the name used in messages (default the path). Raises DataError.
-    """
-    path = Path(path)
-    shown = shown or _short(path)
-    try:
-        img = nib.load(str(path))
-        needed = int(getattr(img.dataobj, "offset", 0)) + _check_claimed_size(path, img.header)
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        have = 0
-        with opener(path, "rb") as stream:
-            while have < needed and (chunk := stream.read(min(16 << 20, needed - have))):
-                have += len(chunk)
-    except DataError as exc:
-        raise DataError(str(exc).replace(_short(path), shown, 1)) from None
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-        raise DataError(
-            f"{shown} cannot be read as NIfTI ({type(exc).__name__}: {exc}); re-export the file"
-        ) from None
-    if have < needed:
-        raise DataError(
-            f"{shown} holds {have:,} bytes of the {needed:,} its header claims: the file is "
-            "truncated or its header damaged; re-export it"
-        )
-
-
 def read_image(path: str | Path) -> nib.Nifti1Image:
     """Open a NIfTI file with clear errors; squeeze a trailing singleton 4th axis; return 3D image.
 
@@ -133,7 +60,7 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     claimed = "?"
     try:
         img = nib.load(str(path))
-        claimed = f"{_check_claimed_size(path, img.header) / 2**30:.1f} GB"
+        claimed = f"{check_claimed_size(path, img.header) / 2**30:.1f} GB"
         # Touch the data now: truncated gzip streams only fail when the voxels are read.
         data = np.asanyarray(img.dataobj)
     except MemoryError:
@@ -210,18 +137,31 @@ def load_ct(path: str | Path, *, allow_nan: bool = False) -> Volume:
         img = read_image(path)
     data = np.asanyarray(img.dataobj)
     if np.issubdtype(data.dtype, np.floating):
-        bad = ~np.isfinite(data)
-        if bad.any():
-            if not allow_nan:
-                raise DataError(
-                    f"{_short(path)} holds {int(bad.sum())} NaN/inf voxels; replace them "
-                    "(e.g. with -1024 HU, air) and save the CT again"
-                )
-            data = np.where(bad, -1024, data)
-        data = np.rint(data)
-    data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
+        data = _float_to_hu(data, path, allow_nan)
+    else:
+        data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
     array, affine = to_canonical(data, img.affine)
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path)
+
+
+def _float_to_hu(data: np.ndarray, path: Path, allow_nan: bool) -> np.ndarray:
+    """(X, Y, Z) float voxels -> int16 HU, rounded and clipped 16 slices at a time (whole-volume
+    temporaries would take several times a float64 CT's size)."""
+    out = np.empty(data.shape, dtype=np.int16)
+    bad_total = 0
+    for z in range(0, data.shape[2], 16):
+        part = data[:, :, z : z + 16]
+        bad = ~np.isfinite(part)
+        if bad.any():
+            bad_total += int(bad.sum())
+            part = np.where(bad, -1024, part)
+        out[:, :, z : z + 16] = np.clip(np.rint(part), -32768, 32767)
+    if bad_total and not allow_nan:
+        raise DataError(
+            f"{_short(path)} holds {bad_total} NaN/inf voxels; replace them "
+            "(e.g. with -1024 HU, air) and save the CT again"
+        )
+    return out
 
 
 def hu_problem(ct_hu: np.ndarray, name: str = "the CT") -> str | None:

@@ -6,7 +6,7 @@ import re
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ctseg_core.data.volume import check_nifti_payload
+from ctseg_core.data.image_limits import check_nifti_payload
 from ctseg_core.errors import DataError
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".zip")

@@ -125,3 +125,23 @@ def test_an_upload_claiming_more_than_it_holds_is_refused_with_its_name(tmp_path
     data = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 1024)
     with pytest.raises(DataError, match=r"^ct\.nii\.gz holds 1,376 bytes of the 209,715,200 "):
         save_ct_upload("dir/ct.nii.gz", data, tmp_path)
+
+
+def test_an_upload_whose_voxels_would_take_too_much_memory_is_refused(tmp_path, monkeypatch):
+    """A gzip of uniform float64 voxels is ~1000x smaller than its voxels: the bytes it would
+    take once read are limited as an int16 grid of CTSEG_MAX_VOXELS voxels would be."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", str(64**3))  # 0.5 MB as int16
+    path = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float64), np.eye(4)), path)
+    data = path.read_bytes()
+    assert len(data) < 10_000 and len(gzip.decompress(data)) > 2_000_000
+    with pytest.raises(DataError, match=r"^flat\.nii\.gz would take 0\.0 GB once read \(float64\)"):
+        save_ct_upload("flat.nii.gz", data, tmp_path / "up")
+    as_int16 = tmp_path / "int16.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.int16), np.eye(4)), as_int16)
+    save_ct_upload("int16.nii.gz", as_int16.read_bytes(), tmp_path / "ok")  # the same grid fits

@@ -1,0 +1,113 @@
+"""Limits on what an image file may make ctseg allocate, checked before its voxels are read.
+
+A NIfTI header states the grid and the voxel type; nibabel allocates what it states before any
+voxel arrives. A damaged or hostile file (a 72-byte .nii.gz can claim 3.5 GB; a few MB of gzip of
+uniform float64 voxels unpack to gigabytes) is refused here with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import sys
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import DataError
+
+#: the most voxels one image may claim (a 1024 x 1024 x 1024 grid; a 512 x 512 whole-body CT has
+#: ~1500 slices); a damaged or hostile header would otherwise make the reader allocate it
+DEFAULT_MAX_VOXELS = 1 << 30
+MAX_VOXELS_ENV = "CTSEG_MAX_VOXELS"
+
+
+def short_path(path: Path) -> str:
+    """Path as users know it: the last three parts (subject/segmentations/file)."""
+    return "/".join(Path(path).parts[-3:])
+
+
+def max_voxels() -> int:
+    """The voxel limit of one image: ``$CTSEG_MAX_VOXELS`` ("inf": none) or
+    ``DEFAULT_MAX_VOXELS``."""
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = float(raw)
+        return sys.maxsize if value == math.inf else max(1, int(value))
+    except (ValueError, OverflowError):
+        raise DataError(
+            f"{MAX_VOXELS_ENV}={raw!r} is not a number; set it to a voxel count"
+        ) from None
+
+
+def check_claimed_size(path: Path, header) -> int:
+    """Refuse a header that claims more voxels than ``max_voxels()``; return its data bytes.
+
+    Reading allocates what the header claims before any voxel arrives, so this runs on the
+    header alone.
+    """
+    shape = tuple(int(n) for n in header.get_data_shape())
+    voxels = math.prod(shape)
+    nbytes = voxels * np.dtype(header.get_data_dtype()).itemsize
+    if voxels > max_voxels():
+        raise DataError(
+            f"{short_path(path)} claims a {' x '.join(map(str, shape))} grid ({voxels:,} voxels, "
+            f"{nbytes / 2**30:.1f} GB), over the limit of {max_voxels():,} voxels: a damaged "
+            f"header? (a real image this large needs {MAX_VOXELS_ENV} raised)"
+        )
+    return nbytes
+
+
+def _check_memory_size(path: Path, img) -> None:
+    """Refuse an image whose voxels would take more than an int16 grid of ``max_voxels()``
+    once read: float64 voxels of a few MB of gzip can unpack to gigabytes (values scaled by
+    scl_slope/inter are read as float64 too)."""
+    proxy = img.dataobj
+    scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+    itemsize = 8 if scaled else np.dtype(img.header.get_data_dtype()).itemsize
+    nbytes = math.prod(int(n) for n in img.header.get_data_shape()) * itemsize
+    limit = 2 * max_voxels()
+    if nbytes > limit:
+        raise DataError(
+            f"{short_path(path)} would take {nbytes / 2**30:.1f} GB once read "
+            f"({img.header.get_data_dtype()}{', scaled' if scaled else ''}), over the "
+            f"{limit / 2**30:.1f} GB of an int16 grid at {MAX_VOXELS_ENV}: save it as int16 HU"
+        )
+
+
+def check_nifti_payload(path: str | Path, shown: str | None = None) -> None:
+    """Check that a NIfTI file holds as many voxel bytes as its header claims, streaming, and
+    that its voxels take no more memory than an int16 grid of ``max_voxels()``.
+
+    For files from untrusted hands (an upload): a 72-byte .nii.gz can claim gigabytes, which
+    reading would allocate before failing. Decompresses in 16 MB chunks and keeps none of it.
+    ``shown``: the name used in messages (default the path). Raises DataError.
+    """
+    path = Path(path)
+    shown = shown or short_path(path)
+    try:
+        img = nib.load(str(path))
+        on_disk = check_claimed_size(path, img.header)
+        _check_memory_size(path, img)
+        needed = int(getattr(img.dataobj, "offset", 0)) + on_disk
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        have = 0
+        with opener(path, "rb") as stream:
+            while have < needed and (chunk := stream.read(min(16 << 20, needed - have))):
+                have += len(chunk)
+    except DataError as exc:
+        raise DataError(str(exc).replace(short_path(path), shown, 1)) from None
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise DataError(
+            f"{shown} cannot be read as NIfTI ({type(exc).__name__}: {exc}); re-export the file"
+        ) from None
+    if have < needed:
+        raise DataError(
+            f"{shown} holds {have:,} bytes of the {needed:,} its header claims: the file is "
+            "truncated or its header damaged; re-export it"
+        )
