@@ -103,8 +103,9 @@ def prepared_summary(root: str) -> dict:
     from ctseg_core.data.summary import summarize_dataset
 
     key = (str(root), str(cache_dir()), _tree_stamp(root))
-    store = _summaries()
-    if key not in store:
+    store = _summaries()  # shared by the server's sessions: every access below is one step
+    summary = store.get(key)
+    if summary is None:
         bar = st.empty()
 
         def progress(done: int, total: int, subject: str) -> None:
@@ -119,8 +120,8 @@ def prepared_summary(root: str) -> dict:
         bar.empty()
         store[key] = summary
         for old in list(store)[:-4]:
-            del store[old]
-    return store[key]
+            store.pop(old, None)
+    return summary
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
