@@ -202,3 +202,36 @@ def test_vessel_contrast_in_augment_batch_changes_only_vessels(sample_root, tmp_
     unchanged = DataConfig(hu_window=(-400.0, 600.0), vessel_contrast_prob=0.0, **off)
     same, _ = augment_batch(image, labels, unchanged, torch.Generator().manual_seed(0))
     assert torch.equal(same, image)
+
+
+def test_the_training_step_mirrors_only_the_subjects_that_may_be(monkeypatch):
+    """StepRunner hands each sample's subject row of ``mirror_safe`` to the augmentation."""
+    import ctseg_core.training.step as step_module
+    from ctseg_core.config import ModelConfig, RunConfig
+    from ctseg_core.data.slices import class_lut
+    from ctseg_core.models import build_model
+    from ctseg_core.training.losses import build_loss
+    from ctseg_core.training.step import StepRunner
+
+    config = RunConfig(
+        DataConfig(target_size=(32, 32), structures=["liver", "kidney_left", "kidney_right"],
+                   mirror=True, spatial_prob=0.0, intensity_prob=0.0),
+        ModelConfig(features=[4, 8], bottleneck=8),
+    )  # fmt: skip
+    net = build_model(config.model)
+    seen = []
+    real = step_module.augment_batch
+
+    def recording(image, labels, cfg, generator, mirror_allowed=None):  # the real one runs
+        seen.append(mirror_allowed)
+        return real(image, labels, cfg, generator, mirror_allowed)
+
+    monkeypatch.setattr(step_module, "augment_batch", recording)
+    runner = StepRunner(
+        net, torch.optim.SGD(net.parameters(), lr=0.0), torch.amp.GradScaler("cpu", enabled=False),
+        build_loss("dice_ce"), class_lut(config), config.data, torch.device("cpu"), None, False,
+        None, None, torch.tensor([True, False, True]),
+    )  # fmt: skip
+    image, labels = _batch(b=4, size=32)
+    runner(image, labels, torch.Generator().manual_seed(0), torch.tensor([1, 0, 2, 1]))
+    assert seen[-1].tolist() == [False, True, True, False]
