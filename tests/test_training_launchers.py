@@ -234,6 +234,9 @@ def test_too_many_open_files_says_how_to_raise_the_limit():
     assert failure_text(worker).startswith("too many open files")
     other = RuntimeError("Caught ValueError in DataLoader worker\nTraceback:\nValueError: bad\n")
     assert failure_text(other) == "ValueError: bad"
+    assert failure_text(RuntimeError("out of memory.\nSee the docs.")) == (
+        "RuntimeError: out of memory. See the docs."  # one line, nothing dropped
+    )
 
 
 @pytest.mark.slow

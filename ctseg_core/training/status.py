@@ -48,7 +48,8 @@ class StatusFile:
     Step reports are written at most once a second, others always; state "running" shows as
     "stopping" once ``stop_event`` is set. After the final state (a Progress of kind "end")
     nothing is written any more: a late stop or step report never overwrites it. ``warning``
-    and ``started_by`` are kept in every write. Thread-safe (the training loop and a Stop button both write).
+    and ``started_by`` are kept in every write. Thread-safe (the training loop and a Stop
+    button both write).
     """
 
     def __init__(self, rank: int, stop_event: threading.Event):
@@ -117,6 +118,6 @@ def failure_text(exc: BaseException) -> str:
             f"too many open files (this process may open {soft}; ulimit -n): raise the limit, "
             f"e.g. `ulimit -n {max(4 * soft, 4096)}`, then continue the run"
         )
-    if len(lines) > 1 and ":" in last:  # "OSError: ..." as the worker raised it
+    if str(exc).startswith("Caught ") and ":" in last:  # "OSError: ..." as the worker raised it
         return last
-    return f"{type(exc).__name__}: {last}"
+    return f"{type(exc).__name__}: {' '.join(line.strip() for line in lines)}"

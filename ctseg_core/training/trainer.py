@@ -308,9 +308,10 @@ class Trainer:
             this_val = elapsed / done * total if done else val_seconds or total * per_step / 3
             later = (t.epochs - p.epoch) * (p.steps_per_epoch * per_step + this_val)
             p.eta_s = max(this_val - elapsed, 0.0) + later
+            message = f"validating: {done}/{total} batches"
             self._emit(Progress("step", "running", self.run_dir, p.epoch, t.epochs, p.step,
-                                p.steps_per_epoch, p.loss, p.lr, p.eta_s,
-                                message=f"validating: {done}/{total} batches"), force=done == 0)  # fmt: skip
+                                p.steps_per_epoch, p.loss, p.lr, p.eta_s, message=message),
+                       force=done == 0)  # fmt: skip
 
         return report
 

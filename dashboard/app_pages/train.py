@@ -185,8 +185,9 @@ def stop_button(run_dir: Path) -> None:
     owner = read_status(run_dir).get("started_by") or "someone"
     with st.popover("Stop this run", icon=":material/stop:"):
         st.write(
-            f"**{run_dir.name}** was started by {state.plain(owner)}, elsewhere (the CLI, torchrun or another "
-            "server). It stops before its next batch; last.pth keeps its last completed epoch."
+            f"**{run_dir.name}** was started by {state.plain(owner)}, elsewhere (the CLI, "
+            "torchrun or another server). It stops before its next batch; last.pth keeps its "
+            "last completed epoch."
         )
         if st.button(f"Stop {run_dir.name}", type="primary", key=state.TRAIN_FORM.stop_elsewhere):
             request_stop(run_dir, by=f"{state.who()} on {socket.gethostname()}")

@@ -242,8 +242,10 @@ def test_evaluate_offers_the_report_figures_it_wrote(app_env, tmp_path, new_app,
     no_problems(at)
     out = Path(at.session_state["ctseg_eval_result"]["out_dir"])
     figures = at.session_state["ctseg_eval_result"]["figures"]
-    assert sorted(figures) == ["metrics_distribution_test.png", "segmentation_visualization_test.png",
-                               "structure_ranking_test.png"]  # fmt: skip
+    assert sorted(figures) == [
+        "metrics_distribution_test.png", "segmentation_visualization_test.png",
+        "structure_ranking_test.png",
+    ]  # fmt: skip
     assert all(figures[n] == (out / n).read_bytes() for n in figures)
     assert len(at.get("download_button")) == 3 + 3  # the tables and the figures
 
