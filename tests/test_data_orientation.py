@@ -62,3 +62,30 @@ def test_mirrored_image_is_a_different_patient_not_the_same_cache(sample_root, t
     # the mirrored file has its "left" kidney on the patient's right: a label mirror without a
     # label swap, exactly what an augmentation must never produce
     assert left_x > right_x
+
+
+@pytest.mark.parametrize("subject", ["s0000", "s0003"])
+def test_labels_written_on_the_ct_grid_keep_its_header_codes(sample_root, tmp_path, subject):
+    """A label file for a CT whose sform says "aligned" (2) and has no qform says the same,
+    with the same matrix (TotalSegmentator's sample CTs are written so)."""
+    from ctseg_core.data.volume import load_ct, save_on_original_grid
+
+    source = nib.load(sample_root / subject / "ct.nii.gz")
+    ct = load_ct(sample_root / subject / "ct.nii.gz")
+    save_on_original_grid(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "labels.nii.gz")
+    out = nib.load(tmp_path / "labels.nii.gz")
+    codes = ("qform_code", "sform_code")
+    assert [int(out.header[c]) for c in codes] == [int(source.header[c]) for c in codes]
+    assert [int(source.header[c]) for c in codes] == [0, 2]
+    np.testing.assert_allclose(out.affine, source.affine, atol=1e-5)
+    assert out.shape == source.shape
+
+
+def test_labels_of_a_dicom_series_say_scanner_coordinates(extra_dir, tmp_path):
+    from ctseg_core.data.volume import load_ct, save_on_original_grid
+
+    ct = load_ct(extra_dir / "dicom_s0001")
+    save_on_original_grid(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "labels.nii.gz")
+    out = nib.load(tmp_path / "labels.nii.gz")
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
+    np.testing.assert_allclose(out.affine, ct.original_affine, atol=1e-5)

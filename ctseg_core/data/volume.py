@@ -39,6 +39,9 @@ class Volume:
     original_affine: np.ndarray
     original_shape: tuple[int, ...]
     path: Path | None = None
+    #: (qform_code, sform_code) of the file on disk, given back to outputs on its grid (NIfTI:
+    #: 1 scanner, 2 aligned, 0 unset); DICOM and volumes without a file: scanner
+    xform_codes: tuple[int, int] = (1, 1)
 
     @property
     def orientation(self) -> str:
@@ -87,7 +90,11 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
             f"{_short(path)} has shape {data.shape} ({data.ndim}D); a 3D volume is expected: "
             "export one 3D CT (split 4D series, stack 2D slices)"
         )
-    return nib.Nifti1Image(data, img.affine)
+    out = nib.Nifti1Image(data, img.affine)
+    # the file's own codes (nibabel's new image would state sform "aligned", qform unset)
+    out.set_qform(img.affine, code=int(img.header["qform_code"]))
+    out.set_sform(img.affine, code=int(img.header["sform_code"]))
+    return out
 
 
 def _canonical_transform(affine: np.ndarray) -> np.ndarray:
@@ -141,7 +148,8 @@ def load_ct(path: str | Path, *, allow_nan: bool = False) -> Volume:
     else:
         data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
     array, affine = to_canonical(data, img.affine)
-    return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path)
+    return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
+                  _xform_codes(img))  # fmt: skip
 
 
 def _float_to_hu(data: np.ndarray, path: Path, allow_nan: bool) -> np.ndarray:
@@ -237,15 +245,29 @@ def load_label_volume(path: str | Path, num_labels: int = 117) -> Volume:
             "(TotalSegmentator v2 order)"
         )
     array, affine = to_canonical(data.astype(np.uint8), img.affine)
-    return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path)
+    return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
+                  _xform_codes(img))  # fmt: skip
+
+
+def _xform_codes(img) -> tuple[int, int]:
+    """(qform_code, sform_code) of a NIfTI image; (1, 1) when it has none (DICOM)."""
+    header = getattr(img, "header", None)
+    try:
+        codes = int(header["qform_code"]), int(header["sform_code"])
+    except (TypeError, KeyError, ValueError):
+        return (1, 1)
+    return codes if any(codes) else (1, 1)
 
 
 def save_on_original_grid(array: np.ndarray, volume: Volume, target: str | Path) -> None:
-    """Write a canonical (X, Y, Z) array as NIfTI on ``volume``'s original grid, atomically."""
+    """Write a canonical (X, Y, Z) array as NIfTI on ``volume``'s original grid, atomically,
+    with the source file's qform/sform codes (a CT with only an "aligned" sform gives a label
+    file with the same)."""
     from ..fileio import atomic_save_nifti
 
     data = from_canonical(array, volume.original_affine)
     img = nib.Nifti1Image(data, volume.original_affine)
-    img.set_qform(volume.original_affine, code=1)
-    img.set_sform(volume.original_affine, code=1)
+    qform_code, sform_code = volume.xform_codes
+    img.set_qform(volume.original_affine, code=qform_code)
+    img.set_sform(volume.original_affine, code=sform_code)
     atomic_save_nifti(img, target)
