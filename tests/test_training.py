@@ -401,3 +401,23 @@ def test_sample_slices_together_show_the_most_structures():
     assert choose_sample_slices(presence, offsets, 2) == [3, 6]
     presence[6] = False
     assert choose_sample_slices(presence, offsets, 2) == [3, 4]
+
+
+def test_sample_figures_show_slices_in_their_shape_in_mm(sample_root, tmp_path):
+    """The model sees square slices; the figure gives them back their extent in mm (the
+    validation subject s0002 is 122 x 102 voxels of 1.5 mm: 0.84 as tall as wide)."""
+    from PIL import Image
+
+    from ctseg_core.data.slices import SliceDataset
+    from ctseg_core.models import build_model
+    from ctseg_core.training.samples import SampleFigure
+
+    config = tiny_config(sample_root, "fig", loss="dice_ce")
+    config.data.structures = ["heart", "liver"]
+    config.validate()
+    dataset = SliceDataset(config, "val")
+    assert dataset.subject_ids == ["s0002"]
+    figure = SampleFigure(dataset, config, n=1)
+    assert figure.aspects == [pytest.approx(102 / 122)]
+    figure.save(build_model(config.model), torch.device("cpu"), None, False, tmp_path, 1)
+    assert Image.open(tmp_path / "samples" / "epoch_1.png").size[0] > 0

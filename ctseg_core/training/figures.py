@@ -57,10 +57,13 @@ def save_sample_figure(
     predictions: np.ndarray,
     path: str | Path,
     title: str,
+    aspects: list[float] | None = None,
 ) -> None:
     """Rows of (CT, reference, prediction) for validation slices -> PNG.
 
-    images (N, H, W) normalised centre slices, references/predictions (N, H, W) label values.
+    images (N, H, W) normalised centre slices, references/predictions (N, H, W) label values;
+    ``aspects``: per row, the displayed height / width the slice has in mm (its square
+    resizing undone), default 1.
     Shown as radiologists view axial CT (as ctseg_core.viz.slices): anterior up, the patient's
     right (high x in RAS+) on the image's left.
     """
@@ -77,8 +80,12 @@ def save_sample_figure(
             zip(panels, ("CT", "reference", "prediction"), strict=True)
         ):
             ax = axes[row, col]
+            rows, cols = panel.shape[1], panel.shape[0]  # displayed: y down the rows, x across
+            aspect = (aspects[row] if aspects else 1.0) * cols / rows  # per pixel, for imshow
             ax.imshow(
-                np.swapaxes(panel, 0, 1)[::-1, ::-1], cmap="gray" if panel.ndim == 2 else None
+                np.swapaxes(panel, 0, 1)[::-1, ::-1],
+                cmap="gray" if panel.ndim == 2 else None,
+                aspect=aspect,
             )
             ax.set_axis_off()
             if row == 0:

@@ -47,6 +47,12 @@ class SampleFigure:
     def __init__(self, dataset: SliceDataset, config: RunConfig, n: int = 3):
         self.dataset, self.config = dataset, config
         self.indices = choose_sample_slices(dataset.presence, dataset.offsets, n)
+        # slices are resized to a square for the model; shown, they get back their shape in mm
+        self.aspects = []
+        for i in self.indices:
+            subject = dataset.subjects[dataset.locate(i)[0]]
+            (nx, ny), (sx, sy) = subject.labels.shape[1:], subject.spacing_mm[:2]
+            self.aspects.append((ny * sy) / (nx * sx))
 
     @torch.no_grad()
     def save(self, model, device, amp, channels_last: bool, run_dir: Path, epoch: int) -> None:
@@ -71,7 +77,7 @@ class SampleFigure:
             save_sample_figure(
                 image[:, centre].float().cpu().numpy(), keep[labels], predicted.astype(np.uint8),
                 Path(run_dir) / "samples" / f"epoch_{epoch}.png",
-                f"{run_dir.name}: epoch {epoch}, validation slices",
+                f"{run_dir.name}: epoch {epoch}, validation slices", self.aspects,
             )  # fmt: skip
         except OSError as exc:
             log.warning("could not save the sample figure: %s", exc)
