@@ -264,29 +264,33 @@ def evaluate_predictions(
     from .evaluation_report import ReportCollector
 
     collector = ReportCollector(out_dir, split, mesh_subjects=mesh_subjects) if report else None
-    for done, sid in enumerate(ids, start=1):
-        cached = open_cached(index.root, sid, cache_dir)
-        annotated = cached.annotated.copy()
-        if model_labels is not None:
-            annotated &= model_labels
-            annotated[0] = True
-        reference = np.ascontiguousarray(cached.labels_xyz())
-        if folder is not None:
-            prediction = prediction_on_reference_grid(
-                find_prediction(folder, sid), reference.shape, cached.affine,
-                cached.original_shape, cached.original_affine,
-            )  # fmt: skip
-        else:
-            prediction = predictor.predict(_cached_ct_volume(cached))
-        subject = subject_rows(
-            sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm
-        )
-        rows.extend(subject)
+    try:
+        for done, sid in enumerate(ids, start=1):
+            cached = open_cached(index.root, sid, cache_dir)
+            annotated = cached.annotated.copy()
+            if model_labels is not None:
+                annotated &= model_labels
+                annotated[0] = True
+            reference = np.ascontiguousarray(cached.labels_xyz())
+            if folder is not None:
+                prediction = prediction_on_reference_grid(
+                    find_prediction(folder, sid), reference.shape, cached.affine,
+                    cached.original_shape, cached.original_affine,
+                )  # fmt: skip
+            else:
+                prediction = predictor.predict(_cached_ct_volume(cached))
+            subject = subject_rows(
+                sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm
+            )
+            rows.extend(subject)
+            if collector is not None:
+                collector.add_subject(sid, cached, reference, prediction, subject)
+            if progress:
+                progress(done, len(ids), sid)
+    except BaseException:
         if collector is not None:
-            collector.add_subject(sid, cached, reference, prediction, subject)
-        if progress:
-            progress(done, len(ids), sid)
-
+            collector.discard()
+        raise
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     atomic_write_text(out_dir / f"evaluation_results_{split}.csv", results.to_csv(index=False))
     summary = summarize_results(results)

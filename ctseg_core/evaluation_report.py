@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: CT display window (HU): soft tissue and bone both readable under a colour overlay
 DISPLAY_WINDOW_HU = (-400.0, 600.0)
+#: name prefix of 3D pages written during an evaluation, until it has finished
+STAGED = ".staged-"
 #: triangles per 3D page (both panels together): pages of 2.5-4 MB for phantom subjects
 MESH_FACE_BUDGET = 60_000
 
@@ -107,7 +110,9 @@ class ReportCollector:
         self.cases.sort(key=lambda c: c.dice)
         del self.cases[self.max_cases :]
         if len(self.meshes_written) < self.mesh_subjects:
-            target = self.out_dir / f"3d_{subject_id}.html"
+            # written under a staged name: until finish() the folder keeps the previous
+            # evaluation's pages whole (an evaluation that fails later must not replace them)
+            target = self.out_dir / f"{STAGED}3d_{subject_id}.html"
             write_mesh_html(
                 reference, prediction, spacing, target, title=subject_id, affine=cached.affine
             )
@@ -124,7 +129,17 @@ class ReportCollector:
         plot_metric_distribution(results, paths[0])
         plot_structure_ranking(summary, paths[1])
         plot_slice_cases(self.cases, paths[2])
-        return paths + self.meshes_written
+        pages = []
+        for staged in self.meshes_written:
+            page = staged.with_name(staged.name.removeprefix(STAGED))
+            os.replace(staged, page)
+            pages.append(page)
+        return paths + pages
+
+    def discard(self) -> None:
+        """Remove the staged 3D pages of an evaluation that failed."""
+        for staged in self.meshes_written:
+            staged.unlink(missing_ok=True)
 
 
 def plot_metric_distribution(results: pd.DataFrame, target: Path) -> None:

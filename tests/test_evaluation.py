@@ -221,15 +221,20 @@ def test_failed_run_leaves_the_previous_results_whole(tmp_path, sample_root, ext
         tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
     )
     out = tmp_path / "out"
-    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], report=False)
+    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
     before = (out / "evaluation_results_train.csv").read_bytes()
+    page = (out / "3d_s0000.html").read_bytes()
+    # another prediction of s0000 (another page would be drawn), then a bad one of s0001
+    one_prediction(folder, "s0000", extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz")
     bad = np.zeros((10, 10, 10), np.uint8)
     bad[0, 0, 0] = 250
     nib.save(nib.Nifti1Image(bad, np.eye(4)), str(folder / "s0001.nii.gz"))
     with pytest.raises(DataError, match=r"s0001\.nii\.gz holds label values 0\.\.250"):
-        evaluate_predictions(sample_root, "train", folder, out, report=False)
+        # s0000 is scored (and its 3D page drawn) before s0001 fails
+        evaluate_predictions(sample_root, "train", folder, out, mesh_subjects=1)
     assert (out / "evaluation_results_train.csv").read_bytes() == before
-    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+    assert (out / "3d_s0000.html").read_bytes() == page
+    assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".staged"))]
 
 
 def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, sample_root):
