@@ -135,12 +135,14 @@ def who() -> str:
     """Who is at this browser, as a run's status records it: the proxy's user (letters,
     digits, '@', '.', '_', '-' only), or a generic label when the dashboard is not behind an
     authenticating proxy."""
+    from ctseg_core.training.status import user_label
+
     try:
         headers = st.context.headers
         for name in USER_HEADERS:
-            user = re.sub(r"[^\w@.\-]", "", headers.get(name) or "")[:80]
-            if user:
-                return f"{user} (dashboard)"
+            label = user_label(headers.get(name) or "", "dashboard")
+            if label:
+                return label
     except Exception:  # no browser request behind this run (AppTest, a bare script)
         pass
     return "a dashboard user"

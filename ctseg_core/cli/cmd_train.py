@@ -166,13 +166,14 @@ def build_config(args):
 def _who() -> str:
     """The login of whoever runs the command, for the run's status.json ("alice (CLI)")."""
     import getpass
-    import re
+
+    from ..training.status import user_label
 
     try:
-        user = re.sub(r"[^\w@.\-]", "", getpass.getuser())[:80]
+        user = getpass.getuser()
     except (OSError, KeyError):  # a container user without a passwd entry or LOGNAME
         user = ""
-    return f"{user} (CLI)" if user else "CLI"
+    return user_label(user, "CLI") or "CLI"
 
 
 def run_train(args) -> int:

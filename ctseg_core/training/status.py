@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -96,6 +97,13 @@ class StatusFile:
             write_status(self.run_dir, status)
         except OSError as exc:  # a full disk must not kill the run before a checkpoint does
             log.warning("could not write status.json: %s", exc)
+
+
+def user_label(raw: str, via: str) -> str:
+    """``started_by`` for a user name from a login or a proxy header: letters, digits, '@',
+    '.', '_', '-' only (at most 80), then `` (via)``; "" when nothing is left."""
+    user = re.sub(r"[^\w@.\-]", "", raw or "")[:80]
+    return f"{user} ({via})" if user else ""
 
 
 def failure_text(exc: BaseException) -> str:
