@@ -242,8 +242,16 @@ def test_train_opened_first_prepares_under_a_progress_bar(dash_dirs, page, tmp_p
     Home's progress bar (with the `ctseg prepare` advice), not behind a bare spinner."""
     dirs = {**dash_dirs, "cache": tmp_path / "cache", "checkpoints": tmp_path / "runs"}
     dirs["checkpoints"].mkdir()
+    # the bar may show only for a moment: every text the page ever rendered is recorded
+    page.add_init_script(
+        "window.__seen = [];"
+        "new MutationObserver(() => { const t = document.body ? document.body.innerText : '';"
+        " if (t.includes('into the cache')) window.__seen.push(t); })"
+        ".observe(document, {subtree: true, childList: true, characterData: true});"
+    )
     with streamlit_server(dirs, tmp_path / "server.log") as url:
         page.goto(f"{url}/train")
-        page.get_by_text("into the cache — once per subject").first.wait_for(timeout=60_000)
-        page.get_by_role("heading", name="Live view").wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Live view").wait_for(timeout=120_000)
+        seen = page.evaluate("window.__seen")
+    assert any("into the cache — once per subject" in text for text in seen), seen[-1:]
     assert len(list((tmp_path / "cache").rglob("meta.json"))) == 6  # every phantom subject
