@@ -44,7 +44,7 @@ def make_checkpoint(folder: Path, target: int) -> Path:
 
     from ctseg_core.config import DataConfig, ModelConfig, RunConfig
     from ctseg_core.models import build_model
-    from ctseg_core.training.checkpoint import save_checkpoint
+    from ctseg_core.models.checkpoint import save_checkpoint
 
     cfg = RunConfig(
         data=DataConfig(target_size=(target, target)),
@@ -74,7 +74,7 @@ def run_ctseg(ckpt, shape, threads, batch, queue, device="cpu") -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from ctseg_core.inference import Predictor
+    from ctseg_core.inference.predictor import Predictor
 
     ct = synthetic_ct(shape)
     predictor = Predictor([ckpt], batch_slices=batch, device=device)
@@ -103,7 +103,7 @@ def run_naive(ckpt, shape, threads, batch, queue) -> None:
 
     torch.set_num_threads(threads)
     from ctseg_core.data.slices import label_scores, normalize_hu, resize_batch
-    from ctseg_core.training.checkpoint import load_model
+    from ctseg_core.models.checkpoint import load_model
 
     ct = synthetic_ct(shape)
     model, cfg = load_model(ckpt)

@@ -20,7 +20,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ctseg_core.data.phantom import _mask_writer, make_phantom_dataset, plan_dataset, render_subject
+from ctseg_core.data.phantom.dataset import (
+    _mask_writer,
+    make_phantom_dataset,
+    plan_dataset,
+    render_subject,
+)
 from ctseg_core.labels import STRUCTURES
 
 GOAL_S = 20.0

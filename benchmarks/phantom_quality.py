@@ -50,8 +50,8 @@ from pathlib import Path
 import torch
 
 from ctseg_core.config import DataConfig
+from ctseg_core.runs.run_folder import read_history
 from ctseg_core.training.presets import phantom_demo
-from ctseg_core.training.run_folder import read_history
 from ctseg_core.training.trainer import Trainer
 
 
@@ -111,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
         if root is None:
-            from ctseg_core.data.phantom import make_phantom_dataset
+            from ctseg_core.data.phantom.dataset import make_phantom_dataset
 
             root = Path(tmp) / "phantom"
             t0 = time.perf_counter()

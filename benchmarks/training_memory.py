@@ -67,7 +67,7 @@ def main() -> None:
     if args.child:
         child(*args.child, args.steps)
         return
-    from ctseg_core.data.phantom import make_phantom_dataset
+    from ctseg_core.data.phantom.dataset import make_phantom_dataset
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

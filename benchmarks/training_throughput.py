@@ -38,13 +38,13 @@ import torch
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.data.slices import ForegroundSampler, SliceDataset
-from ctseg_core.models import build_model
-from ctseg_core.training.hardware import (
+from ctseg_core.device import (
     cpu_has_bf16,
     loader_workers,
     prepare_device,
     resolve_device,
 )
+from ctseg_core.models import build_model
 from ctseg_core.training.losses import build_loss
 from ctseg_core.training.setup import build_optimizer
 from ctseg_core.training.step import StepRunner
@@ -53,7 +53,7 @@ from ctseg_core.training.step import StepRunner
 def make_data(args, tmp: Path) -> str:
     if args.data:
         return str(args.data)
-    from ctseg_core.data.phantom import make_phantom_dataset
+    from ctseg_core.data.phantom.dataset import make_phantom_dataset
 
     root = tmp / "phantom"
     make_phantom_dataset(root, n_subjects=4, seed=0, shape=(160, 160, 48))

@@ -49,7 +49,7 @@ def demo_dir() -> Path:
 @st.cache_resource(show_spinner=False)
 def ensure_demo_dataset(root: str) -> str:
     """Generate the phantom demo dataset once (skipped when it is already there)."""
-    from ctseg_core.data.phantom import make_phantom_dataset
+    from ctseg_core.data.phantom.dataset import make_phantom_dataset
 
     path = Path(root)
     if not (path / "meta.csv").is_file():
@@ -178,7 +178,7 @@ def all_checkpoints() -> dict[str, str]:
     The run with the best validation Dice comes first (then the newest): the pages pick the
     first one by default, and a 2-epoch test run must not be the model a user predicts with.
     """
-    from ctseg_core.training.run_folder import list_runs
+    from ctseg_core.runs.run_folder import list_runs
 
     out: dict[str, str] = {}
     root = checkpoints_root()
@@ -227,7 +227,7 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     ``progress(done, total, info)`` is called only when the prediction is computed.
     """
     from ctseg_core.errors import DataError
-    from ctseg_core.inference import predict_volume
+    from ctseg_core.inference.predictor import predict_volume
 
     path = Path(checkpoint).expanduser().resolve()
     if not path.is_file():
@@ -264,7 +264,7 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     cached grid as (Z, X, Y) uint8; read once per file version, kept like checkpoint predictions.
     """
     from ctseg_core.errors import DataError
-    from ctseg_core.evaluation import find_prediction, prediction_on_reference_grid
+    from ctseg_core.evaluation.evaluate import find_prediction, prediction_on_reference_grid
 
     path = find_prediction(Path(folder), subject_id)
     if path is None:

@@ -135,7 +135,7 @@ def who() -> str:
     """Who is at this browser, as a run's status records it: the proxy's user (letters,
     digits, '@', '.', '_', '-' only), or a generic label when the dashboard is not behind an
     authenticating proxy."""
-    from ctseg_core.training.status import user_label
+    from ctseg_core.runs.status import user_label
 
     try:
         headers = st.context.headers

@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="fewer epochs than the preset's 42 (faster)")
     args = parser.parse_args()
 
-    from ctseg_core.data.phantom import make_phantom_dataset
+    from ctseg_core.data.phantom.dataset import make_phantom_dataset
     from ctseg_core.data.prepare import prepare_dataset
 
     dirs = {name: args.work / name for name in ("data", "cache", "checkpoints")}

@@ -47,7 +47,7 @@ def cache_dir(session_cache) -> Path:
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A small phantom dataset: 6 subjects of about 64 x 64 x 24, made once per session."""
-    from ctseg_core.data.phantom import make_phantom_dataset
+    from ctseg_core.data.phantom.dataset import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom") / "data"
     make_phantom_dataset(root, n_subjects=6, seed=1, shape=(64, 64, 24))

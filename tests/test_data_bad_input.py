@@ -366,7 +366,7 @@ def test_a_cache_inside_the_dataset_or_on_a_file_is_refused(phantom_root, tmp_pa
 def test_paths_of_the_wrong_kind_get_errors_that_say_so(sample_root, tmp_path):
     from ctseg_core.data.dataset_root import open_dataset
     from ctseg_core.data.volume import read_image
-    from ctseg_core.training.checkpoint import load_checkpoint
+    from ctseg_core.models.checkpoint import load_checkpoint
 
     with pytest.raises(DataError, match="is a file; give the dataset folder"):
         open_dataset(sample_root / "s0000" / "ct.nii.gz")

@@ -15,11 +15,11 @@ from torch import nn
 from ctseg_core.cli import main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
 from ctseg_core.errors import ConfigError, DataError
-from ctseg_core.evaluation import evaluate_predictions
-from ctseg_core.evaluation_tables import volume_statistics
+from ctseg_core.evaluation.evaluate import evaluate_predictions
+from ctseg_core.evaluation.tables import volume_statistics
 from ctseg_core.labels import LABEL_OF, STRUCTURES
 from ctseg_core.models import build_model, register
-from ctseg_core.training.checkpoint import save_checkpoint
+from ctseg_core.models.checkpoint import save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -336,7 +336,7 @@ def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, sample_roo
 
 
 def test_each_predictions_folder_and_ensemble_gets_its_own_evaluation_folder(tmp_path):
-    from ctseg_core.evaluation_paths import checkpoint_evaluation_dir, folder_evaluation_dir
+    from ctseg_core.evaluation.paths import checkpoint_evaluation_dir, folder_evaluation_dir
 
     root = tmp_path / "evaluations"
     a, b = tmp_path / "alice" / "preds", tmp_path / "bob" / "preds"
@@ -376,7 +376,7 @@ def test_a_new_evaluation_leaves_no_figures_of_the_previous_one(tmp_path, sample
 
 
 def test_summary_reports_the_sample_standard_deviation():
-    from ctseg_core.evaluation_tables import RESULT_COLUMNS, summarize_results
+    from ctseg_core.evaluation.tables import RESULT_COLUMNS, summarize_results
 
     def row(subject, structure, dice, status="detected"):
         return {"subject": subject, "structure": structure, "group": "organs", "dice": dice,
@@ -395,7 +395,7 @@ def test_summary_reports_the_sample_standard_deviation():
 
 
 def test_the_worst_slice_shows_the_reference_when_there_is_one():
-    from ctseg_core.evaluation_report import worst_slice
+    from ctseg_core.evaluation.report import worst_slice
 
     reference = np.zeros((8, 8, 12), np.uint8)
     reference[2:4, 2:4, 2:5] = 5  # 4 voxels on each of z = 2, 3, 4
@@ -409,7 +409,7 @@ def test_the_worst_slice_shows_the_reference_when_there_is_one():
 
 
 def test_slice_figure_zooms_on_the_structure_in_question():
-    from ctseg_core.evaluation_report import SliceCase, zoom_window
+    from ctseg_core.evaluation.report import SliceCase, zoom_window
 
     reference = np.zeros((512, 400), np.uint8)
     reference[500:505, 10:14] = LABEL_OF["adrenal_gland_left"]  # small, near an edge

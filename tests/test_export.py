@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ctseg_core.errors import DataError
-from ctseg_core.export import (
+from ctseg_core.inference.label_files import (
     label_file_paths,
     read_itksnap_labels,
     read_slicer_ctbl,

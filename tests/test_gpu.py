@@ -17,11 +17,11 @@ import torch
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.data.slices import ForegroundSampler, SliceDataset
+from ctseg_core.device import prepare_device
 from ctseg_core.models import build_model
-from ctseg_core.training.checkpoint import load_model
-from ctseg_core.training.hardware import prepare_device
+from ctseg_core.models.checkpoint import load_model
+from ctseg_core.runs.run_folder import read_history, read_status
 from ctseg_core.training.losses import build_loss
-from ctseg_core.training.run_folder import read_history, read_status
 from ctseg_core.training.setup import build_optimizer
 from ctseg_core.training.step import StepRunner
 from ctseg_core.training.trainer import Trainer
@@ -119,7 +119,7 @@ def test_torchrun_with_nccl_trains_on_the_gpu(phantom_root, tmp_path):
 
 def test_prediction_on_the_gpu_labels_as_on_the_cpu(phantom_root, tmp_path):
     from ctseg_core.data.volume import load_ct
-    from ctseg_core.inference import predict_volume
+    from ctseg_core.inference.predictor import predict_volume
 
     config = cuda_config(phantom_root, "infer", amp="bf16", epochs=2)
     assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"

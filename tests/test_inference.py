@@ -12,11 +12,12 @@ from torch import nn
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
 from ctseg_core.data.volume import load_ct
 from ctseg_core.errors import ConfigError, CtsegError
-from ctseg_core.export import read_slicer_ctbl
-from ctseg_core.inference import Predictor, predict_file, predict_volume
+from ctseg_core.inference.files import predict_file
+from ctseg_core.inference.label_files import read_slicer_ctbl
+from ctseg_core.inference.predictor import Predictor, predict_volume
 from ctseg_core.labels import LABEL_OF
 from ctseg_core.models import register
-from ctseg_core.training.checkpoint import save_checkpoint
+from ctseg_core.models.checkpoint import save_checkpoint
 
 torch.set_num_threads(1)
 

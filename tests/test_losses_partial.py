@@ -10,13 +10,13 @@ import torch
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.data.slices import SliceDataset
 from ctseg_core.labels import STRUCTURES
+from ctseg_core.runs.run_folder import read_history
 from ctseg_core.training.losses import (
     LOSS_FUNCTIONS,
     dice_ce_loss,
     dice_ce_partial,
     dice_ce_reference,
 )
-from ctseg_core.training.run_folder import read_history
 from ctseg_core.training.trainer import Trainer
 
 

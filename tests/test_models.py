@@ -10,7 +10,7 @@ import torch
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import ConfigError, CtsegError
 from ctseg_core.models import build_model
-from ctseg_core.training.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ctseg_core.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctseg_core.data.phantom import MARKER, make_phantom_dataset
+from ctseg_core.data.phantom.dataset import MARKER, make_phantom_dataset
 from ctseg_core.errors import ConfigError, DataError
 from ctseg_core.labels import STRUCTURES
 

@@ -13,15 +13,15 @@ import torch.nn.functional as F
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import CtsegError
-from ctseg_core.training.checkpoint import load_checkpoint, load_model
-from ctseg_core.training.losses import LOSS_FUNCTIONS
-from ctseg_core.training.run_folder import (
+from ctseg_core.models.checkpoint import load_checkpoint, load_model
+from ctseg_core.runs.run_folder import (
     list_runs,
     new_run_dir,
     read_history,
     read_status,
     write_status,
 )
+from ctseg_core.training.losses import LOSS_FUNCTIONS
 from ctseg_core.training.trainer import Trainer, TrainingError
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
@@ -244,7 +244,7 @@ def test_fused_dice_ce_gradient_equals_autograd_of_its_definition():
 
 
 def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
-    from ctseg_core.training.hardware import resolve_channels_last
+    from ctseg_core.device import resolve_channels_last
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_channels_last("auto", cpu, torch.bfloat16) is True
@@ -257,7 +257,7 @@ def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
 
 
 def test_loader_workers_auto_is_none_on_a_cpu_and_a_share_of_the_cores_on_a_gpu(monkeypatch):
-    from ctseg_core.training import hardware
+    from ctseg_core import device as hardware
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert hardware.loader_workers(3, cpu) == 3 and hardware.loader_workers(0, cuda) == 0
@@ -297,7 +297,7 @@ def test_deep_supervision_loss_weighs_each_level_against_the_labels_sampled_ther
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_cpu_training_keeps_freed_memory_for_reuse():
-    from ctseg_core.training.hardware import keep_freed_cpu_memory
+    from ctseg_core.device import keep_freed_cpu_memory
 
     # glibc accepts both settings (an mmap threshold above its 32 MiB maximum would be refused);
     # what they are worth is measured by benchmarks/training_throughput.py
@@ -306,7 +306,7 @@ def test_cpu_training_keeps_freed_memory_for_reuse():
 
 def test_checkpoint_size_estimate_matches_a_written_checkpoint(tmp_path):
     from ctseg_core.models import build_model
-    from ctseg_core.training.checkpoint import estimated_checkpoint_bytes, save_checkpoint
+    from ctseg_core.models.checkpoint import estimated_checkpoint_bytes, save_checkpoint
     from ctseg_core.training.setup import build_optimizer
 
     config = RunConfig(
@@ -328,7 +328,7 @@ def test_a_disk_too_small_for_the_checkpoints_refuses_or_warns(phantom_root, tmp
     from collections import namedtuple
 
     from ctseg_core.models import build_model
-    from ctseg_core.training.checkpoint import estimated_checkpoint_bytes
+    from ctseg_core.models.checkpoint import estimated_checkpoint_bytes
 
     config = tiny_config(phantom_root, "tight", epochs=4, checkpoint_every=1)
     size = estimated_checkpoint_bytes(build_model(config.model), "adam")

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from ctseg_core.cli import main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import CtsegError
+from ctseg_core.runs.run_folder import read_history, read_status, request_stop
 from ctseg_core.training.job import TrainingJob, get_job
-from ctseg_core.training.run_folder import read_history, read_status, request_stop
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--size", "64", "64", "--features", "8", "16", "32", "64", "--bottleneck", "64"]
@@ -141,7 +141,7 @@ def test_cli_trains_and_refuses_bad_settings(phantom_root, tmp_path, capsys):
 def test_cli_starts_and_resumes_say_what_they_do(phantom_root, tmp_path, capsys):
     import torch
 
-    from ctseg_core.training.run_folder import write_status
+    from ctseg_core.runs.run_folder import write_status
 
     args = ["train", "--data", str(phantom_root), "--checkpoints", str(tmp_path), *TINY_ARGS,
             "--batch-size", "2", "--amp", "off", "--steps-per-epoch", "1"]  # fmt: skip
@@ -220,7 +220,7 @@ def test_a_run_that_fails_while_training_exits_1_with_one_line(phantom_root, tmp
 def test_too_many_open_files_says_how_to_raise_the_limit():
     import errno
 
-    from ctseg_core.training.status import failure_text
+    from ctseg_core.runs.status import failure_text
 
     text = failure_text(OSError(errno.EMFILE, "Too many open files"))
     assert text.startswith("too many open files (this process may open ")

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from ctseg_core.training.run_folder import (
+from ctseg_core.runs.run_folder import (
     default_checkpoints_root,
     list_runs,
     read_history,

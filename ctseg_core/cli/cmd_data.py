@@ -91,7 +91,7 @@ def run_info(args) -> int:
 
 
 def run_demo_data(args) -> int:
-    from ..data.phantom import make_phantom_dataset
+    from ..data.phantom.dataset import make_phantom_dataset
 
     progress, bar = tqdm_callback("phantom")
     try:

@@ -90,7 +90,7 @@ def register(subparsers) -> None:
 
 
 def run_predict(args) -> int:
-    from ..inference_io import predict_file
+    from ..inference.files import predict_file
 
     progress, bar = tqdm_callback("predict", unit="slice")
     try:
@@ -135,13 +135,13 @@ def _json_safe(records: list[dict]) -> list[dict]:
 
 def run_evaluate(args) -> int:
     from ..errors import ConfigError
-    from ..evaluation import evaluate_predictions
-    from ..evaluation_tables import summarize_results
+    from ..evaluation.evaluate import evaluate_predictions
+    from ..evaluation.tables import summarize_results
 
     if args.out is None:
         if not args.checkpoint:
             raise ConfigError("--out is required with --predictions; name a folder for the results")
-        from ..evaluation_paths import checkpoint_evaluation_dir
+        from ..evaluation.paths import checkpoint_evaluation_dir
 
         args.out = checkpoint_evaluation_dir(args.checkpoint)
     progress, bar = tqdm_callback("evaluate")
@@ -181,7 +181,7 @@ def run_export(args) -> int:
 
     from ..data.volume import load_label_volume
     from ..errors import ConfigError
-    from ..export import write_label_files
+    from ..inference.label_files import write_label_files
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder for the label files")
@@ -203,8 +203,8 @@ def run_stats(args) -> int:
 
     from ..data.volume import load_ct
     from ..errors import ConfigError
-    from ..evaluation import prediction_on_reference_grid
-    from ..evaluation_tables import volume_statistics
+    from ..evaluation.evaluate import prediction_on_reference_grid
+    from ..evaluation.tables import volume_statistics
     from ..fileio import check_output
 
     if args.out:

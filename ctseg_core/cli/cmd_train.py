@@ -167,7 +167,7 @@ def _who() -> str:
     """The login of whoever runs the command, for the run's status.json ("alice (CLI)")."""
     import getpass
 
-    from ..training.status import user_label
+    from ..runs.status import user_label
 
     try:
         user = getpass.getuser()
@@ -218,7 +218,7 @@ def run_train(args) -> int:
                     args.verbose and not isinstance(exc, CtsegError)
                 ):
                     raise
-                from ..training.status import failure_text
+                from ..runs.status import failure_text
 
                 where = (
                     "" if isinstance(exc, CtsegError) else f" (traceback in {run_dir}/error.log)"
@@ -297,7 +297,7 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _report(run_dir: Path, state: str, as_json: bool) -> None:
-    from ..training.run_folder import read_history, read_status
+    from ..runs.run_folder import read_history, read_status
 
     status, history = read_status(run_dir), read_history(run_dir)
     if as_json:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import CtsegError
-from .status import Progress
+from ..runs.status import Progress
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)

@@ -23,16 +23,16 @@ from ..config import RunConfig
 from ..data.cache import reserve_open_files
 from ..data.dataset_root import open_dataset
 from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
-from ..models import build_model
-from . import distributed as ddp
-from .checkpoint import restore_rng_state
-from .hardware import (
+from ..device import (
     loader_workers,
     prepare_device,
     resolve_amp,
     resolve_channels_last,
     resolve_device,
 )
+from ..models import build_model
+from ..models.checkpoint import restore_rng_state
+from . import distributed as ddp
 from .losses import LossFn, build_loss
 from .setup import build_optimizer, build_scheduler, init_output_bias
 from .step import StepRunner

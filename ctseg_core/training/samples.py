@@ -10,8 +10,8 @@ import torch
 
 from ..config import RunConfig
 from ..data.slices import SliceDataset, predicted_labels
+from ..device import autocast_context
 from .figures import save_sample_figure
-from .hardware import autocast_context
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import torch
 
 from ..config import DataConfig
 from ..data.augment import augment_batch
-from .hardware import autocast_context
+from ..device import autocast_context
 from .losses import annotated_rows, deep_supervision_loss
 
 

@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..runs.run_folder import stop_requested, stop_requested_by
 from . import distributed as ddp
-from .run_folder import stop_requested, stop_requested_by
 
 STOP_POLL_S = 1.0  # one process: seconds between looks for a stop request in the run folder
 STOP_POLL_STEPS = 20  # torchrun: steps between looks (rank 0 looks; the ranks agree in one gather)

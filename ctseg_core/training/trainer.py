@@ -25,15 +25,17 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
+from ..device import autocast_context, resolve_amp, resolve_device
 from ..errors import ConfigError, CtsegError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import build_model
-from . import distributed as ddp
-from .checkpoint import config_of, estimated_checkpoint_bytes, load_checkpoint, save_checkpoint
-from .figures import save_history_plot
-from .hardware import autocast_context, resolve_amp, resolve_device
-from .parts import build_parts
-from .run_folder import (
+from ..models.checkpoint import (
+    config_of,
+    estimated_checkpoint_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ..runs.run_folder import (
     STOP_REQUEST,
     check_disk_space,
     default_checkpoints_root,
@@ -41,9 +43,12 @@ from .run_folder import (
     refuse_if_active,
     write_history,
 )
+from ..runs.status import Callback, Progress, StatusFile, failure_text
+from . import distributed as ddp
+from .figures import save_history_plot
+from .parts import build_parts
 from .samples import SampleFigure
 from .setup import step_scheduler
-from .status import Callback, Progress, StatusFile, failure_text
 from .step import StepRunner
 from .stopping import StopControl, StopRequested
 from .validation import validate

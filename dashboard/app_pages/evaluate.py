@@ -10,7 +10,7 @@ import streamlit as st
 
 from ctseg_core.access import check_allowed_path
 from ctseg_core.errors import DataError
-from ctseg_core.evaluation_paths import checkpoint_evaluation_dir, folder_evaluation_dir
+from ctseg_core.evaluation.paths import checkpoint_evaluation_dir, folder_evaluation_dir
 from dashboard import cached, state
 from dashboard.helpers import evalcharts, viewer
 from dashboard.pages_index import PAGE_FILES
@@ -65,7 +65,7 @@ def run_evaluation(root: str) -> None:
     if not go or source is None:
         return
     predictions, out_dir, label = source
-    from ctseg_core.evaluation import evaluate_predictions
+    from ctseg_core.evaluation.evaluate import evaluate_predictions
 
     bar = st.progress(0.0, text=f"Evaluating the {split} split …")
 
@@ -149,7 +149,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
 
 
 def show_results(info: dict) -> None:
-    from ctseg_core.evaluation_tables import detection_table, summarize_results
+    from ctseg_core.evaluation.tables import detection_table, summarize_results
 
     results: pd.DataFrame = info["results"]
     st.divider()

@@ -70,7 +70,7 @@ def run_prediction() -> None:
 def predict_upload(upload, workdir: Path) -> None:
     """The checkpoint choice and the Predict button; on a click, label the upload into the state."""
     from ctseg_core.data.volume import hu_problem, load_ct, save_on_original_grid
-    from ctseg_core.inference import predict_volume
+    from ctseg_core.inference.predictor import predict_volume
 
     checkpoint = choose_checkpoint(workdir)
     go = st.button(
@@ -107,7 +107,7 @@ def predict_upload(upload, workdir: Path) -> None:
 
 
 def show_result(result: dict) -> None:
-    from ctseg_core.export import itksnap_text, label_entries, slicer_ctbl_text
+    from ctseg_core.inference.label_files import itksnap_text, label_entries, slicer_ctbl_text
 
     st.divider()
     labels = result["labels_zxy"]

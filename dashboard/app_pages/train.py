@@ -94,7 +94,7 @@ def _started_here(run_dir: Path) -> None:
 
 def _resume_note(name: str) -> None:
     """What Resume does to the run's own folder, and whose run it is when not this session's."""
-    from ctseg_core.training.run_folder import read_status
+    from ctseg_core.runs.run_folder import read_status
 
     owner = read_status(cached.checkpoints_root() / name).get("started_by")
     whose = f" (started by {state.plain(owner)})" if owner else ""
@@ -119,7 +119,7 @@ def stop_job(job) -> None:
             job.stop(by=state.who(), run_dir=run_dir)
             st.toast("Stopping after the current step …")
         return
-    from ctseg_core.training.run_folder import read_status
+    from ctseg_core.runs.run_folder import read_status
 
     owner = read_status(run_dir).get("started_by") or "someone"
     with st.popover("Stop", icon=":material/stop:"):
@@ -130,7 +130,7 @@ def stop_job(job) -> None:
 
 
 def _list_runs():
-    from ctseg_core.training.run_folder import list_runs
+    from ctseg_core.runs.run_folder import list_runs
 
     return list_runs(cached.checkpoints_root())
 
@@ -174,7 +174,7 @@ def run_list_watcher(shown: tuple) -> None:
 def stop_button(run_dir: Path) -> None:
     """Stop for an active run this server did not start (the CLI, torchrun, another server):
     a stop request in its folder, which the trainer looks for about once a second."""
-    from ctseg_core.training.run_folder import read_status, request_stop, stop_requested
+    from ctseg_core.runs.run_folder import read_status, request_stop, stop_requested
 
     job = cached.training_job()
     if job.is_running and job.snapshot().run_dir == run_dir:
@@ -196,7 +196,7 @@ def stop_button(run_dir: Path) -> None:
 
 def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     """State, progress and curves of one run, read from its folder."""
-    from ctseg_core.training.run_folder import read_history, read_status
+    from ctseg_core.runs.run_folder import read_history, read_status
 
     run_dir = cached.checkpoints_root() / run_name
     status = read_status(run_dir)
@@ -273,7 +273,7 @@ def watch() -> None:
 
 
 def compare() -> None:
-    from ctseg_core.training.run_folder import read_history
+    from ctseg_core.runs.run_folder import read_history
 
     all_runs = _list_runs()
     if len(all_runs) < 2:

@@ -1,4 +1,4 @@
-"""Charts of an evaluation table (columns of ctseg_core.evaluation_tables.RESULT_COLUMNS)."""
+"""Charts of an evaluation table (columns of ctseg_core.evaluation.tables.RESULT_COLUMNS)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ctseg_core.evaluation_tables import DICE_THRESHOLDS
+from ctseg_core.evaluation.tables import DICE_THRESHOLDS
 from ctseg_core.labels import GROUPS
 from dashboard.helpers.charts import group_scale
 

@@ -47,7 +47,7 @@ def form_values(cfg: RunConfig) -> dict:
 def default_preset(root: str) -> str:
     """phantom_demo on a phantom dataset (the demo's or one made by ``ctseg demo-data``), else
     gpu where CUDA is present, else cpu."""
-    from ctseg_core.data.phantom import MARKER
+    from ctseg_core.data.phantom.dataset import MARKER
 
     if (Path(root) / MARKER).is_file():
         return "phantom_demo"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctseg_core.evaluation_tables import RESULT_COLUMNS
+from ctseg_core.evaluation.tables import RESULT_COLUMNS
 from dashboard.helpers.evalcharts import group_success_rates, group_summary
 
 

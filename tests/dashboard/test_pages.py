@@ -323,8 +323,8 @@ def test_evaluate_refuses_a_predictions_folder_outside_the_roots(
 def test_train_starts_refuses_a_second_start_and_stops(
     app_env, monkeypatch, tmp_path, new_app, no_problems
 ):
+    from ctseg_core.runs.run_folder import read_status
     from ctseg_core.training.job import get_job
-    from ctseg_core.training.run_folder import read_status
 
     checkpoints = tmp_path / "checkpoints"  # only this test's runs
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(checkpoints))
@@ -464,7 +464,7 @@ def test_train_shows_a_failed_run_from_the_cli_with_its_error(
     """A run folder written by another process (CLI, torchrun) is read like one started here."""
     import shutil
 
-    from ctseg_core.training.run_folder import read_status, write_status
+    from ctseg_core.runs.run_folder import read_status, write_status
 
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     shutil.copytree(tiny_run, tmp_path / "tiny")
@@ -495,7 +495,7 @@ def test_train_stops_a_run_started_elsewhere_through_its_folder(
     gets its own Stop, which asks through the run folder."""
     import threading
 
-    from ctseg_core.training.run_folder import read_status
+    from ctseg_core.runs.run_folder import read_status
     from ctseg_core.training.trainer import Trainer
 
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
@@ -529,8 +529,8 @@ def test_stopping_the_servers_run_from_another_session_says_whose_it_is(
 ):
     """Two users of one server: the run bob started is stopped by another session only
     through a confirmation naming bob, and its status says who stopped it."""
+    from ctseg_core.runs.run_folder import read_status
     from ctseg_core.training.job import get_job
-    from ctseg_core.training.run_folder import read_status
 
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     job = get_job()
@@ -573,7 +573,7 @@ def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
 
 
 def test_checkpoint_lists_put_the_best_scoring_run_first(monkeypatch, tmp_path):
-    from ctseg_core.training.run_folder import write_history, write_status
+    from ctseg_core.runs.run_folder import write_history, write_status
     from dashboard import cached
 
     for name, dice in (("good", 0.8), ("fresh", 0.05), ("scoreless", None)):  # newest last

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .phantom_body import LEVEL_OF, Body, body_half_axes, spine_y
-from .phantom_paint import GasFluid, Mat, Mottled
-from .phantom_shapes import capsule, chain, ellipsoid, rotation, union
+from .body import LEVEL_OF, Body, body_half_axes, spine_y
+from .paint import GasFluid, Mat, Mottled
+from .shapes import capsule, chain, ellipsoid, rotation, union
 
 SIDES = ((1.0, "right"), (-1.0, "left"))
 LUNG_LOBES = {

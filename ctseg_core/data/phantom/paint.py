@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..labels import LABEL_OF
-from .phantom_shapes import BodyGrid
+from ...labels import LABEL_OF
+from .shapes import BodyGrid
 
 PHASES = ("native", "arterial", "portal venous")
 

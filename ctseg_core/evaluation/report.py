@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .fileio import atomic_path, atomic_write_text
-from .labels import COLOURS, LABEL_OF, colour_lut
-from .viz.mesh import bounding_boxes, meshes_figure, structure_meshes
+from ..fileio import atomic_path, atomic_write_text
+from ..labels import COLOURS, LABEL_OF, colour_lut
+from ..viz.mesh import bounding_boxes, meshes_figure, structure_meshes
 
 log = logging.getLogger(__name__)
 

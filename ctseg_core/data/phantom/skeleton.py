@@ -13,10 +13,10 @@ import itertools
 
 import numpy as np
 
-from .phantom_body import LEVEL_OF, LEVELS, Body, Level, bone, muscle, spine_y
-from .phantom_paint import Mat
-from .phantom_shapes import capsule, chain, ellipsoid, rotation, rounded_cylinder
-from .phantom_trunk import BOWEL, SIDES, chest_wall_ellipse
+from .body import LEVEL_OF, LEVELS, Body, Level, bone, muscle, spine_y
+from .paint import Mat
+from .shapes import capsule, chain, ellipsoid, rotation, rounded_cylinder
+from .trunk import BOWEL, SIDES, chest_wall_ellipse
 
 # Rib k: how far round the chest it reaches (angle from the back, rad), and how far it drops (mm).
 _RIB_END = (2.75, 2.8, 2.8, 2.8, 2.75, 2.7, 2.6, 2.35, 2.1, 1.85, 1.45, 1.0)

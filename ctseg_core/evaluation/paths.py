@@ -76,8 +76,8 @@ def write_source(
     predictions: a folder, or the checkpoint paths of the ensemble; ``tta`` is recorded for
     checkpoints only; ``report_files``: the figures and 3D pages written with the tables.
     """
-    from .fileio import atomic_write_json
-    from .training.run_folder import utc_now
+    from ..fileio import atomic_write_json
+    from ..runs.run_folder import utc_now
 
     folder = isinstance(predictions, str | Path) and Path(predictions).is_dir()
     paths = [predictions] if isinstance(predictions, str | Path) else list(predictions)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
-from .metrics import compute_volume_stats
+from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
+from ..metrics import compute_volume_stats
 
 DICE_THRESHOLDS = (0.5, 0.7, 0.9)
 METRICS = ("dice", "iou", "hd95_mm", "surface_dice")

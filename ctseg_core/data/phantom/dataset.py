@@ -36,10 +36,10 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 
-from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_text
-from ..labels import STRUCTURES
-from .phantom_subject import SubjectSpec, plan_dataset, render_subject
+from ...errors import ConfigError, DataError
+from ...fileio import atomic_write_text
+from ...labels import STRUCTURES
+from .subject import SubjectSpec, plan_dataset, render_subject
 
 __all__ = ["MARKER", "SubjectSpec", "make_phantom_dataset", "plan_dataset", "render_subject"]
 
@@ -151,7 +151,7 @@ def _check_root(root: Path, ids: list[str]) -> list[str]:
 
 def _write_marker(root: Path, specs: list[SubjectSpec], subjects: list[str], done: bool) -> None:
     info = {
-        "generator": "ctseg_core.data.phantom",
+        "generator": "ctseg_core.data.phantom.dataset",
         "complete": done,
         "subjects": sorted(subjects),
         "specs": [asdict(s) for s in specs],

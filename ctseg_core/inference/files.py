@@ -26,11 +26,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .data.volume import hu_problem, load_ct, save_on_original_grid
-from .errors import ConfigError, CtsegError
-from .export import label_file_paths, write_label_files
-from .fileio import refuse_replacing_inputs
-from .labels import LABEL_OF, NAME_OF
+from ..data.volume import hu_problem, load_ct, save_on_original_grid
+from ..errors import ConfigError, CtsegError
+from ..fileio import refuse_replacing_inputs
+from ..labels import LABEL_OF, NAME_OF
+from .label_files import label_file_paths, write_label_files
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def predict_file(
     that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT too large
     for memory (before reading it when its header tells the size).
     """
-    from .inference import Predictor
+    from .predictor import Predictor
 
     ct_path, out_path = Path(ct_path), Path(out_path)
     if not out_path.name.endswith((".nii.gz", ".nii")):
@@ -171,8 +171,8 @@ def predict_file(
     slicer, itk = write_label_files(out_path, values)
     stats_path = None
     if statistics:
-        from .evaluation_tables import volume_statistics
-        from .fileio import atomic_write_text
+        from ..evaluation.tables import volume_statistics
+        from ..fileio import atomic_write_text
 
         stats_path = out_path.with_name(_stem(out_path) + "_statistics.csv")
         table = volume_statistics(labels, ct.array, ct.spacing_mm)

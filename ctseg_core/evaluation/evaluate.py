@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .data.cache import CachedSubject, open_cached
-from .data.dataset_root import open_dataset
-from .data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
-from .errors import ConfigError, DataError
-from .evaluation_paths import remove_stale_report, report_files_of, write_source
-from .evaluation_tables import RESULT_COLUMNS, detection_table, summarize_results
-from .fileio import atomic_write_text
-from .labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
-from .metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
+from ..data.cache import CachedSubject, open_cached
+from ..data.dataset_root import open_dataset
+from ..data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_text
+from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
+from ..metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
+from .paths import remove_stale_report, report_files_of, write_source
+from .tables import RESULT_COLUMNS, detection_table, summarize_results
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def evaluate_predictions(
                 f"{missing[0]} is neither a folder of <id>.nii.gz predictions nor a checkpoint "
                 "file; check the path"
             )
-        from .inference import Predictor
+        from ..inference.predictor import Predictor
 
         predictor = Predictor(checkpoints, device=device, tta=tta)
         model_labels = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
@@ -261,7 +261,7 @@ def evaluate_predictions(
     out_dir = Path(out_dir)
     previous = report_files_of(out_dir, split)  # an earlier evaluation's figures, if any
     rows: list[dict] = []
-    from .evaluation_report import ReportCollector
+    from .report import ReportCollector
 
     collector = ReportCollector(out_dir, split, mesh_subjects=mesh_subjects) if report else None
     try:

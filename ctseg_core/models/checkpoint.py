@@ -25,7 +25,7 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import CtsegError
 from ..fileio import atomic_path
-from ..models import build_model
+from . import build_model
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
-from .fileio import atomic_write_text
-from .labels import COLOURS, NAME_OF, NUM_STRUCTURES
+from ..errors import DataError
+from ..fileio import atomic_write_text
+from ..labels import COLOURS, NAME_OF, NUM_STRUCTURES
 
 SLICER_SUFFIX = ".ctbl"
 ITKSNAP_SUFFIX = "_itksnap_labels.txt"

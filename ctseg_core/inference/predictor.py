@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.slices import context_indices, label_scores, normalize_hu, resize_batch
-from .data.volume import Volume
-from .errors import ConfigError, CtsegError
-from .labels import LABEL_OF, lr_swap_lut
-from .training.hardware import resolve_device
+from ..data.slices import context_indices, label_scores, normalize_hu, resize_batch
+from ..data.volume import Volume
+from ..device import resolve_device
+from ..errors import ConfigError, CtsegError
+from ..labels import LABEL_OF, lr_swap_lut
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Predictor:
 
     def __init__(self, checkpoints: Sequence[str | Path], device: str | torch.device = "auto",
                  batch_slices: int = 8, tta: bool = False) -> None:  # fmt: skip
-        from .training.checkpoint import load_model
+        from ..models.checkpoint import load_model
 
         if isinstance(checkpoints, str | Path):
             checkpoints = [checkpoints]
@@ -263,10 +263,3 @@ def predict_volume(
     """
     predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta)
     return predictor.predict(ct, progress=progress, memory_limit_bytes=memory_limit_bytes)
-
-
-def predict_file(*args, **kwargs) -> dict:
-    """See :func:`ctseg_core.inference_io.predict_file` (files in, files out)."""
-    from .inference_io import predict_file as _predict_file
-
-    return _predict_file(*args, **kwargs)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .phantom_body import Z_RANGE_MM, Body, body_half_axes, paint_body_wall, paint_table
-from .phantom_paint import PHASES, Painter, tissue_table
-from .phantom_shapes import BodyGrid, displacement, smooth_noise
-from .phantom_skeleton import paint_muscles, paint_pelvic_bones, paint_ribs, paint_spine
-from .phantom_trunk import (
+from .body import Z_RANGE_MM, Body, body_half_axes, paint_body_wall, paint_table
+from .paint import PHASES, Painter, tissue_table
+from .shapes import BodyGrid, displacement, smooth_noise
+from .skeleton import paint_muscles, paint_pelvic_bones, paint_ribs, paint_spine
+from .trunk import (
     paint_bowel,
     paint_pelvis,
     paint_thorax,

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .phantom_paint import Mat, Painter
-from .phantom_shapes import BodyGrid
+from .paint import Mat, Painter
+from .shapes import BodyGrid
 
 Z_RANGE_MM = (-150.0, 345.0)
 
