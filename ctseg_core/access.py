@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import settings
 from .errors import ConfigError
 
 ENV_ROOTS = "CTSEG_DATA_ROOTS"
@@ -17,11 +18,7 @@ ENV_ROOTS = "CTSEG_DATA_ROOTS"
 
 def allowed_roots() -> list[Path] | None:
     """The resolved roots from ``$CTSEG_DATA_ROOTS``, or None when unset (every path allowed)."""
-    raw = os.environ.get(ENV_ROOTS, "")
-    parts = [p.strip() for p in raw.split(os.pathsep) if p.strip()]
-    if not parts:
-        return None
-    return [Path(p).expanduser().resolve() for p in parts]
+    return settings.data_roots()
 
 
 def check_allowed_path(path: str | Path, roots: list[Path] | None = None) -> Path:

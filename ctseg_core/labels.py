@@ -36,6 +36,8 @@ STRUCTURES: tuple[str, ...] = (
 )  # fmt: skip
 NUM_STRUCTURES = len(STRUCTURES)
 assert NUM_STRUCTURES == 117
+#: label values 0..117: background and the 117 structures (the only place this is defined)
+NUM_LABELS = NUM_STRUCTURES + 1
 
 #: structure name -> label value (1..117)
 LABEL_OF: dict[str, int] = {name: value for value, name in enumerate(STRUCTURES, start=1)}
@@ -93,7 +95,7 @@ def lr_swap_lut() -> np.ndarray:
     Apply it to a label slice after flipping the patient's left/right axis:
     ``labels_mirrored = lut[np.flip(labels, axis=x_axis)]``.
     """
-    lut = np.arange(NUM_STRUCTURES + 1, dtype=np.uint8)
+    lut = np.arange(NUM_LABELS, dtype=np.uint8)
     for left, right in LR_PAIRS:
         lut[LABEL_OF[left]], lut[LABEL_OF[right]] = LABEL_OF[right], LABEL_OF[left]
     return lut
@@ -128,7 +130,7 @@ COLOURS: dict[str, tuple[int, int, int]] = _make_colours()
 
 def colour_lut() -> np.ndarray:
     """RGB lookup table (118, 3) uint8 indexed by label value; row 0 (background) is black."""
-    lut = np.zeros((NUM_STRUCTURES + 1, 3), dtype=np.uint8)
+    lut = np.zeros((NUM_LABELS, 3), dtype=np.uint8)
     for name, value in LABEL_OF.items():
         lut[value] = COLOURS[name]
     return lut

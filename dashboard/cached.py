@@ -8,7 +8,6 @@ call also takes a ``source`` string that names the volume uniquely.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from ctseg_core import settings
 from ctseg_core.access import check_allowed_path
 
 
@@ -27,23 +27,13 @@ def cache_dir() -> Path:
 
 
 def checkpoints_root() -> Path:
-    """The root of run folders: $CTSEG_CHECKPOINTS, else the checkout's checkpoints/.
-
-    Not the server's working folder: a dashboard started from elsewhere (a service manager
-    starts it in /) would write runs where nobody looks, or fail to.
-    """
-    env = os.environ.get("CTSEG_CHECKPOINTS")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / "checkpoints"
+    """The root of run folders, as for the CLI (see ctseg_core.settings.checkpoints_root)."""
+    return settings.checkpoints_root()
 
 
 def demo_dir() -> Path:
-    """Where the phantom demo dataset lives: $CTSEG_DEMO_DIR or <user data dir>/phantom."""
-    env = os.environ.get("CTSEG_DEMO_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("ctseg")) / "phantom"
+    """Where the phantom demo dataset lives (see ctseg_core.settings.demo_dir)."""
+    return settings.demo_dir()
 
 
 @st.cache_resource(show_spinner=False)
@@ -61,8 +51,7 @@ def ensure_demo_dataset(root: str) -> str:
 
 def default_dataset() -> tuple[str, bool]:
     """(dataset root, is it the demo?): $CTSEG_DATA when set, else the phantom demo dataset."""
-    env = os.environ.get("CTSEG_DATA")
-    if env:
+    if env := settings.default_data_root():
         return env, False
     return str(demo_dir()), True
 
@@ -314,9 +303,9 @@ def volume_stats(source: str, labels_zxy, ct_zxy, spacing_mm):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _label_counts(source: str, _labels_zxy) -> np.ndarray:
-    from ctseg_core.labels import NUM_STRUCTURES
+    from ctseg_core.labels import NUM_LABELS
 
-    return np.bincount(np.asarray(_labels_zxy).ravel(), minlength=NUM_STRUCTURES + 1)
+    return np.bincount(np.asarray(_labels_zxy).ravel(), minlength=NUM_LABELS)
 
 
 def label_counts(source: str, labels_zxy) -> np.ndarray:

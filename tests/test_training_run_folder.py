@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from ctseg_core.runs.run_folder import (
     default_checkpoints_root,
@@ -62,5 +63,6 @@ def test_history_round_trips_with_nan_as_null_and_runs_are_listed(tmp_path, monk
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     assert default_checkpoints_root() == tmp_path
     monkeypatch.delenv("CTSEG_CHECKPOINTS")
-    monkeypatch.chdir(tmp_path)
-    assert default_checkpoints_root() == tmp_path / "checkpoints"
+    monkeypatch.chdir(tmp_path)  # the CLI, started anywhere, uses the dashboard's default
+    checkout = Path(__file__).resolve().parents[1]
+    assert default_checkpoints_root() == checkout / "checkpoints"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DataConfig
-from ..labels import LABEL_OF, NUM_STRUCTURES, UNPAIRED_LATERAL, VESSELS, lr_swap_lut
+from ..labels import LABEL_OF, NUM_LABELS, UNPAIRED_LATERAL, VESSELS, lr_swap_lut
 from ..nosync import to_device
 
 _SWAP_LUT = torch.from_numpy(lr_swap_lut()).long()
@@ -146,7 +146,7 @@ def vessel_contrast(
     target = (target_hu.to(image.dtype) - lo) * (2.0 / (hi - lo)) - 1.0
     flat_labels = labels.reshape(b, -1).long()
     centre = image[:, c // 2].reshape(b, -1)
-    bins = NUM_STRUCTURES + 1
+    bins = NUM_LABELS
     sums = torch.zeros(b, bins, dtype=image.dtype, device=device).scatter_add_(
         1, flat_labels, centre
     )

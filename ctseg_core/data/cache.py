@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import settings
 from ..errors import ConfigError, DataError
-from ..labels import NAME_OF, NUM_STRUCTURES
+from ..labels import NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
 from .subject import load_subject, mask_files
 
@@ -35,13 +36,8 @@ CACHE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    """``$CTSEG_CACHE`` if set, else the platform's user cache dir (e.g. ~/.cache/ctseg)."""
-    env = os.environ.get("CTSEG_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("ctseg"))
+    """``$CTSEG_CACHE`` if set, else the platform's user cache dir (see ctseg_core.settings)."""
+    return settings.cache_dir()
 
 
 def check_cache_dir(cache_dir: Path, root: Path) -> None:
@@ -221,7 +217,7 @@ def build_entry(subject_dir: Path, target: Path, settings: dict | None = None) -
         np.save(tmp / "ct.npy", np.ascontiguousarray(subject.ct.array.transpose(2, 0, 1)))
         labels_zxy = np.ascontiguousarray(subject.labels.transpose(2, 0, 1))
         np.save(tmp / "labels.npy", labels_zxy)
-        counts = np.bincount(labels_zxy.ravel(), minlength=NUM_STRUCTURES + 1)
+        counts = np.bincount(labels_zxy.ravel(), minlength=NUM_LABELS)
         meta = {
             "format": CACHE_FORMAT,
             "subject_id": subject.subject_id,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
-import sys
 import zlib
 from pathlib import Path
 
@@ -18,31 +16,14 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from ..settings import max_voxels
 
-#: the most voxels one image may claim (a 1024 x 1024 x 1024 grid; a 512 x 512 whole-body CT has
-#: ~1500 slices); a damaged or hostile header would otherwise make the reader allocate it
-DEFAULT_MAX_VOXELS = 1 << 30
-MAX_VOXELS_ENV = "CTSEG_MAX_VOXELS"
+MAX_VOXELS_ENV = "CTSEG_MAX_VOXELS"  # named in messages; read in ctseg_core.settings
 
 
 def short_path(path: Path) -> str:
     """Path as users know it: the last three parts (subject/segmentations/file)."""
     return "/".join(Path(path).parts[-3:])
-
-
-def max_voxels() -> int:
-    """The voxel limit of one image: ``$CTSEG_MAX_VOXELS`` ("inf": none) or
-    ``DEFAULT_MAX_VOXELS``."""
-    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_VOXELS
-    try:
-        value = float(raw)
-        return sys.maxsize if value == math.inf else max(1, int(value))
-    except (ValueError, OverflowError):
-        raise DataError(
-            f"{MAX_VOXELS_ENV}={raw!r} is not a number; set it to a voxel count"
-        ) from None
 
 
 def check_claimed_size(path: Path, header) -> int:

@@ -22,15 +22,13 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..errors import DataError
 from ..fileio import atomic_path
-from ..labels import LABEL_OF, LR_PAIRS, NUM_STRUCTURES
+from ..labels import LABEL_OF, LR_PAIRS, NUM_LABELS
 from ..nosync import to_device
 from .cache import CachedSubject, open_cached, reserve_open_files
 from .dataset_root import open_dataset
 from .prepare import prepare_dataset
 
 log = logging.getLogger(__name__)
-
-NUM_LABELS = NUM_STRUCTURES + 1  # label values 0..117
 
 
 def normalize_hu(ct_hu: torch.Tensor, hu_window: tuple[float, float]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..labels import LABEL_OF, NAME_OF, NUM_STRUCTURES
+from ..labels import LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
 from .volume import Volume, load_ct, load_mask
 
@@ -90,9 +90,9 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
         raise DataError(f"{subject_dir.name}: no ct.nii.gz in {subject_dir}; add the CT file")
     ct = load_ct(ct_path, allow_nan=allow_nan_ct)
     labels = np.zeros(ct.array.shape, dtype=np.uint8)
-    annotated = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+    annotated = np.zeros(NUM_LABELS, dtype=bool)
     annotated[0] = True
-    mask_voxels = np.zeros(NUM_STRUCTURES + 1, dtype=np.int64)
+    mask_voxels = np.zeros(NUM_LABELS, dtype=np.int64)
     problems: list[str] = []
     files, unknown = mask_files(subject_dir)
     if not (subject_dir / "segmentations").is_dir():

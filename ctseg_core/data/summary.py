@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import NUM_STRUCTURES, STRUCTURES
+from ..labels import NUM_LABELS, NUM_STRUCTURES, STRUCTURES
 from .dataset_root import DatasetIndex, open_dataset
 from .prepare import prepare_dataset
 
@@ -30,7 +30,7 @@ def summarize_dataset(
     report = prepare_dataset(index, cache_dir, workers=workers, progress=progress)
     problems = list(index.problems) + [report.failed[s] for s in sorted(report.failed)]
     subjects = []
-    coverage = np.zeros(NUM_STRUCTURES + 1, dtype=np.int64)
+    coverage = np.zeros(NUM_LABELS, dtype=np.int64)
     for sid in index.subjects:
         if sid in report.failed:
             continue

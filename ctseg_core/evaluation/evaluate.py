@@ -23,7 +23,7 @@ from ..data.dataset_root import open_dataset
 from ..data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
-from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
+from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from ..metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
 from .paths import remove_stale_report, report_files_of, write_source
 from .tables import RESULT_COLUMNS, detection_table, summarize_results
@@ -160,7 +160,7 @@ def _cached_ct_volume(cached: CachedSubject) -> Volume:
 
 def _check_model_structures(structures, root: Path, ids, cache_dir, split: str) -> None:
     """ConfigError when no subject of the split annotates any structure the model predicts."""
-    annotated = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+    annotated = np.zeros(NUM_LABELS, dtype=bool)
     for sid in ids:
         annotated |= open_cached(root, sid, cache_dir).annotated
     wanted = [LABEL_OF[s] for s in structures]
@@ -254,7 +254,7 @@ def evaluate_predictions(
         from ..inference.predictor import Predictor
 
         predictor = Predictor(checkpoints, device=device, tta=tta)
-        model_labels = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+        model_labels = np.zeros(NUM_LABELS, dtype=bool)
         model_labels[[LABEL_OF[s] for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split)
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..data.volume import hu_problem, load_ct, save_on_original_grid
 from ..errors import ConfigError, CtsegError
 from ..fileio import refuse_replacing_inputs
-from ..labels import LABEL_OF, NAME_OF
+from ..labels import LABEL_OF, NAME_OF, NUM_LABELS
 from .label_files import label_file_paths, write_label_files
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def predict_file(
         table = volume_statistics(labels, ct.array, ct.spacing_mm)
         atomic_write_text(stats_path, table.to_csv(index=False))
 
-    counts = np.bincount(labels.ravel(), minlength=119)
+    counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
     found = {
         NAME_OF[k]: {"voxels": int(counts[k]), "volume_ml": round(counts[k] * voxel_ml, 3)}

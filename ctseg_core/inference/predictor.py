@@ -25,11 +25,10 @@ from ..data.slices import context_indices, label_scores, normalize_hu, resize_ba
 from ..data.volume import Volume
 from ..device import resolve_device
 from ..errors import ConfigError, CtsegError
-from ..labels import LABEL_OF, lr_swap_lut
+from ..labels import LABEL_OF, NUM_LABELS, lr_swap_lut
 
 log = logging.getLogger(__name__)
 
-NUM_LABELS = 118
 #: channels upsampled to the CT's size at once (bounds the largest float buffer)
 _UPSAMPLE_CHANNELS = 16
 #: TTA shifts (pixels at the model's resolution) for models trained without left/right mirroring

@@ -8,8 +8,6 @@ import numpy as np
 
 from ctseg_core.errors import DataError
 
-NUM_LABELS = 118  # background 0 + the 117 TotalSegmentator v2 structures
-
 # ~1 M voxels per bincount: the uint16 index buffer (2 MB) stays in cache and memory stays bounded
 # whatever the volume size; larger chunks measured slower on a 512 x 512 x 300 pair.
 CHUNK_VOXELS = 1 << 20

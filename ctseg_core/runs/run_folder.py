@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from ..errors import CtsegError
 from ..fileio import atomic_write_json, atomic_write_text
 
@@ -40,9 +41,8 @@ ACTIVE_STATES = ("queued", "running", "stopping")
 
 
 def default_checkpoints_root() -> Path:
-    """``$CTSEG_CHECKPOINTS`` if set, else ``<cwd>/checkpoints``."""
-    env = os.environ.get("CTSEG_CHECKPOINTS")
-    return Path(env).expanduser() if env else Path.cwd() / "checkpoints"
+    """The root of run folders (``$CTSEG_CHECKPOINTS``; see ctseg_core.settings)."""
+    return settings.checkpoints_root()
 
 
 def utc_now() -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import CtsegError
+from ..runs.run_folder import ACTIVE_STATES
 from ..runs.status import Progress
 from .trainer import Trainer
 
@@ -45,7 +46,7 @@ class JobSnapshot:
 
     @property
     def is_active(self) -> bool:
-        return self.state in ("queued", "running", "stopping")
+        return self.state in ACTIVE_STATES
 
 
 class TrainingJob:

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.slices import NUM_LABELS, SliceDataset, predicted_labels
+from ..data.slices import SliceDataset, predicted_labels
+from ..labels import NUM_LABELS
 from ..metrics.overlap import overlap_counts
 from ..nosync import count_values
 from . import distributed as ddp

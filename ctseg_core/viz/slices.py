@@ -20,7 +20,7 @@ import io
 import numpy as np
 
 from ..errors import ConfigError
-from ..labels import NUM_STRUCTURES, colour_lut
+from ..labels import NUM_LABELS, colour_lut
 
 #: (level, width) in HU
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -35,7 +35,6 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
-NUM_LABELS = NUM_STRUCTURES + 1  # label values 0..117
 
 
 def _check_plane(plane: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from ctseg_core.errors import CtsegError
-from ctseg_core.labels import NUM_STRUCTURES
+from ctseg_core.labels import NUM_LABELS
 from dashboard import cached, state
 from dashboard.helpers import uploads
 from dashboard.helpers.viewer import Layer, volume_viewer
@@ -111,7 +111,7 @@ def show_result(result: dict) -> None:
 
     st.divider()
     labels = result["labels_zxy"]
-    counts = np.bincount(labels.ravel(), minlength=NUM_STRUCTURES + 1)
+    counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)
     values = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
     st.subheader(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
     if result.get("warning"):

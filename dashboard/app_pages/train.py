@@ -11,13 +11,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from ctseg_core.runs.run_folder import ACTIVE_STATES
 from dashboard import cached, state
 from dashboard.helpers import runs
 from dashboard.helpers.train_form import build_config
 
 REFRESH_S = 1.5  # the view of an active run
 WATCH_S = 3.0  # new runs and state changes
-ACTIVE_STATES = ("queued", "running", "stopping")
 
 st.title("Train")
 
@@ -206,7 +206,7 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     steps = status.get("steps_per_epoch") or 0
     step = int(status.get("step") or 0)
     run_state = status.get("state", "unknown")
-    active = run_state in ("queued", "running", "stopping")
+    active = run_state in ACTIVE_STATES
     loss = status.get("loss")
     if loss is None and history:
         loss = history[-1].get("train_loss")

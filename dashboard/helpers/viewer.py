@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ctseg_core.labels import COLOURS, GROUP_OF, GROUPS, LABEL_OF, NUM_STRUCTURES
+from ctseg_core.labels import COLOURS, GROUP_OF, GROUPS, LABEL_OF, NUM_LABELS
 from ctseg_core.viz.slices import (
     PLANES,
     SCREEN_SIDES,
@@ -300,7 +300,7 @@ def volume_viewer(
         for name in PLANES:
             st.session_state.pop(state.slice_key(keys, name), None)
         st.session_state[state.volume_key(keys)] = volume_id
-    counts = np.zeros(NUM_STRUCTURES + 1, dtype=np.int64)
+    counts = np.zeros(NUM_LABELS, dtype=np.int64)
     for layer in layers:
         counts += np.asarray(layer.counts, dtype=np.int64)
     present = [s for s in LABEL_OF if counts[LABEL_OF[s]] > 0]
@@ -308,7 +308,7 @@ def volume_viewer(
     with control_col:
         plane, level, width, style, layout, alpha = _controls(keys, len(layers) > 1)
         shown = structure_picker(keys, present) if present else []
-    visible = np.zeros(NUM_STRUCTURES + 1, dtype=bool)
+    visible = np.zeros(NUM_LABELS, dtype=bool)
     visible[[LABEL_OF[s] for s in shown]] = True
     view = ViewSettings(plane, level, width, style, layout, alpha, visible)
     with image_col:
