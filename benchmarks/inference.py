@@ -102,8 +102,9 @@ def run_naive(ckpt, shape, threads, batch, queue) -> None:
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    from ctseg_core.data.slices import label_scores, normalize_hu, resize_batch
+    from ctseg_core.data.slices import normalize_hu, resize_batch
     from ctseg_core.models.checkpoint import load_model
+    from ctseg_core.models.head import label_scores
 
     ct = synthetic_ct(shape)
     model, cfg = load_model(ckpt)

@@ -136,6 +136,17 @@ def colour_lut() -> np.ndarray:
     return lut
 
 
+def class_lut(structures: list[str]) -> np.ndarray:
+    """(118,) int64: label value -> class index (0 background, i for ``structures[i-1]``).
+
+    Label values of structures not listed map to 0 (background).
+    """
+    lut = np.zeros(NUM_LABELS, dtype=np.int64)
+    for i, name in enumerate(structures, start=1):
+        lut[LABEL_OF[name]] = i
+    return lut
+
+
 def label_map() -> dict[str, str]:
     """Channel index -> structure name, as the seed notebooks wrote ``label_map.json``."""
     return {str(channel): name for channel, name in enumerate(STRUCTURES)}

@@ -208,8 +208,8 @@ def test_the_training_step_mirrors_only_the_subjects_that_may_be(monkeypatch):
     """StepRunner hands each sample's subject row of ``mirror_safe`` to the augmentation."""
     import ctseg_core.training.step as step_module
     from ctseg_core.config import ModelConfig, RunConfig
-    from ctseg_core.data.slices import class_lut
     from ctseg_core.models import build_model
+    from ctseg_core.models.head import class_lut
     from ctseg_core.training.losses import build_loss
     from ctseg_core.training.step import StepRunner
 

@@ -12,7 +12,7 @@ from ctseg_core.data.slices import SliceDataset
 from ctseg_core.labels import STRUCTURES
 from ctseg_core.runs.run_folder import read_history
 from ctseg_core.training.losses import (
-    LOSS_FUNCTIONS,
+    LOSSES,
     dice_ce_loss,
     dice_ce_partial,
     dice_ce_reference,
@@ -67,13 +67,13 @@ def test_sigmoid_losses_give_unannotated_channels_no_gradient(name):
     annotated = torch.ones(2, 5, dtype=torch.bool)
     annotated[0, 3] = False  # channel 2 (class 3) of sample 0
     x = logits.clone().requires_grad_()
-    loss = LOSS_FUNCTIONS[name](x, classes, annotated)
+    loss = LOSSES[name].fn(x, classes, annotated)
     loss.backward()
     assert math.isfinite(loss.item())
     assert float(x.grad[0, 2].abs().max()) == 0.0
     assert float(x.grad[1, 2].abs().max()) > 0.0 and float(x.grad[0, 1].abs().max()) > 0.0
-    assert LOSS_FUNCTIONS[name](logits, classes, torch.ones_like(annotated)).item() == (
-        pytest.approx(LOSS_FUNCTIONS[name](logits, classes).item(), rel=1e-6)
+    assert LOSSES[name].fn(logits, classes, torch.ones_like(annotated)).item() == (
+        pytest.approx(LOSSES[name].fn(logits, classes).item(), rel=1e-6)
     )
 
 

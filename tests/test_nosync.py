@@ -14,8 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ctseg_core import nosync
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from ctseg_core.data.slices import class_lut
 from ctseg_core.models import build_model
+from ctseg_core.models.head import class_lut
 from ctseg_core.training.losses import build_loss
 from ctseg_core.training.setup import build_optimizer
 from ctseg_core.training.step import StepRunner

@@ -11,16 +11,14 @@ from ctseg_core.data.cache import open_cached
 from ctseg_core.data.slices import (
     ForegroundSampler,
     SliceDataset,
-    class_lut,
     context_indices,
-    label_scores,
     normalize_hu,
-    predicted_labels,
     resize_batch,
     validation_indices,
 )
 from ctseg_core.errors import DataError
 from ctseg_core.labels import LABEL_OF
+from ctseg_core.models.head import class_lut, label_scores, predicted_labels
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
 

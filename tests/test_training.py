@@ -21,7 +21,7 @@ from ctseg_core.runs.run_folder import (
     read_status,
     write_status,
 )
-from ctseg_core.training.losses import LOSS_FUNCTIONS
+from ctseg_core.training.losses import LOSSES
 from ctseg_core.training.trainer import Trainer, TrainingError
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
@@ -192,7 +192,7 @@ def test_training_on_the_real_sample_with_sigmoid_outputs(sample_root, tmp_path)
     assert record["val_dice_mean"] == pytest.approx(scored["heart"])
 
 
-@pytest.mark.parametrize("name", sorted(LOSS_FUNCTIONS))
+@pytest.mark.parametrize("name", sorted(LOSSES))
 def test_losses_are_low_for_the_right_answer_and_high_for_a_wrong_one(name):
     classes = torch.zeros(2, 8, 8, dtype=torch.long)
     classes[:, 2:6, 2:6] = 1
@@ -203,7 +203,7 @@ def test_losses_are_low_for_the_right_answer_and_high_for_a_wrong_one(name):
     for c in range(first, 3):
         right[:, c - first][classes == c] = 8.0
     wrong = right.roll(1, dims=1)
-    loss = LOSS_FUNCTIONS[name]
+    loss = LOSSES[name].fn
     assert float(loss(right, classes)) < 0.05
     assert float(loss(wrong, classes)) > 0.1
     logits = right.clone().requires_grad_()

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..errors import DataError
 from ..fileio import atomic_path
-from ..labels import LABEL_OF, LR_PAIRS, NUM_LABELS
-from ..nosync import to_device
+from ..labels import LABEL_OF, LR_PAIRS, NUM_LABELS, class_lut
 from .cache import CachedSubject, open_cached, reserve_open_files
 from .dataset_root import open_dataset
 from .prepare import prepare_dataset
@@ -59,72 +58,6 @@ def context_indices(z: int, num_slices: int, context_slices: int) -> list[int]:
     """Slice indices z - k .. z + k (k = context_slices // 2), clamped to 0..num_slices-1."""
     half = context_slices // 2
     return [min(max(z + offset, 0), num_slices - 1) for offset in range(-half, half + 1)]
-
-
-def class_lut(config: RunConfig) -> torch.Tensor:
-    """(118,) int64: label value -> class index (0 background, i for ``structures[i-1]``).
-
-    Label values of structures not in the config map to 0 (background).
-    """
-    lut = torch.zeros(NUM_LABELS, dtype=torch.int64)
-    for i, name in enumerate(config.data.structures, start=1):
-        lut[LABEL_OF[name]] = i
-    return lut
-
-
-def channel_label_values(config: RunConfig) -> torch.Tensor:
-    """(K,) int64: the label value each output channel stands for (0 = background channel)."""
-    values = [LABEL_OF[name] for name in config.data.structures]
-    if config.output_mode == "softmax":
-        values = [0, *values]
-    return torch.tensor(values, dtype=torch.int64)
-
-
-def _output_label_values(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
-    """``channel_label_values`` on the logits' device, checked against their channel count."""
-    values = to_device(channel_label_values(config), logits.device)
-    if logits.shape[1] != len(values):
-        raise DataError(
-            f"model output has {logits.shape[1]} channels but the config expects {len(values)}; "
-            "use the config stored with the checkpoint"
-        )
-    return values
-
-
-def label_scores(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
-    """(B, K, H, W) logits -> (B, 118, H, W) float32 scores indexed by label value.
-
-    softmax: the class probabilities placed at their label values (channel 0 background);
-    sigmoid: each structure's sigmoid at its label value and a constant 0.5 in channel 0, so
-    argmax gives background where no structure passes 0.5. Label values not in the config
-    score 0. Average these over TTA or an ensemble, then argmax -> label values 0..117.
-    """
-    logits = logits.float()
-    b, _, h, w = logits.shape
-    values = _output_label_values(logits, config)
-    scores = logits.new_zeros((b, NUM_LABELS, h, w))
-    if config.output_mode == "softmax":
-        scores[:, values] = torch.softmax(logits, dim=1)
-    else:
-        scores[:, values] = torch.sigmoid(logits)
-        scores[:, 0] = 0.5
-    return scores
-
-
-def predicted_labels(logits: torch.Tensor, config: RunConfig) -> torch.Tensor:
-    """(B, K, H, W) logits of one model -> (B, H, W) int64 label values, without scores.
-
-    The same labels as ``label_scores(logits, config).argmax(dim=1)`` (softmax: the channel with
-    the largest logit; sigmoid: the structure with the largest logit where it is above 0, else
-    background), but without the (B, 118, H, W) float32 scores and the softmax: validation had
-    spent more time on those than on the network's forward pass.
-    """
-    values = _output_label_values(logits, config)
-    best, channel = logits.max(dim=1)
-    labels = values[channel]
-    if config.output_mode == "softmax":
-        return labels
-    return torch.where(best > 0, labels, torch.zeros_like(labels))
 
 
 PRESENCE_FILE = "slice_presence.npy"
@@ -202,7 +135,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.presence = np.concatenate([_slice_presence(s) for s in self.subjects])
         self.annotated = np.stack([s.annotated for s in self.subjects])  # (S, 118)
-        self.lut = class_lut(config).numpy().astype(np.uint8)
+        self.lut = class_lut(config.data.structures).astype(np.uint8)
         keep = np.zeros(NUM_LABELS, dtype=bool)
         keep[[LABEL_OF[n] for n in data.structures]] = True
         self.presence &= keep  # only the structures this run learns

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.slices import context_indices, label_scores, normalize_hu, resize_batch
+from ..data.slices import context_indices, normalize_hu, resize_batch
 from ..data.volume import Volume
 from ..device import resolve_device
 from ..errors import ConfigError, CtsegError
 from ..labels import LABEL_OF, NUM_LABELS, lr_swap_lut
+from ..models.head import label_scores
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ NaN values are left out of means (``np.nanmean``). Arrays are (L,) indexed by la
 """
 
 from ctseg_core.metrics.overlap import (
-    NUM_LABELS,
     OverlapCounts,
     compute_confusion,
     compute_dice_iou,
@@ -37,7 +36,6 @@ from ctseg_core.metrics.surface import (
 )
 
 __all__ = [
-    "NUM_LABELS",
     "OverlapCounts",
     "SurfaceMetrics",
     "VolumeStats",

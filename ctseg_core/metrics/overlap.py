@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ctseg_core.errors import DataError
+from ctseg_core.labels import NUM_LABELS
 from ctseg_core.metrics._inputs import (
     CHUNK_VOXELS,
-    NUM_LABELS,
     annotated_mask,
     check_label_pair,
     check_range,

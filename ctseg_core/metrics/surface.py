@@ -34,8 +34,8 @@ from scipy import ndimage
 from scipy.spatial import KDTree
 
 from ctseg_core.errors import DataError
+from ctseg_core.labels import NUM_LABELS
 from ctseg_core.metrics._inputs import (
-    NUM_LABELS,
     annotated_mask,
     check_label_pair,
     check_range,

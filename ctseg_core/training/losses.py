@@ -1,6 +1,8 @@
-"""Losses over logits (B, K, H, W) and class-index targets (B, H, W) made on the fly.
+"""Losses over logits (B, K, *spatial) and class-index targets (B, *spatial) made on the fly.
 
-Targets: ``classes = lut[labels]`` with ``lut = slices.class_lut(config)`` maps the uint8 label
+Spatial axes are whatever the model gives: (H, W) for a slice model, (D, H, W) for a volumetric
+one; nothing here assumes two. Targets: ``classes = lut[labels]`` with
+``lut = models.head.class_lut(config)`` maps the uint8 label
 slice to class indices (0 background, i for ``structures[i-1]``); nothing stores 117 channels.
 Sigmoid losses compare channel i - 1 with ``classes == i`` (an implicit one-hot built per batch).
 
@@ -22,7 +24,9 @@ Everything is computed in float32 whatever the autocast dtype of the logits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +43,7 @@ def _soft_dice_terms(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-class (intersection, predicted sum, reference sum), each (num_classes,).
 
-    ``probs`` (B, K, H, W) is the probability of class ``c + channel_class`` in channel c
+    ``probs`` (B, K, *spatial) is the probability of class ``c + channel_class`` in channel c
     (0 for softmax, 1 for sigmoid channels). Uses a gather + counts instead of a one-hot.
     ``weight`` (B, K) scales each sample's channels in the predicted sums (0 = not counted).
     """
@@ -47,14 +51,14 @@ def _soft_dice_terms(
     num_classes = k + channel_class
     flat_classes = classes.reshape(-1)
     ref_sum = count_values(flat_classes, num_classes).to(probs.dtype)
-    channel = (classes - channel_class).clamp(min=0).unsqueeze(1)  # (B, 1, H, W)
+    channel = (classes - channel_class).clamp(min=0).unsqueeze(1)  # (B, 1, *spatial)
     p_true = probs.gather(1, channel).reshape(-1)
     # classes without a channel add 0 (a mask would select a data-dependent count: a GPU sync)
     p_true = p_true * (flat_classes >= channel_class)
     intersection = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
     intersection.index_add_(0, flat_classes, p_true)
     pred_sum = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
-    per_sample = probs.sum(dim=(2, 3))  # (B, K)
+    per_sample = probs.flatten(2).sum(dim=2)  # (B, K)
     if weight is not None:
         per_sample = per_sample * weight
     pred_sum[channel_class:] = per_sample.sum(dim=0)
@@ -103,7 +107,7 @@ class _DiceCE(torch.autograd.Function):
         index = classes.unsqueeze(dim)
         ce = -probs.gather(dim, index).sum() / n
         probs.exp_()
-        p_true = probs.gather(dim, index).squeeze(dim)  # (B, H, W)
+        p_true = probs.gather(dim, index).squeeze(dim)  # (B, *spatial)
         flat = classes.reshape(-1)
         ref_sum = count_values(flat, k).to(probs.dtype)
         inter = torch.zeros(k, dtype=probs.dtype, device=probs.device)
@@ -127,7 +131,7 @@ class _DiceCE(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         probs, classes, p_true, a, b = ctx.saved_tensors
         dim = 3 if ctx.last else 1
-        b_true = b[classes] * p_true  # (B, H, W)
+        b_true = b[classes] * p_true  # (B, *spatial)
         if ctx.last:
             c = (probs.reshape(-1, probs.shape[-1]) @ a).view(b_true.shape) + b_true
             a_k = a
@@ -137,7 +141,7 @@ class _DiceCE(torch.autograd.Function):
             bsz, k = probs.shape[:2]
             c = torch.matmul(a.view(1, 1, k), probs.view(bsz, k, -1)).view(b_true.shape)
             c = c + b_true
-            a_k = a.view(1, -1, 1, 1)
+            a_k = a.view(1, -1, *[1] * (probs.dim() - 2))
         scale = grad_out.to(probs.dtype)  # a scalar: folded into the small terms, not a full pass
         # p * (a_k - c) as two passes over p, without a full-size (a_k - c) temporary
         grad = probs * ((a_k + 1.0 / ctx.n) * scale)
@@ -157,10 +161,11 @@ def dice_ce_partial(
     With every class annotated it equals ``dice_ce_reference``.
     """
     z = logits.float().contiguous()
-    log_norm = torch.logsumexp(z, dim=1)  # (B, H, W)
+    log_norm = torch.logsumexp(z, dim=1)  # (B, *spatial)
     absorbs = ~annotated
     absorbs[:, 0] = True  # the background label stands for itself and the unannotated classes
-    merged = torch.logsumexp(z.masked_fill(~absorbs[:, :, None, None], float("-inf")), dim=1)
+    absorbs = absorbs.view(*absorbs.shape, *_spatial_ones(z))
+    merged = torch.logsumexp(z.masked_fill(~absorbs, float("-inf")), dim=1)
     labelled = z.gather(1, classes.unsqueeze(1)).squeeze(1)
     ce = (log_norm - torch.where(classes == 0, merged, labelled)).mean()
     probs = torch.softmax(z, dim=1)
@@ -192,23 +197,28 @@ def dice_ce_loss(
     return _DiceCE.apply(logits, classes)
 
 
+def _spatial_ones(logits: torch.Tensor) -> list[int]:
+    """[1] * the number of spatial axes: views a (B, K) tensor against (B, K, *spatial)."""
+    return [1] * (logits.dim() - 2)
+
+
 def _sigmoid_targets(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     k = logits.shape[1]
-    channels = torch.arange(1, k + 1, device=classes.device).view(1, k, 1, 1)
+    channels = torch.arange(1, k + 1, device=classes.device).view(1, k, *_spatial_ones(logits))
     return (classes.unsqueeze(1) == channels).float()
 
 
 def _channel_weight(logits: torch.Tensor, annotated: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, K, 1, 1) float32: 1 for the structure channels a sample annotates, else 0."""
+    """(B, K, 1, ..) float32: 1 for the structure channels a sample annotates, else 0."""
     if annotated is None:
         return None
-    return annotated[:, 1:].to(torch.float32).view(*logits.shape[:2], 1, 1)
+    return annotated[:, 1:].to(torch.float32).view(*logits.shape[:2], *_spatial_ones(logits))
 
 
 def _weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight is None:
         return values.mean()
-    total = (weight.sum() * values.shape[-2] * values.shape[-1]).clamp(min=1.0)
+    total = (weight.sum() * math.prod(values.shape[2:])).clamp(min=1.0)
     return (values * weight).sum() / total
 
 
@@ -249,33 +259,71 @@ def focal_loss(
 def deep_supervision_loss(
     loss_fn: LossFn, logits: torch.Tensor | tuple[torch.Tensor, ...], classes: torch.Tensor
 ) -> torch.Tensor:
-    """``loss_fn`` on a model's output; with deep supervision (a tuple of logits at H, H/2, ..)
-    the sum of each level's loss against the class map sampled at that level, weighted
-    1, 1/2, 1/4, .. and normalised to sum to 1 (nnU-Net's weights, without its zeroed last
-    level: the heads here stop above the bottleneck). classes: (B, H, W) int64.
+    """``loss_fn`` on a model's output; with deep supervision (a tuple of logits at full, 1/2,
+    1/4, .. resolution) the sum of each level's loss against the class map sampled at that
+    level, weighted 1, 1/2, 1/4, .. and normalised to sum to 1 (nnU-Net's weights, without its
+    zeroed last level: the heads here stop above the bottleneck). classes: (B, *spatial) int64;
+    each spatial axis is sampled with its own step (a 3D level may halve some axes only).
     """
     if isinstance(logits, torch.Tensor):
         return loss_fn(logits, classes)
     weights = [0.5**level for level in range(len(logits))]
     total = 0.0
     for weight, level_logits in zip(weights, logits, strict=True):
-        step = classes.shape[-1] // level_logits.shape[-1]
-        # nearest sampling (the top-left pixel of each step x step block), as a label map allows
-        total = total + weight * loss_fn(level_logits, classes[:, ::step, ::step])
+        steps = [
+            full // part
+            for full, part in zip(classes.shape[1:], level_logits.shape[2:], strict=True)
+        ]
+        # nearest sampling (the first voxel of each block), as a label map allows
+        sampled = classes[(slice(None), *(slice(None, None, s) for s in steps))]
+        total = total + weight * loss_fn(level_logits, sampled)
     return total / sum(weights)
 
 
-LOSS_FUNCTIONS: dict[str, LossFn] = {
-    "dice_ce": dice_ce_loss,
-    "bce": bce_loss,
-    "dice": sigmoid_dice_loss,
-    "focal": focal_loss,
-}
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: its function and the output it trains.
+
+    ``output_mode`` "softmax": channel 0 is the background and the classes exclude each other;
+    "sigmoid": one independent channel per structure. The model's head follows it.
+    """
+
+    name: str
+    fn: LossFn
+    output_mode: str
+    title: str
+
+
+#: the loss registry: the CLI's --loss choices, the config checks and the Train page read it
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, output_mode: str, title: str) -> Callable[[LossFn], LossFn]:
+    """Decorator: add ``fn(logits, classes, annotated=None) -> scalar`` as loss ``name``."""
+    if output_mode not in ("softmax", "sigmoid"):
+        raise ValueError(f"output_mode must be softmax or sigmoid, got {output_mode!r}")
+
+    def wrap(fn: LossFn) -> LossFn:
+        LOSSES[name] = LossSpec(name, fn, output_mode, title)
+        return fn
+
+    return wrap
+
+
+register_loss("dice_ce", "softmax", "Dice + cross-entropy (softmax)")(dice_ce_loss)
+register_loss("bce", "sigmoid", "binary cross-entropy (sigmoid)")(bce_loss)
+register_loss("dice", "sigmoid", "soft Dice (sigmoid)")(sigmoid_dice_loss)
+register_loss("focal", "sigmoid", "focal loss (sigmoid)")(focal_loss)
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The registered loss ``name``; ConfigError naming the known ones."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}") from None
 
 
 def build_loss(name: str) -> LossFn:
-    """The loss ``fn(logits (B, K, H, W), classes (B, H, W) int64, annotated=None) -> scalar``."""
-    try:
-        return LOSS_FUNCTIONS[name]
-    except KeyError:
-        raise ConfigError(f"unknown loss {name!r}; known: {', '.join(LOSS_FUNCTIONS)}") from None
+    """The loss ``fn(logits (B, K, *spatial), classes (B, *spatial) int64, annotated=None)``."""
+    return loss_spec(name).fn

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.slices import SliceDataset, predicted_labels
+from ..data.slices import SliceDataset
 from ..device import autocast_context
+from ..models.head import predicted_labels
 from .figures import save_sample_figure
 
 log = logging.getLogger(__name__)

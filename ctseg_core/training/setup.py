@@ -57,30 +57,3 @@ def step_scheduler(scheduler, record: dict) -> None:
         scheduler.step(metric if metric is not None else record.get("train_loss"))
     else:
         scheduler.step()
-
-
-def init_output_bias(model: torch.nn.Module, voxel_counts, class_lut, output_mode: str) -> None:
-    """Start the output layer at the training set's class frequencies (a prior).
-
-    voxel_counts: (118,) voxels per label value over the training subjects; class_lut: (118,)
-    label value -> class index. With zero biases every class starts at 1/K, and Adam needs
-    hundreds of steps just to learn that most voxels are background; with the prior the first
-    steps already learn shapes. Absent classes get a frequency of 1e-6.
-    """
-    heads = [getattr(model, "head", None), *getattr(model, "aux_heads", [])]
-    heads = [h for h in heads if isinstance(h, torch.nn.Conv2d) and h.bias is not None]
-    if not heads:
-        return
-    lut = torch.as_tensor(class_lut, dtype=torch.int64)
-    counts = torch.zeros(int(lut.max()) + 1, dtype=torch.float64)
-    counts.index_add_(0, lut, torch.as_tensor(voxel_counts, dtype=torch.float64))
-    freq = (counts / counts.sum().clamp(min=1)).clamp(min=1e-6, max=1 - 1e-6)
-    if output_mode == "softmax":
-        bias = freq.log()
-    else:
-        freq = freq[1:]
-        bias = (freq / (1 - freq)).log()
-    with torch.no_grad():
-        for head in heads:  # the deep-supervision heads predict the same classes
-            if bias.numel() == head.bias.numel():
-                head.bias.copy_(bias.to(head.bias.dtype))

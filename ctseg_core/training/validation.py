@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.slices import SliceDataset, predicted_labels
+from ..data.slices import SliceDataset
 from ..labels import NUM_LABELS
 from ..metrics.overlap import overlap_counts
+from ..models.head import predicted_labels
 from ..nosync import count_values
 from . import distributed as ddp
 from .losses import LossFn, annotated_rows
