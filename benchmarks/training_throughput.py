@@ -46,7 +46,7 @@ from ctseg_core.device import (
 )
 from ctseg_core.models import build_model
 from ctseg_core.training.losses import build_loss
-from ctseg_core.training.setup import build_optimizer
+from ctseg_core.training.optim import build_optimizer
 from ctseg_core.training.step import StepRunner
 
 

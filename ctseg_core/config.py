@@ -3,32 +3,33 @@
 ``RunConfig(data, model, train, run_name)`` round-trips through JSON (``to_dict`` /
 ``from_dict``) and is checked by ``validate()`` before anything starts.
 
-Output convention (``RunConfig.output_mode``):
+Output convention (``ModelConfig.output``, also ``RunConfig.output_mode``):
 
-- loss ``"dice_ce"`` (the default; softmax over mutually exclusive labels): ``"softmax"``,
+- ``"softmax"`` (the default, for mutually exclusive labels; loss ``dice_ce``):
   ``out_channels = 1 + len(structures)``, channel 0 = background, channel i = ``structures[i-1]``;
-- loss ``"bce"`` / ``"dice"`` / ``"focal"`` (one sigmoid per structure, as the seed notebooks
-  trained): ``"sigmoid"``, ``out_channels = len(structures)``, channel i = ``structures[i]``.
+- ``"sigmoid"`` (one sigmoid per structure, as the seed notebooks trained; losses ``bce``,
+  ``dice``, ``focal``): ``out_channels = len(structures)``, channel i = ``structures[i]``.
+  Each registered loss names the output it trains (``training.losses.LOSSES``);
+  ``training.presets.user_config`` sets the output from the loss.
 
 ``ModelConfig.in_channels`` / ``out_channels`` left as None are filled from the data settings
 (``context_slices`` and ``structures``), so a config made from defaults is always consistent.
+
+This module holds plain dataclasses and the checks that need nothing else. The names of models,
+losses, optimizers and schedulers live in their registries, and the checks that need them (or
+the dataset) are ``training.checks.check_run_config``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .labels import LABEL_OF, STRUCTURES
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("plateau", "cosine", "poly", "none")
-LOSSES = ("dice_ce", "bce", "dice", "focal")
-SOFTMAX_LOSSES = ("dice_ce",)
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+OUTPUTS = ("softmax", "sigmoid")
 
 
 @dataclass
@@ -88,6 +89,7 @@ class ModelConfig:
     norm: str = "batch"  # "batch" or "instance"
     dropout: float = 0.0
     deep_supervision: int = 0  # extra output heads at 1/2, 1/4, .. resolution while training
+    output: str = "softmax"  # "softmax" (channel 0 background) or "sigmoid"; follows the loss
 
 
 @dataclass
@@ -161,7 +163,7 @@ class RunConfig:
     @property
     def output_mode(self) -> str:
         """ "softmax" (channel 0 background) or "sigmoid" (one channel per structure)."""
-        return "softmax" if self.train.loss in SOFTMAX_LOSSES else "sigmoid"
+        return self.model.output
 
     @property
     def expected_out_channels(self) -> int:
@@ -178,34 +180,40 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["output_mode"] = self.output_mode  # informative; ignored by from_dict
+        d["output_mode"] = (
+            self.output_mode
+        )  # as before model.output existed; read back by from_dict
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """Rebuild from ``to_dict()`` output (or a partial dict; missing keys take defaults)."""
+        """Rebuild from ``to_dict()`` output (or a partial dict; missing keys take defaults).
+
+        A config written before ``model.output`` existed gives it from its ``output_mode``.
+        """
         if not isinstance(d, dict):
             raise ConfigError(f"a run configuration must be a JSON object, got {type(d).__name__}")
         extra = sorted(set(d) - {"data", "model", "train", "run_name", "output_mode"})
         if extra:
             raise ConfigError(f"unknown configuration section(s) {', '.join(extra)}")
+        model = dict(d.get("model") or {})
+        if "output" not in model and d.get("output_mode"):
+            model["output"] = d["output_mode"]
         return cls(
             data=_build(DataConfig, d.get("data"), "data"),
-            model=_build(ModelConfig, d.get("model"), "model"),
+            model=_build(ModelConfig, model, "model"),
             train=_build(TrainConfig, d.get("train"), "train"),
             run_name=str(d.get("run_name") or ""),
         )
 
-    def validate(self, check_data: bool = False) -> RunConfig:
-        """Raise ConfigError on settings that cannot work; return self.
+    def validate(self) -> RunConfig:
+        """Raise ConfigError on settings that cannot work by themselves; return self.
 
-        With ``check_data`` the dataset is opened and the train and validation splits must
-        hold at least one subject each. Derived channel counts are brought up to date first.
+        Derived channel counts are brought up to date first. The registries' names, the
+        model's own limits and the dataset are checked by ``training.checks.check_run_config``.
         """
         self.sync_channels()
         _validate_static(self)
-        if check_data:
-            _validate_splits(self)
         return self
 
 
@@ -233,12 +241,6 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"seeds must be >= 0 (got {t.seed} and data seed {d.seed})")
     if d.num_workers is not None and d.num_workers < 0:
         problems.append(f"loader workers must be >= 0, or None for automatic (got {d.num_workers})")
-    depth = 2 ** len(m.features)
-    if len(d.target_size) != 2 or any(s < depth or s % depth for s in d.target_size):
-        problems.append(
-            f"target size {tuple(d.target_size)} must be two multiples of {depth} "
-            f"(the U-Net halves it {len(m.features)} times), e.g. (128, 128)"
-        )
     if d.context_slices < 1 or d.context_slices % 2 == 0:
         problems.append(f"context slices must be odd and >= 1 (got {d.context_slices})")
     if not d.hu_window[0] < d.hu_window[1]:
@@ -256,14 +258,8 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"unknown structure(s) {', '.join(unknown[:5])} (see ctseg_core.labels)")
     if len(set(d.structures)) != len(d.structures):
         problems.append("structures lists a name twice")
-    for name, value, allowed in (
-        ("optimizer", t.optimizer, OPTIMIZERS),
-        ("scheduler", t.scheduler, SCHEDULERS),
-        ("loss", t.loss, LOSSES),
-        ("amp", t.amp, AMP_MODES),
-    ):
-        if value not in allowed:
-            problems.append(f"{name} {value!r} is not one of {', '.join(allowed)}")
+    if m.output not in OUTPUTS:
+        problems.append(f"model output {m.output!r} is not one of {', '.join(OUTPUTS)}")
     if not m.features or any(f < 1 for f in m.features) or m.bottleneck < 1:
         problems.append(
             f"model widths must be positive (features {m.features}, bottleneck {m.bottleneck})"
@@ -278,39 +274,13 @@ def _validate_static(cfg: RunConfig) -> None:
             f"model in_channels {m.in_channels} != context_slices {d.context_slices}; "
             "leave in_channels unset to derive it"
         )
-    if t.loss in LOSSES and m.out_channels != cfg.expected_out_channels:
+    if m.out_channels != cfg.expected_out_channels:
         problems.append(
-            f"model out_channels {m.out_channels} does not fit loss {t.loss!r} with "
+            f"model out_channels {m.out_channels} does not fit a {m.output} output with "
             f"{len(d.structures)} structures (expected {cfg.expected_out_channels}); "
             "leave out_channels unset to derive it"
         )
     if t.grad_clip is not None and t.grad_clip <= 0:
         problems.append(f"grad_clip must be > 0 or None (got {t.grad_clip})")
-    from .models import MODELS  # late: models imports config
-
-    if m.name not in MODELS:
-        problems.append(f"model {m.name!r} is not one of {', '.join(sorted(MODELS))}")
     if problems:
         raise ConfigError("invalid settings: " + "; ".join(problems))
-
-
-def _validate_splits(cfg: RunConfig) -> None:
-    from .data.dataset_root import open_dataset
-
-    if not cfg.data.data_root:
-        raise ConfigError(
-            "no dataset given; set data_root (--data) to a TotalSegmentator-layout folder"
-        )
-    index = open_dataset(Path(cfg.data.data_root), seed=cfg.data.seed)
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        if not index.subjects_in(split):
-            fix = (
-                "fix the split column of meta.csv or add subjects"
-                if index.split_source == "meta.csv"
-                else "add subjects (the seeded split needs 3 or more), or a meta.csv with a "
-                "split column"
-            )
-            raise ConfigError(
-                f"split {split!r} of {index.root} holds no subject (splits: {index.counts()}); "
-                + fix
-            )

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameter numbers
 
 
+#: the mixed-precision modes of TrainConfig.amp (the CLI's --amp choices)
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """True when /proc/cpuinfo lists amx_bf16 or avx512_bf16."""

@@ -22,7 +22,7 @@ from ctseg_core.models import build_model
 from ctseg_core.models.checkpoint import load_model
 from ctseg_core.runs.run_folder import read_history, read_status
 from ctseg_core.training.losses import build_loss
-from ctseg_core.training.setup import build_optimizer
+from ctseg_core.training.optim import build_optimizer
 from ctseg_core.training.step import StepRunner
 from ctseg_core.training.trainer import Trainer
 

@@ -11,6 +11,8 @@ from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import ConfigError, CtsegError
 from ctseg_core.models import build_model
 from ctseg_core.models.checkpoint import load_checkpoint, load_model, save_checkpoint
+from ctseg_core.training.checks import check_run_config
+from ctseg_core.training.presets import user_config
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
 
@@ -35,7 +37,7 @@ def test_seed_unet_has_the_notebook_shape_and_size():
 def test_variants_map_2p5d_input_to_per_structure_logits(name):
     config = RunConfig(
         DataConfig(context_slices=3, structures=["liver", "spleen"]),
-        ModelConfig(name=name, **TINY),
+        ModelConfig(name=name, output="sigmoid", **TINY),
         TrainConfig(loss="bce"),
     ).validate()
     assert (config.model.in_channels, config.model.out_channels) == (3, 2)
@@ -49,9 +51,22 @@ def test_output_mode_and_label_map_follow_the_loss():
     soft = RunConfig(DataConfig(structures=["spleen", "liver"]))
     assert soft.output_mode == "softmax" and soft.model.out_channels == 3
     assert soft.label_map() == {"0": "background", "1": "spleen", "2": "liver"}
-    sig = RunConfig(DataConfig(structures=["spleen", "liver"]), train=TrainConfig(loss="focal"))
+    sig = user_config(soft, {("train", "loss"): "focal"})  # as the CLI and the Train page do
     assert sig.output_mode == "sigmoid" and sig.model.out_channels == 2
     assert sig.label_map() == {"0": "spleen", "1": "liver"}
+    assert user_config(sig, {("train", "loss"): "dice_ce"}).model.out_channels == 3
+    # a loss that trains another output than the model's is refused, naming the fix
+    mismatched = RunConfig(DataConfig(structures=["spleen"]), train=TrainConfig(loss="bce"))
+    with pytest.raises(ConfigError, match=r"loss 'bce' trains a sigmoid output .* 'softmax'"):
+        check_run_config(mismatched)
+
+
+def test_configs_written_before_model_output_existed_keep_their_output():
+    old = user_config(RunConfig(DataConfig(structures=["spleen"])), {("train", "loss"): "bce"})
+    d = old.to_dict()
+    del d["model"]["output"]  # config.json and checkpoints had only the top-level output_mode
+    assert d["output_mode"] == "sigmoid"
+    assert RunConfig.from_dict(d) == old
 
 
 def test_config_round_trips_through_json():
@@ -77,11 +92,11 @@ def test_invalid_settings_are_refused(change, fragment):
     config = RunConfig()
     change(config)
     with pytest.raises(ConfigError, match=fragment):
-        config.validate()
+        check_run_config(config)
 
 
 def test_explicit_channel_counts_must_fit_and_derived_ones_follow_the_data():
-    with pytest.raises(ConfigError, match="does not fit loss"):
+    with pytest.raises(ConfigError, match="does not fit a softmax output"):
         RunConfig(model=ModelConfig(out_channels=5)).validate()
     config = RunConfig()  # channel counts derived ...
     config.data.structures = ["liver", "spleen"]
@@ -106,7 +121,7 @@ def test_empty_split_is_refused_before_anything_starts(tmp_path):
     config = tiny_config()
     config.data.data_root = str(root)
     with pytest.raises(ConfigError, match="split 'val'"):
-        config.validate(check_data=True)
+        check_run_config(config, check_data=True)
 
 
 def test_checkpoint_loads_weights_only_and_rebuilds_the_model_alone(tmp_path):

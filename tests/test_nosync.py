@@ -16,8 +16,8 @@ from ctseg_core import nosync
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.models import build_model
 from ctseg_core.models.head import class_lut
-from ctseg_core.training.losses import build_loss
-from ctseg_core.training.setup import build_optimizer
+from ctseg_core.training.losses import LOSSES, build_loss
+from ctseg_core.training.optim import build_optimizer
 from ctseg_core.training.step import StepRunner
 
 META = torch.device("meta")
@@ -79,7 +79,8 @@ def test_training_step_reads_nothing_back_from_the_device(loss, partial, monkeyp
         DataConfig(target_size=(32, 32), batch_size=2, mirror=True, spatial_prob=1.0,
                    elastic_prob=1.0, curve_prob=1.0, vessel_contrast_prob=1.0,
                    intensity_prob=1.0, noise_std=0.0),
-        ModelConfig(features=[4, 8, 16, 32], bottleneck=32, deep_supervision=2),
+        ModelConfig(features=[4, 8, 16, 32], bottleneck=32, deep_supervision=2,
+                    output=LOSSES[loss].output_mode),
         TrainConfig(loss=loss, grad_clip=1.0),
     )  # fmt: skip
     model = build_model(config.model).to(META)

@@ -19,6 +19,7 @@ from ctseg_core.data.slices import (
 from ctseg_core.errors import DataError
 from ctseg_core.labels import LABEL_OF
 from ctseg_core.models.head import class_lut, label_scores, predicted_labels
+from ctseg_core.training.losses import LOSSES
 
 TINY = {"features": [8, 16, 32, 64], "bottleneck": 64}
 
@@ -64,7 +65,9 @@ def test_label_scores_put_probabilities_at_label_values():
     argmax = scores.argmax(1)[0].tolist()
     assert argmax == [[0, LABEL_OF["liver"]], [LABEL_OF["spleen"], LABEL_OF["spleen"]]]
 
-    sig = RunConfig(DataConfig(structures=structures), train=TrainConfig(loss="bce"))
+    sig = RunConfig(
+        DataConfig(structures=structures), ModelConfig(output="sigmoid"), TrainConfig(loss="bce")
+    )
     logits = torch.tensor([[[[3.0, -3.0]], [[-3.0, -1.0]]]])  # (1, 2 structures, 1, 2)
     scores = label_scores(logits, sig)
     assert torch.all(scores[:, 0] == 0.5)  # background wins where no structure passes 0.5
@@ -75,7 +78,10 @@ def test_label_scores_put_probabilities_at_label_values():
 def test_predicted_labels_equal_the_argmax_of_the_scores(loss):
     # a structure order other than label order, and bf16 logits as autocast hands them over
     structures = ["spleen", "aorta", "liver", "kidney_left"]
-    config = RunConfig(DataConfig(structures=structures), train=TrainConfig(loss=loss))
+    config = RunConfig(
+        DataConfig(structures=structures), ModelConfig(output=LOSSES[loss].output_mode),
+        TrainConfig(loss=loss),
+    )  # fmt: skip
     k = len(structures) + (config.output_mode == "softmax")
     g = torch.Generator().manual_seed(1)
     # distinct values per pixel, exact in bf16 (a tie may break differently: channel vs label

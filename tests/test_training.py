@@ -34,7 +34,7 @@ def tiny_config(root, run_name="", **train) -> RunConfig:
         DataConfig(
             data_root=str(root), target_size=(64, 64), batch_size=4, val_slices_per_subject=6
         ),
-        ModelConfig(**TINY),
+        ModelConfig(**TINY, output=LOSSES[settings.get("loss", "dice_ce")].output_mode),
         TrainConfig(**settings),
         run_name=run_name,
     )
@@ -307,7 +307,7 @@ def test_cpu_training_keeps_freed_memory_for_reuse():
 def test_checkpoint_size_estimate_matches_a_written_checkpoint(tmp_path):
     from ctseg_core.models import build_model
     from ctseg_core.models.checkpoint import estimated_checkpoint_bytes, save_checkpoint
-    from ctseg_core.training.setup import build_optimizer
+    from ctseg_core.training.optim import build_optimizer
 
     config = RunConfig(
         DataConfig(structures=FEW), ModelConfig(features=[16, 32, 64, 128], bottleneck=256)

@@ -8,6 +8,10 @@ import sys
 import threading
 from pathlib import Path
 
+from ..device import AMP_MODES
+from ..models.registry import MODELS
+from ..training.losses import LOSSES
+from ..training.optim import OPTIMIZERS, SCHEDULERS
 from ..training.presets import PRESETS
 from .progress import tqdm_callback
 
@@ -49,6 +53,12 @@ _ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices")
 _HARDWARE = ("device", "amp", "workers", "cache")
 
 
+def _choices_help(registry: dict, default: str) -> str:
+    """--help text listing a registry's entries with their titles."""
+    entries = "; ".join(f"{name}: {entry.title}" for name, entry in registry.items())
+    return f"{entries} (default {default})"
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
@@ -82,7 +92,7 @@ def register(subparsers) -> None:
     a("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (-1000 1000)")
     a("--context", type=int, help="slices per input (odd; 3 or 5 = 2.5D; default 1)")
     a("--structures", help="comma-separated structure names (default: all 117)")
-    a("--model", choices=["unet", "attention_unet"], help="network (default unet)")
+    a("--model", choices=list(MODELS), help=_choices_help(MODELS, "unet"))
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
     a("--bottleneck", type=int, help="bottleneck width (default 512)")
     a(
@@ -91,9 +101,9 @@ def register(subparsers) -> None:
         metavar="N",
         help="N extra output heads at 1/2 .. 1/2**N resolution while training (default 0)",
     )
-    a("--loss", choices=["dice_ce", "bce", "dice", "focal"], help="loss (default dice_ce)")
-    a("--optimizer", choices=["adam", "adamw", "sgd"], help="optimizer (default adam)")
-    a("--scheduler", choices=["plateau", "cosine", "poly", "none"], help="(default plateau)")
+    a("--loss", choices=list(LOSSES), help=_choices_help(LOSSES, "dice_ce"))
+    a("--optimizer", choices=list(OPTIMIZERS), help=_choices_help(OPTIMIZERS, "adam"))
+    a("--scheduler", choices=list(SCHEDULERS), help=_choices_help(SCHEDULERS, "plateau"))
     a("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     a("--grad-clip", type=float, help="max gradient norm (default 12)")
     a("--foreground", type=float, help="share of structure-first samples (default 0.5)")
@@ -116,7 +126,7 @@ def register(subparsers) -> None:
         help="share of samples whose vessels get random intensities, as between contrast phases "
         "(default 0; phantom_demo 0.5)",
     )
-    a("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
+    a("--amp", choices=AMP_MODES, help="mixed precision (default auto)")
     a("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     a("--seed", type=int, help="random seed (default 0)")
     a(
@@ -130,8 +140,8 @@ def register(subparsers) -> None:
 
 def build_config(args):
     """The RunConfig from --config and the flags (flags win)."""
-    from ..config import RunConfig
     from ..errors import ConfigError
+    from ..training.presets import user_config
 
     base = {}
     if getattr(args, "preset", None):
@@ -143,24 +153,20 @@ def build_config(args):
             base = json.loads(Path(args.config).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read the config {args.config} ({exc})") from None
-    base = {k: dict(base.get(k) or {}) for k in ("data", "model", "train")} | {
-        "run_name": base.get("run_name", "")
-    }
-    for dest, (section, name) in _FLAGS.items():
+    if not isinstance(base, dict):
+        raise ConfigError(f"the config {args.config} must be a JSON object")
+    changes = {}
+    for dest, key in _FLAGS.items():
         value = getattr(args, dest, None)
         if dest in _ZERO_MEANS_ALL and value == 0:
-            base[section][name] = None  # as on the Train page: 0 = every slice
+            changes[key] = None  # as on the Train page: 0 = every slice
         elif value is not None:
-            base[section][name] = str(value) if isinstance(value, Path) else value
+            changes[key] = str(value) if isinstance(value, Path) else value
     if args.structures:
-        base["data"]["structures"] = [s.strip() for s in args.structures.split(",") if s.strip()]
+        changes["data", "structures"] = [s.strip() for s in args.structures.split(",") if s.strip()]
     if args.no_augment:
-        base["data"]["augment"] = False
-    base["model"].pop("in_channels", None)  # derived again from the (possibly new) data settings
-    base["model"].pop("out_channels", None)
-    if args.run:
-        base["run_name"] = args.run
-    return RunConfig.from_dict(base)
+        changes["data", "augment"] = False
+    return user_config(base, changes, run_name=args.run or None)
 
 
 def _who() -> str:

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +169,24 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
     for problem in problems:
         log.warning("%s: %s", root, problem)
     return DatasetIndex(root, subjects, splits, split_source, problems)
+
+
+def check_splits(data_root: str, train_split: str, val_split: str, seed: int = 0) -> None:
+    """ConfigError unless the dataset at ``data_root`` holds subjects in both splits."""
+    if not data_root:
+        raise ConfigError(
+            "no dataset given; set data_root (--data) to a TotalSegmentator-layout folder"
+        )
+    index = open_dataset(Path(data_root), seed=seed)
+    for split in (train_split, val_split):
+        if not index.subjects_in(split):
+            fix = (
+                "fix the split column of meta.csv or add subjects"
+                if index.split_source == "meta.csv"
+                else "add subjects (the seeded split needs 3 or more), or a meta.csv with a "
+                "split column"
+            )
+            raise ConfigError(
+                f"split {split!r} of {index.root} holds no subject (splits: {index.counts()}); "
+                + fix
+            )

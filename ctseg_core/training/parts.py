@@ -35,7 +35,7 @@ from ..models.checkpoint import restore_rng_state
 from ..models.head import init_output_bias
 from . import distributed as ddp
 from .losses import LossFn, build_loss
-from .setup import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler
 from .step import StepRunner
 
 log = logging.getLogger(__name__)

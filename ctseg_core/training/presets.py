@@ -18,10 +18,12 @@ would otherwise fill 9 GB.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import ConfigError
+from .losses import loss_spec
 
 
 def phantom_demo(data_root: str = "") -> RunConfig:
@@ -83,3 +85,32 @@ def preset(name: str, data_root: str = "") -> RunConfig:
         return PRESETS[name](data_root)
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+def user_config(
+    base: RunConfig | Mapping[str, Any],
+    changes: Mapping[tuple[str, str], Any] = (),
+    run_name: str | None = None,
+) -> RunConfig:
+    """``base`` with a user's changes: the one way the CLI's flags and the Train page's form
+    make a run configuration.
+
+    base: a RunConfig, or a dict in ``to_dict()`` form (a config.json, possibly partial).
+    changes: ``(section, field) -> value``, e.g. ``("train", "lr"): 3e-4``. The channel counts
+    are derived again from the (possibly new) data settings, and the model's output follows the
+    loss (``training.losses.LOSSES``). Raises ConfigError for an unknown section, field or loss.
+    """
+    d = base.to_dict() if isinstance(base, RunConfig) else dict(base)
+    d = {k: dict(d.get(k) or {}) for k in ("data", "model", "train")} | {
+        "run_name": d.get("run_name", "")
+    }
+    for (section, name), value in dict(changes).items():
+        if section not in ("data", "model", "train"):
+            raise ConfigError(f"unknown configuration section {section!r}")
+        d[section][name] = value
+    d["model"].pop("in_channels", None)
+    d["model"].pop("out_channels", None)
+    d["model"]["output"] = loss_spec(d["train"].get("loss", "dice_ce")).output_mode
+    if run_name is not None:
+        d["run_name"] = run_name
+    return RunConfig.from_dict(d)

@@ -45,10 +45,11 @@ from ..runs.run_folder import (
 )
 from ..runs.status import Callback, Progress, StatusFile, failure_text
 from . import distributed as ddp
+from .checks import check_run_config
 from .figures import save_history_plot
+from .optim import step_scheduler
 from .parts import build_parts
 from .samples import SampleFigure
-from .setup import step_scheduler
 from .step import StepRunner
 from .stopping import StopControl, StopRequested
 from .validation import validate
@@ -113,7 +114,7 @@ class Trainer:
     # -- the run folder -------------------------------------------------------------------
     def open_run(self) -> Path:
         """Validate the settings and create (or reopen) the run folder; returns its path."""
-        self.config.validate(check_data=True)
+        check_run_config(self.config, check_data=True)
         t = self.config.train
         resolve_amp(t.amp, resolve_device(t.device))  # a GPU asked for but absent: no folder yet
         if self.run_dir is None:

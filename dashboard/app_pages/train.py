@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from ctseg_core.runs.run_folder import ACTIVE_STATES
+from ctseg_core.training.checks import check_run_config
 from dashboard import cached, state
 from dashboard.helpers import runs
 from dashboard.helpers.train_form import build_config
@@ -30,7 +31,7 @@ def controls(root: str) -> None:
     if config is not None:
         try:
             run_dir = job.start(
-                config.validate(check_data=True), cached.checkpoints_root(), state.who()
+                check_run_config(config, check_data=True), cached.checkpoints_root(), state.who()
             )
             _started_here(run_dir)
             st.toast(f"Started {Path(run_dir).name}", icon=":material/play_arrow:")

@@ -6,15 +6,16 @@ The preset select sits outside the form (choosing one rewrites the form at once)
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import math
 from pathlib import Path
 
 import streamlit as st
 
-from ctseg_core.config import LOSSES, SCHEDULERS, RunConfig
-from ctseg_core.training.presets import PRESETS, preset
+from ctseg_core.config import RunConfig
+from ctseg_core.training.losses import LOSSES
+from ctseg_core.training.optim import SCHEDULERS
+from ctseg_core.training.presets import PRESETS, preset, user_config
 from dashboard import cached, state
 
 #: log-spaced (about x2 per step), plus every preset's own value so a preset shows exactly
@@ -92,8 +93,13 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         batch = c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], key=k.batch)
         size = c2.select_slider("Target size (px)", [64, 96, 128, 192, 256, 384, 512], key=k.size)
         width = c2.selectbox("Model width", list(WIDTHS), key=k.width)
-        loss = c2.selectbox("Loss", LOSSES, key=k.loss)
-        scheduler = c3.selectbox("Scheduler", SCHEDULERS, key=k.scheduler)
+        loss = c2.selectbox("Loss", list(LOSSES), format_func=lambda n: LOSSES[n].title, key=k.loss)
+        scheduler = c3.selectbox(
+            "Scheduler",
+            list(SCHEDULERS),
+            format_func=lambda n: SCHEDULERS[n].title,
+            key=k.scheduler,
+        )
         augment = c3.toggle("Augmentation", key=k.augment)
         st.session_state.setdefault(k.only_present, True)
         only_present = c3.toggle(
@@ -128,32 +134,23 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     if not start:
         return None
     w = WIDTHS[width]
-    data = dataclasses.replace(
-        base.data,
-        data_root=root,
-        cache_dir=str(cached.cache_dir()),
-        target_size=(size, size),
-        batch_size=batch,
-        augment=augment,
-        val_slices_per_subject=val_slices or None,
-    )
-    if only_present and present:
-        data.structures = list(present)
-    model = dataclasses.replace(
-        base.model,
-        features=[w, 2 * w, 4 * w, 8 * w],
+    changes = {
+        ("data", "data_root"): root,
+        ("data", "cache_dir"): str(cached.cache_dir()),
+        ("data", "target_size"): (size, size),
+        ("data", "batch_size"): batch,
+        ("data", "augment"): augment,
+        ("data", "val_slices_per_subject"): val_slices or None,
+        ("model", "features"): [w, 2 * w, 4 * w, 8 * w],
         # the preset's bottleneck-to-width ratio (16 for the seed model, 32 for the demo)
-        bottleneck=base.model.bottleneck * w // base.model.features[0],
-        in_channels=None,
-        out_channels=None,
-    )
-    train = dataclasses.replace(
-        base.train,
-        epochs=epochs,
-        lr=lr,
-        loss=loss,
-        scheduler=scheduler,
-        steps_per_epoch=steps or None,
-        checkpoint_every=checkpoint_every,
-    )
-    return RunConfig(data=data, model=model, train=train, run_name=run_name.strip())
+        ("model", "bottleneck"): base.model.bottleneck * w // base.model.features[0],
+        ("train", "epochs"): epochs,
+        ("train", "lr"): lr,
+        ("train", "loss"): loss,
+        ("train", "scheduler"): scheduler,
+        ("train", "steps_per_epoch"): steps or None,
+        ("train", "checkpoint_every"): checkpoint_every,
+    }
+    if only_present and present:
+        changes["data", "structures"] = list(present)
+    return user_config(base, changes, run_name=run_name.strip())

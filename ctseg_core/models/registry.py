@@ -1,0 +1,103 @@
+"""Model registry: a model is named in the config and rebuilt from it (and so from a checkpoint).
+
+``build_model(model_config)`` returns an ``nn.Module`` mapping (B, C, *spatial) inputs to
+(B, K, *spatial) logits. A new network is one ``register`` call: its builder, a title for the
+pages and the CLI, its number of spatial axes, and a check of the settings it cannot take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import ConfigError
+from .unet import UNet2D
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered network.
+
+    ``build(run_config) -> nn.Module``; ``check(run_config) -> list[str]`` returns the problems
+    of settings the network cannot take (empty: fine); ``spatial_dims`` is 2 for a slice model
+    (H, W) and 3 for a volumetric one (D, H, W).
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    title: str
+    spatial_dims: int = 2
+    check: Callable[..., list[str]] = lambda run_config: []
+
+
+#: the model registry: the CLI's --model choices, the config checks and the pages read it
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to the registry (a later one of the same name replaces it)."""
+    MODELS[spec.name] = spec
+    return spec
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registered model ``name``; ConfigError naming the known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+def _unet(cfg, attention: bool) -> nn.Module:
+    if cfg.in_channels is None or cfg.out_channels is None:
+        raise ConfigError(
+            "model in_channels/out_channels are unset; build the model from a RunConfig "
+            "(it derives them from the data settings and the loss)"
+        )
+    return UNet2D(
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        features=cfg.features,
+        bottleneck=cfg.bottleneck,
+        attention=attention,
+        norm=cfg.norm,
+        dropout=cfg.dropout,
+        deep_supervision=cfg.deep_supervision,
+    )
+
+
+def _check_unet(run_config) -> list[str]:
+    """The slice size must survive the U-Net's halvings."""
+    size, levels = tuple(run_config.data.target_size), len(run_config.model.features)
+    depth = 2**levels
+    if len(size) != 2 or any(s < depth or s % depth for s in size):
+        return [
+            f"target size {size} must be two multiples of {depth} "
+            f"(the U-Net halves it {levels} times), e.g. (128, 128)"
+        ]
+    return []
+
+
+register(
+    ModelSpec(
+        "unet",
+        lambda cfg: _unet(cfg, attention=bool(cfg.attention)),
+        "2D U-Net (the seed notebooks')",
+        check=_check_unet,
+    )
+)
+register(
+    ModelSpec(
+        "attention_unet",
+        lambda cfg: _unet(cfg, attention=True),
+        "2D attention U-Net",
+        check=_check_unet,
+    )
+)
+
+
+def build_model(model_config) -> nn.Module:
+    """The network named by ``model_config.name`` (a ctseg_core.config.ModelConfig)."""
+    return model_spec(model_config.name).build(model_config)

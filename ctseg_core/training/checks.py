@@ -1,0 +1,62 @@
+"""The full check of a run configuration before training: settings, registries, model, data.
+
+``RunConfig.validate()`` checks what a config can tell by itself; this adds what needs the
+registries (model, loss, optimizer, scheduler, mixed precision), the model's own limits and,
+on request, the dataset's splits. Every problem found is named in one ConfigError.
+"""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..data.dataset_root import check_splits
+from ..device import AMP_MODES
+from ..errors import ConfigError
+from ..models.registry import MODELS
+from .losses import LOSSES
+from .optim import OPTIMIZERS, SCHEDULERS
+
+
+def registry_problems(cfg: RunConfig) -> list[str]:
+    """What the registries refuse in ``cfg`` (unknown names, a loss that trains another output)."""
+    m, t = cfg.model, cfg.train
+    problems = [
+        f"{what} {value!r} is not one of {', '.join(known)}"
+        for what, value, known in (
+            ("model", m.name, MODELS),
+            ("loss", t.loss, LOSSES),
+            ("optimizer", t.optimizer, OPTIMIZERS),
+            ("scheduler", t.scheduler, SCHEDULERS),
+            ("amp", t.amp, AMP_MODES),
+        )
+        if value not in known
+    ]
+    loss = LOSSES.get(t.loss)
+    if loss is not None and loss.output_mode != m.output:
+        problems.append(
+            f"loss {t.loss!r} trains a {loss.output_mode} output but the model's output is "
+            f"{m.output!r}; set model.output to {loss.output_mode!r} "
+            "(training.presets.user_config does)"
+        )
+    if m.name in MODELS:
+        problems.extend(MODELS[m.name].check(cfg))
+    return problems
+
+
+def check_run_config(cfg: RunConfig, check_data: bool = False) -> RunConfig:
+    """Raise ConfigError on settings that cannot work; return ``cfg``.
+
+    With ``check_data`` the dataset is opened and the train and validation splits must hold at
+    least one subject each.
+    """
+    try:
+        cfg.validate()
+        static = []
+    except ConfigError as exc:
+        static = [str(exc).removeprefix("invalid settings: ")]
+    problems = static + registry_problems(cfg)
+    if problems:
+        raise ConfigError("invalid settings: " + "; ".join(problems))
+    if check_data:
+        d = cfg.data
+        check_splits(d.data_root, d.train_split, d.val_split, seed=d.seed)
+    return cfg
