@@ -165,15 +165,26 @@ def run_evaluate(args) -> int:
     )
     if len(scored):
         print(f"mean Dice over structures {scored['dice_mean'].mean():.4f}")
-        print(f"{'structure':<32}{'n':>4}{'Dice':>8}{'HD95 mm':>10}{'NSD':>7}{'missed':>8}")
-        for row in scored.sort_values("dice_mean").itertuples():
-            # HD95 is inf where a structure was missed; the mean is over finite values only.
-            hd95 = "inf" if math.isnan(row.hd95_mm_mean) else f"{row.hd95_mm_mean:.2f}"
-            print(
-                f"{row.structure:<32}{row.dice_n:>4}{row.dice_mean:>8.3f}"
-                f"{hd95:>10}{row.surface_dice_mean:>7.3f}{row.missed:>8}"
-            )
+        print(_summary_lines(scored))
     return 0
+
+
+def _summary_lines(scored) -> str:
+    """The per-structure table printed by ``ctseg evaluate``: worst Dice first, every metric."""
+    from ..metrics.specs import METRICS
+
+    widths = {name: max(8, len(spec.short) + 2) for name, spec in METRICS.items()}
+    head = "".join(f"{spec.short:>{widths[n]}}" for n, spec in METRICS.items())
+    lines = [f"{'structure':<32}{'n':>4}{head}{'missed':>8}"]
+    for row in scored.sort_values("dice_mean").to_dict("records"):
+        cells = ""
+        for name, spec in METRICS.items():
+            value = row[f"{name}_mean"]
+            # a distance is inf where a structure was missed; its mean is over finite values
+            text = "inf" if spec.value_range is None and math.isnan(value) else f"{value:.3f}"
+            cells += f"{text:>{widths[name]}}"
+        lines.append(f"{row['structure']:<32}{row['dice_n']:>4}{cells}{row['missed']:>8}")
+    return "\n".join(lines)
 
 
 def run_export(args) -> int:

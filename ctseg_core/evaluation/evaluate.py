@@ -25,6 +25,7 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from ..metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
+from ..metrics.specs import METRICS, LabelScores
 from .paths import remove_stale_report, report_files_of, write_source
 from .tables import RESULT_COLUMNS, detection_table, summarize_results
 
@@ -120,6 +121,8 @@ def subject_rows(
         reference, prediction, spacing_mm, labels=scored, tolerance_mm=tolerance_mm,
         annotated=annotated,
     )  # fmt: skip
+    scores = LabelScores(dice, iou, surface)
+    per_metric = {name: spec.per_label(scores) for name, spec in METRICS.items()}
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     rows = []
     for k in range(1, NUM_STRUCTURES + 1):
@@ -136,10 +139,7 @@ def subject_rows(
                 "subject": subject_id,
                 "structure": NAME_OF[k],
                 "group": GROUP_OF[NAME_OF[k]],
-                "dice": dice[k],
-                "iou": iou[k],
-                "hd95_mm": surface.hd95_mm[k],
-                "surface_dice": surface.surface_dice[k],
+                **{name: values[k] for name, values in per_metric.items()},
                 "ref_volume_ml": counts.reference_voxels[k] * voxel_ml,
                 "pred_volume_ml": counts.prediction_voxels[k] * voxel_ml,
                 "status": status,

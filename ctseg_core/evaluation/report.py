@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from ..fileio import atomic_path, atomic_write_text
 from ..labels import COLOURS, LABEL_OF, colour_lut
+from ..metrics.specs import METRICS
 from ..viz.mesh import bounding_boxes, meshes_figure, structure_meshes
 
 log = logging.getLogger(__name__)
@@ -143,20 +144,15 @@ class ReportCollector:
 
 
 def plot_metric_distribution(results: pd.DataFrame, target: Path) -> None:
-    """Histograms of Dice, IoU, surface Dice and finite HD95 over all subject x structure rows."""
-    fig = Figure(figsize=(12, 3.2))
-    panels = (
-        ("dice", "Dice"),
-        ("iou", "IoU"),
-        ("surface_dice", "surface Dice"),
-        ("hd95_mm", "HD95 (mm)"),
-    )
-    for i, (column, title) in enumerate(panels):
-        ax = fig.add_subplot(1, 4, i + 1)
-        values = results[column].to_numpy(dtype=float)
+    """Histograms of every metric (finite values) over all subject x structure rows."""
+    fig = Figure(figsize=(3 * len(METRICS), 3.2))
+    for i, spec in enumerate(METRICS.values()):
+        title = spec.title
+        ax = fig.add_subplot(1, len(METRICS), i + 1)
+        values = results[spec.name].to_numpy(dtype=float)
         finite = values[np.isfinite(values)]
         if finite.size:
-            bins = np.linspace(0, 1, 21) if column != "hd95_mm" else 20
+            bins = np.linspace(*spec.value_range, 21) if spec.value_range else 20
             ax.hist(finite, bins=bins, color="#4c78a8", edgecolor="white")
             ax.axvline(
                 np.median(finite), color="#e45756", lw=1.5, label=f"median {np.median(finite):.3g}"

@@ -13,9 +13,9 @@ import pandas as pd
 
 from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
 from ..metrics import compute_volume_stats
+from ..metrics.specs import METRICS
 
 DICE_THRESHOLDS = (0.5, 0.7, 0.9)
-METRICS = ("dice", "iou", "hd95_mm", "surface_dice")
 RESULT_COLUMNS = (
     "subject", "structure", "group", *METRICS, "ref_volume_ml", "pred_volume_ml", "status",
 )  # fmt: skip

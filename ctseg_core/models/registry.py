@@ -32,14 +32,29 @@ class ModelSpec:
     check: Callable[..., list[str]] = lambda run_config: []
 
 
+Builder = Callable[..., nn.Module]
+
+
 #: the model registry: the CLI's --model choices, the config checks and the pages read it
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    """Add ``spec`` to the registry (a later one of the same name replaces it)."""
-    MODELS[spec.name] = spec
-    return spec
+def register(
+    name: str,
+    title: str = "",
+    spatial_dims: int = 2,
+    check: Callable[..., list[str]] | None = None,
+) -> Callable[[Builder], Builder]:
+    """Decorator: add ``builder(model_config) -> nn.Module`` as model ``name`` (a later one of
+    the same name replaces it). ``check(run_config) -> list[str]``: settings it cannot take."""
+
+    def wrap(builder: Builder) -> Builder:
+        MODELS[name] = ModelSpec(
+            name, builder, title or name, spatial_dims, check or (lambda run_config: [])
+        )
+        return builder
+
+    return wrap
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -80,22 +95,14 @@ def _check_unet(run_config) -> list[str]:
     return []
 
 
-register(
-    ModelSpec(
-        "unet",
-        lambda cfg: _unet(cfg, attention=bool(cfg.attention)),
-        "2D U-Net (the seed notebooks')",
-        check=_check_unet,
-    )
-)
-register(
-    ModelSpec(
-        "attention_unet",
-        lambda cfg: _unet(cfg, attention=True),
-        "2D attention U-Net",
-        check=_check_unet,
-    )
-)
+@register("unet", "2D U-Net (the seed notebooks')", check=_check_unet)
+def build_unet(cfg) -> nn.Module:
+    return _unet(cfg, attention=bool(cfg.attention))
+
+
+@register("attention_unet", "2D attention U-Net", check=_check_unet)
+def build_attention_unet(cfg) -> nn.Module:
+    return _unet(cfg, attention=True)
 
 
 def build_model(model_config) -> nn.Module:

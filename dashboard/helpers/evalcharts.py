@@ -8,6 +8,7 @@ import pandas as pd
 
 from ctseg_core.evaluation.tables import DICE_THRESHOLDS
 from ctseg_core.labels import GROUPS
+from ctseg_core.metrics.specs import METRICS, best_first_ascending
 from dashboard.helpers.charts import group_scale
 
 STATUS_COLOURS = {
@@ -16,12 +17,7 @@ STATUS_COLOURS = {
     "false_positive": "#9b5de5",
     "true_negative": "#3a3f4b",
 }
-METRIC_TITLES = {
-    "dice": "Dice",
-    "iou": "IoU",
-    "hd95_mm": "HD95 (mm)",
-    "surface_dice": "surface Dice",
-}
+METRIC_TITLES = {name: spec.title for name, spec in METRICS.items()}
 
 
 def ranking(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -32,7 +28,7 @@ def ranking(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
         .agg(["mean", "std", "count"])
         .reset_index()
     )
-    ascending = metric == "hd95_mm"  # lower is better for a distance
+    ascending = best_first_ascending(metric)  # lower is better for a distance
     return table.sort_values("mean", ascending=ascending).reset_index(drop=True)
 
 
