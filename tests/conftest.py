@@ -1,4 +1,5 @@
-"""Shared fixtures: the real sample (read in place), a small phantom dataset, a private cache."""
+"""Shared fixtures: the real sample (tests/data, and ../shared/data where present), a small
+phantom dataset, a private cache."""
 
 from __future__ import annotations
 
@@ -7,9 +8,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURE_DATA = REPO / "tests" / "data"  # in git: s0000, the v2 class list, s0000's multilabels
+S0000_ROOT = FIXTURE_DATA / "totalseg_sample"
+EXTRA = FIXTURE_DATA / "extra"
+SHARED_DATA = REPO.parent / "shared" / "data"  # optional: the larger subjects, DICOM, unlabeled CT
 SAMPLE_ROOT = SHARED_DATA / "totalseg_sample"
-EXTRA = SHARED_DATA / "extra"
+SHARED_EXTRA = SHARED_DATA / "extra"
+
+
+@pytest.fixture(scope="session")
+def s0000_root() -> Path:
+    """A dataset root holding the real subject s0000 alone (122 x 101 x 30 at 3 mm, all 117
+    mask files) and its meta.csv row (split "train"); always present (tests/data)."""
+    assert (S0000_ROOT / "s0000" / "ct.nii.gz").is_file(), f"{S0000_ROOT} is incomplete"
+    return S0000_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -20,11 +32,32 @@ def sample_root() -> Path:
     return SAMPLE_ROOT
 
 
+@pytest.fixture
+def root_of(request):
+    """root_of(subject): the data root holding that real subject: tests/data for s0000, the
+    4-subject sample in ../shared for the others (the test is skipped when it is absent)."""
+
+    def root_of(subject: str) -> Path:
+        if subject == "s0000":
+            return request.getfixturevalue("s0000_root")
+        return request.getfixturevalue("sample_root")
+
+    return root_of
+
+
 @pytest.fixture(scope="session")
 def extra_dir() -> Path:
-    if not EXTRA.is_dir():
-        pytest.skip("../shared/data/extra is not available")
+    """tests/data/extra: the v2 class list and s0000's reference and --fast multilabel files."""
+    assert (EXTRA / "totalsegmentator_v2_classes.json").is_file(), f"{EXTRA} is incomplete"
     return EXTRA
+
+
+@pytest.fixture(scope="session")
+def shared_extra() -> Path:
+    """../shared/data/extra (dicom_s0001/, unlabeled_ct_3mm.nii.gz), skipped when absent."""
+    if not SHARED_EXTRA.is_dir():
+        pytest.skip("../shared/data/extra is not available")
+    return SHARED_EXTRA
 
 
 @pytest.fixture(scope="session")

@@ -32,9 +32,9 @@ def test_mirror_flips_x_and_swaps_left_right_labels():
     assert labels[0, 1, 2] == KL  # the input is not modified
 
 
-def test_mirrored_real_slice_keeps_right_structures_on_the_patients_right(sample_root, tmp_path):
+def test_mirrored_real_slice_keeps_right_structures_on_the_patients_right(s0000_root, tmp_path):
     # canonical RAS+: x (axis 0 of an (X, Y) slice) grows towards the patient's right
-    subject = open_cached(sample_root, "s0000", tmp_path)
+    subject = open_cached(s0000_root, "s0000", tmp_path)
     assert subject.affine[0, 0] > 0
     labels = torch.from_numpy(np.array(subject.labels[9]))[None]  # both kidneys in this slice
     assert _x_centre(labels[0], KR) > _x_centre(labels[0], KL)
@@ -48,8 +48,8 @@ def test_mirrored_real_slice_keeps_right_structures_on_the_patients_right(sample
     assert swapped[KR] == counts[KL] and swapped[KL] == counts[KR]
 
 
-def test_slices_with_an_unpaired_lateral_structure_are_not_mirrored(sample_root, tmp_path):
-    subject = open_cached(sample_root, "s0000", tmp_path)
+def test_slices_with_an_unpaired_lateral_structure_are_not_mirrored(s0000_root, tmp_path):
+    subject = open_cached(s0000_root, "s0000", tmp_path)
     z = 29  # holds lung_middle_lobe_right, which has no left partner
     labels = torch.from_numpy(np.array(subject.labels[[9, z]]))
     assert (labels[1] == LABEL_OF["lung_middle_lobe_right"]).any()
@@ -178,8 +178,8 @@ def test_vessel_contrast_sets_each_vessels_mean_and_keeps_its_texture():
     assert torch.equal(out[1], image[1])  # an all-NaN row: the sample is untouched
 
 
-def test_vessel_contrast_in_augment_batch_changes_only_vessels(sample_root, tmp_path):
-    subject = open_cached(sample_root, "s0000", tmp_path)
+def test_vessel_contrast_in_augment_batch_changes_only_vessels(s0000_root, tmp_path):
+    subject = open_cached(s0000_root, "s0000", tmp_path)
     aorta = LABEL_OF["aorta"]
     z = int(np.argmax((np.asarray(subject.labels) == aorta).sum(axis=(1, 2))))
     labels = torch.from_numpy(np.array(subject.labels[z]))[None].repeat(4, 1, 1)

@@ -363,17 +363,17 @@ def test_a_cache_inside_the_dataset_or_on_a_file_is_refused(phantom_root, tmp_pa
         prepare_dataset(phantom_root, tmp_path / "cache", workers=-3)
 
 
-def test_paths_of_the_wrong_kind_get_errors_that_say_so(sample_root, tmp_path):
+def test_paths_of_the_wrong_kind_get_errors_that_say_so(s0000_root, tmp_path):
     from ctseg_core.data.dataset_root import open_dataset
     from ctseg_core.data.volume import read_image
     from ctseg_core.models.checkpoint import load_checkpoint
 
     with pytest.raises(DataError, match="is a file; give the dataset folder"):
-        open_dataset(sample_root / "s0000" / "ct.nii.gz")
+        open_dataset(s0000_root / "s0000" / "ct.nii.gz")
     with pytest.raises(DataError, match="is one subject; give the dataset folder above it"):
-        open_dataset(sample_root / "s0000")
+        open_dataset(s0000_root / "s0000")
     with pytest.raises(DataError, match=r"is a folder; give a \.nii\.gz file"):
-        read_image(sample_root / "s0000")
+        read_image(s0000_root / "s0000")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "best.pth").write_bytes(b"")
     with pytest.raises(CtsegError, match=r"is a folder; give a checkpoint file: .*best\.pth"):

@@ -27,10 +27,10 @@ def _reoriented_copy(src: Path, dst: Path, codes: tuple[str, str, str]) -> None:
 
 
 @pytest.mark.parametrize("codes", [("L", "P", "S"), ("P", "L", "I"), ("S", "R", "A")])
-def test_reoriented_copy_caches_voxel_identical(sample_root, tmp_path, codes):
-    _reoriented_copy(sample_root / "s0000", tmp_path / "s0000", codes)
+def test_reoriented_copy_caches_voxel_identical(s0000_root, tmp_path, codes):
+    _reoriented_copy(s0000_root / "s0000", tmp_path / "s0000", codes)
     assert nib.aff2axcodes(nib.load(tmp_path / "s0000" / "ct.nii.gz").affine) == codes
-    original = open_cached(sample_root, "s0000")
+    original = open_cached(s0000_root, "s0000")
     copy = open_cached(tmp_path, "s0000")
     assert copy.meta["orientation"] == "".join(codes)
     np.testing.assert_array_equal(copy.ct, original.ct)
@@ -45,9 +45,9 @@ def test_reoriented_copy_caches_voxel_identical(sample_root, tmp_path, codes):
     assert centre["kidney_left"][0] < centre["kidney_right"][0] - 50
 
 
-def test_mirrored_image_is_a_different_patient_not_the_same_cache(sample_root, tmp_path):
+def test_mirrored_image_is_a_different_patient_not_the_same_cache(s0000_root, tmp_path):
     """Flipping the voxels but keeping the affine mirrors the anatomy: the cache must show it."""
-    src = sample_root / "s0000"
+    src = s0000_root / "s0000"
     dst = tmp_path / "s0000"
     for path in [src / "ct.nii.gz", *sorted((src / "segmentations").glob("*.nii.gz"))]:
         img = nib.load(path)
@@ -65,13 +65,13 @@ def test_mirrored_image_is_a_different_patient_not_the_same_cache(sample_root, t
 
 
 @pytest.mark.parametrize("subject", ["s0000", "s0003"])
-def test_labels_written_on_the_ct_grid_keep_its_header_codes(sample_root, tmp_path, subject):
+def test_labels_written_on_the_ct_grid_keep_its_header_codes(root_of, tmp_path, subject):
     """A label file for a CT whose sform says "aligned" (2) and has no qform says the same,
     with the same matrix (TotalSegmentator's sample CTs are written so)."""
     from ctseg_core.data.volume import load_ct, save_on_original_grid
 
-    source = nib.load(sample_root / subject / "ct.nii.gz")
-    ct = load_ct(sample_root / subject / "ct.nii.gz")
+    source = nib.load(root_of(subject) / subject / "ct.nii.gz")
+    ct = load_ct(root_of(subject) / subject / "ct.nii.gz")
     save_on_original_grid(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "labels.nii.gz")
     out = nib.load(tmp_path / "labels.nii.gz")
     codes = ("qform_code", "sform_code")
@@ -81,10 +81,10 @@ def test_labels_written_on_the_ct_grid_keep_its_header_codes(sample_root, tmp_pa
     assert out.shape == source.shape
 
 
-def test_labels_of_a_dicom_series_say_scanner_coordinates(extra_dir, tmp_path):
+def test_labels_of_a_dicom_series_say_scanner_coordinates(shared_extra, tmp_path):
     from ctseg_core.data.volume import load_ct, save_on_original_grid
 
-    ct = load_ct(extra_dir / "dicom_s0001")
+    ct = load_ct(shared_extra / "dicom_s0001")
     save_on_original_grid(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "labels.nii.gz")
     out = nib.load(tmp_path / "labels.nii.gz")
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)

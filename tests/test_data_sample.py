@@ -21,9 +21,9 @@ def test_sample_index_reads_meta_csv_splits(sample_root):
 
 
 @pytest.mark.parametrize("subject_id", ["s0000", "s0001", "s0002", "s0003"])
-def test_structure_voxel_counts_match_mask_files(sample_root, subject_id):
-    subject = load_subject(sample_root / subject_id)
-    seg = sample_root / subject_id / "segmentations"
+def test_structure_voxel_counts_match_mask_files(root_of, subject_id):
+    subject = load_subject(root_of(subject_id) / subject_id)
+    seg = root_of(subject_id) / subject_id / "segmentations"
     checked = 0
     for path in sorted(seg.glob("*.nii.gz")):
         name = path.name[: -len(".nii.gz")]
@@ -83,8 +83,8 @@ def test_las_lps_ras_subjects_come_out_canonical_ras(sample_root):
     assert orientations == {"s0000": "RAS", "s0001": "LAS", "s0002": "LPS"}
 
 
-def test_kidney_left_lies_on_patient_left(sample_root):
-    subject = load_subject(sample_root / "s0000")
+def test_kidney_left_lies_on_patient_left(s0000_root):
+    subject = load_subject(s0000_root / "s0000")
     left = _world_centroid(subject.ct.affine, subject.labels == LABEL_OF["kidney_left"])
     right = _world_centroid(subject.ct.affine, subject.labels == LABEL_OF["kidney_right"])
     # RAS+ world: +x points to the patient's right, so the left kidney has the smaller x.
@@ -95,9 +95,9 @@ def test_kidney_left_lies_on_patient_left(sample_root):
     assert lx < rx
 
 
-def test_dicom_series_matches_nifti_conversion(sample_root, extra_dir):
-    img = read_dicom_series(extra_dir / "dicom_s0001")
-    dicom = load_ct(extra_dir / "dicom_s0001")
+def test_dicom_series_matches_nifti_conversion(sample_root, shared_extra):
+    img = read_dicom_series(shared_extra / "dicom_s0001")
+    dicom = load_ct(shared_extra / "dicom_s0001")
     nifti = load_ct(sample_root / "s0001" / "ct.nii.gz")
     assert img.shape == (512, 512, 20)
     np.testing.assert_array_equal(dicom.array, nifti.array)

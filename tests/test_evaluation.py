@@ -4,6 +4,7 @@ not-annotated structures excluded, bad predictions refused, outputs written whol
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -55,20 +56,28 @@ def one_prediction(folder, subject, source):
     return folder
 
 
+def train_pair(s0000_root, root):
+    """A train split of two real subjects: s0000 and a copy of it named s0001."""
+    for sid in ("s0000", "s0001"):
+        shutil.copytree(s0000_root / "s0000", root / sid)
+    (root / "meta.csv").write_text("image_id;split\ns0000;train\ns0001;train\n")
+    return root
+
+
 def test_totalsegmentator_fast_prediction_dice_equals_independent_computation(
-    tmp_path, sample_root, extra_dir
+    tmp_path, s0000_root, extra_dir
 ):
     pred_file = extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
     folder = one_prediction(tmp_path / "pred", "s0000", pred_file)
     results = evaluate_predictions(
-        sample_root, "train", folder, tmp_path / "out", subjects=["s0000"]
+        s0000_root, "train", folder, tmp_path / "out", subjects=["s0000"]
     )
     assert len(results) == 117  # every structure annotated in s0000, one row each
     predicted = np.asarray(nib.load(str(pred_file)).dataobj)
     checked = 0
     for name in STRUCTURES:
         mask = np.asarray(
-            nib.load(str(sample_root / "s0000" / "segmentations" / f"{name}.nii.gz")).dataobj
+            nib.load(str(s0000_root / "s0000" / "segmentations" / f"{name}.nii.gz")).dataobj
         )
         row = results.loc[results["structure"] == name].iloc[0]
         if not mask.any():
@@ -86,12 +95,12 @@ def test_totalsegmentator_fast_prediction_dice_equals_independent_computation(
     assert np.isinf(results.set_index("structure").loc["lung_middle_lobe_right", "hd95_mm"])
 
 
-def test_outputs_are_written_and_consistent(tmp_path, sample_root, extra_dir):
+def test_outputs_are_written_and_consistent(tmp_path, s0000_root, extra_dir):
     folder = one_prediction(
         tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
     )
     out = tmp_path / "out"
-    results = evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"])
+    results = evaluate_predictions(s0000_root, "train", folder, out, subjects=["s0000"])
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted([
         "evaluation_results_train.csv", "summary_train.csv", "detection_train.csv",
@@ -126,7 +135,7 @@ def test_outputs_are_written_and_consistent(tmp_path, sample_root, extra_dir):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_exact_copy_scores_one_and_another_orientation_scores_one(tmp_path, sample_root, extra_dir):
+def test_exact_copy_scores_one_and_another_orientation_scores_one(tmp_path, s0000_root, extra_dir):
     exact = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
     img = nib.load(str(exact))
     lps = img.as_reoriented(nib.orientations.axcodes2ornt(("L", "P", "S")))
@@ -136,7 +145,7 @@ def test_exact_copy_scores_one_and_another_orientation_scores_one(tmp_path, samp
     nib.save(lps, str(folder / "s0000.nii.gz"))
     for source in (one_prediction(tmp_path / "copy", "s0000", exact), folder):
         results = evaluate_predictions(
-            sample_root, "train", source, tmp_path / "o", subjects=["s0000"], report=False
+            s0000_root, "train", source, tmp_path / "o", subjects=["s0000"], report=False
         )
         present = results.dropna(subset=["dice"])
         assert len(present) == 41
@@ -145,7 +154,7 @@ def test_exact_copy_scores_one_and_another_orientation_scores_one(tmp_path, samp
         assert set(results["status"]) == {"detected", "true_negative"}
 
 
-def test_prediction_on_a_larger_grid_is_resampled_by_affine(tmp_path, sample_root, extra_dir):
+def test_prediction_on_a_larger_grid_is_resampled_by_affine(tmp_path, s0000_root, extra_dir):
     img = nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"))
     data = np.asarray(img.dataobj)
     padded = np.pad(data, ((3, 5), (0, 2), (4, 1)))
@@ -155,7 +164,7 @@ def test_prediction_on_a_larger_grid_is_resampled_by_affine(tmp_path, sample_roo
     folder.mkdir()
     nib.save(nib.Nifti1Image(padded, affine), str(folder / "s0000.nii.gz"))
     results = evaluate_predictions(
-        sample_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
+        s0000_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
     )
     assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
 
@@ -174,7 +183,7 @@ def test_not_annotated_structures_are_excluded_entirely(tmp_path, sample_root):
     assert results.loc[0, "dice"] == 1.0
 
 
-def test_bad_predictions_are_refused_with_one_line(tmp_path, sample_root, extra_dir):
+def test_bad_predictions_are_refused_with_one_line(tmp_path, s0000_root, extra_dir):
     ref = nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"))
     cases = {}
     high = np.asarray(ref.dataobj).astype(np.int16)
@@ -189,19 +198,20 @@ def test_bad_predictions_are_refused_with_one_line(tmp_path, sample_root, extra_
         folder.mkdir()
         nib.save(image, str(folder / "s0000.nii.gz"))
         with pytest.raises(DataError, match=message):
-            evaluate_predictions(sample_root, "train", folder, tmp_path / "o", subjects=["s0000"])
+            evaluate_predictions(s0000_root, "train", folder, tmp_path / "o", subjects=["s0000"])
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "s0000.nii.gz").write_bytes(b"")
     with pytest.raises(DataError, match="cannot be read"):
-        evaluate_predictions(sample_root, "train", empty, tmp_path / "o", subjects=["s0000"])
-    with pytest.raises(DataError, match="no prediction for 1 subjects"):
-        evaluate_predictions(sample_root, "train", empty, tmp_path / "o", subjects=None)
+        evaluate_predictions(s0000_root, "train", empty, tmp_path / "o", subjects=["s0000"])
+    pair = train_pair(s0000_root, tmp_path / "pair")
+    with pytest.raises(DataError, match=r"no prediction for 1 subjects \(s0001\)"):
+        evaluate_predictions(pair, "train", empty, tmp_path / "o", subjects=None)
     assert not (tmp_path / "o").exists()
 
 
 def test_prediction_without_affine_on_the_reference_shape_is_taken_as_on_its_grid(
-    tmp_path, sample_root, extra_dir
+    tmp_path, s0000_root, extra_dir
 ):
     data = np.asarray(nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz")).dataobj)
     image = nib.Nifti1Image(data, None)
@@ -211,17 +221,17 @@ def test_prediction_without_affine_on_the_reference_shape_is_taken_as_on_its_gri
     folder.mkdir()
     nib.save(image, str(folder / "s0000.nii.gz"))
     results = evaluate_predictions(
-        sample_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
+        s0000_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
     )
     assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
 
 
-def test_failed_run_leaves_the_previous_results_whole(tmp_path, sample_root, extra_dir):
+def test_failed_run_leaves_the_previous_results_whole(tmp_path, s0000_root, extra_dir):
     folder = one_prediction(
         tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
     )
-    out = tmp_path / "out"
-    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
+    out, pair = tmp_path / "out", train_pair(s0000_root, tmp_path / "pair")
+    evaluate_predictions(pair, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
     before = (out / "evaluation_results_train.csv").read_bytes()
     page = (out / "3d_s0000.html").read_bytes()
     # another prediction of s0000 (another page would be drawn), then a bad one of s0001
@@ -231,7 +241,7 @@ def test_failed_run_leaves_the_previous_results_whole(tmp_path, sample_root, ext
     nib.save(nib.Nifti1Image(bad, np.eye(4)), str(folder / "s0001.nii.gz"))
     with pytest.raises(DataError, match=r"s0001\.nii\.gz holds label values 0\.\.250"):
         # s0000 is scored (and its 3D page drawn) before s0001 fails
-        evaluate_predictions(sample_root, "train", folder, out, mesh_subjects=1)
+        evaluate_predictions(pair, "train", folder, out, mesh_subjects=1)
     assert (out / "evaluation_results_train.csv").read_bytes() == before
     assert (out / "3d_s0000.html").read_bytes() == page
     assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".staged"))]
@@ -246,24 +256,24 @@ def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, samp
         evaluate_predictions(sample_root, "val", [ckpt], tmp_path / "o")
 
 
-def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, sample_root):
+def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, s0000_root):
     ckpt = rule_checkpoint(tmp_path / "m.pth", ["vertebrae_L1"], target=(122, 101))
     results = evaluate_predictions(
-        sample_root, "train", [ckpt], tmp_path / "o", subjects=["s0000"], report=False
+        s0000_root, "train", [ckpt], tmp_path / "o", subjects=["s0000"], report=False
     )
     assert results["structure"].tolist() == ["vertebrae_L1"]
-    seg = sample_root / "s0000" / "segmentations" / "vertebrae_L1.nii.gz"
-    hu = np.asarray(nib.load(str(sample_root / "s0000" / "ct.nii.gz")).dataobj)
+    seg = s0000_root / "s0000" / "segmentations" / "vertebrae_L1.nii.gz"
+    hu = np.asarray(nib.load(str(s0000_root / "s0000" / "ct.nii.gz")).dataobj)
     expected = independent_dice(np.asarray(nib.load(str(seg)).dataobj), hu > 150.5)
     assert results.loc[0, "dice"] == pytest.approx(expected, abs=1e-12)
     assert 0 < expected < 0.5
 
 
-def test_volume_statistics_match_numpy(sample_root, extra_dir):
+def test_volume_statistics_match_numpy(s0000_root, extra_dir):
     labels = np.asarray(
         nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz")).dataobj
     )
-    hu = np.asarray(nib.load(str(sample_root / "s0000" / "ct.nii.gz")).dataobj)
+    hu = np.asarray(nib.load(str(s0000_root / "s0000" / "ct.nii.gz")).dataobj)
     table = volume_statistics(labels, hu, (3.0, 3.0, 3.0)).set_index("structure")
     assert len(table) == 41
     liver = hu[labels == LABEL_OF["liver"]].astype(float)
@@ -272,11 +282,11 @@ def test_volume_statistics_match_numpy(sample_root, extra_dir):
     assert table.loc["liver", "std_hu"] == pytest.approx(liver.std())
 
 
-def test_cli_evaluate_json_and_one_line_errors(tmp_path, sample_root, extra_dir, capsys):
+def test_cli_evaluate_json_and_one_line_errors(tmp_path, s0000_root, extra_dir, capsys):
     folder = one_prediction(
         tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
     )
-    argv = ["evaluate", "--data", str(sample_root), "--split", "train", "--subjects", "s0000",
+    argv = ["evaluate", "--data", str(s0000_root), "--split", "train", "--subjects", "s0000",
             "--predictions", str(folder), "--out", str(tmp_path / "o"), "--no-report", "--json"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -284,15 +294,16 @@ def test_cli_evaluate_json_and_one_line_errors(tmp_path, sample_root, extra_dir,
     assert liver["dice_mean"] == 1.0 and liver["hd95_mm_mean"] == 0.0
     absent = next(r for r in summary if r["structure"] == "brain")
     assert absent["dice_mean"] is None
-    assert main(["evaluate", "--data", str(sample_root), "--split", "train", "--predictions",
+    pair = train_pair(s0000_root, tmp_path / "pair")  # s0001 has no prediction
+    assert main(["evaluate", "--data", str(pair), "--split", "train", "--predictions",
                  str(folder), "--out", str(tmp_path / "o")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "s0001" in err and err.count("\n") == 1
 
 
-def test_cli_stats_and_export(tmp_path, sample_root, extra_dir, capsys):
+def test_cli_stats_and_export(tmp_path, s0000_root, extra_dir, capsys):
     labels = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
-    assert main(["stats", "--ct", str(sample_root / "s0000" / "ct.nii.gz"), "--labels",
+    assert main(["stats", "--ct", str(s0000_root / "s0000" / "ct.nii.gz"), "--labels",
                  str(labels), "--json", "--out", str(tmp_path / "stats.csv")]) == 0  # fmt: skip
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 41 and pd.read_csv(tmp_path / "stats.csv").shape[0] == 41
@@ -355,19 +366,19 @@ def test_each_predictions_folder_and_ensemble_gets_its_own_evaluation_folder(tmp
     assert swapped.name == pair.name and swapped.parent == tmp_path / "r2"
 
 
-def test_a_new_evaluation_leaves_no_figures_of_the_previous_one(tmp_path, sample_root, extra_dir):
+def test_a_new_evaluation_leaves_no_figures_of_the_previous_one(tmp_path, s0000_root, extra_dir):
     """Tables rewritten without figures (the dashboard's default) must not sit beside the
     figures and 3D pages of an earlier evaluation of another source."""
     folder = one_prediction(
         tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
     )
     out = tmp_path / "out"
-    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
+    evaluate_predictions(s0000_root, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
     first = json.loads((out / "source_train.json").read_text())["report_files"]
     assert sorted(first) == ["3d_s0000.html", "metrics_distribution_train.png",
                              "segmentation_visualization_train.png", "structure_ranking_train.png"]  # fmt: skip
     (out / "notes.txt").write_text("mine")  # not the report's: never touched
-    evaluate_predictions(sample_root, "train", folder, out, subjects=["s0000"], report=False)
+    evaluate_predictions(s0000_root, "train", folder, out, subjects=["s0000"], report=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "detection_train.csv", "evaluation_results_train.csv", "notes.txt", "plotly.min.js",
         "source_train.json", "summary_train.csv",

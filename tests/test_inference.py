@@ -73,8 +73,15 @@ def make_checkpoint(path, structures, name="unet", target=(64, 64), context=1, m
 
 
 @pytest.fixture(scope="module")
-def unlabeled_ct(extra_dir):
-    return extra_dir / "unlabeled_ct_3mm.nii.gz"
+def unlabeled_ct(shared_extra):
+    """A real 122 x 101 x 112 CT at 3 mm stored as int32 voxels (../shared, optional)."""
+    return shared_extra / "unlabeled_ct_3mm.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def s0000_ct(s0000_root):
+    """A real 122 x 101 x 30 CT at 3 mm, int16 voxels (tests/data)."""
+    return s0000_root / "s0000" / "ct.nii.gz"
 
 
 def test_fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, unlabeled_ct):
@@ -119,9 +126,9 @@ def test_threshold_rule_lands_on_the_right_voxels_of_a_flipped_axis_ct(tmp_path,
     assert stats.loc[0, "mean_hu"] == pytest.approx(above.mean())
 
 
-def test_batches_and_resizing_give_the_same_labels_whatever_the_batch_size(tmp_path, unlabeled_ct):
+def test_batches_and_resizing_give_the_same_labels_whatever_the_batch_size(tmp_path, s0000_ct):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64), 3)
-    ct = load_ct(unlabeled_ct)
+    ct = load_ct(s0000_ct)
     one = predict_volume(ct, [ckpt], batch_slices=1)
     many = predict_volume(ct, [ckpt], batch_slices=5)
     np.testing.assert_array_equal(one, many)
@@ -131,8 +138,8 @@ def test_batches_and_resizing_give_the_same_labels_whatever_the_batch_size(tmp_p
     assert 0.97 < agree < 1.0
 
 
-def test_context_slices_feed_the_centre_slice(tmp_path, unlabeled_ct):
-    ct = load_ct(unlabeled_ct)
+def test_context_slices_feed_the_centre_slice(tmp_path, s0000_ct):
+    ct = load_ct(s0000_ct)
     single = make_checkpoint(tmp_path / "c1.pth", ["liver"], "test_threshold", (122, 101), 1)
     stacked = make_checkpoint(tmp_path / "c5.pth", ["liver"], "test_threshold", (122, 101), 5)
     np.testing.assert_array_equal(
@@ -140,8 +147,8 @@ def test_context_slices_feed_the_centre_slice(tmp_path, unlabeled_ct):
     )
 
 
-def test_mirror_tta_swaps_left_and_right_labels(tmp_path, unlabeled_ct):
-    ct = load_ct(unlabeled_ct)
+def test_mirror_tta_swaps_left_and_right_labels(tmp_path, s0000_ct):
+    ct = load_ct(s0000_ct)
     ckpt = make_checkpoint(tmp_path / "s.pth", ["kidney_right", "kidney_left"], "test_side",
                            (122, 101), mirror=True)  # fmt: skip
     predictor = Predictor([ckpt], tta=True)
@@ -153,18 +160,18 @@ def test_mirror_tta_swaps_left_and_right_labels(tmp_path, unlabeled_ct):
     assert (plain[61:] == LABEL_OF["kidney_right"]).all()
 
 
-def test_models_trained_without_mirroring_get_shift_tta(tmp_path, unlabeled_ct):
+def test_models_trained_without_mirroring_get_shift_tta(tmp_path, s0000_ct):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (122, 101))
     predictor = Predictor([ckpt], tta=True)
     assert "mirror" not in predictor._augmentations(predictor.members[0])
-    ct = load_ct(unlabeled_ct)
+    ct = load_ct(s0000_ct)
     np.testing.assert_array_equal(predictor.predict(ct), predict_volume(ct, [ckpt]))
 
 
-def test_ensemble_averages_probabilities(tmp_path, unlabeled_ct):
+def test_ensemble_averages_probabilities(tmp_path, s0000_ct):
     # Two rules at 150.5 and 300.5 HU: the mean of their two sigmoids passes 0.5 exactly at the
     # midpoint, 225.5 HU (sigmoid(a) + sigmoid(b) > 1 <=> a + b > 0).
-    ct = load_ct(unlabeled_ct)
+    ct = load_ct(s0000_ct)
     a = make_checkpoint(tmp_path / "a.pth", ["liver"], "test_threshold", (122, 101))
     b = make_checkpoint(tmp_path / "b.pth", ["liver"], "test_threshold_300", (122, 101))
     both = predict_volume(ct, [a, b], batch_slices=16)
@@ -172,8 +179,8 @@ def test_ensemble_averages_probabilities(tmp_path, unlabeled_ct):
     np.testing.assert_array_equal(both, expected)
 
 
-def test_ensemble_members_of_different_sizes_agree_where_the_members_agree(tmp_path, unlabeled_ct):
-    ct = load_ct(unlabeled_ct)
+def test_ensemble_members_of_different_sizes_agree_where_the_members_agree(tmp_path, s0000_ct):
+    ct = load_ct(s0000_ct)
     a = make_checkpoint(tmp_path / "a.pth", ["liver"], "test_threshold", (122, 101))
     b = make_checkpoint(tmp_path / "b.pth", ["liver"], "test_threshold", (64, 64), 3)
     both = predict_volume(ct, [a, b])
@@ -200,11 +207,11 @@ def test_ct_too_large_for_memory_is_refused_with_size_and_limit(tmp_path):
         predict_volume(huge, [ckpt])  # type: ignore[arg-type]
 
 
-def test_predict_file_refuses_before_reading_when_over_the_limit(tmp_path, unlabeled_ct):
+def test_predict_file_refuses_before_reading_when_over_the_limit(tmp_path, s0000_ct):
     ckpt = make_checkpoint(tmp_path / "m.pth", ["liver"])
     out = tmp_path / "p.nii.gz"
-    with pytest.raises(CtsegError, match=r"122 x 101 x 112 voxels.*0\.0 GB memory limit"):
-        predict_file(unlabeled_ct, [ckpt], out, memory_limit_bytes=1 << 20)
+    with pytest.raises(CtsegError, match=r"122 x 101 x 30 voxels.*0\.0 GB memory limit"):
+        predict_file(s0000_ct, [ckpt], out, memory_limit_bytes=1 << 20)
     assert not any(tmp_path.glob("p*"))
 
 
@@ -216,12 +223,12 @@ def test_batch_is_lowered_before_refusing(tmp_path):
     assert predictor.check_memory(shape, limit) == 4
 
 
-def test_existing_outputs_are_kept_unless_overwrite_and_never_half_written(tmp_path, unlabeled_ct):
+def test_existing_outputs_are_kept_unless_overwrite_and_never_half_written(tmp_path, s0000_ct):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
     out = tmp_path / "p.nii.gz"
     out.write_bytes(b"user data")
     with pytest.raises(ConfigError, match="exists; pass --overwrite"):
-        predict_file(unlabeled_ct, [ckpt], out)
+        predict_file(s0000_ct, [ckpt], out)
     assert out.read_bytes() == b"user data"
 
     def interrupt(done, total, info):
@@ -229,26 +236,26 @@ def test_existing_outputs_are_kept_unless_overwrite_and_never_half_written(tmp_p
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        predict_file(unlabeled_ct, [ckpt], out, overwrite=True, progress=interrupt, batch_slices=4)
+        predict_file(s0000_ct, [ckpt], out, overwrite=True, progress=interrupt, batch_slices=4)
     assert out.read_bytes() == b"user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.nii.gz", "t.pth"]
-    predict_file(unlabeled_ct, [ckpt], out, overwrite=True)
-    assert nib.load(str(out)).shape == (122, 101, 112)
+    predict_file(s0000_ct, [ckpt], out, overwrite=True)
+    assert nib.load(str(out)).shape == (122, 101, 30)
 
 
-def test_outputs_never_replace_the_inputs_or_a_folder_of_other_files(tmp_path, unlabeled_ct):
+def test_outputs_never_replace_the_inputs_or_a_folder_of_other_files(tmp_path, s0000_ct):
     """Even with overwrite: an output onto the CT, or --split-masks over a subject folder."""
     import shutil
 
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
     ct = tmp_path / "mine.nii.gz"
-    shutil.copy(unlabeled_ct, ct)
+    shutil.copy(s0000_ct, ct)
     before = ct.read_bytes()
     with pytest.raises(ConfigError, match="holds the input"):
         predict_file(ct, [ckpt], ct, overwrite=True)
     subject = tmp_path / "s0000"
     (subject / "segmentations").mkdir(parents=True)
-    shutil.copy(unlabeled_ct, subject / "ct.nii.gz")  # the dataset layout: the CT in the folder
+    shutil.copy(s0000_ct, subject / "ct.nii.gz")  # the dataset layout: the CT in the folder
     with pytest.raises(ConfigError, match="holds the input"):
         predict_file(subject / "ct.nii.gz", [ckpt], tmp_path / "s0000.nii.gz", split_masks=True,
                      overwrite=True)  # fmt: skip
@@ -265,19 +272,17 @@ def test_outputs_never_replace_the_inputs_or_a_folder_of_other_files(tmp_path, u
     assert [f.name for f in (tmp_path / "p" / "segmentations").iterdir()] == ["liver.nii.gz"]
 
 
-def test_a_file_that_is_no_ct_in_hounsfield_units_gets_a_warning(
-    tmp_path, unlabeled_ct, sample_root
-):
+def test_a_file_that_is_no_ct_in_hounsfield_units_gets_a_warning(tmp_path, s0000_ct, s0000_root):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
-    real = predict_file(unlabeled_ct, [ckpt], tmp_path / "ct.nii.gz")
+    real = predict_file(s0000_ct, [ckpt], tmp_path / "ct.nii.gz")
     assert not any("Hounsfield" in w for w in real["warnings"])
-    mask = sample_root / "s0000" / "segmentations" / "liver.nii.gz"
+    mask = s0000_root / "s0000" / "segmentations" / "liver.nii.gz"
     summary = predict_file(mask, [ckpt], tmp_path / "mask.nii.gz")
     assert any("values 0..1, which do not look like Hounsfield" in w for w in summary["warnings"])
 
 
 def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
-    tmp_path, unlabeled_ct, extra_dir, capsys
+    tmp_path, extra_dir, capsys
 ):
     from ctseg_core.cli import main
 
@@ -300,7 +305,7 @@ def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
     assert "holds only 0 and 1" in capsys.readouterr().err
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
     if not torch.cuda.is_available():
-        args = ["predict", "--ct", str(unlabeled_ct), "--checkpoint", str(ckpt), "--out",
+        args = ["predict", "--ct", str(ct), "--checkpoint", str(ckpt), "--out",
                 str(tmp_path / "p.nii.gz"), "--device", "cuda"]  # fmt: skip
         assert main(args) == 2
         err = capsys.readouterr().err
@@ -310,10 +315,10 @@ def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
     assert "is a file; give a folder" in capsys.readouterr().err
 
 
-def test_dicom_folder_gives_the_grid_of_the_converted_nifti(tmp_path, sample_root, extra_dir):
+def test_dicom_folder_gives_the_grid_of_the_converted_nifti(tmp_path, sample_root, shared_extra):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (128, 128))
     out = tmp_path / "d.nii.gz"
-    summary = predict_file(extra_dir / "dicom_s0001", [ckpt], out)
+    summary = predict_file(shared_extra / "dicom_s0001", [ckpt], out)
     reference = load_ct(sample_root / "s0001" / "ct.nii.gz")
     written = nib.load(str(out))
     assert written.shape == reference.original_shape == (512, 512, 20)
@@ -325,14 +330,14 @@ def test_dicom_folder_gives_the_grid_of_the_converted_nifti(tmp_path, sample_roo
     assert summary["spacing_mm"] == pytest.approx([0.9766, 0.9766, 2.0], abs=1e-4)
 
 
-def test_dicom_folder_with_two_series_reads_the_largest_and_says_so(tmp_path, extra_dir, capsys):
+def test_dicom_folder_with_two_series_reads_the_largest_and_says_so(tmp_path, shared_extra, capsys):
     import pydicom
 
     from ctseg_core.cli import main
 
     folder = tmp_path / "mixed"
     folder.mkdir()
-    files = sorted((extra_dir / "dicom_s0001").iterdir())
+    files = sorted((shared_extra / "dicom_s0001").iterdir())
     for path in files:
         (folder / path.name).write_bytes(path.read_bytes())
     for i, path in enumerate(files[:3]):  # a second, 3-slice series (e.g. a scout)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -16,9 +14,6 @@ from ctseg_core.metrics import (
     compute_volume_stats,
     overlap_counts,
 )
-
-EXTRA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "extra"
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -138,12 +133,10 @@ def test_dice_and_iou_equal_monai_on_random_multilabel_volumes():
     np.testing.assert_allclose(iou[1:], monai_iou, atol=1e-6, rtol=0)
 
 
-def test_real_fast_prediction_dice_equals_per_structure_mask_computation():
+def test_real_fast_prediction_dice_equals_per_structure_mask_computation(extra_dir):
     nib = pytest.importorskip("nibabel")
-    ref_path = EXTRA / "s0000_totalsegmentator_multilabel.nii.gz"
-    pred_path = EXTRA / "s0000_totalsegmentator_fast_multilabel.nii.gz"
-    if not (ref_path.is_file() and pred_path.is_file()):
-        pytest.skip("../shared/data/extra is not available")
+    ref_path = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    pred_path = extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
     reference = np.asarray(nib.load(ref_path).dataobj)  # uint8, Fortran order
     prediction = np.asarray(nib.load(pred_path).dataobj)
     dice, iou = compute_dice_iou(compute_confusion(reference, prediction))

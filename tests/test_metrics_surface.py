@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from scipy.spatial.distance import cdist
 from ctseg_core.errors import DataError
 from ctseg_core.metrics import compute_surface_metrics, surface_distances, surface_voxels
 
-EXTRA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "extra"
 SPACING_MM = (3.0, 3.0, 0.5)  # coarse in-plane, fine along z: the z offsets decide the distances
 
 
@@ -154,14 +152,12 @@ def test_surface_metrics_equal_monai_on_random_multilabel_volumes():
     np.testing.assert_allclose(result.surface_dice[1:], monai_nsd, atol=1e-6, rtol=0)
 
 
-def test_real_fast_prediction_matches_monai_on_every_present_structure():
+def test_real_fast_prediction_matches_monai_on_every_present_structure(extra_dir):
     nib = pytest.importorskip("nibabel")
     from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
-    ref_path = EXTRA / "s0000_totalsegmentator_multilabel.nii.gz"
-    pred_path = EXTRA / "s0000_totalsegmentator_fast_multilabel.nii.gz"
-    if not (ref_path.is_file() and pred_path.is_file()):
-        pytest.skip("../shared/data/extra is not available")
+    ref_path = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    pred_path = extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
     image = nib.load(ref_path)
     reference = np.asarray(image.dataobj)
     prediction = np.asarray(nib.load(pred_path).dataobj)

@@ -106,18 +106,26 @@ def test_class_lut_maps_unlearned_structures_to_background():
     assert lut[LABEL_OF["liver"]] == 0 and lut[0] == 0
 
 
-@pytest.fixture(scope="module")
-def sample_dataset(sample_root, tmp_path_factory):
+def _train_slices(root, cache) -> SliceDataset:
     config = RunConfig(
         DataConfig(
-            data_root=str(sample_root),
-            cache_dir=str(tmp_path_factory.mktemp("slices-cache")),
-            target_size=(64, 64),
-            context_slices=3,
+            data_root=str(root), cache_dir=str(cache), target_size=(64, 64), context_slices=3
         ),
         ModelConfig(**TINY),
     )
     return SliceDataset(config, "train")
+
+
+@pytest.fixture(scope="module")
+def sample_dataset(sample_root, tmp_path_factory):
+    """The train split of the 4-subject sample: s0000 (30 slices) and s0001 (20, 512 x 512)."""
+    return _train_slices(sample_root, tmp_path_factory.mktemp("slices-cache"))
+
+
+@pytest.fixture(scope="module")
+def s0000_dataset(s0000_root, tmp_path_factory):
+    """The train split of tests/data: s0000 alone (30 slices, 41 structures present)."""
+    return _train_slices(s0000_root, tmp_path_factory.mktemp("slices-cache"))
 
 
 def test_dataset_reads_resized_2p5d_slices_of_the_real_sample(sample_dataset):
@@ -167,8 +175,8 @@ def test_dataset_pickles_without_its_volumes_for_spawned_loader_workers(sample_d
     assert subjects.tolist() == [0, 1, 1]
 
 
-def test_sampler_oversamples_foreground_and_is_seeded(sample_dataset):
-    ds = sample_dataset
+def test_sampler_oversamples_foreground_and_is_seeded(s0000_dataset):
+    ds = s0000_dataset
     has_fg = ds.presence.any(axis=1)
     full = ForegroundSampler(ds, 400, foreground_fraction=1.0, seed=3)
     none = ForegroundSampler(ds, 400, foreground_fraction=0.0, seed=3)
@@ -183,11 +191,11 @@ def test_sampler_oversamples_foreground_and_is_seeded(sample_dataset):
     assert list(again) != list(full)
 
 
-def test_sampler_shards_one_draw_across_ranks_like_distributed_sampler(sample_dataset):
+def test_sampler_shards_one_draw_across_ranks_like_distributed_sampler(s0000_dataset):
     ranks = [
-        ForegroundSampler(sample_dataset, 10, 0.5, seed=1, rank=r, world_size=2) for r in (0, 1)
+        ForegroundSampler(s0000_dataset, 10, 0.5, seed=1, rank=r, world_size=2) for r in (0, 1)
     ]
-    whole = ForegroundSampler(sample_dataset, 10, 0.5, seed=1).draw().tolist()
+    whole = ForegroundSampler(s0000_dataset, 10, 0.5, seed=1).draw().tolist()
     assert len(ranks[0]) == len(ranks[1]) == 5
     assert list(ranks[0]) == whole[0::2] and list(ranks[1]) == whole[1::2]
 

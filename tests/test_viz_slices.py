@@ -256,14 +256,14 @@ def test_real_subject_displays_liver_on_image_left_and_aorta_before_spine(sample
 
 
 @pytest.mark.parametrize("subject", ["s0000", "s0001", "s0003"])  # RAS, LAS, LPS files
-def test_plane_positions_are_the_files_world_coordinates(sample_root, tmp_path, subject):
+def test_plane_positions_are_the_files_world_coordinates(root_of, tmp_path, subject):
     import nibabel as nib
 
     from ctseg_core.data.cache import open_cached
     from ctseg_core.viz.slices import plane_position_mm
 
-    entry = open_cached(sample_root, subject, tmp_path)
-    img = nib.load(sample_root / subject / "ct.nii.gz")
+    entry = open_cached(root_of(subject), subject, tmp_path)
+    img = nib.load(root_of(subject) / subject / "ct.nii.gz")
     codes = nib.aff2axcodes(img.affine)  # the file's own axes, read independently
     nz, nx, ny = entry.ct.shape
     for plane, axis, letter, count in (("sagittal", 0, "R", nx), ("coronal", 1, "A", ny),

@@ -102,8 +102,8 @@ def test_upload_names_never_make_a_path(name, label, stem):
     assert "/" not in label and "\\" not in label and not label.startswith(".")
 
 
-def test_hostile_names_are_saved_inside_the_folder(tmp_path, sample_root):
-    data = (sample_root / "s0000" / "ct.nii.gz").read_bytes()
+def test_hostile_names_are_saved_inside_the_folder(tmp_path, s0000_root):
+    data = (s0000_root / "s0000" / "ct.nii.gz").read_bytes()
     saved = save_ct_upload("../../escaped.nii.gz", data, tmp_path / "ct")
     assert saved.parent == tmp_path / "ct"
     checkpoint = save_checkpoint_upload("/tmp/x/../best.pth", b"x", tmp_path / "checkpoint")
