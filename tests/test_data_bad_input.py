@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -239,6 +240,20 @@ def test_info_lists_problem_subjects_and_carries_on(tmp_path, capsys):
     assert "s0001" in out and "mask shape (3, 3, 3) does not match" in out
     # nothing in the dataset folder was written
     assert sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*")) == before
+
+
+def test_info_json_exits_1_when_a_subject_failed(tmp_path, capsys):
+    data = tmp_path / "data"
+    _subject(data, "s0001")
+    bad = _subject(data, "s0002")
+    _save(bad / "segmentations" / "liver.nii.gz", np.zeros((3, 3, 3), np.uint8))
+    argv = ["info", "--data", str(data), "--cache", str(tmp_path / "c"), "--workers", "1"]
+    assert cli_main([*argv, "--json"]) == 1  # as without --json: a script sees the failure
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == ["s0002"] and len(summary["subjects"]) == 1
+    _save(bad / "segmentations" / "liver.nii.gz", np.zeros((16, 12, 8), np.uint8))
+    assert cli_main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["failed"] == []
 
 
 def test_cli_missing_dataset_exits_2_with_one_line(tmp_path, capsys):

@@ -4,6 +4,7 @@ not-annotated structures excluded, bad predictions refused, outputs written whol
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import nibabel as nib
@@ -106,8 +107,10 @@ def test_outputs_are_written_and_consistent(tmp_path, s0000_root, extra_dir):
         "evaluation_results_train.csv", "summary_train.csv", "detection_train.csv",
         "metrics_distribution_train.png", "structure_ranking_train.png",
         "segmentation_visualization_train.png", "3d_s0000.html", "plotly.min.js",
-        "source_train.json",
+        "source_train.json", "skipped_train.csv",
     ])  # fmt: skip
+    assert (out / "skipped_train.csv").read_text() == "subject,reason\n"  # every subject scored
+    assert results.attrs["skipped"] == {}
     table = pd.read_csv(out / "evaluation_results_train.csv")
     assert list(table.columns) == [
         "subject", "structure", "group", "dice", "iou", "hd95_mm", "surface_dice",
@@ -205,8 +208,12 @@ def test_bad_predictions_are_refused_with_one_line(tmp_path, s0000_root, extra_d
     with pytest.raises(DataError, match="cannot be read"):
         evaluate_predictions(s0000_root, "train", empty, tmp_path / "o", subjects=["s0000"])
     pair = train_pair(s0000_root, tmp_path / "pair")
-    with pytest.raises(DataError, match=r"no prediction for 1 subjects \(s0001\)"):
+    with pytest.raises(DataError) as exc:
         evaluate_predictions(pair, "train", empty, tmp_path / "o", subjects=None)
+    message = str(exc.value)
+    assert "\n" not in message and "split 'train'" in message and "(2 tried)" in message
+    assert re.search(r"s0000: \S*empty/s0000\.nii\.gz cannot be read", message)
+    assert f"s0001: no prediction s0001.nii.gz in {empty}" in message
     assert not (tmp_path / "o").exists()
 
 
@@ -234,17 +241,98 @@ def test_failed_run_leaves_the_previous_results_whole(tmp_path, s0000_root, extr
     evaluate_predictions(pair, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
     before = (out / "evaluation_results_train.csv").read_bytes()
     page = (out / "3d_s0000.html").read_bytes()
-    # another prediction of s0000 (another page would be drawn), then a bad one of s0001
+    # another prediction of s0000 (another page would be drawn), then Ctrl-C after s0000
     one_prediction(folder, "s0000", extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz")
-    bad = np.zeros((10, 10, 10), np.uint8)
-    bad[0, 0, 0] = 250
-    nib.save(nib.Nifti1Image(bad, np.eye(4)), str(folder / "s0001.nii.gz"))
-    with pytest.raises(DataError, match=r"s0001\.nii\.gz holds label values 0\.\.250"):
-        # s0000 is scored (and its 3D page drawn) before s0001 fails
-        evaluate_predictions(pair, "train", folder, out, mesh_subjects=1)
+
+    def interrupt(done, total, subject):
+        if subject == "s0000":  # scored, and its 3D page staged
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_predictions(pair, "train", folder, out, progress=interrupt, mesh_subjects=1)
     assert (out / "evaluation_results_train.csv").read_bytes() == before
     assert (out / "3d_s0000.html").read_bytes() == page
     assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".staged"))]
+
+
+def test_unreadable_prediction_is_skipped_and_listed_the_others_scored(
+    tmp_path, s0000_root, extra_dir, capsys
+):
+    """One bad file of a folder costs its subject, not the evaluation; the result says so
+    (skipped_<split>.csv, source_<split>.json, exit 1)."""
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    (folder / "s0001.nii.gz").write_bytes(b"\x1f\x8b" + b"\0" * 300)  # a truncated download
+    out, pair = tmp_path / "out", train_pair(s0000_root, tmp_path / "pair")
+    results = evaluate_predictions(pair, "train", folder, out, mesh_subjects=1)
+    assert set(results["subject"]) == {"s0000"}
+    assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()  # the reference's own labels
+    assert list(results.attrs["skipped"]) == ["s0001"]
+    assert "s0001.nii.gz cannot be read as NIfTI" in results.attrs["skipped"]["s0001"]
+    skipped = pd.read_csv(out / "skipped_train.csv")
+    assert skipped["subject"].tolist() == ["s0001"]
+    assert skipped.loc[0, "reason"] == results.attrs["skipped"]["s0001"]
+    source = json.loads((out / "source_train.json").read_text())
+    assert source["subjects"] == ["s0000"]
+    assert source["skipped"] == [{"subject": "s0001", "reason": skipped.loc[0, "reason"]}]
+    assert (out / "3d_s0000.html").is_file()
+
+    argv = ["evaluate", "--data", str(pair), "--split", "train", "--predictions",
+            str(folder), "--out", str(tmp_path / "cli"), "--no-report"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 1  # an unfinished result, its tables written
+    captured = capsys.readouterr()
+    assert "evaluated 1 subjects" in captured.out
+    assert f"not scored: 1 subjects (listed in {tmp_path / 'cli' / 'skipped_train.csv'})" in (
+        captured.err
+    )
+    assert "  - s0001: " in captured.err and "s0001.nii.gz cannot be read" in captured.err
+    cli_table = pd.read_csv(tmp_path / "cli" / "evaluation_results_train.csv")
+    assert set(cli_table["subject"]) == {"s0000"} and len(cli_table) == len(results)
+    assert main([*argv, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["structure"] == "spleen"
+    # only the subject it has: finished, exit 0, nothing listed
+    assert main([*argv, "--subjects", "s0000"]) == 0
+    assert pd.read_csv(tmp_path / "cli" / "skipped_train.csv").empty
+
+
+def test_checkpoint_scores_the_split_without_a_subject_whose_ct_cannot_be_read(
+    tmp_path, s0000_root, capsys
+):
+    """As training does, the subject whose CT is unreadable is left out and named; the others
+    are predicted and scored."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(s0000_root / "s0000", data / "s0000")
+    shutil.copytree(s0000_root / "s0000", data / "s0001")
+    blob = (data / "s0001" / "ct.nii.gz").read_bytes()
+    (data / "s0001" / "ct.nii.gz").write_bytes(blob[: len(blob) // 2])
+    (data / "meta.csv").write_text("image_id;split\ns0000;train\ns0001;train\n")
+    ckpt = rule_checkpoint(tmp_path / "run" / "best.pth", ["vertebrae_L1"], target=(122, 101))
+    argv = ["evaluate", "--data", str(data), "--split", "train", "--checkpoint", str(ckpt),
+            "--no-report", "--cache", str(tmp_path / "cache")]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "  - s0001: " in err and "s0001/ct.nii.gz cannot be read as NIfTI" in err
+    table = pd.read_csv(tmp_path / "run" / "evaluation" / "evaluation_results_train.csv")
+    assert table["subject"].tolist() == ["s0000"] and table["structure"].tolist() == [
+        "vertebrae_L1"
+    ]
+    seg = data / "s0000" / "segmentations" / "vertebrae_L1.nii.gz"
+    hu = np.asarray(nib.load(str(data / "s0000" / "ct.nii.gz")).dataobj)
+    expected = independent_dice(np.asarray(nib.load(str(seg)).dataobj), hu > 150.5)
+    assert table.loc[0, "dice"] == pytest.approx(expected, abs=1e-12)
+    skipped = pd.read_csv(tmp_path / "run" / "evaluation" / "skipped_train.csv")
+    assert skipped["subject"].tolist() == ["s0001"]
+    # when no subject can be read, nothing is scored: bad input, exit 2
+    assert main([*argv[:4], "val", *argv[5:]]) == 2
+    assert "holds no subjects" in capsys.readouterr().err
+    shutil.rmtree(data / "s0000")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no subject of split 'train'" in err and "(1 tried): s0001:" in err
 
 
 def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, sample_root):
@@ -294,11 +382,23 @@ def test_cli_evaluate_json_and_one_line_errors(tmp_path, s0000_root, extra_dir, 
     assert liver["dice_mean"] == 1.0 and liver["hd95_mm_mean"] == 0.0
     absent = next(r for r in summary if r["structure"] == "brain")
     assert absent["dice_mean"] is None
-    pair = train_pair(s0000_root, tmp_path / "pair")  # s0001 has no prediction
-    assert main(["evaluate", "--data", str(pair), "--split", "train", "--predictions",
+    root = train_pair(s0000_root, tmp_path / "pair")  # s0001 has no prediction
+    shutil.copytree(s0000_root / "s0000", root / "s0002")  # a validation subject, no prediction
+    (root / "meta.csv").write_text("image_id;split\ns0000;train\ns0001;train\ns0002;val\n")
+    assert main(["evaluate", "--data", str(root), "--split", "train", "--predictions",
+                 str(folder), "--out", str(tmp_path / "o"), "--no-report"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"  - s0001: no prediction s0001.nii.gz in {folder}" in err
+    assert main(["evaluate", "--data", str(root), "--split", "val", "--predictions",
                  str(folder), "--out", str(tmp_path / "o")]) == 2  # fmt: skip
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "s0001" in err and err.count("\n") == 1
+    assert err.startswith("error: no subject of split 'val'") and err.count("\n") == 1
+    assert "s0002: no prediction s0002.nii.gz" in err
+    # --split all: the subjects of every split (here the one the folder has)
+    assert main(["evaluate", "--data", str(root), "--split", "all", "--subjects", "s0000",
+                 "--predictions", str(folder), "--out", str(tmp_path / "o"), "--no-report"]) == 0  # fmt: skip
+    assert set(pd.read_csv(tmp_path / "o" / "evaluation_results_all.csv")["subject"]) == {"s0000"}
+    assert json.loads((tmp_path / "o" / "source_all.json").read_text())["split"] == "all"
 
 
 def test_cli_stats_and_export(tmp_path, s0000_root, extra_dir, capsys):
@@ -381,7 +481,7 @@ def test_a_new_evaluation_leaves_no_figures_of_the_previous_one(tmp_path, s0000_
     evaluate_predictions(s0000_root, "train", folder, out, subjects=["s0000"], report=False)
     assert sorted(p.name for p in out.iterdir()) == [
         "detection_train.csv", "evaluation_results_train.csv", "notes.txt", "plotly.min.js",
-        "source_train.json", "summary_train.csv",
+        "skipped_train.csv", "source_train.json", "summary_train.csv",
     ]  # fmt: skip
     assert json.loads((out / "source_train.json").read_text())["report_files"] == []
 

@@ -61,9 +61,10 @@ def run_info(args) -> int:
         summary = summarize_dataset(args.data, args.cache, workers=args.workers, progress=progress)
     finally:
         bar.close()
+    status = 1 if summary["failed"] else 0  # with --json too: a script sees the failure
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+        return status
     source = {"seeded": "a seeded split by subject"}.get(summary["split_source"], "meta.csv")
     print(f"dataset {summary['root']}  (splits from {source})")
     print("subjects: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
@@ -87,7 +88,7 @@ def run_info(args) -> int:
         print(f"problems ({len(summary['problems'])}):")
         for problem in summary["problems"]:
             print(f"  - {problem}")
-    return 1 if summary["failed"] else 0
+    return status
 
 
 def run_demo_data(args) -> int:

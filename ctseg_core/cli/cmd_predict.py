@@ -38,8 +38,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_predict)
 
     p = subparsers.add_parser(
-        "evaluate", help="score predictions of a dataset split: CSV tables, figures, 3D pages"
-    )
+        "evaluate", help="score predictions of a dataset split: CSV tables, figures, 3D pages",
+        epilog="exit status: 0 every subject scored; 1 some could not be (each listed with its "
+        "reason in OUT/skipped_<split>.csv; the tables hold the others); 2 bad input, or no "
+        "subject could be scored",
+    )  # fmt: skip
     p.add_argument(
         "--data", required=True, type=Path, help="dataset root (TotalSegmentator layout)"
     )
@@ -157,7 +160,7 @@ def run_evaluate(args) -> int:
     summary = summarize_results(results)
     if args.json:
         print(json.dumps(_json_safe(summary.to_dict(orient="records")), indent=2))
-        return 0
+        return _report_skipped(results.attrs.get("skipped", {}), args.out, args.split)
     scored = summary.dropna(subset=["dice_mean"])
     n_subjects = results["subject"].nunique()
     print(
@@ -166,7 +169,19 @@ def run_evaluate(args) -> int:
     if len(scored):
         print(f"mean Dice over structures {scored['dice_mean'].mean():.4f}")
         print(_summary_lines(scored))
-    return 0
+    return _report_skipped(results.attrs.get("skipped", {}), args.out, args.split)
+
+
+def _report_skipped(skipped: dict[str, str], out: Path, split: str) -> int:
+    """List the subjects an evaluation could not score (stderr); the exit status: 1 for such
+    an unfinished result (its tables are written all the same), else 0."""
+    if not skipped:
+        return 0
+    listed = Path(out) / f"skipped_{split}.csv"
+    print(f"not scored: {len(skipped)} subjects (listed in {listed}):", file=sys.stderr)
+    for sid, reason in skipped.items():
+        print(f"  - {sid}: {reason}", file=sys.stderr)
+    return 1
 
 
 def _summary_lines(scored) -> str:

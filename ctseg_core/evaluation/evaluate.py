@@ -31,6 +31,9 @@ from .tables import RESULT_COLUMNS, detection_table, summarize_results
 
 log = logging.getLogger(__name__)
 
+#: columns of ``skipped_<split>.csv``: the subjects an evaluation could not score, and why
+SKIPPED_COLUMNS = ("subject", "reason")
+
 
 def _has_usable_affine(path: Path) -> bool:
     """True when the NIfTI header carries a coded sform/qform with a finite, invertible matrix."""
@@ -148,6 +151,25 @@ def subject_rows(
     return rows
 
 
+def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolerance_mm):
+    """(rows, cached, reference, prediction) of one subject; DataError when it cannot be scored."""
+    cached = open_cached(root, sid, cache_dir)
+    annotated = cached.annotated.copy()
+    if model_labels is not None:
+        annotated &= model_labels
+        annotated[0] = True
+    reference = np.ascontiguousarray(cached.labels_xyz())
+    if folder is not None:
+        prediction = prediction_on_reference_grid(
+            find_prediction(folder, sid), reference.shape, cached.affine,
+            cached.original_shape, cached.original_affine,
+        )  # fmt: skip
+    else:
+        prediction = predictor.predict(_cached_ct_volume(cached))
+    rows = subject_rows(sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm)
+    return rows, cached, reference, prediction
+
+
 def _cached_ct_volume(cached: CachedSubject) -> Volume:
     return Volume(
         np.ascontiguousarray(cached.ct_xyz()),
@@ -158,11 +180,21 @@ def _cached_ct_volume(cached: CachedSubject) -> Volume:
     )
 
 
-def _check_model_structures(structures, root: Path, ids, cache_dir, split: str) -> None:
-    """ConfigError when no subject of the split annotates any structure the model predicts."""
+def _check_model_structures(
+    structures, root: Path, ids, cache_dir, split: str, skipped: dict[str, str]
+) -> None:
+    """ConfigError when no subject of the split annotates any structure the model predicts.
+
+    A subject that cannot be read is added to ``skipped`` (id -> reason) and left out.
+    """
     annotated = np.zeros(NUM_LABELS, dtype=bool)
     for sid in ids:
-        annotated |= open_cached(root, sid, cache_dir).annotated
+        try:
+            annotated |= open_cached(root, sid, cache_dir).annotated
+        except DataError as exc:
+            skipped[sid] = str(exc)
+    if len(skipped) == len(ids):
+        raise _nothing_scored(split, root, ids, skipped)
     wanted = [LABEL_OF[s] for s in structures]
     covered = [NAME_OF[k] for k in wanted if annotated[k]]
     if not covered:
@@ -177,6 +209,17 @@ def _check_model_structures(structures, root: Path, ids, cache_dir, split: str) 
             "%d of the checkpoint's %d structures are not annotated in split %r; they are not scored",
             len(wanted) - len(covered), len(wanted), split,
         )  # fmt: skip
+
+
+def _nothing_scored(split: str, root: Path, ids, skipped: dict[str, str]) -> DataError:
+    """The one-line error of an evaluation in which no subject could be scored (the first
+    three reasons, in the split's order)."""
+    reasons = "; ".join(f"{sid}: {skipped[sid]}" for sid in ids[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return DataError(
+        f"no subject of split {split!r} of {root} could be scored ({len(skipped)} tried): "
+        f"{reasons}{more}"
+    )
 
 
 def evaluate_predictions(
@@ -204,6 +247,13 @@ def evaluate_predictions(
     ``source_<split>.json`` (what was scored: ``evaluation_paths.write_source``) and, with
     ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
     ``evaluation_paths`` names a folder per source.
+
+    A subject that cannot be scored (no prediction file in the folder, an unreadable or wrong
+    prediction, a CT or mask that cannot be read: any DataError) is left out with a warning; the
+    others are scored. The left-out ones are listed with their reason in
+    ``skipped_<split>.csv`` (columns ``SKIPPED_COLUMNS``; header only when none), in
+    ``source_<split>.json`` and in ``results.attrs["skipped"]`` (id -> reason, in split order).
+    DataError when no subject could be scored (nothing is written then).
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")
@@ -229,14 +279,14 @@ def evaluate_predictions(
         )
 
     predictor, folder, model_labels = None, None, None
+    skipped: dict[str, str] = {}  # subject id -> why it was not scored
     if isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
-        missing = [s for s in ids if find_prediction(folder, s) is None]
-        if missing:
-            raise DataError(
-                f"{folder} has no prediction for {len(missing)} subjects ({', '.join(missing[:5])}); "
-                "expected <id>.nii.gz files, or evaluate only the subjects it has (--subjects)"
-            )
+        for sid in ids:
+            if find_prediction(folder, sid) is None:
+                skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
+        if len(skipped) == len(ids):
+            raise _nothing_scored(split, index.root, ids, skipped)
     else:
         checkpoints = [predictions] if isinstance(predictions, str | Path) else list(predictions)
         nifti = [p for p in checkpoints if str(p).endswith((".nii.gz", ".nii"))]
@@ -256,7 +306,7 @@ def evaluate_predictions(
         predictor = Predictor(checkpoints, device=device, tta=tta)
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
         model_labels[[LABEL_OF[s] for s in predictor.structures]] = True
-        _check_model_structures(predictor.structures, index.root, ids, cache_dir, split)
+        _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
 
     out_dir = Path(out_dir)
     previous = report_files_of(out_dir, split)  # an earlier evaluation's figures, if any
@@ -266,31 +316,29 @@ def evaluate_predictions(
     collector = ReportCollector(out_dir, split, mesh_subjects=mesh_subjects) if report else None
     try:
         for done, sid in enumerate(ids, start=1):
-            cached = open_cached(index.root, sid, cache_dir)
-            annotated = cached.annotated.copy()
-            if model_labels is not None:
-                annotated &= model_labels
-                annotated[0] = True
-            reference = np.ascontiguousarray(cached.labels_xyz())
-            if folder is not None:
-                prediction = prediction_on_reference_grid(
-                    find_prediction(folder, sid), reference.shape, cached.affine,
-                    cached.original_shape, cached.original_affine,
-                )  # fmt: skip
+            if sid in skipped:
+                log.warning("skipping %s: %s", sid, skipped[sid])
             else:
-                prediction = predictor.predict(_cached_ct_volume(cached))
-            subject = subject_rows(
-                sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm
-            )
-            rows.extend(subject)
-            if collector is not None:
-                collector.add_subject(sid, cached, reference, prediction, subject)
+                try:
+                    subject, cached, reference, prediction = _score_subject(
+                        sid, index.root, cache_dir, folder, predictor, model_labels, tolerance_mm
+                    )
+                except DataError as exc:
+                    skipped[sid] = str(exc)
+                    log.warning("skipping %s: %s", sid, exc)
+                else:
+                    rows.extend(subject)
+                    if collector is not None:
+                        collector.add_subject(sid, cached, reference, prediction, subject)
             if progress:
                 progress(done, len(ids), sid)
+        if len(skipped) == len(ids):
+            raise _nothing_scored(split, index.root, ids, skipped)
     except BaseException:
         if collector is not None:
             collector.discard()
         raise
+    skipped = {sid: skipped[sid] for sid in ids if sid in skipped}  # in the split's order
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     atomic_write_text(out_dir / f"evaluation_results_{split}.csv", results.to_csv(index=False))
     summary = summarize_results(results)
@@ -298,7 +346,13 @@ def evaluate_predictions(
     atomic_write_text(
         out_dir / f"detection_{split}.csv", detection_table(results).to_csv(index=False)
     )
+    table = pd.DataFrame(list(skipped.items()), columns=list(SKIPPED_COLUMNS))
+    atomic_write_text(out_dir / f"skipped_{split}.csv", table.to_csv(index=False))
     written = collector.finish(results, summary) if collector is not None else []
-    write_source(out_dir, predictions, index.root, split, ids, tolerance_mm, tta, written)
+    scored_ids = [sid for sid in ids if sid not in skipped]
+    write_source(
+        out_dir, predictions, index.root, split, scored_ids, tolerance_mm, tta, written, skipped
+    )
     remove_stale_report(previous, written)
+    results.attrs["skipped"] = skipped
     return results

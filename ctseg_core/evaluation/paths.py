@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -70,11 +70,14 @@ def write_source(
     tolerance_mm: float,
     tta: bool,
     report_files: Sequence[Path] = (),
+    skipped: Mapping[str, str] | None = None,
 ) -> None:
     """Record in ``out_dir/source_<split>.json`` what the split's tables there score (atomically).
 
     predictions: a folder, or the checkpoint paths of the ensemble; ``tta`` is recorded for
-    checkpoints only; ``report_files``: the figures and 3D pages written with the tables.
+    checkpoints only; ``report_files``: the figures and 3D pages written with the tables;
+    ``subjects``: those scored; ``skipped``: id -> reason of those that could not be scored
+    (recorded as ``[{"subject", "reason"}, ...]``).
     """
     from ..fileio import atomic_write_json
     from ..runs.run_folder import utc_now
@@ -88,6 +91,7 @@ def write_source(
         "dataset": str(Path(dataset_root).resolve()),
         "split": split,
         "subjects": list(subjects),
+        "skipped": [{"subject": k, "reason": v} for k, v in (skipped or {}).items()],
         "tolerance_mm": tolerance_mm,
         "report_files": [Path(p).name for p in report_files],
         "written": utc_now(),

@@ -49,25 +49,70 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
     return str(resolved), out, ""
 
 
+def _split_words(split: str) -> str:
+    return "all splits" if split == "all" else f"the {split} split"
+
+
+def choose_subjects(index, split: str, source) -> list[str]:
+    """The subjects to score: those of the split (with a file in a predictions folder), all of
+    them chosen by default and again whenever the folder or the split changes."""
+    if source is None or not split:
+        return []
+    ids = index.subjects_in(split)
+    label = "Subjects"
+    predictions = source[0]
+    if isinstance(predictions, str):  # a predictions folder: only the subjects it has
+        from ctseg_core.evaluation.evaluate import find_prediction
+
+        folder = Path(predictions)
+        have = [s for s in ids if find_prediction(folder, s) is not None]
+        if not have:
+            found = [index.splits.get(s) for s in index.subjects if find_prediction(folder, s)]
+            where = ", ".join(f"{name} ({found.count(name)})" for name in dict.fromkeys(found))
+            st.info(
+                f"The folder holds no `<subject id>.nii.gz` of {_split_words(split)}"
+                + (f"; its predictions are of {where}: choose that split, or all." if where else
+                   " nor of any other split."),
+                icon=":material/info:",
+            )  # fmt: skip
+        elif len(have) < len(ids):
+            label = f"Subjects (the folder has predictions of {len(have)} of the {len(ids)})"
+        ids = have
+    key = state.EVAL_FORM.subjects
+    if st.session_state.get(state.EVAL_SUBJECTS_AMONG) != ids:  # a new folder or split
+        st.session_state[state.EVAL_SUBJECTS_AMONG] = ids
+        st.session_state[key] = list(ids)
+    if not ids:
+        return []
+    return st.multiselect(
+        label, ids, key=key, placeholder="Choose the subjects to score",
+        help="All the subjects of the split (that the predictions folder has) by default.",
+    )  # fmt: skip
+
+
 def run_evaluation(root: str) -> None:
     index = cached.dataset_index(root)
     source = choose_source()
-    splits = [s for s in ("test", "val", "train") if index.subjects_in(s)]
-    cols = st.columns([1, 1, 2], vertical_alignment="bottom")
-    split = cols[0].selectbox("Split", splits, key=state.EVAL_FORM.split)
-    report = cols[1].toggle(
+    splits = [s for s in ("test", "val", "train") if index.subjects_in(s)] + ["all"]
+    top = st.columns([1, 3], vertical_alignment="bottom")
+    split = top[0].selectbox("Split", splits, key=state.EVAL_FORM.split)
+    with top[1]:
+        subjects = choose_subjects(index, split, source)
+    cols = st.columns([1, 3], vertical_alignment="bottom")
+    report = cols[0].toggle(
         "Write figures", key=state.EVAL_FORM.report,
         help="Also write the report figures and 3D pages into the evaluation folder (slower).",
     )  # fmt: skip
-    go = cols[2].button(
-        "Evaluate", type="primary", disabled=source is None or not split, key=state.EVAL_FORM.go
-    )
+    go = cols[1].button(
+        "Evaluate", type="primary", disabled=source is None or not subjects,
+        key=state.EVAL_FORM.go,
+    )  # fmt: skip
     if not go or source is None:
         return
     predictions, out_dir, label = source
     from ctseg_core.evaluation.evaluate import evaluate_predictions
 
-    bar = st.progress(0.0, text=f"Evaluating the {split} split …")
+    bar = st.progress(0.0, text=f"Evaluating {_split_words(split)} …")
 
     def progress(done: int, total: int, subject: str) -> None:
         bar.progress(done / max(total, 1), text=f"{done} / {total} subjects ({subject})")
@@ -75,7 +120,7 @@ def run_evaluation(root: str) -> None:
     try:
         results = evaluate_predictions(
             root, split, predictions, out_dir, progress=progress,
-            cache_dir=cached.cache_dir(), report=report,
+            cache_dir=cached.cache_dir(), subjects=subjects, report=report,
         )  # fmt: skip
     finally:
         bar.empty()
@@ -87,6 +132,8 @@ def run_evaluation(root: str) -> None:
         "results": results,
         "figures": _report_figures(out_dir, split),
         "split": split,
+        "subjects": len(subjects),
+        "skipped": dict(results.attrs.get("skipped", {})),
         "out_dir": str(out_dir),
         "checkpoint": label,
         "folder": "" if label else str(predictions),
@@ -110,7 +157,8 @@ def _report_figures(out_dir: Path, split: str) -> dict[str, bytes]:
 def _form_choice() -> tuple:
     """What the form asks to evaluate now: shown results of another choice are marked."""
     k = state.EVAL_FORM
-    return tuple(st.session_state.get(key) for key in (k.kind, k.checkpoint, k.folder, k.split))
+    keys = (k.kind, k.checkpoint, k.folder, k.split, k.subjects)
+    return tuple(st.session_state.get(key) for key in keys)
 
 
 def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) -> None:
@@ -153,8 +201,18 @@ def show_results(info: dict) -> None:
 
     results: pd.DataFrame = info["results"]
     st.divider()
-    st.subheader(f"Results on the {info['split']} split ({results['subject'].nunique()} subjects)")
+    scored = info.get("subjects", 0) - len(info.get("skipped") or {})
+    st.subheader(f"Results on {_split_words(info['split'])} ({scored} subjects)")
     st.caption(f"{info['checkpoint'] or 'predictions folder'} · files in {info['out_dir']}")
+    skipped = info.get("skipped") or {}
+    if skipped:
+        st.warning(
+            f"Not scored: {len(skipped)} of the {info.get('subjects')} subjects, left out of "
+            f"these results (skipped_{state.plain(info['split'])}.csv lists each with its "
+            "reason): " + ", ".join(state.plain(s) for s in skipped),
+            icon=":material/warning:",
+        )  # fmt: skip
+        st.dataframe(evalcharts.skipped_table(skipped), hide_index=True)
     if results.empty:
         st.warning("No structure was scored: none of the evaluated structures is annotated.")
         return
@@ -225,8 +283,8 @@ def main() -> None:
         if info.get("form") != _form_choice():
             what = info["checkpoint"] or "the predictions folder"
             st.info(
-                f"Below: the last results, of {what} on the {info['split']} split; press "
-                "Evaluate for the choice above.",
+                f"Below: the last results, of {state.plain(what)} on "
+                f"{_split_words(info['split'])}; press Evaluate for the choice above.",
                 icon=":material/history:",
             )
         state.guarded(lambda: show_results(info), "results")

@@ -189,3 +189,10 @@ def worst_case(results: pd.DataFrame, structure: str) -> tuple[str, float] | Non
     if not fp.empty:
         return str(fp.iloc[0]["subject"]), float("nan")
     return None
+
+
+def skipped_table(skipped: dict[str, str]) -> pd.DataFrame:
+    """The subjects an evaluation could not score and why (as ``skipped_<split>.csv``)."""
+    from ctseg_core.evaluation.evaluate import SKIPPED_COLUMNS
+
+    return pd.DataFrame(list(skipped.items()), columns=list(SKIPPED_COLUMNS))

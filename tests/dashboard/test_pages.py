@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from ctseg_core.data.cache import open_cached
@@ -304,6 +305,94 @@ def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
     z = at.slider(key="ctseg_explore_slice_axial").value - 1  # slices are numbered from 1
     per_slice = (np.asarray(entry.labels) == LABEL_OF[structure]).sum(axis=(1, 2))
     assert per_slice[z] == per_slice.max() > 0  # the slice with the most of it
+
+
+def _choose_folder(new_app, folder):
+    at = new_app("evaluate")
+    at.run()
+    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
+    at.run()
+    at.text_input(key="ctseg_eval_folder").set_value(str(folder))
+    at.run()
+    return at
+
+
+def test_evaluate_scores_the_subjects_a_folder_has_on_a_split_or_all(
+    app_env, tmp_path, new_app, no_problems
+):
+    """A folder with predictions of some subjects (TotalSegmentator run on one CT, say) is
+    scored on those, of one split or of all; no dead end."""
+    index = open_dataset(app_env["data"])
+    train = index.subjects_in("train")
+    have = train[:2]
+    _write_reference_predictions(app_env, tmp_path / "preds", have)
+    at = _choose_folder(new_app, tmp_path / "preds")
+    assert at.selectbox(key="ctseg_eval_split").options[-1] == "all"
+    at.selectbox(key="ctseg_eval_split").set_value("test")
+    at.run()
+    no_problems(at)
+    assert "its predictions are of train (2): choose that split, or all" in at.info[0].value
+    assert at.button(key="ctseg_eval_go").disabled
+    at.selectbox(key="ctseg_eval_split").set_value("train")
+    at.run()
+    assert at.multiselect(key="ctseg_eval_subjects").options == have
+    assert at.multiselect(key="ctseg_eval_subjects").value == have  # all it has, by default
+    label = at.multiselect(key="ctseg_eval_subjects").label
+    assert label == f"Subjects (the folder has predictions of 2 of the {len(train)})"
+    at.button(key="ctseg_eval_go").click()
+    at.run()
+    no_problems(at)
+    info = at.session_state["ctseg_eval_result"]
+    assert sorted(info["results"]["subject"].unique()) == have
+    assert np.allclose(info["results"]["dice"].dropna(), 1.0)
+    assert info["skipped"] == {} and not at.warning
+    assert at.subheader[0].value == "Results on the train split (2 subjects)"
+    # all splits, one subject chosen
+    at.selectbox(key="ctseg_eval_split").set_value("all")
+    at.run()
+    assert at.multiselect(key="ctseg_eval_subjects").value == have
+    at.multiselect(key="ctseg_eval_subjects").set_value([have[1]])
+    at.button(key="ctseg_eval_go").click()
+    at.run()
+    no_problems(at)
+    info = at.session_state["ctseg_eval_result"]
+    assert info["results"]["subject"].unique().tolist() == [have[1]]
+    assert at.subheader[0].value == "Results on all splits (1 subjects)"
+    written = Path(info["out_dir"]) / "evaluation_results_all.csv"
+    assert written.is_file() and json.loads(
+        (Path(info["out_dir"]) / "source_all.json").read_text()
+    )["subjects"] == [have[1]]
+    at.switch_page("app_pages/home.py")
+    at.run()
+    at.switch_page("app_pages/evaluate.py")
+    at.run()
+    assert at.multiselect(key="ctseg_eval_subjects").value == [have[1]]  # kept across pages
+    assert not [i for i in at.info if "the last results" in i.value]
+
+
+def test_evaluate_lists_the_subjects_it_could_not_score(app_env, tmp_path, new_app, no_problems):
+    index = open_dataset(app_env["data"])
+    train = index.subjects_in("train")
+    folder = tmp_path / "preds"
+    _write_reference_predictions(app_env, folder, train[:2])
+    (folder / f"{train[2]}.nii.gz").write_bytes(b"\x1f\x8b" + b"\0" * 100)  # cut short
+    at = _choose_folder(new_app, folder)
+    at.selectbox(key="ctseg_eval_split").set_value("train")
+    at.run()
+    assert at.multiselect(key="ctseg_eval_subjects").value == train[:3]
+    at.button(key="ctseg_eval_go").click()
+    at.run()
+    no_problems(at)
+    info = at.session_state["ctseg_eval_result"]
+    assert sorted(info["results"]["subject"].unique()) == train[:2]
+    warning = at.warning[0].value
+    assert warning.startswith("Not scored: 1 of the 3 subjects") and warning.endswith(train[2])
+    listed = at.dataframe[0].value
+    assert listed["subject"].tolist() == [train[2]]
+    assert f"{train[2]}.nii.gz cannot be read as NIfTI" in listed.loc[0, "reason"]
+    on_disk = pd.read_csv(Path(info["out_dir"]) / "skipped_train.csv")
+    assert on_disk.equals(listed)
+    assert at.subheader[0].value == "Results on the train split (2 subjects)"
 
 
 def test_evaluate_refuses_a_predictions_folder_outside_the_roots(
