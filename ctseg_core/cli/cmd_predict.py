@@ -29,6 +29,11 @@ def register(subparsers) -> None:
         help="also write OUT_statistics.csv: volume (ml) and mean/std HU per structure",
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="test-time augmentation (left/right safe)")
+    p.add_argument(
+        "--resample-uneven", action="store_true",
+        help="a DICOM series with missing slices or uneven spacing is interpolated onto a "
+        "uniform grid (said in the output) instead of refused",
+    )  # fmt: skip
     p.add_argument("--batch-slices", type=int, default=8, help="axial slices per batch (default 8)")
     p.add_argument(
         "--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1"
@@ -98,6 +103,7 @@ def run_predict(args) -> int:
             args.ct, args.checkpoint, args.out, split_masks=args.split_masks, tta=args.tta,
             batch_slices=args.batch_slices, device=args.device, progress=progress,
             overwrite=args.overwrite, statistics=args.statistics,
+            resample_uneven=args.resample_uneven,
         )  # fmt: skip
     finally:
         bar.close()

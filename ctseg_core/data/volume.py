@@ -129,17 +129,19 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
 
-def load_ct(path: str | Path, *, allow_nan: bool = False) -> Volume:
+def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool = False) -> Volume:
     """Load a CT (NIfTI file or DICOM series folder) as int16 Hounsfield units, canonical.
 
     Float CTs are rounded to int16 (after the NIfTI scl_slope/inter). Values are clipped to the
     int16 range. NaN or inf voxels raise DataError unless ``allow_nan``, then they become -1024 HU.
+    A DICOM series with missing slices or uneven spacing raises DataError unless
+    ``resample_uneven`` (see :func:`ctseg_core.data.dicom.read_dicom_series`).
     """
     path = Path(path)
     if path.is_dir():
         from .dicom import read_dicom_series
 
-        img = read_dicom_series(path)
+        img = read_dicom_series(path, resample_uneven=resample_uneven)
     else:
         img = read_image(path)
     data = np.asanyarray(img.dataobj)
