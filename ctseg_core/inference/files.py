@@ -48,7 +48,7 @@ class _Collect(logging.Handler):
 
 def load_ct_noting(ct_path: str | Path, **kwargs) -> tuple:
     """:func:`load_ct` with the warnings logged while reading (which DICOM series was chosen,
-    files left out, a resampled series): (Volume, [message, ...])."""
+    files left out, a resampled series, a NIfTI without orientation): (Volume, [message, ...])."""
     collect = _Collect()
     data_log = logging.getLogger("ctseg_core.data")
     data_log.addHandler(collect)
@@ -56,7 +56,8 @@ def load_ct_noting(ct_path: str | Path, **kwargs) -> tuple:
         ct = load_ct(ct_path, **kwargs)
     finally:
         data_log.removeHandler(collect)
-    return ct, collect.messages
+    # notes already warned about earlier in this process (once per file) are not logged again
+    return ct, [*collect.messages, *(n for n in ct.notes if n not in collect.messages)]
 
 
 def _stem(out_path: Path) -> str:
