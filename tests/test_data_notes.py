@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctseg_core.data import load_ct, load_subject
+from ctseg_core.data import load_ct, load_subject, open_dataset
 from ctseg_core.data.volume import load_label_volume
 from ctseg_core.inference.files import load_ct_noting
 from ctseg_core.labels import LABEL_OF
@@ -131,3 +131,22 @@ def test_files_with_orientation_say_nothing(tmp_path, caplog):
                      codes=codes)  # fmt: skip
         assert load_ct(path).notes == []
     assert _warnings(caplog) == []
+
+
+def test_an_empty_folder_or_a_file_in_the_dataset_root_is_said_as_skipped(tmp_path):
+    _subject(tmp_path, "s0001")
+    (tmp_path / "s0002").mkdir()
+    (tmp_path / "s0003.nii.gz").write_bytes(b"x")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    (tmp_path / "meta.csv").write_text("image_id;split\ns0001;train\n")
+    (tmp_path / ".DS_Store").write_bytes(b"x")
+    index = open_dataset(tmp_path)
+    assert index.subjects == ["s0001"]
+    assert index.problems == [
+        "notes: skipped, a folder without ct.nii.gz or segmentations/; add the CT or move the "
+        "folder out of the dataset folder",
+        "s0002: skipped, an empty folder; add <id>/ct.nii.gz or remove it",
+        "s0003.nii.gz: skipped, a file where a subject folder is expected (<id>/ct.nii.gz); "
+        "move it out of the dataset folder",
+    ]
