@@ -186,3 +186,7 @@ def test_predict_refuses_a_gap_and_resamples_it_on_request_saying_so(tmp_path, c
     assert "note: " in out and "IM0005.dcm" in out and "resampled, as asked" in out
     written = nib.load(str(tmp_path / "p.nii.gz"))
     assert written.shape == (8, 8, 10) and written.affine[2, 2] == pytest.approx(2.0)
+    # the labels lie on the resampled grid: `stats` reads the series the same way when asked
+    stats = ["stats", "--ct", str(tmp_path / "s"), "--labels", str(tmp_path / "p.nii.gz")]
+    assert main(stats) == 2 and "gap" in capsys.readouterr().err
+    assert main([*stats, "--resample-uneven", "--json"]) == 0

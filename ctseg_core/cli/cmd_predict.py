@@ -88,6 +88,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--ct", required=True, type=Path, help="CT .nii.gz or DICOM folder")
     p.add_argument("--labels", required=True, type=Path, help="multilabel .nii.gz on the CT")
+    p.add_argument(
+        "--resample-uneven", action="store_true",
+        help="read a DICOM series with missing slices or uneven spacing on a uniform grid",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the table as OUT.csv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -217,7 +221,7 @@ def run_stats(args) -> int:
         if args.out.suffix.lower() != ".csv":
             raise ConfigError(f"--out {args.out} must end with .csv (the table is CSV)")
         check_output(args.out, args.overwrite, [args.ct, args.labels])
-    ct = load_ct(args.ct)
+    ct = load_ct(args.ct, resample_uneven=args.resample_uneven)
     labels = prediction_on_reference_grid(
         args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine
     )
