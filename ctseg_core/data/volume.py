@@ -171,6 +171,8 @@ def _warn_once(path: Path, what: str, message: str) -> None:
     except OSError:
         key = (str(path), 0, 0, what)
     if key not in _WARNED:
+        if len(_WARNED) > 100_000:  # a long-running server: keep the set bounded
+            _WARNED.clear()
         _WARNED.add(key)
         log.warning("%s", message)
 
