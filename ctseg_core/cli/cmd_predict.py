@@ -29,6 +29,11 @@ def register(subparsers) -> None:
         help="also write OUT_statistics.csv: volume (ml) and mean/std HU per structure",
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="test-time augmentation (left/right safe)")
+    p.add_argument(
+        "--resample-uneven", action="store_true",
+        help="a DICOM series with missing slices or uneven spacing is interpolated onto a "
+        "uniform grid (said in the output) instead of refused",
+    )  # fmt: skip
     p.add_argument("--batch-slices", type=int, default=8, help="axial slices per batch (default 8)")
     p.add_argument(
         "--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1"
@@ -86,6 +91,10 @@ def register(subparsers) -> None:
     )
     p.add_argument("--ct", required=True, type=Path, help="CT .nii.gz or DICOM folder")
     p.add_argument("--labels", required=True, type=Path, help="multilabel .nii.gz on the CT")
+    p.add_argument(
+        "--resample-uneven", action="store_true",
+        help="read a DICOM series with missing slices or uneven spacing on a uniform grid",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the table as OUT.csv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
@@ -101,6 +110,7 @@ def run_predict(args) -> int:
             args.ct, args.checkpoint, args.out, split_masks=args.split_masks, tta=args.tta,
             batch_slices=args.batch_slices, device=args.device, progress=progress,
             overwrite=args.overwrite, statistics=args.statistics,
+            resample_uneven=args.resample_uneven,
         )  # fmt: skip
     finally:
         bar.close()
@@ -237,7 +247,7 @@ def run_stats(args) -> int:
         if args.out.suffix.lower() != ".csv":
             raise ConfigError(f"--out {args.out} must end with .csv (the table is CSV)")
         check_output(args.out, args.overwrite, [args.ct, args.labels])
-    ct = load_ct(args.ct)
+    ct = load_ct(args.ct, resample_uneven=args.resample_uneven)
     labels = prediction_on_reference_grid(
         args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine
     )

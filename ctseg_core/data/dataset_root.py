@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 CT_NAMES = ("ct.nii.gz", "ct.nii")
+#: files of a dataset root that are not subjects (TotalSegmentator ships meta.csv and a README)
+NOT_SUBJECTS = ("meta.csv", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
 
 
 def find_ct(subject_dir: Path) -> Path | None:
@@ -131,11 +133,26 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
     problems: list[str] = []
     subjects = []
     for child in sorted(root.iterdir()):
-        if not child.is_dir() or child.name.startswith("."):
+        if child.name.startswith(".") or child.name in NOT_SUBJECTS:
+            continue
+        if not child.is_dir():
+            problems.append(
+                f"{child.name}: skipped, a file where a subject folder is expected "
+                "(<id>/ct.nii.gz); move it out of the dataset folder"
+            )
             continue
         if find_ct(child) is None:
             if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
                 problems.append(f"{child.name}: no ct.nii.gz; add the CT or remove the folder")
+            elif not any(p for p in child.iterdir() if not p.name.startswith(".")):
+                problems.append(
+                    f"{child.name}: skipped, an empty folder; add <id>/ct.nii.gz or remove it"
+                )
+            else:
+                problems.append(
+                    f"{child.name}: skipped, a folder without ct.nii.gz or segmentations/; "
+                    "add the CT or move the folder out of the dataset folder"
+                )
             continue
         if not (child / "segmentations").is_dir():
             problems.append(

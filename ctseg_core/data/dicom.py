@@ -1,4 +1,14 @@
-"""DICOM series input through SimpleITK's series reader (GDCM sorts slices; we never hand-sort).
+"""DICOM series input: each slice read with SimpleITK (GDCM decodes it), stacked by its position.
+
+As dcm2niix and 3D Slicer's DICOM module do, the slices are ordered along the slice normal by
+ImagePositionPatient and the stack is checked before it becomes a volume:
+
+- files that cannot be read (truncated, damaged, not DICOM) are left out and named in a warning;
+- a position stored twice is kept once when both files hold the same pixels, refused otherwise;
+- missing slices or uneven spacing are refused with the positions and the gap in mm, unless
+  ``resample_uneven``: then the slices are interpolated onto a uniform grid, with a warning;
+- slices of different size, orientation or pixel spacing, and sheared stacks (gantry tilt), are
+  refused.
 
 The result is a NIfTI image in world RAS+ coordinates, as dcm2niix/dicom2nifti would write it,
 so the rest of the library treats a DICOM folder exactly like a ``ct.nii.gz``.
@@ -7,17 +17,36 @@ so the rest of the library treats a DICOM folder exactly like a ``ct.nii.gz``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from .image_limits import max_voxels
 
 log = logging.getLogger(__name__)
 
 # SimpleITK works in LPS+ world coordinates, NIfTI in RAS+.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+#: slice positions closer than this (mm) along the normal are the same position
+SAME_POSITION_MM = 0.01
+#: a gap differing from the series' step by more than this fraction (or SAME_POSITION_MM) is uneven
+STEP_TOLERANCE = 0.01
+
+
+@dataclass
+class _Slice:
+    """The header of one slice file: position (LPS, mm), row and column directions, pixel size."""
+
+    path: Path
+    position: np.ndarray  # (3,) ImagePositionPatient, LPS mm
+    row: np.ndarray  # (3,) direction of increasing column index (array x)
+    col: np.ndarray  # (3,) direction of increasing row index (array y)
+    spacing: tuple[float, float]  # (x, y) mm
+    size: tuple[int, int, int]  # (columns, rows, frames)
+    thickness: float
 
 
 def list_series(folder: str | Path) -> dict[str, list[str]]:
@@ -38,18 +67,204 @@ def list_series(folder: str | Path) -> dict[str, list[str]]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
-    """Read the CT series in ``folder`` as an int16 NIfTI image (HU, RAS+ affine).
+def _tag(reader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
 
-    When the folder holds several series the largest is read and the choice is logged (the
-    other UIDs with their slice counts). Raises DataError when there is no DICOM series.
-    """
+
+def series_name(first_file: str | Path, uid: str = "") -> str:
+    """How a user knows a series: 'series 3 "CT Abdomen 2.0"' (SeriesNumber, SeriesDescription);
+    the UID when the header has neither, '(unnamed series)' when it has no UID either."""
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(first_file))
+    try:
+        reader.ReadImageInformation()
+        number, description = _tag(reader, "0020|0011"), _tag(reader, "0008|103e")
+    except RuntimeError:
+        number = description = ""
+    parts = [f"series {number}" if number else "", f'"{description}"' if description else ""]
+    name = " ".join(p for p in parts if p)
+    return name or (f"series {uid}" if uid else "(unnamed series)")
+
+
+def _read_header(path: Path) -> _Slice | None:
+    """The slice header of one file, or None when SimpleITK cannot read it."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    direction = np.array(reader.GetDirection()).reshape(3, 3)
+    size = tuple(int(n) for n in reader.GetSize()) + (1,) * (3 - reader.GetDimension())
+    try:
+        thickness = float(_tag(reader, "0018|0050") or 0.0)
+    except ValueError:
+        thickness = 0.0
+    return _Slice(path, np.array(reader.GetOrigin(), dtype=float), direction[:, 0],
+                  direction[:, 1], tuple(reader.GetSpacing()[:2]), size[:3],
+                  thickness)  # fmt: skip
+
+
+def _read_pixels(path: Path) -> np.ndarray | None:
+    """(X, Y) int16 HU of one slice file (rescale applied, rounded, clipped), or None."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        return None
+    data = sitk.GetArrayFromImage(image)  # (1, rows, cols)
+    data = data.reshape(data.shape[-2:]).T
+    if np.issubdtype(data.dtype, np.floating):
+        data = np.rint(data)
+    return np.clip(data, -32768, 32767).astype(np.int16)
+
+
+def _names(paths, limit: int = 5) -> str:
+    names = [Path(p).name for p in paths]
+    return ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
+
+
+def _check_alike(folder: Path, name: str, slices: list[_Slice]) -> None:
+    """Refuse a series whose slices differ in size, orientation or pixel spacing."""
+    kinds: dict[tuple, int] = {}
+    for s in slices:
+        key = (s.size, tuple(np.round(np.r_[s.row, s.col], 3)), tuple(np.round(s.spacing, 3)))
+        kinds[key] = kinds.get(key, 0) + 1
+    if len(kinds) > 1:
+        shown = "; ".join(
+            f"{n} of {k[0][0]} x {k[0][1]} pixels, {k[2][0]:g} x {k[2][1]:g} mm, "
+            f"orientation {' '.join(f'{v:g}' for v in k[1])}"
+            for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:3]
+        )
+        raise DataError(
+            f"{folder}: {name} mixes slices of different size, pixel spacing or orientation "
+            f"({shown}); export the CT's axial slices alone into the folder"
+        )
+
+
+def _gaps_text(positions: np.ndarray, step: float, uneven: np.ndarray) -> str:
+    """'a 4 mm gap between the slices at 6 and 10 mm (1 slice missing?)', for up to 3 gaps."""
+    texts = []
+    for i in np.flatnonzero(uneven)[:3]:
+        gap = positions[i + 1] - positions[i]
+        missing = round(gap / step) - 1
+        guess = ""
+        if missing >= 1 and abs(gap - (missing + 1) * step) <= max(
+            SAME_POSITION_MM, STEP_TOLERANCE * step
+        ):
+            guess = f" ({missing} slice{'s' if missing > 1 else ''} missing?)"
+        texts.append(
+            f"a {gap:.4g} mm gap between the slices at {positions[i]:.4g} and "
+            f"{positions[i + 1]:.4g} mm{guess}"
+        )
+    more = int(uneven.sum()) - len(texts)
+    return "; ".join(texts) + (f"; {more} more" if more > 0 else "")
+
+
+def _resample(stack: np.ndarray, positions: np.ndarray, count: int) -> np.ndarray:
+    """(X, Y, Z) int16 slices at increasing ``positions`` -> (X, Y, count) on a uniform grid
+    from the first to the last position, linearly interpolated between neighbouring slices."""
+    targets = np.linspace(positions[0], positions[-1], count)
+    out = np.empty((*stack.shape[:2], count), dtype=np.int16)
+    upper = np.clip(np.searchsorted(positions, targets, side="right"), 1, len(positions) - 1)
+    for k, (t, j) in enumerate(zip(targets, upper, strict=True)):
+        w = (t - positions[j - 1]) / (positions[j] - positions[j - 1])
+        w = min(max(w, 0.0), 1.0)
+        mixed = (1 - w) * stack[:, :, j - 1].astype(np.float32) + w * stack[:, :, j]
+        out[:, :, k] = np.clip(np.rint(mixed), -32768, 32767)
+    return out
+
+
+def _stack(folder: Path, name: str, slices: list[_Slice], normal, unreadable: list[Path]):
+    """Sort ``slices`` along ``normal``, merge duplicate positions, read the pixels.
+
+    Returns the (X, Y, Z) int16 stack and the slices read, in stack order. Files whose pixels
+    cannot be read are appended to ``unreadable``.
+    """
+    along = np.array([float(s.position @ normal) for s in slices])
+    groups: list[list[int]] = []
+    for i in np.argsort(along, kind="stable"):
+        if groups and along[i] - along[groups[-1][0]] <= SAME_POSITION_MM:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    cols, rows = slices[0].size[:2]
+    if cols * rows * len(groups) > max_voxels():
+        raise DataError(
+            f"{folder}: {name} has {len(groups)} slices of {cols} x {rows} pixels, over the "
+            f"limit of {max_voxels():,} voxels (CTSEG_MAX_VOXELS); give one CT series"
+        )
+    stack = np.empty((cols, rows, len(groups)), dtype=np.int16)
+    kept: list[_Slice] = []
+    duplicates = 0
+    for group in groups:
+        first: _Slice | None = None
+        for i in group:
+            pixels = _read_pixels(slices[i].path)
+            if pixels is None or pixels.shape != (cols, rows):
+                unreadable.append(slices[i].path)
+            elif first is None:
+                first = slices[i]
+                stack[:, :, len(kept)] = pixels
+                kept.append(first)
+            elif np.array_equal(pixels, stack[:, :, len(kept) - 1]):
+                duplicates += 1
+            else:
+                raise DataError(
+                    f"{folder}: {name} holds two different slices at the same position "
+                    f"({along[i]:.4g} mm: {first.path.name} and {slices[i].path.name}), e.g. two "
+                    "phases or reconstructions; put each in its own folder"
+                )
+    if duplicates:
+        log.warning(
+            "%s: %s stores %s twice with identical pixels; each was read once",
+            folder, name, _count(duplicates, "slice position"),
+        )  # fmt: skip
+    return stack[:, :, : len(kept)], kept
+
+
+def _check_not_sheared(folder: Path, name: str, slices: list[_Slice], normal) -> None:
+    """Refuse slices whose positions drift in-plane along the stack (a gantry tilt)."""
+    offsets = np.array([s.position for s in slices]) - slices[0].position
+    along = offsets @ normal
+    drift = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    extent = float(along.max() - along.min())
+    if extent > 0 and drift.max() > max(SAME_POSITION_MM, 1e-3 * extent):
+        tilt = np.degrees(np.arctan(drift.max() / extent))
+        raise DataError(
+            f"{folder}: {name} is sheared: its slices shift {drift.max():.3g} mm in-plane over "
+            f"{extent:.4g} mm (a gantry tilt of about {tilt:.2g} degrees); convert it with "
+            "dcm2niix, which corrects the tilt, and give the .nii.gz"
+        )
+
+
+def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> nib.Nifti1Image:
+    """Read the CT series in ``folder`` as an int16 NIfTI image (HU, RAS+ affine).
+
+    When the folder holds several series the largest is read and the choice is logged by the
+    series' number and description. Unreadable files are left out with a warning. Raises
+    DataError when there is no DICOM series, for different pixels at one position, for slices
+    of different geometry, and for missing slices or uneven spacing unless ``resample_uneven``
+    (then the stack is interpolated onto a uniform grid of the median step, with a warning).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; give a folder of .dcm files of one CT series")
     series = list_series(folder)
+    listed = {Path(f).name for files in series.values() for f in files}
+    unreadable = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+        and p.name not in listed
+    ]  # fmt: skip
     if not series:
         nifti = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))
         hint = f"; for a NIfTI CT give the file ({nifti[0]})" if nifti else ""
@@ -57,30 +272,108 @@ def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
             f"{folder} holds no readable DICOM series; give a folder of CT .dcm files{hint}"
         )
     uid = max(series, key=lambda u: len(series[u]))
+    name = series_name(series[uid][0], uid)
     if len(series) > 1:
-        others = ", ".join(f"{u} ({len(f)} files)" for u, f in series.items() if u != uid)
+        others = ", ".join(
+            f"{series_name(f[0], u)} ({len(f)} files)" for u, f in series.items() if u != uid
+        )
         log.warning(
             "%s holds %d series; reading the largest, %s (%d files); others: %s",
-            folder, len(series), uid, len(series[uid]), others,
+            folder, len(series), name, len(series[uid]), others,
         )  # fmt: skip
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series[uid])
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise DataError(f"{folder}: DICOM series {uid} cannot be read ({first_line})") from None
-    data_zyx = sitk.GetArrayFromImage(image)  # (Z, Y, X): numpy order is reversed in SimpleITK
-    data = np.ascontiguousarray(data_zyx.transpose(2, 1, 0))
-    if np.issubdtype(data.dtype, np.floating):
-        data = np.rint(data)
-    data = np.clip(data, -32768, 32767).astype(np.int16)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    spacing = np.array(image.GetSpacing())
+    slices: list[_Slice] = []
+    for path in map(Path, series[uid]):
+        header = _read_header(path)
+        if header is None:
+            unreadable.append(path)
+        else:
+            slices.append(header)
+    if len(series[uid]) == 1 and slices and slices[0].size[2] > 1:
+        return _read_volume_file(folder, slices[0].path)
+    if any(s.size[2] > 1 for s in slices):
+        raise DataError(
+            f"{folder}: {name} holds multi-frame files among others; convert it with dcm2niix "
+            "and give the .nii.gz"
+        )
+    if slices:
+        _check_alike(folder, name, slices)
+        normal = np.cross(slices[0].row, slices[0].col)
+        _check_not_sheared(folder, name, slices, normal)
+        stack, kept = _stack(folder, name, slices, normal, unreadable)
+    if unreadable:
+        log.warning(
+            "%s: left out %s that cannot be read as DICOM (truncated, damaged or not DICOM): %s",
+            folder, _count(len(unreadable), "file"), _names(unreadable),
+        )  # fmt: skip
+    if not slices or not kept:
+        raise DataError(
+            f"{folder}: no file of {name} can be read ({_names(unreadable)}); "
+            "copy or export the series again"
+        )
+    positions = np.array([s.position @ normal for s in kept])
+    stack, step = _uniform(folder, name, stack, positions, len(unreadable), resample_uneven)
+    step = step or kept[0].thickness or 1.0
+    first = kept[0]
+    axes = np.column_stack(
+        [first.row * first.spacing[0], first.col * first.spacing[1], normal * step]
+    )
+    return _nifti(stack, axes, first.position)
+
+
+def _uniform(folder, name, stack, positions, unreadable: int, resample_uneven: bool):
+    """The stack and its step (mm; None for one slice) when evenly spaced; else DataError, or
+    with ``resample_uneven`` the stack interpolated onto a uniform grid of the median step."""
+    if len(positions) < 2:
+        return stack, None
+    gaps = np.diff(positions)
+    step = float(np.median(gaps))
+    uneven = np.abs(gaps - step) > max(SAME_POSITION_MM, STEP_TOLERANCE * step)
+    if uneven.any():
+        where = _gaps_text(positions, step, uneven)
+        left_out = f" ({_count(unreadable, 'unreadable file')} left out)" if unreadable else ""
+        if not resample_uneven:
+            raise DataError(
+                f"{folder}: {name} is not evenly spaced: {where}; the other slices are "
+                f"{step:.4g} mm apart{left_out}. Give the complete series, or pass "
+                "--resample-uneven (resample_uneven=True) to interpolate it onto a uniform grid"
+            )
+        count = round((positions[-1] - positions[0]) / step) + 1
+        stack = _resample(stack, positions, count)
+        log.warning(
+            "%s: %s is not evenly spaced: %s%s; resampled, as asked, onto a uniform %.4g mm grid "
+            "of %d slices (linear interpolation between neighbouring slices)",
+            folder, name, where, left_out, (positions[-1] - positions[0]) / (count - 1), count,
+        )  # fmt: skip
+    return stack, float(positions[-1] - positions[0]) / (stack.shape[2] - 1)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _nifti(data: np.ndarray, axes_lps: np.ndarray, origin_lps: np.ndarray) -> nib.Nifti1Image:
+    """An int16 (X, Y, Z) array on LPS axes (3, 3: one column per array axis, mm) as RAS+ NIfTI."""
     affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
-    affine[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin())
+    affine[:3, :3] = _LPS_TO_RAS @ axes_lps
+    affine[:3, 3] = _LPS_TO_RAS @ origin_lps
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return img
+
+
+def _read_volume_file(folder: Path, path: Path) -> nib.Nifti1Image:
+    """A single multi-frame DICOM file, read whole by SimpleITK."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise DataError(f"{folder}: {path.name} cannot be read ({last})") from None
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # SimpleITK's numpy order is (Z, Y, X)
+    if np.issubdtype(data.dtype, np.floating):
+        data = np.rint(data)
+    data = np.ascontiguousarray(np.clip(data, -32768, 32767).astype(np.int16))
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return _nifti(data, direction @ np.diag(image.GetSpacing()), np.array(image.GetOrigin()))

@@ -82,7 +82,8 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
     """Load a subject folder: CT (int16 HU) and the combined uint8 label volume, canonical.
 
     Raises DataError (one line naming the file) for an unreadable CT or mask, a mask on another
-    grid, or a subject without CT. Unknown mask file names are reported in ``problems``.
+    grid, or a subject without CT. Unknown mask file names, masks of values other than 0 and 1
+    and a CT read without orientation are reported in ``problems``.
     """
     subject_dir = Path(subject_dir)
     ct_path = find_ct(subject_dir)
@@ -93,7 +94,7 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
     annotated = np.zeros(NUM_LABELS, dtype=bool)
     annotated[0] = True
     mask_voxels = np.zeros(NUM_LABELS, dtype=np.int64)
-    problems: list[str] = []
+    problems: list[str] = list(ct.notes)  # what was assumed reading the CT (no orientation)
     files, unknown = mask_files(subject_dir)
     if not (subject_dir / "segmentations").is_dir():
         problems.append(f"{subject_dir.name}: no segmentations/ folder (nothing annotated)")
@@ -106,7 +107,7 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
     overlap = 0
     for name in sorted(files, key=LABEL_OF.__getitem__):
         value = LABEL_OF[name]
-        mask = load_mask(files[name], ct)
+        mask = load_mask(files[name], ct, problems)  # notes masks of values other than 0/1
         annotated[value] = True
         count = int(np.count_nonzero(mask))
         mask_voxels[value] = count

@@ -8,8 +8,10 @@ grid with :func:`from_canonical`, so they overlay in 3D Slicer and ITK-SNAP.
 from __future__ import annotations
 
 import gzip
+import io
+import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +20,8 @@ import numpy as np
 from ..errors import DataError
 from .image_limits import check_claimed_size
 from .image_limits import short_path as _short
+
+log = logging.getLogger(__name__)
 
 #: voxel-to-world matrices closer than this (mm, and unitless for rotations) count as the same grid
 AFFINE_TOLERANCE = 1e-3
@@ -42,6 +46,8 @@ class Volume:
     #: (qform_code, sform_code) of the file on disk, given back to outputs on its grid (NIfTI:
     #: 1 scanner, 2 aligned, 0 unset); DICOM and volumes without a file: scanner
     xform_codes: tuple[int, int] = (1, 1)
+    #: what was assumed while reading (a NIfTI without orientation or voxel size), one line each
+    notes: list[str] = field(default_factory=list)
 
     @property
     def orientation(self) -> str:
@@ -129,17 +135,19 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
 
-def load_ct(path: str | Path, *, allow_nan: bool = False) -> Volume:
+def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool = False) -> Volume:
     """Load a CT (NIfTI file or DICOM series folder) as int16 Hounsfield units, canonical.
 
     Float CTs are rounded to int16 (after the NIfTI scl_slope/inter). Values are clipped to the
     int16 range. NaN or inf voxels raise DataError unless ``allow_nan``, then they become -1024 HU.
+    A DICOM series with missing slices or uneven spacing raises DataError unless
+    ``resample_uneven`` (see :func:`ctseg_core.data.dicom.read_dicom_series`).
     """
     path = Path(path)
     if path.is_dir():
         from .dicom import read_dicom_series
 
-        img = read_dicom_series(path)
+        img = read_dicom_series(path, resample_uneven=resample_uneven)
     else:
         img = read_image(path)
     data = np.asanyarray(img.dataobj)
@@ -149,7 +157,65 @@ def load_ct(path: str | Path, *, allow_nan: bool = False) -> Volume:
         data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
     array, affine = to_canonical(data, img.affine)
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img))  # fmt: skip
+                  _xform_codes(img), _geometry_notes(path, img))  # fmt: skip
+
+
+#: (file, mtime, size, what) already warned about in this process: one warning per file
+_WARNED: set[tuple] = set()
+
+
+def _warn_once(path: Path, what: str, message: str) -> None:
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, what)
+    except OSError:
+        key = (str(path), 0, 0, what)
+    if key not in _WARNED:
+        if len(_WARNED) > 100_000:  # a long-running server: keep the set bounded
+            _WARNED.clear()
+        _WARNED.add(key)
+        log.warning("%s", message)
+
+
+def _raw_header(path: Path):
+    """The NIfTI header of ``path`` as written (nibabel's reader replaces a zero pixdim by 1)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        raw = handle.read(540)
+    nifti2 = raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
+    header_class = nib.Nifti2Header if nifti2 else nib.Nifti1Header
+    return header_class.from_fileobj(io.BytesIO(raw), check=False)
+
+
+def _geometry_notes(path: Path, img) -> list[str]:
+    """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
+    reads both on a default grid without a word), warned once per file; [] when nothing was."""
+    if path.is_dir():
+        return []  # a DICOM series: its geometry is checked by the DICOM reader
+    try:
+        header = _raw_header(path)
+    except Exception:  # the file was read once already; a header we cannot parse says nothing
+        return []
+    notes = {}
+    zooms = np.asarray(header["pixdim"][1:4], dtype=float)
+    zero = [axis for axis, z in zip("xyz", zooms, strict=True) if not z > 0]
+    if zero and int(header["sform_code"]) == 0:  # an sform states the voxel size itself
+        notes["voxel size"] = (
+            f"{_short(path)} gives voxel size {' x '.join(f'{z:g}' for z in zooms)} mm: 1 mm was "
+            f"assumed along {', '.join(zero)}; write the real voxel size (pixdim) into the file"
+        )
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        sizes = " x ".join(f"{s:g}" for s in spacing_of(img.affine))
+        notes["orientation"] = (
+            f"{_short(path)} has no orientation (qform_code = sform_code = 0): read as "
+            f"{''.join(nib.aff2axcodes(img.affine))} with {sizes} mm voxels centred on the "
+            "origin (the Analyze default), so left/right and position may be wrong; write the "
+            "file with its qform/sform (e.g. convert the DICOM again with dcm2niix)"
+        )
+    for what, note in notes.items():
+        _warn_once(path, what, note)
+    return list(notes.values())
 
 
 def _float_to_hu(data: np.ndarray, path: Path, allow_nan: bool) -> np.ndarray:
@@ -211,15 +277,50 @@ def check_same_grid(path: Path, shape, affine, ref_shape, ref_affine, what: str 
         )
 
 
-def load_mask(path: str | Path, ct: Volume) -> np.ndarray:
+def mask_values_note(data: np.ndarray, path: Path) -> str | None:
+    """One line saying how a mask holding values other than 0 and 1 was read, or None.
+
+    bool, 0/1 and 0/255 (a common binary export) masks say nothing.
+    """
+    if data.dtype == np.bool_ or data.size == 0:
+        return None
+    if np.issubdtype(data.dtype, np.floating):
+        if np.all((data == 0) | (data == 1)):
+            return None
+        finite = data[np.isfinite(data)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        nan = f", {data.size - finite.size} NaN/inf" if finite.size < data.size else ""
+        return (
+            f"{_short(path)} is a mask of non-binary values ({low:g}..{high:g}{nan}); voxels "
+            "above 0.5 were read as the structure. Save the mask as 0/1 integers"
+        )
+    low, high = int(data.min()), int(data.max())
+    if low >= 0 and (high <= 1 or (high == 255 and not np.any((data != 0) & (data != 255)))):
+        return None
+    values = np.unique(data)
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    return (
+        f"{_short(path)} is a mask holding the values {shown} (not only 0 and 1); every voxel "
+        "above 0 was read as the structure. Save the mask as 0/1"
+    )
+
+
+def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> np.ndarray:
     """Load one structure mask on ``ct``'s grid as a canonical (X, Y, Z) bool array.
 
-    Raises DataError when its shape or affine differs from the CT's.
+    Raises DataError when its shape or affine differs from the CT's. A mask holding values
+    other than 0 and 1 is read as "above 0" (floats: "above 0.5"), warned once per file and
+    said in ``notes``.
     """
     path = Path(path)
     img = read_image(path)
     data = np.asanyarray(img.dataobj)
     check_same_grid(path, data.shape, img.affine, ct.original_shape, ct.original_affine)
+    note = mask_values_note(data, path)
+    if note:
+        _warn_once(path, "mask values", note)
+        if notes is not None:
+            notes.append(note)
     array, _ = to_canonical(_mask_from_data(data), img.affine)
     return array
 
@@ -246,7 +347,7 @@ def load_label_volume(path: str | Path, num_labels: int = 117) -> Volume:
         )
     array, affine = to_canonical(data.astype(np.uint8), img.affine)
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img))  # fmt: skip
+                  _xform_codes(img), _geometry_notes(path, img))  # fmt: skip
 
 
 def _xform_codes(img) -> tuple[int, int]:

@@ -46,6 +46,20 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def load_ct_noting(ct_path: str | Path, **kwargs) -> tuple:
+    """:func:`load_ct` with the warnings logged while reading (which DICOM series was chosen,
+    files left out, a resampled series, a NIfTI without orientation): (Volume, [message, ...])."""
+    collect = _Collect()
+    data_log = logging.getLogger("ctseg_core.data")
+    data_log.addHandler(collect)
+    try:
+        ct = load_ct(ct_path, **kwargs)
+    finally:
+        data_log.removeHandler(collect)
+    # notes already warned about earlier in this process (once per file) are not logged again
+    return ct, [*collect.messages, *(n for n in ct.notes if n not in collect.messages)]
+
+
 def _stem(out_path: Path) -> str:
     name = out_path.name
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
@@ -120,6 +134,7 @@ def predict_file(
     overwrite: bool = False,
     memory_limit_bytes: int | None = None,
     statistics: bool = False,
+    resample_uneven: bool = False,
 ) -> dict:
     """Predict a CT file or DICOM series folder and write the results beside ``out_path``.
 
@@ -127,7 +142,8 @@ def predict_file(
     structures found with voxel counts and ml, warnings met while reading (e.g. a DICOM folder
     with several series: the largest is read), seconds. Raises ConfigError for an ``out_path``
     that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT too large
-    for memory (before reading it when its header tells the size).
+    for memory (before reading it when its header tells the size). A DICOM series with missing
+    slices or uneven spacing is refused unless ``resample_uneven`` (then the warnings say so).
     """
     from .predictor import Predictor
 
@@ -153,13 +169,7 @@ def predict_file(
             header_shape = None
         if header_shape and len(header_shape) == 3:
             predictor.check_memory(header_shape, memory_limit_bytes)
-    collect = _Collect()
-    data_log = logging.getLogger("ctseg_core.data")
-    data_log.addHandler(collect)
-    try:
-        ct = load_ct(ct_path)
-    finally:
-        data_log.removeHandler(collect)
+    ct, read_warnings = load_ct_noting(ct_path, resample_uneven=resample_uneven)
     labels = predictor.predict(ct, progress=progress, memory_limit_bytes=memory_limit_bytes)
 
     values = [LABEL_OF[s] for s in predictor.structures]
@@ -199,6 +209,6 @@ def predict_file(
         ],
         "tta": bool(tta),
         "structures_found": found,
-        "warnings": [*collect.messages, *filter(None, [hu_problem(ct.array, str(ct_path))])],
+        "warnings": [*read_warnings, *filter(None, [hu_problem(ct.array, str(ct_path))])],
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -44,14 +44,18 @@ def choose_checkpoint(workdir: Path) -> str | None:
     return str(saved)
 
 
-def _name_uploads(exc: CtsegError, ct_label: str) -> CtsegError:
-    """The same error naming the uploads instead of the server's temporary copies of them."""
+def _named(text: str, ct_label: str) -> str:
+    """``text`` naming the uploads instead of the server's temporary copies of them."""
 
     def label(match: re.Match) -> str:
         return ct_label if match.group(1) == "ct" else Path(match.group(0)).name
 
-    text = re.sub(r"\S*ctseg-predict-[^\s/]*/(ct|checkpoint)/[^\s:;,()]*", label, str(exc))
-    return type(exc)(text)
+    return re.sub(r"\S*ctseg-predict-[^\s/]*/(ct|checkpoint)/[^\s:;,()]*", label, text)
+
+
+def _name_uploads(exc: CtsegError, ct_label: str) -> CtsegError:
+    """The same error naming the uploads instead of the server's temporary copies of them."""
+    return type(exc)(_named(str(exc), ct_label))
 
 
 def run_prediction() -> None:
@@ -69,10 +73,16 @@ def run_prediction() -> None:
 
 def predict_upload(upload, workdir: Path) -> None:
     """The checkpoint choice and the Predict button; on a click, label the upload into the state."""
-    from ctseg_core.data.volume import hu_problem, load_ct, save_on_original_grid
+    from ctseg_core.data.volume import hu_problem, save_on_original_grid
+    from ctseg_core.inference.files import load_ct_noting
     from ctseg_core.inference.predictor import predict_volume
 
     checkpoint = choose_checkpoint(workdir)
+    resample = st.checkbox(
+        "Resample a DICOM series with missing slices or uneven spacing onto a uniform grid "
+        "(otherwise it is refused)",
+        key=state.PREDICT_VIEW.resample_uneven,
+    )
     go = st.button(
         "Predict",
         type="primary",
@@ -84,7 +94,8 @@ def predict_upload(upload, workdir: Path) -> None:
     uploads.ct_kind(upload.name)
     label = uploads.upload_label(upload.name)
     with st.spinner(f"Reading {label} …"):
-        ct = load_ct(uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct"))
+        saved = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
+        ct, notes = load_ct_noting(saved, resample_uneven=resample)
     bar = st.progress(0.0, text="Predicting …")
 
     def progress(done: int, total: int, info: str = "") -> None:
@@ -102,7 +113,8 @@ def predict_upload(upload, workdir: Path) -> None:
         "affine": ct.affine,
         "nifti": out.read_bytes(),
         "checkpoint": Path(checkpoint).name,
-        "warning": hu_problem(ct.array, label),
+        # what reading said (files left out, a resampled series, the series chosen), then HU
+        "warnings": [_named(n, label) for n in [*notes, hu_problem(ct.array, label)] if n],
     }
 
 
@@ -114,8 +126,8 @@ def show_result(result: dict) -> None:
     counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)
     values = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
     st.subheader(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
-    if result.get("warning"):
-        st.warning(result["warning"], icon=":material/warning:")
+    for warning in result.get("warnings", []):
+        st.warning(state.plain(warning), icon=":material/warning:")
     entries = label_entries(values)
     cols = st.columns(3)
     cols[0].download_button(

@@ -1,0 +1,80 @@
+"""Small CT series written with pydicom (uncompressed, 8 x 8 pixels), for the DICOM reader tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def slice_pixels(k: int, rows: int = 8, cols: int = 8) -> np.ndarray:
+    """(rows, cols) int16 stored values of slice ``k``: distinct per slice and per pixel."""
+    return (np.arange(rows * cols, dtype=np.int16).reshape(rows, cols) * 3 + 100 * k).astype(
+        np.int16
+    )
+
+
+def write_slice(
+    path: Path,
+    z_mm: float,
+    pixels: np.ndarray,
+    *,
+    series_uid: str = "1.2.826.0.1.3680043.8.498.100",
+    sop_uid: str,
+    description: str = "CT Abdomen 2.0",
+    number: int = 3,
+    origin_xy: tuple[float, float] = (-10.0, -20.0),
+    pixel_spacing: tuple[float, float] = (0.5, 0.75),
+) -> None:
+    """One axial CT slice at ``z_mm`` (LPS), HU = stored - 1024."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.Modality = "CT"
+    ds.PatientID = "test"
+    ds.SeriesDescription = description
+    ds.SeriesNumber = number
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [origin_xy[0], origin_xy[1], z_mm]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = list(pixel_spacing)  # row spacing (y), column spacing (x)
+    ds.SliceThickness = 2.0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+
+def write_series(folder: Path, z_mm, *, start: int = 1, pixels_of=None, **kwargs) -> list[Path]:
+    """Slices at the positions ``z_mm``, one file each, numbered from ``start`` (``IM0001.dcm``,
+    SOPInstanceUID ``<series>.1``, ...).
+
+    ``pixels_of(i)`` gives the stored pixels of file i (default: ``slice_pixels(i)``).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = kwargs.get("series_uid", "1.2.826.0.1.3680043.8.498.100")
+    paths = []
+    for i, z in enumerate(z_mm):
+        path = folder / f"IM{start + i:04d}.dcm"
+        pixels = pixels_of(i) if pixels_of else slice_pixels(i)
+        write_slice(path, float(z), pixels, sop_uid=f"{series_uid}.{start + i}", **kwargs)
+        paths.append(path)
+    return paths

@@ -1,0 +1,192 @@
+"""A DICOM series is read as what it is: pydicom-written series of 8 x 8 pixels with one fault each."""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+from dicom_kit import slice_pixels, write_series
+
+from ctseg_core.data.dicom import read_dicom_series
+from ctseg_core.data.volume import load_ct
+from ctseg_core.errors import DataError
+
+Z_MM = np.arange(10) * 2.0  # ten slices 2 mm apart, at 0..18 mm
+HU = slice_pixels(0).T.astype(np.int16) - 1024  # (X, Y) HU of slice 0; slice k adds 100 k
+
+
+def _hu(k: float) -> np.ndarray:
+    return HU + np.int16(round(100 * k))
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_complete_series_gives_its_grid_and_hu_in_ras(tmp_path):
+    write_series(tmp_path / "s", Z_MM[::-1])  # files in the reverse order of their positions
+    img = read_dicom_series(tmp_path / "s")
+    data = np.asarray(img.dataobj)
+    assert data.shape == (8, 8, 10) and data.dtype == np.int16
+    for k in range(10):  # file k lies at 18 - 2k mm: stacked upward along z
+        np.testing.assert_array_equal(data[:, :, 9 - k], _hu(k))
+    # LPS origin (-10, -20, 0) and pixel spacing (0.75 mm x, 0.5 mm y) in RAS+
+    expected = np.array([[-0.75, 0, 0, 10], [0, -0.5, 0, 20], [0, 0, 2, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(img.affine, expected)
+    assert int(img.header["qform_code"]) == int(img.header["sform_code"]) == 1
+
+
+def test_a_truncated_file_is_named_and_its_gap_refused_with_the_positions(tmp_path, caplog):
+    files = write_series(tmp_path / "s", Z_MM)
+    files[4].write_bytes(files[4].read_bytes()[:300])  # the slice at 8 mm
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "s")
+    message = _one_line(exc)
+    assert "a 4 mm gap between the slices at 6 and 10 mm (1 slice missing?)" in message
+    assert "the other slices are 2 mm apart" in message and "--resample-uneven" in message
+    assert 'series 3 "CT Abdomen 2.0"' in message
+    (warning,) = _warnings(caplog)
+    assert "left out 1 file that cannot be read as DICOM" in warning and "IM0005.dcm" in warning
+
+
+def test_a_truncated_end_slice_is_left_out_with_a_warning(tmp_path, caplog):
+    files = write_series(tmp_path / "s", Z_MM)
+    files[0].write_bytes(files[0].read_bytes()[:-40])  # pixel data cut short
+    img = read_dicom_series(tmp_path / "s")
+    assert img.shape == (8, 8, 9)
+    np.testing.assert_allclose(img.affine[:3, 2:], [[0, 10], [0, 20], [2, 2]])  # from 2 mm up
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 0], _hu(1))
+    (warning,) = _warnings(caplog)
+    assert "left out 1 file" in warning and "IM0001.dcm" in warning
+
+
+def test_missing_slices_are_interpolated_onto_a_uniform_grid_when_asked(tmp_path, caplog):
+    files = write_series(tmp_path / "s", Z_MM)
+    files[4].unlink()
+    ct = load_ct(tmp_path / "s", resample_uneven=True)
+    assert ct.array.shape == (8, 8, 10) and ct.spacing_mm == pytest.approx((0.75, 0.5, 2.0))
+    for k in (0, 3, 5, 9):
+        np.testing.assert_array_equal(ct.array[::-1, ::-1, k], _hu(k))  # RAS flips x and y
+    np.testing.assert_array_equal(ct.array[::-1, ::-1, 4], _hu(4))  # halfway between 3 and 5
+    (warning,) = _warnings(caplog)
+    assert "a 4 mm gap between the slices at 6 and 10 mm" in warning
+    assert "resampled, as asked, onto a uniform 2 mm grid of 10 slices" in warning
+
+
+def test_uneven_spacing_is_refused_or_resampled_to_the_median_step(tmp_path, caplog):
+    z = [0, 2, 4, 6, 9, 11, 13, 15, 17, 19]  # one 3 mm step among 2 mm steps
+    write_series(tmp_path / "s", z)
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "s")
+    assert "not evenly spaced: a 3 mm gap between the slices at 6 and 9 mm;" in _one_line(exc)
+    img = read_dicom_series(tmp_path / "s", resample_uneven=True)
+    data = np.asarray(img.dataobj)
+    assert data.shape == (8, 8, 11)  # 0..19 mm in steps of 1.9 mm
+    assert img.affine[2, 2] == pytest.approx(1.9) and img.affine[2, 3] == pytest.approx(0)
+    # 3.8 mm lies between the slices at 2 and 4 mm: 90 % of the way
+    np.testing.assert_array_equal(data[:, :, 2], np.rint(_hu(1) + 0.9 * 100).astype(np.int16))
+    assert "grid of 11 slices" in _warnings(caplog)[-1]
+
+
+def test_positions_stored_twice_with_the_same_pixels_are_read_once(tmp_path, caplog):
+    write_series(tmp_path / "s", Z_MM)
+    write_series(tmp_path / "s", Z_MM[:5], start=101)  # new SOPInstanceUIDs, same slices
+    img = read_dicom_series(tmp_path / "s")
+    assert img.shape == (8, 8, 10) and img.affine[2, 2] == pytest.approx(2.0)
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 3], _hu(3))
+    (warning,) = _warnings(caplog)
+    assert "stores 5 slice positions twice with identical pixels; each was read once" in warning
+
+
+def test_positions_stored_twice_with_different_pixels_are_refused(tmp_path):
+    write_series(tmp_path / "s", Z_MM)
+    write_series(tmp_path / "s", [8.0], start=101, pixels_of=lambda i: slice_pixels(4) + 7)
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "s")
+    message = _one_line(exc)
+    assert "two different slices at the same position (8 mm: IM0005.dcm and IM0101.dcm)" in message
+
+
+def test_the_series_chosen_among_several_is_named_by_number_and_description(tmp_path, caplog):
+    write_series(tmp_path / "s", Z_MM, description="CT Body", number=3)
+    scout = "1.2.826.0.1.3680043.8.498.200"
+    write_series(tmp_path / "s", [0, 5, 10], series_uid=scout, start=50, description="Topogram",
+                 number=1)  # fmt: skip
+    assert read_dicom_series(tmp_path / "s").shape == (8, 8, 10)
+    (warning,) = _warnings(caplog)
+    assert 'holds 2 series; reading the largest, series 3 "CT Body" (10 files)' in warning
+    assert 'others: series 1 "Topogram" (3 files)' in warning
+
+
+def test_a_sheared_series_is_refused_with_its_tilt(tmp_path):
+    for k, z in enumerate(Z_MM):  # each slice 0.5 mm further in y: a gantry tilt of ~14 degrees
+        write_series(tmp_path / "s", [z], start=k + 1, origin_xy=(-10.0, -20.0 + 0.5 * k),
+                     pixels_of=lambda i, k=k: slice_pixels(k))  # fmt: skip
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "s")
+    message = _one_line(exc)
+    assert "is sheared: its slices shift 4.5 mm in-plane over 18 mm" in message
+    assert "gantry tilt of about 14 degrees" in message and "dcm2niix" in message
+
+
+def test_slices_of_different_sizes_are_refused(tmp_path):
+    write_series(tmp_path / "s", Z_MM[:9])
+    write_series(tmp_path / "s", [18.0], start=10, pixels_of=lambda i: slice_pixels(9, 16, 16))
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "s")
+    message = _one_line(exc)
+    assert "mixes slices of different size" in message
+    assert "9 of 8 x 8 pixels" in message and "1 of 16 x 16 pixels" in message
+
+
+def test_the_real_series_reads_as_its_nifti_conversion(shared_extra, sample_root):
+    ct = load_ct(shared_extra / "dicom_s0001")
+    nifti = load_ct(sample_root / "s0001" / "ct.nii.gz")
+    np.testing.assert_array_equal(ct.array, nifti.array)
+    np.testing.assert_allclose(ct.affine, nifti.affine, atol=1e-3)
+    assert isinstance(read_dicom_series(shared_extra / "dicom_s0001"), nib.Nifti1Image)
+
+
+def _checkpoint(path):
+    """A tiny untrained U-Net checkpoint: what it predicts does not matter here, the grid does."""
+    import torch
+
+    from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+    from ctseg_core.models import build_model
+    from ctseg_core.models.checkpoint import save_checkpoint
+
+    cfg = RunConfig(data=DataConfig(target_size=(16, 16), structures=["liver"]),
+                    model=ModelConfig(features=[4, 8], bottleneck=8))  # fmt: skip
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(cfg.model), config=cfg)
+    return path
+
+
+def test_predict_refuses_a_gap_and_resamples_it_on_request_saying_so(tmp_path, capsys):
+    from ctseg_core.cli import main
+
+    files = write_series(tmp_path / "s", Z_MM)
+    files[4].write_bytes(files[4].read_bytes()[:300])
+    ckpt = _checkpoint(tmp_path / "t.pth")
+    argv = ["predict", "--ct", str(tmp_path / "s"), "--checkpoint", str(ckpt),
+            "--out", str(tmp_path / "p.nii.gz")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "a 4 mm gap between the slices at 6 and 10 mm" in err
+    assert not (tmp_path / "p.nii.gz").exists()
+    assert main([*argv, "--resample-uneven"]) == 0
+    out = capsys.readouterr().out
+    assert "note: " in out and "IM0005.dcm" in out and "resampled, as asked" in out
+    written = nib.load(str(tmp_path / "p.nii.gz"))
+    assert written.shape == (8, 8, 10) and written.affine[2, 2] == pytest.approx(2.0)
+    # the labels lie on the resampled grid: `stats` reads the series the same way when asked
+    stats = ["stats", "--ct", str(tmp_path / "s"), "--labels", str(tmp_path / "p.nii.gz")]
+    assert main(stats) == 2 and "gap" in capsys.readouterr().err
+    assert main([*stats, "--resample-uneven", "--json"]) == 0
