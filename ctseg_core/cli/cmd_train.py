@@ -220,9 +220,7 @@ def run_train(args) -> int:
                     raise
                 from ..runs.status import failure_text
 
-                where = (
-                    "" if isinstance(exc, CtsegError) else f" (traceback in {run_dir}/error.log)"
-                )
+                where = f" (traceback in {trainer.error_log})" if trainer.error_log else ""
                 print(f"error: run {run_dir} failed: {failure_text(exc)}{where}", file=sys.stderr)
                 return 1
         finally:

@@ -77,6 +77,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.run_dir: Path | None = None
         self.resume_ckpt: dict | None = None
+        self.error_log: Path | None = None  # where the traceback of a failure went
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.stopper = StopControl(stop_event, self.rank, self.world)
         self.status = StatusFile(self.rank, self.stopper.event)
@@ -203,14 +204,16 @@ class Trainer:
 
     def _keep_traceback(self, text: str) -> None:
         """An unexpected failure's traceback: into ``error.log`` of the run folder (status.json
-        and the CLI keep one line), and the log at DEBUG; at ERROR when it cannot be written."""
+        and the CLI keep one line; ``error_log`` says where it went), and the log at DEBUG; one
+        line at ERROR when it cannot be written (a full disk: the traceback is no use there)."""
         log.debug("training failed:\n%s", text)
         if self.rank != 0 or self.run_dir is None:
             return
         try:
             atomic_write_text(self.run_dir / "error.log", text)
-        except OSError:
-            log.error("training failed:\n%s", text)
+            self.error_log = self.run_dir / "error.log"
+        except OSError as exc:
+            log.error("could not write %s/error.log (%s)", self.run_dir, exc.strerror or exc)
 
     def _end(self, state: str, message: str, error: str | None = None, eta_s=None) -> None:
         p = self._state
