@@ -64,7 +64,13 @@ def register(subparsers) -> None:
         choices=list(PRESETS),
         help="start from a named preset (ctseg_core.training.presets; flags override it)",
     )
-    a("--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its last.pth")
+    a(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run folder from its last.pth (or from a checkpoint file of it: "
+        "RUN_DIR/best.pth, RUN_DIR/checkpoint_epoch<N>.pth)",
+    )
     a(
         "--run",
         "--run-name",
@@ -248,11 +254,12 @@ def _refuse_settings_on_resume(args) -> None:
         for dest in dests
         if dest not in ("epochs", *_HARDWARE) and getattr(args, dest, None) not in (None, False)
     ]
+    folder = args.resume.parent if args.resume.is_file() else args.resume
     if given:
         raise ConfigError(
             f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "
             "would not apply (only --epochs, --device, --amp, --workers and --cache do); to train "
-            f"with other settings start a new run: --config {args.resume}/config.json and the flags"
+            f"with other settings start a new run: --config {folder}/config.json and the flags"
         )
 
 
