@@ -8,6 +8,7 @@ interrupted write leaves at most a ``.tmp-*`` file behind, never a half file und
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -25,6 +26,9 @@ def _read_umask() -> int:
 
 #: mode of files written here: what a plain open() would give (mkstemp alone gives 0600)
 FILE_MODE = 0o666 & ~_read_umask()
+
+#: ``OSError.errno`` of a full disk, or of a full quota on it
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 @contextlib.contextmanager

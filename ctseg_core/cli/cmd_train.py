@@ -74,7 +74,13 @@ def register(subparsers) -> None:
         choices=list(PRESETS),
         help="start from a named preset (ctseg_core.training.presets; flags override it)",
     )
-    a("--resume", type=Path, metavar="RUN_DIR", help="continue a run folder from its last.pth")
+    a(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run folder from its last.pth (or from a checkpoint file of it: "
+        "RUN_DIR/best.pth, RUN_DIR/checkpoint_epoch<N>.pth)",
+    )
     a(
         "--run",
         "--run-name",
@@ -226,9 +232,7 @@ def run_train(args) -> int:
                     raise
                 from ..runs.status import failure_text
 
-                where = (
-                    "" if isinstance(exc, CtsegError) else f" (traceback in {run_dir}/error.log)"
-                )
+                where = f" (traceback in {trainer.error_log})" if trainer.error_log else ""
                 print(f"error: run {run_dir} failed: {failure_text(exc)}{where}", file=sys.stderr)
                 return 1
         finally:
@@ -256,11 +260,12 @@ def _refuse_settings_on_resume(args) -> None:
         for dest in dests
         if dest not in ("epochs", *_HARDWARE) and getattr(args, dest, None) not in (None, False)
     ]
+    folder = args.resume.parent if args.resume.is_file() else args.resume
     if given:
         raise ConfigError(
             f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "
             "would not apply (only --epochs, --device, --amp, --workers and --cache do); to train "
-            f"with other settings start a new run: --config {args.resume}/config.json and the flags"
+            f"with other settings start a new run: --config {folder}/config.json and the flags"
         )
 
 

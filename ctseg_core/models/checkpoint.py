@@ -13,8 +13,11 @@ checkpoint alone (``load_model``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
+import shlex
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,14 +26,32 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..errors import CtsegError
-from ..fileio import atomic_path
+from ..errors import ConfigError, CtsegError
+from ..fileio import DISK_FULL, atomic_path
 from . import build_model
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ctseg-checkpoint"
 VERSION = 1
+
+#: what torch's own writer raises when a write fails (it does not pass the OSError on): the
+#: first failure, and the one its cleanup raises over it ("[enforce fail at
+#: inline_container.cc:672] . unexpected pos 704 vs 598")
+_TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "iostream error")
+
+
+class CheckpointWriteError(CtsegError):
+    """A checkpoint could not be written (a full disk, a refused write); the file under its
+    name, if any, is the previous one, whole."""
+
+
+class UnreadableCheckpoint(CtsegError):
+    """A checkpoint file that cannot be used; ``problem`` is the message without the advice."""
+
+    def __init__(self, problem: str, advice: str = "use best.pth/last.pth of a ctseg run"):
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
 
 
 def _plain_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -82,9 +103,55 @@ def save_checkpoint(
         "rng": rng_state(),
     }
     path = Path(path)
-    with atomic_path(path, suffix=".pth") as tmp:
-        torch.save(payload, tmp)
-    return path
+    reason, full = None, False
+    try:
+        with atomic_path(path, suffix=".pth") as tmp:
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not any(s in str(exc) for s in _TORCH_WRITE_FAILED):
+            raise
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        full = isinstance(exc, OSError) and exc.errno in DISK_FULL
+    if reason is None:
+        return path
+    # raised out of the except block: the failed write's traceback holds torch's writer, and
+    # with it the open (already deleted) temporary file and all the disk space it took
+    gc.collect()
+    need = _tensor_bytes(payload)
+    if full or _free_bytes(path.parent) < need:
+        raise CheckpointWriteError(no_space_text(path.parent, need))
+    raise CheckpointWriteError(f"cannot write {path} ({reason})")
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict / list: about the size of a checkpoint file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f}" if n < 10e6 else f"{n / 1e6:.0f}"
+
+
+def no_space_text(folder: str | Path, checkpoint_bytes: int) -> str:
+    """The line of a full disk, with the free space measured now: "no space left on <folder>
+    (N MB free; a checkpoint needs M MB)"."""
+    free = _mb(_free_bytes(Path(folder)))
+    return (
+        f"no space left on {folder} ({free} MB free; a checkpoint needs {_mb(checkpoint_bytes)} MB)"
+    )
 
 
 def estimated_checkpoint_bytes(model: nn.Module, optimizer: str) -> int:
@@ -107,30 +174,112 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         pick = " or ".join(str(path / n) for n in ("best.pth", "last.pth") if (path / n).is_file())
         raise CtsegError(f"{path} is a folder; give a checkpoint file: {pick or 'a .pth in it'}")
     if not path.is_file():
-        raise CtsegError(f"checkpoint {path} does not exist; give a .pth file from a run folder")
+        raise UnreadableCheckpoint(
+            f"checkpoint {path} does not exist", "give a .pth file from a run folder"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        if isinstance(exc, EOFError) or "central directory" in str(exc):
+            size = path.stat().st_size
+            raise UnreadableCheckpoint(
+                f"checkpoint {path} is cut short ({_mb(size)} MB; its end is missing, as a write "
+                "stopped by a full disk or a crash leaves it)"
+            ) from None
         why = (
             "it holds objects other than tensors and plain data, which are refused"
             if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc)
             else f"{type(exc).__name__}: not a readable PyTorch file"
         )
-        raise CtsegError(
-            f"checkpoint {path} cannot be loaded safely ({why}); "
-            "use best.pth/last.pth of a ctseg run"
-        ) from None
+        raise UnreadableCheckpoint(f"checkpoint {path} cannot be loaded safely ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise CtsegError(
-            f"{path} is not a ctseg checkpoint (no 'format': '{FORMAT}' entry); "
-            "use best.pth/last.pth of a ctseg run"
+        raise UnreadableCheckpoint(
+            f"{path} is not a ctseg checkpoint (no 'format': '{FORMAT}' entry)"
         )
     if int(ckpt.get("version", 0)) > VERSION:
-        raise CtsegError(
-            f"{path} was written by a newer ctseg (checkpoint version {ckpt['version']}); "
-            "upgrade ctseg to load it"
+        raise UnreadableCheckpoint(
+            f"{path} was written by a newer ctseg (checkpoint version {ckpt['version']})",
+            "upgrade ctseg to load it",
         )
     return ckpt
+
+
+def intact_checkpoints(run_dir: str | Path, skip: Path | None = None) -> list[tuple[Path, int]]:
+    """The complete ctseg checkpoints of a run folder as (path, epoch), newest epoch first
+    (last.pth before best.pth before checkpoint_epoch<N>.pth at the same epoch); ``skip``: one
+    file left out (the broken one).
+
+    Cheap: each is opened memory-mapped, which reads its index and plain data but not the
+    tensors; a file cut short (no zip index at its end) or foreign is left out.
+    """
+    run_dir = Path(run_dir)
+    names = ["last.pth", "best.pth"]
+    names += sorted(p.name for p in run_dir.glob("checkpoint_epoch*.pth"))
+    found = []
+    for rank, name in enumerate(names):
+        path = run_dir / name
+        if not path.is_file() or (skip is not None and path == Path(skip)):
+            continue
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            epoch = int(ckpt["epoch"]) if ckpt.get("format") == FORMAT else None
+        except Exception:  # any file that does not open is not intact
+            epoch = None
+        if epoch is not None:
+            found.append((rank, path, epoch))
+    found.sort(key=lambda f: (-f[2], f[0]))
+    return [(path, epoch) for _, path, epoch in found]
+
+
+def resume_command(checkpoint: Path) -> str:
+    """The command that continues a run from ``checkpoint`` (its folder, for last.pth)."""
+    target = checkpoint.parent if checkpoint.name == "last.pth" else checkpoint
+    return f"ctseg train --resume {shlex.quote(str(target))}"
+
+
+def continue_hint(run_dir: str | Path, first: str = "", skip: Path | None = None) -> str:
+    """How to go on after a failure, in words: the intact checkpoints of ``run_dir`` and the
+    command that continues from the newest ("intact: last.pth (epoch 2), best.pth (epoch 1):
+    free disk space, then continue with `ctseg train --resume RUN`"), or the command that starts
+    anew from its settings; ``first``: what to do before (free disk space)."""
+    then = f"{first}, then " if first else ""
+    intact = intact_checkpoints(run_dir, skip)
+    if not intact:
+        config = shlex.quote(str(Path(run_dir) / "config.json"))
+        return (
+            f"no intact checkpoint in {run_dir}: {then}start a new run with its settings, "
+            f"`ctseg train --config {config} --run NEW_NAME`"
+        )
+    names = ", ".join(f"{p.name} (epoch {e})" for p, e in intact)
+    return f"intact: {names}: {then}continue with `{resume_command(intact[0][0])}`"
+
+
+def resume_source(path: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) that ``--resume PATH`` names: a run folder and its last.pth, or
+    a checkpoint file of a run folder (best.pth, checkpoint_epoch<N>.pth); ConfigError for a file
+    outside a run folder (no config.json beside it)."""
+    path = Path(path)
+    if not path.is_file():
+        return path, path / "last.pth"
+    if not (path.parent / "config.json").is_file():
+        raise ConfigError(
+            f"{path} is a file outside a run folder (no config.json beside it); resume takes a "
+            "run folder, whose last.pth it continues, or a checkpoint file in one"
+        )
+    return path.parent, path
+
+
+def load_to_resume(run_dir: Path, source: Path) -> dict:
+    """``source`` (a checkpoint of ``run_dir``) loaded to continue training; ConfigError naming
+    the intact checkpoints of the run and the command that continues from one when it cannot
+    be read (cut short by a full disk, say)."""
+    try:
+        return load_checkpoint(source)
+    except UnreadableCheckpoint as exc:
+        if not Path(run_dir).is_dir() or "newer ctseg" in exc.problem:
+            raise  # no run folder to look in; a file to upgrade for, not a broken one
+        problem = exc.problem
+    raise ConfigError(f"{problem}; {continue_hint(run_dir, skip=source)}")
 
 
 def config_of(ckpt: dict) -> RunConfig:

@@ -165,8 +165,25 @@ def stop_requested_by(run_dir: str | Path) -> str:
 
 
 def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:
-    """Rewrite status.json atomically, stamping ``updated_at``."""
-    atomic_write_json(Path(run_dir) / "status.json", json_safe({**status, "updated_at": utc_now()}))
+    """Rewrite status.json atomically, stamping ``updated_at``.
+
+    Where the disk has no room for the temporary file (full), the file is overwritten in place
+    instead: it is small, so its own block takes the new text, and a reader that catches it half
+    written for a moment reads "unknown", which beats a failed run shown as running for ever.
+    OSError when that fails too (or there is no status.json yet).
+    """
+    path = Path(run_dir) / "status.json"
+    text = json.dumps(json_safe({**status, "updated_at": utc_now()}), indent=2) + "\n"
+    try:
+        atomic_write_text(path, text)
+    except OSError:
+        if not path.is_file():
+            raise
+        with open(path, "r+b") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def write_history(run_dir: str | Path, history: list[dict]) -> None:

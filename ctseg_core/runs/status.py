@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CtsegError
+from ..fileio import DISK_FULL
 from .run_folder import write_status
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,9 @@ class StatusFile:
         try:
             write_status(self.run_dir, status)
         except OSError as exc:  # a full disk must not kill the run before a checkpoint does
-            log.warning("could not write status.json: %s", exc)
+            log.warning(
+                "could not write %s (%s)", self.run_dir / "status.json", exc.strerror or exc
+            )
 
 
 def user_label(raw: str, via: str) -> str:
@@ -108,12 +112,22 @@ def user_label(raw: str, via: str) -> str:
 
 def failure_text(exc: BaseException) -> str:
     """The one line a failed run records: the message of our own errors, the type and text of
-    others, and what to do about the machine's limits (too many open files)."""
+    others, and what to do about the machine's limits (too many open files, a full disk)."""
     if isinstance(exc, CtsegError):
         return str(exc)
     # a loader worker's error arrives as the worker's whole traceback: its last line says it
     lines = [line for line in str(exc).splitlines() if line.strip()]
     last = lines[-1].strip() if lines else ""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        folder = Path(exc.filename).parent if exc.filename else None
+        try:
+            free = f" ({shutil.disk_usage(folder).free / 1e6:.1f} MB free)" if folder else ""
+        except OSError:
+            free = ""
+        return (
+            f"no space left on {folder or 'the disk'}{free}: free disk space, then continue the "
+            "run (or start it again)"
+        )
     emfile = isinstance(exc, OSError) and exc.errno == errno.EMFILE
     if emfile or "[Errno 24]" in last or "Too many open files" in last:
         try:

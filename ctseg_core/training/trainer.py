@@ -9,7 +9,9 @@ epoch, history and RNG state restored: every epoch's sampling and augmentation i
 A set ``stop_event``, a ``stop_request.json`` in the run folder or SIGTERM (``stopping``) ends
 the run before the next batch (state "stopped"; the current epoch is lost, last.pth keeps the
 last completed one).
-A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last good epoch.
+A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last good epoch; so
+does a checkpoint that cannot be written (a full disk), naming the intact checkpoints and the
+``--resume`` command that continues from the newest.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ import torch
 from ..config import RunConfig
 from ..device import autocast_context, resolve_amp, resolve_device
 from ..errors import ConfigError, CtsegError
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import DISK_FULL, atomic_write_json, atomic_write_text
 from ..models import build_model
 from ..models.checkpoint import (
+    CheckpointWriteError,
     config_of,
+    continue_hint,
     estimated_checkpoint_bytes,
-    load_checkpoint,
+    load_to_resume,
+    no_space_text,
+    resume_source,
     save_checkpoint,
 )
 from ..runs.run_folder import (
@@ -78,6 +84,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.run_dir: Path | None = None
         self.resume_ckpt: dict | None = None
+        self.error_log: Path | None = None  # where the traceback of a failure went
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.stopper = StopControl(stop_event, self.rank, self.world)
         self.status = StatusFile(self.rank, self.stopper.event)
@@ -85,19 +92,16 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
-        """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs).
+        """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs), or
+        from a checkpoint file of a run folder (best.pth, checkpoint_epoch<N>.pth) given instead.
 
-        ConfigError for a checkpoint file given instead of its run folder, and for a run that
+        ConfigError for a file outside a run folder, for a checkpoint that cannot be read (naming
+        the intact ones of the run and the command that continues from one), and for a run that
         has already trained all its epochs (``epochs`` must then ask for more).
         """
-        run_dir = Path(run_dir)
-        if run_dir.is_file():
-            raise ConfigError(
-                f"{run_dir} is a file; resume takes the run folder ({run_dir.parent}), whose "
-                "last.pth it continues"
-            )
+        run_dir, source = resume_source(run_dir)
         refuse_if_active(run_dir)
-        ckpt = load_checkpoint(run_dir / "last.pth")
+        ckpt = load_to_resume(run_dir, source)
         config = config_of(ckpt)
         if epochs is not None:
             config.train.epochs = int(epochs)
@@ -204,14 +208,16 @@ class Trainer:
 
     def _keep_traceback(self, text: str) -> None:
         """An unexpected failure's traceback: into ``error.log`` of the run folder (status.json
-        and the CLI keep one line), and the log at DEBUG; at ERROR when it cannot be written."""
+        and the CLI keep one line; ``error_log`` says where it went), and the log at DEBUG; one
+        line at ERROR when it cannot be written (a full disk: the traceback is no use there)."""
         log.debug("training failed:\n%s", text)
         if self.rank != 0 or self.run_dir is None:
             return
         try:
             atomic_write_text(self.run_dir / "error.log", text)
-        except OSError:
-            log.error("training failed:\n%s", text)
+            self.error_log = self.run_dir / "error.log"
+        except OSError as exc:
+            log.error("could not write %s/error.log (%s)", self.run_dir, exc.strerror or exc)
 
     def _end(self, state: str, message: str, error: str | None = None, eta_s=None) -> None:
         p = self._state
@@ -365,6 +371,8 @@ class Trainer:
         return loss_sum, seen
 
     def _save_epoch(self, model, optimizer, scheduler, epoch, history, improved) -> None:
+        """Checkpoints, history and its plot of a completed epoch; TrainingError saying which
+        checkpoints are intact and how to continue when one cannot be written (a full disk)."""
         run_dir, t = self.run_dir, self.config.train
         args = (model, optimizer, scheduler, epoch, self.config, history)
         try:
@@ -375,11 +383,18 @@ class Trainer:
             save_checkpoint(run_dir / "last.pth", *args)
             write_history(run_dir, history)
             save_history_plot(history, run_dir / "training_history.png")
+            return
+        except CheckpointWriteError as exc:
+            text = str(exc)
         except OSError as exc:
-            raise TrainingError(
-                f"cannot write checkpoints to {run_dir} ({exc.strerror or exc}); free disk space "
-                "and resume the run from last.pth"
-            ) from None
+            size = estimated_checkpoint_bytes(model, t.optimizer)
+            full = exc.errno in DISK_FULL
+            text = no_space_text(run_dir, size) if full else f"cannot write to {run_dir} ({exc})"
+        # out of the except block, so that nothing holds a failed write's file (and its space)
+        first = (
+            "free disk space" if text.startswith("no space left") else "see why the write failed"
+        )
+        raise TrainingError(f"{text}; {continue_hint(run_dir, first)}")
 
 
 def _score(record: dict) -> float:
