@@ -148,37 +148,12 @@ def training_job():
     return get_job()
 
 
-def checkpoint_files(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run, best and last first, then per-epoch ones by epoch."""
-    run_dir = Path(run_dir)
-    named = [run_dir / n for n in ("best.pth", "last.pth") if (run_dir / n).is_file()]
-
-    def epoch_of(p: Path) -> int:
-        digits = "".join(c for c in p.stem if c.isdigit())
-        return int(digits) if digits else -1
-
-    per_epoch = sorted(run_dir.glob("checkpoint_epoch*.pth"), key=epoch_of)
-    return named + per_epoch
-
-
 def all_checkpoints() -> dict[str, str]:
-    """label -> checkpoint path, over every run folder under the checkpoints root.
+    """label -> checkpoint path over every run under the checkpoints root, best run first
+    (see ctseg_core.runs.listing.ranked_checkpoints)."""
+    from ctseg_core.runs.listing import ranked_checkpoints
 
-    The run with the best validation Dice comes first (then the newest): the pages pick the
-    first one by default, and a 2-epoch test run must not be the model a user predicts with.
-    """
-    from ctseg_core.runs.run_folder import list_runs
-
-    out: dict[str, str] = {}
-    root = checkpoints_root()
-    if not root.is_dir():
-        return out
-    runs = list_runs(root)  # newest first; sorted() keeps that order among equals
-    runs = sorted(runs, key=lambda r: -r.best_val_dice if r.best_val_dice is not None else 1.0)
-    for run in runs:
-        for ckpt in checkpoint_files(run.run_dir):
-            out[f"{run.name} / {ckpt.name}"] = str(ckpt)
-    return out
+    return {label: str(path) for label, path in ranked_checkpoints(checkpoints_root()).items()}
 
 
 # ---------------------------------------------------------------- predictions and meshes
@@ -197,19 +172,6 @@ def _prediction_store() -> dict:
 PREDICTIONS_KEPT = 4  # label volumes are ~1 byte/voxel: 4 full-size CTs are well under 1 GB
 
 
-def _volume_of(entry):
-    """A Volume of a cached subject's canonical CT, as predict_volume expects it."""
-    from ctseg_core.data.volume import Volume
-
-    return Volume(
-        array=np.asarray(entry.ct_xyz()),
-        affine=entry.affine,
-        spacing_mm=tuple(entry.spacing_mm),
-        original_affine=entry.original_affine,
-        original_shape=tuple(entry.original_shape),
-    )
-
-
 def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=None) -> np.ndarray:
     """Prediction of a checkpoint on a cached subject, (Z, X, Y) uint8; computed once, kept.
 
@@ -225,7 +187,7 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
 
     def compute():
         entry = cached_subject(root, subject_id)
-        return predict_volume(_volume_of(entry), [str(path)], progress=progress)
+        return predict_volume(entry.ct_volume(), [str(path)], progress=progress)
 
     return _kept_prediction(key, compute)
 

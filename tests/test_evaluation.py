@@ -18,8 +18,8 @@ from ctseg_core.cli import main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
 from ctseg_core.errors import ConfigError, DataError
 from ctseg_core.evaluation.evaluate import evaluate_predictions
-from ctseg_core.evaluation.tables import volume_statistics
 from ctseg_core.labels import LABEL_OF, STRUCTURES
+from ctseg_core.metrics.stats import volume_statistics
 from ctseg_core.models import build_model, register
 from ctseg_core.models.checkpoint import save_checkpoint
 

@@ -83,21 +83,16 @@ def test_background_job_loader_workers_fork_rather_than_rerun_the_page(
     phantom_root, tmp_path, monkeypatch
 ):
     """Spawn/forkserver workers import ``__main__`` again, which under Streamlit is the page."""
-    import threading
 
     from ctseg_core.training.parts import _loader_workers
 
-    in_thread = []
-    thread = threading.Thread(target=lambda: in_thread.append(_loader_workers(2)))
-    thread.start()
-    thread.join()
-    assert in_thread == [(2, "fork")] and _loader_workers(2) == (2, None)  # main: the default
+    # the job says it trains in a thread; the CLI and torchrun keep the default
+    assert _loader_workers(2, in_thread=True) == (2, "fork")
+    assert _loader_workers(2, in_thread=False) == (2, None)
     with monkeypatch.context() as patch:  # macOS and Windows start by spawn: in-process
         patch.setattr(sys, "platform", "darwin")
-        thread = threading.Thread(target=lambda: in_thread.append(_loader_workers(2)))
-        thread.start()
-        thread.join()
-    assert in_thread[-1] == (0, None)
+        assert _loader_workers(2, in_thread=True) == (0, None)
+
     config = job_config(phantom_root, "workers", epochs=1, steps=3)
     config.data.num_workers = 1
     job = TrainingJob()
@@ -105,6 +100,7 @@ def test_background_job_loader_workers_fork_rather_than_rerun_the_page(
     assert job.wait(timeout=180)
     assert job.snapshot().state == "finished", job.snapshot().error
     assert read_history(run_dir)[0]["train_slices"] == 3 * 2
+    assert job._trainer.in_thread  # the job told its trainer; nothing guesses from a thread
 
 
 def test_a_crash_in_the_thread_becomes_status_failed(tmp_path):

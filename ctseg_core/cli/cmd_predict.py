@@ -240,8 +240,8 @@ def run_stats(args) -> int:
     from ..data.volume import load_ct
     from ..errors import ConfigError
     from ..evaluation.evaluate import prediction_on_reference_grid
-    from ..evaluation.tables import volume_statistics
     from ..fileio import check_output
+    from ..metrics.stats import volume_statistics
 
     if args.out:
         if args.out.suffix.lower() != ".csv":

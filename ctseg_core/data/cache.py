@@ -28,6 +28,7 @@ from ..errors import ConfigError, DataError
 from ..labels import NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
 from .subject import load_subject, mask_files
+from .volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,17 @@ class CachedSubject:
     def labels_xyz(self) -> np.ndarray:
         """The labels as a canonical (X, Y, Z) view (no copy)."""
         return self.labels.transpose(1, 2, 0)
+
+    def ct_volume(self) -> Volume:
+        """The canonical CT as a Volume (a contiguous copy) with its original grid, as the
+        predictor takes it and writes back onto."""
+        return Volume(
+            np.ascontiguousarray(self.ct_xyz()),
+            self.affine,
+            tuple(self.spacing_mm),
+            self.original_affine,
+            tuple(self.original_shape),
+        )
 
 
 def entry_dir(cache_dir: Path, root: Path, subject_id: str) -> Path:

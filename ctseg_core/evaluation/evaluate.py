@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from ..data.cache import CachedSubject, open_cached
+from ..data.cache import open_cached
 from ..data.dataset_root import open_dataset
-from ..data.volume import AFFINE_TOLERANCE, Volume, from_canonical, load_label_volume, to_canonical
+from ..data.volume import AFFINE_TOLERANCE, from_canonical, load_label_volume, to_canonical
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
@@ -165,19 +165,9 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
             cached.original_shape, cached.original_affine,
         )  # fmt: skip
     else:
-        prediction = predictor.predict(_cached_ct_volume(cached))
+        prediction = predictor.predict(cached.ct_volume())
     rows = subject_rows(sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm)
     return rows, cached, reference, prediction
-
-
-def _cached_ct_volume(cached: CachedSubject) -> Volume:
-    return Volume(
-        np.ascontiguousarray(cached.ct_xyz()),
-        cached.affine,
-        cached.spacing_mm,
-        cached.original_affine,
-        cached.original_shape,
-    )
 
 
 def _check_model_structures(

@@ -6,13 +6,10 @@ structure table that ``evaluation.evaluate_predictions`` returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
 
-from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_STRUCTURES
-from ..metrics import compute_volume_stats
+from ..labels import LABEL_OF
 from ..metrics.specs import METRICS
 
 DICE_THRESHOLDS = (0.5, 0.7, 0.9)
@@ -65,30 +62,3 @@ def detection_table(results: pd.DataFrame) -> pd.DataFrame:
                 record[status] = ";".join(names)
         out.append(record)
     return pd.DataFrame(out)
-
-
-def volume_statistics(
-    labels: np.ndarray, ct_hu: np.ndarray, spacing_mm: Sequence[float]
-) -> pd.DataFrame:
-    """Volume (ml) and mean/std HU of every structure present (TotalSegmentator ``--statistics``).
-
-    labels: (X, Y, Z) integer 0..117; ct_hu: same shape, HU; spacing_mm: (x, y, z).
-    Returns one row per present structure: structure, label, group, voxels, volume_ml,
-    mean_hu, std_hu.
-    """
-    stats = compute_volume_stats(labels, ct_hu, spacing_mm)
-    rows = [
-        {
-            "structure": NAME_OF[k],
-            "label": k,
-            "group": GROUP_OF[NAME_OF[k]],
-            "voxels": int(stats.voxels[k]),
-            "volume_ml": float(stats.volume_ml[k]),
-            "mean_hu": float(stats.mean_hu[k]),
-            "std_hu": float(stats.std_hu[k]),
-        }
-        for k in range(1, NUM_STRUCTURES + 1)
-        if stats.voxels[k] > 0
-    ]
-    columns = ["structure", "label", "group", "voxels", "volume_ml", "mean_hu", "std_hu"]
-    return pd.DataFrame(rows, columns=columns)

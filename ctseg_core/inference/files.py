@@ -181,8 +181,8 @@ def predict_file(
     slicer, itk = write_label_files(out_path, values)
     stats_path = None
     if statistics:
-        from ..evaluation.tables import volume_statistics
         from ..fileio import atomic_write_text
+        from ..metrics.stats import volume_statistics
 
         stats_path = out_path.with_name(_stem(out_path) + "_statistics.csv")
         table = volume_statistics(labels, ct.array, ct.spacing_mm)

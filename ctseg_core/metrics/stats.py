@@ -1,4 +1,7 @@
-"""Volume (ml) and HU mean/std of every structure in one pass, like TotalSegmentator's --statistics."""
+"""Volume (ml) and HU mean/std of every structure in one pass, like TotalSegmentator's --statistics.
+
+``compute_volume_stats`` gives (L,) arrays; ``volume_statistics`` the table of present structures.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from ctseg_core.errors import DataError
-from ctseg_core.labels import NUM_LABELS
+from ctseg_core.labels import GROUP_OF, NAME_OF, NUM_LABELS
 from ctseg_core.metrics._inputs import (
     CHUNK_VOXELS,
     check_range,
@@ -85,3 +89,30 @@ def compute_volume_stats(
     std_hu = np.where(present, np.sqrt(sq_dev / np.maximum(count, 1)), np.nan)
     volume_ml = count * float(np.prod(spacing)) / 1000.0
     return VolumeStats(voxels=count, volume_ml=volume_ml, mean_hu=mean_hu, std_hu=std_hu)
+
+
+def volume_statistics(
+    labels: np.ndarray, ct_hu: np.ndarray, spacing_mm: Sequence[float]
+) -> pd.DataFrame:
+    """Volume (ml) and mean/std HU of every structure present (TotalSegmentator ``--statistics``).
+
+    labels: (X, Y, Z) integer 0..117; ct_hu: same shape, HU; spacing_mm: (x, y, z).
+    Returns one row per present structure: structure, label, group, voxels, volume_ml,
+    mean_hu, std_hu.
+    """
+    stats = compute_volume_stats(labels, ct_hu, spacing_mm)
+    rows = [
+        {
+            "structure": NAME_OF[k],
+            "label": k,
+            "group": GROUP_OF[NAME_OF[k]],
+            "voxels": int(stats.voxels[k]),
+            "volume_ml": float(stats.volume_ml[k]),
+            "mean_hu": float(stats.mean_hu[k]),
+            "std_hu": float(stats.std_hu[k]),
+        }
+        for k in range(1, NUM_LABELS)
+        if stats.voxels[k] > 0
+    ]
+    columns = ["structure", "label", "group", "voxels", "volume_ml", "mean_hu", "std_hu"]
+    return pd.DataFrame(rows, columns=columns)

@@ -75,12 +75,15 @@ class TrainingJob:
 
         ``started_by``: who asked (kept in status.json, see Trainer)."""
         return self._launch(
-            lambda kw: Trainer(config, checkpoints_root=checkpoints_root, **kw), started_by
+            lambda kw: Trainer(config, checkpoints_root=checkpoints_root, in_thread=True, **kw),
+            started_by,
         )
 
     def resume(self, run_dir: str | Path, epochs: int | None = None, started_by: str = "") -> Path:
         """Continue ``run_dir`` from its last.pth in the background (optionally to more epochs)."""
-        return self._launch(lambda kw: Trainer.resume(run_dir, epochs=epochs, **kw), started_by)
+        return self._launch(
+            lambda kw: Trainer.resume(run_dir, epochs=epochs, in_thread=True, **kw), started_by
+        )
 
     def stop(self, by: str = "", run_dir: str | Path | None = None) -> None:
         """Ask the running loop to stop before its next batch (returns at once).

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +68,16 @@ class RunParts:
     start_epoch: int
 
 
-def _loader_workers(requested: int) -> tuple[int, str | None]:
+def _loader_workers(requested: int, in_thread: bool) -> tuple[int, str | None]:
     """(worker processes, start method or None for the platform's default) for the loaders.
 
     Streamlit makes the page script the ``__main__`` module, and spawn or forkserver workers
-    import ``__main__`` again: each worker would run the dashboard page. So a run trained in a
-    thread (the dashboard's job) forks its workers on Linux (the default there until Python
-    3.14) and loads in-process elsewhere (macOS and Windows spawn). The CLI and torchrun (main
-    thread, ``python -m ctseg_core``) keep the default.
+    import ``__main__`` again: each worker would run the dashboard page. So a run trained
+    ``in_thread`` of a host process (the dashboard's job says so) forks its workers on Linux (the
+    default there until Python 3.14) and loads in-process elsewhere (macOS and Windows spawn).
+    The CLI and torchrun (``python -m ctseg_core``) keep the default.
     """
-    if requested <= 0 or threading.current_thread() is threading.main_thread():
+    if requested <= 0 or not in_thread:
         return requested, None
     if sys.platform == "linux":
         return requested, "fork"
@@ -91,9 +90,15 @@ def _loader_workers(requested: int) -> tuple[int, str | None]:
 
 
 def build_parts(
-    cfg: RunConfig, resume: dict | None, rank: int, world: int, preparing: Preparing
+    cfg: RunConfig,
+    resume: dict | None,
+    rank: int,
+    world: int,
+    preparing: Preparing,
+    in_thread: bool = False,
 ) -> RunParts:
-    """The parts of a run on this rank; ``resume``: the loaded last.pth, or None."""
+    """The parts of a run on this rank; ``resume``: the loaded last.pth, or None;
+    ``in_thread``: trained in a thread of a host process (see ``_loader_workers``)."""
     t, d = cfg.train, cfg.data
     # both splits at once: each dataset counts only the files it opens itself, and the CT maps
     # open lazily during the first epoch, after the validation set has taken its share
@@ -146,7 +151,7 @@ def build_parts(
         seed=d.seed, rank=rank, world_size=world,
     )  # fmt: skip
     workers, start_method = _loader_workers(
-        loader_workers(d.num_workers, device, ddp.local_world_size())
+        loader_workers(d.num_workers, device, ddp.local_world_size()), in_thread
     )
     loader_kw = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers > 0:

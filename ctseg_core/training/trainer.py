@@ -76,9 +76,12 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         stop_event: threading.Event | None = None,
         started_by: str = "",
+        in_thread: bool = False,
     ):
         """``started_by``: who launched this training (a user, "alice (CLI)"), kept in
-        status.json so that a team sees whose run it is; empty: not recorded."""
+        status.json so that a team sees whose run it is; empty: not recorded. ``in_thread``:
+        trained in a thread of a host process (the dashboard's job), which decides how loader
+        workers start."""
         self.config = config
         self.checkpoints_root = Path(checkpoints_root) if checkpoints_root else None
         self.callbacks = list(callbacks)
@@ -89,6 +92,7 @@ class Trainer:
         self.stopper = StopControl(stop_event, self.rank, self.world)
         self.status = StatusFile(self.rank, self.stopper.event)
         self.status.started_by = started_by
+        self.in_thread = in_thread
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -243,7 +247,9 @@ class Trainer:
         self._emit(
             Progress("start", "running", self.run_dir, epochs=t.epochs, message="preparing data")
         )
-        parts = build_parts(cfg, self.resume_ckpt, self.rank, self.world, self._preparing)
+        parts = build_parts(
+            cfg, self.resume_ckpt, self.rank, self.world, self._preparing, self.in_thread
+        )
         model, net, optimizer, scheduler = parts.model, parts.net, parts.optimizer, parts.scheduler
         device, amp, channels_last = parts.device, parts.amp, parts.channels_last
         steps, history = parts.steps, parts.history
