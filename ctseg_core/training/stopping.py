@@ -1,4 +1,4 @@
-"""Stopping a training run early, before its next batch, whoever asks.
+"""Stopping a training run early: on request before its next batch, or when it stops improving.
 
 Three ways in: the stop event (the dashboard's job, or ``request`` from a signal handler: the
 CLI turns SIGTERM into one), and a ``stop_request.json`` in the run folder
@@ -11,6 +11,7 @@ stopped alone would leave the others waiting in their next all-reduce; any rank'
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -71,3 +72,18 @@ class StopControl:
             return False
         self._last_poll = now
         return stop_requested(self.run_dir)
+
+
+def epoch_score(record: dict) -> float:
+    """Higher is better: mean val Dice, or minus the val loss when no Dice could be measured."""
+    if record.get("val_dice_mean") is not None:
+        return float(record["val_dice_mean"])
+    return -float(record["val_loss"]) if record.get("val_loss") is not None else -math.inf
+
+
+def epochs_since_best(scores: list[float]) -> int:
+    """Epochs after the first best score (early stopping counts them); 0 for none."""
+    if not scores:
+        return 0
+    best_at = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return len(scores) - 1 - best_at

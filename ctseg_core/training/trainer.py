@@ -1,17 +1,13 @@
 """The training loop: one trainer for the dashboard thread, the CLI and torchrun.
 
-``Trainer(config).open_run()`` validates the settings and creates the run folder (failing fast
-on bad settings or an unwritable folder); ``run()`` then trains, validates after every epoch,
-writes checkpoints and the run folder files, and reports ``Progress`` to callbacks.
-``Trainer.resume(run_dir)`` continues from ``last.pth`` with model, optimizer, scheduler,
-epoch, history and RNG state restored: every epoch's sampling and augmentation is seeded by
-(seed, epoch, rank), so a resumed run repeats the history of an uninterrupted one.
-A set ``stop_event``, a ``stop_request.json`` in the run folder or SIGTERM (``stopping``) ends
-the run before the next batch (state "stopped"; the current epoch is lost, last.pth keeps the
-last completed one).
-A NaN/inf loss ends it with state "failed" and keeps the checkpoints of the last good epoch; so
-does a checkpoint that cannot be written (a full disk), naming the intact checkpoints and the
-``--resume`` command that continues from the newest.
+``Trainer(config).open_run()`` checks the settings and creates the run folder (failing fast);
+``run()`` trains, validates after every epoch, writes checkpoints and the run folder files, and
+reports ``Progress`` to callbacks. ``Trainer.resume(run_dir)`` continues from ``last.pth`` with
+model, optimizer, scheduler, epoch, history and RNG state restored; sampling and augmentation
+are seeded by (seed, epoch, rank), so a resumed run repeats an uninterrupted one. A stop event,
+``stop_request.json`` or SIGTERM ends the run before the next batch ("stopped"; last.pth keeps
+the last completed epoch). A NaN/inf loss or a checkpoint that cannot be written (a full disk)
+ends it "failed", naming the intact checkpoints and the ``--resume`` command.
 """
 
 from __future__ import annotations
@@ -57,7 +53,7 @@ from .optim import step_scheduler
 from .parts import build_parts
 from .samples import SampleFigure
 from .step import StepRunner
-from .stopping import StopControl, StopRequested
+from .stopping import StopControl, StopRequested, epoch_score, epochs_since_best
 from .validation import validate
 
 log = logging.getLogger(__name__)
@@ -254,9 +250,9 @@ class Trainer:
         device, amp, channels_last = parts.device, parts.amp, parts.channels_last
         steps, history = parts.steps, parts.history
         figure = SampleFigure(parts.val_set, cfg) if (t.sample_figure and self.rank == 0) else None
-        scores = [_score(r) for r in history]
+        scores = [epoch_score(r) for r in history]
         best = max(scores) if scores else -math.inf
-        since_best = _epochs_since_best(scores)
+        since_best = epochs_since_best(scores)
         self._step_seconds: list[float] = []
         self._val_batches = len(parts.val_loader)
         val_seconds = 0.0
@@ -288,7 +284,7 @@ class Trainer:
             }
             history.append(record)
             step_scheduler(scheduler, record)
-            score = _score(record)
+            score = epoch_score(record)
             improved = score > best
             best, since_best = (score, 0) if improved else (best, since_best + 1)
             if self.rank == 0:
@@ -401,17 +397,3 @@ class Trainer:
             "free disk space" if text.startswith("no space left") else "see why the write failed"
         )
         raise TrainingError(f"{text}; {continue_hint(run_dir, first)}")
-
-
-def _score(record: dict) -> float:
-    """Higher is better: mean val Dice, or minus the val loss when no Dice could be measured."""
-    if record.get("val_dice_mean") is not None:
-        return float(record["val_dice_mean"])
-    return -float(record["val_loss"]) if record.get("val_loss") is not None else -math.inf
-
-
-def _epochs_since_best(scores: list[float]) -> int:
-    if not scores:
-        return 0
-    best_at = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    return len(scores) - 1 - best_at
