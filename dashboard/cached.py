@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from ctseg_core.access import check_allowed_path
+from ctseg_core.access import check_allowed_folder
 
 
 def cache_dir() -> Path:
@@ -69,12 +69,7 @@ def default_dataset() -> tuple[str, bool]:
 
 def checked_dataset_path(path: str) -> Path:
     """A user-given dataset path, resolved and checked against $CTSEG_DATA_ROOTS."""
-    from ctseg_core.errors import DataError
-
-    resolved = check_allowed_path(path)
-    if not resolved.is_dir():
-        raise DataError(f"{path} is not a folder; give the dataset root (subject folders inside)")
-    return resolved
+    return check_allowed_folder(path, "give the dataset root (subject folders inside)")
 
 
 def _tree_stamp(root: str) -> float:

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ctseg_core.access import check_allowed_path
-from ctseg_core.errors import DataError
+from ctseg_core.access import check_allowed_folder
 from ctseg_core.evaluation.paths import checkpoint_evaluation_dir, folder_evaluation_dir
 from dashboard import cached, state
 from dashboard.helpers import evalcharts, viewer
@@ -42,9 +41,7 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
     )
     if not folder:
         return None
-    resolved = check_allowed_path(folder)
-    if not resolved.is_dir():
-        raise DataError(f"{folder} is not a folder; give the folder holding <id>.nii.gz files")
+    resolved = check_allowed_folder(folder, "give the folder holding <id>.nii.gz files")
     out = folder_evaluation_dir(cached.checkpoints_root() / "evaluations", resolved)
     return str(resolved), out, ""
 
