@@ -102,12 +102,13 @@ def prepared_summary(root: str) -> dict:
     summary = store.get(key)
     if summary is None:
         bar = st.empty()
+        from dashboard.state import plain  # names from the data, as plain text
 
         def progress(done: int, total: int, subject: str) -> None:
             bar.progress(
                 done / max(total, 1),
-                text=f"Preparing {subject} ({done} / {total}) into the cache — once per "
-                f"subject; `ctseg prepare --data {root}` does this in parallel for a large "
+                text=f"Preparing {plain(subject)} ({done} / {total}) into the cache — once per "
+                f"subject; `ctseg prepare --data` {plain(root)} does this in parallel for a large "
                 "dataset",
             )
 

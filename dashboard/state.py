@@ -98,17 +98,27 @@ def keep_widget_state() -> None:
 
 
 def show_error(exc: BaseException, what: str = "") -> None:
-    """One st.error line: the user's mistake with its fix, or an unexpected failure (logged)."""
+    """One st.error line: the user's mistake with its fix, or an unexpected failure (logged).
+
+    Shown as plain text (``plain``): messages name files, folders and values from the data.
+    """
     prefix = f"{what}: " if what else ""
     if isinstance(exc, CtsegError):
-        st.error(f"{prefix}{exc}", icon=":material/error:")
+        st.error(plain(f"{prefix}{exc}"), icon=":material/error:")
         return
     log.error("unexpected error%s\n%s", f" in {what}" if what else "", traceback.format_exc())
     st.error(
-        f"{prefix}{type(exc).__name__}: {exc} (an unexpected failure; the server log has the "
-        "details — please report it)",
+        plain(
+            f"{prefix}{type(exc).__name__}: {exc} (an unexpected failure; the server log has the "
+            "details — please report it)"
+        ),
         icon=":material/bug_report:",
     )
+
+
+def show_warning(text: str, icon: str = ":material/warning:") -> None:
+    """One st.warning line, shown as plain text (it names files or values from the data)."""
+    st.warning(plain(text), icon=icon)
 
 
 def guarded(body: Callable[[], None], what: str = "") -> None:

@@ -67,7 +67,9 @@ def run_evaluation(root: str) -> None:
     bar = st.progress(0.0, text=f"Evaluating the {split} split …")
 
     def progress(done: int, total: int, subject: str) -> None:
-        bar.progress(done / max(total, 1), text=f"{done} / {total} subjects ({subject})")
+        bar.progress(
+            done / max(total, 1), text=state.plain(f"{done} / {total} subjects ({subject})")
+        )
 
     try:
         results = evaluate_predictions(
@@ -124,7 +126,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         return
     subject, dice = case
     cols[0].caption(
-        f"Worst: {subject}" + ("" if np.isnan(dice) else f" (Dice {dice:.3f})")
+        f"Worst: {state.plain(subject)}" + ("" if np.isnan(dice) else f" (Dice {dice:.3f})")
         + " — opens at the axial slice with the most reference voxels of it"
     )  # fmt: skip
     if cols[1].button("Open in Explore", icon=":material/open_in_new:", key=state.EVAL_FORM.open):
@@ -151,7 +153,9 @@ def show_results(info: dict) -> None:
     results: pd.DataFrame = info["results"]
     st.divider()
     st.subheader(f"Results on the {info['split']} split ({results['subject'].nunique()} subjects)")
-    st.caption(f"{info['checkpoint'] or 'predictions folder'} · files in {info['out_dir']}")
+    st.caption(
+        state.plain(f"{info['checkpoint'] or 'predictions folder'} · files in {info['out_dir']}")
+    )
     if results.empty:
         st.warning("No structure was scored: none of the evaluated structures is annotated.")
         return
@@ -203,10 +207,10 @@ def show_results(info: dict) -> None:
     if info.get("figures"):
         with st.expander("Report figures (as written to the evaluation folder)"):
             for name, png in info["figures"].items():
-                st.image(png, caption=name)
+                st.image(png, caption=state.plain(name))
                 st.download_button(
-                    name, png, file_name=name, mime="image/png", icon=":material/download:",
-                    key=f"{state.EVAL_FORM.download}_{name}",
+                    state.plain(name), png, file_name=name, mime="image/png",
+                    icon=":material/download:", key=f"{state.EVAL_FORM.download}_{name}",
                 )  # fmt: skip
 
 
@@ -215,15 +219,15 @@ def main() -> None:
     if not root:
         st.info("Choose a dataset on Home first.")
         return
-    st.caption(f"Dataset: {root}")
+    st.caption(f"Dataset: {state.plain(root)}")
     state.guarded(lambda: run_evaluation(root), "evaluation")
     info = st.session_state.get(state.EVAL_RESULT)
     if info and info.get("root") == root:
         if info.get("form") != _form_choice():
             what = info["checkpoint"] or "the predictions folder"
             st.info(
-                f"Below: the last results, of {what} on the {info['split']} split; press "
-                "Evaluate for the choice above.",
+                f"Below: the last results, of {state.plain(what)} on the {info['split']} split; "
+                "press Evaluate for the choice above.",
                 icon=":material/history:",
             )
         state.guarded(lambda: show_results(info), "results")
