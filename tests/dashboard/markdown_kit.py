@@ -3,7 +3,9 @@
 Streamlit renders these strings as GitHub-flavoured Markdown with its own directives
 (``:red[...]``, ``:material/icon:``); ``dashboard.state.plain`` escapes every character that
 could start one. ``as_shown`` undoes exactly that escaping (what a reader sees), and
-``live_markup`` finds what would render as markup rather than text.
+``live_markup`` finds what would render as markup rather than text, including what the
+frontend links or replaces after parsing, where escapes do not reach (remark-gfm's bare
+"https://", "www." and e-mail links; ":material/" icons).
 """
 
 from __future__ import annotations
@@ -14,15 +16,25 @@ import re
 MARKUP = ("](", ":red[", ":blue[", "javascript:", "evil.example")
 
 
+#: what the frontend makes a link or an icon in the parsed text (remark-gfm's autolink-literal
+#: expressions, Streamlit's icon prefix), escaped or not
+AFTER_PARSING = re.compile(
+    r"(?i)https?://|www(?=\.)|[-.\w+]+@[-\w]+(?:\.[-\w]+)+|:material/|:streamlit:"
+)
+
+
 def as_shown(body: str) -> str:
-    """``body`` with Markdown's backslash escapes undone: the text a reader sees."""
-    return re.sub(r"\\(.)", r"\1", body)
+    """``body`` with Markdown's backslash escapes undone and zero-width spaces dropped: the
+    text a reader sees."""
+    return re.sub(r"\\(.)", r"\1", body).replace("\u200b", "")
 
 
 def live_markup(body: str) -> list[str]:
-    """The fragments of ``MARKUP`` left unescaped in ``body`` (they would render as markup)."""
+    """The fragments of ``body`` that would render as markup: ``MARKUP`` left unescaped, and
+    links or icons the frontend finds in the parsed text."""
     bare = re.sub(r"\\.", "", body)  # an escaped character is text, whatever it is
-    return [m for m in MARKUP if m in bare]
+    parsed = re.sub(r"\\(.)", r"\1", body)  # the text node, as remark-gfm searches it
+    return [m for m in MARKUP if m in bare] + AFTER_PARSING.findall(parsed)
 
 
 def page_texts(at) -> list[str]:

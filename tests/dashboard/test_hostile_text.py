@@ -23,12 +23,14 @@ RED = ":red[**pwned**]"
 JS = "[a](javascript:alert(1))"
 STRUCTURE = "[liver](javascript:void(0)).nii.gz"
 FOLDER = ":blue[preds](javascript:alert(3))"
+BARE = "www.evil.example x@evil.example"  # remark-gfm links these in the parsed text
+ICON = ":material/warning:"  # Streamlit draws it as an icon
 
 
 @pytest.fixture(scope="module")
 def hostile_root(tmp_path_factory, phantom_root):
     """A dataset with a subject named RED (test split, with a STRUCTURE file among its masks),
-    s0001 (train) and a folder named JS without a CT (a listed problem)."""
+    s0001 (train) and folders named JS and BARE without a CT (listed problems)."""
     root = tmp_path_factory.mktemp("hostile") / "data"
     root.mkdir()
     first, second = open_dataset(phantom_root).subjects[:2]
@@ -37,6 +39,7 @@ def hostile_root(tmp_path_factory, phantom_root):
     segmentations = root / RED / "segmentations"
     shutil.copy(segmentations / "liver.nii.gz", segmentations / STRUCTURE)
     (root / JS / "segmentations").mkdir(parents=True)
+    (root / BARE / "segmentations").mkdir(parents=True)
     (root / "meta.csv").write_text(f"image_id;split\n{RED};test\ns0001;train\n")
     return root
 
@@ -76,7 +79,8 @@ def test_home_lists_hostile_subject_and_structure_names_as_text(hostile_env, new
     problems = [as_shown(m.value) for m in at.markdown if m.value.startswith("- ")]
     assert any(p.startswith(f"- {JS}: no ct.nii.gz") for p in problems), problems
     assert any(f"{RED}/segmentations: 1 unknown" in p and STRUCTURE in p for p in problems)
-    assert_plain(at, JS, RED, STRUCTURE)
+    assert any(p.startswith(f"- {BARE}: no ct.nii.gz") for p in problems), problems
+    assert_plain(at, JS, RED, STRUCTURE, BARE)
 
 
 def test_explore_shows_a_hostile_subject_and_folder_as_text(hostile_env, tmp_path, new_app):
@@ -137,16 +141,17 @@ def test_train_shows_a_hostile_run_name_and_error_as_text(
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     name = "[run](javascript:alert(1))"
     shutil.copytree(tiny_run, tmp_path / name)
-    write_status(tmp_path / name, {**read_status(tiny_run), "state": "failed", "error": LINK})
+    error = f"{LINK} {ICON} {BARE}"
+    write_status(tmp_path / name, {**read_status(tiny_run), "state": "failed", "error": error})
     at = new_app("train")
     at.session_state["ctseg_train_run"] = name
     at.run()
     assert not at.exception
-    assert [as_shown(e.value) for e in at.error] == [f"{name}: {LINK}"]
+    assert [as_shown(e.value) for e in at.error] == [f"{name}: {error}"]
     at.selectbox(key="ctseg_train_resume_pick").set_value(name)
     at.run()
     assert any(as_shown(c.value).startswith(f"Resume trains {name} further") for c in at.caption)
-    assert_plain(at, name, LINK)
+    assert_plain(at, name, error)
 
 
 def test_predict_shows_the_upload_and_checkpoint_names_as_text(app_env, new_app):
