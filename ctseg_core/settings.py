@@ -58,10 +58,16 @@ def default_data_root() -> str:
     return _env("CTSEG_DATA")
 
 
+def data_root_entries() -> list[str] | None:
+    """The folders of ``$CTSEG_DATA_ROOTS`` as typed, or None when unset (no restriction)."""
+    parts = [p.strip() for p in _env("CTSEG_DATA_ROOTS").split(os.pathsep) if p.strip()]
+    return parts or None
+
+
 def data_roots() -> list[Path] | None:
     """The resolved folders of ``$CTSEG_DATA_ROOTS``, or None when unset (no restriction)."""
-    parts = [p.strip() for p in _env("CTSEG_DATA_ROOTS").split(os.pathsep) if p.strip()]
-    return [Path(p).expanduser().resolve() for p in parts] or None
+    parts = data_root_entries()
+    return None if parts is None else [Path(p).expanduser().resolve() for p in parts]
 
 
 def demo_dir() -> Path:

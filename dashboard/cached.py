@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 
 from ctseg_core import settings
-from ctseg_core.access import check_allowed_path
+from ctseg_core.access import check_allowed_folder
 
 
 def cache_dir() -> Path:
@@ -58,12 +58,7 @@ def default_dataset() -> tuple[str, bool]:
 
 def checked_dataset_path(path: str) -> Path:
     """A user-given dataset path, resolved and checked against $CTSEG_DATA_ROOTS."""
-    from ctseg_core.errors import DataError
-
-    resolved = check_allowed_path(path)
-    if not resolved.is_dir():
-        raise DataError(f"{path} is not a folder; give the dataset root (subject folders inside)")
-    return resolved
+    return check_allowed_folder(path, "give the dataset root (subject folders inside)")
 
 
 def _tree_stamp(root: str) -> float:
@@ -96,12 +91,13 @@ def prepared_summary(root: str) -> dict:
     summary = store.get(key)
     if summary is None:
         bar = st.empty()
+        from dashboard.state import plain  # names from the data, as plain text
 
         def progress(done: int, total: int, subject: str) -> None:
             bar.progress(
                 done / max(total, 1),
-                text=f"Preparing {subject} ({done} / {total}) into the cache — once per "
-                f"subject; `ctseg prepare --data {root}` does this in parallel for a large "
+                text=f"Preparing {plain(subject)} ({done} / {total}) into the cache — once per "
+                f"subject; `ctseg prepare --data` {plain(root)} does this in parallel for a large "
                 "dataset",
             )
 

@@ -99,17 +99,27 @@ def keep_widget_state() -> None:
 
 
 def show_error(exc: BaseException, what: str = "") -> None:
-    """One st.error line: the user's mistake with its fix, or an unexpected failure (logged)."""
+    """One st.error line: the user's mistake with its fix, or an unexpected failure (logged).
+
+    Shown as plain text (``plain``): messages name files, folders and values from the data.
+    """
     prefix = f"{what}: " if what else ""
     if isinstance(exc, CtsegError):
-        st.error(f"{prefix}{exc}", icon=":material/error:")
+        st.error(plain(f"{prefix}{exc}"), icon=":material/error:")
         return
     log.error("unexpected error%s\n%s", f" in {what}" if what else "", traceback.format_exc())
     st.error(
-        f"{prefix}{type(exc).__name__}: {exc} (an unexpected failure; the server log has the "
-        "details — please report it)",
+        plain(
+            f"{prefix}{type(exc).__name__}: {exc} (an unexpected failure; the server log has the "
+            "details — please report it)"
+        ),
         icon=":material/bug_report:",
     )
+
+
+def show_warning(text: str, icon: str = ":material/warning:") -> None:
+    """One st.warning line, shown as plain text (it names files or values from the data)."""
+    st.warning(plain(text), icon=icon)
 
 
 def guarded(body: Callable[[], None], what: str = "") -> None:
@@ -150,12 +160,18 @@ def who() -> str:
 
 
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+#: where Streamlit's frontend finds links and icons in text that escapes do not reach: remark-gfm
+#: links "https://", "www." and "a@b.c" in the parsed text, and ":material/" is replaced in the
+#: source; an invisible U+200B at these points leaves the text as it reads but matches none
+_AFTER_PARSING = re.compile(r"(?i)(?<=:)(?=//|material/|streamlit:)|(?<=www)(?=\.)|(?<=@)(?=[-\w])")
 
 
 def plain(text) -> str:
-    """``text`` from files or other users, shown as it is in Streamlit's Markdown: no links,
-    no formatting, no ``:icon:`` or ``:color[...]`` directives."""
-    return _MARKDOWN.sub(r"\\\1", str(text))
+    """``text`` from files or other users, shown as it is in Streamlit's Markdown: no links
+    (also no bare URL or e-mail address made a link), no formatting, no ``:icon:`` or
+    ``:color[...]`` directives. Every Markdown character is escaped; a zero-width space
+    follows the ':' of 'https:' and ':material/', the 'www' of 'www.' and an '@'."""
+    return _MARKDOWN.sub(r"\\\1", _AFTER_PARSING.sub("\u200b", str(text)))
 
 
 def dataset_root() -> str | None:

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ctseg_core.access import check_allowed_path
-from ctseg_core.errors import DataError
+from ctseg_core.access import check_allowed_folder
 from ctseg_core.evaluation.paths import checkpoint_evaluation_dir, folder_evaluation_dir
 from dashboard import cached, state
 from dashboard.helpers import evalcharts, viewer
@@ -42,9 +41,7 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
     )
     if not folder:
         return None
-    resolved = check_allowed_path(folder)
-    if not resolved.is_dir():
-        raise DataError(f"{folder} is not a folder; give the folder holding <id>.nii.gz files")
+    resolved = check_allowed_folder(folder, "give the folder holding <id>.nii.gz files")
     out = folder_evaluation_dir(cached.checkpoints_root() / "evaluations", resolved)
     return str(resolved), out, ""
 
@@ -115,7 +112,9 @@ def run_evaluation(root: str) -> None:
     bar = st.progress(0.0, text=f"Evaluating {_split_words(split)} …")
 
     def progress(done: int, total: int, subject: str) -> None:
-        bar.progress(done / max(total, 1), text=f"{done} / {total} subjects ({subject})")
+        bar.progress(
+            done / max(total, 1), text=state.plain(f"{done} / {total} subjects ({subject})")
+        )
 
     try:
         results = evaluate_predictions(
@@ -175,7 +174,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         return
     subject, dice = case
     cols[0].caption(
-        f"Worst: {subject}" + ("" if np.isnan(dice) else f" (Dice {dice:.3f})")
+        f"Worst: {state.plain(subject)}" + ("" if np.isnan(dice) else f" (Dice {dice:.3f})")
         + " — opens at the axial slice with the most reference voxels of it"
     )  # fmt: skip
     if cols[1].button("Open in Explore", icon=":material/open_in_new:", key=state.EVAL_FORM.open):
@@ -203,7 +202,9 @@ def show_results(info: dict) -> None:
     st.divider()
     scored = info.get("subjects", 0) - len(info.get("skipped") or {})
     st.subheader(f"Results on {_split_words(info['split'])} ({scored} subjects)")
-    st.caption(f"{info['checkpoint'] or 'predictions folder'} · files in {info['out_dir']}")
+    st.caption(
+        state.plain(f"{info['checkpoint'] or 'predictions folder'} · files in {info['out_dir']}")
+    )
     skipped = info.get("skipped") or {}
     if skipped:
         st.warning(
@@ -264,10 +265,10 @@ def show_results(info: dict) -> None:
     if info.get("figures"):
         with st.expander("Report figures (as written to the evaluation folder)"):
             for name, png in info["figures"].items():
-                st.image(png, caption=name)
+                st.image(png, caption=state.plain(name))
                 st.download_button(
-                    name, png, file_name=name, mime="image/png", icon=":material/download:",
-                    key=f"{state.EVAL_FORM.download}_{name}",
+                    state.plain(name), png, file_name=name, mime="image/png",
+                    icon=":material/download:", key=f"{state.EVAL_FORM.download}_{name}",
                 )  # fmt: skip
 
 
@@ -276,7 +277,7 @@ def main() -> None:
     if not root:
         st.info("Choose a dataset on Home first.")
         return
-    st.caption(f"Dataset: {root}")
+    st.caption(f"Dataset: {state.plain(root)}")
     state.guarded(lambda: run_evaluation(root), "evaluation")
     info = st.session_state.get(state.EVAL_RESULT)
     if info and info.get("root") == root:

@@ -21,7 +21,7 @@ def main() -> None:
         return
     index = cached.dataset_index(root)
     if not index.subjects:
-        st.error(f"{root} holds no subjects; choose another dataset on Home.")
+        st.error(state.plain(f"{root} holds no subjects; choose another dataset on Home."))
         return
     if st.session_state.get(state.EXPLORE_SUBJECT) not in index.subjects:
         st.session_state[state.EXPLORE_SUBJECT] = index.subjects[0]
@@ -44,7 +44,7 @@ def main() -> None:
         help="A run's checkpoint (predicted once per subject, then kept), or a folder of "
         "<id>.nii.gz predictions evaluated on the Evaluate page (any tool's).",
     )
-    with st.spinner(f"Opening {subject} …"):
+    with st.spinner(f"Opening {state.plain(subject)} …"):
         entry = cached.cached_subject(root, subject)
     layers = [
         Layer("reference", entry.labels, f"ref:{root}:{subject}", entry.voxel_counts),
@@ -59,10 +59,11 @@ def main() -> None:
             state.show_error(exc, f"prediction from {folder}")
     elif choice != NO_CHECKPOINT:
         checkpoint = checkpoints[choice]
-        bar = st.progress(0.0, text=f"Predicting {subject} with {choice} …")
+        bar = st.progress(0.0, text=state.plain(f"Predicting {subject} with {choice} …"))
 
         def progress(done: int, total: int, info: str = "") -> None:
-            bar.progress(min(1.0, done / max(total, 1)), text=f"Predicting {subject}: {info}")
+            text = state.plain(f"Predicting {subject}: {info}")
+            bar.progress(min(1.0, done / max(total, 1)), text=text)
 
         try:
             pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
@@ -74,7 +75,7 @@ def main() -> None:
             bar.empty()
     sx, sy, sz = entry.spacing_mm
     st.caption(
-        f"{subject}: {' x '.join(map(str, entry.shape_xyz))} voxels, spacing "
+        f"{state.plain(subject)}: {' x '.join(map(str, entry.shape_xyz))} voxels, spacing "
         f"{sx:.2f} x {sy:.2f} x {sz:.2f} mm, {len(entry.present)} structures present"
     )
     volume_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.spacing_mm, entry.affine,

@@ -18,7 +18,9 @@ def choose_dataset() -> str | None:
     root = state.dataset_root()
     default, is_demo = cached.default_dataset()
     if root is None and is_demo:
-        with st.spinner(f"First start: generating the phantom demo dataset in {default} …"):
+        with st.spinner(
+            f"First start: generating the phantom demo dataset in {state.plain(default)} …"
+        ):
             cached.ensure_demo_dataset(default)
         st.session_state[state.DATASET] = default
         root = default
@@ -36,8 +38,10 @@ def choose_dataset() -> str | None:
             index = cached.dataset_index(str(resolved))
             if not index.subjects:
                 st.error(
-                    f"{typed} holds no subject folders (<id>/ct.nii.gz); "
-                    "give the folder that contains the subject folders"
+                    state.plain(
+                        f"{typed} holds no subject folders (<id>/ct.nii.gz); "
+                        "give the folder that contains the subject folders"
+                    )
                 )
                 _still_showing(root)
                 return root
@@ -60,7 +64,7 @@ def choose_dataset() -> str | None:
 
 def _still_showing(root: str | None) -> None:
     if root:
-        st.caption(f"Below: still the dataset {root}.")
+        st.caption(f"Below: still the dataset {state.plain(root)}.")
 
 
 def show_summary(root: str) -> None:
@@ -87,7 +91,7 @@ def show_summary(root: str) -> None:
     if summary["problems"]:
         with st.expander(f"{len(summary['problems'])} problem(s) found in the dataset"):
             for line in summary["problems"]:
-                st.write(f"- {line}")
+                st.markdown(f"- {state.plain(line)}")  # names from the data, as plain text
     st.subheader("Structure coverage")
     st.caption("How many subjects contain each structure (non-empty mask), coloured by group.")
     chart = charts.coverage_chart(summary["coverage"])
@@ -104,9 +108,9 @@ def show_runs() -> None:
     root = cached.checkpoints_root()
     table = runs.runs_table(root)
     if table.empty:
-        st.caption(f"No run folders under {root} yet — start one on the Train page.")
+        st.caption(f"No run folders under {state.plain(root)} yet — start one on the Train page.")
     else:
-        st.caption(f"Run folders under {root}")
+        st.caption(f"Run folders under {state.plain(root)}")
         st.dataframe(table, hide_index=True)
 
 

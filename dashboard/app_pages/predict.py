@@ -93,13 +93,13 @@ def predict_upload(upload, workdir: Path) -> None:
         return
     uploads.ct_kind(upload.name)
     label = uploads.upload_label(upload.name)
-    with st.spinner(f"Reading {label} …"):
+    with st.spinner(f"Reading {state.plain(label)} …"):
         saved = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
         ct, notes = load_ct_noting(saved, resample_uneven=resample)
     bar = st.progress(0.0, text="Predicting …")
 
     def progress(done: int, total: int, info: str = "") -> None:
-        bar.progress(min(1.0, done / max(total, 1)), text=f"Predicting: {info}")
+        bar.progress(min(1.0, done / max(total, 1)), text=state.plain(f"Predicting: {info}"))
 
     labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
     bar.empty()
@@ -125,9 +125,11 @@ def show_result(result: dict) -> None:
     labels = result["labels_zxy"]
     counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)
     values = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
-    st.subheader(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
+    st.subheader(
+        state.plain(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
+    )
     for warning in result.get("warnings", []):
-        st.warning(state.plain(warning), icon=":material/warning:")
+        state.show_warning(warning)
     entries = label_entries(values)
     cols = st.columns(3)
     cols[0].download_button(

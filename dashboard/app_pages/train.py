@@ -34,15 +34,15 @@ def controls(root: str) -> None:
                 check_run_config(config, check_data=True), cached.checkpoints_root(), state.who()
             )
             _started_here(run_dir)
-            st.toast(f"Started {Path(run_dir).name}", icon=":material/play_arrow:")
+            st.toast(f"Started {state.plain(Path(run_dir).name)}", icon=":material/play_arrow:")
         except Exception as exc:
             state.show_error(exc, "cannot start")
     if job.is_running:
         snap = job.snapshot()
         name = snap.run_dir.name if snap.run_dir else "a run"
         st.info(
-            f"This server is training {name} ({snap.state}); Start is refused until it ends or "
-            "is stopped. Every browser tab sees this same job.",
+            f"This server is training {state.plain(name)} ({state.plain(snap.state)}); Start is "
+            "refused until it ends or is stopped. Every browser tab sees this same job.",
             icon=":material/directions_run:",
         )
     cols = st.columns([1, 3, 1, 1], vertical_alignment="bottom")
@@ -101,8 +101,8 @@ def _resume_note(name: str) -> None:
     whose = f" (started by {state.plain(owner)})" if owner else ""
     if name not in st.session_state.get(state.TRAIN_STARTED, set()):
         st.caption(
-            f"Resume trains {name}{whose} further in its own folder: its last.pth, best.pth "
-            "(when validation improves), history and status are updated as it trains."
+            f"Resume trains {state.plain(name)}{whose} further in its own folder: its last.pth, "
+            "best.pth (when validation improves), history and status are updated as it trains."
         )
 
 
@@ -124,10 +124,11 @@ def stop_job(job) -> None:
 
     owner = read_status(run_dir).get("started_by") or "someone"
     with st.popover("Stop", icon=":material/stop:"):
-        st.write(f"**{name}** was started by {state.plain(owner)}, not from this browser tab.")
-        if st.button(f"Stop {name}", type="primary", key=f"{state.TRAIN_FORM.stop}_ok_{name}"):
+        shown = state.plain(name)
+        st.markdown(f"**{shown}** was started by {state.plain(owner)}, not from this browser tab.")
+        if st.button(f"Stop {shown}", type="primary", key=f"{state.TRAIN_FORM.stop}_ok_{name}"):
             job.stop(by=state.who(), run_dir=run_dir)
-            st.toast(f"Stopping {name} after the current step …")
+            st.toast(f"Stopping {shown} after the current step …")
 
 
 def _list_runs():
@@ -185,12 +186,13 @@ def stop_button(run_dir: Path) -> None:
         return
     owner = read_status(run_dir).get("started_by") or "someone"
     with st.popover("Stop this run", icon=":material/stop:"):
-        st.write(
-            f"**{run_dir.name}** was started by {state.plain(owner)}, elsewhere (the CLI, "
-            "torchrun or another server). It stops before its next batch; last.pth keeps its "
-            "last completed epoch."
+        st.markdown(
+            f"**{state.plain(run_dir.name)}** was started by {state.plain(owner)}, elsewhere "
+            "(the CLI, torchrun or another server). It stops before its next batch; last.pth "
+            "keeps its last completed epoch."
         )
-        if st.button(f"Stop {run_dir.name}", type="primary", key=state.TRAIN_FORM.stop_elsewhere):
+        label = f"Stop {state.plain(run_dir.name)}"
+        if st.button(label, type="primary", key=state.TRAIN_FORM.stop_elsewhere):
             request_stop(run_dir, by=f"{state.who()} on {socket.gethostname()}")
             st.toast("Stop requested", icon=":material/stop:")
 
@@ -212,7 +214,7 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     if loss is None and history:
         loss = history[-1].get("train_loss")
     cols = st.columns(5)
-    cols[0].metric("State", run_state)
+    cols[0].metric("State", state.plain(run_state))
     cols[1].metric("Epoch", f"{epoch} / {epochs or '?'}")
     cols[2].metric("Step", f"{step} / {steps or '?'}" if active else "—")
     cols[3].metric("ETA", _eta(status.get("eta_s")) if active else "—")
@@ -223,9 +225,9 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
         started = f"{status['started_by']} on {status.get('host') or '?'}"
         st.caption(f"Started by {state.plain(started)}")
     if status.get("error"):
-        st.error(f"{run_name}: {state.plain(status['error'])}")
+        st.error(state.plain(f"{run_name}: {status['error']}"))
     if status.get("warning"):
-        st.warning(f"{run_name}: {state.plain(status['warning'])}", icon=":material/hard_drive:")
+        state.show_warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
     if active:
         stop_button(run_dir)
     if not history:
@@ -243,7 +245,7 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
         heat_col.altair_chart(heat, width="stretch")
     sample = _latest_sample(run_dir)
     if sample is not None:
-        sample_col.image(str(sample), caption=f"Sample predictions: {sample.stem}")
+        sample_col.image(str(sample), caption=f"Sample predictions: {state.plain(sample.stem)}")
 
 
 def watch() -> None:
@@ -251,7 +253,7 @@ def watch() -> None:
     all_runs = _list_runs()
     run_list_watcher(tuple((r.name, r.state) for r in all_runs))
     if not all_runs:
-        st.caption(f"No run folders under {cached.checkpoints_root()} yet.")
+        st.caption(f"No run folders under {state.plain(cached.checkpoints_root())} yet.")
         return
     names = [r.name for r in all_runs]
     if st.session_state.get(state.TRAIN_RUN) not in names:
@@ -300,7 +302,7 @@ def main() -> None:
     if not root:
         st.info("Choose a dataset on Home first.")
         return
-    st.caption(f"Dataset: {root} · runs are written to {cached.checkpoints_root()}")
+    st.caption(state.plain(f"Dataset: {root} · runs are written to {cached.checkpoints_root()}"))
     state.guarded(lambda: controls(root), "training controls")
     state.guarded(watch, "live view")
     state.guarded(compare, "compare runs")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ctseg_core.data.image_limits import check_nifti_payload
+from ctseg_core.data.zip_series import unpack_zip_flat
 from ctseg_core.errors import DataError
 
 CT_SUFFIXES = (".nii.gz", ".nii", ".zip")
-MAX_UNZIPPED_BYTES = 4 << 30  # a DICOM series larger than 4 GB uncompressed is refused (zip bombs)
 
 
 def ct_kind(name: str) -> str:
@@ -48,7 +47,8 @@ def result_stem(name: str) -> str:
 def save_ct_upload(name: str, data: bytes, folder: Path) -> Path:
     """Write an uploaded CT under ``folder``; returns the NIfTI file or the DICOM folder to load.
 
-    A zip is unpacked flat (member paths are dropped, so nothing lands outside ``folder``).
+    A zip is unpacked flat (member paths are dropped, so nothing lands outside ``folder``),
+    streamed and within the limits of ``ctseg_core.data.zip_series`` (zip bombs are refused).
     """
     kind = ct_kind(name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,32 +59,8 @@ def save_ct_upload(name: str, data: bytes, folder: Path) -> Path:
         check_nifti_payload(target, shown=upload_label(name))
         return target
     target = folder / "dicom"
-    target.mkdir(exist_ok=True)
-    zip_path = folder / "upload.zip"
-    zip_path.write_bytes(data)
-    try:
-        with zipfile.ZipFile(zip_path) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-            total = sum(m.file_size for m in members)
-            if total > MAX_UNZIPPED_BYTES:
-                raise DataError(
-                    f"{name} unpacks to {total / 2**30:.1f} GB (limit "
-                    f"{MAX_UNZIPPED_BYTES / 2**30:.0f} GB); zip one DICOM series only"
-                )
-            for number, member in enumerate(members):
-                base = Path(member.filename).name
-                if not base or base.startswith("."):
-                    continue
-                with archive.open(member) as src:
-                    (target / f"{number:05d}_{base}").write_bytes(src.read())
-    except zipfile.BadZipFile:
-        raise DataError(
-            f"{name} is not a readable zip file; zip the DICOM series folder again"
-        ) from None
-    finally:
-        zip_path.unlink(missing_ok=True)
-    if not any(target.iterdir()):
-        raise DataError(f"{name} holds no files; zip the folder of one DICOM series")
+    # streamed, with limits on size and compression ratio a zip bomb cannot pass
+    unpack_zip_flat(data, target, upload_label(name))
     return target
 
 

@@ -255,3 +255,38 @@ def test_train_opened_first_prepares_under_a_progress_bar(dash_dirs, page, tmp_p
         seen = page.evaluate("window.__seen")
     assert any("into the cache — once per subject" in text for text in seen), seen[-1:]
     assert len(list((tmp_path / "cache").rglob("meta.json"))) == 6  # every phantom subject
+
+
+def test_names_from_the_data_are_text_in_the_browser(server, page, dash_dirs, tmp_path):
+    """What AppTest cannot see: the frontend links bare URLs and e-mail addresses and draws
+    ':material/' icons after parsing, where Markdown escapes do not reach."""
+    import shutil
+
+    link = "[session expired - log in here](https://evil.example/login)"
+    bare = "www.evil.example x@evil.example"
+    bad, odd = tmp_path / "bad", tmp_path / "odd"
+    for root in (bad, odd):
+        shutil.copytree(dash_dirs["data"] / "s0000", root / "s0000")
+    (bad / "meta.csv").write_text(f"image_id;split\ns0000;{link} :material/warning: {bare}\n")
+    (odd / f":red[**{bare}**]" / "segmentations").mkdir(parents=True)  # no CT: a problem
+    evil = 'a[href*="evil"], a[href^="javascript"], a[href^="mailto"]'
+    page.goto(server)
+    page.get_by_text("Structure coverage").wait_for()
+    box = page.locator('[data-testid="stTextInput"] input').first
+    box.fill(str(bad))
+    page.get_by_role("button", name="Open").click()
+    alert = page.locator('[data-testid="stAlert"]').filter(has_text="has split")
+    alert.wait_for()
+    shown = alert.inner_text().replace("\u200b", "")
+    # the icon would show as its name without the colons, the links as their text alone
+    assert f"has split '{link} :material/warning: {bare}'" in shown
+    assert page.locator(evil).count() == 0
+    box.fill(str(odd))
+    page.get_by_role("button", name="Open").click()
+    problems = page.get_by_text("problem(s) found in the dataset")
+    problems.wait_for(timeout=120_000)
+    problems.click()
+    listed = page.get_by_text("no ct.nii.gz").first
+    listed.wait_for()
+    assert f":red[**{bare}**]: no ct.nii.gz" in listed.inner_text().replace("\u200b", "")
+    assert page.locator(evil).count() == 0

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from markdown_kit import as_shown
 
 from ctseg_core.data.cache import open_cached
 from ctseg_core.data.dataset_root import open_dataset
@@ -75,7 +76,7 @@ def test_home_refuses_a_dataset_outside_the_data_roots(app_env, monkeypatch, tmp
     at.text_input(key="home_dataset_path").set_value(str(tmp_path))
     at.button[0].click()  # the form's Open button
     at.run()
-    errors = [e.value for e in at.error]
+    errors = [as_shown(e.value) for e in at.error]  # shown as plain text (escaped Markdown)
     assert len(errors) == 1 and "outside the allowed data roots" in errors[0]
     assert str(tmp_path) in errors[0] and str(app_env["data"].parent) in errors[0]
     assert at.session_state["ctseg_dataset_root"] == str(app_env["data"])  # unchanged
@@ -91,7 +92,7 @@ def test_home_explains_a_folder_that_is_not_a_dataset(app_env, tmp_path, new_app
     assert "is not a folder" in at.error[0].value
     assert not at.exception
     # the summary below is still the dataset that was open, and the page says so
-    assert any(f"still the dataset {app_env['data']}" in c.value for c in at.caption)
+    assert any(f"still the dataset {app_env['data']}" in as_shown(c.value) for c in at.caption)
 
 
 def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
@@ -565,7 +566,7 @@ def test_train_shows_a_failed_run_from_the_cli_with_its_error(
     at.session_state["ctseg_train_run"] = "cli-failed"
     at.run()
     assert not at.exception
-    assert [e.value for e in at.error] == [f"cli-failed: {error}"]
+    assert [as_shown(e.value) for e in at.error] == [f"cli-failed: {error}"]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["State"] == "failed" and metrics["Epoch"] == "1 / 1"
     last_loss = read_status(tiny_run).get("loss")  # the latest step's loss, else the epoch's
@@ -631,8 +632,9 @@ def test_stopping_the_servers_run_from_another_session_says_whose_it_is(
         at = new_app("train")
         at.run()
         no_problems(at)
-        shown = r"\[bob\]\(https\://evil\.example\) \(dashboard\)"
-        assert any(f"**bobs-run** was started by {shown}," in m.value for m in at.markdown)
+        # escaped, and a zero-width space keeps the frontend from linking the bare URL
+        shown = r"\[bob\]\(https\:" + "\u200b" + r"//evil\.example\) \(dashboard\)"
+        assert any(f"**bobs\\-run** was started by {shown}," in m.value for m in at.markdown)
         assert any(f"Started by {shown} on " in c.value for c in at.caption)
         assert not [b for b in at.button if b.key == "ctseg_train_stop_bobs-run"]
         job.stop(by="a stale page", run_dir=tmp_path / "another-run")  # meant another run

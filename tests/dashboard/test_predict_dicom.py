@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from dicom_kit import write_series  # tests/dicom_kit.py (tests/ is on sys.path via conftest)
+from markdown_kit import as_shown
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,12 +40,12 @@ def test_predict_page_names_left_out_files_and_refuses_or_resamples_a_gap(
     at = new_app("predict")
     at.run()
     _predict(at, data)
-    errors = [e.value for e in at.error]
+    errors = [as_shown(e.value) for e in at.error]  # shown as plain text: escaped
     assert len(errors) == 1 and "a 4 mm gap between the slices at 6 and 10 mm" in errors[0]
     assert "scan.zip" in errors[0] and "ctseg-predict-" not in errors[0]
     _predict(at, data, resample=True)
     assert not at.error and not at.exception
-    warnings = [w.value.replace("\\", "") for w in at.warning]  # shown as plain text: escaped
+    warnings = [as_shown(w.value) for w in at.warning]
     assert any("left out 1 file" in w and "IM0005.dcm" in w for w in warnings), warnings
     assert any("resampled, as asked, onto a uniform 2 mm grid of 10" in w for w in warnings)
     assert all("ctseg-predict-" not in w and w.startswith("scan.zip") for w in warnings)

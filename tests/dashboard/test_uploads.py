@@ -145,3 +145,86 @@ def test_an_upload_whose_voxels_would_take_too_much_memory_is_refused(tmp_path, 
     as_int16 = tmp_path / "int16.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.int16), np.eye(4)), as_int16)
     save_ct_upload("int16.nii.gz", as_int16.read_bytes(), tmp_path / "ok")  # the same grid fits
+
+
+def _zip(members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _written(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize(
+    ("members", "said"),
+    [
+        ({"IM1.dcm": bytes(8 << 20)}, r"IM1\.dcm unpacks [\d,]+ times larger than it is packed"),
+        ({f"IM{i}.dcm": bytes(512 << 10) for i in range(16)}, r"the zip unpacks [\d,]+ times"),
+    ],
+    ids=["one-member", "many-small-members"],
+)
+def test_a_zip_of_zeros_is_refused_on_its_ratio_before_anything_is_written(tmp_path, members, said):
+    data = _zip(members)
+    assert len(data) < 64 << 10  # 8 MB of zeros in a few KB
+    with pytest.raises(DataError, match=r"^bomb\.zip: " + said) as err:
+        save_ct_upload("bomb.zip", data, tmp_path / "up")
+    assert "limit is 100" in str(err.value) and "\n" not in str(err.value)
+    assert _written(tmp_path) == 0
+
+
+def test_a_zip_larger_than_a_series_within_the_voxel_limit_is_refused(tmp_path, monkeypatch):
+    """The cap follows CTSEG_MAX_VOXELS: int16 voxels plus an allowance for the headers."""
+    import os
+
+    from ctseg_core.data import zip_series
+
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", str(1 << 20))  # 2 MB of int16 voxels
+    monkeypatch.setattr(zip_series, "HEADER_ALLOWANCE_BYTES", 0)
+    assert zip_series.series_byte_limit() == 2 << 20
+    noise = os.urandom(3 << 20)  # does not pack: the ratio is no help here
+    data = _zip({"a.dcm": noise[: 1 << 20], "b.dcm": noise[1 << 20 :]}, zipfile.ZIP_STORED)
+    with pytest.raises(DataError, match=r"^big\.zip unpacks to 3 MB or more, over the 2 MB "):
+        save_ct_upload("big.zip", data, tmp_path / "up")
+    assert _written(tmp_path) == 0  # refused on the declared sizes, before writing
+    fits = _zip({"a.dcm": noise[: 1 << 20]}, zipfile.ZIP_STORED)
+    folder = save_ct_upload("fits.zip", fits, tmp_path / "ok")
+    assert [p.read_bytes() == noise[: 1 << 20] for p in folder.iterdir()] == [True]
+
+
+def test_a_zip_whose_header_understates_a_member_is_refused(tmp_path):
+    """Its central directory and local header declare 1,000 bytes (with their CRC) while the
+    stream holds 6 MB: zipfile cut it at 1,000 bytes unseen; the real bytes are counted now."""
+    import struct
+    import zlib
+
+    data = bytearray(_zip({"IM1.dcm": bytes(6 << 20)}))
+    crc = zlib.crc32(bytes(1000))
+    for signature, crc_at in ((b"PK\x03\x04", 14), (b"PK\x01\x02", 16)):
+        start = data.index(signature)
+        struct.pack_into("<I", data, start + crc_at, crc)
+        struct.pack_into("<I", data, start + crc_at + 8, 1000)  # uncompressed size
+    with pytest.raises(DataError, match=r"^liar\.zip: IM1\.dcm unpacks to more than the 1,000 "):
+        save_ct_upload("liar.zip", bytes(data), tmp_path / "up")
+    assert _written(tmp_path) == 0
+
+
+def test_a_zip_member_is_unpacked_in_chunks_never_whole(tmp_path):
+    """Each member was read whole into memory before it was written (3.9 GiB of zeros took the
+    server from 1.1 to 9 GB); now the copy holds about a megabyte at a time."""
+    import os
+    import tracemalloc
+
+    payload = os.urandom(24 << 20)
+    data = _zip({"IM1.dcm": payload}, zipfile.ZIP_STORED)
+    tracemalloc.start()
+    try:
+        folder = save_ct_upload("big.zip", data, tmp_path / "up")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [p.stat().st_size for p in folder.iterdir()] == [24 << 20]
+    assert peak < 6 << 20, f"{peak / 2**20:.1f} MB held while unpacking a 24 MB member"
