@@ -152,7 +152,7 @@ def test_mirror_tta_swaps_left_and_right_labels(tmp_path, s0000_ct):
     ckpt = make_checkpoint(tmp_path / "s.pth", ["kidney_right", "kidney_left"], "test_side",
                            (122, 101), mirror=True)  # fmt: skip
     predictor = Predictor([ckpt], tta=True)
-    assert predictor._augmentations(predictor.members[0]) == ["identity", "mirror"]
+    assert predictor.strategy.augmentations(predictor.members[0]) == ["identity", "mirror"]
     plain = predict_volume(ct, [ckpt])
     with_tta = predictor.predict(ct)
     np.testing.assert_array_equal(with_tta, plain)
@@ -163,7 +163,7 @@ def test_mirror_tta_swaps_left_and_right_labels(tmp_path, s0000_ct):
 def test_models_trained_without_mirroring_get_shift_tta(tmp_path, s0000_ct):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (122, 101))
     predictor = Predictor([ckpt], tta=True)
-    assert "mirror" not in predictor._augmentations(predictor.members[0])
+    assert "mirror" not in predictor.strategy.augmentations(predictor.members[0])
     ct = load_ct(s0000_ct)
     np.testing.assert_array_equal(predictor.predict(ct), predict_volume(ct, [ckpt]))
 

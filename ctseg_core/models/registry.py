@@ -22,7 +22,8 @@ class ModelSpec:
 
     ``build(run_config) -> nn.Module``; ``check(run_config) -> list[str]`` returns the problems
     of settings the network cannot take (empty: fine); ``spatial_dims`` is 2 for a slice model
-    (H, W) and 3 for a volumetric one (D, H, W).
+    (H, W) and 3 for a volumetric one (D, H, W); ``inference`` names the strategy that cuts a
+    CT into its inputs ("slices": batches of axial slices).
     """
 
     name: str
@@ -30,6 +31,7 @@ class ModelSpec:
     title: str
     spatial_dims: int = 2
     check: Callable[..., list[str]] = lambda run_config: []
+    inference: str = "slices"
 
 
 Builder = Callable[..., nn.Module]
@@ -44,13 +46,14 @@ def register(
     title: str = "",
     spatial_dims: int = 2,
     check: Callable[..., list[str]] | None = None,
+    inference: str = "slices",
 ) -> Callable[[Builder], Builder]:
     """Decorator: add ``builder(model_config) -> nn.Module`` as model ``name`` (a later one of
     the same name replaces it). ``check(run_config) -> list[str]``: settings it cannot take."""
 
     def wrap(builder: Builder) -> Builder:
         MODELS[name] = ModelSpec(
-            name, builder, title or name, spatial_dims, check or (lambda run_config: [])
+            name, builder, title or name, spatial_dims, check or (lambda run_config: []), inference
         )
         return builder
 
