@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
@@ -34,6 +35,8 @@ from typing import Any
 
 from ..errors import CtsegError
 from ..fileio import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "stopping", "finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running", "stopping")
@@ -66,8 +69,9 @@ RUN_NAME = re.compile(r"[\w][\w. -]{0,98}[\w.-]|[\w]")
 
 def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run,
-    unless it failed or was stopped before writing a checkpoint (then the new start takes its
-    folder). CtsegError for a name that is not a plain folder name (``RUN_NAME``)."""
+    unless it ended before completing an epoch (``ended_before_training``): then the new start
+    takes its folder, cleared of the old start's files, and says so in the log. CtsegError for a
+    name that is not a plain folder name (``RUN_NAME``)."""
     root = Path(root).expanduser()
     name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
     if not RUN_NAME.fullmatch(name):
@@ -77,16 +81,26 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
             "space; choose another"
         )
     run_dir = root / name
-    if run_dir.exists() and any(run_dir.iterdir()) and not _ended_before_training(run_dir):
-        if run_name:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if ended_before_training(run_dir):
+            state = read_status(run_dir).get("state")
+            _clear_empty_run(run_dir)
+            log.warning(
+                "run folder %s held a run that was %s before completing an epoch (nothing to "
+                "continue); the new run takes its folder",
+                run_dir,
+                state,
+            )
+        elif run_name:
             raise CtsegError(
                 f"run folder {run_dir} already exists; choose another run name, or continue "
                 "that run"
             )
-        for i in range(2, 1000):
-            if not (root / f"{name}-{i}").exists():
-                run_dir = root / f"{name}-{i}"
-                break
+        else:
+            for i in range(2, 1000):
+                if not (root / f"{name}-{i}").exists():
+                    run_dir = root / f"{name}-{i}"
+                    break
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -100,15 +114,65 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     return run_dir
 
 
-def _ended_before_training(run_dir: Path) -> bool:
-    """A run that failed or was stopped before its first checkpoint: its name may be used again
-    (it holds only the settings and the end of a start that trained nothing; it cannot be
-    continued)."""
+def ended_before_training(run_dir: str | Path) -> bool:
+    """True for a run that failed or was stopped before completing an epoch: no checkpoint, no
+    history. It cannot be continued; its name may be used again, or the run removed
+    (``remove_empty_run``)."""
+    run_dir = Path(run_dir)
     return (
         read_status(run_dir).get("state") in ("failed", "stopped")
-        and not any(run_dir.glob("*.pth"))
+        and not any(not p.name.startswith(".tmp-") for p in run_dir.glob("*.pth"))
         and not read_history(run_dir)
     )
+
+
+#: what a start that completed no epoch can leave in its run folder (besides .tmp-* files)
+EMPTY_RUN_FILES = (
+    "config.json", "label_map.json", "status.json", "error.log", "stop_request.json",
+    "history.jsonl", "training_history.json", "training_data.json", ".write-test",
+)  # fmt: skip
+
+
+def _clear_empty_run(run_dir: Path) -> None:
+    """Delete the files of a run that ended before its first epoch; CtsegError naming any other
+    file in the folder (left alone)."""
+    others = [
+        p.name
+        for p in run_dir.iterdir()
+        if p.name not in EMPTY_RUN_FILES
+        and not p.name.startswith(".tmp-")
+        and not (p.name == "samples" and p.is_dir() and not any(p.iterdir()))
+    ]
+    if others:
+        raise CtsegError(
+            f"run folder {run_dir} holds {', '.join(sorted(others)[:5])}, which a run that "
+            "ended before its first epoch does not write; move those away or choose another "
+            "run name"
+        )
+    for p in run_dir.iterdir():
+        if p.is_dir():
+            p.rmdir()
+        else:
+            p.unlink(missing_ok=True)
+
+
+def remove_empty_run(run_dir: str | Path) -> None:
+    """Remove the folder of a run that ended before completing an epoch (nothing was trained).
+
+    CtsegError, and nothing removed, for a run that is active, has a checkpoint or a finished
+    epoch, or holds files such a run does not write.
+    """
+    run_dir = Path(run_dir)
+    if not ended_before_training(run_dir):
+        status = read_status(run_dir)
+        raise CtsegError(
+            f"run {run_dir} is {status.get('state')} and has a checkpoint or a finished epoch "
+            "(or is still active); only a run that ended before its first epoch is removed "
+            "here: delete other runs by hand"
+        )
+    _clear_empty_run(run_dir)
+    run_dir.rmdir()
+    log.info("removed the empty run folder %s", run_dir)
 
 
 def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: int) -> str | None:
@@ -209,7 +273,12 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
             **status,
             "state": "failed",
             "error": status.get("error")
-            or f"the training process (pid {pid}) ended without finishing; resume from last.pth",
+            or f"the training process (pid {pid}) ended without finishing; "
+            + (
+                "resume from last.pth"
+                if (Path(run_dir) / "last.pth").is_file()
+                else "no epoch was completed, so there is nothing to resume: start it again"
+            ),
         }
     return status
 

@@ -184,13 +184,11 @@ class Trainer:
         try:
             final = self._train()
         except StopRequested:
-            msg = (f"stopped {self.stopper.reason} during epoch {state.epoch}; last.pth holds the "
-                   "last completed epoch")  # fmt: skip
+            msg = f"stopped {self.stopper.reason} during epoch {state.epoch}; {self._kept()}"
             self._end("stopped", message=msg)
             return "stopped"
         except KeyboardInterrupt:  # Ctrl-C or torchrun's SIGINT: a stop, not a failure
-            msg = (f"interrupted during epoch {state.epoch}; last.pth holds the last completed "
-                   "epoch: resume with --resume")  # fmt: skip
+            msg = f"interrupted during epoch {state.epoch}; {self._kept(' with --resume')}"
             self._end("stopped", message=msg)
             raise
         except BaseException as exc:
@@ -200,6 +198,15 @@ class Trainer:
             self._end("failed", message=text, error=text)
             raise
         return final
+
+    def _kept(self, how: str = "") -> str:
+        """What a stopped run keeps: last.pth of its last completed epoch, or nothing at all."""
+        if self._completed:
+            return f"last.pth holds epoch {self._completed}: resume it{how}"
+        return (
+            "no epoch was completed, so there is no checkpoint to resume: start it again (the "
+            "same name reuses its folder) or remove it"
+        )
 
     def _keep_traceback(self, text: str) -> None:
         """An unexpected failure's traceback: into ``error.log`` of the run folder (status.json
