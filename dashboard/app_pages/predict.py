@@ -58,6 +58,9 @@ def run_prediction() -> None:
     upload = st.file_uploader(
         "CT image", type=["nii", "gz", "zip"], key=state.PREDICT_VIEW.ct_upload
     )
+    result = st.session_state.get(state.PREDICT_RESULT)
+    if result and result.get("upload_id") != (upload.file_id if upload else None):
+        del st.session_state[state.PREDICT_RESULT]  # another file (or none): not its labels
     workdir = Path(tempfile.mkdtemp(prefix="ctseg-predict-"))
     try:
         predict_upload(upload, workdir)
@@ -96,6 +99,7 @@ def predict_upload(upload, workdir: Path) -> None:
     save_on_original_grid(labels_xyz, ct, out)
     st.session_state[state.PREDICT_RESULT] = {
         "name": uploads.result_stem(upload.name),
+        "upload_id": upload.file_id,
         "ct_zxy": np.ascontiguousarray(ct.array.transpose(2, 0, 1)),
         "labels_zxy": np.ascontiguousarray(labels_xyz.transpose(2, 0, 1)),
         "spacing_mm": tuple(ct.spacing_mm),
