@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
+from ..data.domain import record_training_data
 from ..device import autocast_context, resolve_amp, resolve_device
 from ..errors import ConfigError, CtsegError
 from ..fileio import atomic_write_json, atomic_write_text
@@ -81,6 +82,7 @@ class Trainer:
         self.stopper = StopControl(stop_event, self.rank, self.world)
         self.status = StatusFile(self.rank, self.stopper.event)
         self.status.started_by = started_by
+        self.training_data: dict | None = None  # what it trains on (data.domain), rank 0
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -247,6 +249,11 @@ class Trainer:
         model, net, optimizer, scheduler = parts.model, parts.net, parts.optimizer, parts.scheduler
         device, amp, channels_last = parts.device, parts.amp, parts.channels_last
         steps, history = parts.steps, parts.history
+        if self.rank == 0:
+            resumed = (self.resume_ckpt or {}).get("training_data")
+            self.training_data = record_training_data(
+                self.run_dir, parts.train_set.subjects, d.data_root, d.train_split, resumed
+            )
         figure = SampleFigure(parts.val_set, cfg) if (t.sample_figure and self.rank == 0) else None
         scores = [_score(r) for r in history]
         best = max(scores) if scores else -math.inf
@@ -373,12 +380,13 @@ class Trainer:
     def _save_epoch(self, model, optimizer, scheduler, epoch, history, improved) -> None:
         run_dir, t = self.run_dir, self.config.train
         args = (model, optimizer, scheduler, epoch, self.config, history)
+        kw = {"training_data": self.training_data}
         try:
             if t.checkpoint_every and epoch % t.checkpoint_every == 0:
-                save_checkpoint(run_dir / f"checkpoint_epoch{epoch}.pth", *args)
+                save_checkpoint(run_dir / f"checkpoint_epoch{epoch}.pth", *args, **kw)
             if improved:
-                save_checkpoint(run_dir / "best.pth", *args)
-            save_checkpoint(run_dir / "last.pth", *args)
+                save_checkpoint(run_dir / "best.pth", *args, **kw)
+            save_checkpoint(run_dir / "last.pth", *args, **kw)
             write_history(run_dir, history)
             save_history_plot(history, run_dir / "training_history.png")
         except OSError as exc:
