@@ -14,7 +14,7 @@ Files (all written atomically, see ../shared/DESIGN.md):
   val_dice {structure: dice or null (absent from the validation references)}, lr, seconds
 - ``training_history.json`` (columns: epoch, train_loss, val_loss, val_dice_mean, lr) and
   ``training_history.png``; ``checkpoint_epoch<N>.pth``, ``best.pth``, ``last.pth``;
-  ``samples/epoch_<N>.png``
+  ``samples/epoch_<N>.png``; ``training_data.json``: what the run trains on (``data.domain``)
 - ``stop_request.json`` (``request_stop``): asks the process training the run, wherever it
   runs, to stop before its next batch; removed when the run ends or starts again
 """

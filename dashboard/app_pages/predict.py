@@ -72,7 +72,9 @@ def run_prediction() -> None:
 
 def predict_upload(upload, workdir: Path) -> None:
     """The checkpoint choice and the Predict button; on a click, label the upload into the state."""
+    from ctseg_core.data.domain import is_phantom_ct
     from ctseg_core.data.volume import hu_problem, load_ct, save_on_original_grid
+    from ctseg_core.inference.domain import domain_warnings
     from ctseg_core.inference.predictor import predict_volume
 
     checkpoint = choose_checkpoint(workdir)
@@ -87,7 +89,12 @@ def predict_upload(upload, workdir: Path) -> None:
     uploads.ct_kind(upload.name)
     label = uploads.upload_label(upload.name)
     with st.spinner(f"Reading {label} …"):
-        ct = load_ct(uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct"))
+        saved = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
+        ct = load_ct(saved)
+    uploaded = Path(checkpoint).is_relative_to(workdir)  # named as uploaded, not by its copy
+    domain = domain_warnings([checkpoint], ct.array.transpose(2, 0, 1), ct.spacing_mm,
+                             input_is_phantom=is_phantom_ct(saved), what=label,
+                             names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
     bar = st.progress(0.0, text="Predicting …")
 
     def progress(done: int, total: int, info: str = "") -> None:
@@ -107,6 +114,7 @@ def predict_upload(upload, workdir: Path) -> None:
         "nifti": out.read_bytes(),
         "checkpoint": Path(checkpoint).name,
         "warning": hu_problem(ct.array, label),
+        "domain": domain,
     }
 
 
@@ -120,6 +128,8 @@ def show_result(result: dict) -> None:
     st.subheader(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
     if result.get("warning"):
         st.warning(result["warning"], icon=":material/warning:")
+    for message in result.get("domain") or []:  # outside what the checkpoint was trained on
+        st.warning(state.plain(message), icon=":material/warning:")
     entries = label_entries(values)
     cols = st.columns(3)
     cols[0].download_button(

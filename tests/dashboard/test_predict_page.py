@@ -60,3 +60,39 @@ def test_the_upload_box_shows_the_limit_the_readme_states():
     assert upload_box_limit(limit) == f"{limit}MB"  # 512 would show as "1GB"
     assert upload_box_limit(512) == "1GB"
     assert limit * 2**20 > 300e6  # a 300 MB CT and the form's overhead still fit
+
+
+PHANTOM_ONLY = "was trained on the synthetic phantom only, not on real CTs"
+
+
+def _warnings(at) -> list[str]:
+    return [w.value.replace("\\", "") for w in at.warning]  # shown as plain text: unescaped
+
+
+def test_predict_warns_when_the_phantoms_model_labels_a_real_ct(
+    app_env, tiny_run, extra_dir, new_app, no_problems
+):
+    at = new_app("predict")
+    at.run()
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
+    real = (extra_dir / "unlabeled_ct_3mm.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("patient.nii.gz", real, "application/gzip"))
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    no_problems(at)
+    assert _result_heading(at)[0].startswith("patient: ")
+    found = [w for w in _warnings(at) if PHANTOM_ONLY in w]
+    assert found == [
+        f"tiny/best.pth {PHANTOM_ONLY}: its labels on patient.nii.gz do not follow the anatomy; "
+        "use a checkpoint trained on real CTs"
+    ]
+    # a CT of the phantom itself, uploaded (known by its header): no such warning
+    phantom = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("phantom.nii.gz", phantom, "application/gzip"))
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    no_problems(at)
+    assert _result_heading(at)[0].startswith("phantom: ")
+    assert _warnings(at) == []
