@@ -13,3 +13,8 @@ class DataError(CtsegError):
 
 class ConfigError(CtsegError):
     """Settings that are refused before any work starts."""
+
+
+class TrainingError(CtsegError):
+    """Training cannot go on (NaN loss, a checkpoint that cannot be written); the message says
+    what to change and how to continue."""

@@ -188,6 +188,24 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     return _kept_prediction(key, compute)
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def _domain_warnings(root: str, subject_id: str, checkpoint: str, cache: str, mtime: float):
+    from ctseg_core.data.domain import is_phantom_root
+    from ctseg_core.inference.domain import domain_warnings
+
+    entry = _cached_subject(root, subject_id, cache)
+    return domain_warnings([checkpoint], entry.ct, entry.spacing_mm,
+                           input_is_phantom=is_phantom_root(root), what=subject_id)  # fmt: skip
+
+
+def domain_warnings(root: str, subject_id: str, checkpoint: str) -> list[str]:
+    """Warnings for a subject outside what ``checkpoint`` was trained on (the phantom's model on
+    a real CT, another voxel size, intensities not in HU); once per subject and checkpoint file."""
+    path = Path(checkpoint).expanduser().resolve()
+    mtime = path.stat().st_mtime if path.is_file() else 0.0
+    return _domain_warnings(str(root), subject_id, str(path), str(cache_dir()), mtime)
+
+
 def _kept_prediction(key: tuple, compute) -> np.ndarray:
     """The label volume kept under ``key`` in the server-wide store, else ``compute()``'s (X, Y, Z)
     labels as a read-only (Z, X, Y) uint8 array, kept (the oldest dropped past PREDICTIONS_KEPT).

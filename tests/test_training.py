@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import CtsegError
 from ctseg_core.models.checkpoint import load_checkpoint, load_model
+from ctseg_core.runs.listing import list_runs
 from ctseg_core.runs.run_folder import (
-    list_runs,
     new_run_dir,
     read_history,
     read_status,
@@ -134,6 +134,22 @@ def test_ctrl_c_records_a_stop_not_a_failure_and_the_run_resumes(phantom_root, t
     assert load_checkpoint(tmp_path / "int" / "last.pth")["epoch"] == 1
     assert Trainer.resume(tmp_path / "int").run() == "finished"
     assert [r["epoch"] for r in read_history(tmp_path / "int")] == [1, 2, 3]
+
+
+def test_a_run_stopped_in_its_first_epoch_says_it_kept_no_checkpoint(phantom_root, tmp_path):
+    config = tiny_config(phantom_root, "first", epochs=3, steps_per_epoch=4)
+    trainer = Trainer(config, checkpoints_root=tmp_path)
+
+    def stop_at_step_2(p) -> None:
+        if p.kind == "step" and p.step == 2:
+            trainer.stopper.event.set()
+
+    trainer.callbacks.append(stop_at_step_2)
+    assert trainer.run() == "stopped"
+    status = read_status(tmp_path / "first")
+    assert status["state"] == "stopped" and status["epoch"] == 0
+    assert "last.pth" not in status["message"] and not list((tmp_path / "first").glob("*.pth"))
+    assert "no epoch was completed, so there is no checkpoint to resume" in status["message"]
 
 
 def test_an_unwritable_checkpoints_folder_fails_the_start(phantom_root, tmp_path):

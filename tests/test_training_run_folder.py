@@ -9,11 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from ctseg_core.errors import CtsegError
+from ctseg_core.runs.listing import list_runs
 from ctseg_core.runs.run_folder import (
     default_checkpoints_root,
-    list_runs,
+    ended_before_training,
+    new_run_dir,
     read_history,
     read_status,
+    remove_empty_run,
     write_history,
     write_status,
 )
@@ -32,6 +38,9 @@ def test_a_running_status_of_a_dead_process_reads_as_failed(tmp_path):
     write_status(run, {**base, "pid": os.getpid()})
     assert read_status(run)["state"] == "running"
     write_status(run, {**base, "pid": _dead_pid()})
+    status = read_status(run)
+    assert status["state"] == "failed" and "nothing to resume: start it again" in status["error"]
+    (run / "last.pth").write_bytes(b"a checkpoint")  # one epoch completed: that one is offered
     status = read_status(run)
     assert status["state"] == "failed" and "resume from last.pth" in status["error"]
     write_status(run, {**base, "pid": _dead_pid(), "host": "another-node"})
@@ -66,3 +75,52 @@ def test_history_round_trips_with_nan_as_null_and_runs_are_listed(tmp_path, monk
     monkeypatch.chdir(tmp_path)  # the CLI, started anywhere, uses the dashboard's default
     checkout = Path(__file__).resolve().parents[1]
     assert default_checkpoints_root() == checkout / "checkpoints"
+
+
+def _empty_run(root, name: str, state: str = "failed"):
+    """A run folder as a start that completed no epoch leaves it (settings, status, error.log)."""
+    run = root / name
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "label_map.json").write_text("{}")
+    (run / "error.log").write_text("Traceback ...\nRuntimeError: CUDA out of memory")
+    write_status(run, {"state": state, "epoch": 0, "error": "CUDA out of memory"})
+    return run
+
+
+def test_a_name_of_a_run_that_trained_nothing_is_reused_cleanly_and_said(tmp_path, caplog):
+    run = _empty_run(tmp_path, "early")
+    with caplog.at_level("WARNING", logger="ctseg_core.runs.run_folder"):
+        assert new_run_dir(tmp_path, "early") == run
+    # the old start's error and status do not haunt the new run
+    assert sorted(p.name for p in run.iterdir()) == []
+    assert "was failed before completing an epoch" in caplog.text and str(run) in caplog.text
+    # a file the run did not write is never deleted to make room
+    run = _empty_run(tmp_path, "notes")
+    (run / "notes.txt").write_text("keep me")
+    with pytest.raises(CtsegError, match=r"holds notes\.txt, which a run that ended before"):
+        new_run_dir(tmp_path, "notes")
+    assert (run / "notes.txt").read_text() == "keep me" and (run / "error.log").is_file()
+
+
+def test_only_a_run_that_ended_before_its_first_epoch_is_removed(tmp_path):
+    empty = _empty_run(tmp_path, "empty", state="stopped")
+    assert ended_before_training(empty)
+    remove_empty_run(empty)
+    assert not empty.exists()
+    trained = _empty_run(tmp_path, "trained", state="stopped")
+    (trained / "last.pth").write_bytes(b"a checkpoint")
+    with pytest.raises(CtsegError, match="only a run that ended before its first epoch"):
+        remove_empty_run(trained)
+    assert (trained / "last.pth").is_file()
+    running = _empty_run(tmp_path, "running", state="running")
+    write_status(running, {"state": "running", "pid": os.getpid(), "host": socket.gethostname()})
+    with pytest.raises(CtsegError, match="is running"):
+        remove_empty_run(running)
+    assert (running / "config.json").is_file()
+    # a stale temporary file of an interrupted checkpoint write is no checkpoint
+    torn = _empty_run(tmp_path, "torn", state="failed")
+    (torn / ".tmp-last.pth.x1y2.pth").write_bytes(b"half")
+    assert ended_before_training(torn)
+    remove_empty_run(torn)
+    assert not torn.exists()

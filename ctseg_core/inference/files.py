@@ -10,6 +10,10 @@ Writes, all atomically and only after the whole prediction succeeded:
 - with ``statistics``: ``OUT_statistics.csv``, volume (ml) and mean/std HU per structure found
   (TotalSegmentator's ``--statistics``).
 
+A CT outside what a checkpoint was trained on (``domain``: the phantom's model on a real CT, a
+voxel spacing or intensities far from the training CTs') is labelled all the same, with a
+warning in the log and in the summary's ``warnings``.
+
 Existing outputs are refused unless ``overwrite``; then they are replaced whole, never halfway.
 """
 
@@ -26,10 +30,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..data.domain import is_phantom_ct
 from ..data.volume import hu_problem, load_ct, save_on_original_grid
 from ..errors import ConfigError, CtsegError
 from ..fileio import refuse_replacing_inputs
 from ..labels import LABEL_OF, NAME_OF, NUM_LABELS
+from .domain import domain_warnings
 from .label_files import label_file_paths, write_label_files
 
 log = logging.getLogger(__name__)
@@ -170,6 +176,11 @@ def predict_file(
         if header_shape and len(header_shape) == 3:
             predictor.check_memory(header_shape, memory_limit_bytes)
     ct, read_warnings = load_ct_noting(ct_path, resample_uneven=resample_uneven)
+    ckpts = [checkpoints] if isinstance(checkpoints, str | Path) else list(checkpoints)
+    domain = domain_warnings(ckpts, ct.array.transpose(2, 0, 1), ct.spacing_mm,
+                             input_is_phantom=is_phantom_ct(ct_path), what=str(ct_path))  # fmt: skip
+    for message in domain:
+        log.warning(message)
     labels = predictor.predict(ct, progress=progress, memory_limit_bytes=memory_limit_bytes)
 
     values = [LABEL_OF[s] for s in predictor.structures]
@@ -204,11 +215,13 @@ def predict_file(
         "shape": [int(s) for s in ct.original_shape],
         "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
         "orientation": ct.orientation,
-        "checkpoints": [
-            str(p) for p in ([checkpoints] if isinstance(checkpoints, str | Path) else checkpoints)
-        ],
+        "checkpoints": [str(p) for p in ckpts],
         "tta": bool(tta),
         "structures_found": found,
-        "warnings": [*read_warnings, *filter(None, [hu_problem(ct.array, str(ct_path))])],
+        "warnings": [
+            *read_warnings,
+            *filter(None, [hu_problem(ct.array, str(ct_path))]),
+            *domain,
+        ],
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -5,7 +5,10 @@ A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts only:
     {"format": "ctseg-checkpoint", "version": 1, "epoch": int (completed epochs),
      "model": state_dict, "optimizer": state_dict | None, "scheduler": state_dict | None,
      "config": RunConfig.to_dict(), "history": [epoch records], "extra": {...},
-     "rng": {"torch": ByteTensor, ...}}
+     "rng": {"torch": ByteTensor, ...}, "training_data": {...} | None}
+
+``training_data``: what the model was trained on (``data.domain``); checkpoints written before
+it was recorded have no such key and load the same.
 
 so a file from elsewhere cannot run code when loaded, and the model is rebuilt from the
 checkpoint alone (``load_model``).
@@ -87,6 +90,7 @@ def save_checkpoint(
     config: RunConfig | dict | None = None,
     history: list[dict] | None = None,
     extra: dict | None = None,
+    training_data: dict | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temp file + rename); ``epoch`` counts completed epochs."""
     config_dict = config.to_dict() if isinstance(config, RunConfig) else dict(config or {})
@@ -101,6 +105,7 @@ def save_checkpoint(
         "history": list(history or []),
         "extra": dict(extra or {}),
         "rng": rng_state(),
+        "training_data": training_data,
     }
     path = Path(path)
     reason, full = None, False

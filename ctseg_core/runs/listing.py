@@ -1,10 +1,57 @@
-"""Listing a run's checkpoints and ranking every checkpoint under a root (CLI and pages)."""
+"""Listing runs and their checkpoints, and ranking every checkpoint under a root (CLI, pages)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from .run_folder import list_runs
+from .run_folder import default_checkpoints_root, read_history, read_status
+
+
+@dataclass
+class RunInfo:
+    """One run folder as the dashboard lists it."""
+
+    name: str
+    run_dir: Path
+    state: str
+    epoch: int
+    epochs: int | None
+    best_val_dice: float | None
+    updated_at: str | None
+    error: str | None
+    has_best: bool
+    has_last: bool
+
+
+def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
+    """Run folders (holding config.json) under the root, most recently updated first."""
+    root = Path(checkpoints_root) if checkpoints_root else default_checkpoints_root()
+    if not root.is_dir():
+        return []
+    runs = []
+    for run_dir in root.iterdir():
+        if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
+            continue
+        status = read_status(run_dir)
+        dices = [r.get("val_dice_mean") for r in read_history(run_dir)]
+        dices = [d for d in dices if isinstance(d, (int, float))]
+        runs.append(
+            RunInfo(
+                name=run_dir.name,
+                run_dir=run_dir,
+                state=str(status.get("state", "unknown")),
+                epoch=int(status.get("epoch") or 0),
+                epochs=status.get("epochs"),
+                best_val_dice=max(dices) if dices else None,
+                updated_at=status.get("updated_at"),
+                error=status.get("error"),
+                has_best=(run_dir / "best.pth").is_file(),
+                has_last=(run_dir / "last.pth").is_file(),
+            )
+        )
+    runs.sort(key=lambda r: (r.updated_at or "", r.name), reverse=True)
+    return runs
 
 
 def checkpoint_files(run_dir: str | Path) -> list[Path]:

@@ -14,7 +14,7 @@ Files (all written atomically, see ../shared/DESIGN.md):
   val_dice {structure: dice or null (absent from the validation references)}, lr, seconds
 - ``training_history.json`` (columns: epoch, train_loss, val_loss, val_dice_mean, lr) and
   ``training_history.png``; ``checkpoint_epoch<N>.pth``, ``best.pth``, ``last.pth``;
-  ``samples/epoch_<N>.png``
+  ``samples/epoch_<N>.png``; ``training_data.json``: what the run trains on (``data.domain``)
 - ``stop_request.json`` (``request_stop``): asks the process training the run, wherever it
   runs, to stop before its next batch; removed when the run ends or starts again
 """
@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import settings
 from ..errors import CtsegError
 from ..fileio import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "stopping", "finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running", "stopping")
@@ -66,8 +68,9 @@ RUN_NAME = re.compile(r"[\w][\w. -]{0,98}[\w.-]|[\w]")
 
 def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run,
-    unless it failed or was stopped before writing a checkpoint (then the new start takes its
-    folder). CtsegError for a name that is not a plain folder name (``RUN_NAME``)."""
+    unless it ended before completing an epoch (``ended_before_training``): then the new start
+    takes its folder, cleared of the old start's files, and says so in the log. CtsegError for a
+    name that is not a plain folder name (``RUN_NAME``)."""
     root = Path(root).expanduser()
     name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
     if not RUN_NAME.fullmatch(name):
@@ -77,16 +80,26 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
             "space; choose another"
         )
     run_dir = root / name
-    if run_dir.exists() and any(run_dir.iterdir()) and not _ended_before_training(run_dir):
-        if run_name:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if ended_before_training(run_dir):
+            state = read_status(run_dir).get("state")
+            _clear_empty_run(run_dir)
+            log.warning(
+                "run folder %s held a run that was %s before completing an epoch (nothing to "
+                "continue); the new run takes its folder",
+                run_dir,
+                state,
+            )
+        elif run_name:
             raise CtsegError(
                 f"run folder {run_dir} already exists; choose another run name, or continue "
                 "that run"
             )
-        for i in range(2, 1000):
-            if not (root / f"{name}-{i}").exists():
-                run_dir = root / f"{name}-{i}"
-                break
+        else:
+            for i in range(2, 1000):
+                if not (root / f"{name}-{i}").exists():
+                    run_dir = root / f"{name}-{i}"
+                    break
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -100,15 +113,65 @@ def new_run_dir(root: str | Path, run_name: str = "") -> Path:
     return run_dir
 
 
-def _ended_before_training(run_dir: Path) -> bool:
-    """A run that failed or was stopped before its first checkpoint: its name may be used again
-    (it holds only the settings and the end of a start that trained nothing; it cannot be
-    continued)."""
+def ended_before_training(run_dir: str | Path) -> bool:
+    """True for a run that failed or was stopped before completing an epoch: no checkpoint, no
+    history. It cannot be continued; its name may be used again, or the run removed
+    (``remove_empty_run``)."""
+    run_dir = Path(run_dir)
     return (
         read_status(run_dir).get("state") in ("failed", "stopped")
-        and not any(run_dir.glob("*.pth"))
+        and not any(not p.name.startswith(".tmp-") for p in run_dir.glob("*.pth"))
         and not read_history(run_dir)
     )
+
+
+#: what a start that completed no epoch can leave in its run folder (besides .tmp-* files)
+EMPTY_RUN_FILES = (
+    "config.json", "label_map.json", "status.json", "error.log", "stop_request.json",
+    "history.jsonl", "training_history.json", "training_data.json", ".write-test",
+)  # fmt: skip
+
+
+def _clear_empty_run(run_dir: Path) -> None:
+    """Delete the files of a run that ended before its first epoch; CtsegError naming any other
+    file in the folder (left alone)."""
+    others = [
+        p.name
+        for p in run_dir.iterdir()
+        if p.name not in EMPTY_RUN_FILES
+        and not p.name.startswith(".tmp-")
+        and not (p.name == "samples" and p.is_dir() and not any(p.iterdir()))
+    ]
+    if others:
+        raise CtsegError(
+            f"run folder {run_dir} holds {', '.join(sorted(others)[:5])}, which a run that "
+            "ended before its first epoch does not write; move those away or choose another "
+            "run name"
+        )
+    for p in run_dir.iterdir():
+        if p.is_dir():
+            p.rmdir()
+        else:
+            p.unlink(missing_ok=True)
+
+
+def remove_empty_run(run_dir: str | Path) -> None:
+    """Remove the folder of a run that ended before completing an epoch (nothing was trained).
+
+    CtsegError, and nothing removed, for a run that is active, has a checkpoint or a finished
+    epoch, or holds files such a run does not write.
+    """
+    run_dir = Path(run_dir)
+    if not ended_before_training(run_dir):
+        status = read_status(run_dir)
+        raise CtsegError(
+            f"run {run_dir} is {status.get('state')} and has a checkpoint or a finished epoch "
+            "(or is still active); only a run that ended before its first epoch is removed "
+            "here: delete other runs by hand"
+        )
+    _clear_empty_run(run_dir)
+    run_dir.rmdir()
+    log.info("removed the empty run folder %s", run_dir)
 
 
 def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: int) -> str | None:
@@ -226,7 +289,12 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
             **status,
             "state": "failed",
             "error": status.get("error")
-            or f"the training process (pid {pid}) ended without finishing; resume from last.pth",
+            or f"the training process (pid {pid}) ended without finishing; "
+            + (
+                "resume from last.pth"
+                if (Path(run_dir) / "last.pth").is_file()
+                else "no epoch was completed, so there is nothing to resume: start it again"
+            ),
         }
     return status
 
@@ -295,49 +363,3 @@ def read_history(run_dir: str | Path) -> list[dict]:
         if isinstance(rec, dict):
             records.append(rec)
     return records
-
-
-@dataclass
-class RunInfo:
-    """One run folder as the dashboard lists it."""
-
-    name: str
-    run_dir: Path
-    state: str
-    epoch: int
-    epochs: int | None
-    best_val_dice: float | None
-    updated_at: str | None
-    error: str | None
-    has_best: bool
-    has_last: bool
-
-
-def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
-    """Run folders (holding config.json) under the root, most recently updated first."""
-    root = Path(checkpoints_root) if checkpoints_root else default_checkpoints_root()
-    if not root.is_dir():
-        return []
-    runs = []
-    for run_dir in root.iterdir():
-        if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
-            continue
-        status = read_status(run_dir)
-        dices = [r.get("val_dice_mean") for r in read_history(run_dir)]
-        dices = [d for d in dices if isinstance(d, (int, float))]
-        runs.append(
-            RunInfo(
-                name=run_dir.name,
-                run_dir=run_dir,
-                state=str(status.get("state", "unknown")),
-                epoch=int(status.get("epoch") or 0),
-                epochs=status.get("epochs"),
-                best_val_dice=max(dices) if dices else None,
-                updated_at=status.get("updated_at"),
-                error=status.get("error"),
-                has_best=(run_dir / "best.pth").is_file(),
-                has_last=(run_dir / "last.pth").is_file(),
-            )
-        )
-    runs.sort(key=lambda r: (r.updated_at or "", r.name), reverse=True)
-    return runs

@@ -23,19 +23,16 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
+from ..data.domain import record_training_data
 from ..device import autocast_context, resolve_amp, resolve_device
-from ..errors import ConfigError, CtsegError
-from ..fileio import DISK_FULL, atomic_write_json, atomic_write_text
+from ..errors import ConfigError, CtsegError, TrainingError
+from ..fileio import atomic_write_json, atomic_write_text
 from ..models import build_model
 from ..models.checkpoint import (
-    CheckpointWriteError,
     config_of,
-    continue_hint,
     estimated_checkpoint_bytes,
     load_to_resume,
-    no_space_text,
     resume_source,
-    save_checkpoint,
 )
 from ..runs.run_folder import (
     STOP_REQUEST,
@@ -43,12 +40,11 @@ from ..runs.run_folder import (
     default_checkpoints_root,
     new_run_dir,
     refuse_if_active,
-    write_history,
 )
 from ..runs.status import Callback, Progress, StatusFile, failure_text
 from . import distributed as ddp
 from .checks import check_run_config
-from .figures import save_history_plot
+from .epoch_files import save_epoch
 from .optim import step_scheduler
 from .parts import build_parts
 from .samples import SampleFigure
@@ -57,10 +53,6 @@ from .stopping import StopControl, StopRequested, epoch_score, epochs_since_best
 from .validation import validate
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(CtsegError):
-    """Training cannot go on (NaN loss, ...); the message says what to change."""
 
 
 class Trainer:
@@ -89,6 +81,7 @@ class Trainer:
         self.status = StatusFile(self.rank, self.stopper.event)
         self.status.started_by = started_by
         self.in_thread = in_thread
+        self.training_data: dict | None = None  # what it trains on (data.domain), rank 0
 
     @classmethod
     def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
@@ -189,13 +182,11 @@ class Trainer:
         try:
             final = self._train()
         except StopRequested:
-            msg = (f"stopped {self.stopper.reason} during epoch {state.epoch}; last.pth holds the "
-                   "last completed epoch")  # fmt: skip
+            msg = f"stopped {self.stopper.reason} during epoch {state.epoch}; {self._kept()}"
             self._end("stopped", message=msg)
             return "stopped"
         except KeyboardInterrupt:  # Ctrl-C or torchrun's SIGINT: a stop, not a failure
-            msg = (f"interrupted during epoch {state.epoch}; last.pth holds the last completed "
-                   "epoch: resume with --resume")  # fmt: skip
+            msg = f"interrupted during epoch {state.epoch}; {self._kept(' with --resume')}"
             self._end("stopped", message=msg)
             raise
         except BaseException as exc:
@@ -205,6 +196,15 @@ class Trainer:
             self._end("failed", message=text, error=text)
             raise
         return final
+
+    def _kept(self, how: str = "") -> str:
+        """What a stopped run keeps: last.pth of its last completed epoch, or nothing at all."""
+        if self._completed:
+            return f"last.pth holds epoch {self._completed}: resume it{how}"
+        return (
+            "no epoch was completed, so there is no checkpoint to resume: start it again (the "
+            "same name reuses its folder) or remove it"
+        )
 
     def _keep_traceback(self, text: str) -> None:
         """An unexpected failure's traceback: into ``error.log`` of the run folder (status.json
@@ -249,6 +249,11 @@ class Trainer:
         model, net, optimizer, scheduler = parts.model, parts.net, parts.optimizer, parts.scheduler
         device, amp, channels_last = parts.device, parts.amp, parts.channels_last
         steps, history = parts.steps, parts.history
+        if self.rank == 0:
+            resumed = (self.resume_ckpt or {}).get("training_data")
+            self.training_data = record_training_data(
+                self.run_dir, parts.train_set.subjects, d.data_root, d.train_split, resumed
+            )
         figure = SampleFigure(parts.val_set, cfg) if (t.sample_figure and self.rank == 0) else None
         scores = [epoch_score(r) for r in history]
         best = max(scores) if scores else -math.inf
@@ -288,7 +293,15 @@ class Trainer:
             improved = score > best
             best, since_best = (score, 0) if improved else (best, since_best + 1)
             if self.rank == 0:
-                self._save_epoch(model, optimizer, scheduler, epoch, history, improved)
+                save_epoch(
+                    self.run_dir,
+                    self.config,
+                    (model, optimizer, scheduler),
+                    epoch,
+                    history,
+                    improved,
+                    self.training_data,
+                )
                 if figure is not None:
                     figure.save(model, device, amp, channels_last, self.run_dir, epoch)
             self._completed = epoch
@@ -371,29 +384,3 @@ class Trainer:
         if pending is not None:
             account(*pending)
         return loss_sum, seen
-
-    def _save_epoch(self, model, optimizer, scheduler, epoch, history, improved) -> None:
-        """Checkpoints, history and its plot of a completed epoch; TrainingError saying which
-        checkpoints are intact and how to continue when one cannot be written (a full disk)."""
-        run_dir, t = self.run_dir, self.config.train
-        args = (model, optimizer, scheduler, epoch, self.config, history)
-        try:
-            if t.checkpoint_every and epoch % t.checkpoint_every == 0:
-                save_checkpoint(run_dir / f"checkpoint_epoch{epoch}.pth", *args)
-            if improved:
-                save_checkpoint(run_dir / "best.pth", *args)
-            save_checkpoint(run_dir / "last.pth", *args)
-            write_history(run_dir, history)
-            save_history_plot(history, run_dir / "training_history.png")
-            return
-        except CheckpointWriteError as exc:
-            text = str(exc)
-        except OSError as exc:
-            size = estimated_checkpoint_bytes(model, t.optimizer)
-            full = exc.errno in DISK_FULL
-            text = no_space_text(run_dir, size) if full else f"cannot write to {run_dir} ({exc})"
-        # out of the except block, so that nothing holds a failed write's file (and its space)
-        first = (
-            "free disk space" if text.startswith("no space left") else "see why the write failed"
-        )
-        raise TrainingError(f"{text}; {continue_hint(run_dir, first)}")

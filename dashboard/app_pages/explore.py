@@ -69,6 +69,8 @@ def main() -> None:
             pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
             source = f"pred:{checkpoint}:{root}:{subject}"
             layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
+            for message in cached.domain_warnings(root, subject, checkpoint):
+                st.warning(state.plain(message), icon=":material/warning:")
         except Exception as exc:
             state.show_error(exc, f"prediction with {choice}")
         finally:

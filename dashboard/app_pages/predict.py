@@ -62,6 +62,9 @@ def run_prediction() -> None:
     upload = st.file_uploader(
         "CT image", type=["nii", "gz", "zip"], key=state.PREDICT_VIEW.ct_upload
     )
+    result = st.session_state.get(state.PREDICT_RESULT)
+    if result and result.get("upload_id") != (upload.file_id if upload else None):
+        del st.session_state[state.PREDICT_RESULT]  # another file (or none): not its labels
     workdir = Path(tempfile.mkdtemp(prefix="ctseg-predict-"))
     try:
         predict_upload(upload, workdir)
@@ -73,7 +76,9 @@ def run_prediction() -> None:
 
 def predict_upload(upload, workdir: Path) -> None:
     """The checkpoint choice and the Predict button; on a click, label the upload into the state."""
+    from ctseg_core.data.domain import is_phantom_ct
     from ctseg_core.data.volume import hu_problem, save_on_original_grid
+    from ctseg_core.inference.domain import domain_warnings
     from ctseg_core.inference.files import load_ct_noting
     from ctseg_core.inference.predictor import predict_volume
 
@@ -96,6 +101,10 @@ def predict_upload(upload, workdir: Path) -> None:
     with st.spinner(f"Reading {state.plain(label)} …"):
         saved = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
         ct, notes = load_ct_noting(saved, resample_uneven=resample)
+    uploaded = Path(checkpoint).is_relative_to(workdir)  # named as uploaded, not by its copy
+    domain = domain_warnings([checkpoint], ct.array.transpose(2, 0, 1), ct.spacing_mm,
+                             input_is_phantom=is_phantom_ct(saved), what=label,
+                             names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
     bar = st.progress(0.0, text="Predicting …")
 
     def progress(done: int, total: int, info: str = "") -> None:
@@ -107,6 +116,7 @@ def predict_upload(upload, workdir: Path) -> None:
     save_on_original_grid(labels_xyz, ct, out)
     st.session_state[state.PREDICT_RESULT] = {
         "name": uploads.result_stem(upload.name),
+        "upload_id": upload.file_id,
         "ct_zxy": np.ascontiguousarray(ct.array.transpose(2, 0, 1)),
         "labels_zxy": np.ascontiguousarray(labels_xyz.transpose(2, 0, 1)),
         "spacing_mm": tuple(ct.spacing_mm),
@@ -115,6 +125,7 @@ def predict_upload(upload, workdir: Path) -> None:
         "checkpoint": Path(checkpoint).name,
         # what reading said (files left out, a resampled series, the series chosen), then HU
         "warnings": [_named(n, label) for n in [*notes, hu_problem(ct.array, label)] if n],
+        "domain": domain,
     }
 
 
@@ -130,6 +141,8 @@ def show_result(result: dict) -> None:
     )
     for warning in result.get("warnings", []):
         state.show_warning(warning)
+    for message in result.get("domain") or []:  # outside what the checkpoint was trained on
+        state.show_warning(message)
     entries = label_entries(values)
     cols = st.columns(3)
     cols[0].download_button(

@@ -30,11 +30,14 @@ def controls(root: str) -> None:
     job = cached.training_job()
     if config is not None:
         try:
+            reused = _empty_run(config.run_name)
             run_dir = job.start(
                 check_run_config(config, check_data=True), cached.checkpoints_root(), state.who()
             )
             _started_here(run_dir)
-            st.toast(f"Started {state.plain(Path(run_dir).name)}", icon=":material/play_arrow:")
+            name = state.plain(Path(run_dir).name)
+            note = f" in the folder of the earlier {name}, which trained no epoch" if reused else ""
+            st.toast(f"Started {name}{note}", icon=":material/play_arrow:")
         except Exception as exc:
             state.show_error(exc, "cannot start")
     if job.is_running:
@@ -86,6 +89,16 @@ def controls(root: str) -> None:
             st.rerun()  # redraw Stop (enabled) and the watched run
 
 
+def _empty_run(name: str) -> bool:
+    """Whether ``name`` is a run that ended before completing an epoch (a new start under its
+    name takes its folder)."""
+    from ctseg_core.runs.run_folder import RUN_NAME, ended_before_training
+
+    if not name or not RUN_NAME.fullmatch(name):
+        return False
+    return ended_before_training(cached.checkpoints_root() / name)
+
+
 def _started_here(run_dir: Path) -> None:
     """Watch ``run_dir``, and remember that this browser session launched it."""
     name = Path(run_dir).name
@@ -132,7 +145,7 @@ def stop_job(job) -> None:
 
 
 def _list_runs():
-    from ctseg_core.runs.run_folder import list_runs
+    from ctseg_core.runs.listing import list_runs
 
     return list_runs(cached.checkpoints_root())
 
@@ -184,17 +197,48 @@ def stop_button(run_dir: Path) -> None:
     if stop_requested(run_dir):
         st.caption("Stop requested: the run ends before its next batch once it sees the request.")
         return
-    owner = read_status(run_dir).get("started_by") or "someone"
+    status = read_status(run_dir)
+    owner = status.get("started_by") or "someone"
+    epoch = int(status.get("epoch") or 0)
+    kept = (
+        f"last.pth keeps epoch {epoch}, its last completed one"
+        if epoch
+        else "no epoch has completed yet, so it keeps no checkpoint"
+    )
     with st.popover("Stop this run", icon=":material/stop:"):
-        st.markdown(
+        st.write(
             f"**{state.plain(run_dir.name)}** was started by {state.plain(owner)}, elsewhere "
-            "(the CLI, torchrun or another server). It stops before its next batch; last.pth "
-            "keeps its last completed epoch."
+            f"(the CLI, torchrun or another server). It stops before its next batch; {kept}."
         )
         label = f"Stop {state.plain(run_dir.name)}"
         if st.button(label, type="primary", key=state.TRAIN_FORM.stop_elsewhere):
             request_stop(run_dir, by=f"{state.who()} on {socket.gethostname()}")
             st.toast("Stop requested", icon=":material/stop:")
+
+
+def empty_run(run_dir: Path) -> None:
+    """A run that ended before completing an epoch: nothing to resume; its name can be used
+    again, or the run removed after a confirmation."""
+    from ctseg_core.runs.run_folder import remove_empty_run
+
+    name = state.plain(run_dir.name)
+    st.info(
+        f"{name} ended before completing an epoch: it has no checkpoint to resume. Start a new "
+        "run under the same name (it takes this folder) or remove this one.",
+        icon=":material/info:",
+    )
+    with st.popover("Remove this run", icon=":material/delete:"):
+        st.write(f"Remove the folder of **{name}**? It holds only its settings and status.")
+        if st.button(
+            f"Remove {name}", type="primary", key=f"{state.TRAIN_FORM.remove_empty}_{run_dir.name}"
+        ):
+            try:
+                remove_empty_run(run_dir)
+            except Exception as exc:
+                state.show_error(exc, "cannot remove")
+                return
+            st.toast(f"Removed {name}", icon=":material/delete:")
+            st.rerun(scope="app")
 
 
 def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
@@ -230,6 +274,9 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
         state.show_warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
     if active:
         stop_button(run_dir)
+    elif run_state in ("failed", "stopped") and _empty_run(run_name):
+        empty_run(run_dir)
+        return
     if not history:
         st.caption("No finished epoch yet; curves appear after the first one.")
         return

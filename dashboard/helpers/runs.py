@@ -13,7 +13,7 @@ from ctseg_core.labels import GROUP_OF
 
 def runs_table(root: Path) -> pd.DataFrame:
     """One row per run folder under ``root``: name, state, epoch, best val Dice, last update."""
-    from ctseg_core.runs.run_folder import list_runs
+    from ctseg_core.runs.listing import list_runs
 
     rows = [
         {

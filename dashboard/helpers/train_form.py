@@ -84,7 +84,7 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     """The training form; returns the config (the preset with the form's values) on Start."""
     k = state.TRAIN_FORM
     base = preset_picker(root)
-    with st.form("train_form"):
+    with st.form("train_form", enter_to_submit=False):  # Enter in the run name: no start
         c1, c2, c3 = st.columns(3)
         epochs = c1.slider("Epochs", 1, 200, key=k.epochs)
         lr = c1.select_slider(

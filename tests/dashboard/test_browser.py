@@ -150,6 +150,10 @@ def test_train_shows_epochs_and_curves_advancing_without_a_reload(
     page.get_by_label("Steps per epoch (0 = one pass over the training slices)").fill("12")
     page.get_by_label("Validation slices per subject (0 = all)").fill("2")
     page.get_by_label("Run name (empty = timestamp)").fill("browser-run")
+    page.get_by_label("Run name (empty = timestamp)").press("Enter")  # Start does, Enter not
+    wait_idle(page)
+    assert not page.get_by_text("This server is training").count()
+    assert not (dash_dirs["checkpoints"] / "browser-run").exists()
     page.get_by_role("button", name="Start", exact=True).click()
     page.get_by_text("This server is training browser-run").wait_for()
     watched = fresh(page, 'input[aria-label="Run"]')
@@ -197,6 +201,8 @@ def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs, screenshot
     screenshot(page, "evaluate")
 
     go_to(page, "Predict")
+    # the limit the README states (config.toml's server.maxUploadSize), as the box words it
+    page.get_by_text("500MB per file").first.wait_for()
     ct = dash_dirs["data"] / "s0003" / "ct.nii.gz"
     page.locator('input[type="file"]').first.set_input_files(str(ct))
     page.get_by_text("ct.nii.gz").first.wait_for()
@@ -224,6 +230,9 @@ def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs, screenshot
     page.locator('input[type="file"]').first.set_input_files(str(mask))
     page.get_by_text("liver.nii.gz").first.wait_for()
     wait_idle(page)
+    # ct.nii.gz's labels and downloads went with its upload: none shown under the new file
+    assert not fresh(page, '[data-testid="stDownloadButton"]').count()
+    assert not fresh(page, ":text('structures found')").count()
     page.get_by_role("button", name="Predict", exact=True).click()
     page.get_by_text("do not look like Hounsfield units").wait_for(timeout=120_000)
     fake = dash_dirs["checkpoints"].parent / "fake.nii.gz"

@@ -41,11 +41,21 @@ from ...fileio import atomic_write_text
 from ...labels import STRUCTURES
 from .subject import SubjectSpec, plan_dataset, render_subject
 
-__all__ = ["MARKER", "SubjectSpec", "make_phantom_dataset", "plan_dataset", "render_subject"]
+__all__ = [
+    "MARKER",
+    "PHANTOM_DESCRIP",
+    "SubjectSpec",
+    "make_phantom_dataset",
+    "plan_dataset",
+    "render_subject",
+]
 
 log = logging.getLogger(__name__)
 
 MARKER = ".ctseg-phantom.json"
+#: the NIfTI header description of every phantom file, so that a phantom CT is known as such
+#: outside its dataset too (e.g. uploaded on the Predict page)
+PHANTOM_DESCRIP = b"ctseg synthetic phantom"
 #: the largest nominal grid: a subject grows to 1.6x it, rendered in float32 several times over
 MAX_VOXELS = 512**3
 _GZIP_LEVEL = 1  # nibabel's default; level 6 took 2.4x the time for 8% smaller files (measured)
@@ -63,6 +73,7 @@ def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = PHANTOM_DESCRIP
     return gzip.compress(img.to_bytes(), compresslevel=_GZIP_LEVEL, mtime=0)
 
 

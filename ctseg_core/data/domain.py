@@ -1,0 +1,132 @@
+"""What CTs a model was trained on: the record a run keeps, and how a CT compares with it.
+
+The record, ``training_data.json`` in a run folder and ``"training_data"`` in its checkpoints::
+
+    {"version": 1, "source": "phantom" | "dataset", "data_root": str, "split": "train",
+     "subjects": int,
+     "spacing_mm": {"min": [x, y, z], "max": [x, y, z]},   # canonical axes, over the subjects
+     "hu_range": [min, max],                                # over all training CTs (HU)
+     "body_hu": {"percentiles": [5, 50, 95], "min": [...], "max": [...], "subjects": int}}
+
+``body_hu``: per CT, the percentiles of its body voxels (HU >= ``BODY_HU``: air and lung left
+out, so the share of air around a patient does not move them), from a subsample of at most
+``MAX_SLICES`` axial slices; ``min`` and ``max`` over at most ``MAX_HU_SUBJECTS`` training CTs
+(spread evenly over the split). Cheap: a training run on the whole TotalSegmentator dataset reads
+about 4 MB per sampled subject from the preprocessing cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import atomic_write_json
+from .phantom.dataset import MARKER, PHANTOM_DESCRIP
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+RECORD_FILE = "training_data.json"
+#: voxels at or above this are "body" (fat is about -100 HU, lung -850, air -1000)
+BODY_HU = -500
+PERCENTILES = (5, 50, 95)
+MAX_SLICES = 16
+MAX_VALUES = 200_000
+MAX_HU_SUBJECTS = 32
+
+
+def body_hu_percentiles(ct_zxy: np.ndarray) -> list[float] | None:
+    """``PERCENTILES`` of the body voxels (HU >= ``BODY_HU``) of a CT, or None when it has none.
+
+    ``ct_zxy``: (Z, X, Y) HU, axial slice first (the cache's layout; a memory map reads only the
+    slices sampled): at most ``MAX_SLICES`` evenly spaced slices, strided in-plane to at most
+    ``MAX_VALUES`` voxels.
+    """
+    z, x, y = ct_zxy.shape
+    zs = np.unique(np.linspace(0, z - 1, min(z, MAX_SLICES)).round().astype(int))
+    step = max(1, math.ceil(math.sqrt(len(zs) * x * y / MAX_VALUES)))
+    sample = np.asarray(ct_zxy[zs, ::step, ::step], dtype=np.float32)
+    body = sample[sample >= BODY_HU]
+    if body.size == 0:
+        return None
+    return [round(float(v), 1) for v in np.percentile(body, PERCENTILES)]
+
+
+def is_phantom_root(root: str | Path) -> bool:
+    """Whether ``root`` is a dataset written by the synthetic phantom (it holds its marker)."""
+    return (Path(root) / MARKER).is_file()
+
+
+def is_phantom_ct(path: str | Path) -> bool:
+    """Whether a CT file is the synthetic phantom's: it lies in a phantom dataset
+    (``root/<id>/ct.nii.gz``) or its NIfTI header says so (an upload of one). A DICOM folder or
+    an unreadable file: False."""
+    path = Path(path)
+    if path.is_dir():
+        return False
+    if is_phantom_root(path.parent.parent):
+        return True
+    try:
+        import nibabel as nib
+
+        descrip = nib.load(str(path)).header.get("descrip")
+        return bytes(np.asarray(descrip).tobytes()).startswith(PHANTOM_DESCRIP)
+    except Exception:  # not a NIfTI (or not readable): the reader says why elsewhere
+        return False
+
+
+def describe_training_data(subjects: Sequence, data_root: str | Path, split: str) -> dict:
+    """The record of the CTs a model trains on (module docstring), from their cache entries.
+
+    ``subjects``: ``CachedSubject`` entries (``spacing_mm``, ``meta["hu_range"]``, ``ct`` as
+    (Z, X, Y)); spacing and HU range from every entry's metadata, body percentiles from a sample
+    of at most ``MAX_HU_SUBJECTS`` of them.
+    """
+    spacings = np.array([s.spacing_mm for s in subjects], dtype=float).reshape(-1, 3)
+    ranges = [s.meta.get("hu_range") for s in subjects]
+    ranges = np.array([r for r in ranges if r], dtype=float).reshape(-1, 2)
+    picks = np.unique(np.linspace(0, len(subjects) - 1, min(len(subjects), MAX_HU_SUBJECTS)))
+    profiles = [body_hu_percentiles(subjects[int(i)].ct) for i in picks] if subjects else []
+    profiles = np.array([p for p in profiles if p is not None], dtype=float)
+    record = {
+        "version": VERSION,
+        "source": "phantom" if is_phantom_root(data_root) else "dataset",
+        "data_root": str(data_root),
+        "split": split,
+        "subjects": len(subjects),
+        "spacing_mm": None,
+        "hu_range": None,
+        "body_hu": None,
+    }
+    if len(spacings):
+        record["spacing_mm"] = {
+            "min": [round(float(v), 4) for v in spacings.min(axis=0)],
+            "max": [round(float(v), 4) for v in spacings.max(axis=0)],
+        }
+    if len(ranges):
+        record["hu_range"] = [int(ranges[:, 0].min()), int(ranges[:, 1].max())]
+    if len(profiles):
+        record["body_hu"] = {
+            "percentiles": list(PERCENTILES),
+            "min": [round(float(v), 1) for v in profiles.min(axis=0)],
+            "max": [round(float(v), 1) for v in profiles.max(axis=0)],
+            "subjects": len(profiles),
+        }
+    return record
+
+
+def record_training_data(
+    run_dir: str | Path, subjects: Sequence, data_root: str | Path, split: str, resumed=None
+) -> dict:
+    """The record of a run (``resumed``: the one its checkpoint kept, else described now),
+    written to ``run_dir/training_data.json``; a failed write is logged, not fatal."""
+    record = resumed or describe_training_data(subjects, data_root, split)
+    try:
+        atomic_write_json(Path(run_dir) / RECORD_FILE, record)
+    except OSError as exc:
+        log.warning("could not write %s: %s", Path(run_dir) / RECORD_FILE, exc)
+    return record

@@ -1,0 +1,98 @@
+"""Predict page: a result belongs to its upload; the upload limit the box shows is the README's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _result_heading(at) -> list[str]:
+    return [h.value for h in at.subheader if "structures found" in h.value]
+
+
+def test_a_new_upload_clears_the_previous_result_and_its_downloads(
+    app_env, tiny_run, new_app, no_problems
+):
+    at = new_app("predict")
+    at.run()
+    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("first.nii.gz", ct, "application/gzip"))
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    no_problems(at)
+    (heading,) = _result_heading(at)
+    assert heading.startswith("first: ") and heading.endswith("(best.pth)")
+    assert len(at.get("download_button")) == 3
+    at.run()  # the same upload: its result stays
+    assert _result_heading(at) == [heading] and len(at.get("download_button")) == 3
+    mask = (app_env["data"] / "s0003" / "segmentations" / "liver.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("second.nii.gz", mask, "application/gzip"))
+    at.run()
+    no_problems(at)
+    # not "first"'s labels under "second", nor downloads of them: nothing until Predict
+    assert _result_heading(at) == [] and not at.get("download_button")
+    assert not at.button(key="ctseg_predict_go").disabled
+
+
+def upload_box_limit(limit_mib: int) -> str:
+    """The limit Streamlit's upload box shows (frontend getSizeDisplay, not on Windows): the
+    size in units of 1000, moved up a unit while above half of it, rounded to an integer."""
+    size, units = float(limit_mib), ["MB", "GB"]
+    while len(units) > 1 and size > 500:
+        size, units = size / 1000, units[1:]
+    return f"{size:.0f}{units[0]}"
+
+
+def test_the_upload_box_shows_the_limit_the_readme_states():
+    config = (REPO / "dashboard" / ".streamlit" / "config.toml").read_text()
+    (limit,) = [int(v) for v in re.findall(r"^maxUploadSize\s*=\s*(\d+)\s*$", config, re.M)]
+    readme = (REPO / "dashboard" / "README.md").read_text()
+    stated = re.search(r"upload limit \(`server\.maxUploadSize`\) is (\d+) MB", readme)
+    assert stated and int(stated.group(1)) == limit
+    assert upload_box_limit(limit) == f"{limit}MB"  # 512 would show as "1GB"
+    assert upload_box_limit(512) == "1GB"
+    assert limit * 2**20 > 300e6  # a 300 MB CT and the form's overhead still fit
+
+
+PHANTOM_ONLY = "was trained on the synthetic phantom only, not on real CTs"
+
+
+def _warnings(at) -> list[str]:
+    return [w.value.replace("\\", "") for w in at.warning]  # shown as plain text: unescaped
+
+
+def test_predict_warns_when_the_phantoms_model_labels_a_real_ct(
+    app_env, tiny_run, extra_dir, new_app, no_problems
+):
+    at = new_app("predict")
+    at.run()
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
+    real = (extra_dir / "unlabeled_ct_3mm.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("patient.nii.gz", real, "application/gzip"))
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    no_problems(at)
+    assert _result_heading(at)[0].startswith("patient: ")
+    found = [w for w in _warnings(at) if PHANTOM_ONLY in w]
+    assert found == [
+        f"tiny/best.pth {PHANTOM_ONLY}: its labels on patient.nii.gz do not follow the anatomy; "
+        "use a checkpoint trained on real CTs"
+    ]
+    # a CT of the phantom itself, uploaded (known by its header): no such warning
+    phantom = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("phantom.nii.gz", phantom, "application/gzip"))
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    no_problems(at)
+    assert _result_heading(at)[0].startswith("phantom: ")
+    assert _warnings(at) == []

@@ -1,0 +1,170 @@
+"""What a run was trained on (training_data.json, the checkpoint's record) and the warnings for a
+CT outside it: the phantom's model on a real CT, another voxel size, intensities not in HU."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.data.cache import open_cached
+from ctseg_core.data.dataset_root import open_dataset
+from ctseg_core.data.domain import body_hu_percentiles, describe_training_data, is_phantom_ct
+from ctseg_core.data.volume import load_ct
+from ctseg_core.inference.domain import checkpoint_training_data, outside_training_data
+from ctseg_core.inference.files import predict_file
+from ctseg_core.models import build_model
+from ctseg_core.models.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+PHANTOM_ONLY = "was trained on the synthetic phantom only, not on real CTs"
+
+
+def _entries(root, cache, split=None):
+    index = open_dataset(root)
+    ids = index.subjects_in(split) if split else index.subjects
+    return [open_cached(root, s, cache) for s in ids]
+
+
+def test_the_record_holds_the_training_cts_spacing_and_hu_ranges(phantom_root, session_cache):
+    train = _entries(phantom_root, session_cache, "train")
+    record = describe_training_data(train, phantom_root, "train")
+    assert record["source"] == "phantom" and record["subjects"] == len(train) >= 3
+    spacings = np.array([e.spacing_mm for e in train])
+    assert record["spacing_mm"]["min"] == pytest.approx(spacings.min(axis=0), abs=1e-4)
+    assert record["spacing_mm"]["max"] == pytest.approx(spacings.max(axis=0), abs=1e-4)
+    assert record["hu_range"] == [
+        min(e.meta["hu_range"][0] for e in train),
+        max(e.meta["hu_range"][1] for e in train),
+    ]
+    profiles = np.array([body_hu_percentiles(e.ct) for e in train])
+    assert record["body_hu"]["percentiles"] == [5, 50, 95]
+    assert record["body_hu"]["min"] == pytest.approx(profiles.min(axis=0), abs=0.05)
+    assert record["body_hu"]["max"] == pytest.approx(profiles.max(axis=0), abs=0.05)
+    # soft tissue and fat around the median, bone in the top 5 percent
+    assert -150 < record["body_hu"]["min"][1] <= record["body_hu"]["max"][1] < 60
+    assert record["body_hu"]["max"][2] > 150
+
+
+def test_body_percentiles_are_those_of_the_whole_ct_within_10_hu(sample_root, cache_dir):
+    entry = open_cached(sample_root, "s0001", cache_dir)  # 512 x 512 x 20: sampled, not whole
+    ct = np.asarray(entry.ct, dtype=np.float32)
+    exact = np.percentile(ct[ct >= -500], [5, 50, 95])
+    assert body_hu_percentiles(entry.ct) == pytest.approx(exact, abs=10)
+
+
+def test_the_phantoms_model_warns_on_a_real_ct_and_not_on_the_phantom(
+    phantom_root, session_cache, sample_root
+):
+    record = describe_training_data(
+        _entries(phantom_root, session_cache, "train"), phantom_root, "train"
+    )
+    for entry in _entries(phantom_root, session_cache):  # every split, the held-out ones too
+        assert outside_training_data(record, entry.spacing_mm, body_hu_percentiles(entry.ct),
+                                     input_is_phantom=True) == [], entry.subject_id  # fmt: skip
+    real = open_cached(sample_root, "s0001", session_cache)  # 0.977 x 0.977 x 2.0 mm
+    found = outside_training_data(record, real.spacing_mm, body_hu_percentiles(real.ct),
+                                  input_is_phantom=False, what="s0001", model="tiny/best.pth")  # fmt: skip
+    assert len(found) == 2
+    assert found[0].startswith(f"tiny/best.pth {PHANTOM_ONLY}: its labels on s0001")
+    lo, hi = record["spacing_mm"]["min"][0], record["spacing_mm"]["max"][0]
+    assert f"x 0.977 mm (trained on {lo:.3g}-{hi:.3g}), y 0.977 mm" in found[1]
+    assert ", z " not in found[1]  # 2 mm slices are within the phantom's
+
+
+def test_intensities_far_from_the_training_cts_are_flagged(sample_root, extra_dir, cache_dir):
+    record = describe_training_data(_entries(sample_root, cache_dir), sample_root, "all")
+    assert record["source"] == "dataset"
+    ct = load_ct(extra_dir / "unlabeled_ct_3mm.nii.gz")  # a real CT of another patient, in HU
+    zxy = ct.array.transpose(2, 0, 1)
+
+    def check(array):
+        return outside_training_data(record, ct.spacing_mm, body_hu_percentiles(array),
+                                     input_is_phantom=False, what="the upload")  # fmt: skip
+
+    assert check(zxy) == []
+    # stored without its rescale intercept: air at 0, tissue near +1000
+    (found,) = check(zxy.astype(np.int32) + 1024)
+    assert found.startswith("the intensities of the upload are unlike those of the CTs")
+    assert "p50 " in found and "p95 " in found
+    median = float(found.split("p50 ")[1].split(" HU")[0])
+    assert median > 900
+    # a rescale slope of 0.5: lung and air fall among the body voxels
+    (found,) = check((zxy.astype(np.float32) * 0.5).astype(np.int16))
+    assert "p5 -499 HU (trained on" in found
+
+
+def test_a_phantom_ct_is_known_in_its_dataset_and_as_an_upload(phantom_root, sample_root, tmp_path):
+    ct = phantom_root / "s0001" / "ct.nii.gz"
+    assert is_phantom_ct(ct)
+    upload = tmp_path / "upload.nii.gz"  # outside its dataset: by its header
+    shutil.copy(ct, upload)
+    assert is_phantom_ct(upload)
+    assert not is_phantom_ct(sample_root / "s0001" / "ct.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    assert not is_phantom_ct(tmp_path / "junk.nii.gz") and not is_phantom_ct(tmp_path)
+
+
+def test_a_run_records_its_data_and_predict_warns_outside_it(
+    phantom_root, extra_dir, tmp_path, caplog, one_torch_thread
+):
+    from ctseg_core.training.trainer import Trainer
+
+    config = RunConfig(
+        DataConfig(data_root=str(phantom_root), target_size=(64, 64), batch_size=4,
+                   structures=["liver", "spleen"], val_slices_per_subject=2),
+        ModelConfig(features=[4, 8, 16, 32], bottleneck=64),
+        TrainConfig(epochs=1, steps_per_epoch=1, amp="off", sample_figure=False),
+        run_name="ph",
+    )  # fmt: skip
+    assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
+    run_dir = tmp_path / "ph"
+    record = json.loads((run_dir / "training_data.json").read_text())
+    assert record["source"] == "phantom" and record["data_root"] == str(phantom_root)
+    assert record["subjects"] == len(open_dataset(phantom_root).subjects_in("train"))
+    assert load_checkpoint(run_dir / "best.pth")["training_data"] == record
+    assert checkpoint_training_data(run_dir / "last.pth") == record
+
+    real = extra_dir / "unlabeled_ct_3mm.nii.gz"
+    with caplog.at_level(logging.WARNING, logger="ctseg_core.inference"):
+        summary = predict_file(real, [run_dir / "best.pth"], tmp_path / "real.nii.gz")
+    phantom = [w for w in summary["warnings"] if PHANTOM_ONLY in w]
+    assert phantom == [f"ph/best.pth {PHANTOM_ONLY}: its labels on {real} do not follow the "
+                       "anatomy; use a checkpoint trained on real CTs"]  # fmt: skip
+    assert phantom[0] in caplog.messages  # the CLI's log says it too
+    caplog.clear()
+    test_ct = phantom_root / open_dataset(phantom_root).subjects_in("test")[0] / "ct.nii.gz"
+    with caplog.at_level(logging.WARNING, logger="ctseg_core.inference"):
+        summary = predict_file(test_ct, [run_dir / "best.pth"], tmp_path / "phantom.nii.gz")
+    assert summary["warnings"] == [] and not caplog.messages
+
+
+def test_a_checkpoint_without_a_record_loads_and_is_judged_by_its_dataset(
+    phantom_root, sample_root, tmp_path
+):
+    def old_checkpoint(data_root, name):
+        """A checkpoint as written before records were kept: no "training_data" key."""
+        config = RunConfig(DataConfig(data_root=str(data_root), structures=["liver"]),
+                           ModelConfig(features=[4, 8, 16, 32], bottleneck=64))  # fmt: skip
+        path = save_checkpoint(tmp_path / name, build_model(config.model), config=config)
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["training_data"]
+        torch.save(ckpt, path)
+        return path
+
+    on_phantom = old_checkpoint(phantom_root, "phantom.pth")
+    _, config = load_model(on_phantom)
+    assert config.data.structures == ["liver"] and "training_data" not in load_checkpoint(
+        on_phantom
+    )
+    assert checkpoint_training_data(on_phantom) == {
+        "version": 1, "source": "phantom", "data_root": str(phantom_root)
+    }  # fmt: skip
+    assert checkpoint_training_data(old_checkpoint(sample_root, "real.pth")) is None
+    found = outside_training_data(checkpoint_training_data(on_phantom), (0.8, 0.8, 1.0),
+                                  [-100.0, 40.0, 300.0], input_is_phantom=False)  # fmt: skip
+    assert len(found) == 1 and PHANTOM_ONLY in found[0]  # nothing else recorded to compare
