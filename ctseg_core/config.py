@@ -74,6 +74,11 @@ class DataConfig:
     seed: int = 0
     # loader processes; None: hardware.loader_workers picks (0 on a CPU, up to 8 on a GPU)
     num_workers: int | None = None
+    # volumetric models only (ModelSpec.spatial_dims 3), in the canonical axis order (x, y, z):
+    # the patch the network sees (voxels) and the voxel spacing (mm) CTs are resampled to
+    # (None: the CT's own grid); None for a slice model
+    patch_size: tuple[int, int, int] | None = None
+    spacing_mm: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -90,6 +95,14 @@ class ModelConfig:
     dropout: float = 0.0
     deep_supervision: int = 0  # extra output heads at 1/2, 1/4, .. resolution while training
     output: str = "softmax"  # "softmax" (channel 0 background) or "sigmoid"; follows the loss
+    # volumetric models (nnU-Net's, models.nnunet): ``features`` is then the width of every
+    # stage, the bottleneck's included (``bottleneck`` is unused); one entry per stage, each
+    # kernel and stride (x, y, z) or one int for all three; None: nnU-Net's defaults (kernel 3,
+    # stride 1 at the first stage and 2 below, convolutions as models.nnunet.architecture says)
+    kernel_sizes: list[list[int]] | None = None
+    strides: list[list[int]] | None = None
+    convs_per_stage: list[int] | None = None  # encoder convolutions (residual blocks: resenc)
+    decoder_convs_per_stage: list[int] | None = None  # one entry per stage below the first
 
 
 @dataclass
@@ -131,7 +144,8 @@ def _build(cls: type, values: dict[str, Any] | None, where: str):
             f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_fields(cls)))}"
         )
     for name, value in values.items():
-        if isinstance(value, list) and name in ("target_size", "hu_window", "scale_range"):
+        tuples = ("target_size", "hu_window", "scale_range", "patch_size", "spacing_mm")
+        if isinstance(value, list) and name in tuples:
             values[name] = tuple(value)
     return cls(**values)
 
@@ -245,6 +259,20 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"context slices must be odd and >= 1 (got {d.context_slices})")
     if not d.hu_window[0] < d.hu_window[1]:
         problems.append(f"HU window {tuple(d.hu_window)} must be (low, high) with low < high")
+    if d.patch_size is not None and (
+        len(d.patch_size) != 3 or any(int(p) != p or p < 1 for p in d.patch_size)
+    ):
+        problems.append(
+            f"patch size {tuple(d.patch_size)} must be three whole voxels >= 1 (x, y, z)"
+        )
+    if d.spacing_mm is not None and (
+        len(d.spacing_mm) != 3
+        or not all(isinstance(s, (int, float)) and s > 0 for s in d.spacing_mm)
+    ):
+        problems.append(
+            f"spacing {tuple(d.spacing_mm)} mm must be three sizes > 0 (x, y, z), or unset for "
+            "the CT's own grid"
+        )
     if not 0.0 <= d.foreground_fraction <= 1.0:
         problems.append(f"foreground fraction must be in [0, 1] (got {d.foreground_fraction})")
     for name in ("spatial", "elastic", "intensity", "curve", "vessel_contrast"):

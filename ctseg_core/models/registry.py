@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
+from .nnunet import build_nnunet, check_nnunet
 from .unet import UNet2D
 
 
@@ -22,8 +23,9 @@ class ModelSpec:
 
     ``build(run_config) -> nn.Module``; ``check(run_config) -> list[str]`` returns the problems
     of settings the network cannot take (empty: fine); ``spatial_dims`` is 2 for a slice model
-    (H, W) and 3 for a volumetric one (D, H, W); ``inference`` names the strategy that cuts a
-    CT into its inputs ("slices": batches of axial slices).
+    (H, W) and 3 for a volumetric one (X, Y, Z, the canonical axes); ``inference`` names the
+    strategy that cuts a CT into its inputs ("slices": batches of axial slices; "patches":
+    a sliding window of ``data.patch_size`` patches at ``data.spacing_mm``).
     """
 
     name: str
@@ -106,6 +108,28 @@ def build_unet(cfg) -> nn.Module:
 @register("attention_unet", "2D attention U-Net", check=_check_unet)
 def build_attention_unet(cfg) -> nn.Module:
     return _unet(cfg, attention=True)
+
+
+@register(
+    "plain_unet3d",
+    "3D U-Net (nnU-Net's PlainConvUNet)",
+    spatial_dims=3,
+    check=check_nnunet,
+    inference="patches",
+)
+def build_plain_unet3d(cfg) -> nn.Module:
+    return build_nnunet(cfg, residual=False)
+
+
+@register(
+    "resenc_unet3d",
+    "3D residual-encoder U-Net (nnU-Net's ResidualEncoderUNet)",
+    spatial_dims=3,
+    check=lambda run_config: check_nnunet(run_config, residual=True),
+    inference="patches",
+)
+def build_resenc_unet3d(cfg) -> nn.Module:
+    return build_nnunet(cfg, residual=True)
 
 
 def build_model(model_config) -> nn.Module:
