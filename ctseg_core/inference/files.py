@@ -141,6 +141,7 @@ def predict_file(
     memory_limit_bytes: int | None = None,
     statistics: bool = False,
     resample_uneven: bool = False,
+    overlap: float = 0.5,
 ) -> dict:
     """Predict a CT file or DICOM series folder and write the results beside ``out_path``.
 
@@ -150,6 +151,7 @@ def predict_file(
     that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT too large
     for memory (before reading it when its header tells the size). A DICOM series with missing
     slices or uneven spacing is refused unless ``resample_uneven`` (then the warnings say so).
+    ``overlap``: the share of a patch neighbouring windows share (volumetric models).
     """
     from .predictor import Predictor
 
@@ -167,14 +169,18 @@ def predict_file(
     if split_masks and masks_dir.exists():
         _refuse_foreign_masks_dir(masks_dir)
     start = time.perf_counter()
-    predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta)
+    predictor = Predictor(
+        checkpoints, device=device, batch_slices=batch_slices, tta=tta, overlap=overlap
+    )
     if ct_path.is_file():
         try:
-            header_shape = nib.load(str(ct_path)).shape[:3]
+            header = nib.load(str(ct_path)).header
+            header_shape, zooms = header.get_data_shape()[:3], header.get_zooms()[:3]
         except Exception:  # unreadable files get their one-line error from load_ct below
-            header_shape = None
+            header_shape = zooms = None
         if header_shape and len(header_shape) == 3:
-            predictor.check_memory(header_shape, memory_limit_bytes)
+            spacing = zooms if len(zooms) == 3 and all(z > 0 for z in zooms) else None
+            predictor.check_memory(header_shape, memory_limit_bytes, spacing)
     ct, read_warnings = load_ct_noting(ct_path, resample_uneven=resample_uneven)
     ckpts = [checkpoints] if isinstance(checkpoints, str | Path) else list(checkpoints)
     domain = domain_warnings(ckpts, ct.array.transpose(2, 0, 1), ct.spacing_mm,

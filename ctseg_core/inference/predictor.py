@@ -2,8 +2,8 @@
 
 The predictor loads the checkpoints and checks that they agree; how a CT is cut into model inputs
 and put back together is a strategy (``inference.strategies``), named by the model's registry
-entry: batches of axial slices for a 2D or 2.5D model today, sliding-window patches for a
-volumetric one next. Scores are averaged over test-time augmentations and members; the volume is
+entry: batches of axial slices for a 2D or 2.5D model, sliding-window patches for a volumetric
+one (``batch_slices`` is then patches per forward pass). Scores are averaged over test-time augmentations and members; the volume is
 held as uint8 labels, never as a 117-channel float volume, and memory is bounded by one batch.
 Writing back onto the CT's original grid is :mod:`.files`' job (:func:`predict_file`).
 """
@@ -74,10 +74,11 @@ class Predictor:
     and left/right label channels swapped with ``lr_swap_lut``); other models on two slightly
     shifted copies, because mirroring a model that never saw a mirrored body would mislabel sides.
     ``device`` "auto" runs on a GPU when there is one (the dashboard's server included).
+    ``overlap``: the share of a patch that neighbouring windows share (volumetric models).
     """
 
     def __init__(self, checkpoints: Sequence[str | Path], device: str | torch.device = "auto",
-                 batch_slices: int = 8, tta: bool = False) -> None:  # fmt: skip
+                 batch_slices: int = 8, tta: bool = False, overlap: float = 0.5) -> None:  # fmt: skip
         from ..models.checkpoint import load_model
 
         if isinstance(checkpoints, str | Path):
@@ -86,6 +87,9 @@ class Predictor:
             raise ConfigError("no checkpoint given; pass at least one .pth file")
         if batch_slices < 1:
             raise ConfigError(f"batch_slices must be >= 1, got {batch_slices}")
+        if not 0.0 <= overlap < 1.0:
+            raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
+        self.overlap = float(overlap)
         self.device = resolve_device(device)
         self.batch_slices, self.tta = int(batch_slices), bool(tta)
         self.members: list[_Member] = []
@@ -114,11 +118,15 @@ class Predictor:
     def structures(self) -> list[str]:
         return list(self.members[0].config.data.structures)
 
-    def estimate_bytes(self, shape_xyz: Sequence[int], batch_slices: int | None = None) -> int:
-        """Peak memory (bytes) of labelling a CT of ``shape_xyz``, as the strategy estimates it."""
-        return self.strategy.estimate_bytes(shape_xyz, int(batch_slices or self.batch_slices))
+    def estimate_bytes(self, shape_xyz: Sequence[int], batch_slices: int | None = None,
+                       spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
+        """Peak memory (bytes) of labelling a CT of ``shape_xyz`` (voxel size ``spacing_mm``,
+        which a volumetric model resamples), as the strategy estimates it."""
+        batch = int(batch_slices or self.batch_slices)
+        return self.strategy.estimate_bytes(shape_xyz, batch, spacing_mm)
 
-    def check_memory(self, shape_xyz: Sequence[int], limit_bytes: int | None = None) -> int:
+    def check_memory(self, shape_xyz: Sequence[int], limit_bytes: int | None = None,
+                     spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
         """The batch size that fits ``limit_bytes`` (default 80 % of available memory).
 
         Lowers the batch down to 1 slice when needed; raises CtsegError with the size and the
@@ -126,9 +134,9 @@ class Predictor:
         """
         limit = int(limit_bytes if limit_bytes is not None else 0.8 * available_memory_bytes())
         batch = self.batch_slices
-        while batch > 1 and self.estimate_bytes(shape_xyz, batch) > limit:
+        while batch > 1 and self.estimate_bytes(shape_xyz, batch, spacing_mm) > limit:
             batch //= 2
-        need = self.estimate_bytes(shape_xyz, batch)
+        need = self.estimate_bytes(shape_xyz, batch, spacing_mm)
         if need > limit:
             dims = " x ".join(str(int(s)) for s in shape_xyz)
             raise CtsegError(
@@ -140,17 +148,21 @@ class Predictor:
         return batch
 
     def predict(self, ct: Volume | np.ndarray, progress: Callable[[int, int, str], None] | None = None,
-                memory_limit_bytes: int | None = None) -> np.ndarray:  # fmt: skip
+                memory_limit_bytes: int | None = None,
+                spacing_mm: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
         """Label a canonical CT: (X, Y, Z) int16 HU (a Volume or an array) -> (X, Y, Z) uint8.
 
         Values are label values 0..117 (only those of the model's structures occur).
-        ``progress(done_slices, total_slices, "slices")`` after each batch.
+        ``spacing_mm``: the voxel size of an array (a Volume has its own); a volumetric model
+        needs it to resample. ``progress(done, total, "slices" or "patches")`` after each batch.
         """
         ct_xyz = ct.array if isinstance(ct, Volume) else np.asarray(ct)
+        if isinstance(ct, Volume):
+            spacing_mm = ct.spacing_mm
         if ct_xyz.ndim != 3:
             raise CtsegError(f"the CT has shape {ct_xyz.shape}; a 3D (X, Y, Z) volume is expected")
-        batch = self.check_memory(ct_xyz.shape, memory_limit_bytes)
-        return self.strategy.label(ct_xyz, batch, progress)
+        batch = self.check_memory(ct_xyz.shape, memory_limit_bytes, spacing_mm)
+        return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
 
 
 def predict_volume(

@@ -1,9 +1,10 @@
 """How a CT is cut into model inputs and put back together: one strategy per kind of model.
 
 A strategy is built with its ``Predictor`` (members, device, TTA, active label values) and
-offers ``estimate_bytes(shape_xyz, batch) -> int`` and ``label(ct_xyz, batch, progress) ->
-(X, Y, Z) uint8``. A model's registry entry names its strategy (``ModelSpec.inference``);
-a volumetric model adds one here (sliding-window patches) and nothing else in inference changes.
+offers ``estimate_bytes(shape_xyz, batch, spacing_mm) -> int`` and ``label(ct_xyz, batch,
+progress, spacing_mm) -> (X, Y, Z) uint8``. A model's registry entry names its strategy
+(``ModelSpec.inference``): "slices" here, "patches" (sliding-window patches for a volumetric
+model) in :mod:`.patches`.
 
 ``slices``: batches of axial slices (with their 2.5D context when the model was trained so),
 each normalised and resized to the model's target size, scored (``label_scores``: (B, 118, h,
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from ..data.slices import context_indices, normalize_hu, resize_batch
 from ..labels import NUM_LABELS, lr_swap_lut
 from ..models.head import label_scores
+from .patches import PatchStrategy
 
 #: channels upsampled to the CT's size at once (bounds the largest float buffer)
 _UPSAMPLE_CHANNELS = 16
@@ -46,8 +48,9 @@ class SliceStrategy:
             return ["identity", "mirror"]
         return ["identity", *(f"shift{i}" for i in range(len(_TTA_SHIFTS)))]
 
-    def estimate_bytes(self, shape_xyz: Sequence[int], batch_slices: int) -> int:
-        """Peak memory (bytes) of labelling a CT of ``shape_xyz``, an estimate.
+    def estimate_bytes(self, shape_xyz: Sequence[int], batch_slices: int,
+                       spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
+        """Peak memory (bytes) of labelling a CT of ``shape_xyz``, an estimate (any spacing).
 
         Volume terms: the int16 CT and the uint8 labels (plus a copy of each for reorientation).
         Batch terms: the scores at the working size (one, plus accumulator and resize buffer),
@@ -124,10 +127,14 @@ class SliceStrategy:
         return active[best_index].to(torch.uint8).cpu().numpy()
 
     def label(
-        self, ct_xyz: np.ndarray, batch: int, progress: Callable[[int, int, str], None] | None
+        self,
+        ct_xyz: np.ndarray,
+        batch: int,
+        progress: Callable[[int, int, str], None] | None,
+        spacing_mm: Sequence[float] | None = None,
     ) -> np.ndarray:
-        """(X, Y, Z) int16 HU -> (X, Y, Z) uint8 labels, ``batch`` slices at a time;
-        ``progress(done_slices, total_slices, "slices")`` after each batch."""
+        """(X, Y, Z) int16 HU -> (X, Y, Z) uint8 labels, ``batch`` slices at a time (the
+        spacing is not needed); ``progress(done_slices, total_slices, "slices")`` after each batch."""
         x_size, y_size, num_slices = ct_xyz.shape
         labels = np.zeros(ct_xyz.shape, dtype=np.uint8)
         for start in range(0, num_slices, batch):
@@ -143,4 +150,4 @@ class SliceStrategy:
 
 
 #: strategy name (``ModelSpec.inference``) -> class
-STRATEGIES: dict[str, type] = {"slices": SliceStrategy}
+STRATEGIES: dict[str, type] = {"slices": SliceStrategy, "patches": PatchStrategy}

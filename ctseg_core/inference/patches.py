@@ -1,0 +1,260 @@
+"""Sliding-window inference for volumetric models: the "patches" strategy.
+
+The canonical CT (X, Y, Z) int16 HU is resampled (trilinear) to the model's ``data.spacing_mm``
+(None: kept), padded with air (-1024 HU) to at least one patch, and cut into ``data.patch_size``
+windows overlapping by ``overlap`` (nnU-Net's placement: as few windows as that overlap allows,
+spread evenly from edge to edge). Each window's class probabilities are weighted by a Gaussian
+(sigma = patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the
+model's spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and
+ensemble members add further weighted passes. The scores go back to the CT's own grid a slab of
+slices at a time (``resample.labels_on_grid``), where their argmax gives the labels.
+
+A window's logits are turned into weighted probabilities 16 channels at a time, so no buffer
+holds more than the network's own output in float32; patches run in batches of ``batch`` under
+bf16 autocast where the device has it (``device.resolve_amp``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.slices import normalize_hu
+from ..device import autocast_context, resolve_amp
+from ..errors import ConfigError, CtsegError
+from ..labels import lr_swap_lut
+from ..models.head import channel_label_values
+from ..models.nnunet import architecture
+from ..settings import max_voxels
+from .resample import CT_SLAB, SLAB_VALUES, grid_shape, labels_on_grid, resample_ct
+
+#: HU of the padding around a CT smaller than a patch (air)
+PAD_HU = -1024.0
+#: channels turned into probabilities at once
+_CHANNELS = 16
+#: TTA shifts (voxels) for models trained without left/right mirroring
+_TTA_SHIFTS = ((2, 2, 2), (-2, -2, -2))
+
+
+def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1 / 8) -> torch.Tensor:
+    """(px, py, pz) float32 weights: a Gaussian centred on the patch, sigma = patch *
+    ``sigma_scale`` per axis, 1 at the centre, symmetric, > 0 everywhere (nnU-Net's)."""
+    axes = []
+    for p in patch:
+        offset = torch.arange(int(p), dtype=torch.float64) - (int(p) - 1) / 2
+        axes.append(torch.exp(-0.5 * (offset / (int(p) * sigma_scale)) ** 2))
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    g = (g / g.max()).float()
+    return g.clamp_(min=float(g[g > 0].min()))
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """First voxel of each window along an axis of ``size`` voxels (>= ``patch``): the fewest
+    windows with at least ``overlap`` of a patch shared, spread evenly (nnU-Net's steps)."""
+    if size <= patch:
+        return [0]
+    step = patch * (1.0 - overlap)
+    count = math.ceil((size - patch) / step) + 1
+    spacing = (size - patch) / (count - 1)
+    return [round(spacing * i) for i in range(count)]
+
+
+class PatchStrategy:
+    """Sliding-window patches through a volumetric model (see the module doc)."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor = predictor
+        members = predictor.members
+        spacings = {_spacing(m.config) for m in members}
+        if len(spacings) > 1:
+            raise ConfigError(
+                f"an ensemble of 3D models needs one spacing; these use {sorted(map(str, spacings))} mm"
+            )
+        self.spacing = spacings.pop()
+        for m in members:
+            if m.config.data.patch_size is None:
+                raise ConfigError(f"{m.path} has no data.patch_size; a 3D model needs one")
+        self.patch = tuple(max(int(m.config.data.patch_size[i]) for m in members) for i in range(3))
+        self.overlap = float(getattr(predictor, "overlap", 0.5))
+        self.amp = resolve_amp("auto", predictor.device)
+        active = predictor.active
+        # per member: output channel -> index among the active label values (and mirrored)
+        position = np.full(len(lr_swap_lut()), -1, dtype=np.int64)
+        position[active] = np.arange(len(active))
+        swap = lr_swap_lut()
+        self._targets = {}
+        for m in members:
+            values = channel_label_values(m.config).numpy()
+            self._targets[id(m)] = (torch.from_numpy(position[values]),
+                                    torch.from_numpy(position[swap[values]]))  # fmt: skip
+
+    def augmentations(self, member) -> list[str]:
+        """The test-time augmentations of ``member`` ("identity" alone without TTA): the
+        left/right mirror for models trained with it, else two shifted copies."""
+        if not self.predictor.tta:
+            return ["identity"]
+        if getattr(member.config.data, "mirror", False):
+            return ["identity", "mirror"]
+        return ["identity", *(f"shift{i}" for i in range(len(_TTA_SHIFTS)))]
+
+    def model_grid(self, shape_xyz: Sequence[int], spacing_mm: Sequence[float] | None) -> tuple:
+        """The shape of a CT of ``shape_xyz`` at ``spacing_mm`` on the model's grid."""
+        if self.spacing is not None and spacing_mm is None:
+            raise ConfigError(
+                "a 3D model resamples the CT to its spacing: give the CT's spacing_mm "
+                "(predict a Volume from data.volume.load_ct)"
+            )
+        if spacing_mm is not None and any(float(s) <= 0 for s in spacing_mm):
+            raise CtsegError(f"the CT's voxel spacing {tuple(spacing_mm)} mm must be > 0")
+        grid = grid_shape(shape_xyz, spacing_mm, self.spacing)
+        if math.prod(grid) > max_voxels():
+            raise CtsegError(
+                f"the CT resampled to {self.spacing} mm would be {' x '.join(map(str, grid))} "
+                f"voxels, over the {max_voxels():,} voxel limit (CTSEG_MAX_VOXELS); crop the CT"
+            )
+        return grid
+
+    def estimate_bytes(self, shape_xyz: Sequence[int], batch: int,
+                       spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
+        """Peak memory (bytes) of labelling a CT of ``shape_xyz``, an estimate.
+
+        Held throughout: the int16 CT and uint8 labels (and a copy of each for reorientation),
+        the HU volume, the score sums (one float per active label value) and weights on the
+        padded model grid. Then the larger of a batch (input, logits, the network's skips and
+        working maps, the 16-channel probability buffers) and the way back (a z-interpolated
+        slab of scores on the model grid, the upsampling buffers of ``SLAB_VALUES`` floats and
+        a slab of indices at the CT's size). ``spacing_mm`` None: the CT's grid is the model's.
+        """
+        x, y, z = (int(s) for s in shape_xyz)
+        grid = grid_shape(shape_xyz, spacing_mm, self.spacing)
+        padded = [max(g, p) for g, p in zip(grid, self.patch, strict=True)]
+        voxels = math.prod(padded)
+        a = len(self.predictor.active)
+        held = x * y * z * 6 + voxels * 4 * (a + 2)
+        resample = x * y * CT_SLAB * 4 * 3
+        value_bytes = 2 if self.amp is not None else 4
+        batch_terms = 0
+        for m in self.predictor.members:
+            p = math.prod(int(s) for s in m.config.data.patch_size)
+            k = int(m.config.model.out_channels)
+            activations = _activation_values(m.config, m.config.data.patch_size)
+            network = batch * (p * 4 + p * k * value_bytes + activations * value_bytes)
+            batch_terms = max(batch_terms, network + p * 4 * (4 + 3 * _CHANNELS))
+        slab = max(1, SLAB_VALUES // (min(_CHANNELS, a) * x * y))
+        back = a * grid[0] * grid[1] * slab * 4 * 2 + SLAB_VALUES * 4 * 3 + x * y * slab * 20
+        return held + max(resample, batch_terms, back)
+
+    @torch.inference_mode()
+    def scores(self, ct_xyz: np.ndarray, batch: int, spacing_mm: Sequence[float] | None = None,
+               progress: Callable[[int, int, str], None] | None = None) -> torch.Tensor:  # fmt: skip
+        """(A, X', Y', Z') float32 scores of the active label values on the model's grid
+        (``predictor.active`` order), averaged over windows, TTA and members."""
+        grid = self.model_grid(ct_xyz.shape, spacing_mm)
+        device = self.predictor.device
+        volume = resample_ct(ct_xyz, grid)
+        before = [max(0, p - g) // 2 for g, p in zip(grid, self.patch, strict=True)]
+        padded = [max(g, p) for g, p in zip(grid, self.patch, strict=True)]
+        if padded != list(grid):
+            full = torch.full(padded, PAD_HU, dtype=torch.float32)
+            full[tuple(slice(b, b + g) for b, g in zip(before, grid, strict=True))] = volume
+            volume = full
+        acc = torch.zeros((len(self.predictor.active), *padded), dtype=torch.float32, device=device)
+        weight = torch.zeros(padded, dtype=torch.float32, device=device)
+        jobs = []
+        for m in self.predictor.members:
+            patch = tuple(int(s) for s in m.config.data.patch_size)
+            starts = itertools.product(*(window_starts(n, p, self.overlap)
+                                         for n, p in zip(padded, patch, strict=True)))  # fmt: skip
+            jobs.append((m, patch, list(starts)))
+        total, done = sum(len(s) for _, _, s in jobs), 0
+        for member, patch, starts in jobs:
+            g = gaussian_importance(patch).to(device)
+            augs = self.augmentations(member)
+            for first in range(0, len(starts), batch):
+                windows = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+                           for start in starts[first : first + batch]]  # fmt: skip
+                x = torch.stack([volume[w] for w in windows])[:, None]  # (B, 1, px, py, pz)
+                x = normalize_hu(x, member.config.data.hu_window).to(device)
+                for aug in augs:
+                    self._accumulate(member, x, aug, g, acc, windows)
+                for w in windows:
+                    weight[w] += g * len(augs)
+                done += len(windows)
+                if progress:
+                    progress(done, total, "patches")
+        inside = tuple(slice(b, b + n) for b, n in zip(before, grid, strict=True))
+        return acc[(slice(None), *inside)].div_(weight[inside])
+
+    def _accumulate(self, member, x: torch.Tensor, aug: str, g: torch.Tensor, acc: torch.Tensor,
+                    windows: list[tuple[slice, ...]]) -> None:  # fmt: skip
+        """Add ``g`` x the class probabilities of one augmentation of a batch to ``acc``."""
+        flip, shift = aug == "mirror", None
+        if aug.startswith("shift"):
+            shift = _TTA_SHIFTS[int(aug.removeprefix("shift"))]
+            x = torch.roll(x, shift, dims=(2, 3, 4))
+        elif flip:
+            x = torch.flip(x, dims=[2])  # x: patient left/right
+        with autocast_context(self.predictor.device, self.amp):
+            logits = member.model(x)  # (B, K, px, py, pz)
+        direct, mirrored = self._targets[id(member)]
+        targets = (mirrored if flip else direct).to(acc.device)
+        softmax = member.config.output_mode == "softmax"
+
+        def undo(t: torch.Tensor) -> torch.Tensor:  # back to the CT's frame: (C, px, py, pz)
+            if flip:
+                return torch.flip(t, dims=[1])
+            if shift is not None:
+                return torch.roll(t, tuple(-s for s in shift), dims=(1, 2, 3))
+            return t
+
+        for b, window in enumerate(windows):
+            out, target = acc[(slice(None), *window)], logits[b]
+            if softmax:
+                top = target.amax(dim=0).float()
+                total = torch.zeros_like(top)
+                for c in range(0, target.shape[0], _CHANNELS):
+                    total += (target[c : c + _CHANNELS].float() - top).exp_().sum(dim=0)
+                scale = undo(total.reciprocal_()[None])[0].mul_(g)
+            else:
+                scale = g
+                out[0] += 0.5 * g  # sigmoid outputs: background is a constant 0.5
+            for c in range(0, target.shape[0], _CHANNELS):
+                part = target[c : c + _CHANNELS].float()
+                part = part.sub_(top).exp_() if softmax else part.sigmoid_()
+                part = undo(part).mul_(scale)
+                index = targets[c : c + _CHANNELS]
+                keep = index >= 0  # a mirrored structure whose partner the model lacks: dropped
+                if not bool(keep.all()):
+                    part, index = part[keep], index[keep]
+                out.index_add_(0, index, part)
+
+    def label(self, ct_xyz: np.ndarray, batch: int,
+              progress: Callable[[int, int, str], None] | None,
+              spacing_mm: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+        """(X, Y, Z) int16 HU at ``spacing_mm`` -> (X, Y, Z) uint8 labels; ``batch`` patches
+        per forward pass; ``progress(done_patches, total_patches, "patches")`` after each batch."""
+        scores = self.scores(ct_xyz, batch, spacing_mm, progress)
+        active = torch.tensor(self.predictor.active, dtype=torch.int64)
+        return labels_on_grid(scores, ct_xyz.shape, active, _CHANNELS)
+
+
+def _spacing(config) -> tuple[float, float, float] | None:
+    spacing = config.data.spacing_mm
+    return None if spacing is None else tuple(float(s) for s in spacing)
+
+
+def _activation_values(config, patch: Sequence[int]) -> int:
+    """Feature-map values one patch holds at the peak of an inference forward pass: every
+    encoder stage's output (kept for its skip) and five maps of the first stage's width
+    (the last decoder stage's upsampled, concatenated and convolved maps)."""
+    residual = config.model.name.startswith("resenc")
+    arch = architecture(config.model, residual)
+    voxels, total = math.prod(int(p) for p in patch), 0
+    for width, stride in zip(arch.widths, arch.strides, strict=True):
+        voxels //= math.prod(stride)
+        total += width * voxels
+    return total + 5 * arch.widths[0] * math.prod(int(p) for p in patch)

@@ -1,0 +1,235 @@
+"""Sliding-window inference of 3D models: the window reproduces a whole-volume pass, Gaussian
+weights, resampling to the model's spacing and back, mirror TTA with left/right swap, world-space
+agreement across orientations, and `ctseg predict` on a 3D checkpoint."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.data.slices import normalize_hu
+from ctseg_core.data.volume import load_ct
+from ctseg_core.device import autocast_context
+from ctseg_core.errors import ConfigError, CtsegError
+from ctseg_core.inference.files import predict_file
+from ctseg_core.inference.patches import gaussian_importance, window_starts
+from ctseg_core.inference.predictor import Predictor
+from ctseg_core.inference.resample import _candidates, grid_shape, labels_on_grid, resample_ct
+from ctseg_core.labels import LABEL_OF
+from ctseg_core.models import build_model, register
+from ctseg_core.models.checkpoint import save_checkpoint
+from ctseg_core.models.head import label_scores
+
+torch.set_num_threads(1)
+
+STRUCTURES = ["liver", "spleen", "kidney_right", "kidney_left", "aorta"]
+
+
+class SideNet3D(nn.Module):
+    """Labels by position in its input only: kidney_left (logit 3) in the first half of x, the
+    background (logit 1) elsewhere. Channels: background, kidney_right, kidney_left."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, nx, ny, nz = x.shape
+        first = (torch.arange(nx) < nx // 2).float().view(1, nx, 1, 1).expand(b, nx, ny, nz)
+        return torch.stack([1 - first, torch.zeros_like(first), 3 * first], dim=1)
+
+
+register("test_side3d", spatial_dims=3, inference="patches")(lambda cfg: SideNet3D())
+
+
+def checkpoint_3d(path, patch=(32, 32, 16), spacing=(6.0, 6.0, 6.0), output="softmax", seed=0,
+                  structures=STRUCTURES, name="plain_unet3d", mirror=False):  # fmt: skip
+    """A real checkpoint of an untrained (seeded) tiny 3D network."""
+    cfg = RunConfig(
+        data=DataConfig(patch_size=patch, spacing_mm=spacing, structures=list(structures),
+                        mirror=mirror),
+        model=ModelConfig(name=name, features=[4, 8], strides=[1, [2, 2, 1]], norm="instance",
+                          output=output),
+    )  # fmt: skip
+    cfg.validate()
+    torch.manual_seed(seed)
+    return save_checkpoint(path, build_model(cfg.model), config=cfg)
+
+
+def test_gaussian_weights_are_nnunets():
+    g = gaussian_importance((32, 24, 16))
+    assert g.shape == (32, 24, 16) and g.dtype == torch.float32
+    assert g.max().item() == pytest.approx(1.0, abs=1e-6) and g.min().item() > 0
+    # symmetric about the centre along every axis, largest in the middle 2 x 2 x 2
+    for axis in range(3):
+        torch.testing.assert_close(g, g.flip(axis))
+    assert g[15:17, 11:13, 7:9].min() == g.max()
+    # separable, with sigma = patch / 8 along each axis around the centre (p - 1) / 2
+    for axis, p in enumerate((32, 24, 16)):
+        line = g.amax(dim=tuple(a for a in range(3) if a != axis)).double()
+        offset = torch.arange(p, dtype=torch.float64) - (p - 1) / 2
+        bell = torch.exp(-0.5 * (offset / (p / 8)) ** 2)
+        torch.testing.assert_close(line, bell / bell.max(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        g,
+        g.amax(dim=(1, 2))[:, None, None]
+        * g.amax(dim=(0, 2))[None, :, None]
+        * g.amax(dim=(0, 1))[None, None, :],
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "patch", "overlap"), [(100, 32, 0.5), (61, 32, 0.25), (32, 32, 0.5)]
+)
+def test_windows_cover_the_axis_with_at_least_the_overlap(size, patch, overlap):
+    starts = window_starts(size, patch, overlap)
+    assert starts[0] == 0 and starts[-1] == size - patch
+    steps = np.diff(starts)
+    assert (steps <= patch * (1 - overlap)).all() and (steps > 0).all()
+    assert len(starts) == (
+        1 if size == patch else int(np.ceil((size - patch) / (patch * (1 - overlap)))) + 1
+    )
+
+
+def test_ct_resampling_is_trilinear_without_a_float_copy_of_the_ct():
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-1000, 1500, size=(37, 29, 23)).astype(np.int16)
+    for shape in ((15, 12, 9), (60, 41, 50), (37, 29, 23)):
+        expected = F.interpolate(torch.from_numpy(ct).float()[None, None], size=shape,
+                                 mode="trilinear", align_corners=False)[0, 0]  # fmt: skip
+        torch.testing.assert_close(resample_ct(ct, shape), expected, rtol=0, atol=0.01)  # HU
+    assert grid_shape((512, 512, 300), (0.8, 0.8, 1.5), (3.0, 3.0, 3.0)) == (137, 137, 150)
+
+
+def test_labels_back_on_the_ct_grid_equal_the_argmax_of_trilinear_scores():
+    """Slab by slab, over the channels that can win only, the argmax of the full resampling."""
+    torch.manual_seed(1)
+    active = torch.arange(0, 118, 4)  # 30 label values
+    for sharpness in (3.0, 0.3):  # confident scores, and nearly flat ones
+        scores = torch.softmax(torch.randn(30, 9, 8, 6) * sharpness, dim=0)
+        for shape in ((40, 31, 20), (9, 8, 6), (5, 4, 11)):
+            full = F.interpolate(scores[None], size=shape, mode="trilinear", align_corners=False)
+            expected = active[full[0].argmax(dim=0)].numpy().astype(np.uint8)
+            got = labels_on_grid(scores, shape, active, channel_chunk=7)
+            assert got.dtype == np.uint8 and got.shape == shape
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_a_structure_that_wins_only_between_voxels_is_not_left_out():
+    """b is second at both model voxels but first halfway between them; d never comes close."""
+    column = torch.tensor([[0.50, 0.05], [0.45, 0.45], [0.05, 0.50], [0.0, 0.0]])  # (A, X')
+    scores = column[:, :, None, None].expand(4, 2, 2, 1).contiguous()
+    assert _candidates(scores.permute(3, 0, 1, 2)).tolist() == [True, True, True, False]
+    labels = labels_on_grid(scores, (8, 2, 1), torch.tensor([1, 2, 3, 4]))
+    assert labels[:, 0, 0].tolist() == [1, 1, 2, 2, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_sliding_window_reproduces_a_whole_volume_pass_on_one_patch(tmp_path, output):
+    ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(32, 24, 16), spacing=(2.0, 2.0, 3.0),
+                         output=output, seed=4)  # fmt: skip
+    predictor = Predictor([ckpt], device="cpu", batch_slices=2)
+    ct = np.random.default_rng(2).integers(-1000, 1000, size=(32, 24, 16)).astype(np.int16)
+    scores = predictor.strategy.scores(ct, 2, spacing_mm=(2.0, 2.0, 3.0))  # no resampling
+    member = predictor.members[0]
+    x = normalize_hu(torch.from_numpy(ct)[None, None], member.config.data.hu_window)
+    with torch.inference_mode(), autocast_context(predictor.device, predictor.strategy.amp):
+        logits = member.model(x)
+    expected = label_scores(logits, member.config)[0, predictor.active]
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    labels = predictor.predict(ct, spacing_mm=(2.0, 2.0, 3.0))
+    values = torch.tensor(predictor.active)[expected.argmax(dim=0)].numpy()
+    np.testing.assert_array_equal(labels, values)
+    assert len(np.unique(labels)) >= 2
+
+
+def test_a_volume_smaller_than_one_patch_is_padded_not_refused(tmp_path):
+    ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(32, 32, 16), spacing=(2.0, 2.0, 2.0))
+    predictor = Predictor([ckpt], device="cpu")
+    ct = np.full((10, 40, 5), 60, dtype=np.int16)
+    labels = predictor.predict(ct, spacing_mm=(2.0, 2.0, 2.0))
+    assert labels.shape == (10, 40, 5) and labels.dtype == np.uint8
+    with pytest.raises(ConfigError, match="give the CT's spacing_mm"):
+        predictor.predict(ct)
+
+
+def test_resampled_grid_over_the_voxel_limit_refused_in_one_line(tmp_path, monkeypatch):
+    ckpt = checkpoint_3d(tmp_path / "m.pth", spacing=(1.0, 1.0, 1.0))
+    predictor = Predictor([ckpt], device="cpu")
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", str(20 * 20 * 20))
+    ct = np.zeros((10, 10, 10), dtype=np.int16)  # 3 mm: 30 x 30 x 30 at 1 mm
+    with pytest.raises(
+        CtsegError, match=r"would be 30 x 30 x 30 voxels, over the 8,000 voxel limit"
+    ):
+        predictor.predict(ct, spacing_mm=(3.0, 3.0, 3.0))
+
+
+def test_mirror_tta_swaps_left_and_right_labels(tmp_path):
+    ckpt = checkpoint_3d(tmp_path / "side.pth", patch=(16, 8, 8), spacing=None,
+                         structures=["kidney_right", "kidney_left"], name="test_side3d",
+                         mirror=True)  # fmt: skip
+    ct = np.zeros((16, 8, 8), dtype=np.int16)
+    plain = Predictor([ckpt], device="cpu").predict(ct)
+    assert (plain[:8] == LABEL_OF["kidney_left"]).all() and (plain[8:] == 0).all()
+    predictor = Predictor([ckpt], device="cpu", tta=True)
+    assert predictor.strategy.augmentations(predictor.members[0]) == ["identity", "mirror"]
+    mirrored = predictor.predict(ct)
+    # the mirrored pass puts its "left" on the other side, where it is the right kidney
+    assert (mirrored[:8] == LABEL_OF["kidney_left"]).all()
+    assert (mirrored[8:] == LABEL_OF["kidney_right"]).all()
+
+
+def _reoriented_copy(img: nib.Nifti1Image, codes: str, path):
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(tuple(codes))
+    )
+    copy = img.as_reoriented(ornt)
+    assert "".join(nib.aff2axcodes(copy.affine)) == codes
+    nib.save(copy, str(path))
+    return path
+
+
+def test_3d_predictions_of_ras_las_lps_copies_land_on_the_same_voxels_in_world_space(
+    tmp_path, s0000_root
+):
+    """`ctseg predict` with a 3D checkpoint: resampled to 6 mm and back, on each copy's grid."""
+    ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(32, 32, 16), spacing=(6.0, 6.0, 6.0), seed=7)
+    img = nib.load(str(s0000_root / "s0000" / "ct.nii.gz"))
+    from ctseg_core.cli import main
+
+    canonical = {}
+    for codes in ("RAS", "LAS", "LPS"):
+        ct_path = _reoriented_copy(img, codes, tmp_path / f"ct_{codes}.nii.gz")
+        out = tmp_path / f"labels_{codes}.nii.gz"
+        if codes == "LPS":  # the command line, as for a 2D checkpoint
+            argv = ["predict", "--ct", str(ct_path), "--checkpoint", str(ckpt), "--out", str(out),
+                    "--device", "cpu", "--json"]  # fmt: skip
+            assert main(argv) == 0
+        else:
+            predict_file(ct_path, [ckpt], out, device="cpu")
+        written = nib.load(str(out))
+        np.testing.assert_allclose(written.affine, nib.load(str(ct_path)).affine)
+        assert written.shape == img.shape
+        as_ras = nib.as_closest_canonical(written)
+        canonical[codes] = (np.asarray(as_ras.dataobj), as_ras.affine)
+    labels, affine = canonical["RAS"]
+    counts = np.bincount(labels.ravel(), minlength=118)
+    assert (counts > 0.01 * labels.size).sum() >= 2  # not one label everywhere
+    for codes in ("LAS", "LPS"):
+        np.testing.assert_array_equal(canonical[codes][0], labels)
+        np.testing.assert_allclose(canonical[codes][1], affine)
+    # the same labels as the predictor gives the canonical CT directly
+    direct = Predictor([ckpt], device="cpu").predict(load_ct(s0000_root / "s0000" / "ct.nii.gz"))
+    np.testing.assert_array_equal(direct, labels)
+
+
+def test_patch_memory_estimate_counts_the_score_sums_at_the_model_spacing(tmp_path):
+    ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(32, 32, 16), spacing=(3.0, 3.0, 3.0))
+    predictor = Predictor([ckpt], device="cpu", batch_slices=1)
+    ct_shape, spacing = (512, 512, 300), (0.8, 0.8, 1.5)
+    estimate = predictor.estimate_bytes(ct_shape, 1, spacing)
+    sums = 6 * 137 * 137 * 150 * 4  # 6 active label values at 3 mm
+    assert sums + 512 * 512 * 300 * 6 < estimate < sums + 512 * 512 * 300 * 6 + 600e6
+    # a finer model spacing holds more score sums
+    assert predictor.estimate_bytes(ct_shape, 1, (3.0, 3.0, 6.0)) > estimate
