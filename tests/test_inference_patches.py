@@ -204,10 +204,10 @@ def test_3d_predictions_of_ras_las_lps_copies_land_on_the_same_voxels_in_world_s
         out = tmp_path / f"labels_{codes}.nii.gz"
         if codes == "LPS":  # the command line, as for a 2D checkpoint
             argv = ["predict", "--ct", str(ct_path), "--checkpoint", str(ckpt), "--out", str(out),
-                    "--device", "cpu", "--json"]  # fmt: skip
+                    "--device", "cpu", "--overlap", "0.25", "--json"]  # fmt: skip
             assert main(argv) == 0
         else:
-            predict_file(ct_path, [ckpt], out, device="cpu")
+            predict_file(ct_path, [ckpt], out, device="cpu", overlap=0.25)
         written = nib.load(str(out))
         np.testing.assert_allclose(written.affine, nib.load(str(ct_path)).affine)
         assert written.shape == img.shape
@@ -220,7 +220,8 @@ def test_3d_predictions_of_ras_las_lps_copies_land_on_the_same_voxels_in_world_s
         np.testing.assert_array_equal(canonical[codes][0], labels)
         np.testing.assert_allclose(canonical[codes][1], affine)
     # the same labels as the predictor gives the canonical CT directly
-    direct = Predictor([ckpt], device="cpu").predict(load_ct(s0000_root / "s0000" / "ct.nii.gz"))
+    predictor = Predictor([ckpt], device="cpu", overlap=0.25)
+    direct = predictor.predict(load_ct(s0000_root / "s0000" / "ct.nii.gz"))
     np.testing.assert_array_equal(direct, labels)
 
 

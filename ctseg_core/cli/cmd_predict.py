@@ -34,7 +34,14 @@ def register(subparsers) -> None:
         help="a DICOM series with missing slices or uneven spacing is interpolated onto a "
         "uniform grid (said in the output) instead of refused",
     )  # fmt: skip
-    p.add_argument("--batch-slices", type=int, default=8, help="axial slices per batch (default 8)")
+    p.add_argument(
+        "--batch-slices", type=int, default=8,
+        help="axial slices per batch, or patches per batch for a 3D model (default 8)",
+    )  # fmt: skip
+    p.add_argument(
+        "--overlap", type=float, default=0.5,
+        help="3D models: the share of a patch neighbouring windows share (default 0.5)",
+    )  # fmt: skip
     p.add_argument(
         "--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1"
     )
@@ -110,7 +117,7 @@ def run_predict(args) -> int:
             args.ct, args.checkpoint, args.out, split_masks=args.split_masks, tta=args.tta,
             batch_slices=args.batch_slices, device=args.device, progress=progress,
             overwrite=args.overwrite, statistics=args.statistics,
-            resample_uneven=args.resample_uneven,
+            resample_uneven=args.resample_uneven, overlap=args.overlap,
         )  # fmt: skip
     finally:
         bar.close()
