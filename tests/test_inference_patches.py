@@ -19,7 +19,8 @@ from ctseg_core.errors import ConfigError, CtsegError
 from ctseg_core.inference.files import predict_file
 from ctseg_core.inference.patches import gaussian_importance, window_starts
 from ctseg_core.inference.predictor import Predictor
-from ctseg_core.inference.resample import _candidates, grid_shape, labels_on_grid, resample_ct
+from ctseg_core.inference.resample import grid_shape, resample_ct
+from ctseg_core.inference.to_grid import labels_on_grid, possible_winners
 from ctseg_core.labels import LABEL_OF
 from ctseg_core.models import build_model, register
 from ctseg_core.models.checkpoint import save_checkpoint
@@ -109,18 +110,76 @@ def test_labels_back_on_the_ct_grid_equal_the_argmax_of_trilinear_scores():
     for sharpness in (3.0, 0.3):  # confident scores, and nearly flat ones
         scores = torch.softmax(torch.randn(30, 9, 8, 6) * sharpness, dim=0)
         for shape in ((40, 31, 20), (9, 8, 6), (5, 4, 11)):
-            full = F.interpolate(scores[None], size=shape, mode="trilinear", align_corners=False)
+            full = F.interpolate(scores[None].double(), size=shape, mode="trilinear",
+                                 align_corners=False)  # fmt: skip
             expected = active[full[0].argmax(dim=0)].numpy().astype(np.uint8)
-            got = labels_on_grid(scores, shape, active, channel_chunk=7)
+            got = labels_on_grid(scores.permute(3, 0, 1, 2), shape, active)  # z first
             assert got.dtype == np.uint8 and got.shape == shape
             np.testing.assert_array_equal(got, expected)
+
+
+def _subject_scores(root, slices=slice(8, 16)):
+    """(Z, A, X, Y) scores shaped by a real subject's labels at 3 mm: smooth, confident inside
+    structures, mixed only at their boundaries; 12 channels never present."""
+    from scipy.ndimage import gaussian_filter
+
+    folder = root / "s0000" / "segmentations"
+    labels, k = None, 0
+    for path in sorted(folder.glob("*.nii.gz")):
+        mask = np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)[:, :, slices] > 0
+        labels = np.zeros(mask.shape, np.int64) if labels is None else labels
+        if mask.any():  # the structures present are channels 1..k
+            k += 1
+            labels[mask] = k
+    channels = int(labels.max()) + 13
+    rng = np.random.default_rng(0)
+    logits = np.stack([
+        12 * gaussian_filter((labels == k).astype(np.float32), 1.0)
+        + gaussian_filter(rng.standard_normal(labels.shape).astype(np.float32), 2.0)
+        for k in range(channels)
+    ])  # fmt: skip
+    return torch.softmax(torch.from_numpy(logits), dim=0).permute(3, 0, 1, 2).contiguous()
+
+
+def test_labels_back_from_a_real_subjects_scores_equal_the_full_resampling(s0000_root, monkeypatch):
+    """Only boundary cells interpolated, over the channels that may win there, in boxes."""
+    from ctseg_core.inference import to_grid
+
+    scores = _subject_scores(s0000_root)  # (8, A, 122, 101) at 3 mm
+    shape = (244, 202, 12)  # 1.5 mm in-plane, 2 mm apart
+    # the reference in float64: float32 trilinear itself errs by ~1e-6 here, enough to flip ties
+    full = F.interpolate(scores.permute(1, 2, 3, 0)[None].double(), size=shape, mode="trilinear",
+                         align_corners=False)[0]  # fmt: skip
+    active = torch.arange(scores.shape[1])
+    expected = full.argmax(dim=0).numpy().astype(np.uint8)
+    assert len(np.unique(expected)) > 10
+
+    def refuse(*args):
+        raise AssertionError("interpolated whole slices")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(to_grid, "_in_slices", refuse)
+        np.testing.assert_array_equal(labels_on_grid(scores, shape, active), expected)
+    monkeypatch.setattr(to_grid, "MIXED_LIMIT", 0.0)  # every channel, whole slices
+    got = labels_on_grid(scores, shape, active)  # F.interpolate in float32: near-ties may flip
+    wrong = np.nonzero(got != expected)
+    assert len(wrong[0]) <= 3
+    at = tuple(torch.from_numpy(w) for w in wrong)
+    gap = (
+        full[(torch.from_numpy(expected[wrong].astype(np.int64)), *at)]
+        - full[(torch.from_numpy(got[wrong].astype(np.int64)), *at)]
+    )
+    assert (gap.abs() < 1e-5).all()
 
 
 def test_a_structure_that_wins_only_between_voxels_is_not_left_out():
     """b is second at both model voxels but first halfway between them; d never comes close."""
     column = torch.tensor([[0.50, 0.05], [0.45, 0.45], [0.05, 0.50], [0.0, 0.0]])  # (A, X')
-    scores = column[:, :, None, None].expand(4, 2, 2, 1).contiguous()
-    assert _candidates(scores.permute(3, 0, 1, 2)).tolist() == [True, True, True, False]
+    scores = column[None, :, :, None].expand(1, 4, 2, 2).contiguous()  # (Z', A, X', Y')
+    source = scores.expand(2, -1, -1, -1)  # one cell of 2 x 2 x 2 corners
+    winner = source.argmax(dim=1)
+    ok = possible_winners(source.permute(0, 2, 3, 1), winner, torch.tensor([[0, 0, 0]]))
+    assert ok.tolist() == [[True, True, True, False]]
     labels = labels_on_grid(scores, (8, 2, 1), torch.tensor([1, 2, 3, 4]))
     assert labels[:, 0, 0].tolist() == [1, 1, 2, 2, 2, 2, 3, 3]
 
@@ -136,8 +195,8 @@ def test_sliding_window_reproduces_a_whole_volume_pass_on_one_patch(tmp_path, ou
     x = normalize_hu(torch.from_numpy(ct)[None, None], member.config.data.hu_window)
     with torch.inference_mode(), autocast_context(predictor.device, predictor.strategy.amp):
         logits = member.model(x)
-    expected = label_scores(logits, member.config)[0, predictor.active]
-    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    expected = label_scores(logits, member.config)[0, predictor.active]  # (A, X, Y, Z)
+    torch.testing.assert_close(scores, expected.permute(3, 0, 1, 2), rtol=1e-4, atol=1e-5)
     labels = predictor.predict(ct, spacing_mm=(2.0, 2.0, 3.0))
     values = torch.tensor(predictor.active)[expected.argmax(dim=0)].numpy()
     np.testing.assert_array_equal(labels, values)

@@ -30,7 +30,8 @@ from ..labels import lr_swap_lut
 from ..models.head import channel_label_values
 from ..models.nnunet import architecture
 from ..settings import max_voxels
-from .resample import CT_SLAB, SLAB_VALUES, grid_shape, labels_on_grid, resample_ct
+from .resample import CT_SLAB, grid_shape, resample_ct
+from .to_grid import SLAB_VALUES, labels_on_grid
 
 #: HU of the padding around a CT smaller than a patch (air)
 PAD_HU = -1024.0
@@ -125,9 +126,8 @@ class PatchStrategy:
         Held throughout: the int16 CT and uint8 labels (and a copy of each for reorientation),
         the HU volume, the score sums (one float per active label value) and weights on the
         padded model grid. Then the larger of a batch (input, logits, the network's skips and
-        working maps, the 16-channel probability buffers) and the way back (a z-interpolated
-        slab of scores on the model grid, the upsampling buffers of ``SLAB_VALUES`` floats and
-        a slab of indices at the CT's size). ``spacing_mm`` None: the CT's grid is the model's.
+        working maps, the 16-channel probability buffers) and the way back (``to_grid``: about
+        ``SLAB_VALUES`` values a slab). ``spacing_mm`` None: the CT's grid is the model's.
         """
         x, y, z = (int(s) for s in shape_xyz)
         grid = grid_shape(shape_xyz, spacing_mm, self.spacing)
@@ -144,15 +144,16 @@ class PatchStrategy:
             activations = _activation_values(m.config, m.config.data.patch_size)
             network = batch * (p * 4 + p * k * value_bytes + activations * value_bytes)
             batch_terms = max(batch_terms, network + p * 4 * (4 + 3 * _CHANNELS))
-        slab = max(1, SLAB_VALUES // (min(_CHANNELS, a) * x * y))
-        back = a * grid[0] * grid[1] * slab * 4 * 2 + SLAB_VALUES * 4 * 3 + x * y * slab * 20
+        # to_grid: a slab's buffers are about SLAB_VALUES values (float32 or int64), at least
+        # one output slice's and three model slices' worth
+        back = 2 * SLAB_VALUES * 6 + x * y * 40 + 3 * a * grid[0] * grid[1] * 4
         return held + max(resample, batch_terms, back)
 
     @torch.inference_mode()
     def scores(self, ct_xyz: np.ndarray, batch: int, spacing_mm: Sequence[float] | None = None,
                progress: Callable[[int, int, str], None] | None = None) -> torch.Tensor:  # fmt: skip
-        """(A, X', Y', Z') float32 scores of the active label values on the model's grid
-        (``predictor.active`` order), averaged over windows, TTA and members."""
+        """(Z', A, X', Y') float32 scores of the active label values on the model's grid, z
+        first (``predictor.active`` order), averaged over windows, TTA and members."""
         grid = self.model_grid(ct_xyz.shape, spacing_mm)
         device = self.predictor.device
         volume = resample_ct(ct_xyz, grid)
@@ -162,8 +163,10 @@ class PatchStrategy:
             full = torch.full(padded, PAD_HU, dtype=torch.float32)
             full[tuple(slice(b, b + g) for b, g in zip(before, grid, strict=True))] = volume
             volume = full
-        acc = torch.zeros((len(self.predictor.active), *padded), dtype=torch.float32, device=device)
-        weight = torch.zeros(padded, dtype=torch.float32, device=device)
+        # z first, as the way back reads them a slab of slices at a time: (Z, A, X, Y), (Z, X, Y)
+        zxy = (padded[2], padded[0], padded[1])
+        acc = torch.zeros((zxy[0], len(self.predictor.active), *zxy[1:]), device=device)
+        weight = torch.zeros(zxy, dtype=torch.float32, device=device)
         jobs = []
         for m in self.predictor.members:
             patch = tuple(int(s) for s in m.config.data.patch_size)
@@ -173,6 +176,7 @@ class PatchStrategy:
         total, done = sum(len(s) for _, _, s in jobs), 0
         for member, patch, starts in jobs:
             g = gaussian_importance(patch).to(device)
+            g_zxy = g.permute(2, 0, 1)
             augs = self.augmentations(member)
             for first in range(0, len(starts), batch):
                 windows = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
@@ -181,13 +185,13 @@ class PatchStrategy:
                 x = normalize_hu(x, member.config.data.hu_window).to(device)
                 for aug in augs:
                     self._accumulate(member, x, aug, g, acc, windows)
-                for w in windows:
-                    weight[w] += g * len(augs)
+                for wx, wy, wz in windows:
+                    weight[wz, wx, wy] += g_zxy * len(augs)
                 done += len(windows)
                 if progress:
                     progress(done, total, "patches")
-        inside = tuple(slice(b, b + n) for b, n in zip(before, grid, strict=True))
-        return acc[(slice(None), *inside)].div_(weight[inside])
+        ix, iy, iz = (slice(b, b + n) for b, n in zip(before, grid, strict=True))
+        return acc[iz, :, ix, iy].div_(weight[iz, None, ix, iy])
 
     def _accumulate(self, member, x: torch.Tensor, aug: str, g: torch.Tensor, acc: torch.Tensor,
                     windows: list[tuple[slice, ...]]) -> None:  # fmt: skip
@@ -212,7 +216,8 @@ class PatchStrategy:
             return t
 
         for b, window in enumerate(windows):
-            out, target = acc[(slice(None), *window)], logits[b]
+            wx, wy, wz = window
+            out, target = acc[wz, :, wx, wy], logits[b]  # (pz, A, px, py), (K, px, py, pz)
             if softmax:
                 top = target.amax(dim=0).float()
                 total = torch.zeros_like(top)
@@ -221,7 +226,7 @@ class PatchStrategy:
                 scale = undo(total.reciprocal_()[None])[0].mul_(g)
             else:
                 scale = g
-                out[0] += 0.5 * g  # sigmoid outputs: background is a constant 0.5
+                out[:, 0] += 0.5 * g.permute(2, 0, 1)  # sigmoid: background is a constant 0.5
             for c in range(0, target.shape[0], _CHANNELS):
                 part = target[c : c + _CHANNELS].float()
                 part = part.sub_(top).exp_() if softmax else part.sigmoid_()
@@ -230,7 +235,7 @@ class PatchStrategy:
                 keep = index >= 0  # a mirrored structure whose partner the model lacks: dropped
                 if not bool(keep.all()):
                     part, index = part[keep], index[keep]
-                out.index_add_(0, index, part)
+                out.index_add_(1, index, part.permute(3, 0, 1, 2))
 
     def label(self, ct_xyz: np.ndarray, batch: int,
               progress: Callable[[int, int, str], None] | None,
@@ -239,7 +244,7 @@ class PatchStrategy:
         per forward pass; ``progress(done_patches, total_patches, "patches")`` after each batch."""
         scores = self.scores(ct_xyz, batch, spacing_mm, progress)
         active = torch.tensor(self.predictor.active, dtype=torch.int64)
-        return labels_on_grid(scores, ct_xyz.shape, active, _CHANNELS)
+        return labels_on_grid(scores, ct_xyz.shape, active)
 
 
 def _spacing(config) -> tuple[float, float, float] | None:
