@@ -4,6 +4,8 @@ agreement across orientations, and `ctseg predict` on a 3D checkpoint."""
 
 from __future__ import annotations
 
+import itertools
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from ctseg_core.inference.patches import gaussian_importance, window_starts
 from ctseg_core.inference.predictor import Predictor
 from ctseg_core.inference.resample import grid_shape, resample_ct
 from ctseg_core.inference.to_grid import labels_on_grid, possible_winners
-from ctseg_core.labels import LABEL_OF
+from ctseg_core.labels import LABEL_OF, lr_swap_lut
 from ctseg_core.models import build_model, register
 from ctseg_core.models.checkpoint import save_checkpoint
 from ctseg_core.models.head import label_scores
@@ -113,13 +115,13 @@ def test_labels_back_on_the_ct_grid_equal_the_argmax_of_trilinear_scores():
             full = F.interpolate(scores[None].double(), size=shape, mode="trilinear",
                                  align_corners=False)  # fmt: skip
             expected = active[full[0].argmax(dim=0)].numpy().astype(np.uint8)
-            got = labels_on_grid(scores.permute(3, 0, 1, 2), shape, active)  # z first
+            got = labels_on_grid(scores.permute(3, 1, 2, 0), shape, active)  # (Z, X, Y, A)
             assert got.dtype == np.uint8 and got.shape == shape
             np.testing.assert_array_equal(got, expected)
 
 
 def _subject_scores(root, slices=slice(8, 16)):
-    """(Z, A, X, Y) scores shaped by a real subject's labels at 3 mm: smooth, confident inside
+    """(Z, X, Y, A) scores shaped by a real subject's labels at 3 mm: smooth, confident inside
     structures, mixed only at their boundaries; 12 channels never present."""
     from scipy.ndimage import gaussian_filter
 
@@ -138,19 +140,19 @@ def _subject_scores(root, slices=slice(8, 16)):
         + gaussian_filter(rng.standard_normal(labels.shape).astype(np.float32), 2.0)
         for k in range(channels)
     ])  # fmt: skip
-    return torch.softmax(torch.from_numpy(logits), dim=0).permute(3, 0, 1, 2).contiguous()
+    return torch.softmax(torch.from_numpy(logits), dim=0).permute(3, 1, 2, 0).contiguous()
 
 
 def test_labels_back_from_a_real_subjects_scores_equal_the_full_resampling(s0000_root, monkeypatch):
     """Only boundary cells interpolated, over the channels that may win there, in boxes."""
     from ctseg_core.inference import to_grid
 
-    scores = _subject_scores(s0000_root)  # (8, A, 122, 101) at 3 mm
+    scores = _subject_scores(s0000_root)  # (8, 122, 101, A) at 3 mm
     shape = (244, 202, 12)  # 1.5 mm in-plane, 2 mm apart
     # the reference in float64: float32 trilinear itself errs by ~1e-6 here, enough to flip ties
-    full = F.interpolate(scores.permute(1, 2, 3, 0)[None].double(), size=shape, mode="trilinear",
+    full = F.interpolate(scores.permute(3, 1, 2, 0)[None].double(), size=shape, mode="trilinear",
                          align_corners=False)[0]  # fmt: skip
-    active = torch.arange(scores.shape[1])
+    active = torch.arange(scores.shape[3])
     expected = full.argmax(dim=0).numpy().astype(np.uint8)
     assert len(np.unique(expected)) > 10
 
@@ -175,10 +177,9 @@ def test_labels_back_from_a_real_subjects_scores_equal_the_full_resampling(s0000
 def test_a_structure_that_wins_only_between_voxels_is_not_left_out():
     """b is second at both model voxels but first halfway between them; d never comes close."""
     column = torch.tensor([[0.50, 0.05], [0.45, 0.45], [0.05, 0.50], [0.0, 0.0]])  # (A, X')
-    scores = column[None, :, :, None].expand(1, 4, 2, 2).contiguous()  # (Z', A, X', Y')
+    scores = column.T[None, :, None, :].expand(1, 2, 2, 4).contiguous()  # (Z', X', Y', A)
     source = scores.expand(2, -1, -1, -1)  # one cell of 2 x 2 x 2 corners
-    winner = source.argmax(dim=1)
-    ok = possible_winners(source.permute(0, 2, 3, 1), winner, torch.tensor([[0, 0, 0]]))
+    ok = possible_winners(source, source.argmax(dim=3), torch.tensor([[0, 0, 0]]))
     assert ok.tolist() == [[True, True, True, False]]
     labels = labels_on_grid(scores, (8, 2, 1), torch.tensor([1, 2, 3, 4]))
     assert labels[:, 0, 0].tolist() == [1, 1, 2, 2, 2, 2, 3, 3]
@@ -196,11 +197,48 @@ def test_sliding_window_reproduces_a_whole_volume_pass_on_one_patch(tmp_path, ou
     with torch.inference_mode(), autocast_context(predictor.device, predictor.strategy.amp):
         logits = member.model(x)
     expected = label_scores(logits, member.config)[0, predictor.active]  # (A, X, Y, Z)
-    torch.testing.assert_close(scores, expected.permute(3, 0, 1, 2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scores, expected.permute(3, 1, 2, 0), rtol=1e-4, atol=1e-5)
     labels = predictor.predict(ct, spacing_mm=(2.0, 2.0, 3.0))
     values = torch.tensor(predictor.active)[expected.argmax(dim=0)].numpy()
     np.testing.assert_array_equal(labels, values)
     assert len(np.unique(labels)) >= 2
+
+
+@pytest.mark.parametrize("tta", ["none", "mirror", "shift"])
+def test_sliding_window_is_the_gaussian_weighted_mean_of_its_windows(tmp_path, tta):
+    """Several overlapping windows, with each test-time augmentation: the straightforward
+    computation, window by window over all 118 label values, gives the same scores."""
+    ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(32, 32, 16), spacing=None, seed=5,
+                         mirror=tta == "mirror")  # fmt: skip
+    predictor = Predictor([ckpt], device="cpu", batch_slices=3, tta=tta != "none", overlap=0.4)
+    predictor.strategy.amp = None  # float32 on both sides
+    ct = np.random.default_rng(3).integers(-1000, 1000, size=(45, 38, 23)).astype(np.int16)
+    scores = predictor.strategy.scores(ct, 3).permute(3, 1, 2, 0)  # (A, X, Y, Z)
+    member = predictor.members[0]
+    x = normalize_hu(torch.from_numpy(ct)[None, None], member.config.data.hu_window)
+    g = gaussian_importance((32, 32, 16))
+    total, weight = torch.zeros((118, *ct.shape)), torch.zeros(ct.shape)
+    swap = torch.from_numpy(lr_swap_lut().astype(np.int64))
+
+    def passes(patch):  # (118, px, py, pz) scores of each pass, back in the CT's frame
+        yield label_scores(member.model(patch), member.config)[0]
+        if tta == "mirror":
+            yield label_scores(member.model(patch.flip(2)), member.config)[0].flip(1)[swap]
+        if tta == "shift":
+            for s in ((2, 2, 2), (-2, -2, -2)):
+                rolled = member.model(torch.roll(patch, s, dims=(2, 3, 4)))
+                yield torch.roll(label_scores(rolled, member.config)[0], [-v for v in s], (1, 2, 3))
+
+    starts = [window_starts(n, p, 0.4) for n, p in zip(ct.shape, (32, 32, 16), strict=True)]
+    assert [len(s) for s in starts] == [2, 2, 2]
+    with torch.inference_mode():
+        for sx, sy, sz in itertools.product(*starts):
+            w = (slice(sx, sx + 32), slice(sy, sy + 32), slice(sz, sz + 16))
+            for one in passes(x[(slice(None), slice(None), *w)]):
+                total[(slice(None), *w)] += one * g
+                weight[w] += g
+    expected = (total / weight)[predictor.active]
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_volume_smaller_than_one_patch_is_padded_not_refused(tmp_path):

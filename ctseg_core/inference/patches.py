@@ -35,8 +35,8 @@ from .to_grid import SLAB_VALUES, labels_on_grid
 
 #: HU of the padding around a CT smaller than a patch (air)
 PAD_HU = -1024.0
-#: channels turned into probabilities at once
-_CHANNELS = 16
+#: logits turned into probabilities at once (z slices of a window, all channels)
+_CHUNK_VALUES = 16 * 2**20
 #: TTA shifts (voxels) for models trained without left/right mirroring
 _TTA_SHIFTS = ((2, 2, 2), (-2, -2, -2))
 
@@ -82,16 +82,29 @@ class PatchStrategy:
         self.patch = tuple(max(int(m.config.data.patch_size[i]) for m in members) for i in range(3))
         self.overlap = float(getattr(predictor, "overlap", 0.5))
         self.amp = resolve_amp("auto", predictor.device)
+        # channels last: a 112 x 112 x 128 patch of a 6-stage U-Net in 3.0 s instead of 4.6 on
+        # 2 cores under bf16 (7.5 s instead of 6.5 in float32); cuDNN prefers it too
+        self.channels_last = predictor.device.type == "cuda" or self.amp is not None
+        if self.channels_last:
+            for m in members:
+                m.model.to(memory_format=torch.channels_last_3d)
         active = predictor.active
-        # per member: output channel -> index among the active label values (and mirrored)
-        position = np.full(len(lr_swap_lut()), -1, dtype=np.int64)
-        position[active] = np.arange(len(active))
+        # per member, direct and mirrored: the output channel each active label value reads
+        # (-1: none: sigmoid background, or the mirror partner of a structure the model lacks)
+        position = {v: i for i, v in enumerate(active)}
         swap = lr_swap_lut()
-        self._targets = {}
+        self._sources = {}
         for m in members:
-            values = channel_label_values(m.config).numpy()
-            self._targets[id(m)] = (torch.from_numpy(position[values]),
-                                    torch.from_numpy(position[swap[values]]))  # fmt: skip
+            values = channel_label_values(m.config).tolist()
+            sources = []
+            for lut in (None, swap):
+                read = torch.full((len(active),), -1, dtype=torch.int64)
+                for channel, value in enumerate(values):
+                    target = value if lut is None else int(lut[value])
+                    if target in position:
+                        read[position[target]] = channel
+                sources.append(read)
+            self._sources[id(m)] = sources
 
     def augmentations(self, member) -> list[str]:
         """The test-time augmentations of ``member`` ("identity" alone without TTA): the
@@ -143,7 +156,7 @@ class PatchStrategy:
             k = int(m.config.model.out_channels)
             activations = _activation_values(m.config, m.config.data.patch_size)
             network = batch * (p * 4 + p * k * value_bytes + activations * value_bytes)
-            batch_terms = max(batch_terms, network + p * 4 * (4 + 3 * _CHANNELS))
+            batch_terms = max(batch_terms, network + p * 4 + _CHUNK_VALUES * 4 * 3)
         # to_grid: a slab's buffers are about SLAB_VALUES values (float32 or int64), at least
         # one output slice's and three model slices' worth
         back = 2 * SLAB_VALUES * 6 + x * y * 40 + 3 * a * grid[0] * grid[1] * 4
@@ -152,8 +165,9 @@ class PatchStrategy:
     @torch.inference_mode()
     def scores(self, ct_xyz: np.ndarray, batch: int, spacing_mm: Sequence[float] | None = None,
                progress: Callable[[int, int, str], None] | None = None) -> torch.Tensor:  # fmt: skip
-        """(Z', A, X', Y') float32 scores of the active label values on the model's grid, z
-        first (``predictor.active`` order), averaged over windows, TTA and members."""
+        """(Z', X', Y', A) float32 scores of the active label values on the model's grid, z
+        first and channels last (``predictor.active`` order), averaged over windows, TTA and
+        members."""
         grid = self.model_grid(ct_xyz.shape, spacing_mm)
         device = self.predictor.device
         volume = resample_ct(ct_xyz, grid)
@@ -163,9 +177,10 @@ class PatchStrategy:
             full = torch.full(padded, PAD_HU, dtype=torch.float32)
             full[tuple(slice(b, b + g) for b, g in zip(before, grid, strict=True))] = volume
             volume = full
-        # z first, as the way back reads them a slab of slices at a time: (Z, A, X, Y), (Z, X, Y)
+        # channels last and z first, as the windows' logits are laid out and the way back reads
+        # them (a slab of slices at a time): (Z, X, Y, A) sums and (Z, X, Y) weights
         zxy = (padded[2], padded[0], padded[1])
-        acc = torch.zeros((zxy[0], len(self.predictor.active), *zxy[1:]), device=device)
+        acc = torch.zeros((*zxy, len(self.predictor.active)), device=device)
         weight = torch.zeros(zxy, dtype=torch.float32, device=device)
         jobs = []
         for m in self.predictor.members:
@@ -175,28 +190,30 @@ class PatchStrategy:
             jobs.append((m, patch, list(starts)))
         total, done = sum(len(s) for _, _, s in jobs), 0
         for member, patch, starts in jobs:
-            g = gaussian_importance(patch).to(device)
-            g_zxy = g.permute(2, 0, 1)
+            g = gaussian_importance(patch).permute(2, 0, 1).to(device)  # (pz, px, py)
             augs = self.augmentations(member)
             for first in range(0, len(starts), batch):
                 windows = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
                            for start in starts[first : first + batch]]  # fmt: skip
                 x = torch.stack([volume[w] for w in windows])[:, None]  # (B, 1, px, py, pz)
                 x = normalize_hu(x, member.config.data.hu_window).to(device)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
                 for aug in augs:
                     self._accumulate(member, x, aug, g, acc, windows)
                 for wx, wy, wz in windows:
-                    weight[wz, wx, wy] += g_zxy * len(augs)
+                    weight[wz, wx, wy] += g * len(augs)
                 done += len(windows)
                 if progress:
                     progress(done, total, "patches")
         ix, iy, iz = (slice(b, b + n) for b, n in zip(before, grid, strict=True))
-        return acc[iz, :, ix, iy].div_(weight[iz, None, ix, iy])
+        return acc[iz, ix, iy].div_(weight[iz, ix, iy, None])
 
     def _accumulate(self, member, x: torch.Tensor, aug: str, g: torch.Tensor, acc: torch.Tensor,
                     windows: list[tuple[slice, ...]]) -> None:  # fmt: skip
-        """Add ``g`` x the class probabilities of one augmentation of a batch to ``acc``."""
-        flip, shift = aug == "mirror", None
+        """Add ``g`` x the class probabilities of one augmentation of a batch to ``acc``, a few
+        z slices of a window at a time (channels last: the softmax reads contiguous rows)."""
+        flip, shift = aug == "mirror", (0, 0, 0)
         if aug.startswith("shift"):
             shift = _TTA_SHIFTS[int(aug.removeprefix("shift"))]
             x = torch.roll(x, shift, dims=(2, 3, 4))
@@ -204,38 +221,34 @@ class PatchStrategy:
             x = torch.flip(x, dims=[2])  # x: patient left/right
         with autocast_context(self.predictor.device, self.amp):
             logits = member.model(x)  # (B, K, px, py, pz)
-        direct, mirrored = self._targets[id(member)]
-        targets = (mirrored if flip else direct).to(acc.device)
+        read = self._sources[id(member)][1 if flip else 0].to(acc.device)
+        missing = torch.nonzero(read < 0).flatten()
         softmax = member.config.output_mode == "softmax"
-
-        def undo(t: torch.Tensor) -> torch.Tensor:  # back to the CT's frame: (C, px, py, pz)
-            if flip:
-                return torch.flip(t, dims=[1])
-            if shift is not None:
-                return torch.roll(t, tuple(-s for s in shift), dims=(1, 2, 3))
-            return t
-
-        for b, window in enumerate(windows):
-            wx, wy, wz = window
-            out, target = acc[wz, :, wx, wy], logits[b]  # (pz, A, px, py), (K, px, py, pz)
-            if softmax:
-                top = target.amax(dim=0).float()
-                total = torch.zeros_like(top)
-                for c in range(0, target.shape[0], _CHANNELS):
-                    total += (target[c : c + _CHANNELS].float() - top).exp_().sum(dim=0)
-                scale = undo(total.reciprocal_()[None])[0].mul_(g)
-            else:
-                scale = g
-                out[:, 0] += 0.5 * g.permute(2, 0, 1)  # sigmoid: background is a constant 0.5
-            for c in range(0, target.shape[0], _CHANNELS):
-                part = target[c : c + _CHANNELS].float()
-                part = part.sub_(top).exp_() if softmax else part.sigmoid_()
-                part = undo(part).mul_(scale)
-                index = targets[c : c + _CHANNELS]
-                keep = index >= 0  # a mirrored structure whose partner the model lacks: dropped
-                if not bool(keep.all()):
-                    part, index = part[keep], index[keep]
-                out.index_add_(1, index, part.permute(3, 0, 1, 2))
+        identity = len(read) == logits.shape[1] and bool(
+            (read == torch.arange(len(read), device=read.device)).all()
+        )
+        _, k, px, py, pz = logits.shape
+        rows = max(1, _CHUNK_VALUES // (px * py * k))
+        for b, (wx, wy, wz) in enumerate(windows):
+            for z0 in range(0, pz, rows):
+                z1 = min(z0 + rows, pz)
+                part = _z_rows(logits[b], z0, z1, shift[2])  # (zc, px, py, K) float32
+                if softmax:
+                    part.sub_(part.amax(dim=3, keepdim=True)).exp_()
+                    part.div_(part.sum(dim=3, keepdim=True))
+                else:
+                    part.sigmoid_()
+                if flip:
+                    part = part.flip(1)
+                elif shift[:2] != (0, 0):
+                    part = torch.roll(part, (-shift[0], -shift[1]), dims=(1, 2))
+                if not identity:
+                    part = part.index_select(3, read.clamp(min=0))
+                    part[..., missing] = 0.0  # the partner of a mirrored structure it lacks
+                    if not softmax:
+                        part[..., 0] = 0.5  # sigmoid outputs: the background is 0.5
+                part.mul_(g[z0:z1, :, :, None])
+                acc[wz.start + z0 : wz.start + z1, wx, wy].add_(part)
 
     def label(self, ct_xyz: np.ndarray, batch: int,
               progress: Callable[[int, int, str], None] | None,
@@ -245,6 +258,18 @@ class PatchStrategy:
         scores = self.scores(ct_xyz, batch, spacing_mm, progress)
         active = torch.tensor(self.predictor.active, dtype=torch.int64)
         return labels_on_grid(scores, ct_xyz.shape, active)
+
+
+def _z_rows(logits: torch.Tensor, z0: int, z1: int, shift: int) -> torch.Tensor:
+    """(zc, px, py, K) float32 logits of a window's output slices z0..z1 from (K, px, py, pz)
+    logits; ``shift``: the input was rolled by this many slices (read back from z + shift)."""
+    pz = logits.shape[3]
+    first, last = (z0 + shift) % pz, (z1 + shift) % pz or pz
+    if first < last:
+        rows = logits[:, :, :, first:last]
+    else:  # wrapped around
+        rows = torch.cat([logits[:, :, :, first:], logits[:, :, :, :last]], dim=3)
+    return rows.permute(3, 1, 2, 0).float().contiguous()
 
 
 def _spacing(config) -> tuple[float, float, float] | None:

@@ -125,32 +125,32 @@ def _in_slices(part, channels, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _z_interpolated(source, channels, zw) -> torch.Tensor:
-    """(s, C, X', Y'): ``channels`` of the slab's model slices interpolated along z."""
+    """(s, C, X', Y'): ``channels`` of the slab's model slices ``source`` (n, X', Y', A)
+    interpolated along z."""
     lower, upper, weight = zw
-    part = source[lower[:, None], channels[None, :]]
+    part = source[lower][..., channels]
     if not torch.equal(lower, upper):
-        part.lerp_(source[upper[:, None], channels[None, :]], weight.view(-1, 1, 1, 1))
-    return part
+        part.lerp_(source[upper][..., channels], weight.view(-1, 1, 1, 1))
+    return part.permute(0, 3, 1, 2).contiguous()
 
 
 def _mixed_cell_winners(source, winner, mixed, x: _Axis, y: _Axis, zw) -> torch.Tensor:
-    """(s, X, Y) channel index of the largest interpolated score, right in the mixed cells.
+    """(s, X, Y) channel index of the largest interpolated score, right in the mixed cells of
+    ``source`` (n, X', Y', A).
 
     When most cells are mixed (a model without confident scores, such as an untrained one),
     every channel is interpolated over whole slices without testing the cells."""
     size = (len(x.lower), len(y.lower))
     if float(mixed.float().mean()) > MIXED_LIMIT:
-        channels = torch.arange(source.shape[1], device=source.device)
+        channels = torch.arange(source.shape[3], device=source.device)
         return _in_slices(_z_interpolated(source, channels, zw), channels, size)
     cells = torch.nonzero(mixed)  # (M, 3)
-    channel_last = source.permute(0, 2, 3, 1).contiguous()  # a cell's corners read rows
-    ok = torch.cat([possible_winners(channel_last, winner, cells[i : i + _CELLS])
+    ok = torch.cat([possible_winners(source, winner, cells[i : i + _CELLS])
                     for i in range(0, len(cells), _CELLS)])  # fmt: skip
-    del channel_last
     channels = torch.nonzero(ok.any(dim=0)).flatten()
     ok = ok[:, channels]
-    rows = torch.zeros((len(channels), source.shape[2] - 1), dtype=torch.bool, device=ok.device)
-    cols = torch.zeros((len(channels), source.shape[3] - 1), dtype=torch.bool, device=ok.device)
+    rows = torch.zeros((len(channels), source.shape[1] - 1), dtype=torch.bool, device=ok.device)
+    cols = torch.zeros((len(channels), source.shape[2] - 1), dtype=torch.bool, device=ok.device)
     hit = torch.nonzero(ok)  # (cell, channel) pairs
     rows[hit[:, 1], cells[hit[:, 0], 1]] = True
     cols[hit[:, 1], cells[hit[:, 0], 2]] = True
@@ -165,11 +165,11 @@ def _mixed_cell_winners(source, winner, mixed, x: _Axis, y: _Axis, zw) -> torch.
 
 
 def labels_on_grid(scores: torch.Tensor, shape: Sequence[int], active: torch.Tensor) -> np.ndarray:
-    """(Z', A, X', Y') scores (z first) -> (X, Y, Z) uint8 ``active[argmax]`` of their
+    """(Z', X', Y', A) scores (z first, channels last) -> (X, Y, Z) uint8 ``active[argmax]`` of their
     trilinear resampling (see the module doc); the largest buffers hold about ``SLAB_VALUES``
     values."""
     x_out, y_out, z_out = (int(s) for s in shape)
-    z_in, n_channels, x_in, y_in = scores.shape
+    z_in, x_in, y_in, n_channels = scores.shape
     labels = np.empty((x_out, y_out, z_out), dtype=np.uint8)
     device = scores.device
     active = active.to(device)
@@ -181,17 +181,17 @@ def labels_on_grid(scores: torch.Tensor, shape: Sequence[int], active: torch.Ten
     for start in range(0, z_out, slab):
         ks = slice(start, min(start + slab, z_out))
         if same_plane:
-            part = scores[zw[0][ks]]
+            part = scores[zw[0][ks]]  # (s, X, Y, A)
             if z_in != z_out:
                 part.lerp_(scores[zw[1][ks]], zw[2][ks].view(-1, 1, 1, 1))
-            index = part.argmax(dim=1)
+            index = part.argmax(dim=3)
         else:
             first, last = int(zw[0][ks].min()), int(zw[1][ks].max())
-            source = scores[first : last + 1]  # (n, A, X', Y'), a view
+            source = scores[first : last + 1].contiguous()  # (n, X', Y', A)
             # an axis of one voxel read as two equal ones: the same values, and cells
-            sizes = [2 if n == 1 and axis != 1 else n for axis, n in enumerate(source.shape)]
+            sizes = [2 if n == 1 and axis != 3 else n for axis, n in enumerate(source.shape)]
             source = source.expand(*sizes)
-            winner = source.argmax(dim=1)  # (n, X', Y')
+            winner = source.argmax(dim=3)  # (n, X', Y')
             mixed = over_cells(torch.maximum, winner) != over_cells(torch.minimum, winner)
             lower, upper = zw[0][ks] - first, zw[1][ks] - first
             cz = lower.clamp(max=source.shape[0] - 2)
