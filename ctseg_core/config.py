@@ -180,9 +180,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["output_mode"] = (
-            self.output_mode
-        )  # as before model.output existed; read back by from_dict
+        # as written before model.output existed; from_dict reads it back for such configs
+        d["output_mode"] = self.output_mode
         return d
 
     @classmethod

@@ -76,10 +76,10 @@ def test_the_phantoms_model_warns_on_a_real_ct_and_not_on_the_phantom(
     assert ", z " not in found[1]  # 2 mm slices are within the phantom's
 
 
-def test_intensities_far_from_the_training_cts_are_flagged(sample_root, extra_dir, cache_dir):
+def test_intensities_far_from_the_training_cts_are_flagged(sample_root, shared_extra, cache_dir):
     record = describe_training_data(_entries(sample_root, cache_dir), sample_root, "all")
     assert record["source"] == "dataset"
-    ct = load_ct(extra_dir / "unlabeled_ct_3mm.nii.gz")  # a real CT of another patient, in HU
+    ct = load_ct(shared_extra / "unlabeled_ct_3mm.nii.gz")  # a real CT of another patient, in HU
     zxy = ct.array.transpose(2, 0, 1)
 
     def check(array):
@@ -110,7 +110,7 @@ def test_a_phantom_ct_is_known_in_its_dataset_and_as_an_upload(phantom_root, sam
 
 
 def test_a_run_records_its_data_and_predict_warns_outside_it(
-    phantom_root, extra_dir, tmp_path, caplog, one_torch_thread
+    phantom_root, shared_extra, tmp_path, caplog, one_torch_thread
 ):
     from ctseg_core.training.trainer import Trainer
 
@@ -129,7 +129,7 @@ def test_a_run_records_its_data_and_predict_warns_outside_it(
     assert load_checkpoint(run_dir / "best.pth")["training_data"] == record
     assert checkpoint_training_data(run_dir / "last.pth") == record
 
-    real = extra_dir / "unlabeled_ct_3mm.nii.gz"
+    real = shared_extra / "unlabeled_ct_3mm.nii.gz"
     with caplog.at_level(logging.WARNING, logger="ctseg_core.inference"):
         summary = predict_file(real, [run_dir / "best.pth"], tmp_path / "real.nii.gz")
     phantom = [w for w in summary["warnings"] if PHANTOM_ONLY in w]
