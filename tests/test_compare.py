@@ -239,3 +239,28 @@ def test_the_checkpoints_root_lists_run_and_folder_evaluations(tmp_path):
         compare_evaluations(a, root / "run2" / "evaluation", "test", there)
     compare_evaluations(a, root / "evaluations" / "preds-0a1b2c3d", "test", there)
     assert [e.label for e in list_evaluations(root)] == [e.label for e in found]  # not listed
+
+
+def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_path, capsys):
+    dice = {"liver": np.linspace(0.6, 0.9, 6)}
+    subjects = ["NA", "s1", "s2", "s3", "s4", "s5"]  # "NA" is a subject id, not a missing value
+    folders = {}
+    for name, ids, dataset in (("a", subjects, "/data/one"), ("b", subjects[:5], "/data/two")):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        results = table(dice, ids) if name == "a" else table({"liver": dice["liver"][:5]}, ids)
+        (folders[name] / "evaluation_results_test.csv").write_text(results.to_csv(index=False))
+        record = {"dataset": dataset, "tolerance_mm": 3.0, "subjects": ids}
+        (folders[name] / "source_test.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    assert main(["compare", str(folders["a"]), str(folders["b"]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "note: A and B scored different datasets: /data/one and /data/two",
+        "note: 1 subjects only in A are left out: s5",
+    ]
+    source = json.loads((out / "source_test.json").read_text())
+    assert source["notes"] == [line.removeprefix("note: ") for line in err]
+    assert source["only_a"] == ["s5"] and source["subjects"][0] == "NA"
+    written = pd.read_csv(out / "comparison_test.csv")
+    assert written.loc[written["metric"] == "dice", "pairs"].tolist() == [5, 5]

@@ -248,7 +248,11 @@ def read_results(folder: str | Path, split: str) -> pd.DataFrame:
         )
         raise DataError(f"{path.name} is not in {folder}; {fix}")
     try:
-        return pd.read_csv(path, dtype={"subject": str, "structure": str, "group": str})
+        # only an empty cell is missing: a subject named "NA" stays a name; inf stays inf
+        return pd.read_csv(
+            path, dtype={"subject": str, "structure": str, "group": str},
+            keep_default_na=False, na_values=[""],
+        )  # fmt: skip
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} cannot be read as CSV ({exc}); evaluate again") from exc
 
