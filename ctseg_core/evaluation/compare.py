@@ -149,7 +149,8 @@ def compare_results(
     ``attrs``: "subjects" (paired), "only_a", "only_b" (subjects in one table only).
     DataError when no (subject, structure) is scored in both.
     """
-    metrics = [m for m in _check_table(a, names[0]) if m in _check_table(b, names[1])]
+    held_b = _check_table(b, names[1])
+    metrics = [m for m in _check_table(a, names[0]) if m in held_b]
     if not metrics:
         raise DataError(f"{names[0]} and {names[1]} hold no metric column in common")
     a, b = (t.assign(**{m: pd.to_numeric(t[m], errors="coerce") for m in metrics}) for t in (a, b))
