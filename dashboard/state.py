@@ -47,6 +47,7 @@ TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
 TRAIN_STARTED = "ctseg_train_started"  # set[str]: runs started or continued from this session
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 EVAL_SUBJECTS_AMONG = "ctseg_eval_subjects_among"  # list[str]: the subject choice's options
+EVAL_COMPARISON = "ctseg_eval_comparison"  # dict: last comparison (choice, table, CSV bytes)
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
 EXPLORE_FOLDERS = "ctseg_explore_folders"  # list[str]: prediction folders evaluated here
 FOLDER_PREFIX = "folder: "  # an Explore source that reads a folder of <id>.nii.gz files
@@ -55,7 +56,8 @@ _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "s
                  "alpha", "show3d", "mesh_structures")  # fmt: skip
 _TRAIN_WIDGETS = ("preset", "epochs", "lr", "batch", "size", "width", "loss", "scheduler",
                   "augment", "only_present", "steps", "val", "checkpoint_every", "run_name")  # fmt: skip
-_EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric")
+_EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric",
+                 "compare_a", "compare_b", "compare_split", "compare_metric")  # fmt: skip
 
 #: widget states that must survive visits to other pages (Streamlit drops unrendered widgets;
 #: buttons, uploads and downloads cannot be set and are left out)
