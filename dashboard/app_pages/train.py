@@ -241,6 +241,29 @@ def empty_run(run_dir: Path) -> None:
             st.rerun(scope="app")
 
 
+def rename_popover(run_dir: Path) -> None:
+    """Rename for an ended run: whoever may remove a run may rename it. The library refuses an
+    active run (also one trained elsewhere), a taken name and one that is not a folder name."""
+    from ctseg_core.runs.run_folder import rename_run
+
+    name = run_dir.name
+    with st.popover("Rename", icon=":material/edit:"):
+        new_name = st.text_input(
+            "New name", value=name, max_chars=100, key=f"{state.TRAIN_FORM.rename_to}_{name}",
+            help="Letters, digits, '.', '_', '-' and spaces. Its checkpoints and evaluations "
+            "move with it; choices that name the old run point at the new one in this tab.",
+        )  # fmt: skip
+        # a button, not Enter: typing renames nothing (keys: no run name makes another's key)
+        if st.button("Rename", type="primary", key=f"{state.TRAIN_FORM.rename_go}_{name}"):
+            try:
+                new_dir = rename_run(run_dir, new_name.strip())
+            except Exception as exc:
+                state.show_error(exc, "cannot rename")
+                return
+            st.session_state[state.TRAIN_RENAMED] = (str(run_dir), str(new_dir))
+            st.rerun(scope="app")
+
+
 def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     """State, progress and curves of one run, read from its folder."""
     from ctseg_core.runs.run_folder import read_history, read_status
@@ -274,7 +297,9 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
         state.show_warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
     if active:
         stop_button(run_dir)
-    elif run_state in ("failed", "stopped") and _empty_run(run_name):
+    elif run_state in ("finished", "failed", "stopped"):
+        rename_popover(run_dir)
+    if run_state in ("failed", "stopped") and _empty_run(run_name):
         empty_run(run_dir)
         return
     if not history:
@@ -331,7 +356,8 @@ def compare() -> None:
     st.subheader("Compare runs")
     names = [r.name for r in all_runs]
     cols = st.columns([3, 1, 1])
-    chosen = cols[0].multiselect("Runs", names, default=names[:2], key=state.TRAIN_FORM.compare)
+    default = state.widget_default(state.TRAIN_FORM.compare, names[:2])  # set on a rename
+    chosen = cols[0].multiselect("Runs", names, default=default, key=state.TRAIN_FORM.compare)
     metric = cols[1].selectbox(
         "Curve", ["val_dice_mean", "val_loss", "train_loss", "lr"], key=state.TRAIN_FORM.metric
     )
@@ -345,6 +371,11 @@ def compare() -> None:
 
 
 def main() -> None:
+    renamed = st.session_state.pop(state.TRAIN_RENAMED, None)
+    if renamed:  # before the widgets that may name the run are drawn
+        state.follow_rename(*renamed)
+        old, new = (Path(p).name for p in renamed)
+        st.toast(state.plain(f"Renamed {old} to {new}"), icon=":material/edit:")
     root = state.dataset_root()
     if not root:
         st.info("Choose a dataset on Home first.")
