@@ -15,7 +15,7 @@ Files (all written atomically, see ../shared/DESIGN.md):
 - ``training_history.json`` (columns: epoch, train_loss, val_loss, val_dice_mean, lr) and
   ``training_history.png``; ``checkpoint_epoch<N>.pth``, ``best.pth``, ``last.pth``;
   ``samples/epoch_<N>.png``; ``training_data.json``: what the run trains on (``data.domain``)
-- ``stop_request.json`` (``request_stop``): asks the process training the run, wherever it
+- ``stop_request.json`` (``runs.stop_request``): asks the process training the run, wherever it
   runs, to stop before its next batch; removed when the run ends or starts again
 """
 
@@ -235,31 +235,6 @@ def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: in
             "(--checkpoint-every N, 0 = none; on the Train page under Advanced) or free disk space"
         )
     return None
-
-
-STOP_REQUEST = "stop_request.json"
-
-
-def request_stop(run_dir: str | Path, by: str = "") -> None:
-    """Ask whichever process trains ``run_dir`` (this one, a CLI run, a torchrun job on another
-    host sharing the folder) to stop before its next batch; the trainer polls for the file."""
-    atomic_write_json(
-        Path(run_dir) / STOP_REQUEST, {"requested_at": utc_now(), "by": by or socket.gethostname()}
-    )
-
-
-def stop_requested(run_dir: str | Path) -> bool:
-    """True while ``run_dir`` holds a stop request (any file of that name, even an empty one)."""
-    return (Path(run_dir) / STOP_REQUEST).exists()
-
-
-def stop_requested_by(run_dir: str | Path) -> str:
-    """Who wrote the stop request of ``run_dir`` ("" for a bare ``touch`` or none)."""
-    try:
-        by = json.loads((Path(run_dir) / STOP_REQUEST).read_text()).get("by")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    return str(by) if by else ""
 
 
 def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:

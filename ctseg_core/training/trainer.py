@@ -35,13 +35,13 @@ from ..models.checkpoint import (
     resume_source,
 )
 from ..runs.run_folder import (
-    STOP_REQUEST,
     check_disk_space,
     default_checkpoints_root,
     new_run_dir,
     refuse_if_active,
 )
 from ..runs.status import Callback, Progress, StatusFile, failure_text
+from ..runs.stop_request import STOP_REQUEST
 from . import distributed as ddp
 from .checks import check_run_config
 from .epoch_files import save_epoch

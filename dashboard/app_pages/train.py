@@ -189,7 +189,8 @@ def run_list_watcher(shown: tuple) -> None:
 def stop_button(run_dir: Path) -> None:
     """Stop for an active run this server did not start (the CLI, torchrun, another server):
     a stop request in its folder, which the trainer looks for about once a second."""
-    from ctseg_core.runs.run_folder import read_status, request_stop, stop_requested
+    from ctseg_core.runs.run_folder import read_status
+    from ctseg_core.runs.stop_request import request_stop, stop_requested
 
     job = cached.training_job()
     if job.is_running and job.snapshot().run_dir == run_dir:
