@@ -181,10 +181,11 @@ def test_meshes_figure_puts_reference_and_prediction_side_by_side_with_one_legen
     assert single.data[0].scene in (None, "scene") and single.layout.scene.aspectmode == "data"
 
 
-def test_real_liver_mesh_lies_inside_its_voxels_world_box(sample_root, cache_dir):
+def test_real_liver_mesh_lies_inside_its_voxels_world_box(grid512_root, cache_dir):
+    """s0000's liver on a 512 x 512 grid (0.715 x 0.715 x 3 mm): more faces than the limit."""
     from ctseg_core.data.cache import open_cached
 
-    subject = open_cached(sample_root, "s0001", cache_dir)
+    subject = open_cached(grid512_root, "s0000", cache_dir)
     liver = LABEL_OF["liver"]
     boxes = bounding_boxes(subject.labels)
     verts, faces = structure_mesh(

@@ -71,12 +71,12 @@ def _warnings(at) -> list[str]:
 
 
 def test_predict_warns_when_the_phantoms_model_labels_a_real_ct(
-    app_env, tiny_run, shared_extra, new_app, no_problems
+    app_env, tiny_run, s0000_root, new_app, no_problems
 ):
     at = new_app("predict")
     at.run()
     at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
-    real = (shared_extra / "unlabeled_ct_3mm.nii.gz").read_bytes()
+    real = (s0000_root / "s0000" / "ct.nii.gz").read_bytes()  # a real CT
     at.get("file_uploader")[0].set_value(("patient.nii.gz", real, "application/gzip"))
     at.run()
     at.button(key="ctseg_predict_go").click()
