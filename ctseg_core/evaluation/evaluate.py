@@ -234,9 +234,9 @@ def evaluate_predictions(
     subject x structure table (columns ``RESULT_COLUMNS``; annotated structures only; for
     checkpoints only the structures the model predicts). Writes into ``out_dir`` atomically:
     ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv``,
-    ``source_<split>.json`` (what was scored: ``evaluation_paths.write_source``) and, with
+    ``source_<split>.json`` (what was scored: ``paths.write_source``) and, with
     ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
-    ``evaluation_paths`` names a folder per source.
+    ``paths`` names a folder per source.
 
     A subject that cannot be scored (no prediction file in the folder, an unreadable or wrong
     prediction, a CT or mask that cannot be read: any DataError) is left out with a warning; the
