@@ -7,11 +7,9 @@ A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts only:
      "config": RunConfig.to_dict(), "history": [epoch records], "extra": {...},
      "rng": {"torch": ByteTensor, ...}, "training_data": {...} | None}
 
-``training_data``: what the model was trained on (``data.domain``); checkpoints written before
-it was recorded have no such key and load the same.
-
 so a file from elsewhere cannot run code when loaded, and the model is rebuilt from the
-checkpoint alone (``load_model``).
+checkpoint alone (``load_model``). ``training_data``: what the model was trained on
+(``data.domain``); checkpoints written before it was recorded have no such key and load the same.
 """
 
 from __future__ import annotations
