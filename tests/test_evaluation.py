@@ -534,3 +534,18 @@ def test_slice_figure_zooms_on_the_structure_in_question():
     assert wx.start <= 500 and wx.stop >= 505 and wy.start <= 10 and wy.stop >= 14
     assert wx.stop - wx.start >= 0.4 * 512 - 1 and wy.stop - wy.start >= 0.4 * 400 - 1
     assert wx.stop <= 512 and wy.start >= 0
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, float("nan")])
+def test_a_bad_tolerance_is_refused_before_any_subject_is_scored(
+    tmp_path, s0000_root, extra_dir, tolerance
+):
+    """A setting wrong for every subject is the caller's error (exit 2, one line), not a reason
+    to skip each subject after reading and predicting it."""
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    pair = train_pair(s0000_root, tmp_path / "pair")
+    with pytest.raises(ConfigError, match=r"^tolerance_mm must be a finite number >= 0, got"):
+        evaluate_predictions(pair, "train", folder, tmp_path / "out", tolerance)
+    assert not (tmp_path / "out").exists()

@@ -159,6 +159,16 @@ def test_corrupt_and_foreign_checkpoints_get_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
 
 
+@pytest.mark.parametrize("start", [b"junk\n", b"(unk\n", b"Gunk\n", b"K<html>"])
+def test_a_text_file_named_pth_gets_the_one_line_error_not_a_traceback(tmp_path, start):
+    # torch's weights-only unpickler reads these first bytes as pickle opcodes and fails with
+    # KeyError, IndexError or struct.error: a saved error page or a note named model.pth
+    path = tmp_path / "model.pth"
+    path.write_bytes(start)
+    with pytest.raises(CtsegError, match=r"model\.pth cannot be loaded safely"):
+        load_checkpoint(path)
+
+
 def test_deep_supervision_heads_train_at_lower_resolutions_and_vanish_in_eval(tmp_path):
     torch.manual_seed(0)
     config = tiny_config()

@@ -7,11 +7,9 @@ A checkpoint is a dict of plain tensors, numbers, strings, lists and dicts only:
      "config": RunConfig.to_dict(), "history": [epoch records], "extra": {...},
      "rng": {"torch": ByteTensor, ...}, "training_data": {...} | None}
 
-``training_data``: what the model was trained on (``data.domain``); checkpoints written before
-it was recorded have no such key and load the same.
-
 so a file from elsewhere cannot run code when loaded, and the model is rebuilt from the
-checkpoint alone (``load_model``).
+checkpoint alone (``load_model``). ``training_data``: what the model was trained on
+(``data.domain``); checkpoints written before it was recorded have no such key and load the same.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import logging
 import pickle
 import shlex
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +181,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except Exception as exc:  # a file that is no PyTorch file fails anywhere in the unpickler
         if isinstance(exc, EOFError) or "central directory" in str(exc):
             size = path.stat().st_size
             raise UnreadableCheckpoint(
