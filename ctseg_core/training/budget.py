@@ -16,19 +16,20 @@ epoch record (history.jsonl and the checkpoints' history, with or without a budg
 run's clock starts from the last one (the files of that last epoch, written after it, are the
 only time not counted). A record without it (a run from before) counts its ``seconds``.
 
-The estimate of an epoch: the mean of the last (up to) three whole epochs (start to files
-written) measured since this process started or resumed the run, leaving out the first once a
-second one is measured. The first includes the warm-up (modules imported on first use, e.g.
-for the history plot, kernels' and the allocator's first calls, the cache's pages read from
-disk; 2 s to 10 s on a busy 2-core machine): until a second epoch is measured it is the
-estimate, which errs long, so the stop after the first epoch comes early rather than late (only
-a budget shorter than about two first epochs loses an epoch by it), and the schedule's first
-horizon is short. The horizon after an epoch uses the epochs before it (the one that just
-validated has not written its files yet); after the first, that epoch's time to validation.
+The unit of the estimate is an epoch from one validation's end to the next (so the files of the
+epoch before are in it): the differences of ``elapsed_s``. The run stops, "finished", when the
+next epoch's validation is not expected to end within the budget: when no epoch of the mean of
+the last three such durations fits between the last ``elapsed_s`` and the budget. The first
+epoch of a process (from its start to its validation) is left out once another is measured: it
+carries the warm-up (kernels' and the allocator's first calls, the cache's pages read from
+disk); while it alone is measured the estimate errs long, so the stop comes early rather than
+late (only a budget shorter than about two first epochs loses an epoch by it) and the first
+horizon is short.
+The first history plot's imports fall into the second epoch, diluted in the mean from the third.
 
-The run stops, "finished", before an epoch that is not expected to fit. At least one epoch
-always trains (``Trainer.resume`` refuses a run whose budget has no room for another); an epoch
-slower than the estimate may end the run past the budget by the difference.
+At least one epoch always trains: ``Trainer.resume`` refuses a run whose budget has no room for
+another by the same rule, from its records. An epoch slower than the estimate may end the run
+past the budget by the difference.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def horizon(
 
 
 def mean_epoch_s(durations: list[float]) -> float | None:
-    """The estimate of an epoch from the whole epochs measured (see the module docstring)."""
+    """The estimate of an epoch from those measured, in order (see the module docstring)."""
     measured = durations[1:] or durations
     last = measured[-3:]
     return sum(last) / len(last) if last else None
@@ -90,16 +91,15 @@ class Budget:
         self.seconds = None if minutes is None else float(minutes) * 60.0
         self.epochs = epochs
         self.already_s = trained_seconds(list(history))
-        self.durations: list[float] = []  # whole epochs measured in this process, in seconds
+        self.durations: list[float] = []  # epochs measured in this process, lap to lap, in s
         self.progress = 0.0  # of the schedule, after the last lap
         self._t0: float | None = None
-        self._epoch_t0 = 0.0
+        self._lap_s, self._lap_epoch = self.already_s, None  # the clock at the last lap
 
     def start(self) -> None:
         """An epoch starts; the first call starts the clock."""
-        self._epoch_t0 = time.monotonic()
         if self._t0 is None:
-            self._t0 = self._epoch_t0
+            self._t0 = time.monotonic()
 
     def elapsed_s(self) -> float:
         """Training seconds of the run, resumes included."""
@@ -110,19 +110,15 @@ class Budget:
         ``planned_epochs``, the schedule's horizon) and ``progress`` set for the next epoch.
         Under torchrun the horizon is rank 0's, on every rank (the ranks keep the same lr)."""
         elapsed = round(self.elapsed_s(), 3)
+        self.durations.append(elapsed - self._lap_s)
+        self._lap_s, self._lap_epoch = elapsed, done
         fields: dict = {"elapsed_s": elapsed}
         if self.seconds is not None:
-            so_far = mean_epoch_s(self.durations) or time.monotonic() - self._epoch_t0
-            planned = ddp.broadcast_object(
-                horizon(elapsed, so_far, self.seconds, done, self.epochs)
-            )
+            est = self.epoch_s()
+            planned = ddp.broadcast_object(horizon(elapsed, est, self.seconds, done, self.epochs))
             self.progress = max(self.progress, min(1.0, done / max(1, planned)))
             fields["planned_epochs"] = planned
         return fields
-
-    def end_epoch(self) -> None:
-        """The epoch has written its files: measure it."""
-        self.durations.append(time.monotonic() - self._epoch_t0)
 
     def epoch_s(self, fallback: float | None = None) -> float | None:
         """An epoch's expected seconds; ``fallback`` (the trainer's guess from its step times)
@@ -130,13 +126,15 @@ class Budget:
         return mean_epoch_s(self.durations) or fallback
 
     def epochs_after(self, epoch: int, left_s: float = 0.0, fallback: float | None = None) -> int:
-        """Epochs to train after ``epoch``, which ends in ``left_s`` seconds: up to ``epochs``,
-        and those the budget leaves room for (all of them while no estimate exists)."""
+        """Epochs to train after ``epoch``, whose validation ends in ``left_s`` seconds (or has
+        ended, at its lap): up to ``epochs``, and those the budget leaves room for (all of them
+        while no estimate exists)."""
         more = max(0, self.epochs - epoch)
         est = self.epoch_s(fallback)
         if self.seconds is None or not est:
             return more
-        return min(more, epochs_that_fit(self.seconds - self.elapsed_s() - left_s, est))
+        end = self._lap_s if self._lap_epoch == epoch else self.elapsed_s() + left_s
+        return min(more, epochs_that_fit(self.seconds - end, est))
 
     def plan(self, epoch: int, left_s: float, epoch_s: float) -> tuple[int, float]:
         """(planned epochs, ETA in seconds) while ``epoch`` has ``left_s`` seconds to go and
@@ -180,10 +178,12 @@ def continue_budget(
     if train.minutes is None or not history:
         return
     used = trained_seconds(history)
-    last = float(history[-1].get("seconds") or 0.0)
-    if used + last > train.minutes * 60:
+    laps = [float(r["elapsed_s"]) for r in history if r.get("elapsed_s") is not None]
+    est = mean_epoch_s([b - a for a, b in zip([0.0, *laps], laps, strict=False)])
+    est = est or float(history[-1].get("seconds") or 0.0)
+    if not epochs_that_fit(train.minutes * 60 - used, est):
         raise ConfigError(
             f"run {run_dir} has trained {used / 60:.1f} of its {train.minutes:g} minutes "
-            f"already (an epoch takes about {last:.0f} s); ask for more time to continue "
+            f"already (an epoch takes about {est:.0f} s); ask for more time to continue "
             f"(--minutes {math.ceil(train.minutes + 5)}, say)"
         )

@@ -314,7 +314,6 @@ class Trainer:
                 )
                 if figure is not None:
                     figure.save(model, device, amp, channels_last, self.run_dir, epoch)
-            budget.end_epoch()
             self._completed = epoch
             per_step = sum(self._step_seconds) / max(1, len(self._step_seconds))
             p.epochs, p.eta_s = budget.plan(epoch, 0.0, steps * per_step + val_seconds)
