@@ -55,8 +55,9 @@ FOLDER_PREFIX = "folder: "  # an Explore source that reads a folder of <id>.nii.
 
 _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "style", "layout",
                  "alpha", "show3d", "mesh_structures")  # fmt: skip
-_TRAIN_WIDGETS = ("preset", "epochs", "lr", "batch", "size", "width", "loss", "scheduler",
-                  "augment", "only_present", "steps", "val", "checkpoint_every", "run_name")  # fmt: skip
+_TRAIN_WIDGETS = ("preset", "epochs", "minutes", "lr", "batch", "size", "width", "loss",
+                  "scheduler", "augment", "only_present", "steps", "val", "checkpoint_every",
+                  "run_name")  # fmt: skip
 _EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric",
                  "compare_a", "compare_b", "compare_split", "compare_metric")  # fmt: skip
 

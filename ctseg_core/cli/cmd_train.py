@@ -33,6 +33,7 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "bottleneck": ("model", "bottleneck"),
     "deep_supervision": ("model", "deep_supervision"),
     "epochs": ("train", "epochs"),
+    "minutes": ("train", "minutes"),
     "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"),
     "scheduler": ("train", "scheduler"),
@@ -47,8 +48,8 @@ _FLAGS = {  # argparse dest -> (section, config field)
 }
 
 
-#: flags whose 0 means "every slice" (None in the config), as on the Train page
-_ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices")
+#: flags whose 0 means "every slice" or "no time budget" (None in the config), as on the Train page
+_ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices", "minutes")
 #: settings of the machine, not of the experiment: a resumed run may change them
 _HARDWARE = ("device", "amp", "workers", "cache")
 
@@ -91,7 +92,15 @@ def register(subparsers) -> None:
     )
     a("--checkpoints", type=Path, default=None, help="root of run folders ($CTSEG_CHECKPOINTS)")
     a("--cache", type=str, default=None, help="preprocessing cache folder ($CTSEG_CACHE)")
-    a("--epochs", type=int, help="epochs (default 20)")
+    a("--epochs", type=int, help="epochs (default 20; with --minutes, at most)")
+    a(
+        "--minutes",
+        type=float,
+        metavar="M",
+        help="time budget: stop before an epoch that would not fit in M minutes of training "
+        "(resumes included), and fit the cosine / poly schedule to the epochs that do "
+        "(default, 0: none; phantom_demo 10); on --resume, the run's new budget in all",
+    )
     a("--lr", type=float, help="learning rate (default 1e-3)")
     a("--batch-size", type=int, help="slices per batch (default 8)")
     a("--size", type=int, nargs=2, metavar=("H", "W"), help="slice size (default 128 128)")
@@ -203,8 +212,9 @@ def run_train(args) -> int:
         if args.resume:
             _refuse_settings_on_resume(args)
             trainer = Trainer.resume(
-                args.resume, epochs=args.epochs, callbacks=callbacks, started_by=_who()
-            )
+                args.resume, epochs=args.epochs, minutes=args.minutes,
+                callbacks=callbacks, started_by=_who(),
+            )  # fmt: skip
             for dest in _HARDWARE:  # the run may move to another machine
                 if getattr(args, dest) is not None:
                     section, name = _FLAGS[dest]
@@ -258,13 +268,15 @@ def _refuse_settings_on_resume(args) -> None:
     given = [
         "--" + dest.replace("_", "-")
         for dest in dests
-        if dest not in ("epochs", *_HARDWARE) and getattr(args, dest, None) not in (None, False)
+        if dest not in ("epochs", "minutes", *_HARDWARE)
+        and getattr(args, dest, None) not in (None, False)
     ]
     folder = args.resume.parent if args.resume.is_file() else args.resume
     if given:
         raise ConfigError(
             f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "
-            "would not apply (only --epochs, --device, --amp, --workers and --cache do); to train "
+            "would not apply (only --epochs, --minutes, --device, --amp, --workers and --cache "
+            "do); to train "
             f"with other settings start a new run: --config {folder}/config.json and the flags"
         )
 

@@ -6,12 +6,14 @@ Files (all written atomically, see ../shared/DESIGN.md):
 - ``label_map.json``: output channel -> structure name; softmax runs:
   ``{"0": "background", "1": structures[0], ...}``; sigmoid runs: ``{"0": structures[0], ...}``
 - ``status.json``: ``state`` (queued/running/stopping/finished/failed/stopped), ``epoch``
-  (completed), ``epochs``, ``step`` (in the current epoch), ``steps_per_epoch``, ``eta_s``
+  (completed), ``epochs`` (planned; with a time budget the epochs expected to fit), ``step`` (in the current epoch), ``steps_per_epoch``, ``eta_s``
   (seconds to the end of the run, or null), ``loss``, ``lr``, ``error`` (text or null),
   ``message``, ``warning`` (text or null: e.g. the checkpoints may not fit on the disk),
   ``pid``, ``host``, ``updated_at`` (ISO 8601 UTC)
 - ``history.jsonl``: one line per epoch: epoch, train_loss, val_loss, val_dice_mean,
-  val_dice {structure: dice or null (absent from the validation references)}, lr, seconds
+  val_dice {structure: dice or null (absent from the validation references)}, lr, seconds,
+  elapsed_s (training time so far, resumes included), and with a time budget planned_epochs
+  (the schedule's horizon then; ``training.budget``)
 - ``training_history.json`` (columns: epoch, train_loss, val_loss, val_dice_mean, lr) and
   ``training_history.png``; ``checkpoint_epoch<N>.pth``, ``best.pth``, ``last.pth``;
   ``samples/epoch_<N>.png``; ``training_data.json``: what the run trains on (``data.domain``)

@@ -64,7 +64,7 @@ def controls(root: str) -> None:
         key=state.TRAIN_FORM.resume_pick,
         help="Continues from its last.pth with its own settings, up to the epoch on the right.",
     )
-    until = None
+    until = minutes = None
     if pick is not None:
         run = resumable[pick]
         done, planned = run.epoch, run.epochs or run.epoch
@@ -74,19 +74,40 @@ def controls(root: str) -> None:
             value=planned if planned > done else done + 10,  # a finished run: 10 more
             key=f"{state.TRAIN_FORM.resume_epochs}_{pick}",
         )
+        budget = _run_minutes(run.run_dir)
+        if budget is not None:  # a run with a time budget keeps one
+            minutes = cols[2].number_input(
+                "within minutes (in all)",
+                min_value=0.1,
+                value=budget + 5 if run.state == "finished" else budget,  # finished: 5 more
+                key=f"{state.TRAIN_FORM.resume_minutes}_{pick}",
+                help="The run's time budget, its earlier training included.",
+            )
         _resume_note(pick)
     if cols[3].button(
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
         try:
             run_dir = job.resume(
-                cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who()
-            )
+                cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who(),
+                minutes=minutes,
+            )  # fmt: skip
         except Exception as exc:
             state.show_error(exc, "cannot resume")
         else:
             _started_here(run_dir)
             st.rerun()  # redraw Stop (enabled) and the watched run
+
+
+def _run_minutes(run_dir: Path) -> float | None:
+    """The time budget in the run's config.json (None: none, or unreadable)."""
+    from ctseg_core.runs.run_folder import read_json
+
+    try:
+        minutes = read_json(run_dir / "config.json")["train"].get("minutes")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return float(minutes) if isinstance(minutes, (int, float)) and minutes > 0 else None
 
 
 def _empty_run(name: str) -> bool:
