@@ -14,7 +14,7 @@ import streamlit as st
 from ctseg_core.runs.run_folder import ACTIVE_STATES
 from ctseg_core.training.checks import check_run_config
 from dashboard import cached, state
-from dashboard.helpers import runs
+from dashboard.helpers import run_actions, runs
 from dashboard.helpers.train_form import build_config
 
 REFRESH_S = 1.5  # the view of an active run
@@ -238,54 +238,6 @@ def stop_button(run_dir: Path) -> None:
             st.toast("Stop requested", icon=":material/stop:")
 
 
-def empty_run(run_dir: Path) -> None:
-    """A run that ended before completing an epoch: nothing to resume; its name can be used
-    again, or the run removed after a confirmation."""
-    from ctseg_core.runs.run_folder import remove_empty_run
-
-    name = state.plain(run_dir.name)
-    st.info(
-        f"{name} ended before completing an epoch: it has no checkpoint to resume. Start a new "
-        "run under the same name (it takes this folder) or remove this one.",
-        icon=":material/info:",
-    )
-    with st.popover("Remove this run", icon=":material/delete:"):
-        st.write(f"Remove the folder of **{name}**? It holds only its settings and status.")
-        if st.button(
-            f"Remove {name}", type="primary", key=f"{state.TRAIN_FORM.remove_empty}_{run_dir.name}"
-        ):
-            try:
-                remove_empty_run(run_dir)
-            except Exception as exc:
-                state.show_error(exc, "cannot remove")
-                return
-            st.toast(f"Removed {name}", icon=":material/delete:")
-            st.rerun(scope="app")
-
-
-def rename_popover(run_dir: Path) -> None:
-    """Rename for an ended run: whoever may remove a run may rename it. The library refuses an
-    active run (also one trained elsewhere), a taken name and one that is not a folder name."""
-    from ctseg_core.runs.run_folder import rename_run
-
-    name = run_dir.name
-    with st.popover("Rename", icon=":material/edit:"):
-        new_name = st.text_input(
-            "New name", value=name, max_chars=100, key=f"{state.TRAIN_FORM.rename_to}_{name}",
-            help="Letters, digits, '.', '_', '-' and spaces. Its checkpoints and evaluations "
-            "move with it; choices that name the old run point at the new one in this tab.",
-        )  # fmt: skip
-        # a button, not Enter: typing renames nothing (keys: no run name makes another's key)
-        if st.button("Rename", type="primary", key=f"{state.TRAIN_FORM.rename_go}_{name}"):
-            try:
-                new_dir = rename_run(run_dir, new_name.strip())
-            except Exception as exc:
-                state.show_error(exc, "cannot rename")
-                return
-            st.session_state[state.TRAIN_RENAMED] = (str(run_dir), str(new_dir))
-            st.rerun(scope="app")
-
-
 def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     """State, progress and curves of one run, read from its folder."""
     from ctseg_core.runs.run_folder import read_history, read_status
@@ -320,9 +272,9 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     if active:
         stop_button(run_dir)
     elif run_state in ("finished", "failed", "stopped"):
-        rename_popover(run_dir)
+        run_actions.rename_popover(run_dir)
     if run_state in ("failed", "stopped") and _empty_run(run_name):
-        empty_run(run_dir)
+        run_actions.empty_run(run_dir)
         return
     if not history:
         st.caption("No finished epoch yet; curves appear after the first one.")
