@@ -8,10 +8,6 @@ import sys
 import threading
 from pathlib import Path
 
-from ..device import AMP_MODES
-from ..models.registry import MODELS
-from ..training.losses import LOSSES
-from ..training.optim import OPTIMIZERS, SCHEDULERS
 from ..training.presets import PRESETS
 from .progress import tqdm_callback
 
@@ -54,10 +50,60 @@ _ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices", "minute
 _HARDWARE = ("device", "amp", "workers", "cache")
 
 
-def _choices_help(registry: dict, default: str) -> str:
-    """--help text listing a registry's entries with their titles."""
-    entries = "; ".join(f"{name}: {entry.title}" for name, entry in registry.items())
-    return f"{entries} (default {default})"
+def _registry(name: str):
+    """A registry by name, imported when first needed: they import torch, which every other
+    command (and ``ctseg --help``) would otherwise wait for."""
+    if name == "AMP_MODES":
+        from ..device import AMP_MODES as registry
+    elif name == "MODELS":
+        from ..models.registry import MODELS as registry
+    elif name == "LOSSES":
+        from ..training.losses import LOSSES as registry
+    else:
+        from ..training import optim
+
+        registry = getattr(optim, name)
+    return registry
+
+
+class _Names:
+    """A registry's names as argparse ``choices``: read when a value is checked or help shown."""
+
+    def __init__(self, registry: str) -> None:
+        self.registry = registry
+
+    def __iter__(self):
+        return iter(_registry(self.registry))
+
+    def __contains__(self, name: object) -> bool:
+        return name in _registry(self.registry)
+
+    def __len__(self) -> int:
+        return len(_registry(self.registry))
+
+
+class _ChoicesHelp(str):
+    """--help text listing a registry's entries with their titles, made when help is shown
+    (argparse expands help with ``%``)."""
+
+    def __new__(cls, registry: str, default: str) -> _ChoicesHelp:
+        text = super().__new__(cls, "%(choices)s")
+        text.registry, text.default = registry, default
+        return text
+
+    def __mod__(self, params) -> str:
+        registry = _registry(self.registry)
+        if isinstance(registry, dict):
+            listed = "; ".join(f"{name}: {entry.title}" for name, entry in registry.items())
+        else:
+            listed = ", ".join(registry)
+        return f"{listed} (default {self.default})"
+
+
+def _registry_choice(name: str, default: str) -> dict:
+    """``choices``, ``metavar`` and ``help`` of a flag whose values a registry names (a metavar,
+    or argparse would list the choices, and import the registry, when the flag is added)."""
+    return {"choices": _Names(name), "metavar": "NAME", "help": _ChoicesHelp(name, default)}
 
 
 def register(subparsers) -> None:
@@ -107,7 +153,7 @@ def register(subparsers) -> None:
     a("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (-1000 1000)")
     a("--context", type=int, help="slices per input (odd; 3 or 5 = 2.5D; default 1)")
     a("--structures", help="comma-separated structure names (default: all 117)")
-    a("--model", choices=list(MODELS), help=_choices_help(MODELS, "unet"))
+    a("--model", **_registry_choice("MODELS", "unet"))
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
     a("--bottleneck", type=int, help="bottleneck width (default 512)")
     a(
@@ -116,9 +162,9 @@ def register(subparsers) -> None:
         metavar="N",
         help="N extra output heads at 1/2 .. 1/2**N resolution while training (default 0)",
     )
-    a("--loss", choices=list(LOSSES), help=_choices_help(LOSSES, "dice_ce"))
-    a("--optimizer", choices=list(OPTIMIZERS), help=_choices_help(OPTIMIZERS, "adam"))
-    a("--scheduler", choices=list(SCHEDULERS), help=_choices_help(SCHEDULERS, "plateau"))
+    a("--loss", **_registry_choice("LOSSES", "dice_ce"))
+    a("--optimizer", **_registry_choice("OPTIMIZERS", "adam"))
+    a("--scheduler", **_registry_choice("SCHEDULERS", "plateau"))
     a("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     a("--grad-clip", type=float, help="max gradient norm (default 12)")
     a("--foreground", type=float, help="share of structure-first samples (default 0.5)")
@@ -141,7 +187,7 @@ def register(subparsers) -> None:
         help="share of samples whose vessels get random intensities, as between contrast phases "
         "(default 0; phantom_demo 0.5)",
     )
-    a("--amp", choices=AMP_MODES, help="mixed precision (default auto)")
+    a("--amp", choices=_Names("AMP_MODES"), metavar="MODE", help=_ChoicesHelp("AMP_MODES", "auto"))
     a("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     a("--seed", type=int, help="random seed (default 0)")
     a(

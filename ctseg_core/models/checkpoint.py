@@ -33,7 +33,9 @@ from . import build_model
 log = logging.getLogger(__name__)
 
 FORMAT = "ctseg-checkpoint"
-VERSION = 1
+#: 2: the config holds model.output (an older ctseg refuses it as an unknown setting, so it is
+#: told to upgrade instead); version 1 files load as before
+VERSION = 2
 
 #: what torch's own writer raises when a write fails (it does not pass the OSError on): the
 #: first failure, and the one its cleanup raises over it ("[enforce fail at

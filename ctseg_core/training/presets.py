@@ -28,7 +28,6 @@ from typing import Any
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import ConfigError
-from .losses import loss_spec
 
 
 def phantom_demo(data_root: str = "") -> RunConfig:
@@ -109,7 +108,8 @@ def user_config(
     base: a RunConfig, or a dict in ``to_dict()`` form (a config.json, possibly partial).
     changes: ``(section, field) -> value``, e.g. ``("train", "lr"): 3e-4``. The channel counts
     are derived again from the (possibly new) data settings, and the model's output follows the
-    loss (``training.losses.LOSSES``). Raises ConfigError for an unknown section, field or loss.
+    loss (``training.losses.LOSSES``). Raises ConfigError for an unknown section or field; an
+    unknown loss is named by ``training.checks.check_run_config`` with the other problems.
     """
     d = base.to_dict() if isinstance(base, RunConfig) else dict(base)
     d = {k: dict(d.get(k) or {}) for k in ("data", "model", "train")} | {
@@ -121,7 +121,11 @@ def user_config(
         d[section][name] = value
     d["model"].pop("in_channels", None)
     d["model"].pop("out_channels", None)
-    d["model"]["output"] = loss_spec(d["train"].get("loss", "dice_ce")).output_mode
+    from .losses import LOSSES  # late: the presets are read without torch (the CLI's --help)
+
+    # an unknown loss is left to check_run_config, which names every problem at once
+    if spec := LOSSES.get(d["train"].get("loss", "dice_ce")):
+        d["model"]["output"] = spec.output_mode
     if run_name is not None:
         d["run_name"] = run_name
     return RunConfig.from_dict(d)
