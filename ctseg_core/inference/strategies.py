@@ -7,8 +7,9 @@ a volumetric model adds one here (sliding-window patches) and nothing else in in
 
 ``slices``: batches of axial slices (with their 2.5D context when the model was trained so),
 each normalised and resized to the model's target size, scored (``label_scores``: (B, 118, h,
-w) per label value), averaged over test-time augmentations and members, brought back to the
-CT's in-plane size a few channels at a time and turned into labels with an argmax.
+w) per label value), averaged over test-time augmentations and members; then, slice by slice,
+the channels that can win anywhere (``candidate_channels``) are brought back to the CT's
+in-plane size one at a time and turned into labels with a running argmax (``upsampled_argmax``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,119 @@ from ..data.slices import context_indices, normalize_hu, resize_batch
 from ..labels import NUM_LABELS, lr_swap_lut
 from ..models.head import label_scores
 
-#: channels upsampled to the CT's size at once (bounds the largest float buffer)
-_UPSAMPLE_CHANNELS = 16
+#: scores (probabilities, at most 1) ruled out as winners must be this far below (x max score):
+#: float32 bilinear interpolation is off its exact value by a few 1e-7 (see candidate_channels)
+_MARGIN = 1e-5
 #: TTA shifts (pixels at the model's resolution) for models trained without left/right mirroring
 _TTA_SHIFTS = ((2, 2), (-2, -2))
+
+
+def _corner_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """(..., h, w) -> the (..., h - 1, w - 1) views of the 4 corners of each interpolation cell,
+    rows r, r + 1 and columns c, c + 1 (an axis of size 1 is its own cell)."""
+    rows = (slice(None, -1), slice(1, None)) if x.shape[-2] > 1 else (slice(None),)
+    cols = (slice(None, -1), slice(1, None)) if x.shape[-1] > 1 else (slice(None),)
+    return [x[..., r, c] for r in rows for c in cols]
+
+
+def _corners(x: torch.Tensor, reduce: Callable) -> torch.Tensor:
+    """(..., h, w) -> (..., h - 1, w - 1): torch.maximum or torch.minimum over the 4 corners
+    of each interpolation cell (as ``_corner_views``), reduced rows first then columns; always
+    a new tensor."""
+    if x.shape[-2] == 1 and x.shape[-1] == 1:
+        return x.clone()
+    if x.shape[-2] > 1:
+        x = reduce(x[..., :-1, :], x[..., 1:, :])
+    if x.shape[-1] > 1:
+        x = reduce(x[..., :-1], x[..., 1:])
+    return x
+
+
+def candidate_channels(scores: torch.Tensor) -> torch.Tensor:
+    """(A, h, w) float32 scores -> (A,) bool: the channels that can be the argmax somewhere
+    after bilinear upsampling (align_corners=False, any output size); the others cannot.
+
+    Why: every output pixel of a bilinear resize is a convex combination (weights >= 0, sum 1)
+    of the 4 corners of one cell of input pixels, rows r, r + 1 and columns c, c + 1 (at the
+    borders an index is clamped and the far row or column gets weight 0: still a combination
+    of one such cell's corners; also when shrinking without antialiasing), with the same
+    weights for every channel. So if a fixed mix of channels (weights a_j >= 0, sum 1) beats
+    channel k by more than a margin at each of the 4 corners, then at every pixel of the cell
+    the same mix of the interpolated channels beats k by more than the margin (a convex
+    combination of differences above the margin is above it), and so does the best channel
+    of the mix. In float32 each interpolated value is within a few 1e-7 (x the largest score)
+    of its exact value (weights and products rounded to 2^-24, weights summing to 1 within
+    2^-23), far inside the 1e-5 margin, so k stays strictly below that channel and is never
+    the argmax, ties included. Three cheap mixes, per cell:
+
+    - the 4 corners share one argmax c, each ahead of all other channels by the margin: c
+      alone beats every other channel, only c can win in the cell. Otherwise (a boundary
+      cell) a channel whose largest corner score is below the ``floor`` minus the margin
+      cannot win there, the floor being the larger of
+    - the largest corner minimum of one channel j (the mix is j alone), and
+    - for scores >= 0: the smallest corner maximum divided by the number n of distinct corner
+      argmaxes (the mix of those n channels in equal parts is at each corner at least its
+      maximum / n), e.g. half the weaker side's score between two structures.
+
+    A channel that cannot win in any cell of the slice is dropped. The argmax over the kept
+    channels, in their order, is then exactly the argmax over all of them (the first maximum
+    is always a kept channel). Not-finite scores keep every channel.
+    """
+    num = scores.shape[0]
+    high, low = float(scores.amax()), float(scores.amin())
+    if num < 2 or not np.isfinite(high) or not np.isfinite(low):
+        return torch.ones(num, dtype=torch.bool, device=scores.device)
+    margin = _MARGIN * max(1.0, abs(high), abs(low))
+    top, winner = scores.max(dim=0)  # (h, w)
+    clear = (scores >= top - margin).sum(dim=0) == 1  # the winner is ahead by the margin
+    winners, clears = _corner_views(winner), _corner_views(clear)
+    uniform = clears[0].clone()
+    distinct = torch.ones(uniform.shape, dtype=torch.float32, device=scores.device)
+    for i, (other, other_clear) in enumerate(zip(winners[1:], clears[1:], strict=True)):
+        uniform &= other_clear & (other == winners[0])
+        new = torch.ones_like(uniform)
+        for earlier in winners[: i + 1]:
+            new &= other != earlier
+        distinct += new
+    floor = _corners(scores, torch.minimum).amax(dim=0)  # (h - 1, w - 1)
+    if low >= 0:
+        floor = torch.maximum(floor, _corners(top, torch.minimum) / distinct)
+    cell_max = _corners(scores, torch.maximum).masked_fill_(uniform, -float("inf"))
+    keep = (cell_max - floor).flatten(1).amax(dim=1) >= -margin
+    keep[winners[0][uniform]] = True  # the one winner of each uniform cell
+    return keep
+
+
+def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(A, h, w) float32 scores (A <= 256) -> (X, Y) uint8 channel index: the argmax over the
+    channels (the first on ties) of the scores resized bilinearly to ``size`` (align_corners
+    False), computed from the ``candidate_channels`` alone, resized one at a time with a
+    running maximum.
+
+    One at a time, because ``F.interpolate`` can give a channel a value one unit in the last
+    place apart depending on its place in the batch (measured, torch 2.13 CPU: 10 channels from
+    9 x 3 to 28 x 10, two channels with equal inputs came out 0.72500002 and 0.72500008 in one
+    call), which would break exact ties by position; resized alone, equal inputs give equal
+    outputs and a tie goes to the first channel, as ``argmax`` does (NaN: the first NaN).
+    """
+    keep = candidate_channels(scores).nonzero().flatten().tolist()
+    index = torch.full(size, keep[0], dtype=torch.uint8, device=scores.device)
+    if len(keep) == 1:  # one channel wins everywhere: nothing to resize
+        return index
+    finite = bool(torch.isfinite(scores.amax()) & torch.isfinite(scores.amin()))
+    best = None
+    for channel in keep:
+        value = F.interpolate(scores[channel][None, None], size=size, mode="bilinear",
+                              align_corners=False)[0, 0]  # fmt: skip
+        if best is None:
+            best = value
+            continue
+        better = value > best  # ties keep the earlier channel
+        if not finite:  # argmax takes the first NaN as the maximum
+            better |= value.isnan() & ~best.isnan()
+        torch.maximum(best, value, out=best)  # NaN propagates, as in argmax
+        index.masked_fill_(better, channel)
+    return index
 
 
 class SliceStrategy:
@@ -51,16 +161,18 @@ class SliceStrategy:
 
         Volume terms: the int16 CT and the uint8 labels (plus a copy of each for reorientation).
         Batch terms: the scores at the working size (one, plus accumulator and resize buffer),
-        the upsampling buffer at the CT's size and the model's activations (about six float
-        maps of the first U-Net level per slice).
+        one slice's candidate search (about five maps of its active scores), one slice at the
+        CT's size (a resized channel, the running maximum, a mask and the channel index), the
+        batch's uint8 labels (twice) and the model's activations (about six float maps of the
+        first U-Net level per slice).
         """
         x, y, z = (int(s) for s in shape_xyz)
         b = int(batch_slices)
         h, w = self.work_size
         n_active = len(self.predictor.active)
         volume = x * y * z * (2 + 2 + 1 + 1)
-        scores = 3 * b * NUM_LABELS * h * w * 4
-        upsample = 2 * b * min(_UPSAMPLE_CHANNELS, n_active) * x * y * 4 + 2 * b * x * y * 4
+        scores = 3 * b * NUM_LABELS * h * w * 4 + 5 * n_active * (h + 1) * (w + 1) * 4
+        upsample = (4 + 4 + 1 + 1 + 1) * x * y + 2 * b * x * y
         width = max(int(m.config.model.features[0]) for m in self.predictor.members)
         context = max(m.context for m in self.predictor.members)
         activations = b * h * w * 4 * (6 * width + 2 * context)
@@ -82,7 +194,8 @@ class SliceStrategy:
                 if scores.shape[-2:] != self.work_size:
                     scores = F.interpolate(scores, size=self.work_size, mode="bilinear",
                                            align_corners=False)  # fmt: skip
-                scores = scores[:, self.predictor.active]
+                if len(self.predictor.active) < scores.shape[1]:
+                    scores = scores[:, self.predictor.active]
                 total = scores if total is None else total.add_(scores)
                 count += 1
         return total.div_(count)
@@ -100,28 +213,21 @@ class SliceStrategy:
         scores = label_scores(member.model(torch.roll(x, (dh, dw), dims=(2, 3))), member.config)
         return torch.roll(scores, (-dh, -dw), dims=(2, 3))
 
+    @torch.inference_mode()
     def _to_labels(self, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """(B, A, h, w) scores -> (B, X, Y) uint8 label values at the CT's in-plane size.
 
-        Scores are upsampled a few channels at a time with a running maximum, so the largest
-        buffer is (B, 16, X, Y) floats, not (B, 118, X, Y).
+        Slice by slice ``upsampled_argmax``: the labels of bilinear upsampling of all A channels
+        then an argmax, from only the channels that can win; the largest buffer is a few
+        (X, Y) maps, and most slices upsample a handful of channels instead of 118.
         """
-        active = torch.tensor(self.predictor.active, dtype=torch.int64, device=scores.device)
+        lut = np.asarray(self.predictor.active, dtype=np.uint8)
         if tuple(scores.shape[-2:]) == size:
-            return active[scores.argmax(dim=1)].to(torch.uint8).cpu().numpy()
-        best_value = best_index = None
-        for start in range(0, scores.shape[1], _UPSAMPLE_CHANNELS):
-            chunk = F.interpolate(scores[:, start : start + _UPSAMPLE_CHANNELS], size=size,
-                                  mode="bilinear", align_corners=False)  # fmt: skip
-            value, index = chunk.max(dim=1)
-            index += start
-            if best_value is None:
-                best_value, best_index = value, index
-            else:
-                better = value > best_value  # ties keep the lower label value, as argmax does
-                best_value = torch.where(better, value, best_value)
-                best_index = torch.where(better, index, best_index)
-        return active[best_index].to(torch.uint8).cpu().numpy()
+            return lut[scores.argmax(dim=1).cpu().numpy()]
+        out = np.empty((scores.shape[0], *size), dtype=np.uint8)
+        for b in range(scores.shape[0]):
+            out[b] = lut[upsampled_argmax(scores[b], size).cpu().numpy()]
+        return out
 
     def label(
         self, ct_xyz: np.ndarray, batch: int, progress: Callable[[int, int, str], None] | None
