@@ -73,6 +73,19 @@ def test_upsampled_argmax_is_the_argmax_of_all_channels_upsampled(kind):
         assert dropped > 20  # channels were really skipped, not all upsampled
 
 
+def test_a_batch_upsamples_the_union_of_its_slices_candidates_with_the_same_labels():
+    rng = torch.Generator().manual_seed(5)
+    for (h, w), size in SIZES:
+        batch = torch.stack([random_scores(rng, kind, 9, h, w)
+                             for kind in ["smooth", "smooth_ties", "ties", "smooth"]])  # fmt: skip
+        got = upsampled_argmax(batch, size)
+        assert tuple(got.shape) == (4, *size)
+        for b, scores in enumerate(batch):
+            assert torch.equal(got[b].long(), reference_argmax(scores, size))
+        per_slice = candidate_channels(batch)
+        assert torch.equal(per_slice[1], candidate_channels(batch[1]))
+
+
 def test_not_finite_scores_keep_every_channel_and_argmax_semantics():
     rng = torch.Generator().manual_seed(3)
     scores = torch.rand(6, 9, 11, generator=rng)

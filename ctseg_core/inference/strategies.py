@@ -31,30 +31,18 @@ _MARGIN = 1e-5
 _TTA_SHIFTS = ((2, 2), (-2, -2))
 
 
-def _corner_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """(..., h, w) -> the (..., h - 1, w - 1) views of the 4 corners of each interpolation cell,
-    rows r, r + 1 and columns c, c + 1 (an axis of size 1 is its own cell)."""
-    rows = (slice(None, -1), slice(1, None)) if x.shape[-2] > 1 else (slice(None),)
-    cols = (slice(None, -1), slice(1, None)) if x.shape[-1] > 1 else (slice(None),)
-    return [x[..., r, c] for r in rows for c in cols]
-
-
-def _corners(x: torch.Tensor, reduce: Callable) -> torch.Tensor:
-    """(..., h, w) -> (..., h - 1, w - 1): torch.maximum or torch.minimum over the 4 corners
-    of each interpolation cell (as ``_corner_views``), reduced rows first then columns; always
-    a new tensor."""
-    if x.shape[-2] == 1 and x.shape[-1] == 1:
-        return x.clone()
-    if x.shape[-2] > 1:
-        x = reduce(x[..., :-1, :], x[..., 1:, :])
-    if x.shape[-1] > 1:
-        x = reduce(x[..., :-1], x[..., 1:])
-    return x
+def _corner_offsets(h: int, w: int) -> list[tuple[slice, slice]]:
+    """The 4 corners of the interpolation cells of an (h, w) map, as slices giving (h - 1, w - 1)
+    views: rows r, r + 1 and columns c, c + 1 of cell (r, c) (an axis of size 1 is its own cell)."""
+    rows = (slice(None, -1), slice(1, None)) if h > 1 else (slice(None),)
+    cols = (slice(None, -1), slice(1, None)) if w > 1 else (slice(None),)
+    return [(r, c) for r in rows for c in cols]
 
 
 def candidate_channels(scores: torch.Tensor) -> torch.Tensor:
-    """(A, h, w) float32 scores -> (A,) bool: the channels that can be the argmax somewhere
-    after bilinear upsampling (align_corners=False, any output size); the others cannot.
+    """(B, A, h, w) or (A, h, w) float32 scores -> (B, A) or (A,) bool: the channels that can be
+    the argmax somewhere in their slice after bilinear upsampling (align_corners=False, any
+    output size); the others cannot.
 
     Why: every output pixel of a bilinear resize is a convex combination (weights >= 0, sum 1)
     of the 4 corners of one cell of input pixels, rows r, r + 1 and columns c, c + 1 (at the
@@ -67,67 +55,80 @@ def candidate_channels(scores: torch.Tensor) -> torch.Tensor:
     of the mix. In float32 each interpolated value is within a few 1e-7 (x the largest score)
     of its exact value (weights and products rounded to 2^-24, weights summing to 1 within
     2^-23), far inside the 1e-5 margin, so k stays strictly below that channel and is never
-    the argmax, ties included. Three cheap mixes, per cell:
+    the argmax, ties included. A channel k whose largest corner score in a cell is below the
+    cell's ``floor`` minus the margin therefore cannot win there, the floor being the larger of
 
-    - the 4 corners share one argmax c, each ahead of all other channels by the margin: c
-      alone beats every other channel, only c can win in the cell. Otherwise (a boundary
-      cell) a channel whose largest corner score is below the ``floor`` minus the margin
-      cannot win there, the floor being the larger of
-    - the largest corner minimum of one channel j (the mix is j alone), and
+    - the smallest corner score of one corner's argmax j (the mix is j alone; where the four
+      corners share one argmax c, k must reach c's smallest corner score to win), and
     - for scores >= 0: the smallest corner maximum divided by the number n of distinct corner
-      argmaxes (the mix of those n channels in equal parts is at each corner at least its
-      maximum / n), e.g. half the weaker side's score between two structures.
+      argmaxes (their mix in equal parts is at each corner at least its maximum / n): e.g.
+      between two structures, half the weaker side's score.
 
-    A channel that cannot win in any cell of the slice is dropped. The argmax over the kept
-    channels, in their order, is then exactly the argmax over all of them (the first maximum
-    is always a kept channel). Not-finite scores keep every channel.
+    Per pixel, a channel is kept if its score reaches (minus the margin) the lowest floor of
+    the cells the pixel is a corner of; kept anywhere in the slice, it is upsampled. The argmax
+    over the kept channels, in their order, is then exactly the argmax over all of them (the
+    first maximum is always a kept channel). Not-finite scores keep every channel.
     """
-    num = scores.shape[0]
-    high, low = float(scores.amax()), float(scores.amin())
+    single = scores.dim() == 3
+    if single:
+        scores = scores[None]
+    batch, num, h, w = scores.shape
+    top, winner = scores.max(dim=1)  # (B, h, w); NaN and +inf show in top
+    high, low = float(top.amax()), float(scores.amin())
     if num < 2 or not np.isfinite(high) or not np.isfinite(low):
-        return torch.ones(num, dtype=torch.bool, device=scores.device)
+        keep = torch.ones((batch, num), dtype=torch.bool, device=scores.device)
+        return keep[0] if single else keep
     margin = _MARGIN * max(1.0, abs(high), abs(low))
-    top, winner = scores.max(dim=0)  # (h, w)
-    clear = (scores >= top - margin).sum(dim=0) == 1  # the winner is ahead by the margin
-    winners, clears = _corner_views(winner), _corner_views(clear)
-    uniform = clears[0].clone()
-    distinct = torch.ones(uniform.shape, dtype=torch.float32, device=scores.device)
-    for i, (other, other_clear) in enumerate(zip(winners[1:], clears[1:], strict=True)):
-        uniform &= other_clear & (other == winners[0])
-        new = torch.ones_like(uniform)
-        for earlier in winners[: i + 1]:
-            new &= other != earlier
-        distinct += new
-    floor = _corners(scores, torch.minimum).amax(dim=0)  # (h - 1, w - 1)
-    if low >= 0:
-        floor = torch.maximum(floor, _corners(top, torch.minimum) / distinct)
-    cell_max = _corners(scores, torch.maximum).masked_fill_(uniform, -float("inf"))
-    keep = (cell_max - floor).flatten(1).amax(dim=1) >= -margin
-    keep[winners[0][uniform]] = True  # the one winner of each uniform cell
-    return keep
+    offsets = _corner_offsets(h, w)
+    winners = [winner[:, r, c] for r, c in offsets]  # (B, h - 1, w - 1) each
+    floor = None
+    for j in winners:  # each corner's argmax alone: its smallest corner score
+        lowest = None
+        for r, c in offsets:
+            value = scores[:, :, r, c].gather(1, j[:, None])[:, 0]
+            lowest = value if lowest is None else torch.minimum(lowest, value)
+        floor = lowest if floor is None else torch.maximum(floor, lowest)
+    if low >= 0:  # the distinct corner argmaxes mixed in equal parts
+        distinct = torch.ones(floor.shape, dtype=floor.dtype, device=floor.device)
+        for i, other in enumerate(winners[1:]):
+            new = torch.ones_like(other, dtype=torch.bool)
+            for earlier in winners[: i + 1]:
+                new &= other != earlier
+            distinct += new
+        smallest_top = top[:, offsets[0][0], offsets[0][1]]
+        for r, c in offsets[1:]:
+            smallest_top = torch.minimum(smallest_top, top[:, r, c])
+        floor = torch.maximum(floor, smallest_top / distinct)
+    pixel_floor = torch.full(top.shape, float("inf"), dtype=floor.dtype, device=floor.device)
+    for r, c in offsets:  # the lowest floor of the cells each pixel is a corner of
+        pixel_floor[:, r, c] = torch.minimum(pixel_floor[:, r, c], floor)
+    keep = (scores - pixel_floor[:, None]).flatten(2).amax(dim=2) >= -margin
+    return keep[0] if single else keep
 
 
 def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(A, h, w) float32 scores (A <= 256) -> (X, Y) uint8 channel index: the argmax over the
-    channels (the first on ties) of the scores resized bilinearly to ``size`` (align_corners
-    False), computed from the ``candidate_channels`` alone, resized one at a time with a
-    running maximum.
+    """(B, A, h, w) or (A, h, w) float32 scores (A <= 256) -> (B, X, Y) or (X, Y) uint8 channel
+    index: the argmax over the channels (the first on ties) of the scores resized bilinearly to
+    ``size`` (align_corners False), computed from the channels that are ``candidate_channels``
+    in some slice of the batch, one channel (of all slices) at a time, with a running maximum.
 
-    One at a time, because ``F.interpolate`` can give a channel a value one unit in the last
-    place apart depending on its place in the batch (measured, torch 2.13 CPU: 10 channels from
-    9 x 3 to 28 x 10, two channels with equal inputs came out 0.72500002 and 0.72500008 in one
-    call), which would break exact ties by position; resized alone, equal inputs give equal
-    outputs and a tie goes to the first channel, as ``argmax`` does (NaN: the first NaN).
+    One channel at a time, because ``F.interpolate`` can give a channel a value one unit in the
+    last place apart depending on its place in the batch (measured, torch 2.13 CPU: 10 channels
+    from 9 x 3 to 28 x 10, two channels with equal inputs came out 0.72500002 and 0.72500008 in
+    one call), which would break exact ties by position; resized in calls of the same shape, a
+    slice's channels all sit at the same place, equal inputs give equal outputs and a tie goes
+    to the first channel, as ``argmax`` does (NaN: the first NaN).
     """
-    keep = candidate_channels(scores).nonzero().flatten().tolist()
-    index = torch.full(size, keep[0], dtype=torch.uint8, device=scores.device)
-    if len(keep) == 1:  # one channel wins everywhere: nothing to resize
-        return index
+    single = scores.dim() == 3
+    if single:
+        scores = scores[None]
+    keep = candidate_channels(scores).any(dim=0).nonzero().flatten().tolist()
+    index = torch.full((scores.shape[0], *size), keep[0], dtype=torch.uint8, device=scores.device)
     finite = bool(torch.isfinite(scores.amax()) & torch.isfinite(scores.amin()))
     best = None
-    for channel in keep:
-        value = F.interpolate(scores[channel][None, None], size=size, mode="bilinear",
-                              align_corners=False)[0, 0]  # fmt: skip
+    for channel in keep if len(keep) > 1 else []:  # one channel: it wins everywhere
+        value = F.interpolate(scores[:, channel : channel + 1], size=size, mode="bilinear",
+                              align_corners=False)[:, 0]  # fmt: skip
         if best is None:
             best = value
             continue
@@ -136,7 +137,7 @@ def upsampled_argmax(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
             better |= value.isnan() & ~best.isnan()
         torch.maximum(best, value, out=best)  # NaN propagates, as in argmax
         index.masked_fill_(better, channel)
-    return index
+    return index[0] if single else index
 
 
 class SliceStrategy:
@@ -160,23 +161,25 @@ class SliceStrategy:
         """Peak memory (bytes) of labelling a CT of ``shape_xyz``, an estimate.
 
         Volume terms: the int16 CT and the uint8 labels (plus a copy of each for reorientation).
-        Batch terms: the scores at the working size (one, plus accumulator and resize buffer),
-        one slice's candidate search (about five maps of its active scores), one slice at the
-        CT's size (a resized channel, the running maximum, a mask and the channel index), the
-        batch's uint8 labels (twice) and the model's activations (about six float maps of the
-        first U-Net level per slice).
+        Batch terms: the slices read and normalised (int16 and float32 at the CT's size), the
+        scores at the working size (one, plus accumulator and resize buffer,
+        plus the candidate search's difference to the floor, and a dozen (h, w) maps per slice
+        for it), the upsampling at the CT's size (per slice: a resized channel, the running
+        maximum, a mask, the channel index and the labels) and the model's activations (about
+        six float maps of the first U-Net level per slice).
         """
         x, y, z = (int(s) for s in shape_xyz)
         b = int(batch_slices)
         h, w = self.work_size
         n_active = len(self.predictor.active)
         volume = x * y * z * (2 + 2 + 1 + 1)
-        scores = 3 * b * NUM_LABELS * h * w * 4 + 5 * n_active * (h + 1) * (w + 1) * 4
-        upsample = (4 + 4 + 1 + 1 + 1) * x * y + 2 * b * x * y
+        scores = (3 * NUM_LABELS + n_active + 12) * b * h * w * 4
+        upsample = (4 + 4 + 1 + 1 + 1) * b * x * y
         width = max(int(m.config.model.features[0]) for m in self.predictor.members)
         context = max(m.context for m in self.predictor.members)
         activations = b * h * w * 4 * (6 * width + 2 * context)
-        return volume + scores + upsample + activations
+        inputs = b * context * x * y * (2 + 4)
+        return volume + inputs + scores + upsample + activations
 
     @torch.inference_mode()
     def _batch_scores(self, ct_xyz: np.ndarray, zs: list[int]) -> torch.Tensor:
@@ -217,17 +220,14 @@ class SliceStrategy:
     def _to_labels(self, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         """(B, A, h, w) scores -> (B, X, Y) uint8 label values at the CT's in-plane size.
 
-        Slice by slice ``upsampled_argmax``: the labels of bilinear upsampling of all A channels
-        then an argmax, from only the channels that can win; the largest buffer is a few
-        (X, Y) maps, and most slices upsample a handful of channels instead of 118.
+        ``upsampled_argmax``: the labels of bilinear upsampling of all A channels then an argmax,
+        from only the channels that can win in some slice of the batch; the largest buffers are
+        a few (B, X, Y) maps, and a batch upsamples a handful of channels instead of 118.
         """
         lut = np.asarray(self.predictor.active, dtype=np.uint8)
         if tuple(scores.shape[-2:]) == size:
             return lut[scores.argmax(dim=1).cpu().numpy()]
-        out = np.empty((scores.shape[0], *size), dtype=np.uint8)
-        for b in range(scores.shape[0]):
-            out[b] = lut[upsampled_argmax(scores[b], size).cpu().numpy()]
-        return out
+        return lut[upsampled_argmax(scores, size).cpu().numpy()]
 
     def label(
         self, ct_xyz: np.ndarray, batch: int, progress: Callable[[int, int, str], None] | None
