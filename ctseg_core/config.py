@@ -23,6 +23,7 @@ the dataset) are ``training.checks.check_run_config``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,9 +108,15 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``amp``/``channels_last``/``device`` "auto" pick what the hardware has."""
+    """Optimisation settings. ``amp``/``channels_last``/``device`` "auto" pick what the hardware has.
+
+    ``minutes``: a time budget for the run (None = none). The run then stops before an epoch
+    that would not fit (``epochs`` stays an upper bound), and the cosine and poly schedules
+    span the epochs estimated to fit; see ``training.budget``.
+    """
 
     epochs: int = 20
+    minutes: float | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"
@@ -194,9 +201,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["output_mode"] = (
-            self.output_mode
-        )  # as before model.output existed; read back by from_dict
+        # as written before model.output existed; from_dict reads it back for such configs
+        d["output_mode"] = self.output_mode
         return d
 
     @classmethod
@@ -238,6 +244,12 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"learning rate must be > 0 (got {t.lr})")
     if t.epochs < 1:
         problems.append(f"epochs must be >= 1 (got {t.epochs})")
+    if t.minutes is not None and not (
+        isinstance(t.minutes, (int, float))
+        and not isinstance(t.minutes, bool)
+        and 0 < t.minutes < math.inf
+    ):
+        problems.append(f"time budget must be > 0 minutes, or unset for none (got {t.minutes})")
     if t.checkpoint_every < 0:
         problems.append(
             f"checkpoint every must be >= 0 epochs, 0 = none (got {t.checkpoint_every})"

@@ -1,7 +1,8 @@
 """Every ``CTSEG_*`` environment variable: its name, default and meaning, read here only.
 
 Each reader is called when the value is needed (never at import), so a test or a server that sets
-a variable later is obeyed. ``SETTINGS`` lists them for ``ctseg info`` and the documentation.
+a variable later is obeyed. ``SETTINGS`` lists them (tests/test_settings.py checks that every
+``CTSEG_*`` name in the code is listed).
 """
 
 from __future__ import annotations

@@ -45,17 +45,21 @@ EXPLORE_PLANE = EXPLORE_VIEW.plane  # str: axial / coronal / sagittal
 EXPLORE_STRUCTURES = EXPLORE_VIEW.structures  # list[str]: structures picked on Explore
 TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
 TRAIN_STARTED = "ctseg_train_started"  # set[str]: runs started or continued from this session
+TRAIN_RENAMED = "ctseg_train_renamed"  # (old, new) run folder: followed on the next run
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 EVAL_SUBJECTS_AMONG = "ctseg_eval_subjects_among"  # list[str]: the subject choice's options
+EVAL_COMPARISON = "ctseg_eval_comparison"  # dict: last comparison (choice, table, CSV bytes)
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
 EXPLORE_FOLDERS = "ctseg_explore_folders"  # list[str]: prediction folders evaluated here
 FOLDER_PREFIX = "folder: "  # an Explore source that reads a folder of <id>.nii.gz files
 
 _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "style", "layout",
                  "alpha", "show3d", "mesh_structures")  # fmt: skip
-_TRAIN_WIDGETS = ("preset", "epochs", "lr", "batch", "size", "width", "loss", "scheduler",
-                  "augment", "only_present", "steps", "val", "checkpoint_every", "run_name")  # fmt: skip
-_EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric")
+_TRAIN_WIDGETS = ("preset", "epochs", "minutes", "lr", "batch", "size", "width", "loss",
+                  "scheduler", "augment", "only_present", "steps", "val", "checkpoint_every",
+                  "run_name")  # fmt: skip
+_EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric",
+                 "compare_a", "compare_b", "compare_split", "compare_metric")  # fmt: skip
 
 #: widget states that must survive visits to other pages (Streamlit drops unrendered widgets;
 #: buttons, uploads and downloads cannot be set and are left out)
@@ -93,6 +97,39 @@ def keep_widget_state() -> None:
     for key in PERSISTENT:
         if key in st.session_state:
             st.session_state[key] = st.session_state[key]
+
+
+def follow_rename(old_dir: str, new_dir: str) -> None:
+    """Point this session's choices that name a renamed run at its new name: the watched run,
+    the resume pick, compared runs, checkpoint choices ("<run> / <file>") on Evaluate, Explore
+    and Predict, and the last evaluation shown. Call it before those widgets are drawn. Other
+    sessions keep the old name: their widgets fall back to a default (Streamlit drops a value
+    that is not among the options), the Train page to the newest run."""
+    old, new = Path(old_dir).name, Path(new_dir).name
+
+    def moved(value, bare: bool):
+        """``value`` with the run renamed: a run name (when ``bare``), a checkpoint label, a path
+        inside the run folder; anything else as it is."""
+        if isinstance(value, list | tuple | set):
+            return type(value)(moved(v, bare) for v in value)
+        if not isinstance(value, str):
+            return value
+        if (bare and value == old) or value.startswith(f"{old} / "):
+            return new + value[len(old) :]
+        if Path(value).is_absolute() and Path(value).is_relative_to(old_dir):
+            return str(Path(new_dir) / Path(value).relative_to(old_dir))
+        return value
+
+    for key in (TRAIN_RUN, TRAIN_STARTED, TRAIN_FORM.resume_pick, TRAIN_FORM.compare):
+        if key in st.session_state:
+            st.session_state[key] = moved(st.session_state[key], bare=True)
+    for key in (EVAL_FORM.checkpoint, EXPLORE_CHECKPOINT, PREDICT_VIEW.checkpoint):
+        if key in st.session_state:
+            st.session_state[key] = moved(st.session_state[key], bare=False)
+    info = st.session_state.get(EVAL_RESULT)
+    if isinstance(info, dict):
+        fields = ("checkpoint", "out_dir", "form")
+        info.update({k: moved(info[k], bare=False) for k in fields if k in info})
 
 
 # ---------------------------------------------------------------- errors

@@ -125,7 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ctseg-shots")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
-    parser.add_argument("--epochs", type=int, help="fewer epochs than the preset's 42 (faster)")
+    parser.add_argument(
+        "--epochs", type=int, help="at most this many epochs (faster than the preset's 10 minutes)"
+    )
     args = parser.parse_args()
 
     from ctseg_core.data.phantom.dataset import make_phantom_dataset

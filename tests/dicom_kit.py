@@ -25,6 +25,7 @@ def write_slice(
     number: int = 3,
     origin_xy: tuple[float, float] = (-10.0, -20.0),
     pixel_spacing: tuple[float, float] = (0.5, 0.75),
+    thickness: float = 2.0,
 ) -> None:
     """One axial CT slice at ``z_mm`` (LPS), HU = stored - 1024."""
     import pydicom
@@ -49,7 +50,7 @@ def write_slice(
     ds.ImagePositionPatient = [origin_xy[0], origin_xy[1], z_mm]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing = list(pixel_spacing)  # row spacing (y), column spacing (x)
-    ds.SliceThickness = 2.0
+    ds.SliceThickness = thickness
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"

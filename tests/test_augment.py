@@ -59,18 +59,18 @@ def test_slices_with_an_unpaired_lateral_structure_are_not_mirrored(s0000_root, 
     assert not torch.equal(out_labels[0], labels[0])
 
 
-def test_subjects_annotating_one_side_of_a_learned_pair_are_never_mirrored(sample_root):
-    """s0003 has subclavian_artery_left but no _right file: mirrored, its artery would sit on
-    the right while its annotations still said "left known, right unknown"."""
+def test_subjects_annotating_one_side_of_a_learned_pair_are_never_mirrored(derived_sample):
+    """s0003 has kidney_left but no _right file: mirrored, its kidney would sit on the right
+    while its annotations still said "left known, right unknown"."""
     from ctseg_core.config import ModelConfig, RunConfig
     from ctseg_core.data.slices import SliceDataset
 
-    pair = ["subclavian_artery_left", "subclavian_artery_right"]
-    data = DataConfig(data_root=str(sample_root), target_size=(32, 32), train_split="all")
+    pair = ["kidney_left", "kidney_right"]
+    data = DataConfig(data_root=str(derived_sample), target_size=(32, 32), train_split="all")
     config = RunConfig(dataclasses.replace(data, structures=["liver", *pair]), ModelConfig())
     dataset = SliceDataset(config, "all")
     safe = dict(zip(dataset.subject_ids, dataset.mirror_safe().tolist(), strict=True))
-    # s0000/s0001 have every file, s0002 neither artery, s0003 the left one only
+    # s0000/s0001 have every file, s0002 neither kidney, s0003 the left one only
     assert safe == {"s0000": True, "s0001": True, "s0002": True, "s0003": False}
     liver_only = RunConfig(dataclasses.replace(data, structures=["liver"]), ModelConfig())
     assert SliceDataset(liver_only, "all").mirror_safe() is None  # no learned pair: all may

@@ -64,7 +64,7 @@ def test_mirrored_image_is_a_different_patient_not_the_same_cache(s0000_root, tm
     assert left_x > right_x
 
 
-@pytest.mark.parametrize("subject", ["s0000", "s0003"])
+@pytest.mark.parametrize("subject", ["s0000", "s0003"])  # RAS (tests/data), LPS (derived)
 def test_labels_written_on_the_ct_grid_keep_its_header_codes(root_of, tmp_path, subject):
     """A label file for a CT whose sform says "aligned" (2) and has no qform says the same,
     with the same matrix (TotalSegmentator's sample CTs are written so)."""
@@ -81,11 +81,12 @@ def test_labels_written_on_the_ct_grid_keep_its_header_codes(root_of, tmp_path, 
     assert out.shape == source.shape
 
 
-def test_labels_of_a_dicom_series_say_scanner_coordinates(shared_extra, tmp_path):
+def test_labels_of_a_dicom_series_say_scanner_coordinates(derived_dicom, tmp_path):
     from ctseg_core.data.volume import load_ct, save_on_original_grid
 
-    ct = load_ct(shared_extra / "dicom_s0001")
+    ct = load_ct(derived_dicom)
     save_on_original_grid(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "labels.nii.gz")
     out = nib.load(tmp_path / "labels.nii.gz")
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
     np.testing.assert_allclose(out.affine, ct.original_affine, atol=1e-5)
+    assert out.shape == (122, 101, 20)  # the series' columns, rows and slices

@@ -147,11 +147,22 @@ def test_slices_of_different_sizes_are_refused(tmp_path):
 
 
 def test_the_real_series_reads_as_its_nifti_conversion(shared_extra, sample_root):
+    """The real scanner series in ../shared (optional, skipped without it)."""
     ct = load_ct(shared_extra / "dicom_s0001")
     nifti = load_ct(sample_root / "s0001" / "ct.nii.gz")
     np.testing.assert_array_equal(ct.array, nifti.array)
     np.testing.assert_allclose(ct.affine, nifti.affine, atol=1e-3)
     assert isinstance(read_dicom_series(shared_extra / "dicom_s0001"), nib.Nifti1Image)
+
+
+def test_a_series_of_real_ct_slices_reads_as_its_nifti(derived_dicom, derived_sample):
+    """s0000's slices 10..29 (stored LAS at 1.5 x 2.0 x 2.5 mm) written as a DICOM series."""
+    ct = load_ct(derived_dicom)
+    nifti = load_ct(derived_sample / "s0001" / "ct.nii.gz")
+    np.testing.assert_array_equal(ct.array, nifti.array)
+    np.testing.assert_allclose(ct.affine, nifti.affine, atol=1e-3)
+    assert ct.spacing_mm == pytest.approx((1.5, 2.0, 2.5), abs=1e-5)
+    assert isinstance(read_dicom_series(derived_dicom), nib.Nifti1Image)
 
 
 def _checkpoint(path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -50,22 +51,61 @@ def test_the_record_holds_the_training_cts_spacing_and_hu_ranges(phantom_root, s
     assert record["body_hu"]["max"][2] > 150
 
 
-def test_body_percentiles_are_those_of_the_whole_ct_within_10_hu(sample_root, cache_dir):
+def test_body_percentiles_are_those_of_the_whole_ct_within_10_hu(s0000_root):
+    """A CT of 30 slices of 512 x 512 real HU (sampled in z and in-plane, not whole): each
+    slice a mosaic of 4 x 5 of s0000's 30 slices (122 x 101), air around them."""
+    s0000 = np.asarray(load_ct(s0000_root / "s0000" / "ct.nii.gz").array).transpose(2, 0, 1)
+    ct = np.full((30, 512, 512), -1024, dtype=np.int16)
+    for z in range(30):
+        for row in range(4):
+            for col in range(5):
+                ct[z, row * 122 : (row + 1) * 122, col * 101 : (col + 1) * 101] = s0000[
+                    (z + 5 * row + col) % 30
+                ]
+    exact = np.percentile(ct[ct >= -500], [5, 50, 95])
+    assert body_hu_percentiles(ct) == pytest.approx(exact, abs=10)
+
+
+def test_body_percentiles_of_the_real_512_ct_are_those_of_the_whole_ct(sample_root, cache_dir):
+    """The real s0001 of ../shared (optional, skipped without it)."""
     entry = open_cached(sample_root, "s0001", cache_dir)  # 512 x 512 x 20: sampled, not whole
     ct = np.asarray(entry.ct, dtype=np.float32)
     exact = np.percentile(ct[ct >= -500], [5, 50, 95])
     assert body_hu_percentiles(entry.ct) == pytest.approx(exact, abs=10)
 
 
-def test_the_phantoms_model_warns_on_a_real_ct_and_not_on_the_phantom(
-    phantom_root, session_cache, sample_root
-):
+def _phantom_record(phantom_root, session_cache) -> dict:
     record = describe_training_data(
         _entries(phantom_root, session_cache, "train"), phantom_root, "train"
     )
     for entry in _entries(phantom_root, session_cache):  # every split, the held-out ones too
         assert outside_training_data(record, entry.spacing_mm, body_hu_percentiles(entry.ct),
                                      input_is_phantom=True) == [], entry.subject_id  # fmt: skip
+    return record
+
+
+def test_the_phantoms_model_warns_on_a_real_ct_and_not_on_the_phantom(
+    phantom_root, session_cache, grid512_root
+):
+    record = _phantom_record(phantom_root, session_cache)
+    real = open_cached(grid512_root, "s0000", session_cache)  # 0.715 x 0.715 x 3.0 mm
+    found = outside_training_data(record, real.spacing_mm, body_hu_percentiles(real.ct),
+                                  input_is_phantom=False, what="s0000", model="tiny/best.pth")  # fmt: skip
+    assert len(found) == 2
+    assert found[0].startswith(f"tiny/best.pth {PHANTOM_ONLY}: its labels on s0000")
+    lo, hi = record["spacing_mm"]["min"], record["spacing_mm"]["max"]
+    assert lo[0] > 0.715 and lo[1] > 0.715  # finer in-plane than the phantom's
+    assert lo[2] <= 3.0 <= hi[2]  # 3 mm slices are within the phantom's
+    assert (
+        f"x 0.715 mm (trained on {lo[0]:.3g}-{hi[0]:.3g}), "
+        f"y 0.715 mm (trained on {lo[1]:.3g}-{hi[1]:.3g})" in found[1]
+    )
+    assert ", z " not in found[1]
+
+
+def test_the_phantoms_model_warns_on_the_real_512_ct(phantom_root, session_cache, sample_root):
+    """The real 512 x 512 s0001 of ../shared (optional, skipped without it)."""
+    record = _phantom_record(phantom_root, session_cache)
     real = open_cached(sample_root, "s0001", session_cache)  # 0.977 x 0.977 x 2.0 mm
     found = outside_training_data(record, real.spacing_mm, body_hu_percentiles(real.ct),
                                   input_is_phantom=False, what="s0001", model="tiny/best.pth")  # fmt: skip
@@ -76,10 +116,10 @@ def test_the_phantoms_model_warns_on_a_real_ct_and_not_on_the_phantom(
     assert ", z " not in found[1]  # 2 mm slices are within the phantom's
 
 
-def test_intensities_far_from_the_training_cts_are_flagged(sample_root, extra_dir, cache_dir):
-    record = describe_training_data(_entries(sample_root, cache_dir), sample_root, "all")
-    assert record["source"] == "dataset"
-    ct = load_ct(extra_dir / "unlabeled_ct_3mm.nii.gz")  # a real CT of another patient, in HU
+def _check_intensities(record: dict, ct) -> float:
+    """A CT in HU is not flagged against ``record``; the same CT with its HU shifted or scaled
+    (a lost rescale intercept or slope) is. Returns the 5th percentile of the body voxels the
+    warning gives for the CT with its HU halved."""
     zxy = ct.array.transpose(2, 0, 1)
 
     def check(array):
@@ -95,22 +135,40 @@ def test_intensities_far_from_the_training_cts_are_flagged(sample_root, extra_di
     assert median > 900
     # a rescale slope of 0.5: lung and air fall among the body voxels
     (found,) = check((zxy.astype(np.float32) * 0.5).astype(np.int16))
-    assert "p5 -499 HU (trained on" in found
+    assert re.search(r"p5 -?\d+ HU \(trained on", found), found
+    return float(found.split("p5 ")[1].split(" HU")[0])
 
 
-def test_a_phantom_ct_is_known_in_its_dataset_and_as_an_upload(phantom_root, sample_root, tmp_path):
+def test_intensities_far_from_the_training_cts_are_flagged(derived_sample, int32_ct, cache_dir):
+    record = describe_training_data(_entries(derived_sample, cache_dir), derived_sample, "all")
+    assert record["source"] == "dataset" and record["subjects"] == 4
+    ct = load_ct(int32_ct)  # the real s0000 CT, stored as int32 voxels
+    halved = (ct.array.astype(np.float32) * 0.5).astype(np.int16)
+    p5 = np.percentile(halved[halved >= -500], 5)  # of the whole CT: the warning's is sampled
+    assert -500 <= p5 < -490  # air and lung, halved, are the lowest body voxels now
+    assert _check_intensities(record, ct) == pytest.approx(p5, abs=10)
+
+
+def test_intensities_of_another_real_patient_are_judged(sample_root, shared_extra, cache_dir):
+    """The real sample and an unlabeled CT of another patient (../shared, optional)."""
+    record = describe_training_data(_entries(sample_root, cache_dir), sample_root, "all")
+    assert record["source"] == "dataset"
+    assert _check_intensities(record, load_ct(shared_extra / "unlabeled_ct_3mm.nii.gz")) == -499
+
+
+def test_a_phantom_ct_is_known_in_its_dataset_and_as_an_upload(phantom_root, s0000_root, tmp_path):
     ct = phantom_root / "s0001" / "ct.nii.gz"
     assert is_phantom_ct(ct)
     upload = tmp_path / "upload.nii.gz"  # outside its dataset: by its header
     shutil.copy(ct, upload)
     assert is_phantom_ct(upload)
-    assert not is_phantom_ct(sample_root / "s0001" / "ct.nii.gz")
+    assert not is_phantom_ct(s0000_root / "s0000" / "ct.nii.gz")  # a real CT
     (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
     assert not is_phantom_ct(tmp_path / "junk.nii.gz") and not is_phantom_ct(tmp_path)
 
 
 def test_a_run_records_its_data_and_predict_warns_outside_it(
-    phantom_root, extra_dir, tmp_path, caplog, one_torch_thread
+    phantom_root, s0000_root, tmp_path, caplog, one_torch_thread
 ):
     from ctseg_core.training.trainer import Trainer
 
@@ -129,7 +187,7 @@ def test_a_run_records_its_data_and_predict_warns_outside_it(
     assert load_checkpoint(run_dir / "best.pth")["training_data"] == record
     assert checkpoint_training_data(run_dir / "last.pth") == record
 
-    real = extra_dir / "unlabeled_ct_3mm.nii.gz"
+    real = s0000_root / "s0000" / "ct.nii.gz"  # a real CT
     with caplog.at_level(logging.WARNING, logger="ctseg_core.inference"):
         summary = predict_file(real, [run_dir / "best.pth"], tmp_path / "real.nii.gz")
     phantom = [w for w in summary["warnings"] if PHANTOM_ONLY in w]
@@ -144,7 +202,7 @@ def test_a_run_records_its_data_and_predict_warns_outside_it(
 
 
 def test_a_checkpoint_without_a_record_loads_and_is_judged_by_its_dataset(
-    phantom_root, sample_root, tmp_path
+    phantom_root, s0000_root, tmp_path
 ):
     def old_checkpoint(data_root, name):
         """A checkpoint as written before records were kept: no "training_data" key."""
@@ -164,7 +222,7 @@ def test_a_checkpoint_without_a_record_loads_and_is_judged_by_its_dataset(
     assert checkpoint_training_data(on_phantom) == {
         "version": 1, "source": "phantom", "data_root": str(phantom_root)
     }  # fmt: skip
-    assert checkpoint_training_data(old_checkpoint(sample_root, "real.pth")) is None
+    assert checkpoint_training_data(old_checkpoint(s0000_root, "real.pth")) is None
     found = outside_training_data(checkpoint_training_data(on_phantom), (0.8, 0.8, 1.0),
                                   [-100.0, 40.0, 300.0], input_is_phantom=False)  # fmt: skip
     assert len(found) == 1 and PHANTOM_ONLY in found[0]  # nothing else recorded to compare

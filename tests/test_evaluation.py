@@ -172,17 +172,19 @@ def test_prediction_on_a_larger_grid_is_resampled_by_affine(tmp_path, s0000_root
     assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
 
 
-def test_not_annotated_structures_are_excluded_entirely(tmp_path, sample_root):
-    # s0002 has masks for heart only (plus an unknown name): liver is not annotated there.
-    heart_img = nib.load(str(sample_root / "s0002" / "segmentations" / "heart.nii.gz"))
-    heart = np.asarray(heart_img.dataobj) > 0
-    labels = np.where(heart, LABEL_OF["heart"], 0).astype(np.uint8)
+def test_not_annotated_structures_are_excluded_entirely(tmp_path, derived_sample):
+    # s0002 has a mask for vertebrae_L1 only (plus an unknown name): liver is not annotated
+    # there, though s0000, which it is cut from, has a liver.
+    root = derived_sample
+    bone_img = nib.load(str(root / "s0002" / "segmentations" / "vertebrae_L1.nii.gz"))
+    bone = np.asarray(bone_img.dataobj) > 0
+    labels = np.where(bone, LABEL_OF["vertebrae_L1"], 0).astype(np.uint8)
     labels[:10, :10, :10] = LABEL_OF["liver"]
     folder = tmp_path / "pred"
     folder.mkdir()
-    nib.save(nib.Nifti1Image(labels, heart_img.affine), str(folder / "s0002.nii.gz"))
-    results = evaluate_predictions(sample_root, "val", folder, tmp_path / "o", report=False)
-    assert results["structure"].tolist() == ["heart"]
+    nib.save(nib.Nifti1Image(labels, bone_img.affine), str(folder / "s0002.nii.gz"))
+    results = evaluate_predictions(root, "val", folder, tmp_path / "o", report=False)
+    assert results["structure"].tolist() == ["vertebrae_L1"]
     assert results.loc[0, "dice"] == 1.0
 
 
@@ -335,13 +337,13 @@ def test_checkpoint_scores_the_split_without_a_subject_whose_ct_cannot_be_read(
     assert "no subject of split 'train'" in err and "(1 tried): s0001:" in err
 
 
-def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, sample_root):
-    ckpt = rule_checkpoint(tmp_path / "m.pth", ["liver", "spleen"])
+def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, derived_sample):
+    ckpt = rule_checkpoint(tmp_path / "m.pth", ["liver", "spleen"])  # s0002: vertebrae_L1 only
     with pytest.raises(
         ConfigError,
         match=r"predicts 2 structures \(liver, spleen\), none of them annotated in split 'val'",
     ):
-        evaluate_predictions(sample_root, "val", [ckpt], tmp_path / "o")
+        evaluate_predictions(derived_sample, "val", [ckpt], tmp_path / "o")
 
 
 def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, s0000_root):
@@ -413,28 +415,30 @@ def test_cli_stats_and_export(tmp_path, s0000_root, extra_dir, capsys):
     assert (tmp_path / "x" / "s0000_totalsegmentator_multilabel.ctbl").is_file()
 
 
-def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, sample_root, capsys):
+def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, derived_sample, capsys):
+    root = derived_sample  # split val: s0002, vertebrae_L1 annotated only
     run = tmp_path / "run"
     run.mkdir()
-    ckpt = rule_checkpoint(run / "best.pth", ["heart"])
-    argv = ["evaluate", "--data", str(sample_root), "--split", "val", "--checkpoint", str(ckpt),
+    ckpt = rule_checkpoint(run / "best.pth", ["vertebrae_L1"])
+    argv = ["evaluate", "--data", str(root), "--split", "val", "--checkpoint", str(ckpt),
             "--meshes", "0"]  # fmt: skip
     assert main(argv) == 0
     assert "evaluated 1 subjects, 1 structures present" in capsys.readouterr().out
     table = pd.read_csv(run / "evaluation" / "evaluation_results_val.csv")
-    assert table["structure"].tolist() == ["heart"] and table["subject"].tolist() == ["s0002"]
-    hu = np.asarray(nib.load(str(sample_root / "s0002" / "ct.nii.gz")).dataobj)
-    heart = np.asarray(
-        nib.load(str(sample_root / "s0002" / "segmentations" / "heart.nii.gz")).dataobj
+    assert table["structure"].tolist() == ["vertebrae_L1"]
+    assert table["subject"].tolist() == ["s0002"]
+    hu = np.asarray(nib.load(str(root / "s0002" / "ct.nii.gz")).dataobj)
+    bone = np.asarray(
+        nib.load(str(root / "s0002" / "segmentations" / "vertebrae_L1.nii.gz")).dataobj
     )
-    # 64 x 64 model input resized back to 122 x 102: close to, not equal to, the plain threshold.
-    assert table.loc[0, "dice"] == pytest.approx(independent_dice(heart, hu > 150.5), abs=0.03)
+    # 64 x 64 model input resized back to 122 x 101: close to, not equal to, the plain threshold.
+    assert table.loc[0, "dice"] == pytest.approx(independent_dice(bone, hu > 150.5), abs=0.03)
     assert not list((run / "evaluation").glob("3d_*.html"))
-    assert main(["evaluate", "--data", str(sample_root), "--predictions", str(tmp_path)]) == 2
+    assert main(["evaluate", "--data", str(root), "--predictions", str(tmp_path)]) == 2
     assert "--out is required" in capsys.readouterr().err
 
     # another checkpoint of the run gets its own folder: best's tables stay as they were
-    other = rule_checkpoint(run / "checkpoint_epoch3.pth", ["heart"], target=(32, 32))
+    other = rule_checkpoint(run / "checkpoint_epoch3.pth", ["vertebrae_L1"], target=(32, 32))
     assert main([*argv[:-4], "--checkpoint", str(other), "--meshes", "0"]) == 0
     mine = pd.read_csv(run / "evaluation_checkpoint_epoch3" / "evaluation_results_val.csv")
     assert mine.loc[0, "dice"] != pytest.approx(table.loc[0, "dice"], abs=1e-6)
@@ -530,3 +534,18 @@ def test_slice_figure_zooms_on_the_structure_in_question():
     assert wx.start <= 500 and wx.stop >= 505 and wy.start <= 10 and wy.stop >= 14
     assert wx.stop - wx.start >= 0.4 * 512 - 1 and wy.stop - wy.start >= 0.4 * 400 - 1
     assert wx.stop <= 512 and wy.start >= 0
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, float("nan")])
+def test_a_bad_tolerance_is_refused_before_any_subject_is_scored(
+    tmp_path, s0000_root, extra_dir, tolerance
+):
+    """A setting wrong for every subject is the caller's error (exit 2, one line), not a reason
+    to skip each subject after reading and predicting it."""
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    pair = train_pair(s0000_root, tmp_path / "pair")
+    with pytest.raises(ConfigError, match=r"^tolerance_mm must be a finite number >= 0, got"):
+        evaluate_predictions(pair, "train", folder, tmp_path / "out", tolerance)
+    assert not (tmp_path / "out").exists()

@@ -84,13 +84,13 @@ def s0000_ct(s0000_root):
     return s0000_root / "s0000" / "ct.nii.gz"
 
 
-def test_fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, unlabeled_ct):
+def _fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, ct_path, shape):
     ckpt = make_checkpoint(tmp_path / "m.pth", ["liver", "spleen", "kidney_left", "aorta"])
     out = tmp_path / "out" / "pred.nii.gz"
-    summary = predict_file(unlabeled_ct, [ckpt], out, split_masks=True)
-    src, img = nib.load(str(unlabeled_ct)), nib.load(str(out))
+    summary = predict_file(ct_path, [ckpt], out, split_masks=True)
+    src, img = nib.load(str(ct_path)), nib.load(str(out))
     assert np.asarray(src.dataobj).dtype == np.int32  # the input is int32 voxels
-    assert img.shape == src.shape == (122, 101, 112)
+    assert img.shape == src.shape == shape
     np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
     data = np.asarray(img.dataobj)
     assert data.dtype == np.uint8 and data.max() <= 117
@@ -102,19 +102,26 @@ def test_fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, unlabeled
     assert masks == ["aorta.nii.gz", "kidney_left.nii.gz", "liver.nii.gz", "spleen.nii.gz"]
     liver = nib.load(str(tmp_path / "out" / "pred" / "segmentations" / "liver.nii.gz"))
     np.testing.assert_array_equal(np.asarray(liver.dataobj), data == LABEL_OF["liver"])
-    assert summary["shape"] == [122, 101, 112] and summary["orientation"] == "RAS"
+    assert summary["shape"] == list(shape) and summary["orientation"] == "RAS"
 
 
-def test_threshold_rule_lands_on_the_right_voxels_of_a_flipped_axis_ct(tmp_path, sample_root):
-    # s0001 is stored LAS (x flipped): the labels must come back on the file's own voxel order.
-    ct_path = sample_root / "s0001" / "ct.nii.gz"
-    ckpt = make_checkpoint(tmp_path / "t.pth", ["vertebrae_T8"], "test_threshold", (512, 512), 3)
+def test_fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, int32_ct):
+    """s0000's CT stored as int32 voxels."""
+    _fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, int32_ct, (122, 101, 30))
+
+
+def test_fresh_model_labels_the_real_unlabeled_ct_on_its_grid(tmp_path, unlabeled_ct):
+    """The real unlabeled int32 CT of ../shared (optional, skipped without it)."""
+    _fresh_model_writes_labels_on_the_ct_grid_and_affine(tmp_path, unlabeled_ct, (122, 101, 112))
+
+
+def _threshold_rule_on_a_flipped_axis_ct(tmp_path, ct_path, target, voxel_ml):
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["vertebrae_T8"], "test_threshold", target, 3)
     out = tmp_path / "t.nii.gz"
     summary = predict_file(ct_path, [ckpt], out, batch_slices=7, statistics=True)
     hu = np.asarray(nib.load(str(ct_path)).dataobj)
     expected = np.where(hu > THRESHOLD_HU, LABEL_OF["vertebrae_T8"], 0)
     got = np.asarray(nib.load(str(out)).dataobj)
-    assert (expected > 0).sum() > 10_000
     np.testing.assert_array_equal(got, expected)
     import pandas as pd
 
@@ -122,8 +129,29 @@ def test_threshold_rule_lands_on_the_right_voxels_of_a_flipped_axis_ct(tmp_path,
     assert summary["statistics"] == str(tmp_path / "t_statistics.csv")
     assert stats["structure"].tolist() == ["vertebrae_T8"]
     above = hu[hu > THRESHOLD_HU].astype(float)
-    assert stats.loc[0, "volume_ml"] == pytest.approx(above.size * 0.9765625**2 * 2 / 1000)
+    assert stats.loc[0, "volume_ml"] == pytest.approx(above.size * voxel_ml)
     assert stats.loc[0, "mean_hu"] == pytest.approx(above.mean())
+    return expected
+
+
+def test_threshold_rule_lands_on_the_right_voxels_of_a_flipped_axis_ct(tmp_path, derived_sample):
+    # the derived s0001 is stored LAS (x flipped): the labels must come back on the file's own
+    # voxel order; its bone is not symmetric, so a label mirrored in x would not match
+    ct_path = derived_sample / "s0001" / "ct.nii.gz"
+    expected = _threshold_rule_on_a_flipped_axis_ct(
+        tmp_path, ct_path, (122, 101), 1.5 * 2 * 2.5 / 1000
+    )
+    assert (expected > 0).sum() > 1000
+    assert not np.array_equal(expected, expected[::-1])
+
+
+def test_threshold_rule_on_the_real_512_las_ct(tmp_path, sample_root):
+    """The real s0001 of ../shared, stored LAS (optional, skipped without it)."""
+    ct_path = sample_root / "s0001" / "ct.nii.gz"
+    expected = _threshold_rule_on_a_flipped_axis_ct(
+        tmp_path, ct_path, (512, 512), 0.9765625**2 * 2 / 1000
+    )
+    assert (expected > 0).sum() > 10_000
 
 
 def test_batches_and_resizing_give_the_same_labels_whatever_the_batch_size(tmp_path, s0000_ct):
@@ -315,29 +343,45 @@ def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
     assert "is a file; give a folder" in capsys.readouterr().err
 
 
-def test_dicom_folder_gives_the_grid_of_the_converted_nifti(tmp_path, sample_root, shared_extra):
+def _dicom_folder_gives_the_grid_of_the_nifti(tmp_path, series, nifti, shape, spacing):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (128, 128))
     out = tmp_path / "d.nii.gz"
-    summary = predict_file(shared_extra / "dicom_s0001", [ckpt], out)
-    reference = load_ct(sample_root / "s0001" / "ct.nii.gz")
+    summary = predict_file(series, [ckpt], out)
+    reference = load_ct(nifti)
     written = nib.load(str(out))
-    assert written.shape == reference.original_shape == (512, 512, 20)
+    assert written.shape == reference.original_shape == shape
     from ctseg_core.data.volume import to_canonical
 
     labels, affine = to_canonical(np.asarray(written.dataobj), written.affine)
     np.testing.assert_allclose(affine, reference.affine, atol=1e-4)  # same voxels in space
     assert labels.shape == reference.array.shape
-    assert summary["spacing_mm"] == pytest.approx([0.9766, 0.9766, 2.0], abs=1e-4)
+    assert summary["spacing_mm"] == pytest.approx(spacing, abs=1e-4)
 
 
-def test_dicom_folder_with_two_series_reads_the_largest_and_says_so(tmp_path, shared_extra, capsys):
+def test_dicom_folder_gives_the_grid_of_the_converted_nifti(
+    tmp_path, derived_sample, derived_dicom
+):
+    """A DICOM series of the derived s0001 (LAS NIfTI; LPS slices of 101 rows x 122 columns)."""
+    nifti = derived_sample / "s0001" / "ct.nii.gz"
+    _dicom_folder_gives_the_grid_of_the_nifti(
+        tmp_path, derived_dicom, nifti, (122, 101, 20), [1.5, 2.0, 2.5]
+    )
+
+
+def test_real_dicom_folder_gives_the_grid_of_its_nifti(tmp_path, sample_root, shared_extra):
+    """The real scanner series of ../shared (optional, skipped without it)."""
+    nifti = sample_root / "s0001" / "ct.nii.gz"
+    _dicom_folder_gives_the_grid_of_the_nifti(
+        tmp_path, shared_extra / "dicom_s0001", nifti, (512, 512, 20), [0.9766, 0.9766, 2.0]
+    )
+
+
+def _two_series_read_the_largest(tmp_path, series, shape) -> tuple:
     import pydicom
-
-    from ctseg_core.cli import main
 
     folder = tmp_path / "mixed"
     folder.mkdir()
-    files = sorted((shared_extra / "dicom_s0001").iterdir())
+    files = sorted(series.iterdir())
     for path in files:
         (folder / path.name).write_bytes(path.read_bytes())
     for i, path in enumerate(files[:3]):  # a second, 3-slice series (e.g. a scout)
@@ -347,10 +391,26 @@ def test_dicom_folder_with_two_series_reads_the_largest_and_says_so(tmp_path, sh
         ds.save_as(str(folder / f"other_{i}.dcm"))
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (128, 128))
     summary = predict_file(folder, [ckpt], tmp_path / "m.nii.gz")
-    assert nib.load(str(tmp_path / "m.nii.gz")).shape == (512, 512, 20)
+    assert nib.load(str(tmp_path / "m.nii.gz")).shape == shape
     assert len(summary["warnings"]) == 1
     assert "holds 2 series; reading the largest" in summary["warnings"][0]
-    assert "(20 files)" in summary["warnings"][0] and "(3 files)" in summary["warnings"][0]
+    assert f"({len(files)} files)" in summary["warnings"][0]
+    assert "(3 files)" in summary["warnings"][0]
+    return folder, ckpt
+
+
+def test_real_dicom_folder_with_two_series_reads_the_largest(tmp_path, shared_extra):
+    """The real scanner series of ../shared (optional, skipped without it)."""
+    _two_series_read_the_largest(tmp_path, shared_extra / "dicom_s0001", (512, 512, 20))
+
+
+def test_dicom_folder_with_two_series_reads_the_largest_and_says_so(
+    tmp_path, derived_dicom, capsys
+):
+    from ctseg_core.cli import main
+
+    assert len(list(derived_dicom.iterdir())) == 20
+    folder, ckpt = _two_series_read_the_largest(tmp_path, derived_dicom, (122, 101, 20))
     argv = [
         "predict",
         "--ct",

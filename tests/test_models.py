@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -159,6 +161,16 @@ def test_corrupt_and_foreign_checkpoints_get_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
 
 
+@pytest.mark.parametrize("start", [b"junk\n", b"(unk\n", b"Gunk\n", b"K<html>"])
+def test_a_text_file_named_pth_gets_the_one_line_error_not_a_traceback(tmp_path, start):
+    # torch's weights-only unpickler reads these first bytes as pickle opcodes and fails with
+    # KeyError, IndexError or struct.error: a saved error page or a note named model.pth
+    path = tmp_path / "model.pth"
+    path.write_bytes(start)
+    with pytest.raises(CtsegError, match=r"model\.pth cannot be loaded safely"):
+        load_checkpoint(path)
+
+
 def test_deep_supervision_heads_train_at_lower_resolutions_and_vanish_in_eval(tmp_path):
     torch.manual_seed(0)
     config = tiny_config()
@@ -178,3 +190,40 @@ def test_deep_supervision_heads_train_at_lower_resolutions_and_vanish_in_eval(tm
     config.model.deep_supervision = 4  # no decoder level below the bottleneck to supervise
     with pytest.raises(ConfigError, match=r"deep_supervision must be 0\.\.3"):
         config.validate()
+
+
+def test_checkpoints_say_version_2_and_version_1_files_still_load(tmp_path):
+    """Version 2 holds model.output; an older ctseg is told to upgrade instead of failing on an
+    unknown setting, and files of version 1 (no model.output) still load here."""
+    config = RunConfig(DataConfig(structures=["liver"], target_size=(32, 32)), ModelConfig(**TINY))
+    config.validate()
+    model = build_model(config.model)
+    path = save_checkpoint(
+        tmp_path / "new.pth", model, torch.optim.Adam(model.parameters()), None, 1, config, []
+    )
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["version"] == 2 and ckpt["config"]["model"]["output"] == "softmax"
+    ckpt["version"] = 1
+    del ckpt["config"]["model"]["output"]  # as version 1 wrote it: output_mode only
+    torch.save(ckpt, tmp_path / "old.pth")
+    _, old = load_model(tmp_path / "old.pth")
+    assert old.model.output == "softmax" and old == config
+
+
+def test_every_unknown_name_is_named_at_once():
+    """user_config leaves an unknown loss to the full check, which names every problem."""
+    config = user_config(
+        RunConfig(),
+        {("train", "loss"): "xyz", ("train", "optimizer"): "nadam", ("model", "name"): "vnet"},
+    )
+    with pytest.raises(ConfigError) as exc:
+        check_run_config(config)
+    for fragment in ("model 'vnet'", "loss 'xyz'", "optimizer 'nadam'"):
+        assert fragment in str(exc.value)
+
+
+def test_the_cli_parser_is_built_without_torch():
+    """The registries import torch: --help and every other command must not wait for it."""
+    code = "import sys; from ctseg_core.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'ctseg_core.training.losses') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -14,7 +14,6 @@ from ctseg_core.errors import ConfigError, DataError
 from ctseg_core.labels import STRUCTURES
 
 SHAPE = (96, 96, 40)
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg_sample"
 
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -167,10 +166,18 @@ def test_left_and_right_organs_lie_on_the_patients_sides_in_world_coordinates(da
     assert compared >= 6
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason="real sample data not present")
-def test_real_totalsegmentator_data_has_the_liver_at_positive_world_x():
-    """The convention the side test relies on, checked on real data (stored LAS)."""
-    folder = REAL_DATA / "s0001"
+def test_real_totalsegmentator_data_has_the_liver_at_positive_world_x(sample_root):
+    """The convention the side test relies on, checked on the real s0001 (stored LAS)."""
+    _liver_at_positive_world_x(sample_root / "s0001")
+
+
+def test_real_ct_stored_las_has_the_liver_at_positive_world_x(derived_sample):
+    """The same on real data stored LAS from tests/data: s0000 with its x axis flipped."""
+    assert nib.aff2axcodes(nib.load(derived_sample / "s0001" / "ct.nii.gz").affine)[0] == "L"
+    _liver_at_positive_world_x(derived_sample / "s0001")
+
+
+def _liver_at_positive_world_x(folder: Path) -> None:
     liver, affine = _load(folder / "segmentations" / "liver.nii.gz")
     spleen, _ = _load(folder / "segmentations" / "spleen.nii.gz")
     assert _world_centroid(liver > 0, affine)[0] > _world_centroid(spleen > 0, affine)[0] + 50

@@ -193,8 +193,10 @@ def test_a_run_stopped_before_its_first_epoch_gives_its_name_back(tmp_path):
         new_run_dir(tmp_path, "early")
 
 
-def test_training_on_the_real_sample_with_sigmoid_outputs(sample_root, tmp_path):
-    config = tiny_config(sample_root, "real", epochs=1, steps_per_epoch=2, loss="bce", amp="auto")
+def test_training_on_the_real_sample_with_sigmoid_outputs(derived_sample, tmp_path):
+    config = tiny_config(
+        derived_sample, "real", epochs=1, steps_per_epoch=2, loss="bce", amp="auto"
+    )
     config.data.context_slices = 3
     config.model.in_channels = 3
     config.model.out_channels = 117
@@ -202,10 +204,10 @@ def test_training_on_the_real_sample_with_sigmoid_outputs(sample_root, tmp_path)
     assert trainer.run() == "finished"
     (record,) = read_history(tmp_path / "real")
     assert math.isfinite(record["train_loss"]) and record["train_slices"] == 8
-    # the validation subject s0002 annotates only the heart: every other structure is None
+    # the validation subject s0002 annotates only vertebrae_L1: every other structure is None
     scored = {k: v for k, v in record["val_dice"].items() if v is not None}
-    assert set(scored) == {"heart"}
-    assert record["val_dice_mean"] == pytest.approx(scored["heart"])
+    assert set(scored) == {"vertebrae_L1"}
+    assert record["val_dice_mean"] == pytest.approx(scored["vertebrae_L1"])
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -419,21 +421,22 @@ def test_sample_slices_together_show_the_most_structures():
     assert choose_sample_slices(presence, offsets, 2) == [3, 4]
 
 
-def test_sample_figures_show_slices_in_their_shape_in_mm(sample_root, tmp_path):
+def test_sample_figures_show_slices_in_their_shape_in_mm(derived_sample, tmp_path):
     """The model sees square slices; the figure gives them back their extent in mm (the
-    validation subject s0002 is 122 x 102 voxels of 1.5 mm: 0.84 as tall as wide)."""
+    validation subject s0002 is 122 x 101 voxels of 2.0 x 3.0 mm: 1.24 as tall as wide, where
+    its voxels alone would make it 0.83)."""
     from PIL import Image
 
     from ctseg_core.data.slices import SliceDataset
     from ctseg_core.models import build_model
     from ctseg_core.training.samples import SampleFigure
 
-    config = tiny_config(sample_root, "fig", loss="dice_ce")
-    config.data.structures = ["heart", "liver"]
+    config = tiny_config(derived_sample, "fig", loss="dice_ce")
+    config.data.structures = ["vertebrae_L1", "liver"]
     config.validate()
     dataset = SliceDataset(config, "val")
     assert dataset.subject_ids == ["s0002"]
     figure = SampleFigure(dataset, config, n=1)
-    assert figure.aspects == [pytest.approx(102 / 122)]
+    assert figure.aspects == [pytest.approx((101 * 3.0) / (122 * 2.0))]
     figure.save(build_model(config.model), torch.device("cpu"), None, False, tmp_path, 1)
     assert Image.open(tmp_path / "samples" / "epoch_1.png").size[0] > 0

@@ -18,7 +18,8 @@ import torch.distributed as dist
 from ctseg_core.cli import main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import CtsegError
-from ctseg_core.runs.run_folder import read_history, read_status, request_stop
+from ctseg_core.runs.run_folder import read_history, read_status
+from ctseg_core.runs.stop_request import request_stop
 from ctseg_core.training.job import TrainingJob, get_job
 
 REPO = Path(__file__).resolve().parents[1]

@@ -181,10 +181,11 @@ def test_meshes_figure_puts_reference_and_prediction_side_by_side_with_one_legen
     assert single.data[0].scene in (None, "scene") and single.layout.scene.aspectmode == "data"
 
 
-def test_real_liver_mesh_lies_inside_its_voxels_world_box(sample_root, cache_dir):
+def test_real_liver_mesh_lies_inside_its_voxels_world_box(grid512_root, cache_dir):
+    """s0000's liver on a 512 x 512 grid (0.715 x 0.715 x 3 mm): more faces than the limit."""
     from ctseg_core.data.cache import open_cached
 
-    subject = open_cached(sample_root, "s0001", cache_dir)
+    subject = open_cached(grid512_root, "s0000", cache_dir)
     liver = LABEL_OF["liver"]
     boxes = bounding_boxes(subject.labels)
     verts, faces = structure_mesh(
@@ -199,3 +200,29 @@ def test_real_liver_mesh_lies_inside_its_voxels_world_box(sample_root, cache_dir
     tolerance = np.array(subject.spacing_mm) * 2  # block averaging plus the closing half voxel
     assert np.all(verts.min(0) >= lo - tolerance) and np.all(verts.max(0) <= hi + tolerance)
     assert np.all(verts.min(0) <= lo + tolerance) and np.all(verts.max(0) >= hi - tolerance)
+
+
+def test_scattered_voxels_under_a_face_budget_still_give_a_surface_where_they_are():
+    """A noisy prediction (specks, 10 % of a box) coarsened to fit the face budget fills no block
+    halfway; its surface wraps where the specks are instead of marching cubes failing (which
+    stopped `ctseg evaluate --meshes` with a traceback)."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((50, 70, 70), dtype=np.uint8)  # (Z, X, Y)
+    labels[5:45, 5:65, 5:65] = (rng.random((40, 60, 60)) < 0.1) * 5
+    verts, faces = structure_mesh(labels, 5, (1.0, 1.0, 1.0), max_faces=2000)
+    assert 0 < len(faces) <= 2000 * 1.5
+    lo, hi = verts.min(axis=0), verts.max(axis=0)  # (x, y, z) mm = voxel index here
+    assert np.all(lo >= [3, 3, 3]) and np.all(hi <= [66, 66, 46])
+    assert np.all(hi - lo >= [40, 40, 25])  # it spans the speckled box, not one corner of it
+    items = structure_meshes(labels, [5], (1.0, 1.0, 1.0), max_faces_total=2000)
+    assert [item["value"] for item in items] == [5]
+
+
+def test_blocks_exactly_half_inside_still_give_a_surface():
+    """Two voxels two apart, coarsened by 2 along their axis: each block is exactly half inside,
+    which no surface at level 0.5 crosses ("No surface found at the given iso value")."""
+    labels = np.zeros((8, 8, 8), dtype=np.uint8)  # (Z, X, Y)
+    labels[3, 3, 2] = labels[3, 3, 4] = 5
+    verts, faces = structure_mesh(labels, 5, (1.0, 1.0, 1.0), max_faces=16)
+    assert len(faces) > 0
+    assert np.all(verts.min(axis=0) >= [2, 1, 2]) and np.all(verts.max(axis=0) <= [4, 5, 4])

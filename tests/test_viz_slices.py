@@ -231,17 +231,13 @@ def test_comparison_largest_section_and_worst_slices():
     assert both[:, :8].any(axis=2).sum() == 16 and not both[:, 12:].any()
 
 
-def test_real_subject_displays_liver_on_image_left_and_aorta_before_spine(sample_root, cache_dir):
-    """s0001 is stored LAS: after canonicalisation the radiological view must still be right."""
-    from ctseg_core.data.cache import open_cached
-
-    subject = open_cached(sample_root, "s0001", cache_dir)
-    z = 10
+def _liver_on_image_left_and_aorta_before_spine(subject, z: int) -> None:
     axial = extract_plane(subject.labels, "axial", z)
-    assert axial.shape == (512, 512)
+    nx, ny = subject.labels.shape[1:]
+    assert axial.shape == (ny, nx)  # rows run posterior-wards, columns to the patient's left
     liver_col = ndimage.center_of_mass(axial == LABEL_OF["liver"])[1]
     spleen_col = ndimage.center_of_mass(axial == LABEL_OF["spleen"])[1]
-    assert liver_col < 256 < spleen_col  # patient's right (liver) on the image's left
+    assert liver_col < nx / 2 < spleen_col  # patient's right (liver) on the image's left
     aorta_row = ndimage.center_of_mass(axial == LABEL_OF["aorta"])[0]
     cord_row = ndimage.center_of_mass(axial == LABEL_OF["spinal_cord"])[0]
     assert aorta_row < cord_row  # anterior at the top
@@ -253,6 +249,23 @@ def test_real_subject_displays_liver_on_image_left_and_aorta_before_spine(sample
     assert t11[0] < t12[0]  # superior at the top
     cord_col = ndimage.center_of_mass(sagittal == LABEL_OF["spinal_cord"])[1]
     assert t12[1] < cord_col  # the vertebral body lies anterior (left) of the cord
+
+
+def test_real_subject_displays_liver_on_image_left_and_aorta_before_spine(derived_sample, tmp_path):
+    """The derived s0001 is s0000 stored LAS: after canonicalisation the radiological view must
+    still be right (its slices are 10..29 of s0000, the sagittal plane shows T11 and T12)."""
+    from ctseg_core.data.cache import open_cached
+
+    _liver_on_image_left_and_aorta_before_spine(open_cached(derived_sample, "s0001", tmp_path), 7)
+
+
+def test_the_real_512_las_subject_displays_liver_on_image_left(sample_root, cache_dir):
+    """The real s0001 of ../shared, 512 x 512 stored LAS (optional, skipped without it)."""
+    from ctseg_core.data.cache import open_cached
+
+    subject = open_cached(sample_root, "s0001", cache_dir)
+    assert subject.labels.shape[1:] == (512, 512)
+    _liver_on_image_left_and_aorta_before_spine(subject, 10)
 
 
 @pytest.mark.parametrize("subject", ["s0000", "s0001", "s0003"])  # RAS, LAS, LPS files

@@ -8,10 +8,6 @@ import sys
 import threading
 from pathlib import Path
 
-from ..device import AMP_MODES
-from ..models.registry import MODELS
-from ..training.losses import LOSSES
-from ..training.optim import OPTIMIZERS, SCHEDULERS
 from ..training.presets import PRESETS
 from .progress import tqdm_callback
 
@@ -33,6 +29,7 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "bottleneck": ("model", "bottleneck"),
     "deep_supervision": ("model", "deep_supervision"),
     "epochs": ("train", "epochs"),
+    "minutes": ("train", "minutes"),
     "lr": ("train", "lr"),
     "optimizer": ("train", "optimizer"),
     "scheduler": ("train", "scheduler"),
@@ -47,16 +44,66 @@ _FLAGS = {  # argparse dest -> (section, config field)
 }
 
 
-#: flags whose 0 means "every slice" (None in the config), as on the Train page
-_ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices")
+#: flags whose 0 means "every slice" or "no time budget" (None in the config), as on the Train page
+_ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices", "minutes")
 #: settings of the machine, not of the experiment: a resumed run may change them
 _HARDWARE = ("device", "amp", "workers", "cache")
 
 
-def _choices_help(registry: dict, default: str) -> str:
-    """--help text listing a registry's entries with their titles."""
-    entries = "; ".join(f"{name}: {entry.title}" for name, entry in registry.items())
-    return f"{entries} (default {default})"
+def _registry(name: str):
+    """A registry by name, imported when first needed: they import torch, which every other
+    command (and ``ctseg --help``) would otherwise wait for."""
+    if name == "AMP_MODES":
+        from ..device import AMP_MODES as registry
+    elif name == "MODELS":
+        from ..models.registry import MODELS as registry
+    elif name == "LOSSES":
+        from ..training.losses import LOSSES as registry
+    else:
+        from ..training import optim
+
+        registry = getattr(optim, name)
+    return registry
+
+
+class _Names:
+    """A registry's names as argparse ``choices``: read when a value is checked or help shown."""
+
+    def __init__(self, registry: str) -> None:
+        self.registry = registry
+
+    def __iter__(self):
+        return iter(_registry(self.registry))
+
+    def __contains__(self, name: object) -> bool:
+        return name in _registry(self.registry)
+
+    def __len__(self) -> int:
+        return len(_registry(self.registry))
+
+
+class _ChoicesHelp(str):
+    """--help text listing a registry's entries with their titles, made when help is shown
+    (argparse expands help with ``%``)."""
+
+    def __new__(cls, registry: str, default: str) -> _ChoicesHelp:
+        text = super().__new__(cls, "%(choices)s")
+        text.registry, text.default = registry, default
+        return text
+
+    def __mod__(self, params) -> str:
+        registry = _registry(self.registry)
+        if isinstance(registry, dict):
+            listed = "; ".join(f"{name}: {entry.title}" for name, entry in registry.items())
+        else:
+            listed = ", ".join(registry)
+        return f"{listed} (default {self.default})"
+
+
+def _registry_choice(name: str, default: str) -> dict:
+    """``choices``, ``metavar`` and ``help`` of a flag whose values a registry names (a metavar,
+    or argparse would list the choices, and import the registry, when the flag is added)."""
+    return {"choices": _Names(name), "metavar": "NAME", "help": _ChoicesHelp(name, default)}
 
 
 def register(subparsers) -> None:
@@ -91,14 +138,22 @@ def register(subparsers) -> None:
     )
     a("--checkpoints", type=Path, default=None, help="root of run folders ($CTSEG_CHECKPOINTS)")
     a("--cache", type=str, default=None, help="preprocessing cache folder ($CTSEG_CACHE)")
-    a("--epochs", type=int, help="epochs (default 20)")
+    a("--epochs", type=int, help="epochs (default 20; with --minutes, at most)")
+    a(
+        "--minutes",
+        type=float,
+        metavar="M",
+        help="time budget: stop before an epoch that would not fit in M minutes of training "
+        "(resumes included), and fit the cosine / poly schedule to the epochs that do "
+        "(default, 0: none; phantom_demo 10); on --resume, the run's new budget in all",
+    )
     a("--lr", type=float, help="learning rate (default 1e-3)")
     a("--batch-size", type=int, help="slices per batch (default 8)")
     a("--size", type=int, nargs=2, metavar=("H", "W"), help="slice size (default 128 128)")
     a("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (-1000 1000)")
     a("--context", type=int, help="slices per input (odd; 3 or 5 = 2.5D; default 1)")
     a("--structures", help="comma-separated structure names (default: all 117)")
-    a("--model", choices=list(MODELS), help=_choices_help(MODELS, "unet"))
+    a("--model", **_registry_choice("MODELS", "unet"))
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
     a("--bottleneck", type=int, help="bottleneck width (default 512)")
     a(
@@ -107,9 +162,9 @@ def register(subparsers) -> None:
         metavar="N",
         help="N extra output heads at 1/2 .. 1/2**N resolution while training (default 0)",
     )
-    a("--loss", choices=list(LOSSES), help=_choices_help(LOSSES, "dice_ce"))
-    a("--optimizer", choices=list(OPTIMIZERS), help=_choices_help(OPTIMIZERS, "adam"))
-    a("--scheduler", choices=list(SCHEDULERS), help=_choices_help(SCHEDULERS, "plateau"))
+    a("--loss", **_registry_choice("LOSSES", "dice_ce"))
+    a("--optimizer", **_registry_choice("OPTIMIZERS", "adam"))
+    a("--scheduler", **_registry_choice("SCHEDULERS", "plateau"))
     a("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     a("--grad-clip", type=float, help="max gradient norm (default 12)")
     a("--foreground", type=float, help="share of structure-first samples (default 0.5)")
@@ -132,7 +187,7 @@ def register(subparsers) -> None:
         help="share of samples whose vessels get random intensities, as between contrast phases "
         "(default 0; phantom_demo 0.5)",
     )
-    a("--amp", choices=AMP_MODES, help="mixed precision (default auto)")
+    a("--amp", choices=_Names("AMP_MODES"), metavar="MODE", help=_ChoicesHelp("AMP_MODES", "auto"))
     a("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     a("--seed", type=int, help="random seed (default 0)")
     a(
@@ -203,8 +258,9 @@ def run_train(args) -> int:
         if args.resume:
             _refuse_settings_on_resume(args)
             trainer = Trainer.resume(
-                args.resume, epochs=args.epochs, callbacks=callbacks, started_by=_who()
-            )
+                args.resume, epochs=args.epochs, minutes=args.minutes,
+                callbacks=callbacks, started_by=_who(),
+            )  # fmt: skip
             for dest in _HARDWARE:  # the run may move to another machine
                 if getattr(args, dest) is not None:
                     section, name = _FLAGS[dest]
@@ -258,13 +314,15 @@ def _refuse_settings_on_resume(args) -> None:
     given = [
         "--" + dest.replace("_", "-")
         for dest in dests
-        if dest not in ("epochs", *_HARDWARE) and getattr(args, dest, None) not in (None, False)
+        if dest not in ("epochs", "minutes", *_HARDWARE)
+        and getattr(args, dest, None) not in (None, False)
     ]
     folder = args.resume.parent if args.resume.is_file() else args.resume
     if given:
         raise ConfigError(
             f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "
-            "would not apply (only --epochs, --device, --amp, --workers and --cache do); to train "
+            "would not apply (only --epochs, --minutes, --device, --amp, --workers and --cache "
+            "do); to train "
             f"with other settings start a new run: --config {folder}/config.json and the flags"
         )
 

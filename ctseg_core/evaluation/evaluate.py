@@ -234,19 +234,22 @@ def evaluate_predictions(
     subject x structure table (columns ``RESULT_COLUMNS``; annotated structures only; for
     checkpoints only the structures the model predicts). Writes into ``out_dir`` atomically:
     ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv``,
-    ``source_<split>.json`` (what was scored: ``evaluation_paths.write_source``) and, with
+    ``source_<split>.json`` (what was scored: ``paths.write_source``) and, with
     ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
-    ``evaluation_paths`` names a folder per source.
+    ``paths`` names a folder per source.
 
     A subject that cannot be scored (no prediction file in the folder, an unreadable or wrong
     prediction, a CT or mask that cannot be read: any DataError) is left out with a warning; the
     others are scored. The left-out ones are listed with their reason in
     ``skipped_<split>.csv`` (columns ``SKIPPED_COLUMNS``; header only when none), in
     ``source_<split>.json`` and in ``results.attrs["skipped"]`` (id -> reason, in split order).
-    DataError when no subject could be scored (nothing is written then).
+    DataError when no subject could be scored (nothing is written then); ConfigError for a
+    ``tolerance_mm`` that is not a finite number >= 0, before any subject is read.
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")
+    if not (np.isfinite(tolerance_mm) and tolerance_mm >= 0):  # before any subject is scored
+        raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm}")
     index = open_dataset(dataset_root)
     ids = index.subjects_in(split)
     if subjects is not None:

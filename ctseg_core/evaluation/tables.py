@@ -1,4 +1,4 @@
-"""Tables of an evaluation: per-structure summaries, per-subject detection, volume statistics.
+"""Tables of an evaluation: per-structure summaries and per-subject detection.
 
 All take or return pandas DataFrames; ``RESULT_COLUMNS`` are the columns of the subject x
 structure table that ``evaluation.evaluate_predictions`` returns.

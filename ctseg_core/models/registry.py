@@ -21,7 +21,7 @@ from .unet import UNet2D
 class ModelSpec:
     """A registered network.
 
-    ``build(run_config) -> nn.Module``; ``check(run_config) -> list[str]`` returns the problems
+    ``build(model_config) -> nn.Module``; ``check(run_config) -> list[str]`` returns the problems
     of settings the network cannot take (empty: fine); ``spatial_dims`` is 2 for a slice model
     (H, W) and 3 for a volumetric one (X, Y, Z, the canonical axes); ``inference`` names the
     strategy that cuts a CT into its inputs ("slices": batches of axial slices; "patches":

@@ -1,4 +1,4 @@
-"""Listing runs and their checkpoints, and ranking every checkpoint under a root (CLI, pages)."""
+"""Listing runs and their checkpoints, and ranking every checkpoint under a root (the pages)."""
 
 from __future__ import annotations
 

@@ -6,16 +6,18 @@ Files (all written atomically, see ../shared/DESIGN.md):
 - ``label_map.json``: output channel -> structure name; softmax runs:
   ``{"0": "background", "1": structures[0], ...}``; sigmoid runs: ``{"0": structures[0], ...}``
 - ``status.json``: ``state`` (queued/running/stopping/finished/failed/stopped), ``epoch``
-  (completed), ``epochs``, ``step`` (in the current epoch), ``steps_per_epoch``, ``eta_s``
+  (completed), ``epochs`` (planned; with a time budget the epochs expected to fit), ``step`` (in the current epoch), ``steps_per_epoch``, ``eta_s``
   (seconds to the end of the run, or null), ``loss``, ``lr``, ``error`` (text or null),
   ``message``, ``warning`` (text or null: e.g. the checkpoints may not fit on the disk),
   ``pid``, ``host``, ``updated_at`` (ISO 8601 UTC)
 - ``history.jsonl``: one line per epoch: epoch, train_loss, val_loss, val_dice_mean,
-  val_dice {structure: dice or null (absent from the validation references)}, lr, seconds
+  val_dice {structure: dice or null (absent from the validation references)}, lr, seconds,
+  elapsed_s (training time so far, resumes included), and with a time budget planned_epochs
+  (the schedule's horizon then; ``training.budget``)
 - ``training_history.json`` (columns: epoch, train_loss, val_loss, val_dice_mean, lr) and
   ``training_history.png``; ``checkpoint_epoch<N>.pth``, ``best.pth``, ``last.pth``;
   ``samples/epoch_<N>.png``; ``training_data.json``: what the run trains on (``data.domain``)
-- ``stop_request.json`` (``request_stop``): asks the process training the run, wherever it
+- ``stop_request.json`` (``runs.stop_request``): asks the process training the run, wherever it
   runs, to stop before its next batch; removed when the run ends or starts again
 """
 
@@ -66,19 +68,24 @@ def json_safe(value: Any) -> Any:
 RUN_NAME = re.compile(r"[\w][\w. -]{0,98}[\w.-]|[\w]")
 
 
-def new_run_dir(root: str | Path, run_name: str = "") -> Path:
-    """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run,
-    unless it ended before completing an epoch (``ended_before_training``): then the new start
-    takes its folder, cleared of the old start's files, and says so in the log. CtsegError for a
-    name that is not a plain folder name (``RUN_NAME``)."""
-    root = Path(root).expanduser()
-    name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
+def check_run_name(name: str) -> str:
+    """``name`` when it is a plain folder name (``RUN_NAME``), else a one-line CtsegError."""
     if not RUN_NAME.fullmatch(name):
         raise CtsegError(
             f"run name {name[:120]!r} must be a plain folder name of 1 to 100 letters, digits, "
             "'.', '_', '-' or spaces, not starting with '.', '-' or a space, nor ending with a "
             "space; choose another"
         )
+    return name
+
+
+def new_run_dir(root: str | Path, run_name: str = "") -> Path:
+    """Create ``root/<run_name>`` (or a timestamped name); refuse to reuse an existing run,
+    unless it ended before completing an epoch (``ended_before_training``): then the new start
+    takes its folder, cleared of the old start's files, and says so in the log. CtsegError for a
+    name that is not a plain folder name (``RUN_NAME``)."""
+    root = Path(root).expanduser()
+    name = check_run_name(run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"))
     run_dir = root / name
     if run_dir.exists() and any(run_dir.iterdir()):
         if ended_before_training(run_dir):
@@ -174,6 +181,36 @@ def remove_empty_run(run_dir: str | Path) -> None:
     log.info("removed the empty run folder %s", run_dir)
 
 
+def rename_run(run_dir: str | Path, new_name: str) -> Path:
+    """Rename the run folder ``run_dir`` to ``new_name`` beside it with one atomic os.rename
+    (checkpoints, history, evaluation folders go with it); returns the new path. CtsegError,
+    nothing renamed, for a folder without config.json, a name not a plain folder name
+    (``RUN_NAME``) or taken, and an active run (``refuse_if_active``, also in this process).
+    config.json's and status.json's ``run_name`` follow, as a resume writes them; the configs
+    inside the .pth files keep the old one (a resume takes the folder's name)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise CtsegError(f"{run_dir} is not a run folder (no config.json); choose a run")
+    target = run_dir.parent / check_run_name(new_name)
+    refuse_if_active(run_dir, own_ok=False)
+    if new_name == run_dir.name or (target.exists() and not target.samefile(run_dir)):
+        raise CtsegError(f"{target} already exists; choose another name for {run_dir.name}")
+    try:
+        os.rename(run_dir, target)  # samefile above: a case-only rename on macOS goes ahead
+    except OSError as exc:
+        msg = f"cannot rename {run_dir} to {new_name} ({exc.strerror or exc}); check permissions"
+        raise CtsegError(msg) from None
+    try:  # informative fields: a failure leaves the rename done, and says so in the log
+        for name in ("config.json", "status.json"):
+            record = read_json(target / name)
+            if isinstance(record, dict) and record.get("run_name") not in (None, new_name):
+                atomic_write_json(target / name, {**record, "run_name": new_name})
+    except OSError as exc:
+        log.warning("renamed %s; its %s keeps the old run_name (%s)", target, name, exc)
+    log.info("renamed the run folder %s to %s", run_dir, target)
+    return target
+
+
 def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: int) -> str | None:
     """Refuse a run whose checkpoints cannot be written; warn when they will not all fit.
 
@@ -200,31 +237,6 @@ def check_disk_space(run_dir: str | Path, checkpoint_bytes: int, epoch_files: in
             "(--checkpoint-every N, 0 = none; on the Train page under Advanced) or free disk space"
         )
     return None
-
-
-STOP_REQUEST = "stop_request.json"
-
-
-def request_stop(run_dir: str | Path, by: str = "") -> None:
-    """Ask whichever process trains ``run_dir`` (this one, a CLI run, a torchrun job on another
-    host sharing the folder) to stop before its next batch; the trainer polls for the file."""
-    atomic_write_json(
-        Path(run_dir) / STOP_REQUEST, {"requested_at": utc_now(), "by": by or socket.gethostname()}
-    )
-
-
-def stop_requested(run_dir: str | Path) -> bool:
-    """True while ``run_dir`` holds a stop request (any file of that name, even an empty one)."""
-    return (Path(run_dir) / STOP_REQUEST).exists()
-
-
-def stop_requested_by(run_dir: str | Path) -> str:
-    """Who wrote the stop request of ``run_dir`` ("" for a bare ``touch`` or none)."""
-    try:
-        by = json.loads((Path(run_dir) / STOP_REQUEST).read_text()).get("by")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    return str(by) if by else ""
 
 
 def write_status(run_dir: str | Path, status: dict[str, Any]) -> None:
@@ -303,9 +315,9 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 STALE_AFTER_S = 1800.0
 
 
-def refuse_if_active(run_dir: str | Path) -> None:
+def refuse_if_active(run_dir: str | Path, own_ok: bool = True) -> None:
     """CtsegError when a process is still training ``run_dir`` (a second writer would overwrite
-    its checkpoints and history).
+    its checkpoints and history). ``own_ok``: a run of this very process passes (resume).
 
     Same host: the process ``pid`` is alive (``read_status``) and is not this one. Another host:
     its status.json was updated within ``STALE_AFTER_S`` (status is rewritten at least once per
@@ -315,7 +327,7 @@ def refuse_if_active(run_dir: str | Path) -> None:
     if status.get("state") not in ACTIVE_STATES:
         return
     same_host = status.get("host") == socket.gethostname()
-    if same_host and status.get("pid") == os.getpid():
+    if same_host and own_ok and status.get("pid") == os.getpid():
         return  # this process: its job runs one training at a time (a stale state of its own)
     if not same_host:
         try:
@@ -330,7 +342,7 @@ def refuse_if_active(run_dir: str | Path) -> None:
     raise CtsegError(
         f"run {run_dir} is still {status['state']} (pid {status.get('pid')} on "
         f"{status.get('host')}, status updated {status.get('updated_at')}); stop it first (the "
-        "dashboard's Stop, or a stop_request.json in the run folder) and resume once it has "
+        "dashboard's Stop, or a stop_request.json in the run folder) and try again once it has "
         f"ended{gone}"
     )
 

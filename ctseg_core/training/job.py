@@ -79,10 +79,20 @@ class TrainingJob:
             started_by,
         )
 
-    def resume(self, run_dir: str | Path, epochs: int | None = None, started_by: str = "") -> Path:
-        """Continue ``run_dir`` from its last.pth in the background (optionally to more epochs)."""
+    def resume(
+        self,
+        run_dir: str | Path,
+        epochs: int | None = None,
+        started_by: str = "",
+        minutes: float | None = None,
+    ) -> Path:
+        """Continue ``run_dir`` from its last.pth in the background (optionally to more epochs,
+        or within ``minutes`` of training in all: see ``Trainer.resume``)."""
         return self._launch(
-            lambda kw: Trainer.resume(run_dir, epochs=epochs, in_thread=True, **kw), started_by
+            lambda kw: Trainer.resume(
+                run_dir, epochs=epochs, minutes=minutes, in_thread=True, **kw
+            ),
+            started_by,
         )
 
     def stop(self, by: str = "", run_dir: str | Path | None = None) -> None:

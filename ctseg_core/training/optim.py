@@ -3,10 +3,22 @@
 A new optimizer is one entry in ``OPTIMIZERS`` (``build(params, train_config) -> Optimizer``),
 a new scheduler one in ``SCHEDULERS`` (``build(optimizer, train_config) -> scheduler or None``,
 stepped once per epoch). The CLI's choices, the config checks and the Train page read them.
+
+Schedules over a time budget (``TrainConfig.minutes``). A scheduler entry with a ``shape``
+(cosine, poly) is a learning-rate factor of the run's progress p in [0, 1]:
+``lr = lr0 * shape(p)``. Without a budget it is PyTorch's own epoch-based scheduler over
+``epochs`` (p = epoch / epochs), as before. With a budget it is ``ProgressLR``, stepped after
+each epoch with ``training.budget.progress``: ``done / (done + more)``, ``more`` the epochs
+expected to fit in the rest of the budget (and within ``epochs``), estimated from the measured
+epochs again after every epoch. So it is the epoch-based schedule with its horizon (T_max,
+total_iters) moved to the epochs that fit, exactly that schedule when ``epochs`` binds first;
+an epoch slower or faster than expected moves the horizon, not the lr already used. Plateau and
+"none" have no shape and ignore the budget.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +35,59 @@ class Choice:
     name: str
     build: Callable
     title: str
+    # learning-rate factor at progress p in [0, 1] (a schedule over time budgets), or None
+    shape: Callable[[float, TrainConfig], float] | None = None
+
+
+def cosine_factor(progress: float) -> float:
+    """Cosine decay from 1 at progress 0 to 0 at 1 (CosineAnnealingLR at epoch / T_max)."""
+    p = min(max(progress, 0.0), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def poly_factor(progress: float, power: float) -> float:
+    """(1 - progress) ** power, nnU-Net's decay (PolynomialLR at epoch / total_iters)."""
+    return (1.0 - min(max(progress, 0.0), 1.0)) ** power
+
+
+class ProgressLR:
+    """``lr = base_lr * shape(progress)`` with the progress given at each ``step(progress)``.
+
+    The progress only grows (a smaller one is ignored), so the lr of a monotone shape never
+    climbs back. ``state_dict`` holds the base lrs and the progress (plain floats); loading the
+    state of PyTorch's CosineAnnealingLR / PolynomialLR (a run given a budget on resume) takes
+    their epoch share as the progress.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, shape: Callable[[float], float]):
+        self.optimizer, self.shape = optimizer, shape
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.progress = 0.0
+        self._apply()
+
+    def _apply(self) -> None:
+        factor = self.shape(self.progress)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+
+    def step(self, progress: float) -> None:
+        self.progress = max(self.progress, min(max(float(progress), 0.0), 1.0))
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"base_lrs": list(self.base_lrs), "progress": self.progress}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lrs = [float(v) for v in state.get("base_lrs", self.base_lrs)]
+        if "progress" in state:
+            self.progress = float(state["progress"])
+        else:  # an epoch-based torch scheduler's state
+            horizon = state.get("T_max") or state.get("total_iters") or 1
+            self.progress = min(max(state.get("last_epoch", 0) / horizon, 0.0), 1.0)
+        self._apply()
 
 
 def _sgd(params, t: TrainConfig) -> torch.optim.Optimizer:
@@ -71,7 +136,8 @@ SCHEDULERS: dict[str, Choice] = {
         Choice(
             "cosine",
             lambda opt, t: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs)),
-            "cosine decay over the epochs",
+            "cosine decay over the epochs (or the time budget)",
+            lambda p, t: cosine_factor(p),
         ),
         Choice(
             "poly",
@@ -79,6 +145,7 @@ SCHEDULERS: dict[str, Choice] = {
                 opt, total_iters=max(1, t.epochs), power=t.poly_power
             ),
             "polynomial decay (nnU-Net's)",
+            lambda p, t: poly_factor(p, t.poly_power),
         ),
         Choice("none", lambda opt, t: None, "constant learning rate"),
     )
@@ -99,15 +166,22 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
-    """The per-epoch scheduler ``t.scheduler`` (None for "none")."""
-    return _entry(SCHEDULERS, "scheduler", t.scheduler).build(optimizer, t)
+    """The per-epoch scheduler ``t.scheduler`` (None for "none"); a ``ProgressLR`` for a shaped
+    one when the run has a time budget (see the module docstring)."""
+    entry = _entry(SCHEDULERS, "scheduler", t.scheduler)
+    if t.minutes is not None and entry.shape is not None:
+        return ProgressLR(optimizer, lambda p: entry.shape(p, t))
+    return entry.build(optimizer, t)
 
 
-def step_scheduler(scheduler, record: dict) -> None:
-    """Advance the scheduler after an epoch (plateau watches the validation loss)."""
+def step_scheduler(scheduler, record: dict, progress: float | None = None) -> None:
+    """Advance the scheduler after an epoch (plateau watches the validation loss; a
+    ``ProgressLR`` takes ``progress``, the run's share of its budget, see the module docstring)."""
     if scheduler is None:
         return
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+    if isinstance(scheduler, ProgressLR):
+        scheduler.step(1.0 if progress is None else progress)
+    elif isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         metric = record.get("val_loss")
         scheduler.step(metric if metric is not None else record.get("train_loss"))
     else:

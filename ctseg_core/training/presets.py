@@ -2,12 +2,17 @@
 
 - ``phantom_demo``: the laptop demo on the synthetic phantom (12 subjects): 128 x 128 slices,
   features [16, 32, 64, 128] with a 512 bottleneck, instance norm and deep supervision at 1/2,
-  1/4 and 1/8 resolution, Dice + CE, batch 4, Adam 5e-3 with a cosine decay over 42 epochs
-  (~13.5 s each on 2 quiet cores), HU window (-400, 600), random intensity curves and new
-  vessel intensities on half the samples each; tuned with benchmarks/phantom_quality.py: best
-  mean validation Dice within 10 minutes 0.831 (seed 0); 0.801, 0.808, 0.801, 0.822, 0.810 with
-  seeds 1-5 (mean 0.812; seeds 0-3 without the vessel intensities 0.814, 0.800, 0.780, 0.823;
-  before deep supervision, seeds 0-2: 0.754, 0.736, 0.714).
+  1/4 and 1/8 resolution, Dice + CE, batch 4, Adam 5e-3 with a cosine decay, HU window
+  (-400, 600), random intensity curves and new vessel intensities on half the samples each.
+  It trains for a time budget of 10 minutes (``TrainConfig.minutes``; at most 200 epochs) and
+  its cosine decay spans the epochs that fit, estimated from the first ones (training.budget):
+  on 2 quiet cores, 42 epochs of ~13.5 s on a Xeon with AMX, and about 26 (600 s / 23 s) on an
+  AMD EPYC without AMX. Tuned with benchmarks/phantom_quality.py when it was a fixed 42-epoch
+  cosine, on the Xeon: best mean validation Dice within 10 minutes 0.831 (seed 0); 0.801,
+  0.808, 0.801, 0.822, 0.810 with seeds 1-5 (mean 0.812; seeds 0-3 without the vessel
+  intensities 0.814, 0.800, 0.780, 0.823; before deep supervision, seeds 0-2: 0.754, 0.736,
+  0.714). On the EPYC that fixed schedule fitted 16 epochs in 10 minutes (best Dice 0.755, the
+  lr barely decayed); the budget's schedule has not been measured there over 10 minutes yet.
 - ``cpu``: the seed model at 128 x 128 for real data on a CPU.
 - ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
 
@@ -23,7 +28,6 @@ from typing import Any
 
 from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ..errors import ConfigError
-from .losses import loss_spec
 
 
 def phantom_demo(data_root: str = "") -> RunConfig:
@@ -49,9 +53,15 @@ def phantom_demo(data_root: str = "") -> RunConfig:
         ModelConfig(
             features=[16, 32, 64, 128], bottleneck=512, norm="instance", deep_supervision=3
         ),
-        # checkpoint_epoch<N>.pth every 10 epochs: 42 of them would fill 2.1 GB for a demo
+        # 10 minutes of training on any CPU (epochs: an upper bound); checkpoint_epoch<N>.pth
+        # every 10 epochs: one per epoch would fill ~2 GB in 42 epochs
         TrainConfig(
-            epochs=42, lr=5e-3, scheduler="cosine", early_stopping_patience=0, checkpoint_every=10
+            epochs=200,
+            minutes=10.0,
+            lr=5e-3,
+            scheduler="cosine",
+            early_stopping_patience=0,
+            checkpoint_every=10,
         ),
     )
 
@@ -98,7 +108,8 @@ def user_config(
     base: a RunConfig, or a dict in ``to_dict()`` form (a config.json, possibly partial).
     changes: ``(section, field) -> value``, e.g. ``("train", "lr"): 3e-4``. The channel counts
     are derived again from the (possibly new) data settings, and the model's output follows the
-    loss (``training.losses.LOSSES``). Raises ConfigError for an unknown section, field or loss.
+    loss (``training.losses.LOSSES``). Raises ConfigError for an unknown section or field; an
+    unknown loss is named by ``training.checks.check_run_config`` with the other problems.
     """
     d = base.to_dict() if isinstance(base, RunConfig) else dict(base)
     d = {k: dict(d.get(k) or {}) for k in ("data", "model", "train")} | {
@@ -110,7 +121,11 @@ def user_config(
         d[section][name] = value
     d["model"].pop("in_channels", None)
     d["model"].pop("out_channels", None)
-    d["model"]["output"] = loss_spec(d["train"].get("loss", "dice_ce")).output_mode
+    from .losses import LOSSES  # late: the presets are read without torch (the CLI's --help)
+
+    # an unknown loss is left to check_run_config, which names every problem at once
+    if spec := LOSSES.get(d["train"].get("loss", "dice_ce")):
+        d["model"]["output"] = spec.output_mode
     if run_name is not None:
         d["run_name"] = run_name
     return RunConfig.from_dict(d)

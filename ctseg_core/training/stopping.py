@@ -2,7 +2,7 @@
 
 Three ways in: the stop event (the dashboard's job, or ``request`` from a signal handler: the
 CLI turns SIGTERM into one), and a ``stop_request.json`` in the run folder
-(``run_folder.request_stop``: the dashboard asks CLI and torchrun runs this way, or a ``touch``
+(``runs.stop_request.request_stop``: the dashboard asks CLI and torchrun runs this way, or a ``touch``
 on a cluster). One process looks at the folder at most once a second. Under torchrun the ranks
 decide together on every ``STOP_POLL_STEPS``-th step, which every rank reaches: a rank that
 stopped alone would leave the others waiting in their next all-reduce; any rank's event or rank
@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..runs.run_folder import stop_requested, stop_requested_by
+from ..runs.stop_request import stop_requested, stop_requested_by
 from . import distributed as ddp
 
 STOP_POLL_S = 1.0  # one process: seconds between looks for a stop request in the run folder

@@ -7,7 +7,8 @@ model, optimizer, scheduler, epoch, history and RNG state restored; sampling and
 are seeded by (seed, epoch, rank), so a resumed run repeats an uninterrupted one. A stop event,
 ``stop_request.json`` or SIGTERM ends the run before the next batch ("stopped"; last.pth keeps
 the last completed epoch). A NaN/inf loss or a checkpoint that cannot be written (a full disk)
-ends it "failed", naming the intact checkpoints and the ``--resume`` command.
+ends it "failed", naming the intact checkpoints and the ``--resume`` command. A time budget
+ends it "finished" before an epoch that would not fit (``budget``: the clock, the estimate).
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ from ..models.checkpoint import (
     resume_source,
 )
 from ..runs.run_folder import (
-    STOP_REQUEST,
     check_disk_space,
     default_checkpoints_root,
     new_run_dir,
     refuse_if_active,
 )
 from ..runs.status import Callback, Progress, StatusFile, failure_text
+from ..runs.stop_request import STOP_REQUEST
 from . import distributed as ddp
+from .budget import Budget, continue_budget
 from .checks import check_run_config
 from .epoch_files import save_epoch
 from .optim import step_scheduler
@@ -84,13 +86,17 @@ class Trainer:
         self.training_data: dict | None = None  # what it trains on (data.domain), rank 0
 
     @classmethod
-    def resume(cls, run_dir: str | Path, epochs: int | None = None, **kwargs) -> Trainer:
-        """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs), or
-        from a checkpoint file of a run folder (best.pth, checkpoint_epoch<N>.pth) given instead.
+    def resume(
+        cls, run_dir: str | Path, epochs: int | None = None, minutes: float | None = None, **kwargs
+    ) -> Trainer:
+        """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs, or
+        with a time budget of ``minutes`` in all, resumes included; a budget is kept once
+        given), or from a checkpoint file of a run folder (best.pth, checkpoint_epoch<N>.pth).
 
         ConfigError for a file outside a run folder, for a checkpoint that cannot be read (naming
         the intact ones of the run and the command that continues from one), and for a run that
-        has already trained all its epochs (``epochs`` must then ask for more).
+        has already trained all its epochs or used its time budget (``epochs`` or ``minutes``
+        must then ask for more).
         """
         run_dir, source = resume_source(run_dir)
         refuse_if_active(run_dir)
@@ -104,6 +110,7 @@ class Trainer:
                 f"run {run_dir} has trained {done} of {config.train.epochs} epochs already; "
                 f"ask for more to continue (--epochs {done + 10}, say)"
             )
+        continue_budget(run_dir, config.train, minutes, list(ckpt.get("history") or []))
         trainer = cls(config, **kwargs)
         trainer.run_dir, trainer.resume_ckpt = run_dir, ckpt
         return trainer
@@ -260,11 +267,13 @@ class Trainer:
         since_best = epochs_since_best(scores)
         self._step_seconds: list[float] = []
         self._val_batches = len(parts.val_loader)
+        self.budget = budget = Budget(t.minutes, t.epochs, history)
         val_seconds = 0.0
         p.steps_per_epoch, p.epochs = steps, t.epochs
         for epoch in range(parts.start_epoch + 1, t.epochs + 1):
             p.epoch, p.step = epoch, 0
             started = time.monotonic()
+            budget.start()
             parts.sampler.set_epoch(epoch)
             torch.manual_seed(t.seed * 100_003 + epoch)
             gen = torch.Generator().manual_seed(d.seed * 1_000_003 + epoch * 101 + self.rank)
@@ -285,10 +294,11 @@ class Trainer:
                 **metrics,
                 "lr": lr,
                 "seconds": round(time.monotonic() - started, 3),
+                **budget.lap(epoch),  # training time, resumes included (and the horizon)
                 "train_slices": seen * self.world,
             }
             history.append(record)
-            step_scheduler(scheduler, record)
+            step_scheduler(scheduler, record, budget.progress)
             score = epoch_score(record)
             improved = score > best
             best, since_best = (score, 0) if improved else (best, since_best + 1)
@@ -305,19 +315,20 @@ class Trainer:
                 if figure is not None:
                     figure.save(model, device, amp, channels_last, self.run_dir, epoch)
             self._completed = epoch
-            log.info("epoch %d/%d: train loss %.4f, val loss %s, val Dice %s", epoch, t.epochs,
-                     record["train_loss"] or float("nan"), record["val_loss"], record["val_dice_mean"])  # fmt: skip
             per_step = sum(self._step_seconds) / max(1, len(self._step_seconds))
-            p.eta_s = (
-                (t.epochs - epoch) * (steps * per_step + val_seconds)
-                if self._step_seconds
-                else None
-            )
-            self._emit(Progress("epoch", "running", self.run_dir, epoch, t.epochs, steps, steps,
+            p.epochs, p.eta_s = budget.plan(epoch, 0.0, steps * per_step + val_seconds)
+            p.eta_s = p.eta_s if self._step_seconds else None
+            log.info("epoch %d/%d: train loss %.4f, val loss %s, val Dice %s", epoch, p.epochs,
+                     record["train_loss"] or float("nan"), record["val_loss"], record["val_dice_mean"])  # fmt: skip
+            self._emit(Progress("epoch", "running", self.run_dir, epoch, p.epochs, steps, steps,
                                 record["train_loss"], lr, p.eta_s, record=record))  # fmt: skip
             if t.early_stopping_patience and since_best >= t.early_stopping_patience:
                 msg = f"early stopping: no better validation score for {since_best} epochs"
                 self._end("finished", message=msg)
+                return "finished"
+            if budget.spent(epoch):
+                p.epochs = epoch
+                self._end("finished", message=budget.ended_text(epoch), eta_s=0.0)
                 return "finished"
         self._end("finished", message=f"finished {self._completed} epochs", eta_s=0.0)
         return "finished"
@@ -326,17 +337,19 @@ class Trainer:
         """Progress of the validation pass: "validating k/N batches" in status.json (the last
         training step is written first), and an ETA with this validation's time extrapolated.
         ``val_seconds``: the previous validation's duration (0 before the first)."""
-        p, t = self._state, self.config.train
+        p = self._state
         started = time.monotonic()
 
         def report(done: int, total: int) -> None:
             elapsed = time.monotonic() - started
             per_step = sum(self._step_seconds) / max(1, len(self._step_seconds))
             this_val = elapsed / done * total if done else val_seconds or total * per_step / 3
-            later = (t.epochs - p.epoch) * (p.steps_per_epoch * per_step + this_val)
-            p.eta_s = max(this_val - elapsed, 0.0) + later
+            left = max(this_val - elapsed, 0.0)
+            p.epochs, p.eta_s = self.budget.plan(
+                p.epoch, left, p.steps_per_epoch * per_step + this_val
+            )
             message = f"validating: {done}/{total} batches"
-            self._emit(Progress("step", "running", self.run_dir, p.epoch, t.epochs, p.step,
+            self._emit(Progress("step", "running", self.run_dir, p.epoch, p.epochs, p.step,
                                 p.steps_per_epoch, p.loss, p.lr, p.eta_s, message=message),
                        force=done == 0)  # fmt: skip
 
@@ -348,7 +361,7 @@ class Trainer:
         A step's loss is read only once the next step is queued, so a GPU never idles waiting
         for the host; a NaN/inf is caught one step late, before anything is saved.
         """
-        p, t = self._state, self.config.train
+        p = self._state
         epoch, steps = p.epoch, p.steps_per_epoch
         loss_sum, seen = 0.0, 0
         t0 = time.monotonic()  # step times include loading, so the ETA does too
@@ -366,12 +379,12 @@ class Trainer:
             self._step_seconds = [*self._step_seconds[-49:], time.monotonic() - t0]
             t0 = time.monotonic()
             per_step = sum(self._step_seconds) / len(self._step_seconds)
-            left = (steps - step) + (t.epochs - epoch) * steps
             p.step, p.loss, p.lr = step, value, lr
             # before the first validation, guess it: a forward pass is about a third of a step
             val_s = val_seconds or self._val_batches * per_step / 3
-            p.eta_s = left * per_step + val_s * (t.epochs - epoch + 1)
-            self._emit(Progress("step", "running", self.run_dir, epoch, t.epochs, step, steps,
+            left_s = (steps - step) * per_step + val_s
+            p.epochs, p.eta_s = self.budget.plan(epoch, left_s, steps * per_step + val_s)
+            self._emit(Progress("step", "running", self.run_dir, epoch, p.epochs, step, steps,
                                 value, lr, p.eta_s))  # fmt: skip
 
         pending: tuple | None = None

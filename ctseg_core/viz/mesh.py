@@ -144,7 +144,8 @@ def structure_mesh(
     areas within ~1% on smooth shapes, but erases structures thinner than ~2 voxels, in which
     case the unblurred mask is meshed). Returns verts (N, 3) float32 in mm as (x, y, z) and faces
     (M, 3) int32. An absent structure returns empty (0, 3) arrays; a closed surface is produced
-    even where the structure touches the volume's edge.
+    even where the structure touches the volume's edge. Voxels too scattered to fill any coarse
+    block more than halfway are wrapped at half the fullest block's fraction.
     """
     if layout not in _LAYOUTS:
         raise ConfigError(f"layout {layout!r} must be one of {_LAYOUTS}")
@@ -173,9 +174,13 @@ def structure_mesh(
             fraction = blurred
     # a zero border so surfaces close at the crop (and volume) edges
     fraction = np.pad(fraction, 1)
+    # scattered voxels (a noisy prediction) may fill no block halfway at this face budget:
+    # the surface then wraps where they are densest, instead of marching_cubes failing
+    peak = float(fraction.max())
+    level = 0.5 if peak > 0.5 else peak / 2  # at exactly 0.5 nothing crosses it either
     from skimage.measure import marching_cubes
 
-    verts, faces, _normals, _values = marching_cubes(fraction, level=0.5)
+    verts, faces, _normals, _values = marching_cubes(fraction, level=level)
     # coarse grid coordinates -> voxel index: block b covers voxels b*f .. b*f+f-1 (centre below)
     start = np.array([s.start or 0 for s in box], dtype=np.float64)
     index = (verts - 1.0) * factors + (factors - 1) / 2.0 + start

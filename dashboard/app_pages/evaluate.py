@@ -1,4 +1,5 @@
-"""Evaluate: score a run's checkpoint (or a predictions folder) on a split; rank, inspect, download."""
+"""Evaluate: score a run's checkpoint (or a predictions folder) on a split; rank, inspect, download;
+compare two evaluations on disk (the Compare tab, ``helpers/compare_view``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import streamlit as st
 from ctseg_core.access import check_allowed_folder
 from ctseg_core.evaluation.paths import checkpoint_evaluation_dir, folder_evaluation_dir
 from dashboard import cached, state
-from dashboard.helpers import evalcharts, viewer
+from dashboard.helpers import compare_view, evalcharts, viewer
 from dashboard.pages_index import PAGE_FILES
 
 FROM_RUN = "a run's checkpoint"
@@ -272,7 +273,7 @@ def show_results(info: dict) -> None:
                 )  # fmt: skip
 
 
-def main() -> None:
+def evaluate_main() -> None:
     root = state.dataset_root()
     if not root:
         st.info("Choose a dataset on Home first.")
@@ -289,6 +290,14 @@ def main() -> None:
                 icon=":material/history:",
             )
         state.guarded(lambda: show_results(info), "results")
+
+
+def main() -> None:
+    evaluate_tab, compare_tab = st.tabs(["Evaluate", "Compare two evaluations"])
+    with evaluate_tab:
+        evaluate_main()
+    with compare_tab:
+        state.guarded(compare_view.section, "comparison")
 
 
 state.guarded(main, "evaluate")

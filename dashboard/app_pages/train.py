@@ -14,7 +14,7 @@ import streamlit as st
 from ctseg_core.runs.run_folder import ACTIVE_STATES
 from ctseg_core.training.checks import check_run_config
 from dashboard import cached, state
-from dashboard.helpers import runs
+from dashboard.helpers import run_actions, runs
 from dashboard.helpers.train_form import build_config
 
 REFRESH_S = 1.5  # the view of an active run
@@ -64,7 +64,7 @@ def controls(root: str) -> None:
         key=state.TRAIN_FORM.resume_pick,
         help="Continues from its last.pth with its own settings, up to the epoch on the right.",
     )
-    until = None
+    until = minutes = None
     if pick is not None:
         run = resumable[pick]
         done, planned = run.epoch, run.epochs or run.epoch
@@ -74,19 +74,40 @@ def controls(root: str) -> None:
             value=planned if planned > done else done + 10,  # a finished run: 10 more
             key=f"{state.TRAIN_FORM.resume_epochs}_{pick}",
         )
+        budget = _run_minutes(run.run_dir)
+        if budget is not None:  # a run with a time budget keeps one
+            minutes = cols[2].number_input(
+                "within minutes (in all)",
+                min_value=0.1,
+                value=budget + 5 if run.state == "finished" else budget,  # finished: 5 more
+                key=f"{state.TRAIN_FORM.resume_minutes}_{pick}",
+                help="The run's time budget, its earlier training included.",
+            )
         _resume_note(pick)
     if cols[3].button(
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
         try:
             run_dir = job.resume(
-                cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who()
-            )
+                cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who(),
+                minutes=minutes,
+            )  # fmt: skip
         except Exception as exc:
             state.show_error(exc, "cannot resume")
         else:
             _started_here(run_dir)
             st.rerun()  # redraw Stop (enabled) and the watched run
+
+
+def _run_minutes(run_dir: Path) -> float | None:
+    """The time budget in the run's config.json (None: none, or unreadable)."""
+    from ctseg_core.runs.run_folder import read_json
+
+    try:
+        minutes = read_json(run_dir / "config.json")["train"].get("minutes")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return float(minutes) if isinstance(minutes, (int, float)) and minutes > 0 else None
 
 
 def _empty_run(name: str) -> bool:
@@ -189,7 +210,8 @@ def run_list_watcher(shown: tuple) -> None:
 def stop_button(run_dir: Path) -> None:
     """Stop for an active run this server did not start (the CLI, torchrun, another server):
     a stop request in its folder, which the trainer looks for about once a second."""
-    from ctseg_core.runs.run_folder import read_status, request_stop, stop_requested
+    from ctseg_core.runs.run_folder import read_status
+    from ctseg_core.runs.stop_request import request_stop, stop_requested
 
     job = cached.training_job()
     if job.is_running and job.snapshot().run_dir == run_dir:
@@ -214,31 +236,6 @@ def stop_button(run_dir: Path) -> None:
         if st.button(label, type="primary", key=state.TRAIN_FORM.stop_elsewhere):
             request_stop(run_dir, by=f"{state.who()} on {socket.gethostname()}")
             st.toast("Stop requested", icon=":material/stop:")
-
-
-def empty_run(run_dir: Path) -> None:
-    """A run that ended before completing an epoch: nothing to resume; its name can be used
-    again, or the run removed after a confirmation."""
-    from ctseg_core.runs.run_folder import remove_empty_run
-
-    name = state.plain(run_dir.name)
-    st.info(
-        f"{name} ended before completing an epoch: it has no checkpoint to resume. Start a new "
-        "run under the same name (it takes this folder) or remove this one.",
-        icon=":material/info:",
-    )
-    with st.popover("Remove this run", icon=":material/delete:"):
-        st.write(f"Remove the folder of **{name}**? It holds only its settings and status.")
-        if st.button(
-            f"Remove {name}", type="primary", key=f"{state.TRAIN_FORM.remove_empty}_{run_dir.name}"
-        ):
-            try:
-                remove_empty_run(run_dir)
-            except Exception as exc:
-                state.show_error(exc, "cannot remove")
-                return
-            st.toast(f"Removed {name}", icon=":material/delete:")
-            st.rerun(scope="app")
 
 
 def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
@@ -274,8 +271,10 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
         state.show_warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
     if active:
         stop_button(run_dir)
-    elif run_state in ("failed", "stopped") and _empty_run(run_name):
-        empty_run(run_dir)
+    elif run_state in ("finished", "failed", "stopped"):
+        run_actions.rename_popover(run_dir)
+    if run_state in ("failed", "stopped") and _empty_run(run_name):
+        run_actions.empty_run(run_dir)
         return
     if not history:
         st.caption("No finished epoch yet; curves appear after the first one.")
@@ -331,7 +330,8 @@ def compare() -> None:
     st.subheader("Compare runs")
     names = [r.name for r in all_runs]
     cols = st.columns([3, 1, 1])
-    chosen = cols[0].multiselect("Runs", names, default=names[:2], key=state.TRAIN_FORM.compare)
+    default = state.widget_default(state.TRAIN_FORM.compare, names[:2])  # set on a rename
+    chosen = cols[0].multiselect("Runs", names, default=default, key=state.TRAIN_FORM.compare)
     metric = cols[1].selectbox(
         "Curve", ["val_dice_mean", "val_loss", "train_loss", "lr"], key=state.TRAIN_FORM.metric
     )
@@ -345,6 +345,11 @@ def compare() -> None:
 
 
 def main() -> None:
+    renamed = st.session_state.pop(state.TRAIN_RENAMED, None)
+    if renamed:  # before the widgets that may name the run are drawn
+        state.follow_rename(*renamed)
+        old, new = (Path(p).name for p in renamed)
+        st.toast(state.plain(f"Renamed {old} to {new}"), icon=":material/edit:")
     root = state.dataset_root()
     if not root:
         st.info("Choose a dataset on Home first.")

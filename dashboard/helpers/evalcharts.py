@@ -196,3 +196,88 @@ def skipped_table(skipped: dict[str, str]) -> pd.DataFrame:
     from ctseg_core.evaluation.evaluate import SKIPPED_COLUMNS
 
     return pd.DataFrame(list(skipped.items()), columns=list(SKIPPED_COLUMNS))
+
+
+VERDICT_COLOURS = {"better": "#2a9d8f", "worse": "#e76f51", "same": "#8d99ae"}
+
+
+def comparison_chart(rows: pd.DataFrame, metric: str) -> alt.Chart:
+    """Horizontal bars of B − A per structure, in the order of ``rows`` (one metric's rows of
+    ``compare_results``: B's largest gain at the top), coloured by whether B is better.
+
+    The row over all structures and structures without a finite difference (every pair
+    missed in A or B) are left out; the table lists them.
+    """
+    from ctseg_core.evaluation.compare import OVERALL
+
+    data = rows[(rows["structure"] != OVERALL) & np.isfinite(rows["difference"].astype(float))]
+    spec = METRICS[metric]
+    direction = "higher" if spec.higher_is_better else "lower"
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            y=alt.Y(
+                "structure:N",
+                sort=list(data["structure"]),
+                title=None,
+                axis=alt.Axis(labelLimit=220, labelOverlap=False),
+            ),
+            x=alt.X("difference:Q", title=f"B − A, {spec.title} ({direction} is better)"),
+            color=alt.Color(
+                "verdict:N",
+                scale=alt.Scale(domain=list(VERDICT_COLOURS), range=list(VERDICT_COLOURS.values())),
+                legend=alt.Legend(orient="top", title="B is"),
+            ),
+            tooltip=[
+                "structure",
+                "group",
+                "pairs",
+                alt.Tooltip("mean_a:Q", format=".3f", title="A"),
+                alt.Tooltip("mean_b:Q", format=".3f", title="B"),
+                alt.Tooltip("difference:Q", format="+.3f", title="B − A"),
+                alt.Tooltip("p_value:Q", format=".4f", title="p"),
+            ],
+        )
+        .properties(height=max(120, 18 * len(data)))
+    )
+
+
+def comparison_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric's rows of ``compare_results`` as the page shows them (the overall row
+    first, as in the CSV); missed counts only for a distance."""
+    table = rows.rename(
+        columns={
+            "mean_a": "A",
+            "mean_b": "B",
+            "difference": "B − A",
+            "verdict": "B is",
+            "p_value": "p (Wilcoxon)",
+            "p_note": "no p because",
+            "missed_a": "missed in A",
+            "missed_b": "missed in B",
+        }
+    ).drop(columns=["metric", "unit"])
+    if METRICS[metric].value_range is not None:
+        table = table.drop(columns=["missed in A", "missed in B"])
+    return table.reset_index(drop=True)
+
+
+def comparison_summary(overall: dict, metric: str) -> str:
+    """One sentence of the row over all structures (numbers and fixed words only)."""
+    spec = METRICS[metric]
+    unit = f" {spec.unit}" if spec.unit else ""
+    p = overall["p_value"]
+    test = f"p = {p:.4f}" if np.isfinite(p) else f"no p-value ({overall['p_note'] or 'no data'})"
+    missed = (
+        f"; missed: {overall['missed_a']} in A, {overall['missed_b']} in B"
+        if spec.value_range is None
+        else ""
+    )
+    verdict = f" (B {overall['verdict']})" if overall["verdict"] else ""
+    return (
+        f"Over all structures: mean {spec.title} A {overall['mean_a']:.3f}, B "
+        f"{overall['mean_b']:.3f}, B − A {overall['difference']:+.3f}{unit}{verdict}{missed}. "
+        f"Paired Wilcoxon signed-rank test of the subjects' means ({overall['pairs']} "
+        f"subjects): {test}."
+    )

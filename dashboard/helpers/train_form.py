@@ -32,6 +32,7 @@ def form_values(cfg: RunConfig) -> dict:
     width = cfg.model.features[0]
     return {
         k.epochs: cfg.train.epochs,
+        k.minutes: float(cfg.train.minutes or 0.0),
         k.lr: min(LR_OPTIONS, key=lambda v: abs(math.log(v / cfg.train.lr))),
         k.batch: cfg.data.batch_size,
         k.size: cfg.data.target_size[0],
@@ -87,6 +88,16 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     with st.form("train_form", enter_to_submit=False):  # Enter in the run name: no start
         c1, c2, c3 = st.columns(3)
         epochs = c1.slider("Epochs", 1, 200, key=k.epochs)
+        minutes = c1.number_input(
+            "Time budget (minutes, 0 = none)",
+            0.0,
+            10000.0,
+            step=1.0,
+            key=k.minutes,
+            help="Training stops before an epoch that would not fit (Epochs is then an upper "
+            "bound), and the cosine and poly schedules decay over the epochs that fit, "
+            "estimated from the first ones. Preparing the data is not counted.",
+        )
         lr = c1.select_slider(
             "Learning rate (log scale)", LR_OPTIONS, format_func=lambda v: f"{v:.0e}", key=k.lr
         )
@@ -145,6 +156,7 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         # the preset's bottleneck-to-width ratio (16 for the seed model, 32 for the demo)
         ("model", "bottleneck"): base.model.bottleneck * w // base.model.features[0],
         ("train", "epochs"): epochs,
+        ("train", "minutes"): float(minutes) or None,
         ("train", "lr"): lr,
         ("train", "loss"): loss,
         ("train", "scheduler"): scheduler,

@@ -14,7 +14,7 @@ def _warnings(at) -> list[str]:
 
 
 def test_explore_warns_when_the_phantoms_model_labels_a_real_subject(
-    app_env, tiny_run, sample_root, new_app, no_problems
+    app_env, tiny_run, s0000_root, new_app, no_problems
 ):
     at = new_app("explore")
     at.run()
@@ -23,7 +23,7 @@ def test_explore_warns_when_the_phantoms_model_labels_a_real_subject(
     no_problems(at)
     assert at.get("image")[0].proto.imgs[0].caption.startswith("reference | prediction")
     assert _warnings(at) == []  # the phantom's model on the phantom
-    at.session_state["ctseg_dataset_root"] = str(sample_root)  # a real dataset, chosen on Home
+    at.session_state["ctseg_dataset_root"] = str(s0000_root)  # a real dataset, chosen on Home
     at.run()
     at.selectbox(key="ctseg_explore_subject").set_value("s0000")
     at.selectbox(key="ctseg_explore_checkpoint").set_value("tiny / best.pth")

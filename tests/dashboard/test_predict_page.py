@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from markdown_kit import as_shown
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def _result_heading(at) -> list[str]:
-    return [h.value for h in at.subheader if "structures found" in h.value]
+    return [as_shown(h.value) for h in at.subheader if "structures found" in h.value]
 
 
 def test_a_new_upload_clears_the_previous_result_and_its_downloads(
@@ -70,12 +71,12 @@ def _warnings(at) -> list[str]:
 
 
 def test_predict_warns_when_the_phantoms_model_labels_a_real_ct(
-    app_env, tiny_run, extra_dir, new_app, no_problems
+    app_env, tiny_run, s0000_root, new_app, no_problems
 ):
     at = new_app("predict")
     at.run()
     at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
-    real = (extra_dir / "unlabeled_ct_3mm.nii.gz").read_bytes()
+    real = (s0000_root / "s0000" / "ct.nii.gz").read_bytes()  # a real CT
     at.get("file_uploader")[0].set_value(("patient.nii.gz", real, "application/gzip"))
     at.run()
     at.button(key="ctseg_predict_go").click()

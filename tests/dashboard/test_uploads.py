@@ -61,24 +61,32 @@ def test_checkpoint_upload_needs_a_pth_name(tmp_path):
         save_checkpoint_upload("m.pkl", b"x", tmp_path)
 
 
-def test_a_zipped_real_dicom_series_loads_as_the_ct(tmp_path):
+def _zipped_series_loads(tmp_path, series: Path):
     """The Predict page's path for a .zip: unpack flat, then the library reads the series."""
     from ctseg_core.data.volume import load_ct
 
-    series = (
-        Path(__file__).resolve().parents[2].parent / "shared" / "data" / "extra" / "dicom_s0001"
-    )
-    if not series.is_dir():
-        pytest.skip("../shared/data/extra/dicom_s0001 is not available")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for path in sorted(series.iterdir()):
             archive.write(path, f"export/series1/{path.name}")
     folder = save_ct_upload("s0001_dicom.zip", buffer.getvalue(), tmp_path)
     ct = load_ct(folder)
+    assert ct.array.dtype.kind == "i" and ct.array.min() < -500 < 500 < ct.array.max()
+    return ct
+
+
+def test_a_zipped_dicom_series_of_real_slices_loads_as_the_ct(tmp_path, derived_dicom):
+    """s0000's slices as a DICOM series (tests/conftest.py: LPS, 1.5 x 2.0 x 2.5 mm)."""
+    ct = _zipped_series_loads(tmp_path, derived_dicom)
+    assert ct.array.shape == (122, 101, 20)
+    assert ct.spacing_mm == pytest.approx((1.5, 2.0, 2.5), abs=0.01)
+
+
+def test_a_zipped_real_dicom_series_loads_as_the_ct(tmp_path, shared_extra):
+    """The real scanner series of ../shared (optional, skipped without it)."""
+    ct = _zipped_series_loads(tmp_path, shared_extra / "dicom_s0001")
     assert ct.array.shape == (512, 512, 20)
     assert ct.spacing_mm == pytest.approx((0.977, 0.977, 2.0), abs=0.01)
-    assert ct.array.dtype.kind == "i" and ct.array.min() < -500 < 500 < ct.array.max()
 
 
 @pytest.mark.parametrize(

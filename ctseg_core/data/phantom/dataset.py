@@ -5,7 +5,7 @@
 ``root/meta.csv`` (';'-separated: image_id;age;gender;institute;study_type;split).
 
 Each subject is a synthetic thorax/abdomen/pelvis (about 90 labelled structures; see
-phantom_subject, phantom_trunk and phantom_skeleton) with per-subject size, position, in-plane
+``subject``, ``trunk`` and ``skeleton``) with per-subject size, position, in-plane
 rotation, a smooth deformation, organ jitter, contrast phase, z coverage (thorax- to
 pelvis-heavy), slice spacing (1.5-5 mm), in-plane size and spacing, and on-disk orientation
 (RAS, LAS or LPS affines, the voxels reordered so the anatomy stays right in world

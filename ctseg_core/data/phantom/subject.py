@@ -3,7 +3,7 @@
 ``plan_dataset`` fixes per-subject choices (study region = z coverage, on-disk orientation,
 contrast phase, age, sex, split); ``render_subject`` draws the rest from (seed, index): grid size
 and spacing, body size, position, in-plane rotation, smooth deformation, organ jitter, fat
-and muscle thickness, then paints the anatomy (phantom_trunk, phantom_skeleton) and scans it:
+and muscle thickness, then paints the anatomy (``trunk``, ``skeleton``) and scans it:
 partial-volume blur (Gaussian, sigma 0.7 voxel) and Gaussian noise (10-20 HU), int16 HU.
 """
 

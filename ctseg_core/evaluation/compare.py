@@ -1,0 +1,321 @@
+"""Two evaluations side by side: per-structure differences (B - A) and paired tests over subjects.
+
+The inputs are subject x structure tables (``evaluation_results_<split>.csv``, columns
+``tables.RESULT_COLUMNS``); every metric of ``metrics.specs.METRICS`` both tables hold is
+compared. A row pairs with the other table's row of the same (subject, structure) when both are
+scored: NaN (reference absent, not annotated) pairs with nothing. A distance may be inf (the
+structure was missed): such a pair is left out of the means and the mean difference and counted
+in ``missed_a`` / ``missed_b``; the signed-rank test keeps it, by rank (inf - finite is a
+difference larger than any finite one; both inf is a tie, difference 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, DataError
+from ..labels import GROUP_OF
+from ..metrics.specs import METRICS
+
+log = logging.getLogger(__name__)
+
+#: fewer paired subjects than this: no p-value (5 pairs all one way give p = 0.0625 at best)
+MIN_PAIRS = 5
+#: the ``structure`` of each metric's row over all structures
+OVERALL = "(all structures)"
+#: columns of ``comparison_<split>.csv``: one row per metric and structure, B compared with A
+COMPARISON_COLUMNS = (
+    "metric", "unit", "structure", "group", "pairs", "mean_a", "mean_b", "difference",
+    "verdict", "p_value", "p_note", "missed_a", "missed_b",
+)  # fmt: skip
+KEY = ["subject", "structure"]
+
+
+def signed_rank_p(differences: np.ndarray, unit: str = "pairs") -> tuple[float, str]:
+    """Two-sided p of the Wilcoxon signed-rank test of paired differences, and why it is NaN.
+
+    differences: (n,) B - A, one per pair; NaN means both missed (a tie, taken as 0); +-inf
+    ranks above every finite difference. (NaN, reason) with fewer than ``MIN_PAIRS`` of them
+    or when none differs (``unit`` names them in the reason); else (p, ""). Zero differences
+    are dropped (scipy's "wilcox").
+    """
+    from scipy.stats import wilcoxon
+
+    d = np.nan_to_num(np.asarray(differences, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    infinite = np.isinf(np.asarray(differences, dtype=np.float64))
+    if d.size < MIN_PAIRS:
+        return float("nan"), f"fewer than {MIN_PAIRS} {unit}"
+    if not d.any() and not infinite.any():
+        return float("nan"), f"no difference in any of the {unit}"
+    if infinite.any():  # ranks only: any value above the largest finite |difference| will do
+        d[infinite] = np.sign(np.asarray(differences)[infinite]) * (2 * np.abs(d).max() + 1)
+    with warnings.catch_warnings():  # scipy's notes on ties and small samples
+        warnings.simplefilter("ignore")
+        return float(wilcoxon(d).pvalue), ""
+
+
+def _verdict(difference: float, higher_is_better: bool, missed_a: int, missed_b: int) -> str:
+    """B against A: "better", "worse" or "same" by the mean difference in the metric's
+    direction; where it is 0 or NaN (every pair missed somewhere), by the number missed."""
+    if np.isfinite(difference) and difference != 0:
+        return "better" if (difference > 0) == higher_is_better else "worse"
+    if missed_a != missed_b:
+        return "better" if missed_b < missed_a else "worse"
+    return "same" if difference == 0 else ""
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows (subject, structure, a, b) of the pairs scored (not NaN) in both tables."""
+    left = a.loc[a[metric].notna(), [*KEY, metric]].rename(columns={metric: "a"})
+    right = b.loc[b[metric].notna(), [*KEY, metric]].rename(columns={metric: "b"})
+    return left.merge(right, on=KEY, how="inner")
+
+
+def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
+    """The rows of one metric: its overall row, then one per structure, B's best gain first."""
+    spec = METRICS[metric]
+    sign = 1.0 if spec.higher_is_better else -1.0
+    va, vb = pairs["a"].to_numpy(float), pairs["b"].to_numpy(float)
+    with np.errstate(invalid="ignore"):
+        pairs = pairs.assign(d=vb - va, finite=np.isfinite(va) & np.isfinite(vb))
+    rows = []
+    for structure, part in pairs.groupby("structure", sort=False):
+        done = part[part["finite"]]
+        mean_a = float(done["a"].mean()) if len(done) else np.nan
+        mean_b = float(done["b"].mean()) if len(done) else np.nan
+        missed_a, missed_b = int(np.isinf(part["a"]).sum()), int(np.isinf(part["b"]).sum())
+        p, note = signed_rank_p(part["d"].to_numpy())
+        rows.append({
+            "metric": metric, "unit": spec.unit, "structure": structure,
+            "group": GROUP_OF.get(structure, ""), "pairs": len(part), "mean_a": mean_a,
+            "mean_b": mean_b, "difference": mean_b - mean_a,
+            "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b),
+            "p_value": p, "p_note": note, "missed_a": missed_a, "missed_b": missed_b,
+        })  # fmt: skip
+    rows.sort(key=lambda r: -sign * r["difference"] if np.isfinite(r["difference"]) else np.inf)
+    # over all structures: the mean of the structures' means; the test pairs each subject's
+    # mean over its structures scored (finite) in both
+    per_subject = pairs[pairs["finite"]].groupby("subject", sort=False)[["a", "b"]].mean()
+    p, note = signed_rank_p((per_subject["b"] - per_subject["a"]).to_numpy(), "subjects")
+    table = pd.DataFrame(rows)
+    mean_a, mean_b = float(table["mean_a"].mean()), float(table["mean_b"].mean())
+    missed_a, missed_b = int(table["missed_a"].sum()), int(table["missed_b"].sum())
+    overall = {
+        "metric": metric, "unit": spec.unit, "structure": OVERALL, "group": "",
+        "pairs": len(per_subject), "mean_a": mean_a, "mean_b": mean_b,
+        "difference": mean_b - mean_a,
+        "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b),
+        "p_value": p, "p_note": note,
+        "missed_a": missed_a, "missed_b": missed_b,
+    }  # fmt: skip
+    return [overall, *rows]
+
+
+def _check_table(results: pd.DataFrame, name: str) -> list[str]:
+    """The metrics ``results`` holds; DataError for missing keys or a repeated pair."""
+    missing = [c for c in KEY if c not in results.columns]
+    if missing:
+        raise DataError(f"{name} has no column {missing[0]!r}; give an evaluation_results table")
+    repeated = results[results.duplicated(KEY)]
+    if len(repeated):
+        subject, structure = repeated.iloc[0][KEY]
+        raise DataError(
+            f"{name} scores ({subject}, {structure}) twice; write it again with ctseg evaluate"
+        )
+    return [m for m in METRICS if m in results.columns]
+
+
+def compare_results(
+    a: pd.DataFrame, b: pd.DataFrame, names: Sequence[str] = ("A", "B")
+) -> pd.DataFrame:
+    """Compare two subject x structure tables, B against A, for every metric both hold.
+
+    Returns ``COMPARISON_COLUMNS``, per metric (in ``METRICS`` order) an ``OVERALL`` row, then
+    one row per structure with a pair, B's largest gain first (in the metric's direction;
+    NaN differences last). pairs: subjects paired for the structure (for ``OVERALL``: subjects
+    with a finite pair); mean_a, mean_b, difference (mean_b - mean_a): over finite pairs (for
+    ``OVERALL``: means of the structures' means); verdict: B "better", "worse" or "same";
+    p_value: Wilcoxon signed-rank over the pairs (``OVERALL``: over the subjects' means),
+    NaN with the reason in p_note; missed_*: pairs with a distance of inf.
+    ``attrs``: "subjects" (paired), "only_a", "only_b" (subjects in one table only).
+    DataError when no (subject, structure) is scored in both.
+    """
+    held_b = _check_table(b, names[1])
+    metrics = [m for m in _check_table(a, names[0]) if m in held_b]
+    if not metrics:
+        raise DataError(f"{names[0]} and {names[1]} hold no metric column in common")
+    a, b = (t.assign(**{m: pd.to_numeric(t[m], errors="coerce") for m in metrics}) for t in (a, b))
+    rows: list[dict] = []
+    for metric in metrics:
+        pairs = _paired(a, b, metric)
+        if len(pairs):
+            rows += _metric_rows(pairs, metric)
+    if not rows:
+        raise DataError(
+            f"no subject x structure is scored in both {names[0]} ({a['subject'].nunique()} "
+            f"subjects) and {names[1]} ({b['subject'].nunique()} subjects); compare evaluations "
+            "of the same subjects and structures"
+        )
+    table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    subjects_a, subjects_b = set(a["subject"]), set(b["subject"])
+    table.attrs["subjects"] = sorted(subjects_a & subjects_b)
+    table.attrs["only_a"] = sorted(subjects_a - subjects_b)
+    table.attrs["only_b"] = sorted(subjects_b - subjects_a)
+    return table
+
+
+# ---------------------------------------------------------------- evaluation folders
+
+
+@dataclass(frozen=True)
+class EvaluationFolder:
+    """An evaluation on disk: its label (path under the checkpoints root), folder and splits."""
+
+    label: str
+    path: Path
+    splits: tuple[str, ...]
+
+
+def evaluation_splits(folder: str | Path) -> tuple[str, ...]:
+    """The splits of which ``folder`` holds an ``evaluation_results_<split>.csv``."""
+    prefix = "evaluation_results_"
+    names = sorted(p.name for p in Path(folder).glob(f"{prefix}*.csv") if p.is_file())
+    return tuple(n[len(prefix) : -len(".csv")] for n in names)
+
+
+def list_evaluations(checkpoints_root: str | Path) -> list[EvaluationFolder]:
+    """Every evaluation under the root: run folders' ``evaluation*/`` and ``evaluations/*/``
+    (those holding at least one results table), by label."""
+    root = Path(checkpoints_root)
+    if not root.is_dir():
+        return []
+    runs = [
+        p for p in root.iterdir() if p.is_dir() and p.name not in ("evaluations", "comparisons")
+    ]
+    candidates = [p for run in runs for p in run.glob("evaluation*")]
+    candidates += list((root / "evaluations").glob("*"))
+    found = []
+    for path in candidates:
+        splits = evaluation_splits(path) if path.is_dir() else ()
+        if splits:
+            found.append(EvaluationFolder(path.relative_to(root).as_posix(), path, splits))
+    return sorted(found, key=lambda e: e.label)
+
+
+def _short_name(folder: Path) -> str:
+    """A folder's name in a comparison's: the run for ``<run>/evaluation``, ``<run>_<stem>``
+    for ``<run>/evaluation_<stem>``, else the folder's own name (at most 60 characters)."""
+    if folder.name == "evaluation":
+        name = folder.parent.name
+    elif folder.name.startswith("evaluation_"):
+        name = f"{folder.parent.name}_{folder.name[len('evaluation_') :]}"
+    else:
+        name = folder.name
+    return name[:60]
+
+
+def comparison_dir(root: str | Path, folder_a: str | Path, folder_b: str | Path) -> Path:
+    """``<root>/comparisons/<A>-vs-<B>-<h>``: ``<h>``, 8 hex digits of both resolved paths in
+    order (B against A is another comparison than A against B)."""
+    a, b = Path(folder_a).resolve(), Path(folder_b).resolve()
+    digest = hashlib.sha1(f"{a}\n{b}".encode()).hexdigest()[:8]
+    return Path(root) / "comparisons" / f"{_short_name(a)}-vs-{_short_name(b)}-{digest}"
+
+
+def read_results(folder: str | Path, split: str) -> pd.DataFrame:
+    """``folder/evaluation_results_<split>.csv`` (ids and names as text; inf kept).
+
+    DataError naming the folder and the splits it does hold when the table is missing.
+    """
+    folder = Path(folder)
+    path = folder / f"evaluation_results_{split}.csv"
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; give an evaluation folder (ctseg evaluate)")
+    if not path.is_file():
+        held = evaluation_splits(folder)
+        fix = (
+            f"it holds split(s) {', '.join(held)}: choose one with --split, or evaluate {split}"
+            if held
+            else "it holds no evaluation_results_<split>.csv: give a folder ctseg evaluate wrote"
+        )
+        raise DataError(f"{path.name} is not in {folder}; {fix}")
+    try:
+        # only an empty cell is missing: a subject named "NA" stays a name; inf stays inf
+        return pd.read_csv(
+            path, dtype={"subject": str, "structure": str, "group": str},
+            keep_default_na=False, na_values=[""],
+        )  # fmt: skip
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} cannot be read as CSV ({exc}); evaluate again") from exc
+
+
+def _source(folder: Path, split: str) -> dict:
+    """The evaluation's ``source_<split>.json``, or {} when there is none to read."""
+    try:
+        record = json.loads((folder / f"source_{split}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+@dataclass
+class Comparison:
+    """A written comparison: the table (``COMPARISON_COLUMNS``), where it went, and notes."""
+
+    table: pd.DataFrame
+    out_dir: Path
+    csv: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+def compare_evaluations(
+    folder_a: str | Path, folder_b: str | Path, split: str, out_dir: str | Path
+) -> Comparison:
+    """Compare the ``split`` tables of two evaluation folders (B against A) and write
+    ``out_dir/comparison_<split>.csv`` and ``out_dir/source_<split>.json`` (both inputs, the
+    subjects paired and unpaired, notes), atomically.
+
+    Notes (logged, returned, recorded): the two evaluations scored different datasets or used
+    another surface tolerance, or some subjects are in one only. ConfigError for the same folder
+    twice or an ``out_dir`` that is a file; DataError for a missing or unreadable table or no
+    pair in common.
+    """
+    from ..fileio import atomic_write_json, atomic_write_text
+    from ..runs.run_folder import utc_now
+
+    a, b, out_dir = Path(folder_a), Path(folder_b), Path(out_dir)
+    if a.resolve() == b.resolve():
+        raise ConfigError(f"A and B are the same evaluation ({a}); choose two different ones")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder for the comparison")
+    table = compare_results(read_results(a, split), read_results(b, split), (str(a), str(b)))
+    source_a, source_b = _source(a, split), _source(b, split)
+    notes = []
+    for key, what in (("dataset", "datasets"), ("tolerance_mm", "surface tolerances (mm)")):
+        if key in source_a and key in source_b and source_a[key] != source_b[key]:
+            notes.append(f"A and B scored different {what}: {source_a[key]} and {source_b[key]}")
+    for side, only in (("A", table.attrs["only_a"]), ("B", table.attrs["only_b"])):
+        if only:
+            shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
+            notes.append(f"{len(only)} subjects only in {side} are left out: {shown}")
+    for note in notes:
+        log.warning("comparison: %s", note)
+    csv = out_dir / f"comparison_{split}.csv"
+    atomic_write_text(csv, table.to_csv(index=False))
+    record = {
+        "a": str(a.resolve()), "b": str(b.resolve()), "split": split,
+        "a_source": source_a, "b_source": source_b,
+        "subjects": table.attrs["subjects"], "only_a": table.attrs["only_a"],
+        "only_b": table.attrs["only_b"], "notes": notes, "written": utc_now(),
+    }  # fmt: skip
+    atomic_write_json(out_dir / f"source_{split}.json", record)
+    return Comparison(table, out_dir, csv, notes)

@@ -1,0 +1,189 @@
+"""A run's time budget (``TrainConfig.minutes``): its clock, the epochs that still fit, and the
+progress that the cosine and poly schedules follow (``training.optim``).
+
+The schedule's horizon is the number of epochs expected to fit: after ``done`` epochs, with
+``more`` still fitting (within the budget and ``epochs``), the progress is
+``done / (done + more)``, estimated again after every epoch and recorded as ``planned_epochs``
+in the epoch's record: PyTorch's epoch-based schedule with its T_max moved to the epochs that
+fit (exactly that schedule when ``epochs`` binds first). The progress never goes back: an
+estimate that grows (a faster epoch) holds the lr until the progress catches up.
+
+What the clock counts: training time, from the start of a run's first epoch through the training
+steps, the validation and the files of every epoch (checkpoints, figures); preparing the data
+and building the model before the first epoch do not count. It counts across resumes: every
+epoch record (history.jsonl and the checkpoints' history, with or without a budget) holds
+``elapsed_s``, the clock at the end of that epoch's validation, to the millisecond, and a resumed
+run's clock starts from the last one (the files of that last epoch, written after it, are the
+only time not counted). A record without it (a run from before) counts its ``seconds``.
+
+The unit of the estimate is an epoch from one validation's end to the next (so the files of the
+epoch before are in it): the differences of ``elapsed_s``. The run stops, "finished", when the
+next epoch's validation is not expected to end within the budget: when no epoch of the mean of
+the last three such durations fits between the last ``elapsed_s`` and the budget. The first
+epoch of a process (from its start to its validation) is left out once another is measured: it
+carries the warm-up (kernels' and the allocator's first calls, the cache's pages read from
+disk); while it alone is measured the estimate errs long, so the stop comes early rather than
+late (only a budget shorter than about two first epochs loses an epoch by it) and the first
+horizon is short.
+The first history plot's imports fall into the second epoch, diluted in the mean from the third.
+
+At least one epoch always trains: ``Trainer.resume`` refuses a run whose budget has no room for
+another by the same rule, from its records. An epoch slower than the estimate may end the run
+past the budget by the difference.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..errors import ConfigError
+from . import distributed as ddp
+
+
+def trained_seconds(history: list[dict]) -> float:
+    """Training seconds of a run's epoch records so far: the last ``elapsed_s``, plus the
+    ``seconds`` of any record after it (or of all, for records from before ``elapsed_s``)."""
+    total = 0.0
+    for record in history:
+        if record.get("elapsed_s") is not None:
+            total = float(record["elapsed_s"])
+        else:
+            total += float(record.get("seconds") or 0.0)
+    return total
+
+
+def epochs_that_fit(left_s: float, epoch_s: float) -> int:
+    """Whole epochs of ``epoch_s`` seconds within ``left_s`` seconds (0 when none or negative)."""
+    if epoch_s <= 0:
+        return 0
+    return max(0, math.floor(left_s / epoch_s + 1e-9))
+
+
+def horizon(
+    elapsed_s: float, epoch_s: float | None, budget_s: float | None, done: int, epochs: int
+) -> int:
+    """The epochs a run is expected to train in all, after ``done`` of at most ``epochs``.
+
+    With a budget of ``budget_s`` seconds, ``elapsed_s`` of it used and epochs estimated at
+    ``epoch_s``: ``done`` plus the epochs that still fit (within ``epochs``); else ``epochs``.
+    E.g. 600 s, 23 s epochs, 230 s after 10 of at most 200: 10 + 16 = 26.
+    """
+    if budget_s is None or not epoch_s:
+        return epochs
+    return done + min(max(0, epochs - done), epochs_that_fit(budget_s - elapsed_s, epoch_s))
+
+
+def mean_epoch_s(durations: list[float]) -> float | None:
+    """The estimate of an epoch from those measured, in order (see the module docstring)."""
+    measured = durations[1:] or durations
+    last = measured[-3:]
+    return sum(last) / len(last) if last else None
+
+
+class Budget:
+    """The clock of one run in this process. ``minutes`` None: no budget (the clock still runs,
+    for ``elapsed_s`` in the records); ``history``: the epoch records of a resumed run."""
+
+    def __init__(self, minutes: float | None, epochs: int, history: list[dict] = ()):
+        self.seconds = None if minutes is None else float(minutes) * 60.0
+        self.epochs = epochs
+        self.already_s = trained_seconds(list(history))
+        self.durations: list[float] = []  # epochs measured in this process, lap to lap, in s
+        self.progress = 0.0  # of the schedule, after the last lap
+        self._t0: float | None = None
+        self._lap_s, self._lap_epoch = self.already_s, None  # the clock at the last lap
+
+    def start(self) -> None:
+        """An epoch starts; the first call starts the clock."""
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+
+    def elapsed_s(self) -> float:
+        """Training seconds of the run, resumes included."""
+        return self.already_s + (time.monotonic() - self._t0 if self._t0 is not None else 0.0)
+
+    def lap(self, done: int) -> dict:
+        """Epoch ``done`` has validated: its record's fields (``elapsed_s``; with a budget,
+        ``planned_epochs``, the schedule's horizon) and ``progress`` set for the next epoch.
+        Under torchrun the horizon is rank 0's, on every rank (the ranks keep the same lr)."""
+        elapsed = round(self.elapsed_s(), 3)
+        self.durations.append(elapsed - self._lap_s)
+        self._lap_s, self._lap_epoch = elapsed, done
+        fields: dict = {"elapsed_s": elapsed}
+        if self.seconds is not None:
+            est = self.epoch_s()
+            planned = ddp.broadcast_object(horizon(elapsed, est, self.seconds, done, self.epochs))
+            self.progress = max(self.progress, min(1.0, done / max(1, planned)))
+            fields["planned_epochs"] = planned
+        return fields
+
+    def epoch_s(self, fallback: float | None = None) -> float | None:
+        """An epoch's expected seconds; ``fallback`` (the trainer's guess from its step times)
+        before a whole epoch is measured."""
+        return mean_epoch_s(self.durations) or fallback
+
+    def epochs_after(self, epoch: int, left_s: float = 0.0, fallback: float | None = None) -> int:
+        """Epochs to train after ``epoch``, whose validation ends in ``left_s`` seconds (or has
+        ended, at its lap): up to ``epochs``, and those the budget leaves room for (all of them
+        while no estimate exists)."""
+        more = max(0, self.epochs - epoch)
+        est = self.epoch_s(fallback)
+        if self.seconds is None or not est:
+            return more
+        end = self._lap_s if self._lap_epoch == epoch else self.elapsed_s() + left_s
+        return min(more, epochs_that_fit(self.seconds - end, est))
+
+    def plan(self, epoch: int, left_s: float, epoch_s: float) -> tuple[int, float]:
+        """(planned epochs, ETA in seconds) while ``epoch`` has ``left_s`` seconds to go and
+        later ones take ``epoch_s`` (the trainer's guess from its step times; with a budget, the
+        measured epochs once there are any)."""
+        more = self.epochs_after(epoch, left_s, epoch_s)
+        return epoch + more, left_s + more * (self.epoch_s(epoch_s) if self.seconds else epoch_s)
+
+    def spent(self, done: int) -> bool:
+        """Whether the budget ends the run after ``done`` epochs (no other epoch fits, and
+        ``epochs`` has not ended it); under torchrun rank 0 decides for all."""
+        if self.seconds is None or done >= self.epochs:
+            return False
+        return bool(ddp.broadcast_object(not self.epochs_after(done)))
+
+    def ended_text(self, done: int) -> str:
+        """The final message of a run the budget ended after ``done`` epochs."""
+        est = self.epoch_s() or 0.0
+        return (
+            f"the time budget of {self.seconds / 60:g} min ended the run after {done} "
+            f"epoch{'s' if done != 1 else ''} ({self.elapsed_s() / 60:.1f} min trained; another "
+            f"epoch would take about {est:.0f} s)"
+        )
+
+
+def continue_budget(
+    run_dir: Path, train: TrainConfig, minutes: float | None, history: list[dict]
+) -> None:
+    """Set a resumed run's budget to ``minutes`` in all (None: as it was; 0: none, for a run
+    that had none: a budget once given stays, its schedule depends on it), then ConfigError
+    when the budget has no room for an epoch as long as the run's last one."""
+    if minutes is not None:
+        if not 0 <= minutes < math.inf:
+            raise ConfigError(f"time budget must be > 0 minutes, or 0 for none (got {minutes})")
+        if not minutes and train.minutes is not None:
+            raise ConfigError(
+                f"run {run_dir} trains within {train.minutes:g} minutes and keeps a time "
+                "budget: ask for more minutes, or start a new run without one"
+            )
+        train.minutes = float(minutes) or None
+    if train.minutes is None or not history:
+        return
+    used = trained_seconds(history)
+    laps = [float(r["elapsed_s"]) for r in history if r.get("elapsed_s") is not None]
+    est = mean_epoch_s([b - a for a, b in zip([0.0, *laps], laps, strict=False)])
+    est = est or float(history[-1].get("seconds") or 0.0)
+    if not epochs_that_fit(train.minutes * 60 - used, est):
+        raise ConfigError(
+            f"run {run_dir} has trained {used / 60:.1f} of its {train.minutes:g} minutes "
+            f"already (an epoch takes about {est:.0f} s); ask for more time to continue "
+            f"(--minutes {math.ceil(train.minutes + 5)}, say)"
+        )

@@ -1,0 +1,57 @@
+"""What the Train page offers for a run that has ended: rename it, or remove an empty one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import state
+
+
+def empty_run(run_dir: Path) -> None:
+    """A run that ended before completing an epoch: nothing to resume; its name can be used
+    again, or the run removed after a confirmation."""
+    from ctseg_core.runs.run_folder import remove_empty_run
+
+    name = state.plain(run_dir.name)
+    st.info(
+        f"{name} ended before completing an epoch: it has no checkpoint to resume. Start a new "
+        "run under the same name (it takes this folder) or remove this one.",
+        icon=":material/info:",
+    )
+    with st.popover("Remove this run", icon=":material/delete:"):
+        st.write(f"Remove the folder of **{name}**? It holds only its settings and status.")
+        if st.button(
+            f"Remove {name}", type="primary", key=f"{state.TRAIN_FORM.remove_empty}_{run_dir.name}"
+        ):
+            try:
+                remove_empty_run(run_dir)
+            except Exception as exc:
+                state.show_error(exc, "cannot remove")
+                return
+            st.toast(f"Removed {name}", icon=":material/delete:")
+            st.rerun(scope="app")
+
+
+def rename_popover(run_dir: Path) -> None:
+    """Rename for an ended run: whoever may remove a run may rename it. The library refuses an
+    active run (also one trained elsewhere), a taken name and one that is not a folder name."""
+    from ctseg_core.runs.run_folder import rename_run
+
+    name = run_dir.name
+    with st.popover("Rename", icon=":material/edit:"):
+        new_name = st.text_input(
+            "New name", value=name, max_chars=100, key=f"{state.TRAIN_FORM.rename_to}_{name}",
+            help="Letters, digits, '.', '_', '-' and spaces. Its checkpoints and evaluations "
+            "move with it; choices that name the old run point at the new one in this tab.",
+        )  # fmt: skip
+        # a button, not Enter: typing renames nothing (keys: no run name makes another's key)
+        if st.button("Rename", type="primary", key=f"{state.TRAIN_FORM.rename_go}_{name}"):
+            try:
+                new_dir = rename_run(run_dir, new_name.strip())
+            except Exception as exc:
+                state.show_error(exc, "cannot rename")
+                return
+            st.session_state[state.TRAIN_RENAMED] = (str(run_dir), str(new_dir))
+            st.rerun(scope="app")

@@ -1,0 +1,266 @@
+"""Two evaluations side by side: differences and Wilcoxon p-values equal to scipy on the paired
+arrays, inf (missed) counted and ranked, the real TotalSegmentator --fast result against the
+reference itself, the folders listed and written, the CLI's exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+from ctseg_core.cli import main
+from ctseg_core.errors import ConfigError, DataError
+from ctseg_core.evaluation.compare import (
+    COMPARISON_COLUMNS,
+    MIN_PAIRS,
+    OVERALL,
+    compare_evaluations,
+    compare_results,
+    comparison_dir,
+    list_evaluations,
+)
+from ctseg_core.evaluation.evaluate import evaluate_predictions
+from ctseg_core.evaluation.tables import RESULT_COLUMNS
+
+STRUCTURES = ("liver", "spleen", "heart")
+
+
+def table(values: dict[str, np.ndarray], subjects, hd95: dict | None = None) -> pd.DataFrame:
+    """A results table: ``values[structure]`` the Dice of each subject (NaN: not scored)."""
+    rows = []
+    for structure, dice in values.items():
+        for i, subject in enumerate(subjects):
+            hd = (hd95 or {}).get(structure, np.full(len(subjects), 2.0))[i]
+            rows.append({"subject": subject, "structure": structure, "group": "",
+                         "dice": dice[i], "iou": dice[i], "hd95_mm": hd,
+                         "surface_dice": dice[i], "ref_volume_ml": 1.0, "pred_volume_ml": 1.0,
+                         "status": "detected"})  # fmt: skip
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def rows_of(result: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return result[result["metric"] == metric].set_index("structure")
+
+
+def test_differences_and_p_values_equal_scipy_on_the_paired_arrays():
+    rng = np.random.default_rng(7)
+    subjects = [f"s{i:04d}" for i in range(12)]
+    a = {s: rng.uniform(0.6, 0.95, 12) for s in STRUCTURES}
+    shift = {"liver": 0.04, "spleen": -0.02, "heart": 0.0}
+    b = {s: np.clip(a[s] + shift[s] + rng.normal(0, 0.02, 12), 0, 1) for s in STRUCTURES}
+    a["spleen"][3] = np.nan  # not scored in A: subject 3's spleen pairs with nothing
+    b["heart"][[0, 5]] = np.nan
+    # s0011 is in A only, s0012 in B only
+    extra = table({s: np.array([0.5]) for s in STRUCTURES}, ["s0012"])
+    table_b = table(b, subjects)[lambda t: t["subject"] != "s0011"]
+    result = compare_results(table(a, subjects), pd.concat([table_b, extra], ignore_index=True))
+    assert list(result.columns) == list(COMPARISON_COLUMNS)
+    assert result.attrs["only_a"] == ["s0011"] and result.attrs["only_b"] == ["s0012"]
+    dice = rows_of(result, "dice")
+    kept = np.arange(11)  # s0000 .. s0010 in both
+    for structure in STRUCTURES:
+        va, vb = a[structure][kept], b[structure][kept]
+        paired = ~np.isnan(va) & ~np.isnan(vb)
+        va, vb = va[paired], vb[paired]
+        row = dice.loc[structure]
+        assert row["pairs"] == paired.sum()
+        assert row["mean_a"] == pytest.approx(va.mean(), abs=1e-12)
+        assert row["mean_b"] == pytest.approx(vb.mean(), abs=1e-12)
+        assert row["difference"] == pytest.approx(vb.mean() - va.mean(), abs=1e-12)
+        assert row["p_value"] == pytest.approx(wilcoxon(vb - va).pvalue, rel=1e-12)
+        assert row["verdict"] == ("better" if vb.mean() > va.mean() else "worse")
+    assert dice.loc["liver", "verdict"] == "better" and dice.loc["liver", "p_value"] < 0.01
+    assert dice.loc["spleen", "verdict"] == "worse"
+    # sorted by the difference, B's largest gain first, after the row over all structures
+    order = list(dice.index)
+    assert order[0] == OVERALL and order[1] == "liver" and order[-1] == "spleen"
+    assert list(dice["difference"].iloc[1:]) == sorted(dice["difference"].iloc[1:], reverse=True)
+    overall = dice.loc[OVERALL]
+    assert overall["mean_a"] == pytest.approx(dice["mean_a"].iloc[1:].mean())
+    assert overall["difference"] == pytest.approx(dice["difference"].iloc[1:].mean())
+    # the test over subjects pairs each one's mean over its structures scored in both
+    mean_a = [np.nanmean([a[s][i] for s in STRUCTURES if not np.isnan(a[s][i] + b[s][i])])
+              for i in kept]  # fmt: skip
+    mean_b = [np.nanmean([b[s][i] for s in STRUCTURES if not np.isnan(a[s][i] + b[s][i])])
+              for i in kept]  # fmt: skip
+    assert overall["pairs"] == 11
+    expected = wilcoxon(np.array(mean_b) - np.array(mean_a)).pvalue
+    assert overall["p_value"] == pytest.approx(expected, rel=1e-12)
+    assert set(result["metric"]) == {"dice", "iou", "hd95_mm", "surface_dice"}
+    assert (rows_of(result, "hd95_mm")["unit"] == "mm").all()
+
+
+def test_missed_distances_are_counted_left_out_of_the_means_and_ranked_in_the_test():
+    subjects = [f"s{i}" for i in range(8)]
+    hd_a = np.array([1.0, 2.0, 3.0, 4.0, np.inf, 2.0, np.inf, 5.0])
+    hd_b = np.array([2.0, 3.5, 3.0, 6.0, 1.0, np.inf, np.inf, 9.0])
+    dice = {"liver": np.full(8, 0.9)}
+    result = compare_results(
+        table(dice, subjects, {"liver": hd_a}), table(dice, subjects, {"liver": hd_b})
+    )
+    row = rows_of(result, "hd95_mm").loc["liver"]
+    finite = np.isfinite(hd_a) & np.isfinite(hd_b)
+    with np.errstate(invalid="ignore"):  # inf - inf
+        d = hd_b - hd_a
+    assert row["pairs"] == 8 and row["missed_a"] == 2 and row["missed_b"] == 2
+    assert row["mean_a"] == pytest.approx(hd_a[finite].mean())
+    assert row["difference"] == pytest.approx(d[finite].mean())  # 1.7
+    assert row["verdict"] == "worse"  # larger distances in B
+    d[np.isnan(d)] = 0.0  # both missed: a tie; scipy ranks +-inf above every finite difference
+    assert row["p_value"] == pytest.approx(wilcoxon(d).pvalue, rel=1e-12)
+    # every pair of a structure missed in one of the two: the verdict counts the misses
+    hd_b = np.where(np.arange(8) < 3, np.inf, 2.0)
+    result = compare_results(
+        table(dice, subjects, {"liver": np.full(8, np.inf)}),
+        table(dice, subjects, {"liver": hd_b}),
+    )
+    row = rows_of(result, "hd95_mm").loc["liver"]
+    assert np.isnan(row["difference"]) and row["missed_a"] == 8 and row["missed_b"] == 3
+    assert row["verdict"] == "better"  # B found 5 that A missed
+    assert row["p_value"] == pytest.approx(wilcoxon(np.r_[np.zeros(3), -np.ones(5)]).pvalue)
+
+
+def test_no_p_value_for_few_pairs_or_no_difference_and_the_reason_is_said():
+    few = [f"s{i}" for i in range(MIN_PAIRS - 1)]
+    dice = {"liver": np.linspace(0.5, 0.8, len(few))}
+    row = rows_of(compare_results(table(dice, few), table(dice, few)), "dice").loc["liver"]
+    assert np.isnan(row["p_value"]) and row["p_note"] == f"fewer than {MIN_PAIRS} pairs"
+    overall = rows_of(compare_results(table(dice, few), table(dice, few)), "dice").loc[OVERALL]
+    assert overall["p_note"] == f"fewer than {MIN_PAIRS} subjects"
+    enough = [f"s{i}" for i in range(MIN_PAIRS)]
+    dice = {"liver": np.linspace(0.5, 0.8, MIN_PAIRS)}
+    row = rows_of(compare_results(table(dice, enough), table(dice, enough)), "dice").loc["liver"]
+    assert np.isnan(row["p_value"]) and row["p_note"] == "no difference in any of the pairs"
+    assert row["verdict"] == "same" and row["difference"] == 0.0
+
+
+def test_hd95_lower_is_better_and_dice_higher_is_better():
+    subjects = [f"s{i}" for i in range(6)]
+    a = table({"liver": np.full(6, 0.8)}, subjects, {"liver": np.full(6, 4.0)})
+    b = table({"liver": np.full(6, 0.9)}, subjects, {"liver": np.full(6, 2.0)})
+    result = compare_results(a, b)
+    assert rows_of(result, "dice").loc["liver", "verdict"] == "better"
+    assert rows_of(result, "hd95_mm").loc["liver", "difference"] == pytest.approx(-2.0)
+    assert rows_of(result, "hd95_mm").loc["liver", "verdict"] == "better"
+    assert rows_of(compare_results(b, a), "hd95_mm").loc["liver", "verdict"] == "worse"
+
+
+def test_tables_without_a_common_pair_or_with_a_repeated_pair_are_refused():
+    a = table({"liver": np.full(2, 0.8)}, ["s0", "s1"])
+    b = table({"liver": np.full(2, 0.8)}, ["s2", "s3"])
+    with pytest.raises(DataError, match="no subject x structure is scored in both"):
+        compare_results(a, b)
+    with pytest.raises(DataError, match=r"scores \(s0, liver\) twice"):
+        compare_results(pd.concat([a, a]), a)
+
+
+@pytest.fixture(scope="module")
+def real_evaluations(tmp_path_factory, s0000_root, extra_dir, session_cache):
+    """Evaluations of s0000: the reference multilabel itself (A) and TotalSegmentator --fast (B)."""
+    base = tmp_path_factory.mktemp("compare")
+    folders = {}
+    for name, file in (("reference", "s0000_totalsegmentator_multilabel.nii.gz"),
+                       ("fast", "s0000_totalsegmentator_fast_multilabel.nii.gz")):  # fmt: skip
+        predictions = base / "predictions" / name
+        predictions.mkdir(parents=True)
+        (predictions / "s0000.nii.gz").write_bytes((extra_dir / file).read_bytes())
+        folders[name] = base / "checkpoints" / "evaluations" / name
+        evaluate_predictions(
+            s0000_root, "train", predictions, folders[name], cache_dir=session_cache, report=False
+        )
+    return base, folders
+
+
+def test_totalsegmentator_fast_against_the_reference_itself(real_evaluations, capsys):
+    base, folders = real_evaluations
+    out = comparison_dir(base / "checkpoints", folders["reference"], folders["fast"])
+    comparison = compare_evaluations(folders["reference"], folders["fast"], "train", out)
+    written = pd.read_csv(comparison.csv, keep_default_na=False, na_values=[""])
+    assert comparison.csv == out / "comparison_train.csv" and len(written) == len(comparison.table)
+    dice = rows_of(written, "dice").drop(OVERALL)
+    assert len(dice) == 41  # the structures present in s0000
+    assert (dice["mean_a"] == 1.0).all() and (dice["pairs"] == 1).all()
+    assert (dice["difference"] <= 0).all() and (dice["verdict"] == "worse").all()
+    assert dice["difference"].idxmin() == "lung_middle_lobe_right"  # missed by --fast: Dice 0
+    assert dice["p_value"].isna().all() and (dice["p_note"] == "fewer than 5 pairs").all()
+    hd = rows_of(written, "hd95_mm")
+    assert hd.loc["lung_middle_lobe_right", "missed_b"] == 1
+    assert hd.loc["lung_middle_lobe_right", "verdict"] == "worse"
+    assert (hd.drop(OVERALL)["mean_a"].dropna() == 0.0).all()
+    assert (hd.drop(OVERALL)["difference"].dropna() >= 0).all()
+    source = json.loads((out / "source_train.json").read_text())
+    assert source["a"] == str(folders["reference"].resolve()) and source["subjects"] == ["s0000"]
+    assert source["b_source"]["predictions_folder"].endswith("fast") and source["notes"] == []
+    # the CLI: the same table, and a one-line refusal for a split neither evaluated
+    argv = ["compare", str(folders["reference"]), str(folders["fast"]), "--split", "train"]
+    assert main([*argv, "--out", str(base / "cli"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["rows"]) == len(written)
+    assert pd.read_csv(base / "cli" / "comparison_train.csv").equals(pd.read_csv(comparison.csv))
+    assert main([*argv, "--out", str(base / "cli"), "--metric", "dice"]) == 0
+    shown = capsys.readouterr().out
+    assert "Dice: B - A per structure (higher is better)" in shown and "HD95" not in shown
+    assert main(["compare", str(folders["reference"]), str(folders["fast"])]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: evaluation_results_test.csv is not in {folders['reference']}; it holds "
+        "split(s) train: choose one with --split, or evaluate test\n"
+    )
+    assert main(["compare", str(folders["fast"]), str(folders["fast"]), "--split", "train"]) == 2
+    assert "the same evaluation" in capsys.readouterr().err
+
+
+def test_the_checkpoints_root_lists_run_and_folder_evaluations(tmp_path):
+    root = tmp_path / "checkpoints"
+    results = table({"liver": np.full(1, 0.8)}, ["s0"]).to_csv(index=False)
+    for folder, split in (("run1/evaluation", "test"), ("run1/evaluation_last", "val"),
+                          ("evaluations/preds-0a1b2c3d", "test"), ("run2/evaluation", "")):  # fmt: skip
+        (root / folder).mkdir(parents=True)
+        if split:
+            (root / folder / f"evaluation_results_{split}.csv").write_text(results)
+    (root / "run1" / "evaluation" / "evaluation_results_all.csv").write_text(results)
+    found = list_evaluations(root)
+    assert [(e.label, e.splits) for e in found] == [
+        ("evaluations/preds-0a1b2c3d", ("test",)),
+        ("run1/evaluation", ("all", "test")),
+        ("run1/evaluation_last", ("val",)),
+    ]  # run2 has no table yet
+    a, b = root / "run1" / "evaluation", root / "run1" / "evaluation_last"
+    there = comparison_dir(root, a, b)
+    assert there.parent == root / "comparisons" and there.name.startswith("run1-vs-run1_last-")
+    assert comparison_dir(root, b, a).name.startswith("run1_last-vs-run1-")
+    assert comparison_dir(root, b, a).name[-8:] != there.name[-8:]
+    with pytest.raises(ConfigError, match="the same evaluation"):
+        compare_evaluations(a, a, "test", there)
+    with pytest.raises(DataError, match=r"holds no evaluation_results_<split>\.csv"):
+        compare_evaluations(a, root / "run2" / "evaluation", "test", there)
+    compare_evaluations(a, root / "evaluations" / "preds-0a1b2c3d", "test", there)
+    assert [e.label for e in list_evaluations(root)] == [e.label for e in found]  # not listed
+
+
+def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_path, capsys):
+    dice = {"liver": np.linspace(0.6, 0.9, 6)}
+    subjects = ["NA", "s1", "s2", "s3", "s4", "s5"]  # "NA" is a subject id, not a missing value
+    folders = {}
+    for name, ids, dataset in (("a", subjects, "/data/one"), ("b", subjects[:5], "/data/two")):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        results = table(dice, ids) if name == "a" else table({"liver": dice["liver"][:5]}, ids)
+        (folders[name] / "evaluation_results_test.csv").write_text(results.to_csv(index=False))
+        record = {"dataset": dataset, "tolerance_mm": 3.0, "subjects": ids}
+        (folders[name] / "source_test.json").write_text(json.dumps(record))
+    out = tmp_path / "out"
+    assert main(["compare", str(folders["a"]), str(folders["b"]), "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "note: A and B scored different datasets: /data/one and /data/two",
+        "note: 1 subjects only in A are left out: s5",
+    ]
+    source = json.loads((out / "source_test.json").read_text())
+    assert source["notes"] == [line.removeprefix("note: ") for line in err]
+    assert source["only_a"] == ["s5"] and source["subjects"][0] == "NA"
+    written = pd.read_csv(out / "comparison_test.csv")
+    assert written.loc[written["metric"] == "dice", "pairs"].tolist() == [5, 5]
