@@ -13,6 +13,15 @@
   intensities 0.814, 0.800, 0.780, 0.823; before deep supervision, seeds 0-2: 0.754, 0.736,
   0.714). On the EPYC that fixed schedule fitted 16 epochs in 10 minutes (best Dice 0.755, the
   lr barely decayed); the budget's schedule has not been measured there over 10 minutes yet.
+- ``phantom_3d``: the laptop's volumetric model on the phantom: nnU-Net's PlainConvUNet
+  (``plain_unet3d``) at 3 mm (TotalSegmentator's ``--fast`` spacing), patches of 96 x 96 x 64
+  voxels, stage widths [16, 32, 64, 128, 256], instance norm, deep supervision at 1/2 and 1/4,
+  batch 2 with a third of the patches centred on a structure, Adam 3e-3 with a cosine decay over
+  the same 10-minute budget as ``phantom_demo``; validation on whole validation volumes.
+- ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
+  128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
+  SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
+  mirroring with left/right label swapping.
 - ``cpu``: the seed model at 128 x 128 for real data on a CPU.
 - ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
 
@@ -66,6 +75,65 @@ def phantom_demo(data_root: str = "") -> RunConfig:
     )
 
 
+def phantom_3d(data_root: str = "") -> RunConfig:
+    return RunConfig(
+        DataConfig(
+            data_root=str(data_root),
+            hu_window=(-400.0, 600.0),  # phantom_demo's soft-tissue window
+            batch_size=2,
+            foreground_fraction=1 / 3,  # nnU-Net's share of structure-centred patches
+            samples_per_epoch=40,  # 20 steps: an epoch of about half a minute on 2 cores
+            curve_prob=0.5,
+            vessel_contrast_prob=0.5,
+            patch_size=(96, 96, 64),
+            spacing_mm=(3.0, 3.0, 3.0),
+        ),
+        ModelConfig(
+            name="plain_unet3d",
+            features=[16, 32, 64, 128, 256],
+            norm="instance",
+            deep_supervision=2,
+        ),
+        TrainConfig(
+            epochs=200,
+            minutes=10.0,
+            lr=3e-3,
+            scheduler="cosine",
+            checkpoint_every=10,
+        ),
+    )
+
+
+def gpu_3d(data_root: str = "") -> RunConfig:
+    return RunConfig(
+        DataConfig(
+            data_root=str(data_root),
+            batch_size=2,
+            foreground_fraction=1 / 3,
+            samples_per_epoch=500,  # 250 steps of 2, nnU-Net's epoch
+            mirror=True,
+            patch_size=(128, 128, 128),
+            spacing_mm=(1.5, 1.5, 1.5),
+        ),
+        ModelConfig(
+            name="plain_unet3d",
+            features=[32, 64, 128, 256, 320, 320],
+            norm="instance",
+            deep_supervision=3,
+        ),
+        TrainConfig(
+            epochs=1000,
+            lr=1e-2,
+            optimizer="sgd",
+            momentum=0.99,
+            weight_decay=3e-5,
+            scheduler="poly",
+            early_stopping_patience=0,
+            checkpoint_every=50,
+        ),
+    )
+
+
 def cpu(data_root: str = "") -> RunConfig:
     return RunConfig(
         DataConfig(data_root=str(data_root), target_size=(128, 128), val_slices_per_subject=64),
@@ -84,8 +152,10 @@ def gpu(data_root: str = "") -> RunConfig:
 
 PRESETS: dict[str, Callable[[str], RunConfig]] = {
     "phantom_demo": phantom_demo,
+    "phantom_3d": phantom_3d,
     "cpu": cpu,
     "gpu": gpu,
+    "gpu_3d": gpu_3d,
 }
 
 
