@@ -18,6 +18,8 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "window": ("data", "hu_window"),
     "context": ("data", "context_slices"),
     "batch_size": ("data", "batch_size"),
+    "patch_size": ("data", "patch_size"),
+    "spacing": ("data", "spacing_mm"),
     "foreground": ("data", "foreground_fraction"),
     "samples_per_epoch": ("data", "samples_per_epoch"),
     "val_slices": ("data", "val_slices_per_subject"),
@@ -109,7 +111,8 @@ def _registry_choice(name: str, default: str) -> dict:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a 2D U-Net on a TotalSegmentator-layout dataset (torchrun for several GPUs)",
+        help="train a 2D, 2.5D or 3D U-Net on a TotalSegmentator-layout dataset (torchrun for "
+        "several GPUs)",
         description="Train, validating after each epoch; writes the run folder "
         "checkpoints/<run>/ (config, status, history, checkpoints, sample figures).",
     )
@@ -152,6 +155,20 @@ def register(subparsers) -> None:
     a("--size", type=int, nargs=2, metavar=("H", "W"), help="slice size (default 128 128)")
     a("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (-1000 1000)")
     a("--context", type=int, help="slices per input (odd; 3 or 5 = 2.5D; default 1)")
+    a(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="a 3D model's patch in voxels (phantom_3d 96 96 64, gpu_3d 128 128 128)",
+    )
+    a(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="a 3D model's voxel spacing in mm, CTs resampled to it (phantom_3d 3 3 3)",
+    )
     a("--structures", help="comma-separated structure names (default: all 117)")
     a("--model", **_registry_choice("MODELS", "unet"))
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
@@ -168,7 +185,11 @@ def register(subparsers) -> None:
     a("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     a("--grad-clip", type=float, help="max gradient norm (default 12)")
     a("--foreground", type=float, help="share of structure-first samples (default 0.5)")
-    a("--samples-per-epoch", type=int, help="training slices per epoch (default, 0: all)")
+    a(
+        "--samples-per-epoch",
+        type=int,
+        help="training slices (3D: patches) per epoch (default, 0: all slices; 3D: 250 steps)",
+    )
     a("--steps-per-epoch", type=int, help="batches per epoch (overrides samples; 0: from them)")
     a("--val-slices", type=int, help="validation slices per subject (default, 0: all)")
     a(

@@ -5,6 +5,11 @@ cache while the other ranks wait), picks device, precision and memory format, bu
 (output bias from the class frequencies on a fresh start; weights, optimizer, scheduler, history
 and RNG state from the checkpoint on a resume), wraps it in DistributedDataParallel under
 torchrun, and makes the step runner, the foreground sampler and the two loaders.
+
+A volumetric model (``ModelSpec.spatial_dims`` 3) trains on patches of the subjects resampled to
+``data.spacing_mm`` (``data.patches``; ``data.samples_per_epoch`` unset: ``PATCH_STEPS`` steps
+per epoch, nnU-Net's epoch) and validates on whole validation volumes
+(``validation_volumes.VolumeValidation``); ``RunParts.validate`` and ``sample_figure`` hide which.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import torch
 from ..config import RunConfig
 from ..data.cache import reserve_open_files
 from ..data.dataset_root import open_dataset
+from ..data.patches import PatchDataset, PatchSampler
 from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..device import (
+    autocast_context,
     loader_workers,
     prepare_device,
     resolve_amp,
@@ -32,25 +39,33 @@ from ..device import (
 from ..models import build_model
 from ..models.checkpoint import restore_rng_state
 from ..models.head import init_output_bias
+from ..models.registry import model_spec
 from . import distributed as ddp
 from .losses import LossFn, build_loss
 from .optim import build_optimizer, build_scheduler
+from .samples import SampleFigure, VolumeSampleFigure
 from .step import StepRunner
+from .validation import validate
+from .validation_volumes import VolumeValidation
 
 log = logging.getLogger(__name__)
 
 #: progress of preparing a split: split name -> (done, total, subject id) callback
 Preparing = Callable[[str], Callable[[int, int, str], None]]
 
+#: training steps per epoch of a volumetric model without data.samples_per_epoch (nnU-Net's)
+PATCH_STEPS = 250
+
 
 @dataclass
 class RunParts:
     """``model`` is the bare network (what checkpoints hold), ``net`` what trains (DDP or not);
     ``steps``: batches per epoch on each rank; ``history`` and ``start_epoch`` come from the
-    resumed checkpoint (empty and 0 on a fresh start)."""
+    resumed checkpoint (empty and 0 on a fresh start); ``val_loader`` (slices) or
+    ``volume_validation`` (volumes) is set, as the model is a slice or a volumetric one."""
 
-    train_set: SliceDataset
-    val_set: SliceDataset
+    train_set: SliceDataset | PatchDataset
+    val_set: SliceDataset | PatchDataset
     device: torch.device
     amp: torch.dtype | None
     channels_last: bool
@@ -60,12 +75,38 @@ class RunParts:
     scheduler: object
     loss_fn: LossFn
     run_step: StepRunner
-    sampler: ForegroundSampler
+    sampler: ForegroundSampler | PatchSampler
     train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    volume_validation: VolumeValidation | None
     steps: int
     history: list[dict]
     start_epoch: int
+
+    @property
+    def val_batches(self) -> int:
+        """Validation batches on this rank each epoch."""
+        return len(self.volume_validation or self.val_loader)
+
+    @property
+    def training_subjects(self) -> list:
+        """The training subjects' cache entries (``CachedSubject``), whatever the model sees."""
+        return [getattr(s, "source", s) for s in self.train_set.subjects]
+
+    def validate(self, cfg: RunConfig, stop_check=None, progress=None) -> dict:
+        """This epoch's validation metrics (``validation.validate``'s dict), slices or volumes."""
+        autocast = autocast_context(self.device, self.amp)
+        if self.volume_validation is not None:
+            return self.volume_validation.run(self.net, self.loss_fn, self.device, autocast,
+                                              self.channels_last, stop_check, progress)  # fmt: skip
+        return validate(self.net, self.val_loader, self.val_set, cfg, self.loss_fn, self.device,
+                        autocast, self.channels_last, stop_check, progress)  # fmt: skip
+
+    def sample_figure(self, cfg: RunConfig) -> SampleFigure | VolumeSampleFigure:
+        """The figure of validation slices saved each epoch."""
+        if self.volume_validation is not None:
+            return VolumeSampleFigure(self.volume_validation, cfg)
+        return SampleFigure(self.val_set, cfg)
 
 
 def _loader_workers(requested: int, in_thread: bool) -> tuple[int, str | None]:
@@ -107,8 +148,10 @@ def build_parts(
     reserve_open_files(n_subjects, f"the {d.train_split} and {d.val_split} splits of {index.root}")
     if world > 1 and rank != 0:
         ddp.barrier()  # rank 0 prepares the cache alone; the others then only open it
-    train_set = SliceDataset(cfg, d.train_split, progress=preparing(d.train_split))
-    val_set = SliceDataset(cfg, d.val_split, progress=preparing(d.val_split))
+    volumetric = model_spec(cfg.model.name).spatial_dims == 3
+    dataset = PatchDataset if volumetric else SliceDataset
+    train_set = dataset(cfg, d.train_split, progress=preparing(d.train_split))
+    val_set = dataset(cfg, d.val_split, progress=preparing(d.val_split))
     if world > 1 and rank == 0:
         ddp.barrier()
     device = resolve_device(t.device)
@@ -121,7 +164,9 @@ def build_parts(
         init_output_bias(model, counts, train_set.lut, cfg.output_mode)
     model = model.to(device)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(
+            memory_format=torch.channels_last_3d if volumetric else torch.channels_last
+        )
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
     history: list[dict] = []
@@ -144,9 +189,13 @@ def build_parts(
     run_step = StepRunner(net, optimizer, scaler, loss_fn, lut, d, device, amp, channels_last,
                           t.grad_clip, train_set.annotated_classes(),
                           train_set.mirror_safe())  # fmt: skip
-    samples = d.samples_per_epoch or len(train_set)
+    if volumetric:
+        samples = d.samples_per_epoch or PATCH_STEPS * d.batch_size * world
+    else:
+        samples = d.samples_per_epoch or len(train_set)
     steps = t.steps_per_epoch or max(1, math.ceil(samples / (d.batch_size * world)))
-    sampler = ForegroundSampler(
+    sampling = PatchSampler if volumetric else ForegroundSampler
+    sampler = sampling(
         train_set, steps * d.batch_size * world, d.foreground_fraction,
         seed=d.seed, rank=rank, world_size=world,
     )  # fmt: skip
@@ -161,12 +210,18 @@ def build_parts(
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=d.batch_size, sampler=sampler, drop_last=False, **loader_kw
     )
-    val_ids = validation_indices(val_set, d.val_slices_per_subject)[rank::world]
-    val_loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(val_set, val_ids), batch_size=d.batch_size * 2, **loader_kw
-    )
-    log.info("%d train / %d val slices, %d steps/epoch, device %s, amp %s",
-             len(train_set), len(val_ids), steps, device, amp)  # fmt: skip
+    if volumetric:
+        val_loader, volumes = None, VolumeValidation(val_set, cfg, rank, world)
+        log.info("%d train / %d val volumes (%d val batches), %d steps/epoch, device %s, amp %s",
+                 len(train_set), len(val_set), len(volumes), steps, device, amp)  # fmt: skip
+    else:
+        val_ids = validation_indices(val_set, d.val_slices_per_subject)[rank::world]
+        val_loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(val_set, val_ids), batch_size=d.batch_size * 2, **loader_kw
+        )
+        volumes = None
+        log.info("%d train / %d val slices, %d steps/epoch, device %s, amp %s",
+                 len(train_set), len(val_ids), steps, device, amp)  # fmt: skip
     return RunParts(train_set, val_set, device, amp, channels_last, model, net, optimizer,
-                    scheduler, loss_fn, run_step, sampler, train_loader, val_loader, steps,
-                    history, start_epoch)  # fmt: skip
+                    scheduler, loss_fn, run_step, sampler, train_loader, val_loader, volumes,
+                    steps, history, start_epoch)  # fmt: skip

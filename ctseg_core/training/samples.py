@@ -1,4 +1,8 @@
-"""Prediction vs reference on a few fixed validation slices, saved as samples/epoch_<N>.png."""
+"""Prediction vs reference on a few fixed validation slices, saved as samples/epoch_<N>.png.
+
+``SampleFigure`` runs the model on slices of a slice model's validation set;
+``VolumeSampleFigure`` shows slices of a volumetric model's whole-volume validation.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.slices import SliceDataset
+from ..data.slices import SliceDataset, normalize_hu
 from ..device import autocast_context
+from ..labels import NUM_LABELS
 from ..models.head import predicted_labels
 from .figures import save_sample_figure
 
@@ -79,6 +84,66 @@ class SampleFigure:
                 image[:, centre].float().cpu().numpy(), keep[labels], predicted.astype(np.uint8),
                 Path(run_dir) / "samples" / f"epoch_{epoch}.png",
                 f"{run_dir.name}: epoch {epoch}, validation slices", self.aspects,
+            )  # fmt: skip
+        except OSError as exc:
+            log.warning("could not save the sample figure: %s", exc)
+
+
+def volume_slice_presence(labels_xyz: np.ndarray) -> np.ndarray:
+    """(Z, 118) bool: which label values occur in each axial slice ``labels_xyz[:, :, z]``."""
+    presence = np.zeros((labels_xyz.shape[2], NUM_LABELS), dtype=bool)
+    for z in range(labels_xyz.shape[2]):
+        values = np.bincount(np.asarray(labels_xyz[:, :, z]).ravel(), minlength=NUM_LABELS)
+        presence[z] = values[:NUM_LABELS] > 0
+    return presence
+
+
+class VolumeSampleFigure:
+    """The volumetric counterpart of ``SampleFigure``: up to ``n`` axial slices of the
+    validation volumes (chosen as ``choose_sample_slices`` does, among the subjects this rank
+    validates), shown with the prediction the epoch's validation made of the whole volume
+    (``VolumeValidation.kept``): no forward pass of its own."""
+
+    def __init__(self, validation, config: RunConfig, n: int = 3):
+        self.validation, self.config = validation, config
+        dataset = validation.dataset
+        mine = sorted({t.subject for t in validation.tiles})
+        presence = [volume_slice_presence(dataset.subjects[s].labels) for s in mine]
+        keep = np.zeros(NUM_LABELS, dtype=bool)
+        keep[np.unique(dataset.lut.nonzero()[0])] = True
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in presence])]).astype(np.int64)
+        stacked = np.concatenate(presence) & keep if presence else np.zeros((0, NUM_LABELS), bool)
+        stacked[:, 0] = False
+        self.slices = []  # (subject, z)
+        for i in choose_sample_slices(stacked, offsets, n):
+            k = int(np.searchsorted(offsets, i, side="right") - 1)
+            self.slices.append((mine[k], int(i - offsets[k])))
+        validation.keep = list(self.slices)
+        self.keep = np.where(keep, np.arange(NUM_LABELS), 0).astype(np.uint8)
+        self.aspects = []
+        for s, _ in self.slices:
+            (nx, ny, _), (sx, sy, _) = dataset.subjects[s].shape_xyz, dataset.subjects[s].spacing_mm
+            self.aspects.append((ny * sy) / (nx * sx))
+
+    def save(self, model, device, amp, channels_last: bool, run_dir: Path, epoch: int) -> None:
+        """samples/epoch_<N>.png of the last validation's predictions (the model is unused:
+        the signature is ``SampleFigure.save``'s)."""
+        slices = [sz for sz in self.slices if sz in self.validation.kept]
+        if not slices:
+            return
+        subjects, hu_window = self.validation.dataset.subjects, self.config.data.hu_window
+        images = [
+            normalize_hu(torch.from_numpy(np.array(subjects[s].ct[:, :, z])), hu_window).numpy()
+            for s, z in slices
+        ]
+        reference = [self.keep[np.array(subjects[s].labels[:, :, z])] for s, z in slices]
+        predicted = [self.validation.kept[sz] for sz in slices]
+        aspects = [a for sz, a in zip(self.slices, self.aspects, strict=True) if sz in slices]
+        try:
+            save_sample_figure(
+                images, reference, predicted,
+                Path(run_dir) / "samples" / f"epoch_{epoch}.png",
+                f"{run_dir.name}: epoch {epoch}, validation volumes", aspects,
             )  # fmt: skip
         except OSError as exc:
             log.warning("could not save the sample figure: %s", exc)

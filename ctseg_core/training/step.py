@@ -15,6 +15,7 @@ import torch
 
 from ..config import DataConfig
 from ..data.augment import augment_batch
+from ..data.augment3d import augment_batch_3d
 from ..device import autocast_context
 from .losses import annotated_rows, deep_supervision_loss
 
@@ -31,7 +32,7 @@ def backward_step(
 ) -> torch.Tensor:
     """Forward (under ``autocast``), loss in float32, backward and gradient clipping.
 
-    image (B, C, H, W), classes (B, H, W) int64. Returns the detached loss, unread (no device
+    image (B, C, *spatial), classes (B, *spatial) int64 (2D or 3D). Returns the detached loss, unread (no device
     sync); the optimizer step is the caller's (``StepRunner`` does both).
     """
     with autocast:
@@ -73,7 +74,8 @@ class StepRunner:
         subjects: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """image (B, C, H, W) float32, labels (B, H, W) uint8, subjects (B,) int64 subject
-        indices (CPU), as the loader yields them. ``generator`` None skips augmentation.
+        indices (CPU), as the loader yields them; a volumetric model's patches are (B, C, X,
+        Y, Z) and (B, X, Y, Z). ``generator`` None skips augmentation.
 
         Returns the detached float32 loss on the device.
         """
@@ -83,9 +85,11 @@ class StepRunner:
             allowed = None
             if self.mirror_safe is not None and subjects is not None:
                 allowed = self.mirror_safe[subjects.cpu()]
-            image, labels = augment_batch(image, labels, self.data, generator, allowed)
+            augment = augment_batch_3d if image.dim() == 5 else augment_batch
+            image, labels = augment(image, labels, self.data, generator, allowed)
         if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
+            layout = torch.channels_last_3d if image.dim() == 5 else torch.channels_last
+            image = image.contiguous(memory_format=layout)
         autocast = autocast_context(self.device, self.amp)
         classes = self.lut[labels.long()]
         annotated = annotated_rows(self.annotated, subjects, self.device)

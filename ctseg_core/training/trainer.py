@@ -25,7 +25,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.domain import record_training_data
-from ..device import autocast_context, resolve_amp, resolve_device
+from ..device import resolve_amp, resolve_device
 from ..errors import ConfigError, CtsegError, TrainingError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import build_model
@@ -49,10 +49,8 @@ from .checks import check_run_config
 from .epoch_files import save_epoch
 from .optim import step_scheduler
 from .parts import build_parts
-from .samples import SampleFigure
 from .step import StepRunner
 from .stopping import StopControl, StopRequested, epoch_score, epochs_since_best
-from .validation import validate
 
 log = logging.getLogger(__name__)
 
@@ -259,14 +257,14 @@ class Trainer:
         if self.rank == 0:
             resumed = (self.resume_ckpt or {}).get("training_data")
             self.training_data = record_training_data(
-                self.run_dir, parts.train_set.subjects, d.data_root, d.train_split, resumed
+                self.run_dir, parts.training_subjects, d.data_root, d.train_split, resumed
             )
-        figure = SampleFigure(parts.val_set, cfg) if (t.sample_figure and self.rank == 0) else None
+        figure = parts.sample_figure(cfg) if (t.sample_figure and self.rank == 0) else None
         scores = [epoch_score(r) for r in history]
         best = max(scores) if scores else -math.inf
         since_best = epochs_since_best(scores)
         self._step_seconds: list[float] = []
-        self._val_batches = len(parts.val_loader)
+        self._val_batches = parts.val_batches
         self.budget = budget = Budget(t.minutes, t.epochs, history)
         val_seconds = 0.0
         p.steps_per_epoch, p.epochs = steps, t.epochs
@@ -283,10 +281,9 @@ class Trainer:
                 parts.train_loader, parts.run_step, gen, lr, val_seconds
             )
             t_val = time.monotonic()
-            metrics = validate(net, parts.val_loader, parts.val_set, cfg, parts.loss_fn, device,
-                               autocast_context(device, amp), channels_last,
-                               stop_check=self.stopper.check,
-                               progress=self._validating(val_seconds))  # fmt: skip
+            metrics = parts.validate(
+                cfg, stop_check=self.stopper.check, progress=self._validating(val_seconds)
+            )
             val_seconds = time.monotonic() - t_val
             record = {
                 "epoch": epoch,

@@ -1,0 +1,161 @@
+"""The volumetric path end to end on the phantom: patch training, whole-volume validation,
+stop and resume, and the 3D checkpoint evaluated from the CLI and the dashboard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ctseg_core.cli import main
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.data.patches import PatchDataset
+from ctseg_core.labels import LABEL_OF
+from ctseg_core.models.checkpoint import load_checkpoint, load_model
+from ctseg_core.runs.run_folder import read_history, read_status
+from ctseg_core.training.losses import build_loss
+from ctseg_core.training.presets import preset
+from ctseg_core.training.trainer import Trainer
+from ctseg_core.training.validation_volumes import VolumeValidation, axis_tiles, volume_tiles
+
+FEW = ["liver", "spleen", "kidney_left", "kidney_right", "aorta", "urinary_bladder"]
+
+
+def tiny_3d(root, run_name: str = "", cache=None, **train) -> RunConfig:
+    """nnU-Net's PlainConvUNet, 3 stages of 8..32, on 32 x 32 x 16 patches at 6 mm: an epoch of
+    2 steps and the whole-volume validation takes about a second."""
+    settings = {"epochs": 2, "steps_per_epoch": 2, "amp": "off", "sample_figure": False} | train
+    return RunConfig(
+        DataConfig(
+            data_root=str(root),
+            cache_dir=str(cache) if cache else None,
+            structures=FEW,
+            batch_size=2,
+            foreground_fraction=1 / 3,
+            patch_size=(32, 32, 16),
+            spacing_mm=(6.0, 6.0, 6.0),
+        ),
+        ModelConfig(
+            name="plain_unet3d", features=[8, 16, 32], norm="instance", deep_supervision=1
+        ),
+        TrainConfig(lr=3e-3, scheduler="cosine", **settings),
+        run_name=run_name,
+    ).validate()
+
+
+def test_tiles_score_every_voxel_once_and_cover_short_axes_with_padding():
+    for size, patch in [(100, 32), (64, 32), (20, 32), (33, 32), (32, 32)]:
+        tiles = axis_tiles(size, patch)
+        owned = np.zeros(size, int)
+        for start, lo, hi in tiles:
+            assert 0 <= lo < hi <= patch
+            owned[start + lo : start + hi] += 1
+        assert (owned == 1).all(), (size, patch, tiles)
+    tiles = volume_tiles(0, (40, 20, 70), (32, 32, 16))
+    assert len(tiles) == 2 * 1 * 5
+    assert {t.real[1] for t in tiles} == {20} and {t.real[0] for t in tiles} == {32}
+
+
+def test_volume_validation_dice_is_that_of_the_whole_volume(phantom_root, tmp_path):
+    """A per-voxel model (a 1x1x1 convolution): cut into tiles or not, its prediction is the
+    same, so the tiled validation must give the Dice of the whole resampled volumes."""
+    config = tiny_3d(phantom_root, cache=tmp_path / "cache")
+    config.data.patch_size = (24, 24, 32)  # z longer than the volumes: padded, not scored
+    dataset = PatchDataset(config, "val")
+    assert any(s.shape_xyz[2] < 32 for s in dataset.subjects)
+    k = len(FEW) + 1
+    torch.manual_seed(0)
+    model = torch.nn.Conv3d(1, k, 1)
+    with torch.no_grad():  # each class wins a band of intensities
+        model.weight.copy_(torch.linspace(-6, 6, k).view(k, 1, 1, 1, 1))
+        model.bias.copy_(torch.randn(k))
+    metrics = VolumeValidation(dataset, config).run(
+        model, build_loss("dice_ce"), torch.device("cpu"), torch.autocast("cpu", enabled=False),
+        channels_last=False,
+    )  # fmt: skip
+    values = np.array([0] + [LABEL_OF[n] for n in FEW])
+    tp = np.zeros(len(FEW)), np.zeros(len(FEW)), np.zeros(len(FEW))
+    tp, fp, fn = tp
+    for subject in dataset.subjects:
+        from ctseg_core.data.slices import normalize_hu
+
+        x = normalize_hu(torch.from_numpy(np.array(subject.ct)), config.data.hu_window)
+        with torch.no_grad():
+            pred = values[model(x[None, None]).argmax(1)[0].numpy()]
+        ref = np.array(subject.labels)
+        ref = np.where(np.isin(ref, values), ref, 0)
+        for i, name in enumerate(FEW):
+            v = LABEL_OF[name]
+            tp[i] += ((ref == v) & (pred == v)).sum()
+            fp[i] += ((ref != v) & (pred == v)).sum()
+            fn[i] += ((ref == v) & (pred != v)).sum()
+    for i, name in enumerate(FEW):
+        if tp[i] + fn[i] == 0:
+            assert metrics["val_dice"][name] is None
+        else:
+            expected = 2 * tp[i] / (2 * tp[i] + fp[i] + fn[i])
+            assert metrics["val_dice"][name] == pytest.approx(expected, abs=1e-12), name
+    assert 0 < metrics["val_dice_mean"] < 1 and np.isfinite(metrics["val_loss"])
+
+
+def test_a_3d_run_trains_stops_resumes_and_repeats_an_uninterrupted_one(phantom_root, tmp_path):
+    cache = tmp_path / "cache"
+    whole = Trainer(tiny_3d(phantom_root, "whole", cache, epochs=3, sample_figure=True),
+                    checkpoints_root=tmp_path)  # fmt: skip
+    assert whole.run() == "finished"
+    run = tmp_path / "whole"
+    history = read_history(run)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert all(0 < r["val_dice_mean"] < 1 and r["train_slices"] == 4 for r in history)
+    assert set(history[-1]["val_dice"]) == set(FEW)
+    assert (run / "samples" / "epoch_3.png").stat().st_size > 10_000
+    # the network comes back from the checkpoint alone (weights_only), the package's own keys
+    model, config = load_model(run / "best.pth")
+    assert type(model).__mro__[2].__name__ == "PlainConvUNet"
+    assert config.data.patch_size == (32, 32, 16) and config.data.spacing_mm == (6.0, 6.0, 6.0)
+    assert model(torch.zeros(1, 1, 32, 32, 16)).shape == (1, len(FEW) + 1, 32, 32, 16)
+
+    def interrupt(p) -> None:  # Ctrl-C in the second epoch
+        if p.kind == "step" and p.epoch == 2:
+            raise KeyboardInterrupt
+
+    config = tiny_3d(phantom_root, "part", cache, epochs=3, sample_figure=True)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, checkpoints_root=tmp_path, callbacks=[interrupt]).run()
+    assert read_status(tmp_path / "part")["state"] == "stopped"
+    assert load_checkpoint(tmp_path / "part" / "last.pth")["epoch"] == 1
+    assert Trainer.resume(tmp_path / "part").run() == "finished"
+    resumed = read_history(tmp_path / "part")
+    for a, b in zip(history, resumed, strict=True):
+        for key in ("train_loss", "val_loss", "val_dice_mean", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
+
+
+def test_the_cli_trains_a_3d_preset_and_evaluates_its_checkpoint(phantom_root, tmp_path, capsys):
+    ckpts, cache = tmp_path / "runs", tmp_path / "cache"
+    args = ["train", "--preset", "phantom_3d", "--data", str(phantom_root), "--cache", str(cache),
+            "--checkpoints", str(ckpts), "--run", "p3", "--patch-size", "32", "32", "16",
+            "--spacing", "6", "6", "6", "--features", "8", "16", "32", "--deep-supervision", "1",
+            "--epochs", "1", "--steps-per-epoch", "1", "--minutes", "0", "--amp", "off",
+            "--structures", ",".join(FEW)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    config = load_checkpoint(ckpts / "p3" / "best.pth")["config"]
+    assert config["model"]["name"] == "plain_unet3d" and config["data"]["patch_size"] == [32, 32, 16]
+    argv = ["evaluate", "--data", str(phantom_root), "--split", "val", "--cache", str(cache),
+            "--checkpoint", str(ckpts / "p3" / "best.pth"), "--no-report"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    table = pd.read_csv(ckpts / "p3" / "evaluation" / "evaluation_results_val.csv")
+    assert set(table["structure"]) <= set(FEW) and len(table) > 0
+    assert table["dice"].between(0, 1).all()
+    # bad 3D settings are named before anything starts
+    bad = [*args[:-4], "--patch-size", "30", "32", "16", "--run", "bad"]
+    assert main(bad) == 2
+    assert "patch size (30, 32, 16) cannot pass the network's strides" in capsys.readouterr().err
+
+
+def test_presets_for_3d_validate_and_name_their_network():
+    for name, spacing in (("phantom_3d", 3.0), ("gpu_3d", 1.5)):
+        config = preset(name, "/data").validate()
+        assert config.model.name == "plain_unet3d" and config.data.spacing_mm == (spacing,) * 3
+        assert config.model.norm == "instance" and config.model.deep_supervision >= 2
