@@ -7,7 +7,7 @@ spread evenly from edge to edge). Each window's class probabilities are weighted
 (sigma = patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the
 model's spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and
 ensemble members add further weighted passes. The scores go back to the CT's own grid a slab of
-slices at a time (``resample.labels_on_grid``), where their argmax gives the labels.
+slices at a time (``to_grid.labels_on_grid``), where their argmax gives the labels.
 
 A window's logits are turned into weighted probabilities 16 channels at a time, so no buffer
 holds more than the network's own output in float32; patches run in batches of ``batch`` under
@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.resample import CT_SLAB, grid_shape, resample_ct
 from ..data.slices import normalize_hu
 from ..device import autocast_context, resolve_amp
 from ..errors import ConfigError, CtsegError
@@ -30,7 +31,6 @@ from ..labels import lr_swap_lut
 from ..models.head import channel_label_values
 from ..models.nnunet import architecture
 from ..settings import max_voxels
-from .resample import CT_SLAB, grid_shape, resample_ct
 from .to_grid import SLAB_VALUES, labels_on_grid
 
 #: HU of the padding around a CT smaller than a patch (air)
