@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.patches import PAD_HU
 from ..data.resample import CT_SLAB, grid_shape, resample_ct
 from ..data.slices import normalize_hu
 from ..device import autocast_context, resolve_amp
@@ -33,8 +34,6 @@ from ..models.nnunet import architecture
 from ..settings import max_voxels
 from .to_grid import SLAB_VALUES, labels_on_grid
 
-#: HU of the padding around a CT smaller than a patch (air)
-PAD_HU = -1024.0
 #: logits turned into probabilities at once (z slices of a window, all channels)
 _CHUNK_VALUES = 16 * 2**20
 #: TTA shifts (voxels) for models trained without left/right mirroring
