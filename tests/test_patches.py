@@ -169,6 +169,7 @@ def test_a_data_loader_batches_patches(dataset):
 def test_dataset_pickles_without_its_volumes_for_spawned_loader_workers(dataset):
     import pickle
 
+    PatchSampler(dataset, 4, fg_fraction=1.0)  # reads every subject's locations
     payload = pickle.dumps(dataset)
     volumes = sum(s.ct.nbytes + s.labels.nbytes for s in dataset.subjects)  # ~1.4 MB
     assert len(payload) < volumes / 4

@@ -65,8 +65,8 @@ class ResampledSubject:
         # stored volumes travel as their path and reopen in a loader worker (see CachedSubject)
         state = dict(self.__dict__)
         if self.folder is not None:
-            state.pop("ct", None)
-            state.pop("labels", None)
+            for name in ("ct", "labels", "locations"):
+                state.pop(name, None)
         return state
 
     @cached_property
