@@ -130,9 +130,9 @@ def run_monai(ckpt, shape, threads, batch, overlap, crop, queue) -> None:
     from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(threads)
+    from ctseg_core.data.resample import grid_shape, linear_weights
     from ctseg_core.data.slices import normalize_hu
     from ctseg_core.device import autocast_context, resolve_amp
-    from ctseg_core.inference.resample import grid_shape, linear_weights
     from ctseg_core.models.checkpoint import load_model
 
     ct = synthetic_ct(shape)
@@ -206,8 +206,8 @@ def main() -> None:
     shape = (args.size, args.size, args.slices)
     crop = min(args.crop, args.slices)
 
+    from ctseg_core.data.resample import grid_shape
     from ctseg_core.inference.patches import window_starts
-    from ctseg_core.inference.resample import grid_shape
 
     grid = grid_shape(shape, SPACING_CT, SPACING_MODEL)
     count = np.prod(

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.data.resample import grid_shape, resample_ct
 from ctseg_core.data.slices import normalize_hu
 from ctseg_core.data.volume import load_ct
 from ctseg_core.device import autocast_context
@@ -21,7 +22,6 @@ from ctseg_core.errors import ConfigError, CtsegError
 from ctseg_core.inference.files import predict_file
 from ctseg_core.inference.patches import gaussian_importance, window_starts
 from ctseg_core.inference.predictor import Predictor
-from ctseg_core.inference.resample import grid_shape, resample_ct
 from ctseg_core.inference.to_grid import labels_on_grid, possible_winners
 from ctseg_core.labels import LABEL_OF, lr_swap_lut
 from ctseg_core.models import build_model, register

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,73 @@ def _slice_presence(subject: CachedSubject) -> np.ndarray:
     return presence
 
 
+def labelled_subjects(
+    config: RunConfig,
+    split: str,
+    progress: Callable[[int, int, str], None] | None = None,
+    build: bool = True,
+) -> tuple[list[str], list[CachedSubject]]:
+    """(ids, cached subjects) of the subjects of ``split`` that have segmentations/, prepared
+    into the cache first when ``build`` (else opened; DataError for one not prepared).
+
+    A subject that fails to prepare is skipped with a warning; DataError when the split has no
+    labelled subject or none could be prepared.
+    """
+    data = config.data
+    index = open_dataset(Path(data.data_root), seed=data.seed)
+    ids = [s for s in index.subjects_in(split) if (index.subject_dir(s) / "segmentations").is_dir()]
+    if not ids:
+        raise DataError(
+            f"split {split!r} of {index.root} has no subject with segmentations/; "
+            "fix meta.csv or add labelled subjects"
+        )
+    cache_dir = data.cache_dir or None
+    reserve_open_files(len(ids), f"split {split!r} of {index.root}")
+    if build:
+        # all cores from the CLI or torchrun; one in the dashboard's thread, where a process
+        # pool would fork the threaded server (or, spawned, run the page again)
+        in_main = threading.current_thread() is threading.main_thread()
+        report = prepare_dataset(
+            index, cache_dir, subjects=ids, progress=progress, workers=None if in_main else 1
+        )
+        for sid, error in report.failed.items():
+            log.warning("skipping %s: %s", sid, error)
+        ids = [s for s in ids if s not in report.failed]
+        subjects = [report.entries[s] for s in ids]
+    else:
+        subjects = [open_cached(index.root, s, cache_dir, build=False) for s in ids]
+    if not subjects:
+        raise DataError(f"no subject of split {split!r} in {index.root} could be prepared")
+    return ids, subjects
+
+
+def annotated_classes(annotated: np.ndarray, structures: Sequence[str]) -> torch.Tensor | None:
+    """(S, 1 + len(structures)) bool: class c of subject s has a mask file (class 0, the
+    background, is always True), from ``annotated`` (S, 118) bool per label value; None when
+    every subject annotates every class."""
+    values = [LABEL_OF[n] for n in structures]
+    table = np.ones((len(annotated), 1 + len(values)), dtype=bool)
+    table[:, 1:] = annotated[:, values]
+    return None if table.all() else torch.from_numpy(table)
+
+
+def mirror_safe(annotated: np.ndarray, structures: Sequence[str]) -> torch.Tensor | None:
+    """(S,) bool: subject s may be mirrored, i.e. it annotates both sides or neither of every
+    left/right pair the run learns (either side among ``structures``), from ``annotated``
+    (S, 118) bool; None when all may.
+
+    Mirroring swaps the labels of a pair but not which of them has a mask file: a subject
+    with only subclavian_artery_left would, mirrored, show its artery on the right while
+    its annotations still say "left, annotated; right, unknown".
+    """
+    learned = set(structures)
+    pairs = [(a, b) for a, b in LR_PAIRS if a in learned or b in learned]
+    left = [LABEL_OF[a] for a, _ in pairs]
+    right = [LABEL_OF[b] for _, b in pairs]
+    safe = (annotated[:, left] == annotated[:, right]).all(axis=1)
+    return None if safe.all() else torch.from_numpy(safe)
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """The axial slices of one split, read from the cache; item i -> (image, labels, subject).
 
@@ -104,32 +171,7 @@ class SliceDataset(torch.utils.data.Dataset):
     ):
         data = config.data
         self.config = config
-        index = open_dataset(Path(data.data_root), seed=data.seed)
-        ids = [
-            s for s in index.subjects_in(split) if (index.subject_dir(s) / "segmentations").is_dir()
-        ]
-        if not ids:
-            raise DataError(
-                f"split {split!r} of {index.root} has no subject with segmentations/; "
-                "fix meta.csv or add labelled subjects"
-            )
-        cache_dir = data.cache_dir or None
-        reserve_open_files(len(ids), f"split {split!r} of {index.root}")
-        if build:
-            # all cores from the CLI or torchrun; one in the dashboard's thread, where a process
-            # pool would fork the threaded server (or, spawned, run the page again)
-            in_main = threading.current_thread() is threading.main_thread()
-            report = prepare_dataset(
-                index, cache_dir, subjects=ids, progress=progress, workers=None if in_main else 1
-            )
-            for sid, error in report.failed.items():
-                log.warning("skipping %s: %s", sid, error)
-            ids = [s for s in ids if s not in report.failed]
-            self.subjects = [report.entries[s] for s in ids]
-        else:
-            self.subjects = [open_cached(index.root, s, cache_dir, build=False) for s in ids]
-        if not self.subjects:
-            raise DataError(f"no subject of split {split!r} in {index.root} could be prepared")
+        ids, self.subjects = labelled_subjects(config, split, progress, build)
         self.subject_ids = ids
         counts = [s.labels.shape[0] for s in self.subjects]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -145,27 +187,12 @@ class SliceDataset(torch.utils.data.Dataset):
         return int(self.offsets[-1])
 
     def annotated_classes(self) -> torch.Tensor | None:
-        """(S, 1 + len(structures)) bool: class c of subject s has a mask file (class 0, the
-        background, is always True); None when every subject annotates every class."""
-        values = [LABEL_OF[n] for n in self.config.data.structures]
-        table = np.ones((len(self.subjects), 1 + len(values)), dtype=bool)
-        table[:, 1:] = self.annotated[:, values]
-        return None if table.all() else torch.from_numpy(table)
+        """(S, 1 + len(structures)) bool, see :func:`annotated_classes`."""
+        return annotated_classes(self.annotated, self.config.data.structures)
 
     def mirror_safe(self) -> torch.Tensor | None:
-        """(S,) bool: subject s may be mirrored, i.e. it annotates both sides or neither of every
-        left/right pair the run learns (either side among its structures); None when all may.
-
-        Mirroring swaps the labels of a pair but not which of them has a mask file: a subject
-        with only subclavian_artery_left would, mirrored, show its artery on the right while
-        its annotations still say "left, annotated; right, unknown".
-        """
-        learned = set(self.config.data.structures)
-        pairs = [(a, b) for a, b in LR_PAIRS if a in learned or b in learned]
-        left = [LABEL_OF[a] for a, _ in pairs]
-        right = [LABEL_OF[b] for _, b in pairs]
-        safe = (self.annotated[:, left] == self.annotated[:, right]).all(axis=1)
-        return None if safe.all() else torch.from_numpy(safe)
+        """(S,) bool, see :func:`mirror_safe`."""
+        return mirror_safe(self.annotated, self.config.data.structures)
 
     def locate(self, i: int) -> tuple[int, int]:
         """Global slice index -> (subject index, z)."""

@@ -7,7 +7,7 @@ spread evenly from edge to edge). Each window's class probabilities are weighted
 (sigma = patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the
 model's spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and
 ensemble members add further weighted passes. The scores go back to the CT's own grid a slab of
-slices at a time (``resample.labels_on_grid``), where their argmax gives the labels.
+slices at a time (``to_grid.labels_on_grid``), where their argmax gives the labels.
 
 A window's logits are turned into weighted probabilities 16 channels at a time, so no buffer
 holds more than the network's own output in float32; patches run in batches of ``batch`` under
@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..data.patches import PAD_HU
+from ..data.resample import CT_SLAB, grid_shape, resample_ct
 from ..data.slices import normalize_hu
 from ..device import autocast_context, resolve_amp
 from ..errors import ConfigError, CtsegError
@@ -30,11 +32,8 @@ from ..labels import lr_swap_lut
 from ..models.head import channel_label_values
 from ..models.nnunet import architecture
 from ..settings import max_voxels
-from .resample import CT_SLAB, grid_shape, resample_ct
 from .to_grid import SLAB_VALUES, labels_on_grid
 
-#: HU of the padding around a CT smaller than a patch (air)
-PAD_HU = -1024.0
 #: logits turned into probabilities at once (z slices of a window, all channels)
 _CHUNK_VALUES = 16 * 2**20
 #: TTA shifts (voxels) for models trained without left/right mirroring

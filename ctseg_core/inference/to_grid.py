@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .resample import interpolation_matrix, linear_weights
+from ..data.resample import interpolation_matrix, linear_weights
 
 #: values of the largest slab buffers (64 MiB as float32)
 SLAB_VALUES = 16 * 2**20

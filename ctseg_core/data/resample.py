@@ -1,5 +1,5 @@
 """Linear resampling between a CT's grid and a model's (the CT in; the scores go back in
-:mod:`.to_grid`).
+:mod:`ctseg_core.inference.to_grid`).
 
 Every function follows ``F.interpolate(..., mode="trilinear", align_corners=False)``: the grids
 share their outer edges, output voxel i samples input position (i + 0.5) * n_in / n_out - 0.5,

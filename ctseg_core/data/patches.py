@@ -1,0 +1,184 @@
+"""3D patches from resampled cached volumes: dataset, foreground-oversampling sampler.
+
+Axes: a volume is canonical (X, Y, Z) in RAS+ at ``data.spacing_mm``; a patch is
+``data.patch_size`` = (px, py, pz) voxels; an image batch is (B, 1, px, py, pz), a label batch
+(B, px, py, pz) of label values. Intensities as in 2D (:func:`.slices.normalize_hu`).
+
+A sample is named by the sampler as ``(s, centre, seed)``: subject index, the (x, y, z) voxel
+the patch is centred on or None for a uniformly random position drawn from ``seed``. The patch
+is shifted to lie inside the volume; along an axis where the volume is smaller than the patch,
+the volume sits in the middle of the patch and the rest is air (``PAD_HU``) labelled
+background, as the sliding-window inference pads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..labels import LABEL_OF, NUM_LABELS, class_lut
+from .slices import annotated_classes, labelled_subjects, mirror_safe, normalize_hu
+from .volumes import ResampledSubject, open_resampled
+
+log = logging.getLogger(__name__)
+
+#: HU of the padding around a volume smaller than a patch (air), in training and inference
+PAD_HU = -1024.0
+
+#: an item: (subject index, (x, y, z) centre or None, seed)
+PatchItem = tuple[int, tuple[int, int, int] | None, int]
+
+
+def patch_boxes(
+    shape_xyz: Sequence[int], patch: Sequence[int], centre: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(source, target) slices copying the part of a volume of ``shape_xyz`` in a patch
+    centred on ``centre`` (x, y, z voxels) into the patch.
+
+    Along an axis at least a patch long the patch is shifted to lie inside the volume; along a
+    shorter one the whole axis goes to the middle of the patch (the centre is ignored there).
+    """
+    source, target = [], []
+    for n, p, c in zip(shape_xyz, patch, centre, strict=True):
+        n, p, c = int(n), int(p), int(c)
+        if n >= p:
+            start = min(max(c - p // 2, 0), n - p)
+            source.append(slice(start, start + p))
+            target.append(slice(0, p))
+        else:
+            before = (p - n) // 2
+            source.append(slice(0, n))
+            target.append(slice(before, before + n))
+    return tuple(source), tuple(target)
+
+
+def random_centre(shape_xyz: Sequence[int], patch: Sequence[int], seed: int) -> tuple[int, ...]:
+    """A centre whose patch lies inside the volume, uniform over those positions (x, y, z)."""
+    rng = np.random.default_rng(seed)
+    centre = []
+    for n, p in zip(shape_xyz, patch, strict=True):
+        start = int(rng.integers(0, max(int(n) - int(p), 0) + 1))
+        centre.append(start + int(p) // 2)
+    return tuple(centre)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """The labelled subjects of one split at ``data.spacing_mm``; item ``(s, centre, seed)`` ->
+    (image (1, px, py, pz) float32 normalised HU, labels (px, py, pz) uint8 label values, s).
+
+    ``data.spacing_mm`` None: each subject at its own spacing. Volumes are resampled into the
+    cache once (``progress(done, total, subject_id)`` after each, as for preparing); len() is
+    the number of subjects, the sampler decides how many patches an epoch has.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        split: str,
+        progress: Callable[[int, int, str], None] | None = None,
+        build: bool = True,
+    ):
+        data = config.data
+        if data.patch_size is None:
+            raise ConfigError("a patch dataset needs data.patch_size (x, y, z voxels)")
+        self.config = config
+        self.patch_size = tuple(int(p) for p in data.patch_size)
+        ids, cached = labelled_subjects(config, split, progress, build)
+        self.subjects: list[ResampledSubject] = []
+        for done, subject in enumerate(cached, start=1):
+            spacing = data.spacing_mm if data.spacing_mm is not None else subject.spacing_mm
+            self.subjects.append(open_resampled(subject, spacing))
+            if progress:
+                progress(done, len(cached), subject.subject_id)
+        self.subject_ids = ids
+        self.annotated = np.stack([s.annotated for s in self.subjects])  # (S, 118)
+        self.lut = class_lut(data.structures).astype(np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def annotated_classes(self) -> torch.Tensor | None:
+        """(S, 1 + len(structures)) bool, see :func:`.slices.annotated_classes`."""
+        return annotated_classes(self.annotated, self.config.data.structures)
+
+    def mirror_safe(self) -> torch.Tensor | None:
+        """(S,) bool, see :func:`.slices.mirror_safe`."""
+        return mirror_safe(self.annotated, self.config.data.structures)
+
+    def __getitem__(self, item: PatchItem) -> tuple[torch.Tensor, torch.Tensor, int]:
+        s, centre, seed = item
+        subject = self.subjects[int(s)]
+        shape, patch = subject.shape_xyz, self.patch_size
+        if centre is None:
+            centre = random_centre(shape, patch, int(seed))
+        source, target = patch_boxes(shape, patch, centre)
+        ct = np.full(patch, PAD_HU, dtype=np.int16)
+        labels = np.zeros(patch, dtype=np.uint8)
+        ct[target] = subject.ct[source]
+        labels[target] = subject.labels[source]
+        image = normalize_hu(torch.from_numpy(ct)[None], self.config.data.hu_window)
+        return image, torch.from_numpy(labels), int(s)
+
+
+class PatchSampler(torch.utils.data.Sampler[PatchItem]):
+    """Patch items for one epoch: subject uniform; with probability ``fg_fraction`` centred on
+    a voxel of a structure chosen uniformly among those the subject has and the run learns
+    (rare structures get seen), else at a random position. Seeded by (seed, epoch): the same
+    epoch yields the same draw, resumed or not.
+
+    With ``world_size`` > 1 each rank gets every world_size-th item of the common draw, as
+    ``DistributedSampler`` shards, so the ranks together see the whole epoch once.
+    """
+
+    def __init__(
+        self,
+        dataset: PatchDataset,
+        num_samples: int,
+        fg_fraction: float,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.num_samples = int(num_samples)
+        self.fraction = float(fg_fraction)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        learned = np.zeros(NUM_LABELS, dtype=bool)
+        learned[[LABEL_OF[n] for n in dataset.config.data.structures]] = True
+        self.choices = [np.flatnonzero(s.present & learned) for s in dataset.subjects]
+        self.locations = [s.locations for s in dataset.subjects]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draw(self) -> list[PatchItem]:
+        """The whole epoch's ``num_samples`` items, before sharding."""
+        rng = np.random.default_rng([self.seed, self.epoch, 11])
+        subjects = rng.integers(0, len(self.choices), self.num_samples)
+        fg = rng.random(self.num_samples) < self.fraction
+        seeds = rng.integers(0, 2**31 - 1, self.num_samples)
+        items = []
+        for s, centred, seed in zip(subjects.tolist(), fg.tolist(), seeds.tolist(), strict=True):
+            centre, choices = None, self.choices[s]
+            if centred and len(choices):
+                points = self.locations[s][int(choices[rng.integers(len(choices))])]
+                centre = tuple(int(v) for v in points[rng.integers(len(points))])
+            items.append((s, centre, seed))
+        return items
+
+    def __iter__(self) -> Iterator[PatchItem]:
+        return iter(self.draw()[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+def validation_volumes(dataset: PatchDataset) -> list[int]:
+    """Every subject index of ``dataset``: validation runs the sliding window over whole
+    volumes (not patches), so each validation subject is scored once per epoch."""
+    return list(range(len(dataset.subjects)))
