@@ -205,10 +205,18 @@ def augment_batch(
         image = apply_curve(image, parts["curve"])
     image = image * parts["gain"].view(b, 1, 1, 1) + parts["offset"].view(b, 1, 1, 1)
     if bool(drawn["sigma"].any()):
-        noise_gen = g
-        if device.type != "cpu":  # full-size noise is drawn where it is used
-            seed = int(torch.randint(0, 2**62, (1,), generator=g))
-            noise_gen = torch.Generator(device=device).manual_seed(seed)
-        noise = torch.randn(image.shape, generator=noise_gen, device=device)
-        image = image + noise * parts["sigma"].view(b, 1, 1, 1)
+        image = image + gaussian_noise(image, g) * parts["sigma"].view(b, 1, 1, 1)
     return image, labels
+
+
+def gaussian_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise shaped and placed like ``like``, seeded from ``generator`` (CPU).
+
+    On an accelerator the full-size noise is drawn there, by a generator seeded from
+    ``generator``: drawing it on the CPU and copying it over would cost a blocking copy.
+    """
+    noise_gen = generator
+    if like.device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        noise_gen = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.randn(like.shape, generator=noise_gen, device=like.device)
