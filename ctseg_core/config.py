@@ -71,6 +71,10 @@ class DataConfig:
     # per sample, every vessel (labels.VESSELS) gets its own random mean intensity in
     # augment.VESSEL_HU: a native-phase aorta learned from contrast-enhanced scans and back
     vessel_contrast_prob: float = 0.0
+    # volumetric augmentation only (data.augment3d): x -> x ** gamma on the window rescaled to
+    # [0, 1], per sample (nnU-Net's gamma transform)
+    gamma_prob: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
     noise_std: float = 0.03
     seed: int = 0
     # loader processes; None: hardware.loader_workers picks (0 on a CPU, up to 8 on a GPU)
@@ -151,7 +155,8 @@ def _build(cls: type, values: dict[str, Any] | None, where: str):
             f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_fields(cls)))}"
         )
     for name, value in values.items():
-        tuples = ("target_size", "hu_window", "scale_range", "patch_size", "spacing_mm")
+        tuples = ("target_size", "hu_window", "scale_range", "patch_size", "spacing_mm",
+                  "gamma_range")  # fmt: skip
         if isinstance(value, list) and name in tuples:
             values[name] = tuple(value)
     return cls(**values)
@@ -287,10 +292,12 @@ def _validate_static(cfg: RunConfig) -> None:
         )
     if not 0.0 <= d.foreground_fraction <= 1.0:
         problems.append(f"foreground fraction must be in [0, 1] (got {d.foreground_fraction})")
-    for name in ("spatial", "elastic", "intensity", "curve", "vessel_contrast"):
+    for name in ("spatial", "elastic", "intensity", "curve", "vessel_contrast", "gamma"):
         value = getattr(d, f"{name}_prob")
         if not 0.0 <= value <= 1.0:
             problems.append(f"{name} probability must be in [0, 1] (got {value})")
+    if not (len(d.gamma_range) == 2 and 0 < d.gamma_range[0] <= d.gamma_range[1]):
+        problems.append(f"gamma range {tuple(d.gamma_range)} must be (low, high), 0 < low <= high")
     if not d.structures:
         problems.append("structures is empty; list at least one structure to segment")
     unknown = [s for s in d.structures if s not in LABEL_OF]

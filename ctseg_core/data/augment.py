@@ -51,19 +51,22 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tenso
 def mirror_lr(
     image: torch.Tensor, labels: torch.Tensor, which: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip the x axis (dim -2) of the selected samples and swap their left/right labels.
+    """Flip the x axis of the selected samples and swap their left/right labels.
 
-    ``which``: (B,) bool on any device, default all. Samples holding an unpaired lateral label
-    stay as they are. Returns new tensors; computed on the labels' device without a sync.
+    Slices: image (B, C, H, W), labels (B, H, W); volumes: image (B, C, X, Y, Z), labels
+    (B, X, Y, Z). x (patient right <-> left) is dim 2 of the image and dim 1 of the labels in
+    both. ``which``: (B,) bool on any device, default all. Samples holding an unpaired lateral
+    label stay as they are. Returns new tensors; computed on the labels' device without a sync.
     """
     b, device = image.shape[0], labels.device
     which = torch.ones(b, dtype=torch.bool, device=device) if which is None else which
     flat = labels.reshape(b, -1).long()
     unpaired = torch.isin(flat, to_device(_UNPAIRED, device)).any(dim=1)
     which = which.to(device).bool() & ~unpaired
-    swapped = to_device(_SWAP_LUT, device)[labels.flip(-2).long()].to(labels.dtype)
-    labels = torch.where(which.view(b, 1, 1), swapped, labels)
-    image = torch.where(which.view(b, 1, 1, 1).to(image.device), image.flip(-2), image)
+    swapped = to_device(_SWAP_LUT, device)[labels.flip(1).long()].to(labels.dtype)
+    labels = torch.where(which.view(b, *[1] * (labels.dim() - 1)), swapped, labels)
+    keep = which.view(b, *[1] * (image.dim() - 1)).to(image.device)
+    image = torch.where(keep, image.flip(2), image)
     return image, labels
 
 
@@ -114,8 +117,8 @@ def _grid(theta: torch.Tensor, coarse: torch.Tensor, h: int, w: int, alpha_px: f
 def apply_curve(image: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
     """Map image values through per-sample piecewise-linear curves.
 
-    image (B, C, H, W) in the window's [-1, 1] (values outside are clipped first); curve (B, K)
-    values at K evenly spaced knots over [-1, 1].
+    image (B, C, ...) (slices or volumes) in the window's [-1, 1] (values outside are clipped
+    first); curve (B, K) values at K evenly spaced knots over [-1, 1].
     """
     b, k = curve.shape
     flat = image.reshape(b, -1).clamp(-1.0, 1.0)
@@ -132,15 +135,15 @@ def vessel_contrast(
 ) -> torch.Tensor:
     """Give every vessel (``labels.VESSELS``) of each sample a new mean intensity.
 
-    image (B, C, H, W) normalised with ``hu_window``; labels (B, H, W) uint8; target_hu (B, V)
-    the mean HU for each vessel in ``VESSELS`` order, NaN where a vessel keeps its intensity
-    (an all-NaN row leaves its sample untouched). The shift is the target minus the vessel's mean
-    in the centre channel, applied to all channels (2.5D neighbours hold the same vessel), so
-    noise and texture stay; outside the vessels a 3 x 3 mean of the shift map gives the pixels
-    next to them a share of it, as partial volume would. A vessel absent from a slice changes
-    nothing.
+    image (B, C, H, W) normalised with ``hu_window``, labels (B, H, W) uint8; or volumes,
+    image (B, C, X, Y, Z) and labels (B, X, Y, Z). target_hu (B, V) the mean HU for each vessel
+    in ``VESSELS`` order, NaN where a vessel keeps its intensity (an all-NaN row leaves its
+    sample untouched). The shift is the target minus the vessel's mean in the centre channel,
+    applied to all channels (2.5D neighbours hold the same vessel), so noise and texture stay;
+    outside the vessels a 3 x 3 (x 3 on volumes) mean of the shift map gives the voxels next to
+    them a share of it, as partial volume would. A vessel absent from a sample changes nothing.
     """
-    b, c, h, w = image.shape
+    b, c = image.shape[:2]
     lo, hi = hu_window
     device = image.device
     target = (target_hu.to(image.dtype) - lo) * (2.0 / (hi - lo)) - 1.0
@@ -154,8 +157,9 @@ def vessel_contrast(
     values = to_device(_VESSEL_VALUES, device)
     delta = torch.zeros_like(sums)
     delta[:, values] = torch.nan_to_num(target - sums[:, values] / counts[:, values].clamp(min=1))
-    shift = delta.gather(1, flat_labels).view(b, 1, h, w)
-    fringe = F.avg_pool2d(shift, 3, stride=1, padding=1, count_include_pad=False)
+    shift = delta.gather(1, flat_labels).view(b, 1, *labels.shape[1:])
+    pool = F.avg_pool3d if labels.dim() == 4 else F.avg_pool2d
+    fringe = pool(shift, 3, stride=1, padding=1, count_include_pad=False)
     return image + torch.where(shift != 0, shift, fringe)
 
 
@@ -201,10 +205,18 @@ def augment_batch(
         image = apply_curve(image, parts["curve"])
     image = image * parts["gain"].view(b, 1, 1, 1) + parts["offset"].view(b, 1, 1, 1)
     if bool(drawn["sigma"].any()):
-        noise_gen = g
-        if device.type != "cpu":  # full-size noise is drawn where it is used
-            seed = int(torch.randint(0, 2**62, (1,), generator=g))
-            noise_gen = torch.Generator(device=device).manual_seed(seed)
-        noise = torch.randn(image.shape, generator=noise_gen, device=device)
-        image = image + noise * parts["sigma"].view(b, 1, 1, 1)
+        image = image + gaussian_noise(image, g) * parts["sigma"].view(b, 1, 1, 1)
     return image, labels
+
+
+def gaussian_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard normal noise shaped and placed like ``like``, seeded from ``generator`` (CPU).
+
+    On an accelerator the full-size noise is drawn there, by a generator seeded from
+    ``generator``: drawing it on the CPU and copying it over would cost a blocking copy.
+    """
+    noise_gen = generator
+    if like.device.type != "cpu":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        noise_gen = torch.Generator(device=like.device).manual_seed(seed)
+    return torch.randn(like.shape, generator=noise_gen, device=like.device)
