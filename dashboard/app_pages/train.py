@@ -11,8 +11,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from ctseg_core.device import resolve_device
 from ctseg_core.runs.run_folder import ACTIVE_STATES
 from ctseg_core.training.checks import check_run_config
+from ctseg_core.training.memory import check_fits
 from dashboard import cached, state
 from dashboard.helpers import run_actions, runs
 from dashboard.helpers.train_form import build_config
@@ -30,6 +32,7 @@ def controls(root: str) -> None:
     job = cached.training_job()
     if config is not None:
         try:
+            check_fits(config, resolve_device(config.train.device))  # before any data is read
             reused = _empty_run(config.run_name)
             run_dir = job.start(
                 check_run_config(config, check_data=True), cached.checkpoints_root(), state.who()
