@@ -1,8 +1,8 @@
 """Memory of one training step: ``training.memory.estimate_training_bytes`` vs the real peak.
 
 Peer: two real training steps (forward, loss, backward, clipping, optimizer step) of the same
-configuration in a fresh process, on the CPU, measured as ``ru_maxrss`` minus the process's
-resident memory before the model was built. Prints estimate, measurement and their ratio for a
+configuration in a fresh process, on the CPU, measured as its peak resident memory (VmHWM)
+minus its resident memory before the model was built. Prints estimate, measurement and their ratio for a
 small 3D patch, the phantom_3d network at a mid-size patch and the 2D phantom_demo.
 
     python benchmarks/step_memory.py
@@ -11,7 +11,6 @@ small 3D patch, the phantom_3d network at a mid-size patch and the 2D phantom_de
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +35,15 @@ def rss_bytes() -> int:
 
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """The peak resident memory of this process image (VmHWM; Linux). Not ``ru_maxrss``: after
+    fork and exec that keeps the parent's peak (a test runner's gigabyte)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def measure(preset_name: str, data: dict, steps: int = 2) -> int:
@@ -69,8 +77,7 @@ def measure(preset_name: str, data: dict, steps: int = 2) -> int:
         backward_step(net, image, classes, loss_fn, optimizer, scaler,
                       autocast_context(device, amp), config.train.grad_clip)  # fmt: skip
         optimizer.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return peak - before
+    return peak_rss_bytes() - before
 
 
 def measure_in_subprocess(preset_name: str, data: dict) -> int:

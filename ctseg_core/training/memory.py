@@ -11,17 +11,17 @@ per-voxel bytes scale to ``batch x patch``. ``BACKWARD_FACTOR`` then covers what
 on top (gradient buffers of the layer in flight, the loss's float32 gradient of the logits,
 oneDNN scratch), calibrated against real peaks.
 
-Accuracy, against the real peak of two training steps on 2 CPU cores (``ru_maxrss`` of a fresh
-process minus its resident memory before the model was built; bf16 autocast on a CPU with
-avx512_bf16; 118 output channels; ``benchmarks/step_memory.py``, whose first case
+Accuracy, against the real peak of two training steps on 2 CPU cores (the peak resident memory,
+VmHWM, of a fresh process minus its resident memory before the model was built; bf16 autocast on
+a CPU with avx512_bf16; 118 output channels; ``benchmarks/step_memory.py``, whose first case
 ``tests/test_training_memory.py`` repeats):
 
 ==========================================  ===========  ===========  =====
 configuration                               estimate MB  measured MB  ratio
 ==========================================  ===========  ===========  =====
-phantom_3d widths, 32 x 32 x 32, batch 1            301          289   1.04
-phantom_3d widths, 64 x 64 x 32, batch 2            877          873   1.01
-phantom_demo (2D), 128 x 128, batch 4               405          434   0.93
+phantom_3d widths, 32 x 32 x 32, batch 1            300          298   1.01
+phantom_3d widths, 64 x 64 x 32, batch 2            874          895   0.98
+phantom_demo (2D), 128 x 128, batch 4               405          421   0.96
 phantom_3d, 96 x 96 x 64, batch 2                  3185         2672   1.19
 ==========================================  ===========  ===========  =====
 
