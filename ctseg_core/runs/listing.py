@@ -5,7 +5,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run_folder import default_checkpoints_root, read_history, read_status
+from .run_folder import default_checkpoints_root, read_history, read_json, read_status
+
+#: what a run trains on: slices, slices with their neighbours as channels, or 3D patches
+KINDS = ("2D", "2.5D", "3D")
+
+
+def config_kind(config: dict) -> str:
+    """ "3D", "2.5D" or "2D" for a configuration in ``RunConfig.to_dict()`` form (config.json).
+
+    3D: the model is registered with ``spatial_dims`` 3 (a name the registry does not know
+    counts as 3D when ``data.patch_size`` is set); 2.5D: a slice model fed
+    ``data.context_slices`` > 1 neighbouring slices; else 2D.
+    """
+    from ..models.registry import MODELS
+
+    model, data = (
+        config.get(k) if isinstance(config.get(k), dict) else {} for k in ("model", "data")
+    )
+    spec = MODELS.get(str(model.get("name", "unet")))
+    volumetric = spec.spatial_dims == 3 if spec else data.get("patch_size") is not None
+    if volumetric:
+        return "3D"
+    context = data.get("context_slices") or 1
+    return "2.5D" if isinstance(context, int) and context > 1 else "2D"
+
+
+def run_kind(run_dir: str | Path) -> str | None:
+    """The kind of the run in ``run_dir`` from its config.json (None: missing or unreadable)."""
+    config = read_json(Path(run_dir) / "config.json")
+    return config_kind(config) if isinstance(config, dict) else None
 
 
 @dataclass
@@ -22,6 +51,7 @@ class RunInfo:
     error: str | None
     has_best: bool
     has_last: bool
+    kind: str | None = None  # "2D", "2.5D" or "3D" (config_kind); None: config.json unreadable
 
 
 def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
@@ -48,6 +78,7 @@ def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
                 error=status.get("error"),
                 has_best=(run_dir / "best.pth").is_file(),
                 has_last=(run_dir / "last.pth").is_file(),
+                kind=run_kind(run_dir),
             )
         )
     runs.sort(key=lambda r: (r.updated_at or "", r.name), reverse=True)

@@ -12,7 +12,7 @@ import streamlit as st
 from ctseg_core.access import check_allowed_folder
 from ctseg_core.evaluation.paths import checkpoint_evaluation_dir, folder_evaluation_dir
 from dashboard import cached, state
-from dashboard.helpers import compare_view, evalcharts, viewer
+from dashboard.helpers import compare_view, evalcharts, runs, viewer
 from dashboard.pages_index import PAGE_FILES
 
 FROM_RUN = "a run's checkpoint"
@@ -33,7 +33,10 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
         if not checkpoints:
             st.info("No checkpoints yet: train a run on the Train page, or evaluate a folder.")
             return None
-        label = st.selectbox("Run / checkpoint", list(checkpoints), key=state.EVAL_FORM.checkpoint)
+        label = st.selectbox(
+            "Run / checkpoint", list(checkpoints), key=state.EVAL_FORM.checkpoint,
+            format_func=runs.checkpoint_titles(checkpoints),
+        )  # fmt: skip
         path = Path(checkpoints[label])
         return [str(path)], checkpoint_evaluation_dir([path]), label
     folder = st.text_input(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cached, state
+from dashboard.helpers import runs
 from dashboard.helpers.viewer import Layer, volume_viewer
 from dashboard.pages_index import PAGE_FILES
 
@@ -41,6 +42,7 @@ def main() -> None:
         "Prediction from",
         options,
         key=state.EXPLORE_CHECKPOINT,
+        format_func=runs.checkpoint_titles(checkpoints),
         help="A run's checkpoint (predicted once per subject, then kept), or a folder of "
         "<id>.nii.gz predictions evaluated on the Evaluate page (any tool's).",
     )

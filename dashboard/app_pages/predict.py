@@ -14,7 +14,7 @@ import streamlit as st
 from ctseg_core.errors import CtsegError
 from ctseg_core.labels import NUM_LABELS
 from dashboard import cached, state
-from dashboard.helpers import uploads
+from dashboard.helpers import runs, uploads
 from dashboard.helpers.viewer import Layer, volume_viewer
 
 UPLOADED = "(upload a checkpoint)"
@@ -30,7 +30,10 @@ st.caption(
 def choose_checkpoint(workdir: Path) -> str | None:
     checkpoints = cached.all_checkpoints()
     options = [*checkpoints, UPLOADED]
-    choice = st.selectbox("Checkpoint", options, key=state.PREDICT_VIEW.checkpoint)
+    choice = st.selectbox(
+        "Checkpoint", options, key=state.PREDICT_VIEW.checkpoint,
+        format_func=runs.checkpoint_titles(checkpoints),
+    )  # fmt: skip
     if choice != UPLOADED:
         return checkpoints[choice]
     upload = st.file_uploader(

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from ctseg_core.device import resolve_device
 from ctseg_core.runs.run_folder import ACTIVE_STATES
 from ctseg_core.training.checks import check_run_config
+from ctseg_core.training.memory import check_fits
 from dashboard import cached, state
 from dashboard.helpers import run_actions, runs
 from dashboard.helpers.train_form import build_config
@@ -30,6 +32,7 @@ def controls(root: str) -> None:
     job = cached.training_job()
     if config is not None:
         try:
+            check_fits(config, resolve_device(config.train.device))  # before any data is read
             reused = _empty_run(config.run_name)
             run_dir = job.start(
                 check_run_config(config, check_data=True), cached.checkpoints_root(), state.who()
@@ -59,6 +62,7 @@ def controls(root: str) -> None:
     pick = cols[1].selectbox(
         "Run to continue",
         list(resumable),
+        format_func=runs.run_titles(resumable.values()),
         index=None,
         placeholder="a stopped, failed or finished run",
         key=state.TRAIN_FORM.resume_pick,
@@ -313,7 +317,10 @@ def watch() -> None:
     # new order), which must not move the selection.
     run_name = st.session_state[state.TRAIN_RUN]
     st.session_state[state.TRAIN_FORM.run_pick] = run_name
-    cols[0].selectbox("Run", names, key=state.TRAIN_FORM.run_pick, on_change=picked)
+    cols[0].selectbox(
+        "Run", names, key=state.TRAIN_FORM.run_pick, on_change=picked,
+        format_func=runs.run_titles(all_runs),
+    )  # fmt: skip
     smoothing = cols[1].slider("Smoothing", 0.0, 0.95, 0.6, 0.05, key=state.TRAIN_FORM.smoothing)
     log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.log_y)
     run_state = next(r.state for r in all_runs if r.name == run_name)
@@ -331,7 +338,10 @@ def compare() -> None:
     names = [r.name for r in all_runs]
     cols = st.columns([3, 1, 1])
     default = state.widget_default(state.TRAIN_FORM.compare, names[:2])  # set on a rename
-    chosen = cols[0].multiselect("Runs", names, default=default, key=state.TRAIN_FORM.compare)
+    chosen = cols[0].multiselect(
+        "Runs", names, default=default, key=state.TRAIN_FORM.compare,
+        format_func=runs.run_titles(all_runs),
+    )  # fmt: skip
     metric = cols[1].selectbox(
         "Curve", ["val_dice_mean", "val_loss", "train_loss", "lr"], key=state.TRAIN_FORM.metric
     )

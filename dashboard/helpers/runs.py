@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import altair as alt
@@ -18,6 +19,7 @@ def runs_table(root: Path) -> pd.DataFrame:
     rows = [
         {
             "run": r.name,
+            "kind": r.kind or "?",
             "state": r.state,
             "epoch": f"{r.epoch} / {r.epochs if r.epochs is not None else '?'}",
             "best val Dice": None if r.best_val_dice is None else round(r.best_val_dice, 4),
@@ -30,6 +32,37 @@ def runs_table(root: Path) -> pd.DataFrame:
         for r in list_runs(root)
     ]
     return pd.DataFrame(rows)
+
+
+def run_title(name: str, kind: str | None) -> str:
+    """A run as the pickers show it: "name (3D)"; the bare name when its kind is unknown."""
+    return f"{name} ({kind})" if kind else name
+
+
+def run_titles(runs) -> Callable[[str], str]:
+    """A ``format_func`` for a select of run names: each with its kind (``RunInfo.kind``)."""
+    kinds = {r.name: r.kind for r in runs}
+    return lambda name: run_title(name, kinds.get(name))
+
+
+def checkpoint_titles(checkpoints: dict[str, str]) -> Callable[[str], str]:
+    """A ``format_func`` for a select of checkpoint labels "<run> / <file>" (``label -> path``,
+    ``cached.all_checkpoints``): "<run> (3D) / <file>". Other options are shown as they are."""
+    from ctseg_core.runs.listing import run_kind
+
+    kinds: dict[Path, str | None] = {}
+    for path in checkpoints.values():
+        run_dir = Path(path).parent
+        if run_dir not in kinds:
+            kinds[run_dir] = run_kind(run_dir)
+
+    def title(label: str) -> str:
+        path = checkpoints.get(label)
+        kind = kinds.get(Path(path).parent) if path else None
+        run, sep, file = label.rpartition(" / ")
+        return f"{run_title(run, kind)}{sep}{file}" if kind and sep else label
+
+    return title
 
 
 def history_frame(history: list[dict]) -> pd.DataFrame:

@@ -14,15 +14,25 @@ import streamlit as st
 
 from ctseg_core.config import RunConfig
 from ctseg_core.training.losses import LOSSES
+from ctseg_core.training.memory import run_kind
 from ctseg_core.training.optim import SCHEDULERS
 from ctseg_core.training.presets import PRESETS, preset, user_config
 from dashboard import cached, state
+from dashboard.helpers.train_kind import (
+    kind_fields,
+    kind_picker,
+    kind_values,
+    memory_note,
+    presets_of_kind,
+)
 
 #: log-spaced (about x2 per step), plus every preset's own value so a preset shows exactly
 LR_OPTIONS = sorted(
     {1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1e-2, 3e-2}
     | {make().train.lr for make in PRESETS.values()}
 )
+#: the Epochs slider's end: every preset's own value fits (gpu_3d: nnU-Net's 1000)
+MAX_EPOCHS = max(200, *(make().train.epochs for make in PRESETS.values()))
 WIDTHS = {"tiny (8)": 8, "small (16)": 16, "base (32)": 32, "wide (64)": 64}
 
 
@@ -46,30 +56,46 @@ def form_values(cfg: RunConfig) -> dict:
     }
 
 
-def default_preset(root: str) -> str:
-    """phantom_demo on a phantom dataset (the demo's or one made by ``ctseg demo-data``), else
-    gpu where CUDA is present, else cpu."""
+def default_preset(root: str, kind: str = "2D") -> str:
+    """For a slice kind: phantom_demo on a phantom dataset (the demo's or one made by
+    ``ctseg demo-data``), else gpu where CUDA is present, else cpu. For 3D: gpu_3d on a real
+    dataset where CUDA is present, else phantom_3d (the laptop's)."""
     from ctseg_core.data.phantom.dataset import MARKER
 
-    if (Path(root) / MARKER).is_file():
-        return "phantom_demo"
+    phantom = (Path(root) / MARKER).is_file()
     import torch
 
+    if kind == "3D":
+        return "gpu_3d" if torch.cuda.is_available() and not phantom else "phantom_3d"
+    if phantom:
+        return "phantom_demo"
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def preset_picker(root: str) -> RunConfig:
-    """The preset select; choosing one rewrites the form. Returns the preset's configuration."""
+    """The Kind and preset selects; choosing either rewrites the form. Returns the preset's
+    configuration."""
     k = state.TRAIN_FORM
 
     def apply() -> None:
-        st.session_state.update(form_values(preset(st.session_state[k.preset], root)))
+        cfg = preset(st.session_state[k.preset], root)
+        st.session_state.update(form_values(cfg) | kind_values(cfg))
+
+    def kind_changed() -> None:
+        kind = st.session_state[k.kind]
+        if st.session_state.get(k.preset) not in presets_of_kind(kind):
+            st.session_state[k.preset] = default_preset(root, kind)
+            apply()
 
     if k.preset not in st.session_state:
         st.session_state[k.preset] = default_preset(root)
+    kind = kind_picker(run_kind(preset(st.session_state[k.preset])), kind_changed)
+    names = presets_of_kind(kind)
+    if st.session_state[k.preset] not in names:  # e.g. a kind kept from another visit
+        st.session_state[k.preset] = names[0]
     name = st.selectbox(
         "Start from preset",
-        list(PRESETS),
+        names,
         key=k.preset,
         on_change=apply,
         help="Fills the form; settings not on the form (HU window, augmentation strengths, "
@@ -85,10 +111,15 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     """The training form; returns the config (the preset with the form's values) on Start."""
     k = state.TRAIN_FORM
     base = preset_picker(root)
+    kind = st.session_state[k.kind]
+    volumetric = kind == "3D"
+    kind_changes = kind_fields(kind, base)
+    st.session_state.setdefault(k.only_present, True)
+    memory_note(user_config(base, _changes(base, kind_changes, volumetric, present)))
     with st.form("train_form", enter_to_submit=False):  # Enter in the run name: no start
         c1, c2, c3 = st.columns(3)
-        epochs = c1.slider("Epochs", 1, 200, key=k.epochs)
-        minutes = c1.number_input(
+        c1.slider("Epochs", 1, MAX_EPOCHS, key=k.epochs)
+        c1.number_input(
             "Time budget (minutes, 0 = none)",
             0.0,
             10000.0,
@@ -98,22 +129,22 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
             "bound), and the cosine and poly schedules decay over the epochs that fit, "
             "estimated from the first ones. Preparing the data is not counted.",
         )
-        lr = c1.select_slider(
+        c1.select_slider(
             "Learning rate (log scale)", LR_OPTIONS, format_func=lambda v: f"{v:.0e}", key=k.lr
         )
-        batch = c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], key=k.batch)
-        size = c2.select_slider("Target size (px)", [64, 96, 128, 192, 256, 384, 512], key=k.size)
-        width = c2.selectbox("Model width", list(WIDTHS), key=k.width)
-        loss = c2.selectbox("Loss", list(LOSSES), format_func=lambda n: LOSSES[n].title, key=k.loss)
-        scheduler = c3.selectbox(
+        c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], key=k.batch)
+        if not volumetric:  # a 3D run's patch and widths are its own (above; the preset's)
+            c2.select_slider("Target size (px)", [64, 96, 128, 192, 256, 384, 512], key=k.size)
+            c2.selectbox("Model width", list(WIDTHS), key=k.width)
+        c2.selectbox("Loss", list(LOSSES), format_func=lambda n: LOSSES[n].title, key=k.loss)
+        c3.selectbox(
             "Scheduler",
             list(SCHEDULERS),
             format_func=lambda n: SCHEDULERS[n].title,
             key=k.scheduler,
         )
-        augment = c3.toggle("Augmentation", key=k.augment)
-        st.session_state.setdefault(k.only_present, True)
-        only_present = c3.toggle(
+        c3.toggle("Augmentation", key=k.augment)
+        c3.toggle(
             f"Only the {len(present)} present structures",
             key=k.only_present,
             help="The structures with voxels somewhere in this dataset. Off: all 117 "
@@ -121,13 +152,11 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         )
         with st.expander("Advanced"):
             a1, a2, a3 = st.columns(3)
-            steps = a1.number_input(
+            a1.number_input(
                 "Steps per epoch (0 = one pass over the training slices)", 0, 100000, key=k.steps
             )
-            val_slices = a2.number_input(
-                "Validation slices per subject (0 = all)", 0, 10000, key=k.val
-            )
-            checkpoint_every = a3.number_input(
+            a2.number_input("Validation slices per subject (0 = all)", 0, 10000, key=k.val)
+            a3.number_input(
                 "Keep checkpoint_epoch<N>.pth every N epochs (0 = none)",
                 0,
                 1000,
@@ -144,25 +173,41 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         start = st.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
     if not start:
         return None
-    w = WIDTHS[width]
     changes = {
         ("data", "data_root"): root,
         ("data", "cache_dir"): str(cached.cache_dir()),
-        ("data", "target_size"): (size, size),
-        ("data", "batch_size"): batch,
-        ("data", "augment"): augment,
-        ("data", "val_slices_per_subject"): val_slices or None,
-        ("model", "features"): [w, 2 * w, 4 * w, 8 * w],
-        # the preset's bottleneck-to-width ratio (16 for the seed model, 32 for the demo)
-        ("model", "bottleneck"): base.model.bottleneck * w // base.model.features[0],
-        ("train", "epochs"): epochs,
-        ("train", "minutes"): float(minutes) or None,
-        ("train", "lr"): lr,
-        ("train", "loss"): loss,
-        ("train", "scheduler"): scheduler,
-        ("train", "steps_per_epoch"): steps or None,
-        ("train", "checkpoint_every"): checkpoint_every,
+        **_changes(base, kind_changes, volumetric, present),
     }
-    if only_present and present:
-        changes["data", "structures"] = list(present)
     return user_config(base, changes, run_name=run_name.strip())
+
+
+def _changes(base: RunConfig, kind_changes: dict, volumetric: bool, present: list[str]) -> dict:
+    """The form's settings (as last submitted, or the preset's) and the kind's fields as
+    ``user_config`` changes to ``base``; ``present``: the dataset's structures with voxels."""
+    v = {name: st.session_state[getattr(state.TRAIN_FORM, name)] for name in (
+        "epochs", "minutes", "lr", "batch", "size", "width", "loss", "scheduler", "augment",
+        "steps", "val", "checkpoint_every")}  # fmt: skip
+    changes = {
+        ("data", "batch_size"): v["batch"],
+        ("data", "augment"): v["augment"],
+        ("data", "val_slices_per_subject"): v["val"] or None,
+        ("train", "epochs"): v["epochs"],
+        ("train", "minutes"): float(v["minutes"]) or None,
+        ("train", "lr"): v["lr"],
+        ("train", "loss"): v["loss"],
+        ("train", "scheduler"): v["scheduler"],
+        ("train", "steps_per_epoch"): v["steps"] or None,
+        ("train", "checkpoint_every"): v["checkpoint_every"],
+        **kind_changes,
+    }
+    if st.session_state[state.TRAIN_FORM.only_present] and present:
+        changes["data", "structures"] = list(present)
+    if not volumetric:
+        w = WIDTHS[v["width"]]
+        changes |= {
+            ("data", "target_size"): (v["size"], v["size"]),
+            ("model", "features"): [w, 2 * w, 4 * w, 8 * w],
+            # the preset's bottleneck-to-width ratio (16 for the seed model, 32 for the demo)
+            ("model", "bottleneck"): base.model.bottleneck * w // base.model.features[0],
+        }
+    return changes

@@ -659,7 +659,7 @@ def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
     at.run()
     no_problems(at)
     options = at.selectbox(key="ctseg_predict_checkpoint").options
-    assert "tiny / best.pth" in options and options[-1] == "(upload a checkpoint)"
+    assert "tiny (2D) / best.pth" in options and options[-1] == "(upload a checkpoint)"
     assert at.button(key="ctseg_predict_go").disabled
 
 
@@ -687,7 +687,7 @@ def test_train_offers_to_continue_a_finished_run_for_more_epochs(
 ):
     at = new_app("train")
     at.run()
-    assert "tiny" in at.selectbox(key="ctseg_train_resume_pick").options
+    assert "tiny (2D)" in at.selectbox(key="ctseg_train_resume_pick").options
     at.selectbox(key="ctseg_train_resume_pick").set_value("tiny")
     at.run()
     no_problems(at)

@@ -46,7 +46,7 @@ def test_a_run_renamed_on_the_train_page_is_listed_and_chosen_under_its_new_name
     assert (tmp_path / "unet v2" / "evaluation" / "evaluation_results_test.csv").is_file()
     assert [t.value for t in at.toast] == ["Renamed first to unet v2"]
     pick = at.selectbox(key="ctseg_train_run_pick")
-    assert pick.value == "unet v2" and sorted(pick.options) == ["second", "unet v2"]
+    assert pick.value == "unet v2" and sorted(pick.options) == ["second (2D)", "unet v2 (2D)"]
     assert at.selectbox(key="ctseg_train_resume_pick").value == "unet v2"
     assert sorted(at.multiselect(key="ctseg_train_compare").value) == ["second", "unet v2"]
     assert not at.warning, [w.value for w in at.warning]
@@ -103,7 +103,8 @@ def test_another_tab_that_named_the_old_run_falls_back_and_refusals_are_one_line
     other_tab.run()
     no_problems(other_tab)
     choice = other_tab.selectbox(key=EVAL_CHECKPOINT)
-    assert "old / best.pth" not in choice.options and choice.value == choice.options[0]
+    assert not [o for o in choice.options if o.startswith("old ")]
+    assert choice.options[0] == choice.value.replace(" / ", " (2D) / ")  # the first, as shown
     other_tab.session_state[EXPLORE_CHECKPOINT] = "old / last.pth"
     other_tab.switch_page("app_pages/explore.py")
     other_tab.run()
