@@ -119,10 +119,13 @@ def _activation_line(key: str) -> tuple[float, float]:
     spec = json.loads(key)
     config = RunConfig.from_dict({"model": spec["model"], "train": {"loss": spec["loss"]}})
     amp = None if spec["width"] == 4 else torch.bfloat16
-    net = build_model(config.model).train()
     small = _tiny_shape(config)
     large = (2 * small[0], *small[1:])
-    held_small, held_large = (_held_bytes(net, config, s, amp) for s in (small, large))
+    # the random draws of a measurement must not move the run's: it is made once per process
+    # (cached), so a run that measured and one that did not would otherwise train differently
+    with torch.random.fork_rng(devices=[]):
+        net = build_model(config.model).train()
+        held_small, held_large = (_held_bytes(net, config, s, amp) for s in (small, large))
     per_voxel = (held_large - held_small) / (math.prod(large) - math.prod(small))
     return per_voxel, max(0.0, held_small - per_voxel * math.prod(small))
 

@@ -42,6 +42,7 @@ from ..models.head import init_output_bias
 from ..models.registry import model_spec
 from . import distributed as ddp
 from .losses import LossFn, build_loss
+from .memory import check_fits
 from .optim import build_optimizer, build_scheduler
 from .samples import SampleFigure, VolumeSampleFigure
 from .step import StepRunner
@@ -141,6 +142,8 @@ def build_parts(
     """The parts of a run on this rank; ``resume``: the loaded last.pth, or None;
     ``in_thread``: trained in a thread of a host process (see ``_loader_workers``)."""
     t, d = cfg.train, cfg.data
+    device = resolve_device(t.device)
+    check_fits(cfg, device)  # a step that cannot fit is refused before the cache is built
     # both splits at once: each dataset counts only the files it opens itself, and the CT maps
     # open lazily during the first epoch, after the validation set has taken its share
     index = open_dataset(Path(d.data_root), seed=d.seed)
@@ -154,7 +157,6 @@ def build_parts(
     val_set = dataset(cfg, d.val_split, progress=preparing(d.val_split))
     if world > 1 and rank == 0:
         ddp.barrier()
-    device = resolve_device(t.device)
     prepare_device(device)
     amp = resolve_amp(t.amp, device)
     channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
