@@ -1,0 +1,54 @@
+"""A 3D run's checkpoint on the Evaluate page, exactly as a 2D one: listed with its kind, scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.training.trainer import Trainer
+
+
+def test_evaluate_scores_a_3d_runs_checkpoint(app_env, tmp_path, monkeypatch, new_app, no_problems):
+    torch.set_num_threads(1)
+    config = RunConfig(
+        DataConfig(
+            data_root=str(app_env["data"]),
+            cache_dir=str(app_env["cache"]),
+            structures=["liver", "spleen", "kidney_left", "kidney_right", "aorta"],
+            batch_size=2,
+            patch_size=(32, 32, 16),
+            spacing_mm=(6.0, 6.0, 6.0),
+        ),
+        ModelConfig(name="plain_unet3d", features=[8, 16, 32], norm="instance"),
+        TrainConfig(epochs=1, steps_per_epoch=1, amp="off", sample_figure=False),
+        run_name="vol",
+    ).validate()
+    root = tmp_path / "checkpoints"
+    assert Trainer(config, checkpoints_root=root).run() == "finished"
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(root))
+    at = new_app("evaluate")
+    at.run()
+    picker = at.selectbox(key="ctseg_eval_checkpoint")
+    best = [o for o in picker.options if "best.pth" in o]
+    assert best and all("(3D)" in o for o in best), picker.options
+    picker.set_value(next(v for v in _values(picker) if v.endswith("best.pth")))
+    at.run()
+    at.selectbox(key="ctseg_eval_split").set_value("val")
+    at.button(key="ctseg_eval_go").click()
+    at.run()
+    no_problems(at)
+    out = Path(at.session_state["ctseg_eval_result"]["out_dir"])
+    assert out == root / "vol" / "evaluation"
+    table = pd.read_csv(out / "evaluation_results_val.csv")
+    scored = table.dropna(subset=["dice"])
+    assert len(scored) > 0 and scored["dice"].between(0, 1).all()
+
+
+def _values(selectbox) -> list[str]:
+    """The values behind a selectbox's (formatted) options."""
+    from dashboard import cached
+
+    return list(cached.all_checkpoints())
