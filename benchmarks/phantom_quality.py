@@ -56,7 +56,7 @@ import torch
 
 from ctseg_core.config import DataConfig
 from ctseg_core.runs.run_folder import read_history, read_status
-from ctseg_core.training.presets import phantom_demo
+from ctseg_core.training.presets import preset
 from ctseg_core.training.trainer import Trainer
 
 
@@ -114,6 +114,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--all-structures", action="store_true", help="117 outputs, not present")
     parser.add_argument("--keep", type=Path, default=None, help="write the run folder here")
+    parser.add_argument(
+        "--preset",
+        choices=("phantom_demo", "phantom_3d", "both"),
+        default="phantom_demo",
+        help="the 2D demo, the 3D model, or both one after the other in the same budget",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
@@ -124,65 +130,74 @@ def main() -> None:
             t0 = time.perf_counter()
             make_phantom_dataset(root, n_subjects=args.subjects, seed=0)
             print(f"phantom: {args.subjects} subjects in {time.perf_counter() - t0:.0f} s")
-        config = phantom_demo(str(root))
-        config.data.cache_dir = str(Path(tmp) / "cache")
-        if not args.all_structures:  # as the Train page does by default
-            config.data.structures = present_structures(root, config.data.cache_dir)
-            print(f"{len(config.data.structures)} structures present in the dataset")
-        config.train.amp = args.amp
-        if args.minutes is not None:
-            config.train.minutes = args.minutes
-        config.run_name = "phantom-quality"
-        for flag, (section, name) in OVERRIDES.items():
-            value = getattr(args, flag)
-            if value is not None:
-                setattr(getattr(config, section), name, value)
-        if args.seed is not None:  # the run-to-run spread of the same settings
-            config.data.seed = config.train.seed = args.seed
-        if args.wd is not None:
-            config.train.optimizer, config.train.weight_decay = "adamw", args.wd
-        if args.aug == "off":
-            config.data.augment = False
-        elif args.aug == "light":  # smaller, rarer deformations; no elastic field
-            config.data.rotation_deg, config.data.scale_range = 7.5, (0.93, 1.07)
-            config.data.elastic_prob, config.data.spatial_prob = 0.0, 0.3
-        elif args.aug == "default":  # DataConfig's deformation strengths
-            fresh = DataConfig()
-            for name in ("rotation_deg", "scale_range", "elastic_prob", "spatial_prob"):
-                setattr(config.data, name, getattr(fresh, name))
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        config.validate()
-        print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()), flush=True)
+        names = ("phantom_demo", "phantom_3d") if args.preset == "both" else (args.preset,)
+        best = {name: train_one(name, root, Path(tmp), args) for name in names}
+        if len(best) == 2:
+            a, b = best["phantom_demo"], best["phantom_3d"]
+            print(f"\nbest mean validation Dice in the same budget: 2D {a:.3f}, 3D {b:.3f} "
+                  f"(3D - 2D {b - a:+.3f}; goal: 3D >= 0.85 and >= 2D)")  # fmt: skip
 
-        def on_progress(p) -> None:
-            if p.kind == "epoch" and p.record:
-                r = p.record
-                print(f"epoch {r['epoch']:>3}  {r['seconds']:6.1f} s  lr {r['lr']:.2e}  train "
-                      f"loss {r['train_loss']:.3f}  val Dice {r['val_dice_mean'] or 0:.3f}  "
-                      f"({r['elapsed_s'] / 60:.1f} min, {r.get('planned_epochs', '?')} epochs "
-                      "planned)", flush=True)  # fmt: skip
 
-        trainer = Trainer(
-            config, checkpoints_root=args.keep or Path(tmp) / "runs", callbacks=[on_progress]
-        )
-        run_dir = trainer.open_run()
-        state = trainer.run()
-        history = read_history(run_dir)
-        dices = [r["val_dice_mean"] or 0.0 for r in history]
-        per_epoch = sum(r["seconds"] for r in history) / max(1, len(history))
-        best = max(dices, default=0.0)
-        trained = history[-1]["elapsed_s"] / 60 if history else 0.0
-        print(f"\n{state} ({read_status(run_dir).get('message')}): {len(history)} epochs, "
-              f"{trained:.1f} of {config.train.minutes:g} min, {per_epoch:.1f} s per epoch "
-              "(goal < 60 s)")  # fmt: skip
-        print(f"best mean validation Dice (present structures): {best:.3f} (goal >= 0.80)")
-        if history:
-            last = history[-1]["val_dice"]
-            scored = sorted((v, k) for k, v in last.items() if v is not None)
-            print(
-                "weakest structures at the end: " + ", ".join(f"{k} {v:.2f}" for v, k in scored[:8])
-            )
+def train_one(name: str, root: Path, tmp: Path, args) -> float:
+    """Train preset ``name`` with the flags' changes; print its epochs; its best mean Dice."""
+    config = preset(name, str(root))
+    config.data.cache_dir = str(Path(tmp) / "cache")
+    if not args.all_structures:  # as the Train page does by default
+        config.data.structures = present_structures(root, config.data.cache_dir)
+        print(f"{len(config.data.structures)} structures present in the dataset")
+    config.train.amp = args.amp
+    if args.minutes is not None:
+        config.train.minutes = args.minutes
+    config.run_name = f"phantom-quality-{name}"
+    for flag, (section, name) in OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(getattr(config, section), name, value)
+    if args.seed is not None:  # the run-to-run spread of the same settings
+        config.data.seed = config.train.seed = args.seed
+    if args.wd is not None:
+        config.train.optimizer, config.train.weight_decay = "adamw", args.wd
+    if args.aug == "off":
+        config.data.augment = False
+    elif args.aug == "light":  # smaller, rarer deformations; no elastic field
+        config.data.rotation_deg, config.data.scale_range = 7.5, (0.93, 1.07)
+        config.data.elastic_prob, config.data.spatial_prob = 0.0, 0.3
+    elif args.aug == "default":  # DataConfig's deformation strengths
+        fresh = DataConfig()
+        for name in ("rotation_deg", "scale_range", "elastic_prob", "spatial_prob"):
+            setattr(config.data, name, getattr(fresh, name))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config.validate()
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in vars(args).items()), flush=True)
+
+    def on_progress(p) -> None:
+        if p.kind == "epoch" and p.record:
+            r = p.record
+            print(f"epoch {r['epoch']:>3}  {r['seconds']:6.1f} s  lr {r['lr']:.2e}  train "
+                  f"loss {r['train_loss']:.3f}  val Dice {r['val_dice_mean'] or 0:.3f}  "
+                  f"({r['elapsed_s'] / 60:.1f} min, {r.get('planned_epochs', '?')} epochs "
+                  "planned)", flush=True)  # fmt: skip
+
+    trainer = Trainer(
+        config, checkpoints_root=args.keep or Path(tmp) / "runs", callbacks=[on_progress]
+    )
+    run_dir = trainer.open_run()
+    state = trainer.run()
+    history = read_history(run_dir)
+    dices = [r["val_dice_mean"] or 0.0 for r in history]
+    per_epoch = sum(r["seconds"] for r in history) / max(1, len(history))
+    best = max(dices, default=0.0)
+    trained = history[-1]["elapsed_s"] / 60 if history else 0.0
+    print(f"\n{state} ({read_status(run_dir).get('message')}): {len(history)} epochs, "
+          f"{trained:.1f} of {config.train.minutes:g} min, {per_epoch:.1f} s per epoch "
+          "(goal < 60 s)")  # fmt: skip
+    print(f"best mean validation Dice (present structures): {best:.3f} (goal >= 0.80)")
+    if history:
+        last = history[-1]["val_dice"]
+        scored = sorted((v, k) for k, v in last.items() if v is not None)
+        print("weakest structures at the end: " + ", ".join(f"{k} {v:.2f}" for v, k in scored[:8]))
+    return best
 
 
 if __name__ == "__main__":

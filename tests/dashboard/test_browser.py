@@ -157,7 +157,7 @@ def test_train_shows_epochs_and_curves_advancing_without_a_reload(
     page.get_by_role("button", name="Start", exact=True).click()
     page.get_by_text("This server is training browser-run").wait_for()
     watched = fresh(page, 'input[aria-label="Run"]')
-    expect(watched).to_have_value("browser-run")
+    expect(watched).to_have_value("browser-run (2D)")  # the picker shows the kind
 
     seen_epochs, chart_shots = set(), []
     deadline = time.time() + 150
