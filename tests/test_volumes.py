@@ -96,7 +96,8 @@ def test_resampled_shape_is_the_extent_over_the_new_spacing_one_folder_per_spaci
         assert r.folder == cached.folder / folder_name(target)
     assert r.shape_xyz == (169, 127, 11)
     stored = sorted(p.name for p in cached.folder.glob("resampled_*"))
-    assert stored == ["resampled_1.5x2.0x5.0", "resampled_3.0x3.0x3.0"]
+    # (the session's cache may hold other tests' spacings too)
+    assert {"resampled_1.5x2.0x5.0", "resampled_3.0x3.0x3.0"} <= set(stored)
 
 
 def test_structure_volumes_are_kept_within_ten_percent_twice_coarser(phantom_root, cache_dir):

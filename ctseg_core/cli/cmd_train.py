@@ -155,20 +155,9 @@ def register(subparsers) -> None:
     a("--size", type=int, nargs=2, metavar=("H", "W"), help="slice size (default 128 128)")
     a("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (-1000 1000)")
     a("--context", type=int, help="slices per input (odd; 3 or 5 = 2.5D; default 1)")
-    a(
-        "--patch-size",
-        type=int,
-        nargs=3,
-        metavar=("X", "Y", "Z"),
-        help="a 3D model's patch in voxels (phantom_3d 96 96 64, gpu_3d 128 128 128)",
-    )
-    a(
-        "--spacing",
-        type=float,
-        nargs=3,
-        metavar=("X", "Y", "Z"),
-        help="a 3D model's voxel spacing in mm, CTs resampled to it (phantom_3d 3 3 3)",
-    )
+    xyz = {"nargs": 3, "metavar": ("X", "Y", "Z")}
+    a("--patch-size", type=int, **xyz, help="a 3D model's patch in voxels (phantom_3d 96 96 64)")
+    a("--spacing", type=float, **xyz, help="a 3D model's voxel spacing in mm (phantom_3d 3 3 3)")
     a("--structures", help="comma-separated structure names (default: all 117)")
     a("--model", **_registry_choice("MODELS", "unet"))
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")

@@ -87,7 +87,9 @@ class RunParts:
     @property
     def val_batches(self) -> int:
         """Validation batches on this rank each epoch."""
-        return len(self.volume_validation or self.val_loader)
+        if self.volume_validation is not None:  # may be 0: a rank without a volume
+            return len(self.volume_validation)
+        return len(self.val_loader)
 
     @property
     def training_subjects(self) -> list:

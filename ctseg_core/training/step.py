@@ -32,8 +32,8 @@ def backward_step(
 ) -> torch.Tensor:
     """Forward (under ``autocast``), loss in float32, backward and gradient clipping.
 
-    image (B, C, *spatial), classes (B, *spatial) int64 (2D or 3D). Returns the detached loss, unread (no device
-    sync); the optimizer step is the caller's (``StepRunner`` does both).
+    image (B, C, *spatial), classes (B, *spatial) int64, 2D or 3D. Returns the detached loss,
+    unread (no device sync); the optimizer step is the caller's (``StepRunner`` does both).
     """
     with autocast:
         logits = net(image)
