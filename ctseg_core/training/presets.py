@@ -12,12 +12,18 @@
   0.808, 0.801, 0.822, 0.810 with seeds 1-5 (mean 0.812; seeds 0-3 without the vessel
   intensities 0.814, 0.800, 0.780, 0.823; before deep supervision, seeds 0-2: 0.754, 0.736,
   0.714). On the EPYC that fixed schedule fitted 16 epochs in 10 minutes (best Dice 0.755, the
-  lr barely decayed); the budget's schedule has not been measured there over 10 minutes yet.
+  lr barely decayed). With the budget's schedule, on a Xeon with AMX whose epochs took 20.6 s
+  (2026-12-05, benchmarks/phantom_quality.py --preset both): 28 epochs, best Dice 0.801 (seed 0).
 - ``phantom_3d``: the laptop's volumetric model on the phantom: nnU-Net's PlainConvUNet
   (``plain_unet3d``) at 3 mm (TotalSegmentator's ``--fast`` spacing), patches of 96 x 96 x 64
   voxels, stage widths [16, 32, 64, 128, 256], instance norm, deep supervision at 1/2 and 1/4,
   batch 2 with a third of the patches centred on a structure, Adam 3e-3 with a cosine decay over
   the same 10-minute budget as ``phantom_demo``; validation on whole validation volumes.
+  NOT TUNED and far from its goal: on the Xeon above (2026-12-05, phantom_quality.py --preset
+  both) 8 epochs of ~65 s (20 steps of ~3 s and the validation) fitted 10 minutes, 160 steps
+  in all, and the best mean Dice was 0.029 against the 2D demo's 0.801 in the same run: the
+  loss was still falling; it needs far more steps per minute (smaller patches or widths,
+  fewer outputs) before 3D can win on a 2-core CPU.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
