@@ -68,9 +68,7 @@ def validate(
     counts = torch.zeros(n_subjects * NUM_LABELS * NUM_LABELS, dtype=torch.int64, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum, slices)
     lut = torch.from_numpy(dataset.lut).long().to(device)
-    values = torch.from_numpy(_values(config)).to(device)
-    keep = torch.zeros(NUM_LABELS, dtype=torch.int64, device=device)
-    keep[values] = values  # label values outside the run's structures count as background
+    keep = learned_values(config, device)
     annotated = dataset.annotated_classes()
     total = len(loader)
     if progress is not None:
@@ -95,19 +93,40 @@ def validate(
         counts += count_values((subject * NUM_LABELS + ref) * NUM_LABELS + predicted, len(counts))
         if progress is not None:
             progress(done, total)
+    model.train()
+    return validation_metrics(counts, loss_sum, dataset.annotated, config)
+
+
+def learned_values(config: RunConfig, device: torch.device) -> torch.Tensor:
+    """(118,) int64 on ``device``: label value -> itself for the run's structures, else 0 (label
+    values outside the run's structures count as background)."""
+    values = torch.from_numpy(_values(config)).to(device)
+    keep = torch.zeros(NUM_LABELS, dtype=torch.int64, device=device)
+    keep[values] = values
+    return keep
+
+
+def validation_metrics(
+    counts: torch.Tensor, loss_sum: torch.Tensor, annotated: np.ndarray, config: RunConfig
+) -> dict:
+    """The epoch's metrics from this rank's sums, summed over the ranks first.
+
+    counts: (S * 118 * 118,) int64 (subject, reference, prediction) confusions; loss_sum: (2,)
+    float64 (loss sum, items); annotated: (S, 118) bool. Returns {"val_loss", "val_dice_mean",
+    "val_dice": {name: dice or None}}.
+    """
     ddp.all_reduce_sum(counts)
     ddp.all_reduce_sum(loss_sum)
-    model.train()
-    confusions = counts.view(n_subjects, NUM_LABELS, NUM_LABELS).cpu().numpy()
-    dice = dice_from_confusions(confusions, dataset.annotated)
+    confusions = counts.view(len(annotated), NUM_LABELS, NUM_LABELS).cpu().numpy()
+    dice = dice_from_confusions(confusions, annotated)
     per_structure = {}
     for name, value in zip(config.data.structures, _values(config), strict=True):
         d = dice[value]
         per_structure[name] = None if np.isnan(d) else float(d)
     scored = [d for d in per_structure.values() if d is not None]
-    slices = float(loss_sum[1])
+    items = float(loss_sum[1])
     return {
-        "val_loss": float(loss_sum[0]) / slices if slices else None,
+        "val_loss": float(loss_sum[0]) / items if items else None,
         "val_dice_mean": float(np.mean(scored)) if scored else None,
         "val_dice": per_structure,
     }

@@ -30,12 +30,11 @@ from ..config import RunConfig
 from ..data.patches import PAD_HU, PatchDataset
 from ..data.slices import normalize_hu
 from ..inference.patches import window_starts
-from ..labels import LABEL_OF, NUM_LABELS
+from ..labels import NUM_LABELS
 from ..models.head import predicted_labels
 from ..nosync import count_values
-from . import distributed as ddp
 from .losses import LossFn, annotated_rows
-from .validation import dice_from_confusions
+from .validation import learned_values, validation_metrics
 
 
 @dataclass(frozen=True)
@@ -159,9 +158,7 @@ class VolumeValidation:
         counts = torch.zeros(n_subjects * NUM_LABELS**2, dtype=torch.int64, device=device)
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # (sum, tiles)
         lut = torch.from_numpy(self.dataset.lut).long().to(device)
-        values = np.array([LABEL_OF[n] for n in cfg.data.structures], dtype=np.int64)
-        keep = torch.zeros(NUM_LABELS, dtype=torch.int64, device=device)
-        keep[torch.from_numpy(values).to(device)] = torch.from_numpy(values).to(device)
+        keep = learned_values(cfg, device)
         annotated = self.dataset.annotated_classes()
         self.kept = {}
         total = len(self)
@@ -195,19 +192,5 @@ class VolumeValidation:
                 self._keep_slices(tile, predicted[b])
             if progress is not None:
                 progress(done, total)
-        ddp.all_reduce_sum(counts)
-        ddp.all_reduce_sum(loss_sum)
         model.train()
-        confusions = counts.view(n_subjects, NUM_LABELS, NUM_LABELS).cpu().numpy()
-        dice = dice_from_confusions(confusions, self.dataset.annotated)
-        per_structure = {
-            name: None if np.isnan(dice[v]) else float(dice[v])
-            for name, v in zip(cfg.data.structures, values, strict=True)
-        }
-        scored = [d for d in per_structure.values() if d is not None]
-        n_tiles = float(loss_sum[1])
-        return {
-            "val_loss": float(loss_sum[0]) / n_tiles if n_tiles else None,
-            "val_dice_mean": float(np.mean(scored)) if scored else None,
-            "val_dice": per_structure,
-        }
+        return validation_metrics(counts, loss_sum, self.dataset.annotated, cfg)
