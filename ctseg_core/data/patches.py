@@ -14,7 +14,7 @@ background, as the sliding-window inference pads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..labels import LABEL_OF, NUM_LABELS, class_lut
-from .slices import annotated_classes, labelled_subjects, mirror_safe, normalize_hu
+from .slices import EpochDraw, annotated_classes, labelled_subjects, mirror_safe, normalize_hu
 from .volumes import ResampledSubject, open_resampled
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,11 @@ class PatchDataset(torch.utils.data.Dataset):
         return image, torch.from_numpy(labels), int(s)
 
 
-class PatchSampler(torch.utils.data.Sampler[PatchItem]):
+class PatchSampler(EpochDraw):
     """Patch items for one epoch: subject uniform; with probability ``fg_fraction`` centred on
     a voxel of a structure chosen uniformly among those the subject has and the run learns
     (rare structures get seen), else at a random position. Seeded by (seed, epoch): the same
-    epoch yields the same draw, resumed or not.
-
-    With ``world_size`` > 1 each rank gets every world_size-th item of the common draw, as
-    ``DistributedSampler`` shards, so the ranks together see the whole epoch once.
+    epoch yields the same draw, resumed or not; sharded by rank (``EpochDraw``).
     """
 
     def __init__(
@@ -144,17 +141,12 @@ class PatchSampler(torch.utils.data.Sampler[PatchItem]):
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.num_samples = int(num_samples)
+        super().__init__(num_samples, seed, rank, world_size)
         self.fraction = float(fg_fraction)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
         learned = np.zeros(NUM_LABELS, dtype=bool)
         learned[[LABEL_OF[n] for n in dataset.config.data.structures]] = True
         self.choices = [np.flatnonzero(s.present & learned) for s in dataset.subjects]
         self.locations = [s.locations for s in dataset.subjects]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def draw(self) -> list[PatchItem]:
         """The whole epoch's ``num_samples`` items, before sharding."""
@@ -170,12 +162,6 @@ class PatchSampler(torch.utils.data.Sampler[PatchItem]):
                 centre = tuple(int(v) for v in points[rng.integers(len(points))])
             items.append((s, centre, seed))
         return items
-
-    def __iter__(self) -> Iterator[PatchItem]:
-        return iter(self.draw()[self.rank :: self.world_size])
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples, self.world_size))
 
 
 def validation_volumes(dataset: PatchDataset) -> list[int]:

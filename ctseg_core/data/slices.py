@@ -211,12 +211,35 @@ class SliceDataset(torch.utils.data.Dataset):
         return image, labels, s
 
 
-class ForegroundSampler(torch.utils.data.Sampler[int]):
-    """Slice indices for one epoch: a share drawn structure-first (rare ones get seen), the rest
-    uniform. Seeded by (seed, epoch): the same epoch yields the same draw, resumed or not.
+class EpochDraw(torch.utils.data.Sampler):
+    """A sampler whose epoch is one seeded ``draw()`` of ``num_samples`` items (subclasses
+    define it, seeded by (seed, epoch)), sharded by rank: each rank gets every world_size-th
+    item of the common draw, as ``DistributedSampler`` shards, so the ranks together see the
+    whole epoch once."""
 
-    With ``world_size`` > 1 each rank gets every world_size-th index of the common draw, as
-    ``DistributedSampler`` shards, so the ranks together see the whole epoch once.
+    def __init__(self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_samples = int(num_samples)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draw(self):
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator:
+        mine = self.draw()[self.rank :: self.world_size]
+        return iter(mine.tolist() if isinstance(mine, np.ndarray) else mine)  # plain ints
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+class ForegroundSampler(EpochDraw):
+    """Slice indices for one epoch: a share drawn structure-first (rare ones get seen), the rest
+    uniform. Seeded by (seed, epoch): the same epoch yields the same draw, resumed or not;
+    sharded by rank (``EpochDraw``).
     """
 
     def __init__(
@@ -228,19 +251,14 @@ class ForegroundSampler(torch.utils.data.Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.num_samples = int(num_samples)
+        super().__init__(num_samples, seed, rank, world_size)
         self.fraction = float(foreground_fraction)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.total = len(dataset)
-        self.epoch = 0
         self.by_structure = [
             np.flatnonzero(dataset.presence[:, k])
             for k in range(NUM_LABELS)
             if dataset.presence[:, k].any()
         ]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def draw(self) -> np.ndarray:
         """The whole epoch's (num_samples,) slice indices, before sharding."""
@@ -253,12 +271,6 @@ class ForegroundSampler(torch.utils.data.Sampler[int]):
                 self.by_structure[k][rng.integers(len(self.by_structure[k]))] for k in which
             ]
         return picks
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.draw()[self.rank :: self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples, self.world_size))
 
 
 def validation_indices(dataset: SliceDataset, per_subject: int | None) -> list[int]:
