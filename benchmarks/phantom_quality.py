@@ -91,6 +91,9 @@ OVERRIDES = {
     "bottleneck": ("model", "bottleneck"),
     "norm": ("model", "norm"),
     "deep_supervision": ("model", "deep_supervision"),
+    "patch": ("data", "patch_size"),
+    "spacing": ("data", "spacing_mm"),
+    "features": ("model", "features"),
 }
 
 
@@ -111,6 +114,9 @@ def main() -> None:
     parser.add_argument("--bottleneck", type=int, default=None)
     parser.add_argument("--norm", choices=("batch", "instance"), default=None)
     parser.add_argument("--deep-supervision", type=int, default=None, help="extra heads")
+    parser.add_argument("--patch", type=int, nargs=3, default=None, help="3D patch X Y Z")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, help="3D spacing mm")
+    parser.add_argument("--features", type=int, nargs="+", default=None, help="stage widths")
     parser.add_argument("--curve", type=float, default=None, help="intensity-curve probability")
     parser.add_argument("--vessel", type=float, default=None, help="vessel contrast probability")
     parser.add_argument("--wd", type=float, default=None, help="weight decay (AdamW)")
