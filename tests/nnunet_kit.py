@@ -144,6 +144,21 @@ def write_model_folder(root: Path, configuration: str, spacing: list[float], pat
     return folder
 
 
+def write_small_ct(source: Path, path: Path) -> Path:
+    """64 x 50 x 30 voxels (3 mm) of a real CT at ``source``; 4 x-slices and 3 y-rows set to
+    0 HU (so nnU-Net's crop to the nonzero box has work to do)."""
+    import nibabel as nib
+
+    img = nib.load(source)
+    block = np.asarray(img.dataobj)[20:84, 20:70, :].copy()
+    block[:4] = 0
+    block[:, -3:] = 0
+    affine = img.affine.copy()
+    affine[:3, 3] += img.affine[:3, :3] @ [20, 20, 0]
+    nib.save(nib.Nifti1Image(block, affine), path)
+    return path
+
+
 def nnunet_reference(folder: Path, ct_path: Path, folds: int) -> np.ndarray:
     """nnUNetPredictor's labels for ``ct_path`` (CPU, mirroring on), in SimpleITK's (k, j, i)."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO

@@ -19,7 +19,7 @@ from ctseg_core.data.volume import load_ct
 from ctseg_core.nnunet.model import NnunetPredictor
 
 pytest.importorskip("nnunetv2")
-from nnunet_kit import nnunet_reference, write_model_folder
+from nnunet_kit import nnunet_reference, write_model_folder, write_small_ct
 
 #: voxels whose label may differ from nnUNetPredictor's (argmax ties within float error);
 #: measured: 0 in every case below
@@ -36,16 +36,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def small_ct(s0000_root, tmp_path_factory):
-    """64 x 50 x 30 voxels (3 mm) of s0000's CT, RAS; 4 x-slices and 3 y-rows set to 0 HU."""
-    img = nib.load(s0000_root / "s0000" / "ct.nii.gz")
-    block = np.asarray(img.dataobj)[20:84, 20:70, :].copy()
-    block[:4] = 0
-    block[:, -3:] = 0
-    affine = img.affine.copy()
-    affine[:3, 3] += img.affine[:3, :3] @ [20, 20, 0]
+    """A block of s0000's CT with a zeroed border (``nnunet_kit.write_small_ct``)."""
     path = tmp_path_factory.mktemp("nnunet_ct") / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(block, affine), path)
-    return path
+    return write_small_ct(s0000_root / "s0000" / "ct.nii.gz", path)
 
 
 def _compare(folder, ct_path, folds):
