@@ -9,16 +9,25 @@ from pathlib import Path
 
 from .progress import tqdm_callback
 
+_MODEL_HELP = (
+    "an nnU-Net v2 model folder (dataset.json, plans.json, fold_<k>/checkpoint_final.pth; "
+    "every fold is averaged) or TotalSegmentator's results folder with Dataset291..295 "
+    "(e.g. ~/.totalsegmentator/nnunet/results): predicted as nnUNetPredictor does"
+)
+_NO_MIRROR_HELP = "--model: no test-time mirroring (nnU-Net mirrors on the axes it allows)"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "predict", help="label a CT (NIfTI file or DICOM folder) with one or more checkpoints"
     )
     p.add_argument("--ct", required=True, type=Path, help="CT .nii.gz or a DICOM series folder")
-    p.add_argument(
-        "--checkpoint", required=True, type=Path, action="append",
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint", type=Path, action="append",
         help="model checkpoint (.pth); repeat for an ensemble (scores are averaged)",
     )  # fmt: skip
+    source.add_argument("--model", type=Path, help=_MODEL_HELP)
     p.add_argument("--out", required=True, type=Path, help="output multilabel OUT.nii.gz")
     p.add_argument(
         "--split-masks", action="store_true",
@@ -29,6 +38,7 @@ def register(subparsers) -> None:
         help="also write OUT_statistics.csv: volume (ml) and mean/std HU per structure",
     )  # fmt: skip
     p.add_argument("--tta", action="store_true", help="test-time augmentation (left/right safe)")
+    p.add_argument("--no-mirroring", action="store_true", help=_NO_MIRROR_HELP)
     p.add_argument(
         "--resample-uneven", action="store_true",
         help="a DICOM series with missing slices or uneven spacing is interpolated onto a "
@@ -66,6 +76,7 @@ def register(subparsers) -> None:
     source.add_argument(
         "--checkpoint", type=Path, action="append", help="checkpoint(s) to predict with"
     )
+    source.add_argument("--model", type=Path, help=_MODEL_HELP)
     p.add_argument(
         "--out", type=Path, default=None,
         help="folder for the tables and figures (default with --checkpoint: <run>/evaluation for "
@@ -79,6 +90,7 @@ def register(subparsers) -> None:
     p.add_argument("--cache", type=Path, default=None, help="preprocessing cache folder")
     p.add_argument("--device", default="auto", help="device for --checkpoint (default auto)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for --checkpoint")
+    p.add_argument("--no-mirroring", action="store_true", help=_NO_MIRROR_HELP)
     p.add_argument("--json", action="store_true", help="print the per-structure summary as JSON")
     p.set_defaults(func=run_evaluate)
 
@@ -114,7 +126,8 @@ def run_predict(args) -> int:
     progress, bar = tqdm_callback("predict", unit="slice")
     try:
         summary = predict_file(
-            args.ct, args.checkpoint, args.out, split_masks=args.split_masks, tta=args.tta,
+            args.ct, args.checkpoint or [], args.out, split_masks=args.split_masks,
+            tta=not args.no_mirroring if args.model else args.tta, model=args.model,
             batch_slices=args.batch_slices, device=args.device, progress=progress,
             overwrite=args.overwrite, statistics=args.statistics,
             resample_uneven=args.resample_uneven, overlap=args.overlap,
@@ -129,6 +142,8 @@ def run_predict(args) -> int:
     shape = " x ".join(str(s) for s in summary["shape"])
     print(f"wrote {summary['out']} ({shape}, {summary['orientation']}, {summary['seconds']} s)")
     print(f"label files: {', '.join(summary['label_files'])}")
+    if summary.get("model"):
+        print(f"model: {summary['model']} (nnU-Net, mirroring {'on' if summary['tta'] else 'off'})")
     if summary["masks_dir"]:
         print(f"masks: {summary['masks_dir']}/segmentations/")
     if summary["statistics"]:
@@ -160,7 +175,9 @@ def run_evaluate(args) -> int:
 
     if args.out is None:
         if not args.checkpoint:
-            raise ConfigError("--out is required with --predictions; name a folder for the results")
+            raise ConfigError(
+                "--out is required with --predictions or --model; name a folder for the results"
+            )
         from ..evaluation.paths import checkpoint_evaluation_dir
 
         args.out = checkpoint_evaluation_dir(args.checkpoint)
@@ -170,7 +187,8 @@ def run_evaluate(args) -> int:
             args.data, args.split, args.predictions or args.checkpoint, args.out,
             tolerance_mm=args.tolerance_mm, progress=progress, cache_dir=args.cache,
             subjects=args.subjects, report=not args.no_report, mesh_subjects=args.meshes,
-            device=args.device, tta=args.tta,
+            device=args.device, tta=not args.no_mirroring if args.model else args.tta,
+            model=args.model,
         )  # fmt: skip
     finally:
         bar.close()

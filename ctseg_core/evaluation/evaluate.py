@@ -226,6 +226,7 @@ def evaluate_predictions(
     mesh_subjects: int = 3,
     device: str = "auto",
     tta: bool = False,
+    model: str | Path | None = None,
 ) -> pd.DataFrame:
     """Score predictions of a dataset split against its references; write tables and figures.
 
@@ -236,7 +237,10 @@ def evaluate_predictions(
     ``evaluation_results_<split>.csv``, ``summary_<split>.csv``, ``detection_<split>.csv``,
     ``source_<split>.json`` (what was scored: ``paths.write_source``) and, with
     ``report``, the figures and ``3d_<subject>.html`` for the first ``mesh_subjects``.
-    ``paths`` names a folder per source.
+    ``paths`` names a folder per source. ``model``: an nnU-Net model folder (or
+    TotalSegmentator's results folder) predicts instead (``predictions`` is then ignored;
+    ``tta`` is its mirroring); the structures scored are those both the model (by
+    TotalSegmentator v2 name) and the references have.
 
     A subject that cannot be scored (no prediction file in the folder, an unreadable or wrong
     prediction, a CT or mask that cannot be read: any DataError) is left out with a warning; the
@@ -273,7 +277,20 @@ def evaluate_predictions(
 
     predictor, folder, model_labels = None, None, None
     skipped: dict[str, str] = {}  # subject id -> why it was not scored
-    if isinstance(predictions, str | Path) and Path(predictions).is_dir():
+    if model is not None:
+        from ..nnunet.model import NnunetPredictor
+
+        predictor = NnunetPredictor(model, device=device, tta=tta)
+        predictions = [Path(model)]
+        if not predictor.structures:
+            raise ConfigError(
+                f"{model} predicts no TotalSegmentator v2 structure "
+                f"({sorted(predictor.other_labels.values())[:5]}); nothing to score"
+            )
+        model_labels = np.zeros(NUM_LABELS, dtype=bool)
+        model_labels[[LABEL_OF[s] for s in predictor.structures]] = True
+        _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
+    elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
         for sid in ids:
             if find_prediction(folder, sid) is None:

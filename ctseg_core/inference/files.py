@@ -142,6 +142,7 @@ def predict_file(
     statistics: bool = False,
     resample_uneven: bool = False,
     overlap: float = 0.5,
+    model: str | Path | None = None,
 ) -> dict:
     """Predict a CT file or DICOM series folder and write the results beside ``out_path``.
 
@@ -152,6 +153,10 @@ def predict_file(
     for memory (before reading it when its header tells the size). A DICOM series with missing
     slices or uneven spacing is refused unless ``resample_uneven`` (then the warnings say so).
     ``overlap``: the share of a patch neighbouring windows share (volumetric models).
+    ``model``: an nnU-Net model folder (or TotalSegmentator's results folder) instead of
+    ``checkpoints`` (``nnunet.model``; ``tta`` is then its mirroring). A model with labels
+    outside TotalSegmentator's writes its own values and ``OUT_labels.json`` (value -> name)
+    instead of the Slicer / ITK-SNAP files; ``split_masks`` and ``statistics`` need v2 names.
     """
     from .predictor import Predictor
 
@@ -169,9 +174,24 @@ def predict_file(
     if split_masks and masks_dir.exists():
         _refuse_foreign_masks_dir(masks_dir)
     start = time.perf_counter()
-    predictor = Predictor(
-        checkpoints, device=device, batch_slices=batch_slices, tta=tta, overlap=overlap
-    )
+    if model is not None:
+        from ..nnunet.model import NnunetPredictor
+
+        predictor = NnunetPredictor(model, device=device, tta=tta)
+        checkpoints = []
+        if predictor.other_labels:
+            if split_masks or statistics:
+                raise ConfigError(
+                    f"{model} predicts labels outside TotalSegmentator's "
+                    f"({sorted(predictor.other_labels.values())[:3]}); --split-masks and "
+                    "--statistics need TotalSegmentator v2 names"
+                )
+            return _predict_own_labels(predictor, ct_path, out_path, resample_uneven, progress,
+                                       start)  # fmt: skip
+    else:
+        predictor = Predictor(
+            checkpoints, device=device, batch_slices=batch_slices, tta=tta, overlap=overlap
+        )
     if ct_path.is_file():
         try:
             header = nib.load(str(ct_path)).header
@@ -183,8 +203,10 @@ def predict_file(
             predictor.check_memory(header_shape, memory_limit_bytes, spacing)
     ct, read_warnings = load_ct_noting(ct_path, resample_uneven=resample_uneven)
     ckpts = [checkpoints] if isinstance(checkpoints, str | Path) else list(checkpoints)
-    domain = domain_warnings(ckpts, ct.array.transpose(2, 0, 1), ct.spacing_mm,
-                             input_is_phantom=is_phantom_ct(ct_path), what=str(ct_path))  # fmt: skip
+    domain = []
+    if ckpts:  # the domain of ctseg's own runs; an nnU-Net model states none
+        domain = domain_warnings(ckpts, ct.array.transpose(2, 0, 1), ct.spacing_mm,
+                                 input_is_phantom=is_phantom_ct(ct_path), what=str(ct_path))  # fmt: skip
     for message in domain:
         log.warning(message)
     labels = predictor.predict(ct, progress=progress, memory_limit_bytes=memory_limit_bytes)
@@ -222,6 +244,7 @@ def predict_file(
         "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
         "orientation": ct.orientation,
         "checkpoints": [str(p) for p in ckpts],
+        "model": str(model) if model is not None else None,
         "tta": bool(tta),
         "structures_found": found,
         "warnings": [
@@ -231,3 +254,30 @@ def predict_file(
         ],
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _predict_own_labels(predictor, ct_path: Path, out_path: Path, resample_uneven: bool,
+                        progress, start: float) -> dict:  # fmt: skip
+    """An nnU-Net model with its own labels: ``OUT.nii.gz`` in its values, ``OUT_labels.json``."""
+    from ..fileio import atomic_write_json
+
+    ct, read_warnings = load_ct_noting(ct_path, resample_uneven=resample_uneven)
+    labels = predictor.predict(ct, progress=progress, own_values=True)
+    save_on_original_grid(labels, ct, out_path)
+    names_path = out_path.with_name(_stem(out_path) + "_labels.json")
+    atomic_write_json(names_path, {str(v): n for v, n in sorted(predictor.value_names.items())})
+    counts = np.bincount(labels.ravel(), minlength=max(predictor.value_names) + 1)
+    voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
+    found = {
+        name: {"voxels": int(counts[v]), "volume_ml": round(counts[v] * voxel_ml, 3)}
+        for v, name in predictor.value_names.items()
+        if counts[v]
+    }
+    return {
+        "ct": str(ct_path), "out": str(out_path), "label_files": [str(names_path)],
+        "masks_dir": None, "statistics": None, "shape": [int(s) for s in ct.original_shape],
+        "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm], "orientation": ct.orientation,
+        "checkpoints": [], "model": str(predictor.path), "tta": predictor.tta,
+        "structures_found": found, "warnings": read_warnings,
+        "seconds": round(time.perf_counter() - start, 2),
+    }  # fmt: skip

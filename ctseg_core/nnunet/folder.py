@@ -1,0 +1,145 @@
+"""Reading and checking an nnU-Net v2 model folder; loading its checkpoints safely.
+
+A model folder (``<trainer>__<plans>__<configuration>`` under nnU-Net's results, or under
+TotalSegmentator's ``~/.totalsegmentator/nnunet/results/Dataset29x_*``) holds ``dataset.json``
+(labels, channels), ``plans.json`` (configurations, intensity properties, transpose) and
+``fold_<k>/checkpoint_final.pth`` or ``checkpoint_best.pth`` for each trained fold.
+Checkpoints are read with ``torch.load(weights_only=True)`` allowing, beyond plain containers
+and tensors, only the numpy scalars nnU-Net's logger stores (``_NUMPY_GLOBALS``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .plans import Configuration, read_configuration
+
+#: checkpoint names tried in each fold, first found wins unless one is asked for
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
+_CONFIG_OF_FOLDER = re.compile(r"^.+__.+__(?P<config>[^_].*)$")
+
+
+def _numpy_globals() -> list:
+    """The numpy types a pickled float64 scalar needs (the logger's Dice and EMA values)."""
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    kinds = [np.dtype, scalar]
+    kinds += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return kinds
+
+
+@dataclass
+class ModelFolder:
+    """A checked nnU-Net model folder: its files, labels and configuration."""
+
+    path: Path
+    dataset: dict
+    plans: dict
+    config: Configuration
+    checkpoints: list[Path] = field(default_factory=list)  # one per fold, fold order
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Output value -> label name from dataset.json (background included)."""
+        return {int(v): str(k) for k, v in self.dataset["labels"].items()}
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.dataset.get("channel_names") or self.dataset.get("modality") or {"0": 0})
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.parent.name}/{self.path.name}"
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: an nnU-Net model folder holds dataset.json, "
+                          "plans.json and fold_<k>/checkpoint_final.pth")  # fmt: skip
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is not readable JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} holds {type(value).__name__}, not a JSON object")
+    return value
+
+
+def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
+                      checkpoint: str | None = None,
+                      configuration: str | None = None) -> ModelFolder:  # fmt: skip
+    """Check and read an nnU-Net v2 model folder; ConfigError with one line naming the missing
+    or wrong file. ``folds``: default every ``fold_<k>`` with a checkpoint; ``checkpoint``:
+    default checkpoint_final.pth, else checkpoint_best.pth; ``configuration``: default the one
+    the folder is named for (``<trainer>__<plans>__<configuration>``)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"model folder {root} does not exist or is not a folder")
+    dataset = _read_json(root / "dataset.json")
+    plans = _read_json(root / "plans.json")
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ConfigError(f"{root / 'dataset.json'} has no 'labels' (name -> value)")
+    if any(not isinstance(v, int) for v in labels.values()):
+        raise ConfigError(
+            f"{root / 'dataset.json'}: labels with regions (lists of values) are not supported"
+        )
+    if configuration is None:
+        match = _CONFIG_OF_FOLDER.match(root.name)
+        configs = sorted(plans.get("configurations") or {})
+        if match and match["config"] in configs:
+            configuration = match["config"]
+        elif len(configs) == 1:
+            configuration = configs[0]
+        else:
+            raise ConfigError(
+                f"{root} is not named <trainer>__<plans>__<configuration>; name the "
+                f"configuration (one of {configs})"
+            )
+    config = read_configuration(plans, configuration, str(root / "plans.json"))
+    if folds is None:
+        found = sorted(p.name.removeprefix("fold_") for p in root.glob("fold_*") if p.is_dir())
+        folds = [f for f in found if _checkpoint_in(root / f"fold_{f}", checkpoint)]
+        if not folds:
+            wanted = checkpoint or " or ".join(CHECKPOINT_NAMES)
+            raise ConfigError(f"{root} has no fold_<k>/{wanted}")
+    paths = []
+    for fold in folds:
+        ckpt = _checkpoint_in(root / f"fold_{fold}", checkpoint)
+        if ckpt is None:
+            wanted = checkpoint or CHECKPOINT_NAMES[0]
+            raise ConfigError(f"{root / f'fold_{fold}' / wanted} is missing")
+        paths.append(ckpt)
+    return ModelFolder(root, dataset, plans, config, paths)
+
+
+def _checkpoint_in(fold_dir: Path, name: str | None) -> Path | None:
+    for candidate in [name] if name else CHECKPOINT_NAMES:
+        if (fold_dir / candidate).is_file():
+            return fold_dir / candidate
+    return None
+
+
+def load_weights(path: str | Path) -> tuple[dict, tuple[int, ...] | None]:
+    """(network state dict, mirroring axes allowed at inference or None) of an nnU-Net
+    checkpoint, read with ``weights_only=True``; ConfigError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types; one line for all
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not a loadable nnU-Net checkpoint: {first}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
+        raise ConfigError(f"{path} has no 'network_weights': not an nnU-Net v2 checkpoint")
+    axes = ckpt.get("inference_allowed_mirroring_axes")
+    return ckpt["network_weights"], None if axes is None else tuple(int(a) for a in axes)

@@ -1,0 +1,78 @@
+"""A model's label values as ctseg's 117 TotalSegmentator v2 structures; TotalSegmentator's
+five part models as one model.
+
+A label name of dataset.json that is a TotalSegmentator v2 name (``labels.LABEL_OF``) becomes
+that structure; other names keep the model's own value and name (predicted and written, not
+scored against the dataset's masks). TotalSegmentator's ``total`` task is five nnU-Net models,
+Dataset291 (organs) .. Dataset295 (ribs), each predicting one consecutive range of the 117 v2
+values (``labels.GROUPS``, TotalSegmentator's ``class_map_5_parts``): part value k is the
+group's k-th structure. When a part's dataset.json names are not v2 names, its dataset id
+gives them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..labels import GROUPS, LABEL_OF
+
+#: TotalSegmentator's dataset id of each part of the ``total`` task -> ctseg's group
+TOTALSEG_PARTS = {291: "organs", 292: "vertebrae", 293: "cardiac", 294: "muscles", 295: "ribs"}
+_DATASET_ID = re.compile(r"^Dataset(\d{3})_")
+
+
+def dataset_id(folder: Path) -> int | None:
+    """The nnU-Net dataset id of a model folder (from ``DatasetXXX_*`` in it or its parent)."""
+    for part in (folder.name, folder.parent.name):
+        match = _DATASET_ID.match(part)
+        if match:
+            return int(match[1])
+    return None
+
+
+def value_names(labels: dict[int, str], folder: Path) -> dict[int, str]:
+    """Model value -> structure name: v2 names kept; a TotalSegmentator part's generic names
+    replaced by its group's structures (in value order)."""
+    names = {v: n for v, n in labels.items() if v != 0}
+    if any(n in LABEL_OF for n in names.values()):
+        return names
+    part = TOTALSEG_PARTS.get(dataset_id(folder) or -1)
+    if part is None:
+        return names
+    group = GROUPS[part]
+    if max(names) > len(group):
+        raise ConfigError(
+            f"{folder / 'dataset.json'} has value {max(names)}, but TotalSegmentator's {part} "
+            f"part has {len(group)} structures"
+        )
+    return {v: group[v - 1] for v in names}
+
+
+def totalseg_part_folders(root: Path) -> list[Path] | None:
+    """The model folders of TotalSegmentator's five ``total`` parts under ``root`` (a results
+    folder holding ``Dataset291_*`` .. ``Dataset295_*``), organs first; None when ``root``
+    holds no such part; ConfigError naming the first missing part or an ambiguous one."""
+    found = {}
+    for child in sorted(Path(root).glob("Dataset*_*")):
+        number = dataset_id(child)
+        if child.is_dir() and number in TOTALSEG_PARTS:
+            found[number] = child
+    if not found:
+        return None
+    folders = []
+    for number, part in TOTALSEG_PARTS.items():
+        if number not in found:
+            raise ConfigError(
+                f"{root} holds TotalSegmentator parts {sorted(found)} but not Dataset{number} "
+                f"({part}); all five are needed for the 117 structures"
+            )
+        models = [p for p in found[number].iterdir() if (p / "plans.json").is_file()]
+        if len(models) != 1:
+            raise ConfigError(
+                f"{found[number]} holds {len(models)} model folders (with plans.json); "
+                "expected one <trainer>__<plans>__<configuration>"
+            )
+        folders.append(models[0])
+    return folders

@@ -1,0 +1,111 @@
+"""An nnU-Net model folder (or TotalSegmentator's five parts) as a ctseg predictor.
+
+``NnunetPredictor(path).predict(ct)`` labels a canonical CT (``data.volume.Volume``, (X, Y, Z)
+int16 HU) and returns canonical (X, Y, Z) labels in ctseg's values (``labels.LABEL_OF``) for
+the model's TotalSegmentator v2 structures; with ``own_values=True`` in the model's own values
+(its ``value_names``). The CT is given to the model in the axis order of the reader its plans
+name, so the result is nnU-Net's for the same file: SimpleITKIO: the file's voxel axes
+reversed, (k, j, i); NibabelIO: the file's axes; NibabelIOWithReorient: RAS+.
+For TotalSegmentator's parts, each part predicts on its own and they are combined in part order,
+a later part's structure replacing an earlier one's on a voxel both claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..data.volume import Volume, from_canonical, spacing_of, to_canonical
+from ..device import resolve_device
+from ..errors import ConfigError
+from ..labels import LABEL_OF
+from .folder import read_model_folder
+from .labels import totalseg_part_folders, value_names
+from .predict import LoadedModel, predict_array
+
+
+def _to_reader(ct: Volume, reader: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    """(1, *spatial) float32 image and its spacing (mm) in the reader's axis order."""
+    if reader == "NibabelIOWithReorient":
+        return ct.array[None].astype(np.float32), tuple(ct.spacing_mm)
+    file_order = from_canonical(ct.array, ct.original_affine)
+    spacing = spacing_of(ct.original_affine)
+    if reader == "NibabelIO":
+        return file_order[None].astype(np.float32), spacing
+    if reader == "SimpleITKIO":
+        return file_order.transpose(2, 1, 0)[None].astype(np.float32), spacing[::-1]
+    raise ConfigError(f"plans.json image_reader_writer {reader!r} is not supported")
+
+
+def _from_reader(labels: np.ndarray, ct: Volume, reader: str) -> np.ndarray:
+    if reader == "NibabelIOWithReorient":
+        return labels
+    if reader == "SimpleITKIO":
+        labels = labels.transpose(2, 1, 0)
+    return to_canonical(labels, ct.original_affine)[0]
+
+
+class NnunetPredictor:
+    """Loaded nnU-Net model folder(s) ready to label canonical CTs (see the module doc).
+
+    ``path``: a model folder, or a results folder holding TotalSegmentator's Dataset291..295;
+    ``folds`` / ``checkpoint``: as :func:`folder.read_model_folder`; ``tta``: mirroring on the
+    axes the model allows (nnU-Net's default is on)."""
+
+    def __init__(self, path: str | Path, device: str = "auto", tta: bool = True,
+                 folds: Sequence[int | str] | None = None,
+                 checkpoint: str | None = None) -> None:  # fmt: skip
+        self.path = Path(path).expanduser()
+        self.device = resolve_device(device)
+        self.tta = bool(tta)
+        parts = totalseg_part_folders(self.path) if self.path.is_dir() else None
+        folders = parts or [self.path]
+        self.models = []
+        for folder in folders:
+            read = read_model_folder(folder, list(folds) if folds else None, checkpoint)
+            self.models.append(
+                (LoadedModel.load(read, self.device), value_names(read.labels, folder))
+            )
+        self.value_names: dict[int, str] = {}
+        self._luts = []
+        offset = 0
+        for _, names in self.models:
+            lut = np.zeros(max(names) + 1, dtype=np.int64)
+            own = np.zeros(max(names) + 1, dtype=np.int64)
+            for value, name in names.items():
+                lut[value] = LABEL_OF.get(name, 0)
+                own[value] = value + offset
+                self.value_names[value + offset] = name
+            self._luts.append((lut, own))
+            offset += max(names) if parts else 0
+
+    @property
+    def structures(self) -> list[str]:
+        """The model's TotalSegmentator v2 structures, in ctseg's value order."""
+        known = {n for n in self.value_names.values() if n in LABEL_OF}
+        return sorted(known, key=LABEL_OF.get)
+
+    @property
+    def other_labels(self) -> dict[int, str]:
+        """Model value -> name of the labels that are no TotalSegmentator v2 structure."""
+        return {v: n for v, n in self.value_names.items() if n not in LABEL_OF}
+
+    def check_memory(self, *_args, **_kwargs) -> int:
+        """Interface of ``inference.Predictor``; nnU-Net's window is one patch at a time."""
+        return 1
+
+    def predict(self, ct: Volume, progress: Callable[[int, int, str], None] | None = None,
+                memory_limit_bytes: int | None = None, own_values: bool = False) -> np.ndarray:  # fmt: skip
+        """Label a canonical CT: (X, Y, Z) uint8 ctseg values (``own_values``: the model's)."""
+        if not isinstance(ct, Volume):
+            raise ConfigError("an nnU-Net model needs the CT's grid: pass a Volume (load_ct)")
+        out = np.zeros(ct.array.shape, dtype=np.uint16 if own_values else np.uint8)
+        for (model, _), (lut, own) in zip(self.models, self._luts, strict=True):
+            image, spacing = _to_reader(ct, model.folder.config.reader)
+            labels = predict_array(model, image, spacing, self.tta, progress)
+            labels = _from_reader(labels, ct, model.folder.config.reader)
+            mapped = (own if own_values else lut)[labels]
+            out[labels > 0] = mapped[labels > 0]
+        return out if own_values and out.max() > 255 else out.astype(np.uint8)

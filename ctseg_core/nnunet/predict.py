@@ -1,0 +1,165 @@
+"""nnU-Net's prediction of one CT with a model folder: preprocessing, sliding window, folds,
+and the labels back on the CT's grid.
+
+The arithmetic follows nnU-Net v2's predictor step by step so the labels agree voxel for voxel
+(``tests/test_nnunet_predict.py`` pins it against ``nnUNetPredictor``): windows placed as
+``inference.patches.window_starts`` places them (step half a patch), the volume padded with
+zeros (the normalised value) to at least one patch, centred; each window's logits averaged
+over the allowed mirrorings (all combinations of the model's ``inference_allowed_mirroring_axes``),
+weighted by a Gaussian (sigma patch / 8, centre at patch // 2, peak 10) and summed with the
+weights in float16, as nnU-Net accumulates them, so its roundings and hence its ties are the
+same; folds' logits averaged; the logits resampled back to the cropped grid (order from the
+plans, stored as float16) and their argmax put into the uncropped, untransposed volume. A 2d
+configuration slides over each slice of the first (transposed) axis.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..inference.patches import window_starts
+from .folder import ModelFolder, load_weights
+from .plans import build_network, crop_box, new_shape, normalize, resample
+
+#: nnU-Net's step between windows: half a patch
+TILE_STEP = 0.5
+
+
+def gaussian_weights(patch: tuple[int, ...]) -> torch.Tensor:
+    """float16 weights of a patch (any dimensions): a Gaussian of sigma patch / 8 per axis
+    centred on voxel patch // 2, peak 10; zeros (none at this sigma) raised to the smallest
+    nonzero weight. Computed by filtering a unit impulse, as nnU-Net does."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros(patch)
+    impulse[tuple(p // 2 for p in patch)] = 1
+    g = gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant", cval=0)
+    g /= g.max() / 10
+    g = torch.from_numpy(g).to(torch.float16)
+    g[g == 0] = g[g != 0].min()
+    return g
+
+
+@dataclass
+class LoadedModel:
+    """A model folder's network and each fold's weights."""
+
+    folder: ModelFolder
+    network: torch.nn.Module
+    fold_weights: list[dict]
+    mirror_axes: tuple[int, ...] | None
+
+    @classmethod
+    def load(cls, folder: ModelFolder, device: torch.device) -> LoadedModel:
+        weights, axes = [], None
+        for i, path in enumerate(folder.checkpoints):
+            state, allowed = load_weights(path)
+            weights.append(state)
+            if i == 0:
+                axes = allowed
+        net = build_network(folder.config, folder.in_channels, len(folder.labels))
+        try:
+            net.load_state_dict(weights[0])
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"{folder.checkpoints[0]} does not fit plans.json: {first}") from None
+        return cls(folder, net.to(device), weights, axes)
+
+
+def _mirrored_logits(net: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...] | None,
+                     ) -> torch.Tensor:  # fmt: skip
+    """(1, C, *patch) -> (1, K, *patch) float32 logits averaged over the input and its flips
+    along every non-empty combination of ``axes`` (spatial axes, 0-based)."""
+    out = net(x)
+    if not axes:
+        return out
+    dims = [a + 2 for a in axes]
+    combos = [c for n in range(1, len(dims) + 1) for c in itertools.combinations(dims, n)]
+    for combo in combos:
+        out += torch.flip(net(torch.flip(x, combo)), combo)
+    out /= len(combos) + 1
+    return out
+
+
+@torch.inference_mode()
+def sliding_window_logits(model: LoadedModel, data: torch.Tensor, mirror: bool = True,
+                          progress: Callable[[int, int, str], None] | None = None,
+                          ) -> torch.Tensor:  # fmt: skip
+    """(C, *spatial) float32 preprocessed -> (K, *spatial) float16 logits averaged over folds."""
+    config, device = model.folder.config, next(model.network.parameters()).device
+    patch = config.patch_size
+    spatial = data.shape[1:]
+    target = [max(p, s) for p, s in zip((1,) * (len(spatial) - len(patch)) + patch, spatial,
+                                         strict=True)]  # fmt: skip
+    below = [(t - s) // 2 for t, s in zip(target, spatial, strict=True)]
+    pads = []
+    for b, t, s in zip(reversed(below), reversed(target), reversed(spatial), strict=True):
+        pads += [b, t - s - b]
+    padded = F.pad(data, pads, "constant", 0) if any(pads) else data
+    spatial_padded = padded.shape[1:]
+    starts = [window_starts(n, p, 1.0 - TILE_STEP)
+              for n, p in zip(spatial_padded[-len(patch):], patch, strict=True)]  # fmt: skip
+    lead = [(d,) for d in range(spatial_padded[0])] if config.is_2d else [()]
+    windows = [(*d, *s) for d in lead for s in itertools.product(*starts)]
+    g = gaussian_weights(patch)
+    axes = model.mirror_axes if mirror else None
+    total = None
+    for f, state in enumerate(model.fold_weights):
+        model.network.load_state_dict(state)
+        model.network.eval()
+        logits = torch.zeros((len(model.folder.labels), *spatial_padded), dtype=torch.half)
+        weight = torch.zeros(spatial_padded, dtype=torch.half)
+        for i, start in enumerate(windows):
+            lead_idx = start[: len(start) - len(patch)]
+            box = (*lead_idx, *(slice(s, s + p) for s, p in zip(start[len(lead_idx):], patch,
+                                                                   strict=True)))  # fmt: skip
+            x = padded[(slice(None), *box)][None].to(device)
+            out = _mirrored_logits(model.network, x, axes)[0].cpu()
+            out *= g
+            logits[(slice(None), *box)] += out
+            weight[box] += g
+            if progress:
+                progress(
+                    f * len(windows) + i + 1, len(windows) * len(model.fold_weights), "patches"
+                )
+        torch.div(logits, weight, out=logits)
+        total = logits if total is None else total.add_(logits)
+    if len(model.fold_weights) > 1:
+        total /= len(model.fold_weights)
+    unpad = tuple(slice(b, b + s) for b, s in zip(below, spatial, strict=True))
+    return total[(slice(None), *unpad)]
+
+
+def predict_array(model: LoadedModel, image: np.ndarray, spacing_mm, mirror: bool = True,
+                  progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:  # fmt: skip
+    """(C, *spatial) image in the reader's axis order (``spacing_mm`` per axis) -> labels
+    (*spatial) uint8/uint16 of the model's own values, in the same order and grid."""
+    config = model.folder.config
+    fwd, back = list(config.transpose_forward), list(config.transpose_backward)
+    data = image.astype(np.float32).transpose([0, *[a + 1 for a in fwd]])
+    spacing = [float(spacing_mm[a]) for a in fwd]
+    uncropped = data.shape[1:]
+    box = crop_box(data)
+    data = data[(slice(None), *box)]
+    cropped = data.shape[1:]
+    target = list(config.spacing_mm)
+    if len(target) < len(cropped):
+        target = [spacing[0], *target]
+    shape = new_shape(cropped, spacing, target)
+    data = normalize(data, config)
+    data = resample(data, shape, spacing, target, **config.data_kwargs)
+    logits = sliding_window_logits(model, torch.from_numpy(np.ascontiguousarray(data)), mirror,
+                                   progress)  # fmt: skip
+    logits = resample(logits.numpy(), cropped, target, spacing, **config.probabilities_kwargs)
+    labels = torch.from_numpy(np.asarray(logits)).argmax(0).numpy()
+    dtype = np.uint8 if max(model.folder.labels) < 255 else np.uint16
+    full = np.zeros(uncropped, dtype=dtype)
+    full[box] = labels
+    return full.transpose(back)

@@ -1,0 +1,135 @@
+"""nnU-Net model folders in ctseg: bad folders get one line, checkpoints load with
+weights_only, labels map to TotalSegmentator v2 names, TotalSegmentator's five parts combine,
+and ``ctseg predict --model`` / ``ctseg evaluate --model`` run them."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ctseg_core.cli import main
+from ctseg_core.data.volume import load_ct
+from ctseg_core.errors import ConfigError
+from ctseg_core.labels import GROUPS, LABEL_OF
+from ctseg_core.nnunet.folder import load_weights, read_model_folder
+from ctseg_core.nnunet.model import NnunetPredictor
+
+pytest.importorskip("nnunetv2")
+from nnunet_kit import write_model_folder, write_small_ct
+
+TS_LABELS = {"background": 0, "spleen": 1, "liver": 2, "aorta": 3}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_ct(s0000_root, tmp_path_factory):
+    path = tmp_path_factory.mktemp("nnunet_ct") / "ct.nii.gz"
+    return write_small_ct(s0000_root / "s0000" / "ct.nii.gz", path)
+
+
+def _model_2d(root, labels=TS_LABELS, mirror_axes=(0, 1), **kwargs):
+    return write_model_folder(root, "2d", [5.0, 4.0], [32, 32], [0, 2, 1], labels=labels,
+                              mirror_axes=mirror_axes, **kwargs)  # fmt: skip
+
+
+def test_broken_folders_name_the_missing_or_wrong_file(tmp_path):
+    folder = _model_2d(tmp_path)
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    (folder / "plans.json").rename(folder / "plans.bak")
+    with pytest.raises(ConfigError, match=r"plans\.json is missing"):
+        read_model_folder(folder)
+    (folder / "plans.bak").rename(folder / "plans.json")
+    with pytest.raises(ConfigError, match=r"fold_3/checkpoint_final\.pth is missing"):
+        read_model_folder(folder, folds=[3])
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"checkpoint_final\.pth is not a loadable"):
+        NnunetPredictor(folder, device="cpu")
+    (folder / "dataset.json").write_text("{")
+    assert main(["predict", "--model", str(folder), "--ct", "x.nii.gz", "--out",
+                 str(tmp_path / "o.nii.gz")]) == 2  # fmt: skip
+
+
+def test_checkpoint_loads_weights_only_and_refuses_other_objects(tmp_path):
+    folder = _model_2d(tmp_path)
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    state, axes = load_weights(ckpt)  # numpy scalars and torch.device inside: allowed
+    assert axes == (0, 1) and state["decoder.seg_layers.1.weight"].shape[0] == 4
+    content = torch.load(ckpt, weights_only=False)
+    content["init_args"]["path"] = pathlib.PurePosixPath("/x")  # any other class is refused
+    torch.save(content, ckpt)
+    with pytest.raises(ConfigError, match="not a loadable nnU-Net checkpoint"):
+        load_weights(ckpt)
+
+
+def test_labels_map_to_v2_names_and_others_keep_their_own(tmp_path, small_ct):
+    folder = _model_2d(tmp_path, labels={**TS_LABELS, "my_tumour": 4}, mirror_axes=None)
+    predictor = NnunetPredictor(folder, device="cpu")
+    assert predictor.structures == ["spleen", "liver", "aorta"]
+    assert predictor.other_labels == {4: "my_tumour"}
+    ct = load_ct(small_ct)
+    own = predictor.predict(ct, own_values=True)
+    ours = predictor.predict(ct)
+    assert set(np.unique(own)) == {0, 1, 2, 3, 4}
+    lut = np.array([0, LABEL_OF["spleen"], LABEL_OF["liver"], LABEL_OF["aorta"], 0])
+    np.testing.assert_array_equal(ours, lut[own])
+
+
+def test_totalsegmentator_parts_combine_into_117_structures(tmp_path, small_ct):
+    results = tmp_path / "results"
+    parts = {}
+    for number, (group, names) in zip(range(291, 296), GROUPS.items(), strict=True):
+        # the organs part with generic names: its dataset id names its structures
+        labels = {"background": 0, **{
+            (f"class_{i}" if group == "organs" else n): i for i, n in enumerate(names, start=1)
+        }}  # fmt: skip
+        parts[group] = _model_2d(results / f"Dataset{number}_TotalSegmentator_part_{group}",
+                                 labels=labels, mirror_axes=None, seed=number)  # fmt: skip
+    predictor = NnunetPredictor(results, device="cpu", tta=False)
+    assert predictor.structures == sorted(LABEL_OF, key=LABEL_OF.get)
+    ct = load_ct(small_ct)
+    combined = predictor.predict(ct)
+    expected = np.zeros_like(combined)
+    for group, folder in parts.items():
+        alone = NnunetPredictor(folder, device="cpu", tta=False).predict(ct, own_values=True)
+        first = LABEL_OF[GROUPS[group][0]]
+        expected[alone > 0] = alone[alone > 0] + first - 1  # later parts win shared voxels
+    np.testing.assert_array_equal(combined, expected)
+    found = np.unique(combined)
+    assert len(found) > 10 and found[1] < LABEL_OF[GROUPS["ribs"][0]] <= found[-1]  # two parts
+    (results / "Dataset293_TotalSegmentator_part_cardiac").rename(results / "moved")
+    with pytest.raises(ConfigError, match="not Dataset293"):
+        NnunetPredictor(results, device="cpu")
+
+
+def test_cli_predict_and_evaluate_with_a_model_folder(tmp_path, small_ct, s0000_root, capsys):
+    folder = _model_2d(tmp_path / "model")
+    out = tmp_path / "pred" / "s0000.nii.gz"
+    assert main(["predict", "--model", str(folder), "--ct", str(small_ct), "--out", str(out),
+                 "--device", "cpu", "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    written = np.asarray(nib.load(out).dataobj)
+    expected = NnunetPredictor(folder, device="cpu").predict(load_ct(small_ct))
+    np.testing.assert_array_equal(written, expected)  # RAS file: canonical == on disk
+    assert set(summary["structures_found"]) <= {"spleen", "liver", "aorta"}
+    assert summary["model"] == str(folder)
+
+    assert main(["evaluate", "--model", str(folder), "--data", str(s0000_root), "--split",
+                 "all", "--out", str(tmp_path / "eval"), "--no-report", "--device", "cpu",
+                 "--no-mirroring"]) == 0  # fmt: skip
+    table = pd.read_csv(tmp_path / "eval" / "evaluation_results_all.csv")
+    # scored: the structures both the model and the references have
+    assert set(table["structure"]) == {"spleen", "liver", "aorta"}
+    assert table["dice"].between(0, 1).all()
