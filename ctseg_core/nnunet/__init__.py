@@ -1,0 +1,1 @@
+"""nnU-Net v2 model folders: read into ctseg, and ctseg runs written as them."""
