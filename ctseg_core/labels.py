@@ -1,4 +1,4 @@
-"""The 117 TotalSegmentator v2 structures: label values, anatomical groups, colours, left/right pairs.
+"""The 117 TotalSegmentator v2 structures: values, anatomical groups, parts, colours, left/right pairs.
 
 Label value k (1..117) is the channel k - 1 of a one-output-per-structure model and the voxel value
 k of a multilabel volume; 0 is background. The order is TotalSegmentator's ("total" task, v2).
@@ -7,6 +7,8 @@ k of a multilabel volume; 0 is background. The order is TotalSegmentator's ("tot
 from __future__ import annotations
 
 import colorsys
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -44,18 +46,42 @@ LABEL_OF: dict[str, int] = {name: value for value, name in enumerate(STRUCTURES,
 #: label value (1..117) -> structure name; 0 is "background"
 NAME_OF: dict[int, str] = {0: "background", **{v: n for n, v in LABEL_OF.items()}}
 
-# TotalSegmentator's own class-map split of the "total" task (class_map_5_parts): label value ranges.
-_GROUP_RANGES: dict[str, tuple[int, int]] = {
+# TotalSegmentator's own class-map split of the "total" task (class_map_5_parts): label value
+# ranges. These are its sub-models, not anatomy (its "muscles" part holds the femurs and hips).
+_PART_RANGES: dict[str, tuple[int, int]] = {
     "organs": (1, 24),
     "vertebrae": (25, 50),
     "cardiac": (51, 68),
     "muscles": (69, 91),  # bones of the limbs and girdles, spinal cord, muscles, brain, skull
     "ribs": (92, 117),  # ribs, sternum, costal cartilages
 }
-GROUPS: dict[str, tuple[str, ...]] = {
-    group: STRUCTURES[lo - 1 : hi] for group, (lo, hi) in _GROUP_RANGES.items()
+#: TotalSegmentator part (sub-model of the "total" task) -> its structures, in label order
+PARTS: dict[str, tuple[str, ...]] = {
+    part: STRUCTURES[lo - 1 : hi] for part, (lo, hi) in _PART_RANGES.items()
 }
-GROUP_OF: dict[str, str] = {name: g for g, names in GROUPS.items() for name in names}
+#: structure -> TotalSegmentator part ("TotalSegmentator part" in tables)
+PART_OF: dict[str, str] = {name: p for p, names in PARTS.items() for name in names}
+
+
+def _anatomical_group(name: str) -> str:
+    """The anatomical group of a structure (``GROUPS`` lists them; every structure in one)."""
+    if name.startswith("lung_") or name == "trachea":
+        return "lungs"
+    if name in ("heart", "atrial_appendage_left"):
+        return "heart"
+    if name in VESSELS:
+        return "vessels"
+    if name in ("sacrum", "spinal_cord") or name.startswith("vertebrae_"):
+        return "spine"
+    if name.startswith("rib_") or name in ("sternum", "costal_cartilages"):
+        return "ribs"
+    if name.split("_")[0] in ("humerus", "scapula", "clavicula", "femur", "hip", "skull"):
+        return "bones"
+    if name.split("_")[0] in ("gluteus", "autochthon", "iliopsoas"):
+        return "muscles"
+    if name == "brain":
+        return "brain"
+    return "organs"
 
 
 def _swap_side(name: str) -> str:
@@ -87,6 +113,15 @@ VESSELS: tuple[str, ...] = (
     "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left",
     "iliac_artery_right", "iliac_vena_left", "iliac_vena_right",
 )  # fmt: skip
+
+#: anatomical group -> its structures in label order; every structure in exactly one group
+GROUPS: dict[str, tuple[str, ...]] = {
+    group: tuple(n for n in STRUCTURES if _anatomical_group(n) == group)
+    for group in ("organs", "lungs", "heart", "vessels", "spine", "ribs", "bones", "muscles",
+                  "brain")
+}  # fmt: skip
+#: structure -> anatomical group (the ``group`` column of evaluation tables)
+GROUP_OF: dict[str, str] = {name: g for g, names in GROUPS.items() for name in names}
 
 
 def lr_swap_lut() -> np.ndarray:
@@ -125,7 +160,22 @@ def _make_colours() -> dict[str, tuple[int, int, int]]:
     return colours
 
 
-COLOURS: dict[str, tuple[int, int, int]] = _make_colours()
+#: the hue walk with conventional anatomy colours, before neighbours were told apart
+BASE_COLOURS: dict[str, tuple[int, int, int]] = _make_colours()
+#: the colours that replace ``BASE_COLOURS`` so that touching structures differ (at least
+#: ``viz.palette.MIN_TOUCHING_DELTA_E`` CIEDE2000); made by tools/structure_colours.py
+COLOURS_FILE = Path(__file__).resolve().parent / "structure_colours.json"
+
+
+def _recoloured() -> dict[str, tuple[int, int, int]]:
+    if not COLOURS_FILE.exists():  # before tools/structure_colours.py first ran
+        return {}
+    doc = json.loads(COLOURS_FILE.read_text())
+    return {name: tuple(int(c) for c in rgb) for name, rgb in doc["recoloured"].items()}
+
+
+#: structure -> (r, g, b) 0..255: the overlay, legend, mesh and Slicer/ITK-SNAP colour
+COLOURS: dict[str, tuple[int, int, int]] = {**BASE_COLOURS, **_recoloured()}
 
 
 def colour_lut() -> np.ndarray:

@@ -133,6 +133,23 @@ def cached_subject(root: str, subject_id: str):
     return _cached_subject(str(root), subject_id, str(cache_dir()))
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _subject_boxes(root: str, subject_id: str, cache: str) -> dict:
+    from ctseg_core.viz.mesh import bounding_boxes
+
+    entry = _cached_subject(root, subject_id, cache)
+    return {
+        value: tuple((b.start, b.stop) for b in box)
+        for value, box in bounding_boxes(entry.labels).items()
+    }
+
+
+def structure_box_zxy(root: str, subject_id: str, value: int) -> tuple | None:
+    """The reference's bounding box of label ``value``: ((z0, z1), (x0, x1), (y0, y1)),
+    half-open voxel ranges of the cache's (Z, X, Y) arrays; None where the label is absent."""
+    return _subject_boxes(str(root), subject_id, str(cache_dir())).get(value)
+
+
 # ---------------------------------------------------------------- training and runs
 
 

@@ -54,12 +54,12 @@ EXPLORE_FOLDERS = "ctseg_explore_folders"  # list[str]: prediction folders evalu
 FOLDER_PREFIX = "folder: "  # an Explore source that reads a folder of <id>.nii.gz files
 
 _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "style", "layout",
-                 "alpha", "show3d", "mesh_structures")  # fmt: skip
+                 "alpha", "show3d", "mesh_structures", "zoom_on")  # fmt: skip
 _TRAIN_WIDGETS = ("preset", "epochs", "minutes", "lr", "batch", "size", "width", "loss",
                   "scheduler", "augment", "only_present", "steps", "val", "checkpoint_every",
                   "run_name", "kind", "context", "model3d",
                   *(f"{f}_{a}" for f in ("patch", "spacing") for a in "xyz"))  # fmt: skip
-_EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric",
+_EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric", "min_ml",
                  "compare_a", "compare_b", "compare_split", "compare_metric")  # fmt: skip
 
 #: widget states that must survive visits to other pages (Streamlit drops unrendered widgets;
@@ -91,6 +91,11 @@ def slice_key(keys: WidgetKeys, plane: str) -> str:
 def volume_key(keys: WidgetKeys) -> str:
     """Session key of the volume a viewer's slice positions belong to (see volume_viewer)."""
     return f"{keys.prefix}_volume"
+
+
+def zoom_key(keys: WidgetKeys) -> str:
+    """Session key of the box a viewer opens zoomed to (``viewer.show_volume_at``)."""
+    return f"{keys.prefix}_zoom"
 
 
 def keep_widget_state() -> None:

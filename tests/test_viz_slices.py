@@ -291,3 +291,19 @@ def test_plane_positions_are_the_files_world_coordinates(root_of, tmp_path, subj
             world = img.affine[:3, :3] @ voxel + img.affine[:3, 3]
             shown = plane_position_mm(entry.affine, entry.ct.shape, plane, index)
             assert shown == f"{letter} {world[axis]:.1f} mm", (plane, index)
+
+
+def test_zoom_window_crops_each_plane_to_the_box_with_its_margin():
+    from ctseg_core.viz.slices import zoom_window
+
+    volume = np.zeros((30, 40, 50), np.uint8)  # (Z, X, Y)
+    volume[10:12, 5:8, 20:23] = 1  # a 2 x 3 x 3 voxel structure
+    box = ((10, 12), (5, 8), (20, 23))
+    for plane, index, shape in (("axial", 10, (7, 7)), ("coronal", 21, (6, 7)),
+                                ("sagittal", 6, (6, 7))):  # fmt: skip
+        image = extract_plane(volume, plane, index)
+        rows, cols = zoom_window(box, volume.shape, plane, margin_voxels=2)
+        assert image[rows, cols].shape == shape  # box + 2 voxels each side
+        assert image[rows, cols].sum() == image.sum() > 0  # all of the structure inside
+    rows, cols = zoom_window(((0, 1), (0, 1), (0, 1)), volume.shape, "axial", margin_voxels=10)
+    assert (rows, cols) == (slice(39, 50), slice(29, 40))  # clipped at the volume's edge

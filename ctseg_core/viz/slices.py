@@ -325,3 +325,29 @@ def worst_slices(
     )
     order = np.argsort(-wrong, kind="stable")[:count]
     return [int(z) for z in order if wrong[z] > 0]
+
+
+def zoom_window(
+    box_zxy: tuple[tuple[int, int], ...],
+    shape_zxy: tuple[int, int, int],
+    plane: str,
+    margin_voxels: int = 10,
+) -> tuple[slice, slice]:
+    """Rows and columns of ``extract_plane``'s (H, W) image that hold a 3D box, with a margin.
+
+    ``box_zxy``: half-open (start, stop) voxel ranges along Z, X, Y (a structure's bounding
+    box). The margin is the larger of ``margin_voxels`` and half the box's extent per axis
+    (a one-voxel structure still shows its surroundings); clipped to the volume.
+    """
+    _check_plane(plane)
+    z_axis, x_axis, y_axis = (0, 1, 2)
+    rows_cols = {"axial": (y_axis, x_axis), "coronal": (z_axis, x_axis),
+                 "sagittal": (z_axis, y_axis)}[plane]  # fmt: skip
+    window = []
+    for axis in rows_cols:
+        start, stop = box_zxy[axis]
+        n = shape_zxy[axis]
+        margin = max(margin_voxels, (stop - start) // 2)
+        lo, hi = max(0, start - margin), min(n, stop + margin)
+        window.append(slice(n - hi, n - lo))  # every display axis runs high index first
+    return window[0], window[1]

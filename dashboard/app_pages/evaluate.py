@@ -179,7 +179,7 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
     subject, dice = case
     cols[0].caption(
         f"Worst: {state.plain(subject)}" + ("" if np.isnan(dice) else f" (Dice {dice:.3f})")
-        + " — opens at the axial slice with the most reference voxels of it"
+        + " — opens at the axial slice with the most reference voxels of it, zoomed to it"
     )  # fmt: skip
     if cols[1].button("Open in Explore", icon=":material/open_in_new:", key=state.EVAL_FORM.open):
         from ctseg_core.labels import LABEL_OF
@@ -189,7 +189,9 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         z = int(per_slice.argmax()) if per_slice.any() else entry.num_slices // 2
         st.session_state[state.EXPLORE_SUBJECT] = subject
         volume = f"{info['root']}:{subject}"  # as Explore names it
-        viewer.show_volume_at(state.EXPLORE_VIEW, volume, "axial", z + 1)
+        box = cached.structure_box_zxy(info["root"], subject, LABEL_OF[structure])
+        zoom = None if box is None else {"structure": structure, "box_zxy": box}
+        viewer.show_volume_at(state.EXPLORE_VIEW, volume, "axial", z + 1, zoom)
         st.session_state[state.EXPLORE_PLANE] = "axial"
         viewer.choose_structures(state.EXPLORE_STRUCTURES, [structure])
         if info.get("folder"):  # Explore reads the folder's prediction of the subject
@@ -227,7 +229,16 @@ def show_results(info: dict) -> None:
         default=state.widget_default(state.EVAL_FORM.metric, "dice"), key=state.EVAL_FORM.metric,
         format_func=evalcharts.METRIC_TITLES.get, required=True,
     )  # fmt: skip
-    ranking = evalcharts.ranking(results, metric)
+    min_ml = st.number_input(
+        "Hide structures whose reference is under (ml)", 0.0, 10000.0, step=0.1,
+        key=state.EVAL_FORM.min_ml,
+        help="Leaves out of the ranking and the worst cases the subject x structure pairs with a "
+        "smaller reference (a one-voxel reference of 0.03 ml scores by chance).",
+    )  # fmt: skip
+    ranked = evalcharts.without_small_references(results, float(min_ml or 0.0))
+    if len(ranked) < len(results):
+        st.caption(f"{len(results) - len(ranked)} pairs with a reference under {min_ml} ml hidden")
+    ranking = evalcharts.ranking(ranked, metric)
     st.markdown("**Per group**")
     st.dataframe(evalcharts.group_summary(results), hide_index=True)
     left, right = st.columns([3, 2])
@@ -247,7 +258,7 @@ def show_results(info: dict) -> None:
     st.markdown("**Detection** (subject x structure)")
     few = results["subject"].nunique() <= evalcharts.DETECTION_FEW_SUBJECTS
     st.altair_chart(evalcharts.detection_chart(results), width="content" if few else "stretch")
-    worst_case_link(results, evalcharts.ranking(results, "dice"), info)
+    worst_case_link(ranked, evalcharts.ranking(ranked, "dice"), info)
     st.subheader("Downloads")
     split = info["split"]
     cols = st.columns(3)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import cached, state
 from dashboard.helpers import runs
-from dashboard.helpers.viewer import Layer, volume_viewer
+from dashboard.helpers.viewer import Layer, annotation_note, volume_viewer
 from dashboard.pages_index import PAGE_FILES
 
 NO_CHECKPOINT = "(none)"
@@ -82,6 +82,7 @@ def main() -> None:
         f"{state.plain(subject)}: {' x '.join(map(str, entry.shape_xyz))} voxels, spacing "
         f"{sx:.2f} x {sy:.2f} x {sz:.2f} mm, {len(entry.present)} structures present"
     )
+    annotation_note(entry.annotated)
     volume_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.spacing_mm, entry.affine,
                   volume_id=f"{root}:{subject}")  # fmt: skip
 

@@ -10,10 +10,14 @@ from ctseg_core.labels import GROUP_OF, GROUPS
 #: one colour per anatomical group, used by every chart coloured by group
 GROUP_COLOURS = {
     "organs": "#e4572e",
-    "vertebrae": "#f3a712",
-    "cardiac": "#d7263d",
-    "muscles": "#4fb3bf",
+    "lungs": "#5fa8d3",
+    "heart": "#d7263d",
+    "vessels": "#9b5de5",
+    "spine": "#f3a712",
     "ribs": "#a8c686",
+    "bones": "#8d6e63",
+    "muscles": "#4fb3bf",
+    "brain": "#f48fb1",
 }
 
 

@@ -20,6 +20,15 @@ STATUS_COLOURS = {
 METRIC_TITLES = {name: spec.title for name, spec in METRICS.items()}
 
 
+def without_small_references(results: pd.DataFrame, min_ml: float) -> pd.DataFrame:
+    """The rows whose reference volume is at least ``min_ml`` (ml); rows with an absent
+    reference (0 ml, NaN metrics) stay, so false positives still count. 0 keeps every row."""
+    if min_ml <= 0:
+        return results
+    ref_ml = results["ref_volume_ml"].astype(float)
+    return results[(ref_ml >= min_ml) | (ref_ml == 0)]
+
+
 def ranking(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """Per structure: mean, std and n of a metric over scored subjects, best first."""
     scored = results[np.isfinite(results[metric].astype(float))]

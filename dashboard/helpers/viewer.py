@@ -27,6 +27,7 @@ from ctseg_core.viz.slices import (
     side_by_side,
     stretch_to_aspect,
     to_png_bytes,
+    zoom_window,
 )
 from dashboard import cached, state
 
@@ -57,6 +58,7 @@ class ViewSettings:
     layout: str  # "side by side" or "combined"
     alpha: float
     visible: np.ndarray  # (118,) bool
+    zoom_box_zxy: tuple | None = None  # ((z0, z1), (x0, x1), (y0, y1)) to crop to, or None
 
 
 def _controls(
@@ -177,11 +179,15 @@ def compose_slice(
 ) -> np.ndarray:
     """The displayed (H, W, 3) uint8 image of one slice: CT plus layers as the settings say."""
     common = dict(level=view.level, width=view.width, alpha=view.alpha, visible=view.visible)
+    rows, cols = slice(None), slice(None)
+    if view.zoom_box_zxy is not None:  # the zoomed window only (a small structure, enlarged)
+        rows, cols = zoom_window(view.zoom_box_zxy, ct_zxy.shape, view.plane)
     if not layers:
-        return render_slice(ct_zxy, view.plane, index, spacing_mm=spacing_mm, **common)
+        image = render_slice(ct_zxy, view.plane, index, spacing_mm=spacing_mm, **common)
+        return stretch_to_aspect(image[rows, cols], plane_aspect(spacing_mm, view.plane))
     first = render_slice(
         ct_zxy, view.plane, index, labels_zxy=layers[0].labels_zxy, mode=view.style, **common
-    )
+    )[rows, cols]
     if len(layers) > 1:
         if view.layout == "side by side":
             second = render_slice(
@@ -191,10 +197,10 @@ def compose_slice(
                 labels_zxy=layers[1].labels_zxy,
                 mode=view.style,
                 **common,
-            )
+            )[rows, cols]
             first = side_by_side(first, second)
         else:
-            pred = extract_plane(layers[1].labels_zxy, view.plane, index)
+            pred = extract_plane(layers[1].labels_zxy, view.plane, index)[rows, cols]
             first = overlay_rgb(first, pred, None, 1.0, view.visible, "contour")
     return stretch_to_aspect(first, plane_aspect(spacing_mm, view.plane))
 
@@ -282,10 +288,47 @@ def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_m
     )
 
 
-def show_volume_at(keys: state.WidgetKeys, volume_id: str, plane: str, number: int) -> None:
-    """Make the next ``volume_viewer`` of ``volume_id`` open at slice ``number`` (from 1)."""
+def show_volume_at(
+    keys: state.WidgetKeys, volume_id: str, plane: str, number: int, zoom: dict | None = None
+) -> None:
+    """Make the next ``volume_viewer`` of ``volume_id`` open at slice ``number`` (from 1).
+
+    ``zoom``: {"structure": name, "box_zxy": ((z0, z1), (x0, x1), (y0, y1))} to open zoomed to
+    that box (a "Zoom to" toggle undoes it); None opens the whole slice.
+    """
     st.session_state[state.volume_key(keys)] = volume_id
     st.session_state[state.slice_key(keys, plane)] = number
+    if zoom is None:
+        st.session_state.pop(state.zoom_key(keys), None)
+    else:
+        st.session_state[state.zoom_key(keys)] = {**zoom, "volume": volume_id}
+        st.session_state[keys.zoom_on] = True
+
+
+def _zoom_choice(keys: state.WidgetKeys, volume_id: str) -> tuple | None:
+    """The box to crop to when this volume was opened zoomed and the toggle is on."""
+    zoom = st.session_state.get(state.zoom_key(keys))
+    if not zoom or zoom.get("volume") != volume_id:
+        return None
+    on = st.toggle(f"Zoom to {zoom['structure']}", key=keys.zoom_on,
+                   help="The slices cropped to the structure's bounding box with a margin.")  # fmt: skip
+    return tuple(tuple(r) for r in zoom["box_zxy"]) if on else None
+
+
+def annotation_note(annotated: np.ndarray | None) -> None:
+    """Name the structures a subject's reference does not annotate (blank there is no evidence
+    of absence). ``annotated``: (118,) bool by label value, or None when unknown."""
+    if annotated is None:
+        return
+    missing = [name for name, k in LABEL_OF.items() if not annotated[k]]
+    if not missing:
+        return
+    st.caption(
+        f"Not annotated for this subject: {len(missing)} of {len(LABEL_OF)} structures (no mask "
+        "file: their blank reference means unknown, not absent)."
+    )
+    with st.expander(f"The {len(missing)} structures not annotated"):
+        st.text(", ".join(missing))
 
 
 def volume_viewer(
@@ -300,6 +343,7 @@ def volume_viewer(
         for name in PLANES:
             st.session_state.pop(state.slice_key(keys, name), None)
         st.session_state[state.volume_key(keys)] = volume_id
+        st.session_state.pop(state.zoom_key(keys), None)
     counts = np.zeros(NUM_LABELS, dtype=np.int64)
     for layer in layers:
         counts += np.asarray(layer.counts, dtype=np.int64)
@@ -308,9 +352,10 @@ def volume_viewer(
     with control_col:
         plane, level, width, style, layout, alpha = _controls(keys, len(layers) > 1)
         shown = structure_picker(keys, present) if present else []
+        box = _zoom_choice(keys, volume_id)
     visible = np.zeros(NUM_LABELS, dtype=bool)
     visible[[LABEL_OF[s] for s in shown]] = True
-    view = ViewSettings(plane, level, width, style, layout, alpha, visible)
+    view = ViewSettings(plane, level, width, style, layout, alpha, visible, box)
     with image_col:
         slice_fragment(keys, ct_zxy, layers, view, spacing_mm, affine)
         legend(shown)

@@ -40,3 +40,13 @@ def test_group_summary_counts_the_structures_it_scored():
     assert organs["structures"] == 2  # liver and spleen; the absent kidney is not scored
     assert organs["mean Dice"] == pytest.approx((1.0 + 0.6 + 0.0) / 3, abs=1e-4)
     assert (organs["detected"], organs["missed"]) == (2, 1)
+
+
+def test_small_references_are_hidden_but_absent_ones_stay():
+    from dashboard.helpers.evalcharts import without_small_references
+
+    rows = pd.DataFrame({"structure": ["liver", "lung_middle_lobe_right", "heart"],
+                         "ref_volume_ml": [1500.0, 0.027, 0.0]})  # fmt: skip
+    kept = without_small_references(rows, 0.5)
+    assert list(kept["structure"]) == ["liver", "heart"]  # the 0.027 ml reference hidden
+    assert len(without_small_references(rows, 0.0)) == 3

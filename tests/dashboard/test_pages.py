@@ -306,6 +306,12 @@ def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
     z = at.slider(key="ctseg_explore_slice_axial").value - 1  # slices are numbered from 1
     per_slice = (np.asarray(entry.labels) == LABEL_OF[structure]).sum(axis=(1, 2))
     assert per_slice[z] == per_slice.max() > 0  # the slice with the most of it
+    # zoomed to the structure: its bounding box, a toggle to see the whole slice again
+    zxy = np.argwhere(np.asarray(entry.labels) == LABEL_OF[structure])
+    box = tuple(zip(zxy.min(axis=0).tolist(), (zxy.max(axis=0) + 1).tolist(), strict=True))
+    assert at.session_state["ctseg_explore_zoom"]["box_zxy"] == box
+    assert at.toggle(key="ctseg_explore_zoom_on").value is True
+    assert at.toggle(key="ctseg_explore_zoom_on").label == f"Zoom to {structure}"
 
 
 def _choose_folder(new_app, folder):
@@ -707,3 +713,27 @@ def test_resume_says_it_trains_the_chosen_run_in_its_own_folder(
     assert note == [f"Resume trains {tiny_run.name} further in its own folder: its last.pth, "
                     "best.pth (when validation improves), history and status are updated as it "
                     "trains."]  # fmt: skip
+
+
+def test_explore_names_the_structures_a_subject_does_not_annotate(
+    monkeypatch, tmp_path, new_app, no_problems
+):
+    import shutil
+
+    root = tmp_path / "partial"
+    fixture = Path(__file__).resolve().parents[1] / "data" / "totalseg_sample" / "s0000"
+    shutil.copytree(fixture, root / "s0000")
+    kept = {"liver.nii.gz", "spleen.nii.gz"}
+    for mask in (root / "s0000" / "segmentations").iterdir():
+        if mask.name not in kept:
+            mask.unlink()  # a missing file: not annotated
+    monkeypatch.setenv("CTSEG_DATA", str(root))
+    monkeypatch.setenv("CTSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CTSEG_DATA_ROOTS", raising=False)
+    at = new_app("explore")
+    at.run()
+    no_problems(at)
+    notes = [c.value for c in at.caption if c.value.startswith("Not annotated")]
+    assert notes and "115 of 117 structures" in notes[0]
+    listed = at.text[0].value.split(", ")
+    assert len(listed) == 115 and "liver" not in listed and "heart" in listed
