@@ -141,6 +141,7 @@ class TrainConfig:
     # Adam state is ~93 MB, one per epoch of a 100-epoch run 9 GB
     checkpoint_every: int = 10
     sample_figure: bool = True  # samples/epoch_<N>.png each epoch
+    tensorboard: bool = False  # also write <run>/tensorboard/ event files (runs.tensorboard)
 
 
 def _fields(cls: type) -> set[str]:

@@ -304,3 +304,22 @@ def _label_counts(source: str, _labels_zxy) -> np.ndarray:
 def label_counts(source: str, labels_zxy) -> np.ndarray:
     """(118,) voxels per label value of a label volume, counted once per source key."""
     return _label_counts(source, labels_zxy)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _steps_frame(path: str, stamp: tuple):
+    from ctseg_core.runs.step_log import read_steps
+    from dashboard.helpers.tracker import steps_frame
+
+    return steps_frame(read_steps(Path(path)))
+
+
+def steps_frame(run_dir: Path):
+    """A run's steps.jsonl as ``tracker.steps_frame``, re-read only when the file changed (a
+    live view refreshes every 1.5 s; the file grows every few seconds)."""
+    try:
+        info = (Path(run_dir) / "steps.jsonl").stat()
+        stamp = (info.st_mtime_ns, info.st_size)
+    except OSError:
+        stamp = None
+    return _steps_frame(str(run_dir), stamp)

@@ -57,6 +57,7 @@ _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "s
                  "alpha", "show3d", "mesh_structures", "zoom_on")  # fmt: skip
 _TRAIN_WIDGETS = ("preset", "epochs", "minutes", "lr", "batch", "size", "width", "loss",
                   "scheduler", "augment", "only_present", "steps", "val", "checkpoint_every",
+                  "lr_exact", "tensorboard",
                   "run_name", "kind", "context", "model3d",
                   *(f"{f}_{a}" for f in ("patch", "spacing") for a in "xyz"))  # fmt: skip
 _EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric", "min_ml",

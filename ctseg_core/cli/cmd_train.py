@@ -43,6 +43,7 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "seed": ("train", "seed"),
     "steps_per_epoch": ("train", "steps_per_epoch"),
     "checkpoint_every": ("train", "checkpoint_every"),
+    "tensorboard": ("train", "tensorboard"),
 }
 
 
@@ -187,6 +188,13 @@ def register(subparsers) -> None:
         metavar="N",
         help="keep checkpoint_epoch<N>.pth every N epochs, 0 = none (default 10); "
         "best.pth and last.pth are always written",
+    )
+    a(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard event files to <run>/tensorboard/ (tensorboard --logdir "
+        "checkpoints shows them; TensorBoard itself is not needed to write them)",
     )
     a("--no-augment", action="store_true", help="switch augmentation off")
     a("--mirror", action="store_true", default=None, help="left/right mirroring with label swap")

@@ -19,6 +19,8 @@ Files (all written atomically, see ../shared/DESIGN.md):
   ``samples/epoch_<N>.png``; ``training_data.json``: what the run trains on (``data.domain``)
 - ``stop_request.json`` (``runs.stop_request``): asks the process training the run, wherever it
   runs, to stop before its next batch; removed when the run ends or starts again
+- ``steps.jsonl``: one line per training step (``runs.step_log``); ``tensorboard/``: event
+  files, when asked for (``runs.tensorboard``); ``notes.json``: notes and tags (``runs.notes``)
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ def ended_before_training(run_dir: str | Path) -> bool:
 EMPTY_RUN_FILES = (
     "config.json", "label_map.json", "status.json", "error.log", "stop_request.json",
     "history.jsonl", "training_history.json", "training_data.json", ".write-test",
+    "steps.jsonl", "notes.json", "tensorboard",
 )  # fmt: skip
 
 
@@ -156,7 +159,9 @@ def _clear_empty_run(run_dir: Path) -> None:
             "run name"
         )
     for p in run_dir.iterdir():
-        if p.is_dir():
+        if p.name == "tensorboard" and p.is_dir():  # event files of the steps it ran
+            shutil.rmtree(p)
+        elif p.is_dir():
             p.rmdir()
         else:
             p.unlink(missing_ok=True)

@@ -51,6 +51,7 @@ from .optim import step_scheduler
 from .parts import build_parts
 from .step import StepRunner
 from .stopping import StopControl, StopRequested, epoch_score, epochs_since_best
+from .tracking import tracking_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,8 @@ class Trainer:
         state = Progress("start", "running", self.run_dir, epochs=self.config.train.epochs)
         self._state = state
         self._completed = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
+        if self.rank == 0:  # steps.jsonl and TensorBoard files, before the first report
+            self.callbacks += tracking_callbacks(self.config, self.run_dir, self._completed)
         try:
             final = self._train()
         except StopRequested:

@@ -16,7 +16,7 @@ from ctseg_core.runs.run_folder import ACTIVE_STATES
 from ctseg_core.training.checks import check_run_config
 from ctseg_core.training.memory import check_fits
 from dashboard import cached, state
-from dashboard.helpers import run_actions, runs
+from dashboard.helpers import run_actions, run_table, runs
 from dashboard.helpers.train_form import build_config
 
 REFRESH_S = 1.5  # the view of an active run
@@ -175,16 +175,6 @@ def _list_runs():
     return list_runs(cached.checkpoints_root())
 
 
-def _latest_sample(run_dir: Path) -> Path | None:
-    samples = list((run_dir / "samples").glob("epoch_*.png"))
-
-    def epoch(p: Path) -> int:
-        digits = p.stem.split("_")[-1]
-        return int(digits) if digits.isdigit() else -1
-
-    return max(samples, key=epoch) if samples else None
-
-
 def _eta(seconds) -> str:
     if seconds is None:
         return "—"
@@ -277,11 +267,13 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
         stop_button(run_dir)
     elif run_state in ("finished", "failed", "stopped"):
         run_actions.rename_popover(run_dir)
+    run_table.notes_and_delete(run_dir, active)
     if run_state in ("failed", "stopped") and _empty_run(run_name):
         run_actions.empty_run(run_dir)
         return
+    run_table.step_charts(run_dir, smoothing, log_y)  # moves while an epoch runs
     if not history:
-        st.caption("No finished epoch yet; curves appear after the first one.")
+        st.caption("No finished epoch yet; the epoch curves appear after the first one.")
         return
     df = runs.history_frame(history)
     left, right = st.columns(2)
@@ -293,9 +285,7 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     heat = runs.dice_heatmap(history)
     if heat is not None:
         heat_col.altair_chart(heat, width="stretch")
-    sample = _latest_sample(run_dir)
-    if sample is not None:
-        sample_col.image(str(sample), caption=f"Sample predictions: {state.plain(sample.stem)}")
+    run_table.samples(run_dir, sample_col)
 
 
 def watch() -> None:
@@ -367,6 +357,7 @@ def main() -> None:
     st.caption(state.plain(f"Dataset: {root} · runs are written to {cached.checkpoints_root()}"))
     state.guarded(lambda: controls(root), "training controls")
     state.guarded(watch, "live view")
+    state.guarded(run_table.runs_table, "runs table")
     state.guarded(compare, "compare runs")
 
 

@@ -53,6 +53,9 @@ def form_values(cfg: RunConfig) -> dict:
         k.steps: cfg.train.steps_per_epoch or 0,
         k.val: cfg.data.val_slices_per_subject or 0,
         k.checkpoint_every: cfg.train.checkpoint_every,
+        # an exact value typed beside the slider wins; 0 (or a preset's listed value) = slider
+        k.lr_exact: 0.0 if cfg.train.lr in LR_OPTIONS else float(cfg.train.lr),
+        k.tensorboard: cfg.train.tensorboard,
     }
 
 
@@ -132,6 +135,15 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         c1.select_slider(
             "Learning rate (log scale)", LR_OPTIONS, format_func=lambda v: f"{v:.0e}", key=k.lr
         )
+        c1.number_input(
+            "Exact learning rate (0 = the slider's)",
+            min_value=0.0,
+            max_value=10.0,
+            step=1e-5,
+            format="%.2e",
+            key=k.lr_exact,
+            help="Type any value, e.g. 3.3e-4; it replaces the slider's value when not 0.",
+        )
         c1.select_slider("Batch size", [1, 2, 4, 8, 16, 32], key=k.batch)
         if not volumetric:  # a 3D run's patch and widths are its own (above; the preset's)
             c2.select_slider("Target size (px)", [64, 96, 128, 192, 256, 384, 512], key=k.size)
@@ -164,6 +176,12 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
                 help="best.pth and last.pth are always written. A checkpoint of the seed model "
                 "with its Adam state takes about 93 MB.",
             )
+            a1.checkbox(
+                "Write TensorBoard files",
+                key=k.tensorboard,
+                help="Scalars per step and epoch and the sample images in <run>/tensorboard/; "
+                "`tensorboard --logdir <checkpoints folder>` shows every run that has them.",
+            )
         run_name = st.text_input(
             "Run name (empty = timestamp)",
             placeholder=dt.datetime.now().strftime("run-%Y%m%d-%H%M%S"),
@@ -186,14 +204,15 @@ def _changes(base: RunConfig, kind_changes: dict, volumetric: bool, present: lis
     ``user_config`` changes to ``base``; ``present``: the dataset's structures with voxels."""
     v = {name: st.session_state[getattr(state.TRAIN_FORM, name)] for name in (
         "epochs", "minutes", "lr", "batch", "size", "width", "loss", "scheduler", "augment",
-        "steps", "val", "checkpoint_every")}  # fmt: skip
+        "steps", "val", "checkpoint_every", "lr_exact", "tensorboard")}  # fmt: skip
     changes = {
         ("data", "batch_size"): v["batch"],
         ("data", "augment"): v["augment"],
         ("data", "val_slices_per_subject"): v["val"] or None,
         ("train", "epochs"): v["epochs"],
         ("train", "minutes"): float(v["minutes"]) or None,
-        ("train", "lr"): v["lr"],
+        ("train", "lr"): float(v["lr_exact"]) or v["lr"],
+        ("train", "tensorboard"): bool(v["tensorboard"]),
         ("train", "loss"): v["loss"],
         ("train", "scheduler"): v["scheduler"],
         ("train", "steps_per_epoch"): v["steps"] or None,

@@ -1,0 +1,106 @@
+"""Train page as a run tracker: the runs table (filter by text and tag), notes and tags, delete
+after a confirmation (never an active run), samples of any epoch, per-step curves, and an exact
+learning rate typed beside the slider."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
+    app_env, tiny_run, monkeypatch, tmp_path, new_app, no_problems
+):
+    from ctseg_core.runs.notes import read_notes, write_notes
+    from ctseg_core.runs.run_folder import write_status
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    for name in ("alpha", "beta", "busy"):
+        shutil.copytree(tiny_run, tmp_path / name)
+    write_notes(tmp_path / "beta", "wider model", "sweep")
+    write_status(tmp_path / "busy", {"state": "running", "pid": os.getpid(),
+                                     "host": socket.gethostname(), "epoch": 0, "epochs": 1})  # fmt: skip
+    at = new_app("train")
+    at.session_state["ctseg_train_run"] = "alpha"
+    at.run()
+    no_problems(at)
+    table = _table(at)
+    assert sorted(table["run"]) == ["alpha", "beta", "busy"]
+    assert set(table["best val Dice"].dropna()) == {
+        round(max(h["val_dice_mean"] for h in _history(tiny_run)), 4)
+    }
+    at.multiselect(key="ctseg_train_runs_tags").set_value(["sweep"])
+    at.run()
+    assert list(_table(at)["run"]) == ["beta"]
+    at.multiselect(key="ctseg_train_runs_tags").set_value([])
+    at.text_input(key="ctseg_train_runs_filter").set_value("ALPH")
+    at.run()
+    assert list(_table(at)["run"]) == ["alpha"]
+    # notes and tags of the watched run
+    at.text_area(key="ctseg_train_notes_alpha").set_value("baseline for the sweep")
+    at.text_input(key="ctseg_train_tags_alpha").set_value("Baseline, sweep")
+    at.button(key="ctseg_train_notes_save_alpha").click()
+    at.run()
+    no_problems(at)
+    assert read_notes(tmp_path / "alpha") == {
+        "notes": "baseline for the sweep", "tags": ["baseline", "sweep"]
+    }  # fmt: skip
+    # an active run offers no Delete
+    assert at.session_state["ctseg_train_run"] == "alpha"
+    at.selectbox(key="ctseg_train_run_pick").set_value("busy")
+    at.run()
+    assert "ctseg_train_delete_busy" not in [b.key for b in at.button]
+    at.selectbox(key="ctseg_train_run_pick").set_value("alpha")
+    at.run()
+    at.button(key="ctseg_train_delete_alpha").click()
+    at.run()
+    no_problems(at)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beta", "busy"]
+    assert [t.value for t in at.toast] == ["Deleted alpha"]
+    assert _table(at).empty  # the filter "ALPH" is still typed
+    at.text_input(key="ctseg_train_runs_filter").set_value("")
+    at.run()
+    assert sorted(_table(at)["run"]) == ["beta", "busy"]
+
+
+def _table(at):
+    """The runs table (the frame with a "best epoch" column)."""
+    (table,) = [d.value for d in at.dataframe if "best epoch" in d.value.columns]
+    return table
+
+
+def _history(run_dir: Path) -> list[dict]:
+    from ctseg_core.runs.run_folder import read_history
+
+    return read_history(run_dir)
+
+
+def test_an_exact_learning_rate_typed_beside_the_slider_is_the_one_trained(
+    app_env, new_app, no_problems, monkeypatch, tmp_path
+):
+    from ctseg_core.runs.run_folder import read_json
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    at = new_app("train")
+    at.run()
+    no_problems(at)
+    at.number_input(key="ctseg_train_lr_exact").set_value(3.3e-4)
+    at.checkbox(key="ctseg_train_tensorboard").check()
+    at.number_input(key="ctseg_train_steps").set_value(1)
+    at.slider(key="ctseg_train_epochs").set_value(1)
+    at.text_input(key="ctseg_train_run_name").set_value("typed lr")
+    at.button[[b.label for b in at.button].index("Start")].click()
+    at.run()
+    no_problems(at)
+    train = read_json(tmp_path / "typed lr" / "config.json")["train"]
+    assert (train["lr"], train["tensorboard"]) == (3.3e-4, True)
+    from ctseg_core.training.job import get_job
+
+    get_job().stop()
+    assert get_job().wait(120)
