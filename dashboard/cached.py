@@ -323,3 +323,16 @@ def steps_frame(run_dir: Path):
     except OSError:
         stamp = None
     return _steps_frame(str(run_dir), stamp)
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _browser_nifti(source: str, stride_xyz: tuple, dtype: str, _volume_zxy, _affine) -> bytes:
+    from ctseg_core.viz.browser_volume import nifti_bytes
+
+    return nifti_bytes(_volume_zxy, _affine, stride_xyz, np.dtype(dtype))
+
+
+def browser_nifti(source: str, volume_zxy, affine, stride_xyz, dtype: str) -> bytes:
+    """NIfTI bytes of a (Z, X, Y) volume for the browser viewer, built once per source key
+    (a 256 x 256 x 300 CT: 39 MB, about half a second); shared by every session."""
+    return _browser_nifti(source, tuple(int(s) for s in stride_xyz), dtype, volume_zxy, affine)

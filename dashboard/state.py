@@ -41,6 +41,7 @@ EVAL_FORM = WidgetKeys("ctseg_eval")
 DATASET = "ctseg_dataset_root"  # str: the chosen dataset root, shared by every page
 EXPLORE_SUBJECT = "ctseg_explore_subject"  # str: subject id shown on Explore
 EXPLORE_CHECKPOINT = "ctseg_explore_checkpoint"  # str: checkpoint label or "(none)"
+EXPLORE_VIEWER = "ctseg_explore_viewer"  # str: "slices" (server) or "linked planes" (NiiVue)
 EXPLORE_PLANE = EXPLORE_VIEW.plane  # str: axial / coronal / sagittal
 EXPLORE_STRUCTURES = EXPLORE_VIEW.structures  # list[str]: structures picked on Explore
 TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
@@ -69,6 +70,7 @@ PERSISTENT = (
     DATASET,
     EXPLORE_SUBJECT,
     EXPLORE_CHECKPOINT,
+    EXPLORE_VIEWER,
     *(f"{EXPLORE_VIEW.slice}_{plane}" for plane in ("axial", "coronal", "sagittal")),
     *(getattr(EXPLORE_VIEW, name) for name in _VIEW_WIDGETS),
     *(getattr(TRAIN_FORM, name) for name in _TRAIN_WIDGETS),

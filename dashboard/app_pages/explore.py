@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cached, state
-from dashboard.helpers import runs
+from dashboard.helpers import niivue_view, runs
 from dashboard.helpers.viewer import Layer, annotation_note, volume_viewer
 from dashboard.pages_index import PAGE_FILES
 
@@ -83,6 +83,10 @@ def main() -> None:
         f"{sx:.2f} x {sy:.2f} x {sz:.2f} mm, {len(entry.present)} structures present"
     )
     annotation_note(entry.annotated)
+    if niivue_view.viewer_choice(state.EXPLORE_VIEWER) == "linked planes":
+        niivue_view.niivue_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.affine,
+                                  volume_id=f"{root}:{subject}")  # fmt: skip
+        return
     volume_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.spacing_mm, entry.affine,
                   volume_id=f"{root}:{subject}")  # fmt: skip
 

@@ -1,0 +1,99 @@
+"""The linked-planes viewer of Explore (NiiVue, WebGL) in headless Chromium on the real s0000:
+it opens on the server view's slice, a click moves the crosshair, and the readout names the
+structure under it, checked against the cached volumes voxel by voxel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from browser_kit import CHROMIUM, go_to, launch_chromium, new_page, streamlit_server, wait_idle
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+]
+
+
+@pytest.fixture(scope="module")
+def s0000_dirs(s0000_root, session_cache, tmp_path_factory) -> dict[str, Path]:
+    checkpoints = tmp_path_factory.mktemp("niivue") / "checkpoints"
+    checkpoints.mkdir()
+    return {"data": s0000_root, "cache": session_cache, "checkpoints": checkpoints}
+
+
+def _viewer_frame(page):
+    """The component's iframe, once NiiVue has loaded the volumes (window.ctsegReady)."""
+    frame = None
+    for _ in range(300):  # the iframe appears, then navigates to the component's page
+        frame = next((f for f in page.frames if "ctseg_niivue" in f.url), None)
+        if frame is not None:
+            break
+        page.wait_for_timeout(100)
+    assert frame is not None, "the linked-planes viewer did not appear"
+    frame.wait_for_function("window.ctsegReady === true", timeout=60_000)
+    return frame
+
+
+def _location(frame) -> dict:
+    return frame.evaluate(
+        "({vox: Array.from(window.ctsegLocation.vox), hu: window.ctsegLocation.hu, "
+        "labels: window.ctsegLocation.labels, text: document.getElementById('readout').innerText})"
+    )
+
+
+def test_linked_planes_open_on_the_slice_and_name_the_structure_under_a_click(s0000_dirs):
+    pytest.importorskip("playwright", reason="needs the playwright package")
+    from playwright.sync_api import sync_playwright
+
+    from ctseg_core.data.cache import open_cached
+    from ctseg_core.labels import STRUCTURES
+
+    log = s0000_dirs["checkpoints"].parent / "server.log"
+    with streamlit_server(s0000_dirs, log) as url, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        page = new_page(browser)
+        page.goto(url)
+        wait_idle(page)
+        go_to(page, "Explore")
+        slider = page.get_by_role("slider").first  # the axial slice of the server view
+        page.locator('[data-testid="stImage"] img').first.wait_for()
+        assert int(slider.input_value()) == 16  # 30 slices: the middle, counted from 1
+        slider.focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        assert int(slider.input_value()) == 19
+        wait_idle(page)
+        page.get_by_text("linked planes", exact=True).click()
+        frame = _viewer_frame(page)
+        entry = open_cached(s0000_dirs["data"], "s0000", s0000_dirs["cache"])
+        _, nx, ny = entry.ct.shape
+        opened = _location(frame)
+        assert opened["vox"] == [nx // 2, ny // 2, 18]  # axial slice 19 = index 18
+
+        canvas = frame.locator("canvas").bounding_box()
+        named = []
+        # the axial tile fills the left third of the row (radiological: patient's right left)
+        for fx in (0.06, 0.12, 0.18, 0.24, 0.3):
+            page.mouse.click(
+                canvas["x"] + fx * canvas["width"], canvas["y"] + 0.5 * canvas["height"]
+            )
+            page.wait_for_timeout(150)
+            loc = _location(frame)
+            x, y, z = loc["vox"]
+            assert z == 18, (fx, loc)  # a click in the axial plane keeps its slice ...
+            assert (x, y) != tuple(opened["vox"][:2])  # ... and moves the crosshair in it
+            assert loc["hu"] == int(entry.ct[z, x, y])  # the readout's HU is the voxel's
+            value = int(entry.labels[z, x, y])
+            expected = "background" if value == 0 else STRUCTURES[value - 1]
+            assert loc["labels"] == [expected]
+            assert f"reference: {expected}" in loc["text"]
+            assert f"voxel ({x}, {y}, {z})" in loc["text"]
+            named.append(expected)
+        assert {"liver", "spleen"} <= set(named), named  # right and left of the abdomen
+        # a click in the coronal tile (middle) moves the axial slice
+        page.mouse.click(canvas["x"] + 0.6 * canvas["width"], canvas["y"] + 0.45 * canvas["height"])
+        page.wait_for_timeout(150)
+        assert _location(frame)["vox"][2] != 18
+        browser.close()
