@@ -241,6 +241,21 @@ def _kept_prediction(key: tuple, compute) -> np.ndarray:
     return labels_zxy
 
 
+def prediction_source(root: str, subject_id: str, checkpoint: str = "", folder: str = "") -> str:
+    """The cache key of a subject's prediction layer (label counts, the browser's NIfTI bytes):
+    the checkpoint or the folder's file with its modification time, so that a best.pth
+    rewritten by a training run, or a prediction file replaced, is never shown from stale caches.
+    """
+    from ctseg_core.evaluation.evaluate import find_prediction
+
+    if checkpoint:
+        path = Path(checkpoint)
+        return f"pred:{path}@{path.stat().st_mtime_ns}:{root}:{subject_id}"
+    path = find_prediction(Path(folder), subject_id)
+    stamp = path.stat().st_mtime_ns if path is not None else 0
+    return f"folder:{path}@{stamp}:{root}:{subject_id}"
+
+
 def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray:
     """A subject's prediction from a folder of ``<id>.nii.gz`` files (any tool), on the subject's
     cached grid as (Z, X, Y) uint8; read once per file version, kept like checkpoint predictions.

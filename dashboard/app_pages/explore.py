@@ -55,7 +55,7 @@ def main() -> None:
         folder = choice.removeprefix(state.FOLDER_PREFIX)
         try:
             pred = cached.folder_prediction_zxy(root, subject, folder)
-            source = f"folder:{folder}:{root}:{subject}"
+            source = cached.prediction_source(root, subject, folder=folder)
             layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
         except Exception as exc:
             state.show_error(exc, f"prediction from {folder}")
@@ -69,7 +69,7 @@ def main() -> None:
 
         try:
             pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
-            source = f"pred:{checkpoint}:{root}:{subject}"
+            source = cached.prediction_source(root, subject, checkpoint=str(checkpoint))
             layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
             for message in cached.domain_warnings(root, subject, checkpoint):
                 st.warning(state.plain(message), icon=":material/warning:")
