@@ -43,6 +43,11 @@ SETTINGS = (
         "the root of run folders (CLI and dashboard alike)",
     ),
     Setting(
+        "CTSEG_MODELS",
+        "~/.totalsegmentator/nnunet/results when it exists, else none",
+        "folders (':'-separated) searched for nnU-Net v2 model folders, offered beside the runs",
+    ),
+    Setting(
         "CTSEG_MAX_VOXELS",
         f"{DEFAULT_MAX_VOXELS} (2^30)",
         "the most voxels one image may claim; 'inf' = no limit",
@@ -102,6 +107,20 @@ def checkpoints_root() -> Path:
     if (checkout / "pyproject.toml").is_file() and (checkout / "checkpoints").is_dir():
         return checkout / "checkpoints"
     return Path.cwd() / "checkpoints"
+
+
+#: where TotalSegmentator installs its weights (nnU-Net v2 results folders)
+TOTALSEG_RESULTS = Path("~/.totalsegmentator/nnunet/results")
+
+
+def model_roots() -> list[Path]:
+    """Folders searched for nnU-Net model folders: ``$CTSEG_MODELS`` (':'-separated, as typed,
+    ``~`` expanded), else TotalSegmentator's results folder when it exists, else none."""
+    parts = [p.strip() for p in _env("CTSEG_MODELS").split(os.pathsep) if p.strip()]
+    if parts:
+        return [Path(p).expanduser() for p in parts]
+    default = TOTALSEG_RESULTS.expanduser()
+    return [default] if default.is_dir() else []
 
 
 def max_voxels() -> int:
