@@ -44,7 +44,8 @@ SETTINGS = (
     ),
     Setting(
         "CTSEG_MODELS",
-        "~/.totalsegmentator/nnunet/results when it exists, else none",
+        "TotalSegmentator's results folder when it exists ($TOTALSEG_HOME_DIR/nnunet/results, "
+        "~/.totalsegmentator/nnunet/results), else none",
         "folders (':'-separated) searched for nnU-Net v2 model folders, offered beside the runs",
     ),
     Setting(
@@ -109,17 +110,16 @@ def checkpoints_root() -> Path:
     return Path.cwd() / "checkpoints"
 
 
-#: where TotalSegmentator installs its weights (nnU-Net v2 results folders)
-TOTALSEG_RESULTS = Path("~/.totalsegmentator/nnunet/results")
-
-
 def model_roots() -> list[Path]:
     """Folders searched for nnU-Net model folders: ``$CTSEG_MODELS`` (':'-separated, as typed,
-    ``~`` expanded), else TotalSegmentator's results folder when it exists, else none."""
+    ``~`` expanded), else TotalSegmentator's results folder when it exists (it installs its
+    weights in ``$TOTALSEG_HOME_DIR/nnunet/results``, by default ``~/.totalsegmentator``'s),
+    else none."""
     parts = [p.strip() for p in _env("CTSEG_MODELS").split(os.pathsep) if p.strip()]
     if parts:
         return [Path(p).expanduser() for p in parts]
-    default = TOTALSEG_RESULTS.expanduser()
+    home = Path(_env("TOTALSEG_HOME_DIR") or "~/.totalsegmentator").expanduser()
+    default = home / "nnunet" / "results"
     return [default] if default.is_dir() else []
 
 

@@ -77,11 +77,16 @@ def test_models_under_the_roots_are_listed_with_their_labels(tmp_path, monkeypat
 
 def test_model_roots_default_to_totalsegmentators_results_when_present(tmp_path, monkeypatch):
     monkeypatch.delenv("CTSEG_MODELS", raising=False)
+    monkeypatch.delenv("TOTALSEG_HOME_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert settings.model_roots() == []
     results = tmp_path / ".totalsegmentator" / "nnunet" / "results"
     results.mkdir(parents=True)
     assert settings.model_roots() == [results]
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "ts_home"))  # TotalSegmentator's own
+    assert settings.model_roots() == []
+    (tmp_path / "ts_home" / "nnunet" / "results").mkdir(parents=True)
+    assert settings.model_roots() == [tmp_path / "ts_home" / "nnunet" / "results"]
     monkeypatch.setenv("CTSEG_MODELS", f" ~/a :{tmp_path / 'b'}: ")
     assert settings.model_roots() == [tmp_path / "a", tmp_path / "b"]
 
