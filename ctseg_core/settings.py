@@ -43,6 +43,12 @@ SETTINGS = (
         "the root of run folders (CLI and dashboard alike)",
     ),
     Setting(
+        "CTSEG_MODELS",
+        "TotalSegmentator's results folder when it exists ($TOTALSEG_HOME_DIR/nnunet/results, "
+        "~/.totalsegmentator/nnunet/results), else none",
+        "folders (':'-separated) searched for nnU-Net v2 model folders, offered beside the runs",
+    ),
+    Setting(
         "CTSEG_MAX_VOXELS",
         f"{DEFAULT_MAX_VOXELS} (2^30)",
         "the most voxels one image may claim; 'inf' = no limit",
@@ -102,6 +108,19 @@ def checkpoints_root() -> Path:
     if (checkout / "pyproject.toml").is_file() and (checkout / "checkpoints").is_dir():
         return checkout / "checkpoints"
     return Path.cwd() / "checkpoints"
+
+
+def model_roots() -> list[Path]:
+    """Folders searched for nnU-Net model folders: ``$CTSEG_MODELS`` (':'-separated, as typed,
+    ``~`` expanded), else TotalSegmentator's results folder when it exists (it installs its
+    weights in ``$TOTALSEG_HOME_DIR/nnunet/results``, by default ``~/.totalsegmentator``'s),
+    else none."""
+    parts = [p.strip() for p in _env("CTSEG_MODELS").split(os.pathsep) if p.strip()]
+    if parts:
+        return [Path(p).expanduser() for p in parts]
+    home = Path(_env("TOTALSEG_HOME_DIR") or "~/.totalsegmentator").expanduser()
+    default = home / "nnunet" / "results"
+    return [default] if default.is_dir() else []
 
 
 def max_voxels() -> int:

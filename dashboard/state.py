@@ -53,6 +53,7 @@ EVAL_COMPARISON = "ctseg_eval_comparison"  # dict: last comparison (choice, tabl
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
 EXPLORE_FOLDERS = "ctseg_explore_folders"  # list[str]: prediction folders evaluated here
 FOLDER_PREFIX = "folder: "  # an Explore source that reads a folder of <id>.nii.gz files
+MODEL_PREFIX = "model: "  # a picker option naming an nnU-Net model folder: prefix + its path
 
 _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "style", "layout",
                  "alpha", "show3d", "mesh_structures", "zoom_on")  # fmt: skip

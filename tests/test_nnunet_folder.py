@@ -16,7 +16,7 @@ import torch
 from ctseg_core.cli import main
 from ctseg_core.data.volume import load_ct
 from ctseg_core.errors import ConfigError
-from ctseg_core.labels import GROUPS, LABEL_OF
+from ctseg_core.labels import LABEL_OF, PARTS
 from ctseg_core.nnunet.folder import load_weights, read_model_folder
 from ctseg_core.nnunet.model import NnunetPredictor
 
@@ -90,7 +90,7 @@ def test_labels_map_to_v2_names_and_others_keep_their_own(tmp_path, small_ct):
 def test_totalsegmentator_parts_combine_into_117_structures(tmp_path, small_ct):
     results = tmp_path / "results"
     parts = {}
-    for number, (group, names) in zip(range(291, 296), GROUPS.items(), strict=True):
+    for number, (group, names) in zip(range(291, 296), PARTS.items(), strict=True):
         # the organs part with generic names: its dataset id names its structures
         labels = {"background": 0, **{
             (f"class_{i}" if group == "organs" else n): i for i, n in enumerate(names, start=1)
@@ -104,11 +104,11 @@ def test_totalsegmentator_parts_combine_into_117_structures(tmp_path, small_ct):
     expected = np.zeros_like(combined)
     for group, folder in parts.items():
         alone = NnunetPredictor(folder, device="cpu", tta=False).predict(ct, own_values=True)
-        first = LABEL_OF[GROUPS[group][0]]
+        first = LABEL_OF[PARTS[group][0]]
         expected[alone > 0] = alone[alone > 0] + first - 1  # later parts win shared voxels
     np.testing.assert_array_equal(combined, expected)
     found = np.unique(combined)
-    assert len(found) > 10 and found[1] < LABEL_OF[GROUPS["ribs"][0]] <= found[-1]  # two parts
+    assert len(found) > 10 and found[1] < LABEL_OF[PARTS["ribs"][0]] <= found[-1]  # two parts
     (results / "Dataset293_TotalSegmentator_part_cardiac").rename(results / "moved")
     with pytest.raises(ConfigError, match="not Dataset293"):
         NnunetPredictor(results, device="cpu")

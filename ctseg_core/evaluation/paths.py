@@ -4,7 +4,8 @@ Every source gets its own folder, so evaluating one checkpoint or predictions fo
 replaces the tables of another: ``<run>/evaluation`` for a run's ``best.pth`` (the run folder
 contract), ``<run>/evaluation_<stem>`` for its other checkpoints, ``<run>/evaluation_ensemble_<h>``
 for several, and ``<name>-<h>`` under a chosen root for a predictions folder (two folders of the
-same name in different places do not meet). ``<h>``: 8 hex digits of the resolved paths.
+same name in different places do not meet), ``nnunet_<name>-<h>`` there for an nnU-Net model.
+``<h>``: 8 hex digits of the resolved paths.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ def checkpoint_evaluation_dir(checkpoints: Sequence[str | Path]) -> Path:
 def folder_evaluation_dir(root: str | Path, predictions: str | Path) -> Path:
     """The evaluation folder of a predictions folder, under ``root``: ``<name>-<digest>``."""
     return Path(root) / f"{Path(predictions).resolve().name}-{_digest([predictions])}"
+
+
+def model_evaluation_dir(root: str | Path, model: str | Path, name: str) -> Path:
+    """The evaluation folder of an nnU-Net model (``nnunet.listing``) under ``root``:
+    ``nnunet_<name>-<digest>``, the name's characters other than letters, digits, '.', '_'
+    and '-' made '_' (so "TotalSegmentator total (5 parts)" is one plain folder name)."""
+    import re
+
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+    return Path(root) / f"nnunet_{plain}-{_digest([model])}"
 
 
 REPORT_FIGURES = ("metrics_distribution", "structure_ranking", "segmentation_visualization")

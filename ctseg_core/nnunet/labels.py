@@ -5,7 +5,7 @@ A label name of dataset.json that is a TotalSegmentator v2 name (``labels.LABEL_
 that structure; other names keep the model's own value and name (predicted and written, not
 scored against the dataset's masks). TotalSegmentator's ``total`` task is five nnU-Net models,
 Dataset291 (organs) .. Dataset295 (ribs), each predicting one consecutive range of the 117 v2
-values (``labels.GROUPS``, TotalSegmentator's ``class_map_5_parts``): part value k is the
+values (``labels.PARTS``, TotalSegmentator's ``class_map_5_parts``): part value k is the
 group's k-th structure. When a part's dataset.json names are not v2 names, its dataset id
 gives them.
 """
@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..labels import GROUPS, LABEL_OF
+from ..labels import LABEL_OF, PARTS
 
 #: TotalSegmentator's dataset id of each part of the ``total`` task -> ctseg's group
 TOTALSEG_PARTS = {291: "organs", 292: "vertebrae", 293: "cardiac", 294: "muscles", 295: "ribs"}
@@ -41,7 +41,7 @@ def value_names(labels: dict[int, str], folder: Path) -> dict[int, str]:
     part = TOTALSEG_PARTS.get(dataset_id(folder) or -1)
     if part is None:
         return names
-    group = GROUPS[part]
+    group = PARTS[part]
     if max(names) > len(group):
         raise ConfigError(
             f"{folder / 'dataset.json'} has value {max(names)}, but TotalSegmentator's {part} "

@@ -10,35 +10,49 @@ import pandas as pd
 import streamlit as st
 
 from ctseg_core.access import check_allowed_folder
-from ctseg_core.evaluation.paths import checkpoint_evaluation_dir, folder_evaluation_dir
+from ctseg_core.evaluation.paths import (
+    checkpoint_evaluation_dir,
+    folder_evaluation_dir,
+    model_evaluation_dir,
+)
 from dashboard import cached, state
 from dashboard.helpers import compare_view, evalcharts, runs, viewer
 from dashboard.pages_index import PAGE_FILES
 
-FROM_RUN = "a run's checkpoint"
+FROM_RUN = "a run's checkpoint or an nnU-Net model"
 FROM_FOLDER = "a predictions folder (<id>.nii.gz)"
 
 st.title("Evaluate")
 
 
-def choose_source() -> tuple[list[str] | str, Path, str] | None:
-    """(predictions argument, output folder, checkpoint label or "") from the source widgets."""
+def choose_source() -> tuple[list[str] | str, Path, str, str | None, str] | None:
+    """(predictions argument, output folder, checkpoint label or "", nnU-Net model folder or
+    None, title) from the source widgets; a model predicts as ``ctseg evaluate --model`` does
+    (its mirroring on) and its tables go to ``evaluations/nnunet_<name>-<hash>``."""
     kind = st.segmented_control(
         "Predictions from", [FROM_RUN, FROM_FOLDER],
         default=state.widget_default(state.EVAL_FORM.kind, FROM_RUN), key=state.EVAL_FORM.kind,
         required=True,
     )  # fmt: skip
     if kind == FROM_RUN:
-        checkpoints = cached.all_checkpoints()
-        if not checkpoints:
-            st.info("No checkpoints yet: train a run on the Train page, or evaluate a folder.")
+        checkpoints, models = cached.all_checkpoints(), cached.model_titles()
+        if not checkpoints and not models:
+            st.info(
+                "No checkpoints yet: train a run on the Train page, point CTSEG_MODELS at "
+                "nnU-Net model folders, or evaluate a folder."
+            )
             return None
         label = st.selectbox(
-            "Run / checkpoint", list(checkpoints), key=state.EVAL_FORM.checkpoint,
-            format_func=runs.checkpoint_titles(checkpoints),
+            "Run / checkpoint or model", [*checkpoints, *models], key=state.EVAL_FORM.checkpoint,
+            format_func=runs.checkpoint_titles(checkpoints, models),
         )  # fmt: skip
+        if label in models:
+            entry = cached.all_models()[label]
+            name = f"{entry.name}_{entry.configuration}"
+            out = model_evaluation_dir(cached.checkpoints_root() / "evaluations", entry.path, name)
+            return [], out, label, str(entry.path), models[label]
         path = Path(checkpoints[label])
-        return [str(path)], checkpoint_evaluation_dir([path]), label
+        return [str(path)], checkpoint_evaluation_dir([path]), label, None, label
     folder = st.text_input(
         "Predictions folder (multilabel <subject id>.nii.gz files, TotalSegmentator v2 values)",
         key=state.EVAL_FORM.folder,
@@ -47,7 +61,7 @@ def choose_source() -> tuple[list[str] | str, Path, str] | None:
         return None
     resolved = check_allowed_folder(folder, "give the folder holding <id>.nii.gz files")
     out = folder_evaluation_dir(cached.checkpoints_root() / "evaluations", resolved)
-    return str(resolved), out, ""
+    return str(resolved), out, "", None, ""
 
 
 def _split_words(split: str) -> str:
@@ -110,7 +124,7 @@ def run_evaluation(root: str) -> None:
     )  # fmt: skip
     if not go or source is None:
         return
-    predictions, out_dir, label = source
+    predictions, out_dir, label, model, title = source
     from ctseg_core.evaluation.evaluate import evaluate_predictions
 
     bar = st.progress(0.0, text=f"Evaluating {_split_words(split)} …")
@@ -124,6 +138,7 @@ def run_evaluation(root: str) -> None:
         results = evaluate_predictions(
             root, split, predictions, out_dir, progress=progress,
             cache_dir=cached.cache_dir(), subjects=subjects, report=report,
+            model=model, tta=model is not None,
         )  # fmt: skip
     finally:
         bar.empty()
@@ -139,6 +154,7 @@ def run_evaluation(root: str) -> None:
         "skipped": dict(results.attrs.get("skipped", {})),
         "out_dir": str(out_dir),
         "checkpoint": label,
+        "title": title,
         "folder": "" if label else str(predictions),
         "root": root,
         "form": _form_choice(),
@@ -209,7 +225,10 @@ def show_results(info: dict) -> None:
     scored = info.get("subjects", 0) - len(info.get("skipped") or {})
     st.subheader(f"Results on {_split_words(info['split'])} ({scored} subjects)")
     st.caption(
-        state.plain(f"{info['checkpoint'] or 'predictions folder'} · files in {info['out_dir']}")
+        state.plain(
+            f"{info.get('title') or info['checkpoint'] or 'predictions folder'} · files in "
+            f"{info['out_dir']}"
+        )
     )
     skipped = info.get("skipped") or {}
     if skipped:
@@ -297,7 +316,7 @@ def evaluate_main() -> None:
     info = st.session_state.get(state.EVAL_RESULT)
     if info and info.get("root") == root:
         if info.get("form") != _form_choice():
-            what = info["checkpoint"] or "the predictions folder"
+            what = info.get("title") or info["checkpoint"] or "the predictions folder"
             st.info(
                 f"Below: the last results, of {state.plain(what)} on "
                 f"{_split_words(info['split'])}; press Evaluate for the choice above.",

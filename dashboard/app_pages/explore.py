@@ -28,7 +28,8 @@ def main() -> None:
         st.session_state[state.EXPLORE_SUBJECT] = index.subjects[0]
     checkpoints = cached.all_checkpoints()
     folders = [state.FOLDER_PREFIX + f for f in st.session_state.get(state.EXPLORE_FOLDERS, [])]
-    options = [NO_CHECKPOINT, *checkpoints, *folders]
+    models = cached.model_titles()
+    options = [NO_CHECKPOINT, *checkpoints, *models, *folders]
     if st.session_state.get(state.EXPLORE_CHECKPOINT) not in options:
         st.session_state[state.EXPLORE_CHECKPOINT] = NO_CHECKPOINT
     cols = st.columns([1, 2])
@@ -42,9 +43,10 @@ def main() -> None:
         "Prediction from",
         options,
         key=state.EXPLORE_CHECKPOINT,
-        format_func=runs.checkpoint_titles(checkpoints),
-        help="A run's checkpoint (predicted once per subject, then kept), or a folder of "
-        "<id>.nii.gz predictions evaluated on the Evaluate page (any tool's).",
+        format_func=runs.checkpoint_titles(checkpoints, models),
+        help="A run's checkpoint or an nnU-Net model under CTSEG_MODELS (predicted once per "
+        "subject, then kept), or a folder of <id>.nii.gz predictions evaluated on the Evaluate "
+        "page (any tool's).",
     )
     with st.spinner(f"Opening {state.plain(subject)} …"):
         entry = cached.cached_subject(root, subject)
@@ -60,21 +62,28 @@ def main() -> None:
         except Exception as exc:
             state.show_error(exc, f"prediction from {folder}")
     elif choice != NO_CHECKPOINT:
-        checkpoint = checkpoints[choice]
-        bar = st.progress(0.0, text=state.plain(f"Predicting {subject} with {choice} …"))
+        title = models.get(choice, choice)
+        bar = st.progress(0.0, text=state.plain(f"Predicting {subject} with {title} …"))
 
         def progress(done: int, total: int, info: str = "") -> None:
             text = state.plain(f"Predicting {subject}: {info}")
             bar.progress(min(1.0, done / max(total, 1)), text=text)
 
         try:
-            pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
-            source = cached.prediction_source(root, subject, checkpoint=str(checkpoint))
+            if choice in models:
+                model = choice.removeprefix(state.MODEL_PREFIX)
+                pred = cached.model_prediction_zxy(root, subject, model, progress)
+                source = cached.prediction_source(root, subject, model=model)
+            else:
+                checkpoint = str(checkpoints[choice])
+                pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
+                source = cached.prediction_source(root, subject, checkpoint=checkpoint)
             layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
-            for message in cached.domain_warnings(root, subject, checkpoint):
-                st.warning(state.plain(message), icon=":material/warning:")
+            if choice not in models:  # an nnU-Net model states no training domain
+                for message in cached.domain_warnings(root, subject, checkpoints[choice]):
+                    st.warning(state.plain(message), icon=":material/warning:")
         except Exception as exc:
-            state.show_error(exc, f"prediction with {choice}")
+            state.show_error(exc, f"prediction with {title}")
         finally:
             bar.empty()
     sx, sy, sz = entry.spacing_mm

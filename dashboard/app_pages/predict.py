@@ -28,12 +28,18 @@ st.caption(
 
 
 def choose_checkpoint(workdir: Path) -> str | None:
+    """A checkpoint's path, or an nnU-Net model's picker option (``state.MODEL_PREFIX``)."""
     checkpoints = cached.all_checkpoints()
-    options = [*checkpoints, UPLOADED]
+    models = cached.model_titles()
+    options = [*checkpoints, *models, UPLOADED]
     choice = st.selectbox(
         "Checkpoint", options, key=state.PREDICT_VIEW.checkpoint,
-        format_func=runs.checkpoint_titles(checkpoints),
+        format_func=runs.checkpoint_titles(checkpoints, models),
+        help="A run's checkpoint, or an nnU-Net model folder found under CTSEG_MODELS "
+        "(TotalSegmentator's weights by default).",
     )  # fmt: skip
+    if choice in models:
+        return choice
     if choice != UPLOADED:
         return checkpoints[choice]
     upload = st.file_uploader(
@@ -104,16 +110,22 @@ def predict_upload(upload, workdir: Path) -> None:
     with st.spinner(f"Reading {state.plain(label)} …"):
         saved = uploads.save_ct_upload(upload.name, upload.getvalue(), workdir / "ct")
         ct, notes = load_ct_noting(saved, resample_uneven=resample)
-    uploaded = Path(checkpoint).is_relative_to(workdir)  # named as uploaded, not by its copy
-    domain = domain_warnings([checkpoint], ct.array.transpose(2, 0, 1), ct.spacing_mm,
-                             input_is_phantom=is_phantom_ct(saved), what=label,
-                             names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
     bar = st.progress(0.0, text="Predicting …")
 
     def progress(done: int, total: int, info: str = "") -> None:
         bar.progress(min(1.0, done / max(total, 1)), text=state.plain(f"Predicting: {info}"))
 
-    labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
+    if checkpoint.startswith(state.MODEL_PREFIX):  # as `ctseg predict --model` does
+        model = cached.all_models()[checkpoint]
+        domain, name = model_notes(model), cached.model_titles()[checkpoint]
+        labels_xyz = cached.model_predictor(str(model.path)).predict(ct, progress=progress)
+    else:
+        uploaded = Path(checkpoint).is_relative_to(workdir)  # named as uploaded, not its copy
+        domain = domain_warnings([checkpoint], ct.array.transpose(2, 0, 1), ct.spacing_mm,
+                                 input_is_phantom=is_phantom_ct(saved), what=label,
+                                 names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
+        name = Path(checkpoint).name
+        labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
     bar.empty()
     out = workdir / "labels.nii.gz"  # a fixed name: the upload's name never makes a path
     save_on_original_grid(labels_xyz, ct, out)
@@ -125,11 +137,22 @@ def predict_upload(upload, workdir: Path) -> None:
         "spacing_mm": tuple(ct.spacing_mm),
         "affine": ct.affine,
         "nifti": out.read_bytes(),
-        "checkpoint": Path(checkpoint).name,
+        "checkpoint": name,
         # what reading said (files left out, a resampled series, the series chosen), then HU
         "warnings": [_named(n, label) for n in [*notes, hu_problem(ct.array, label)] if n],
         "domain": domain,
     }
+
+
+def model_notes(model) -> list[str]:
+    """What the page does not show of an nnU-Net model's labels (``ModelEntry.other_labels``)."""
+    if not model.other_labels:
+        return []
+    return [
+        f"The model's labels {', '.join(model.other_labels)} are no TotalSegmentator v2 "
+        "structures: left out here; `ctseg predict --model` writes them with the model's own "
+        "values and a <name>_labels.json."
+    ]
 
 
 def show_result(result: dict) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import streamlit as st
 
 from ctseg_core.evaluation.compare import OVERALL, compare_evaluations, comparison_dir
@@ -16,14 +19,42 @@ EXPLAINED = (
 )
 
 
-def _choice(label: str, key: str, options: list[str]) -> str | None:
+def _choice(label: str, key: str, options: list[str], titles: dict[str, str]) -> str | None:
     if st.session_state.get(key) not in (None, *options):  # that evaluation is gone
         del st.session_state[key]
     return st.selectbox(
         label, options, index=None, key=key, placeholder="Choose an evaluation",
-        help="Evaluation folders under the checkpoints root: a run's evaluation*/ and "
-        "evaluations/<predictions folder>-<hash>/.",
+        format_func=lambda option: titles.get(option, option),
+        help="Evaluation folders under the checkpoints root: a run's evaluation*/, "
+        "evaluations/<predictions folder>-<hash>/ and an nnU-Net model's "
+        "evaluations/nnunet_<name>-<hash>/.",
     )  # fmt: skip
+
+
+def model_of(folder: Path, splits: tuple[str, ...]) -> Path | None:
+    """The nnU-Net model folder an evaluation scored (its ``source_<split>.json`` names one
+    folder where a run's names checkpoint files), or None."""
+    for split in splits:
+        try:
+            scored = json.loads((folder / f"source_{split}.json").read_text()).get("checkpoints")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(scored, list) and len(scored) == 1 and Path(scored[0]).is_dir():
+            return Path(scored[0])
+    return None
+
+
+def evaluation_titles(found: dict) -> dict[str, str]:
+    """Evaluation label -> "<model label> · <label>" for the evaluations of nnU-Net models
+    (the label of ``cached.model_titles``, or "nnU-Net model <folder>" for one not listed)."""
+    models = cached.model_titles()
+    titles = {}
+    for label, evaluation in found.items():
+        model = model_of(evaluation.path, evaluation.splits)
+        if model is not None:
+            name = models.get(state.MODEL_PREFIX + str(model), f"nnU-Net model {model.name}")
+            titles[label] = f"{name} · {label}"
+    return titles
 
 
 def section() -> None:
@@ -41,11 +72,12 @@ def section() -> None:
             icon=":material/info:",
         )
         return
+    titles = evaluation_titles(found)
     cols = st.columns(2)
     with cols[0]:
-        a = _choice("A (the baseline)", k.compare_a, list(found))
+        a = _choice("A (the baseline)", k.compare_a, list(found), titles)
     with cols[1]:
-        b = _choice("B (compared with A)", k.compare_b, list(found))
+        b = _choice("B (compared with A)", k.compare_b, list(found), titles)
     if not a or not b:
         return
     if a == b:
@@ -70,7 +102,7 @@ def section() -> None:
         result = compare_evaluations(found[a].path, found[b].path, split, out)
         st.session_state[state.EVAL_COMPARISON] = {
             "choice": (a, b, split), "table": result.table, "csv": result.csv.read_bytes(),
-            "out_dir": str(out), "notes": result.warnings,
+            "out_dir": str(out), "notes": result.warnings, "titles": titles,
         }  # fmt: skip
     shown = st.session_state.get(state.EVAL_COMPARISON)
     if shown and shown["choice"] == (a, b, split):
@@ -81,6 +113,8 @@ def show_comparison(info: dict) -> None:
     """The written comparison: notes, a metric picker, the sorted bars, the table, the CSV."""
     k = state.EVAL_FORM
     a, b, split = info["choice"]
+    titles = info.get("titles") or {}
+    a, b = titles.get(a, a), titles.get(b, b)
     st.caption(state.plain(f"A: {a} · B: {b} · {split} · written to {info['out_dir']}"))
     for note in info["notes"]:
         state.show_warning(note)

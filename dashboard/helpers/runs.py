@@ -45,9 +45,12 @@ def run_titles(runs) -> Callable[[str], str]:
     return lambda name: run_title(name, kinds.get(name))
 
 
-def checkpoint_titles(checkpoints: dict[str, str]) -> Callable[[str], str]:
+def checkpoint_titles(checkpoints: dict[str, str],
+                      models: dict[str, str] | None = None) -> Callable[[str], str]:  # fmt: skip
     """A ``format_func`` for a select of checkpoint labels "<run> / <file>" (``label -> path``,
-    ``cached.all_checkpoints``): "<run> (3D) / <file>". Other options are shown as they are."""
+    ``cached.all_checkpoints``): "<run> (3D) / <file>"; an nnU-Net model's option (``models``:
+    option -> label, ``cached.model_titles``) as its label, "nnU-Net 3d_fullres: Dataset123_X
+    (folds 0,1)". Other options are shown as they are."""
     from ctseg_core.runs.listing import run_kind
 
     kinds: dict[Path, str | None] = {}
@@ -57,6 +60,8 @@ def checkpoint_titles(checkpoints: dict[str, str]) -> Callable[[str], str]:
             kinds[run_dir] = run_kind(run_dir)
 
     def title(label: str) -> str:
+        if models and label in models:
+            return models[label]
         path = checkpoints.get(label)
         kind = kinds.get(Path(path).parent) if path else None
         run, sep, file = label.rpartition(" / ")
