@@ -104,7 +104,18 @@ def register(subparsers) -> None:
     xyz = {"nargs": 3, "metavar": ("X", "Y", "Z")}
     a("--patch-size", type=int, **xyz, help="a 3D model's patch in voxels (phantom_3d 96 96 64)")
     a("--spacing", type=float, **xyz, help="a 3D model's voxel spacing in mm (phantom_3d 3 3 3)")
-    a("--structures", help="comma-separated structure names (default: all 117)")
+    a(
+        "--structures",
+        help="comma-separated structure names (default: all 117; with --init-from: the model's)",
+    )
+    a(
+        "--init-from",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="start from an nnU-Net model folder's "
+        "weights: its network, patch, spacing and CT normalisation (flags override them)",
+    )
+    a("--fold", help="the fold of --init-from whose weights start the run (default: the first)")
     a("--model", **registry_choice("MODELS", "unet"))
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
     a("--bottleneck", type=int, help="bottleneck width (default 512)")
@@ -180,6 +191,10 @@ def build_config(args):
     if not isinstance(base, dict):
         raise ConfigError(f"the config {args.config} must be a JSON object")
     changes = {}
+    if getattr(args, "init_from", None):
+        from ..nnunet.finetune import finetune_changes
+
+        changes = finetune_changes(args.init_from, args.fold)
     for dest, key in _FLAGS.items():
         value = getattr(args, dest, None)
         if dest in _ZERO_MEANS_ALL and value == 0:
@@ -229,7 +244,7 @@ def run_train(args) -> int:
                     section, name = _FLAGS[dest]
                     setattr(getattr(trainer.config, section), name, getattr(args, dest))
         else:
-            if not args.data and not args.config and not args.preset:
+            if not (args.data or args.config or args.preset):
                 from ..errors import ConfigError
 
                 raise ConfigError("give the dataset with --data (or a --config, or --resume)")
@@ -273,7 +288,8 @@ def _refuse_settings_on_resume(args) -> None:
     seem to change them, instead of dropping them unseen."""
     from ..errors import ConfigError
 
-    dests = [*_FLAGS, "preset", "config", "structures", "run", "checkpoints", "no_augment"]
+    dests = [*_FLAGS, "preset", "config", "structures", "run", "checkpoints", "no_augment",
+             "init_from", "fold"]  # fmt: skip
     given = [
         "--" + dest.replace("_", "-")
         for dest in dests
