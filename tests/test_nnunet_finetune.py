@@ -18,6 +18,7 @@ from ctseg_core.data.slices import normalize_hu
 from ctseg_core.errors import ConfigError
 from ctseg_core.models import build_model
 from ctseg_core.models.checkpoint import load_checkpoint, load_model
+from ctseg_core.nnunet.export import plans_json
 from ctseg_core.nnunet.finetune import INIT_RECORD, finetune_changes, init_from_model
 from ctseg_core.nnunet.folder import load_weights, read_model_folder
 from ctseg_core.nnunet.plans import build_network, normalize
@@ -123,6 +124,9 @@ def test_a_finetuning_run_keeps_the_model_channels_trains_resumes_and_is_evaluat
     model, loaded = load_model(run / "last.pth")  # the checkpoint alone gives the input map
     assert loaded.data.hu_mean_std == (INTENSITY["mean"], INTENSITY["std"])
     assert len(model._forward_pre_hooks) == 1
+    # exported back to nnU-Net, the run's plans hold the model's normalisation
+    intensity = plans_json(loaded, "Dataset998_Ft")["foreground_intensity_properties_per_channel"]
+    assert (intensity["0"]["mean"], intensity["0"]["std"]) == (INTENSITY["mean"], INTENSITY["std"])
 
     argv = ["evaluate", "--data", str(phantom_root), "--split", "val", "--cache", str(cache),
             "--checkpoint", str(run / "best.pth"), "--no-report"]  # fmt: skip
