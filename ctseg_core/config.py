@@ -38,7 +38,10 @@ class DataConfig:
     """Where the slices come from and how they are prepared and augmented.
 
     Intensities: CT HU clipped to ``hu_window`` and scaled linearly to [-1, 1]
-    (see ``ctseg_core.data.slices.normalize_hu``). ``target_size`` is (H, W) = (X, Y) of the
+    (see ``ctseg_core.data.slices.normalize_hu``); with ``hu_mean_std`` = (mean, std) HU the
+    network sees (clipped HU - mean) / std instead, nnU-Net's CTNormalization (a run fine-tuned
+    from an nnU-Net model keeps the model's): the data and augmentation still work on [-1, 1],
+    and the model's input map (``models.registry.build_model``) turns it into that. ``target_size`` is (H, W) = (X, Y) of the
     canonical axial slice after resizing. ``context_slices`` > 1 (odd) feeds the neighbouring
     slices as channels (2.5D). ``foreground_fraction`` of the training samples are drawn by first
     picking a structure uniformly among those present, then a slice holding it (rare structures
@@ -84,6 +87,7 @@ class DataConfig:
     # (None: the CT's own grid); None for a slice model
     patch_size: tuple[int, int, int] | None = None
     spacing_mm: tuple[float, float, float] | None = None
+    hu_mean_std: tuple[float, float] | None = None  # None: the window scaled to [-1, 1]
 
 
 @dataclass
@@ -142,6 +146,11 @@ class TrainConfig:
     checkpoint_every: int = 10
     sample_figure: bool = True  # samples/epoch_<N>.png each epoch
     tensorboard: bool = False  # also write <run>/tensorboard/ event files (runs.tensorboard)
+    # an nnU-Net model folder whose weights start the run (nnunet.finetune; a resume ignores
+    # it), its fold (None: the first) and checkpoint file (None: final, else best)
+    init_from: str | None = None
+    init_fold: str | None = None
+    init_checkpoint: str | None = None
 
 
 def _fields(cls: type) -> set[str]:
@@ -157,7 +166,7 @@ def _build(cls: type, values: dict[str, Any] | None, where: str):
         )
     for name, value in values.items():
         tuples = ("target_size", "hu_window", "scale_range", "patch_size", "spacing_mm",
-                  "gamma_range")  # fmt: skip
+                  "gamma_range", "hu_mean_std")  # fmt: skip
         if isinstance(value, list) and name in tuples:
             values[name] = tuple(value)
     return cls(**values)
@@ -277,6 +286,8 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"context slices must be odd and >= 1 (got {d.context_slices})")
     if not d.hu_window[0] < d.hu_window[1]:
         problems.append(f"HU window {tuple(d.hu_window)} must be (low, high) with low < high")
+    if d.hu_mean_std is not None and not (len(d.hu_mean_std) == 2 and d.hu_mean_std[1] > 0):
+        problems.append(f"HU mean/std {tuple(d.hu_mean_std)} must be (mean, std) with std > 0")
     if d.patch_size is not None and (
         len(d.patch_size) != 3 or any(int(p) != p or p < 1 for p in d.patch_size)
     ):

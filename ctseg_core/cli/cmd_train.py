@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from ..training.presets import PRESETS
+from .choices import ChoicesHelp, Names, registry_choice
 from .progress import tqdm_callback
 
 _FLAGS = {  # argparse dest -> (section, config field)
@@ -51,62 +52,6 @@ _FLAGS = {  # argparse dest -> (section, config field)
 _ZERO_MEANS_ALL = ("samples_per_epoch", "steps_per_epoch", "val_slices", "minutes")
 #: settings of the machine, not of the experiment: a resumed run may change them
 _HARDWARE = ("device", "amp", "workers", "cache")
-
-
-def _registry(name: str):
-    """A registry by name, imported when first needed: they import torch, which every other
-    command (and ``ctseg --help``) would otherwise wait for."""
-    if name == "AMP_MODES":
-        from ..device import AMP_MODES as registry
-    elif name == "MODELS":
-        from ..models.registry import MODELS as registry
-    elif name == "LOSSES":
-        from ..training.losses import LOSSES as registry
-    else:
-        from ..training import optim
-
-        registry = getattr(optim, name)
-    return registry
-
-
-class _Names:
-    """A registry's names as argparse ``choices``: read when a value is checked or help shown."""
-
-    def __init__(self, registry: str) -> None:
-        self.registry = registry
-
-    def __iter__(self):
-        return iter(_registry(self.registry))
-
-    def __contains__(self, name: object) -> bool:
-        return name in _registry(self.registry)
-
-    def __len__(self) -> int:
-        return len(_registry(self.registry))
-
-
-class _ChoicesHelp(str):
-    """--help text listing a registry's entries with their titles, made when help is shown
-    (argparse expands help with ``%``)."""
-
-    def __new__(cls, registry: str, default: str) -> _ChoicesHelp:
-        text = super().__new__(cls, "%(choices)s")
-        text.registry, text.default = registry, default
-        return text
-
-    def __mod__(self, params) -> str:
-        registry = _registry(self.registry)
-        if isinstance(registry, dict):
-            listed = "; ".join(f"{name}: {entry.title}" for name, entry in registry.items())
-        else:
-            listed = ", ".join(registry)
-        return f"{listed} (default {self.default})"
-
-
-def _registry_choice(name: str, default: str) -> dict:
-    """``choices``, ``metavar`` and ``help`` of a flag whose values a registry names (a metavar,
-    or argparse would list the choices, and import the registry, when the flag is added)."""
-    return {"choices": _Names(name), "metavar": "NAME", "help": _ChoicesHelp(name, default)}
 
 
 def register(subparsers) -> None:
@@ -159,8 +104,19 @@ def register(subparsers) -> None:
     xyz = {"nargs": 3, "metavar": ("X", "Y", "Z")}
     a("--patch-size", type=int, **xyz, help="a 3D model's patch in voxels (phantom_3d 96 96 64)")
     a("--spacing", type=float, **xyz, help="a 3D model's voxel spacing in mm (phantom_3d 3 3 3)")
-    a("--structures", help="comma-separated structure names (default: all 117)")
-    a("--model", **_registry_choice("MODELS", "unet"))
+    a(
+        "--structures",
+        help="comma-separated structure names (default: all 117; with --init-from: the model's)",
+    )
+    a(
+        "--init-from",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="start from an nnU-Net model folder's "
+        "weights: its network, patch, spacing and CT normalisation (flags override them)",
+    )
+    a("--fold", help="the fold of --init-from whose weights start the run (default: the first)")
+    a("--model", **registry_choice("MODELS", "unet"))
     a("--features", type=int, nargs="+", help="encoder widths (default 32 64 128 256)")
     a("--bottleneck", type=int, help="bottleneck width (default 512)")
     a(
@@ -169,9 +125,9 @@ def register(subparsers) -> None:
         metavar="N",
         help="N extra output heads at 1/2 .. 1/2**N resolution while training (default 0)",
     )
-    a("--loss", **_registry_choice("LOSSES", "dice_ce"))
-    a("--optimizer", **_registry_choice("OPTIMIZERS", "adam"))
-    a("--scheduler", **_registry_choice("SCHEDULERS", "plateau"))
+    a("--loss", **registry_choice("LOSSES", "dice_ce"))
+    a("--optimizer", **registry_choice("OPTIMIZERS", "adam"))
+    a("--scheduler", **registry_choice("SCHEDULERS", "plateau"))
     a("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     a("--grad-clip", type=float, help="max gradient norm (default 12)")
     a("--foreground", type=float, help="share of structure-first samples (default 0.5)")
@@ -205,7 +161,7 @@ def register(subparsers) -> None:
         help="share of samples whose vessels get random intensities, as between contrast phases "
         "(default 0; phantom_demo 0.5)",
     )
-    a("--amp", choices=_Names("AMP_MODES"), metavar="MODE", help=_ChoicesHelp("AMP_MODES", "auto"))
+    a("--amp", choices=Names("AMP_MODES"), metavar="MODE", help=ChoicesHelp("AMP_MODES", "auto"))
     a("--device", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     a("--seed", type=int, help="random seed (default 0)")
     a(
@@ -235,6 +191,10 @@ def build_config(args):
     if not isinstance(base, dict):
         raise ConfigError(f"the config {args.config} must be a JSON object")
     changes = {}
+    if getattr(args, "init_from", None):
+        from ..nnunet.finetune import finetune_changes
+
+        changes = finetune_changes(args.init_from, args.fold)
     for dest, key in _FLAGS.items():
         value = getattr(args, dest, None)
         if dest in _ZERO_MEANS_ALL and value == 0:
@@ -284,7 +244,7 @@ def run_train(args) -> int:
                     section, name = _FLAGS[dest]
                     setattr(getattr(trainer.config, section), name, getattr(args, dest))
         else:
-            if not args.data and not args.config and not args.preset:
+            if not (args.data or args.config or args.preset):
                 from ..errors import ConfigError
 
                 raise ConfigError("give the dataset with --data (or a --config, or --resume)")
@@ -328,7 +288,8 @@ def _refuse_settings_on_resume(args) -> None:
     seem to change them, instead of dropping them unseen."""
     from ..errors import ConfigError
 
-    dests = [*_FLAGS, "preset", "config", "structures", "run", "checkpoints", "no_augment"]
+    dests = [*_FLAGS, "preset", "config", "structures", "run", "checkpoints", "no_augment",
+             "init_from", "fold"]  # fmt: skip
     given = [
         "--" + dest.replace("_", "-")
         for dest in dests

@@ -295,7 +295,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the model of a checkpoint from the checkpoint alone; returned in eval mode."""
     ckpt = load_checkpoint(path, map_location="cpu")
     config = config_of(ckpt)
-    model = build_model(config.model)
+    model = build_model(config.model, config.data)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

@@ -1,7 +1,8 @@
 """Model registry: a model is named in the config and rebuilt from it (and so from a checkpoint).
 
-``build_model(model_config)`` returns an ``nn.Module`` mapping (B, C, *spatial) inputs to
-(B, K, *spatial) logits. A new network is one ``register`` call: its builder, a title for the
+``build_model(model_config, data_config)`` returns an ``nn.Module`` mapping (B, C, *spatial)
+inputs to (B, K, *spatial) logits; inputs are HU scaled from ``hu_window`` to [-1, 1], and a
+data config with ``hu_mean_std`` adds the input map to (HU - mean) / std (``HuStandardize``). A new network is one ``register`` call: its builder, a title for the
 pages and the CLI, its number of spatial axes, and a check of the settings it cannot take.
 """
 
@@ -132,6 +133,30 @@ def build_resenc_unet3d(cfg) -> nn.Module:
     return build_nnunet(cfg, residual=True)
 
 
-def build_model(model_config) -> nn.Module:
-    """The network named by ``model_config.name`` (a ctseg_core.config.ModelConfig)."""
-    return model_spec(model_config.name).build(model_config)
+class HuStandardize:
+    """Forward pre-hook: input scaled from ``hu_window`` to [-1, 1] -> (HU - mean) / std.
+
+    nnU-Net's CTNormalization of the clipped HU, as an affine map of ctseg's [-1, 1] input, so
+    the data, augmentation and inference code keep working on [-1, 1] and every caller that
+    runs the model (training, validation, inference) gives it the normalisation its weights
+    were trained with. A hook adds nothing to the state dict.
+    """
+
+    def __init__(self, hu_window, hu_mean_std) -> None:
+        low, high = (float(v) for v in hu_window)
+        mean, std = (float(v) for v in hu_mean_std)
+        self.scale = (high - low) / 2.0 / std
+        self.shift = ((low + high) / 2.0 - mean) / std
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] * self.scale + self.shift, *args[1:])
+
+
+def build_model(model_config, data_config=None) -> nn.Module:
+    """The network named by ``model_config.name`` (a ctseg_core.config.ModelConfig); with a
+    ``data_config`` whose ``hu_mean_std`` is set, its input map (``HuStandardize``)."""
+    model = model_spec(model_config.name).build(model_config)
+    if data_config is not None and data_config.hu_mean_std is not None:
+        model.register_forward_pre_hook(HuStandardize(data_config.hu_window,
+                                                      data_config.hu_mean_std))  # fmt: skip
+    return model

@@ -18,7 +18,8 @@ How ctseg's prediction maps onto nnU-Net's, step by step:
   (hu - (low + high) / 2) * 2 / (high - low). The plans' ``CTNormalization`` clips to
   percentile_00_5 = low and percentile_99_5 = high, subtracts ``mean`` = (low + high) / 2 and
   divides by ``std`` = (high - low) / 2: the same map, up to one float32 rounding (a division
-  instead of a multiplication).
+  instead of a multiplication). A run with ``hu_mean_std`` (fine-tuned from an nnU-Net model)
+  writes its own mean and std, the map its network's input hook applies.
 - **Spacing.** Both resample linearly (``resample_torch_fornnunet`` without the separate-z
   path is ``F.interpolate(mode="trilinear", align_corners=False)``, the interpolation of
   ``data.resample``) to ``data.spacing_mm``, to the same shape (round(n * spacing / target)).
@@ -164,6 +165,7 @@ def plans_json(config: RunConfig, dataset_name: str) -> dict:
     """nnU-Net's plans.json for the run: one ``3d_fullres`` configuration (see the module doc)."""
     d = config.data
     low, high = (float(v) for v in d.hu_window)
+    mean, std = d.hu_mean_std or ((low + high) / 2, (high - low) / 2)
     spacing = [float(s) for s in d.spacing_mm]
     patch = [int(p) for p in d.patch_size]
     linear = {"is_seg": False, "force_separate_z": False}
@@ -201,9 +203,9 @@ def plans_json(config: RunConfig, dataset_name: str) -> dict:
             "0": {
                 "max": high,
                 "min": low,
-                "mean": (low + high) / 2,
-                "median": (low + high) / 2,
-                "std": (high - low) / 2,
+                "mean": float(mean),
+                "median": float(mean),
+                "std": float(std),
                 "percentile_00_5": low,
                 "percentile_99_5": high,
             }

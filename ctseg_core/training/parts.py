@@ -2,7 +2,8 @@
 
 ``build_parts`` opens the train and validation splits (under torchrun rank 0 prepares the
 cache while the other ranks wait), picks device, precision and memory format, builds the model
-(output bias from the class frequencies on a fresh start; weights, optimizer, scheduler, history
+(output bias from the class frequencies on a fresh start, then the weights of an nnU-Net
+model when ``train.init_from`` names one; weights, optimizer, scheduler, history
 and RNG state from the checkpoint on a resume), wraps it in DistributedDataParallel under
 torchrun, and makes the step runner, the foreground sampler and the two loaders.
 
@@ -40,6 +41,7 @@ from ..models import build_model
 from ..models.checkpoint import restore_rng_state
 from ..models.head import init_output_bias
 from ..models.registry import model_spec
+from ..nnunet.finetune import init_from_model
 from . import distributed as ddp
 from .losses import LossFn, build_loss
 from .memory import check_fits
@@ -83,6 +85,7 @@ class RunParts:
     steps: int
     history: list[dict]
     start_epoch: int
+    init_record: dict | None = None  # nnunet.finetune's record of a run started from a model
 
     @property
     def val_batches(self) -> int:
@@ -162,10 +165,13 @@ def build_parts(
     prepare_device(device)
     amp = resolve_amp(t.amp, device)
     channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data)
     if resume is None:
         counts = sum(s.voxel_counts for s in train_set.subjects)
         init_output_bias(model, counts, train_set.lut, cfg.output_mode)
+    init_record = None
+    if resume is None and cfg.train.init_from:  # after the bias: new labels keep the prior
+        init_record = init_from_model(model, cfg)
     model = model.to(device)
     if channels_last:
         model = model.to(
@@ -228,4 +234,4 @@ def build_parts(
                  len(train_set), len(val_ids), steps, device, amp)  # fmt: skip
     return RunParts(train_set, val_set, device, amp, channels_last, model, net, optimizer,
                     scheduler, loss_fn, run_step, sampler, train_loader, val_loader, volumes,
-                    steps, history, start_epoch)  # fmt: skip
+                    steps, history, start_epoch, init_record)  # fmt: skip

@@ -29,12 +29,8 @@ from ..device import resolve_amp, resolve_device
 from ..errors import ConfigError, CtsegError, TrainingError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import build_model
-from ..models.checkpoint import (
-    config_of,
-    estimated_checkpoint_bytes,
-    load_to_resume,
-    resume_source,
-)
+from ..models.checkpoint import config_of, estimated_checkpoint_bytes, load_to_resume, resume_source
+from ..nnunet.finetune import write_init_record
 from ..runs.run_folder import (
     check_disk_space,
     default_checkpoints_root,
@@ -262,6 +258,8 @@ class Trainer:
             self.training_data = record_training_data(
                 self.run_dir, parts.training_subjects, d.data_root, d.train_split, resumed
             )
+            if parts.init_record:  # a run started from an nnU-Net model's weights
+                write_init_record(self.run_dir, parts.init_record)
         figure = parts.sample_figure(cfg) if (t.sample_figure and self.rank == 0) else None
         scores = [epoch_score(r) for r in history]
         best = max(scores) if scores else -math.inf

@@ -13,6 +13,8 @@ from pathlib import Path
 import streamlit as st
 
 from ctseg_core.config import RunConfig
+from ctseg_core.errors import ConfigError
+from ctseg_core.nnunet.finetune import finetune_changes
 from ctseg_core.training.losses import LOSSES
 from ctseg_core.training.memory import run_kind
 from ctseg_core.training.optim import SCHEDULERS
@@ -117,6 +119,14 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     kind = st.session_state[k.kind]
     volumetric = kind == "3D"
     kind_changes = kind_fields(kind, base)
+    model_changes, model_error = {}, None
+    if volumetric:  # a model folder's network, grid and normalisation replace the kind's
+        model_picker()
+        try:
+            model_changes = _model_changes()
+        except ConfigError as exc:
+            model_error = exc
+    kind_changes |= model_changes
     st.session_state.setdefault(k.only_present, True)
     memory_note(user_config(base, _changes(base, kind_changes, volumetric, present)))
     with st.form("train_form", enter_to_submit=False):  # Enter in the run name: no start
@@ -191,12 +201,42 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         start = st.form_submit_button("Start", type="primary", icon=":material/play_arrow:")
     if not start:
         return None
+    if model_error is not None:
+        state.show_error(model_error, "cannot start from the model")
+        return None
     changes = {
         ("data", "data_root"): root,
         ("data", "cache_dir"): str(cached.cache_dir()),
         **_changes(base, kind_changes, volumetric, present),
     }
     return user_config(base, changes, run_name=run_name.strip())
+
+
+def model_picker() -> None:
+    """A 3D run's "Start from a model": an nnU-Net model folder and its fold (outside the form,
+    so the memory estimate follows the model at once)."""
+    k = state.TRAIN_FORM
+    with st.expander("Start from a model", expanded=bool(st.session_state.get(k.init_from))):
+        m1, m2 = st.columns([4, 1])
+        m1.text_input(
+            "nnU-Net model folder (empty = random weights)",
+            key=k.init_from,
+            placeholder="~/.totalsegmentator/nnunet/results/Dataset291_.../"
+            "nnUNetTrainer__nnUNetPlans__3d_fullres",
+            help="Fine-tune its weights: its network, patch, spacing and CT normalisation "
+            "replace the 3D settings above; the structures it has keep its output channels, "
+            "new ones start fresh.",
+        )
+        m2.text_input("Fold (empty = the first)", key=k.init_fold)
+
+
+def _model_changes() -> dict:
+    """``finetune_changes`` of the model folder named on the form ({} when none is)."""
+    k = state.TRAIN_FORM
+    path = str(st.session_state.get(k.init_from) or "").strip()
+    if not path:
+        return {}
+    return finetune_changes(path, str(st.session_state.get(k.init_fold) or "").strip() or None)
 
 
 def _changes(base: RunConfig, kind_changes: dict, volumetric: bool, present: list[str]) -> dict:
