@@ -119,7 +119,11 @@ def run_nnunet(folder, ct_path, mirror, threads, queue) -> None:
     queue.put({"seconds": seconds, "cpu_s": cpu, "peak_gb": peak_gb(), "labels": labels})
 
 
-def run_ctseg(folder, ct_path, mirror, threads, queue) -> None:
+def run_ctseg(folder, ct_path, mirror, threads, profile, queue) -> None:
+    import cProfile
+    import io
+    import pstats
+
     import torch
 
     torch.set_num_threads(threads)
@@ -127,12 +131,20 @@ def run_ctseg(folder, ct_path, mirror, threads, queue) -> None:
     from ctseg_core.nnunet.model import NnunetPredictor
 
     predictor = NnunetPredictor(folder, device="cpu", tta=mirror)
+    profiler = cProfile.Profile() if profile else None
     start, cpu = time.perf_counter(), time.process_time()
+    if profiler:
+        profiler.enable()
     ct = load_ct(ct_path)
     labels = predictor.predict(ct, own_values=True)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    stats = io.StringIO()
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler, stream=stats).sort_stats("cumulative").print_stats(25)
     labels = from_canonical(labels, ct.original_affine)  # canonical -> the file's (i, j, k)
-    queue.put({"seconds": seconds, "cpu_s": cpu, "peak_gb": peak_gb(), "labels": labels})
+    queue.put({"seconds": seconds, "cpu_s": cpu, "peak_gb": peak_gb(), "labels": labels,
+               "profile": stats.getvalue()})  # fmt: skip
 
 
 def measure(fn, *args) -> dict:
@@ -166,6 +178,7 @@ def main() -> None:
     parser.add_argument("--mirror", action="store_true", help="mirroring (test-time flips)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (both)")
     parser.add_argument("--skip-nnunet", action="store_true", help="time ctseg only")
+    parser.add_argument("--profile", action="store_true", help="print ctseg's cProfile")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +186,7 @@ def main() -> None:
         ct_path = args.ct or write_ct(Path(tmp) / "ct.nii", args.size, args.slices)
         img = nib.load(ct_path)
         common = (str(folder), str(ct_path), args.mirror, args.threads)
-        ours = measure(run_ctseg, *common)
+        ours = measure(run_ctseg, *common, args.profile)
         peer = None if args.skip_nnunet else measure(run_nnunet, *common)
         config = read_model_folder(folder).config
     print(f"model {folder.name}: {config.network_class.rsplit('.', 1)[-1]} "
@@ -181,6 +194,7 @@ def main() -> None:
           f"{config.spacing_mm} mm; CT {ct_path.name} {img.shape} at "
           f"{tuple(round(float(z), 3) for z in img.header.get_zooms()[:3])} mm; mirroring "
           f"{'on' if args.mirror else 'off'}; {args.threads} thread(s)")  # fmt: skip
+    print(ours["profile"], end="")
     for name, r in (("ctseg NnunetPredictor  ", ours), ("nnU-Net nnUNetPredictor", peer)):
         if r is not None:
             print(f"{name} {r['seconds']:7.1f} s ({r['cpu_s']:7.1f} CPU s)  peak "
