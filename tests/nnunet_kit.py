@@ -19,13 +19,14 @@ INTENSITY = {"max": 3000.0, "mean": 80.0, "median": 60.0, "min": -1024.0,
 LABELS = {"background": 0, "spleen": 1, "liver": 2, "aorta": 3, "my_tumour": 4}
 
 
-def _arch(dim: int, residual: bool, features: list[int]) -> dict:
+def _arch(dim: int, residual: bool, features: list[int], strides: list | None = None) -> dict:
     n = len(features)
     conv = f"torch.nn.modules.conv.Conv{dim}d"
     norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
     kwargs = {
         "n_stages": n, "features_per_stage": features, "conv_op": conv,
-        "kernel_sizes": [[3] * dim] * n, "strides": [[1] * dim] + [[2] * dim] * (n - 1),
+        "kernel_sizes": [[3] * dim] * n,
+        "strides": strides or [[1] * dim] + [[2] * dim] * (n - 1),
         "n_conv_per_stage_decoder": [1 if residual else 2] * (n - 1), "conv_bias": True,
         "norm_op": norm, "norm_op_kwargs": {"eps": 1e-05, "affine": True},
         "dropout_op": None, "dropout_op_kwargs": None,
@@ -43,8 +44,10 @@ def _arch(dim: int, residual: bool, features: list[int]) -> dict:
 
 
 def plans_dict(configuration: str, spacing: list[float], patch: list[int],
-               transpose_forward: list[int], residual: bool = False) -> dict:  # fmt: skip
-    """A plans.json with one configuration, as nnU-Net writes it."""
+               transpose_forward: list[int], residual: bool = False,
+               features: list[int] = (4, 8, 16), strides: list | None = None) -> dict:  # fmt: skip
+    """A plans.json with one configuration, as nnU-Net writes it; ``features`` per stage and
+    ``strides`` per stage (default: 1, then 2 on every axis) of its U-Net."""
     dim = len(patch)
     resampling = {
         "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -76,7 +79,7 @@ def plans_dict(configuration: str, spacing: list[float], patch: list[int],
                 "normalization_schemes": ["CTNormalization"],
                 "use_mask_for_norm": [False],
                 **resampling,
-                "architecture": _arch(dim, residual, [4, 8, 16]),
+                "architecture": _arch(dim, residual, list(features), strides),
                 "batch_dice": True,
             }
         },
@@ -105,13 +108,17 @@ def _network(manager, config, n_out: int, deep_supervision: bool):
 def write_model_folder(root: Path, configuration: str, spacing: list[float], patch: list[int],
                        transpose_forward: list[int], folds: int = 1, residual: bool = False,
                        mirror_axes: tuple[int, ...] = (0, 1, 2), labels: dict = LABELS,
-                       seed: int = 0) -> Path:  # fmt: skip
-    """``root/nnUNetTrainer__nnUNetPlans__<configuration>`` with ``folds`` random folds."""
+                       seed: int = 0, features: list[int] = (4, 8, 16),
+                       strides: list | None = None) -> Path:  # fmt: skip
+    """``root/nnUNetTrainer__nnUNetPlans__<configuration>`` with ``folds`` random folds (the
+    U-Net's ``features`` and ``strides`` per stage as :func:`plans_dict`)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = root / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
-    plans = plans_dict(configuration, spacing, patch, transpose_forward, residual)
+    plans = plans_dict(
+        configuration, spacing, patch, transpose_forward, residual, features, strides
+    )
     dataset = dataset_dict(labels)
     (folder / "plans.json").write_text(json.dumps(plans, indent=4))
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=4))
