@@ -1,0 +1,183 @@
+"""How long the dashboard takes to answer a click while a run trains, against the same clicks idle.
+
+Starts ``streamlit run dashboard/Home.py`` on 127.0.0.1 (a free port; CTSEG_* pointing at a temp
+phantom dataset, cache and checkpoints folder), starts a phantom run from the Train page with real
+clicks in headless Chromium (/usr/bin/chromium), and times, during the run: the Log-y toggle,
+the Smoothing slider, a switch to Home and back to Train, and at the end the Stop click. The same
+interactions are timed again once the run has ended (idle). A time is from the click to the end
+of the script run it caused (Streamlit's ``script_finished`` message after the run's
+``new_session``, read from the page's websocket): what the user waits for before the page is
+whole again. Prints one table, seconds, median and worst over ``--repeats``.
+
+    python3 benchmarks/dashboard_under_training.py [--repeats 3] [--size 256]
+
+Measured on the shared 2-core machine (no GPU; other engineers' jobs ran meanwhile, load average
+5-8, so single numbers swing by a second or more; compare the columns of one run):
+
+(filled in below, before/after)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "dashboard"))
+
+from browser_kit import (  # noqa: E402
+    FRESH,
+    launch_chromium,
+    new_page,
+    streamlit_server,
+    wait_idle,
+)
+
+RUN = "bench-run"
+TIMEOUT_S = 90.0
+
+
+class ScriptRuns:
+    """Listens to the page's Streamlit websocket: when full script runs start and finish."""
+
+    def __init__(self, page) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self.events: list[tuple[float, str]] = []  # (perf_counter s, "start" / "end")
+        self._msg = ForwardMsg
+        self.page = page
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+
+    def _frame(self, payload) -> None:
+        if isinstance(payload, str):
+            return
+        msg = self._msg()
+        try:
+            msg.ParseFromString(payload)
+        except Exception:  # not a ForwardMsg (never seen; keep listening)
+            return
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":
+            self.events.append((time.perf_counter(), "start"))
+        elif kind == "script_finished" and msg.script_finished in (0, 2):  # full run, or rerun
+            self.events.append((time.perf_counter(), "end"))
+
+    def timed(self, action) -> float:
+        """Seconds from ``action()`` until a full script run that started after it has ended."""
+        t0 = time.perf_counter()
+        action()
+        while time.perf_counter() - t0 < TIMEOUT_S:
+            started = [t for t, k in self.events if k == "start" and t >= t0]
+            if started and any(k == "end" and t > started[0] for t, k in self.events):
+                ends = [t for t, k in self.events if k == "end" and t > started[0]]
+                return ends[0] - t0
+            self.page.wait_for_timeout(10)  # pumps Playwright's events
+        return float("nan")
+
+
+def make_dataset(base: Path) -> dict[str, Path]:
+    """A 6-subject phantom, prepared into a cache; an empty checkpoints folder."""
+    from ctseg_core.data.phantom.dataset import make_phantom_dataset
+    from ctseg_core.data.prepare import prepare_dataset
+
+    dirs = {k: base / k for k in ("data", "cache", "checkpoints")}
+    make_phantom_dataset(dirs["data"], n_subjects=6, seed=1, shape=(128, 128, 40), workers=1)
+    prepare_dataset(dirs["data"], dirs["cache"], workers=1)
+    dirs["checkpoints"].mkdir()
+    return dirs
+
+
+def start_run(page, size: int) -> None:
+    """Fill the Train form (many steps, so the run outlasts the measurement) and click Start."""
+    size_slider = page.get_by_role("slider", name="Target size (px)")
+    size_slider.focus()
+    page.keyboard.press("Home")  # 64 px
+    for _ in range([64, 96, 128, 192, 256, 384, 512].index(size)):
+        page.keyboard.press("ArrowRight")
+    page.get_by_text("Advanced", exact=True).click()
+    page.get_by_label("Steps per epoch (0 = one pass over the training slices)").fill("60")
+    page.get_by_label("Validation slices per subject (0 = all)").fill("4")
+    epochs = page.get_by_role("slider", name="Epochs")
+    epochs.focus()
+    page.keyboard.press("Home")
+    for _ in range(49):
+        page.keyboard.press("ArrowRight")
+    page.get_by_label("Run name (empty = timestamp)").fill(RUN)
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.get_by_text(f"This server is training {RUN}").wait_for()
+
+
+def interactions(page, runs: ScriptRuns) -> dict[str, float]:
+    """One round of timed clicks on the Train page (it must be open)."""
+    out = {}
+    toggle = page.locator(FRESH).get_by_text("Log y", exact=True).first
+    out["Log-y toggle"] = runs.timed(toggle.click)
+    slider = page.get_by_role("slider", name="Smoothing")
+
+    def nudge() -> None:  # right then back left: the value stays inside the slider's range
+        slider.focus()
+        page.keyboard.press("ArrowRight" if len(runs.events) % 2 else "ArrowLeft")
+
+    out["Smoothing slider"] = runs.timed(nudge)
+    home = page.locator('[data-testid="stSidebarNav"] a', has_text="Home")
+    out["switch to Home"] = runs.timed(home.click)
+    train = page.locator('[data-testid="stSidebarNav"] a', has_text="Train")
+    out["switch to Train"] = runs.timed(train.click)
+    page.get_by_role("heading", name="Train", exact=True).wait_for()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=256, help="target size of the run (px)")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        base = Path(tmp)
+        print("making the phantom dataset …", flush=True)
+        dirs = make_dataset(base)
+        with streamlit_server(dirs, base / "server.log") as url:
+            browser = launch_chromium(pw)
+            page = new_page(browser)
+            runs = ScriptRuns(page)
+            page.goto(f"{url}/train")
+            page.get_by_role("heading", name="Train", exact=True).wait_for()
+            wait_idle(page)
+            start_run(page, args.size)
+            page.get_by_text("steps logged").first.wait_for(timeout=180_000)  # training for real
+            busy = [interactions(page, runs) for _ in range(args.repeats)]
+            stop = page.locator(FRESH).get_by_role("button", name="Stop", exact=True)
+            busy[0]["Stop click"] = runs.timed(stop.click)
+            t0 = time.perf_counter()
+            page.locator(FRESH).get_by_role("button", name="Stop", exact=True).wait_for()
+            page.get_by_text("This server is training").wait_for(state="detached", timeout=120_000)
+            ended_s = time.perf_counter() - t0
+            wait_idle(page)
+            page.wait_for_timeout(3000)  # the run list watcher has seen the end
+            idle = [interactions(page, runs) for _ in range(args.repeats)]
+            browser.close()
+        log = (base / "server.log").read_text()
+    if "Traceback" in log:
+        print(log[-3000:])
+    names = list(busy[0])
+    print(
+        f"\nseconds from click to page whole again ({args.repeats} rounds; target {args.size} px)"
+    )
+    print(f"{'interaction':<20} {'training med':>12} {'training max':>12} {'idle med':>9}")
+    for name in names:
+        during = [r[name] for r in busy if name in r]
+        quiet = [r[name] for r in idle if name in r]
+        q = f"{statistics.median(quiet):9.2f}" if quiet else f"{'—':>9}"
+        print(f"{name:<20} {statistics.median(during):12.2f} {max(during):12.2f} {q}")
+    print(f"run ended (banner gone) {ended_s:.1f} s after the Stop click's page run")
+
+
+if __name__ == "__main__":
+    main()
