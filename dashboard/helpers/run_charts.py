@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import cached
+from dashboard.cached import vega_lite_spec as _spec
 
 
 def _file_stamp(path: Path) -> tuple | None:
@@ -21,16 +22,6 @@ def _file_stamp(path: Path) -> tuple | None:
     except OSError:
         return None
     return (info.st_ino, info.st_mtime_ns, info.st_size)
-
-
-def _spec(chart) -> dict | None:
-    """An Altair chart as the Vega-Lite spec (data inlined as Arrow) that st.altair_chart sends."""
-    if chart is None:
-        return None
-    # Streamlit's own conversion: the same theme and data transport as st.altair_chart
-    from streamlit.elements.vega_charts import _convert_altair_to_vega_lite_spec
-
-    return _convert_altair_to_vega_lite_spec(chart)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
