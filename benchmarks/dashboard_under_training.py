@@ -20,6 +20,7 @@ Measured on the shared 2-core machine (no GPU; other engineers' jobs ran meanwhi
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -132,51 +133,71 @@ def interactions(page, runs: ScriptRuns) -> dict[str, float]:
     return out
 
 
+def measure(pw, dirs: dict[str, Path], app: Path, repeats: int, size: int, log: Path) -> dict:
+    """{"busy": [round, ...], "idle": [round, ...], "ended_s": s}: the clicks on ``app``'s
+    dashboard during a fresh run, then after it."""
+    with streamlit_server(dirs, log, app=app) as url:
+        browser = launch_chromium(pw)
+        page = new_page(browser)
+        runs = ScriptRuns(page)
+        page.goto(f"{url}/train")
+        page.get_by_role("heading", name="Train", exact=True).wait_for()
+        wait_idle(page)
+        start_run(page, size)
+        page.get_by_text("steps logged").first.wait_for(timeout=180_000)  # training for real
+        busy = [interactions(page, runs) for _ in range(repeats)]
+        stop = page.locator(FRESH).get_by_role("button", name="Stop", exact=True)
+        busy[0]["Stop click"] = runs.timed(stop.click)
+        t0 = time.perf_counter()
+        page.get_by_text("This server is training").wait_for(state="detached", timeout=120_000)
+        ended_s = time.perf_counter() - t0
+        wait_idle(page)
+        page.wait_for_timeout(3000)  # the run list watcher has seen the end
+        idle = [interactions(page, runs) for _ in range(repeats)]
+        browser.close()
+    if "Traceback" in log.read_text():
+        print(log.read_text()[-3000:])
+    return {"busy": busy, "idle": idle, "ended_s": ended_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=256, help="target size of the run (px)")
+    parser.add_argument(
+        "--before", type=Path, help="another checkout (e.g. a worktree of main): measured first"
+    )
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
+    apps = {"before": args.before, "this": REPO} if args.before else {"this": REPO}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         base = Path(tmp)
         print("making the phantom dataset …", flush=True)
         dirs = make_dataset(base)
-        with streamlit_server(dirs, base / "server.log") as url:
-            browser = launch_chromium(pw)
-            page = new_page(browser)
-            runs = ScriptRuns(page)
-            page.goto(f"{url}/train")
-            page.get_by_role("heading", name="Train", exact=True).wait_for()
-            wait_idle(page)
-            start_run(page, args.size)
-            page.get_by_text("steps logged").first.wait_for(timeout=180_000)  # training for real
-            busy = [interactions(page, runs) for _ in range(args.repeats)]
-            stop = page.locator(FRESH).get_by_role("button", name="Stop", exact=True)
-            busy[0]["Stop click"] = runs.timed(stop.click)
-            t0 = time.perf_counter()
-            page.locator(FRESH).get_by_role("button", name="Stop", exact=True).wait_for()
-            page.get_by_text("This server is training").wait_for(state="detached", timeout=120_000)
-            ended_s = time.perf_counter() - t0
-            wait_idle(page)
-            page.wait_for_timeout(3000)  # the run list watcher has seen the end
-            idle = [interactions(page, runs) for _ in range(args.repeats)]
-            browser.close()
-        log = (base / "server.log").read_text()
-    if "Traceback" in log:
-        print(log[-3000:])
-    names = list(busy[0])
-    print(
-        f"\nseconds from click to page whole again ({args.repeats} rounds; target {args.size} px)"
-    )
-    print(f"{'interaction':<20} {'training med':>12} {'training max':>12} {'idle med':>9}")
-    for name in names:
-        during = [r[name] for r in busy if name in r]
-        quiet = [r[name] for r in idle if name in r]
-        q = f"{statistics.median(quiet):9.2f}" if quiet else f"{'—':>9}"
-        print(f"{name:<20} {statistics.median(during):12.2f} {max(during):12.2f} {q}")
-    print(f"run ended (banner gone) {ended_s:.1f} s after the Stop click's page run")
+        for label, app in apps.items():
+            print(f"measuring {label} ({app}) …", flush=True)
+            run_dirs = {**dirs, "checkpoints": base / f"checkpoints-{label}"}
+            run_dirs["checkpoints"].mkdir()
+            results[label] = measure(pw, run_dirs, app, args.repeats, args.size,
+                                     base / f"server-{label}.log")  # fmt: skip
+    print(f"\nseconds from click to page whole again: median (worst) of {args.repeats} rounds, "
+          f"{args.size} px run, {os.cpu_count()} cores")  # fmt: skip
+    head = "".join(f"{f'{lb} training':>18}{f'{lb} idle':>14}" for lb in results)
+    print(f"{'interaction':<18}{head}")
+    for name in results["this"]["busy"][0]:
+        cells = ""
+        for r in results.values():
+            during = [x[name] for x in r["busy"] if name in x]
+            quiet = [x[name] for x in r["idle"] if name in x]
+            cells += f"{statistics.median(during):10.2f} ({max(during):5.2f})"
+            cells += (
+                f"{statistics.median(quiet):7.2f} ({max(quiet):4.2f})" if quiet else f"{'—':>14}"
+            )
+        print(f"{name:<18}{cells}")
+    for label, r in results.items():
+        print(f"{label}: the run had ended {r['ended_s']:.1f} s after the Stop click's page run")
 
 
 if __name__ == "__main__":
