@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,33 +56,85 @@ class RunInfo:
     kind: str | None = None  # "2D", "2.5D" or "3D" (config_kind); None: config.json unreadable
 
 
-def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
-    """Run folders (holding config.json) under the root, most recently updated first."""
-    root = Path(checkpoints_root) if checkpoints_root else default_checkpoints_root()
+#: the files a run's listing entry is read from (notes.json: the runs table's notes and tags)
+LISTED_FILES = ("config.json", "status.json", "history.jsonl", "notes.json")
+
+
+def file_stamps(run_dir: Path) -> tuple:
+    """((inode, mtime_ns, size) or None, ...) of ``LISTED_FILES`` in ``run_dir``: a change marker
+    of four stat calls (JSON files are rewritten by a rename, which gives a new inode even within
+    one mtime tick; history.jsonl is appended to, which grows it)."""
+    stamps = []
+    for name in LISTED_FILES:
+        try:
+            info = (run_dir / name).stat()
+            stamps.append((info.st_ino, info.st_mtime_ns, info.st_size))
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def runs_stamp(checkpoints_root: str | Path) -> tuple:
+    """((run name, file_stamps), ...) of every run folder under the root, by name; () when the
+    root is absent. Equal stamps mean an equal ``list_runs`` (has_best/has_last aside)."""
+    root = Path(checkpoints_root)
     if not root.is_dir():
-        return []
-    runs = []
-    for run_dir in root.iterdir():
-        if not run_dir.is_dir() or not (run_dir / "config.json").is_file():
-            continue
+        return ()
+    return tuple(
+        sorted((d.name, file_stamps(d)) for d in root.iterdir() if (d / "config.json").is_file())
+    )
+
+
+_READ: dict[Path, tuple[tuple, RunInfo]] = {}  # run folder -> (file stamps, its entry)
+_READ_LOCK = threading.Lock()
+
+
+def _run_info(run_dir: Path) -> RunInfo:
+    """The listing entry of one run folder, re-read only when one of its files changed (a
+    page lists every run every few seconds; a long run's history.jsonl is thousands of lines)."""
+    stamps = file_stamps(run_dir)
+    with _READ_LOCK:
+        kept = _READ.get(run_dir)
+    if kept is None or kept[0] != stamps:
         status = read_status(run_dir)
         dices = [r.get("val_dice_mean") for r in read_history(run_dir)]
         dices = [d for d in dices if isinstance(d, (int, float))]
-        runs.append(
-            RunInfo(
-                name=run_dir.name,
-                run_dir=run_dir,
-                state=str(status.get("state", "unknown")),
-                epoch=int(status.get("epoch") or 0),
-                epochs=status.get("epochs"),
-                best_val_dice=max(dices) if dices else None,
-                updated_at=status.get("updated_at"),
-                error=status.get("error"),
-                has_best=(run_dir / "best.pth").is_file(),
-                has_last=(run_dir / "last.pth").is_file(),
-                kind=run_kind(run_dir),
-            )
+        info = RunInfo(
+            name=run_dir.name,
+            run_dir=run_dir,
+            state=str(status.get("state", "unknown")),
+            epoch=int(status.get("epoch") or 0),
+            epochs=status.get("epochs"),
+            best_val_dice=max(dices) if dices else None,
+            updated_at=status.get("updated_at"),
+            error=status.get("error"),
+            has_best=False,
+            has_last=False,
+            kind=run_kind(run_dir),
         )
+        with _READ_LOCK:
+            _READ[run_dir] = kept = (stamps, info)
+    return dataclasses.replace(  # a copy: callers may change theirs
+        kept[1],
+        has_best=(run_dir / "best.pth").is_file(),
+        has_last=(run_dir / "last.pth").is_file(),
+    )
+
+
+def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
+    """Run folders (holding config.json) under the root, most recently updated first; a run
+    whose files did not change since the last call is not read again."""
+    root = Path(checkpoints_root) if checkpoints_root else default_checkpoints_root()
+    if not root.is_dir():
+        return []
+    runs = [
+        _run_info(run_dir)
+        for run_dir in root.iterdir()
+        if run_dir.is_dir() and (run_dir / "config.json").is_file()
+    ]
+    with _READ_LOCK:  # forget deleted and renamed runs
+        for gone in [d for d in _READ if d.parent == root and not d.is_dir()]:
+            del _READ[gone]
     runs.sort(key=lambda r: (r.updated_at or "", r.name), reverse=True)
     return runs
 

@@ -94,11 +94,11 @@ def show_summary(root: str) -> None:
                 st.markdown(f"- {state.plain(line)}")  # names from the data, as plain text
     st.subheader("Structure coverage")
     st.caption("How many subjects contain each structure (non-empty mask), coloured by group.")
-    chart = charts.coverage_chart(summary["coverage"])
-    if chart is None:
+    spec = cached.coverage_spec(summary["coverage"])  # built once per coverage
+    if spec is None:
         st.warning("No structure is present in any subject of this dataset.")
     else:
-        st.altair_chart(chart, width="stretch")
+        st.vega_lite_chart(spec, width="stretch")
     with st.expander("Subjects"):
         st.dataframe(charts.subjects_table(subjects), hide_index=True)
 

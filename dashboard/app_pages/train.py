@@ -16,7 +16,7 @@ from ctseg_core.runs.run_folder import ACTIVE_STATES
 from ctseg_core.training.checks import check_run_config
 from ctseg_core.training.memory import check_fits
 from dashboard import cached, state
-from dashboard.helpers import run_actions, run_table, runs
+from dashboard.helpers import run_actions, run_charts, run_table, runs
 from dashboard.helpers.train_form import build_config
 
 REFRESH_S = 1.5  # the view of an active run
@@ -275,16 +275,12 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     if not history:
         st.caption("No finished epoch yet; the epoch curves appear after the first one.")
         return
-    df = runs.history_frame(history)
+    specs = run_charts.epoch_chart_specs(run_dir, smoothing, log_y)  # built once per version
     left, right = st.columns(2)
-    left.altair_chart(runs.loss_chart(df, smoothing, log_y), width="stretch")
-    dice = runs.dice_chart(df)
-    if dice is not None:
-        right.altair_chart(dice, width="stretch")
     heat_col, sample_col = st.columns(2)
-    heat = runs.dice_heatmap(history)
-    if heat is not None:
-        heat_col.altair_chart(heat, width="stretch")
+    for where, name in ((left, "loss"), (right, "dice"), (heat_col, "heat")):
+        if specs[name] is not None:
+            where.vega_lite_chart(specs[name], width="stretch")
     run_table.samples(run_dir, sample_col)
 
 
@@ -319,8 +315,6 @@ def watch() -> None:
 
 
 def compare() -> None:
-    from ctseg_core.runs.run_folder import read_history
-
     all_runs = _list_runs()
     if len(all_runs) < 2:
         return
@@ -336,12 +330,11 @@ def compare() -> None:
         "Curve", ["val_dice_mean", "val_loss", "train_loss", "lr"], key=state.TRAIN_FORM.metric
     )
     log_y = cols[2].toggle("Log y", False, key=state.TRAIN_FORM.compare_log)
-    histories = {n: read_history(cached.checkpoints_root() / n) for n in chosen}
-    chart = runs.compare_chart(histories, metric, log_y)
-    if chart is None:
+    spec = run_charts.compare_spec([cached.checkpoints_root() / n for n in chosen], metric, log_y)
+    if spec is None:
         st.caption("The chosen runs have no finished epoch yet.")
     else:
-        st.altair_chart(chart, width="stretch")
+        st.vega_lite_chart(spec, width="stretch")
 
 
 def main() -> None:

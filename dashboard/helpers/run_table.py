@@ -8,12 +8,12 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import cached, state
-from dashboard.helpers import tracker
+from dashboard.helpers import run_charts, tracker
 
 
 def runs_table() -> None:
     """Every run with its settings and best results; a click on a header sorts it."""
-    df = tracker.runs_overview(cached.checkpoints_root())
+    df = run_charts.runs_overview(cached.checkpoints_root())
     if df.empty:
         return
     st.subheader("Runs")
@@ -82,14 +82,10 @@ def step_charts(run_dir: Path, smoothing: float, log_y: bool) -> bool:
         f"loss {last['loss']:.4f}",
         help="steps.jsonl of the run, appended every few seconds while it trains",
     )
-    left, mid, right = st.columns(3)
-    left.altair_chart(tracker.step_loss_chart(df, smoothing, log_y), width="stretch")
-    lr = tracker.lr_chart(df)
-    if lr is not None:
-        mid.altair_chart(lr, width="stretch")
-    machine = tracker.machine_chart(df)
-    if machine is not None:
-        right.altair_chart(machine, width="stretch")
+    specs = run_charts.step_chart_specs(run_dir, smoothing, log_y)
+    for where, name in zip(st.columns(3), ("loss", "lr", "machine"), strict=True):
+        if specs[name] is not None:
+            where.vega_lite_chart(specs[name], width="stretch")
     return True
 
 

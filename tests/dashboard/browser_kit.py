@@ -30,13 +30,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(
-    dirs: dict[str, Path], log: Path, cwd: Path = REPO, address: str | None = "127.0.0.1"
+    dirs: dict[str, Path],
+    log: Path,
+    cwd: Path = REPO,
+    address: str | None = "127.0.0.1",
+    app: Path = REPO,
 ) -> Iterator[str]:
     """`streamlit run dashboard/Home.py` on a free localhost port; yields its URL.
 
     ``dirs`` holds "data", "cache" and "checkpoints" (the dashboard's CTSEG_* folders); the
     server's output goes to ``log``; it starts in ``cwd``, with ``--server.address`` unless that
-    is None (then the dashboard's own config decides). Raises RuntimeError with the log's tail if
+    is None (then the dashboard's own config decides); ``app`` is the checkout whose dashboard
+    runs (a benchmark compares two). Raises RuntimeError with the log's tail if
     it does not start within a minute.
     """
     port = free_port()
@@ -49,7 +54,7 @@ def streamlit_server(
     }
     env.pop("CTSEG_DATA_ROOTS", None)
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "Home.py"),
+        sys.executable, "-m", "streamlit", "run", str(app / "dashboard" / "Home.py"),
         "--server.port", str(port), "--server.headless", "true",
     ]  # fmt: skip
     if address is not None:
