@@ -15,7 +15,7 @@ from ctseg_core.evaluation.paths import (
     folder_evaluation_dir,
     model_evaluation_dir,
 )
-from dashboard import cached, state
+from dashboard import cached, cached_models, state
 from dashboard.helpers import compare_view, evalcharts, runs, viewer
 from dashboard.pages_index import PAGE_FILES
 
@@ -35,7 +35,7 @@ def choose_source() -> tuple[list[str] | str, Path, str, str | None, str] | None
         required=True,
     )  # fmt: skip
     if kind == FROM_RUN:
-        checkpoints, models = cached.all_checkpoints(), cached.model_titles()
+        checkpoints, models = cached.all_checkpoints(), cached_models.model_titles()
         if not checkpoints and not models:
             st.info(
                 "No checkpoints yet: train a run on the Train page, point CTSEG_MODELS at "
@@ -47,7 +47,7 @@ def choose_source() -> tuple[list[str] | str, Path, str, str | None, str] | None
             format_func=runs.checkpoint_titles(checkpoints, models),
         )  # fmt: skip
         if label in models:
-            entry = cached.all_models()[label]
+            entry = cached_models.all_models()[label]
             name = f"{entry.name}_{entry.configuration}"
             out = model_evaluation_dir(cached.checkpoints_root() / "evaluations", entry.path, name)
             return [], out, label, str(entry.path), models[label]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cached, state
+from dashboard import cached, cached_models, state
 from dashboard.helpers import niivue_view, runs
 from dashboard.helpers.viewer import Layer, annotation_note, volume_viewer
 from dashboard.pages_index import PAGE_FILES
@@ -28,7 +28,7 @@ def main() -> None:
         st.session_state[state.EXPLORE_SUBJECT] = index.subjects[0]
     checkpoints = cached.all_checkpoints()
     folders = [state.FOLDER_PREFIX + f for f in st.session_state.get(state.EXPLORE_FOLDERS, [])]
-    models = cached.model_titles()
+    models = cached_models.model_titles()
     options = [NO_CHECKPOINT, *checkpoints, *models, *folders]
     if st.session_state.get(state.EXPLORE_CHECKPOINT) not in options:
         st.session_state[state.EXPLORE_CHECKPOINT] = NO_CHECKPOINT
@@ -72,7 +72,7 @@ def main() -> None:
         try:
             if choice in models:
                 model = choice.removeprefix(state.MODEL_PREFIX)
-                pred = cached.model_prediction_zxy(root, subject, model, progress)
+                pred = cached_models.model_prediction_zxy(root, subject, model, progress)
                 source = cached.prediction_source(root, subject, model=model)
             else:
                 checkpoint = str(checkpoints[choice])

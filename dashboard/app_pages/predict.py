@@ -13,7 +13,7 @@ import streamlit as st
 
 from ctseg_core.errors import CtsegError
 from ctseg_core.labels import NUM_LABELS
-from dashboard import cached, state
+from dashboard import cached, cached_models, state
 from dashboard.helpers import runs, uploads
 from dashboard.helpers.viewer import Layer, volume_viewer
 
@@ -30,7 +30,7 @@ st.caption(
 def choose_checkpoint(workdir: Path) -> str | None:
     """A checkpoint's path, or an nnU-Net model's picker option (``state.MODEL_PREFIX``)."""
     checkpoints = cached.all_checkpoints()
-    models = cached.model_titles()
+    models = cached_models.model_titles()
     options = [*checkpoints, *models, UPLOADED]
     choice = st.selectbox(
         "Checkpoint", options, key=state.PREDICT_VIEW.checkpoint,
@@ -116,9 +116,9 @@ def predict_upload(upload, workdir: Path) -> None:
         bar.progress(min(1.0, done / max(total, 1)), text=state.plain(f"Predicting: {info}"))
 
     if checkpoint.startswith(state.MODEL_PREFIX):  # as `ctseg predict --model` does
-        model = cached.all_models()[checkpoint]
-        domain, name = model_notes(model), cached.model_titles()[checkpoint]
-        labels_xyz = cached.model_predictor(str(model.path)).predict(ct, progress=progress)
+        model = cached_models.all_models()[checkpoint]
+        domain, name = model_notes(model), cached_models.model_titles()[checkpoint]
+        labels_xyz = cached_models.model_predictor(str(model.path)).predict(ct, progress=progress)
     else:
         uploaded = Path(checkpoint).is_relative_to(workdir)  # named as uploaded, not its copy
         domain = domain_warnings([checkpoint], ct.array.transpose(2, 0, 1), ct.spacing_mm,

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from ctseg_core.evaluation.compare import OVERALL, compare_evaluations, comparison_dir
-from dashboard import cached, state
+from dashboard import cached, cached_models, state
 from dashboard.helpers import evalcharts
 
 EXPLAINED = (
@@ -46,8 +46,8 @@ def model_of(folder: Path, splits: tuple[str, ...]) -> Path | None:
 
 def evaluation_titles(found: dict) -> dict[str, str]:
     """Evaluation label -> "<model label> · <label>" for the evaluations of nnU-Net models
-    (the label of ``cached.model_titles``, or "nnU-Net model <folder>" for one not listed)."""
-    models = cached.model_titles()
+    (the label of ``cached_models.model_titles``, or "nnU-Net model <folder>" for one not listed)."""
+    models = cached_models.model_titles()
     titles = {}
     for label, evaluation in found.items():
         model = model_of(evaluation.path, evaluation.splits)

@@ -49,7 +49,7 @@ def checkpoint_titles(checkpoints: dict[str, str],
                       models: dict[str, str] | None = None) -> Callable[[str], str]:  # fmt: skip
     """A ``format_func`` for a select of checkpoint labels "<run> / <file>" (``label -> path``,
     ``cached.all_checkpoints``): "<run> (3D) / <file>"; an nnU-Net model's option (``models``:
-    option -> label, ``cached.model_titles``) as its label, "nnU-Net 3d_fullres: Dataset123_X
+    option -> label, ``cached_models.model_titles``) as its label, "nnU-Net 3d_fullres: Dataset123_X
     (folds 0,1)". Other options are shown as they are."""
     from ctseg_core.runs.listing import run_kind
 
