@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import tempfile
 import time
 import warnings
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.data.patches import PatchDataset, PatchSampler
 from ctseg_core.data.slices import ForegroundSampler, SliceDataset
 from ctseg_core.device import (
     cpu_has_bf16,
@@ -47,6 +49,7 @@ from ctseg_core.device import (
 from ctseg_core.models import build_model
 from ctseg_core.training.losses import build_loss
 from ctseg_core.training.optim import build_optimizer
+from ctseg_core.training.presets import preset
 from ctseg_core.training.step import StepRunner
 
 
@@ -60,16 +63,38 @@ def make_data(args, tmp: Path) -> str:
     return str(root)
 
 
-def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_last: bool):
+def slice_parts(args, data_root: str, cache: str):
+    """The seed U-Net's config, the slice dataset and its sampler."""
     config = RunConfig(
         DataConfig(data_root=data_root, cache_dir=cache, target_size=(args.size, args.size),
                    batch_size=args.batch, train_split="all"),
         ModelConfig(),
         TrainConfig(),
     )  # fmt: skip
-    device = resolve_device(args.device)
     dataset = SliceDataset(config, "all")
     sampler = ForegroundSampler(dataset, 10**6, config.data.foreground_fraction, seed=0)
+    return config, dataset, sampler
+
+
+def patch_parts(args, data_root: str, cache: str):
+    """``phantom_3d``'s config (every structure learned) with --patch and --batch, the patch
+    dataset and its sampler."""
+    config = preset("phantom_3d", data_root)
+    config.data.cache_dir, config.data.train_split = cache, "all"
+    config.data.batch_size = args.batch
+    if args.patch:
+        config.data.patch_size = tuple(args.patch)
+    config.validate()
+    dataset = PatchDataset(config, "all")
+    sampler = PatchSampler(dataset, 10**6, config.data.foreground_fraction, seed=0)
+    return config, dataset, sampler
+
+
+def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_last: bool):
+    """Samples (slices or patches) per second of each kind of step, over all rounds."""
+    parts = patch_parts if args.kind == "3d" else slice_parts
+    config, dataset, sampler = parts(args, data_root, cache)
+    device = resolve_device(args.device)
     # Loader processes read and resize slices while the accelerator computes (a GPU outruns one
     # process); pinned memory makes the host-to-device copy asynchronous.
     loader = iter(
@@ -81,16 +106,18 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(config.model).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last_3d if args.kind == "3d" else torch.channels_last
     optimizer = build_optimizer(model, config.train)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     loss_fn = build_loss(config.train.loss)
     lut = torch.from_numpy(dataset.lut).long().to(device)
+    if channels_last:
+        model = model.to(memory_format=layout)
     run_step = StepRunner(model, optimizer, scaler, loss_fn, lut, config.data, device, amp,
-                          channels_last, config.train.grad_clip)  # fmt: skip
+                          channels_last, config.train.grad_clip, dataset.annotated_classes(),
+                          dataset.mirror_safe())  # fmt: skip
     gen = torch.Generator().manual_seed(0)
-    host_image, host_labels, _ = next(loader)  # pinned on CUDA, as the loader hands them out
+    host_image, host_labels, host_subjects = next(loader)  # pinned on CUDA, as the loader gives
     fixed_image, fixed_labels = host_image.to(device), host_labels.to(device)
     losses: list[torch.Tensor] = []
 
@@ -107,11 +134,11 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
         read_late(run_step(host_image, host_labels, None))
 
     def augment():
-        read_late(run_step(host_image, host_labels, gen))
+        read_late(run_step(host_image, host_labels, gen, host_subjects))
 
     def pipeline():
-        image, labels, _ = next(loader)
-        read_late(run_step(image, labels, gen))
+        image, labels, subjects = next(loader)
+        read_late(run_step(image, labels, gen, subjects))
 
     kinds = {"bare": bare, "+copy": copy, "+augment": augment, "pipeline": pipeline}
     for fn in (bare, *kinds.values()):  # warm-up
@@ -127,8 +154,8 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds[name] += time.perf_counter() - t0
-    slices = args.rounds * args.steps * args.batch
-    return {k: slices / v for k, v in seconds.items()}, syncs
+    samples = args.rounds * args.steps * args.batch
+    return {k: samples / v for k, v in seconds.items()}, syncs
 
 
 def device_syncs(step) -> list[str]:
@@ -147,8 +174,10 @@ def device_syncs(step) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--kind", choices=("2d", "3d"), default="2d", help="slices or patches")
+    parser.add_argument("--size", type=int, default=128, help="2D slice size")
+    parser.add_argument("--patch", type=int, nargs=3, default=None, help="3D patch X Y Z")
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 slices, 2 patches")
     parser.add_argument(
         "--steps", type=int, default=None, help="steps per round and kind (default 5; CUDA 25)"
     )
@@ -159,6 +188,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.workers = loader_workers(args.workers, resolve_device(args.device))
+    if args.batch is None:
+        args.batch = 2 if args.kind == "3d" else 8
     if args.steps is None:  # a GPU step takes milliseconds: more of them for a stable figure
         args.steps = 25 if resolve_device(args.device).type == "cuda" else 5
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,16 +198,29 @@ def main() -> None:
         device = resolve_device(args.device)
         prepare_device(device)  # as the trainer does
         modes = [("fp32", None, False)]
+        # instance norm on a CPU copies channels_last inputs (device.resolve_channels_last)
+        last_3d = args.kind == "3d" and device.type == "cpu"
         if device.type == "cuda" or cpu_has_bf16():
-            modes.append(("bf16 + channels_last", torch.bfloat16, True))
-        print(f"seed U-Net, {args.size}x{args.size}, batch {args.batch}, 118 outputs, "
-              f"device {device}, {torch.get_num_threads()} threads")  # fmt: skip
+            modes.append(("bf16" if last_3d else "bf16 + channels_last", torch.bfloat16,
+                          not last_3d))  # fmt: skip
+        if args.kind == "3d":
+            patch = args.patch or preset("phantom_3d").data.patch_size
+            voxels = math.prod(patch)
+            print(f"phantom_3d's PlainConvUNet, patch {'x'.join(map(str, patch))}, batch "
+                  f"{args.batch}, 118 outputs, device {device}, {torch.get_num_threads()} "
+                  "threads")  # fmt: skip
+            print("voxels/s (millions):")
+        else:
+            voxels = 1
+            print(f"seed U-Net, {args.size}x{args.size}, batch {args.batch}, 118 outputs, "
+                  f"device {device}, {torch.get_num_threads()} threads")  # fmt: skip
+            print("slices/s:")
         kinds = ("bare", "+copy", "+augment", "pipeline")
-        print("slices/s:")
         print(f"{'mode':<22}" + "".join(f"{k:>10}" for k in kinds) + f"{'pipeline/bare':>15}")
         for name, amp, cl in modes:
             r, syncs = measure(args, data_root, cache, amp, cl)
-            row = "".join(f"{r[k]:>10.1f}" for k in kinds)
+            scale = voxels / 1e6 if args.kind == "3d" else 1
+            row = "".join(f"{r[k] * scale:>10.2f}" for k in kinds)
             print(f"{name:<22}{row}{r['pipeline'] / r['bare']:>15.2f}")
             if device.type == "cuda":
                 print(f"  device syncs in one pipeline step: {len(syncs)}", *syncs[:3], sep="\n  ")
