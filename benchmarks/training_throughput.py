@@ -23,6 +23,10 @@ Measured on this project's 2-core CPU (AVX-512 with AMX), defaults, 4 rounds: bf
 channels_last bare 30.5, pipeline 30.3 slices/s (0.99). On an H100 (256 x 256, batch 16, 8
 workers, before the device syncs were removed): bf16 bare 800, pipeline 704 (0.88); fp32 401 /
 379 (0.95).
+``--kind 3d`` times phantom_3d's PlainConvUNet on patches (voxels/s; PatchDataset, PatchSampler,
+augment_batch_3d). Not yet measured on a quiet machine: the one run (2026-12-05, 2 rounds of 3
+steps, load average ~9 from other work) gave pipeline/bare 1.12 in bf16 and 1.46 in fp32, i.e.
+noise larger than the overhead it is meant to show; rerun with the default rounds when quiet.
 """
 
 from __future__ import annotations
