@@ -26,7 +26,7 @@ def test_a_run_renamed_on_the_train_page_is_listed_and_chosen_under_its_new_name
 ):
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     _runs(tiny_run, tmp_path, "first", "second")
-    (tmp_path / "first" / "evaluation").mkdir()
+    (tmp_path / "first" / "evaluation").mkdir(exist_ok=True)  # the shared run may hold one
     (tmp_path / "first" / "evaluation" / "evaluation_results_test.csv").write_text("subject\n")
     at = new_app("train")
     at.session_state["ctseg_train_run"] = "first"
