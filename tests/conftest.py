@@ -20,6 +20,15 @@ SAMPLE_ROOT = SHARED_DATA / "totalseg_sample"
 SHARED_EXTRA = SHARED_DATA / "extra"
 
 
+@pytest.fixture(scope="module")
+def small_ct(s0000_root, tmp_path_factory):
+    """A block of s0000's CT with a zeroed border (``nnunet_kit.write_small_ct``; nnunetv2)."""
+    from nnunet_kit import write_small_ct
+
+    path = tmp_path_factory.mktemp("nnunet_ct") / "ct.nii.gz"
+    return write_small_ct(s0000_root / "s0000" / "ct.nii.gz", path)
+
+
 @pytest.fixture(scope="session")
 def s0000_root() -> Path:
     """A dataset root holding the real subject s0000 alone (122 x 101 x 30 at 3 mm, all 117

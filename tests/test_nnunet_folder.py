@@ -21,23 +21,11 @@ from ctseg_core.nnunet.folder import load_weights, read_model_folder
 from ctseg_core.nnunet.model import NnunetPredictor
 
 pytest.importorskip("nnunetv2")
-from nnunet_kit import write_model_folder, write_small_ct
+from nnunet_kit import write_model_folder
 
 TS_LABELS = {"background": 0, "spleen": 1, "liver": 2, "aorta": 3}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def small_ct(s0000_root, tmp_path_factory):
-    path = tmp_path_factory.mktemp("nnunet_ct") / "ct.nii.gz"
-    return write_small_ct(s0000_root / "s0000" / "ct.nii.gz", path)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model_2d(root, labels=TS_LABELS, mirror_axes=(0, 1), **kwargs):

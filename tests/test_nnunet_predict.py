@@ -13,32 +13,18 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from ctseg_core.data.volume import load_ct
 from ctseg_core.nnunet.model import NnunetPredictor
 
 pytest.importorskip("nnunetv2")
-from nnunet_kit import nnunet_reference, write_model_folder, write_small_ct
+from nnunet_kit import nnunet_reference, write_model_folder
 
 #: voxels whose label may differ from nnUNetPredictor's (argmax ties within float error);
 #: measured: 0 in every case below
 MAX_TIE_SHARE = 1e-4
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # both predictors alike, and fast on a shared CPU
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def small_ct(s0000_root, tmp_path_factory):
-    """A block of s0000's CT with a zeroed border (``nnunet_kit.write_small_ct``)."""
-    path = tmp_path_factory.mktemp("nnunet_ct") / "ct.nii.gz"
-    return write_small_ct(s0000_root / "s0000" / "ct.nii.gz", path)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _compare(folder, ct_path, folds):
