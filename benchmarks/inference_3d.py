@@ -37,7 +37,6 @@ is not met: this network's 8 windows alone take 24 s on 2 cores.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import sys
 import tempfile
@@ -45,6 +44,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fresh_process import measure
 
 SPACING_CT = (0.8, 0.8, 1.5)
 SPACING_MODEL = (3.0, 3.0, 3.0)
@@ -174,22 +175,6 @@ def run_monai(ckpt, shape, threads, batch, overlap, crop, queue) -> None:
     queue.put({"windows_s": windows, "back_crop_s": back, "back_crop_mb": back_mb,
                "peak_mb": _peak_mb(), "before_mb": before, "grid_labels": grid_labels,
                "labels_crop": labels_crop})  # fmt: skip
-
-
-def measure(fn, *args) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=fn, args=(*args, queue))
-    proc.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Exception:  # queue.Empty: the child may have died
-            if not proc.is_alive():
-                raise RuntimeError(f"{fn.__name__} failed (exit code {proc.exitcode})") from None
-    proc.join()
-    return result
 
 
 def main() -> None:

@@ -36,7 +36,6 @@ ctseg's profile (``--profile``): 61 s of the 81 s bring the 118 channels back to
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -45,6 +44,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from fresh_process import measure  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -152,23 +154,6 @@ def run_ctseg(folder, ct_path, mirror, threads, profile, queue) -> None:
     labels = from_canonical(labels, ct.original_affine)  # canonical -> the file's (i, j, k)
     queue.put({"seconds": seconds, "cpu_s": cpu, "peak_gb": peak_gb(), "labels": labels,
                "profile": stats.getvalue()})  # fmt: skip
-
-
-def measure(fn, *args) -> dict:
-    """``fn(*args, queue)`` in a spawned process; what it put on the queue."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=fn, args=(*args, queue))
-    proc.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Exception:  # queue.Empty: the child may have died (out of memory: -9)
-            if not proc.is_alive():
-                raise RuntimeError(f"{fn.__name__} failed (exit code {proc.exitcode})") from None
-    proc.join()
-    return result
 
 
 def main() -> None:
