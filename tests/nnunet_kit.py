@@ -45,9 +45,11 @@ def _arch(dim: int, residual: bool, features: list[int], strides: list | None = 
 
 def plans_dict(configuration: str, spacing: list[float], patch: list[int],
                transpose_forward: list[int], residual: bool = False,
-               features: list[int] = (4, 8, 16), strides: list | None = None) -> dict:  # fmt: skip
+               features: list[int] = (4, 8, 16), strides: list | None = None,
+               reader: str = "SimpleITKIO") -> dict:  # fmt: skip
     """A plans.json with one configuration, as nnU-Net writes it; ``features`` per stage and
-    ``strides`` per stage (default: 1, then 2 on every axis) of its U-Net."""
+    ``strides`` per stage (default: 1, then 2 on every axis) of its U-Net; ``reader`` its
+    image_reader_writer."""
     dim = len(patch)
     resampling = {
         "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -65,7 +67,7 @@ def plans_dict(configuration: str, spacing: list[float], patch: list[int],
         "plans_name": "nnUNetPlans",
         "original_median_spacing_after_transp": [3.0, 3.0, 3.0],
         "original_median_shape_after_transp": [30, 101, 122],
-        "image_reader_writer": "SimpleITKIO",
+        "image_reader_writer": reader,
         "transpose_forward": transpose_forward,
         "transpose_backward": [int(i) for i in np.argsort(transpose_forward)],
         "configurations": {
@@ -109,15 +111,15 @@ def write_model_folder(root: Path, configuration: str, spacing: list[float], pat
                        transpose_forward: list[int], folds: int = 1, residual: bool = False,
                        mirror_axes: tuple[int, ...] = (0, 1, 2), labels: dict = LABELS,
                        seed: int = 0, features: list[int] = (4, 8, 16),
-                       strides: list | None = None) -> Path:  # fmt: skip
+                       strides: list | None = None, reader: str = "SimpleITKIO") -> Path:  # fmt: skip
     """``root/nnUNetTrainer__nnUNetPlans__<configuration>`` with ``folds`` random folds (the
-    U-Net's ``features`` and ``strides`` per stage as :func:`plans_dict`)."""
+    U-Net's ``features`` and ``strides`` per stage and the ``reader`` as :func:`plans_dict`)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = root / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
     plans = plans_dict(
-        configuration, spacing, patch, transpose_forward, residual, features, strides
+        configuration, spacing, patch, transpose_forward, residual, features, strides, reader
     )
     dataset = dataset_dict(labels)
     (folder / "plans.json").write_text(json.dumps(plans, indent=4))
@@ -167,15 +169,29 @@ def write_small_ct(source: Path, path: Path) -> Path:
 
 
 def nnunet_reference(folder: Path, ct_path: Path, folds: int) -> np.ndarray:
-    """nnUNetPredictor's labels for ``ct_path`` (CPU, mirroring on), in SimpleITK's (k, j, i)."""
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    """nnUNetPredictor's labels for ``ct_path`` (CPU, mirroring on) in the reader's axis order
+    (the plans' image_reader_writer; SimpleITKIO: (k, j, i))."""
+    labels, _, _ = _nnunet_predict(folder, ct_path, folds)
+    return labels
+
+
+def nnunet_reference_file(folder: Path, ct_path: Path, folds: int, out: Path) -> Path:
+    """nnUNetPredictor's labels for ``ct_path`` written by the plans' own reader/writer to
+    ``out`` (on the CT's grid, as ``nnUNetv2_predict`` writes them)."""
+    labels, props, reader = _nnunet_predict(folder, ct_path, folds)
+    reader.write_seg(labels, str(out), props)
+    return out
+
+
+def _nnunet_predict(folder: Path, ct_path: Path, folds: int):
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=False, device=torch.device("cpu"),
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)  # fmt: skip
-    # its trainer classes need batchgeneratorsv2 (training only, not installed); the network
-    # comes from the same builder they call, the rest as initialize_from_trained_model_folder
+    # the network comes from the same builder nnUNetTrainer calls, the rest as
+    # initialize_from_trained_model_folder
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans = json.loads((folder / "plans.json").read_text())
@@ -191,5 +207,6 @@ def nnunet_reference(folder: Path, ct_path: Path, folds: int) -> np.ndarray:
     net = _network(manager, config, n_out, deep_supervision=False)
     net.load_state_dict(params[0])
     predictor.manual_initialization(net, manager, config, params, dataset, "nnUNetTrainer", axes)
-    image, props = SimpleITKIO().read_images([str(ct_path)])
-    return predictor.predict_single_npy_array(image, props)
+    reader = recursive_find_reader_writer_by_name(plans["image_reader_writer"])()
+    image, props = reader.read_images([str(ct_path)])
+    return predictor.predict_single_npy_array(image, props), props, reader

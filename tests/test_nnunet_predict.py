@@ -18,7 +18,7 @@ from ctseg_core.data.volume import load_ct
 from ctseg_core.nnunet.model import NnunetPredictor
 
 pytest.importorskip("nnunetv2")
-from nnunet_kit import nnunet_reference, write_model_folder
+from nnunet_kit import nnunet_reference, nnunet_reference_file, write_model_folder
 
 #: voxels whose label may differ from nnUNetPredictor's (argmax ties within float error);
 #: measured: 0 in every case below
@@ -59,3 +59,33 @@ def test_2d_labels_equal_nnunet_predictor(tmp_path, small_ct, folds):
     folder = write_model_folder(tmp_path, "2d", [5.0, 4.0], [32, 32], [0, 2, 1], folds=folds,
                                 mirror_axes=(0, 1))  # fmt: skip
     assert _compare(folder, small_ct, folds) == 0.0
+
+
+def _reoriented_copy(source, path, axcodes):
+    """The CT of ``source`` stored with voxel axes ``axcodes`` (same world, other array)."""
+    img = nib.load(source)
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(axcodes)
+    )
+    nib.save(img.as_reoriented(ornt), path)
+    return path
+
+
+@pytest.mark.parametrize("reader", ["SimpleITKIO", "NibabelIO", "NibabelIOWithReorient"])
+@pytest.mark.parametrize("axcodes", [("L", "P", "S"), ("S", "L", "P")])
+def test_every_reader_on_a_non_ras_file_equals_nnunet_predictor(
+    tmp_path, small_ct, reader, axcodes
+):
+    """Each reader hands the network the voxel axes reversed (the file's, or RAS+'s for
+    NibabelIOWithReorient); nnU-Net's labels, written by its own writer and read back into RAS+
+    by nibabel, are ctseg's."""
+    ct_path = _reoriented_copy(small_ct, tmp_path / "ct.nii.gz", axcodes)
+    folder = write_model_folder(tmp_path / "model", "3d_fullres", [4.5, 5.0, 4.0], [16, 32, 32],
+                                [0, 2, 1], reader=reader)  # fmt: skip
+    written = nnunet_reference_file(folder, ct_path, 1, tmp_path / "nnunet.nii.gz")
+    reference = np.asarray(nib.as_closest_canonical(nib.load(written)).dataobj)
+    ours = NnunetPredictor(folder, device="cpu").predict(load_ct(ct_path), own_values=True)
+    assert ours.shape == reference.shape
+    present = np.bincount(reference.ravel(), minlength=5)
+    assert (present > 0.01 * reference.size).sum() >= 2, present
+    assert float((ours != reference).mean()) <= MAX_TIE_SHARE

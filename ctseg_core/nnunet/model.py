@@ -4,8 +4,9 @@
 int16 HU) and returns canonical (X, Y, Z) labels in ctseg's values (``labels.LABEL_OF``) for
 the model's TotalSegmentator v2 structures; with ``own_values=True`` in the model's own values
 (its ``value_names``). The CT is given to the model in the axis order of the reader its plans
-name, so the result is nnU-Net's for the same file: SimpleITKIO: the file's voxel axes
-reversed, (k, j, i); NibabelIO: the file's axes; NibabelIOWithReorient: RAS+.
+name, so the result is nnU-Net's for the same file: every reader hands over voxel axes reversed,
+SimpleITKIO and NibabelIO the file's, (k, j, i), NibabelIOWithReorient those of the file
+reoriented to RAS+, (z, y, x).
 For TotalSegmentator's parts, each part predicts on its own and they are combined in part order,
 a later part's structure replacing an earlier one's on a voxel both claim.
 """
@@ -27,23 +28,27 @@ from .predict import LoadedModel, predict_array
 
 
 def _to_reader(ct: Volume, reader: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """(1, *spatial) float32 image and its spacing (mm) in the reader's axis order."""
+    """(1, *spatial) float32 image and its spacing (mm) in the reader's axis order.
+
+    All three readers reverse the voxel axes (nnU-Net's own readers transpose (2, 1, 0) "to be
+    consistent with SimpleITK"); they differ in whose axes: the file's, or RAS+ for
+    NibabelIOWithReorient (ctseg's canonical order, as both reorient with ``io_orientation``).
+    """
     if reader == "NibabelIOWithReorient":
-        return ct.array[None].astype(np.float32), tuple(ct.spacing_mm)
-    file_order = from_canonical(ct.array, ct.original_affine)
-    spacing = spacing_of(ct.original_affine)
-    if reader == "NibabelIO":
-        return file_order[None].astype(np.float32), spacing
-    if reader == "SimpleITKIO":
-        return file_order.transpose(2, 1, 0)[None].astype(np.float32), spacing[::-1]
-    raise ConfigError(f"plans.json image_reader_writer {reader!r} is not supported")
+        array, spacing = ct.array, tuple(ct.spacing_mm)
+    elif reader in ("NibabelIO", "SimpleITKIO"):
+        array = from_canonical(ct.array, ct.original_affine)
+        spacing = tuple(spacing_of(ct.original_affine))
+    else:
+        raise ConfigError(f"plans.json image_reader_writer {reader!r} is not supported")
+    return array.transpose(2, 1, 0)[None].astype(np.float32), tuple(float(s) for s in spacing[::-1])
 
 
 def _from_reader(labels: np.ndarray, ct: Volume, reader: str) -> np.ndarray:
+    """Labels in the reader's axis order (:func:`_to_reader`) -> canonical (X, Y, Z)."""
+    labels = labels.transpose(2, 1, 0)
     if reader == "NibabelIOWithReorient":
-        return labels
-    if reader == "SimpleITKIO":
-        labels = labels.transpose(2, 1, 0)
+        return np.ascontiguousarray(labels)
     return to_canonical(labels, ct.original_affine)[0]
 
 
