@@ -5,8 +5,10 @@ Axes: nnU-Net works on arrays in the reader's axis order transposed by ``transpo
 spacing (mm) and patch here is in that transposed order. The preprocessing is nnU-Net's:
 crop to the bounding box of the filled nonzero mask, CT normalisation (clip to the foreground's
 0.5 / 99.5 percentiles, subtract the mean, divide by the std), resampling to the plans' spacing
-(scikit-image ``resize`` with the plans' spline order, edge mode; an axis more than 3x coarser
-than the others is resampled on its own with ``order_z`` nearest-mode interpolation).
+with the function the plans name: ``resample_data_or_seg_to_shape`` (scikit-image ``resize``
+with the plans' spline order, edge mode; an axis more than 3x coarser than the others is
+resampled on its own with ``order_z`` nearest-mode interpolation) or ``resample_torch_fornnunet``
+(torch's linear ``interpolate``; such an axis on its own with nearest-exact).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ class Configuration:
     transpose_forward: tuple[int, int, int]
     transpose_backward: tuple[int, int, int]
     reader: str
+    data_resampler: str  # a key of RESAMPLERS
     data_kwargs: dict
+    probabilities_resampler: str
     probabilities_kwargs: dict
     network_class: str
     arch_kwargs: dict
@@ -56,6 +60,16 @@ class Configuration:
     @property
     def is_2d(self) -> bool:
         return len(self.patch_size) == 2
+
+    def resample_data(self, data: np.ndarray, shape, current_mm, target_mm) -> np.ndarray:
+        """The image (C, *spatial) resampled as the plans' ``resampling_fn_data`` does."""
+        resampler = RESAMPLERS[self.data_resampler]
+        return resampler(data, shape, current_mm, target_mm, **self.data_kwargs)
+
+    def resample_probabilities(self, data: np.ndarray, shape, current_mm, target_mm) -> np.ndarray:
+        """Logits (C, *spatial) resampled as the plans' ``resampling_fn_probabilities`` does."""
+        resampler = RESAMPLERS[self.probabilities_resampler]
+        return resampler(data, shape, current_mm, target_mm, **self.probabilities_kwargs)
 
 
 def read_configuration(plans: dict, name: str, where: str = "plans.json") -> Configuration:
@@ -72,6 +86,13 @@ def read_configuration(plans: dict, name: str, where: str = "plans.json") -> Con
         name = configs[name].get("inherits_from")
     try:
         arch = merged["architecture"]
+        resamplers = {k: str(merged[f"resampling_fn_{k}"]) for k in ("data", "probabilities")}
+        for key, fn in resamplers.items():
+            if fn not in RESAMPLERS:
+                raise ConfigError(
+                    f"{where}: resampling_fn_{key} {fn!r} is not supported; ctseg runs "
+                    f"{sorted(RESAMPLERS)}"
+                )
         return Configuration(
             name=seen[0],
             spacing_mm=tuple(float(s) for s in merged["spacing"]),
@@ -81,7 +102,9 @@ def read_configuration(plans: dict, name: str, where: str = "plans.json") -> Con
             transpose_forward=tuple(int(t) for t in plans["transpose_forward"]),
             transpose_backward=tuple(int(t) for t in plans["transpose_backward"]),
             reader=str(plans.get("image_reader_writer", "SimpleITKIO")),
+            data_resampler=resamplers["data"],
             data_kwargs=dict(merged["resampling_fn_data_kwargs"]),
+            probabilities_resampler=resamplers["probabilities"],
             probabilities_kwargs=dict(merged["resampling_fn_probabilities_kwargs"]),
             network_class=str(arch["network_class_name"]),
             arch_kwargs=dict(arch["arch_kwargs"]),
@@ -154,13 +177,13 @@ def new_shape(shape, spacing_mm, target_mm) -> tuple[int, ...]:
     return tuple(round(float(s) / float(t) * int(n)) for s, t, n in pairs)
 
 
-def _separate_axis(current_mm, target_mm, force) -> int | None:
+def _separate_axis(current_mm, target_mm, force, threshold: float = ANISO_THRESHOLD) -> int | None:
     """The one coarse axis resampled on its own, or None (nnU-Net's anisotropy rule)."""
     if force is False:
         return None
     for spacing in (current_mm, target_mm):
         spacing = np.asarray(spacing, dtype=float)
-        if force or spacing.max() / spacing.min() > ANISO_THRESHOLD:
+        if force or spacing.max() / spacing.min() > threshold:
             coarse = np.flatnonzero(spacing.max() / spacing == 1)
             return int(coarse[0]) if len(coarse) == 1 else None
     return None
@@ -197,3 +220,40 @@ def resample(data: np.ndarray, shape, current_mm, target_mm, order: int = 3, ord
             coords[a] = scale[a] * (coords[a] + 0.5) - 0.5
         out[c] = map_coordinates(stack, coords, order=order_z, mode="nearest")
     return out
+
+
+def resample_torch(data: np.ndarray, shape, current_mm, target_mm,
+                   force_separate_z: bool | None = None,
+                   separate_z_anisotropy_threshold: float = ANISO_THRESHOLD,
+                   mode: str = "linear", aniso_axis_mode: str = "nearest-exact",
+                   **_) -> np.ndarray:  # fmt: skip
+    """(C, X, Y, Z) -> (C, *shape) float32 as nnU-Net's ``resample_torch_fornnunet``: torch's
+    ``interpolate`` (``mode`` "linear": trilinear, align_corners False, no antialiasing); an
+    anisotropic grid's coarse axis after the others, with ``aniso_axis_mode``. Each channel on
+    its own, so resampling channels one at a time gives the same values."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = tuple(int(s) for s in shape)
+    if tuple(data.shape[1:]) == shape:
+        return data
+    if data.ndim != 4:
+        raise ConfigError("resample_torch_fornnunet needs (C, X, Y, Z) data")
+    axis = _separate_axis(current_mm, target_mm, force_separate_z, separate_z_anisotropy_threshold)
+    x = torch.from_numpy(np.ascontiguousarray(data)).float()
+    if axis is None:
+        mode = "trilinear" if mode == "linear" else mode
+        return F.interpolate(x[None], shape, mode=mode, antialias=False)[0].numpy()
+    moved = x.movedim(axis + 1, 1)  # (C, coarse, a, b): the coarse slices as a batch
+    n_channels, n_coarse = moved.shape[:2]
+    plane = tuple(s for a, s in enumerate(shape) if a != axis)
+    slices = moved.reshape(n_channels * n_coarse, *moved.shape[2:])[:, None]
+    in_plane = F.interpolate(
+        slices, plane, mode="bilinear" if mode == "linear" else mode, antialias=False
+    )
+    moved = in_plane.reshape(n_channels, n_coarse, *plane).movedim(1, axis + 1)
+    return F.interpolate(moved[None], shape, mode=aniso_axis_mode)[0].numpy()
+
+
+#: the plans' resampling function names ctseg runs
+RESAMPLERS = {"resample_data_or_seg_to_shape": resample, "resample_torch_fornnunet": resample_torch}

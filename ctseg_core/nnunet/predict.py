@@ -9,7 +9,7 @@ over the allowed mirrorings (all combinations of the model's ``inference_allowed
 weighted by a Gaussian (sigma patch / 8, centre at patch // 2, peak 10) and summed with the
 weights in float16, as nnU-Net accumulates them, so its roundings and hence its ties are the
 same; folds' logits averaged; the logits resampled back to the cropped grid (order from the
-plans, stored as float16; one channel at a time, keeping a running argmax) and their argmax put
+plans' function, stored as float16; one channel at a time, keeping a running argmax) and their argmax put
 into the uncropped, untransposed volume. A 2d
 configuration slides over each slice of the first (transposed) axis.
 """
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..inference.patches import window_starts
 from .folder import ModelFolder, load_weights
-from .plans import build_network, crop_box, new_shape, normalize, resample
+from .plans import Configuration, build_network, crop_box, new_shape, normalize
 
 #: nnU-Net's step between windows: half a patch
 TILE_STEP = 0.5
@@ -138,22 +138,25 @@ def sliding_window_logits(model: LoadedModel, data: torch.Tensor, mirror: bool =
     return total[(slice(None), *unpad)]
 
 
-def resampled_argmax(logits: np.ndarray, shape, current_mm, target_mm, kwargs: dict,
+def resampled_argmax(logits: np.ndarray, shape, current_mm, target_mm, config: Configuration,
                      ) -> np.ndarray:  # fmt: skip
     """(K, *grid) float16 logits -> (*shape) uint8/uint16 argmax of them resampled to ``shape``
-    (``plans.resample`` with ``kwargs``, float16 as nnU-Net stores them; ties to the lower
+    (``config.resample_probabilities``, from float16 as nnU-Net stores them; ties to the lower
     channel, as argmax). One channel at a time with a running maximum: the same labels as
-    resampling the K channels at once, without K float16 volumes at ``shape`` (2 bytes x 118
-    channels x the CT's voxels) and their float64 copy at the model's grid."""
+    resampling the K channels at once (both resamplers treat channels independently), without
+    K volumes at ``shape`` (118 channels x the CT's voxels) and their float64 copy."""
     dtype = np.uint8 if len(logits) <= 256 else np.uint16
     if tuple(logits.shape[1:]) == tuple(shape):
         return torch.from_numpy(logits).argmax(0).numpy().astype(dtype)
-    best = torch.from_numpy(resample(logits[:1], shape, current_mm, target_mm, **kwargs)[0])
-    best = best.float()  # float16 values held exactly; torch compares float32 fast
+
+    def channel(c: int) -> torch.Tensor:
+        out = config.resample_probabilities(logits[c : c + 1], shape, current_mm, target_mm)
+        return torch.from_numpy(out[0]).float()  # float16 values held exactly; compared fast
+
+    best = channel(0)
     labels = torch.zeros(best.shape, dtype=torch.uint8 if dtype == np.uint8 else torch.int32)
     for c in range(1, len(logits)):
-        value = torch.from_numpy(resample(logits[c : c + 1], shape, current_mm, target_mm,
-                                          **kwargs)[0]).float()  # fmt: skip
+        value = channel(c)
         above = value > best  # strictly: a tie keeps the lower channel
         torch.maximum(best, value, out=best)
         labels.masked_fill_(above, c)
@@ -177,11 +180,10 @@ def predict_array(model: LoadedModel, image: np.ndarray, spacing_mm, mirror: boo
         target = [spacing[0], *target]
     shape = new_shape(cropped, spacing, target)
     data = normalize(data, config)
-    data = resample(data, shape, spacing, target, **config.data_kwargs)
+    data = config.resample_data(data, shape, spacing, target)
     logits = sliding_window_logits(model, torch.from_numpy(np.ascontiguousarray(data)), mirror,
                                    progress)  # fmt: skip
     dtype = np.uint8 if max(model.folder.labels) < 255 else np.uint16
     full = np.zeros(uncropped, dtype=dtype)
-    full[box] = resampled_argmax(logits.numpy(), cropped, target, spacing,
-                                 config.probabilities_kwargs)  # fmt: skip
+    full[box] = resampled_argmax(logits.numpy(), cropped, target, spacing, config)
     return full.transpose(back)
