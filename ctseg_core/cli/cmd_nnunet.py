@@ -25,11 +25,14 @@ def register(subparsers) -> None:
 
 
 def run_export_nnunet(args) -> int:
-    from ..nnunet.export import export_nnunet
+    from ..models.checkpoint import config_of, load_checkpoint
+    from ..nnunet.export import export_nnunet, padding_caveat, source_checkpoint
 
     out = export_nnunet(args.source, args.out_dir, dataset_name=args.dataset_name)
+    caveat = padding_caveat(config_of(load_checkpoint(source_checkpoint(args.source))))
     if args.json:
-        print(json.dumps({"model_folder": str(out)}))
+        print(json.dumps({"model_folder": str(out), "note": caveat}))
     else:
         print(f"wrote nnU-Net model folder {out} (configuration 3d_fullres, fold 0)")
+        print(f"note: {caveat}")
     return 0

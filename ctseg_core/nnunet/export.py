@@ -38,7 +38,12 @@ How ctseg's prediction maps onto nnU-Net's, step by step:
 - **Not mapped.** Mirroring: nnU-Net averages mirrored passes without swapping left and right
   labels, so the export allows none (``inference_allowed_mirroring_axes`` None); ctseg's TTA has
   no nnU-Net counterpart. Padding: a CT smaller than a patch on the model's grid is padded with
-  0 after normalisation by nnU-Net (the middle of the HU window) and with air by ctseg. Cropping:
+  0 after normalisation by nnU-Net (the middle of the HU window) and with air by ctseg, which
+  is what the run was trained with: nnU-Net labels such CTs worse (``padding_caveat``, printed
+  by ``ctseg export-nnunet``; measured with ``benchmarks/nnunet_export_agreement.py``).
+  Mapping nnU-Net's 0 to air instead (plans' mean = the window's low end, the first bias
+  compensated) fixes those but moves the first convolution's own zero padding to air, which
+  changed 16-65 % of the labels of the tests' small networks: not done. Cropping:
   nnU-Net first crops to the bounding box of non-zero voxels, which a CT loses only where whole
   border slabs are exactly 0 HU.
 
@@ -248,6 +253,19 @@ def nnunet_checkpoint(ckpt: dict, config: RunConfig, plans: dict, dataset: dict)
         "trainer_name": "nnUNetTrainer",
         "inference_allowed_mirroring_axes": None,
     }
+
+
+def padding_caveat(config: RunConfig) -> str:
+    """One line on the CTs nnU-Net pads differently from ctseg (smaller than one patch)."""
+    extent = " x ".join(
+        f"{p * s:g}" for p, s in zip(config.data.patch_size, config.data.spacing_mm, strict=True)
+    )
+    return (
+        f"nnU-Net pads a CT smaller than one patch ({extent} mm, x y z) with mid-window "
+        "intensity where ctseg pads with air, as this run was trained: nnU-Net labels such CTs "
+        "worse (a phantom run: 9 % of the voxels differed, mean Dice 0.89 -> 0.63); predict "
+        "them with ctseg (--model works on this folder too)"
+    )
 
 
 def _check_out_dir(out_dir: Path) -> None:

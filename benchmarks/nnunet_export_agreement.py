@@ -1,0 +1,117 @@
+"""A trained ctseg 3D run, exported: do nnU-Net's predictor and ctseg label the same voxels?
+
+``tests/test_nnunet_export.py`` measures the share of voxels that differ between ctseg's own
+prediction and ``nnUNetPredictor`` on the exported folder for an UNTRAINED network (4.77 %: its
+logits are close everywhere, so every source of rounding flips an argmax; the sources are listed
+in ``ctseg_core/nnunet/export.py``). This script measures it where it matters, for a trained run:
+it exports ``--run`` (a ctseg 3D run folder with best.pth), predicts the validation subjects of
+``--data`` with both (CPU, float32, no mirroring: the export allows none), and prints per subject
+the share of voxels whose labels differ, the mean Dice of each against the reference (structures
+present in the reference) and the mean Dice between the two predictions.
+
+    python benchmarks/nnunet_export_agreement.py --run RUN_DIR [--data ROOT] [--split val]
+        [--threads 2]
+
+Without ``--data``: the 12-subject phantom of ``phantom_quality.py`` (seed 0), the dataset
+``phantom_quality.py --preset phantom_3d --keep DIR`` trains on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def mean_dice(a: np.ndarray, b: np.ndarray, values) -> float:
+    """Mean over ``values`` of the Dice of ``a == v`` and ``b == v`` (1 when both are empty)."""
+    scores = []
+    for v in values:
+        x, y = a == v, b == v
+        total = int(x.sum()) + int(y.sum())
+        scores.append(1.0 if total == 0 else 2.0 * int((x & y).sum()) / total)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def main() -> None:
+    import torch
+
+    from ctseg_core.data.dataset_root import find_ct, open_dataset
+    from ctseg_core.data.subject import load_subject
+    from ctseg_core.inference.predictor import Predictor
+    from ctseg_core.nnunet.export import export_nnunet
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a ctseg 3D run folder")
+    parser.add_argument("--data", type=Path, default=None, help="dataset root (default: phantom)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = args.data
+        if root is None:
+            from ctseg_core.data.phantom.dataset import make_phantom_dataset
+
+            root = tmp / "phantom"
+            make_phantom_dataset(root, n_subjects=12, seed=0)
+        model_dir = export_nnunet(args.run, tmp / "model")
+        theirs_predictor = nnUNetPredictor(
+            device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False,
+            use_mirroring=False,
+        )  # fmt: skip
+        theirs_predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+        ours_predictor = Predictor([args.run / "best.pth"], device="cpu")
+        ours_predictor.strategy.amp = None  # float32, as nnU-Net on a CPU
+        print(f"run {args.run}; data {root}; split {args.split}; {args.threads} threads")
+        rows = []
+        (tmp / "out").mkdir()
+        index = open_dataset(root)
+        for subject in index.subjects_in(args.split):
+            data = load_subject(index.subject_dir(subject))
+            case = tmp / "in" / f"{subject}_0000.nii.gz"
+            case.parent.mkdir(exist_ok=True)
+            shutil.copy(find_ct(index.subject_dir(subject)), case)
+            t0 = time.perf_counter()
+            theirs_predictor.predict_from_files_sequential(
+                [[str(case)]], str(tmp / "out"), overwrite=True
+            )
+            t_theirs = time.perf_counter() - t0
+            written = next((tmp / "out").glob(f"{subject}.nii*"))
+            theirs = np.asarray(nib.as_closest_canonical(nib.load(written)).dataobj)
+            t0 = time.perf_counter()
+            ours = ours_predictor.predict(data.ct)
+            t_ours = time.perf_counter() - t0
+            present = [int(v) for v in np.unique(data.labels) if v > 0]
+            row = (
+                subject, float((ours != theirs).mean()), mean_dice(ours, data.labels, present),
+                mean_dice(theirs, data.labels, present), mean_dice(ours, theirs, present),
+                t_ours, t_theirs,
+            )  # fmt: skip
+            rows.append(row)
+            print(
+                f"{subject}: labels differ {row[1]:.3%}; Dice vs reference ctseg {row[2]:.4f}, "
+                f"nnU-Net {row[3]:.4f}; Dice ctseg vs nnU-Net {row[4]:.4f}; "
+                f"{t_ours:.1f} s vs {t_theirs:.1f} s"
+            )
+        share = np.mean([r[1] for r in rows])
+        print(
+            f"mean over {len(rows)} subjects: labels differ {share:.3%}; Dice vs reference "
+            f"ctseg {np.mean([r[2] for r in rows]):.4f}, nnU-Net {np.mean([r[3] for r in rows]):.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
