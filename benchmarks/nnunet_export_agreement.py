@@ -18,7 +18,7 @@ Without ``--data``: the 12-subject phantom of ``phantom_quality.py`` (seed 0), t
 Measured (2026-12-05, Xeon with AMX, 2 threads; the run: ``phantom_3d`` trained for its 10
 minutes, 14 epochs, best mean validation Dice 0.735; all 12 phantom subjects): on the 8 CTs of
 at least one patch at 3 mm (64 x 64 x 48) 0.32-0.93 % of the voxels differ (mean Dice against
-the reference ctseg 0.7995, nnU-Net 0.8067: the same quality); on the 4 CTs of 41-42 slices at
+the reference ctseg 0.777, nnU-Net 0.782: the same quality); on the 4 CTs of 41-42 slices at
 3 mm (fewer than the patch's 48) 7.3-9.6 % differ and nnU-Net's Dice falls (0.89 -> 0.63, 0.84
 -> 0.51, 0.71 -> 0.52, 0.86 -> 0.70): nnU-Net pads them with 0 after normalising (mid-window
 soft tissue), ctseg with air, as the run was trained (``export.padding_caveat``). Tried and not
