@@ -48,6 +48,12 @@ subjects), the prostate.
 13.5 s above): phantom_demo 28 epochs, best 0.801; phantom_3d 8 epochs of ~65 s (160 steps of
 batch 2 at 96 x 96 x 64), best 0.029 (goal: 3D >= 0.85 and >= 2D: not met; the 3D preset is
 untuned, its loss 1.54 -> 1.20 was still falling when the budget ended).
+Again with the retuned ``phantom_3d`` (64 x 64 x 48 patches, half structure-centred, light
+deformations; 2026-12-05, Xeon with AMX, 2 quiet cores, the two presets one after the other):
+phantom_demo 28 epochs of 20.4 s, best 0.799; phantom_3d 14 epochs of 40 s (50 steps of 0.76 s
+and 3.5 s of sliding-window validation each), best 0.735 (loss 1.85 -> 0.37; weakest: prostate
+0.09, iliac_artery_right 0.20, vertebrae_L2 0.33). Goal (3D >= 0.85 and >= 2D): not met; the
+3D model sees ~700 patches of 64 x 64 x 48 in the budget where the 2D one sees ~7700 slices.
 """
 
 from __future__ import annotations

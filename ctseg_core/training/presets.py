@@ -23,8 +23,9 @@
   AMX, 2 cores shared with other work, so by steps, not minutes): the first preset (96 x 96 x
   64, a third structure-centred, default deformations) reached 0.029 in 160 steps; at 64 x 64
   x 48 (a step 0.47 s instead of 2.17 s in bf16) 400 steps gave 0.484, and 800 steps with half
-  the patches structure-centred and light deformations 0.757 (loss still falling). A quiet
-  10-minute run of this preset (~1000 steps) against the 2D demo is still to be measured.
+  the patches structure-centred and light deformations 0.757 (loss still falling). Quiet, its
+  10 minutes (14 epochs, 700 steps of 0.76 s): 0.735, the 2D demo's 0.799 in the same run
+  (``benchmarks/phantom_quality.py``).
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
