@@ -53,7 +53,7 @@ deformations; 2026-12-05, Xeon with AMX, 2 quiet cores, the two presets one afte
 phantom_demo 28 epochs of 20.4 s, best 0.799; phantom_3d 14 epochs of 40 s (50 steps of 0.76 s
 and 3.5 s of sliding-window validation each), best 0.735 (loss 1.85 -> 0.37; weakest: prostate
 0.09, iliac_artery_right 0.20, vertebrae_L2 0.33). Goal (3D >= 0.85 and >= 2D): not met; the
-3D model sees ~700 patches of 64 x 64 x 48 in the budget where the 2D one sees ~7700 slices.
+3D model takes 700 steps of two 64 x 64 x 48 patches in the budget.
 """
 
 from __future__ import annotations
