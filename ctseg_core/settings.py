@@ -118,9 +118,15 @@ def model_roots() -> list[Path]:
     parts = [p.strip() for p in _env("CTSEG_MODELS").split(os.pathsep) if p.strip()]
     if parts:
         return [Path(p).expanduser() for p in parts]
-    home = Path(_env("TOTALSEG_HOME_DIR") or "~/.totalsegmentator").expanduser()
-    default = home / "nnunet" / "results"
+    default = totalseg_results()
     return [default] if default.is_dir() else []
+
+
+def totalseg_results() -> Path:
+    """TotalSegmentator's results folder: ``$TOTALSEG_HOME_DIR/nnunet/results``, by default
+    ``~/.totalsegmentator/nnunet/results`` (it may not exist)."""
+    home = Path(_env("TOTALSEG_HOME_DIR") or "~/.totalsegmentator").expanduser()
+    return home / "nnunet" / "results"
 
 
 def max_voxels() -> int:

@@ -89,3 +89,46 @@ def test_every_reader_on_a_non_ras_file_equals_nnunet_predictor(
     present = np.bincount(reference.ravel(), minlength=5)
     assert (present > 0.01 * reference.size).sum() >= 2, present
     assert float((ours != reference).mean()) <= MAX_TIE_SHARE
+
+
+def test_a_totalsegmentator_model_gets_the_ct_in_ras_as_totalsegmentator_gives_it(
+    tmp_path, small_ct
+):
+    """TotalSegmentator reorients every CT with ``as_closest_canonical`` before its nnU-Net models
+    see it. ctseg does the same for a model folder of TotalSegmentator's (here by its dataset
+    name; SimpleITKIO plans, as its models have): the labels of an LPS file are nnU-Net's labels
+    of the file reoriented to RAS+, and differ widely from those of the LPS voxel order."""
+    ct_path = _reoriented_copy(small_ct, tmp_path / "ct.nii.gz", ("L", "P", "S"))
+    canonical = nib.as_closest_canonical(nib.load(ct_path))
+    nib.save(canonical, tmp_path / "canonical.nii.gz")
+    root = tmp_path / "Dataset297_TotalSegmentator_total_3mm_1559subj"
+    # no mirroring, as TotalSegmentator's NoMirroring trainers (mirroring would average the
+    # flips the test must tell apart)
+    folder = write_model_folder(root, "3d_fullres", [4.5, 5.0, 4.0], [16, 32, 32], [0, 1, 2],
+                                mirror_axes=None)  # fmt: skip
+    written = nnunet_reference_file(
+        folder, tmp_path / "canonical.nii.gz", 1, tmp_path / "ts.nii.gz"
+    )
+    reference = np.asarray(nib.load(written).dataobj)  # RAS+, as the file it labels
+    ct = load_ct(ct_path)
+    ours = NnunetPredictor(folder, device="cpu").predict(ct, own_values=True)
+    assert ours.shape == reference.shape
+    assert (np.bincount(reference.ravel()) > 0.01 * reference.size).sum() >= 2
+    assert float((ours != reference).mean()) <= MAX_TIE_SHARE
+    as_file = NnunetPredictor(folder, device="cpu", orientation="file").predict(ct, own_values=True)
+    assert float((as_file != reference).mean()) > 0.05  # the file's voxel order: mirrored anatomy
+
+
+def test_totalsegmentator_folders_are_recognised(tmp_path, monkeypatch):
+    from ctseg_core.nnunet.labels import is_totalsegmentator
+
+    monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "ts_home"))
+    trainer = "nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres"
+    assert is_totalsegmentator(
+        tmp_path / "Dataset291_TotalSegmentator_part1_organs_1559subj" / trainer
+    )
+    assert is_totalsegmentator(tmp_path / "Dataset298_x" / trainer)  # a total id
+    assert is_totalsegmentator(
+        tmp_path / "ts_home" / "nnunet" / "results" / "Dataset258_lung" / trainer
+    )
+    assert not is_totalsegmentator(tmp_path / "Dataset123_Mine" / trainer)

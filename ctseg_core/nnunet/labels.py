@@ -15,12 +15,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .. import settings
 from ..errors import ConfigError
 from ..labels import LABEL_OF, PARTS
 
 #: TotalSegmentator's dataset id of each part of the ``total`` task -> ctseg's group
 TOTALSEG_PARTS = {291: "organs", 292: "vertebrae", 293: "cardiac", 294: "muscles", 295: "ribs"}
 _DATASET_ID = re.compile(r"^Dataset(\d{3})_")
+#: TotalSegmentator's dataset ids of ``total`` (the parts, the 3 mm and 6 mm ``--fast`` models)
+TOTALSEG_TOTAL_IDS = (*TOTALSEG_PARTS, 297, 298)
 
 
 def dataset_id(folder: Path) -> int | None:
@@ -76,3 +79,19 @@ def totalseg_part_folders(root: Path) -> list[Path] | None:
             )
         folders.append(models[0])
     return folders
+
+
+def is_totalsegmentator(folder: Path) -> bool:
+    """Whether a model folder is one of TotalSegmentator's: under its results folder
+    (``settings.totalseg_results``), a ``total`` dataset id, or a dataset folder named for it.
+
+    TotalSegmentator reorients every CT to RAS+ (``as_closest_canonical``) before nnU-Net sees
+    it, so its models learned, and must be given, RAS+ arrays whatever a file's orientation;
+    nnU-Net's own predictor would hand them the file's voxel order (mirrored anatomy for an LPS
+    file: left and right labels swapped)."""
+    folder = Path(folder).expanduser().absolute()
+    if dataset_id(folder) in TOTALSEG_TOTAL_IDS:
+        return True
+    if any("totalsegmentator" in part.lower() for part in (folder.name, folder.parent.name)):
+        return True
+    return folder.is_relative_to(settings.totalseg_results().absolute())

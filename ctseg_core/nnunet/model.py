@@ -7,6 +7,8 @@ the model's TotalSegmentator v2 structures; with ``own_values=True`` in the mode
 name, so the result is nnU-Net's for the same file: every reader hands over voxel axes reversed,
 SimpleITKIO and NibabelIO the file's, (k, j, i), NibabelIOWithReorient those of the file
 reoriented to RAS+, (z, y, x).
+TotalSegmentator's models (``labels.is_totalsegmentator``) are given the CT in RAS+, as
+TotalSegmentator gives it to them (``orientation`` "auto"; "canonical" / "file" force either).
 For TotalSegmentator's parts, each part predicts on its own and they are combined in part order,
 a later part's structure replacing an earlier one's on a voxel both claim.
 """
@@ -23,8 +25,11 @@ from ..device import resolve_device
 from ..errors import ConfigError
 from ..labels import LABEL_OF
 from .folder import read_model_folder
-from .labels import totalseg_part_folders, value_names
+from .labels import is_totalsegmentator, totalseg_part_folders, value_names
 from .predict import LoadedModel, predict_array
+
+#: how a model is given the CT's axes: as its plans' reader hands them over, or always RAS+
+ORIENTATIONS = ("auto", "file", "canonical")
 
 
 def _to_reader(ct: Volume, reader: str) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -57,22 +62,30 @@ class NnunetPredictor:
 
     ``path``: a model folder, or a results folder holding TotalSegmentator's Dataset291..295;
     ``folds`` / ``checkpoint``: as :func:`folder.read_model_folder`; ``tta``: mirroring on the
-    axes the model allows (nnU-Net's default is on)."""
+    axes the model allows (nnU-Net's default is on); ``orientation``: one of ORIENTATIONS (module
+    doc)."""
 
     def __init__(self, path: str | Path, device: str = "auto", tta: bool = True,
                  folds: Sequence[int | str] | None = None,
-                 checkpoint: str | None = None) -> None:  # fmt: skip
+                 checkpoint: str | None = None, orientation: str = "auto") -> None:  # fmt: skip
+        if orientation not in ORIENTATIONS:
+            raise ConfigError(f"orientation {orientation!r} is not one of {ORIENTATIONS}")
         self.path = Path(path).expanduser()
         self.device = resolve_device(device)
         self.tta = bool(tta)
         parts = totalseg_part_folders(self.path) if self.path.is_dir() else None
         folders = parts or [self.path]
         self.models = []
+        self._readers = []  # the axis order each model is given the CT in
         for folder in folders:
             read = read_model_folder(folder, list(folds) if folds else None, checkpoint)
             self.models.append(
                 (LoadedModel.load(read, self.device), value_names(read.labels, folder))
             )
+            canonical = orientation == "canonical" or (
+                orientation == "auto" and is_totalsegmentator(folder)
+            )
+            self._readers.append("NibabelIOWithReorient" if canonical else read.config.reader)
         self.value_names: dict[int, str] = {}
         self._luts = []
         offset = 0
@@ -107,10 +120,12 @@ class NnunetPredictor:
         if not isinstance(ct, Volume):
             raise ConfigError("an nnU-Net model needs the CT's grid: pass a Volume (load_ct)")
         out = np.zeros(ct.array.shape, dtype=np.uint16 if own_values else np.uint8)
-        for (model, _), (lut, own) in zip(self.models, self._luts, strict=True):
-            image, spacing = _to_reader(ct, model.folder.config.reader)
+        for (model, _), (lut, own), reader in zip(
+            self.models, self._luts, self._readers, strict=True
+        ):
+            image, spacing = _to_reader(ct, reader)
             labels = predict_array(model, image, spacing, self.tta, progress)
-            labels = _from_reader(labels, ct, model.folder.config.reader)
+            labels = _from_reader(labels, ct, reader)
             mapped = (own if own_values else lut)[labels]
             out[labels > 0] = mapped[labels > 0]
         return out if own_values and out.max() > 255 else out.astype(np.uint8)
