@@ -4,9 +4,10 @@ Trains the ``phantom_demo`` preset on the phantom demo dataset through the CLI (
 2 CPU cores; best mean validation Dice 0.80-0.83), then drives the dashboard in headless Chromium
 (Debian's /usr/bin/chromium, as the browser tests do) and saves one screenshot per page: Home,
 Train (the finished run's curves), Evaluate (the test split), Explore (a test subject, reference
-beside prediction, and its 3D view) and Predict (a test subject's CT uploaded as a new scan).
+beside prediction, its 3D view and the linked-planes viewer) and Predict (a test subject's CT uploaded as a new scan).
 
     python docs/make_screenshots.py [--work DIR] [--out docs/screenshots] [--epochs N]
+        [--minutes M]
 
 The work folder keeps the phantom, the cache and the run: a second call reuses the finished run
 and only takes the screenshots again (an unfinished one is resumed).
@@ -38,7 +39,7 @@ RUN = "phantom-demo"
 TEST_SUBJECT = "s0003"  # in the phantom's test split (meta.csv), an abdomen
 
 
-def train(dirs: dict[str, Path], epochs: int | None) -> None:
+def train(dirs: dict[str, Path], epochs: int | None, minutes: float | None) -> None:
     """Train (or resume, or keep) checkpoints/phantom-demo with the phantom_demo preset."""
     run_dir = dirs["checkpoints"] / RUN
     status = run_dir / "status.json"
@@ -55,7 +56,20 @@ def train(dirs: dict[str, Path], epochs: int | None) -> None:
         ]  # fmt: skip
         if epochs:
             cmd += ["--epochs", str(epochs)]
+        if minutes:
+            cmd += ["--minutes", str(minutes)]
     subprocess.run(cmd, check=True)
+
+
+def viewer_ready(page) -> None:
+    """Wait until the linked-planes viewer's iframe has loaded its volumes."""
+    for _ in range(600):  # the iframe appears, then navigates to the component's page
+        frame = next((f for f in page.frames if "ctseg_niivue" in f.url), None)
+        if frame is not None:
+            frame.wait_for_function("window.ctsegReady === true", timeout=300_000)
+            return
+        page.wait_for_timeout(100)
+    raise RuntimeError("the linked-planes viewer did not appear")
 
 
 def take_screenshots(url: str, out: Path, data: Path) -> None:
@@ -103,6 +117,12 @@ def take_screenshots(url: str, out: Path, data: Path) -> None:
         wait_idle(page)
         page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
         screenshot(page, out / "explore_3d.png", top=False)
+        page.get_by_text("3D view", exact=True).click()  # off again: the viewer alone below
+        wait_idle(page)
+        page.get_by_text("linked planes", exact=True).click()
+        viewer_ready(page)
+        wait_idle(page)
+        screenshot(page, out / "explore_planes.png")
 
         go_to(page, "Predict")
         page.get_by_role("combobox", name="Checkpoint", exact=True).click()
@@ -128,6 +148,11 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, help="at most this many epochs (faster than the preset's 10 minutes)"
     )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        help="the time budget (default the preset's 10; more on a busy CPU)",
+    )
     args = parser.parse_args()
 
     from ctseg_core.data.phantom.dataset import make_phantom_dataset
@@ -138,7 +163,7 @@ def main() -> None:
         make_phantom_dataset(dirs["data"])  # the dashboard's demo dataset: 12 subjects, seed 0
     prepare_dataset(dirs["data"], dirs["cache"])
     dirs["checkpoints"].mkdir(parents=True, exist_ok=True)
-    train(dirs, args.epochs)
+    train(dirs, args.epochs, args.minutes)
     with streamlit_server(dirs, args.work / "server.log") as url:
         take_screenshots(url, args.out, dirs["data"])
     print(f"screenshots in {args.out}")

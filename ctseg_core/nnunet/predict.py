@@ -8,10 +8,10 @@ zeros (the normalised value) to at least one patch, centred; each window's logit
 over the allowed mirrorings (all combinations of the model's ``inference_allowed_mirroring_axes``),
 weighted by a Gaussian (sigma patch / 8, centre at patch // 2, peak 10) and summed with the
 weights in float16, as nnU-Net accumulates them, so its roundings and hence its ties are the
-same; folds' logits averaged; the logits resampled back to the cropped grid (order from the
-plans' function, stored as float16; one channel at a time, keeping a running argmax) and their argmax put
-into the uncropped, untransposed volume. A 2d
-configuration slides over each slice of the first (transposed) axis.
+same; folds' logits averaged; the logits resampled back to the cropped grid (with the plans'
+function, from float16; one channel at a time, keeping a running argmax) and their argmax put
+into the uncropped, untransposed volume. A 2d configuration slides over each slice of the first
+(transposed) axis.
 """
 
 from __future__ import annotations
