@@ -52,6 +52,10 @@ SPACING_MODEL = (3.0, 3.0, 3.0)
 PATCH = (112, 112, 128)
 WIDTHS = [32, 64, 128, 256, 320, 320]
 STRIDES = [1, 2, 2, 2, 2, [1, 1, 2]]
+SUBJECT_LABELS = (
+    Path(__file__).resolve().parents[1]
+    / "tests/data/extra/s0000_totalsegmentator_multilabel.nii.gz"
+)
 
 
 def synthetic_ct(shape):
@@ -177,6 +181,61 @@ def run_monai(ckpt, shape, threads, batch, overlap, crop, queue) -> None:
                "labels_crop": labels_crop})  # fmt: skip
 
 
+def subject_scores(grid, channels: int = 118):
+    """(Z, X, Y, A) softmax scores on the model grid shaped like a real subject's labels (the
+    realistic case): s0000's TotalSegmentator labels (tests/data) stretched to ``grid``, each
+    structure's logit 12 x its Gaussian-smoothed mask, plus smooth noise in every channel."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from scipy.ndimage import gaussian_filter
+
+    path = SUBJECT_LABELS
+    labels = torch.from_numpy(np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj))
+    labels = F.interpolate(labels[None, None].float(), size=grid, mode="nearest")[0, 0]
+    labels = labels.to(torch.int64).numpy()
+    rng = np.random.default_rng(0)
+    out = torch.empty((grid[2], grid[0], grid[1], channels))
+    coarse = tuple(max(2, g // 4) for g in grid)
+    for k in range(channels):
+        noise = torch.from_numpy(rng.standard_normal(coarse).astype(np.float32))[None, None]
+        logit = F.interpolate(noise, size=grid, mode="trilinear")[0, 0].numpy()
+        if (labels == k).any():
+            logit = logit + 12 * gaussian_filter((labels == k).astype(np.float32), 1.0)
+        out[..., k] = torch.from_numpy(logit).permute(2, 0, 1)
+    return torch.softmax(out, dim=3)
+
+
+def run_back_realistic(shape, threads, crop, queue) -> None:
+    """The way back alone on subject-shaped scores: ctseg's, and the straightforward one (all
+    channels interpolated, then argmax) on ``crop`` CT slices."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    from ctseg_core.data.resample import grid_shape, linear_weights
+    from ctseg_core.inference.to_grid import labels_on_grid
+
+    grid = grid_shape(shape, SPACING_CT, SPACING_MODEL)
+    scores = subject_scores(grid)
+    active = torch.arange(scores.shape[3])
+    start = time.perf_counter()
+    labels = labels_on_grid(scores, shape, active)
+    ours = time.perf_counter() - start
+    # the straightforward way on the first `crop` CT slices: every channel to the CT's size
+    start = time.perf_counter()
+    lower, upper, weight = linear_weights(grid[2], shape[2])
+    part = scores[lower[:crop]].lerp(scores[upper[:crop]], weight[:crop, None, None, None])
+    part = F.interpolate(
+        part.permute(0, 3, 1, 2), size=shape[:2], mode="bilinear", align_corners=False
+    )  # fmt: skip  (crop, A, X, Y)
+    peer = part.argmax(dim=1).permute(1, 2, 0).to(torch.uint8).numpy()
+    peer_crop = time.perf_counter() - start
+    queue.put({"back_s": ours, "peer_crop_s": peer_crop,
+               "agree": float((peer == labels[:, :, :crop]).mean())})  # fmt: skip
+
+
 def main() -> None:
     import numpy as np
 
@@ -203,6 +262,7 @@ def main() -> None:
         common = (ckpt, shape, args.threads, args.batch, args.overlap, crop)
         ours = measure(run_ctseg, *common)
         peer = measure(run_monai, *common)
+    real = measure(run_back_realistic, shape, args.threads, crop)
 
     dims = " x ".join(map(str, shape))
     print(f"CT {dims} at {SPACING_CT} mm -> model grid {' x '.join(map(str, grid))} at "
@@ -233,8 +293,15 @@ def main() -> None:
     print(f"ratio MONAI / ctseg: windows {peer['windows_s'] / ours['windows_s']:.2f}x, "
           f"whole CT time ~{peer_s / ours['seconds']:.1f}x (extrapolated), "
           f"peak memory ~{peer_mb / ours['peak_mb']:.1f}x (extrapolated)")  # fmt: skip
+    real_peer = real["peer_crop_s"] * args.slices / crop
+    realistic = ours["windows_s"] + real["back_s"]
+    print(f"realistic case (scores shaped like s0000's labels, not the untrained network's): "
+          f"way back {real['back_s']:.1f} s, the straightforward way ~{real_peer:.1f} s "
+          f"(EXTRAPOLATED from {crop} slices; labels equal on {100 * real['agree']:.3f} % of them): "
+          f"{real_peer / real['back_s']:.1f}x; ctseg windows + this way back ~{realistic:.1f} s")  # fmt: skip
     for what, ok, value in (
-        ("under 20 s", ours["seconds"] < 20, f"{ours['seconds']:.1f} s"),
+        ("under 20 s (untrained, worst case)", ours["seconds"] < 20, f"{ours['seconds']:.1f} s"),
+        ("under 20 s (realistic way back)", realistic < 20, f"~{realistic:.1f} s"),
         ("under 3 GB peak", ours["peak_mb"] < 3 * 1024, f"{ours['peak_mb'] / 1024:.2f} GB"),
     ):
         print(f"goal {what}: {'met' if ok else 'NOT met'} ({value})")
