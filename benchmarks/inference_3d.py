@@ -13,6 +13,10 @@ then all 118 channels interpolated trilinearly to the CT's size and argmax. That
 118 x 512 x 512 x 300 floats (37 GB): it is run on ``--crop`` CT slices and its time and memory
 are extrapolated linearly to the whole CT, marked as such.
 
+Realistic case, also printed: the way back alone on scores shaped like a real subject's labels
+(``subject_scores``: tests/data's s0000 stretched to the model grid), against the same
+straightforward way back on ``--crop`` slices, extrapolated.
+
 Model: plain_unet3d (nnU-Net's PlainConvUNet) with the widths of an nnU-Net 3d_fullres plan like
 TotalSegmentator's ``--fast`` model (32, 64, 128, 256, 320, 320; strides 1, 2, 2, 2, 2, (1, 1, 2);
 patch 112 x 112 x 128 at 3 mm; the real plan's patch and strides are not checked here), 118
@@ -25,13 +29,21 @@ HU, 512 x 512 x 300 at 0.8 x 0.8 x 1.5 mm. Each measurement runs in a fresh proc
 
 Goal (issue 17): under 20 s and under 3 GB peak on 2 CPU cores.
 
-Measured (2 threads, Xeon with AMX, bf16, otherwise idle): ctseg 66.6 s (windows 29.6 s, way back
-37.1 s: the untrained worst case, every channel over every slice), 2.83 GB peak (estimate_bytes
-2.93 GB); MONAI 53.7 s for the windows (its network in the default memory layout: ctseg runs it
-channels last, 3.0 instead of 4.6 s a window) and ~126 s, ~40 GB with the straightforward way
-back (extrapolated from 24 slices). The way back on scores shaped like a real subject's labels
-(the tests' ``_subject_scores``): 1.06 s for 10.4 M output voxels, ~8 s for this CT. Under 20 s
-is not met: this network's 8 windows alone take 24 s on 2 cores.
+Measured (2 threads; lscpu: Intel Xeon, 2 vCPUs under KVM, AVX-512 BF16 and AMX; other
+sessions shared the machine, so only numbers of one run compare). One window alone, the same
+process, quiet: 1.15 s with the instance norms kept channels last (``keep_channels_last``),
+2.1 s with PyTorch's (they copied the layout each layer), 3.5 s in the default layout; its
+convolutions are 744 GFLOP, so 650 GFLOP/s, 31-46 % of a 4096^3 bf16 GEMM in the same run
+(1.4-2.1 TFLOP/s). This script, quietest run: ctseg 47.9 s = windows 21.9 s (8 forwards ~9 s;
+resample-in 1.2 s; the rest is ours: each window's 118-channel softmax, weighting and sums, and
+layout copies) + way back 26.0 s (the untrained worst case: every channel over every slice;
+a per-cell bound, channels whose largest corner reaches the best smallest corner, still keeps
+72 of 118 on average there, so it cannot help); 2.59 GB peak (estimate_bytes 2.93 GB). MONAI:
+windows 40.1 s (1.83x ours), ~90.6 s and ~40 GB whole (way back extrapolated). Realistic case:
+way back 6.7 s against ~62.6 s for the straightforward way (9.4x, extrapolated), labels equal;
+windows + that way back ~28.5 s. Under 20 s is NOT met, in either case: the network's own
+8 forwards take ~9 s here, so the remaining gap is the per-window softmax and sums (~11 s) and
+the way back; under 3 GB is met.
 """
 
 from __future__ import annotations
