@@ -158,3 +158,31 @@ def test_configs_written_before_3d_models_load_unchanged():
     assert cfg.to_dict()["model"]["features"] == [32, 64, 128, 256]
     back = RunConfig.from_dict(config_3d().to_dict())
     assert back.data.patch_size == (32, 32, 16) and back.data.spacing_mm == (3.0, 3.0, 3.0)
+
+
+@pytest.mark.parametrize("name", ["plain_unet3d", "resenc_unet3d"])
+def test_channels_last_instance_norm_keeps_the_layout_outputs_and_state_dict(name):
+    """The norms swapped by keep_channels_last: same keys, same logits (float32), channels last."""
+    from ctseg_core.models.nnunet import ChannelsLastInstanceNorm3d, keep_channels_last
+
+    torch.manual_seed(0)
+    cfg = config_3d(name)
+    check_run_config(cfg)
+    model = build_model(cfg.model).eval().to(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 1, 32, 32, 16).contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        expected, keys = model(x), list(model.state_dict())
+        keep_channels_last(model)
+        got = model(x)
+        norms = [m for m in model.modules() if isinstance(m, nn.InstanceNorm3d)]
+        assert norms and all(type(m) is ChannelsLastInstanceNorm3d for m in norms)
+        assert list(model.state_dict()) == keys
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        # a layer keeps channels last, as PyTorch's own InstanceNorm3d does not
+        y = norms[0](
+            torch.randn(2, norms[0].num_features, 8, 8, 4).to(memory_format=torch.channels_last_3d)
+        )
+        assert y.is_contiguous(memory_format=torch.channels_last_3d)
+        z = torch.randn(2, norms[0].num_features, 8, 8, 4)  # default layout: the parent's path
+        torch.testing.assert_close(norms[0](z), nn.functional.instance_norm(
+            z, weight=norms[0].weight, bias=norms[0].bias, eps=1e-5))  # fmt: skip
