@@ -1,4 +1,5 @@
-"""The 117 TotalSegmentator v2 structures: values, anatomical groups, parts, colours, left/right pairs.
+"""The 117 TotalSegmentator v2 structures: values, anatomical groups, parts, colours, left/right pairs,
+and merges (several structures learned as one, ``MERGES``).
 
 Label value k (1..117) is the channel k - 1 of a one-output-per-structure model and the voxel value
 k of a multilabel volume; 0 is background. The order is TotalSegmentator's ("total" task, v2).
@@ -280,6 +281,8 @@ def merge_structures(structures, merges) -> list[str]:
     for merge in merges:
         if merge not in MERGES:
             raise ConfigError(f"unknown merge {merge!r}; known: {', '.join(MERGES)}")
+        if merge in out:
+            continue
         group = set(MERGES[merge])
         places = [i for i, n in enumerate(out) if n in group]
         out = [n for n in out if n not in group]

@@ -47,6 +47,7 @@ def test_a_merge_maps_its_members_to_one_class_and_one_value():
     assert merge_structures(["liver", "rib_left_3", "spleen", "rib_right_1"], ["ribs"]) == [
         "liver", "ribs", "spleen",
     ]  # fmt: skip
+    assert merge_structures(["liver", "lungs"], ["lungs"]) == ["liver", "lungs"]
     annotated = np.ones((2, NUM_LABELS), dtype=bool)
     annotated[1, LABEL_OF["lung_middle_lobe_right"]] = False
     merged = merged_annotated(annotated, ["lungs"])
