@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .labels import LABEL_OF, STRUCTURES
+from .labels import MERGES, STRUCTURES, is_structure
 
 OUTPUTS = ("softmax", "sigmoid")
 
@@ -53,6 +53,8 @@ class DataConfig:
     target_size: tuple[int, int] = (128, 128)
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
     context_slices: int = 1
+    # TotalSegmentator v2 names, or merge names (labels.MERGES: "ribs" is one output trained
+    # on the union of the 24 ribs, written with rib_left_1's value) in place of their members
     structures: list[str] = field(default_factory=lambda: list(STRUCTURES))
     batch_size: int = 8
     foreground_fraction: float = 0.5
@@ -312,9 +314,15 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"gamma range {tuple(d.gamma_range)} must be (low, high), 0 < low <= high")
     if not d.structures:
         problems.append("structures is empty; list at least one structure to segment")
-    unknown = [s for s in d.structures if s not in LABEL_OF]
+    unknown = [s for s in d.structures if not is_structure(s)]
     if unknown:
         problems.append(f"unknown structure(s) {', '.join(unknown[:5])} (see ctseg_core.labels)")
+    for merge in set(d.structures) & set(MERGES):
+        both = [s for s in MERGES[merge] if s in d.structures]
+        if both:
+            problems.append(
+                f"{merge} merges {', '.join(both[:3])}, also listed on its own; list one or the other"
+            )
     if len(set(d.structures)) != len(d.structures):
         problems.append("structures lists a name twice")
     if m.output not in OUTPUTS:

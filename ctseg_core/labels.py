@@ -1,4 +1,5 @@
-"""The 117 TotalSegmentator v2 structures: values, anatomical groups, parts, colours, left/right pairs.
+"""The 117 TotalSegmentator v2 structures: values, anatomical groups, parts, colours, left/right pairs,
+and merges (several structures learned as one, ``MERGES``).
 
 Label value k (1..117) is the channel k - 1 of a one-output-per-structure model and the voxel value
 k of a multilabel volume; 0 is background. The order is TotalSegmentator's ("total" task, v2).
@@ -11,6 +12,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from .errors import ConfigError
 
 STRUCTURES: tuple[str, ...] = (
     "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas",
@@ -124,15 +127,21 @@ GROUPS: dict[str, tuple[str, ...]] = {
 GROUP_OF: dict[str, str] = {name: g for g, names in GROUPS.items() for name in names}
 
 
-def lr_swap_lut() -> np.ndarray:
+def lr_swap_lut(structures=()) -> np.ndarray:
     """Lookup table (118,) uint8 mapping each label value to its mirror partner (itself if none).
 
     Apply it to a label slice after flipping the patient's left/right axis:
-    ``labels_mirrored = lut[np.flip(labels, axis=x_axis)]``.
+    ``labels_mirrored = lut[np.flip(labels, axis=x_axis)]``. The members of a merge among
+    ``structures`` (``MERGES``) map to themselves: a merge holds both sides, and its value (its
+    first member's, maybe a left one) stands for all of them.
     """
     lut = np.arange(NUM_LABELS, dtype=np.uint8)
     for left, right in LR_PAIRS:
         lut[LABEL_OF[left]], lut[LABEL_OF[right]] = LABEL_OF[right], LABEL_OF[left]
+    for name in structures:
+        if name in MERGES:
+            values = member_values(name)
+            lut[values] = values
     return lut
 
 
@@ -189,12 +198,96 @@ def colour_lut() -> np.ndarray:
 def class_lut(structures: list[str]) -> np.ndarray:
     """(118,) int64: label value -> class index (0 background, i for ``structures[i-1]``).
 
-    Label values of structures not listed map to 0 (background).
+    Label values of structures not listed map to 0 (background); every member of a merged
+    structure (``MERGES``) maps to its class.
     """
     lut = np.zeros(NUM_LABELS, dtype=np.int64)
     for i, name in enumerate(structures, start=1):
-        lut[LABEL_OF[name]] = i
+        lut[member_values(name)] = i
     return lut
+
+
+# Merged structures: several structures learned and scored as one (one output channel trained
+# on the union of their masks). A run lists a merge's name among its structures in place of
+# the members. Its label value is its first member's (ribs: 92, rib_left_1's), so label
+# volumes stay 0..117 uint8 and every table indexed by label value holds it; which name that
+# value stands for comes from the run's structures (label_map.json), not from the value alone.
+#: merge name -> its members, in label order
+MERGES: dict[str, tuple[str, ...]] = {
+    "ribs": tuple(n for n in STRUCTURES if n.startswith("rib_")),
+    "vertebrae": tuple(n for n in STRUCTURES if n.startswith("vertebrae_")),
+    "lungs": tuple(n for n in STRUCTURES if n.startswith("lung_")),
+}
+
+
+def is_structure(name: str) -> bool:
+    """A TotalSegmentator v2 structure or a merge name (``MERGES``)."""
+    return name in LABEL_OF or name in MERGES
+
+
+def members(name: str) -> tuple[str, ...]:
+    """The structures a name stands for: a merge's members, else the structure itself."""
+    return MERGES.get(name, (name,))
+
+
+def member_values(name: str) -> list[int]:
+    """The label values a structure or merge name covers in a reference label volume."""
+    return [LABEL_OF[n] for n in members(name)]
+
+
+def value_of(name: str) -> int:
+    """The label value a structure or merge name is written with (a merge: its first member's)."""
+    return LABEL_OF[members(name)[0]]
+
+
+def group_of(name: str) -> str:
+    """The anatomical group of a structure or merge name (a merge: its first member's)."""
+    return GROUP_OF[members(name)[0]]
+
+
+def names_of(structures) -> dict[int, str]:
+    """Label value -> name for output written by a run learning ``structures`` (a merge's value
+    named by the merge); the other values keep their structure names."""
+    return {**NAME_OF, **{value_of(n): n for n in structures}}
+
+
+def merge_lut(structures) -> np.ndarray:
+    """(118,) uint8: reference label value -> the value it is scored as for a run learning
+    ``structures``: a listed merge's members -> the merge's value, every other value itself."""
+    lut = np.arange(NUM_LABELS, dtype=np.uint8)
+    for name in structures:
+        lut[member_values(name)] = value_of(name)
+    return lut
+
+
+def merged_annotated(annotated: np.ndarray, structures) -> np.ndarray:
+    """(..., 118) bool: ``annotated`` with a listed merge's value annotated only where all its
+    members are (the union of the references is whole only then) and its other members' not
+    (they are scored as the merge)."""
+    out = np.array(annotated, dtype=bool, copy=True)
+    for name in structures:
+        if name in MERGES:
+            values = member_values(name)
+            whole = out[..., values].all(axis=-1)
+            out[..., values] = False
+            out[..., values[0]] = whole
+    return out
+
+
+def merge_structures(structures, merges) -> list[str]:
+    """``structures`` with each merge of ``merges`` (names in ``MERGES``) in place of its
+    members (at its first member's place; added at the end when none is listed)."""
+    out = list(structures)
+    for merge in merges:
+        if merge not in MERGES:
+            raise ConfigError(f"unknown merge {merge!r}; known: {', '.join(MERGES)}")
+        if merge in out:
+            continue
+        group = set(MERGES[merge])
+        places = [i for i, n in enumerate(out) if n in group]
+        out = [n for n in out if n not in group]
+        out.insert(places[0] if places else len(out), merge)
+    return out
 
 
 def label_map() -> dict[str, str]:

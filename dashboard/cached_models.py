@@ -29,6 +29,17 @@ def _model_listing() -> dict:
     return _models(roots, ":".join(settings.data_root_entries() or []))[0]
 
 
+def show_skipped_models() -> None:
+    """One warning line per folder under ``$CTSEG_MODELS`` left out of the model pickers (not
+    a valid model, unreadable, or outside the allowed data roots), with its reason; shown
+    under each picker that lists the models."""
+    from dashboard.state import plain
+
+    roots = tuple(str(r) for r in settings.model_roots())
+    for reason in _models(roots, ":".join(settings.data_root_entries() or []))[1].values():
+        st.warning(plain(f"Model left out: {reason}"), icon=":material/warning:")
+
+
 def all_models() -> dict[str, object]:
     """Picker option (``state.MODEL_PREFIX`` + path) -> ``nnunet.listing.ModelEntry`` of every
     nnU-Net model under ``$CTSEG_MODELS``, by label (a copied-in model appears within 30 s)."""

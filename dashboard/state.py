@@ -60,7 +60,7 @@ _VIEW_WIDGETS = ("plane", "structures", "groups", "preset", "level", "width", "s
 _TRAIN_WIDGETS = ("preset", "epochs", "minutes", "lr", "batch", "size", "width", "loss",
                   "scheduler", "augment", "only_present", "steps", "val", "checkpoint_every",
                   "lr_exact", "tensorboard",
-                  "run_name", "kind", "context", "model3d", "init_from", "init_fold",
+                  "run_name", "kind", "context", "model3d", "init_from", "init_fold", "merge",
                   *(f"{f}_{a}" for f in ("patch", "spacing") for a in "xyz"))  # fmt: skip
 _EVAL_WIDGETS = ("kind", "checkpoint", "folder", "split", "subjects", "report", "metric", "min_ml",
                  "compare_a", "compare_b", "compare_split", "compare_metric")  # fmt: skip

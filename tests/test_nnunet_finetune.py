@@ -140,3 +140,49 @@ def test_a_2d_model_folder_is_refused_with_one_line(tmp_path):
     folder = write_model_folder(tmp_path, "2d", [3.0, 3.0], [32, 32], [0, 1, 2])
     with pytest.raises(ConfigError, match="is a 2d configuration; ctseg fine-tunes 3D models"):
         finetune_changes(folder)
+
+
+LOBES = ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
+         "lung_middle_lobe_right", "lung_lower_lobe_right")  # fmt: skip
+
+
+def test_a_merge_starts_from_the_model_member_rows_trains_and_is_evaluated(
+    phantom_root, tmp_path, capsys
+):
+    """The model's five lobes (values 2..6) merged into "lungs": its output starts from their
+    mean weight and the log-sum-exp of their biases; the run trains and is scored as lungs."""
+    labels = {"background": 0, "liver": 1, **{name: i for i, name in enumerate(LOBES, 2)}}
+    folder = write_model_folder(
+        tmp_path / "model", "3d_fullres", [6.0, 6.0, 6.0], [16, 32, 24], [0, 1, 2], labels=labels
+    )
+    config = user_config({}, finetune_changes(folder) | {("data", "merge"): ["lungs"]}).validate()
+    assert config.data.structures == ["liver", "lungs"] and config.model.out_channels == 3
+    model = build_model(config.model, config.data)
+    record = init_from_model(model, config)
+    assert record["kept"] == {"background": 0, "liver": 1, "lungs": [2, 3, 4, 5, 6]}
+    assert record["fresh"] == []
+    source, _ = load_weights(read_model_folder(folder).checkpoints[0])
+    state = model.state_dict()
+    for head in ("decoder.seg_layers.0", "decoder.seg_layers.1"):
+        weight, bias = source[f"{head}.weight"], source[f"{head}.bias"]
+        assert torch.equal(state[f"{head}.weight"][1], weight[1])
+        assert torch.allclose(state[f"{head}.weight"][2], weight[2:7].mean(0), atol=1e-7)
+        lse = float(np.log(np.exp(bias[2:7].double().numpy()).sum()))
+        assert float(state[f"{head}.bias"][2]) == pytest.approx(lse, abs=1e-6)
+
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    argv = ["train", "--init-from", str(folder), "--merge", "lungs", "--data", str(phantom_root),
+            "--cache", str(cache), "--checkpoints", str(runs), "--run", "ftm", "--batch-size",
+            "2", "--epochs", "1", "--steps-per-epoch", "2", "--amp", "off", "--minutes", "0"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    run = runs / "ftm"
+    assert json.loads((run / INIT_RECORD).read_text())["kept"]["lungs"] == [2, 3, 4, 5, 6]
+    assert json.loads((run / "label_map.json").read_text())["2"] == "lungs"
+    assert load_checkpoint(run / "last.pth")["config"]["data"]["structures"] == ["liver", "lungs"]
+    argv = ["evaluate", "--data", str(phantom_root), "--split", "test", "--cache", str(cache),
+            "--checkpoint", str(run / "last.pth"), "--no-report"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    table = pd.read_csv(run / "evaluation_last" / "evaluation_results_test.csv")
+    assert set(table["structure"]) == {"liver", "lungs"}
+    lungs = table[table["structure"] == "lungs"].iloc[0]
+    assert lungs["ref_volume_ml"] > 0 and 0 <= lungs["dice"] <= 1

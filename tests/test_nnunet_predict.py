@@ -10,6 +10,8 @@ either way, and the share of such voxels allowed is ``MAX_TIE_SHARE``.
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -52,6 +54,25 @@ def test_3d_residual_anisotropic_labels_equal_nnunet_predictor(tmp_path, small_c
     folder = write_model_folder(tmp_path, "3d_fullres", [9.5, 3.5, 3.0], [8, 32, 32],
                                 [0, 1, 2], folds=2, residual=True, mirror_axes=(1, 2))  # fmt: skip
     assert _compare(folder, small_ct, 2) == 0.0
+
+
+def test_3d_lowres_inheriting_from_3d_fullres_labels_equal_nnunet_predictor(tmp_path, small_ct):
+    """A 3d_lowres configuration as nnU-Net plans it beside 3d_fullres: everything inherited
+    (``inherits_from``) but its own coarser spacing and patch, which both sides must take."""
+    folder = write_model_folder(tmp_path, "3d_lowres", [7.0, 6.0, 5.0], [16, 16, 16], [0, 2, 1])
+    plans = json.loads((folder / "plans.json").read_text())
+    lowres = plans["configurations"]["3d_lowres"]
+    plans["configurations"] = {
+        "3d_fullres": {**lowres, "spacing": [3.0, 3.0, 3.0], "patch_size": [32, 48, 48],
+                       "data_identifier": "nnUNetPlans_3d_fullres"},
+        "3d_lowres": {"inherits_from": "3d_fullres", "spacing": lowres["spacing"],
+                      "patch_size": lowres["patch_size"],
+                      "data_identifier": "nnUNetPlans_3d_lowres"},
+    }  # fmt: skip
+    (folder / "plans.json").write_text(json.dumps(plans, indent=4))
+    config = NnunetPredictor(folder, device="cpu").models[0][0].folder.config
+    assert config.spacing_mm == (7.0, 6.0, 5.0) and config.patch_size == (16, 16, 16)
+    assert _compare(folder, small_ct, 1) == 0.0
 
 
 @pytest.mark.parametrize("folds", [1, 2])

@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..labels import MERGES
 from ..training.presets import PRESETS
 from .choices import ChoicesHelp, Names, registry_choice
 from .progress import tqdm_callback
@@ -109,6 +110,12 @@ def register(subparsers) -> None:
         help="comma-separated structure names (default: all 117; with --init-from: the model's)",
     )
     a(
+        "--merge",
+        help="comma-separated merges, each learned as one structure in place of its members "
+        f"(one output trained on their union, written with its first member's value): "
+        f"{', '.join(MERGES)}",
+    )
+    a(
         "--init-from",
         type=Path,
         metavar="MODEL_DIR",
@@ -203,6 +210,8 @@ def build_config(args):
             changes[key] = str(value) if isinstance(value, Path) else value
     if args.structures:
         changes["data", "structures"] = [s.strip() for s in args.structures.split(",") if s.strip()]
+    if getattr(args, "merge", None):
+        changes["data", "merge"] = [s.strip() for s in args.merge.split(",") if s.strip()]
     if args.no_augment:
         changes["data", "augment"] = False
     return user_config(base, changes, run_name=args.run or None)
@@ -289,7 +298,7 @@ def _refuse_settings_on_resume(args) -> None:
     from ..errors import ConfigError
 
     dests = [*_FLAGS, "preset", "config", "structures", "run", "checkpoints", "no_augment",
-             "init_from", "fold"]  # fmt: skip
+             "init_from", "fold", "merge"]  # fmt: skip
     given = [
         "--" + dest.replace("_", "-")
         for dest in dests

@@ -21,7 +21,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..labels import LABEL_OF, NUM_LABELS, class_lut
+from ..labels import NUM_LABELS, class_lut, member_values
 from .slices import EpochDraw, annotated_classes, labelled_subjects, mirror_safe, normalize_hu
 from .volumes import ResampledSubject, open_resampled
 
@@ -144,7 +144,7 @@ class PatchSampler(EpochDraw):
         super().__init__(num_samples, seed, rank, world_size)
         self.fraction = float(fg_fraction)
         learned = np.zeros(NUM_LABELS, dtype=bool)
-        learned[[LABEL_OF[n] for n in dataset.config.data.structures]] = True
+        learned[[v for n in dataset.config.data.structures for v in member_values(n)]] = True
         self.choices = [np.flatnonzero(s.present & learned) for s in dataset.subjects]
         self.locations = [s.locations for s in dataset.subjects]
 

@@ -22,7 +22,16 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..errors import DataError
 from ..fileio import atomic_path
-from ..labels import LABEL_OF, LR_PAIRS, NUM_LABELS, class_lut
+from ..labels import (
+    LABEL_OF,
+    LR_PAIRS,
+    NUM_LABELS,
+    class_lut,
+    member_values,
+    members,
+    merged_annotated,
+    value_of,
+)
 from .cache import CachedSubject, open_cached, reserve_open_files
 from .dataset_root import open_dataset
 from .prepare import prepare_dataset
@@ -132,9 +141,9 @@ def annotated_classes(annotated: np.ndarray, structures: Sequence[str]) -> torch
     """(S, 1 + len(structures)) bool: class c of subject s has a mask file (class 0, the
     background, is always True), from ``annotated`` (S, 118) bool per label value; None when
     every subject annotates every class."""
-    values = [LABEL_OF[n] for n in structures]
+    values = [value_of(n) for n in structures]
     table = np.ones((len(annotated), 1 + len(values)), dtype=bool)
-    table[:, 1:] = annotated[:, values]
+    table[:, 1:] = merged_annotated(annotated, structures)[:, values]  # a merge: all members
     return None if table.all() else torch.from_numpy(table)
 
 
@@ -147,7 +156,7 @@ def mirror_safe(annotated: np.ndarray, structures: Sequence[str]) -> torch.Tenso
     with only subclavian_artery_left would, mirrored, show its artery on the right while
     its annotations still say "left, annotated; right, unknown".
     """
-    learned = set(structures)
+    learned = {m for name in structures for m in members(name)}
     pairs = [(a, b) for a, b in LR_PAIRS if a in learned or b in learned]
     left = [LABEL_OF[a] for a, _ in pairs]
     right = [LABEL_OF[b] for _, b in pairs]
@@ -179,7 +188,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.annotated = np.stack([s.annotated for s in self.subjects])  # (S, 118)
         self.lut = class_lut(config.data.structures).astype(np.uint8)
         keep = np.zeros(NUM_LABELS, dtype=bool)
-        keep[[LABEL_OF[n] for n in data.structures]] = True
+        keep[[v for n in data.structures for v in member_values(n)]] = True
         self.presence &= keep  # only the structures this run learns
         self.presence[:, 0] = False
 

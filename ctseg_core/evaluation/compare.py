@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, DataError
-from ..labels import GROUP_OF
+from ..labels import group_of, is_structure
 from ..metrics.specs import METRICS
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
         p, note = signed_rank_p(part["d"].to_numpy())
         rows.append({
             "metric": metric, "unit": spec.unit, "structure": structure,
-            "group": GROUP_OF.get(structure, ""), "pairs": len(part), "mean_a": mean_a,
+            "group": group_of(structure) if is_structure(structure) else "", "pairs": len(part), "mean_a": mean_a,
             "mean_b": mean_b, "difference": mean_b - mean_a,
             "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b),
             "p_value": p, "p_note": note, "missed_a": missed_a, "missed_b": missed_b,

@@ -23,7 +23,16 @@ from ..data.dataset_root import open_dataset
 from ..data.volume import AFFINE_TOLERANCE, from_canonical, load_label_volume, to_canonical
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
-from ..labels import GROUP_OF, LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
+from ..labels import (
+    NAME_OF,
+    NUM_LABELS,
+    NUM_STRUCTURES,
+    group_of,
+    merge_lut,
+    merged_annotated,
+    names_of,
+    value_of,
+)
 from ..metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
 from ..metrics.specs import METRICS, LabelScores
 from .paths import remove_stale_report, report_files_of, write_source
@@ -108,11 +117,13 @@ def subject_rows(
     spacing_mm: Sequence[float],
     annotated: np.ndarray,
     tolerance_mm: float = 3.0,
+    names: dict[int, str] | None = None,
 ) -> list[dict]:
     """Rows (one per annotated structure) of one subject's metrics.
 
     reference, prediction: (X, Y, Z) integer labels on one grid; spacing_mm: (x, y, z) mm;
-    annotated: (118,) bool, False for structures excluded entirely (mask file missing).
+    annotated: (118,) bool, False for structures excluded entirely (mask file missing);
+    names: value -> structure name where it is not ``NAME_OF``'s (a merge, ``labels.names_of``).
     """
     confusion = compute_confusion(reference, prediction)
     dice, iou = compute_dice_iou(confusion, annotated)
@@ -140,8 +151,8 @@ def subject_rows(
         rows.append(
             {
                 "subject": subject_id,
-                "structure": NAME_OF[k],
-                "group": GROUP_OF[NAME_OF[k]],
+                "structure": (names or NAME_OF)[k],
+                "group": group_of((names or NAME_OF)[k]),
                 **{name: values[k] for name, values in per_metric.items()},
                 "ref_volume_ml": counts.reference_voxels[k] * voxel_ml,
                 "pred_volume_ml": counts.prediction_voxels[k] * voxel_ml,
@@ -152,13 +163,17 @@ def subject_rows(
 
 
 def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolerance_mm):
-    """(rows, cached, reference, prediction) of one subject; DataError when it cannot be scored."""
+    """(rows, cached, reference, prediction) of one subject; DataError when it cannot be scored.
+
+    A merge the predictor learns (``labels.MERGES``) is scored against the union of its
+    members' references, and only where every member is annotated."""
     cached = open_cached(root, sid, cache_dir)
-    annotated = cached.annotated.copy()
+    structures = predictor.structures if predictor is not None else ()
+    annotated = merged_annotated(cached.annotated, structures)
     if model_labels is not None:
         annotated &= model_labels
         annotated[0] = True
-    reference = np.ascontiguousarray(cached.labels_xyz())
+    reference = merge_lut(structures)[np.asarray(cached.labels_xyz())]
     if folder is not None:
         prediction = prediction_on_reference_grid(
             find_prediction(folder, sid), reference.shape, cached.affine,
@@ -166,7 +181,10 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         )  # fmt: skip
     else:
         prediction = predictor.predict(cached.ct_volume())
-    rows = subject_rows(sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm)
+    rows = subject_rows(
+        sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm,
+        names_of(structures),
+    )  # fmt: skip
     return rows, cached, reference, prediction
 
 
@@ -180,13 +198,12 @@ def _check_model_structures(
     annotated = np.zeros(NUM_LABELS, dtype=bool)
     for sid in ids:
         try:
-            annotated |= open_cached(root, sid, cache_dir).annotated
+            annotated |= merged_annotated(open_cached(root, sid, cache_dir).annotated, structures)
         except DataError as exc:
             skipped[sid] = str(exc)
     if len(skipped) == len(ids):
         raise _nothing_scored(split, root, ids, skipped)
-    wanted = [LABEL_OF[s] for s in structures]
-    covered = [NAME_OF[k] for k in wanted if annotated[k]]
+    covered = [s for s in structures if annotated[value_of(s)]]
     if not covered:
         shown = ", ".join(structures[:5]) + (" ..." if len(structures) > 5 else "")
         raise ConfigError(
@@ -194,10 +211,10 @@ def _check_model_structures(
             f"annotated in split {split!r} of {root} ({int(annotated[1:].sum())} other structures "
             "are); evaluate it on a dataset with masks for the structures it was trained on"
         )
-    if len(covered) < len(wanted):
+    if len(covered) < len(structures):
         log.warning(
             "%d of the checkpoint's %d structures are not annotated in split %r; they are not scored",
-            len(wanted) - len(covered), len(wanted), split,
+            len(structures) - len(covered), len(structures), split,
         )  # fmt: skip
 
 
@@ -288,7 +305,7 @@ def evaluate_predictions(
                 f"({sorted(predictor.other_labels.values())[:5]}); nothing to score"
             )
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
-        model_labels[[LABEL_OF[s] for s in predictor.structures]] = True
+        model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
     elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
@@ -315,7 +332,7 @@ def evaluate_predictions(
 
         predictor = Predictor(checkpoints, device=device, tta=tta)
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
-        model_labels[[LABEL_OF[s] for s in predictor.structures]] = True
+        model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
 
     out_dir = Path(out_dir)

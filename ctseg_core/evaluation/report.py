@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..fileio import atomic_path, atomic_write_text
-from ..labels import COLOURS, LABEL_OF, colour_lut
+from ..labels import COLOURS, colour_lut, members, value_of
 from ..metrics.specs import METRICS
 from ..viz.mesh import bounding_boxes, meshes_figure, structure_meshes
 
@@ -94,7 +94,7 @@ class ReportCollector:
         scored.sort(key=lambda r: (r["dice"], -r["ref_volume_ml"]))
         spacing = cached.spacing_mm
         for row in scored[: self.cases_per_subject]:
-            label = LABEL_OF[row["structure"]]
+            label = value_of(row["structure"])
             z = worst_slice(reference, prediction, label)
             self.cases.append(
                 SliceCase(
@@ -179,7 +179,7 @@ def plot_structure_ranking(summary: pd.DataFrame, target: Path) -> None:
     if ranked.empty:
         ax.text(0.5, 0.5, "no structure present in the references", ha="center", va="center")
     else:
-        colours = [np.array(COLOURS[s]) / 255 for s in ranked["structure"]]
+        colours = [np.array(COLOURS[members(s)[0]]) / 255 for s in ranked["structure"]]
         y = np.arange(len(ranked))
         ax.barh(y, ranked["dice_mean"], xerr=ranked["dice_std"].fillna(0), color=colours,
                 error_kw={"lw": 0.6})  # fmt: skip
@@ -201,7 +201,7 @@ def _display(slice_xy: np.ndarray) -> np.ndarray:
 def zoom_window(case: SliceCase, min_fraction: float = 0.4) -> tuple[slice, slice]:
     """(X, Y) slices around the structure in question: twice its extent, at least 40 % of the
     image side, so small structures are visible and their surroundings still recognisable."""
-    label = LABEL_OF[case.structure]
+    label = value_of(case.structure)
     focus = (case.reference == label) | (case.prediction == label)
     if not focus.any():
         return slice(None), slice(None)
@@ -229,7 +229,7 @@ def _overlay(ax, case: SliceCase, labels: np.ndarray, title: str, reference: boo
     ax.imshow(_display(rgba), aspect=case.aspect, interpolation="nearest")
     # Contours of the structure in question: white = reference, yellow = this panel's labels,
     # so a missed or misplaced structure shows where it should have been.
-    label = LABEL_OF[case.structure]
+    label = value_of(case.structure)
     contours = [(case.reference == label, "white")]
     if not reference:
         contours.append((labels == label, "yellow"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..labels import LABEL_OF
+from ..labels import value_of
 from ..metrics.specs import METRICS
 
 DICE_THRESHOLDS = (0.5, 0.7, 0.9)
@@ -45,7 +45,7 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
         out.append(record)
     summary = pd.DataFrame(out)
     if not summary.empty:
-        summary["label"] = summary["structure"].map(LABEL_OF)
+        summary["label"] = summary["structure"].map(value_of)  # a merge at its first member
         summary = summary.sort_values("label").drop(columns="label").reset_index(drop=True)
     return summary
 

@@ -34,7 +34,7 @@ from ..data.domain import is_phantom_ct
 from ..data.volume import hu_problem, load_ct, save_on_original_grid
 from ..errors import ConfigError, CtsegError
 from ..fileio import refuse_replacing_inputs
-from ..labels import LABEL_OF, NAME_OF, NUM_LABELS
+from ..labels import NUM_LABELS, names_of, value_of
 from .domain import domain_warnings
 from .label_files import label_file_paths, write_label_files
 
@@ -112,7 +112,7 @@ def _write_masks(
         seg = tmp / "segmentations"
         seg.mkdir()
         for name in structures:
-            mask = (labels == LABEL_OF[name]).astype(np.uint8)
+            mask = (labels == value_of(name)).astype(np.uint8)
             save_on_original_grid(mask, ct, seg / f"{name}.nii.gz")
         old = None
         if folder.exists():
@@ -211,13 +211,14 @@ def predict_file(
         log.warning(message)
     labels = predictor.predict(ct, progress=progress, memory_limit_bytes=memory_limit_bytes)
 
-    values = [LABEL_OF[s] for s in predictor.structures]
+    values = [value_of(s) for s in predictor.structures]
+    names = names_of(predictor.structures)  # a merge's value named by the merge
     if split_masks:
         _write_masks(
             labels, ct, predictor.structures, out_path.with_name(_stem(out_path)), overwrite
         )
     save_on_original_grid(labels, ct, out_path)
-    slicer, itk = write_label_files(out_path, values)
+    slicer, itk = write_label_files(out_path, values, names)
     stats_path = None
     if statistics:
         from ..fileio import atomic_write_text
@@ -230,7 +231,7 @@ def predict_file(
     counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
     found = {
-        NAME_OF[k]: {"voxels": int(counts[k]), "volume_ml": round(counts[k] * voxel_ml, 3)}
+        names[k]: {"voxels": int(counts[k]), "volume_ml": round(counts[k] * voxel_ml, 3)}
         for k in values
         if counts[k]
     }

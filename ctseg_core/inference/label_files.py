@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +36,14 @@ class LabelEntry:
     visible: bool = True
 
 
-def label_entries(values: Iterable[int] | None = None) -> list[LabelEntry]:
+def label_entries(
+    values: Iterable[int] | None = None, names: Mapping[int, str] | None = None
+) -> list[LabelEntry]:
     """Entries for label values (default all 1..117) plus background 0 (transparent black).
 
-    Raises DataError for a value outside 0..117.
+    ``names``: value -> name where it is not the structure's (a merge's value, written by a run
+    that learns it: ``labels.names_of``); such a value keeps its structure's colour. Raises
+    DataError for a value outside 0..117.
     """
     wanted = range(1, NUM_STRUCTURES + 1) if values is None else sorted({int(v) for v in values})
     entries = [LabelEntry(0, "background", (0, 0, 0), 0.0, False)]
@@ -48,8 +52,8 @@ def label_entries(values: Iterable[int] | None = None) -> list[LabelEntry]:
             continue
         if not 1 <= value <= NUM_STRUCTURES:
             raise DataError(f"label value {value} is outside 1..{NUM_STRUCTURES}")
-        name = NAME_OF[value]
-        entries.append(LabelEntry(value, name, tuple(int(c) for c in COLOURS[name])))
+        rgb = tuple(int(c) for c in COLOURS[NAME_OF[value]])
+        entries.append(LabelEntry(value, (names or NAME_OF).get(value, NAME_OF[value]), rgb))
     return entries
 
 
@@ -156,13 +160,15 @@ def label_file_paths(stem: str | Path) -> tuple[Path, Path]:
     return stem.with_name(base + SLICER_SUFFIX), stem.with_name(base + ITKSNAP_SUFFIX)
 
 
-def write_label_files(stem: str | Path, values: Iterable[int] | None = None) -> tuple[Path, Path]:
+def write_label_files(
+    stem: str | Path, values: Iterable[int] | None = None, names: Mapping[int, str] | None = None
+) -> tuple[Path, Path]:
     """Write ``<stem>.ctbl`` (3D Slicer) and ``<stem>_itksnap_labels.txt`` (ITK-SNAP), atomically.
 
-    ``values``: label values to list (default all 117 structures); background is always listed.
-    Returns the two paths.
+    ``values``: label values to list (default all 117 structures); background is always listed;
+    ``names``: as :func:`label_entries`. Returns the two paths.
     """
-    entries = label_entries(values)
+    entries = label_entries(values, names)
     slicer_path, itk_path = label_file_paths(stem)
     atomic_write_text(slicer_path, slicer_ctbl_text(entries))
     atomic_write_text(itk_path, itksnap_text(entries))

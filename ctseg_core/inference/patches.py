@@ -93,7 +93,7 @@ class PatchStrategy:
         # per member, direct and mirrored: the output channel each active label value reads
         # (-1: none: sigmoid background, or the mirror partner of a structure the model lacks)
         position = {v: i for i, v in enumerate(active)}
-        swap = lr_swap_lut()
+        swap = lr_swap_lut(predictor.structures)
         self._sources = {}
         for m in members:
             values = channel_label_values(m.config).tolist()

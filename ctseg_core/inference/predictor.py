@@ -22,7 +22,7 @@ import torch
 from ..data.volume import Volume
 from ..device import resolve_device
 from ..errors import ConfigError, CtsegError
-from ..labels import LABEL_OF
+from ..labels import is_structure, value_of
 from ..models.registry import model_spec
 from .strategies import STRATEGIES
 
@@ -102,11 +102,11 @@ class Predictor:
                     f"{self.members[0].path}; an ensemble needs checkpoints trained on the "
                     "same structures"
                 )
-            unknown = [s for s in config.data.structures if s not in LABEL_OF]
+            unknown = [s for s in config.data.structures if not is_structure(s)]
             if unknown:
                 raise ConfigError(f"{member.path} predicts unknown structures {unknown[:5]}")
             self.members.append(member)
-        self.active = sorted({0, *(LABEL_OF[s] for s in self.structures)})  # label values
+        self.active = sorted({0, *(value_of(s) for s in self.structures)})  # label values
         kinds = {model_spec(m.config.model.name).inference for m in self.members}
         if len(kinds) > 1:
             raise ConfigError(

@@ -213,7 +213,8 @@ class SliceStrategy:
             # H is the canonical x axis (patient left/right): flip, score, flip back, and give
             # each left/right label the score its mirror partner got.
             scores = label_scores(member.model(torch.flip(x, dims=[2])), member.config)
-            lut = torch.from_numpy(lr_swap_lut().astype(np.int64)).to(scores.device)
+            swap = lr_swap_lut(member.config.data.structures)
+            lut = torch.from_numpy(swap.astype(np.int64)).to(scores.device)
             return torch.flip(scores, dims=[2])[:, lut]
         dh, dw = _TTA_SHIFTS[int(aug.removeprefix("shift"))]
         scores = label_scores(member.model(torch.roll(x, (dh, dw), dims=(2, 3))), member.config)

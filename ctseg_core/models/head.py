@@ -13,7 +13,7 @@ import torch
 from .. import labels
 from ..config import RunConfig
 from ..errors import DataError
-from ..labels import LABEL_OF, NUM_LABELS
+from ..labels import NUM_LABELS
 from ..nosync import to_device
 
 
@@ -26,8 +26,9 @@ def class_lut(config: RunConfig) -> torch.Tensor:
 
 
 def channel_label_values(config: RunConfig) -> torch.Tensor:
-    """(K,) int64: the label value each output channel stands for (0 = background channel)."""
-    values = [LABEL_OF[name] for name in config.data.structures]
+    """(K,) int64: the label value each output channel stands for (0 = background channel; a
+    merge: its first member's, ``labels.value_of``)."""
+    values = [labels.value_of(name) for name in config.data.structures]
     if config.output_mode == "softmax":
         values = [0, *values]
     return torch.tensor(values, dtype=torch.int64)

@@ -67,7 +67,7 @@ import torch
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..fileio import FILE_MODE
-from ..labels import NAME_OF
+from ..labels import names_of
 from ..models import model_spec
 from ..models.checkpoint import config_of, load_checkpoint
 from ..models.head import channel_label_values
@@ -155,11 +155,12 @@ def dataset_json(config: RunConfig, dataset_name: str) -> dict:
     structures by its ctseg name (values the run does not predict included: nnU-Net's label is
     its channel index)."""
     top = max(label_values(config))
+    names = names_of(config.data.structures)  # a merge's value named by the merge
     return {
         "name": dataset_name,
         "description": "exported from a ctseg run; labels are ctseg's (TotalSegmentator v2) values",
         "channel_names": {"0": "CT"},
-        "labels": {NAME_OF[v]: v for v in range(top + 1)},
+        "labels": {names[v]: v for v in range(top + 1)},
         "numTraining": 0,
         "file_ending": ".nii.gz",
         "overwrite_image_reader_writer": "NibabelIOWithReorient",

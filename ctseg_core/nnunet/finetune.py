@@ -12,7 +12,13 @@ or structures the model did not have) go on top.
 ``init_from_model(model, config)`` then loads the weights into the freshly built network:
 every encoder and decoder tensor as it is, the output layers (every deep-supervision level)
 row by row: a structure the model had keeps its output channel (background: channel 0), one it
-did not have keeps its fresh initialisation (He weights, the class-frequency bias).
+did not have keeps its fresh initialisation (He weights, the class-frequency bias). A merge
+(``labels.MERGES``, e.g. "ribs") starts from the rows of its members the model had: the mean
+of their weights and the log-sum-exp of their biases. Where the members' weights agree that
+is exact, the merged channel's softmax probability the sum of the members' (exp(w.x + lse(b))
+= sum exp(w.x + b_m)); where they differ (each rib has its own place) it is the member-average
+feature response with the members' total prior, a start that neither favours one member nor
+shrinks the merge's prior to one member's share.
 
 Axes: nnU-Net's network axis n is the reader's axis ``transpose_forward[n]``, and every reader
 (SimpleITKIO, NibabelIO, NibabelIOWithReorient) hands over a file's voxel axes reversed, so
@@ -22,9 +28,6 @@ The kernels, strides, patch and spacing are permuted into ctseg's (x, y, z) and 
 convolution's kernel with them: the permuted network on the permuted input computes the same
 numbers. A model trained on images stored otherwise (e.g. LPS) sees mirrored anatomy; its
 weights still load and fine-tuning has to undo the mirroring.
-
-Not done: merging labels (several model labels into one structure, e.g. all ribs); ctseg's
-structures are the 117 TotalSegmentator names, each one value of the label volume.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
-from ..labels import LABEL_OF
+from ..labels import LABEL_OF, MERGES, members
 from .folder import ModelFolder, load_weights, read_model_folder
 from .labels import value_names
 
@@ -137,8 +140,9 @@ def _permuted(tensor: torch.Tensor, order: list[int]) -> torch.Tensor:
 def init_from_model(model: torch.nn.Module, config) -> dict:
     """Load the weights ``config.train.init_from`` names into ``model`` (built from ``config``,
     a RunConfig made with ``finetune_changes``); returns the record ``init_from.json`` holds:
-    path, fold, checkpoint, sha256, ``kept`` (structure -> the model's output channel) and
-    ``fresh`` (structures the model did not have). ConfigError, one line, when they do not fit."""
+    path, fold, checkpoint, sha256, ``kept`` (structure -> the model's output channel; a merge:
+    the channels of its members) and ``fresh`` (structures the model did not have).
+    ConfigError, one line, when they do not fit."""
     t = config.train
     folder = open_folder(t.init_from, t.init_fold, t.init_checkpoint)
     ckpt = folder.checkpoints[0]
@@ -146,7 +150,8 @@ def init_from_model(model: torch.nn.Module, config) -> dict:
     order = canonical_order(folder)
     own = {name: value for value, name in value_names(folder.labels, folder.path).items()}
     names = config.channel_names()
-    rows = [0 if name == "background" else own.get(name) for name in names]
+    rows = [[0] if name == "background" else [own[m] for m in members(name) if m in own]
+            for name in names]  # fmt: skip
     if config.output_mode != "softmax":
         raise ConfigError("a run started from an nnU-Net model needs softmax outputs (dice_ce)")
     state = model.state_dict()
@@ -157,8 +162,16 @@ def init_from_model(model: torch.nn.Module, config) -> dict:
         if key.startswith("decoder.seg_layers."):
             weight = weight.to(fresh.dtype)
             for channel, row in enumerate(rows):
-                if row is not None:
-                    fresh[channel] = weight[row]
+                if not row:
+                    continue
+                # a merge: mean weights, log-sum-exp bias (module doc); one row: that row
+                pick = weight[row]
+                if len(row) == 1:
+                    fresh[channel] = pick[0]
+                elif key.endswith(".bias"):
+                    fresh[channel] = torch.logsumexp(pick, 0)
+                else:
+                    fresh[channel] = pick.mean(0)
             continue
         if weight.shape != fresh.shape:
             raise ConfigError(
@@ -172,8 +185,8 @@ def init_from_model(model: torch.nn.Module, config) -> dict:
         "fold": ckpt.parent.name.removeprefix("fold_"),
         "checkpoint": str(ckpt),
         "sha256": _sha256(ckpt),
-        "kept": {n: r for n, r in zip(names, rows, strict=True) if r is not None},
-        "fresh": [n for n, r in zip(names, rows, strict=True) if r is None],
+        "kept": {n: (r if n in MERGES else r[0]) for n, r in zip(names, rows, strict=True) if r},
+        "fresh": [n for n, r in zip(names, rows, strict=True) if not r],
     }
 
 

@@ -15,6 +15,7 @@ a later part's structure replacing an earlier one's on a voxel both claim.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,11 +23,11 @@ import numpy as np
 
 from ..data.volume import Volume, from_canonical, spacing_of, to_canonical
 from ..device import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, CtsegError
 from ..labels import LABEL_OF
 from .folder import read_model_folder
 from .labels import is_totalsegmentator, totalseg_part_folders, value_names
-from .predict import LoadedModel, predict_array
+from .predict import LoadedModel, peak_bytes, predict_array
 
 #: how a model is given the CT's axes: as its plans' reader hands them over, or always RAS+
 ORIENTATIONS = ("auto", "file", "canonical")
@@ -110,8 +111,42 @@ class NnunetPredictor:
         """Model value -> name of the labels that are no TotalSegmentator v2 structure."""
         return {v: n for v, n in self.value_names.items() if n not in LABEL_OF}
 
-    def check_memory(self, *_args, **_kwargs) -> int:
-        """Interface of ``inference.Predictor``; nnU-Net's window is one patch at a time."""
+    def estimate_bytes(self, shape_xyz: Sequence[int],
+                       spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
+        """Estimated peak bytes of labelling a CT of ``shape_xyz`` voxels (``spacing_mm``; None:
+        the model's own spacing): the largest part's :func:`predict.peak_bytes` (the parts run
+        one after another) plus the reader's float32 image and the labels being combined (the
+        int64 mapped values, the uint8 result and masks: 16 bytes a voxel)."""
+        n = math.prod(int(s) for s in shape_xyz)
+        reader_shape = tuple(int(s) for s in shape_xyz)[::-1]
+        peak = 0
+        for model, _ in self.models:
+            config = model.folder.config
+            if spacing_mm is None:  # the model's grid: its spacing in the reader's axis order
+                own = (1.0,) * (3 - len(config.spacing_mm)) + tuple(config.spacing_mm)
+                spacing = [own[b] for b in config.transpose_backward]
+            else:
+                spacing = [float(s) for s in spacing_mm][::-1]
+            on_cpu = self.device.type == "cpu"
+            peak = max(peak, peak_bytes(model, reader_shape, spacing, on_cpu))
+        return 4 * n + peak + 16 * n
+
+    def check_memory(self, shape_xyz: Sequence[int], limit_bytes: int | None = None,
+                     spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
+        """``inference.Predictor``'s interface: 1 (nnU-Net's window is one patch at a time) when
+        :meth:`estimate_bytes` fits ``limit_bytes`` (default 80 % of the available memory),
+        else CtsegError in one line with the need and the limit."""
+        from ..inference.predictor import available_memory_bytes
+
+        limit = int(limit_bytes if limit_bytes is not None else 0.8 * available_memory_bytes())
+        need = self.estimate_bytes(shape_xyz, spacing_mm)
+        if need > limit:
+            dims = " x ".join(str(int(s)) for s in shape_xyz)
+            raise CtsegError(
+                f"a CT of {dims} voxels needs about {need / 2**30:.1f} GB to predict with "
+                f"{self.path.name}, more than the {limit / 2**30:.1f} GB memory limit; crop or "
+                "resample the CT, or use a machine with more memory"
+            )
         return 1
 
     def predict(self, ct: Volume, progress: Callable[[int, int, str], None] | None = None,
@@ -119,6 +154,7 @@ class NnunetPredictor:
         """Label a canonical CT: (X, Y, Z) uint8 ctseg values (``own_values``: the model's)."""
         if not isinstance(ct, Volume):
             raise ConfigError("an nnU-Net model needs the CT's grid: pass a Volume (load_ct)")
+        self.check_memory(ct.array.shape, memory_limit_bytes, ct.spacing_mm)
         out = np.zeros(ct.array.shape, dtype=np.uint16 if own_values else np.uint8)
         for (model, _), (lut, own), reader in zip(
             self.models, self._luts, self._readers, strict=True

@@ -17,6 +17,7 @@ into the uncropped, untransposed volume. A 2d configuration slides over each sli
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -161,6 +162,73 @@ def resampled_argmax(logits: np.ndarray, shape, current_mm, target_mm, config: C
         torch.maximum(best, value, out=best)
         labels.masked_fill_(above, c)
     return labels.numpy().astype(dtype, copy=False)
+
+
+#: PyTorch's CPU convolution goes through an im2col buffer ("Slow3d") when batch x input
+#: channels x the first two spatial sizes is at most this (its ``use_mkldnn`` rule), else oneDNN
+_IM2COL_LIMIT = 20480
+
+
+def _conv_workspace(c_in: int, c_out: int, kernel, grid) -> int:
+    """Bytes one float32 convolution on a CPU holds besides its input: its output, and the
+    im2col buffer (c_in x kernel voxels x output voxels) when it takes that path."""
+    voxels = math.prod(grid)
+    if len(grid) == 3 and c_in * grid[0] * grid[1] <= _IM2COL_LIMIT:
+        return 4 * (c_in * math.prod(kernel) + c_out) * voxels
+    return 4 * (c_in + 2 * c_out) * voxels
+
+
+def _activation_bytes(config: Configuration, patch, in_channels: int = 1) -> int:
+    """Peak bytes of the network's float32 activations on one window on a CPU: the encoder's
+    outputs kept for the skips, the decoder's, and the largest convolution's workspace (an
+    encoder convolution, or a decoder one on the skip and the upsampled features)."""
+    kw = config.arch_kwargs
+    features, grid, kept, workspace = list(kw["features_per_stage"]), list(patch), 0, 0
+    c_in = in_channels
+    for s, (width, stride) in enumerate(zip(features, kw["strides"], strict=True)):
+        strides = stride if isinstance(stride, list | tuple) else [stride] * len(patch)
+        grid = [g // int(st) for g, st in zip(grid, strides[-len(patch) :], strict=True)]
+        kernel = kw["kernel_sizes"][s]
+        kernel = kernel if isinstance(kernel, list | tuple) else [kernel] * len(patch)
+        kept += 2 * int(width) * math.prod(grid)  # its encoder output and the decoder's
+        workspace = max(workspace, _conv_workspace(c_in, int(width), kernel, grid),
+                        _conv_workspace(2 * int(width), int(width), kernel, grid))  # fmt: skip
+        c_in = int(width)
+    return 4 * kept + workspace
+
+
+def peak_bytes(model: LoadedModel, shape, spacing_mm, on_cpu: bool = True) -> int:
+    """Estimated peak bytes :func:`predict_array` allocates for an image of ``shape`` voxels
+    (the reader's axis order, ``spacing_mm`` per axis), besides the image itself.
+
+    N voxels on the CT's grid, M on the model's (resampled to its spacing, padded to at least
+    one patch), K classes: the float32 copy it transposes (4N); resampling to the model's grid
+    (the float64 input and one float64 output channel besides the float32 result: 8N + 12M);
+    the sliding window: the resampled image (4M), the float16 logits of every class and the
+    weights (2KM + 2M; twice the logits with several folds, one fold's beside the sum) and,
+    with ``on_cpu``, the network's activations on one window (on a GPU they are the device's);
+    back to the CT's grid, one channel at a time: the
+    logits, a float64 and two float32 channels, the labels and a mask (22N). An estimate from
+    the arrays' sizes (measured against a prediction's peak in tests/test_nnunet_memory.py).
+    """
+    config = model.folder.config
+    fwd = list(config.transpose_forward)
+    shape = [int(shape[a]) for a in fwd]
+    spacing = [float(spacing_mm[a]) for a in fwd]
+    target = list(config.spacing_mm)
+    if len(target) < len(shape):
+        target = [spacing[0], *target]
+    grid = new_shape(shape, spacing, target)
+    patch = (1,) * (len(grid) - len(config.patch_size)) + tuple(config.patch_size)
+    n = math.prod(shape)
+    m = math.prod(max(p, g) for p, g in zip(patch, grid, strict=True))
+    k = len(model.folder.labels)
+    logits = 2 * k * m * (2 if len(model.fold_weights) > 1 else 1) + 2 * m
+    resampling = 8 * n + 12 * m
+    network = _activation_bytes(config, config.patch_size) if on_cpu else 0
+    window = 4 * m + logits + network
+    back = 4 * m + 2 * k * m + 22 * n
+    return 4 * n + max(resampling, window, back)
 
 
 def predict_array(model: LoadedModel, image: np.ndarray, spacing_mm, mirror: bool = True,

@@ -187,7 +187,9 @@ def user_config(
     make a run configuration.
 
     base: a RunConfig, or a dict in ``to_dict()`` form (a config.json, possibly partial).
-    changes: ``(section, field) -> value``, e.g. ``("train", "lr"): 3e-4``. The channel counts
+    changes: ``(section, field) -> value``, e.g. ``("train", "lr"): 3e-4``; ``("data",
+    "merge")``: names of ``labels.MERGES`` put in place of their members among the structures
+    (after the other changes, so a structure list and a merge combine). The channel counts
     are derived again from the (possibly new) data settings, and the model's output follows the
     loss (``training.losses.LOSSES``). Raises ConfigError for an unknown section or field; an
     unknown loss is named by ``training.checks.check_run_config`` with the other problems.
@@ -196,10 +198,20 @@ def user_config(
     d = {k: dict(d.get(k) or {}) for k in ("data", "model", "train")} | {
         "run_name": d.get("run_name", "")
     }
+    merges = ()
     for (section, name), value in dict(changes).items():
         if section not in ("data", "model", "train"):
             raise ConfigError(f"unknown configuration section {section!r}")
+        if (section, name) == ("data", "merge"):
+            merges = value or ()
+            continue
         d[section][name] = value
+    if merges:
+        from ..labels import STRUCTURES, merge_structures
+
+        d["data"]["structures"] = merge_structures(
+            d["data"].get("structures") or STRUCTURES, merges
+        )
     d["model"].pop("in_channels", None)
     d["model"].pop("out_channels", None)
     from .losses import LOSSES  # late: the presets are read without torch (the CLI's --help)

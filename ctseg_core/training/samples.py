@@ -15,7 +15,7 @@ import torch
 from ..config import RunConfig
 from ..data.slices import SliceDataset, normalize_hu
 from ..device import autocast_context
-from ..labels import NUM_LABELS
+from ..labels import NUM_LABELS, merge_lut
 from ..models.head import predicted_labels
 from .figures import save_sample_figure
 
@@ -78,7 +78,7 @@ class SampleFigure:
         centre = image.shape[1] // 2
         keep = np.zeros(256, dtype=labels.dtype)
         values = np.unique(self.dataset.lut.nonzero()[0])
-        keep[values] = values
+        keep[values] = merge_lut(self.config.data.structures)[values]  # a merge in one colour
         try:
             save_sample_figure(
                 image[:, centre].float().cpu().numpy(), keep[labels], predicted.astype(np.uint8),
@@ -119,7 +119,7 @@ class VolumeSampleFigure:
             k = int(np.searchsorted(offsets, i, side="right") - 1)
             self.slices.append((mine[k], int(i - offsets[k])))
         validation.keep = list(self.slices)
-        self.keep = np.where(keep, np.arange(NUM_LABELS), 0).astype(np.uint8)
+        self.keep = np.where(keep, merge_lut(config.data.structures), 0).astype(np.uint8)
         self.aspects = []
         for s, _ in self.slices:
             (nx, ny, _), (sx, sy, _) = dataset.subjects[s].shape_xyz, dataset.subjects[s].spacing_mm

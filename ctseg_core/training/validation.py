@@ -15,7 +15,7 @@ import torch
 
 from ..config import RunConfig
 from ..data.slices import SliceDataset
-from ..labels import NUM_LABELS
+from ..labels import NUM_LABELS, member_values, merged_annotated, value_of
 from ..metrics.overlap import overlap_counts
 from ..models.head import predicted_labels
 from ..nosync import count_values
@@ -98,12 +98,13 @@ def validate(
 
 
 def learned_values(config: RunConfig, device: torch.device) -> torch.Tensor:
-    """(118,) int64 on ``device``: label value -> itself for the run's structures, else 0 (label
-    values outside the run's structures count as background)."""
-    values = torch.from_numpy(_values(config)).to(device)
-    keep = torch.zeros(NUM_LABELS, dtype=torch.int64, device=device)
-    keep[values] = values
-    return keep
+    """(118,) int64 on ``device``: reference label value -> the value it is scored as: itself
+    for the run's structures, a merge's value for its members, else 0 (label values outside
+    the run's structures count as background)."""
+    keep = np.zeros(NUM_LABELS, dtype=np.int64)
+    for name in config.data.structures:
+        keep[member_values(name)] = value_of(name)
+    return torch.from_numpy(keep).to(device)
 
 
 def validation_metrics(
@@ -118,7 +119,7 @@ def validation_metrics(
     ddp.all_reduce_sum(counts)
     ddp.all_reduce_sum(loss_sum)
     confusions = counts.view(len(annotated), NUM_LABELS, NUM_LABELS).cpu().numpy()
-    dice = dice_from_confusions(confusions, annotated)
+    dice = dice_from_confusions(confusions, merged_annotated(annotated, config.data.structures))
     per_structure = {}
     for name, value in zip(config.data.structures, _values(config), strict=True):
         d = dice[value]
@@ -133,6 +134,4 @@ def validation_metrics(
 
 
 def _values(config: RunConfig) -> np.ndarray:
-    from ..labels import LABEL_OF
-
-    return np.array([LABEL_OF[n] for n in config.data.structures], dtype=np.int64)
+    return np.array([value_of(n) for n in config.data.structures], dtype=np.int64)

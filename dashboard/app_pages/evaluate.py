@@ -36,6 +36,7 @@ def choose_source() -> tuple[list[str] | str, Path, str, str | None, str] | None
     )  # fmt: skip
     if kind == FROM_RUN:
         checkpoints, models = cached.all_checkpoints(), cached_models.model_titles()
+        cached_models.show_skipped_models()
         if not checkpoints and not models:
             st.info(
                 "No checkpoints yet: train a run on the Train page, point CTSEG_MODELS at "
@@ -198,18 +199,19 @@ def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) ->
         + " — opens at the axial slice with the most reference voxels of it, zoomed to it"
     )  # fmt: skip
     if cols[1].button("Open in Explore", icon=":material/open_in_new:", key=state.EVAL_FORM.open):
-        from ctseg_core.labels import LABEL_OF
+        from ctseg_core.labels import member_values, members, value_of
 
         entry = cached.cached_subject(info["root"], subject)
-        per_slice = (np.asarray(entry.labels) == LABEL_OF[structure]).sum(axis=(1, 2))
+        # a merge (labels.MERGES): the slice with the most voxels of its members together
+        per_slice = np.isin(np.asarray(entry.labels), member_values(structure)).sum(axis=(1, 2))
         z = int(per_slice.argmax()) if per_slice.any() else entry.num_slices // 2
         st.session_state[state.EXPLORE_SUBJECT] = subject
         volume = f"{info['root']}:{subject}"  # as Explore names it
-        box = cached.structure_box_zxy(info["root"], subject, LABEL_OF[structure])
+        box = cached.structure_box_zxy(info["root"], subject, value_of(structure))
         zoom = None if box is None else {"structure": structure, "box_zxy": box}
         viewer.show_volume_at(state.EXPLORE_VIEW, volume, "axial", z + 1, zoom)
         st.session_state[state.EXPLORE_PLANE] = "axial"
-        viewer.choose_structures(state.EXPLORE_STRUCTURES, [structure])
+        viewer.choose_structures(state.EXPLORE_STRUCTURES, list(members(structure)))
         if info.get("folder"):  # Explore reads the folder's prediction of the subject
             st.session_state[state.EXPLORE_CHECKPOINT] = state.FOLDER_PREFIX + info["folder"]
         else:

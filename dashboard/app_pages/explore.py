@@ -48,6 +48,7 @@ def main() -> None:
         "subject, then kept), or a folder of <id>.nii.gz predictions evaluated on the Evaluate "
         "page (any tool's).",
     )
+    cached_models.show_skipped_models()
     with st.spinner(f"Opening {state.plain(subject)} …"):
         entry = cached.cached_subject(root, subject)
     layers = [

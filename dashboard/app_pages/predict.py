@@ -38,6 +38,7 @@ def choose_checkpoint(workdir: Path) -> str | None:
         help="A run's checkpoint, or an nnU-Net model folder found under CTSEG_MODELS "
         "(TotalSegmentator's weights by default).",
     )  # fmt: skip
+    cached_models.show_skipped_models()
     if choice in models:
         return choice
     if choice != UPLOADED:

@@ -9,7 +9,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ctseg_core.labels import GROUP_OF
+from ctseg_core.labels import group_of, is_structure
 
 
 def runs_table(root: Path) -> pd.DataFrame:
@@ -156,7 +156,7 @@ def dice_heatmap(history: list[dict]) -> alt.Chart | None:
     if not rows:
         return None
     df = pd.DataFrame(rows)
-    df["group"] = df["structure"].map(GROUP_OF)
+    df["group"] = df["structure"].map(lambda s: group_of(s) if is_structure(s) else None)
     order = df.groupby("structure")["dice"].last().sort_values(ascending=False).index.tolist()
     height = max(120, 18 * len(order))  # a readable name on every row (none dropped)
     return (

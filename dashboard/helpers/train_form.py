@@ -14,6 +14,7 @@ import streamlit as st
 
 from ctseg_core.config import RunConfig
 from ctseg_core.errors import ConfigError
+from ctseg_core.labels import MERGES
 from ctseg_core.nnunet.finetune import finetune_changes
 from ctseg_core.training.losses import LOSSES
 from ctseg_core.training.memory import run_kind
@@ -228,15 +229,27 @@ def model_picker() -> None:
             "new ones start fresh.",
         )
         m2.text_input("Fold (empty = the first)", key=k.init_fold)
+        st.multiselect(
+            "Merge structures",
+            list(MERGES),
+            key=k.merge,
+            help="Each merge is learned as one structure in place of its members: one output "
+            "trained on their union, started from the model's member outputs, written with "
+            "its first member's label value and scored against the union.",
+        )
 
 
 def _model_changes() -> dict:
-    """``finetune_changes`` of the model folder named on the form ({} when none is)."""
+    """``finetune_changes`` of the model folder named on the form ({} when none is) and the
+    merges picked."""
     k = state.TRAIN_FORM
+    merges = list(st.session_state.get(k.merge) or [])
+    changes = {("data", "merge"): merges} if merges else {}
     path = str(st.session_state.get(k.init_from) or "").strip()
     if not path:
-        return {}
-    return finetune_changes(path, str(st.session_state.get(k.init_fold) or "").strip() or None)
+        return changes
+    fold = str(st.session_state.get(k.init_fold) or "").strip() or None
+    return finetune_changes(path, fold) | changes
 
 
 def _changes(base: RunConfig, kind_changes: dict, volumetric: bool, present: list[str]) -> dict:

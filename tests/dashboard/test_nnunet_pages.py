@@ -157,3 +157,30 @@ def _run_results(env, split):
         env["checkpoints"] / "tiny" / "evaluation" / f"evaluation_results_{split}.csv"
     )
     return table.set_index("structure")["dice"]
+
+
+def test_a_folder_that_is_not_a_model_is_named_in_one_warning_on_every_picker(
+    app_env, tmp_path, monkeypatch, new_app, no_problems
+):
+    """A model folder without its dataset.json is left out of the pickers and said so, once,
+    on Predict, Evaluate and Explore; the valid model beside it is still offered."""
+    root = tmp_path / "models"
+    write_model_folder(root / "Dataset999_Tiny", "3d_fullres", [4.5, 5.0, 4.0], [16, 32, 32],
+                       [0, 2, 1])  # fmt: skip
+    broken = write_model_folder(root / "Dataset998_Broken", "3d_fullres", [4.5, 5.0, 4.0],
+                                [16, 32, 32], [0, 2, 1])  # fmt: skip
+    (broken / "dataset.json").unlink()
+    monkeypatch.setenv("CTSEG_MODELS", str(root))
+    for page, picker in (("predict", "ctseg_predict_checkpoint"),
+                         ("evaluate", "ctseg_eval_checkpoint"),
+                         ("explore", "ctseg_explore_checkpoint")):  # fmt: skip
+        at = new_app(page)
+        at.run()
+        no_problems(at)
+        options = at.selectbox(key=picker).options  # as shown
+        assert "nnU-Net 3d_fullres: Dataset999_Tiny (folds 0)" in options
+        assert not [o for o in options if "Dataset998" in o]
+        left_out = [as_shown(w.value) for w in at.warning if "Model left out" in w.value]
+        assert len(left_out) == 1, (page, left_out)
+        assert str(broken) in left_out[0] and "dataset.json" in left_out[0]
+        assert "\n" not in left_out[0]

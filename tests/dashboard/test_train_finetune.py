@@ -42,3 +42,43 @@ def test_start_from_a_model_takes_its_patch_and_names_a_broken_folder(
         "is not a folder"
     )
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_start_from_a_model_with_a_merge_trains_the_merged_output(
+    app_env, monkeypatch, tmp_path, new_app, no_problems
+):
+    """The model's five lung lobes merged on the form: the run learns liver and lungs, its
+    lungs output started from the five lobe outputs (init_from.json)."""
+    import json
+
+    from ctseg_core.labels import MERGES
+    from ctseg_core.training.job import get_job
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path / "runs"))
+    labels = {"background": 0, "liver": 1, **{n: i for i, n in enumerate(MERGES["lungs"], 2)}}
+    # four stages: phantom_3d's deep supervision (2 levels) needs three decoder levels
+    folder = write_model_folder(tmp_path, "3d_fullres", [6.0, 6.0, 6.0], [16, 32, 24], [0, 1, 2],
+                                labels=labels, features=[4, 8, 16, 16])  # fmt: skip
+    at = new_app("train")
+    at.run()
+    at.segmented_control(key=f"{K}_kind").set_value("3D")
+    at.run()
+    at.text_input(key=f"{K}_init_from").set_value(str(folder))
+    at.multiselect(key=f"{K}_merge").set_value(["lungs"])
+    at.run()
+    no_problems(at)
+    at.toggle(key=f"{K}_only_present").set_value(False)  # the model's structures
+    at.slider(key=f"{K}_epochs").set_value(1)
+    at.number_input(key=f"{K}_minutes").set_value(0.0)
+    at.number_input(key=f"{K}_steps").set_value(1)
+    at.text_input(key=f"{K}_run_name").set_value("merged")
+    at.button(key="FormSubmitter:train_form-Start").click()
+    at.run()
+    no_problems(at)
+    assert get_job().wait(240)
+    run = tmp_path / "runs" / "merged"
+    assert json.loads((run / "config.json").read_text())["data"]["structures"] == [
+        "liver", "lungs",
+    ]  # fmt: skip
+    assert json.loads((run / "init_from.json").read_text())["kept"]["lungs"] == [2, 3, 4, 5, 6]
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
