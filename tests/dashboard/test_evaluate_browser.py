@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from browser_kit import (
     CHROMIUM,
+    choose,
     fresh,
     go_to,
     launch_chromium,
@@ -77,31 +78,13 @@ def page(browser):
     page.context.close()
 
 
-def _choose(page, label: str, option: str) -> None:
-    """Pick the option of a selectbox whose text contains ``option``, until the box shows it
-    (a rerun landing meanwhile closes the open list: then open it again)."""
-    from playwright.sync_api import Error as PlaywrightError
-
-    box = page.get_by_role("combobox", name=label)
-    for _ in range(10):
-        wait_idle(page)
-        if option in box.input_value():
-            return
-        try:
-            box.click()
-            page.get_by_role("option").filter(has_text=option).first.click(timeout=5_000)
-        except PlaywrightError:
-            page.keyboard.press("Escape")
-    raise AssertionError(f"{label}: {box.input_value()!r}, not {option!r}")
-
-
 def _evaluate_all(page, server: str, run3d_dirs) -> pd.DataFrame:
     """Evaluate the 3D run's best checkpoint on all six subjects; returns the rows written."""
     page.goto(f"{server}/evaluate")
     page.get_by_role("heading", name="Evaluate", exact=True).wait_for()
     wait_idle(page)
-    _choose(page, "Run / checkpoint or model", "best.pth")
-    _choose(page, "Split", "all")
+    choose(page, "Run / checkpoint or model", "best.pth")
+    choose(page, "Split", "all")
     page.get_by_role("button", name="Evaluate", exact=True).click()
     page.get_by_text("Results on all splits (6 subjects)").wait_for(timeout=180_000)
     wait_idle(page)
@@ -201,7 +184,7 @@ def test_the_worst_case_opens_in_explore_zoomed_to_its_structure(server, page, r
     structure = "kidney_left"  # small beside the slice: zooming to it is plain to see
     rows = results[(results["structure"] == structure) & results["dice"].notna()]
     subject = str(rows.loc[rows["dice"].astype(float).idxmin(), "subject"])
-    _choose(page, "Structure (worst first)", structure)
+    choose(page, "Structure (worst first)", structure)
     page.get_by_text(f"Worst: {subject}").wait_for()
     wait_idle(page)
     page.get_by_role("button", name="Open in Explore").click()
