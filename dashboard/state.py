@@ -49,6 +49,7 @@ TRAIN_STARTED = "ctseg_train_started"  # set[str]: runs started or continued fro
 TRAIN_RENAMED = "ctseg_train_renamed"  # (old, new) run folder: followed on the next run
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 EVAL_SUBJECTS_AMONG = "ctseg_eval_subjects_among"  # list[str]: the subject choice's options
+EVAL_OPENED = "ctseg_eval_opened"  # int: subject rows opened in Explore (names the table's key)
 EVAL_COMPARISON = "ctseg_eval_comparison"  # dict: last comparison (choice, table, CSV bytes)
 PREDICT_RESULT = "ctseg_predict_result"  # dict: last prediction on Predict
 EXPLORE_FOLDERS = "ctseg_explore_folders"  # list[str]: prediction folders evaluated here

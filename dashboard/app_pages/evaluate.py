@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -16,8 +15,7 @@ from ctseg_core.evaluation.paths import (
     model_evaluation_dir,
 )
 from dashboard import cached, cached_models, state
-from dashboard.helpers import compare_view, evalcharts, runs, viewer
-from dashboard.pages_index import PAGE_FILES
+from dashboard.helpers import compare_view, eval_explore, evalcharts, runs
 
 FROM_RUN = "a run's checkpoint or an nnU-Net model"
 FROM_FOLDER = "a predictions folder (<id>.nii.gz)"
@@ -181,44 +179,6 @@ def _form_choice() -> tuple:
     return tuple(st.session_state.get(key) for key in keys)
 
 
-def worst_case_link(results: pd.DataFrame, ranking: pd.DataFrame, info: dict) -> None:
-    st.subheader("Open a worst case in Explore")
-    cols = st.columns([3, 1], vertical_alignment="bottom")
-    structure = cols[0].selectbox(
-        "Structure (worst first)",
-        list(ranking["structure"][::-1]) or sorted(results["structure"].unique()),
-        key=state.EVAL_FORM.worst,
-    )
-    case = evalcharts.worst_case(results, structure) if structure else None
-    if case is None:
-        cols[0].caption("No scored subject for this structure.")
-        return
-    subject, dice = case
-    cols[0].caption(
-        f"Worst: {state.plain(subject)}" + ("" if np.isnan(dice) else f" (Dice {dice:.3f})")
-        + " — opens at the axial slice with the most reference voxels of it, zoomed to it"
-    )  # fmt: skip
-    if cols[1].button("Open in Explore", icon=":material/open_in_new:", key=state.EVAL_FORM.open):
-        from ctseg_core.labels import member_values, members, value_of
-
-        entry = cached.cached_subject(info["root"], subject)
-        # a merge (labels.MERGES): the slice with the most voxels of its members together
-        per_slice = np.isin(np.asarray(entry.labels), member_values(structure)).sum(axis=(1, 2))
-        z = int(per_slice.argmax()) if per_slice.any() else entry.num_slices // 2
-        st.session_state[state.EXPLORE_SUBJECT] = subject
-        volume = f"{info['root']}:{subject}"  # as Explore names it
-        box = cached.structure_box_zxy(info["root"], subject, value_of(structure))
-        zoom = None if box is None else {"structure": structure, "box_zxy": box}
-        viewer.show_volume_at(state.EXPLORE_VIEW, volume, "axial", z + 1, zoom)
-        st.session_state[state.EXPLORE_PLANE] = "axial"
-        viewer.choose_structures(state.EXPLORE_STRUCTURES, list(members(structure)))
-        if info.get("folder"):  # Explore reads the folder's prediction of the subject
-            st.session_state[state.EXPLORE_CHECKPOINT] = state.FOLDER_PREFIX + info["folder"]
-        else:
-            st.session_state[state.EXPLORE_CHECKPOINT] = info["checkpoint"] or "(none)"
-        st.switch_page(PAGE_FILES["explore"])
-
-
 def show_results(info: dict) -> None:
     from ctseg_core.evaluation.tables import detection_table, summarize_results
 
@@ -279,7 +239,8 @@ def show_results(info: dict) -> None:
     st.markdown("**Detection** (subject x structure)")
     few = results["subject"].nunique() <= evalcharts.DETECTION_FEW_SUBJECTS
     st.altair_chart(evalcharts.detection_chart(results), width="content" if few else "stretch")
-    worst_case_link(ranked, evalcharts.ranking(ranked, "dice"), info)
+    eval_explore.subject_rows(ranked, info)
+    eval_explore.worst_case_link(ranked, evalcharts.ranking(ranked, "dice"), info)
     st.subheader("Downloads")
     split = info["split"]
     cols = st.columns(3)

@@ -200,6 +200,42 @@ def worst_case(results: pd.DataFrame, structure: str) -> tuple[str, float] | Non
     return None
 
 
+SUBJECT_COLUMNS = ["subject", "structures scored", "mean Dice", "worst structure", "worst Dice",
+                   "missed", "false positive", "median HD95 mm"]  # fmt: skip
+
+
+def subject_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per subject, worst mean Dice first: structures scored, mean Dice, the worst structure
+    and its Dice, missed and false-positive counts, median HD95 (mm).
+
+    A subject with no scored pair (only false positives, say) comes last with None Dice; its
+    worst structure is None. Columns as the Evaluate page shows them.
+    """
+    rows = []
+    for subject, part in results.groupby("subject", sort=False):
+        dice = part["dice"].astype(float)
+        hd = part["hd95_mm"].astype(float)
+        scored = part[dice.notna()]
+        worst = scored.loc[scored["dice"].astype(float).idxmin()] if len(scored) else None
+        rows.append(
+            {
+                "subject": str(subject),
+                "structures scored": len(scored),
+                "mean Dice": round(float(dice.mean()), 4) if len(scored) else None,
+                "worst structure": None if worst is None else str(worst["structure"]),
+                "worst Dice": None if worst is None else round(float(worst["dice"]), 4),
+                "missed": int((part["status"] == "missed").sum()),
+                "false positive": int((part["status"] == "false_positive").sum()),
+                "median HD95 mm": round(float(np.median(hd[np.isfinite(hd)])), 2)
+                if np.isfinite(hd).any()
+                else None,
+            }
+        )
+    table = pd.DataFrame(rows, columns=SUBJECT_COLUMNS)
+    order = table["mean Dice"].astype(float).sort_values(na_position="last", kind="stable").index
+    return table.loc[order].reset_index(drop=True)
+
+
 def skipped_table(skipped: dict[str, str]) -> pd.DataFrame:
     """The subjects an evaluation could not score and why (as ``skipped_<split>.csv``)."""
     from ctseg_core.evaluation.evaluate import SKIPPED_COLUMNS

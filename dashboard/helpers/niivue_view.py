@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 import streamlit.components.v1 as components
 
@@ -91,8 +92,21 @@ def niivue_viewer(keys: state.WidgetKeys, ct_zxy, layers, affine, volume_id: str
     )
     st.caption(
         "Linked planes (NiiVue, in the browser): click to move the crosshair in all three "
-        "planes; the readout names the structure under it in each layer."
+        "planes; the readout names the structure under it in each layer; the sliders above "
+        "set each layer's opacity."
     )
+    legend(layers)
+
+
+def legend(layers) -> None:
+    """The colours of the structures the layers hold (every label the viewer draws), in
+    label order; nothing when they hold none."""
+    from ctseg_core.labels import LABEL_OF
+    from dashboard.helpers.viewer import legend as chips
+
+    counts = sum(np.asarray(layer.counts, dtype=np.int64) for layer in layers)
+    if isinstance(counts, np.ndarray):
+        chips([name for name, k in LABEL_OF.items() if counts[k] > 0])
 
 
 def viewer_choice(key: str) -> str:

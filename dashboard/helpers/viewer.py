@@ -34,6 +34,7 @@ from dashboard import cached, state
 CUSTOM = "custom"
 MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
 MAX_VIEW_HEIGHT_PX = 720  # the tallest a slice is shown
+DEFAULT_ALPHA = 0.45  # the overlays' opacity until the user moves its slider
 #: structure pickers: "liv" finds liver, not every name with l, i, v in order, and Enter picks
 #: the first match rather than "Select 4 matches"
 NAME_SEARCH = {"filter_mode": "contains", "select_all": False}
@@ -100,7 +101,7 @@ def _controls(
             required=True,
             help="combined: the reference as chosen, the prediction as contours on top",
         )
-    st.session_state.setdefault(keys.alpha, 0.45)  # set once: kept across pages (state.py)
+    st.session_state.setdefault(keys.alpha, DEFAULT_ALPHA)  # set once: kept across pages (state.py)
     alpha = st.slider("Opacity", 0.0, 1.0, step=0.05, key=keys.alpha)
     return plane, float(level), float(width), style, layout, alpha
 

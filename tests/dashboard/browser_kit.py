@@ -136,3 +136,21 @@ def fresh(page, selector: str):
 def metric_value(page, label: str) -> str:
     metric = fresh(page, '[data-testid="stMetric"]').filter(has_text=label).first
     return metric.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick the option of a selectbox whose text contains ``option``, until the box shows it
+    (a rerun landing meanwhile closes the open list: then open it again)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    box = page.get_by_role("combobox", name=label)
+    for _ in range(10):
+        wait_idle(page)
+        if option in box.input_value():
+            return
+        try:
+            box.click()
+            page.get_by_role("option").filter(has_text=option).first.click(timeout=5_000)
+        except PlaywrightError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"{label}: {box.input_value()!r}, not {option!r}")

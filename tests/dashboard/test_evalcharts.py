@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ctseg_core.evaluation.tables import RESULT_COLUMNS
-from dashboard.helpers.evalcharts import group_success_rates, group_summary
+from dashboard.helpers.evalcharts import group_success_rates, group_summary, subject_table
 
 
 def _results() -> pd.DataFrame:
@@ -50,3 +50,17 @@ def test_small_references_are_hidden_but_absent_ones_stay():
     kept = without_small_references(rows, 0.5)
     assert list(kept["structure"]) == ["liver", "heart"]  # the 0.027 ml reference hidden
     assert len(without_small_references(rows, 0.0)) == 3
+
+
+def test_subject_table_puts_the_worst_subject_first_and_the_unscored_last():
+    results = _results()
+    fp = results.iloc[[0]].assign(subject="c", dice=np.nan, status="false_positive")
+    table = subject_table(pd.concat([results, fp], ignore_index=True))
+    assert list(table["subject"]) == ["a", "b", "c"]  # mean Dice 0.5, 0.6, none scored
+    a, b, c = table.to_dict("records")
+    assert a["structures scored"] == 2 and a["mean Dice"] == 0.5 and a["missed"] == 1
+    assert a["worst structure"] == "spleen" and a["worst Dice"] == 0.0
+    assert a["median HD95 mm"] == 2.0  # the missed spleen's infinite distance left out
+    assert b["worst structure"] == "liver" and b["worst Dice"] == 0.6
+    assert c["structures scored"] == 0 and c["false positive"] == 1
+    assert pd.isna(c["worst structure"]) and pd.isna(c["mean Dice"])

@@ -4,10 +4,20 @@ structure under it, checked against the cached volumes voxel by voxel."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from browser_kit import CHROMIUM, go_to, launch_chromium, new_page, streamlit_server, wait_idle
+from browser_kit import (
+    CHROMIUM,
+    choose,
+    fresh,
+    go_to,
+    launch_chromium,
+    new_page,
+    streamlit_server,
+    wait_idle,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -96,4 +106,107 @@ def test_linked_planes_open_on_the_slice_and_name_the_structure_under_a_click(s0
         page.mouse.click(canvas["x"] + 0.6 * canvas["width"], canvas["y"] + 0.45 * canvas["height"])
         page.wait_for_timeout(150)
         assert _location(frame)["vox"][2] != 18
+        browser.close()
+
+
+def _coloured_share(png: bytes) -> float:
+    """The share of a screenshot's pixels that are coloured (labels, crosshair), not grey CT."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return float(((rgb.max(axis=2) - rgb.min(axis=2)) > 40).mean())
+
+
+def _set_opacity(frame, layer: str, value: float) -> None:
+    """Move a layer's opacity slider as a drag would (an input event), then let NiiVue draw."""
+    frame.locator(f'input[aria-label="{layer} opacity"]').evaluate(
+        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input', {bubbles: true})); }",
+        str(value),
+    )
+    frame.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def test_the_readout_names_the_predictions_structure_and_its_opacity_slides(s0000_dirs, tmp_path):
+    """A predictions folder of s0000 that calls the liver gallbladder and misses the spleen,
+    evaluated, then shown in the linked planes: each click names both layers' structures as
+    the written files hold them; the legend lists them; opacity 0 hides the labels."""
+    pytest.importorskip("playwright", reason="needs the playwright package")
+    import nibabel as nib
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    from ctseg_core.data.cache import open_cached
+    from ctseg_core.labels import LABEL_OF, STRUCTURES
+
+    entry = open_cached(s0000_dirs["data"], "s0000", s0000_dirs["cache"])
+    pred_xyz = np.array(entry.labels_xyz())
+    liver = pred_xyz == LABEL_OF["liver"]
+    pred_xyz[pred_xyz == LABEL_OF["spleen"]] = 0
+    pred_xyz[liver] = LABEL_OF["gallbladder"]
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(pred_xyz, entry.affine), folder / "s0000.nii.gz")
+    pred_zxy = np.asarray(entry.labels).copy()  # the same change on the cache's (Z, X, Y)
+    pred_zxy[pred_zxy == LABEL_OF["spleen"]] = 0
+    pred_zxy[np.asarray(entry.labels) == LABEL_OF["liver"]] = LABEL_OF["gallbladder"]
+
+    def name(value: int) -> str:
+        return "background" if value == 0 else STRUCTURES[value - 1]
+
+    with streamlit_server(s0000_dirs, tmp_path / "server.log") as url, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        page = new_page(browser)
+        page.goto(f"{url}/evaluate")
+        page.get_by_role("heading", name="Evaluate", exact=True).wait_for()
+        wait_idle(page)
+        page.get_by_text("a predictions folder (<id>.nii.gz)", exact=True).click()
+        box = page.get_by_label(re.compile("^Predictions folder"))
+        box.fill(str(folder))
+        box.press("Enter")
+        wait_idle(page)
+        page.get_by_role("button", name="Evaluate", exact=True).click()
+        page.get_by_text("Results on the train split (1 subjects)").wait_for(timeout=180_000)
+        wait_idle(page)
+        go_to(page, "Explore")
+        choose(page, "Prediction from", "folder: ")
+        slider = page.get_by_role("slider").first  # the axial slice of the server view
+        fresh(page, '[data-testid="stImage"]').filter(has_text="reference | prediction").wait_for()
+        slider.focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        wait_idle(page)
+        assert int(slider.input_value()) == 19
+        page.get_by_text("linked planes", exact=True).click()
+        frame = _viewer_frame(page)
+        legend = page.locator('[data-testid="stHtml"]').filter(has_text="gallbladder")
+        legend.wait_for()
+        chips = legend.locator("div > span").all_inner_texts()  # one chip per structure
+        assert {"liver", "spleen", "gallbladder"} <= {c.strip() for c in chips}, chips
+
+        canvas = frame.locator("canvas").bounding_box()
+        pairs = set()
+        for fx in (0.06, 0.12, 0.18, 0.24, 0.3):
+            page.mouse.click(
+                canvas["x"] + fx * canvas["width"], canvas["y"] + 0.5 * canvas["height"]
+            )
+            frame.wait_for_function(
+                "z => window.ctsegLocation && window.ctsegLocation.vox[2] === z", arg=18
+            )
+            loc = _location(frame)
+            x, y, z = loc["vox"]
+            expected = [name(int(entry.labels[z, x, y])), name(int(pred_zxy[z, x, y]))]
+            assert loc["labels"] == expected, (fx, loc)
+            assert f"reference: {expected[0]} · prediction: {expected[1]}" in loc["text"]
+            pairs.add(tuple(expected))
+        assert {("liver", "gallbladder"), ("spleen", "background")} <= pairs, pairs
+
+        shown = _coloured_share(frame.locator("canvas").screenshot())
+        _set_opacity(frame, "reference", 0)
+        _set_opacity(frame, "prediction", 0)
+        hidden = _coloured_share(frame.locator("canvas").screenshot())
+        assert frame.evaluate("[nv.volumes[1].opacity, nv.volumes[2].opacity]") == [0, 0]
+        assert hidden < shown / 3, (hidden, shown)  # the crosshair alone stays coloured
         browser.close()

@@ -12,6 +12,7 @@ const DRAG = { crosshair: 8, windowing: 9, pan: 3 };
 let nv = null;
 let shown = null; // the volume key of what is loaded
 let args = null;
+const opacityOf = {}; // layer name -> opacity the user chose (kept when another subject loads)
 
 function setHeight() {
   post("streamlit:setFrameHeight", { height: document.body.scrollHeight + 4 });
@@ -63,6 +64,25 @@ function toolbar() {
   button("+", "zoom in", () => zoom(1.25));
   button("−", "zoom out", () => zoom(0.8));
   button("reset", "zoom and pan back", () => zoom(0));
+  args.layers.forEach((layer, i) => bar.appendChild(opacitySlider(layer, i + 1)));
+}
+
+function opacitySlider(layer, volume) {
+  // in the browser: moving it redraws the planes without a server round trip
+  const label = document.createElement("label");
+  label.className = "opacity";
+  label.textContent = `${layer} `;
+  const input = document.createElement("input");
+  Object.assign(input, { type: "range", min: 0, max: 1, step: 0.05 });
+  input.value = opacityOf[layer] ?? args.opacity;
+  input.setAttribute("aria-label", `${layer} opacity`);
+  input.title = `opacity of the ${layer} labels`;
+  input.oninput = () => {
+    opacityOf[layer] = Number(input.value);
+    if (nv && nv.volumes[volume]) nv.setOpacity(volume, opacityOf[layer]);
+  };
+  label.appendChild(input);
+  return label;
 }
 
 function name(value) {
@@ -111,7 +131,8 @@ async function load() {
   const [level, width] = a.window;
   const list = [{ url: a.ct_url, name: "ct.nii", colormap: "gray",
                   cal_min: level - width / 2, cal_max: level + width / 2, trustCalMinMax: true }];
-  for (const url of a.label_urls) list.push({ url, name: "labels.nii", opacity: a.opacity });
+  a.label_urls.forEach((url, i) =>
+    list.push({ url, name: "labels.nii", opacity: opacityOf[a.layers[i]] ?? a.opacity }));
   const started = performance.now();
   await nv.loadVolumes(list);
   for (let i = 1; i < nv.volumes.length; i++) {
