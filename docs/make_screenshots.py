@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "dashboard"))
 
 from browser_kit import (  # noqa: E402
+    choose,
     go_to,
     launch_chromium,
     metric_value,
@@ -75,7 +76,7 @@ def viewer_ready(page) -> None:
 def take_screenshots(url: str, out: Path, data: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    checkpoint = f"{RUN} / best.pth"
+    checkpoint = f"{RUN} (2D) / best.pth"  # as the pickers show it: the run, its kind
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
         page = new_page(browser)
@@ -87,14 +88,13 @@ def take_screenshots(url: str, out: Path, data: Path) -> None:
 
         go_to(page, "Train")
         page.get_by_role("combobox", name="Run", exact=True).click()
-        page.get_by_role("option", name=RUN, exact=True).click()
+        page.get_by_role("option", name=RUN).click()
         wait_idle(page)
         assert metric_value(page, "State") == "finished", metric_value(page, "State")
         screenshot(page, out / "train.png")
 
         go_to(page, "Evaluate")
-        page.get_by_role("combobox", name="Run / checkpoint", exact=True).click()
-        page.get_by_role("option", name=checkpoint, exact=True).click()
+        choose(page, "Run / checkpoint or model", checkpoint)
         wait_idle(page)
         page.get_by_role("button", name="Evaluate").click()
         page.get_by_text("Results on the test split").wait_for(timeout=300_000)
@@ -106,8 +106,7 @@ def take_screenshots(url: str, out: Path, data: Path) -> None:
         page.get_by_role("combobox", name="Subject", exact=True).click()
         page.get_by_role("option", name=f"{TEST_SUBJECT} (test)").click()
         wait_idle(page)
-        page.get_by_role("combobox", name="Prediction from", exact=True).click()
-        page.get_by_role("option", name=checkpoint, exact=True).click()
+        choose(page, "Prediction from", checkpoint)
         page.get_by_text("Reference and prediction").wait_for(timeout=300_000)
         page.locator('[data-testid="stImage"] img').first.wait_for()
         wait_idle(page)
@@ -125,8 +124,7 @@ def take_screenshots(url: str, out: Path, data: Path) -> None:
         screenshot(page, out / "explore_planes.png")
 
         go_to(page, "Predict")
-        page.get_by_role("combobox", name="Checkpoint", exact=True).click()
-        page.get_by_role("option", name=checkpoint, exact=True).click()
+        choose(page, "Checkpoint", checkpoint)
         wait_idle(page)
         page.locator('input[type="file"]').first.set_input_files(
             str(data / TEST_SUBJECT / "ct.nii.gz")
