@@ -96,3 +96,26 @@ def new_app():
 def no_problems():
     """no_problems(at): assert no exception element and no st.error on the page."""
     return _no_problems
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for a module's browser tests (playwright; skipped without it)."""
+    pytest.importorskip("playwright", reason="needs the playwright package")
+    from browser_kit import launch_chromium
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = launch_chromium(pw)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page (its own context) of the module's browser."""
+    from browser_kit import new_page
+
+    page = new_page(browser)
+    yield page
+    page.context.close()

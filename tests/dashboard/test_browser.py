@@ -17,9 +17,7 @@ from browser_kit import (
     FRESH,
     fresh,
     go_to,
-    launch_chromium,
     metric_value,
-    new_page,
     streamlit_server,
     wait_idle,
 )
@@ -46,24 +44,6 @@ def server(dash_dirs, tiny_run):
 def shots_dir(tmp_path_factory) -> Path:
     env = os.environ.get("CTSEG_SCREENSHOTS")
     return Path(env) if env else tmp_path_factory.mktemp("screenshots")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pytest.importorskip("playwright", reason="needs the playwright package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    page = new_page(browser)
-    yield page
-    page.context.close()
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ from browser_kit import (
     choose,
     fresh,
     go_to,
-    launch_chromium,
-    new_page,
     streamlit_server,
     wait_idle,
 )
@@ -58,24 +56,6 @@ def server(run3d_dirs):
     log = run3d_dirs["checkpoints"].parent / "server.log"
     with streamlit_server(run3d_dirs, log) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pytest.importorskip("playwright", reason="needs the playwright package")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    page = new_page(browser)
-    yield page
-    page.context.close()
 
 
 def _evaluate_all(page, server: str, run3d_dirs) -> pd.DataFrame:
