@@ -25,11 +25,10 @@ def register(subparsers) -> None:
 
 
 def run_export_nnunet(args) -> int:
-    from ..models.checkpoint import config_of, load_checkpoint
-    from ..nnunet.export import export_nnunet, padding_caveat, source_checkpoint
+    from ..nnunet.export import export_nnunet, padding_caveat
 
     out = export_nnunet(args.source, args.out_dir, dataset_name=args.dataset_name)
-    caveat = padding_caveat(config_of(load_checkpoint(source_checkpoint(args.source))))
+    caveat = padding_caveat(out)
     if args.json:
         print(json.dumps({"model_folder": str(out), "note": caveat}))
     else:

@@ -256,10 +256,13 @@ def nnunet_checkpoint(ckpt: dict, config: RunConfig, plans: dict, dataset: dict)
     }
 
 
-def padding_caveat(config: RunConfig) -> str:
-    """One line on the CTs nnU-Net pads differently from ctseg (smaller than one patch)."""
+def padding_caveat(model_dir: str | Path) -> str:
+    """One line on the CTs nnU-Net pads differently from ctseg (smaller than one patch), from
+    the exported folder's plans.json (its patch and spacing are ctseg's x, y, z)."""
+    plans = json.loads((Path(model_dir) / "plans.json").read_text(encoding="utf-8"))
+    config = plans["configurations"][CONFIGURATION]
     extent = " x ".join(
-        f"{p * s:g}" for p, s in zip(config.data.patch_size, config.data.spacing_mm, strict=True)
+        f"{p * s:g}" for p, s in zip(config["patch_size"], config["spacing"], strict=True)
     )
     return (
         f"nnU-Net pads a CT smaller than one patch ({extent} mm, x y z) with mid-window "
