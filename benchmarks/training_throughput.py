@@ -51,6 +51,7 @@ from ctseg_core.device import (
     resolve_device,
 )
 from ctseg_core.models import build_model
+from ctseg_core.models.nnunet import keep_channels_last
 from ctseg_core.training.losses import build_loss
 from ctseg_core.training.optim import build_optimizer
 from ctseg_core.training.presets import preset
@@ -117,6 +118,8 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     lut = torch.from_numpy(dataset.lut).long().to(device)
     if channels_last:
         model = model.to(memory_format=layout)
+        if args.kind == "3d":  # as the trainer does (training.parts)
+            keep_channels_last(model)
     run_step = StepRunner(model, optimizer, scaler, loss_fn, lut, config.data, device, amp,
                           channels_last, config.train.grad_clip, dataset.annotated_classes(),
                           dataset.mirror_safe())  # fmt: skip
@@ -202,11 +205,10 @@ def main() -> None:
         device = resolve_device(args.device)
         prepare_device(device)  # as the trainer does
         modes = [("fp32", None, False)]
-        # instance norm on a CPU copies channels_last inputs (device.resolve_channels_last)
-        last_3d = args.kind == "3d" and device.type == "cpu"
         if device.type == "cuda" or cpu_has_bf16():
-            modes.append(("bf16" if last_3d else "bf16 + channels_last", torch.bfloat16,
-                          not last_3d))  # fmt: skip
+            if args.kind == "3d":  # what channels last buys the 3D model (the trainer's choice)
+                modes.append(("bf16", torch.bfloat16, False))
+            modes.append(("bf16 + channels_last", torch.bfloat16, True))
         if args.kind == "3d":
             patch = args.patch or preset("phantom_3d").data.patch_size
             voxels = math.prod(patch)

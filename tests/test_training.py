@@ -261,6 +261,26 @@ def test_fused_dice_ce_gradient_equals_autograd_of_its_definition():
         assert torch.allclose(weighted.grad, 0.3 * reference.grad, atol=1e-7)
 
 
+def test_fused_dice_ce_on_3d_logits_channels_last_equals_its_definition():
+    """A 3D network run channels_last_3d hands over (B, K, X, Y, Z) logits lying channels last:
+    the same loss and gradient as the definition, the gradient in that layout (no copy)."""
+    from ctseg_core.training.losses import dice_ce_loss, dice_ce_reference
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 5, 6, 4, 3) * 3
+    classes = torch.randint(0, 5, (2, 6, 4, 3))
+    classes[classes == 2] = 0
+    reference = logits.clone().requires_grad_()
+    loss_reference = dice_ce_reference(reference, classes)
+    loss_reference.backward()
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        x = logits.clone(memory_format=layout).requires_grad_()
+        (0.5 * dice_ce_loss(x, classes)).backward()
+        assert dice_ce_loss(x, classes).item() == pytest.approx(loss_reference.item(), rel=1e-6)
+        assert torch.allclose(x.grad, 0.5 * reference.grad, atol=1e-7)
+        assert x.grad.is_contiguous(memory_format=layout)
+
+
 def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
     from ctseg_core.device import resolve_channels_last
 
@@ -268,6 +288,9 @@ def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
     assert resolve_channels_last("auto", cpu, torch.bfloat16) is True
     assert resolve_channels_last("auto", cpu, None) is False  # fp32 CPU convolutions: no gain
     assert resolve_channels_last("auto", cpu, torch.bfloat16, "instance") is False
+    # a 3D model's instance norms keep the layout (ChannelsLastInstanceNorm3d)
+    assert resolve_channels_last("auto", cpu, torch.bfloat16, "instance", volumetric=True)
+    assert resolve_channels_last("auto", cpu, None, "instance", volumetric=True) is False
     assert resolve_channels_last("auto", cuda, torch.bfloat16, "instance") is True
     assert resolve_channels_last(False, cuda, torch.bfloat16) is False
     with pytest.raises(CtsegError, match="channels_last must be"):

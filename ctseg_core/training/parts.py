@@ -40,6 +40,7 @@ from ..device import (
 from ..models import build_model
 from ..models.checkpoint import restore_rng_state
 from ..models.head import init_output_bias
+from ..models.nnunet import keep_channels_last
 from ..models.registry import model_spec
 from ..nnunet.finetune import init_from_model
 from . import distributed as ddp
@@ -164,7 +165,7 @@ def build_parts(
         ddp.barrier()
     prepare_device(device)
     amp = resolve_amp(t.amp, device)
-    channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm)
+    channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm, volumetric)
     model = build_model(cfg.model, cfg.data)
     if resume is None:
         counts = sum(s.voxel_counts for s in train_set.subjects)
@@ -177,6 +178,8 @@ def build_parts(
         model = model.to(
             memory_format=torch.channels_last_3d if volumetric else torch.channels_last
         )
+        if volumetric:  # PyTorch's CPU instance norm would copy every activation's layout twice
+            keep_channels_last(model)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
     history: list[dict] = []
