@@ -15,6 +15,9 @@ from dashboard.pages_index import PAGE_FILES
 #: structures a subject's row shows in 3D: its worst scored ones (each a reference and a
 #: prediction surface; more makes the first view slow on a full-size CT)
 MESH_STRUCTURES = 3
+#: row height of the per-subject table in px, set rather than left to Streamlit's default so
+#: the browser test finds a row on the grid's canvas from it
+SUBJECT_ROW_PX = 35
 
 
 def open_in_explore(
@@ -98,7 +101,7 @@ def subject_rows(results: pd.DataFrame, info: dict) -> None:
     key = f"{state.EVAL_FORM.subject_rows}_{st.session_state.get(state.EVAL_OPENED, 0)}"
     event = st.dataframe(
         table, hide_index=True, on_select="rerun", selection_mode="single-row", key=key,
-        width="stretch",
+        width="stretch", row_height=SUBJECT_ROW_PX,
     )  # fmt: skip
     rows = event.selection.rows if event is not None else []
     if not rows:

@@ -24,7 +24,6 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
 ]
-ROW_PX = 35  # st.dataframe's header and row height (glide-data-grid's default)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +93,7 @@ def _caption(page) -> str:
 def test_a_subject_row_opens_explore_with_the_prediction_and_its_surfaces(server, page, run3d_dirs):
     from ctseg_core.data.cache import open_cached
     from ctseg_core.labels import LABEL_OF
+    from dashboard.helpers.eval_explore import SUBJECT_ROW_PX
     from dashboard.helpers.evalcharts import subject_table
 
     results = _evaluate_all(page, server, run3d_dirs)
@@ -104,7 +104,11 @@ def test_a_subject_row_opens_explore_with_the_prediction_and_its_surfaces(server
     row = 1  # the second subject: not the one Explore would open by itself
     subject = str(table["subject"][row])
     box = grid.bounding_box()  # the grid's scroller takes the pointer: click where it is
-    page.mouse.click(box["x"] + 15, box["y"] + ROW_PX * (row + 1) + ROW_PX // 2)
+    # every row is shown (height "auto"): the canvas is the header plus len(table) rows, so
+    # the header's height is what is left of it (borders included)
+    header_px = box["height"] - SUBJECT_ROW_PX * len(table)
+    assert 0 < header_px < 2 * SUBJECT_ROW_PX, (box, len(table))
+    page.mouse.click(box["x"] + 15, box["y"] + header_px + SUBJECT_ROW_PX * (row + 0.5))
     _subject_shown(page, subject)
     part = results[(results["subject"] == subject) & results["dice"].notna()]
     worst = list(part.sort_values("dice", kind="stable")["structure"][:3])
