@@ -168,10 +168,10 @@ def write_small_ct(source: Path, path: Path) -> Path:
     return path
 
 
-def nnunet_reference(folder: Path, ct_path: Path, folds: int) -> np.ndarray:
-    """nnUNetPredictor's labels for ``ct_path`` (CPU, mirroring on) in the reader's axis order
+def nnunet_reference(folder: Path, ct_path: Path, folds: int, device: str = "cpu") -> np.ndarray:
+    """nnUNetPredictor's labels for ``ct_path`` (mirroring on) in the reader's axis order
     (the plans' image_reader_writer; SimpleITKIO: (k, j, i))."""
-    labels, _, _ = _nnunet_predict(folder, ct_path, folds)
+    labels, _, _ = _nnunet_predict(folder, ct_path, folds, device)
     return labels
 
 
@@ -183,12 +183,12 @@ def nnunet_reference_file(folder: Path, ct_path: Path, folds: int, out: Path) ->
     return out
 
 
-def _nnunet_predict(folder: Path, ct_path: Path, folds: int):
+def _nnunet_predict(folder: Path, ct_path: Path, folds: int, device: str = "cpu"):
     from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=False, device=torch.device("cpu"),
+                                perform_everything_on_device=False, device=torch.device(device),
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)  # fmt: skip
     # the network comes from the same builder nnUNetTrainer calls, the rest as
     # initialize_from_trained_model_folder

@@ -11,11 +11,13 @@ weights in float16, as nnU-Net accumulates them, so its roundings and hence its 
 same; folds' logits averaged; the logits resampled back to the cropped grid (with the plans'
 function, from float16; one channel at a time, keeping a running argmax) and their argmax put
 into the uncropped, untransposed volume. A 2d configuration slides over each slice of the first
-(transposed) axis.
+(transposed) axis. On a GPU the network runs under float16 autocast, as nnU-Net's does there
+(``tests/test_gpu.py`` compares both on a GPU; not yet run on one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable
@@ -112,6 +114,8 @@ def sliding_window_logits(model: LoadedModel, data: torch.Tensor, mirror: bool =
     windows = [(*d, *s) for d in lead for s in itertools.product(*starts)]
     g = gaussian_weights(patch)
     axes = model.mirror_axes if mirror else None
+    # nnU-Net runs its network under float16 autocast on a GPU (and in float32 on a CPU)
+    amp = torch.autocast("cuda") if device.type == "cuda" else contextlib.nullcontext()
     total = None
     for f, state in enumerate(model.fold_weights):
         model.network.load_state_dict(state)
@@ -123,7 +127,8 @@ def sliding_window_logits(model: LoadedModel, data: torch.Tensor, mirror: bool =
             box = (*lead_idx, *(slice(s, s + p) for s, p in zip(start[len(lead_idx):], patch,
                                                                    strict=True)))  # fmt: skip
             x = padded[(slice(None), *box)][None].to(device)
-            out = _mirrored_logits(model.network, x, axes)[0].cpu()
+            with amp:
+                out = _mirrored_logits(model.network, x, axes)[0].cpu()
             out *= g
             logits[(slice(None), *box)] += out
             weight[box] += g
