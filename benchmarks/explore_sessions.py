@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nibabel as nib
 import numpy as np
@@ -124,16 +126,34 @@ async def wheel_steps(page, frame, steps: int) -> list[float]:
     return times
 
 
+def server_cpu_s(port: int) -> float:
+    """CPU seconds (user + system) used so far by the `streamlit run` server on ``port``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            if b"streamlit" in b" ".join(cmdline) and str(port).encode() in cmdline:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended while we looked
+    raise RuntimeError(f"no streamlit server on port {port}")
+
+
 async def run_round(browser, url: str, sessions: int, steps: int, linked: bool):
+    """Step times of every session (s), the viewers' load times (s), and the server's CPU
+    seconds per step while the sessions only stepped (loading excluded)."""
     opened = await asyncio.gather(*(open_explore(browser, url, linked) for _ in range(sessions)))
     if linked:
         runs = [wheel_steps(page, frame, steps) for page, frame, _ in opened]
     else:
         runs = [slice_steps(page, steps) for page, _, _ in opened]
+    port = urlsplit(url).port
+    cpu_before = server_cpu_s(port)
     times = [t for per_session in await asyncio.gather(*runs) for t in per_session]
+    cpu_per_step = (server_cpu_s(port) - cpu_before) / len(times)
     for page, _, _ in opened:
         await page.context.close()
-    return times, [load for _, _, load in opened]
+    return times, [load for _, _, load in opened], cpu_per_step
 
 
 async def main_async(args) -> None:
@@ -151,14 +171,15 @@ async def main_async(args) -> None:
             await run_round(browser, url, 1, 1, linked=False)  # warm: prepare the cache
             await run_round(browser, url, 1, 1, linked=True)  # warm: the NIfTI bytes
             for sessions in args.sessions:
-                server, _ = await run_round(browser, url, sessions, args.steps, linked=False)
-                linked, loads = await run_round(browser, url, sessions, args.steps, linked=True)
-                rows.append((sessions, server, linked, loads))
+                server, _, cpu_s = await run_round(browser, url, sessions, args.steps, False)
+                linked, loads, cpu_l = await run_round(browser, url, sessions, args.steps, True)
+                rows.append((sessions, server, linked, loads, cpu_s, cpu_l))
                 print_row(*rows[-1])
             await browser.close()
 
 
-def print_row(sessions: int, server: list[float], linked: list[float], loads: list[float]):
+def print_row(sessions: int, server: list[float], linked: list[float], loads: list[float],
+              cpu_server: float, cpu_linked: float) -> None:  # fmt: skip
     def q(times: list[float], p: float) -> float:
         return float(np.quantile(times, p))
 
@@ -168,7 +189,8 @@ def print_row(sessions: int, server: list[float], linked: list[float], loads: li
         f" | linked planes (browser) median {med_l:.3f} s, p90 {q(linked, 0.9):.3f} s"
         f" | server / browser {med_s / med_l:.1f}x | viewer load median "
         f"{statistics.median(loads):.1f} s | goal p90 < 0.3 s with 8: "
-        f"{'met' if q(linked, 0.9) < 0.3 else 'not met'}",
+        f"{'met' if q(linked, 0.9) < 0.3 else 'not met'} | server CPU per step: slices "
+        f"{cpu_server * 1000:.0f} ms, linked planes {cpu_linked * 1000:.0f} ms",
         flush=True,
     )
 
