@@ -56,6 +56,7 @@ def pad_value(data: DataConfig) -> float:
     low, high = (float(v) for v in data.hu_window)
     return (float(data.hu_mean_std[0]) - (low + high) / 2) * 2.0 / (high - low)
 
+
 #: an item: (subject index, (x, y, z) centre or None, seed)
 PatchItem = tuple[int, tuple[int, int, int] | None, int]
 
