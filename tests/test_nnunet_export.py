@@ -167,16 +167,18 @@ def test_nnunet_predictor_labels_a_resampled_ct_as_ctseg_does(tmp_path):
 
 @pytest.mark.parametrize("hu_mean_std", [None, (60.0, 250.0)])
 def test_nnunet_predictor_labels_a_ct_smaller_than_a_patch_as_ctseg_does(tmp_path, hu_mean_std):
-    """A CT smaller than one patch (24 x 20 x 10 voxels at the model's 3 mm, in a 32 x 32 x 16
-    patch: padded on every axis, one window): a run padding as nnU-Net ("normalised_zero": the
-    window's middle, or ``hu_mean_std``'s mean, the value both normalise to 0) is labelled by
-    nnUNetPredictor exactly as by ctseg (measured: 0 voxels differ, with the window and with
-    (mean, std); bound: argmax ties within float error, as the round trip below). The same
-    weights padding with air differ in 75 % and 76 % of the voxels: the comparison sees the
-    padding. Resampled (3 -> 4 mm, 40 x 36 x 12 voxels -> 30 x 27 x 9), the share is 4.9-5.1 %
-    over two seeds, as on CTs of at least one patch (3.9-4.8 %, the 5 % bound above): the
-    resampling's sources listed there, not the padding (air: 44-73 %)."""
-    ct_path = sample_ct_las(tmp_path / "case_0000.nii.gz", (24, 20, 10))
+    """A CT smaller than one patch (23 x 19 x 9 voxels at the model's 3 mm in a 32 x 32 x 16
+    patch: padded on every axis by an odd count, one window): a run padding as nnU-Net
+    ("normalised_zero": the window's middle, or ``hu_mean_std``'s mean, the value both normalise
+    to 0) is labelled by nnUNetPredictor as by ctseg but where ctseg's top two probabilities tie
+    within nnU-Net's float16 sums (gap < 1e-3; the median gap is 0.12). Measured: 0 voxels with
+    the window, 2 of 3933 (gaps 4e-5, 1.4e-4) with (mean, std); bound 0.1 %. The same weights
+    padding with air differ in 72 % and 74 % of the voxels: the comparison sees the padding.
+    Resampled (3 -> 4 mm, 40 x 36 x 12 voxels -> 30 x 27 x 9) the share is 4.9-5.1 % over two
+    seeds, as on CTs of at least one patch (3.9-4.8 %, the 5 % bound above): the resampling's
+    sources listed there, not the padding (air: 44-73 %)."""
+    ct_path = sample_ct_las(tmp_path / "case_0000.nii.gz", (23, 19, 9))
+    ct = load_ct(ct_path)
     shares = {}
     for padding in ("normalised_zero", "air"):
         run = run_3d(tmp_path / padding, (3.0, 3.0, 3.0), padding=padding)
@@ -186,11 +188,19 @@ def test_nnunet_predictor_labels_a_ct_smaller_than_a_patch_as_ctseg_does(tmp_pat
             save_checkpoint(run / "best.pth", model, config=cfg)
         model_dir = export_nnunet(run, tmp_path / f"model_{padding}")
         theirs = nnunet_labels(model_dir, ct_path, tmp_path / f"pred_{padding}")
-        ours = ctseg_labels(run, ct_path)
-        assert theirs.shape == ours.shape == (24, 20, 10)
+        predictor = Predictor([run / "best.pth"], device="cpu")
+        predictor.strategy.amp = None  # float32, as nnU-Net's on a CPU
+        ours = predictor.predict(ct)
+        assert theirs.shape == ours.shape == (23, 19, 9)
         assert len(np.unique(ours)) == 5  # every structure occurs: a real comparison
-        shares[padding] = float((theirs != ours).mean())
-    assert shares["normalised_zero"] <= 1e-4, shares
+        differ = theirs != ours
+        shares[padding] = float(differ.mean())
+        if padding == "normalised_zero":  # the model's grid is the CT's: no resampling
+            scores = predictor.strategy.scores(ct.array, 2, spacing_mm=ct.spacing_mm)
+            top = scores.permute(1, 2, 0, 3).topk(2, dim=-1).values.numpy()  # (X, Y, Z, 2)
+            gaps = (top[..., 0] - top[..., 1])[differ]
+            assert (gaps < 1e-3).all(), gaps
+    assert shares["normalised_zero"] <= 0.001, shares
     assert shares["air"] >= 0.5, shares
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..config import DataConfig, RunConfig
+from ..config import PADDINGS, DataConfig, RunConfig
 from ..errors import ConfigError
 from ..labels import NUM_LABELS, class_lut, member_values
 from .slices import EpochDraw, annotated_classes, labelled_subjects, mirror_safe, normalize_hu
@@ -50,7 +50,7 @@ def pad_value(data: DataConfig) -> float:
     if data.padding == "air":
         return float(normalize_hu(torch.tensor(PAD_HU), data.hu_window))
     if data.padding != "normalised_zero":
-        raise ConfigError(f"padding {data.padding!r} is not one of air, normalised_zero")
+        raise ConfigError(f"padding {data.padding!r} is not one of {', '.join(PADDINGS)}")
     if data.hu_mean_std is None:
         return 0.0
     low, high = (float(v) for v in data.hu_window)

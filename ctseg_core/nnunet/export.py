@@ -37,21 +37,21 @@ How ctseg's prediction maps onto nnU-Net's, step by step:
   never wins.
 - **Not mapped.** Mirroring: nnU-Net averages mirrored passes without swapping left and right
   labels, so the export allows none (``inference_allowed_mirroring_axes`` None); ctseg's TTA has
-  no nnU-Net counterpart.
-- **Padding.** nnU-Net pads a CT smaller than a patch on the model's grid with 0 after
-  normalisation: the middle of the HU window, or the mean of a run with ``hu_mean_std``. A run
-  with ``data.padding`` "normalised_zero" (the 3D presets, fine-tunes from nnU-Net models) pads
-  with that value in training, validation and ctseg's sliding window, so nnU-Net labels such CTs
-  as ctseg does (centred alike: nnU-Net's ``pad_nd_image`` puts the odd voxel at the high end,
-  as ctseg). A run with "air" (every run from before the setting) was trained with -1024 HU
-  there: nnU-Net labels such CTs worse (``padding_caveat``, printed by ``ctseg export-nnunet``
-  for those runs only; measured with ``benchmarks/nnunet_export_agreement.py``). Mapping
-  nnU-Net's 0 to air instead (plans' mean = the window's low end, the first bias compensated)
-  fixes those but moves the first convolution's own zero padding to air, which changed 16-65 %
-  of the labels of the tests' small networks: not done. The plans record the run's padding
-  (``ctseg_padding``, a key nnU-Net does not read). Cropping:
-  nnU-Net first crops to the bounding box of non-zero voxels, which a CT loses only where whole
-  border slabs are exactly 0 HU.
+  no nnU-Net counterpart. Cropping: nnU-Net first crops to the bounding box of non-zero voxels,
+  which a CT loses only where whole border slabs are exactly 0 HU.
+- **Padding.** nnU-Net pads a CT smaller than a patch on the model's grid (centred, the odd voxel
+  at the high end, as ctseg) with 0 after normalisation: the middle of the HU window, or the
+  mean of a run with ``hu_mean_std``. A run with ``data.padding`` "normalised_zero" (the 3D
+  presets, fine-tunes from nnU-Net models) pads with that value in training, validation and
+  ctseg's sliding window, so nnU-Net labels such CTs as ctseg does (without resampling: the
+  same labels, ``tests/test_nnunet_export.py``). A run with "air" (the field's default, so every
+  run from before it) was trained with -1024 HU there: nnU-Net labels such CTs worse
+  (``padding_caveat``, printed by ``ctseg export-nnunet`` for those runs only; measured with
+  ``benchmarks/nnunet_export_agreement.py``). Mapping nnU-Net's 0 to air instead (plans' mean =
+  the window's low end, the first bias compensated) fixes those but moves the first
+  convolution's own zero padding to air, which changed 16-65 % of the labels of the tests' small
+  networks: not done. The plans record the run's padding (``ctseg_padding``, a key nnU-Net does
+  not read).
 
 Refused with one line: 2D runs, sigmoid outputs (nnU-Net's regions are not an argmax), runs
 without ``data.spacing_mm`` (nnU-Net resamples every CT to one spacing), inputs of more than
