@@ -25,6 +25,11 @@ soft tissue), ctseg with air, as the run was trained (``export.padding_caveat``)
 kept: plans mapping air to 0 with the first bias compensated brought those 4 to 0.4-0.9 % and
 the mean to 0.89 % (Dice 0.794 vs 0.792) but moved the first convolution's zero padding to air,
 which changed 16-65 % of the labels of the tests' small networks.
+
+That run padded with air: it predates ``data.padding``. The 3D presets now pad as nnU-Net
+("normalised_zero"), and for such a run the export needs no caveat: on an untrained network
+nnU-Net labels a CT smaller than one patch exactly as ctseg when nothing is resampled
+(``tests/test_nnunet_export.py``). A trained run of that kind has not been measured here yet.
 """
 
 from __future__ import annotations

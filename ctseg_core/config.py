@@ -31,6 +31,8 @@ from .errors import ConfigError
 from .labels import MERGES, STRUCTURES, is_structure
 
 OUTPUTS = ("softmax", "sigmoid")
+#: what a 3D volume smaller than a patch is padded with (``DataConfig.padding``)
+PADDINGS = ("air", "normalised_zero")
 
 
 @dataclass
@@ -90,6 +92,13 @@ class DataConfig:
     patch_size: tuple[int, int, int] | None = None
     spacing_mm: tuple[float, float, float] | None = None
     hu_mean_std: tuple[float, float] | None = None  # None: the window scaled to [-1, 1]
+    # volumetric models: what a volume smaller than a patch (training patches, validation
+    # tiles, the sliding window) and the 3D augmentation's rotated-in corners hold.
+    # "normalised_zero": the intensity the network sees as 0 (the HU window's middle; the mean
+    # with hu_mean_std), as nnU-Net pads after normalising: the 3D presets and fine-tunes from
+    # nnU-Net models. "air": -1024 HU, the default, so a config.json written before this field
+    # existed loads as what its checkpoints were trained with (data.patches.pad_value)
+    padding: str = "air"
 
 
 @dataclass
@@ -288,6 +297,8 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(f"context slices must be odd and >= 1 (got {d.context_slices})")
     if not d.hu_window[0] < d.hu_window[1]:
         problems.append(f"HU window {tuple(d.hu_window)} must be (low, high) with low < high")
+    if d.padding not in PADDINGS:
+        problems.append(f"padding {d.padding!r} is not one of {', '.join(PADDINGS)}")
     if d.hu_mean_std is not None and not (len(d.hu_mean_std) == 2 and d.hu_mean_std[1] > 0):
         problems.append(f"HU mean/std {tuple(d.hu_mean_std)} must be (mean, std) with std > 0")
     if d.patch_size is not None and (

@@ -148,15 +148,25 @@ def test_scale_above_one_makes_a_sphere_larger_by_its_cube():
     assert ratio.tolist() == pytest.approx([0.8**3] * 2, rel=0.05)
 
 
-def test_padding_brought_in_reads_minus_one_in_the_image_and_zero_in_the_labels():
+@pytest.mark.parametrize(
+    "padding, hu_mean_std, fill",
+    [("air", None, -1.0), ("normalised_zero", None, 0.0), ("normalised_zero", (100.0, 300.0), 0.1)],
+)
+def test_padding_brought_in_reads_the_runs_padding_in_the_image_and_zero_in_the_labels(
+    padding, hu_mean_std, fill
+):
+    """air: the window's low end (-1); nnU-Net's: what the network sees as 0 (its rotations
+    fill 0 after normalising): 0, or (mean - 0) / 1000 in the window (-1000, 1000)."""
     shape = (20, 20, 20)
     labels = torch.full((1, *shape), LIVER, dtype=torch.uint8)
     image = torch.full((1, 1, *shape), 0.5)
-    cfg = _cfg(spatial_prob=1.0, rotation_deg=0.0, scale_range=(0.5, 0.5))  # shrink: pads
+    cfg = _cfg(spatial_prob=1.0, rotation_deg=0.0, scale_range=(0.5, 0.5),  # shrink: pads
+               padding=padding, hu_mean_std=hu_mean_std)  # fmt: skip
     out_image, out_labels = augment_batch_3d(image, labels, cfg, torch.Generator())
-    assert torch.equal(out_image[0, 0, :4], torch.full((4, 20, 20), -1.0))
+    torch.testing.assert_close(out_image[0, 0, :4], torch.full((4, 20, 20), fill))
     assert torch.equal(out_labels[0, :4], torch.zeros(4, 20, 20, dtype=torch.uint8))
-    assert float(out_image[0, 0, 10, 10, 10]) == 0.5 and out_labels[0, 10, 10, 10] == LIVER
+    assert float(out_image[0, 0, 10, 10, 10]) == pytest.approx(0.5, abs=1e-6)
+    assert out_labels[0, 10, 10, 10] == LIVER
     assert int((out_labels == LIVER).sum()) == 10**3  # half the size each way
 
 

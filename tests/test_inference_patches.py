@@ -47,11 +47,12 @@ register("test_side3d", spatial_dims=3, inference="patches")(lambda cfg: SideNet
 
 
 def checkpoint_3d(path, patch=(32, 32, 16), spacing=(6.0, 6.0, 6.0), output="softmax", seed=0,
-                  structures=STRUCTURES, name="plain_unet3d", mirror=False):  # fmt: skip
-    """A real checkpoint of an untrained (seeded) tiny 3D network."""
+                  structures=STRUCTURES, name="plain_unet3d", mirror=False,
+                  **data):  # fmt: skip
+    """A real checkpoint of an untrained (seeded) tiny 3D network (``data``: more DataConfig)."""
     cfg = RunConfig(
         data=DataConfig(patch_size=patch, spacing_mm=spacing, structures=list(structures),
-                        mirror=mirror),
+                        mirror=mirror, **data),
         model=ModelConfig(name=name, features=[4, 8], strides=[1, [2, 2, 1]], norm="instance",
                           output=output),
     )  # fmt: skip
@@ -249,6 +250,46 @@ def test_a_volume_smaller_than_one_patch_is_padded_not_refused(tmp_path):
     assert labels.shape == (10, 40, 5) and labels.dtype == np.uint8
     with pytest.raises(ConfigError, match="give the CT's spacing_mm"):
         predictor.predict(ct)
+
+
+@pytest.mark.parametrize(
+    "padding, hu_mean_std, pad",
+    [(None, None, -1.0), ("normalised_zero", None, 0.0), ("normalised_zero", (60.0, 250.0), 0.0)],
+)
+def test_the_network_sees_the_runs_padding_around_a_ct_smaller_than_a_patch(
+    tmp_path, padding, hu_mean_std, pad
+):
+    """A 10 x 40 x 5 CT in 32 x 32 x 16 windows (two along y), centred: what the network itself
+    receives (after a fine-tune's input map) is the CT's normalised voxels in the middle and
+    ``pad`` around them: air (-1024 HU -> -1) for a checkpoint whose config predates
+    ``data.padding``, nnU-Net's 0 for "normalised_zero", with the window or with (mean, std)."""
+    ckpt = checkpoint_3d(tmp_path / "m.pth", spacing=(2.0, 2.0, 2.0), hu_mean_std=hu_mean_std,
+                         padding=padding or "air")  # fmt: skip
+    if padding is None:  # as checkpoints were written before the setting existed
+        saved = torch.load(ckpt, weights_only=True)
+        del saved["config"]["data"]["padding"]
+        torch.save(saved, ckpt)
+    predictor = Predictor([ckpt], device="cpu")
+    assert predictor.members[0].config.data.padding == (padding or "air")
+    seen = []
+
+    def record(module, args) -> None:  # runs after the input map (hooks run in order)
+        seen.append(args[0].float().clone())
+
+    predictor.members[0].model.register_forward_pre_hook(record)
+    ct = np.random.default_rng(0).integers(-300, 300, size=(10, 40, 5)).astype(np.int16)
+    predictor.predict(ct, spacing_mm=(2.0, 2.0, 2.0))
+    x = torch.cat(seen)[:, 0]  # (windows, 32, 32, 16)
+    assert x.shape == (2, 32, 32, 16)
+    inside = np.zeros((32, 40, 16), dtype=bool)
+    inside[11:21, :, 5:10] = True  # (32 - 10) // 2 and (16 - 5) // 2 before the CT
+    windows = [inside[:, :32], inside[:, 8:]]  # y starts 0 and 8 (overlap 0.5)
+    padding_seen = torch.cat([x[i][torch.from_numpy(~w)] for i, w in enumerate(windows)])
+    torch.testing.assert_close(padding_seen, torch.full_like(padding_seen, pad), atol=1e-5, rtol=0)
+    mean, std = hu_mean_std or (0.0, 1000.0)  # the window (-1000, 1000): (HU - 0) / 1000
+    expected = (torch.from_numpy(ct).float() - mean) / std
+    torch.testing.assert_close(x[0, 11:21, :, 5:10], expected[:, :32], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x[1, 11:21, :, 5:10], expected[:, 8:], atol=1e-5, rtol=1e-5)
 
 
 def test_resampled_grid_over_the_voxel_limit_refused_in_one_line(tmp_path, monkeypatch):

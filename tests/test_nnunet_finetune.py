@@ -58,6 +58,7 @@ def test_the_run_is_the_model_network_axes_and_normalisation(model_dir):
     assert changes["data", "patch_size"] == (24, 32, 16)  # (z, y, x) in the plans
     assert changes["data", "hu_window"] == (-990.0, 1400.0)
     assert changes["data", "hu_mean_std"] == (INTENSITY["mean"], INTENSITY["std"])
+    assert changes["data", "padding"] == "normalised_zero"  # nnU-Net's 0 after normalising
     assert changes["data", "structures"] == ["spleen", "liver", "aorta"]  # my_tumour: no v2 name
     config = user_config({}, changes).validate()
     assert config.model.name == "plain_unet3d" and config.model.features == [4, 8, 16]
@@ -116,6 +117,7 @@ def test_a_finetuning_run_keeps_the_model_channels_trains_resumes_and_is_evaluat
     saved = load_checkpoint(run / "last.pth")["config"]
     assert saved["train"]["init_from"] == str(model_dir.resolve())
     assert tuple(saved["data"]["hu_mean_std"]) == (INTENSITY["mean"], INTENSITY["std"])
+    assert saved["data"]["padding"] == "normalised_zero"
 
     resume = ["train", "--resume", str(run), "--epochs", "2"]
     assert main(resume) == 0, capsys.readouterr().err

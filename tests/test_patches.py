@@ -11,12 +11,14 @@ from ctseg_core.data.patches import (
     PAD_HU,
     PatchDataset,
     PatchSampler,
+    pad_value,
     patch_boxes,
     validation_volumes,
 )
 from ctseg_core.data.slices import normalize_hu
 from ctseg_core.errors import ConfigError
 from ctseg_core.labels import LABEL_OF
+from ctseg_core.models.registry import HuStandardize
 
 PATCH = (32, 32, 16)
 
@@ -79,6 +81,39 @@ def test_a_patch_larger_than_the_volume_is_padded_with_air_and_background(phanto
     air = float(normalize_hu(torch.tensor(PAD_HU), (-1100.0, 1000.0)))  # -0.9276
     assert PAD_HU == -1024.0 and (image[0].numpy()[pad] == air).all()
     assert (labels.numpy()[pad] == 0).all() and labels.numpy()[inside].any()
+
+
+def test_nnunet_padding_fills_what_the_network_sees_as_zero(phantom_root, tmp_path):
+    """ "normalised_zero": the patch around the volume holds the window's middle (0), or with
+    a fine-tune's (mean, std) the value its input map turns into 0; the volume's own voxels
+    are those of an "air" patch, bit for bit."""
+    window = (-1100.0, 1000.0)
+    air = PatchDataset(_config(phantom_root, tmp_path, patch_size=(96, 90, 40), hu_window=window),
+                       "val")  # fmt: skip
+    x, y, z = air.subjects[0].shape_xyz
+    inside = np.zeros((96, 90, 40), dtype=bool)
+    inside[(96 - x) // 2 : (96 - x) // 2 + x, (90 - y) // 2 : (90 - y) // 2 + y,
+           (40 - z) // 2 : (40 - z) // 2 + z] = True  # fmt: skip
+    reference = air[(0, (3, 3, 3), 0)][0][0].numpy()
+    for mean_std, pad in ((None, 0.0), ((60.0, 250.0), (60.0 + 50.0) / 1050.0)):
+        config = _config(phantom_root, tmp_path, patch_size=(96, 90, 40), hu_window=window,
+                         padding="normalised_zero", hu_mean_std=mean_std)  # fmt: skip
+        assert pad_value(config.data) == pytest.approx(pad, abs=1e-12)
+        image, labels, _ = PatchDataset(config, "val")[(0, (3, 3, 3), 0)]
+        image = image[0].numpy()
+        assert (image[~inside] == np.float32(pad)).all() and (labels.numpy()[~inside] == 0).all()
+        assert np.array_equal(image[inside], reference[inside])
+        if mean_std is not None:  # the network's input there: 0 up to float32 rounding
+            mapped = HuStandardize(window, mean_std)(None, (torch.tensor([pad]),))[0]
+            assert abs(float(mapped)) < 1e-6
+
+
+def test_pad_values_and_unknown_padding_named():
+    assert pad_value(DataConfig()) == -1.0  # air, -1024 HU, clipped to the window's -1000
+    assert pad_value(DataConfig(hu_window=(-1100.0, 900.0))) == pytest.approx(-0.924)
+    assert pad_value(DataConfig(padding="normalised_zero", hu_window=(-160.0, 240.0))) == 0.0
+    with pytest.raises(ConfigError, match="padding 'zero' is not one of air, normalised_zero"):
+        RunConfig(DataConfig(padding="zero")).validate()
 
 
 def test_only_patch_datasets_with_a_patch_size(phantom_root, tmp_path):

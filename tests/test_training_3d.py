@@ -11,6 +11,7 @@ import torch
 from ctseg_core.cli import main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.data.patches import PatchDataset
+from ctseg_core.data.slices import normalize_hu
 from ctseg_core.errors import CtsegError
 from ctseg_core.labels import LABEL_OF
 from ctseg_core.models.checkpoint import load_checkpoint, load_model
@@ -98,6 +99,27 @@ def test_volume_validation_dice_is_that_of_the_whole_volume(phantom_root, tmp_pa
     assert 0 < metrics["val_dice_mean"] < 1 and np.isfinite(metrics["val_loss"])
 
 
+def test_validation_tiles_pad_with_the_runs_padding(phantom_root, tmp_path):
+    """z longer than the volumes: each tile holds the volume's normalised voxels from z = 0
+    and the run's padding after them (air: -1, nnU-Net's: 0)."""
+    config = tiny_3d(phantom_root, cache=tmp_path / "cache")
+    config.data.patch_size = (24, 24, 32)
+    for padding, pad in (("air", -1.0), ("normalised_zero", 0.0)):
+        config.data.padding = padding
+        dataset = PatchDataset(config, "val")
+        validation = VolumeValidation(dataset, config)
+        tiles = validation.tiles[:3]
+        image, labels = validation._batch(tiles)
+        for b, tile in enumerate(tiles):
+            volume = dataset.subjects[tile.subject]
+            depth = volume.shape_xyz[2]
+            assert depth < 32 and tile.real[2] == depth
+            (x0, x1), (y0, y1) = ((s, s + 24) for s in tile.start[:2])
+            ct = torch.from_numpy(np.array(volume.ct[x0:x1, y0:y1]))
+            assert torch.equal(image[b, 0, :, :, :depth], normalize_hu(ct, config.data.hu_window))
+            assert (image[b, 0, :, :, depth:] == pad).all() and (labels[b, :, :, depth:] == 0).all()
+
+
 def test_a_3d_run_trains_stops_resumes_and_repeats_an_uninterrupted_one(phantom_root, tmp_path):
     cache = tmp_path / "cache"
     whole = Trainer(tiny_3d(phantom_root, "whole", cache, epochs=3, sample_figure=True),
@@ -142,7 +164,9 @@ def test_the_cli_trains_a_3d_preset_and_evaluates_its_checkpoint(phantom_root, t
             "--structures", ",".join(FEW)]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
     config = load_checkpoint(ckpts / "p3" / "best.pth")["config"]
-    assert config["model"]["name"] == "plain_unet3d"
+    assert (
+        config["model"]["name"] == "plain_unet3d" and config["data"]["padding"] == "normalised_zero"
+    )
     assert tuple(config["data"]["patch_size"]) == (32, 32, 16)
     argv = ["evaluate", "--data", str(phantom_root), "--split", "val", "--cache", str(cache),
             "--checkpoint", str(ckpts / "p3" / "best.pth"), "--no-report"]  # fmt: skip
@@ -162,7 +186,28 @@ def test_presets_for_3d_validate_and_name_their_network():
     for name, spacing in (("phantom_3d", 3.0), ("gpu_3d", 1.5)):
         config = preset(name, "/data").validate()
         assert config.model.name == "plain_unet3d" and config.data.spacing_mm == (spacing,) * 3
+        assert config.data.padding == "normalised_zero"  # nnU-Net's, so its export agrees
+        old = config.to_dict()
+        del old["data"]["padding"]  # a config.json written before the setting: air, as trained
+        assert RunConfig.from_dict(old).data.padding == "air"
         assert config.model.norm == "instance" and config.model.deep_supervision >= 2
+
+
+def test_the_cli_padding_flag_sets_the_padding_and_a_bad_one_is_refused(capsys):
+    from ctseg_core.cli import build_parser
+    from ctseg_core.cli.cmd_train import build_config
+
+    parser = build_parser()
+    base = ["train", "--data", "/data", "--model", "plain_unet3d", "--patch-size", "32", "32",
+            "16", "--spacing", "3", "3", "3"]  # fmt: skip
+    assert build_config(parser.parse_args(base)).data.padding == "air"  # the field's default
+    zero = build_config(parser.parse_args([*base, "--padding", "normalised_zero"]))
+    assert zero.data.padding == "normalised_zero"
+    air = build_config(parser.parse_args([*base, "--preset", "phantom_3d", "--padding", "air"]))
+    assert air.data.padding == "air"  # the flag wins over the preset's
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--padding", "zero"])
+    assert "invalid choice: 'zero' (choose from" in capsys.readouterr().err
 
 
 def test_a_3d_run_that_cannot_fit_in_memory_is_refused_before_the_cache_is_built(

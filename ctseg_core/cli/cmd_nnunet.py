@@ -33,5 +33,6 @@ def run_export_nnunet(args) -> int:
         print(json.dumps({"model_folder": str(out), "note": caveat}))
     else:
         print(f"wrote nnU-Net model folder {out} (configuration 3d_fullres, fold 0)")
-        print(f"note: {caveat}")
+        if caveat:  # a run padded with air only
+            print(f"note: {caveat}")
     return 0

@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from ..config import PADDINGS
 from ..labels import MERGES
 from ..training.presets import PRESETS
 from .choices import ChoicesHelp, Names, registry_choice
@@ -22,6 +23,7 @@ _FLAGS = {  # argparse dest -> (section, config field)
     "batch_size": ("data", "batch_size"),
     "patch_size": ("data", "patch_size"),
     "spacing": ("data", "spacing_mm"),
+    "padding": ("data", "padding"),
     "foreground": ("data", "foreground_fraction"),
     "samples_per_epoch": ("data", "samples_per_epoch"),
     "val_slices": ("data", "val_slices_per_subject"),
@@ -105,6 +107,12 @@ def register(subparsers) -> None:
     xyz = {"nargs": 3, "metavar": ("X", "Y", "Z")}
     a("--patch-size", type=int, **xyz, help="a 3D model's patch in voxels (phantom_3d 96 96 64)")
     a("--spacing", type=float, **xyz, help="a 3D model's voxel spacing in mm (phantom_3d 3 3 3)")
+    a(
+        "--padding",
+        choices=PADDINGS,
+        help="what a 3D model sees around a CT smaller than its patch: air (-1024 HU, the "
+        "default) or normalised_zero (nnU-Net's: the 3D presets, --init-from)",
+    )
     a(
         "--structures",
         help="comma-separated structure names (default: all 117; with --init-from: the model's)",

@@ -1,7 +1,7 @@
 """Batched tensor augmentation of 3D patches (image, labels) on the training device.
 
-image (B, C, X, Y, Z) float32 normalised to the HU window's [-1, 1] (-1 = its low end: air, and
-the padding value); labels (B, X, Y, Z) uint8 label values; axes canonical (x the patient's
+image (B, C, X, Y, Z) float32 normalised to the HU window's [-1, 1] (-1 = its low end: air);
+labels (B, X, Y, Z) uint8 label values; axes canonical (x the patient's
 left <-> right axis, y posterior <-> anterior, z inferior <-> superior). In this order, per
 sample, each drawn with its probability in ``DataConfig``:
 
@@ -15,8 +15,10 @@ sample, each drawn with its probability in ``DataConfig``:
   towards +y (right-hand rule; likewise y -> z about x, z -> x about y). Rotation is physical:
   the grid's spacing (``spacing_mm``, isotropic if None) is taken into account, so a
   96 x 96 x 64 patch is rotated, not sheared. All moved samples go through ONE ``affine_grid``
-  + ``grid_sample`` (trilinear for the image padded with -1, nearest for the labels padded with
-  0); samples whose transform is the identity are not resampled at all;
+  + ``grid_sample`` (trilinear for the image, nearest for the labels); what comes in from outside
+  the patch is background and, in the image, -1 (the window's low end) for ``padding`` "air",
+  else the patches' padding (``patches.pad_value``: nnU-Net's rotations fill its normalised
+  0 too); samples whose transform is the identity are not resampled at all;
 - new vessel intensities (``vessel_contrast_prob``) and a monotone intensity curve
   (``curve_prob``), as in 2D;
 - gamma (``gamma_prob``, nnU-Net's transform): the window rescaled to [0, 1], u -> u ** gamma,
@@ -53,6 +55,7 @@ from .augment import (
     mirror_lr,
     vessel_contrast,
 )
+from .patches import pad_value
 
 # per-sample parameters packed into one (B, 17) tensor for a single host-to-device copy
 _PACKED = ("mirror", "theta", "gamma", "gain", "offset", "sigma")
@@ -101,13 +104,14 @@ def spatial_theta(
 
 
 def warp_3d(
-    image: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor
+    image: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor, fill: float = -1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample image (B, C, X, Y, Z) trilinearly and labels (B, X, Y, Z) nearest through
-    ``theta`` (B, 3, 4) on their device; outside the patch the image reads -1, the labels 0."""
+    ``theta`` (B, 3, 4) on their device; outside the patch the image reads ``fill``, the
+    labels 0."""
     grid = F.affine_grid(theta, list(image.shape), align_corners=False)
-    # grid_sample pads with 0: shift the window's low end (-1) to 0 for the sampling
-    image = F.grid_sample(image + 1.0, grid, mode="bilinear", align_corners=False) - 1.0
+    # grid_sample pads with 0: shift the fill to 0 for the sampling
+    image = F.grid_sample(image - fill, grid, mode="bilinear", align_corners=False) + fill
     warped = F.grid_sample(labels.unsqueeze(1).float(), grid, mode="nearest", align_corners=False)
     return image, warped.squeeze(1).round().to(labels.dtype)
 
@@ -189,12 +193,14 @@ def augment_batch_3d(
     if cfg.mirror:
         image, labels = mirror_lr(image, labels, parts["mirror"].squeeze(1) > 0.5)
     moved = drawn["moved"]
+    fill = -1.0 if cfg.padding == "air" else pad_value(cfg)  # air: as before the setting
     if bool(moved.all()):
-        image, labels = warp_3d(image, labels, parts["theta"].view(b, 3, 4))
+        image, labels = warp_3d(image, labels, parts["theta"].view(b, 3, 4), fill)
     elif bool(moved.any()):  # only the moved samples are resampled (CPU flags: no sync)
         rows = to_device(torch.nonzero(moved).flatten(), device)
         theta = parts["theta"].view(b, 3, 4).index_select(0, rows)
-        warped = warp_3d(image.index_select(0, rows), labels.index_select(0, rows), theta)
+        rows_image, rows_labels = image.index_select(0, rows), labels.index_select(0, rows)
+        warped = warp_3d(rows_image, rows_labels, theta, fill)
         image, labels = image.index_copy(0, rows, warped[0]), labels.index_copy(0, rows, warped[1])
     if cfg.vessel_contrast_prob > 0:  # drawn only when on, as in 2D
         chosen = torch.rand(b, 1, generator=g) < cfg.vessel_contrast_prob

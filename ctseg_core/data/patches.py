@@ -7,8 +7,15 @@ Axes: a volume is canonical (X, Y, Z) in RAS+ at ``data.spacing_mm``; a patch is
 A sample is named by the sampler as ``(s, centre, seed)``: subject index, the (x, y, z) voxel
 the patch is centred on or None for a uniformly random position drawn from ``seed``. The patch
 is shifted to lie inside the volume; along an axis where the volume is smaller than the patch,
-the volume sits in the middle of the patch and the rest is air (``PAD_HU``) labelled
-background, as the sliding-window inference pads.
+the volume sits in the middle of the patch and the rest is padding labelled background, as the
+sliding-window inference pads.
+
+Padding (``DataConfig.padding``, :func:`pad_value`): "air" fills -1024 HU (``PAD_HU``), what
+runs trained before the setting existed saw; "normalised_zero" fills the intensity the network
+sees as 0 (the HU window's middle, or ``hu_mean_std``'s mean), as nnU-Net pads its normalised
+data in training, in its rotations and in its sliding window. The same value fills the
+validation tiles (``training.validation_volumes``), the sliding window
+(``inference.patches``) and the corners a 3D rotation brings in (``augment3d``).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..config import RunConfig
+from ..config import PADDINGS, DataConfig, RunConfig
 from ..errors import ConfigError
 from ..labels import NUM_LABELS, class_lut, member_values
 from .slices import EpochDraw, annotated_classes, labelled_subjects, mirror_safe, normalize_hu
@@ -27,8 +34,28 @@ from .volumes import ResampledSubject, open_resampled
 
 log = logging.getLogger(__name__)
 
-#: HU of the padding around a volume smaller than a patch (air), in training and inference
+#: HU of the "air" padding around a volume smaller than a patch (``DataConfig.padding``)
 PAD_HU = -1024.0
+
+
+def pad_value(data: DataConfig) -> float:
+    """What padding holds under ``data.padding``, in :func:`.slices.normalize_hu`'s units
+    ([-1, 1] over ``data.hu_window``), the units the data and augmentation work in.
+
+    "air": ``PAD_HU`` normalised (-1 for a window starting above -1024 HU). "normalised_zero":
+    0 for the window's own scaling; with ``hu_mean_std`` = (mean, std) the value the model's
+    input map (``models.registry.HuStandardize``) turns into 0, (mean - middle) / half width,
+    not clipped to [-1, 1] (nnU-Net pads after normalising, whatever its clip range).
+    """
+    if data.padding == "air":
+        return float(normalize_hu(torch.tensor(PAD_HU), data.hu_window))
+    if data.padding != "normalised_zero":
+        raise ConfigError(f"padding {data.padding!r} is not one of {', '.join(PADDINGS)}")
+    if data.hu_mean_std is None:
+        return 0.0
+    low, high = (float(v) for v in data.hu_window)
+    return (float(data.hu_mean_std[0]) - (low + high) / 2) * 2.0 / (high - low)
+
 
 #: an item: (subject index, (x, y, z) centre or None, seed)
 PatchItem = tuple[int, tuple[int, int, int] | None, int]
@@ -69,7 +96,8 @@ def random_centre(shape_xyz: Sequence[int], patch: Sequence[int], seed: int) -> 
 
 class PatchDataset(torch.utils.data.Dataset):
     """The labelled subjects of one split at ``data.spacing_mm``; item ``(s, centre, seed)`` ->
-    (image (1, px, py, pz) float32 normalised HU, labels (px, py, pz) uint8 label values, s).
+    (image (1, px, py, pz) float32 normalised HU, labels (px, py, pz) uint8 label values, s);
+    where the volume is smaller than the patch the image holds :func:`pad_value`, the labels 0.
 
     ``data.spacing_mm`` None: each subject at its own spacing. Volumes are resampled into the
     cache once (``progress(done, total, subject_id)`` after each, as for preparing); len() is
@@ -98,6 +126,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.subject_ids = ids
         self.annotated = np.stack([s.annotated for s in self.subjects])  # (S, 118)
         self.lut = class_lut(data.structures).astype(np.uint8)
+        self.pad = pad_value(data)
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -117,11 +146,12 @@ class PatchDataset(torch.utils.data.Dataset):
         if centre is None:
             centre = random_centre(shape, patch, int(seed))
         source, target = patch_boxes(shape, patch, centre)
-        ct = np.full(patch, PAD_HU, dtype=np.int16)
+        # normalised first, padded after (as nnU-Net): the padding may lie outside the window
+        image = torch.full((1, *patch), self.pad, dtype=torch.float32)
+        real = torch.from_numpy(np.array(subject.ct[source]))  # a copy: the cache is read-only
+        image[(0, *target)] = normalize_hu(real, self.config.data.hu_window)
         labels = np.zeros(patch, dtype=np.uint8)
-        ct[target] = subject.ct[source]
         labels[target] = subject.labels[source]
-        image = normalize_hu(torch.from_numpy(ct)[None], self.config.data.hu_window)
         return image, torch.from_numpy(labels), int(s)
 
 

@@ -1,12 +1,14 @@
 """Sliding-window inference for volumetric models: the "patches" strategy.
 
 The canonical CT (X, Y, Z) int16 HU is resampled (trilinear) to the model's ``data.spacing_mm``
-(None: kept), padded with air (-1024 HU) to at least one patch, and cut into ``data.patch_size``
+(None: kept), padded (centred) to at least one patch, and cut into ``data.patch_size``
 windows overlapping by ``overlap`` (nnU-Net's placement: as few windows as that overlap allows,
 spread evenly from edge to edge). Each window's class probabilities are weighted by a Gaussian
 (sigma = patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the
 model's spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and
-ensemble members add further weighted passes. The scores go back to the CT's own grid a slab of
+ensemble members add further weighted passes. The padding holds each member's
+``data.patches.pad_value`` after its normalisation (``data.padding``: air, or nnU-Net's
+normalised 0), as the member was trained. The scores go back to the CT's own grid a slab of
 slices at a time (``to_grid.labels_on_grid``), where their argmax gives the labels.
 
 A window's logits are turned into weighted probabilities 16 channels at a time, so no buffer
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..data.patches import PAD_HU
+from ..data.patches import pad_value
 from ..data.resample import CT_SLAB, grid_shape, resample_ct
 from ..data.slices import normalize_hu
 from ..device import autocast_context, resolve_amp
@@ -174,10 +176,13 @@ class PatchStrategy:
         volume = resample_ct(ct_xyz, grid)
         before = [max(0, p - g) // 2 for g, p in zip(grid, self.patch, strict=True)]
         padded = [max(g, p) for g, p in zip(grid, self.patch, strict=True)]
+        inside = None  # (X', Y', Z') bool: the CT's voxels in the padded volume
         if padded != list(grid):
-            full = torch.full(padded, PAD_HU, dtype=torch.float32)
-            full[tuple(slice(b, b + g) for b, g in zip(before, grid, strict=True))] = volume
-            volume = full
+            box = tuple(slice(b, b + g) for b, g in zip(before, grid, strict=True))
+            full = torch.zeros(padded, dtype=torch.float32)
+            full[box] = volume
+            volume, inside = full, torch.zeros(padded, dtype=torch.bool)
+            inside[box] = True
         # channels last and z first, as the windows' logits are laid out and the way back reads
         # them (a slab of slices at a time): (Z, X, Y, A) sums and (Z, X, Y) weights
         zxy = (padded[2], padded[0], padded[1])
@@ -197,7 +202,11 @@ class PatchStrategy:
                 windows = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
                            for start in starts[first : first + batch]]  # fmt: skip
                 x = torch.stack([volume[w] for w in windows])[:, None]  # (B, 1, px, py, pz)
-                x = normalize_hu(x, member.config.data.hu_window).to(device)
+                x = normalize_hu(x, member.config.data.hu_window)
+                if inside is not None:  # padded after normalising, with the member's value
+                    real = torch.stack([inside[w] for w in windows])[:, None]
+                    x = x.masked_fill_(~real, pad_value(member.config.data))
+                x = x.to(device)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
                 for aug in augs:

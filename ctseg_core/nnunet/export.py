@@ -37,15 +37,21 @@ How ctseg's prediction maps onto nnU-Net's, step by step:
   never wins.
 - **Not mapped.** Mirroring: nnU-Net averages mirrored passes without swapping left and right
   labels, so the export allows none (``inference_allowed_mirroring_axes`` None); ctseg's TTA has
-  no nnU-Net counterpart. Padding: a CT smaller than a patch on the model's grid is padded with
-  0 after normalisation by nnU-Net (the middle of the HU window) and with air by ctseg, which
-  is what the run was trained with: nnU-Net labels such CTs worse (``padding_caveat``, printed
-  by ``ctseg export-nnunet``; measured with ``benchmarks/nnunet_export_agreement.py``).
-  Mapping nnU-Net's 0 to air instead (plans' mean = the window's low end, the first bias
-  compensated) fixes those but moves the first convolution's own zero padding to air, which
-  changed 16-65 % of the labels of the tests' small networks: not done. Cropping:
-  nnU-Net first crops to the bounding box of non-zero voxels, which a CT loses only where whole
-  border slabs are exactly 0 HU.
+  no nnU-Net counterpart. Cropping: nnU-Net first crops to the bounding box of non-zero voxels,
+  which a CT loses only where whole border slabs are exactly 0 HU.
+- **Padding.** nnU-Net pads a CT smaller than a patch on the model's grid (centred, the odd voxel
+  at the high end, as ctseg) with 0 after normalisation: the middle of the HU window, or the
+  mean of a run with ``hu_mean_std``. A run with ``data.padding`` "normalised_zero" (the 3D
+  presets, fine-tunes from nnU-Net models) pads with that value in training, validation and
+  ctseg's sliding window, so nnU-Net labels such CTs as ctseg does (without resampling: the
+  same labels, ``tests/test_nnunet_export.py``). A run with "air" (the field's default, so every
+  run from before it) was trained with -1024 HU there: nnU-Net labels such CTs worse
+  (``padding_caveat``, printed by ``ctseg export-nnunet`` for those runs only; measured with
+  ``benchmarks/nnunet_export_agreement.py``). Mapping nnU-Net's 0 to air instead (plans' mean =
+  the window's low end, the first bias compensated) fixes those but moves the first
+  convolution's own zero padding to air, which changed 16-65 % of the labels of the tests' small
+  networks: not done. The plans record the run's padding (``ctseg_padding``, a key nnU-Net does
+  not read).
 
 Refused with one line: 2D runs, sigmoid outputs (nnU-Net's regions are not an argmax), runs
 without ``data.spacing_mm`` (nnU-Net resamples every CT to one spacing), inputs of more than
@@ -205,6 +211,7 @@ def plans_json(config: RunConfig, dataset_name: str) -> dict:
         },
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
+        "ctseg_padding": d.padding,  # for padding_caveat; nnU-Net reads no such key
         "foreground_intensity_properties_per_channel": {
             "0": {
                 "max": high,
@@ -256,17 +263,21 @@ def nnunet_checkpoint(ckpt: dict, config: RunConfig, plans: dict, dataset: dict)
     }
 
 
-def padding_caveat(model_dir: str | Path) -> str:
+def padding_caveat(model_dir: str | Path) -> str | None:
     """One line on the CTs nnU-Net pads differently from ctseg (smaller than one patch), from
-    the exported folder's plans.json (its patch and spacing are ctseg's x, y, z)."""
+    the exported folder's plans.json (its patch and spacing are ctseg's x, y, z); None for a
+    run that pads as nnU-Net (``ctseg_padding`` "normalised_zero"). A folder without the key
+    was exported before the setting existed, from a run that padded with air."""
     plans = json.loads((Path(model_dir) / "plans.json").read_text(encoding="utf-8"))
+    if plans.get("ctseg_padding", "air") != "air":
+        return None
     config = plans["configurations"][CONFIGURATION]
     extent = " x ".join(
         f"{p * s:g}" for p, s in zip(config["patch_size"], config["spacing"], strict=True)
     )
     return (
-        f"nnU-Net pads a CT smaller than one patch ({extent} mm, x y z) with mid-window "
-        "intensity where ctseg pads with air, as this run was trained: nnU-Net labels such CTs "
+        f"nnU-Net pads a CT smaller than one patch ({extent} mm, x y z) with the intensity it "
+        "normalises to 0 where ctseg pads with air, as this run was trained: nnU-Net labels such CTs "
         "worse (a phantom run: 9 % of the voxels differed, mean Dice 0.89 -> 0.63); predict "
         "them with ctseg (--model works on this folder too)"
     )

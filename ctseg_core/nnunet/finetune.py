@@ -4,7 +4,8 @@
 the model's network and preprocessing: ``plain_unet3d`` or ``resenc_unet3d`` with the plans'
 stages, widths, kernels, strides and convolutions; ``data.patch_size`` and ``data.spacing_mm``
 from the plans; the model's CT normalisation (``hu_window`` = its 0.5 / 99.5 percentiles,
-``hu_mean_std`` = its foreground mean and std: nnU-Net's CTNormalization); the structures it
+``hu_mean_std`` = its foreground mean and std: nnU-Net's CTNormalization) and its padding
+(``data.padding`` "normalised_zero": the mean, nnU-Net's 0 after normalising); the structures it
 predicts that are TotalSegmentator v2 names; ``train.init_from`` / ``init_fold`` /
 ``init_checkpoint`` naming the weights. The caller's own changes (a structure list: a subset,
 or structures the model did not have) go on top.
@@ -113,6 +114,7 @@ def finetune_changes(path, fold: str | int | None = None,
         ("data", "spacing_mm"): tuple(xyz(config.spacing_mm)),
         ("data", "hu_window"): (float(props["percentile_00_5"]), float(props["percentile_99_5"])),
         ("data", "hu_mean_std"): (float(props["mean"]), float(props["std"])),
+        ("data", "padding"): "normalised_zero",
         ("train", "init_from"): str(folder.path.resolve()),
         ("train", "init_fold"): fold_name,
         ("train", "init_checkpoint"): folder.checkpoints[0].name,

@@ -25,11 +25,16 @@
   x 48 (a step 0.47 s instead of 2.17 s in bf16) 400 steps gave 0.484, and 800 steps with half
   the patches structure-centred and light deformations 0.757 (loss still falling). Quiet, its
   10 minutes (14 epochs, 700 steps of 0.76 s): 0.735, the 2D demo's 0.799 in the same run
-  (``benchmarks/phantom_quality.py``).
+  (``benchmarks/phantom_quality.py``); those runs padded CTs smaller than a patch with air.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
   mirroring with left/right label swapping.
+
+Both 3D presets pad as nnU-Net (``data.padding`` "normalised_zero": a CT smaller than a patch,
+and a rotation's corners, hold the mid-window intensity the network sees as 0), so a run
+exported with ``ctseg export-nnunet`` labels such CTs in nnU-Net's predictor as in ctseg. A
+config without the setting (every run before it) pads with air (-1024 HU), as it was trained.
 - ``cpu``: the seed model at 128 x 128 for real data on a CPU.
 - ``gpu``: the seed model at 256 x 256, batch 16, for real data on a GPU.
 
@@ -98,6 +103,7 @@ def phantom_3d(data_root: str = "") -> RunConfig:
             vessel_contrast_prob=0.5,
             patch_size=(64, 64, 48),  # 4.6x the steps of 96 x 96 x 64 (bf16, 2 cores)
             spacing_mm=(3.0, 3.0, 3.0),
+            padding="normalised_zero",  # as nnU-Net: its export labels small CTs alike
         ),
         ModelConfig(
             name="plain_unet3d",
@@ -125,6 +131,7 @@ def gpu_3d(data_root: str = "") -> RunConfig:
             mirror=True,
             patch_size=(128, 128, 128),
             spacing_mm=(1.5, 1.5, 1.5),
+            padding="normalised_zero",
         ),
         ModelConfig(
             name="plain_unet3d",

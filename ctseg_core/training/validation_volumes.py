@@ -4,8 +4,8 @@ Each validation subject, resampled to the run's spacing (``data.volumes``), is c
 ``data.patch_size`` tiles placed as the sliding window places them with an overlap of 0
 (``inference.patches.window_starts``: the fewest windows, spread evenly from edge to edge, so
 neighbours share a few voxels where the size is not a multiple of the patch). A volume smaller
-than a patch along an axis is padded there with air and background, and the padding is never
-scored. Every voxel is scored once, by the tile whose centre is nearest along each axis (its
+than a patch along an axis is padded there (the run's ``data.padding``, ``data.patches.pad_value``;
+labels: background), and the padding is never scored. Every voxel is scored once, by the tile whose centre is nearest along each axis (its
 "own" part), and the counts of all tiles go into one (subject, reference, prediction)
 confusion table; Dice follows from it as in 2D validation (``validation.dice_from_confusions``,
 pooled over subjects where a structure is annotated). The validation loss is the mean over tiles
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.patches import PAD_HU, PatchDataset
+from ..data.patches import PatchDataset, pad_value
 from ..data.slices import normalize_hu
 from ..inference.patches import window_starts
 from ..labels import NUM_LABELS
@@ -119,13 +119,15 @@ class VolumeValidation:
     def _batch(self, tiles: list[Tile]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, px, py, pz) normalised CT and (B, px, py, pz) uint8 labels of ``tiles``."""
         subjects = self.dataset.subjects
-        ct = np.stack(
-            [read_tile(subjects[t.subject].ct, t.start, self.patch, PAD_HU) for t in tiles]
-        )
+        data = self.config.data
+        image = torch.full((len(tiles), 1, *self.patch), pad_value(data), dtype=torch.float32)
+        for b, t in enumerate(tiles):  # normalised first, padded after (data.patches)
+            window = tuple(slice(s, s + n) for s, n in zip(t.start, t.real, strict=True))
+            real = torch.from_numpy(np.array(subjects[t.subject].ct[window]))
+            image[(b, 0, *(slice(0, n) for n in t.real))] = normalize_hu(real, data.hu_window)
         labels = np.stack(
             [read_tile(subjects[t.subject].labels, t.start, self.patch, 0) for t in tiles]
         )
-        image = normalize_hu(torch.from_numpy(ct)[:, None], self.config.data.hu_window)
         return image, torch.from_numpy(labels)
 
     def _keep_slices(self, tile: Tile, predicted: torch.Tensor) -> None:

@@ -77,8 +77,8 @@ def test_start_from_a_model_with_a_merge_trains_the_merged_output(
     no_problems(at)
     assert get_job().wait(240)
     run = tmp_path / "runs" / "merged"
-    assert json.loads((run / "config.json").read_text())["data"]["structures"] == [
-        "liver", "lungs",
-    ]  # fmt: skip
+    data = json.loads((run / "config.json").read_text())["data"]
+    assert data["structures"] == ["liver", "lungs"]
+    assert data["padding"] == "normalised_zero"  # the model's: nnU-Net pads after normalising
     assert json.loads((run / "init_from.json").read_text())["kept"]["lungs"] == [2, 3, 4, 5, 6]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
