@@ -6,8 +6,10 @@ stages, widths, kernels, strides and convolutions; ``data.patch_size`` and ``dat
 from the plans; the model's CT normalisation (``hu_window`` = its 0.5 / 99.5 percentiles,
 ``hu_mean_std`` = its foreground mean and std: nnU-Net's CTNormalization); the structures it
 predicts that are TotalSegmentator v2 names; ``train.init_from`` / ``init_fold`` /
-``init_checkpoint`` naming the weights. The caller's own changes (a structure list: a subset,
-or structures the model did not have) go on top.
+``init_checkpoint`` naming the weights; given the base's deep supervision, that clamped to the
+levels the model's stages have (a 3-stage model has one extra head, where phantom_3d asks for
+two). The caller's own changes (a structure list: a subset, or structures the model did not
+have) go on top.
 
 ``init_from_model(model, config)`` then loads the weights into the freshly built network:
 every encoder and decoder tensor as it is, the output layers (every deep-supervision level)
@@ -77,10 +79,12 @@ def _short(name: Any) -> str:
     return str(name).rsplit(".", 1)[-1]
 
 
-def finetune_changes(path, fold: str | int | None = None,
-                     checkpoint: str | None = None) -> dict[tuple[str, str], Any]:  # fmt: skip
+def finetune_changes(path, fold: str | int | None = None, checkpoint: str | None = None,
+                     deep_supervision: int | None = None) -> dict[tuple[str, str], Any]:  # fmt: skip
     """``user_config`` changes for a run started from the model folder at ``path`` (module
-    doc); ConfigError, one line, for a folder ctseg cannot fine-tune."""
+    doc); ConfigError, one line, for a folder ctseg cannot fine-tune. ``deep_supervision``:
+    the base configuration's extra heads; more than the model's stages allow (``n_stages - 2``,
+    one per decoder level below full resolution but the lowest) becomes that many."""
     folder = open_folder(path, fold, checkpoint)
     config, kw = folder.config, folder.config.arch_kwargs
     network = _short(config.network_class)
@@ -119,6 +123,9 @@ def finetune_changes(path, fold: str | int | None = None,
     }
     if structures:
         changes["data", "structures"] = sorted(structures, key=LABEL_OF.get)
+    most = max(0, len(kw["features_per_stage"]) - 2)  # as models.nnunet.check_nnunet allows
+    if deep_supervision is not None and deep_supervision > most:
+        changes["model", "deep_supervision"] = most
     return changes
 
 
