@@ -141,3 +141,14 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     assert union.sum() > 1.5 * first.sum()  # scoring one lobe alone would give other numbers
     summary = pd.read_csv(tmp_path / "eval" / "summary_test.csv")
     assert summary["structure"].tolist() == ["liver", "lungs"]
+
+
+def test_a_model_naming_a_merge_folds_the_members_it_also_lists_into_it():
+    """dataset.json of an exported merged run: "lungs" is the merge, a lobe it lists (a
+    placeholder) is predicted as lungs, a name outside ctseg's stays the model's own."""
+    from ctseg_core.nnunet.labels import ctseg_names, model_structures, other_names
+
+    names = {1: "liver", 2: "lungs", 3: "lung_lower_lobe_left", 4: "my_tumour"}
+    assert ctseg_names(names) == {1: "liver", 2: "lungs", 3: "lungs"}
+    assert model_structures(names) == ["liver", "lungs"]
+    assert other_names(names) == {4: "my_tumour"}

@@ -42,9 +42,9 @@ import torch
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
-from ..labels import LABEL_OF, MERGES, members
+from ..labels import MERGES, members
 from .folder import ModelFolder, load_weights, read_model_folder
-from .labels import value_names
+from .labels import model_structures, value_names
 
 #: the run folder file that says where a fine-tuned run's first weights came from
 INIT_RECORD = "init_from.json"
@@ -101,7 +101,7 @@ def finetune_changes(path, fold: str | int | None = None, checkpoint: str | None
 
     props = config.intensity["0"]
     convs = kw.get("n_blocks_per_stage") or kw.get("n_conv_per_stage")
-    structures = [n for n in value_names(folder.labels, folder.path).values() if n in LABEL_OF]
+    structures = model_structures(value_names(folder.labels, folder.path))
     fold_name = folder.checkpoints[0].parent.name.removeprefix("fold_")
     changes = {
         ("model", "name"): _NETWORKS[network],
@@ -122,7 +122,7 @@ def finetune_changes(path, fold: str | int | None = None, checkpoint: str | None
         ("train", "init_checkpoint"): folder.checkpoints[0].name,
     }
     if structures:
-        changes["data", "structures"] = sorted(structures, key=LABEL_OF.get)
+        changes["data", "structures"] = structures
     most = max(0, len(kw["features_per_stage"]) - 2)  # as models.nnunet.check_nnunet allows
     if deep_supervision is not None and deep_supervision > most:
         changes["model", "deep_supervision"] = most
@@ -157,8 +157,9 @@ def init_from_model(model: torch.nn.Module, config) -> dict:
     order = canonical_order(folder)
     own = {name: value for value, name in value_names(folder.labels, folder.path).items()}
     names = config.channel_names()
-    rows = [[0] if name == "background" else [own[m] for m in members(name) if m in own]
-            for name in names]  # fmt: skip
+    # a merge the model has (an exported merged run's "lungs") is its row; else its members'
+    rows = [[0] if name == "background" else [own[name]] if name in own
+            else [own[m] for m in members(name) if m in own] for name in names]  # fmt: skip
     if config.output_mode != "softmax":
         raise ConfigError("a run started from an nnU-Net model needs softmax outputs (dice_ce)")
     state = model.state_dict()
