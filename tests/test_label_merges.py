@@ -142,6 +142,44 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     summary = pd.read_csv(tmp_path / "eval" / "summary_test.csv")
     assert summary["structure"].tolist() == ["liver", "lungs"]
 
+    # the folder `ctseg predict` wrote, evaluated as predictions: its .ctbl names value 10
+    # "lungs", so it is scored as the run is (the union of the lobes) ...
+    folder = tmp_path / "pred"
+    rows = evaluate_predictions(
+        phantom_root, "test", folder, tmp_path / "eval_folder", subjects=[sid], cache_dir=cache,
+        report=False,
+    ).set_index("structure")  # fmt: skip
+    assert rows.loc["lungs", "dice"] == pytest.approx(dice, abs=1e-9)
+    assert rows.loc["lungs", "ref_volume_ml"] == pytest.approx(union.sum() * voxel_ml, rel=1e-6)
+    assert not set(rows.index) & set(LOBES)  # the other lobes are part of the merge
+    # ... and a folder without the label files is scored per value, as any tool's
+    for path in [*folder.glob("*.ctbl"), *folder.glob("*_itksnap_labels.txt")]:
+        path.unlink()
+    rows = evaluate_predictions(
+        phantom_root, "test", folder, tmp_path / "eval_plain", subjects=[sid], cache_dir=cache,
+        report=False,
+    ).set_index("structure")  # fmt: skip
+    assert "lungs" not in rows.index
+    first_dice = 2 * (lungs & first).sum() / (lungs.sum() + first.sum())
+    assert rows.loc[LOBES[0], "dice"] == pytest.approx(first_dice, abs=1e-9)
+    assert abs(first_dice - dice) > 0.05
+
+
+def test_a_label_file_naming_a_merge_at_another_value_is_refused_in_one_line(tmp_path):
+    from ctseg_core.errors import DataError
+    from ctseg_core.inference.label_files import merges_named, write_label_files
+
+    labels = tmp_path / "s1.nii.gz"
+    assert merges_named(labels) == []  # no label file: any tool's prediction
+    write_label_files(labels, [5, 10], names_of(["liver", "lungs"]))
+    assert merges_named(labels) == ["lungs"]
+    (tmp_path / "s1.ctbl").unlink()  # the ITK-SNAP file says the same
+    assert merges_named(labels) == ["lungs"]
+    write_label_files(labels, [5, 10], {5: "ribs"})
+    with pytest.raises(DataError, match=r"s1.ctbl names value 5 'ribs', which ctseg writes "
+                       r"with value 92; correct the file or remove it$"):  # fmt: skip
+        merges_named(labels)
+
 
 def test_a_model_naming_a_merge_folds_the_members_it_also_lists_into_it():
     """dataset.json of an exported merged run: "lungs" is the merge, a lobe it lists (a
