@@ -205,32 +205,6 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     return _kept_prediction(key, compute)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _checkpoint_names(path: str, mtime: float) -> dict[int, str]:
-    from ctseg_core.models.checkpoint import checkpoint_structures
-    from dashboard.helpers.layer_names import merged_names
-
-    return merged_names(checkpoint_structures(path))
-
-
-def checkpoint_names(checkpoint: str) -> dict[int, str]:
-    """Value -> merge name of the merges a checkpoint's run learns (a prediction layer's
-    ``names``: its value 92 is "ribs", not rib_left_1); {} for none."""
-    path = Path(checkpoint).expanduser().resolve()
-    return _checkpoint_names(str(path), path.stat().st_mtime)
-
-
-def folder_prediction_names(subject_id: str, folder: str) -> dict[int, str]:
-    """Value -> merge name of the merges a folder's prediction of ``subject_id`` holds, as the
-    label file ``ctseg predict`` wrote beside it says ({} without one: any tool's)."""
-    from ctseg_core.evaluation.evaluate import find_prediction
-    from ctseg_core.inference.label_files import merges_named
-    from dashboard.helpers.layer_names import merged_names
-
-    path = find_prediction(Path(folder), subject_id)
-    return merged_names(merges_named(path)) if path is not None else {}
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
 def _domain_warnings(root: str, subject_id: str, checkpoint: str, cache: str, mtime: float):
     from ctseg_core.data.domain import is_phantom_root

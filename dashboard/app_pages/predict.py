@@ -91,8 +91,7 @@ def predict_upload(upload, workdir: Path) -> None:
     from ctseg_core.inference.domain import domain_warnings
     from ctseg_core.inference.files import load_ct_noting
     from ctseg_core.inference.predictor import predict_volume
-    from ctseg_core.models.checkpoint import checkpoint_structures
-    from dashboard.helpers.layer_names import merged_names
+    from dashboard.helpers.layer_names import checkpoint_names
 
     checkpoint = choose_checkpoint(workdir)
     resample = st.checkbox(
@@ -130,7 +129,7 @@ def predict_upload(upload, workdir: Path) -> None:
                                  names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
         name = Path(checkpoint).name
         labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
-        names = merged_names(checkpoint_structures(checkpoint))  # a merge: named by the merge
+        names = checkpoint_names(checkpoint)  # a merge: named by the merge
     bar.empty()
     out = workdir / "labels.nii.gz"  # a fixed name: the upload's name never makes a path
     save_on_original_grid(labels_xyz, ct, out)

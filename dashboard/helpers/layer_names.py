@@ -11,7 +11,9 @@ prediction (it holds no single rib). No streamlit here: plain functions of names
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -86,3 +88,27 @@ def present_names(layers) -> list[str]:
 def colour_of(name: str) -> tuple[int, int, int]:
     """A structure's colour; a merge's is its first member's (the colour its value is drawn in)."""
     return tuple(int(c) for c in COLOURS[members(name)[0]])
+
+
+@functools.lru_cache(maxsize=64)
+def _checkpoint_names(path: str, mtime_ns: int) -> dict[int, str]:
+    from ctseg_core.models.checkpoint import checkpoint_structures
+
+    return merged_names(checkpoint_structures(path))
+
+
+def checkpoint_names(checkpoint: str | Path) -> dict[int, str]:
+    """A checkpoint's prediction layer's ``names``: value -> merge of the merges its run
+    learns ({} for none); read once per file version (memory-mapped, no tensors)."""
+    path = Path(checkpoint).expanduser().resolve()
+    return dict(_checkpoint_names(str(path), path.stat().st_mtime_ns))
+
+
+def folder_prediction_names(subject_id: str, folder: str | Path) -> dict[int, str]:
+    """A folder's prediction layer's ``names``: the merges its ``<id>.nii.gz`` holds, as the
+    label file ``ctseg predict`` wrote beside it says ({} without one: any tool's)."""
+    from ctseg_core.evaluation.evaluate import find_prediction
+    from ctseg_core.inference.label_files import merges_named
+
+    path = find_prediction(Path(folder), subject_id)
+    return merged_names(merges_named(path)) if path is not None else {}

@@ -16,7 +16,12 @@ from ctseg_core.data.cache import open_cached
 from ctseg_core.data.dataset_root import open_dataset
 from ctseg_core.inference.label_files import write_label_files
 from ctseg_core.labels import LABEL_OF, MERGES, merge_lut, names_of
-from dashboard.helpers.layer_names import present_names, values_for, visible_mask
+from dashboard.helpers.layer_names import (
+    checkpoint_names,
+    present_names,
+    values_for,
+    visible_mask,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,6 +133,7 @@ def test_predict_names_a_merged_runs_value_in_the_label_files(
         head.bias[2] = 100.0  # channel 2: lungs
     save_checkpoint(tmp_path / "merged.pth", model, config=cfg)
     assert checkpoint_structures(tmp_path / "merged.pth") == ["liver", "lungs"]
+    assert checkpoint_names(tmp_path / "merged.pth") == {LUNGS: "lungs"}  # Explore's, too
 
     from streamlit.delta_generator import DeltaGenerator
 
