@@ -147,9 +147,11 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     folder = tmp_path / "pred"
     rows = evaluate_predictions(
         phantom_root, "test", folder, tmp_path / "eval_folder", subjects=[sid], cache_dir=cache,
-        report=False,
+        mesh_subjects=1,
     ).set_index("structure")  # fmt: skip
     assert rows.loc["lungs", "dice"] == pytest.approx(dice, abs=1e-9)
+    page = (tmp_path / "eval_folder" / f"3d_{sid}.html").read_text()  # its 3D page names it
+    assert '"name":"lungs"' in page and LOBES[0] not in page
     assert rows.loc["lungs", "ref_volume_ml"] == pytest.approx(union.sum() * voxel_ml, rel=1e-6)
     assert not set(rows.index) & set(LOBES)  # the other lobes are part of the merge
     # ... and a folder without the label files is scored per value, as any tool's
