@@ -114,8 +114,18 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
 
     sid = open_dataset(phantom_root).subjects_in("test")[0]  # a thorax: all five lobes
     out = tmp_path / "pred" / f"{sid}.nii.gz"
-    summary = predict_file(phantom_root / sid / "ct.nii.gz", [run / "last.pth"], out, device="cpu")
+    summary = predict_file(phantom_root / sid / "ct.nii.gz", [run / "last.pth"], out,
+                           device="cpu", statistics=True)  # fmt: skip
     predicted = _volume(out)
+    # the statistics name the merged value by the merge; so does `ctseg stats` on the file
+    # (its .ctbl says so)
+    table = pd.read_csv(summary["statistics"]).set_index("structure")
+    assert table.loc["lungs", "voxels"] == (predicted == 10).sum() and LOBES[0] not in table.index
+    argv = ["stats", "--ct", str(phantom_root / sid / "ct.nii.gz"), "--labels", str(out),
+            "--out", str(tmp_path / "stats.csv")]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    stats = pd.read_csv(tmp_path / "stats.csv").set_index("structure")
+    assert stats.loc["lungs", "voxels"] == (predicted == 10).sum()
     assert set(np.unique(predicted).tolist()) <= {0, LABEL_OF["liver"], 10}
     assert (predicted == 10).any()  # the merged lungs, with lung_upper_lobe_left's value
     assert set(summary["structures_found"]) <= {"liver", "lungs"}
