@@ -85,3 +85,11 @@ def model_prediction_zxy(root: str, subject_id: str, model: str, progress=None) 
         return model_predictor(model).predict(entry.ct_volume(), progress=progress)
 
     return _kept_prediction(key, compute)
+
+
+def model_names(model: str) -> dict[int, str]:
+    """Value -> merge name of the merges an nnU-Net model predicts (its dataset.json names
+    one, as an exported merged run's does); {} for none."""
+    from dashboard.helpers.layer_names import merged_names
+
+    return merged_names(model_predictor(model).structures)

@@ -114,8 +114,18 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
 
     sid = open_dataset(phantom_root).subjects_in("test")[0]  # a thorax: all five lobes
     out = tmp_path / "pred" / f"{sid}.nii.gz"
-    summary = predict_file(phantom_root / sid / "ct.nii.gz", [run / "last.pth"], out, device="cpu")
+    summary = predict_file(phantom_root / sid / "ct.nii.gz", [run / "last.pth"], out,
+                           device="cpu", statistics=True)  # fmt: skip
     predicted = _volume(out)
+    # the statistics name the merged value by the merge; so does `ctseg stats` on the file
+    # (its .ctbl says so)
+    table = pd.read_csv(summary["statistics"]).set_index("structure")
+    assert table.loc["lungs", "voxels"] == (predicted == 10).sum() and LOBES[0] not in table.index
+    argv = ["stats", "--ct", str(phantom_root / sid / "ct.nii.gz"), "--labels", str(out),
+            "--out", str(tmp_path / "stats.csv")]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    stats = pd.read_csv(tmp_path / "stats.csv").set_index("structure")
+    assert stats.loc["lungs", "voxels"] == (predicted == 10).sum()
     assert set(np.unique(predicted).tolist()) <= {0, LABEL_OF["liver"], 10}
     assert (predicted == 10).any()  # the merged lungs, with lung_upper_lobe_left's value
     assert set(summary["structures_found"]) <= {"liver", "lungs"}
@@ -141,3 +151,54 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     assert union.sum() > 1.5 * first.sum()  # scoring one lobe alone would give other numbers
     summary = pd.read_csv(tmp_path / "eval" / "summary_test.csv")
     assert summary["structure"].tolist() == ["liver", "lungs"]
+
+    # the folder `ctseg predict` wrote, evaluated as predictions: its .ctbl names value 10
+    # "lungs", so it is scored as the run is (the union of the lobes) ...
+    folder = tmp_path / "pred"
+    rows = evaluate_predictions(
+        phantom_root, "test", folder, tmp_path / "eval_folder", subjects=[sid], cache_dir=cache,
+        mesh_subjects=1,
+    ).set_index("structure")  # fmt: skip
+    assert rows.loc["lungs", "dice"] == pytest.approx(dice, abs=1e-9)
+    page = (tmp_path / "eval_folder" / f"3d_{sid}.html").read_text()  # its 3D page names it
+    assert '"name":"lungs"' in page and LOBES[0] not in page
+    assert rows.loc["lungs", "ref_volume_ml"] == pytest.approx(union.sum() * voxel_ml, rel=1e-6)
+    assert not set(rows.index) & set(LOBES)  # the other lobes are part of the merge
+    # ... and a folder without the label files is scored per value, as any tool's
+    for path in [*folder.glob("*.ctbl"), *folder.glob("*_itksnap_labels.txt")]:
+        path.unlink()
+    rows = evaluate_predictions(
+        phantom_root, "test", folder, tmp_path / "eval_plain", subjects=[sid], cache_dir=cache,
+        report=False,
+    ).set_index("structure")  # fmt: skip
+    assert "lungs" not in rows.index
+    first_dice = 2 * (lungs & first).sum() / (lungs.sum() + first.sum())
+    assert rows.loc[LOBES[0], "dice"] == pytest.approx(first_dice, abs=1e-9)
+    assert abs(first_dice - dice) > 0.05
+
+
+def test_a_label_file_naming_a_merge_at_another_value_is_refused_in_one_line(tmp_path):
+    from ctseg_core.errors import DataError
+    from ctseg_core.inference.label_files import merges_named, write_label_files
+
+    labels = tmp_path / "s1.nii.gz"
+    assert merges_named(labels) == []  # no label file: any tool's prediction
+    write_label_files(labels, [5, 10], names_of(["liver", "lungs"]))
+    assert merges_named(labels) == ["lungs"]
+    (tmp_path / "s1.ctbl").unlink()  # the ITK-SNAP file says the same
+    assert merges_named(labels) == ["lungs"]
+    write_label_files(labels, [5, 10], {5: "ribs"})
+    with pytest.raises(DataError, match=r"s1.ctbl names value 5 'ribs', which ctseg writes "
+                       r"with value 92; correct the file or remove it$"):  # fmt: skip
+        merges_named(labels)
+
+
+def test_a_model_naming_a_merge_folds_the_members_it_also_lists_into_it():
+    """dataset.json of an exported merged run: "lungs" is the merge, a lobe it lists (a
+    placeholder) is predicted as lungs, a name outside ctseg's stays the model's own."""
+    from ctseg_core.nnunet.labels import ctseg_names, model_structures, other_names
+
+    names = {1: "liver", 2: "lungs", 3: "lung_lower_lobe_left", 4: "my_tumour"}
+    assert ctseg_names(names) == {1: "liver", 2: "lungs", 3: "lungs"}
+    assert model_structures(names) == ["liver", "lungs"]
+    assert other_names(names) == {4: "my_tumour"}

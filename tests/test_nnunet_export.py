@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -275,3 +276,63 @@ def test_export_refuses_a_2d_run_with_one_line(tmp_path, capsys):
     assert main(["export-nnunet", str(ckpt), str(tmp_path / "model")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "model").exists()
+
+
+def test_an_exported_merged_run_is_opened_and_scored_as_the_merge(
+    tmp_path, s0000_root, cache_dir, capsys
+):
+    """A run learning liver and lungs (the five lobes as one output) exported, then opened with
+    --model: dataset.json's "lungs" is the merge, predicted with its first lobe's value, and
+    `ctseg evaluate --model` scores it against the union of the five lobes' references."""
+    from ctseg_core.data.cache import open_cached
+    from ctseg_core.inference.files import predict_file
+    from ctseg_core.labels import LABEL_OF, MERGES, member_values
+    from ctseg_core.nnunet.model import NnunetPredictor
+
+    cfg = RunConfig(
+        data=DataConfig(patch_size=(64, 64, 16), spacing_mm=(6.0, 6.0, 6.0),
+                        structures=["liver", "lungs"]),  # one window of s0000 at 6 mm
+        model=ModelConfig(name="plain_unet3d", features=[4, 8], strides=[1, [2, 2, 1]],
+                          norm="instance"),
+    )  # fmt: skip
+    cfg.validate()
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pth", build_model(cfg.model), config=cfg)
+    out = tmp_path / "model"
+    assert main(["export-nnunet", str(run), str(out)]) == 0, capsys.readouterr().err
+    lungs_value = LABEL_OF["lung_upper_lobe_left"]
+    assert json.loads((out / "dataset.json").read_text())["labels"]["lungs"] == lungs_value
+
+    predictor = NnunetPredictor(out, device="cpu", tta=False)
+    # the export lists every value below lungs' (nnU-Net's label is its channel): liver and
+    # lungs among them, no lobe on its own
+    assert {"liver", "lungs"} <= set(predictor.structures) and predictor.other_labels == {}
+    assert not set(predictor.structures) & set(MERGES["lungs"])
+    cached = open_cached(s0000_root, "s0000", cache_dir)
+    predicted = predictor.predict(cached.ct_volume()) == lungs_value
+    union = np.isin(np.asarray(cached.labels_xyz()), member_values("lungs"))
+    assert predicted.any() and union.sum() > (np.asarray(cached.labels_xyz()) == lungs_value).sum()
+    dice = 2 * (predicted & union).sum() / (predicted.sum() + union.sum())
+
+    argv = ["evaluate", "--data", str(s0000_root), "--split", "train", "--cache", str(cache_dir),
+            "--model", str(out), "--no-mirroring", "--out", str(tmp_path / "ev"), "--no-report"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "ev" / "evaluation_results_train.csv")
+    assert "lungs" in set(table["structure"]) and not set(table["structure"]) & set(MERGES["lungs"])
+    lungs = table.set_index("structure").loc["lungs"]
+    assert lungs["dice"] == pytest.approx(dice, abs=1e-9)
+    assert lungs["ref_volume_ml"] == pytest.approx(union.sum() * 27 / 1000)
+
+    # fine-tuned from the folder, the run's lungs start from the model's lungs row
+    from ctseg_core.nnunet.finetune import finetune_changes, init_from_model
+    from ctseg_core.training.presets import user_config
+
+    changes = finetune_changes(out) | {("data", "structures"): ["liver", "lungs"]}
+    config = user_config({}, changes).validate()
+    record = init_from_model(build_model(config.model, config.data), config)
+    assert record["kept"] == {"background": 0, "liver": LABEL_OF["liver"], "lungs": [lungs_value]}
+
+    summary = predict_file(SAMPLE_CT, [], tmp_path / "pred.nii.gz", model=out, device="cpu")
+    assert summary["structures_found"]["lungs"]["voxels"] == int(predicted.sum())

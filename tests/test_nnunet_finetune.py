@@ -138,6 +138,29 @@ def test_a_finetuning_run_keeps_the_model_channels_trains_resumes_and_is_evaluat
     assert table.dropna(subset=["dice"])["dice"].between(0, 1).all()
 
 
+def test_a_three_stage_model_clamps_the_preset_deep_supervision(model_dir, tmp_path):
+    """phantom_3d trains 2 extra heads; a 3-stage model (two decoder levels) has room for one:
+    the fine-tune changes clamp it (the Train page and `ctseg train --init-from` both pass
+    the base's), a 4-stage model keeps the preset's 2."""
+    from ctseg_core.cli import build_parser
+    from ctseg_core.cli.cmd_train import build_config
+    from ctseg_core.training.checks import check_run_config
+    from ctseg_core.training.presets import preset
+
+    base = preset("phantom_3d")
+    assert base.model.deep_supervision == 2
+    changes = finetune_changes(model_dir, deep_supervision=2)
+    assert changes["model", "deep_supervision"] == 1
+    assert check_run_config(user_config(base, changes)).model.deep_supervision == 1
+    args = build_parser().parse_args(["train", "--preset", "phantom_3d", "--init-from",
+                                      str(model_dir)])  # fmt: skip
+    assert check_run_config(build_config(args)).model.deep_supervision == 1
+    four = write_model_folder(tmp_path, "3d_fullres", [6.0, 6.0, 6.0], [16, 32, 24], [0, 1, 2],
+                              features=[4, 8, 16, 16])  # fmt: skip
+    assert ("model", "deep_supervision") not in finetune_changes(four, deep_supervision=2)
+    assert finetune_changes(four, deep_supervision=3)["model", "deep_supervision"] == 2
+
+
 def test_a_2d_model_folder_is_refused_with_one_line(tmp_path):
     folder = write_model_folder(tmp_path, "2d", [3.0, 3.0], [32, 32], [0, 1, 2])
     with pytest.raises(ConfigError, match="is a 2d configuration; ctseg fine-tunes 3D models"):

@@ -266,6 +266,8 @@ def run_stats(args) -> int:
     from ..errors import ConfigError
     from ..evaluation.evaluate import prediction_on_reference_grid
     from ..fileio import check_output
+    from ..inference.label_files import merges_named
+    from ..labels import names_of
     from ..metrics.stats import volume_statistics
 
     if args.out:
@@ -276,7 +278,9 @@ def run_stats(args) -> int:
     labels = prediction_on_reference_grid(
         args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine
     )
-    table = volume_statistics(labels, ct.array, ct.spacing_mm)
+    # a merged run's prediction: its label file names the merge's value (ribs, not rib_left_1)
+    names = names_of(merges_named(args.labels))
+    table = volume_statistics(labels, ct.array, ct.spacing_mm, names)
     if np.isin(labels, (0, 1)).all() and len(table):
         print(
             f"note: {args.labels} holds only 0 and 1, which a multilabel file reads as "

@@ -209,7 +209,8 @@ def build_config(args):
     if getattr(args, "init_from", None):
         from ..nnunet.finetune import finetune_changes
 
-        changes = finetune_changes(args.init_from, args.fold)
+        heads = (base.get("model") or {}).get("deep_supervision", 0)  # clamped to the model's
+        changes = finetune_changes(args.init_from, args.fold, deep_supervision=heads)
     for dest, key in _FLAGS.items():
         value = getattr(args, dest, None)
         if dest in _ZERO_MEANS_ALL and value == 0:

@@ -1,8 +1,9 @@
 """Evaluation of a dataset split: subject x structure rows of metrics, written as CSV tables.
 
 Predictions come from a folder of ``<id>.nii.gz`` multilabel files written by any tool
-(TotalSegmentator ``--ml``, nnU-Net; values 0..117 in TotalSegmentator v2 order) or from
-checkpoints of our own models. A prediction on another grid than its reference is resampled onto
+(TotalSegmentator ``--ml``, nnU-Net; values 0..117 in TotalSegmentator v2 order; ``ctseg
+predict``'s label files beside them say which values are merges) or from checkpoints of our
+own models. A prediction on another grid than its reference is resampled onto
 the reference's grid by affine (nearest neighbour), so a file stored in another orientation or
 with a different field of view is scored on the same voxels as the reference.
 """
@@ -165,10 +166,14 @@ def subject_rows(
 def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolerance_mm):
     """(rows, cached, reference, prediction) of one subject; DataError when it cannot be scored.
 
-    A merge the predictor learns (``labels.MERGES``) is scored against the union of its
+    A merge the predictor learns (``labels.MERGES``), or a folder's prediction holds (its label
+    file names it: ``inference.label_files.merges_named``), is scored against the union of its
     members' references, and only where every member is annotated."""
+    from ..inference.label_files import merges_named
+
     cached = open_cached(root, sid, cache_dir)
-    structures = predictor.structures if predictor is not None else ()
+    path = find_prediction(folder, sid) if folder is not None else None
+    structures = predictor.structures if predictor is not None else merges_named(path)
     annotated = merged_annotated(cached.annotated, structures)
     if model_labels is not None:
         annotated &= model_labels
@@ -176,7 +181,7 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
     reference = merge_lut(structures)[np.asarray(cached.labels_xyz())]
     if folder is not None:
         prediction = prediction_on_reference_grid(
-            find_prediction(folder, sid), reference.shape, cached.affine,
+            path, reference.shape, cached.affine,
             cached.original_shape, cached.original_affine,
         )  # fmt: skip
     else:

@@ -114,9 +114,11 @@ class ReportCollector:
             # written under a staged name: until finish() the folder keeps the previous
             # evaluation's pages whole (an evaluation that fails later must not replace them)
             target = self.out_dir / f"{STAGED}3d_{subject_id}.html"
+            names = {value_of(r["structure"]): r["structure"] for r in rows}  # a merge's value
             write_mesh_html(
-                reference, prediction, spacing, target, title=subject_id, affine=cached.affine
-            )
+                reference, prediction, spacing, target, title=subject_id, affine=cached.affine,
+                names=names,
+            )  # fmt: skip
             self.meshes_written.append(target)
 
     def finish(self, results: pd.DataFrame, summary: pd.DataFrame) -> list[Path]:
@@ -265,6 +267,7 @@ def write_mesh_html(
     title: str = "",
     affine: np.ndarray | None = None,
     max_faces_total: int = MESH_FACE_BUDGET,
+    names: dict[int, str] | None = None,
 ) -> None:
     """Interactive page: reference (left) and prediction (right) meshes of every present structure.
 
@@ -272,7 +275,8 @@ def write_mesh_html(
     (canonical voxel -> world) the vertices are world mm, else mm on the voxel grid. Meshes come
     from ``viz.mesh`` (cropped marching cubes, one shared face budget per panel, so a page stays
     of a few MB). plotly.js is written once beside the page (``plotly.min.js``) so the page opens
-    offline, as the rest of the evaluation folder does.
+    offline, as the rest of the evaluation folder does. ``names``: value -> name where a value
+    is not its structure (a merge scored as one: "lungs", not its first lobe).
     """
     from plotly.offline import get_plotlyjs
 
@@ -282,7 +286,10 @@ def write_mesh_html(
         meshes = structure_meshes(
             labels, sorted(boxes), spacing_mm, affine, max_faces_total // 2, boxes, layout="xyz"
         )
-        items += [{**item, "kind": kind} for item in meshes]
+        items += [
+            {**item, "kind": kind, "name": (names or {}).get(item["value"], item["name"])}
+            for item in meshes
+        ]
     fig = meshes_figure(items, title=title)
     fig.update_layout(height=700)
     bundle = Path(target).parent / "plotly.min.js"

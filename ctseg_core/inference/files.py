@@ -225,7 +225,7 @@ def predict_file(
         from ..metrics.stats import volume_statistics
 
         stats_path = out_path.with_name(_stem(out_path) + "_statistics.csv")
-        table = volume_statistics(labels, ct.array, ct.spacing_mm)
+        table = volume_statistics(labels, ct.array, ct.spacing_mm, names)
         atomic_write_text(stats_path, table.to_csv(index=False))
 
     counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)

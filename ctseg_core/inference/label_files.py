@@ -6,7 +6,9 @@
   opacity 0..1 (float), VIS and MSH 0/1, the label quoted.
 
 Both are written atomically and both have readers that parse them back, so a round trip can be
-checked (and files edited by hand can be read).
+checked (and files edited by hand can be read). They also tell what a prediction's values mean
+when it is scored later: a run learning a merge (``labels.MERGES``) writes the merge's value
+under the merge's name (``merges_named``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..fileio import atomic_write_text
-from ..labels import COLOURS, NAME_OF, NUM_STRUCTURES
+from ..labels import COLOURS, MERGES, NAME_OF, NUM_STRUCTURES, value_of
 
 SLICER_SUFFIX = ".ctbl"
 ITKSNAP_SUFFIX = "_itksnap_labels.txt"
@@ -173,3 +175,30 @@ def write_label_files(
     atomic_write_text(slicer_path, slicer_ctbl_text(entries))
     atomic_write_text(itk_path, itksnap_text(entries))
     return slicer_path, itk_path
+
+
+def merges_named(labels_path: str | Path) -> list[str]:
+    """The merges (``labels.MERGES``) a prediction holds, as the label file written beside it
+    says (``write_label_files``: ``ctseg predict`` names a merged run's value by its merge).
+
+    ``labels_path``: a multilabel ``.nii.gz``/``.nii``; its 3D Slicer table is read (else its
+    ITK-SNAP file). [] when neither is there (any other tool's prediction: every value is its
+    structure). DataError, one line, for a malformed file or a merge named at another value
+    than the one ctseg writes it with (its first member's).
+    """
+    for path, read in zip(label_file_paths(labels_path), (read_slicer_ctbl, read_itksnap_labels),
+                          strict=True):  # fmt: skip
+        if not path.is_file():
+            continue
+        merges = []
+        for entry in read(path):
+            if entry.name not in MERGES:
+                continue
+            if entry.value != value_of(entry.name):
+                raise DataError(
+                    f"{path} names value {entry.value} {entry.name!r}, which ctseg writes with "
+                    f"value {value_of(entry.name)}; correct the file or remove it"
+                )
+            merges.append(entry.name)
+        return merges
+    return []

@@ -5,14 +5,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ctseg_core.errors import DataError
-from ctseg_core.labels import GROUP_OF, NAME_OF, NUM_LABELS
+from ctseg_core.labels import NAME_OF, NUM_LABELS, group_of
 from ctseg_core.metrics._inputs import (
     CHUNK_VOXELS,
     check_range,
@@ -92,20 +92,25 @@ def compute_volume_stats(
 
 
 def volume_statistics(
-    labels: np.ndarray, ct_hu: np.ndarray, spacing_mm: Sequence[float]
+    labels: np.ndarray,
+    ct_hu: np.ndarray,
+    spacing_mm: Sequence[float],
+    names: Mapping[int, str] | None = None,
 ) -> pd.DataFrame:
     """Volume (ml) and mean/std HU of every structure present (TotalSegmentator ``--statistics``).
 
-    labels: (X, Y, Z) integer 0..117; ct_hu: same shape, HU; spacing_mm: (x, y, z).
+    labels: (X, Y, Z) integer 0..117; ct_hu: same shape, HU; spacing_mm: (x, y, z); names:
+    value -> name where a value is not its structure (a merged run's, ``labels.names_of``).
     Returns one row per present structure: structure, label, group, voxels, volume_ml,
     mean_hu, std_hu.
     """
     stats = compute_volume_stats(labels, ct_hu, spacing_mm)
+    names = {**NAME_OF, **(names or {})}
     rows = [
         {
-            "structure": NAME_OF[k],
+            "structure": names[k],
             "label": k,
-            "group": GROUP_OF[NAME_OF[k]],
+            "group": group_of(names[k]),
             "voxels": int(stats.voxels[k]),
             "volume_ml": float(stats.volume_ml[k]),
             "mean_hu": float(stats.mean_hu[k]),

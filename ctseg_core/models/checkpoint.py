@@ -208,6 +208,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def checkpoint_structures(path: str | Path) -> list[str]:
+    """The structures (and merges, ``labels.MERGES``) a checkpoint's run learns, in its output
+    order, read memory-mapped (the tensors are not read); CtsegError, one line, for a file
+    that is not a ctseg checkpoint."""
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        config = ckpt["config"] if ckpt.get("format") == FORMAT else None
+    except Exception:
+        config = None
+    if not isinstance(config, dict):
+        config = load_checkpoint(path)["config"]  # its one-line refusal, or a legacy layout
+    return list(RunConfig.from_dict(config).data.structures)
+
+
 def intact_checkpoints(run_dir: str | Path, skip: Path | None = None) -> list[tuple[Path, int]]:
     """The complete ctseg checkpoints of a run folder as (path, epoch), newest epoch first
     (last.pth before best.pth before checkpoint_epoch<N>.pth at the same epoch); ``skip``: one

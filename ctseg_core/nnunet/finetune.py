@@ -7,8 +7,10 @@ from the plans; the model's CT normalisation (``hu_window`` = its 0.5 / 99.5 per
 ``hu_mean_std`` = its foreground mean and std: nnU-Net's CTNormalization) and its padding
 (``data.padding`` "normalised_zero": the mean, nnU-Net's 0 after normalising); the structures it
 predicts that are TotalSegmentator v2 names; ``train.init_from`` / ``init_fold`` /
-``init_checkpoint`` naming the weights. The caller's own changes (a structure list: a subset,
-or structures the model did not have) go on top.
+``init_checkpoint`` naming the weights; given the base's deep supervision, that clamped to the
+levels the model's stages have (a 3-stage model has one extra head, where phantom_3d asks for
+two). The caller's own changes (a structure list: a subset, or structures the model did not
+have) go on top.
 
 ``init_from_model(model, config)`` then loads the weights into the freshly built network:
 every encoder and decoder tensor as it is, the output layers (every deep-supervision level)
@@ -41,9 +43,9 @@ import torch
 
 from ..errors import ConfigError
 from ..fileio import atomic_write_json
-from ..labels import LABEL_OF, MERGES, members
+from ..labels import MERGES, members
 from .folder import ModelFolder, load_weights, read_model_folder
-from .labels import value_names
+from .labels import model_structures, value_names
 
 #: the run folder file that says where a fine-tuned run's first weights came from
 INIT_RECORD = "init_from.json"
@@ -78,10 +80,12 @@ def _short(name: Any) -> str:
     return str(name).rsplit(".", 1)[-1]
 
 
-def finetune_changes(path, fold: str | int | None = None,
-                     checkpoint: str | None = None) -> dict[tuple[str, str], Any]:  # fmt: skip
+def finetune_changes(path, fold: str | int | None = None, checkpoint: str | None = None,
+                     deep_supervision: int | None = None) -> dict[tuple[str, str], Any]:  # fmt: skip
     """``user_config`` changes for a run started from the model folder at ``path`` (module
-    doc); ConfigError, one line, for a folder ctseg cannot fine-tune."""
+    doc); ConfigError, one line, for a folder ctseg cannot fine-tune. ``deep_supervision``:
+    the base configuration's extra heads; more than the model's stages allow (``n_stages - 2``,
+    one per decoder level below full resolution but the lowest) becomes that many."""
     folder = open_folder(path, fold, checkpoint)
     config, kw = folder.config, folder.config.arch_kwargs
     network = _short(config.network_class)
@@ -98,7 +102,7 @@ def finetune_changes(path, fold: str | int | None = None,
 
     props = config.intensity["0"]
     convs = kw.get("n_blocks_per_stage") or kw.get("n_conv_per_stage")
-    structures = [n for n in value_names(folder.labels, folder.path).values() if n in LABEL_OF]
+    structures = model_structures(value_names(folder.labels, folder.path))
     fold_name = folder.checkpoints[0].parent.name.removeprefix("fold_")
     changes = {
         ("model", "name"): _NETWORKS[network],
@@ -120,7 +124,10 @@ def finetune_changes(path, fold: str | int | None = None,
         ("train", "init_checkpoint"): folder.checkpoints[0].name,
     }
     if structures:
-        changes["data", "structures"] = sorted(structures, key=LABEL_OF.get)
+        changes["data", "structures"] = structures
+    most = max(0, len(kw["features_per_stage"]) - 2)  # as models.nnunet.check_nnunet allows
+    if deep_supervision is not None and deep_supervision > most:
+        changes["model", "deep_supervision"] = most
     return changes
 
 
@@ -152,8 +159,9 @@ def init_from_model(model: torch.nn.Module, config) -> dict:
     order = canonical_order(folder)
     own = {name: value for value, name in value_names(folder.labels, folder.path).items()}
     names = config.channel_names()
-    rows = [[0] if name == "background" else [own[m] for m in members(name) if m in own]
-            for name in names]  # fmt: skip
+    # a merge the model has (an exported merged run's "lungs") is its row; else its members'
+    rows = [[0] if name == "background" else [own[name]] if name in own
+            else [own[m] for m in members(name) if m in own] for name in names]  # fmt: skip
     if config.output_mode != "softmax":
         raise ConfigError("a run started from an nnU-Net model needs softmax outputs (dice_ce)")
     state = model.state_dict()

@@ -2,7 +2,10 @@
 five part models as one model.
 
 A label name of dataset.json that is a TotalSegmentator v2 name (``labels.LABEL_OF``) becomes
-that structure; other names keep the model's own value and name (predicted and written, not
+that structure; a merge name (``labels.MERGES``: "lungs", as ``ctseg export-nnunet`` writes a
+merged run's output) becomes the merge, written with its first member's value and scored
+against the union of its members, and the members it also lists (an export's placeholders)
+fold into it; other names keep the model's own value and name (predicted and written, not
 scored against the dataset's masks). TotalSegmentator's ``total`` task is five nnU-Net models,
 Dataset291 (organs) .. Dataset295 (ribs), each predicting one consecutive range of the 117 v2
 values (``labels.PARTS``, TotalSegmentator's ``class_map_5_parts``): part value k is the
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from .. import settings
 from ..errors import ConfigError
-from ..labels import LABEL_OF, PARTS
+from ..labels import MERGES, PARTS, is_structure, value_of
 
 #: TotalSegmentator's dataset id of each part of the ``total`` task -> ctseg's group
 TOTALSEG_PARTS = {291: "organs", 292: "vertebrae", 293: "cardiac", 294: "muscles", 295: "ribs"}
@@ -39,7 +42,7 @@ def value_names(labels: dict[int, str], folder: Path) -> dict[int, str]:
     """Model value -> structure name: v2 names kept; a TotalSegmentator part's generic names
     replaced by its group's structures (in value order)."""
     names = {v: n for v, n in labels.items() if v != 0}
-    if any(n in LABEL_OF for n in names.values()):
+    if any(is_structure(n) for n in names.values()):
         return names
     part = TOTALSEG_PARTS.get(dataset_id(folder) or -1)
     if part is None:
@@ -51,6 +54,25 @@ def value_names(labels: dict[int, str], folder: Path) -> dict[int, str]:
             f"part has {len(group)} structures"
         )
     return {v: group[v - 1] for v in names}
+
+
+def ctseg_names(names: dict[int, str]) -> dict[int, str]:
+    """Model value -> the ctseg structure or merge it stands for (``value_names``'s values that
+    are ctseg names; a member of a merge the model names -> that merge: ctseg scores the union
+    as one). Values of other names are left out."""
+    merged = {m: merge for merge in MERGES if merge in names.values() for m in MERGES[merge]}
+    return {v: merged.get(n, n) for v, n in names.items() if is_structure(n)}
+
+
+def model_structures(names: dict[int, str]) -> list[str]:
+    """The ctseg structures and merges a model's ``value_names`` predict, in ctseg's value
+    order (a merge at its first member's value; its members not listed on their own)."""
+    return sorted(set(ctseg_names(names).values()), key=value_of)
+
+
+def other_names(names: dict[int, str]) -> dict[int, str]:
+    """Model value -> name of the labels that are neither a v2 structure nor a merge."""
+    return {v: n for v, n in names.items() if not is_structure(n)}
 
 
 def totalseg_part_folders(root: Path) -> list[Path] | None:

@@ -19,9 +19,9 @@ from pathlib import Path
 from .. import settings
 from ..access import check_allowed_path
 from ..errors import CtsegError
-from ..labels import LABEL_OF
+from ..labels import value_of
 from .folder import read_model_folder
-from .labels import totalseg_part_folders, value_names
+from .labels import model_structures, other_names, totalseg_part_folders, value_names
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ class ModelEntry:
 
     path: a model folder, or for TotalSegmentator's parts the folder holding Dataset291..295;
     name: the plans' dataset name ("Dataset123_X") or ``TOTALSEG_NAME``; folds: the folds
-    with a checkpoint (all are averaged); structures: its TotalSegmentator v2 structures in
-    ctseg's value order; other_labels: its label names that are not v2 structures (predicted
+    with a checkpoint (all are averaged); structures: its TotalSegmentator v2 structures and merges
+    in ctseg's value order; other_labels: its label names that are neither (predicted
     by ``ctseg predict --model`` with the model's own values, not scored nor shown)."""
 
     path: Path
@@ -55,18 +55,17 @@ def _entry(folder: Path) -> ModelEntry:
     """The entry of one model folder (ConfigError from ``read_model_folder`` when invalid)."""
     read = read_model_folder(folder)
     names = value_names(read.labels, folder)
-    structures = sorted((n for n in names.values() if n in LABEL_OF), key=LABEL_OF.get)
     return ModelEntry(
         folder, str(read.plans.get("dataset_name") or folder.parent.name), read.config.name,
-        tuple(p.parent.name.removeprefix("fold_") for p in read.checkpoints), tuple(structures),
-        tuple(n for n in names.values() if n not in LABEL_OF),
+        tuple(p.parent.name.removeprefix("fold_") for p in read.checkpoints),
+        tuple(model_structures(names)), tuple(other_names(names).values()),
     )  # fmt: skip
 
 
 def _totalseg_entry(root: Path, parts: list[Path]) -> ModelEntry:
     """The five parts as one entry: the union of their structures, the first part's config."""
     entries = [_entry(p) for p in parts]
-    structures = sorted({s for e in entries for s in e.structures}, key=LABEL_OF.get)
+    structures = sorted({s for e in entries for s in e.structures}, key=value_of)
     configs = sorted({e.configuration for e in entries})
     return ModelEntry(root, TOTALSEG_NAME, "/".join(configs), entries[0].folds, tuple(structures))
 

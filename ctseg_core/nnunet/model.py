@@ -24,9 +24,15 @@ import numpy as np
 from ..data.volume import Volume, from_canonical, spacing_of, to_canonical
 from ..device import resolve_device
 from ..errors import ConfigError, CtsegError
-from ..labels import LABEL_OF
+from ..labels import value_of
 from .folder import read_model_folder
-from .labels import is_totalsegmentator, totalseg_part_folders, value_names
+from .labels import (
+    ctseg_names,
+    is_totalsegmentator,
+    other_names,
+    totalseg_part_folders,
+    value_names,
+)
 from .predict import LoadedModel, peak_bytes, predict_array
 
 #: how a model is given the CT's axes: as its plans' reader hands them over, or always RAS+
@@ -90,26 +96,31 @@ class NnunetPredictor:
         self.value_names: dict[int, str] = {}
         self._luts = []
         offset = 0
+        known: set[str] = set()
         for _, names in self.models:
             lut = np.zeros(max(names) + 1, dtype=np.int64)
             own = np.zeros(max(names) + 1, dtype=np.int64)
+            ctseg = ctseg_names(names)  # a merge (and its listed members): the merge's value
             for value, name in names.items():
-                lut[value] = LABEL_OF.get(name, 0)
+                lut[value] = value_of(ctseg[value]) if value in ctseg else 0
                 own[value] = value + offset
                 self.value_names[value + offset] = name
+            known |= set(ctseg.values())
             self._luts.append((lut, own))
             offset += max(names) if parts else 0
+        self._structures = sorted(known, key=value_of)
 
     @property
     def structures(self) -> list[str]:
-        """The model's TotalSegmentator v2 structures, in ctseg's value order."""
-        known = {n for n in self.value_names.values() if n in LABEL_OF}
-        return sorted(known, key=LABEL_OF.get)
+        """The model's TotalSegmentator v2 structures and merges (``labels.MERGES``), in
+        ctseg's value order."""
+        return list(self._structures)
 
     @property
     def other_labels(self) -> dict[int, str]:
-        """Model value -> name of the labels that are no TotalSegmentator v2 structure."""
-        return {v: n for v, n in self.value_names.items() if n not in LABEL_OF}
+        """Model value -> name of the labels that are no TotalSegmentator v2 structure nor
+        merge."""
+        return other_names(self.value_names)
 
     def estimate_bytes(self, shape_xyz: Sequence[int],
                        spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip

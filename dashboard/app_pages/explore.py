@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cached, cached_models, state
-from dashboard.helpers import niivue_view, runs
+from dashboard.helpers import layer_names, niivue_view, runs
 from dashboard.helpers.viewer import Layer, annotation_note, volume_viewer
 from dashboard.pages_index import PAGE_FILES
 
@@ -59,7 +59,9 @@ def main() -> None:
         try:
             pred = cached.folder_prediction_zxy(root, subject, folder)
             source = cached.prediction_source(root, subject, folder=folder)
-            layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
+            names = layer_names.folder_prediction_names(subject, folder)
+            counts = cached.label_counts(source, pred)
+            layers.append(Layer("prediction", pred, source, counts, names))
         except Exception as exc:
             state.show_error(exc, f"prediction from {folder}")
     elif choice != NO_CHECKPOINT:
@@ -75,11 +77,14 @@ def main() -> None:
                 model = choice.removeprefix(state.MODEL_PREFIX)
                 pred = cached_models.model_prediction_zxy(root, subject, model, progress)
                 source = cached.prediction_source(root, subject, model=model)
+                names = cached_models.model_names(model)
             else:
                 checkpoint = str(checkpoints[choice])
                 pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
                 source = cached.prediction_source(root, subject, checkpoint=checkpoint)
-            layers.append(Layer("prediction", pred, source, cached.label_counts(source, pred)))
+                names = layer_names.checkpoint_names(checkpoint)  # a merge: named by the merge
+            counts = cached.label_counts(source, pred)
+            layers.append(Layer("prediction", pred, source, counts, names))
             if choice not in models:  # an nnU-Net model states no training domain
                 for message in cached.domain_warnings(root, subject, checkpoints[choice]):
                     st.warning(state.plain(message), icon=":material/warning:")

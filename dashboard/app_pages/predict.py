@@ -91,6 +91,7 @@ def predict_upload(upload, workdir: Path) -> None:
     from ctseg_core.inference.domain import domain_warnings
     from ctseg_core.inference.files import load_ct_noting
     from ctseg_core.inference.predictor import predict_volume
+    from dashboard.helpers.layer_names import checkpoint_names
 
     checkpoint = choose_checkpoint(workdir)
     resample = st.checkbox(
@@ -120,6 +121,7 @@ def predict_upload(upload, workdir: Path) -> None:
         model = cached_models.all_models()[checkpoint]
         domain, name = model_notes(model), cached_models.model_titles()[checkpoint]
         labels_xyz = cached_models.model_predictor(str(model.path)).predict(ct, progress=progress)
+        names = cached_models.model_names(str(model.path))
     else:
         uploaded = Path(checkpoint).is_relative_to(workdir)  # named as uploaded, not its copy
         domain = domain_warnings([checkpoint], ct.array.transpose(2, 0, 1), ct.spacing_mm,
@@ -127,6 +129,7 @@ def predict_upload(upload, workdir: Path) -> None:
                                  names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
         name = Path(checkpoint).name
         labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
+        names = checkpoint_names(checkpoint)  # a merge: named by the merge
     bar.empty()
     out = workdir / "labels.nii.gz"  # a fixed name: the upload's name never makes a path
     save_on_original_grid(labels_xyz, ct, out)
@@ -139,6 +142,7 @@ def predict_upload(upload, workdir: Path) -> None:
         "affine": ct.affine,
         "nifti": out.read_bytes(),
         "checkpoint": name,
+        "names": names,  # value -> merge name (labels.MERGES) where a value is a merge
         # what reading said (files left out, a resampled series, the series chosen), then HU
         "warnings": [_named(n, label) for n in [*notes, hu_problem(ct.array, label)] if n],
         "domain": domain,
@@ -170,7 +174,7 @@ def show_result(result: dict) -> None:
         state.show_warning(warning)
     for message in result.get("domain") or []:  # outside what the checkpoint was trained on
         state.show_warning(message)
-    entries = label_entries(values)
+    entries = label_entries(values, result.get("names"))  # a merge's value named by the merge
     cols = st.columns(3)
     cols[0].download_button(
         "Multilabel NIfTI", result["nifti"], file_name=f"{result['name']}_labels.nii.gz",
@@ -188,7 +192,7 @@ def show_result(result: dict) -> None:
     )  # fmt: skip
     digest = hashlib.sha1(counts.tobytes()).hexdigest()[:12]
     source = f"predict:{result['name']}:{result['checkpoint']}:{digest}"
-    layer = Layer("prediction", labels, source, counts)
+    layer = Layer("prediction", labels, source, counts, result.get("names"))
     volume_viewer(state.PREDICT_VIEW, result["ct_zxy"], [layer], result["spacing_mm"],
                   result["affine"], volume_id=source)  # fmt: skip
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ctseg_core.labels import GROUPS, member_values, members, value_of
+from ctseg_core.labels import GROUPS, member_values, value_of
 from dashboard import cached, state
 from dashboard.helpers import evalcharts, viewer
 from dashboard.pages_index import PAGE_FILES
@@ -46,7 +46,8 @@ def open_in_explore(
         None if box is None else {"structure": structure, "box_zxy": box},
     )  # fmt: skip
     st.session_state[state.EXPLORE_PLANE] = "axial"
-    picked = list(members(structure)) if zoom and structure else []
+    # a merge is one choice: the reference's members and the prediction's merged value
+    picked = [structure] if zoom and structure else []
     viewer.choose_structures(state.EXPLORE_STRUCTURES, picked)
     viewer.choose_structures(state.EXPLORE_VIEW.groups, list(GROUPS))
     if st.session_state.get(state.EXPLORE_VIEW.alpha, 1.0) <= 0:  # overlays hidden earlier

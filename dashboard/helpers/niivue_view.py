@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 import streamlit.components.v1 as components
 
 from ctseg_core.viz.browser_volume import browser_stride, label_lut
 from ctseg_core.viz.slices import PLANES, WINDOW_PRESETS
 from dashboard import cached, state
+from dashboard.helpers.layer_names import all_names, present_names
 
 COMPONENT_DIR = Path(__file__).resolve().parents[1] / "components" / "niivue"
 _component = components.declare_component("ctseg_niivue", path=str(COMPONENT_DIR))
@@ -73,11 +73,12 @@ def niivue_viewer(keys: state.WidgetKeys, ct_zxy, layers, affine, volume_id: str
     presets = {name: list(pair) for name, pair in WINDOW_PRESETS.items()}
     level, width = WINDOW_PRESETS.get(st.session_state.get(keys.preset), (40.0, 400.0))
     lut = label_lut()
+    lut.pop("labels")  # each layer names its values: a merged run's value by its merge
     _component(
         ct_url=ct_url,
         label_urls=label_urls,
         layers=[layer.name for layer in layers],
-        names=lut.pop("labels"),
+        names=[all_names(layer.names) for layer in layers],
         lut=lut,
         presets=presets,
         window=[float(level), float(width)],
@@ -99,14 +100,11 @@ def niivue_viewer(keys: state.WidgetKeys, ct_zxy, layers, affine, volume_id: str
 
 
 def legend(layers) -> None:
-    """The colours of the structures the layers hold (every label the viewer draws), in
-    label order; nothing when they hold none."""
-    from ctseg_core.labels import LABEL_OF
+    """The colours of the structures the layers hold (every label the viewer draws; a merged
+    run's value by its merge), in label order; nothing when they hold none."""
     from dashboard.helpers.viewer import legend as chips
 
-    counts = sum(np.asarray(layer.counts, dtype=np.int64) for layer in layers)
-    if isinstance(counts, np.ndarray):
-        chips([name for name, k in LABEL_OF.items() if counts[k] > 0])
+    chips(present_names(layers))
 
 
 def viewer_choice(key: str) -> str:

@@ -124,7 +124,7 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     if volumetric:  # a model folder's network, grid and normalisation replace the kind's
         model_picker()
         try:
-            model_changes = _model_changes()
+            model_changes = _model_changes(base.model.deep_supervision)
         except ConfigError as exc:
             model_error = exc
     kind_changes |= model_changes
@@ -239,9 +239,9 @@ def model_picker() -> None:
         )
 
 
-def _model_changes() -> dict:
-    """``finetune_changes`` of the model folder named on the form ({} when none is) and the
-    merges picked."""
+def _model_changes(deep_supervision: int) -> dict:
+    """``finetune_changes`` of the model folder named on the form ({} when none is; the
+    preset's ``deep_supervision`` clamped to the model's stages) and the merges picked."""
     k = state.TRAIN_FORM
     merges = list(st.session_state.get(k.merge) or [])
     changes = {("data", "merge"): merges} if merges else {}
@@ -249,7 +249,7 @@ def _model_changes() -> dict:
     if not path:
         return changes
     fold = str(st.session_state.get(k.init_fold) or "").strip() or None
-    return finetune_changes(path, fold) | changes
+    return finetune_changes(path, fold, deep_supervision=deep_supervision) | changes
 
 
 def _changes(base: RunConfig, kind_changes: dict, volumetric: bool, present: list[str]) -> dict:

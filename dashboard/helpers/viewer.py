@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ctseg_core.labels import COLOURS, GROUP_OF, GROUPS, LABEL_OF, NUM_LABELS
+from ctseg_core.labels import GROUPS, LABEL_OF, group_of
 from ctseg_core.viz.slices import (
     PLANES,
     SCREEN_SIDES,
@@ -30,6 +30,13 @@ from ctseg_core.viz.slices import (
     zoom_window,
 )
 from dashboard import cached, state
+from dashboard.helpers.layer_names import (
+    colour_of,
+    name_of,
+    present_names,
+    values_for,
+    visible_mask,
+)
 
 CUSTOM = "custom"
 MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
@@ -42,12 +49,15 @@ NAME_SEARCH = {"filter_mode": "contains", "select_all": False}
 
 @dataclass
 class Layer:
-    """A label volume to show: a name ("reference", "prediction") and (Z, X, Y) uint8 labels."""
+    """A label volume to show: a name ("reference", "prediction") and (Z, X, Y) uint8 labels;
+    ``names``: value -> name where a value is not its structure (a merged run's merge,
+    ``layer_names.merged_names``), None for none."""
 
     name: str
     labels_zxy: np.ndarray
     source: str  # a unique key of this volume, for caches
     counts: np.ndarray  # (118,) voxels per label value (from the cache meta or cached.label_counts)
+    names: dict[int, str] | None = None
 
 
 @dataclass
@@ -60,6 +70,12 @@ class ViewSettings:
     alpha: float
     visible: np.ndarray  # (118,) bool
     zoom_box_zxy: tuple | None = None  # ((z0, z1), (x0, x1), (y0, y1)) to crop to, or None
+    # (118,) bool per layer where a layer's values mean other structures (a merge), else None
+    visible_by_layer: tuple | None = None
+
+    def visible_of(self, i: int) -> np.ndarray:
+        """The values shown of the ``i``-th layer."""
+        return self.visible if self.visible_by_layer is None else self.visible_by_layer[i]
 
 
 def _controls(
@@ -137,13 +153,13 @@ def structure_picker(keys: state.WidgetKeys, present: list[str]) -> list[str]:
 
     Choices survive subjects that lack them (``sticky_choices``).
     """
-    groups_present = [g for g in GROUPS if any(GROUP_OF[s] == g for s in present)]
+    groups_present = [g for g in GROUPS if any(group_of(s) == g for s in present)]
     sticky_choices(keys.groups, groups_present, default=list(GROUPS))
     groups = st.pills(
         "Groups", groups_present, selection_mode="multi", key=keys.groups, width="stretch",
         wrap=True,
     )  # fmt: skip
-    in_groups = [s for s in present if GROUP_OF[s] in (groups or [])]
+    in_groups = [s for s in present if group_of(s) in (groups or [])]
     sticky_choices(keys.structures, present, default=[])
     picked = st.multiselect(
         "Structures (type to search; empty = every structure of the chosen groups)",
@@ -155,9 +171,10 @@ def structure_picker(keys: state.WidgetKeys, present: list[str]) -> list[str]:
 
 
 def legend(structures: list[str]) -> None:
+    """A colour chip and name per structure (a merge: in its first member's colour)."""
     chips = []
     for name in structures:
-        r, g, b = COLOURS[name]
+        r, g, b = colour_of(name)
         chips.append(
             f'<span style="display:inline-block;margin:2px 8px 2px 0;white-space:nowrap">'
             f'<span style="display:inline-block;width:0.9em;height:0.9em;border-radius:2px;'
@@ -179,16 +196,19 @@ def compose_slice(
     ct_zxy: np.ndarray, layers: list[Layer], index: int, view: ViewSettings, spacing_mm
 ) -> np.ndarray:
     """The displayed (H, W, 3) uint8 image of one slice: CT plus layers as the settings say."""
-    common = dict(level=view.level, width=view.width, alpha=view.alpha, visible=view.visible)
+    common = dict(level=view.level, width=view.width, alpha=view.alpha)
     rows, cols = slice(None), slice(None)
     if view.zoom_box_zxy is not None:  # the zoomed window only (a small structure, enlarged)
         rows, cols = zoom_window(view.zoom_box_zxy, ct_zxy.shape, view.plane)
     if not layers:
-        image = render_slice(ct_zxy, view.plane, index, spacing_mm=spacing_mm, **common)
+        image = render_slice(
+            ct_zxy, view.plane, index, spacing_mm=spacing_mm, visible=view.visible, **common
+        )
         return stretch_to_aspect(image[rows, cols], plane_aspect(spacing_mm, view.plane))
     first = render_slice(
-        ct_zxy, view.plane, index, labels_zxy=layers[0].labels_zxy, mode=view.style, **common
-    )[rows, cols]
+        ct_zxy, view.plane, index, labels_zxy=layers[0].labels_zxy, mode=view.style,
+        visible=view.visible_of(0), **common,
+    )[rows, cols]  # fmt: skip
     if len(layers) > 1:
         if view.layout == "side by side":
             second = render_slice(
@@ -197,12 +217,13 @@ def compose_slice(
                 index,
                 labels_zxy=layers[1].labels_zxy,
                 mode=view.style,
+                visible=view.visible_of(1),
                 **common,
             )[rows, cols]
             first = side_by_side(first, second)
         else:
             pred = extract_plane(layers[1].labels_zxy, view.plane, index)[rows, cols]
-            first = overlay_rgb(first, pred, None, 1.0, view.visible, "contour")
+            first = overlay_rgb(first, pred, None, 1.0, view.visible_of(1), "contour")
     return stretch_to_aspect(first, plane_aspect(spacing_mm, view.plane))
 
 
@@ -240,15 +261,22 @@ def slice_fragment(
 
 
 def stats_table(ct_zxy, layers: list[Layer], structures: list[str], spacing_mm) -> pd.DataFrame:
-    """Volume (ml) and mean HU of each shown structure, per layer."""
-    rows = {s: {"structure": s, "group": GROUP_OF[s]} for s in structures}
+    """Volume (ml) and mean HU of each shown structure, per layer (a merge in a reference: its
+    members together; a structure a layer's merge holds: empty for that layer)."""
+    rows = {s: {"structure": s, "group": group_of(s)} for s in structures}
     for layer in layers:
         stats = cached.volume_stats(layer.source, layer.labels_zxy, ct_zxy, spacing_mm)
         for s in structures:
-            k = LABEL_OF[s]
-            rows[s][f"{layer.name} ml"] = round(float(stats.volume_ml[k]), 2)
-            mean = stats.mean_hu[k]
-            rows[s][f"{layer.name} mean HU"] = None if np.isnan(mean) else round(float(mean), 1)
+            values = values_for(layer.names, s)
+            ml = np.asarray(stats.volume_ml)[values]
+            means = np.asarray(stats.mean_hu)[values]
+            found = ml > 0
+            volume = round(float(ml.sum()), 2) if values else None
+            mean = (
+                float((ml[found] * means[found]).sum() / ml[found].sum()) if found.any() else None
+            )
+            rows[s][f"{layer.name} ml"] = volume
+            rows[s][f"{layer.name} mean HU"] = None if mean is None else round(mean, 1)
     return pd.DataFrame(list(rows.values()))
 
 
@@ -271,15 +299,16 @@ def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_m
     if not chosen:
         st.caption("Pick structures to see their surfaces.")
         return
-    values = [LABEL_OF[s] for s in chosen]
     started = time.perf_counter()
     items = []
     with st.spinner("Building surfaces …"):
         for layer in layers:
             kind = "prediction" if layer.name == "prediction" else "reference"
-            items += cached.meshes_cached(
+            values = np.flatnonzero(visible_mask(layer.names, chosen))
+            built = cached.meshes_cached(
                 layer.source, layer.labels_zxy, values, spacing_mm, affine, kind
-            )
+            )  # named by value; a merged value by its merge
+            items += [{**i, "name": name_of(layer.names, i["value"])} for i in built]
     fig = meshes_figure(items)
     fig.update_layout(height=560, margin={"l": 0, "r": 0, "t": 30, "b": 0})
     st.plotly_chart(fig, key=f"{keys.prefix}_mesh_chart")
@@ -345,18 +374,17 @@ def volume_viewer(
             st.session_state.pop(state.slice_key(keys, name), None)
         st.session_state[state.volume_key(keys)] = volume_id
         st.session_state.pop(state.zoom_key(keys), None)
-    counts = np.zeros(NUM_LABELS, dtype=np.int64)
-    for layer in layers:
-        counts += np.asarray(layer.counts, dtype=np.int64)
-    present = [s for s in LABEL_OF if counts[LABEL_OF[s]] > 0]
+    present = present_names(layers)
     image_col, control_col = st.columns([3, 1])
     with control_col:
         plane, level, width, style, layout, alpha = _controls(keys, len(layers) > 1)
         shown = structure_picker(keys, present) if present else []
         box = _zoom_choice(keys, volume_id)
-    visible = np.zeros(NUM_LABELS, dtype=bool)
-    visible[[LABEL_OF[s] for s in shown]] = True
-    view = ViewSettings(plane, level, width, style, layout, alpha, visible, box)
+    by_layer = tuple(visible_mask(layer.names, shown) for layer in layers)
+    visible = np.logical_or.reduce(by_layer) if by_layer else visible_mask(None, shown)
+    merged = any(layer.names for layer in layers)
+    view = ViewSettings(plane, level, width, style, layout, alpha, visible, box,
+                        by_layer if merged else None)  # fmt: skip
     with image_col:
         slice_fragment(keys, ct_zxy, layers, view, spacing_mm, affine)
         legend(shown)

@@ -48,7 +48,8 @@ def test_start_from_a_model_with_a_merge_trains_the_merged_output(
     app_env, monkeypatch, tmp_path, new_app, no_problems
 ):
     """The model's five lung lobes merged on the form: the run learns liver and lungs, its
-    lungs output started from the five lobe outputs (init_from.json)."""
+    lungs output started from the five lobe outputs (init_from.json). The model has three
+    stages: phantom_3d's deep supervision (2 extra heads) is clamped to the one it allows."""
     import json
 
     from ctseg_core.labels import MERGES
@@ -56,9 +57,8 @@ def test_start_from_a_model_with_a_merge_trains_the_merged_output(
 
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path / "runs"))
     labels = {"background": 0, "liver": 1, **{n: i for i, n in enumerate(MERGES["lungs"], 2)}}
-    # four stages: phantom_3d's deep supervision (2 levels) needs three decoder levels
     folder = write_model_folder(tmp_path, "3d_fullres", [6.0, 6.0, 6.0], [16, 32, 24], [0, 1, 2],
-                                labels=labels, features=[4, 8, 16, 16])  # fmt: skip
+                                labels=labels)  # fmt: skip
     at = new_app("train")
     at.run()
     at.segmented_control(key=f"{K}_kind").set_value("3D")
@@ -77,8 +77,9 @@ def test_start_from_a_model_with_a_merge_trains_the_merged_output(
     no_problems(at)
     assert get_job().wait(240)
     run = tmp_path / "runs" / "merged"
-    data = json.loads((run / "config.json").read_text())["data"]
-    assert data["structures"] == ["liver", "lungs"]
-    assert data["padding"] == "normalised_zero"  # the model's: nnU-Net pads after normalising
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["structures"] == ["liver", "lungs"]
+    assert config["data"]["padding"] == "normalised_zero"  # nnU-Net pads after normalising
+    assert config["model"]["features"] == [4, 8, 16] and config["model"]["deep_supervision"] == 1
     assert json.loads((run / "init_from.json").read_text())["kept"]["lungs"] == [2, 3, 4, 5, 6]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"

@@ -85,10 +85,11 @@ function opacitySlider(layer, volume) {
   return label;
 }
 
-function name(value) {
+function name(value, layer) {
+  // ``names``: one list per layer (a merged run's value is its merge, not its first member)
   if (value === undefined || value === null || Number.isNaN(value)) return "—";
   const k = Math.round(value);
-  return k === 0 ? "background" : args.names[k] || `label ${k}`;
+  return k === 0 ? "background" : args.names[layer][k] || `label ${k}`;
 }
 
 function readout(loc) {
@@ -101,10 +102,11 @@ function readout(loc) {
     `HU ${Math.round(values[0])} · voxel (${vox.join(", ")}) · ` +
       `R ${mm[0]} A ${mm[1]} S ${mm[2]} mm`,
   ];
-  const parts = args.layers.map((layer, i) => `${layer}: ${name(values[i + 1])}`);
+  const parts = args.layers.map((layer, i) => `${layer}: ${name(values[i + 1], i)}`);
   if (parts.length) lines.push(parts.join(" · "));
   $("readout").textContent = lines.join("\n");
-  window.ctsegLocation = { vox, mm: loc.mm, hu: values[0], labels: values.slice(1).map(name) };
+  const labels = values.slice(1).map((v, i) => name(v, i));
+  window.ctsegLocation = { vox, mm: loc.mm, hu: values[0], labels };
 }
 
 async function load() {
@@ -136,7 +138,7 @@ async function load() {
   const started = performance.now();
   await nv.loadVolumes(list);
   for (let i = 1; i < nv.volumes.length; i++) {
-    nv.volumes[i].setColormapLabel({ ...a.lut, labels: a.names });
+    nv.volumes[i].setColormapLabel({ ...a.lut, labels: a.names[i - 1] });
   }
   nv.setSliceType(nv.sliceTypeMultiplanar);
   nv.scene.crosshairPos = nv.vox2frac(a.start_vox);

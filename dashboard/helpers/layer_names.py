@@ -1,0 +1,114 @@
+"""Which structure each value of a label layer stands for, for the viewers' pickers, legends,
+tables, surfaces and readouts.
+
+A reference holds every structure at its own value. A prediction of a run that learns a merge
+(``labels.MERGES``) writes the merge with its first member's value (ribs: 92, rib_left_1's), so
+its value 92 is "ribs"; the layer's ``names`` (value -> name, only where it is not
+``labels.NAME_OF``'s) says so. Picking "ribs" shows the reference's 24 ribs and the
+prediction's value 92; picking "rib_left_1" shows the reference's rib_left_1 and none of that
+prediction (it holds no single rib). No streamlit here: plain functions of names and values.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ctseg_core.labels import (
+    COLOURS,
+    LABEL_OF,
+    MERGES,
+    NAME_OF,
+    NUM_LABELS,
+    member_values,
+    members,
+    value_of,
+)
+
+
+def merged_names(structures: Iterable[str]) -> dict[int, str]:
+    """Value -> merge name for the merges among ``structures`` (a run's, a model's, or those a
+    prediction's label file names): a layer's ``names``."""
+    return {value_of(s): s for s in structures if s in MERGES}
+
+
+def name_of(names: Mapping[int, str] | None, value: int) -> str:
+    """The structure (or merge) a layer's ``value`` stands for."""
+    return (names or {}).get(int(value)) or NAME_OF.get(int(value), f"label {int(value)}")
+
+
+def all_names(names: Mapping[int, str] | None) -> list[str]:
+    """(118,) the name of every value 0..117 of a layer (NiiVue's label table)."""
+    return [name_of(names, v) for v in range(NUM_LABELS)]
+
+
+def values_for(names: Mapping[int, str] | None, name: str) -> list[int]:
+    """The values of a layer (``names``: its merged values) that show ``name``: the value it
+    names so; a merge it does not hold: its members' values (a reference holds them apart); a
+    structure whose value the layer's merge took: none."""
+    names = names or {}
+    own = [v for v, n in names.items() if n == name]
+    if own:
+        return own
+    if name in MERGES:
+        return [v for v in member_values(name) if v not in names]
+    value = LABEL_OF[name]
+    return [] if value in names else [value]
+
+
+def visible_mask(names: Mapping[int, str] | None, shown: Iterable[str]) -> np.ndarray:
+    """(118,) bool: the values of a layer that show the ``shown`` structures."""
+    visible = np.zeros(NUM_LABELS, dtype=bool)
+    for name in shown:
+        visible[values_for(names, name)] = True
+    return visible
+
+
+def present_names(layers) -> list[str]:
+    """The structures (and merges) the layers hold voxels of, each once, in value order (a
+    merge right after its first member). A merge a layer names is present where any layer
+    holds it (a reference: any member), so a prediction that missed it is still picked.
+    ``layers``: objects with ``names`` and ``counts`` ((118,) voxels per value)."""
+    found: dict[str, tuple[int, bool]] = {}
+    for layer in layers:
+        counts = np.asarray(layer.counts)
+        for value in np.flatnonzero(counts[1:]) + 1:
+            name = name_of(layer.names, value)
+            if name in LABEL_OF or name in MERGES:
+                found[name] = (int(value), name in MERGES)
+    for merge in {n for layer in layers for n in (layer.names or {}).values()}:
+        if any(np.asarray(la.counts)[values_for(la.names, merge)].any() for la in layers):
+            found[merge] = (value_of(merge), True)
+    return sorted(found, key=found.get)
+
+
+def colour_of(name: str) -> tuple[int, int, int]:
+    """A structure's colour; a merge's is its first member's (the colour its value is drawn in)."""
+    return tuple(int(c) for c in COLOURS[members(name)[0]])
+
+
+@functools.lru_cache(maxsize=64)
+def _checkpoint_names(path: str, mtime_ns: int) -> dict[int, str]:
+    from ctseg_core.models.checkpoint import checkpoint_structures
+
+    return merged_names(checkpoint_structures(path))
+
+
+def checkpoint_names(checkpoint: str | Path) -> dict[int, str]:
+    """A checkpoint's prediction layer's ``names``: value -> merge of the merges its run
+    learns ({} for none); read once per file version (memory-mapped, no tensors)."""
+    path = Path(checkpoint).expanduser().resolve()
+    return dict(_checkpoint_names(str(path), path.stat().st_mtime_ns))
+
+
+def folder_prediction_names(subject_id: str, folder: str | Path) -> dict[int, str]:
+    """A folder's prediction layer's ``names``: the merges its ``<id>.nii.gz`` holds, as the
+    label file ``ctseg predict`` wrote beside it says ({} without one: any tool's)."""
+    from ctseg_core.evaluation.evaluate import find_prediction
+    from ctseg_core.inference.label_files import merges_named
+
+    path = find_prediction(Path(folder), subject_id)
+    return merged_names(merges_named(path)) if path is not None else {}
