@@ -286,7 +286,7 @@ def test_an_exported_merged_run_is_opened_and_scored_as_the_merge(
     `ctseg evaluate --model` scores it against the union of the five lobes' references."""
     from ctseg_core.data.cache import open_cached
     from ctseg_core.inference.files import predict_file
-    from ctseg_core.labels import LABEL_OF, MERGES, member_values
+    from ctseg_core.labels import LABEL_OF, member_values
     from ctseg_core.nnunet.model import NnunetPredictor
 
     cfg = RunConfig(
@@ -306,10 +306,13 @@ def test_an_exported_merged_run_is_opened_and_scored_as_the_merge(
     assert json.loads((out / "dataset.json").read_text())["labels"]["lungs"] == lungs_value
 
     predictor = NnunetPredictor(out, device="cpu", tta=False)
-    # the export lists every value below lungs' (nnU-Net's label is its channel): liver and
-    # lungs among them, no lobe on its own
-    assert {"liver", "lungs"} <= set(predictor.structures) and predictor.other_labels == {}
-    assert not set(predictor.structures) & set(MERGES["lungs"])
+    # the export names every value below lungs' (nnU-Net's label is its channel), those the
+    # run never learned as placeholders: the model's structures are the run's, no lobe on its
+    # own, no placeholder among its other labels
+    labels = json.loads((out / "dataset.json").read_text())["labels"]
+    assert len(labels) == lungs_value + 1 and labels["liver"] == LABEL_OF["liver"]
+    assert "spleen" not in labels and f"ctseg_unused_{LABEL_OF['spleen']}" in labels
+    assert predictor.structures == ["liver", "lungs"] and predictor.other_labels == {}
     cached = open_cached(s0000_root, "s0000", cache_dir)
     predicted = predictor.predict(cached.ct_volume()) == lungs_value
     union = np.isin(np.asarray(cached.labels_xyz()), member_values("lungs"))
@@ -320,7 +323,7 @@ def test_an_exported_merged_run_is_opened_and_scored_as_the_merge(
             "--model", str(out), "--no-mirroring", "--out", str(tmp_path / "ev"), "--no-report"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     table = pd.read_csv(tmp_path / "ev" / "evaluation_results_train.csv")
-    assert "lungs" in set(table["structure"]) and not set(table["structure"]) & set(MERGES["lungs"])
+    assert set(table["structure"]) == {"liver", "lungs"}  # nothing it never learned, Dice 0
     lungs = table.set_index("structure").loc["lungs"]
     assert lungs["dice"] == pytest.approx(dice, abs=1e-9)
     assert lungs["ref_volume_ml"] == pytest.approx(union.sum() * 27 / 1000)

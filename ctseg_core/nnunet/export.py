@@ -32,7 +32,9 @@ How ctseg's prediction maps onto nnU-Net's, step by step:
   centred on (patch - 1) / 2: voxels covered by several windows can differ near ties.
 - **Labels.** nnU-Net's label is its output channel index, so the exported network has one
   channel per label value 0..max (ctseg's values, ``labels.LABEL_OF``) and dataset.json names
-  them all. A value the run does not predict gets the background's weights with its bias 50
+  them all: the run's structures by name, the other values ``ctseg_unused_<value>``
+  (``nnunet.labels.UNUSED_PREFIX``; with their structure names, ``--model`` listed and scored
+  structures the run never learned, Dice 0). A value the run does not predict gets the background's weights with its bias 50
   lower: 50 below the background everywhere, after any averaging and linear resampling, so it
   never wins.
 - **Not mapped.** Mirroring: nnU-Net averages mirrored passes without swapping left and right
@@ -78,6 +80,7 @@ from ..models import model_spec
 from ..models.checkpoint import config_of, load_checkpoint
 from ..models.head import channel_label_values
 from ..models.nnunet import network_classes, package_arguments
+from .labels import UNUSED_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +160,18 @@ def label_values(config: RunConfig) -> list[int]:
 
 
 def dataset_json(config: RunConfig, dataset_name: str) -> dict:
-    """nnU-Net's dataset.json: one CT channel, and every label value 0..max of the run's
-    structures by its ctseg name (values the run does not predict included: nnU-Net's label is
-    its channel index)."""
-    top = max(label_values(config))
+    """nnU-Net's dataset.json: one CT channel, and every label value 0..max: the run's
+    structures by their ctseg names, the values it does not predict as placeholders (nnU-Net's
+    label is its channel index, so none may be missing)."""
+    learned = set(label_values(config))
+    top = max(learned)
     names = names_of(config.data.structures)  # a merge's value named by the merge
+    names = {v: names[v] if v in learned else f"{UNUSED_PREFIX}{v}" for v in range(top + 1)}
     return {
         "name": dataset_name,
         "description": "exported from a ctseg run; labels are ctseg's (TotalSegmentator v2) values",
         "channel_names": {"0": "CT"},
-        "labels": {names[v]: v for v in range(top + 1)},
+        "labels": {name: v for v, name in names.items()},
         "numTraining": 0,
         "file_ending": ".nii.gz",
         "overwrite_image_reader_writer": "NibabelIOWithReorient",

@@ -22,6 +22,9 @@ from .. import settings
 from ..errors import ConfigError
 from ..labels import MERGES, PARTS, is_structure, value_of
 
+#: dataset.json name of a value an exported ctseg run does not predict (``export.dataset_json``):
+#: nnU-Net needs every value below the largest named; ctseg leaves these out of a model's labels
+UNUSED_PREFIX = "ctseg_unused_"
 #: TotalSegmentator's dataset id of each part of the ``total`` task -> ctseg's group
 TOTALSEG_PARTS = {291: "organs", 292: "vertebrae", 293: "cardiac", 294: "muscles", 295: "ribs"}
 _DATASET_ID = re.compile(r"^Dataset(\d{3})_")
@@ -40,8 +43,9 @@ def dataset_id(folder: Path) -> int | None:
 
 def value_names(labels: dict[int, str], folder: Path) -> dict[int, str]:
     """Model value -> structure name: v2 names kept; a TotalSegmentator part's generic names
-    replaced by its group's structures (in value order)."""
-    names = {v: n for v, n in labels.items() if v != 0}
+    replaced by its group's structures (in value order); an export's placeholders
+    (``UNUSED_PREFIX``) left out."""
+    names = {v: n for v, n in labels.items() if v != 0 and not n.startswith(UNUSED_PREFIX)}
     if any(is_structure(n) for n in names.values()):
         return names
     part = TOTALSEG_PARTS.get(dataset_id(folder) or -1)
