@@ -53,7 +53,7 @@ def test_the_estimate_grows_linearly_with_the_patch_and_the_batch():
     # per sample of 96 x 96 x 64 patches: over 1 GB with 118 channels (the full-resolution
     # activations and the loss's float32 probabilities), the weights and Adam a few 100 MB
     wide = preset("phantom_3d")
-    wide.data.patch_size = (96, 96, 64)
+    wide.data.patch_size, wide.data.batch_size = (96, 96, 64), 2
     gpu_like = estimate_training_bytes(wide, "cpu")
     assert 2.0e9 < gpu_like < 5.0e9
 
@@ -66,7 +66,7 @@ def test_a_run_that_needs_more_than_is_free_is_refused_with_both_numbers():
         check_fits(config, "cpu", available_bytes=10**8)
     message = str(err.value)
     assert f"needs about {needed / 1e9:.2f} GB" in message
-    assert "batch 2 of 64 x 64 x 48 patches" in message
+    assert "batch 1 of 64 x 64 x 48 patches" in message
     assert "has 0.10 GB free" in message
     assert "lower data.batch_size or data.patch_size" in message
 

@@ -93,9 +93,11 @@ def phantom_3d(data_root: str = "") -> RunConfig:
         DataConfig(
             data_root=str(data_root),
             hu_window=(-400.0, 600.0),  # phantom_demo's soft-tissue window
-            batch_size=2,
+            # one patch per step: twice the updates for the same patches (instance norm needs no
+            # batch); 18 epochs at equal steps, best Dice 0.745 -> 0.785
+            batch_size=1,
             foreground_fraction=0.5,  # rare structures seen sooner in a 10-minute budget
-            samples_per_epoch=100,  # 50 steps
+            samples_per_epoch=100,  # 100 steps
             rotation_deg=7.5,  # light deformations: a short budget learns faster without them
             scale_range=(0.93, 1.07),
             spatial_prob=0.3,

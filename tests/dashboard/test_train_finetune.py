@@ -26,11 +26,11 @@ def test_start_from_a_model_takes_its_patch_and_names_a_broken_folder(
     at.run()
     at.segmented_control(key=f"{K}_kind").set_value("3D")
     at.run()
-    assert "batch 2 of 64 x 64 x 48 patches" in _memory_text(at)  # phantom_3d's own
+    assert "batch 1 of 64 x 64 x 48 patches" in _memory_text(at)  # phantom_3d's own
     at.text_input(key=f"{K}_init_from").set_value(str(folder))
     at.run()
     no_problems(at)
-    assert "batch 2 of 24 x 32 x 16 patches" in _memory_text(at)
+    assert "batch 1 of 24 x 32 x 16 patches" in _memory_text(at)
 
     at.text_input(key=f"{K}_init_from").set_value(str(tmp_path / "nothing"))
     at.button(key="FormSubmitter:train_form-Start").click()

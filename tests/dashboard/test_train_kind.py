@@ -52,7 +52,7 @@ def test_choosing_3d_offers_the_3d_presets_with_their_patch_spacing_model_and_me
     spacing = tuple(at.number_input(key=f"{K}_spacing_{a}").value for a in "xyz")
     assert patch == p.patch_size == (64, 64, 48) and spacing == p.spacing_mm == (3.0, 3.0, 3.0)
     text = _memory_text(at)
-    assert text.startswith("3D run · memory: about") and "batch 2 of 64 x 64 x 48 patches" in text
+    assert text.startswith("3D run · memory: about") and "batch 1 of 64 x 64 x 48 patches" in text
     small = float(re.search(r"about ([\d.]+) GB", text).group(1))
     # the slice-only fields are gone; gpu_3d brings its own patch and spacing
     assert not [s for s in at.select_slider if s.key == f"{K}_size"]
@@ -83,7 +83,7 @@ def test_start_refuses_a_3d_run_that_would_not_fit_with_its_numbers(
     at.run()
     at.segmented_control(key=f"{K}_kind").set_value("3D")
     at.run()
-    for axis in "xyz":  # 2 x 512^3 voxels: hundreds of GB
+    for axis in "xyz":  # 512^3 voxels: hundreds of GB
         at.number_input(key=f"{K}_patch_{axis}").set_value(512)
     at.run()
     assert "Start would be refused" in _memory_text(at)
@@ -93,7 +93,7 @@ def test_start_refuses_a_3d_run_that_would_not_fit_with_its_numbers(
     errors = [_unescaped(e.value) for e in at.error]
     assert len(errors) == 1, errors
     assert re.search(
-        r"cannot start: this run needs about [\d.]+ GB for one training step \(batch 2 of "
+        r"cannot start: this run needs about [\d.]+ GB for one training step \(batch 1 of "
         r"512 x 512 x 512 patches\) but the CPU memory has [\d.]+ GB free; lower "
         r"data.batch_size or data.patch_size",
         errors[0],
