@@ -92,6 +92,28 @@ def new_app():
     return _new_app
 
 
+def _evaluate_folder(folder, split: str = "test", report: bool = False):
+    at = _new_app("evaluate")
+    at.run()
+    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
+    at.run()
+    at.text_input(key="ctseg_eval_folder").set_value(str(folder))
+    at.run()
+    at.selectbox(key="ctseg_eval_split").set_value(split)
+    if report:
+        at.toggle(key="ctseg_eval_report").set_value(True)
+    at.button(key="ctseg_eval_go").click()
+    at.run()
+    return at
+
+
+@pytest.fixture
+def evaluate_folder():
+    """evaluate_folder(folder, split="test", report=False): the Evaluate page after scoring a
+    predictions folder on ``split`` (with figures if ``report``)."""
+    return _evaluate_folder
+
+
 @pytest.fixture
 def no_problems():
     """no_problems(at): assert no exception element and no st.error on the page."""

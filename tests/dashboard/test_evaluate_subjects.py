@@ -27,19 +27,11 @@ def _predictions_with_half_a_liver(dirs, folder, subjects) -> str:
 
 
 def test_a_subject_row_opens_its_slices_and_meshes_in_explore(
-    app_env, tmp_path, new_app, no_problems
+    app_env, tmp_path, evaluate_folder, no_problems
 ):
     ids = open_dataset(app_env["data"]).subjects  # 6, of every split: scored on "all"
     damaged = _predictions_with_half_a_liver(app_env, tmp_path / "preds", ids)
-    at = new_app("evaluate")
-    at.run()
-    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
-    at.run()
-    at.text_input(key="ctseg_eval_folder").set_value(str(tmp_path / "preds"))
-    at.run()
-    at.selectbox(key="ctseg_eval_split").set_value("all")
-    at.button(key="ctseg_eval_go").click()
-    at.run()
+    at = evaluate_folder(tmp_path / "preds", split="all")
     no_problems(at)
     table = next(d for d in at.dataframe if "worst structure" in d.value.columns).value
     assert sorted(table["subject"]) == sorted(ids)

@@ -64,22 +64,16 @@ def _merged_predictions(dirs, folder, subjects) -> None:
         write_label_files(folder / f"{sid}.nii.gz", values, names_of(["lungs"]))
 
 
-def test_a_merged_folder_is_scored_and_explored_as_lungs(app_env, tmp_path, new_app, no_problems):
+def test_a_merged_folder_is_scored_and_explored_as_lungs(
+    app_env, tmp_path, evaluate_folder, no_problems
+):
     index = open_dataset(app_env["data"])
     test_ids = index.subjects_in("test")
     with_lungs = [s for s in test_ids
                   if open_cached(app_env["data"], s, app_env["cache"]).voxel_counts[LUNGS]]  # fmt: skip
     assert with_lungs, "the phantom's test split has a thorax"
     _merged_predictions(app_env, tmp_path / "preds", test_ids)
-    at = new_app("evaluate")
-    at.run()
-    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
-    at.run()
-    at.text_input(key="ctseg_eval_folder").set_value(str(tmp_path / "preds"))
-    at.run()
-    at.selectbox(key="ctseg_eval_split").set_value("test")
-    at.button(key="ctseg_eval_go").click()
-    at.run()
+    at = evaluate_folder(tmp_path / "preds")
     no_problems(at)
     results = at.session_state["ctseg_eval_result"]["results"]
     lungs = results[results["structure"] == "lungs"]

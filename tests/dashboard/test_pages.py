@@ -227,27 +227,13 @@ def _write_reference_predictions(dirs, folder, subjects):
         nib.save(image, folder / f"{sid}.nii.gz")
 
 
-def _evaluate_folder(new_app, folder, report: bool = False):
-    """The Evaluate page after evaluating ``folder`` on the test split (figures if ``report``)."""
-    at = new_app("evaluate")
-    at.run()
-    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
-    at.run()
-    at.text_input(key="ctseg_eval_folder").set_value(str(folder))
-    at.run()
-    at.selectbox(key="ctseg_eval_split").set_value("test")
-    if report:
-        at.toggle(key="ctseg_eval_report").set_value(True)
-    at.button(key="ctseg_eval_go").click()
-    at.run()
-    return at
-
-
-def test_evaluate_offers_the_report_figures_it_wrote(app_env, tmp_path, new_app, no_problems):
+def test_evaluate_offers_the_report_figures_it_wrote(
+    app_env, tmp_path, evaluate_folder, no_problems
+):
     """A served dashboard's user cannot open the evaluation folder: the figures come to them."""
     index = open_dataset(app_env["data"])
     _write_reference_predictions(app_env, tmp_path / "preds", index.subjects_in("test"))
-    at = _evaluate_folder(new_app, tmp_path / "preds", report=True)
+    at = evaluate_folder(tmp_path / "preds", report=True)
     no_problems(at)
     out = Path(at.session_state["ctseg_eval_result"]["out_dir"])
     figures = at.session_state["ctseg_eval_result"]["figures"]
@@ -260,7 +246,7 @@ def test_evaluate_offers_the_report_figures_it_wrote(app_env, tmp_path, new_app,
 
 
 def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
-    app_env, tmp_path, new_app, no_problems
+    app_env, tmp_path, evaluate_folder, no_problems
 ):
     index = open_dataset(app_env["data"])
     test_ids = index.subjects_in("test")
@@ -269,7 +255,7 @@ def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
     for sid in test_ids:
         entry = open_cached(app_env["data"], sid, app_env["cache"])
         expected |= {NAME_OF[k] for k in np.flatnonzero(entry.voxel_counts[1:]) + 1}
-    at = _evaluate_folder(new_app, tmp_path / "preds")
+    at = evaluate_folder(tmp_path / "preds")
     no_problems(at)
     ranking = json.loads(charts(at)[0].proto.spec)
     results = at.session_state["ctseg_eval_result"]["results"]
