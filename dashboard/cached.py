@@ -144,10 +144,18 @@ def _subject_boxes(root: str, subject_id: str, cache: str) -> dict:
     }
 
 
-def structure_box_zxy(root: str, subject_id: str, value: int) -> tuple | None:
-    """The reference's bounding box of label ``value``: ((z0, z1), (x0, x1), (y0, y1)),
-    half-open voxel ranges of the cache's (Z, X, Y) arrays; None where the label is absent."""
-    return _subject_boxes(str(root), subject_id, str(cache_dir())).get(value)
+def structure_box_zxy(root: str, subject_id: str, values: list[int]) -> tuple | None:
+    """The reference's bounding box of label ``values`` together (a merge: all its members):
+    ((z0, z1), (x0, x1), (y0, y1)), half-open voxel ranges of the cache's (Z, X, Y) arrays;
+    None where none of them is present."""
+    boxes = _subject_boxes(str(root), subject_id, str(cache_dir()))
+    present = [boxes[value] for value in values if value in boxes]
+    if not present:
+        return None
+    return tuple(
+        (min(box[axis][0] for box in present), max(box[axis][1] for box in present))
+        for axis in range(3)
+    )
 
 
 # ---------------------------------------------------------------- training and runs

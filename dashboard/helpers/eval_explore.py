@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ctseg_core.labels import GROUPS, member_values, value_of
+from ctseg_core.labels import GROUPS, member_values
 from dashboard import cached, state
 from dashboard.helpers import evalcharts, viewer
 from dashboard.pages_index import PAGE_FILES
@@ -36,9 +36,10 @@ def open_in_explore(
     box = None
     if structure is not None:
         # a merge (labels.MERGES): the slice with the most voxels of its members together
-        per_slice = np.isin(np.asarray(entry.labels), member_values(structure)).sum(axis=(1, 2))
+        members = member_values(structure)
+        per_slice = np.isin(np.asarray(entry.labels), members).sum(axis=(1, 2))
         z = int(per_slice.argmax()) if per_slice.any() else z
-        box = cached.structure_box_zxy(root, subject, value_of(structure)) if zoom else None
+        box = cached.structure_box_zxy(root, subject, members) if zoom else None
     st.session_state[state.EXPLORE_SUBJECT] = subject
     volume = f"{root}:{subject}"  # as Explore names it
     viewer.show_volume_at(

@@ -90,6 +90,10 @@ def test_a_merged_folder_is_scored_and_explored_as_lungs(
     entry = open_cached(app_env["data"], subject, app_env["cache"])
     table = at.dataframe[0].value.set_index("structure")
     assert list(table.index) == ["lungs"]
+    # zoomed to the union of the lobes, not to the first lobe's box
+    zxy = np.argwhere(np.isin(np.asarray(entry.labels), [LABEL_OF[n] for n in LOBES]))
+    box = tuple(zip(zxy.min(axis=0).tolist(), (zxy.max(axis=0) + 1).tolist(), strict=True))
+    assert at.session_state["ctseg_explore_zoom"]["box_zxy"] == box
     union_ml = sum(entry.voxel_counts[LABEL_OF[n]] for n in LOBES) * np.prod(entry.spacing_mm)
     assert table.loc["lungs", "reference ml"] == pytest.approx(union_ml / 1000, abs=0.01)
     assert table.loc["lungs", "prediction ml"] == table.loc["lungs", "reference ml"]
