@@ -26,7 +26,7 @@ from ctseg_core.inference.to_grid import labels_on_grid, possible_winners
 from ctseg_core.labels import LABEL_OF, lr_swap_lut
 from ctseg_core.models import build_model, register
 from ctseg_core.models.checkpoint import save_checkpoint
-from ctseg_core.models.head import label_scores
+from ctseg_core.models.head import channel_label_values, label_scores
 
 torch.set_num_threads(1)
 
@@ -59,6 +59,16 @@ def checkpoint_3d(path, patch=(32, 32, 16), spacing=(6.0, 6.0, 6.0), output="sof
     cfg.validate()
     torch.manual_seed(seed)
     return save_checkpoint(path, build_model(cfg.model), config=cfg)
+
+
+def window_scores(logits: torch.Tensor, config: RunConfig, as_logits: bool) -> torch.Tensor:
+    """What the sliding window averages for one pass, (B, 118, *spatial) by label value: the
+    logits themselves (``PatchStrategy.averages_logits``, as nnU-Net) or label_scores'."""
+    if not as_logits:
+        return label_scores(logits, config)
+    scores = torch.zeros((logits.shape[0], 118, *logits.shape[2:]))
+    scores[:, channel_label_values(config)] = logits.float()
+    return scores
 
 
 def test_gaussian_weights_are_nnunets():
@@ -197,7 +207,9 @@ def test_sliding_window_reproduces_a_whole_volume_pass_on_one_patch(tmp_path, ou
     x = normalize_hu(torch.from_numpy(ct)[None, None], member.config.data.hu_window)
     with torch.inference_mode(), autocast_context(predictor.device, predictor.strategy.amp):
         logits = member.model(x)
-    expected = label_scores(logits, member.config)[0, predictor.active]  # (A, X, Y, Z)
+    # a softmax model's logits are averaged (nnU-Net's way), a sigmoid model's probabilities
+    assert predictor.strategy.averages_logits() == (output == "softmax")
+    expected = window_scores(logits, member.config, output == "softmax")[0, predictor.active]
     torch.testing.assert_close(scores, expected.permute(3, 1, 2, 0), rtol=1e-4, atol=1e-5)
     labels = predictor.predict(ct, spacing_mm=(2.0, 2.0, 3.0))
     values = torch.tensor(predictor.active)[expected.argmax(dim=0)].numpy()
@@ -205,14 +217,20 @@ def test_sliding_window_reproduces_a_whole_volume_pass_on_one_patch(tmp_path, ou
     assert len(np.unique(labels)) >= 2
 
 
-@pytest.mark.parametrize("tta", ["none", "mirror", "shift"])
+@pytest.mark.parametrize("tta", ["none", "mirror", "shift", "mirror unpaired"])
 def test_sliding_window_is_the_gaussian_weighted_mean_of_its_windows(tmp_path, tta):
     """Several overlapping windows, with each test-time augmentation: the straightforward
-    computation, window by window over all 118 label values, gives the same scores."""
+    computation, window by window over all 118 label values, gives the same scores: logits,
+    or probabilities where a mirrored pass has no channel for a structure ("mirror unpaired":
+    kidney_left's mirror is kidney_right, which the model lacks: it scores 0 there)."""
+    structures = ["liver", "kidney_left"] if tta == "mirror unpaired" else STRUCTURES
     ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(32, 32, 16), spacing=None, seed=5,
-                         mirror=tta == "mirror")  # fmt: skip
+                         mirror=tta.startswith("mirror"), structures=structures)  # fmt: skip
     predictor = Predictor([ckpt], device="cpu", batch_slices=3, tta=tta != "none", overlap=0.4)
     predictor.strategy.amp = None  # float32 on both sides
+    as_logits = tta != "mirror unpaired"
+    assert predictor.strategy.averages_logits() == as_logits
+    tta = tta.split()[0]
     ct = np.random.default_rng(3).integers(-1000, 1000, size=(45, 38, 23)).astype(np.int16)
     scores = predictor.strategy.scores(ct, 3).permute(3, 1, 2, 0)  # (A, X, Y, Z)
     member = predictor.members[0]
@@ -222,13 +240,15 @@ def test_sliding_window_is_the_gaussian_weighted_mean_of_its_windows(tmp_path, t
     swap = torch.from_numpy(lr_swap_lut().astype(np.int64))
 
     def passes(patch):  # (118, px, py, pz) scores of each pass, back in the CT's frame
-        yield label_scores(member.model(patch), member.config)[0]
+        config = member.config
+        yield window_scores(member.model(patch), config, as_logits)[0]
         if tta == "mirror":
-            yield label_scores(member.model(patch.flip(2)), member.config)[0].flip(1)[swap]
+            yield window_scores(member.model(patch.flip(2)), config, as_logits)[0].flip(1)[swap]
         if tta == "shift":
             for s in ((2, 2, 2), (-2, -2, -2)):
-                rolled = member.model(torch.roll(patch, s, dims=(2, 3, 4)))
-                yield torch.roll(label_scores(rolled, member.config)[0], [-v for v in s], (1, 2, 3))
+                rolled = window_scores(member.model(torch.roll(patch, s, dims=(2, 3, 4))), config,
+                                       as_logits)  # fmt: skip
+                yield torch.roll(rolled[0], [-v for v in s], (1, 2, 3))
 
     starts = [window_starts(n, p, 0.4) for n, p in zip(ct.shape, (32, 32, 16), strict=True)]
     assert [len(s) for s in starts] == [2, 2, 2]

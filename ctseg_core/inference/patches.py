@@ -3,15 +3,21 @@
 The canonical CT (X, Y, Z) int16 HU is resampled (trilinear) to the model's ``data.spacing_mm``
 (None: kept), padded (centred) to at least one patch, and cut into ``data.patch_size``
 windows overlapping by ``overlap`` (nnU-Net's placement: as few windows as that overlap allows,
-spread evenly from edge to edge). Each window's class probabilities are weighted by a Gaussian
-(sigma = patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the
-model's spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and
-ensemble members add further weighted passes. The padding holds each member's
+spread evenly from edge to edge). Each window's logits are weighted by a Gaussian (sigma =
+patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the model's
+spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and ensemble
+members add further weighted passes. Logits are averaged as nnU-Net averages windows, mirrors
+and folds, and it costs one pass over a window's output (a softmax first took ~3x as long:
+about 6 of 20 s for a 512 x 512 x 300 CT on 2 cores, benchmarks/inference_3d.py); class
+probabilities are averaged instead where logits do not compare: an ensemble with a sigmoid
+member, or a pass without a channel for some active value (a member lacking a structure, or
+the mirror partner of one), which then counts as probability 0. The padding holds each member's
 ``data.patches.pad_value`` after its normalisation (``data.padding``: air, or nnU-Net's
 normalised 0), as the member was trained. The scores go back to the CT's own grid a slab of
 slices at a time (``to_grid.labels_on_grid``), where their argmax gives the labels.
 
-A window's logits are turned into weighted probabilities 16 channels at a time, so no buffer
+Logits are added straight from the network's bf16 output (mixed-precision ``addcmul_``: no
+copy); probabilities and mirrored or shifted passes go a few z slices at a time, so no buffer
 holds more than the network's own output in float32; patches run in batches of ``batch`` under
 bf16 autocast where the device has it (``device.resolve_amp``).
 """
@@ -36,8 +42,11 @@ from ..models.nnunet import architecture, keep_channels_last
 from ..settings import max_voxels
 from .to_grid import SLAB_VALUES, labels_on_grid
 
-#: logits turned into probabilities at once (z slices of a window, all channels)
+#: values of a window's output copied at once (z slices, all channels): probabilities, mirrors
 _CHUNK_VALUES = 16 * 2**20
+#: values of a plain pass's logits added at once: a window's whole output in one addcmul_ took
+#: 0.3-0.6 s, in slabs of this size 0.19 s (112 x 112 x 128 x 118, 2 cores; 11 slices 0.33 s)
+_PLAIN_VALUES = 4 * 2**20
 #: TTA shifts (voxels) for models trained without left/right mirroring
 _TTA_SHIFTS = ((2, 2, 2), (-2, -2, -2))
 
@@ -169,8 +178,8 @@ class PatchStrategy:
     def scores(self, ct_xyz: np.ndarray, batch: int, spacing_mm: Sequence[float] | None = None,
                progress: Callable[[int, int, str], None] | None = None) -> torch.Tensor:  # fmt: skip
         """(Z', X', Y', A) float32 scores of the active label values on the model's grid, z
-        first and channels last (``predictor.active`` order), averaged over windows, TTA and
-        members."""
+        first and channels last (``predictor.active`` order): logits (or class probabilities,
+        ``averages_logits``) averaged over windows, TTA and members."""
         grid = self.model_grid(ct_xyz.shape, spacing_mm)
         device = self.predictor.device
         volume = resample_ct(ct_xyz, grid)
@@ -195,6 +204,7 @@ class PatchStrategy:
                                          for n, p in zip(padded, patch, strict=True)))  # fmt: skip
             jobs.append((m, patch, list(starts)))
         total, done = sum(len(s) for _, _, s in jobs), 0
+        logits = self.averages_logits()
         for member, patch, starts in jobs:
             g = gaussian_importance(patch).permute(2, 0, 1).to(device)  # (pz, px, py)
             augs = self.augmentations(member)
@@ -210,7 +220,7 @@ class PatchStrategy:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
                 for aug in augs:
-                    self._accumulate(member, x, aug, g, acc, windows)
+                    self._accumulate(member, x, aug, g, acc, windows, logits)
                 for wx, wy, wz in windows:
                     weight[wz, wx, wy] += g * len(augs)
                 done += len(windows)
@@ -219,10 +229,23 @@ class PatchStrategy:
         ix, iy, iz = (slice(b, b + n) for b, n in zip(before, grid, strict=True))
         return acc[iz, ix, iy].div_(weight[iz, ix, iy, None])
 
+    def averages_logits(self) -> bool:
+        """Whether windows, passes and members average logits (else class probabilities):
+        every member a softmax model, and every pass it makes reading each active label value
+        from one of its channels (see the module doc)."""
+        for m in self.predictor.members:
+            if m.config.output_mode != "softmax":
+                return False
+            passes = [0, 1] if "mirror" in self.augmentations(m) else [0]
+            if any(bool((self._sources[id(m)][i] < 0).any()) for i in passes):
+                return False
+        return True
+
     def _accumulate(self, member, x: torch.Tensor, aug: str, g: torch.Tensor, acc: torch.Tensor,
-                    windows: list[tuple[slice, ...]]) -> None:  # fmt: skip
-        """Add ``g`` x the class probabilities of one augmentation of a batch to ``acc``, a few
-        z slices of a window at a time (channels last: the softmax reads contiguous rows)."""
+                    windows: list[tuple[slice, ...]], logits: bool) -> None:  # fmt: skip
+        """Add ``g`` x the logits (``logits``; else the class probabilities) of one augmentation
+        of a batch to ``acc``; a plain pass's logits at once, straight from the network's
+        output, else a few z slices of a window at a time (channels last: rows contiguous)."""
         flip, shift = aug == "mirror", (0, 0, 0)
         if aug.startswith("shift"):
             shift = _TTA_SHIFTS[int(aug.removeprefix("shift"))]
@@ -230,23 +253,33 @@ class PatchStrategy:
         elif flip:
             x = torch.flip(x, dims=[2])  # x: patient left/right
         with autocast_context(self.predictor.device, self.amp):
-            logits = member.model(x)  # (B, K, px, py, pz)
+            out = member.model(x)  # (B, K, px, py, pz)
         read = self._sources[id(member)][1 if flip else 0].to(acc.device)
         missing = torch.nonzero(read < 0).flatten()
         softmax = member.config.output_mode == "softmax"
-        identity = len(read) == logits.shape[1] and bool(
+        identity = len(read) == out.shape[1] and bool(
             (read == torch.arange(len(read), device=read.device)).all()
         )
-        _, k, px, py, pz = logits.shape
+        _, k, px, py, pz = out.shape
+        if logits and identity and aug == "identity":
+            rows = max(1, _PLAIN_VALUES // (px * py * k))
+            for b, (wx, wy, wz) in enumerate(windows):
+                view = out[b].permute(3, 1, 2, 0)  # (pz, px, py, K), no copy
+                for z0 in range(0, pz, rows):
+                    z1 = min(z0 + rows, pz)
+                    acc[wz.start + z0 : wz.start + z1, wx, wy].addcmul_(
+                        view[z0:z1], g[z0:z1, :, :, None]
+                    )
+            return
         rows = max(1, _CHUNK_VALUES // (px * py * k))
         for b, (wx, wy, wz) in enumerate(windows):
             for z0 in range(0, pz, rows):
                 z1 = min(z0 + rows, pz)
-                part = _z_rows(logits[b], z0, z1, shift[2])  # (zc, px, py, K) float32
-                if softmax:
+                part = _z_rows(out[b], z0, z1, shift[2])  # (zc, px, py, K) float32
+                if not logits and softmax:
                     part.sub_(part.amax(dim=3, keepdim=True)).exp_()
                     part.div_(part.sum(dim=3, keepdim=True))
-                else:
+                elif not logits:
                     part.sigmoid_()
                 if flip:
                     part = part.flip(1)
@@ -254,11 +287,10 @@ class PatchStrategy:
                     part = torch.roll(part, (-shift[0], -shift[1]), dims=(1, 2))
                 if not identity:
                     part = part.index_select(3, read.clamp(min=0))
-                    part[..., missing] = 0.0  # the partner of a mirrored structure it lacks
+                    part[..., missing] = 0.0  # probabilities only (averages_logits)
                     if not softmax:
                         part[..., 0] = 0.5  # sigmoid outputs: the background is 0.5
-                part.mul_(g[z0:z1, :, :, None])
-                acc[wz.start + z0 : wz.start + z1, wx, wy].add_(part)
+                acc[wz.start + z0 : wz.start + z1, wx, wy].addcmul_(part, g[z0:z1, :, :, None])
 
     def label(self, ct_xyz: np.ndarray, batch: int,
               progress: Callable[[int, int, str], None] | None,

@@ -24,12 +24,12 @@ How ctseg's prediction maps onto nnU-Net's, step by step:
   path is ``F.interpolate(mode="trilinear", align_corners=False)``, the interpolation of
   ``data.resample``) to ``data.spacing_mm``, to the same shape (round(n * spacing / target)).
   nnU-Net normalises before resampling and ctseg after, so voxels that interpolate between a
-  value inside the HU window and one outside it differ; nnU-Net resamples the averaged logits
-  back and ctseg the averaged probabilities: the argmax can differ where classes meet.
+  value inside the HU window and one outside it differ; both bring the averaged logits back
+  (nnU-Net resampling them whole, ctseg a slab at a time with ``inference.to_grid``).
 - **Sliding window.** Both place windows alike (nnU-Net's steps, overlap 0.5 = its default
-  tile_step_size) and weight them with a Gaussian of sigma patch / 8; nnU-Net averages logits in
-  float16 with its Gaussian centred on voxel patch // 2, ctseg averages probabilities in float32
-  centred on (patch - 1) / 2: voxels covered by several windows can differ near ties.
+  tile_step_size) and weight them with a Gaussian of sigma patch / 8; both average logits,
+  nnU-Net in float16 with its Gaussian centred on voxel patch // 2, ctseg in float32 centred on
+  (patch - 1) / 2: voxels covered by several windows can differ near ties.
 - **Labels.** nnU-Net's label is its output channel index, so the exported network has one
   channel per label value 0..max (ctseg's values, ``labels.LABEL_OF``) and dataset.json names
   them all: the run's structures by name, the other values ``ctseg_unused_<value>``
