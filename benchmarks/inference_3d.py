@@ -44,6 +44,17 @@ way back 6.7 s against ~62.6 s for the straightforward way (9.4x, extrapolated),
 windows + that way back ~28.5 s. Under 20 s is NOT met, in either case: the network's own
 8 forwards take ~9 s here, so the remaining gap is the per-window softmax and sums (~11 s) and
 the way back; under 3 GB is met.
+
+Since then the windows average logits, as nnU-Net does, added straight from the network's bf16
+output (``inference.patches``): in one profiled run the windows' own work beside the forwards
+went from ~8.4 s (softmax, weighting, sums, layout copies) to ~1.4 s. This script, 2026-12-06
+(the same kind of Xeon, 2 vCPUs, slower that day: MONAI's windows 46.6 s against 40.1 s above,
+the 8 forwards 11-15 s): ctseg windows 20.3 s (MONAI 2.29x), way back 33.4 s in the untrained
+worst case (53.7 s in all, MONAI ~105.9 s extrapolated) and 8.2 s in the realistic case (the
+straightforward way ~38.1 s, 4.7x), so ~28.5 s realistic; 2.59 GB peak. Under 20 s is still NOT
+met: the forwards alone take 11-15 s on these 2 cores (a third of them the instance norms and
+leaky ReLUs, memory-bound passes PyTorch does not fuse), and the way back's realistic 8 s is
+z-interpolation and argmax over whole planes (``to_grid``: its profile, 150 output slabs).
 """
 
 from __future__ import annotations
@@ -194,9 +205,10 @@ def run_monai(ckpt, shape, threads, batch, overlap, crop, queue) -> None:
 
 
 def subject_scores(grid, channels: int = 118):
-    """(Z, X, Y, A) softmax scores on the model grid shaped like a real subject's labels (the
-    realistic case): s0000's TotalSegmentator labels (tests/data) stretched to ``grid``, each
-    structure's logit 12 x its Gaussian-smoothed mask, plus smooth noise in every channel."""
+    """(Z, X, Y, A) logits on the model grid shaped like a real subject's labels (the realistic
+    case; the sliding window averages logits): s0000's TotalSegmentator labels (tests/data)
+    stretched to ``grid``, each structure's logit 12 x its Gaussian-smoothed mask, plus smooth
+    noise in every channel."""
     import nibabel as nib
     import numpy as np
     import torch
@@ -216,7 +228,7 @@ def subject_scores(grid, channels: int = 118):
         if (labels == k).any():
             logit = logit + 12 * gaussian_filter((labels == k).astype(np.float32), 1.0)
         out[..., k] = torch.from_numpy(logit).permute(2, 0, 1)
-    return torch.softmax(out, dim=3)
+    return out
 
 
 def run_back_realistic(shape, threads, crop, queue) -> None:
