@@ -54,6 +54,11 @@ phantom_demo 28 epochs of 20.4 s, best 0.799; phantom_3d 14 epochs of 40 s (50 s
 and 3.5 s of sliding-window validation each), best 0.735 (loss 1.85 -> 0.37; weakest: prostate
 0.09, iliac_artery_right 0.20, vertebrae_L2 0.33). Goal (3D >= 0.85 and >= 2D): not met; the
 3D model takes 700 steps of two 64 x 64 x 48 patches in the budget.
+Again after 3D training went channels last and ``phantom_3d`` to batch 1 (2026-12-06, Xeon with
+AMX, 2 quiet cores, slower that day: 2D epochs of 23 s): phantom_demo 22 epochs, best 0.777;
+phantom_3d 17 epochs of 34 s (100 steps of one patch each), best 0.765 (3D - 2D: -0.012;
+weakest: vertebrae_L3 0.21, vertebrae_L2 0.32, kidney_left 0.45, iliac_artery_right 0.45,
+duodenum 0.58). Goal (3D >= 0.85 and >= 2D): not met.
 """
 
 from __future__ import annotations

@@ -17,15 +17,21 @@
 - ``phantom_3d``: the laptop's volumetric model on the phantom: nnU-Net's PlainConvUNet
   (``plain_unet3d``) at 3 mm (TotalSegmentator's ``--fast`` spacing), patches of 64 x 64 x 48
   voxels (a phantom at 3 mm is ~80 x 80 x 40-130), stage widths [16, 32, 64, 128, 256],
-  instance norm, deep supervision at 1/2 and 1/4, batch 2 with half the patches centred on a
-  structure, light deformations, Adam 3e-3 with a cosine decay over the same 10-minute budget
-  as ``phantom_demo``; validation on whole validation volumes. Measured (2026-12-05, Xeon with
+  instance norm, deep supervision at 1/2 and 1/4, batch 1 (100 steps an epoch) with half the
+  patches centred on a structure, light deformations, Adam 3e-3 with a cosine decay over the
+  same 10-minute budget as ``phantom_demo``; validation on whole validation volumes. Measured
+  (2026-12-05, Xeon with
   AMX, 2 cores shared with other work, so by steps, not minutes): the first preset (96 x 96 x
   64, a third structure-centred, default deformations) reached 0.029 in 160 steps; at 64 x 64
   x 48 (a step 0.47 s instead of 2.17 s in bf16) 400 steps gave 0.484, and 800 steps with half
   the patches structure-centred and light deformations 0.757 (loss still falling). Quiet, its
   10 minutes (14 epochs, 700 steps of 0.76 s): 0.735, the 2D demo's 0.799 in the same run
   (``benchmarks/phantom_quality.py``); those runs padded CTs smaller than a patch with air.
+  Then (2026-12-06) training ran channels last (an epoch of 50 steps 40 s -> 28-29 s), and
+  batch 1 against batch 2 at equal steps (18 epochs) gave 0.785 against 0.745; quiet, 10
+  minutes, the two presets one after the other on a Xeon with AMX slower that day (2D epochs of
+  23 s): phantom_demo 22 epochs, best 0.777; phantom_3d 17 epochs of 34 s, best 0.765 (weakest:
+  vertebrae_L3 0.21, vertebrae_L2 0.32, kidney_left 0.45, iliac_artery_right 0.45).
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
