@@ -24,6 +24,19 @@ Measured 2026-12-05 (2 shared cores, 5 steps per session, all browsers in one Sw
   8         1.111 / 1.505 s       0.201 / 2.906 s              255.1 s
 Median met with eight, p90 not: eight WebGL contexts render on the same 2 CPU cores (a user's
 browser has a GPU of its own), and loading 59 MB into each of eight browsers at once is slow.
+
+Again 2026-12-06 with the server's own CPU time per step (``server_cpu_s``: the streamlit
+process's user + system seconds over the steps of all sessions, / the steps; Xeon, 2 vCPUs,
+nothing else of ours running; --sessions 1 8 --steps 5):
+  sessions  slices median / p90   linked planes median / p90   viewer load   server CPU / step
+  1         0.172 / 0.253 s       0.047 / 0.055 s              14.2 s        154 ms / 10 ms
+  8         1.672 / 2.605 s       0.207 / 0.390 s              160.4 s       157 ms / 0 ms
+(server CPU: slices / linked planes). A linked-planes step costs the server nothing
+(0-10 ms per step, Streamlit's own bookkeeping), against ~155 ms for a server-rendered slice,
+so the server serves any number of scrolling viewers; with eight, a step's median met the
+0.3 s goal and its p90 (0.39 s) did not, because the eight browsers render in software on the
+server's own 2 cores here. With eight server-rendered views, 2 cores render ~13 slices/s for
+everyone (8 x 157 ms per round): their 1.7 s median is that queue.
 """
 
 from __future__ import annotations
