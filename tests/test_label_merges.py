@@ -158,7 +158,9 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     rows = evaluate_predictions(
         phantom_root, "test", folder, tmp_path / "eval_folder", subjects=[sid], cache_dir=cache,
         mesh_subjects=1,
-    ).set_index("structure")  # fmt: skip
+    )  # fmt: skip
+    assert rows.attrs["notes"] == []
+    rows = rows.set_index("structure")
     assert rows.loc["lungs", "dice"] == pytest.approx(dice, abs=1e-9)
     page = (tmp_path / "eval_folder" / f"3d_{sid}.html").read_text()  # its 3D page names it
     assert '"name":"lungs"' in page and LOBES[0] not in page
@@ -170,7 +172,20 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     rows = evaluate_predictions(
         phantom_root, "test", folder, tmp_path / "eval_plain", subjects=[sid], cache_dir=cache,
         report=False,
+    )  # fmt: skip
+    # ... with a warning naming the file and the fix: value 10 and no other lobe, five lobes in
+    # the reference
+    (note,) = rows.attrs["notes"]
+    assert note.startswith(f"{sid}.nii.gz: value 10 (lung_upper_lobe_left) is predicted")
+    assert f"put {sid}.ctbl beside it with the line '10 lungs 0 0 0 255'" in note
+    (folder / f"{sid}.ctbl").write_text("10 lungs 0 0 0 255\n")  # the fix, as the note says
+    fixed = evaluate_predictions(
+        phantom_root, "test", folder, tmp_path / "eval_fixed", subjects=[sid], cache_dir=cache,
+        report=False,
     ).set_index("structure")  # fmt: skip
+    assert fixed.loc["lungs", "dice"] == pytest.approx(dice, abs=1e-9)
+    (folder / f"{sid}.ctbl").unlink()
+    rows = rows.set_index("structure")
     assert "lungs" not in rows.index
     first_dice = 2 * (lungs & first).sum() / (lungs.sum() + first.sum())
     assert rows.loc[LOBES[0], "dice"] == pytest.approx(first_dice, abs=1e-9)

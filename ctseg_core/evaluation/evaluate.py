@@ -164,12 +164,15 @@ def subject_rows(
 
 
 def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolerance_mm):
-    """(rows, cached, reference, prediction) of one subject; DataError when it cannot be scored.
+    """(rows, cached, reference, prediction, notes) of one subject; DataError when it cannot be
+    scored.
 
     A merge the predictor learns (``labels.MERGES``), or a folder's prediction holds (its label
     file names it: ``inference.label_files.merges_named``), is scored against the union of its
-    members' references, and only where every member is annotated."""
-    from ..inference.label_files import merges_named
+    members' references, and only where every member is annotated. ``notes``: lines about a
+    folder's prediction that looks merged without a label file naming the merge
+    (``unnamed_merge_notes``), each logged as a warning."""
+    from ..inference.label_files import merges_named, unnamed_merge_notes
 
     cached = open_cached(root, sid, cache_dir)
     path = find_prediction(folder, sid) if folder is not None else None
@@ -190,7 +193,14 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm,
         names_of(structures),
     )  # fmt: skip
-    return rows, cached, reference, prediction
+    notes = []
+    if folder is not None:
+        volumes = {key: {r["structure"]: r[key] for r in rows}
+                   for key in ("pred_volume_ml", "ref_volume_ml")}  # fmt: skip
+        notes = unnamed_merge_notes(path, volumes["pred_volume_ml"], volumes["ref_volume_ml"])
+        for note in notes:
+            log.warning("%s", note)
+    return rows, cached, reference, prediction, notes
 
 
 def _check_model_structures(
@@ -269,6 +279,8 @@ def evaluate_predictions(
     others are scored. The left-out ones are listed with their reason in
     ``skipped_<split>.csv`` (columns ``SKIPPED_COLUMNS``; header only when none), in
     ``source_<split>.json`` and in ``results.attrs["skipped"]`` (id -> reason, in split order).
+    ``results.attrs["notes"]``: warnings about what was scored (a folder's prediction that
+    looks merged without its label file: ``_score_subject``), also logged.
     DataError when no subject could be scored (nothing is written then); ConfigError for a
     ``tolerance_mm`` that is not a finite number >= 0, before any subject is read.
     """
@@ -299,6 +311,7 @@ def evaluate_predictions(
 
     predictor, folder, model_labels = None, None, None
     skipped: dict[str, str] = {}  # subject id -> why it was not scored
+    notes: list[str] = []  # what looks wrong in what was scored (_score_subject)
     if model is not None:
         from ..nnunet.model import NnunetPredictor
 
@@ -352,7 +365,7 @@ def evaluate_predictions(
                 log.warning("skipping %s: %s", sid, skipped[sid])
             else:
                 try:
-                    subject, cached, reference, prediction = _score_subject(
+                    subject, cached, reference, prediction, subject_notes = _score_subject(
                         sid, index.root, cache_dir, folder, predictor, model_labels, tolerance_mm
                     )
                 except DataError as exc:
@@ -360,6 +373,7 @@ def evaluate_predictions(
                     log.warning("skipping %s: %s", sid, exc)
                 else:
                     rows.extend(subject)
+                    notes.extend(subject_notes)
                     if collector is not None:
                         collector.add_subject(sid, cached, reference, prediction, subject)
             if progress:
@@ -387,4 +401,5 @@ def evaluate_predictions(
     )
     remove_stale_report(previous, written)
     results.attrs["skipped"] = skipped
+    results.attrs["notes"] = notes
     return results

@@ -202,3 +202,30 @@ def merges_named(labels_path: str | Path) -> list[str]:
             merges.append(entry.name)
         return merges
     return []
+
+
+def unnamed_merge_notes(labels_path: str | Path, predicted_ml: Mapping[str, float],
+                        reference_ml: Mapping[str, float]) -> list[str]:  # fmt: skip
+    """One line per merge (``labels.MERGES``) a prediction seems to hold without a label file
+    naming it: its value (the first member's) predicted and none of its other members, where
+    the reference has at least two members. A merged run's prediction copied without its
+    ``.ctbl`` looks so, and scored per value the union counts as the first member and the other
+    members as missed. ``*_ml``: structure -> volume (ml) of the scored structures; a merge
+    the label file names (``merges_named``) is not questioned."""
+    named, notes = set(merges_named(labels_path)), []
+    for merge, names in MERGES.items():
+        if merge in named:
+            continue
+        first, others = names[0], names[1:]
+        in_reference = [n for n in names if reference_ml.get(n, 0) > 0]
+        if (predicted_ml.get(first, 0) > 0 and len(in_reference) >= 2
+                and not any(predicted_ml.get(n, 0) > 0 for n in others)):  # fmt: skip
+            value, name = value_of(merge), Path(labels_path).name
+            notes.append(
+                f"{name}: value {value} ({first}) is predicted and no other {merge} member, "
+                f"while the reference has {len(in_reference)}: a merged run's {merge!r} "
+                f"without its label file? Scored per value; to score it as {merge}, put "
+                f"{label_file_paths(labels_path)[0].name} beside it with the line "
+                f"'{value} {merge} 0 0 0 255'"
+            )
+    return notes

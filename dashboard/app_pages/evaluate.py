@@ -151,6 +151,7 @@ def run_evaluation(root: str) -> None:
         "split": split,
         "subjects": len(subjects),
         "skipped": dict(results.attrs.get("skipped", {})),
+        "notes": list(results.attrs.get("notes", [])),
         "out_dir": str(out_dir),
         "checkpoint": label,
         "title": title,
@@ -192,6 +193,8 @@ def show_results(info: dict) -> None:
             f"{info['out_dir']}"
         )
     )
+    for note in info.get("notes") or []:
+        st.warning(state.plain(note), icon=":material/warning:")
     skipped = info.get("skipped") or {}
     if skipped:
         st.warning(

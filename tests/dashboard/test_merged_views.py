@@ -111,6 +111,28 @@ def test_a_merged_folder_is_scored_and_explored_as_lungs(
     assert args["names"][1][LABEL_OF["liver"]] == "liver"
 
 
+def test_a_merged_folder_without_its_label_files_is_scored_per_value_with_a_warning(
+    app_env, tmp_path, evaluate_folder, no_problems
+):
+    index = open_dataset(app_env["data"])
+    test_ids = index.subjects_in("test")
+    folder = tmp_path / "preds"
+    _merged_predictions(app_env, folder, test_ids)
+    for path in [*folder.glob("*.ctbl"), *folder.glob("*_itksnap_labels.txt")]:
+        path.unlink()  # copied without them
+    at = evaluate_folder(folder)
+    no_problems(at)
+    results = at.session_state["ctseg_eval_result"]["results"]
+    assert "lungs" not in set(results["structure"])  # per value: the union as the first lobe
+    with_lobes = [s for s in test_ids
+                  if sum(open_cached(app_env["data"], s, app_env["cache"]).voxel_counts[
+                      LABEL_OF[n]] > 0 for n in LOBES) >= 2]  # fmt: skip
+    shown = [w.value.replace("\\", "") for w in at.warning]  # Markdown escapes (state.plain)
+    warned = [w for w in shown if "without its label file?" in w]
+    assert len(warned) == len(with_lobes) > 0
+    assert all(f"put {s}.ctbl beside it" in " ".join(warned) for s in with_lobes)
+
+
 def test_predict_names_a_merged_runs_value_in_the_label_files(
     app_env, tmp_path, new_app, no_problems, monkeypatch
 ):
