@@ -192,6 +192,26 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     assert abs(first_dice - dice) > 0.05
 
 
+def test_a_prediction_is_questioned_as_merged_only_where_a_label_file_would_fix_it(tmp_path):
+    """Value 10 and no other lobe, with the five lobes annotated and two or more in the
+    reference: one note, unless a label file lists value 10 (as a lobe or as "lungs") or a lobe
+    is not annotated (the merge would not be scored then, so the advice would not help)."""
+    from ctseg_core.inference.label_files import unnamed_merge_notes, write_label_files
+
+    def rows(predicted, reference, annotated=LOBES):
+        return [{"structure": n, "pred_volume_ml": float(n in predicted),
+                 "ref_volume_ml": float(n in reference)} for n in annotated]  # fmt: skip
+
+    path = tmp_path / "s0000.nii.gz"
+    (note,) = unnamed_merge_notes(path, rows([LOBES[0]], LOBES[:2]))
+    assert note.endswith("put s0000.ctbl beside it with the line '10 lungs 0 0 0 255'")
+    assert unnamed_merge_notes(path, rows([LOBES[0]], LOBES[:1])) == []  # one lobe in reference
+    assert unnamed_merge_notes(path, rows(LOBES[:2], LOBES)) == []  # another lobe predicted
+    assert unnamed_merge_notes(path, rows([LOBES[0]], LOBES, annotated=LOBES[:4])) == []
+    write_label_files(path, [5, 10], names_of(["liver", LOBES[0]]))  # a run learning the lobe
+    assert unnamed_merge_notes(path, rows([LOBES[0]], LOBES)) == []
+
+
 def test_a_label_file_naming_a_merge_at_another_value_is_refused_in_one_line(tmp_path):
     from ctseg_core.errors import DataError
     from ctseg_core.inference.label_files import merges_named, write_label_files

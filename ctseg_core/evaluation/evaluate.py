@@ -169,9 +169,8 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
 
     A merge the predictor learns (``labels.MERGES``), or a folder's prediction holds (its label
     file names it: ``inference.label_files.merges_named``), is scored against the union of its
-    members' references, and only where every member is annotated. ``notes``: lines about a
-    folder's prediction that looks merged without a label file naming the merge
-    (``unnamed_merge_notes``), each logged as a warning."""
+    members' references, and only where every member is annotated. ``notes``: warnings, also
+    logged, about a folder's prediction (``unnamed_merge_notes``)."""
     from ..inference.label_files import merges_named, unnamed_merge_notes
 
     cached = open_cached(root, sid, cache_dir)
@@ -193,13 +192,9 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm,
         names_of(structures),
     )  # fmt: skip
-    notes = []
-    if folder is not None:
-        volumes = {key: {r["structure"]: r[key] for r in rows}
-                   for key in ("pred_volume_ml", "ref_volume_ml")}  # fmt: skip
-        notes = unnamed_merge_notes(path, volumes["pred_volume_ml"], volumes["ref_volume_ml"])
-        for note in notes:
-            log.warning("%s", note)
+    notes = unnamed_merge_notes(path, rows) if folder is not None else []
+    for note in notes:
+        log.warning("%s", note)
     return rows, cached, reference, prediction, notes
 
 

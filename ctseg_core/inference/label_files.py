@@ -204,27 +204,39 @@ def merges_named(labels_path: str | Path) -> list[str]:
     return []
 
 
-def unnamed_merge_notes(labels_path: str | Path, predicted_ml: Mapping[str, float],
-                        reference_ml: Mapping[str, float]) -> list[str]:  # fmt: skip
+def unnamed_merge_notes(labels_path: str | Path, rows: Iterable[Mapping]) -> list[str]:
     """One line per merge (``labels.MERGES``) a prediction seems to hold without a label file
     naming it: its value (the first member's) predicted and none of its other members, where
-    the reference has at least two members. A merged run's prediction copied without its
-    ``.ctbl`` looks so, and scored per value the union counts as the first member and the other
-    members as missed. ``*_ml``: structure -> volume (ml) of the scored structures; a merge
-    the label file names (``merges_named``) is not questioned."""
-    named, notes = set(merges_named(labels_path)), []
+    every member is annotated and the reference has at least two. A merged run's prediction
+    copied without its ``.ctbl`` looks so, and scored per value the union counts as the first
+    member and the other members as missed.
+
+    ``rows``: the subject's scored rows (``evaluation.evaluate.subject_rows``: one per
+    annotated structure, with ``structure``, ``pred_volume_ml`` and ``ref_volume_ml``). A value
+    a label file beside the prediction lists, under any name, is not questioned."""
+    listed = set()
+    for path, read in zip(label_file_paths(labels_path), (read_slicer_ctbl, read_itksnap_labels),
+                          strict=True):  # fmt: skip
+        if path.is_file():
+            listed = {entry.value for entry in read(path)}
+            break
+    predicted = {r["structure"]: r["pred_volume_ml"] > 0 for r in rows}
+    in_reference = {r["structure"]: r["ref_volume_ml"] > 0 for r in rows}
+    notes = []
     for merge, names in MERGES.items():
-        if merge in named:
-            continue
-        first, others = names[0], names[1:]
-        in_reference = [n for n in names if reference_ml.get(n, 0) > 0]
-        if (predicted_ml.get(first, 0) > 0 and len(in_reference) >= 2
-                and not any(predicted_ml.get(n, 0) > 0 for n in others)):  # fmt: skip
-            value, name = value_of(merge), Path(labels_path).name
+        value = value_of(merge)
+        if value in listed or not all(n in predicted for n in names):
+            continue  # named, or not every member annotated (the merge would not be scored)
+        if (
+            predicted[names[0]]
+            and not any(predicted[n] for n in names[1:])
+            and sum(in_reference[n] for n in names) >= 2
+        ):
             notes.append(
-                f"{name}: value {value} ({first}) is predicted and no other {merge} member, "
-                f"while the reference has {len(in_reference)}: a merged run's {merge!r} "
-                f"without its label file? Scored per value; to score it as {merge}, put "
+                f"{Path(labels_path).name}: value {value} ({names[0]}) is predicted and no "
+                f"other {merge} member, while the reference has "
+                f"{sum(in_reference[n] for n in names)}: a merged run's {merge!r} without its "
+                f"label file? Scored per value; to score it as {merge}, put "
                 f"{label_file_paths(labels_path)[0].name} beside it with the line "
                 f"'{value} {merge} 0 0 0 255'"
             )

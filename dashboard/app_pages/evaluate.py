@@ -193,8 +193,13 @@ def show_results(info: dict) -> None:
             f"{info['out_dir']}"
         )
     )
-    for note in info.get("notes") or []:
-        st.warning(state.plain(note), icon=":material/warning:")
+    notes = info.get("notes") or []
+    if notes:  # one box, however many subjects: the first note, the others behind it
+        more = f" (and {len(notes) - 1} more like it, below)" if len(notes) > 1 else ""
+        st.warning(state.plain(notes[0] + more), icon=":material/warning:")
+        if len(notes) > 1:
+            with st.expander(f"All {len(notes)} warnings"):
+                st.markdown("\n".join(f"- {state.plain(note)}" for note in notes))
     skipped = info.get("skipped") or {}
     if skipped:
         st.warning(
