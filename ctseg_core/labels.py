@@ -145,6 +145,15 @@ def lr_swap_lut(structures=()) -> np.ndarray:
     return lut
 
 
+def mirror_partners_present(structures) -> bool:
+    """Whether each left/right structure among ``structures`` has its mirror partner among
+    them too (a merge holds both sides): then a mirrored pass of a model predicting them scores
+    every one of them, and training mirrored its patches (an unpaired one: ``augment``)."""
+    values = {value_of(name) for name in structures}
+    lut = lr_swap_lut(structures)
+    return all(int(lut[value]) in values for value in values)
+
+
 def _make_colours() -> dict[str, tuple[int, int, int]]:
     """A fixed, distinct RGB colour per structure (golden-ratio hue walk, 3 brightness tiers)."""
     colours: dict[str, tuple[int, int, int]] = {}

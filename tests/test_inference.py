@@ -55,7 +55,19 @@ class SideNet(nn.Module):
 
 register("test_threshold")(lambda cfg: ThresholdNet())
 register("test_threshold_300")(lambda cfg: ThresholdNet(300.5))
+
+
+class LeftHalfNet(nn.Module):
+    """kidney_left in the first half of H, nothing after (softmax: background, kidney_left)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        left = (10 * (torch.arange(h) < h // 2).float() - 5).view(1, h, 1).expand(b, h, w)
+        return torch.stack([torch.zeros_like(left), left], dim=1)
+
+
 register("test_side")(lambda cfg: SideNet())
+register("test_left_half")(lambda cfg: LeftHalfNet())
 
 
 def make_checkpoint(path, structures, name="unet", target=(64, 64), context=1, mirror=False):
@@ -186,6 +198,20 @@ def test_mirror_tta_swaps_left_and_right_labels(tmp_path, s0000_ct):
     np.testing.assert_array_equal(with_tta, plain)
     assert (plain[:61] == LABEL_OF["kidney_left"]).all()
     assert (plain[61:] == LABEL_OF["kidney_right"]).all()
+
+
+def test_a_mirror_trained_model_lacking_a_partner_gets_shift_tta(tmp_path, s0000_ct):
+    """kidney_left without kidney_right: a mirrored pass would read kidney_left from its
+    partner's missing channel (probability 0) and background would win the average; the
+    shifted passes keep the kidney."""
+    ckpt = make_checkpoint(tmp_path / "l.pth", ["kidney_left"], "test_left_half", (122, 101),
+                           mirror=True)  # fmt: skip
+    predictor = Predictor([ckpt], tta=True)
+    assert predictor.strategy.augmentations(predictor.members[0]) == [
+        "identity", "shift0", "shift1",
+    ]  # fmt: skip
+    labels = predictor.predict(load_ct(s0000_ct))
+    assert (labels[:61] == LABEL_OF["kidney_left"]).all() and (labels[61:] == 0).all()
 
 
 def test_models_trained_without_mirroring_get_shift_tta(tmp_path, s0000_ct):

@@ -35,3 +35,12 @@ def test_every_two_colours_can_be_told_apart():
     }
     closest = min(distances, key=distances.get)
     assert distances[closest] >= 15, (closest, distances[closest])
+
+
+def test_mirror_partners_present_needs_each_lateral_structures_partner():
+    from ctseg_core.labels import mirror_partners_present
+
+    assert mirror_partners_present(["liver", "kidney_left", "kidney_right"])
+    assert not mirror_partners_present(["liver", "kidney_left"])
+    assert mirror_partners_present(["liver", "lungs"])  # a merge holds both sides
+    assert not mirror_partners_present(["rib_left_1"])

@@ -9,15 +9,18 @@ spacing; each voxel's sum is divided by its sum of weights. Test-time augmentati
 members add further weighted passes. Logits are averaged as nnU-Net averages windows, mirrors
 and folds, and it costs one pass over a window's output (a softmax first took ~3x as long:
 about 6 of 20 s for a 512 x 512 x 300 CT on 2 cores, benchmarks/inference_3d.py); class
-probabilities are averaged instead where logits do not compare: an ensemble with a sigmoid
-member, or a pass without a channel for some active value (a member lacking a structure, or
-the mirror partner of one), which then counts as probability 0. The padding holds each member's
+probabilities are averaged instead where logits do not compare: a sigmoid member, or a pass
+without a channel for some active value, which then counts as probability 0 (``Predictor``
+refuses ensembles of different structures, and ``augmentations`` mirrors only models whose
+lateral structures have their partners, so a softmax model's passes always have one). The
+padding holds each member's
 ``data.patches.pad_value`` after its normalisation (``data.padding``: air, or nnU-Net's
 normalised 0), as the member was trained. The scores go back to the CT's own grid a slab of
 slices at a time (``to_grid.labels_on_grid``), where their argmax gives the labels.
 
-Logits are added straight from the network's bf16 output (mixed-precision ``addcmul_``: no
-copy); probabilities and mirrored or shifted passes go a few z slices at a time, so no buffer
+Logits are added from the network's bf16 output a slab of slices at a time (mixed-precision
+``addcmul_``: on a CPU PyTorch converts each 16 MB slab to float32 first, on CUDA it casts on
+the fly); probabilities and mirrored or shifted passes go a few z slices at a time, so no buffer
 holds more than the network's own output in float32; patches run in batches of ``batch`` under
 bf16 autocast where the device has it (``device.resolve_amp``).
 """
@@ -36,7 +39,7 @@ from ..data.resample import CT_SLAB, grid_shape, resample_ct
 from ..data.slices import normalize_hu
 from ..device import autocast_context, resolve_amp
 from ..errors import ConfigError, CtsegError
-from ..labels import lr_swap_lut
+from ..labels import lr_swap_lut, mirror_partners_present
 from ..models.head import channel_label_values
 from ..models.nnunet import architecture, keep_channels_last
 from ..settings import max_voxels
@@ -120,10 +123,14 @@ class PatchStrategy:
 
     def augmentations(self, member) -> list[str]:
         """The test-time augmentations of ``member`` ("identity" alone without TTA): the
-        left/right mirror for models trained with it, else two shifted copies."""
+        left/right mirror for models trained with it whose lateral structures all have their
+        partners (``labels.mirror_partners_present``: else a mirrored pass gives a structure
+        whose partner it lacks probability 0, and it hardly ever wins), else two shifted
+        copies."""
         if not self.predictor.tta:
             return ["identity"]
-        if getattr(member.config.data, "mirror", False):
+        data = member.config.data
+        if getattr(data, "mirror", False) and mirror_partners_present(data.structures):
             return ["identity", "mirror"]
         return ["identity", *(f"shift{i}" for i in range(len(_TTA_SHIFTS)))]
 
@@ -151,7 +158,7 @@ class PatchStrategy:
         Held throughout: the int16 CT and uint8 labels (and a copy of each for reorientation),
         the HU volume, the score sums (one float per active label value) and weights on the
         padded model grid. Then the larger of a batch (input, logits, the network's skips and
-        working maps, the 16-channel probability buffers) and the way back (``to_grid``: about
+        working maps, the buffers of a few z slices of a window) and the way back (``to_grid``: about
         ``SLAB_VALUES`` values a slab). ``spacing_mm`` None: the CT's grid is the model's.
         """
         x, y, z = (int(s) for s in shape_xyz)
@@ -244,8 +251,8 @@ class PatchStrategy:
     def _accumulate(self, member, x: torch.Tensor, aug: str, g: torch.Tensor, acc: torch.Tensor,
                     windows: list[tuple[slice, ...]], logits: bool) -> None:  # fmt: skip
         """Add ``g`` x the logits (``logits``; else the class probabilities) of one augmentation
-        of a batch to ``acc``; a plain pass's logits at once, straight from the network's
-        output, else a few z slices of a window at a time (channels last: rows contiguous)."""
+        of a batch to ``acc``, a slab of z slices of a window at a time (channels last: rows
+        contiguous); a plain pass's logits straight from the network's output."""
         flip, shift = aug == "mirror", (0, 0, 0)
         if aug.startswith("shift"):
             shift = _TTA_SHIFTS[int(aug.removeprefix("shift"))]

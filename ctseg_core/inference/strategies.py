@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.slices import context_indices, normalize_hu, resize_batch
-from ..labels import NUM_LABELS, lr_swap_lut
+from ..labels import NUM_LABELS, lr_swap_lut, mirror_partners_present
 from ..models.head import label_scores
 from .patches import PatchStrategy
 
@@ -152,10 +152,12 @@ class SliceStrategy:
         self.work_size = tuple(max(m.target_size[i] for m in members) for i in range(2))
 
     def augmentations(self, member) -> list[str]:
-        """The test-time augmentations of ``member`` ("identity" alone without TTA)."""
+        """The test-time augmentations of ``member`` ("identity" alone without TTA): as
+        ``PatchStrategy.augmentations``."""
         if not self.predictor.tta:
             return ["identity"]
-        if getattr(member.config.data, "mirror", False):
+        data = member.config.data
+        if getattr(data, "mirror", False) and mirror_partners_present(data.structures):
             return ["identity", "mirror"]
         return ["identity", *(f"shift{i}" for i in range(len(_TTA_SHIFTS)))]
 
