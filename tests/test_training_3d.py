@@ -48,9 +48,11 @@ def test_tiles_score_every_voxel_once_and_cover_short_axes_with_padding():
     for size, patch in [(100, 32), (64, 32), (20, 32), (33, 32), (32, 32)]:
         tiles = axis_tiles(size, patch)
         owned = np.zeros(size, int)
-        for start, lo, hi in tiles:
+        for start, lo, hi, pad in tiles:
             assert 0 <= lo < hi <= patch
-            owned[start + lo : start + hi] += 1
+            owned[start + lo - pad : start + hi - pad] += 1
+            # a short axis is centred in its one window, as the sliding window pads it
+            assert pad == (max(0, patch - size) // 2) and (size >= patch or len(tiles) == 1)
         assert (owned == 1).all(), (size, patch, tiles)
     tiles = volume_tiles(0, (40, 20, 70), (32, 32, 16))
     assert len(tiles) == 2 * 1 * 5
@@ -70,7 +72,9 @@ def test_volume_validation_dice_is_that_of_the_whole_volume(phantom_root, tmp_pa
     with torch.no_grad():  # each class wins a band of intensities
         model.weight.copy_(torch.linspace(-6, 6, k).view(k, 1, 1, 1, 1))
         model.bias.copy_(torch.randn(k))
-    metrics = VolumeValidation(dataset, config).run(
+    keep = [(i, subject.shape_xyz[2] // 2) for i, subject in enumerate(dataset.subjects)]
+    validation = VolumeValidation(dataset, config, keep=keep)
+    metrics = validation.run(
         model, build_loss("dice_ce"), torch.device("cpu"), torch.autocast("cpu", enabled=False),
         channels_last=False,
     )  # fmt: skip
@@ -83,6 +87,8 @@ def test_volume_validation_dice_is_that_of_the_whole_volume(phantom_root, tmp_pa
         x = normalize_hu(torch.from_numpy(np.array(subject.ct)), config.data.hu_window)
         with torch.no_grad():
             pred = values[model(x[None, None]).argmax(1)[0].numpy()]
+        i_subject, z = next(k for k in keep if dataset.subjects[k[0]] is subject)
+        np.testing.assert_array_equal(validation.kept[(i_subject, z)], pred[:, :, z])  # figure
         ref = np.array(subject.labels)
         ref = np.where(np.isin(ref, values), ref, 0)
         for i, name in enumerate(FEW):
@@ -100,8 +106,9 @@ def test_volume_validation_dice_is_that_of_the_whole_volume(phantom_root, tmp_pa
 
 
 def test_validation_tiles_pad_with_the_runs_padding(phantom_root, tmp_path):
-    """z longer than the volumes: each tile holds the volume's normalised voxels from z = 0
-    and the run's padding after them (air: -1, nnU-Net's: 0)."""
+    """z longer than the volumes: each tile holds the volume's normalised voxels in the middle
+    (as the sliding window centres them) and the run's padding around them (air: -1,
+    nnU-Net's: 0)."""
     config = tiny_3d(phantom_root, cache=tmp_path / "cache")
     config.data.patch_size = (24, 24, 32)
     for padding, pad in (("air", -1.0), ("normalised_zero", 0.0)):
@@ -114,10 +121,18 @@ def test_validation_tiles_pad_with_the_runs_padding(phantom_root, tmp_path):
             volume = dataset.subjects[tile.subject]
             depth = volume.shape_xyz[2]
             assert depth < 32 and tile.real[2] == depth
+            z0 = (32 - depth) // 2
+            assert tile.pad == (0, 0, z0) and z0 > 0
             (x0, x1), (y0, y1) = ((s, s + 24) for s in tile.start[:2])
             ct = torch.from_numpy(np.array(volume.ct[x0:x1, y0:y1]))
-            assert torch.equal(image[b, 0, :, :, :depth], normalize_hu(ct, config.data.hu_window))
-            assert (image[b, 0, :, :, depth:] == pad).all() and (labels[b, :, :, depth:] == 0).all()
+            inside = image[b, 0, :, :, z0 : z0 + depth]
+            assert torch.equal(inside, normalize_hu(ct, config.data.hu_window))
+            reference = torch.from_numpy(np.array(volume.labels[x0:x1, y0:y1]))
+            assert torch.equal(labels[b, :, :, z0 : z0 + depth], reference)
+            outside = torch.ones(32, dtype=torch.bool)
+            outside[z0 : z0 + depth] = False
+            assert (image[b, 0, :, :, outside] == pad).all()
+            assert (labels[b, :, :, outside] == 0).all()
 
 
 def test_a_3d_run_trains_stops_resumes_and_repeats_an_uninterrupted_one(phantom_root, tmp_path):

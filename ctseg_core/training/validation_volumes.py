@@ -5,8 +5,10 @@ Each validation subject, resampled to the run's spacing (``data.volumes``), is c
 (``inference.patches.window_starts``: the fewest windows, spread evenly from edge to edge, so
 neighbours share a few voxels where the size is not a multiple of the patch). A volume smaller
 than a patch along an axis is padded there (the run's ``data.padding``, ``data.patches.pad_value``;
-labels: background), and the padding is never scored. Every voxel is scored once, by the tile whose centre is nearest along each axis (its
-"own" part), and the counts of all tiles go into one (subject, reference, prediction)
+labels: background), centred as the sliding window and the patch sampler centre it (the
+network sees a short volume in validation as it does in training and inference), and the
+padding is never scored. Every voxel is scored once, by the tile whose centre is nearest along
+each axis (its "own" part), and the counts of all tiles go into one (subject, reference, prediction)
 confusion table; Dice follows from it as in 2D validation (``validation.dice_from_confusions``,
 pooled over subjects where a structure is annotated). The validation loss is the mean over tiles
 of the loss on each tile's real voxels.
@@ -39,21 +41,29 @@ from .validation import learned_values, validation_metrics
 
 @dataclass(frozen=True)
 class Tile:
-    """One model input: ``start`` (x, y, z) of the window in the subject's volume, ``own``:
-    the voxels it scores, as (lo, hi) per axis relative to ``start``; ``real``: how many voxels
-    along each axis are the volume's (the rest is padding)."""
+    """One model input. ``start`` (x, y, z): the subject's first voxel in the window; ``pad``:
+    the padding voxels before it (> 0 only along an axis shorter than the patch), so window
+    voxel ``i`` holds volume voxel ``start + i - pad``; ``real``: how many voxels along each
+    axis are the volume's (from ``pad`` on; the rest is padding); ``own``: the voxels the tile
+    scores, as (lo, hi) per axis in window coordinates."""
 
     subject: int
     start: tuple[int, int, int]
     own: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
     real: tuple[int, int, int]
+    pad: tuple[int, int, int] = (0, 0, 0)
 
 
-def axis_tiles(size: int, patch: int) -> list[tuple[int, int, int]]:
-    """Along an axis of ``size`` voxels: (start, own_lo, own_hi) per window, own_* relative to
-    start; the owned ranges cover 0..size-1 exactly once (a window owns up to the midpoint of
-    its overlap with each neighbour)."""
-    starts = window_starts(max(size, patch), patch, 0.0)
+def axis_tiles(size: int, patch: int) -> list[tuple[int, int, int, int]]:
+    """Along an axis of ``size`` voxels: (start, own_lo, own_hi, pad) per window, own_* in
+    window coordinates (volume voxel start + i - pad at window voxel i); the owned ranges cover
+    0..size-1 exactly once (a window owns up to the midpoint of its overlap with each
+    neighbour). An axis shorter than the patch: one window, the volume centred in it (``pad``
+    = (patch - size) // 2, as ``inference.patches`` pads)."""
+    if size < patch:
+        pad = (patch - size) // 2
+        return [(0, pad, pad + size, pad)]
+    starts = window_starts(size, patch, 0.0)
     out = []
     for i, start in enumerate(starts):
         lo = 0 if i == 0 else (start + starts[i - 1] + patch) // 2
@@ -62,7 +72,7 @@ def axis_tiles(size: int, patch: int) -> list[tuple[int, int, int]]:
             if i == len(starts) - 1
             else (starts[i + 1] + start + patch) // 2
         )
-        out.append((start, lo - start, hi - start))
+        out.append((start, lo - start, hi - start, 0))
     return out
 
 
@@ -74,19 +84,20 @@ def volume_tiles(subject: int, shape_xyz, patch_xyz) -> list[Tile]:
     for tx, ty, tz in itertools.product(*per_axis):
         start = (tx[0], ty[0], tz[0])
         real = tuple(min(p, n - s) for p, n, s in zip(patch, shape, start, strict=True))
-        tiles.append(Tile(subject, start, ((tx[1], tx[2]), (ty[1], ty[2]), (tz[1], tz[2])), real))
+        own = ((tx[1], tx[2]), (ty[1], ty[2]), (tz[1], tz[2]))
+        tiles.append(Tile(subject, start, own, real, (tx[3], ty[3], tz[3])))
     return tiles
 
 
-def read_tile(volume: np.ndarray, start, patch, fill) -> np.ndarray:
-    """``volume[start : start + patch]`` (X, Y, Z), padded at the high end with ``fill``
-    where the volume ends first."""
-    window = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
+def read_tile(volume: np.ndarray, tile: Tile, patch, fill) -> np.ndarray:
+    """The ``patch``-sized window of ``tile`` (X, Y, Z) from ``volume``: its real voxels at
+    ``tile.pad``, ``fill`` around them."""
+    window = tuple(slice(s, s + n) for s, n in zip(tile.start, tile.real, strict=True))
     part = np.asarray(volume[window])
     if part.shape == tuple(patch):
         return part
     out = np.full(tuple(patch), fill, dtype=volume.dtype)
-    out[tuple(slice(0, n) for n in part.shape)] = part
+    out[tuple(slice(p, p + n) for p, n in zip(tile.pad, tile.real, strict=True))] = part
     return out
 
 
@@ -124,23 +135,23 @@ class VolumeValidation:
         for b, t in enumerate(tiles):  # normalised first, padded after (data.patches)
             window = tuple(slice(s, s + n) for s, n in zip(t.start, t.real, strict=True))
             real = torch.from_numpy(np.array(subjects[t.subject].ct[window]))
-            image[(b, 0, *(slice(0, n) for n in t.real))] = normalize_hu(real, data.hu_window)
-        labels = np.stack(
-            [read_tile(subjects[t.subject].labels, t.start, self.patch, 0) for t in tiles]
-        )
+            inside = (slice(p, p + n) for p, n in zip(t.pad, t.real, strict=True))
+            image[(b, 0, *inside)] = normalize_hu(real, data.hu_window)
+        labels = np.stack([read_tile(subjects[t.subject].labels, t, self.patch, 0) for t in tiles])
         return image, torch.from_numpy(labels)
 
     def _keep_slices(self, tile: Tile, predicted: torch.Tensor) -> None:
         """Copy the owned part of ``predicted`` (px, py, pz) into the kept figure slices."""
         (x0, x1), (y0, y1), (z0, z1) = tile.own
-        sx, sy, sz = tile.start
+        (sx, sy, sz), (px, py, pz) = tile.start, tile.pad
         for s, z in self.keep:
-            if s != tile.subject or not sz + z0 <= z < sz + z1:
+            w = z - sz + pz  # the slice's z in the window
+            if s != tile.subject or not z0 <= w < z1:
                 continue
             if (s, z) not in self.kept:
                 self.kept[(s, z)] = np.zeros(self.dataset.subjects[s].shape_xyz[:2], np.uint8)
-            part = predicted[x0:x1, y0:y1, z - sz].cpu().numpy().astype(np.uint8)
-            self.kept[(s, z)][sx + x0 : sx + x1, sy + y0 : sy + y1] = part
+            part = predicted[x0:x1, y0:y1, w].cpu().numpy().astype(np.uint8)
+            self.kept[(s, z)][sx + x0 - px : sx + x1 - px, sy + y0 - py : sy + y1 - py] = part
 
     @torch.no_grad()
     def run(
@@ -181,7 +192,8 @@ class VolumeValidation:
             subjects = torch.tensor([t.subject for t in tiles])
             rows = annotated_rows(annotated, subjects, device)
             for b, tile in enumerate(tiles):
-                real = tuple(slice(0, n) for n in tile.real)  # the padding is never scored
+                # the loss on the real voxels only: the padding is never scored
+                real = tuple(slice(p, p + n) for p, n in zip(tile.pad, tile.real, strict=True))
                 row = None if rows is None else rows[b : b + 1]
                 tile_logits = logits[(slice(b, b + 1), slice(None), *real)].float()
                 loss = loss_fn(tile_logits, lut[labels[(slice(b, b + 1), *real)]], row)
