@@ -177,8 +177,10 @@ class PatchStrategy:
             network = batch * (p * 4 + p * k * value_bytes + activations * value_bytes)
             batch_terms = max(batch_terms, network + p * 4 + _CHUNK_VALUES * 4 * 3)
         # to_grid: a slab's buffers are about SLAB_VALUES values (float32 or int64), at least
-        # one output slice's and three model slices' worth
+        # one output slice's and three model slices' worth; every model voxel's winner (int64)
+        # and the labels' z-first copy
         back = 2 * SLAB_VALUES * 6 + x * y * 40 + 3 * a * grid[0] * grid[1] * 4
+        back += math.prod(grid) * 8 + x * y * z
         return held + max(resample, batch_terms, back)
 
     @torch.inference_mode()

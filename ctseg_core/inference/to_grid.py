@@ -128,10 +128,12 @@ def _z_interpolated(source, channels, zw) -> torch.Tensor:
     """(s, C, X', Y'): ``channels`` of the slab's model slices ``source`` (n, X', Y', A)
     interpolated along z."""
     lower, upper, weight = zw
-    part = source[lower][..., channels]
+    # the channels gathered once, channels first (the slab's model slices hold all A of them)
+    planes = source[..., channels].permute(0, 3, 1, 2).contiguous()  # (n, C, X', Y')
+    part = planes[lower]
     if not torch.equal(lower, upper):
-        part.lerp_(source[upper][..., channels], weight.view(-1, 1, 1, 1))
-    return part.permute(0, 3, 1, 2).contiguous()
+        part.lerp_(planes[upper], weight.view(-1, 1, 1, 1))
+    return part
 
 
 def _mixed_cell_winners(source, winner, mixed, x: _Axis, y: _Axis, zw) -> torch.Tensor:
@@ -167,12 +169,14 @@ def _mixed_cell_winners(source, winner, mixed, x: _Axis, y: _Axis, zw) -> torch.
 def labels_on_grid(scores: torch.Tensor, shape: Sequence[int], active: torch.Tensor) -> np.ndarray:
     """(Z', X', Y', A) scores (z first, channels last) -> (X, Y, Z) uint8 ``active[argmax]`` of their
     trilinear resampling (see the module doc); the largest buffers hold about ``SLAB_VALUES``
-    values."""
+    values, besides each model voxel's winner (int64) and the labels written z first."""
     x_out, y_out, z_out = (int(s) for s in shape)
     z_in, x_in, y_in, n_channels = scores.shape
-    labels = np.empty((x_out, y_out, z_out), dtype=np.uint8)
+    labels = np.empty((z_out, x_out, y_out), dtype=np.uint8)  # z first: slabs written whole
     device = scores.device
-    active = active.to(device)
+    lut = active.to(device=device, dtype=torch.uint8)
+    # every model voxel's winner once (a slab's model slices are shared with the next slab's)
+    winners = None if (x_in, y_in) == (x_out, y_out) else scores.argmax(dim=3)
     zw = linear_weights(z_in, z_out, device)
     x, y = _Axis(x_in, x_out, device), _Axis(y_in, y_out, device)
     same_plane = (x_in, y_in) == (x_out, y_out)
@@ -191,7 +195,7 @@ def labels_on_grid(scores: torch.Tensor, shape: Sequence[int], active: torch.Ten
             # an axis of one voxel read as two equal ones: the same values, and cells
             sizes = [2 if n == 1 and axis != 3 else n for axis, n in enumerate(source.shape)]
             source = source.expand(*sizes)
-            winner = source.argmax(dim=3)  # (n, X', Y')
+            winner = winners[first : last + 1].expand(*sizes[:3])  # (n, X', Y')
             mixed = over_cells(torch.maximum, winner) != over_cells(torch.minimum, winner)
             lower, upper = zw[0][ks] - first, zw[1][ks] - first
             cz = lower.clamp(max=source.shape[0] - 2)
@@ -201,5 +205,5 @@ def labels_on_grid(scores: torch.Tensor, shape: Sequence[int], active: torch.Ten
                 at_mixed = _mixed_cell_winners(source, winner, mixed, x, y,
                                                (lower, upper, zw[2][ks]))  # fmt: skip
                 index = torch.where(mixed_out, at_mixed, index)
-        labels[:, :, ks] = active[index].to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return labels
+        labels[ks] = lut[index].cpu().numpy()
+    return np.ascontiguousarray(labels.transpose(1, 2, 0))
