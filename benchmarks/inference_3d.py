@@ -55,6 +55,10 @@ straightforward way ~38.1 s, 4.7x), so ~28.5 s realistic; 2.59 GB peak. Under 20
 met: the forwards alone take 11-15 s on these 2 cores (a third of them the instance norms and
 leaky ReLUs, memory-bound passes PyTorch does not fuse), and the way back's realistic 8 s is
 z-interpolation and argmax over whole planes (``to_grid``: its profile, 150 output slabs).
+Then ``to_grid`` took every model voxel's winner once and gathered the candidate channels
+before interpolating: the same day, windows 23.1 s (MONAI 2.02x), way back 27.0 s untrained and
+5.4 s realistic (straightforward ~51.7 s, 9.6x; labels equal), ~28.4 s realistic in all, 2.61
+GB peak: the forwards' 11-15 s on these cores decide the rest.
 """
 
 from __future__ import annotations
