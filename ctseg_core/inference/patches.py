@@ -7,8 +7,8 @@ spread evenly from edge to edge). Each window's logits are weighted by a Gaussia
 patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the model's
 spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and ensemble
 members add further weighted passes. Logits are averaged as nnU-Net averages windows, mirrors
-and folds, and it costs one pass over a window's output (a softmax first took ~3x as long:
-about 6 of 20 s for a 512 x 512 x 300 CT on 2 cores, benchmarks/inference_3d.py); class
+and folds, and it costs one pass over a window's output (for a 512 x 512 x 300 CT on 2 cores,
+~1.4 s beside the forwards, against ~8.4 s with a softmax first: benchmarks/inference_3d.py); class
 probabilities are averaged instead where logits do not compare: a sigmoid member, or a pass
 without a channel for some active value, which then counts as probability 0 (``Predictor``
 refuses ensembles of different structures, and ``augmentations`` mirrors only models whose
@@ -158,8 +158,9 @@ class PatchStrategy:
         Held throughout: the int16 CT and uint8 labels (and a copy of each for reorientation),
         the HU volume, the score sums (one float per active label value) and weights on the
         padded model grid. Then the larger of a batch (input, logits, the network's skips and
-        working maps, the buffers of a few z slices of a window) and the way back (``to_grid``: about
-        ``SLAB_VALUES`` values a slab). ``spacing_mm`` None: the CT's grid is the model's.
+        working maps, the buffers of a few z slices of a window) and the way back
+        (``to_grid``: about ``SLAB_VALUES`` values a slab, each model voxel's winner, the
+        labels' z-first copy). ``spacing_mm`` None: the CT's grid is the model's.
         """
         x, y, z = (int(s) for s in shape_xyz)
         grid = grid_shape(shape_xyz, spacing_mm, self.spacing)
