@@ -257,7 +257,7 @@ def prediction_source(
     time, so that a best.pth rewritten by a training run, or a prediction file replaced, is
     never shown from stale caches.
     """
-    from ctseg_core.evaluation.evaluate import find_prediction
+    from ctseg_core.evaluation.prediction_files import find_prediction
 
     if checkpoint:
         path = Path(checkpoint)
@@ -275,7 +275,7 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     cached grid as (Z, X, Y) uint8; read once per file version, kept like checkpoint predictions.
     """
     from ctseg_core.errors import DataError
-    from ctseg_core.evaluation.evaluate import find_prediction, prediction_on_reference_grid
+    from ctseg_core.evaluation.prediction_files import find_prediction, prediction_on_reference_grid
 
     path = find_prediction(Path(folder), subject_id)
     if path is None:

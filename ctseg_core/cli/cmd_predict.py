@@ -264,7 +264,7 @@ def run_stats(args) -> int:
 
     from ..data.volume import load_ct
     from ..errors import ConfigError
-    from ..evaluation.evaluate import prediction_on_reference_grid
+    from ..evaluation.prediction_files import prediction_on_reference_grid
     from ..fileio import check_output
     from ..inference.label_files import merges_named
     from ..labels import names_of

@@ -76,7 +76,7 @@ def choose_subjects(index, split: str, source) -> list[str]:
     label = "Subjects"
     predictions = source[0]
     if isinstance(predictions, str):  # a predictions folder: only the subjects it has
-        from ctseg_core.evaluation.evaluate import find_prediction
+        from ctseg_core.evaluation.prediction_files import find_prediction
 
         folder = Path(predictions)
         have = [s for s in ids if find_prediction(folder, s) is not None]

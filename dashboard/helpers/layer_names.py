@@ -107,7 +107,7 @@ def checkpoint_names(checkpoint: str | Path) -> dict[int, str]:
 def folder_prediction_names(subject_id: str, folder: str | Path) -> dict[int, str]:
     """A folder's prediction layer's ``names``: the merges its ``<id>.nii.gz`` holds, as the
     label file ``ctseg predict`` wrote beside it says ({} without one: any tool's)."""
-    from ctseg_core.evaluation.evaluate import find_prediction
+    from ctseg_core.evaluation.prediction_files import find_prediction
     from ctseg_core.inference.label_files import merges_named
 
     path = find_prediction(Path(folder), subject_id)

@@ -1,0 +1,88 @@
+"""Prediction files of a folder: finding a subject's, and reading it onto its reference's grid.
+
+A prediction written by any tool may lie on another grid than its reference (another
+orientation or field of view): it is resampled onto the reference's grid by affine (nearest
+neighbour), so it is scored on the same voxels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from ..data.volume import AFFINE_TOLERANCE, from_canonical, load_label_volume, to_canonical
+from ..errors import DataError
+from ..labels import NUM_STRUCTURES
+
+log = logging.getLogger(__name__)
+
+
+def _has_usable_affine(path: Path) -> bool:
+    """True when the NIfTI header carries a coded sform/qform with a finite, invertible matrix."""
+    header = nib.load(str(path)).header
+    coded = [header.get_sform(coded=True), header.get_qform(coded=True)]
+    for affine, code in coded:
+        usable = code and affine is not None and np.all(np.isfinite(affine))
+        if usable and abs(np.linalg.det(affine[:3, :3])) > 1e-12:
+            return True
+    return False
+
+
+def prediction_on_reference_grid(
+    path: str | Path,
+    shape_xyz: Sequence[int],
+    affine: np.ndarray,
+    original_shape: Sequence[int],
+    original_affine: np.ndarray,
+) -> np.ndarray:
+    """Load a multilabel prediction as a canonical (X, Y, Z) uint8 array on the reference's grid.
+
+    ``shape_xyz``/``affine``: the reference's canonical grid; ``original_*``: its grid on disk.
+    Same grid (after canonical reorientation): returned as is. Other grid: resampled by the
+    voxel-to-voxel affine, nearest neighbour, outside the prediction's field of view = 0.
+    A file without a usable affine (sform and qform codes 0) is taken to be on the reference's
+    original grid when its shape matches, else DataError. Label values above 117 or an
+    unreadable/empty file raise DataError.
+    """
+    path = Path(path)
+    pred = load_label_volume(path, num_labels=NUM_STRUCTURES)
+    if pred.array.size == 0:
+        raise DataError(f"{path.name} holds no voxels; write the prediction again")
+    shape_xyz = tuple(int(s) for s in shape_xyz)
+    if not _has_usable_affine(path):
+        if tuple(pred.original_shape) == tuple(original_shape):
+            log.warning("%s has no affine; assuming it lies on the reference's grid", path.name)
+            raw = from_canonical(pred.array, pred.original_affine)
+            return to_canonical(raw, np.asarray(original_affine))[0]
+        raise DataError(
+            f"{path.name} has shape {tuple(pred.original_shape)} (reference "
+            f"{tuple(original_shape)}) and no usable affine (sform/qform codes 0); "
+            "save it with the CT's affine or on the CT's grid"
+        )
+    if pred.array.shape == shape_xyz and np.allclose(pred.affine, affine, atol=AFFINE_TOLERANCE):
+        return pred.array
+    # Reference voxel -> world -> prediction voxel.
+    voxel_to_voxel = np.linalg.inv(pred.affine) @ np.asarray(affine, dtype=np.float64)
+    resampled = ndimage.affine_transform(
+        pred.array, voxel_to_voxel, output_shape=shape_xyz, order=0, mode="constant", cval=0
+    )
+    if pred.array.any() and not resampled.any():
+        raise DataError(
+            f"{path.name} does not overlap its reference in world coordinates; check that it "
+            "belongs to this subject and that its affine is right"
+        )
+    log.info("%s resampled onto the reference grid %s", path.name, shape_xyz)
+    return resampled
+
+
+def find_prediction(folder: Path, subject_id: str) -> Path | None:
+    """``folder/<id>.nii.gz`` or ``folder/<id>.nii``, or None."""
+    for name in (f"{subject_id}.nii.gz", f"{subject_id}.nii"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
