@@ -177,6 +177,8 @@ def test_a_merged_run_trains_predicts_the_merged_value_and_is_scored_against_the
     # the reference
     (note,) = rows.attrs["notes"]
     assert note.startswith(f"{sid}.nii.gz: value 10 (lung_upper_lobe_left) is predicted")
+    source = json.loads((tmp_path / "eval_plain" / "source_test.json").read_text())
+    assert source["notes"] == [note]  # kept with the tables
     assert f"put {sid}.ctbl beside it with the line '10 lungs 0 0 0 255'" in note
     (folder / f"{sid}.ctbl").write_text("10 lungs 0 0 0 255\n")  # the fix, as the note says
     fixed = evaluate_predictions(

@@ -206,8 +206,9 @@ def evaluate_predictions(
     others are scored. The left-out ones are listed with their reason in
     ``skipped_<split>.csv`` (columns ``SKIPPED_COLUMNS``; header only when none), in
     ``source_<split>.json`` and in ``results.attrs["skipped"]`` (id -> reason, in split order).
-    ``results.attrs["notes"]``: warnings about what was scored (a folder's prediction that
-    looks merged without its label file: ``_score_subject``), also logged.
+    ``results.attrs["notes"]`` and ``source_<split>.json``'s ``notes``: warnings about what
+    was scored (a folder's prediction that looks merged without its label file:
+    ``_score_subject``), also logged.
     DataError when no subject could be scored (nothing is written then); ConfigError for a
     ``tolerance_mm`` that is not a finite number >= 0, before any subject is read.
     """
@@ -324,8 +325,9 @@ def evaluate_predictions(
     written = collector.finish(results, summary) if collector is not None else []
     scored_ids = [sid for sid in ids if sid not in skipped]
     write_source(
-        out_dir, predictions, index.root, split, scored_ids, tolerance_mm, tta, written, skipped
-    )
+        out_dir, predictions, index.root, split, scored_ids, tolerance_mm, tta, written, skipped,
+        notes,
+    )  # fmt: skip
     remove_stale_report(previous, written)
     results.attrs["skipped"] = skipped
     results.attrs["notes"] = notes

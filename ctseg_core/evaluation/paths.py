@@ -82,13 +82,15 @@ def write_source(
     tta: bool,
     report_files: Sequence[Path] = (),
     skipped: Mapping[str, str] | None = None,
+    notes: Sequence[str] = (),
 ) -> None:
     """Record in ``out_dir/source_<split>.json`` what the split's tables there score (atomically).
 
     predictions: a folder, or the checkpoint paths of the ensemble; ``tta`` is recorded for
     checkpoints only; ``report_files``: the figures and 3D pages written with the tables;
     ``subjects``: those scored; ``skipped``: id -> reason of those that could not be scored
-    (recorded as ``[{"subject", "reason"}, ...]``).
+    (recorded as ``[{"subject", "reason"}, ...]``); ``notes``: warnings about what was scored
+    (``evaluate.evaluate_predictions``).
     """
     from ..fileio import atomic_write_json
     from ..runs.run_folder import utc_now
@@ -103,6 +105,7 @@ def write_source(
         "split": split,
         "subjects": list(subjects),
         "skipped": [{"subject": k, "reason": v} for k, v in (skipped or {}).items()],
+        "notes": list(notes),
         "tolerance_mm": tolerance_mm,
         "report_files": [Path(p).name for p in report_files],
         "written": utc_now(),
