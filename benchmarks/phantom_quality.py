@@ -58,7 +58,10 @@ Again after 3D training went channels last and ``phantom_3d`` to batch 1 (2026-1
 AMX, 2 quiet cores, slower that day: 2D epochs of 23 s): phantom_demo 22 epochs, best 0.777;
 phantom_3d 17 epochs of 34 s (100 steps of one patch each), best 0.765 (3D - 2D: -0.012;
 weakest: vertebrae_L3 0.21, vertebrae_L2 0.32, kidney_left 0.45, iliac_artery_right 0.45,
-duodenum 0.58). Goal (3D >= 0.85 and >= 2D): not met.
+duodenum 0.58). Goal (3D >= 0.85 and >= 2D): not met. Other patch sizes, the same day, the
+preset otherwise (10 quiet minutes each, seed 0): 48 x 48 x 48, 29 epochs, 0.654; 64 x 64 x 64
+(more z for the vertebra levels), 12 epochs, 0.757; 80 x 80 x 48, 12 epochs, 0.706; so the
+preset's 64 x 64 x 48 stays (context against steps in 10 minutes).
 """
 
 from __future__ import annotations
