@@ -251,6 +251,8 @@ def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_
         results = table(dice, ids) if name == "a" else table({"liver": dice["liver"][:5]}, ids)
         (folders[name] / "evaluation_results_test.csv").write_text(results.to_csv(index=False))
         record = {"dataset": dataset, "tolerance_mm": 3.0, "subjects": ids}
+        if name == "b":  # as evaluate_predictions records its warnings
+            record["notes"] = ["s1.nii.gz: value 10 (...) looks merged", "s2.nii.gz: the same"]
         (folders[name] / "source_test.json").write_text(json.dumps(record))
     out = tmp_path / "out"
     assert main(["compare", str(folders["a"]), str(folders["b"]), "--out", str(out)]) == 0
@@ -258,6 +260,7 @@ def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_
     assert err == [
         "note: A and B scored different datasets: /data/one and /data/two",
         "note: 1 subjects only in A are left out: s5",
+        "note: B's evaluation warned: s1.nii.gz: value 10 (...) looks merged (and 1 more)",
     ]
     source = json.loads((out / "source_test.json").read_text())
     assert source["notes"] == [line.removeprefix("note: ") for line in err]

@@ -285,7 +285,8 @@ def compare_evaluations(
     subjects paired and unpaired, notes), atomically.
 
     Notes (logged, returned, recorded): the two evaluations scored different datasets or used
-    another surface tolerance, or some subjects are in one only. ConfigError for the same folder
+    another surface tolerance, some subjects are in one only, or an evaluation recorded
+    warnings of its own (its ``source_<split>.json`` ``notes``: the first, and how many more). ConfigError for the same folder
     twice or an ``out_dir`` that is a file; DataError for a missing or unreadable table or no
     pair in common.
     """
@@ -307,6 +308,11 @@ def compare_evaluations(
         if only:
             shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
             notes.append(f"{len(only)} subjects only in {side} are left out: {shown}")
+    for side, source in (("A", source_a), ("B", source_b)):  # what each evaluation warned of
+        warned = [str(n) for n in source.get("notes") or []]
+        if warned:
+            more = f" (and {len(warned) - 1} more)" if len(warned) > 1 else ""
+            notes.append(f"{side}'s evaluation warned: {warned[0]}{more}")
     for note in notes:
         log.warning("comparison: %s", note)
     csv = out_dir / f"comparison_{split}.csv"
