@@ -157,7 +157,7 @@ class PatchStrategy:
 
         Held throughout: the int16 CT and uint8 labels (and a copy of each for reorientation),
         the HU volume, the score sums (one float per active label value) and weights on the
-        padded model grid. Then the larger of a batch (input, logits, the network's skips and
+        padded model grid, and where padded the mask of the CT's voxels. Then the larger of a batch (input, logits, the network's skips and
         working maps, the buffers of a few z slices of a window) and the way back
         (``to_grid``: about ``SLAB_VALUES`` values a slab, each model voxel's winner, the
         labels' z-first copy). ``spacing_mm`` None: the CT's grid is the model's.
@@ -168,6 +168,8 @@ class PatchStrategy:
         voxels = math.prod(padded)
         a = len(self.predictor.active)
         held = x * y * z * 6 + voxels * 4 * (a + 2)
+        if padded != list(grid):  # the mask of the CT's voxels in the padded volume (bool)
+            held += voxels
         resample = x * y * CT_SLAB * 4 * 3
         value_bytes = 2 if self.amp is not None else 4
         batch_terms = 0
