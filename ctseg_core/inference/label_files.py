@@ -177,6 +177,16 @@ def write_label_files(
     return slicer_path, itk_path
 
 
+def _label_file(labels_path: str | Path) -> tuple[Path, list[LabelEntry]] | None:
+    """(path, entries) of the label file beside a prediction: its 3D Slicer table, else its
+    ITK-SNAP file; None when neither is there."""
+    for path, read in zip(label_file_paths(labels_path), (read_slicer_ctbl, read_itksnap_labels),
+                          strict=True):  # fmt: skip
+        if path.is_file():
+            return path, read(path)
+    return None
+
+
 def merges_named(labels_path: str | Path) -> list[str]:
     """The merges (``labels.MERGES``) a prediction holds, as the label file written beside it
     says (``write_label_files``: ``ctseg predict`` names a merged run's value by its merge).
@@ -186,22 +196,21 @@ def merges_named(labels_path: str | Path) -> list[str]:
     structure). DataError, one line, for a malformed file or a merge named at another value
     than the one ctseg writes it with (its first member's).
     """
-    for path, read in zip(label_file_paths(labels_path), (read_slicer_ctbl, read_itksnap_labels),
-                          strict=True):  # fmt: skip
-        if not path.is_file():
+    found = _label_file(labels_path)
+    if found is None:
+        return []
+    path, entries = found
+    merges = []
+    for entry in entries:
+        if entry.name not in MERGES:
             continue
-        merges = []
-        for entry in read(path):
-            if entry.name not in MERGES:
-                continue
-            if entry.value != value_of(entry.name):
-                raise DataError(
-                    f"{path} names value {entry.value} {entry.name!r}, which ctseg writes with "
-                    f"value {value_of(entry.name)}; correct the file or remove it"
-                )
-            merges.append(entry.name)
-        return merges
-    return []
+        if entry.value != value_of(entry.name):
+            raise DataError(
+                f"{path} names value {entry.value} {entry.name!r}, which ctseg writes with "
+                f"value {value_of(entry.name)}; correct the file or remove it"
+            )
+        merges.append(entry.name)
+    return merges
 
 
 def unnamed_merge_notes(labels_path: str | Path, rows: Iterable[Mapping]) -> list[str]:
@@ -214,12 +223,8 @@ def unnamed_merge_notes(labels_path: str | Path, rows: Iterable[Mapping]) -> lis
     ``rows``: the subject's scored rows (``evaluation.evaluate.subject_rows``: one per
     annotated structure, with ``structure``, ``pred_volume_ml`` and ``ref_volume_ml``). A value
     a label file beside the prediction lists, under any name, is not questioned."""
-    listed = set()
-    for path, read in zip(label_file_paths(labels_path), (read_slicer_ctbl, read_itksnap_labels),
-                          strict=True):  # fmt: skip
-        if path.is_file():
-            listed = {entry.value for entry in read(path)}
-            break
+    found = _label_file(labels_path)
+    listed = {entry.value for entry in found[1]} if found is not None else set()
     predicted = {r["structure"]: r["pred_volume_ml"] > 0 for r in rows}
     in_reference = {r["structure"]: r["ref_volume_ml"] > 0 for r in rows}
     notes = []

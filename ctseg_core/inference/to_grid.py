@@ -175,11 +175,11 @@ def labels_on_grid(scores: torch.Tensor, shape: Sequence[int], active: torch.Ten
     labels = np.empty((z_out, x_out, y_out), dtype=np.uint8)  # z first: slabs written whole
     device = scores.device
     lut = active.to(device=device, dtype=torch.uint8)
-    # every model voxel's winner once (a slab's model slices are shared with the next slab's)
-    winners = None if (x_in, y_in) == (x_out, y_out) else scores.argmax(dim=3)
     zw = linear_weights(z_in, z_out, device)
     x, y = _Axis(x_in, x_out, device), _Axis(y_in, y_out, device)
     same_plane = (x_in, y_in) == (x_out, y_out)
+    # every model voxel's winner once (a slab's model slices are shared with the next slab's)
+    winners = None if same_plane else scores.argmax(dim=3)
     per_slice = max(8 * x_out * y_out, 3 * n_channels * x_in * y_in * max(1.0, z_in / z_out))
     slab = max(1, int(SLAB_VALUES // per_slice))
     for start in range(0, z_out, slab):
