@@ -92,19 +92,30 @@ def new_app():
     return _new_app
 
 
-def _evaluate_folder(folder, split: str = "test", report: bool = False):
+def _choose_folder(folder):
     at = _new_app("evaluate")
     at.run()
     at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
     at.run()
     at.text_input(key="ctseg_eval_folder").set_value(str(folder))
     at.run()
+    return at
+
+
+def _evaluate_folder(folder, split: str = "test", report: bool = False):
+    at = _choose_folder(folder)
     at.selectbox(key="ctseg_eval_split").set_value(split)
     if report:
         at.toggle(key="ctseg_eval_report").set_value(True)
     at.button(key="ctseg_eval_go").click()
     at.run()
     return at
+
+
+@pytest.fixture
+def choose_folder():
+    """choose_folder(folder): the Evaluate page with a predictions folder chosen, not scored."""
+    return _choose_folder
 
 
 @pytest.fixture

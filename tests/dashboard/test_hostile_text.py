@@ -101,18 +101,13 @@ def test_explore_shows_a_hostile_subject_and_folder_as_text(hostile_env, tmp_pat
     assert_plain(at, RED, FOLDER)
 
 
-def test_evaluate_shows_hostile_folders_and_subjects_as_text(hostile_env, tmp_path, new_app):
+def test_evaluate_shows_hostile_folders_and_subjects_as_text(hostile_env, tmp_path, choose_folder):
     import nibabel as nib
 
     from ctseg_core.data.cache import open_cached
 
     missing = tmp_path / "missing" / FOLDER
-    at = new_app("evaluate")
-    at.run()
-    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
-    at.run()
-    at.text_input(key="ctseg_eval_folder").set_value(str(missing))
-    at.run()
+    at = choose_folder(missing)
     assert [as_shown(e.value) for e in at.error] == [
         f"evaluation: {missing} is not a folder; give the folder holding <id>.nii.gz files"
     ]

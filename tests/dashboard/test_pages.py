@@ -300,18 +300,8 @@ def test_evaluate_ranks_the_structures_of_the_split_and_opens_the_worst_case(
     assert at.toggle(key="ctseg_explore_zoom_on").label == f"Zoom to {structure}"
 
 
-def _choose_folder(new_app, folder):
-    at = new_app("evaluate")
-    at.run()
-    at.segmented_control(key="ctseg_eval_kind").set_value("a predictions folder (<id>.nii.gz)")
-    at.run()
-    at.text_input(key="ctseg_eval_folder").set_value(str(folder))
-    at.run()
-    return at
-
-
 def test_evaluate_scores_the_subjects_a_folder_has_on_a_split_or_all(
-    app_env, tmp_path, new_app, no_problems
+    app_env, tmp_path, choose_folder, no_problems
 ):
     """A folder with predictions of some subjects (TotalSegmentator run on one CT, say) is
     scored on those, of one split or of all; no dead end."""
@@ -319,7 +309,7 @@ def test_evaluate_scores_the_subjects_a_folder_has_on_a_split_or_all(
     train = index.subjects_in("train")
     have = train[:2]
     _write_reference_predictions(app_env, tmp_path / "preds", have)
-    at = _choose_folder(new_app, tmp_path / "preds")
+    at = choose_folder(tmp_path / "preds")
     assert at.selectbox(key="ctseg_eval_split").options[-1] == "all"
     at.selectbox(key="ctseg_eval_split").set_value("test")
     at.run()
@@ -363,13 +353,15 @@ def test_evaluate_scores_the_subjects_a_folder_has_on_a_split_or_all(
     assert not [i for i in at.info if "the last results" in i.value]
 
 
-def test_evaluate_lists_the_subjects_it_could_not_score(app_env, tmp_path, new_app, no_problems):
+def test_evaluate_lists_the_subjects_it_could_not_score(
+    app_env, tmp_path, choose_folder, no_problems
+):
     index = open_dataset(app_env["data"])
     train = index.subjects_in("train")
     folder = tmp_path / "preds"
     _write_reference_predictions(app_env, folder, train[:2])
     (folder / f"{train[2]}.nii.gz").write_bytes(b"\x1f\x8b" + b"\0" * 100)  # cut short
-    at = _choose_folder(new_app, folder)
+    at = choose_folder(folder)
     at.selectbox(key="ctseg_eval_split").set_value("train")
     at.run()
     assert at.multiselect(key="ctseg_eval_subjects").value == train[:3]
