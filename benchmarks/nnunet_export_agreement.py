@@ -95,7 +95,8 @@ def main() -> None:
             use_mirroring=False,
         )  # fmt: skip
         theirs_predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
-        ours_predictor = Predictor([args.run / "best.pth"], device="cpu")
+        # the whole CT, as nnU-Net's predictor (ctseg's default labels the body's box only)
+        ours_predictor = Predictor([args.run / "best.pth"], device="cpu", body_crop=False)
         ours_predictor.strategy.amp = None  # float32, as nnU-Net on a CPU
         print(f"run {args.run}; data {root}; split {args.split}; {args.threads} threads")
         rows = []

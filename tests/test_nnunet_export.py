@@ -78,8 +78,9 @@ def nnunet_labels(model_dir, ct_path, out_dir):
 
 
 def ctseg_labels(run, ct_path):
-    """ctseg's own prediction, float32 as nnU-Net's on a CPU (no bf16 autocast)."""
-    predictor = Predictor([run / "best.pth"], device="cpu")
+    """ctseg's own prediction, float32 as nnU-Net's on a CPU (no bf16 autocast), over the
+    whole CT as nnU-Net's (no body box)."""
+    predictor = Predictor([run / "best.pth"], device="cpu", body_crop=False)
     predictor.strategy.amp = None
     return predictor.predict(load_ct(ct_path))
 
@@ -189,7 +190,7 @@ def test_nnunet_predictor_labels_a_ct_smaller_than_a_patch_as_ctseg_does(tmp_pat
             save_checkpoint(run / "best.pth", model, config=cfg)
         model_dir = export_nnunet(run, tmp_path / f"model_{padding}")
         theirs = nnunet_labels(model_dir, ct_path, tmp_path / f"pred_{padding}")
-        predictor = Predictor([run / "best.pth"], device="cpu")
+        predictor = Predictor([run / "best.pth"], device="cpu", body_crop=False)  # as nnU-Net
         predictor.strategy.amp = None  # float32, as nnU-Net's on a CPU
         ours = predictor.predict(ct)
         assert theirs.shape == ours.shape == (23, 19, 9)

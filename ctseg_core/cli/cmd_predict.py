@@ -53,6 +53,10 @@ def register(subparsers) -> None:
         help="3D models: the share of a patch neighbouring windows share (default 0.5)",
     )  # fmt: skip
     p.add_argument(
+        "--no-body-crop", action="store_true",
+        help="3D models: run the windows over the whole CT, not only the box around the body",
+    )  # fmt: skip
+    p.add_argument(
         "--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1"
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (atomically)")
@@ -131,6 +135,7 @@ def run_predict(args) -> int:
             batch_slices=args.batch_slices, device=args.device, progress=progress,
             overwrite=args.overwrite, statistics=args.statistics,
             resample_uneven=args.resample_uneven, overlap=args.overlap,
+            body_crop=not args.no_body_crop,
         )  # fmt: skip
     finally:
         bar.close()

@@ -143,6 +143,7 @@ def predict_file(
     resample_uneven: bool = False,
     overlap: float = 0.5,
     model: str | Path | None = None,
+    body_crop: bool = True,
 ) -> dict:
     """Predict a CT file or DICOM series folder and write the results beside ``out_path``.
 
@@ -152,7 +153,8 @@ def predict_file(
     that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT too large
     for memory (before reading it when its header tells the size). A DICOM series with missing
     slices or uneven spacing is refused unless ``resample_uneven`` (then the warnings say so).
-    ``overlap``: the share of a patch neighbouring windows share (volumetric models).
+    ``overlap``: the share of a patch neighbouring windows share (volumetric models);
+    ``body_crop``: they label only the box around the body (``Predictor``).
     ``model``: an nnU-Net model folder (or TotalSegmentator's results folder) instead of
     ``checkpoints`` (``nnunet.model``; ``tta`` is then its mirroring). A model with labels
     outside TotalSegmentator's writes its own values and ``OUT_labels.json`` (value -> name)
@@ -189,9 +191,8 @@ def predict_file(
             return _predict_own_labels(predictor, ct_path, out_path, resample_uneven, progress,
                                        start)  # fmt: skip
     else:
-        predictor = Predictor(
-            checkpoints, device=device, batch_slices=batch_slices, tta=tta, overlap=overlap
-        )
+        predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta,
+                              overlap=overlap, body_crop=body_crop)  # fmt: skip
     if ct_path.is_file():
         try:
             header = nib.load(str(ct_path)).header

@@ -1,6 +1,7 @@
 """Sliding-window inference for volumetric models: the "patches" strategy.
 
-The canonical CT (X, Y, Z) int16 HU is resampled (trilinear) to the model's ``data.spacing_mm``
+``label`` first narrows the CT to the box around the body (``body_box``, unless
+``predictor.body_crop`` is off; the rest is background); then the canonical CT (X, Y, Z) int16 HU is resampled (trilinear) to the model's ``data.spacing_mm``
 (None: kept), padded (centred) to at least one patch, and cut into ``data.patch_size``
 windows overlapping by ``overlap`` (nnU-Net's placement: as few windows as that overlap allows,
 spread evenly from edge to edge). Each window's logits are weighted by a Gaussian (sigma =
@@ -43,6 +44,7 @@ from ..labels import lr_swap_lut, mirror_partners_present
 from ..models.head import channel_label_values
 from ..models.nnunet import architecture, keep_channels_last
 from ..settings import max_voxels
+from .body_box import body_box
 from .to_grid import SLAB_VALUES, labels_on_grid
 
 #: values of a window's output copied at once (z slices, all channels): probabilities, mirrors
@@ -308,10 +310,28 @@ class PatchStrategy:
               progress: Callable[[int, int, str], None] | None,
               spacing_mm: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
         """(X, Y, Z) int16 HU at ``spacing_mm`` -> (X, Y, Z) uint8 labels; ``batch`` patches
-        per forward pass; ``progress(done_patches, total_patches, "patches")`` after each batch."""
-        scores = self.scores(ct_xyz, batch, spacing_mm, progress)
+        per forward pass; ``progress(done_patches, total_patches, "patches")`` after each batch.
+        With ``predictor.body_crop`` only the box around the body is labelled (``body_box``),
+        the rest is background."""
+        box = self.body_box(ct_xyz, spacing_mm) if self.predictor.body_crop else None
+        part = ct_xyz if box is None else ct_xyz[box]
+        scores = self.scores(part, batch, spacing_mm, progress)
         active = torch.tensor(self.predictor.active, dtype=torch.int64)
-        return labels_on_grid(scores, ct_xyz.shape, active)
+        labels = labels_on_grid(scores, part.shape, active)
+        if box is None:
+            return labels
+        whole = np.zeros(ct_xyz.shape, dtype=np.uint8)
+        whole[box] = labels
+        return whole
+
+    def body_box(self, ct_xyz: np.ndarray,
+                 spacing_mm: Sequence[float] | None) -> tuple[slice, ...] | None:  # fmt: skip
+        """The CT's box around the body, at least a patch wide (``body_box.body_box``); None:
+        the whole CT."""
+        ct_spacing = tuple(spacing_mm) if spacing_mm is not None else (1.0, 1.0, 1.0)
+        model_spacing = self.spacing if self.spacing is not None else ct_spacing
+        extent_mm = [p * float(s) for p, s in zip(self.patch, model_spacing, strict=True)]
+        return body_box(ct_xyz, ct_spacing, extent_mm)
 
 
 def _z_rows(logits: torch.Tensor, z0: int, z1: int, shift: int) -> torch.Tensor:

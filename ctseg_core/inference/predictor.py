@@ -75,10 +75,13 @@ class Predictor:
     shifted copies, because mirroring a model that never saw a mirrored body would mislabel sides.
     ``device`` "auto" runs on a GPU when there is one (the dashboard's server included).
     ``overlap``: the share of a patch that neighbouring windows share (volumetric models).
+    ``body_crop``: volumetric models label only the box around the body, at least a patch wide
+    (``inference.body_box``; the rest is background); False: the whole CT, as nnU-Net does.
     """
 
     def __init__(self, checkpoints: Sequence[str | Path], device: str | torch.device = "auto",
-                 batch_slices: int = 8, tta: bool = False, overlap: float = 0.5) -> None:  # fmt: skip
+                 batch_slices: int = 8, tta: bool = False, overlap: float = 0.5,
+                 body_crop: bool = True) -> None:  # fmt: skip
         from ..models.checkpoint import load_model
 
         if isinstance(checkpoints, str | Path):
@@ -90,6 +93,7 @@ class Predictor:
         if not 0.0 <= overlap < 1.0:
             raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
         self.overlap = float(overlap)
+        self.body_crop = bool(body_crop)
         self.device = resolve_device(device)
         self.batch_slices, self.tta = int(batch_slices), bool(tta)
         self.members: list[_Member] = []

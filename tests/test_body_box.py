@@ -1,0 +1,118 @@
+"""The box around the body: where a volumetric model's windows go, and labels unchanged by it."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ctseg_core.cli import main as cli_main
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.inference.body_box import body_box
+from ctseg_core.inference.predictor import Predictor
+from ctseg_core.labels import value_of
+from ctseg_core.models import build_model, register
+from ctseg_core.models.checkpoint import save_checkpoint
+
+AIR = -1024
+
+
+def _ct(shape, block, value=40):
+    ct = np.full(shape, AIR, dtype=np.int16)
+    ct[block] = value
+    return ct
+
+
+def test_the_box_is_the_body_widened_by_the_margin_in_mm():
+    ct = _ct((100, 80, 60), (slice(30, 60), slice(20, 50), slice(10, 40)))
+    # 2 x 1 x 3 mm voxels, a 10 mm margin: 5, 10 and 4 voxels (ceil) on each side
+    box = body_box(ct, (2.0, 1.0, 3.0), (0, 0, 0), margin_mm=10)
+    assert box == (slice(25, 65), slice(10, 60), slice(6, 44))
+
+
+def test_the_box_is_at_least_a_patch_around_the_bodys_centre_and_inside_the_ct():
+    ct = _ct((100, 80, 60), (slice(45, 55), slice(2, 8), slice(50, 60)))
+    box = body_box(ct, (1.0, 1.0, 1.0), (40, 30, 20), margin_mm=1)
+    # x: 44..56 widened to 40 voxels around its centre; y: 1..9 -> 30 voxels from the edge;
+    # z: 49..60 -> 20 voxels ending at the last slice
+    assert box == (slice(30, 70), slice(0, 30), slice(40, 60))
+    # a patch larger than the CT: the CT's whole extent along that axis
+    assert body_box(ct, (1.0, 1.0, 1.0), (40, 300, 20), margin_mm=1)[1] == slice(0, 80)
+
+
+def test_no_box_where_the_body_fills_the_ct_or_there_is_none():
+    spacing, patch = (1.0, 1.0, 1.0), (8, 8, 8)
+    assert body_box(_ct((40, 40, 20), (slice(1, 39), slice(0, 40), slice(0, 20))), spacing,
+                    patch, margin_mm=2) is None  # fmt: skip
+    assert body_box(np.full((40, 40, 20), AIR, dtype=np.int16), spacing, patch) is None
+    # lung-like voxels (-800 HU) alone are not body
+    assert body_box(_ct((40, 40, 20), (slice(5, 9),) * 3, value=-800), spacing, patch) is None
+
+
+class DenseNet3D(nn.Module):
+    """Labels each voxel from its own intensity alone: liver (channel 1) where the input is
+    above 0.2, the background elsewhere, so every window gives a voxel the same logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        liver = 8 * (x - 0.2)
+        rest = torch.full_like(x, -10.0).expand(-1, 4, -1, -1, -1)
+        return torch.cat([torch.zeros_like(x), liver, rest], dim=1)
+
+
+register("test_dense3d", spatial_dims=3, inference="patches")(lambda cfg: DenseNet3D())
+
+
+def _dense_checkpoint(path, spacing):
+    cfg = RunConfig(
+        data=DataConfig(patch_size=(32, 32, 16), spacing_mm=spacing,
+                        structures=["liver", "spleen", "kidney_right", "kidney_left", "aorta"]),
+        model=ModelConfig(name="test_dense3d"),
+    )  # fmt: skip
+    return save_checkpoint(path, build_model(cfg.model), config=cfg)
+
+
+@pytest.fixture
+def padded_subject(s0000_root, tmp_path):
+    """s0000's real CT (3 mm) in a field of view 60 voxels wider of air on each side of x and y."""
+    img = nib.as_closest_canonical(nib.load(s0000_root / "s0000" / "ct.nii.gz"))
+    ct = np.asarray(img.dataobj).astype(np.int16)
+    padded = np.pad(ct, ((60, 60), (60, 60), (0, 0)), constant_values=AIR)
+    spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
+    path = tmp_path / "wide.nii.gz"
+    nib.save(nib.Nifti1Image(padded, img.affine), path)
+    return padded, spacing, path
+
+
+def test_labels_on_the_box_equal_those_of_the_whole_ct_with_fewer_windows(padded_subject, tmp_path):
+    """A model that labels each voxel from itself: the box changes where the windows fall,
+    not a label, and the air around the body is background either way."""
+    ct, spacing, _ = padded_subject
+    ckpt = _dense_checkpoint(tmp_path / "dense.pth", spacing)
+    counts, labels = {}, {}
+    for crop in (True, False):
+        predictor = Predictor([ckpt], device="cpu", batch_slices=2, body_crop=crop)
+        seen: list[int] = []
+        labels[crop] = predictor.predict(ct, spacing_mm=spacing,
+                                         progress=lambda d, n, u, seen=seen: seen.append(n))  # fmt: skip
+        counts[crop] = seen[-1]
+    box = Predictor([ckpt], device="cpu").strategy.body_box(ct, spacing)
+    assert box is not None and box[0].stop - box[0].start < ct.shape[0] - 100
+    assert counts[True] < counts[False]
+    np.testing.assert_array_equal(labels[True], labels[False])
+    assert 1000 < (labels[True] == value_of("liver")).sum() < ct.size / 2
+
+
+def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path, capsys):
+    """``ctseg predict`` on a 3D model writes labels on the whole CT's grid both ways."""
+    ct, spacing, path = padded_subject
+    ckpt = _dense_checkpoint(tmp_path / "dense.pth", spacing)
+    written = {}
+    for flag in ([], ["--no-body-crop"]):
+        out = tmp_path / f"out{len(flag)}.nii.gz"
+        assert cli_main(["predict", "--ct", str(path), "--checkpoint", str(ckpt), "--out",
+                         str(out), "--device", "cpu", *flag]) == 0  # fmt: skip
+        written[len(flag)] = np.asarray(nib.load(out).dataobj)
+    assert written[0].shape == ct.shape
+    np.testing.assert_array_equal(written[0], written[1])
