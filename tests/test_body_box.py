@@ -10,6 +10,7 @@ from torch import nn
 
 from ctseg_core.cli import main as cli_main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.errors import CtsegError
 from ctseg_core.inference.body_box import body_box
 from ctseg_core.inference.predictor import Predictor
 from ctseg_core.labels import value_of
@@ -42,6 +43,16 @@ def test_the_box_is_at_least_a_patch_around_the_bodys_centre_and_inside_the_ct()
     assert body_box(ct, (1.0, 1.0, 1.0), (40, 300, 20), margin_mm=1)[1] == slice(0, 80)
 
 
+def test_nan_counts_as_air():
+    ct = _ct((40, 40, 20), (slice(10, 20), slice(10, 20), slice(5, 10))).astype(np.float32)
+    ct[:3] = np.nan  # a float CT's outside of the reconstruction circle
+    ct[15, 15, :] = np.nan  # and a whole column through the body
+    assert body_box(ct, (1.0, 1.0, 1.0), (0, 0, 0), margin_mm=2) == (
+        slice(8, 22), slice(8, 22), slice(3, 12),
+    )  # fmt: skip
+    assert body_box(np.full((8, 8, 8), np.nan), (1.0, 1.0, 1.0), (0, 0, 0)) is None
+
+
 def test_no_box_where_the_body_fills_the_ct_or_there_is_none():
     spacing, patch = (1.0, 1.0, 1.0), (8, 8, 8)
     assert body_box(_ct((40, 40, 20), (slice(1, 39), slice(0, 40), slice(0, 20))), spacing,
@@ -61,14 +72,25 @@ class DenseNet3D(nn.Module):
         return torch.cat([torch.zeros_like(x), liver, rest], dim=1)
 
 
+class WindowSideNet3D(DenseNet3D):
+    """DenseNet3D's liver only in the first half of each window along x: its labels show
+    where the windows fell."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        out[:, 1, x.shape[2] // 2 :] = -10.0
+        return out
+
+
 register("test_dense3d", spatial_dims=3, inference="patches")(lambda cfg: DenseNet3D())
+register("test_window_side3d", spatial_dims=3, inference="patches")(lambda cfg: WindowSideNet3D())
 
 
-def _dense_checkpoint(path, spacing):
+def _dense_checkpoint(path, spacing, name="test_dense3d"):
     cfg = RunConfig(
         data=DataConfig(patch_size=(32, 32, 16), spacing_mm=spacing,
                         structures=["liver", "spleen", "kidney_right", "kidney_left", "aorta"]),
-        model=ModelConfig(name="test_dense3d"),
+        model=ModelConfig(name=name),
     )  # fmt: skip
     return save_checkpoint(path, build_model(cfg.model), config=cfg)
 
@@ -102,17 +124,23 @@ def test_labels_on_the_box_equal_those_of_the_whole_ct_with_fewer_windows(padded
     assert counts[True] < counts[False]
     np.testing.assert_array_equal(labels[True], labels[False])
     assert 1000 < (labels[True] == value_of("liver")).sum() < ct.size / 2
+    with pytest.raises(CtsegError, match=r"spacing \(0.0, 3.0, 3.0\) mm must be > 0"):
+        Predictor([ckpt], device="cpu").predict(ct, spacing_mm=(0.0, 3.0, 3.0))
 
 
-def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path, capsys):
-    """``ctseg predict`` on a 3D model writes labels on the whole CT's grid both ways."""
+def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path):
+    """``ctseg predict`` on a 3D model labels the box by default and the whole CT with
+    ``--no-body-crop``: a model whose labels show where its windows fell gives each file the
+    labels of the matching Predictor, on the whole CT's grid."""
     ct, spacing, path = padded_subject
-    ckpt = _dense_checkpoint(tmp_path / "dense.pth", spacing)
-    written = {}
-    for flag in ([], ["--no-body-crop"]):
-        out = tmp_path / f"out{len(flag)}.nii.gz"
+    ckpt = _dense_checkpoint(tmp_path / "side.pth", spacing, name="test_window_side3d")
+    expected = {}
+    for crop, flag in ((True, []), (False, ["--no-body-crop"])):
+        out = tmp_path / f"out_{crop}.nii.gz"
         assert cli_main(["predict", "--ct", str(path), "--checkpoint", str(ckpt), "--out",
                          str(out), "--device", "cpu", *flag]) == 0  # fmt: skip
-        written[len(flag)] = np.asarray(nib.load(out).dataobj)
-    assert written[0].shape == ct.shape
-    np.testing.assert_array_equal(written[0], written[1])
+        expected[crop] = Predictor([ckpt], device="cpu", body_crop=crop).predict(
+            ct, spacing_mm=spacing
+        )
+        np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), expected[crop])
+    assert (expected[True] != expected[False]).sum() > 1000  # the windows fell elsewhere

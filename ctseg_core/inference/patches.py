@@ -1,23 +1,23 @@
 """Sliding-window inference for volumetric models: the "patches" strategy.
 
 ``label`` first narrows the CT to the box around the body (``body_box``, unless
-``predictor.body_crop`` is off; the rest is background); then the canonical CT (X, Y, Z) int16 HU is resampled (trilinear) to the model's ``data.spacing_mm``
-(None: kept), padded (centred) to at least one patch, and cut into ``data.patch_size``
-windows overlapping by ``overlap`` (nnU-Net's placement: as few windows as that overlap allows,
-spread evenly from edge to edge). Each window's logits are weighted by a Gaussian (sigma =
-patch / 8, as nnU-Net) and summed, per label value the model predicts only, at the model's
-spacing; each voxel's sum is divided by its sum of weights. Test-time augmentation and ensemble
-members add further weighted passes. Logits are averaged as nnU-Net averages windows, mirrors
-and folds, and it costs one pass over a window's output (for a 512 x 512 x 300 CT on 2 cores,
-~1.4 s beside the forwards, against ~8.4 s with a softmax first: benchmarks/inference_3d.py); class
-probabilities are averaged instead where logits do not compare: a sigmoid member, or a pass
-without a channel for some active value, which then counts as probability 0 (``Predictor``
-refuses ensembles of different structures, and ``augmentations`` mirrors only models whose
-lateral structures have their partners, so a softmax model's passes always have one). The
-padding holds each member's
-``data.patches.pad_value`` after its normalisation (``data.padding``: air, or nnU-Net's
-normalised 0), as the member was trained. The scores go back to the CT's own grid a slab of
-slices at a time (``to_grid.labels_on_grid``), where their argmax gives the labels.
+``predictor.body_crop`` is off; the rest is background). Then the canonical CT (X, Y, Z) int16 HU
+is resampled (trilinear) to the model's ``data.spacing_mm`` (None: kept), padded (centred) to at
+least one patch, and cut into ``data.patch_size`` windows overlapping by ``overlap`` (nnU-Net's
+placement: as few windows as that overlap allows, spread evenly from edge to edge). Each window's
+logits are weighted by a Gaussian (sigma = patch / 8, as nnU-Net) and summed, per label value the
+model predicts only, at the model's spacing; each voxel's sum is divided by its sum of weights.
+Test-time augmentation and ensemble members add further weighted passes. Logits are averaged as
+nnU-Net averages windows, mirrors and folds, and it costs one pass over a window's output (for a
+512 x 512 x 300 CT on 2 cores, ~1.4 s beside the forwards, against ~8.4 s with a softmax first:
+benchmarks/inference_3d.py); class probabilities are averaged instead where logits do not compare:
+a sigmoid member, or a pass without a channel for some active value, which then counts as
+probability 0 (``Predictor`` refuses ensembles of different structures, and ``augmentations``
+mirrors only models whose lateral structures have their partners, so a softmax model's passes
+always have one). The padding holds each member's ``data.patches.pad_value`` after its
+normalisation (``data.padding``: air, or nnU-Net's normalised 0), as the member was trained. The
+scores go back to the CT's own grid a slab of slices at a time (``to_grid.labels_on_grid``), where
+their argmax gives the labels.
 
 Logits are added from the network's bf16 output a slab of slices at a time (mixed-precision
 ``addcmul_``: on a CPU PyTorch converts each 16 MB slab to float32 first, on CUDA it casts on
@@ -313,6 +313,7 @@ class PatchStrategy:
         per forward pass; ``progress(done_patches, total_patches, "patches")`` after each batch.
         With ``predictor.body_crop`` only the box around the body is labelled (``body_box``),
         the rest is background."""
+        self.model_grid(ct_xyz.shape, spacing_mm)  # the spacing's one-line errors first
         box = self.body_box(ct_xyz, spacing_mm) if self.predictor.body_crop else None
         part = ct_xyz if box is None else ct_xyz[box]
         scores = self.scores(part, batch, spacing_mm, progress)

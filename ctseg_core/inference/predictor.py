@@ -177,11 +177,14 @@ def predict_volume(
     device: str | torch.device = "auto",
     progress: Callable[[int, int, str], None] | None = None,
     memory_limit_bytes: int | None = None,
+    body_crop: bool = True,
 ) -> np.ndarray:
     """Label a canonical CT with one checkpoint or an ensemble: (X, Y, Z) uint8 values 0..117.
 
-    See :class:`Predictor` (load once, predict many) for TTA and ensemble details. Raises
-    CtsegError when the CT would not fit in memory (the estimate and the limit in the message).
+    See :class:`Predictor` (load once, predict many) for TTA, ensemble and ``body_crop``
+    details. Raises CtsegError when the CT would not fit in memory (the estimate and the limit
+    in the message).
     """
-    predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta)
+    predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta,
+                          body_crop=body_crop)  # fmt: skip
     return predictor.predict(ct, progress=progress, memory_limit_bytes=memory_limit_bytes)
