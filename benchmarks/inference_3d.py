@@ -70,10 +70,11 @@ with AMX, 2 quiet vCPUs: with the box 32.5 s untrained (box + windows 11.8 s, wa
 2.10x the whole CT's). Realistic: way back 2.7 s on the box, 4.5 s on the whole CT (the
 straightforward way ~73 s, 16.2x), so ~14.5 s with the box, ~23.9 s without. Goal under 20 s:
 met in the realistic case with the body box (the default); not met untrained (its way back is
-the worst case) or without the box. The saving is this synthetic body's, which has no couch: a
-couch or arms beside the body widen the box (they are above -500 HU), and a CT's body spans
-every slice, so z rarely narrows. The real s0001 (/work/shared/data, 512 x 512 at 0.98 mm, with
-a couch) keeps 512 x 363 voxels of its plane: no window saved at 3 mm with these patches.
+the worst case) or without the box. The saving is this synthetic body's: arms beside the body
+widen the box along x, a couch touching the body along y (one apart from it is left out,
+``body_box.without_couch``), and a CT's body spans every slice, so z rarely narrows. The real
+s0001 (../shared/data, 512 x 512 x 20 at 0.98 mm, on a couch, arms beside the body) keeps
+512 x 345 voxels of its plane: 2 windows at 3 mm instead of 4, the same saving along y as here.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from torch import nn
 
 from ctseg_core.cli import main as cli_main
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+from ctseg_core.data.resample import grid_shape
 from ctseg_core.errors import CtsegError
 from ctseg_core.inference.body_box import body_box
 from ctseg_core.inference.predictor import Predictor
@@ -60,6 +61,49 @@ def test_no_box_where_the_body_fills_the_ct_or_there_is_none():
     assert body_box(np.full((40, 40, 20), AIR, dtype=np.int16), spacing, patch) is None
     # lung-like voxels (-800 HU) alone are not body
     assert body_box(_ct((40, 40, 20), (slice(5, 9),) * 3, value=-800), spacing, patch) is None
+
+
+def test_a_couch_apart_from_the_body_is_left_out_arms_beside_it_stay(padded_subject):
+    """s0000's real CT (3 mm) on a couch: a plate 3 voxels thick 6 voxels below the body, its
+    sides curved up past the body's back, and an arm apart from the body at its side."""
+    ct, spacing, _ = padded_subject
+    ct = ct.copy()
+    body = body_box(ct, spacing, (0, 0, 0), margin_mm=0)
+    (x0, x1), (y0, y1) = [(s.start, s.stop) for s in body[:2]]
+    ct[x0 - 40 : x1 + 40, y0 - 9 : y0 - 6, :] = 300  # the couch top, wider than the body
+    ct[x0 - 40 : x0 - 37, y0 - 9 : y0 + 4, :] = 300  # its sides, up past the body's back
+    ct[x1 + 37 : x1 + 40, y0 - 9 : y0 + 4, :] = 300
+    with_couch = body_box(ct, spacing, (0, 0, 0), margin_mm=0)
+    assert with_couch[:2] == (slice(x0, x1), slice(y0, y1))
+    arm = (slice(x1 + 5, x1 + 12), slice((y0 + y1) // 2, (y0 + y1) // 2 + 8), slice(0, 20))
+    ct[arm] = 40
+    assert body_box(ct, spacing, (0, 0, 0), margin_mm=0)[:2] == (
+        slice(x0, x1 + 12), slice(y0, y1),
+    )  # fmt: skip
+    # a couch touching the body is kept: the box grows, it never loses the body
+    ct[x0 - 40 : x1 + 40, y0 - 6 : y0 + 4, :] = 300  # up into the body's back
+    assert body_box(ct, spacing, (0, 0, 0), margin_mm=0)[1] == slice(y0 - 9, y1)
+
+
+def test_the_real_s0001_box_leaves_out_its_couch_and_keeps_every_structure(sample_root):
+    """s0001 (512 x 512 x 20 at 0.98 x 0.98 x 2 mm, supine on a couch): its box at 3 mm with
+    112 x 112 x 128 patches needs one window along y (two over the whole CT), and holds every
+    voxel of its 117 reference masks."""
+    subject = sample_root / "s0001"
+    img = nib.as_closest_canonical(nib.load(subject / "ct.nii.gz"))
+    ct = np.asarray(img.dataobj)
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    box = body_box(ct, spacing, (336.0, 336.0, 384.0))
+    assert box == (slice(0, 512), slice(50, 395), slice(0, 20))
+    assert grid_shape([s.stop - s.start for s in box], spacing, (3.0, 3.0, 3.0))[1] == 112
+    inside = np.zeros(ct.shape, dtype=bool)
+    inside[box] = True
+    structures = 0
+    for path in sorted((subject / "segmentations").glob("*.nii.gz")):
+        mask = np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj) > 0
+        structures += bool(mask.any())
+        assert not (mask & ~inside).any(), path.name
+    assert structures > 20
 
 
 class DenseNet3D(nn.Module):

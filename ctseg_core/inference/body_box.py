@@ -7,16 +7,18 @@ windows fall where the volume's edges put them. ``body_box`` finds the voxels de
 included, since they are enclosed by tissue), widens their box by ``MARGIN_MM`` of air on each
 side, and then to at least one patch (centred, within the CT), so that a window holds the CT's
 own air where the whole CT would have given it, never padding. Outside the box the labels are
-background. The CT couch and anything else above the threshold stay inside the box: it can only
-be too large, which costs time, not labels.
+background. A couch apart from the body is left out (``without_couch``); one touching it, and
+anything else above the threshold, stays inside the box, which can then be too large (time),
+never too small (labels).
 
-For a 512 x 512 x 300 CT at 0.8 x 0.8 x 1.5 mm and a 3 mm model with 112 x 112 x 128 patches,
-a body ~26 cm deep with no couch needs one window along y instead of two: half the windows
-(``benchmarks/inference_3d.py``, a synthetic body). A couch, or arms beside the body, can take
-that saving away: the real s0001 (tests' shared data, 512 x 512 at 0.98 mm) keeps 512 x 363
-voxels of its plane, the same windows at 3 mm, 15 instead of 25 at 1.5 mm with 128^3 patches. TotalSegmentator offers the same idea as ``--body_seg`` (a
-body model first); nnU-Net's predictor crops only to nonzero voxels, which in a CT are all of
-them, so ``nnunet.predict`` (which reproduces it) does not use the box.
+For a 512 x 512 x 300 CT at 0.8 x 0.8 x 1.5 mm and a 3 mm model with 112 x 112 x 128 patches, a
+body ~26 cm deep with no couch needs one window along y instead of two: half the windows
+(``benchmarks/inference_3d.py``, a synthetic body). The real s0001 (../shared/data, 512 x 512 x 20
+at 0.98 x 0.98 x 2 mm, supine on a couch, arms beside the body) keeps x 0-512 and y 50-395 of its
+plane without its couch (y 22-120): 2 windows instead of 4 at 3 mm (it has 20 slices).
+TotalSegmentator offers the same idea as ``--body_seg`` (a body model first); nnU-Net's predictor
+crops only to nonzero voxels, which in a CT are all of them, so ``nnunet.predict`` (which
+reproduces it) does not use the box.
 """
 
 from __future__ import annotations
@@ -48,10 +50,14 @@ def body_box(ct_xyz: np.ndarray, spacing_mm: Sequence[float], min_extent_mm: Seq
     # the densest voxel of each column and of each slice: two reductions, no copy of the CT
     # (a threshold of the whole CT would be a bool volume; 36 ms for 512 x 512 x 300 int16);
     # fmax ignores NaN (a float CT's outside of the reconstruction circle)
-    plane = np.fmax.reduce(ct_xyz, axis=2) > threshold_hu  # (X, Y)
-    along = [plane.any(axis=1), plane.any(axis=0),
-             np.fmax.reduce(np.fmax.reduce(ct_xyz, axis=0), axis=0) > threshold_hu]  # fmt: skip
-    if not all(hit.any() for hit in along):
+    plane = without_couch(np.fmax.reduce(ct_xyz, axis=2) > threshold_hu)  # (X, Y)
+    if not plane.any():
+        return None
+    along = [plane.any(axis=1), plane.any(axis=0)]
+    columns = tuple(slice(np.flatnonzero(a)[0], np.flatnonzero(a)[-1] + 1) for a in along)
+    slices = np.fmax.reduce(np.fmax.reduce(ct_xyz[columns], axis=0), axis=0)
+    along.append(slices > threshold_hu)
+    if not along[2].any():
         return None
     box = []
     for n, hit, spacing, extent in zip(shape, along, spacing_mm, min_extent_mm, strict=True):
@@ -66,3 +72,28 @@ def body_box(ct_xyz: np.ndarray, spacing_mm: Sequence[float], min_extent_mm: Seq
     if all(s.stop - s.start == n for s, n in zip(box, shape, strict=True)):
         return None
     return tuple(box)
+
+
+def without_couch(plane_xy: np.ndarray) -> np.ndarray:
+    """(X, Y) bool, the CT's voxels above the threshold projected along z, without the pieces
+    that lie beyond the body's back or front: the connected parts (8-neighbours) whose centre
+    is outside the largest part's extent along y (anterior-posterior) and whose area is under a
+    quarter of its own. A couch under a supine patient (its top curved up at the sides, its
+    base below) is such a piece where foam below -500 HU separates it from the body; arms, legs
+    and hands lie beside or on the body, within its y extent, and stay. A couch touching the
+    body stays too: the box is then larger, never smaller."""
+    from scipy import ndimage
+
+    parts, count = ndimage.label(plane_xy, structure=np.ones((3, 3), dtype=bool))
+    if count < 2:
+        return plane_xy
+    areas = np.bincount(parts.ravel())[1:]
+    body = int(np.argmax(areas)) + 1
+    y_body = np.flatnonzero((parts == body).any(axis=0))
+    centres = ndimage.center_of_mass(plane_xy, parts, range(1, count + 1))
+    beyond = [
+        k + 1
+        for k, (_, y) in enumerate(centres)
+        if not y_body[0] <= y <= y_body[-1] and areas[k] < areas[body - 1] / 4
+    ]
+    return plane_xy & ~np.isin(parts, beyond)
