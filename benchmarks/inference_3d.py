@@ -62,19 +62,19 @@ before interpolating: the same day, windows 23.1 s (MONAI 2.02x), way back 27.0 
 GB peak: the forwards' 11-15 s on these cores decide the rest.
 
 Then the Predictor labels only the box around the body (``inference.body_box``: voxels above
--500 HU, 15 mm of air beyond, at least a patch wide; ``--no-body-crop`` the whole CT, which
-this script also measures). This CT's body is 26 cm deep, so the box is 469 x 420 x 300 voxels
-(75 % of the CT) and one window covers it along y: 4 windows instead of 8. 2026-12-06, a Xeon
-with AMX, 2 quiet vCPUs: with the box 32.5 s untrained (box + windows 11.8 s, way back 20.7 s),
-2.31 GB peak; the whole CT 44.7 s (19.4 + 25.3 s); MONAI's windows 40.6 s (3.44x the box's,
-2.10x the whole CT's). Realistic: way back 2.7 s on the box, 4.5 s on the whole CT (the
-straightforward way ~73 s, 16.2x), so ~14.5 s with the box, ~23.9 s without. Goal under 20 s:
-met in the realistic case with the body box (the default); not met untrained (its way back is
-the worst case) or without the box. The saving is this synthetic body's: arms beside the body
-widen the box along x, a couch touching the body along y (one apart from it is left out,
-``body_box.without_couch``), and a CT's body spans every slice, so z rarely narrows. The real
-s0001 (../shared/data, 512 x 512 x 20 at 0.98 mm, on a couch, arms beside the body) keeps
-512 x 345 voxels of its plane: 2 windows at 3 mm instead of 4, the same saving along y as here.
+-500 HU without a couch apart from the body, 15 mm of air beyond, at least a patch wide;
+``--no-body-crop`` the whole CT, which this script also measures). This CT's body is 26 cm deep
+and lies on a couch (left out of the box), so the box is 469 x 420 x 300 voxels (75 % of the CT)
+and one window covers it along y: 4 windows instead of 8. 2026-12-06, a Xeon with AMX, 2 quiet
+vCPUs: with the box 32.1 s untrained (box + windows 11.8 s, way back 20.3 s), 2.29 GB peak; the
+whole CT 43.9 s (18.9 + 24.9 s); MONAI's windows 40.1 s (3.40x the box's, 2.12x the whole CT's).
+Realistic: way back 2.7 s on the box, 4.5 s on the whole CT (the straightforward way ~76 s,
+17.1x), so ~14.5 s with the box, ~23.4 s without. Goal under 20 s: met in the realistic case
+with the body box (the default); not met untrained (its way back is the worst case) or without
+the box. Arms beside the body widen the box along x, a couch touching the body along y, and a
+CT's body spans every slice, so z rarely narrows. The real s0001 (../shared/data, 512 x 512 x 20
+at 0.98 mm, on a couch, arms beside the body) keeps 512 x 345 voxels of its plane: 2 windows at
+3 mm instead of 4, the same saving along y as here.
 """
 
 from __future__ import annotations
@@ -102,16 +102,29 @@ SUBJECT_LABELS = (
 
 
 def synthetic_ct(shape):
-    """An elliptic body of soft tissue with a brighter spine-like column and noise (int16 HU)."""
+    """An elliptic body of soft tissue with a brighter spine-like column and noise (int16 HU),
+    lying on a couch: a curved top 6 mm thick 14 mm below the body's back (foam, below -500 HU,
+    between them) and a base below it, along every slice, as a real CT's couch."""
     import numpy as np
 
     x, y = np.ogrid[: shape[0], : shape[1]]
     rx, ry = shape[0] * 0.42, shape[1] * 0.32
     body = ((x - shape[0] / 2) / rx) ** 2 + ((y - shape[1] / 2) / ry) ** 2 < 1
     bone = ((x - shape[0] / 2) / (rx / 8)) ** 2 + ((y - shape[1] * 0.62) / (ry / 6)) ** 2 < 1
+    back = int(shape[1] / 2 - ry)  # the body's lowest y (posterior)
+    left, right = int(shape[0] * 0.12), int(shape[0] * 0.88)
+    couch = np.zeros(shape[:2], dtype=bool)
+    couch[left:right, back - 26 : back - 18] = True  # the top
+    couch[left : left + 8, back - 26 : back + 20] = True  # its sides, curved up
+    couch[right - 8 : right, back - 26 : back + 20] = True
+    couch[int(shape[0] * 0.3) : int(shape[0] * 0.7), back - 70 : back - 45] = True  # the base
+    foam = np.zeros(shape[:2], dtype=bool)
+    foam[left:right, back - 18 : back] = True
     rng = np.random.default_rng(0)
     ct = np.full(shape, -1000, dtype=np.int16)
     for z in range(shape[2]):
+        ct[:, :, z][foam & ~body] = -850
+        ct[:, :, z][couch] = 300
         ct[:, :, z][body] = 40 + rng.integers(-30, 30, size=int(body.sum()), dtype=np.int16)
         ct[:, :, z][bone] = 700
     return ct
