@@ -172,7 +172,7 @@ def test_labels_on_the_box_equal_those_of_the_whole_ct_with_fewer_windows(padded
         Predictor([ckpt], device="cpu").predict(ct, spacing_mm=(0.0, 3.0, 3.0))
 
 
-def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path):
+def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path, capsys):
     """``ctseg predict`` on a 3D model labels the box by default and the whole CT with
     ``--no-body-crop``: a model whose labels show where its windows fell gives each file the
     labels of the matching Predictor, on the whole CT's grid."""
@@ -183,8 +183,14 @@ def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path):
         out = tmp_path / f"out_{crop}.nii.gz"
         assert cli_main(["predict", "--ct", str(path), "--checkpoint", str(ckpt), "--out",
                          str(out), "--device", "cpu", *flag]) == 0  # fmt: skip
-        expected[crop] = Predictor([ckpt], device="cpu", body_crop=crop).predict(
-            ct, spacing_mm=spacing
-        )
+        predictor = Predictor([ckpt], device="cpu", body_crop=crop)
+        expected[crop] = predictor.predict(ct, spacing_mm=spacing)
+        printed = capsys.readouterr().out
+        if crop:  # said, with the box's voxels
+            spans = zip("xyz", predictor.last_box, strict=True)
+            box = ", ".join(f"{a} {s.start}-{s.stop}" for a, s in spans)
+            assert f"labelled the box around the body ({box} of the RAS voxels" in printed
+        else:
+            assert predictor.last_box is None and "box around the body" not in printed
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), expected[crop])
     assert (expected[True] != expected[False]).sum() > 1000  # the windows fell elsewhere

@@ -149,7 +149,8 @@ def predict_file(
 
     Returns a JSON-ready summary: paths written, grid (shape, spacing, orientation), the
     structures found with voxel counts and ml, warnings met while reading (e.g. a DICOM folder
-    with several series: the largest is read), seconds. Raises ConfigError for an ``out_path``
+    with several series: the largest is read), ``body_box`` (the canonical CT's voxels a 3D
+    model labelled, or None), seconds. Raises ConfigError for an ``out_path``
     that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT too large
     for memory (before reading it when its header tells the size). A DICOM series with missing
     slices or uneven spacing is refused unless ``resample_uneven`` (then the warnings say so).
@@ -236,6 +237,9 @@ def predict_file(
         for k in values
         if counts[k]
     }
+    # the canonical (RAS) CT's voxels a 3D model labelled, [first, end) per axis; None: all
+    last_box = getattr(predictor, "last_box", None)
+    box = None if last_box is None else [[int(s.start), int(s.stop)] for s in last_box]
     return {
         "ct": str(ct_path),
         "out": str(out_path),
@@ -248,6 +252,7 @@ def predict_file(
         "checkpoints": [str(p) for p in ckpts],
         "model": str(model) if model is not None else None,
         "tta": bool(tta),
+        "body_box": box,
         "structures_found": found,
         "warnings": [
             *read_warnings,

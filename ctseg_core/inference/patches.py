@@ -315,6 +315,7 @@ class PatchStrategy:
         the rest is background."""
         self.model_grid(ct_xyz.shape, spacing_mm)  # the spacing's one-line errors first
         box = self.body_box(ct_xyz, spacing_mm) if self.predictor.body_crop else None
+        self.predictor.last_box = box
         part = ct_xyz if box is None else ct_xyz[box]
         scores = self.scores(part, batch, spacing_mm, progress)
         active = torch.tensor(self.predictor.active, dtype=torch.int64)

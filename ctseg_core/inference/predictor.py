@@ -94,6 +94,9 @@ class Predictor:
             raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
         self.overlap = float(overlap)
         self.body_crop = bool(body_crop)
+        #: (x, y, z) slices of the canonical CT the last ``predict`` labelled (the body's box);
+        #: None: all of it
+        self.last_box: tuple[slice, ...] | None = None
         self.device = resolve_device(device)
         self.batch_slices, self.tta = int(batch_slices), bool(tta)
         self.members: list[_Member] = []
@@ -166,6 +169,7 @@ class Predictor:
         if ct_xyz.ndim != 3:
             raise CtsegError(f"the CT has shape {ct_xyz.shape}; a 3D (X, Y, Z) volume is expected")
         batch = self.check_memory(ct_xyz.shape, memory_limit_bytes, spacing_mm)
+        self.last_box = None
         return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
 
 

@@ -32,7 +32,10 @@
   minutes, the two presets one after the other on a Xeon with AMX slower that day (2D epochs of
   23 s): phantom_demo 22 epochs, best 0.777; phantom_3d 17 epochs of 34 s, best 0.765 (weakest:
   vertebrae_L3 0.21, vertebrae_L2 0.32, kidney_left 0.45, iliac_artery_right 0.45). Other
-  patches in the same 10 minutes: 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706.
+  patches in the same 10 minutes: 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706. Again (2026-12-06,
+  a faster Xeon with AMX, quiet): phantom_demo 29 epochs, best 0.803; phantom_3d 20 epochs of
+  27 s, best 0.815; their best.pth through ``ctseg evaluate`` (val split, CT grids): 0.799 and
+  0.795. Deep supervision down to 1/8 for 3D: 0.803 (evaluated 0.789), not kept.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
