@@ -61,20 +61,21 @@ before interpolating: the same day, windows 23.1 s (MONAI 2.02x), way back 27.0 
 5.4 s realistic (straightforward ~51.7 s, 9.6x; labels equal), ~28.4 s realistic in all, 2.61
 GB peak: the forwards' 11-15 s on these cores decide the rest.
 
-Then the Predictor labels only the box around the body (``inference.body_box``: voxels above
--500 HU without a couch apart from the body, 15 mm of air beyond, at least a patch wide;
-``--no-body-crop`` the whole CT, which this script also measures). This CT's body is 26 cm deep
-and lies on a couch (left out of the box), so the box is 469 x 420 x 300 voxels (75 % of the CT)
-and one window covers it along y: 4 windows instead of 8. 2026-12-06, a Xeon with AMX, 2 quiet
-vCPUs: with the box 32.1 s untrained (box + windows 11.8 s, way back 20.3 s), 2.29 GB peak; the
-whole CT 43.9 s (18.9 + 24.9 s); MONAI's windows 40.1 s (3.40x the box's, 2.12x the whole CT's).
-Realistic: way back 2.7 s on the box, 4.5 s on the whole CT (the straightforward way ~76 s,
-17.1x), so ~14.5 s with the box, ~23.4 s without. Goal under 20 s: met in the realistic case
-with the body box (the default); not met untrained (its way back is the worst case) or without
-the box. Arms beside the body widen the box along x, a couch touching the body along y, and a
-CT's body spans every slice, so z rarely narrows. The real s0001 (../shared/data, 512 x 512 x 20
-at 0.98 mm, on a couch, arms beside the body) keeps 512 x 345 voxels of its plane: 2 windows at
-3 mm instead of 4, the same saving along y as here.
+Then the Predictor labels only the box around the body (``inference.body_box``: voxels above -500
+HU without a couch apart from the body, 15 mm of air beyond, at least a patch wide;
+``--no-body-crop`` the whole CT, which this script also measures). This CT's body is 26 cm deep and
+lies on a couch (left out of the box), so the box is 469 x 420 x 300 voxels (75 % of the CT) and
+one window covers it along y: 4 windows instead of 8. 2026-12-06, a Xeon with AMX, 2 quiet vCPUs:
+with the box 32.1 s untrained (box + windows 11.8 s, way back 20.3 s), 2.29 GB peak; the whole CT
+43.9 s (18.9 + 24.9 s); MONAI's windows 40.1 s (3.40x the box's, 2.12x the whole CT's), ~88.5 s and
+~40 GB with its way back (extrapolated). Realistic: way back 2.7 s on the box, 4.5 s on the whole
+CT (the straightforward way ~76 s, 17.1x), so ~14.5 s with the box, ~23.4 s without. Goal under 20
+s: met in the realistic case with the body box (the default); not met untrained (its way back is
+the worst case) or without the box, or for a body over ~30 cm deep (two windows along y again: ~23
+s). Arms beside the body widen the box along x, a couch touching the body along y, and a CT's body
+spans every slice, so z rarely narrows. The real s0001 (../shared/data, 512 x 512 x 20 at 0.98 mm,
+on a couch, arms beside the body) keeps 512 x 345 voxels of its plane: 2 windows at 3 mm instead of
+4, the same saving along y as here.
 """
 
 from __future__ import annotations

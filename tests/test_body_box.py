@@ -80,9 +80,31 @@ def test_a_couch_apart_from_the_body_is_left_out_arms_beside_it_stay(padded_subj
     assert body_box(ct, spacing, (0, 0, 0), margin_mm=0)[:2] == (
         slice(x0, x1 + 12), slice(y0, y1),
     )  # fmt: skip
+    # a forearm on a pillow in front of the belly (below -500 HU between): apart from the body
+    # and beyond its y extent, but no plate, so it stays
+    forearm = (slice(x0 + 20, x0 + 40), slice(y1 + 5, y1 + 21), slice(0, 20))
+    ct[forearm] = 40
+    assert body_box(ct, spacing, (0, 0, 0), margin_mm=0)[:2] == (
+        slice(x0, x1 + 12), slice(y0, y1 + 21),
+    )  # fmt: skip
     # a couch touching the body is kept: the box grows, it never loses the body
     ct[x0 - 40 : x1 + 40, y0 - 6 : y0 + 4, :] = 300  # up into the body's back
-    assert body_box(ct, spacing, (0, 0, 0), margin_mm=0)[1] == slice(y0 - 9, y1)
+    assert body_box(ct, spacing, (0, 0, 0), margin_mm=0)[1] == slice(y0 - 9, y1 + 21)
+
+
+def test_the_slices_of_the_box_are_the_bodys_not_the_couchs():
+    """A body and its arms in slices 10-19 of 40 on a couch along every slice: the box's slices
+    are theirs, though the couch's curved sides rise into the x and y extent of the body and
+    arms (as on the real s0001)."""
+    ct = _ct((100, 100, 40), (slice(20, 80), slice(20, 60), slice(10, 20)))
+    ct[2:12, 30:50, 10:20] = 40  # the arms, apart from the body at its sides
+    ct[88:98, 30:50, 10:20] = 40
+    ct[5:95, 10:13, :] = 300  # the couch's top
+    ct[5:7, 10:27, :] = 300  # its sides, up past the body's back
+    ct[93:95, 10:27, :] = 300
+    assert body_box(ct, (1.0, 1.0, 1.0), (0, 0, 0), margin_mm=0) == (
+        slice(2, 98), slice(20, 60), slice(10, 20),
+    )  # fmt: skip
 
 
 def test_the_real_s0001_box_leaves_out_its_couch_and_keeps_every_structure(sample_root):
@@ -188,8 +210,10 @@ def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path, cap
         printed = capsys.readouterr().out
         if crop:  # said, with the box's voxels
             spans = zip("xyz", predictor.last_box, strict=True)
-            box = ", ".join(f"{a} {s.start}-{s.stop}" for a, s in spans)
-            assert f"labelled the box around the body ({box} of the RAS voxels" in printed
+            box = ", ".join(f"{a} {s.start}-{s.stop - 1}" for a, s in spans)
+            assert (
+                f"labelled the box around the body (RAS voxel indices {box}, inclusive" in printed
+            )
         else:
             assert predictor.last_box is None and "box around the body" not in printed
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), expected[crop])

@@ -151,9 +151,9 @@ def run_predict(args) -> int:
         print(f"model: {summary['model']} (nnU-Net, mirroring {'on' if summary['tta'] else 'off'})")
     if summary.get("body_box"):
         spans = zip("xyz", summary["body_box"], strict=True)
-        box = ", ".join(f"{a} {lo}-{hi}" for a, (lo, hi) in spans)
-        print(f"labelled the box around the body ({box} of the RAS voxels; the rest is "
-              "background; --no-body-crop for the whole CT)")  # fmt: skip
+        box = ", ".join(f"{a} {lo}-{hi - 1}" for a, (lo, hi) in spans)
+        print(f"labelled the box around the body (RAS voxel indices {box}, inclusive; the rest "
+              "is background; --no-body-crop for the whole CT)")  # fmt: skip
     if summary["masks_dir"]:
         print(f"masks: {summary['masks_dir']}/segmentations/")
     if summary["statistics"]:

@@ -12,8 +12,8 @@ anything else above the threshold, stays inside the box, which can then be too l
 never too small (labels).
 
 For a 512 x 512 x 300 CT at 0.8 x 0.8 x 1.5 mm and a 3 mm model with 112 x 112 x 128 patches, a
-body ~26 cm deep with no couch needs one window along y instead of two: half the windows
-(``benchmarks/inference_3d.py``, a synthetic body). The real s0001 (../shared/data, 512 x 512 x 20
+body ~26 cm deep on a couch needs one window along y instead of two: half the windows
+(``benchmarks/inference_3d.py``, a synthetic body; a body over ~30 cm deep needs two). The real s0001 (../shared/data, 512 x 512 x 20
 at 0.98 x 0.98 x 2 mm, supine on a couch, arms beside the body) keeps x 0-512 and y 50-395 of its
 plane without its couch (y 22-120): 2 windows instead of 4 at 3 mm (it has 20 slices).
 TotalSegmentator offers the same idea as ``--body_seg`` (a body model first); nnU-Net's predictor
@@ -55,8 +55,7 @@ def body_box(ct_xyz: np.ndarray, spacing_mm: Sequence[float], min_extent_mm: Seq
         return None
     along = [plane.any(axis=1), plane.any(axis=0)]
     columns = tuple(slice(np.flatnonzero(a)[0], np.flatnonzero(a)[-1] + 1) for a in along)
-    slices = np.fmax.reduce(np.fmax.reduce(ct_xyz[columns], axis=0), axis=0)
-    along.append(slices > threshold_hu)
+    along.append(_slices_above(ct_xyz[columns], plane[columns], threshold_hu))
     if not along[2].any():
         return None
     box = []
@@ -74,26 +73,44 @@ def body_box(ct_xyz: np.ndarray, spacing_mm: Sequence[float], min_extent_mm: Seq
     return tuple(box)
 
 
+def _slices_above(ct_xyz: np.ndarray, columns_xy: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """(Z,) bool: the slices with a voxel above ``threshold_hu`` in the columns ``columns_xy``
+    (a couch's columns left out), a few slices at a time (no copy of the CT)."""
+    if columns_xy.all():
+        return np.fmax.reduce(np.fmax.reduce(ct_xyz, axis=0), axis=0) > threshold_hu
+    out = np.zeros(ct_xyz.shape[2], dtype=bool)
+    for z0 in range(0, ct_xyz.shape[2], 32):
+        slab = ct_xyz[:, :, z0 : z0 + 32][columns_xy]  # (columns, slices)
+        out[z0 : z0 + 32] = np.fmax.reduce(slab, axis=0) > threshold_hu
+    return out
+
+
 def without_couch(plane_xy: np.ndarray) -> np.ndarray:
-    """(X, Y) bool, the CT's voxels above the threshold projected along z, without the pieces
-    that lie beyond the body's back or front: the connected parts (8-neighbours) whose centre
-    is outside the largest part's extent along y (anterior-posterior) and whose area is under a
-    quarter of its own. A couch under a supine patient (its top curved up at the sides, its
-    base below) is such a piece where foam below -500 HU separates it from the body; arms, legs
-    and hands lie beside or on the body, within its y extent, and stay. A couch touching the
-    body stays too: the box is then larger, never smaller."""
+    """(X, Y) bool, the CT's voxels above the threshold projected along z, without a couch:
+    the connected parts (8-neighbours) that are plates lying beyond the body's back or front.
+
+    A part is left out when its centre is outside the largest part's extent along y (anterior-
+    posterior), its area is under a quarter of that part's, and it is flat and wide: along x at
+    least 5 times its own y extent and a third of the largest part's x extent. A couch under a
+    supine (or over a prone) patient, its top curved up at the sides and its base below, is such
+    a plate where foam below -500 HU separates it from the body. Arms, hands and legs are not
+    plates, so they stay even apart from the body (an arm on a pillow in front of the belly); a
+    couch touching the body stays too: the box is then larger, never smaller.
+    """
     from scipy import ndimage
 
     parts, count = ndimage.label(plane_xy, structure=np.ones((3, 3), dtype=bool))
     if count < 2:
         return plane_xy
     areas = np.bincount(parts.ravel())[1:]
-    body = int(np.argmax(areas)) + 1
-    y_body = np.flatnonzero((parts == body).any(axis=0))
+    body = int(np.argmax(areas))
+    boxes = ndimage.find_objects(parts)  # (x slice, y slice) of each part
     centres = ndimage.center_of_mass(plane_xy, parts, range(1, count + 1))
-    beyond = [
-        k + 1
-        for k, (_, y) in enumerate(centres)
-        if not y_body[0] <= y <= y_body[-1] and areas[k] < areas[body - 1] / 4
-    ]
-    return plane_xy & ~np.isin(parts, beyond)
+    y_body, x_body = boxes[body][1], boxes[body][0].stop - boxes[body][0].start
+    plates = []
+    for k, ((xs, ys), (_, y)) in enumerate(zip(boxes, centres, strict=True)):
+        wide, deep = xs.stop - xs.start, ys.stop - ys.start
+        beyond = not y_body.start <= y < y_body.stop
+        if beyond and areas[k] < areas[body] / 4 and wide >= 5 * deep and 3 * wide >= x_body:
+            plates.append(k + 1)
+    return plane_xy & ~np.isin(parts, plates)
