@@ -35,7 +35,8 @@
   patches in the same 10 minutes: 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706. Again (2026-12-06,
   a faster Xeon with AMX, quiet): phantom_demo 29 epochs, best 0.803; phantom_3d 20 epochs of
   27 s, best 0.815; their best.pth through ``ctseg evaluate`` (val split, CT grids): 0.799 and
-  0.795. Deep supervision down to 1/8 for 3D: 0.803 (evaluated 0.789), not kept.
+  0.795. Deep supervision down to 1/8 for 3D: 0.803 (evaluated 0.789), not kept. 20 minutes
+  instead of 10: 0.843 (evaluated 0.824): the 3D model is limited by its steps.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,

@@ -90,7 +90,7 @@ def predict_upload(upload, workdir: Path) -> None:
     from ctseg_core.data.volume import hu_problem, save_on_original_grid
     from ctseg_core.inference.domain import domain_warnings
     from ctseg_core.inference.files import load_ct_noting
-    from ctseg_core.inference.predictor import predict_volume
+    from ctseg_core.inference.predictor import Predictor
     from dashboard.helpers.layer_names import checkpoint_names
 
     checkpoint = choose_checkpoint(workdir)
@@ -117,6 +117,7 @@ def predict_upload(upload, workdir: Path) -> None:
     def progress(done: int, total: int, info: str = "") -> None:
         bar.progress(min(1.0, done / max(total, 1)), text=state.plain(f"Predicting: {info}"))
 
+    box = None
     if checkpoint.startswith(state.MODEL_PREFIX):  # as `ctseg predict --model` does
         model = cached_models.all_models()[checkpoint]
         domain, name = model_notes(model), cached_models.model_titles()[checkpoint]
@@ -128,7 +129,9 @@ def predict_upload(upload, workdir: Path) -> None:
                                  input_is_phantom=is_phantom_ct(saved), what=label,
                                  names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
         name = Path(checkpoint).name
-        labels_xyz = predict_volume(ct, [checkpoint], progress=progress)
+        predictor = Predictor([checkpoint])  # as predict_volume, keeping its last_box
+        labels_xyz = predictor.predict(ct, progress=progress)
+        box = predictor.last_box  # a 3D model's box around the body
         names = checkpoint_names(checkpoint)  # a merge: named by the merge
     bar.empty()
     out = workdir / "labels.nii.gz"  # a fixed name: the upload's name never makes a path
@@ -146,6 +149,7 @@ def predict_upload(upload, workdir: Path) -> None:
         # what reading said (files left out, a resampled series, the series chosen), then HU
         "warnings": [_named(n, label) for n in [*notes, hu_problem(ct.array, label)] if n],
         "domain": domain,
+        "body_box": None if box is None else [(s.start, s.stop) for s in box],
     }
 
 
@@ -170,6 +174,13 @@ def show_result(result: dict) -> None:
     st.subheader(
         state.plain(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
     )
+    if result.get("body_box"):
+        spans = zip("xyz", result["body_box"], strict=True)
+        st.caption(
+            "The 3D model labelled the box around the body (RAS voxel indices "
+            + ", ".join(f"{a} {lo}-{hi - 1}" for a, (lo, hi) in spans)
+            + ", inclusive); the rest is background."
+        )
     for warning in result.get("warnings", []):
         state.show_warning(warning)
     for message in result.get("domain") or []:  # outside what the checkpoint was trained on

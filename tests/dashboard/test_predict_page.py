@@ -97,3 +97,54 @@ def test_predict_warns_when_the_phantoms_model_labels_a_real_ct(
     no_problems(at)
     assert _result_heading(at)[0].startswith("phantom: ")
     assert _warnings(at) == []
+
+
+def test_a_3d_models_box_around_the_body_is_said(
+    app_env, s0000_root, tmp_path, monkeypatch, new_app, no_problems
+):
+    """A 3D run labels a CT with air around the body: the page says which box it labelled,
+    the box ``Predictor`` finds for the same file."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from ctseg_core.data.volume import load_ct
+    from ctseg_core.inference.predictor import Predictor
+    from ctseg_core.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    config = RunConfig(
+        DataConfig(data_root=str(app_env["data"]), cache_dir=str(app_env["cache"]),
+                   structures=["liver", "spleen", "aorta"], batch_size=2,
+                   patch_size=(32, 32, 16), spacing_mm=(6.0, 6.0, 6.0)),
+        ModelConfig(name="plain_unet3d", features=[8, 16, 32], norm="instance"),
+        TrainConfig(epochs=1, steps_per_epoch=1, amp="off", sample_figure=False),
+        run_name="vol",
+    ).validate()  # fmt: skip
+    root = tmp_path / "checkpoints"
+    assert Trainer(config, checkpoints_root=root).run() == "finished"
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(root))
+    img = nib.load(s0000_root / "s0000" / "ct.nii.gz")
+    wide = np.pad(np.asarray(img.dataobj), ((60, 60), (60, 60), (0, 0)), constant_values=-1024)
+    path = tmp_path / "wide.nii.gz"
+    nib.save(nib.Nifti1Image(wide.astype(np.int16), img.affine), path)
+    predictor = Predictor([root / "vol" / "best.pth"], device="cpu")
+    predictor.predict(load_ct(path))
+    assert predictor.last_box is not None
+    at = new_app("predict")
+    at.run()
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("vol / best.pth")
+    at.get("file_uploader")[0].set_value(("wide.nii.gz", path.read_bytes(), "application/gzip"))
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    no_problems(at)
+    spans = ", ".join(
+        f"{a} {s.start}-{s.stop - 1}" for a, s in zip("xyz", predictor.last_box, strict=True)
+    )
+    said = [c.value for c in at.caption if "box around the body" in c.value]
+    assert said == [
+        f"The 3D model labelled the box around the body (RAS voxel indices {spans}, "
+        "inclusive); the rest is background."
+    ]
