@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,11 @@ def test_crc32c_matches_the_published_check_value():
 
 def test_the_machine_sampler_reads_cpu_use_after_its_first_sample():
     sampler = MachineSampler("cpu")
-    sum(i * i for i in range(200_000))  # some CPU time between the two samples
+    # /proc/stat counts in jiffies (10 ms): burn a fixed 0.2 s of wall time, not a fixed amount
+    # of work, so a fast CPU still sees the counters move between the two samples.
+    start = time.monotonic()
+    while time.monotonic() - start < 0.2:
+        sum(i * i for i in range(10_000))
     sample = sampler.sample()
     assert 0.0 <= sample["cpu_pct"] <= 100.0
     assert 0 < sample["rss_mb"] < sample["ram_total_mb"]
