@@ -80,6 +80,8 @@ the 3D model is short of training, not of resolution. Goal (3D >= 0.85 and >= 2D
 Tried after it, not kept: deep supervision down to 1/8 for phantom_3d (``--deep-supervision
 3``, as helped the 2D demo): 20 epochs, best 0.803, evaluated 0.789 (vertebrae_L2 0.35 at the
 end, 0.70 in the run before: a level identified or not moves a structure by that much).
+A higher learning rate for phantom_3d (``--lr 5e-3``, to take more from each step): best 0.783,
+evaluated 0.765: worse; 3e-3 stays.
 Twice the budget (``--minutes 20``, the same machine, quiet): 40 epochs, best 0.843, evaluated
 0.824 (+0.028 / +0.029 over 10 minutes), where the 2D demo had gained nothing from 20 minutes
 (0.783, above): the 3D model is limited by its steps, so a faster step (or a GPU) is the way
