@@ -86,6 +86,11 @@ Twice the budget (``--minutes 20``, the same machine, quiet): 40 epochs, best 0.
 0.824 (+0.028 / +0.029 over 10 minutes), where the 2D demo had gained nothing from 20 minutes
 (0.783, above): the 3D model is limited by its steps, so a faster step (or a GPU) is the way
 to 0.85, not its settings.
+On the CPU a student's laptop is likely to have (2026-12-06, an AMD EPYC with AVX2 only: no
+AVX-512, no native bf16, so both train in float32, 3D channels last; 2 quiet cores): phantom_demo
+16 epochs of 35.5 s, best 0.745, evaluated 0.730; phantom_3d 6 epochs of 90 s (~0.8 s a step),
+best 0.547, evaluated 0.528 (iliac veins, prostate, bladder, vertebrae_L5 still 0): on such a
+CPU 10 minutes are far too few steps for the 3D model; the 2D demo is the laptop's model there.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@
   27 s, best 0.815; their best.pth through ``ctseg evaluate`` (val split, CT grids): 0.799 and
   0.795. Deep supervision down to 1/8 for 3D: 0.803 (evaluated 0.789), not kept. 20 minutes
   instead of 10: 0.843 (evaluated 0.824): the 3D model is limited by its steps.
+  On an AVX2-only EPYC (no native bf16: float32, 2026-12-06) 10 minutes hold 6 epochs of 90 s:
+  best 0.547 against the 2D demo's 0.745; on such a CPU the 2D demo is the laptop's model.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
