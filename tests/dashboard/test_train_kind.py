@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from ctseg_core.device import resolve_device
 from ctseg_core.models.registry import MODELS
 from ctseg_core.training.presets import preset
 
@@ -99,3 +100,28 @@ def test_start_refuses_a_3d_run_that_would_not_fit_with_its_numbers(
         errors[0],
     ), errors[0]
     assert not (tmp_path / "too-big").exists()  # refused before anything was written
+
+
+@pytest.mark.skipif(
+    resolve_device("auto").type != "cpu", reason="the note is about training on a CPU"
+)
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_a_3d_run_on_a_cpu_without_native_bf16_is_told_it_trains_slowly(
+    app_env, monkeypatch, tmp_path, new_app, no_problems, native_bf16
+):
+    from ctseg_core import device
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: native_bf16)  # the CPU's flags
+    at = new_app("train")
+    at.run()
+    no_problems(at)
+
+    def told() -> bool:
+        return any("no native bf16" in c.value for c in at.caption)
+
+    assert not told()  # a 2D run is not concerned
+    at.segmented_control(key=f"{K}_kind").set_value("3D")
+    at.run()
+    no_problems(at)
+    assert told() is (not native_bf16)
