@@ -165,6 +165,29 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optim
     return _entry(OPTIMIZERS, "optimizer", t.optimizer).build(params, t)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, each per-parameter tensor (Adam's moments, SGD's
+    momentum) then laid out as its parameter.
+
+    A resumed run may hold its weights in another memory layout than the run that saved it
+    (channels last follows the device and precision: e.g. a 3D float32 CPU run saved before
+    3D went channels last everywhere), and ``load_state_dict`` keeps the saved strides. PyTorch's
+    fused Adam then updates the weights wrongly without an error (it pairs elements by storage
+    position), so the moments take the weights' strides here.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            slots = optimizer.state.get(param, {})
+            for key, value in slots.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.shape == param.shape
+                    and value.stride() != param.stride()
+                ):
+                    slots[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
     """The per-epoch scheduler ``t.scheduler`` (None for "none"); a ``ProgressLR`` for a shaped
     one when the run has a time budget (see the module docstring)."""

@@ -46,7 +46,7 @@ from ..nnunet.finetune import init_from_model
 from . import distributed as ddp
 from .losses import LossFn, build_loss
 from .memory import check_fits
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, load_optimizer_state
 from .samples import SampleFigure, VolumeSampleFigure
 from .step import StepRunner
 from .validation import validate
@@ -186,7 +186,7 @@ def build_parts(
     start_epoch = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        load_optimizer_state(optimizer, resume["optimizer"])
         if scheduler is not None and resume.get("scheduler") is not None:
             scheduler.load_state_dict(resume["scheduler"])
         history = list(resume.get("history") or [])
