@@ -111,7 +111,8 @@ def kind_fields(kind: str, base: RunConfig) -> dict[tuple[str, str], object]:
 
 def memory_note(config: RunConfig) -> None:
     """The estimate of one training step's memory against what the device has free: a caption
-    when it fits, a warning when Start would be refused."""
+    when it fits, a warning when Start would be refused; for a 3D run on a CPU without native
+    bf16, a caption that it trains in float32 and slowly."""
     from ctseg_core.device import resolve_device
 
     try:
