@@ -38,7 +38,7 @@ import torch
 from ..data.patches import pad_value
 from ..data.resample import CT_SLAB, grid_shape, resample_ct
 from ..data.slices import normalize_hu
-from ..device import autocast_context, resolve_amp
+from ..device import autocast_context, resolve_amp, resolve_channels_last
 from ..errors import ConfigError, CtsegError
 from ..labels import lr_swap_lut, mirror_partners_present
 from ..models.head import channel_label_values
@@ -102,8 +102,10 @@ class PatchStrategy:
         # under bf16, against 2.1 s with PyTorch's norms and 3.5 s in the default layout
         # (float32 there: 7.5 s channels last, 6.5 s not; but float32 is what a CPU without
         # native bf16 runs, and on an AVX2 EPYC channels last took 5.1 s against 6.4 s); cuDNN
-        # prefers it too
-        self.channels_last = predictor.device.type in ("cuda", "cpu")
+        # prefers it too. The trainer's rule for a 3D model, so both run in the same layout.
+        self.channels_last = resolve_channels_last(
+            "auto", predictor.device, self.amp, volumetric=True
+        )
         if self.channels_last:
             for m in members:
                 keep_channels_last(m.model.to(memory_format=torch.channels_last_3d))

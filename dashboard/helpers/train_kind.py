@@ -113,6 +113,7 @@ def memory_note(config: RunConfig) -> None:
     """The estimate of one training step's memory against what the device has free: a caption
     when it fits, a warning when Start would be refused; for a 3D run on a CPU without native
     bf16, a caption that it trains in float32 and slowly."""
+    from ctseg_core import device as hardware  # cpu_has_bf16 read at call time (tests set it)
     from ctseg_core.device import resolve_device
 
     try:
@@ -131,19 +132,13 @@ def memory_note(config: RunConfig) -> None:
         state.show_warning(text + ": Start would be refused", icon=":material/memory:")
     else:
         st.caption(text)
-    if run_kind(config) == "3D" and device.type == "cpu" and not _cpu_has_bf16():
+    if run_kind(config) == "3D" and device.type == "cpu" and not hardware.cpu_has_bf16():
         st.caption(
             ":material/speed: This CPU has no native bf16 (AMX or AVX-512 BF16), so a 3D run "
             "trains in float32 and takes few steps in a few minutes: on such a CPU phantom_3d "
             "reached a mean Dice of 0.55 in 10 minutes where the 2D demo reached 0.75 "
             "(benchmarks/phantom_quality.py). Give a 3D run more minutes, or train 2D."
         )
-
-
-def _cpu_has_bf16() -> bool:
-    from ctseg_core import device  # read at call time: the tests set what the CPU has
-
-    return device.cpu_has_bf16()
 
 
 def default_kind(preset_name: str) -> str:
