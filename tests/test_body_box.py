@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -218,3 +221,45 @@ def test_predict_labels_the_box_unless_told_not_to(padded_subject, tmp_path, cap
             assert predictor.last_box is None and "box around the body" not in printed
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), expected[crop])
     assert (expected[True] != expected[False]).sum() > 1000  # the windows fell elsewhere
+
+
+def test_evaluate_labels_the_box_records_it_and_can_be_told_not_to(
+    padded_subject, tmp_path, capsys
+):
+    """``ctseg evaluate --checkpoint`` on a 3D model scores the labels of the Predictor with
+    the same ``body_crop`` (a model whose labels show where its windows fell tells them apart),
+    says so and records each box in source_<split>.json; ``--no-body-crop`` scores the whole
+    CT's windows and records no box. The reference "liver" is what DenseNet3D labels (the
+    same, box or not)."""
+    ct, spacing, path = padded_subject
+    root = tmp_path / "wide_root"
+    (root / "s0000" / "segmentations").mkdir(parents=True)
+    img = nib.load(path)
+    nib.save(img, root / "s0000" / "ct.nii.gz")
+    dense = Predictor([_dense_checkpoint(tmp_path / "dense.pth", spacing)], device="cpu")
+    mask = (dense.predict(ct, spacing_mm=spacing) == value_of("liver")).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, img.affine), root / "s0000" / "segmentations" / "liver.nii.gz")
+    ckpt = _dense_checkpoint(tmp_path / "side.pth", spacing, name="test_window_side3d")
+    dice = {}
+    for crop, flag in ((True, []), (False, ["--no-body-crop"])):
+        out = tmp_path / f"eval_{crop}"
+        assert cli_main(["evaluate", "--data", str(root), "--split", "all", "--checkpoint",
+                         str(ckpt), "--out", str(out), "--no-report", "--device", "cpu",
+                         "--cache", str(tmp_path / "cache"), *flag]) == 0  # fmt: skip
+        printed = capsys.readouterr().out
+        predictor = Predictor([ckpt], device="cpu", body_crop=crop)
+        labels = predictor.predict(ct, spacing_mm=spacing)
+        ours = labels == value_of("liver")
+        expected = 2 * (ours & (mask > 0)).sum() / (ours.sum() + (mask > 0).sum())
+        table = pd.read_csv(out / "evaluation_results_all.csv")
+        dice[crop] = float(table.loc[table["structure"] == "liver", "dice"].iloc[0])
+        assert dice[crop] == pytest.approx(expected, abs=1e-6)
+        source = json.loads((out / "source_all.json").read_text())
+        assert source["body_crop"] is crop
+        if crop:
+            box = [[s.start, s.stop] for s in predictor.last_box]
+            assert source["body_boxes"] == {"s0000": box}
+            assert "labelled the box around the body in 1 CTs" in printed
+        else:
+            assert source["body_boxes"] == {} and "box around the body" not in printed
+    assert min(dice.values()) > 0.2 and abs(dice[True] - dice[False]) > 0.01  # windows moved

@@ -95,6 +95,11 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="device for --checkpoint (default auto)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for --checkpoint")
     p.add_argument("--no-mirroring", action="store_true", help=_NO_MIRROR_HELP)
+    p.add_argument(
+        "--no-body-crop", action="store_true",
+        help="3D --checkpoint: run the windows over each whole CT, not only the box around the "
+        "body (each box is recorded in OUT/source_<split>.json)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the per-structure summary as JSON")
     p.set_defaults(func=run_evaluate)
 
@@ -198,11 +203,12 @@ def run_evaluate(args) -> int:
             tolerance_mm=args.tolerance_mm, progress=progress, cache_dir=args.cache,
             subjects=args.subjects, report=not args.no_report, mesh_subjects=args.meshes,
             device=args.device, tta=not args.no_mirroring if args.model else args.tta,
-            model=args.model,
+            model=args.model, body_crop=not args.no_body_crop,
         )  # fmt: skip
     finally:
         bar.close()
     summary = summarize_results(results)
+    boxes = results.attrs.get("body_boxes", {})
     if args.json:
         print(json.dumps(_json_safe(summary.to_dict(orient="records")), indent=2))
         return _report_skipped(results.attrs.get("skipped", {}), args.out, args.split)
@@ -211,6 +217,9 @@ def run_evaluate(args) -> int:
     print(
         f"evaluated {n_subjects} subjects, {len(scored)} structures present; tables in {args.out}"
     )
+    if boxes:
+        print(f"3D model: labelled the box around the body in {len(boxes)} CTs (each box in "
+              f"source_{args.split}.json; --no-body-crop for whole CTs)")  # fmt: skip
     if len(scored):
         print(f"mean Dice over structures {scored['dice_mean'].mean():.4f}")
         print(_summary_lines(scored))

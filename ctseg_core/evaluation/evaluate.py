@@ -95,9 +95,10 @@ def subject_rows(
     return rows
 
 
-def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolerance_mm):
+def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolerance_mm, boxes):
     """(rows, cached, reference, prediction, notes) of one subject; DataError when it cannot be
-    scored.
+    scored. ``boxes`` (id -> [start, stop) RAS voxel indices per axis) gains the box around the
+    body that a 3D checkpoint labelled (``Predictor.last_box``).
 
     A merge the predictor learns (``labels.MERGES``), or a folder's prediction holds (its label
     file names it: ``inference.label_files.merges_named``), is scored against the union of its
@@ -120,6 +121,9 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         )  # fmt: skip
     else:
         prediction = predictor.predict(cached.ct_volume())
+    box = getattr(predictor, "last_box", None)  # a 3D model's box around the body, if it used one
+    if box is not None:
+        boxes[sid] = [[int(s.start), int(s.stop)] for s in box]
     rows = subject_rows(
         sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm,
         names_of(structures),
@@ -186,6 +190,7 @@ def evaluate_predictions(
     device: str = "auto",
     tta: bool = False,
     model: str | Path | None = None,
+    body_crop: bool = True,
 ) -> pd.DataFrame:
     """Score predictions of a dataset split against its references; write tables and figures.
 
@@ -199,7 +204,10 @@ def evaluate_predictions(
     ``paths`` names a folder per source. ``model``: an nnU-Net model folder (or
     TotalSegmentator's results folder) predicts instead (``predictions`` is then ignored;
     ``tta`` is its mirroring); the structures scored are those both the model (by
-    TotalSegmentator v2 name) and the references have.
+    TotalSegmentator v2 name) and the references have. ``body_crop``: 3D checkpoints label only
+    the box around the body (``inference.Predictor``, as ``ctseg predict``); each subject's box
+    is recorded in ``source_<split>.json`` and ``results.attrs["body_boxes"]`` (id -> [start,
+    stop) RAS voxel indices per axis, as ``predict_file``'s ``body_box``).
 
     A subject that cannot be scored (no prediction file in the folder, an unreadable or wrong
     prediction, a CT or mask that cannot be read: any DataError) is left out with a warning; the
@@ -240,6 +248,7 @@ def evaluate_predictions(
     predictor, folder, model_labels = None, None, None
     skipped: dict[str, str] = {}  # subject id -> why it was not scored
     notes: list[str] = []  # what looks wrong in what was scored (_score_subject)
+    boxes: dict[str, list[list[int]]] = {}  # subject id -> the box a 3D checkpoint labelled
     if model is not None:
         from ..nnunet.model import NnunetPredictor
 
@@ -276,7 +285,7 @@ def evaluate_predictions(
             )
         from ..inference.predictor import Predictor
 
-        predictor = Predictor(checkpoints, device=device, tta=tta)
+        predictor = Predictor(checkpoints, device=device, tta=tta, body_crop=body_crop)
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
         model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
@@ -294,8 +303,9 @@ def evaluate_predictions(
             else:
                 try:
                     subject, cached, reference, prediction, subject_notes = _score_subject(
-                        sid, index.root, cache_dir, folder, predictor, model_labels, tolerance_mm
-                    )
+                        sid, index.root, cache_dir, folder, predictor, model_labels,
+                        tolerance_mm, boxes,
+                    )  # fmt: skip
                 except DataError as exc:
                     skipped[sid] = str(exc)
                     log.warning("skipping %s: %s", sid, exc)
@@ -324,11 +334,14 @@ def evaluate_predictions(
     atomic_write_text(out_dir / f"skipped_{split}.csv", table.to_csv(index=False))
     written = collector.finish(results, summary) if collector is not None else []
     scored_ids = [sid for sid in ids if sid not in skipped]
+    boxes = {sid: boxes[sid] for sid in scored_ids if sid in boxes}
     write_source(
         out_dir, predictions, index.root, split, scored_ids, tolerance_mm, tta, written, skipped,
-        notes,
+        notes, body_crop=body_crop if folder is None and model is None else None,
+        body_boxes=boxes,
     )  # fmt: skip
     remove_stale_report(previous, written)
     results.attrs["skipped"] = skipped
     results.attrs["notes"] = notes
+    results.attrs["body_boxes"] = boxes
     return results

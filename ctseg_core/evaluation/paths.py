@@ -83,6 +83,9 @@ def write_source(
     report_files: Sequence[Path] = (),
     skipped: Mapping[str, str] | None = None,
     notes: Sequence[str] = (),
+    *,
+    body_crop: bool | None = None,
+    body_boxes: Mapping[str, Sequence[Sequence[int]]] | None = None,
 ) -> None:
     """Record in ``out_dir/source_<split>.json`` what the split's tables there score (atomically).
 
@@ -90,7 +93,10 @@ def write_source(
     checkpoints only; ``report_files``: the figures and 3D pages written with the tables;
     ``subjects``: those scored; ``skipped``: id -> reason of those that could not be scored
     (recorded as ``[{"subject", "reason"}, ...]``); ``notes``: warnings about what was scored
-    (``evaluate.evaluate_predictions``).
+    (``evaluate.evaluate_predictions``); ``body_crop`` (checkpoints only): whether a 3D
+    model labelled only the box around the body, ``body_boxes``: id -> that box per subject,
+    ``[[x0, x1], [y0, y1], [z0, z1]]`` canonical (RAS) voxel indices, stop exclusive (only
+    subjects with one).
     """
     from ..fileio import atomic_write_json
     from ..runs.run_folder import utc_now
@@ -112,4 +118,9 @@ def write_source(
     }
     if not folder:
         record["tta"] = tta
+    if body_crop is not None:
+        record["body_crop"] = bool(body_crop)
+        record["body_boxes"] = {
+            k: [list(map(int, r)) for r in v] for k, v in (body_boxes or {}).items()
+        }
     atomic_write_json(Path(out_dir) / f"source_{split}.json", record)

@@ -152,6 +152,7 @@ def run_evaluation(root: str) -> None:
         "subjects": len(subjects),
         "skipped": dict(results.attrs.get("skipped", {})),
         "notes": list(results.attrs.get("notes", [])),
+        "boxes": len(results.attrs.get("body_boxes", {})),
         "out_dir": str(out_dir),
         "checkpoint": label,
         "title": title,
@@ -193,6 +194,11 @@ def show_results(info: dict) -> None:
             f"{info['out_dir']}"
         )
     )
+    if info.get("boxes"):
+        st.caption(
+            f"The 3D model labelled only the box around the body in {info['boxes']} CTs (the "
+            f"rest is background; each box in source_{state.plain(info['split'])}.json)."
+        )
     notes = info.get("notes") or []
     if notes:  # one box, however many subjects: the first note, the others behind it
         more = f" (and {len(notes) - 1} more like it, below)" if len(notes) > 1 else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -45,6 +46,17 @@ def test_evaluate_scores_a_3d_runs_checkpoint(app_env, tmp_path, monkeypatch, ne
     table = pd.read_csv(out / "evaluation_results_val.csv")
     scored = table.dropna(subset=["dice"])
     assert len(scored) > 0 and scored["dice"].between(0, 1).all()
+    # a phantom lying in air: its box around the body is recorded, and said
+    source = json.loads((out / "source_val.json").read_text())
+    assert source["body_crop"] is True
+    boxes = source["body_boxes"]
+    assert boxes and set(boxes) <= set(source["subjects"])
+    assert all(0 <= lo < hi for box in boxes.values() for lo, hi in box)
+    said = [c.value for c in at.caption if "box around the body" in c.value]
+    assert said == [
+        f"The 3D model labelled only the box around the body in {len(boxes)} CTs (the rest is "
+        "background; each box in source_val.json)."
+    ]
 
 
 def _values(selectbox) -> list[str]:
