@@ -266,6 +266,34 @@ def test_two_process_torchrun_writes_one_run_folder(phantom_root, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch.distributed.run") is None or not dist.is_available(),
+    reason="torch.distributed (torchrun) is not available",
+)
+def test_two_process_torchrun_trains_and_validates_a_3d_model(phantom_root, tmp_path):
+    """nnU-Net's 3D U-Net under torchrun: its output layer below the deep-supervision levels in
+    use gets no gradient (DDP must look for it), and each rank validates its own whole volumes
+    with as many windows as they need (which DDP's forward would wait on): both once hung or
+    failed at the second step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "CTSEG_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "ctseg_core", "train", "--data", str(phantom_root), "--checkpoints", str(runs),
+        "--model", "plain_unet3d", "--features", "8", "16", "32", "--patch-size", "32", "32",
+        "16", "--spacing", "6", "6", "6", "--epochs", "2", "--steps-per-epoch", "2",
+        "--batch-size", "1", "--amp", "off", "--run-name", "ddp3d",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    history = read_history(runs / "ddp3d")
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(r["val_loss"] > 0 for r in history)
+    assert read_status(runs / "ddp3d")["state"] == "finished"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.parametrize("how", ["folder", "sigterm"])
 def test_a_stop_request_or_sigterm_stops_a_cli_or_torchrun_run(

@@ -124,6 +124,12 @@ class _CtsegOutputs:
         """The output convolutions of the deep-supervision levels in use, finest first."""
         return list(self.decoder.seg_layers[-2::-1][: self.extra_heads])
 
+    @property
+    def idle_heads(self) -> list[nn.Module]:
+        """The output convolutions below the levels in use: no loss reaches their parameters,
+        which DistributedDataParallel must be told of (``training.parts``)."""
+        return list(self.decoder.seg_layers[: -1 - self.extra_heads])
+
 
 @functools.cache
 def network_classes() -> tuple[type, type]:

@@ -85,6 +85,13 @@ def any_rank(flag: bool) -> bool:
     return any(flags)
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers of ``module`` (batch norm's running statistics), in place."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (in place when distributed); returns it."""
     if is_distributed():

@@ -104,7 +104,11 @@ class RunParts:
         """This epoch's validation metrics (``validation.validate``'s dict), slices or volumes."""
         autocast = autocast_context(self.device, self.amp)
         if self.volume_validation is not None:
-            return self.volume_validation.run(self.net, self.loss_fn, self.device, autocast,
+            # each rank runs the windows of its own subjects, as many as they need: DDP's forward
+            # would broadcast the buffers at each window and wait for a rank that has none left,
+            # so the bare model, given rank 0's buffers once (as DDP's training forward does)
+            ddp.broadcast_buffers(self.model)
+            return self.volume_validation.run(self.model, self.loss_fn, self.device, autocast,
                                               self.channels_last, stop_check, progress)  # fmt: skip
         return validate(self.net, self.val_loader, self.val_set, cfg, self.loss_fn, self.device,
                         autocast, self.channels_last, stop_check, progress)  # fmt: skip
@@ -195,7 +199,12 @@ def build_parts(
     net = model
     if ddp.is_distributed():
         ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # a 3D U-Net's output layers below the deep-supervision levels in use get no gradient;
+        # DDP refuses a second step unless told to look for such parameters in each step
+        idle = bool(getattr(model, "idle_heads", None))
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=idle
+        )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     lut = torch.from_numpy(train_set.lut).long().to(device)
     loss_fn = build_loss(t.loss)
