@@ -101,11 +101,13 @@ def test_progress_lr_never_climbs_back_and_round_trips_its_state(tmp_path):
     fresh.load_state_dict(old.state_dict())
     assert fresh.progress == 0.25
     assert fresh_opt.param_groups[0]["lr"] == pytest.approx(old_opt.param_groups[0]["lr"])
-    # without a budget, and for the shapeless schedulers, PyTorch's own as before
-    assert isinstance(
-        build_scheduler(opt, TrainConfig(scheduler="cosine")),
-        torch.optim.lr_scheduler.CosineAnnealingLR,
-    )
+    # only a resume with a new horizon sets the progress back (the lr rises)
+    fresh.replan(0.1)
+    assert fresh.progress == 0.1
+    assert fresh_opt.param_groups[0]["lr"] == pytest.approx(0.1 * cosine_factor(0.1))
+    # without a budget too (stepped with epoch / epochs: PyTorch's schedules, above); the
+    # shapeless schedulers are PyTorch's own
+    assert isinstance(build_scheduler(opt, TrainConfig(scheduler="cosine")), ProgressLR)
     plateau = build_scheduler(opt, TrainConfig(scheduler="plateau", minutes=5.0))
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert build_scheduler(opt, TrainConfig(scheduler="poly", minutes=5.0)).shape(0.5) == (
@@ -144,13 +146,18 @@ def _budget_config(root, name: str, minutes: float | None, epochs: int = EPOCH_C
     return config
 
 
-def _check_schedule(history: list[dict], lr0: float) -> None:
-    """Each epoch's lr is the cosine at the largest done / planned_epochs so far."""
+def _check_schedule(history: list[dict], lr0: float, resumed: tuple[int, int] | None = None):
+    """Each epoch's lr is the cosine at the largest done / planned_epochs so far; ``resumed``
+    (n, horizon): resumed after n epochs with more minutes, the schedule goes on from n /
+    horizon (the epochs that fit the new budget), wherever the old one ended."""
     progress = 0.0
     assert history[0]["lr"] == lr0
     for before, record in itertools.pairwise(history):
         assert before["planned_epochs"] >= before["epoch"]
-        progress = max(progress, before["epoch"] / before["planned_epochs"])
+        if resumed is not None and before["epoch"] == resumed[0]:
+            progress = resumed[0] / resumed[1]
+        else:
+            progress = max(progress, before["epoch"] / before["planned_epochs"])
         assert record["lr"] == pytest.approx(lr0 * cosine_factor(progress), rel=1e-9, abs=1e-15)
 
 
@@ -220,7 +227,10 @@ def test_a_time_budget_ends_the_run_and_counts_across_resumes(phantom_root, tmp_
     assert resumed.budget.already_s == history[-1]["elapsed_s"]
     assert json.loads((run / "config.json").read_text())["train"]["minutes"] == longer
     assert f"ended the run after {len(more)} epoch" in read_status(run)["message"]
-    _check_schedule(more, 1e-3)
+    # the old schedule had ended at lr 0; the new one spans the epochs the new budget holds
+    planned = n + epochs_that_fit(longer * 60 - elapsed[-1], mean_epoch_s(durations))
+    assert planned > n and more[n]["lr"] == pytest.approx(1e-3 * cosine_factor(n / planned))
+    _check_schedule(more, 1e-3, resumed=(n, planned))
 
 
 def test_cli_minutes_flag_sets_the_budget_and_resumes_with_more(phantom_root, tmp_path, capsys):
@@ -245,3 +255,41 @@ def test_cli_minutes_flag_sets_the_budget_and_resumes_with_more(phantom_root, tm
     out = json.loads(capsys.readouterr().out)
     assert out["last_epoch"]["epoch"] == 2 and out["last_epoch"]["elapsed_s"] > 0
     assert json.loads((tmp_path / "c" / "config.json").read_text())["train"]["minutes"] == 31
+
+
+def test_a_run_resumed_with_more_epochs_follows_the_schedule_over_them(phantom_root, tmp_path):
+    """No budget: a finished 2-epoch cosine run resumed to 4 epochs trains epochs 3 and 4 at
+    the cosine over 4 epochs (it stayed at the 2-epoch cosine's end, lr 0, then climbed back);
+    poly from the CLI likewise; a stop resumed with the same epochs keeps its schedule."""
+    lr0 = 1e-3
+    config = _budget_config(phantom_root, "c", None, epochs=2)
+    assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
+    assert Trainer.resume(tmp_path / "c", epochs=4).run() == "finished"
+    lrs = [r["lr"] for r in read_history(tmp_path / "c")]
+    assert lrs == pytest.approx([lr0 * cosine_factor(k / 4 if k > 1 else k / 2) for k in range(4)])
+    assert lrs[2] == pytest.approx(lr0 / 2) and lrs[3] > 0
+    args = ["train", "--data", str(phantom_root), "--checkpoints", str(tmp_path), *TINY_ARGS,
+            "--batch-size", "2", "--amp", "off", "--steps-per-epoch", "1", "--val-slices", "1",
+            "--scheduler", "poly", "--lr", str(lr0)]  # fmt: skip
+    assert main([*args, "--epochs", "2", "--run", "p"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "p"), "--epochs", "5"]) == 0
+    lrs = [r["lr"] for r in read_history(tmp_path / "p")]
+    power = TrainConfig().poly_power
+    expected = [lr0, lr0 * poly_factor(1 / 2, power)] + [
+        lr0 * poly_factor(k / 5, power) for k in (2, 3, 4)
+    ]
+    assert lrs == pytest.approx(expected) and min(lrs) > 0
+    # a stopped run resumed as it was goes on with the schedule it had
+    config = _budget_config(phantom_root, "s", None, epochs=4)
+    stopper = Trainer(config, checkpoints_root=tmp_path)
+
+    def stop_in_epoch_3(p) -> None:
+        if p.kind == "step" and p.epoch == 3:
+            stopper.stopper.event.set()
+
+    stopper.callbacks.append(stop_in_epoch_3)
+    assert stopper.run() == "stopped"
+    assert len(read_history(tmp_path / "s")) == 2
+    assert Trainer.resume(tmp_path / "s").run() == "finished"
+    lrs = [r["lr"] for r in read_history(tmp_path / "s")]
+    assert lrs == pytest.approx([lr0 * cosine_factor(k / 4) for k in range(4)])

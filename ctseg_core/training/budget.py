@@ -6,7 +6,10 @@ The schedule's horizon is the number of epochs expected to fit: after ``done`` e
 ``done / (done + more)``, estimated again after every epoch and recorded as ``planned_epochs``
 in the epoch's record: PyTorch's epoch-based schedule with its T_max moved to the epochs that
 fit (exactly that schedule when ``epochs`` binds first). The progress never goes back: an
-estimate that grows (a faster epoch) holds the lr until the progress catches up.
+estimate that grows (a faster epoch) holds the lr until the progress catches up. A resume with
+more minutes (or another ``epochs``) plans the horizon again from the records
+(``resumed_progress``): a run the budget ended goes on at the lr of the schedule over its new
+horizon, not at the 0 its old one ended at.
 
 What the clock counts: training time, from the start of a run's first epoch through the training
 steps, the validation and the files of every epoch (checkpoints, figures); preparing the data
@@ -107,17 +110,19 @@ class Budget:
 
     def lap(self, done: int) -> dict:
         """Epoch ``done`` has validated: its record's fields (``elapsed_s``; with a budget,
-        ``planned_epochs``, the schedule's horizon) and ``progress`` set for the next epoch.
+        ``planned_epochs``, the schedule's horizon, else ``epochs``) and ``progress`` set for
+        the next epoch.
         Under torchrun the horizon is rank 0's, on every rank (the ranks keep the same lr)."""
         elapsed = round(self.elapsed_s(), 3)
         self.durations.append(elapsed - self._lap_s)
         self._lap_s, self._lap_epoch = elapsed, done
         fields: dict = {"elapsed_s": elapsed}
+        planned = self.epochs
         if self.seconds is not None:
             est = self.epoch_s()
             planned = ddp.broadcast_object(horizon(elapsed, est, self.seconds, done, self.epochs))
-            self.progress = max(self.progress, min(1.0, done / max(1, planned)))
             fields["planned_epochs"] = planned
+        self.progress = max(self.progress, min(1.0, done / max(1, planned)))
         return fields
 
     def epoch_s(self, fallback: float | None = None) -> float | None:
@@ -160,6 +165,27 @@ class Budget:
         )
 
 
+def recorded_epoch_s(history: list[dict]) -> float:
+    """The estimate of an epoch from a run's epoch records (``mean_epoch_s`` of their laps; the
+    last record's ``seconds`` for records from before ``elapsed_s``)."""
+    laps = [float(r["elapsed_s"]) for r in history if r.get("elapsed_s") is not None]
+    est = mean_epoch_s([b - a for a, b in zip([0.0, *laps], laps, strict=False)])
+    return est or float(history[-1].get("seconds") or 0.0)
+
+
+def resumed_progress(train: TrainConfig, history: list[dict], done: int) -> float:
+    """The schedule's progress for a run resumed after ``done`` epochs (``history`` their
+    records) with ``train``'s ``epochs`` and ``minutes``: ``done / horizon``, the horizon planned
+    from the records (``done`` plus the epochs that fit the rest of the budget, as ``Budget.lap``
+    plans it) or ``epochs``."""
+    if not done or not history:
+        return 0.0
+    budget_s = None if train.minutes is None else train.minutes * 60.0
+    est = recorded_epoch_s(history)
+    planned = horizon(trained_seconds(history), est, budget_s, done, train.epochs)
+    return min(1.0, done / max(1, planned))
+
+
 def continue_budget(
     run_dir: Path, train: TrainConfig, minutes: float | None, history: list[dict]
 ) -> None:
@@ -177,10 +203,7 @@ def continue_budget(
         train.minutes = float(minutes) or None
     if train.minutes is None or not history:
         return
-    used = trained_seconds(history)
-    laps = [float(r["elapsed_s"]) for r in history if r.get("elapsed_s") is not None]
-    est = mean_epoch_s([b - a for a, b in zip([0.0, *laps], laps, strict=False)])
-    est = est or float(history[-1].get("seconds") or 0.0)
+    used, est = trained_seconds(history), recorded_epoch_s(history)
     if not epochs_that_fit(train.minutes * 60 - used, est):
         raise ConfigError(
             f"run {run_dir} has trained {used / 60:.1f} of its {train.minutes:g} minutes "

@@ -4,16 +4,18 @@ A new optimizer is one entry in ``OPTIMIZERS`` (``build(params, train_config) ->
 a new scheduler one in ``SCHEDULERS`` (``build(optimizer, train_config) -> scheduler or None``,
 stepped once per epoch). The CLI's choices, the config checks and the Train page read them.
 
-Schedules over a time budget (``TrainConfig.minutes``). A scheduler entry with a ``shape``
-(cosine, poly) is a learning-rate factor of the run's progress p in [0, 1]:
-``lr = lr0 * shape(p)``. Without a budget it is PyTorch's own epoch-based scheduler over
-``epochs`` (p = epoch / epochs), as before. With a budget it is ``ProgressLR``, stepped after
-each epoch with ``training.budget.progress``: ``done / (done + more)``, ``more`` the epochs
-expected to fit in the rest of the budget (and within ``epochs``), estimated from the measured
-epochs again after every epoch. So it is the epoch-based schedule with its horizon (T_max,
-total_iters) moved to the epochs that fit, exactly that schedule when ``epochs`` binds first;
-an epoch slower or faster than expected moves the horizon, not the lr already used. Plateau and
-"none" have no shape and ignore the budget.
+Schedules over the run's progress. Cosine and poly are a learning-rate factor of the run's
+progress p in [0, 1], ``lr = lr0 * shape(p)`` (``ProgressLR``), stepped after each epoch with
+``training.budget``'s progress ``done / horizon``. Without a time
+budget (``TrainConfig.minutes``) the horizon is ``epochs``: PyTorch's CosineAnnealingLR and
+PolynomialLR over ``epochs``, in closed form. With a budget the horizon is ``done + more``,
+``more`` the epochs expected to fit in the rest of the budget (and within ``epochs``), estimated
+from the measured epochs again after every epoch: the same schedule with its horizon moved to
+the epochs that fit; an epoch slower or faster than expected moves the horizon, not the lr
+already used. A run resumed with another horizon (more or fewer ``epochs``, more minutes)
+continues the schedule it would have followed had it been planned so from the start
+(``ProgressLR.replan``; a finished run's lr rises from 0 to that schedule's value). Plateau and
+"none" ignore the budget.
 """
 
 from __future__ import annotations
@@ -35,8 +37,6 @@ class Choice:
     name: str
     build: Callable
     title: str
-    # learning-rate factor at progress p in [0, 1] (a schedule over time budgets), or None
-    shape: Callable[[float, TrainConfig], float] | None = None
 
 
 def cosine_factor(progress: float) -> float:
@@ -54,9 +54,10 @@ class ProgressLR:
     """``lr = base_lr * shape(progress)`` with the progress given at each ``step(progress)``.
 
     The progress only grows (a smaller one is ignored), so the lr of a monotone shape never
-    climbs back. ``state_dict`` holds the base lrs and the progress (plain floats); loading the
-    state of PyTorch's CosineAnnealingLR / PolynomialLR (a run given a budget on resume) takes
-    their epoch share as the progress.
+    climbs back within a run; only ``replan`` (a resume with a new horizon) sets it anew.
+    ``state_dict`` holds the base lrs and the progress (plain floats); loading the state of
+    PyTorch's CosineAnnealingLR / PolynomialLR (a checkpoint from before) takes their epoch
+    share as the progress.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, shape: Callable[[float], float]):
@@ -72,6 +73,11 @@ class ProgressLR:
 
     def step(self, progress: float) -> None:
         self.progress = max(self.progress, min(max(float(progress), 0.0), 1.0))
+        self._apply()
+
+    def replan(self, progress: float) -> None:
+        """Set the progress to ``progress``, lower or higher (a resume with a new horizon)."""
+        self.progress = min(max(float(progress), 0.0), 1.0)
         self._apply()
 
     def get_last_lr(self) -> list[float]:
@@ -135,17 +141,13 @@ SCHEDULERS: dict[str, Choice] = {
         ),
         Choice(
             "cosine",
-            lambda opt, t: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs)),
+            lambda opt, t: ProgressLR(opt, cosine_factor),
             "cosine decay over the epochs (or the time budget)",
-            lambda p, t: cosine_factor(p),
         ),
         Choice(
             "poly",
-            lambda opt, t: torch.optim.lr_scheduler.PolynomialLR(
-                opt, total_iters=max(1, t.epochs), power=t.poly_power
-            ),
+            lambda opt, t: ProgressLR(opt, lambda p: poly_factor(p, t.poly_power)),
             "polynomial decay (nnU-Net's)",
-            lambda p, t: poly_factor(p, t.poly_power),
         ),
         Choice("none", lambda opt, t: None, "constant learning rate"),
     )
@@ -190,16 +192,13 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig):
     """The per-epoch scheduler ``t.scheduler`` (None for "none"); a ``ProgressLR`` for a shaped
-    one when the run has a time budget (see the module docstring)."""
-    entry = _entry(SCHEDULERS, "scheduler", t.scheduler)
-    if t.minutes is not None and entry.shape is not None:
-        return ProgressLR(optimizer, lambda p: entry.shape(p, t))
-    return entry.build(optimizer, t)
+    one (see the module docstring)."""
+    return _entry(SCHEDULERS, "scheduler", t.scheduler).build(optimizer, t)
 
 
 def step_scheduler(scheduler, record: dict, progress: float | None = None) -> None:
     """Advance the scheduler after an epoch (plateau watches the validation loss; a
-    ``ProgressLR`` takes ``progress``, the run's share of its budget, see the module docstring)."""
+    ``ProgressLR`` takes ``progress``, the run's share of its horizon: ``budget.Budget``)."""
     if scheduler is None:
         return
     if isinstance(scheduler, ProgressLR):

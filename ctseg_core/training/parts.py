@@ -44,9 +44,10 @@ from ..models.nnunet import keep_channels_last
 from ..models.registry import model_spec
 from ..nnunet.finetune import init_from_model
 from . import distributed as ddp
+from .budget import resumed_progress
 from .losses import LossFn, build_loss
 from .memory import check_fits
-from .optim import build_optimizer, build_scheduler, load_optimizer_state
+from .optim import ProgressLR, build_optimizer, build_scheduler, load_optimizer_state
 from .samples import SampleFigure, VolumeSampleFigure
 from .step import StepRunner
 from .validation import validate
@@ -195,6 +196,11 @@ def build_parts(
             scheduler.load_state_dict(resume["scheduler"])
         history = list(resume.get("history") or [])
         start_epoch = int(resume["epoch"])
+        saved = resume["config"]["train"]
+        if isinstance(scheduler, ProgressLR) and (
+            saved.get("epochs") != t.epochs or saved.get("minutes") != t.minutes
+        ):  # resumed with a new horizon: the schedule over it, not the old one's end (lr 0)
+            scheduler.replan(resumed_progress(t, history, start_epoch))
         restore_rng_state(resume.get("rng"))
     net = model
     if ddp.is_distributed():
