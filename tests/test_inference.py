@@ -70,14 +70,16 @@ register("test_side")(lambda cfg: SideNet())
 register("test_left_half")(lambda cfg: LeftHalfNet())
 
 
-def make_checkpoint(path, structures, name="unet", target=(64, 64), context=1, mirror=False):
+def make_checkpoint(
+    path, structures, name="unet", target=(64, 64), context=1, mirror=False, seed=0
+):
     cfg = RunConfig(
         data=DataConfig(
             target_size=target, context_slices=context, structures=list(structures), mirror=mirror
         ),
         model=ModelConfig(name=name, features=[8, 16], bottleneck=16),
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     from ctseg_core.models import build_model
 
     save_checkpoint(path, build_model(cfg.model), config=cfg)
@@ -243,6 +245,25 @@ def test_ensemble_members_of_different_sizes_agree_where_the_members_agree(tmp_p
     assert same.mean() > 0.97
     # b's scores pass through the 122 x 101 working size first: a few boundary voxels may move.
     assert np.mean(both[same] == only_a[same]) > 0.9999
+
+
+def test_2d_ensemble_members_with_more_tta_passes_count_alike(tmp_path, s0000_ct):
+    """A mirror-trained member (2 passes) and one without mirroring (3, shifted): the
+    ensemble's slice scores are the mean of each member's own average (it once averaged the
+    5 passes, so the member with 3 counted for 3/5)."""
+    ct = load_ct(s0000_ct).array
+    structures = ["kidney_left", "kidney_right", "liver"]
+    a = make_checkpoint(tmp_path / "a.pth", structures, mirror=True)
+    b = make_checkpoint(tmp_path / "b.pth", structures, seed=1)
+    zs = [10, 11, 12]
+    scores = {}
+    for name, members in (("a", [a]), ("b", [b]), ("ab", [a, b])):
+        predictor = Predictor(members, device="cpu", tta=True)
+        scores[name] = predictor.strategy._batch_scores(ct, zs)
+    alone = [Predictor([m], device="cpu", tta=True) for m in (a, b)]
+    assert [len(p.strategy.augmentations(p.members[0])) for p in alone] == [2, 3]
+    assert (scores["a"] - scores["b"]).abs().max() > 1e-3
+    torch.testing.assert_close(scores["ab"], (scores["a"] + scores["b"]) / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_of_different_structures_is_refused(tmp_path):

@@ -23,7 +23,7 @@ from ctseg_core.inference.files import predict_file
 from ctseg_core.inference.patches import gaussian_importance, window_starts
 from ctseg_core.inference.predictor import Predictor
 from ctseg_core.inference.to_grid import labels_on_grid, possible_winners
-from ctseg_core.labels import LABEL_OF, lr_swap_lut
+from ctseg_core.labels import LABEL_OF, lr_swap_lut, value_of
 from ctseg_core.models import build_model, register
 from ctseg_core.models.checkpoint import save_checkpoint
 from ctseg_core.models.head import channel_label_values, label_scores
@@ -44,6 +44,18 @@ class SideNet3D(nn.Module):
 
 
 register("test_side3d", spatial_dims=3, inference="patches")(lambda cfg: SideNet3D())
+
+
+class NearNet3D(nn.Module):
+    """Liver (channel 1) where tissue (input above -0.5) lies within 2 slices along z."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tissue = (x > -0.5).float()
+        near = F.max_pool3d(tissue, (1, 1, 5), stride=1, padding=(0, 0, 2))
+        return torch.cat([1 - near, near, torch.full_like(near, -10.0)], dim=1)
+
+
+register("test_near3d", spatial_dims=3, inference="patches")(lambda cfg: NearNet3D())
 
 
 def checkpoint_3d(path, patch=(32, 32, 16), spacing=(6.0, 6.0, 6.0), output="softmax", seed=0,
@@ -243,23 +255,24 @@ def test_sliding_window_is_the_gaussian_weighted_mean_of_its_windows(tmp_path, t
     total, weight = torch.zeros((118, *ct.shape)), torch.zeros(ct.shape)
     swap = torch.from_numpy(lr_swap_lut().astype(np.int64))
 
-    def passes(patch):  # (118, px, py, pz) scores of each pass, back in the CT's frame
-        config = member.config
-        yield window_scores(member.model(patch), config, True)[0]
-        if tta == "mirror":
-            yield window_scores(member.model(patch.flip(2)), config, True)[0].flip(1)[swap]
-        if tta == "shift":
-            for s in ((2, 2, 2), (-2, -2, -2)):
-                rolled = window_scores(member.model(torch.roll(patch, s, dims=(2, 3, 4))), config,
-                                       True)  # fmt: skip
-                yield torch.roll(rolled[0], [-v for v in s], (1, 2, 3))
+    def passes(start):  # each pass's window and (118, px, py, pz) scores in the CT's frame
+        config, size = member.config, (32, 32, 16)
+        shifts = ((2, 2, 2), (-2, -2, -2)) if tta == "shift" else ()
+        for s in ((0, 0, 0), *shifts):  # a shifted pass moves its window, as far as it can
+            moved = zip(start, s, ct.shape, size, strict=True)
+            first = [min(max(a + d, 0), n - p) for a, d, n, p in moved]
+            w = tuple(slice(f, f + p) for f, p in zip(first, size, strict=True))
+            patch = x[(slice(None), slice(None), *w)]
+            yield w, window_scores(member.model(patch), config, True)[0]
+            if tta == "mirror":
+                mirrored = window_scores(member.model(patch.flip(2)), config, True)[0]
+                yield w, mirrored.flip(1)[swap]
 
     starts = [window_starts(n, p, 0.4) for n, p in zip(ct.shape, (32, 32, 16), strict=True)]
     assert [len(s) for s in starts] == [2, 2, 2]
     with torch.inference_mode():
-        for sx, sy, sz in itertools.product(*starts):
-            w = (slice(sx, sx + 32), slice(sy, sy + 32), slice(sz, sz + 16))
-            for one in passes(x[(slice(None), slice(None), *w)]):
+        for start in itertools.product(*starts):
+            for w, one in passes(start):
                 total[(slice(None), *w)] += one * g
                 weight[w] += g
     expected = (total / weight)[predictor.active]
@@ -267,6 +280,48 @@ def test_sliding_window_is_the_gaussian_weighted_mean_of_its_windows(tmp_path, t
     # differently (up to ~2e-5 here), so the absolute tolerance is that of such values
     assert expected.abs().max() > 1
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_ensemble_is_the_mean_of_its_members_averages(tmp_path):
+    """Members with other patches (so other windows) and other test-time passes (a mirror-
+    trained one: 2 passes; the other: 3, shifted) count alike: the ensemble's scores are the
+    mean of each member's own. They once weighed by each member's windows and passes: a small
+    patch's members counted for more, and a model with more passes too."""
+    spacing = (6.0, 6.0, 6.0)
+    small = checkpoint_3d(tmp_path / "a.pth", patch=(16, 16, 8), spacing=spacing, seed=1,
+                          mirror=True)  # fmt: skip
+    large = checkpoint_3d(tmp_path / "b.pth", patch=(32, 32, 16), spacing=spacing, seed=2)
+    ct = np.random.default_rng(7).integers(-1000, 1000, size=(45, 38, 23)).astype(np.int16)
+    scores = {}
+    for name, members in (("a", [small]), ("b", [large]), ("ab", [small, large])):
+        predictor = Predictor(members, device="cpu", batch_slices=4, tta=True)
+        predictor.strategy.amp = None  # float32
+        assert predictor.strategy.averages_logits()
+        scores[name] = predictor.strategy.scores(ct, 4, spacing_mm=spacing)
+    alone = [Predictor([m], device="cpu", tta=True) for m in (small, large)]
+    assert [len(p.strategy.augmentations(p.members[0])) for p in alone] == [2, 3]
+    assert (scores["a"] - scores["b"]).abs().max() > 0.1
+    torch.testing.assert_close(scores["ab"], (scores["a"] + scores["b"]) / 2, rtol=1e-4, atol=1e-5)
+
+
+def test_a_shifted_pass_moves_its_window_and_wraps_nothing_around(tmp_path):
+    """Shift TTA: a model that labels a voxel liver when tissue lies within 2 slices of it,
+    on a CT with tissue in its first two slices only, labels no slice beyond the fourth with
+    TTA either; rolling the window (as it once did) put that tissue beside the last slices of
+    the window and labelled them too."""
+    ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(16, 16, 16), spacing=None, name="test_near3d",
+                         structures=["liver", "spleen"])  # fmt: skip
+    ct = np.full((24, 16, 16), -1000, dtype=np.int16)  # windows at x 0 and 8, one along z
+    ct[:, :, :2] = 60
+    for tta in (False, True):
+        predictor = Predictor([ckpt], device="cpu", tta=tta, body_crop=False)
+        assert predictor.strategy.augmentations(predictor.members[0])[1:] == (
+            ["shift0", "shift1"] if tta else []
+        )
+        liver = predictor.predict(ct) == value_of("liver")
+        slices = np.nonzero(liver.any(axis=(0, 1)))[0].tolist()
+        assert slices[:2] == [0, 1] and max(slices) <= 3, (tta, slices)
+        assert liver[:, :, :2].all()
 
 
 def test_a_volume_smaller_than_one_patch_is_padded_not_refused(tmp_path):

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument(
         "--overlap", type=float, default=0.5,
-        help="3D models: the share of a patch neighbouring windows share (default 0.5)",
+        help="3D models: the share of a patch neighbouring windows share, 0 to 0.9 (default 0.5)",
     )  # fmt: skip
     p.add_argument(
         "--no-body-crop", action="store_true",

@@ -7,7 +7,10 @@ least one patch, and cut into ``data.patch_size`` windows overlapping by ``overl
 placement: as few windows as that overlap allows, spread evenly from edge to edge). Each window's
 logits are weighted by a Gaussian (sigma = patch / 8, as nnU-Net) and summed, per label value the
 model predicts only, at the model's spacing; each voxel's sum is divided by its sum of weights.
-Test-time augmentation and ensemble members add further weighted passes. Logits are averaged as
+Test-time augmentation adds passes (a mirrored window; or the window moved by a few voxels, as
+far as the volume allows), each weighted alike; an ensemble is the mean of its members'
+averages, whatever their patches and passes (each member divides by its own sum of weights).
+Logits are averaged as
 nnU-Net averages windows, mirrors and folds, and it costs one pass over a window's output (for a
 512 x 512 x 300 CT on 2 cores, ~1.4 s beside the forwards, against ~8.4 s with a softmax first:
 benchmarks/inference_3d.py); class probabilities are averaged instead where logits do not compare:
@@ -21,7 +24,7 @@ their argmax gives the labels.
 
 Logits are added from the network's bf16 output a slab of slices at a time (mixed-precision
 ``addcmul_``: on a CPU PyTorch converts each 16 MB slab to float32 first, on CUDA it casts on
-the fly); probabilities and mirrored or shifted passes go a few z slices at a time, so no buffer
+the fly); probabilities and mirrored passes go a few z slices at a time, so no buffer
 holds more than the network's own output in float32; patches run in batches of ``batch`` under
 bf16 autocast where the device has it (``device.resolve_amp``).
 """
@@ -74,7 +77,7 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     if size <= patch:
         return [0]
     step = patch * (1.0 - overlap)
-    count = math.ceil((size - patch) / step) + 1
+    count = min(math.ceil((size - patch) / step) + 1, size - patch + 1)  # one voxel apart at most
     spacing = (size - patch) / (count - 1)
     return [round(spacing * i) for i in range(count)]
 
@@ -183,7 +186,8 @@ class PatchStrategy:
             p = math.prod(int(s) for s in m.config.data.patch_size)
             k = int(m.config.model.out_channels)
             activations = _activation_values(m.config, m.config.data.patch_size)
-            network = batch * (p * 4 + p * k * value_bytes + activations * value_bytes)
+            # per window: its input and its weights (float32), logits and feature maps
+            network = batch * (p * 8 + p * k * value_bytes + activations * value_bytes)
             batch_terms = max(batch_terms, network + p * 4 + _CHUNK_VALUES * 4 * 3)
         # to_grid: a slab's buffers are about SLAB_VALUES values (float32 or int64), at least
         # one output slice's and three model slices' worth; every model voxel's winner (int64)
@@ -214,7 +218,6 @@ class PatchStrategy:
         # them (a slab of slices at a time): (Z, X, Y, A) sums and (Z, X, Y) weights
         zxy = (padded[2], padded[0], padded[1])
         acc = torch.zeros((*zxy, len(self.predictor.active)), device=device)
-        weight = torch.zeros(zxy, dtype=torch.float32, device=device)
         jobs = []
         for m in self.predictor.members:
             patch = tuple(int(s) for s in m.config.data.patch_size)
@@ -226,26 +229,40 @@ class PatchStrategy:
         for member, patch, starts in jobs:
             g = gaussian_importance(patch).permute(2, 0, 1).to(device)  # (pz, px, py)
             augs = self.augmentations(member)
+            # each member's passes are normalised by its own sum of weights, so members with
+            # other patches or passes count alike (the mean of the members' averages)
+            norm = _pass_weights(starts, patch, augs, padded, g).mul_(len(jobs)).reciprocal_()
             for first in range(0, len(starts), batch):
-                windows = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
-                           for start in starts[first : first + batch]]  # fmt: skip
-                x = torch.stack([volume[w] for w in windows])[:, None]  # (B, 1, px, py, pz)
-                x = normalize_hu(x, member.config.data.hu_window)
-                if inside is not None:  # padded after normalising, with the member's value
-                    real = torch.stack([inside[w] for w in windows])[:, None]
-                    x = x.masked_fill_(~real, pad_value(member.config.data))
-                x = x.to(device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                chunk, plain = starts[first : first + batch], None
                 for aug in augs:
-                    self._accumulate(member, x, aug, g, acc, windows, logits)
-                for wx, wy, wz in windows:
-                    weight[wz, wx, wy] += g * len(augs)
-                done += len(windows)
+                    windows = [_window(start, patch, aug, padded) for start in chunk]
+                    if aug.startswith("shift"):  # a shifted pass reads its own windows
+                        x = self._inputs(volume, inside, windows, member)
+                    else:  # the plain and the mirrored pass read the same
+                        if plain is None:
+                            plain = self._inputs(volume, inside, windows, member)
+                        x = plain
+                    weights = torch.stack([g * norm[wz, wx, wy] for wx, wy, wz in windows])
+                    self._accumulate(member, x, aug, weights, acc, windows, logits)
+                done += len(chunk)
                 if progress:
                     progress(done, total, "patches")
         ix, iy, iz = (slice(b, b + n) for b, n in zip(before, grid, strict=True))
-        return acc[iz, ix, iy].div_(weight[iz, ix, iy, None])
+        return acc[iz, ix, iy]
+
+    def _inputs(self, volume: torch.Tensor, inside: torch.Tensor | None,
+                windows: list[tuple[slice, ...]], member) -> torch.Tensor:  # fmt: skip
+        """(B, 1, px, py, pz) normalised input of ``windows`` of the padded ``volume`` for
+        ``member``, its padding value where ``inside`` (the CT's voxels) is False."""
+        x = torch.stack([volume[w] for w in windows])[:, None]
+        x = normalize_hu(x, member.config.data.hu_window)
+        if inside is not None:  # padded after normalising, with the member's value
+            real = torch.stack([inside[w] for w in windows])[:, None]
+            x = x.masked_fill_(~real, pad_value(member.config.data))
+        x = x.to(self.predictor.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
 
     def averages_logits(self) -> bool:
         """Whether windows, passes and members average logits (else class probabilities):
@@ -259,16 +276,16 @@ class PatchStrategy:
                 return False
         return True
 
-    def _accumulate(self, member, x: torch.Tensor, aug: str, g: torch.Tensor, acc: torch.Tensor,
-                    windows: list[tuple[slice, ...]], logits: bool) -> None:  # fmt: skip
-        """Add ``g`` x the logits (``logits``; else the class probabilities) of one augmentation
-        of a batch to ``acc``, a slab of z slices of a window at a time (channels last: rows
-        contiguous); a plain pass's logits straight from the network's output."""
-        flip, shift = aug == "mirror", (0, 0, 0)
-        if aug.startswith("shift"):
-            shift = _TTA_SHIFTS[int(aug.removeprefix("shift"))]
-            x = torch.roll(x, shift, dims=(2, 3, 4))
-        elif flip:
+    def _accumulate(self, member, x: torch.Tensor, aug: str, weights: torch.Tensor,
+                    acc: torch.Tensor, windows: list[tuple[slice, ...]],
+                    logits: bool) -> None:  # fmt: skip
+        """Add ``weights`` (B, pz, px, py) x the logits (``logits``; else the class
+        probabilities) of one augmentation of a batch of ``windows`` to ``acc``, a slab of z
+        slices of a window at a time (channels last: rows contiguous); a plain pass's logits
+        straight from the network's output. A shifted pass's windows are already moved
+        (``_window``): its output lands where its input came from."""
+        flip = aug == "mirror"
+        if flip:
             x = torch.flip(x, dims=[2])  # x: patient left/right
         with autocast_context(self.predictor.device, self.amp):
             out = member.model(x)  # (B, K, px, py, pz)
@@ -279,21 +296,22 @@ class PatchStrategy:
             (read == torch.arange(len(read), device=read.device)).all()
         )
         _, k, px, py, pz = out.shape
-        if logits and identity and aug == "identity":
+        if logits and identity and not flip:
             rows = max(1, _PLAIN_VALUES // (px * py * k))
             for b, (wx, wy, wz) in enumerate(windows):
                 view = out[b].permute(3, 1, 2, 0)  # (pz, px, py, K), no copy
                 for z0 in range(0, pz, rows):
                     z1 = min(z0 + rows, pz)
                     acc[wz.start + z0 : wz.start + z1, wx, wy].addcmul_(
-                        view[z0:z1], g[z0:z1, :, :, None]
+                        view[z0:z1], weights[b, z0:z1, :, :, None]
                     )
             return
         rows = max(1, _CHUNK_VALUES // (px * py * k))
         for b, (wx, wy, wz) in enumerate(windows):
             for z0 in range(0, pz, rows):
                 z1 = min(z0 + rows, pz)
-                part = _z_rows(out[b], z0, z1, shift[2])  # (zc, px, py, K) float32
+                # (zc, px, py, K) float32
+                part = out[b, :, :, :, z0:z1].permute(3, 1, 2, 0).float().contiguous()
                 if not logits and softmax:
                     part.sub_(part.amax(dim=3, keepdim=True)).exp_()
                     part.div_(part.sum(dim=3, keepdim=True))
@@ -301,14 +319,14 @@ class PatchStrategy:
                     part.sigmoid_()
                 if flip:
                     part = part.flip(1)
-                elif shift[:2] != (0, 0):
-                    part = torch.roll(part, (-shift[0], -shift[1]), dims=(1, 2))
                 if not identity:
                     part = part.index_select(3, read.clamp(min=0))
                     part[..., missing] = 0.0  # probabilities only (averages_logits)
                     if not softmax:
                         part[..., 0] = 0.5  # sigmoid outputs: the background is 0.5
-                acc[wz.start + z0 : wz.start + z1, wx, wy].addcmul_(part, g[z0:z1, :, :, None])
+                acc[wz.start + z0 : wz.start + z1, wx, wy].addcmul_(
+                    part, weights[b, z0:z1, :, :, None]
+                )
 
     def label(self, ct_xyz: np.ndarray, batch: int,
               progress: Callable[[int, int, str], None] | None,
@@ -340,16 +358,28 @@ class PatchStrategy:
         return body_box(ct_xyz, ct_spacing, extent_mm)
 
 
-def _z_rows(logits: torch.Tensor, z0: int, z1: int, shift: int) -> torch.Tensor:
-    """(zc, px, py, K) float32 logits of a window's output slices z0..z1 from (K, px, py, pz)
-    logits; ``shift``: the input was rolled by this many slices (read back from z + shift)."""
-    pz = logits.shape[3]
-    first, last = (z0 + shift) % pz, (z1 + shift) % pz or pz
-    if first < last:
-        rows = logits[:, :, :, first:last]
-    else:  # wrapped around
-        rows = torch.cat([logits[:, :, :, first:], logits[:, :, :, :last]], dim=3)
-    return rows.permute(3, 1, 2, 0).float().contiguous()
+def _window(start: Sequence[int], patch: Sequence[int], aug: str,
+            padded: Sequence[int]) -> tuple[slice, ...]:  # fmt: skip
+    """The (x, y, z) slices of the window at ``start`` in the padded volume for the pass
+    ``aug``: a shifted pass's window moved by its shift (``_TTA_SHIFTS``), as far as the volume
+    allows; the others where it is."""
+    shift = _TTA_SHIFTS[int(aug.removeprefix("shift"))] if aug.startswith("shift") else (0, 0, 0)
+    first = [
+        min(max(s + d, 0), n - p) for s, d, n, p in zip(start, shift, padded, patch, strict=True)
+    ]
+    return tuple(slice(f, f + p) for f, p in zip(first, patch, strict=True))
+
+
+def _pass_weights(starts: list[tuple[int, ...]], patch: Sequence[int], augs: list[str],
+                  padded: Sequence[int], g: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """(Z, X, Y) float32 sum of the Gaussian ``g`` (pz, px, py) over a member's windows and
+    passes, on ``g``'s device: what each voxel's sum of that member's passes is divided by."""
+    total = torch.zeros((padded[2], padded[0], padded[1]), device=g.device)
+    for aug in augs:
+        for start in starts:
+            wx, wy, wz = _window(start, patch, aug, padded)
+            total[wz, wx, wy] += g
+    return total
 
 
 def _spacing(config) -> tuple[float, float, float] | None:

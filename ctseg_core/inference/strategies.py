@@ -188,25 +188,28 @@ class SliceStrategy:
 
     @torch.inference_mode()
     def _batch_scores(self, ct_xyz: np.ndarray, zs: list[int]) -> torch.Tensor:
-        """(B, A, h, w) float32 scores of the active label values, averaged over TTA and members."""
-        total, count = None, 0
+        """(B, A, h, w) float32 scores of the active label values: the mean over the members of
+        each member's average over its TTA passes (members with more passes count alike)."""
+        total = None
+        members = self.predictor.members
         num_slices = ct_xyz.shape[2]
-        for member in self.predictor.members:
+        for member in members:
             index = [i for z in zs for i in context_indices(z, num_slices, member.context)]
             stack = np.ascontiguousarray(np.moveaxis(ct_xyz[:, :, index], 2, 0))  # (B*C, X, Y)
             x = torch.from_numpy(stack).reshape(len(zs), member.context, *stack.shape[1:])
             x = normalize_hu(x, member.config.data.hu_window)
             x = resize_batch(x, member.target_size).to(self.predictor.device)
-            for aug in self.augmentations(member):
+            augs = self.augmentations(member)
+            for aug in augs:
                 scores = self._scores(member, x, aug)
                 if scores.shape[-2:] != self.work_size:
                     scores = F.interpolate(scores, size=self.work_size, mode="bilinear",
                                            align_corners=False)  # fmt: skip
                 if len(self.predictor.active) < scores.shape[1]:
                     scores = scores[:, self.predictor.active]
+                scores = scores.mul_(1.0 / (len(augs) * len(members)))
                 total = scores if total is None else total.add_(scores)
-                count += 1
-        return total.div_(count)
+        return total
 
     def _scores(self, member, x: torch.Tensor, aug: str) -> torch.Tensor:
         if aug == "identity":
