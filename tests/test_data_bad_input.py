@@ -150,6 +150,29 @@ def test_2d_image_refused_and_4d_singleton_squeezed(tmp_path):
     assert ct.array.shape == (4, 5, 6)
 
 
+def test_a_header_without_usable_geometry_is_refused_in_one_line(tmp_path, capsys):
+    """An sform with NaN or inf, a zero voxel size or two axes along one direction: no world
+    geometry to label or measure by, so a one-line refusal (it was nibabel's traceback)."""
+    import struct
+
+    data = np.zeros((8, 8, 4), np.int16)
+    srow_z = 312 + 8  # the header's srow_z[2], byte offset (sform_code 1)
+    for tag, value in (("nan", float("nan")), ("inf", float("inf")), ("zero", 0.0)):
+        img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+        img.header["qform_code"], img.header["sform_code"] = 0, 1
+        raw = tmp_path / f"{tag}.nii"
+        nib.save(img, raw)
+        header = bytearray(raw.read_bytes())
+        header[srow_z : srow_z + 4] = struct.pack("<f", value)
+        path = tmp_path / f"{tag}.nii.gz"
+        path.write_bytes(gzip.compress(bytes(header)))
+        with pytest.raises(DataError) as exc:
+            load_ct(path)
+        assert f"{tag}.nii.gz has no usable voxel-to-world geometry" in _one_line(exc)
+    assert cli_main(["stats", "--ct", str(path), "--labels", str(path)]) == 2
+    assert "no usable voxel-to-world geometry" in capsys.readouterr().err
+
+
 def test_nan_ct_refused_or_filled_on_request(tmp_path):
     data = np.zeros((6, 6, 4), np.float32)
     data[1, 2, 3] = np.nan

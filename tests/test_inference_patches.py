@@ -374,6 +374,20 @@ def test_the_network_sees_the_runs_padding_around_a_ct_smaller_than_a_patch(
     torch.testing.assert_close(x[1, 11:21, :, 5:10], expected[:, 8:], atol=1e-5, rtol=1e-5)
 
 
+def test_a_nan_spacing_or_nan_voxels_are_refused_before_any_window(tmp_path):
+    """Through the Python API (files are checked when read): a NaN or inf spacing, and a float
+    CT with NaN voxels (NaN passed on to the network and labelled anything)."""
+    ckpt = checkpoint_3d(tmp_path / "m.pth", spacing=(2.0, 2.0, 2.0))
+    predictor = Predictor([ckpt], device="cpu")
+    ct = np.full((20, 20, 10), 40.0, dtype=np.float32)
+    for spacing in ((2.0, 2.0, float("nan")), (2.0, float("inf"), 2.0), (0.0, 2.0, 2.0)):
+        with pytest.raises(CtsegError, match=r"spacing .* mm must be > 0 and finite"):
+            predictor.predict(ct, spacing_mm=spacing)
+    ct[:3] = np.nan
+    with pytest.raises(CtsegError, match="the CT holds 600 NaN/inf voxels; replace them"):
+        predictor.predict(ct, spacing_mm=(2.0, 2.0, 2.0))
+
+
 def test_resampled_grid_over_the_voxel_limit_refused_in_one_line(tmp_path, monkeypatch):
     ckpt = checkpoint_3d(tmp_path / "m.pth", spacing=(1.0, 1.0, 1.0))
     predictor = Predictor([ckpt], device="cpu")

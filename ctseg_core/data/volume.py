@@ -59,7 +59,8 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     """Open a NIfTI file with clear errors; squeeze a trailing singleton 4th axis; return 3D image.
 
     Raises DataError for a missing, corrupt or truncated file, a header claiming more than
-    ``max_voxels()`` voxels, a file larger than free memory, a 2D image, or a true 4D series.
+    ``max_voxels()`` voxels, a file larger than free memory, a 2D image, a true 4D series, or
+    an affine with NaN, inf or a zero voxel size (no geometry to label or measure by).
     """
     path = Path(path)
     if path.is_dir():
@@ -95,6 +96,13 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
         raise DataError(
             f"{_short(path)} has shape {data.shape} ({data.ndim}D); a 3D volume is expected: "
             "export one 3D CT (split 4D series, stack 2D slices)"
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(
+            f"{_short(path)} has no usable voxel-to-world geometry (its affine "
+            f"{np.round(affine[:3, :3], 4).tolist()} holds NaN, inf or a zero voxel size); "
+            "fix its header's sform/qform and pixdim, e.g. re-export it from 3D Slicer"
         )
     out = nib.Nifti1Image(data, img.affine)
     # the file's own codes (nibabel's new image would state sform "aligned", qform unset)

@@ -150,8 +150,12 @@ class PatchStrategy:
                 "a 3D model resamples the CT to its spacing: give the CT's spacing_mm "
                 "(predict a Volume from data.volume.load_ct)"
             )
-        if spacing_mm is not None and any(float(s) <= 0 for s in spacing_mm):
-            raise CtsegError(f"the CT's voxel spacing {tuple(spacing_mm)} mm must be > 0")
+        if spacing_mm is not None and not all(
+            math.isfinite(float(s)) and float(s) > 0 for s in spacing_mm
+        ):
+            raise CtsegError(
+                f"the CT's voxel spacing {tuple(spacing_mm)} mm must be > 0 and finite"
+            )
         grid = grid_shape(shape_xyz, spacing_mm, self.spacing)
         if math.prod(grid) > max_voxels():
             raise CtsegError(

@@ -11,6 +11,7 @@ Writing back onto the CT's original grid is :mod:`.files`' job (:func:`predict_f
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -168,6 +169,18 @@ class Predictor:
             spacing_mm = ct.spacing_mm
         if ct_xyz.ndim != 3:
             raise CtsegError(f"the CT has shape {ct_xyz.shape}; a 3D (X, Y, Z) volume is expected")
+        if spacing_mm is not None and not all(
+            math.isfinite(float(s)) and float(s) > 0 for s in spacing_mm
+        ):
+            raise CtsegError(
+                f"the CT's voxel spacing {tuple(spacing_mm)} mm must be > 0 and finite"
+            )
+        if np.issubdtype(ct_xyz.dtype, np.floating) and not np.isfinite(ct_xyz).all():
+            bad = int(ct_xyz.size - np.isfinite(ct_xyz).sum())
+            raise CtsegError(
+                f"the CT holds {bad} NaN/inf voxels; replace them (data.volume.load_ct(path, "
+                "allow_nan=True) reads them as air, -1024 HU)"
+            )
         batch = self.check_memory(ct_xyz.shape, memory_limit_bytes, spacing_mm)
         self.last_box = None
         return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
