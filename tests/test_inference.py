@@ -469,3 +469,18 @@ def test_dicom_folder_with_two_series_reads_the_largest_and_says_so(
     ]
     assert main(argv) == 0
     assert "note: " in capsys.readouterr().out
+
+
+def test_the_summary_gives_shape_and_spacing_along_the_files_own_axes(tmp_path):
+    """A file stored S, L, P at 3, 1 and 2 mm: the summary's shape, spacing and orientation all
+    follow the file's axes (its spacing was the RAS order's, 1, 2, 3)."""
+    data = np.full((10, 30, 20), -1000, dtype=np.int16)
+    data[3:7, 10:20, 5:15] = 400
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[0, 1], affine[1, 2], affine[3, 3] = 3.0, -1.0, -2.0, 1.0
+    path = tmp_path / "slp.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
+    summary = predict_file(path, [ckpt], tmp_path / "out.nii.gz")
+    assert summary["orientation"] == "SLP"
+    assert summary["shape"] == [10, 30, 20] and summary["spacing_mm"] == [3.0, 1.0, 2.0]

@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from ..data.domain import is_phantom_ct
-from ..data.volume import hu_problem, load_ct, save_on_original_grid
+from ..data.volume import hu_problem, load_ct, save_on_original_grid, spacing_of
 from ..errors import ConfigError, CtsegError
 from ..fileio import refuse_replacing_inputs
 from ..labels import NUM_LABELS, names_of, value_of
@@ -147,13 +147,14 @@ def predict_file(
 ) -> dict:
     """Predict a CT file or DICOM series folder and write the results beside ``out_path``.
 
-    Returns a JSON-ready summary: paths written, grid (shape, spacing, orientation), the
-    structures found with voxel counts and ml, warnings met while reading (e.g. a DICOM folder
-    with several series: the largest is read), ``body_box`` (the canonical CT's voxels a 3D
-    model labelled, or None), seconds. Raises ConfigError for an ``out_path``
-    that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT too large
-    for memory (before reading it when its header tells the size). A DICOM series with missing
-    slices or uneven spacing is refused unless ``resample_uneven`` (then the warnings say so).
+    Returns a JSON-ready summary: paths written, grid (shape, spacing and orientation of the
+    file's own axes), the structures found with voxel counts and ml, warnings met while
+    reading (e.g. a DICOM folder with several series: the largest is read), ``body_box`` (the
+    canonical CT's voxels a 3D model labelled, or None), seconds. Raises ConfigError for an
+    ``out_path`` that is not .nii/.nii.gz or exists without ``overwrite``; CtsegError for a CT
+    too large for memory (before reading it when its header tells the size). A DICOM series
+    with missing slices or uneven spacing is refused unless ``resample_uneven`` (then the
+    warnings say so).
     ``overlap``: the share of a patch neighbouring windows share (volumetric models);
     ``body_crop``: they label only the box around the body (``Predictor``).
     ``model``: an nnU-Net model folder (or TotalSegmentator's results folder) instead of
@@ -247,7 +248,8 @@ def predict_file(
         "masks_dir": str(out_path.with_name(_stem(out_path))) if split_masks else None,
         "statistics": str(stats_path) if stats_path else None,
         "shape": [int(s) for s in ct.original_shape],
-        "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
+        # the file's own axes, as "shape" and "orientation" (ct.spacing_mm is RAS order)
+        "spacing_mm": [round(float(s), 4) for s in spacing_of(ct.original_affine)],
         "orientation": ct.orientation,
         "checkpoints": [str(p) for p in ckpts],
         "model": str(model) if model is not None else None,
@@ -283,7 +285,8 @@ def _predict_own_labels(predictor, ct_path: Path, out_path: Path, resample_uneve
     return {
         "ct": str(ct_path), "out": str(out_path), "label_files": [str(names_path)],
         "masks_dir": None, "statistics": None, "shape": [int(s) for s in ct.original_shape],
-        "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm], "orientation": ct.orientation,
+        "spacing_mm": [round(float(s), 4) for s in spacing_of(ct.original_affine)],
+        "orientation": ct.orientation,
         "checkpoints": [], "model": str(predictor.path), "tta": predictor.tta,
         "structures_found": found, "warnings": read_warnings,
         "seconds": round(time.perf_counter() - start, 2),
