@@ -159,3 +159,20 @@ def test_over_limit_grid_is_refused_naming_subject_and_spacing(sphere_subject, m
 def test_a_spacing_that_is_not_three_sizes_above_zero_is_a_config_error(sphere_subject, spacing):
     with pytest.raises(ConfigError, match="must be three sizes > 0"):
         open_resampled(sphere_subject, spacing)
+
+
+def test_the_spacing_suggested_over_the_voxel_limit_fits(monkeypatch):
+    """Each axis of the grid rounds to the nearest voxel, so the cube root of the excess alone
+    can suggest a spacing that is still over the limit (256 x 256 x 57 at 1 mm, a limit of
+    20,000: 5.7 mm gives 45 x 45 x 10 = 20,250): the suggestion is one that fits."""
+    import re
+
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", "20000")
+    rng = np.random.default_rng(0)
+    shapes = [(256, 256, 57)] + [tuple(int(v) for v in rng.integers(40, 600, 3)) for _ in range(30)]
+    for shape in shapes:
+        with pytest.raises(DataError) as exc:
+            volumes.check_grid("s1", shape, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+        found = re.search(r"use a spacing of \(([\d.]+), ([\d.]+), ([\d.]+)\) mm", str(exc.value))
+        suggested = tuple(float(v) for v in found.groups())
+        volumes.check_grid("s1", shape, (1.0, 1.0, 1.0), suggested)  # fits: no error

@@ -134,6 +134,9 @@ def check_grid(subject_id: str, shape_xyz, spacing_mm, target_mm) -> tuple[int, 
     if voxels > limit:
         factor = (voxels / limit) ** (1 / 3)
         fits = tuple(math.ceil(float(t) * factor * 10 - 1e-9) / 10 for t in target_mm)
+        # each axis rounds to the nearest voxel: coarsen by tenths until the grid fits
+        while math.prod(grid_shape(shape_xyz, spacing_mm, fits)) > limit:
+            fits = tuple(round(f * 1.02 + 0.1, 1) for f in fits)
         raise DataError(
             f"{subject_id} resampled to {tuple(target_mm)} mm would be "
             f"{' x '.join(map(str, grid))} voxels, over the {limit:,} voxel limit "
