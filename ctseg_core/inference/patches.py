@@ -6,11 +6,11 @@ is resampled (trilinear) to the model's ``data.spacing_mm`` (None: kept), padded
 least one patch, and cut into ``data.patch_size`` windows overlapping by ``overlap`` (nnU-Net's
 placement: as few windows as that overlap allows, spread evenly from edge to edge). Each window's
 logits are weighted by a Gaussian (sigma = patch / 8, as nnU-Net) and summed, per label value the
-model predicts only, at the model's spacing; each voxel's sum is divided by its sum of weights.
-Test-time augmentation adds passes (a mirrored window; or the window moved by a few voxels, as
-far as the volume allows), each weighted alike; an ensemble is the mean of its members'
-averages, whatever their patches and passes (each member divides by its own sum of weights).
-Logits are averaged as
+model predicts only, at the model's spacing, each weight divided by the voxel's sum of weights
+(known beforehand). Test-time augmentation adds passes (a mirrored window; or the window moved by
+a few voxels, as far as the volume allows), each weighted alike; an ensemble is the mean of its
+members' averages, whatever their patches and passes (each member divides by its own sum of
+weights). Logits are averaged as
 nnU-Net averages windows, mirrors and folds, and it costs one pass over a window's output (for a
 512 x 512 x 300 CT on 2 cores, ~1.4 s beside the forwards, against ~8.4 s with a softmax first:
 benchmarks/inference_3d.py); class probabilities are averaged instead where logits do not compare:
@@ -219,7 +219,7 @@ class PatchStrategy:
             volume, inside = full, torch.zeros(padded, dtype=torch.bool)
             inside[box] = True
         # channels last and z first, as the windows' logits are laid out and the way back reads
-        # them (a slab of slices at a time): (Z, X, Y, A) sums and (Z, X, Y) weights
+        # them (a slab of slices at a time): (Z, X, Y, A) sums, a member's (Z, X, Y) weights
         zxy = (padded[2], padded[0], padded[1])
         acc = torch.zeros((*zxy, len(self.predictor.active)), device=device)
         jobs = []
