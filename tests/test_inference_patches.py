@@ -20,9 +20,9 @@ from ctseg_core.data.volume import load_ct
 from ctseg_core.device import autocast_context
 from ctseg_core.errors import ConfigError, CtsegError
 from ctseg_core.inference.files import predict_file
-from ctseg_core.inference.patches import gaussian_importance, window_starts
 from ctseg_core.inference.predictor import Predictor
 from ctseg_core.inference.to_grid import labels_on_grid, possible_winners
+from ctseg_core.inference.windows import gaussian_importance, window_starts
 from ctseg_core.labels import LABEL_OF, lr_swap_lut, value_of
 from ctseg_core.models import build_model, register
 from ctseg_core.models.checkpoint import save_checkpoint

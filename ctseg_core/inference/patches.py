@@ -49,37 +49,13 @@ from ..models.nnunet import architecture, keep_channels_last
 from ..settings import max_voxels
 from .body_box import body_box
 from .to_grid import SLAB_VALUES, labels_on_grid
+from .windows import TTA_SHIFTS, gaussian_importance, pass_weights, window, window_starts
 
 #: values of a window's output copied at once (z slices, all channels): probabilities, mirrors
 _CHUNK_VALUES = 16 * 2**20
 #: values of a plain pass's logits added at once: a window's whole output in one addcmul_ took
 #: 0.3-0.6 s, in slabs of this size 0.19 s (112 x 112 x 128 x 118, 2 cores; 11 slices 0.33 s)
 _PLAIN_VALUES = 4 * 2**20
-#: TTA shifts (voxels) for models trained without left/right mirroring
-_TTA_SHIFTS = ((2, 2, 2), (-2, -2, -2))
-
-
-def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1 / 8) -> torch.Tensor:
-    """(px, py, pz) float32 weights: a Gaussian centred on the patch, sigma = patch *
-    ``sigma_scale`` per axis, 1 at the centre, symmetric, > 0 everywhere (nnU-Net's)."""
-    axes = []
-    for p in patch:
-        offset = torch.arange(int(p), dtype=torch.float64) - (int(p) - 1) / 2
-        axes.append(torch.exp(-0.5 * (offset / (int(p) * sigma_scale)) ** 2))
-    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    g = (g / g.max()).float()
-    return g.clamp_(min=float(g[g > 0].min()))
-
-
-def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """First voxel of each window along an axis of ``size`` voxels (>= ``patch``): the fewest
-    windows with at least ``overlap`` of a patch shared, spread evenly (nnU-Net's steps)."""
-    if size <= patch:
-        return [0]
-    step = patch * (1.0 - overlap)
-    count = min(math.ceil((size - patch) / step) + 1, size - patch + 1)  # one voxel apart at most
-    spacing = (size - patch) / (count - 1)
-    return [round(spacing * i) for i in range(count)]
 
 
 class PatchStrategy:
@@ -141,7 +117,7 @@ class PatchStrategy:
         data = member.config.data
         if getattr(data, "mirror", False) and mirror_partners_present(data.structures):
             return ["identity", "mirror"]
-        return ["identity", *(f"shift{i}" for i in range(len(_TTA_SHIFTS)))]
+        return ["identity", *(f"shift{i}" for i in range(len(TTA_SHIFTS)))]
 
     def model_grid(self, shape_xyz: Sequence[int], spacing_mm: Sequence[float] | None) -> tuple:
         """The shape of a CT of ``shape_xyz`` at ``spacing_mm`` on the model's grid."""
@@ -235,11 +211,11 @@ class PatchStrategy:
             augs = self.augmentations(member)
             # each member's passes are normalised by its own sum of weights, so members with
             # other patches or passes count alike (the mean of the members' averages)
-            norm = _pass_weights(starts, patch, augs, padded, g).mul_(len(jobs)).reciprocal_()
+            norm = pass_weights(starts, patch, augs, padded, g).mul_(len(jobs)).reciprocal_()
             for first in range(0, len(starts), batch):
                 chunk, plain = starts[first : first + batch], None
                 for aug in augs:
-                    windows = [_window(start, patch, aug, padded) for start in chunk]
+                    windows = [window(start, patch, aug, padded) for start in chunk]
                     if aug.startswith("shift"):  # a shifted pass reads its own windows
                         x = self._inputs(volume, inside, windows, member)
                     else:  # the plain and the mirrored pass read the same
@@ -287,7 +263,7 @@ class PatchStrategy:
         probabilities) of one augmentation of a batch of ``windows`` to ``acc``, a slab of z
         slices of a window at a time (channels last: rows contiguous); a plain pass's logits
         straight from the network's output. A shifted pass's windows are already moved
-        (``_window``): its output lands where its input came from."""
+        (``windows.window``): its output lands where its input came from."""
         flip = aug == "mirror"
         if flip:
             x = torch.flip(x, dims=[2])  # x: patient left/right
@@ -360,30 +336,6 @@ class PatchStrategy:
         model_spacing = self.spacing if self.spacing is not None else ct_spacing
         extent_mm = [p * float(s) for p, s in zip(self.patch, model_spacing, strict=True)]
         return body_box(ct_xyz, ct_spacing, extent_mm)
-
-
-def _window(start: Sequence[int], patch: Sequence[int], aug: str,
-            padded: Sequence[int]) -> tuple[slice, ...]:  # fmt: skip
-    """The (x, y, z) slices of the window at ``start`` in the padded volume for the pass
-    ``aug``: a shifted pass's window moved by its shift (``_TTA_SHIFTS``), as far as the volume
-    allows; the others where it is."""
-    shift = _TTA_SHIFTS[int(aug.removeprefix("shift"))] if aug.startswith("shift") else (0, 0, 0)
-    first = [
-        min(max(s + d, 0), n - p) for s, d, n, p in zip(start, shift, padded, patch, strict=True)
-    ]
-    return tuple(slice(f, f + p) for f, p in zip(first, patch, strict=True))
-
-
-def _pass_weights(starts: list[tuple[int, ...]], patch: Sequence[int], augs: list[str],
-                  padded: Sequence[int], g: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """(Z, X, Y) float32 sum of the Gaussian ``g`` (pz, px, py) over a member's windows and
-    passes, on ``g``'s device: what each voxel's sum of that member's passes is divided by."""
-    total = torch.zeros((padded[2], padded[0], padded[1]), device=g.device)
-    for aug in augs:
-        for start in starts:
-            wx, wy, wz = _window(start, patch, aug, padded)
-            total[wz, wx, wy] += g
-    return total
 
 
 def _spacing(config) -> tuple[float, float, float] | None:

@@ -2,7 +2,7 @@
 
 Each validation subject, resampled to the run's spacing (``data.volumes``), is cut into
 ``data.patch_size`` tiles placed as the sliding window places them with an overlap of 0
-(``inference.patches.window_starts``: the fewest windows, spread evenly from edge to edge, so
+(``inference.windows.window_starts``: the fewest windows, spread evenly from edge to edge, so
 neighbours share a few voxels where the size is not a multiple of the patch). A volume smaller
 than a patch along an axis is padded there (the run's ``data.padding``, ``data.patches.pad_value``;
 labels: background), centred as the sliding window and the patch sampler centre it (the
@@ -31,7 +31,7 @@ import torch
 from ..config import RunConfig
 from ..data.patches import PatchDataset, pad_value
 from ..data.slices import normalize_hu
-from ..inference.patches import window_starts
+from ..inference.windows import window_starts
 from ..labels import NUM_LABELS
 from ..models.head import predicted_labels
 from ..nosync import count_values
