@@ -25,7 +25,11 @@ CASES = {
         {"patch_size": [64, 64, 32], "batch_size": 2},
     ),
     "phantom_demo (2D), 128 x 128, batch 4": ("phantom_demo", {}),
-    "phantom_3d, 96 x 96 x 64, batch 2": ("phantom_3d", {}),
+    "phantom_3d, 96 x 96 x 64, batch 2": (
+        "phantom_3d",
+        {"patch_size": [96, 96, 64], "batch_size": 2},
+    ),
+    "phantom_3d (64 x 64 x 48, batch 1)": ("phantom_3d", {}),
 }
 
 

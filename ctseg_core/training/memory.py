@@ -9,7 +9,7 @@ parameters left out) plus the outputs held during backward. The network is fully
 convolutional, so every layer's output, and so this sum, is linear in the input's voxels: the
 per-voxel bytes scale to ``batch x patch``. ``BACKWARD_FACTOR`` then covers what backward holds
 on top (gradient buffers of the layer in flight, the loss's float32 gradient of the logits,
-oneDNN scratch), calibrated against real peaks.
+oneDNN scratch), calibrated against real peaks, one for bf16 and one for float32.
 
 Accuracy, against the real peak of two training steps on 2 CPU cores (the peak resident memory,
 VmHWM, of a fresh process minus its resident memory before the model was built; bf16 autocast on
@@ -24,6 +24,11 @@ phantom_3d widths, 64 x 64 x 32, batch 2            874          895   0.98
 phantom_demo (2D), 128 x 128, batch 4               405          421   0.96
 phantom_3d, 96 x 96 x 64, batch 2                  3185         2672   1.19
 ==========================================  ===========  ===========  =====
+
+In float32 (an AVX2-only EPYC without native bf16, where "auto" trains in float32, 2026-12-06)
+the bf16 factors gave 0.81, 1.27, 1.11, 1.42 and, for phantom_3d itself (64 x 64 x 48, batch
+1), 1.22 (estimates 324 / 1218 / 512 / 4797 / 963 MB against 397 / 959 / 461 / 3373 / 788 MB
+measured): the float32 factors, fitted on those five, give 0.92 to 1.05.
 
 Not counted: the process itself (torch and the data, ~0.5 GB on a CPU), the loader's workers,
 validation (no gradients: less than a training step), and on a GPU the CUDA context and
@@ -46,12 +51,14 @@ from ..models.registry import build_model, model_spec
 from ..runs.listing import config_kind
 
 #: the step's peak holds this many times the saved activations: backward keeps the gradients of
-#: the layers in flight beside them (fitted on the CPU over the module doc's configurations)
-BACKWARD_FACTOR = 2.0
+#: the layers in flight beside them (fitted on the CPU over the module doc's configurations:
+#: under bf16 autocast, and in float32, where the loss's float32 gradient weighs less beside
+#: float32 activations)
+BACKWARD_FACTOR = {"bf16": 2.0, "fp32": 1.35}
 
 #: what the first step allocates besides tensors (oneDNN's primitives and scratch, the thread
-#: pools' buffers): the measured peaks' intercept on the CPU
-WORKSPACE_BYTES = 100 * 2**20
+#: pools' buffers): the measured peaks' intercept on the CPU, bf16 and float32
+WORKSPACE_BYTES = {"bf16": 100 * 2**20, "fp32": 190 * 2**20}
 
 #: optimizer state per parameter, in parameter copies (Adam: two moments; SGD: the momentum)
 OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 1}
@@ -173,7 +180,9 @@ def estimate_training_bytes(config: RunConfig, device: torch.device | str | None
     batch = voxels * (4 * int(config.model.in_channels) + 8)  # float32 image, int64 classes
     per_voxel, constant = _activation_line(_measure_key(config, amp))
     activations = per_voxel * voxels + constant
-    return int(4 * states * params + batch + BACKWARD_FACTOR * activations + WORKSPACE_BYTES)
+    precision = "fp32" if amp is None else "bf16"
+    backward = BACKWARD_FACTOR[precision] * activations
+    return int(4 * states * params + batch + backward + WORKSPACE_BYTES[precision])
 
 
 @functools.lru_cache(maxsize=32)
