@@ -172,6 +172,43 @@ def test_prediction_on_a_larger_grid_is_resampled_by_affine(tmp_path, s0000_root
     assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
 
 
+def test_a_prediction_a_hair_off_its_grid_or_cropped_keeps_its_edge_slabs(
+    tmp_path, s0000_root, extra_dir
+):
+    """The reference's own labels moved by 0.002 mm either way (over the same-grid tolerance,
+    so resampled), or stored on a crop of the grid whose origin carries float round-off: every
+    reference voxel still lies within half a voxel of a prediction voxel, so Dice 1 everywhere.
+    The edge slabs once went to 0 (Dice 0.94 mean, a lobe missed)."""
+    img = nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"))
+    data = np.asarray(img.dataobj)
+    cases = {}
+    for shift in (0.002, -0.002):
+        affine = img.affine.copy()
+        affine[:3, 3] += shift
+        cases[f"shift{shift}"] = nib.Nifti1Image(data, affine)
+    crop = (slice(5, None), slice(0, -4), slice(2, None))
+    affine = img.affine.copy()
+    affine[:3, 3] += img.affine[:3, :3] @ np.array([5, 0, 2]) * (1 + 1e-12)
+    cases["crop"] = nib.Nifti1Image(data[crop], affine)
+    for name, pred in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        nib.save(pred, str(folder / "s0000.nii.gz"))
+        results = evaluate_predictions(
+            s0000_root, "train", folder, tmp_path / f"o_{name}", subjects=["s0000"], report=False
+        )
+        scored = results.dropna(subset=["dice"])
+        if name == "crop":  # what the crop cut off is missed; what it kept is exact
+            cut = np.zeros(data.shape, bool)
+            cut[crop] = True
+            inside = set(np.unique(data[cut])) - set(np.unique(data[~cut]))
+            assert len(inside) > 10
+            kept = scored[[LABEL_OF[n] in inside for n in scored["structure"]]]
+            assert (kept["dice"] == 1.0).all(), kept[["structure", "dice"]]
+        else:
+            assert len(scored) == 41 and (scored["dice"] == 1.0).all(), name
+
+
 def test_not_annotated_structures_are_excluded_entirely(tmp_path, derived_sample):
     # s0002 has a mask for vertebrae_L1 only (plus an unknown name): liver is not annotated
     # there, though s0000, which it is cut from, has a liver.

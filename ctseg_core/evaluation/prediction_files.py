@@ -44,7 +44,8 @@ def prediction_on_reference_grid(
 
     ``shape_xyz``/``affine``: the reference's canonical grid; ``original_*``: its grid on disk.
     Same grid (after canonical reorientation): returned as is. Other grid: resampled by the
-    voxel-to-voxel affine, nearest neighbour, outside the prediction's field of view = 0.
+    voxel-to-voxel affine, nearest neighbour (each voxel's half-voxel neighbourhood, the edge
+    voxels' too), outside the prediction's field of view = 0.
     A file without a usable affine (sform and qform codes 0) is taken to be on the reference's
     original grid when its shape matches, else DataError. Label values above 117 or an
     unreadable/empty file raise DataError.
@@ -68,8 +69,11 @@ def prediction_on_reference_grid(
         return pred.array
     # Reference voxel -> world -> prediction voxel.
     voxel_to_voxel = np.linalg.inv(pred.affine) @ np.asarray(affine, dtype=np.float64)
+    # "grid-constant": a point within half a voxel of the prediction's first or last voxel is
+    # that voxel's; "constant" took anything past their centres (float round-off included) as
+    # outside, dropping the edge slab
     resampled = ndimage.affine_transform(
-        pred.array, voxel_to_voxel, output_shape=shape_xyz, order=0, mode="constant", cval=0
+        pred.array, voxel_to_voxel, output_shape=shape_xyz, order=0, mode="grid-constant", cval=0
     )
     if pred.array.any() and not resampled.any():
         raise DataError(
