@@ -62,6 +62,31 @@ def test_checkpoint_loads_weights_only_and_refuses_other_objects(tmp_path):
         load_weights(ckpt)
 
 
+def test_a_checkpoint_pickled_under_numpy_1_loads(tmp_path):
+    """numpy 1.x names its scalars ``numpy.core.multiarray.scalar`` in a pickle (every nnU-Net
+    and TotalSegmentator checkpoint saved before numpy 2); they were refused as unsafe."""
+    import zipfile
+
+    folder = _model_2d(tmp_path)
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    old = tmp_path / "numpy1.pth"
+    renamed = 0
+    with zipfile.ZipFile(ckpt) as src, zipfile.ZipFile(old, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                renamed = data.count(b"numpy._core.multiarray\nscalar")
+                data = data.replace(
+                    b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar"
+                )
+            dst.writestr(info, data)
+    assert renamed >= 1
+    state, axes = load_weights(old)
+    expected, _ = load_weights(ckpt)
+    assert axes == (0, 1) and state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in state)
+
+
 def test_labels_map_to_v2_names_and_others_keep_their_own(tmp_path, small_ct):
     folder = _model_2d(tmp_path, labels={**TS_LABELS, "my_tumour": 4}, mirror_axes=None)
     predictor = NnunetPredictor(folder, device="cpu")

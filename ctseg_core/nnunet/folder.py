@@ -27,12 +27,15 @@ _CONFIG_OF_FOLDER = re.compile(r"^.+__.+__(?P<config>[^_].*)$")
 
 
 def _numpy_globals() -> list:
-    """The numpy types a pickled float64 scalar needs (the logger's Dice and EMA values)."""
+    """The numpy types a pickled float64 scalar needs (the logger's Dice and EMA values), under
+    both names: a checkpoint saved under numpy 1.x (nearly every published nnU-Net and
+    TotalSegmentator model) names ``numpy.core.multiarray.scalar``, numpy 2 ``numpy._core``."""
     try:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import scalar
     kinds = [np.dtype, scalar]
+    kinds += [(scalar, f"{module}.multiarray.scalar") for module in ("numpy.core", "numpy._core")]
     kinds += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     return kinds
 
