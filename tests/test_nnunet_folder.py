@@ -62,6 +62,34 @@ def test_checkpoint_loads_weights_only_and_refuses_other_objects(tmp_path):
         load_weights(ckpt)
 
 
+def test_folds_are_chosen_as_nnunets_predictor_chooses_them(tmp_path):
+    """Every numbered fold with checkpoint_final.pth: not fold_all beside them, not an
+    unfinished fold holding only checkpoint_best.pth (both were averaged in, 7 % of voxels
+    off nnU-Net's labels); fold_all when it is the only one; checkpoint_best.pth in every fold
+    of a folder without a final one."""
+    import shutil
+
+    folder = write_model_folder(tmp_path, "2d", [5.0, 4.0], [32, 32], [0, 2, 1], folds=3,
+                                labels=TS_LABELS, mirror_axes=(0, 1))  # fmt: skip
+    shutil.copytree(folder / "fold_0", folder / "fold_all")
+    (folder / "fold_2" / "checkpoint_final.pth").rename(folder / "fold_2" / "checkpoint_best.pth")
+    picked = read_model_folder(folder).checkpoints
+    assert [p.relative_to(folder).as_posix() for p in picked] == [
+        "fold_0/checkpoint_final.pth", "fold_1/checkpoint_final.pth",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"fold_2/checkpoint_final\.pth is missing"):
+        read_model_folder(folder, folds=[2])
+    best = read_model_folder(folder, folds=[2], checkpoint="checkpoint_best.pth").checkpoints
+    assert best == [folder / "fold_2" / "checkpoint_best.pth"]
+    for fold in ("fold_0", "fold_1", "fold_2"):
+        shutil.rmtree(folder / fold)
+    assert read_model_folder(folder).checkpoints == [folder / "fold_all" / "checkpoint_final.pth"]
+    (folder / "fold_all" / "checkpoint_final.pth").rename(
+        folder / "fold_all" / "checkpoint_best.pth"
+    )
+    assert read_model_folder(folder).checkpoints == [folder / "fold_all" / "checkpoint_best.pth"]
+
+
 def test_a_checkpoint_pickled_under_numpy_1_loads(tmp_path):
     """numpy 1.x names its scalars ``numpy.core.multiarray.scalar`` in a pickle (every nnU-Net
     and TotalSegmentator checkpoint saved before numpy 2); they were refused as unsafe."""

@@ -81,9 +81,11 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
                       checkpoint: str | None = None,
                       configuration: str | None = None) -> ModelFolder:  # fmt: skip
     """Check and read an nnU-Net v2 model folder; ConfigError with one line naming the missing
-    or wrong file. ``folds``: default every ``fold_<k>`` with a checkpoint; ``checkpoint``:
-    default checkpoint_final.pth, else checkpoint_best.pth; ``configuration``: default the one
-    the folder is named for (``<trainer>__<plans>__<configuration>``)."""
+    or wrong file. ``checkpoint``: default checkpoint_final.pth, or checkpoint_best.pth where no
+    fold has a final one (the same file in every fold); ``folds``: default, as nnU-Net's
+    predictor, every numbered ``fold_<k>`` holding it (not ``fold_all`` beside them; an
+    unfinished fold without it is left out), else ``fold_all``; ``configuration``: default the
+    one the folder is named for (``<trainer>__<plans>__<configuration>``)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError(f"model folder {root} does not exist or is not a folder")
@@ -109,27 +111,34 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
                 f"configuration (one of {configs})"
             )
     config = read_configuration(plans, configuration, str(root / "plans.json"))
-    if folds is None:
-        found = sorted(p.name.removeprefix("fold_") for p in root.glob("fold_*") if p.is_dir())
-        folds = [f for f in found if _checkpoint_in(root / f"fold_{f}", checkpoint)]
+    fold_dirs = [p for p in root.glob("fold_*") if p.is_dir()]
+    # one checkpoint name for every fold, as nnU-Net's predictor: checkpoint_final.pth, or
+    # checkpoint_best.pth in a folder where no fold has a final one
+    name = checkpoint or next(
+        (n for n in CHECKPOINT_NAMES if any((d / n).is_file() for d in fold_dirs)),
+        CHECKPOINT_NAMES[0],
+    )
+    if folds is None:  # nnU-Net's auto_detect_available_folds: fold_all only when alone
+        numbered = [d.name.removeprefix("fold_") for d in fold_dirs if d.name != "fold_all"]
+        folds = sorted(
+            (f for f in numbered if (root / f"fold_{f}" / name).is_file()), key=_fold_key
+        )
+        if not folds and (root / "fold_all" / name).is_file():
+            folds = ["all"]
         if not folds:
-            wanted = checkpoint or " or ".join(CHECKPOINT_NAMES)
-            raise ConfigError(f"{root} has no fold_<k>/{wanted}")
+            raise ConfigError(f"{root} has no fold_<k>/{name}")
     paths = []
     for fold in folds:
-        ckpt = _checkpoint_in(root / f"fold_{fold}", checkpoint)
-        if ckpt is None:
-            wanted = checkpoint or CHECKPOINT_NAMES[0]
-            raise ConfigError(f"{root / f'fold_{fold}' / wanted} is missing")
+        ckpt = root / f"fold_{fold}" / name
+        if not ckpt.is_file():
+            raise ConfigError(f"{ckpt} is missing")
         paths.append(ckpt)
     return ModelFolder(root, dataset, plans, config, paths)
 
 
-def _checkpoint_in(fold_dir: Path, name: str | None) -> Path | None:
-    for candidate in [name] if name else CHECKPOINT_NAMES:
-        if (fold_dir / candidate).is_file():
-            return fold_dir / candidate
-    return None
+def _fold_key(fold: str) -> tuple:
+    """Numbered folds in numeric order (fold_10 after fold_2), others after them by name."""
+    return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)
 
 
 def load_weights(path: str | Path) -> tuple[dict, tuple[int, ...] | None]:
