@@ -75,6 +75,34 @@ def test_3d_lowres_inheriting_from_3d_fullres_labels_equal_nnunet_predictor(tmp_
     assert _compare(folder, small_ct, 1) == 0.0
 
 
+def test_a_model_with_an_ignore_label_equals_nnunet_predictor_and_a_cascade_is_refused(
+    tmp_path, small_ct
+):
+    """dataset.json's "ignore" label is no output (nnU-Net builds no head for it; ctseg built
+    one, and the checkpoint did not fit); a cascade's second stage needs the first stage's
+    prediction as input: refused in one line naming it."""
+    from nnunet_kit import LABELS
+
+    from ctseg_core.errors import ConfigError
+
+    labels = {**LABELS, "ignore": max(LABELS.values()) + 1}
+    folder = write_model_folder(tmp_path / "ignore", "3d_fullres", [4.5, 5.0, 4.0], [16, 32, 32],
+                                [0, 2, 1], labels=labels)  # fmt: skip
+    assert _compare(folder, small_ct, 1) == 0.0
+    folder = write_model_folder(tmp_path / "cascade", "3d_fullres", [4.5, 5.0, 4.0],
+                                [16, 32, 32], [0, 2, 1])  # fmt: skip
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres",
+                                            "spacing": [9.0, 10.0, 8.0]}  # fmt: skip
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres",
+                                                     "previous_stage": "3d_lowres"}  # fmt: skip
+    cascade = folder.with_name("nnUNetTrainer__nnUNetPlans__3d_cascade_fullres")
+    folder.rename(cascade)
+    (cascade / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ConfigError, match="3d_cascade_fullres is a cascade's second stage"):
+        NnunetPredictor(cascade, device="cpu")
+
+
 @pytest.mark.parametrize("folds", [1, 2])
 def test_2d_labels_equal_nnunet_predictor(tmp_path, small_ct, folds):
     folder = write_model_folder(tmp_path, "2d", [5.0, 4.0], [32, 32], [0, 2, 1], folds=folds,

@@ -52,8 +52,9 @@ class ModelFolder:
 
     @property
     def labels(self) -> dict[int, str]:
-        """Output value -> label name from dataset.json (background included)."""
-        return {int(v): str(k) for k, v in self.dataset["labels"].items()}
+        """Output value -> label name from dataset.json (background included; an "ignore"
+        label is no output, as in nnU-Net's label manager)."""
+        return {int(v): str(k) for k, v in self.dataset["labels"].items() if k != "ignore"}
 
     @property
     def in_channels(self) -> int:
@@ -111,6 +112,12 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
                 f"configuration (one of {configs})"
             )
     config = read_configuration(plans, configuration, str(root / "plans.json"))
+    previous = (plans.get("configurations") or {}).get(configuration, {}).get("previous_stage")
+    if previous:
+        raise ConfigError(
+            f"{root}: {configuration} is a cascade's second stage (it takes the {previous} "
+            f"model's prediction as input); ctseg runs single-stage models: use {previous}"
+        )
     fold_dirs = [p for p in root.glob("fold_*") if p.is_dir()]
     # one checkpoint name for every fold, as nnU-Net's predictor: checkpoint_final.pth, or
     # checkpoint_best.pth in a folder where no fold has a final one
