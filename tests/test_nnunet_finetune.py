@@ -167,6 +167,27 @@ def test_a_2d_model_folder_is_refused_with_one_line(tmp_path):
         finetune_changes(folder)
 
 
+@pytest.mark.parametrize(
+    "key, value, said",
+    [
+        ("nonlin", "torch.nn.ReLU", "nonlin ReLU"),
+        ("nonlin_kwargs", {"inplace": True, "negative_slope": 0.3}, "nonlin LeakyReLU"),
+        ("norm_op_kwargs", {"eps": 0.1, "affine": True}, "norm_op_kwargs"),
+        ("conv_bias", False, "conv_bias false"),
+    ],
+)
+def test_a_model_whose_layers_differ_from_ctsegs_is_refused(tmp_path, key, value, said):
+    """A plans' activation, norm epsilon or bias other than nnU-Net's defaults: ctseg's network
+    would not compute the model's function (a LeakyReLU slope of 0.3 moved 27 % of the labels),
+    so the fine-tune is refused in one line naming the setting."""
+    folder = write_model_folder(tmp_path, "3d_fullres", [6.0, 6.0, 6.0], [16, 32, 24], [0, 1, 2])
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"][key] = value
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ConfigError, match=f"plans.json: {said}.*would not compute"):
+        finetune_changes(folder)
+
+
 LOBES = ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
          "lung_middle_lobe_right", "lung_lower_lobe_right")  # fmt: skip
 

@@ -95,6 +95,13 @@ def finetune_changes(path, fold: str | int | None = None, checkpoint: str | None
             f"{folder.path / 'plans.json'}: network {network} with {norm} is not one ctseg "
             f"trains ({', '.join(_NETWORKS)} with instance or batch norm)"
         )
+    differs = _unlike_ctseg(kw)
+    if differs:
+        raise ConfigError(
+            f"{folder.path / 'plans.json'}: {differs}; ctseg's 3D U-Nets use nnU-Net's defaults "
+            "(LeakyReLU 0.01, norm eps 1e-5 with affine, convolutions with bias), so a "
+            "fine-tune would not compute this model's function"
+        )
     order = canonical_order(folder)
 
     def xyz(values) -> list:
@@ -129,6 +136,21 @@ def finetune_changes(path, fold: str | int | None = None, checkpoint: str | None
     if deep_supervision is not None and deep_supervision > most:
         changes["model", "deep_supervision"] = most
     return changes
+
+
+def _unlike_ctseg(kw: dict) -> str:
+    """What in a plans' ``arch_kwargs`` differs from the network ctseg builds
+    (``models.nnunet.package_arguments``), or ""."""
+    nonlin = _short(kw.get("nonlin"))
+    slope = (kw.get("nonlin_kwargs") or {}).get("negative_slope", 0.01)
+    norm_kw = kw.get("norm_op_kwargs") or {}
+    if nonlin != "LeakyReLU" or float(slope) != 0.01:
+        return f"nonlin {nonlin} {dict(kw.get('nonlin_kwargs') or {})}"
+    if float(norm_kw.get("eps", 1e-5)) != 1e-5 or not norm_kw.get("affine", True):
+        return f"norm_op_kwargs {dict(norm_kw)}"
+    if not kw.get("conv_bias", True):
+        return "conv_bias false"
+    return ""
 
 
 def _sha256(path: Path) -> str:
