@@ -209,6 +209,28 @@ def test_a_prediction_a_hair_off_its_grid_or_cropped_keeps_its_edge_slabs(
             assert len(scored) == 41 and (scored["dice"] == 1.0).all(), name
 
 
+def test_a_split_without_any_annotated_structure_is_refused_in_one_line(
+    tmp_path, s0000_root, extra_dir, capsys
+):
+    """A subject whose segmentations/ folder is empty: every structure is not annotated, so
+    nothing can be scored; one line, exit 2, no tables (it wrote them, then crashed plotting)."""
+    import shutil
+
+    root = tmp_path / "root"
+    (root / "s0000" / "segmentations").mkdir(parents=True)
+    shutil.copy(s0000_root / "s0000" / "ct.nii.gz", root / "s0000" / "ct.nii.gz")
+    (root / "meta.csv").write_text("image_id;split\ns0000;test\n")
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    shutil.copy(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz", folder / "s0000.nii.gz")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--data", str(root), "--split", "test", "--predictions",
+                 str(folder), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no structure is annotated in the scored subjects of split 'test'" in err
+    assert "Traceback" not in err and not list(out.glob("*.csv"))
+
+
 def test_not_annotated_structures_are_excluded_entirely(tmp_path, derived_sample):
     # s0002 has a mask for vertebrae_L1 only (plus an unknown name): liver is not annotated
     # there, though s0000, which it is cut from, has a liver.

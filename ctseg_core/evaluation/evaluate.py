@@ -217,7 +217,8 @@ def evaluate_predictions(
     ``results.attrs["notes"]`` and ``source_<split>.json``'s ``notes``: warnings about what
     was scored (a folder's prediction that looks merged without its label file:
     ``_score_subject``), also logged.
-    DataError when no subject could be scored (nothing is written then); ConfigError for a
+    DataError when no subject could be scored, or no structure is annotated in those that could
+    (nothing is written then); ConfigError for a
     ``tolerance_mm`` that is not a finite number >= 0, before any subject is read.
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -318,6 +319,12 @@ def evaluate_predictions(
                 progress(done, len(ids), sid)
         if len(skipped) == len(ids):
             raise _nothing_scored(split, index.root, ids, skipped)
+        if not rows:  # every scored subject lacks every mask file of what is predicted
+            raise DataError(
+                f"no structure is annotated in the scored subjects of split {split!r} of "
+                f"{index.root} (their segmentations/ folders hold none of the predicted "
+                "structures); nothing to score"
+            )
     except BaseException:
         if collector is not None:
             collector.discard()

@@ -215,9 +215,6 @@ def show_results(info: dict) -> None:
             icon=":material/warning:",
         )  # fmt: skip
         st.dataframe(evalcharts.skipped_table(skipped), hide_index=True)
-    if results.empty:
-        st.warning("No structure was scored: none of the evaluated structures is annotated.")
-        return
     summary = summarize_results(results)
     metric = st.segmented_control(
         "Metric", list(evalcharts.METRIC_TITLES),
