@@ -123,6 +123,28 @@ def test_missed_distances_are_counted_left_out_of_the_means_and_ranked_in_the_te
     assert row["p_value"] == pytest.approx(wilcoxon(np.r_[np.zeros(3), -np.ones(5)]).pvalue)
 
 
+def test_a_distance_verdict_counts_the_misses_where_they_differ():
+    """B misses the liver in 9 of 10 subjects and is 1 mm nearer on the one it finds: its
+    HD95 verdict is "worse", as its test leans (it said "better", from that one pair); over
+    all structures too. Where the misses go B's way the verdict follows them, and where A and
+    B miss alike the mean difference decides as before."""
+    subjects = [f"s{i}" for i in range(10)]
+    a = table({"liver": np.full(10, 0.9)}, subjects, {"liver": np.full(10, 5.0)})
+    hd_b = np.r_[4.0, np.full(9, np.inf)]
+    b = table({"liver": np.r_[0.92, np.zeros(9)]}, subjects, {"liver": hd_b})
+    hd = rows_of(compare_results(a, b), "hd95_mm")
+    assert hd.loc["liver", "difference"] == pytest.approx(-1.0)  # the finite pair's gain
+    assert hd.loc["liver", "missed_b"] == 9 and hd.loc["liver", "verdict"] == "worse"
+    assert hd.loc[OVERALL, "verdict"] == "worse"
+    assert rows_of(compare_results(b, a), "hd95_mm").loc["liver", "verdict"] == "better"
+    # one extra miss against nine pairs 1 mm nearer: the signed-rank sum leans to B
+    hd_b = np.r_[np.full(9, 4.0), np.inf]
+    b = table({"liver": np.full(10, 0.9)}, subjects, {"liver": hd_b})
+    row = rows_of(compare_results(a, b), "hd95_mm").loc["liver"]
+    d = np.r_[np.full(9, -1.0), 100.0]  # the miss ranks above every finite difference
+    assert row["verdict"] == "better" and row["p_value"] == pytest.approx(wilcoxon(d).pvalue)
+
+
 def test_no_p_value_for_few_pairs_or_no_difference_and_the_reason_is_said():
     few = [f"s{i}" for i in range(MIN_PAIRS - 1)]
     dice = {"liver": np.linspace(0.5, 0.8, len(few))}

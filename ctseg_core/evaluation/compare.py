@@ -6,7 +6,9 @@ compared. A row pairs with the other table's row of the same (subject, structure
 scored: NaN (reference absent, not annotated) pairs with nothing. A distance may be inf (the
 structure was missed): such a pair is left out of the means and the mean difference and counted
 in ``missed_a`` / ``missed_b``; the signed-rank test keeps it, by rank (inf - finite is a
-difference larger than any finite one; both inf is a tie, difference 0).
+difference larger than any finite one; both inf is a tie, difference 0). Where A and B missed
+as often, the verdict follows the mean difference; where not, a structure's verdict follows its
+test's direction (its signed-rank sum) and the row over all structures the number missed.
 """
 
 from __future__ import annotations
@@ -50,26 +52,52 @@ def signed_rank_p(differences: np.ndarray, unit: str = "pairs") -> tuple[float, 
     """
     from scipy.stats import wilcoxon
 
-    d = np.nan_to_num(np.asarray(differences, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    infinite = np.isinf(np.asarray(differences, dtype=np.float64))
+    d = _rankable(differences)
     if d.size < MIN_PAIRS:
         return float("nan"), f"fewer than {MIN_PAIRS} {unit}"
-    if not d.any() and not infinite.any():
+    if not d.any():
         return float("nan"), f"no difference in any of the {unit}"
-    if infinite.any():  # ranks only: any value above the largest finite |difference| will do
-        d[infinite] = np.sign(np.asarray(differences)[infinite]) * (2 * np.abs(d).max() + 1)
     with warnings.catch_warnings():  # scipy's notes on ties and small samples
         warnings.simplefilter("ignore")
         return float(wilcoxon(d).pvalue), ""
 
 
-def _verdict(difference: float, higher_is_better: bool, missed_a: int, missed_b: int) -> str:
-    """B against A: "better", "worse" or "same" by the mean difference in the metric's
-    direction; where it is 0 or NaN (every pair missed somewhere), by the number missed."""
+def _rankable(differences: np.ndarray) -> np.ndarray:
+    """Paired differences with NaN (both missed) as 0 and +-inf as a finite value above every
+    finite |difference| (ranks only: any such value will do)."""
+    raw = np.asarray(differences, dtype=np.float64)
+    d = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
+    infinite = np.isinf(raw)
+    if infinite.any():
+        d[infinite] = np.sign(raw[infinite]) * (2 * np.abs(d).max() + 1)
+    return d
+
+
+def _rank_direction(differences: np.ndarray) -> float:
+    """The sign of the signed-rank sum of paired differences (``_rankable``; zeros dropped):
+    which way the test of the same pairs leans, misses included."""
+    from scipy.stats import rankdata
+
+    d = _rankable(differences)
+    d = d[d != 0]
+    return float(np.sign((rankdata(np.abs(d)) * np.sign(d)).sum())) if d.size else 0.0
+
+
+def _verdict(difference: float, higher_is_better: bool, missed_a: int, missed_b: int,
+             ranked: np.ndarray | None = None) -> str:  # fmt: skip
+    """B against A: "better", "worse" or "same". Where A and B missed as often, by the mean
+    difference (of the pairs both found) in the metric's direction. Where they did not, a miss
+    being farther than any distance: by the signed-rank direction of the pairs' differences
+    ``ranked`` (a structure's row: the way its test leans), else by the number missed."""
+    if missed_a != missed_b:
+        if ranked is None:
+            return "better" if missed_b < missed_a else "worse"
+        direction = _rank_direction(ranked)
+        if direction == 0:
+            return "same"
+        return "better" if (direction > 0) == higher_is_better else "worse"
     if np.isfinite(difference) and difference != 0:
         return "better" if (difference > 0) == higher_is_better else "worse"
-    if missed_a != missed_b:
-        return "better" if missed_b < missed_a else "worse"
     return "same" if difference == 0 else ""
 
 
@@ -98,7 +126,8 @@ def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
             "metric": metric, "unit": spec.unit, "structure": structure,
             "group": group_of(structure) if is_structure(structure) else "", "pairs": len(part), "mean_a": mean_a,
             "mean_b": mean_b, "difference": mean_b - mean_a,
-            "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b),
+            "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b,
+                                part["d"].to_numpy()),
             "p_value": p, "p_note": note, "missed_a": missed_a, "missed_b": missed_b,
         })  # fmt: skip
     rows.sort(key=lambda r: -sign * r["difference"] if np.isfinite(r["difference"]) else np.inf)
