@@ -136,6 +136,8 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
             raise ConfigError(f"{root} has no fold_<k>/{name}")
     paths = []
     for fold in folds:
+        if not re.fullmatch(r"\d+|all", str(fold)):  # a name, never a path out of the folder
+            raise ConfigError(f"fold {fold!r} is not a fold of {root}: give a number or 'all'")
         ckpt = root / f"fold_{fold}" / name
         if not ckpt.is_file():
             raise ConfigError(f"{ckpt} is missing")

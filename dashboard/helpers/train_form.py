@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ctseg_core.access import check_allowed_path
 from ctseg_core.config import RunConfig
 from ctseg_core.errors import ConfigError
 from ctseg_core.labels import MERGES
@@ -119,14 +120,15 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
     base = preset_picker(root)
     kind = st.session_state[k.kind]
     volumetric = kind == "3D"
-    kind_changes = kind_fields(kind, base)
     model_changes, model_error = {}, None
     if volumetric:  # a model folder's network, grid and normalisation replace the kind's
-        model_picker()
-        try:
+        try:  # the folder as last typed (its box comes below the fields it replaces)
             model_changes = _model_changes(base.model.deep_supervision)
         except ConfigError as exc:
             model_error = exc
+    kind_changes = kind_fields(kind, base, model_changes)
+    if volumetric:
+        model_picker()
     kind_changes |= model_changes
     st.session_state.setdefault(k.only_present, True)
     memory_note(user_config(base, _changes(base, kind_changes, volumetric, present)))
@@ -248,8 +250,9 @@ def _model_changes(deep_supervision: int) -> dict:
     path = str(st.session_state.get(k.init_from) or "").strip()
     if not path:
         return changes
+    folder = check_allowed_path(path)  # a served dashboard reads inside its data roots only
     fold = str(st.session_state.get(k.init_fold) or "").strip() or None
-    return finetune_changes(path, fold, deep_supervision=deep_supervision) | changes
+    return finetune_changes(folder, fold, deep_supervision=deep_supervision) | changes
 
 
 def _changes(base: RunConfig, kind_changes: dict, volumetric: bool, present: list[str]) -> dict:

@@ -72,8 +72,12 @@ def kind_picker(default_kind: str, on_change) -> str:
     )
 
 
-def kind_fields(kind: str, base: RunConfig) -> dict[tuple[str, str], object]:
-    """The kind's own fields; returns the changes they make to ``base`` (``user_config`` form)."""
+def kind_fields(
+    kind: str, base: RunConfig, model: dict | None = None
+) -> dict[tuple[str, str], object]:
+    """The kind's own fields; returns the changes they make to ``base`` (``user_config`` form).
+    ``model``: a model folder's changes (``finetune_changes``): its network, patch and spacing
+    replace the 3D fields, which are then shown disabled under a caption saying what is used."""
     k = state.TRAIN_FORM
     if kind == "2.5D":
         st.session_state.setdefault(k.context, DEFAULT_CONTEXT)
@@ -87,20 +91,37 @@ def kind_fields(kind: str, base: RunConfig) -> dict[tuple[str, str], object]:
     for key, value in kind_values(base).items():
         st.session_state.setdefault(key, value)
     models = volumetric_models()
+    locked = bool(model and ("model", "name") in model)
     cols = st.columns([2, 1, 1, 1, 1, 1, 1])
     name = cols[0].selectbox(
-        "3D model", models, key=k.model3d, format_func=lambda n: MODELS[n].title
-    )
+        "3D model", models, key=k.model3d, format_func=lambda n: MODELS[n].title,
+        disabled=locked,
+    )  # fmt: skip
     patch = [
-        cols[1 + i].number_input(f"patch {a} (voxels)", 16, 512, step=16, key=f"{k.patch}_{a}")
+        cols[1 + i].number_input(
+            f"patch {a} (voxels)", 16, 512, step=16, key=f"{k.patch}_{a}", disabled=locked
+        )
         for i, a in enumerate(AXES)
     ]
     spacing = [
         cols[4 + i].number_input(
-            f"spacing {a} (mm)", 0.1, 10.0, step=0.5, format="%.2f", key=f"{k.spacing}_{a}"
+            f"spacing {a} (mm)",
+            0.1,
+            10.0,
+            step=0.5,
+            format="%.2f",
+            key=f"{k.spacing}_{a}",
+            disabled=locked,
         )
         for i, a in enumerate(AXES)
     ]
+    if locked:
+        size = " x ".join(str(int(p)) for p in model["data", "patch_size"])
+        mm = " x ".join(f"{float(v):g}" for v in model["data", "spacing_mm"])
+        st.caption(
+            f"Started from the model below: its {MODELS[model['model', 'name']].title}, patches "
+            f"of {size} voxels at {mm} mm and its CT normalisation are used, not these fields."
+        )
     return {
         ("model", "name"): name,
         ("data", "patch_size"): tuple(int(p) for p in patch),

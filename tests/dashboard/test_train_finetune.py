@@ -31,6 +31,15 @@ def test_start_from_a_model_takes_its_patch_and_names_a_broken_folder(
     at.run()
     no_problems(at)
     assert "batch 1 of 24 x 32 x 16 patches" in _memory_text(at)
+    # the fields the model replaces are shown disabled, under what the run uses instead
+    assert at.number_input(key=f"{K}_patch_x").disabled
+    assert at.selectbox(key=f"{K}_model3d").disabled
+    said = [c.value for c in at.caption if c.value.startswith("Started from the model")]
+    assert said == [
+        "Started from the model below: its 3D U-Net (nnU-Net's PlainConvUNet), patches of "
+        "24 x 32 x 16 voxels at 6 x 6 x 6 mm and its CT normalisation are used, not these "
+        "fields."
+    ]
 
     at.text_input(key=f"{K}_init_from").set_value(str(tmp_path / "nothing"))
     at.button(key="FormSubmitter:train_form-Start").click()
@@ -83,3 +92,26 @@ def test_start_from_a_model_with_a_merge_trains_the_merged_output(
     assert config["model"]["features"] == [4, 8, 16] and config["model"]["deep_supervision"] == 1
     assert json.loads((run / "init_from.json").read_text())["kept"]["lungs"] == [2, 3, 4, 5, 6]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_start_from_a_model_outside_the_data_roots_is_refused(
+    app_env, monkeypatch, tmp_path, new_app
+):
+    """A served dashboard with CTSEG_DATA_ROOTS reads model folders inside them only (the box
+    read any folder, and told what existed outside by its error)."""
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path / "runs"))
+    monkeypatch.setenv("CTSEG_DATA_ROOTS", str(app_env["data"]))
+    folder = write_model_folder(tmp_path, "3d_fullres", [6.0, 6.0, 6.0], [16, 32, 24], [0, 1, 2])
+    at = new_app("train")
+    at.run()
+    at.segmented_control(key=f"{K}_kind").set_value("3D")
+    at.run()
+    at.text_input(key=f"{K}_init_from").set_value(str(folder))
+    at.run()
+    assert "batch 1 of 64 x 64 x 48 patches" in _memory_text(at)  # not the model's
+    assert not at.number_input(key=f"{K}_patch_x").disabled
+    at.button(key="FormSubmitter:train_form-Start").click()
+    at.run()
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert len(errors) == 1 and "is outside the allowed data roots" in errors[0], errors
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
