@@ -20,6 +20,7 @@ from ctseg_core.nnunet.finetune import finetune_changes
 from ctseg_core.training.losses import LOSSES
 from ctseg_core.training.memory import run_kind
 from ctseg_core.training.optim import SCHEDULERS
+from ctseg_core.training.parts import PATCH_STEPS
 from ctseg_core.training.presets import PRESETS, preset, user_config
 from dashboard import cached, state
 from dashboard.helpers.train_kind import (
@@ -177,10 +178,14 @@ def build_config(root: str, present: list[str]) -> RunConfig | None:
         )
         with st.expander("Advanced"):
             a1, a2, a3 = st.columns(3)
-            a1.number_input(
-                "Steps per epoch (0 = one pass over the training slices)", 0, 100000, key=k.steps
-            )
-            a2.number_input("Validation slices per subject (0 = all)", 0, 10000, key=k.val)
+            if volumetric:  # an epoch of patches; validation on whole volumes (no slices)
+                patches = base.data.samples_per_epoch or PATCH_STEPS * base.data.batch_size
+                steps = f"0 = the preset's {patches} patches, in batches"
+            else:
+                steps = "0 = one pass over the training slices"
+            a1.number_input(f"Steps per epoch ({steps})", 0, 100000, key=k.steps)
+            if not volumetric:
+                a2.number_input("Validation slices per subject (0 = all)", 0, 10000, key=k.val)
             a3.number_input(
                 "Keep checkpoint_epoch<N>.pth every N epochs (0 = none)",
                 0,

@@ -55,8 +55,12 @@ def test_choosing_3d_offers_the_3d_presets_with_their_patch_spacing_model_and_me
     text = _memory_text(at)
     assert text.startswith("3D run · memory: about") and "batch 1 of 64 x 64 x 48 patches" in text
     small = float(re.search(r"about ([\d.]+) GB", text).group(1))
-    # the slice-only fields are gone; gpu_3d brings its own patch and spacing
+    # the slice-only fields are gone (validation runs on whole volumes); an epoch is patches;
+    # gpu_3d brings its own patch and spacing
     assert not [s for s in at.select_slider if s.key == f"{K}_size"]
+    assert not [n for n in at.number_input if n.key == f"{K}_val"]
+    steps = at.number_input(key=f"{K}_steps")
+    assert steps.label == "Steps per epoch (0 = the preset's 100 patches, in batches)"
     at.selectbox(key=f"{K}_preset").set_value("gpu_3d")
     at.run()
     no_problems(at)
@@ -64,6 +68,7 @@ def test_choosing_3d_offers_the_3d_presets_with_their_patch_spacing_model_and_me
     assert at.number_input(key=f"{K}_spacing_x").value == 1.5
     text = _memory_text(at)
     assert "batch 2 of 128 x 128 x 128 patches" in text
+    assert "500 patches" in at.number_input(key=f"{K}_steps").label
     assert float(re.search(r"about ([\d.]+) GB", text).group(1)) > 2 * small
 
     # 2.5D: the slice presets again, fed neighbouring slices
