@@ -10,6 +10,7 @@ import streamlit as st
 from ctseg_core.evaluation.compare import OVERALL, compare_evaluations, comparison_dir
 from dashboard import cached, cached_models, state
 from dashboard.helpers import evalcharts
+from dashboard.helpers.runs import run_title
 
 EXPLAINED = (
     "B against A, structure by structure: for each metric the mean over the subjects both "
@@ -46,7 +47,10 @@ def model_of(folder: Path, splits: tuple[str, ...]) -> Path | None:
 
 def evaluation_titles(found: dict) -> dict[str, str]:
     """Evaluation label -> "<model label> · <label>" for the evaluations of nnU-Net models
-    (the label of ``cached_models.model_titles``, or "nnU-Net model <folder>" for one not listed)."""
+    (the label of ``cached_models.model_titles``, or "nnU-Net model <folder>" for one not
+    listed), "<run> (3D)/evaluation" for a run's, with its kind as every run list shows it."""
+    from ctseg_core.runs.listing import run_kind
+
     models = cached_models.model_titles()
     titles = {}
     for label, evaluation in found.items():
@@ -54,6 +58,11 @@ def evaluation_titles(found: dict) -> dict[str, str]:
         if model is not None:
             name = models.get(state.MODEL_PREFIX + str(model), f"nnU-Net model {model.name}")
             titles[label] = f"{name} · {label}"
+            continue
+        run, sep, rest = label.partition("/")
+        kind = run_kind(evaluation.path.parent) if sep and run != "evaluations" else None
+        if kind:
+            titles[label] = f"{run_title(run, kind)}/{rest}"
     return titles
 
 

@@ -103,3 +103,27 @@ def test_compare_tab_shows_the_sorted_differences_p_values_and_the_csv(
         "missed: 3 in A, 3 in B. Paired Wilcoxon signed-rank test of the subjects' means "
         "(7 subjects): p = 0.0156."
     ]
+
+
+def test_compare_lists_a_runs_evaluations_with_the_runs_kind(app_env, new_app, no_problems):
+    """As every other run list: "vol (3D)/evaluation", "flat (2D)/evaluation"; a folder of
+    predictions' evaluation keeps its bare label."""
+    from ctseg_core.config import DataConfig, ModelConfig, RunConfig
+
+    root = app_env["checkpoints"]
+    dice = {"liver": np.linspace(0.6, 0.9, 8)}
+    configs = {
+        "vol": RunConfig(DataConfig(patch_size=(32, 32, 16)), ModelConfig(name="plain_unet3d")),
+        "flat": RunConfig(DataConfig(), ModelConfig()),
+    }
+    for name, config in configs.items():
+        write_evaluation(root / name / "evaluation", dice, hd95=3.0)
+        (root / name / "config.json").write_text(json.dumps(config.to_dict()))
+    write_evaluation(root / "evaluations" / "preds-0a1b2c3d", dice, hd95=3.0)
+    at = new_app("evaluate")
+    at.run()
+    no_problems(at)
+    options = at.selectbox(key="ctseg_eval_compare_a").options
+    assert {"vol (3D)/evaluation", "flat (2D)/evaluation", "evaluations/preds-0a1b2c3d"} <= set(
+        options
+    ), options
