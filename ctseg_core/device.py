@@ -164,3 +164,42 @@ def loader_workers(requested: int | None, device: torch.device, local_ranks: int
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(8, (cores or 1) // max(1, local_ranks) - 1))
+
+
+#: where the kernel shows a container's memory limit and use (cgroup v2, then v1)
+CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def host_free_bytes(cgroup_files=CGROUP_FILES) -> int:
+    """Memory a new job on this host can use now, in bytes: MemAvailable of /proc/meminfo (else
+    the physical pages), and no more than the container's limit less its use where a cgroup
+    limits the process (a served dashboard in a container sees the host's free memory in
+    /proc/meminfo, not its own limit)."""
+    free = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if free is None:
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            free = 8 << 30
+    for limit_file, usage_file in cgroup_files:
+        try:
+            with open(limit_file, encoding="ascii") as f:
+                limit = f.read().strip()
+            with open(usage_file, encoding="ascii") as f:
+                used = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # "max", or v1's page-rounded 2**63
+            return max(0, min(free, int(limit) - used))
+        return free
+    return free

@@ -97,3 +97,27 @@ def test_listing_shows_the_kind_of_a_2d_a_2_5d_and_a_3d_run(tmp_path):
     (broken / "config.json").write_text("{not json", encoding="utf-8")
     kinds = {r.name: r.kind for r in list_runs(tmp_path)}
     assert kinds == {"slices": "2D", "stacks": "2.5D", "volumes": "3D", "broken": None}
+
+
+def test_free_memory_is_no_more_than_a_containers_limit_leaves(tmp_path):
+    """A cgroup limit of 2 GiB with 1.5 GiB used leaves 0.5 GiB, whatever the host has free
+    (a served dashboard in a container read the host's MemAvailable); no limit ("max", or
+    cgroup v1's 2**63 rounded to pages) leaves the host's figure; unreadable files are skipped."""
+    from ctseg_core.device import host_free_bytes
+
+    host = host_free_bytes(cgroup_files=())
+    assert host > 0
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    usage.write_text(str(3 * 2**29))
+    assert host > 2**29  # this machine: so the limit binds below
+    for text, expected in (
+        (str(2**31), 2**29),
+        ("max", None),  # the host's figure, which moves a little between two reads
+        ("9223372036854771712", None),
+        (str(2**30), 0),  # over its limit already
+    ):
+        limit.write_text(text + "\n")
+        free = host_free_bytes(cgroup_files=((limit, usage),))
+        assert free == (expected if expected is not None else pytest.approx(host, rel=0.05)), text
+    missing = (tmp_path / "none", tmp_path / "none2")
+    assert host_free_bytes(cgroup_files=(missing, (limit, usage))) == 0

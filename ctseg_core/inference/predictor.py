@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.volume import Volume
-from ..device import resolve_device
+from ..device import host_free_bytes, resolve_device
 from ..errors import ConfigError, CtsegError
 from ..labels import is_structure, value_of
 from ..models.registry import model_spec
@@ -31,18 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def available_memory_bytes() -> int:
-    """Memory the process can use now: MemAvailable of /proc/meminfo, else physical memory."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+    """Memory the process can use now (``device.host_free_bytes``: a container's limit too)."""
+    return host_free_bytes()
 
 
 @dataclass

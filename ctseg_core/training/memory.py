@@ -40,12 +40,11 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 
 import torch
 
 from ..config import RunConfig
-from ..device import autocast_context, resolve_amp, resolve_device
+from ..device import autocast_context, host_free_bytes, resolve_amp, resolve_device
 from ..errors import ConfigError
 from ..models.registry import build_model, model_spec
 from ..runs.listing import config_kind
@@ -195,18 +194,11 @@ def _parameter_counts(model_json: str) -> tuple[torch.Tensor, ...]:
 
 def available_bytes(device: torch.device) -> int:
     """Memory free for a new run on ``device``: CUDA's free memory (``torch.cuda.mem_get_info``),
-    or on a CPU the kernel's MemAvailable (/proc/meminfo; elsewhere the free physical pages)."""
+    or on a CPU what the host and its container leave (``device.host_free_bytes``)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return host_free_bytes()
 
 
 def format_gb(n_bytes: float) -> str:
