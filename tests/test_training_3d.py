@@ -233,3 +233,4 @@ def test_a_3d_run_that_cannot_fit_in_memory_is_refused_before_the_cache_is_built
     with pytest.raises(CtsegError, match=r"needs about [\d.]+ GB for one training step"):
         Trainer(config, checkpoints_root=tmp_path).run()
     assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "huge").exists()  # no run folder either (it was left "failed")

@@ -43,6 +43,7 @@ from . import distributed as ddp
 from .budget import Budget, continue_budget
 from .checks import check_run_config
 from .epoch_files import save_epoch
+from .memory import check_fits
 from .optim import step_scheduler
 from .parts import build_parts
 from .step import StepRunner
@@ -116,7 +117,8 @@ class Trainer:
         check_run_config(self.config, check_data=True)
         t = self.config.train
         resolve_amp(t.amp, resolve_device(t.device))  # a GPU asked for but absent: no folder yet
-        if self.run_dir is None:
+        if self.run_dir is None:  # a step that cannot fit: refused before the folder exists too
+            check_fits(self.config, resolve_device(t.device))
             if self.rank == 0:
                 root = self.checkpoints_root or default_checkpoints_root()
                 try:
