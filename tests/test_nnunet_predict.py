@@ -169,14 +169,24 @@ def test_a_totalsegmentator_model_gets_the_ct_in_ras_as_totalsegmentator_gives_i
 
 
 def test_totalsegmentator_folders_are_recognised(tmp_path, monkeypatch):
-    from ctseg_core.nnunet.labels import is_totalsegmentator
+    from ctseg_core.labels import PARTS
+    from ctseg_core.nnunet.labels import is_totalsegmentator, value_names
 
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "ts_home"))
     trainer = "nnUNetTrainer_4000epochs_NoMirroring__nnUNetPlans__3d_fullres"
     assert is_totalsegmentator(
         tmp_path / "Dataset291_TotalSegmentator_part1_organs_1559subj" / trainer
     )
-    assert is_totalsegmentator(tmp_path / "Dataset298_x" / trainer)  # a total id
+    # an id alone is the user's choice: a Dataset292 of one's own keeps its names and its
+    # orientation (it was read as TotalSegmentator's vertebrae part, labels renamed)
+    assert not is_totalsegmentator(tmp_path / "Dataset298_x" / trainer)
+    mine = tmp_path / "Dataset292_Tumours" / trainer
+    assert not is_totalsegmentator(mine)
+    assert value_names({0: "background", 1: "tumour", 2: "cyst"}, mine) == {1: "tumour", 2: "cyst"}
+    part = tmp_path / "Dataset292_TotalSegmentator_part2_vertebrae_1532subj" / trainer
+    assert value_names({0: "background", 1: "a", 2: "b"}, part) == {
+        1: PARTS["vertebrae"][0], 2: PARTS["vertebrae"][1],
+    }  # fmt: skip
     assert is_totalsegmentator(
         tmp_path / "ts_home" / "nnunet" / "results" / "Dataset258_lung" / trainer
     )

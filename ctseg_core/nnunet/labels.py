@@ -29,7 +29,6 @@ UNUSED_PREFIX = "ctseg_unused_"
 TOTALSEG_PARTS = {291: "organs", 292: "vertebrae", 293: "cardiac", 294: "muscles", 295: "ribs"}
 _DATASET_ID = re.compile(r"^Dataset(\d{3})_")
 #: TotalSegmentator's dataset ids of ``total`` (the parts, the 3 mm and 6 mm ``--fast`` models)
-TOTALSEG_TOTAL_IDS = (*TOTALSEG_PARTS, 297, 298)
 
 
 def dataset_id(folder: Path) -> int | None:
@@ -48,7 +47,7 @@ def value_names(labels: dict[int, str], folder: Path) -> dict[int, str]:
     names = {v: n for v, n in labels.items() if v != 0 and not n.startswith(UNUSED_PREFIX)}
     if any(is_structure(n) for n in names.values()):
         return names
-    part = TOTALSEG_PARTS.get(dataset_id(folder) or -1)
+    part = TOTALSEG_PARTS.get(dataset_id(folder) or -1) if is_totalsegmentator(folder) else None
     if part is None:
         return names
     group = PARTS[part]
@@ -86,7 +85,7 @@ def totalseg_part_folders(root: Path) -> list[Path] | None:
     found = {}
     for child in sorted(Path(root).glob("Dataset*_*")):
         number = dataset_id(child)
-        if child.is_dir() and number in TOTALSEG_PARTS:
+        if child.is_dir() and number in TOTALSEG_PARTS and _named_for_totalseg(child):
             found[number] = child
     if not found:
         return None
@@ -109,15 +108,21 @@ def totalseg_part_folders(root: Path) -> list[Path] | None:
 
 def is_totalsegmentator(folder: Path) -> bool:
     """Whether a model folder is one of TotalSegmentator's: under its results folder
-    (``settings.totalseg_results``), a ``total`` dataset id, or a dataset folder named for it.
+    (``settings.totalseg_results``), or in a dataset folder named for it (as all of its are:
+    ``Dataset291_TotalSegmentator_part1_organs_1559subj``). A dataset id alone does not make
+    one: nnU-Net's ids are the user's choice, and a ``Dataset292_Tumours`` read as
+    TotalSegmentator's vertebrae part would be given other names and another orientation.
 
     TotalSegmentator reorients every CT to RAS+ (``as_closest_canonical``) before nnU-Net sees
     it, so its models learned, and must be given, RAS+ arrays whatever a file's orientation;
     nnU-Net's own predictor would hand them the file's voxel order (mirrored anatomy for an LPS
     file: left and right labels swapped)."""
     folder = Path(folder).expanduser().absolute()
-    if dataset_id(folder) in TOTALSEG_TOTAL_IDS:
-        return True
-    if any("totalsegmentator" in part.lower() for part in (folder.name, folder.parent.name)):
+    if _named_for_totalseg(folder):
         return True
     return folder.is_relative_to(settings.totalseg_results().absolute())
+
+
+def _named_for_totalseg(folder: Path) -> bool:
+    """Whether a model folder or its dataset folder is named for TotalSegmentator."""
+    return any("totalsegmentator" in part.lower() for part in (folder.name, folder.parent.name))
