@@ -174,3 +174,19 @@ def test_cli_predict_and_evaluate_with_a_model_folder(tmp_path, small_ct, s0000_
     # scored: the structures both the model and the references have
     assert set(table["structure"]) == {"spleen", "liver", "aorta"}
     assert table["dice"].between(0, 1).all()
+
+
+def test_string_label_values_and_a_patch_of_the_wrong_rank_are_named_in_one_line(tmp_path):
+    folder = _model_2d(tmp_path)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    dataset["labels"]["liver"] = "2"
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(ConfigError, match="label 'liver' has value '2'; nnU-Net's label values"):
+        read_model_folder(folder)
+    dataset["labels"]["liver"] = 2
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["2d"]["patch_size"] = [32, 32, 32]  # a 3D patch for a 2D network
+    (folder / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ConfigError, match=r"configuration '2d' has patch_size \[32, 32, 32\]"):
+        read_model_folder(folder)

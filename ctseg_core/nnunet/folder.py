@@ -95,9 +95,16 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
     labels = dataset.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise ConfigError(f"{root / 'dataset.json'} has no 'labels' (name -> value)")
-    if any(not isinstance(v, int) for v in labels.values()):
+    if any(isinstance(v, list | tuple) for v in labels.values()):
         raise ConfigError(
             f"{root / 'dataset.json'}: labels with regions (lists of values) are not supported"
+        )
+    odd = {k: v for k, v in labels.items() if not isinstance(v, int) or isinstance(v, bool)}
+    if odd:
+        name, value = next(iter(odd.items()))
+        raise ConfigError(
+            f"{root / 'dataset.json'}: label {name!r} has value {value!r}; nnU-Net's label "
+            "values are integers (write it as a number)"
         )
     if configuration is None:
         match = _CONFIG_OF_FOLDER.match(root.name)

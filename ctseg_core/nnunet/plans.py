@@ -93,6 +93,13 @@ def read_configuration(plans: dict, name: str, where: str = "plans.json") -> Con
                     f"{where}: resampling_fn_{key} {fn!r} is not supported; ctseg runs "
                     f"{sorted(RESAMPLERS)}"
                 )
+        conv = str(arch["arch_kwargs"].get("conv_op", ""))
+        dims = 2 if conv.endswith("Conv2d") else 3 if conv.endswith("Conv3d") else None
+        if dims and (len(merged["patch_size"]) != dims or len(merged["spacing"]) != dims):
+            raise ConfigError(
+                f"{where}: configuration {seen[0]!r} has patch_size {merged['patch_size']} and "
+                f"spacing {merged['spacing']}; a {dims}D configuration has {dims} of each"
+            )
         return Configuration(
             name=seen[0],
             spacing_mm=tuple(float(s) for s in merged["spacing"]),
