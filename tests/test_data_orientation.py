@@ -90,3 +90,33 @@ def test_labels_of_a_dicom_series_say_scanner_coordinates(derived_dicom, tmp_pat
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 1)
     np.testing.assert_allclose(out.affine, ct.original_affine, atol=1e-5)
     assert out.shape == (122, 101, 20)  # the series' columns, rows and slices
+
+
+def test_a_mask_on_a_45_degree_grid_is_reordered_as_its_ct(tmp_path):
+    """A CT rotated 45 degrees about z and its mask whose affine differs by float rounding
+    (within the same-grid tolerance): near 45 degrees the two affines could pick different RAS
+    axis orders, and the liver landed on 0 of its 18 voxels; the mask takes the CT's order."""
+    from ctseg_core.data.subject import load_subject
+    from ctseg_core.labels import LABEL_OF
+
+    def rotated(deg):
+        a = np.radians(deg)
+        affine = np.eye(4)
+        turn = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+        affine[:3, :3] = turn @ np.diag([0.8, 0.8, 2.0])
+        affine[:3, 3] = [-20, 5, 0]
+        return affine
+
+    subject = tmp_path / "s0001"
+    (subject / "segmentations").mkdir(parents=True)
+    ct = np.full((12, 12, 6), -1000, np.int16)
+    mask = np.zeros(ct.shape, np.uint8)
+    mask[2:5, 1:3, 1:4] = 1
+    ct[mask > 0] = 60
+    nib.save(nib.Nifti1Image(ct, rotated(45.0)), subject / "ct.nii.gz")
+    nib.save(
+        nib.Nifti1Image(mask, rotated(45.0 + 1e-5)), subject / "segmentations" / "liver.nii.gz"
+    )
+    loaded = load_subject(subject)
+    liver = loaded.labels == LABEL_OF["liver"]
+    assert liver.sum() == 18 and (loaded.ct.array[liver] == 60).all()

@@ -329,7 +329,9 @@ def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> n
         _warn_once(path, "mask values", note)
         if notes is not None:
             notes.append(note)
-    array, _ = to_canonical(_mask_from_data(data), img.affine)
+    # the CT's own reordering: near 45 degrees two affines within the grid tolerance could pick
+    # different axis orders, and the mask would land on other voxels than the CT's
+    array, _ = to_canonical(_mask_from_data(data), ct.original_affine)
     return array
 
 
