@@ -416,3 +416,35 @@ def test_paths_of_the_wrong_kind_get_errors_that_say_so(s0000_root, tmp_path):
     (tmp_path / "run" / "best.pth").write_bytes(b"")
     with pytest.raises(CtsegError, match=r"is a folder; give a checkpoint file: .*best\.pth"):
         load_checkpoint(tmp_path / "run")
+
+
+def test_two_files_for_one_ct_or_one_structure_and_a_subject_in_two_splits_are_refused(
+    tmp_path,
+):
+    """Which file is the mask, which split holds the subject? A guess trains on one and lets
+    edits to the other pass unseen (and a subject in two splits can leak into validation): the
+    subject, or the meta.csv, is refused in one line naming both."""
+    from ctseg_core.data.dataset_root import read_meta_csv
+
+    root = tmp_path / "data"
+    sub = _subject(root, "s0001")
+    _subject(root, "s0002")
+    mask = sub / "segmentations" / "liver.nii.gz"
+    shutil.copy(mask, sub / "segmentations" / "liver.nii")
+    with pytest.raises(DataError) as exc:
+        load_subject(sub)
+    assert "holds both liver.nii and liver.nii.gz; keep one file per structure" in _one_line(exc)
+    report = prepare_dataset(root, tmp_path / "cache")
+    assert "keep one file per structure" in report.failed["s0001"] and "s0002" in report.built
+    (sub / "segmentations" / "liver.nii").unlink()
+    shutil.copy(sub / "ct.nii.gz", sub / "ct.nii")
+    with pytest.raises(DataError) as exc:
+        load_subject(sub)
+    assert "holds both ct.nii.gz and ct.nii; keep one CT" in _one_line(exc)
+    meta = root / "meta.csv"
+    meta.write_text("image_id;split\ns0001;train\ns0002;val\ns0001;train\n")
+    assert read_meta_csv(meta) == {"s0001": "train", "s0002": "val"}  # a repeated row is fine
+    meta.write_text("image_id;split\ns0001;train\ns0002;val\ns0001;test\n")
+    with pytest.raises(DataError) as exc:
+        read_meta_csv(meta)
+    assert "lists subject s0001 in both train and test; keep one row per subject" in _one_line(exc)

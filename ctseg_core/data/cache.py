@@ -63,7 +63,7 @@ def dataset_tag(root: Path) -> str:
 def source_key(subject_dir: Path, settings: dict | None = None) -> str:
     """Hash of the subject's source files (name, size, mtime) and the preprocessing settings."""
     digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **(settings or {})}).encode())
-    ct = find_ct(subject_dir)
+    ct = find_ct(subject_dir, strict=True)
     files = [ct] if ct else []
     files += list(mask_files(subject_dir)[0].values())
     for path in files:

@@ -24,18 +24,23 @@ CT_NAMES = ("ct.nii.gz", "ct.nii")
 NOT_SUBJECTS = ("meta.csv", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
 
 
-def find_ct(subject_dir: Path) -> Path | None:
-    """The subject's CT file (ct.nii.gz or ct.nii), or None."""
-    for name in CT_NAMES:
-        if (subject_dir / name).is_file():
-            return subject_dir / name
-    return None
+def find_ct(subject_dir: Path, strict: bool = False) -> Path | None:
+    """The subject's CT file (ct.nii.gz or ct.nii), or None. ``strict``: DataError when both
+    are there (which is the CT? a guess would train on one and let edits to the other pass)."""
+    found = [subject_dir / name for name in CT_NAMES if (subject_dir / name).is_file()]
+    if strict and len(found) > 1:
+        raise DataError(
+            f"{subject_dir.name}: {subject_dir} holds both {found[0].name} and {found[1].name}; "
+            "keep one CT"
+        )
+    return found[0] if found else None
 
 
 def read_meta_csv(path: Path) -> dict[str, str]:
     """Map image_id -> split from a meta.csv (';' separator, BOM tolerated, split lower-cased).
 
-    Raises DataError when the columns are missing or a split value is not train/val/test.
+    Raises DataError when the columns are missing, a split value is not train/val/test, or a
+    subject is listed in two splits (the same row twice is fine).
     """
     text = path.read_bytes().decode("utf-8-sig")
     sample = text.splitlines()[0] if text else ""
@@ -54,6 +59,11 @@ def read_meta_csv(path: Path) -> dict[str, str]:
         if split not in SPLITS:
             raise DataError(
                 f"{path}: subject {image_id} has split {split!r}; use one of train, val, test"
+            )
+        if splits.get(image_id, split) != split:  # which one holds? a guess could leak a subject
+            raise DataError(
+                f"{path} lists subject {image_id} in both {splits[image_id]} and {split}; "
+                "keep one row per subject"
             )
         splits[image_id] = split
     return splits

@@ -26,7 +26,8 @@ MASK_SUFFIXES = (".nii.gz", ".nii")
 
 
 def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
-    """Structure name -> mask path for known names, and the list of unknown file names."""
+    """Structure name -> mask path for known names, and the list of unknown file names;
+    DataError for two files of one structure (``liver.nii.gz`` and ``liver.nii``)."""
     seg_dir = subject_dir / "segmentations"
     known: dict[str, Path] = {}
     unknown: list[str] = []
@@ -36,6 +37,11 @@ def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
         name = next((path.name[: -len(s)] for s in MASK_SUFFIXES if path.name.endswith(s)), None)
         if name is None or path.name.startswith("."):
             continue
+        if name in known:  # liver.nii.gz beside a corrected liver.nii: which one is the mask?
+            raise DataError(
+                f"{subject_dir.name}: {seg_dir} holds both {known[name].name} and {path.name}; "
+                "keep one file per structure"
+            )
         if name in LABEL_OF:
             known[name] = path
         else:
@@ -86,7 +92,7 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
     and a CT read without orientation are reported in ``problems``.
     """
     subject_dir = Path(subject_dir)
-    ct_path = find_ct(subject_dir)
+    ct_path = find_ct(subject_dir, strict=True)
     if ct_path is None:
         raise DataError(f"{subject_dir.name}: no ct.nii.gz in {subject_dir}; add the CT file")
     ct = load_ct(ct_path, allow_nan=allow_nan_ct)
