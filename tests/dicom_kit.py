@@ -79,3 +79,47 @@ def write_series(folder: Path, z_mm, *, start: int = 1, pixels_of=None, **kwargs
         write_slice(path, float(z), pixels, sop_uid=f"{series_uid}.{start + i}", **kwargs)
         paths.append(path)
     return paths
+
+
+def write_multiframe(path: Path, z_mm, rows: int = 6, cols: int = 6) -> None:
+    """One enhanced (multi-frame) CT file: frame k at z_mm[k] (LPS, axial, 0.5 mm pixels), its
+    stored values 1024 + 10 k (HU 10 k), each frame's position in its functional groups."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # enhanced CT
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.901"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.1", "1.2.826.0.1.9"
+    ds.FrameOfReferenceUID, ds.Modality, ds.PatientID = "1.2.826.0.1.2", "CT", "t"
+    ds.SeriesNumber, ds.InstanceNumber = 9, 1
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, len(z_mm)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    measures, orientation, values = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.5, 0.5], 2.0
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    values.RescaleIntercept, values.RescaleSlope, values.RescaleType = -1024, 1, "HU"
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PlaneOrientationSequence = Sequence([orientation])
+    shared.PixelValueTransformationSequence = Sequence([values])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for z in z_mm:
+        frame, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, float(z)]
+        frame.PlanePositionSequence = Sequence([position])
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    stored = [np.full((rows, cols), 1024 + 10 * k, np.int16) for k in range(len(z_mm))]
+    ds.PixelData = np.stack(stored).tobytes()
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)

@@ -7,7 +7,7 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_kit import slice_pixels, write_series
+from dicom_kit import slice_pixels, write_multiframe, write_series
 
 from ctseg_core.data.dicom import read_dicom_series
 from ctseg_core.data.volume import load_ct
@@ -201,3 +201,24 @@ def test_predict_refuses_a_gap_and_resamples_it_on_request_saying_so(tmp_path, c
     stats = ["stats", "--ct", str(tmp_path / "s"), "--labels", str(tmp_path / "p.nii.gz")]
     assert main(stats) == 2 and "gap" in capsys.readouterr().err
     assert main([*stats, "--resample-uneven", "--json"]) == 0
+
+
+def test_a_multi_frame_file_is_read_only_where_its_frames_lie_evenly_in_order(tmp_path):
+    """An enhanced CT in one file: SimpleITK stacks the frames as stored at one step, so a
+    missing, uneven or unsorted frame was put where it is not, without a word. Frames evenly
+    spaced (either way along the axis) are read at their own positions; the others are refused
+    in one line naming the steps."""
+    for zs in ([0, 2, 4, 6, 8], [8, 6, 4, 2, 0]):
+        folder = tmp_path / f"even{zs[0]}"
+        folder.mkdir()
+        write_multiframe(folder / "ct.dcm", zs)
+        ct = load_ct(folder)
+        z_of_slice = ct.affine[2, 3] + ct.affine[2, 2] * np.arange(ct.array.shape[2])
+        hu_at = {z: 10 * k for k, z in enumerate(zs)}  # frame k holds HU 10 k at zs[k]
+        assert [hu_at[round(float(z), 3)] for z in z_of_slice] == ct.array[0, 0].tolist()
+    for zs, steps in (([0, 2, 6, 8, 10], "2, 4, 2, 2"), ([0, 4, 2, 6, 8], "4, -2, 4, 2")):
+        folder = tmp_path / f"bad{zs[2]}"
+        folder.mkdir()
+        write_multiframe(folder / "ct.dcm", zs)
+        with pytest.raises(DataError, match=rf"ct\.dcm's frames are {steps} mm apart in storage"):
+            load_ct(folder)

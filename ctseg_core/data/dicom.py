@@ -376,4 +376,36 @@ def _read_volume_file(folder: Path, path: Path) -> nib.Nifti1Image:
         data = np.rint(data)
     data = np.ascontiguousarray(np.clip(data, -32768, 32767).astype(np.int16))
     direction = np.array(image.GetDirection()).reshape(3, 3)
+    _check_frames(folder, path, data.shape[2], direction[:, 2], image.GetSpacing()[2])
     return _nifti(data, direction @ np.diag(image.GetSpacing()), np.array(image.GetOrigin()))
+
+
+def _check_frames(folder: Path, path: Path, count: int, normal, step_mm: float) -> None:
+    """DataError unless a multi-frame file's frames lie in storage order, ``step_mm`` apart
+    along ``normal`` (LPS), by their own positions: SimpleITK stacks them as stored at one
+    step, and a missing, uneven or unsorted frame would be put where it is not."""
+    import pydicom
+
+    if count < 2:
+        return
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        frames = header.get("PerFrameFunctionalGroupsSequence") or []
+        positions = np.array(
+            [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames]
+        )
+    except (AttributeError, IndexError, TypeError, ValueError, pydicom.errors.InvalidDicomError):
+        positions = np.zeros((0, 3))
+    fix = "convert it with dcm2niix and give the .nii.gz"
+    if len(positions) != count:
+        raise DataError(
+            f"{folder}: {path.name} is a multi-frame file whose {count} frames do not each state "
+            f"their position, so their spacing cannot be checked; {fix}"
+        )
+    steps = np.diff(positions @ np.asarray(normal, dtype=np.float64))
+    if not np.allclose(steps, step_mm, rtol=0.01, atol=1e-3):
+        shown = ", ".join(f"{v:g}" for v in np.round(steps[:8], 3))
+        raise DataError(
+            f"{folder}: {path.name}'s frames are {shown} mm apart in storage order, not "
+            f"{step_mm:g} mm each (a missing, uneven or unsorted frame); {fix}"
+        )
