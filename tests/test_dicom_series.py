@@ -222,3 +222,18 @@ def test_a_multi_frame_file_is_read_only_where_its_frames_lie_evenly_in_order(tm
         write_multiframe(folder / "ct.dcm", zs)
         with pytest.raises(DataError, match=rf"ct\.dcm's frames are {steps} mm apart in storage"):
             load_ct(folder)
+
+
+@pytest.mark.parametrize("tag", ["ImageOrientationPatient", "PixelSpacing", "ImagePositionPatient"])
+def test_a_series_without_a_geometry_tag_is_refused_not_guessed(tmp_path, tag):
+    """SimpleITK fills a missing orientation with identity and a missing pixel size with 1 mm:
+    a series stored A/P-flipped, or at 0.7 mm, was read otherwise without a word (and a missing
+    position was reported as a gantry tilt). Refused, naming the file and the tag."""
+    import pydicom
+
+    files = write_series(tmp_path, [0.0, 2.0, 4.0, 6.0])
+    ds = pydicom.dcmread(files[1])
+    delattr(ds, tag)
+    ds.save_as(files[1])
+    with pytest.raises(DataError, match=rf"{files[1].name} of .* states no {tag}, so its geometry"):
+        read_dicom_series(tmp_path)

@@ -47,6 +47,15 @@ class _Slice:
     spacing: tuple[float, float]  # (x, y) mm
     size: tuple[int, int, int]  # (columns, rows, frames)
     thickness: float
+    missing: tuple[str, ...] = ()  # geometry tags the file lacks (SimpleITK fills in defaults)
+
+
+#: the tags a slice's geometry comes from; without one SimpleITK assumes identity, 0 or 1 mm
+_GEOMETRY_TAGS = {
+    "0020|0032": "ImagePositionPatient",
+    "0020|0037": "ImageOrientationPatient",
+    "0028|0030": "PixelSpacing",
+}
 
 
 def list_series(folder: str | Path) -> dict[str, list[str]]:
@@ -104,9 +113,12 @@ def _read_header(path: Path) -> _Slice | None:
         thickness = float(_tag(reader, "0018|0050") or 0.0)
     except ValueError:
         thickness = 0.0
+    missing = tuple(name for key, name in _GEOMETRY_TAGS.items() if not _tag(reader, key))
+    if size[2] > 1:  # an enhanced file states them per frame (``_check_frames``)
+        missing = ()
     return _Slice(path, np.array(reader.GetOrigin(), dtype=float), direction[:, 0],
                   direction[:, 1], tuple(reader.GetSpacing()[:2]), size[:3],
-                  thickness)  # fmt: skip
+                  thickness, missing)  # fmt: skip
 
 
 def _read_pixels(path: Path) -> np.ndarray | None:
@@ -294,6 +306,12 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
         raise DataError(
             f"{folder}: {name} holds multi-frame files among others; convert it with dcm2niix "
             "and give the .nii.gz"
+        )
+    lacking = next((s for s in slices if s.missing), None)
+    if lacking is not None:  # identity orientation or 1 mm pixels would be guessed
+        raise DataError(
+            f"{folder}: {lacking.path.name} of {name} states no {' or '.join(lacking.missing)}, "
+            "so its geometry is unknown; export the series again with it (a CT series has it)"
         )
     if slices:
         _check_alike(folder, name, slices)
