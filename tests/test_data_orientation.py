@@ -120,3 +120,36 @@ def test_a_mask_on_a_45_degree_grid_is_reordered_as_its_ct(tmp_path):
     loaded = load_subject(subject)
     liver = loaded.labels == LABEL_OF["liver"]
     assert liver.sum() == 18 and (loaded.ct.array[liver] == 60).all()
+
+
+def test_labels_of_a_ct_whose_qform_and_sform_disagree_overlay_it_in_itk(tmp_path):
+    """A CT with a scanner qform and an "aligned" sform that disagree (mirrored, or 20 mm off):
+    ctseg reads the sform and says so; the label file keeps both transforms, so SimpleITK (the
+    reader of 3D Slicer and ITK-SNAP), which takes the qform here, lays it on the CT's voxels
+    (it put it on 0 of them when the qform was overwritten with the sform)."""
+    import SimpleITK as sitk
+
+    from ctseg_core.data.volume import load_ct, save_on_original_grid
+
+    data = np.full((20, 16, 8), -1000, np.int16)
+    data[2:6, 4:10, 2:6] = 300
+    sform = np.diag([1.5, 1.5, 3.0, 1.0])
+    sform[:3, 3] = [-15, -12, 0]
+    mirrored = np.diag([-1.5, 1.5, 3.0, 1.0])
+    mirrored[:3, 3] = [15, -12, 0]
+    shifted = sform.copy()
+    shifted[0, 3] += 20
+    for qform in (mirrored, shifted):
+        img = nib.Nifti1Image(data, None)
+        img.set_sform(sform, code=2)
+        img.set_qform(qform, code=1)
+        nib.save(img, tmp_path / "ct.nii.gz")
+        ct = load_ct(tmp_path / "ct.nii.gz")
+        assert any("qform and sform disagree" in note for note in ct.notes)
+        save_on_original_grid((ct.array > 0).astype(np.uint8), ct, tmp_path / "labels.nii.gz")
+        ct_itk = sitk.ReadImage(str(tmp_path / "ct.nii.gz"))
+        labels_itk = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
+        on_ct = sitk.Resample(labels_itk, ct_itk, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        bright = sitk.GetArrayFromImage(ct_itk) > 0
+        overlay = sitk.GetArrayFromImage(on_ct) > 0
+        assert bright.sum() == 96 and (overlay == bright).all()

@@ -48,6 +48,9 @@ class Volume:
     xform_codes: tuple[int, int] = (1, 1)
     #: what was assumed while reading (a NIfTI without orientation or voxel size), one line each
     notes: list[str] = field(default_factory=list)
+    #: the file's qform where it disagrees with the sform read as ``original_affine``: outputs
+    #: on its grid keep both, so a viewer that takes the qform (ITK) overlays them as the CT
+    original_qform: np.ndarray | None = None
 
     @property
     def orientation(self) -> str:
@@ -105,8 +108,8 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
             "fix its header's sform/qform and pixdim, e.g. re-export it from 3D Slicer"
         )
     out = nib.Nifti1Image(data, img.affine)
-    # the file's own codes (nibabel's new image would state sform "aligned", qform unset)
-    out.set_qform(img.affine, code=int(img.header["qform_code"]))
+    # the file's own transforms and codes (a new image would state sform "aligned", qform unset)
+    out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
     out.set_sform(img.affine, code=int(img.header["sform_code"]))
     return out
 
@@ -164,8 +167,10 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     else:
         data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
     array, affine = to_canonical(data, img.affine)
+    qform = img.get_qform() if all(_xform_codes(img)) and not path.is_dir() else img.affine
+    qform = None if np.allclose(qform, img.affine, atol=1e-3) else qform
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img), _geometry_notes(path, img))  # fmt: skip
+                  _xform_codes(img), _geometry_notes(path, img, qform), qform)  # fmt: skip
 
 
 #: (file, mtime, size, what) already warned about in this process: one warning per file
@@ -196,9 +201,10 @@ def _raw_header(path: Path):
     return header_class.from_fileobj(io.BytesIO(raw), check=False)
 
 
-def _geometry_notes(path: Path, img) -> list[str]:
+def _geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
     """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
-    reads both on a default grid without a word), warned once per file; [] when nothing was."""
+    reads both on a default grid without a word), or with a ``qform`` other than its sform,
+    warned once per file; [] when nothing was."""
     if path.is_dir():
         return []  # a DICOM series: its geometry is checked by the DICOM reader
     try:
@@ -220,6 +226,13 @@ def _geometry_notes(path: Path, img) -> list[str]:
             f"{''.join(nib.aff2axcodes(img.affine))} with {sizes} mm voxels centred on the "
             "origin (the Analyze default), so left/right and position may be wrong; write the "
             "file with its qform/sform (e.g. convert the DICOM again with dcm2niix)"
+        )
+    if qform is not None:
+        moved = float(np.abs(qform[:3, 3] - img.affine[:3, 3]).max())
+        notes["qform"] = (
+            f"{_short(path)}'s qform and sform disagree ({moved:.1f} mm apart at the origin, or "
+            "turned): ctseg reads the sform, as nibabel does; ITK-based tools (3D Slicer, "
+            "ITK-SNAP) may take the qform. Files written on its grid keep both"
         )
     for what, note in notes.items():
         _warn_once(path, what, note)
@@ -379,6 +392,7 @@ def save_on_original_grid(array: np.ndarray, volume: Volume, target: str | Path)
     data = from_canonical(array, volume.original_affine)
     img = nib.Nifti1Image(data, volume.original_affine)
     qform_code, sform_code = volume.xform_codes
-    img.set_qform(volume.original_affine, code=qform_code)
+    qform = volume.original_qform if volume.original_qform is not None else volume.original_affine
+    img.set_qform(qform, code=qform_code)
     img.set_sform(volume.original_affine, code=sform_code)
     atomic_save_nifti(img, target)
