@@ -8,7 +8,6 @@ grid with :func:`from_canonical`, so they overlay in 3D Slicer and ITK-SNAP.
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from .geometry_notes import geometry_notes, spacing_of, warn_once
 from .image_limits import check_claimed_size
 from .image_limits import short_path as _short
 
@@ -141,11 +141,6 @@ def from_canonical(array: np.ndarray, original_affine: np.ndarray) -> np.ndarray
     return np.ascontiguousarray(nib.orientations.apply_orientation(array, ornt))
 
 
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along each array axis from a (4, 4) affine."""
-    return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-
-
 def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool = False) -> Volume:
     """Load a CT (NIfTI file or DICOM series folder) as int16 Hounsfield units, canonical.
 
@@ -170,73 +165,7 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     qform = img.get_qform() if all(_xform_codes(img)) and not path.is_dir() else img.affine
     qform = None if np.allclose(qform, img.affine, atol=1e-3) else qform
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img), _geometry_notes(path, img, qform), qform)  # fmt: skip
-
-
-#: (file, mtime, size, what) already warned about in this process: one warning per file
-_WARNED: set[tuple] = set()
-
-
-def _warn_once(path: Path, what: str, message: str) -> None:
-    try:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, what)
-    except OSError:
-        key = (str(path), 0, 0, what)
-    if key not in _WARNED:
-        if len(_WARNED) > 100_000:  # a long-running server: keep the set bounded
-            _WARNED.clear()
-        _WARNED.add(key)
-        log.warning("%s", message)
-
-
-def _raw_header(path: Path):
-    """The NIfTI header of ``path`` as written (nibabel's reader replaces a zero pixdim by 1)."""
-    from nibabel.openers import ImageOpener
-
-    with ImageOpener(str(path)) as handle:
-        raw = handle.read(540)
-    nifti2 = raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
-    header_class = nib.Nifti2Header if nifti2 else nib.Nifti1Header
-    return header_class.from_fileobj(io.BytesIO(raw), check=False)
-
-
-def _geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
-    """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
-    reads both on a default grid without a word), or with a ``qform`` other than its sform,
-    warned once per file; [] when nothing was."""
-    if path.is_dir():
-        return []  # a DICOM series: its geometry is checked by the DICOM reader
-    try:
-        header = _raw_header(path)
-    except Exception:  # the file was read once already; a header we cannot parse says nothing
-        return []
-    notes = {}
-    zooms = np.asarray(header["pixdim"][1:4], dtype=float)
-    zero = [axis for axis, z in zip("xyz", zooms, strict=True) if not z > 0]
-    if zero and int(header["sform_code"]) == 0:  # an sform states the voxel size itself
-        notes["voxel size"] = (
-            f"{_short(path)} gives voxel size {' x '.join(f'{z:g}' for z in zooms)} mm: 1 mm was "
-            f"assumed along {', '.join(zero)}; write the real voxel size (pixdim) into the file"
-        )
-    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
-        sizes = " x ".join(f"{s:g}" for s in spacing_of(img.affine))
-        notes["orientation"] = (
-            f"{_short(path)} has no orientation (qform_code = sform_code = 0): read as "
-            f"{''.join(nib.aff2axcodes(img.affine))} with {sizes} mm voxels centred on the "
-            "origin (the Analyze default), so left/right and position may be wrong; write the "
-            "file with its qform/sform (e.g. convert the DICOM again with dcm2niix)"
-        )
-    if qform is not None:
-        moved = float(np.abs(qform[:3, 3] - img.affine[:3, 3]).max())
-        notes["qform"] = (
-            f"{_short(path)}'s qform and sform disagree ({moved:.1f} mm apart at the origin, or "
-            "turned): ctseg reads the sform, as nibabel does; ITK-based tools (3D Slicer, "
-            "ITK-SNAP) may take the qform. Files written on its grid keep both"
-        )
-    for what, note in notes.items():
-        _warn_once(path, what, note)
-    return list(notes.values())
+                  _xform_codes(img), geometry_notes(path, img, qform), qform)  # fmt: skip
 
 
 def _float_to_hu(data: np.ndarray, path: Path, allow_nan: bool) -> np.ndarray:
@@ -339,7 +268,7 @@ def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> n
     check_same_grid(path, data.shape, img.affine, ct.original_shape, ct.original_affine)
     note = mask_values_note(data, path)
     if note:
-        _warn_once(path, "mask values", note)
+        warn_once(path, "mask values", note)
         if notes is not None:
             notes.append(note)
     # the CT's own reordering: near 45 degrees two affines within the grid tolerance could pick
@@ -370,7 +299,7 @@ def load_label_volume(path: str | Path, num_labels: int = 117) -> Volume:
         )
     array, affine = to_canonical(data.astype(np.uint8), img.affine)
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img), _geometry_notes(path, img))  # fmt: skip
+                  _xform_codes(img), geometry_notes(path, img))  # fmt: skip
 
 
 def _xform_codes(img) -> tuple[int, int]:

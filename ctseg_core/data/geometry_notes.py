@@ -1,0 +1,87 @@
+"""What a NIfTI's header leaves to assumption (no orientation, a zero voxel size, a qform
+other than its sform), said once per file: ``geometry_notes`` and ``warn_once``."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .image_limits import short_path as _short
+
+log = logging.getLogger(__name__)
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along each array axis from a (4, 4) affine."""
+    return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+
+#: (file, mtime, size, what) already warned about in this process: one warning per file
+_WARNED: set[tuple] = set()
+
+
+def warn_once(path: Path, what: str, message: str) -> None:
+    """Log ``message`` once per file (its path, size and mtime) and kind ``what``."""
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, what)
+    except OSError:
+        key = (str(path), 0, 0, what)
+    if key not in _WARNED:
+        if len(_WARNED) > 100_000:  # a long-running server: keep the set bounded
+            _WARNED.clear()
+        _WARNED.add(key)
+        log.warning("%s", message)
+
+
+def raw_header(path: Path):
+    """The NIfTI header of ``path`` as written (nibabel's reader replaces a zero pixdim by 1)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        raw = handle.read(540)
+    nifti2 = raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
+    header_class = nib.Nifti2Header if nifti2 else nib.Nifti1Header
+    return header_class.from_fileobj(io.BytesIO(raw), check=False)
+
+
+def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
+    """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
+    reads both on a default grid without a word), or with a ``qform`` other than its sform,
+    warned once per file; [] when nothing was."""
+    if path.is_dir():
+        return []  # a DICOM series: its geometry is checked by the DICOM reader
+    try:
+        header = raw_header(path)
+    except Exception:  # the file was read once already; a header we cannot parse says nothing
+        return []
+    notes = {}
+    zooms = np.asarray(header["pixdim"][1:4], dtype=float)
+    zero = [axis for axis, z in zip("xyz", zooms, strict=True) if not z > 0]
+    if zero and int(header["sform_code"]) == 0:  # an sform states the voxel size itself
+        notes["voxel size"] = (
+            f"{_short(path)} gives voxel size {' x '.join(f'{z:g}' for z in zooms)} mm: 1 mm was "
+            f"assumed along {', '.join(zero)}; write the real voxel size (pixdim) into the file"
+        )
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        sizes = " x ".join(f"{s:g}" for s in spacing_of(img.affine))
+        notes["orientation"] = (
+            f"{_short(path)} has no orientation (qform_code = sform_code = 0): read as "
+            f"{''.join(nib.aff2axcodes(img.affine))} with {sizes} mm voxels centred on the "
+            "origin (the Analyze default), so left/right and position may be wrong; write the "
+            "file with its qform/sform (e.g. convert the DICOM again with dcm2niix)"
+        )
+    if qform is not None:
+        moved = float(np.abs(qform[:3, 3] - img.affine[:3, 3]).max())
+        notes["qform"] = (
+            f"{_short(path)}'s qform and sform disagree ({moved:.1f} mm apart at the origin, or "
+            "turned): ctseg reads the sform, as nibabel does; ITK-based tools (3D Slicer, "
+            "ITK-SNAP) may take the qform. Files written on its grid keep both"
+        )
+    for what, note in notes.items():
+        warn_once(path, what, note)
+    return list(notes.values())
