@@ -44,3 +44,10 @@ def test_mirror_partners_present_needs_each_lateral_structures_partner():
     assert not mirror_partners_present(["liver", "kidney_left"])
     assert mirror_partners_present(["liver", "lungs"])  # a merge holds both sides
     assert not mirror_partners_present(["rib_left_1"])
+    # a structure with no partner at all: a mirrored pass scores it ~0 (training never mirrors
+    # what holds it), so a model learning it gets no mirror TTA
+    lobes = ["lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
+             "lung_middle_lobe_right", "lung_lower_lobe_right"]  # fmt: skip
+    assert not mirror_partners_present(lobes)
+    assert not mirror_partners_present(["heart", "atrial_appendage_left"])
+    assert mirror_partners_present(["lungs", "heart"])
