@@ -279,6 +279,33 @@ def test_2d_ensemble_members_with_more_tta_passes_count_alike(tmp_path, s0000_ct
     torch.testing.assert_close(scores["ab"], (scores["a"] + scores["b"]) / 2, rtol=1e-5, atol=1e-6)
 
 
+def test_ensemble_members_may_list_their_structures_in_any_order(tmp_path, s0000_ct):
+    """Scores are read by label value: the same structures in another order ensemble alike
+    (they were refused as "other structures"). ``b`` is ``c`` with its output rows swapped to
+    match its order: the same function by label value, so the same ensemble with ``a``."""
+    from ctseg_core.models.checkpoint import load_checkpoint
+
+    ct = load_ct(s0000_ct)
+    a = make_checkpoint(tmp_path / "a.pth", ["liver", "spleen"], seed=1)
+    c = make_checkpoint(tmp_path / "c.pth", ["liver", "spleen"], seed=2)
+    b = make_checkpoint(tmp_path / "b.pth", ["spleen", "liver"], seed=2)
+    for path in (a, c):  # untrained: sharpen the head so that every label wins somewhere
+        saved = load_checkpoint(path)
+        saved["model"]["head.weight"] *= 50
+        saved["model"]["head.bias"].zero_()
+        torch.save(saved, path)
+    saved = load_checkpoint(b)
+    weights = load_checkpoint(c)["model"]
+    for key in ("head.weight", "head.bias"):  # channel 0 background, 1 and 2 swapped
+        weights[key] = weights[key][[0, 2, 1]]
+    saved["model"] = weights
+    torch.save(saved, b)
+    both = Predictor([a, b], device="cpu").predict(ct)
+    expected = Predictor([a, c], device="cpu").predict(ct)
+    np.testing.assert_array_equal(both, expected)
+    assert len(np.unique(expected)) == 3  # background, liver and spleen all win somewhere
+
+
 def test_ensemble_of_different_structures_is_refused(tmp_path):
     a = make_checkpoint(tmp_path / "a.pth", ["liver"])
     b = make_checkpoint(tmp_path / "b.pth", ["spleen"])

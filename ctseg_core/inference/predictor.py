@@ -93,11 +93,13 @@ class Predictor:
         for path in checkpoints:
             model, config = load_model(path, device=self.device)
             member = _Member(Path(path), model, config)
-            if self.members and list(config.data.structures) != self.structures:
+            # in any order: every member's scores are read by label value
+            if self.members and set(config.data.structures) != set(self.structures):
+                differ = sorted(set(config.data.structures) ^ set(self.structures))
                 raise ConfigError(
                     f"{member.path} predicts other structures than "
-                    f"{self.members[0].path}; an ensemble needs checkpoints trained on the "
-                    "same structures"
+                    f"{self.members[0].path} ({', '.join(differ[:5])}); an ensemble needs "
+                    "checkpoints trained on the same structures"
                 )
             unknown = [s for s in config.data.structures if not is_structure(s)]
             if unknown:
