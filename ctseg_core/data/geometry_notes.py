@@ -1,5 +1,5 @@
-"""What a NIfTI's header leaves to assumption (no orientation, a zero voxel size, a qform
-other than its sform), said once per file: ``geometry_notes`` and ``warn_once``."""
+"""What a NIfTI's header leaves to assumption (no orientation, a zero voxel size, sheared
+axes, a qform other than its sform), said once per file: ``geometry_notes`` and ``warn_once``."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def raw_header(path: Path):
 
 def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
     """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
-    reads both on a default grid without a word), or with a ``qform`` other than its sform,
-    warned once per file; [] when nothing was."""
+    reads both on a default grid without a word), with sheared axes, or with a ``qform`` other
+    than its sform, warned once per file; [] when nothing was."""
     if path.is_dir():
         return []  # a DICOM series: its geometry is checked by the DICOM reader
     try:
@@ -74,6 +74,16 @@ def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str
             f"{''.join(nib.aff2axcodes(img.affine))} with {sizes} mm voxels centred on the "
             "origin (the Analyze default), so left/right and position may be wrong; write the "
             "file with its qform/sform (e.g. convert the DICOM again with dcm2niix)"
+        )
+    axes = np.asarray(img.affine, dtype=np.float64)[:3, :3]
+    unit = axes / np.linalg.norm(axes, axis=0)
+    cosines = np.abs(unit.T @ unit - np.eye(3))
+    if cosines.max() > 1e-3:  # sheared: voxel sizes and distances assume right angles
+        degrees = float(np.degrees(np.arcsin(min(1.0, cosines.max()))))
+        notes["shear"] = (
+            f"{_short(path)}'s voxel axes are not at right angles (sheared by {degrees:.1f} "
+            "degrees, as an uncorrected gantry tilt leaves them): volumes and distances in mm "
+            "take them as perpendicular; give the tilt-corrected CT (dcm2niix writes one)"
         )
     if qform is not None:
         moved = float(np.abs(qform[:3, 3] - img.affine[:3, 3]).max())
