@@ -448,3 +448,26 @@ def test_two_files_for_one_ct_or_one_structure_and_a_subject_in_two_splits_are_r
     with pytest.raises(DataError) as exc:
         read_meta_csv(meta)
     assert "lists subject s0001 in both train and test; keep one row per subject" in _one_line(exc)
+
+
+def test_a_build_left_by_a_killed_prepare_is_removed_by_the_next_one(tmp_path):
+    """A prepare killed mid-build (out of memory) left its ``.tmp-`` folder forever (10 MB a
+    subject on real data); the next build of the subject removes one hours old, and leaves a
+    fresh one (another process may be building it now)."""
+    import os
+    import time
+
+    from ctseg_core.data.cache import STALE_BUILD_S, entry_dir
+
+    root = tmp_path / "data"
+    _subject(root, "s0001")
+    folder = entry_dir(tmp_path / "cache", root, "s0001")
+    stale, fresh = folder / ".tmp-abc-killed", folder / ".tmp-def-running"
+    for left in (stale, fresh):
+        left.mkdir(parents=True)
+        (left / "ct.npy").write_bytes(b"x" * 1000)
+    old = time.time() - STALE_BUILD_S - 60
+    os.utime(stale, (old, old))
+    report = prepare_dataset(root, tmp_path / "cache")
+    assert report.built == ["s0001"]
+    assert not stale.exists() and fresh.exists()

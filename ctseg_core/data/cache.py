@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -261,11 +262,26 @@ def build_entry(subject_dir: Path, target: Path, settings: dict | None = None) -
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # Old keys of this subject are stale now.
+    # Old keys of this subject are stale now; so is a build another process left behind when it
+    # was killed (a build in progress elsewhere is minutes old, never hours)
     for old in target.parent.iterdir():
-        if old != target and not old.name.startswith(".tmp-"):
-            shutil.rmtree(old, ignore_errors=True)
+        if old == target:
+            continue
+        if old.name.startswith(".tmp-") and not _older_than(old, STALE_BUILD_S):
+            continue
+        shutil.rmtree(old, ignore_errors=True)
     return CachedSubject(subject.subject_id, target, meta)
+
+
+#: a ``.tmp-`` build folder older than this (seconds) was left by a killed process
+STALE_BUILD_S = 6 * 3600
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def open_cached(
