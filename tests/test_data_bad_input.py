@@ -471,3 +471,40 @@ def test_a_build_left_by_a_killed_prepare_is_removed_by_the_next_one(tmp_path):
     report = prepare_dataset(root, tmp_path / "cache")
     assert report.built == ["s0001"]
     assert not stale.exists() and fresh.exists()
+
+
+def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(tmp_path):
+    """A 0.3 MB upload whose header extension unpacks to 300 MB of zeros: nibabel reads the
+    extensions whole before the size checks (~313 MB for one small file); refused from the raw
+    header. A file with a small extension passes."""
+    import resource
+    import struct
+
+    from ctseg_core.data.image_limits import check_nifti_payload
+
+    def write(path, extension_bytes):
+        header = nib.Nifti1Header()
+        header.set_data_shape((4, 4, 4))
+        header.set_data_dtype(np.int16)
+        header.set_sform(np.eye(4), 1)
+        header["vox_offset"] = 352 + extension_bytes
+        with gzip.open(path, "wb", compresslevel=9) as f:
+            f.write(header.binaryblock + b"\x01\x00\x00\x00")  # one extension follows
+            f.write(struct.pack("<ii", extension_bytes, 4))  # its size, code 4 (AFNI)
+            left = extension_bytes - 8
+            while left > 0:
+                f.write(b"\0" * min(left, 1 << 20))
+                left -= 1 << 20
+            f.write(np.zeros(64, np.int16).tobytes())
+
+    big = tmp_path / "big.nii.gz"
+    write(big, 300 << 20)
+    assert big.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError) as exc:
+        check_nifti_payload(big, shown="upload.nii.gz")
+    assert _one_line(exc).startswith("upload.nii.gz holds 300 MB of header extensions")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KB
+    small = tmp_path / "small.nii.gz"
+    write(small, 1 << 10)
+    check_nifti_payload(small)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import struct
 import zlib
 from pathlib import Path
 
@@ -72,6 +73,7 @@ def check_nifti_payload(path: str | Path, shown: str | None = None) -> None:
     path = Path(path)
     shown = shown or short_path(path)
     try:
+        _check_extensions(path)  # nibabel reads them whole before any other check
         img = nib.load(str(path))
         on_disk = check_claimed_size(path, img.header)
         _check_memory_size(path, img)
@@ -92,3 +94,26 @@ def check_nifti_payload(path: str | Path, shown: str | None = None) -> None:
             f"{shown} holds {have:,} bytes of the {needed:,} its header claims: the file is "
             "truncated or its header damaged; re-export it"
         )
+
+
+#: header extensions larger than this (bytes) before the voxels are refused in an upload: a
+#: 300 KB .nii.gz can hold a 300 MB extension of zeros, which nibabel reads into memory
+MAX_EXTENSION_BYTES = 16 << 20
+
+
+def _check_extensions(path: Path) -> None:
+    """DataError when a NIfTI-1 file's voxels start more than ``MAX_EXTENSION_BYTES`` after its
+    header (``vox_offset``), read from the raw header before nibabel parses the extensions."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        raw = stream.read(348)
+    if len(raw) < 348:
+        return  # nibabel's own error names what is wrong
+    for order in "<>":
+        if struct.unpack(f"{order}i", raw[:4])[0] == 348:  # sizeof_hdr: NIfTI-1, this byte order
+            offset = struct.unpack(f"{order}f", raw[108:112])[0]  # vox_offset
+            if offset - 352 > MAX_EXTENSION_BYTES:
+                raise DataError(
+                    f"{short_path(path)} holds {offset / 2**20:.0f} MB of header extensions "
+                    "before its voxels; re-export it without them (e.g. nibabel, 3D Slicer)"
+                )
