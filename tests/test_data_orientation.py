@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ctseg_core.data import open_cached
+from ctseg_core.errors import DataError
 from ctseg_core.labels import LABEL_OF
 
 
@@ -168,3 +169,29 @@ def test_a_sheared_ct_is_read_with_a_note(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.diag([1.0, 1.0, 2.0, 1.0])),
              tmp_path / "straight.nii.gz")  # fmt: skip
     assert not load_ct(tmp_path / "straight.nii.gz").notes
+
+
+def test_a_mask_stored_in_another_axis_order_on_the_cts_voxels_is_read(s0000_root, tmp_path):
+    """The liver mask of s0000 re-stored LPS beside its RAS CT: the same voxels in world space,
+    so it is read (it was refused: "affine differs by 363 mm; resample"); one on another grid
+    is still refused."""
+    import shutil
+
+    from ctseg_core.data.subject import load_subject
+    from ctseg_core.labels import LABEL_OF
+
+    subject = tmp_path / "s0000"
+    (subject / "segmentations").mkdir(parents=True)
+    shutil.copy(s0000_root / "s0000" / "ct.nii.gz", subject / "ct.nii.gz")
+    liver = nib.load(s0000_root / "s0000" / "segmentations" / "liver.nii.gz")
+    lps = liver.as_reoriented(nib.orientations.axcodes2ornt(("L", "P", "S")))
+    nib.save(lps, subject / "segmentations" / "liver.nii.gz")
+    expected = np.asarray(nib.as_closest_canonical(liver).dataobj) > 0
+    loaded = load_subject(subject)
+    np.testing.assert_array_equal(loaded.labels == LABEL_OF["liver"], expected)
+    moved = lps.affine.copy()
+    moved[0, 3] += 3.0  # a voxel off along x: another grid
+    shifted = nib.Nifti1Image(np.asarray(lps.dataobj), moved)
+    nib.save(shifted, subject / "segmentations" / "liver.nii.gz")
+    with pytest.raises(DataError, match="differs from the CT's"):
+        load_subject(subject)

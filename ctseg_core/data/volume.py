@@ -162,7 +162,8 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     else:
         data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
     array, affine = to_canonical(data, img.affine)
-    qform = img.get_qform() if all(_xform_codes(img)) and not path.is_dir() else img.affine
+    codes = int(img.header["qform_code"]), int(img.header["sform_code"])  # as on disk
+    qform = img.get_qform() if min(codes) > 0 and not path.is_dir() else img.affine
     qform = None if np.allclose(qform, img.affine, atol=1e-3) else qform
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
                   _xform_codes(img), geometry_notes(path, img, qform), qform)  # fmt: skip
@@ -258,22 +259,36 @@ def mask_values_note(data: np.ndarray, path: Path) -> str | None:
 def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> np.ndarray:
     """Load one structure mask on ``ct``'s grid as a canonical (X, Y, Z) bool array.
 
-    Raises DataError when its shape or affine differs from the CT's. A mask holding values
-    other than 0 and 1 is read as "above 0" (floats: "above 0.5"), warned once per file and
-    said in ``notes``.
+    Raises DataError when its shape or affine differs from the CT's, unless it holds the CT's
+    voxels in another axis order (the same grid once both are reordered to RAS). A mask holding
+    values other than 0 and 1 is read as "above 0" (floats: "above 0.5"), warned once per file
+    and said in ``notes``.
     """
     path = Path(path)
     img = read_image(path)
     data = np.asanyarray(img.dataobj)
-    check_same_grid(path, data.shape, img.affine, ct.original_shape, ct.original_affine)
+    # the CT's own reordering: near 45 degrees two affines within the grid tolerance could pick
+    # different axis orders, and the mask would land on other voxels than the CT's
+    affine = ct.original_affine
+    try:
+        check_same_grid(path, data.shape, img.affine, ct.original_shape, ct.original_affine)
+    except DataError:  # stored in another axis order (LPS beside a RAS CT) on the same voxels?
+        ornt = _canonical_transform(img.affine)
+        shape = [0, 0, 0]
+        for axis, (to, _flip) in enumerate(ornt):
+            shape[int(to)] = data.shape[axis]
+        canonical = img.affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+        if tuple(shape) != ct.array.shape or not np.allclose(
+            canonical, ct.affine, atol=AFFINE_TOLERANCE
+        ):
+            raise
+        affine = img.affine
     note = mask_values_note(data, path)
     if note:
         warn_once(path, "mask values", note)
         if notes is not None:
             notes.append(note)
-    # the CT's own reordering: near 45 degrees two affines within the grid tolerance could pick
-    # different axis orders, and the mask would land on other voxels than the CT's
-    array, _ = to_canonical(_mask_from_data(data), ct.original_affine)
+    array, _ = to_canonical(_mask_from_data(data), affine)
     return array
 
 
