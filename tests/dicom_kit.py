@@ -81,9 +81,13 @@ def write_series(folder: Path, z_mm, *, start: int = 1, pixels_of=None, **kwargs
     return paths
 
 
-def write_multiframe(path: Path, z_mm, rows: int = 6, cols: int = 6) -> None:
+def write_multiframe(
+    path: Path, z_mm, rows: int = 6, cols: int = 6, drift_mm: float = 0.0, instance: int = 1
+) -> None:
     """One enhanced (multi-frame) CT file: frame k at z_mm[k] (LPS, axial, 0.5 mm pixels), its
-    stored values 1024 + 10 k (HU 10 k), each frame's position in its functional groups."""
+    stored values 1024 + 10 k (HU 10 k), each frame's position in its functional groups;
+    ``drift_mm``: frame k also moved k x that along y (a gantry tilt); ``instance``: the file's
+    number in a series of such files."""
     import pydicom
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -91,7 +95,7 @@ def write_multiframe(path: Path, z_mm, rows: int = 6, cols: int = 6) -> None:
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # enhanced CT
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.901"
+    meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.90{instance}"
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = (
@@ -100,7 +104,7 @@ def write_multiframe(path: Path, z_mm, rows: int = 6, cols: int = 6) -> None:
     )
     ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.1", "1.2.826.0.1.9"
     ds.FrameOfReferenceUID, ds.Modality, ds.PatientID = "1.2.826.0.1.2", "CT", "t"
-    ds.SeriesNumber, ds.InstanceNumber = 9, 1
+    ds.SeriesNumber, ds.InstanceNumber = 9, instance
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, len(z_mm)
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
@@ -114,9 +118,9 @@ def write_multiframe(path: Path, z_mm, rows: int = 6, cols: int = 6) -> None:
     shared.PixelValueTransformationSequence = Sequence([values])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     frames = []
-    for z in z_mm:
+    for k, z in enumerate(z_mm):
         frame, position = Dataset(), Dataset()
-        position.ImagePositionPatient = [0.0, 0.0, float(z)]
+        position.ImagePositionPatient = [0.0, k * drift_mm, float(z)]
         frame.PlanePositionSequence = Sequence([position])
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)

@@ -49,6 +49,8 @@ class _Slice:
     missing: tuple[str, ...] = ()  # geometry tags the file lacks (SimpleITK fills in defaults)
 
 
+#: SOP classes of enhanced CT (and legacy converted): geometry in functional groups, not on top
+_ENHANCED_CT = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
 #: the tags a slice's geometry comes from; without one SimpleITK assumes identity, 0 or 1 mm
 _GEOMETRY_TAGS = {
     "0020|0032": "ImagePositionPatient",
@@ -113,8 +115,8 @@ def _read_header(path: Path) -> _Slice | None:
     except ValueError:
         thickness = 0.0
     missing = tuple(name for key, name in _GEOMETRY_TAGS.items() if not _tag(reader, key))
-    if size[2] > 1:  # an enhanced file states them per frame (``_check_frames``)
-        missing = ()
+    if size[2] > 1 or _tag(reader, "0008|0016") in _ENHANCED_CT:
+        missing = ()  # an enhanced file states them in its functional groups, per frame
     return _Slice(path, np.array(reader.GetOrigin(), dtype=float), direction[:, 0],
                   direction[:, 1], tuple(reader.GetSpacing()[:2]), size[:3],
                   thickness, missing)  # fmt: skip

@@ -49,8 +49,9 @@ def read_volume_file(folder: Path, path: Path) -> nib.Nifti1Image:
 
 def check_frames(folder: Path, path: Path, count: int, normal, step_mm: float) -> None:
     """DataError unless a multi-frame file's frames lie in storage order, ``step_mm`` apart
-    along ``normal`` (LPS), by their own positions: SimpleITK stacks them as stored at one
-    step, and a missing, uneven or unsorted frame would be put where it is not."""
+    along ``normal`` (LPS) and not sideways, by their own positions: SimpleITK stacks them as
+    stored at one step, and a missing, uneven, unsorted or tilted frame would be put where it
+    is not."""
     import pydicom
 
     if count < 2:
@@ -69,10 +70,24 @@ def check_frames(folder: Path, path: Path, count: int, normal, step_mm: float) -
             f"{folder}: {path.name} is a multi-frame file whose {count} frames do not each state "
             f"their position, so their spacing cannot be checked; {fix}"
         )
-    steps = np.diff(positions @ np.asarray(normal, dtype=np.float64))
+    normal = np.asarray(normal, dtype=np.float64)
+    moves = np.diff(positions, axis=0)
+    steps = moves @ normal
+    drift = np.linalg.norm(moves - steps[:, None] * normal, axis=1)  # across the slices
+    if drift.max() > 0.01 * abs(step_mm) + 1e-3:
+        raise DataError(
+            f"{folder}: {path.name}'s frames move up to {drift.max():.2f} mm sideways from one "
+            f"to the next (a gantry tilt), which a stack of frames cannot hold; {fix}, which "
+            "corrects the tilt"
+        )
     if not np.allclose(steps, step_mm, rtol=0.01, atol=1e-3):
         shown = ", ".join(f"{v:g}" for v in np.round(steps[:8], 3))
+        even = np.allclose(steps, steps[0], rtol=0.01, atol=1e-3)
+        why = (
+            f"where the reader stacks them {step_mm:g} mm apart"
+            if even
+            else "not evenly (a missing, uneven or unsorted frame)"
+        )
         raise DataError(
-            f"{folder}: {path.name}'s frames are {shown} mm apart in storage order, not "
-            f"{step_mm:g} mm each (a missing, uneven or unsorted frame); {fix}"
+            f"{folder}: {path.name}'s frames are {shown} mm apart in storage order, {why}; {fix}"
         )
