@@ -482,12 +482,12 @@ def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(
 
     from ctseg_core.data.image_limits import check_nifti_payload
 
-    def write(path, extension_bytes):
+    def write(path, extension_bytes, vox_offset=None):
         header = nib.Nifti1Header()
         header.set_data_shape((4, 4, 4))
         header.set_data_dtype(np.int16)
         header.set_sform(np.eye(4), 1)
-        header["vox_offset"] = 352 + extension_bytes
+        header["vox_offset"] = vox_offset or 352 + extension_bytes
         with gzip.open(path, "wb", compresslevel=9) as f:
             f.write(header.binaryblock + b"\x01\x00\x00\x00")  # one extension follows
             f.write(struct.pack("<ii", extension_bytes, 4))  # its size, code 4 (AFNI)
@@ -505,6 +505,12 @@ def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(
         check_nifti_payload(big, shown="upload.nii.gz")
     assert _one_line(exc).startswith("upload.nii.gz holds 300 MB of header extensions")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KB
+    # vox_offset leaves 16 bytes, the extension's own size claims 200 MB: nibabel reads that
+    claims = tmp_path / "claims.nii.gz"
+    write(claims, 200 << 20, vox_offset=368)
+    with pytest.raises(DataError) as exc:
+        check_nifti_payload(claims, shown="upload.nii.gz")
+    assert _one_line(exc).startswith("upload.nii.gz holds 200 MB of header extensions")
     small = tmp_path / "small.nii.gz"
     write(small, 1 << 10)
     check_nifti_payload(small)

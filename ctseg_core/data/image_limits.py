@@ -96,24 +96,48 @@ def check_nifti_payload(path: str | Path, shown: str | None = None) -> None:
         )
 
 
-#: header extensions larger than this (bytes) before the voxels are refused in an upload: a
-#: 300 KB .nii.gz can hold a 300 MB extension of zeros, which nibabel reads into memory
+#: header extensions larger than this (bytes) are refused in an upload: a 300 KB .nii.gz can
+#: hold a 300 MB extension of zeros, which nibabel reads into memory before any other check
 MAX_EXTENSION_BYTES = 16 << 20
 
 
 def _check_extensions(path: Path) -> None:
-    """DataError when a NIfTI-1 file's voxels start more than ``MAX_EXTENSION_BYTES`` after its
-    header (``vox_offset``), read from the raw header before nibabel parses the extensions."""
+    """DataError when a NIfTI file's header extensions come to more than ``MAX_EXTENSION_BYTES``,
+    by its ``vox_offset`` and by each extension's own size (nibabel trusts either), streaming
+    from the raw bytes before nibabel parses them. NIfTI-1 and NIfTI-2, either byte order."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as stream:
-        raw = stream.read(348)
-    if len(raw) < 348:
-        return  # nibabel's own error names what is wrong
+        head = stream.read(540)
+        layout = _layout(head)
+        if layout is None:
+            return  # not NIfTI: nibabel's own error names what is wrong
+        order, size, offset = layout
+        stream.seek(size)
+        flag = stream.read(4)
+        room = offset - size - 4  # what vox_offset leaves for extensions
+        listed = 0  # what the extensions' own sizes claim, read as nibabel reads them
+        while len(flag) == 4 and flag[0] and listed < max(room, 1) <= MAX_EXTENSION_BYTES:
+            pair = stream.read(8)  # esize (these 8 bytes included), ecode
+            esize = struct.unpack(f"{order}i", pair[:4])[0] if len(pair) == 8 else 0
+            if esize < 8:
+                break  # the end, or a malformed list nibabel refuses itself
+            listed += esize
+            if listed > MAX_EXTENSION_BYTES:
+                break
+            stream.seek(esize - 8, 1)
+        total = max(room, listed)
+    if total > MAX_EXTENSION_BYTES:
+        raise DataError(
+            f"{short_path(path)} holds {total / 2**20:.0f} MB of header extensions before its "
+            "voxels; re-export it without them (e.g. nibabel, 3D Slicer)"
+        )
+
+
+def _layout(head: bytes) -> tuple[str, int, float] | None:
+    """(byte order, header size, vox_offset) of a NIfTI-1 (348) or NIfTI-2 (540) header."""
     for order in "<>":
-        if struct.unpack(f"{order}i", raw[:4])[0] == 348:  # sizeof_hdr: NIfTI-1, this byte order
-            offset = struct.unpack(f"{order}f", raw[108:112])[0]  # vox_offset
-            if offset - 352 > MAX_EXTENSION_BYTES:
-                raise DataError(
-                    f"{short_path(path)} holds {offset / 2**20:.0f} MB of header extensions "
-                    "before its voxels; re-export it without them (e.g. nibabel, 3D Slicer)"
-                )
+        if len(head) >= 348 and struct.unpack(f"{order}i", head[:4])[0] == 348:
+            return order, 348, struct.unpack(f"{order}f", head[108:112])[0]
+        if len(head) >= 540 and struct.unpack(f"{order}i", head[:4])[0] == 540:
+            return order, 540, float(struct.unpack(f"{order}q", head[168:176])[0])
+    return None
