@@ -293,3 +293,26 @@ def test_a_run_resumed_with_more_epochs_follows_the_schedule_over_them(phantom_r
     assert Trainer.resume(tmp_path / "s").run() == "finished"
     lrs = [r["lr"] for r in read_history(tmp_path / "s")]
     assert lrs == pytest.approx([lr0 * cosine_factor(k / 4) for k in range(4)])
+
+
+def test_a_checkpoint_with_pytorchs_scheduler_state_resumes_on_the_runs_own_horizon(
+    phantom_root, tmp_path
+):
+    """A run from before ProgressLR, resumed then to more epochs, kept CosineAnnealingLR's first
+    T_max: its state says 3 of 2 epochs done (lr 0) for a run of 6. Resumed as it is, the
+    schedule goes on over the run's 6 epochs, not at 0."""
+    lr0 = 1e-3
+    config = _budget_config(phantom_root, "old", None, epochs=3)
+    assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
+    saved = torch.load(tmp_path / "old" / "last.pth", weights_only=True)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr0)
+    old = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2)
+    for _ in range(3):
+        optimizer.step()
+        old.step()
+    saved["scheduler"] = old.state_dict()
+    saved["config"]["train"]["epochs"] = 6
+    torch.save(saved, tmp_path / "old" / "last.pth")
+    assert Trainer.resume(tmp_path / "old").run() == "finished"
+    lrs = [r["lr"] for r in read_history(tmp_path / "old")][3:]
+    assert lrs == pytest.approx([lr0 * cosine_factor(k / 6) for k in (3, 4, 5)])

@@ -197,9 +197,11 @@ def build_parts(
         history = list(resume.get("history") or [])
         start_epoch = int(resume["epoch"])
         saved = resume["config"]["train"]
+        older = "progress" not in (resume.get("scheduler") or {})  # PyTorch's epoch scheduler
         if isinstance(scheduler, ProgressLR) and (
-            saved.get("epochs") != t.epochs or saved.get("minutes") != t.minutes
-        ):  # resumed with a new horizon: the schedule over it, not the old one's end (lr 0)
+            older or saved.get("epochs") != t.epochs or saved.get("minutes") != t.minutes
+        ):  # a new horizon, or an old state whose T_max may be a stale one (resumed to more
+            # epochs before): the schedule over the run's horizon, not the old one's end (lr 0)
             scheduler.replan(resumed_progress(t, history, start_epoch))
         restore_rng_state(resume.get("rng"))
     net = model
