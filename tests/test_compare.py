@@ -143,6 +143,15 @@ def test_a_distance_verdict_counts_the_misses_where_they_differ():
     row = rows_of(compare_results(a, b), "hd95_mm").loc["liver"]
     d = np.r_[np.full(9, -1.0), 100.0]  # the miss ranks above every finite difference
     assert row["verdict"] == "better" and row["p_value"] == pytest.approx(wilcoxon(d).pvalue)
+    # over all structures: B 5 mm nearer on every pair of three structures, one spleen missed:
+    # "better", as every structure and the subjects' test say (it read "worse" from the miss)
+    dice = {s: np.full(10, 0.9) for s in ("liver", "spleen", "aorta")}
+    a = table(dice, subjects, {s: np.full(10, 8.0) for s in dice})
+    hd_b = {s: np.full(10, 3.0) for s in dice}
+    hd_b["spleen"][0] = np.inf
+    rows = rows_of(compare_results(a, table(dice, subjects, hd_b)), "hd95_mm")
+    assert rows.loc[OVERALL, "missed_b"] == 1 and rows.loc[OVERALL, "p_value"] < 0.01
+    assert set(rows["verdict"]) == {"better"}
 
 
 def test_no_p_value_for_few_pairs_or_no_difference_and_the_reason_is_said():

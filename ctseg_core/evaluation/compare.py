@@ -7,8 +7,8 @@ scored: NaN (reference absent, not annotated) pairs with nothing. A distance may
 structure was missed): such a pair is left out of the means and the mean difference and counted
 in ``missed_a`` / ``missed_b``; the signed-rank test keeps it, by rank (inf - finite is a
 difference larger than any finite one; both inf is a tie, difference 0). Where A and B missed
-as often, the verdict follows the mean difference; where not, a structure's verdict follows its
-test's direction (its signed-rank sum) and the row over all structures the number missed.
+as often, the verdict follows the mean difference; where not, the direction of the signed-rank
+sum over its pairs, misses included (a structure's: its own test's direction).
 """
 
 from __future__ import annotations
@@ -88,13 +88,11 @@ def _verdict(difference: float, higher_is_better: bool, missed_a: int, missed_b:
     """B against A: "better", "worse" or "same". Where A and B missed as often, by the mean
     difference (of the pairs both found) in the metric's direction. Where they did not, a miss
     being farther than any distance: by the signed-rank direction of the pairs' differences
-    ``ranked`` (a structure's row: the way its test leans), else by the number missed."""
+    ``ranked`` (misses included), and where that ties, by the number missed."""
     if missed_a != missed_b:
-        if ranked is None:
+        direction = _rank_direction(ranked) if ranked is not None else 0.0
+        if direction == 0:  # the ranks tie: fewer misses is better
             return "better" if missed_b < missed_a else "worse"
-        direction = _rank_direction(ranked)
-        if direction == 0:
-            return "same"
         return "better" if (direction > 0) == higher_is_better else "worse"
     if np.isfinite(difference) and difference != 0:
         return "better" if (difference > 0) == higher_is_better else "worse"
@@ -142,7 +140,8 @@ def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
         "metric": metric, "unit": spec.unit, "structure": OVERALL, "group": "",
         "pairs": len(per_subject), "mean_a": mean_a, "mean_b": mean_b,
         "difference": mean_b - mean_a,
-        "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b),
+        "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b,
+                            pairs["d"].to_numpy()),
         "p_value": p, "p_note": note,
         "missed_a": missed_a, "missed_b": missed_b,
     }  # fmt: skip
