@@ -30,6 +30,9 @@ def test_normalize_hu_clips_and_maps_the_window_to_minus_one_one():
     assert out.dtype == torch.float32
     assert out.flatten().tolist() == [-1.0, -1.0, 0.0, 0.5, 1.0, 1.0]
     assert normalize_hu(torch.tensor([40.0]), (-160.0, 240.0)).item() == pytest.approx(0.0)
+    hu = torch.tensor([-3000.0, 40.0, 3000.0])  # float32: it was clipped and scaled in place
+    normalize_hu(hu, (-1000.0, 1000.0))
+    assert hu.tolist() == [-3000.0, 40.0, 3000.0]
 
 
 def test_resize_keeps_label_values_and_smooths_images():

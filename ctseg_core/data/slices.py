@@ -42,10 +42,11 @@ log = logging.getLogger(__name__)
 def normalize_hu(ct_hu: torch.Tensor, hu_window: tuple[float, float]) -> torch.Tensor:
     """Clip HU to ``hu_window`` = (low, high) and scale linearly to [-1, 1]; returns float32.
 
-    Works on any shape and dtype (int16 from the cache, float from a NIfTI).
+    Works on any shape and dtype (int16 from the cache, float from a NIfTI); the input is left
+    as it is (a float32 one was clipped and scaled in place).
     """
     low, high = float(hu_window[0]), float(hu_window[1])
-    x = ct_hu.to(torch.float32).clamp_(low, high)
+    x = ct_hu.to(torch.float32, copy=True).clamp_(low, high)
     return x.sub_((low + high) / 2).mul_(2.0 / (high - low))
 
 
