@@ -41,9 +41,10 @@ def choose_source() -> tuple[list[str] | str, Path, str, str | None, str] | None
                 "nnU-Net model folders, or evaluate a folder."
             )
             return None
+        titles = runs.checkpoint_titles(checkpoints, models)
         label = st.selectbox(
             "Run / checkpoint or model", [*checkpoints, *models], key=state.EVAL_FORM.checkpoint,
-            format_func=runs.checkpoint_titles(checkpoints, models),
+            format_func=titles,
         )  # fmt: skip
         if label in models:
             entry = cached_models.all_models()[label]
@@ -51,7 +52,7 @@ def choose_source() -> tuple[list[str] | str, Path, str, str | None, str] | None
             out = model_evaluation_dir(cached.checkpoints_root() / "evaluations", entry.path, name)
             return [], out, label, str(entry.path), models[label]
         path = Path(checkpoints[label])
-        return [str(path)], checkpoint_evaluation_dir([path]), label, None, label
+        return [str(path)], checkpoint_evaluation_dir([path]), label, None, titles(label)
     folder = st.text_input(
         "Predictions folder (multilabel <subject id>.nii.gz files, TotalSegmentator v2 values)",
         key=state.EVAL_FORM.folder,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from markdown_kit import as_shown
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.training.trainer import Trainer
@@ -52,6 +53,9 @@ def test_evaluate_scores_a_3d_runs_checkpoint(app_env, tmp_path, monkeypatch, ne
     boxes = source["body_boxes"]
     assert boxes and set(boxes) <= set(source["subjects"])
     assert all(0 <= lo < hi for box in boxes.values() for lo, hi in box)
+    # the results say which run, with its kind, as the pickers do
+    shown = [as_shown(c.value) for c in at.caption]
+    assert any(c.startswith("vol (3D) / best.pth · files in") for c in shown), shown
     said = [c.value for c in at.caption if "box around the body" in c.value]
     assert said == [
         f"The 3D model labelled only the box around the body in {len(boxes)} CTs (the rest is "
