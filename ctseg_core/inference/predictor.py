@@ -29,11 +29,6 @@ from .strategies import STRATEGIES
 log = logging.getLogger(__name__)
 
 
-def available_memory_bytes() -> int:
-    """Memory the process can use now (``device.host_free_bytes``: a container's limit too)."""
-    return host_free_bytes()
-
-
 @dataclass
 class _Member:
     """One checkpoint of the ensemble and its preprocessing."""
@@ -131,7 +126,7 @@ class Predictor:
         Lowers the batch down to 1 slice when needed; raises CtsegError with the size and the
         limit when even one slice at a time does not fit.
         """
-        limit = int(limit_bytes if limit_bytes is not None else 0.8 * available_memory_bytes())
+        limit = int(limit_bytes if limit_bytes is not None else 0.8 * host_free_bytes())
         batch = self.batch_slices
         while batch > 1 and self.estimate_bytes(shape_xyz, batch, spacing_mm) > limit:
             batch //= 2

@@ -147,9 +147,9 @@ class NnunetPredictor:
         """``inference.Predictor``'s interface: 1 (nnU-Net's window is one patch at a time) when
         :meth:`estimate_bytes` fits ``limit_bytes`` (default 80 % of the available memory),
         else CtsegError in one line with the need and the limit."""
-        from ..inference.predictor import available_memory_bytes
+        from ..device import host_free_bytes
 
-        limit = int(limit_bytes if limit_bytes is not None else 0.8 * available_memory_bytes())
+        limit = int(limit_bytes if limit_bytes is not None else 0.8 * host_free_bytes())
         need = self.estimate_bytes(shape_xyz, spacing_mm)
         if need > limit:
             dims = " x ".join(str(int(s)) for s in shape_xyz)
