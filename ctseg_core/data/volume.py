@@ -267,28 +267,23 @@ def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> n
     path = Path(path)
     img = read_image(path)
     data = np.asanyarray(img.dataobj)
-    # the CT's own reordering: near 45 degrees two affines within the grid tolerance could pick
-    # different axis orders, and the mask would land on other voxels than the CT's
-    affine = ct.original_affine
+    mask = _mask_from_data(data)
     try:
         check_same_grid(path, data.shape, img.affine, ct.original_shape, ct.original_affine)
+        # the CT's own reordering: near 45 degrees two affines within the grid tolerance could
+        # pick different axis orders, and the mask would land on other voxels than the CT's
+        array = to_canonical(mask, ct.original_affine)[0]
     except DataError:  # stored in another axis order (LPS beside a RAS CT) on the same voxels?
-        ornt = _canonical_transform(img.affine)
-        shape = [0, 0, 0]
-        for axis, (to, _flip) in enumerate(ornt):
-            shape[int(to)] = data.shape[axis]
-        canonical = img.affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
-        if tuple(shape) != ct.array.shape or not np.allclose(
+        array, canonical = to_canonical(mask, img.affine)
+        if array.shape != ct.array.shape or not np.allclose(
             canonical, ct.affine, atol=AFFINE_TOLERANCE
         ):
             raise
-        affine = img.affine
     note = mask_values_note(data, path)
     if note:
         warn_once(path, "mask values", note)
         if notes is not None:
             notes.append(note)
-    array, _ = to_canonical(_mask_from_data(data), affine)
     return array
 
 
