@@ -3,13 +3,13 @@ axes, a qform other than its sform), said once per file: ``geometry_notes`` and 
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from .image_limits import raw_header
 from .image_limits import short_path as _short
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,6 @@ def warn_once(path: Path, what: str, message: str) -> None:
             _WARNED.clear()
         _WARNED.add(key)
         log.warning("%s", message)
-
-
-def raw_header(path: Path):
-    """The NIfTI header of ``path`` as written (nibabel's reader replaces a zero pixdim by 1)."""
-    from nibabel.openers import ImageOpener
-
-    with ImageOpener(str(path)) as handle:
-        raw = handle.read(540)
-    nifti2 = raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
-    header_class = nib.Nifti2Header if nifti2 else nib.Nifti1Header
-    return header_class.from_fileobj(io.BytesIO(raw), check=False)
 
 
 def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:

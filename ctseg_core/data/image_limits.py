@@ -8,6 +8,7 @@ uniform float64 voxels unpack to gigabytes) is refused here with one line naming
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import struct
 import zlib
@@ -105,13 +106,16 @@ def _check_extensions(path: Path) -> None:
     """DataError when a NIfTI file's header extensions come to more than ``MAX_EXTENSION_BYTES``,
     by its ``vox_offset`` and by each extension's own size (nibabel trusts either), streaming
     from the raw bytes before nibabel parses them. NIfTI-1 and NIfTI-2, either byte order."""
+    try:
+        header = raw_header(path)
+        size, offset = int(header["sizeof_hdr"]), float(header["vox_offset"])
+    except Exception:  # not NIfTI: nibabel's own error names what is wrong
+        return
+    if size not in (348, 540):
+        return
+    order = header.endianness
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as stream:
-        head = stream.read(540)
-        layout = _layout(head)
-        if layout is None:
-            return  # not NIfTI: nibabel's own error names what is wrong
-        order, size, offset = layout
         stream.seek(size)
         flag = stream.read(4)
         room = offset - size - 4  # what vox_offset leaves for extensions
@@ -133,11 +137,13 @@ def _check_extensions(path: Path) -> None:
         )
 
 
-def _layout(head: bytes) -> tuple[str, int, float] | None:
-    """(byte order, header size, vox_offset) of a NIfTI-1 (348) or NIfTI-2 (540) header."""
-    for order in "<>":
-        if len(head) >= 348 and struct.unpack(f"{order}i", head[:4])[0] == 348:
-            return order, 348, struct.unpack(f"{order}f", head[108:112])[0]
-        if len(head) >= 540 and struct.unpack(f"{order}i", head[:4])[0] == 540:
-            return order, 540, float(struct.unpack(f"{order}q", head[168:176])[0])
-    return None
+def raw_header(path: Path):
+    """The NIfTI header of ``path`` as written (nibabel's reader replaces a zero pixdim by 1),
+    without its extensions (what follows the header is not read)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        raw = handle.read(540)
+    nifti2 = raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
+    header_class = nib.Nifti2Header if nifti2 else nib.Nifti1Header
+    return header_class.from_fileobj(io.BytesIO(raw[: 540 if nifti2 else 348]), check=False)
