@@ -91,6 +91,20 @@ AVX-512, no native bf16, so both train in float32, 3D channels last; 2 quiet cor
 16 epochs of 35.5 s, best 0.745, evaluated 0.730; phantom_3d 6 epochs of 90 s (~0.8 s a step),
 best 0.547, evaluated 0.528 (iliac veins, prostate, bladder, vertebrae_L5 still 0): on such a
 CPU 10 minutes are far too few steps for the 3D model; the 2D demo is the laptop's model there.
+So ``phantom_3d`` now buys steps: 4 mm, 48 x 48 x 32 patches (192 x 192 x 128 mm, 0.38x the
+voxels), one convolution per stage (``--convs``, ``--decoder-convs``): a step 0.25 s instead
+of 0.8 s there. The same EPYC, 2 quiet cores, ``--preset both`` (2026-12-06): phantom_demo 16
+epochs of 34.7 s, best 0.745, evaluated 0.730 (as before); phantom_3d 22 epochs of 25.8 s,
+best 0.778, evaluated 0.763 (3D - 2D: +0.033 / +0.033; weakest evaluated: iliac_artery_left
+0.56, iliac_vena_left 0.58, duodenum 0.58, iliac_artery_right 0.64; the 2D demo's: vertebrae_L5
+0.30, prostate 0.32, vertebrae_L2 0.44). Goal: >= 2D met on this CPU, 0.85 not. Tried in the
+same search (10 minutes each, that EPYC): two convolutions in the three deepest encoder and two
+deepest decoder stages (0.29 s a step) 0.775 / 0.741; widths [8, 16, 32, 64, 128] (0.15 s a
+step) 0.675 at 6 minutes against 0.70, stopped. Where the step goes there (a profile,
+float32, channels last): oneDNN computes the weight gradients of channels-last convolutions by
+im2col and GEMM (the full-resolution decoder convolution's at a third of its forward speed),
+and PyTorch sends batch-1 convolutions on small grids (batch x channels x depth x height below
+20480) to its reference path: ~45 % of the step between them; not changed.
 """
 
 from __future__ import annotations
@@ -137,6 +151,8 @@ OVERRIDES = {
     "patch": ("data", "patch_size"),
     "spacing": ("data", "spacing_mm"),
     "features": ("model", "features"),
+    "convs": ("model", "convs_per_stage"),
+    "decoder_convs": ("model", "decoder_convs_per_stage"),
 }
 
 
@@ -160,6 +176,10 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs=3, default=None, help="3D patch X Y Z")
     parser.add_argument("--spacing", type=float, nargs=3, default=None, help="3D spacing mm")
     parser.add_argument("--features", type=int, nargs="+", default=None, help="stage widths")
+    parser.add_argument("--convs", type=int, nargs="+", default=None, help="3D convs per stage")
+    parser.add_argument(
+        "--decoder-convs", type=int, nargs="+", default=None, help="3D decoder convs per stage"
+    )
     parser.add_argument("--curve", type=float, default=None, help="intensity-curve probability")
     parser.add_argument("--vessel", type=float, default=None, help="vessel contrast probability")
     parser.add_argument("--wd", type=float, default=None, help="weight decay (AdamW)")

@@ -198,7 +198,7 @@ def test_the_cli_trains_a_3d_preset_and_evaluates_its_checkpoint(phantom_root, t
 
 
 def test_presets_for_3d_validate_and_name_their_network():
-    for name, spacing in (("phantom_3d", 3.0), ("gpu_3d", 1.5)):
+    for name, spacing in (("phantom_3d", 4.0), ("gpu_3d", 1.5)):
         config = preset(name, "/data").validate()
         assert config.model.name == "plain_unet3d" and config.data.spacing_mm == (spacing,) * 3
         assert config.data.padding == "normalised_zero"  # nnU-Net's, so its export agrees

@@ -66,7 +66,7 @@ def test_a_run_that_needs_more_than_is_free_is_refused_with_both_numbers():
         check_fits(config, "cpu", available_bytes=10**8)
     message = str(err.value)
     assert f"needs about {needed / 1e9:.2f} GB" in message
-    assert "batch 1 of 64 x 64 x 48 patches" in message
+    assert "batch 1 of 48 x 48 x 32 patches" in message
     assert "has 0.10 GB free" in message
     assert "lower data.batch_size or data.patch_size" in message
 

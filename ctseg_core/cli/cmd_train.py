@@ -105,8 +105,8 @@ def register(subparsers) -> None:
     a("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help="HU window (-1000 1000)")
     a("--context", type=int, help="slices per input (odd; 3 or 5 = 2.5D; default 1)")
     xyz = {"nargs": 3, "metavar": ("X", "Y", "Z")}
-    a("--patch-size", type=int, **xyz, help="a 3D model's patch in voxels (phantom_3d 96 96 64)")
-    a("--spacing", type=float, **xyz, help="a 3D model's voxel spacing in mm (phantom_3d 3 3 3)")
+    a("--patch-size", type=int, **xyz, help="a 3D model's patch in voxels (phantom_3d 48 48 32)")
+    a("--spacing", type=float, **xyz, help="a 3D model's voxel spacing in mm (phantom_3d 4 4 4)")
     a(
         "--padding",
         choices=PADDINGS,

@@ -14,7 +14,8 @@ oneDNN scratch), calibrated against real peaks, one for bf16 and one for float32
 Accuracy, against the real peak of two training steps on 2 CPU cores (the peak resident memory,
 VmHWM, of a fresh process minus its resident memory before the model was built; bf16 autocast on
 a CPU with avx512_bf16; 118 output channels; ``benchmarks/step_memory.py``, whose first case
-``tests/test_training_memory.py`` repeats):
+``tests/test_training_memory.py`` repeats; "phantom_3d" there is the preset as it was then,
+with nnU-Net's two convolutions per stage):
 
 ==========================================  ===========  ===========  =====
 configuration                               estimate MB  measured MB  ratio

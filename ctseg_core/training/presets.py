@@ -15,30 +15,24 @@
   lr barely decayed). With the budget's schedule, on a Xeon with AMX whose epochs took 20.6 s
   (2026-12-05, benchmarks/phantom_quality.py --preset both): 28 epochs, best Dice 0.801 (seed 0).
 - ``phantom_3d``: the laptop's volumetric model on the phantom: nnU-Net's PlainConvUNet
-  (``plain_unet3d``) at 3 mm (TotalSegmentator's ``--fast`` spacing), patches of 64 x 64 x 48
-  voxels (a phantom at 3 mm is ~80 x 80 x 40-130), stage widths [16, 32, 64, 128, 256],
-  instance norm, deep supervision at 1/2 and 1/4, batch 1 (100 steps an epoch) with half the
-  patches centred on a structure, light deformations, Adam 3e-3 with a cosine decay over the
-  same 10-minute budget as ``phantom_demo``; validation on whole validation volumes. Measured
-  (2026-12-05, Xeon with
-  AMX, 2 cores shared with other work, so by steps, not minutes): the first preset (96 x 96 x
-  64, a third structure-centred, default deformations) reached 0.029 in 160 steps; at 64 x 64
-  x 48 (a step 0.47 s instead of 2.17 s in bf16) 400 steps gave 0.484, and 800 steps with half
-  the patches structure-centred and light deformations 0.757 (loss still falling). Quiet, its
-  10 minutes (14 epochs, 700 steps of 0.76 s): 0.735, the 2D demo's 0.799 in the same run
-  (``benchmarks/phantom_quality.py``); those runs padded CTs smaller than a patch with air.
-  Then (2026-12-06) training ran channels last (an epoch of 50 steps 40 s -> 28-29 s), and
-  batch 1 against batch 2 at equal steps (18 epochs) gave 0.785 against 0.745; quiet, 10
-  minutes, the two presets one after the other on a Xeon with AMX slower that day (2D epochs of
-  23 s): phantom_demo 22 epochs, best 0.777; phantom_3d 17 epochs of 34 s, best 0.765 (weakest:
-  vertebrae_L3 0.21, vertebrae_L2 0.32, kidney_left 0.45, iliac_artery_right 0.45). Other
-  patches in the same 10 minutes: 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706. Again (2026-12-06,
-  a faster Xeon with AMX, quiet): phantom_demo 29 epochs, best 0.803; phantom_3d 20 epochs of
-  27 s, best 0.815; their best.pth through ``ctseg evaluate`` (val split, CT grids): 0.799 and
-  0.795. Deep supervision down to 1/8 for 3D: 0.803 (evaluated 0.789), not kept. 20 minutes
-  instead of 10: 0.843 (evaluated 0.824): the 3D model is limited by its steps.
-  On an AVX2-only EPYC (no native bf16: float32, 2026-12-06) 10 minutes hold 6 epochs of 90 s:
-  best 0.547 against the 2D demo's 0.745; on such a CPU the 2D demo is the laptop's model.
+  (``plain_unet3d``) at 4 mm, patches of 48 x 48 x 32 voxels (192 x 192 x 128 mm; a phantom at
+  4 mm is ~60 x 60 x 30-100), stage widths [16, 32, 64, 128, 256] with one convolution per
+  stage in the encoder and the decoder, instance norm, deep supervision at 1/2 and 1/4, batch 1
+  (100 steps an epoch) with half the patches centred on a structure, light deformations, Adam
+  3e-3 with a cosine decay over the same 10-minute budget as ``phantom_demo``; validation on
+  whole validation volumes. Its 3D model is limited by its steps, so the preset buys steps:
+  measured with ``benchmarks/phantom_quality.py`` (best mean validation Dice in 10 minutes,
+  then ``ctseg evaluate`` of best.pth on the CTs' grids). The preset before (3 mm, 64 x 64 x 48,
+  nnU-Net's two convolutions per stage) on a Xeon with AMX (bf16; 2026-12-06): 20 epochs of
+  27 s, 0.815 / 0.795 (20 minutes: 0.843 / 0.824), the 2D demo 0.803 / 0.799 in the same run;
+  on an AMD EPYC with AVX2 only (float32, 0.8 s a step): 6 epochs, 0.547 / 0.528, the 2D demo
+  0.745 / 0.730. This preset on that EPYC (2026-12-06, a step 0.25 s, 3.7x the steps): 22
+  epochs, 0.778 / 0.763; with two convolutions in the deeper stages (0.29 s a step) 0.775 /
+  0.741; widths halved ([8, ..., 128], 0.15 s a step) learnt slower per minute (0.675 against
+  0.70 at 6 minutes, stopped there). Earlier tuning at 3 mm (Xeon with AMX): patches 96 x 96 x
+  64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706 against 64 x 64 x
+  48's 0.765 in 10 minutes; batch 1 against batch 2 at equal steps 0.785 against 0.745; lr
+  5e-3 0.783 and deep supervision to 1/8 0.803 against 0.815: not kept.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
@@ -116,13 +110,18 @@ def phantom_3d(data_root: str = "") -> RunConfig:
             spatial_prob=0.3,
             curve_prob=0.5,
             vessel_contrast_prob=0.5,
-            patch_size=(64, 64, 48),  # 4.6x the steps of 96 x 96 x 64 (bf16, 2 cores)
-            spacing_mm=(3.0, 3.0, 3.0),
+            # 192 x 192 x 128 mm (64 x 64 x 48 at 3 mm: 192 x 192 x 144) in 0.38x the voxels:
+            # steps, not resolution, limit the model in 10 minutes (module doc)
+            patch_size=(48, 48, 32),
+            spacing_mm=(4.0, 4.0, 4.0),
             padding="normalised_zero",  # as nnU-Net: its export labels small CTs alike
         ),
         ModelConfig(
             name="plain_unet3d",
             features=[16, 32, 64, 128, 256],
+            # one convolution per stage, not nnU-Net's two: 1.7x the steps (module doc)
+            convs_per_stage=[1, 1, 1, 1, 1],
+            decoder_convs_per_stage=[1, 1, 1, 1],
             norm="instance",
             deep_supervision=2,
         ),

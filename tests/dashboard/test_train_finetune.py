@@ -26,7 +26,7 @@ def test_start_from_a_model_takes_its_patch_and_names_a_broken_folder(
     at.run()
     at.segmented_control(key=f"{K}_kind").set_value("3D")
     at.run()
-    assert "batch 1 of 64 x 64 x 48 patches" in _memory_text(at)  # phantom_3d's own
+    assert "batch 1 of 48 x 48 x 32 patches" in _memory_text(at)  # phantom_3d's own
     at.text_input(key=f"{K}_init_from").set_value(str(folder))
     at.run()
     no_problems(at)
@@ -108,7 +108,7 @@ def test_start_from_a_model_outside_the_data_roots_is_refused(
     at.run()
     at.text_input(key=f"{K}_init_from").set_value(str(folder))
     at.run()
-    assert "batch 1 of 64 x 64 x 48 patches" in _memory_text(at)  # not the model's
+    assert "batch 1 of 48 x 48 x 32 patches" in _memory_text(at)  # not the model's
     assert not at.number_input(key=f"{K}_patch_x").disabled
     at.button(key="FormSubmitter:train_form-Start").click()
     at.run()

@@ -51,9 +51,9 @@ def test_choosing_3d_offers_the_3d_presets_with_their_patch_spacing_model_and_me
     p = preset("phantom_3d").data
     patch = tuple(at.number_input(key=f"{K}_patch_{a}").value for a in "xyz")
     spacing = tuple(at.number_input(key=f"{K}_spacing_{a}").value for a in "xyz")
-    assert patch == p.patch_size == (64, 64, 48) and spacing == p.spacing_mm == (3.0, 3.0, 3.0)
+    assert patch == p.patch_size == (48, 48, 32) and spacing == p.spacing_mm == (4.0, 4.0, 4.0)
     text = _memory_text(at)
-    assert text.startswith("3D run · memory: about") and "batch 1 of 64 x 64 x 48 patches" in text
+    assert text.startswith("3D run · memory: about") and "batch 1 of 48 x 48 x 32 patches" in text
     small = float(re.search(r"about ([\d.]+) GB", text).group(1))
     # the slice-only fields are gone (validation runs on whole volumes); an epoch is patches;
     # gpu_3d brings its own patch and spacing
