@@ -3,6 +3,8 @@ stop and resume, and the 3D checkpoint evaluated from the CLI and the dashboard.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -206,6 +208,35 @@ def test_presets_for_3d_validate_and_name_their_network():
         del old["data"]["padding"]  # a config.json written before the setting: air, as trained
         assert RunConfig.from_dict(old).data.padding == "air"
         assert config.model.norm == "instance" and config.model.deep_supervision >= 2
+
+
+def test_new_features_stretch_the_presets_one_convolution_per_stage(tmp_path):
+    """phantom_3d holds one convolution per stage for its five stages: --features with four
+    stages keeps one per stage (it was refused with a fix no flag can give); a list that
+    differs from stage to stage is not guessed at but named."""
+    from ctseg_core.cli import build_parser
+    from ctseg_core.cli.cmd_train import build_config
+    from ctseg_core.errors import ConfigError
+    from ctseg_core.models import build_model
+    from ctseg_core.training.checks import check_run_config
+
+    base = ["train", "--data", "/data", "--preset", "phantom_3d"]
+    config = build_config(build_parser().parse_args([*base, "--features", "8", "16", "32", "64"]))
+    check_run_config(config)
+    assert config.model.convs_per_stage == [1, 1, 1, 1]
+    assert config.model.decoder_convs_per_stage == [1, 1, 1]
+    model = build_model(config.model)
+    assert len(model.encoder.stages) == 4 and len(model.decoder.stages) == 3
+    assert all(len(stage[-1].convs) == 1 for stage in model.encoder.stages)  # one conv each
+    # a config whose list differs per stage keeps it, and the mismatch is named
+    uneven = preset("phantom_3d").to_dict()
+    uneven["model"]["convs_per_stage"] = [1, 2, 2, 2, 2]
+    path = tmp_path / "uneven.json"
+    path.write_text(json.dumps(uneven), encoding="utf-8")
+    args = build_parser().parse_args(["train", "--data", "/data", "--config", str(path),
+                                      "--features", "8", "16", "32", "64"])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"convs_per_stage has 5 entries .* 4 stages"):
+        check_run_config(build_config(args))
 
 
 def test_the_cli_padding_flag_sets_the_padding_and_a_bad_one_is_refused(capsys):

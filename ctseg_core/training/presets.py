@@ -227,6 +227,8 @@ def user_config(
             merges = value or ()
             continue
         d[section][name] = value
+    if ("model", "features") in dict(changes):
+        _stretch_stage_lists(d["model"], dict(changes))
     if merges:
         from ..labels import STRUCTURES, merge_structures
 
@@ -243,3 +245,25 @@ def user_config(
     if run_name is not None:
         d["run_name"] = run_name
     return RunConfig.from_dict(d)
+
+
+#: per-stage lists of a volumetric model -> their entries less the stages (the decoder has one
+#: stage fewer than the encoder)
+_STAGE_LISTS = {
+    "convs_per_stage": 0,
+    "decoder_convs_per_stage": -1,
+    "kernel_sizes": 0,
+    "strides": 0,
+}
+
+
+def _stretch_stage_lists(model: dict, changes: Mapping[tuple[str, str], Any]) -> None:
+    """Give each per-stage list of ``model`` (a ``to_dict()`` section) that the user did not
+    set and that holds one value for every stage one entry per stage of the new features."""
+    stages = len(model.get("features") or ())
+    for name, offset in _STAGE_LISTS.items():
+        values = model.get(name)
+        if ("model", name) in changes or not values or not stages:
+            continue
+        if len(values) != stages + offset and all(v == values[0] for v in values):
+            model[name] = [values[0]] * max(0, stages + offset)
