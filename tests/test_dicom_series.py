@@ -95,6 +95,27 @@ def test_uneven_spacing_is_refused_or_resampled_to_the_median_step(tmp_path, cap
     assert "grid of 11 slices" in _warnings(caplog)[-1]
 
 
+def test_gaps_each_within_the_tolerance_that_add_up_to_a_drift_are_refused(tmp_path, caplog):
+    """Each gap was checked against the median alone (1 %), so 20 gaps of 2.018 mm then 20 of
+    1.982 mm read as an even 2 mm series with its middle slice 0.36 mm from where the volume
+    put it, without a word. The slices must lie on one even grid; asked, they are resampled."""
+    z = np.r_[0, np.cumsum([2.018] * 20 + [1.982] * 20)].round(4)
+    write_series(tmp_path / "s", z)
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "s")
+    message = _one_line(exc)
+    assert "is not evenly spaced: its slices drift off an even grid by up to 0.36 mm" in message
+    assert "(the slice at 40.36 mm, where an even 2 mm step puts one at 40 mm)" in message
+    assert "its gaps are 1.982 to 2.018 mm" in message and "--resample-uneven" in message
+    img = read_dicom_series(tmp_path / "s", resample_uneven=True)
+    assert img.shape[2] == 41 and img.affine[2, 2] == pytest.approx(2.0)
+    # the slice at 40 mm lies 82 % of the way from the stored one at 38.342 to 40.36 mm
+    data = np.asarray(img.dataobj)[:, :, 20].astype(float)
+    w = (40 - 38.342) / 2.018
+    np.testing.assert_allclose(data, np.rint((1 - w) * _hu(19) + w * _hu(20)), atol=1)
+    assert "resampled, as asked, onto a uniform 2 mm grid of 41 slices" in _warnings(caplog)[-1]
+
+
 def test_positions_stored_twice_with_the_same_pixels_are_read_once(tmp_path, caplog):
     write_series(tmp_path / "s", Z_MM)
     write_series(tmp_path / "s", Z_MM[:5], start=101)  # new SOPInstanceUIDs, same slices

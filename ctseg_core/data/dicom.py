@@ -5,8 +5,10 @@ ImagePositionPatient and the stack is checked before it becomes a volume:
 
 - files that cannot be read (truncated, damaged, not DICOM) are left out and named in a warning;
 - a position stored twice is kept once when both files hold the same pixels, refused otherwise;
-- missing slices or uneven spacing are refused with the positions and the gap in mm, unless
-  ``resample_uneven``: then the slices are interpolated onto a uniform grid, with a warning;
+- missing slices or uneven spacing (a gap off the median step by over 1 %, or slices whose
+  gaps add up to a drift of over 1 % of a step off the even grid from the first slice to the
+  last) are refused with the positions and the gap in mm, unless ``resample_uneven``: then the
+  slices are interpolated onto a uniform grid, with a warning;
 - slices of different size, orientation or pixel spacing, and sheared stacks (gantry tilt), are
   refused.
 
@@ -181,6 +183,18 @@ def _gaps_text(positions: np.ndarray, step: float, uneven: np.ndarray) -> str:
     return "; ".join(texts) + (f"; {more} more" if more > 0 else "")
 
 
+def _drift_text(positions: np.ndarray, grid: np.ndarray, drift: np.ndarray) -> str:
+    """'its slices drift off an even grid by up to 0.45 mm (the slice at 100.5 mm, where an
+    even 2 mm step puts one at 100 mm)'."""
+    k = int(np.argmax(drift))
+    mean_step = (positions[-1] - positions[0]) / (len(positions) - 1)
+    return (
+        f"its slices drift off an even grid by up to {drift[k]:.3g} mm (the slice at "
+        f"{positions[k]:.5g} mm, where an even {mean_step:.4g} mm step puts one at "
+        f"{grid[k]:.5g} mm)"
+    )
+
+
 def _resample(stack: np.ndarray, positions: np.ndarray, count: int) -> np.ndarray:
     """(X, Y, Z) int16 slices at increasing ``positions`` -> (X, Y, count) on a uniform grid
     from the first to the last position, linearly interpolated between neighbouring slices."""
@@ -346,14 +360,28 @@ def _uniform(folder, name, stack, positions, unreadable: int, resample_uneven: b
         return stack, None
     gaps = np.diff(positions)
     step = float(np.median(gaps))
-    uneven = np.abs(gaps - step) > max(SAME_POSITION_MM, STEP_TOLERANCE * step)
-    if uneven.any():
-        where = _gaps_text(positions, step, uneven)
+    tolerance = max(SAME_POSITION_MM, STEP_TOLERANCE * step)
+    uneven = np.abs(gaps - step) > tolerance
+    # gaps each within the tolerance can still add up: every slice must lie on the even grid
+    # from the first position to the last, or the volume puts it where it is not
+    grid = np.linspace(positions[0], positions[-1], len(positions))
+    drift = np.abs(positions - grid)
+    if uneven.any() or drift.max() > tolerance:
+        where = (
+            _gaps_text(positions, step, uneven)
+            if uneven.any()
+            else _drift_text(positions, grid, drift)
+        )
         left_out = f" ({_count(unreadable, 'unreadable file')} left out)" if unreadable else ""
+        rest = (
+            f"the other slices are {step:.4g} mm apart"
+            if uneven.any()
+            else f"its gaps are {gaps.min():.4g} to {gaps.max():.4g} mm"
+        )
         if not resample_uneven:
             raise DataError(
-                f"{folder}: {name} is not evenly spaced: {where}; the other slices are "
-                f"{step:.4g} mm apart{left_out}. Give the complete series, or pass "
+                f"{folder}: {name} is not evenly spaced: {where}; {rest}{left_out}. Give the "
+                "complete series, or pass "
                 "--resample-uneven (resample_uneven=True) to interpolate it onto a uniform grid"
             )
         count = round((positions[-1] - positions[0]) / step) + 1
