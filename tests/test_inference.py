@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig
@@ -66,6 +67,17 @@ class LeftHalfNet(nn.Module):
         return torch.stack([torch.zeros_like(left), left], dim=1)
 
 
+class DilateNet(ThresholdNet):
+    """ThresholdNet over each pixel's 3 x 3 neighbourhood (the structure grown by a pixel): a
+    rule with a receptive field, so a pass sees what lies beside each pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]
+        grown = F.max_pool2d(centre, 3, stride=1, padding=1)
+        return torch.cat([torch.zeros_like(grown), (grown - self.threshold) * 50], dim=1)
+
+
+register("test_dilate")(lambda cfg: DilateNet())
 register("test_side")(lambda cfg: SideNet())
 register("test_left_half")(lambda cfg: LeftHalfNet())
 
@@ -213,7 +225,8 @@ def test_a_mirror_trained_model_lacking_a_partner_gets_shift_tta(tmp_path, s0000
         "identity", "shift0", "shift1",
     ]  # fmt: skip
     labels = predictor.predict(load_ct(s0000_ct))
-    assert (labels[:61] == LABEL_OF["kidney_left"]).all() and (labels[61:] == 0).all()
+    # rows 59-62: the shifted passes move the rule's half 2 rows either way and vote there
+    assert (labels[:59] == LABEL_OF["kidney_left"]).all() and (labels[63:] == 0).all()
 
 
 def test_a_mirror_trained_model_of_the_lung_lobes_gets_shift_tta(tmp_path):
@@ -235,6 +248,24 @@ def test_models_trained_without_mirroring_get_shift_tta(tmp_path, s0000_ct):
     assert "mirror" not in predictor.strategy.augmentations(predictor.members[0])
     ct = load_ct(s0000_ct)
     np.testing.assert_array_equal(predictor.predict(ct), predict_volume(ct, [ckpt]))
+
+
+def test_shift_tta_moves_the_slice_without_wrapping_the_far_edge_in(tmp_path):
+    """The shifted passes rolled the slice: bone along one edge came in at the opposite edge,
+    and with two of three passes seeing it there, air two pixels from that edge was labelled.
+    A pass now sees each pixel where it lies or not at all, so a rule that only looks at a
+    pixel's neighbours labels the same with and without TTA."""
+    data = np.full((32, 32, 3), -1000, np.int16)
+    data[-3:, :, :] = 1000  # bone along the last rows in x, air everywhere else
+    path = tmp_path / "edge.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), path)
+    ct = load_ct(path)
+    ckpt = make_checkpoint(tmp_path / "d.pth", ["liver"], "test_dilate", (32, 32))
+    predictor = Predictor([ckpt], tta=True)
+    assert predictor.strategy.augmentations(predictor.members[0])[1:] == ["shift0", "shift1"]
+    plain = predict_volume(ct, [ckpt])
+    assert (plain[-4:] == LABEL_OF["liver"]).all() and (plain[:-4] == 0).all()  # grown by 1
+    np.testing.assert_array_equal(predictor.predict(ct), plain)
 
 
 def test_ensemble_averages_probabilities(tmp_path, s0000_ct):

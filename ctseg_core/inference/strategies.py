@@ -33,6 +33,18 @@ _MARGIN = 1e-5
 _TTA_SHIFTS = ((2, 2), (-2, -2))
 
 
+def _moved(t: torch.Tensor, dh: int, dw: int, fill: float | None = None) -> torch.Tensor:
+    """(B, C, H, W) ``t`` moved ``dh`` rows and ``dw`` columns (content at (i, j) goes to
+    (i + dh, j + dw)); the rows and columns it uncovers repeat the edge, or hold ``fill``."""
+    ph, pw = abs(dh), abs(dw)
+    if fill is None:
+        padded = F.pad(t, (pw, pw, ph, ph), mode="replicate")
+    else:
+        padded = F.pad(t, (pw, pw, ph, ph), value=fill)
+    h, w = t.shape[-2:]
+    return padded[..., ph - dh : ph - dh + h, pw - dw : pw - dw + w]
+
+
 def _corner_offsets(h: int, w: int) -> list[tuple[slice, slice]]:
     """The 4 corners of the interpolation cells of an (h, w) map, as slices giving (h - 1, w - 1)
     views: rows r, r + 1 and columns c, c + 1 of cell (r, c) (an axis of size 1 is its own cell)."""
@@ -189,7 +201,8 @@ class SliceStrategy:
     @torch.inference_mode()
     def _batch_scores(self, ct_xyz: np.ndarray, zs: list[int]) -> torch.Tensor:
         """(B, A, h, w) float32 scores of the active label values: the mean over the members of
-        each member's average over its TTA passes (members with more passes count alike)."""
+        each member's average over its TTA passes (members with more passes count alike; a
+        pixel counts the passes that saw it, see ``_scores``)."""
         total = None
         members = self.predictor.members
         num_slices = ct_xyz.shape[2]
@@ -199,31 +212,45 @@ class SliceStrategy:
             x = torch.from_numpy(stack).reshape(len(zs), member.context, *stack.shape[1:])
             x = normalize_hu(x, member.config.data.hu_window)
             x = resize_batch(x, member.target_size).to(self.predictor.device)
-            augs = self.augmentations(member)
-            for aug in augs:
-                scores = self._scores(member, x, aug)
-                if scores.shape[-2:] != self.work_size:
-                    scores = F.interpolate(scores, size=self.work_size, mode="bilinear",
-                                           align_corners=False)  # fmt: skip
+            summed, seen = None, 0.0
+            for aug in self.augmentations(member):
+                scores, covered = self._scores(member, x, aug)
                 if len(self.predictor.active) < scores.shape[1]:
                     scores = scores[:, self.predictor.active]
-                scores = scores.mul_(1.0 / (len(augs) * len(members)))
-                total = scores if total is None else total.add_(scores)
+                if covered is not None:
+                    scores = scores.mul_(covered)
+                summed = scores if summed is None else summed.add_(scores)
+                seen = seen + (1.0 if covered is None else covered)
+            scores = summed.div_(seen) if torch.is_tensor(seen) else summed.mul_(1.0 / seen)
+            if scores.shape[-2:] != self.work_size:
+                scores = F.interpolate(scores, size=self.work_size, mode="bilinear",
+                                       align_corners=False)  # fmt: skip
+            scores = scores.mul_(1.0 / len(members))
+            total = scores if total is None else total.add_(scores)
         return total
 
-    def _scores(self, member, x: torch.Tensor, aug: str) -> torch.Tensor:
+    def _scores(
+        self, member, x: torch.Tensor, aug: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K, h, w) scores of one pass and the (1, 1, h, w) pixels it saw (None: all).
+
+        A shifted pass moves the slice by a few pixels, its edge repeated into the side it
+        uncovers, and moves the scores back: the pixels pushed out of the slice get no score
+        from it (rolling the slice instead put the far edge's anatomy beside the near one).
+        """
         if aug == "identity":
-            return label_scores(member.model(x), member.config)
+            return label_scores(member.model(x), member.config), None
         if aug == "mirror":
             # H is the canonical x axis (patient left/right): flip, score, flip back, and give
             # each left/right label the score its mirror partner got.
             scores = label_scores(member.model(torch.flip(x, dims=[2])), member.config)
             swap = lr_swap_lut(member.config.data.structures)
             lut = torch.from_numpy(swap.astype(np.int64)).to(scores.device)
-            return torch.flip(scores, dims=[2])[:, lut]
+            return torch.flip(scores, dims=[2])[:, lut], None
         dh, dw = _TTA_SHIFTS[int(aug.removeprefix("shift"))]
-        scores = label_scores(member.model(torch.roll(x, (dh, dw), dims=(2, 3))), member.config)
-        return torch.roll(scores, (-dh, -dw), dims=(2, 3))
+        scores = label_scores(member.model(_moved(x, dh, dw)), member.config)
+        covered = torch.ones((1, 1, *x.shape[-2:]), device=scores.device)
+        return _moved(scores, -dh, -dw), _moved(_moved(covered, dh, dw, 0.0), -dh, -dw, 0.0)
 
     @torch.inference_mode()
     def _to_labels(self, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
