@@ -105,7 +105,10 @@ def test_gaps_each_within_the_tolerance_that_add_up_to_a_drift_are_refused(tmp_p
         read_dicom_series(tmp_path / "s")
     message = _one_line(exc)
     assert "is not evenly spaced: its slices drift off an even grid by up to 0.36 mm" in message
-    assert "(the slice at 40.36 mm, where an even 2 mm step puts one at 40 mm)" in message
+    assert (
+        "(the slice at 40.36 mm along the slice normal, where an even 2 mm step puts one at "
+        "40.00 mm)" in message
+    )
     assert "its gaps are 1.982 to 2.018 mm" in message and "--resample-uneven" in message
     img = read_dicom_series(tmp_path / "s", resample_uneven=True)
     assert img.shape[2] == 41 and img.affine[2, 2] == pytest.approx(2.0)
@@ -114,6 +117,22 @@ def test_gaps_each_within_the_tolerance_that_add_up_to_a_drift_are_refused(tmp_p
     w = (40 - 38.342) / 2.018
     np.testing.assert_allclose(data, np.rint((1 - w) * _hu(19) + w * _hu(20)), atol=1)
     assert "resampled, as asked, onto a uniform 2 mm grid of 41 slices" in _warnings(caplog)[-1]
+
+
+def test_positions_rounded_or_drifting_by_a_few_hundredths_of_a_mm_read_as_even(tmp_path):
+    """0.625 mm steps stored with two decimals (gaps of 0.62 and 0.63 mm, each 0.01 mm off the
+    median: the limit itself, which floating point decided either way), and positions drifting
+    0.05 mm off the even grid (as a scanner adding 0.7 mm steps up in float32 over 2000 slices)
+    are an even series: no more than a tenth of a voxel from where the volume puts them."""
+    rounded = (-299.84 + 0.625 * np.arange(12)).round(2)
+    write_series(tmp_path / "rounded", rounded)
+    img = read_dicom_series(tmp_path / "rounded")
+    assert img.shape[2] == 12 and img.affine[2, 2] == pytest.approx(0.625, abs=1e-3)
+    k = np.arange(60)
+    drifting = (0.7 * k + 0.05 * np.sin(np.pi * k / 59)).round(4)
+    write_series(tmp_path / "drift", drifting)
+    img = read_dicom_series(tmp_path / "drift")
+    assert img.shape[2] == 60 and img.affine[2, 2] == pytest.approx(0.7)
 
 
 def test_positions_stored_twice_with_the_same_pixels_are_read_once(tmp_path, caplog):

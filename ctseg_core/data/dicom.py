@@ -6,7 +6,7 @@ ImagePositionPatient and the stack is checked before it becomes a volume:
 - files that cannot be read (truncated, damaged, not DICOM) are left out and named in a warning;
 - a position stored twice is kept once when both files hold the same pixels, refused otherwise;
 - missing slices or uneven spacing (a gap off the median step by over 1 %, or slices whose
-  gaps add up to a drift of over 1 % of a step off the even grid from the first slice to the
+  gaps add up to a drift of over 10 % of a step off the even grid from the first slice to the
   last) are refused with the positions and the gap in mm, unless ``resample_uneven``: then the
   slices are interpolated onto a uniform grid, with a warning;
 - slices of different size, orientation or pixel spacing, and sheared stacks (gantry tilt), are
@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 SAME_POSITION_MM = 0.01
 #: a gap differing from the series' step by more than this fraction (or SAME_POSITION_MM) is uneven
 STEP_TOLERANCE = 0.01
+#: a slice further than this fraction of a step (or SAME_POSITION_MM) from the even grid through
+#: the first and last slices is uneven: looser than a gap, since positions a scanner adds up in
+#: float32 drift by a few hundredths of a mm over 2000 slices (a tenth of a voxel is harmless)
+DRIFT_TOLERANCE = 0.1
+#: what floating point adds to a position rounded to 0.01 mm (0.625 mm steps stored as 0.62 and
+#: 0.63 differ from their median by 0.01 mm, exactly SAME_POSITION_MM)
+_ROUNDING_MM = 1e-6
 
 
 @dataclass
@@ -184,14 +191,14 @@ def _gaps_text(positions: np.ndarray, step: float, uneven: np.ndarray) -> str:
 
 
 def _drift_text(positions: np.ndarray, grid: np.ndarray, drift: np.ndarray) -> str:
-    """'its slices drift off an even grid by up to 0.45 mm (the slice at 100.5 mm, where an
-    even 2 mm step puts one at 100 mm)'."""
+    """'its slices drift off an even grid by up to 0.45 mm (the slice at 100.45 mm along the
+    slice normal, where an even 2 mm step puts one at 100.00 mm)'."""
     k = int(np.argmax(drift))
     mean_step = (positions[-1] - positions[0]) / (len(positions) - 1)
     return (
         f"its slices drift off an even grid by up to {drift[k]:.3g} mm (the slice at "
-        f"{positions[k]:.5g} mm, where an even {mean_step:.4g} mm step puts one at "
-        f"{grid[k]:.5g} mm)"
+        f"{positions[k]:.2f} mm along the slice normal, where an even {mean_step:.4g} mm step "
+        f"puts one at {grid[k]:.2f} mm)"
     )
 
 
@@ -360,13 +367,12 @@ def _uniform(folder, name, stack, positions, unreadable: int, resample_uneven: b
         return stack, None
     gaps = np.diff(positions)
     step = float(np.median(gaps))
-    tolerance = max(SAME_POSITION_MM, STEP_TOLERANCE * step)
-    uneven = np.abs(gaps - step) > tolerance
+    uneven = np.abs(gaps - step) > max(SAME_POSITION_MM, STEP_TOLERANCE * step) + _ROUNDING_MM
     # gaps each within the tolerance can still add up: every slice must lie on the even grid
     # from the first position to the last, or the volume puts it where it is not
     grid = np.linspace(positions[0], positions[-1], len(positions))
     drift = np.abs(positions - grid)
-    if uneven.any() or drift.max() > tolerance:
+    if uneven.any() or drift.max() > max(SAME_POSITION_MM, DRIFT_TOLERANCE * step) + _ROUNDING_MM:
         where = (
             _gaps_text(positions, step, uneven)
             if uneven.any()
