@@ -250,7 +250,8 @@ class SliceStrategy:
         dh, dw = _TTA_SHIFTS[int(aug.removeprefix("shift"))]
         scores = label_scores(member.model(_moved(x, dh, dw)), member.config)
         covered = torch.ones((1, 1, *x.shape[-2:]), device=scores.device)
-        return _moved(scores, -dh, -dw), _moved(_moved(covered, dh, dw, 0.0), -dh, -dw, 0.0)
+        # the pixels pushed out hold 0 (weight 0 too): an edge NaN stays where it was
+        return _moved(scores, -dh, -dw, 0.0), _moved(_moved(covered, dh, dw, 0.0), -dh, -dw, 0.0)
 
     @torch.inference_mode()
     def _to_labels(self, scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
