@@ -29,7 +29,7 @@ CASES = {
         "phantom_3d",
         {"patch_size": [96, 96, 64], "batch_size": 2},
     ),
-    "phantom_3d (64 x 64 x 48, batch 1)": ("phantom_3d", {}),
+    "phantom_3d itself (48 x 48 x 32, batch 1)": ("phantom_3d", {}),
 }
 
 

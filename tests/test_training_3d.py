@@ -239,6 +239,27 @@ def test_new_features_stretch_the_presets_one_convolution_per_stage(tmp_path):
         check_run_config(build_config(args))
 
 
+def test_another_3d_model_on_phantom_3d_takes_its_own_blocks_per_stage():
+    """phantom_3d's one convolution per stage was kept when the residual encoder was picked
+    (Train page or --model): it built 1 block per stage (5.1 M parameters) where nnU-Net's
+    ResEnc has 1, 3, 4, 6, 6 (28 M), and gpu_3d's did not. Lists given with it are kept."""
+    from ctseg_core.models import build_model
+    from ctseg_core.models.nnunet import architecture
+    from ctseg_core.training.presets import user_config
+
+    config = user_config(preset("phantom_3d"), {("model", "name"): "resenc_unet3d"})
+    assert architecture(config.model, residual=True).convs == (1, 3, 4, 6, 6)
+    assert architecture(config.model, residual=True).decoder_convs == (1, 1, 1, 1)
+    assert sum(p.numel() for p in build_model(config.model).parameters()) > 20e6
+    given = user_config(
+        preset("phantom_3d"),
+        {("model", "name"): "resenc_unet3d", ("model", "convs_per_stage"): [1, 2, 2, 2, 2]},
+    )
+    assert given.model.convs_per_stage == [1, 2, 2, 2, 2]
+    same = user_config(preset("phantom_3d"), {("train", "lr"): 1e-3})
+    assert same.model.convs_per_stage == [1, 1, 1, 1, 1]  # the preset's own network keeps them
+
+
 def test_the_cli_padding_flag_sets_the_padding_and_a_bad_one_is_refused(capsys):
     from ctseg_core.cli import build_parser
     from ctseg_core.cli.cmd_train import build_config

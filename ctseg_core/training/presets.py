@@ -212,13 +212,19 @@ def user_config(
     "merge")``: names of ``labels.MERGES`` put in place of their members among the structures
     (after the other changes, so a structure list and a merge combine). The channel counts
     are derived again from the (possibly new) data settings, and the model's output follows the
-    loss (``training.losses.LOSSES``). Raises ConfigError for an unknown section or field; an
-    unknown loss is named by ``training.checks.check_run_config`` with the other problems.
+    loss (``training.losses.LOSSES``). Another model than the base's drops the base's
+    convolutions per stage (the new network's defaults, unless the changes give them). New
+    ``features`` with another number of stages stretch the per-stage lists the changes do not
+    give that hold one value for every stage (phantom_3d's one convolution per stage) to the
+    new count; other lists are left for ``models.nnunet`` to name. Raises ConfigError for an
+    unknown section or field; an unknown loss is named by ``training.checks.check_run_config``
+    with the other problems.
     """
     d = base.to_dict() if isinstance(base, RunConfig) else dict(base)
     d = {k: dict(d.get(k) or {}) for k in ("data", "model", "train")} | {
         "run_name": d.get("run_name", "")
     }
+    base_model = d["model"].get("name", "unet")
     merges = ()
     for (section, name), value in dict(changes).items():
         if section not in ("data", "model", "train"):
@@ -227,6 +233,12 @@ def user_config(
             merges = value or ()
             continue
         d[section][name] = value
+    if d["model"].get("name", "unet") != base_model:
+        # the base's convolutions per stage were chosen for its network: another one (the
+        # residual encoder counts blocks of two) takes its own defaults unless given
+        for name in ("convs_per_stage", "decoder_convs_per_stage"):
+            if ("model", name) not in dict(changes):
+                d["model"].pop(name, None)
     if ("model", "features") in dict(changes):
         _stretch_stage_lists(d["model"], dict(changes))
     if merges:
