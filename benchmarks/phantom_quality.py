@@ -97,7 +97,10 @@ of 0.8 s there. The same EPYC, 2 quiet cores, ``--preset both`` (2026-12-06): ph
 epochs of 34.7 s, best 0.745, evaluated 0.730 (as before); phantom_3d 22 epochs of 25.8 s,
 best 0.778, evaluated 0.763 (3D - 2D: +0.033 / +0.033; weakest evaluated: iliac_artery_left
 0.56, iliac_vena_left 0.58, duodenum 0.58, iliac_artery_right 0.64; the 2D demo's: vertebrae_L5
-0.30, prostate 0.32, vertebrae_L2 0.44). Goal: >= 2D met on this CPU, 0.85 not. Tried in the
+0.30, prostate 0.32, vertebrae_L2 0.44). ``--seed 1``, the same machine, quiet: phantom_demo
+0.743 / 0.723, phantom_3d 0.763 / 0.730 (+0.020 / +0.007; the 2D demo's weakest the lumbar
+levels L2-L5 at 0.27-0.39, the 3D model's the iliac arteries at 0.39-0.47). Goal: >= 2D met on
+this CPU with both seeds (by less than the seed spread once evaluated), 0.85 not. Tried in the
 same search (10 minutes each, that EPYC): two convolutions in the three deepest encoder and two
 deepest decoder stages (0.29 s a step) 0.775 / 0.741; widths [8, 16, 32, 64, 128] (0.15 s a
 step) 0.675 at 6 minutes against 0.70, stopped. Where the step goes there (a profile,
