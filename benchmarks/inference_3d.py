@@ -76,6 +76,15 @@ s). Arms beside the body widen the box along x, a couch touching the body along 
 spans every slice, so z rarely narrows. The real s0001 (../shared/data, 512 x 512 x 20 at 0.98 mm,
 on a couch, arms beside the body) keeps 512 x 345 voxels of its plane: 2 windows at 3 mm instead of
 4, the same saving along y as here.
+
+On an AMD EPYC with AVX2 only (no native bf16, so float32; 2026-12-07, 2 quiet cores, after the
+ensembles came to weight each member by its own windows and the shifted passes to move their
+windows): with the box 44.8 s untrained (box + windows 22.1 s, way back 22.7 s), 2946 MB peak
+(the goal's 3 GB is 3072 MB here); the whole CT 81.4 s (46.1 + 35.4 s), 3238 MB; MONAI's
+windows 63.7 s (2.89x the box's, 1.38x the whole CT's), ~153.6 s and ~40 GB with its way back
+(extrapolated). Realistic: way back 3.7 s on the box, 6.5 s on the whole CT (the straightforward
+way ~20.5 s), so ~25.8 s with the box, ~52.6 s without. Goal under 20 s: NOT met on this CPU in
+any case (the 4 forwards in float32 take most of the 22 s); under 3 GB: met with the box only.
 """
 
 from __future__ import annotations
