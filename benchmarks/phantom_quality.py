@@ -100,7 +100,8 @@ best 0.778, evaluated 0.763 (3D - 2D: +0.033 / +0.033; weakest evaluated: iliac_
 0.30, prostate 0.32, vertebrae_L2 0.44). ``--seed 1``, the same machine, quiet: phantom_demo
 0.743 / 0.723, phantom_3d 0.763 / 0.730 (+0.020 / +0.007; the 2D demo's weakest the lumbar
 levels L2-L5 at 0.27-0.39, the 3D model's the iliac arteries at 0.39-0.47). Goal: >= 2D met on
-this CPU with both seeds (by less than the seed spread once evaluated), 0.85 not. Tried in the
+this CPU with both seeds (with seed 1 by less than the seed spread once evaluated), 0.85 not.
+Tried in the
 same search (10 minutes each, that EPYC): two convolutions in the three deepest encoder and two
 deepest decoder stages (0.29 s a step) 0.775 / 0.741; widths [8, 16, 32, 64, 128] (0.15 s a
 step) 0.675 at 6 minutes against 0.70, stopped. Where the step goes there (a profile,

@@ -258,6 +258,12 @@ def test_another_3d_model_on_phantom_3d_takes_its_own_blocks_per_stage():
     assert given.model.convs_per_stage == [1, 2, 2, 2, 2]
     same = user_config(preset("phantom_3d"), {("train", "lr"): 1e-3})
     assert same.model.convs_per_stage == [1, 1, 1, 1, 1]  # the preset's own network keeps them
+    # a partial config that names no model keeps its lists whatever model the user picks
+    partial = {"model": {"features": [16, 32, 64, 128, 256], "convs_per_stage": [1] * 5,
+                         "decoder_convs_per_stage": [1] * 4}}  # fmt: skip
+    named = user_config(partial, {("model", "name"): "plain_unet3d"})
+    assert named.model.convs_per_stage == [1] * 5
+    assert named.model.decoder_convs_per_stage == [1] * 4
 
 
 def test_the_cli_padding_flag_sets_the_padding_and_a_bad_one_is_refused(capsys):

@@ -119,7 +119,8 @@ def phantom_3d(data_root: str = "") -> RunConfig:
         ModelConfig(
             name="plain_unet3d",
             features=[16, 32, 64, 128, 256],
-            # one convolution per stage, not nnU-Net's two: 1.7x the steps (module doc)
+            # one convolution per stage, not nnU-Net's two: 1.7x the steps (a step of 64 x 64
+            # x 48 at float32 on the AVX2 EPYC 0.56 s instead of 0.93 s)
             convs_per_stage=[1, 1, 1, 1, 1],
             decoder_convs_per_stage=[1, 1, 1, 1],
             norm="instance",
@@ -224,7 +225,7 @@ def user_config(
     d = {k: dict(d.get(k) or {}) for k in ("data", "model", "train")} | {
         "run_name": d.get("run_name", "")
     }
-    base_model = d["model"].get("name", "unet")
+    base_model = d["model"].get("name")  # None: a partial config that names no model
     merges = ()
     for (section, name), value in dict(changes).items():
         if section not in ("data", "model", "train"):
@@ -233,7 +234,7 @@ def user_config(
             merges = value or ()
             continue
         d[section][name] = value
-    if d["model"].get("name", "unet") != base_model:
+    if base_model is not None and d["model"].get("name", base_model) != base_model:
         # the base's convolutions per stage were chosen for its network: another one (the
         # residual encoder counts blocks of two) takes its own defaults unless given
         for name in ("convs_per_stage", "decoder_convs_per_stage"):
