@@ -84,13 +84,13 @@ def _rank_direction(differences: np.ndarray) -> float:
 
 
 def _verdict(difference: float, higher_is_better: bool, missed_a: int, missed_b: int,
-             ranked: np.ndarray | None = None) -> str:  # fmt: skip
+             ranked: np.ndarray) -> str:  # fmt: skip
     """B against A: "better", "worse" or "same". Where A and B missed as often, by the mean
     difference (of the pairs both found) in the metric's direction. Where they did not, a miss
     being farther than any distance: by the signed-rank direction of the pairs' differences
     ``ranked`` (misses included), and where that ties, by the number missed."""
     if missed_a != missed_b:
-        direction = _rank_direction(ranked) if ranked is not None else 0.0
+        direction = _rank_direction(ranked)
         if direction == 0:  # the ranks tie: fewer misses is better
             return "better" if missed_b < missed_a else "worse"
         return "better" if (direction > 0) == higher_is_better else "worse"

@@ -28,7 +28,6 @@ UNUSED_PREFIX = "ctseg_unused_"
 #: TotalSegmentator's dataset id of each part of the ``total`` task -> ctseg's group
 TOTALSEG_PARTS = {291: "organs", 292: "vertebrae", 293: "cardiac", 294: "muscles", 295: "ribs"}
 _DATASET_ID = re.compile(r"^Dataset(\d{3})_")
-#: TotalSegmentator's dataset ids of ``total`` (the parts, the 3 mm and 6 mm ``--fast`` models)
 
 
 def dataset_id(folder: Path) -> int | None:

@@ -226,8 +226,9 @@ def user_config(
         "run_name": d.get("run_name", "")
     }
     base_model = d["model"].get("name")  # None: a partial config that names no model
+    changes = dict(changes)
     merges = ()
-    for (section, name), value in dict(changes).items():
+    for (section, name), value in changes.items():
         if section not in ("data", "model", "train"):
             raise ConfigError(f"unknown configuration section {section!r}")
         if (section, name) == ("data", "merge"):
@@ -238,10 +239,10 @@ def user_config(
         # the base's convolutions per stage were chosen for its network: another one (the
         # residual encoder counts blocks of two) takes its own defaults unless given
         for name in ("convs_per_stage", "decoder_convs_per_stage"):
-            if ("model", name) not in dict(changes):
+            if ("model", name) not in changes:
                 d["model"].pop(name, None)
-    if ("model", "features") in dict(changes):
-        _stretch_stage_lists(d["model"], dict(changes))
+    if ("model", "features") in changes:
+        _stretch_stage_lists(d["model"], changes)
     if merges:
         from ..labels import STRUCTURES, merge_structures
 
