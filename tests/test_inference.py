@@ -83,7 +83,7 @@ register("test_left_half")(lambda cfg: LeftHalfNet())
 
 
 def make_checkpoint(
-    path, structures, name="unet", target=(64, 64), context=1, mirror=False, seed=0
+    path, structures, name="unet", target=(64, 64), context=1, mirror=False, seed=0, output=None
 ):
     cfg = RunConfig(
         data=DataConfig(
@@ -91,6 +91,9 @@ def make_checkpoint(
         ),
         model=ModelConfig(name=name, features=[8, 16], bottleneck=16),
     )
+    if output is not None:
+        cfg.model.output = output
+        cfg.model.out_channels = cfg.expected_out_channels
     torch.manual_seed(seed)
     from ctseg_core.models import build_model
 
@@ -335,6 +338,16 @@ def test_ensemble_members_may_list_their_structures_in_any_order(tmp_path, s0000
     expected = Predictor([a, c], device="cpu").predict(ct)
     np.testing.assert_array_equal(both, expected)
     assert len(np.unique(expected)) == 3  # background, liver and spleen all win somewhere
+
+
+def test_ensemble_of_softmax_and_sigmoid_members_is_refused(tmp_path):
+    """A softmax's probabilities share one sum and a sigmoid's are each voted at 0.5: their
+    mean was taken silently."""
+    a = make_checkpoint(tmp_path / "a.pth", ["liver", "spleen"])
+    b = make_checkpoint(tmp_path / "b.pth", ["liver", "spleen"], output="sigmoid")
+    assert Predictor([b, b]).members[1].config.output_mode == "sigmoid"
+    with pytest.raises(ConfigError, match=r"b\.pth outputs sigmoid scores and .*a\.pth softmax"):
+        Predictor([a, b])
 
 
 def test_ensemble_of_different_structures_is_refused(tmp_path):

@@ -14,10 +14,10 @@ weights). Logits are averaged as
 nnU-Net averages windows, mirrors and folds, and it costs one pass over a window's output (for a
 512 x 512 x 300 CT on 2 cores, ~1.4 s beside the forwards, against ~8.4 s with a softmax first:
 benchmarks/inference_3d.py); class probabilities are averaged instead where logits do not compare:
-a sigmoid member, or a pass without a channel for some active value, which then counts as
-probability 0 (``Predictor`` refuses ensembles of different structures, and ``augmentations``
-mirrors only models whose lateral structures have their partners, so a softmax model's passes
-always have one). The padding holds each member's ``data.patches.pad_value`` after its
+a sigmoid model, or a pass without a channel for some active value, which then counts as
+probability 0 (``Predictor`` refuses ensembles of different structures or outputs, and
+``augmentations`` mirrors only models whose lateral structures have their partners, so a softmax
+model's passes always have one). The padding holds each member's ``data.patches.pad_value`` after its
 normalisation (``data.padding``: air, or nnU-Net's normalised 0), as the member was trained. The
 scores go back to the CT's own grid a slab of slices at a time (``to_grid.labels_on_grid``), where
 their argmax gives the labels.

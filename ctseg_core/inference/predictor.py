@@ -96,6 +96,14 @@ class Predictor:
                     f"{self.members[0].path} ({', '.join(differ[:5])}); an ensemble needs "
                     "checkpoints trained on the same structures"
                 )
+            if self.members and config.output_mode != self.members[0].config.output_mode:
+                # a softmax's probabilities share one sum, sigmoids are each voted at 0.5:
+                # their mean has no meaning a user would expect, so it is not taken silently
+                raise ConfigError(
+                    f"{member.path} outputs {config.output_mode} scores and "
+                    f"{self.members[0].path} {self.members[0].config.output_mode}; an ensemble "
+                    "needs checkpoints with the same output: predict with each alone instead"
+                )
             unknown = [s for s in config.data.structures if not is_structure(s)]
             if unknown:
                 raise ConfigError(f"{member.path} predicts unknown structures {unknown[:5]}")
