@@ -166,6 +166,16 @@ def test_no_p_value_for_few_pairs_or_no_difference_and_the_reason_is_said():
     row = rows_of(compare_results(table(dice, enough), table(dice, enough)), "dice").loc["liver"]
     assert np.isnan(row["p_value"]) and row["p_note"] == "no difference in any of the pairs"
     assert row["verdict"] == "same" and row["difference"] == 0.0
+    # zero differences are dropped from the test: the pairs that differ must reach MIN_PAIRS
+    more = [f"s{i}" for i in range(MIN_PAIRS + 3)]
+    a = {"liver": np.linspace(0.5, 0.8, len(more))}
+    b = {"liver": a["liver"] + np.r_[np.zeros(4), np.full(len(more) - 4, 0.05)]}
+    row = rows_of(compare_results(table(a, more), table(b, more)), "dice").loc["liver"]
+    assert np.isnan(row["p_value"]) and row["verdict"] == "better"
+    assert row["p_note"] == f"fewer than {MIN_PAIRS} pairs differ: 4 of {MIN_PAIRS + 3}"
+    b["liver"][3] += 0.05  # 5 differ, all one way: 2 * 0.5 ** 5
+    row = rows_of(compare_results(table(a, more), table(b, more)), "dice").loc["liver"]
+    assert row["p_value"] == pytest.approx(0.0625) and row["p_note"] == ""
 
 
 def test_hd95_lower_is_better_and_dice_higher_is_better():
@@ -298,3 +308,26 @@ def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_
     assert source["only_a"] == ["s5"] and source["subjects"][0] == "NA"
     written = pd.read_csv(out / "comparison_test.csv")
     assert written.loc[written["metric"] == "dice", "pairs"].tolist() == [5, 5]
+
+
+def test_the_overall_row_says_when_the_subjects_means_lean_against_its_difference():
+    """The row over all structures shows the mean of the structures' means and tests the
+    subjects' means: with a structure only one subject has, they can lean apart, and that is
+    said beside the p-value (it was not)."""
+    from dashboard.helpers.evalcharts import comparison_summary
+
+    subjects = [f"s{i}" for i in range(6)]
+    a = {"liver": np.full(6, 0.8), "spleen": np.r_[0.5, np.full(5, np.nan)]}
+    b = {"liver": np.full(6, 0.79), "spleen": np.r_[0.7, np.full(5, np.nan)]}
+    overall = rows_of(compare_results(table(a, subjects), table(b, subjects)), "dice")
+    overall = overall.loc[OVERALL]
+    assert overall["difference"] == pytest.approx((0.2 - 0.01) / 2)  # B ahead by structure
+    assert overall["verdict"] == "better" and np.isfinite(overall["p_value"])
+    # subject 0: (0.2 - 0.01) / 2 = +0.095; the five others -0.01
+    note = "the test leans the other way: B - A < 0 in 5 of 6 subjects' means"
+    assert overall["p_note"] == note
+    assert "p = " in comparison_summary(overall.to_dict(), "dice")
+    assert f"({note})" in comparison_summary(overall.to_dict(), "dice")
+    b["liver"][:] = 0.81  # now both lean towards B: nothing to say
+    overall = rows_of(compare_results(table(a, subjects), table(b, subjects)), "dice")
+    assert overall.loc[OVERALL, "p_note"] == ""

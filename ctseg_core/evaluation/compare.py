@@ -8,7 +8,9 @@ structure was missed): such a pair is left out of the means and the mean differe
 in ``missed_a`` / ``missed_b``; the signed-rank test keeps it, by rank (inf - finite is a
 difference larger than any finite one; both inf is a tie, difference 0). Where A and B missed
 as often, the verdict follows the mean difference; where not, the direction of the signed-rank
-sum over its pairs, misses included (a structure's: its own test's direction).
+sum over its pairs, misses included (a structure's: its own test's direction). The row over
+all structures holds the mean of the structures' means, and its test pairs the subjects' means
+(a structure few subjects have weighs less there): where the two lean apart, ``p_note`` says so.
 """
 
 from __future__ import annotations
@@ -46,17 +48,21 @@ def signed_rank_p(differences: np.ndarray, unit: str = "pairs") -> tuple[float, 
     """Two-sided p of the Wilcoxon signed-rank test of paired differences, and why it is NaN.
 
     differences: (n,) B - A, one per pair; NaN means both missed (a tie, taken as 0); +-inf
-    ranks above every finite difference. (NaN, reason) with fewer than ``MIN_PAIRS`` of them
-    or when none differs (``unit`` names them in the reason); else (p, ""). Zero differences
-    are dropped (scipy's "wilcox").
+    ranks above every finite difference. (NaN, reason) with fewer than ``MIN_PAIRS`` of them,
+    when none differs, or when fewer than ``MIN_PAIRS`` differ (``unit`` names them in the
+    reason); else (p, ""). Zero differences are dropped (scipy's "wilcox"), so it is the pairs
+    that differ that must reach ``MIN_PAIRS``: 2 of them give p = 0.5 at best.
     """
     from scipy.stats import wilcoxon
 
     d = _rankable(differences)
     if d.size < MIN_PAIRS:
         return float("nan"), f"fewer than {MIN_PAIRS} {unit}"
-    if not d.any():
+    differ = int(np.count_nonzero(d))
+    if not differ:
         return float("nan"), f"no difference in any of the {unit}"
+    if differ < MIN_PAIRS:
+        return float("nan"), f"fewer than {MIN_PAIRS} {unit} differ: {differ} of {d.size}"
     with warnings.catch_warnings():  # scipy's notes on ties and small samples
         warnings.simplefilter("ignore")
         return float(wilcoxon(d).pvalue), ""
@@ -132,9 +138,19 @@ def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
     # over all structures: the mean of the structures' means; the test pairs each subject's
     # mean over its structures scored (finite) in both
     per_subject = pairs[pairs["finite"]].groupby("subject", sort=False)[["a", "b"]].mean()
-    p, note = signed_rank_p((per_subject["b"] - per_subject["a"]).to_numpy(), "subjects")
+    by_subject = (per_subject["b"] - per_subject["a"]).to_numpy()
+    p, note = signed_rank_p(by_subject, "subjects")
     table = pd.DataFrame(rows)
     mean_a, mean_b = float(table["mean_a"].mean()), float(table["mean_b"].mean())
+    leaning = _rank_direction(by_subject)
+    if np.isfinite(p) and leaning * np.sign(mean_b - mean_a) < 0:
+        # the mean of the structures' means weighs a structure few subjects have as much as
+        # one all have; the test weighs subjects alike: said where they lean apart
+        along = int(np.sum(np.sign(by_subject) == leaning))
+        note = (
+            f"the test leans the other way: B - A {'<' if leaning < 0 else '>'} 0 "
+            f"in {along} of {by_subject.size} subjects' means"
+        )
     missed_a, missed_b = int(table["missed_a"].sum()), int(table["missed_b"].sum())
     overall = {
         "metric": metric, "unit": spec.unit, "structure": OVERALL, "group": "",

@@ -313,7 +313,10 @@ def comparison_summary(overall: dict, metric: str) -> str:
     spec = METRICS[metric]
     unit = f" {spec.unit}" if spec.unit else ""
     p = overall["p_value"]
-    test = f"p = {p:.4f}" if np.isfinite(p) else f"no p-value ({overall['p_note'] or 'no data'})"
+    if np.isfinite(p):  # a note beside a p-value: the subjects' means lean the other way
+        test = f"p = {p:.4f}" + (f" ({overall['p_note']})" if overall["p_note"] else "")
+    else:
+        test = f"no p-value ({overall['p_note'] or 'no data'})"
     missed = (
         f"; missed: {overall['missed_a']} in A, {overall['missed_b']} in B"
         if spec.value_range is None
