@@ -190,3 +190,35 @@ def test_string_label_values_and_a_patch_of_the_wrong_rank_are_named_in_one_line
     (folder / "plans.json").write_text(json.dumps(plans))
     with pytest.raises(ConfigError, match=r"configuration '2d' has patch_size \[32, 32, 32\]"):
         read_model_folder(folder)
+
+
+def test_the_configuration_is_the_one_the_checkpoint_was_trained_as(tmp_path):
+    """As nnU-Net's predictor: ``init_args["configuration"]`` of the first fold decides, not the
+    folder's name (a folder named for 3d_fullres whose plans also held 2d ran 3d_fullres)."""
+    folder = _model_2d(tmp_path)
+    plans = json.loads((folder / "plans.json").read_text())
+    # another patch under the other name (the network stays 2D: only the name differs)
+    plans["configurations"]["3d_fullres"] = {
+        **plans["configurations"]["2d"],
+        "patch_size": [16, 16],
+    }
+    (folder / "plans.json").write_text(json.dumps(plans))
+    renamed = folder.rename(folder.with_name("nnUNetTrainer__nnUNetPlans__3d_fullres"))
+    read = read_model_folder(renamed)
+    assert read.config.name == "2d" and read.config.patch_size == (32, 32)
+    with pytest.raises(ConfigError, match=r"checkpoint_final\.pth was trained as 2d, not 3d_"):
+        read_model_folder(renamed, configuration="3d_fullres")
+    del plans["configurations"]["2d"]
+    (renamed / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ConfigError, match=r"trained as 2d, which .*plans\.json does not hold"):
+        read_model_folder(renamed)
+    # a checkpoint that does not say: the folder's name, and a name the plans lack is refused
+    ckpt = renamed / "fold_0" / "checkpoint_final.pth"
+    content = torch.load(ckpt, weights_only=False)
+    del content["init_args"]
+    torch.save(content, ckpt)
+    assert read_model_folder(renamed).config.name == "3d_fullres"
+    plans["configurations"] = {"3d_lowres": plans["configurations"]["3d_fullres"]}
+    (renamed / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ConfigError, match=r"named for 3d_fullres, which .* does not hold"):
+        read_model_folder(renamed)

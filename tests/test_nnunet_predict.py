@@ -15,6 +15,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from ctseg_core.data.volume import load_ct
 from ctseg_core.nnunet.model import NnunetPredictor
@@ -99,6 +100,10 @@ def test_a_model_with_an_ignore_label_equals_nnunet_predictor_and_a_cascade_is_r
     cascade = folder.with_name("nnUNetTrainer__nnUNetPlans__3d_cascade_fullres")
     folder.rename(cascade)
     (cascade / "plans.json").write_text(json.dumps(plans))
+    ckpt = cascade / "fold_0" / "checkpoint_final.pth"
+    content = torch.load(ckpt, weights_only=False)  # trained as the cascade's stage, as named
+    content["init_args"]["configuration"] = "3d_cascade_fullres"
+    torch.save(content, ckpt)
     with pytest.raises(ConfigError, match="3d_cascade_fullres is a cascade's second stage"):
         NnunetPredictor(cascade, device="cpu")
 

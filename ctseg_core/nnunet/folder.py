@@ -85,8 +85,10 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
     or wrong file. ``checkpoint``: default checkpoint_final.pth, or checkpoint_best.pth where no
     fold has a final one (the same file in every fold); ``folds``: default, as nnU-Net's
     predictor, every numbered ``fold_<k>`` holding it (not ``fold_all`` beside them; an
-    unfinished fold without it is left out), else ``fold_all``; ``configuration``: default the
-    one the folder is named for (``<trainer>__<plans>__<configuration>``)."""
+    unfinished fold without it is left out), else ``fold_all``; ``configuration``: as nnU-Net's
+    predictor, the one the first fold's checkpoint was trained as (``init_args``; another one
+    named is refused), else the one the folder is named for
+    (``<trainer>__<plans>__<configuration>``), else the plans' only one."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError(f"model folder {root} does not exist or is not a folder")
@@ -105,25 +107,6 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
         raise ConfigError(
             f"{root / 'dataset.json'}: label {name!r} has value {value!r}; nnU-Net's label "
             "values are integers (write it as a number)"
-        )
-    if configuration is None:
-        match = _CONFIG_OF_FOLDER.match(root.name)
-        configs = sorted(plans.get("configurations") or {})
-        if match and match["config"] in configs:
-            configuration = match["config"]
-        elif len(configs) == 1:
-            configuration = configs[0]
-        else:
-            raise ConfigError(
-                f"{root} is not named <trainer>__<plans>__<configuration>; name the "
-                f"configuration (one of {configs})"
-            )
-    config = read_configuration(plans, configuration, str(root / "plans.json"))
-    previous = (plans.get("configurations") or {}).get(configuration, {}).get("previous_stage")
-    if previous:
-        raise ConfigError(
-            f"{root}: {configuration} is a cascade's second stage (it takes the {previous} "
-            f"model's prediction as input); ctseg runs single-stage models: use {previous}"
         )
     fold_dirs = [p for p in root.glob("fold_*") if p.is_dir()]
     # one checkpoint name for every fold, as nnU-Net's predictor: checkpoint_final.pth, or
@@ -149,12 +132,63 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
         if not ckpt.is_file():
             raise ConfigError(f"{ckpt} is missing")
         paths.append(ckpt)
+    trained_as = _trained_configuration(paths[0])
+    configs = sorted(plans.get("configurations") or {})
+    if trained_as is not None and configuration not in (None, trained_as):
+        raise ConfigError(
+            f"{paths[0]} was trained as {trained_as}, not {configuration}: name {trained_as} "
+            "or leave the configuration out"
+        )
+    if trained_as is not None:  # as nnU-Net's predictor: the checkpoint's, whatever the name
+        if trained_as not in configs:
+            raise ConfigError(
+                f"{paths[0]} was trained as {trained_as}, which {root / 'plans.json'} does not "
+                f"hold (it has {configs}): put the plans.json of that training beside it"
+            )
+        configuration = trained_as
+    elif configuration is None:
+        match = _CONFIG_OF_FOLDER.match(root.name)
+        if match and match["config"] in configs:
+            configuration = match["config"]
+        elif match:  # named for one the plans lack: which one ran is not for us to guess
+            raise ConfigError(
+                f"{root} is named for {match['config']}, which {root / 'plans.json'} does not "
+                f"hold; name the configuration (one of {configs})"
+            )
+        elif len(configs) == 1:
+            configuration = configs[0]
+        else:
+            raise ConfigError(
+                f"{root} is not named <trainer>__<plans>__<configuration>; name the "
+                f"configuration (one of {configs})"
+            )
+    config = read_configuration(plans, configuration, str(root / "plans.json"))
+    previous = (plans.get("configurations") or {}).get(configuration, {}).get("previous_stage")
+    if previous:
+        raise ConfigError(
+            f"{root}: {configuration} is a cascade's second stage (it takes the {previous} "
+            f"model's prediction as input); ctseg runs single-stage models: use {previous}"
+        )
     return ModelFolder(root, dataset, plans, config, paths)
 
 
 def _fold_key(fold: str) -> tuple:
     """Numbered folds in numeric order (fold_10 after fold_2), others after them by name."""
     return (0, int(fold), "") if fold.isdigit() else (1, 0, fold)
+
+
+def _trained_configuration(path: Path) -> str | None:
+    """The configuration an nnU-Net checkpoint was trained as (``init_args["configuration"]``),
+    read memory-mapped (the weights stay on disk); None where it does not say or does not load
+    (``load_weights`` names the file then)."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a legacy or broken file: load_weights gives its one line later
+        return None
+    init = ckpt.get("init_args") if isinstance(ckpt, dict) else None
+    name = init.get("configuration") if isinstance(init, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def load_weights(path: str | Path) -> tuple[dict, tuple[int, ...] | None]:
