@@ -171,6 +171,31 @@ def test_a_sheared_ct_is_read_with_a_note(tmp_path):
     assert not load_ct(tmp_path / "straight.nii.gz").notes
 
 
+def test_an_sform_whose_voxel_size_is_not_pixdims_is_read_with_a_note(tmp_path):
+    """An sform alone (qform_code 0) of 0.8 x 0.8 x 1.5 mm voxels over a pixdim of 1 mm:
+    ctseg reads the sform, ITK (nnU-Net's SimpleITK reader) pixdim, so it is said."""
+    from ctseg_core.data.volume import load_ct
+
+    sform = np.diag([0.8, 0.8, 1.5, 1.0])
+    img = nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), sform)
+    img.set_qform(None, code=0)
+    img.set_sform(sform, code=1)
+    img.header["pixdim"][1:4] = [1.0, 1.0, 1.0]
+    nib.save(img, tmp_path / "pixdim.nii.gz")
+    ct = load_ct(tmp_path / "pixdim.nii.gz")
+    assert np.allclose(ct.spacing_mm, (0.8, 0.8, 1.5))
+    assert any(
+        "pixdim says 1 x 1 x 1 mm voxels, its sform 0.8 x 0.8 x 1.5 mm" in n for n in ct.notes
+    )
+    sitk = pytest.importorskip("SimpleITK")
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    assert sitk.ReadImage(str(tmp_path / "pixdim.nii.gz")).GetSpacing() == (1.0, 1.0, 1.0)
+    sitk.ProcessObject.SetGlobalWarningDisplay(True)
+    img.header["pixdim"][1:4] = [0.8, 0.8, 1.5]  # matching: nothing to say
+    nib.save(img, tmp_path / "matching.nii.gz")
+    assert not load_ct(tmp_path / "matching.nii.gz").notes
+
+
 def test_a_mask_stored_in_another_axis_order_on_the_cts_voxels_is_read(s0000_root, tmp_path):
     """The liver mask of s0000 re-stored LPS beside its RAS CT: the same voxels in world space,
     so it is read (it was refused: "affine differs by 363 mm; resample"); one on another grid

@@ -40,8 +40,9 @@ def warn_once(path: Path, what: str, message: str) -> None:
 
 def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
     """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
-    reads both on a default grid without a word), with sheared axes, or with a ``qform`` other
-    than its sform, warned once per file; [] when nothing was."""
+    reads both on a default grid without a word), with sheared axes, with a ``qform`` other
+    than its sform, or with an sform alone whose voxel size is not pixdim's (ITK reads pixdim
+    then), warned once per file; [] when nothing was."""
     if path.is_dir():
         return []  # a DICOM series: its geometry is checked by the DICOM reader
     try:
@@ -55,6 +56,18 @@ def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str
         notes["voxel size"] = (
             f"{_short(path)} gives voxel size {' x '.join(f'{z:g}' for z in zooms)} mm: 1 mm was "
             f"assumed along {', '.join(zero)}; write the real voxel size (pixdim) into the file"
+        )
+    sform_mm = spacing_of(img.affine)
+    if (
+        int(header["qform_code"]) == 0 < int(header["sform_code"])
+        and (zooms > 0).all()
+        and not np.allclose(zooms, sform_mm, rtol=1e-4, atol=1e-4)
+    ):  # ITK finds "unexpected scales in sform", drops it and reads pixdim on a default grid
+        notes["pixdim"] = (
+            f"{_short(path)}'s pixdim says {' x '.join(f'{z:g}' for z in zooms)} mm voxels, its "
+            f"sform {' x '.join(f'{z:.4g}' for z in sform_mm)} mm: ctseg reads the sform, as "
+            "nibabel does; ITK-based tools (3D Slicer, ITK-SNAP, nnU-Net's SimpleITK reader) "
+            "take pixdim; write pixdim to match the sform"
         )
     if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
         sizes = " x ".join(f"{s:g}" for s in spacing_of(img.affine))
