@@ -314,6 +314,12 @@ def test_failed_run_leaves_the_previous_results_whole(tmp_path, s0000_root, extr
     assert (out / "evaluation_results_train.csv").read_bytes() == before
     assert (out / "3d_s0000.html").read_bytes() == page
     assert not [p for p in out.iterdir() if p.name.startswith((".tmp", ".staged"))]
+    assert (out / "plotly.min.js").is_file()  # the earlier page still needs it
+    # a first evaluation into a new folder that fails leaves nothing behind (it left plotly.js)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_predictions(pair, "train", folder, fresh, progress=interrupt, mesh_subjects=1)
+    assert not list(fresh.iterdir())
 
 
 def test_unreadable_prediction_is_skipped_and_listed_the_others_scored(

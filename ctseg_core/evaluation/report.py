@@ -83,6 +83,9 @@ class ReportCollector:
         )  # fmt: skip
         self.cases: list[SliceCase] = []
         self.meshes_written: list[Path] = []
+        # plotly.js beside the pages: removed with them if this evaluation brought it and fails
+        self.bundle = self.out_dir / "plotly.min.js"
+        self.bundle_was_there = self.bundle.is_file()
 
     def add_subject(self, subject_id, cached, reference, prediction, rows: list[dict]) -> None:
         """Keep the worst slices of one subject and write its 3D page if still within the quota.
@@ -140,9 +143,12 @@ class ReportCollector:
         return paths + pages
 
     def discard(self) -> None:
-        """Remove the staged 3D pages of an evaluation that failed."""
+        """Remove the staged 3D pages of an evaluation that failed, and the plotly.js it wrote
+        for them (one already there stays: earlier pages use it)."""
         for staged in self.meshes_written:
             staged.unlink(missing_ok=True)
+        if self.meshes_written and not self.bundle_was_there:
+            self.bundle.unlink(missing_ok=True)
 
 
 def plot_metric_distribution(results: pd.DataFrame, target: Path) -> None:
