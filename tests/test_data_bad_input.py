@@ -241,6 +241,29 @@ def test_meta_csv_with_bom_unknown_ids_and_bad_split(tmp_path):
     assert "split 'training'; use one of train, val, test" in _one_line(exc)
 
 
+def test_meta_csv_with_a_header_only_or_other_ids_gives_seeded_splits_said_so(tmp_path):
+    """A header alone was refused as having no 'image_id' and 'split' columns (it has them),
+    and a meta.csv naming none of the subjects was reported as their split's source."""
+    from ctseg_core.data.dataset_root import seeded_split
+
+    for sid in ("s0001", "s0002", "s0003"):
+        _subject(tmp_path, sid)
+    seeded = seeded_split(["s0001", "s0002", "s0003"], 0)
+    (tmp_path / "meta.csv").write_text("image_id;split\n")
+    index = open_dataset(tmp_path)
+    assert index.splits == seeded and index.split_source == "seeded"
+    assert "meta.csv lists no subject (a header only); all get a seeded split" in index.problems
+    (tmp_path / "meta.csv").write_text("image_id;split\ns0999;train\n")
+    index = open_dataset(tmp_path)
+    assert index.splits == seeded and index.split_source == "seeded"
+    assert any("split for none of the subjects" in p for p in index.problems)
+    (tmp_path / "meta.csv").write_text("id;fold\n")
+    with pytest.raises(
+        DataError, match=r"no 'image_id' and 'split' columns \(found \['id', 'fold'\]\)"
+    ):
+        open_dataset(tmp_path)
+
+
 def test_label_volume_values_above_117_refused(tmp_path):
     data = np.zeros((4, 4, 4), np.int16)
     data[0, 0, 0] = 130

@@ -40,17 +40,19 @@ def read_meta_csv(path: Path) -> dict[str, str]:
     """Map image_id -> split from a meta.csv (';' separator, BOM tolerated, split lower-cased).
 
     Raises DataError when the columns are missing, a split value is not train/val/test, or a
-    subject is listed in two splits (the same row twice is fine).
+    subject is listed in two splits (the same row twice is fine). A header alone gives {}.
     """
     text = path.read_bytes().decode("utf-8-sig")
     sample = text.splitlines()[0] if text else ""
     delimiter = ";" if ";" in sample else ","
-    rows = list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
-    if not rows or "image_id" not in rows[0] or "split" not in rows[0]:
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    columns = [c for c in reader.fieldnames or [] if c is not None]
+    if "image_id" not in columns or "split" not in columns:
         raise DataError(
-            f"{path} has no 'image_id' and 'split' columns (found {list(rows[0]) if rows else []}); "
+            f"{path} has no 'image_id' and 'split' columns (found {columns}); "
             "write a ';'-separated meta.csv with those columns or remove it"
         )
+    rows = list(reader)  # none (a header only): every subject gets a seeded split
     splits: dict[str, str] = {}
     for row in rows:
         image_id, split = (row["image_id"] or "").strip(), (row["split"] or "").strip().lower()
@@ -187,12 +189,17 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
                 f"meta.csv lists {len(unknown)} ids without a subject folder ({shown}); they are ignored"
             )
         missing = [s for s in subjects if s not in from_meta]
-        if missing:
+        if not from_meta:
+            problems.append("meta.csv lists no subject (a header only); all get a seeded split")
+        elif len(missing) == len(subjects):
+            problems.append("meta.csv has a split for none of the subjects; all get a seeded split")
+        elif missing:
             problems.append(
                 f"meta.csv has no split for {len(missing)} subjects; they get a seeded split"
             )
-        splits.update({s: from_meta[s] for s in subjects if s in from_meta})
-        split_source = "meta.csv"
+        if len(missing) < len(subjects):  # else every split is the seeded one
+            splits.update({s: from_meta[s] for s in subjects if s in from_meta})
+            split_source = "meta.csv"
     for problem in problems:
         log.warning("%s: %s", root, problem)
     return DatasetIndex(root, subjects, splits, split_source, problems)
