@@ -314,6 +314,32 @@ def run_back_realistic(shape, threads, crop, queue) -> None:
                "agree": float((peer == labels[:, :, :crop]).mean())})  # fmt: skip
 
 
+def run_floor(ckpt, threads, queue) -> None:
+    """The floor the network sets on these cores: one window's forward FLOPs (convolutions and
+    transposed convolutions, ``FlopCounterMode``) and a 2048^3 matmul's rate in the dtype the
+    Predictor computes in (bf16 where the CPU has it, else float32), best of 5."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(threads)
+    from ctseg_core.inference.predictor import Predictor
+
+    predictor = Predictor([ckpt], device="cpu")
+    model, amp = predictor.members[0].model, predictor.strategy.amp
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 1, *PATCH))
+    dtype = amp or torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    queue.put({"window_gflop": counter.get_total_flops() / 1e9,
+               "gemm_gflops": 2 * 2048**3 / best / 1e9, "dtype": str(dtype)})  # fmt: skip
+
+
 def main() -> None:
     import numpy as np
 
@@ -337,6 +363,7 @@ def main() -> None:
         ours = measure(run_ctseg, *common, True)
         whole = measure(run_ctseg, *common, False)
         peer = measure(run_monai, *common)
+        floor = measure(run_floor, ckpt, args.threads)
     part = tuple(int(n) for n in ours["part"])
     real = measure(run_back_realistic, part, args.threads, crop)
     real_whole = measure(run_back_realistic, shape, args.threads, crop)
@@ -382,6 +409,14 @@ def main() -> None:
           f"{crop} slices; labels equal on {100 * real_whole['agree']:.3f} % of them): "
           f"{real_peer / real_whole['back_s']:.1f}x; ctseg windows + this way back "
           f"~{realistic:.1f} s (body box), ~{realistic_whole:.1f} s (whole CT)")  # fmt: skip
+    for name, run in (("body box", ours), ("whole CT", whole)):
+        total = run["windows"] * floor["window_gflop"]
+        print(f"floor ({name}): {run['windows']} windows x {floor['window_gflop']:.0f} GFLOP = "
+              f"{total:.0f} GFLOP; at this CPU's {floor['dtype']} 2048^3 matmul rate, measured "
+              f"now ({floor['gemm_gflops']:.0f} GFLOP/s), the forwards alone take at least "
+              f"{total / floor['gemm_gflops']:.1f} s; box + windows ran at "
+              f"{total / run['windows_s']:.0f} GFLOP/s, "
+              f"{100 * total / run['windows_s'] / floor['gemm_gflops']:.0f} % of it")  # fmt: skip
     for what, ok, value in (
         ("under 20 s (untrained, worst case)", ours["seconds"] < 20, f"{ours['seconds']:.1f} s"),
         ("under 20 s (realistic way back)", realistic < 20, f"~{realistic:.1f} s"),
