@@ -282,16 +282,20 @@ def test_sliding_window_is_the_gaussian_weighted_mean_of_its_windows(tmp_path, t
     torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_an_ensemble_is_the_mean_of_its_members_averages(tmp_path):
+@pytest.mark.parametrize("shape", [(45, 38, 23), (45, 20, 12)])
+def test_an_ensemble_is_the_mean_of_its_members_averages(tmp_path, shape):
     """Members with other patches (so other windows) and other test-time passes (a mirror-
     trained one: 2 passes; the other: 3, shifted) count alike: the ensemble's scores are the
     mean of each member's own. They once weighed by each member's windows and passes: a small
-    patch's members counted for more, and a model with more passes too."""
+    patch's members counted for more, and a model with more passes too. A CT thinner than the
+    large patch along y and z (the second shape): each member pads it as it would alone (with
+    its own padding value); the small one's windows ran over the large one's padding."""
     spacing = (6.0, 6.0, 6.0)
     small = checkpoint_3d(tmp_path / "a.pth", patch=(16, 16, 8), spacing=spacing, seed=1,
                           mirror=True)  # fmt: skip
-    large = checkpoint_3d(tmp_path / "b.pth", patch=(32, 32, 16), spacing=spacing, seed=2)
-    ct = np.random.default_rng(7).integers(-1000, 1000, size=(45, 38, 23)).astype(np.int16)
+    large = checkpoint_3d(tmp_path / "b.pth", patch=(32, 32, 16), spacing=spacing, seed=2,
+                          padding="normalised_zero")  # fmt: skip
+    ct = np.random.default_rng(7).integers(-1000, 1000, size=shape).astype(np.int16)
     scores = {}
     for name, members in (("a", [small]), ("b", [large]), ("ab", [small, large])):
         predictor = Predictor(members, device="cpu", batch_slices=4, tta=True)

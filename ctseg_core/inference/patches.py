@@ -200,29 +200,39 @@ class PatchStrategy:
         acc = torch.zeros((*zxy, len(self.predictor.active)), device=device)
         jobs = []
         for m in self.predictor.members:
+            # each member on the grid it pads alone (to its own patch, centred), placed in the
+            # largest one: a smaller patch's windows never run over padding it would not see
             patch = tuple(int(s) for s in m.config.data.patch_size)
+            own = [max(g, p) for g, p in zip(grid, patch, strict=True)]
+            offset = [b - max(0, p - g) // 2 for b, g, p in zip(before, grid, patch, strict=True)]
             starts = itertools.product(*(window_starts(n, p, self.overlap)
-                                         for n, p in zip(padded, patch, strict=True)))  # fmt: skip
-            jobs.append((m, patch, list(starts)))
-        total, done = sum(len(s) for _, _, s in jobs), 0
+                                         for n, p in zip(own, patch, strict=True)))  # fmt: skip
+            jobs.append((m, patch, own, offset, list(starts)))
+        total, done = sum(len(job[-1]) for job in jobs), 0
         logits = self.averages_logits()
-        for member, patch, starts in jobs:
+        for member, patch, own, offset, starts in jobs:
             g = gaussian_importance(patch).permute(2, 0, 1).to(device)  # (pz, px, py)
             augs = self.augmentations(member)
             # each member's passes are normalised by its own sum of weights, so members with
             # other patches or passes count alike (the mean of the members' averages)
-            norm = pass_weights(starts, patch, augs, padded, g).mul_(len(jobs)).reciprocal_()
+            norm = pass_weights(starts, patch, augs, own, g).mul_(len(jobs)).reciprocal_()
             for first in range(0, len(starts), batch):
                 chunk, plain = starts[first : first + batch], None
                 for aug in augs:
-                    windows = [window(start, patch, aug, padded) for start in chunk]
+                    local = [window(start, patch, aug, own) for start in chunk]
+                    windows = [
+                        tuple(
+                            slice(w.start + o, w.stop + o) for w, o in zip(ws, offset, strict=True)
+                        )
+                        for ws in local
+                    ]  # in the largest padded grid
                     if aug.startswith("shift"):  # a shifted pass reads its own windows
                         x = self._inputs(volume, inside, windows, member)
                     else:  # the plain and the mirrored pass read the same
                         if plain is None:
                             plain = self._inputs(volume, inside, windows, member)
                         x = plain
-                    weights = torch.stack([g * norm[wz, wx, wy] for wx, wy, wz in windows])
+                    weights = torch.stack([g * norm[wz, wx, wy] for wx, wy, wz in local])
                     self._accumulate(member, x, aug, weights, acc, windows, logits)
                 done += len(chunk)
                 if progress:
