@@ -310,10 +310,11 @@ def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_
     assert written.loc[written["metric"] == "dice", "pairs"].tolist() == [5, 5]
 
 
-def test_the_overall_row_says_when_the_subjects_means_lean_against_its_difference():
+def test_a_row_says_when_its_test_leans_against_its_verdict():
     """The row over all structures shows the mean of the structures' means and tests the
     subjects' means: with a structure only one subject has, they can lean apart, and that is
-    said beside the p-value (it was not)."""
+    said beside the p-value (it was not), on the page and by the CLI; a structure's row where
+    the mean difference and the ranks disagree, too."""
     from dashboard.helpers.evalcharts import comparison_summary
 
     subjects = [f"s{i}" for i in range(6)]
@@ -324,10 +325,24 @@ def test_the_overall_row_says_when_the_subjects_means_lean_against_its_differenc
     assert overall["difference"] == pytest.approx((0.2 - 0.01) / 2)  # B ahead by structure
     assert overall["verdict"] == "better" and np.isfinite(overall["p_value"])
     # subject 0: (0.2 - 0.01) / 2 = +0.095; the five others -0.01
-    note = "the test leans the other way: B - A < 0 in 5 of 6 subjects' means"
+    note = "the signed-rank test leans the other way (B - A < 0 in 5 of 6 subjects' means)"
     assert overall["p_note"] == note
+    liver = rows_of(compare_results(table(a, subjects), table(b, subjects)), "dice").loc["liver"]
+    assert liver["verdict"] == "worse" and liver["p_note"] == ""  # every pair agrees
     assert "p = " in comparison_summary(overall.to_dict(), "dice")
     assert f"({note})" in comparison_summary(overall.to_dict(), "dice")
+    from ctseg_core.cli.cmd_compare import _metric_block
+
+    result = compare_results(table(a, subjects), table(b, subjects))
+    assert f"({note})" in _metric_block("dice", rows_of(result, "dice").reset_index())
+    # one structure: one large gain, five small losses; the mean says better, the ranks worse
+    one = {"liver": np.full(6, 0.8)}
+    gains = {"liver": 0.8 + np.r_[0.1, np.full(5, -0.01)]}
+    liver = rows_of(compare_results(table(one, subjects), table(gains, subjects)), "dice")
+    assert liver.loc["liver", "verdict"] == "better"
+    assert liver.loc["liver", "p_note"] == (
+        "the signed-rank test leans the other way (B - A < 0 in 5 of 6 pairs)"
+    )
     b["liver"][:] = 0.81  # now both lean towards B: nothing to say
     overall = rows_of(compare_results(table(a, subjects), table(b, subjects)), "dice")
     assert overall.loc[OVERALL, "p_note"] == ""

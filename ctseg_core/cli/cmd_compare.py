@@ -86,6 +86,7 @@ def _metric_block(metric: str, rows) -> str:
             f"{row['structure']:<32}{row['pairs']:>6}{_number(row['mean_a']):>9}"
             f"{_number(row['mean_b']):>9}{_number(row['difference']):>9}  {row['verdict']:<7}"
             + (f"{missed:>11}" if distance else "")
-            + (f"{p:>8.4f}" if not math.isnan(p) else f"{'-':>8} ({row['p_note']})")
+            + (f"{p:>8.4f}" if not math.isnan(p) else f"{'-':>8}")
+            + (f" ({row['p_note']})" if row["p_note"] else "")
         )
     return "\n".join(lines)

@@ -10,7 +10,8 @@ difference larger than any finite one; both inf is a tie, difference 0). Where A
 as often, the verdict follows the mean difference; where not, the direction of the signed-rank
 sum over its pairs, misses included (a structure's: its own test's direction). The row over
 all structures holds the mean of the structures' means, and its test pairs the subjects' means
-(a structure few subjects have weighs less there): where the two lean apart, ``p_note`` says so.
+(a structure few subjects have weighs less there). ``p_note`` says why a p-value is NaN, or,
+beside a p-value, that the test's signed ranks lean against the verdict.
 """
 
 from __future__ import annotations
@@ -89,6 +90,24 @@ def _rank_direction(differences: np.ndarray) -> float:
     return float(np.sign((rankdata(np.abs(d)) * np.sign(d)).sum())) if d.size else 0.0
 
 
+def _leaning_note(p: float, note: str, differences: np.ndarray, verdict: str,
+                  higher_is_better: bool, unit: str) -> str:  # fmt: skip
+    """``note``, or where the test's signed ranks lean against the verdict (a finite ``p``;
+    a verdict by the mean difference of the pairs both found, or by the mean of the
+    structures' means, can), what they lean to: said beside p, which tests those ranks."""
+    leaning = _rank_direction(differences)
+    if not np.isfinite(p) or verdict not in ("better", "worse") or leaning == 0:
+        return note
+    if ((leaning > 0) == higher_is_better) == (verdict == "better"):
+        return note
+    d = _rankable(differences)
+    along = int(np.sum(np.sign(d) == leaning))
+    return (
+        f"the signed-rank test leans the other way (B - A {'<' if leaning < 0 else '>'} 0 "
+        f"in {along} of {d.size} {unit})"
+    )
+
+
 def _verdict(difference: float, higher_is_better: bool, missed_a: int, missed_b: int,
              ranked: np.ndarray) -> str:  # fmt: skip
     """B against A: "better", "worse" or "same". Where A and B missed as often, by the mean
@@ -125,14 +144,15 @@ def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
         mean_a = float(done["a"].mean()) if len(done) else np.nan
         mean_b = float(done["b"].mean()) if len(done) else np.nan
         missed_a, missed_b = int(np.isinf(part["a"]).sum()), int(np.isinf(part["b"]).sum())
-        p, note = signed_rank_p(part["d"].to_numpy())
+        d = part["d"].to_numpy()
+        p, note = signed_rank_p(d)
+        verdict = _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b, d)
         rows.append({
             "metric": metric, "unit": spec.unit, "structure": structure,
             "group": group_of(structure) if is_structure(structure) else "", "pairs": len(part), "mean_a": mean_a,
-            "mean_b": mean_b, "difference": mean_b - mean_a,
-            "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b,
-                                part["d"].to_numpy()),
-            "p_value": p, "p_note": note, "missed_a": missed_a, "missed_b": missed_b,
+            "mean_b": mean_b, "difference": mean_b - mean_a, "verdict": verdict,
+            "p_value": p, "p_note": _leaning_note(p, note, d, verdict, spec.higher_is_better, "pairs"),
+            "missed_a": missed_a, "missed_b": missed_b,
         })  # fmt: skip
     rows.sort(key=lambda r: -sign * r["difference"] if np.isfinite(r["difference"]) else np.inf)
     # over all structures: the mean of the structures' means; the test pairs each subject's
@@ -142,23 +162,18 @@ def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
     p, note = signed_rank_p(by_subject, "subjects")
     table = pd.DataFrame(rows)
     mean_a, mean_b = float(table["mean_a"].mean()), float(table["mean_b"].mean())
-    leaning = _rank_direction(by_subject)
-    if np.isfinite(p) and leaning * np.sign(mean_b - mean_a) < 0:
-        # the mean of the structures' means weighs a structure few subjects have as much as
-        # one all have; the test weighs subjects alike: said where they lean apart
-        along = int(np.sum(np.sign(by_subject) == leaning))
-        note = (
-            f"the test leans the other way: B - A {'<' if leaning < 0 else '>'} 0 "
-            f"in {along} of {by_subject.size} subjects' means"
-        )
     missed_a, missed_b = int(table["missed_a"].sum()), int(table["missed_b"].sum())
+    verdict = _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b,
+                       pairs["d"].to_numpy())  # fmt: skip
     overall = {
         "metric": metric, "unit": spec.unit, "structure": OVERALL, "group": "",
         "pairs": len(per_subject), "mean_a": mean_a, "mean_b": mean_b,
         "difference": mean_b - mean_a,
-        "verdict": _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b,
-                            pairs["d"].to_numpy()),
-        "p_value": p, "p_note": note,
+        "verdict": verdict, "p_value": p,
+        # the mean of the structures' means weighs a structure few subjects have as much as
+        # one all have, the test weighs the subjects alike: they can lean apart
+        "p_note": _leaning_note(p, note, by_subject, verdict, spec.higher_is_better,
+                                "subjects' means"),
         "missed_a": missed_a, "missed_b": missed_b,
     }  # fmt: skip
     return [overall, *rows]
@@ -189,7 +204,8 @@ def compare_results(
     with a finite pair); mean_a, mean_b, difference (mean_b - mean_a): over finite pairs (for
     ``OVERALL``: means of the structures' means); verdict: B "better", "worse" or "same";
     p_value: Wilcoxon signed-rank over the pairs (``OVERALL``: over the subjects' means),
-    NaN with the reason in p_note; missed_*: pairs with a distance of inf.
+    NaN with the reason in p_note (beside a p-value, p_note says where the test leans against
+    the verdict); missed_*: pairs with a distance of inf.
     ``attrs``: "subjects" (paired), "only_a", "only_b" (subjects in one table only).
     DataError when no (subject, structure) is scored in both.
     """

@@ -298,7 +298,7 @@ def comparison_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
             "difference": "B − A",
             "verdict": "B is",
             "p_value": "p (Wilcoxon)",
-            "p_note": "no p because",
+            "p_note": "about p",
             "missed_a": "missed in A",
             "missed_b": "missed in B",
         }
