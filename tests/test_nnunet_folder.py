@@ -206,11 +206,11 @@ def test_the_configuration_is_the_one_the_checkpoint_was_trained_as(tmp_path):
     renamed = folder.rename(folder.with_name("nnUNetTrainer__nnUNetPlans__3d_fullres"))
     read = read_model_folder(renamed)
     assert read.config.name == "2d" and read.config.patch_size == (32, 32)
-    with pytest.raises(ConfigError, match=r"checkpoint_final\.pth was trained as 2d, not 3d_"):
+    with pytest.raises(ConfigError, match=r"checkpoint_final\.pth was trained as '2d', not '3d_"):
         read_model_folder(renamed, configuration="3d_fullres")
     del plans["configurations"]["2d"]
     (renamed / "plans.json").write_text(json.dumps(plans))
-    with pytest.raises(ConfigError, match=r"trained as 2d, which .*plans\.json does not hold"):
+    with pytest.raises(ConfigError, match=r"trained as '2d', which .*plans\.json does not hold"):
         read_model_folder(renamed)
     # a checkpoint that does not say: the folder's name, and a name the plans lack is refused
     ckpt = renamed / "fold_0" / "checkpoint_final.pth"
@@ -218,7 +218,16 @@ def test_the_configuration_is_the_one_the_checkpoint_was_trained_as(tmp_path):
     del content["init_args"]
     torch.save(content, ckpt)
     assert read_model_folder(renamed).config.name == "3d_fullres"
+    content["init_args"] = {"configuration": "2d"}  # a legacy (not zip) file says so too
+    plans["configurations"]["2d"] = plans["configurations"]["3d_fullres"]
+    (renamed / "plans.json").write_text(json.dumps(plans))
+    torch.save(content, ckpt, _use_new_zipfile_serialization=False)
+    assert read_model_folder(renamed).config.name == "2d"
+    del plans["configurations"]["2d"], content["init_args"]
+    torch.save(content, ckpt)
     plans["configurations"] = {"3d_lowres": plans["configurations"]["3d_fullres"]}
     (renamed / "plans.json").write_text(json.dumps(plans))
-    with pytest.raises(ConfigError, match=r"named for 3d_fullres, which .* does not hold"):
+    with pytest.raises(
+        ConfigError, match=r"named for '3d_fullres', which .* not hold .*: rename the folder"
+    ):
         read_model_folder(renamed)

@@ -136,14 +136,14 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
     configs = sorted(plans.get("configurations") or {})
     if trained_as is not None and configuration not in (None, trained_as):
         raise ConfigError(
-            f"{paths[0]} was trained as {trained_as}, not {configuration}: name {trained_as} "
-            "or leave the configuration out"
+            f"{paths[0]} was trained as {trained_as!r}, not {configuration!r}: name "
+            f"{trained_as!r} or leave the configuration out"
         )
     if trained_as is not None:  # as nnU-Net's predictor: the checkpoint's, whatever the name
         if trained_as not in configs:
             raise ConfigError(
-                f"{paths[0]} was trained as {trained_as}, which {root / 'plans.json'} does not "
-                f"hold (it has {configs}): put the plans.json of that training beside it"
+                f"{paths[0]} was trained as {trained_as!r}, which {root / 'plans.json'} does "
+                f"not hold (it has {configs}): put the plans.json of that training beside it"
             )
         configuration = trained_as
     elif configuration is None:
@@ -152,8 +152,9 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
             configuration = match["config"]
         elif match:  # named for one the plans lack: which one ran is not for us to guess
             raise ConfigError(
-                f"{root} is named for {match['config']}, which {root / 'plans.json'} does not "
-                f"hold; name the configuration (one of {configs})"
+                f"{root} is named for {match['config']!r}, which {root / 'plans.json'} does "
+                f"not hold (it has {configs}): rename the folder "
+                "<trainer>__<plans>__<one of them>, the one it was trained as"
             )
         elif len(configs) == 1:
             configuration = configs[0]
@@ -179,13 +180,16 @@ def _fold_key(fold: str) -> tuple:
 
 def _trained_configuration(path: Path) -> str | None:
     """The configuration an nnU-Net checkpoint was trained as (``init_args["configuration"]``),
-    read memory-mapped (the weights stay on disk); None where it does not say or does not load
+    read memory-mapped where it can be (the weights stay on disk); None where it does not say or does not load
     (``load_weights`` names the file then)."""
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a legacy or broken file: load_weights gives its one line later
-        return None
+    ckpt = None
+    for mmap in (True, False):  # a legacy (not zip) file cannot be memory-mapped
+        try:
+            with torch.serialization.safe_globals(_numpy_globals()):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            break
+        except Exception:  # a broken file: load_weights gives its one line later
+            continue
     init = ckpt.get("init_args") if isinstance(ckpt, dict) else None
     name = init.get("configuration") if isinstance(init, dict) else None
     return name if isinstance(name, str) else None
