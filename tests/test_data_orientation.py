@@ -190,10 +190,26 @@ def test_an_sform_whose_voxel_size_is_not_pixdims_is_read_with_a_note(tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     assert sitk.ReadImage(str(tmp_path / "pixdim.nii.gz")).GetSpacing() == (1.0, 1.0, 1.0)
+    # labels written on its grid keep its pixdim: ITK reads them on the CT's voxels again
+    from ctseg_core.data.volume import save_on_original_grid
+
+    save_on_original_grid(np.zeros(ct.array.shape, np.uint8), ct, tmp_path / "labels.nii.gz")
+    labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
+    assert labels.GetSpacing() == (1.0, 1.0, 1.0)
+    assert np.allclose(nib.load(tmp_path / "labels.nii.gz").affine, sform)
     sitk.ProcessObject.SetGlobalWarningDisplay(True)
     img.header["pixdim"][1:4] = [0.8, 0.8, 1.5]  # matching: nothing to say
     nib.save(img, tmp_path / "matching.nii.gz")
     assert not load_ct(tmp_path / "matching.nii.gz").notes
+    img.header["pixdim"][1:4] = [800, 800, 1500]  # the same in microns, as ITK reads them
+    img.header.set_xyzt_units(xyz="micron")
+    nib.save(img, tmp_path / "microns.nii.gz")
+    assert not load_ct(tmp_path / "microns.nii.gz").notes
+    img.header["pixdim"][1:4] = [np.nan, 1.0, 1.0]  # was a traceback from nibabel
+    img.header.set_xyzt_units(xyz="mm")
+    nib.save(img, tmp_path / "nan.nii.gz")
+    with pytest.raises(DataError, match=r"nan\.nii\.gz's qform cannot be built .*pixdim"):
+        load_ct(tmp_path / "nan.nii.gz")
 
 
 def test_a_mask_stored_in_another_axis_order_on_the_cts_voxels_is_read(s0000_root, tmp_path):

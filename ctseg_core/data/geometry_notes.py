@@ -20,6 +20,29 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
 
+#: mm per unit of a NIfTI's xyzt_units (nibabel ignores them, ITK scales pixdim by them)
+_UNIT_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+
+
+def pixdim_mm(header) -> np.ndarray:
+    """(3,) the voxel size a NIfTI header's pixdim gives, in mm (its ``xyzt_units`` applied)."""
+    unit = header.get_xyzt_units()[0]
+    return np.asarray(header["pixdim"][1:4], dtype=float) * _UNIT_MM.get(unit, 1.0)
+
+
+def pixdim_disagrees(header, affine: np.ndarray) -> bool:
+    """An sform alone (qform_code 0) whose voxel size is not pixdim's: ctseg and nibabel read
+    the sform, ITK (3D Slicer, ITK-SNAP, nnU-Net's SimpleITK reader) drops such an sform and
+    takes pixdim."""
+    zooms = pixdim_mm(header)
+    return bool(
+        int(header["qform_code"]) == 0 < int(header["sform_code"])
+        and np.isfinite(zooms).all()
+        and (zooms > 0).all()
+        and not np.allclose(zooms, spacing_of(affine), rtol=1e-4, atol=1e-4)
+    )
+
+
 #: (file, mtime, size, what) already warned about in this process: one warning per file
 _WARNED: set[tuple] = set()
 
@@ -57,17 +80,13 @@ def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str
             f"{_short(path)} gives voxel size {' x '.join(f'{z:g}' for z in zooms)} mm: 1 mm was "
             f"assumed along {', '.join(zero)}; write the real voxel size (pixdim) into the file"
         )
-    sform_mm = spacing_of(img.affine)
-    if (
-        int(header["qform_code"]) == 0 < int(header["sform_code"])
-        and (zooms > 0).all()
-        and not np.allclose(zooms, sform_mm, rtol=1e-4, atol=1e-4)
-    ):  # ITK finds "unexpected scales in sform", drops it and reads pixdim on a default grid
+    if pixdim_disagrees(header, img.affine):  # ITK finds "unexpected scales in sform"
+        sizes = " x ".join(f"{z:.4g}" for z in pixdim_mm(header))
         notes["pixdim"] = (
-            f"{_short(path)}'s pixdim says {' x '.join(f'{z:g}' for z in zooms)} mm voxels, its "
-            f"sform {' x '.join(f'{z:.4g}' for z in sform_mm)} mm: ctseg reads the sform, as "
-            "nibabel does; ITK-based tools (3D Slicer, ITK-SNAP, nnU-Net's SimpleITK reader) "
-            "take pixdim; write pixdim to match the sform"
+            f"{_short(path)}'s pixdim says {sizes} mm voxels, its sform "
+            f"{' x '.join(f'{z:.4g}' for z in spacing_of(img.affine))} mm: ctseg reads the "
+            "sform, as nibabel does; ITK-based tools (3D Slicer, ITK-SNAP, nnU-Net's SimpleITK "
+            "reader) take pixdim; write pixdim to match the sform"
         )
     if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
         sizes = " x ".join(f"{s:g}" for s in spacing_of(img.affine))

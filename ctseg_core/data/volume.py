@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
-from .geometry_notes import geometry_notes, spacing_of, warn_once
-from .image_limits import check_claimed_size
+from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of, warn_once
+from .image_limits import check_claimed_size, raw_header
 from .image_limits import short_path as _short
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,14 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
         )
     out = nib.Nifti1Image(data, img.affine)
     # the file's own transforms and codes (a new image would state sform "aligned", qform unset)
-    out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
+    try:
+        out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
+    except (nib.spatialimages.HeaderDataError, ValueError):  # NaN or inf in pixdim
+        raise DataError(
+            f"{_short(path)}'s qform cannot be built from its pixdim "
+            f"{np.asarray(img.header['pixdim'][1:4]).tolist()}; write finite voxel sizes into "
+            "its pixdim, e.g. re-export it from 3D Slicer"
+        ) from None
     out.set_sform(img.affine, code=int(img.header["sform_code"]))
     return out
 
@@ -165,8 +172,24 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     codes = int(img.header["qform_code"]), int(img.header["sform_code"])  # as on disk
     qform = img.get_qform() if min(codes) > 0 and not path.is_dir() else img.affine
     qform = None if np.allclose(qform, img.affine, atol=1e-3) else qform
+    notes = geometry_notes(path, img, qform)
+    if qform is None and not path.is_dir() and _pixdim_kept(path, img):
+        # an sform alone over another pixdim (in mm): outputs keep the file's pixdim (its
+        # unused qform), so ITK, which takes pixdim there, overlays them on the CT
+        qform = img.get_qform()
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img), geometry_notes(path, img, qform), qform)  # fmt: skip
+                  _xform_codes(img), notes, qform)  # fmt: skip
+
+
+def _pixdim_kept(path: Path, img) -> bool:
+    """Whether outputs on this NIfTI's grid keep its pixdim apart from its sform
+    (``pixdim_disagrees``, with pixdim in mm or no unit as ITK would read it again)."""
+    try:
+        header = raw_header(path)
+    except Exception:  # read once already; a header we cannot parse says nothing
+        return False
+    unit = header.get_xyzt_units()[0]
+    return unit in ("mm", "unknown") and pixdim_disagrees(header, img.affine)
 
 
 def _float_to_hu(data: np.ndarray, path: Path, allow_nan: bool) -> np.ndarray:
