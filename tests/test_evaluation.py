@@ -322,6 +322,35 @@ def test_failed_run_leaves_the_previous_results_whole(tmp_path, s0000_root, extr
     assert not list(fresh.iterdir())
 
 
+def test_figures_that_fail_to_draw_leave_the_tables_and_say_so(
+    tmp_path, s0000_root, extra_dir, monkeypatch
+):
+    """A figure that cannot be drawn (a full disk, a font) costs the figures, not the scores:
+    the tables are written, the staged pages, plotly.js and the other figures are removed
+    (they were left), and the evaluation's notes say why."""
+    from ctseg_core.evaluation import report
+
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    pair = train_pair(s0000_root, tmp_path / "pair")
+
+    def broken(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(report, "plot_structure_ranking", broken)
+    out = tmp_path / "out"
+    results = evaluate_predictions(pair, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
+    assert (results.dropna(subset=["dice"])["dice"] > 0.5).any()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "detection_train.csv", "evaluation_results_train.csv", "skipped_train.csv",
+        "source_train.json", "summary_train.csv",
+    ]  # fmt: skip
+    note = "the report's figures could not be drawn (OSError: No space left on device)"
+    assert any(n.startswith(note) for n in results.attrs["notes"])
+    assert note in (out / "source_train.json").read_text()
+
+
 def test_unreadable_prediction_is_skipped_and_listed_the_others_scored(
     tmp_path, s0000_root, extra_dir, capsys
 ):

@@ -339,7 +339,20 @@ def evaluate_predictions(
     )
     table = pd.DataFrame(list(skipped.items()), columns=list(SKIPPED_COLUMNS))
     atomic_write_text(out_dir / f"skipped_{split}.csv", table.to_csv(index=False))
-    written = collector.finish(results, summary) if collector is not None else []
+    written = []
+    try:
+        written = collector.finish(results, summary) if collector is not None else []
+    except Exception as exc:  # the figures; the tables stand (a partial result beats none)
+        collector.discard()
+        first = (str(exc).strip().splitlines() or [""])[0]
+        notes.append(
+            f"the report's figures could not be drawn ({type(exc).__name__}: {first}); the "
+            "tables are complete"
+        )
+        log.warning("%s", notes[-1])
+    except BaseException:
+        collector.discard()
+        raise
     scored_ids = [sid for sid in ids if sid not in skipped]
     boxes = {sid: boxes[sid] for sid in scored_ids if sid in boxes}
     write_source(

@@ -132,9 +132,14 @@ class ReportCollector:
             self.out_dir / f"structure_ranking_{split}.png",
             self.out_dir / f"segmentation_visualization_{split}.png",
         ]
-        plot_metric_distribution(results, paths[0])
-        plot_structure_ranking(summary, paths[1])
-        plot_slice_cases(self.cases, paths[2])
+        try:
+            plot_metric_distribution(results, paths[0])
+            plot_structure_ranking(summary, paths[1])
+            plot_slice_cases(self.cases, paths[2])
+        except BaseException:  # no figure of this evaluation beside another's
+            for path in paths:
+                path.unlink(missing_ok=True)
+            raise
         pages = []
         for staged in self.meshes_written:
             page = staged.with_name(staged.name.removeprefix(STAGED))
@@ -147,7 +152,7 @@ class ReportCollector:
         for them (one already there stays: earlier pages use it)."""
         for staged in self.meshes_written:
             staged.unlink(missing_ok=True)
-        if self.meshes_written and not self.bundle_was_there:
+        if not self.bundle_was_there:
             self.bundle.unlink(missing_ok=True)
 
 
