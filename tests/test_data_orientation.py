@@ -171,6 +171,23 @@ def test_a_sheared_ct_is_read_with_a_note(tmp_path):
     assert not load_ct(tmp_path / "straight.nii.gz").notes
 
 
+def test_an_oblique_ct_is_read_with_a_note(tmp_path):
+    """Voxel axes turned 20 degrees about z are read on the nearest axes, unresampled: the
+    model sees the anatomy turned, so it is said (it was not); 3 degrees is not."""
+    from ctseg_core.data.volume import load_ct
+
+    for degrees, said in ((20.0, True), (3.0, False)):
+        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        affine = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])
+        path = tmp_path / f"turned{degrees:g}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), affine), path)
+        notes = load_ct(path).notes
+        assert (
+            any(f"is oblique: its voxel axes are turned {degrees:.1f} degrees" in n for n in notes)
+            == said
+        ), notes
+
+
 def test_an_sform_whose_voxel_size_is_not_pixdims_is_read_with_a_note(tmp_path):
     """An sform alone (qform_code 0) of 0.8 x 0.8 x 1.5 mm voxels over a pixdim of 1 mm:
     ctseg reads the sform, ITK (nnU-Net's SimpleITK reader) pixdim, so it is said."""

@@ -1,5 +1,6 @@
-"""What a NIfTI's header leaves to assumption (no orientation, a zero voxel size, sheared
-axes, a qform other than its sform), said once per file: ``geometry_notes`` and ``warn_once``."""
+"""What a NIfTI's header leaves to assumption (no orientation, a zero voxel size, sheared or
+oblique axes, a qform other than its sform, a pixdim other than the sform's voxel size), said
+once per file: ``geometry_notes`` and ``warn_once``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along each array axis from a (4, 4) affine."""
     return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
+
+#: voxel axes turned more than this from the patient's axes are said (read unresampled)
+OBLIQUE_DEGREES = 5.0
 
 #: mm per unit of a NIfTI's xyzt_units (nibabel ignores them, ITK scales pixdim by them)
 _UNIT_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
@@ -63,8 +67,8 @@ def warn_once(path: Path, what: str, message: str) -> None:
 
 def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
     """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
-    reads both on a default grid without a word), with sheared axes, with a ``qform`` other
-    than its sform, or with an sform alone whose voxel size is not pixdim's (ITK reads pixdim
+    reads both on a default grid without a word), with sheared or oblique axes (turned over
+    ``OBLIQUE_DEGREES``), with a ``qform`` other than its sform, or with an sform alone whose voxel size is not pixdim's (ITK reads pixdim
     then), warned once per file; [] when nothing was."""
     if path.is_dir():
         return []  # a DICOM series: its geometry is checked by the DICOM reader
@@ -106,6 +110,16 @@ def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str
             "degrees, as an uncorrected gantry tilt leaves them): volumes and distances in mm "
             "take them as perpendicular; give the tilt-corrected CT (dcm2niix writes one)"
         )
+    else:
+        turned = float(np.degrees(np.arccos(min(1.0, np.abs(unit).max(axis=0).min()))))
+        if turned > OBLIQUE_DEGREES:  # read on the nearest axes, not resampled
+            notes["oblique"] = (
+                f"{_short(path)} is oblique: its voxel axes are turned {turned:.1f} degrees from "
+                "the patient's; ctseg reads it on the nearest of those axes without resampling "
+                "(as nnU-Net and TotalSegmentator do), so a model sees the anatomy turned by as "
+                "much; resample it onto axis-aligned voxels if that is more than its training "
+                "rotated"
+            )
     if qform is not None:
         moved = float(np.abs(qform[:3, 3] - img.affine[:3, 3]).max())
         notes["qform"] = (
