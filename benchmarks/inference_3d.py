@@ -85,6 +85,15 @@ windows 63.7 s (2.89x the box's, 1.38x the whole CT's), ~153.6 s and ~40 GB with
 (extrapolated). Realistic: way back 3.7 s on the box, 6.5 s on the whole CT (the straightforward
 way ~20.5 s), so ~25.8 s with the box, ~52.6 s without. Goal under 20 s: NOT met on this CPU in
 any case (the 4 forwards in float32 take most of the 22 s); under 3 GB: met with the box only.
+
+The floor (``run_floor``, printed since 2026-12-07): one window's forward is 744 GFLOP
+(``FlopCounterMode``), so the box's 4 windows are 2977 GFLOP. The same EPYC, 2 quiet cores,
+same run: a 2048^3 float32 matmul ran at 153 GFLOP/s, so the forwards alone take at least 19.5
+s; ctseg's box + windows took 21.6 s, 138 GFLOP/s, 90 % of that rate (the whole CT: 45.4 s, 86
+%). In all 43.9 s untrained, ~25.2 s realistic, 2.83 GB peak; MONAI's windows 2.89x ours. So on
+this CPU the goal of 20 s cannot be met by this network at 3 mm in float32, whatever the
+sliding window does: its forwards alone reach it. It needs bf16 (a CPU with AMX or AVX-512
+BF16; the Xeon above: ~14.5 s realistic) or a smaller network.
 """
 
 from __future__ import annotations
