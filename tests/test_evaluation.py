@@ -327,7 +327,8 @@ def test_figures_that_fail_to_draw_leave_the_tables_and_say_so(
 ):
     """A figure that cannot be drawn (a full disk, a font) costs the figures, not the scores:
     the tables are written, the staged pages, plotly.js and the other figures are removed
-    (they were left), and the evaluation's notes say why."""
+    (they were left), and the evaluation's notes say why. A 3D page likewise (it was the
+    whole evaluation)."""
     from ctseg_core.evaluation import report
 
     folder = one_prediction(
@@ -335,7 +336,7 @@ def test_figures_that_fail_to_draw_leave_the_tables_and_say_so(
     )
     pair = train_pair(s0000_root, tmp_path / "pair")
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(report, "plot_structure_ranking", broken)
@@ -349,6 +350,15 @@ def test_figures_that_fail_to_draw_leave_the_tables_and_say_so(
     note = "the report's figures could not be drawn (OSError: No space left on device)"
     assert any(n.startswith(note) for n in results.attrs["notes"])
     assert note in (out / "source_train.json").read_text()
+    # a 3D page that fails (they are the largest files) costs the pages, not the evaluation
+    monkeypatch.undo()
+    monkeypatch.setattr(report, "write_mesh_html", broken)
+    out = tmp_path / "pages"
+    results = evaluate_predictions(pair, "train", folder, out, subjects=["s0000"], mesh_subjects=1)
+    assert (out / "evaluation_results_train.csv").is_file()
+    assert (out / "structure_ranking_train.png").is_file() and not list(out.glob("*.html"))
+    note = "the 3D page of s0000 could not be written (OSError: No space left on device)"
+    assert any(n.startswith(note) for n in results.attrs["notes"]), results.attrs["notes"]
 
 
 def test_unreadable_prediction_is_skipped_and_listed_the_others_scored(

@@ -340,6 +340,8 @@ def evaluate_predictions(
     table = pd.DataFrame(list(skipped.items()), columns=list(SKIPPED_COLUMNS))
     atomic_write_text(out_dir / f"skipped_{split}.csv", table.to_csv(index=False))
     written = []
+    if collector is not None:
+        notes.extend(collector.notes)
     try:
         written = collector.finish(results, summary) if collector is not None else []
     except Exception as exc:  # the figures; the tables stand (a partial result beats none)

@@ -86,6 +86,8 @@ class ReportCollector:
         # plotly.js beside the pages: removed with them if this evaluation brought it and fails
         self.bundle = self.out_dir / "plotly.min.js"
         self.bundle_was_there = self.bundle.is_file()
+        #: what the report could not draw (a 3D page that failed to write), for the notes
+        self.notes: list[str] = []
 
     def add_subject(self, subject_id, cached, reference, prediction, rows: list[dict]) -> None:
         """Keep the worst slices of one subject and write its 3D page if still within the quota.
@@ -118,10 +120,22 @@ class ReportCollector:
             # evaluation's pages whole (an evaluation that fails later must not replace them)
             target = self.out_dir / f"{STAGED}3d_{subject_id}.html"
             names = {value_of(r["structure"]): r["structure"] for r in rows}  # a merge's value
-            write_mesh_html(
-                reference, prediction, spacing, target, title=subject_id, affine=cached.affine,
-                names=names,
-            )  # fmt: skip
+            try:
+                write_mesh_html(
+                    reference, prediction, spacing, target, title=subject_id,
+                    affine=cached.affine, names=names,
+                )  # fmt: skip
+            except Exception as exc:  # a page of MBs on a full disk: the scores still count
+                target.unlink(missing_ok=True)
+                if not self.meshes_written and not self.bundle_was_there:
+                    self.bundle.unlink(missing_ok=True)  # no page uses it
+                self.mesh_subjects = len(self.meshes_written)  # no further pages
+                first = (str(exc).strip().splitlines() or [""])[0]
+                self.notes.append(
+                    f"the 3D page of {subject_id} could not be written ({type(exc).__name__}: "
+                    f"{first}); no further 3D pages were drawn"
+                )
+                return
             self.meshes_written.append(target)
 
     def finish(self, results: pd.DataFrame, summary: pd.DataFrame) -> list[Path]:
