@@ -325,7 +325,11 @@ def test_a_row_says_when_its_test_leans_against_its_verdict():
     assert overall["difference"] == pytest.approx((0.2 - 0.01) / 2)  # B ahead by structure
     assert overall["verdict"] == "better" and np.isfinite(overall["p_value"])
     # subject 0: (0.2 - 0.01) / 2 = +0.095; the five others -0.01
-    note = "the signed-rank test leans the other way (B - A < 0 in 5 of 6 subjects' means)"
+    # subject 0's +0.095 ranks 6th, the five -0.01 share ranks 1-5
+    note = (
+        "the signed-rank test leans the other way: the ranks of the subjects' means where "
+        "B - A > 0 sum to 6, where B - A < 0 to 15"
+    )
     assert overall["p_note"] == note
     liver = rows_of(compare_results(table(a, subjects), table(b, subjects)), "dice").loc["liver"]
     assert liver["verdict"] == "worse" and liver["p_note"] == ""  # every pair agrees
@@ -341,7 +345,8 @@ def test_a_row_says_when_its_test_leans_against_its_verdict():
     liver = rows_of(compare_results(table(one, subjects), table(gains, subjects)), "dice")
     assert liver.loc["liver", "verdict"] == "better"
     assert liver.loc["liver", "p_note"] == (
-        "the signed-rank test leans the other way (B - A < 0 in 5 of 6 pairs)"
+        "the signed-rank test leans the other way: the ranks of the pairs where B - A > 0 sum "
+        "to 6, where B - A < 0 to 15"
     )
     b["liver"][:] = 0.81  # now both lean towards B: nothing to say
     overall = rows_of(compare_results(table(a, subjects), table(b, subjects)), "dice")

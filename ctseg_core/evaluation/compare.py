@@ -100,11 +100,15 @@ def _leaning_note(p: float, note: str, differences: np.ndarray, verdict: str,
         return note
     if ((leaning > 0) == higher_is_better) == (verdict == "better"):
         return note
+    from scipy.stats import rankdata
+
     d = _rankable(differences)
-    along = int(np.sum(np.sign(d) == leaning))
+    d = d[d != 0]
+    ranks = rankdata(np.abs(d))
+    above, below = float(ranks[d > 0].sum()), float(ranks[d < 0].sum())
     return (
-        f"the signed-rank test leans the other way (B - A {'<' if leaning < 0 else '>'} 0 "
-        f"in {along} of {d.size} {unit})"
+        f"the signed-rank test leans the other way: the ranks of the {unit} where B - A > 0 "
+        f"sum to {above:g}, where B - A < 0 to {below:g}"
     )
 
 
