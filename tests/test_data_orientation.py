@@ -222,11 +222,18 @@ def test_an_sform_whose_voxel_size_is_not_pixdims_is_read_with_a_note(tmp_path):
     img.header.set_xyzt_units(xyz="micron")
     nib.save(img, tmp_path / "microns.nii.gz")
     assert not load_ct(tmp_path / "microns.nii.gz").notes
-    img.header["pixdim"][1:4] = [np.nan, 1.0, 1.0]  # was a traceback from nibabel
     img.header.set_xyzt_units(xyz="mm")
+    img.header["pixdim"][1:4] = [-1.0, 0.0, 1.0]  # ITK: 1 x 1 x 1 mm
+    nib.save(img, tmp_path / "signs.nii.gz")
+    assert any("pixdim says 1 x 1 x 1 mm" in n for n in load_ct(tmp_path / "signs.nii.gz").notes)
+    img.header["pixdim"][1:4] = [np.nan, 1.0, 1.0]  # was a traceback from nibabel
     nib.save(img, tmp_path / "nan.nii.gz")
-    with pytest.raises(DataError, match=r"nan\.nii\.gz's qform cannot be built .*pixdim"):
-        load_ct(tmp_path / "nan.nii.gz")
+    assert np.allclose(load_ct(tmp_path / "nan.nii.gz").spacing_mm, (0.8, 0.8, 1.5))  # unused
+    img.set_qform(sform, code=1)  # a qform that is used cannot be built
+    img.header["pixdim"][1:4] = [np.nan, 1.0, 1.0]
+    nib.save(img, tmp_path / "nan_qform.nii.gz")
+    with pytest.raises(DataError, match=r"nan_qform\.nii\.gz's qform cannot be built .*pixdim"):
+        load_ct(tmp_path / "nan_qform.nii.gz")
 
 
 def test_a_mask_stored_in_another_axis_order_on_the_cts_voxels_is_read(s0000_root, tmp_path):

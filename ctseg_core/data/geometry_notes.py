@@ -29,9 +29,11 @@ _UNIT_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
 
 def pixdim_mm(header) -> np.ndarray:
-    """(3,) the voxel size a NIfTI header's pixdim gives, in mm (its ``xyzt_units`` applied)."""
+    """(3,) the voxel size a NIfTI header's pixdim gives, in mm, as ITK reads it: its
+    ``xyzt_units`` applied, a negative size taken whole and a zero one as 1."""
     unit = header.get_xyzt_units()[0]
-    return np.asarray(header["pixdim"][1:4], dtype=float) * _UNIT_MM.get(unit, 1.0)
+    zooms = np.abs(np.asarray(header["pixdim"][1:4], dtype=float))
+    return np.where(zooms == 0, 1.0, zooms) * _UNIT_MM.get(unit, 1.0)
 
 
 def pixdim_disagrees(header, affine: np.ndarray) -> bool:

@@ -112,6 +112,9 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     try:
         out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
     except (nib.spatialimages.HeaderDataError, ValueError):  # NaN or inf in pixdim
+        if int(img.header["qform_code"]) == 0:  # an unused qform: the sform is all we read
+            out.set_sform(img.affine, code=int(img.header["sform_code"]))
+            return out
         raise DataError(
             f"{_short(path)}'s qform cannot be built from its pixdim "
             f"{np.asarray(img.header['pixdim'][1:4]).tolist()}; write finite voxel sizes into "
@@ -176,7 +179,10 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     if qform is None and not path.is_dir() and _pixdim_kept(path, img):
         # an sform alone over another pixdim (in mm): outputs keep the file's pixdim (its
         # unused qform), so ITK, which takes pixdim there, overlays them on the CT
-        qform = img.get_qform()
+        try:
+            qform = img.get_qform()
+        except (nib.spatialimages.HeaderDataError, ValueError):  # a pixdim it cannot hold
+            qform = None
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
                   _xform_codes(img), notes, qform)  # fmt: skip
 
