@@ -296,3 +296,19 @@ def test_enhanced_files_of_one_frame_each_read_and_a_tilted_multi_frame_file_is_
     write_multiframe(tilted / "ct.dcm", [0, 2, 4, 6, 8], drift_mm=0.54)
     with pytest.raises(DataError, match=r"frames move up to 0\.54 mm sideways .*gantry tilt"):
         load_ct(tilted)
+
+
+def test_an_oblique_series_is_read_with_the_niftis_note(tmp_path):
+    """Slices turned 15 degrees about z: read on the nearest axes, unresampled, and said, as
+    for a NIfTI (a series said nothing)."""
+    import pydicom
+
+    files = write_series(tmp_path / "s", Z_MM)
+    assert not load_ct(tmp_path / "s").notes
+    turn = np.radians(15)
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [np.cos(turn), np.sin(turn), 0, -np.sin(turn), np.cos(turn), 0]
+        ds.save_as(path)
+    notes = load_ct(tmp_path / "s").notes
+    assert any("s is oblique: its voxel axes are turned 15.0 degrees" in n for n in notes), notes

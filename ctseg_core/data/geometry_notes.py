@@ -67,13 +67,32 @@ def warn_once(path: Path, what: str, message: str) -> None:
         log.warning("%s", message)
 
 
+def oblique_note(path: Path, affine: np.ndarray) -> str | None:
+    """The note for voxel axes turned over ``OBLIQUE_DEGREES`` from the patient's (read on the
+    nearest axes, not resampled); None when they are not."""
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    unit = axes / np.linalg.norm(axes, axis=0)
+    turned = float(np.degrees(np.arccos(min(1.0, np.abs(unit).max(axis=0).min()))))
+    if turned <= OBLIQUE_DEGREES:
+        return None
+    return (
+        f"{_short(path)} is oblique: its voxel axes are turned {turned:.1f} degrees from the "
+        "patient's; ctseg reads it on the nearest of those axes without resampling (as nnU-Net "
+        "and TotalSegmentator do), so a model sees the anatomy turned by as much; resample it "
+        "onto axis-aligned voxels if that is more than its training rotated"
+    )
+
+
 def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
     """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
     reads both on a default grid without a word), with sheared or oblique axes (turned over
     ``OBLIQUE_DEGREES``), with a ``qform`` other than its sform, or with an sform alone whose voxel size is not pixdim's (ITK reads pixdim
     then), warned once per file; [] when nothing was."""
-    if path.is_dir():
-        return []  # a DICOM series: its geometry is checked by the DICOM reader
+    if path.is_dir():  # a DICOM series: the reader checks its spacing and tilt
+        oblique = oblique_note(path, img.affine)
+        if oblique:
+            warn_once(path, "oblique", oblique)
+        return [oblique] if oblique else []
     try:
         header = raw_header(path)
     except Exception:  # the file was read once already; a header we cannot parse says nothing
@@ -112,16 +131,8 @@ def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str
             "degrees, as an uncorrected gantry tilt leaves them): volumes and distances in mm "
             "take them as perpendicular; give the tilt-corrected CT (dcm2niix writes one)"
         )
-    else:
-        turned = float(np.degrees(np.arccos(min(1.0, np.abs(unit).max(axis=0).min()))))
-        if turned > OBLIQUE_DEGREES:  # read on the nearest axes, not resampled
-            notes["oblique"] = (
-                f"{_short(path)} is oblique: its voxel axes are turned {turned:.1f} degrees from "
-                "the patient's; ctseg reads it on the nearest of those axes without resampling "
-                "(as nnU-Net and TotalSegmentator do), so a model sees the anatomy turned by as "
-                "much; resample it onto axis-aligned voxels if that is more than its training "
-                "rotated"
-            )
+    elif oblique := oblique_note(path, img.affine):
+        notes["oblique"] = oblique
     if qform is not None:
         moved = float(np.abs(qform[:3, 3] - img.affine[:3, 3]).max())
         notes["qform"] = (
