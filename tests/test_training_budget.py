@@ -316,3 +316,53 @@ def test_a_checkpoint_with_pytorchs_scheduler_state_resumes_on_the_runs_own_hori
     assert Trainer.resume(tmp_path / "old").run() == "finished"
     lrs = [r["lr"] for r in read_history(tmp_path / "old")][3:]
     assert lrs == pytest.approx([lr0 * cosine_factor(k / 6) for k in (3, 4, 5)])
+
+
+def test_a_resume_from_another_folder_does_not_train_on_other_cts(
+    phantom_root, tmp_path, monkeypatch, capsys
+):
+    """`--data phantom` typed in one folder and a resume typed in another that has its own
+    phantom/: the run carried on with the other CTs without a word (reviewer). The CLI now
+    records the absolute path, and a resume whose training subjects are not the recorded
+    ones is refused (a run from before: by their number)."""
+    import shutil
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    (here / "phantom").mkdir(parents=True)
+    (there / "phantom").mkdir(parents=True)
+    train = [line.split(";")[0] for line in (phantom_root / "meta.csv").read_text().splitlines()
+             if line.endswith(";train")]  # fmt: skip
+    for child in phantom_root.iterdir():
+        (here / "phantom" / child.name).symlink_to(child)
+        if child.name != train[0]:  # one training subject fewer there
+            (there / "phantom" / child.name).symlink_to(child)
+    monkeypatch.chdir(here)
+    assert build_config(
+        build_parser().parse_args(["train", "--data", "phantom"])
+    ).data.data_root == (str(here / "phantom"))
+    args = ["train", "--data", "phantom", "--checkpoints", str(tmp_path / "runs"), *TINY_ARGS,
+            "--batch-size", "2", "--amp", "off", "--steps-per-epoch", "1", "--val-slices", "1",
+            "--epochs", "1", "--run", "r"]  # fmt: skip
+    assert main(args) == 0
+    run = tmp_path / "runs" / "r"
+    assert json.loads((run / "config.json").read_text())["data"]["data_root"] == str(
+        here / "phantom"
+    )
+    # an older run that recorded the path as typed: resumed from there, it is refused
+    config = json.loads((run / "config.json").read_text())
+    ckpt = torch.load(run / "last.pth", weights_only=True)
+    ckpt["config"]["data"]["data_root"] = "phantom"
+    torch.save(ckpt, run / "last.pth")
+    monkeypatch.chdir(there)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"this run trained on {len(train)} train subjects of " in err
+    assert f"phantom gives {len(train) - 1} other ones here" in err
+    del ckpt["training_data"]["subject_ids_sha1"]  # a record from before the digest
+    torch.save(ckpt, run / "last.pth")
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    shutil.rmtree(there / "phantom")
+    (there / "phantom").symlink_to(here / "phantom")  # the same CTs: resumed
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert config["data"]["data_root"] == str(here / "phantom")

@@ -223,7 +223,10 @@ def build_config(args):
         changes["data", "merge"] = [s.strip() for s in args.merge.split(",") if s.strip()]
     if args.no_augment:
         changes["data", "augment"] = False
-    return user_config(base, changes, run_name=args.run or None)
+    config = user_config(base, changes, run_name=args.run or None)
+    if config.data.data_root:  # recorded absolute: a resume from another folder finds it
+        config.data.data_root = str(Path(config.data.data_root).expanduser().absolute())
+    return config
 
 
 def _who() -> str:

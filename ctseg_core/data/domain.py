@@ -3,7 +3,7 @@
 The record, ``training_data.json`` in a run folder and ``"training_data"`` in its checkpoints::
 
     {"version": 1, "source": "phantom" | "dataset", "data_root": str, "split": "train",
-     "subjects": int,
+     "subjects": int, "subject_ids_sha1": str,              # which CTs (sorted ids' SHA-1)
      "spacing_mm": {"min": [x, y, z], "max": [x, y, z]},   # canonical axes, over the subjects
      "hu_range": [min, max],                                # over all training CTs (HU)
      "body_hu": {"percentiles": [5, 50, 95], "min": [...], "max": [...], "subjects": int}}
@@ -17,6 +17,7 @@ about 4 MB per sampled subject from the preprocessing cache.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from .phantom.dataset import MARKER, PHANTOM_DESCRIP
 
@@ -98,6 +100,7 @@ def describe_training_data(subjects: Sequence, data_root: str | Path, split: str
         "data_root": str(data_root),
         "split": split,
         "subjects": len(subjects),
+        "subject_ids_sha1": subject_ids_digest(subjects),
         "spacing_mm": None,
         "hu_range": None,
         "body_hu": None,
@@ -117,6 +120,33 @@ def describe_training_data(subjects: Sequence, data_root: str | Path, split: str
             "subjects": len(profiles),
         }
     return record
+
+
+def subject_ids_digest(subjects: Sequence) -> str:
+    """SHA-1 of the sorted ``subject_id`` of ``CachedSubject`` entries: which CTs, in short."""
+    ids = sorted(str(s.subject_id) for s in subjects)
+    return hashlib.sha1("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def check_resumed_data(record: dict | None, subjects: Sequence, data_root: str | Path) -> None:
+    """ConfigError when a resumed run's training subjects are not those its checkpoint's
+    ``record`` trained on (by their ids' digest; a record from before it: by their number): a
+    relative ``data_root`` read from another folder would continue on other CTs silently."""
+    if not record:
+        return
+    digest = record.get("subject_ids_sha1")
+    same = (
+        digest == subject_ids_digest(subjects)
+        if digest
+        else int(record.get("subjects", len(subjects))) == len(subjects)
+    )
+    if not same:
+        raise ConfigError(
+            f"this run trained on {record.get('subjects')} {record.get('split')} subjects of "
+            f"{record.get('data_root')}; {data_root} gives {len(subjects)} other ones here: "
+            "resume it on the data it started on (a relative path is read from the current "
+            "folder), or start a new run"
+        )
 
 
 def record_training_data(

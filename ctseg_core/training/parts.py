@@ -27,6 +27,7 @@ import torch
 from ..config import RunConfig
 from ..data.cache import reserve_open_files
 from ..data.dataset_root import open_dataset
+from ..data.domain import check_resumed_data
 from ..data.patches import PatchDataset, PatchSampler
 from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..device import (
@@ -168,6 +169,9 @@ def build_parts(
     val_set = dataset(cfg, d.val_split, progress=preparing(d.val_split))
     if world > 1 and rank == 0:
         ddp.barrier()
+    if resume is not None:  # every rank: the CTs it trained on, not another folder's
+        subjects = [getattr(s, "source", s) for s in train_set.subjects]
+        check_resumed_data(resume.get("training_data"), subjects, d.data_root)
     prepare_device(device)
     amp = resolve_amp(t.amp, device)
     channels_last = resolve_channels_last(t.channels_last, device, amp, cfg.model.norm, volumetric)
