@@ -136,6 +136,29 @@ def test_ctrl_c_records_a_stop_not_a_failure_and_the_run_resumes(phantom_root, t
     assert [r["epoch"] for r in read_history(tmp_path / "int")] == [1, 2, 3]
 
 
+def test_ctrl_c_while_the_sample_figure_is_drawn_names_the_epoch_last_pth_holds(
+    phantom_root, tmp_path, monkeypatch
+):
+    """Epoch 2 is in last.pth when its sample figure is drawn: an interrupt there said
+    "last.pth holds epoch 1" (reviewer)."""
+    from ctseg_core.training import samples
+
+    drawn = samples.SampleFigure.save
+
+    def slow_figure(self, model, device, amp, channels_last, run_dir, epoch):
+        if epoch == 2:  # SIGINT arriving while the figure is written
+            raise KeyboardInterrupt
+        return drawn(self, model, device, amp, channels_last, run_dir, epoch)
+
+    monkeypatch.setattr(samples.SampleFigure, "save", slow_figure)
+    config = tiny_config(phantom_root, "fig", epochs=3, steps_per_epoch=1, sample_figure=True)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, checkpoints_root=tmp_path).run()
+    status = read_status(tmp_path / "fig")
+    assert load_checkpoint(tmp_path / "fig" / "last.pth")["epoch"] == 2
+    assert status["epoch"] == 2 and "last.pth holds epoch 2" in status["message"]
+
+
 def test_a_run_stopped_in_its_first_epoch_says_it_kept_no_checkpoint(phantom_root, tmp_path):
     config = tiny_config(phantom_root, "first", epochs=3, steps_per_epoch=4)
     trainer = Trainer(config, checkpoints_root=tmp_path)

@@ -312,9 +312,9 @@ class Trainer:
                     improved,
                     self.training_data,
                 )
-                if figure is not None:
-                    figure.save(model, device, amp, channels_last, self.run_dir, epoch)
-            self._completed = epoch
+            self._completed = epoch  # last.pth holds it: an interrupt in the figure says so
+            if self.rank == 0 and figure is not None:
+                figure.save(model, device, amp, channels_last, self.run_dir, epoch)
             per_step = sum(self._step_seconds) / max(1, len(self._step_seconds))
             p.epochs, p.eta_s = budget.plan(epoch, 0.0, steps * per_step + val_seconds)
             p.eta_s = p.eta_s if self._step_seconds else None
