@@ -145,6 +145,40 @@ def test_checkpoint_loads_weights_only_and_rebuilds_the_model_alone(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))  # the atomic write left no temporary file
 
 
+def test_a_config_asking_for_a_network_its_weights_do_not_hold_is_refused_unbuilt(tmp_path):
+    """A few-KB file whose config asks for a 19 GB bottleneck (an upload on a shared server):
+    sized on the meta device and refused before anything is allocated (it was built first,
+    tens of GB; reviewer). Memory is measured in a child process (its own peak)."""
+    config = tiny_config()
+    path = save_checkpoint(tmp_path / "best.pth", build_model(config.model), config=config)
+    huge = load_checkpoint(path)
+    huge["config"]["model"].update(features=[2048, 4096, 8192, 16384], bottleneck=32768)
+    huge["model"] = {}
+    torch.save(huge, tmp_path / "huge.pth")
+    assert (tmp_path / "huge.pth").stat().st_size < 64 * 1024
+    code = (
+        "import resource, sys\n"
+        "from ctseg_core.errors import CtsegError\n"
+        "from ctseg_core.models.checkpoint import load_model\n"
+        "try:\n"
+        f"    load_model({str(tmp_path / 'huge.pth')!r})\n"
+        "except CtsegError as exc:\n"
+        "    print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    message, peak_mb = out.stdout.strip().splitlines()
+    assert "huge.pth do not fit the model its config describes" in message
+    assert "(32768, 16384, 3, 3) in the config, None in the file" in message
+    assert int(peak_mb) < 1500  # the interpreter and torch, no network
+    # a file whose weights are those of another shape is refused alike
+    other = load_checkpoint(path)
+    other["model"]["head.weight"] = other["model"]["head.weight"][:1]
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(CtsegError, match=r"other\.pth do not fit .*head\.weight"):
+        load_model(tmp_path / "other.pth")
+
+
 def test_corrupt_and_foreign_checkpoints_get_a_clear_error(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CtsegError, match=r"junk\.pth cannot be loaded safely"):

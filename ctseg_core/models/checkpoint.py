@@ -309,6 +309,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """Rebuild the model of a checkpoint from the checkpoint alone; returned in eval mode."""
     ckpt = load_checkpoint(path, map_location="cpu")
     config = config_of(ckpt)
+    # sized on the meta device first: a config may describe a network far larger than the
+    # weights the file holds (a few KB asking for tens of GB), which is refused, not built
+    with torch.device("meta"):
+        shapes = {
+            k: tuple(v.shape)
+            for k, v in build_model(config.model, config.data).state_dict().items()
+        }
+    weights = ckpt["model"] if isinstance(ckpt.get("model"), dict) else {}
+    held = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    if shapes != held:
+        differ = sorted(set(shapes) ^ set(held)) or [k for k in shapes if shapes[k] != held[k]]
+        raise CtsegError(
+            f"weights in {path} do not fit the model its config describes ({len(differ)} "
+            f"tensors differ, e.g. {differ[0]}: {shapes.get(differ[0])} in the config, "
+            f"{held.get(differ[0])} in the file); use a checkpoint written by ctseg"
+        )
     model = build_model(config.model, config.data)
     try:
         model.load_state_dict(ckpt["model"])
