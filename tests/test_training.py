@@ -201,6 +201,21 @@ def test_run_names_that_are_not_plain_folder_names_are_refused(tmp_path, name):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name", ["evaluations", "comparisons", "Comparisons"])
+def test_the_checkpoints_folders_own_folders_are_no_run_names(tmp_path, name):
+    """A run named evaluations/ took in every later evaluation of a predictions folder, and
+    its Delete removed them (reviewer): refused for a new run and for a rename."""
+    from ctseg_core.runs.run_folder import rename_run
+
+    with pytest.raises(CtsegError, match=f"run name '{name}' is the checkpoints folder's own"):
+        new_run_dir(tmp_path, name)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    with pytest.raises(CtsegError, match="checkpoints folder's own"):
+        rename_run(tmp_path / "mine", name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
 @pytest.mark.parametrize("name", ["a", "run 2", "unet_v1.2-lr1e-3", "x" * 100, "rénal"])
 def test_plain_run_names_are_taken(tmp_path, name):
     assert new_run_dir(tmp_path, name) == tmp_path / name

@@ -70,8 +70,19 @@ def json_safe(value: Any) -> Any:
 RUN_NAME = re.compile(r"[\w][\w. -]{0,98}[\w.-]|[\w]")
 
 
+#: folders of the checkpoints root that hold no run: evaluations of prediction folders and
+#: models, and comparisons (a run of that name would take them in, and its Delete with them)
+RESERVED_NAMES = ("evaluations", "comparisons")
+
+
 def check_run_name(name: str) -> str:
-    """``name`` when it is a plain folder name (``RUN_NAME``), else a one-line CtsegError."""
+    """``name`` when it is a plain folder name (``RUN_NAME``) and not one of the root's own
+    folders (``RESERVED_NAMES``), else a one-line CtsegError."""
+    if name.lower() in RESERVED_NAMES:
+        raise CtsegError(
+            f"run name {name!r} is the checkpoints folder's own {name.lower()}/ folder; "
+            "choose another"
+        )
     if not RUN_NAME.fullmatch(name):
         raise CtsegError(
             f"run name {name[:120]!r} must be a plain folder name of 1 to 100 letters, digits, "
