@@ -208,3 +208,41 @@ def test_volume_stats_of_a_hand_made_box():
     assert stats.mean_hu[7] == 40.0 and stats.std_hu[7] == 10.0
     with pytest.raises(DataError, match="does not match CT shape"):
         compute_volume_stats(labels, ct_hu[:3], 1.0)
+
+
+def test_a_structure_found_elsewhere_is_mislocated_not_detected():
+    """A kidney predicted where the other kidney is (no voxel in common), and a spleen missed
+    but for one stray voxel far away: both counted as detected once (reviewer); now
+    mislocated, with Dice 0, and the tables count them apart."""
+    import pandas as pd
+
+    from ctseg_core.evaluation.tables import detection_table, summarize_results
+
+    reference = np.zeros((8, 8, 4), dtype=np.uint8)
+    prediction = np.zeros_like(reference)
+    reference[0:2, 0:2, :] = 1  # found
+    prediction[0:2, 0:2, :] = 1
+    reference[4:6, 0:2, :] = 2  # predicted beside it
+    prediction[6:8, 0:2, :] = 2
+    reference[0:2, 6:8, :] = 3  # missed but for a stray voxel in the far corner
+    prediction[7, 7, 3] = 3
+    counts = overlap_counts(compute_confusion(reference, prediction, num_labels=4))
+    np.testing.assert_array_equal(counts.detected, [True, True, False, False])
+    np.testing.assert_array_equal(counts.mislocated, [False, False, True, True])
+    assert not counts.missed.any()
+    dice, _ = compute_dice_iou(compute_confusion(reference, prediction, num_labels=4))
+    assert dice[2] == dice[3] == 0.0
+    results = pd.DataFrame({
+        "subject": ["s1", "s1", "s1"], "structure": ["spleen", "kidney_right", "kidney_left"],
+        "group": ["organs"] * 3, "dice": [1.0, 0.0, 0.0], "iou": [1.0, 0.0, 0.0],
+        "hd95_mm": [0.0, 2.0, 8.0], "surface_dice": [1.0, 0.0, 0.0],
+        "status": ["detected", "mislocated", "mislocated"],
+    })  # fmt: skip
+    summary = summarize_results(results).set_index("structure")
+    assert (
+        summary.loc["kidney_left", "mislocated"] == 1
+        and summary.loc["kidney_left", "detected"] == 0
+    )
+    detection = detection_table(results).iloc[0]
+    assert detection["n_detected"] == 1 and detection["n_mislocated"] == 2
+    assert detection["mislocated"] == "kidney_right;kidney_left"

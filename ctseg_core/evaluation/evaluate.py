@@ -77,6 +77,7 @@ def subject_rows(
             continue
         status = (
             "detected" if counts.detected[k]
+            else "mislocated" if counts.mislocated[k]
             else "missed" if counts.missed[k]
             else "false_positive" if counts.false_positive[k]
             else "true_negative"

@@ -18,6 +18,10 @@ RESULT_COLUMNS = (
 )  # fmt: skip
 
 
+#: a structure's status in a subject (``metrics.overlap.OverlapCounts``), in table order
+STATUSES = ("detected", "mislocated", "missed", "false_positive", "true_negative")
+
+
 def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
     """Per structure: mean/median/std and n of each metric, success rates at Dice thresholds.
 
@@ -40,7 +44,7 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
         dice = rows["dice"].dropna().to_numpy(dtype=float)
         for t in DICE_THRESHOLDS:
             record[f"success_dice_{t}"] = (dice >= t).mean() if dice.size else np.nan
-        for status in ("detected", "missed", "false_positive", "true_negative"):
+        for status in STATUSES:
             record[status] = int((rows["status"] == status).sum())
         out.append(record)
     summary = pd.DataFrame(out)
@@ -51,11 +55,12 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def detection_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per subject: counts and names of detected, missed and false-positive structures."""
+    """Per subject: counts and names of detected, mislocated, missed and false-positive
+    structures (and the count of true negatives)."""
     out = []
     for subject, rows in results.groupby("subject", sort=False):
         record: dict = {"subject": subject}
-        for status in ("detected", "missed", "false_positive", "true_negative"):
+        for status in STATUSES:
             names = rows.loc[rows["status"] == status, "structure"].tolist()
             record[f"n_{status}"] = len(names)
             if status != "true_negative":

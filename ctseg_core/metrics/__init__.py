@@ -12,6 +12,7 @@ Empty-mask convention (TotalSegmentator's evaluation), per structure:
 | reference | prediction | Dice, IoU | surface Dice | HD95   | flag           |
 |-----------|------------|-----------|--------------|--------|----------------|
 | present   | present    | value     | value        | value  | detected       |
+| present   | present, not overlapping | 0 | value  | value  | mislocated     |
 | present   | empty      | 0         | 0            | inf    | missed         |
 | empty     | present    | NaN       | NaN          | NaN    | false_positive |
 | empty     | empty      | NaN       | NaN          | NaN    | -              |

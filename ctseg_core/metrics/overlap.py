@@ -69,9 +69,11 @@ def compute_confusion(
 class OverlapCounts:
     """Per-label voxel counts and detection flags; every array is (L,), indexed by label value.
 
-    ``detected``: reference and prediction both non-empty; ``missed``: reference non-empty,
-    prediction empty; ``false_positive``: reference empty, prediction non-empty. All three are
-    False for labels that are not annotated. Index 0 is background, usually left out.
+    ``detected``: reference and prediction both non-empty and sharing a voxel;
+    ``mislocated``: both non-empty, no voxel in common (found elsewhere: the other side's
+    structure, a stray voxel); ``missed``: reference non-empty, prediction empty;
+    ``false_positive``: reference empty, prediction non-empty. All four are False for labels
+    that are not annotated. Index 0 is background, usually left out.
     """
 
     tp: np.ndarray  # int64, voxels labelled k in both
@@ -81,6 +83,7 @@ class OverlapCounts:
     prediction_voxels: np.ndarray  # int64, tp + fp
     annotated: np.ndarray  # bool
     detected: np.ndarray  # bool
+    mislocated: np.ndarray  # bool
     missed: np.ndarray  # bool
     false_positive: np.ndarray  # bool
 
@@ -109,7 +112,8 @@ def overlap_counts(confusion: np.ndarray, annotated: np.ndarray | None = None) -
         reference_voxels=reference_voxels,
         prediction_voxels=prediction_voxels,
         annotated=is_annotated,
-        detected=is_annotated & has_ref & has_pred,
+        detected=is_annotated & has_ref & has_pred & (tp > 0),
+        mislocated=is_annotated & has_ref & has_pred & (tp == 0),
         missed=is_annotated & has_ref & ~has_pred,
         false_positive=is_annotated & ~has_ref & has_pred,
     )

@@ -13,6 +13,7 @@ from dashboard.helpers.charts import group_scale
 
 STATUS_COLOURS = {
     "detected": "#2a9d8f",
+    "mislocated": "#e9c46a",
     "missed": "#e76f51",
     "false_positive": "#9b5de5",
     "true_negative": "#3a3f4b",
@@ -118,7 +119,8 @@ DETECTION_FEW_SUBJECTS = 24
 
 
 def detection_chart(results: pd.DataFrame) -> alt.Chart:
-    """Structure x subject matrix of detected / missed / false positive (true negatives dim).
+    """Structure x subject matrix of detected / mislocated / missed / false positive (true
+    negatives dim).
 
     A row per structure (16 px, every name shown: the chart grows downwards) and the subjects
     across: 36 px columns for up to ``DETECTION_FEW_SUBJECTS`` (show it with width="content"),
@@ -180,6 +182,7 @@ def group_summary(results: pd.DataFrame) -> pd.DataFrame:
                 if np.isfinite(hd).any()
                 else None,
                 "detected": int((part["status"] == "detected").sum()),
+                "mislocated": int((part["status"] == "mislocated").sum()),
                 "missed": int((part["status"] == "missed").sum()),
                 "false positive": int((part["status"] == "false_positive").sum()),
             }
