@@ -653,3 +653,37 @@ def test_a_bad_tolerance_is_refused_before_any_subject_is_scored(
     with pytest.raises(ConfigError, match=r"^tolerance_mm must be a finite number >= 0, got"):
         evaluate_predictions(pair, "train", folder, tmp_path / "out", tolerance)
     assert not (tmp_path / "out").exists()
+
+
+def test_members_of_a_merge_the_label_file_names_are_scored_as_part_of_it(
+    tmp_path, s0000_root, extra_dir
+):
+    """A per-lobe prediction beside a label file naming value 10 "lungs" (one left from a
+    merged run's prediction in the same folder): lungs was scored on value 10 alone (Dice
+    0.11) and the other lobes nowhere, without a word (reviewer). The lobes now count as
+    lungs, as in the reference, and it is said."""
+    source = extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    folder = one_prediction(tmp_path / "pred", "s0000", source)
+    (folder / "s0000.ctbl").write_text("10 lungs 0 0 0 255\n")
+    rows = evaluate_predictions(
+        s0000_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
+    )
+    (note,) = rows.attrs["notes"]
+    assert note == (
+        "s0000.nii.gz: values 11, 13, 14 are members of lungs, which its label file names: "
+        "scored as part of it"
+    )
+    lungs = rows.set_index("structure").loc["lungs"]
+    # the same prediction with its lobes written as 10 scores alike
+    image = nib.load(source)
+    data = np.asarray(image.dataobj)
+    data = np.where((data >= 10) & (data <= 14), 10, data).astype(data.dtype)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    nib.save(nib.Nifti1Image(data, image.affine, image.header), merged / "s0000.nii.gz")
+    (merged / "s0000.ctbl").write_text("10 lungs 0 0 0 255\n")
+    expected = evaluate_predictions(
+        s0000_root, "train", merged, tmp_path / "o2", subjects=["s0000"], report=False
+    )
+    assert expected.attrs["notes"] == []
+    assert lungs["dice"] == expected.set_index("structure").loc["lungs", "dice"] > 0.9

@@ -102,9 +102,10 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
     body that a 3D checkpoint labelled (``Predictor.last_box``).
 
     A merge the predictor learns (``labels.MERGES``), or a folder's prediction holds (its label
-    file names it: ``inference.label_files.merges_named``), is scored against the union of its
-    members' references, and only where every member is annotated. ``notes``: warnings, also
-    logged, about a folder's prediction (``unnamed_merge_notes``)."""
+    file names it: ``inference.label_files.merges_named``; its members predicted apart count
+    as it, with a note), is scored against the union of its members' references, and only
+    where every member is annotated. ``notes``: warnings, also logged, about a folder's
+    prediction (members counted as their merge, ``unnamed_merge_notes``)."""
     from ..inference.label_files import merges_named, unnamed_merge_notes
 
     cached = open_cached(root, sid, cache_dir)
@@ -115,11 +116,22 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         annotated &= model_labels
         annotated[0] = True
     reference = merge_lut(structures)[np.asarray(cached.labels_xyz())]
+    notes = []
     if folder is not None:
         prediction = prediction_on_reference_grid(
             path, reference.shape, cached.affine,
             cached.original_shape, cached.original_affine,
         )  # fmt: skip
+        # a merge its label file names: members predicted apart (a per-member prediction
+        # beside a merged run's label file) are part of it, as in the reference
+        merged = merge_lut(structures)[prediction]
+        moved = sorted(int(v) for v in np.unique(prediction[merged != prediction]))
+        if moved:
+            notes.append(
+                f"{path.name}: values {', '.join(map(str, moved))} are members of "
+                f"{', '.join(structures)}, which its label file names: scored as part of it"
+            )
+            prediction = merged
     else:
         prediction = predictor.predict(cached.ct_volume())
     box = getattr(predictor, "last_box", None)  # a 3D model's box around the body, if it used one
@@ -129,7 +141,7 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm,
         names_of(structures),
     )  # fmt: skip
-    notes = unnamed_merge_notes(path, rows) if folder is not None else []
+    notes += unnamed_merge_notes(path, rows) if folder is not None else []
     for note in notes:
         log.warning("%s", note)
     return rows, cached, reference, prediction, notes
