@@ -170,6 +170,7 @@ def test_prediction_on_a_larger_grid_is_resampled_by_affine(tmp_path, s0000_root
         s0000_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
     )
     assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
+    assert results.attrs["notes"] == []  # it covers all of the reference
 
 
 def test_a_prediction_a_hair_off_its_grid_or_cropped_keeps_its_edge_slabs(
@@ -205,8 +206,15 @@ def test_a_prediction_a_hair_off_its_grid_or_cropped_keeps_its_edge_slabs(
             assert len(inside) > 10
             kept = scored[[LABEL_OF[n] in inside for n in scored["structure"]]]
             assert (kept["dice"] == 1.0).all(), kept[["structure", "dice"]]
+            # the voxels it cut off are scored as background: said (they were not)
+            share = 100 * (1 - cut.sum() / cut.size)
+            assert results.attrs["notes"] == [
+                f"s0000.nii.gz covers only part of its reference: {share:.1f} % of the "
+                "reference's voxels lie outside its field of view and are scored as background"
+            ]
         else:
             assert len(scored) == 41 and (scored["dice"] == 1.0).all(), name
+            assert results.attrs["notes"] == [], name
 
 
 def test_a_split_without_any_annotated_structure_is_refused_in_one_line(
@@ -292,6 +300,9 @@ def test_prediction_without_affine_on_the_reference_shape_is_taken_as_on_its_gri
         s0000_root, "train", folder, tmp_path / "o", subjects=["s0000"], report=False
     )
     assert (results.dropna(subset=["dice"])["dice"] == 1.0).all()
+    assert results.attrs["notes"] == [  # it was a log line only
+        "s0000.nii.gz has no affine; assumed to lie on the reference's grid"
+    ]
 
 
 def test_failed_run_leaves_the_previous_results_whole(tmp_path, s0000_root, extra_dir):

@@ -120,7 +120,7 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
     if folder is not None:
         prediction = prediction_on_reference_grid(
             path, reference.shape, cached.affine,
-            cached.original_shape, cached.original_affine,
+            cached.original_shape, cached.original_affine, notes,
         )  # fmt: skip
         # a merge its label file names: members predicted apart (a per-member prediction
         # beside a merged run's label file) are part of it, as in the reference

@@ -33,12 +33,17 @@ def _has_usable_affine(path: Path) -> bool:
     return False
 
 
+#: a share of the reference's voxels outside a prediction's field of view said in the notes
+OUTSIDE_NOTED = 0.01
+
+
 def prediction_on_reference_grid(
     path: str | Path,
     shape_xyz: Sequence[int],
     affine: np.ndarray,
     original_shape: Sequence[int],
     original_affine: np.ndarray,
+    notes: list[str] | None = None,
 ) -> np.ndarray:
     """Load a multilabel prediction as a canonical (X, Y, Z) uint8 array on the reference's grid.
 
@@ -48,7 +53,9 @@ def prediction_on_reference_grid(
     voxels' too), outside the prediction's field of view = 0.
     A file without a usable affine (sform and qform codes 0) is taken to be on the reference's
     original grid when its shape matches, else DataError. Label values above 117 or an
-    unreadable/empty file raise DataError.
+    unreadable/empty file raise DataError. ``notes`` gains a line where the file had no
+    affine, or where its field of view leaves over ``OUTSIDE_NOTED`` of the reference's voxels
+    out (they are scored as background).
     """
     path = Path(path)
     pred = load_label_volume(path, num_labels=NUM_STRUCTURES)
@@ -57,7 +64,10 @@ def prediction_on_reference_grid(
     shape_xyz = tuple(int(s) for s in shape_xyz)
     if not _has_usable_affine(path):
         if tuple(pred.original_shape) == tuple(original_shape):
-            log.warning("%s has no affine; assuming it lies on the reference's grid", path.name)
+            note = f"{path.name} has no affine; assumed to lie on the reference's grid"
+            log.warning("%s", note)
+            if notes is not None:
+                notes.append(note)
             raw = from_canonical(pred.array, pred.original_affine)
             return to_canonical(raw, np.asarray(original_affine))[0]
         raise DataError(
@@ -81,6 +91,17 @@ def prediction_on_reference_grid(
             "belongs to this subject and that its affine is right"
         )
     log.info("%s resampled onto the reference grid %s", path.name, shape_xyz)
+    if notes is not None:  # the reference's voxels the prediction's field of view leaves out
+        seen = ndimage.affine_transform(
+            np.ones(pred.array.shape, np.uint8), voxel_to_voxel, output_shape=shape_xyz,
+            order=0, mode="grid-constant", cval=0,
+        )  # fmt: skip
+        outside = 1.0 - float(np.count_nonzero(seen)) / seen.size
+        if outside > OUTSIDE_NOTED:
+            notes.append(
+                f"{path.name} covers only part of its reference: {100 * outside:.1f} % of the "
+                "reference's voxels lie outside its field of view and are scored as background"
+            )
     return resampled
 
 
