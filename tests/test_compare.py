@@ -351,3 +351,31 @@ def test_a_row_says_when_its_test_leans_against_its_verdict():
     b["liver"][:] = 0.81  # now both lean towards B: nothing to say
     overall = rows_of(compare_results(table(a, subjects), table(b, subjects)), "dice")
     assert overall.loc[OVERALL, "p_note"] == ""
+
+
+def test_an_evaluation_whose_checkpoint_changed_since_is_compared_with_a_note(tmp_path):
+    """A run resumed after its evaluation rewrites best.pth: the tables describe the model
+    as it was, and compare used them under the run's name without a word (reviewer)."""
+    from ctseg_core.evaluation.paths import write_source
+
+    dice = {"liver": np.linspace(0.6, 0.9, 6)}
+    subjects = [f"s{i}" for i in range(6)]
+    ckpt = tmp_path / "run" / "best.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"epoch 1")
+    folders = {}
+    for name in ("a", "b"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "evaluation_results_test.csv").write_text(
+            table(dice, subjects).to_csv(index=False)
+        )
+        predictions = [ckpt] if name == "a" else tmp_path / "a"  # a folder for b
+        write_source(folders[name], predictions, tmp_path, "test", subjects, 3.0, False)
+    source = json.loads((folders["a"] / "source_test.json").read_text())
+    assert source["checkpoint_files"][0]["size"] == 7
+    assert compare_evaluations(folders["a"], folders["b"], "test", tmp_path / "o").warnings == []
+    ckpt.write_bytes(b"epoch 2 now")  # resumed: best.pth rewritten
+    (note,) = compare_evaluations(folders["a"], folders["b"], "test", tmp_path / "o").warnings
+    assert note.startswith(f"A's checkpoint {ckpt.resolve()} has changed since it was evaluated")
+    assert note.endswith("evaluate it again")

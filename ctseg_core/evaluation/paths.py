@@ -72,6 +72,27 @@ def remove_stale_report(previous: Sequence[Path], written: Sequence[Path]) -> No
             path.unlink(missing_ok=True)
 
 
+def file_stamp(path: str | Path) -> dict:
+    """{"path", "size", "mtime_ns"} of a file as it is now (size and mtime_ns None when it
+    cannot be read): what ``changed_checkpoints`` compares with later."""
+    path = Path(path).resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        return {"path": str(path), "size": None, "mtime_ns": None}
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def changed_checkpoints(source: Mapping) -> list[str]:
+    """The checkpoints an evaluation's ``source_<split>.json`` scored that have changed (or
+    gone) since: a resumed run rewrites best.pth, and the tables then describe another model."""
+    changed = []
+    for stamp in source.get("checkpoint_files") or []:
+        if isinstance(stamp, Mapping) and "path" in stamp and file_stamp(stamp["path"]) != stamp:
+            changed.append(str(stamp["path"]))
+    return changed
+
+
 def write_source(
     out_dir: str | Path,
     predictions: str | Path | Sequence[str | Path],
@@ -118,6 +139,7 @@ def write_source(
     }
     if not folder:
         record["tta"] = tta
+        record["checkpoint_files"] = [file_stamp(p) for p in paths]  # to see them change
     if body_crop is not None:
         record["body_crop"] = bool(body_crop)
         record["body_boxes"] = {
