@@ -259,3 +259,23 @@ def test_interrupted_run_leaves_whole_subjects_and_a_rerun_completes(tmp_path):
     with pytest.raises(DataError, match="s0001 was not written by the phantom"):
         make_phantom_dataset(root, n_subjects=2, shape=SHAPE, workers=1)
     assert (root / "s0001" / "ct.nii.gz").read_bytes() == b"user data"
+
+
+def test_cli_regenerates_the_same_phantom_but_another_only_with_replace(tmp_path, capsys):
+    """`demo-data` over an earlier phantom with another seed silently replaced its CTs (runs
+    and evaluations made on it then described other data; reviewer): refused without
+    --replace. The same subjects are written again as before."""
+    from ctseg_core.cli import main
+
+    out = tmp_path / "ph"
+    small = ["--subjects", "2", "--size", "24", "24", "12"]
+    assert main(["demo-data", "--out", str(out), *small]) == 0
+    ct = (out / "s0000" / "ct.nii.gz").read_bytes()
+    assert main(["demo-data", "--out", str(out), *small]) == 0  # the same plan again
+    capsys.readouterr()
+    assert main(["demo-data", "--out", str(out), *small, "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a phantom of other subjects" in err and "--replace" in err
+    assert (out / "s0000" / "ct.nii.gz").read_bytes() == ct
+    assert main(["demo-data", "--out", str(out), *small, "--seed", "5", "--replace"]) == 0
+    assert (out / "s0000" / "ct.nii.gz").read_bytes() != ct

@@ -29,8 +29,13 @@ def register(subparsers) -> None:
         "demo-data", help="write the synthetic phantom dataset (TotalSegmentator layout)"
     )
     p.add_argument(
-        "--out", required=True, type=Path, help="folder to create (must be empty or absent)"
-    )
+        "--out", required=True, type=Path,
+        help="folder to create: absent, empty, or an earlier phantom of the same subjects",
+    )  # fmt: skip
+    p.add_argument(
+        "--replace", action="store_true",
+        help="regenerate an earlier phantom at --out with other --subjects/--seed/--size",
+    )  # fmt: skip
     p.add_argument("--subjects", type=int, default=12, help="number of subjects (default 12)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -102,6 +107,7 @@ def run_demo_data(args) -> int:
             seed=args.seed,
             shape=tuple(args.size),
             progress=progress,
+            replace=args.replace,
         )
     finally:
         bar.close()

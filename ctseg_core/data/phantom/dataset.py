@@ -136,6 +136,14 @@ def _earlier_phantom(root: Path) -> list[str] | None:
         return None
 
 
+def _earlier_specs(root: Path) -> list | None:
+    """The subject specs the phantom at ``root`` was written from (None: not readable)."""
+    try:
+        return json.loads((root / MARKER).read_text(encoding="utf-8"))["specs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _check_root(root: Path, ids: list[str]) -> list[str]:
     """Subject ids of an earlier phantom at ``root`` ([] if root is absent or empty).
 
@@ -187,6 +195,7 @@ def make_phantom_dataset(
     shape: tuple[int, int, int] = (160, 160, 64),
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    replace: bool = True,
 ) -> list[str]:
     """Write n_subjects phantom CTs in TotalSegmentator layout under root; return subject ids.
 
@@ -197,7 +206,8 @@ def make_phantom_dataset(
     meta.csv is written last, so its presence means the dataset is complete. ``workers``
     processes render subjects in parallel (default: one per core, at most one per subject);
     ``progress(done, total)`` is called as subjects finish. Raises ConfigError for bad arguments
-    and DataError for a root that holds something else.
+    and DataError for a root that holds something else, or (``replace`` False) an earlier
+    phantom of other subjects: runs and evaluations made on it would then describe other CTs.
     """
     if (
         n_subjects < 1
@@ -215,6 +225,13 @@ def make_phantom_dataset(
     specs = plan_dataset(n_subjects, seed, tuple(shape))
     ids = [s.subject_id for s in specs]
     old = _check_root(root, ids)
+    planned = json.loads(json.dumps([asdict(s) for s in specs]))  # as the marker holds them
+    if old and not replace and _earlier_specs(root) != planned:
+        raise DataError(
+            f"{root} holds a phantom of other subjects (another --subjects, --seed or --size); "
+            "runs and evaluations made on it would describe other CTs: give --replace to "
+            "regenerate it, or another folder"
+        )
     root.mkdir(parents=True, exist_ok=True)
     _write_marker(root, specs, sorted(set(old) | set(ids)), done=False)
     (root / "meta.csv").unlink(missing_ok=True)
