@@ -165,7 +165,17 @@ def test_cli_predict_and_evaluate_with_a_model_folder(tmp_path, small_ct, s0000_
     expected = NnunetPredictor(folder, device="cpu").predict(load_ct(small_ct))
     np.testing.assert_array_equal(written, expected)  # RAS file: canonical == on disk
     assert set(summary["structures_found"]) <= {"spleen", "liver", "aorta"}
-    assert summary["model"] == str(folder)
+    assert summary["model"] == str(folder) and summary["tta"] is True  # axes (0, 1) allowed
+    # a folder that allows mirroring on no axis (as ctseg's export writes) is not mirrored,
+    # and the CLI says so (it said "mirroring on")
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    content = torch.load(ckpt, weights_only=False)
+    content["inference_allowed_mirroring_axes"] = None
+    torch.save(content, ckpt)
+    again = tmp_path / "pred" / "again.nii.gz"
+    assert main(["predict", "--model", str(folder), "--ct", str(small_ct), "--out", str(again),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert "(nnU-Net, mirroring off: the model allows it on no axis)" in capsys.readouterr().out
 
     assert main(["evaluate", "--model", str(folder), "--data", str(s0000_root), "--split",
                  "all", "--out", str(tmp_path / "eval"), "--no-report", "--device", "cpu",

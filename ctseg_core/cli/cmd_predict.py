@@ -153,7 +153,10 @@ def run_predict(args) -> int:
     print(f"wrote {summary['out']} ({shape}, {summary['orientation']}, {summary['seconds']} s)")
     print(f"label files: {', '.join(summary['label_files'])}")
     if summary.get("model"):
-        print(f"model: {summary['model']} (nnU-Net, mirroring {'on' if summary['tta'] else 'off'})")
+        mirroring = "on" if summary["tta"] else "off"
+        if not summary["tta"] and not args.no_mirroring:
+            mirroring += ": the model allows it on no axis"
+        print(f"model: {summary['model']} (nnU-Net, mirroring {mirroring})")
     if summary.get("body_box"):
         spans = zip("xyz", summary["body_box"], strict=True)
         box = ", ".join(f"{a} {lo}-{hi - 1}" for a, (lo, hi) in spans)

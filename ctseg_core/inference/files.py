@@ -253,7 +253,8 @@ def predict_file(
         "orientation": ct.orientation,
         "checkpoints": [str(p) for p in ckpts],
         "model": str(model) if model is not None else None,
-        "tta": bool(tta),
+        # an nnU-Net model mirrors only on the axes it allows (an exported run: none)
+        "tta": predictor.mirrors if model is not None else bool(tta),
         "body_box": box,
         "structures_found": found,
         "warnings": [
@@ -287,7 +288,7 @@ def _predict_own_labels(predictor, ct_path: Path, out_path: Path, resample_uneve
         "masks_dir": None, "statistics": None, "shape": [int(s) for s in ct.original_shape],
         "spacing_mm": [round(float(s), 4) for s in spacing_of(ct.original_affine)],
         "orientation": ct.orientation,
-        "checkpoints": [], "model": str(predictor.path), "tta": predictor.tta,
+        "checkpoints": [], "model": str(predictor.path), "tta": predictor.mirrors,
         "structures_found": found, "warnings": read_warnings,
         "seconds": round(time.perf_counter() - start, 2),
     }  # fmt: skip

@@ -72,6 +72,12 @@ class NnunetPredictor:
     axes the model allows (nnU-Net's default is on); ``orientation``: one of ORIENTATIONS (module
     doc)."""
 
+    @property
+    def mirrors(self) -> bool:
+        """Whether predictions are mirrored: asked for (``tta``) and allowed on some axis by
+        some model (an exported ctseg run, say, allows none)."""
+        return self.tta and any(model.mirror_axes for model, _ in self.models)
+
     def __init__(self, path: str | Path, device: str = "auto", tta: bool = True,
                  folds: Sequence[int | str] | None = None,
                  checkpoint: str | None = None, orientation: str = "auto") -> None:  # fmt: skip
