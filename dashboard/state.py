@@ -207,7 +207,9 @@ def who() -> str:
     return "a dashboard user"
 
 
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=])")
+#: line breaks: a heading underlined with ===, a paragraph, a code block indented on its own line
+_LINES = re.compile(r"\s*[\r\n]+\s*")
 #: where Streamlit's frontend finds links and icons in text that escapes do not reach: remark-gfm
 #: links "https://", "www." and "a@b.c" in the parsed text, and ":material/" is replaced in the
 #: source; an invisible U+200B at these points leaves the text as it reads but matches none
@@ -217,9 +219,11 @@ _AFTER_PARSING = re.compile(r"(?i)(?<=:)(?=//|material/|streamlit:)|(?<=www)(?=\
 def plain(text) -> str:
     """``text`` from files or other users, shown as it is in Streamlit's Markdown: no links
     (also no bare URL or e-mail address made a link), no formatting, no ``:icon:`` or
-    ``:color[...]`` directives. Every Markdown character is escaped; a zero-width space
-    follows the ':' of 'https:' and ':material/', the 'www' of 'www.' and an '@'."""
-    return _MARKDOWN.sub(r"\\\1", _AFTER_PARSING.sub("\u200b", str(text)))
+    ``:color[...]`` directives, no blocks (headings, code): one line. Every Markdown character
+    is escaped and line breaks become spaces; a zero-width space follows the ':' of 'https:'
+    and ':material/', the 'www' of 'www.' and an '@'."""
+    text = _LINES.sub(" ", str(text))
+    return _MARKDOWN.sub(r"\\\1", _AFTER_PARSING.sub("\u200b", text))
 
 
 def dataset_root() -> str | None:

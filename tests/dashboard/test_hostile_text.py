@@ -190,3 +190,16 @@ def test_typed_paths_no_filesystem_holds_are_one_line_refusals(app_env, new_app,
     at.run()
     errors = [as_shown(e.value) for e in at.error]
     assert len(errors) == 1 and said in errors[0] and "unexpected" not in errors[0], errors
+
+
+def test_plain_text_makes_no_markdown_block():
+    """A name holding line breaks (a quoted meta.csv field, a folder name) made a setext
+    heading ("===" under a line) or an indented code block (reviewer): one line now, '='
+    escaped, the text as it reads."""
+    from dashboard.state import plain
+
+    hostile = "x\n\nSESSION EXPIRED\n===\n\n    sign in at evil"
+    shown = plain(hostile)
+    assert "\n" not in shown and "\r" not in plain("a\r\nb")
+    assert "\\=\\=\\=" in shown and "=" not in shown.replace("\\=", "")
+    assert as_shown(shown) == "x SESSION EXPIRED === sign in at evil"
