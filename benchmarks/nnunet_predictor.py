@@ -101,7 +101,7 @@ def run_nnunet(folder, ct_path, mirror, threads, queue) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from ctseg_core.nnunet.folder import read_model_folder
+    from ctseg_core.nnunet.folder import load_weights, read_model_folder
 
     read = read_model_folder(folder)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
@@ -110,10 +110,10 @@ def run_nnunet(folder, ct_path, mirror, threads, queue) -> None:
     plans = json.loads((Path(folder) / "plans.json").read_text())
     dataset = json.loads((Path(folder) / "dataset.json").read_text())
     params, axes = [], None
-    for path in read.checkpoints:
-        ckpt = torch.load(path, weights_only=False, map_location="cpu")
-        params.append(ckpt["network_weights"])
-        axes = ckpt.get("inference_allowed_mirroring_axes") if axes is None else axes
+    for path in read.checkpoints:  # weights only: a model folder is data, not code to run
+        weights, allowed = load_weights(path)
+        params.append(weights)
+        axes = allowed if axes is None else axes
     manager = PlansManager(plans)
     config = manager.get_configuration(read.config.name)
     n_out = manager.get_label_manager(dataset).num_segmentation_heads
