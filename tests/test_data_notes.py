@@ -113,10 +113,13 @@ def test_a_zero_voxel_size_is_said_with_the_1_mm_assumed(tmp_path, caplog):
     (note,) = ct.notes
     assert "gives voxel size 1.5 x 1.5 x 0 mm: 1 mm was assumed along z" in note
     assert note in _warnings(caplog)
-    # an sform states the voxel size itself: the pixdim is not used, nothing is assumed
+    # an sform states the voxel size itself: ctseg assumes nothing; ITK takes pixdim there
+    # (its 0 as 1 mm), which is said
     path = _save(tmp_path / "ct_sform.nii", ct_hu, codes=(0, 1), pixdim=(1.5, 1.5, 0))
     ct = load_ct(path)
-    assert ct.spacing_mm == pytest.approx((1.5, 1.5, 3.0)) and ct.notes == []
+    assert ct.spacing_mm == pytest.approx((1.5, 1.5, 3.0))
+    (note,) = ct.notes
+    assert "pixdim says 1.5 x 1.5 x 1 mm voxels, its sform 1.5 x 1.5 x 3 mm" in note
 
 
 def test_a_label_file_without_orientation_is_said(tmp_path):

@@ -37,9 +37,9 @@ def pixdim_mm(header) -> np.ndarray:
 
 
 def pixdim_disagrees(header, affine: np.ndarray) -> bool:
-    """An sform alone (qform_code 0) whose voxel size is not pixdim's: ctseg and nibabel read
-    the sform, ITK (3D Slicer, ITK-SNAP, nnU-Net's SimpleITK reader) drops such an sform and
-    takes pixdim."""
+    """An sform alone (qform_code 0) whose voxel size is not pixdim's: ctseg and nibabel's
+    affine read the sform; ITK (3D Slicer, ITK-SNAP, nnU-Net's SimpleITK reader) drops such an
+    sform and takes pixdim, and nnU-Net's NibabelIO takes pixdim as the spacing."""
     zooms = pixdim_mm(header)
     return bool(
         int(header["qform_code"]) == 0 < int(header["sform_code"])
@@ -110,8 +110,9 @@ def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str
         notes["pixdim"] = (
             f"{_short(path)}'s pixdim says {sizes} mm voxels, its sform "
             f"{' x '.join(f'{z:.4g}' for z in spacing_of(img.affine))} mm: ctseg reads the "
-            "sform, as nibabel does; ITK-based tools (3D Slicer, ITK-SNAP, nnU-Net's SimpleITK "
-            "reader) take pixdim; write pixdim to match the sform"
+            "sform, as nibabel's affine does (and ctseg's runs of nnU-Net models); ITK-based "
+            "tools (3D Slicer, ITK-SNAP) and nnU-Net's own readers take pixdim; write pixdim to "
+            "match the sform"
         )
     if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
         sizes = " x ".join(f"{s:g}" for s in spacing_of(img.affine))
