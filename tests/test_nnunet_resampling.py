@@ -39,6 +39,34 @@ def test_default_resampler_is_nnunets(shape, current, target):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "current"),
+    [  # plans kwargs nnU-Net's planners leave out or never write (reviewer)
+        ("resample_data_or_seg_to_shape", {"order": 3, "order_z": 0}, (9.5, 3.5, 3.0)),
+        ("resample_data_or_seg_to_shape",
+         {"order": 3, "order_z": 0, "force_separate_z": None,
+          "separate_z_anisotropy_threshold": 2.0}, (6.5, 3.5, 3.0)),
+        ("resample_torch_fornnunet", {"force_separate_z": None, "mode": "nearest"},
+         (4.0, 3.5, 3.0)),
+    ],
+)  # fmt: skip
+def test_plans_kwargs_are_taken_as_nnunet_takes_them(name, kwargs, current):
+    """No force_separate_z (nnU-Net's default False: ctseg took None and resampled the coarse
+    axis apart), a separate_z_anisotropy_threshold (ctseg dropped it), a mode where nnU-Net
+    interpolates trilinearly regardless."""
+    data = np.random.default_rng(0).normal(size=(1, 10, 30, 26)).astype(np.float32)
+    target = (3.0, 3.0, 3.0)
+    new = [round(c / t * n) for n, c, t in zip(data.shape[1:], current, target, strict=True)]
+    theirs_fn = (
+        default.resample_data_or_seg_to_shape
+        if name == "resample_data_or_seg_to_shape"
+        else resampling.resample_torch_fornnunet
+    )
+    theirs = theirs_fn(data, new, current, target, is_seg=False, **kwargs)
+    ours = RESAMPLERS[name](data, new, current, target, is_seg=False, **kwargs)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
 def test_an_unknown_resampling_function_is_named(tmp_path):
     from nnunet_kit import plans_dict
 

@@ -197,10 +197,14 @@ def _separate_axis(current_mm, target_mm, force, threshold: float = ANISO_THRESH
 
 
 def resample(data: np.ndarray, shape, current_mm, target_mm, order: int = 3, order_z: int = 0,
-             force_separate_z: bool | None = None, out_dtype=None, **_) -> np.ndarray:  # fmt: skip
+             force_separate_z: bool | None = False,
+             separate_z_anisotropy_threshold: float = ANISO_THRESHOLD, out_dtype=None,
+             **_) -> np.ndarray:  # fmt: skip
     """(C, *spatial) -> (C, *shape) in ``out_dtype`` (default: the input's), interpolated in
     float64 with scikit-image's ``resize`` (spline ``order``, edge mode, no antialiasing); the
-    coarse axis of an anisotropic grid slice by slice, then ``order_z`` along it."""
+    coarse axis of an anisotropic grid slice by slice, then ``order_z`` along it. Defaults as
+    nnU-Net's ``resample_data_or_seg_to_shape`` (``force_separate_z`` False: plans that leave
+    it out resample every axis together)."""
     from scipy.ndimage import map_coordinates
     from skimage.transform import resize
 
@@ -209,7 +213,7 @@ def resample(data: np.ndarray, shape, current_mm, target_mm, order: int = 3, ord
         return data
     out = np.zeros((data.shape[0], *shape), dtype=out_dtype or data.dtype)
     data = data.astype(float, copy=False)
-    axis = _separate_axis(current_mm, target_mm, force_separate_z)
+    axis = _separate_axis(current_mm, target_mm, force_separate_z, separate_z_anisotropy_threshold)
     for c in range(data.shape[0]):
         if axis is None:
             out[c] = resize(data[c], shape, order, mode="edge", anti_aliasing=False)
@@ -235,8 +239,8 @@ def resample_torch(data: np.ndarray, shape, current_mm, target_mm,
                    mode: str = "linear", aniso_axis_mode: str = "nearest-exact",
                    **_) -> np.ndarray:  # fmt: skip
     """(C, X, Y, Z) -> (C, *shape) float32 as nnU-Net's ``resample_torch_fornnunet``: torch's
-    ``interpolate`` (``mode`` "linear": trilinear, align_corners False, no antialiasing); an
-    anisotropic grid's coarse axis after the others, with ``aniso_axis_mode``. Each channel on
+    ``interpolate`` (trilinear, align_corners False, no antialiasing); an anisotropic grid's
+    slices with ``mode`` ("linear": bilinear), then its coarse axis with ``aniso_axis_mode``. Each channel on
     its own, so resampling channels one at a time gives the same values."""
     import torch
     import torch.nn.functional as F
@@ -248,9 +252,8 @@ def resample_torch(data: np.ndarray, shape, current_mm, target_mm,
         raise ConfigError("resample_torch_fornnunet needs (C, X, Y, Z) data")
     axis = _separate_axis(current_mm, target_mm, force_separate_z, separate_z_anisotropy_threshold)
     x = torch.from_numpy(np.ascontiguousarray(data)).float()
-    if axis is None:
-        mode = "trilinear" if mode == "linear" else mode
-        return F.interpolate(x[None], shape, mode=mode, antialias=False)[0].numpy()
+    if axis is None:  # nnU-Net passes no mode here: trilinear, whatever the plans say
+        return F.interpolate(x[None], shape, mode="trilinear", antialias=False)[0].numpy()
     moved = x.movedim(axis + 1, 1)  # (C, coarse, a, b): the coarse slices as a batch
     n_channels, n_coarse = moved.shape[:2]
     plane = tuple(s for a, s in enumerate(shape) if a != axis)
