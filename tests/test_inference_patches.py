@@ -128,6 +128,22 @@ def test_ct_resampling_is_trilinear_without_a_float_copy_of_the_ct():
     assert grid_shape((512, 512, 300), (0.8, 0.8, 1.5), (3.0, 3.0, 3.0)) == (137, 137, 150)
 
 
+def test_the_resampled_grid_rounds_as_nnunet_rounds():
+    """size x spacing / target and spacing / target x size round a half voxel apart in float:
+    (200, 40, 325) at 0.51 mm to (0.8, 0.8, 1.5) was (128, 25, 110) for ctseg and (127, 26,
+    111) for nnU-Net (reviewer), so an exported model saw another grid. Swept against
+    nnU-Net's own compute_new_shape."""
+    resampling = pytest.importorskip("nnunetv2.preprocessing.resampling.default_resampling")
+    assert grid_shape((200, 40, 325), (0.51,) * 3, (0.8, 0.8, 1.5)) == (127, 26, 111)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        shape = tuple(int(n) for n in rng.integers(8, 600, 3))
+        spacing = tuple(float(s) for s in np.round(rng.uniform(0.3, 5.0, 3), 3))
+        target = tuple(float(t) for t in rng.choice([0.8, 1.0, 1.5, 2.0, 3.0, 6.0], 3))
+        theirs = resampling.compute_new_shape(shape, spacing, target)
+        assert grid_shape(shape, spacing, target) == tuple(int(n) for n in theirs), (shape, spacing)
+
+
 def test_labels_back_on_the_ct_grid_equal_the_argmax_of_trilinear_scores():
     """Slab by slab, over the channels that can win only, the argmax of the full resampling."""
     torch.manual_seed(1)

@@ -23,11 +23,13 @@ def grid_shape(
     shape_xyz: Sequence[int], spacing_mm: Sequence[float] | None, target_mm: Sequence[float] | None
 ) -> tuple[int, int, int]:
     """The shape of a (X, Y, Z) grid of voxel size ``spacing_mm`` resampled to ``target_mm``
-    (same extent; at least 1 voxel per axis); ``target_mm`` or ``spacing_mm`` None: unchanged."""
+    (same extent; at least 1 voxel per axis); ``target_mm`` or ``spacing_mm`` None: unchanged.
+    Computed in nnU-Net's order (``compute_new_shape``: spacing / target * size), so a half
+    voxel rounds alike and an exported model sees the grid ctseg's own runs do."""
     if target_mm is None or spacing_mm is None:
         return tuple(int(s) for s in shape_xyz)
     return tuple(
-        max(1, round(int(n) * float(s) / float(t)))
+        max(1, round(float(s) / float(t) * int(n)))
         for n, s, t in zip(shape_xyz, spacing_mm, target_mm, strict=True)
     )
 
