@@ -249,6 +249,12 @@ def member_values(name: str) -> list[int]:
     return [LABEL_OF[n] for n in members(name)]
 
 
+def structure_groups(structures) -> list[list[int]]:
+    """The label values of each structure a run learns (a merge: its members), the structures
+    in label order: what foreground sampling draws from, one structure at a time."""
+    return sorted((member_values(name) for name in structures), key=lambda values: values[0])
+
+
 def value_of(name: str) -> int:
     """The label value a structure or merge name is written with (a merge: its first member's)."""
     return LABEL_OF[members(name)[0]]

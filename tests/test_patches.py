@@ -170,6 +170,46 @@ def test_only_learned_structures_are_centred_on(phantom_root, dataset):
     assert all(ds.subjects[1].labels[c] == LABEL_OF["kidney_left"] for _, c, _ in centred)
 
 
+def test_a_merge_is_one_structure_to_the_draw(phantom_root, dataset):
+    """aorta and the lungs merged: where a subject has both, drawn about 1:1 (it was per
+    member value: 1 aorta to each lobe the subject has; reviewer), each lungs draw centred
+    on a lobe."""
+    from ctseg_core.labels import member_values
+
+    config = _config(phantom_root, dataset.config.data.cache_dir, structures=["aorta", "lungs"])
+    ds = PatchDataset(config, "train")
+    lobes = member_values("lungs")
+    both = [s for s, sub in enumerate(ds.subjects)
+            if sub.present[LABEL_OF["aorta"]] and sub.present[lobes].sum() >= 2]  # fmt: skip
+    assert both  # a subject with the aorta and at least two lobes
+    items = [i for i in PatchSampler(ds, 1200, fg_fraction=1.0, seed=6).draw() if i[0] in both]
+    drawn = [int(ds.subjects[s].labels[c]) for s, c, _ in items]
+    assert set(drawn) <= {LABEL_OF["aorta"], *lobes}
+    share = drawn.count(LABEL_OF["aorta"]) / len(drawn)
+    assert 0.4 < share < 0.6, share  # per member value it was at most 1/3
+
+
+def test_the_2d_foreground_draw_counts_a_merge_once(phantom_root, tmp_path):
+    """The 2D draw picks a structure, then one of its slices: a merge is one structure whose
+    slices hold any of its members (it was one entry per lobe)."""
+    from ctseg_core.data.slices import ForegroundSampler, SliceDataset
+    from ctseg_core.labels import member_values
+
+    config = RunConfig(
+        DataConfig(data_root=str(phantom_root), cache_dir=str(tmp_path), target_size=(32, 32),
+                   structures=["aorta", "lungs"]),
+        ModelConfig(),
+    )  # fmt: skip
+    ds = SliceDataset(config, "train")
+    sampler = ForegroundSampler(ds, 400, foreground_fraction=1.0, seed=0)
+    lungs = np.flatnonzero(ds.presence[:, member_values("lungs")].any(axis=1))
+    aorta = np.flatnonzero(ds.presence[:, LABEL_OF["aorta"]])
+    assert len(lungs) and len(aorta)
+    assert [b.tolist() for b in sampler.by_structure] == [lungs.tolist(), aorta.tolist()]
+    picks = sampler.draw()
+    assert np.isin(picks, np.union1d(lungs, aorta)).all()
+
+
 def test_the_draw_is_seeded_by_seed_and_epoch(dataset):
     sampler = PatchSampler(dataset, 50, fg_fraction=0.5, seed=4)
     first = list(sampler)

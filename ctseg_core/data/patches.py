@@ -28,7 +28,7 @@ import torch
 
 from ..config import PADDINGS, DataConfig, RunConfig
 from ..errors import ConfigError
-from ..labels import NUM_LABELS, class_lut, member_values
+from ..labels import class_lut, structure_groups
 from .slices import EpochDraw, annotated_classes, labelled_subjects, mirror_safe, normalize_hu
 from .volumes import ResampledSubject, open_resampled
 
@@ -158,7 +158,8 @@ class PatchDataset(torch.utils.data.Dataset):
 class PatchSampler(EpochDraw):
     """Patch items for one epoch: subject uniform; with probability ``fg_fraction`` centred on
     a voxel of a structure chosen uniformly among those the subject has and the run learns
-    (rare structures get seen), else at a random position. Seeded by (seed, epoch): the same
+    (rare structures get seen; a merge is one structure, centred on one of its members that
+    the subject has), else at a random position. Seeded by (seed, epoch): the same
     epoch yields the same draw, resumed or not; sharded by rank (``EpochDraw``).
     """
 
@@ -173,9 +174,13 @@ class PatchSampler(EpochDraw):
     ):
         super().__init__(num_samples, seed, rank, world_size)
         self.fraction = float(fg_fraction)
-        learned = np.zeros(NUM_LABELS, dtype=bool)
-        learned[[v for n in dataset.config.data.structures for v in member_values(n)]] = True
-        self.choices = [np.flatnonzero(s.present & learned) for s in dataset.subjects]
+        groups = structure_groups(dataset.config.data.structures)
+        # per subject, the learned structures it has, each as the label values it has of it: a
+        # merge of 24 ribs is one structure, drawn as often as the liver (it was 24 draws)
+        self.choices = [
+            [[v for v in g if s.present[v]] for g in groups if s.present[g].any()]
+            for s in dataset.subjects
+        ]
         self.locations = [s.locations for s in dataset.subjects]
 
     def draw(self) -> list[PatchItem]:
@@ -188,7 +193,10 @@ class PatchSampler(EpochDraw):
         for s, centred, seed in zip(subjects.tolist(), fg.tolist(), seeds.tolist(), strict=True):
             centre, choices = None, self.choices[s]
             if centred and len(choices):
-                points = self.locations[s][int(choices[rng.integers(len(choices))])]
+                values = choices[rng.integers(len(choices))]
+                # a merge: one of its members there (one value: no draw, the stream as before)
+                value = values[rng.integers(len(values))] if len(values) > 1 else values[0]
+                points = self.locations[s][int(value)]
                 centre = tuple(int(v) for v in points[rng.integers(len(points))])
             items.append((s, centre, seed))
         return items

@@ -30,6 +30,7 @@ from ..labels import (
     member_values,
     members,
     merged_annotated,
+    structure_groups,
     value_of,
 )
 from .cache import CachedSubject, open_cached, reserve_open_files
@@ -247,8 +248,8 @@ class EpochDraw(torch.utils.data.Sampler):
 
 
 class ForegroundSampler(EpochDraw):
-    """Slice indices for one epoch: a share drawn structure-first (rare ones get seen), the rest
-    uniform. Seeded by (seed, epoch): the same epoch yields the same draw, resumed or not;
+    """Slice indices for one epoch: a share drawn structure-first among those the run learns
+    (rare ones get seen; a merge is one structure), the rest uniform. Seeded by (seed, epoch): the same epoch yields the same draw, resumed or not;
     sharded by rank (``EpochDraw``).
     """
 
@@ -264,10 +265,12 @@ class ForegroundSampler(EpochDraw):
         super().__init__(num_samples, seed, rank, world_size)
         self.fraction = float(foreground_fraction)
         self.total = len(dataset)
+        # the slices holding each structure the run learns (a merge: any of its members); the
+        # presence table holds every label value, learned or not, and background
         self.by_structure = [
-            np.flatnonzero(dataset.presence[:, k])
-            for k in range(NUM_LABELS)
-            if dataset.presence[:, k].any()
+            slices
+            for g in structure_groups(dataset.config.data.structures)
+            if len(slices := np.flatnonzero(dataset.presence[:, g].any(axis=1)))
         ]
 
     def draw(self) -> np.ndarray:
