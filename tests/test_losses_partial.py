@@ -96,3 +96,39 @@ def test_training_on_a_partially_annotated_real_subject(derived_sample, tmp_path
     assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
     (record,) = read_history(tmp_path / "partial")
     assert math.isfinite(record["train_loss"]) and math.isfinite(record["val_loss"])
+
+
+@pytest.mark.parametrize("loss", ["dice_ce", "dice"])
+def test_a_partly_annotated_merge_is_left_out_of_its_samples_dice(loss):
+    """One lobe's mask missing: "lungs" is not annotated in that subject, yet its other lobes'
+    voxels are labelled lungs. They counted in the Dice's reference and intersection but not
+    its predicted sum: Dice 2, a perfect prediction's loss -0.5 (reviewer). The class is left
+    out of that sample's Dice now: a perfect prediction scores 0, and the sample adds nothing
+    to the lungs Dice of a batch."""
+    import numpy as np
+
+    from ctseg_core.data.slices import annotated_classes
+    from ctseg_core.labels import LABEL_OF, NUM_LABELS
+    from ctseg_core.training.losses import LOSSES
+
+    fn = LOSSES[loss].fn
+    sigmoid = LOSSES[loss].output_mode == "sigmoid"
+    annotated = np.ones((2, NUM_LABELS), bool)
+    annotated[0, LABEL_OF["lung_upper_lobe_left"]] = False
+    table = annotated_classes(annotated, ["liver", "lungs"])
+    assert table.tolist() == [[True, True, False], [True, True, True]]
+    classes = torch.zeros(2, 16, 16, 8, dtype=torch.long)
+    classes[:, 2:8, 2:8, 2:6] = 2  # lungs (sample 0: the lobes it has)
+    classes[:, 10:14, 10:14, 2:6] = 1  # liver
+    one_hot = torch.nn.functional.one_hot(classes, 3).permute(0, 4, 1, 2, 3).float()
+    perfect = (one_hot[:, 1:] if sigmoid else one_hot) * 40 - 20
+    assert float(fn(perfect, classes, table)) == pytest.approx(0.0, abs=1e-6)
+    # sample 0 predicts no lungs at all: its lungs Dice does not count (sample 1's is 1); the
+    # cross-entropy still counts its lobes' voxels, which are lungs whatever else is missing
+    wrong = perfect.clone()
+    wrong[0, (1 if sigmoid else 2)] = -20.0
+    if not sigmoid:
+        wrong[0, 0][classes[0] == 2] = 20.0
+    ce = 0.0 if sigmoid else float(torch.nn.functional.cross_entropy(wrong, classes))
+    assert ce == 0.0 or ce > 1.0
+    assert float(fn(wrong, classes, table)) == pytest.approx(ce, abs=1e-5)

@@ -16,8 +16,9 @@ Partially annotated subjects: every loss takes ``annotated`` (B, 1 + S) bool, Fa
 sample's subject has no mask file for class c (None: all annotated, the fast path). A missing
 mask does not say "background", so such classes are never penalised there: softmax merges
 them into the background for the cross-entropy (the background label then means "background or
-an unannotated class", the marginal loss of Shi et al., MedIA 2021) and leaves their predicted
-voxels out of the Dice sums; sigmoid losses give their channels zero weight in those samples.
+an unannotated class", the marginal loss of Shi et al., MedIA 2021) and leaves the class out of
+that sample's Dice sums (predicted, reference and intersection: a merge missing one member's
+mask still labels the others); sigmoid losses give their channels zero weight there.
 
 Everything is computed in float32 whatever the autocast dtype of the logits.
 """
@@ -45,16 +46,25 @@ def _soft_dice_terms(
 
     ``probs`` (B, K, *spatial) is the probability of class ``c + channel_class`` in channel c
     (0 for softmax, 1 for sigmoid channels). Uses a gather + counts instead of a one-hot.
-    ``weight`` (B, K) scales each sample's channels in the predicted sums (0 = not counted).
+    ``weight`` (B, K) scales each sample's channels in all three sums (0 = not counted: a
+    class without a mask file in that sample, whose voxels a partly annotated merge may still
+    label; counted in the reference and intersection alone, its Dice reached 2).
     """
     k = probs.shape[1]
     num_classes = k + channel_class
     flat_classes = classes.reshape(-1)
-    ref_sum = count_values(flat_classes, num_classes).to(probs.dtype)
     channel = (classes - channel_class).clamp(min=0).unsqueeze(1)  # (B, 1, *spatial)
     p_true = probs.gather(1, channel).reshape(-1)
     # classes without a channel add 0 (a mask would select a data-dependent count: a GPU sync)
     p_true = p_true * (flat_classes >= channel_class)
+    if weight is None:
+        ref_sum = count_values(flat_classes, num_classes).to(probs.dtype)
+    else:  # each voxel weighted by its sample's weight of its class
+        voxel = weight.to(probs.dtype).gather(1, channel.flatten(1)).reshape(-1)
+        voxel = torch.where(flat_classes >= channel_class, voxel, torch.ones_like(voxel))
+        ref_sum = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
+        ref_sum.index_add_(0, flat_classes, voxel)
+        p_true = p_true * voxel
     intersection = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
     intersection.index_add_(0, flat_classes, p_true)
     pred_sum = torch.zeros(num_classes, dtype=probs.dtype, device=probs.device)
