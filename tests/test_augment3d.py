@@ -122,6 +122,31 @@ def test_rotation_about_y_respects_anisotropic_spacing():
     assert _centre(out[0] == LIVER).tolist() == pytest.approx([11.5, 7.5, 7.5], abs=0.3)
 
 
+def test_patches_on_their_cts_own_grids_rotate_in_millimetres_each():
+    """Without data.spacing_mm the patches keep their CTs' voxel sizes: each sample's own
+    spacing goes into its rotation (it was none: a ball at 0.8 x 0.8 x 3 mm turned 30 degrees
+    about x grew from 24 to 45 mm along z; reviewer)."""
+    angles = torch.tensor([[30.0, 0.0, 0.0], [0.0, 20.0, 10.0]])
+    spacing = torch.tensor([[0.8, 0.8, 3.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    shape = (24, 24, 12)
+    batch = spatial_theta(angles, torch.ones(2), shape, spacing)
+    for i in range(2):
+        one = spatial_theta(angles[i : i + 1], torch.ones(1), shape, tuple(spacing[i].tolist()))
+        torch.testing.assert_close(batch[i : i + 1], one)
+    # through augment_batch_3d: a ball of 12 mm radius at 0.8 x 0.8 x 3 mm stays ~24 mm tall
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n) for n in (48, 48, 16)), indexing="ij"))
+    mm = (grid - torch.tensor([23.5, 23.5, 7.5]).view(3, 1, 1, 1)) * torch.tensor(
+        [0.8, 0.8, 3.0]
+    ).view(3, 1, 1, 1)
+    ball = ((mm**2).sum(0) <= 12.0**2).to(torch.uint8)[None] * LIVER
+    cfg = _cfg(spatial_prob=1.0, rotation_deg=30.0, scale_range=(1.0, 1.0), spacing_mm=None)
+    image = torch.where(ball > 0, 0.5, -1.0)[:, None]
+    for own in (torch.tensor([[0.8, 0.8, 3.0]], dtype=torch.float64), None):
+        _, out = augment_batch_3d(image, ball, cfg, torch.Generator().manual_seed(3), None, own)
+        tall = float((out[0] == LIVER).any(0).any(0).sum()) * 3.0  # mm along z
+        assert (tall <= 30.0) == (own is not None), tall
+
+
 def test_random_rotation_and_scaling_keep_label_values_and_move_image_with_labels():
     image, labels = _volumes(b=6)
     cfg = _cfg(spatial_prob=1.0, rotation_deg=30.0, scale_range=(0.8, 1.25))

@@ -84,21 +84,22 @@ def spatial_theta(
     angles_deg: torch.Tensor,
     scale: torch.Tensor,
     shape_xyz: tuple[int, int, int],
-    spacing_mm: tuple[float, float, float] | None = None,
+    spacing_mm=None,
 ) -> torch.Tensor:
     """(B, 3, 4) ``affine_grid`` matrices that rotate content by ``angles_deg`` (B, 3) (about x,
     y, z; see ``rotation_xyz``) and scale it by ``scale`` (B,) (s > 1: larger) around the patch
-    centre, for a (B, C, X, Y, Z) patch of ``shape_xyz`` voxels of ``spacing_mm`` (None: cubes).
+    centre, for a (B, C, X, Y, Z) patch of ``shape_xyz`` voxels of ``spacing_mm`` (x, y, z; or
+    (B, 3), each sample's own; None: cubes).
 
     An output voxel at physical offset q from the centre reads the input at R^T q / s. Normalised
     grid coordinates run over each axis' extent, so the matrix is conjugated by the half extents
     (mm), and its rows and columns are reversed: ``affine_grid``'s last dim is ordered (Z, Y, X).
     """
-    spacing = (1.0, 1.0, 1.0) if spacing_mm is None else spacing_mm
-    half = torch.tensor([n * s / 2 for n, s in zip(shape_xyz, spacing, strict=True)])
+    spacing = torch.as_tensor((1.0, 1.0, 1.0) if spacing_mm is None else spacing_mm).double()
+    half = (torch.tensor(shape_xyz, dtype=torch.float64) * spacing / 2).reshape(-1, 3)  # mm
     rotation = rotation_xyz(angles_deg.double() * (math.pi / 180))
     inverse = rotation.transpose(1, 2) / scale.double().view(-1, 1, 1)
-    normalised = inverse * half.double().view(1, 1, 3) / half.double().view(1, 3, 1)
+    normalised = inverse * half.unsqueeze(1) / half.unsqueeze(2)
     flipped = normalised.flip(1).flip(2)  # (x, y, z) -> affine_grid's (z, y, x)
     return F.pad(flipped, (0, 1)).float()  # no translation
 
@@ -116,7 +117,8 @@ def warp_3d(
     return image, warped.squeeze(1).round().to(labels.dtype)
 
 
-def _draw(b: int, shape_xyz, cfg: DataConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
+def _draw(b: int, shape_xyz, cfg: DataConfig, g: torch.Generator,
+          spacing_mm=None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Per-sample parameters on the CPU: mirror (B,), theta (B, 3, 4), gamma, gain, offset,
     sigma (B,) (identities where off); flags moved, gamma_on (B,) bool."""
     mirror = (torch.rand(b, generator=g) < 0.5) if cfg.mirror else torch.zeros(b, dtype=torch.bool)
@@ -125,7 +127,8 @@ def _draw(b: int, shape_xyz, cfg: DataConfig, g: torch.Generator) -> dict[str, t
     angles = (torch.rand(b, 3, generator=g) * 2 - 1) * deg * spatial.view(b, 1)
     scale = torch.where(spatial, _uniform(b, *cfg.scale_range, g), torch.ones(b))
     moved = (angles != 0).any(dim=1) | (scale != 1)  # an identity is not resampled
-    theta = spatial_theta(angles, scale, shape_xyz, cfg.spacing_mm)
+    spacing = cfg.spacing_mm if spacing_mm is None else spacing_mm
+    theta = spatial_theta(angles, scale, shape_xyz, spacing)
     low, high = cfg.gamma_range
     gamma_on = torch.rand(b, generator=g) < cfg.gamma_prob
     # nnU-Net's draw: below 1 (brightens) or above 1 (darkens) with equal odds, whatever the
@@ -167,8 +170,13 @@ def augment_batch_3d(
     cfg: DataConfig,
     generator: torch.Generator,
     mirror_allowed: torch.Tensor | None = None,
+    spacing_mm: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly mirror, rotate/scale and change the intensities of 3D patches (module doc).
+
+    ``spacing_mm``: (B, 3) each sample's voxel size (x, y, z mm) where the patches keep their
+    CTs' own grids (``cfg.spacing_mm`` None), so a rotation turns millimetres, not voxels;
+    None: ``cfg.spacing_mm``.
 
     image (B, C, X, Y, Z) float32 in [-1, 1]; labels (B, X, Y, Z) uint8 label values;
     ``mirror_allowed``: (B,) bool on the CPU, False for samples never to mirror (their subject
@@ -185,7 +193,7 @@ def augment_batch_3d(
         )
     g = generator
     b, device = image.shape[0], image.device
-    drawn = _draw(b, tuple(image.shape[2:]), cfg, g)
+    drawn = _draw(b, tuple(image.shape[2:]), cfg, g, spacing_mm)
     if mirror_allowed is not None:  # after the draw: the random stream stays the same
         drawn["mirror"] = drawn["mirror"] & mirror_allowed.cpu().bool()
     flat = torch.cat([drawn[k].reshape(b, -1).float() for k in _PACKED], dim=1)

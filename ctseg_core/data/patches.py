@@ -135,6 +135,14 @@ class PatchDataset(torch.utils.data.Dataset):
         """(S, 1 + len(structures)) bool, see :func:`.slices.annotated_classes`."""
         return annotated_classes(self.annotated, self.config.data.structures)
 
+    def subject_spacing(self) -> torch.Tensor | None:
+        """(S, 3) float64 each subject's voxel size (x, y, z mm) where the patches keep their
+        CTs' grids (``data.spacing_mm`` None: a rotation must turn millimetres); None where
+        every subject is resampled to ``data.spacing_mm``."""
+        if self.config.data.spacing_mm is not None:
+            return None
+        return torch.tensor([s.spacing_mm for s in self.subjects], dtype=torch.float64)
+
     def mirror_safe(self) -> torch.Tensor | None:
         """(S,) bool, see :func:`.slices.mirror_safe`."""
         return mirror_safe(self.annotated, self.config.data.structures)

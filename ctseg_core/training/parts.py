@@ -221,8 +221,8 @@ def build_parts(
     lut = torch.from_numpy(train_set.lut).long().to(device)
     loss_fn = build_loss(t.loss)
     run_step = StepRunner(net, optimizer, scaler, loss_fn, lut, d, device, amp, channels_last,
-                          t.grad_clip, train_set.annotated_classes(),
-                          train_set.mirror_safe())  # fmt: skip
+                          t.grad_clip, train_set.annotated_classes(), train_set.mirror_safe(),
+                          train_set.subject_spacing() if volumetric else None)  # fmt: skip
     if volumetric:
         samples = d.samples_per_epoch or PATCH_STEPS * d.batch_size * world
     else:

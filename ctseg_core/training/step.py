@@ -51,7 +51,9 @@ def backward_step(
 class StepRunner:
     """The fixed parts of a training step. ``lut``: (118,) int64 label value -> class, on device;
     ``annotated``: (S, K) bool on the CPU, ``SliceDataset.annotated_classes()`` (None: all);
-    ``mirror_safe``: (S,) bool on the CPU, ``SliceDataset.mirror_safe()`` (None: all)."""
+    ``mirror_safe``: (S,) bool on the CPU, ``SliceDataset.mirror_safe()`` (None: all);
+    ``spacing``: (S, 3) float64 on the CPU, each subject's voxel size where 3D patches keep
+    their CTs' grids (``PatchDataset.subject_spacing()``; None: the config's spacing)."""
 
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -65,6 +67,7 @@ class StepRunner:
     grad_clip: float | None
     annotated: torch.Tensor | None = None
     mirror_safe: torch.Tensor | None = None
+    spacing: torch.Tensor | None = None
 
     def __call__(
         self,
@@ -85,8 +88,15 @@ class StepRunner:
             allowed = None
             if self.mirror_safe is not None and subjects is not None:
                 allowed = self.mirror_safe[subjects.cpu()]
-            augment = augment_batch_3d if image.dim() == 5 else augment_batch
-            image, labels = augment(image, labels, self.data, generator, allowed)
+            if image.dim() == 5:
+                spacing = None
+                if self.spacing is not None and subjects is not None:
+                    spacing = self.spacing[subjects.cpu()]
+                image, labels = augment_batch_3d(
+                    image, labels, self.data, generator, allowed, spacing
+                )
+            else:
+                image, labels = augment_batch(image, labels, self.data, generator, allowed)
         if self.channels_last:
             layout = torch.channels_last_3d if image.dim() == 5 else torch.channels_last
             image = image.contiguous(memory_format=layout)
