@@ -190,6 +190,14 @@ class PatchSampler(EpochDraw):
             for s in dataset.subjects
         ]
         self.locations = [s.locations for s in dataset.subjects]
+        without = sum(not c for c in self.choices)
+        if without and self.fraction > 0 and rank == 0:  # drawn at random: said, not hidden
+            share = self.fraction * (1 - without / len(self.choices))
+            log.warning(
+                "%d of %d training subjects hold none of the structures this run learns: their "
+                "patches are drawn at random, so about %.2f of the patches are centred on a "
+                "structure, not %.2f", without, len(self.choices), share, self.fraction,
+            )  # fmt: skip
 
     def draw(self) -> list[PatchItem]:
         """The whole epoch's ``num_samples`` items, before sharding."""
