@@ -379,3 +379,6 @@ def test_an_evaluation_whose_checkpoint_changed_since_is_compared_with_a_note(tm
     (note,) = compare_evaluations(folders["a"], folders["b"], "test", tmp_path / "o").warnings
     assert note.startswith(f"A's checkpoint {ckpt.resolve()} has changed since it was evaluated")
     assert note.endswith("evaluate it again")
+    ckpt.rename(tmp_path / "run" / "moved.pth")  # a renamed run: not called changed
+    (note,) = compare_evaluations(folders["a"], folders["b"], "test", tmp_path / "o").warnings
+    assert note.startswith(f"A's checkpoint {ckpt.resolve()} is no longer there")

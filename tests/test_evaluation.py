@@ -474,6 +474,27 @@ def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, s00
     assert 0 < expected < 0.5
 
 
+def test_a_checkpoint_is_stamped_as_it_was_loaded(tmp_path, s0000_root):
+    """A run that rewrites best.pth while its evaluation scores: the stamp is the loaded
+    file's, so compare says the tables describe an older model (it stamped the new file)."""
+    import json
+
+    from ctseg_core.evaluation.paths import changed_checkpoints
+
+    ckpt = rule_checkpoint(tmp_path / "m.pth", ["vertebrae_L1"], target=(122, 101))
+
+    def rewritten(done, total, subject):  # a resumed run saving best.pth meanwhile
+        ckpt.write_bytes(ckpt.read_bytes() + b"\0" * 16)
+
+    evaluate_predictions(
+        s0000_root, "train", [ckpt], tmp_path / "o", subjects=["s0000"], report=False,
+        progress=rewritten,
+    )  # fmt: skip
+    source = json.loads((tmp_path / "o" / "source_train.json").read_text())
+    (note,) = changed_checkpoints(source, "A")
+    assert "has changed since it was evaluated" in note
+
+
 def test_volume_statistics_match_numpy(s0000_root, extra_dir):
     labels = np.asarray(
         nib.load(str(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz")).dataobj

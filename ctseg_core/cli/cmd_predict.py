@@ -247,7 +247,7 @@ def _summary_lines(scored) -> str:
 
     widths = {name: max(8, len(spec.short) + 2) for name, spec in METRICS.items()}
     head = "".join(f"{spec.short:>{widths[n]}}" for n, spec in METRICS.items())
-    lines = [f"{'structure':<32}{'n':>4}{head}{'missed':>8}"]
+    lines = [f"{'structure':<32}{'n':>4}{head}{'missed':>8}{'misloc.':>8}"]
     for row in scored.sort_values("dice_mean").to_dict("records"):
         cells = ""
         for name, spec in METRICS.items():
@@ -255,7 +255,10 @@ def _summary_lines(scored) -> str:
             # a distance is inf where a structure was missed; its mean is over finite values
             text = "inf" if spec.value_range is None and math.isnan(value) else f"{value:.3f}"
             cells += f"{text:>{widths[name]}}"
-        lines.append(f"{row['structure']:<32}{row['dice_n']:>4}{cells}{row['missed']:>8}")
+        lines.append(
+            f"{row['structure']:<32}{row['dice_n']:>4}{cells}{row['missed']:>8}"
+            f"{row.get('mislocated', 0):>8}"
+        )
     return "\n".join(lines)
 
 

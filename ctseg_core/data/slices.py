@@ -265,8 +265,8 @@ class ForegroundSampler(EpochDraw):
         super().__init__(num_samples, seed, rank, world_size)
         self.fraction = float(foreground_fraction)
         self.total = len(dataset)
-        # the slices holding each structure the run learns (a merge: any of its members); the
-        # presence table holds every label value, learned or not, and background
+        # the slices holding each structure the run learns (a merge: any of its members: one
+        # structure to the draw, not one per member)
         self.by_structure = [
             slices
             for g in structure_groups(dataset.config.data.structures)

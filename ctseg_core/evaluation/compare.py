@@ -373,14 +373,8 @@ def compare_evaluations(
         if only:
             shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
             notes.append(f"{len(only)} subjects only in {side} are left out: {shown}")
-    for side, source in (("A", source_a), ("B", source_b)):  # rewritten since it was scored
-        for path in changed_checkpoints(source):
-            notes.append(
-                f"{side}'s checkpoint {path} has changed since it was evaluated "
-                f"({source.get('written', 'earlier')}): its tables describe the model as it was "
-                "then; evaluate it again"
-            )
     for side, source in (("A", source_a), ("B", source_b)):  # what each evaluation warned of
+        notes += changed_checkpoints(source, side)  # rewritten since it was scored, or gone
         warned = [str(n) for n in source.get("notes") or []]
         if warned:
             more = f" (and {len(warned) - 1} more)" if len(warned) > 1 else ""

@@ -26,6 +26,7 @@ from ..labels import (
     NUM_LABELS,
     NUM_STRUCTURES,
     group_of,
+    member_values,
     merge_lut,
     merged_annotated,
     names_of,
@@ -33,7 +34,7 @@ from ..labels import (
 )
 from ..metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
 from ..metrics.specs import METRICS, LabelScores
-from .paths import remove_stale_report, report_files_of, write_source
+from .paths import file_stamp, remove_stale_report, report_files_of, write_source
 from .prediction_files import find_prediction, prediction_on_reference_grid
 from .tables import RESULT_COLUMNS, detection_table, summarize_results
 
@@ -127,9 +128,10 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         merged = merge_lut(structures)[prediction]
         moved = sorted(int(v) for v in np.unique(prediction[merged != prediction]))
         if moved:
+            into = [n for n in structures if set(member_values(n)) & set(moved)]
             notes.append(
                 f"{path.name}: values {', '.join(map(str, moved))} are members of "
-                f"{', '.join(structures)}, which its label file names: scored as part of it"
+                f"{', '.join(into)}, which its label file names: scored as part of it"
             )
             prediction = merged
     else:
@@ -259,7 +261,7 @@ def evaluate_predictions(
             f"split {split!r} of {index.root} holds no subjects; splits: {index.counts()}"
         )
 
-    predictor, folder, model_labels = None, None, None
+    predictor, folder, model_labels, stamps = None, None, None, None
     skipped: dict[str, str] = {}  # subject id -> why it was not scored
     notes: list[str] = []  # what looks wrong in what was scored (_score_subject)
     boxes: dict[str, list[list[int]]] = {}  # subject id -> the box a 3D checkpoint labelled
@@ -300,6 +302,8 @@ def evaluate_predictions(
         from ..inference.predictor import Predictor
 
         predictor = Predictor(checkpoints, device=device, tta=tta, body_crop=body_crop)
+        # the files as they were loaded (a run may rewrite best.pth while this one scores)
+        stamps = [file_stamp(c) for c in checkpoints]
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
         model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
@@ -373,7 +377,7 @@ def evaluate_predictions(
     write_source(
         out_dir, predictions, index.root, split, scored_ids, tolerance_mm, tta, written, skipped,
         notes, body_crop=body_crop if folder is None and model is None else None,
-        body_boxes=boxes,
+        body_boxes=boxes, checkpoint_stamps=stamps,
     )  # fmt: skip
     remove_stale_report(previous, written)
     results.attrs["skipped"] = skipped

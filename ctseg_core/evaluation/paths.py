@@ -83,14 +83,27 @@ def file_stamp(path: str | Path) -> dict:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def changed_checkpoints(source: Mapping) -> list[str]:
-    """The checkpoints an evaluation's ``source_<split>.json`` scored that have changed (or
-    gone) since: a resumed run rewrites best.pth, and the tables then describe another model."""
-    changed = []
+def changed_checkpoints(source: Mapping, side: str = "the") -> list[str]:
+    """A note for each checkpoint an evaluation's ``source_<split>.json`` scored that has
+    changed since (a resumed run rewrites best.pth: the tables then describe another model) or
+    is no longer where it was (a renamed run: nothing to tell); ``side`` names the evaluation."""
+    notes = []
     for stamp in source.get("checkpoint_files") or []:
-        if isinstance(stamp, Mapping) and "path" in stamp and file_stamp(stamp["path"]) != stamp:
-            changed.append(str(stamp["path"]))
-    return changed
+        if not isinstance(stamp, Mapping) or "path" not in stamp:
+            continue
+        now, path = file_stamp(stamp["path"]), stamp["path"]
+        if now["size"] is None:
+            notes.append(
+                f"{side}'s checkpoint {path} is no longer there (a renamed run?): whether its "
+                "tables describe the model now cannot be told"
+            )
+        elif now != stamp:
+            notes.append(
+                f"{side}'s checkpoint {path} has changed since it was evaluated "
+                f"({source.get('written', 'earlier')}): its tables describe the model as it "
+                "was then; evaluate it again"
+            )
+    return notes
 
 
 def write_source(
@@ -107,6 +120,7 @@ def write_source(
     *,
     body_crop: bool | None = None,
     body_boxes: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    checkpoint_stamps: Sequence[Mapping] | None = None,
 ) -> None:
     """Record in ``out_dir/source_<split>.json`` what the split's tables there score (atomically).
 
@@ -117,7 +131,8 @@ def write_source(
     (``evaluate.evaluate_predictions``); ``body_crop`` (checkpoints only): whether a 3D
     model labelled only the box around the body, ``body_boxes``: id -> that box per subject,
     ``[[x0, x1], [y0, y1], [z0, z1]]`` canonical (RAS) voxel indices, stop exclusive (only
-    subjects with one).
+    subjects with one); ``checkpoint_stamps``: each checkpoint file's ``file_stamp`` as it
+    was loaded (default: taken now).
     """
     from ..fileio import atomic_write_json
     from ..runs.run_folder import utc_now
@@ -139,7 +154,10 @@ def write_source(
     }
     if not folder:
         record["tta"] = tta
-        record["checkpoint_files"] = [file_stamp(p) for p in paths]  # to see them change
+        # to see them change; a model folder is no file to stamp
+        record["checkpoint_files"] = list(
+            checkpoint_stamps or [file_stamp(p) for p in paths if Path(p).is_file()]
+        )
     if body_crop is not None:
         record["body_crop"] = bool(body_crop)
         record["body_boxes"] = {

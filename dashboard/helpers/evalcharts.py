@@ -204,12 +204,12 @@ def worst_case(results: pd.DataFrame, structure: str) -> tuple[str, float] | Non
 
 
 SUBJECT_COLUMNS = ["subject", "structures scored", "mean Dice", "worst structure", "worst Dice",
-                   "missed", "false positive", "median HD95 mm"]  # fmt: skip
+                   "missed", "mislocated", "false positive", "median HD95 mm"]  # fmt: skip
 
 
 def subject_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per subject, worst mean Dice first: structures scored, mean Dice, the worst structure
-    and its Dice, missed and false-positive counts, median HD95 (mm).
+    and its Dice, missed, mislocated and false-positive counts, median HD95 (mm).
 
     A subject with no scored pair (only false positives, say) comes last with None Dice; its
     worst structure is None. Columns as the Evaluate page shows them.
@@ -228,6 +228,7 @@ def subject_table(results: pd.DataFrame) -> pd.DataFrame:
                 "worst structure": None if worst is None else str(worst["structure"]),
                 "worst Dice": None if worst is None else round(float(worst["dice"]), 4),
                 "missed": int((part["status"] == "missed").sum()),
+                "mislocated": int((part["status"] == "mislocated").sum()),
                 "false positive": int((part["status"] == "false_positive").sum()),
                 "median HD95 mm": round(float(np.median(hd[np.isfinite(hd)])), 2)
                 if np.isfinite(hd).any()
