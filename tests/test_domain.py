@@ -226,3 +226,25 @@ def test_a_checkpoint_without_a_record_loads_and_is_judged_by_its_dataset(
     found = outside_training_data(checkpoint_training_data(on_phantom), (0.8, 0.8, 1.0),
                                   [-100.0, 40.0, 300.0], input_is_phantom=False)  # fmt: skip
     assert len(found) == 1 and PHANTOM_ONLY in found[0]  # nothing else recorded to compare
+
+
+def test_a_resume_on_another_copy_of_the_same_subjects_is_refused():
+    """Same ids, other CTs (a phantom of another --size, a downsampled copy): the record's
+    range of voxel sizes tells them apart (the ids' digest alone passed them; reviewer)."""
+    from types import SimpleNamespace
+
+    from ctseg_core.data.domain import check_resumed_data, describe_training_data
+    from ctseg_core.errors import ConfigError
+
+    def subjects(mm):
+        ct = np.full((2, 4, 4), 40, np.int16)  # (Z, X, Y) soft tissue
+        return [
+            SimpleNamespace(subject_id=f"s{i}", spacing_mm=mm, meta={}, ct=ct) for i in range(3)
+        ]
+
+    record = describe_training_data(subjects((1.0, 1.0, 2.5)), "/data/a", "train")
+    check_resumed_data(record, subjects((1.0, 1.0, 2.5)), "/data/a")  # the same: resumed
+    with pytest.raises(ConfigError, match=r"the same subjects in /data/b have \[1.6, 1.6, 4.0\]"):
+        check_resumed_data(record, subjects((1.6, 1.6, 4.0)), "/data/b")
+    with pytest.raises(ConfigError, match="gives 2 other ones here"):
+        check_resumed_data(record, subjects((1.0, 1.0, 2.5))[:2], "/data/b")

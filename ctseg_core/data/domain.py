@@ -130,7 +130,8 @@ def subject_ids_digest(subjects: Sequence) -> str:
 
 def check_resumed_data(record: dict | None, subjects: Sequence, data_root: str | Path) -> None:
     """ConfigError when a resumed run's training subjects are not those its checkpoint's
-    ``record`` trained on (by their ids' digest; a record from before it: by their number): a
+    ``record`` trained on (by their ids' digest, a record from before it by their number; and
+    by the range of their voxel sizes, which another copy of the same subjects changes): a
     relative ``data_root`` read from another folder would continue on other CTs silently."""
     if not record:
         return
@@ -147,6 +148,18 @@ def check_resumed_data(record: dict | None, subjects: Sequence, data_root: str |
             "resume it on the data it started on (a relative path is read from the current "
             "folder), or start a new run"
         )
+    recorded = record.get("spacing_mm")
+    if subjects and isinstance(recorded, dict):  # the same ids, other CTs (another copy)
+        spacings = np.array([s.spacing_mm for s in subjects], dtype=float).reshape(-1, 3)
+        now = {"min": np.round(spacings.min(axis=0), 4).tolist(),
+               "max": np.round(spacings.max(axis=0), 4).tolist()}  # fmt: skip
+        if not all(np.allclose(now[k], recorded.get(k, now[k]), atol=1e-3) for k in now):
+            raise ConfigError(
+                f"this run trained on CTs of {recorded['min']} to {recorded['max']} mm voxels "
+                f"from {record.get('data_root')}; the same subjects in {data_root} have "
+                f"{now['min']} to {now['max']} mm: other CTs; resume it on the data it started "
+                "on, or start a new run"
+            )
 
 
 def record_training_data(
