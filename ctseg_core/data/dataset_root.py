@@ -76,8 +76,11 @@ def seeded_split(
 ) -> dict[str, str]:
     """Assign whole subjects to train/val/test by a stable hash of (seed, id).
 
-    The assignment of one subject does not depend on which other subjects exist, so adding
-    subjects never moves old ones between splits. With 3+ subjects, val and test get at least one.
+    The subjects are ordered by that hash and cut by count (70 / 15 / 15 %), so the same
+    subjects always get the same splits, but adding subjects moves the cuts: a few old ones
+    can cross from train to val or from val to test (an older model's test subject may have
+    been a newer one's validation subject). Write a meta.csv to keep splits fixed as a dataset
+    grows. With 3+ subjects, val and test get at least one.
     """
 
     def rank(sid: str) -> float:
