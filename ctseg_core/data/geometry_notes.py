@@ -86,8 +86,9 @@ def oblique_note(path: Path, affine: np.ndarray) -> str | None:
 def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
     """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
     reads both on a default grid without a word), with sheared or oblique axes (turned over
-    ``OBLIQUE_DEGREES``), with a ``qform`` other than its sform, or with an sform alone whose voxel size is not pixdim's (ITK reads pixdim
-    then), warned once per file; [] when nothing was."""
+    ``OBLIQUE_DEGREES``), with a ``qform`` other than its sform, or with an sform alone whose
+    voxel size is not pixdim's (ITK reads pixdim then), warned once per file; [] when nothing
+    was. A DICOM series (a folder): the oblique note only (its reader checks the rest)."""
     if path.is_dir():  # a DICOM series: the reader checks its spacing and tilt
         oblique = oblique_note(path, img.affine)
         if oblique:

@@ -249,8 +249,8 @@ class EpochDraw(torch.utils.data.Sampler):
 
 class ForegroundSampler(EpochDraw):
     """Slice indices for one epoch: a share drawn structure-first among those the run learns
-    (rare ones get seen; a merge is one structure), the rest uniform. Seeded by (seed, epoch): the same epoch yields the same draw, resumed or not;
-    sharded by rank (``EpochDraw``).
+    (rare ones get seen; a merge is one structure), the rest uniform. Seeded by (seed, epoch):
+    the same epoch yields the same draw, resumed or not; sharded by rank (``EpochDraw``).
     """
 
     def __init__(

@@ -17,10 +17,11 @@ benchmarks/inference_3d.py); class probabilities are averaged instead where logi
 a sigmoid model, or a pass without a channel for some active value, which then counts as
 probability 0 (``Predictor`` refuses ensembles of different structures or outputs, and
 ``augmentations`` mirrors only models whose lateral structures have their partners, so a softmax
-model's passes always have one). The padding holds each member's ``data.patches.pad_value`` after its
-normalisation (``data.padding``: air, or nnU-Net's normalised 0), as the member was trained. The
-scores go back to the CT's own grid a slab of slices at a time (``to_grid.labels_on_grid``), where
-their argmax gives the labels.
+model's passes always have one). Each member pads a CT thinner than its patch on its own grid
+(centred), as it would alone, placed in the largest member's; the padding holds its
+``data.patches.pad_value`` after its normalisation (``data.padding``: air, or nnU-Net's
+normalised 0), as the member was trained. The scores go back to the CT's own grid a slab of
+slices at a time (``to_grid.labels_on_grid``), where their argmax gives the labels.
 
 Logits are added from the network's bf16 output a slab of slices at a time (mixed-precision
 ``addcmul_``: on a CPU PyTorch converts each 16 MB slab to float32 first, on CUDA it casts on
