@@ -379,6 +379,22 @@ def test_an_evaluation_whose_checkpoint_changed_since_is_compared_with_a_note(tm
     (note,) = compare_evaluations(folders["a"], folders["b"], "test", tmp_path / "o").warnings
     assert note.startswith(f"A's checkpoint {ckpt.resolve()} has changed since it was evaluated")
     assert note.endswith("evaluate it again")
-    ckpt.rename(tmp_path / "run" / "moved.pth")  # a renamed run: not called changed
+    ckpt.rename(tmp_path / "run" / "moved.pth")  # gone: not called changed
     (note,) = compare_evaluations(folders["a"], folders["b"], "test", tmp_path / "o").warnings
     assert note.startswith(f"A's checkpoint {ckpt.resolve()} is no longer there")
+    # a run's own evaluation moves with it when the run is renamed: the checkpoint of that
+    # name beside it is compared (every comparison said "no longer there"; reviewer)
+    (tmp_path / "run" / "moved.pth").rename(ckpt)
+    own = tmp_path / "run" / "evaluation"
+    folders["a"].rename(own)
+    write_source(own, [ckpt], tmp_path, "test", subjects, 3.0, False)
+    renamed = (tmp_path / "run").rename(tmp_path / "run2")
+    assert (
+        compare_evaluations(renamed / "evaluation", folders["b"], "test", tmp_path / "o").warnings
+        == []
+    )
+    (renamed / "best.pth").write_bytes(b"epoch 3, longer")
+    (note,) = compare_evaluations(
+        renamed / "evaluation", folders["b"], "test", tmp_path / "o"
+    ).warnings
+    assert note.startswith(f"A's checkpoint {(renamed / 'best.pth').resolve()} has changed")

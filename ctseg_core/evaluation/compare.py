@@ -373,8 +373,8 @@ def compare_evaluations(
         if only:
             shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
             notes.append(f"{len(only)} subjects only in {side} are left out: {shown}")
-    for side, source in (("A", source_a), ("B", source_b)):  # what each evaluation warned of
-        notes += changed_checkpoints(source, side)  # rewritten since it was scored, or gone
+    for side, source, folder in (("A", source_a, a), ("B", source_b, b)):  # what each warned of
+        notes += changed_checkpoints(source, side, folder)  # rewritten since it was scored
         warned = [str(n) for n in source.get("notes") or []]
         if warned:
             more = f" (and {len(warned) - 1} more)" if len(warned) > 1 else ""

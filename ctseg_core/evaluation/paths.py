@@ -83,15 +83,22 @@ def file_stamp(path: str | Path) -> dict:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def changed_checkpoints(source: Mapping, side: str = "the") -> list[str]:
+def changed_checkpoints(source: Mapping, side: str = "the",
+                        folder: str | Path | None = None) -> list[str]:  # fmt: skip
     """A note for each checkpoint an evaluation's ``source_<split>.json`` scored that has
     changed since (a resumed run rewrites best.pth: the tables then describe another model) or
-    is no longer where it was (a renamed run: nothing to tell); ``side`` names the evaluation."""
+    is no longer where it was and not found beside the evaluation ``folder`` either (a run's
+    evaluation moves with it when the run is renamed: the file of that name in the run folder
+    is compared then); ``side`` names the evaluation."""
     notes = []
     for stamp in source.get("checkpoint_files") or []:
         if not isinstance(stamp, Mapping) or "path" not in stamp:
             continue
         now, path = file_stamp(stamp["path"]), stamp["path"]
+        moved = Path(folder).parent / Path(path).name if folder is not None else None
+        if now["size"] is None and moved is not None and moved.is_file():
+            now, path = file_stamp(moved), str(moved.resolve())
+            now["path"] = stamp["path"]  # the same file if its size and mtime are
         if now["size"] is None:
             notes.append(
                 f"{side}'s checkpoint {path} is no longer there (a renamed run?): whether its "

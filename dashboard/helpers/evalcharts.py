@@ -312,6 +312,14 @@ def comparison_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def _signed(value: float) -> str:
+    """``value`` with its sign, 3 decimals; one that rounds to 0 there in 2 significant
+    digits ("B better" beside "+0.000" read as a contradiction)."""
+    if value != 0 and abs(value) < 0.0005 and np.isfinite(value):
+        return f"{value:+.2g}"
+    return f"{value:+.3f}"
+
+
 def comparison_summary(overall: dict, metric: str) -> str:
     """One sentence of the row over all structures (numbers and fixed words only)."""
     spec = METRICS[metric]
@@ -329,7 +337,7 @@ def comparison_summary(overall: dict, metric: str) -> str:
     verdict = f" (B {overall['verdict']})" if overall["verdict"] else ""
     return (
         f"Over all structures: mean {spec.title} A {overall['mean_a']:.3f}, B "
-        f"{overall['mean_b']:.3f}, B − A {overall['difference']:+.3f}{unit}{verdict}{missed}. "
+        f"{overall['mean_b']:.3f}, B − A {_signed(overall['difference'])}{unit}{verdict}{missed}. "
         f"Paired Wilcoxon signed-rank test of the subjects' means ({overall['pairs']} "
         f"subjects): {test}."
     )

@@ -64,3 +64,15 @@ def test_subject_table_puts_the_worst_subject_first_and_the_unscored_last():
     assert b["worst structure"] == "liver" and b["worst Dice"] == 0.6
     assert c["structures scored"] == 0 and c["false positive"] == 1
     assert pd.isna(c["worst structure"]) and pd.isna(c["mean Dice"])
+
+
+def test_a_tiny_overall_difference_is_not_shown_as_zero_beside_a_verdict():
+    """ "B − A +0.000 (B better)" read as a contradiction (reviewer): 2 significant digits."""
+    from dashboard.helpers.evalcharts import comparison_summary
+
+    overall = {"mean_a": 0.6881, "mean_b": 0.68821, "difference": 0.000108, "verdict": "better",
+               "p_value": float("nan"), "p_note": "fewer than 5 subjects", "pairs": 3,
+               "missed_a": 0, "missed_b": 0}  # fmt: skip
+    text = comparison_summary(overall, "dice")
+    assert "B − A +0.00011 (B better)" in text
+    assert "B − A +0.020" in comparison_summary({**overall, "difference": 0.02}, "dice")
