@@ -128,7 +128,8 @@ def predict_upload(upload, workdir: Path) -> None:
         domain = domain_warnings([checkpoint], ct.array.transpose(2, 0, 1), ct.spacing_mm,
                                  input_is_phantom=is_phantom_ct(saved), what=label,
                                  names=[Path(checkpoint).name] if uploaded else None)  # fmt: skip
-        name = Path(checkpoint).name
+        # named as the picker shows it ("tiny (2D) / best.pth": every run has a best.pth)
+        name = Path(checkpoint).name if uploaded else runs.checkpoint_title(checkpoint)
         predictor = Predictor([checkpoint])  # as predict_volume, keeping its last_box
         labels_xyz = predictor.predict(ct, progress=progress)
         box = predictor.last_box  # a 3D model's box around the body

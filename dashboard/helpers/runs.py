@@ -39,6 +39,14 @@ def run_title(name: str, kind: str | None) -> str:
     return f"{name} ({kind})" if kind else name
 
 
+def checkpoint_title(path: str | Path) -> str:
+    """A run's checkpoint as the pickers show it: "<run> (3D) / best.pth"."""
+    from ctseg_core.runs.listing import run_kind
+
+    run_dir = Path(path).parent
+    return f"{run_title(run_dir.name, run_kind(run_dir))} / {Path(path).name}"
+
+
 def run_titles(runs) -> Callable[[str], str]:
     """A ``format_func`` for a select of run names: each with its kind (``RunInfo.kind``)."""
     kinds = {r.name: r.kind for r in runs}

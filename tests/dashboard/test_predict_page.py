@@ -30,7 +30,8 @@ def test_a_new_upload_clears_the_previous_result_and_its_downloads(
     at.run()
     no_problems(at)
     (heading,) = _result_heading(at)
-    assert heading.startswith("first: ") and heading.endswith("(best.pth)")
+    # the run and its kind, as the picker shows them (every run has a best.pth)
+    assert heading.startswith("first: ") and heading.endswith("(tiny (2D) / best.pth)")
     assert len(at.get("download_button")) == 3
     at.run()  # the same upload: its result stays
     assert _result_heading(at) == [heading] and len(at.get("download_button")) == 3
