@@ -30,6 +30,7 @@ import pandas as pd
 from ..errors import ConfigError, DataError
 from ..labels import group_of, is_structure
 from ..metrics.specs import METRICS
+from ..runs.run_folder import RESERVED_NAMES
 from .paths import changed_checkpoints
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,22 @@ def _rankable(differences: np.ndarray) -> np.ndarray:
     return d
 
 
-def _rank_direction(differences: np.ndarray) -> float:
-    """The sign of the signed-rank sum of paired differences (``_rankable``; zeros dropped):
-    which way the test of the same pairs leans, misses included."""
+def _rank_sums(differences: np.ndarray) -> tuple[float, float]:
+    """(sum of the ranks of the positive, of the negative) paired differences (``_rankable``;
+    zeros dropped), as the signed-rank test ranks them."""
     from scipy.stats import rankdata
 
     d = _rankable(differences)
     d = d[d != 0]
-    return float(np.sign((rankdata(np.abs(d)) * np.sign(d)).sum())) if d.size else 0.0
+    ranks = rankdata(np.abs(d)) if d.size else np.zeros(0)
+    return float(ranks[d > 0].sum()), float(ranks[d < 0].sum())
+
+
+def _rank_direction(differences: np.ndarray) -> float:
+    """The sign of the signed-rank sum of paired differences: which way the test of the same
+    pairs leans, misses included."""
+    above, below = _rank_sums(differences)
+    return float(np.sign(above - below))
 
 
 def _leaning_note(p: float, note: str, differences: np.ndarray, verdict: str,
@@ -101,12 +110,7 @@ def _leaning_note(p: float, note: str, differences: np.ndarray, verdict: str,
         return note
     if ((leaning > 0) == higher_is_better) == (verdict == "better"):
         return note
-    from scipy.stats import rankdata
-
-    d = _rankable(differences)
-    d = d[d != 0]
-    ranks = rankdata(np.abs(d))
-    above, below = float(ranks[d > 0].sum()), float(ranks[d < 0].sum())
+    above, below = _rank_sums(differences)
     return (
         f"the signed-rank test leans the other way: the ranks of the {unit} where B - A > 0 "
         f"sum to {above:g}, where B - A < 0 to {below:g}"
@@ -263,9 +267,7 @@ def list_evaluations(checkpoints_root: str | Path) -> list[EvaluationFolder]:
     root = Path(checkpoints_root)
     if not root.is_dir():
         return []
-    runs = [
-        p for p in root.iterdir() if p.is_dir() and p.name not in ("evaluations", "comparisons")
-    ]
+    runs = [p for p in root.iterdir() if p.is_dir() and p.name not in RESERVED_NAMES]
     candidates = [p for run in runs for p in run.glob("evaluation*")]
     candidates += list((root / "evaluations").glob("*"))
     found = []
