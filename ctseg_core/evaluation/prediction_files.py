@@ -81,10 +81,14 @@ def prediction_on_reference_grid(
     voxel_to_voxel = np.linalg.inv(pred.affine) @ np.asarray(affine, dtype=np.float64)
     # "grid-constant": a point within half a voxel of the prediction's first or last voxel is
     # that voxel's; "constant" took anything past their centres (float round-off included) as
-    # outside, dropping the edge slab
+    # outside, dropping the edge slab. Labels + 1 (at most 118 in uint8), so that 0 marks the
+    # reference's voxels outside the prediction's field of view in the same pass
     resampled = ndimage.affine_transform(
-        pred.array, voxel_to_voxel, output_shape=shape_xyz, order=0, mode="grid-constant", cval=0
-    )
+        pred.array + np.uint8(1), voxel_to_voxel, output_shape=shape_xyz, order=0,
+        mode="grid-constant", cval=0,
+    )  # fmt: skip
+    seen = resampled > 0
+    np.subtract(resampled, 1, out=resampled, where=seen)
     if pred.array.any() and not resampled.any():
         raise DataError(
             f"{path.name} does not overlap its reference in world coordinates; check that it "
@@ -92,10 +96,6 @@ def prediction_on_reference_grid(
         )
     log.info("%s resampled onto the reference grid %s", path.name, shape_xyz)
     if notes is not None:  # the reference's voxels the prediction's field of view leaves out
-        seen = ndimage.affine_transform(
-            np.ones(pred.array.shape, np.uint8), voxel_to_voxel, output_shape=shape_xyz,
-            order=0, mode="grid-constant", cval=0,
-        )  # fmt: skip
         outside = 1.0 - float(np.count_nonzero(seen)) / seen.size
         if outside > OUTSIDE_NOTED:
             notes.append(
