@@ -116,7 +116,8 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
     if model_labels is not None:
         annotated &= model_labels
         annotated[0] = True
-    reference = merge_lut(structures)[np.asarray(cached.labels_xyz())]
+    lut = merge_lut(structures)
+    reference = lut[np.asarray(cached.labels_xyz())]
     notes = []
     if folder is not None:
         prediction = prediction_on_reference_grid(
@@ -125,7 +126,7 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         )  # fmt: skip
         # a merge its label file names: members predicted apart (a per-member prediction
         # beside a merged run's label file) are part of it, as in the reference
-        merged = merge_lut(structures)[prediction]
+        merged = lut[prediction]
         moved = sorted(int(v) for v in np.unique(prediction[merged != prediction]))
         if moved:
             into = [n for n in structures if set(member_values(n)) & set(moved)]
@@ -359,19 +360,19 @@ def evaluate_predictions(
     written = []
     if collector is not None:
         notes.extend(collector.notes)
-    try:
-        written = collector.finish(results, summary) if collector is not None else []
-    except Exception as exc:  # the figures; the tables stand (a partial result beats none)
-        collector.discard()
-        first = (str(exc).strip().splitlines() or [""])[0]
-        notes.append(
-            f"the report's figures could not be drawn ({type(exc).__name__}: {first}); the "
-            "tables are complete"
-        )
-        log.warning("%s", notes[-1])
-    except BaseException:
-        collector.discard()
-        raise
+        try:
+            written = collector.finish(results, summary)
+        except Exception as exc:  # the figures; the tables stand (a partial result beats none)
+            collector.discard()
+            first = (str(exc).strip().splitlines() or [""])[0]
+            notes.append(
+                f"the report's figures could not be drawn ({type(exc).__name__}: {first}); the "
+                "tables are complete"
+            )
+            log.warning("%s", notes[-1])
+        except BaseException:
+            collector.discard()
+            raise
     scored_ids = [sid for sid in ids if sid not in skipped]
     boxes = {sid: boxes[sid] for sid in scored_ids if sid in boxes}
     write_source(
