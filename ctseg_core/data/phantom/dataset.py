@@ -127,21 +127,18 @@ def _replace_dir(new: Path, target: Path) -> None:
         os.replace(new, target)
 
 
+def _marker(root: Path, key: str):
+    """``key`` of the phantom marker at ``root`` (None if root is not a phantom folder)."""
+    try:
+        return json.loads((root / MARKER).read_text(encoding="utf-8"))[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _earlier_phantom(root: Path) -> list[str] | None:
     """Subject ids of the phantom at ``root`` (None if root is not a phantom folder)."""
-    try:
-        marker = json.loads((root / MARKER).read_text(encoding="utf-8"))
-        return [str(s) for s in marker["subjects"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _earlier_specs(root: Path) -> list | None:
-    """The subject specs the phantom at ``root`` was written from (None: not readable)."""
-    try:
-        return json.loads((root / MARKER).read_text(encoding="utf-8"))["specs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    subjects = _marker(root, "subjects")
+    return [str(s) for s in subjects] if isinstance(subjects, list) else None
 
 
 def _check_root(root: Path, ids: list[str]) -> list[str]:
@@ -226,7 +223,7 @@ def make_phantom_dataset(
     ids = [s.subject_id for s in specs]
     old = _check_root(root, ids)
     planned = json.loads(json.dumps([asdict(s) for s in specs]))  # as the marker holds them
-    if old and not replace and _earlier_specs(root) != planned:
+    if old and not replace and _marker(root, "specs") != planned:
         raise DataError(
             f"{root} holds a phantom of other subjects (another --subjects, --seed or --size); "
             "runs and evaluations made on it would describe other CTs: give --replace to "
