@@ -83,21 +83,23 @@ def oblique_note(path: Path, affine: np.ndarray) -> str | None:
     )
 
 
-def geometry_notes(path: Path, img, qform: np.ndarray | None = None) -> list[str]:
+def geometry_notes(path: Path, img, qform: np.ndarray | None = None, header=None) -> list[str]:
     """What was assumed for a NIfTI without orientation codes or with a zero voxel size (nibabel
     reads both on a default grid without a word), with sheared or oblique axes (turned over
     ``OBLIQUE_DEGREES``), with a ``qform`` other than its sform, or with an sform alone whose
     voxel size is not pixdim's (ITK reads pixdim then), warned once per file; [] when nothing
-    was. A DICOM series (a folder): the oblique note only (its reader checks the rest)."""
+    was. A DICOM series (a folder): the oblique note only (its reader checks the rest).
+    ``header``: the file's raw header (``raw_header``) where the caller has read it already."""
     if path.is_dir():  # a DICOM series: the reader checks its spacing and tilt
         oblique = oblique_note(path, img.affine)
         if oblique:
             warn_once(path, "oblique", oblique)
         return [oblique] if oblique else []
-    try:
-        header = raw_header(path)
-    except Exception:  # the file was read once already; a header we cannot parse says nothing
-        return []
+    if header is None:
+        try:
+            header = raw_header(path)
+        except Exception:  # the file was read once already; a header we cannot parse says nothing
+            return []
     notes = {}
     zooms = np.asarray(header["pixdim"][1:4], dtype=float)
     zero = [axis for axis, z in zip("xyz", zooms, strict=True) if not z > 0]

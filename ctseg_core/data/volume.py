@@ -175,8 +175,9 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     codes = int(img.header["qform_code"]), int(img.header["sform_code"])  # as on disk
     qform = img.get_qform() if min(codes) > 0 and not path.is_dir() else img.affine
     qform = None if np.allclose(qform, img.affine, atol=1e-3) else qform
-    notes = geometry_notes(path, img, qform)
-    if qform is None and not path.is_dir() and _pixdim_kept(path, img):
+    header = None if path.is_dir() else _raw_header_or_none(path)  # read once for both
+    notes = geometry_notes(path, img, qform, header)
+    if qform is None and header is not None and _pixdim_kept(header, img):
         # an sform alone over another pixdim (in mm): outputs keep the file's pixdim (its
         # unused qform), so ITK, which takes pixdim there, overlays them on the CT
         try:
@@ -187,13 +188,19 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
                   _xform_codes(img), notes, qform)  # fmt: skip
 
 
-def _pixdim_kept(path: Path, img) -> bool:
-    """Whether outputs on this NIfTI's grid keep its pixdim apart from its sform
-    (``pixdim_disagrees``, with pixdim in mm or no unit as ITK would read it again)."""
+def _raw_header_or_none(path: Path):
+    """The file's header as written (``raw_header``); None where it cannot be parsed (the file
+    was read once already: such a header says nothing more)."""
     try:
-        header = raw_header(path)
-    except Exception:  # read once already; a header we cannot parse says nothing
-        return False
+        return raw_header(path)
+    except Exception:
+        return None
+
+
+def _pixdim_kept(header, img) -> bool:
+    """Whether outputs on this NIfTI's grid keep its pixdim apart from its sform
+    (``pixdim_disagrees``, with pixdim in mm or no unit as ITK would read it again); ``header``
+    the file's raw header."""
     unit = header.get_xyzt_units()[0]
     return unit in ("mm", "unknown") and pixdim_disagrees(header, img.affine)
 
