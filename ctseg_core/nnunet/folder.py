@@ -180,8 +180,8 @@ def _fold_key(fold: str) -> tuple:
 
 def _trained_configuration(path: Path) -> str | None:
     """The configuration an nnU-Net checkpoint was trained as (``init_args["configuration"]``),
-    read memory-mapped where it can be (the weights stay on disk); None where it does not say or does not load
-    (``load_weights`` names the file then)."""
+    read memory-mapped where it can be (the weights stay on disk); None where it does not say
+    or does not load (``load_weights`` names the file then)."""
     ckpt = None
     for mmap in (True, False):  # a legacy (not zip) file cannot be memory-mapped
         try:

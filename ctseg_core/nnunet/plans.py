@@ -240,8 +240,8 @@ def resample_torch(data: np.ndarray, shape, current_mm, target_mm,
                    **_) -> np.ndarray:  # fmt: skip
     """(C, X, Y, Z) -> (C, *shape) float32 as nnU-Net's ``resample_torch_fornnunet``: torch's
     ``interpolate`` (trilinear, align_corners False, no antialiasing); an anisotropic grid's
-    slices with ``mode`` ("linear": bilinear), then its coarse axis with ``aniso_axis_mode``. Each channel on
-    its own, so resampling channels one at a time gives the same values."""
+    slices with ``mode`` ("linear": bilinear), then its coarse axis with ``aniso_axis_mode``.
+    Each channel on its own, so resampling channels one at a time gives the same values."""
     import torch
     import torch.nn.functional as F
 
