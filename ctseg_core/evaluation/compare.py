@@ -105,12 +105,11 @@ def _leaning_note(p: float, note: str, differences: np.ndarray, verdict: str,
     """``note``, or where the test's signed ranks lean against the verdict (a finite ``p``;
     a verdict by the mean difference of the pairs both found, or by the mean of the
     structures' means, can), what they lean to: said beside p, which tests those ranks."""
-    leaning = _rank_direction(differences)
-    if not np.isfinite(p) or verdict not in ("better", "worse") or leaning == 0:
-        return note
-    if ((leaning > 0) == higher_is_better) == (verdict == "better"):
-        return note
     above, below = _rank_sums(differences)
+    if not np.isfinite(p) or verdict not in ("better", "worse") or above == below:
+        return note
+    if ((above > below) == higher_is_better) == (verdict == "better"):
+        return note
     return (
         f"the signed-rank test leans the other way: the ranks of the {unit} where B - A > 0 "
         f"sum to {above:g}, where B - A < 0 to {below:g}"
