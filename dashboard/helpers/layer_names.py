@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,19 @@ from ctseg_core.labels import (
     members,
     value_of,
 )
+
+
+@dataclass
+class Layer:
+    """A label volume to show: a name ("reference", "prediction") and (Z, X, Y) uint8 labels;
+    ``names``: value -> name where a value is not its structure (a merged run's merge,
+    ``layer_names.merged_names``), None for none."""
+
+    name: str
+    labels_zxy: np.ndarray
+    source: str  # a unique key of this volume, for caches
+    counts: np.ndarray  # (118,) voxels per label value (from the cache meta or cached.label_counts)
+    names: dict[int, str] | None = None
 
 
 def merged_names(structures: Iterable[str]) -> dict[int, str]:

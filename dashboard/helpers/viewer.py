@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from ctseg_core.labels import GROUPS, LABEL_OF, group_of
@@ -29,35 +28,14 @@ from ctseg_core.viz.slices import (
     to_png_bytes,
     zoom_window,
 )
-from dashboard import cached, state
-from dashboard.helpers.layer_names import (
-    colour_of,
-    name_of,
-    present_names,
-    values_for,
-    visible_mask,
-)
+from dashboard import state
+from dashboard.helpers.layer_names import Layer, colour_of, present_names, visible_mask
+from dashboard.helpers.structure_views import NAME_SEARCH, mesh_view, stats_table
 
 CUSTOM = "custom"
 MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
 MAX_VIEW_HEIGHT_PX = 720  # the tallest a slice is shown
 DEFAULT_ALPHA = 0.45  # the overlays' opacity until the user moves its slider
-#: structure pickers: "liv" finds liver, not every name with l, i, v in order, and Enter picks
-#: the first match rather than "Select 4 matches"
-NAME_SEARCH = {"filter_mode": "contains", "select_all": False}
-
-
-@dataclass
-class Layer:
-    """A label volume to show: a name ("reference", "prediction") and (Z, X, Y) uint8 labels;
-    ``names``: value -> name where a value is not its structure (a merged run's merge,
-    ``layer_names.merged_names``), None for none."""
-
-    name: str
-    labels_zxy: np.ndarray
-    source: str  # a unique key of this volume, for caches
-    counts: np.ndarray  # (118,) voxels per label value (from the cache meta or cached.label_counts)
-    names: dict[int, str] | None = None
 
 
 @dataclass
@@ -257,64 +235,6 @@ def slice_fragment(
         caption=f"{names} · slice {index + 1} of {count} "
         f"({plane_position_mm(affine, ct_zxy.shape, view.plane, index)}) · "
         f"{SCREEN_SIDES[view.plane]} · rendered in {elapsed_ms:.0f} ms",
-    )
-
-
-def stats_table(ct_zxy, layers: list[Layer], structures: list[str], spacing_mm) -> pd.DataFrame:
-    """Volume (ml) and mean HU of each shown structure, per layer (a merge in a reference: its
-    members together; a structure a layer's merge holds: empty for that layer)."""
-    rows = {s: {"structure": s, "group": group_of(s)} for s in structures}
-    for layer in layers:
-        stats = cached.volume_stats(layer.source, layer.labels_zxy, ct_zxy, spacing_mm)
-        for s in structures:
-            values = values_for(layer.names, s)
-            ml = np.asarray(stats.volume_ml)[values]
-            means = np.asarray(stats.mean_hu)[values]
-            found = ml > 0
-            volume = round(float(ml.sum()), 2) if values else None
-            mean = (
-                float((ml[found] * means[found]).sum() / ml[found].sum()) if found.any() else None
-            )
-            rows[s][f"{layer.name} ml"] = volume
-            rows[s][f"{layer.name} mean HU"] = None if mean is None else round(mean, 1)
-    return pd.DataFrame(list(rows.values()))
-
-
-def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_mm, affine) -> None:
-    """A plotly 3D view of chosen structures (decimated meshes, reference and prediction)."""
-    from ctseg_core.viz.mesh import meshes_figure
-
-    if not st.toggle("3D view", key=keys.show3d):
-        return
-    default = structures[:6]
-    before = st.session_state.get(keys.mesh_structures)
-    kept = [s for s in before or [] if s in structures]
-    # the choice survives a subject that has its structures; one with none of them (or a
-    # first view) starts from the default rather than from an empty 3D view; a choice the
-    # user emptied stays empty
-    st.session_state[keys.mesh_structures] = (
-        default if before is None or (before and not kept) else kept
-    )
-    chosen = st.multiselect("Structures in 3D", structures, key=keys.mesh_structures, **NAME_SEARCH)
-    if not chosen:
-        st.caption("Pick structures to see their surfaces.")
-        return
-    started = time.perf_counter()
-    items = []
-    with st.spinner("Building surfaces …"):
-        for layer in layers:
-            kind = "prediction" if layer.name == "prediction" else "reference"
-            values = np.flatnonzero(visible_mask(layer.names, chosen))
-            built = cached.meshes_cached(
-                layer.source, layer.labels_zxy, values, spacing_mm, affine, kind
-            )  # named by value; a merged value by its merge
-            items += [{**i, "name": name_of(layer.names, i["value"])} for i in built]
-    fig = meshes_figure(items)
-    fig.update_layout(height=560, margin={"l": 0, "r": 0, "t": 30, "b": 0})
-    st.plotly_chart(fig, key=f"{keys.prefix}_mesh_chart")
-    faces = sum(len(i["faces"]) for i in items)
-    st.caption(
-        f"{len(items)} surfaces, {faces} triangles, built in {time.perf_counter() - started:.2f} s"
     )
 
 
