@@ -78,13 +78,15 @@ def main() -> None:
                 pred = cached_models.model_prediction_zxy(root, subject, model, progress)
                 source = cached.prediction_source(root, subject, model=model)
                 names = cached_models.model_names(model)
+                learned = frozenset(cached_models.model_predictor(model).structures)
             else:
                 checkpoint = str(checkpoints[choice])
                 pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
                 source = cached.prediction_source(root, subject, checkpoint=checkpoint)
                 names = layer_names.checkpoint_names(checkpoint)  # a merge: named by the merge
+                learned = layer_names.checkpoint_learned(checkpoint)
             counts = cached.label_counts(source, pred)
-            layers.append(Layer("prediction", pred, source, counts, names))
+            layers.append(Layer("prediction", pred, source, counts, names, learned))
             if choice not in models:  # an nnU-Net model states no training domain
                 for message in cached.domain_warnings(root, subject, checkpoints[choice]):
                     st.warning(state.plain(message), icon=":material/warning:")

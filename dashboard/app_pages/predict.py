@@ -121,7 +121,8 @@ def predict_upload(upload, workdir: Path) -> None:
     if checkpoint.startswith(state.MODEL_PREFIX):  # as `ctseg predict --model` does
         model = cached_models.all_models()[checkpoint]
         domain, name = model_notes(model), cached_models.model_titles()[checkpoint]
-        labels_xyz = cached_models.model_predictor(str(model.path)).predict(ct, progress=progress)
+        predictor = cached_models.model_predictor(str(model.path))
+        labels_xyz = predictor.predict(ct, progress=progress)
         names = cached_models.model_names(str(model.path))
     else:
         uploaded = Path(checkpoint).is_relative_to(workdir)  # named as uploaded, not its copy
@@ -147,6 +148,7 @@ def predict_upload(upload, workdir: Path) -> None:
         "nifti": out.read_bytes(),
         "checkpoint": name,
         "names": names,  # value -> merge name (labels.MERGES) where a value is a merge
+        "learned": frozenset(predictor.structures),
         # what reading said (files left out, a resampled series, the series chosen), then HU
         "warnings": [_named(n, label) for n in [*notes, hu_problem(ct.array, label)] if n],
         "domain": domain,
@@ -204,7 +206,7 @@ def show_result(result: dict) -> None:
     )  # fmt: skip
     digest = hashlib.sha1(counts.tobytes()).hexdigest()[:12]
     source = f"predict:{result['name']}:{result['checkpoint']}:{digest}"
-    layer = Layer("prediction", labels, source, counts, result.get("names"))
+    layer = Layer("prediction", labels, source, counts, result.get("names"), result.get("learned"))
     volume_viewer(state.PREDICT_VIEW, result["ct_zxy"], [layer], result["spacing_mm"],
                   result["affine"], volume_id=source)  # fmt: skip
 

@@ -34,13 +34,15 @@ from ctseg_core.labels import (
 class Layer:
     """A label volume to show: a name ("reference", "prediction") and (Z, X, Y) uint8 labels;
     ``names``: value -> name where a value is not its structure (a merged run's merge,
-    ``layer_names.merged_names``), None for none."""
+    ``layer_names.merged_names``), None for none; ``learned``: the structures (and merges) a
+    prediction's model learns, None where unknown (a reference, any tool's prediction)."""
 
     name: str
     labels_zxy: np.ndarray
     source: str  # a unique key of this volume, for caches
     counts: np.ndarray  # (118,) voxels per label value (from the cache meta or cached.label_counts)
     names: dict[int, str] | None = None
+    learned: frozenset[str] | None = None
 
 
 def merged_names(structures: Iterable[str]) -> dict[int, str]:
@@ -71,6 +73,18 @@ def values_for(names: Mapping[int, str] | None, name: str) -> list[int]:
         return [v for v in member_values(name) if v not in names]
     value = LABEL_OF[name]
     return [] if value in names else [value]
+
+
+def learned_values_for(layer: Layer, name: str) -> list[int] | None:
+    """The values of ``layer`` that show ``name`` (``values_for``), or None where its model does
+    not learn ``name`` (a blank there says nothing about the structure); [] where the layer's
+    merge holds it."""
+    values = values_for(layer.names, name)
+    if layer.learned is None or not values:
+        return values
+    learned = {value_of(s) for s in layer.learned}
+    kept = [v for v in values if v in learned]
+    return kept or None
 
 
 def visible_mask(names: Mapping[int, str] | None, shown: Iterable[str]) -> np.ndarray:
@@ -105,17 +119,23 @@ def colour_of(name: str) -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _checkpoint_names(path: str, mtime_ns: int) -> dict[int, str]:
+def _checkpoint_structures(path: str, mtime_ns: int) -> tuple[str, ...]:
     from ctseg_core.models.checkpoint import checkpoint_structures
 
-    return merged_names(checkpoint_structures(path))
+    return tuple(checkpoint_structures(path))
+
+
+def checkpoint_learned(checkpoint: str | Path) -> frozenset[str]:
+    """The structures (and merges) a checkpoint's run learns: its prediction layer's
+    ``learned``; read once per file version (memory-mapped, no tensors)."""
+    path = Path(checkpoint).expanduser().resolve()
+    return frozenset(_checkpoint_structures(str(path), path.stat().st_mtime_ns))
 
 
 def checkpoint_names(checkpoint: str | Path) -> dict[int, str]:
     """A checkpoint's prediction layer's ``names``: value -> merge of the merges its run
-    learns ({} for none); read once per file version (memory-mapped, no tensors)."""
-    path = Path(checkpoint).expanduser().resolve()
-    return dict(_checkpoint_names(str(path), path.stat().st_mtime_ns))
+    learns ({} for none)."""
+    return merged_names(checkpoint_learned(checkpoint))
 
 
 def folder_prediction_names(subject_id: str, folder: str | Path) -> dict[int, str]:

@@ -11,7 +11,7 @@ import streamlit as st
 
 from ctseg_core.labels import group_of
 from dashboard import cached, state
-from dashboard.helpers.layer_names import Layer, name_of, values_for, visible_mask
+from dashboard.helpers.layer_names import Layer, learned_values_for, name_of, visible_mask
 
 #: structure pickers: "liv" finds liver, not every name with l, i, v in order, and Enter picks
 #: the first match rather than "Select 4 matches"
@@ -20,12 +20,13 @@ NAME_SEARCH = {"filter_mode": "contains", "select_all": False}
 
 def stats_table(ct_zxy, layers: list[Layer], structures: list[str], spacing_mm) -> pd.DataFrame:
     """Volume (ml) and mean HU of each shown structure, per layer (a merge in a reference: its
-    members together; a structure a layer's merge holds: empty for that layer)."""
+    members together; a structure a layer's merge holds, or its model does not learn: empty
+    for that layer, not 0 ml)."""
     rows = {s: {"structure": s, "group": group_of(s)} for s in structures}
     for layer in layers:
         stats = cached.volume_stats(layer.source, layer.labels_zxy, ct_zxy, spacing_mm)
         for s in structures:
-            values = values_for(layer.names, s)
+            values = learned_values_for(layer, s) or []
             ml = np.asarray(stats.volume_ml)[values]
             means = np.asarray(stats.mean_hu)[values]
             found = ml > 0
@@ -36,6 +37,20 @@ def stats_table(ct_zxy, layers: list[Layer], structures: list[str], spacing_mm) 
             rows[s][f"{layer.name} ml"] = volume
             rows[s][f"{layer.name} mean HU"] = None if mean is None else round(mean, 1)
     return pd.DataFrame(list(rows.values()))
+
+
+def unlearned_note(layers: list[Layer], structures: list[str]) -> str | None:
+    """A caption naming the shown structures a prediction's model does not learn, or None."""
+    notes = []
+    for layer in layers:
+        unlearned = [s for s in structures if learned_values_for(layer, s) is None]
+        if unlearned:
+            shown = ", ".join(unlearned[:6]) + (" ..." if len(unlearned) > 6 else "")
+            notes.append(
+                f"Blank in {layer.name}: {len(unlearned)} shown structures its model does not "
+                f"learn ({shown})."
+            )
+    return " ".join(notes) or None
 
 
 def mesh_view(keys: state.WidgetKeys, layers: list[Layer], structures, spacing_mm, affine) -> None:

@@ -30,7 +30,12 @@ from ctseg_core.viz.slices import (
 )
 from dashboard import state
 from dashboard.helpers.layer_names import Layer, colour_of, present_names, visible_mask
-from dashboard.helpers.structure_views import NAME_SEARCH, mesh_view, stats_table
+from dashboard.helpers.structure_views import (
+    NAME_SEARCH,
+    mesh_view,
+    stats_table,
+    unlearned_note,
+)
 
 CUSTOM = "custom"
 MIN_DISPLAY_PX = 480  # small volumes are upscaled (nearest neighbour) to at least this size
@@ -313,4 +318,6 @@ def volume_viewer(
         return
     with st.expander("Volumes and mean HU of the shown structures", expanded=False):
         st.dataframe(stats_table(ct_zxy, layers, shown, spacing_mm), hide_index=True)
+        if note := unlearned_note(layers, shown):
+            st.caption(state.plain(note))
     mesh_view(keys, layers, shown, spacing_mm, affine)

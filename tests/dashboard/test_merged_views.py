@@ -17,7 +17,9 @@ from ctseg_core.data.dataset_root import open_dataset
 from ctseg_core.inference.label_files import write_label_files
 from ctseg_core.labels import LABEL_OF, MERGES, merge_lut, names_of
 from dashboard.helpers.layer_names import (
+    Layer,
     checkpoint_names,
+    learned_values_for,
     present_names,
     values_for,
     visible_mask,
@@ -49,6 +51,19 @@ def test_a_merged_layer_shows_its_value_as_the_merge_and_the_reference_its_membe
     ]  # fmt: skip
     prediction[LUNGS] = 0  # a prediction that missed the lungs: still offered beside the lobes
     assert "lungs" in present_names(layers)
+
+
+def test_a_structure_its_model_does_not_learn_has_no_values_in_a_prediction_layer():
+    counts = np.zeros(118, dtype=np.int64)
+    merged = Layer("prediction", None, "p", counts, {LUNGS: "lungs"}, frozenset({"lungs", "aorta"}))
+    assert learned_values_for(merged, "lungs") == [LUNGS]
+    assert learned_values_for(merged, "aorta") == [LABEL_OF["aorta"]]
+    assert learned_values_for(merged, LOBES[0]) == []  # held by its merge
+    assert learned_values_for(merged, "liver") is None  # never learned: no evidence either way
+    per_lobe = Layer("prediction", None, "p", counts, None, frozenset(LOBES[:2]))
+    assert learned_values_for(per_lobe, "lungs") == [LABEL_OF[n] for n in LOBES[:2]]
+    reference = Layer("reference", None, "r", counts)
+    assert learned_values_for(reference, "liver") == [LABEL_OF["liver"]]
 
 
 def _merged_predictions(dirs, folder, subjects) -> None:

@@ -125,6 +125,13 @@ def test_evaluate_scores_the_model_explore_shows_it_and_compare_puts_it_beside_a
     for structure in ("liver", "aorta"):
         ml = (predicted_zxy == LABEL_OF[structure]).sum() * voxel_ml
         assert table.loc[structure, "prediction ml"] == pytest.approx(ml, abs=0.005)  # 0.01 ml
+    # a structure the model does not learn is blank, not "0 ml", and the caption says why
+    unlearned = [s for s in table.index if s not in ("spleen", "liver", "aorta")]
+    assert unlearned and table.loc[unlearned, "prediction ml"].isna().all()
+    assert table.loc[unlearned, "reference ml"].notna().all()
+    assert any(as_shown(c.value).startswith("Blank in prediction: ") for c in at.caption), [
+        c.value for c in at.caption
+    ]
 
     # Compare: the run (A) against the model (B), titled as the model
     at.switch_page("app_pages/evaluate.py")
