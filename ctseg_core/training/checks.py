@@ -7,11 +7,18 @@ on request, the dataset's splits. Every problem found is named in one ConfigErro
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+
 from ..config import RunConfig
 from ..data.dataset_root import check_splits
 from ..device import AMP_MODES
 from ..errors import ConfigError
+from ..models import build_model
+from ..models.checkpoint import estimated_checkpoint_bytes
 from ..models.registry import MODELS
+from ..runs.run_folder import check_disk_space
 from .losses import LOSSES
 from .optim import OPTIMIZERS, SCHEDULERS
 
@@ -60,3 +67,14 @@ def check_run_config(cfg: RunConfig, check_data: bool = False) -> RunConfig:
         d = cfg.data
         check_splits(d.data_root, d.train_split, d.val_split, seed=d.seed)
     return cfg
+
+
+def disk_space_warning(cfg: RunConfig, run_dir: Path, done_epochs: int) -> str | None:
+    """Refuse a start without room for best.pth and last.pth (CtsegError); a one-line warning
+    when the checkpoint_epoch<N>.pth files still to come will not fit, else None."""
+    t = cfg.train
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        size = estimated_checkpoint_bytes(build_model(cfg.model), t.optimizer)
+    every = t.checkpoint_every
+    files = t.epochs // every - done_epochs // every if every else 0
+    return check_disk_space(run_dir, size, files)

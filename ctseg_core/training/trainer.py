@@ -28,20 +28,14 @@ from ..data.domain import record_training_data
 from ..device import resolve_amp, resolve_device
 from ..errors import ConfigError, CtsegError, TrainingError
 from ..fileio import atomic_write_json, atomic_write_text
-from ..models import build_model
-from ..models.checkpoint import config_of, estimated_checkpoint_bytes, load_to_resume, resume_source
+from ..models.checkpoint import config_of, load_to_resume, resume_source
 from ..nnunet.finetune import write_init_record
-from ..runs.run_folder import (
-    check_disk_space,
-    default_checkpoints_root,
-    new_run_dir,
-    refuse_if_active,
-)
+from ..runs.run_folder import default_checkpoints_root, new_run_dir, refuse_if_active
 from ..runs.status import Callback, Progress, StatusFile, failure_text
 from ..runs.stop_request import STOP_REQUEST
 from . import distributed as ddp
 from .budget import Budget, continue_budget
-from .checks import check_run_config
+from .checks import check_run_config, disk_space_warning
 from .epoch_files import save_epoch
 from .memory import check_fits
 from .optim import step_scheduler
@@ -143,25 +137,15 @@ class Trainer:
                     "free disk space or choose a writable checkpoints folder"
                 ) from None
             done = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
-            self._check_disk_space(done)
+            self.status.warning = disk_space_warning(self.config, self.run_dir, done)
+            if self.status.warning:
+                log.warning(self.status.warning)
             (self.run_dir / STOP_REQUEST).unlink(missing_ok=True)  # the request of a past stop
             self.status.write(
                 Progress("start", "queued", self.run_dir, done, self.config.train.epochs),
                 force=True,
             )
         return self.run_dir
-
-    def _check_disk_space(self, done_epochs: int) -> None:
-        """Refuse a start without room for best.pth and last.pth; keep a warning in status.json
-        when the checkpoint_epoch<N>.pth files still to come will not fit."""
-        t = self.config.train
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            size = estimated_checkpoint_bytes(build_model(self.config.model), t.optimizer)
-        every = t.checkpoint_every
-        files = t.epochs // every - done_epochs // every if every else 0
-        self.status.warning = check_disk_space(self.run_dir, size, files)
-        if self.status.warning:
-            log.warning(self.status.warning)
 
     def mark_stopping(self) -> None:
         """Show state "stopping" in status.json at once (from any thread), unless the run has
