@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.data.dataset_root import open_dataset
 from ctseg_core.errors import CtsegError
 from ctseg_core.models.checkpoint import load_checkpoint, load_model
 from ctseg_core.runs.listing import list_runs
@@ -58,6 +61,7 @@ def test_training_on_the_phantom_writes_the_whole_run_folder(phantom_root, tmp_p
     assert json.loads((run_dir / "label_map.json").read_text())["1"] == "liver"
     status = read_status(run_dir)
     assert status["state"] == "finished" and status["epoch"] == 3 and status["error"] is None
+    assert status["warning"] is None  # every structure annotated in both splits
     history = read_history(run_dir)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert set(history[0]["val_dice"]) == set(FEW)
@@ -81,6 +85,31 @@ def test_training_on_the_phantom_writes_the_whole_run_folder(phantom_root, tmp_p
     assert loaded.data.structures == FEW and loaded.model.deep_supervision == 2
     assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 8, 64, 64)
     assert [r.name for r in list_runs(tmp_path)] == ["ph"]
+
+
+def test_structures_annotated_in_no_subject_of_a_split_are_said_in_the_log_and_status(
+    phantom_root, tmp_path, caplog
+):
+    """A misnamed mask file ("Liver.nii.gz") leaves its structure unannotated everywhere: its
+    output would learn nothing, its validation Dice would be None and the mean without it."""
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    for seg in root.glob("*/segmentations"):
+        (seg / "liver.nii.gz").rename(seg / "Liver.nii.gz")
+    for sid in open_dataset(root).subjects_in("val"):
+        (root / sid / "segmentations" / "spleen.nii.gz").unlink()
+    config = tiny_config(root, "named", epochs=1, steps_per_epoch=1)
+    config.data.structures = FEW
+    trainer = Trainer(config, checkpoints_root=tmp_path / "runs")
+    run_dir = trainer.open_run()
+    with caplog.at_level(logging.WARNING):
+        assert trainer.run() == "finished"
+    warning = read_status(run_dir)["warning"]
+    assert "1 of the 7 structures this run learns are annotated in no training subject " in warning
+    assert "(liver): their outputs learn nothing" in warning
+    assert "annotated in no validation subject (liver, spleen): the mean validation" in warning
+    assert sum("annotated in no" in r.getMessage() for r in caplog.records) == 2
+    assert read_history(run_dir)[0]["val_dice"]["spleen"] is None
 
 
 def test_resume_gives_the_same_history_as_an_uninterrupted_run(phantom_root, tmp_path):

@@ -7,14 +7,17 @@ on request, the dataset's splits. Every problem found is named in one ConfigErro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import RunConfig
 from ..data.dataset_root import check_splits
 from ..device import AMP_MODES
 from ..errors import ConfigError
+from ..labels import merged_annotated, value_of
 from ..models import build_model
 from ..models.checkpoint import estimated_checkpoint_bytes
 from ..models.registry import MODELS
@@ -78,3 +81,30 @@ def disk_space_warning(cfg: RunConfig, run_dir: Path, done_epochs: int) -> str |
     every = t.checkpoint_every
     files = t.epochs // every - done_epochs // every if every else 0
     return check_disk_space(run_dir, size, files)
+
+
+def unannotated_warnings(
+    train_annotated: np.ndarray, val_annotated: np.ndarray, structures: Sequence[str]
+) -> list[str]:
+    """One line per split for the learned structures that none of its subjects annotates.
+
+    ``*_annotated``: (S, 118) bool per label value (a mask file exists); a merge counts where
+    all its members are annotated. Unannotated in training, a structure's output learns nothing
+    (and its prior keeps it from ever being predicted); in validation, the mean validation Dice
+    leaves it out. A misnamed mask file (not a TotalSegmentator v2 name) is the usual cause.
+    """
+    warnings = []
+    for what, annotated, effect in (
+        ("training", train_annotated, "their outputs learn nothing and are hardly ever predicted"),
+        ("validation", val_annotated, "the mean validation Dice leaves them out"),
+    ):
+        table = merged_annotated(np.asarray(annotated, dtype=bool), structures)
+        missing = [s for s in structures if not table[:, value_of(s)].any()]
+        if missing:
+            named = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            warnings.append(
+                f"{len(missing)} of the {len(structures)} structures this run learns are "
+                f"annotated in no {what} subject ({named}): {effect}; check their mask file "
+                "names (`ctseg info` lists unknown ones) or leave them out of the run"
+            )
+    return warnings

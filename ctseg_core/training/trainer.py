@@ -246,6 +246,9 @@ class Trainer:
             )
             if parts.init_record:  # a run started from an nnU-Net model's weights
                 write_init_record(self.run_dir, parts.init_record)
+            for text in parts.data_warnings:  # in the log, and on the Train page
+                log.warning("%s", text)
+                self.status.warning = " ".join(filter(None, [self.status.warning, text]))
         figure = parts.sample_figure(cfg) if (t.sample_figure and self.rank == 0) else None
         scores = [epoch_score(r) for r in history]
         best = max(scores) if scores else -math.inf

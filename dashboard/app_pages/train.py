@@ -262,7 +262,7 @@ def run_view(run_name: str, smoothing: float, log_y: bool) -> None:
     if status.get("error"):
         st.error(state.plain(f"{run_name}: {status['error']}"))
     if status.get("warning"):
-        state.show_warning(f"{run_name}: {status['warning']}", icon=":material/hard_drive:")
+        state.show_warning(f"{run_name}: {status['warning']}", icon=":material/warning:")
     if active:
         stop_button(run_dir)
     elif run_state in ("finished", "failed", "stopped"):
