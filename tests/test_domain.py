@@ -51,6 +51,39 @@ def test_the_record_holds_the_training_cts_spacing_and_hu_ranges(phantom_root, s
     assert record["body_hu"]["max"][2] > 150
 
 
+def test_a_slice_model_is_warned_of_a_ct_whose_field_of_view_it_would_magnify(
+    derived_sample, cache_dir
+):
+    """A 2D model sees each axial slice resized to its target size: a CT cropped to a third of
+    the smallest training CT's extent reaches it magnified 3x; a 3D model (patches at a
+    spacing) does not."""
+    train = _entries(derived_sample, cache_dir)
+    record = describe_training_data(train, derived_sample, "all", slice_model=True)
+    extents = np.array([np.multiply(e.ct.shape[1:], e.spacing_mm[:2]) for e in train])
+    assert record["slice_field_of_view_mm"]["min"] == pytest.approx(extents.min(axis=0), abs=0.1)
+    assert record["slice_field_of_view_mm"]["max"] == pytest.approx(extents.max(axis=0), abs=0.1)
+    assert "slice_field_of_view_mm" not in describe_training_data(train, derived_sample, "all")
+
+    def check(record, ct_zxy, spacing_mm):
+        extent = np.multiply(ct_zxy.shape[1:], spacing_mm[:2])
+        return outside_training_data(record, spacing_mm, body_hu_percentiles(ct_zxy),
+                                     input_is_phantom=False, field_of_view_mm=extent)  # fmt: skip
+
+    for entry in train:
+        assert check(record, entry.ct, entry.spacing_mm) == [], entry.subject_id
+    entry = train[int(np.argmin(extents.prod(axis=1)))]
+    nx, ny = (n // 3 for n in entry.ct.shape[1:])
+    crop = np.asarray(entry.ct[:, :nx, :ny])
+    (found,) = check(record, crop, entry.spacing_mm)
+    x_mm, y_mm = nx * entry.spacing_mm[0], ny * entry.spacing_mm[1]
+    assert found.startswith("the CT covers another field of view than the CTs the checkpoint")
+    lo, hi = record["slice_field_of_view_mm"]["min"], record["slice_field_of_view_mm"]["max"]
+    assert f"x {x_mm:.0f} mm (trained on {lo[0]:.0f}-{hi[0]:.0f})" in found
+    assert f"y {y_mm:.0f} mm (trained on {lo[1]:.0f}-{hi[1]:.0f})" in found
+    volumetric = describe_training_data(train, derived_sample, "all")
+    assert check(volumetric, crop, entry.spacing_mm) == []
+
+
 def test_body_percentiles_are_those_of_the_whole_ct_within_10_hu(s0000_root):
     """A CT of 30 slices of 512 x 512 real HU (sampled in z and in-plane, not whole): each
     slice a mosaic of 4 x 5 of s0000's 30 slices (122 x 101), air around them."""

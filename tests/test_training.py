@@ -62,6 +62,8 @@ def test_training_on_the_phantom_writes_the_whole_run_folder(phantom_root, tmp_p
     status = read_status(run_dir)
     assert status["state"] == "finished" and status["epoch"] == 3 and status["error"] is None
     assert status["warning"] is None  # every structure annotated in both splits
+    record = json.loads((run_dir / "training_data.json").read_text())
+    assert record["slice_field_of_view_mm"]["min"][0] > 0  # what a 2D model's pixel depends on
     history = read_history(run_dir)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert set(history[0]["val_dice"]) == set(FEW)

@@ -6,7 +6,12 @@ The record, ``training_data.json`` in a run folder and ``"training_data"`` in it
      "subjects": int, "subject_ids_sha1": str,              # which CTs (sorted ids' SHA-1)
      "spacing_mm": {"min": [x, y, z], "max": [x, y, z]},   # canonical axes, over the subjects
      "hu_range": [min, max],                                # over all training CTs (HU)
-     "body_hu": {"percentiles": [5, 50, 95], "min": [...], "max": [...], "subjects": int}}
+     "body_hu": {"percentiles": [5, 50, 95], "min": [...], "max": [...], "subjects": int},
+     "slice_field_of_view_mm": {"min": [x, y], "max": [x, y]}}  # slice (2D, 2.5D) models only
+
+``slice_field_of_view_mm``: the axial slices' extent (voxels x spacing) over the subjects. A
+slice model sees every slice resized to its ``target_size``, so its pixel is that extent over
+the target size: a CT of a much smaller or larger field of view is seen magnified or shrunk.
 
 ``body_hu``: per CT, the percentiles of its body voxels (HU >= ``BODY_HU``: air and lung left
 out, so the share of air around a patient does not move them), from a subsample of at most
@@ -81,12 +86,15 @@ def is_phantom_ct(path: str | Path) -> bool:
         return False
 
 
-def describe_training_data(subjects: Sequence, data_root: str | Path, split: str) -> dict:
+def describe_training_data(
+    subjects: Sequence, data_root: str | Path, split: str, slice_model: bool = False
+) -> dict:
     """The record of the CTs a model trains on (module docstring), from their cache entries.
 
     ``subjects``: ``CachedSubject`` entries (``spacing_mm``, ``meta["hu_range"]``, ``ct`` as
     (Z, X, Y)); spacing and HU range from every entry's metadata, body percentiles from a sample
-    of at most ``MAX_HU_SUBJECTS`` of them.
+    of at most ``MAX_HU_SUBJECTS`` of them; ``slice_model``: a 2D / 2.5D model (its record
+    holds the slices' field of view).
     """
     spacings = np.array([s.spacing_mm for s in subjects], dtype=float).reshape(-1, 3)
     ranges = [s.meta.get("hu_range") for s in subjects]
@@ -112,6 +120,12 @@ def describe_training_data(subjects: Sequence, data_root: str | Path, split: str
         }
     if len(ranges):
         record["hu_range"] = [int(ranges[:, 0].min()), int(ranges[:, 1].max())]
+    if slice_model and len(spacings):
+        extent = np.array([s.ct.shape[1:] for s in subjects], dtype=float) * spacings[:, :2]
+        record["slice_field_of_view_mm"] = {
+            "min": [round(float(v), 1) for v in extent.min(axis=0)],
+            "max": [round(float(v), 1) for v in extent.max(axis=0)],
+        }
     if len(profiles):
         record["body_hu"] = {
             "percentiles": list(PERCENTILES),
@@ -163,11 +177,16 @@ def check_resumed_data(record: dict | None, subjects: Sequence, data_root: str |
 
 
 def record_training_data(
-    run_dir: str | Path, subjects: Sequence, data_root: str | Path, split: str, resumed=None
+    run_dir: str | Path,
+    subjects: Sequence,
+    data_root: str | Path,
+    split: str,
+    resumed=None,
+    slice_model: bool = False,
 ) -> dict:
     """The record of a run (``resumed``: the one its checkpoint kept, else described now),
     written to ``run_dir/training_data.json``; a failed write is logged, not fatal."""
-    record = resumed or describe_training_data(subjects, data_root, split)
+    record = resumed or describe_training_data(subjects, data_root, split, slice_model)
     try:
         atomic_write_json(Path(run_dir) / RECORD_FILE, record)
     except OSError as exc:

@@ -1,9 +1,11 @@
 """Whether a CT lies outside what a checkpoint was trained on: one-line warnings to show beside
 its labels (``ctseg predict``'s log and notes, the Predict and Explore pages).
 
-Three checks against the checkpoint's record (``data.domain``): a model trained on the synthetic
+Four checks against the checkpoint's record (``data.domain``): a model trained on the synthetic
 phantom applied to a CT that is not the phantom's; a voxel spacing more than ``SPACING_FACTOR``
-times finer or coarser than the training CTs' along an axis; body HU percentiles more than
+times finer or coarser than the training CTs' along an axis; for a slice (2D, 2.5D) model, an
+axial field of view as much smaller or larger (the model sees it resized to its slice size, so
+its anatomy magnified or shrunk); body HU percentiles more than
 ``HU_MARGIN`` HU beyond the training CTs' range (a CT not in Hounsfield units, a wrong rescale,
 another modality). A checkpoint without a record (written before records were kept) is checked
 for the phantom only, when the dataset its config names is a phantom; others pass unchecked.
@@ -58,12 +60,14 @@ def outside_training_data(
     input_is_phantom: bool,
     what: str = "the CT",
     model: str = "the checkpoint",
+    field_of_view_mm: Sequence[float] | None = None,
 ) -> list[str]:
     """One-line warnings for a CT outside ``record`` (empty: inside it, or nothing recorded).
 
     ``spacing_mm``: the CT's voxel size along canonical x, y, z; ``ct_body_hu``: its
     ``body_hu_percentiles`` (None: no body voxels, which ``hu_problem`` reports);
-    ``input_is_phantom``: the CT is the synthetic phantom's (``data.domain.is_phantom_ct``).
+    ``input_is_phantom``: the CT is the synthetic phantom's (``data.domain.is_phantom_ct``);
+    ``field_of_view_mm``: its axial extent along x, y (voxels x spacing), None: not checked.
     """
     if not record:
         return []
@@ -86,6 +90,21 @@ def outside_training_data(
             found.append(
                 f"{what} has voxels of another size than the CTs {model} was trained on: "
                 f"{', '.join(axes)}; expect poorer labels, or resample the CT nearer to that"
+            )
+    extent = record.get("slice_field_of_view_mm")
+    if extent and field_of_view_mm is not None:
+        lows, highs = extent["min"], extent["max"]
+        axes = [
+            f"{axis} {v:.0f} mm (trained on {lo:.0f}-{hi:.0f})"
+            for axis, v, lo, hi in zip("xy", field_of_view_mm, lows, highs, strict=True)
+            if v < lo / SPACING_FACTOR or v > hi * SPACING_FACTOR
+        ]
+        if axes:
+            found.append(
+                f"{what} covers another field of view than the CTs {model} was trained on: "
+                f"{', '.join(axes)}; the model sees each slice resized to its own size, so the "
+                "anatomy magnified or shrunk: expect poorer labels, or crop or pad the CT nearer "
+                "to that"
             )
     body = record.get("body_hu")
     if body and ct_body_hu is not None and body.get("percentiles") == list(PERCENTILES):
@@ -120,9 +139,11 @@ def domain_warnings(
     paths = [Path(p) for p in checkpoints]
     names = list(names) if names else [f"{p.parent.name}/{p.name}" for p in paths]
     ct_body_hu = body_hu_percentiles(ct_zxy)
+    extent = [n * s for n, s in zip(ct_zxy.shape[1:], spacing_mm[:2], strict=True)]
     found: list[str] = []
     for path, name in zip(paths, names, strict=True):
         record = checkpoint_training_data(path)
         found += outside_training_data(record, spacing_mm, ct_body_hu,
-                                       input_is_phantom=input_is_phantom, what=what, model=name)  # fmt: skip
+                                       input_is_phantom=input_is_phantom, what=what, model=name,
+                                       field_of_view_mm=extent)  # fmt: skip
     return found

@@ -242,8 +242,9 @@ class Trainer:
         if self.rank == 0:
             resumed = (self.resume_ckpt or {}).get("training_data")
             self.training_data = record_training_data(
-                self.run_dir, parts.training_subjects, d.data_root, d.train_split, resumed
-            )
+                self.run_dir, parts.training_subjects, d.data_root, d.train_split, resumed,
+                slice_model=parts.volume_validation is None,
+            )  # fmt: skip
             if parts.init_record:  # a run started from an nnU-Net model's weights
                 write_init_record(self.run_dir, parts.init_record)
             for text in parts.data_warnings:  # in the log, and on the Train page
