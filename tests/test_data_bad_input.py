@@ -496,6 +496,28 @@ def test_a_build_left_by_a_killed_prepare_is_removed_by_the_next_one(tmp_path):
     assert not stale.exists() and fresh.exists()
 
 
+def test_an_entry_prepared_again_while_a_reader_holds_it_unopened_gives_one_line(tmp_path):
+    """A long run opens its subjects' arrays when it first uses them; a mask re-saved and
+    prepared again by another process (another run, the dashboard) removed its entry: the
+    reader's next use named a bare .npy file."""
+    import os
+    import time
+
+    root = tmp_path / "data"
+    _subject(root, "s0001")
+    held = open_cached(root, "s0001", tmp_path / "cache")  # arrays not opened yet
+    mask = next((root / "s0001" / "segmentations").iterdir())
+    later = time.time_ns() + 10**9
+    os.utime(mask, ns=(later, later))
+    again = open_cached(root, "s0001", tmp_path / "cache")
+    assert again.folder != held.folder and not held.folder.exists()
+    with pytest.raises(DataError) as exc:
+        _ = held.ct
+    assert _one_line(exc).startswith("s0001: its prepared files (")
+    assert "were prepared again while this read them; start again" in str(exc.value)
+    assert again.ct.shape == again.labels.shape
+
+
 def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(tmp_path):
     """A 0.3 MB upload whose header extension unpacks to 300 MB of zeros: nibabel reads the
     extensions whole before the size checks (~313 MB for one small file); refused from the raw

@@ -137,11 +137,23 @@ class CachedSubject:
 
     @cached_property
     def ct(self) -> np.ndarray:
-        return np.load(self.folder / "ct.npy", mmap_mode="r")
+        return self._map("ct.npy")
 
     @cached_property
     def labels(self) -> np.ndarray:
-        return np.load(self.folder / "labels.npy", mmap_mode="r")
+        return self._map("labels.npy")
+
+    def _map(self, name: str) -> np.ndarray:
+        """A memory map of one of the entry's arrays (opened when first used: a long run may
+        find its entry replaced by then, when its files changed and were prepared again)."""
+        try:
+            return np.load(self.folder / name, mmap_mode="r")
+        except FileNotFoundError:
+            raise DataError(
+                f"{self.subject_id}: its prepared files ({self.folder}) are gone: its CT or "
+                "masks changed and were prepared again while this read them; start again (a "
+                "training run: resume it) to use the new files"
+            ) from None
 
     @property
     def num_slices(self) -> int:
