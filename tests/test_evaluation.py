@@ -474,6 +474,37 @@ def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, s00
     assert 0 < expected < 0.5
 
 
+def test_a_phantom_checkpoint_scored_on_real_cts_says_so_once_per_few_subjects(
+    tmp_path, s0000_root
+):
+    """Evaluate warns as predict does: the phantom's model on real CTs scores poorly for a
+    reason; five subjects: three named, the others counted."""
+    root = tmp_path / "data"
+    ids = [f"s{k:04d}" for k in range(5)]
+    for sid in ids:
+        shutil.copytree(s0000_root / "s0000", root / sid)
+    (root / "meta.csv").write_text("image_id;split\n" + "".join(f"{s};test\n" for s in ids))
+    cfg = RunConfig(data=DataConfig(target_size=(122, 101), structures=["vertebrae_L1"]),
+                    model=ModelConfig(name="test_eval_bone_rule"))  # fmt: skip
+    phantom = {"version": 1, "source": "phantom", "data_root": "/elsewhere/phantom"}
+    ckpt = save_checkpoint(tmp_path / "run" / "best.pth", BoneRule(), config=cfg,
+                           training_data=phantom)  # fmt: skip
+    results = evaluate_predictions(root, "test", [ckpt], tmp_path / "o", report=False)
+    notes = results.attrs["notes"]
+    assert len(notes) == 4, notes
+    for sid, note in zip(ids, notes[:3], strict=False):
+        assert note.startswith(f"run/best.pth was trained on the synthetic phantom only, not on "
+                               f"real CTs: its labels on {sid} do not follow")  # fmt: skip
+    assert notes[3].startswith("5 of the 5 scored subjects lie outside what the checkpoint was "
+                               "trained on (2 more than those named above)")  # fmt: skip
+    source = json.loads((tmp_path / "o" / "source_test.json").read_text())
+    assert source["notes"] == notes
+    dataset = {"version": 1, "source": "dataset", "data_root": str(root)}
+    save_checkpoint(ckpt, BoneRule(), config=cfg, training_data=dataset)
+    results = evaluate_predictions(root, "test", [ckpt], tmp_path / "o", report=False)
+    assert results.attrs["notes"] == []
+
+
 def test_a_checkpoint_is_stamped_as_it_was_loaded(tmp_path, s0000_root):
     """A run that rewrites best.pth while its evaluation scores: the stamp is the loaded
     file's, so compare says the tables describe an older model (it stamped the new file)."""

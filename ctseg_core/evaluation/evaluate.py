@@ -19,8 +19,10 @@ import pandas as pd
 
 from ..data.cache import open_cached
 from ..data.dataset_root import open_dataset
+from ..data.domain import is_phantom_root
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
+from ..inference.domain import domain_warnings, split_domain_notes
 from ..labels import (
     NAME_OF,
     NUM_LABELS,
@@ -232,7 +234,7 @@ def evaluate_predictions(
     ``source_<split>.json`` and in ``results.attrs["skipped"]`` (id -> reason, in split order).
     ``results.attrs["notes"]`` and ``source_<split>.json``'s ``notes``: warnings about what
     was scored (a folder's prediction that looks merged without its label file:
-    ``_score_subject``), also logged.
+    ``_score_subject``; subjects unlike a checkpoint's training CTs: ``split_domain_notes``).
     DataError when no subject could be scored, or no structure is annotated in those that could
     (nothing is written then); ConfigError for a
     ``tolerance_mm`` that is not a finite number >= 0, before any subject is read.
@@ -309,6 +311,8 @@ def evaluate_predictions(
         model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
 
+    outside: dict[str, list[str]] = {}  # id -> domain warnings (checkpoints only)
+    phantom = is_phantom_root(index.root)
     out_dir = Path(out_dir)
     previous = report_files_of(out_dir, split)  # an earlier evaluation's figures, if any
     rows: list[dict] = []
@@ -331,6 +335,9 @@ def evaluate_predictions(
                 else:
                     rows.extend(subject)
                     notes.extend(subject_notes)
+                    if stamps is not None:  # checkpoints: is the subject like their CTs?
+                        outside[sid] = domain_warnings(checkpoints, cached.ct, cached.spacing_mm,
+                                                       input_is_phantom=phantom, what=sid)  # fmt: skip
                     if collector is not None:
                         collector.add_subject(sid, cached, reference, prediction, subject)
             if progress:
@@ -348,6 +355,9 @@ def evaluate_predictions(
             collector.discard()
         raise
     skipped = {sid: skipped[sid] for sid in ids if sid in skipped}  # in the split's order
+    for note in split_domain_notes(outside, len(ids) - len(skipped)):
+        log.warning("%s", note)
+        notes.append(note)
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     atomic_write_text(out_dir / f"evaluation_results_{split}.csv", results.to_csv(index=False))
     summary = summarize_results(results)

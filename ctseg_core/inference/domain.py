@@ -147,3 +147,19 @@ def domain_warnings(
                                        input_is_phantom=input_is_phantom, what=what, model=name,
                                        field_of_view_mm=extent)  # fmt: skip
     return found
+
+
+def split_domain_notes(found: dict[str, list[str]], scored: int, shown: int = 3) -> list[str]:
+    """Notes for an evaluation from each scored subject's ``domain_warnings`` (``found``: id ->
+    its warnings, none for a subject inside the training data): the first ``shown`` subjects'
+    warnings, then one line counting the others (a phantom model on a real dataset would
+    otherwise repeat one warning per subject)."""
+    outside = [sid for sid, warnings in found.items() if warnings]
+    notes = [w for sid in outside[:shown] for w in found[sid]]
+    if len(outside) > shown:
+        notes.append(
+            f"{len(outside)} of the {scored} scored subjects lie outside what the checkpoint "
+            f"was trained on ({len(outside) - shown} more than those named above): expect "
+            "lower scores than on CTs like its training CTs"
+        )
+    return notes
