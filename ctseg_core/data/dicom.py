@@ -19,7 +19,6 @@ so the rest of the library treats a DICOM folder exactly like a ``ct.nii.gz``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -27,112 +26,12 @@ import numpy as np
 
 from ..errors import DataError
 from .dicom_frames import nifti_from_lps, read_volume_file
+from .dicom_header import SliceHeader, list_series, read_header, series_name
+from .dicom_pixels import read_pixels
 from .dicom_spacing import SAME_POSITION_MM, count_text, uniform_stack
 from .image_limits import max_voxels
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Slice:
-    """The header of one slice file: position (LPS, mm), row and column directions, pixel size."""
-
-    path: Path
-    position: np.ndarray  # (3,) ImagePositionPatient, LPS mm
-    row: np.ndarray  # (3,) direction of increasing column index (array x)
-    col: np.ndarray  # (3,) direction of increasing row index (array y)
-    spacing: tuple[float, float]  # (x, y) mm
-    size: tuple[int, int, int]  # (columns, rows, frames)
-    thickness: float
-    missing: tuple[str, ...] = ()  # geometry tags the file lacks (SimpleITK fills in defaults)
-
-
-#: SOP classes of enhanced CT (and legacy converted): geometry in functional groups, not on top
-_ENHANCED_CT = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
-#: the tags a slice's geometry comes from; without one SimpleITK assumes identity, 0 or 1 mm
-_GEOMETRY_TAGS = {
-    "0020|0032": "ImagePositionPatient",
-    "0020|0037": "ImageOrientationPatient",
-    "0028|0030": "PixelSpacing",
-}
-
-
-def list_series(folder: str | Path) -> dict[str, list[str]]:
-    """Series instance UID -> sorted file names of that series, for every series in ``folder``."""
-    import SimpleITK as sitk
-
-    folder = str(folder)
-    reader = sitk.ImageSeriesReader()
-    # ITK prints "No Series were found" itself for a folder without DICOM; the caller says it
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return {
-            uid: list(reader.GetGDCMSeriesFileNames(folder, uid))
-            for uid in reader.GetGDCMSeriesIDs(folder)
-        }
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
-def _tag(reader, key: str) -> str:
-    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
-
-
-def series_name(first_file: str | Path, uid: str = "") -> str:
-    """How a user knows a series: 'series 3 "CT Abdomen 2.0"' (SeriesNumber, SeriesDescription);
-    the UID when the header has neither, '(unnamed series)' when it has no UID either."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(first_file))
-    try:
-        reader.ReadImageInformation()
-        number, description = _tag(reader, "0020|0011"), _tag(reader, "0008|103e")
-    except RuntimeError:
-        number = description = ""
-    parts = [f"series {number}" if number else "", f'"{description}"' if description else ""]
-    name = " ".join(p for p in parts if p)
-    return name or (f"series {uid}" if uid else "(unnamed series)")
-
-
-def _read_header(path: Path) -> _Slice | None:
-    """The slice header of one file, or None when SimpleITK cannot read it."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    direction = np.array(reader.GetDirection()).reshape(3, 3)
-    size = tuple(int(n) for n in reader.GetSize()) + (1,) * (3 - reader.GetDimension())
-    try:
-        thickness = float(_tag(reader, "0018|0050") or 0.0)
-    except ValueError:
-        thickness = 0.0
-    missing = tuple(name for key, name in _GEOMETRY_TAGS.items() if not _tag(reader, key))
-    if size[2] > 1 or _tag(reader, "0008|0016") in _ENHANCED_CT:
-        missing = ()  # an enhanced file states them in its functional groups, per frame
-    return _Slice(path, np.array(reader.GetOrigin(), dtype=float), direction[:, 0],
-                  direction[:, 1], tuple(reader.GetSpacing()[:2]), size[:3],
-                  thickness, missing)  # fmt: skip
-
-
-def _read_pixels(path: Path) -> np.ndarray | None:
-    """(X, Y) int16 HU of one slice file (rescale applied, rounded, clipped), or None."""
-    import SimpleITK as sitk
-
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        return None
-    data = sitk.GetArrayFromImage(image)  # (1, rows, cols)
-    data = data.reshape(data.shape[-2:]).T
-    if np.issubdtype(data.dtype, np.floating):
-        data = np.rint(data)
-    return np.clip(data, -32768, 32767).astype(np.int16)
 
 
 def _names(paths, limit: int = 5) -> str:
@@ -142,7 +41,7 @@ def _names(paths, limit: int = 5) -> str:
     )
 
 
-def _check_alike(folder: Path, name: str, slices: list[_Slice]) -> None:
+def _check_alike(folder: Path, name: str, slices: list[SliceHeader]) -> None:
     """Refuse a series whose slices differ in size, orientation or pixel spacing."""
     kinds: dict[tuple, int] = {}
     for s in slices:
@@ -160,7 +59,7 @@ def _check_alike(folder: Path, name: str, slices: list[_Slice]) -> None:
         )
 
 
-def _stack(folder: Path, name: str, slices: list[_Slice], normal, unreadable: list[Path]):
+def _stack(folder: Path, name: str, slices: list[SliceHeader], normal, unreadable: list[Path]):
     """Sort ``slices`` along ``normal``, merge duplicate positions, read the pixels.
 
     Returns the (X, Y, Z) int16 stack and the slices read, in stack order. Files whose pixels
@@ -180,12 +79,12 @@ def _stack(folder: Path, name: str, slices: list[_Slice], normal, unreadable: li
             f"limit of {max_voxels():,} voxels (CTSEG_MAX_VOXELS); give one CT series"
         )
     stack = np.empty((cols, rows, len(groups)), dtype=np.int16)
-    kept: list[_Slice] = []
+    kept: list[SliceHeader] = []
     duplicates = 0
     for group in groups:
-        first: _Slice | None = None
+        first: SliceHeader | None = None
         for i in group:
-            pixels = _read_pixels(slices[i].path)
+            pixels = read_pixels(slices[i].path)
             if pixels is None or pixels.shape != (cols, rows):
                 unreadable.append(slices[i].path)
             elif first is None:
@@ -208,7 +107,7 @@ def _stack(folder: Path, name: str, slices: list[_Slice], normal, unreadable: li
     return stack[:, :, : len(kept)], kept
 
 
-def _check_not_sheared(folder: Path, name: str, slices: list[_Slice], normal) -> None:
+def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:
     """Refuse slices whose positions drift in-plane along the stack (a gantry tilt)."""
     offsets = np.array([s.position for s in slices]) - slices[0].position
     along = offsets @ normal
@@ -259,9 +158,9 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
             "%s holds %d series; reading the largest, %s (%d files); others: %s",
             folder, len(series), name, len(series[uid]), others,
         )  # fmt: skip
-    slices: list[_Slice] = []
+    slices: list[SliceHeader] = []
     for path in map(Path, series[uid]):
-        header = _read_header(path)
+        header = read_header(path)
         if header is None:
             unreadable.append(path)
         else:
