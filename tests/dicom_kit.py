@@ -26,8 +26,11 @@ def write_slice(
     origin_xy: tuple[float, float] = (-10.0, -20.0),
     pixel_spacing: tuple[float, float] = (0.5, 0.75),
     thickness: float = 2.0,
+    photometric: str = "MONOCHROME2",
+    tags: dict | None = None,
 ) -> None:
-    """One axial CT slice at ``z_mm`` (LPS), HU = stored - 1024."""
+    """One axial CT slice at ``z_mm`` (LPS), HU = stored - 1024; ``tags``: attributes set last
+    (None deletes one), e.g. a bad ``ImageOrientationPatient`` or ``ImageType``."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -53,7 +56,7 @@ def write_slice(
     ds.SliceThickness = thickness
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
@@ -61,6 +64,11 @@ def write_slice(
     ds.RescaleIntercept = -1024
     ds.RescaleSlope = 1
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    for name, value in (tags or {}).items():
+        if value is None:
+            delattr(ds, name)
+        else:
+            setattr(ds, name, value)
     pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
 
 
@@ -82,12 +90,25 @@ def write_series(folder: Path, z_mm, *, start: int = 1, pixels_of=None, **kwargs
 
 
 def write_multiframe(
-    path: Path, z_mm, rows: int = 6, cols: int = 6, drift_mm: float = 0.0, instance: int = 1
+    path: Path,
+    z_mm,
+    rows: int = 6,
+    cols: int = 6,
+    drift_mm: float = 0.0,
+    instance: int = 1,
+    *,
+    rescales=None,
+    orientations=None,
+    leave_out: tuple[str, ...] = (),
+    photometric: str = "MONOCHROME2",
+    series_uid: str = "1.2.826.0.1.9",
 ) -> None:
     """One enhanced (multi-frame) CT file: frame k at z_mm[k] (LPS, axial, 0.5 mm pixels), its
     stored values 1024 + 10 k (HU 10 k), each frame's position in its functional groups;
     ``drift_mm``: frame k also moved k x that along y (a gantry tilt); ``instance``: the file's
-    number in a series of such files."""
+    number in a series of such files. ``rescales`` / ``orientations``: (slope, intercept) / the
+    six ImageOrientationPatient values of each frame, in its own group instead of the shared
+    one; ``leave_out``: shared groups not written (e.g. "PixelMeasuresSequence")."""
     import pydicom
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -102,11 +123,12 @@ def write_multiframe(
         meta.MediaStorageSOPClassUID,
         meta.MediaStorageSOPInstanceUID,
     )
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.1", "1.2.826.0.1.9"
+    ds.StudyInstanceUID = "1.2.826.0.1.1"
     ds.FrameOfReferenceUID, ds.Modality, ds.PatientID = "1.2.826.0.1.2", "CT", "t"
+    ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber, ds.InstanceNumber = 9, instance
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, len(z_mm)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     measures, orientation, values = Dataset(), Dataset(), Dataset()
     measures.PixelSpacing, measures.SliceThickness = [0.5, 0.5], 2.0
@@ -114,14 +136,26 @@ def write_multiframe(
     values.RescaleIntercept, values.RescaleSlope, values.RescaleType = -1024, 1, "HU"
     shared = Dataset()
     shared.PixelMeasuresSequence = Sequence([measures])
-    shared.PlaneOrientationSequence = Sequence([orientation])
-    shared.PixelValueTransformationSequence = Sequence([values])
+    if orientations is None:
+        shared.PlaneOrientationSequence = Sequence([orientation])
+    if rescales is None:
+        shared.PixelValueTransformationSequence = Sequence([values])
+    for name in leave_out:
+        delattr(shared, name)
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     frames = []
     for k, z in enumerate(z_mm):
         frame, position = Dataset(), Dataset()
         position.ImagePositionPatient = [0.0, k * drift_mm, float(z)]
         frame.PlanePositionSequence = Sequence([position])
+        if orientations is not None:
+            own = Dataset()
+            own.ImageOrientationPatient = list(orientations[k])
+            frame.PlaneOrientationSequence = Sequence([own])
+        if rescales is not None:
+            own = Dataset()
+            own.RescaleSlope, own.RescaleIntercept, own.RescaleType = *rescales[k], "HU"
+            frame.PixelValueTransformationSequence = Sequence([own])
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     stored = [np.full((rows, cols), 1024 + 10 * k, np.int16) for k in range(len(z_mm))]
