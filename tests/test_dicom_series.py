@@ -312,3 +312,159 @@ def test_an_oblique_series_is_read_with_the_niftis_note(tmp_path):
         ds.save_as(path)
     notes = load_ct(tmp_path / "s").notes
     assert any("s is oblique: its voxel axes are turned 15.0 degrees" in n for n in notes), notes
+
+
+def test_a_monochrome1_series_reads_as_stored_value_times_slope_plus_intercept(tmp_path):
+    """MONOCHROME1 says how to display a CT, not what its HU are; GDCM inverted the stored
+    values before the rescale, so every voxel read wrong (air as -1025, 1000 HU as -2025),
+    without a word. Read as pydicom's stored values x slope + intercept, exactly."""
+    import pydicom
+
+    files = write_series(tmp_path / "s", Z_MM[:4], photometric="MONOCHROME1")
+    data = np.asarray(read_dicom_series(tmp_path / "s").dataobj)
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        hu = ds.pixel_array.T * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(data[:, :, k], hu)
+        np.testing.assert_array_equal(data[:, :, k], _hu(k))
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    write_multiframe(folder / "ct.dcm", [0, 2, 4], photometric="MONOCHROME1")
+    assert np.asarray(read_dicom_series(folder).dataobj)[0, 0].tolist() == [0, 10, 20]
+
+
+def test_a_multi_frame_file_rescales_each_frame_by_its_own_and_refuses_mixed_orientations(
+    tmp_path,
+):
+    """GDCM applied the first frame's rescale to every frame, and SimpleITK the first frame's
+    orientation: frames of their own rescale read wrong, a frame turned aside was put where it
+    is not, both without a word."""
+    zs = [0, 2, 4, 6, 8]
+    (tmp_path / "rescale").mkdir()
+    write_multiframe(tmp_path / "rescale" / "ct.dcm", zs,
+                     rescales=[(1 + k / 2, -1024 - 100 * k) for k in range(5)])  # fmt: skip
+    data = np.asarray(read_dicom_series(tmp_path / "rescale").dataobj)
+    # frame k stores 1024 + 10 k: HU (1024 + 10 k) x (1 + k / 2) - 1024 - 100 k
+    expected = [round((1024 + 10 * k) * (1 + k / 2) - 1024 - 100 * k) for k in range(5)]
+    assert data[0, 0].tolist() == expected
+    (tmp_path / "turned").mkdir()
+    turned = [(1, 0, 0, 0, 1, 0)] * 4 + [(0.966, 0.259, 0, -0.259, 0.966, 0)]
+    write_multiframe(tmp_path / "turned" / "ct.dcm", zs, orientations=turned)
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "turned")
+    assert "ct.dcm's frames differ in orientation (frame 1: 1 0 0 0 1 0; frame 5: 0.966" in (
+        _one_line(exc)
+    )
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "said"),
+    [
+        ("ImageOrientationPatient", [0, 0, 0, 0, 0, 0], "unit vectors at right angles"),
+        ("ImageOrientationPatient", [1, 0, 0, 1, 0, 0], "unit vectors at right angles"),
+        ("ImageOrientationPatient", [2, 0, 0, 0, 2, 0], "unit vectors at right angles"),
+        ("ImageOrientationPatient", [1, 0, 0, 0, 1], "not 6 numbers"),
+        ("PixelSpacing", [0, 0], "two pixel sizes over 0 mm"),
+        ("PixelSpacing", [0.7], "two pixel sizes over 0 mm"),
+    ],
+)
+def test_an_impossible_orientation_or_pixel_spacing_is_refused_not_defaulted(
+    tmp_path, tag, value, said
+):
+    """SimpleITK replaced a zero or parallel orientation by identity, normalised one that is
+    not unit and gave pixels of 0 mm 1 mm: each read as a geometry the file does not state."""
+    write_series(tmp_path, Z_MM[:4], tags={tag: value})
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path)
+    message = _one_line(exc)
+    assert f'IM0001.dcm of series 3 "CT Abdomen 2.0" has an impossible geometry: its {tag}' in (
+        message
+    )
+    assert said in message
+
+
+@pytest.mark.parametrize("group", ["PixelMeasuresSequence", "PlaneOrientationSequence"])
+def test_an_enhanced_ct_without_pixel_measures_or_orientation_is_refused(tmp_path, group):
+    """An enhanced file without its pixel measures read at SimpleITK's 1 mm, and one without
+    its orientation threw a many-line RuntimeError from the folder's listing."""
+    name = {"PixelMeasuresSequence": "pixel spacing", "PlaneOrientationSequence": "orientation"}
+    for frames in ([0, 1, 2, 3, 4], [0]):  # one multi-frame file; a series of one-frame files
+        folder = tmp_path / f"{group}{len(frames)}"
+        folder.mkdir()
+        for k in range(1 if len(frames) > 1 else 3):
+            write_multiframe(folder / f"f{k}.dcm", [z + 2 * k for z in frames], instance=k + 1,
+                             leave_out=(group,))  # fmt: skip
+        with pytest.raises(DataError) as exc:
+            read_dicom_series(folder)
+        assert "f0.dcm" in _one_line(exc) and f"states no {group} ({name[group]})" in str(exc.value)
+
+
+def test_a_stray_file_gdcm_cannot_list_is_left_out_with_a_note(tmp_path, caplog):
+    """One enhanced file without its orientation made GDCM's folder listing throw, and the
+    whole folder failed with a many-line RuntimeError (a traceback from `ctseg predict`)."""
+    write_series(tmp_path / "s", Z_MM)
+    write_multiframe(tmp_path / "s" / "stray.dcm", [0, 2], leave_out=("PlaneOrientationSequence",),
+                     series_uid="1.2.826.0.1.77")  # fmt: skip
+    img = read_dicom_series(tmp_path / "s")
+    assert img.shape == (8, 8, 10)
+    np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 3], _hu(3))
+    (warning,) = _warnings(caplog)
+    assert "left out stray.dcm, an enhanced CT file that states no PlaneOrientationSequence" in (
+        warning
+    )
+    (tmp_path / "s2").mkdir()
+    (tmp_path / "s" / "stray.dcm").rename(tmp_path / "s2" / "stray.dcm")
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "s2")
+    assert "s2 holds no readable DICOM series (stray.dcm is an enhanced CT file" in _one_line(exc)
+
+
+def test_the_series_chosen_counts_frames_and_passes_over_a_localizer(tmp_path, caplog):
+    """The series with the most files was read: a 40-frame enhanced CT tied with a one-file
+    topogram and the topogram was read, said as '(1 files)'."""
+    for uid in ("1.2.826.0.1.5", "1.2.826.0.1.95"):  # sorted before and after the CT's UID
+        folder = tmp_path / uid
+        folder.mkdir()
+        write_multiframe(folder / "ct.dcm", [2.0 * k for k in range(40)])
+        write_series(folder, [0.0], series_uid=uid, number=1, description="Topogram",
+                     tags={"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})  # fmt: skip
+        assert read_dicom_series(folder).shape == (6, 6, 40)
+        assert (
+            "holds 2 series; reading the largest, series 9 (40 frames in 1 file); others: "
+            'series 1 "Topogram" (1 file, a localizer)' in _warnings(caplog)[-1]
+        )
+    (tmp_path / "scout").mkdir()
+    write_series(tmp_path / "scout", [0.0], tags={"ImageType": ["ORIGINAL", "LOCALIZER"]})
+    with pytest.raises(DataError, match=r"is a localizer \(ImageType LOCALIZER"):
+        read_dicom_series(tmp_path / "scout")
+
+
+def test_a_colour_series_is_refused_as_not_a_ct_image(tmp_path):
+    """A folder of RGB secondary captures (a dose report's screenshot) crashed with a raw
+    ValueError from reshaping its pixels."""
+    colour = {"SamplesPerPixel": 3, "PlanarConfiguration": 0, "PhotometricInterpretation": "RGB",
+              "BitsAllocated": 8, "BitsStored": 8, "HighBit": 7, "PixelRepresentation": 0,
+              "PixelData": np.full((8, 8, 3), 40, np.uint8).tobytes()}  # fmt: skip
+    write_series(tmp_path, Z_MM[:3], tags=colour)
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path)
+    message = _one_line(exc)
+    assert 'series 3 "CT Abdomen 2.0" is not a CT image series: IM0001.dcm holds RGB pixels' in (
+        message
+    )
+
+
+def test_a_single_slice_is_noted_with_the_thickness_it_is_given(tmp_path, caplog):
+    """One slice without SliceThickness was given 1 mm of depth (and each voxel's volume by
+    it) without a word."""
+    write_series(tmp_path / "thin", [0.0], tags={"SliceThickness": None})
+    assert read_dicom_series(tmp_path / "thin").affine[2, 2] == pytest.approx(1.0)
+    note = _warnings(caplog)[-1]
+    assert "holds one slice and states no SliceThickness; read as a volume one slice deep" in note
+    assert "1 mm thick (a guess" in note
+    write_series(tmp_path / "thick", [0.0])
+    assert read_dicom_series(tmp_path / "thick").affine[2, 2] == pytest.approx(2.0)
+    assert (
+        "holds one slice; read as a volume one slice deep, 2 mm thick (its SliceThickness)"
+        in (_warnings(caplog)[-1])
+    )

@@ -10,7 +10,13 @@ ImagePositionPatient and the stack is checked before it becomes a volume:
   last) are refused with the positions and the gap in mm, unless ``resample_uneven``: then the
   slices are interpolated onto a uniform grid, with a warning;
 - slices of different size, orientation or pixel spacing, and sheared stacks (gantry tilt), are
-  refused.
+  refused, as are geometry tags missing or impossible (a zero or non-unit orientation, pixels of
+  0 mm), which SimpleITK would replace by identity or 1 mm;
+- colour images (screenshots, reports) and localizers alone are refused as not a CT volume;
+- a single slice is read with a note of the thickness it is given.
+
+HU are stored value x slope + intercept, whatever the photometric interpretation (MONOCHROME1
+included) and per frame in an enhanced file (``dicom_pixels``, ``dicom_frames``).
 
 The result is a NIfTI image in world RAS+ coordinates, as dcm2niix/dicom2nifti would write it,
 so the rest of the library treats a DICOM folder exactly like a ``ct.nii.gz``.
@@ -26,12 +32,15 @@ import numpy as np
 
 from ..errors import DataError
 from .dicom_frames import nifti_from_lps, read_volume_file
-from .dicom_header import SliceHeader, list_series, read_header, series_name
+from .dicom_header import SliceHeader, folder_files, list_series, read_header, series_name
 from .dicom_pixels import read_pixels
 from .dicom_spacing import SAME_POSITION_MM, count_text, uniform_stack
 from .image_limits import max_voxels
 
 log = logging.getLogger(__name__)
+
+#: the photometric interpretations of a CT image (greyscale, one sample a pixel)
+_GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
 
 def _names(paths, limit: int = 5) -> str:
@@ -84,7 +93,7 @@ def _stack(folder: Path, name: str, slices: list[SliceHeader], normal, unreadabl
     for group in groups:
         first: SliceHeader | None = None
         for i in group:
-            pixels = read_pixels(slices[i].path)
+            pixels = read_pixels(slices[i].path, slices[i].photometric)
             if pixels is None or pixels.shape != (cols, rows):
                 unreadable.append(slices[i].path)
             elif first is None:
@@ -107,6 +116,41 @@ def _stack(folder: Path, name: str, slices: list[SliceHeader], normal, unreadabl
     return stack[:, :, : len(kept)], kept
 
 
+def _kind(headers: list[SliceHeader | None]) -> str:
+    """'a localizer' or 'a secondary capture' for such a series (by its first readable file)."""
+    return next((h.kind for h in headers if h is not None), "")
+
+
+def _frames(headers: list[SliceHeader | None]) -> int:
+    """The slices of a series: each file's frames, 1 for a file that cannot be read."""
+    return sum(h.size[2] if h is not None else 1 for h in headers)
+
+
+def _series_text(name: str, headers: list[SliceHeader | None]) -> str:
+    """'series 9 (40 frames in 1 file)', 'series 3 "CT" (10 files)', '... (1 file, a localizer)'."""
+    files, frames, kind = len(headers), _frames(headers), _kind(headers)
+    count = count_text(files, "file")
+    if frames != files:
+        count = f"{count_text(frames, 'frame')} in {count}"
+    return f"{name} ({count}{', ' + kind if kind else ''})"
+
+
+def _check_ct_image(folder: Path, name: str, slices: list[SliceHeader]) -> None:
+    """Refuse a series of colour images (a screenshot, a report) or of localizers alone."""
+    colour = next((s for s in slices if s.samples != 1 or s.photometric not in _GREYSCALE), None)
+    if colour is not None:
+        raise DataError(
+            f"{folder}: {name} is not a CT image series: {colour.path.name} holds "
+            f"{colour.photometric} pixels ({count_text(colour.samples, 'sample')} each), as a "
+            "screenshot or report does; give the folder of the CT series"
+        )
+    if slices and all(s.kind == "a localizer" for s in slices):
+        raise DataError(
+            f"{folder}: {name} is a localizer (ImageType LOCALIZER, the planning scan), not a "
+            "CT volume; give the folder of the CT series"
+        )
+
+
 def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:
     """Refuse slices whose positions drift in-plane along the stack (a gantry tilt)."""
     offsets = np.array([s.position for s in slices]) - slices[0].position
@@ -125,8 +169,10 @@ def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], norma
 def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> nib.Nifti1Image:
     """Read the CT series in ``folder`` as an int16 NIfTI image (HU, RAS+ affine).
 
-    When the folder holds several series the largest is read and the choice is logged by the
-    series' number and description. Unreadable files are left out with a warning. Raises
+    When the folder holds several series the largest CT volume is read (by slices, frames
+    counted; localizers and secondary captures last) and the choice is logged by the series'
+    number and description. Unreadable files are left out with a warning, as is a file that
+    makes GDCM's folder listing fail. Raises
     DataError when there is no DICOM series, for different pixels at one position, for slices
     of different geometry, and for missing slices or uneven spacing unless ``resample_uneven``
     (then the stack is interpolated onto a uniform grid of the median step, with a warning).
@@ -134,49 +180,57 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; give a folder of .dcm files of one CT series")
-    series = list_series(folder)
+    series, reasons = list_series(folder)
     listed = {Path(f).name for files in series.values() for f in files}
-    unreadable = [
-        p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
-        and p.name not in listed
-    ]  # fmt: skip
+    unreadable = [p for p in folder_files(folder) if p.name not in listed | set(reasons)]
+    unreadable += [folder / f for f, why in reasons.items() if not why]
     if not series:
         nifti = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))
         hint = f"; for a NIfTI CT give the file ({nifti[0]})" if nifti else ""
+        known = [f"{f} is {why}" for f, why in reasons.items() if why][:1]
         raise DataError(
-            f"{folder} holds no readable DICOM series; give a folder of CT .dcm files{hint}"
+            f"{folder} holds no readable DICOM series{''.join(f' ({k})' for k in known)}; "
+            f"give a folder of CT .dcm files{hint}"
         )
-    uid = max(series, key=lambda u: len(series[u]))
+    for file, why in reasons.items():
+        if why:
+            log.warning("%s: left out %s, %s, which SimpleITK cannot read", folder, file, why)
+    headers = {u: [read_header(Path(f)) for f in files] for u, files in series.items()}
+    # a CT volume before a localizer or screenshot, then the most slices (frames, not files)
+    uid = max(series, key=lambda u: (not _kind(headers[u]), _frames(headers[u])))
     name = series_name(series[uid][0], uid)
     if len(series) > 1:
         others = ", ".join(
-            f"{series_name(f[0], u)} ({len(f)} files)" for u, f in series.items() if u != uid
+            _series_text(series_name(f[0], u), headers[u]) for u, f in series.items() if u != uid
         )
         log.warning(
-            "%s holds %d series; reading the largest, %s (%d files); others: %s",
-            folder, len(series), name, len(series[uid]), others,
+            "%s holds %d series; reading the largest, %s; others: %s",
+            folder, len(series), _series_text(name, headers[uid]), others,
         )  # fmt: skip
     slices: list[SliceHeader] = []
-    for path in map(Path, series[uid]):
-        header = read_header(path)
+    for path, header in zip(map(Path, series[uid]), headers[uid], strict=True):
         if header is None:
             unreadable.append(path)
         else:
             slices.append(header)
+    _check_ct_image(folder, name, slices)
+    lacking = next((s for s in slices if s.missing or s.bad), None)
+    if lacking is not None and lacking.missing:  # identity orientation or 1 mm would be guessed
+        raise DataError(
+            f"{folder}: {lacking.path.name} of {name} states no {' or '.join(lacking.missing)}, "
+            "so its geometry is unknown; export the series again with it (a CT series has it)"
+        )
+    if lacking is not None:
+        raise DataError(
+            f"{folder}: {lacking.path.name} of {name} has an impossible geometry: {lacking.bad}, "
+            "which SimpleITK would replace by a guess; export the series again"
+        )
     if len(series[uid]) == 1 and slices and slices[0].size[2] > 1:
-        return read_volume_file(folder, slices[0].path)
+        return read_volume_file(folder, slices[0].path, slices[0].photometric)
     if any(s.size[2] > 1 for s in slices):
         raise DataError(
             f"{folder}: {name} holds multi-frame files among others; convert it with dcm2niix "
             "and give the .nii.gz"
-        )
-    lacking = next((s for s in slices if s.missing), None)
-    if lacking is not None:  # identity orientation or 1 mm pixels would be guessed
-        raise DataError(
-            f"{folder}: {lacking.path.name} of {name} states no {' or '.join(lacking.missing)}, "
-            "so its geometry is unknown; export the series again with it (a CT series has it)"
         )
     if slices:
         _check_alike(folder, name, slices)
@@ -195,6 +249,17 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
         )
     positions = np.array([s.position @ normal for s in kept])
     stack, step = uniform_stack(folder, name, stack, positions, len(unreadable), resample_uneven)
+    if stack.shape[2] == 1:  # its depth, and so each voxel's volume, is the thickness alone
+        if kept[0].thickness:
+            log.warning(
+                "%s: %s holds one slice; read as a volume one slice deep, %g mm thick (its "
+                "SliceThickness)", folder, name, kept[0].thickness,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "%s: %s holds one slice and states no SliceThickness; read as a volume one "
+                "slice deep, 1 mm thick (a guess: volumes in ml scale with it)", folder, name,
+            )  # fmt: skip
     step = step or kept[0].thickness or 1.0
     first = kept[0]
     axes = np.column_stack(
