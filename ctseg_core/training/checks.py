@@ -2,7 +2,9 @@
 
 ``RunConfig.validate()`` checks what a config can tell by itself; this adds what needs the
 registries (model, loss, optimizer, scheduler, mixed precision), the model's own limits and,
-on request, the dataset's splits. Every problem found is named in one ConfigError.
+on request, the dataset's splits. Every problem found is named in one ConfigError. Beside it,
+what a start says without refusing: checkpoints that will not all fit on the disk, learned
+structures that no subject of a split annotates.
 """
 
 from __future__ import annotations
