@@ -14,7 +14,8 @@ import torch
 from ctseg_core.cli import main
 from ctseg_core.data.dataset_root import open_dataset
 from ctseg_core.errors import ConfigError
-from ctseg_core.evaluation.evaluate import evaluate_predictions, subject_rows
+from ctseg_core.evaluation.evaluate import evaluate_predictions
+from ctseg_core.evaluation.tables import subject_rows
 from ctseg_core.inference.files import predict_file
 from ctseg_core.labels import (
     LABEL_OF,

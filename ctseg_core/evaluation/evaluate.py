@@ -24,79 +24,21 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..inference.domain import domain_warnings, split_domain_notes
 from ..labels import (
-    NAME_OF,
     NUM_LABELS,
-    NUM_STRUCTURES,
-    group_of,
     member_values,
     merge_lut,
     merged_annotated,
     names_of,
     value_of,
 )
-from ..metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
-from ..metrics.specs import METRICS, LabelScores
 from .paths import file_stamp, remove_stale_report, report_files_of, write_source
 from .prediction_files import find_prediction, prediction_on_reference_grid
-from .tables import RESULT_COLUMNS, detection_table, summarize_results
+from .tables import RESULT_COLUMNS, detection_table, subject_rows, summarize_results
 
 log = logging.getLogger(__name__)
 
 #: columns of ``skipped_<split>.csv``: the subjects an evaluation could not score, and why
 SKIPPED_COLUMNS = ("subject", "reason")
-
-
-def subject_rows(
-    subject_id: str,
-    reference: np.ndarray,
-    prediction: np.ndarray,
-    spacing_mm: Sequence[float],
-    annotated: np.ndarray,
-    tolerance_mm: float = 3.0,
-    names: dict[int, str] | None = None,
-) -> list[dict]:
-    """Rows (one per annotated structure) of one subject's metrics.
-
-    reference, prediction: (X, Y, Z) integer labels on one grid; spacing_mm: (x, y, z) mm;
-    annotated: (118,) bool, False for structures excluded entirely (mask file missing);
-    names: value -> structure name where it is not ``NAME_OF``'s (a merge, ``labels.names_of``).
-    """
-    confusion = compute_confusion(reference, prediction)
-    dice, iou = compute_dice_iou(confusion, annotated)
-    counts = overlap_counts(confusion, annotated)
-    scored = [
-        k for k in range(1, NUM_STRUCTURES + 1) if annotated[k] and counts.reference_voxels[k]
-    ]
-    surface = compute_surface_metrics(
-        reference, prediction, spacing_mm, labels=scored, tolerance_mm=tolerance_mm,
-        annotated=annotated,
-    )  # fmt: skip
-    scores = LabelScores(dice, iou, surface)
-    per_metric = {name: spec.per_label(scores) for name, spec in METRICS.items()}
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    rows = []
-    for k in range(1, NUM_STRUCTURES + 1):
-        if not annotated[k]:
-            continue
-        status = (
-            "detected" if counts.detected[k]
-            else "mislocated" if counts.mislocated[k]
-            else "missed" if counts.missed[k]
-            else "false_positive" if counts.false_positive[k]
-            else "true_negative"
-        )  # fmt: skip
-        rows.append(
-            {
-                "subject": subject_id,
-                "structure": (names or NAME_OF)[k],
-                "group": group_of((names or NAME_OF)[k]),
-                **{name: values[k] for name, values in per_metric.items()},
-                "ref_volume_ml": counts.reference_voxels[k] * voxel_ml,
-                "pred_volume_ml": counts.prediction_voxels[k] * voxel_ml,
-                "status": status,
-            }
-        )
-    return rows
 
 
 def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolerance_mm, boxes):

@@ -1,4 +1,5 @@
-"""Tables of an evaluation: per-structure summaries and per-subject detection.
+"""Tables of an evaluation: a subject's rows of metrics, per-structure summaries and
+per-subject detection.
 
 All take or return pandas DataFrames; ``RESULT_COLUMNS`` are the columns of the subject x
 structure table that ``evaluation.evaluate_predictions`` returns.
@@ -6,11 +7,14 @@ structure table that ``evaluation.evaluate_predictions`` returns.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
-from ..labels import value_of
-from ..metrics.specs import METRICS
+from ..labels import NAME_OF, NUM_STRUCTURES, group_of, value_of
+from ..metrics import compute_confusion, compute_dice_iou, compute_surface_metrics, overlap_counts
+from ..metrics.specs import METRICS, LabelScores
 
 DICE_THRESHOLDS = (0.5, 0.7, 0.9)
 RESULT_COLUMNS = (
@@ -67,3 +71,56 @@ def detection_table(results: pd.DataFrame) -> pd.DataFrame:
                 record[status] = ";".join(names)
         out.append(record)
     return pd.DataFrame(out)
+
+
+def subject_rows(
+    subject_id: str,
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    spacing_mm: Sequence[float],
+    annotated: np.ndarray,
+    tolerance_mm: float = 3.0,
+    names: dict[int, str] | None = None,
+) -> list[dict]:
+    """Rows (one per annotated structure) of one subject's metrics.
+
+    reference, prediction: (X, Y, Z) integer labels on one grid; spacing_mm: (x, y, z) mm;
+    annotated: (118,) bool, False for structures excluded entirely (mask file missing);
+    names: value -> structure name where it is not ``NAME_OF``'s (a merge, ``labels.names_of``).
+    """
+    confusion = compute_confusion(reference, prediction)
+    dice, iou = compute_dice_iou(confusion, annotated)
+    counts = overlap_counts(confusion, annotated)
+    scored = [
+        k for k in range(1, NUM_STRUCTURES + 1) if annotated[k] and counts.reference_voxels[k]
+    ]
+    surface = compute_surface_metrics(
+        reference, prediction, spacing_mm, labels=scored, tolerance_mm=tolerance_mm,
+        annotated=annotated,
+    )  # fmt: skip
+    scores = LabelScores(dice, iou, surface)
+    per_metric = {name: spec.per_label(scores) for name, spec in METRICS.items()}
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    rows = []
+    for k in range(1, NUM_STRUCTURES + 1):
+        if not annotated[k]:
+            continue
+        status = (
+            "detected" if counts.detected[k]
+            else "mislocated" if counts.mislocated[k]
+            else "missed" if counts.missed[k]
+            else "false_positive" if counts.false_positive[k]
+            else "true_negative"
+        )  # fmt: skip
+        rows.append(
+            {
+                "subject": subject_id,
+                "structure": (names or NAME_OF)[k],
+                "group": group_of((names or NAME_OF)[k]),
+                **{name: values[k] for name, values in per_metric.items()},
+                "ref_volume_ml": counts.reference_voxels[k] * voxel_ml,
+                "pred_volume_ml": counts.prediction_voxels[k] * voxel_ml,
+                "status": status,
+            }
+        )
+    return rows

@@ -220,7 +220,7 @@ def unnamed_merge_notes(labels_path: str | Path, rows: Iterable[Mapping]) -> lis
     copied without its ``.ctbl`` looks so, and scored per value the union counts as the first
     member and the other members as missed.
 
-    ``rows``: the subject's scored rows (``evaluation.evaluate.subject_rows``: one per
+    ``rows``: the subject's scored rows (``evaluation.tables.subject_rows``: one per
     annotated structure, with ``structure``, ``pred_volume_ml`` and ``ref_volume_ml``). A value
     a label file beside the prediction lists, under any name, is not questioned."""
     found = _label_file(labels_path)
