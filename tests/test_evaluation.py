@@ -474,6 +474,30 @@ def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, s00
     assert 0 < expected < 0.5
 
 
+def test_a_folder_of_ctseg_predictions_is_scored_on_what_its_model_learns(tmp_path, s0000_root):
+    """`ctseg predict`'s label files list what its model learns: the folder is scored on that,
+    as the checkpoint is (every other annotated structure counted as missed before); label
+    files of what was found (`ctseg export`) restrict nothing."""
+    from ctseg_core.inference.files import predict_file
+
+    ckpt = rule_checkpoint(tmp_path / "m.pth", ["vertebrae_L1"], target=(122, 101))
+    folder = tmp_path / "preds"
+    predict_file(s0000_root / "s0000" / "ct.nii.gz", [ckpt], folder / "s0000.nii.gz")
+    by_folder = evaluate_predictions(s0000_root, "train", folder, tmp_path / "f", report=False,
+                                     subjects=["s0000"])  # fmt: skip
+    by_checkpoint = evaluate_predictions(s0000_root, "train", [ckpt], tmp_path / "c",
+                                         report=False, subjects=["s0000"])  # fmt: skip
+    assert by_folder["structure"].tolist() == ["vertebrae_L1"]
+    assert by_folder.loc[0, "dice"] == pytest.approx(by_checkpoint.loc[0, "dice"], abs=1e-12)
+    for label_file in folder.glob("s0000[._]*[!z]"):
+        label_file.unlink()  # the .ctbl and ITK-SNAP files; then as `ctseg export` writes them
+    assert main(["export", "--labels", str(folder / "s0000.nii.gz"), "--out", str(folder)]) == 0
+    found = evaluate_predictions(s0000_root, "train", folder, tmp_path / "e", report=False,
+                                 subjects=["s0000"])  # fmt: skip
+    annotated = len(list((s0000_root / "s0000" / "segmentations").glob("*.nii.gz")))
+    assert len(found) == annotated > 1
+
+
 def test_a_phantom_checkpoint_scored_on_real_cts_says_so_once_per_few_subjects(
     tmp_path, s0000_root
 ):

@@ -49,14 +49,18 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
     A merge the predictor learns (``labels.MERGES``), or a folder's prediction holds (its label
     file names it: ``inference.label_files.merges_named``; its members predicted apart count
     as it, with a note), is scored against the union of its members' references, and only
-    where every member is annotated. ``notes``: warnings, also logged, about a folder's
-    prediction (members counted as their merge, ``unnamed_merge_notes``)."""
-    from ..inference.label_files import merges_named, unnamed_merge_notes
+    where every member is annotated. A folder's prediction whose label file lists what its model
+    learns (``ctseg predict``'s: ``label_files.learned_values``) is scored on those structures
+    only, as a checkpoint is. ``notes``: warnings, also logged, about a folder's prediction
+    (members counted as their merge, ``unnamed_merge_notes``)."""
+    from ..inference.label_files import learned_values, merges_named, unnamed_merge_notes
 
     cached = open_cached(root, sid, cache_dir)
     path = find_prediction(folder, sid) if folder is not None else None
     structures = predictor.structures if predictor is not None else merges_named(path)
     annotated = merged_annotated(cached.annotated, structures)
+    if path is not None and (listed := learned_values(path)) is not None:
+        model_labels = np.isin(np.arange(NUM_LABELS), list(listed))
     if model_labels is not None:
         annotated &= model_labels
         annotated[0] = True

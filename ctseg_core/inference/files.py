@@ -221,7 +221,7 @@ def predict_file(
             labels, ct, predictor.structures, out_path.with_name(_stem(out_path)), overwrite
         )
     save_on_original_grid(labels, ct, out_path)
-    slicer, itk = write_label_files(out_path, values, names)
+    slicer, itk = write_label_files(out_path, values, names, learned=True)
     stats_path = None
     if statistics:
         from ..fileio import atomic_write_text

@@ -8,7 +8,9 @@
 Both are written atomically and both have readers that parse them back, so a round trip can be
 checked (and files edited by hand can be read). They also tell what a prediction's values mean
 when it is scored later: a run learning a merge (``labels.MERGES``) writes the merge's value
-under the merge's name (``merges_named``).
+under the merge's name (``merges_named``); ``ctseg predict`` lists the structures its model
+learns and says so in a comment line (``LEARNED_NOTE``), so an evaluation of its predictions
+scores those only (``learned_values``), as it does a checkpoint's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from ..labels import COLOURS, MERGES, NAME_OF, NUM_STRUCTURES, value_of
 
 SLICER_SUFFIX = ".ctbl"
 ITKSNAP_SUFFIX = "_itksnap_labels.txt"
+#: the comment line of a label file that lists what a model learns (not merely what was found)
+LEARNED_NOTE = "# Labels: the structures the model learns (ctseg predict)"
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,12 @@ def label_entries(
     return entries
 
 
-def slicer_ctbl_text(entries: list[LabelEntry]) -> str:
-    """Text of a 3D Slicer colour table for ``entries``."""
+def slicer_ctbl_text(entries: list[LabelEntry], learned: bool = False) -> str:
+    """Text of a 3D Slicer colour table for ``entries`` (``learned``: with ``LEARNED_NOTE``)."""
     lines = [
         "# Color table file written by ctseg (TotalSegmentator v2 label values)",
         f"# {len(entries)} values",
+        *([LEARNED_NOTE] if learned else []),
     ]
     for e in entries:
         alpha = round(255 * e.opacity)
@@ -71,11 +76,13 @@ def slicer_ctbl_text(entries: list[LabelEntry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def itksnap_text(entries: list[LabelEntry]) -> str:
-    """Text of an ITK-SNAP label description file for ``entries``."""
+def itksnap_text(entries: list[LabelEntry], learned: bool = False) -> str:
+    """Text of an ITK-SNAP label description file for ``entries`` (``learned``: with
+    ``LEARNED_NOTE``)."""
     lines = [
         "################################################",
         "# ITK-SnAP Label Description File (written by ctseg)",
+        *([LEARNED_NOTE] if learned else []),
         "# File format:",
         "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
         "# Fields:",
@@ -163,17 +170,21 @@ def label_file_paths(stem: str | Path) -> tuple[Path, Path]:
 
 
 def write_label_files(
-    stem: str | Path, values: Iterable[int] | None = None, names: Mapping[int, str] | None = None
+    stem: str | Path,
+    values: Iterable[int] | None = None,
+    names: Mapping[int, str] | None = None,
+    learned: bool = False,
 ) -> tuple[Path, Path]:
     """Write ``<stem>.ctbl`` (3D Slicer) and ``<stem>_itksnap_labels.txt`` (ITK-SNAP), atomically.
 
     ``values``: label values to list (default all 117 structures); background is always listed;
-    ``names``: as :func:`label_entries`. Returns the two paths.
+    ``names``: as :func:`label_entries`; ``learned``: ``values`` are what a model learns, said
+    in the files (``LEARNED_NOTE``). Returns the two paths.
     """
     entries = label_entries(values, names)
     slicer_path, itk_path = label_file_paths(stem)
-    atomic_write_text(slicer_path, slicer_ctbl_text(entries))
-    atomic_write_text(itk_path, itksnap_text(entries))
+    atomic_write_text(slicer_path, slicer_ctbl_text(entries, learned))
+    atomic_write_text(itk_path, itksnap_text(entries, learned))
     return slicer_path, itk_path
 
 
@@ -185,6 +196,19 @@ def _label_file(labels_path: str | Path) -> tuple[Path, list[LabelEntry]] | None
         if path.is_file():
             return path, read(path)
     return None
+
+
+def learned_values(labels_path: str | Path) -> frozenset[int] | None:
+    """The label values a prediction's model learns, as ``ctseg predict``'s label file beside it
+    lists them (``LEARNED_NOTE``); None without such a file (any tool's prediction, or label
+    files of what was found, ``ctseg export``'s). Background is not among them."""
+    found = _label_file(labels_path)
+    if found is None:
+        return None
+    path, entries = found
+    if LEARNED_NOTE not in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        return None
+    return frozenset(e.value for e in entries if e.value)
 
 
 def merges_named(labels_path: str | Path) -> list[str]:

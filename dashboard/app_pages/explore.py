@@ -60,8 +60,9 @@ def main() -> None:
             pred = cached.folder_prediction_zxy(root, subject, folder)
             source = cached.prediction_source(root, subject, folder=folder)
             names = layer_names.folder_prediction_names(subject, folder)
+            learned = layer_names.folder_prediction_learned(subject, folder)
             counts = cached.label_counts(source, pred)
-            layers.append(Layer("prediction", pred, source, counts, names))
+            layers.append(Layer("prediction", pred, source, counts, names, learned))
         except Exception as exc:
             state.show_error(exc, f"prediction from {folder}")
     elif choice != NO_CHECKPOINT:

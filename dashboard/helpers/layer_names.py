@@ -146,3 +146,17 @@ def folder_prediction_names(subject_id: str, folder: str | Path) -> dict[int, st
 
     path = find_prediction(Path(folder), subject_id)
     return merged_names(merges_named(path)) if path is not None else {}
+
+
+def folder_prediction_learned(subject_id: str, folder: str | Path) -> frozenset[str] | None:
+    """A folder's prediction layer's ``learned``: the structures (merges by their name) its
+    label file says its model learns (``ctseg predict``'s); None without such a file."""
+    from ctseg_core.evaluation.prediction_files import find_prediction
+    from ctseg_core.inference.label_files import learned_values
+
+    path = find_prediction(Path(folder), subject_id)
+    values = learned_values(path) if path is not None else None
+    if values is None:
+        return None
+    names = folder_prediction_names(subject_id, folder)
+    return frozenset(name_of(names, v) for v in values)

@@ -66,6 +66,17 @@ def test_a_structure_its_model_does_not_learn_has_no_values_in_a_prediction_laye
     assert learned_values_for(reference, "liver") == [LABEL_OF["liver"]]
 
 
+def test_a_folder_prediction_is_learned_as_its_ctseg_label_file_says(tmp_path):
+    from dashboard.helpers.layer_names import folder_prediction_learned
+
+    (tmp_path / "s0001.nii.gz").write_bytes(b"")  # only its name is read here
+    liver = LABEL_OF["liver"]
+    write_label_files(tmp_path / "s0001.nii.gz", [LUNGS, liver], names_of(["lungs"]))
+    assert folder_prediction_learned("s0001", tmp_path) is None  # what was found, any tool's
+    write_label_files(tmp_path / "s0001.nii.gz", [LUNGS, liver], names_of(["lungs"]), True)
+    assert folder_prediction_learned("s0001", tmp_path) == {"lungs", "liver"}
+
+
 def _merged_predictions(dirs, folder, subjects) -> None:
     """Each subject's reference with its lobes merged, as `ctseg predict` writes a merged run's
     prediction: value 10 for the union, and the .ctbl / ITK-SNAP files naming it "lungs"."""
