@@ -474,6 +474,28 @@ def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
     assert "is a file; give a folder" in capsys.readouterr().err
 
 
+def test_export_keeps_merge_names_and_replaces_label_files_only_when_told(tmp_path, capsys):
+    """`ctseg export` over `ctseg predict`'s label files renamed a merged run's lungs as its
+    first lobe (evaluate then scored the lungs as one lobe) and replaced them unasked."""
+    from ctseg_core.cli import main
+    from ctseg_core.inference.label_files import write_label_files
+    from ctseg_core.labels import names_of
+
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    labels[0], labels[1] = LABEL_OF["lung_upper_lobe_left"], LABEL_OF["liver"]  # 10: "lungs"
+    path = tmp_path / "p.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    write_label_files(path, [10, LABEL_OF["liver"]], names_of(["lungs"]), learned=True)
+    argv = ["export", "--labels", str(path), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert f"{tmp_path / 'p.ctbl'} exists; add --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    ctbl = {e.value: e.name for e in read_slicer_ctbl(tmp_path / "p.ctbl")}
+    assert ctbl == {0: "background", 10: "lungs", LABEL_OF["liver"]: "liver"}
+    assert main(["export", "--labels", str(path), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert {e.name for e in read_slicer_ctbl(tmp_path / "elsewhere" / "p.ctbl")} >= {"lungs"}
+
+
 def _dicom_folder_gives_the_grid_of_the_nifti(tmp_path, series, nifti, shape, spacing):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (128, 128))
     out = tmp_path / "d.nii.gz"

@@ -111,6 +111,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--all", action="store_true", help="list all 117 structures, not only those present"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace existing label files")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=run_export)
 
@@ -267,15 +268,21 @@ def run_export(args) -> int:
 
     from ..data.volume import load_label_volume
     from ..errors import ConfigError
-    from ..inference.label_files import write_label_files
+    from ..inference.label_files import label_file_paths, merges_named, write_label_files
+    from ..labels import names_of
 
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder for the label files")
+    existing = [p for p in label_file_paths(args.out / args.labels.name) if p.exists()]
+    if existing and not args.overwrite:  # ctseg predict's name merges and what a model learns
+        raise ConfigError(f"{existing[0]} exists; add --overwrite to replace it")
     values = None
     if not args.all:
         labels = load_label_volume(args.labels)
         values = [int(v) for v in np.flatnonzero(np.bincount(labels.array.ravel())) if v > 0]
-    paths = write_label_files(args.out / args.labels.name, values)
+    # a merge the labels' own label file names keeps its name (lungs, not its first lobe)
+    names = names_of(merges_named(args.labels))
+    paths = write_label_files(args.out / args.labels.name, values, names)
     if args.json:
         print(json.dumps({"label_files": [str(p) for p in paths], "labels": values}))
     else:
