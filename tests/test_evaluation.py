@@ -592,6 +592,20 @@ def test_cli_evaluate_json_and_one_line_errors(tmp_path, s0000_root, extra_dir, 
                  "--predictions", str(folder), "--out", str(tmp_path / "o"), "--no-report"]) == 0  # fmt: skip
     assert set(pd.read_csv(tmp_path / "o" / "evaluation_results_all.csv")["subject"]) == {"s0000"}
     assert json.loads((tmp_path / "o" / "source_all.json").read_text())["split"] == "all"
+    # another predictions folder into the same --out: refused unless --overwrite
+    other = one_prediction(
+        tmp_path / "other", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    again = ["evaluate", "--data", str(root), "--split", "all", "--subjects", "s0000",
+             "--predictions", str(other), "--out", str(tmp_path / "o"), "--no-report"]  # fmt: skip
+    before = (tmp_path / "o" / "summary_all.csv").read_bytes()
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / 'o'} holds the all split's evaluation of {folder}; give" in err
+    assert (tmp_path / "o" / "summary_all.csv").read_bytes() == before
+    assert main([*again, "--overwrite"]) == 0
+    source = json.loads((tmp_path / "o" / "source_all.json").read_text())
+    assert source["predictions_folder"] == str(other.resolve())
 
 
 def test_cli_stats_and_export(tmp_path, s0000_root, extra_dir, capsys):

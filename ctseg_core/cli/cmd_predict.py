@@ -100,6 +100,10 @@ def register(subparsers) -> None:
         help="3D --checkpoint: run the windows over each whole CT, not only the box around the "
         "body (each box is recorded in OUT/source_<split>.json)",
     )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the split's evaluation of another source in --out",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the per-structure summary as JSON")
     p.set_defaults(func=run_evaluate)
 
@@ -200,6 +204,15 @@ def run_evaluate(args) -> int:
         from ..evaluation.paths import checkpoint_evaluation_dir
 
         args.out = checkpoint_evaluation_dir(args.checkpoint)
+    elif not args.overwrite:
+        from ..evaluation.paths import other_source
+
+        source = args.predictions or args.checkpoint or [args.model]
+        if held := other_source(args.out, args.split, source):
+            raise ConfigError(
+                f"--out {args.out} holds the {args.split} split's evaluation of {held}; give "
+                "another --out, or --overwrite to replace it"
+            )
     progress, bar = tqdm_callback("evaluate")
     try:
         results = evaluate_predictions(

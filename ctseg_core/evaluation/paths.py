@@ -171,3 +171,24 @@ def write_source(
             k: [list(map(int, r)) for r in v] for k, v in (body_boxes or {}).items()
         }
     atomic_write_json(Path(out_dir) / f"source_{split}.json", record)
+
+
+def other_source(
+    out_dir: str | Path, split: str, predictions: str | Path | Sequence[str | Path]
+) -> str | None:
+    """What ``out_dir`` holds the split's tables of, when it is not ``predictions`` (a folder,
+    or checkpoint paths: ``write_source``'s record compared by resolved paths); None when it
+    holds none, or those of ``predictions``."""
+    try:
+        record = json.loads((Path(out_dir) / f"source_{split}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    folder = isinstance(predictions, str | Path) and Path(predictions).is_dir()
+    paths = [predictions] if isinstance(predictions, str | Path) else list(predictions)
+    ours = str(Path(predictions).resolve()) if folder else [str(Path(p).resolve()) for p in paths]
+    theirs = record.get("predictions_folder", record.get("checkpoints"))
+    if theirs is None or theirs == ours:
+        return None
+    return theirs if isinstance(theirs, str) else ", ".join(map(str, theirs))
