@@ -412,6 +412,15 @@ def test_unreadable_prediction_is_skipped_and_listed_the_others_scored(
     # only the subject it has: finished, exit 0, nothing listed
     assert main([*argv, "--subjects", "s0000"]) == 0
     assert pd.read_csv(tmp_path / "cli" / "skipped_train.csv").empty
+    # a subject with both a .nii.gz and a .nii: which is its prediction cannot be told
+    (folder / "s0001.nii.gz").write_bytes((folder / "s0000.nii.gz").read_bytes())
+    (folder / "s0001.nii").write_bytes(b"")
+    results = evaluate_predictions(pair, "train", folder, tmp_path / "two", report=False)
+    assert set(results["subject"]) == {"s0000"}
+    assert results.attrs["skipped"]["s0001"] == (
+        f"{folder} holds both s0001.nii.gz and s0001.nii for s0001; remove the one that is not "
+        "its prediction"
+    )
 
 
 def test_checkpoint_scores_the_split_without_a_subject_whose_ct_cannot_be_read(

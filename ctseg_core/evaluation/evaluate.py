@@ -230,8 +230,11 @@ def evaluate_predictions(
     elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
         for sid in ids:
-            if find_prediction(folder, sid) is None:
-                skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
+            try:
+                if find_prediction(folder, sid) is None:
+                    skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
+            except DataError as exc:  # two files for it
+                skipped[sid] = str(exc)
         if len(skipped) == len(ids):
             raise _nothing_scored(split, index.root, ids, skipped)
     else:

@@ -106,8 +106,19 @@ def prediction_on_reference_grid(
 
 
 def find_prediction(folder: Path, subject_id: str) -> Path | None:
-    """``folder/<id>.nii.gz`` or ``folder/<id>.nii``, or None."""
-    for name in (f"{subject_id}.nii.gz", f"{subject_id}.nii"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    """``folder/<id>.nii.gz`` or ``folder/<id>.nii``, or None; DataError when both are there
+    (which one is the prediction, and which a stale copy, cannot be told)."""
+    found = [folder / n for n in (f"{subject_id}.nii.gz", f"{subject_id}.nii")]
+    found = [p for p in found if p.is_file()]
+    if len(found) > 1:
+        raise DataError(
+            f"{folder} holds both {found[0].name} and {found[1].name} for {subject_id}; remove "
+            "the one that is not its prediction"
+        )
+    return found[0] if found else None
+
+
+def has_prediction(folder: Path, subject_id: str) -> bool:
+    """Whether ``folder`` holds ``<id>.nii.gz`` or ``<id>.nii`` (both: ``find_prediction``
+    refuses them when the subject is scored)."""
+    return any((folder / n).is_file() for n in (f"{subject_id}.nii.gz", f"{subject_id}.nii"))

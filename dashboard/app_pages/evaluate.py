@@ -77,12 +77,12 @@ def choose_subjects(index, split: str, source) -> list[str]:
     label = "Subjects"
     predictions = source[0]
     if isinstance(predictions, str):  # a predictions folder: only the subjects it has
-        from ctseg_core.evaluation.prediction_files import find_prediction
+        from ctseg_core.evaluation.prediction_files import has_prediction
 
         folder = Path(predictions)
-        have = [s for s in ids if find_prediction(folder, s) is not None]
+        have = [s for s in ids if has_prediction(folder, s)]
         if not have:
-            found = [index.splits.get(s) for s in index.subjects if find_prediction(folder, s)]
+            found = [index.splits.get(s) for s in index.subjects if has_prediction(folder, s)]
             where = ", ".join(f"{name} ({found.count(name)})" for name in dict.fromkeys(found))
             st.info(
                 f"The folder holds no `<subject id>.nii.gz` of {_split_words(split)}"
