@@ -3,6 +3,8 @@ memory refusal, atomic outputs. Quality is not tested here (the models are untra
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -472,6 +474,30 @@ def test_cli_stats_refuses_to_overwrite_and_predict_errors_fit_one_line(
     (tmp_path / "afile").write_text("x")
     assert main(["export", "--labels", str(labels), "--out", str(tmp_path / "afile")]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
+
+
+def test_the_cli_says_a_warning_once(tmp_path, s0000_root):
+    """`ctseg predict` printed each warning twice: as a log line and as a note."""
+    import os
+    import subprocess
+    import sys
+
+    from ctseg_core.models import build_model
+
+    cfg = RunConfig(data=DataConfig(target_size=(64, 64), structures=["liver"]),
+                    model=ModelConfig(features=[4, 8], bottleneck=8)).validate()  # fmt: skip
+    phantom = {"version": 1, "source": "phantom", "data_root": "/elsewhere"}
+    ckpt = save_checkpoint(tmp_path / "m.pth", build_model(cfg.model), config=cfg,
+                           training_data=phantom)  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "ctseg_core", "predict", "--ct", str(s0000_root / "s0000" /
+         "ct.nii.gz"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.nii.gz")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout + done.stderr
+    assert printed.count("was trained on the synthetic phantom only") == 1, printed
 
 
 def test_export_keeps_merge_names_and_replaces_label_files_only_when_told(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -134,10 +135,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_stats)
 
 
+class _LoggedMessages(logging.Filter):
+    """Remembers the messages of the records its handlers print (and lets them all through)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        return True
+
+
+def _on_terminal(handler: logging.Handler) -> bool:
+    """Whether ``handler`` prints to the terminal (the CLI's own, not a file or a capture)."""
+    stream = getattr(handler, "stream", None)
+    return stream is not None and stream in (sys.stderr, sys.stdout, sys.__stderr__)
+
+
 def run_predict(args) -> int:
     from ..inference.files import predict_file
 
     progress, bar = tqdm_callback("predict", unit="slice")
+    logged = _LoggedMessages()  # the summary's warnings that the log already printed
+    shown = [h for h in logging.getLogger().handlers if _on_terminal(h)]
+    for handler in shown:
+        handler.addFilter(logged)
     try:
         summary = predict_file(
             args.ct, args.checkpoint or [], args.out, split_masks=args.split_masks,
@@ -149,11 +172,14 @@ def run_predict(args) -> int:
         )  # fmt: skip
     finally:
         bar.close()
+        for handler in shown:
+            handler.removeFilter(logged)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     for warning in summary["warnings"]:
-        print(f"note: {warning}")
+        if not any(warning in message for message in logged.messages):
+            print(f"note: {warning}")
     shape = " x ".join(str(s) for s in summary["shape"])
     print(f"wrote {summary['out']} ({shape}, {summary['orientation']}, {summary['seconds']} s)")
     print(f"label files: {', '.join(summary['label_files'])}")
