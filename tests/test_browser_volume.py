@@ -42,6 +42,9 @@ def test_nifti_bytes_keep_every_voxel_at_its_mm_position():
     world = image.affine @ [i, j, k, 1]
     np.testing.assert_allclose(world, affine @ [2 * i, 2 * j, k, 1])  # at the same mm
     assert image.header.get_sform(coded=True)[1] == 1
+    assert image.header.get_intent()[0] == "none"  # a CT
+    labels = nib.Nifti1Image.from_bytes(nifti_bytes(ct_zxy > 0, affine, (1, 1, 1), np.uint8))
+    assert labels.header.get_intent()[0] == "label"  # else NiiVue tints value 0
 
 
 def test_label_lut_names_every_value_in_its_ctseg_colour():

@@ -46,7 +46,8 @@ def browser_stride(shape_xyz, max_voxels: int = MAX_BROWSER_VOXELS) -> tuple[int
 
 def nifti_bytes(volume_zxy: np.ndarray, affine: np.ndarray, stride_xyz, dtype) -> bytes:
     """An uncompressed NIfTI-1 file (bytes) of a cached (Z, X, Y) volume, every ``stride_xyz``-th
-    voxel, as ``dtype`` (int16 for CT in HU, uint8 for labels).
+    voxel, as ``dtype`` (int16 for CT in HU, uint8 for labels: marked as a label map, NIfTI
+    intent 1002).
 
     ``affine``: (4, 4) of the canonical (X, Y, Z) array; the result's affine scales its columns
     by the stride, so voxel (i, j, k) of the file lies at voxel (i*sx, j*sy, k*sz) of the
@@ -61,6 +62,8 @@ def nifti_bytes(volume_zxy: np.ndarray, affine: np.ndarray, stride_xyz, dtype) -
     image.header.set_xyzt_units("mm")
     image.header.set_qform(scaled, code=1)
     image.header.set_sform(scaled, code=1)
+    if np.dtype(dtype) == np.uint8:  # labels: NiiVue otherwise draws value 0 in label 1's colour
+        image.header.set_intent("label")
     return image.to_bytes()
 
 

@@ -120,6 +120,21 @@ def _coloured_share(png: bytes) -> float:
     return float(((rgb.max(axis=2) - rgb.min(axis=2)) > 40).mean())
 
 
+def _tinted_black_share(shown_png: bytes, hidden_png: bytes) -> float:
+    """The share of pixels black without the label layers that the layers make not black."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    shown, hidden = (
+        np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+        for png in (shown_png, hidden_png)
+    )
+    black = hidden.sum(axis=2) == 0
+    return float((black & (shown.sum(axis=2) > 30)).sum() / max(1, black.sum()))
+
+
 def _set_opacity(frame, layer: str, value: float) -> None:
     """Move a layer's opacity slider as a drag would (an input event), then let NiiVue draw."""
     frame.locator(f'input[aria-label="{layer} opacity"]').evaluate(
@@ -203,10 +218,15 @@ def test_the_readout_names_the_predictions_structure_and_its_opacity_slides(s000
             pairs.add(tuple(expected))
         assert {("liver", "gallbladder"), ("spleen", "background")} <= pairs, pairs
 
-        shown = _coloured_share(frame.locator("canvas").screenshot())
+        shown_png = frame.locator("canvas").screenshot()
         _set_opacity(frame, "reference", 0)
         _set_opacity(frame, "prediction", 0)
-        hidden = _coloured_share(frame.locator("canvas").screenshot())
+        hidden_png = frame.locator("canvas").screenshot()
+        shown, hidden = _coloured_share(shown_png), _coloured_share(hidden_png)
         assert frame.evaluate("[nv.volumes[1].opacity, nv.volumes[2].opacity]") == [0, 0]
         assert hidden < shown / 3, (hidden, shown)  # the crosshair alone stays coloured
+        # background (value 0) is drawn in no colour: the air around the body stays black (a
+        # label volume not marked as one had NiiVue tint every voxel in label 1's colour)
+        tinted = _tinted_black_share(shown_png, hidden_png)
+        assert tinted < 0.01, tinted
         browser.close()
