@@ -183,10 +183,8 @@ def compose_slice(
     rows, cols = slice(None), slice(None)
     if view.zoom_box_zxy is not None:  # the zoomed window only (a small structure, enlarged)
         rows, cols = zoom_window(view.zoom_box_zxy, ct_zxy.shape, view.plane)
-    if not layers:
-        image = render_slice(
-            ct_zxy, view.plane, index, spacing_mm=spacing_mm, visible=view.visible, **common
-        )
+    if not layers:  # unstretched, cropped, then stretched once (as below)
+        image = render_slice(ct_zxy, view.plane, index, visible=view.visible, **common)
         return stretch_to_aspect(image[rows, cols], plane_aspect(spacing_mm, view.plane))
     first = render_slice(
         ct_zxy, view.plane, index, labels_zxy=layers[0].labels_zxy, mode=view.style,

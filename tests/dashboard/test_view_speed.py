@@ -64,3 +64,21 @@ def test_full_resolution_liver_mesh(ct512):
     extent_mm = verts.max(axis=0) - verts.min(axis=0)
     assert extent_mm[0] > 100  # a liver spans well over 10 cm left to right
     print(f"\nliver mesh at full resolution: {len(faces)} faces in {seconds:.2f} s")
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_a_ct_alone_has_the_shape_it_has_under_labels(plane):
+    """0.7 x 0.7 x 5 mm voxels: a coronal view is stretched to mm once (the CT alone was
+    stretched twice, 7x too tall), zoomed or not."""
+    rng = np.random.default_rng(0)
+    ct_zxy = rng.integers(-1000, 1000, size=(20, 100, 90)).astype(np.int16)
+    labels = np.zeros_like(ct_zxy, dtype=np.uint8)
+    visible = np.ones(NUM_STRUCTURES + 1, dtype=bool)
+    spacing = (0.7, 0.7, 5.0)
+    for box in (None, ((2, 12), (10, 60), (20, 50))):
+        view = ViewSettings(plane, 40.0, 400.0, "fill", "combined", 0.45, visible, box)
+        alone = compose_slice(ct_zxy, [], 5, view, spacing)
+        under = compose_slice(ct_zxy, [Layer("reference", labels, "r", labels[:0])], 5, view,
+                              spacing)  # fmt: skip
+        assert alone.shape == under.shape
+        np.testing.assert_array_equal(alone, under)  # no label: the same pixels
