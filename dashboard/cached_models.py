@@ -1,6 +1,6 @@
 """The st.cache_* wrappers of nnU-Net model folders: the models under ``$CTSEG_MODELS``, their
 loaded predictors and their predictions of cached subjects (kept with the checkpoints' in
-``cached``'s prediction store).
+``cached_predictions``' store).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import streamlit as st
 
 from ctseg_core import settings
-from dashboard.cached import _kept_prediction, cached_subject
+from dashboard.cached import cached_subject
+from dashboard.cached_predictions import _kept_prediction
 
 
 @st.cache_resource(show_spinner=False, ttl=30, max_entries=8)

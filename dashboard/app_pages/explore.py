@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cached, cached_models, state
+from dashboard import cached, cached_models, cached_predictions, state
 from dashboard.helpers import layer_names, niivue_view, runs
 from dashboard.helpers.viewer import Layer, annotation_note, volume_viewer
 from dashboard.pages_index import PAGE_FILES
@@ -57,8 +57,8 @@ def main() -> None:
     if choice.startswith(state.FOLDER_PREFIX):
         folder = choice.removeprefix(state.FOLDER_PREFIX)
         try:
-            pred = cached.folder_prediction_zxy(root, subject, folder)
-            source = cached.prediction_source(root, subject, folder=folder)
+            pred = cached_predictions.folder_prediction_zxy(root, subject, folder)
+            source = cached_predictions.prediction_source(root, subject, folder=folder)
             names = layer_names.folder_prediction_names(subject, folder)
             learned = layer_names.folder_prediction_learned(subject, folder)
             counts = cached.label_counts(source, pred)
@@ -77,19 +77,21 @@ def main() -> None:
             if choice in models:
                 model = choice.removeprefix(state.MODEL_PREFIX)
                 pred = cached_models.model_prediction_zxy(root, subject, model, progress)
-                source = cached.prediction_source(root, subject, model=model)
+                source = cached_predictions.prediction_source(root, subject, model=model)
                 names = cached_models.model_names(model)
                 learned = frozenset(cached_models.model_predictor(model).structures)
             else:
                 checkpoint = str(checkpoints[choice])
-                pred = cached.predicted_labels_zxy(root, subject, checkpoint, progress)
-                source = cached.prediction_source(root, subject, checkpoint=checkpoint)
+                pred = cached_predictions.predicted_labels_zxy(root, subject, checkpoint, progress)
+                source = cached_predictions.prediction_source(root, subject, checkpoint=checkpoint)
                 names = layer_names.checkpoint_names(checkpoint)  # a merge: named by the merge
                 learned = layer_names.checkpoint_learned(checkpoint)
             counts = cached.label_counts(source, pred)
             layers.append(Layer("prediction", pred, source, counts, names, learned))
             if choice not in models:  # an nnU-Net model states no training domain
-                for message in cached.domain_warnings(root, subject, checkpoints[choice]):
+                for message in cached_predictions.domain_warnings(
+                    root, subject, checkpoints[choice]
+                ):
                     st.warning(state.plain(message), icon=":material/warning:")
         except Exception as exc:
             state.show_error(exc, f"prediction with {title}")

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import os
 
-from dashboard import cached
+from dashboard import cached_predictions
 
 
 def test_a_rewritten_checkpoint_or_prediction_file_gets_a_new_cache_key(tmp_path):
     checkpoint = tmp_path / "run" / "best.pth"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"first")
-    first = cached.prediction_source("root", "s0000", checkpoint=str(checkpoint))
-    assert cached.prediction_source("root", "s0000", checkpoint=str(checkpoint)) == first
+    first = cached_predictions.prediction_source("root", "s0000", checkpoint=str(checkpoint))
+    assert (
+        cached_predictions.prediction_source("root", "s0000", checkpoint=str(checkpoint)) == first
+    )
     os.utime(checkpoint, ns=(1, checkpoint.stat().st_mtime_ns + 10**9))  # training wrote it again
-    assert cached.prediction_source("root", "s0000", checkpoint=str(checkpoint)) != first
-    assert cached.prediction_source("root", "s0001", checkpoint=str(checkpoint)) != first
+    assert (
+        cached_predictions.prediction_source("root", "s0000", checkpoint=str(checkpoint)) != first
+    )
+    assert (
+        cached_predictions.prediction_source("root", "s0001", checkpoint=str(checkpoint)) != first
+    )
 
     folder = tmp_path / "predictions"
     folder.mkdir()
     (folder / "s0000.nii.gz").write_bytes(b"x")
-    before = cached.prediction_source("root", "s0000", folder=str(folder))
+    before = cached_predictions.prediction_source("root", "s0000", folder=str(folder))
     os.utime(folder / "s0000.nii.gz", ns=(1, (folder / "s0000.nii.gz").stat().st_mtime_ns + 10**9))
-    assert cached.prediction_source("root", "s0000", folder=str(folder)) != before
+    assert cached_predictions.prediction_source("root", "s0000", folder=str(folder)) != before

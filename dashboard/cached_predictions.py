@@ -1,0 +1,126 @@
+"""The dashboard's predictions of cached subjects: a server-wide store of label volumes (a
+checkpoint's, a predictions folder's; ``cached_models`` keeps nnU-Net models' in it too), the
+keys that name them for the other caches, and a checkpoint's domain warnings per subject.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from dashboard.cached import _cached_subject, cache_dir, cached_subject
+
+
+@st.cache_resource(show_spinner=False)
+def _prediction_store() -> dict:
+    """Server-wide store of predicted label volumes: {(root, subject, checkpoint, mtime): array}.
+
+    A plain dict rather than a cached function, so the progress bar shown while predicting is not
+    recorded into (and replayed from) a Streamlit cache.
+    """
+    return {"lock": threading.Lock(), "items": OrderedDict()}
+
+
+PREDICTIONS_KEPT = 4  # label volumes are ~1 byte/voxel: 4 full-size CTs are well under 1 GB
+
+
+def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=None) -> np.ndarray:
+    """Prediction of a checkpoint on a cached subject, (Z, X, Y) uint8; computed once, kept.
+
+    ``progress(done, total, info)`` is called only when the prediction is computed.
+    """
+    from ctseg_core.errors import DataError
+    from ctseg_core.inference.predictor import predict_volume
+
+    path = Path(checkpoint).expanduser().resolve()
+    if not path.is_file():
+        raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
+    key = (str(root), subject_id, str(path), path.stat().st_mtime)
+
+    def compute():
+        entry = cached_subject(root, subject_id)
+        return predict_volume(entry.ct_volume(), [str(path)], progress=progress)
+
+    return _kept_prediction(key, compute)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _domain_warnings(root: str, subject_id: str, checkpoint: str, cache: str, mtime: float):
+    from ctseg_core.data.domain import is_phantom_root
+    from ctseg_core.inference.domain import domain_warnings
+
+    entry = _cached_subject(root, subject_id, cache)
+    return domain_warnings([checkpoint], entry.ct, entry.spacing_mm,
+                           input_is_phantom=is_phantom_root(root), what=subject_id)  # fmt: skip
+
+
+def domain_warnings(root: str, subject_id: str, checkpoint: str) -> list[str]:
+    """Warnings for a subject outside what ``checkpoint`` was trained on (the phantom's model on
+    a real CT, another voxel size, intensities not in HU); once per subject and checkpoint file."""
+    path = Path(checkpoint).expanduser().resolve()
+    mtime = path.stat().st_mtime if path.is_file() else 0.0
+    return _domain_warnings(str(root), subject_id, str(path), str(cache_dir()), mtime)
+
+
+def _kept_prediction(key: tuple, compute) -> np.ndarray:
+    """The label volume kept under ``key`` in the server-wide store, else ``compute()``'s (X, Y, Z)
+    labels as a read-only (Z, X, Y) uint8 array, kept (the oldest dropped past PREDICTIONS_KEPT).
+    """
+    store = _prediction_store()
+    with store["lock"]:
+        if key in store["items"]:
+            store["items"].move_to_end(key)
+            return store["items"][key]
+    labels_zxy = np.ascontiguousarray(np.asarray(compute(), dtype=np.uint8).transpose(2, 0, 1))
+    labels_zxy.flags.writeable = False
+    with store["lock"]:
+        store["items"][key] = labels_zxy
+        while len(store["items"]) > PREDICTIONS_KEPT:
+            store["items"].popitem(last=False)
+    return labels_zxy
+
+
+def prediction_source(
+    root: str, subject_id: str, checkpoint: str = "", folder: str = "", model: str = ""
+) -> str:
+    """The cache key of a subject's prediction layer (label counts, the browser's NIfTI bytes):
+    the checkpoint, the model folder's checkpoints or the folder's file with its modification
+    time, so that a best.pth rewritten by a training run, or a prediction file replaced, is
+    never shown from stale caches.
+    """
+    from ctseg_core.evaluation.prediction_files import find_prediction
+
+    if checkpoint:
+        path = Path(checkpoint)
+        return f"pred:{path}@{path.stat().st_mtime_ns}:{root}:{subject_id}"
+    if model:  # an nnU-Net folder (or several parts): its newest checkpoint file
+        stamps = [p.stat().st_mtime_ns for p in Path(model).rglob("checkpoint_*.pth")]
+        return f"model:{model}@{max(stamps, default=0)}:{root}:{subject_id}"
+    path = find_prediction(Path(folder), subject_id)
+    stamp = path.stat().st_mtime_ns if path is not None else 0
+    return f"folder:{path}@{stamp}:{root}:{subject_id}"
+
+
+def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray:
+    """A subject's prediction from a folder of ``<id>.nii.gz`` files (any tool), on the subject's
+    cached grid as (Z, X, Y) uint8; read once per file version, kept like checkpoint predictions.
+    """
+    from ctseg_core.errors import DataError
+    from ctseg_core.evaluation.prediction_files import find_prediction, prediction_on_reference_grid
+
+    path = find_prediction(Path(folder), subject_id)
+    if path is None:
+        raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
+    key = (str(root), subject_id, str(path.resolve()), path.stat().st_mtime)
+
+    def compute():
+        entry = cached_subject(root, subject_id)
+        return prediction_on_reference_grid(
+            path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine
+        )
+
+    return _kept_prediction(key, compute)
