@@ -156,6 +156,26 @@ def test_labels_of_a_ct_whose_qform_and_sform_disagree_overlay_it_in_itk(tmp_pat
         assert bright.sum() == 96 and (overlay == bright).all()
 
 
+@pytest.mark.parametrize("unit", ["micron", "meter", "mm"])
+def test_labels_keep_the_units_of_the_ct(tmp_path, unit):
+    """A CT whose header states its sizes in microns or meters (``xyzt_units``): ITK scales
+    pixdim and the transforms by the unit, so labels that said "unknown" (read as mm) lay
+    1000 times off the CT in 3D Slicer / ITK-SNAP; they state the CT's unit, as its pixdim."""
+    sitk = pytest.importorskip("SimpleITK")
+    from ctseg_core.data.volume import load_ct, save_on_original_grid
+
+    img = nib.Nifti1Image(np.full((6, 5, 4), -1000, np.int16), np.diag([0.8, 0.8, 1.5, 1]))
+    img.header.set_xyzt_units(xyz=unit, t="sec")
+    nib.save(img, tmp_path / "ct.nii.gz")
+    ct = load_ct(tmp_path / "ct.nii.gz")
+    save_on_original_grid(np.ones(ct.array.shape, np.uint8), ct, tmp_path / "labels.nii.gz")
+    assert nib.load(tmp_path / "labels.nii.gz").header.get_xyzt_units() == (unit, "sec")
+    ct_itk = sitk.ReadImage(str(tmp_path / "ct.nii.gz"))
+    labels_itk = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
+    assert labels_itk.GetSpacing() == pytest.approx(ct_itk.GetSpacing())
+    assert labels_itk.GetOrigin() == pytest.approx(ct_itk.GetOrigin())
+
+
 def test_a_sheared_ct_is_read_with_a_note(tmp_path):
     """An uncorrected gantry tilt of 20 degrees leaves the NIfTI's z axis sheared: volumes in mm
     take the axes as perpendicular (a 1.000 ml structure measured 1.064 ml), so it is said."""

@@ -51,6 +51,10 @@ class Volume:
     #: the file's qform where it disagrees with the sform read as ``original_affine``: outputs
     #: on its grid keep both, so a viewer that takes the qform (ITK) overlays them as the CT
     original_qform: np.ndarray | None = None
+    #: the file's NIfTI ``xyzt_units`` byte (spatial and time unit), given back to outputs on
+    #: its grid: ITK scales pixdim by the unit, so labels in another unit than the CT's would
+    #: not overlay it; 0 (unknown, read as mm) for DICOM and volumes without a file
+    xyzt_units: int = 0
 
     @property
     def orientation(self) -> str:
@@ -108,6 +112,7 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
             "fix its header's sform/qform and pixdim, e.g. re-export it from 3D Slicer"
         )
     out = nib.Nifti1Image(data, img.affine)
+    out.header["xyzt_units"] = _xyzt_units(img)  # what the affine's numbers are in
     # the file's own transforms and codes (a new image would state sform "aligned", qform unset)
     try:
         out.set_qform(img.get_qform(), code=int(img.header["qform_code"]))
@@ -185,7 +190,7 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
         except (nib.spatialimages.HeaderDataError, ValueError):  # a pixdim it cannot hold
             qform = None
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img), notes, qform)  # fmt: skip
+                  _xform_codes(img), notes, qform, _xyzt_units(img))  # fmt: skip
 
 
 def _raw_header_or_none(path: Path):
@@ -345,7 +350,7 @@ def load_label_volume(path: str | Path, num_labels: int = 117) -> Volume:
         )
     array, affine = to_canonical(data.astype(np.uint8), img.affine)
     return Volume(array, affine, spacing_of(affine), img.affine.copy(), data.shape, path,
-                  _xform_codes(img), geometry_notes(path, img))  # fmt: skip
+                  _xform_codes(img), geometry_notes(path, img), None, _xyzt_units(img))  # fmt: skip
 
 
 def _xform_codes(img) -> tuple[int, int]:
@@ -358,10 +363,18 @@ def _xform_codes(img) -> tuple[int, int]:
     return codes if any(codes) else (1, 1)
 
 
+def _xyzt_units(img) -> int:
+    """The NIfTI ``xyzt_units`` byte of an image; 0 (unknown) where its header has none."""
+    try:
+        return int(img.header["xyzt_units"])
+    except (TypeError, KeyError, ValueError):
+        return 0
+
+
 def save_on_original_grid(array: np.ndarray, volume: Volume, target: str | Path) -> None:
     """Write a canonical (X, Y, Z) array as NIfTI on ``volume``'s original grid, atomically,
     with the source file's qform/sform codes (a CT with only an "aligned" sform gives a label
-    file with the same)."""
+    file with the same) and units (``Volume.xyzt_units``: a CT in microns, labels in microns)."""
     from ..fileio import atomic_save_nifti
 
     data = from_canonical(array, volume.original_affine)
@@ -370,4 +383,5 @@ def save_on_original_grid(array: np.ndarray, volume: Volume, target: str | Path)
     qform = volume.original_qform if volume.original_qform is not None else volume.original_affine
     img.set_qform(qform, code=qform_code)
     img.set_sform(volume.original_affine, code=sform_code)
+    img.header["xyzt_units"] = volume.xyzt_units
     atomic_save_nifti(img, target)
