@@ -433,6 +433,96 @@ def test_outputs_never_replace_the_inputs_or_a_folder_of_other_files(tmp_path, s
     assert [f.name for f in (tmp_path / "p" / "segmentations").iterdir()] == ["liver.nii.gz"]
 
 
+def _listing(folder):
+    """{relative path: bytes} of every file under ``folder`` (hidden ones included)."""
+    return {
+        str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()
+    }
+
+
+def test_overwrite_removes_the_earlier_predictions_outputs_it_does_not_write(tmp_path, s0000_ct):
+    """--overwrite replaces the earlier prediction: its masks and statistics, which this run
+    does not write, described the earlier labels and are removed, and the summary says so;
+    what is not as ctseg writes it (the user's) is left, with a word; without --overwrite an
+    earlier prediction's output is refused as OUT.nii.gz is."""
+    ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
+    out = tmp_path / "p" / "p.nii.gz"
+    predict_file(s0000_ct, [ckpt], out, split_masks=True, statistics=True)
+    folder = out.parent
+    assert sorted(_listing(folder)) == ["p.ctbl", "p.nii.gz", "p/segmentations/liver.nii.gz",
+                                        "p_itksnap_labels.txt", "p_statistics.csv"]  # fmt: skip
+    summary = predict_file(s0000_ct, [ckpt], out, overwrite=True)
+    assert sorted(_listing(folder)) == ["p.ctbl", "p.nii.gz", "p_itksnap_labels.txt"]
+    assert any("removed p_statistics.csv, p/ beside p.nii.gz" in w for w in summary["warnings"])
+
+    predict_file(s0000_ct, [ckpt], out, split_masks=True, statistics=True, overwrite=True)
+    mine = folder / "p" / "segmentations" / "my_tumour.nii.gz"  # not a name ctseg writes
+    mine.write_bytes(b"mine")
+    (folder / "p_statistics.csv").write_text("my,own\n1,2\n")
+    summary = predict_file(s0000_ct, [ckpt], out, overwrite=True)
+    assert (
+        mine.read_bytes() == b"mine"
+        and (folder / "p_statistics.csv").read_text() == "my,own\n1,2\n"
+    )
+    left = [w for w in summary["warnings"] if "is left as it is" in w]
+    assert len(left) == 2 and not any("removed" in w for w in summary["warnings"])
+
+    mine.unlink()
+    predict_file(s0000_ct, [ckpt], out, split_masks=True, statistics=True, overwrite=True)
+    for name in ("p.nii.gz", "p.ctbl", "p_itksnap_labels.txt"):  # masks, statistics left
+        (folder / name).unlink()
+    with pytest.raises(ConfigError, match=r"p_statistics\.csv exists, an earlier prediction's"):
+        predict_file(s0000_ct, [ckpt], out)
+    assert (folder / "p" / "segmentations" / "liver.nii.gz").is_file() and not out.exists()
+    # masks with no label table of ctseg's naming them (a dataset's references look so): left
+    (folder / "p_statistics.csv").unlink()
+    summary = predict_file(s0000_ct, [ckpt], out)
+    assert (folder / "p" / "segmentations" / "liver.nii.gz").is_file()
+    assert any(w.startswith(f"{folder / 'p'} is left as it is") for w in summary["warnings"])
+
+
+def test_a_failure_while_writing_leaves_the_earlier_outputs_whole(tmp_path, s0000_ct, monkeypatch):
+    """A full disk while writing the label files (after the labels and masks), or a rename that
+    fails while swapping the set in: the earlier prediction's files stay, all of them and
+    byte for byte, no temporary is left, and the error says what happened."""
+    import errno
+    from pathlib import Path
+
+    import ctseg_core.inference.label_files as label_files
+
+    liver = make_checkpoint(tmp_path / "liver.pth", ["liver"], "test_threshold", (64, 64))
+    bone = make_checkpoint(tmp_path / "bone.pth", ["spleen"], "test_threshold_300", (64, 64))
+    out = tmp_path / "p" / "p.nii.gz"
+    predict_file(s0000_ct, [liver], out, split_masks=True, statistics=True)
+    before = _listing(out.parent)
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(label_files, "atomic_write_text", full)
+        with pytest.raises(CtsegError, match=r"No space left on device.*nothing was replaced"):
+            predict_file(s0000_ct, [bone], out, split_masks=True, overwrite=True)
+    assert _listing(out.parent) == before
+
+    rename = Path.rename
+
+    def failing(self, target):
+        if self.name.startswith(".tmp-") and str(target).endswith(".ctbl"):
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return rename(self, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "rename", failing)
+        with pytest.raises(CtsegError, match=r"Input/output error.*earlier outputs were put back"):
+            predict_file(s0000_ct, [bone], out, split_masks=True, overwrite=True)
+    assert _listing(out.parent) == before
+    summary = predict_file(s0000_ct, [bone], out, split_masks=True, overwrite=True)
+    assert [e.name for e in read_slicer_ctbl(summary["label_files"][0])] == ["background", "spleen"]
+    assert sorted(_listing(out.parent)) == ["p.ctbl", "p.nii.gz", "p/segmentations/spleen.nii.gz",
+                                            "p_itksnap_labels.txt"]  # fmt: skip
+
+
 def test_a_file_that_is_no_ct_in_hounsfield_units_gets_a_warning(tmp_path, s0000_ct, s0000_root):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
     real = predict_file(s0000_ct, [ckpt], tmp_path / "ct.nii.gz")

@@ -128,6 +128,34 @@ def test_labels_map_to_v2_names_and_others_keep_their_own(tmp_path, small_ct):
     np.testing.assert_array_equal(ours, lut[own])
 
 
+def test_a_model_with_its_own_labels_replaces_the_earlier_label_files(tmp_path, small_ct):
+    """A model with labels outside TotalSegmentator's writes OUT_labels.json: a file of the
+    user's of that name is refused without --overwrite, as OUT.nii.gz is; over an earlier
+    prediction with --overwrite, its .ctbl / ITK-SNAP files, which name the values otherwise
+    (3D Slicer, ctseg stats and evaluate read them), are removed and the summary says so."""
+    from ctseg_core.inference.files import predict_file
+
+    own = _model_2d(tmp_path / "own", labels={**TS_LABELS, "my_tumour": 4}, mirror_axes=None)
+    ours = _model_2d(tmp_path / "ours", mirror_axes=None)
+    folder = tmp_path / "pred"
+    folder.mkdir()
+    out = folder / "s0000.nii.gz"
+    (folder / "s0000_labels.json").write_text('{"my": "notes"}\n')
+    with pytest.raises(ConfigError, match=r"s0000_labels\.json exists; pass --overwrite"):
+        predict_file(small_ct, [], out, model=own, device="cpu")
+    assert (folder / "s0000_labels.json").read_text() == '{"my": "notes"}\n'
+    assert sorted(p.name for p in folder.iterdir()) == ["s0000_labels.json"]
+
+    (folder / "s0000_labels.json").unlink()
+    predict_file(small_ct, [], out, model=ours, device="cpu")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "s0000.ctbl", "s0000.nii.gz", "s0000_itksnap_labels.txt"]  # fmt: skip
+    summary = predict_file(small_ct, [], out, model=own, device="cpu", overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["s0000.nii.gz", "s0000_labels.json"]
+    assert json.loads((folder / "s0000_labels.json").read_text())["4"] == "my_tumour"
+    assert any("removed s0000.ctbl, s0000_itksnap_labels.txt" in w for w in summary["warnings"])
+
+
 def test_totalsegmentator_parts_combine_into_117_structures(tmp_path, small_ct):
     results = tmp_path / "results"
     parts = {}

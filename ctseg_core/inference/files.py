@@ -1,6 +1,7 @@
 """Prediction from a file to files: a CT (NIfTI or DICOM folder) in, labels on its own grid out.
 
-Writes, all atomically and only after the whole prediction succeeded:
+Writes, only after the whole prediction succeeded and as one set (``outputs``: each under a
+temporary name first, all renamed into place at the end):
 
 - ``OUT.nii.gz``: multilabel uint8 (0..117) on the CT's original grid and affine;
 - ``OUT.ctbl`` and ``OUT_itksnap_labels.txt``: names and colours for 3D Slicer and ITK-SNAP;
@@ -14,15 +15,16 @@ A CT outside what a checkpoint was trained on (``domain``: the phantom's model o
 voxel spacing or intensities far from the training CTs') is labelled all the same, with a
 warning in the log and in the summary's ``warnings``.
 
-Existing outputs are refused unless ``overwrite``; then they are replaced whole, never halfway.
+Existing outputs are refused unless ``overwrite``; then they are replaced whole, never halfway:
+a failure while writing leaves the earlier set as it was. With ``overwrite`` the earlier
+prediction's own outputs that this one does not write (its masks, statistics, label files) are
+removed, only where their content is what ctseg writes; the summary's ``warnings`` say what was
+removed, and what was left (a file of another content under such a name).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,11 +34,12 @@ import numpy as np
 
 from ..data.domain import is_phantom_ct
 from ..data.volume import hu_problem, load_ct, save_on_original_grid, spacing_of
-from ..errors import ConfigError, CtsegError
+from ..errors import ConfigError
 from ..fileio import refuse_replacing_inputs
 from ..labels import NUM_LABELS, names_of, value_of
 from .domain import domain_warnings
 from .label_files import label_file_paths, write_label_files
+from .outputs import StagedOutputs, companion_paths, earlier_outputs, stem_of
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +69,71 @@ def load_ct_noting(ct_path: str | Path, **kwargs) -> tuple:
     return ct, [*collect.messages, *(n for n in ct.notes if n not in collect.messages)]
 
 
-def _stem(out_path: Path) -> str:
-    name = out_path.name
-    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
-
-
 def output_paths(
     out_path: str | Path, split_masks: bool = False, statistics: bool = False
 ) -> list[Path]:
-    """Every path :func:`predict_file` writes for ``out_path`` (the masks folder last)."""
+    """Every path :func:`predict_file` writes for ``out_path`` with a model of TotalSegmentator
+    names (the masks folder last)."""
     out_path = Path(out_path)
+    companions = companion_paths(out_path)
     paths = [out_path, *label_file_paths(out_path)]
     if statistics:
-        paths.append(out_path.with_name(_stem(out_path) + "_statistics.csv"))
+        paths.append(companions["statistics"])
     if split_masks:
-        paths.append(out_path.with_name(_stem(out_path)))
+        paths.append(companions["masks"])
     return paths
+
+
+def _check_outputs(out_path: Path, written: list[Path], inputs: list, overwrite: bool) -> None:
+    """Refuse, before any work, outputs that are (or hold) an input; existing ones without
+    ``overwrite``, and so an earlier prediction's outputs this one would leave beside it; a
+    folder where a file goes; a masks folder holding anything else."""
+    refuse_replacing_inputs(written, inputs)
+    masks_dir = companion_paths(out_path)["masks"]
+    for path in written:
+        if path != masks_dir and path.is_dir():
+            raise ConfigError(f"{path} is a folder; a prediction writes a file there")
+    existing = [p for p in written if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out"
+        )
+    earlier, _ = earlier_outputs(out_path, written)
+    if earlier and not overwrite:
+        raise ConfigError(
+            f"{earlier[0]} exists, an earlier prediction's, and would not describe this one; "
+            "pass --overwrite to replace that prediction (its outputs this one does not write "
+            "are removed), or choose another --out"
+        )
+    if masks_dir in written and masks_dir.exists():
+        _refuse_foreign_masks_dir(masks_dir)
+
+
+def _remove_earlier(staged: StagedOutputs, out_path: Path, written: list[Path], inputs: list,
+                    overwrite: bool) -> list[str]:  # fmt: skip
+    """Stage the removal of the earlier prediction's outputs this one does not write (with
+    ``overwrite``; ``outputs.earlier_outputs``); the lines saying what was removed and left."""
+    ours, notes = earlier_outputs(out_path, written)
+    removed = []
+    for path in ours:
+        try:
+            refuse_replacing_inputs([path], inputs)
+        except ConfigError:
+            notes.append(f"{path} is left as it is: it holds an input of this prediction")
+            continue
+        if not overwrite:  # appeared while predicting (checked before): not ours to remove
+            notes.append(f"{path} appeared while predicting and is left as it is")
+            continue
+        staged.remove(path)
+        removed.append(path.name + ("/" if path.is_dir() else ""))
+    if removed:
+        notes.insert(0, f"--overwrite: removed {', '.join(removed)} beside {out_path.name}, "
+                        "the earlier prediction's, which this one does not write")  # fmt: skip
+    return notes
+
+
+def _suffix(out_path: Path) -> str:
+    return ".nii.gz" if out_path.name.endswith(".nii.gz") else ".nii"
 
 
 def _refuse_foreign_masks_dir(folder: Path) -> None:
@@ -99,33 +151,13 @@ def _refuse_foreign_masks_dir(folder: Path) -> None:
             )
 
 
-def _write_masks(
-    labels: np.ndarray, ct, structures: Sequence[str], folder: Path, overwrite: bool
-) -> None:
-    """One 0/1 uint8 mask per structure into ``folder/segmentations``, swapped in as a whole."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        seg = tmp / "segmentations"
-        seg.mkdir()
-        for name in structures:
-            mask = (labels == value_of(name)).astype(np.uint8)
-            save_on_original_grid(mask, ct, seg / f"{name}.nii.gz")
-        old = None
-        if folder.exists():
-            if not overwrite:
-                raise CtsegError(f"{folder} exists; pass overwrite (--overwrite) or another --out")
-            old = folder.with_name(f".old-{folder.name}-{time.time_ns()}")
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write_masks(labels: np.ndarray, ct, structures: Sequence[str], folder: Path) -> None:
+    """One 0/1 uint8 mask per structure into ``folder/segmentations`` (a staged folder)."""
+    seg = folder / "segmentations"
+    seg.mkdir()
+    for name in structures:
+        mask = (labels == value_of(name)).astype(np.uint8)
+        save_on_original_grid(mask, ct, seg / f"{name}.nii.gz")
 
 
 def predict_file(
@@ -168,15 +200,9 @@ def predict_file(
     if not out_path.name.endswith((".nii.gz", ".nii")):
         raise ConfigError(f"--out {out_path} must end with .nii.gz or .nii")
     written = output_paths(out_path, split_masks, statistics)
-    refuse_replacing_inputs(written, [ct_path, *checkpoints])
-    existing = [p for p in written if p.exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out"
-        )
-    masks_dir = out_path.with_name(_stem(out_path))
-    if split_masks and masks_dir.exists():
-        _refuse_foreign_masks_dir(masks_dir)
+    inputs = [ct_path, *checkpoints] if model is None else [ct_path, model]
+    if model is None:  # a model folder's labels tell its files: checked once it is read
+        _check_outputs(out_path, written, inputs, overwrite)
     start = time.perf_counter()
     if model is not None:
         from ..nnunet.model import NnunetPredictor
@@ -190,8 +216,11 @@ def predict_file(
                     f"({sorted(predictor.other_labels.values())[:3]}); --split-masks and "
                     "--statistics need TotalSegmentator v2 names"
                 )
+            names_path = companion_paths(out_path)["names"]
+            _check_outputs(out_path, [out_path, names_path], inputs, overwrite)
             return _predict_own_labels(predictor, ct_path, out_path, resample_uneven, progress,
-                                       start)  # fmt: skip
+                                       start, inputs, overwrite)  # fmt: skip
+        _check_outputs(out_path, written, inputs, overwrite)
     else:
         predictor = Predictor(checkpoints, device=device, batch_slices=batch_slices, tta=tta,
                               overlap=overlap, body_crop=body_crop)  # fmt: skip
@@ -216,20 +245,26 @@ def predict_file(
 
     values = [value_of(s) for s in predictor.structures]
     names = names_of(predictor.structures)  # a merge's value named by the merge
-    if split_masks:
-        _write_masks(
-            labels, ct, predictor.structures, out_path.with_name(_stem(out_path)), overwrite
-        )
-    save_on_original_grid(labels, ct, out_path)
-    slicer, itk = write_label_files(out_path, values, names, learned=True)
-    stats_path = None
-    if statistics:
-        from ..fileio import atomic_write_text
-        from ..metrics.stats import volume_statistics
+    companions = companion_paths(out_path)
+    slicer, itk = label_file_paths(out_path)
+    stats_path = companions["statistics"] if statistics else None
+    with StagedOutputs(out_path) as staged:
+        if split_masks:
+            _write_masks(labels, ct, predictor.structures, staged.folder(companions["masks"]))
+        save_on_original_grid(labels, ct, staged.file(out_path, _suffix(out_path)))
+        # write_label_files names its two files after a stem: a temporary one, staged
+        temporary = out_path.with_name(f".tmp-{stem_of(out_path)}.{staged.token}")
+        for path, target in zip(label_file_paths(temporary), (slicer, itk), strict=True):
+            staged.add(path, target)
+        write_label_files(temporary, values, names, learned=True)
+        if statistics:
+            from ..fileio import atomic_write_text
+            from ..metrics.stats import volume_statistics
 
-        stats_path = out_path.with_name(_stem(out_path) + "_statistics.csv")
-        table = volume_statistics(labels, ct.array, ct.spacing_mm, names)
-        atomic_write_text(stats_path, table.to_csv(index=False))
+            table = volume_statistics(labels, ct.array, ct.spacing_mm, names)
+            atomic_write_text(staged.file(stats_path), table.to_csv(index=False))
+        replaced = _remove_earlier(staged, out_path, written, inputs, overwrite)
+        staged.commit()
 
     counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
@@ -245,7 +280,7 @@ def predict_file(
         "ct": str(ct_path),
         "out": str(out_path),
         "label_files": [str(slicer), str(itk)],
-        "masks_dir": str(out_path.with_name(_stem(out_path))) if split_masks else None,
+        "masks_dir": str(companions["masks"]) if split_masks else None,
         "statistics": str(stats_path) if stats_path else None,
         "shape": [int(s) for s in ct.original_shape],
         # the file's own axes, as "shape" and "orientation" (ct.spacing_mm is RAS order)
@@ -261,21 +296,28 @@ def predict_file(
             *read_warnings,
             *filter(None, [hu_problem(ct.array, str(ct_path))]),
             *domain,
+            *replaced,
         ],
         "seconds": round(time.perf_counter() - start, 2),
     }
 
 
 def _predict_own_labels(predictor, ct_path: Path, out_path: Path, resample_uneven: bool,
-                        progress, start: float) -> dict:  # fmt: skip
-    """An nnU-Net model with its own labels: ``OUT.nii.gz`` in its values, ``OUT_labels.json``."""
+                        progress, start: float, inputs: list, overwrite: bool) -> dict:  # fmt: skip
+    """An nnU-Net model with its own labels: ``OUT.nii.gz`` in its values, ``OUT_labels.json``
+    (value -> name); with ``overwrite`` an earlier prediction's .ctbl / ITK-SNAP files, which
+    would name its values otherwise, are removed (``_remove_earlier``)."""
     from ..fileio import atomic_write_json
 
     ct, read_warnings = load_ct_noting(ct_path, resample_uneven=resample_uneven)
     labels = predictor.predict(ct, progress=progress, own_values=True)
-    save_on_original_grid(labels, ct, out_path)
-    names_path = out_path.with_name(_stem(out_path) + "_labels.json")
-    atomic_write_json(names_path, {str(v): n for v, n in sorted(predictor.value_names.items())})
+    names_path = companion_paths(out_path)["names"]
+    value_names = {str(v): n for v, n in sorted(predictor.value_names.items())}
+    with StagedOutputs(out_path) as staged:
+        save_on_original_grid(labels, ct, staged.file(out_path, _suffix(out_path)))
+        atomic_write_json(staged.file(names_path), value_names)
+        replaced = _remove_earlier(staged, out_path, [out_path, names_path], inputs, overwrite)
+        staged.commit()
     counts = np.bincount(labels.ravel(), minlength=max(predictor.value_names) + 1)
     voxel_ml = float(np.prod(ct.spacing_mm)) / 1000.0
     found = {
@@ -289,6 +331,6 @@ def _predict_own_labels(predictor, ct_path: Path, out_path: Path, resample_uneve
         "spacing_mm": [round(float(s), 4) for s in spacing_of(ct.original_affine)],
         "orientation": ct.orientation,
         "checkpoints": [], "model": str(predictor.path), "tta": predictor.mirrors,
-        "structures_found": found, "warnings": read_warnings,
+        "structures_found": found, "warnings": [*read_warnings, *replaced],
         "seconds": round(time.perf_counter() - start, 2),
     }  # fmt: skip
