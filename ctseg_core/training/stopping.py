@@ -75,15 +75,27 @@ class StopControl:
 
 
 def epoch_score(record: dict) -> float:
-    """Higher is better: mean val Dice, or minus the val loss when no Dice could be measured."""
+    """Higher is better: mean val Dice, or minus the val loss when no Dice could be measured.
+
+    -inf ("no score") when neither was measured or the value is NaN (a validation that diverged):
+    a NaN would compare false with everything, and as the best so far (``max`` of a resumed run's
+    scores) it would keep any later epoch from becoming best.pth.
+    """
     if record.get("val_dice_mean") is not None:
-        return float(record["val_dice_mean"])
-    return -float(record["val_loss"]) if record.get("val_loss") is not None else -math.inf
+        score = float(record["val_dice_mean"])
+    elif record.get("val_loss") is not None:
+        score = -float(record["val_loss"])
+    else:
+        return -math.inf
+    return -math.inf if math.isnan(score) else score
 
 
 def epochs_since_best(scores: list[float]) -> int:
-    """Epochs after the first best score (early stopping counts them); 0 for none."""
+    """Epochs after the first best score (early stopping counts them); 0 for none, and all of
+    them when none scored (every one -inf), as the training loop counts them from the start."""
     if not scores:
         return 0
     best_at = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    if scores[best_at] == -math.inf:
+        return len(scores)
     return len(scores) - 1 - best_at

@@ -1,0 +1,82 @@
+"""Resuming a run: best.pth after a NaN score, a resume from an older checkpoint, the clock of a
+stopped epoch."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.models.checkpoint import load_checkpoint
+from ctseg_core.runs.run_folder import read_history
+from ctseg_core.training.stopping import epoch_score, epochs_since_best
+from ctseg_core.training.trainer import Trainer
+
+
+def small_config(root, run_name: str, **train) -> RunConfig:
+    """One step of 2 slices at 32 x 32 and one validation slice per subject: a fast epoch."""
+    settings = {"epochs": 2, "steps_per_epoch": 1, "amp": "off", "sample_figure": False} | train
+    return RunConfig(
+        DataConfig(data_root=str(root), target_size=(32, 32), batch_size=2,
+                   val_slices_per_subject=1),
+        ModelConfig(features=[8, 16, 32, 64], bottleneck=64),
+        TrainConfig(**settings),
+        run_name=run_name,
+    )  # fmt: skip
+
+
+def scripted_validation(monkeypatch, scores):
+    """Validation that returns ``scores`` in turn as its val loss (no Dice measured)."""
+    import ctseg_core.training.parts as parts
+
+    values = iter(scores)
+    monkeypatch.setattr(
+        parts,
+        "validate",
+        lambda *a, **k: {"val_loss": next(values), "val_dice_mean": None, "val_dice": {}},
+    )
+
+
+def stop_after(epoch: int):
+    """(stop event, callback) that stops a run once ``epoch`` has completed."""
+    event = threading.Event()
+
+    def callback(p) -> None:
+        if p.kind == "epoch" and p.epoch == epoch:
+            event.set()
+
+    return event, callback
+
+
+def test_a_nan_score_is_no_score_for_fresh_and_resumed_runs(phantom_root, tmp_path, monkeypatch):
+    nan = math.nan
+    assert epoch_score({"val_loss": nan, "val_dice_mean": None}) == -math.inf
+    assert epoch_score({"val_loss": 1.0, "val_dice_mean": nan}) == -math.inf
+    assert epoch_score({"val_loss": 2.0, "val_dice_mean": None}) == -2.0
+    assert epoch_score({}) == -math.inf
+    # as the loop counts them: epochs without a score count from the start
+    assert epochs_since_best([-math.inf, -math.inf]) == 2
+    assert epochs_since_best([-math.inf, -0.9, -1.0]) == 1
+    assert epochs_since_best([]) == 0
+    # epoch 1's val loss is NaN, then 0.9 is the best: stopped after epoch 2 and resumed,
+    # best.pth holds epoch 2 as in the uninterrupted run (not the NaN's epoch 1 for ever)
+    scripted_validation(monkeypatch, [nan, 0.9, 0.8, 0.7] * 2)
+    Trainer(small_config(phantom_root, "a", epochs=4), checkpoints_root=tmp_path).run()
+    event, callback = stop_after(1)
+    config = small_config(phantom_root, "b", epochs=4)
+    stopped = Trainer(config, checkpoints_root=tmp_path, callbacks=[callback], stop_event=event)
+    assert stopped.run() == "stopped"
+    assert not (tmp_path / "b" / "best.pth").exists()  # the NaN epoch is no best
+    resumed = Trainer.resume(tmp_path / "b")
+    resumed.open_run()
+    assert resumed.run() == "finished"
+    for name in "ab":
+        assert load_checkpoint(tmp_path / name / "best.pth")["epoch"] == 4, name
+        assert len(read_history(tmp_path / name)) == 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Small models: one torch thread is faster on the 2-core machine."""
