@@ -23,7 +23,6 @@ the dataset) are ``training.checks.check_run_config``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,9 @@ from .labels import MERGES, STRUCTURES, is_structure
 OUTPUTS = ("softmax", "sigmoid")
 #: what a 3D volume smaller than a patch is padded with (``DataConfig.padding``)
 PADDINGS = ("air", "normalised_zero")
+#: the largest time budget, about two years: a larger one is a typo, or an overflow to come
+#: (minutes * 60 / an epoch's seconds past the largest float); no budget is unset (None)
+MAX_MINUTES = 1_000_000.0
 
 
 @dataclass
@@ -273,9 +275,12 @@ def _validate_static(cfg: RunConfig) -> None:
     if t.minutes is not None and not (
         isinstance(t.minutes, (int, float))
         and not isinstance(t.minutes, bool)
-        and 0 < t.minutes < math.inf
+        and 0 < t.minutes <= MAX_MINUTES
     ):
-        problems.append(f"time budget must be > 0 minutes, or unset for none (got {t.minutes})")
+        problems.append(
+            f"time budget must be > 0 and at most {MAX_MINUTES:.0f} minutes, or unset for none "
+            f"(got {t.minutes})"
+        )
     if t.checkpoint_every < 0:
         problems.append(
             f"checkpoint every must be >= 0 epochs, 0 = none (got {t.checkpoint_every})"

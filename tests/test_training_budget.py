@@ -13,10 +13,17 @@ import torch
 
 from ctseg_core.cli import build_parser, main
 from ctseg_core.cli.cmd_train import build_config
-from ctseg_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ctseg_core.config import MAX_MINUTES, DataConfig, ModelConfig, RunConfig, TrainConfig
 from ctseg_core.errors import ConfigError
 from ctseg_core.runs.run_folder import read_history, read_status
-from ctseg_core.training.budget import epochs_that_fit, horizon, mean_epoch_s, trained_seconds
+from ctseg_core.training.budget import (
+    MANY_EPOCHS,
+    continue_budget,
+    epochs_that_fit,
+    horizon,
+    mean_epoch_s,
+    trained_seconds,
+)
 from ctseg_core.training.optim import (
     ProgressLR,
     build_scheduler,
@@ -116,9 +123,17 @@ def test_progress_lr_never_climbs_back_and_round_trips_its_state(tmp_path):
 
 
 def test_minutes_is_checked_saved_and_optional_in_old_configs(phantom_root):
-    for bad in (0, -1.0, math.nan, math.inf, True, "10"):
-        with pytest.raises(ConfigError, match="time budget must be > 0 minutes"):
+    for bad in (0, -1.0, math.nan, math.inf, True, "10", 1e306, MAX_MINUTES * 1.01):
+        with pytest.raises(ConfigError, match=r"time budget must be > 0 and at most 1000000 min"):
             tiny_config(phantom_root, minutes=bad).validate()
+    assert tiny_config(phantom_root, minutes=MAX_MINUTES).validate().train.minutes == MAX_MINUTES
+    # the arithmetic of a budget holds at any size: no OverflowError after the first epoch
+    assert epochs_that_fit(1e306 * 60, 0.01) == MANY_EPOCHS
+    assert epochs_that_fit(math.inf, 0.01) == MANY_EPOCHS
+    assert epochs_that_fit(math.nan, 1.0) == epochs_that_fit(5.0, 0.0) == 0
+    assert horizon(1.0, 1e-3, 1e307, 1, 200) == 200
+    with pytest.raises(ConfigError, match="at most 1000000 minutes, or 0 for none"):
+        continue_budget(phantom_root, TrainConfig(), 1e306, [])
     config = tiny_config(phantom_root, minutes=2.5)
     again = RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again.train.minutes == 2.5

@@ -41,7 +41,7 @@ import math
 import time
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import MAX_MINUTES, TrainConfig
 from ..errors import ConfigError
 from . import distributed as ddp
 
@@ -58,11 +58,19 @@ def trained_seconds(history: list[dict]) -> float:
     return total
 
 
+#: more epochs than any run trains: what ``epochs_that_fit`` answers for a budget beyond them
+MANY_EPOCHS = 10**15
+
+
 def epochs_that_fit(left_s: float, epoch_s: float) -> int:
-    """Whole epochs of ``epoch_s`` seconds within ``left_s`` seconds (0 when none or negative)."""
-    if epoch_s <= 0:
+    """Whole epochs of ``epoch_s`` seconds within ``left_s`` seconds (0 when none, negative or
+    NaN; at most ``MANY_EPOCHS``, so that a huge budget over a tiny epoch is no OverflowError)."""
+    if not epoch_s > 0:
         return 0
-    return max(0, math.floor(left_s / epoch_s + 1e-9))
+    fit = left_s / epoch_s + 1e-9
+    if not fit > 0:  # NaN too
+        return 0
+    return MANY_EPOCHS if fit >= MANY_EPOCHS else math.floor(fit)
 
 
 def horizon(
@@ -193,8 +201,11 @@ def continue_budget(
     that had none: a budget once given stays, its schedule depends on it), then ConfigError
     when the budget has no room for an epoch as long as the run's last one."""
     if minutes is not None:
-        if not 0 <= minutes < math.inf:
-            raise ConfigError(f"time budget must be > 0 minutes, or 0 for none (got {minutes})")
+        if not 0 <= minutes <= MAX_MINUTES:
+            raise ConfigError(
+                f"time budget must be > 0 and at most {MAX_MINUTES:.0f} minutes, or 0 for none "
+                f"(got {minutes})"
+            )
         if not minutes and train.minutes is not None:
             raise ConfigError(
                 f"run {run_dir} trains within {train.minutes:g} minutes and keeps a time "
