@@ -16,7 +16,7 @@ from ctseg_core.runs.run_folder import ACTIVE_STATES
 from ctseg_core.training.checks import check_run_config
 from ctseg_core.training.memory import check_fits
 from dashboard import cached, state
-from dashboard.helpers import run_actions, run_charts, run_table, runs
+from dashboard.helpers import resume_form, run_actions, run_charts, run_table, runs
 from dashboard.helpers.train_form import build_config
 
 REFRESH_S = 1.5  # the view of an active run
@@ -68,22 +68,22 @@ def controls(root: str) -> None:
         key=state.TRAIN_FORM.resume_pick,
         help="Continues from its last.pth with its own settings, up to the epoch on the right.",
     )
-    until = minutes = None
+    until = minutes = cap = budget = None
     if pick is not None:
         run = resumable[pick]
-        done, planned = run.epoch, run.epochs or run.epoch
+        cap, budget = resume_form.run_train_settings(run.run_dir)
+        start_until, start_minutes = resume_form.resume_defaults(run.epoch, run.state, cap, budget)
         until = cols[2].number_input(
             "until epoch",
-            min_value=done + 1,
-            value=planned if planned > done else done + 10,  # a finished run: 10 more
+            min_value=run.epoch + 1,
+            value=start_until,  # the run's own cap (status.json's epochs may be a budget's plan)
             key=f"{state.TRAIN_FORM.resume_epochs}_{pick}",
         )
-        budget = _run_minutes(run.run_dir)
         if budget is not None:  # a run with a time budget keeps one
             minutes = cols[2].number_input(
                 "within minutes (in all)",
                 min_value=0.1,
-                value=budget + 5 if run.state == "finished" else budget,  # finished: 5 more
+                value=start_minutes,
                 key=f"{state.TRAIN_FORM.resume_minutes}_{pick}",
                 help="The run's time budget, its earlier training included.",
             )
@@ -93,25 +93,14 @@ def controls(root: str) -> None:
     ):
         try:
             run_dir = job.resume(
-                cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who(),
-                minutes=minutes,
+                cached.checkpoints_root() / pick, epochs=resume_form.changed(int(until), cap),
+                started_by=state.who(), minutes=resume_form.changed(minutes, budget),
             )  # fmt: skip
         except Exception as exc:
             state.show_error(exc, "cannot resume")
         else:
             _started_here(run_dir)
             st.rerun()  # redraw Stop (enabled) and the watched run
-
-
-def _run_minutes(run_dir: Path) -> float | None:
-    """The time budget in the run's config.json (None: none, or unreadable)."""
-    from ctseg_core.runs.run_folder import read_json
-
-    try:
-        minutes = read_json(run_dir / "config.json")["train"].get("minutes")
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
-    return float(minutes) if isinstance(minutes, (int, float)) and minutes > 0 else None
 
 
 def _empty_run(name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,8 @@ def test_the_train_form_sets_a_time_budget_and_resume_gives_more_time(
     no_problems(at)
     more = at.number_input(key="ctseg_train_resume_minutes_budget")
     assert more.value == pytest.approx(5.05)
+    # ... up to the run's own cap, not to the epochs its budget held: 5 more minutes, all theirs
+    assert at.number_input(key="ctseg_train_resume_epochs_budget").value == 200
     more.set_value(0.5)
     at.number_input(key="ctseg_train_resume_epochs_budget").set_value(done + 1)
     at.button(key="ctseg_train_resume").click()
@@ -70,3 +73,49 @@ def test_the_train_form_sets_a_time_budget_and_resume_gives_more_time(
     at.selectbox(key="ctseg_train_resume_pick").set_value("no-budget")
     at.run()
     assert not [n for n in at.number_input if n.key == "ctseg_train_resume_minutes_no-budget"]
+
+
+def test_resume_starts_from_the_runs_own_cap_and_changes_only_what_the_user_changes(
+    app_env, make_tiny_config, monkeypatch, tmp_path, new_app, no_problems
+):
+    import threading
+
+    from ctseg_core.runs.run_folder import read_status
+    from ctseg_core.training.job import TrainingJob
+    from ctseg_core.training.trainer import Trainer
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    # a run of at most 100000 epochs within 30 minutes, stopped after its first epoch: its
+    # status.json holds the epochs expected to fit (a few hundred), not the cap
+    config = make_tiny_config(app_env, "stopped", epochs=100_000, steps=1)
+    config.train.minutes = 30.0
+    stop = threading.Event()
+
+    def stop_after_first(p) -> None:
+        if p.kind == "epoch":
+            stop.set()
+
+    trainer = Trainer(config, checkpoints_root=tmp_path, callbacks=[stop_after_first],
+                      stop_event=stop)  # fmt: skip
+    assert trainer.run() == "stopped"
+    assert 1 < read_status(tmp_path / "stopped")["epochs"] < 100_000
+    asked = []
+    monkeypatch.setattr(
+        TrainingJob, "resume", lambda self, run_dir, **kw: asked.append(kw) or Path(run_dir)
+    )
+    at = new_app("train")
+    at.run()
+    at.selectbox(key="ctseg_train_resume_pick").set_value("stopped")
+    at.run()
+    no_problems(at)
+    assert at.number_input(key="ctseg_train_resume_epochs_stopped").value == 100_000
+    assert at.number_input(key="ctseg_train_resume_minutes_stopped").value == 30.0
+    at.button(key="ctseg_train_resume").click()
+    at.run()
+    # the form as it came: the run goes on with its own settings (nothing rewritten)
+    assert [(kw["epochs"], kw["minutes"]) for kw in asked] == [(None, None)]
+    at.number_input(key="ctseg_train_resume_epochs_stopped").set_value(50)
+    at.number_input(key="ctseg_train_resume_minutes_stopped").set_value(45.0)
+    at.button(key="ctseg_train_resume").click()
+    at.run()
+    assert [(kw["epochs"], kw["minutes"]) for kw in asked][1:] == [(50, 45.0)]
