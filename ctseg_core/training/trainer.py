@@ -26,20 +26,20 @@ import torch
 from ..config import RunConfig
 from ..data.domain import record_training_data
 from ..device import resolve_amp, resolve_device
-from ..errors import ConfigError, CtsegError, TrainingError
+from ..errors import CtsegError, TrainingError
 from ..fileio import atomic_write_json, atomic_write_text
-from ..models.checkpoint import config_of, load_to_resume, resume_source
 from ..nnunet.finetune import write_init_record
-from ..runs.run_folder import default_checkpoints_root, new_run_dir, refuse_if_active
+from ..runs.run_folder import default_checkpoints_root, new_run_dir
 from ..runs.status import Callback, Progress, StatusFile, failure_text
 from ..runs.stop_request import STOP_REQUEST
 from . import distributed as ddp
-from .budget import Budget, continue_budget
+from .budget import Budget
 from .checks import check_run_config, disk_space_warning
 from .epoch_files import save_epoch
 from .memory import check_fits
 from .optim import step_scheduler
 from .parts import build_parts
+from .resume import prepare_resume
 from .step import StepRunner
 from .stopping import StopControl, StopRequested, epoch_score, epochs_since_best
 from .tracking import tracking_callbacks
@@ -88,19 +88,7 @@ class Trainer:
         has already trained all its epochs or used its time budget (``epochs`` or ``minutes``
         must then ask for more).
         """
-        run_dir, source = resume_source(run_dir)
-        refuse_if_active(run_dir)
-        ckpt = load_to_resume(run_dir, source)
-        config = config_of(ckpt)
-        if epochs is not None:
-            config.train.epochs = int(epochs)
-        done = int(ckpt["epoch"])
-        if done >= config.train.epochs:
-            raise ConfigError(
-                f"run {run_dir} has trained {done} of {config.train.epochs} epochs already; "
-                f"ask for more to continue (--epochs {done + 10}, say)"
-            )
-        continue_budget(run_dir, config.train, minutes, list(ckpt.get("history") or []))
+        run_dir, ckpt, config = prepare_resume(run_dir, epochs, minutes)
         trainer = cls(config, **kwargs)
         trainer.run_dir, trainer.resume_ckpt = run_dir, ckpt
         return trainer
