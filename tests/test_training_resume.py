@@ -3,6 +3,7 @@ stopped epoch."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -80,3 +81,50 @@ def test_a_nan_score_is_no_score_for_fresh_and_resumed_runs(phantom_root, tmp_pa
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
     """Small models: one torch thread is faster on the 2-core machine."""
+
+
+def test_a_resume_from_an_older_checkpoint_is_refused_unless_it_branches(
+    phantom_root, tmp_path, monkeypatch, capsys
+):
+    from ctseg_core.cli import main
+    from ctseg_core.errors import ConfigError
+
+    # val losses: epoch 3 is the run's best; the branch's epochs 3 and 4 are worse than epoch 2
+    scripted_validation(monkeypatch, [0.5, 0.4, 0.1, 0.6, 0.7, 0.8])
+    config = small_config(phantom_root, "r", epochs=4, checkpoint_every=2)
+    Trainer(config, checkpoints_root=tmp_path).run()
+    run = tmp_path / "r"
+    files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    older = run / "checkpoint_epoch2.pth"
+    with pytest.raises(ConfigError) as refused:
+        Trainer.resume(older)
+    text = str(refused.value)
+    assert "\n" not in text and "holds epoch 2" in text
+    for name in ("last.pth (epoch 4)", "best.pth (epoch 3)", "history.jsonl (epochs 3-4)"):
+        assert name in text
+    assert f"`ctseg train --resume {run}`" in text
+    assert f"`ctseg train --resume {older} --branch NEW_NAME`" in text
+    assert main(["train", "--resume", str(older)]) == 2  # the CLI: the same one line
+    assert "--branch NEW_NAME" in capsys.readouterr().err
+    assert main(["train", "--data", str(phantom_root), "--branch", "x"]) == 2
+    assert "give the checkpoint with --resume" in capsys.readouterr().err
+    # a branch: a new run folder beside it continues from epoch 2; the run is left as it was
+    branch = Trainer.resume(older, branch="r-from-2")
+    assert branch.open_run() == tmp_path / "r-from-2"
+    assert branch.run() == "finished"
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
+    new = tmp_path / "r-from-2"
+    history = read_history(new)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[:2] == read_history(run)[:2]
+    assert [r["val_loss"] for r in history[2:]] == [0.7, 0.8]
+    assert load_checkpoint(new / "last.pth")["epoch"] == 4
+    assert load_checkpoint(new / "best.pth")["epoch"] == 2  # the best up to epoch 2, kept
+    assert json.loads((new / "branched_from.json").read_text())["epoch"] == 2
+    assert json.loads((new / "config.json").read_text())["run_name"] == "r-from-2"
+    # last.pth cut short and no later checkpoint left: the hint's command branches from the
+    # newest intact one (best.pth, epoch 3), since history.jsonl holds epoch 4
+    (run / "last.pth").write_bytes(files["last.pth"][:1000])
+    (run / "checkpoint_epoch4.pth").unlink()
+    with pytest.raises(ConfigError, match=r"best\.pth --branch NEW_NAME`"):
+        Trainer.resume(run)

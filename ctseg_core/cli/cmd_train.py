@@ -78,7 +78,15 @@ def register(subparsers) -> None:
         type=Path,
         metavar="RUN_DIR",
         help="continue a run folder from its last.pth (or from a checkpoint file of it: "
-        "RUN_DIR/best.pth, RUN_DIR/checkpoint_epoch<N>.pth)",
+        "RUN_DIR/best.pth, RUN_DIR/checkpoint_epoch<N>.pth; one older than the run's newest is "
+        "refused, as it would replace the later epochs' files, unless --branch)",
+    )
+    a(
+        "--branch",
+        metavar="NAME",
+        help="with --resume: continue from the checkpoint in a new run folder NAME beside the "
+        "run (its last.pth, best.pth up to that epoch and history come along); the run is left "
+        "as it is",
     )
     a(
         "--run",
@@ -257,7 +265,7 @@ def run_train(args) -> int:
         if args.resume:
             _refuse_settings_on_resume(args)
             trainer = Trainer.resume(
-                args.resume, epochs=args.epochs, minutes=args.minutes,
+                args.resume, epochs=args.epochs, minutes=args.minutes, branch=args.branch,
                 callbacks=callbacks, started_by=_who(),
             )  # fmt: skip
             for dest in _HARDWARE:  # the run may move to another machine
@@ -265,9 +273,14 @@ def run_train(args) -> int:
                     section, name = _FLAGS[dest]
                     setattr(getattr(trainer.config, section), name, getattr(args, dest))
         else:
-            if not (args.data or args.config or args.preset):
-                from ..errors import ConfigError
+            from ..errors import ConfigError
 
+            if args.branch:
+                raise ConfigError(
+                    "--branch NAME continues a run's checkpoint in a new run folder: give the "
+                    "checkpoint with --resume RUN_DIR/<file>, or start a new run with --run NAME"
+                )
+            if not (args.data or args.config or args.preset):
                 raise ConfigError("give the dataset with --data (or a --config, or --resume)")
             trainer = Trainer(
                 build_config(args), checkpoints_root=args.checkpoints, callbacks=callbacks,
@@ -321,8 +334,8 @@ def _refuse_settings_on_resume(args) -> None:
     if given:
         raise ConfigError(
             f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "
-            "would not apply (only --epochs, --minutes, --device, --amp, --workers and --cache "
-            "do); to train "
+            "would not apply (only --epochs, --minutes, --branch, --device, --amp, --workers and "
+            "--cache do); to train "
             f"with other settings start a new run: --config {folder}/config.json and the flags"
         )
 

@@ -249,10 +249,29 @@ def intact_checkpoints(run_dir: str | Path, skip: Path | None = None) -> list[tu
     return [(path, epoch) for _, path, epoch in found]
 
 
-def resume_command(checkpoint: Path) -> str:
-    """The command that continues a run from ``checkpoint`` (its folder, for last.pth)."""
+def later_than(run_dir: str | Path, epoch: int, skip: Path | None = None) -> list[str]:
+    """What ``run_dir`` holds past ``epoch``, which a resume from an epoch-``epoch`` checkpoint
+    in it would replace: its intact checkpoints of later epochs ("best.pth (epoch 4)"; ``skip``
+    left out) and history.jsonl's later records ("history.jsonl (epochs 3-6)"); [] for none."""
+    from ..runs.run_folder import read_history
+
+    later = [f"{p.name} (epoch {e})" for p, e in intact_checkpoints(run_dir, skip) if e > epoch]
+    records = [
+        r["epoch"]
+        for r in read_history(run_dir)
+        if isinstance(r.get("epoch"), int) and r["epoch"] > epoch
+    ]
+    if records:
+        later.append(f"history.jsonl (epochs {min(records)}-{max(records)})")
+    return later
+
+
+def resume_command(checkpoint: Path, branch: bool = False) -> str:
+    """The command that continues a run from ``checkpoint`` (its folder, for last.pth);
+    ``branch``: in a new run folder (``later_than`` finds epochs past it in its own)."""
     target = checkpoint.parent if checkpoint.name == "last.pth" else checkpoint
-    return f"ctseg train --resume {shlex.quote(str(target))}"
+    into = " --branch NEW_NAME" if branch else ""
+    return f"ctseg train --resume {shlex.quote(str(target))}{into}"
 
 
 def continue_hint(run_dir: str | Path, first: str = "", skip: Path | None = None) -> str:
@@ -269,7 +288,9 @@ def continue_hint(run_dir: str | Path, first: str = "", skip: Path | None = None
             f"`ctseg train --config {config} --run NEW_NAME`"
         )
     names = ", ".join(f"{p.name} (epoch {e})" for p, e in intact)
-    return f"intact: {names}: {then}continue with `{resume_command(intact[0][0])}`"
+    newest, epoch = intact[0]
+    branch = newest.name != "last.pth" and bool(later_than(run_dir, epoch, skip))
+    return f"intact: {names}: {then}continue with `{resume_command(newest, branch)}`"
 
 
 def resume_source(path: str | Path) -> tuple[Path, Path]:

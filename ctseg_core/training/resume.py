@@ -1,31 +1,74 @@
 """What a resumed run continues from: its run folder, its checkpoint loaded, its settings with
-the epochs and time budget asked for (``Trainer.resume``)."""
+the epochs and time budget asked for (``Trainer.resume``), and a branch: a new run folder that
+continues from a checkpoint of another run.
+
+A resume trains on in the run's own folder, replacing its last.pth, best.pth (when an epoch
+improves), checkpoint_epoch<N>.pth and history.jsonl from the checkpoint's epoch on. From an
+older checkpoint than the run's newest (``--resume RUN/checkpoint_epoch2.pth`` of a run that
+trained 6) that would silently replace the later epochs' files, so it is refused, naming them;
+``branch`` continues from it in a new run folder beside it instead, leaving the run as it is.
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..models.checkpoint import config_of, load_to_resume, resume_source
-from ..runs.run_folder import refuse_if_active
+from ..fileio import atomic_path, atomic_write_json
+from ..models.checkpoint import (
+    config_of,
+    intact_checkpoints,
+    later_than,
+    load_to_resume,
+    resume_command,
+    resume_source,
+)
+from ..runs.run_folder import check_run_name, refuse_if_active, write_history
 from .budget import continue_budget
+from .stopping import epoch_score
+
+log = logging.getLogger(__name__)
+
+#: a branch's record of where it came from: {"run", "checkpoint", "epoch"}
+BRANCHED_FROM = "branched_from.json"
 
 
 def prepare_resume(
-    path: str | Path, epochs: int | None = None, minutes: float | None = None
-) -> tuple[Path, dict, RunConfig]:
-    """(run folder, checkpoint, config) to continue ``path`` (a run folder: its last.pth; or a
-    checkpoint file of one) with ``epochs`` and ``minutes`` (None: as they were).
+    path: str | Path,
+    epochs: int | None = None,
+    minutes: float | None = None,
+    branch: str | None = None,
+) -> tuple[Path, Path, dict, RunConfig]:
+    """(run folder, checkpoint file, checkpoint, config) to continue ``path`` (a run folder:
+    its last.pth; or a checkpoint file of one) with ``epochs`` and ``minutes`` (None: as they
+    were); ``branch``: the name of a new run folder beside it to continue in (the config's
+    ``run_name``).
 
     ConfigError for a file outside a run folder, a run still training, a checkpoint that cannot
-    be read (naming the intact ones of the run and the command that continues from one), and a
-    run that has already trained all its epochs or used its time budget.
+    be read (naming the intact ones of the run and the command that continues from one), a
+    checkpoint older than what the run holds past it without ``branch``, and a run that has
+    already trained all its epochs or used its time budget.
     """
     run_dir, source = resume_source(path)
+    if branch is not None:
+        check_run_name(branch)
     refuse_if_active(run_dir)
     ckpt = load_to_resume(run_dir, source)
+    later = later_than(run_dir, int(ckpt["epoch"])) if branch is None else []
+    if later:
+        newest = resume_command(intact_checkpoints(run_dir)[0][0])
+        raise ConfigError(
+            f"{source} holds epoch {ckpt['epoch']}, and run {run_dir} has trained past it: "
+            f"resuming there would replace {', '.join(later)}; continue from its newest "
+            f"checkpoint (`{newest}`), or from this one in a new run folder "
+            f"(`{resume_command(source, branch=True)}`)"
+        )
     config = config_of(ckpt)
+    if branch is not None:
+        config.run_name = branch
     if epochs is not None:
         config.train.epochs = int(epochs)
     done = int(ckpt["epoch"])
@@ -35,4 +78,34 @@ def prepare_resume(
             f"ask for more to continue (--epochs {done + 10}, say)"
         )
     continue_budget(run_dir, config.train, minutes, list(ckpt.get("history") or []))
-    return run_dir, ckpt, config
+    return run_dir, source, ckpt, config
+
+
+def seed_branch(branch_dir: Path, source: Path, ckpt: dict) -> str | None:
+    """Fill a branch's new run folder as its run had it at ``source``'s epoch: ``source`` as
+    last.pth, the checkpoint of the best epoch up to it as best.pth, its history, and
+    ``BRANCHED_FROM``. Returns a warning when no file of the run holds that best epoch (its
+    best.pth has moved on and no checkpoint_epoch<N>.pth kept it): best.pth then comes with the
+    first epoch that scores above it."""
+    history, done = list(ckpt.get("history") or []), int(ckpt["epoch"])
+    with atomic_path(branch_dir / "last.pth", suffix=".pth") as tmp:
+        shutil.copyfile(source, tmp)
+    write_history(branch_dir, history)
+    atomic_write_json(
+        branch_dir / BRANCHED_FROM,
+        {"run": str(source.parent), "checkpoint": str(source), "epoch": done},
+    )
+    log.info("run %s continues %s (epoch %d) as a branch", branch_dir, source, done)
+    scores = [epoch_score(r) for r in history]
+    if not scores or max(scores) == float("-inf"):
+        return None  # no epoch scored: no best.pth yet, as in the run itself
+    best = history[scores.index(max(scores))].get("epoch")
+    found = [p for p, e in intact_checkpoints(source.parent) if e == best]
+    if not found:
+        return (
+            f"no checkpoint of {source.parent} holds epoch {best}, the best up to epoch {done}: "
+            "this branch has no best.pth until an epoch scores above it"
+        )
+    with atomic_path(branch_dir / "best.pth", suffix=".pth") as tmp:
+        shutil.copyfile(found[0], tmp)
+    return None

@@ -39,7 +39,7 @@ from .epoch_files import save_epoch
 from .memory import check_fits
 from .optim import step_scheduler
 from .parts import build_parts
-from .resume import prepare_resume
+from .resume import prepare_resume, seed_branch
 from .step import StepRunner
 from .stopping import StopControl, StopRequested, epoch_score, epochs_since_best
 from .tracking import tracking_callbacks
@@ -74,10 +74,16 @@ class Trainer:
         self.status.started_by = started_by
         self.in_thread = in_thread
         self.training_data: dict | None = None  # what it trains on (data.domain), rank 0
+        self.branch_of: Path | None = None  # a branch's checkpoint of another run (resume)
 
     @classmethod
     def resume(
-        cls, run_dir: str | Path, epochs: int | None = None, minutes: float | None = None, **kwargs
+        cls,
+        run_dir: str | Path,
+        epochs: int | None = None,
+        minutes: float | None = None,
+        branch: str | None = None,
+        **kwargs,
     ) -> Trainer:
         """A trainer that continues ``run_dir`` from its last.pth (optionally to more epochs, or
         with a time budget of ``minutes`` in all, resumes included; a budget is kept once
@@ -86,11 +92,16 @@ class Trainer:
         ConfigError for a file outside a run folder, for a checkpoint that cannot be read (naming
         the intact ones of the run and the command that continues from one), and for a run that
         has already trained all its epochs or used its time budget (``epochs`` or ``minutes``
-        must then ask for more).
+        must then ask for more). A checkpoint older than what its run holds past it is refused
+        (resuming would replace those files) unless ``branch`` names a new run folder beside
+        the run to continue in (``training.resume``).
         """
-        run_dir, ckpt, config = prepare_resume(run_dir, epochs, minutes)
+        run_dir, source, ckpt, config = prepare_resume(run_dir, epochs, minutes, branch)
         trainer = cls(config, **kwargs)
         trainer.run_dir, trainer.resume_ckpt = run_dir, ckpt
+        if branch is not None:  # open_run makes the new folder and fills it
+            trainer.run_dir, trainer.branch_of = None, source
+            trainer.checkpoints_root = trainer.checkpoints_root or run_dir.parent
         return trainer
 
     # -- the run folder -------------------------------------------------------------------
@@ -126,6 +137,11 @@ class Trainer:
                 ) from None
             done = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
             self.status.warning = disk_space_warning(self.config, self.run_dir, done)
+            if self.branch_of is not None:
+                branched = seed_branch(self.run_dir, self.branch_of, self.resume_ckpt)
+                self.status.warning = (
+                    " ".join(filter(None, [self.status.warning, branched])) or None
+                )
             if self.status.warning:
                 log.warning(self.status.warning)
             (self.run_dir / STOP_REQUEST).unlink(missing_ok=True)  # the request of a past stop
