@@ -258,7 +258,7 @@ def test_cli_minutes_flag_sets_the_budget_and_resumes_with_more(phantom_root, tm
     args = ["train", "--data", str(phantom_root), "--checkpoints", str(tmp_path), *TINY_ARGS,
             "--batch-size", "2", "--amp", "off", "--steps-per-epoch", "1", "--val-slices", "1"]  # fmt: skip
     assert main([*args, "--minutes", "-1", "--run", "neg"]) == 2
-    assert "time budget must be > 0 minutes" in capsys.readouterr().err
+    assert "time budget must be > 0 and at most 1000000 minutes" in capsys.readouterr().err
     assert main([*args, "--epochs", "1", "--minutes", "30", "--run", "c", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["status"]["message"] == "finished 1 epochs"  # the epochs bound it first
