@@ -128,3 +128,35 @@ def test_a_resume_from_an_older_checkpoint_is_refused_unless_it_branches(
     (run / "checkpoint_epoch4.pth").unlink()
     with pytest.raises(ConfigError, match=r"best\.pth --branch NEW_NAME`"):
         Trainer.resume(run)
+
+
+def test_a_stopped_partial_epoch_is_charged_to_the_time_budget(phantom_root, tmp_path):
+    import time
+
+    from ctseg_core.runs.run_folder import read_status
+
+    stop = threading.Event()
+
+    def slow_second_epoch(p) -> None:  # 1.5 s into epoch 2, then Stop
+        if p.kind == "step" and p.epoch == 2 and not stop.is_set():
+            time.sleep(1.5)
+            stop.set()
+
+    config = small_config(phantom_root, "s", epochs=50, minutes=30.0, steps_per_epoch=2)
+    trainer = Trainer(config, checkpoints_root=tmp_path, callbacks=[slow_second_epoch],
+                      stop_event=stop)  # fmt: skip
+    assert trainer.run() == "stopped"
+    run = tmp_path / "s"
+    (record,) = read_history(run)
+    status = read_status(run)
+    assert status["state"] == "stopped" and status["epoch"] == 1
+    # status.json keeps the clock at the stop: epoch 1 and the thrown-away part of epoch 2
+    assert status["elapsed_s"] >= record["elapsed_s"] + 1.5
+    resumed = Trainer.resume(run, epochs=2)
+    assert resumed.clock_s == status["elapsed_s"]
+    resumed.open_run()
+    assert read_status(run)["elapsed_s"] == status["elapsed_s"]  # kept before training starts
+    assert resumed.run() == "finished"
+    assert resumed.budget.already_s == status["elapsed_s"]
+    first, second = read_history(run)
+    assert second["elapsed_s"] - first["elapsed_s"] >= second["seconds"] + 1.5

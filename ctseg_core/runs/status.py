@@ -51,7 +51,8 @@ class StatusFile:
     Step reports are written at most once a second, others always; state "running" shows as
     "stopping" once ``stop_event`` is set. After the final state (a Progress of kind "end")
     nothing is written any more: a late stop or step report never overwrites it. ``warning``
-    and ``started_by`` are kept in every write. Thread-safe (the training loop and a Stop
+    and ``started_by`` are kept in every write; ``elapsed_s``: the training clock (``clock``) at
+    the write, which a resume of a stopped run charges to its time budget. Thread-safe (the training loop and a Stop
     button both write).
     """
 
@@ -60,6 +61,7 @@ class StatusFile:
         self.run_dir: Path | None = None
         self.warning: str | None = None
         self.started_by = ""
+        self.clock: Callable[[], float] | None = None  # the run's training seconds, resumes in
         self._lock = threading.Lock()
         self._last_write = 0.0
         self._last: dict | None = None
@@ -79,6 +81,7 @@ class StatusFile:
             "error": p.error, "message": p.message, "warning": self.warning, "pid": os.getpid(),
             "host": socket.gethostname(), "run_name": self.run_dir.name,
             "started_by": self.started_by or None,
+            "elapsed_s": round(self.clock(), 3) if self.clock is not None else None,
         }  # fmt: skip
         with self._lock:
             if self._ended:

@@ -16,8 +16,12 @@ steps, the validation and the files of every epoch (checkpoints, figures); prepa
 and building the model before the first epoch do not count. It counts across resumes: every
 epoch record (history.jsonl and the checkpoints' history, with or without a budget) holds
 ``elapsed_s``, the clock at the end of that epoch's validation, to the millisecond, and a resumed
-run's clock starts from the last one (the files of that last epoch, written after it, are the
-only time not counted). A record without it (a run from before) counts its ``seconds``.
+run's clock starts from the last one. status.json holds the clock too (``elapsed_s``, at every
+write): a run stopped or failed during an epoch is resumed from the clock at its end
+(``stopped_clock``), so the partial epoch it threw away is charged, as are the last epoch's files.
+Not counted: the files of the last epoch of a run that finished (written after its record), and
+a partial epoch whose status.json was not written at the end (a killed process, a full disk).
+A record without ``elapsed_s`` (a run from before) counts its ``seconds``.
 
 The unit of the estimate is an epoch from one validation's end to the next (so the files of the
 epoch before are in it): the differences of ``elapsed_s``. The run stops, "finished", when the
@@ -98,10 +102,14 @@ class Budget:
     """The clock of one run in this process. ``minutes`` None: no budget (the clock still runs,
     for ``elapsed_s`` in the records); ``history``: the epoch records of a resumed run."""
 
-    def __init__(self, minutes: float | None, epochs: int, history: list[dict] = ()):
+    def __init__(
+        self, minutes: float | None, epochs: int, history: list[dict] = (), clock_s: float = 0.0
+    ):
+        """``clock_s``: the clock a resumed run starts from when more than its records' (a
+        stopped partial epoch, ``stopped_clock``)."""
         self.seconds = None if minutes is None else float(minutes) * 60.0
         self.epochs = epochs
-        self.already_s = trained_seconds(list(history))
+        self.already_s = max(trained_seconds(list(history)), clock_s)
         self.durations: list[float] = []  # epochs measured in this process, lap to lap, in s
         self.progress = 0.0  # of the schedule, after the last lap
         self._t0: float | None = None
@@ -194,12 +202,31 @@ def resumed_progress(train: TrainConfig, history: list[dict], done: int) -> floa
     return min(1.0, done / max(1, planned))
 
 
+def stopped_clock(run_dir: Path, done: int, history: list[dict]) -> float:
+    """The clock a run resumes from after ``done`` epochs (``history`` their records): its
+    status.json's ``elapsed_s`` when it was stopped or failed after that epoch (the partial
+    epoch it threw away included), else the records' (``trained_seconds``)."""
+    from ..runs.run_folder import read_status
+
+    status, trained = read_status(run_dir), trained_seconds(history)
+    clock = status.get("elapsed_s")
+    if status.get("state") not in ("stopped", "failed") or status.get("epoch") != done:
+        return trained
+    ok = isinstance(clock, (int, float)) and not isinstance(clock, bool) and math.isfinite(clock)
+    return max(trained, float(clock)) if ok else trained
+
+
 def continue_budget(
-    run_dir: Path, train: TrainConfig, minutes: float | None, history: list[dict]
+    run_dir: Path,
+    train: TrainConfig,
+    minutes: float | None,
+    history: list[dict],
+    clock_s: float = 0.0,
 ) -> None:
     """Set a resumed run's budget to ``minutes`` in all (None: as it was; 0: none, for a run
     that had none: a budget once given stays, its schedule depends on it), then ConfigError
-    when the budget has no room for an epoch as long as the run's last one."""
+    when the budget has no room for an epoch as long as the run's last one (``clock_s``: the
+    run's clock, when more than its records', ``stopped_clock``)."""
     if minutes is not None:
         if not 0 <= minutes <= MAX_MINUTES:
             raise ConfigError(
@@ -214,7 +241,7 @@ def continue_budget(
         train.minutes = float(minutes) or None
     if train.minutes is None or not history:
         return
-    used, est = trained_seconds(history), recorded_epoch_s(history)
+    used, est = max(trained_seconds(history), clock_s), recorded_epoch_s(history)
     if not epochs_that_fit(train.minutes * 60 - used, est):
         raise ConfigError(
             f"run {run_dir} has trained {used / 60:.1f} of its {train.minutes:g} minutes "

@@ -27,7 +27,7 @@ from ..models.checkpoint import (
     resume_source,
 )
 from ..runs.run_folder import check_run_name, refuse_if_active, write_history
-from .budget import continue_budget
+from .budget import continue_budget, stopped_clock
 from .stopping import epoch_score
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ def prepare_resume(
     epochs: int | None = None,
     minutes: float | None = None,
     branch: str | None = None,
-) -> tuple[Path, Path, dict, RunConfig]:
-    """(run folder, checkpoint file, checkpoint, config) to continue ``path`` (a run folder:
+) -> tuple[Path, Path, dict, RunConfig, float]:
+    """(run folder, checkpoint file, checkpoint, config, its clock in s: ``stopped_clock``, 0
+    for a branch) to continue ``path`` (a run folder:
     its last.pth; or a checkpoint file of one) with ``epochs`` and ``minutes`` (None: as they
     were); ``branch``: the name of a new run folder beside it to continue in (the config's
     ``run_name``).
@@ -77,8 +78,10 @@ def prepare_resume(
             f"run {run_dir} has trained {done} of {config.train.epochs} epochs already; "
             f"ask for more to continue (--epochs {done + 10}, say)"
         )
-    continue_budget(run_dir, config.train, minutes, list(ckpt.get("history") or []))
-    return run_dir, source, ckpt, config
+    history = list(ckpt.get("history") or [])
+    clock = stopped_clock(run_dir, done, history) if branch is None else 0.0
+    continue_budget(run_dir, config.train, minutes, history, clock)
+    return run_dir, source, ckpt, config, clock
 
 
 def seed_branch(branch_dir: Path, source: Path, ckpt: dict) -> str | None:

@@ -75,6 +75,8 @@ class Trainer:
         self.in_thread = in_thread
         self.training_data: dict | None = None  # what it trains on (data.domain), rank 0
         self.branch_of: Path | None = None  # a branch's checkpoint of another run (resume)
+        self.clock_s = 0.0  # training seconds before this process (resume: budget.stopped_clock)
+        self.status.clock = lambda: self.clock_s  # the budget's clock once training starts
 
     @classmethod
     def resume(
@@ -96,9 +98,9 @@ class Trainer:
         (resuming would replace those files) unless ``branch`` names a new run folder beside
         the run to continue in (``training.resume``).
         """
-        run_dir, source, ckpt, config = prepare_resume(run_dir, epochs, minutes, branch)
+        run_dir, source, ckpt, config, clock = prepare_resume(run_dir, epochs, minutes, branch)
         trainer = cls(config, **kwargs)
-        trainer.run_dir, trainer.resume_ckpt = run_dir, ckpt
+        trainer.run_dir, trainer.resume_ckpt, trainer.clock_s = run_dir, ckpt, clock
         if branch is not None:  # open_run makes the new folder and fills it
             trainer.run_dir, trainer.branch_of = None, source
             trainer.checkpoints_root = trainer.checkpoints_root or run_dir.parent
@@ -260,7 +262,8 @@ class Trainer:
         since_best = epochs_since_best(scores)
         self._step_seconds: list[float] = []
         self._val_batches = parts.val_batches
-        self.budget = budget = Budget(t.minutes, t.epochs, history)
+        self.budget = budget = Budget(t.minutes, t.epochs, history, self.clock_s)
+        self.status.clock = budget.elapsed_s
         val_seconds = 0.0
         p.steps_per_epoch, p.epochs = steps, t.epochs
         for epoch in range(parts.start_epoch + 1, t.epochs + 1):
