@@ -119,23 +119,46 @@ def dataset_index(root: str):
     return _index(str(root), _tree_stamp(root))
 
 
+def subject_version(root: str, subject_id: str) -> str:
+    """The key of a subject's files as they are now (``data.cache.source_key``: the names,
+    sizes and times of its CT and masks): a CT or mask changed on disk gets a new one, and with
+    it new entries in every cache the subject's volumes are kept in; '' where it cannot be
+    read (``open_cached`` then says why)."""
+    from ctseg_core.data.cache import source_key
+    from ctseg_core.errors import CtsegError
+
+    try:
+        return source_key(Path(root) / subject_id)
+    except (CtsegError, OSError):
+        return ""
+
+
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _cached_subject(root: str, subject_id: str, cache: str):
+def _cached_subject(root: str, subject_id: str, cache: str, version: str):
     from ctseg_core.data.cache import open_cached
 
     return open_cached(root, subject_id, cache)
 
 
 def cached_subject(root: str, subject_id: str):
-    """The CachedSubject (memmapped (Z, X, Y) CT and labels), opened once per (root, subject)."""
-    return _cached_subject(str(root), subject_id, str(cache_dir()))
+    """The CachedSubject (memmapped (Z, X, Y) CT and labels), opened once per (root, subject)
+    and version of its files (``subject_version``; its ``folder.name`` is that version)."""
+    return _cached_subject(
+        str(root), subject_id, str(cache_dir()), subject_version(root, subject_id)
+    )
+
+
+def subject_volume_id(root: str, subject_id: str) -> str:
+    """How Explore names a subject's volume (its viewer state, the browser's copies): with its
+    files' version, so a changed CT or mask is a new volume."""
+    return f"{root}:{subject_id}:{cached_subject(root, subject_id).folder.name}"
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _subject_boxes(root: str, subject_id: str, cache: str) -> dict:
+def _subject_boxes(root: str, subject_id: str, cache: str, version: str) -> dict:
     from ctseg_core.viz.mesh import bounding_boxes
 
-    entry = _cached_subject(root, subject_id, cache)
+    entry = _cached_subject(root, subject_id, cache, version)
     return {
         value: tuple((b.start, b.stop) for b in box)
         for value, box in bounding_boxes(entry.labels).items()
@@ -146,7 +169,9 @@ def structure_box_zxy(root: str, subject_id: str, values: list[int]) -> tuple | 
     """The reference's bounding box of label ``values`` together (a merge: all its members):
     ((z0, z1), (x0, x1), (y0, y1)), half-open voxel ranges of the cache's (Z, X, Y) arrays;
     None where none of them is present."""
-    boxes = _subject_boxes(str(root), subject_id, str(cache_dir()))
+    boxes = _subject_boxes(
+        str(root), subject_id, str(cache_dir()), subject_version(root, subject_id)
+    )
     present = [boxes[value] for value in values if value in boxes]
     if not present:
         return None

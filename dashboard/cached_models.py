@@ -79,7 +79,8 @@ def model_predictor(path: str):
 def model_prediction_zxy(root: str, subject_id: str, model: str, progress=None) -> np.ndarray:
     """Prediction of an nnU-Net model folder on a cached subject, (Z, X, Y) uint8 ctseg values;
     computed once, kept like a checkpoint's (``progress`` only when computed)."""
-    key = (str(root), subject_id, f"model:{model}", _model_stamp(Path(model)))
+    version = cached_subject(root, subject_id).folder.name  # its CT as it is now
+    key = (str(root), subject_id, version, f"model:{model}", _model_stamp(Path(model)))
 
     def compute():
         entry = cached_subject(root, subject_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from dashboard.cached import _cached_subject, cache_dir, cached_subject
+from dashboard.cached import cached_subject
 
 
 @st.cache_resource(show_spinner=False)
@@ -39,7 +39,8 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     path = Path(checkpoint).expanduser().resolve()
     if not path.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
-    key = (str(root), subject_id, str(path), path.stat().st_mtime)
+    version = cached_subject(root, subject_id).folder.name  # its CT and masks as they are now
+    key = (str(root), subject_id, version, str(path), path.stat().st_mtime)
 
     def compute():
         entry = cached_subject(root, subject_id)
@@ -49,11 +50,11 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _domain_warnings(root: str, subject_id: str, checkpoint: str, cache: str, mtime: float):
+def _domain_warnings(root: str, subject_id: str, checkpoint: str, version: str, mtime: float):
     from ctseg_core.data.domain import is_phantom_root
     from ctseg_core.inference.domain import domain_warnings
 
-    entry = _cached_subject(root, subject_id, cache)
+    entry = cached_subject(root, subject_id)
     return domain_warnings([checkpoint], entry.ct, entry.spacing_mm,
                            input_is_phantom=is_phantom_root(root), what=subject_id)  # fmt: skip
 
@@ -63,7 +64,8 @@ def domain_warnings(root: str, subject_id: str, checkpoint: str) -> list[str]:
     a real CT, another voxel size, intensities not in HU); once per subject and checkpoint file."""
     path = Path(checkpoint).expanduser().resolve()
     mtime = path.stat().st_mtime if path.is_file() else 0.0
-    return _domain_warnings(str(root), subject_id, str(path), str(cache_dir()), mtime)
+    version = cached_subject(root, subject_id).folder.name
+    return _domain_warnings(str(root), subject_id, str(path), version, mtime)
 
 
 def _kept_prediction(key: tuple, compute) -> np.ndarray:
@@ -115,7 +117,8 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     path = find_prediction(Path(folder), subject_id)
     if path is None:
         raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
-    key = (str(root), subject_id, str(path.resolve()), path.stat().st_mtime)
+    version = cached_subject(root, subject_id).folder.name
+    key = (str(root), subject_id, version, str(path.resolve()), path.stat().st_mtime)
 
     def compute():
         entry = cached_subject(root, subject_id)

@@ -51,9 +51,9 @@ def main() -> None:
     cached_models.show_skipped_models()
     with st.spinner(f"Opening {state.plain(subject)} …"):
         entry = cached.cached_subject(root, subject)
-    layers = [
-        Layer("reference", entry.labels, f"ref:{root}:{subject}", entry.voxel_counts),
-    ]
+    # named with its files' version: a mask changed on disk is a new volume everywhere
+    reference = f"ref:{root}:{subject}:{entry.folder.name}"
+    layers = [Layer("reference", entry.labels, reference, entry.voxel_counts)]
     if choice.startswith(state.FOLDER_PREFIX):
         folder = choice.removeprefix(state.FOLDER_PREFIX)
         try:
@@ -105,10 +105,10 @@ def main() -> None:
     annotation_note(entry.annotated)
     if niivue_view.viewer_choice(state.EXPLORE_VIEWER) == "linked planes":
         niivue_view.niivue_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.affine,
-                                  volume_id=f"{root}:{subject}")  # fmt: skip
+                                  volume_id=cached.subject_volume_id(root, subject))  # fmt: skip
         return
     volume_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.spacing_mm, entry.affine,
-                  volume_id=f"{root}:{subject}")  # fmt: skip
+                  volume_id=cached.subject_volume_id(root, subject))  # fmt: skip
 
 
 state.guarded(main, "explore")

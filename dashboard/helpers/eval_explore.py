@@ -41,7 +41,7 @@ def open_in_explore(
         z = int(per_slice.argmax()) if per_slice.any() else z
         box = cached.structure_box_zxy(root, subject, members) if zoom else None
     st.session_state[state.EXPLORE_SUBJECT] = subject
-    volume = f"{root}:{subject}"  # as Explore names it
+    volume = cached.subject_volume_id(root, subject)  # as Explore names it
     viewer.show_volume_at(
         state.EXPLORE_VIEW, volume, "axial", z + 1,
         None if box is None else {"structure": structure, "box_zxy": box},

@@ -143,6 +143,37 @@ def test_explore_renders_the_subject_and_the_slider_changes_the_slice(
     assert at.slider(key="ctseg_explore_slice_coronal").max == entry.shape_xyz[1]
 
 
+def test_explore_shows_a_subject_as_its_files_are_now(
+    app_env, new_app, no_problems, monkeypatch, tmp_path
+):
+    """A mask emptied on disk while the dashboard runs: the table shows the new mask (it kept
+    the first opening of the subject, whose cache folder was gone)."""
+    import shutil
+
+    import nibabel as nib
+
+    root = tmp_path / "data"
+    shutil.copytree(app_env["data"], root)
+    monkeypatch.setenv("CTSEG_DATA", str(root))
+    at = new_app("explore")
+    at.run()
+    at.selectbox(key="ctseg_explore_subject").set_value("s0002")
+    at.run()
+    no_problems(at)
+    first = at.dataframe[0].value.set_index("structure")
+    name = first["reference ml"].idxmax()
+    assert first.loc[name, "reference ml"] > 0
+    mask = root / "s0002" / "segmentations" / f"{name}.nii.gz"
+    image = nib.load(mask)
+    empty = nib.Nifti1Image(np.zeros(image.shape, dtype=np.uint8), image.affine, image.header)
+    nib.save(empty, mask)
+    at.run()
+    no_problems(at)
+    table = at.dataframe[0].value.set_index("structure")
+    assert name not in table.index  # absent now: no longer among the shown structures
+    assert set(table.index) == set(open_cached(root, "s0002", app_env["cache"]).present)
+
+
 def test_explore_keeps_groups_and_picks_across_subjects_that_lack_them(
     app_env, new_app, no_problems
 ):
