@@ -160,3 +160,27 @@ def test_a_stopped_partial_epoch_is_charged_to_the_time_budget(phantom_root, tmp
     assert resumed.budget.already_s == status["elapsed_s"]
     first, second = read_history(run)
     assert second["elapsed_s"] - first["elapsed_s"] >= second["seconds"] + 1.5
+
+
+def test_a_run_whose_last_write_was_cut_short_resumes_from_last_pth_saying_so(
+    phantom_root, tmp_path, monkeypatch, caplog
+):
+    """A full disk between best.pth and last.pth leaves best.pth an epoch past last.pth: the
+    dashboard's Resume (from last.pth, the run's own state) was refused, with CLI advice only."""
+    import logging
+    import shutil
+
+    from ctseg_core.runs.run_folder import write_history
+
+    scripted_validation(monkeypatch, [0.5, 0.4, 0.1, 0.3])
+    Trainer(small_config(phantom_root, "r", epochs=3, checkpoint_every=2),
+            checkpoints_root=tmp_path).run()  # fmt: skip
+    run = tmp_path / "r"
+    shutil.copyfile(run / "checkpoint_epoch2.pth", run / "last.pth")  # epoch 3's never written
+    write_history(run, read_history(run)[:2])
+    assert load_checkpoint(run / "best.pth")["epoch"] == 3
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer.resume(run, epochs=3)
+    assert "best.pth (epoch 3) lie past last.pth's epoch 2" in caplog.text
+    assert trainer.run() == "finished"
+    assert [r["epoch"] for r in read_history(run)] == [1, 2, 3]

@@ -50,8 +50,10 @@ def prepare_resume(
 
     ConfigError for a file outside a run folder, a run still training, a checkpoint that cannot
     be read (naming the intact ones of the run and the command that continues from one), a
-    checkpoint older than what the run holds past it without ``branch``, and a run that has
-    already trained all its epochs or used its time budget.
+    checkpoint other than last.pth older than what the run holds past it without ``branch``
+    (last.pth itself is the run's own state: files past it are said, and replaced as training
+    passes their epochs), and a run that has already trained all its epochs or used its time
+    budget.
     """
     run_dir, source = resume_source(path)
     if branch is not None:
@@ -59,7 +61,13 @@ def prepare_resume(
     refuse_if_active(run_dir)
     ckpt = load_to_resume(run_dir, source)
     later = later_than(run_dir, int(ckpt["epoch"])) if branch is None else []
-    if later:
+    if later and source.name == "last.pth":  # the run's own state: a write cut short after
+        # best.pth (a full disk), or leftovers of an earlier resume from an older checkpoint
+        log.warning(
+            "%s: %s lie past last.pth's epoch %d; training on from last.pth replaces them as "
+            "it passes their epochs", run_dir, ", ".join(later), ckpt["epoch"],
+        )  # fmt: skip
+    elif later:
         newest = resume_command(intact_checkpoints(run_dir)[0][0])
         raise ConfigError(
             f"{source} holds epoch {ckpt['epoch']}, and run {run_dir} has trained past it: "
