@@ -92,9 +92,11 @@ def controls(root: str) -> None:
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
         try:
+            # the form's values as they stand: config.json's, which may be newer than the
+            # settings last.pth holds (a resume stopped before its first epoch ended)
             run_dir = job.resume(
-                cached.checkpoints_root() / pick, epochs=resume_form.changed(int(until), cap),
-                started_by=state.who(), minutes=resume_form.changed(minutes, budget),
+                cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who(),
+                minutes=minutes,
             )  # fmt: skip
         except Exception as exc:
             state.show_error(exc, "cannot resume")

@@ -1,5 +1,4 @@
-"""The Train page's resume form: its defaults from the run's own settings (config.json), and
-what of them the user changed."""
+"""The Train page's resume form: its defaults from the run's own settings (config.json)."""
 
 from __future__ import annotations
 
@@ -40,9 +39,3 @@ def resume_defaults(
     if minutes is not None and run_state == "finished":
         minutes += MORE_MINUTES
     return until, minutes
-
-
-def changed(value, configured):
-    """``value`` when the user set it apart from the run's ``configured`` one, else None: a
-    resume changes the run's config only where the user changed the form."""
-    return None if configured is not None and value == configured else value

@@ -112,10 +112,45 @@ def test_resume_starts_from_the_runs_own_cap_and_changes_only_what_the_user_chan
     assert at.number_input(key="ctseg_train_resume_minutes_stopped").value == 30.0
     at.button(key="ctseg_train_resume").click()
     at.run()
-    # the form as it came: the run goes on with its own settings (nothing rewritten)
-    assert [(kw["epochs"], kw["minutes"]) for kw in asked] == [(None, None)]
+    # the form as it came: the run goes on with its own settings (its cap, not the plan)
+    assert [(kw["epochs"], kw["minutes"]) for kw in asked] == [(100_000, 30.0)]
     at.number_input(key="ctseg_train_resume_epochs_stopped").set_value(50)
     at.number_input(key="ctseg_train_resume_minutes_stopped").set_value(45.0)
     at.button(key="ctseg_train_resume").click()
     at.run()
     assert [(kw["epochs"], kw["minutes"]) for kw in asked][1:] == [(50, 45.0)]
+
+
+def test_resume_after_a_resume_stopped_in_its_first_epoch(
+    app_env, make_tiny_config, monkeypatch, tmp_path, new_app, no_problems
+):
+    """config.json holds the cap the stopped resume asked for (3), last.pth still its older
+    settings (1): the form's Resume goes on to 3 (it sent "as configured", which the trainer
+    took from last.pth: "has trained 1 of 1 epochs already")."""
+    import threading
+
+    from ctseg_core.runs.run_folder import read_json, read_status
+    from ctseg_core.training.trainer import Trainer
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    config = make_tiny_config(app_env, "r", epochs=1, steps=2)
+    assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
+    run = tmp_path / "r"
+    stop = threading.Event()
+    resumed = Trainer.resume(run, epochs=3, stop_event=stop,
+                             callbacks=[lambda p: p.kind == "step" and stop.set()])  # fmt: skip
+    resumed.open_run()  # as the dashboard's job and the CLI start it: config.json rewritten
+    assert resumed.run() == "stopped"
+    assert read_json(run / "config.json")["train"]["epochs"] == 3
+    at = new_app("train")
+    at.run()
+    at.selectbox(key="ctseg_train_resume_pick").set_value("r")
+    at.run()
+    assert at.number_input(key="ctseg_train_resume_epochs_r").value == 3
+    at.button(key="ctseg_train_resume").click()
+    at.run()
+    no_problems(at)
+    from dashboard.cached import training_job
+
+    assert training_job().wait(120)
+    assert read_status(run)["state"] == "finished" and read_status(run)["epoch"] == 3
