@@ -89,22 +89,24 @@ def _kept_prediction(key: tuple, compute) -> np.ndarray:
 def prediction_source(
     root: str, subject_id: str, checkpoint: str = "", folder: str = "", model: str = ""
 ) -> str:
-    """The cache key of a subject's prediction layer (label counts, the browser's NIfTI bytes):
-    the checkpoint, the model folder's checkpoints or the folder's file with its modification
-    time, so that a best.pth rewritten by a training run, or a prediction file replaced, is
-    never shown from stale caches.
+    """The cache key of a subject's prediction layer (label counts, volume stats, meshes, the
+    browser's NIfTI bytes): the checkpoint, the model folder's checkpoints or the folder's file
+    with its modification time, and the subject's files' version (``cached.subject_version``),
+    so that a best.pth rewritten by a training run, a prediction file replaced, or the CT
+    changed is never shown from stale caches.
     """
     from ctseg_core.evaluation.prediction_files import find_prediction
 
+    subject = f"{root}:{subject_id}:{cached_subject(root, subject_id).folder.name}"
     if checkpoint:
         path = Path(checkpoint)
-        return f"pred:{path}@{path.stat().st_mtime_ns}:{root}:{subject_id}"
+        return f"pred:{path}@{path.stat().st_mtime_ns}:{subject}"
     if model:  # an nnU-Net folder (or several parts): its newest checkpoint file
         stamps = [p.stat().st_mtime_ns for p in Path(model).rglob("checkpoint_*.pth")]
-        return f"model:{model}@{max(stamps, default=0)}:{root}:{subject_id}"
+        return f"model:{model}@{max(stamps, default=0)}:{subject}"
     path = find_prediction(Path(folder), subject_id)
     stamp = path.stat().st_mtime_ns if path is not None else 0
-    return f"folder:{path}@{stamp}:{root}:{subject_id}"
+    return f"folder:{path}@{stamp}:{subject}"
 
 
 def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray:
