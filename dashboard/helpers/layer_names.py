@@ -82,6 +82,8 @@ def learned_values_for(layer: Layer, name: str) -> list[int] | None:
     values = values_for(layer.names, name)
     if layer.learned is None or not values:
         return values
+    if any(name in MERGES.get(s, ()) for s in layer.learned):
+        return []  # a member of a merge it learns: held by the merge, not unlearned
     learned = {value_of(s) for s in layer.learned}
     kept = [v for v in values if v in learned]
     return kept or None
@@ -159,4 +161,4 @@ def folder_prediction_learned(subject_id: str, folder: str | Path) -> frozenset[
     if values is None:
         return None
     names = folder_prediction_names(subject_id, folder)
-    return frozenset(name_of(names, v) for v in values)
+    return frozenset(name_of(names, v) for v in values if v < NUM_LABELS)  # a hand-edited 150

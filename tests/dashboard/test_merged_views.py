@@ -59,6 +59,7 @@ def test_a_structure_its_model_does_not_learn_has_no_values_in_a_prediction_laye
     assert learned_values_for(merged, "lungs") == [LUNGS]
     assert learned_values_for(merged, "aorta") == [LABEL_OF["aorta"]]
     assert learned_values_for(merged, LOBES[0]) == []  # held by its merge
+    assert learned_values_for(merged, LOBES[1]) == []  # every member: not "unlearned"
     assert learned_values_for(merged, "liver") is None  # never learned: no evidence either way
     per_lobe = Layer("prediction", None, "p", counts, None, frozenset(LOBES[:2]))
     assert learned_values_for(per_lobe, "lungs") == [LABEL_OF[n] for n in LOBES[:2]]
@@ -74,6 +75,9 @@ def test_a_folder_prediction_is_learned_as_its_ctseg_label_file_says(tmp_path):
     write_label_files(tmp_path / "s0001.nii.gz", [LUNGS, liver], names_of(["lungs"]))
     assert folder_prediction_learned("s0001", tmp_path) is None  # what was found, any tool's
     write_label_files(tmp_path / "s0001.nii.gz", [LUNGS, liver], names_of(["lungs"]), True)
+    assert folder_prediction_learned("s0001", tmp_path) == {"lungs", "liver"}
+    ctbl = tmp_path / "s0001.ctbl"  # edited by hand: a value no structure has is left out
+    ctbl.write_text(ctbl.read_text() + "150 other 1 2 3 255\n")
     assert folder_prediction_learned("s0001", tmp_path) == {"lungs", "liver"}
 
 
