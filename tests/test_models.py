@@ -126,23 +126,6 @@ def test_empty_split_is_refused_before_anything_starts(tmp_path):
         check_run_config(config, check_data=True)
 
 
-@pytest.mark.parametrize("splits", [("all", "val"), ("train", "train")])
-def test_a_validation_split_sharing_subjects_with_training_is_refused(splits, tmp_path):
-    root = tmp_path / "data"
-    for sid in ("a", "b", "c"):
-        (root / sid / "segmentations").mkdir(parents=True)
-        (root / sid / "ct.nii.gz").write_bytes(b"")
-    (root / "meta.csv").write_text("image_id;split\na;train\nb;train\nc;val\n")
-    config = tiny_config()
-    config.data.data_root = str(root)
-    config.data.train_split, config.data.val_split = splits
-    shared = "c" if splits[0] == "all" else "a, b"
-    with pytest.raises(ConfigError, match=f"share .* subjects? \\({shared}\\)"):
-        check_run_config(config, check_data=True)
-    config.data.train_split, config.data.val_split = "train", "val"
-    check_run_config(config, check_data=True)
-
-
 def test_checkpoint_loads_weights_only_and_rebuilds_the_model_alone(tmp_path):
     torch.manual_seed(0)
     config = tiny_config()

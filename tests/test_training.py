@@ -114,6 +114,30 @@ def test_structures_annotated_in_no_subject_of_a_split_are_said_in_the_log_and_s
     assert read_history(run_dir)[0]["val_dice"]["spleen"] is None
 
 
+@pytest.mark.parametrize("splits", [("all", "val"), ("train", "train")])
+def test_validation_subjects_that_are_training_ones_are_said_not_refused(
+    splits, phantom_root, tmp_path
+):
+    """A final model trained on every subject ("all") is a choice; its validation Dice is
+    measured on training CTs, which the log and the Train page say (a resume of such a run
+    had been refused, unfixable)."""
+    config = tiny_config(phantom_root, "both", epochs=1, steps_per_epoch=1)
+    config.data.structures = FEW
+    config.data.train_split, config.data.val_split = splits
+    trainer = Trainer(config, checkpoints_root=tmp_path)
+    run_dir = trainer.open_run()
+    assert trainer.run() == "finished"
+    index = open_dataset(phantom_root)
+    shared = sorted(set(index.subjects_in(splits[0])) & set(index.subjects_in(splits[1])))
+    warning = read_status(run_dir)["warning"]
+    assert (
+        f"the training split {splits[0]!r} and the validation split {splits[1]!r} share "
+        f"{len(shared)} of the {len(index.subjects_in(splits[1]))} validation subjects ("
+    ) in warning
+    assert "overstates the Dice" in warning
+    assert Trainer.resume(run_dir, epochs=2).run() == "finished"  # and it goes on
+
+
 def test_resume_gives_the_same_history_as_an_uninterrupted_run(phantom_root, tmp_path):
     whole = Trainer(tiny_config(phantom_root, "whole", epochs=3), checkpoints_root=tmp_path)
     whole.run()

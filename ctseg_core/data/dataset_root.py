@@ -209,9 +209,8 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
 
 
 def check_splits(data_root: str, train_split: str, val_split: str, seed: int = 0) -> None:
-    """ConfigError unless the dataset at ``data_root`` holds subjects in both splits, and no
-    subject in both (validation on training subjects overstates the Dice, and best.pth and
-    early stopping would be chosen on it)."""
+    """ConfigError unless the dataset at ``data_root`` holds subjects in both splits (splits
+    sharing subjects are said when a run starts: ``training.checks.split_overlap_warning``)."""
     if not data_root:
         raise ConfigError(
             "no dataset given; set data_root (--data) to a TotalSegmentator-layout folder"
@@ -229,12 +228,3 @@ def check_splits(data_root: str, train_split: str, val_split: str, seed: int = 0
                 f"split {split!r} of {index.root} holds no subject (splits: {index.counts()}); "
                 + fix
             )
-    shared = sorted(set(index.subjects_in(train_split)) & set(index.subjects_in(val_split)))
-    if shared:
-        named = ", ".join(shared[:3]) + (" ..." if len(shared) > 3 else "")
-        raise ConfigError(
-            f"the training split {train_split!r} and the validation split {val_split!r} of "
-            f"{index.root} share {len(shared)} subject{'' if len(shared) == 1 else 's'} "
-            f"({named}): validation on training subjects overstates the Dice; choose splits "
-            "without a subject in common (e.g. train and val)"
-        )

@@ -4,7 +4,7 @@
 registries (model, loss, optimizer, scheduler, mixed precision), the model's own limits and,
 on request, the dataset's splits. Every problem found is named in one ConfigError. Beside it,
 what a start says without refusing: checkpoints that will not all fit on the disk, learned
-structures that no subject of a split annotates.
+structures that no subject of a split annotates, validation subjects that are training ones.
 """
 
 from __future__ import annotations
@@ -110,3 +110,23 @@ def unannotated_warnings(
                 "names (`ctseg info` lists unknown ones) or leave them out of the run"
             )
     return warnings
+
+
+def split_overlap_warning(
+    train_ids: Sequence[str], val_ids: Sequence[str], train_split: str, val_split: str
+) -> str | None:
+    """One line when the validation subjects include training ones (``train_split`` "all", or
+    the same split twice), else None. Their Dice is measured on CTs the model trains on: it
+    overstates the Dice, and best.pth and early stopping are chosen on it. Meant for a final
+    model trained on every subject; so it is said, not refused."""
+    shared = sorted(set(train_ids) & set(val_ids))
+    if not shared:
+        return None
+    named = ", ".join(shared[:3]) + (" ..." if len(shared) > 3 else "")
+    return (
+        f"the training split {train_split!r} and the validation split {val_split!r} share "
+        f"{len(shared)} of the {len(set(val_ids))} validation subjects ({named}): their Dice is "
+        "measured on CTs the model trains on, so it overstates the Dice and best.pth is chosen "
+        "on it; choose splits without a subject in common unless that is meant (a final model "
+        "trained on every subject)"
+    )

@@ -46,7 +46,7 @@ from ..models.registry import model_spec
 from ..nnunet.finetune import init_from_model
 from . import distributed as ddp
 from .budget import resumed_progress
-from .checks import unannotated_warnings
+from .checks import split_overlap_warning, unannotated_warnings
 from .losses import LossFn, build_loss
 from .memory import check_fits
 from .optim import ProgressLR, build_optimizer, build_scheduler, load_optimizer_state
@@ -90,7 +90,7 @@ class RunParts:
     history: list[dict]
     start_epoch: int
     init_record: dict | None = None  # nnunet.finetune's record of a run started from a model
-    data_warnings: list[str] = field(default_factory=list)  # checks.unannotated_warnings
+    data_warnings: list[str] = field(default_factory=list)  # checks: *_warning(s)
 
     @property
     def val_batches(self) -> int:
@@ -259,6 +259,10 @@ def build_parts(
         log.info("%d train / %d val slices, %d steps/epoch, device %s, amp %s",
                  len(train_set), len(val_ids), steps, device, amp)  # fmt: skip
     warnings = unannotated_warnings(train_set.annotated, val_set.annotated, d.structures)
+    overlap = split_overlap_warning(
+        train_set.subject_ids, val_set.subject_ids, d.train_split, d.val_split
+    )
+    warnings += [overlap] if overlap else []
     return RunParts(train_set, val_set, device, amp, channels_last, model, net, optimizer,
                     scheduler, loss_fn, run_step, sampler, train_loader, val_loader, volumes,
                     steps, history, start_epoch, init_record, warnings)  # fmt: skip
