@@ -594,7 +594,7 @@ def test_export_keeps_merge_names_and_replaces_label_files_only_when_told(tmp_pa
     """`ctseg export` over `ctseg predict`'s label files renamed a merged run's lungs as its
     first lobe (evaluate then scored the lungs as one lobe) and replaced them unasked."""
     from ctseg_core.cli import main
-    from ctseg_core.inference.label_files import write_label_files
+    from ctseg_core.inference.label_files import learned_values, write_label_files
     from ctseg_core.labels import names_of
 
     labels = np.zeros((4, 4, 4), dtype=np.uint8)
@@ -605,9 +605,15 @@ def test_export_keeps_merge_names_and_replaces_label_files_only_when_told(tmp_pa
     argv = ["export", "--labels", str(path), "--out", str(tmp_path)]
     assert main(argv) == 2
     assert f"{tmp_path / 'p.ctbl'} exists; add --overwrite" in capsys.readouterr().err
+    write_label_files(
+        path, [10, LABEL_OF["liver"], LABEL_OF["spleen"]], names_of(["lungs"]), learned=True
+    )  # fmt: skip (the model learns the spleen, none found)
     assert main([*argv, "--overwrite"]) == 0
     ctbl = {e.value: e.name for e in read_slicer_ctbl(tmp_path / "p.ctbl")}
-    assert ctbl == {0: "background", 10: "lungs", LABEL_OF["liver"]: "liver"}
+    assert ctbl == {0: "background", 10: "lungs", LABEL_OF["liver"]: "liver",
+                    LABEL_OF["spleen"]: "spleen"}  # fmt: skip
+    # what the model learns stays said (evaluate scores a folder by it)
+    assert learned_values(path) == {10, LABEL_OF["liver"], LABEL_OF["spleen"]}
     assert main(["export", "--labels", str(path), "--out", str(tmp_path / "elsewhere")]) == 0
     assert {e.name for e in read_slicer_ctbl(tmp_path / "elsewhere" / "p.ctbl")} >= {"lungs"}
 

@@ -307,7 +307,12 @@ def run_export(args) -> int:
 
     from ..data.volume import load_label_volume
     from ..errors import ConfigError
-    from ..inference.label_files import label_file_paths, merges_named, write_label_files
+    from ..inference.label_files import (
+        label_file_paths,
+        learned_values,
+        merges_named,
+        write_label_files,
+    )
     from ..labels import names_of
 
     if args.out.exists() and not args.out.is_dir():
@@ -319,13 +324,18 @@ def run_export(args) -> int:
     if not args.all:
         labels = load_label_volume(args.labels)
         values = [int(v) for v in np.flatnonzero(np.bincount(labels.array.ravel())) if v > 0]
-    # a merge the labels' own label file names keeps its name (lungs, not its first lobe)
+    # a merge the labels' own label file names keeps its name (lungs, not its first lobe), and
+    # `ctseg predict`'s list of what its model learns stays that list (evaluate scores by it)
     names = names_of(merges_named(args.labels))
-    paths = write_label_files(args.out / args.labels.name, values, names)
+    learned = learned_values(args.labels) if not args.all else None
+    if learned is not None:
+        values = sorted(learned | set(values))
+    paths = write_label_files(args.out / args.labels.name, values, names, learned is not None)
     if args.json:
         print(json.dumps({"label_files": [str(p) for p in paths], "labels": values}))
     else:
         listed = "all 117 structures" if values is None else f"{len(values)} structures"
+        listed += ", those its model learns" if learned is not None else ""
         print(f"wrote {paths[0]} and {paths[1]} ({listed})")
     return 0
 
