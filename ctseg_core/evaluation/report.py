@@ -199,7 +199,7 @@ def plot_metric_distribution(results: pd.DataFrame, target: Path) -> None:
 
 def plot_structure_ranking(summary: pd.DataFrame, target: Path) -> None:
     """Horizontal bars: mean Dice (+- std) per structure, best at the top."""
-    ranked = summary.dropna(subset=["dice_mean"]).sort_values("dice_mean")
+    ranked = summary.dropna(subset=["dice_mean"]).sort_values("dice_mean", kind="stable")
     height = max(2.5, 0.18 * len(ranked) + 1)
     fig = Figure(figsize=(7, height))
     ax = fig.add_subplot(1, 1, 1)

@@ -236,7 +236,8 @@ def show_results(info: dict) -> None:
     st.dataframe(evalcharts.group_summary(results), hide_index=True)
     left, right = st.columns([3, 2])
     with left:
-        st.markdown("**Structure ranking** (best first)")
+        st.markdown("**Structure ranking** (best first; hover for a structure's missed cases, "
+                    "which a distance leaves out of its mean)")  # fmt: skip
         st.altair_chart(evalcharts.ranking_chart(ranking, metric), width="stretch")
     with right:
         st.markdown("**Distribution**")

@@ -31,15 +31,28 @@ def without_small_references(results: pd.DataFrame, min_ml: float) -> pd.DataFra
 
 
 def ranking(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
-    """Per structure: mean, std and n of a metric over scored subjects, best first."""
-    scored = results[np.isfinite(results[metric].astype(float))]
+    """Per structure: mean, std and count of a metric over its finite values, and ``missed``:
+    its missed or mislocated pairs (a distance has none for them: left out of its mean, as in
+    the summary), best first; ties keep the results' order, and a structure with no finite
+    value (missed everywhere) comes last."""
+    values = results[metric].astype(float)
+    kept = results[values.notna()].assign(  # NaN: not scored (absent, a false positive)
+        _value=values.where(np.isfinite(values)),
+        _missed=results["status"].isin(["missed", "mislocated"]),
+    )
     table = (
-        scored.groupby(["structure", "group"], sort=False)[metric]
-        .agg(["mean", "std", "count"])
+        kept.groupby(["structure", "group"], sort=False)
+        .agg(
+            mean=("_value", "mean"),
+            std=("_value", "std"),
+            count=("_value", "count"),
+            missed=("_missed", "sum"),
+        )
         .reset_index()
     )
     ascending = best_first_ascending(metric)  # lower is better for a distance
-    return table.sort_values("mean", ascending=ascending).reset_index(drop=True)
+    table = table.sort_values("mean", ascending=ascending, kind="stable", na_position="last")
+    return table.reset_index(drop=True)
 
 
 def ranking_chart(table: pd.DataFrame, metric: str = "dice") -> alt.Chart:
@@ -57,21 +70,26 @@ def ranking_chart(table: pd.DataFrame, metric: str = "dice") -> alt.Chart:
             ),
             x=alt.X("mean:Q", title=f"mean {METRIC_TITLES.get(metric, metric)}"),
             color=alt.Color("group:N", scale=group_scale(), legend=alt.Legend(orient="top")),
-            tooltip=["structure", "group", alt.Tooltip("mean:Q", format=".3f"), "count"],
+            tooltip=["structure", "group", alt.Tooltip("mean:Q", format=".3f"), "count", "missed"],
         )
     )
     return bars.properties(height=height)
 
 
 def distribution_chart(results: pd.DataFrame, metric: str = "dice") -> alt.Chart:
-    """Box plots of a metric per group (every scored subject x structure pair)."""
-    data = results[np.isfinite(results[metric].astype(float))][["group", "structure", metric]]
+    """Box plots of a metric per group (every scored subject x structure pair); the pairs a
+    distance has no value for (missed: inf) are counted in the axis title."""
+    values = results[metric].astype(float)
+    data = results[np.isfinite(values)][["group", "structure", metric]]
+    title = METRIC_TITLES.get(metric, metric)
+    if missing := int(np.isinf(values).sum()):
+        title += f" ({missing} missed pairs left out)"
     return (
         alt.Chart(data)
         .mark_boxplot(extent="min-max", size=40)
         .encode(
             x=alt.X("group:N", sort=list(GROUPS), title=None),
-            y=alt.Y(f"{metric}:Q", title=METRIC_TITLES.get(metric, metric)),
+            y=alt.Y(f"{metric}:Q", title=title),
             color=alt.Color("group:N", scale=group_scale(), legend=None),
         )
         .properties(height=280)
@@ -79,10 +97,12 @@ def distribution_chart(results: pd.DataFrame, metric: str = "dice") -> alt.Chart
 
 
 def success_rates(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per structure: fraction of scored subjects reaching each Dice threshold."""
+    """Per structure: fraction of scored subjects reaching each Dice threshold, and ``n``: the
+    subjects it was scored in (a rate of 0 over one subject is not one over fifty)."""
     columns = [c for c in summary.columns if c.startswith("success_dice_")]
-    table = summary[["structure", "group", *columns]].copy()
-    return table.rename(columns={c: f"Dice ≥ {c.rsplit('_', 1)[-1]}" for c in columns})
+    table = summary[["structure", "group", "dice_n", *columns]].copy()
+    names = {c: f"Dice ≥ {c.rsplit('_', 1)[-1]}" for c in columns}
+    return table.rename(columns={**names, "dice_n": "n"})
 
 
 def group_success_rates(results: pd.DataFrame) -> pd.DataFrame:
@@ -164,18 +184,20 @@ def detection_chart(results: pd.DataFrame) -> alt.Chart:
 
 
 def group_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Per group: structures scored, mean and median Dice, HD95, detection counts."""
+    """Per group: structures scored, the mean and median over them of each structure's mean
+    Dice (as the CLI's "mean Dice over structures"; a structure scored in more subjects does
+    not weigh more), the median HD95 of its pairs, detection counts."""
     rows = []
     for group in GROUPS:
         part = results[results["group"] == group]
         if part.empty:
             continue
-        dice = part["dice"].astype(float)
+        dice = part["dice"].astype(float).groupby(part["structure"], sort=False).mean()
         hd = part["hd95_mm"].astype(float)
         rows.append(
             {
                 "group": group,
-                "structures": part.loc[dice.notna(), "structure"].nunique(),
+                "structures": int(dice.notna().sum()),
                 "mean Dice": round(float(np.nanmean(dice)), 4) if dice.notna().any() else None,
                 "median Dice": round(float(np.nanmedian(dice)), 4) if dice.notna().any() else None,
                 "median HD95 mm": round(float(np.median(hd[np.isfinite(hd)])), 2)

@@ -7,12 +7,18 @@ import pandas as pd
 import pytest
 
 from ctseg_core.evaluation.tables import RESULT_COLUMNS
-from dashboard.helpers.evalcharts import group_success_rates, group_summary, subject_table
+from dashboard.helpers.evalcharts import (
+    distribution_chart,
+    group_success_rates,
+    group_summary,
+    ranking,
+    subject_table,
+)
 
 
 def _results() -> pd.DataFrame:
     def row(subject, structure, dice, status):
-        hd = np.inf if status == "missed" else 2.0
+        hd = np.inf if status == "missed" else np.nan if np.isnan(dice) else 2.0
         return {"subject": subject, "structure": structure, "group": "organs", "dice": dice,
                 "iou": dice, "hd95_mm": hd, "surface_dice": dice, "ref_volume_ml": 1.0,
                 "pred_volume_ml": 1.0, "status": status}  # fmt: skip
@@ -38,7 +44,8 @@ def test_success_rates_are_shares_of_the_groups_scored_pairs():
 def test_group_summary_counts_the_structures_it_scored():
     (organs,) = group_summary(_results()).to_dict("records")
     assert organs["structures"] == 2  # liver and spleen; the absent kidney is not scored
-    assert organs["mean Dice"] == pytest.approx((1.0 + 0.6 + 0.0) / 3, abs=1e-4)
+    # the mean of the structures' means, as the CLI's: liver 0.8 (2 subjects), spleen 0.0
+    assert organs["mean Dice"] == pytest.approx((0.8 + 0.0) / 2, abs=1e-4)
     assert (organs["detected"], organs["missed"]) == (2, 1)
 
 
@@ -76,3 +83,28 @@ def test_a_tiny_overall_difference_is_not_shown_as_zero_beside_a_verdict():
     text = comparison_summary(overall, "dice")
     assert "B − A +0.00011 (B better)" in text
     assert "B − A +0.020" in comparison_summary({**overall, "difference": 0.02}, "dice")
+
+
+def test_a_distance_ranking_counts_the_missed_cases_it_leaves_out():
+    """HD95 has no value for a missed case: the structure missed most must not rank best
+    unsaid, and one missed everywhere is listed last, not dropped."""
+    results = _results()
+    more = results.iloc[[0, 0, 2]].assign(subject=["c", "d", "b"])  # liver twice, spleen
+    more.loc[more.index[-1], ["structure", "dice", "hd95_mm"]] = ["pancreas", 0.0, np.inf]
+    results = pd.concat([results, more], ignore_index=True)
+    table = ranking(results, "hd95_mm").set_index("structure")
+    assert list(table.index) == ["liver", "spleen", "pancreas"]  # never-present kidney: none
+    assert table.loc["liver", "count"] == 4 and table.loc["liver", "missed"] == 0
+    assert table.loc["spleen", "count"] == 0 and table.loc["spleen", "missed"] == 1
+    assert np.isnan(table.loc["pancreas", "mean"]) and table.loc["pancreas", "missed"] == 1
+    dice = ranking(results, "dice").set_index("structure")
+    assert dice.loc["spleen", "count"] == 1 and dice.loc["spleen", "missed"] == 1  # Dice 0
+    title = distribution_chart(results, "hd95_mm").to_dict()["encoding"]["y"]["title"]
+    assert title.endswith("(2 missed pairs left out)")
+
+
+def test_tied_structures_keep_their_order_in_the_ranking():
+    rows = _results().iloc[[0]]
+    names = ["liver", "spleen", "kidney_right", "kidney_left", "gallbladder", "stomach"]
+    tied = pd.concat([rows.assign(structure=n) for n in names], ignore_index=True)
+    assert list(ranking(tied, "dice")["structure"]) == names
