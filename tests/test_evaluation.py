@@ -470,6 +470,18 @@ def test_checkpoint_whose_structures_are_not_annotated_is_refused(tmp_path, deri
         evaluate_predictions(derived_sample, "val", [ckpt], tmp_path / "o")
 
 
+def test_a_subject_with_nothing_to_score_is_said(tmp_path, derived_sample):
+    """s0002 annotates vertebrae_L1 only: a liver model scores nothing of it, so it has no row;
+    it is counted among the scored subjects all the same, and said."""
+    ckpt = rule_checkpoint(tmp_path / "m.pth", ["liver"])
+    results = evaluate_predictions(derived_sample, "all", [ckpt], tmp_path / "o", report=False)
+    assert "s0002" not in set(results["subject"]) and "s0002" not in results.attrs["skipped"]
+    assert (
+        "s0002: none of the structures scored here is annotated in it (no mask file): it has no "
+        "row in the tables"
+    ) in results.attrs["notes"]
+
+
 def test_checkpoint_predictions_are_scored_on_the_model_structures(tmp_path, s0000_root):
     ckpt = rule_checkpoint(tmp_path / "m.pth", ["vertebrae_L1"], target=(122, 101))
     results = evaluate_predictions(

@@ -304,6 +304,13 @@ def evaluate_predictions(
             collector.discard()
         raise
     skipped = {sid: skipped[sid] for sid in ids if sid in skipped}  # in the split's order
+    with_rows = {row["subject"] for row in rows}
+    for sid in [s for s in ids if s not in skipped and s not in with_rows]:
+        notes.append(
+            f"{sid}: none of the structures scored here is annotated in it (no mask file): "
+            "it has no row in the tables"
+        )
+        log.warning("%s", notes[-1])
     for note in split_domain_notes(outside, len(ids) - len(skipped)):
         log.warning("%s", note)
         notes.append(note)
