@@ -239,6 +239,14 @@ def test_meta_csv_with_bom_unknown_ids_and_bad_split(tmp_path):
     with pytest.raises(DataError) as exc:
         open_dataset(tmp_path)
     assert "split 'training'; use one of train, val, test" in _one_line(exc)
+    # Excel's "CSV" on Windows (cp1252): one line naming the file, not a UnicodeDecodeError
+    (tmp_path / "meta.csv").write_bytes("image_id;note;split\ns0001;café;train\n".encode("cp1252"))
+    with pytest.raises(DataError) as exc:
+        open_dataset(tmp_path)
+    assert _one_line(exc) == (
+        f"{tmp_path / 'meta.csv'} is not UTF-8 text (byte 0xe9 at 29); save it as UTF-8 "
+        "(Excel: CSV UTF-8)"
+    )
 
 
 def test_meta_csv_with_a_header_only_or_other_ids_gives_seeded_splits_said_so(tmp_path):

@@ -42,7 +42,13 @@ def read_meta_csv(path: Path) -> dict[str, str]:
     Raises DataError when the columns are missing, a split value is not train/val/test, or a
     subject is listed in two splits (the same row twice is fine). A header alone gives {}.
     """
-    text = path.read_bytes().decode("utf-8-sig")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # Excel's "CSV" on Windows: cp1252
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start}); "
+            "save it as UTF-8 (Excel: CSV UTF-8)"
+        ) from None
     sample = text.splitlines()[0] if text else ""
     delimiter = ";" if ";" in sample else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
