@@ -221,9 +221,30 @@ def test_subject_without_segmentations_is_reported_not_fatal(tmp_path):
 def test_unknown_structure_names_reported(tmp_path):
     sdir = _subject(tmp_path)
     _save(sdir / "segmentations" / "liver_tumour.nii.gz", np.zeros((16, 12, 8), np.uint8))
+    for name in ("colon.NII.GZ", "spleen.nrrd", "aorta.nii.gz.bak", ".DS_Store"):
+        (sdir / "segmentations" / name).write_bytes(b"x")  # another case or format: not a mask
     subject = load_subject(sdir)
-    assert any("liver_tumour.nii.gz" in p and "unknown" in p for p in subject.problems)
+    (problem,) = [p for p in subject.problems if "segmentations:" in p]
+    assert problem == (
+        f"{sdir.name}/segmentations: 4 files ignored, not named as a known structure's mask "
+        "(aorta.nii.gz.bak, colon.NII.GZ, liver_tumour.nii.gz, spleen.nrrd); name masks "
+        "<structure>.nii.gz with TotalSegmentator v2 names"
+    )
     assert subject.present == ["liver"]
+
+
+def test_a_stray_file_added_or_removed_after_prepare_is_said_or_forgotten(tmp_path):
+    """The entry's problems name the ignored files: a prepared subject that gains one (or loses
+    it) is prepared again, so `ctseg info` and Home say it (or no longer do)."""
+    sdir = _subject(tmp_path / "data")
+    cache = tmp_path / "cache"
+    assert not [p for p in open_cached(sdir.parent, sdir.name, cache).meta["problems"]]
+    stray = sdir / "segmentations" / "Liver_corrected.nii.gz"
+    _save(stray, np.zeros((16, 12, 8), np.uint8))
+    (problem,) = open_cached(sdir.parent, sdir.name, cache).meta["problems"]
+    assert "(Liver_corrected.nii.gz)" in problem
+    stray.unlink()
+    assert not open_cached(sdir.parent, sdir.name, cache).meta["problems"]
 
 
 def test_meta_csv_with_bom_unknown_ids_and_bad_split(tmp_path):

@@ -62,14 +62,18 @@ def dataset_tag(root: Path) -> str:
 
 
 def source_key(subject_dir: Path, settings: dict | None = None) -> str:
-    """Hash of the subject's source files (name, size, mtime) and the preprocessing settings."""
+    """Hash of the subject's source files (name, size, mtime), the names of the files its
+    segmentations/ folder holds that are no mask (its problems name them), and the
+    preprocessing settings."""
     digest = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **(settings or {})}).encode())
     ct = find_ct(subject_dir, strict=True)
-    files = [ct] if ct else []
-    files += list(mask_files(subject_dir)[0].values())
+    masks, ignored = mask_files(subject_dir)
+    files = ([ct] if ct else []) + list(masks.values())
     for path in files:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    if ignored:  # the entry's problems name them: a stray file added or removed rebuilds it
+        digest.update(("ignored:" + "/".join(ignored)).encode())
     return digest.hexdigest()[:16]
 
 

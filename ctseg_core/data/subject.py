@@ -26,16 +26,20 @@ MASK_SUFFIXES = (".nii.gz", ".nii")
 
 
 def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
-    """Structure name -> mask path for known names, and the list of unknown file names;
-    DataError for two files of one structure (``liver.nii.gz`` and ``liver.nii``)."""
+    """Structure name -> mask path for known names, and the names of the other files (an
+    unknown structure, another suffix or case: ``colon.NII.GZ``, ``liver.nrrd``; hidden files
+    left out); DataError for two files of one structure (``liver.nii.gz`` and ``liver.nii``)."""
     seg_dir = subject_dir / "segmentations"
     known: dict[str, Path] = {}
     unknown: list[str] = []
     if not seg_dir.is_dir():
         return known, unknown
     for path in sorted(seg_dir.iterdir(), key=lambda p: p.name):  # names: Path order is slow
+        if path.name.startswith("."):  # .DS_Store, ._liver.nii.gz
+            continue
         name = next((path.name[: -len(s)] for s in MASK_SUFFIXES if path.name.endswith(s)), None)
-        if name is None or path.name.startswith("."):
+        if name is None:  # colon.NII.GZ, liver.nrrd, spleen.nii.gz.bak: said, not a mask
+            unknown.append(path.name)
             continue
         if name in known:  # liver.nii.gz beside a corrected liver.nii: which one is the mask?
             raise DataError(
@@ -107,8 +111,9 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
     if unknown:
         shown = ", ".join(unknown[:4]) + (" ..." if len(unknown) > 4 else "")
         problems.append(
-            f"{subject_dir.name}/segmentations: {len(unknown)} unknown structure file names "
-            f"({shown}) ignored; use TotalSegmentator v2 names"
+            f"{subject_dir.name}/segmentations: {len(unknown)} files ignored, not named as a "
+            f"known structure's mask ({shown}); name masks <structure>.nii.gz with "
+            "TotalSegmentator v2 names"
         )
     overlap = 0
     for name in sorted(files, key=LABEL_OF.__getitem__):
