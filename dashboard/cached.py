@@ -8,6 +8,7 @@ call also takes a ``source`` string that names the volume uniquely.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +61,27 @@ def checked_dataset_path(path: str) -> Path:
 
 
 def _tree_stamp(root: str) -> float:
-    """A cheap change marker of a dataset: the newest mtime among the root and its subjects."""
-    path = Path(root)
-    stamps = [path.stat().st_mtime]
-    stamps += [p.stat().st_mtime for p in path.iterdir() if p.is_dir()]
+    """A cheap change marker of a dataset: the newest mtime among the root, its files (meta.csv)
+    and subject folders, their files (the CT) and their segmentations/ folders (a mask added
+    or removed). A mask rewritten in place under its name is not seen: Home's "Read the
+    dataset again" (``forget_dataset``) is for that; its stat would cost 117 per subject."""
+    stamps = [Path(root).stat().st_mtime]
+    with os.scandir(root) as entries:
+        for entry in entries:
+            stamps.append(entry.stat().st_mtime)
+            if entry.is_dir() and not entry.name.startswith("."):
+                with os.scandir(entry.path) as inside:
+                    stamps += [e.stat().st_mtime for e in inside]
     return max(stamps)
+
+
+def forget_dataset(root: str) -> None:
+    """Drop what is kept of ``root``'s files (its summary, its index), so that the next page
+    reads them again."""
+    store = _summaries()
+    for key in [k for k in store if k[0] == str(root)]:
+        store.pop(key, None)
+    _index.clear()
 
 
 #: The dashboard prepares in one process: forking a server that holds torch and Streamlit threads

@@ -39,6 +39,7 @@ EVAL_FORM = WidgetKeys("ctseg_eval")
 
 # Session-state keys (one namespace, so pages cannot collide).
 DATASET = "ctseg_dataset_root"  # str: the chosen dataset root, shared by every page
+HOME_REREAD = "ctseg_home_reread"  # button: forget the dataset's kept summary and index
 EXPLORE_SUBJECT = "ctseg_explore_subject"  # str: subject id shown on Explore
 EXPLORE_CHECKPOINT = "ctseg_explore_checkpoint"  # str: checkpoint label or "(none)"
 EXPLORE_VIEWER = "ctseg_explore_viewer"  # str: "slices" (server) or "linked planes" (NiiVue)

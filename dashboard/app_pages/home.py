@@ -92,6 +92,13 @@ def show_summary(root: str) -> None:
         with st.expander(f"{len(summary['problems'])} problem(s) found in the dataset"):
             for line in summary["problems"]:
                 st.markdown(f"- {state.plain(line)}")  # names from the data, as plain text
+    if st.button(
+        "Read the dataset again", icon=":material/refresh:", key=state.HOME_REREAD,
+        help="Files added, removed or replaced are seen by themselves; a mask rewritten in "
+        "place under its own name is seen after this.",
+    ):  # fmt: skip
+        cached.forget_dataset(root)
+        st.rerun()
     st.subheader("Structure coverage")
     st.caption("How many subjects contain each structure (non-empty mask), coloured by group.")
     spec = cached.coverage_spec(summary["coverage"])  # built once per coverage

@@ -52,6 +52,44 @@ def test_home_shows_the_subject_counts_coverage_and_runs(app_env, tiny_run, new_
     assert at.session_state["ctseg_dataset_root"] == str(app_env["data"])
 
 
+def test_home_sees_files_change_in_the_dataset(
+    app_env, new_app, no_problems, monkeypatch, tmp_path
+):
+    """meta.csv edited in place, a stray mask file added: Home showed the first reading until
+    the server restarted; a mask rewritten in place is seen after "Read the dataset again"."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(app_env["data"], root)
+    monkeypatch.setenv("CTSEG_DATA", str(root))
+    at = new_app()
+    at.run()
+    no_problems(at)
+    assert {m.label: m.value for m in at.metric}["Test"] != "6"
+    ids = open_dataset(root).subjects
+    (root / "meta.csv").write_text("image_id;split\n" + "".join(f"{s};test\n" for s in ids))
+    (root / ids[0] / "segmentations" / "Liver_corrected.nii.gz").write_bytes(b"x")
+    at.run()
+    no_problems(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Train"], metrics["Test"]) == ("0", "6")
+    assert [e for e in at.expander if "problem(s) found" in e.label]
+    from dashboard import cached
+
+    def coverage() -> dict:  # the summary Home shows (kept server-wide), the newest
+        return [v for k, v in cached._summaries().items() if k[0] == str(root)][-1]["coverage"]
+
+    name = open_cached(root, ids[1], app_env["cache"]).present[0]
+    before = coverage()[name]
+    mask = root / ids[1] / "segmentations" / f"{name}.nii.gz"
+    image = nib.load(mask)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), mask)  # in place
+    at.button(key="ctseg_home_reread").click()
+    at.run()
+    no_problems(at)
+    assert coverage()[name] == before - 1
+
+
 def test_home_generates_the_demo_phantom_on_first_start(monkeypatch, tmp_path, new_app):
     monkeypatch.delenv("CTSEG_DATA", raising=False)
     monkeypatch.delenv("CTSEG_DATA_ROOTS", raising=False)
