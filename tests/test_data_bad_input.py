@@ -547,6 +547,30 @@ def test_an_entry_prepared_again_while_a_reader_holds_it_unopened_gives_one_line
     assert again.ct.shape == again.labels.shape
 
 
+def test_a_full_cache_disk_stops_the_prepare_with_one_line(tmp_path, monkeypatch):
+    """It failed every subject with a bare "OSError: [Errno 28]" (1,227 lines on the full
+    dataset), naming neither the cache nor a fix; no half-built entry is left."""
+    import errno
+
+    for sid in ("s0001", "s0002", "s0003"):
+        _subject(tmp_path / "data", sid)
+    real_save = np.save
+
+    def full(path, array, *args, **kwargs):  # numpy's write on a disk with no block left
+        if str(path).endswith("ct.npy"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(path, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(DataError) as exc:
+        prepare_dataset(tmp_path / "data", tmp_path / "cache", workers=1)
+    assert _one_line(exc).startswith(
+        f"no space left for the preprocessing cache {tmp_path / 'cache'} ("
+    )
+    assert "preparing s0001); free space there, or give another cache folder" in str(exc.value)
+    assert not [p for p in (tmp_path / "cache").rglob("*.npy")]
+
+
 def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(tmp_path):
     """A 0.3 MB upload whose header extension unpacks to 300 MB of zeros: nibabel reads the
     extensions whole before the size checks (~313 MB for one small file); refused from the raw

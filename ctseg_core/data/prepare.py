@@ -2,19 +2,22 @@
 
 Subjects already cached (and current) are found first, in this process; a process pool starts only
 for the ones left to build. A subject that fails is reported in ``PrepareReport.failed``, not
-raised, so one bad CT does not stop the other 1,227.
+raised, so one bad CT does not stop the other 1,227; a full disk under the cache stops the
+prepare with one line (every subject after it would fail the same way).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, CtsegError
+from ..errors import ConfigError, CtsegError, DataError
 from .cache import (
     CachedSubject,
     build_entry,
@@ -39,9 +42,13 @@ def _cached_entry(root: Path, subject_id: str, cache_dir: Path) -> CachedSubject
         return None
 
 
+class _DiskFull(str):
+    """A worker's one line for a cache disk that is full: the prepare stops on it."""
+
+
 def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Path | str]:
     """Worker for a subject ``_cached_entry`` did not find: (subject id, the entry's folder, or
-    the error's one line)."""
+    the error's one line; ``_DiskFull`` for no space left under the cache)."""
     try:
         subject_dir = root / subject_id
         target = entry_dir(cache_dir, root, subject_id) / source_key(subject_dir)
@@ -49,6 +56,15 @@ def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Pat
         return subject_id, target
     except CtsegError as exc:
         return subject_id, str(exc)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free_mb = shutil.disk_usage(cache_dir).free // 2**20
+            return subject_id, _DiskFull(
+                f"no space left for the preprocessing cache {cache_dir} ({free_mb} MB free, "
+                f"preparing {subject_id}); free space there, or give another cache folder "
+                "(--cache, CTSEG_CACHE)"
+            )
+        return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a worker must report, never kill the whole prepare
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
 
@@ -90,6 +106,8 @@ def prepare_dataset(
 
     def record(sid: str, outcome: CachedSubject | Path | str) -> None:
         nonlocal done
+        if isinstance(outcome, _DiskFull):
+            raise DataError(str(outcome))
         if isinstance(outcome, str):
             report.failed[sid] = outcome
             log.warning(outcome)
@@ -124,6 +142,11 @@ def prepare_dataset(
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(_prepare_one, index.root, sid, cache_dir) for sid in todo]
-            for future in as_completed(futures):
-                record(*future.result())
+            try:
+                for future in as_completed(futures):
+                    record(*future.result())
+            except DataError:  # a full disk: the subjects not started yet are not started
+                for future in futures:
+                    future.cancel()
+                raise
     return report
