@@ -111,7 +111,8 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
     if unknown:
         shown = ", ".join(unknown[:4]) + (" ..." if len(unknown) > 4 else "")
         problems.append(
-            f"{subject_dir.name}/segmentations: {len(unknown)} files ignored, not named as a "
+            f"{subject_dir.name}/segmentations: {len(unknown)} "
+            f"file{'s' if len(unknown) > 1 else ''} ignored, not named as a "
             f"known structure's mask ({shown}); name masks <structure>.nii.gz with "
             "TotalSegmentator v2 names"
         )

@@ -78,7 +78,7 @@ def test_home_lists_hostile_subject_and_structure_names_as_text(hostile_env, new
     assert not at.exception and not at.error, [e.value for e in at.error]
     problems = [as_shown(m.value) for m in at.markdown if m.value.startswith("- ")]
     assert any(p.startswith(f"- {JS}: no ct.nii.gz") for p in problems), problems
-    assert any(f"{RED}/segmentations: 1 unknown" in p and STRUCTURE in p for p in problems)
+    assert any(f"{RED}/segmentations: 1 file ignored" in p and STRUCTURE in p for p in problems)
     assert any(p.startswith(f"- {BARE}: no ct.nii.gz") for p in problems), problems
     assert_plain(at, JS, RED, STRUCTURE, BARE)
 
