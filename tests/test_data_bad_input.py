@@ -548,27 +548,41 @@ def test_an_entry_prepared_again_while_a_reader_holds_it_unopened_gives_one_line
 
 
 def test_a_full_cache_disk_stops_the_prepare_with_one_line(tmp_path, monkeypatch):
-    """It failed every subject with a bare "OSError: [Errno 28]" (1,227 lines on the full
-    dataset), naming neither the cache nor a fix; no half-built entry is left."""
+    """It failed every subject with a bare OSError (1,227 lines on the full dataset), naming
+    neither the cache nor a fix; no half-built entry is left. numpy's own short write on a full
+    disk carries no errno ("N requested and M written"), the write of a new file one."""
     import errno
+    import shutil
+    from collections import namedtuple
 
     for sid in ("s0001", "s0002", "s0003"):
         _subject(tmp_path / "data", sid)
-    real_save = np.save
+    real_save, real_usage = np.save, shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    for failure in (OSError("1536 requested and 512 written"),
+                    OSError(errno.ENOSPC, "No space left on device")):  # fmt: skip
 
-    def full(path, array, *args, **kwargs):  # numpy's write on a disk with no block left
-        if str(path).endswith("ct.npy"):
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(path, array, *args, **kwargs)
+        def full(path, array, *args, failure=failure, **kwargs):  # a disk with 1 kB left
+            if str(path).endswith("ct.npy"):
+                raise failure
+            return real_save(path, array, *args, **kwargs)
 
-    monkeypatch.setattr(np, "save", full)
-    with pytest.raises(DataError) as exc:
-        prepare_dataset(tmp_path / "data", tmp_path / "cache", workers=1)
-    assert _one_line(exc).startswith(
-        f"no space left for the preprocessing cache {tmp_path / 'cache'} ("
-    )
-    assert "preparing s0001); free space there, or give another cache folder" in str(exc.value)
-    assert not [p for p in (tmp_path / "cache").rglob("*.npy")]
+        monkeypatch.setattr(np, "save", full)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1024, 1024))
+        with pytest.raises(DataError) as exc:
+            prepare_dataset(tmp_path / "data", tmp_path / "cache", workers=1)
+        assert _one_line(exc).startswith(
+            f"no space left for the preprocessing cache {tmp_path / 'cache'} (0 MB free, "
+            "preparing s0001); free space there, or give another cache folder"
+        )
+        assert not [p for p in (tmp_path / "cache").rglob("*.npy")]
+    # a short write with room to spare is no full disk: each subject fails alone, said
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    monkeypatch.setattr(np, "save", lambda path, array, *a, **k: (_ for _ in ()).throw(
+        OSError("1536 requested and 512 written")))  # fmt: skip
+    report = prepare_dataset(tmp_path / "data", tmp_path / "cache", workers=1)
+    assert sorted(report.failed) == ["s0001", "s0002", "s0003"]
+    assert report.failed["s0002"] == "s0002: OSError: 1536 requested and 512 written"
 
 
 def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(tmp_path):

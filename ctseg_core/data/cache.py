@@ -11,6 +11,7 @@ only read (datasets are often read-only); the cache lives in ``$CTSEG_CACHE`` or
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -275,8 +276,12 @@ def build_entry(subject_dir: Path, target: Path, settings: dict | None = None) -
             if not (target / "meta.json").is_file():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        needed = subject.ct.array.nbytes + subject.labels.nbytes
+        if isinstance(exc, OSError) and exc.errno is None and _short_of(target.parent, needed):
+            # numpy's short write on a full disk ("N requested and M written") has no errno
+            raise OSError(errno.ENOSPC, "No space left on device", str(target.parent)) from exc
         raise
     # Old keys of this subject are stale now; so is a build another process left behind when it
     # was killed (a build in progress elsewhere is minutes old, never hours)
@@ -287,6 +292,14 @@ def build_entry(subject_dir: Path, target: Path, settings: dict | None = None) -
             continue
         shutil.rmtree(old, ignore_errors=True)
     return CachedSubject(subject.subject_id, target, meta)
+
+
+def _short_of(folder: Path, needed_bytes: int) -> bool:
+    """Whether ``folder``'s disk has less free space than ``needed_bytes``."""
+    try:
+        return shutil.disk_usage(folder).free < needed_bytes
+    except OSError:
+        return False
 
 
 #: a ``.tmp-`` build folder older than this (seconds) was left by a killed process
