@@ -172,7 +172,7 @@ def test_a_run_whose_last_write_was_cut_short_resumes_from_last_pth_saying_so(
 
     from ctseg_core.runs.run_folder import write_history
 
-    scripted_validation(monkeypatch, [0.5, 0.4, 0.1, 0.3])
+    scripted_validation(monkeypatch, [0.5, 0.4, 0.1, 0.45])  # epoch 3 again: worse, 0.45
     Trainer(small_config(phantom_root, "r", epochs=3, checkpoint_every=2),
             checkpoints_root=tmp_path).run()  # fmt: skip
     run = tmp_path / "r"
@@ -182,5 +182,10 @@ def test_a_run_whose_last_write_was_cut_short_resumes_from_last_pth_saying_so(
     with caplog.at_level(logging.WARNING):
         trainer = Trainer.resume(run, epochs=3)
     assert "best.pth (epoch 3) lie past last.pth's epoch 2" in caplog.text
+    assert "(best.pth (epoch 3) is kept as best_epoch3_before_resume.pth)" in caplog.text
     assert trainer.run() == "finished"
-    assert [r["epoch"] for r in read_history(run)] == [1, 2, 3]
+    history = read_history(run)
+    assert [(r["epoch"], r["val_loss"]) for r in history] == [(1, 0.5), (2, 0.4), (3, 0.45)]
+    # best.pth is the history's best epoch (2), not the epoch 3 the history no longer holds
+    assert load_checkpoint(run / "best.pth")["epoch"] == 2
+    assert load_checkpoint(run / "best_epoch3_before_resume.pth")["epoch"] == 3

@@ -61,13 +61,7 @@ def prepare_resume(
     refuse_if_active(run_dir)
     ckpt = load_to_resume(run_dir, source)
     later = later_than(run_dir, int(ckpt["epoch"])) if branch is None else []
-    if later and source.name == "last.pth":  # the run's own state: a write cut short after
-        # best.pth (a full disk), or leftovers of an earlier resume from an older checkpoint
-        log.warning(
-            "%s: %s lie past last.pth's epoch %d; training on from last.pth replaces them as "
-            "it passes their epochs", run_dir, ", ".join(later), ckpt["epoch"],
-        )  # fmt: skip
-    elif later:
+    if later and source.name != "last.pth":  # last.pth is the run's own state (below)
         newest = resume_command(intact_checkpoints(run_dir)[0][0])
         raise ConfigError(
             f"{source} holds epoch {ckpt['epoch']}, and run {run_dir} has trained past it: "
@@ -89,6 +83,14 @@ def prepare_resume(
     history = list(ckpt.get("history") or [])
     clock = stopped_clock(run_dir, done, history) if branch is None else 0.0
     continue_budget(run_dir, config.train, minutes, history, clock)
+    if later:  # past last.pth: a write cut short after best.pth (a full disk), or leftovers
+        # of an earlier resume from an older checkpoint
+        aside = set_best_aside(run_dir, ckpt)
+        log.warning(
+            "%s: %s lie past last.pth's epoch %d; training on from last.pth replaces them as "
+            "it passes their epochs%s", run_dir, ", ".join(later), done,
+            f" ({aside})" if aside else "",
+        )  # fmt: skip
     return run_dir, source, ckpt, config, clock
 
 
@@ -107,16 +109,40 @@ def seed_branch(branch_dir: Path, source: Path, ckpt: dict) -> str | None:
         {"run": str(source.parent), "checkpoint": str(source), "epoch": done},
     )
     log.info("run %s continues %s (epoch %d) as a branch", branch_dir, source, done)
+    return _best_up_to(source.parent, branch_dir, history, done)
+
+
+def _best_up_to(run_dir: Path, into: Path, history: list[dict], done: int) -> str | None:
+    """Copy the checkpoint of ``run_dir`` that holds the best epoch of ``history`` (up to
+    ``done``) to ``into``/best.pth; a warning when none does (best.pth then comes with the first
+    epoch that scores above it), None otherwise or when no epoch scored."""
     scores = [epoch_score(r) for r in history]
     if not scores or max(scores) == float("-inf"):
         return None  # no epoch scored: no best.pth yet, as in the run itself
     best = history[scores.index(max(scores))].get("epoch")
-    found = [p for p, e in intact_checkpoints(source.parent) if e == best]
+    found = [p for p, e in intact_checkpoints(run_dir) if e == best]
     if not found:
         return (
-            f"no checkpoint of {source.parent} holds epoch {best}, the best up to epoch {done}: "
-            "this branch has no best.pth until an epoch scores above it"
+            f"no checkpoint of {run_dir} holds epoch {best}, the best up to epoch {done}: "
+            f"{into} has no best.pth until an epoch scores above it"
         )
-    with atomic_path(branch_dir / "best.pth", suffix=".pth") as tmp:
+    with atomic_path(into / "best.pth", suffix=".pth") as tmp:
         shutil.copyfile(found[0], tmp)
     return None
+
+
+def set_best_aside(run_dir: Path, ckpt: dict) -> str | None:
+    """Before a resume from last.pth: a best.pth past its epoch (a write cut short after it)
+    holds an epoch the resumed history will not have, and would stay best.pth unless beaten:
+    it is kept as ``best_epoch<N>_before_resume.pth`` and best.pth becomes the checkpoint of
+    the best epoch up to last.pth's (``_best_up_to``). Returns what was done, or None."""
+    done, best = int(ckpt["epoch"]), run_dir / "best.pth"
+    later = [e for p, e in intact_checkpoints(run_dir) if p == best and e > done]
+    if not later:
+        return None
+    kept = run_dir / f"best_epoch{later[0]}_before_resume.pth"
+    best.rename(kept)
+    missing = _best_up_to(run_dir, run_dir, list(ckpt.get("history") or []), done)
+    return f"best.pth (epoch {later[0]}) is kept as {kept.name}" + (
+        f"; {missing}" if missing else ""
+    )
