@@ -68,11 +68,22 @@ def _tree_stamp(root: str) -> float:
     stamps = [Path(root).stat().st_mtime]
     with os.scandir(root) as entries:
         for entry in entries:
-            stamps.append(entry.stat().st_mtime)
+            stamps.append(_mtime(entry))
             if entry.is_dir() and not entry.name.startswith("."):
                 with os.scandir(entry.path) as inside:
-                    stamps += [e.stat().st_mtime for e in inside]
+                    stamps += [_mtime(e) for e in inside]
     return max(stamps)
+
+
+def _mtime(entry: os.DirEntry) -> float:
+    """An entry's mtime; its link's own for a broken link (or 0 for one gone mid-scan)."""
+    try:
+        return entry.stat().st_mtime
+    except OSError:
+        try:
+            return entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            return 0.0
 
 
 def forget_dataset(root: str) -> None:

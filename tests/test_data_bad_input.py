@@ -221,8 +221,9 @@ def test_subject_without_segmentations_is_reported_not_fatal(tmp_path):
 def test_unknown_structure_names_reported(tmp_path):
     sdir = _subject(tmp_path)
     _save(sdir / "segmentations" / "liver_tumour.nii.gz", np.zeros((16, 12, 8), np.uint8))
-    for name in ("colon.NII.GZ", "spleen.nrrd", "aorta.nii.gz.bak", ".DS_Store"):
+    for name in ("colon.NII.GZ", "spleen.nrrd", "aorta.nii.gz.bak", ".DS_Store", "README.txt"):
         (sdir / "segmentations" / name).write_bytes(b"x")  # another case or format: not a mask
+    (sdir / "segmentations" / "qc").mkdir()  # a README or a folder: no image, not said
     subject = load_subject(sdir)
     (problem,) = [p for p in subject.problems if "segmentations:" in p]
     assert problem == (

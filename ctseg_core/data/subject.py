@@ -23,12 +23,15 @@ from .volume import Volume, load_ct, load_mask
 log = logging.getLogger(__name__)
 
 MASK_SUFFIXES = (".nii.gz", ".nii")
+#: other image formats a mask may have been exported as (said as ignored, not read)
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".seg.nrrd")
 
 
 def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
-    """Structure name -> mask path for known names, and the names of the other files (an
-    unknown structure, another suffix or case: ``colon.NII.GZ``, ``liver.nrrd``; hidden files
-    left out); DataError for two files of one structure (``liver.nii.gz`` and ``liver.nii``)."""
+    """Structure name -> mask path for known names, and the names of the other image files (an
+    unknown structure, another suffix or case: ``colon.NII.GZ``, ``liver.nrrd``; hidden files,
+    a README or a subfolder left out); DataError for two files of one structure
+    (``liver.nii.gz`` and ``liver.nii``)."""
     seg_dir = subject_dir / "segmentations"
     known: dict[str, Path] = {}
     unknown: list[str] = []
@@ -38,8 +41,11 @@ def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
         if path.name.startswith("."):  # .DS_Store, ._liver.nii.gz
             continue
         name = next((path.name[: -len(s)] for s in MASK_SUFFIXES if path.name.endswith(s)), None)
-        if name is None:  # colon.NII.GZ, liver.nrrd, spleen.nii.gz.bak: said, not a mask
-            unknown.append(path.name)
+        if name is None:  # colon.NII.GZ, liver.nrrd, spleen.nii.gz.bak: said, not a mask; a
+            # README.txt or a subfolder is no image a user could take for one
+            lower = path.name.lower()
+            if ".nii" in lower or lower.endswith(IMAGE_SUFFIXES):
+                unknown.append(path.name)
             continue
         if name in known:  # liver.nii.gz beside a corrected liver.nii: which one is the mask?
             raise DataError(

@@ -32,13 +32,13 @@ def without_small_references(results: pd.DataFrame, min_ml: float) -> pd.DataFra
 
 def ranking(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """Per structure: mean, std and count of a metric over its finite values, and ``missed``:
-    its missed or mislocated pairs (a distance has none for them: left out of its mean, as in
-    the summary), best first; ties keep the results' order, and a structure with no finite
+    its missed pairs (no prediction of it: a distance has none for them, left out of its mean,
+    as in the summary; a mislocated one has a distance), best first; ties keep the results' order, and a structure with no finite
     value (missed everywhere) comes last."""
     values = results[metric].astype(float)
     kept = results[values.notna()].assign(  # NaN: not scored (absent, a false positive)
         _value=values.where(np.isfinite(values)),
-        _missed=results["status"].isin(["missed", "mislocated"]),
+        _missed=results["status"] == "missed",
     )
     table = (
         kept.groupby(["structure", "group"], sort=False)

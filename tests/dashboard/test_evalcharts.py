@@ -101,6 +101,11 @@ def test_a_distance_ranking_counts_the_missed_cases_it_leaves_out():
     assert dice.loc["spleen", "count"] == 1 and dice.loc["spleen", "missed"] == 1  # Dice 0
     title = distribution_chart(results, "hd95_mm").to_dict()["encoding"]["y"]["title"]
     assert title.endswith("(2 missed pairs left out)")
+    # a left/right swap (mislocated) has a distance, in the mean: not counted as missed
+    swap = results.iloc[[0]].assign(subject="e", status="mislocated", dice=0.0, hd95_mm=80.0)
+    table = ranking(pd.concat([results, swap], ignore_index=True), "hd95_mm")
+    liver = table.set_index("structure").loc["liver"]
+    assert (liver["count"], liver["missed"]) == (5, 0)
 
 
 def test_tied_structures_keep_their_order_in_the_ranking():
@@ -108,3 +113,13 @@ def test_tied_structures_keep_their_order_in_the_ranking():
     names = ["liver", "spleen", "kidney_right", "kidney_left", "gallbladder", "stomach"]
     tied = pd.concat([rows.assign(structure=n) for n in names], ignore_index=True)
     assert list(ranking(tied, "dice")["structure"]) == names
+
+
+def test_the_dataset_change_stamp_takes_a_broken_link(tmp_path):
+    """A dangling symlink in a subject folder crashed Home, Train and Evaluate."""
+    from dashboard.cached import _tree_stamp
+
+    (tmp_path / "s0001" / "segmentations").mkdir(parents=True)
+    (tmp_path / "s0001" / "ct_backup.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (tmp_path / "s0002").symlink_to(tmp_path / "gone")
+    assert _tree_stamp(str(tmp_path)) > 0
