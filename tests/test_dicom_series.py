@@ -264,6 +264,25 @@ def test_a_multi_frame_file_is_read_only_where_its_frames_lie_evenly_in_order(tm
             load_ct(folder)
 
 
+def test_a_multi_frame_file_over_the_voxel_limit_is_refused_before_its_pixels(
+    tmp_path, monkeypatch
+):
+    """One enhanced file skipped the voxel limit a series of files has: a small upload whose
+    frames compress well could claim gigabytes and be decoded whole."""
+    import SimpleITK as sitk
+
+    write_multiframe(tmp_path / "ct.dcm", [0, 2, 4, 6, 8])
+    monkeypatch.setenv("CTSEG_MAX_VOXELS", "100")
+    decoded = []
+    real = sitk.ReadImage
+    monkeypatch.setattr(sitk, "ReadImage", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    with pytest.raises(
+        DataError, match=r"has 5 frames of \d+ x \d+ pixels, over the limit of 100 "
+    ):
+        load_ct(tmp_path)
+    assert not decoded
+
+
 @pytest.mark.parametrize("tag", ["ImageOrientationPatient", "PixelSpacing", "ImagePositionPatient"])
 def test_a_series_without_a_geometry_tag_is_refused_not_guessed(tmp_path, tag):
     """SimpleITK fills a missing orientation with identity and a missing pixel size with 1 mm:
@@ -327,6 +346,19 @@ def test_a_monochrome1_series_reads_as_stored_value_times_slope_plus_intercept(t
         hu = ds.pixel_array.T * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         np.testing.assert_array_equal(data[:, :, k], hu)
         np.testing.assert_array_equal(data[:, :, k], _hu(k))
+    # a file without the 128-byte preamble and "DICM": its decodable copy is read all the same
+    import SimpleITK as sitk
+
+    from ctseg_core.data.dicom_pixels import decodable_copy
+
+    ds = pydicom.dcmread(files[0])
+    ds.preamble = None
+    bare = tmp_path / "bare.dcm"
+    ds.save_as(bare, enforce_file_format=False)
+    assert bare.read_bytes()[128:132] != b"DICM"
+    (tmp_path / "copy").mkdir()
+    copy = sitk.ReadImage(str(decodable_copy(bare, tmp_path / "copy")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(copy)[0].T, data[:, :, 0])
     folder = tmp_path / "enhanced"
     folder.mkdir()
     write_multiframe(folder / "ct.dcm", [0, 2, 4], photometric="MONOCHROME1")

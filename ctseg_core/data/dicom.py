@@ -226,6 +226,12 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
             "which SimpleITK would replace by a guess; export the series again"
         )
     if len(series[uid]) == 1 and slices and slices[0].size[2] > 1:
+        cols, rows, frames = slices[0].size
+        if cols * rows * frames > max_voxels():  # before its pixels are decoded
+            raise DataError(
+                f"{folder}: {name} has {frames} frames of {cols} x {rows} pixels, over the "
+                f"limit of {max_voxels():,} voxels (CTSEG_MAX_VOXELS); give one CT series"
+            )
         return read_volume_file(folder, slices[0].path, slices[0].photometric)
     if any(s.size[2] > 1 for s in slices):
         raise DataError(

@@ -24,7 +24,7 @@ def decodable_copy(path: Path, folder: Path, *, strip_rescale: bool = False) -> 
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    ds = pydicom.dcmread(str(path))
+    ds = pydicom.dcmread(str(path), force=True)  # as GDCM: a file without its preamble too
     ds.PhotometricInterpretation = "MONOCHROME2"
     if strip_rescale:
         for name in ("RescaleSlope", "RescaleIntercept"):
@@ -39,6 +39,16 @@ def decodable_copy(path: Path, folder: Path, *, strip_rescale: bool = False) -> 
         identity = Dataset()
         identity.RescaleSlope, identity.RescaleIntercept, identity.RescaleType = 1, 0, "US"
         ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = Sequence([identity])
+    if ds.preamble is None:  # a file without preamble and file meta: write both, as GDCM needs
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ImplicitVRLittleEndian
+
+        ds.preamble = b"\0" * 128
+        meta = ds.file_meta if getattr(ds, "file_meta", None) else FileMetaDataset()
+        meta.setdefault("TransferSyntaxUID", ImplicitVRLittleEndian)
+        meta.setdefault("MediaStorageSOPClassUID", ds.SOPClassUID)
+        meta.setdefault("MediaStorageSOPInstanceUID", ds.SOPInstanceUID)
+        ds.file_meta = meta
     copy = folder / path.name
     ds.save_as(str(copy))
     return copy
