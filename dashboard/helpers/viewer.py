@@ -217,8 +217,12 @@ def slice_fragment(
     slice_key = state.slice_key(keys, view.plane)
     if slice_key not in st.session_state or not 1 <= st.session_state[slice_key] <= count:
         st.session_state[slice_key] = count // 2 + 1
-    # numbered from 1, as the caption and other viewers count slices
-    index = st.slider(f"{view.plane.capitalize()} slice", 1, count, key=slice_key) - 1
+    # numbered from 1, as the caption and other viewers count slices; a plane of one slice (a
+    # one-slice series, axially) has no slider: Streamlit refuses a range of one value
+    if count > 1:
+        index = st.slider(f"{view.plane.capitalize()} slice", 1, count, key=slice_key) - 1
+    else:
+        index = 0
     started = time.perf_counter()
     rgb = _upscale(compose_slice(ct_zxy, layers, index, view, spacing_mm))
     png = to_png_bytes(rgb)

@@ -44,6 +44,28 @@ def test_a_new_upload_clears_the_previous_result_and_its_downloads(
     assert not at.button(key="ctseg_predict_go").disabled
 
 
+def test_a_ct_of_one_slice_is_labelled_and_shown(app_env, tiny_run, new_app, no_problems, tmp_path):
+    """The reader takes a one-slice series (with a note); the viewer's slice slider then had a
+    range of one value, which Streamlit refuses: the page failed after labelling it."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.load(app_env["data"] / "s0003" / "ct.nii.gz")
+    one = nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 10:11], image.affine)
+    nib.save(one, tmp_path / "one.nii.gz")
+    at = new_app("predict")
+    at.run()
+    data = (tmp_path / "one.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("one.nii.gz", data, "application/gzip"))
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    no_problems(at)
+    assert _result_heading(at) and at.get("image")
+    assert "slice 1 of 1" in at.get("image")[0].proto.imgs[0].caption
+
+
 def upload_box_limit(limit_mib: int) -> str:
     """The limit Streamlit's upload box shows (frontend getSizeDisplay, not on Windows): the
     size in units of 1000, moved up a unit while above half of it, rounded to an integer."""
