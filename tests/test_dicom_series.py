@@ -500,3 +500,26 @@ def test_a_single_slice_is_noted_with_the_thickness_it_is_given(tmp_path, caplog
         "holds one slice; read as a volume one slice deep, 2 mm thick (its SliceThickness)"
         in (_warnings(caplog)[-1])
     )
+
+
+def test_a_zip_unpacks_without_its_dicomdir_and_with_names_of_any_length(tmp_path):
+    """A CD export's DICOMDIR, renamed on unpacking, was then said to be a damaged slice; a
+    member name near 255 bytes overflowed with the number prefix (a bare OSError naming the
+    server's path)."""
+    import io
+    import zipfile
+
+    from ctseg_core.data.zip_series import unpack_zip_flat
+
+    long_name = "y" * 250 + ".dcm"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("CD/DICOMDIR", b"index")
+        archive.writestr(f"CD/IMAGES/{long_name}", b"slice")
+        archive.writestr("CD/IMAGES/IM1.dcm", b"slice")
+    written = unpack_zip_flat(buffer.getvalue(), tmp_path / "out", "cd.zip")
+    names = [p.name for p in written]
+    assert len(names) == 2 and names[1] == "00002_IM1.dcm"
+    assert names[0].startswith("00001_y") and names[0].endswith("y.dcm")
+    assert all(len(n.encode()) < 255 and p.read_bytes() == b"slice" for n, p in
+               zip(names, written, strict=True))  # fmt: skip

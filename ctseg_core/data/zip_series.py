@@ -34,6 +34,10 @@ def series_byte_limit() -> int:
     return 2 * max_voxels() + HEADER_ALLOWANCE_BYTES
 
 
+#: the bytes of a member's name kept (with the ``<number>_`` prefix under 255, the common limit)
+MAX_NAME_BYTES = 200
+
+
 def unpack_zip_flat(
     data: bytes,
     target: Path,
@@ -45,7 +49,8 @@ def unpack_zip_flat(
     """Unpack the zip in ``data`` into ``target`` flat (member folders dropped: nothing lands
     outside ``target``); returns the written files, named ``<number>_<name>``.
 
-    Hidden files ('.DS_Store', '._x') and folders are skipped. ``shown``: the zip's name in
+    Hidden files ('.DS_Store', '._x'), folders and a DICOMDIR are skipped; a name over
+    ``MAX_NAME_BYTES`` keeps its end. ``shown``: the zip's name in
     messages; ``max_bytes``: default ``series_byte_limit()``. Raises DataError (one line) for a
     damaged zip, an encrypted member, or one over the size or ratio limits; files already
     written stay in ``target`` (the caller owns that folder and removes it).
@@ -61,8 +66,10 @@ def unpack_zip_flat(
             total = 0
             for number, member in enumerate(members):
                 base = Path(member.filename.replace("\\", "/")).name
-                if not base or base.startswith("."):
-                    continue
+                if not base or base.startswith(".") or base.upper() == "DICOMDIR":
+                    continue  # a CD's index, no image (unpacked, its new name hid what it is)
+                # a name near the file system's 255 bytes: its end kept (the .dcm, a number)
+                base = base.encode("utf-8")[-MAX_NAME_BYTES:].decode("utf-8", "ignore")
                 if member.flag_bits & 0x1:
                     raise DataError(
                         f"{shown}: {base} is encrypted; zip the DICOM series without a password"
