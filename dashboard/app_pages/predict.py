@@ -55,12 +55,23 @@ def choose_checkpoint(workdir: Path) -> str | None:
 
 
 def _named(text: str, ct_label: str) -> str:
-    """``text`` naming the uploads instead of the server's temporary copies of them."""
+    """``text`` naming the uploads instead of the server's temporary copies of them (a file
+    unpacked from a zipped upload: its name in the zip), and the page's own checkbox where the
+    library names the CLI's flag."""
 
     def label(match: re.Match) -> str:
-        return ct_label if match.group(1) == "ct" else Path(match.group(0)).name
+        if match.group(1) != "ct":
+            return Path(match.group(0)).name
+        inner = match.group(2).strip("/").split("/")
+        if len(inner) > 1:  # ct/dicom/00003_x.nii.gz: a file of the zip
+            return f"{re.sub(r'^[0-9]{5}_', '', inner[-1])} (in {ct_label})"
+        return ct_label
 
-    return re.sub(r"\S*ctseg-predict-[^\s/]*/(ct|checkpoint)/[^\s:;,()]*", label, text)
+    text = re.sub(r"[^\s(]*ctseg-predict-[^\s/]*/(ct|checkpoint)(/[^\s:;,()]*)?", label, text)
+    return text.replace(
+        "pass --resample-uneven (resample_uneven=True)",
+        'tick "Resample a DICOM series with missing slices or uneven spacing" above',
+    )
 
 
 def _name_uploads(exc: CtsegError, ct_label: str) -> CtsegError:

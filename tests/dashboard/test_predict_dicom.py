@@ -43,6 +43,11 @@ def test_predict_page_names_left_out_files_and_refuses_or_resamples_a_gap(
     errors = [as_shown(e.value) for e in at.error]  # shown as plain text: escaped
     assert len(errors) == 1 and "a 4 mm gap between the slices at 6 and 10 mm" in errors[0]
     assert "scan.zip" in errors[0] and "ctseg-predict-" not in errors[0]
+    # the page's own checkbox, not the CLI's flag
+    assert (
+        'tick "Resample a DICOM series with missing slices or uneven spacing" above' in (errors[0])
+    )
+    assert "--resample-uneven" not in errors[0]
     _predict(at, data, resample=True)
     assert not at.error and not at.exception
     warnings = [as_shown(w.value) for w in at.warning]
@@ -53,3 +58,18 @@ def test_predict_page_names_left_out_files_and_refuses_or_resamples_a_gap(
     read = [w for w in warnings if "left out" in w or "resampled" in w]
     assert len(read) == 2 and all(w.startswith("scan.zip") for w in read)
     assert at.session_state["ctseg_predict_result"]["labels_zxy"].shape == (10, 8, 8)
+
+
+def test_a_file_of_a_zipped_upload_is_named_as_in_the_zip():
+    """A NIfTI inside a zipped upload: the advice named the zip itself, and lost its '('."""
+    from dashboard.app_pages.predict import _named
+
+    text = (
+        "/tmp/ctseg-predict-ab12/ct/dicom holds no readable DICOM series; give a folder of CT "
+        ".dcm files; for a NIfTI CT give the file (/tmp/ctseg-predict-ab12/ct/dicom/"
+        "00000_scan.nii.gz)"
+    )
+    assert _named(text, "upload.zip") == (
+        "upload.zip holds no readable DICOM series; give a folder of CT .dcm files; for a NIfTI "
+        "CT give the file (scan.nii.gz (in upload.zip))"
+    )
