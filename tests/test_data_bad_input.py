@@ -234,6 +234,21 @@ def test_unknown_structure_names_reported(tmp_path):
     assert subject.present == ["liver"]
 
 
+def test_overlapping_masks_are_named(tmp_path):
+    """A gallbladder mask wholly inside the liver's vanished from the labels (the liver's value
+    is higher) and from coverage, said only as "N voxels belong to more than one mask"."""
+    sdir = _subject(tmp_path)
+    gallbladder = np.zeros((16, 12, 8), np.uint8)
+    gallbladder[5:7, 4:6, 3:5] = 1  # 8 voxels, all inside the liver (4:8, 3:9, 2:6)
+    _save(sdir / "segmentations" / "gallbladder.nii.gz", gallbladder)
+    subject = load_subject(sdir)
+    assert subject.overlap_voxels == 8 and not (subject.labels == 4).any()  # gallbladder: 4
+    assert (
+        f"{sdir.name}: 8 voxels belong to more than one mask (gallbladder / liver 8); the "
+        "higher label value was kept" in subject.problems
+    )
+
+
 def test_a_stray_file_added_or_removed_after_prepare_is_said_or_forgotten(tmp_path):
     """The entry's problems name the ignored files: a prepared subject that gains one (or loses
     it) is prepared again, so `ctseg info` and Home say it (or no longer do)."""

@@ -123,6 +123,7 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
             "TotalSegmentator v2 names"
         )
     overlap = 0
+    pairs: dict[tuple[str, str], int] = {}  # (lower, higher) structure -> voxels of both
     for name in sorted(files, key=LABEL_OF.__getitem__):
         value = LABEL_OF[name]
         mask = load_mask(files[name], ct, problems)  # notes masks of values other than 0/1
@@ -130,11 +131,18 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
         count = int(np.count_nonzero(mask))
         mask_voxels[value] = count
         if count:
-            overlap += int(np.count_nonzero(labels[mask]))
+            under = labels[mask]
+            for lower, n in zip(*np.unique(under[under > 0], return_counts=True), strict=True):
+                pairs[(NAME_OF[int(lower)], name)] = int(n)
+            overlap += int(np.count_nonzero(under))
             labels[mask] = value
     if overlap:
+        # a structure wholly under another (it then has no voxel in the labels) is named too
+        shown = ", ".join(
+            f"{a} / {b} {n}" for (a, b), n in sorted(pairs.items(), key=lambda kv: -kv[1])[:4]
+        ) + (" ..." if len(pairs) > 4 else "")
         problems.append(
-            f"{subject_dir.name}: {overlap} voxels belong to more than one mask; "
+            f"{subject_dir.name}: {overlap} voxels belong to more than one mask ({shown}); "
             "the higher label value was kept"
         )
     for problem in problems:
