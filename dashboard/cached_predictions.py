@@ -22,7 +22,7 @@ def _prediction_store() -> dict:
     A plain dict rather than a cached function, so the progress bar shown while predicting is not
     recorded into (and replayed from) a Streamlit cache.
     """
-    return {"lock": threading.Lock(), "items": OrderedDict()}
+    return {"lock": threading.Lock(), "items": OrderedDict(), "boxes": {}}
 
 
 PREDICTIONS_KEPT = 4  # label volumes are ~1 byte/voxel: 4 full-size CTs are well under 1 GB
@@ -34,7 +34,7 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     ``progress(done, total, info)`` is called only when the prediction is computed.
     """
     from ctseg_core.errors import DataError
-    from ctseg_core.inference.predictor import predict_volume
+    from ctseg_core.inference.predictor import Predictor
 
     path = Path(checkpoint).expanduser().resolve()
     if not path.is_file():
@@ -44,9 +44,35 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
 
     def compute():
         entry = cached_subject(root, subject_id)
-        return predict_volume(entry.ct_volume(), [str(path)], progress=progress)
+        predictor = Predictor([str(path)])  # as predict_volume, keeping its last_box
+        labels = predictor.predict(entry.ct_volume(), progress=progress)
+        box = predictor.last_box  # a 3D model's box around the body, or None
+        _prediction_store()["boxes"][key] = (
+            None if box is None else [(s.start, s.stop) for s in box]
+        )
+        return labels
 
     return _kept_prediction(key, compute)
+
+
+def prediction_box(root: str, subject_id: str, checkpoint: str) -> list[tuple[int, int]] | None:
+    """The box around the body (RAS voxel [start, stop) per axis) that a 3D checkpoint labelled
+    in its kept prediction of the subject (``predicted_labels_zxy``); None for a 2D model or a
+    prediction not kept."""
+    path = Path(checkpoint).expanduser().resolve()
+    version = cached_subject(root, subject_id).folder.name
+    key = (str(root), subject_id, version, str(path), path.stat().st_mtime)
+    return _prediction_store()["boxes"].get(key)
+
+
+def body_box_caption(box) -> str:
+    """What a 3D model labelled: the box around the body, inclusive RAS voxel indices."""
+    spans = zip("xyz", box, strict=True)
+    return (
+        "The 3D model labelled the box around the body (RAS voxel indices "
+        + ", ".join(f"{a} {lo}-{hi - 1}" for a, (lo, hi) in spans)
+        + ", inclusive); the rest is background."
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -86,6 +86,8 @@ def main() -> None:
                 source = cached_predictions.prediction_source(root, subject, checkpoint=checkpoint)
                 names = layer_names.checkpoint_names(checkpoint)  # a merge: named by the merge
                 learned = layer_names.checkpoint_learned(checkpoint)
+                if box := cached_predictions.prediction_box(root, subject, checkpoint):
+                    st.caption(cached_predictions.body_box_caption(box))
             counts = cached.label_counts(source, pred)
             layers.append(Layer("prediction", pred, source, counts, names, learned))
             if choice not in models:  # an nnU-Net model states no training domain

@@ -13,7 +13,7 @@ import streamlit as st
 
 from ctseg_core.errors import CtsegError
 from ctseg_core.labels import NUM_LABELS
-from dashboard import cached, cached_models, state
+from dashboard import cached, cached_models, cached_predictions, state
 from dashboard.helpers import runs, uploads
 from dashboard.helpers.viewer import Layer, volume_viewer
 
@@ -189,12 +189,7 @@ def show_result(result: dict) -> None:
         state.plain(f"{result['name']}: {len(values)} structures found ({result['checkpoint']})")
     )
     if result.get("body_box"):
-        spans = zip("xyz", result["body_box"], strict=True)
-        st.caption(
-            "The 3D model labelled the box around the body (RAS voxel indices "
-            + ", ".join(f"{a} {lo}-{hi - 1}" for a, (lo, hi) in spans)
-            + ", inclusive); the rest is background."
-        )
+        st.caption(cached_predictions.body_box_caption(result["body_box"]))
     for warning in result.get("warnings", []):
         state.show_warning(warning)
     for message in result.get("domain") or []:  # outside what the checkpoint was trained on

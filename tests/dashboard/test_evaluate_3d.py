@@ -61,6 +61,24 @@ def test_evaluate_scores_a_3d_runs_checkpoint(app_env, tmp_path, monkeypatch, ne
         f"The 3D model labelled only the box around the body in {len(boxes)} CTs (the rest is "
         "background; each box in source_val.json)."
     ]
+    # Explore says it too, for the box its own prediction of the subject used
+    from dashboard import cached
+
+    subject = next(iter(boxes))
+    label = next(k for k, v in cached.all_checkpoints().items() if v.endswith("vol/best.pth"))
+    at.switch_page("app_pages/explore.py")
+    at.run()
+    at.selectbox(key="ctseg_explore_subject").set_value(subject)
+    at.selectbox(key="ctseg_explore_checkpoint").set_value(label)
+    at.run()
+    no_problems(at)
+    spans = ", ".join(
+        f"{a} {lo}-{hi - 1}" for a, (lo, hi) in zip("xyz", boxes[subject], strict=True)
+    )
+    assert (
+        f"The 3D model labelled the box around the body (RAS voxel indices {spans}, "
+        "inclusive); the rest is background." in [c.value for c in at.caption]
+    )
 
 
 def _values(selectbox) -> list[str]:
