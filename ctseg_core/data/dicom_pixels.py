@@ -46,8 +46,10 @@ def decodable_copy(path: Path, folder: Path, *, strip_rescale: bool = False) -> 
         ds.preamble = b"\0" * 128
         meta = ds.file_meta if getattr(ds, "file_meta", None) else FileMetaDataset()
         meta.setdefault("TransferSyntaxUID", ImplicitVRLittleEndian)
-        meta.setdefault("MediaStorageSOPClassUID", ds.SOPClassUID)
-        meta.setdefault("MediaStorageSOPInstanceUID", ds.SOPInstanceUID)
+        for key, tag in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                         ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):  # fmt: skip
+            if tag in ds:  # an old ACR-NEMA file may state neither
+                meta.setdefault(key, ds[tag].value)
         ds.file_meta = meta
     copy = folder / path.name
     ds.save_as(str(copy))
