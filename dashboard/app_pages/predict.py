@@ -67,6 +67,13 @@ def _named(text: str, ct_label: str) -> str:
             return f"{re.sub(r'^[0-9]{5}_', '', inner[-1])} (in {ct_label})"
         return ct_label
 
+    # a file unpacked from the zip ("00003_IM (1).dcm"): its name may hold spaces and
+    # parentheses, so it ends only before ": ", "; ", ", " or a ")" that closes the text
+    text = re.sub(
+        r"[^\s(]*ctseg-predict-[^\s/]*/ct/dicom/[0-9]{5}_(.+?)(?=: |; |, |\)(?:\s|$)|$)",
+        lambda m: f"{m.group(1)} (in {ct_label})",
+        text,
+    )
     text = re.sub(r"[^\s(]*ctseg-predict-[^\s/]*/(ct|checkpoint)(/[^\s:;,()]*)?", label, text)
     return text.replace(
         "pass --resample-uneven (resample_uneven=True)",

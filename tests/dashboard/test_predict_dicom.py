@@ -73,3 +73,8 @@ def test_a_file_of_a_zipped_upload_is_named_as_in_the_zip():
         "upload.zip holds no readable DICOM series; give a folder of CT .dcm files; for a NIfTI "
         "CT give the file (scan.nii.gz (in upload.zip))"
     )
+    # names with spaces and parentheses (a copy's "IM (1).dcm") stay whole
+    member = "/tmp/ctseg-predict-ab12/ct/dicom/00012_IM (1).dcm"
+    assert _named(f"left out {member}, {member}: damaged", "s.zip") == (
+        "left out IM (1).dcm (in s.zip), IM (1).dcm (in s.zip): damaged"
+    )
