@@ -223,7 +223,7 @@ def test_unknown_structure_names_reported(tmp_path):
     _save(sdir / "segmentations" / "liver_tumour.nii.gz", np.zeros((16, 12, 8), np.uint8))
     for name in ("colon.NII.GZ", "spleen.nrrd", "aorta.nii.gz.bak", ".DS_Store", "README.txt"):
         (sdir / "segmentations" / name).write_bytes(b"x")  # another case or format: not a mask
-    (sdir / "segmentations" / "qc").mkdir()  # a README or a folder: no image, not said
+    (sdir / "segmentations" / "qc").mkdir()  # a README or a folder without masks: not said
     subject = load_subject(sdir)
     (problem,) = [p for p in subject.problems if "segmentations:" in p]
     assert problem == (
@@ -232,6 +232,14 @@ def test_unknown_structure_names_reported(tmp_path):
         "<structure>.nii.gz with TotalSegmentator v2 names"
     )
     assert subject.present == ["liver"]
+    # masks one folder too deep, and other image formats, are said too
+    _save(
+        sdir / "segmentations" / "segmentations" / "stomach.nii.gz", np.zeros((16, 12, 8), np.uint8)
+    )
+    (sdir / "segmentations" / "aorta.mgz").write_bytes(b"x")
+    (problem,) = [p for p in load_subject(sdir).problems if "segmentations:" in p]
+    assert problem.startswith(f"{sdir.name}/segmentations: 6 files ignored")
+    assert "aorta.mgz" in problem
 
 
 def test_overlapping_masks_are_named(tmp_path):

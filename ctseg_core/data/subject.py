@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 MASK_SUFFIXES = (".nii.gz", ".nii")
 #: other image formats a mask may have been exported as (said as ignored, not read)
-IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".seg.nrrd")
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".mgz", ".mgh", ".img", ".hdr",
+                  ".npy", ".npz", ".tif", ".tiff", ".gz", ".zip")  # fmt: skip
 
 
 def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
@@ -42,9 +43,12 @@ def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
             continue
         name = next((path.name[: -len(s)] for s in MASK_SUFFIXES if path.name.endswith(s)), None)
         if name is None:  # colon.NII.GZ, liver.nrrd, spleen.nii.gz.bak: said, not a mask; a
-            # README.txt or a subfolder is no image a user could take for one
+            # README.txt is no image a user could take for one
             lower = path.name.lower()
-            if ".nii" in lower or lower.endswith(IMAGE_SUFFIXES):
+            if path.is_dir():  # segmentations/segmentations/: masks one folder too deep
+                if next(path.rglob("*.nii*"), None) is not None:
+                    unknown.append(f"{path.name}/ (holding masks: put them in segmentations/)")
+            elif ".nii" in lower or lower.endswith(IMAGE_SUFFIXES):
                 unknown.append(path.name)
             continue
         if name in known:  # liver.nii.gz beside a corrected liver.nii: which one is the mask?
