@@ -141,6 +141,10 @@ def set_best_aside(run_dir: Path, ckpt: dict) -> str | None:
     if not later:
         return None
     kept = run_dir / f"best_epoch{later[0]}_before_resume.pth"
+    number = 2
+    while kept.exists():  # an earlier cut-short resume kept another epoch-N model: keep both
+        kept = run_dir / f"best_epoch{later[0]}_before_resume_{number}.pth"
+        number += 1
     best.rename(kept)
     missing = _best_up_to(run_dir, run_dir, list(ckpt.get("history") or []), done)
     return f"best.pth (epoch {later[0]}) is kept as {kept.name}" + (
