@@ -179,13 +179,16 @@ def test_a_run_whose_last_write_was_cut_short_resumes_from_last_pth_saying_so(
     shutil.copyfile(run / "checkpoint_epoch2.pth", run / "last.pth")  # epoch 3's never written
     write_history(run, read_history(run)[:2])
     assert load_checkpoint(run / "best.pth")["epoch"] == 3
+    earlier = run / "best_epoch3_before_resume.pth"  # set aside by an earlier such resume
+    earlier.write_bytes(b"kept before")
     with caplog.at_level(logging.WARNING):
         trainer = Trainer.resume(run, epochs=3)
     assert "best.pth (epoch 3) lie past last.pth's epoch 2" in caplog.text
-    assert "(best.pth (epoch 3) is kept as best_epoch3_before_resume.pth)" in caplog.text
+    assert "(best.pth (epoch 3) is kept as best_epoch3_before_resume_2.pth)" in caplog.text
+    assert earlier.read_bytes() == b"kept before"
     assert trainer.run() == "finished"
     history = read_history(run)
     assert [(r["epoch"], r["val_loss"]) for r in history] == [(1, 0.5), (2, 0.4), (3, 0.45)]
     # best.pth is the history's best epoch (2), not the epoch 3 the history no longer holds
     assert load_checkpoint(run / "best.pth")["epoch"] == 2
-    assert load_checkpoint(run / "best_epoch3_before_resume.pth")["epoch"] == 3
+    assert load_checkpoint(run / "best_epoch3_before_resume_2.pth")["epoch"] == 3
