@@ -141,6 +141,11 @@ def show_comparison(info: dict) -> None:
     overall = rows[rows["structure"] == OVERALL].iloc[0].to_dict()
     st.markdown(evalcharts.comparison_summary(overall, metric))
     st.altair_chart(evalcharts.comparison_chart(rows, metric), width="stretch")
+    if left_out := evalcharts.unplotted_structures(rows):
+        st.caption(
+            f"Not in the chart (no difference to draw: every pair missed in A or B; in the "
+            f"table below): {state.plain(', '.join(left_out))}"
+        )
     st.dataframe(evalcharts.comparison_table(rows, metric), hide_index=True)
     name = f"comparison_{split}.csv"
     st.download_button(

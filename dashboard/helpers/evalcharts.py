@@ -272,6 +272,15 @@ def skipped_table(skipped: dict[str, str]) -> pd.DataFrame:
 VERDICT_COLOURS = {"better": "#2a9d8f", "worse": "#e76f51", "same": "#8d99ae"}
 
 
+def unplotted_structures(rows: pd.DataFrame) -> list[str]:
+    """The structures of one metric's ``compare_results`` rows that ``comparison_chart``
+    leaves out (no finite difference), in the rows' order."""
+    from ctseg_core.evaluation.compare import OVERALL
+
+    finite = np.isfinite(rows["difference"].astype(float))
+    return list(rows.loc[(rows["structure"] != OVERALL) & ~finite, "structure"])
+
+
 def comparison_chart(rows: pd.DataFrame, metric: str) -> alt.Chart:
     """Horizontal bars of B − A per structure, in the order of ``rows`` (one metric's rows of
     ``compare_results``: B's largest gain at the top), coloured by whether B is better.

@@ -123,3 +123,28 @@ def test_the_dataset_change_stamp_takes_a_broken_link(tmp_path):
     (tmp_path / "s0001" / "ct_backup.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
     (tmp_path / "s0002").symlink_to(tmp_path / "gone")
     assert _tree_stamp(str(tmp_path)) > 0
+
+
+def test_structures_the_comparison_chart_cannot_draw_are_named():
+    """B missed the spleen in every pair: no HD95 difference to draw, so the chart left it out
+    and the page did not say so."""
+    from ctseg_core.evaluation.compare import compare_results
+    from dashboard.helpers.evalcharts import comparison_chart, unplotted_structures
+
+    def table(missed: bool) -> pd.DataFrame:
+        rows = []
+        for k in range(6):
+            for name, dice in (("liver", 0.9), ("spleen", 0.0 if missed else 0.9)):
+                rows.append({"subject": f"s{k}", "structure": name, "group": "organs",
+                             "dice": dice, "iou": dice, "hd95_mm": np.inf if dice == 0 else 2.0,
+                             "surface_dice": dice, "ref_volume_ml": 1.0,
+                             "pred_volume_ml": 0.0 if dice == 0 else 1.0,
+                             "status": "missed" if dice == 0 else "detected"})  # fmt: skip
+        return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+    rows = compare_results(table(False), table(True))
+    hd = rows[rows["metric"] == "hd95_mm"]
+    drawn = comparison_chart(hd, "hd95_mm").to_dict()
+    values = next(iter(drawn["datasets"].values()))
+    assert [r["structure"] for r in values] == ["liver"]
+    assert unplotted_structures(hd) == ["spleen"]
