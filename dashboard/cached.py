@@ -177,8 +177,9 @@ def cached_subject(root: str, subject_id: str):
 
 
 def subject_volume_id(root: str, subject_id: str) -> str:
-    """How Explore names a subject's volume (its viewer state, the browser's copies): with its
-    files' version, so a changed CT or mask is a new volume."""
+    """How the dashboard names a subject's volume (Explore's viewer state, the browser's copies,
+    the keys of its kept predictions): with its files' version, so a changed CT or mask is a
+    new volume."""
     return f"{root}:{subject_id}:{cached_subject(root, subject_id).folder.name}"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 
 from ctseg_core import settings
-from dashboard.cached import cached_subject
+from dashboard.cached import cached_subject, subject_volume_id
 from dashboard.cached_predictions import _kept_prediction
 
 
@@ -79,8 +79,7 @@ def model_predictor(path: str):
 def model_prediction_zxy(root: str, subject_id: str, model: str, progress=None) -> np.ndarray:
     """Prediction of an nnU-Net model folder on a cached subject, (Z, X, Y) uint8 ctseg values;
     computed once, kept like a checkpoint's (``progress`` only when computed)."""
-    version = cached_subject(root, subject_id).folder.name  # its CT as it is now
-    key = (str(root), subject_id, version, f"model:{model}", _model_stamp(Path(model)))
+    key = (subject_volume_id(root, subject_id), f"model:{model}", _model_stamp(Path(model)))
 
     def compute():
         entry = cached_subject(root, subject_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from dashboard.cached import cached_subject
+from dashboard.cached import cached_subject, subject_volume_id
 
 
 @st.cache_resource(show_spinner=False)
@@ -39,8 +39,7 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     path = Path(checkpoint).expanduser().resolve()
     if not path.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
-    version = cached_subject(root, subject_id).folder.name  # its CT and masks as they are now
-    key = (str(root), subject_id, version, str(path), path.stat().st_mtime)
+    key = _checkpoint_key(root, subject_id, path)
 
     def compute():
         entry = cached_subject(root, subject_id)
@@ -60,9 +59,13 @@ def prediction_box(root: str, subject_id: str, checkpoint: str) -> list[tuple[in
     in its kept prediction of the subject (``predicted_labels_zxy``); None for a 2D model or a
     prediction not kept."""
     path = Path(checkpoint).expanduser().resolve()
-    version = cached_subject(root, subject_id).folder.name
-    key = (str(root), subject_id, version, str(path), path.stat().st_mtime)
-    return _prediction_store()["boxes"].get(key)
+    return _prediction_store()["boxes"].get(_checkpoint_key(root, subject_id, path))
+
+
+def _checkpoint_key(root: str, subject_id: str, path: Path) -> tuple:
+    """A checkpoint's prediction of a subject in the store: the subject's files as they are
+    now (``cached.subject_volume_id``) and the checkpoint file's version."""
+    return (subject_volume_id(root, subject_id), str(path), path.stat().st_mtime)
 
 
 def body_box_caption(box) -> str:
@@ -123,7 +126,7 @@ def prediction_source(
     """
     from ctseg_core.evaluation.prediction_files import find_prediction
 
-    subject = f"{root}:{subject_id}:{cached_subject(root, subject_id).folder.name}"
+    subject = subject_volume_id(root, subject_id)
     if checkpoint:
         path = Path(checkpoint)
         return f"pred:{path}@{path.stat().st_mtime_ns}:{subject}"
@@ -145,8 +148,7 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     path = find_prediction(Path(folder), subject_id)
     if path is None:
         raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
-    version = cached_subject(root, subject_id).folder.name
-    key = (str(root), subject_id, version, str(path.resolve()), path.stat().st_mtime)
+    key = (subject_volume_id(root, subject_id), str(path.resolve()), path.stat().st_mtime)
 
     def compute():
         entry = cached_subject(root, subject_id)

@@ -52,7 +52,7 @@ def main() -> None:
     with st.spinner(f"Opening {state.plain(subject)} …"):
         entry = cached.cached_subject(root, subject)
     # named with its files' version: a mask changed on disk is a new volume everywhere
-    reference = f"ref:{root}:{subject}:{entry.folder.name}"
+    reference = f"ref:{cached.subject_volume_id(root, subject)}"
     layers = [Layer("reference", entry.labels, reference, entry.voxel_counts)]
     if choice.startswith(state.FOLDER_PREFIX):
         folder = choice.removeprefix(state.FOLDER_PREFIX)
