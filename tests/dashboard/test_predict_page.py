@@ -17,17 +17,24 @@ def _result_heading(at) -> list[str]:
     return [as_shown(h.value) for h in at.subheader if "structures found" in h.value]
 
 
-def test_a_new_upload_clears_the_previous_result_and_its_downloads(
-    app_env, tiny_run, new_app, no_problems
-):
+def _predicted(new_app, name: str, data: bytes):
+    """The Predict page after uploading ``data`` as ``name`` and predicting it with the tiny
+    run's best.pth."""
     at = new_app("predict")
     at.run()
-    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
-    at.get("file_uploader")[0].set_value(("first.nii.gz", ct, "application/gzip"))
+    at.get("file_uploader")[0].set_value((name, data, "application/gzip"))
     at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
     at.run()
     at.button(key="ctseg_predict_go").click()
     at.run()
+    return at
+
+
+def test_a_new_upload_clears_the_previous_result_and_its_downloads(
+    app_env, tiny_run, new_app, no_problems
+):
+    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
+    at = _predicted(new_app, "first.nii.gz", ct)
     no_problems(at)
     (heading,) = _result_heading(at)
     # the run and its kind, as the picker shows them (every run has a best.pth)
@@ -53,14 +60,7 @@ def test_a_ct_of_one_slice_is_labelled_and_shown(app_env, tiny_run, new_app, no_
     image = nib.load(app_env["data"] / "s0003" / "ct.nii.gz")
     one = nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 10:11], image.affine)
     nib.save(one, tmp_path / "one.nii.gz")
-    at = new_app("predict")
-    at.run()
-    data = (tmp_path / "one.nii.gz").read_bytes()
-    at.get("file_uploader")[0].set_value(("one.nii.gz", data, "application/gzip"))
-    at.selectbox(key="ctseg_predict_checkpoint").set_value("tiny / best.pth")
-    at.run()
-    at.button(key="ctseg_predict_go").click()
-    at.run()
+    at = _predicted(new_app, "one.nii.gz", (tmp_path / "one.nii.gz").read_bytes())
     no_problems(at)
     assert _result_heading(at) and at.get("image")
     assert "slice 1 of 1" in at.get("image")[0].proto.imgs[0].caption
