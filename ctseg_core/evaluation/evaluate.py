@@ -22,7 +22,7 @@ from ..data.dataset_root import open_dataset
 from ..data.domain import is_phantom_root
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
-from ..inference.domain import domain_warnings, split_domain_notes
+from ..inference.domain import checkpoint_training_data, domain_warnings, split_domain_notes
 from ..labels import (
     NUM_LABELS,
     member_values,
@@ -256,6 +256,7 @@ def evaluate_predictions(
         predictor = Predictor(checkpoints, device=device, tta=tta, body_crop=body_crop)
         # the files as they were loaded (a run may rewrite best.pth while this one scores)
         stamps = [file_stamp(c) for c in checkpoints]
+        records = [checkpoint_training_data(c) for c in checkpoints]  # once, not per subject
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
         model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
@@ -286,7 +287,8 @@ def evaluate_predictions(
                     notes.extend(subject_notes)
                     if stamps is not None:  # checkpoints: is the subject like their CTs?
                         outside[sid] = domain_warnings(checkpoints, cached.ct, cached.spacing_mm,
-                                                       input_is_phantom=phantom, what=sid)  # fmt: skip
+                                                       input_is_phantom=phantom, what=sid,
+                                                       records=records)  # fmt: skip
                     if collector is not None:
                         collector.add_subject(sid, cached, reference, prediction, subject)
             if progress:

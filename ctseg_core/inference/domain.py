@@ -130,19 +130,22 @@ def domain_warnings(
     input_is_phantom: bool,
     what: str = "the CT",
     names: Sequence[str] | None = None,
+    records: Sequence[dict | None] | None = None,
 ) -> list[str]:
     """``outside_training_data`` for each checkpoint of an ensemble, reading their records.
 
     ``ct_zxy``: (Z, X, Y) HU (``Volume.array.transpose(2, 0, 1)``, a view); ``names``: how to
-    call each checkpoint (default ``<run folder>/<file>``).
+    call each checkpoint (default ``<run folder>/<file>``); ``records``: their
+    ``checkpoint_training_data``, read once by a caller that checks many CTs (default: read).
     """
     paths = [Path(p) for p in checkpoints]
     names = list(names) if names else [f"{p.parent.name}/{p.name}" for p in paths]
+    if records is None:
+        records = [checkpoint_training_data(p) for p in paths]
     ct_body_hu = body_hu_percentiles(ct_zxy)
     extent = [n * s for n, s in zip(ct_zxy.shape[1:], spacing_mm[:2], strict=True)]
     found: list[str] = []
-    for path, name in zip(paths, names, strict=True):
-        record = checkpoint_training_data(path)
+    for record, name in zip(records, names, strict=True):
         found += outside_training_data(record, spacing_mm, ct_body_hu,
                                        input_is_phantom=input_is_phantom, what=what, model=name,
                                        field_of_view_mm=extent)  # fmt: skip
