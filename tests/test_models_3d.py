@@ -160,6 +160,39 @@ def test_configs_written_before_3d_models_load_unchanged():
     assert back.data.patch_size == (32, 32, 16) and back.data.spacing_mm == (3.0, 3.0, 3.0)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_kept_instance_norm_gradients_are_right_in_every_layout(dims, batch):
+    """PyTorch 2.13's CPU instance norm gets one sample's input gradient 140 % wrong when the
+    gradient arrives channels last; the kept norms (per-sample batch norm) do not, nor for a
+    sample whose batch stride is not its size (batch norm's own flaw, with a default-layout
+    gradient)."""
+    from ctseg_core.models.nnunet import keep_channels_last
+
+    torch.manual_seed(0)
+    norm_type = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
+    last = torch.channels_last_3d if dims == 3 else torch.channels_last
+    reference = norm_type(8, affine=True).double()
+    with torch.no_grad():
+        reference.weight.normal_(), reference.bias.normal_()
+    kept = keep_channels_last(nn.Sequential(norm_type(8, affine=True)))[0]
+    kept.load_state_dict(reference.state_dict())
+    assert type(kept) is not norm_type
+    shape = (batch, 8, *(6, 5, 4)[:dims])
+    x, grad = torch.randn(shape), torch.randn(shape)
+    image = x.double().requires_grad_()
+    reference(image).backward(grad.double())
+    odd = torch.empty_strided(shape, (8, 1, *x.contiguous(memory_format=last).stride()[2:]))
+    inputs = [x, x.contiguous(memory_format=last)] + ([odd.copy_(x)] if batch == 1 else [])
+    for layout in (torch.contiguous_format, last):
+        for given in inputs:
+            sample = given.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+            out = kept(sample)
+            out.backward(grad.contiguous(memory_format=layout))
+            torch.testing.assert_close(out.double(), reference(x.double()), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(sample.grad.double(), image.grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["plain_unet3d", "resenc_unet3d"])
 def test_channels_last_instance_norm_keeps_the_layout_outputs_and_state_dict(name):
     """The norms swapped by keep_channels_last: same keys, same logits (float32), channels last."""

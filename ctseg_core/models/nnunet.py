@@ -225,36 +225,72 @@ def check_nnunet(run_config, residual: bool = False) -> list[str]:
     return problems
 
 
+def _per_sample_batch_norm(norm: nn.modules.instancenorm._InstanceNorm, x: torch.Tensor):
+    """The instance norm of ``x`` (B, C, *spatial) as one batch norm per sample, in its layout."""
+    out = []
+    for i in range(x.shape[0]):
+        sample = x[i : i + 1]
+        if sample.stride(0) != sample[0].numel():  # valid for one sample (torch.cat makes it)
+            sample = sample.clone(memory_format=_layout(sample))
+        out.append(F.batch_norm(sample, None, None, norm.weight, norm.bias, True, 0.0, norm.eps))
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    last = formats.get(x.dim())
+    return (
+        last
+        if last is not None and x.is_contiguous(memory_format=last)
+        else torch.contiguous_format
+    )
+
+
 class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
-    """``nn.InstanceNorm3d`` that keeps a channels-last input channels last (same parameters).
+    """``nn.InstanceNorm3d`` as one batch norm per sample: the same parameters and outputs, a
+    channels-last input kept channels last, and right gradients for a batch of one.
 
     PyTorch's CPU instance norm copies a channels_last_3d input to the default layout and
     returns it there, so the next convolution copies it back: on a 112 x 112 x 128 window of a
-    6-stage U-Net under bf16 those copies took more time than the convolutions. The instance
-    norm of one sample is a batch norm with batch statistics, which PyTorch computes on
-    channels-last input as it lies, with the same float32 statistics; outputs differ from
-    ``nn.InstanceNorm3d``'s by bf16 rounding at most. Other inputs (and running statistics)
-    take ``nn.InstanceNorm3d``'s own path.
+    6-stage U-Net under bf16 those copies took more time than the convolutions. And PyTorch
+    2.13's CPU instance norm returns wrong input gradients (140 % off) for a batch of one
+    sample whose gradient arrives channels last, in 2D and 3D, whatever the input's layout:
+    one-patch 3D training (``phantom_3d``) met it at its first stage, whose convolution
+    returned the default layout while the next sent its gradient back channels last, so the
+    first convolution and norm learnt from wrong gradients. The instance norm of one sample is
+    a batch norm with batch statistics, which PyTorch computes right in either layout, on the
+    input as it lies, with the same float32 statistics (outputs differ from
+    ``nn.InstanceNorm3d``'s by bf16 rounding at most). Batch norm has its own flaw: a wrong
+    gradient for one sample whose batch stride is not its size (valid, and what ``torch.cat``
+    can return) when the gradient comes in the default layout; such a sample is copied first.
+    Running statistics take ``nn.InstanceNorm3d``'s own path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dim() != 5
-            or self.track_running_stats
-            or not x.is_contiguous(memory_format=torch.channels_last_3d)
-        ):
+        if x.dim() != 5 or self.track_running_stats:
             return super().forward(x)
-        out = [
-            F.batch_norm(x[i : i + 1], None, None, self.weight, self.bias, True, 0.0, self.eps)
-            for i in range(x.shape[0])
-        ]
-        return out[0] if len(out) == 1 else torch.cat(out)
+        return _per_sample_batch_norm(self, x)
+
+
+class ChannelsLastInstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` as one batch norm per sample (``ChannelsLastInstanceNorm3d``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or self.track_running_stats:
+            return super().forward(x)
+        return _per_sample_batch_norm(self, x)
 
 
 def keep_channels_last(model: nn.Module) -> nn.Module:
-    """``model`` with its ``nn.InstanceNorm3d`` layers made ``ChannelsLastInstanceNorm3d``, in
-    place: the same modules, parameters and state dict, faster on channels-last input."""
+    """``model`` with its ``nn.InstanceNorm3d`` and ``nn.InstanceNorm2d`` layers made
+    ``ChannelsLastInstanceNorm3d`` and ``ChannelsLastInstanceNorm2d``, in place: the same
+    modules, parameters and state dict, faster on channels-last input, and right gradients
+    for one sample whose gradient comes back channels last."""
+    swaps = {
+        nn.InstanceNorm3d: ChannelsLastInstanceNorm3d,
+        nn.InstanceNorm2d: ChannelsLastInstanceNorm2d,
+    }
     for module in model.modules():
-        if type(module) is nn.InstanceNorm3d:
-            module.__class__ = ChannelsLastInstanceNorm3d
+        if type(module) in swaps:
+            module.__class__ = swaps[type(module)]
     return model

@@ -189,8 +189,9 @@ def build_parts(
         model = model.to(
             memory_format=torch.channels_last_3d if volumetric else torch.channels_last
         )
-        if volumetric:  # PyTorch's CPU instance norm would copy every activation's layout twice
-            keep_channels_last(model)
+        # instance norms as batch norms: PyTorch's copy every activation's layout twice, and
+        # give wrong gradients for one sample whose gradient comes back channels last
+        keep_channels_last(model)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
     history: list[dict] = []
