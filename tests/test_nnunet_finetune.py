@@ -87,6 +87,10 @@ def test_a_finetuning_run_keeps_the_model_channels_trains_resumes_and_is_evaluat
     config = _config(model_dir, phantom_root, cache)
     torch.manual_seed(config.train.seed)
     parts = build_parts(config, None, 0, 1, lambda split: None)
+    # on a CPU: instance norms as per-sample batch norms, one-patch convolutions split in two
+    kinds = {type(m).__name__ for m in parts.model.modules()}
+    assert {"ChannelsLastInstanceNorm3d", "SplitConv3d", "SplitConvTranspose3d"} <= kinds
+    assert not kinds & {"InstanceNorm3d", "Conv3d", "ConvTranspose3d"}
     source, _ = load_weights(read_model_folder(model_dir).checkpoints[0])
     state = parts.model.state_dict()
     head = "decoder.seg_layers.1"  # full resolution (3 stages: two decoder levels)

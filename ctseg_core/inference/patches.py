@@ -45,6 +45,7 @@ from ..data.slices import normalize_hu
 from ..device import autocast_context, resolve_amp, resolve_channels_last
 from ..errors import ConfigError, CtsegError
 from ..labels import lr_swap_lut, mirror_partners_present
+from ..models.cpu_convs import split_single_sample_convs
 from ..models.head import channel_label_values
 from ..models.nnunet import architecture, keep_channels_last
 from ..settings import max_voxels
@@ -89,6 +90,9 @@ class PatchStrategy:
         if self.channels_last:
             for m in members:
                 keep_channels_last(m.model.to(memory_format=torch.channels_last_3d))
+        if predictor.device.type == "cpu":  # a batch of one patch would miss oneDNN (cpu_convs)
+            for m in members:
+                split_single_sample_convs(m.model)
         active = predictor.active
         # per member, direct and mirrored: the output channel each active label value reads
         # (-1: none: sigmoid background, or the mirror partner of a structure the model lacks)

@@ -40,6 +40,7 @@ from ..device import (
 )
 from ..models import build_model
 from ..models.checkpoint import restore_rng_state
+from ..models.cpu_convs import split_single_sample_convs
 from ..models.head import init_output_bias
 from ..models.nnunet import keep_channels_last
 from ..models.registry import model_spec
@@ -192,6 +193,8 @@ def build_parts(
         # instance norms as batch norms: PyTorch's copy every activation's layout twice, and
         # give wrong gradients for one sample whose gradient comes back channels last
         keep_channels_last(model)
+    if volumetric and device.type == "cpu":  # one patch a step would miss oneDNN (cpu_convs)
+        split_single_sample_convs(model)
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t)
     history: list[dict] = []
