@@ -263,20 +263,27 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     ``nn.InstanceNorm3d``'s by bf16 rounding at most). Batch norm has its own flaw: a wrong
     gradient for one sample whose batch stride is not its size (valid, and what ``torch.cat``
     can return) when the gradient comes in the default layout; such a sample is copied first.
-    Running statistics take ``nn.InstanceNorm3d``'s own path.
+    Running statistics, and batches of several samples in the default layout, take
+    ``nn.InstanceNorm3d``'s own path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5 or self.track_running_stats:
+        if (
+            x.dim() != 5
+            or self.track_running_stats
+            or (x.shape[0] > 1 and not x.is_contiguous(memory_format=torch.channels_last_3d))
+        ):
             return super().forward(x)
         return _per_sample_batch_norm(self, x)
 
 
 class ChannelsLastInstanceNorm2d(nn.InstanceNorm2d):
-    """``nn.InstanceNorm2d`` as one batch norm per sample (``ChannelsLastInstanceNorm3d``)."""
+    """``nn.InstanceNorm2d`` whose batch of one sample is a batch norm: PyTorch's own gets its
+    gradient wrong when it arrives channels last (``ChannelsLastInstanceNorm3d``); larger
+    batches take PyTorch's path (one call, not one per sample: a GPU's batches of 16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or self.track_running_stats:
+        if x.dim() != 4 or self.track_running_stats or x.shape[0] > 1:
             return super().forward(x)
         return _per_sample_batch_norm(self, x)
 
