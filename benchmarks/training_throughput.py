@@ -38,6 +38,7 @@ channels last pays in float32 there too (1.16x), so 3D trains channels last on a
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import math
 import tempfile
@@ -57,6 +58,7 @@ from ctseg_core.device import (
     resolve_device,
 )
 from ctseg_core.models import build_model
+from ctseg_core.models.cpu_convs import split_single_sample_convs
 from ctseg_core.models.nnunet import keep_channels_last
 from ctseg_core.training.losses import build_loss
 from ctseg_core.training.optim import build_optimizer
@@ -124,8 +126,14 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     lut = torch.from_numpy(dataset.lut).long().to(device)
     if channels_last:
         model = model.to(memory_format=layout)
-        if args.kind == "3d":  # as the trainer does (training.parts)
-            keep_channels_last(model)
+        keep_channels_last(model)  # as the trainer does (training.parts)
+    peer_step = None
+    if args.kind == "3d" and device.type == "cpu":  # as the trainer does; the peer: unsplit
+        peer = copy.deepcopy(model)
+        split_single_sample_convs(model)
+        peer_step = StepRunner(peer, build_optimizer(peer, config.train), scaler, loss_fn, lut,
+                               config.data, device, amp, channels_last, config.train.grad_clip,
+                               dataset.annotated_classes(), dataset.mirror_safe())  # fmt: skip
     run_step = StepRunner(model, optimizer, scaler, loss_fn, lut, config.data, device, amp,
                           channels_last, config.train.grad_clip, dataset.annotated_classes(),
                           dataset.mirror_safe())  # fmt: skip
@@ -143,7 +151,7 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
     def bare():
         read_late(run_step(fixed_image, fixed_labels, None))
 
-    def copy():
+    def with_copy():
         read_late(run_step(host_image, host_labels, None))
 
     def augment():
@@ -153,7 +161,12 @@ def measure(args, data_root: str, cache: str, amp: torch.dtype | None, channels_
         image, labels, subjects = next(loader)
         read_late(run_step(image, labels, gen, subjects))
 
-    kinds = {"bare": bare, "+copy": copy, "+augment": augment, "pipeline": pipeline}
+    def unsplit():
+        read_late(peer_step(fixed_image, fixed_labels, None))
+
+    kinds = {"bare": bare, "+copy": with_copy, "+augment": augment, "pipeline": pipeline}
+    if peer_step is not None:
+        kinds["unsplit"] = unsplit
     for fn in (bare, *kinds.values()):  # warm-up
         fn()
     syncs = device_syncs(lambda: run_step(*next(loader)[:2], gen)) if device.type == "cuda" else []
@@ -190,7 +203,9 @@ def main() -> None:
     parser.add_argument("--kind", choices=("2d", "3d"), default="2d", help="slices or patches")
     parser.add_argument("--size", type=int, default=128, help="2D slice size")
     parser.add_argument("--patch", type=int, nargs=3, default=None, help="3D patch X Y Z")
-    parser.add_argument("--batch", type=int, default=None, help="default: 8 slices, 2 patches")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="default: 8 slices; phantom_3d's 1 patch"
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="steps per round and kind (default 5; CUDA 25)"
     )
@@ -202,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     args.workers = loader_workers(args.workers, resolve_device(args.device))
     if args.batch is None:
-        args.batch = 2 if args.kind == "3d" else 8
+        args.batch = preset("phantom_3d").data.batch_size if args.kind == "3d" else 8
     if args.steps is None:  # a GPU step takes milliseconds: more of them for a stable figure
         args.steps = 25 if resolve_device(args.device).type == "cuda" else 5
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,12 +245,17 @@ def main() -> None:
                   f"device {device}, {torch.get_num_threads()} threads")  # fmt: skip
             print("slices/s:")
         kinds = ("bare", "+copy", "+augment", "pipeline")
-        print(f"{'mode':<22}" + "".join(f"{k:>10}" for k in kinds) + f"{'pipeline/bare':>15}")
+        split = args.kind == "3d" and device.type == "cpu"
+        if split:  # the bare step with PyTorch's own convolutions (models.cpu_convs)
+            kinds += ("unsplit",)
+        print(f"{'mode':<22}" + "".join(f"{k:>10}" for k in kinds) + f"{'pipeline/bare':>15}"
+              + (f"{'bare/unsplit':>14}" if split else ""))  # fmt: skip
         for name, amp, cl in modes:
             r, syncs = measure(args, data_root, cache, amp, cl)
             scale = voxels / 1e6 if args.kind == "3d" else 1
             row = "".join(f"{r[k] * scale:>10.2f}" for k in kinds)
-            print(f"{name:<22}{row}{r['pipeline'] / r['bare']:>15.2f}")
+            gain = f"{r['bare'] / r['unsplit']:>14.2f}" if split else ""
+            print(f"{name:<22}{row}{r['pipeline'] / r['bare']:>15.2f}{gain}")
             if device.type == "cuda":
                 print(f"  device syncs in one pipeline step: {len(syncs)}", *syncs[:3], sep="\n  ")
 
