@@ -108,7 +108,17 @@ step) 0.675 at 6 minutes against 0.70, stopped. Where the step goes there (a pro
 float32, channels last): oneDNN computes the weight gradients of channels-last convolutions by
 im2col and GEMM (the full-resolution decoder convolution's at a third of its forward speed),
 and PyTorch sends batch-1 convolutions on small grids (batch x channels x depth x height below
-20480) to its reference path: ~45 % of the step between them; not changed.
+20480) to its reference path: ~45 % of the step between them. The second is now undone (such a
+convolution runs as two halves of its patch, a batch of two, through oneDNN:
+``ctseg_core.models.cpu_convs``; a step 1.21x as fast, ``training_throughput.py --kind 3d``),
+and with it came to light that PyTorch 2.13's CPU instance norm got one sample's gradient 140 %
+wrong when it arrived channels last, which the first stage of every phantom_3d run on this CPU
+had trained on (its reference-path convolution returned the default layout); the instance norms
+are now per-sample batch norms (``models.nnunet.ChannelsLastInstanceNorm3d``). phantom_3d alone
+after both (2026-12-07, the same kind of EPYC, 2 quiet cores, seed 0): 27 epochs of 21 s
+(22 of 25.8 s before), best 0.783, evaluated 0.763 (before: 0.778 / 0.763: within the seed
+spread; weakest evaluated iliac_artery_left 0.55, duodenum 0.60, iliac_vena_left 0.63,
+vertebrae_L4 0.63). Goal 0.85: still NOT met on this CPU.
 """
 
 from __future__ import annotations

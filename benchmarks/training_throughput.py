@@ -33,6 +33,11 @@ the pipeline's overhead is 3 % (goal < 10 %), and channels last is 1.5x the defa
 On an AMD EPYC with AVX2 only (no AVX-512, no native bf16: float32 is what "auto" runs),
 2026-12-06, quiet, batch 1: fp32 0.19 / 0.19 (1.00), fp32 + channels_last 0.22 / 0.21 (0.98):
 channels last pays in float32 there too (1.16x), so 3D trains channels last on any CPU.
+Then one-sample convolutions were split for oneDNN (``ctseg_core.models.cpu_convs``); the
+3D defaults became phantom_3d's batch of one, and a fifth kind, "unsplit", the bare step with
+PyTorch's own convolutions. Same kind of EPYC, 2026-12-07, quiet, patch 48 x 48 x 32: fp32
+bare 0.28 / pipeline 0.28 / unsplit 0.26 (1.08x); fp32 + channels_last (the trainer's choice)
+0.34 / 0.33 / 0.28: the split step 1.21x its unsplit peer, the pipeline's overhead 2 %.
 """
 
 from __future__ import annotations
