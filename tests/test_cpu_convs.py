@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -109,14 +110,20 @@ def _smooth(model: nn.Module) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("split", [True, False])
-def test_phantom_3d_network_on_a_cpu_gets_the_gradients_of_the_float64_network(split):
-    """The preset's PlainConvUNet as the trainer runs it on a CPU (channels last, its instance
-    norms ``keep_channels_last``, its convolutions split): one patch's loss and gradients are
-    those of the same network in float64 and the default layout. Without keep_channels_last the
-    first stage's gradients were 140 % off (PyTorch's instance norm, one sample, a gradient
-    arriving channels last)."""
+@pytest.mark.parametrize(
+    "name, split", [("plain_unet3d", True), ("plain_unet3d", False), ("resenc_unet3d", True)]
+)
+def test_phantom_3d_network_on_a_cpu_gets_the_gradients_of_the_float64_network(name, split):
+    """The preset's PlainConvUNet (or a ResidualEncoderUNet of its widths) as the trainer runs
+    it on a CPU (channels last, its instance norms ``keep_channels_last``, its convolutions
+    split): one patch's loss and gradients are those of the same network in float64 and the
+    default layout. Without keep_channels_last the first stage's gradients were 140 % off
+    (PyTorch's instance norm, one sample, a gradient arriving channels last)."""
     cfg = preset("phantom_3d")
+    if name != cfg.model.name:
+        cfg.model = dataclasses.replace(
+            cfg.model, name=name, convs_per_stage=None, decoder_convs_per_stage=None
+        )
     torch.manual_seed(0)
     reference = _smooth(build_model(cfg.model)).double().train()
     model = keep_channels_last(copy.deepcopy(reference).float().to(memory_format=CL))
