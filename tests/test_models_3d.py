@@ -3,6 +3,8 @@ checkpoint alone, deep supervision as the seed U-Net's, and the settings they re
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
@@ -160,37 +162,53 @@ def test_configs_written_before_3d_models_load_unchanged():
     assert back.data.patch_size == (32, 32, 16) and back.data.spacing_mm == (3.0, 3.0, 3.0)
 
 
+def _stored_as(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """``t`` with its memory ordered by the axes ``order`` (outermost first), same values."""
+    inverse = [order.index(axis) for axis in range(t.dim())]
+    return t.permute(order).contiguous().permute(inverse)
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_kept_instance_norm_gradients_are_right_in_every_layout(dims, batch):
-    """PyTorch 2.13's CPU instance norm gets one sample's input gradient 140 % wrong when the
-    gradient arrives channels last; the kept norms (per-sample batch norm) do not, nor for a
-    sample whose batch stride is not its size (batch norm's own flaw, with a default-layout
-    gradient)."""
+    """PyTorch 2.13's CPU instance norm gets one sample's gradients 140 % wrong when the
+    gradient arrives channels last, and a batch's when the gradient interleaves its samples (a
+    sequence-first head); its batch norm, one sample's whose input or gradient has a batch
+    stride other than its size. The kept norms are right for every input and gradient layout,
+    against the norm written out in float64."""
     from ctseg_core.models.nnunet import keep_channels_last
 
     torch.manual_seed(0)
     norm_type = nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d
     last = torch.channels_last_3d if dims == 3 else torch.channels_last
-    reference = norm_type(8, affine=True).double()
-    with torch.no_grad():
-        reference.weight.normal_(), reference.bias.normal_()
     kept = keep_channels_last(nn.Sequential(norm_type(8, affine=True)))[0]
-    kept.load_state_dict(reference.state_dict())
     assert type(kept) is not norm_type
+    with torch.no_grad():
+        kept.weight.normal_(), kept.bias.normal_()
     shape = (batch, 8, *(6, 5, 4)[:dims])
     x, grad = torch.randn(shape), torch.randn(shape)
     image = x.double().requires_grad_()
-    reference(image).backward(grad.double())
-    odd = torch.empty_strided(shape, (8, 1, *x.contiguous(memory_format=last).stride()[2:]))
-    inputs = [x, x.contiguous(memory_format=last)] + ([odd.copy_(x)] if batch == 1 else [])
-    for layout in (torch.contiguous_format, last):
-        for given in inputs:
-            sample = given.detach().clone(memory_format=torch.preserve_format).requires_grad_()
-            out = kept(sample)
-            out.backward(grad.contiguous(memory_format=layout))
-            torch.testing.assert_close(out.double(), reference(x.double()), rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(sample.grad.double(), image.grad, rtol=1e-4, atol=1e-5)
+    weight, bias = (p.detach().double().requires_grad_() for p in (kept.weight, kept.bias))
+    spatial, view = tuple(range(2, 2 + dims)), (1, -1) + (1,) * dims
+    mean = image.mean(spatial, keepdim=True)
+    var = ((image - mean) ** 2).mean(spatial, keepdim=True)
+    want = (image - mean) / (var + kept.eps).sqrt() * weight.view(view) + bias.view(view)
+    want.backward(grad.double())
+
+    def odd_batch_stride(t):  # valid for one sample; x[None] makes such tensors
+        return torch.empty_strided(shape, (8, *t.contiguous(memory_format=last).stride()[1:]))
+
+    inputs = [x, x.contiguous(memory_format=last)] + ([odd_batch_stride(x).copy_(x)] * (batch == 1))
+    grads = [grad, grad.contiguous(memory_format=last), _stored_as(grad, (*spatial, 0, 1))]
+    grads += [odd_batch_stride(grad).copy_(grad)] * (batch == 1)
+    for given, incoming in itertools.product(inputs, grads):
+        sample = given.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        kept.zero_grad()
+        out = kept(sample)
+        out.backward(incoming)
+        torch.testing.assert_close(out.double(), want.detach(), rtol=1e-5, atol=1e-5)
+        for got, reference in ((sample, image), (kept.weight, weight), (kept.bias, bias)):
+            torch.testing.assert_close(got.grad.double(), reference.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["plain_unet3d", "resenc_unet3d"])

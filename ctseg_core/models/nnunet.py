@@ -230,7 +230,7 @@ def _per_sample_batch_norm(norm: nn.modules.instancenorm._InstanceNorm, x: torch
     out = []
     for i in range(x.shape[0]):
         sample = x[i : i + 1]
-        if sample.stride(0) != sample[0].numel():  # valid for one sample (torch.cat makes it)
+        if sample.stride() != _standard_strides(sample):  # valid for one sample (x[None])
             sample = sample.clone(memory_format=_layout(sample))
         out.append(F.batch_norm(sample, None, None, norm.weight, norm.bias, True, 0.0, norm.eps))
     return out[0] if len(out) == 1 else torch.cat(out)
@@ -246,25 +246,44 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
     )
 
 
+def _standard_strides(x: torch.Tensor) -> tuple[int, ...]:
+    """The strides of a fresh tensor of ``x``'s shape in ``x``'s layout (``_layout``)."""
+    return torch.empty(x.shape, device="meta", memory_format=_layout(x)).stride()
+
+
+def _with_standard_gradient(out: torch.Tensor) -> torch.Tensor:
+    """``out``, whose gradient is copied into ``out``'s own layout with standard strides when
+    it arrives otherwise: PyTorch's norm backwards (both instance and batch norm) return wrong
+    gradients for some valid gradient layouts (module doc of ``ChannelsLastInstanceNorm3d``)."""
+    if out.requires_grad:
+        layout, strides = _layout(out), _standard_strides(out)
+        out.register_hook(
+            lambda grad: grad if grad.stride() == strides else grad.clone(memory_format=layout)
+        )
+    return out
+
+
 class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` as one batch norm per sample: the same parameters and outputs, a
-    channels-last input kept channels last, and right gradients for a batch of one.
+    channels-last input kept channels last, and right gradients in every layout.
 
     PyTorch's CPU instance norm copies a channels_last_3d input to the default layout and
     returns it there, so the next convolution copies it back: on a 112 x 112 x 128 window of a
     6-stage U-Net under bf16 those copies took more time than the convolutions. And PyTorch
-    2.13's CPU instance norm returns wrong input gradients (140 % off) for a batch of one
-    sample whose gradient arrives channels last, in 2D and 3D, whatever the input's layout:
-    one-patch 3D training (``phantom_3d``) met it at its first stage, whose convolution
-    returned the default layout while the next sent its gradient back channels last, so the
-    first convolution and norm learnt from wrong gradients. The instance norm of one sample is
-    a batch norm with batch statistics, which PyTorch computes right in either layout, on the
-    input as it lies, with the same float32 statistics (outputs differ from
-    ``nn.InstanceNorm3d``'s by bf16 rounding at most). Batch norm has its own flaw: a wrong
-    gradient for one sample whose batch stride is not its size (valid, and what ``torch.cat``
-    can return) when the gradient comes in the default layout; such a sample is copied first.
+    2.13's CPU instance norm returns wrong gradients (input, weight and bias; 140 % off) for a
+    batch of one sample whose gradient arrives channels last, in 2D and 3D, whatever the
+    input's layout: one-patch 3D training (``phantom_3d``) met it at its first stage, whose
+    convolution returned the default layout while the next sent its gradient back channels
+    last, so the first convolution and norm learnt from wrong gradients. The instance norm of
+    one sample is a batch norm with batch statistics, which PyTorch computes on the input as it
+    lies, with the same float32 statistics (outputs differ from ``nn.InstanceNorm3d``'s by bf16
+    rounding at most). Batch norm's backward has flaws of its own, for one sample whose batch
+    stride is not its size (valid; ``x[None]`` makes one) in the input or the gradient, and
+    PyTorch's instance norm for a batch of several whose gradient interleaves the samples (a
+    sequence-first (L, N, C) head): such an input is copied first, and such a gradient is
+    copied into the output's layout before the norm's backward sees it.
     Running statistics, and batches of several samples in the default layout, take
-    ``nn.InstanceNorm3d``'s own path.
+    ``nn.InstanceNorm3d``'s own path (with the gradient copy).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,26 +292,27 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
             or self.track_running_stats
             or (x.shape[0] > 1 and not x.is_contiguous(memory_format=torch.channels_last_3d))
         ):
-            return super().forward(x)
-        return _per_sample_batch_norm(self, x)
+            return _with_standard_gradient(super().forward(x))
+        return _with_standard_gradient(_per_sample_batch_norm(self, x))
 
 
 class ChannelsLastInstanceNorm2d(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` whose batch of one sample is a batch norm: PyTorch's own gets its
     gradient wrong when it arrives channels last (``ChannelsLastInstanceNorm3d``); larger
-    batches take PyTorch's path (one call, not one per sample: a GPU's batches of 16)."""
+    batches take PyTorch's path (one call, not one per sample: a GPU's batches of 16); a
+    gradient in another layout than the output's is copied into it first."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or self.track_running_stats or x.shape[0] > 1:
-            return super().forward(x)
-        return _per_sample_batch_norm(self, x)
+            return _with_standard_gradient(super().forward(x))
+        return _with_standard_gradient(_per_sample_batch_norm(self, x))
 
 
 def keep_channels_last(model: nn.Module) -> nn.Module:
     """``model`` with its ``nn.InstanceNorm3d`` and ``nn.InstanceNorm2d`` layers made
     ``ChannelsLastInstanceNorm3d`` and ``ChannelsLastInstanceNorm2d``, in place: the same
     modules, parameters and state dict, faster on channels-last input, and right gradients
-    for one sample whose gradient comes back channels last."""
+    whatever layout the gradient comes back in."""
     swaps = {
         nn.InstanceNorm3d: ChannelsLastInstanceNorm3d,
         nn.InstanceNorm2d: ChannelsLastInstanceNorm2d,
