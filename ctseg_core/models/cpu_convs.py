@@ -15,7 +15,9 @@ two halves (a convolution's halves overlap by its kernel's reach) and pass them 
 two, which PyTorch sends to oneDNN; the halves of the output are joined again. Results equal
 the layer's own to float rounding, gradients included; the parameters, and so the state dict,
 are the layer's own. Anything else (a batch of more than one, a GPU, autocast, an odd output
-length, padding modes other than zeros) takes the layer's own forward.
+length, padding modes other than zeros) takes the layer's own forward. The choice is made in
+Python per call, so ``torch.jit.trace`` of a split model would bake one sample's split into
+the trace (ctseg never traces; ``torch.compile`` re-decides per shape).
 """
 
 from __future__ import annotations
@@ -46,12 +48,10 @@ def _native_path(x: torch.Tensor, groups: int, kernel: tuple[int, ...]) -> bool:
 
 
 def _join(y: torch.Tensor) -> torch.Tensor:
-    """(2, C, D, H, W) halves -> (1, C, 2D, H, W), with a standard batch stride.
+    """(2, C, D, H, W) halves -> (1, C, 2D, H, W), with standard strides.
 
     Channels last, the two halves lie one after the other in memory as the joined tensor does,
-    so the join is a view. ``torch.cat`` would give a batch stride of C there: valid for one
-    sample, but PyTorch 2.13's CPU batch-norm backward returns wrong gradients for such an
-    input when the gradient arrives in the default layout (``ChannelsLastInstanceNorm3d``).
+    so the join is a view, not a copy.
     """
     if y.is_contiguous(memory_format=torch.channels_last_3d):
         n, c, d, h, w = y.shape
