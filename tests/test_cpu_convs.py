@@ -145,13 +145,13 @@ def test_phantom_3d_network_on_a_cpu_gets_the_gradients_of_the_float64_network(n
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for got, want in zip(logits[1], logits[0], strict=True):
         _assert_close(got.detach().double(), want.detach())
-    grads = [(name, a.grad, b.grad.double()) for (name, a), b in zip(
+    grads = [(param, a.grad, b.grad.double()) for (param, a), b in zip(
         reference.named_parameters(), model.parameters(), strict=True) if a.grad is not None]  # fmt: skip
     largest = max(float(a.norm()) for _, a, _ in grads)
     compared = 0
-    for name, want, got in grads:
+    for param, want, got in grads:
         if float(want.norm()) < 1e-5 * largest:  # a convolution's bias before an instance norm
             continue
         compared += 1
-        assert float((got - want).norm() / want.norm()) < 1e-3, name  # the bug: 1.4
+        assert float((got - want).norm() / want.norm()) < 1e-3, param  # the bug: 1.4
     assert compared > 20
