@@ -118,7 +118,8 @@ are now per-sample batch norms (``models.nnunet.ChannelsLastInstanceNorm3d``). p
 after both (2026-12-07, the same kind of EPYC, 2 quiet cores, seed 0): 27 epochs of 21 s
 (22 of 25.8 s before), best 0.783, evaluated 0.763 (before: 0.778 / 0.763: within the seed
 spread; weakest evaluated iliac_artery_left 0.55, duodenum 0.60, iliac_vena_left 0.63,
-vertebrae_L4 0.63). Goal 0.85: still NOT met on this CPU.
+vertebrae_L4 0.63). ``--seed 1`` right after: 27 epochs, 0.769 / 0.748 (before: 0.763 /
+0.730; weakest evaluated the iliac arteries 0.42 / 0.49). Goal 0.85: still NOT met on this CPU.
 """
 
 from __future__ import annotations

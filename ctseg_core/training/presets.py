@@ -32,7 +32,7 @@
   128], 0.15 s a step) learnt slower per minute (0.675 against 0.70 at 6 minutes, stopped
   there). With one-sample convolutions split for oneDNN (models.cpu_convs) and the instance
   norms' gradients right (models.nnunet; 2026-12-07, the same EPYC): 27 epochs of 21 s,
-  0.783 / 0.763. Earlier tuning at 3 mm (Xeon with AMX): patches 96 x 96 x
+  0.783 / 0.763 (seed 1: 0.769 / 0.748). Earlier tuning at 3 mm (Xeon with AMX): patches 96 x 96 x
   64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706 against 64 x 64 x
   48's 0.765 in 10 minutes; batch 1 against batch 2 at equal steps 0.785 against 0.745; lr
   5e-3 0.783 and deep supervision to 1/8 0.803 against 0.815: not kept.
