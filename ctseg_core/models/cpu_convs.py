@@ -91,14 +91,13 @@ class SplitConvTranspose3d(nn.ConvTranspose3d):
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         if (
             output_size is not None
+            or not _native_path(x, self.groups, self.kernel_size)  # (1, C, D, H, W) from here
             or self.kernel_size[0] != self.stride[0]
             or self.padding[0] != 0
             or self.output_padding[0] != 0
             or self.dilation[0] != 1
-            or x.dim() != 5
             or x.shape[2] < 2
             or x.shape[2] % 2
-            or not _native_path(x, self.groups, self.kernel_size)
         ):
             return super().forward(x, output_size)
         half = x.shape[2] // 2  # output rows never mix input rows when kernel = stride

@@ -237,6 +237,7 @@ def _per_sample_batch_norm(norm: nn.modules.instancenorm._InstanceNorm, x: torch
 
 
 def _layout(x: torch.Tensor) -> torch.memory_format:
+    """Channels last (2D or 3D) where ``x`` lies so, else the default layout."""
     formats = {4: torch.channels_last, 5: torch.channels_last_3d}
     last = formats.get(x.dim())
     return (
