@@ -153,3 +153,26 @@ def test_an_empty_folder_or_a_file_in_the_dataset_root_is_said_as_skipped(tmp_pa
         "s0003.nii.gz: skipped, a file where a subject folder is expected (<id>/ct.nii.gz); "
         "move it out of the dataset folder",
     ]
+
+
+def test_broken_links_for_a_subject_or_a_mask_are_said_with_their_target(tmp_path):
+    from ctseg_core.data import prepare_dataset
+
+    data = tmp_path / "data"
+    _subject(data, "s0001")
+    sdir = _subject(data, "s0002")
+    (data / "s0003").symlink_to(tmp_path / "unmounted" / "s0003")
+    (sdir / "segmentations" / "spleen.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    index = open_dataset(data)
+    assert index.subjects == ["s0001", "s0002"]
+    assert index.problems == [
+        f"s0003: skipped, a link to {tmp_path / 'unmounted' / 's0003'}, which does not exist; "
+        "restore what it points to (a disk not mounted?) or remove the link"
+    ]
+    report = prepare_dataset(data, tmp_path / "cache", workers=1)
+    assert sorted(report.entries) == ["s0001"]
+    assert report.failed == {
+        "s0002": f"s0002: {sdir / 'segmentations' / 'spleen.nii.gz'} is a link to "
+        f"{tmp_path / 'gone.nii.gz'}, which does not exist; restore what it points to or "
+        "remove the link"
+    }

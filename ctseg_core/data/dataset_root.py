@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,12 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
     subjects = []
     for child in sorted(root.iterdir()):
         if child.name.startswith(".") or child.name in NOT_SUBJECTS:
+            continue
+        if child.is_symlink() and not child.exists():
+            problems.append(
+                f"{child.name}: skipped, a link to {os.readlink(child)}, which does not exist; "
+                "restore what it points to (a disk not mounted?) or remove the link"
+            )
             continue
         if not child.is_dir():
             problems.append(

@@ -64,6 +64,12 @@ def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Pat
                 f"preparing {subject_id}); free space there, or give another cache folder "
                 "(--cache, CTSEG_CACHE)"
             )
+        broken = exc.filename if isinstance(exc, FileNotFoundError) else None
+        if broken and os.path.islink(broken):
+            return subject_id, (
+                f"{subject_id}: {broken} is a link to {os.readlink(broken)}, which does not "
+                "exist; restore what it points to or remove the link"
+            )
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a worker must report, never kill the whole prepare
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
