@@ -524,3 +524,24 @@ def test_a_zip_unpacks_without_its_dicomdir_and_with_names_of_any_length(tmp_pat
     assert names[0].startswith("00001_y") and names[0].endswith("y.dcm")
     assert all(len(n.encode()) < 255 and p.read_bytes() == b"slice" for n, p in
                zip(names, written, strict=True))  # fmt: skip
+
+
+def test_interleaved_acquisitions_are_refused_and_side_by_side_ones_read_as_one(tmp_path):
+    # a repeated scan of the same range under one series: it would stack at half the step
+    write_series(tmp_path / "mixed", Z_MM[::2], tags={"AcquisitionNumber": 1})
+    write_series(tmp_path / "mixed", Z_MM[1::2], start=50, tags={"AcquisitionNumber": 2})
+    with pytest.raises(DataError) as exc:
+        read_dicom_series(tmp_path / "mixed")
+    assert _one_line(exc) == (
+        f'{tmp_path / "mixed"}: series 3 "CT Abdomen 2.0" holds acquisitions 1 and 2 over the '
+        "same range (2 to 16 mm along the slices), e.g. a repeated scan or another phase; put "
+        "each acquisition's files in its own folder"
+    )
+    # table positions of a step-and-shoot scan: one volume, as if it were one acquisition
+    write_series(tmp_path / "steps", Z_MM[:5], tags={"AcquisitionNumber": 1})
+    write_series(tmp_path / "steps", Z_MM[5:], start=6, pixels_of=lambda i: slice_pixels(5 + i),
+                 tags={"AcquisitionNumber": 2})  # fmt: skip
+    write_series(tmp_path / "whole", Z_MM)
+    steps, whole = read_dicom_series(tmp_path / "steps"), read_dicom_series(tmp_path / "whole")
+    np.testing.assert_array_equal(np.asarray(steps.dataobj), np.asarray(whole.dataobj))
+    np.testing.assert_array_equal(steps.affine, whole.affine)

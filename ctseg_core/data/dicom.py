@@ -151,6 +151,29 @@ def _check_ct_image(folder: Path, name: str, slices: list[SliceHeader]) -> None:
         )
 
 
+def _check_acquisitions_apart(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:
+    """Refuse acquisitions (AcquisitionNumber) of one series whose slices interleave along
+    ``normal``: two scans of one range, e.g. a repeat or another phase, would stack into one
+    volume of half the slice step. Acquisitions side by side (table positions of a step-and-shoot
+    scan) are one volume; a shared position is left to ``_stack``."""
+    ranges: dict[str, list[float]] = {}
+    for s in slices:
+        if s.acquisition:
+            along = float(s.position @ normal)
+            low, high = ranges.setdefault(s.acquisition, [along, along])
+            ranges[s.acquisition] = [min(low, along), max(high, along)]
+    reach: tuple[str, float] | None = None  # the acquisition reaching furthest so far, its end
+    for number, (start, stop) in sorted(ranges.items(), key=lambda kv: kv[1]):
+        if reach is not None and start < reach[1] - SAME_POSITION_MM:
+            raise DataError(
+                f"{folder}: {name} holds acquisitions {reach[0]} and {number} over the same "
+                f"range ({start:.4g} to {min(reach[1], stop):.4g} mm along the slices), e.g. a "
+                "repeated scan or another phase; put each acquisition's files in its own folder"
+            )
+        if reach is None or stop > reach[1]:
+            reach = (number, stop)
+
+
 def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:
     """Refuse slices whose positions drift in-plane along the stack (a gantry tilt)."""
     offsets = np.array([s.position for s in slices]) - slices[0].position
@@ -242,6 +265,7 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
         _check_alike(folder, name, slices)
         normal = np.cross(slices[0].row, slices[0].col)
         _check_not_sheared(folder, name, slices, normal)
+        _check_acquisitions_apart(folder, name, slices, normal)
         stack, kept = _stack(folder, name, slices, normal, unreadable)
     if unreadable:
         log.warning(

@@ -29,6 +29,7 @@ class SliceHeader:
     photometric: str = "MONOCHROME2"  # PhotometricInterpretation
     samples: int = 1  # SamplesPerPixel: 3 for a colour image
     kind: str = ""  # '' for a CT image; 'a localizer' or 'a secondary capture' else
+    acquisition: str = ""  # AcquisitionNumber as stored ('' when absent)
 
 
 #: SOP classes of enhanced CT (and legacy converted): geometry in functional groups, not on top
@@ -168,7 +169,7 @@ def read_header(path: Path) -> SliceHeader | None:
     return SliceHeader(path, np.array(reader.GetOrigin(), dtype=float), direction[:, 0],
                        direction[:, 1], tuple(reader.GetSpacing()[:2]), size[:3], thickness,
                        missing, bad, tag(reader, "0028|0004").upper() or "MONOCHROME2",
-                       samples, kind)  # fmt: skip
+                       samples, kind, tag(reader, "0020|0012").strip())  # fmt: skip
 
 
 def geometry_problem(orientation: str, spacing: str) -> str:
