@@ -212,6 +212,18 @@ def test_presets_for_3d_validate_and_name_their_network():
         assert config.model.norm == "instance" and config.model.deep_supervision >= 2
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_phantom_3d_is_twice_as_wide_where_the_cpu_has_amx(monkeypatch, amx):
+    from ctseg_core import device
+
+    flags = frozenset({"avx512_bf16", "amx_bf16"} if amx else {"avx2", "fma"})
+    monkeypatch.setattr(device, "_cpu_flags", lambda: flags)
+    config = preset("phantom_3d", "/data").validate()
+    widths = [32, 64, 128, 256, 320] if amx else [16, 32, 64, 128, 256]
+    assert config.model.features == widths and config.model.convs_per_stage == [1] * 5
+    assert device.cpu_has_bf16() is amx
+
+
 def test_new_features_stretch_the_presets_one_convolution_per_stage(tmp_path):
     """phantom_3d holds one convolution per stage for its five stages: --features with four
     stages keeps one per stage (it was refused with a fix no flag can give); a list that

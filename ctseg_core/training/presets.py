@@ -15,27 +15,34 @@
   lr barely decayed). With the budget's schedule, on a Xeon with AMX whose epochs took 20.6 s
   (2026-12-05, benchmarks/phantom_quality.py --preset both): 28 epochs, best Dice 0.801 (seed 0).
 - ``phantom_3d``: the laptop's volumetric model on the phantom: nnU-Net's PlainConvUNet
-  (``plain_unet3d``) at 4 mm, patches of 48 x 48 x 32 voxels (192 x 192 x 128 mm; a phantom at
-  4 mm is ~60 x 60 x 30-100), stage widths [16, 32, 64, 128, 256] with one convolution per
-  stage in the encoder and the decoder, instance norm, deep supervision at 1/2 and 1/4, batch 1
-  (100 steps an epoch) with half the patches centred on a structure, light deformations, Adam
-  3e-3 with a cosine decay over the same 10-minute budget as ``phantom_demo``; validation on
-  whole validation volumes. Its 3D model is limited by its steps, so the preset buys steps:
-  measured with ``benchmarks/phantom_quality.py`` (best mean validation Dice in 10 minutes,
-  then ``ctseg evaluate`` of best.pth on the CTs' grids). The preset before (3 mm, 64 x 64 x 48,
-  nnU-Net's two convolutions per stage) on a Xeon with AMX (bf16; 2026-12-06): 20 epochs of
-  27 s, 0.815 / 0.795 (20 minutes: 0.843 / 0.824), the 2D demo 0.803 / 0.799 in the same run;
-  on an AMD EPYC with AVX2 only (float32, 0.8 s a step): 6 epochs, 0.547 / 0.528, the 2D demo
-  0.745 / 0.730. This preset on that EPYC (2026-12-06, a step 0.25 s, 3.7x the steps): 22
-  epochs, 0.778 / 0.763 (seed 1: 0.763 / 0.730, the 2D demo 0.743 / 0.723); with two
-  convolutions in the deeper stages (0.29 s a step) 0.775 / 0.741; widths halved ([8, ...,
-  128], 0.15 s a step) learnt slower per minute (0.675 against 0.70 at 6 minutes, stopped
-  there). With one-sample convolutions split for oneDNN (models.cpu_convs) and the instance
-  norms' gradients right (models.nnunet; 2026-12-07, the same EPYC): 27 epochs of 21 s,
-  0.783 / 0.763 (seed 1: 0.769 / 0.748). Earlier tuning at 3 mm (Xeon with AMX): patches 96 x 96 x
-  64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706 against 64 x 64 x
-  48's 0.765 in 10 minutes; batch 1 against batch 2 at equal steps 0.785 against 0.745; lr
-  5e-3 0.783 and deep supervision to 1/8 0.803 against 0.815: not kept.
+  (``plain_unet3d``) at 4 mm, patches of 48 x 48 x 32 voxels (192 x 192 x 128 mm; a phantom at 4
+  mm is ~60 x 60 x 30-100), stage widths [16, 32, 64, 128, 256] ([32, 64, 128, 256, 320] where
+  the CPU has AMX, below) with one convolution per stage in the encoder and the decoder,
+  instance norm, deep supervision at 1/2 and 1/4, batch 1 (100 steps an epoch) with half the
+  patches centred on a structure, light deformations, Adam 3e-3 with a cosine decay over the
+  same 10-minute budget as ``phantom_demo``; validation on whole validation volumes. Its 3D
+  model is limited by its steps, so the preset buys steps: measured with
+  ``benchmarks/phantom_quality.py`` (best mean validation Dice in 10 minutes, then ``ctseg
+  evaluate`` of best.pth on the CTs' grids). The preset before (3 mm, 64 x 64 x 48, nnU-Net's
+  two convolutions per stage) on a Xeon with AMX (bf16; 2026-12-06): 20 epochs of 27 s, 0.815 /
+  0.795 (20 minutes: 0.843 / 0.824), the 2D demo 0.803 / 0.799 in the same run; on an AMD EPYC
+  with AVX2 only (float32, 0.8 s a step): 6 epochs, 0.547 / 0.528, the 2D demo 0.745 / 0.730.
+  This preset on that EPYC (2026-12-06, a step 0.25 s, 3.7x the steps): 22 epochs, 0.778 / 0.763
+  (seed 1: 0.763 / 0.730, the 2D demo 0.743 / 0.723); with two convolutions in the deeper stages
+  (0.29 s a step) 0.775 / 0.741; widths halved ([8, ..., 128], 0.15 s a step) learnt slower per
+  minute (0.675 against 0.70 at 6 minutes, stopped there). With one-sample convolutions split
+  for oneDNN (models.cpu_convs) and the instance norms' gradients right (models.nnunet;
+  2026-12-07, the same EPYC): 27 epochs of 21 s, 0.783 / 0.763 (seed 1: 0.769 / 0.748). On a
+  Xeon with AMX (bf16; 2026-12-07, 2 quiet cores) these widths took epochs of 9 s and stopped
+  gaining after ~45 of their 62 (0.817 / 0.790; seed 1 0.811 / 0.793; the 2D demo 0.795 / 0.783
+  there), so on such a CPU the preset doubles them: epochs of 17.5 s, 32 of them, 0.831 / 0.808
+  (seed 1 0.825 / 0.806). Tried there, not kept: 3 mm with 64 x 64 x 48 patches (epochs of 25 s,
+  0.751 at 7.4 minutes against 0.815); DataConfig's stronger deformations (rotation 15 degrees,
+  scale 0.85-1.15, half the samples) 0.824 / 0.799 narrow, 0.829 / 0.803 wide. Earlier tuning at
+  3 mm (Xeon with AMX): patches 96 x 96 x 64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757,
+  80 x 80 x 48 0.706 against 64 x 64 x 48's 0.765 in 10 minutes; batch 1 against batch 2 at
+  equal steps 0.785 against 0.745; lr 5e-3 0.783 and deep supervision to 1/8 0.803 against
+  0.815: not kept.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
@@ -99,6 +106,12 @@ def phantom_demo(data_root: str = "") -> RunConfig:
 
 
 def phantom_3d(data_root: str = "") -> RunConfig:
+    from ..device import cpu_has_amx  # late: the presets are read without torch (--help)
+
+    # twice the widths where the CPU has AMX: 1.9x the step time there, and in 10 minutes
+    # 0.831 / 0.825 against 0.817 / 0.811 (seeds 0, 1); without AMX the narrow network's step
+    # alone is 2.3x slower (the AVX2 EPYC in float32), so its steps limit it (module doc)
+    wide = cpu_has_amx()
     return RunConfig(
         DataConfig(
             data_root=str(data_root),
@@ -121,7 +134,7 @@ def phantom_3d(data_root: str = "") -> RunConfig:
         ),
         ModelConfig(
             name="plain_unet3d",
-            features=[16, 32, 64, 128, 256],
+            features=[32, 64, 128, 256, 320] if wide else [16, 32, 64, 128, 256],
             # one convolution per stage, not nnU-Net's two: 1.7x the steps (a step of 64 x 64
             # x 48 at float32 on the AVX2 EPYC 0.56 s instead of 0.93 s)
             convs_per_stage=[1, 1, 1, 1, 1],
