@@ -15,8 +15,8 @@
   lr barely decayed). With the budget's schedule, on a Xeon with AMX whose epochs took 20.6 s
   (2026-12-05, benchmarks/phantom_quality.py --preset both): 28 epochs, best Dice 0.801 (seed 0).
 - ``phantom_3d``: the laptop's volumetric model on the phantom: nnU-Net's PlainConvUNet
-  (``plain_unet3d``) at 4 mm, patches of 48 x 48 x 32 voxels (192 x 192 x 128 mm; a phantom at 4
-  mm is ~60 x 60 x 30-100), stage widths [16, 32, 64, 128, 256] ([32, 64, 128, 256, 320] where
+  (``plain_unet3d``) at 4 mm, patches of 48 x 48 x 32 voxels (192 x 192 x 128 mm; a phantom
+  at 4 mm is ~60 x 60 x 30-100), stage widths [16, 32, 64, 128, 256] ([32, 64, 128, 256, 320] where
   the CPU has AMX, below) with one convolution per stage in the encoder and the decoder,
   instance norm, deep supervision at 1/2 and 1/4, batch 1 (100 steps an epoch) with half the
   patches centred on a structure, light deformations, Adam 3e-3 with a cosine decay over the
