@@ -126,3 +126,24 @@ def check_output(
             f"{target} exists; pass --overwrite to replace it, or choose another {option}"
         )
     return target
+
+
+def dangling_link(path: str | os.PathLike) -> str | None:
+    """What is wrong with ``path`` when it is a symbolic link that leads nowhere, said for a
+    message ("a link to T, which does not exist", with the absolute path T leads to when that
+    differs: a relative target or a chain of links; "a link that loops (to T)"); None for
+    anything else: no link, a working link, or nothing at all."""
+    if not os.path.islink(path):
+        return None
+    target = os.readlink(path)
+    try:
+        os.stat(path)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"a link that loops (to {target})"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return None
+    resolved = os.path.realpath(path)
+    shown = target if target == resolved else f"{target}, i.e. {resolved}"
+    return f"a link to {shown}, which does not exist"

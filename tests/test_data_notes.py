@@ -155,24 +155,55 @@ def test_an_empty_folder_or_a_file_in_the_dataset_root_is_said_as_skipped(tmp_pa
     ]
 
 
-def test_broken_links_for_a_subject_or_a_mask_are_said_with_their_target(tmp_path):
+def test_links_that_lead_nowhere_are_said_with_their_target_and_the_fix(tmp_path):
+    """A subject folder, its CT, its segmentations/ or a mask behind a link whose target is
+    gone (a disk not mounted), loops or is itself such a link: one line naming the target."""
     from ctseg_core.data import prepare_dataset
+    from ctseg_core.data.cache import check_cache_dir
+    from ctseg_core.errors import ConfigError, DataError
 
+    fix = "restore what it points to (a disk not mounted?) or remove the link"
     data = tmp_path / "data"
     _subject(data, "s0001")
-    sdir = _subject(data, "s0002")
+    masked = _subject(data, "s0002")
     (data / "s0003").symlink_to(tmp_path / "unmounted" / "s0003")
-    (sdir / "segmentations" / "spleen.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (data / "s0004").symlink_to("s0004")  # a loop
+    ct_gone = _subject(data, "s0005")
+    (ct_gone / "ct.nii.gz").unlink()
+    (ct_gone / "ct.nii.gz").symlink_to("../../scans/s0005.nii.gz")  # relative
+    seg_gone = _subject(data, "s0006")
+    for mask in (seg_gone / "segmentations").iterdir():
+        mask.unlink()
+    (seg_gone / "segmentations").rmdir()
+    (seg_gone / "segmentations").symlink_to(tmp_path / "labels" / "s0006")
+    (masked / "segmentations" / "mid.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (masked / "segmentations" / "spleen.nii.gz").symlink_to("mid.nii.gz")  # a chain
     index = open_dataset(data)
     assert index.subjects == ["s0001", "s0002"]
     assert index.problems == [
         f"s0003: skipped, a link to {tmp_path / 'unmounted' / 's0003'}, which does not exist; "
-        "restore what it points to (a disk not mounted?) or remove the link"
+        + fix,
+        f"s0004: skipped, a link that loops (to s0004); {fix}",
+        "s0005: skipped, its ct.nii.gz is a link to ../../scans/s0005.nii.gz, i.e. "
+        f"{tmp_path / 'scans' / 's0005.nii.gz'}, which does not exist; {fix}",
+        f"s0006: skipped, its segmentations/ is a link to {tmp_path / 'labels' / 's0006'}, "
+        f"which does not exist; {fix}",
     ]
     report = prepare_dataset(data, tmp_path / "cache", workers=1)
     assert sorted(report.entries) == ["s0001"]
-    assert report.failed == {
-        "s0002": f"s0002: {sdir / 'segmentations' / 'spleen.nii.gz'} is a link to "
-        f"{tmp_path / 'gone.nii.gz'}, which does not exist; restore what it points to or "
-        "remove the link"
-    }
+    assert list(report.failed) == ["s0002"]
+    assert report.failed["s0002"] == (  # mid.nii.gz names no structure: not read
+        f"s0002: {masked / 'segmentations' / 'spleen.nii.gz'} is a link to mid.nii.gz, i.e. "
+        f"{tmp_path / 'gone.nii.gz'}, which does not exist; {fix}"
+    )
+    # a meta.csv behind a broken link: a seeded split instead would move subjects silently
+    (data / "meta.csv").symlink_to(tmp_path / "gone.csv")
+    with pytest.raises(DataError, match=r"meta.csv is a link to .*gone.csv, which does not exist, "
+                       r"so the splits cannot be read; restore"):  # fmt: skip
+        open_dataset(data)
+    (tmp_path / "root").symlink_to(tmp_path / "gone")
+    with pytest.raises(DataError, match=r"dataset folder .*root is a link to .*gone, which"):
+        open_dataset(tmp_path / "root")
+    (tmp_path / "cache_link").symlink_to(tmp_path / "gone_cache")
+    with pytest.raises(ConfigError, match=r"cache .*cache_link is a link to .*gone_cache, which"):
+        check_cache_dir(tmp_path / "cache_link", data)

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import settings
 from ..errors import ConfigError, DataError
+from ..fileio import dangling_link
 from ..labels import NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
 from .subject import load_subject, mask_files
@@ -46,6 +47,11 @@ def default_cache_dir() -> Path:
 def check_cache_dir(cache_dir: Path, root: Path) -> None:
     """ConfigError for a cache that is a file, or that lies inside the dataset (ctseg never
     writes into a dataset: it may be read-only, shared, or under version control)."""
+    if why := dangling_link(cache_dir):  # mkdir would fail on every subject with EEXIST
+        raise ConfigError(
+            f"cache {cache_dir} is {why}; restore what it points to or give another folder "
+            "(--cache or $CTSEG_CACHE)"
+        )
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ConfigError(f"cache {cache_dir} is a file; give a folder (--cache or $CTSEG_CACHE)")
     cache, data = Path(cache_dir).resolve(), Path(root).resolve()

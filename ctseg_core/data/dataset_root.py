@@ -11,11 +11,11 @@ import csv
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..fileio import dangling_link
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,10 @@ SPLITS = ("train", "val", "test")
 CT_NAMES = ("ct.nii.gz", "ct.nii")
 #: files of a dataset root that are not subjects (TotalSegmentator ships meta.csv and a README)
 NOT_SUBJECTS = ("meta.csv", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
+
+
+#: the fix for a link that leads nowhere (``fileio.dangling_link``)
+LINK_FIX = "restore what it points to (a disk not mounted?) or remove the link"
 
 
 def find_ct(subject_dir: Path, strict: bool = False) -> Path | None:
@@ -147,6 +151,8 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
         )
     if find_ct(root) is not None:
         raise DataError(f"{root} is one subject; give the dataset folder above it ({root.parent})")
+    if why := dangling_link(root):
+        raise DataError(f"dataset folder {root} is {why}; {LINK_FIX}")
     if not root.is_dir():
         raise DataError(
             f"dataset folder {root} does not exist; give a folder of subjects "
@@ -157,11 +163,8 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
     for child in sorted(root.iterdir()):
         if child.name.startswith(".") or child.name in NOT_SUBJECTS:
             continue
-        if child.is_symlink() and not child.exists():
-            problems.append(
-                f"{child.name}: skipped, a link to {os.readlink(child)}, which does not exist; "
-                "restore what it points to (a disk not mounted?) or remove the link"
-            )
+        if why := dangling_link(child):
+            problems.append(f"{child.name}: skipped, {why}; {LINK_FIX}")
             continue
         if not child.is_dir():
             problems.append(
@@ -170,7 +173,11 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
             )
             continue
         if find_ct(child) is None:
-            if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
+            broken = [(n, w) for n in CT_NAMES if (w := dangling_link(child / n))]
+            if broken:
+                problems.append(f"{child.name}: skipped, its {broken[0][0]} is {broken[0][1]}; "
+                                f"{LINK_FIX}")  # fmt: skip
+            elif any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
                 problems.append(f"{child.name}: no ct.nii.gz; add the CT or remove the folder")
             elif not any(p for p in child.iterdir() if not p.name.startswith(".")):
                 problems.append(
@@ -181,6 +188,9 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
                     f"{child.name}: skipped, a folder without ct.nii.gz or segmentations/; "
                     "add the CT or move the folder out of the dataset folder"
                 )
+            continue
+        if why := dangling_link(child / "segmentations"):  # not "unannotated": skipped
+            problems.append(f"{child.name}: skipped, its segmentations/ is {why}; {LINK_FIX}")
             continue
         if not (child / "segmentations").is_dir():
             problems.append(
@@ -194,6 +204,8 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
             "layout <id>/ct.nii.gz + <id>/segmentations/, or run `ctseg demo-data`"
         )
     meta = root / "meta.csv"
+    if why := dangling_link(meta):  # a seeded split instead would move subjects between splits
+        raise DataError(f"{meta} is {why}, so the splits cannot be read; {LINK_FIX}")
     split_source = "seeded"
     splits = seeded_split(subjects, seed)
     if meta.is_file():

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, CtsegError, DataError
+from ..fileio import dangling_link
 from .cache import (
     CachedSubject,
     build_entry,
@@ -27,7 +28,7 @@ from .cache import (
     read_entry,
     source_key,
 )
-from .dataset_root import DatasetIndex, open_dataset
+from .dataset_root import LINK_FIX, DatasetIndex, open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,8 @@ def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Pat
                 f"preparing {subject_id}); free space there, or give another cache folder "
                 "(--cache, CTSEG_CACHE)"
             )
-        broken = exc.filename if isinstance(exc, FileNotFoundError) else None
-        if broken and os.path.islink(broken):
-            return subject_id, (
-                f"{subject_id}: {broken} is a link to {os.readlink(broken)}, which does not "
-                "exist; restore what it points to or remove the link"
-            )
+        if exc.filename and (why := dangling_link(exc.filename)):
+            return subject_id, f"{subject_id}: {exc.filename} is {why}; {LINK_FIX}"
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a worker must report, never kill the whole prepare
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
