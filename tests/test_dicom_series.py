@@ -526,22 +526,44 @@ def test_a_zip_unpacks_without_its_dicomdir_and_with_names_of_any_length(tmp_pat
                zip(names, written, strict=True))  # fmt: skip
 
 
-def test_interleaved_acquisitions_are_refused_and_side_by_side_ones_read_as_one(tmp_path):
+def test_two_acquisitions_of_one_range_are_refused_and_table_positions_read_as_one(tmp_path):
     # a repeated scan of the same range under one series: it would stack at half the step
     write_series(tmp_path / "mixed", Z_MM[::2], tags={"AcquisitionNumber": 1})
     write_series(tmp_path / "mixed", Z_MM[1::2], start=50, tags={"AcquisitionNumber": 2})
     with pytest.raises(DataError) as exc:
         read_dicom_series(tmp_path / "mixed")
     assert _one_line(exc) == (
-        f'{tmp_path / "mixed"}: series 3 "CT Abdomen 2.0" holds acquisitions 1 and 2 over the '
-        "same range (2 to 16 mm along the slices), e.g. a repeated scan or another phase; put "
-        "each acquisition's files in its own folder"
+        f'{tmp_path / "mixed"}: series 3 "CT Abdomen 2.0" holds two scans of the same range, '
+        "acquisition 1 and acquisition 2 (2 to 16 mm along the slice normal), e.g. a repeat or "
+        "another phase; put each acquisition's files in its own folder"
     )
-    # table positions of a step-and-shoot scan: one volume, as if it were one acquisition
-    write_series(tmp_path / "steps", Z_MM[:5], tags={"AcquisitionNumber": 1})
+    # so are slices without the tag among numbered ones
+    write_series(tmp_path / "untagged", Z_MM[::2], tags={"AcquisitionNumber": 1})
+    write_series(tmp_path / "untagged", Z_MM[1::2], start=50)
+    with pytest.raises(DataError, match="acquisition 1 and the slices without AcquisitionNumber"):
+        read_dicom_series(tmp_path / "untagged")
+    # one acquisition's number stored as '01' and as '1' is one acquisition
+    write_series(tmp_path / "padded", Z_MM[::2], pixels_of=lambda i: slice_pixels(2 * i),
+                 tags={"AcquisitionNumber": "01"})  # fmt: skip
+    write_series(tmp_path / "padded", Z_MM[1::2], start=50, pixels_of=lambda i: slice_pixels(
+        2 * i + 1), tags={"AcquisitionNumber": "1"})  # fmt: skip
+    write_series(tmp_path / "whole", Z_MM, pixels_of=lambda i: slice_pixels(i))
+    whole = read_dicom_series(tmp_path / "whole")
+    padded = read_dicom_series(tmp_path / "padded")
+    np.testing.assert_array_equal(np.asarray(padded.dataobj), np.asarray(whole.dataobj))
+    # table positions of a step-and-shoot scan: one volume, as if it were one acquisition,
+    # also where they share a boundary slice with the same pixels
+    write_series(tmp_path / "steps", Z_MM[:6], tags={"AcquisitionNumber": 1})
     write_series(tmp_path / "steps", Z_MM[5:], start=6, pixels_of=lambda i: slice_pixels(5 + i),
                  tags={"AcquisitionNumber": 2})  # fmt: skip
-    write_series(tmp_path / "whole", Z_MM)
-    steps, whole = read_dicom_series(tmp_path / "steps"), read_dicom_series(tmp_path / "whole")
+    steps = read_dicom_series(tmp_path / "steps")
     np.testing.assert_array_equal(np.asarray(steps.dataobj), np.asarray(whole.dataobj))
     np.testing.assert_array_equal(steps.affine, whole.affine)
+    # positions overlapping at the edges by an off-grid slice each: uneven spacing, as without
+    # the tags (refused, or resampled on request), not two scans of one range
+    write_series(tmp_path / "edges", [0, 2, 4, 6, 8, 10], tags={"AcquisitionNumber": 1})
+    write_series(tmp_path / "edges", [9, 11, 13, 15], start=7, tags={"AcquisitionNumber": 2})
+    with pytest.raises(DataError, match=r"uneven|gap|spacing") as exc:
+        read_dicom_series(tmp_path / "edges")
+    assert "two scans" not in str(exc.value)
+    assert read_dicom_series(tmp_path / "edges", resample_uneven=True).shape[2] >= 8

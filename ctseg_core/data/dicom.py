@@ -151,27 +151,46 @@ def _check_ct_image(folder: Path, name: str, slices: list[SliceHeader]) -> None:
         )
 
 
+def _acquisition(s: SliceHeader) -> str:
+    """Which acquisition a slice is of, for a message: 'acquisition 1' ('01' and '1' alike), or
+    'the slices without AcquisitionNumber'."""
+    number = s.acquisition.strip()
+    number = str(int(number)) if number.isdigit() else number
+    return f"acquisition {number}" if number else "the slices without AcquisitionNumber"
+
+
 def _check_acquisitions_apart(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:
-    """Refuse acquisitions (AcquisitionNumber) of one series whose slices interleave along
-    ``normal``: two scans of one range, e.g. a repeat or another phase, would stack into one
-    volume of half the slice step. Acquisitions side by side (table positions of a step-and-shoot
-    scan) are one volume; a shared position is left to ``_stack``."""
-    ranges: dict[str, list[float]] = {}
+    """Refuse two acquisitions (AcquisitionNumber) of one series over the same range along
+    ``normal``: a repeat or another phase would stack into one volume of half the slice step.
+
+    "The same range": they overlap by more than half the shorter one's extent, with two or more
+    slices of each in the overlap. Acquisitions side by side (table positions of a step-and-shoot
+    scan), or overlapping at their edges (an off-grid slice each, said as uneven spacing later),
+    are one volume; positions both hold are left to ``_stack``.
+    """
+    along: dict[str, list[float]] = {}
     for s in slices:
-        if s.acquisition:
-            along = float(s.position @ normal)
-            low, high = ranges.setdefault(s.acquisition, [along, along])
-            ranges[s.acquisition] = [min(low, along), max(high, along)]
-    reach: tuple[str, float] | None = None  # the acquisition reaching furthest so far, its end
-    for number, (start, stop) in sorted(ranges.items(), key=lambda kv: kv[1]):
-        if reach is not None and start < reach[1] - SAME_POSITION_MM:
+        along.setdefault(_acquisition(s), []).append(float(s.position @ normal))
+    if len(along) < 2:
+        return
+    spans = sorted((min(v), max(v), k) for k, v in along.items())
+    reach = spans[0]  # the acquisition reaching furthest so far
+    for start, stop, number in spans[1:]:
+        low, high = start, min(reach[1], stop)  # the overlap
+        inside = [
+            [z for z in along[k] if low - SAME_POSITION_MM <= z <= high + SAME_POSITION_MM
+             and min(abs(np.array(along[other]) - z)) > SAME_POSITION_MM]
+            for k, other in ((reach[2], number), (number, reach[2]))
+        ]  # fmt: skip
+        shorter = min(reach[1] - reach[0], stop - start)
+        if min(map(len, inside)) >= 2 and high - low > 0.5 * shorter:
             raise DataError(
-                f"{folder}: {name} holds acquisitions {reach[0]} and {number} over the same "
-                f"range ({start:.4g} to {min(reach[1], stop):.4g} mm along the slices), e.g. a "
-                "repeated scan or another phase; put each acquisition's files in its own folder"
+                f"{folder}: {name} holds two scans of the same range, {reach[2]} and {number} "
+                f"({low:.4g} to {high:.4g} mm along the slice normal), e.g. a repeat or another "
+                "phase; put each acquisition's files in its own folder"
             )
-        if reach is None or stop > reach[1]:
-            reach = (number, stop)
+        if stop > reach[1]:
+            reach = (start, stop, number)
 
 
 def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:
