@@ -86,15 +86,12 @@ def sample_shape(config: RunConfig) -> tuple[int, ...]:
 
 
 def describe_step(config: RunConfig) -> str:
-    """ "batch 2 of 96 x 96 x 64 patches, stage widths 32-320" / "batch 4 of 128 x 128 slices
-    (5 context slices)"."""
+    """ "batch 2 of 96 x 96 x 64 patches, stage widths 32/64/128/256/320" / "batch 4 of 128 x
+    128 slices (5 context slices)"."""
     shape = " x ".join(str(s) for s in sample_shape(config))
     if run_kind(config) == "3D":
-        widths = config.model.features
-        return (
-            f"batch {config.data.batch_size} of {shape} patches, stage widths "
-            f"{widths[0]}-{widths[-1]}"
-        )
+        widths = "/".join(str(w) for w in config.model.features)
+        return f"batch {config.data.batch_size} of {shape} patches, stage widths {widths}"
     context = config.data.context_slices
     extra = f" ({context} context slices)" if context > 1 else ""
     return f"batch {config.data.batch_size} of {shape} slices{extra}"

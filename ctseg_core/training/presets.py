@@ -35,8 +35,8 @@
   2026-12-07, the same EPYC): 27 epochs of 21 s, 0.783 / 0.763 (seed 1: 0.769 / 0.748). On a
   Xeon with AMX (bf16; 2026-12-07, 2 quiet cores) these widths took epochs of 9 s and stopped
   gaining after ~45 of their 62 (0.817 / 0.790; seed 1 0.811 / 0.793; the 2D demo 0.795 / 0.783
-  there), so on such a CPU the preset doubles them: epochs of 17.5 s, 32 of them, 0.831 / 0.808
-  (seed 1 0.825 / 0.806). Tried there, not kept: 3 mm with 64 x 64 x 48 patches (epochs of 25 s,
+  there), so on such a CPU the preset widens them to [32, ..., 320]: epochs of 17.5 s, 32 of
+  them, 0.831 / 0.808 (seed 1 0.825 / 0.806). Tried there, not kept: 3 mm with 64 x 64 x 48 patches (epochs of 25 s,
   0.751 at 7.4 minutes against 0.815); DataConfig's stronger deformations (rotation 15 degrees,
   scale 0.85-1.15, half the samples) 0.824 / 0.799 narrow, 0.829 / 0.803 wide. Earlier tuning at
   3 mm (Xeon with AMX): patches 96 x 96 x 64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757,
@@ -108,7 +108,7 @@ def phantom_demo(data_root: str = "") -> RunConfig:
 def phantom_3d(data_root: str = "") -> RunConfig:
     from ..device import cpu_has_amx  # late: the presets are read without torch (--help)
 
-    # twice the widths where the CPU has AMX: 1.9x the step time there, and in 10 minutes
+    # wider stages where the CPU has AMX: 1.9x the step time there, and in 10 minutes
     # 0.831 / 0.825 against 0.817 / 0.811 (seeds 0, 1); without AMX the narrow network's step
     # alone is 2.3x slower (the AVX2 EPYC in float32), so its steps limit it (module doc)
     wide = cpu_has_amx()
