@@ -133,17 +133,22 @@ def dangling_link(path: str | os.PathLike) -> str | None:
     message ("a link to T, which does not exist", with the absolute path T leads to when that
     differs: a relative target or a chain of links; "a link that loops (to T)"); None for
     anything else: no link, a working link, or nothing at all."""
-    if not os.path.islink(path):
+    if not isinstance(path, (str, bytes, os.PathLike)) or not os.path.islink(path):
         return None
-    target = os.readlink(path)
+    target = os.fsdecode(os.readlink(path))
     try:
         os.stat(path)
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            return f"a link that loops (to {target})"
+            return f"a link that loops (to {_one_line(target)})"
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             return None
     resolved = os.path.realpath(path)
     shown = target if target == resolved else f"{target}, i.e. {resolved}"
-    return f"a link to {shown}, which does not exist"
+    return f"a link to {_one_line(shown)}, which does not exist"
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks written as escapes (a message stays one line)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")

@@ -176,6 +176,9 @@ def test_links_that_lead_nowhere_are_said_with_their_target_and_the_fix(tmp_path
         mask.unlink()
     (seg_gone / "segmentations").rmdir()
     (seg_gone / "segmentations").symlink_to(tmp_path / "labels" / "s0006")
+    beside = _subject(data, "s0007")  # its ct.nii would be read without a word
+    (beside / "ct.nii.gz").rename(beside / "ct.nii")
+    (beside / "ct.nii.gz").symlink_to(tmp_path / "new_ct.nii.gz")
     (masked / "segmentations" / "mid.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
     (masked / "segmentations" / "spleen.nii.gz").symlink_to("mid.nii.gz")  # a chain
     index = open_dataset(data)
@@ -188,6 +191,8 @@ def test_links_that_lead_nowhere_are_said_with_their_target_and_the_fix(tmp_path
         f"{tmp_path / 'scans' / 's0005.nii.gz'}, which does not exist; {fix}",
         f"s0006: skipped, its segmentations/ is a link to {tmp_path / 'labels' / 's0006'}, "
         f"which does not exist; {fix}",
+        f"s0007: skipped, its ct.nii.gz is a link to {tmp_path / 'new_ct.nii.gz'}, which does "
+        f"not exist; {fix}",
     ]
     report = prepare_dataset(data, tmp_path / "cache", workers=1)
     assert sorted(report.entries) == ["s0001"]
@@ -207,3 +212,17 @@ def test_links_that_lead_nowhere_are_said_with_their_target_and_the_fix(tmp_path
     (tmp_path / "cache_link").symlink_to(tmp_path / "gone_cache")
     with pytest.raises(ConfigError, match=r"cache .*cache_link is a link to .*gone_cache, which"):
         check_cache_dir(tmp_path / "cache_link", data)
+    with pytest.raises(ConfigError, match=r"cache .*cache_link/ctseg lies in .*cache_link, which "
+                       r"is a link to .*gone_cache, which does not exist"):  # fmt: skip
+        check_cache_dir(tmp_path / "cache_link" / "ctseg", data)
+
+
+def test_a_prediction_behind_a_link_that_leads_nowhere_is_said_as_such(tmp_path):
+    from ctseg_core.errors import DataError
+    from ctseg_core.evaluation.prediction_files import find_prediction
+
+    (tmp_path / "s0001.nii.gz").symlink_to(tmp_path / "gone" / "s0001.nii.gz")
+    with pytest.raises(DataError, match=r"s0001.nii.gz is a link to .*gone/s0001.nii.gz, which "
+                       r"does not exist; restore what it points to or remove the link"):  # fmt: skip
+        find_prediction(tmp_path, "s0001")
+    assert find_prediction(tmp_path, "s0002") is None

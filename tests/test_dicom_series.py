@@ -533,24 +533,41 @@ def test_two_acquisitions_of_one_range_are_refused_and_table_positions_read_as_o
     with pytest.raises(DataError) as exc:
         read_dicom_series(tmp_path / "mixed")
     assert _one_line(exc) == (
-        f'{tmp_path / "mixed"}: series 3 "CT Abdomen 2.0" holds two scans of the same range, '
-        "acquisition 1 and acquisition 2 (2 to 16 mm along the slice normal), e.g. a repeat or "
-        "another phase; put each acquisition's files in its own folder"
+        f'{tmp_path / "mixed"}: series 3 "CT Abdomen 2.0" holds two acquisitions whose slices '
+        "interleave, acquisition 1 and acquisition 2 (2 to 16 mm along the slice normal), e.g. a "
+        "repeat or another phase; put each acquisition's files in its own folder"
     )
+    # a repeat over part of the range (--resample-uneven would blend the two there), and an
+    # interleaved pair beside a third acquisition that reaches further than both
+    write_series(tmp_path / "part", np.arange(0, 101, 2.0), tags={"AcquisitionNumber": 1})
+    write_series(tmp_path / "part", np.arange(55, 200, 2.0), start=100,
+                 pixels_of=lambda i: slice_pixels(i) + 5, tags={"AcquisitionNumber": 2})  # fmt: skip
+    with pytest.raises(DataError, match=r"acquisition 1 and acquisition 2 \(55 to 100 mm"):
+        read_dicom_series(tmp_path / "part", resample_uneven=True)
+    write_series(tmp_path / "three", np.arange(0, 21, 2.0), tags={"AcquisitionNumber": 1})
+    write_series(tmp_path / "three", [0.0, *np.arange(21, 41.0)], start=20,
+                 pixels_of=lambda i: slice_pixels(0 if i == 0 else 11 + i),
+                 tags={"AcquisitionNumber": 2})  # fmt: skip
+    write_series(tmp_path / "three", np.arange(1, 20, 2.0), start=50,
+                 pixels_of=lambda i: slice_pixels(i) + 7, tags={"AcquisitionNumber": 3})  # fmt: skip
+    with pytest.raises(DataError, match="acquisition 1 and acquisition 3"):
+        read_dicom_series(tmp_path / "three")
     # so are slices without the tag among numbered ones
     write_series(tmp_path / "untagged", Z_MM[::2], tags={"AcquisitionNumber": 1})
     write_series(tmp_path / "untagged", Z_MM[1::2], start=50)
     with pytest.raises(DataError, match="acquisition 1 and the slices without AcquisitionNumber"):
         read_dicom_series(tmp_path / "untagged")
-    # one acquisition's number stored as '01' and as '1' is one acquisition
-    write_series(tmp_path / "padded", Z_MM[::2], pixels_of=lambda i: slice_pixels(2 * i),
-                 tags={"AcquisitionNumber": "01"})  # fmt: skip
-    write_series(tmp_path / "padded", Z_MM[1::2], start=50, pixels_of=lambda i: slice_pixels(
-        2 * i + 1), tags={"AcquisitionNumber": "1"})  # fmt: skip
+    # one acquisition's number written "01", "+1", " 001" or "1" (IS values) is one acquisition
     write_series(tmp_path / "whole", Z_MM, pixels_of=lambda i: slice_pixels(i))
     whole = read_dicom_series(tmp_path / "whole")
-    padded = read_dicom_series(tmp_path / "padded")
-    np.testing.assert_array_equal(np.asarray(padded.dataobj), np.asarray(whole.dataobj))
+    for k, other in enumerate(("01", "+1", " 001")):
+        folder = tmp_path / f"written{k}"
+        write_series(folder, Z_MM[::2], pixels_of=lambda i: slice_pixels(2 * i),
+                     tags={"AcquisitionNumber": other})  # fmt: skip
+        write_series(folder, Z_MM[1::2], start=50, pixels_of=lambda i: slice_pixels(2 * i + 1),
+                     tags={"AcquisitionNumber": "1"})  # fmt: skip
+        same = read_dicom_series(folder)
+        np.testing.assert_array_equal(np.asarray(same.dataobj), np.asarray(whole.dataobj))
     # table positions of a step-and-shoot scan: one volume, as if it were one acquisition,
     # also where they share a boundary slice with the same pixels
     write_series(tmp_path / "steps", Z_MM[:6], tags={"AcquisitionNumber": 1})

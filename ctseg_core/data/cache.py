@@ -47,11 +47,14 @@ def default_cache_dir() -> Path:
 def check_cache_dir(cache_dir: Path, root: Path) -> None:
     """ConfigError for a cache that is a file, or that lies inside the dataset (ctseg never
     writes into a dataset: it may be read-only, shared, or under version control)."""
-    if why := dangling_link(cache_dir):  # mkdir would fail on every subject with EEXIST
-        raise ConfigError(
-            f"cache {cache_dir} is {why}; restore what it points to or give another folder "
-            "(--cache or $CTSEG_CACHE)"
-        )
+    # mkdir would fail on every subject (EEXIST, or ENOENT under a parent that leads nowhere)
+    for folder in (cache_dir, *Path(cache_dir).parents):
+        if why := dangling_link(folder):
+            where = "" if folder == cache_dir else f" lies in {folder}, which"
+            raise ConfigError(
+                f"cache {cache_dir}{where} is {why}; restore what it points to or give another "
+                "folder (--cache or $CTSEG_CACHE)"
+            )
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ConfigError(f"cache {cache_dir} is a file; give a folder (--cache or $CTSEG_CACHE)")
     cache, data = Path(cache_dir).resolve(), Path(root).resolve()

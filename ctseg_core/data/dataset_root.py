@@ -172,12 +172,14 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
                 "(<id>/ct.nii.gz); move it out of the dataset folder"
             )
             continue
+        # a CT behind such a link is said even beside another CT (which would be read silently)
+        broken = [(n, w) for n in CT_NAMES if (w := dangling_link(child / n))]
+        if broken:
+            problems.append(f"{child.name}: skipped, its {broken[0][0]} is {broken[0][1]}; "
+                            f"{LINK_FIX}")  # fmt: skip
+            continue
         if find_ct(child) is None:
-            broken = [(n, w) for n in CT_NAMES if (w := dangling_link(child / n))]
-            if broken:
-                problems.append(f"{child.name}: skipped, its {broken[0][0]} is {broken[0][1]}; "
-                                f"{LINK_FIX}")  # fmt: skip
-            elif any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
+            if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
                 problems.append(f"{child.name}: no ct.nii.gz; add the CT or remove the folder")
             elif not any(p for p in child.iterdir() if not p.name.startswith(".")):
                 problems.append(

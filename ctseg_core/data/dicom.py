@@ -25,6 +25,7 @@ so the rest of the library treats a DICOM folder exactly like a ``ct.nii.gz``.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -152,45 +153,47 @@ def _check_ct_image(folder: Path, name: str, slices: list[SliceHeader]) -> None:
 
 
 def _acquisition(s: SliceHeader) -> str:
-    """Which acquisition a slice is of, for a message: 'acquisition 1' ('01' and '1' alike), or
-    'the slices without AcquisitionNumber'."""
+    """Which acquisition a slice is of, for a message: 'acquisition 1' ('01', '+1', '1.0' and
+    '1' alike: an IS value), or 'the slices without AcquisitionNumber'."""
     number = s.acquisition.strip()
-    number = str(int(number)) if number.isdigit() else number
+    same = re.fullmatch(r"\+?0*(\d+?)(?:\.0*)?", number) if number.isascii() else None
+    number = same.group(1) if same else number
     return f"acquisition {number}" if number else "the slices without AcquisitionNumber"
 
 
 def _check_acquisitions_apart(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:
-    """Refuse two acquisitions (AcquisitionNumber) of one series over the same range along
-    ``normal``: a repeat or another phase would stack into one volume of half the slice step.
+    """Refuse two acquisitions (AcquisitionNumber) of one series whose slices interleave along
+    ``normal``: a repeat or another phase would stack into one volume at a fraction of the slice
+    step (or be blended by ``--resample-uneven``).
 
-    "The same range": they overlap by more than half the shorter one's extent, with two or more
-    slices of each in the overlap. Acquisitions side by side (table positions of a step-and-shoot
-    scan), or overlapping at their edges (an off-grid slice each, said as uneven spacing later),
-    are one volume; positions both hold are left to ``_stack``.
+    "Interleave": two or more slices of each lie within the range they share, positions both
+    hold left out (``_stack`` reads identical ones once and refuses different ones). Table
+    positions of a step-and-shoot scan side by side, or overlapping at their edges by one
+    off-grid slice each (then uneven spacing, said later), are one volume.
     """
-    along: dict[str, list[float]] = {}
+    positions: dict[str, list[float]] = {}
     for s in slices:
-        along.setdefault(_acquisition(s), []).append(float(s.position @ normal))
-    if len(along) < 2:
+        positions.setdefault(_acquisition(s), []).append(float(s.position @ normal))
+    if len(positions) < 2:
         return
-    spans = sorted((min(v), max(v), k) for k, v in along.items())
-    reach = spans[0]  # the acquisition reaching furthest so far
-    for start, stop, number in spans[1:]:
-        low, high = start, min(reach[1], stop)  # the overlap
-        inside = [
-            [z for z in along[k] if low - SAME_POSITION_MM <= z <= high + SAME_POSITION_MM
-             and min(abs(np.array(along[other]) - z)) > SAME_POSITION_MM]
-            for k, other in ((reach[2], number), (number, reach[2]))
-        ]  # fmt: skip
-        shorter = min(reach[1] - reach[0], stop - start)
-        if min(map(len, inside)) >= 2 and high - low > 0.5 * shorter:
-            raise DataError(
-                f"{folder}: {name} holds two scans of the same range, {reach[2]} and {number} "
-                f"({low:.4g} to {high:.4g} mm along the slice normal), e.g. a repeat or another "
-                "phase; put each acquisition's files in its own folder"
-            )
-        if stop > reach[1]:
-            reach = (start, stop, number)
+    along = {k: np.asarray(v) for k, v in positions.items()}
+    spans = sorted((float(v.min()), float(v.max()), k) for k, v in along.items())
+    for j, (start, stop, second) in enumerate(spans):
+        for _, end, first in spans[:j]:
+            low, high = start, min(end, stop)  # the range they share
+            if high - low <= SAME_POSITION_MM:
+                continue
+            inside = [
+                [z for z in along[k] if low - SAME_POSITION_MM <= z <= high + SAME_POSITION_MM
+                 and np.abs(along[other] - z).min() > SAME_POSITION_MM]
+                for k, other in ((first, second), (second, first))
+            ]  # fmt: skip
+            if min(map(len, inside)) >= 2:
+                raise DataError(
+                    f"{folder}: {name} holds two acquisitions whose slices interleave, {first} "
+                    f"and {second} ({low:.4g} to {high:.4g} mm along the slice normal), e.g. a "
+                    "repeat or another phase; put each acquisition's files in its own folder"
+                )
 
 
 def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], normal) -> None:

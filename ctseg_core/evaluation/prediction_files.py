@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from ..data.volume import AFFINE_TOLERANCE, from_canonical, load_label_volume, to_canonical
 from ..errors import DataError
+from ..fileio import dangling_link
 from ..labels import NUM_STRUCTURES
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ def find_prediction(folder: Path, subject_id: str) -> Path | None:
     """``folder/<id>.nii.gz`` or ``folder/<id>.nii``, or None; DataError when both are there
     (which one is the prediction, and which a stale copy, cannot be told)."""
     found = [folder / n for n in (f"{subject_id}.nii.gz", f"{subject_id}.nii")]
+    for path in found:
+        if why := dangling_link(path):
+            raise DataError(f"{path} is {why}; restore what it points to or remove the link")
     found = [p for p in found if p.is_file()]
     if len(found) > 1:
         raise DataError(
