@@ -216,8 +216,11 @@ def test_evaluate_and_predict_in_the_browser(server, page, dash_dirs, screenshot
     page.get_by_text("liver.nii.gz").first.wait_for()
     wait_idle(page)
     # ct.nii.gz's labels and downloads went with its upload: none shown under the new file
-    assert not fresh(page, '[data-testid="stDownloadButton"]').count()
-    assert not fresh(page, ":text('structures found')").count()
+    # (awaited: under load the upload's rerun can start after wait_idle has looked)
+    from playwright.sync_api import expect
+
+    expect(fresh(page, '[data-testid="stDownloadButton"]')).to_have_count(0, timeout=60_000)
+    expect(fresh(page, ":text('structures found')")).to_have_count(0, timeout=60_000)
     page.get_by_role("button", name="Predict", exact=True).click()
     page.get_by_text("do not look like Hounsfield units").wait_for(timeout=120_000)
     fake = dash_dirs["checkpoints"].parent / "fake.nii.gz"
