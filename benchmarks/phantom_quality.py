@@ -128,7 +128,8 @@ unless said): phantom_demo 28 epochs of 20.2 s, 0.795 / 0.783; phantom_3d 62 epo
 0.817 / 0.790 (``--seed 1`` 0.811 / 0.793), its validation Dice flat from epoch ~45 (0.815
 there): with 2.3x the steps of the AVX2 EPYC the narrow network, not its steps, limits it. So
 where the CPU has AMX the preset's stages widen (``--features 32 64 128 256 320``): 32 epochs
-of 17.5 s, 0.831 / 0.808 (``--seed 1`` 0.825 / 0.806; weakest evaluated the iliac arteries
+of 17.5 s, 0.831 / 0.808 (``--seed 1`` 0.825 / 0.806; the preset itself with ``--seed 2``,
+another phantom too, 0.835 / 0.818; weakest evaluated the iliac arteries
 0.54-0.61, iliac_vena_left 0.63-0.68, duodenum 0.61-0.71). Not kept: 3 mm with 64 x 64 x 48
 patches (``--spacing 3 3 3 --patch 64 64 48``, epochs of 25 s: 0.751 at 7.4 minutes against
 0.815, stopped); DataConfig's stronger deformations (``--aug default``) 0.824 / 0.799 narrow,

@@ -36,13 +36,13 @@
   Xeon with AMX (bf16; 2026-12-07, 2 quiet cores) these widths took epochs of 9 s and stopped
   gaining after ~45 of their 62 (0.817 / 0.790; seed 1 0.811 / 0.793; the 2D demo 0.795 / 0.783
   there), so on such a CPU the preset widens them to [32, ..., 320]: epochs of 17.5 s, 32 of
-  them, 0.831 / 0.808 (seed 1 0.825 / 0.806). Tried there, not kept: 3 mm with 64 x 64 x 48 patches (epochs of 25 s,
-  0.751 at 7.4 minutes against 0.815); DataConfig's stronger deformations (rotation 15 degrees,
-  scale 0.85-1.15, half the samples) 0.824 / 0.799 narrow, 0.829 / 0.803 wide. Earlier tuning at
-  3 mm (Xeon with AMX): patches 96 x 96 x 64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757,
-  80 x 80 x 48 0.706 against 64 x 64 x 48's 0.765 in 10 minutes; batch 1 against batch 2 at
-  equal steps 0.785 against 0.745; lr 5e-3 0.783 and deep supervision to 1/8 0.803 against
-  0.815: not kept.
+  them, 0.831 / 0.808 (seed 1 0.825 / 0.806; the preset itself, seed 2, 0.835 / 0.818). Tried
+  there, not kept: 3 mm with 64 x 64 x 48 patches (epochs of 25 s, 0.751 at 7.4 minutes against
+  0.815); DataConfig's stronger deformations (rotation 15 degrees, scale 0.85-1.15, half the
+  samples) 0.824 / 0.799 narrow, 0.829 / 0.803 wide. Earlier tuning at 3 mm (Xeon with AMX):
+  patches 96 x 96 x 64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706
+  against 64 x 64 x 48's 0.765 in 10 minutes; batch 1 against batch 2 at equal steps 0.785
+  against 0.745; lr 5e-3 0.783 and deep supervision to 1/8 0.803 against 0.815: not kept.
 - ``gpu_3d``: nnU-Net's 3d_fullres recipe for the full dataset on a GPU: 1.5 mm, patches of
   128^3, widths [32, 64, 128, 256, 320, 320], deep supervision at 1/2, 1/4 and 1/8, batch 2,
   SGD (momentum 0.99, nesterov) 1e-2 with poly decay and weight decay 3e-5, 250 steps per epoch,
