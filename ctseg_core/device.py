@@ -89,6 +89,16 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
+def memory_layout(x: torch.Tensor) -> torch.memory_format:
+    """Channels last (a 4D or 5D tensor lying so in memory), else the default layout."""
+    last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return (
+        last
+        if last is not None and x.is_contiguous(memory_format=last)
+        else torch.contiguous_format
+    )
+
+
 def resolve_channels_last(
     value: bool | str,
     device: torch.device,

@@ -173,10 +173,9 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
             )
             continue
         # a CT behind such a link is said even beside another CT (which would be read silently)
-        broken = [(n, w) for n in CT_NAMES if (w := dangling_link(child / n))]
+        broken = next(((n, w) for n in CT_NAMES if (w := dangling_link(child / n))), None)
         if broken:
-            problems.append(f"{child.name}: skipped, its {broken[0][0]} is {broken[0][1]}; "
-                            f"{LINK_FIX}")  # fmt: skip
+            problems.append(f"{child.name}: skipped, its {broken[0]} is {broken[1]}; {LINK_FIX}")
             continue
         if find_ct(child) is None:
             if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():

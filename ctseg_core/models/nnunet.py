@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import memory_layout
 from ..errors import ConfigError
 
 #: residual blocks per encoder stage of nnU-Net's ResEnc presets (M, L, XL share them)
@@ -231,25 +232,14 @@ def _per_sample_batch_norm(norm: nn.modules.instancenorm._InstanceNorm, x: torch
     for i in range(x.shape[0]):
         sample = x[i : i + 1]
         if sample.stride() != _standard_strides(sample):  # valid for one sample (x[None])
-            sample = sample.clone(memory_format=_layout(sample))
+            sample = sample.clone(memory_format=memory_layout(sample))
         out.append(F.batch_norm(sample, None, None, norm.weight, norm.bias, True, 0.0, norm.eps))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """Channels last (2D or 3D) where ``x`` lies so, else the default layout."""
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    last = formats.get(x.dim())
-    return (
-        last
-        if last is not None and x.is_contiguous(memory_format=last)
-        else torch.contiguous_format
-    )
-
-
 def _standard_strides(x: torch.Tensor) -> tuple[int, ...]:
-    """The strides of a fresh tensor of ``x``'s shape in ``x``'s layout (``_layout``)."""
-    return torch.empty(x.shape, device="meta", memory_format=_layout(x)).stride()
+    """The strides of a fresh tensor of ``x``'s shape in ``x``'s layout (``memory_layout``)."""
+    return torch.empty(x.shape, device="meta", memory_format=memory_layout(x)).stride()
 
 
 def _with_standard_gradient(out: torch.Tensor) -> torch.Tensor:
@@ -257,7 +247,7 @@ def _with_standard_gradient(out: torch.Tensor) -> torch.Tensor:
     it arrives otherwise: PyTorch's norm backwards (both instance and batch norm) return wrong
     gradients for some valid gradient layouts (module doc of ``ChannelsLastInstanceNorm3d``)."""
     if out.requires_grad:
-        layout, strides = _layout(out), _standard_strides(out)
+        layout, strides = memory_layout(out), _standard_strides(out)
         out.register_hook(
             lambda grad: grad if grad.stride() == strides else grad.clone(memory_format=layout)
         )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..device import memory_layout
 from ..errors import ConfigError
 from ..nosync import count_values, to_device
 
@@ -112,7 +113,7 @@ class _DiceCE(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         k = logits.shape[1]
         n = classes.numel()
-        last = _channels_last(logits)
+        last = memory_layout(logits) != torch.contiguous_format
         dim = logits.dim() - 1 if last else 1
         x = logits.permute(0, *range(2, logits.dim()), 1) if last else logits
         # float32 softmax straight from bf16 logits: no separate full-size cast
@@ -169,12 +170,6 @@ class _DiceCE(torch.autograd.Function):
         if ctx.last:  # (B, *spatial, K) back to (B, K, *spatial), still channels last in memory
             grad = grad.permute(0, dim, *range(1, dim))
         return grad, None
-
-
-def _channels_last(logits: torch.Tensor) -> bool:
-    """Whether (B, K, H, W) or (B, K, X, Y, Z) logits lie channels last in memory."""
-    layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(logits.dim())
-    return layout is not None and logits.is_contiguous(memory_format=layout)
 
 
 def dice_ce_partial(
