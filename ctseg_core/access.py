@@ -16,6 +16,7 @@ from pathlib import Path, PurePath
 
 from . import settings
 from .errors import ConfigError, DataError
+from .fileio import dangling_link
 
 ENV_ROOTS = "CTSEG_DATA_ROOTS"
 
@@ -126,6 +127,8 @@ def check_allowed_folder(path: str | Path, fix: str) -> Path:
     instead of ending in an OSError.
     """
     resolved = check_allowed_path(path)
+    if why := dangling_link(path):  # its resolved target "is not a folder": say why
+        raise DataError(f"{path} is {why}; {fix}")
     try:
         is_dir = resolved.is_dir()
         if is_dir:

@@ -131,8 +131,9 @@ def check_output(
 def dangling_link(path: str | os.PathLike) -> str | None:
     """What is wrong with ``path`` when it is a symbolic link that leads nowhere, said for a
     message ("a link to T, which does not exist", with the absolute path T leads to when that
-    differs: a relative target or a chain of links; "a link that loops (to T)"); None for
-    anything else: no link, a working link, or nothing at all."""
+    differs: a relative target or a chain of links; "a link that loops (to T)"; "a link to T, a
+    name too long to follow"); None for anything else: no link, a working link, a link this
+    user may not follow (no permission on the way), or nothing at all."""
     if not isinstance(path, (str, bytes, os.PathLike)) or not os.path.islink(path):
         return None
     target = os.fsdecode(os.readlink(path))
@@ -142,11 +143,29 @@ def dangling_link(path: str | os.PathLike) -> str | None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return f"a link that loops (to {_one_line(target)})"
+        if exc.errno == errno.ENAMETOOLONG:
+            return f"a link to {_one_line(target)}, a name too long to follow"
         if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-            return None
+            return None  # e.g. no permission on the way: not a link's fault
     resolved = os.path.realpath(path)
     shown = target if target == resolved else f"{target}, i.e. {resolved}"
     return f"a link to {_one_line(shown)}, which does not exist"
+
+
+#: the fix for a file or folder this user may not read
+READ_FIX = "let the user running ctseg read it (chmod/chown)"
+
+
+def read_denied(path: str | os.PathLike) -> str | None:
+    """Why this user may not open the file ``path`` for reading ("Permission denied"), said
+    for a message; None when it may, or when opening fails otherwise (the reader says that)."""
+    try:
+        with open(path, "rb"):
+            return None
+    except PermissionError as exc:
+        return exc.strerror or "Permission denied"
+    except OSError:
+        return None
 
 
 def _one_line(text: str) -> str:

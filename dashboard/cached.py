@@ -69,9 +69,12 @@ def _tree_stamp(root: str) -> float:
     with os.scandir(root) as entries:
         for entry in entries:
             stamps.append(_mtime(entry))
-            if entry.is_dir() and not entry.name.startswith("."):
-                with os.scandir(entry.path) as inside:
-                    stamps += [_mtime(e) for e in inside]
+            try:
+                if entry.is_dir() and not entry.name.startswith("."):
+                    with os.scandir(entry.path) as inside:
+                        stamps += [_mtime(e) for e in inside]
+            except OSError:  # a folder this user cannot read: open_dataset says it, skipped
+                pass
     return max(stamps)
 
 

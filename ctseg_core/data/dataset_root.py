@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..fileio import dangling_link
+from ..fileio import READ_FIX, dangling_link
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ NOT_SUBJECTS = ("meta.csv", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
 
 #: the fix for a link that leads nowhere (``fileio.dangling_link``)
 LINK_FIX = "restore what it points to (a disk not mounted?) or remove the link"
+#: the fix for a subject folder this user cannot read
+ACCESS_FIX = f"{READ_FIX} or move it out of the dataset folder"
 
 
 def find_ct(subject_dir: Path, strict: bool = False) -> Path | None:
@@ -145,55 +147,28 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
     meta.csv fall back to the seeded split; meta.csv ids without a folder are reported.
     """
     root = Path(root).expanduser()
-    if root.is_file():
+    try:
+        children = _root_entries(root)
+    except OSError as exc:  # no read permission, or a name the filesystem refuses
         raise DataError(
-            f"{root} is a file; give the dataset folder, whose subject folders hold ct.nii.gz"
-        )
-    if find_ct(root) is not None:
-        raise DataError(f"{root} is one subject; give the dataset folder above it ({root.parent})")
-    if why := dangling_link(root):
-        raise DataError(f"dataset folder {root} is {why}; {LINK_FIX}")
-    if not root.is_dir():
-        raise DataError(
-            f"dataset folder {root} does not exist; give a folder of subjects "
-            "(<id>/ct.nii.gz + <id>/segmentations/) or run `ctseg demo-data`"
-        )
+            f"dataset folder {root} cannot be read ({exc.strerror or exc}); {ACCESS_FIX}"
+        ) from None
     problems: list[str] = []
     subjects = []
-    for child in sorted(root.iterdir()):
+    for child in children:
         if child.name.startswith(".") or child.name in NOT_SUBJECTS:
             continue
-        if why := dangling_link(child):
-            problems.append(f"{child.name}: skipped, {why}; {LINK_FIX}")
-            continue
-        if not child.is_dir():
-            problems.append(
-                f"{child.name}: skipped, a file where a subject folder is expected "
-                "(<id>/ct.nii.gz); move it out of the dataset folder"
+        try:
+            skipped = _why_skipped(child)
+            unannotated = skipped is None and not (child / "segmentations").is_dir()
+        except OSError as exc:  # one folder this user cannot read: the others stay usable
+            skipped = (
+                f"{child.name}: skipped, it cannot be read ({exc.strerror or exc}); {ACCESS_FIX}"
             )
+        if skipped is not None:
+            problems.append(skipped)
             continue
-        # a CT behind such a link is said even beside another CT (which would be read silently)
-        broken = next(((n, w) for n in CT_NAMES if (w := dangling_link(child / n))), None)
-        if broken:
-            problems.append(f"{child.name}: skipped, its {broken[0]} is {broken[1]}; {LINK_FIX}")
-            continue
-        if find_ct(child) is None:
-            if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
-                problems.append(f"{child.name}: no ct.nii.gz; add the CT or remove the folder")
-            elif not any(p for p in child.iterdir() if not p.name.startswith(".")):
-                problems.append(
-                    f"{child.name}: skipped, an empty folder; add <id>/ct.nii.gz or remove it"
-                )
-            else:
-                problems.append(
-                    f"{child.name}: skipped, a folder without ct.nii.gz or segmentations/; "
-                    "add the CT or move the folder out of the dataset folder"
-                )
-            continue
-        if why := dangling_link(child / "segmentations"):  # not "unannotated": skipped
-            problems.append(f"{child.name}: skipped, its segmentations/ is {why}; {LINK_FIX}")
-            continue
-        if not (child / "segmentations").is_dir():
+        if unannotated:
             problems.append(
                 f"{child.name}: no segmentations/ folder; usable for prediction only, "
                 "add <id>/segmentations/<structure>.nii.gz to train or evaluate"
@@ -254,3 +229,52 @@ def check_splits(data_root: str, train_split: str, val_split: str, seed: int = 0
                 f"split {split!r} of {index.root} holds no subject (splits: {index.counts()}); "
                 + fix
             )
+
+
+def _root_entries(root: Path) -> list[Path]:
+    """The entries of a dataset folder, sorted; DataError when ``root`` is no such folder.
+    Raises OSError when it cannot be looked into."""
+    if root.is_file():
+        raise DataError(
+            f"{root} is a file; give the dataset folder, whose subject folders hold ct.nii.gz"
+        )
+    if find_ct(root) is not None:
+        raise DataError(f"{root} is one subject; give the dataset folder above it ({root.parent})")
+    if why := dangling_link(root):
+        raise DataError(f"dataset folder {root} is {why}; {LINK_FIX}")
+    if not root.is_dir():
+        raise DataError(
+            f"dataset folder {root} does not exist; give a folder of subjects "
+            "(<id>/ct.nii.gz + <id>/segmentations/) or run `ctseg demo-data`"
+        )
+    return sorted(root.iterdir())
+
+
+def _why_skipped(child: Path) -> str | None:
+    """What keeps an entry of a dataset folder from being a subject, said for ``problems``
+    (one line: what was skipped and the fix); None for a subject (with or without
+    segmentations/). Raises OSError when the entry cannot be looked into (no permission, a
+    name the filesystem refuses)."""
+    if why := dangling_link(child):
+        return f"{child.name}: skipped, {why}; {LINK_FIX}"
+    if not child.is_dir():
+        return (
+            f"{child.name}: skipped, a file where a subject folder is expected "
+            "(<id>/ct.nii.gz); move it out of the dataset folder"
+        )
+    # a CT behind such a link is said even beside another CT (which would be read silently)
+    broken = next(((n, w) for n in CT_NAMES if (w := dangling_link(child / n))), None)
+    if broken:
+        return f"{child.name}: skipped, its {broken[0]} is {broken[1]}; {LINK_FIX}"
+    if find_ct(child) is None:
+        if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
+            return f"{child.name}: no ct.nii.gz; add the CT or remove the folder"
+        if not any(p for p in child.iterdir() if not p.name.startswith(".")):
+            return f"{child.name}: skipped, an empty folder; add <id>/ct.nii.gz or remove it"
+        return (
+            f"{child.name}: skipped, a folder without ct.nii.gz or segmentations/; "
+            "add the CT or move the folder out of the dataset folder"
+        )
+    if why := dangling_link(child / "segmentations"):  # not "unannotated": skipped
+        return f"{child.name}: skipped, its segmentations/ is {why}; {LINK_FIX}"
+    return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, CtsegError, DataError
-from ..fileio import dangling_link
+from ..fileio import READ_FIX, dangling_link
 from .cache import (
     CachedSubject,
     build_entry,
@@ -67,6 +67,10 @@ def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Pat
             )
         if exc.filename and (why := dangling_link(exc.filename)):
             return subject_id, f"{subject_id}: {exc.filename} is {why}; {LINK_FIX}"
+        if exc.filename and exc.errno in (errno.EACCES, errno.EPERM):
+            return subject_id, (
+                f"{subject_id}: {exc.filename} cannot be read ({exc.strerror}); {READ_FIX}"
+            )
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a worker must report, never kill the whole prepare
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"

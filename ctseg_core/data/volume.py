@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from ..fileio import READ_FIX, read_denied
 from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of, warn_once
 from .image_limits import check_claimed_size, raw_header
 from .image_limits import short_path as _short
@@ -74,6 +75,8 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
         raise DataError(f"{path} is a folder; give a .nii.gz file")
     if not path.is_file():
         raise DataError(f"{path} does not exist; check the path or the dataset layout")
+    if why := read_denied(path):  # nibabel would say "Could not read file": not the fix
+        raise DataError(f"{_short(path)} cannot be read ({why}); {READ_FIX}")
     claimed = "?"
     try:
         img = nib.load(str(path))

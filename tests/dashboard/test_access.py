@@ -127,3 +127,7 @@ def test_a_typed_folder_must_be_a_folder(monkeypatch, tmp_path):
     for typed in (tmp_path / "f.txt", tmp_path / "missing"):
         with pytest.raises(DataError, match=r"is not a folder; give the dataset root$"):
             check_allowed_folder(typed, "give the dataset root")
+    (tmp_path / "data").symlink_to(tmp_path / "unmounted")  # "is not a folder" said no more
+    with pytest.raises(DataError, match=r"data is a link to .*unmounted, which does not exist; "
+                       r"give the dataset root$"):  # fmt: skip
+        check_allowed_folder(tmp_path / "data", "give the dataset root")

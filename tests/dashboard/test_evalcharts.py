@@ -125,6 +125,23 @@ def test_the_dataset_change_stamp_takes_a_broken_link(tmp_path):
     assert _tree_stamp(str(tmp_path)) > 0
 
 
+def test_the_dataset_change_stamp_takes_a_folder_it_may_not_read(tmp_path):
+    """A subject folder without read permission raised PermissionError from every page that
+    opens the dataset; open_dataset skips it with the reason (tests/test_data_notes.py)."""
+    from permissions_kit import run_bound_by_permissions
+
+    (tmp_path / "s0001" / "segmentations").mkdir(parents=True)
+    (tmp_path / "s0001").chmod(0o000)
+    try:
+        code = (
+            "import sys\nfrom dashboard.cached import _tree_stamp\nprint(_tree_stamp(sys.argv[1]))"
+        )
+        stamp = float(run_bound_by_permissions(code, str(tmp_path)))
+    finally:
+        (tmp_path / "s0001").chmod(0o755)
+    assert stamp == max(tmp_path.stat().st_mtime, (tmp_path / "s0001").stat().st_mtime)
+
+
 def test_structures_the_comparison_chart_cannot_draw_are_named():
     """B missed the spleen in every pair: no HD95 difference to draw, so the chart left it out
     and the page did not say so."""
