@@ -127,7 +127,7 @@ def check_allowed_folder(path: str | Path, fix: str) -> Path:
     instead of ending in an OSError.
     """
     resolved = check_allowed_path(path)
-    if why := dangling_link(path):  # its resolved target "is not a folder": say why
+    if why := dangling_link(Path(path).expanduser()):  # else "is not a folder": say why
         raise DataError(f"{path} is {why}; {fix}")
     try:
         is_dir = resolved.is_dir()

@@ -156,16 +156,60 @@ def dangling_link(path: str | os.PathLike) -> str | None:
 READ_FIX = "let the user running ctseg read it (chmod/chown)"
 
 
-def read_denied(path: str | os.PathLike) -> str | None:
-    """Why this user may not open the file ``path`` for reading ("Permission denied"), said
-    for a message; None when it may, or when opening fails otherwise (the reader says that)."""
-    try:
-        with open(path, "rb"):
-            return None
-    except PermissionError as exc:
-        return exc.strerror or "Permission denied"
-    except OSError:
+def read_error(path: str | os.PathLike) -> OSError | None:
+    """The error that opening the file ``path`` for reading raises (no permission, a stale
+    network mount, a disk error), or None when it opens, or is missing, a folder or a link
+    that leads nowhere (the caller says those in its own words)."""
+    try:  # non-blocking: a FIFO would otherwise wait for a writer
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
         return None
+    except OSError as exc:
+        return (
+            None if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP) else exc
+        )
+
+
+def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it (both made absolute, links not followed)."""
+    inner, outer = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return inner == outer or outer in inner.parents
+
+
+def not_writable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be made in ``folder`` (or in the folder it would be made in, when it
+    does not exist yet), said for a message ("/x is not writable for the user running ctseg";
+    "... on a read-only filesystem"); None when they can. Checked before long work, so that
+    it does not fail at its end."""
+    probe = Path(os.path.abspath(folder))
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return None  # a file where a folder goes: the caller's own message
+    if os.access(probe, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return f"{probe} is on a read-only filesystem"
+    return f"{probe} is not writable for the user running ctseg"
+
+
+def cannot_read(shown: str, exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line saying that ``shown`` cannot be read: why (``exc``'s reason) and the fix for
+    that reason: permissions (``READ_FIX``), a name too long, or the disk or mount for any
+    other (a stale NFS handle, EIO). ``path``: the file, whose target is said when a link."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        fix = READ_FIX
+    elif exc.errno == errno.ENAMETOOLONG:
+        fix = "shorten its name or path"
+    else:
+        fix = "check the disk or network mount it lies on"
+    if path is not None and os.path.islink(path):
+        shown = f"{shown} (a link to {_one_line(os.fsdecode(os.readlink(path)))})"
+        fix = fix.replace("read it", "read what it points to")
+    return f"{shown} cannot be read ({exc.strerror or exc}); {fix}"
 
 
 def _one_line(text: str) -> str:

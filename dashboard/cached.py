@@ -65,8 +65,12 @@ def _tree_stamp(root: str) -> float:
     and subject folders, their files (the CT) and their segmentations/ folders (a mask added
     or removed). A mask rewritten in place under its name is not seen: Home's "Read the
     dataset again" (``forget_dataset``) is for that; its stat would cost 117 per subject."""
-    stamps = [Path(root).stat().st_mtime]
-    with os.scandir(root) as entries:
+    try:
+        stamps = [Path(root).stat().st_mtime]
+        entries = os.scandir(root)
+    except OSError:  # a root this user cannot read: open_dataset says so, in one line
+        return 0.0
+    with entries:
         for entry in entries:
             stamps.append(_mtime(entry))
             try:

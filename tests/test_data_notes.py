@@ -217,56 +217,6 @@ def test_links_that_lead_nowhere_are_said_with_their_target_and_the_fix(tmp_path
         check_cache_dir(tmp_path / "cache_link" / "ctseg", data)
 
 
-READ_FIX = "let the user running ctseg read it (chmod/chown) or move it out of the dataset folder"
-
-
-def test_folders_this_user_cannot_read_are_skipped_with_the_reason_and_the_fix(tmp_path):
-    """A subject folder without read permission, a subject whose link target's name is too long
-    to follow: one line each, the other subjects kept; a dataset folder that cannot be read is
-    a DataError naming it (all were raw PermissionError / OSError tracebacks)."""
-    import json
-
-    from permissions_kit import run_bound_by_permissions
-
-    data = tmp_path / "data"
-    _subject(data, "s0001")
-    _subject(data, "s0002")
-    (data / "s0003").symlink_to("x" * 300)  # a name longer than the filesystem allows
-    mask = _subject(data, "s0004") / "segmentations" / "liver.nii.gz"
-    code = (
-        "import json, sys\n"
-        "from ctseg_core.data import open_dataset, prepare_dataset\n"
-        "from ctseg_core.errors import DataError\n"
-        "index = open_dataset(sys.argv[1])\n"
-        "failed = prepare_dataset(sys.argv[1], sys.argv[2], workers=1).failed\n"
-        "try:\n"
-        "    open_dataset(sys.argv[1] + '/s0002')\n"
-        "except DataError as exc:\n"
-        "    refusal = str(exc)\n"
-        "print(json.dumps([index.subjects, index.problems, refusal, failed]))\n"
-    )
-    (data / "s0002").chmod(0o000)
-    mask.chmod(0o000)
-    try:
-        out = run_bound_by_permissions(code, str(data), str(tmp_path / "cache"))
-    finally:
-        (data / "s0002").chmod(0o755)
-    subjects, problems, refusal, failed = json.loads(out)
-    assert subjects == ["s0001", "s0004"]
-    assert problems == [
-        f"s0002: skipped, it cannot be read (Permission denied); {READ_FIX}",
-        f"s0003: skipped, a link to {'x' * 300}, a name too long to follow; restore what it "
-        "points to (a disk not mounted?) or remove the link",
-    ]
-    assert refusal == (
-        f"dataset folder {data / 's0002'} cannot be read (Permission denied); {READ_FIX}"
-    )
-    assert failed == {  # was "cannot be read as NIfTI ...; re-export or re-download the file"
-        "s0004": "s0004/segmentations/liver.nii.gz cannot be read (Permission denied); let the "
-        "user running ctseg read it (chmod/chown)"
-    }
-
-
 def test_a_prediction_behind_a_link_that_leads_nowhere_is_said_as_such(tmp_path):
     from ctseg_core.errors import DataError
     from ctseg_core.evaluation.prediction_files import find_prediction

@@ -11,11 +11,12 @@ import csv
 import hashlib
 import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..fileio import READ_FIX, dangling_link
+from ..fileio import cannot_read, dangling_link
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ NOT_SUBJECTS = ("meta.csv", "README.md", "README.txt", "LICENSE", "LICENSE.txt")
 
 #: the fix for a link that leads nowhere (``fileio.dangling_link``)
 LINK_FIX = "restore what it points to (a disk not mounted?) or remove the link"
-#: the fix for a subject folder this user cannot read
-ACCESS_FIX = f"{READ_FIX} or move it out of the dataset folder"
 
 
 def find_ct(subject_dir: Path, strict: bool = False) -> Path | None:
@@ -56,6 +55,8 @@ def read_meta_csv(path: Path) -> dict[str, str]:
             f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start}); "
             "save it as UTF-8 (Excel: CSV UTF-8)"
         ) from None
+    except OSError as exc:  # a seeded split instead would move subjects between splits
+        raise DataError(cannot_read(str(path), exc, path)) from None
     sample = text.splitlines()[0] if text else ""
     delimiter = ";" if ";" in sample else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
@@ -149,10 +150,8 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
     root = Path(root).expanduser()
     try:
         children = _root_entries(root)
-    except OSError as exc:  # no read permission, or a name the filesystem refuses
-        raise DataError(
-            f"dataset folder {root} cannot be read ({exc.strerror or exc}); {ACCESS_FIX}"
-        ) from None
+    except OSError as exc:  # no read permission, a stale mount, a name the filesystem refuses
+        raise DataError(cannot_read(f"dataset folder {root}", exc, root)) from None
     problems: list[str] = []
     subjects = []
     for child in children:
@@ -162,9 +161,7 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
             skipped = _why_skipped(child)
             unannotated = skipped is None and not (child / "segmentations").is_dir()
         except OSError as exc:  # one folder this user cannot read: the others stay usable
-            skipped = (
-                f"{child.name}: skipped, it cannot be read ({exc.strerror or exc}); {ACCESS_FIX}"
-            )
+            skipped = _unreadable(child, exc)
         if skipped is not None:
             problems.append(skipped)
             continue
@@ -248,6 +245,19 @@ def _root_entries(root: Path) -> list[Path]:
             "(<id>/ct.nii.gz + <id>/segmentations/) or run `ctseg demo-data`"
         )
     return sorted(root.iterdir())
+
+
+def _unreadable(child: Path, exc: OSError) -> str:
+    """The problem line of a subject folder, or a file in it, that cannot be read: the file
+    named (and a link's target), the fix for its reason."""
+    failed = Path(exc.filename) if isinstance(exc.filename, str) else child
+    if not os.access(child, os.R_OK | os.X_OK):  # the folder is closed, not one file in it
+        failed = child
+    shown = "it" if failed == child else f"its {failed.name}"
+    text = cannot_read(shown, exc, failed)
+    if failed == child:  # a folder of its own, not a subject: it may also go
+        text += " or move it out of the dataset folder"
+    return f"{child.name}: skipped, {text}"
 
 
 def _why_skipped(child: Path) -> str | None:

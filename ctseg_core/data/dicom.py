@@ -32,6 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
+from ..fileio import cannot_read, read_error
 from .dicom_frames import nifti_from_lps, read_volume_file
 from .dicom_header import SliceHeader, folder_files, list_series, read_header, series_name
 from .dicom_pixels import read_pixels
@@ -211,6 +212,20 @@ def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], norma
         )
 
 
+def _check_readable(folder: Path) -> None:
+    """DataError when ``folder`` or one of its files cannot be opened (no permission, a stale
+    mount): left out as "damaged", a slice would become a gap, and the fix would be wrong."""
+    try:
+        files = folder_files(folder)
+    except OSError as exc:
+        raise DataError(cannot_read(str(folder), exc, folder)) from None
+    failed = [(path, exc) for path in files if (exc := read_error(path))]
+    if failed:
+        path, exc = failed[0]
+        more = f" and {count_text(len(failed) - 1, 'other file')}" if len(failed) > 1 else ""
+        raise DataError(cannot_read(f"{folder}: {path.name}{more}", exc, path))
+
+
 def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> nib.Nifti1Image:
     """Read the CT series in ``folder`` as an int16 NIfTI image (HU, RAS+ affine).
 
@@ -225,6 +240,7 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; give a folder of .dcm files of one CT series")
+    _check_readable(folder)
     series, reasons = list_series(folder)
     listed = {Path(f).name for files in series.values() for f in files}
     unreadable = [p for p in folder_files(folder) if p.name not in listed | set(reasons)]

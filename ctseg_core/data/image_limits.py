@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import READ_FIX, read_denied
+from ..fileio import cannot_read, read_error
 from ..settings import max_voxels
 
 MAX_VOXELS_ENV = "CTSEG_MAX_VOXELS"  # named in messages; read in ctseg_core.settings
@@ -74,8 +74,8 @@ def check_nifti_payload(path: str | Path, shown: str | None = None) -> None:
     """
     path = Path(path)
     shown = shown or short_path(path)
-    if why := read_denied(path):
-        raise DataError(f"{shown} cannot be read ({why}); {READ_FIX}")
+    if exc := read_error(path):
+        raise DataError(cannot_read(shown, exc, path))
     try:
         _check_extensions(path)  # nibabel reads them whole before any other check
         img = nib.load(str(path))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, CtsegError, DataError
-from ..fileio import READ_FIX, dangling_link
+from ..fileio import cannot_read, dangling_link, is_within
 from .cache import (
     CachedSubject,
     build_entry,
@@ -43,13 +43,14 @@ def _cached_entry(root: Path, subject_id: str, cache_dir: Path) -> CachedSubject
         return None
 
 
-class _DiskFull(str):
-    """A worker's one line for a cache disk that is full: the prepare stops on it."""
+class _CacheUnusable(str):
+    """A worker's one line for a cache that is full or may not be written: the prepare stops on
+    it (every subject would fail alike)."""
 
 
 def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Path | str]:
     """Worker for a subject ``_cached_entry`` did not find: (subject id, the entry's folder, or
-    the error's one line; ``_DiskFull`` for no space left under the cache)."""
+    the error's one line; ``_CacheUnusable`` for a cache full or not writable)."""
     try:
         subject_dir = root / subject_id
         target = entry_dir(cache_dir, root, subject_id) / source_key(subject_dir)
@@ -60,17 +61,20 @@ def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Pat
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             free_mb = shutil.disk_usage(cache_dir).free // 2**20
-            return subject_id, _DiskFull(
+            return subject_id, _CacheUnusable(
                 f"no space left for the preprocessing cache {cache_dir} ({free_mb} MB free, "
                 f"preparing {subject_id}); free space there, or give another cache folder "
                 "(--cache, CTSEG_CACHE)"
             )
         if exc.filename and (why := dangling_link(exc.filename)):
             return subject_id, f"{subject_id}: {exc.filename} is {why}; {LINK_FIX}"
-        if exc.filename and exc.errno in (errno.EACCES, errno.EPERM):
-            return subject_id, (
-                f"{subject_id}: {exc.filename} cannot be read ({exc.strerror}); {READ_FIX}"
-            )
+        if exc.filename and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if is_within(exc.filename, cache_dir):  # every subject would fail alike: stop once
+                return subject_id, _CacheUnusable(
+                    f"cache {cache_dir} cannot be written ({exc.strerror}: {exc.filename}); "
+                    "give a folder this user may write to (--cache, CTSEG_CACHE)"
+                )
+            return subject_id, f"{subject_id}: {cannot_read(exc.filename, exc, exc.filename)}"
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a worker must report, never kill the whole prepare
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
@@ -113,7 +117,7 @@ def prepare_dataset(
 
     def record(sid: str, outcome: CachedSubject | Path | str) -> None:
         nonlocal done
-        if isinstance(outcome, _DiskFull):
+        if isinstance(outcome, _CacheUnusable):
             raise DataError(str(outcome))
         if isinstance(outcome, str):
             report.failed[sid] = outcome

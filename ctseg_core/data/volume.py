@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import READ_FIX, read_denied
+from ..fileio import cannot_read, read_error
 from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of, warn_once
 from .image_limits import check_claimed_size, raw_header
 from .image_limits import short_path as _short
@@ -71,12 +71,14 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     an affine with NaN, inf or a zero voxel size (no geometry to label or measure by).
     """
     path = Path(path)
+    # first: is_dir() raises where a folder on the way may not be entered; nibabel would say
+    # "Could not read file" for an unreadable one, which is not the fix
+    if exc := read_error(path):
+        raise DataError(cannot_read(_short(path), exc, path))
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a .nii.gz file")
     if not path.is_file():
         raise DataError(f"{path} does not exist; check the path or the dataset layout")
-    if why := read_denied(path):  # nibabel would say "Could not read file": not the fix
-        raise DataError(f"{_short(path)} cannot be read ({why}); {READ_FIX}")
     claimed = "?"
     try:
         img = nib.load(str(path))
@@ -168,7 +170,11 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     ``resample_uneven`` (see :func:`ctseg_core.data.dicom.read_dicom_series`).
     """
     path = Path(path)
-    if path.is_dir():
+    try:
+        is_folder = path.is_dir()
+    except OSError as exc:  # a folder on the way this user may not enter
+        raise DataError(cannot_read(str(path), exc, path)) from None
+    if is_folder:
         from .dicom import read_dicom_series
 
         img = read_dicom_series(path, resample_uneven=resample_uneven)

@@ -10,18 +10,20 @@ with a different field of view is scored on the same voxels as the reference.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..data.cache import open_cached
+from ..data.cache import default_cache_dir, open_cached
 from ..data.dataset_root import open_dataset
 from ..data.domain import is_phantom_root
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, cannot_read, is_within, not_writable
 from ..inference.domain import checkpoint_training_data, domain_warnings, split_domain_notes
 from ..labels import (
     NUM_LABELS,
@@ -187,6 +189,8 @@ def evaluate_predictions(
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")
+    if why := not_writable(out_dir):  # before the scoring, not after it
+        raise ConfigError(f"--out {out_dir}: {why}; give a folder this user may write to")
     if not (np.isfinite(tolerance_mm) and tolerance_mm >= 0):  # before any subject is scored
         raise ConfigError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm}")
     index = open_dataset(dataset_root)
@@ -229,6 +233,10 @@ def evaluate_predictions(
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
     elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
+        try:  # else each subject would be skipped as "cannot be read"
+            os.scandir(folder).close()
+        except OSError as exc:
+            raise DataError(cannot_read(f"predictions folder {folder}", exc, folder)) from None
         for sid in ids:
             try:
                 if find_prediction(folder, sid) is None:
@@ -282,6 +290,17 @@ def evaluate_predictions(
                 except DataError as exc:
                     skipped[sid] = str(exc)
                     log.warning("skipping %s: %s", sid, exc)
+                except OSError as exc:  # a subject's file this user may not read: the rest count
+                    if exc.errno not in (errno.EACCES, errno.EPERM) or not exc.filename:
+                        raise
+                    cache = cache_dir or default_cache_dir()
+                    if is_within(exc.filename, cache):  # every subject alike: said once
+                        raise ConfigError(
+                            f"cache {cache} cannot be written ({exc.strerror}: {exc.filename}); "
+                            "give a folder this user may write to (--cache, CTSEG_CACHE)"
+                        ) from None
+                    skipped[sid] = f"{sid}: {cannot_read(exc.filename, exc, exc.filename)}"
+                    log.warning("skipping %s: %s", sid, skipped[sid])
                 else:
                     rows.extend(subject)
                     notes.extend(subject_notes)

@@ -35,7 +35,7 @@ import numpy as np
 from ..data.domain import is_phantom_ct
 from ..data.volume import hu_problem, load_ct, save_on_original_grid, spacing_of
 from ..errors import ConfigError
-from ..fileio import refuse_replacing_inputs
+from ..fileio import not_writable, refuse_replacing_inputs
 from ..labels import NUM_LABELS, names_of, value_of
 from .domain import domain_warnings
 from .label_files import label_file_paths, write_label_files
@@ -89,6 +89,8 @@ def _check_outputs(out_path: Path, written: list[Path], inputs: list, overwrite:
     ``overwrite``, and so an earlier prediction's outputs this one would leave beside it; a
     folder where a file goes; a masks folder holding anything else."""
     refuse_replacing_inputs(written, inputs)
+    if why := not_writable(out_path.parent):  # found before the model runs, not after
+        raise ConfigError(f"--out {out_path}: {why}; choose another --out")
     masks_dir = companion_paths(out_path)["masks"]
     for path in written:
         if path != masks_dir and path.is_dir():

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import ConfigError, CtsegError
-from ..fileio import DISK_FULL, atomic_path
+from ..fileio import DISK_FULL, atomic_path, cannot_read, read_error
 from . import build_model
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,9 @@ def estimated_checkpoint_bytes(model: nn.Module, optimizer: str) -> int:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``weights_only=True``; CtsegError if missing, corrupt or foreign."""
     path = Path(path)
+    if exc := read_error(path):  # torch would call it "not a readable PyTorch file"
+        problem, _, fix = cannot_read(f"checkpoint {path}", exc, path).rpartition("; ")
+        raise UnreadableCheckpoint(problem, fix) from None
     if path.is_dir():
         pick = " or ".join(str(path / n) for n in ("best.pth", "last.pth") if (path / n).is_file())
         raise CtsegError(f"{path} is a folder; give a checkpoint file: {pick or 'a .pth in it'}")

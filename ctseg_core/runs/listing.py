@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..fileio import cannot_read
 from .run_folder import default_checkpoints_root, read_history, read_json, read_status
+
+log = logging.getLogger(__name__)
 
 #: what a run trains on: slices, slices with their neighbours as channels, or 3D patches
 KINDS = ("2D", "2.5D", "3D")
@@ -80,9 +85,30 @@ def runs_stamp(checkpoints_root: str | Path) -> tuple:
     root = Path(checkpoints_root)
     if not root.is_dir():
         return ()
-    return tuple(
-        sorted((d.name, file_stamps(d)) for d in root.iterdir() if (d / "config.json").is_file())
-    )
+    return tuple(sorted((d.name, file_stamps(d)) for d in _run_folders(root)))
+
+
+_SKIPPED: set[Path] = set()  # run folders said to be unreadable (once each, not every listing)
+
+
+def _run_folders(root: Path) -> list[Path]:
+    """The run folders (holding config.json) under ``root``. A folder this user may not look
+    into (another user's private run in a shared folder) is left out, with a warning once;
+    ConfigError, one line, when ``root`` itself cannot be read."""
+    try:
+        entries = list(root.iterdir())
+    except OSError as exc:
+        raise ConfigError(cannot_read(f"checkpoints folder {root}", exc, root)) from None
+    runs = []
+    for entry in entries:
+        try:
+            if entry.is_dir() and (entry / "config.json").is_file():
+                runs.append(entry)
+        except OSError as exc:
+            if entry not in _SKIPPED:
+                _SKIPPED.add(entry)
+                log.warning("run %s left out: %s", entry.name, cannot_read(str(entry), exc, entry))
+    return runs
 
 
 _READ: dict[Path, tuple[tuple, RunInfo]] = {}  # run folder -> (file stamps, its entry)
@@ -127,11 +153,7 @@ def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
     root = Path(checkpoints_root) if checkpoints_root else default_checkpoints_root()
     if not root.is_dir():
         return []
-    runs = [
-        _run_info(run_dir)
-        for run_dir in root.iterdir()
-        if run_dir.is_dir() and (run_dir / "config.json").is_file()
-    ]
+    runs = [_run_info(run_dir) for run_dir in _run_folders(root)]
     with _READ_LOCK:  # forget deleted and renamed runs
         for gone in [d for d in _READ if d.parent == root and not d.is_dir()]:
             del _READ[gone]

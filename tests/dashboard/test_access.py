@@ -131,3 +131,5 @@ def test_a_typed_folder_must_be_a_folder(monkeypatch, tmp_path):
     with pytest.raises(DataError, match=r"data is a link to .*unmounted, which does not exist; "
                        r"give the dataset root$"):  # fmt: skip
         check_allowed_folder(tmp_path / "data", "give the dataset root")
+    with pytest.raises(DataError, match=r"data/ is a link to .*unmounted, which does not"):
+        check_allowed_folder(f"{tmp_path / 'data'}/", "give the dataset root")  # as typed

@@ -126,20 +126,23 @@ def test_the_dataset_change_stamp_takes_a_broken_link(tmp_path):
 
 
 def test_the_dataset_change_stamp_takes_a_folder_it_may_not_read(tmp_path):
-    """A subject folder without read permission raised PermissionError from every page that
-    opens the dataset; open_dataset skips it with the reason (tests/test_data_notes.py)."""
+    """A subject folder, or the dataset folder, without read permission raised PermissionError
+    from every page that opens the dataset, before open_dataset could say it in one line."""
     from permissions_kit import run_bound_by_permissions
 
-    (tmp_path / "s0001" / "segmentations").mkdir(parents=True)
-    (tmp_path / "s0001").chmod(0o000)
+    data = tmp_path / "data"
+    (data / "s0001" / "segmentations").mkdir(parents=True)
+    (data / "s0001").chmod(0o000)
+    code = "import sys\nfrom dashboard.cached import _tree_stamp\nprint(_tree_stamp(sys.argv[1]))"
     try:
-        code = (
-            "import sys\nfrom dashboard.cached import _tree_stamp\nprint(_tree_stamp(sys.argv[1]))"
-        )
-        stamp = float(run_bound_by_permissions(code, str(tmp_path)))
+        stamp = float(run_bound_by_permissions(code, str(data)))
+        data.chmod(0o000)
+        closed = float(run_bound_by_permissions(code, str(data)))
     finally:
-        (tmp_path / "s0001").chmod(0o755)
-    assert stamp == max(tmp_path.stat().st_mtime, (tmp_path / "s0001").stat().st_mtime)
+        data.chmod(0o755)
+        (data / "s0001").chmod(0o755)
+    assert stamp == max(data.stat().st_mtime, (data / "s0001").stat().st_mtime)
+    assert closed == 0.0  # open_dataset then says "dataset folder ... cannot be read"
 
 
 def test_structures_the_comparison_chart_cannot_draw_are_named():

@@ -1,0 +1,193 @@
+"""Files and folders this user may not read or write: one line naming the file and the fix, the
+readable rest kept, found before long work rather than at its end (each was a raw
+PermissionError traceback, or a message that pointed at the wrong fix).
+
+The checks run in a child Python that permissions bind (``permissions_kit``: as root, without
+the capabilities that read everything), one child per test for its several cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from permissions_kit import run_bound_by_permissions
+
+SHAPE = (16, 12, 8)
+READ_FIX = "let the user running ctseg read it (chmod/chown)"
+
+
+def _subject(root: Path, sid: str) -> Path:
+    ct = np.full(SHAPE, -1000, dtype=np.int16)
+    ct[4:12, 3:9, 2:6] = 50
+    (root / sid / "segmentations").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(ct, np.diag([1.5, 1.5, 3.0, 1.0])), str(root / sid / "ct.nii.gz"))
+    liver = (ct > 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(liver, np.diag([1.5, 1.5, 3.0, 1.0])),
+             str(root / sid / "segmentations" / "liver.nii.gz"))  # fmt: skip
+    return root / sid
+
+
+#: each case: (name, code run in the child that returns what is asserted); errors as text
+CHILD = """
+import json, sys
+from pathlib import Path
+out = {}
+def case(name, fn):
+    try:
+        out[name] = fn()
+    except Exception as exc:
+        out[name] = f"{type(exc).__name__}: {exc}"
+%s
+print(json.dumps(out))
+"""
+
+
+def _run(cases: str, *args: str) -> dict:
+    return json.loads(run_bound_by_permissions(CHILD % cases, *args))
+
+
+def test_data_that_cannot_be_read_is_said_with_the_file_and_its_fix(tmp_path, derived_dicom):
+    import shutil
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for sid in ("s0001", "s0002", "s0003", "s0004"):
+        _subject(data, sid)
+    (data / "s0002").chmod(0o000)  # the subject folder
+    (elsewhere / "private").mkdir(parents=True)  # s0003's CT: a link into a closed folder
+    (data / "s0003" / "ct.nii.gz").rename(elsewhere / "private" / "ct.nii.gz")
+    (data / "s0003" / "ct.nii.gz").symlink_to(elsewhere / "private" / "ct.nii.gz")
+    (elsewhere / "private").chmod(0o000)
+    (data / "s0004" / "segmentations" / "liver.nii.gz").chmod(0o000)  # a mask
+    (data / "s0005").symlink_to("x" * 300)  # a name longer than the filesystem allows
+    closed = tmp_path / "closed"  # the dataset folder itself
+    _subject(closed, "s0001")
+    meta = tmp_path / "with_meta"  # its meta.csv
+    _subject(meta, "s0001")
+    (meta / "meta.csv").write_text("image_id;split\ns0001;train\n")
+    (meta / "meta.csv").chmod(0o000)
+    cache = tmp_path / "cache"  # a cache this user may not write into
+    cache.mkdir()
+    dicom = tmp_path / "dicom"
+    shutil.copytree(derived_dicom, dicom)
+    slices = sorted(dicom.iterdir())
+    slices[3].chmod(0o000)  # one slice: it was "damaged", and then a gap to interpolate
+    closed.chmod(0o000)
+    cache.chmod(0o555)
+    cases = """
+from ctseg_core.data import load_ct, open_dataset, prepare_dataset
+data, closed, meta, cache, dicom, elsewhere = map(Path, sys.argv[1:7])
+index = open_dataset(data)
+case("subjects", lambda: index.subjects)
+case("problems", lambda: index.problems)
+case("closed", lambda: open_dataset(closed))
+case("meta", lambda: open_dataset(meta))
+case("prepare", lambda: prepare_dataset(data, data.parent / "cache2", workers=1).failed)
+case("cache", lambda: prepare_dataset(data, cache, workers=1).failed)
+case("ct in a closed folder", lambda: load_ct(elsewhere / "private" / "ct.nii.gz"))
+case("dicom", lambda: load_ct(dicom).array.shape)
+"""
+    try:
+        got = _run(cases, *map(str, (data, closed, meta, cache, dicom, elsewhere)))
+    finally:
+        for path in (data / "s0002", elsewhere / "private", closed, cache):
+            path.chmod(0o755)
+    assert got["subjects"] == ["s0001", "s0004"]
+    assert got["problems"] == [
+        f"s0002: skipped, it cannot be read (Permission denied); {READ_FIX} or move it out of "
+        "the dataset folder",
+        f"s0003: skipped, its ct.nii.gz (a link to {elsewhere / 'private' / 'ct.nii.gz'}) cannot "
+        "be read (Permission denied); let the user running ctseg read what it points to "
+        "(chmod/chown)",
+        f"s0005: skipped, a link to {'x' * 300}, a name too long to follow; restore what it "
+        "points to (a disk not mounted?) or remove the link",
+    ]
+    assert got["closed"] == (  # not "or move it out of the dataset folder": it is that folder
+        f"DataError: dataset folder {closed} cannot be read (Permission denied); {READ_FIX}"
+    )
+    assert got["meta"] == f"DataError: {meta / 'meta.csv'} cannot be read (Permission denied); {READ_FIX}"  # fmt: skip
+    assert got["prepare"] == {  # was "cannot be read as NIfTI ...; re-export or re-download"
+        "s0004": f"s0004/segmentations/liver.nii.gz cannot be read (Permission denied); {READ_FIX}"
+    }
+    assert got["cache"].startswith(  # once, not once per subject as "cannot be read"
+        f"DataError: cache {cache} cannot be written (Permission denied: {cache}/data-"
+    )
+    assert got["cache"].endswith("); give a folder this user may write to (--cache, CTSEG_CACHE)")
+    assert got["ct in a closed folder"] == (
+        f"DataError: {elsewhere / 'private' / 'ct.nii.gz'} cannot be read (Permission denied); "
+        + READ_FIX
+    )
+    assert got["dicom"] == (
+        f"DataError: {dicom}: {slices[3].name} cannot be read (Permission denied); {READ_FIX}"
+    )
+
+
+def test_runs_checkpoints_and_outputs_that_cannot_be_used_are_said_before_the_work(tmp_path):
+    data = tmp_path / "data"
+    for sid in ("s0001", "s0002", "s0003"):
+        _subject(data, sid)
+    (data / "meta.csv").write_text("image_id;split\ns0001;val\ns0002;val\ns0003;val\n")
+    runs = tmp_path / "runs"
+    for name in ("mine", "private"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "config.json").write_text("{}")
+    (runs / "mine" / "best.pth").write_bytes(b"x")
+    (runs / "mine" / "best.pth").chmod(0o000)
+    (runs / "private").chmod(0o000)  # another user's run in a shared folder
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    for sid in ("s0001", "s0002", "s0003"):
+        (predictions / f"{sid}.nii.gz").write_bytes((data / sid / "segmentations" / "liver.nii.gz").read_bytes())  # fmt: skip
+    (data / "s0002" / "segmentations").chmod(0o000)
+    closed_predictions = tmp_path / "closed_predictions"
+    closed_predictions.mkdir()
+    closed_predictions.chmod(0o000)
+    shut = tmp_path / "shut"
+    shut.mkdir()
+    shut.chmod(0o555)
+    cases = """
+from ctseg_core.runs.listing import list_runs
+from ctseg_core.models.checkpoint import load_checkpoint
+from ctseg_core.evaluation.evaluate import evaluate_predictions
+from ctseg_core.inference.files import predict_file
+data, runs, predictions, closed, shut = map(Path, sys.argv[1:6])
+case("runs", lambda: [r.name for r in list_runs(runs)])
+case("checkpoint", lambda: load_checkpoint(runs / "mine" / "best.pth"))
+ev = lambda p, o: evaluate_predictions(data, "val", p, o, report=False, cache_dir=data.parent / "cache")
+def scored():
+    results = ev(predictions, data.parent / "out")
+    return [sorted(set(results["subject"])), results.attrs["skipped"]]
+case("evaluate", scored)
+case("closed predictions", lambda: ev(closed, data.parent / "out2"))
+case("out not writable", lambda: ev(predictions, shut / "out"))
+case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
+                                          [runs / "mine" / "best.pth"], shut / "s0001.nii.gz"))
+"""
+    try:
+        got = _run(cases, *map(str, (data, runs, predictions, closed_predictions, shut)))
+    finally:
+        for path in (runs / "private", data / "s0002" / "segmentations", closed_predictions, shut):
+            path.chmod(0o755)
+    assert got["runs"] == ["mine"]  # was a PermissionError on every page that lists runs
+    assert got["checkpoint"] == (  # was "cannot be loaded safely (not a readable PyTorch file)"
+        f"UnreadableCheckpoint: checkpoint {runs / 'mine' / 'best.pth'} cannot be read "
+        f"(Permission denied); {READ_FIX}"
+    )
+    segmentations = data / "s0002" / "segmentations"
+    assert got["evaluate"] == [  # was the whole evaluation ended by one subject
+        ["s0001", "s0003"],
+        {"s0002": f"s0002: {segmentations} cannot be read (Permission denied); {READ_FIX}"},
+    ]
+    assert got["closed predictions"] == (  # was a file in it named, subject by subject
+        f"DataError: predictions folder {closed_predictions} cannot be read (Permission denied); "
+        + READ_FIX
+    )
+    assert got["out not writable"] == (  # was a temporary file named, after all the scoring
+        f"ConfigError: --out {shut / 'out'}: {shut} is not writable for the user running ctseg; "
+        "give a folder this user may write to"
+    )
+    assert got["predict into"] == (  # was a temporary file named, after the prediction
+        f"ConfigError: --out {shut / 's0001.nii.gz'}: {shut} is not writable for the user "
+        "running ctseg; choose another --out"
+    )
