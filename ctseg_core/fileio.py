@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -157,16 +158,17 @@ READ_FIX = "let the user running ctseg read it (chmod/chown)"
 
 
 def read_error(path: str | os.PathLike) -> OSError | None:
-    """The error that opening the file ``path`` for reading raises (no permission, a stale
-    network mount, a disk error), or None when it opens, or is missing, a folder or a link
-    that leads nowhere (the caller says those in its own words)."""
-    try:  # non-blocking: a FIFO would otherwise wait for a writer
-        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    """The error that opening the regular file ``path`` for reading raises (no permission, a
+    stale network mount, a disk error), or one a folder on the way raises; None when it opens,
+    and for what is missing, a link that leads nowhere, or no regular file (a folder, a FIFO,
+    a device): the caller says those in its own words."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        os.close(os.open(path, os.O_RDONLY))
         return None
     except OSError as exc:
-        return (
-            None if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP) else exc
-        )
+        return None if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP) else exc
 
 
 def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
@@ -177,23 +179,31 @@ def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
 
 def not_writable(folder: str | os.PathLike) -> str | None:
     """Why files cannot be made in ``folder`` (or in the folder it would be made in, when it
-    does not exist yet), said for a message ("/x is not writable for the user running ctseg";
-    "... on a read-only filesystem"); None when they can. Checked before long work, so that
-    it does not fail at its end."""
+    does not exist yet), said for a message ("/x cannot be written (Permission denied)");
+    None when they can. Checked before long work, so that it does not fail at its end; by
+    making (and removing) a file, as permissions, capabilities, ACLs and network filesystems
+    all have their say."""
     probe = Path(os.path.abspath(folder))
     while not os.path.lexists(probe) and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir():
+    if not os.path.isdir(probe):
         return None  # a file where a folder goes: the caller's own message
-    if os.access(probe, os.W_OK | os.X_OK):
-        return None
     try:
-        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only:
-        return f"{probe} is on a read-only filesystem"
-    return f"{probe} is not writable for the user running ctseg"
+        fd, name = tempfile.mkstemp(prefix=".ctseg-write-check-", dir=probe)
+    except OSError as exc:
+        return f"{probe} cannot be written ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def cache_unusable(cache_dir: str | os.PathLike, exc: OSError) -> str:
+    """One line for a preprocessing cache this user may not write into or read from (a full
+    path inside it in ``exc``): every subject would fail alike, so it is said once."""
+    return (
+        f"cache {cache_dir} cannot be used ({exc.strerror or exc}: {exc.filename}); give a "
+        "folder this user may read and write (--cache, CTSEG_CACHE)"
+    )
 
 
 def cannot_read(shown: str, exc: OSError, path: str | os.PathLike | None = None) -> str:

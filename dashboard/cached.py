@@ -66,7 +66,8 @@ def _tree_stamp(root: str) -> float:
     or removed). A mask rewritten in place under its name is not seen: Home's "Read the
     dataset again" (``forget_dataset``) is for that; its stat would cost 117 per subject."""
     try:
-        stamps = [Path(root).stat().st_mtime]
+        info = Path(root).stat()
+        stamps = [max(info.st_mtime, info.st_ctime)]
         entries = os.scandir(root)
     except OSError:  # a root this user cannot read: open_dataset says so, in one line
         return 0.0
@@ -83,14 +84,16 @@ def _tree_stamp(root: str) -> float:
 
 
 def _mtime(entry: os.DirEntry) -> float:
-    """An entry's mtime; its link's own for a broken link (or 0 for one gone mid-scan)."""
+    """An entry's latest change, its contents' (mtime) or its permissions' (ctime: a folder
+    made readable is read again); its link's own for a broken link (0 for one gone mid-scan)."""
     try:
-        return entry.stat().st_mtime
+        info = entry.stat()
     except OSError:
         try:
-            return entry.stat(follow_symlinks=False).st_mtime
+            info = entry.stat(follow_symlinks=False)
         except OSError:
             return 0.0
+    return max(info.st_mtime, info.st_ctime)
 
 
 def forget_dataset(root: str) -> None:

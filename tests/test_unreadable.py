@@ -73,6 +73,10 @@ def test_data_that_cannot_be_read_is_said_with_the_file_and_its_fix(tmp_path, de
     shutil.copytree(derived_dicom, dicom)
     slices = sorted(dicom.iterdir())
     slices[3].chmod(0o000)  # one slice: it was "damaged", and then a gap to interpolate
+    noted = tmp_path / "noted"  # an export's notes beside the slices: left out as before
+    shutil.copytree(derived_dicom, noted)
+    (noted / "export_notes.txt").write_text("x")
+    (noted / "export_notes.txt").chmod(0o000)
     closed.chmod(0o000)
     cache.chmod(0o555)
     cases = """
@@ -87,6 +91,7 @@ case("prepare", lambda: prepare_dataset(data, data.parent / "cache2", workers=1)
 case("cache", lambda: prepare_dataset(data, cache, workers=1).failed)
 case("ct in a closed folder", lambda: load_ct(elsewhere / "private" / "ct.nii.gz"))
 case("dicom", lambda: load_ct(dicom).array.shape)
+case("notes beside", lambda: load_ct(dicom.parent / "noted").array.shape)
 """
     try:
         got = _run(cases, *map(str, (data, closed, meta, cache, dicom, elsewhere)))
@@ -107,17 +112,21 @@ case("dicom", lambda: load_ct(dicom).array.shape)
         f"DataError: dataset folder {closed} cannot be read (Permission denied); {READ_FIX}"
     )
     assert got["meta"] == f"DataError: {meta / 'meta.csv'} cannot be read (Permission denied); {READ_FIX}"  # fmt: skip
+    mask = data / "s0004" / "segmentations" / "liver.nii.gz"
     assert got["prepare"] == {  # was "cannot be read as NIfTI ...; re-export or re-download"
-        "s0004": f"s0004/segmentations/liver.nii.gz cannot be read (Permission denied); {READ_FIX}"
+        "s0004": f"{mask} cannot be read (Permission denied); {READ_FIX}"
     }
     assert got["cache"].startswith(  # once, not once per subject as "cannot be read"
-        f"DataError: cache {cache} cannot be written (Permission denied: {cache}/data-"
+        f"DataError: cache {cache} cannot be used (Permission denied: {cache}/data-"
     )
-    assert got["cache"].endswith("); give a folder this user may write to (--cache, CTSEG_CACHE)")
+    assert got["cache"].endswith(
+        "); give a folder this user may read and write (--cache, CTSEG_CACHE)"
+    )
     assert got["ct in a closed folder"] == (
         f"DataError: {elsewhere / 'private' / 'ct.nii.gz'} cannot be read (Permission denied); "
         + READ_FIX
     )
+    assert got["notes beside"] == [122, 101, 20]  # an unreadable note is no slice: not refused
     assert got["dicom"] == (
         f"DataError: {dicom}: {slices[3].name} cannot be read (Permission denied); {READ_FIX}"
     )
@@ -142,16 +151,22 @@ def test_runs_checkpoints_and_outputs_that_cannot_be_used_are_said_before_the_wo
     (data / "s0002" / "segmentations").chmod(0o000)
     closed_predictions = tmp_path / "closed_predictions"
     closed_predictions.mkdir()
-    closed_predictions.chmod(0o000)
     shut = tmp_path / "shut"
     shut.mkdir()
     shut.chmod(0o555)
+    shut_predictions = tmp_path / "shut_predictions"  # listed, not entered (chmod -R 644)
+    shut_predictions.mkdir()
+    (shut_predictions / "s0001.nii.gz").write_bytes(b"x")
+    shut_predictions.chmod(0o644)
+    (closed_predictions / "runs" / "r1").mkdir(parents=True)
+    (closed_predictions / "runs" / "r1" / "config.json").write_text("{}")
+    closed_predictions.chmod(0o000)
     cases = """
 from ctseg_core.runs.listing import list_runs
 from ctseg_core.models.checkpoint import load_checkpoint
 from ctseg_core.evaluation.evaluate import evaluate_predictions
 from ctseg_core.inference.files import predict_file
-data, runs, predictions, closed, shut = map(Path, sys.argv[1:6])
+data, runs, predictions, closed, shut, shut_predictions = map(Path, sys.argv[1:7])
 case("runs", lambda: [r.name for r in list_runs(runs)])
 case("checkpoint", lambda: load_checkpoint(runs / "mine" / "best.pth"))
 ev = lambda p, o: evaluate_predictions(data, "val", p, o, report=False, cache_dir=data.parent / "cache")
@@ -161,13 +176,19 @@ def scored():
 case("evaluate", scored)
 case("closed predictions", lambda: ev(closed, data.parent / "out2"))
 case("out not writable", lambda: ev(predictions, shut / "out"))
+case("out in a closed folder", lambda: ev(predictions, closed / "x" / "out"))
+case("predictions not enterable", lambda: ev(shut_predictions, data.parent / "out3"))
+from ctseg_core.runs.listing import root_problem
+case("runs in a closed folder", lambda: [list_runs(closed / "runs"), root_problem(closed / "runs")])
 case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
                                           [runs / "mine" / "best.pth"], shut / "s0001.nii.gz"))
 """
     try:
-        got = _run(cases, *map(str, (data, runs, predictions, closed_predictions, shut)))
+        paths = (data, runs, predictions, closed_predictions, shut, shut_predictions)
+        got = _run(cases, *map(str, paths))
     finally:
-        for path in (runs / "private", data / "s0002" / "segmentations", closed_predictions, shut):
+        for path in (runs / "private", data / "s0002" / "segmentations", closed_predictions, shut,
+                     shut_predictions):  # fmt: skip
             path.chmod(0o755)
     assert got["runs"] == ["mine"]  # was a PermissionError on every page that lists runs
     assert got["checkpoint"] == (  # was "cannot be loaded safely (not a readable PyTorch file)"
@@ -184,10 +205,24 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
         + READ_FIX
     )
     assert got["out not writable"] == (  # was a temporary file named, after all the scoring
-        f"ConfigError: --out {shut / 'out'}: {shut} is not writable for the user running ctseg; "
+        f"ConfigError: --out {shut / 'out'}: {shut} cannot be written (Permission denied); "
         "give a folder this user may write to"
     )
-    assert got["predict into"] == (  # was a temporary file named, after the prediction
-        f"ConfigError: --out {shut / 's0001.nii.gz'}: {shut} is not writable for the user "
-        "running ctseg; choose another --out"
+    assert got["out in a closed folder"] == (  # was a raw PermissionError
+        f"ConfigError: --out {closed_predictions / 'x' / 'out'}: {closed_predictions} cannot be "
+        "written (Permission denied); give a folder this user may write to"
     )
+    assert got["predict into"] == (  # was a temporary file named, after the prediction
+        f"ConfigError: --out {shut / 's0001.nii.gz'}: {shut} cannot be written (Permission "
+        "denied); choose another --out"
+    )
+    assert got["predictions not enterable"] == (  # was a raw PermissionError naming a file
+        f"DataError: predictions folder {shut_predictions} cannot be read (Permission denied); "
+        + READ_FIX
+    )
+    # a checkpoints folder that cannot be read: no runs, and Home says why (was a traceback)
+    assert got["runs in a closed folder"] == [
+        [],
+        f"checkpoints folder {closed_predictions / 'runs'} cannot be read (Permission denied); "
+        + READ_FIX,
+    ]

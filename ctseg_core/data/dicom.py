@@ -212,14 +212,22 @@ def _check_not_sheared(folder: Path, name: str, slices: list[SliceHeader], norma
         )
 
 
+#: extensions of files an export leaves beside its slices (notes, thumbnails, indexes): one
+#: that cannot be opened is left out with the others that are no DICOM, not refused
+NOT_SLICES = {".txt", ".xml", ".json", ".csv", ".pdf", ".jpg", ".jpeg", ".png", ".bmp", ".db",
+              ".ini", ".md", ".htm", ".html", ".log", ".nii", ".gz", ".zip"}  # fmt: skip
+
+
 def _check_readable(folder: Path) -> None:
-    """DataError when ``folder`` or one of its files cannot be opened (no permission, a stale
-    mount): left out as "damaged", a slice would become a gap, and the fix would be wrong."""
+    """DataError when ``folder``, or a file in it that may be a slice, cannot be opened (no
+    permission, a stale mount): left out as "damaged", a slice would become a gap, and the fix
+    would be wrong."""
     try:
         files = folder_files(folder)
     except OSError as exc:
         raise DataError(cannot_read(str(folder), exc, folder)) from None
-    failed = [(path, exc) for path in files if (exc := read_error(path))]
+    maybe_slices = [path for path in files if path.suffix.lower() not in NOT_SLICES]
+    failed = [(path, exc) for path in maybe_slices if (exc := read_error(path))]
     if failed:
         path, exc = failed[0]
         more = f" and {count_text(len(failed) - 1, 'other file')}" if len(failed) > 1 else ""

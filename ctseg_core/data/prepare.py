@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, CtsegError, DataError
-from ..fileio import cannot_read, dangling_link, is_within
+from ..fileio import cache_unusable, cannot_read, dangling_link, is_within
 from .cache import (
     CachedSubject,
     build_entry,
@@ -70,10 +70,7 @@ def _prepare_one(root: Path, subject_id: str, cache_dir: Path) -> tuple[str, Pat
             return subject_id, f"{subject_id}: {exc.filename} is {why}; {LINK_FIX}"
         if exc.filename and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             if is_within(exc.filename, cache_dir):  # every subject would fail alike: stop once
-                return subject_id, _CacheUnusable(
-                    f"cache {cache_dir} cannot be written ({exc.strerror}: {exc.filename}); "
-                    "give a folder this user may write to (--cache, CTSEG_CACHE)"
-                )
+                return subject_id, _CacheUnusable(cache_unusable(cache_dir, exc))
             return subject_id, f"{subject_id}: {cannot_read(exc.filename, exc, exc.filename)}"
         return subject_id, f"{subject_id}: {type(exc).__name__}: {exc}"
     except Exception as exc:  # a worker must report, never kill the whole prepare

@@ -73,8 +73,8 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     path = Path(path)
     # first: is_dir() raises where a folder on the way may not be entered; nibabel would say
     # "Could not read file" for an unreadable one, which is not the fix
-    if exc := read_error(path):
-        raise DataError(cannot_read(_short(path), exc, path))
+    if exc := read_error(path):  # the whole path: the folder to chmod may be any of it
+        raise DataError(cannot_read(str(path), exc, path))
     if path.is_dir():
         raise DataError(f"{path} is a folder; give a .nii.gz file")
     if not path.is_file():

@@ -23,7 +23,7 @@ from ..data.cache import default_cache_dir, open_cached
 from ..data.dataset_root import open_dataset
 from ..data.domain import is_phantom_root
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_text, cannot_read, is_within, not_writable
+from ..fileio import atomic_write_text, cache_unusable, cannot_read, is_within, not_writable
 from ..inference.domain import checkpoint_training_data, domain_warnings, split_domain_notes
 from ..labels import (
     NUM_LABELS,
@@ -187,7 +187,7 @@ def evaluate_predictions(
     (nothing is written then); ConfigError for a
     ``tolerance_mm`` that is not a finite number >= 0, before any subject is read.
     """
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")
     if why := not_writable(out_dir):  # before the scoring, not after it
         raise ConfigError(f"--out {out_dir}: {why}; give a folder this user may write to")
@@ -233,16 +233,16 @@ def evaluate_predictions(
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
     elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
-        try:  # else each subject would be skipped as "cannot be read"
+        try:  # a folder that cannot be read or entered: said once, not per subject
             os.scandir(folder).close()
+            for sid in ids:
+                try:
+                    if find_prediction(folder, sid) is None:
+                        skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
+                except DataError as exc:  # two files for it
+                    skipped[sid] = str(exc)
         except OSError as exc:
             raise DataError(cannot_read(f"predictions folder {folder}", exc, folder)) from None
-        for sid in ids:
-            try:
-                if find_prediction(folder, sid) is None:
-                    skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
-            except DataError as exc:  # two files for it
-                skipped[sid] = str(exc)
         if len(skipped) == len(ids):
             raise _nothing_scored(split, index.root, ids, skipped)
     else:
@@ -291,14 +291,14 @@ def evaluate_predictions(
                     skipped[sid] = str(exc)
                     log.warning("skipping %s: %s", sid, exc)
                 except OSError as exc:  # a subject's file this user may not read: the rest count
-                    if exc.errno not in (errno.EACCES, errno.EPERM) or not exc.filename:
+                    if (
+                        exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS)
+                        or not exc.filename
+                    ):
                         raise
                     cache = cache_dir or default_cache_dir()
                     if is_within(exc.filename, cache):  # every subject alike: said once
-                        raise ConfigError(
-                            f"cache {cache} cannot be written ({exc.strerror}: {exc.filename}); "
-                            "give a folder this user may write to (--cache, CTSEG_CACHE)"
-                        ) from None
+                        raise ConfigError(cache_unusable(cache, exc)) from None
                     skipped[sid] = f"{sid}: {cannot_read(exc.filename, exc, exc.filename)}"
                     log.warning("skipping %s: %s", sid, skipped[sid])
                 else:

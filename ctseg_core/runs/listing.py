@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
 from ..fileio import cannot_read
 from .run_folder import default_checkpoints_root, read_history, read_json, read_status
 
@@ -82,33 +82,47 @@ def file_stamps(run_dir: Path) -> tuple:
 def runs_stamp(checkpoints_root: str | Path) -> tuple:
     """((run name, file_stamps), ...) of every run folder under the root, by name; () when the
     root is absent. Equal stamps mean an equal ``list_runs`` (has_best/has_last aside)."""
-    root = Path(checkpoints_root)
-    if not root.is_dir():
-        return ()
-    return tuple(sorted((d.name, file_stamps(d)) for d in _run_folders(root)))
+    return tuple(sorted((d.name, file_stamps(d)) for d in _run_folders(Path(checkpoints_root))))
 
 
-_SKIPPED: set[Path] = set()  # run folders said to be unreadable (once each, not every listing)
+_SKIPPED: set[Path] = set()  # folders said to be unreadable (once each, not every listing)
+
+
+def root_problem(checkpoints_root: str | Path) -> str | None:
+    """Why the run folders under ``checkpoints_root`` cannot be listed, in one line ("...
+    cannot be read (Permission denied); let ..."), for a page to show; None when they can, or
+    when the root does not exist (no run yet)."""
+    try:
+        if Path(checkpoints_root).is_dir():
+            os.scandir(checkpoints_root).close()
+    except OSError as exc:
+        return cannot_read(f"checkpoints folder {checkpoints_root}", exc, checkpoints_root)
+    return None
 
 
 def _run_folders(root: Path) -> list[Path]:
-    """The run folders (holding config.json) under ``root``. A folder this user may not look
-    into (another user's private run in a shared folder) is left out, with a warning once;
-    ConfigError, one line, when ``root`` itself cannot be read."""
+    """The run folders (holding config.json) under ``root``: none when it is absent or cannot
+    be read (``root_problem`` says why), and a folder this user may not look into (another
+    user's private run in a shared folder) is left out; each with a warning once."""
     try:
-        entries = list(root.iterdir())
+        entries = list(root.iterdir()) if root.is_dir() else []
     except OSError as exc:
-        raise ConfigError(cannot_read(f"checkpoints folder {root}", exc, root)) from None
+        entries = []
+        _warn_once(root, f"checkpoints folder {root}", exc)
     runs = []
     for entry in entries:
         try:
             if entry.is_dir() and (entry / "config.json").is_file():
                 runs.append(entry)
         except OSError as exc:
-            if entry not in _SKIPPED:
-                _SKIPPED.add(entry)
-                log.warning("run %s left out: %s", entry.name, cannot_read(str(entry), exc, entry))
+            _warn_once(entry, f"run {entry}", exc)
     return runs
+
+
+def _warn_once(path: Path, shown: str, exc: OSError) -> None:
+    if path not in _SKIPPED:  # at worst said twice by two sessions at once
+        _SKIPPED.add(path)
+        log.warning("not listed: %s", cannot_read(shown, exc, path))
 
 
 _READ: dict[Path, tuple[tuple, RunInfo]] = {}  # run folder -> (file stamps, its entry)
@@ -151,11 +165,9 @@ def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
     """Run folders (holding config.json) under the root, most recently updated first; a run
     whose files did not change since the last call is not read again."""
     root = Path(checkpoints_root) if checkpoints_root else default_checkpoints_root()
-    if not root.is_dir():
-        return []
     runs = [_run_info(run_dir) for run_dir in _run_folders(root)]
     with _READ_LOCK:  # forget deleted and renamed runs
-        for gone in [d for d in _READ if d.parent == root and not d.is_dir()]:
+        for gone in [d for d in _READ if d.parent == root and not os.path.isdir(d)]:
             del _READ[gone]
     runs.sort(key=lambda r: (r.updated_at or "", r.name), reverse=True)
     return runs
@@ -181,10 +193,7 @@ def ranked_checkpoints(checkpoints_root: str | Path) -> dict[str, Path]:
     last): a page picks the first by default, and a 2-epoch test run must not be the model a
     user predicts with. An absent root gives {}.
     """
-    root = Path(checkpoints_root)
-    if not root.is_dir():
-        return {}
-    runs = list_runs(root)  # newest first; sorted() keeps that order among equals
+    runs = list_runs(Path(checkpoints_root))  # newest first; sorted() keeps that order
     runs = sorted(runs, key=lambda r: -r.best_val_dice if r.best_val_dice is not None else 1.0)
     return {
         f"{run.name} / {ckpt.name}": ckpt for run in runs for ckpt in checkpoint_files(run.run_dir)
