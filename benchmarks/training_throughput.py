@@ -38,6 +38,11 @@ Then one-sample convolutions were split for oneDNN (``ctseg_core.models.cpu_conv
 PyTorch's own convolutions. Same kind of EPYC, 2026-12-07, quiet, patch 48 x 48 x 32: fp32
 bare 0.28 / pipeline 0.28 / unsplit 0.26 (1.08x); fp32 + channels_last (the trainer's choice)
 0.34 / 0.33 / 0.28: the split step 1.21x its unsplit peer, the pipeline's overhead 2 %.
+On a Xeon with AMX (2026-12-07, quiet, 2 threads), phantom_3d as that CPU gets it (widths
+[32, 64, 128, 256, 320], 118 outputs), bare / pipeline / unsplit: fp32 0.22 / 0.21 / 0.21,
+fp32 + channels_last 0.23 / 0.23 / 0.21, bf16 0.34 / 0.33 / 0.34, bf16 + channels_last (the
+trainer's choice there) 0.45 / 0.43 / 0.45: the pipeline's overhead 5 % (goal < 10 %); the
+split convolutions neither help nor hurt in bf16 (1.01x).
 """
 
 from __future__ import annotations
