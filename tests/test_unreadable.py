@@ -180,6 +180,7 @@ case("out in a closed folder", lambda: ev(predictions, closed / "x" / "out"))
 case("predictions not enterable", lambda: ev(shut_predictions, data.parent / "out3"))
 from ctseg_core.runs.listing import root_problem
 case("runs in a closed folder", lambda: [list_runs(closed / "runs"), root_problem(closed / "runs")])
+case("runs not enterable", lambda: [list_runs(shut_predictions), root_problem(shut_predictions)])
 case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
                                           [runs / "mine" / "best.pth"], shut / "s0001.nii.gz"))
 """
@@ -225,4 +226,8 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
         [],
         f"checkpoints folder {closed_predictions / 'runs'} cannot be read (Permission denied); "
         + READ_FIX,
+    ]
+    assert got["runs not enterable"] == [  # was "No run folders yet"
+        [],
+        f"checkpoints folder {shut_predictions} cannot be read (Permission denied); {READ_FIX}",
     ]

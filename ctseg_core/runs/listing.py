@@ -94,7 +94,10 @@ def root_problem(checkpoints_root: str | Path) -> str | None:
     when the root does not exist (no run yet)."""
     try:
         if Path(checkpoints_root).is_dir():
-            os.scandir(checkpoints_root).close()
+            with os.scandir(checkpoints_root) as entries:
+                for entry in entries:  # one stat: a folder listed but not entered (chmod 644)
+                    entry.stat(follow_symlinks=False)
+                    break
     except OSError as exc:
         return cannot_read(f"checkpoints folder {checkpoints_root}", exc, checkpoints_root)
     return None
