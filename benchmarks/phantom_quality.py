@@ -134,6 +134,17 @@ another phantom too, 0.835 / 0.818; weakest evaluated the iliac arteries
 patches (``--spacing 3 3 3 --patch 64 64 48``, epochs of 25 s: 0.751 at 7.4 minutes against
 0.815, stopped); DataConfig's stronger deformations (``--aug default``) 0.824 / 0.799 narrow,
 0.829 / 0.803 wide. Goal: 3D >= 2D met on this CPU too (+0.036 / +0.025 wide); 0.85 NOT met.
+The next day on the same kind of Xeon (epochs 16.4-18.9 s for the same preset, seed 0): the
+preset 31 epochs, 0.826 / 0.808. Tried, none better: ``--lr 2e-3`` 0.823 (28 epochs, another
+program's burst in them); ``--lr 4.5e-3`` 0.814 / 0.805; ``--spacing 3.5 3.5 4`` (48 x 48 x 32
+patches: 168 x 168 x 128 mm) 0.815 / 0.806; ``--spacing 4 4 3`` (96 mm of z in a patch)
+0.823 / 0.803; ``--spacing 4 4 5`` (160 mm) 0.73 at epoch 18 against ~0.80, stopped. Where
+the preset's best.pth loses Dice on the two validation CTs (pelvic scans, 2.5 mm slices): the
+iliac vessels, the prostate and a kidney cut at the scan's edge are under-segmented (20-45 %
+of their voxels called background), gluteus minimus against medius, duodenum against small
+bowel, L2 against L1; keeping each structure's largest component does not help (0.815 ->
+0.810 on the CTs' grids), and the trainer's tiled validation gives what the predictor's
+sliding window gives at 4 mm (0.830 with and without overlap 0.5 and the body box).
 """
 
 from __future__ import annotations
