@@ -180,6 +180,8 @@ case("out in a closed folder", lambda: ev(predictions, closed / "x" / "out"))
 case("predictions not enterable", lambda: ev(shut_predictions, data.parent / "out3"))
 from ctseg_core.runs.listing import root_problem
 case("runs in a closed folder", lambda: [list_runs(closed / "runs"), root_problem(closed / "runs")])
+from ctseg_core.nnunet.export import export_nnunet
+case("export into", lambda: export_nnunet(runs / "mine" / "best.pth", shut / "model"))
 case("runs not enterable", lambda: [list_runs(shut_predictions), root_problem(shut_predictions)])
 case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
                                           [runs / "mine" / "best.pth"], shut / "s0001.nii.gz"))
@@ -216,6 +218,10 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
     assert got["predict into"] == (  # was a temporary file named, after the prediction
         f"ConfigError: --out {shut / 's0001.nii.gz'}: {shut} cannot be written (Permission "
         "denied); choose another --out"
+    )
+    assert got["export into"] == (  # was "error: <shut>/.tmp-model.xyz: Permission denied"
+        f"ConfigError: {shut / 'model'}: {shut} cannot be written (Permission denied); give a "
+        "folder this user may write to"
     )
     assert got["predictions not enterable"] == (  # was a raw PermissionError naming a file
         f"DataError: predictions folder {shut_predictions} cannot be read (Permission denied); "

@@ -74,7 +74,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..fileio import FILE_MODE
+from ..fileio import FILE_MODE, not_writable
 from ..labels import names_of
 from ..models import model_spec
 from ..models.checkpoint import config_of, load_checkpoint
@@ -293,6 +293,8 @@ def _check_out_dir(out_dir: Path) -> None:
         raise ConfigError(f"{out_dir} is a file; give a folder for the nnU-Net model")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"{out_dir} exists and is not empty; give a new or empty folder")
+    if why := not_writable(out_dir.parent):  # it is written beside, then renamed into place
+        raise ConfigError(f"{out_dir}: {why}; give a folder this user may write to")
 
 
 def export_nnunet(
