@@ -193,7 +193,10 @@ def not_writable(folder: str | os.PathLike) -> str | None:
     except OSError as exc:
         return f"{probe} cannot be written ({exc.strerror or exc})"
     os.close(fd)
-    os.unlink(name)
+    try:
+        os.unlink(name)
+    except OSError as exc:  # files may be made but not removed there (chattr +a): not ours
+        return f"{probe} lets files be made but not replaced or removed ({exc.strerror or exc})"
     return None
 
 

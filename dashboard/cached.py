@@ -63,8 +63,9 @@ def checked_dataset_path(path: str) -> Path:
 def _tree_stamp(root: str) -> float:
     """A cheap change marker of a dataset: the newest mtime among the root, its files (meta.csv)
     and subject folders, their files (the CT) and their segmentations/ folders (a mask added
-    or removed). A mask rewritten in place under its name is not seen: Home's "Read the
-    dataset again" (``forget_dataset``) is for that; its stat would cost 117 per subject."""
+    or removed); their change times too, so a folder made readable (chmod) is read again. A
+    mask rewritten in place under its name, or made readable alone, is not seen: Home's "Read
+    the dataset again" (``forget_dataset``) is for that; its stat would cost 117 per subject."""
     try:
         info = Path(root).stat()
         stamps = [max(info.st_mtime, info.st_ctime)]
@@ -236,7 +237,20 @@ def all_checkpoints() -> dict[str, str]:
     (see ctseg_core.runs.listing.ranked_checkpoints)."""
     from ctseg_core.runs.listing import ranked_checkpoints
 
+    show_runs_root_problem()
     return {label: str(path) for label, path in ranked_checkpoints(checkpoints_root()).items()}
+
+
+def show_runs_root_problem() -> bool:
+    """A warning when the checkpoints folder cannot be read (its runs are then not listed, and
+    "no run yet" would not be so); whether there was one."""
+    from ctseg_core.runs.listing import root_problem
+    from dashboard.state import plain
+
+    problem = root_problem(checkpoints_root())
+    if problem:
+        st.warning(plain(problem))
+    return problem is not None
 
 
 # ---------------------------------------------------------------- meshes, stats, browser volumes

@@ -154,6 +154,12 @@ def test_runs_checkpoints_and_outputs_that_cannot_be_used_are_said_before_the_wo
     shut = tmp_path / "shut"
     shut.mkdir()
     shut.chmod(0o555)
+    linked = tmp_path / "linked"  # one prediction a link into a folder this user may not enter
+    linked.mkdir()
+    for sid in ("s0001", "s0003"):
+        (linked / f"{sid}.nii.gz").write_bytes((predictions / f"{sid}.nii.gz").read_bytes())
+    (closed_predictions / "p.nii.gz").write_bytes((predictions / "s0002.nii.gz").read_bytes())
+    (linked / "s0002.nii.gz").symlink_to(closed_predictions / "p.nii.gz")
     shut_predictions = tmp_path / "shut_predictions"  # listed, not entered (chmod -R 644)
     shut_predictions.mkdir()
     (shut_predictions / "s0001.nii.gz").write_bytes(b"x")
@@ -166,7 +172,7 @@ from ctseg_core.runs.listing import list_runs
 from ctseg_core.models.checkpoint import load_checkpoint
 from ctseg_core.evaluation.evaluate import evaluate_predictions
 from ctseg_core.inference.files import predict_file
-data, runs, predictions, closed, shut, shut_predictions = map(Path, sys.argv[1:7])
+data, runs, predictions, closed, shut, shut_predictions, linked_predictions = map(Path, sys.argv[1:8])
 case("runs", lambda: [r.name for r in list_runs(runs)])
 case("checkpoint", lambda: load_checkpoint(runs / "mine" / "best.pth"))
 ev = lambda p, o: evaluate_predictions(data, "val", p, o, report=False, cache_dir=data.parent / "cache")
@@ -182,12 +188,17 @@ from ctseg_core.runs.listing import root_problem
 case("runs in a closed folder", lambda: [list_runs(closed / "runs"), root_problem(closed / "runs")])
 from ctseg_core.nnunet.export import export_nnunet
 case("export into", lambda: export_nnunet(runs / "mine" / "best.pth", shut / "model"))
+case("export under", lambda: export_nnunet(runs / "mine" / "best.pth", closed / "x" / "model"))
+def linked():
+    results = ev(linked_predictions, data.parent / "out4")
+    return [sorted(set(results["subject"])), results.attrs["skipped"]]
+case("a prediction linked into a closed folder", linked)
 case("runs not enterable", lambda: [list_runs(shut_predictions), root_problem(shut_predictions)])
 case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
                                           [runs / "mine" / "best.pth"], shut / "s0001.nii.gz"))
 """
     try:
-        paths = (data, runs, predictions, closed_predictions, shut, shut_predictions)
+        paths = (data, runs, predictions, closed_predictions, shut, shut_predictions, linked)
         got = _run(cases, *map(str, paths))
     finally:
         for path in (runs / "private", data / "s0002" / "segmentations", closed_predictions, shut,
@@ -223,6 +234,19 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
         f"ConfigError: {shut / 'model'}: {shut} cannot be written (Permission denied); give a "
         "folder this user may write to"
     )
+    assert got["export under"] == (  # was a raw PermissionError naming the model folder
+        f"ConfigError: {closed_predictions / 'x' / 'model'}: {closed_predictions} cannot be "
+        "written (Permission denied); give a folder this user may write to"
+    )
+    link = linked / "s0002.nii.gz"
+    assert got["a prediction linked into a closed folder"] == [  # not the whole folder blamed
+        ["s0001", "s0003"],
+        {
+            "s0002": f"s0002: {link} (a link to {closed_predictions / 'p.nii.gz'}) cannot be read "
+            "(Permission denied); let the user running ctseg read what it points to "
+            "(chmod/chown)"
+        },
+    ]
     assert got["predictions not enterable"] == (  # was a raw PermissionError naming a file
         f"DataError: predictions folder {shut_predictions} cannot be read (Permission denied); "
         + READ_FIX

@@ -23,7 +23,14 @@ from ..data.cache import default_cache_dir, open_cached
 from ..data.dataset_root import open_dataset
 from ..data.domain import is_phantom_root
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_text, cache_unusable, cannot_read, is_within, not_writable
+from ..fileio import (
+    atomic_write_text,
+    cache_unusable,
+    cannot_read,
+    dangling_link,
+    is_within,
+    not_writable,
+)
 from ..inference.domain import checkpoint_training_data, domain_warnings, split_domain_notes
 from ..labels import (
     NUM_LABELS,
@@ -187,6 +194,8 @@ def evaluate_predictions(
     (nothing is written then); ConfigError for a
     ``tolerance_mm`` that is not a finite number >= 0, before any subject is read.
     """
+    if why := dangling_link(out_dir):
+        raise ConfigError(f"--out {out_dir} is {why}; restore what it points to or remove it")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the tables and figures")
     if why := not_writable(out_dir):  # before the scoring, not after it
@@ -234,15 +243,23 @@ def evaluate_predictions(
     elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
         try:  # a folder that cannot be read or entered: said once, not per subject
-            os.scandir(folder).close()
-            for sid in ids:
-                try:
-                    if find_prediction(folder, sid) is None:
-                        skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
-                except DataError as exc:  # two files for it
-                    skipped[sid] = str(exc)
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    entry.stat(follow_symlinks=False)  # raises where it cannot be entered
+                    break
+        except FileNotFoundError:  # that file removed under us: the folder itself is fine
+            pass
         except OSError as exc:
             raise DataError(cannot_read(f"predictions folder {folder}", exc, folder)) from None
+        for sid in ids:
+            try:
+                if find_prediction(folder, sid) is None:
+                    skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
+            except DataError as exc:  # two files for it
+                skipped[sid] = str(exc)
+            except OSError as exc:  # its file alone (a link into a closed folder): skipped
+                failed = exc.filename or str(folder / f"{sid}.nii.gz")
+                skipped[sid] = f"{sid}: {cannot_read(str(failed), exc, failed)}"
         if len(skipped) == len(ids):
             raise _nothing_scored(split, index.root, ids, skipped)
     else:

@@ -289,12 +289,13 @@ def padding_caveat(model_dir: str | Path) -> str | None:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir} is a file; give a folder for the nnU-Net model")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise ConfigError(f"{out_dir} exists and is not empty; give a new or empty folder")
+    # os.path's checks: Path's raise where a folder on the way may not be entered
     if why := not_writable(out_dir.parent):  # it is written beside, then renamed into place
         raise ConfigError(f"{out_dir}: {why}; give a folder this user may write to")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"{out_dir} is a file; give a folder for the nnU-Net model")
+    if os.path.isdir(out_dir) and any(out_dir.iterdir()):
+        raise ConfigError(f"{out_dir} exists and is not empty; give a new or empty folder")
 
 
 def export_nnunet(

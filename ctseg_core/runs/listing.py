@@ -98,6 +98,8 @@ def root_problem(checkpoints_root: str | Path) -> str | None:
                 for entry in entries:  # one stat: a folder listed but not entered (chmod 644)
                     entry.stat(follow_symlinks=False)
                     break
+    except FileNotFoundError:  # the first run renamed or deleted under us
+        return None
     except OSError as exc:
         return cannot_read(f"checkpoints folder {checkpoints_root}", exc, checkpoints_root)
     return None

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from ctseg_core.runs.listing import root_problem
 from dashboard import cached, state
 from dashboard.helpers import charts, runs
 from dashboard.pages_index import PAGE_FILES
@@ -115,10 +114,11 @@ def show_runs() -> None:
     st.subheader("Runs")
     root = cached.checkpoints_root()
     table = runs.runs_table(root)
-    if problem := root_problem(root):  # else "no run folders yet", which is not so
-        st.warning(state.plain(problem))
-    elif table.empty:
-        st.caption(f"No run folders under {state.plain(root)} yet — start one on the Train page.")
+    if table.empty:
+        if not cached.show_runs_root_problem():  # "no run folders yet" only when it is so
+            st.caption(
+                f"No run folders under {state.plain(root)} yet — start one on the Train page."
+            )
     else:
         st.caption(f"Run folders under {state.plain(root)}")
         st.dataframe(table, hide_index=True)

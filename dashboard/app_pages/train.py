@@ -280,7 +280,8 @@ def watch() -> None:
     all_runs = _list_runs()
     run_list_watcher(tuple((r.name, r.state) for r in all_runs))
     if not all_runs:
-        st.caption(f"No run folders under {state.plain(cached.checkpoints_root())} yet.")
+        if not cached.show_runs_root_problem():  # "no run yet" only when it is so
+            st.caption(f"No run folders under {state.plain(cached.checkpoints_root())} yet.")
         return
     names = [r.name for r in all_runs]
     if st.session_state.get(state.TRAIN_RUN) not in names:

@@ -127,7 +127,10 @@ def test_the_dataset_change_stamp_takes_a_broken_link(tmp_path):
 
 def test_the_dataset_change_stamp_takes_a_folder_it_may_not_read(tmp_path):
     """A subject folder, or the dataset folder, without read permission raised PermissionError
-    from every page that opens the dataset, before open_dataset could say it in one line."""
+    from every page that opens the dataset, before open_dataset could say it in one line; and
+    a subject made readable again (chmod changes no mtime) must be read again."""
+    import time
+
     from permissions_kit import run_bound_by_permissions
 
     from dashboard.cached import _tree_stamp
@@ -135,19 +138,20 @@ def test_the_dataset_change_stamp_takes_a_folder_it_may_not_read(tmp_path):
     data = tmp_path / "data"
     (data / "s0001" / "segmentations").mkdir(parents=True)
     (data / "s0001").chmod(0o000)
-    expected = max(max(p.stat().st_mtime, p.stat().st_ctime) for p in (data, data / "s0001"))
     code = "import sys\nfrom dashboard.cached import _tree_stamp\nprint(_tree_stamp(sys.argv[1]))"
     try:
         stamp = float(run_bound_by_permissions(code, str(data)))
-        data.chmod(0o000)
+        time.sleep(0.05)  # past the filesystem's clock tick
+    finally:
+        (data / "s0001").chmod(0o755)  # the subject alone: the root's times stay
+    assert stamp > 0  # taken, not raised
+    assert _tree_stamp(str(data)) > stamp
+    data.chmod(0o000)
+    try:
         closed = float(run_bound_by_permissions(code, str(data)))
     finally:
         data.chmod(0o755)
-        (data / "s0001").chmod(0o755)
-    assert stamp == expected
     assert closed == 0.0  # open_dataset then says "dataset folder ... cannot be read"
-    # chmod changes no mtime: the subject made readable must still read the dataset again
-    assert _tree_stamp(str(data)) > stamp
 
 
 def test_structures_the_comparison_chart_cannot_draw_are_named():
