@@ -138,7 +138,9 @@ The next day on the same kind of Xeon (epochs 16.4-18.9 s for the same preset, s
 preset 31 epochs, 0.826 / 0.808. Tried, none better: ``--lr 2e-3`` 0.823 (28 epochs, another
 program's burst in them); ``--lr 4.5e-3`` 0.814 / 0.805; ``--spacing 3.5 3.5 4`` (48 x 48 x 32
 patches: 168 x 168 x 128 mm) 0.815 / 0.806; ``--spacing 4 4 3`` (96 mm of z in a patch)
-0.823 / 0.803; ``--spacing 4 4 5`` (160 mm) 0.73 at epoch 18 against ~0.80, stopped. Where
+0.823 / 0.803; ``--spacing 4 4 5`` (160 mm) 0.73 at epoch 18 against ~0.80, stopped; a thin
+full-resolution stage (``--features 16 64 128 256 320``: epochs of 13.8 s, 41 of them) ahead
+until half-way (0.802 against 0.772 at 4.8 minutes), then flat: 0.814 / 0.790. Where
 the preset's best.pth loses Dice on the two validation CTs (pelvic scans, 2.5 mm slices): the
 iliac vessels, the prostate and a kidney cut at the scan's edge are under-segmented (20-45 %
 of their voxels called background), gluteus minimus against medius, duodenum against small

@@ -40,7 +40,8 @@
   there, not kept: 3 mm with 64 x 64 x 48 patches (epochs of 25 s, 0.751 at 7.4 minutes against
   0.815); DataConfig's stronger deformations (rotation 15 degrees, scale 0.85-1.15, half the
   samples) 0.824 / 0.799 narrow, 0.829 / 0.803 wide; lr 2e-3 or 4.5e-3, 3.5 x 3.5 x 4 mm or
-  4 x 4 x 3 mm (0.814-0.823 against the preset's 0.826 that day; benchmarks/phantom_quality.py).
+  4 x 4 x 3 mm, 16 channels at full resolution below the wide stages (0.814-0.823 against the
+  preset's 0.826 that day; benchmarks/phantom_quality.py).
   Earlier tuning at 3 mm (Xeon with AMX):
   patches 96 x 96 x 64 reached 0.029 in 160 steps; 48^3 0.654, 64^3 0.757, 80 x 80 x 48 0.706
   against 64 x 64 x 48's 0.765 in 10 minutes; batch 1 against batch 2 at equal steps 0.785
