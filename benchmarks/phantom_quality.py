@@ -140,7 +140,9 @@ program's burst in them); ``--lr 4.5e-3`` 0.814 / 0.805; ``--spacing 3.5 3.5 4``
 patches: 168 x 168 x 128 mm) 0.815 / 0.806; ``--spacing 4 4 3`` (96 mm of z in a patch)
 0.823 / 0.803; ``--spacing 4 4 5`` (160 mm) 0.73 at epoch 18 against ~0.80, stopped; a thin
 full-resolution stage (``--features 16 64 128 256 320``: epochs of 13.8 s, 41 of them) ahead
-until half-way (0.802 against 0.772 at 4.8 minutes), then flat: 0.814 / 0.790. Where
+until half-way (0.802 against 0.772 at 4.8 minutes), then flat: 0.814 / 0.790. The preset
+given twice the time (``--minutes 20``, 70 epochs of 16.4 s) 0.848 / 0.824: the goal is about
+twice the steps per minute away on this CPU. Where
 the preset's best.pth loses Dice on the two validation CTs (pelvic scans, 2.5 mm slices): the
 iliac vessels, the prostate and a kidney cut at the scan's edge are under-segmented (20-45 %
 of their voxels called background), gluteus minimus against medius, duodenum against small
