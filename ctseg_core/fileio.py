@@ -171,6 +171,21 @@ def read_error(path: str | os.PathLike) -> OSError | None:
         return None if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP) else exc
 
 
+def folder_error(folder: str | os.PathLike) -> OSError | None:
+    """The error that listing ``folder`` and looking at its first entry raises (no read
+    permission; listed but not entered, as after chmod 644; a stale mount), or None when both
+    work, and for a folder that is missing or no folder (the caller says those in its own
+    words) or an entry removed meanwhile."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:  # one stat: a folder may be listed but not entered
+                entry.stat(follow_symlinks=False)
+                break
+        return None
+    except OSError as exc:
+        return None if exc.errno in (errno.ENOENT, errno.ENOTDIR) else exc
+
+
 def is_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether ``path`` is ``folder`` or lies in it (both made absolute, links not followed)."""
     inner, outer = Path(os.path.abspath(path)), Path(os.path.abspath(folder))

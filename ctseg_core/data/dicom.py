@@ -218,10 +218,10 @@ NOT_SLICES = {".txt", ".xml", ".json", ".csv", ".pdf", ".jpg", ".jpeg", ".png", 
               ".ini", ".md", ".htm", ".html", ".log", ".nii", ".gz", ".zip"}  # fmt: skip
 
 
-def _check_readable(folder: Path) -> None:
-    """DataError when ``folder``, or a file in it that may be a slice, cannot be opened (no
-    permission, a stale mount): left out as "damaged", a slice would become a gap, and the fix
-    would be wrong."""
+def _readable_files(folder: Path) -> list[Path]:
+    """``folder_files(folder)``; DataError when ``folder``, or a file in it that may be a
+    slice, cannot be opened (no permission, a stale mount): left out as "damaged", a slice
+    would become a gap, and the fix would be wrong."""
     try:
         files = folder_files(folder)
     except OSError as exc:
@@ -232,6 +232,7 @@ def _check_readable(folder: Path) -> None:
         path, exc = failed[0]
         more = f" and {count_text(len(failed) - 1, 'other file')}" if len(failed) > 1 else ""
         raise DataError(cannot_read(f"{folder}: {path.name}{more}", exc, path))
+    return files
 
 
 def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> nib.Nifti1Image:
@@ -248,10 +249,10 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; give a folder of .dcm files of one CT series")
-    _check_readable(folder)
+    in_folder = _readable_files(folder)
     series, reasons = list_series(folder)
     listed = {Path(f).name for files in series.values() for f in files}
-    unreadable = [p for p in folder_files(folder) if p.name not in listed | set(reasons)]
+    unreadable = [p for p in in_folder if p.name not in listed | set(reasons)]
     unreadable += [folder / f for f, why in reasons.items() if not why]
     if not series:
         nifti = sorted(folder.glob("*.nii.gz")) + sorted(folder.glob("*.nii"))

@@ -28,6 +28,7 @@ from ..fileio import (
     cache_unusable,
     cannot_read,
     dangling_link,
+    folder_error,
     is_within,
     not_writable,
 )
@@ -242,15 +243,8 @@ def evaluate_predictions(
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
     elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
         folder = Path(predictions)
-        try:  # a folder that cannot be read or entered: said once, not per subject
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    entry.stat(follow_symlinks=False)  # raises where it cannot be entered
-                    break
-        except FileNotFoundError:  # that file removed under us: the folder itself is fine
-            pass
-        except OSError as exc:
-            raise DataError(cannot_read(f"predictions folder {folder}", exc, folder)) from None
+        if exc := folder_error(folder):  # said once, not per subject
+            raise DataError(cannot_read(f"predictions folder {folder}", exc, folder))
         for sid in ids:
             try:
                 if find_prediction(folder, sid) is None:

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import cannot_read
+from ..fileio import cannot_read, folder_error
 from .run_folder import default_checkpoints_root, read_history, read_json, read_status
 
 log = logging.getLogger(__name__)
@@ -92,15 +92,7 @@ def root_problem(checkpoints_root: str | Path) -> str | None:
     """Why the run folders under ``checkpoints_root`` cannot be listed, in one line ("...
     cannot be read (Permission denied); let ..."), for a page to show; None when they can, or
     when the root does not exist (no run yet)."""
-    try:
-        if Path(checkpoints_root).is_dir():
-            with os.scandir(checkpoints_root) as entries:
-                for entry in entries:  # one stat: a folder listed but not entered (chmod 644)
-                    entry.stat(follow_symlinks=False)
-                    break
-    except FileNotFoundError:  # the first run renamed or deleted under us
-        return None
-    except OSError as exc:
+    if exc := folder_error(checkpoints_root):
         return cannot_read(f"checkpoints folder {checkpoints_root}", exc, checkpoints_root)
     return None
 
