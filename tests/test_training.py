@@ -374,6 +374,32 @@ def test_fused_dice_ce_on_3d_logits_channels_last_equals_its_definition():
         assert x.grad.is_contiguous(memory_format=layout)
 
 
+def test_channels_last_dice_ce_in_blocks_of_rows_equals_its_definition(monkeypatch):
+    """The channels-last loss goes through the voxels a block of rows at a time (the last block
+    shorter): the same loss and gradient as the definition, in float32 and from bf16 logits."""
+    from ctseg_core.training import dice_ce_channels_last
+    from ctseg_core.training.losses import dice_ce_loss, dice_ce_reference
+
+    monkeypatch.setattr(dice_ce_channels_last, "CPU_ROWS", 7)  # 144 voxels: 21 blocks
+    torch.manual_seed(2)
+    logits = torch.randn(2, 9, 6, 4, 3) * 4
+    classes = torch.randint(0, 9, (2, 6, 4, 3))
+    classes[classes == 5] = 0  # a class absent from the batch
+    reference = logits.clone().requires_grad_()
+    loss_reference = dice_ce_reference(reference, classes)
+    loss_reference.backward()
+    x = logits.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    loss = dice_ce_loss(x, classes)
+    (0.7 * loss).backward()
+    assert loss.item() == pytest.approx(loss_reference.item(), rel=1e-6)
+    assert torch.allclose(x.grad, 0.7 * reference.grad, atol=1e-7)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last_3d)
+    half = logits.bfloat16().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    dice_ce_loss(half, classes).backward()
+    assert half.grad.dtype == torch.bfloat16
+    assert torch.allclose(half.grad.float(), reference.grad, atol=2e-3)
+
+
 def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():
     from ctseg_core.device import resolve_channels_last
 

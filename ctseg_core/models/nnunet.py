@@ -230,7 +230,8 @@ def _per_sample_batch_norm(norm: nn.modules.instancenorm._InstanceNorm, x: torch
     """The instance norm of ``x`` (B, C, *spatial) as one batch norm per sample, in its layout."""
     out = []
     for i in range(x.shape[0]):
-        sample = x[i : i + 1]
+        # one sample whole, not sliced: a slice's backward makes a zeroed copy of the gradient
+        sample = x if x.shape[0] == 1 else x[i : i + 1]
         if sample.stride() != _standard_strides(sample):  # valid for one sample (x[None])
             sample = sample.clone(memory_format=memory_layout(sample))
         out.append(F.batch_norm(sample, None, None, norm.weight, norm.bias, True, 0.0, norm.eps))

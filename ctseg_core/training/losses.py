@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..device import memory_layout
 from ..errors import ConfigError
 from ..nosync import count_values, to_device
+from .dice_ce_channels_last import DiceCEChannelsLast
 
 SMOOTH = 1e-5
 LossFn = Callable[..., torch.Tensor]  # (logits, classes, annotated=None) -> scalar
@@ -94,42 +95,32 @@ def dice_ce_reference(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tens
 
 
 class _DiceCE(torch.autograd.Function):
-    """Dice + CE with a hand-written backward: with ~118 output channels at full resolution the
-    autograd graph of the loss (zero-filled gradient buffers, gathers, two softmax passes) cost
-    more than the network; here the gradient is one fused expression over the probabilities.
+    """Dice + CE of logits in the default layout with a hand-written backward: with ~118 output
+    channels at full resolution the autograd graph of the loss (zero-filled gradient buffers,
+    gathers, two softmax passes) cost more than the network; here the gradient is one fused
+    expression over the probabilities (channels-last logits: ``DiceCEChannelsLast``).
 
     With p = softmax(z), N pixels, S the foreground classes present in the batch,
     D_k = P_k + T_k + s: dL/dz = p * (a_k - c) + p / N + onehot * (p_y b_y - 1 / N), where
     a_k = (2 I_k + s) / (|S| D_k^2), b_k = -2 / (|S| D_k) for k in S (else 0) and
     c = sum_k p_k a_k + p_y b_y per pixel.
-
-    Works in the logits' memory layout: channels-last logits (2D or 3D) are a contiguous
-    (B, *spatial, K) view, so the softmax runs over contiguous memory and the gradient goes back
-    channels last (no layout copies, which had cost a CPU step a quarter of its time in 2D and
-    the 3D phantom model's step another quarter).
     """
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         k = logits.shape[1]
         n = classes.numel()
-        last = memory_layout(logits) != torch.contiguous_format
-        dim = logits.dim() - 1 if last else 1
-        x = logits.permute(0, *range(2, logits.dim()), 1) if last else logits
         # float32 softmax straight from bf16 logits: no separate full-size cast
-        probs = torch.log_softmax(x.contiguous(), dim=dim, dtype=torch.float32)
-        index = classes.unsqueeze(dim)
-        ce = -probs.gather(dim, index).sum() / n
+        probs = torch.log_softmax(logits.contiguous(), dim=1, dtype=torch.float32)
+        index = classes.unsqueeze(1)
+        ce = -probs.gather(1, index).sum() / n
         probs.exp_()
-        p_true = probs.gather(dim, index).squeeze(dim)  # (B, *spatial)
+        p_true = probs.gather(1, index).squeeze(1)  # (B, *spatial)
         flat = classes.reshape(-1)
         ref_sum = count_values(flat, k).to(probs.dtype)
         inter = torch.zeros(k, dtype=probs.dtype, device=probs.device)
         inter.index_add_(0, flat, p_true.reshape(-1))
-        if last:  # a (1, N) x (N, K) product: about half the time of a reduction over N
-            pred_sum = (probs.new_ones(1, n) @ probs.view(n, k)).view(k)
-        else:
-            pred_sum = probs.sum(dim=[d for d in range(probs.dim()) if d != dim])
+        pred_sum = probs.sum(dim=[d for d in range(probs.dim()) if d != 1])
         present = ref_sum > 0
         present[0] = False
         # the count stays a tensor: reading it would make a GPU wait here every step
@@ -141,35 +132,24 @@ class _DiceCE(torch.autograd.Function):
         a = torch.where(present, (2 * inter + SMOOTH) / denom**2 / count, zero)
         b = torch.where(present, -2.0 / denom / count, zero)
         ctx.save_for_backward(probs, classes, p_true, a, b)
-        ctx.n, ctx.dtype, ctx.last = n, logits.dtype, last
+        ctx.n, ctx.dtype = n, logits.dtype
         return ce + dice_loss
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         probs, classes, p_true, a, b = ctx.saved_tensors
-        dim = probs.dim() - 1 if ctx.last else 1
         b_true = b[classes] * p_true  # (B, *spatial)
-        if ctx.last:
-            c = (probs.reshape(-1, probs.shape[-1]) @ a).view(b_true.shape) + b_true
-            a_k = a
-        else:
-            # a row vector times the (K, H*W) blocks: no transposing copy of probs (an einsum
-            # over k made one, and cost the NCHW backward 4x the time of this)
-            bsz, k = probs.shape[:2]
-            c = torch.matmul(a.view(1, 1, k), probs.view(bsz, k, -1)).view(b_true.shape)
-            c = c + b_true
-            a_k = a.view(1, -1, *[1] * (probs.dim() - 2))
+        # a row vector times the (K, H*W) blocks: no transposing copy of probs (an einsum over k
+        # made one, and cost the NCHW backward 4x the time of this)
+        bsz, k = probs.shape[:2]
+        c = torch.matmul(a.view(1, 1, k), probs.view(bsz, k, -1)).view(b_true.shape) + b_true
+        a_k = a.view(1, -1, *[1] * (probs.dim() - 2))
         scale = grad_out.to(probs.dtype)  # a scalar: folded into the small terms, not a full pass
         # p * (a_k - c) as two passes over p, without a full-size (a_k - c) temporary
         grad = probs * ((a_k + 1.0 / ctx.n) * scale)
-        grad.addcmul_(probs, (c * scale).unsqueeze(dim), value=-1.0)
-        grad.scatter_add_(
-            dim, classes.unsqueeze(dim), ((b_true - 1.0 / ctx.n) * scale).unsqueeze(dim)
-        )
-        grad = grad.to(ctx.dtype)
-        if ctx.last:  # (B, *spatial, K) back to (B, K, *spatial), still channels last in memory
-            grad = grad.permute(0, dim, *range(1, dim))
-        return grad, None
+        grad.addcmul_(probs, (c * scale).unsqueeze(1), value=-1.0)
+        grad.scatter_add_(1, classes.unsqueeze(1), ((b_true - 1.0 / ctx.n) * scale).unsqueeze(1))
+        return grad.to(ctx.dtype), None
 
 
 def dice_ce_partial(
@@ -213,6 +193,8 @@ def dice_ce_loss(
     """Cross-entropy + (1 - soft Dice over the foreground classes present in the batch)."""
     if annotated is not None:
         return dice_ce_partial(logits, classes, annotated)
+    if memory_layout(logits) != torch.contiguous_format:
+        return DiceCEChannelsLast.apply(logits, classes, SMOOTH)
     return _DiceCE.apply(logits, classes)
 
 
