@@ -153,6 +153,41 @@ def dangling_link(path: str | os.PathLike) -> str | None:
     return f"a link to {_one_line(shown)}, which does not exist"
 
 
+#: what ``Path.exists``, ``is_file`` and ``is_dir`` of Python 3.10-3.13 read as "not there"
+#: (pathlib's ignored errors)
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _mode(path: str | os.PathLike) -> int | None:
+    """``os.stat(path).st_mode`` (links followed), None for a path that is not there; any other
+    error (no permission on the way, a stale mount, a disk error) raised."""
+    try:
+        return os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
+    except ValueError:  # a NUL in the name: no such file
+        return None
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file (or a link to one), raising OSError where it may not
+    be looked at (no permission on the way, a stale mount), as ``Path.is_file`` does up to
+    Python 3.13. From 3.14 ``Path.is_file`` answers False there (it is ``os.path.isfile``),
+    which would say "no such file" of a file this user may not read: use this where the
+    difference is said to the user."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def is_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder (or a link to one), raising OSError where it may not be
+    looked at, as ``Path.is_dir`` does up to Python 3.13 (``is_file``)."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
 #: the fix for a file or folder this user may not read
 READ_FIX = "let the user running ctseg read it (chmod/chown)"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from permissions_kit import run_bound_by_permissions
 
 SHAPE = (16, 12, 8)
@@ -44,11 +45,37 @@ print(json.dumps(out))
 """
 
 
-def _run(cases: str, *args: str) -> dict:
-    return json.loads(run_bound_by_permissions(CHILD % cases, *args))
+#: Python 3.14's ``Path.exists``/``is_dir``/``is_file``: ``os.path``'s, which answer False
+#: for a path they may not look at, where 3.10-3.13 raise PermissionError
+PYTHON_314_PATHS = """
+import os, pathlib, stat
+def _os_path(test, lstat_test):
+    def method(self, *, follow_symlinks=True):
+        if follow_symlinks:
+            return test(self)
+        try:
+            return lstat_test(os.lstat(self).st_mode)
+        except (OSError, ValueError):
+            return False
+    return method
+pathlib.Path.exists = _os_path(os.path.exists, lambda mode: True)
+pathlib.Path.is_dir = _os_path(os.path.isdir, stat.S_ISDIR)
+pathlib.Path.is_file = _os_path(os.path.isfile, stat.S_ISREG)
+"""
+
+#: run each test's cases with this Python's pathlib and with 3.14's
+PATHLIBS = pytest.mark.parametrize("pathlib_of", ["this Python", "Python 3.14"])
 
 
-def test_data_that_cannot_be_read_is_said_with_the_file_and_its_fix(tmp_path, derived_dicom):
+def _run(cases: str, *args: str, pathlib_of: str = "this Python") -> dict:
+    patch = PYTHON_314_PATHS if pathlib_of == "Python 3.14" else ""
+    return json.loads(run_bound_by_permissions(patch + CHILD % cases, *args))
+
+
+@PATHLIBS
+def test_data_that_cannot_be_read_is_said_with_the_file_and_its_fix(
+    tmp_path, derived_dicom, pathlib_of
+):
     import shutil
 
     data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
@@ -94,7 +121,9 @@ case("dicom", lambda: load_ct(dicom).array.shape)
 case("notes beside", lambda: load_ct(dicom.parent / "noted").array.shape)
 """
     try:
-        got = _run(cases, *map(str, (data, closed, meta, cache, dicom, elsewhere)))
+        got = _run(
+            cases, *map(str, (data, closed, meta, cache, dicom, elsewhere)), pathlib_of=pathlib_of
+        )
     finally:
         for path in (data / "s0002", elsewhere / "private", closed, cache):
             path.chmod(0o755)
@@ -132,7 +161,10 @@ case("notes beside", lambda: load_ct(dicom.parent / "noted").array.shape)
     )
 
 
-def test_runs_checkpoints_and_outputs_that_cannot_be_used_are_said_before_the_work(tmp_path):
+@PATHLIBS
+def test_runs_checkpoints_and_outputs_that_cannot_be_used_are_said_before_the_work(
+    tmp_path, pathlib_of
+):
     data = tmp_path / "data"
     for sid in ("s0001", "s0002", "s0003"):
         _subject(data, sid)
@@ -199,7 +231,7 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
 """
     try:
         paths = (data, runs, predictions, closed_predictions, shut, shut_predictions, linked)
-        got = _run(cases, *map(str, paths))
+        got = _run(cases, *map(str, paths), pathlib_of=pathlib_of)
     finally:
         for path in (runs / "private", data / "s0002" / "segmentations", closed_predictions, shut,
                      shut_predictions):  # fmt: skip

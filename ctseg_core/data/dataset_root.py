@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from ..fileio import cannot_read, dangling_link
+from ..fileio import cannot_read, dangling_link, is_dir, is_file
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ LINK_FIX = "restore what it points to (a disk not mounted?) or remove the link"
 def find_ct(subject_dir: Path, strict: bool = False) -> Path | None:
     """The subject's CT file (ct.nii.gz or ct.nii), or None. ``strict``: DataError when both
     are there (which is the CT? a guess would train on one and let edits to the other pass)."""
-    found = [subject_dir / name for name in CT_NAMES if (subject_dir / name).is_file()]
+    found = [subject_dir / name for name in CT_NAMES if is_file(subject_dir / name)]
     if strict and len(found) > 1:
         raise DataError(
             f"{subject_dir.name}: {subject_dir} holds both {found[0].name} and {found[1].name}; "
@@ -159,7 +159,7 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
             continue
         try:
             skipped = _why_skipped(child)
-            unannotated = skipped is None and not (child / "segmentations").is_dir()
+            unannotated = skipped is None and not is_dir(child / "segmentations")
         except OSError as exc:  # one folder this user cannot read: the others stay usable
             skipped = _unreadable(child, exc)
         if skipped is not None:
@@ -181,7 +181,7 @@ def open_dataset(root: str | Path, seed: int = 0) -> DatasetIndex:
         raise DataError(f"{meta} is {why}, so the splits cannot be read; {LINK_FIX}")
     split_source = "seeded"
     splits = seeded_split(subjects, seed)
-    if meta.is_file():
+    if is_file(meta):
         from_meta = read_meta_csv(meta)
         unknown = sorted(set(from_meta) - set(subjects))
         if unknown:
@@ -231,7 +231,7 @@ def check_splits(data_root: str, train_split: str, val_split: str, seed: int = 0
 def _root_entries(root: Path) -> list[Path]:
     """The entries of a dataset folder, sorted; DataError when ``root`` is no such folder.
     Raises OSError when it cannot be looked into."""
-    if root.is_file():
+    if is_file(root):
         raise DataError(
             f"{root} is a file; give the dataset folder, whose subject folders hold ct.nii.gz"
         )
@@ -239,7 +239,7 @@ def _root_entries(root: Path) -> list[Path]:
         raise DataError(f"{root} is one subject; give the dataset folder above it ({root.parent})")
     if why := dangling_link(root):
         raise DataError(f"dataset folder {root} is {why}; {LINK_FIX}")
-    if not root.is_dir():
+    if not is_dir(root):
         raise DataError(
             f"dataset folder {root} does not exist; give a folder of subjects "
             "(<id>/ct.nii.gz + <id>/segmentations/) or run `ctseg demo-data`"
@@ -267,7 +267,7 @@ def _why_skipped(child: Path) -> str | None:
     name the filesystem refuses)."""
     if why := dangling_link(child):
         return f"{child.name}: skipped, {why}; {LINK_FIX}"
-    if not child.is_dir():
+    if not is_dir(child):
         return (
             f"{child.name}: skipped, a file where a subject folder is expected "
             "(<id>/ct.nii.gz); move it out of the dataset folder"
@@ -277,7 +277,7 @@ def _why_skipped(child: Path) -> str | None:
     if broken:
         return f"{child.name}: skipped, its {broken[0]} is {broken[1]}; {LINK_FIX}"
     if find_ct(child) is None:
-        if any(child.glob("*.nii*")) or (child / "segmentations").is_dir():
+        if any(child.glob("*.nii*")) or is_dir(child / "segmentations"):
             return f"{child.name}: no ct.nii.gz; add the CT or remove the folder"
         if not any(p for p in child.iterdir() if not p.name.startswith(".")):
             return f"{child.name}: skipped, an empty folder; add <id>/ct.nii.gz or remove it"

@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import cannot_read, read_error
+from ..fileio import cannot_read, is_dir, read_error
 from .dicom_frames import nifti_from_lps, read_volume_file
 from .dicom_header import SliceHeader, folder_files, list_series, read_header, series_name
 from .dicom_pixels import read_pixels
@@ -247,7 +247,7 @@ def read_dicom_series(folder: str | Path, *, resample_uneven: bool = False) -> n
     (then the stack is interpolated onto a uniform grid of the median step, with a warning).
     """
     folder = Path(folder)
-    if not folder.is_dir():
+    if not is_dir(folder):
         raise DataError(f"{folder} is not a folder; give a folder of .dcm files of one CT series")
     in_folder = _readable_files(folder)
     series, reasons = list_series(folder)

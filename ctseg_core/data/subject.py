@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..fileio import is_dir
 from ..labels import LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
 from .volume import Volume, load_ct, load_mask
@@ -36,7 +37,7 @@ def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
     seg_dir = subject_dir / "segmentations"
     known: dict[str, Path] = {}
     unknown: list[str] = []
-    if not seg_dir.is_dir():
+    if not is_dir(seg_dir):
         return known, unknown
     for path in sorted(seg_dir.iterdir(), key=lambda p: p.name):  # names: Path order is slow
         if path.name.startswith("."):  # .DS_Store, ._liver.nii.gz
@@ -45,7 +46,7 @@ def mask_files(subject_dir: Path) -> tuple[dict[str, Path], list[str]]:
         if name is None:  # colon.NII.GZ, liver.nrrd, spleen.nii.gz.bak: said, not a mask; a
             # README.txt is no image a user could take for one
             lower = path.name.lower()
-            if path.is_dir():  # segmentations/segmentations/: masks one folder too deep
+            if is_dir(path):  # segmentations/segmentations/: masks one folder too deep
                 if next(path.rglob("*.nii*"), None) is not None:
                     unknown.append(f"{path.name}/ (holding masks: put them in segmentations/)")
             elif ".nii" in lower or lower.endswith(IMAGE_SUFFIXES):
@@ -116,7 +117,7 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
     mask_voxels = np.zeros(NUM_LABELS, dtype=np.int64)
     problems: list[str] = list(ct.notes)  # what was assumed reading the CT (no orientation)
     files, unknown = mask_files(subject_dir)
-    if not (subject_dir / "segmentations").is_dir():
+    if not is_dir(subject_dir / "segmentations"):
         problems.append(f"{subject_dir.name}: no segmentations/ folder (nothing annotated)")
     if unknown:
         shown = ", ".join(unknown[:4]) + (" ..." if len(unknown) > 4 else "")

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import DataError
-from ..fileio import cannot_read, read_error
+from ..fileio import cannot_read, is_dir, is_file, read_error
 from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of, warn_once
 from .image_limits import check_claimed_size, raw_header
 from .image_limits import short_path as _short
@@ -75,9 +75,9 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     # "Could not read file" for an unreadable one, which is not the fix
     if exc := read_error(path):  # the whole path: the folder to chmod may be any of it
         raise DataError(cannot_read(str(path), exc, path))
-    if path.is_dir():
+    if is_dir(path):
         raise DataError(f"{path} is a folder; give a .nii.gz file")
-    if not path.is_file():
+    if not is_file(path):
         raise DataError(f"{path} does not exist; check the path or the dataset layout")
     claimed = "?"
     try:
@@ -171,7 +171,7 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
     """
     path = Path(path)
     try:
-        is_folder = path.is_dir()
+        is_folder = is_dir(path)
     except OSError as exc:  # a folder on the way this user may not enter
         raise DataError(cannot_read(str(path), exc, path)) from None
     if is_folder:
@@ -187,9 +187,9 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
         data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
     array, affine = to_canonical(data, img.affine)
     codes = int(img.header["qform_code"]), int(img.header["sform_code"])  # as on disk
-    qform = img.get_qform() if min(codes) > 0 and not path.is_dir() else img.affine
+    qform = img.get_qform() if min(codes) > 0 and not is_dir(path) else img.affine
     qform = None if np.allclose(qform, img.affine, atol=1e-3) else qform
-    header = None if path.is_dir() else _raw_header_or_none(path)  # read once for both
+    header = None if is_dir(path) else _raw_header_or_none(path)  # read once for both
     notes = geometry_notes(path, img, qform, header)
     if qform is None and header is not None and _pixdim_kept(header, img):
         # an sform alone over another pixdim (in mm): outputs keep the file's pixdim (its

@@ -29,6 +29,8 @@ from ..fileio import (
     cannot_read,
     dangling_link,
     folder_error,
+    is_dir,
+    is_file,
     is_within,
     not_writable,
 )
@@ -241,7 +243,7 @@ def evaluate_predictions(
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
         model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
-    elif isinstance(predictions, str | Path) and Path(predictions).is_dir():
+    elif isinstance(predictions, str | Path) and is_dir(predictions):
         folder = Path(predictions)
         if exc := folder_error(folder):  # said once, not per subject
             raise DataError(cannot_read(f"predictions folder {folder}", exc, folder))
@@ -264,7 +266,7 @@ def evaluate_predictions(
                 f"{nifti[0]} is one prediction; give the folder that holds the <id>.nii.gz "
                 "predictions of the split"
             )
-        missing = [p for p in checkpoints if not Path(p).is_file()]
+        missing = [p for p in checkpoints if not is_file(p)]
         if missing:
             raise DataError(
                 f"{missing[0]} is neither a folder of <id>.nii.gz predictions nor a checkpoint "

@@ -15,6 +15,8 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..fileio import is_dir, is_file
+
 
 def _digest(paths: Sequence[str | Path]) -> str:
     text = "\n".join(sorted(str(Path(p).resolve()) for p in paths))
@@ -60,7 +62,7 @@ def report_files_of(out_dir: str | Path, split: str) -> list[Path]:
         names |= {str(n) for n in listed or []}
     except (OSError, ValueError, AttributeError):
         pass
-    return [out_dir / n for n in sorted(names) if n == Path(n).name and (out_dir / n).is_file()]
+    return [out_dir / n for n in sorted(names) if n == Path(n).name and is_file(out_dir / n)]
 
 
 def remove_stale_report(previous: Sequence[Path], written: Sequence[Path]) -> None:
@@ -96,7 +98,7 @@ def changed_checkpoints(source: Mapping, side: str = "the",
             continue
         now, path = file_stamp(stamp["path"]), stamp["path"]
         moved = Path(folder).parent / Path(path).name if folder is not None else None
-        if now["size"] is None and moved is not None and moved.is_file():
+        if now["size"] is None and moved is not None and is_file(moved):
             now, path = file_stamp(moved), str(moved.resolve())
             now["path"] = stamp["path"]  # the same file if its size and mtime are
         if now["size"] is None:
@@ -144,7 +146,7 @@ def write_source(
     from ..fileio import atomic_write_json
     from ..runs.run_folder import utc_now
 
-    folder = isinstance(predictions, str | Path) and Path(predictions).is_dir()
+    folder = isinstance(predictions, str | Path) and is_dir(predictions)
     paths = [predictions] if isinstance(predictions, str | Path) else list(predictions)
     record = {
         "predictions_folder" if folder else "checkpoints": (
@@ -163,7 +165,7 @@ def write_source(
         record["tta"] = tta
         # to see them change; a model folder is no file to stamp
         record["checkpoint_files"] = list(
-            checkpoint_stamps or [file_stamp(p) for p in paths if Path(p).is_file()]
+            checkpoint_stamps or [file_stamp(p) for p in paths if is_file(p)]
         )
     if body_crop is not None:
         record["body_crop"] = bool(body_crop)
@@ -185,7 +187,7 @@ def other_source(
         return None
     if not isinstance(record, dict):
         return None
-    folder = isinstance(predictions, str | Path) and Path(predictions).is_dir()
+    folder = isinstance(predictions, str | Path) and is_dir(predictions)
     paths = [predictions] if isinstance(predictions, str | Path) else list(predictions)
     ours = str(Path(predictions).resolve()) if folder else [str(Path(p).resolve()) for p in paths]
     theirs = record.get("predictions_folder", record.get("checkpoints"))

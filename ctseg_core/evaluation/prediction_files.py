@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from ..data.volume import AFFINE_TOLERANCE, from_canonical, load_label_volume, to_canonical
 from ..errors import DataError
-from ..fileio import dangling_link
+from ..fileio import dangling_link, is_file
 from ..labels import NUM_STRUCTURES
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def find_prediction(folder: Path, subject_id: str) -> Path | None:
     for path in found:
         if why := dangling_link(path):
             raise DataError(f"{path} is {why}; restore what it points to or remove the link")
-    found = [p for p in found if p.is_file()]
+    found = [p for p in found if is_file(p)]
     if len(found) > 1:
         raise DataError(
             f"{folder} holds both {found[0].name} and {found[1].name} for {subject_id}; remove "
@@ -125,4 +125,4 @@ def find_prediction(folder: Path, subject_id: str) -> Path | None:
 def has_prediction(folder: Path, subject_id: str) -> bool:
     """Whether ``folder`` holds ``<id>.nii.gz`` or ``<id>.nii`` (both: ``find_prediction``
     refuses them when the subject is scored)."""
-    return any((folder / n).is_file() for n in (f"{subject_id}.nii.gz", f"{subject_id}.nii"))
+    return any(is_file(folder / n) for n in (f"{subject_id}.nii.gz", f"{subject_id}.nii"))

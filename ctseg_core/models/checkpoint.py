@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import RunConfig
 from ..errors import ConfigError, CtsegError
-from ..fileio import DISK_FULL, atomic_path, cannot_read, read_error
+from ..fileio import DISK_FULL, atomic_path, cannot_read, is_dir, is_file, read_error
 from . import build_model
 
 log = logging.getLogger(__name__)
@@ -177,10 +177,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if exc := read_error(path):  # torch would call it "not a readable PyTorch file"
         problem, _, fix = cannot_read(f"checkpoint {path}", exc, path).rpartition("; ")
         raise UnreadableCheckpoint(problem, fix) from None
-    if path.is_dir():
-        pick = " or ".join(str(path / n) for n in ("best.pth", "last.pth") if (path / n).is_file())
+    if is_dir(path):
+        pick = " or ".join(str(path / n) for n in ("best.pth", "last.pth") if is_file(path / n))
         raise CtsegError(f"{path} is a folder; give a checkpoint file: {pick or 'a .pth in it'}")
-    if not path.is_file():
+    if not is_file(path):
         raise UnreadableCheckpoint(
             f"checkpoint {path} does not exist", "give a .pth file from a run folder"
         )
@@ -239,7 +239,7 @@ def intact_checkpoints(run_dir: str | Path, skip: Path | None = None) -> list[tu
     found = []
     for rank, name in enumerate(names):
         path = run_dir / name
-        if not path.is_file() or (skip is not None and path == Path(skip)):
+        if not is_file(path) or (skip is not None and path == Path(skip)):
             continue
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -301,9 +301,9 @@ def resume_source(path: str | Path) -> tuple[Path, Path]:
     a checkpoint file of a run folder (best.pth, checkpoint_epoch<N>.pth); ConfigError for a file
     outside a run folder (no config.json beside it)."""
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         return path, path / "last.pth"
-    if not (path.parent / "config.json").is_file():
+    if not is_file(path.parent / "config.json"):
         raise ConfigError(
             f"{path} is a file outside a run folder (no config.json beside it); resume takes a "
             "run folder, whose last.pth it continues, or a checkpoint file in one"
@@ -318,7 +318,7 @@ def load_to_resume(run_dir: Path, source: Path) -> dict:
     try:
         return load_checkpoint(source)
     except UnreadableCheckpoint as exc:
-        if not Path(run_dir).is_dir() or "newer ctseg" in exc.problem:
+        if not is_dir(run_dir) or "newer ctseg" in exc.problem:
             raise  # no run folder to look in; a file to upgrade for, not a broken one
         problem = exc.problem
     raise ConfigError(f"{problem}; {continue_hint(run_dir, skip=source)}")

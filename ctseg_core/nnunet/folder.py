@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..fileio import is_dir, is_file
 from .plans import Configuration, read_configuration
 
 #: checkpoint names tried in each fold, first found wins unless one is asked for
@@ -66,7 +67,7 @@ class ModelFolder:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
+    if not is_file(path):
         raise ConfigError(f"{path} is missing: an nnU-Net model folder holds dataset.json, "
                           "plans.json and fold_<k>/checkpoint_final.pth")  # fmt: skip
     try:
@@ -90,7 +91,7 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
     named is refused), else the one the folder is named for
     (``<trainer>__<plans>__<configuration>``), else the plans' only one."""
     root = Path(path).expanduser()
-    if not root.is_dir():
+    if not is_dir(root):
         raise ConfigError(f"model folder {root} does not exist or is not a folder")
     dataset = _read_json(root / "dataset.json")
     plans = _read_json(root / "plans.json")
@@ -108,19 +109,17 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
             f"{root / 'dataset.json'}: label {name!r} has value {value!r}; nnU-Net's label "
             "values are integers (write it as a number)"
         )
-    fold_dirs = [p for p in root.glob("fold_*") if p.is_dir()]
+    fold_dirs = [p for p in root.glob("fold_*") if is_dir(p)]
     # one checkpoint name for every fold, as nnU-Net's predictor: checkpoint_final.pth, or
     # checkpoint_best.pth in a folder where no fold has a final one
     name = checkpoint or next(
-        (n for n in CHECKPOINT_NAMES if any((d / n).is_file() for d in fold_dirs)),
+        (n for n in CHECKPOINT_NAMES if any(is_file(d / n) for d in fold_dirs)),
         CHECKPOINT_NAMES[0],
     )
     if folds is None:  # nnU-Net's auto_detect_available_folds: fold_all only when alone
         numbered = [d.name.removeprefix("fold_") for d in fold_dirs if d.name != "fold_all"]
-        folds = sorted(
-            (f for f in numbered if (root / f"fold_{f}" / name).is_file()), key=_fold_key
-        )
-        if not folds and (root / "fold_all" / name).is_file():
+        folds = sorted((f for f in numbered if is_file(root / f"fold_{f}" / name)), key=_fold_key)
+        if not folds and is_file(root / "fold_all" / name):
             folds = ["all"]
         if not folds:
             raise ConfigError(f"{root} has no fold_<k>/{name}")
@@ -129,7 +128,7 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
         if not re.fullmatch(r"\d+|all", str(fold)):  # a name, never a path out of the folder
             raise ConfigError(f"fold {fold!r} is not a fold of {root}: give a number or 'all'")
         ckpt = root / f"fold_{fold}" / name
-        if not ckpt.is_file():
+        if not is_file(ckpt):
             raise ConfigError(f"{ckpt} is missing")
         paths.append(ckpt)
     trained_as = _trained_configuration(paths[0])

@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import cannot_read, folder_error
+from ..fileio import cannot_read, folder_error, is_dir, is_file
 from .run_folder import default_checkpoints_root, read_history, read_json, read_status
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,14 @@ def _run_folders(root: Path) -> list[Path]:
     be read (``root_problem`` says why), and a folder this user may not look into (another
     user's private run in a shared folder) is left out; each with a warning once."""
     try:
-        entries = list(root.iterdir()) if root.is_dir() else []
+        entries = list(root.iterdir()) if is_dir(root) else []
     except OSError as exc:
         entries = []
         _warn_once(root, f"checkpoints folder {root}", exc)
     runs = []
     for entry in entries:
         try:
-            if entry.is_dir() and (entry / "config.json").is_file():
+            if is_dir(entry) and is_file(entry / "config.json"):
                 runs.append(entry)
         except OSError as exc:
             _warn_once(entry, f"run {entry}", exc)
@@ -153,8 +153,8 @@ def _run_info(run_dir: Path) -> RunInfo:
             _READ[run_dir] = kept = (stamps, info)
     return dataclasses.replace(  # a copy: callers may change theirs
         kept[1],
-        has_best=(run_dir / "best.pth").is_file(),
-        has_last=(run_dir / "last.pth").is_file(),
+        has_best=is_file(run_dir / "best.pth"),
+        has_last=is_file(run_dir / "last.pth"),
     )
 
 
@@ -173,7 +173,7 @@ def list_runs(checkpoints_root: str | Path | None = None) -> list[RunInfo]:
 def checkpoint_files(run_dir: str | Path) -> list[Path]:
     """Checkpoints of a run: best.pth and last.pth first, then checkpoint_epoch<N>.pth by N."""
     run_dir = Path(run_dir)
-    named = [run_dir / n for n in ("best.pth", "last.pth") if (run_dir / n).is_file()]
+    named = [run_dir / n for n in ("best.pth", "last.pth") if is_file(run_dir / n)]
 
     def epoch_of(p: Path) -> int:
         digits = "".join(c for c in p.stem if c.isdigit())
