@@ -398,6 +398,10 @@ def test_channels_last_dice_ce_in_blocks_of_rows_equals_its_definition(monkeypat
     dice_ce_loss(half, classes).backward()
     assert half.grad.dtype == torch.bfloat16
     assert torch.allclose(half.grad.float(), reference.grad, atol=2e-3)
+    # on a GPU a block holds up to DEVICE_BLOCK_VALUES rows x classes
+    monkeypatch.setattr(dice_ce_channels_last, "DEVICE_BLOCK_VALUES", 30)
+    blocks = list(dice_ce_channels_last._blocks(10, 9, torch.device("cuda")))
+    assert blocks == [(0, 3), (3, 6), (6, 9), (9, 10)]
 
 
 def test_channels_last_auto_follows_the_device_the_precision_and_the_norm():

@@ -9,8 +9,9 @@ the cache, where whole-size float32 passes went to memory: phantom_3d's full-res
 and 25 ms in blocks on 2 cores (a Xeon with AMX), a seventh of its training step, and no 35 MB
 float32 copy of the probabilities is kept between forward and backward (glibc maps and unmaps
 buffers over 32 MiB at every step, and the kernel zeroes their pages again). Elsewhere (a GPU)
-the rows go as one block: the same operations as a handful of kernels, and still no saved
-float32 probabilities (a 2 x 128^3 patch with 118 classes would keep 2 GB of them).
+a block holds up to ``DEVICE_BLOCK_VALUES`` values: a few blocks of a handful of kernels each,
+no saved float32 probabilities (a 2 x 128^3 patch with 118 classes would keep 2 GB of them) and
+no float32 temporary larger than a block.
 
 The gradient (``losses._DiceCE``'s notation): with p = softmax(z) per row, N rows, S the
 foreground classes present, D_k = P_k + T_k + s: dL/dz = p * (a_k + 1/N - c) + onehot *
@@ -28,6 +29,9 @@ from ..nosync import count_values
 #: Xeons measured (blocks of 1024 to 16384 rows took the same time there)
 CPU_ROWS = 4096
 
+#: values (rows x classes) of a block elsewhere: 256 MB of float32
+DEVICE_BLOCK_VALUES = 2**26
+
 
 def _rows(logits: torch.Tensor) -> torch.Tensor:
     """The (N, K) row view of channels-last (B, K, *spatial) logits (no copy)."""
@@ -35,8 +39,9 @@ def _rows(logits: torch.Tensor) -> torch.Tensor:
     return logits.permute(0, *range(2, logits.dim()), 1).reshape(-1, k)
 
 
-def _blocks(n: int, device: torch.device):
-    step = CPU_ROWS if device.type == "cpu" else n
+def _blocks(n: int, k: int, device: torch.device):
+    """(start, stop) of each block of rows."""
+    step = CPU_ROWS if device.type == "cpu" else max(1, DEVICE_BLOCK_VALUES // k)
     return ((start, min(n, start + step)) for start in range(0, n, step))
 
 
@@ -52,7 +57,7 @@ class DiceCEChannelsLast(torch.autograd.Function):
         p_true = torch.empty(n, **f32)
         pred_sum = torch.zeros(1, k, **f32)
         log_true_sum = torch.zeros((), **f32)
-        for start, stop in _blocks(n, z.device):
+        for start, stop in _blocks(n, k, z.device):
             # float32 straight from bf16 logits: no separate cast of the block
             block = torch.log_softmax(z[start:stop], dim=1, dtype=torch.float32)
             log_true = block.gather(1, flat[start:stop].unsqueeze(1)).squeeze(1)
@@ -87,7 +92,7 @@ class DiceCEChannelsLast(torch.autograd.Function):
         a_scaled = ((a + 1.0 / n) * scale).unsqueeze(0)
         b_true = b[flat] * p_true  # (N,)
         grad = torch.empty_like(z)  # (N, K) in the logits' dtype
-        for start, stop in _blocks(n, z.device):
+        for start, stop in _blocks(n, k, z.device):
             p = torch.softmax(z[start:stop], dim=1, dtype=torch.float32)
             b_block = b_true[start:stop]
             c = torch.addmv(b_block, p, a).mul_(scale)  # (rows,)
