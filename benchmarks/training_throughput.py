@@ -16,6 +16,8 @@ synchronizing operations it caught are printed (there should be none: see ctseg_
 
     python benchmarks/training_throughput.py [--data ROOT] [--size 128] [--batch 8] [--rounds 4]
     python benchmarks/training_throughput.py --device cuda --size 256 --batch 16 --workers 8
+    python benchmarks/training_throughput.py --device cuda --kind 3d --preset gpu_3d \
+        --patch 128 128 128 --batch 2 --only "bf16 + channels_last"
 
 Without --data a 4-subject phantom (160 x 160 x 48) is generated in a temporary folder.
 Goals (issue 3): pipeline overhead < 10 %; >= 20 slices/s through the pipeline on 2 CPU cores.
@@ -105,9 +107,9 @@ def slice_parts(args, data_root: str, cache: str):
 
 
 def patch_parts(args, data_root: str, cache: str):
-    """``phantom_3d``'s config (every structure learned) with --patch and --batch, the patch
+    """The 3D preset's config (every structure learned) with --patch and --batch, the patch
     dataset and its sampler."""
-    config = preset("phantom_3d", data_root)
+    config = preset(args.preset, data_root)
     config.data.cache_dir, config.data.train_split = cache, "all"
     config.data.batch_size = args.batch
     if args.patch:
@@ -219,12 +221,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="2D slice size")
     parser.add_argument("--patch", type=int, nargs=3, default=None, help="3D patch X Y Z")
     parser.add_argument(
+        "--preset", choices=("phantom_3d", "gpu_3d"), default="phantom_3d", help="3D network"
+    )
+    parser.add_argument(
         "--batch", type=int, default=None, help="default: 8 slices; phantom_3d's 1 patch"
     )
     parser.add_argument(
         "--steps", type=int, default=None, help="steps per round and kind (default 5; CUDA 25)"
     )
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--only", default=None, help='one mode, e.g. "bf16 + channels_last" (default: all)'
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--workers", type=int, default=None, help="loader processes (default: as the trainer picks)"
@@ -232,7 +240,7 @@ def main() -> None:
     args = parser.parse_args()
     args.workers = loader_workers(args.workers, resolve_device(args.device))
     if args.batch is None:
-        args.batch = preset("phantom_3d").data.batch_size if args.kind == "3d" else 8
+        args.batch = preset(args.preset).data.batch_size if args.kind == "3d" else 8
     if args.steps is None:  # a GPU step takes milliseconds: more of them for a stable figure
         args.steps = 25 if resolve_device(args.device).type == "cuda" else 5
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,10 +255,14 @@ def main() -> None:
             if args.kind == "3d":  # what channels last buys the 3D model (the trainer's choice)
                 modes.append(("bf16", torch.bfloat16, False))
             modes.append(("bf16 + channels_last", torch.bfloat16, True))
+        if args.only is not None:
+            modes = [m for m in modes if m[0] == args.only]
+            if not modes:
+                parser.error(f"--only {args.only!r} is not a mode this device runs")
         if args.kind == "3d":
-            patch = args.patch or preset("phantom_3d").data.patch_size
+            patch = args.patch or preset(args.preset).data.patch_size
             voxels = math.prod(patch)
-            print(f"phantom_3d's PlainConvUNet, patch {'x'.join(map(str, patch))}, batch "
+            print(f"{args.preset}'s PlainConvUNet, patch {'x'.join(map(str, patch))}, batch "
                   f"{args.batch}, 118 outputs, device {device}, {torch.get_num_threads()} "
                   "threads")  # fmt: skip
             print("voxels/s (millions):")
@@ -271,6 +283,9 @@ def main() -> None:
             row = "".join(f"{r[k] * scale:>10.2f}" for k in kinds)
             gain = f"{r['bare'] / r['unsplit']:>14.2f}" if split else ""
             print(f"{name:<22}{row}{r['pipeline'] / r['bare']:>15.2f}{gain}")
+            if args.kind == "3d":  # steps of one batch each, as nnU-Net reports them
+                print(f"  iterations/s (batch {args.batch}): bare {r['bare'] / args.batch:.2f}, "
+                      f"pipeline {r['pipeline'] / args.batch:.2f}")  # fmt: skip
             if device.type == "cuda":
                 print(f"  device syncs in one pipeline step: {len(syncs)}", *syncs[:3], sep="\n  ")
 
