@@ -16,7 +16,7 @@ from pathlib import Path, PurePath
 
 from . import settings
 from .errors import ConfigError, DataError
-from .fileio import dangling_link
+from .fileio import dangling_link, is_dir
 
 ENV_ROOTS = "CTSEG_DATA_ROOTS"
 
@@ -130,11 +130,11 @@ def check_allowed_folder(path: str | Path, fix: str) -> Path:
     if why := dangling_link(Path(path).expanduser()):  # else "is not a folder": say why
         raise DataError(f"{path} is {why}; {fix}")
     try:
-        is_dir = resolved.is_dir()
-        if is_dir:
+        folder = is_dir(resolved)
+        if folder:
             os.scandir(resolved).close()
     except OSError as exc:
         raise DataError(f"{path} cannot be opened ({exc.strerror or exc}); {fix}") from None
-    if not is_dir:
+    if not folder:
         raise DataError(f"{path} is not a folder; {fix}")
     return resolved

@@ -120,9 +120,9 @@ def check_output(
 
     target = Path(target)
     refuse_replacing_inputs([target], inputs, option)
-    if target.is_dir():
+    if is_dir(target):
         raise ConfigError(f"{option} {target} is a folder; give a file name")
-    if target.exists() and not overwrite:
+    if exists(target) and not overwrite:
         raise ConfigError(
             f"{target} exists; pass --overwrite to replace it, or choose another {option}"
         )
@@ -154,21 +154,31 @@ def dangling_link(path: str | os.PathLike) -> str | None:
 
 
 #: what ``Path.exists``, ``is_file`` and ``is_dir`` of Python 3.10-3.13 read as "not there"
-#: (pathlib's ignored errors)
+#: (pathlib's ignored errors, and on Windows its ignored winerrors: a drive not ready, an
+#: invalid name, a link that cannot be followed)
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+_ABSENT_WINERRORS = (21, 123, 1921)
 
 
 def _mode(path: str | os.PathLike) -> int | None:
-    """``os.stat(path).st_mode`` (links followed), None for a path that is not there; any other
-    error (no permission on the way, a stale mount, a disk error) raised."""
+    """``os.stat(path).st_mode`` (links followed; ``path`` read as ``Path`` reads it: a
+    trailing slash dropped, "" is "."), None for a path that is not there; any other error (no
+    permission on the way, a stale mount, a disk error) raised."""
     try:
-        return os.stat(path).st_mode
+        return os.stat(Path(path)).st_mode
     except OSError as exc:
-        if exc.errno in _ABSENT:
+        if exc.errno in _ABSENT or getattr(exc, "winerror", None) in _ABSENT_WINERRORS:
             return None
         raise
     except ValueError:  # a NUL in the name: no such file
         return None
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is there (links followed: a link that leads nowhere is not), raising
+    OSError where it may not be looked at, as ``Path.exists`` does up to Python 3.13
+    (``is_file``)."""
+    return _mode(path) is not None
 
 
 def is_file(path: str | os.PathLike) -> bool:

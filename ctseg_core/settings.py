@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .fileio import is_dir
 
 #: images whose header claims more voxels are refused before any voxel is read (a 1024^3 grid)
 DEFAULT_MAX_VOXELS = 2**30
@@ -119,7 +120,10 @@ def model_roots() -> list[Path]:
     if parts:
         return [Path(p).expanduser() for p in parts]
     default = totalseg_results()
-    return [default] if default.is_dir() else []
+    try:
+        return [default] if is_dir(default) else []
+    except OSError:  # there, but this user may not look: the model listing says why
+        return [default]
 
 
 def totalseg_results() -> Path:

@@ -42,6 +42,7 @@ def test_is_file_and_is_dir_answer_false_only_for_what_is_not_there(tmp_path):
     (tmp_path / "to_f").symlink_to(tmp_path / "f")
     assert is_file(tmp_path / "f") and is_file(tmp_path / "to_f") and not is_dir(tmp_path / "f")
     assert is_dir(tmp_path) and not is_file(tmp_path)
+    assert is_file(f"{tmp_path / 'f'}/") and is_dir("")  # read as Path reads them
     for absent in ("missing", "f/below", "loop", "nul\0name"):
         assert not is_file(tmp_path / absent) and not is_dir(tmp_path / absent)
     with pytest.raises(OSError):  # a name the filesystem refuses is no "not there"

@@ -293,3 +293,74 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
         [],
         f"checkpoints folder {shut_predictions} cannot be read (Permission denied); {READ_FIX}",
     ]
+
+
+@PATHLIBS
+def test_shared_folders_with_a_closed_member_list_the_rest_and_say_why(
+    tmp_path, derived_dicom, pathlib_of
+):
+    """Folders behind one that may not be entered: named as unreadable, never as missing (Python
+    3.14's pathlib answers "not there" for them), and the readable rest still listed."""
+    import shutil
+
+    pytest.importorskip("nnunetv2")
+    from nnunet_kit import write_model_folder
+
+    models = tmp_path / "models"  # a shared nnU-Net results folder, one model private
+    write_model_folder(models / "Dataset001_Mine", "2d", [5.0, 4.0], [32, 32], [0, 2, 1])
+    write_model_folder(models / "Dataset002_Theirs", "2d", [5.0, 4.0], [32, 32], [0, 2, 1])
+    runs = tmp_path / "runs"  # a shared checkpoints folder, one run private
+    for name in ("mine", "theirs"):
+        (runs / name / "evaluation").mkdir(parents=True)
+        (runs / name / "config.json").write_text("{}")
+        (runs / name / "evaluation" / "evaluation_results_val.csv").write_text("subject\n")
+    dicom = tmp_path / "dicom"  # a series after chmod -R 644: listed, not entered
+    shutil.copytree(derived_dicom, dicom)
+    closed = tmp_path / "closed"
+    (closed / "preds").mkdir(parents=True)
+    (closed / "mine.csv").write_text("x")
+    (tmp_path / "table.csv").symlink_to(closed / "mine.csv")
+    for path in (models / "Dataset002_Theirs", runs / "theirs", closed):
+        path.chmod(0o000)
+    dicom.chmod(0o644)
+    cases = """
+from ctseg_core.access import check_allowed_folder
+from ctseg_core.data import load_ct
+from ctseg_core.evaluation.compare import list_evaluations, read_results
+from ctseg_core.fileio import check_output
+from ctseg_core.nnunet.listing import list_models
+from ctseg_core.runs.run_folder import rename_run
+models, runs, dicom, closed, tmp = map(Path, sys.argv[1:6])
+def listed():
+    skipped = {}
+    return [[m.path.parent.name for m in list_models([models], skipped)], skipped]
+case("models", listed)
+case("evaluations", lambda: [e.label for e in list_evaluations(runs)])
+case("dicom", lambda: load_ct(dicom))
+case("folder box", lambda: check_allowed_folder(closed / "preds", "give a folder"))
+case("output link", lambda: check_output(tmp / "table.csv", overwrite=False))
+case("rename", lambda: rename_run(runs / "theirs", "renamed"))
+case("compare", lambda: read_results(closed / "preds", "val"))
+"""
+    try:
+        got = _run(cases, *map(str, (models, runs, dicom, closed, tmp_path)), pathlib_of=pathlib_of)
+    finally:
+        for path in (models / "Dataset002_Theirs", runs / "theirs", closed, dicom):
+            path.chmod(0o755)
+    theirs = models / "Dataset002_Theirs"
+    assert got["models"] == [  # was, under 3.14, Theirs left out without a word
+        ["Dataset001_Mine"],
+        {str(theirs): f"{theirs} cannot be read (Permission denied)"},
+    ]
+    assert got["evaluations"] == ["mine/evaluation"]  # was a PermissionError on the page
+    assert got["dicom"] == (  # not "holds no readable DICOM series"
+        f"DataError: {dicom} cannot be read (Permission denied); {READ_FIX}"
+    )
+    assert got["folder box"] == (  # not "is not a folder"
+        f"DataError: {closed / 'preds'} cannot be opened (Permission denied); give a folder"
+    )
+    # the user's link is not replaced as if nothing were there
+    assert got["output link"].startswith("PermissionError:")
+    assert (tmp_path / "table.csv").is_symlink()
+    assert got["rename"].startswith("PermissionError:")  # not "is not a run folder"
+    assert got["compare"].startswith("PermissionError:")  # not "is not a folder"

@@ -307,6 +307,7 @@ def run_export(args) -> int:
 
     from ..data.volume import load_label_volume
     from ..errors import ConfigError
+    from ..fileio import exists, is_dir
     from ..inference.label_files import (
         label_file_paths,
         learned_values,
@@ -315,9 +316,9 @@ def run_export(args) -> int:
     )
     from ..labels import names_of
 
-    if args.out.exists() and not args.out.is_dir():
+    if exists(args.out) and not is_dir(args.out):
         raise ConfigError(f"--out {args.out} is a file; give a folder for the label files")
-    existing = [p for p in label_file_paths(args.out / args.labels.name) if p.exists()]
+    existing = [p for p in label_file_paths(args.out / args.labels.name) if exists(p)]
     if existing and not args.overwrite:  # ctseg predict's name merges and what a model learns
         raise ConfigError(f"{existing[0]} exists; add --overwrite to replace it")
     values = None

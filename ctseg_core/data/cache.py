@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import settings
 from ..errors import ConfigError, DataError
-from ..fileio import dangling_link
+from ..fileio import dangling_link, exists, is_dir, is_file
 from ..labels import NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
 from .subject import load_subject, mask_files
@@ -55,7 +55,7 @@ def check_cache_dir(cache_dir: Path, root: Path) -> None:
                 f"cache {cache_dir}{where} is {why}; restore what it points to or give another "
                 "folder (--cache or $CTSEG_CACHE)"
             )
-    if cache_dir.exists() and not cache_dir.is_dir():
+    if exists(cache_dir) and not is_dir(cache_dir):
         raise ConfigError(f"cache {cache_dir} is a file; give a folder (--cache or $CTSEG_CACHE)")
     cache, data = Path(cache_dir).resolve(), Path(root).resolve()
     if cache == data or data in cache.parents:
@@ -238,7 +238,7 @@ def entry_dir(cache_dir: Path, root: Path, subject_id: str) -> Path:
 def read_entry(folder: Path, subject_id: str) -> CachedSubject | None:
     """The complete cache entry in ``folder``, or None when it is missing or not in our format."""
     meta_path = folder / "meta.json"
-    if not meta_path.is_file():
+    if not is_file(meta_path):
         return None
     try:
         meta = json.loads(meta_path.read_text())
@@ -282,7 +282,7 @@ def build_entry(subject_dir: Path, target: Path, settings: dict | None = None) -
             os.rename(tmp, target)
         except OSError:
             # Another process finished the same entry first: theirs is as good as ours.
-            if not (target / "meta.json").is_file():
+            if not is_file(target / "meta.json"):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException as exc:
@@ -333,7 +333,7 @@ def open_cached(
     """The cached form of ``root/subject_id``, built first when missing or stale (if ``build``)."""
     root = Path(root).expanduser()
     subject_dir = root / subject_id
-    if not subject_dir.is_dir():
+    if not is_dir(subject_dir):
         raise DataError(
             f"subject {subject_id} not found in {root}; check the id or the dataset path"
         )

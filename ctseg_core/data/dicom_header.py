@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import is_file
 from .dicom_frames import frame_groups
 
 
@@ -78,7 +79,7 @@ def folder_files(folder: Path) -> list[Path]:
     return [
         p
         for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+        if is_file(p) and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
     ]
 
 

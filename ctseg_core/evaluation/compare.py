@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, DataError
+from ..fileio import exists, is_dir, is_file
 from ..labels import group_of, is_structure
 from ..metrics.specs import METRICS
 from ..runs.run_folder import RESERVED_NAMES
@@ -256,22 +257,36 @@ class EvaluationFolder:
 def evaluation_splits(folder: str | Path) -> tuple[str, ...]:
     """The splits of which ``folder`` holds an ``evaluation_results_<split>.csv``."""
     prefix = "evaluation_results_"
-    names = sorted(p.name for p in Path(folder).glob(f"{prefix}*.csv") if p.is_file())
+    names = sorted(p.name for p in Path(folder).glob(f"{prefix}*.csv") if is_file(p))
     return tuple(n[len(prefix) : -len(".csv")] for n in names)
 
 
 def list_evaluations(checkpoints_root: str | Path) -> list[EvaluationFolder]:
     """Every evaluation under the root: run folders' ``evaluation*/`` and ``evaluations/*/``
-    (those holding at least one results table), by label."""
+    (those holding at least one results table), by label. Folders this user may not look into
+    are left out (a private run in a shared checkpoints folder), as is everything under a root
+    that cannot be read (the pages say why: ``runs.listing.root_problem``)."""
     root = Path(checkpoints_root)
-    if not root.is_dir():
+
+    def folder(path: Path) -> bool:
+        try:
+            return is_dir(path)
+        except OSError:
+            return False
+
+    try:
+        entries = list(root.iterdir()) if is_dir(root) else []
+    except OSError:
         return []
-    runs = [p for p in root.iterdir() if p.is_dir() and p.name not in RESERVED_NAMES]
+    runs = [p for p in entries if p.name not in RESERVED_NAMES and folder(p)]
     candidates = [p for run in runs for p in run.glob("evaluation*")]
     candidates += list((root / "evaluations").glob("*"))
     found = []
     for path in candidates:
-        splits = evaluation_splits(path) if path.is_dir() else ()
+        try:
+            splits = evaluation_splits(path) if is_dir(path) else ()
+        except OSError:
+            continue
         if splits:
             found.append(EvaluationFolder(path.relative_to(root).as_posix(), path, splits))
     return sorted(found, key=lambda e: e.label)
@@ -304,9 +319,9 @@ def read_results(folder: str | Path, split: str) -> pd.DataFrame:
     """
     folder = Path(folder)
     path = folder / f"evaluation_results_{split}.csv"
-    if not folder.is_dir():
+    if not is_dir(folder):
         raise DataError(f"{folder} is not a folder; give an evaluation folder (ctseg evaluate)")
-    if not path.is_file():
+    if not is_file(path):
         held = evaluation_splits(folder)
         fix = (
             f"it holds split(s) {', '.join(held)}: choose one with --split, or evaluate {split}"
@@ -362,7 +377,7 @@ def compare_evaluations(
     a, b, out_dir = Path(folder_a), Path(folder_b), Path(out_dir)
     if a.resolve() == b.resolve():
         raise ConfigError(f"A and B are the same evaluation ({a}); choose two different ones")
-    if out_dir.exists() and not out_dir.is_dir():
+    if exists(out_dir) and not is_dir(out_dir):
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the comparison")
     table = compare_results(read_results(a, split), read_results(b, split), (str(a), str(b)))
     source_a, source_b = _source(a, split), _source(b, split)

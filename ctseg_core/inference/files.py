@@ -35,7 +35,7 @@ import numpy as np
 from ..data.domain import is_phantom_ct
 from ..data.volume import hu_problem, load_ct, save_on_original_grid, spacing_of
 from ..errors import ConfigError
-from ..fileio import not_writable, refuse_replacing_inputs
+from ..fileio import exists, is_dir, not_writable, refuse_replacing_inputs
 from ..labels import NUM_LABELS, names_of, value_of
 from .domain import domain_warnings
 from .label_files import label_file_paths, write_label_files
@@ -93,9 +93,9 @@ def _check_outputs(out_path: Path, written: list[Path], inputs: list, overwrite:
         raise ConfigError(f"--out {out_path}: {why}; choose another --out")
     masks_dir = companion_paths(out_path)["masks"]
     for path in written:
-        if path != masks_dir and path.is_dir():
+        if path != masks_dir and is_dir(path):
             raise ConfigError(f"{path} is a folder; a prediction writes a file there")
-    existing = [p for p in written if p.exists()]
+    existing = [p for p in written if exists(p)]
     if existing and not overwrite:
         raise ConfigError(
             f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out"

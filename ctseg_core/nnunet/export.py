@@ -74,7 +74,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..fileio import FILE_MODE, not_writable
+from ..fileio import FILE_MODE, is_dir, is_file, not_writable
 from ..labels import names_of
 from ..models import model_spec
 from ..models.checkpoint import config_of, load_checkpoint
@@ -97,10 +97,10 @@ _RESIDUAL = {"plain_unet3d": False, "resenc_unet3d": True}
 def source_checkpoint(run_or_checkpoint: str | Path) -> Path:
     """The checkpoint a path names: a file as given; a run folder's best.pth, else last.pth."""
     path = Path(run_or_checkpoint)
-    if not path.is_dir():
+    if not is_dir(path):
         return path
     for name in ("best.pth", "last.pth"):
-        if (path / name).is_file():
+        if is_file(path / name):
             return path / name
     raise ConfigError(f"{path} holds no best.pth or last.pth; give a run folder or a .pth file")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import settings
 from ..errors import ConfigError
+from ..fileio import is_dir, is_file
 from ..labels import MERGES, PARTS, is_structure, value_of
 
 #: dataset.json name of a value an exported ctseg run does not predict (``export.dataset_json``):
@@ -84,7 +85,7 @@ def totalseg_part_folders(root: Path) -> list[Path] | None:
     found = {}
     for child in sorted(Path(root).glob("Dataset*_*")):
         number = dataset_id(child)
-        if child.is_dir() and number in TOTALSEG_PARTS and _named_for_totalseg(child):
+        if is_dir(child) and number in TOTALSEG_PARTS and _named_for_totalseg(child):
             found[number] = child
     if not found:
         return None
@@ -95,7 +96,7 @@ def totalseg_part_folders(root: Path) -> list[Path] | None:
                 f"{root} holds TotalSegmentator parts {sorted(found)} but not Dataset{number} "
                 f"({part}); all five are needed for the 117 structures"
             )
-        models = [p for p in found[number].iterdir() if (p / "plans.json").is_file()]
+        models = [p for p in found[number].iterdir() if is_file(p / "plans.json")]
         if len(models) != 1:
             raise ConfigError(
                 f"{found[number]} holds {len(models)} model folders (with plans.json); "

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import settings
 from ..access import check_allowed_path
 from ..errors import CtsegError
+from ..fileio import folder_error, is_dir, is_file
 from ..labels import value_of
 from .folder import read_model_folder
 from .labels import model_structures, other_names, totalseg_part_folders, value_names
@@ -70,16 +71,27 @@ def _totalseg_entry(root: Path, parts: list[Path]) -> ModelEntry:
     return ModelEntry(root, TOTALSEG_NAME, "/".join(configs), entries[0].folds, tuple(structures))
 
 
-def _model_folders(root: Path) -> list[Path]:
-    """Folders holding plans.json at ``root`` or up to two levels below it, sorted by path."""
-    if (root / "plans.json").is_file():
+def _model_folders(root: Path, skipped: dict[str, str]) -> list[Path]:
+    """Folders holding plans.json at ``root`` or up to two levels below it, sorted by path.
+
+    A folder below the root that cannot be looked into goes into ``skipped`` with its reason
+    (another user's model in a shared folder: the others stay listed); OSError when the root
+    itself cannot be read."""
+    if is_file(root / "plans.json"):
         return [root]
+    if error := folder_error(root):  # listed but not entered (chmod 644): the root, once
+        raise error
     found = []
-    for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (child / "plans.json").is_file():
-            found.append(child)
-            continue
-        found += sorted(g for g in child.iterdir() if g.is_dir() and (g / "plans.json").is_file())
+    for child in sorted(root.iterdir()):
+        try:
+            if not is_dir(child):
+                continue
+            if is_file(child / "plans.json"):
+                found.append(child)
+                continue
+            found += sorted(g for g in child.iterdir() if is_dir(g) and is_file(g / "plans.json"))
+        except OSError as exc:
+            skipped[str(child)] = f"{child} cannot be read ({exc.strerror or exc})"
     return found
 
 
@@ -108,7 +120,7 @@ def list_models(roots: list[Path] | None = None,
         if not _allowed(root, skipped):
             continue
         try:
-            folders = _model_folders(root)
+            folders = _model_folders(root, skipped)
         except OSError as exc:
             skipped[str(root)] = f"{root} cannot be read ({exc.strerror or exc})"
             continue

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import CtsegError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, is_file
 from .run_folder import read_json, refuse_if_active
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def write_notes(run_dir: str | Path, notes: str, tags) -> dict:
     folder, also while it trains (the trainer never writes this file); returns what was kept.
     CtsegError for a folder without config.json or one that cannot be written."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not is_file(run_dir / "config.json"):
         raise CtsegError(f"{run_dir} is not a run folder (no config.json); choose a run")
     kept = {"notes": str(notes or "")[:MAX_NOTES_CHARS], "tags": clean_tags(tags)}
     try:
@@ -62,7 +62,7 @@ def delete_run(run_dir: str | Path) -> None:
     CtsegError, nothing deleted, for a folder without config.json and for a run still training
     here or elsewhere (``refuse_if_active``, this process's own run included)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not is_file(run_dir / "config.json"):
         raise CtsegError(f"{run_dir} is not a run folder (no config.json); nothing was deleted")
     refuse_if_active(run_dir, own_ok=False)
     try:

@@ -38,7 +38,7 @@ from typing import Any
 
 from .. import settings
 from ..errors import CtsegError
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, is_file
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def rename_run(run_dir: str | Path, new_name: str) -> Path:
     config.json's and status.json's ``run_name`` follow, as a resume writes them; the configs
     inside the .pth files keep the old one (a resume takes the folder's name)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not is_file(run_dir / "config.json"):
         raise CtsegError(f"{run_dir} is not a run folder (no config.json); choose a run")
     target = run_dir.parent / check_run_name(new_name)
     refuse_if_active(run_dir, own_ok=False)
