@@ -374,13 +374,17 @@ def test_fused_dice_ce_on_3d_logits_channels_last_equals_its_definition():
         assert x.grad.is_contiguous(memory_format=layout)
 
 
-def test_channels_last_dice_ce_in_blocks_of_rows_equals_its_definition(monkeypatch):
+@pytest.mark.parametrize("keep_bytes", [0, 10**6], ids=["in blocks", "kept"])
+def test_channels_last_dice_ce_in_blocks_of_rows_equals_its_definition(monkeypatch, keep_bytes):
     """The channels-last loss goes through the voxels a block of rows at a time (the last block
-    shorter): the same loss and gradient as the definition, in float32 and from bf16 logits."""
+    shorter), its backward computing each block's probabilities again, or, up to KEEP_BYTES,
+    in one block whose probabilities the forward kept: the same loss and gradient as the
+    definition, in float32 and from bf16 logits, also for a second backward over the graph."""
     from ctseg_core.training import dice_ce_channels_last
     from ctseg_core.training.losses import dice_ce_loss, dice_ce_reference
 
-    monkeypatch.setattr(dice_ce_channels_last, "CPU_ROWS", 7)  # 144 voxels: 21 blocks
+    monkeypatch.setattr(dice_ce_channels_last, "CPU_BLOCK_VALUES", 63)  # 7 rows: 21 blocks
+    monkeypatch.setattr(dice_ce_channels_last, "KEEP_BYTES", keep_bytes)
     torch.manual_seed(2)
     logits = torch.randn(2, 9, 6, 4, 3) * 4
     classes = torch.randint(0, 9, (2, 6, 4, 3))
@@ -390,14 +394,18 @@ def test_channels_last_dice_ce_in_blocks_of_rows_equals_its_definition(monkeypat
     loss_reference.backward()
     x = logits.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
     loss = dice_ce_loss(x, classes)
-    (0.7 * loss).backward()
+    (0.7 * loss).backward(retain_graph=True)
     assert loss.item() == pytest.approx(loss_reference.item(), rel=1e-6)
     assert torch.allclose(x.grad, 0.7 * reference.grad, atol=1e-7)
     assert x.grad.is_contiguous(memory_format=torch.channels_last_3d)
+    loss.backward()
+    assert torch.allclose(x.grad, 1.7 * reference.grad, atol=1e-7)
     half = logits.bfloat16().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
     dice_ce_loss(half, classes).backward()
     assert half.grad.dtype == torch.bfloat16
     assert torch.allclose(half.grad.float(), reference.grad, atol=2e-3)
+    with pytest.raises(ValueError, match="do not match logits"):  # as the definition refuses
+        dice_ce_loss(x, classes.transpose(1, 2))
     # on a GPU a block holds up to DEVICE_BLOCK_VALUES rows x classes
     monkeypatch.setattr(dice_ce_channels_last, "DEVICE_BLOCK_VALUES", 30)
     blocks = list(dice_ce_channels_last._blocks(10, 9, torch.device("cuda")))
