@@ -6,7 +6,9 @@
 # Python and platform the machine has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+exclude="$(git rev-parse --git-path info/exclude)"  # a worktree's .git is a file
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo /.whl/ >> "$exclude"
 version() { python3 -c "import importlib.metadata as m; print(m.version('$1'))"; }
 python3 -m pip download -q --no-deps --only-binary=:all: -d .whl \
   "nibabel==$(version nibabel)" "platformdirs==$(version platformdirs)" \

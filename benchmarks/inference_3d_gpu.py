@@ -2,12 +2,14 @@
 
 ctseg: ``Predictor.predict`` (the "patches" strategy: the CT resampled to the model's 1.5 mm,
 nnU-Net's sliding window with Gaussian weights and overlap 0.5 under bf16, labels back on the
-CT's grid), with the body's box (the default) and over the whole CT (``body_crop=False``).
+CT's grid), with the body's box (the default; ``--whole``: also over the whole CT).
 Peer, in the same run: MONAI's ``sliding_window_inference`` with the same network, patch,
-overlap, Gaussian (sigma 0.125) and autocast, on the CT resampled whole on the device, the
-window's softmax summed over 118 channels; then the straightforward way back (every channel
-to the CT's size, argmax), on ``--crop`` CT slices and extrapolated to the whole CT (marked so),
-as ``inference_3d.py`` does on the CPU.
+overlap, Gaussian (sigma 0.125), autocast and windows per batch (``Predictor``'s 8), on the CT
+resampled whole on the device, the window's softmax summed over 118 channels; then the
+straightforward way back (every channel to the CT's size, argmax), on ``--crop`` CT slices and
+extrapolated to the whole CT (marked so), as ``inference_3d.py`` does on the CPU. The network
+runs as ``load_model`` gives it to both (MONAI's input in the default layout, ctseg's channels
+last), so the ratio includes what ctseg's layout buys. Each line is printed when measured.
 
 Model: the ``gpu_3d`` preset's PlainConvUNet (nnU-Net 3d_fullres widths [32, 64, 128, 256, 320,
 320], patch 128^3 at 1.5 mm, 118 softmax outputs), untrained: its speed does not depend on its
@@ -16,7 +18,7 @@ synthetic 512 x 512 x 300 int16 CT at 0.8 x 0.8 x 1.5 mm of ``inference_3d.py`` 
 couch). Each timed run follows an untimed one of the same shapes (cuDNN picks its algorithms
 there). Peak memory: the device's (``torch.cuda.max_memory_allocated``) on a GPU.
 
-    python benchmarks/inference_3d_gpu.py [--device cuda] [--size 512] [--slices 300]
+    python benchmarks/inference_3d_gpu.py [--device cuda] [--size 512] [--slices 300] [--whole]
 
 Issue 17 asks for the seconds of whole-CT inference at 1.5 mm on the lent GPU
 (``benchmarks/device_check.sh`` runs this). Not measured on a GPU yet: no session has had one.
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_3d import synthetic_ct
 
 SPACING_CT = (0.8, 0.8, 1.5)
+BATCH = 8  # windows per forward pass, both ways (Predictor's default)
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -75,7 +78,7 @@ def run_ctseg(ckpt: Path, ct: np.ndarray, device: torch.device, body_crop: bool)
     """Seconds and peak memory of ``Predictor.predict`` (after an untimed run)."""
     from ctseg_core.inference.predictor import Predictor
 
-    predictor = Predictor([ckpt], device=device, body_crop=body_crop)
+    predictor = Predictor([ckpt], device=device, body_crop=body_crop, batch_slices=BATCH)
     predictor.predict(ct, spacing_mm=SPACING_CT)  # untimed: cuDNN's choices, allocations
     _sync(device)
     _reset_peak(device)
@@ -113,7 +116,7 @@ def run_monai(ckpt: Path, ct: np.ndarray, device: torch.device, crop: int) -> di
         x = F.interpolate(x, size=grid, mode="trilinear", align_corners=False)
         x = normalize_hu(x, config.data.hu_window)
         return sliding_window_inference(
-            x, roi_size=tuple(config.data.patch_size), sw_batch_size=1, predictor=probabilities,
+            x, roi_size=tuple(config.data.patch_size), sw_batch_size=BATCH, predictor=probabilities,
             overlap=0.5, mode="gaussian", sigma_scale=0.125, padding_mode="constant", cval=cval,
         )  # fmt: skip
 
@@ -148,6 +151,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="in-plane CT size")
     parser.add_argument("--slices", type=int, default=300, help="axial slices of the CT")
     parser.add_argument("--crop", type=int, default=24, help="CT slices for MONAI's way back")
+    parser.add_argument("--whole", action="store_true", help="also ctseg over the whole CT")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -155,25 +159,26 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     ct = synthetic_ct((args.size, args.size, args.slices))
     crop = min(args.crop, args.slices)
+    print(f"CT {' x '.join(map(str, ct.shape))} at {SPACING_CT} mm; gpu_3d's network (1.5 mm, "
+          f"patch 128^3), untrained; {BATCH} windows a batch")  # fmt: skip
+    ours = {}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp))
-        box = run_ctseg(ckpt, ct, device, body_crop=True)
-        whole = run_ctseg(ckpt, ct, device, body_crop=False)
+        for name, body_crop in (("body box", True), ("the whole CT", False))[: 1 + args.whole]:
+            run = ours[name] = run_ctseg(ckpt, ct, device, body_crop=body_crop)
+            box = " x ".join(map(str, run["part"]))
+            print(f"ctseg Predictor, {name} ({box}): {run['seconds']:.2f} s, peak "
+                  f"{run['peak_mb']:.0f} MB on the device")  # fmt: skip
         peer = run_monai(ckpt, ct, device, crop)
-    dims = " x ".join(map(str, ct.shape))
-    print(f"CT {dims} at {SPACING_CT} mm; gpu_3d's network (1.5 mm, patch 128^3), untrained")
-    for name, run in (("body box " + " x ".join(map(str, box["part"])), box),
-                      ("the whole CT", whole)):  # fmt: skip
-        print(f"ctseg Predictor, {name}: {run['seconds']:.2f} s, peak {run['peak_mb']:.0f} MB "
-              "on the device")  # fmt: skip
     peer_s = peer["windows_s"] + peer["back_crop_s"] * ct.shape[2] / crop
-    print(f"MONAI sliding_window_inference: windows {peer['windows_s']:.2f} s (peak "
-          f"{peer['windows_mb']:.0f} MB on the device); way back on {crop} slices "
-          f"{peer['back_crop_s']:.2f} s; whole CT ~{peer_s:.2f} s (way back EXTRAPOLATED)")  # fmt: skip
-    agree = float(np.mean(whole["labels"][:, :, :crop] == peer["labels_crop"]))
-    print(f"ratio MONAI / ctseg: ~{peer_s / box['seconds']:.1f}x (body box), "
-          f"~{peer_s / whole['seconds']:.1f}x (whole CT); labels equal to MONAI's on "
-          f"{100 * agree:.2f} % of the first {crop} slices (untrained scores are nearly flat)")  # fmt: skip
+    print(f"MONAI sliding_window_inference on the whole CT: windows {peer['windows_s']:.2f} s "
+          f"(peak {peer['windows_mb']:.0f} MB on the device); way back on {crop} slices "
+          f"{peer['back_crop_s']:.2f} s; in all ~{peer_s:.2f} s (way back EXTRAPOLATED)")  # fmt: skip
+    for name, run in ours.items():
+        agree = float(np.mean(run["labels"][:, :, :crop] == peer["labels_crop"]))
+        print(f"ratio MONAI / ctseg ({name}): ~{peer_s / run['seconds']:.1f}x; labels equal to "
+              f"MONAI's on {100 * agree:.2f} % of the first {crop} slices (untrained scores are "
+              "nearly flat; outside the body box ctseg's are background)")  # fmt: skip
 
 
 if __name__ == "__main__":

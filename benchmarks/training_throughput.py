@@ -48,8 +48,10 @@ split convolutions neither help nor hurt in bf16 (1.01x).
 The Dice + CE of channels-last logits then went through the voxels in blocks that stay in the
 cache (``training.dice_ce_channels_last``; it had taken ~40 ms of the 0.17 s step, a profile
 showed). The same kind of Xeon, 2026-12-07, quiet, 3 rounds, the code before and after one
-after the other, bare / pipeline: bf16 + channels_last 0.46 / 0.44 before, 0.50 / 0.48 after
-(1.09x); fp32 + channels_last 0.24 / 0.24 before, 0.25 / 0.25 after.
+after the other, bf16 + channels_last, bare / pipeline: 0.46 / 0.44 before, 0.50 / 0.48 after
+(1.09x); again later 0.42 / 0.41 before, 0.45 / 0.44 after (1.07x). In float32 nothing changed:
+PyTorch's float32 1 x 1 x 1 output convolutions return the default layout, so that loss is the
+default layout's (``losses._DiceCE``).
 """
 
 from __future__ import annotations
