@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, DataError
-from ..fileio import exists, is_dir, is_file
+from ..fileio import atomic_write_json, atomic_write_text, exists, is_dir, is_file
 from ..labels import group_of, is_structure
 from ..metrics.specs import METRICS
 from ..runs.run_folder import RESERVED_NAMES
@@ -264,22 +264,14 @@ def evaluation_splits(folder: str | Path) -> tuple[str, ...]:
 def list_evaluations(checkpoints_root: str | Path) -> list[EvaluationFolder]:
     """Every evaluation under the root: run folders' ``evaluation*/`` and ``evaluations/*/``
     (those holding at least one results table), by label. Folders this user may not look into
-    are left out (a private run in a shared checkpoints folder), as is everything under a root
-    that cannot be read (the pages say why: ``runs.listing.root_problem``)."""
+    are left out (a private run in a shared folder), and all of a root it may not read (the
+    pages say why: ``runs.listing.root_problem``); glob finds nothing in such a folder."""
     root = Path(checkpoints_root)
-
-    def folder(path: Path) -> bool:
-        try:
-            return is_dir(path)
-        except OSError:
-            return False
-
     try:
         entries = list(root.iterdir()) if is_dir(root) else []
     except OSError:
         return []
-    runs = [p for p in entries if p.name not in RESERVED_NAMES and folder(p)]
-    candidates = [p for run in runs for p in run.glob("evaluation*")]
+    candidates = [p for e in entries if e.name not in RESERVED_NAMES for p in e.glob("evaluation*")]
     candidates += list((root / "evaluations").glob("*"))
     found = []
     for path in candidates:
@@ -371,7 +363,6 @@ def compare_evaluations(
     twice or an ``out_dir`` that is a file; DataError for a missing or unreadable table or no
     pair in common.
     """
-    from ..fileio import atomic_write_json, atomic_write_text
     from ..runs.run_folder import utc_now
 
     a, b, out_dir = Path(folder_a), Path(folder_b), Path(out_dir)
