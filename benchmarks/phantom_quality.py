@@ -151,7 +151,10 @@ bowel, L2 against L1; keeping each structure's largest component does not help (
 sliding window gives at 4 mm (0.830 with and without overlap 0.5 and the body box).
 After the Dice + CE went through the voxels in cache-sized blocks (1.09x the voxels a second in
 ``training_throughput.py --kind 3d``, same run), the same evening: 31 epochs of 18.1 s (this
-Xeon's epochs were slower than the day before's), 0.829 / 0.810: as before; 0.85 NOT met.
+Xeon's epochs were slower than the day before's), 0.829 / 0.810: as before; with the loss's
+final form (probabilities up to 32 MiB kept), later, quiet: 35 epochs of 16.2 s, 0.824 / 0.805
+(weakest evaluated the iliac arteries 0.55 / 0.63, iliac_vena_left 0.64): more steps, the same
+Dice within a seed's spread; 0.85 NOT met.
 """
 
 from __future__ import annotations

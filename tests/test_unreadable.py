@@ -341,6 +341,14 @@ case("folder box", lambda: check_allowed_folder(closed / "preds", "give a folder
 case("output link", lambda: check_output(tmp / "table.csv", overwrite=False))
 case("rename", lambda: rename_run(runs / "theirs", "renamed"))
 case("compare", lambda: read_results(closed / "preds", "val"))
+import os
+from ctseg_core import settings
+os.environ.pop("CTSEG_MODELS", None)
+os.environ["TOTALSEG_HOME_DIR"] = str(closed / "totalseg")  # TotalSegmentator's, behind it
+def default_models():
+    skipped = {}
+    return [list_models(skipped=skipped), skipped]
+case("default models", default_models)
 """
     try:
         got = _run(cases, *map(str, (models, runs, dicom, closed, tmp_path)), pathlib_of=pathlib_of)
@@ -364,3 +372,5 @@ case("compare", lambda: read_results(closed / "preds", "val"))
     assert (tmp_path / "table.csv").is_symlink()
     assert got["rename"].startswith("PermissionError:")  # not "is not a run folder"
     assert got["compare"].startswith("PermissionError:")  # not "is not a folder"
+    results = closed / "totalseg" / "nnunet" / "results"  # was a PermissionError (3.14: nothing)
+    assert got["default models"] == [[], {str(results): f"{results} cannot be read (Permission denied)"}]  # fmt: skip
