@@ -16,7 +16,7 @@ from pathlib import Path, PurePath
 
 from . import settings
 from .errors import ConfigError, DataError
-from .fileio import dangling_link, is_dir
+from .fileio import dangling_link, folder_error, is_dir
 
 ENV_ROOTS = "CTSEG_DATA_ROOTS"
 
@@ -131,8 +131,8 @@ def check_allowed_folder(path: str | Path, fix: str) -> Path:
         raise DataError(f"{path} is {why}; {fix}")
     try:
         folder = is_dir(resolved)
-        if folder:
-            os.scandir(resolved).close()
+        if folder and (error := folder_error(resolved)):  # listed but not entered: chmod 644
+            raise error
     except OSError as exc:
         raise DataError(f"{path} cannot be opened ({exc.strerror or exc}); {fix}") from None
     if not folder:

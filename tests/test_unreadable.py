@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from permissions_kit import run_bound_by_permissions
 
+from ctseg_core.labels import PARTS
+
 SHAPE = (16, 12, 8)
 READ_FIX = "let the user running ctseg read it (chmod/chown)"
 
@@ -309,20 +311,36 @@ def test_shared_folders_with_a_closed_member_list_the_rest_and_say_why(
     models = tmp_path / "models"  # a shared nnU-Net results folder, one model private
     write_model_folder(models / "Dataset001_Mine", "2d", [5.0, 4.0], [32, 32], [0, 2, 1])
     write_model_folder(models / "Dataset002_Theirs", "2d", [5.0, 4.0], [32, 32], [0, 2, 1])
+    split = models / "Dataset003_Split"  # two configurations, one private
+    write_model_folder(split, "2d", [5.0, 4.0], [32, 32], [0, 2, 1])
+    private = write_model_folder(split, "3d_fullres", [4.5, 5.0, 4.0], [16, 32, 32], [0, 2, 1])
+    parts = tmp_path / "totalseg"  # TotalSegmentator's five parts, one private
+    for number, (part, names) in zip(range(291, 296), PARTS.items(), strict=True):
+        labels = {"background": 0, **{n: i for i, n in enumerate(names, start=1)}}
+        write_model_folder(parts / f"Dataset{number}_TotalSegmentator_part_{part}", "2d",
+                           [5.0, 4.0], [32, 32], [0, 2, 1], labels=labels)  # fmt: skip
+    closed_part = sorted(parts.iterdir())[1]
     runs = tmp_path / "runs"  # a shared checkpoints folder, one run private
     for name in ("mine", "theirs"):
         (runs / name / "evaluation").mkdir(parents=True)
         (runs / name / "config.json").write_text("{}")
         (runs / name / "evaluation" / "evaluation_results_val.csv").write_text("subject\n")
+    (runs / "linked").symlink_to(tmp_path / "closed" / "run")  # a run linked into a closed folder
     dicom = tmp_path / "dicom"  # a series after chmod -R 644: listed, not entered
     shutil.copytree(derived_dicom, dicom)
     closed = tmp_path / "closed"
     (closed / "preds").mkdir(parents=True)
     (closed / "mine.csv").write_text("x")
+    (closed / "run" / "evaluation").mkdir(parents=True)
+    (closed / "run" / "evaluation" / "evaluation_results_val.csv").write_text("subject\n")
+    listed_only = tmp_path / "listed_only"  # a predictions folder after chmod 644
+    (listed_only / "s0001.nii.gz").parent.mkdir()
+    (listed_only / "s0001.nii.gz").write_bytes(b"x")
     (tmp_path / "table.csv").symlink_to(closed / "mine.csv")
-    for path in (models / "Dataset002_Theirs", runs / "theirs", closed):
+    for path in (models / "Dataset002_Theirs", private, runs / "theirs", closed, closed_part):
         path.chmod(0o000)
     dicom.chmod(0o644)
+    listed_only.chmod(0o644)
     cases = """
 from ctseg_core.access import check_allowed_folder
 from ctseg_core.data import load_ct
@@ -330,11 +348,13 @@ from ctseg_core.evaluation.compare import list_evaluations, read_results
 from ctseg_core.fileio import check_output
 from ctseg_core.nnunet.listing import list_models
 from ctseg_core.runs.run_folder import rename_run
-models, runs, dicom, closed, tmp = map(Path, sys.argv[1:6])
-def listed():
+models, runs, dicom, closed, tmp, parts = map(Path, sys.argv[1:7])
+def listed(root):
     skipped = {}
-    return [[m.path.parent.name for m in list_models([models], skipped)], skipped]
-case("models", listed)
+    return [sorted(str(m.path.relative_to(root)) for m in list_models([root], skipped)), skipped]
+case("models", lambda: listed(models))
+case("parts", lambda: listed(parts))
+case("listed only", lambda: check_allowed_folder(tmp / "listed_only", "give a folder"))
 case("evaluations", lambda: [e.label for e in list_evaluations(runs)])
 case("dicom", lambda: load_ct(dicom))
 case("folder box", lambda: check_allowed_folder(closed / "preds", "give a folder"))
@@ -351,15 +371,27 @@ def default_models():
 case("default models", default_models)
 """
     try:
-        got = _run(cases, *map(str, (models, runs, dicom, closed, tmp_path)), pathlib_of=pathlib_of)
+        paths = (models, runs, dicom, closed, tmp_path, parts)
+        got = _run(cases, *map(str, paths), pathlib_of=pathlib_of)
     finally:
-        for path in (models / "Dataset002_Theirs", runs / "theirs", closed, dicom):
+        for path in (models / "Dataset002_Theirs", private, runs / "theirs", closed, dicom,
+                     closed_part, listed_only):  # fmt: skip
             path.chmod(0o755)
     theirs = models / "Dataset002_Theirs"
     assert got["models"] == [  # was, under 3.14, Theirs left out without a word
-        ["Dataset001_Mine"],
-        {str(theirs): f"{theirs} cannot be read (Permission denied)"},
-    ]
+        ["Dataset001_Mine/nnUNetTrainer__nnUNetPlans__2d",
+         "Dataset003_Split/nnUNetTrainer__nnUNetPlans__2d"],  # not the whole of Split
+        {str(theirs): f"{theirs} cannot be read (Permission denied)",
+         str(private): f"{private} cannot be read (Permission denied)"},
+    ]  # fmt: skip
+    # one private part: the others listed on their own (was a PermissionError on Predict)
+    assert len(got["parts"][0]) == 4 and closed_part.name not in str(got["parts"][0])
+    assert got["parts"][1] == {
+        str(closed_part): f"{closed_part} cannot be read (Permission denied)"
+    }
+    assert got["listed only"] == (  # was accepted, then a raw error on the page
+        f"DataError: {tmp_path / 'listed_only'} cannot be opened (Permission denied); give a folder"
+    )
     assert got["evaluations"] == ["mine/evaluation"]  # was a PermissionError on the page
     assert got["dicom"] == (  # not "holds no readable DICOM series"
         f"DataError: {dicom} cannot be read (Permission denied); {READ_FIX}"

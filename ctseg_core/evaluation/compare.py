@@ -265,22 +265,22 @@ def list_evaluations(checkpoints_root: str | Path) -> list[EvaluationFolder]:
     """Every evaluation under the root: run folders' ``evaluation*/`` and ``evaluations/*/``
     (those holding at least one results table), by label. Folders this user may not look into
     are left out (a private run in a shared folder), and all of a root it may not read (the
-    pages say why: ``runs.listing.root_problem``); glob finds nothing in such a folder."""
+    pages say why: ``runs.listing.root_problem``)."""
     root = Path(checkpoints_root)
     try:
         entries = list(root.iterdir()) if is_dir(root) else []
     except OSError:
         return []
-    candidates = [p for e in entries if e.name not in RESERVED_NAMES for p in e.glob("evaluation*")]
-    candidates += list((root / "evaluations").glob("*"))
     found = []
-    for path in candidates:
-        try:
-            splits = evaluation_splits(path) if is_dir(path) else ()
+    globs = [(e, "evaluation*") for e in entries if e.name not in RESERVED_NAMES]
+    for folder, pattern in [*globs, (root / "evaluations", "*")]:
+        try:  # one this user may not read (3.10-3.12's glob raises for a link into one)
+            for path in (p for p in folder.glob(pattern) if is_dir(p)):
+                if splits := evaluation_splits(path):
+                    label = path.relative_to(root).as_posix()
+                    found.append(EvaluationFolder(label, path, splits))
         except OSError:
             continue
-        if splits:
-            found.append(EvaluationFolder(path.relative_to(root).as_posix(), path, splits))
     return sorted(found, key=lambda e: e.label)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, is_file
 from ..labels import COLOURS, MERGES, NAME_OF, NUM_STRUCTURES, value_of
 
 SLICER_SUFFIX = ".ctbl"
@@ -107,7 +107,7 @@ def itksnap_text(entries: list[LabelEntry], learned: bool = False) -> str:
 
 
 def _content_lines(path: Path) -> list[tuple[int, str]]:
-    if not path.is_file():
+    if not is_file(path):
         raise DataError(f"{path} does not exist; write it with `ctseg export`")
     text = path.read_text(encoding="utf-8", errors="replace")
     return [

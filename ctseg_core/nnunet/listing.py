@@ -89,10 +89,21 @@ def _model_folders(root: Path, skipped: dict[str, str]) -> list[Path]:
             if is_file(child / "plans.json"):
                 found.append(child)
                 continue
-            found += sorted(g for g in child.iterdir() if is_dir(g) and is_file(g / "plans.json"))
+            inside = sorted(child.iterdir())
         except OSError as exc:
-            skipped[str(child)] = f"{child} cannot be read ({exc.strerror or exc})"
+            _skip_unreadable(skipped, child, exc)
+            continue
+        for folder in inside:  # one closed model folder: its readable siblings still listed
+            try:
+                if is_dir(folder) and is_file(folder / "plans.json"):
+                    found.append(folder)
+            except OSError as exc:
+                _skip_unreadable(skipped, folder, exc)
     return found
+
+
+def _skip_unreadable(skipped: dict[str, str], path: Path, exc: OSError) -> None:
+    skipped[str(path)] = f"{path} cannot be read ({exc.strerror or exc})"
 
 
 def _allowed(path: Path, skipped: dict[str, str]) -> bool:
@@ -130,6 +141,8 @@ def list_models(roots: list[Path] | None = None,
                 parts = totalseg_part_folders(root)
             except CtsegError as exc:  # some of TotalSegmentator's parts: each on its own
                 log.info("%s", exc)
+            except OSError:  # a part this user may not read: the others on their own
+                parts = None
         if parts:
             try:
                 entries[root] = _totalseg_entry(root, parts)
