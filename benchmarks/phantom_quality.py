@@ -154,7 +154,9 @@ After the Dice + CE went through the voxels in cache-sized blocks (1.09x the vox
 Xeon's epochs were slower than the day before's), 0.829 / 0.810: as before; with the loss's
 final form (probabilities up to 32 MiB kept), later, quiet: 35 epochs of 16.2 s, 0.824 / 0.805
 (weakest evaluated the iliac arteries 0.55 / 0.63, iliac_vena_left 0.64): more steps, the same
-Dice within a seed's spread; 0.85 NOT met.
+Dice within a seed's spread; 0.85 NOT met. Right after, ``--fg 0.8`` (more patches centred on a
+structure, for the weak pelvic vessels): 34 epochs, 0.820 / 0.803 (iliac arteries 0.59 / 0.62,
+prostate 0.63): not better; 0.5 stays.
 """
 
 from __future__ import annotations
