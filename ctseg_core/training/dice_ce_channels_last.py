@@ -43,6 +43,23 @@ KEEP_BYTES = 32 * 2**20
 DEVICE_BLOCK_VALUES = 2**26
 
 
+def dice_terms(inter: torch.Tensor, pred_sum: torch.Tensor, ref_sum: torch.Tensor, smooth: float):
+    """(1 - mean soft Dice over the foreground classes present, a, b) from the per-class (K,)
+    float32 intersection, predicted and reference sums; a and b (K,) as in the module doc (0
+    for classes absent from the reference and for the background)."""
+    present = ref_sum > 0
+    present[0] = False
+    # the count stays a tensor: reading it would make a GPU wait here every step
+    count = present.sum().to(ref_sum.dtype).clamp(min=1.0)
+    denom = (pred_sum + ref_sum + smooth).clamp(min=1e-8)
+    dice = (2 * inter + smooth) / denom
+    zero = torch.zeros_like(dice)
+    dice_loss = torch.where(present, 1.0 - dice, zero).sum() / count
+    a = torch.where(present, (2 * inter + smooth) / denom**2 / count, zero)
+    b = torch.where(present, -2.0 / denom / count, zero)
+    return dice_loss, a, b
+
+
 def _rows(logits: torch.Tensor) -> torch.Tensor:
     """The (N, K) row view of channels-last (B, K, *spatial) logits (no copy)."""
     k = logits.shape[1]
@@ -98,16 +115,7 @@ class DiceCEChannelsLast(torch.autograd.Function):
         pred_sum = pred_sum.view(k)
         ref_sum = count_values(flat, k).to(torch.float32)
         inter = torch.zeros(k, **f32).index_add_(0, flat, p_true)
-        present = ref_sum > 0
-        present[0] = False
-        # the count stays a tensor: reading it would make a GPU wait here every step
-        count = present.sum().to(torch.float32).clamp(min=1.0)
-        denom = (pred_sum + ref_sum + smooth).clamp(min=1e-8)
-        dice = (2 * inter + smooth) / denom
-        zero = torch.zeros_like(dice)
-        dice_loss = torch.where(present, 1.0 - dice, zero).sum() / count
-        a = torch.where(present, (2 * inter + smooth) / denom**2 / count, zero)
-        b = torch.where(present, -2.0 / denom / count, zero)
+        dice_loss, a, b = dice_terms(inter, pred_sum, ref_sum, smooth)
         ctx.save_for_backward(logits, classes, p_true, a, b, kept)
         return -log_true_sum / n + dice_loss
 

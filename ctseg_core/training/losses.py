@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..device import memory_layout
 from ..errors import ConfigError
 from ..nosync import count_values, to_device
-from .dice_ce_channels_last import DiceCEChannelsLast
+from .dice_ce_channels_last import DiceCEChannelsLast, dice_terms
 
 SMOOTH = 1e-5
 LossFn = Callable[..., torch.Tensor]  # (logits, classes, annotated=None) -> scalar
@@ -121,16 +121,7 @@ class _DiceCE(torch.autograd.Function):
         inter = torch.zeros(k, dtype=probs.dtype, device=probs.device)
         inter.index_add_(0, flat, p_true.reshape(-1))
         pred_sum = probs.sum(dim=[d for d in range(probs.dim()) if d != 1])
-        present = ref_sum > 0
-        present[0] = False
-        # the count stays a tensor: reading it would make a GPU wait here every step
-        count = present.sum().to(probs.dtype).clamp(min=1.0)
-        denom = (pred_sum + ref_sum + SMOOTH).clamp(min=1e-8)
-        dice = (2 * inter + SMOOTH) / denom
-        zero = torch.zeros_like(dice)
-        dice_loss = torch.where(present, 1.0 - dice, zero).sum() / count
-        a = torch.where(present, (2 * inter + SMOOTH) / denom**2 / count, zero)
-        b = torch.where(present, -2.0 / denom / count, zero)
+        dice_loss, a, b = dice_terms(inter, pred_sum, ref_sum, SMOOTH)
         ctx.save_for_backward(probs, classes, p_true, a, b)
         ctx.n, ctx.dtype = n, logits.dtype
         return ce + dice_loss
