@@ -187,9 +187,9 @@ def load_ct(path: str | Path, *, allow_nan: bool = False, resample_uneven: bool 
         data = np.clip(data, -32768, 32767).astype(np.int16, copy=False)
     array, affine = to_canonical(data, img.affine)
     codes = int(img.header["qform_code"]), int(img.header["sform_code"])  # as on disk
-    qform = img.get_qform() if min(codes) > 0 and not is_dir(path) else img.affine
+    qform = img.get_qform() if min(codes) > 0 and not is_folder else img.affine
     qform = None if np.allclose(qform, img.affine, atol=1e-3) else qform
-    header = None if is_dir(path) else _raw_header_or_none(path)  # read once for both
+    header = None if is_folder else _raw_header_or_none(path)  # read once for both
     notes = geometry_notes(path, img, qform, header)
     if qform is None and header is not None and _pixdim_kept(header, img):
         # an sform alone over another pixdim (in mm): outputs keep the file's pixdim (its

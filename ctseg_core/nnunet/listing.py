@@ -133,7 +133,7 @@ def list_models(roots: list[Path] | None = None,
         try:
             folders = _model_folders(root, skipped)
         except OSError as exc:
-            skipped[str(root)] = f"{root} cannot be read ({exc.strerror or exc})"
+            _skip_unreadable(skipped, root, exc)
             continue
         parts = None
         if folders != [root]:
