@@ -120,7 +120,13 @@ def check_output(
 
     target = Path(target)
     refuse_replacing_inputs([target], inputs, option)
-    if is_dir(target):
+    try:
+        folder = is_dir(target)
+    except OSError as exc:  # e.g. a link into a folder this user may not enter
+        raise ConfigError(
+            f"{cannot_read(f'{option} {target}', exc, target)}, or choose another {option}"
+        ) from exc
+    if folder:
         raise ConfigError(f"{option} {target} is a folder; give a file name")
     if exists(target) and not overwrite:
         raise ConfigError(

@@ -337,7 +337,11 @@ def test_shared_folders_with_a_closed_member_list_the_rest_and_say_why(
     (listed_only / "s0001.nii.gz").parent.mkdir()
     (listed_only / "s0001.nii.gz").write_bytes(b"x")
     (tmp_path / "table.csv").symlink_to(closed / "mine.csv")
-    for path in (models / "Dataset002_Theirs", private, runs / "theirs", closed, closed_part):
+    (closed / "model").mkdir()
+    masks = tmp_path / "out" / "s0001"  # an earlier --split-masks folder, another user's
+    (masks / "segmentations").mkdir(parents=True)
+    for path in (models / "Dataset002_Theirs", private, runs / "theirs", closed, closed_part,
+                 masks):  # fmt: skip
         path.chmod(0o000)
     dicom.chmod(0o644)
     listed_only.chmod(0o644)
@@ -361,6 +365,12 @@ case("folder box", lambda: check_allowed_folder(closed / "preds", "give a folder
 case("output link", lambda: check_output(tmp / "table.csv", overwrite=False))
 case("rename", lambda: rename_run(runs / "theirs", "renamed"))
 case("compare", lambda: read_results(closed / "preds", "val"))
+from ctseg_core.nnunet.model import NnunetPredictor
+case("model in a closed folder", lambda: NnunetPredictor(closed / "model"))
+from ctseg_core.inference.files import predict_file
+case("masks folder", lambda: predict_file(tmp / "ct.nii.gz", [tmp / "x.pth"],
+                                          tmp / "out" / "s0001.nii.gz", split_masks=True,
+                                          overwrite=True))
 import os
 from ctseg_core import settings
 os.environ.pop("CTSEG_MODELS", None)
@@ -375,7 +385,7 @@ case("default models", default_models)
         got = _run(cases, *map(str, paths), pathlib_of=pathlib_of)
     finally:
         for path in (models / "Dataset002_Theirs", private, runs / "theirs", closed, dicom,
-                     closed_part, listed_only):  # fmt: skip
+                     closed_part, listed_only, masks):  # fmt: skip
             path.chmod(0o755)
     theirs = models / "Dataset002_Theirs"
     assert got["models"] == [  # was, under 3.14, Theirs left out without a word
@@ -399,9 +409,22 @@ case("default models", default_models)
     assert got["folder box"] == (  # not "is not a folder"
         f"DataError: {closed / 'preds'} cannot be opened (Permission denied); give a folder"
     )
-    # the user's link is not replaced as if nothing were there
-    assert got["output link"].startswith("PermissionError:")
+    # the user's link is not replaced as if nothing were there (was a raw PermissionError)
+    assert got["output link"] == (
+        f"ConfigError: --out {tmp_path / 'table.csv'} (a link to {closed / 'mine.csv'}) cannot "
+        "be read (Permission denied); let the user running ctseg read what it points to "
+        "(chmod/chown), or choose another --out"
+    )
     assert (tmp_path / "table.csv").is_symlink()
+    assert got["model in a closed folder"] == (  # was a raw PermissionError (3.14: "missing")
+        f"ConfigError: model folder {closed / 'model'} cannot be read (Permission denied); "
+        + READ_FIX
+    )
+    assert got["masks folder"] == (  # was a raw PermissionError, before anything was replaced
+        f"ConfigError: --split-masks folder {masks} cannot be read (Permission denied); "
+        f"{READ_FIX}, or choose another --out"
+    )
+    assert masks.is_dir()
     assert got["rename"].startswith("PermissionError:")  # not "is not a run folder"
     assert got["compare"].startswith("PermissionError:")  # not "is not a folder"
     results = closed / "totalseg" / "nnunet" / "results"  # was a PermissionError (3.14: nothing)

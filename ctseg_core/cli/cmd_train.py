@@ -321,6 +321,7 @@ def _refuse_settings_on_resume(args) -> None:
     """A resumed run keeps its settings (its checkpoint holds them): refuse flags that would
     seem to change them, instead of dropping them unseen."""
     from ..errors import ConfigError
+    from ..fileio import is_file
 
     dests = [*_FLAGS, "preset", "config", "structures", "run", "checkpoints", "no_augment",
              "init_from", "fold", "merge"]  # fmt: skip
@@ -330,7 +331,10 @@ def _refuse_settings_on_resume(args) -> None:
         if dest not in ("epochs", "minutes", *_HARDWARE)
         and getattr(args, dest, None) not in (None, False)
     ]
-    folder = args.resume.parent if args.resume.is_file() else args.resume
+    try:  # a checkpoint or its run folder (either is taken)
+        folder = args.resume.parent if is_file(args.resume) else args.resume
+    except OSError:  # behind a closed folder: resume itself says so; here only the hint
+        folder = args.resume.parent if args.resume.suffix == ".pth" else args.resume
     if given:
         raise ConfigError(
             f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "

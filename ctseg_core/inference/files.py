@@ -35,7 +35,7 @@ import numpy as np
 from ..data.domain import is_phantom_ct
 from ..data.volume import hu_problem, load_ct, save_on_original_grid, spacing_of
 from ..errors import ConfigError
-from ..fileio import exists, is_dir, not_writable, refuse_replacing_inputs
+from ..fileio import cannot_read, exists, is_dir, is_file, not_writable, refuse_replacing_inputs
 from ..labels import NUM_LABELS, names_of, value_of
 from .domain import domain_warnings
 from .label_files import label_file_paths, write_label_files
@@ -107,7 +107,7 @@ def _check_outputs(out_path: Path, written: list[Path], inputs: list, overwrite:
             "pass --overwrite to replace that prediction (its outputs this one does not write "
             "are removed), or choose another --out"
         )
-    if masks_dir in written and masks_dir.exists():
+    if masks_dir in written and exists(masks_dir):
         _refuse_foreign_masks_dir(masks_dir)
 
 
@@ -141,16 +141,20 @@ def _suffix(out_path: Path) -> str:
 def _refuse_foreign_masks_dir(folder: Path) -> None:
     """--split-masks replaces its folder whole: refuse one holding anything it did not write
     (only ``segmentations/*.nii.gz``), e.g. a subject folder of the dataset with its CT."""
-    if not folder.is_dir():
-        raise ConfigError(f"{folder} is a file; --split-masks writes a folder there")
-    for entry in folder.iterdir():
-        inside = list(entry.iterdir()) if entry.is_dir() else []
-        masks_only = all(e.is_file() and e.name.endswith(".nii.gz") for e in inside)
-        if entry.name != "segmentations" or not entry.is_dir() or not masks_only:
-            raise ConfigError(
-                f"{folder} holds {entry.name}, which a --split-masks output does not; it would "
-                "be replaced whole: choose another --out"
-            )
+    try:
+        if not is_dir(folder):
+            raise ConfigError(f"{folder} is a file; --split-masks writes a folder there")
+        for entry in folder.iterdir():
+            inside = list(entry.iterdir()) if is_dir(entry) else []
+            masks_only = all(is_file(e) and e.name.endswith(".nii.gz") for e in inside)
+            if entry.name != "segmentations" or not is_dir(entry) or not masks_only:
+                raise ConfigError(
+                    f"{folder} holds {entry.name}, which a --split-masks output does not; it "
+                    "would be replaced whole: choose another --out"
+                )
+    except OSError as exc:  # what it holds cannot be known: not replaced unseen
+        shown = f"--split-masks folder {folder}"
+        raise ConfigError(f"{cannot_read(shown, exc)}, or choose another --out") from exc
 
 
 def _write_masks(labels: np.ndarray, ct, structures: Sequence[str], folder: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..fileio import is_dir, is_file
+from ..fileio import cannot_read, is_dir, is_file
 from .plans import Configuration, read_configuration
 
 #: checkpoint names tried in each fold, first found wins unless one is asked for
@@ -91,7 +91,11 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
     named is refused), else the one the folder is named for
     (``<trainer>__<plans>__<configuration>``), else the plans' only one."""
     root = Path(path).expanduser()
-    if not is_dir(root):
+    try:
+        folder = is_dir(root)
+    except OSError as exc:  # a folder on the way this user may not enter
+        raise ConfigError(cannot_read(f"model folder {root}", exc, root)) from exc
+    if not folder:
         raise ConfigError(f"model folder {root} does not exist or is not a folder")
     dataset = _read_json(root / "dataset.json")
     plans = _read_json(root / "plans.json")

@@ -24,6 +24,7 @@ import numpy as np
 from ..data.volume import Volume, from_canonical, spacing_of, to_canonical
 from ..device import resolve_device
 from ..errors import ConfigError, CtsegError
+from ..fileio import is_dir
 from ..labels import value_of
 from .folder import read_model_folder
 from .labels import (
@@ -86,7 +87,10 @@ class NnunetPredictor:
         self.path = Path(path).expanduser()
         self.device = resolve_device(device)
         self.tta = bool(tta)
-        parts = totalseg_part_folders(self.path) if self.path.is_dir() else None
+        try:
+            parts = totalseg_part_folders(self.path) if is_dir(self.path) else None
+        except OSError:  # read_model_folder says why it cannot be read
+            parts = None
         folders = parts or [self.path]
         self.models = []
         self._readers = []  # the axis order each model is given the CT in
