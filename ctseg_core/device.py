@@ -223,3 +223,15 @@ def host_free_bytes(cgroup_files=CGROUP_FILES) -> int:
             return max(0, min(free, int(limit) - used))
         return free
     return free
+
+
+def free_bytes(device: torch.device | str) -> int:
+    """Memory free for new tensors on ``device``, in bytes: on a GPU what CUDA reports free plus
+    what PyTorch's caching allocator holds there unused (a served dashboard's earlier work);
+    elsewhere the host's (``host_free_bytes``; MPS shares the host's memory)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(0, cached))
+    return host_free_bytes()

@@ -151,3 +151,41 @@ def test_nnunet_model_on_cuda_equals_nnunet_predictor_on_cuda(tmp_path, small_ct
     assert ours.shape == reference.shape == nib.load(small_ct).shape
     assert (np.bincount(reference.ravel()) > 0).sum() >= 3
     assert float((ours != reference).mean()) <= 1e-3
+
+
+def test_score_sums_the_gpu_cannot_hold_go_to_host_memory_with_the_same_labels(tmp_path, caplog):
+    """A 3D model's score sums of a CT larger than the GPU lets this process use (capped with
+    ``set_per_process_memory_fraction``, which CUDA's free-memory figure does not show, so the
+    estimate passes and the allocation fails): the prediction runs again with them in host
+    memory and labels as with them on the GPU."""
+    import logging
+
+    import numpy as np
+
+    from ctseg_core.inference.predictor import Predictor
+    from ctseg_core.models.checkpoint import save_checkpoint
+
+    config = RunConfig(
+        data=DataConfig(patch_size=(64, 64, 32), spacing_mm=(1.5, 1.5, 1.5)),
+        model=ModelConfig(name="plain_unet3d", features=[8, 16], strides=[1, [2, 2, 2]],
+                          norm="instance"),
+    )  # fmt: skip
+    config.validate()  # 117 structures: 118 score channels
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.pth", build_model(config.model), config=config)
+    ct = np.random.default_rng(0).integers(-1000, 1000, size=(192, 192, 80)).astype(np.int16)
+    spacing = (1.5, 1.5, 1.5)  # sums: 192 x 192 x 80 x 118 float32, 1.4 GB
+    predictor = Predictor([ckpt], device="cuda", body_crop=False)
+    on_gpu = predictor.predict(ct, spacing_mm=spacing)
+    assert not predictor.strategy.host_sums
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(CUDA).total_memory
+    torch.cuda.set_per_process_memory_fraction(1.0e9 / total)
+    try:
+        with caplog.at_level(logging.WARNING):
+            on_host = predictor.predict(ct, spacing_mm=spacing)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert predictor.strategy.host_sums
+    assert "ran out of memory" in caplog.text
+    assert (on_host == on_gpu).mean() > 0.999  # cuDNN may pick other algorithms

@@ -384,6 +384,21 @@ def test_batch_is_lowered_before_refusing(tmp_path):
     assert predictor.check_memory(shape, limit) == 4
 
 
+def test_on_a_gpu_the_batch_fits_its_free_memory_or_the_ct_is_refused(tmp_path):
+    """``device_limit_bytes`` stands in for a GPU's free memory: the batch is lowered to fit
+    it, and a CT that does not fit even one slice at a time is refused in one line."""
+    ckpt = make_checkpoint(tmp_path / "m.pth", ["liver"], target=(256, 256))
+    predictor = Predictor([ckpt], device="cpu", batch_slices=16)
+    shape, host = (512, 512, 300), 10**13
+    on_gpu = predictor.strategy.device_bytes(shape, 4)
+    assert on_gpu < predictor.estimate_bytes(shape, 4) - 512 * 512 * 300 * 6  # the CT stays
+    assert predictor.check_memory(shape, host, None, on_gpu) == 4
+    with pytest.raises(CtsegError, match=r"^a CT of 512 x 512 x 300 voxels needs about 0\.\d GB "
+                       r"of cpu memory to predict, more than the 0\.\d GB free there; free the "
+                       r"GPU, crop the CT, or predict on the CPU \(--device cpu\)$"):  # fmt: skip
+        predictor.check_memory(shape, host, None, predictor.strategy.device_bytes(shape, 1) - 1)
+
+
 def test_existing_outputs_are_kept_unless_overwrite_and_never_half_written(tmp_path, s0000_ct):
     ckpt = make_checkpoint(tmp_path / "t.pth", ["liver"], "test_threshold", (64, 64))
     out = tmp_path / "p.nii.gz"

@@ -488,3 +488,36 @@ def test_patch_memory_estimate_counts_the_score_sums_at_the_model_spacing(tmp_pa
     assert sums + 512 * 512 * 300 * 6 < estimate < sums + 512 * 512 * 300 * 6 + 600e6
     # a finer model spacing holds more score sums
     assert predictor.estimate_bytes(ct_shape, 1, (3.0, 3.0, 6.0)) > estimate
+
+
+def test_score_sums_that_do_not_fit_the_gpu_go_to_host_memory_before_a_refusal(tmp_path):
+    """On a GPU (``device_limit_bytes`` stands in for its free memory here) the batch is lowered
+    first, then the score sums are kept in host memory (nnU-Net's fallback) at the largest batch
+    that fits, then the CT is refused in one line; the labels are those of sums on the device."""
+    ckpt = checkpoint_3d(tmp_path / "m.pth", patch=(32, 24, 16), spacing=(2.0, 2.0, 3.0), seed=4)
+    predictor = Predictor([ckpt], device="cpu", batch_slices=4)
+    strategy, host = predictor.strategy, 10**13
+    ct = np.random.default_rng(2).integers(-1000, 1000, size=(64, 64, 40)).astype(np.int16)
+    spacing = (1.0, 1.0, 1.5)
+    need = {}
+    for host_sums in (False, True):
+        strategy.host_sums = host_sums
+        need[host_sums] = {b: strategy.device_bytes(ct.shape, b, spacing) for b in (4, 2, 1)}
+    assert need[False][4] > need[False][2] > need[False][1] > need[True][1]
+    seen = set()
+    for limit in np.linspace(need[True][1], need[False][4], 200).astype(np.int64):
+        batch = predictor.check_memory(ct.shape, host, spacing, int(limit))
+        sums = strategy.host_sums
+        seen.add((batch, sums))
+        assert need[sums][batch] <= limit  # it fits
+        assert batch == 4 or need[sums][2 * batch] > limit  # the largest batch that does
+        assert not sums or need[False][1] > limit  # the sums leave only when they must
+    assert seen == {(4, False), (2, False), (1, False), (1, True)}
+    with pytest.raises(CtsegError, match=r"^a CT of 64 x 64 x 40 voxels needs about 0\.\d GB "
+                       r"of cpu memory to predict, more than the 0\.\d GB free there"):  # fmt: skip
+        predictor.check_memory(ct.shape, host, spacing, need[True][1] - 1)
+    expected = predictor.predict(ct, spacing_mm=spacing)  # the sums where the device is
+    assert not strategy.host_sums and len(np.unique(expected)) >= 2
+    assert predictor.check_memory(ct.shape, host, spacing, need[True][1])
+    assert strategy.host_sums
+    np.testing.assert_array_equal(strategy.label(ct, 1, None, spacing), expected)

@@ -77,6 +77,8 @@ class PatchStrategy:
                 raise ConfigError(f"{m.path} has no data.patch_size; a 3D model needs one")
         self.patch = tuple(max(int(m.config.data.patch_size[i]) for m in members) for i in range(3))
         self.overlap = float(getattr(predictor, "overlap", 0.5))
+        #: the score sums in host memory, not the device's (``Predictor.check_memory``)
+        self.host_sums = False
         self.amp = resolve_amp("auto", predictor.device)
         # channels last, its instance norms kept so (``keep_channels_last``: PyTorch's copy
         # the layout): a 112 x 112 x 128 patch of a 6-stage U-Net in 1.15 s on 2 AMX cores
@@ -157,14 +159,29 @@ class PatchStrategy:
         labels' z-first copy). ``spacing_mm`` None: the CT's grid is the model's.
         """
         x, y, z = (int(s) for s in shape_xyz)
-        grid = grid_shape(shape_xyz, spacing_mm, self.spacing)
-        padded = [max(g, p) for g, p in zip(grid, self.patch, strict=True)]
-        voxels = math.prod(padded)
-        a = len(self.predictor.active)
-        held = x * y * z * 6 + voxels * 4 * (a + 2)
-        if padded != list(grid):  # the mask of the CT's voxels in the padded volume (bool)
+        grid, sums, network, back = self._device_terms(shape_xyz, batch, spacing_mm)
+        voxels = math.prod(max(g, p) for g, p in zip(grid, self.patch, strict=True))
+        held = x * y * z * 6 + sums + voxels * 4  # and the HU volume
+        if voxels != math.prod(grid):  # the mask of the CT's voxels in the padded volume (bool)
             held += voxels
         resample = x * y * CT_SLAB * 4 * 3
+        return held + max(resample, network, back)
+
+    def device_bytes(self, shape_xyz: Sequence[int], batch: int,
+                     spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
+        """The part of ``estimate_bytes`` on the predictor's device (a GPU's): the batch's, and
+        unless ``host_sums`` the score sums and the way back."""
+        _grid, sums, network, back = self._device_terms(shape_xyz, batch, spacing_mm)
+        return network if self.host_sums else sums + max(network, back)
+
+    def _device_terms(self, shape_xyz: Sequence[int], batch: int,
+                      spacing_mm: Sequence[float] | None) -> tuple:  # fmt: skip
+        """(model grid, score sums' and weights' bytes, a batch's, the way back's)."""
+        x, y, z = (int(s) for s in shape_xyz)
+        grid = grid_shape(shape_xyz, spacing_mm, self.spacing)
+        voxels = math.prod(max(g, p) for g, p in zip(grid, self.patch, strict=True))
+        a = len(self.predictor.active)
+        sums = voxels * 4 * (a + 1)  # and a member's sums of weights
         value_bytes = 2 if self.amp is not None else 4
         batch_terms = 0
         for m in self.predictor.members:
@@ -179,7 +196,7 @@ class PatchStrategy:
         # and the labels' z-first copy
         back = 2 * SLAB_VALUES * 6 + x * y * 40 + 3 * a * grid[0] * grid[1] * 4
         back += math.prod(grid) * 8 + x * y * z
-        return held + max(resample, batch_terms, back)
+        return grid, sums, batch_terms, back
 
     @torch.inference_mode()
     def scores(self, ct_xyz: np.ndarray, batch: int, spacing_mm: Sequence[float] | None = None,
@@ -202,7 +219,8 @@ class PatchStrategy:
         # channels last and z first, as the windows' logits are laid out and the way back reads
         # them (a slab of slices at a time): (Z, X, Y, A) sums, a member's (Z, X, Y) weights
         zxy = (padded[2], padded[0], padded[1])
-        acc = torch.zeros((*zxy, len(self.predictor.active)), device=device)
+        sums_on = torch.device("cpu") if self.host_sums else device
+        acc = torch.zeros((*zxy, len(self.predictor.active)), device=sums_on)
         jobs = []
         for m in self.predictor.members:
             # each member on the grid it pads alone (to its own patch, centred), placed in the
@@ -216,7 +234,7 @@ class PatchStrategy:
         total, done = sum(len(job[-1]) for job in jobs), 0
         logits = self.averages_logits()
         for member, patch, own, offset, starts in jobs:
-            g = gaussian_importance(patch).permute(2, 0, 1).to(device)  # (pz, px, py)
+            g = gaussian_importance(patch).permute(2, 0, 1).to(sums_on)  # (pz, px, py)
             augs = self.augmentations(member)
             # each member's passes are normalised by its own sum of weights, so members with
             # other patches or passes count alike (the mean of the members' averages)
@@ -284,6 +302,7 @@ class PatchStrategy:
             x = torch.flip(x, dims=[2])  # x: patient left/right
         with autocast_context(self.predictor.device, self.amp):
             out = member.model(x)  # (B, K, px, py, pz)
+        out = out.to(acc.device)  # the sums in host memory: the batch's output goes there
         read = self._sources[id(member)][1 if flip else 0].to(acc.device)
         missing = torch.nonzero(read < 0).flatten()
         softmax = member.config.output_mode == "softmax"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.volume import Volume
-from ..device import host_free_bytes, resolve_device
+from ..device import free_bytes, host_free_bytes, resolve_device
 from ..errors import ConfigError, CtsegError
 from ..labels import is_structure, value_of
 from ..models.registry import model_spec
@@ -48,6 +48,18 @@ class _Member:
 
 def _gb(n: float) -> str:
     return f"{n / 2**30:.1f} GB"
+
+
+def _dims(shape_xyz: Sequence[int]) -> str:
+    return " x ".join(str(int(s)) for s in shape_xyz)
+
+
+def _fitting_batch(need: Callable[[int], int], batch: int, limit: int) -> int | None:
+    """The largest of ``batch``, ``batch // 2``, .. 1 whose ``need(batch)`` bytes fit
+    ``limit``; None when not even 1 does."""
+    while batch > 1 and need(batch) > limit:
+        batch //= 2
+    return batch if need(batch) <= limit else None
 
 
 class Predictor:
@@ -128,26 +140,62 @@ class Predictor:
         return self.strategy.estimate_bytes(shape_xyz, batch, spacing_mm)
 
     def check_memory(self, shape_xyz: Sequence[int], limit_bytes: int | None = None,
-                     spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
-        """The batch size that fits ``limit_bytes`` (default 80 % of available memory).
+                     spacing_mm: Sequence[float] | None = None,
+                     device_limit_bytes: int | None = None) -> int:  # fmt: skip
+        """The batch size that fits: the whole estimate within ``limit_bytes`` (default 80 % of
+        the host's available memory) and, on a GPU, its part there within
+        ``device_limit_bytes`` (default 90 % of the GPU's free memory; checked on any device
+        when given).
 
-        Lowers the batch down to 1 slice when needed; raises CtsegError with the size and the
-        limit when even one slice at a time does not fit.
+        Lowers the batch down to 1 where needed. A volumetric model whose score sums do not fit
+        the GPU keeps them in host memory (``PatchStrategy.host_sums``: slower, nnU-Net's
+        fallback too). Raises CtsegError with the size and the limit when even one slice or
+        patch at a time does not fit.
         """
         limit = int(limit_bytes if limit_bytes is not None else 0.8 * host_free_bytes())
-        batch = self.batch_slices
-        while batch > 1 and self.estimate_bytes(shape_xyz, batch, spacing_mm) > limit:
-            batch //= 2
-        need = self.estimate_bytes(shape_xyz, batch, spacing_mm)
-        if need > limit:
-            dims = " x ".join(str(int(s)) for s in shape_xyz)
+        if hasattr(self.strategy, "host_sums"):
+            self.strategy.host_sums = False
+        batch = _fitting_batch(
+            lambda b: self.estimate_bytes(shape_xyz, b, spacing_mm), self.batch_slices, limit
+        )
+        if batch is None:
+            need = self.estimate_bytes(shape_xyz, 1, spacing_mm)
             raise CtsegError(
-                f"a CT of {dims} voxels needs about {_gb(need)} to predict, more than the "
-                f"{_gb(limit)} memory limit; crop or resample the CT, or use a machine with more memory"
+                f"a CT of {_dims(shape_xyz)} voxels needs about {_gb(need)} to predict, more "
+                f"than the {_gb(limit)} memory limit; crop or resample the CT, or use a machine "
+                "with more memory"
             )
+        if self.device.type == "cuda" or device_limit_bytes is not None:
+            batch = self._check_device_memory(shape_xyz, batch, spacing_mm, device_limit_bytes)
         if batch < self.batch_slices:
-            log.info("batch lowered to %d slices to stay within %s", batch, _gb(limit))
+            log.info("batch lowered to %d to stay within the memory limits", batch)
         return batch
+
+    def _check_device_memory(self, shape_xyz: Sequence[int], batch: int,
+                             spacing_mm: Sequence[float] | None,
+                             limit_bytes: int | None) -> int:  # fmt: skip
+        """The batch (at most ``batch``) whose part on the GPU fits, the score sums there if
+        they fit at all, else in host memory; CtsegError when neither does."""
+        limit = int(limit_bytes if limit_bytes is not None else 0.9 * free_bytes(self.device))
+        strategy = self.strategy
+        for host_sums in (False, True) if hasattr(strategy, "host_sums") else (None,):
+            if host_sums is not None:
+                strategy.host_sums = host_sums
+            fits = _fitting_batch(
+                lambda b: strategy.device_bytes(shape_xyz, b, spacing_mm), batch, limit
+            )
+            if fits is not None:
+                if host_sums:
+                    log.warning("the score sums of a CT of %s voxels do not fit %s's free %s: "
+                                "kept in host memory (slower)", _dims(shape_xyz), self.device,
+                                _gb(limit))  # fmt: skip
+                return fits
+        need = strategy.device_bytes(shape_xyz, 1, spacing_mm)
+        raise CtsegError(
+            f"a CT of {_dims(shape_xyz)} voxels needs about {_gb(need)} of {self.device} memory "
+            f"to predict, more than the {_gb(limit)} free there; free the GPU, crop the CT, or "
+            "predict on the CPU (--device cpu)"
+        )
 
     def predict(self, ct: Volume | np.ndarray, progress: Callable[[int, int, str], None] | None = None,
                 memory_limit_bytes: int | None = None,
@@ -177,7 +225,25 @@ class Predictor:
             )
         batch = self.check_memory(ct_xyz.shape, memory_limit_bytes, spacing_mm)
         self.last_box = None
-        return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
+        try:
+            return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
+        except torch.OutOfMemoryError as exc:  # the estimate was short, or others took memory
+            if getattr(self.strategy, "host_sums", True):
+                raise self._ran_out(ct_xyz.shape, batch) from exc
+        # out of the except clause: its frames, and the GPU tensors they hold, are freed
+        log.warning("%s ran out of memory; again with the score sums in host memory", self.device)
+        torch.cuda.empty_cache()
+        self.strategy.host_sums = True
+        try:
+            return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
+        except torch.OutOfMemoryError as exc:
+            raise self._ran_out(ct_xyz.shape, batch) from exc
+
+    def _ran_out(self, shape_xyz: Sequence[int], batch: int) -> CtsegError:
+        return CtsegError(
+            f"{self.device} ran out of memory labelling a CT of {_dims(shape_xyz)} voxels, "
+            f"{batch} at a time; free the GPU, lower the batch, or predict on the CPU (--device cpu)"
+        )
 
 
 def predict_volume(

@@ -198,6 +198,17 @@ class SliceStrategy:
         inputs = b * context * x * y * (2 + 4)
         return volume + inputs + scores + upsample + activations
 
+    def device_bytes(self, shape_xyz: Sequence[int], batch_slices: int,
+                     spacing_mm: Sequence[float] | None = None) -> int:  # fmt: skip
+        """The part of ``estimate_bytes`` on the predictor's device (a GPU's): the batch's
+        resized inputs, scores, upsampling and activations (the volumes stay in host memory)."""
+        x, y, z = (int(s) for s in shape_xyz)
+        h, w = self.work_size
+        context = max(m.context for m in self.predictor.members)
+        host = x * y * z * 6 + int(batch_slices) * context * x * y * 6
+        resized = int(batch_slices) * context * h * w * 4
+        return self.estimate_bytes(shape_xyz, batch_slices, spacing_mm) - host + resized
+
     @torch.inference_mode()
     def _batch_scores(self, ct_xyz: np.ndarray, zs: list[int]) -> torch.Tensor:
         """(B, A, h, w) float32 scores of the active label values: the mean over the members of

@@ -45,7 +45,7 @@ import math
 import torch
 
 from ..config import RunConfig
-from ..device import autocast_context, host_free_bytes, resolve_amp, resolve_device
+from ..device import autocast_context, free_bytes, resolve_amp, resolve_device
 from ..errors import ConfigError
 from ..models.registry import build_model, model_spec
 from ..runs.listing import config_kind
@@ -196,12 +196,9 @@ def _parameter_counts(model_json: str) -> tuple[torch.Tensor, ...]:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Memory free for a new run on ``device``: CUDA's free memory (``torch.cuda.mem_get_info``),
-    or on a CPU what the host and its container leave (``device.host_free_bytes``)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    return host_free_bytes()
+    """Memory free for a new run on ``device``: on a GPU CUDA's free memory and PyTorch's unused
+    cache, on a CPU what the host and its container leave (``device.free_bytes``)."""
+    return free_bytes(device)
 
 
 def format_gb(n_bytes: float) -> str:
