@@ -207,7 +207,22 @@ from ctseg_core.models.checkpoint import load_checkpoint
 from ctseg_core.evaluation.evaluate import evaluate_predictions
 from ctseg_core.inference.files import predict_file
 data, runs, predictions, closed, shut, shut_predictions, linked_predictions = map(Path, sys.argv[1:8])
+import logging
+said = []  # the server log's lines
+class Kept(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("ctseg_core.runs.listing").addHandler(Kept())
 case("runs", lambda: [r.name for r in list_runs(runs)])
+def said_of_private_run():  # once while it stays closed, and again once closed again
+    counts = []
+    for mode in (None, 0o755, 0o000):
+        if mode is not None:
+            (runs / "private").chmod(mode)
+        list_runs(runs)
+        counts.append(sum("private" in line for line in said))
+    return counts
+case("said of a private run", said_of_private_run)
 case("checkpoint", lambda: load_checkpoint(runs / "mine" / "best.pth"))
 ev = lambda p, o: evaluate_predictions(data, "val", p, o, report=False, cache_dir=data.parent / "cache")
 def scored():
@@ -239,6 +254,7 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
                      shut_predictions):  # fmt: skip
             path.chmod(0o755)
     assert got["runs"] == ["mine"]  # was a PermissionError on every page that lists runs
+    assert got["said of a private run"] == [1, 1, 2]  # was never said again in that process
     assert got["checkpoint"] == (  # was "cannot be loaded safely (not a readable PyTorch file)"
         f"UnreadableCheckpoint: checkpoint {runs / 'mine' / 'best.pth'} cannot be read "
         f"(Permission denied); {READ_FIX}"

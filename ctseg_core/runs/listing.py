@@ -103,6 +103,7 @@ def _run_folders(root: Path) -> list[Path]:
     user's private run in a shared folder) is left out; each with a warning once."""
     try:
         entries = list(root.iterdir()) if is_dir(root) else []
+        _SKIPPED.discard(root)
     except OSError as exc:
         entries = []
         _warn_once(root, f"checkpoints folder {root}", exc)
@@ -111,12 +112,15 @@ def _run_folders(root: Path) -> list[Path]:
         try:
             if is_dir(entry) and is_file(entry / "config.json"):
                 runs.append(entry)
+            _SKIPPED.discard(entry)  # readable again: said again should it close once more
         except OSError as exc:
             _warn_once(entry, f"run {entry}", exc)
     return runs
 
 
 def _warn_once(path: Path, shown: str, exc: OSError) -> None:
+    """Log why ``path`` is not listed, once while it stays unreadable (a page lists the runs
+    every few seconds)."""
     if path not in _SKIPPED:  # at worst said twice by two sessions at once
         _SKIPPED.add(path)
         log.warning("not listed: %s", cannot_read(shown, exc, path))
