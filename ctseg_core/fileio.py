@@ -123,9 +123,7 @@ def check_output(
     try:
         folder = is_dir(target)
     except OSError as exc:  # e.g. a link into a folder this user may not enter
-        raise ConfigError(
-            f"{cannot_read(f'{option} {target}', exc, target)}, or choose another {option}"
-        ) from exc
+        raise ConfigError(output_unseen(option, target, exc)) from exc
     if folder:
         raise ConfigError(f"{option} {target} is a folder; give a file name")
     if exists(target) and not overwrite:
@@ -133,6 +131,17 @@ def check_output(
             f"{target} exists; pass --overwrite to replace it, or choose another {option}"
         )
     return target
+
+
+def output_unseen(option: str, target: str | os.PathLike, exc: OSError) -> str:
+    """One line for an output path this user may not look at (``exc``: why): a link into a
+    folder it may not enter, or a path behind one; either could hide a file of the user's."""
+    if os.path.islink(target):
+        return f"{cannot_read(f'{option} {target}', exc, target)}, or choose another {option}"
+    return (
+        f"{option} {target} cannot be looked at ({exc.strerror or exc}); let the user running "
+        f"ctseg enter the folders on its way (chmod/chown), or choose another {option}"
+    )
 
 
 def dangling_link(path: str | os.PathLike) -> str | None:

@@ -356,8 +356,11 @@ def test_shared_folders_with_a_closed_member_list_the_rest_and_say_why(
     (closed / "model").mkdir()
     masks = tmp_path / "out" / "s0001"  # an earlier --split-masks folder, another user's
     (masks / "segmentations").mkdir(parents=True)
+    (closed / "stats.csv").write_text("x")  # the statistics: a link into a closed folder
+    (tmp_path / "out" / "s0002_statistics.csv").symlink_to(closed / "stats.csv")
+    folds = write_model_folder(tmp_path / "folds", "2d", [5.0, 4.0], [32, 32], [0, 2, 1], 2)
     for path in (models / "Dataset002_Theirs", private, runs / "theirs", closed, closed_part,
-                 masks):  # fmt: skip
+                 masks, folds / "fold_1"):  # fmt: skip
         path.chmod(0o000)
     dicom.chmod(0o644)
     listed_only.chmod(0o644)
@@ -387,6 +390,11 @@ from ctseg_core.inference.files import predict_file
 case("masks folder", lambda: predict_file(tmp / "ct.nii.gz", [tmp / "x.pth"],
                                           tmp / "out" / "s0001.nii.gz", split_masks=True,
                                           overwrite=True))
+case("statistics link", lambda: predict_file(tmp / "ct.nii.gz", [tmp / "x.pth"],
+                                             tmp / "out" / "s0002.nii.gz", statistics=True))
+case("output behind", lambda: check_output(closed / "a" / "table.csv", overwrite=False))
+case("closed model", lambda: NnunetPredictor(models / "Dataset003_Split" / "nnUNetTrainer__nnUNetPlans__3d_fullres"))
+case("closed fold", lambda: NnunetPredictor(tmp / "folds" / "nnUNetTrainer__nnUNetPlans__2d"))
 import os
 from ctseg_core import settings
 os.environ.pop("CTSEG_MODELS", None)
@@ -401,7 +409,7 @@ case("default models", default_models)
         got = _run(cases, *map(str, paths), pathlib_of=pathlib_of)
     finally:
         for path in (models / "Dataset002_Theirs", private, runs / "theirs", closed, dicom,
-                     closed_part, listed_only, masks):  # fmt: skip
+                     closed_part, listed_only, masks, folds / "fold_1"):  # fmt: skip
             path.chmod(0o755)
     theirs = models / "Dataset002_Theirs"
     assert got["models"] == [  # was, under 3.14, Theirs left out without a word
@@ -441,6 +449,24 @@ case("default models", default_models)
         f"{READ_FIX}, or choose another --out"
     )
     assert masks.is_dir()
+    statistics = tmp_path / "out" / "s0002_statistics.csv"
+    assert got["statistics link"] == (  # was a raw PermissionError
+        f"ConfigError: --out {statistics} (a link to {closed / 'stats.csv'}) cannot be read "
+        "(Permission denied); let the user running ctseg read what it points to (chmod/chown), "
+        "or choose another --out"
+    )
+    assert got["output behind"] == (  # an output: not "read it"
+        f"ConfigError: --out {closed / 'a' / 'table.csv'} cannot be looked at (Permission "
+        "denied); let the user running ctseg enter the folders on its way (chmod/chown), or "
+        "choose another --out"
+    )
+    assert got["closed model"] == (  # was a raw PermissionError naming its dataset.json
+        f"ConfigError: model folder {private} cannot be read (Permission denied); {READ_FIX}"
+    )
+    fold = folds / "fold_1" / "checkpoint_final.pth"
+    assert got["closed fold"] == (  # was a raw PermissionError
+        f"ConfigError: {fold} cannot be read (Permission denied); {READ_FIX}"
+    )
     assert got["rename"].startswith("PermissionError:")  # not "is not a run folder"
     assert got["compare"].startswith("PermissionError:")  # not "is not a folder"
     results = closed / "totalseg" / "nnunet" / "results"  # was a PermissionError (3.14: nothing)

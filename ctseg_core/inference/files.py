@@ -35,7 +35,15 @@ import numpy as np
 from ..data.domain import is_phantom_ct
 from ..data.volume import hu_problem, load_ct, save_on_original_grid, spacing_of
 from ..errors import ConfigError
-from ..fileio import cannot_read, exists, is_dir, is_file, not_writable, refuse_replacing_inputs
+from ..fileio import (
+    cannot_read,
+    exists,
+    is_dir,
+    is_file,
+    not_writable,
+    output_unseen,
+    refuse_replacing_inputs,
+)
 from ..labels import NUM_LABELS, names_of, value_of
 from .domain import domain_warnings
 from .label_files import label_file_paths, write_label_files
@@ -92,10 +100,15 @@ def _check_outputs(out_path: Path, written: list[Path], inputs: list, overwrite:
     if why := not_writable(out_path.parent):  # found before the model runs, not after
         raise ConfigError(f"--out {out_path}: {why}; choose another --out")
     masks_dir = companion_paths(out_path)["masks"]
+    existing = []
     for path in written:
-        if path != masks_dir and is_dir(path):
-            raise ConfigError(f"{path} is a folder; a prediction writes a file there")
-    existing = [p for p in written if exists(p)]
+        try:
+            if path != masks_dir and is_dir(path):
+                raise ConfigError(f"{path} is a folder; a prediction writes a file there")
+            if exists(path):
+                existing.append(path)
+        except OSError as exc:  # e.g. a link into a folder this user may not enter
+            raise ConfigError(output_unseen("--out", path, exc)) from exc
     if existing and not overwrite:
         raise ConfigError(
             f"{existing[0]} exists; pass --overwrite to replace it, or choose another --out"
@@ -107,7 +120,7 @@ def _check_outputs(out_path: Path, written: list[Path], inputs: list, overwrite:
             "pass --overwrite to replace that prediction (its outputs this one does not write "
             "are removed), or choose another --out"
         )
-    if masks_dir in written and exists(masks_dir):
+    if masks_dir in existing:
         _refuse_foreign_masks_dir(masks_dir)
 
 

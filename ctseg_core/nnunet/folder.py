@@ -11,6 +11,7 @@ and tensors, only the numpy scalars nnU-Net's logger stores (``_NUMPY_GLOBALS``)
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..fileio import cannot_read, is_dir, is_file
+from ..fileio import cannot_read, folder_error, is_dir, is_file
 from .plans import Configuration, read_configuration
 
 #: checkpoint names tried in each fold, first found wins unless one is asked for
@@ -92,11 +93,20 @@ def read_model_folder(path: str | Path, folds: list[int | str] | None = None,
     (``<trainer>__<plans>__<configuration>``), else the plans' only one."""
     root = Path(path).expanduser()
     try:
-        folder = is_dir(root)
-    except OSError as exc:  # a folder on the way this user may not enter
-        raise ConfigError(cannot_read(f"model folder {root}", exc, root)) from exc
-    if not folder:
+        return _read_model_folder(root, folds, checkpoint, configuration)
+    except OSError as exc:  # the folder, a folder on its way or a file in it, closed to us
+        named = exc.filename is None or Path(os.fsdecode(exc.filename)) == root
+        shown = f"model folder {root}" if named else os.fsdecode(exc.filename)
+        raise ConfigError(cannot_read(shown, exc, root if named else exc.filename)) from exc
+
+
+def _read_model_folder(root: Path, folds: list[int | str] | None, checkpoint: str | None,
+                       configuration: str | None) -> ModelFolder:  # fmt: skip
+    """``read_model_folder``'s work; OSError where this user may not read."""
+    if not is_dir(root):
         raise ConfigError(f"model folder {root} does not exist or is not a folder")
+    if closed := folder_error(root):  # said of the folder, not of its first file
+        raise closed
     dataset = _read_json(root / "dataset.json")
     plans = _read_json(root / "plans.json")
     labels = dataset.get("labels")
