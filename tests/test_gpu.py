@@ -189,3 +189,35 @@ def test_score_sums_the_gpu_cannot_hold_go_to_host_memory_with_the_same_labels(t
     assert predictor.strategy.host_sums
     assert "ran out of memory" in caplog.text
     assert (on_host == on_gpu).mean() > 0.999  # cuDNN may pick other algorithms
+
+
+@pytest.mark.parametrize("kind", ["mirror", "shift", "sigmoid", "ensemble", "subset"])
+def test_score_sums_in_host_memory_equal_those_on_the_gpu(tmp_path, kind):
+    """Every kind of pass with the sums in host memory (``host_sums``) against the same on the
+    GPU: mirrored and shifted test-time passes, a sigmoid model (probabilities, its background
+    0.5), an ensemble of other patches, and members of other structures' order (channels read
+    through a map); float32, so the sums agree to rounding."""
+    from test_inference_patches import STRUCTURES, checkpoint_3d
+
+    from ctseg_core.inference.predictor import Predictor
+
+    spacing = (6.0, 6.0, 6.0)
+    first = checkpoint_3d(tmp_path / "a.pth", patch=(16, 16, 8), spacing=spacing, seed=1,
+                          mirror=kind == "mirror", output="sigmoid" if kind == "sigmoid"
+                          else "softmax")  # fmt: skip
+    members = [first]
+    if kind == "ensemble":
+        members.append(checkpoint_3d(tmp_path / "b.pth", patch=(32, 32, 16), spacing=spacing))
+    if kind == "subset":
+        members.append(checkpoint_3d(tmp_path / "b.pth", patch=(16, 16, 8), spacing=spacing,
+                                     structures=list(reversed(STRUCTURES)), seed=2))  # fmt: skip
+    ct = torch.randint(-1000, 1000, (45, 38, 23), generator=torch.Generator().manual_seed(7))
+    ct = ct.to(torch.int16).numpy()
+    predictor = Predictor(members, device="cuda", batch_slices=4, tta=kind in ("mirror", "shift"))
+    predictor.strategy.amp = None
+    sums = {}
+    for host_sums in (False, True):
+        predictor.strategy.host_sums = host_sums
+        sums[host_sums] = predictor.strategy.scores(ct, 4, spacing_mm=spacing)
+    assert sums[False].device.type == "cuda" and sums[True].device.type == "cpu"
+    torch.testing.assert_close(sums[True], sums[False].cpu(), rtol=1e-5, atol=1e-5)

@@ -394,8 +394,8 @@ def test_on_a_gpu_the_batch_fits_its_free_memory_or_the_ct_is_refused(tmp_path):
     assert on_gpu < predictor.estimate_bytes(shape, 4) - 512 * 512 * 300 * 6  # the CT stays
     assert predictor.check_memory(shape, host, None, on_gpu) == 4
     with pytest.raises(CtsegError, match=r"^a CT of 512 x 512 x 300 voxels needs about 0\.\d GB "
-                       r"of cpu memory to predict, more than the 0\.\d GB free there; free the "
-                       r"GPU, crop the CT, or predict on the CPU \(--device cpu\)$"):  # fmt: skip
+                       r"of cpu memory, more than the 0\.\d GB it can spare now; free the GPU, "
+                       r"or predict on the CPU \(--device cpu\)$"):  # fmt: skip
         predictor.check_memory(shape, host, None, predictor.strategy.device_bytes(shape, 1) - 1)
 
 

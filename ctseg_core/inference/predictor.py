@@ -185,16 +185,12 @@ class Predictor:
                 lambda b: strategy.device_bytes(shape_xyz, b, spacing_mm), batch, limit
             )
             if fits is not None:
-                if host_sums:
-                    log.warning("the score sums of a CT of %s voxels do not fit %s's free %s: "
-                                "kept in host memory (slower)", _dims(shape_xyz), self.device,
-                                _gb(limit))  # fmt: skip
                 return fits
         need = strategy.device_bytes(shape_xyz, 1, spacing_mm)
+        what = "the network on one patch" if host_sums else f"a CT of {_dims(shape_xyz)} voxels"
         raise CtsegError(
-            f"a CT of {_dims(shape_xyz)} voxels needs about {_gb(need)} of {self.device} memory "
-            f"to predict, more than the {_gb(limit)} free there; free the GPU, crop the CT, or "
-            "predict on the CPU (--device cpu)"
+            f"{what} needs about {_gb(need)} of {self.device} memory, more than the "
+            f"{_gb(limit)} it can spare now; free the GPU, or predict on the CPU (--device cpu)"
         )
 
     def predict(self, ct: Volume | np.ndarray, progress: Callable[[int, int, str], None] | None = None,
@@ -225,25 +221,23 @@ class Predictor:
             )
         batch = self.check_memory(ct_xyz.shape, memory_limit_bytes, spacing_mm)
         self.last_box = None
-        try:
-            return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
-        except torch.OutOfMemoryError as exc:  # the estimate was short, or others took memory
+        for _ in range(2):
+            if getattr(self.strategy, "host_sums", False):
+                log.warning("the score sums of a CT of %s voxels do not fit %s's free memory: "
+                            "kept in host memory (slower)", _dims(ct_xyz.shape), self.device)  # fmt: skip
+            try:
+                return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
+            except torch.cuda.OutOfMemoryError:  # the estimate was short, or others took memory
+                pass  # handled out of the clause, whose frames hold the GPU tensors
+            torch.cuda.empty_cache()
             if getattr(self.strategy, "host_sums", True):
-                raise self._ran_out(ct_xyz.shape, batch) from exc
-        # out of the except clause: its frames, and the GPU tensors they hold, are freed
-        log.warning("%s ran out of memory; again with the score sums in host memory", self.device)
-        torch.cuda.empty_cache()
-        self.strategy.host_sums = True
-        try:
-            return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
-        except torch.OutOfMemoryError as exc:
-            raise self._ran_out(ct_xyz.shape, batch) from exc
-
-    def _ran_out(self, shape_xyz: Sequence[int], batch: int) -> CtsegError:
-        return CtsegError(
-            f"{self.device} ran out of memory labelling a CT of {_dims(shape_xyz)} voxels, "
-            f"{batch} at a time; free the GPU, lower the batch, or predict on the CPU (--device cpu)"
-        )
+                raise CtsegError(
+                    f"{self.device} ran out of memory labelling a CT of {_dims(ct_xyz.shape)} "
+                    f"voxels, {batch} at a time; free the GPU, lower --batch-slices, or predict "
+                    "on the CPU (--device cpu)"
+                )
+            self.strategy.host_sums = True  # as nnU-Net falls back
+        raise AssertionError("a second pass has its score sums in host memory")
 
 
 def predict_volume(

@@ -15,11 +15,13 @@ a later part's structure replacing an earlier one's on a voxel both claim.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.volume import Volume, from_canonical, spacing_of, to_canonical
 from ..device import resolve_device
@@ -181,7 +183,16 @@ class NnunetPredictor:
             self.models, self._luts, self._readers, strict=True
         ):
             image, spacing = _to_reader(ct, reader)
-            labels = predict_array(model, image, spacing, self.tta, progress)
+            labels = None
+            # an out-of-memory error is said below, once its frames (GPU tensors) are freed
+            with contextlib.suppress(torch.cuda.OutOfMemoryError):
+                labels = predict_array(model, image, spacing, self.tta, progress)
+            if labels is None:
+                torch.cuda.empty_cache()
+                raise CtsegError(
+                    f"{self.device} ran out of memory running {model.folder.path.name}; free "
+                    "the GPU, or predict on the CPU (--device cpu)"
+                )
             labels = _from_reader(labels, ct, reader)
             mapped = (own if own_values else lut)[labels]
             out[labels > 0] = mapped[labels > 0]
