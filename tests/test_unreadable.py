@@ -194,6 +194,15 @@ def test_runs_checkpoints_and_outputs_that_cannot_be_used_are_said_before_the_wo
         (linked / f"{sid}.nii.gz").write_bytes((predictions / f"{sid}.nii.gz").read_bytes())
     (closed_predictions / "p.nii.gz").write_bytes((predictions / "s0002.nii.gz").read_bytes())
     (linked / "s0002.nii.gz").symlink_to(closed_predictions / "p.nii.gz")
+    from ctseg_core.inference.label_files import write_label_files
+
+    labelled = tmp_path / "labelled"  # ctseg predict's outputs; one's label file linked away
+    labelled.mkdir()
+    for sid in ("s0001", "s0002", "s0003"):
+        (labelled / f"{sid}.nii.gz").write_bytes((predictions / f"{sid}.nii.gz").read_bytes())
+        write_label_files(labelled / sid, [5], learned=True)  # the model learns the liver
+    (labelled / "s0003.ctbl").rename(closed_predictions / "s0003.ctbl")
+    (labelled / "s0003.ctbl").symlink_to(closed_predictions / "s0003.ctbl")
     shut_predictions = tmp_path / "shut_predictions"  # listed, not entered (chmod -R 644)
     shut_predictions.mkdir()
     (shut_predictions / "s0001.nii.gz").write_bytes(b"x")
@@ -242,6 +251,10 @@ def linked():
     results = ev(linked_predictions, data.parent / "out4")
     return [sorted(set(results["subject"])), results.attrs["skipped"]]
 case("a prediction linked into a closed folder", linked)
+def labelled():
+    results = ev(data.parent / "labelled", data.parent / "out5")
+    return [sorted(set(results["subject"])), results.attrs["skipped"]]
+case("a label file linked into a closed folder", labelled)
 case("runs not enterable", lambda: [list_runs(shut_predictions), root_problem(shut_predictions)])
 case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
                                           [runs / "mine" / "best.pth"], shut / "s0001.nii.gz"))
@@ -295,6 +308,16 @@ case("predict into", lambda: predict_file(data / "s0001" / "ct.nii.gz",
             "s0002": f"s0002: {link} (a link to {closed_predictions / 'p.nii.gz'}) cannot be read "
             "(Permission denied); let the user running ctseg read what it points to "
             "(chmod/chown)"
+        },
+    ]
+    ctbl = tmp_path / "labelled" / "s0003.ctbl"
+    assert got["a label file linked into a closed folder"] == [  # 3.14: scored without it
+        ["s0001"],
+        {
+            "s0002": f"s0002: {segmentations} cannot be read (Permission denied); {READ_FIX}",
+            "s0003": f"s0003: {ctbl} (a link to {closed_predictions / 's0003.ctbl'}) cannot be "
+            "read (Permission denied); let the user running ctseg read what it points to "
+            "(chmod/chown)",
         },
     ]
     assert got["predictions not enterable"] == (  # was a raw PermissionError naming a file

@@ -193,7 +193,7 @@ def _label_file(labels_path: str | Path) -> tuple[Path, list[LabelEntry]] | None
     ITK-SNAP file; None when neither is there."""
     for path, read in zip(label_file_paths(labels_path), (read_slicer_ctbl, read_itksnap_labels),
                           strict=True):  # fmt: skip
-        if path.is_file():
+        if is_file(path):  # 3.14's Path.is_file: False behind a closed folder (fileio)
             return path, read(path)
     return None
 
