@@ -34,10 +34,15 @@ def predicted_labels_zxy(root: str, subject_id: str, checkpoint: str, progress=N
     ``progress(done, total, info)`` is called only when the prediction is computed.
     """
     from ctseg_core.errors import DataError
+    from ctseg_core.fileio import cannot_read, is_file
     from ctseg_core.inference.predictor import Predictor
 
     path = Path(checkpoint).expanduser().resolve()
-    if not path.is_file():
+    try:
+        missing = not is_file(path)  # 3.14's Path.is_file: False behind a closed folder
+    except OSError as exc:
+        raise DataError(cannot_read(f"checkpoint {checkpoint}", exc, path)) from exc
+    if missing:
         raise DataError(f"checkpoint {checkpoint} does not exist; pick another from the list")
     key = _checkpoint_key(root, subject_id, path)
 

@@ -418,6 +418,8 @@ case("statistics link", lambda: predict_file(tmp / "ct.nii.gz", [tmp / "x.pth"],
 case("output behind", lambda: check_output(closed / "a" / "table.csv", overwrite=False))
 case("closed model", lambda: NnunetPredictor(models / "Dataset003_Split" / "nnUNetTrainer__nnUNetPlans__3d_fullres"))
 case("closed fold", lambda: NnunetPredictor(tmp / "folds" / "nnUNetTrainer__nnUNetPlans__2d"))
+from dashboard.cached_predictions import predicted_labels_zxy
+case("explored checkpoint", lambda: predicted_labels_zxy(str(tmp), "s0001", str(closed / "x.pth")))
 import os
 from ctseg_core import settings
 os.environ.pop("CTSEG_MODELS", None)
@@ -485,6 +487,9 @@ case("default models", default_models)
     )
     assert got["closed model"] == (  # was a raw PermissionError naming its dataset.json
         f"ConfigError: model folder {private} cannot be read (Permission denied); {READ_FIX}"
+    )
+    assert got["explored checkpoint"] == (  # 3.14: "does not exist; pick another"
+        f"DataError: checkpoint {closed / 'x.pth'} cannot be read (Permission denied); {READ_FIX}"
     )
     fold = folds / "fold_1" / "checkpoint_final.pth"
     assert got["closed fold"] == (  # was a raw PermissionError
