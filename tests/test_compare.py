@@ -15,7 +15,6 @@ from ctseg_core.cli import main
 from ctseg_core.errors import ConfigError, DataError
 from ctseg_core.evaluation.compare import (
     COMPARISON_COLUMNS,
-    MIN_PAIRS,
     OVERALL,
     compare_evaluations,
     compare_results,
@@ -23,6 +22,7 @@ from ctseg_core.evaluation.compare import (
     list_evaluations,
 )
 from ctseg_core.evaluation.evaluate import evaluate_predictions
+from ctseg_core.evaluation.paired_test import MIN_PAIRS
 from ctseg_core.evaluation.tables import RESULT_COLUMNS
 
 STRUCTURES = ("liver", "spleen", "heart")

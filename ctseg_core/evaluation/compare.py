@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +31,11 @@ from ..fileio import atomic_write_json, atomic_write_text, exists, is_dir, is_fi
 from ..labels import group_of, is_structure
 from ..metrics.specs import METRICS
 from ..runs.run_folder import RESERVED_NAMES
+from .paired_test import rank_direction, rank_sums, signed_rank_p
 from .paths import changed_checkpoints
 
 log = logging.getLogger(__name__)
 
-#: fewer paired subjects than this: no p-value (5 pairs all one way give p = 0.0625 at best)
-MIN_PAIRS = 5
 #: the ``structure`` of each metric's row over all structures
 OVERALL = "(all structures)"
 #: columns of ``comparison_<split>.csv``: one row per metric and structure, B compared with A
@@ -48,65 +46,12 @@ COMPARISON_COLUMNS = (
 KEY = ["subject", "structure"]
 
 
-def signed_rank_p(differences: np.ndarray, unit: str = "pairs") -> tuple[float, str]:
-    """Two-sided p of the Wilcoxon signed-rank test of paired differences, and why it is NaN.
-
-    differences: (n,) B - A, one per pair; NaN means both missed (a tie, taken as 0); +-inf
-    ranks above every finite difference. (NaN, reason) with fewer than ``MIN_PAIRS`` of them,
-    when none differs, or when fewer than ``MIN_PAIRS`` differ (``unit`` names them in the
-    reason); else (p, ""). Zero differences are dropped (scipy's "wilcox"), so it is the pairs
-    that differ that must reach ``MIN_PAIRS``: 2 of them give p = 0.5 at best.
-    """
-    from scipy.stats import wilcoxon
-
-    d = _rankable(differences)
-    if d.size < MIN_PAIRS:
-        return float("nan"), f"fewer than {MIN_PAIRS} {unit}"
-    differ = int(np.count_nonzero(d))
-    if not differ:
-        return float("nan"), f"no difference in any of the {unit}"
-    if differ < MIN_PAIRS:
-        return float("nan"), f"fewer than {MIN_PAIRS} {unit} differ: {differ} of {d.size}"
-    with warnings.catch_warnings():  # scipy's notes on ties and small samples
-        warnings.simplefilter("ignore")
-        return float(wilcoxon(d).pvalue), ""
-
-
-def _rankable(differences: np.ndarray) -> np.ndarray:
-    """Paired differences with NaN (both missed) as 0 and +-inf as a finite value above every
-    finite |difference| (ranks only: any such value will do)."""
-    raw = np.asarray(differences, dtype=np.float64)
-    d = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-    infinite = np.isinf(raw)
-    if infinite.any():
-        d[infinite] = np.sign(raw[infinite]) * (2 * np.abs(d).max() + 1)
-    return d
-
-
-def _rank_sums(differences: np.ndarray) -> tuple[float, float]:
-    """(sum of the ranks of the positive, of the negative) paired differences (``_rankable``;
-    zeros dropped), as the signed-rank test ranks them."""
-    from scipy.stats import rankdata
-
-    d = _rankable(differences)
-    d = d[d != 0]
-    ranks = rankdata(np.abs(d)) if d.size else np.zeros(0)
-    return float(ranks[d > 0].sum()), float(ranks[d < 0].sum())
-
-
-def _rank_direction(differences: np.ndarray) -> float:
-    """The sign of the signed-rank sum of paired differences: which way the test of the same
-    pairs leans, misses included."""
-    above, below = _rank_sums(differences)
-    return float(np.sign(above - below))
-
-
 def _leaning_note(p: float, note: str, differences: np.ndarray, verdict: str,
                   higher_is_better: bool, unit: str) -> str:  # fmt: skip
     """``note``, or where the test's signed ranks lean against the verdict (a finite ``p``;
     a verdict by the mean difference of the pairs both found, or by the mean of the
     structures' means, can), what they lean to: said beside p, which tests those ranks."""
-    above, below = _rank_sums(differences)
+    above, below = rank_sums(differences)
     if not np.isfinite(p) or verdict not in ("better", "worse") or above == below:
         return note
     if ((above > below) == higher_is_better) == (verdict == "better"):
@@ -124,7 +69,7 @@ def _verdict(difference: float, higher_is_better: bool, missed_a: int, missed_b:
     being farther than any distance: by the signed-rank direction of the pairs' differences
     ``ranked`` (misses included), and where that ties, by the number missed."""
     if missed_a != missed_b:
-        direction = _rank_direction(ranked)
+        direction = rank_direction(ranked)
         if direction == 0:  # the ranks tie: fewer misses is better
             return "better" if missed_b < missed_a else "worse"
         return "better" if (direction > 0) == higher_is_better else "worse"
