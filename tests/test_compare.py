@@ -69,7 +69,8 @@ def test_differences_and_p_values_equal_scipy_on_the_paired_arrays():
         assert row["pairs"] == paired.sum()
         assert row["mean_a"] == pytest.approx(va.mean(), abs=1e-12)
         assert row["mean_b"] == pytest.approx(vb.mean(), abs=1e-12)
-        assert row["difference"] == pytest.approx(vb.mean() - va.mean(), abs=1e-12)
+        # to the tick of 1e-9 (float noise in scores is far below it)
+        assert row["difference"] == pytest.approx(vb.mean() - va.mean(), abs=6e-10)
         assert row["p_value"] == pytest.approx(wilcoxon(vb - va).pvalue, rel=1e-12)
         assert row["verdict"] == ("better" if vb.mean() > va.mean() else "worse")
     assert dice.loc["liver", "verdict"] == "better" and dice.loc["liver", "p_value"] < 0.01
@@ -91,6 +92,47 @@ def test_differences_and_p_values_equal_scipy_on_the_paired_arrays():
     assert overall["p_value"] == pytest.approx(expected, rel=1e-12)
     assert set(result["metric"]) == {"dice", "iou", "hd95_mm", "surface_dice"}
     assert (rows_of(result, "hd95_mm")["unit"] == "mm").all()
+
+
+def test_differences_equal_up_to_float_noise_tie_and_equal_means_are_the_same():
+    """HD95 on a 0.7 mm grid: differences of one voxel step that float32 left apart in their
+    last bits rank as ties, as scipy ranks the exact steps (they once gave p = 0.125 for
+    scipy's 0.1875); Dice differences of 0.05 alike; and the same values in another order
+    give the same mean, "same" (pandas' sum made one of them smaller: "worse")."""
+    from ctseg_core.metrics.surface import compute_surface_metrics
+
+    def hd95(shift: int) -> float:  # a cube against itself moved ``shift`` voxels along x
+        ref = np.zeros((30, 20, 12), dtype=np.uint8)
+        ref[8:18, 6:14, 3:9] = 1
+        pred = np.roll(ref, shift, axis=0)
+        return float(compute_surface_metrics(pred, ref, (0.7, 0.7, 5.0)).hd95_mm[1])
+
+    subjects = [f"s{i}" for i in range(6)]
+    steps_a, steps_b = (2, 3, 4, 5, 1, 3), (1, 2, 3, 4, 2, 1)
+    hd_a = {"liver": np.array([hd95(k) for k in steps_a])}
+    hd_b = {"liver": np.array([hd95(k) for k in steps_b])}
+    noisy = hd_b["liver"] - hd_a["liver"]
+    assert len(set(np.abs(noisy[:5]).tolist())) > 1  # float32: not equal as they come
+    dice_a = np.array([0.8, 0.6, 0.5, 0.75, 0.3, 0.2])
+    dice_b = np.array([0.85, 0.65, 0.55, 0.70, 0.35, 0.2])
+    result = compare_results(
+        table({"liver": dice_a}, subjects, hd_a), table({"liver": dice_b}, subjects, hd_b)
+    )
+    exact = 0.7 * (np.array(steps_b) - np.array(steps_a))
+    hd_row = rows_of(result, "hd95_mm").loc["liver"]
+    assert hd_row["p_value"] == pytest.approx(wilcoxon(exact).pvalue)  # 0.1875
+    assert wilcoxon(noisy).pvalue != pytest.approx(wilcoxon(exact).pvalue)
+    dice_row = rows_of(result, "dice").loc["liver"]
+    steps = wilcoxon([0.05, 0.05, 0.05, -0.05, 0.05, 0.0]).pvalue
+    assert wilcoxon(dice_b - dice_a).pvalue != pytest.approx(steps)  # float64 noise: no ties
+    assert dice_row["p_value"] == pytest.approx(steps)
+    same = compare_results(
+        table({"liver": np.array([0.1, 0.2, 0.3])}, subjects[:3]),
+        table({"liver": np.array([0.3, 0.2, 0.1])}, subjects[:3]),
+    )
+    for structure in (OVERALL, "liver"):
+        row = rows_of(same, "dice").loc[structure]
+        assert row["difference"] == 0 and row["verdict"] == "same"
 
 
 def test_missed_distances_are_counted_left_out_of_the_means_and_ranked_in_the_test():

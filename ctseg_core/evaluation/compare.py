@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,44 +86,62 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> pd.DataFrame:
     return left.merge(right, on=KEY, how="inner")
 
 
+def _mean(values: pd.Series) -> float:
+    """The mean, its sum correctly rounded (``math.fsum``): the same values in any order give
+    the same mean, so two tables of equal values compare "same"; NaN for none."""
+    return math.fsum(values) / len(values) if len(values) else np.nan
+
+
 def _metric_rows(pairs: pd.DataFrame, metric: str) -> list[dict]:
-    """The rows of one metric: its overall row, then one per structure, B's best gain first."""
+    """The rows of one metric: its overall row, then one per structure, B's best gain first.
+
+    Differences are taken to a tick (1e-3 mm for distances, 1e-9 for scores) before they are
+    ranked or judged: float32 distances on a voxel grid that are equal in voxel steps differ in
+    their last bits, which would rank equal differences apart (another p-value) and call equal
+    means better or worse."""
     spec = METRICS[metric]
     sign = 1.0 if spec.higher_is_better else -1.0
+    tick = 1e-3 if spec.unit == "mm" else 1e-9
+
+    def ticked(d):  # inf and NaN kept
+        with np.errstate(invalid="ignore"):
+            return np.round(np.asarray(d, dtype=float) / tick) * tick
+
     va, vb = pairs["a"].to_numpy(float), pairs["b"].to_numpy(float)
     with np.errstate(invalid="ignore"):
-        pairs = pairs.assign(d=vb - va, finite=np.isfinite(va) & np.isfinite(vb))
+        pairs = pairs.assign(d=ticked(vb - va), finite=np.isfinite(va) & np.isfinite(vb))
     rows = []
     for structure, part in pairs.groupby("structure", sort=False):
         done = part[part["finite"]]
-        mean_a = float(done["a"].mean()) if len(done) else np.nan
-        mean_b = float(done["b"].mean()) if len(done) else np.nan
+        mean_a, mean_b = _mean(done["a"]), _mean(done["b"])
+        difference = float(ticked(mean_b - mean_a))
         missed_a, missed_b = int(np.isinf(part["a"]).sum()), int(np.isinf(part["b"]).sum())
         d = part["d"].to_numpy()
         p, note = signed_rank_p(d)
-        verdict = _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b, d)
+        verdict = _verdict(difference, spec.higher_is_better, missed_a, missed_b, d)
         rows.append({
             "metric": metric, "unit": spec.unit, "structure": structure,
             "group": group_of(structure) if is_structure(structure) else "", "pairs": len(part), "mean_a": mean_a,
-            "mean_b": mean_b, "difference": mean_b - mean_a, "verdict": verdict,
+            "mean_b": mean_b, "difference": difference, "verdict": verdict,
             "p_value": p, "p_note": _leaning_note(p, note, d, verdict, spec.higher_is_better, "pairs"),
             "missed_a": missed_a, "missed_b": missed_b,
         })  # fmt: skip
     rows.sort(key=lambda r: -sign * r["difference"] if np.isfinite(r["difference"]) else np.inf)
     # over all structures: the mean of the structures' means; the test pairs each subject's
     # mean over its structures scored (finite) in both
-    per_subject = pairs[pairs["finite"]].groupby("subject", sort=False)[["a", "b"]].mean()
-    by_subject = (per_subject["b"] - per_subject["a"]).to_numpy()
+    per_subject = pairs[pairs["finite"]].groupby("subject", sort=False)[["a", "b"]].agg(_mean)
+    by_subject = ticked(per_subject["b"] - per_subject["a"])
     p, note = signed_rank_p(by_subject, "subjects")
     table = pd.DataFrame(rows)
-    mean_a, mean_b = float(table["mean_a"].mean()), float(table["mean_b"].mean())
+    mean_a, mean_b = _mean(table["mean_a"].dropna()), _mean(table["mean_b"].dropna())
+    difference = float(ticked(mean_b - mean_a))
     missed_a, missed_b = int(table["missed_a"].sum()), int(table["missed_b"].sum())
-    verdict = _verdict(mean_b - mean_a, spec.higher_is_better, missed_a, missed_b,
+    verdict = _verdict(difference, spec.higher_is_better, missed_a, missed_b,
                        pairs["d"].to_numpy())  # fmt: skip
     overall = {
         "metric": metric, "unit": spec.unit, "structure": OVERALL, "group": "",
         "pairs": len(per_subject), "mean_a": mean_a, "mean_b": mean_b,
-        "difference": mean_b - mean_a,
+        "difference": difference,
         "verdict": verdict, "p_value": p,
         # the mean of the structures' means weighs a structure few subjects have as much as
         # one all have, the test weighs the subjects alike: they can lean apart
