@@ -192,3 +192,36 @@ def test_a_run_whose_last_write_was_cut_short_resumes_from_last_pth_saying_so(
     # best.pth is the history's best epoch (2), not the epoch 3 the history no longer holds
     assert load_checkpoint(run / "best.pth")["epoch"] == 2
     assert load_checkpoint(run / "best_epoch3_before_resume_2.pth")["epoch"] == 3
+
+
+def test_another_runs_checkpoint_in_a_run_folder_is_not_resumed_there(phantom_root, tmp_path):
+    """A last.pth copied in from another run (another network, or the same network trained
+    otherwise) was trained on in the folder: its history replaced the run's, and one folder
+    held two runs' files. Refused, the run left as it was; a branch may continue from it."""
+    import shutil
+
+    from ctseg_core.errors import ConfigError
+
+    for name, seed in (("a", 0), ("b", 1)):
+        config = small_config(phantom_root, name, epochs=2)
+        config.train.seed = seed
+        assert Trainer(config, checkpoints_root=tmp_path).run() == "finished"
+    wide = small_config(phantom_root, "wide", epochs=1)
+    wide.model.features = [16, 16, 32, 64]
+    assert Trainer(wide, checkpoints_root=tmp_path).run() == "finished"
+    run = tmp_path / "a"
+    for other in ("b", "wide"):
+        shutil.copy(tmp_path / other / "last.pth", run / "last.pth")
+        files = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        with pytest.raises(ConfigError) as refused:
+            Trainer.resume(run, epochs=3)
+        text = str(refused.value)
+        assert "\n" not in text and "not this run's checkpoint" in text
+        assert f"`ctseg train --resume {run} --branch NEW_NAME`" in text
+        assert ("unet network and run" in text) if other == "wide" else ("history.jsonl" in text)
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
+    branch = Trainer.resume(run / "last.pth", epochs=3, branch="from-wide")
+    assert branch.run() == "finished"
+    # the run's own last.pth: resumed as before
+    shutil.copy(tmp_path / "a" / "best.pth", run / "last.pth")  # epoch 2 of a itself
+    assert Trainer.resume(run, epochs=3).run() == "finished"

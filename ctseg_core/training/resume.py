@@ -12,6 +12,7 @@ trained 6) that would silently replace the later epochs' files, so it is refused
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,13 @@ from ..models.checkpoint import (
     resume_command,
     resume_source,
 )
-from ..runs.run_folder import check_run_name, refuse_if_active, write_history
+from ..runs.run_folder import (
+    check_run_name,
+    read_history,
+    read_json,
+    refuse_if_active,
+    write_history,
+)
 from .budget import continue_budget, stopped_clock
 from .stopping import epoch_score
 
@@ -60,6 +67,8 @@ def prepare_resume(
         check_run_name(branch)
     refuse_if_active(run_dir)
     ckpt = load_to_resume(run_dir, source)
+    if branch is None:
+        refuse_foreign_checkpoint(run_dir, source, ckpt)
     later = later_than(run_dir, int(ckpt["epoch"])) if branch is None else []
     if later and source.name != "last.pth":  # last.pth is the run's own state (below)
         newest = resume_command(intact_checkpoints(run_dir)[0][0])
@@ -92,6 +101,35 @@ def prepare_resume(
             f" ({aside})" if aside else "",
         )  # fmt: skip
     return run_dir, source, ckpt, config, clock
+
+
+def refuse_foreign_checkpoint(run_dir: Path, source: Path, ckpt: dict) -> None:
+    """ConfigError when ``source`` is not ``run_dir``'s own checkpoint: another network than
+    its config.json's, or epochs its history.jsonl records otherwise (another run's file copied
+    in): training on would rewrite the run's history and mix two runs' files in one folder."""
+    saved = read_json(run_dir / "config.json")
+    way_out = (
+        f"resume the run it came from, or continue from it in a new run folder "
+        f"(`{resume_command(source, branch=True)}`)"
+    )
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        ours = RunConfig.from_dict(saved).model
+        theirs = config_of(ckpt).model
+        if ours != theirs:
+            raise ConfigError(
+                f"{source} holds a {theirs.name} network and run {run_dir} trains a "
+                f"{ours.name} one ({run_dir / 'config.json'}): not this run's checkpoint; "
+                + way_out
+            )
+    recorded = {r.get("epoch"): r.get("train_loss") for r in read_history(run_dir)}
+    for record in ckpt.get("history") or []:
+        epoch, loss = record.get("epoch"), record.get("train_loss")
+        other = recorded.get(epoch)
+        if isinstance(loss, float) and isinstance(other, float) and not math.isclose(loss, other):
+            raise ConfigError(
+                f"{source} holds epoch {epoch} with training loss {loss:.6g} and run {run_dir}'s "
+                f"history.jsonl {other:.6g}: not this run's checkpoint; " + way_out
+            )
 
 
 def seed_branch(branch_dir: Path, source: Path, ckpt: dict) -> str | None:
