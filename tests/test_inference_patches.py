@@ -522,3 +522,33 @@ def test_score_sums_that_do_not_fit_the_gpu_go_to_host_memory_before_a_refusal(t
     assert predictor.check_memory(ct.shape, host, spacing, need[True][1])
     assert strategy.host_sums
     np.testing.assert_array_equal(strategy.label(ct, 1, None, spacing), expected)
+
+
+def test_settings_a_model_does_not_use_and_models_of_two_kinds_are_said(tmp_path, s0000_root):
+    """A 2D model given a 3D model's overlap or no body crop: labelled, and said that they were
+    not used (they were ignored without a word); a 2D and a 3D checkpoint in one ensemble:
+    refused naming each file's kind (it named neither); an nnU-Net fold's checkpoint given as
+    a ctseg checkpoint: refused pointing to its model folder."""
+    from test_inference import make_checkpoint
+
+    flat = make_checkpoint(tmp_path / "flat.pth", ["liver"])
+    deep = checkpoint_3d(tmp_path / "deep.pth", structures=["liver"])
+    ct = s0000_root / "s0000" / "ct.nii.gz"
+    summary = predict_file(ct, [flat], tmp_path / "p.nii.gz", overlap=0.8, body_crop=False)
+    assert (
+        f"overlap 0.8 and no body crop: for 3D models only, and {flat} is 2D; not used"
+        in summary["warnings"]
+    )
+    assert Predictor([deep], device="cpu", overlap=0.8, body_crop=False).notes == []
+    with pytest.raises(ConfigError) as refused:
+        Predictor([flat, deep], device="cpu")
+    assert str(refused.value) == (
+        f"{flat} is 2D, {deep} is 3D: an ensemble needs checkpoints of one kind"
+    )
+    pytest.importorskip("nnunetv2")
+    from nnunet_kit import write_model_folder
+
+    model = write_model_folder(tmp_path / "nn", "3d_fullres", [4.5, 5.0, 4.0], [16, 32, 32],
+                               [0, 2, 1])  # fmt: skip
+    with pytest.raises(CtsegError, match=rf"give its model folder instead \(--model {model}\)$"):
+        Predictor([model / "fold_0" / "checkpoint_final.pth"], device="cpu")

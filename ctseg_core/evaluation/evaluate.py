@@ -275,6 +275,9 @@ def evaluate_predictions(
         from ..inference.predictor import Predictor
 
         predictor = Predictor(checkpoints, device=device, tta=tta, body_crop=body_crop)
+        for note in predictor.notes:  # e.g. no body crop asked of a 2D model
+            notes.append(note)
+            log.warning("%s", note)
         # the files as they were loaded (a run may rewrite best.pth while this one scores)
         stamps = [file_stamp(c) for c in checkpoints]
         records = [checkpoint_training_data(c) for c in checkpoints]  # once, not per subject

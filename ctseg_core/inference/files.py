@@ -314,6 +314,7 @@ def predict_file(
         "warnings": [
             *read_warnings,
             *filter(None, [hu_problem(ct.array, str(ct_path))]),
+            *getattr(predictor, "notes", []),
             *domain,
             *replaced,
         ],

@@ -121,12 +121,23 @@ class Predictor:
                 raise ConfigError(f"{member.path} predicts unknown structures {unknown[:5]}")
             self.members.append(member)
         self.active = sorted({0, *(value_of(s) for s in self.structures)})  # label values
-        kinds = {model_spec(m.config.model.name).inference for m in self.members}
-        if len(kinds) > 1:
-            raise ConfigError(
-                f"an ensemble needs checkpoints cut into inputs alike; these need {sorted(kinds)}"
+        kinds = {m.path: model_spec(m.config.model.name).inference for m in self.members}
+        if len(set(kinds.values())) > 1:
+            named = ", ".join(
+                f"{p} is {'3D' if k == 'patches' else '2D'}" for p, k in kinds.items()
             )
-        self.strategy = STRATEGIES[kinds.pop()](self)
+            raise ConfigError(f"{named}: an ensemble needs checkpoints of one kind")
+        kind = next(iter(kinds.values()))
+        self.strategy = STRATEGIES[kind](self)
+        #: settings given that these models do not use, to be said beside their results
+        self.notes: list[str] = []
+        unused = [text for text, given in ((f"overlap {overlap:g}", overlap != 0.5),
+                                           ("no body crop", not body_crop)) if given]  # fmt: skip
+        if unused and kind == "slices":
+            self.notes.append(
+                f"{' and '.join(unused)}: for 3D models only, and {self.members[0].path} is 2D; "
+                "not used"
+            )
 
     @property
     def structures(self) -> list[str]:

@@ -198,10 +198,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc)
             else f"{type(exc).__name__}: not a readable PyTorch file"
         )
-        raise UnreadableCheckpoint(f"checkpoint {path} cannot be loaded safely ({why})") from None
+        raise UnreadableCheckpoint(
+            f"checkpoint {path} cannot be loaded safely ({why})", *_nnunet_advice(path)
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise UnreadableCheckpoint(
-            f"{path} is not a ctseg checkpoint (no 'format': '{FORMAT}' entry)"
+            f"{path} is not a ctseg checkpoint (no 'format': '{FORMAT}' entry)",
+            *_nnunet_advice(path),
         )
     if int(ckpt.get("version", 0)) > VERSION:
         raise UnreadableCheckpoint(
@@ -209,6 +212,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "upgrade ctseg to load it",
         )
     return ckpt
+
+
+def _nnunet_advice(path: Path) -> tuple[str, ...]:
+    """(advice,) for a fold's checkpoint of an nnU-Net model folder, which ctseg opens as a
+    folder (``--model``); () for any other file (the default advice)."""
+    try:
+        model = path.parent.parent
+        if path.parent.name.startswith("fold_") and is_file(model / "plans.json"):
+            return (f"it is an nnU-Net model's: give its model folder instead (--model {model})",)
+    except OSError:
+        pass
+    return ()
 
 
 def checkpoint_structures(path: str | Path) -> list[str]:
