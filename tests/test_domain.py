@@ -17,7 +17,11 @@ from ctseg_core.data.cache import open_cached
 from ctseg_core.data.dataset_root import open_dataset
 from ctseg_core.data.domain import body_hu_percentiles, describe_training_data, is_phantom_ct
 from ctseg_core.data.volume import load_ct
-from ctseg_core.inference.domain import checkpoint_training_data, outside_training_data
+from ctseg_core.inference.domain import (
+    checkpoint_training_data,
+    domain_warnings,
+    outside_training_data,
+)
 from ctseg_core.inference.files import predict_file
 from ctseg_core.models import build_model
 from ctseg_core.models.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -82,6 +86,43 @@ def test_a_slice_model_is_warned_of_a_ct_whose_field_of_view_it_would_magnify(
     assert f"y {y_mm:.0f} mm (trained on {lo[1]:.0f}-{hi[1]:.0f})" in found
     volumetric = describe_training_data(train, derived_sample, "all")
     assert check(volumetric, crop, entry.spacing_mm) == []
+
+
+def test_a_volumetric_model_is_warned_of_a_ct_much_smaller_than_its_training_cts(
+    derived_sample, cache_dir
+):
+    """A 3D model pads a CT smaller than its patch: on a crop of a third of the smallest
+    training CT along x and z it labelled without a word (6 % of a crop's labels agreed with
+    the whole CT's in a review); a slice model's record holds no such extent."""
+    train = _entries(derived_sample, cache_dir)
+    record = describe_training_data(train, derived_sample, "all")
+    extents = np.array([np.multiply(np.roll(e.ct.shape, -1), e.spacing_mm) for e in train])
+    assert record["extent_mm"]["min"] == pytest.approx(extents.min(axis=0), abs=0.1)
+    assert record["extent_mm"]["max"] == pytest.approx(extents.max(axis=0), abs=0.1)
+    slices = describe_training_data(train, derived_sample, "all", slice_model=True)
+    assert "extent_mm" not in slices
+
+    def check(record, ct_zxy, spacing_mm):
+        return domain_warnings(["r/best.pth"], ct_zxy, spacing_mm, input_is_phantom=False,
+                               records=[record])  # fmt: skip
+
+    for entry in train:
+        assert check(record, entry.ct, entry.spacing_mm) == [], entry.subject_id
+    entry = train[int(np.argmin(extents.prod(axis=1)))]
+    nz, nx = entry.ct.shape[0] // 3, entry.ct.shape[1] // 3
+    crop = np.asarray(entry.ct[:nz, :nx])
+    (found,) = check(record, crop, entry.spacing_mm)
+    lo, hi = record["extent_mm"]["min"], record["extent_mm"]["max"]
+    x_mm, z_mm = nx * entry.spacing_mm[0], nz * entry.spacing_mm[2]
+    assert found == (
+        f"the CT covers much less than the CTs r/best.pth was trained on: x {x_mm:.0f} mm "
+        f"(trained on {lo[0]:.0f}-{hi[0]:.0f}), z {z_mm:.0f} mm (trained on {lo[2]:.0f}-"
+        f"{hi[2]:.0f}); its windows are padded around it, with little context: expect poorer "
+        "labels"
+    )
+    assert "covers much less" not in " ".join(check(slices, crop, entry.spacing_mm))
+    bigger = np.concatenate([entry.ct, entry.ct], axis=0)  # twice as long: no warning
+    assert check(record, bigger, entry.spacing_mm) == []
 
 
 def test_body_percentiles_are_those_of_the_whole_ct_within_10_hu(s0000_root):

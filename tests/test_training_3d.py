@@ -151,7 +151,9 @@ def test_a_3d_run_trains_stops_resumes_and_repeats_an_uninterrupted_one(phantom_
     assert set(history[-1]["val_dice"]) == set(FEW)
     assert (run / "samples" / "epoch_3.png").stat().st_size > 10_000
     # patches at a spacing: the field of view does not scale what a 3D model sees
-    assert "slice_field_of_view_mm" not in json.loads((run / "training_data.json").read_text())
+    record = json.loads((run / "training_data.json").read_text())
+    assert "slice_field_of_view_mm" not in record
+    assert min(record["extent_mm"]["min"]) > 0  # its CTs' extent: a much smaller CT is said
     # the network comes back from the checkpoint alone (weights_only), the package's own keys
     model, config = load_model(run / "best.pth")
     assert type(model).__mro__[2].__name__ == "PlainConvUNet"

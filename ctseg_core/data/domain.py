@@ -7,11 +7,14 @@ The record, ``training_data.json`` in a run folder and ``"training_data"`` in it
      "spacing_mm": {"min": [x, y, z], "max": [x, y, z]},   # canonical axes, over the subjects
      "hu_range": [min, max],                                # over all training CTs (HU)
      "body_hu": {"percentiles": [5, 50, 95], "min": [...], "max": [...], "subjects": int},
-     "slice_field_of_view_mm": {"min": [x, y], "max": [x, y]}}  # slice (2D, 2.5D) models only
+     "slice_field_of_view_mm": {"min": [x, y], "max": [x, y]},  # slice (2D, 2.5D) models only
+     "extent_mm": {"min": [x, y, z], "max": [x, y, z]}}  # volumetric (3D) models only
 
 ``slice_field_of_view_mm``: the axial slices' extent (voxels x spacing) over the subjects. A
 slice model sees every slice resized to its ``target_size``, so its pixel is that extent over
 the target size: a CT of a much smaller or larger field of view is seen magnified or shrunk.
+``extent_mm``: each CT's extent along x, y, z; a volumetric model pads a CT smaller than its
+patch, so a CT much smaller than those it was trained on gives its windows little context.
 
 ``body_hu``: per CT, the percentiles of its body voxels (HU >= ``BODY_HU``: air and lung left
 out, so the share of air around a patient does not move them), from a subsample of at most
@@ -123,6 +126,13 @@ def describe_training_data(
     if slice_model and len(spacings):
         extent = np.array([s.ct.shape[1:] for s in subjects], dtype=float) * spacings[:, :2]
         record["slice_field_of_view_mm"] = {
+            "min": [round(float(v), 1) for v in extent.min(axis=0)],
+            "max": [round(float(v), 1) for v in extent.max(axis=0)],
+        }
+    if not slice_model and len(spacings):
+        shapes = np.array([np.roll(s.ct.shape, -1) for s in subjects], dtype=float)  # x, y, z
+        extent = shapes * spacings
+        record["extent_mm"] = {
             "min": [round(float(v), 1) for v in extent.min(axis=0)],
             "max": [round(float(v), 1) for v in extent.max(axis=0)],
         }

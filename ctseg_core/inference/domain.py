@@ -1,11 +1,12 @@
 """Whether a CT lies outside what a checkpoint was trained on: one-line warnings to show beside
 its labels (``ctseg predict``'s log and notes, the Predict and Explore pages).
 
-Four checks against the checkpoint's record (``data.domain``): a model trained on the synthetic
+Five checks against the checkpoint's record (``data.domain``): a model trained on the synthetic
 phantom applied to a CT that is not the phantom's; a voxel spacing more than ``SPACING_FACTOR``
 times finer or coarser than the training CTs' along an axis; for a slice (2D, 2.5D) model, an
 axial field of view as much smaller or larger (the model sees it resized to its slice size, so
-its anatomy magnified or shrunk); body HU percentiles more than
+its anatomy magnified or shrunk); for a volumetric model, an extent as much smaller along an
+axis (its windows padded around little anatomy); body HU percentiles more than
 ``HU_MARGIN`` HU beyond the training CTs' range (a CT not in Hounsfield units, a wrong rescale,
 another modality). A checkpoint without a record (written before records were kept) is checked
 for the phantom only, when the dataset its config names is a phantom; others pass unchecked.
@@ -61,13 +62,15 @@ def outside_training_data(
     what: str = "the CT",
     model: str = "the checkpoint",
     field_of_view_mm: Sequence[float] | None = None,
+    extent_mm: Sequence[float] | None = None,
 ) -> list[str]:
     """One-line warnings for a CT outside ``record`` (empty: inside it, or nothing recorded).
 
     ``spacing_mm``: the CT's voxel size along canonical x, y, z; ``ct_body_hu``: its
     ``body_hu_percentiles`` (None: no body voxels, which ``hu_problem`` reports);
     ``input_is_phantom``: the CT is the synthetic phantom's (``data.domain.is_phantom_ct``);
-    ``field_of_view_mm``: its axial extent along x, y (voxels x spacing), None: not checked.
+    ``field_of_view_mm``: its axial extent along x, y (voxels x spacing), None: not checked;
+    ``extent_mm``: its extent along x, y, z, checked against a volumetric model's record.
     """
     if not record:
         return []
@@ -105,6 +108,20 @@ def outside_training_data(
                 f"{', '.join(axes)}; the model sees each slice resized to its own size, so the "
                 "anatomy magnified or shrunk: expect poorer labels, or crop or pad the CT nearer "
                 "to that"
+            )
+    covered = record.get("extent_mm")
+    if covered and extent_mm is not None:
+        lows, highs = covered["min"], covered["max"]
+        axes = [
+            f"{axis} {v:.0f} mm (trained on {lo:.0f}-{hi:.0f})"
+            for axis, v, lo, hi in zip("xyz", extent_mm, lows, highs, strict=True)
+            if v < lo / SPACING_FACTOR
+        ]
+        if axes:
+            found.append(
+                f"{what} covers much less than the CTs {model} was trained on: "
+                f"{', '.join(axes)}; its windows are padded around it, with little context: "
+                "expect poorer labels"
             )
     body = record.get("body_hu")
     if body and ct_body_hu is not None and body.get("percentiles") == list(PERCENTILES):
@@ -144,11 +161,12 @@ def domain_warnings(
         records = [checkpoint_training_data(p) for p in paths]
     ct_body_hu = body_hu_percentiles(ct_zxy)
     extent = [n * s for n, s in zip(ct_zxy.shape[1:], spacing_mm[:2], strict=True)]
+    whole = [*extent, ct_zxy.shape[0] * spacing_mm[2]]
     found: list[str] = []
     for record, name in zip(records, names, strict=True):
         found += outside_training_data(record, spacing_mm, ct_body_hu,
                                        input_is_phantom=input_is_phantom, what=what, model=name,
-                                       field_of_view_mm=extent)  # fmt: skip
+                                       field_of_view_mm=extent, extent_mm=whole)  # fmt: skip
     return found
 
 
