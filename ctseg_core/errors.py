@@ -11,6 +11,10 @@ class DataError(CtsegError):
     """A dataset, subject, image or mask that cannot be used as it is."""
 
 
+class GridMismatch(DataError):
+    """An image (a mask) on another grid than the CT it belongs to."""
+
+
 class ConfigError(CtsegError):
     """Settings that are refused before any work starts."""
 

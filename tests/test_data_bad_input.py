@@ -118,14 +118,19 @@ def test_garbage_file_is_refused(tmp_path):
 
 
 def test_mask_shape_mismatch(tmp_path):
+    """One mask on another grid: left out, its structure not annotated, the subject's other
+    masks used (the whole subject was dropped); said in one line, kept with the entry."""
     sdir = _subject(tmp_path)
     _save(sdir / "segmentations" / "liver.nii.gz", np.zeros((16, 12, 9), np.uint8))
-    with pytest.raises(DataError) as exc:
-        load_subject(sdir)
-    assert _one_line(exc) == (
-        "mask shape (16, 12, 9) does not match CT shape (16, 12, 8) in "
-        "s0001/segmentations/liver.nii.gz; resample the mask onto the CT grid"
+    subject = load_subject(sdir)
+    line = (
+        "s0001: mask shape (16, 12, 9) does not match CT shape (16, 12, 8) in "
+        "s0001/segmentations/liver.nii.gz; resample the mask onto the CT grid (liver counts "
+        "as not annotated until then)"
     )
+    assert subject.unused_masks == [line] and line in subject.problems
+    assert not subject.annotated[LABEL_OF["liver"]] and subject.annotated[LABEL_OF["spleen"]]
+    assert "liver" in subject.not_annotated
 
 
 def test_mask_affine_mismatch(tmp_path):
@@ -133,10 +138,9 @@ def test_mask_affine_mismatch(tmp_path):
     shifted = AFFINE.copy()
     shifted[0, 3] = 4.0
     _save(sdir / "segmentations" / "liver.nii.gz", np.zeros((16, 12, 8), np.uint8), shifted)
-    with pytest.raises(DataError) as exc:
-        load_subject(sdir)
-    assert "affine of s0001/segmentations/liver.nii.gz differs" in _one_line(exc)
-    assert "4 mm" in str(exc.value)
+    (line,) = load_subject(sdir).unused_masks
+    assert "affine of s0001/segmentations/liver.nii.gz differs" in line and "4 mm" in line
+    assert "\n" not in line
 
 
 def test_2d_image_refused_and_4d_singleton_squeezed(tmp_path):
@@ -335,8 +339,8 @@ def test_info_lists_problem_subjects_and_carries_on(tmp_path, capsys):
         ["info", "--data", str(data), "--cache", str(tmp_path / "c"), "--workers", "1"]
     )
     out = capsys.readouterr().out
-    assert status == 1
-    assert "s0001" in out and "mask shape (3, 3, 3) does not match" in out
+    assert status == 0  # one mask left out is a problem said, not a subject failed
+    assert "s0001" in out and "s0002" in out and "mask shape (3, 3, 3) does not match" in out
     # nothing in the dataset folder was written
     assert sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*")) == before
 
@@ -345,7 +349,7 @@ def test_info_json_exits_1_when_a_subject_failed(tmp_path, capsys):
     data = tmp_path / "data"
     _subject(data, "s0001")
     bad = _subject(data, "s0002")
-    _save(bad / "segmentations" / "liver.nii.gz", np.zeros((3, 3, 3), np.uint8))
+    (bad / "segmentations" / "liver.nii.gz").write_bytes(gzip.compress(b"not a nifti" * 10))
     argv = ["info", "--data", str(data), "--cache", str(tmp_path / "c"), "--workers", "1"]
     assert cli_main([*argv, "--json"]) == 1  # as without --json: a script sees the failure
     summary = json.loads(capsys.readouterr().out)
@@ -650,3 +654,37 @@ def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(
     small = tmp_path / "small.nii.gz"
     write(small, 1 << 10)
     check_nifti_payload(small)
+
+
+def test_a_subject_with_one_mask_on_another_grid_is_scored_and_trained_on_the_rest(tmp_path):
+    """A review's case: one structure's mask downsampled dropped the subject from evaluate (and
+    from training); now the subject is scored on its other structures, and the mask left out
+    is said in the evaluation's notes and in ``ctseg info``'s problems."""
+    from ctseg_core.data.summary import summarize_dataset
+    from ctseg_core.evaluation.evaluate import evaluate_predictions
+
+    root = tmp_path / "data"
+    for sid in ("s0001", "s0002"):
+        sdir = _subject(root, sid)
+        spleen = np.zeros((16, 12, 8), dtype=np.uint8)
+        spleen[10:14, 3:9, 2:6] = 1
+        _save(sdir / "segmentations" / "spleen.nii.gz", spleen)
+    (root / "meta.csv").write_text("image_id;split\ns0001;val\ns0002;val\n")
+    _save(root / "s0002" / "segmentations" / "liver.nii.gz", np.zeros((8, 6, 4), np.uint8),
+          np.diag([4.0, 4.0, 8.0, 1.0]))  # fmt: skip
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    for sid in ("s0001", "s0002"):
+        labels = np.zeros((16, 12, 8), dtype=np.uint8)
+        labels[4:8, 3:9, 2:6] = LABEL_OF["liver"]
+        labels[10:14, 3:9, 2:6] = LABEL_OF["spleen"]
+        _save(predictions / f"{sid}.nii.gz", labels)
+    results = evaluate_predictions(root, "val", predictions, tmp_path / "out", report=False,
+                                   cache_dir=tmp_path / "cache")  # fmt: skip
+    scored = results.set_index(["subject", "structure"])["dice"]
+    assert scored[("s0001", "liver")] == 1.0 and scored[("s0002", "spleen")] == 1.0
+    assert ("s0002", "liver") not in scored.index  # not annotated: not scored
+    (note,) = [n for n in results.attrs["notes"] if "s0002/segmentations/liver.nii.gz" in n]
+    assert note.startswith("s0002: mask shape (8, 6, 4) does not match CT shape (16, 12, 8)")
+    summary = summarize_dataset(root, tmp_path / "cache")
+    assert summary["failed"] == [] and note in summary["problems"]

@@ -201,6 +201,12 @@ class CachedSubject:
         return np.array(self.meta["annotated"], dtype=bool)
 
     @property
+    def unused_masks(self) -> list[str]:
+        """One line per mask file left out (on another grid than the CT; its structure counts
+        as not annotated), to be said wherever the subject is used."""
+        return list(self.meta.get("unused_masks", []))
+
+    @property
     def voxel_counts(self) -> np.ndarray:
         """(118,) int64 voxels per label value in the combined label volume."""
         return np.array(self.meta["voxel_counts"], dtype=np.int64)
@@ -272,6 +278,7 @@ def build_entry(subject_dir: Path, target: Path, settings: dict | None = None) -
             "voxel_counts": counts.tolist(),
             "overlap_voxels": subject.overlap_voxels,
             "problems": subject.problems,
+            "unused_masks": subject.unused_masks,
             "hu_range": [int(subject.ct.array.min()), int(subject.ct.array.max())],
         }
         (tmp / "meta.json").write_text(json.dumps(meta))

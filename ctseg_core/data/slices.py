@@ -132,6 +132,8 @@ def labelled_subjects(
             log.warning("skipping %s: %s", sid, error)
         ids = [s for s in ids if s not in report.failed]
         subjects = [report.entries[s] for s in ids]
+        for line in (line for entry in subjects for line in entry.unused_masks):
+            log.warning("%s", line)  # a cached entry's: said at every start, not only at its build
     else:
         subjects = [open_cached(index.root, s, cache_dir, build=False) for s in ids]
     if not subjects:

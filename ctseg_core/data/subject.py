@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, GridMismatch
 from ..fileio import is_dir
 from ..labels import LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
@@ -71,6 +71,8 @@ class SubjectData:
     labels: (X, Y, Z) uint8, 0 = background, k = structure k (on the CT's grid).
     annotated: (118,) bool, index k true when structure k has a mask file (index 0 always true).
     mask_voxels: (118,) int64 voxel count of each mask file as read (before overlap resolution).
+    unused_masks: one line per mask left out, on another grid than the CT (its structure then
+    counts as not annotated: the subject's other masks are sound).
     """
 
     subject_id: str
@@ -80,6 +82,7 @@ class SubjectData:
     mask_voxels: np.ndarray
     overlap_voxels: int = 0
     problems: list[str] = field(default_factory=list)
+    unused_masks: list[str] = field(default_factory=list)
 
     @property
     def not_annotated(self) -> list[str]:
@@ -102,9 +105,10 @@ class SubjectData:
 def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> SubjectData:
     """Load a subject folder: CT (int16 HU) and the combined uint8 label volume, canonical.
 
-    Raises DataError (one line naming the file) for an unreadable CT or mask, a mask on another
-    grid, or a subject without CT. Unknown mask file names, masks of values other than 0 and 1
-    and a CT read without orientation are reported in ``problems``.
+    Raises DataError (one line naming the file) for an unreadable CT or mask, or a subject
+    without CT. A mask on another grid is left out, its structure not annotated, and said in
+    ``unused_masks`` and ``problems`` (warned); unknown mask file names, masks of values other
+    than 0 and 1 and a CT read without orientation are reported in ``problems``.
     """
     subject_dir = Path(subject_dir)
     ct_path = find_ct(subject_dir, strict=True)
@@ -129,9 +133,15 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
         )
     overlap = 0
     pairs: dict[tuple[str, str], int] = {}  # (lower, higher) structure -> voxels of both
+    unused: list[str] = []
     for name in sorted(files, key=LABEL_OF.__getitem__):
         value = LABEL_OF[name]
-        mask = load_mask(files[name], ct, problems)  # notes masks of values other than 0/1
+        try:
+            mask = load_mask(files[name], ct, problems)  # notes masks of values other than 0/1
+        except GridMismatch as exc:  # one mask: the subject's others are sound
+            unused.append(f"{subject_dir.name}: {exc} ({name} counts as not annotated until then)")
+            log.warning("%s", unused[-1])
+            continue
         annotated[value] = True
         count = int(np.count_nonzero(mask))
         mask_voxels[value] = count
@@ -152,4 +162,5 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
         )
     for problem in problems:
         log.info(problem)
-    return SubjectData(subject_dir.name, ct, labels, annotated, mask_voxels, overlap, problems)
+    return SubjectData(subject_dir.name, ct, labels, annotated, mask_voxels, overlap,
+                       problems + unused, unused)  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, GridMismatch
 from ..fileio import cannot_read, is_dir, is_file, read_error
 from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of, warn_once
 from .image_limits import check_claimed_size, raw_header
@@ -309,8 +309,9 @@ def mask_values_note(data: np.ndarray, path: Path) -> str | None:
 def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> np.ndarray:
     """Load one structure mask on ``ct``'s grid as a canonical (X, Y, Z) bool array.
 
-    Raises DataError when its shape or affine differs from the CT's, unless it holds the CT's
-    voxels in another axis order (the same grid once both are reordered to RAS). A mask holding
+    Raises GridMismatch (a DataError) when its shape or affine differs from the CT's, unless it
+    holds the CT's voxels in another axis order (the same grid once both are reordered to RAS);
+    DataError for a file that cannot be read as a mask. A mask holding
     values other than 0 and 1 is read as "above 0" (floats: "above 0.5"), warned once per file
     and said in ``notes``.
     """
@@ -323,12 +324,12 @@ def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> n
         # the CT's own reordering: near 45 degrees two affines within the grid tolerance could
         # pick different axis orders, and the mask would land on other voxels than the CT's
         array = to_canonical(mask, ct.original_affine)[0]
-    except DataError:  # stored in another axis order (LPS beside a RAS CT) on the same voxels?
+    except DataError as exc:  # stored in another axis order (LPS beside a RAS CT), same voxels?
         array, canonical = to_canonical(mask, img.affine)
         if array.shape != ct.array.shape or not np.allclose(
             canonical, ct.affine, atol=AFFINE_TOLERANCE
         ):
-            raise
+            raise GridMismatch(str(exc)) from None
     note = mask_values_note(data, path)
     if note:
         warn_once(path, "mask values", note)

@@ -78,7 +78,7 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         annotated[0] = True
     lut = merge_lut(structures)
     reference = lut[np.asarray(cached.labels_xyz())]
-    notes = []
+    notes = cached.unused_masks  # structures of this subject not scored: their mask is unusable
     if folder is not None:
         prediction = prediction_on_reference_grid(
             path, reference.shape, cached.affine,
