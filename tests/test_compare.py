@@ -322,6 +322,16 @@ def test_the_checkpoints_root_lists_run_and_folder_evaluations(tmp_path):
         compare_evaluations(a, root / "run2" / "evaluation", "test", there)
     compare_evaluations(a, root / "evaluations" / "preds-0a1b2c3d", "test", there)
     assert [e.label for e in list_evaluations(root)] == [e.label for e in found]  # not listed
+    # a run folder given: its evaluation folders named (was "give a folder ctseg evaluate wrote")
+    (root / "run1" / "config.json").write_text("{}")
+    with pytest.raises(DataError) as refused:
+        compare_evaluations(root / "run1", a, "test", there)
+    inside = f"{root / 'run1' / 'evaluation'}, {root / 'run1' / 'evaluation_last'}"
+    assert str(refused.value).endswith(f"give an evaluation folder in it: {inside}")
+    (root / "run3").mkdir()
+    (root / "run3" / "config.json").write_text("{}")
+    with pytest.raises(DataError, match=r"it is a run folder: evaluate its checkpoint first \("):
+        compare_evaluations(root / "run3", a, "test", there)
 
 
 def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_path, capsys):
@@ -342,7 +352,7 @@ def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_
     err = capsys.readouterr().err.splitlines()
     assert err == [
         "note: A and B scored different datasets: /data/one and /data/two",
-        "note: 1 subjects only in A are left out: s5",
+        "note: 1 subject only in A is left out: s5",
         "note: B's evaluation warned: s1.nii.gz: value 10 (...) looks merged (and 1 more)",
     ]
     source = json.loads((out / "source_test.json").read_text())

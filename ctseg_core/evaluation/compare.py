@@ -279,11 +279,17 @@ def read_results(folder: str | Path, split: str) -> pd.DataFrame:
         raise DataError(f"{folder} is not a folder; give an evaluation folder (ctseg evaluate)")
     if not is_file(path):
         held = evaluation_splits(folder)
-        fix = (
-            f"it holds split(s) {', '.join(held)}: choose one with --split, or evaluate {split}"
-            if held
-            else "it holds no evaluation_results_<split>.csv: give a folder ctseg evaluate wrote"
-        )
+        inside = [str(e) for e in sorted(folder.glob("evaluation*")) if is_dir(e)]
+        if held:
+            fix = (
+                f"it holds split(s) {', '.join(held)}: choose one with --split, or evaluate {split}"
+            )
+        elif inside:  # a run folder: its checkpoints' evaluations lie in it
+            fix = f"give an evaluation folder in it: {', '.join(inside)}"
+        elif is_file(folder / "config.json"):
+            fix = f"it is a run folder: evaluate its checkpoint first (ctseg evaluate --checkpoint {folder / 'best.pth'})"
+        else:
+            fix = "it holds no evaluation_results_<split>.csv: give a folder ctseg evaluate wrote"
         raise DataError(f"{path.name} is not in {folder}; {fix}")
     try:
         # only an empty cell is missing: a subject named "NA" stays a name; inf stays inf
@@ -343,7 +349,11 @@ def compare_evaluations(
     for side, only in (("A", table.attrs["only_a"]), ("B", table.attrs["only_b"])):
         if only:
             shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
-            notes.append(f"{len(only)} subjects only in {side} are left out: {shown}")
+            many = len(only) > 1
+            notes.append(
+                f"{len(only)} subject{'s' if many else ''} only in {side} "
+                f"{'are' if many else 'is'} left out: {shown}"
+            )
     for side, source, folder in (("A", source_a, a), ("B", source_b, b)):  # what each warned of
         notes += changed_checkpoints(source, side, folder)  # rewritten since it was scored
         warned = [str(n) for n in source.get("notes") or []]
