@@ -727,3 +727,25 @@ def test_the_summary_gives_shape_and_spacing_along_the_files_own_axes(tmp_path):
     summary = predict_file(path, [ckpt], tmp_path / "out.nii.gz")
     assert summary["orientation"] == "SLP"
     assert summary["shape"] == [10, 30, 20] and summary["spacing_mm"] == [3.0, 1.0, 2.0]
+
+
+def test_predict_says_which_test_time_passes_it_ran(tmp_path, s0000_ct, capsys):
+    """``--tta`` is the mirror for a model trained with it, else shifted copies: said on the
+    command line and in --json (it said only "tta": true)."""
+    import json
+
+    from ctseg_core.cli import main
+
+    pair = ["kidney_left", "kidney_right"]
+    mirrored = make_checkpoint(tmp_path / "m.pth", pair, mirror=True)
+    plain = make_checkpoint(tmp_path / "p.pth", pair)
+    assert main(["predict", "--ct", str(s0000_ct), "--checkpoint", str(mirrored), "--out",
+                 str(tmp_path / "a.nii.gz"), "--tta", "--device", "cpu"]) == 0  # fmt: skip
+    assert "test-time passes: the left/right mirror (labels swapped)\n" in capsys.readouterr().out
+    assert main(["predict", "--ct", str(s0000_ct), "--checkpoint", str(plain), "--out",
+                 str(tmp_path / "b.nii.gz"), "--tta", "--device", "cpu", "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tta_passes"] == {str(plain): ["shift0", "shift1"]}
+    assert main(["predict", "--ct", str(s0000_ct), "--checkpoint", str(plain), "--out",
+                 str(tmp_path / "c.nii.gz"), "--device", "cpu"]) == 0  # fmt: skip
+    assert "test-time passes" not in capsys.readouterr().out

@@ -183,6 +183,12 @@ def run_predict(args) -> int:
     shape = " x ".join(str(s) for s in summary["shape"])
     print(f"wrote {summary['out']} ({shape}, {summary['orientation']}, {summary['seconds']} s)")
     print(f"label files: {', '.join(summary['label_files'])}")
+    if summary["tta"] and summary.get("tta_passes"):
+        passes = sorted({p for kinds in summary["tta_passes"].values() for p in kinds})
+        mirrored = "the left/right mirror (labels swapped)" if "mirror" in passes else ""
+        moved = f"{sum(p.startswith('shift') for p in passes)} shifted copies" if any(
+            p.startswith("shift") for p in passes) else ""  # fmt: skip
+        print(f"test-time passes: {' and '.join(filter(None, [mirrored, moved]))}")
     if summary.get("model"):
         mirroring = "on" if summary["tta"] else "off"
         if not summary["tta"] and not args.no_mirroring:

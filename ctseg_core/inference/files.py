@@ -309,6 +309,10 @@ def predict_file(
         "model": str(model) if model is not None else None,
         # an nnU-Net model mirrors only on the axes it allows (an exported run: none)
         "tta": predictor.mirrors if model is not None else bool(tta),
+        # each checkpoint's test-time passes: the left/right mirror, or shifted copies
+        "tta_passes": None
+        if model is not None
+        else {str(m.path): predictor.strategy.augmentations(m)[1:] for m in predictor.members},
         "body_box": box,
         "structures_found": found,
         "warnings": [
