@@ -742,10 +742,9 @@ def test_predict_says_which_test_time_passes_it_ran(tmp_path, s0000_ct, capsys):
     assert main(["predict", "--ct", str(s0000_ct), "--checkpoint", str(mirrored), "--out",
                  str(tmp_path / "a.nii.gz"), "--tta", "--device", "cpu"]) == 0  # fmt: skip
     assert "test-time passes: the left/right mirror (labels swapped)\n" in capsys.readouterr().out
-    assert main(["predict", "--ct", str(s0000_ct), "--checkpoint", str(plain), "--out",
-                 str(tmp_path / "b.nii.gz"), "--tta", "--device", "cpu", "--json"]) == 0  # fmt: skip
+    argv = ["predict", "--ct", str(s0000_ct), "--checkpoint", str(plain), "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "b.nii.gz"), "--tta", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["tta_passes"] == {str(plain): ["shift0", "shift1"]}
-    assert main(["predict", "--ct", str(s0000_ct), "--checkpoint", str(plain), "--out",
-                 str(tmp_path / "c.nii.gz"), "--device", "cpu"]) == 0  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "c.nii.gz")]) == 0
     assert "test-time passes" not in capsys.readouterr().out

@@ -416,7 +416,8 @@ case("masks folder", lambda: predict_file(tmp / "ct.nii.gz", [tmp / "x.pth"],
 case("statistics link", lambda: predict_file(tmp / "ct.nii.gz", [tmp / "x.pth"],
                                              tmp / "out" / "s0002.nii.gz", statistics=True))
 case("output behind", lambda: check_output(closed / "a" / "table.csv", overwrite=False))
-case("closed model", lambda: NnunetPredictor(models / "Dataset003_Split" / "nnUNetTrainer__nnUNetPlans__3d_fullres"))
+split_3d = models / "Dataset003_Split" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+case("closed model", lambda: NnunetPredictor(split_3d))
 case("closed fold", lambda: NnunetPredictor(tmp / "folds" / "nnUNetTrainer__nnUNetPlans__2d"))
 from dashboard.cached_predictions import predicted_labels_zxy
 case("explored checkpoint", lambda: predicted_labels_zxy(str(tmp), "s0001", str(closed / "x.pth")))

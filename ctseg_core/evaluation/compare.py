@@ -287,7 +287,10 @@ def read_results(folder: str | Path, split: str) -> pd.DataFrame:
         elif inside:  # a run folder: its checkpoints' evaluations lie in it
             fix = f"give an evaluation folder in it: {', '.join(inside)}"
         elif is_file(folder / "config.json"):
-            fix = f"it is a run folder: evaluate its checkpoint first (ctseg evaluate --checkpoint {folder / 'best.pth'})"
+            fix = (
+                "it is a run folder: evaluate its checkpoint first (ctseg evaluate --checkpoint "
+                f"{folder / 'best.pth'})"
+            )
         else:
             fix = "it holds no evaluation_results_<split>.csv: give a folder ctseg evaluate wrote"
         raise DataError(f"{path.name} is not in {folder}; {fix}")

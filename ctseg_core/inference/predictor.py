@@ -234,8 +234,10 @@ class Predictor:
         self.last_box = None
         for _ in range(2):
             if getattr(self.strategy, "host_sums", False):
-                log.warning("the score sums of a CT of %s voxels do not fit %s's free memory: "
-                            "kept in host memory (slower)", _dims(ct_xyz.shape), self.device)  # fmt: skip
+                log.warning(
+                    "the score sums of a CT of %s voxels do not fit %s's free memory: kept in "
+                    "host memory (slower)", _dims(ct_xyz.shape), self.device,
+                )  # fmt: skip
             try:
                 return self.strategy.label(ct_xyz, batch, progress, spacing_mm)
             except torch.cuda.OutOfMemoryError:  # the estimate was short, or others took memory
