@@ -3,6 +3,7 @@ memory refusal, atomic outputs. Quality is not tested here (the models are untra
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -748,3 +749,32 @@ def test_predict_says_which_test_time_passes_it_ran(tmp_path, s0000_ct, capsys):
     assert summary["tta_passes"] == {str(plain): ["shift0", "shift1"]}
     assert main([*argv, "--out", str(tmp_path / "c.nii.gz")]) == 0
     assert "test-time passes" not in capsys.readouterr().out
+
+
+def test_statistics_of_a_ct_without_a_voxel_size_are_refused(tmp_path, s0000_ct, capsys):
+    """A NIfTI with pixdim 0 along an axis and no sform is read at 1 mm there (said): labels
+    on its grid are still right, volumes in ml would be made up: --statistics and ``ctseg
+    stats`` refuse them in one line, before any work (they wrote them, 3x too small here)."""
+    from ctseg_core.cli import main
+
+    img = nib.load(s0000_ct)
+    header = img.header.copy()
+    header.set_sform(None, code=0)
+    zero = nib.Nifti1Image(np.asanyarray(img.dataobj), None, header)
+    zero.header.set_qform(img.affine, code=1)
+    zero.header["pixdim"][3] = 0.0
+    ct = tmp_path / "zero.nii.gz"
+    nib.save(zero, ct)
+    ckpt = make_checkpoint(tmp_path / "m.pth", ["liver"])
+    line = (
+        f"{ct} gives no voxel size along z (pixdim 0): volumes in ml would be made up; write "
+        "the real voxel size into the file, or "
+    )
+    with pytest.raises(ConfigError, match="^" + re.escape(line + "predict without --statistics")):
+        predict_file(ct, [ckpt], tmp_path / "p.nii.gz", statistics=True)
+    assert not any(tmp_path.glob("p*"))
+    summary = predict_file(ct, [ckpt], tmp_path / "p.nii.gz")  # the labels: with a note
+    assert any("1 mm was assumed along z" in w for w in summary["warnings"])
+    assert main(["stats", "--ct", str(ct), "--labels", str(tmp_path / "p.nii.gz")]) == 2
+    assert capsys.readouterr().err == f"error: {line}use a CT that does\n"
+    assert main(["stats", "--ct", str(s0000_ct), "--labels", str(tmp_path / "p.nii.gz")]) == 0

@@ -354,6 +354,7 @@ def run_stats(args) -> int:
     from ..errors import ConfigError
     from ..evaluation.prediction_files import prediction_on_reference_grid
     from ..fileio import check_output
+    from ..inference.files import refuse_assumed_voxel_size
     from ..inference.label_files import merges_named
     from ..labels import names_of
     from ..metrics.stats import volume_statistics
@@ -362,6 +363,7 @@ def run_stats(args) -> int:
         if args.out.suffix.lower() != ".csv":
             raise ConfigError(f"--out {args.out} must end with .csv (the table is CSV)")
         check_output(args.out, args.overwrite, [args.ct, args.labels])
+    refuse_assumed_voxel_size(args.ct, "use a CT that does")
     ct = load_ct(args.ct, resample_uneven=args.resample_uneven)
     labels = prediction_on_reference_grid(
         args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine

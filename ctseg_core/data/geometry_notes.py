@@ -28,6 +28,20 @@ OBLIQUE_DEGREES = 5.0
 _UNIT_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
 
+def assumed_voxel_axes(path: str | Path) -> list[str]:
+    """The axes of a NIfTI file ("x", "y", "z": its pixdim 1-3) along which it gives no voxel
+    size (pixdim 0 and no sform), which nibabel reads as 1 mm; [] for none, for a DICOM
+    folder and for a header that cannot be parsed."""
+    try:
+        header = raw_header(Path(path))
+    except Exception:  # a folder, or a file its reader says more about
+        return []
+    if int(header["sform_code"]) != 0:  # an sform states the voxel size itself
+        return []
+    zooms = np.asarray(header["pixdim"][1:4], dtype=float)
+    return [axis for axis, z in zip("xyz", zooms, strict=True) if not z > 0]
+
+
 def pixdim_mm(header) -> np.ndarray:
     """(3,) the voxel size a NIfTI header's pixdim gives, in mm, as ITK reads it: its
     ``xyzt_units`` applied, a negative size taken whole and a zero one as 1."""

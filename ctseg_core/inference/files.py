@@ -147,6 +147,18 @@ def _remove_earlier(staged: StagedOutputs, out_path: Path, written: list[Path], 
     return notes
 
 
+def refuse_assumed_voxel_size(ct_path: Path, alternative: str) -> None:
+    """ConfigError for a CT file without a voxel size along an axis: volumes in ml and sizes in
+    mm from the 1 mm nibabel assumes would be made up (the labels themselves are not)."""
+    from ..data.geometry_notes import assumed_voxel_axes
+
+    if axes := assumed_voxel_axes(ct_path):
+        raise ConfigError(
+            f"{ct_path} gives no voxel size along {', '.join(axes)} (pixdim 0): volumes in ml "
+            f"would be made up; write the real voxel size into the file, or {alternative}"
+        )
+
+
 def _suffix(out_path: Path) -> str:
     return ".nii.gz" if out_path.name.endswith(".nii.gz") else ".nii"
 
@@ -222,6 +234,8 @@ def predict_file(
     inputs = [ct_path, *checkpoints] if model is None else [ct_path, model]
     if model is None:  # a model folder's labels tell its files: checked once it is read
         _check_outputs(out_path, written, inputs, overwrite)
+    if statistics:
+        refuse_assumed_voxel_size(ct_path, "predict without --statistics")
     start = time.perf_counter()
     if model is not None:
         from ..nnunet.model import NnunetPredictor
