@@ -778,3 +778,18 @@ def test_statistics_of_a_ct_without_a_voxel_size_are_refused(tmp_path, s0000_ct,
     assert main(["stats", "--ct", str(ct), "--labels", str(tmp_path / "p.nii.gz")]) == 2
     assert capsys.readouterr().err == f"error: {line}use a CT that does\n"
     assert main(["stats", "--ct", str(s0000_ct), "--labels", str(tmp_path / "p.nii.gz")]) == 0
+
+
+def test_stats_of_labels_elsewhere_say_they_miss_the_ct(tmp_path, s0000_ct, capsys):
+    """``ctseg stats`` compares labels with the CT: said so (it said "its reference")."""
+    from ctseg_core.cli import main
+
+    img = nib.load(s0000_ct)
+    labels = np.zeros(img.shape, dtype=np.uint8)
+    labels[40:60, 40:60, 10:20] = LABEL_OF["liver"]
+    moved = img.affine.copy()
+    moved[:3, 3] += 10_000.0  # ten metres away
+    nib.save(nib.Nifti1Image(labels, moved), tmp_path / "far.nii.gz")
+    assert main(["stats", "--ct", str(s0000_ct), "--labels", str(tmp_path / "far.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: far.nii.gz does not overlap its CT in world coordinates")

@@ -366,8 +366,9 @@ def run_stats(args) -> int:
     refuse_assumed_voxel_size(args.ct, "use a CT that does")
     ct = load_ct(args.ct, resample_uneven=args.resample_uneven)
     labels = prediction_on_reference_grid(
-        args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine
-    )
+        args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine,
+        reference="CT",
+    )  # fmt: skip
     # a merged run's prediction: its label file names the merge's value (ribs, not rib_left_1)
     names = names_of(merges_named(args.labels))
     table = volume_statistics(labels, ct.array, ct.spacing_mm, names)

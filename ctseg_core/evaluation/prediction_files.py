@@ -45,6 +45,7 @@ def prediction_on_reference_grid(
     original_shape: Sequence[int],
     original_affine: np.ndarray,
     notes: list[str] | None = None,
+    reference: str = "reference",
 ) -> np.ndarray:
     """Load a multilabel prediction as a canonical (X, Y, Z) uint8 array on the reference's grid.
 
@@ -56,7 +57,8 @@ def prediction_on_reference_grid(
     original grid when its shape matches, else DataError. Label values above 117 or an
     unreadable/empty file raise DataError. ``notes`` gains a line where the file had no
     affine, or where its field of view leaves over ``OUTSIDE_NOTED`` of the reference's voxels
-    out (they are scored as background).
+    out (they are scored as background). ``reference``: what messages call the grid's image
+    (``ctseg stats``: the CT).
     """
     path = Path(path)
     pred = load_label_volume(path, num_labels=NUM_STRUCTURES)
@@ -65,14 +67,14 @@ def prediction_on_reference_grid(
     shape_xyz = tuple(int(s) for s in shape_xyz)
     if not _has_usable_affine(path):
         if tuple(pred.original_shape) == tuple(original_shape):
-            note = f"{path.name} has no affine; assumed to lie on the reference's grid"
+            note = f"{path.name} has no affine; assumed to lie on the {reference}'s grid"
             log.warning("%s", note)
             if notes is not None:
                 notes.append(note)
             raw = from_canonical(pred.array, pred.original_affine)
             return to_canonical(raw, np.asarray(original_affine))[0]
         raise DataError(
-            f"{path.name} has shape {tuple(pred.original_shape)} (reference "
+            f"{path.name} has shape {tuple(pred.original_shape)} ({reference} "
             f"{tuple(original_shape)}) and no usable affine (sform/qform codes 0); "
             "save it with the CT's affine or on the CT's grid"
         )
@@ -92,7 +94,7 @@ def prediction_on_reference_grid(
     np.subtract(resampled, 1, out=resampled, where=seen)
     if pred.array.any() and not resampled.any():
         raise DataError(
-            f"{path.name} does not overlap its reference in world coordinates; check that it "
+            f"{path.name} does not overlap its {reference} in world coordinates; check that it "
             "belongs to this subject and that its affine is right"
         )
     log.info("%s resampled onto the reference grid %s", path.name, shape_xyz)
