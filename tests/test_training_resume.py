@@ -218,10 +218,19 @@ def test_another_runs_checkpoint_in_a_run_folder_is_not_resumed_there(phantom_ro
         text = str(refused.value)
         assert "\n" not in text and "not this run's checkpoint" in text
         assert f"`ctseg train --resume {run} --branch NEW_NAME`" in text
-        assert ("unet network and run" in text) if other == "wide" else ("history.jsonl" in text)
+        if other == "wide":
+            assert "holds a network of model.features [16, 16, 32, 64] and run" in text
+            assert "trains one of [8, 16, 32, 64]" in text
+        else:
+            assert "history.jsonl" in text
         assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == files
     branch = Trainer.resume(run / "last.pth", epochs=3, branch="from-wide")
     assert branch.run() == "finished"
     # the run's own last.pth: resumed as before
     shutil.copy(tmp_path / "a" / "best.pth", run / "last.pth")  # epoch 2 of a itself
     assert Trainer.resume(run, epochs=3).run() == "finished"
+    # widths given as a tuple in Python (a list in config.json): the run's own, resumed
+    tupled = small_config(phantom_root, "tupled", epochs=1)
+    tupled.model.features = (8, 16, 32, 64)
+    assert Trainer(tupled, checkpoints_root=tmp_path).run() == "finished"
+    assert Trainer.resume(tmp_path / "tupled", epochs=2).run() == "finished"

@@ -11,6 +11,8 @@ trained 6) that would silently replace the later epochs' files, so it is refused
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -113,13 +115,16 @@ def refuse_foreign_checkpoint(run_dir: Path, source: Path, ckpt: dict) -> None:
         f"(`{resume_command(source, branch=True)}`)"
     )
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-        ours = RunConfig.from_dict(saved).model
-        theirs = config_of(ckpt).model
-        if ours != theirs:
+        # as JSON holds them (a tuple of widths given in Python is a list in config.json)
+        ours = json.loads(json.dumps(dataclasses.asdict(RunConfig.from_dict(saved).model)))
+        theirs = json.loads(json.dumps(dataclasses.asdict(config_of(ckpt).model)))
+        differ = [key for key in ours if ours[key] != theirs.get(key)]
+        if differ:
+            key = differ[0]
             raise ConfigError(
-                f"{source} holds a {theirs.name} network and run {run_dir} trains a "
-                f"{ours.name} one ({run_dir / 'config.json'}): not this run's checkpoint; "
-                + way_out
+                f"{source} holds a network of model.{key} {theirs.get(key)} and run {run_dir} "
+                f"trains one of {ours[key]} ({run_dir / 'config.json'}): not this run's "
+                "checkpoint; " + way_out
             )
     recorded = {r.get("epoch"): r.get("train_loss") for r in read_history(run_dir)}
     for record in ckpt.get("history") or []:
