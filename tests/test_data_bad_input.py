@@ -688,3 +688,43 @@ def test_a_subject_with_one_mask_on_another_grid_is_scored_and_trained_on_the_re
     assert note.startswith("s0002: mask shape (8, 6, 4) does not match CT shape (16, 12, 8)")
     summary = summarize_dataset(root, tmp_path / "cache")
     assert summary["failed"] == [] and note in summary["problems"]
+
+
+def test_a_subject_whose_masks_are_all_on_another_grid_is_skipped_saying_so(tmp_path, capsys):
+    """Masks exported at another resolution: every one on another grid. One line for the
+    subject (not one per mask), and in an evaluation it is skipped with that line (exit 1),
+    not scored as "nothing annotated (no mask file)"; alone, the one-line refusal names it."""
+    from ctseg_core.data.summary import summarize_dataset
+
+    root = tmp_path / "data"
+    for sid in ("s0001", "s0002"):
+        sdir = _subject(root, sid)
+        spleen = np.zeros((16, 12, 8), dtype=np.uint8)
+        spleen[10:14, 3:9, 2:6] = 1
+        _save(sdir / "segmentations" / "spleen.nii.gz", spleen)
+    for name in ("liver", "spleen"):  # s0001's at half the resolution
+        _save(root / "s0001" / "segmentations" / f"{name}.nii.gz", np.zeros((8, 6, 4), np.uint8),
+              np.diag([4.0, 4.0, 8.0, 1.0]))  # fmt: skip
+    (root / "meta.csv").write_text("image_id;split\ns0001;test\ns0002;test\n")
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    for sid in ("s0001", "s0002"):
+        labels = np.zeros((16, 12, 8), dtype=np.uint8)
+        labels[4:8, 3:9, 2:6] = LABEL_OF["liver"]
+        _save(predictions / f"{sid}.nii.gz", labels)
+    cache = tmp_path / "cache"
+    (line,) = summarize_dataset(root, cache)["problems"]
+    assert line.startswith(
+        "s0001: 2 masks are on another grid than the CT (spleen, liver), counted as not "
+        "annotated until they are resampled onto it; the first: mask shape (8, 6, 4)"
+    )
+    argv = ["evaluate", "--data", str(root), "--split", "test", "--predictions",
+            str(predictions), "--cache", str(cache)]  # fmt: skip
+    assert cli_main([*argv, "--out", str(tmp_path / "both")]) == 1
+    skipped = (tmp_path / "both" / "skipped_test.csv").read_text()
+    assert "s0001" in skipped and "2 masks are on another grid" in skipped
+    capsys.readouterr()
+    assert cli_main([*argv, "--subjects", "s0001", "--out", str(tmp_path / "one")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "s0001: 2 masks are on another grid than the CT" in err
+    assert "no mask file" not in err

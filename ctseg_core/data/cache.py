@@ -202,8 +202,8 @@ class CachedSubject:
 
     @property
     def unused_masks(self) -> list[str]:
-        """One line per mask file left out (on another grid than the CT; its structure counts
-        as not annotated), to be said wherever the subject is used."""
+        """[one line] saying the mask files left out (on another grid than the CT; their
+        structures count as not annotated), to be said wherever the subject is used; or []."""
         return list(self.meta.get("unused_masks", []))
 
     @property

@@ -71,8 +71,8 @@ class SubjectData:
     labels: (X, Y, Z) uint8, 0 = background, k = structure k (on the CT's grid).
     annotated: (118,) bool, index k true when structure k has a mask file (index 0 always true).
     mask_voxels: (118,) int64 voxel count of each mask file as read (before overlap resolution).
-    unused_masks: one line per mask left out, on another grid than the CT (its structure then
-    counts as not annotated: the subject's other masks are sound).
+    unused_masks: [one line] saying the masks left out, on another grid than the CT (their
+    structures then count as not annotated: the subject's other masks are sound), or [].
     """
 
     subject_id: str
@@ -133,14 +133,13 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
         )
     overlap = 0
     pairs: dict[tuple[str, str], int] = {}  # (lower, higher) structure -> voxels of both
-    unused: list[str] = []
+    unused: list[tuple[str, str]] = []  # (structure, why) of each mask on another grid
     for name in sorted(files, key=LABEL_OF.__getitem__):
         value = LABEL_OF[name]
         try:
             mask = load_mask(files[name], ct, problems)  # notes masks of values other than 0/1
         except GridMismatch as exc:  # one mask: the subject's others are sound
-            unused.append(f"{subject_dir.name}: {exc} ({name} counts as not annotated until then)")
-            log.warning("%s", unused[-1])
+            unused.append((name, str(exc)))
             continue
         annotated[value] = True
         count = int(np.count_nonzero(mask))
@@ -160,7 +159,25 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
             f"{subject_dir.name}: {overlap} voxels belong to more than one mask ({shown}); "
             "the higher label value was kept"
         )
+    said = _unused_line(subject_dir.name, unused)
+    if said:
+        log.warning("%s", said[0])
     for problem in problems:
         log.info(problem)
     return SubjectData(subject_dir.name, ct, labels, annotated, mask_voxels, overlap,
-                       problems + unused, unused)  # fmt: skip
+                       problems + said, said)  # fmt: skip
+
+
+def _unused_line(subject_id: str, unused: list[tuple[str, str]]) -> list[str]:
+    """[one line] for the masks left out of a subject ((structure, why) each), or []: one
+    line however many, as masks exported at another resolution are all on another grid."""
+    if not unused:
+        return []
+    (name, why), count = unused[0], len(unused)
+    if count == 1:
+        return [f"{subject_id}: {why} ({name} counts as not annotated until then)"]
+    names = ", ".join(n for n, _ in unused[:3]) + (" ..." if count > 3 else "")
+    return [
+        f"{subject_id}: {count} masks are on another grid than the CT ({names}), counted as not "
+        f"annotated until they are resampled onto it; the first: {why}"
+    ]

@@ -118,14 +118,21 @@ def _check_model_structures(
     A subject that cannot be read is added to ``skipped`` (id -> reason) and left out.
     """
     annotated = np.zeros(NUM_LABELS, dtype=bool)
+    unused = {}  # id -> the line of its masks on another grid
     for sid in ids:
         try:
-            annotated |= merged_annotated(open_cached(root, sid, cache_dir).annotated, structures)
+            cached = open_cached(root, sid, cache_dir)
         except DataError as exc:
             skipped[sid] = str(exc)
+            continue
+        annotated |= merged_annotated(cached.annotated, structures)
+        if cached.unused_masks:
+            unused[sid] = cached.unused_masks[0]
     if len(skipped) == len(ids):
         raise _nothing_scored(split, root, ids, skipped)
     covered = [s for s in structures if annotated[value_of(s)]]
+    if not covered and unused:  # masks there, on another grid: that is what to fix
+        raise _nothing_scored(split, root, ids, {**skipped, **unused})
     if not covered:
         shown = ", ".join(structures[:5]) + (" ..." if len(structures) > 5 else "")
         raise ConfigError(
@@ -143,10 +150,13 @@ def _check_model_structures(
 def _nothing_scored(split: str, root: Path, ids, skipped: dict[str, str]) -> DataError:
     """The one-line error of an evaluation in which no subject could be scored (the first
     three reasons, in the split's order)."""
-    reasons = "; ".join(f"{sid}: {skipped[sid]}" for sid in ids[:3])
-    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    said = [sid for sid in ids if sid in skipped]
+    reasons = "; ".join(
+        f"{sid}: {skipped[sid].removeprefix(f'{sid}: ')}" for sid in said[:3]
+    )  # a reason may name its subject already
+    more = f"; and {len(said) - 3} more" if len(said) > 3 else ""
     return DataError(
-        f"no subject of split {split!r} of {root} could be scored ({len(skipped)} tried): "
+        f"no subject of split {split!r} of {root} could be scored ({len(ids)} tried): "
         f"{reasons}{more}"
     )
 
@@ -328,6 +338,10 @@ def evaluate_predictions(
                         collector.add_subject(sid, cached, reference, prediction, subject)
             if progress:
                 progress(done, len(ids), sid)
+        with_rows = {row["subject"] for row in rows}
+        for sid in [s for s in ids if s not in skipped and s not in with_rows]:
+            if unused := open_cached(index.root, sid, cache_dir).unused_masks:
+                skipped[sid] = unused[0]  # its masks exist, on another grid: said so
         if len(skipped) == len(ids):
             raise _nothing_scored(split, index.root, ids, skipped)
         if not rows:  # every scored subject lacks every mask file of what is predicted

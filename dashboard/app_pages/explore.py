@@ -104,7 +104,7 @@ def main() -> None:
         f"{state.plain(subject)}: {' x '.join(map(str, entry.shape_xyz))} voxels, spacing "
         f"{sx:.2f} x {sy:.2f} x {sz:.2f} mm, {len(entry.present)} structures present"
     )
-    annotation_note(entry.annotated)
+    annotation_note(entry.annotated, entry.unused_masks)
     if niivue_view.viewer_choice(state.EXPLORE_VIEWER) == "linked planes":
         niivue_view.niivue_viewer(state.EXPLORE_VIEW, entry.ct, layers, entry.affine,
                                   volume_id=cached.subject_volume_id(root, subject))  # fmt: skip

@@ -272,9 +272,12 @@ def _zoom_choice(keys: state.WidgetKeys, volume_id: str) -> tuple | None:
     return tuple(tuple(r) for r in zoom["box_zxy"]) if on else None
 
 
-def annotation_note(annotated: np.ndarray | None) -> None:
+def annotation_note(annotated: np.ndarray | None, unused: list[str] = ()) -> None:
     """Name the structures a subject's reference does not annotate (blank there is no evidence
-    of absence). ``annotated``: (118,) bool by label value, or None when unknown."""
+    of absence). ``annotated``: (118,) bool by label value, or None when unknown; ``unused``:
+    the line of its masks left out, on another grid than the CT (``CachedSubject``)."""
+    for line in unused:
+        st.warning(state.plain(line), icon=":material/warning:")
     if annotated is None:
         return
     missing = [name for name, k in LABEL_OF.items() if not annotated[k]]

@@ -784,3 +784,17 @@ def test_explore_names_the_structures_a_subject_does_not_annotate(
     assert notes and "115 of 117 structures" in notes[0]
     listed = at.text[0].value.split(", ")
     assert len(listed) == 115 and "liver" not in listed and "heart" in listed
+    # the spleen's mask on another grid: left out, and said why (not "no mask file")
+    import nibabel as nib
+    import numpy as np
+
+    spleen = root / "s0000" / "segmentations" / "spleen.nii.gz"
+    img = nib.load(spleen)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::2], img.affine), spleen)
+    at = new_app("explore")
+    at.run()
+    no_problems(at)
+    (warning,) = [w.value.replace("\\", "") for w in at.warning]
+    assert warning.startswith("s0000: mask shape") and "(spleen counts as not annotated" in warning
+    notes = [c.value for c in at.caption if c.value.startswith("Not annotated")]
+    assert "116 of 117 structures" in notes[0]
