@@ -324,6 +324,7 @@ def test_the_checkpoints_root_lists_run_and_folder_evaluations(tmp_path):
     assert [e.label for e in list_evaluations(root)] == [e.label for e in found]  # not listed
     # a run folder given: its evaluation folders named (was "give a folder ctseg evaluate wrote")
     (root / "run1" / "config.json").write_text("{}")
+    (root / "run1" / "evaluation_empty").mkdir()  # no table in it: not offered
     with pytest.raises(DataError) as refused:
         compare_evaluations(root / "run1", a, "test", there)
     inside = f"{root / 'run1' / 'evaluation'}, {root / 'run1' / 'evaluation_last'}"

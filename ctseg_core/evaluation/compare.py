@@ -279,7 +279,9 @@ def read_results(folder: str | Path, split: str) -> pd.DataFrame:
         raise DataError(f"{folder} is not a folder; give an evaluation folder (ctseg evaluate)")
     if not is_file(path):
         held = evaluation_splits(folder)
-        inside = [str(e) for e in sorted(folder.glob("evaluation*")) if is_dir(e)]
+        inside = [
+            str(e) for e in sorted(folder.glob("evaluation*")) if is_dir(e) and evaluation_splits(e)
+        ]
         if held:
             fix = (
                 f"it holds split(s) {', '.join(held)}: choose one with --split, or evaluate {split}"
