@@ -552,3 +552,10 @@ def test_settings_a_model_does_not_use_and_models_of_two_kinds_are_said(tmp_path
                                [0, 2, 1])  # fmt: skip
     with pytest.raises(CtsegError, match=rf"give its model folder instead \(--model {model}\)$"):
         Predictor([model / "fold_0" / "checkpoint_final.pth"], device="cpu")
+    # an nnU-Net model runs as nnU-Net's predictor does: the settings said unused, not dropped
+    summary = predict_file(ct, [], tmp_path / "n.nii.gz", model=model, overlap=0.3,
+                           body_crop=False, device="cpu")  # fmt: skip
+    assert (
+        f"overlap 0.3 and no body crop: for ctseg's 3D checkpoints only; {model} runs as "
+        "nnU-Net's predictor runs it (overlap 0.5, the whole CT): not used"
+    ) in summary["warnings"]

@@ -241,6 +241,13 @@ def predict_file(
         from ..nnunet.model import NnunetPredictor
 
         predictor = NnunetPredictor(model, device=device, tta=tta)
+        unused = [text for text, given in ((f"overlap {overlap:g}", overlap != 0.5),
+                                           ("no body crop", not body_crop)) if given]  # fmt: skip
+        if unused:  # said beside the result: the model runs as nnU-Net's predictor runs it
+            predictor.notes.append(
+                f"{' and '.join(unused)}: for ctseg's 3D checkpoints only; {model} runs as "
+                "nnU-Net's predictor runs it (overlap 0.5, the whole CT): not used"
+            )
         checkpoints = []
         if predictor.other_labels:
             if split_masks or statistics:
@@ -369,6 +376,6 @@ def _predict_own_labels(predictor, ct_path: Path, out_path: Path, resample_uneve
         "spacing_mm": [round(float(s), 4) for s in spacing_of(ct.original_affine)],
         "orientation": ct.orientation,
         "checkpoints": [], "model": str(predictor.path), "tta": predictor.mirrors,
-        "structures_found": found, "warnings": [*read_warnings, *replaced],
+        "structures_found": found, "warnings": [*read_warnings, *predictor.notes, *replaced],
         "seconds": round(time.perf_counter() - start, 2),
     }  # fmt: skip

@@ -89,6 +89,8 @@ class NnunetPredictor:
         self.path = Path(path).expanduser()
         self.device = resolve_device(device)
         self.tta = bool(tta)
+        #: what a caller was asked and this model does not use, said beside its results
+        self.notes: list[str] = []
         try:
             parts = totalseg_part_folders(self.path) if is_dir(self.path) else None
         except OSError:  # read_model_folder says why it cannot be read
