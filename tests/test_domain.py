@@ -89,7 +89,7 @@ def test_a_slice_model_is_warned_of_a_ct_whose_field_of_view_it_would_magnify(
 
 
 def test_a_volumetric_model_is_warned_of_a_ct_much_smaller_than_its_training_cts(
-    derived_sample, cache_dir
+    derived_sample, cache_dir, tmp_path
 ):
     """A 3D model pads a CT smaller than its patch: on a crop of a third of the smallest
     training CT along x and z it labelled without a word (6 % of a crop's labels agreed with
@@ -123,6 +123,12 @@ def test_a_volumetric_model_is_warned_of_a_ct_much_smaller_than_its_training_cts
     assert "covers much less" not in " ".join(check(slices, crop, entry.spacing_mm))
     bigger = np.concatenate([entry.ct, entry.ct], axis=0)  # twice as long: no warning
     assert check(record, bigger, entry.spacing_mm) == []
+    # a run resumed with the record of before: it gains the extent, the rest kept
+    older = {k: v for k, v in record.items() if k != "extent_mm"}
+    from ctseg_core.data.domain import record_training_data
+
+    resumed = record_training_data(tmp_path, train, derived_sample, "all", resumed=older)
+    assert resumed == record
 
 
 def test_body_percentiles_are_those_of_the_whole_ct_within_10_hu(s0000_root):

@@ -130,12 +130,7 @@ def describe_training_data(
             "max": [round(float(v), 1) for v in extent.max(axis=0)],
         }
     if not slice_model and len(spacings):
-        shapes = np.array([np.roll(s.ct.shape, -1) for s in subjects], dtype=float)  # x, y, z
-        extent = shapes * spacings
-        record["extent_mm"] = {
-            "min": [round(float(v), 1) for v in extent.min(axis=0)],
-            "max": [round(float(v), 1) for v in extent.max(axis=0)],
-        }
+        record["extent_mm"] = _extent_record(subjects)
     if len(profiles):
         record["body_hu"] = {
             "percentiles": list(PERCENTILES),
@@ -186,6 +181,19 @@ def check_resumed_data(record: dict | None, subjects: Sequence, data_root: str |
             )
 
 
+def _extent_record(subjects: Sequence) -> dict:
+    """{"min", "max"} of the subjects' extents along x, y, z in mm (``CachedSubject``s)."""
+    spacings = np.array([s.spacing_mm for s in subjects], dtype=float).reshape(-1, 3)
+    shapes = np.array(
+        [np.roll(s.ct.shape, -1) for s in subjects], dtype=float
+    )  # (Z,X,Y) -> x, y, z
+    extent = shapes * spacings
+    return {
+        "min": [round(float(v), 1) for v in extent.min(axis=0)],
+        "max": [round(float(v), 1) for v in extent.max(axis=0)],
+    }
+
+
 def record_training_data(
     run_dir: str | Path,
     subjects: Sequence,
@@ -197,6 +205,8 @@ def record_training_data(
     """The record of a run (``resumed``: the one its checkpoint kept, else described now),
     written to ``run_dir/training_data.json``; a failed write is logged, not fatal."""
     record = resumed or describe_training_data(subjects, data_root, split, slice_model)
+    if resumed and not slice_model and "extent_mm" not in record and len(subjects):
+        record = {**record, "extent_mm": _extent_record(subjects)}  # kept from before it existed
     try:
         atomic_write_json(Path(run_dir) / RECORD_FILE, record)
     except OSError as exc:
