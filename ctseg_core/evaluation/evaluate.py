@@ -126,8 +126,7 @@ def _check_model_structures(
             skipped[sid] = str(exc)
             continue
         annotated |= merged_annotated(cached.annotated, structures)
-        if cached.unused_masks:
-            unused[sid] = cached.unused_masks[0]
+        unused.update((sid, line) for line in cached.unused_masks)
     if len(skipped) == len(ids):
         raise _nothing_scored(split, root, ids, skipped)
     covered = [s for s in structures if annotated[value_of(s)]]
@@ -150,10 +149,8 @@ def _check_model_structures(
 def _nothing_scored(split: str, root: Path, ids, skipped: dict[str, str]) -> DataError:
     """The one-line error of an evaluation in which no subject could be scored (the first
     three reasons, in the split's order)."""
-    said = [sid for sid in ids if sid in skipped]
-    reasons = "; ".join(
-        f"{sid}: {skipped[sid].removeprefix(f'{sid}: ')}" for sid in said[:3]
-    )  # a reason may name its subject already
+    said = [sid for sid in ids if sid in skipped]  # a reason may name its subject already
+    reasons = "; ".join(f"{sid}: {skipped[sid].removeprefix(f'{sid}: ')}" for sid in said[:3])
     more = f"; and {len(said) - 3} more" if len(said) > 3 else ""
     return DataError(
         f"no subject of split {split!r} of {root} could be scored ({len(ids)} tried): "
@@ -355,7 +352,6 @@ def evaluate_predictions(
             collector.discard()
         raise
     skipped = {sid: skipped[sid] for sid in ids if sid in skipped}  # in the split's order
-    with_rows = {row["subject"] for row in rows}
     for sid in [s for s in ids if s not in skipped and s not in with_rows]:
         notes.append(
             f"{sid}: none of the structures scored here is annotated in it (no mask file): "
