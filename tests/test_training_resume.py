@@ -234,3 +234,6 @@ def test_another_runs_checkpoint_in_a_run_folder_is_not_resumed_there(phantom_ro
     tupled.model.features = (8, 16, 32, 64)
     assert Trainer(tupled, checkpoints_root=tmp_path).run() == "finished"
     assert Trainer.resume(tmp_path / "tupled", epochs=2).run() == "finished"
+    # a config.json edited out of shape: the check cannot read it, and resume reads the .pth's
+    (tmp_path / "tupled" / "config.json").write_text('{"model": {"no such setting": 1}}')
+    assert Trainer.resume(tmp_path / "tupled", epochs=3).run() == "finished"

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, CtsegError
 from ..fileio import atomic_path, atomic_write_json
 from ..models.checkpoint import (
     config_of,
@@ -114,10 +114,12 @@ def refuse_foreign_checkpoint(run_dir: Path, source: Path, ckpt: dict) -> None:
         f"resume the run it came from, or continue from it in a new run folder "
         f"(`{resume_command(source, branch=True)}`)"
     )
-    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-        # as JSON holds them (a tuple of widths given in Python is a list in config.json)
+    try:  # as JSON holds them (a tuple of widths given in Python is a list in config.json)
         ours = json.loads(json.dumps(dataclasses.asdict(RunConfig.from_dict(saved).model)))
         theirs = json.loads(json.dumps(dataclasses.asdict(config_of(ckpt).model)))
+    except (CtsegError, TypeError, ValueError):  # an edited config.json: resume reads the .pth's
+        ours = None
+    if ours is not None and isinstance(saved.get("model"), dict):
         differ = [key for key in ours if ours[key] != theirs.get(key)]
         if differ:
             key = differ[0]
