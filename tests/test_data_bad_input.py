@@ -720,10 +720,12 @@ def test_a_subject_whose_masks_are_all_on_another_grid_is_skipped_saying_so(tmp_
     )
     argv = ["evaluate", "--data", str(root), "--split", "test", "--predictions",
             str(predictions), "--cache", str(cache)]  # fmt: skip
-    assert cli_main([*argv, "--out", str(tmp_path / "both")]) == 1
+    assert cli_main([*argv, "--out", str(tmp_path / "both"), "--meshes", "1"]) == 1
     skipped = (tmp_path / "both" / "skipped_test.csv").read_text()
     assert "s0001" in skipped and "2 masks are on another grid" in skipped
-    capsys.readouterr()
+    assert "  - s0001: 2 masks are on another grid" in capsys.readouterr().err  # named once
+    # its report pages are not written (it took the only mesh slot)
+    assert [p.name for p in (tmp_path / "both").glob("3d_*")] == ["3d_s0002.html"]
     assert cli_main([*argv, "--subjects", "s0001", "--out", str(tmp_path / "one")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "s0001: 2 masks are on another grid than the CT" in err

@@ -401,7 +401,7 @@ def test_unreadable_prediction_is_skipped_and_listed_the_others_scored(
     assert main(argv) == 1  # an unfinished result, its tables written
     captured = capsys.readouterr()
     assert "evaluated 1 subjects" in captured.out
-    assert f"not scored: 1 subjects (listed in {tmp_path / 'cli' / 'skipped_train.csv'})" in (
+    assert f"not scored: 1 subject (listed in {tmp_path / 'cli' / 'skipped_train.csv'})" in (
         captured.err
     )
     assert "  - s0001: " in captured.err and "s0001.nii.gz cannot be read" in captured.err

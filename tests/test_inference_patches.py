@@ -559,3 +559,12 @@ def test_settings_a_model_does_not_use_and_models_of_two_kinds_are_said(tmp_path
         f"overlap 0.3 and no body crop: for ctseg's 3D checkpoints only; {model} runs as "
         "nnU-Net's predictor runs it (overlap 0.5, the whole CT): not used"
     ) in summary["warnings"]
+    from ctseg_core.evaluation.evaluate import evaluate_predictions
+
+    results = evaluate_predictions(s0000_root, "train", None, tmp_path / "ev", model=model,
+                                   body_crop=False, device="cpu", report=False,
+                                   cache_dir=tmp_path / "cache")  # fmt: skip
+    assert (
+        f"no body crop: for ctseg's 3D checkpoints only; {model} runs as nnU-Net's predictor "
+        "runs it (the whole CT): not used"
+    ) in results.attrs["notes"]

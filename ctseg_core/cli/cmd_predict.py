@@ -281,9 +281,10 @@ def _report_skipped(skipped: dict[str, str], out: Path, split: str) -> int:
     if not skipped:
         return 0
     listed = Path(out) / f"skipped_{split}.csv"
-    print(f"not scored: {len(skipped)} subjects (listed in {listed}):", file=sys.stderr)
-    for sid, reason in skipped.items():
-        print(f"  - {sid}: {reason}", file=sys.stderr)
+    many = "s" if len(skipped) > 1 else ""
+    print(f"not scored: {len(skipped)} subject{many} (listed in {listed}):", file=sys.stderr)
+    for sid, reason in skipped.items():  # a reason may name its subject already
+        print(f"  - {sid}: {reason.removeprefix(f'{sid}: ')}", file=sys.stderr)
     return 1
 
 

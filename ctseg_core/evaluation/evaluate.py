@@ -35,14 +35,7 @@ from ..fileio import (
     not_writable,
 )
 from ..inference.domain import checkpoint_training_data, domain_warnings, split_domain_notes
-from ..labels import (
-    NUM_LABELS,
-    member_values,
-    merge_lut,
-    merged_annotated,
-    names_of,
-    value_of,
-)
+from ..labels import NUM_LABELS, member_values, merge_lut, merged_annotated, names_of, value_of
 from .paths import file_stamp, remove_stale_report, report_files_of, write_source
 from .prediction_files import find_prediction, prediction_on_reference_grid
 from .tables import RESULT_COLUMNS, detection_table, subject_rows, summarize_results
@@ -104,6 +97,8 @@ def _score_subject(sid, root, cache_dir, folder, predictor, model_labels, tolera
         sid, reference, prediction, cached.spacing_mm, annotated, tolerance_mm,
         names_of(structures),
     )  # fmt: skip
+    if not rows and cached.unused_masks:  # nothing to score: its masks are on another grid
+        raise DataError(cached.unused_masks[0])
     notes += unnamed_merge_notes(path, rows) if folder is not None else []
     for note in notes:
         log.warning("%s", note)
@@ -247,9 +242,11 @@ def evaluate_predictions(
                 f"{model} predicts no TotalSegmentator v2 structure "
                 f"({sorted(predictor.other_labels.values())[:5]}); nothing to score"
             )
-        model_labels = np.zeros(NUM_LABELS, dtype=bool)
-        model_labels[[value_of(s) for s in predictor.structures]] = True
-        _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
+        if not body_crop:
+            predictor.notes.append(
+                f"no body crop: for ctseg's 3D checkpoints only; {model} runs as nnU-Net's "
+                "predictor runs it (the whole CT): not used"
+            )
     elif isinstance(predictions, str | Path) and is_dir(predictions):
         folder = Path(predictions)
         if exc := folder_error(folder):  # said once, not per subject
@@ -282,12 +279,13 @@ def evaluate_predictions(
         from ..inference.predictor import Predictor
 
         predictor = Predictor(checkpoints, device=device, tta=tta, body_crop=body_crop)
-        for note in predictor.notes:  # e.g. no body crop asked of a 2D model
-            notes.append(note)
-            log.warning("%s", note)
         # the files as they were loaded (a run may rewrite best.pth while this one scores)
         stamps = [file_stamp(c) for c in checkpoints]
         records = [checkpoint_training_data(c) for c in checkpoints]  # once, not per subject
+    if predictor is not None:  # a model or checkpoints: scored on what they predict
+        for note in predictor.notes:  # settings they do not use (no body crop of a 2D model)
+            notes.append(note)
+            log.warning("%s", note)
         model_labels = np.zeros(NUM_LABELS, dtype=bool)
         model_labels[[value_of(s) for s in predictor.structures]] = True
         _check_model_structures(predictor.structures, index.root, ids, cache_dir, split, skipped)
@@ -335,10 +333,6 @@ def evaluate_predictions(
                         collector.add_subject(sid, cached, reference, prediction, subject)
             if progress:
                 progress(done, len(ids), sid)
-        with_rows = {row["subject"] for row in rows}
-        for sid in [s for s in ids if s not in skipped and s not in with_rows]:
-            if unused := open_cached(index.root, sid, cache_dir).unused_masks:
-                skipped[sid] = unused[0]  # its masks exist, on another grid: said so
         if len(skipped) == len(ids):
             raise _nothing_scored(split, index.root, ids, skipped)
         if not rows:  # every scored subject lacks every mask file of what is predicted
@@ -352,6 +346,7 @@ def evaluate_predictions(
             collector.discard()
         raise
     skipped = {sid: skipped[sid] for sid in ids if sid in skipped}  # in the split's order
+    with_rows = {row["subject"] for row in rows}
     for sid in [s for s in ids if s not in skipped and s not in with_rows]:
         notes.append(
             f"{sid}: none of the structures scored here is annotated in it (no mask file): "
