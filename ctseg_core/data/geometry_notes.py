@@ -36,6 +36,11 @@ def assumed_voxel_axes(path: str | Path) -> list[str]:
         header = raw_header(Path(path))
     except Exception:  # a folder, or a file its reader says more about
         return []
+    return _zero_axes(header)
+
+
+def _zero_axes(header) -> list[str]:
+    """``assumed_voxel_axes`` of a raw NIfTI header."""
     if int(header["sform_code"]) != 0:  # an sform states the voxel size itself
         return []
     zooms = np.asarray(header["pixdim"][1:4], dtype=float)
@@ -116,8 +121,7 @@ def geometry_notes(path: Path, img, qform: np.ndarray | None = None, header=None
             return []
     notes = {}
     zooms = np.asarray(header["pixdim"][1:4], dtype=float)
-    zero = [axis for axis, z in zip("xyz", zooms, strict=True) if not z > 0]
-    if zero and int(header["sform_code"]) == 0:  # an sform states the voxel size itself
+    if zero := _zero_axes(header):
         notes["voxel size"] = (
             f"{_short(path)} gives voxel size {' x '.join(f'{z:g}' for z in zooms)} mm: 1 mm was "
             f"assumed along {', '.join(zero)}; write the real voxel size (pixdim) into the file"

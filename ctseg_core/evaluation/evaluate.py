@@ -233,6 +233,7 @@ def evaluate_predictions(
     notes: list[str] = []  # what looks wrong in what was scored (_score_subject)
     boxes: dict[str, list[list[int]]] = {}  # subject id -> the box a 3D checkpoint labelled
     if model is not None:
+        from ..inference.predictor import settings_for_3d
         from ..nnunet.model import NnunetPredictor
 
         predictor = NnunetPredictor(model, device=device, tta=tta)
@@ -242,9 +243,9 @@ def evaluate_predictions(
                 f"{model} predicts no TotalSegmentator v2 structure "
                 f"({sorted(predictor.other_labels.values())[:5]}); nothing to score"
             )
-        if not body_crop:
+        if unused := settings_for_3d(0.5, body_crop):
             predictor.notes.append(
-                f"no body crop: for ctseg's 3D checkpoints only; {model} runs as nnU-Net's "
+                f"{unused}: for ctseg's 3D checkpoints only; {model} runs as nnU-Net's "
                 "predictor runs it (the whole CT): not used"
             )
     elif isinstance(predictions, str | Path) and is_dir(predictions):

@@ -96,12 +96,7 @@ def outside_training_data(
             )
     extent = record.get("slice_field_of_view_mm")
     if extent and field_of_view_mm is not None:
-        lows, highs = extent["min"], extent["max"]
-        axes = [
-            f"{axis} {v:.0f} mm (trained on {lo:.0f}-{hi:.0f})"
-            for axis, v, lo, hi in zip("xy", field_of_view_mm, lows, highs, strict=True)
-            if v < lo / SPACING_FACTOR or v > hi * SPACING_FACTOR
-        ]
+        axes = _axes_outside(field_of_view_mm, extent, larger_too=True)
         if axes:
             found.append(
                 f"{what} covers another field of view than the CTs {model} was trained on: "
@@ -111,12 +106,7 @@ def outside_training_data(
             )
     covered = record.get("extent_mm")
     if covered and extent_mm is not None:
-        lows, highs = covered["min"], covered["max"]
-        axes = [
-            f"{axis} {v:.0f} mm (trained on {lo:.0f}-{hi:.0f})"
-            for axis, v, lo, hi in zip("xyz", extent_mm, lows, highs, strict=True)
-            if v < lo / SPACING_FACTOR
-        ]
+        axes = _axes_outside(extent_mm, covered, larger_too=False)
         if axes:
             found.append(
                 f"{what} covers much less than the CTs {model} was trained on: "
@@ -137,6 +127,17 @@ def outside_training_data(
                 "with its rescale applied? Expect poorer labels"
             )
     return found
+
+
+def _axes_outside(extent_mm: Sequence[float], trained: dict, larger_too: bool) -> list[str]:
+    """ "x 95 mm (trained on 240-260)" for each axis of ``extent_mm`` (x, y[, z]) more than
+    ``SPACING_FACTOR`` times smaller than ``trained``'s "min" (or, ``larger_too``, larger
+    than its "max")."""
+    return [
+        f"{axis} {v:.0f} mm (trained on {lo:.0f}-{hi:.0f})"
+        for axis, v, lo, hi in zip("xyz", extent_mm, trained["min"], trained["max"], strict=False)
+        if v < lo / SPACING_FACTOR or (larger_too and v > hi * SPACING_FACTOR)
+    ]
 
 
 def domain_warnings(

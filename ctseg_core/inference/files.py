@@ -225,7 +225,7 @@ def predict_file(
     outside TotalSegmentator's writes its own values and ``OUT_labels.json`` (value -> name)
     instead of the Slicer / ITK-SNAP files; ``split_masks`` and ``statistics`` need v2 names.
     """
-    from .predictor import Predictor
+    from .predictor import Predictor, settings_for_3d
 
     ct_path, out_path = Path(ct_path), Path(out_path)
     if not out_path.name.endswith((".nii.gz", ".nii")):
@@ -241,12 +241,10 @@ def predict_file(
         from ..nnunet.model import NnunetPredictor
 
         predictor = NnunetPredictor(model, device=device, tta=tta)
-        unused = [text for text, given in ((f"overlap {overlap:g}", overlap != 0.5),
-                                           ("no body crop", not body_crop)) if given]  # fmt: skip
-        if unused:  # said beside the result: the model runs as nnU-Net's predictor runs it
+        if unused := settings_for_3d(overlap, body_crop):  # said beside the result
             predictor.notes.append(
-                f"{' and '.join(unused)}: for ctseg's 3D checkpoints only; {model} runs as "
-                "nnU-Net's predictor runs it (overlap 0.5, the whole CT): not used"
+                f"{unused}: for ctseg's 3D checkpoints only; {model} runs as nnU-Net's "
+                "predictor runs it (overlap 0.5, the whole CT): not used"
             )
         checkpoints = []
         if predictor.other_labels:

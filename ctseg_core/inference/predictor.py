@@ -54,6 +54,13 @@ def _dims(shape_xyz: Sequence[int]) -> str:
     return " x ".join(str(int(s)) for s in shape_xyz)
 
 
+def settings_for_3d(overlap: float, body_crop: bool) -> str:
+    """The sliding-window settings given other than their defaults, said when a model that does
+    not use them is run ("overlap 0.8 and no body crop"; "" for none)."""
+    given = [f"overlap {overlap:g}"] if overlap != 0.5 else []
+    return " and ".join(given + ([] if body_crop else ["no body crop"]))
+
+
 def _fitting_batch(need: Callable[[int], int], batch: int, limit: int) -> int | None:
     """The largest of ``batch``, ``batch // 2``, .. 1 whose ``need(batch)`` bytes fit
     ``limit``; None when not even 1 does."""
@@ -131,12 +138,9 @@ class Predictor:
         self.strategy = STRATEGIES[kind](self)
         #: settings given that these models do not use, to be said beside their results
         self.notes: list[str] = []
-        unused = [text for text, given in ((f"overlap {overlap:g}", overlap != 0.5),
-                                           ("no body crop", not body_crop)) if given]  # fmt: skip
-        if unused and kind == "slices":
+        if (unused := settings_for_3d(overlap, body_crop)) and kind == "slices":
             self.notes.append(
-                f"{' and '.join(unused)}: for 3D models only, and {self.members[0].path} is 2D; "
-                "not used"
+                f"{unused}: for 3D models only, and {self.members[0].path} is 2D; not used"
             )
 
     @property
