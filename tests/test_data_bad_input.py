@@ -656,6 +656,28 @@ def test_payload_check_refuses_huge_header_extensions_before_nibabel_reads_them(
     check_nifti_payload(small)
 
 
+def _two_subjects(tmp_path: Path, split: str, predicted: list[str]) -> tuple[Path, Path]:
+    """(dataset root, predictions folder): s0001 and s0002 of ``split`` with liver and spleen
+    masks, and a prediction of each labelling ``predicted`` where their masks are."""
+    root = tmp_path / "data"
+    for sid in ("s0001", "s0002"):
+        sdir = _subject(root, sid)
+        spleen = np.zeros((16, 12, 8), dtype=np.uint8)
+        spleen[10:14, 3:9, 2:6] = 1
+        _save(sdir / "segmentations" / "spleen.nii.gz", spleen)
+    (root / "meta.csv").write_text(f"image_id;split\ns0001;{split}\ns0002;{split}\n")
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    boxes = {"liver": (slice(4, 8), slice(3, 9), slice(2, 6)),
+             "spleen": (slice(10, 14), slice(3, 9), slice(2, 6))}  # fmt: skip
+    for sid in ("s0001", "s0002"):
+        labels = np.zeros((16, 12, 8), dtype=np.uint8)
+        for name in predicted:
+            labels[boxes[name]] = LABEL_OF[name]
+        _save(predictions / f"{sid}.nii.gz", labels)
+    return root, predictions
+
+
 def test_a_subject_with_one_mask_on_another_grid_is_scored_and_trained_on_the_rest(tmp_path):
     """A review's case: one structure's mask downsampled dropped the subject from evaluate (and
     from training); now the subject is scored on its other structures, and the mask left out
@@ -663,22 +685,9 @@ def test_a_subject_with_one_mask_on_another_grid_is_scored_and_trained_on_the_re
     from ctseg_core.data.summary import summarize_dataset
     from ctseg_core.evaluation.evaluate import evaluate_predictions
 
-    root = tmp_path / "data"
-    for sid in ("s0001", "s0002"):
-        sdir = _subject(root, sid)
-        spleen = np.zeros((16, 12, 8), dtype=np.uint8)
-        spleen[10:14, 3:9, 2:6] = 1
-        _save(sdir / "segmentations" / "spleen.nii.gz", spleen)
-    (root / "meta.csv").write_text("image_id;split\ns0001;val\ns0002;val\n")
+    root, predictions = _two_subjects(tmp_path, "val", ["liver", "spleen"])
     _save(root / "s0002" / "segmentations" / "liver.nii.gz", np.zeros((8, 6, 4), np.uint8),
           np.diag([4.0, 4.0, 8.0, 1.0]))  # fmt: skip
-    predictions = tmp_path / "predictions"
-    predictions.mkdir()
-    for sid in ("s0001", "s0002"):
-        labels = np.zeros((16, 12, 8), dtype=np.uint8)
-        labels[4:8, 3:9, 2:6] = LABEL_OF["liver"]
-        labels[10:14, 3:9, 2:6] = LABEL_OF["spleen"]
-        _save(predictions / f"{sid}.nii.gz", labels)
     results = evaluate_predictions(root, "val", predictions, tmp_path / "out", report=False,
                                    cache_dir=tmp_path / "cache")  # fmt: skip
     scored = results.set_index(["subject", "structure"])["dice"]
@@ -696,22 +705,10 @@ def test_a_subject_whose_masks_are_all_on_another_grid_is_skipped_saying_so(tmp_
     not scored as "nothing annotated (no mask file)"; alone, the one-line refusal names it."""
     from ctseg_core.data.summary import summarize_dataset
 
-    root = tmp_path / "data"
-    for sid in ("s0001", "s0002"):
-        sdir = _subject(root, sid)
-        spleen = np.zeros((16, 12, 8), dtype=np.uint8)
-        spleen[10:14, 3:9, 2:6] = 1
-        _save(sdir / "segmentations" / "spleen.nii.gz", spleen)
+    root, predictions = _two_subjects(tmp_path, "test", ["liver"])
     for name in ("liver", "spleen"):  # s0001's at half the resolution
         _save(root / "s0001" / "segmentations" / f"{name}.nii.gz", np.zeros((8, 6, 4), np.uint8),
               np.diag([4.0, 4.0, 8.0, 1.0]))  # fmt: skip
-    (root / "meta.csv").write_text("image_id;split\ns0001;test\ns0002;test\n")
-    predictions = tmp_path / "predictions"
-    predictions.mkdir()
-    for sid in ("s0001", "s0002"):
-        labels = np.zeros((16, 12, 8), dtype=np.uint8)
-        labels[4:8, 3:9, 2:6] = LABEL_OF["liver"]
-        _save(predictions / f"{sid}.nii.gz", labels)
     cache = tmp_path / "cache"
     (line,) = summarize_dataset(root, cache)["problems"]
     assert line.startswith(
