@@ -5,6 +5,9 @@ reference itself, the folders listed and written, the CLI's exit codes."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -359,6 +362,11 @@ def test_evaluations_of_other_datasets_or_subjects_are_compared_with_a_note(tmp_
     source = json.loads((out / "source_test.json").read_text())
     assert source["notes"] == [line.removeprefix("note: ") for line in err]
     assert source["only_a"] == ["s5"] and source["subjects"][0] == "NA"
+    # on a terminal the CLI's logging prints too: each note once, not also as a WARNING line
+    command = [sys.executable, "-m", "ctseg_core", "compare", str(folders["a"]), str(folders["b"])]
+    shown = subprocess.run([*command, "--out", str(tmp_path / "out2")], capture_output=True,
+                           text=True, cwd=Path(__file__).parents[1], check=True)  # fmt: skip
+    assert shown.stderr.splitlines() == err
     written = pd.read_csv(out / "comparison_test.csv")
     assert written.loc[written["metric"] == "dice", "pairs"].tolist() == [5, 5]
 

@@ -365,8 +365,8 @@ def compare_evaluations(
         if warned:
             more = f" (and {len(warned) - 1} more)" if len(warned) > 1 else ""
             notes.append(f"{side}'s evaluation warned: {warned[0]}{more}")
-    for note in notes:
-        log.warning("comparison: %s", note)
+    for note in notes:  # info, not warning: the caller shows them (the CLI prints "note:")
+        log.info("comparison: %s", note)
     csv = out_dir / f"comparison_{split}.csv"
     atomic_write_text(csv, table.to_csv(index=False))
     record = {
