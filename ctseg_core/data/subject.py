@@ -19,7 +19,8 @@ from ..errors import DataError, GridMismatch
 from ..fileio import is_dir
 from ..labels import LABEL_OF, NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
-from .volume import Volume, load_ct, load_mask
+from .masks import load_mask
+from .volume import Volume, load_ct
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Reading CT images and masks into the canonical RAS+ orientation, and writing back to the original grid.
+"""Reading CT images and label volumes into canonical RAS+, and writing back to their own grid.
 
 Inside the library every array is in nibabel's closest-canonical orientation (RAS+, axes x, y, z):
 an axial slice is ``array[:, :, z]`` with shape (X, Y). Outputs go back onto the source image's own
@@ -16,9 +16,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import DataError, GridMismatch
+from ..errors import DataError
 from ..fileio import cannot_read, is_dir, is_file, read_error
-from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of, warn_once
+from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of
 from .image_limits import check_claimed_size, raw_header
 from .image_limits import short_path as _short
 
@@ -253,89 +253,6 @@ def hu_problem(ct_hu: np.ndarray, name: str = "the CT") -> str | None:
             "(air near -1000, bone above +200): is it a CT? The labels below are likely wrong"
         )
     return None
-
-
-def _mask_from_data(data: np.ndarray) -> np.ndarray:
-    """Binary mask from 0/1, 0/255, bool or float (> 0.5) voxels."""
-    if data.dtype == np.bool_:
-        return data
-    if np.issubdtype(data.dtype, np.floating):
-        return data > 0.5
-    return data > 0
-
-
-def check_same_grid(path: Path, shape, affine, ref_shape, ref_affine, what: str = "CT") -> None:
-    """Raise DataError when an image's grid (shape or affine) differs from its reference's."""
-    if tuple(shape) != tuple(ref_shape):
-        raise DataError(
-            f"mask shape {tuple(shape)} does not match {what} shape {tuple(ref_shape)} in "
-            f"{_short(path)}; resample the mask onto the {what} grid"
-        )
-    if not np.allclose(affine, ref_affine, atol=AFFINE_TOLERANCE):
-        raise DataError(
-            f"affine of {_short(path)} differs from the {what}'s (max difference "
-            f"{np.abs(np.asarray(affine) - ref_affine).max():.3g} mm); resample the mask onto the {what} grid"
-        )
-
-
-def mask_values_note(data: np.ndarray, path: Path) -> str | None:
-    """One line saying how a mask holding values other than 0 and 1 was read, or None.
-
-    bool, 0/1 and 0/255 (a common binary export) masks say nothing.
-    """
-    if data.dtype == np.bool_ or data.size == 0:
-        return None
-    if np.issubdtype(data.dtype, np.floating):
-        if np.all((data == 0) | (data == 1)):
-            return None
-        finite = data[np.isfinite(data)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        nan = f", {data.size - finite.size} NaN/inf" if finite.size < data.size else ""
-        return (
-            f"{_short(path)} is a mask of non-binary values ({low:g}..{high:g}{nan}); voxels "
-            "above 0.5 were read as the structure. Save the mask as 0/1 integers"
-        )
-    low, high = int(data.min()), int(data.max())
-    if low >= 0 and (high <= 1 or (high == 255 and not np.any((data != 0) & (data != 255)))):
-        return None
-    values = np.unique(data)
-    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    return (
-        f"{_short(path)} is a mask holding the values {shown} (not only 0 and 1); every voxel "
-        "above 0 was read as the structure. Save the mask as 0/1"
-    )
-
-
-def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> np.ndarray:
-    """Load one structure mask on ``ct``'s grid as a canonical (X, Y, Z) bool array.
-
-    Raises GridMismatch (a DataError) when its shape or affine differs from the CT's, unless it
-    holds the CT's voxels in another axis order (the same grid once both are reordered to RAS);
-    DataError for a file that cannot be read as a mask. A mask holding
-    values other than 0 and 1 is read as "above 0" (floats: "above 0.5"), warned once per file
-    and said in ``notes``.
-    """
-    path = Path(path)
-    img = read_image(path)
-    data = np.asanyarray(img.dataobj)
-    mask = _mask_from_data(data)
-    try:
-        check_same_grid(path, data.shape, img.affine, ct.original_shape, ct.original_affine)
-        # the CT's own reordering: near 45 degrees two affines within the grid tolerance could
-        # pick different axis orders, and the mask would land on other voxels than the CT's
-        array = to_canonical(mask, ct.original_affine)[0]
-    except DataError as exc:  # stored in another axis order (LPS beside a RAS CT), same voxels?
-        array, canonical = to_canonical(mask, img.affine)
-        if array.shape != ct.array.shape or not np.allclose(
-            canonical, ct.affine, atol=AFFINE_TOLERANCE
-        ):
-            raise GridMismatch(str(exc)) from None
-    note = mask_values_note(data, path)
-    if note:
-        warn_once(path, "mask values", note)
-        if notes is not None:
-            notes.append(note)
-    return array
 
 
 def load_label_volume(path: str | Path, num_labels: int = 117) -> Volume:
