@@ -15,6 +15,14 @@ class GridMismatch(DataError):
     """An image (a mask) on another grid than the CT it belongs to."""
 
 
+class NotAVolume(DataError):
+    """An image that is not one 3D volume (2D, or 4D with several frames); ``shape`` its own."""
+
+    def __init__(self, message: str, shape: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.shape = shape
+
+
 class ConfigError(CtsegError):
     """Settings that are refused before any work starts."""
 

@@ -133,6 +133,23 @@ def test_mask_shape_mismatch(tmp_path):
     assert "liver" in subject.not_annotated
 
 
+def test_a_2d_or_4d_mask_is_left_out_like_one_on_another_grid(tmp_path):
+    """A mask saved as one slice or as several frames cannot lie on the CT's grid: left out,
+    its structure not annotated, the subject's other masks used (the whole subject failed)."""
+    sdir = _subject(tmp_path)
+    _save(sdir / "segmentations" / "liver.nii.gz", np.ones((16, 12), np.uint8))
+    subject = load_subject(sdir)
+    assert subject.unused_masks == [
+        "s0001: mask shape (16, 12) (2D) does not match CT shape (16, 12, 8) in "
+        "s0001/segmentations/liver.nii.gz; save the mask as one 3D volume on the CT grid "
+        "(liver counts as not annotated until then)"
+    ]
+    assert not subject.annotated[LABEL_OF["liver"]] and subject.annotated[LABEL_OF["spleen"]]
+    _save(sdir / "segmentations" / "liver.nii.gz", np.ones((16, 12, 8, 2), np.uint8))
+    (line,) = load_subject(sdir).unused_masks
+    assert "mask shape (16, 12, 8, 2) (4D) does not match" in line
+
+
 def test_mask_affine_mismatch(tmp_path):
     sdir = _subject(tmp_path)
     shifted = AFFINE.copy()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, GridMismatch
+from ..errors import DataError, GridMismatch, NotAVolume
 from .geometry_notes import warn_once
 from .image_limits import short_path as _short
 from .volume import AFFINE_TOLERANCE, Volume, read_image, to_canonical
@@ -67,14 +67,21 @@ def mask_values_note(data: np.ndarray, path: Path) -> str | None:
 def load_mask(path: str | Path, ct: Volume, notes: list[str] | None = None) -> np.ndarray:
     """Load one structure mask on ``ct``'s grid as a canonical (X, Y, Z) bool array.
 
-    Raises GridMismatch (a DataError) when its shape or affine differs from the CT's, unless it
-    holds the CT's voxels in another axis order (the same grid once both are reordered to RAS);
-    DataError for a file that cannot be read as a mask. A mask holding
+    Raises GridMismatch (a DataError) when its shape or affine differs from the CT's (a 2D or
+    4D mask too), unless it holds the CT's voxels in another axis order (the same grid once both
+    are reordered to RAS); DataError for a file that cannot be read as a mask. A mask holding
     values other than 0 and 1 is read as "above 0" (floats: "above 0.5"), warned once per file
     and said in ``notes``.
     """
     path = Path(path)
-    img = read_image(path)
+    try:
+        img = read_image(path)
+    except NotAVolume as exc:  # a slice or a series of frames cannot lie on the CT's grid
+        raise GridMismatch(
+            f"mask shape {exc.shape} ({len(exc.shape)}D) does not match CT shape "
+            f"{tuple(ct.original_shape)} in {_short(path)}; save the mask as one 3D volume on "
+            "the CT grid"
+        ) from None
     data = np.asanyarray(img.dataobj)
     mask = _mask_from_data(data)
     try:

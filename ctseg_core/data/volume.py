@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, NotAVolume
 from ..fileio import cannot_read, is_dir, is_file, read_error
 from .geometry_notes import geometry_notes, pixdim_disagrees, spacing_of
 from .image_limits import check_claimed_size, raw_header
@@ -105,9 +105,10 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise DataError(
+        raise NotAVolume(
             f"{_short(path)} has shape {data.shape} ({data.ndim}D); a 3D volume is expected: "
-            "export one 3D CT (split 4D series, stack 2D slices)"
+            "export one 3D CT (split 4D series, stack 2D slices)",
+            tuple(data.shape),
         )
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
