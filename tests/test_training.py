@@ -110,6 +110,7 @@ def test_structures_annotated_in_no_subject_of_a_split_are_said_in_the_log_and_s
     assert "1 of the 7 structures this run learns are annotated in no training subject " in warning
     assert "(liver): their outputs learn nothing" in warning
     assert "annotated in no validation subject (liver, spleen): the mean validation" in warning
+    assert "check their mask file names and grids (`ctseg info` lists unknown names" in warning
     assert sum("annotated in no" in r.getMessage() for r in caplog.records) == 2
     assert read_history(run_dir)[0]["val_dice"]["spleen"] is None
 

@@ -93,7 +93,8 @@ def unannotated_warnings(
     ``*_annotated``: (S, 118) bool per label value (a mask file exists); a merge counts where
     all its members are annotated. Unannotated in training, a structure's output learns nothing
     (and its prior keeps it from ever being predicted); in validation, the mean validation Dice
-    leaves it out. A misnamed mask file (not a TotalSegmentator v2 name) is the usual cause.
+    leaves it out. A misnamed mask file (not a TotalSegmentator v2 name) is the usual cause, a
+    mask on another grid than its CT (left out, ``data.subject``) the other.
     """
     warnings = []
     for what, annotated, effect in (
@@ -107,7 +108,8 @@ def unannotated_warnings(
             warnings.append(
                 f"{len(missing)} of the {len(structures)} structures this run learns are "
                 f"annotated in no {what} subject ({named}): {effect}; check their mask file "
-                "names (`ctseg info` lists unknown ones) or leave them out of the run"
+                "names and grids (`ctseg info` lists unknown names and masks on another grid "
+                "than their CT) or leave them out of the run"
             )
     return warnings
 
