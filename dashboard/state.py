@@ -47,6 +47,7 @@ EXPLORE_PLANE = EXPLORE_VIEW.plane  # str: axial / coronal / sagittal
 EXPLORE_STRUCTURES = EXPLORE_VIEW.structures  # list[str]: structures picked on Explore
 TRAIN_RUN = "ctseg_train_run"  # str: the run watched on Train
 TRAIN_STARTED = "ctseg_train_started"  # set[str]: runs started or continued from this session
+TRAIN_LAUNCHES = "ctseg_train_launches"  # set[str]: the job's ids of those starts and resumes
 TRAIN_RENAMED = "ctseg_train_renamed"  # (old, new) run folder: followed on the next run
 EVAL_RESULT = "ctseg_eval_result"  # dict: last evaluation (table, out_dir, split)
 EVAL_SUBJECTS_AMONG = "ctseg_eval_subjects_among"  # list[str]: the subject choice's options

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,9 @@ class JobSnapshot:
     message: str = ""
     last_record: dict | None = None
     updated: float = field(default_factory=time.time)  # epoch seconds of this snapshot
+    # which start or resume this is (a new one each time): a page that launched it knows it,
+    # where a run name may since have been taken by another user's start in the same folder
+    launch: str = ""
 
     @property
     def is_active(self) -> bool:
@@ -70,14 +74,20 @@ class TrainingJob:
             return self._snapshot
 
     def start(
-        self, config: RunConfig, checkpoints_root: str | Path | None = None, started_by: str = ""
+        self,
+        config: RunConfig,
+        checkpoints_root: str | Path | None = None,
+        started_by: str = "",
+        launch: str = "",
     ) -> Path:
         """Start training ``config`` in the background; returns the new run folder.
 
-        ``started_by``: who asked (kept in status.json, see Trainer)."""
+        ``started_by``: who asked (kept in status.json, see Trainer); ``launch``: the caller's
+        id of this start, kept as ``JobSnapshot.launch`` (a new random one when empty)."""
         return self._launch(
             lambda kw: Trainer(config, checkpoints_root=checkpoints_root, in_thread=True, **kw),
             started_by,
+            launch,
         )
 
     def resume(
@@ -86,26 +96,34 @@ class TrainingJob:
         epochs: int | None = None,
         started_by: str = "",
         minutes: float | None = None,
+        launch: str = "",
     ) -> Path:
         """Continue ``run_dir`` from its last.pth in the background (optionally to more epochs,
-        or within ``minutes`` of training in all: see ``Trainer.resume``)."""
+        or within ``minutes`` of training in all: see ``Trainer.resume``); ``launch`` as in
+        ``start``."""
         return self._launch(
             lambda kw: Trainer.resume(
                 run_dir, epochs=epochs, minutes=minutes, in_thread=True, **kw
             ),
             started_by,
+            launch,
         )
 
-    def stop(self, by: str = "", run_dir: str | Path | None = None) -> None:
+    def stop(
+        self, by: str = "", run_dir: str | Path | None = None, launch: str | None = None
+    ) -> None:
         """Ask the running loop to stop before its next batch (returns at once).
 
         ``by``: who asked; the run's final message then says "stopped by request of <by>".
-        ``run_dir``: the run the caller means; another run (the job moved on since the caller
-        looked, e.g. a page clicked seconds later) is left running."""
+        ``run_dir`` and ``launch``: the run and the start or resume of it the caller means;
+        another (the job moved on since the caller looked, e.g. a page clicked seconds later,
+        or another user started a run under the same name) is left running."""
         with self._lock:
             trainer = self._trainer
-            current = self._snapshot.run_dir
+            current, current_launch = self._snapshot.run_dir, self._snapshot.launch
         if run_dir is not None and (current is None or Path(current) != Path(run_dir)):
+            return
+        if launch is not None and launch != current_launch:
             return
         if by and trainer is not None:
             trainer.stopper.request(f"by request of {by}")
@@ -126,7 +144,7 @@ class TrainingJob:
             thread.join(timeout)
         return not self.is_running
 
-    def _launch(self, make_trainer, started_by: str) -> Path:
+    def _launch(self, make_trainer, started_by: str, launch: str) -> Path:
         with self._lock:
             if self.is_running:
                 raise CtsegError(
@@ -143,6 +161,7 @@ class TrainingJob:
             self._snapshot = JobSnapshot(
                 state="queued", run_dir=run_dir, epochs=trainer.config.train.epochs,
                 epoch=int(trainer.resume_ckpt["epoch"]) if trainer.resume_ckpt else 0,
+                launch=launch or uuid.uuid4().hex,
             )  # fmt: skip
             self._thread = threading.Thread(
                 target=self._run, args=(trainer,), name="ctseg-training", daemon=True
@@ -175,7 +194,7 @@ class TrainingJob:
                 loss=p.loss if p.loss is not None else old.loss,
                 lr=p.lr if p.lr is not None else old.lr, eta_s=p.eta_s, error=p.error,
                 message=p.message or old.message,
-                last_record=dict(p.record) if p.record else old.last_record,
+                last_record=dict(p.record) if p.record else old.last_record, launch=old.launch,
             )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ up and update exactly like runs started here.
 from __future__ import annotations
 
 import socket
+import uuid
 from pathlib import Path
 
 import streamlit as st
@@ -34,10 +35,12 @@ def controls(root: str) -> None:
         try:
             check_fits(config, resolve_device(config.train.device))  # before any data is read
             reused = _empty_run(config.run_name)
+            launch = uuid.uuid4().hex
             run_dir = job.start(
-                check_run_config(config, check_data=True), cached.checkpoints_root(), state.who()
-            )
-            _started_here(run_dir)
+                check_run_config(config, check_data=True), cached.checkpoints_root(), state.who(),
+                launch,
+            )  # fmt: skip
+            _started_here(run_dir, launch)
             name = state.plain(Path(run_dir).name)
             note = f" in the folder of the earlier {name}, which trained no epoch" if reused else ""
             st.toast(f"Started {name}{note}", icon=":material/play_arrow:")
@@ -91,17 +94,18 @@ def controls(root: str) -> None:
     if cols[3].button(
         "Resume", icon=":material/resume:", disabled=pick is None, key=state.TRAIN_FORM.resume
     ):
+        launch = uuid.uuid4().hex
         try:
             # the form's values as they stand: config.json's, which may be newer than the
             # settings last.pth holds (a resume stopped before its first epoch ended)
             run_dir = job.resume(
                 cached.checkpoints_root() / pick, epochs=int(until), started_by=state.who(),
-                minutes=minutes,
+                minutes=minutes, launch=launch,
             )  # fmt: skip
         except Exception as exc:
             state.show_error(exc, "cannot resume")
         else:
-            _started_here(run_dir)
+            _started_here(run_dir, launch)
             st.rerun()  # redraw Stop (enabled) and the watched run
 
 
@@ -115,11 +119,14 @@ def _empty_run(name: str) -> bool:
     return ended_before_training(cached.checkpoints_root() / name)
 
 
-def _started_here(run_dir: Path) -> None:
-    """Watch ``run_dir``, and remember that this browser session launched it."""
+def _started_here(run_dir: Path, launch: str) -> None:
+    """Watch ``run_dir``, and remember that this browser session launched it (``launch``: the
+    job's id of this start or resume, which Stop checks: another user may start a run under the
+    same name once this one ends)."""
     name = Path(run_dir).name
     st.session_state[state.TRAIN_RUN] = name
     st.session_state.setdefault(state.TRAIN_STARTED, set()).add(name)
+    st.session_state.setdefault(state.TRAIN_LAUNCHES, set()).add(launch)
 
 
 def _resume_note(name: str) -> None:
@@ -141,12 +148,14 @@ def stop_job(job) -> None:
     if not job.is_running:
         st.button("Stop", icon=":material/stop:", disabled=True, key=state.TRAIN_FORM.stop)
         return
-    run_dir = job.snapshot().run_dir
+    snap = job.snapshot()
+    run_dir, launch = snap.run_dir, snap.launch
     name = run_dir.name
-    if name in st.session_state.get(state.TRAIN_STARTED, set()):
-        # keyed per run: a click from a page drawn for another run must not land on this one
-        if st.button("Stop", icon=":material/stop:", key=f"{state.TRAIN_FORM.stop}_{name}"):
-            job.stop(by=state.who(), run_dir=run_dir)
+    # keyed per start: a click from a page drawn for another run (or another start of a run
+    # under this name) must not land on this one
+    if launch in st.session_state.get(state.TRAIN_LAUNCHES, set()):
+        if st.button("Stop", icon=":material/stop:", key=f"{state.TRAIN_FORM.stop}_{launch}"):
+            job.stop(by=state.who(), run_dir=run_dir, launch=launch)
             st.toast("Stopping after the current step …")
         return
     from ctseg_core.runs.run_folder import read_status
@@ -155,8 +164,8 @@ def stop_job(job) -> None:
     with st.popover("Stop", icon=":material/stop:"):
         shown = state.plain(name)
         st.markdown(f"**{shown}** was started by {state.plain(owner)}, not from this browser tab.")
-        if st.button(f"Stop {shown}", type="primary", key=f"{state.TRAIN_FORM.stop}_ok_{name}"):
-            job.stop(by=state.who(), run_dir=run_dir)
+        if st.button(f"Stop {shown}", type="primary", key=f"{state.TRAIN_FORM.stop}_ok_{launch}"):
+            job.stop(by=state.who(), run_dir=run_dir, launch=launch)
             st.toast(f"Stopping {shown} after the current step …")
 
 

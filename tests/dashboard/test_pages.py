@@ -502,7 +502,7 @@ def test_train_starts_refuses_a_second_start_and_stops(
     deadline = time.time() + 60  # one finished epoch, so last.pth exists to resume from
     while not (run_dir / "last.pth").is_file() and time.time() < deadline:
         time.sleep(0.2)
-    at.button(key="ctseg_train_stop_from-page").click()
+    at.button(key=f"ctseg_train_stop_{job.snapshot().launch}").click()  # this tab's start
     at.run()
     assert job.wait(60)
     at.run()
@@ -522,7 +522,7 @@ def test_train_starts_refuses_a_second_start_and_stops(
     no_problems(at)
     assert job.snapshot().run_dir == run_dir, job.snapshot()
     assert job.snapshot().state in ("queued", "running", "stopping", "stopped"), job.snapshot()
-    at.button(key="ctseg_train_stop_from-page").click()
+    at.button(key=f"ctseg_train_stop_{job.snapshot().launch}").click()  # this tab's resume
     at.run()
     assert job.wait(60)
     assert read_status(run_dir)["state"] == "stopped", read_status(run_dir)
@@ -689,11 +689,12 @@ def test_stopping_the_servers_run_from_another_session_says_whose_it_is(
         shown = r"\[bob\]\(https\:" + "\u200b" + r"//evil\.example\) \(dashboard\)"
         assert any(f"**bobs\\-run** was started by {shown}," in m.value for m in at.markdown)
         assert any(f"Started by {shown} on " in c.value for c in at.caption)
-        assert not [b for b in at.button if b.key == "ctseg_train_stop_bobs-run"]
+        launch = job.snapshot().launch
+        assert not [b for b in at.button if b.key == f"ctseg_train_stop_{launch}"]
         job.stop(by="a stale page", run_dir=tmp_path / "another-run")  # meant another run
         time.sleep(0.5)
         assert job.is_running and read_status(run_dir)["state"] == "running"
-        at.button(key="ctseg_train_stop_ok_bobs-run").click()  # the popover's confirmation
+        at.button(key=f"ctseg_train_stop_ok_{launch}").click()  # the popover's confirmation
         at.run()
         no_problems(at)
         assert job.wait(60)
@@ -703,6 +704,52 @@ def test_stopping_the_servers_run_from_another_session_says_whose_it_is(
     status = read_status(run_dir)
     assert status["state"] == "stopped" and status["started_by"] == bob
     assert status["message"].startswith("stopped by request of a dashboard user during epoch")
+
+
+def test_a_tab_stops_at_once_only_its_own_start_not_a_later_one_under_the_same_name(
+    app_env, monkeypatch, tmp_path, new_app, no_problems
+):
+    """Tab A starts run x and stops it before its first epoch; tab B starts x again (in the
+    same folder). A's Stop must ask, naming B's start, as any other tab's does (found by a
+    review: A kept the direct Stop, keyed by the name, and one click stopped B's run)."""
+    from ctseg_core.runs.run_folder import read_status
+    from ctseg_core.training.job import get_job
+
+    checkpoints = tmp_path / "checkpoints"
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(checkpoints))
+    job = get_job()
+
+    def start_x(at):
+        at.run()
+        at.slider(key="ctseg_train_epochs").set_value(2)
+        at.select_slider(key="ctseg_train_size").set_value(64)
+        at.selectbox(key="ctseg_train_width").set_value("tiny (8)")
+        at.number_input(key="ctseg_train_steps").set_value(5000)
+        at.number_input(key="ctseg_train_val").set_value(1)
+        at.text_input(key="ctseg_train_run_name").set_value("x")
+        at.button(key="FormSubmitter:train_form-Start").click()
+        at.run()
+        no_problems(at)
+        return job.snapshot().launch
+
+    tab_a, tab_b = new_app("train"), new_app("train")
+    try:
+        launch_a = start_x(tab_a)
+        tab_a.button(key=f"ctseg_train_stop_{launch_a}").click()
+        tab_a.run()
+        assert job.wait(60) and read_status(checkpoints / "x")["epoch"] == 0
+        launch_b = start_x(tab_b)
+        assert launch_b != launch_a and job.snapshot().run_dir == checkpoints / "x"
+        tab_a.run()
+        no_problems(tab_a)
+        stops = [b.key for b in tab_a.button if b.key.startswith("ctseg_train_stop_")]
+        assert stops == [f"ctseg_train_stop_ok_{launch_b}"]  # the confirmation, naming x
+        job.stop(by="tab A's stale page", run_dir=checkpoints / "x", launch=launch_a)
+        time.sleep(0.5)
+        assert job.is_running and read_status(checkpoints / "x")["state"] == "running"
+    finally:
+        job.stop()
+        job.wait(60)
 
 
 def test_predict_page_lists_checkpoints_and_waits_for_an_upload(
