@@ -9,6 +9,24 @@ import streamlit as st
 from dashboard import state
 
 
+def drawn(run_dir: Path) -> str:
+    """A widget-key part naming the run this page draws under its name: its folder's inode (a
+    rename keeps it) and its config.json's (rewritten by a new start under the name). A click
+    on a button keyed with it acts on that run alone: another run renamed into the name, or
+    started under it since the page was drawn, draws other keys, and the click does nothing."""
+    parts = []
+    for path in (run_dir, run_dir / "config.json"):
+        try:
+            info = path.stat()
+        except OSError:  # a folder gone or unreadable: nothing a stale click could match
+            parts.append("0")
+        else:
+            parts.append(
+                f"{info.st_ino}" if path == run_dir else f"{info.st_ino}.{info.st_mtime_ns}"
+            )
+    return "_".join(parts)
+
+
 def empty_run(run_dir: Path) -> None:
     """A run that ended before completing an epoch: nothing to resume; its name can be used
     again, or the run removed after a confirmation."""
@@ -23,7 +41,9 @@ def empty_run(run_dir: Path) -> None:
     with st.popover("Remove this run", icon=":material/delete:"):
         st.write(f"Remove the folder of **{name}**? It holds only its settings and status.")
         if st.button(
-            f"Remove {name}", type="primary", key=f"{state.TRAIN_FORM.remove_empty}_{run_dir.name}"
+            f"Remove {name}",
+            type="primary",
+            key=f"{state.TRAIN_FORM.remove_empty}_{run_dir.name}_{drawn(run_dir)}",
         ):
             try:
                 remove_empty_run(run_dir)
@@ -47,7 +67,8 @@ def rename_popover(run_dir: Path) -> None:
             "move with it; choices that name the old run point at the new one in this tab.",
         )  # fmt: skip
         # a button, not Enter: typing renames nothing (keys: no run name makes another's key)
-        if st.button("Rename", type="primary", key=f"{state.TRAIN_FORM.rename_go}_{name}"):
+        go = f"{state.TRAIN_FORM.rename_go}_{name}_{drawn(run_dir)}"  # this run's, as drawn
+        if st.button("Rename", type="primary", key=go):
             try:
                 new_dir = rename_run(run_dir, new_name.strip())
             except Exception as exc:

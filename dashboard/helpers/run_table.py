@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import cached, state
-from dashboard.helpers import run_charts, tracker
+from dashboard.helpers import run_actions, run_charts, tracker
 
 
 def runs_table() -> None:
@@ -41,12 +41,13 @@ def notes_and_delete(run_dir: Path, active: bool) -> None:
     from ctseg_core.runs.notes import delete_run, read_notes, write_notes
 
     name, k = run_dir.name, state.TRAIN_FORM
+    this = f"{name}_{run_actions.drawn(run_dir)}"  # a stale page's click lands on no other run
     kept = read_notes(run_dir)
     with st.popover("Notes and tags", icon=":material/sticky_note_2:"):
-        notes = st.text_area("Notes", kept["notes"], key=f"{k.notes}_{name}", max_chars=10_000)
+        notes = st.text_area("Notes", kept["notes"], key=f"{k.notes}_{this}", max_chars=10_000)
         tags = st.text_input("Tags (comma-separated)", ", ".join(kept["tags"]),
-                             key=f"{k.tags}_{name}", max_chars=400)  # fmt: skip
-        if st.button("Save notes", key=f"{k.notes_save}_{name}"):
+                             key=f"{k.tags}_{this}", max_chars=400)  # fmt: skip
+        if st.button("Save notes", key=f"{k.notes_save}_{this}"):
             try:
                 write_notes(run_dir, notes, tags)
             except Exception as exc:
@@ -60,7 +61,7 @@ def notes_and_delete(run_dir: Path, active: bool) -> None:
             f"Delete **{state.plain(name)}** with all its checkpoints, history and evaluations? "
             "This cannot be undone."
         )
-        if st.button(f"Delete {state.plain(name)}", type="primary", key=f"{k.delete}_{name}"):
+        if st.button(f"Delete {state.plain(name)}", type="primary", key=f"{k.delete}_{this}"):
             try:
                 delete_run(run_dir)
             except Exception as exc:

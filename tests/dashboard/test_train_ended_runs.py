@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.helpers.run_actions import drawn
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -47,7 +49,7 @@ def test_a_run_stopped_in_its_first_epoch_is_said_empty_and_removed_after_a_conf
     resumable = at.selectbox(key="ctseg_train_resume_pick").options
     assert not [o for o in resumable if o.startswith("early")]  # nothing to resume
     assert run_dir.is_dir()  # the popover only asks; its button removes
-    at.button(key="ctseg_train_remove_empty_early").click()
+    at.button(key=f"ctseg_train_remove_empty_early_{drawn(run_dir)}").click()
     at.run()
     no_problems(at)
     assert not run_dir.exists()

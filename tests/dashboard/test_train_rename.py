@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dashboard.helpers.run_actions import drawn
+
 pytestmark = pytest.mark.timeout(300)
 
 EVAL_CHECKPOINT = "ctseg_eval_checkpoint"
@@ -39,7 +41,7 @@ def test_a_run_renamed_on_the_train_page_is_listed_and_chosen_under_its_new_name
     at.text_input(key="ctseg_train_rename_to_first").set_value("unet v2")
     at.run()
     assert (tmp_path / "first").is_dir()  # typing (and Enter) renames nothing: the button does
-    at.button(key="ctseg_train_rename_go_first").click()
+    at.button(key=f"ctseg_train_rename_go_first_{drawn(tmp_path / 'first')}").click()
     at.run()
     no_problems(at)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["second", "unet v2"]
@@ -77,18 +79,19 @@ def test_another_tab_that_named_the_old_run_falls_back_and_refusals_are_one_line
     at.run()
     no_problems(at)
     labels = [b.label for b in at.button]
-    assert "Stop busy" in labels and "ctseg_train_rename_go_busy" not in [b.key for b in at.button]
+    assert "Stop busy" in labels
+    assert not [b for b in at.button if b.key.startswith("ctseg_train_rename_go_busy")]
     at.selectbox(key="ctseg_train_run_pick").set_value("old")
     at.run()
     at.text_input(key="ctseg_train_rename_to_old").set_value("other")  # taken
-    at.button(key="ctseg_train_rename_go_old").click()
+    at.button(key=f"ctseg_train_rename_go_old_{drawn(tmp_path / 'old')}").click()
     at.run()
     (error,) = [e.value for e in at.error]
     assert error == plain(
         f"cannot rename: {tmp_path / 'other'} already exists; choose another name for old"
     )
     at.text_input(key="ctseg_train_rename_to_old").set_value("../escaped")
-    at.button(key="ctseg_train_rename_go_old").click()
+    at.button(key=f"ctseg_train_rename_go_old_{drawn(tmp_path / 'old')}").click()
     at.run()
     (error,) = [e.value for e in at.error]
     assert error.startswith(plain("cannot rename: run name '../escaped' must be a plain folder"))

@@ -19,10 +19,12 @@ def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
 ):
     from ctseg_core.runs.notes import read_notes, write_notes
     from ctseg_core.runs.run_folder import write_status
+    from dashboard.helpers.run_actions import drawn
 
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     for name in ("alpha", "beta", "busy"):
         shutil.copytree(tiny_run, tmp_path / name)
+    alpha = f"alpha_{drawn(tmp_path / 'alpha')}"  # its widgets' keys: this run, as drawn
     write_notes(tmp_path / "beta", "wider model", "sweep")
     write_status(tmp_path / "busy", {"state": "running", "pid": os.getpid(),
                                      "host": socket.gethostname(), "epoch": 0, "epochs": 1})  # fmt: skip
@@ -43,9 +45,9 @@ def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
     at.run()
     assert list(_table(at)["run"]) == ["alpha"]
     # notes and tags of the watched run
-    at.text_area(key="ctseg_train_notes_alpha").set_value("baseline for the sweep")
-    at.text_input(key="ctseg_train_tags_alpha").set_value("Baseline, sweep")
-    at.button(key="ctseg_train_notes_save_alpha").click()
+    at.text_area(key=f"ctseg_train_notes_{alpha}").set_value("baseline for the sweep")
+    at.text_input(key=f"ctseg_train_tags_{alpha}").set_value("Baseline, sweep")
+    at.button(key=f"ctseg_train_notes_save_{alpha}").click()
     at.run()
     no_problems(at)
     assert read_notes(tmp_path / "alpha") == {
@@ -55,10 +57,10 @@ def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
     assert at.session_state["ctseg_train_run"] == "alpha"
     at.selectbox(key="ctseg_train_run_pick").set_value("busy")
     at.run()
-    assert "ctseg_train_delete_busy" not in [b.key for b in at.button]
+    assert not [b for b in at.button if b.key.startswith("ctseg_train_delete_busy")]
     at.selectbox(key="ctseg_train_run_pick").set_value("alpha")
     at.run()
-    at.button(key="ctseg_train_delete_alpha").click()
+    at.button(key=f"ctseg_train_delete_{alpha}").click()
     at.run()
     no_problems(at)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["beta", "busy"]
@@ -104,3 +106,39 @@ def test_an_exact_learning_rate_typed_beside_the_slider_is_the_one_trained(
 
     get_job().stop()
     assert get_job().wait(120)
+
+
+def test_a_stale_page_deletes_or_renames_no_other_run_now_under_the_name(
+    app_env, tiny_run, monkeypatch, tmp_path, new_app, no_problems
+):
+    """A page drawn for r1; another session renames r1 away and r2 (with notes) to r1. The
+    stale page's Delete, Rename and Save notes must not act on the former r2 (found by a
+    review: Delete removed it, keyed by the name alone)."""
+    import json
+
+    from ctseg_core.runs.notes import read_notes
+    from ctseg_core.runs.run_folder import rename_run
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    for action in ("delete", "rename_go", "notes_save"):
+        for name in ("r1", "r2", "r1_old"):
+            shutil.rmtree(tmp_path / name, ignore_errors=True)
+        for name in ("r1", "r2"):
+            shutil.copytree(tiny_run, tmp_path / name)
+        (tmp_path / "r2" / "notes.json").write_text(json.dumps({"notes": "keep me", "tags": []}))
+        at = new_app("train")
+        at.session_state["ctseg_train_run"] = "r1"
+        at.run()
+        no_problems(at)
+        (stale,) = [b for b in at.button if b.key.startswith(f"ctseg_train_{action}_r1")]
+        rename_run(tmp_path / "r1", "r1_old")  # another session, through the library
+        rename_run(tmp_path / "r2", "r1")
+        stale.click()  # on the page as it was drawn
+        at.run()
+        no_problems(at)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r1", "r1_old"], action
+        assert read_notes(tmp_path / "r1") == {"notes": "keep me", "tags": []}, action
+        assert not at.toast, action
+        # the page drawn anew offers it for the run it now shows
+        (fresh,) = [b for b in at.button if b.key.startswith(f"ctseg_train_{action}_r1")]
+        assert fresh.key != stale.key
