@@ -18,7 +18,7 @@ class GridMismatch(DataError):
 class NotAVolume(DataError):
     """An image that is not one 3D volume (2D, or 4D with several frames); ``shape`` its own."""
 
-    def __init__(self, message: str, shape: tuple[int, ...]) -> None:
+    def __init__(self, message: str, shape: tuple[int, ...] = ()) -> None:  # () to unpickle
         super().__init__(message)
         self.shape = shape
 

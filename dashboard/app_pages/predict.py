@@ -82,8 +82,12 @@ def _named(text: str, ct_label: str) -> str:
 
 
 def _name_uploads(exc: CtsegError, ct_label: str) -> CtsegError:
-    """The same error naming the uploads instead of the server's temporary copies of them."""
-    return type(exc)(_named(str(exc), ct_label))
+    """The same error naming the uploads instead of the server's temporary copies of them:
+    made without the class's own __init__, which may add its advice again or take more."""
+    named = type(exc).__new__(type(exc))
+    named.args = (_named(str(exc), ct_label),)
+    named.__dict__.update(exc.__dict__)
+    return named
 
 
 def run_prediction() -> None:

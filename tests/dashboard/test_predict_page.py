@@ -171,3 +171,32 @@ def test_a_3d_models_box_around_the_body_is_said(
         f"The 3D model labelled the box around the body (RAS voxel indices {spans}, "
         "inclusive); the rest is background."
     ]
+
+
+def test_refusals_name_the_uploads_once_with_their_advice_once(app_env, tiny_run, new_app):
+    """The page rewrites a refusal to name the uploads, not its temporary copies: it rebuilt the
+    error through its class, which added a checkpoint's advice twice (found by a review) and
+    would fail for an error class taking more than the text (a 2D CT's)."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    flat = nib.Nifti1Image(np.zeros((16, 12), np.int16), np.eye(4))
+    at = _predicted(new_app, "flat.nii.gz", gzip.compress(flat.to_bytes()))
+    assert not at.exception
+    (error,) = [as_shown(e.value) for e in at.error]
+    assert error.startswith("prediction: flat.nii.gz has shape (16, 12) (2D); a 3D volume is")
+    at = new_app("predict")
+    at.run()
+    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("ct.nii.gz", ct, "application/gzip"))
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("(upload a checkpoint)")
+    at.run()
+    at.get("file_uploader")[1].set_value(("junk.pth", b"not a checkpoint", "x"))
+    at.run()
+    at.button(key="ctseg_predict_go").click()
+    at.run()
+    assert not at.exception
+    (error,) = [as_shown(e.value) for e in at.error]
+    assert "junk.pth" in error and error.count("use best.pth/last.pth of a ctseg run") == 1
