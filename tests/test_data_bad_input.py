@@ -160,6 +160,22 @@ def test_mask_affine_mismatch(tmp_path):
     assert "\n" not in line
 
 
+def test_rgb_or_complex_voxels_are_refused_in_one_line(tmp_path):
+    """An RGB NIfTI (a record of three bytes per voxel) stopped a whole evaluation with numpy's
+    traceback (found by a review); complex voxels are no labels or HU either."""
+    rgb_type = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
+    for name, data in (("rgb", np.zeros((16, 12, 8), rgb_type)),
+                       ("complex", np.zeros((16, 12, 8), np.complex64))):  # fmt: skip
+        path = _save(tmp_path / f"{name}.nii.gz", data)
+        for load in (load_label_volume, load_ct):
+            with pytest.raises(DataError) as exc:
+                load(path)
+            kind = "RGB" if name == "rgb" else "complex64"
+            assert _one_line(exc).endswith(f"{name}.nii.gz holds {kind} voxels, not one number "
+                                           "each; save it as a grayscale (CT) or integer "
+                                           "(labels) image")  # fmt: skip
+
+
 def test_2d_image_refused_and_4d_singleton_squeezed(tmp_path):
     with pytest.raises(DataError) as exc:
         load_ct(_save(tmp_path / "flat" / "ct.nii.gz", np.zeros((16, 12), np.int16), AFFINE))

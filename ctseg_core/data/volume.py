@@ -110,6 +110,12 @@ def read_image(path: str | Path) -> nib.Nifti1Image:
             "export one 3D CT (split 4D series, stack 2D slices)",
             tuple(data.shape),
         )
+    if data.dtype.kind not in "biuf":  # RGB (a record per voxel) or complex: not one number
+        kind = "RGB" if data.dtype.fields else str(data.dtype)
+        raise DataError(
+            f"{_short(path)} holds {kind} voxels, not one number each; save it as a grayscale "
+            "(CT) or integer (labels) image"
+        )
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError(
