@@ -459,3 +459,30 @@ def test_an_evaluation_whose_checkpoint_changed_since_is_compared_with_a_note(tm
         renamed / "evaluation", folders["b"], "test", tmp_path / "o"
     ).warnings
     assert note.startswith(f"A's checkpoint {(renamed / 'best.pth').resolve()} has changed")
+
+
+def test_a_comparison_and_an_evaluation_never_write_into_each_others_folder(tmp_path, capsys):
+    """compare --out A replaced A's source_<split>.json with the comparison's record, after
+    which an evaluation into A was no longer refused (found by a review); and evaluate --out
+    into a comparison's folder replaced its record without a word."""
+    dice = {"liver": np.linspace(0.6, 0.9, 6)}
+    ids = [f"s{i}" for i in range(6)]
+    folders = {}
+    for name in ("a", "b"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "evaluation_results_test.csv").write_text(table(dice, ids).to_csv())
+        record = {"predictions_folder": f"/preds/{name}", "subjects": ids}
+        (folders[name] / "source_test.json").write_text(json.dumps(record))
+    before = (folders["a"] / "source_test.json").read_bytes()
+    for out in (folders["a"], folders["b"]):
+        with pytest.raises(ConfigError, match=r"holds an evaluation \(evaluation_results_test"):
+            compare_evaluations(folders["a"], folders["b"], "test", out)
+    assert (folders["a"] / "source_test.json").read_bytes() == before
+    out = tmp_path / "comparison"
+    compare_evaluations(folders["a"], folders["b"], "test", out)
+    assert main(["evaluate", "--data", str(tmp_path), "--split", "test", "--predictions",
+                 str(tmp_path / "a"), "--out", str(out), "--no-report"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {out} holds the test split's comparison of ")
+    assert json.loads((out / "source_test.json").read_text())["a"] == str(folders["a"].resolve())

@@ -242,7 +242,7 @@ def run_evaluate(args) -> int:
         source = args.predictions or args.checkpoint or [args.model]
         if held := other_source(args.out, args.split, source):
             raise ConfigError(
-                f"--out {args.out} holds the {args.split} split's evaluation of {held}; give "
+                f"--out {args.out} holds the {args.split} split's {held}; give "
                 "another --out, or --overwrite to replace it"
             )
     progress, bar = tqdm_callback("evaluate")

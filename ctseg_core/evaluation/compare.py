@@ -334,9 +334,10 @@ def compare_evaluations(
 
     Notes (logged, returned, recorded): the two evaluations scored different datasets or used
     another surface tolerance, some subjects are in one only, or an evaluation recorded
-    warnings of its own (its ``source_<split>.json`` ``notes``: the first, and how many more). ConfigError for the same folder
-    twice or an ``out_dir`` that is a file; DataError for a missing or unreadable table or no
-    pair in common.
+    warnings of its own (its ``source_<split>.json`` ``notes``: the first, and how many more).
+    ConfigError for the same folder twice, or an ``out_dir`` that is a file or holds an
+    evaluation (A or B itself: its record would be replaced); DataError for a missing or
+    unreadable table or no pair in common.
     """
     from ..runs.run_folder import utc_now
 
@@ -345,6 +346,12 @@ def compare_evaluations(
         raise ConfigError(f"A and B are the same evaluation ({a}); choose two different ones")
     if exists(out_dir) and not is_dir(out_dir):
         raise ConfigError(f"--out {out_dir} is a file; give a folder for the comparison")
+    held = sorted(out_dir.glob("evaluation_results_*.csv")) if is_dir(out_dir) else []
+    if held:  # its source_<split>.json would be replaced: an evaluation's record, A's or B's
+        raise ConfigError(
+            f"--out {out_dir} holds an evaluation ({held[0].name}); give another folder for "
+            "the comparison"
+        )
     table = compare_results(read_results(a, split), read_results(b, split), (str(a), str(b)))
     source_a, source_b = _source(a, split), _source(b, split)
     notes = []

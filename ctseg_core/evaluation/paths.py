@@ -178,9 +178,10 @@ def write_source(
 def other_source(
     out_dir: str | Path, split: str, predictions: str | Path | Sequence[str | Path]
 ) -> str | None:
-    """What ``out_dir`` holds the split's tables of, when it is not ``predictions`` (a folder,
-    or checkpoint paths: ``write_source``'s record compared by resolved paths); None when it
-    holds none, or those of ``predictions``."""
+    """What ``out_dir`` holds the split's tables of, when it is not ``predictions``: "evaluation
+    of <folder or checkpoint paths>" (``write_source``'s record compared by resolved paths), or
+    "comparison of <A> and <B>" (``compare_evaluations``'s); None when it holds none, or those
+    of ``predictions``."""
     try:
         record = json.loads((Path(out_dir) / f"source_{split}.json").read_text())
     except (OSError, ValueError):
@@ -190,7 +191,9 @@ def other_source(
     folder = isinstance(predictions, str | Path) and is_dir(predictions)
     paths = [predictions] if isinstance(predictions, str | Path) else list(predictions)
     ours = str(Path(predictions).resolve()) if folder else [str(Path(p).resolve()) for p in paths]
+    if "a" in record and "b" in record:  # a comparison's: evaluating there would replace it
+        return f"comparison of {record['a']} and {record['b']}"
     theirs = record.get("predictions_folder", record.get("checkpoints"))
     if theirs is None or theirs == ours:
         return None
-    return theirs if isinstance(theirs, str) else ", ".join(map(str, theirs))
+    return "evaluation of " + (theirs if isinstance(theirs, str) else ", ".join(map(str, theirs)))
