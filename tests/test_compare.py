@@ -486,3 +486,26 @@ def test_a_comparison_and_an_evaluation_never_write_into_each_others_folder(tmp_
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {out} holds the test split's comparison of ")
     assert json.loads((out / "source_test.json").read_text())["a"] == str(folders["a"].resolve())
+
+
+def test_structures_scored_in_one_evaluation_only_are_named(tmp_path):
+    """A merged run's "lungs" against a model's lobes: the comparison holds liver only, and it
+    said nothing of the structures it left out, as it does of subjects (found by a review)."""
+    ids = [f"s{i}" for i in range(6)]
+    scores = np.linspace(0.6, 0.9, 6)
+    lobes = {"lung_upper_lobe_left": scores, "lung_lower_lobe_left": scores}
+    tables = {
+        "a": table({"liver": scores, "lungs": scores}, ids),
+        "b": table({"liver": scores + 0.05, **lobes}, ids),
+    }
+    for name, results in tables.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation_results_test.csv").write_text(results.to_csv())
+    result = compare_evaluations(tmp_path / "a", tmp_path / "b", "test", tmp_path / "out")
+    assert set(result.table["structure"]) == {"liver", "(all structures)"}
+    assert result.warnings == [
+        "1 structure scored only in A is left out: lungs",
+        "2 structures scored only in B are left out: lung_lower_lobe_left, lung_upper_lobe_left",
+    ]
+    source = json.loads((tmp_path / "out" / "source_test.json").read_text())
+    assert source["structures_only_a"] == ["lungs"] and source["notes"] == result.warnings

@@ -179,7 +179,9 @@ def compare_results(
     p_value: Wilcoxon signed-rank over the pairs (``OVERALL``: over the subjects' means),
     NaN with the reason in p_note (beside a p-value, p_note says where the test leans against
     the verdict); missed_*: pairs with a distance of inf.
-    ``attrs``: "subjects" (paired), "only_a", "only_b" (subjects in one table only).
+    ``attrs``: "subjects" (paired), "only_a", "only_b" (subjects in one table only),
+    "structures_only_a", "structures_only_b" (structures scored in one table only: a merged
+    run's "lungs" against a model's lobes, a structure one model does not predict).
     DataError when no (subject, structure) is scored in both.
     """
     held_b = _check_table(b, names[1])
@@ -203,6 +205,9 @@ def compare_results(
     table.attrs["subjects"] = sorted(subjects_a & subjects_b)
     table.attrs["only_a"] = sorted(subjects_a - subjects_b)
     table.attrs["only_b"] = sorted(subjects_b - subjects_a)
+    scored_a, scored_b = (set(t.loc[t[metrics].notna().any(axis=1), "structure"]) for t in (a, b))
+    table.attrs["structures_only_a"] = sorted(scored_a - scored_b)
+    table.attrs["structures_only_b"] = sorted(scored_b - scored_a)
     return table
 
 
@@ -358,14 +363,17 @@ def compare_evaluations(
     for key, what in (("dataset", "datasets"), ("tolerance_mm", "surface tolerances (mm)")):
         if key in source_a and key in source_b and source_a[key] != source_b[key]:
             notes.append(f"A and B scored different {what}: {source_a[key]} and {source_b[key]}")
-    for side, only in (("A", table.attrs["only_a"]), ("B", table.attrs["only_b"])):
-        if only:
-            shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
-            many = len(only) > 1
-            notes.append(
-                f"{len(only)} subject{'s' if many else ''} only in {side} "
-                f"{'are' if many else 'is'} left out: {shown}"
-            )
+    for what, key in (("subject", "only_{}"), ("structure", "structures_only_{}")):
+        for side in ("A", "B"):
+            only = table.attrs[key.format(side.lower())]
+            if only:
+                shown = ", ".join(only[:5]) + (" ..." if len(only) > 5 else "")
+                many = len(only) > 1
+                notes.append(
+                    f"{len(only)} {what}{'s' if many else ''} "
+                    f"{'scored ' if what == 'structure' else ''}only in {side} "
+                    f"{'are' if many else 'is'} left out: {shown}"
+                )
     for side, source, folder in (("A", source_a, a), ("B", source_b, b)):  # what each warned of
         notes += changed_checkpoints(source, side, folder)  # rewritten since it was scored
         warned = [str(n) for n in source.get("notes") or []]
@@ -380,7 +388,8 @@ def compare_evaluations(
         "a": str(a.resolve()), "b": str(b.resolve()), "split": split,
         "a_source": source_a, "b_source": source_b,
         "subjects": table.attrs["subjects"], "only_a": table.attrs["only_a"],
-        "only_b": table.attrs["only_b"], "notes": notes, "written": utc_now(),
+        "only_b": table.attrs["only_b"], "structures_only_a": table.attrs["structures_only_a"],
+        "structures_only_b": table.attrs["structures_only_b"], "notes": notes, "written": utc_now(),
     }  # fmt: skip
     atomic_write_json(out_dir / f"source_{split}.json", record)
     return Comparison(table, out_dir, csv, notes)
