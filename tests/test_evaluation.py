@@ -809,3 +809,31 @@ def test_members_of_a_merge_the_label_file_names_are_scored_as_part_of_it(
     )
     assert expected.attrs["notes"] == []
     assert lungs["dice"] == expected.set_index("structure").loc["lungs", "dice"] > 0.9
+
+
+def test_masks_claiming_the_same_voxels_are_said_in_the_evaluation(tmp_path, s0000_root, extra_dir):
+    """Two masks of one voxel set: the higher label value keeps it, so the lower structure is
+    scored against less than its mask file (here nothing: a false positive). ``ctseg info``
+    said it; the evaluation did not (found by a review)."""
+    from ctseg_core.labels import LABEL_OF
+
+    root = tmp_path / "data"
+    shutil.copytree(s0000_root / "s0000", root / "s0000")
+    (root / "meta.csv").write_text("image_id;split\ns0000;test\n")
+    seg = root / "s0000" / "segmentations"
+    shutil.copyfile(seg / "kidney_left.nii.gz", seg / "kidney_cyst_left.nii.gz")
+    assert LABEL_OF["kidney_cyst_left"] > LABEL_OF["kidney_left"]
+    folder = one_prediction(
+        tmp_path / "pred", "s0000", extra_dir / "s0000_totalsegmentator_multilabel.nii.gz"
+    )
+    results = evaluate_predictions(
+        root, "test", folder, tmp_path / "out", report=False, cache_dir=tmp_path / "cache"
+    )
+    kidney = results.set_index("structure").loc["kidney_left"]
+    assert kidney["status"] == "false_positive" and kidney["ref_volume_ml"] == 0
+    notes = json.loads((tmp_path / "out" / "source_test.json").read_text())["notes"]
+    voxels = int((nib.load(seg / "kidney_left.nii.gz").get_fdata() > 0).sum())
+    assert notes == [
+        f"s0000: {voxels} voxels belong to more than one mask (kidney_left / kidney_cyst_left "
+        f"{voxels}); the higher label value was kept, in the references scored here too"
+    ]

@@ -30,7 +30,7 @@ from ..errors import ConfigError, DataError
 from ..fileio import dangling_link, exists, is_dir, is_file
 from ..labels import NAME_OF, NUM_LABELS, NUM_STRUCTURES
 from .dataset_root import find_ct
-from .subject import load_subject, mask_files
+from .subject import OVERLAP_SAID, load_subject, mask_files
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,14 @@ class CachedSubject:
         """[one line] saying the mask files left out (on another grid than the CT; their
         structures count as not annotated), to be said wherever the subject is used; or []."""
         return list(self.meta.get("unused_masks", []))
+
+    @property
+    def overlap_note(self) -> str | None:
+        """The subject's line saying how many voxels two or more masks claim (the higher label
+        value kept: the lower structure's reference lacks them), or None."""
+        if not self.meta.get("overlap_voxels"):
+            return None
+        return next((p for p in self.meta.get("problems", []) if OVERLAP_SAID in p), None)
 
     @property
     def voxel_counts(self) -> np.ndarray:

@@ -24,6 +24,9 @@ from .volume import Volume, load_ct
 
 log = logging.getLogger(__name__)
 
+#: the words of a subject's problem line for voxels that two or more masks claim
+OVERLAP_SAID = "voxels belong to more than one mask"
+
 MASK_SUFFIXES = (".nii.gz", ".nii")
 #: other image formats a mask may have been exported as (said as ignored, not read)
 IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".mgz", ".mgh", ".img", ".hdr",
@@ -157,7 +160,7 @@ def load_subject(subject_dir: str | Path, *, allow_nan_ct: bool = False) -> Subj
             f"{a} / {b} {n}" for (a, b), n in sorted(pairs.items(), key=lambda kv: -kv[1])[:4]
         ) + (" ..." if len(pairs) > 4 else "")
         problems.append(
-            f"{subject_dir.name}: {overlap} voxels belong to more than one mask ({shown}); "
+            f"{subject_dir.name}: {overlap} {OVERLAP_SAID} ({shown}); "
             "the higher label value was kept"
         )
     said = _unused_line(subject_dir.name, unused)

@@ -42,6 +42,8 @@ def score_subject(sid, root, cache_dir, folder, predictor, model_labels, toleran
     lut = merge_lut(structures)
     reference = lut[np.asarray(cached.labels_xyz())]
     notes = cached.unused_masks  # structures of this subject not scored: their mask is unusable
+    if cached.overlap_note:  # a structure scored against less than its mask file holds
+        notes.append(f"{cached.overlap_note}, in the references scored here too")
     if folder is not None:
         prediction = prediction_on_reference_grid(
             path, reference.shape, cached.affine,
