@@ -148,17 +148,21 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     cached grid as (Z, X, Y) uint8; read once per file version, kept like checkpoint predictions.
     """
     from ctseg_core.errors import DataError
-    from ctseg_core.evaluation.prediction_files import find_prediction, prediction_on_reference_grid
+    from ctseg_core.evaluation.prediction_files import find_prediction
+    from ctseg_core.evaluation.prediction_labels import prediction_names, read_named_prediction
 
     path = find_prediction(Path(folder), subject_id)
     if path is None:
         raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
-    key = (subject_volume_id(root, subject_id), str(path.resolve()), path.stat().st_mtime)
+    named = prediction_names(path)  # its values in v2's, by any names that came with it
+    names = named.source.stat().st_mtime if named.source is not None else 0
+    key = (subject_volume_id(root, subject_id), str(path.resolve()), path.stat().st_mtime, names)
 
     def compute():
         entry = cached_subject(root, subject_id)
-        return prediction_on_reference_grid(
-            path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine
-        )
+        return read_named_prediction(
+            path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine,
+            named=named,
+        )[0]  # fmt: skip
 
     return _kept_prediction(key, compute)

@@ -792,7 +792,7 @@ def test_members_of_a_merge_the_label_file_names_are_scored_as_part_of_it(
     )
     (note,) = rows.attrs["notes"]
     assert note == (
-        "s0000.nii.gz: values 11, 13, 14 are members of lungs, which its label file names: "
+        "s0000.nii.gz: values 11, 13, 14 are members of lungs, which s0000.ctbl names: "
         "scored as part of it"
     )
     lungs = rows.set_index("structure").loc["lungs"]

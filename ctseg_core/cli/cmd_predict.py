@@ -314,6 +314,7 @@ def run_export(args) -> int:
 
     from ..data.volume import load_label_volume
     from ..errors import ConfigError
+    from ..evaluation.prediction_labels import prediction_names
     from ..fileio import exists, is_dir
     from ..inference.label_files import (
         label_file_paths,
@@ -325,6 +326,9 @@ def run_export(args) -> int:
 
     if exists(args.out) and not is_dir(args.out):
         raise ConfigError(f"--out {args.out} is a file; give a folder for the label files")
+    if (named := prediction_names(args.labels)).lut is not None:  # values of its own, named
+        raise ConfigError(f"{named.source} names the values of {args.labels} otherwise than "
+                          "TotalSegmentator v2, whose names ctseg export writes")  # fmt: skip
     existing = [p for p in label_file_paths(args.out / args.labels.name) if exists(p)]
     if existing and not args.overwrite:  # ctseg predict's name merges and what a model learns
         raise ConfigError(f"{existing[0]} exists; add --overwrite to replace it")
@@ -353,10 +357,9 @@ def run_stats(args) -> int:
 
     from ..data.volume import load_ct
     from ..errors import ConfigError
-    from ..evaluation.prediction_files import prediction_on_reference_grid
+    from ..evaluation.prediction_labels import read_named_prediction
     from ..fileio import check_output
     from ..inference.files import refuse_assumed_voxel_size
-    from ..inference.label_files import merges_named
     from ..labels import names_of
     from ..metrics.stats import volume_statistics
 
@@ -366,12 +369,13 @@ def run_stats(args) -> int:
         check_output(args.out, args.overwrite, [args.ct, args.labels])
     refuse_assumed_voxel_size(args.ct, "use a CT that does")
     ct = load_ct(args.ct, resample_uneven=args.resample_uneven)
-    labels = prediction_on_reference_grid(
+    labels, named = read_named_prediction(  # in v2 values, as any names that came with it say
         args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine,
         reference="CT",
     )  # fmt: skip
-    # a merged run's prediction: its label file names the merge's value (ribs, not rib_left_1)
-    names = names_of(merges_named(args.labels))
+    for note in named.notes:  # names that are no v2 structure
+        print(f"note: {note}", file=sys.stderr)
+    names = names_of(named.merges)  # a merged run's label file names the merge (ribs)
     table = volume_statistics(labels, ct.array, ct.spacing_mm, names)
     if np.isin(labels, (0, 1)).all() and len(table):
         print(

@@ -1,9 +1,9 @@
 """Evaluation of a dataset split: subject x structure rows of metrics, written as CSV tables.
 
 Predictions come from a folder of ``<id>.nii.gz`` multilabel files written by any tool
-(TotalSegmentator ``--ml``, nnU-Net; values 0..117 in TotalSegmentator v2 order; ``ctseg
-predict``'s label files beside them say which values are merges) or from checkpoints of our
-own models. A prediction on another grid than its reference is resampled onto
+(TotalSegmentator ``--ml``, nnU-Net; values 0..117 in TotalSegmentator v2 order unless names
+came with them: ``prediction_labels``; ``ctseg predict``'s label files beside them say which
+values are merges) or from checkpoints of our own models. A prediction on another grid than its reference is resampled onto
 the reference's grid by affine (nearest neighbour), so a file stored in another orientation or
 with a different field of view is scored on the same voxels as the reference.
 """

@@ -46,6 +46,7 @@ def prediction_on_reference_grid(
     original_affine: np.ndarray,
     notes: list[str] | None = None,
     reference: str = "reference",
+    num_labels: int = NUM_STRUCTURES,
 ) -> np.ndarray:
     """Load a multilabel prediction as a canonical (X, Y, Z) uint8 array on the reference's grid.
 
@@ -54,14 +55,15 @@ def prediction_on_reference_grid(
     voxel-to-voxel affine, nearest neighbour (each voxel's half-voxel neighbourhood, the edge
     voxels' too), outside the prediction's field of view = 0.
     A file without a usable affine (sform and qform codes 0) is taken to be on the reference's
-    original grid when its shape matches, else DataError. Label values above 117 or an
+    original grid when its shape matches, else DataError. Label values above ``num_labels`` or an
     unreadable/empty file raise DataError. ``notes`` gains a line where the file had no
     affine, or where its field of view leaves over ``OUTSIDE_NOTED`` of the reference's voxels
     out (they are scored as background). ``reference``: what messages call the grid's image
-    (``ctseg stats``: the CT).
+    (``ctseg stats``: the CT). ``num_labels``: the largest value allowed (a file in values of
+    its own whose names came with it: ``prediction_labels``).
     """
     path = Path(path)
-    pred = load_label_volume(path, num_labels=NUM_STRUCTURES)
+    pred = load_label_volume(path, num_labels=num_labels)
     if pred.array.size == 0:
         raise DataError(f"{path.name} holds no voxels; write the prediction again")
     shape_xyz = tuple(int(s) for s in shape_xyz)

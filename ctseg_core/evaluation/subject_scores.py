@@ -10,7 +10,8 @@ import numpy as np
 from ..data.cache import open_cached
 from ..errors import DataError
 from ..labels import NUM_LABELS, member_values, merge_lut, merged_annotated, names_of
-from .prediction_files import find_prediction, prediction_on_reference_grid
+from .prediction_files import find_prediction
+from .prediction_labels import prediction_names, read_named_prediction
 from .tables import subject_rows
 
 log = logging.getLogger(__name__)
@@ -21,21 +22,24 @@ def score_subject(sid, root, cache_dir, folder, predictor, model_labels, toleran
     scored. ``boxes`` (id -> [start, stop) RAS voxel indices per axis) gains the box around the
     body that a 3D checkpoint labelled (``Predictor.last_box``).
 
-    A merge the predictor learns (``labels.MERGES``), or a folder's prediction holds (its label
-    file names it: ``inference.label_files.merges_named``; its members predicted apart count
-    as it, with a note), is scored against the union of its members' references, and only
-    where every member is annotated. A folder's prediction whose label file lists what its model
-    learns (``ctseg predict``'s: ``label_files.learned_values``) is scored on those structures
-    only, as a checkpoint is. ``notes``: warnings, also logged, about a folder's prediction
-    (members counted as their merge, ``unnamed_merge_notes``)."""
-    from ..inference.label_files import learned_values, merges_named, unnamed_merge_notes
+    A folder's prediction is read in v2 values, or by the names that came with it
+    (``prediction_labels``: its label file, ``<id>_labels.json``, its header's label table or the
+    folder's dataset.json). A merge the predictor learns (``labels.MERGES``), or a folder's
+    prediction holds (so named; its members predicted apart count as it, with a note), is
+    scored against the union of its members' references, and only where every member is
+    annotated. A folder's prediction whose names list what its model labels is scored on those
+    structures only, as a checkpoint is. ``notes``: warnings, also logged, about a folder's
+    prediction (members counted as their merge, ``unnamed_merge_notes``; names that are no v2
+    structure)."""
+    from ..inference.label_files import unnamed_merge_notes
 
     cached = open_cached(root, sid, cache_dir)
     path = find_prediction(folder, sid) if folder is not None else None
-    structures = predictor.structures if predictor is not None else merges_named(path)
+    named = prediction_names(path) if path is not None else None
+    structures = predictor.structures if predictor is not None else named.merges
     annotated = merged_annotated(cached.annotated, structures)
-    if path is not None and (listed := learned_values(path)) is not None:
-        model_labels = np.isin(np.arange(NUM_LABELS), list(listed))
+    if named is not None and named.scored is not None:
+        model_labels = np.isin(np.arange(NUM_LABELS), list(named.scored))
     if model_labels is not None:
         annotated &= model_labels
         annotated[0] = True
@@ -45,19 +49,19 @@ def score_subject(sid, root, cache_dir, folder, predictor, model_labels, toleran
     if cached.overlap_note:  # a structure scored against less than its mask file holds
         notes.append(f"{cached.overlap_note}, in the references scored here too")
     if folder is not None:
-        prediction = prediction_on_reference_grid(
+        prediction, _ = read_named_prediction(
             path, reference.shape, cached.affine,
-            cached.original_shape, cached.original_affine, notes,
+            cached.original_shape, cached.original_affine, notes, named=named,
         )  # fmt: skip
-        # a merge its label file names: members predicted apart (a per-member prediction
-        # beside a merged run's label file) are part of it, as in the reference
+        # a merge its names name: members predicted apart (a per-member prediction beside a
+        # merged run's label file) are part of it, as in the reference
         merged = lut[prediction]
         moved = sorted(int(v) for v in np.unique(prediction[merged != prediction]))
         if moved:
             into = [n for n in structures if set(member_values(n)) & set(moved)]
             notes.append(
                 f"{path.name}: values {', '.join(map(str, moved))} are members of "
-                f"{', '.join(into)}, which its label file names: scored as part of it"
+                f"{', '.join(into)}, which {named.source.name} names: scored as part of it"
             )
             prediction = merged
     else:

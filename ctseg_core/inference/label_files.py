@@ -198,6 +198,12 @@ def _label_file(labels_path: str | Path) -> tuple[Path, list[LabelEntry]] | None
     return None
 
 
+def label_file_table(labels_path: str | Path) -> tuple[Path, dict[int, str]] | None:
+    """(path, value -> name) of the label file beside a prediction (``_label_file``), or None."""
+    found = _label_file(labels_path)
+    return None if found is None else (found[0], {e.value: e.name for e in found[1]})
+
+
 def learned_values(labels_path: str | Path) -> frozenset[int] | None:
     """The label values a prediction's model learns, as ``ctseg predict``'s label file beside it
     lists them (``LEARNED_NOTE``); None without such a file (any tool's prediction, or label

@@ -142,22 +142,24 @@ def checkpoint_names(checkpoint: str | Path) -> dict[int, str]:
 
 def folder_prediction_names(subject_id: str, folder: str | Path) -> dict[int, str]:
     """A folder's prediction layer's ``names``: the merges its ``<id>.nii.gz`` holds, as the
-    label file ``ctseg predict`` wrote beside it says ({} without one: any tool's)."""
+    names that came with it say (``prediction_labels``: ``ctseg predict``'s label file; {}
+    without any)."""
     from ctseg_core.evaluation.prediction_files import find_prediction
-    from ctseg_core.inference.label_files import merges_named
+    from ctseg_core.evaluation.prediction_labels import prediction_names
 
     path = find_prediction(Path(folder), subject_id)
-    return merged_names(merges_named(path)) if path is not None else {}
+    return merged_names(prediction_names(path).merges) if path is not None else {}
 
 
 def folder_prediction_learned(subject_id: str, folder: str | Path) -> frozenset[str] | None:
     """A folder's prediction layer's ``learned``: the structures (merges by their name) its
-    label file says its model learns (``ctseg predict``'s); None without such a file."""
+    names say its model labels (``prediction_labels``: ``ctseg predict``'s label file, an
+    nnU-Net output's dataset.json, ...); None where they do not say."""
     from ctseg_core.evaluation.prediction_files import find_prediction
-    from ctseg_core.inference.label_files import learned_values
+    from ctseg_core.evaluation.prediction_labels import prediction_names
 
     path = find_prediction(Path(folder), subject_id)
-    values = learned_values(path) if path is not None else None
+    values = prediction_names(path).scored if path is not None else None
     if values is None:
         return None
     names = folder_prediction_names(subject_id, folder)

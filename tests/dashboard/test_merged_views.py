@@ -15,7 +15,7 @@ import torch
 from ctseg_core.data.cache import open_cached
 from ctseg_core.data.dataset_root import open_dataset
 from ctseg_core.inference.label_files import write_label_files
-from ctseg_core.labels import LABEL_OF, MERGES, merge_lut, names_of
+from ctseg_core.labels import LABEL_OF, MERGES, NAME_OF, merge_lut, names_of
 from dashboard.helpers.layer_names import (
     Layer,
     checkpoint_names,
@@ -79,6 +79,26 @@ def test_a_folder_prediction_is_learned_as_its_ctseg_label_file_says(tmp_path):
     ctbl = tmp_path / "s0001.ctbl"  # edited by hand: a value no structure has is left out
     ctbl.write_text(ctbl.read_text() + "150 other 1 2 3 255\n")
     assert folder_prediction_learned("s0001", tmp_path) == {"lungs", "liver"}
+
+
+def test_a_folder_prediction_in_a_models_own_values_is_shown_by_their_names(app_env, tmp_path):
+    """``ctseg predict --model`` of a model with labels of its own writes its values and
+    ``<id>_labels.json``; Explore showed value 1 as spleen whatever the names said."""
+    from dashboard.cached_predictions import folder_prediction_zxy
+    from dashboard.helpers.layer_names import folder_prediction_learned
+
+    sid = open_dataset(app_env["data"]).subjects[0]
+    labels = np.asarray(open_cached(app_env["data"], sid, app_env["cache"]).labels_xyz())
+    first, second = np.argsort(np.bincount(labels.ravel())[1:])[-2:] + 1  # two it holds
+    own = np.select([labels == first, labels == second], [1, 2], 0).astype(np.uint8)
+    affine = open_cached(app_env["data"], sid, app_env["cache"]).affine
+    nib.save(nib.Nifti1Image(own, affine), tmp_path / f"{sid}.nii.gz")
+    names = {"1": NAME_OF[first], "2": NAME_OF[second]}
+    (tmp_path / f"{sid}_labels.json").write_text(json.dumps(names))
+    shown = folder_prediction_zxy(str(app_env["data"]), sid, str(tmp_path))
+    expected = np.where(np.isin(labels, [first, second]), labels, 0).transpose(2, 0, 1)
+    np.testing.assert_array_equal(shown, expected)
+    assert folder_prediction_learned(sid, tmp_path) == set(names.values())
 
 
 def _merged_predictions(dirs, folder, subjects) -> None:
