@@ -284,6 +284,14 @@ def test_bad_predictions_are_refused_with_one_line(tmp_path, s0000_root, extra_d
     assert re.search(r"s0000: \S*empty/s0000\.nii\.gz cannot be read", message)
     assert f"s0001: no prediction s0001.nii.gz in {empty}" in message
     assert not (tmp_path / "o").exists()
+    masks = empty / "s0001"  # TotalSegmentator without --ml: a folder of masks per subject
+    masks.mkdir()
+    shutil.copyfile(s0000_root / "s0000" / "segmentations" / "liver.nii.gz", masks / "liver.nii.gz")
+    with pytest.raises(DataError) as exc:
+        evaluate_predictions(pair, "train", empty, tmp_path / "o", subjects=None)
+    assert (f"s0001: no prediction s0001.nii.gz in {empty} (s0001/ holds one mask per "
+            "structure: write one multilabel file per subject, e.g. TotalSegmentator --ml)"
+            ) in str(exc.value)  # fmt: skip
 
 
 def test_prediction_without_affine_on_the_reference_shape_is_taken_as_on_its_grid(

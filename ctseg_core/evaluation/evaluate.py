@@ -197,7 +197,10 @@ def evaluate_predictions(
         for sid in ids:
             try:
                 if find_prediction(folder, sid) is None:
-                    skipped[sid] = f"no prediction {sid}.nii.gz in {folder}"
+                    masks = is_dir(folder / sid) and any((folder / sid).glob("*.nii*"))
+                    skipped[sid] = f"no prediction {sid}.nii.gz in {folder}" + (
+                        f" ({sid}/ holds one mask per structure: write one multilabel file per "
+                        "subject, e.g. TotalSegmentator --ml)" if masks else "")  # fmt: skip
             except DataError as exc:  # two files for it
                 skipped[sid] = str(exc)
             except OSError as exc:  # its file alone (a link into a closed folder): skipped
