@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CtsegError
-from ..fileio import DISK_FULL
+from ..fileio import DISK_FULL, atomic_write_text
 from .run_folder import write_status
 
 log = logging.getLogger(__name__)
@@ -146,3 +146,18 @@ def failure_text(exc: BaseException) -> str:
     if str(exc).startswith("Caught ") and ":" in last:  # "OSError: ..." as the worker raised it
         return last
     return f"{type(exc).__name__}: {' '.join(line.strip() for line in lines)}"
+
+
+def write_error_log(run_dir: Path | None, text: str) -> Path | None:
+    """An unexpected failure's traceback ``text``: into ``error.log`` of the run folder
+    (status.json and the CLI keep one line), and the log at DEBUG; returns where it went, or
+    None (no run folder, or one line at ERROR when it cannot be written: a full disk)."""
+    log.debug("training failed:\n%s", text)
+    if run_dir is None:
+        return None
+    try:
+        atomic_write_text(run_dir / "error.log", text)
+    except OSError as exc:
+        log.error("could not write %s/error.log (%s)", run_dir, exc.strerror or exc)
+        return None
+    return run_dir / "error.log"

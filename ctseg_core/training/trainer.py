@@ -27,10 +27,10 @@ from ..config import RunConfig
 from ..data.domain import record_training_data
 from ..device import resolve_amp, resolve_device
 from ..errors import CtsegError, TrainingError
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json
 from ..nnunet.finetune import write_init_record
 from ..runs.run_folder import default_checkpoints_root, new_run_dir
-from ..runs.status import Callback, Progress, StatusFile, failure_text
+from ..runs.status import Callback, Progress, StatusFile, failure_text, write_error_log
 from ..runs.stop_request import STOP_REQUEST
 from . import distributed as ddp
 from .budget import Budget
@@ -187,8 +187,8 @@ class Trainer:
             raise
         except BaseException as exc:
             text = failure_text(exc)
-            if not isinstance(exc, CtsegError):
-                self._keep_traceback(traceback.format_exc())
+            if not isinstance(exc, CtsegError) and self.rank == 0:  # the traceback: error.log
+                self.error_log = write_error_log(self.run_dir, traceback.format_exc())
             self._end("failed", message=text, error=text)
             raise
         return final
@@ -201,19 +201,6 @@ class Trainer:
             "no epoch was completed, so there is no checkpoint to resume: start it again (the "
             "same name reuses its folder) or remove it"
         )
-
-    def _keep_traceback(self, text: str) -> None:
-        """An unexpected failure's traceback: into ``error.log`` of the run folder (status.json
-        and the CLI keep one line; ``error_log`` says where it went), and the log at DEBUG; one
-        line at ERROR when it cannot be written (a full disk: the traceback is no use there)."""
-        log.debug("training failed:\n%s", text)
-        if self.rank != 0 or self.run_dir is None:
-            return
-        try:
-            atomic_write_text(self.run_dir / "error.log", text)
-            self.error_log = self.run_dir / "error.log"
-        except OSError as exc:
-            log.error("could not write %s/error.log (%s)", self.run_dir, exc.strerror or exc)
 
     def _end(self, state: str, message: str, error: str | None = None, eta_s=None) -> None:
         p = self._state
