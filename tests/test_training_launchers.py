@@ -335,6 +335,31 @@ def test_a_stop_request_or_sigterm_stops_a_cli_or_torchrun_run(
     assert not (run_dir / "stop_request.json").exists()  # answered, so a resume is not stopped
 
 
+def test_torchrun_ranks_look_for_a_stop_in_epochs_shorter_than_their_interval(tmp_path):
+    """The ranks looked on steps 20, 40 ... of each epoch, so a run of 10-step epochs never
+    looked: a stop request (or SIGTERM) was ignored to the end (found by a review). They look on
+    their first step and every STOP_POLL_STEPS-th after it, counted over the run."""
+    from ctseg_core.training.stopping import STOP_POLL_STEPS, StopControl, StopRequested
+
+    control = StopControl(None, rank=0, world=2)  # rank 0 of two: looks at the folder
+    control.run_dir = tmp_path
+    request_stop(tmp_path, by="test")
+    with pytest.raises(StopRequested):
+        control.check(1)  # the first step looks
+    control = StopControl(None, rank=0, world=2)
+    control.run_dir = tmp_path
+    (tmp_path / "stop_request.json").unlink()
+    steps = 0
+    with pytest.raises(StopRequested):
+        for _epoch in range(5):
+            for step in range(1, 11):  # epochs of 10 steps
+                steps += 1
+                control.check(step)
+                if steps == 2:
+                    request_stop(tmp_path, by="test")
+    assert steps == STOP_POLL_STEPS + 1  # the next look, in the third epoch
+
+
 def test_cli_flags_override_a_preset(phantom_root):
     from ctseg_core.cli import build_parser
     from ctseg_core.cli.cmd_train import build_config

@@ -4,9 +4,10 @@ Three ways in: the stop event (the dashboard's job, or ``request`` from a signal
 CLI turns SIGTERM into one), and a ``stop_request.json`` in the run folder
 (``runs.stop_request.request_stop``: the dashboard asks CLI and torchrun runs this way, or a ``touch``
 on a cluster). One process looks at the folder at most once a second. Under torchrun the ranks
-decide together on every ``STOP_POLL_STEPS``-th step, which every rank reaches: a rank that
-stopped alone would leave the others waiting in their next all-reduce; any rank's event or rank
-0's look at the folder stops them all.
+decide together on their first training step and every ``STOP_POLL_STEPS``-th after it, counted
+over the run (an epoch may be shorter), which every rank reaches: a rank that stopped alone
+would leave the others waiting in their next all-reduce; any rank's event or rank 0's look at
+the folder stops them all.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StopControl:
         self.run_dir: Path | None = None  # set once the run folder exists
         self.reason = "by request"
         self._last_poll = 0.0
+        self._steps = 0  # training steps checked, over the run: the ranks count alike
 
     def request(self, reason: str) -> None:
         """Stop before the next batch (safe from a signal handler or another thread)."""
@@ -46,7 +48,10 @@ class StopControl:
         """Raise StopRequested when the run is to stop. ``step``: the training step; None in
         validation, where ranks do not look (their batch counts may differ by one)."""
         if self.world > 1:
-            if step is None or step % STOP_POLL_STEPS:
+            if step is None:
+                return
+            self._steps += 1  # not ``step``: it restarts each epoch, which may be shorter
+            if (self._steps - 1) % STOP_POLL_STEPS:
                 return
             asked = self.event.is_set() or (
                 self.rank == 0 and self.run_dir is not None and stop_requested(self.run_dir)
