@@ -181,17 +181,81 @@ def test_a_run_whose_last_write_was_cut_short_resumes_from_last_pth_saying_so(
     assert load_checkpoint(run / "best.pth")["epoch"] == 3
     earlier = run / "best_epoch3_before_resume.pth"  # set aside by an earlier such resume
     earlier.write_bytes(b"kept before")
+    trainer = Trainer.resume(run, epochs=3)
     with caplog.at_level(logging.WARNING):
-        trainer = Trainer.resume(run, epochs=3)
+        assert trainer.run() == "finished"
     assert "best.pth (epoch 3) lie past last.pth's epoch 2" in caplog.text
     assert "(best.pth (epoch 3) is kept as best_epoch3_before_resume_2.pth)" in caplog.text
     assert earlier.read_bytes() == b"kept before"
-    assert trainer.run() == "finished"
     history = read_history(run)
     assert [(r["epoch"], r["val_loss"]) for r in history] == [(1, 0.5), (2, 0.4), (3, 0.45)]
     # best.pth is the history's best epoch (2), not the epoch 3 the history no longer holds
     assert load_checkpoint(run / "best.pth")["epoch"] == 2
     assert load_checkpoint(run / "best_epoch3_before_resume_2.pth")["epoch"] == 3
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(phantom_root, tmp_path, monkeypatch):
+    """A resume refused once its data is read (other training subjects in meta.csv; no GPU for
+    --device cuda) had rewritten config.json (the epochs asked for), marked the finished run
+    "failed", and set best.pth aside for last.pth's best, so a later evaluation of best.pth
+    scored another model (found by a review). Now it leaves every file as it was."""
+    import shutil
+
+    import torch
+
+    from ctseg_core.errors import ConfigError
+    from ctseg_core.runs.run_folder import write_history
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    scripted_validation(monkeypatch, [0.5, 0.4, 0.1])
+    Trainer(small_config(data, "r", epochs=3, checkpoint_every=2),
+            checkpoints_root=tmp_path / "runs").run()  # fmt: skip
+    run = tmp_path / "runs" / "r"
+    shutil.copyfile(run / "checkpoint_epoch2.pth", run / "last.pth")  # a write cut short
+    write_history(run, read_history(run)[:2])
+    files = {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+    meta = (data / "meta.csv").read_text().splitlines()
+    moved = next(i for i, line in enumerate(meta) if line.endswith(";train"))
+    meta[moved] = meta[moved].replace(";train", ";test")  # one training subject less
+    (data / "meta.csv").write_text("\n".join(meta) + "\n")
+    trainer = Trainer.resume(run, epochs=4)
+    trainer.open_run()  # as the CLI and the dashboard's job do
+    assert b'"epochs": 4' in (run / "config.json").read_bytes()
+    with pytest.raises(ConfigError, match="this run trained on"):
+        trainer.run()
+    assert {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()} == files
+    if not torch.cuda.is_available():
+        trainer = Trainer.resume(run, epochs=4)
+        trainer.config.train.device = "cuda"  # as --device cuda on a machine without a GPU
+        with pytest.raises(ConfigError):
+            trainer.open_run()
+            trainer.run()
+        assert {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()} == files
+
+
+def test_a_resume_that_validates_on_other_subjects_says_so(phantom_root, tmp_path):
+    """meta.csv's val and test subjects swapped between two starts: the resumed epochs scored
+    other CTs than the first, and best.pth compared them without a word (found by a review)."""
+    import shutil
+
+    from ctseg_core.runs.run_folder import read_status
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    Trainer(small_config(data, "r", epochs=1), checkpoints_root=tmp_path / "runs").run()
+    run = tmp_path / "runs" / "r"
+    assert read_status(run).get("warning") is None
+    meta = (data / "meta.csv").read_text()
+    swapped = meta.replace(";val", ";was_val").replace(";test", ";val").replace(";was_val", ";test")
+    assert swapped != meta
+    (data / "meta.csv").write_text(swapped)
+    trainer = Trainer.resume(run, epochs=2)
+    trainer.open_run()
+    assert trainer.run() == "finished"
+    warning = read_status(run)["warning"]
+    assert "the 'val' split now holds other validation subjects (" in warning
+    assert "best.pth and early stopping compare scores of other CTs" in warning
 
 
 def test_another_runs_checkpoint_in_a_run_folder_is_not_resumed_there(phantom_root, tmp_path):

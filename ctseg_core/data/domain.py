@@ -147,6 +147,20 @@ def subject_ids_digest(subjects: Sequence) -> str:
     return hashlib.sha1("\n".join(ids).encode("utf-8")).hexdigest()
 
 
+def val_subjects_warning(record: dict | None, subjects: Sequence, split: str) -> str | None:
+    """One line when a resumed run validates on other subjects than its record's first epochs
+    did (meta.csv's split changed since): best.pth and early stopping would then compare scores
+    of other CTs. None for the same ones, or a record without them (older runs)."""
+    digest = (record or {}).get("val_subject_ids_sha1")
+    if not digest or digest == subject_ids_digest(subjects):
+        return None
+    return (
+        f"the {split!r} split now holds other validation subjects ({len(subjects)}) than this "
+        "run's earlier epochs were validated on: best.pth and early stopping compare scores of "
+        "other CTs; restore meta.csv's split, or start a new run"
+    )
+
+
 def check_resumed_data(record: dict | None, subjects: Sequence, data_root: str | Path) -> None:
     """ConfigError when a resumed run's training subjects are not those its checkpoint's
     ``record`` trained on (by their ids' digest, a record from before it by their number; and
@@ -201,12 +215,16 @@ def record_training_data(
     split: str,
     resumed=None,
     slice_model: bool = False,
+    val_subjects: Sequence = (),
 ) -> dict:
     """The record of a run (``resumed``: the one its checkpoint kept, else described now),
-    written to ``run_dir/training_data.json``; a failed write is logged, not fatal."""
+    written to ``run_dir/training_data.json``; a failed write is logged, not fatal. It keeps
+    the digest of the validation subjects its first epochs scored (``val_subjects_warning``)."""
     record = resumed or describe_training_data(subjects, data_root, split, slice_model)
     if resumed and not slice_model and "extent_mm" not in record and len(subjects):
         record = {**record, "extent_mm": _extent_record(subjects)}  # kept from before it existed
+    if "val_subject_ids_sha1" not in record and val_subjects:  # kept once: the first epochs'
+        record = {**record, "val_subject_ids_sha1": subject_ids_digest(val_subjects)}
     try:
         atomic_write_json(Path(run_dir) / RECORD_FILE, record)
     except OSError as exc:

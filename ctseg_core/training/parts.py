@@ -27,7 +27,7 @@ import torch
 from ..config import RunConfig
 from ..data.cache import reserve_open_files
 from ..data.dataset_root import open_dataset
-from ..data.domain import check_resumed_data
+from ..data.domain import check_resumed_data, val_subjects_warning
 from ..data.patches import PatchDataset, PatchSampler
 from ..data.slices import ForegroundSampler, SliceDataset, validation_indices
 from ..device import (
@@ -104,6 +104,11 @@ class RunParts:
     def training_subjects(self) -> list:
         """The training subjects' cache entries (``CachedSubject``), whatever the model sees."""
         return [getattr(s, "source", s) for s in self.train_set.subjects]
+
+    @property
+    def validation_subjects(self) -> list:
+        """The validation subjects' cache entries (``CachedSubject``)."""
+        return [getattr(s, "source", s) for s in self.val_set.subjects]
 
     def validate(self, cfg: RunConfig, stop_check=None, progress=None) -> dict:
         """This epoch's validation metrics (``validation.validate``'s dict), slices or volumes."""
@@ -267,6 +272,10 @@ def build_parts(
         train_set.subject_ids, val_set.subject_ids, d.train_split, d.val_split
     )
     warnings += [overlap] if overlap else []
+    if resume is not None:  # validated on other CTs than the earlier epochs (meta.csv changed)
+        val_entries = [getattr(s, "source", s) for s in val_set.subjects]
+        warnings += filter(None, [val_subjects_warning(resume.get("training_data"), val_entries,
+                                                       d.val_split)])  # fmt: skip
     return RunParts(train_set, val_set, device, amp, channels_last, model, net, optimizer,
                     scheduler, loss_fn, run_step, sampler, train_loader, val_loader, volumes,
                     steps, history, start_epoch, init_record, warnings)  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import ConfigError, CtsegError
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_path, atomic_write_bytes, atomic_write_json, is_file
 from ..models.checkpoint import (
     config_of,
     intact_checkpoints,
@@ -40,6 +40,9 @@ from .budget import continue_budget, stopped_clock
 from .stopping import epoch_score
 
 log = logging.getLogger(__name__)
+
+#: what a resume writes into the run folder before its data is checked (``files_before_resume``)
+REWRITTEN = ("config.json", "label_map.json", "status.json")
 
 #: a branch's record of where it came from: {"run", "checkpoint", "epoch"}
 BRANCHED_FROM = "branched_from.json"
@@ -94,15 +97,38 @@ def prepare_resume(
     history = list(ckpt.get("history") or [])
     clock = stopped_clock(run_dir, done, history) if branch is None else 0.0
     continue_budget(run_dir, config.train, minutes, history, clock)
-    if later:  # past last.pth: a write cut short after best.pth (a full disk), or leftovers
-        # of an earlier resume from an older checkpoint
+    return run_dir, source, ckpt, config, clock
+
+
+def files_before_resume(run_dir: Path) -> dict[str, bytes | None]:
+    """The run's files a resume rewrites before its data is checked (config.json with the
+    epochs asked for, label_map.json, status.json "queued"), as they are: ``put_back`` restores
+    them when the resume is refused there (other subjects, no dataset, no GPU)."""
+    return {n: (run_dir / n).read_bytes() if is_file(run_dir / n) else None for n in REWRITTEN}
+
+
+def put_back(run_dir: Path, files: dict[str, bytes | None]) -> None:
+    """Restore ``files_before_resume``'s files: a refused resume leaves the run as it was."""
+    for name, data in files.items():
+        if data is None:
+            (run_dir / name).unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(run_dir / name, data)
+
+
+def repair_past_last(run_dir: Path, ckpt: dict) -> None:
+    """Once a resume from last.pth is accepted: files past its epoch (a write cut short after
+    best.pth, a full disk; or leftovers of an earlier resume from an older checkpoint) are said,
+    and a best.pth among them set aside (``set_best_aside``)."""
+    done = int(ckpt["epoch"])
+    later = later_than(run_dir, done)
+    if later:
         aside = set_best_aside(run_dir, ckpt)
         log.warning(
             "%s: %s lie past last.pth's epoch %d; training on from last.pth replaces them as "
             "it passes their epochs%s", run_dir, ", ".join(later), done,
             f" ({aside})" if aside else "",
         )  # fmt: skip
-    return run_dir, source, ckpt, config, clock
 
 
 def refuse_foreign_checkpoint(run_dir: Path, source: Path, ckpt: dict) -> None:

@@ -39,7 +39,7 @@ from .epoch_files import save_epoch
 from .memory import check_fits
 from .optim import step_scheduler
 from .parts import build_parts
-from .resume import prepare_resume, seed_branch
+from .resume import files_before_resume, prepare_resume, put_back, repair_past_last, seed_branch
 from .step import StepRunner
 from .stopping import StopControl, StopRequested, epoch_score, epochs_since_best
 from .tracking import tracking_callbacks
@@ -68,6 +68,7 @@ class Trainer:
         self.run_dir: Path | None = None
         self.resume_ckpt: dict | None = None
         self.error_log: Path | None = None  # where the traceback of a failure went
+        self.unchecked: dict | None = None  # a resumed run's files until its data is checked
         self.rank, self.world = ddp.rank(), ddp.world_size()
         self.stopper = StopControl(stop_event, self.rank, self.world)
         self.status = StatusFile(self.rank, self.stopper.event)
@@ -101,8 +102,9 @@ class Trainer:
         run_dir, source, ckpt, config, clock = prepare_resume(run_dir, epochs, minutes, branch)
         trainer = cls(config, **kwargs)
         trainer.run_dir, trainer.resume_ckpt, trainer.clock_s = run_dir, ckpt, clock
+        trainer.unchecked = files_before_resume(run_dir)  # put back if refused before training
         if branch is not None:  # open_run makes the new folder and fills it
-            trainer.run_dir, trainer.branch_of = None, source
+            trainer.run_dir, trainer.branch_of, trainer.unchecked = None, source, None
             trainer.checkpoints_root = trainer.checkpoints_root or run_dir.parent
         return trainer
 
@@ -173,8 +175,6 @@ class Trainer:
         state = Progress("start", "running", self.run_dir, epochs=self.config.train.epochs)
         self._state = state
         self._completed = int(self.resume_ckpt["epoch"]) if self.resume_ckpt else 0
-        if self.rank == 0:  # steps.jsonl and TensorBoard files, before the first report
-            self.callbacks += tracking_callbacks(self.config, self.run_dir, self._completed)
         try:
             final = self._train()
         except StopRequested:
@@ -186,6 +186,10 @@ class Trainer:
             self._end("stopped", message=msg)
             raise
         except BaseException as exc:
+            if isinstance(exc, CtsegError) and self.unchecked is not None:  # a refused resume
+                if self.rank == 0:
+                    put_back(self.run_dir, self.unchecked)
+                raise
             text = failure_text(exc)
             if not isinstance(exc, CtsegError) and self.rank == 0:  # the traceback: error.log
                 self.error_log = write_error_log(self.run_dir, traceback.format_exc())
@@ -229,6 +233,11 @@ class Trainer:
         parts = build_parts(
             cfg, self.resume_ckpt, self.rank, self.world, self._preparing, self.in_thread
         )
+        if self.rank == 0:  # the data accepted: files past last.pth said, steps.jsonl trimmed
+            if self.unchecked is not None:
+                repair_past_last(self.run_dir, self.resume_ckpt)
+            self.callbacks += tracking_callbacks(cfg, self.run_dir, self._completed)
+        self.unchecked = None
         model, net, optimizer, scheduler = parts.model, parts.net, parts.optimizer, parts.scheduler
         device, amp, channels_last = parts.device, parts.amp, parts.channels_last
         steps, history = parts.steps, parts.history
@@ -236,7 +245,7 @@ class Trainer:
             resumed = (self.resume_ckpt or {}).get("training_data")
             self.training_data = record_training_data(
                 self.run_dir, parts.training_subjects, d.data_root, d.train_split, resumed,
-                slice_model=parts.volume_validation is None,
+                slice_model=parts.volume_validation is None, val_subjects=parts.validation_subjects,
             )  # fmt: skip
             if parts.init_record:  # a run started from an nnU-Net model's weights
                 write_init_record(self.run_dir, parts.init_record)
