@@ -237,21 +237,9 @@ def build_config(args):
     return config
 
 
-def _who() -> str:
-    """The login of whoever runs the command, for the run's status.json ("alice (CLI)")."""
-    import getpass
-
-    from ..runs.status import user_label
-
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # a container user without a passwd entry or LOGNAME
-        user = ""
-    return user_label(user, "CLI") or "CLI"
-
-
 def run_train(args) -> int:
     from ..errors import CtsegError
+    from ..runs.status import login_label
     from ..training import distributed as ddp
     from ..training.trainer import Trainer, TrainingError
 
@@ -266,7 +254,7 @@ def run_train(args) -> int:
             _refuse_settings_on_resume(args)
             trainer = Trainer.resume(
                 args.resume, epochs=args.epochs, minutes=args.minutes, branch=args.branch,
-                callbacks=callbacks, started_by=_who(),
+                callbacks=callbacks, started_by=login_label(),
             )  # fmt: skip
             for dest in _HARDWARE:  # the run may move to another machine
                 if getattr(args, dest) is not None:
@@ -284,7 +272,7 @@ def run_train(args) -> int:
                 raise ConfigError("give the dataset with --data (or a --config, or --resume)")
             trainer = Trainer(
                 build_config(args), checkpoints_root=args.checkpoints, callbacks=callbacks,
-                started_by=_who(),
+                started_by=login_label(),
             )  # fmt: skip
         previous = _stop_on_sigterm(trainer)
         try:

@@ -113,6 +113,17 @@ def user_label(raw: str, via: str) -> str:
     return f"{user} ({via})" if user else ""
 
 
+def login_label(via: str = "CLI") -> str:
+    """``started_by`` for whoever runs this process ("alice (CLI)"), or ``via`` alone."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # a container user without a passwd entry or LOGNAME
+        user = ""
+    return user_label(user, via) or via
+
+
 def failure_text(exc: BaseException) -> str:
     """The one line a failed run records: the message of our own errors, the type and text of
     others, and what to do about the machine's limits (too many open files, a full disk)."""
