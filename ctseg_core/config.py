@@ -23,10 +23,12 @@ the dataset) are ``training.checks.check_run_config``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .json_types import type_problem
 from .labels import MERGES, STRUCTURES, is_structure
 
 OUTPUTS = ("softmax", "sigmoid")
@@ -177,7 +179,10 @@ def _build(cls: type, values: dict[str, Any] | None, where: str):
         raise ConfigError(
             f"unknown {where} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_fields(cls)))}"
         )
+    hints = typing.get_type_hints(cls)
     for name, value in values.items():
+        if (expected := type_problem(value, hints[name])) is not None:  # a hand-edited file
+            raise ConfigError(f"{where}.{name} must be {expected} (got {value!r})")
         tuples = ("target_size", "hu_window", "scale_range", "patch_size", "spacing_mm",
                   "gamma_range", "hu_mean_std")  # fmt: skip
         if isinstance(value, list) and name in tuples:
@@ -280,6 +285,10 @@ def _validate_static(cfg: RunConfig) -> None:
         problems.append(
             f"time budget must be > 0 and at most {MAX_MINUTES:.0f} minutes, or unset for none "
             f"(got {t.minutes})"
+        )
+    if t.early_stopping_patience < 0:
+        problems.append(
+            f"early stopping patience must be >= 0 epochs, 0 = off (got {t.early_stopping_patience})"
         )
     if t.checkpoint_every < 0:
         problems.append(

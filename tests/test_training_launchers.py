@@ -376,3 +376,41 @@ def test_cli_flags_override_a_preset(phantom_root):
     assert config.model.features == [16, 32, 64, 128] and config.data.hu_window == (-400.0, 600.0)
     assert config.train.lr == 0.01 and config.data.data_root == str(phantom_root)
     assert (config.model.in_channels, config.model.out_channels) == (3, 3)
+
+
+def test_settings_that_would_be_ignored_are_refused_in_one_line(phantom_root, tmp_path, capsys):
+    """Accepted and then unused or misapplied (found by a review): a --config replaced the
+    --preset, --fold without --init-from trained from scratch, a 3D model took --size and a 2D
+    one --patch-size into config.json unused, --patience -1 ended a run after one epoch, and a
+    hand-edited config.json of wrong types stopped with a raw TypeError."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"data_root": str(phantom_root)}}))
+    base = ["train", "--data", str(phantom_root), "--checkpoints", str(tmp_path / "runs")]
+    cases = {
+        "give --preset or --config, not both": ["--preset", "phantom_3d", "--config", str(config)],
+        "--fold picks a fold of --init-from's model": ["--fold", "1"],
+        "--size is a setting of 2D models, and plain_unet3d is a 3D model": [
+            "--preset", "phantom_3d", "--size", "64", "64"],
+        "--patch-size, --spacing are settings of 3D models, and unet is a 2D model": [
+            "--patch-size", "32", "32", "32", "--spacing", "2", "2", "2"],
+        "early stopping patience must be >= 0 epochs": ["--patience", "-1"],
+    }  # fmt: skip
+    for said, flags in cases.items():
+        assert main([*base, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and said in err and err.count("\n") == 1, err
+    for field, value, said in (
+        ("data", {"target_size": 64}, "data.target_size must be a list of 2 (got 64)"),
+        ("train", {"epochs": "5"}, "train.epochs must be a whole number (got '5')"),
+        ("data", {"structures": "liver"}, "data.structures must be a list (got 'liver')"),
+        (
+            "model",
+            {"features": [8, "16"]},
+            "model.features must be a list, each item a whole number (got [8, '16'])",
+        ),
+    ):
+        config.write_text(json.dumps({field: value}))
+        assert main([*base, "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: {config}: {said}\n", err
+    assert not (tmp_path / "runs").exists()

@@ -199,9 +199,14 @@ def register(subparsers) -> None:
 def build_config(args):
     """The RunConfig from --config and the flags (flags win)."""
     from ..errors import ConfigError
+    from ..training.checks import unused_settings
     from ..training.presets import user_config
 
     base = {}
+    if getattr(args, "preset", None) and args.config:  # the config would replace the preset
+        raise ConfigError("give --preset or --config, not both (flags change either)")
+    if getattr(args, "fold", None) is not None and not getattr(args, "init_from", None):
+        raise ConfigError("--fold picks a fold of --init-from's model; give --init-from too")
     if getattr(args, "preset", None):
         from ..training.presets import preset
 
@@ -231,7 +236,13 @@ def build_config(args):
         changes["data", "merge"] = [s.strip() for s in args.merge.split(",") if s.strip()]
     if args.no_augment:
         changes["data", "augment"] = False
-    config = user_config(base, changes, run_name=args.run or None)
+    try:
+        config = user_config(base, changes, run_name=args.run or None)
+    except ConfigError as exc:  # a hand-edited config: name the file
+        raise ConfigError(f"{args.config}: {exc}" if args.config else str(exc)) from None
+    given = {_FLAGS[d] for d in _FLAGS if getattr(args, d, None) is not None}
+    if problem := unused_settings(config, given):  # a 2D model's flag for a 3D one, or back
+        raise ConfigError(problem)
     if config.data.data_root:  # recorded absolute: a resume from another folder finds it
         config.data.data_root = str(Path(config.data.data_root).expanduser().absolute())
     return config

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..labels import merged_annotated, value_of
 from ..models import build_model
 from ..models.checkpoint import estimated_checkpoint_bytes
-from ..models.registry import MODELS
+from ..models.registry import MODELS, model_spec
 from ..runs.run_folder import check_disk_space
 from .losses import LOSSES
 from .optim import OPTIMIZERS, SCHEDULERS
@@ -83,6 +83,31 @@ def disk_space_warning(cfg: RunConfig, run_dir: Path, done_epochs: int) -> str |
     every = t.checkpoint_every
     files = t.epochs // every - done_epochs // every if every else 0
     return check_disk_space(run_dir, size, files)
+
+
+#: settings one kind of model does not use: given for the other kind, they are refused
+SLICE_ONLY = {("data", "target_size"): "--size", ("data", "val_slices_per_subject"): "--val-slices"}
+VOLUME_ONLY = {("data", "patch_size"): "--patch-size", ("data", "spacing_mm"): "--spacing",
+               ("data", "padding"): "--padding"}  # fmt: skip
+
+
+def unused_settings(cfg: RunConfig, given: set[tuple[str, str]]) -> str | None:
+    """One line naming a setting ``given`` (section, field) that ``cfg``'s kind of model does
+    not use (a 2D model's slice size for a 3D one, a 3D model's patch for a 2D one), or None:
+    kept in config.json unused, it would read as if it had mattered."""
+    try:
+        volumetric = model_spec(cfg.model.name).spatial_dims == 3
+    except ConfigError:  # an unknown model: check_run_config names it
+        return None
+    unused = [flag for key, flag in (SLICE_ONLY if volumetric else VOLUME_ONLY).items()
+              if key in given]  # fmt: skip
+    if not unused:
+        return None
+    kind, other = ("3D", "2D") if volumetric else ("2D", "3D")
+    return (
+        f"{', '.join(unused)} {'is a setting' if len(unused) == 1 else 'are settings'} of {other} "
+        f"models, and {cfg.model.name} is a {kind} model: leave {'it' if len(unused) == 1 else 'them'} out"
+    )
 
 
 def unannotated_warnings(
