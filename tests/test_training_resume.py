@@ -203,7 +203,7 @@ def test_a_refused_resume_leaves_the_run_as_it_was(phantom_root, tmp_path, monke
 
     import torch
 
-    from ctseg_core.errors import ConfigError
+    from ctseg_core.errors import ConfigError, DataError
     from ctseg_core.runs.run_folder import write_history
 
     data = tmp_path / "data"
@@ -225,6 +225,11 @@ def test_a_refused_resume_leaves_the_run_as_it_was(phantom_root, tmp_path, monke
     with pytest.raises(ConfigError, match="this run trained on"):
         trainer.run()
     assert {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()} == files
+    data.rename(tmp_path / "moved")  # --data is not taken by a resume: say where it must be
+    with pytest.raises(DataError, match=f"this run trained on {data}, which is not there now"):
+        Trainer.resume(run, epochs=4).open_run()
+    assert {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()} == files
+    (tmp_path / "moved").rename(data)
     if not torch.cuda.is_available():
         trainer = Trainer.resume(run, epochs=4)
         trainer.config.train.device = "cuda"  # as --device cuda on a machine without a GPU

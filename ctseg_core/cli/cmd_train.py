@@ -335,11 +335,11 @@ def _refuse_settings_on_resume(args) -> None:
     except OSError:  # behind a closed folder: resume itself says so; here only the hint
         folder = args.resume.parent if args.resume.suffix == ".pth" else args.resume
     if given:
+        config = f"--config {folder}/config.json and " if is_file(folder / "config.json") else ""
         raise ConfigError(
             f"--resume continues {args.resume} with its own settings, so {', '.join(given)} "
             "would not apply (only --epochs, --minutes, --branch, --device, --amp, --workers and "
-            "--cache do); to train "
-            f"with other settings start a new run: --config {folder}/config.json and the flags"
+            f"--cache do); to train with other settings start a new run: {config}the flags"
         )
 
 

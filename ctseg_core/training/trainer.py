@@ -26,8 +26,8 @@ import torch
 from ..config import RunConfig
 from ..data.domain import record_training_data
 from ..device import resolve_amp, resolve_device
-from ..errors import CtsegError, TrainingError
-from ..fileio import atomic_write_json
+from ..errors import CtsegError, DataError, TrainingError
+from ..fileio import atomic_write_json, is_dir
 from ..nnunet.finetune import write_init_record
 from ..runs.run_folder import default_checkpoints_root, new_run_dir
 from ..runs.status import Callback, Progress, StatusFile, failure_text, write_error_log
@@ -111,6 +111,10 @@ class Trainer:
     # -- the run folder -------------------------------------------------------------------
     def open_run(self) -> Path:
         """Validate the settings and create (or reopen) the run folder; returns its path."""
+        root = self.config.data.data_root
+        if self.resume_ckpt is not None and root and not is_dir(root):  # --data is not taken
+            raise DataError(f"this run trained on {root}, which is not there now: put the "
+                            "dataset back there to resume it")  # fmt: skip
         check_run_config(self.config, check_data=True)
         t = self.config.train
         resolve_amp(t.amp, resolve_device(t.device))  # a GPU asked for but absent: no folder yet
