@@ -85,14 +85,15 @@ def file_stamp(path: str | Path) -> dict:
     return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def changed_checkpoints(source: Mapping, side: str = "the",
+def changed_checkpoints(source: Mapping, side: str = "",
                         folder: str | Path | None = None) -> list[str]:  # fmt: skip
     """A note for each checkpoint an evaluation's ``source_<split>.json`` scored that has
     changed since (a resumed run rewrites best.pth: the tables then describe another model) or
     is no longer where it was and not found beside the evaluation ``folder`` either (a run's
     evaluation moves with it when the run is renamed: the file of that name in the run folder
-    is compared then); ``side`` names the evaluation."""
-    notes = []
+    is compared then); ``side`` names the evaluation ("A": "A's checkpoint"; "": "the
+    checkpoint")."""
+    notes, whose = [], f"{side}'s checkpoint" if side else "the checkpoint"
     for stamp in source.get("checkpoint_files") or []:
         if not isinstance(stamp, Mapping) or "path" not in stamp:
             continue
@@ -103,12 +104,12 @@ def changed_checkpoints(source: Mapping, side: str = "the",
             now["path"] = stamp["path"]  # the same file if its size and mtime are
         if now["size"] is None:
             notes.append(
-                f"{side}'s checkpoint {path} is no longer there (a renamed run?): whether its "
+                f"{whose} {path} is no longer there (a renamed run?): whether its "
                 "tables describe the model now cannot be told"
             )
         elif now != stamp:
             notes.append(
-                f"{side}'s checkpoint {path} has changed since it was evaluated "
+                f"{whose} {path} has changed since it was evaluated "
                 f"({source.get('written', 'earlier')}): its tables describe the model as it "
                 "was then; evaluate it again"
             )

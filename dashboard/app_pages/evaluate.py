@@ -298,7 +298,24 @@ def evaluate_main() -> None:
                 f"{_split_words(info['split'])}; press Evaluate for the choice above.",
                 icon=":material/history:",
             )
+        for note in _changed_since(info):  # a resumed run rewrote the checkpoint scored
+            st.warning(state.plain(note), icon=":material/update:")
         state.guarded(lambda: show_results(info), "results")
+
+
+def _changed_since(info: dict) -> list[str]:
+    """Notes for the checkpoints these results scored that have changed since (``paths.
+    changed_checkpoints``, from the evaluation's source record): the results then describe
+    another model than the file now holds."""
+    import json
+
+    from ctseg_core.evaluation.paths import changed_checkpoints
+
+    try:
+        source = json.loads((Path(info["out_dir"]) / f"source_{info['split']}.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return changed_checkpoints(source) if isinstance(source, dict) else []
 
 
 def main() -> None:

@@ -61,6 +61,17 @@ def test_evaluate_scores_a_3d_runs_checkpoint(app_env, tmp_path, monkeypatch, ne
         f"The 3D model labelled only the box around the body in {len(boxes)} CTs (the rest is "
         "background; each box in source_val.json)."
     ]
+    # the run trained on (best.pth rewritten): the results shown describe the model it was
+    import os
+
+    stamp = (root / "vol" / "best.pth").stat()
+    os.utime(root / "vol" / "best.pth", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))
+    at.run()
+    changed = [w.value for w in at.warning if "has changed since it was evaluated" in w.value]
+    assert len(changed) == 1 and as_shown(changed[0]).startswith(
+        f"the checkpoint {root / 'vol' / 'best.pth'} has changed since it was evaluated"
+    ), [w.value for w in at.warning]
+    os.utime(root / "vol" / "best.pth", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     # Explore says it too, for the box its own prediction of the subject used
     from dashboard import cached
 
