@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 import types
 import typing
 from typing import Any
+
+import numpy as np
 
 
 def type_problem(value: Any, hint: Any) -> str | None:
@@ -24,9 +27,11 @@ def type_problem(value: Any, hint: Any) -> str | None:
             if (problem := type_problem(item, item_hint)) is not None:
                 return f"a list, each item {problem}"
         return None
-    checks = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+    # numbers.*: numpy's scalars too (a checkpoint's config may hold them)
+    checks = {bool: (bool, np.bool_), int: (numbers.Integral,), float: (numbers.Real,), str: (str,)}
     if hint not in checks:  # dicts and anything else: built as given
         return None
-    ok = isinstance(value, checks[hint]) and (hint is bool or not isinstance(value, bool))
+    boolean = isinstance(value, bool | np.bool_)
+    ok = isinstance(value, checks[hint]) and (hint is bool or not boolean)
     return None if ok else {bool: "true or false", int: "a whole number", float: "a number",
                             str: "text"}[hint]  # fmt: skip

@@ -414,3 +414,8 @@ def test_settings_that_would_be_ignored_are_refused_in_one_line(phantom_root, tm
         err = capsys.readouterr().err
         assert err == f"error: {config}: {said}\n", err
     assert not (tmp_path / "runs").exists()
+    import numpy as np  # a checkpoint's config may hold numpy's scalars: still numbers
+
+    loaded = RunConfig.from_dict({"train": {"epochs": np.int64(3), "lr": np.float32(1e-3)},
+                                  "data": {"spacing_mm": [np.float64(2), 2, 2]}})  # fmt: skip
+    assert loaded.train.epochs == 3 and loaded.data.spacing_mm == (2.0, 2, 2)
