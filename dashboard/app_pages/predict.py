@@ -50,7 +50,13 @@ def choose_checkpoint(workdir: Path) -> str | None:
     )
     if upload is None:
         return None
-    saved = uploads.save_checkpoint_upload(upload.name, upload.getvalue(), workdir / "checkpoint")
+    try:
+        saved = uploads.save_checkpoint_upload(
+            upload.name, upload.getvalue(), workdir / "checkpoint"
+        )
+    except CtsegError as exc:  # said here: the rest of the form stays (Predict disabled)
+        state.show_error(exc)
+        return None
     return str(saved)
 
 

@@ -200,3 +200,22 @@ def test_refusals_name_the_uploads_once_with_their_advice_once(app_env, tiny_run
     assert not at.exception
     (error,) = [as_shown(e.value) for e in at.error]
     assert "junk.pth" in error and error.count("use best.pth/last.pth of a ctseg run") == 1
+
+
+def test_a_file_that_is_no_checkpoint_keeps_the_form(app_env, tiny_run, new_app):
+    """An upload named x.ckpt was refused in one line, and the resample box and the Predict
+    button vanished with it until another file was chosen (found by a review)."""
+    at = new_app("predict")
+    at.run()
+    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("ct.nii.gz", ct, "application/gzip"))
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("(upload a checkpoint)")
+    at.run()
+    at.get("file_uploader")[1].set_value(("x.ckpt", b"weights", "x"))
+    at.run()
+    assert not at.exception
+    assert [as_shown(e.value) for e in at.error] == [
+        "x.ckpt is not a checkpoint; upload a .pth file written by ctseg"
+    ]
+    assert at.button(key="ctseg_predict_go").disabled
+    assert at.checkbox(key="ctseg_predict_resample_uneven") is not None
