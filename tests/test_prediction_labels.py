@@ -173,3 +173,5 @@ def test_tables_that_name_no_v2_structure_or_regions_are_refused_in_one_line(tmp
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 5}}))
     named = prediction_names(path)  # v2's value for liver: read as it is, liver alone scored
     assert named.lut is None and named.scored == frozenset({5})
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
+    assert prediction_names(path).scored is None  # names nothing: read and scored as v2's

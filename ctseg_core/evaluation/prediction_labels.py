@@ -146,6 +146,8 @@ def prediction_names(path: str | Path) -> PredictionNames:
         return PredictionNames()
     source, table = found
     names = value_names({v: n for v, n in table.items() if n != "ignore"}, path.parent)
+    if not names and source not in label_file_paths(path):  # background alone: names nothing
+        return PredictionNames()
     if all(is_structure(n) and value_of(n) == v for v, n in names.items()):
         if source in label_file_paths(path):  # ctseg's own label files: as they always were
             return PredictionNames(source, names, None, merges_named(path), learned_values(path))
