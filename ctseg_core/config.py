@@ -123,8 +123,8 @@ class ModelConfig:
     # stage, the bottleneck's included (``bottleneck`` is unused); one entry per stage, each
     # kernel and stride (x, y, z) or one int for all three; None: nnU-Net's defaults (kernel 3,
     # stride 1 at the first stage and 2 below, convolutions as models.nnunet.architecture says)
-    kernel_sizes: list[list[int]] | None = None
-    strides: list[list[int]] | None = None
+    kernel_sizes: list[int | list[int]] | None = None
+    strides: list[int | list[int]] | None = None
     convs_per_stage: list[int] | None = None  # encoder convolutions (residual blocks: resenc)
     decoder_convs_per_stage: list[int] | None = None  # one entry per stage below the first
 

@@ -419,3 +419,8 @@ def test_settings_that_would_be_ignored_are_refused_in_one_line(phantom_root, tm
     loaded = RunConfig.from_dict({"train": {"epochs": np.int64(3), "lr": np.float32(1e-3)},
                                   "data": {"spacing_mm": [np.float64(2), 2, 2]}})  # fmt: skip
     assert loaded.train.epochs == 3 and loaded.data.spacing_mm == (2.0, 2, 2)
+    # a 3D stage's kernel or stride: one int for all three axes, or three (a review found
+    # such configs refused, every run of them unloadable)
+    model = {"name": "plain_unet3d", "features": [8, 16], "kernel_sizes": [3, [3, 3, 1]],
+             "strides": [1, [2, 2, 1]]}  # fmt: skip
+    assert RunConfig.from_dict({"model": model}).model.strides == [1, [2, 2, 1]]
