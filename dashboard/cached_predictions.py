@@ -138,8 +138,10 @@ def prediction_source(
     if model:  # an nnU-Net folder (or several parts): its newest checkpoint file
         stamps = [p.stat().st_mtime_ns for p in Path(model).rglob("checkpoint_*.pth")]
         return f"model:{model}@{max(stamps, default=0)}:{subject}"
+    from ctseg_core.evaluation.prediction_labels import names_stamp
+
     path = find_prediction(Path(folder), subject_id)
-    stamp = path.stat().st_mtime_ns if path is not None else 0
+    stamp = f"{path.stat().st_mtime_ns}/{names_stamp(path)}" if path is not None else 0
     return f"folder:{path}@{stamp}:{subject}"
 
 
@@ -149,14 +151,18 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     """
     from ctseg_core.errors import DataError
     from ctseg_core.evaluation.prediction_files import find_prediction
-    from ctseg_core.evaluation.prediction_labels import prediction_names, read_named_prediction
+    from ctseg_core.evaluation.prediction_labels import (
+        names_stamp,
+        prediction_names,
+        read_named_prediction,
+    )
 
     path = find_prediction(Path(folder), subject_id)
     if path is None:
         raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
     named = prediction_names(path)  # its values in v2's, by any names that came with it
-    names = named.source.stat().st_mtime if named.source is not None else 0
-    key = (subject_volume_id(root, subject_id), str(path.resolve()), path.stat().st_mtime, names)
+    stamp = (path.stat().st_mtime, names_stamp(path))
+    key = (subject_volume_id(root, subject_id), str(path.resolve()), stamp)
 
     def compute():
         entry = cached_subject(root, subject_id)

@@ -486,6 +486,9 @@ def test_a_comparison_and_an_evaluation_never_write_into_each_others_folder(tmp_
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {out} holds the test split's comparison of ")
     assert json.loads((out / "source_test.json").read_text())["a"] == str(folders["a"].resolve())
+    assert main(["evaluate", "--data", str(tmp_path), "--split", "val", "--predictions",
+                 str(tmp_path / "a"), "--out", str(out), "--no-report"]) == 2  # fmt: skip
+    assert f"--out {out} holds a comparison (comparison_test.csv); give" in capsys.readouterr().err
 
 
 def test_structures_scored_in_one_evaluation_only_are_named(tmp_path):

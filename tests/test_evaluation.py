@@ -645,8 +645,14 @@ def test_cli_stats_and_export(tmp_path, s0000_root, extra_dir, capsys):
     assert len(rows) == 41 and pd.read_csv(tmp_path / "stats.csv").shape[0] == 41
     assert main(["export", "--labels", str(labels), "--out", str(tmp_path / "x"), "--json"]) == 0
     written = json.loads(capsys.readouterr().out)
-    assert len(written["labels"]) == 41
+    # its header's label table lists the 117 structures TotalSegmentator's model labels: the
+    # label files list them all, as what its model learns (as ctseg predict's do)
+    assert len(written["labels"]) == 117
     assert (tmp_path / "x" / "s0000_totalsegmentator_multilabel.ctbl").is_file()
+    plain = tmp_path / "plain.nii.gz"  # the same values without the table: those found
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(labels).dataobj), nib.load(labels).affine), plain)
+    assert main(["export", "--labels", str(plain), "--out", str(tmp_path / "y"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["labels"]) == 41
 
 
 def test_cli_evaluate_checkpoint_writes_into_the_run_folder(tmp_path, derived_sample, capsys):

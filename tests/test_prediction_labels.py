@@ -175,3 +175,36 @@ def test_tables_that_name_no_v2_structure_or_regions_are_refused_in_one_line(tmp
     assert named.lut is None and named.scored == frozenset({5})
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
     assert prediction_names(path).scored is None  # names nothing: read and scored as v2's
+
+
+def test_stats_and_export_read_the_names_too(tmp_path, s0000_root, extra_dir, capsys):
+    """ctseg export wrote v2 names for a merge its dataset.json named, and that .ctbl then
+    outranked the dataset.json (lungs scored as its first lobe); ctseg stats left a value named
+    nowhere out without a word (found by a review)."""
+    from ctseg_core.inference.label_files import LEARNED_NOTE
+    from ctseg_core.labels import merge_lut, value_of
+
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    ref = nib.load(extra_dir / "s0000_totalsegmentator_multilabel.nii.gz")
+    merged = merge_lut(["lungs"])[np.asarray(ref.dataobj)]
+    nib.save(nib.Nifti1Image(merged, ref.affine), folder / "s0000.nii.gz")
+    labels = {"background": 0, "lungs": value_of("lungs"), "liver": LABEL_OF["liver"]}
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels}))  # as export-nnunet's
+    assert main(["export", "--labels", str(folder / "s0000.nii.gz"), "--out", str(folder)]) == 0
+    ctbl = (folder / "s0000.ctbl").read_text().splitlines()
+    assert LEARNED_NOTE in ctbl and any(line.split()[:2] == ["10", "lungs"] for line in ctbl)
+    assert prediction_names(folder / "s0000.nii.gz").merges == ["lungs"]
+    other = tmp_path / "other"
+    other.mkdir()
+    data = np.zeros((4, 4, 4), np.uint8)
+    data[0], data[1], data[2] = 1, 2, 3
+    nib.save(nib.Nifti1Image(data, np.eye(4)), other / "s0000.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), other / "ct.nii.gz")
+    (other / "dataset.json").write_text(json.dumps({"labels": {"liver": 1, "spleen": 2}}))
+    capsys.readouterr()
+    assert main(["stats", "--ct", str(other / "ct.nii.gz"), "--labels",
+                 str(other / "s0000.nii.gz"), "--json"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert {r["structure"] for r in json.loads(out.out)} == {"liver", "spleen"}
+    assert "s0000.nii.gz: values 3 are named nowhere in dataset.json" in out.err

@@ -242,8 +242,7 @@ def run_evaluate(args) -> int:
         source = args.predictions or args.checkpoint or [args.model]
         if held := other_source(args.out, args.split, source):
             raise ConfigError(
-                f"--out {args.out} holds the {args.split} split's {held}; give "
-                "another --out, or --overwrite to replace it"
+                f"--out {args.out} holds {held}; give another --out, or --overwrite to replace it"
             )
     progress, bar = tqdm_callback("evaluate")
     try:
@@ -318,8 +317,6 @@ def run_export(args) -> int:
     from ..fileio import exists, is_dir
     from ..inference.label_files import (
         label_file_paths,
-        learned_values,
-        merges_named,
         write_label_files,
     )
     from ..labels import names_of
@@ -336,10 +333,10 @@ def run_export(args) -> int:
     if not args.all:
         labels = load_label_volume(args.labels)
         values = [int(v) for v in np.flatnonzero(np.bincount(labels.array.ravel())) if v > 0]
-    # a merge the labels' own label file names keeps its name (lungs, not its first lobe), and
-    # `ctseg predict`'s list of what its model learns stays that list (evaluate scores by it)
-    names = names_of(merges_named(args.labels))
-    learned = learned_values(args.labels) if not args.all else None
+    # a merge its names name keeps its name (lungs, not its first lobe), and a list of what its
+    # model learns (ctseg predict's, a dataset.json's) stays that list (evaluate scores by it)
+    names = names_of(named.merges)
+    learned = named.scored if not args.all else None
     if learned is not None:
         values = sorted(learned | set(values))
     paths = write_label_files(args.out / args.labels.name, values, names, learned is not None)
@@ -369,11 +366,12 @@ def run_stats(args) -> int:
         check_output(args.out, args.overwrite, [args.ct, args.labels])
     refuse_assumed_voxel_size(args.ct, "use a CT that does")
     ct = load_ct(args.ct, resample_uneven=args.resample_uneven)
+    notes: list[str] = []  # no affine, another field of view, values it names otherwise
     labels, named = read_named_prediction(  # in v2 values, as any names that came with it say
-        args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine,
+        args.labels, ct.array.shape, ct.affine, ct.original_shape, ct.original_affine, notes,
         reference="CT",
     )  # fmt: skip
-    for note in named.notes:  # names that are no v2 structure
+    for note in notes:
         print(f"note: {note}", file=sys.stderr)
     names = names_of(named.merges)  # a merged run's label file names the merge (ribs)
     table = volume_statistics(labels, ct.array, ct.spacing_mm, names)

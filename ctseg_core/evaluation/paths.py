@@ -179,22 +179,24 @@ def write_source(
 def other_source(
     out_dir: str | Path, split: str, predictions: str | Path | Sequence[str | Path]
 ) -> str | None:
-    """What ``out_dir`` holds the split's tables of, when it is not ``predictions``: "evaluation
-    of <folder or checkpoint paths>" (``write_source``'s record compared by resolved paths), or
-    "comparison of <A> and <B>" (``compare_evaluations``'s); None when it holds none, or those
-    of ``predictions``."""
+    """What ``out_dir`` holds, when not ``predictions``'s tables of the split: "the <split>
+    split's evaluation of <folder or checkpoint paths>" (``write_source``'s record compared by
+    resolved paths), "... comparison of <A> and <B>" (``compare_evaluations``'s), or "a
+    comparison (comparison_<other>.csv)"; None when it holds none, or those of ``predictions``."""
     try:
         record = json.loads((Path(out_dir) / f"source_{split}.json").read_text())
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError):  # none of this split: a comparison of another is still one
+        held = sorted(Path(out_dir).glob("comparison_*.csv")) if is_dir(out_dir) else []
+        return f"a comparison ({held[0].name})" if held else None
     if not isinstance(record, dict):
         return None
     folder = isinstance(predictions, str | Path) and is_dir(predictions)
     paths = [predictions] if isinstance(predictions, str | Path) else list(predictions)
     ours = str(Path(predictions).resolve()) if folder else [str(Path(p).resolve()) for p in paths]
     if "a" in record and "b" in record:  # a comparison's: evaluating there would replace it
-        return f"comparison of {record['a']} and {record['b']}"
+        return f"the {split} split's comparison of {record['a']} and {record['b']}"
     theirs = record.get("predictions_folder", record.get("checkpoints"))
     if theirs is None or theirs == ours:
         return None
-    return "evaluation of " + (theirs if isinstance(theirs, str) else ", ".join(map(str, theirs)))
+    shown = theirs if isinstance(theirs, str) else ", ".join(map(str, theirs))
+    return f"the {split} split's evaluation of {shown}"

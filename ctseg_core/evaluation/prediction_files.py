@@ -56,8 +56,8 @@ def prediction_on_reference_grid(
     voxels' too), outside the prediction's field of view = 0.
     A file without a usable affine (sform and qform codes 0) is taken to be on the reference's
     original grid when its shape matches, else DataError. Label values above ``num_labels`` or an
-    unreadable/empty file raise DataError. ``notes`` gains a line where the file had no
-    affine, or where its field of view leaves over ``OUTSIDE_NOTED`` of the reference's voxels
+    unreadable/empty file raise DataError. ``notes`` gains a line (logged instead when
+    ``notes`` is None) where the file had no affine, or where its field of view leaves over ``OUTSIDE_NOTED`` of the reference's voxels
     out (they are scored as background). ``reference``: what messages call the grid's image
     (``ctseg stats``: the CT). ``num_labels``: the largest value allowed (a file in values of
     its own whose names came with it: ``prediction_labels``).
@@ -70,9 +70,10 @@ def prediction_on_reference_grid(
     if not _has_usable_affine(path):
         if tuple(pred.original_shape) == tuple(original_shape):
             note = f"{path.name} has no affine; assumed to lie on the {reference}'s grid"
-            log.warning("%s", note)
-            if notes is not None:
+            if notes is not None:  # the caller says it (evaluate logs its notes, stats prints)
                 notes.append(note)
+            else:
+                log.warning("%s", note)
             raw = from_canonical(pred.array, pred.original_affine)
             return to_canonical(raw, np.asarray(original_affine))[0]
         raise DataError(

@@ -200,8 +200,9 @@ def read_named_prediction(
     )
     if named.lut is None:
         return array, named
-    found = np.flatnonzero(np.bincount(array.ravel(), minlength=256))
-    unnamed = [int(v) for v in found if v and v not in named.table]
+    mapped = named.lut[array]
+    lost = np.unique(array[(mapped == 0) & (array != 0)])  # values read as background
+    unnamed = [int(v) for v in lost if int(v) not in named.table]
     said = list(named.notes)
     if unnamed:
         said.append(
@@ -210,4 +211,20 @@ def read_named_prediction(
         )
     if notes is not None:
         notes += said
-    return named.lut[array], named
+    return mapped, named
+
+
+def names_stamp(path: str | Path) -> str:
+    """A change marker of the files that may name a prediction's values (module doc; its header
+    changes with the file): for caches keyed by the file's own time."""
+    from ..inference.label_files import label_file_paths
+
+    path = Path(path)
+    own = path.with_name(_stem(path) + "_labels.json")
+    stamps = []
+    for source in (*label_file_paths(path), own, path.parent / "dataset.json"):
+        try:
+            stamps.append(f"{source.name}@{source.stat().st_mtime_ns}")
+        except OSError:  # not there (or unreadable: reading it says so)
+            continue
+    return ",".join(stamps)

@@ -9,13 +9,14 @@ import streamlit as st
 from dashboard import state
 
 
-def drawn(run_dir: Path) -> str:
+def drawn(run_dir: Path, settings: bool = True) -> str:
     """A widget-key part naming the run this page draws under its name: its folder's inode (a
     rename keeps it) and its config.json's (rewritten by a new start under the name). A click
     on a button keyed with it acts on that run alone: another run renamed into the name, or
-    started under it since the page was drawn, draws other keys, and the click does nothing."""
+    started under it since the page was drawn, draws other keys, and the click does nothing.
+    ``settings`` False: the folder alone (text being typed survives a resume's config.json)."""
     parts = []
-    for path in (run_dir, run_dir / "config.json"):
+    for path in (run_dir, run_dir / "config.json")[: 2 if settings else 1]:
         try:
             info = path.stat()
         except OSError:  # a folder gone or unreadable: nothing a stale click could match

@@ -84,7 +84,7 @@ def test_a_folder_prediction_is_learned_as_its_ctseg_label_file_says(tmp_path):
 def test_a_folder_prediction_in_a_models_own_values_is_shown_by_their_names(app_env, tmp_path):
     """``ctseg predict --model`` of a model with labels of its own writes its values and
     ``<id>_labels.json``; Explore showed value 1 as spleen whatever the names said."""
-    from dashboard.cached_predictions import folder_prediction_zxy
+    from dashboard.cached_predictions import folder_prediction_zxy, prediction_source
     from dashboard.helpers.layer_names import folder_prediction_learned
 
     sid = open_dataset(app_env["data"]).subjects[0]
@@ -93,8 +93,11 @@ def test_a_folder_prediction_in_a_models_own_values_is_shown_by_their_names(app_
     own = np.select([labels == first, labels == second], [1, 2], 0).astype(np.uint8)
     affine = open_cached(app_env["data"], sid, app_env["cache"]).affine
     nib.save(nib.Nifti1Image(own, affine), tmp_path / f"{sid}.nii.gz")
+    source = prediction_source(str(app_env["data"]), sid, folder=str(tmp_path))
     names = {"1": NAME_OF[first], "2": NAME_OF[second]}
     (tmp_path / f"{sid}_labels.json").write_text(json.dumps(names))
+    # its counts, meshes and volumes are kept by this key: names that came since change it
+    assert prediction_source(str(app_env["data"]), sid, folder=str(tmp_path)) != source
     shown = folder_prediction_zxy(str(app_env["data"]), sid, str(tmp_path))
     expected = np.where(np.isin(labels, [first, second]), labels, 0).transpose(2, 0, 1)
     np.testing.assert_array_equal(shown, expected)

@@ -24,7 +24,8 @@ def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     for name in ("alpha", "beta", "busy"):
         shutil.copytree(tiny_run, tmp_path / name)
-    alpha = f"alpha_{drawn(tmp_path / 'alpha')}"  # its widgets' keys: this run, as drawn
+    alpha = f"alpha_{drawn(tmp_path / 'alpha')}"  # its buttons' keys: this run, as drawn
+    typed = f"alpha_{drawn(tmp_path / 'alpha', settings=False)}"  # its text boxes'
     write_notes(tmp_path / "beta", "wider model", "sweep")
     write_status(tmp_path / "busy", {"state": "running", "pid": os.getpid(),
                                      "host": socket.gethostname(), "epoch": 0, "epochs": 1})  # fmt: skip
@@ -45,8 +46,8 @@ def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
     at.run()
     assert list(_table(at)["run"]) == ["alpha"]
     # notes and tags of the watched run
-    at.text_area(key=f"ctseg_train_notes_{alpha}").set_value("baseline for the sweep")
-    at.text_input(key=f"ctseg_train_tags_{alpha}").set_value("Baseline, sweep")
+    at.text_area(key=f"ctseg_train_notes_{typed}").set_value("baseline for the sweep")
+    at.text_input(key=f"ctseg_train_tags_{typed}").set_value("Baseline, sweep")
     at.button(key=f"ctseg_train_notes_save_{alpha}").click()
     at.run()
     no_problems(at)
@@ -142,3 +143,29 @@ def test_a_stale_page_deletes_or_renames_no_other_run_now_under_the_name(
         # the page drawn anew offers it for the run it now shows
         (fresh,) = [b for b in at.button if b.key.startswith(f"ctseg_train_{action}_r1")]
         assert fresh.key != stale.key
+
+
+def test_notes_being_typed_survive_a_resume_rewriting_config_json(
+    app_env, tiny_run, monkeypatch, tmp_path, new_app, no_problems
+):
+    """The notes box was keyed by config.json's inode and time too: a resume of the watched run
+    (from any tab) rewrote it and the typed text was gone (found by a review)."""
+    import json
+
+    from ctseg_core.fileio import atomic_write_json
+    from dashboard.helpers.run_actions import drawn
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    shutil.copytree(tiny_run, tmp_path / "alpha")
+    at = new_app("train")
+    at.session_state["ctseg_train_run"] = "alpha"
+    at.run()
+    no_problems(at)
+    key = f"ctseg_train_notes_alpha_{drawn(tmp_path / 'alpha', settings=False)}"
+    at.text_area(key=key).set_value("half-typed note")
+    at.run()
+    config = tmp_path / "alpha" / "config.json"
+    atomic_write_json(config, json.loads(config.read_text()))  # as a resume's open_run
+    at.run()
+    no_problems(at)
+    assert at.text_area(key=key).value == "half-typed note"
