@@ -144,7 +144,7 @@ def test_a_totalsegmentator_file_in_another_order_is_read_by_its_header_table(
     """TotalSegmentator's --ml files carry a Caret label table; one of another order (v1's,
     another task's) had its values scored as v2's: pancreas as aorta and aorta as pancreas."""
     source = extra_dir / "s0000_totalsegmentator_fast_multilabel.nii.gz"
-    assert prediction_names(source).lut is None  # v2's own order: read as it is
+    assert not prediction_names(source).renumbered  # v2's own order: read as it is
     assert prediction_names(source).scored == frozenset(range(1, 118))
     swapped = _with_label_table(source, tmp_path / "swapped" / "s0000.nii.gz",
                                 ("pancreas", "aorta"))  # fmt: skip
@@ -172,7 +172,7 @@ def test_tables_that_name_no_v2_structure_or_regions_are_refused_in_one_line(tmp
         prediction_names(path)
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 5}}))
     named = prediction_names(path)  # v2's value for liver: read as it is, liver alone scored
-    assert named.lut is None and named.scored == frozenset({5})
+    assert not named.renumbered and named.scored == frozenset({5})
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0}}))
     assert prediction_names(path).scored is None  # names nothing: read and scored as v2's
 
@@ -208,3 +208,26 @@ def test_stats_and_export_read_the_names_too(tmp_path, s0000_root, extra_dir, ca
     out = capsys.readouterr()
     assert {r["structure"] for r in json.loads(out.out)} == {"liver", "spleen"}
     assert "s0000.nii.gz: values 3 are named nowhere in dataset.json" in out.err
+
+
+def test_a_models_list_in_v2_values_says_the_values_it_does_not_name(tmp_path, capsys):
+    """dataset.json {"liver": 5} beside a file holding 5, 2 and 3: stats reported kidneys
+    without a word, and export added them to the model's list, its .ctbl then outranking the
+    dataset.json (found by a review). Values named nowhere are read as background, said."""
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    data = np.zeros((4, 4, 4), np.uint8)
+    data[0], data[1], data[2] = 5, 2, 3
+    nib.save(nib.Nifti1Image(data, np.eye(4)), folder / "s0000.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), tmp_path / "ct.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 5}}))
+    assert main(["stats", "--ct", str(tmp_path / "ct.nii.gz"), "--labels",
+                 str(folder / "s0000.nii.gz"), "--json"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    assert [r["structure"] for r in json.loads(out.out)] == ["liver"]
+    assert "s0000.nii.gz: values 2, 3 are named nowhere in dataset.json" in out.err
+    assert main(["export", "--labels", str(folder / "s0000.nii.gz"), "--out", str(folder),
+                 "--all"]) == 2  # fmt: skip
+    assert "dataset.json lists what its model labels; leave --all out" in capsys.readouterr().err
+    assert main(["export", "--labels", str(folder / "s0000.nii.gz"), "--out", str(folder)]) == 0
+    assert prediction_names(folder / "s0000.nii.gz").scored == frozenset({5})  # the .ctbl's now

@@ -424,3 +424,7 @@ def test_settings_that_would_be_ignored_are_refused_in_one_line(phantom_root, tm
     model = {"name": "plain_unet3d", "features": [8, 16], "kernel_sizes": [3, [3, 3, 1]],
              "strides": [1, [2, 2, 1]]}  # fmt: skip
     assert RunConfig.from_dict({"model": model}).model.strides == [1, [2, 2, 1]]
+    from ctseg_core.models import build_model
+
+    model["kernel_sizes"] = [np.int64(3), [3, 3, np.int64(1)]]  # numpy's ints build it too
+    assert build_model(RunConfig.from_dict({"model": model}).model) is not None

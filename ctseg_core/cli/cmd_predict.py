@@ -323,9 +323,12 @@ def run_export(args) -> int:
 
     if exists(args.out) and not is_dir(args.out):
         raise ConfigError(f"--out {args.out} is a file; give a folder for the label files")
-    if (named := prediction_names(args.labels)).lut is not None:  # values of its own, named
+    if (named := prediction_names(args.labels)).renumbered:  # values of its own, named
         raise ConfigError(f"{named.source} names the values of {args.labels} otherwise than "
                           "TotalSegmentator v2, whose names ctseg export writes")  # fmt: skip
+    listed = named.scored is not None and named.source not in label_file_paths(args.labels)
+    if listed and args.all:  # a model's own list (dataset.json, ...): it labels those alone
+        raise ConfigError(f"{named.source} lists what its model labels; leave --all out")
     existing = [p for p in label_file_paths(args.out / args.labels.name) if exists(p)]
     if existing and not args.overwrite:  # ctseg predict's name merges and what a model learns
         raise ConfigError(f"{existing[0]} exists; add --overwrite to replace it")
@@ -337,8 +340,8 @@ def run_export(args) -> int:
     # model learns (ctseg predict's, a dataset.json's) stays that list (evaluate scores by it)
     names = names_of(named.merges)
     learned = named.scored if not args.all else None
-    if learned is not None:
-        values = sorted(learned | set(values))
+    if learned is not None:  # ctseg predict's label file: with what was found (the same)
+        values = sorted(learned if listed else learned | set(values))
     paths = write_label_files(args.out / args.labels.name, values, names, learned is not None)
     if args.json:
         print(json.dumps({"label_files": [str(p) for p in paths], "labels": values}))
@@ -375,7 +378,7 @@ def run_stats(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     names = names_of(named.merges)  # a merged run's label file names the merge (ribs)
     table = volume_statistics(labels, ct.array, ct.spacing_mm, names)
-    if np.isin(labels, (0, 1)).all() and len(table):
+    if np.isin(labels, (0, 1)).all() and len(table) and named.source is None:
         print(
             f"note: {args.labels} holds only 0 and 1, which a multilabel file reads as "
             "spleen (label 1); for one structure's mask use the dataset's multilabel file",

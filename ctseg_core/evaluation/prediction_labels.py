@@ -48,7 +48,8 @@ class PredictionNames:
     (background and placeholders left out); ``lut``: (256,) uint8 file value -> v2 value (None:
     the values are v2's); ``merges``: the merges it holds, each at its first member's value;
     ``scored``: the v2 values its model labels (None: any); ``notes``: names that are no v2
-    structure, not scored."""
+    structure, not scored; ``renumbered``: its values are not v2's (``lut`` maps them; a
+    model's list in v2 values has a ``lut`` too, reading the values it does not name as 0)."""
 
     source: Path | None = None
     table: dict[int, str] = field(default_factory=dict)
@@ -56,6 +57,7 @@ class PredictionNames:
     merges: list[str] = field(default_factory=list)
     scored: frozenset[int] | None = None
     notes: list[str] = field(default_factory=list)
+    renumbered: bool = False
 
 
 def _stem(path: Path) -> str:
@@ -152,7 +154,9 @@ def prediction_names(path: str | Path) -> PredictionNames:
         if source in label_file_paths(path):  # ctseg's own label files: as they always were
             return PredictionNames(source, names, None, merges_named(path), learned_values(path))
         merges = sorted((n for n in names.values() if n in MERGES), key=value_of)
-        return PredictionNames(source, names, None, merges, frozenset(names))
+        lut = np.zeros(256, dtype=np.uint8)  # a model's list: values it does not name read as 0
+        lut[list(names)] = list(names)
+        return PredictionNames(source, names, lut, merges, frozenset(names))
     ctseg = ctseg_names(names)
     if not ctseg:
         value, name = next(iter(sorted(names.items())), (0, "?"))
@@ -177,7 +181,7 @@ def prediction_names(path: str | Path) -> PredictionNames:
             "not scored, read as background"
         )
     scored = frozenset(lut[list(ctseg)].tolist())
-    return PredictionNames(source, names, lut, merges, scored, notes)
+    return PredictionNames(source, names, lut, merges, scored, notes, renumbered=True)
 
 
 def read_named_prediction(

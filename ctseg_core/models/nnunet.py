@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -50,10 +51,11 @@ class Architecture:
 
 
 def _triple(value, what: str) -> tuple[int, int, int]:
-    values = [value] * 3 if isinstance(value, int) else list(value)
-    if len(values) != 3 or not all(isinstance(v, int) and v >= 1 for v in values):
+    whole = (numbers.Integral,)  # numpy's ints too (a config made in Python may hold them)
+    values = [value] * 3 if isinstance(value, whole) else list(value)
+    if len(values) != 3 or not all(isinstance(v, whole) and v >= 1 for v in values):
         raise ConfigError(f"model {what} {value!r} must be one int >= 1 or three (x, y, z)")
-    return tuple(values)
+    return tuple(int(v) for v in values)
 
 
 def architecture(model_config, residual: bool = False) -> Architecture:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ctseg_core.fileio import is_file
 from dashboard import state
 
 
@@ -14,7 +15,7 @@ def drawn(run_dir: Path, settings: bool = True) -> str:
     rename keeps it) and its config.json's (rewritten by a new start under the name). A click
     on a button keyed with it acts on that run alone: another run renamed into the name, or
     started under it since the page was drawn, draws other keys, and the click does nothing.
-    ``settings`` False: the folder alone (text being typed survives a resume's config.json)."""
+    ``settings`` False: the folder alone (``notes_key``)."""
     parts = []
     for path in (run_dir, run_dir / "config.json")[: 2 if settings else 1]:
         try:
@@ -26,6 +27,13 @@ def drawn(run_dir: Path, settings: bool = True) -> str:
                 f"{info.st_ino}" if path == run_dir else f"{info.st_ino}.{info.st_mtime_ns}"
             )
     return "_".join(parts)
+
+
+def notes_key(run_dir: Path) -> str:
+    """``drawn`` for the notes of a run: a run with a last.pth by its folder alone (a resume
+    rewrites config.json, and typed notes and their Save must survive it; no new start can take
+    its folder), one without (an empty run: a new start takes its folder) with config.json."""
+    return drawn(run_dir, settings=not is_file(run_dir / "last.pth"))
 
 
 def empty_run(run_dir: Path) -> None:

@@ -42,13 +42,13 @@ def notes_and_delete(run_dir: Path, active: bool) -> None:
 
     name, k = run_dir.name, state.TRAIN_FORM
     this = f"{name}_{run_actions.drawn(run_dir)}"  # a stale page's click lands on no other run
-    typed = f"{name}_{run_actions.drawn(run_dir, settings=False)}"  # kept through a resume
+    notes_of = f"{name}_{run_actions.notes_key(run_dir)}"  # the same through a resume
     kept = read_notes(run_dir)
     with st.popover("Notes and tags", icon=":material/sticky_note_2:"):
-        notes = st.text_area("Notes", kept["notes"], key=f"{k.notes}_{typed}", max_chars=10_000)
+        notes = st.text_area("Notes", kept["notes"], key=f"{k.notes}_{notes_of}", max_chars=10_000)
         tags = st.text_input("Tags (comma-separated)", ", ".join(kept["tags"]),
-                             key=f"{k.tags}_{typed}", max_chars=400)  # fmt: skip
-        if st.button("Save notes", key=f"{k.notes_save}_{this}"):
+                             key=f"{k.tags}_{notes_of}", max_chars=400)  # fmt: skip
+        if st.button("Save notes", key=f"{k.notes_save}_{notes_of}"):
             try:
                 write_notes(run_dir, notes, tags)
             except Exception as exc:

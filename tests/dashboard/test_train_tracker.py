@@ -25,7 +25,7 @@ def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
     for name in ("alpha", "beta", "busy"):
         shutil.copytree(tiny_run, tmp_path / name)
     alpha = f"alpha_{drawn(tmp_path / 'alpha')}"  # its buttons' keys: this run, as drawn
-    typed = f"alpha_{drawn(tmp_path / 'alpha', settings=False)}"  # its text boxes'
+    typed = f"alpha_{drawn(tmp_path / 'alpha', settings=False)}"  # its notes' (a last.pth)
     write_notes(tmp_path / "beta", "wider model", "sweep")
     write_status(tmp_path / "busy", {"state": "running", "pid": os.getpid(),
                                      "host": socket.gethostname(), "epoch": 0, "epochs": 1})  # fmt: skip
@@ -48,7 +48,7 @@ def test_runs_table_filters_notes_are_saved_and_only_an_ended_run_is_deleted(
     # notes and tags of the watched run
     at.text_area(key=f"ctseg_train_notes_{typed}").set_value("baseline for the sweep")
     at.text_input(key=f"ctseg_train_tags_{typed}").set_value("Baseline, sweep")
-    at.button(key=f"ctseg_train_notes_save_{alpha}").click()
+    at.button(key=f"ctseg_train_notes_save_{typed}").click()
     at.run()
     no_problems(at)
     assert read_notes(tmp_path / "alpha") == {
@@ -145,15 +145,19 @@ def test_a_stale_page_deletes_or_renames_no_other_run_now_under_the_name(
         assert fresh.key != stale.key
 
 
-def test_notes_being_typed_survive_a_resume_rewriting_config_json(
-    app_env, tiny_run, monkeypatch, tmp_path, new_app, no_problems
+def test_notes_being_typed_survive_a_resume_and_a_new_start_clears_them(
+    app_env, tiny_run, make_tiny_config, monkeypatch, tmp_path, new_app, no_problems
 ):
-    """The notes box was keyed by config.json's inode and time too: a resume of the watched run
-    (from any tab) rewrote it and the typed text was gone (found by a review)."""
+    """The notes box and Save were keyed by config.json's inode and time too: a resume of the
+    watched run (from any tab) rewrote it, the typed text was gone and a Save click dropped
+    without a word; keyed by the folder alone, a new start in an empty run's folder showed (and
+    would save) the earlier start's notes (both found by reviews)."""
     import json
 
+    from test_train_ended_runs import _stopped_in_first_epoch
+
     from ctseg_core.fileio import atomic_write_json
-    from dashboard.helpers.run_actions import drawn
+    from ctseg_core.runs.notes import read_notes
 
     monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
     shutil.copytree(tiny_run, tmp_path / "alpha")
@@ -161,11 +165,31 @@ def test_notes_being_typed_survive_a_resume_rewriting_config_json(
     at.session_state["ctseg_train_run"] = "alpha"
     at.run()
     no_problems(at)
-    key = f"ctseg_train_notes_alpha_{drawn(tmp_path / 'alpha', settings=False)}"
-    at.text_area(key=key).set_value("half-typed note")
+    (area,) = [a for a in at.text_area if a.key.startswith("ctseg_train_notes_alpha")]
+    area.set_value("half-typed note")
     at.run()
     config = tmp_path / "alpha" / "config.json"
     atomic_write_json(config, json.loads(config.read_text()))  # as a resume's open_run
+    (save,) = [b for b in at.button if b.key.startswith("ctseg_train_notes_save_alpha")]
+    save.click()  # on the page drawn before the resume
     at.run()
     no_problems(at)
-    assert at.text_area(key=key).value == "half-typed note"
+    assert read_notes(tmp_path / "alpha")["notes"] == "half-typed note"
+    (area,) = [a for a in at.text_area if a.key.startswith("ctseg_train_notes_alpha")]
+    assert area.value == "half-typed note"
+    run_dir = _stopped_in_first_epoch(app_env, tmp_path, "again", make_tiny_config)
+    at.session_state["ctseg_train_run"] = "again"
+    at.run()
+    (area,) = [a for a in at.text_area if a.key.startswith("ctseg_train_notes_again")]
+    area.set_value("about the first try")
+    at.run()
+    (save,) = [b for b in at.button if b.key.startswith("ctseg_train_notes_save_again")]
+    save.click()
+    at.run()
+    assert read_notes(run_dir)["notes"] == "about the first try"
+    _stopped_in_first_epoch(app_env, tmp_path, "again", make_tiny_config)  # takes the folder
+    assert read_notes(run_dir)["notes"] == ""
+    at.run()
+    no_problems(at)
+    (area,) = [a for a in at.text_area if a.key.startswith("ctseg_train_notes_again")]
+    assert area.value == ""
