@@ -23,6 +23,7 @@ the dataset) are ``training.checks.check_run_config``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,8 +274,8 @@ class RunConfig:
 def _validate_static(cfg: RunConfig) -> None:
     d, m, t = cfg.data, cfg.model, cfg.train
     problems: list[str] = []
-    if not (isinstance(t.lr, (int, float)) and t.lr > 0):
-        problems.append(f"learning rate must be > 0 (got {t.lr})")
+    if not (isinstance(t.lr, (int, float)) and 0 < t.lr < math.inf):
+        problems.append(f"learning rate must be a number > 0 (got {t.lr})")
     if t.epochs < 1:
         problems.append(f"epochs must be >= 1 (got {t.epochs})")
     if t.minutes is not None and not (
@@ -323,10 +324,10 @@ def _validate_static(cfg: RunConfig) -> None:
         )
     if d.spacing_mm is not None and (
         len(d.spacing_mm) != 3
-        or not all(isinstance(s, (int, float)) and s > 0 for s in d.spacing_mm)
+        or not all(isinstance(s, (int, float)) and 0 < s < math.inf for s in d.spacing_mm)
     ):
         problems.append(
-            f"spacing {tuple(d.spacing_mm)} mm must be three sizes > 0 (x, y, z), or unset for "
+            f"spacing {tuple(d.spacing_mm)} mm must be three finite sizes > 0 (x, y, z), or unset for "
             "the CT's own grid"
         )
     if not 0.0 <= d.foreground_fraction <= 1.0:

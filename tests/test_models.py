@@ -82,7 +82,7 @@ def test_config_round_trips_through_json():
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        (lambda c: setattr(c.train, "lr", 0.0), "learning rate must be > 0"),
+        (lambda c: setattr(c.train, "lr", 0.0), "learning rate must be a number > 0"),
         (lambda c: setattr(c.data, "target_size", (100, 128)), "multiples of 16"),
         (lambda c: setattr(c.data, "context_slices", 2), "must be odd"),
         (lambda c: setattr(c.data, "structures", ["livre"]), "unknown structure"),

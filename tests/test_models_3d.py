@@ -4,6 +4,7 @@ checkpoint alone, deep supervision as the seed U-Net's, and the settings they re
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -143,8 +144,11 @@ def test_zero_spacing_or_a_flat_patch_refused_before_anything_starts():
     with pytest.raises(ConfigError) as info:
         cfg.validate()
     message = str(info.value)
-    assert "spacing (3.0, 0.0, 3.0) mm must be three sizes > 0" in message
+    assert "spacing (3.0, 0.0, 3.0) mm must be three finite sizes > 0" in message
     assert "patch size (32, 32) must be three whole voxels" in message
+    cfg.data.spacing_mm, cfg.data.patch_size = (math.inf, 4.0, 4.0), (32, 32, 32)
+    with pytest.raises(ConfigError, match=r"spacing \(inf, 4.0, 4.0\) mm must be three finite"):
+        cfg.validate()  # it passed, and a run folder was made before the volumes refused it
 
 
 def test_configs_written_before_3d_models_load_unchanged():

@@ -128,7 +128,7 @@ def test_cli_trains_and_refuses_bad_settings(phantom_root, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["status"]["state"] == "finished" and out["last_epoch"]["epoch"] == 1
     assert main([*args, "--lr", "0"]) == 2
-    assert "learning rate must be > 0" in capsys.readouterr().err
+    assert "learning rate must be a number > 0" in capsys.readouterr().err
     assert main([*args, "--size", "72", "72"]) == 2
     assert "multiples of 16" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2

@@ -157,7 +157,7 @@ def test_over_limit_grid_is_refused_naming_subject_and_spacing(sphere_subject, m
 
 @pytest.mark.parametrize("spacing", [(0.0, 1.0, 1.0), (1.0, -2.0, 1.0), (1.0, 1.0)])
 def test_a_spacing_that_is_not_three_sizes_above_zero_is_a_config_error(sphere_subject, spacing):
-    with pytest.raises(ConfigError, match="must be three sizes > 0"):
+    with pytest.raises(ConfigError, match="must be three finite sizes > 0"):
         open_resampled(sphere_subject, spacing)
 
 

@@ -116,13 +116,13 @@ def folder_name(spacing_mm) -> str:
 
 
 def check_spacing(spacing_mm) -> tuple[float, float, float]:
-    """``spacing_mm`` as three floats; ConfigError unless it is three sizes > 0."""
+    """``spacing_mm`` as three floats; ConfigError unless it is three finite sizes > 0."""
     try:
         values = tuple(float(s) for s in spacing_mm)
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ConfigError(f"spacing {spacing_mm} mm must be three sizes > 0 (x, y, z)")
+        raise ConfigError(f"spacing {spacing_mm} mm must be three finite sizes > 0 (x, y, z)")
     return values
 
 
