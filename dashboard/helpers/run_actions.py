@@ -29,11 +29,12 @@ def drawn(run_dir: Path, settings: bool = True) -> str:
     return "_".join(parts)
 
 
-def notes_key(run_dir: Path) -> str:
-    """``drawn`` for the notes of a run: a run with a last.pth by its folder alone (a resume
-    rewrites config.json, and typed notes and their Save must survive it; no new start can take
-    its folder), one without (an empty run: a new start takes its folder) with config.json."""
-    return drawn(run_dir, settings=not is_file(run_dir / "last.pth"))
+def notes_key(run_dir: Path, active: bool) -> str:
+    """``drawn`` for the notes of a run: by its folder alone while it trains or once it has a
+    last.pth (typed notes and their Save must survive its first checkpoint and a resume, which
+    rewrites config.json; no new start can take such a folder), with config.json too for an
+    empty run that has ended (a new start takes its folder: the earlier start's notes go)."""
+    return drawn(run_dir, settings=not active and not is_file(run_dir / "last.pth"))
 
 
 def empty_run(run_dir: Path) -> None:

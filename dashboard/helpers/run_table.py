@@ -42,7 +42,7 @@ def notes_and_delete(run_dir: Path, active: bool) -> None:
 
     name, k = run_dir.name, state.TRAIN_FORM
     this = f"{name}_{run_actions.drawn(run_dir)}"  # a stale page's click lands on no other run
-    notes_of = f"{name}_{run_actions.notes_key(run_dir)}"  # the same through a resume
+    notes_of = f"{name}_{run_actions.notes_key(run_dir, active)}"  # the same through a resume
     kept = read_notes(run_dir)
     with st.popover("Notes and tags", icon=":material/sticky_note_2:"):
         notes = st.text_area("Notes", kept["notes"], key=f"{k.notes}_{notes_of}", max_chars=10_000)

@@ -3,6 +3,7 @@ with their settings, best results, notes and tags. Pure functions to frames and 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import altair as alt
@@ -155,6 +156,12 @@ def runs_overview(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _text(value) -> str:
+    """A table cell as the text a filter looks in: "" for a missing value."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "" if missing or value is pd.NA else str(value)
+
+
 def filter_runs(df: pd.DataFrame, text: str = "", tags: list[str] = ()) -> pd.DataFrame:
     """Rows whose any column contains ``text`` (case-insensitive) and that carry every tag."""
     if df.empty:
@@ -162,7 +169,9 @@ def filter_runs(df: pd.DataFrame, text: str = "", tags: list[str] = ()) -> pd.Da
     keep = pd.Series(True, index=df.index)
     if text.strip():
         needle = text.strip().lower()
-        joined = df.astype(str).agg(" ".join, axis=1).str.lower()
+        # cell by cell: pandas 3's astype(str) keeps a missing number (a run's empty best
+        # Dice) as NaN, which " ".join refused (found by a review)
+        joined = df.apply(lambda row: " ".join(_text(v) for v in row), axis=1).str.lower()
         keep &= joined.str.contains(needle, regex=False)
     for tag in tags:
         keep &= df["tags"].str.split(", ").apply(lambda have, t=tag: t in have)

@@ -193,3 +193,45 @@ def test_notes_being_typed_survive_a_resume_and_a_new_start_clears_them(
     no_problems(at)
     (area,) = [a for a in at.text_area if a.key.startswith("ctseg_train_notes_again")]
     assert area.value == ""
+
+
+def test_the_runs_filter_reads_a_run_without_a_best_dice():
+    """A run in its first epoch (or stopped there) has no best Dice: under pandas 3 its NaN
+    stopped the filter with a TypeError as soon as anything was typed (found by a review)."""
+    import numpy as np
+    import pandas as pd
+
+    from dashboard.helpers.tracker import filter_runs
+
+    df = pd.DataFrame({"run": ["early", "done"], "best val Dice": [np.nan, 0.5],
+                       "best epoch": [np.nan, 3.0], "tags": ["", "sweep"]})  # fmt: skip
+    assert list(filter_runs(df, "DONE")["run"]) == ["done"]
+    assert list(filter_runs(df, "0.5")["run"]) == ["done"]
+    assert list(filter_runs(df, "nan")["run"]) == []  # a missing value is no text
+
+
+def test_notes_typed_during_the_first_epoch_survive_its_checkpoint(
+    app_env, tiny_run, monkeypatch, tmp_path, new_app, no_problems
+):
+    """The notes box was keyed by config.json too while the run had no last.pth: the first
+    checkpoint changed the key, and the text typed during epoch 1 was gone (found by a review
+    in a browser)."""
+    from ctseg_core.runs.run_folder import write_status
+
+    monkeypatch.setenv("CTSEG_CHECKPOINTS", str(tmp_path))
+    run = tmp_path / "first"
+    shutil.copytree(tiny_run, run)
+    (run / "last.pth").rename(tmp_path / "last.pth")  # in its first epoch: no checkpoint yet
+    write_status(run, {"state": "running", "pid": os.getpid(), "host": socket.gethostname(),
+                       "epoch": 0, "epochs": 2})  # fmt: skip
+    at = new_app("train")
+    at.session_state["ctseg_train_run"] = "first"
+    at.run()
+    no_problems(at)
+    (area,) = [a for a in at.text_area if a.key.startswith("ctseg_train_notes_first")]
+    area.set_value("typed during epoch 1")
+    at.run()
+    (tmp_path / "last.pth").rename(run / "last.pth")  # the first epoch ends
+    at.run()
+    (area,) = [a for a in at.text_area if a.key.startswith("ctseg_train_notes_first")]
+    assert area.value == "typed during epoch 1"
