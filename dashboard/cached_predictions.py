@@ -151,24 +151,18 @@ def folder_prediction_zxy(root: str, subject_id: str, folder: str) -> np.ndarray
     """
     from ctseg_core.errors import DataError
     from ctseg_core.evaluation.prediction_files import find_prediction
-    from ctseg_core.evaluation.prediction_labels import (
-        names_stamp,
-        prediction_names,
-        read_named_prediction,
-    )
+    from ctseg_core.evaluation.prediction_labels import names_stamp, read_named_prediction
 
     path = find_prediction(Path(folder), subject_id)
     if path is None:
         raise DataError(f"{folder} holds no {subject_id}.nii.gz; pick another subject or source")
-    named = prediction_names(path)  # its values in v2's, by any names that came with it
     stamp = (path.stat().st_mtime, names_stamp(path))
     key = (subject_volume_id(root, subject_id), str(path.resolve()), stamp)
 
-    def compute():
+    def compute():  # its values in v2's, by any names that came with it
         entry = cached_subject(root, subject_id)
         return read_named_prediction(
-            path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine,
-            named=named,
-        )[0]  # fmt: skip
+            path, entry.shape_xyz, entry.affine, entry.original_shape, entry.original_affine
+        )[0]
 
     return _kept_prediction(key, compute)

@@ -60,13 +60,6 @@ class PredictionNames:
     renumbered: bool = False
 
 
-def _stem(path: Path) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
-    return path.stem
-
-
 def _json_table(path: Path, source: Path, labels) -> dict[int, str]:
     """value -> name of a ``<id>_labels.json`` ({value: name}) or a dataset.json's ``labels``
     ({name: value}); DataError, one line, for what is neither."""
@@ -115,11 +108,12 @@ def named_values(path: str | Path) -> tuple[Path, dict[int, str]] | None:
     """(the table's file, value -> name) of the first table that names a prediction file's
     values (module doc), or None. DataError for one that cannot be read."""
     from ..inference.label_files import label_file_table
+    from ..inference.outputs import companion_paths
 
     path = Path(path)
     if found := label_file_table(path):
         return found
-    own = path.with_name(_stem(path) + "_labels.json")
+    own = companion_paths(path)["names"]
     candidates = [(own, None), (path, "header"), (path.parent / "dataset.json", "labels")]
     for source, key in candidates:
         if key == "header":
@@ -221,12 +215,12 @@ def read_named_prediction(
 def names_stamp(path: str | Path) -> str:
     """A change marker of the files that may name a prediction's values (module doc; its header
     changes with the file): for caches keyed by the file's own time."""
-    from ..inference.label_files import label_file_paths
+    from ..inference.outputs import companion_paths
 
     path = Path(path)
-    own = path.with_name(_stem(path) + "_labels.json")
+    files = companion_paths(path)
     stamps = []
-    for source in (*label_file_paths(path), own, path.parent / "dataset.json"):
+    for source in (files["ctbl"], files["itksnap"], files["names"], path.parent / "dataset.json"):
         try:
             stamps.append(f"{source.name}@{source.stat().st_mtime_ns}")
         except OSError:  # not there (or unreadable: reading it says so)

@@ -65,6 +65,11 @@ Preparing = Callable[[str], Callable[[int, int, str], None]]
 PATCH_STEPS = 250
 
 
+def cache_entries(dataset) -> list:
+    """A slice or patch dataset's subjects as their cache entries (``CachedSubject``)."""
+    return [getattr(s, "source", s) for s in dataset.subjects]
+
+
 @dataclass
 class RunParts:
     """``model`` is the bare network (what checkpoints hold), ``net`` what trains (DDP or not);
@@ -103,12 +108,12 @@ class RunParts:
     @property
     def training_subjects(self) -> list:
         """The training subjects' cache entries (``CachedSubject``), whatever the model sees."""
-        return [getattr(s, "source", s) for s in self.train_set.subjects]
+        return cache_entries(self.train_set)
 
     @property
     def validation_subjects(self) -> list:
         """The validation subjects' cache entries (``CachedSubject``)."""
-        return [getattr(s, "source", s) for s in self.val_set.subjects]
+        return cache_entries(self.val_set)
 
     def validate(self, cfg: RunConfig, stop_check=None, progress=None) -> dict:
         """This epoch's validation metrics (``validation.validate``'s dict), slices or volumes."""
@@ -178,7 +183,7 @@ def build_parts(
     if world > 1 and rank == 0:
         ddp.barrier()
     if resume is not None:  # every rank: the CTs it trained on, not another folder's
-        subjects = [getattr(s, "source", s) for s in train_set.subjects]
+        subjects = cache_entries(train_set)
         check_resumed_data(resume.get("training_data"), subjects, d.data_root)
     prepare_device(device)
     amp = resolve_amp(t.amp, device)
@@ -273,9 +278,10 @@ def build_parts(
     )
     warnings += [overlap] if overlap else []
     if resume is not None:  # validated on other CTs than the earlier epochs (meta.csv changed)
-        val_entries = [getattr(s, "source", s) for s in val_set.subjects]
-        warnings += filter(None, [val_subjects_warning(resume.get("training_data"), val_entries,
-                                                       d.val_split)])  # fmt: skip
+        said = val_subjects_warning(
+            resume.get("training_data"), cache_entries(val_set), d.val_split
+        )
+        warnings += [said] if said else []
     return RunParts(train_set, val_set, device, amp, channels_last, model, net, optimizer,
                     scheduler, loss_fn, run_step, sampler, train_loader, val_loader, volumes,
                     steps, history, start_epoch, init_record, warnings)  # fmt: skip
