@@ -177,6 +177,17 @@ def test_tables_that_name_no_v2_structure_or_regions_are_refused_in_one_line(tmp
     assert prediction_names(path).scored is None  # names nothing: read and scored as v2's
 
 
+def _three_values(folder, values, ct):
+    """``folder/s0000.nii.gz``: a 4 x 4 x 4 file whose first three x-slices hold ``values``, and
+    an empty CT of its grid at ``ct``; returns ``folder``."""
+    folder.mkdir()
+    data = np.zeros((4, 4, 4), np.uint8)
+    data[0], data[1], data[2] = values
+    nib.save(nib.Nifti1Image(data, np.eye(4)), folder / "s0000.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), ct)
+    return folder
+
+
 def test_stats_and_export_read_the_names_too(tmp_path, s0000_root, extra_dir, capsys):
     """ctseg export wrote v2 names for a merge its dataset.json named, and that .ctbl then
     outranked the dataset.json (lungs scored as its first lobe); ctseg stats left a value named
@@ -195,12 +206,7 @@ def test_stats_and_export_read_the_names_too(tmp_path, s0000_root, extra_dir, ca
     ctbl = (folder / "s0000.ctbl").read_text().splitlines()
     assert LEARNED_NOTE in ctbl and any(line.split()[:2] == ["10", "lungs"] for line in ctbl)
     assert prediction_names(folder / "s0000.nii.gz").merges == ["lungs"]
-    other = tmp_path / "other"
-    other.mkdir()
-    data = np.zeros((4, 4, 4), np.uint8)
-    data[0], data[1], data[2] = 1, 2, 3
-    nib.save(nib.Nifti1Image(data, np.eye(4)), other / "s0000.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), other / "ct.nii.gz")
+    other = _three_values(tmp_path / "other", (1, 2, 3), tmp_path / "other" / "ct.nii.gz")
     (other / "dataset.json").write_text(json.dumps({"labels": {"liver": 1, "spleen": 2}}))
     capsys.readouterr()
     assert main(["stats", "--ct", str(other / "ct.nii.gz"), "--labels",
@@ -214,12 +220,7 @@ def test_a_models_list_in_v2_values_says_the_values_it_does_not_name(tmp_path, c
     """dataset.json {"liver": 5} beside a file holding 5, 2 and 3: stats reported kidneys
     without a word, and export added them to the model's list, its .ctbl then outranking the
     dataset.json (found by a review). Values named nowhere are read as background, said."""
-    folder = tmp_path / "preds"
-    folder.mkdir()
-    data = np.zeros((4, 4, 4), np.uint8)
-    data[0], data[1], data[2] = 5, 2, 3
-    nib.save(nib.Nifti1Image(data, np.eye(4)), folder / "s0000.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), tmp_path / "ct.nii.gz")
+    folder = _three_values(tmp_path / "preds", (5, 2, 3), tmp_path / "ct.nii.gz")
     (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 5}}))
     assert main(["stats", "--ct", str(tmp_path / "ct.nii.gz"), "--labels",
                  str(folder / "s0000.nii.gz"), "--json"]) == 0  # fmt: skip

@@ -30,6 +30,19 @@ def _predicted(new_app, name: str, data: bytes):
     return at
 
 
+def _with_checkpoint_upload(new_app, app_env, name: str, data: bytes):
+    """The Predict page with a CT uploaded and ``data`` uploaded as the checkpoint ``name``."""
+    at = new_app("predict")
+    at.run()
+    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
+    at.get("file_uploader")[0].set_value(("ct.nii.gz", ct, "application/gzip"))
+    at.selectbox(key="ctseg_predict_checkpoint").set_value("(upload a checkpoint)")
+    at.run()
+    at.get("file_uploader")[1].set_value((name, data, "x"))
+    at.run()
+    return at
+
+
 def test_a_new_upload_clears_the_previous_result_and_its_downloads(
     app_env, tiny_run, new_app, no_problems
 ):
@@ -187,14 +200,7 @@ def test_refusals_name_the_uploads_once_with_their_advice_once(app_env, tiny_run
     assert not at.exception
     (error,) = [as_shown(e.value) for e in at.error]
     assert error.startswith("prediction: flat.nii.gz has shape (16, 12) (2D); a 3D volume is")
-    at = new_app("predict")
-    at.run()
-    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
-    at.get("file_uploader")[0].set_value(("ct.nii.gz", ct, "application/gzip"))
-    at.selectbox(key="ctseg_predict_checkpoint").set_value("(upload a checkpoint)")
-    at.run()
-    at.get("file_uploader")[1].set_value(("junk.pth", b"not a checkpoint", "x"))
-    at.run()
+    at = _with_checkpoint_upload(new_app, app_env, "junk.pth", b"not a checkpoint")
     at.button(key="ctseg_predict_go").click()
     at.run()
     assert not at.exception
@@ -205,14 +211,7 @@ def test_refusals_name_the_uploads_once_with_their_advice_once(app_env, tiny_run
 def test_a_file_that_is_no_checkpoint_keeps_the_form(app_env, tiny_run, new_app):
     """An upload named x.ckpt was refused in one line, and the resample box and the Predict
     button vanished with it until another file was chosen (found by a review)."""
-    at = new_app("predict")
-    at.run()
-    ct = (app_env["data"] / "s0003" / "ct.nii.gz").read_bytes()
-    at.get("file_uploader")[0].set_value(("ct.nii.gz", ct, "application/gzip"))
-    at.selectbox(key="ctseg_predict_checkpoint").set_value("(upload a checkpoint)")
-    at.run()
-    at.get("file_uploader")[1].set_value(("x.ckpt", b"weights", "x"))
-    at.run()
+    at = _with_checkpoint_upload(new_app, app_env, "x.ckpt", b"weights")
     assert not at.exception
     assert [as_shown(e.value) for e in at.error] == [
         "x.ckpt is not a checkpoint; upload a .pth file written by ctseg"
